@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs on a fresh Debian machine. Idempotent: each step checks
+# first and does nothing when its tool is already there. Run as root (CI is root); as another
+# user it only says what is missing.
+set -euo pipefail
+
+need_apt=()
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+command -v lspci >/dev/null 2>&1 || need_apt+=(pciutils)
+command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
+
+if ((${#need_apt[@]})); then
+    if [ "$(id -u)" = 0 ]; then
+        echo "setup: apt-get install ${need_apt[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+    else
+        echo "setup: missing Debian packages (run as root to install): ${need_apt[*]}" >&2
+    fi
+fi
+
+rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    echo "setup: cargo install cargo-fuzz"
+    cargo install --locked cargo-fuzz
+fi

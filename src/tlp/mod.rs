@@ -1,0 +1,1 @@
+//! PCIe Transaction Layer Packets (PCIe Base Specification, chapter 2).
