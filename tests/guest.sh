@@ -40,7 +40,7 @@ echo "guest: QEMU ready in $(since "$t")s: $qemu"
 t=$(now)
 guest=$("$GUEST_DIR/build-guest.sh") || skip "could not build the guest kernel/initramfs (see the build-guest messages above)"
 echo "guest: guest image ready in $(since "$t")s: $guest"
-export PCIETUN_QEMU_BIN="$qemu" PCIETUN_GUEST_DIR="$guest"
+export PCIETUN_QEMU="$qemu" PCIETUN_GUEST_DIR="$guest"
 
 logs="${PCIETUN_GUEST_LOGS:-target/guest-logs}"
 passed=0

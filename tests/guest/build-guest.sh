@@ -64,7 +64,7 @@ fetch_kernel() {
 fetch_busybox() {
     local ver dir
     ver=$(apt-cache policy busybox-static | awk '/Candidate:/ { print $2 }')
-    [ -n "$ver" ] && [ "$ver" != "(none)" ] || die "no busybox-static package candidate"
+    if [ -z "$ver" ] || [ "$ver" = "(none)" ]; then die "no busybox-static package candidate"; fi
     dir="$GUEST_CACHE/busybox-${ver//:/_}"
     if [ ! -x "$dir/root/bin/busybox" ]; then
         log "apt-get download busybox-static ($ver)"

@@ -54,7 +54,7 @@ cached_qemu() {
 debian_uri() {
     local f uri
     for f in /etc/apt/sources.list.d/*.sources; do
-        [ -f "$f" ] && [ "$f" != "$SID_SOURCES" ] || continue
+        if [ ! -f "$f" ] || [ "$f" = "$SID_SOURCES" ]; then continue; fi
         # deb822 stanzas: print the URIs of stanzas whose suites are not *-security.
         uri=$(awk '
             /^[[:space:]]*$/ { if (u != "" && s !~ /-security/) { print u; exit } u=""; s=""; next }
@@ -214,7 +214,7 @@ main() {
         local versions
         versions=$(candidate_versions)
         [ -n "$versions" ] || die "apt-cache showsrc qemu offers no version >= $MIN_VERSION"
-        log "qemu source versions offered (newest first): $(echo $versions)"
+        log "qemu source versions offered (newest first): ${versions//$'\n'/ }"
         # shellcheck disable=SC2086 # one word per version
         cached=$(with_lock "$PCIETUN_CACHE/qemu.lock" build $versions | tail -n1)
     fi

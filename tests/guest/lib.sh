@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared helpers for the guest end-to-end scripts (sourced, not run).
 #
 # Every script logs to stderr with a prefix, keeps its products under one cache directory

@@ -23,8 +23,8 @@
 #   --loss PCT    pass --inject-loss PCT to both agents (e.g. 1 for 1 % frame loss)
 #   --timeout S   hard limit for the QEMU run (default 300; 120 with --no-device)
 #   --logs DIR    copy every log (agents, QEMU, serial console) into DIR before cleaning up
-# Environment: PCIETUN_BIN (default: target/release/pcietun), PCIETUN_QEMU_BIN and
-# PCIETUN_GUEST_DIR (default: obtained from build-qemu.sh / build-guest.sh, cached).
+# Environment: PCIETUN_BIN (default: target/release/pcietun), PCIETUN_QEMU (see build-qemu.sh),
+# PCIETUN_GUEST_DIR (default: what build-guest.sh prints, cached).
 set -euo pipefail
 LOG_PREFIX=run
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -56,8 +56,8 @@ label="guest e2e through pcietun"
 [ "$qemu_nvme" = 1 ] && label="guest reference run (QEMU's own NVMe, no tunnel)"
 [ -n "$loss" ] && label="$label, ${loss} % injected loss"
 
-QEMU="${PCIETUN_QEMU_BIN:-}"
-[ -n "$QEMU" ] || QEMU=$("$HERE/build-qemu.sh") || die "cannot obtain QEMU (tests/guest/build-qemu.sh)"
+# Cached after the first build; honours PCIETUN_QEMU.
+QEMU=$("$HERE/build-qemu.sh") || die "cannot obtain QEMU (tests/guest/build-qemu.sh)"
 GUEST="${PCIETUN_GUEST_DIR:-}"
 [ -n "$GUEST" ] || GUEST=$("$HERE/build-guest.sh") || die "cannot build the guest (tests/guest/build-guest.sh)"
 BIN=""
@@ -132,6 +132,7 @@ mode=nodevice
 if [ "$qemu_nvme" = 1 ]; then
     mode=nvme
     truncate -s 64M "$backing"
+    # shellcheck disable=SC2054 # QEMU's option syntax uses commas
     device_args=(-drive "file=$backing,if=none,id=disk,format=raw"
         -device nvme,serial=pcietun-reference,drive=disk)
 elif [ "$no_device" = 0 ]; then
