@@ -166,7 +166,7 @@ build() {
 
 main() {
     need_root
-    apt_install cpio kmod xz-utils zstd gzip || die "cannot install cpio/kmod"
+    apt_install cpio kmod xz-utils zstd gzip python3 || die "cannot install cpio, kmod, python3"
     mkdir -p "$GUEST_CACHE"
     with_lock "$PCIETUN_CACHE/guest.lock" build | tail -n1
 }

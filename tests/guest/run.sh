@@ -66,6 +66,11 @@ if [ "$no_device" = 0 ] && [ "$qemu_nvme" = 0 ]; then
     [ -x "$BIN" ] || die "no pcietun binary at $BIN (cargo build --release, or set PCIETUN_BIN)"
 fi
 
+if [ "$no_device" = 0 ] && { ! command -v e2fsck >/dev/null || ! command -v debugfs >/dev/null; }; then
+    need_root
+    apt_install e2fsprogs || die "cannot install e2fsprogs (e2fsck, debugfs) for the host-side check"
+fi
+
 tmp=$(mktemp -d /tmp/pcietun-guest.XXXXXX)
 pids=()
 cleanup() {
