@@ -166,6 +166,7 @@ build() {
 
 main() {
     need_root
+    ensure_apt_lists linux-image-amd64 || die "apt-get update failed (is the Debian mirror reachable?)"
     apt_install cpio kmod xz-utils zstd gzip python3 || die "cannot install cpio, kmod, python3"
     mkdir -p "$GUEST_CACHE"
     with_lock "$PCIETUN_CACHE/guest.lock" build | tail -n1

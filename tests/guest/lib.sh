@@ -31,6 +31,14 @@ apt_install() {
     fi
 }
 
+# apt-get update once if apt knows no candidate for package $1 (fresh machine, empty lists).
+ensure_apt_lists() {
+    if ! apt-cache policy "$1" 2>/dev/null | grep -q 'Candidate: [^(]'; then
+        log "apt-get update (no candidate for $1 yet)"
+        apt-get update -qq >&2 || return 1
+    fi
+}
+
 # Run "$@" while holding an exclusive lock on $1 (a lock file path).
 with_lock() {
     local lockfile="$1"
