@@ -398,7 +398,8 @@ fn headers_captured_by_linux_aer() {
 
 #[test]
 fn malformed_inputs_are_typed_errors() {
-    let cases: &[(&str, fn(&Error) -> bool)] = &[
+    type Check = fn(&Error) -> bool;
+    let cases: &[(&str, Check)] = &[
         ("", |e| matches!(e, Error::Truncated { .. })),
         ("000000", |e| matches!(e, Error::Truncated { .. })),
         ("00000001 0100010f", |e| {
