@@ -127,6 +127,7 @@ pub enum Kind {
 
 impl Kind {
     /// Decode Fmt/Type of a header (not a prefix). `None` for reserved encodings.
+    #[inline]
     pub const fn from_fmt_type(fmt: u8, ty: u8) -> Option<Kind> {
         Some(match (fmt, ty) {
             (0b000 | 0b001, 0b0_0000) => Kind::MRd,

@@ -104,6 +104,7 @@ pub struct Packet<T: AsRef<[u8]>> {
 }
 
 /// Walk the prefixes and DW0 of `b`: where everything is and how long the TLP must be.
+#[inline]
 pub fn layout(b: &[u8]) -> Result<Layout, Error> {
     let mut off = 0;
     let (mut local, mut e2e) = (0usize, 0usize);
@@ -164,6 +165,7 @@ fn be32(b: &[u8], r: field::Field) -> u32 {
 impl<T: AsRef<[u8]>> Packet<T> {
     /// Wrap a buffer, checking that it holds exactly one complete TLP whose Fmt/Type is defined
     /// by the specification. After this, no accessor can go out of bounds.
+    #[inline]
     pub fn new_checked(buffer: T) -> Result<Self, Error> {
         let b = buffer.as_ref();
         let layout = layout(b)?;
@@ -184,33 +186,39 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
 
     /// The layout found by [`Packet::new_checked`].
+    #[inline]
     pub fn layout(&self) -> &Layout {
         &self.layout
     }
 
     /// The whole underlying buffer.
+    #[inline]
     pub fn into_inner(self) -> T {
         self.buffer
     }
 
     /// The prefix DWs (possibly empty).
+    #[inline]
     pub fn prefixes(&self) -> &[u8] {
         &self.buffer.as_ref()[..self.layout.prefix_len]
     }
 
     /// The header bytes (12 or 16).
+    #[inline]
     pub fn header(&self) -> &[u8] {
         let s = self.layout.prefix_len;
         &self.buffer.as_ref()[s..s + self.layout.header_len]
     }
 
     /// The data payload (empty for TLPs without data).
+    #[inline]
     pub fn payload(&self) -> &[u8] {
         let s = self.layout.prefix_len + self.layout.header_len;
         &self.buffer.as_ref()[s..s + self.layout.payload_len]
     }
 
     /// The TLP digest (ECRC) when TD is set.
+    #[inline]
     pub fn ecrc(&self) -> Option<u32> {
         if !self.layout.digest {
             return None;
@@ -220,61 +228,75 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
 
     /// Bytes covered by the TLP, from the first prefix to the end of the payload (no digest).
+    #[inline]
     pub fn without_digest(&self) -> &[u8] {
         let l = &self.layout;
         &self.buffer.as_ref()[..l.prefix_len + l.header_len + l.payload_len]
     }
 
     /// Fmt[2:0].
+    #[inline]
     pub fn fmt(&self) -> u8 {
         self.header()[field::FMT_TYPE] >> 5
     }
     /// Type[4:0].
+    #[inline]
     pub fn ty(&self) -> u8 {
         self.header()[field::FMT_TYPE] & 0x1f
     }
     /// Traffic Class.
+    #[inline]
     pub fn tc(&self) -> u8 {
         (self.header()[field::TC_FLAGS] >> 4) & 0x7
     }
     /// Tag bits T9 and T8 as a value to OR into the tag (0, 0x100, 0x200 or 0x300).
+    #[inline]
     pub fn tag_hi(&self) -> u16 {
         let b = self.header()[field::TC_FLAGS];
         (u16::from(b >> 7) << 9) | (u16::from((b >> 3) & 1) << 8)
     }
     /// Attr[2], ID-Based Ordering.
+    #[inline]
     pub fn attr_ido(&self) -> bool {
         self.header()[field::TC_FLAGS] & 0x04 != 0
     }
     /// LN (Lightweight Notification; reserved since 6.0, carried through).
+    #[inline]
     pub fn ln(&self) -> bool {
         self.header()[field::TC_FLAGS] & 0x02 != 0
     }
     /// TH, TLP Processing Hints present.
+    #[inline]
     pub fn th(&self) -> bool {
         self.header()[field::TC_FLAGS] & 0x01 != 0
     }
     /// TD, TLP digest present.
+    #[inline]
     pub fn td(&self) -> bool {
         self.header()[field::TD_EP_ATTR] & 0x80 != 0
     }
     /// EP, poisoned.
+    #[inline]
     pub fn ep(&self) -> bool {
         self.header()[field::TD_EP_ATTR] & 0x40 != 0
     }
     /// Attr[1], Relaxed Ordering.
+    #[inline]
     pub fn attr_ro(&self) -> bool {
         self.header()[field::TD_EP_ATTR] & 0x20 != 0
     }
     /// Attr[0], No Snoop.
+    #[inline]
     pub fn attr_ns(&self) -> bool {
         self.header()[field::TD_EP_ATTR] & 0x10 != 0
     }
     /// AT[1:0], Address Type.
+    #[inline]
     pub fn at(&self) -> u8 {
         (self.header()[field::TD_EP_ATTR] >> 2) & 0x3
     }
     /// Length in DW, decoded (a field of 0 means 1024).
+    #[inline]
     pub fn length_dw(&self) -> u16 {
         let h = self.header();
         let v = (u16::from(h[field::TD_EP_ATTR] & 0x3) << 8) | u16::from(h[field::LENGTH_LO]);
@@ -285,26 +307,32 @@ impl<T: AsRef<[u8]>> Packet<T> {
         }
     }
     /// Requester ID of a request (DW1).
+    #[inline]
     pub fn requester_id(&self) -> u16 {
         be16(self.header(), field::REQUESTER_ID)
     }
     /// 10-bit tag of a request.
+    #[inline]
     pub fn tag(&self) -> u16 {
         self.tag_hi() | u16::from(self.header()[field::TAG])
     }
     /// First DW byte enables.
+    #[inline]
     pub fn first_be(&self) -> u8 {
         self.header()[field::BE] & 0xf
     }
     /// Last DW byte enables.
+    #[inline]
     pub fn last_be(&self) -> u8 {
         self.header()[field::BE] >> 4
     }
     /// Message Code.
+    #[inline]
     pub fn msg_code(&self) -> u8 {
         self.header()[field::MSG_CODE]
     }
     /// The address of a memory/IO/AtomicOp request, low two bits (PH) cleared.
+    #[inline]
     pub fn address(&self) -> u64 {
         let h = self.header();
         if self.layout.header_len == 16 {
@@ -314,22 +342,27 @@ impl<T: AsRef<[u8]>> Packet<T> {
         }
     }
     /// Processing Hints (the low two address bits).
+    #[inline]
     pub fn ph(&self) -> u8 {
         self.header()[self.layout.header_len - 1] & 3
     }
     /// Completer ID of a completion.
+    #[inline]
     pub fn completer_id(&self) -> u16 {
         be16(self.header(), field::COMPLETER_ID)
     }
     /// Completion Status[2:0] (raw).
+    #[inline]
     pub fn cpl_status(&self) -> u8 {
         self.header()[field::CPL_STATUS] >> 5
     }
     /// BCM.
+    #[inline]
     pub fn bcm(&self) -> bool {
         self.header()[field::CPL_STATUS] & 0x10 != 0
     }
     /// Byte Count, decoded (a field of 0 means 4096).
+    #[inline]
     pub fn byte_count(&self) -> u16 {
         let h = self.header();
         let v =
@@ -341,14 +374,17 @@ impl<T: AsRef<[u8]>> Packet<T> {
         }
     }
     /// Requester ID of a completion.
+    #[inline]
     pub fn cpl_requester_id(&self) -> u16 {
         be16(self.header(), field::CPL_REQUESTER_ID)
     }
     /// 10-bit tag of a completion.
+    #[inline]
     pub fn cpl_tag(&self) -> u16 {
         self.tag_hi() | u16::from(self.header()[field::CPL_TAG])
     }
     /// Lower Address[6:0] of a completion.
+    #[inline]
     pub fn lower_address(&self) -> u8 {
         self.header()[field::CPL_LOWER_ADDR] & 0x7f
     }

@@ -3,6 +3,7 @@
 //!
 //! Prefixes are kept as the raw DWs borrowed from the TLP; [`Prefix`] interprets one DW.
 
+use super::packet::{MAX_E2E_PREFIXES, MAX_LOCAL_PREFIXES};
 use core::fmt;
 
 /// One prefix DW, interpreted.
@@ -136,13 +137,37 @@ impl<'a> Prefixes<'a> {
     /// No prefixes.
     pub const NONE: Prefixes<'static> = Prefixes(&[]);
 
-    /// Wrap raw prefix bytes. Returns `None` unless the length is a multiple of 4 and every DW
-    /// has Fmt = 100b (the prefix encoding).
+    /// Wrap raw prefix bytes. Returns `None` unless the length is a multiple of 4, every DW
+    /// has Fmt = 100b (the prefix encoding), Local prefixes come before End-End ones, and
+    /// there are at most [`MAX_E2E_PREFIXES`] End-End and [`MAX_LOCAL_PREFIXES`] Local ones.
+    #[inline]
     pub fn new(bytes: &'a [u8]) -> Option<Prefixes<'a>> {
-        if bytes.len() % 4 != 0 || bytes.chunks_exact(4).any(|dw| dw[0] >> 5 != 0b100) {
+        if bytes.len() % 4 != 0 {
+            return None;
+        }
+        let (mut local, mut e2e) = (0, 0);
+        for dw in bytes.chunks_exact(4) {
+            if dw[0] >> 5 != 0b100 {
+                return None;
+            }
+            if dw[0] & 0x10 != 0 {
+                e2e += 1;
+            } else if e2e > 0 {
+                return None;
+            } else {
+                local += 1;
+            }
+        }
+        if local > MAX_LOCAL_PREFIXES || e2e > MAX_E2E_PREFIXES {
             return None;
         }
         Some(Prefixes(bytes))
+    }
+
+    /// Wrap prefix bytes already checked by [`crate::tlp::packet::layout`].
+    #[inline]
+    pub(crate) const fn new_unchecked(bytes: &'a [u8]) -> Prefixes<'a> {
+        Prefixes(bytes)
     }
 
     /// The raw bytes.
@@ -173,6 +198,7 @@ impl<'a> Prefixes<'a> {
     }
 
     /// The End-End prefixes only (covered by ECRC).
+    #[inline]
     pub fn end_to_end_bytes(&self) -> &'a [u8] {
         let first = self
             .0

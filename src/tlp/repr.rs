@@ -273,6 +273,7 @@ fn invalid(field: &'static str, value: u64, kind: &'static str) -> Error {
 }
 
 /// Check byte enables of a memory request against §2.2.5.
+#[inline]
 pub fn check_byte_enables(first: u8, last: u8, length_dw: u16, address: u64) -> Result<(), Error> {
     let err = |reason| Error::ByteEnables {
         first,
@@ -462,6 +463,7 @@ impl<'a> Tlp<'a> {
 
     /// Parse and validate one TLP (prefixes + header + payload + digest, nothing else).
     /// Verifies the ECRC when TD is set.
+    #[inline]
     pub fn parse(bytes: &'a [u8]) -> Result<Tlp<'a>, Error> {
         let p = Packet::new_checked(bytes)?;
         let tlp = Self::from_packet(&p)?;
@@ -480,6 +482,7 @@ impl<'a> Tlp<'a> {
     }
 
     /// Read the fields of a checked [`Packet`] (no semantic validation; see [`Tlp::validate`]).
+    #[inline]
     pub fn from_packet(p: &Packet<&'a [u8]>) -> Result<Tlp<'a>, Error> {
         let l = *p.layout();
         let buf: &'a [u8] = p.into_inner();
@@ -572,7 +575,7 @@ impl<'a> Tlp<'a> {
                 })
             }
         };
-        let prefixes = Prefixes::new(&buf[..l.prefix_len]).ok_or(Error::PrefixOrder)?;
+        let prefixes = Prefixes::new_unchecked(&buf[..l.prefix_len]);
         let start = l.prefix_len + l.header_len;
         Ok(Tlp {
             prefixes,
@@ -595,22 +598,19 @@ impl<'a> Tlp<'a> {
 
     /// Check every rule of the specification this codec knows about. [`Tlp::parse`] and
     /// [`Tlp::emit`] both call it.
+    #[inline]
     pub fn validate(&self) -> Result<(), Error> {
-        let name = self.name();
         if self.tc > 7 {
-            return Err(invalid("TC", self.tc.into(), name));
+            return Err(invalid("TC", self.tc.into(), self.name()));
         }
         if self.at > 3 {
-            return Err(invalid("AT", self.at.into(), name));
+            return Err(invalid("AT", self.at.into(), self.name()));
         }
         if !(1..=1024).contains(&self.length_dw) {
-            return Err(invalid("Length", self.length_dw.into(), name));
+            return Err(invalid("Length", self.length_dw.into(), self.name()));
         }
         if self.tag() > 0x3ff {
-            return Err(invalid("Tag", self.tag().into(), name));
-        }
-        if Prefixes::new(self.prefixes.as_bytes()).is_none() {
-            return Err(Error::PrefixOrder);
+            return Err(invalid("Tag", self.tag().into(), self.name()));
         }
         let has_data = self.kind().has_data();
         if has_data {
@@ -627,31 +627,35 @@ impl<'a> Tlp<'a> {
             });
         }
         match &self.header {
-            Header::Mem(m) => self.validate_mem(m, name)?,
+            Header::Mem(m) => self.validate_mem(m)?,
             Header::Io(r) => {
-                self.validate_io_cfg(r.first_be, r.last_be, name)?;
+                self.validate_io_cfg(r.first_be, r.last_be)?;
                 if r.address & 3 != 0 {
                     return Err(Error::ReservedBits("IO address bits 1:0"));
                 }
             }
             Header::Cfg(c) => {
-                self.validate_io_cfg(c.first_be, c.last_be, name)?;
+                self.validate_io_cfg(c.first_be, c.last_be)?;
                 if c.register > 0xffc || c.register & 3 != 0 {
-                    return Err(invalid("register", c.register.into(), name));
+                    return Err(invalid("register", c.register.into(), self.name()));
                 }
             }
             Header::Cpl(c) => {
                 if !(1..=4096).contains(&c.byte_count) {
-                    return Err(invalid("Byte Count", c.byte_count.into(), name));
+                    return Err(invalid("Byte Count", c.byte_count.into(), self.name()));
                 }
                 if c.lower_address > 0x7f {
-                    return Err(invalid("Lower Address", c.lower_address.into(), name));
+                    return Err(invalid(
+                        "Lower Address",
+                        c.lower_address.into(),
+                        self.name(),
+                    ));
                 }
             }
             Header::Msg(m) => {
                 if let Some(r) = message::required_routing(m.code) {
                     if r != m.routing {
-                        return Err(invalid("message routing", m.routing as u64, name));
+                        return Err(invalid("message routing", m.routing as u64, self.name()));
                     }
                 }
             }
@@ -659,22 +663,23 @@ impl<'a> Tlp<'a> {
         Ok(())
     }
 
-    fn validate_mem(&self, m: &MemRequest, name: &'static str) -> Result<(), Error> {
+    #[inline]
+    fn validate_mem(&self, m: &MemRequest) -> Result<(), Error> {
         if m.first_be > 0xf || m.last_be > 0xf {
             return Err(invalid(
                 "byte enables",
                 (m.last_be << 4 | m.first_be).into(),
-                name,
+                self.name(),
             ));
         }
         if m.address & 3 != 0 {
-            return Err(invalid("address (not DW-aligned)", m.address, name));
+            return Err(invalid("address (not DW-aligned)", m.address, self.name()));
         }
         if !m.addr64 && m.address > u64::from(u32::MAX) {
             return Err(invalid(
                 "address (above 4 GiB in a 3 DW header)",
                 m.address,
-                name,
+                self.name(),
             ));
         }
         if m.ph > 3 || (!self.th && m.ph != 0) {
@@ -685,13 +690,13 @@ impl<'a> Tlp<'a> {
             let operand = match (m.op, len) {
                 (MemOp::FetchAdd | MemOp::Swap, 1 | 2) => u64::from(len) * 4,
                 (MemOp::Cas, 2 | 4 | 8) => u64::from(len) * 2,
-                _ => return Err(invalid("AtomicOp operand Length", len.into(), name)),
+                _ => return Err(invalid("AtomicOp operand Length", len.into(), self.name())),
             };
             if m.address % operand != 0 {
                 return Err(invalid(
                     "AtomicOp address (not naturally aligned)",
                     m.address,
-                    name,
+                    self.name(),
                 ));
             }
             return Ok(());
@@ -709,12 +714,13 @@ impl<'a> Tlp<'a> {
         Ok(())
     }
 
-    fn validate_io_cfg(&self, first: u8, last: u8, name: &'static str) -> Result<(), Error> {
+    #[inline]
+    fn validate_io_cfg(&self, first: u8, last: u8) -> Result<(), Error> {
         if self.length_dw != 1 {
-            return Err(invalid("Length", self.length_dw.into(), name));
+            return Err(invalid("Length", self.length_dw.into(), self.name()));
         }
         if first > 0xf {
-            return Err(invalid("First DW BE", first.into(), name));
+            return Err(invalid("First DW BE", first.into(), self.name()));
         }
         if last != 0 {
             return Err(Error::ByteEnables {
@@ -725,7 +731,7 @@ impl<'a> Tlp<'a> {
             });
         }
         if self.tc != 0 {
-            return Err(invalid("TC", self.tc.into(), name));
+            return Err(invalid("TC", self.tc.into(), self.name()));
         }
         if self.attr.ns || self.attr.ro || self.at != 0 || self.th {
             return Err(Error::ReservedBits(
@@ -737,6 +743,7 @@ impl<'a> Tlp<'a> {
 
     /// Write the TLP into `buf` (which must hold at least [`Tlp::buffer_len`] bytes) and
     /// return the number of bytes written. Computes the ECRC when TD is set.
+    #[inline]
     pub fn emit(&self, buf: &mut [u8]) -> Result<usize, Error> {
         self.validate()?;
         let total = self.buffer_len();
@@ -770,6 +777,7 @@ impl<'a> Tlp<'a> {
     }
 
     /// Write the header (12 or 16 bytes) of a validated TLP.
+    #[inline]
     fn write_header(&self, hdr: &mut [u8]) {
         hdr.fill(0);
         let len_field = self.length_dw & 0x3ff;
