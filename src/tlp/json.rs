@@ -436,7 +436,7 @@ impl TlpJson {
         };
         let length_dw = match self.length_dw {
             Some(l) => l,
-            None if !data.is_empty() => (data.len() / 4) as u16,
+            None if !data.is_empty() => data.len().div_ceil(4).min(1024) as u16,
             None => 1,
         };
         let tlp = Tlp {
@@ -490,5 +490,78 @@ impl TlpJson {
         out.resize(start + tlp.buffer_len(), 0);
         tlp.emit(&mut out[start..])?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hand_written_objects_encode() {
+        // Only what is needed: DW0 flags default to 0, Length comes from the data.
+        let j = TlpJson::from_line(
+            r#"{"kind":"CplD","completer_id":"01:00.0","requester_id":"00:00.0","tag":10,"byte_count":4,"data":"4d1408a8"}"#,
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        j.encode(&mut out).unwrap();
+        assert_eq!(to_hex(&out), "4a0000010100000400000a004d1408a8");
+        // A 64-bit address picks the 4 DW form of an AtomicOp.
+        let j = TlpJson::from_line(
+            r#"{"kind":"FetchAdd32","requester_id":"01:00.0","address":"0x100000000","data":"00000001"}"#,
+        )
+        .unwrap();
+        out.clear();
+        j.encode(&mut out).unwrap();
+        assert_eq!(out[0], 0x6c);
+    }
+
+    #[test]
+    fn bad_objects_are_explained() {
+        let enc = |s: &str| {
+            let mut out = Vec::new();
+            TlpJson::from_line(s).and_then(|j| j.encode(&mut out))
+        };
+        assert!(matches!(
+            enc(r#"{"kind":"MRd32"}"#),
+            Err(JsonError::Missing {
+                field: "address",
+                ..
+            })
+        ));
+        assert!(matches!(
+            enc(r#"{"kind":"MRd32","address":"0x10","requester_id":"1:2"}"#),
+            Err(JsonError::BadValue {
+                field: "requester_id",
+                ..
+            })
+        ));
+        assert!(matches!(
+            enc(r#"{"kind":"MRd32","bogus":1}"#),
+            Err(JsonError::Syntax(_))
+        ));
+        assert!(matches!(
+            enc(
+                r#"{"kind":"MWr32","address":"0x10","requester_id":"01:00.0","first_be":15,"data":"00"}"#
+            ),
+            Err(JsonError::Tlp(Error::PayloadMismatch { .. }))
+        ));
+        assert!(matches!(
+            enc(
+                r#"{"kind":"MRd32","address":"0x10","requester_id":"01:00.0","first_be":15,"td":true,"ecrc":"00000000"}"#
+            ),
+            Err(JsonError::Inconsistent { field: "ecrc", .. })
+        ));
+    }
+
+    #[test]
+    fn hex_input_forms() {
+        assert_eq!(
+            parse_hex("0x0000_0001 0X0a\t0b").unwrap(),
+            vec![0, 0, 0, 1, 0x0a, 0x0b]
+        );
+        assert!(parse_hex("abc").is_err());
+        assert!(parse_hex("zz").is_err());
     }
 }

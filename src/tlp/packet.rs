@@ -389,3 +389,53 @@ impl<T: AsRef<[u8]>> Packet<T> {
         self.header()[field::CPL_LOWER_ADDR] & 0x7f
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A CplD with 1 DW of data, as a Linux AER log printed it (plus its payload).
+    static CPLD: [u8; 16] = [
+        0x4a, 0x00, 0x00, 0x01, 0x01, 0x00, 0x00, 0x04, 0x00, 0x00, 0x00, 0x00, 0x4d, 0x14, 0x08,
+        0xa8,
+    ];
+
+    #[test]
+    fn deconstruct() {
+        let p = Packet::new_checked(&CPLD[..]).unwrap();
+        assert_eq!((p.fmt(), p.ty()), (0b010, 0b01010));
+        assert_eq!(p.layout().kind, Kind::CplD);
+        assert_eq!(
+            (p.tc(), p.td(), p.ep(), p.length_dw()),
+            (0, false, false, 1)
+        );
+        assert_eq!(
+            (p.completer_id(), p.cpl_status(), p.byte_count()),
+            (0x0100, 0, 4)
+        );
+        assert_eq!(
+            (p.cpl_requester_id(), p.cpl_tag(), p.lower_address()),
+            (0, 0, 0)
+        );
+        assert_eq!(p.payload(), &[0x4d, 0x14, 0x08, 0xa8]);
+        assert_eq!(p.ecrc(), None);
+    }
+
+    #[test]
+    fn checked_constructor_rejects_bad_lengths() {
+        assert!(matches!(
+            Packet::new_checked(&CPLD[..15]),
+            Err(Error::LengthMismatch { .. })
+        ));
+        assert!(matches!(
+            Packet::new_checked(&CPLD[..8]),
+            Err(Error::Truncated { .. })
+        ));
+        let mut longer = CPLD.to_vec();
+        longer.push(0);
+        assert!(matches!(
+            Packet::new_checked(&longer[..]),
+            Err(Error::LengthMismatch { .. })
+        ));
+    }
+}

@@ -268,3 +268,113 @@ impl Iterator for SplitCompletion {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_enable_arithmetic() {
+        assert_eq!(byte_enables(0x1001, 6), (0x1000, 2, 0b1110, 0b0111));
+        assert_eq!(byte_enables(0x1003, 1), (0x1000, 1, 0b1000, 0));
+        assert_eq!(byte_enables(0x1000, 4096), (0x1000, 1024, 0xf, 0xf));
+        assert_eq!(byte_enables(0x1002, 0), (0x1000, 1, 0, 0));
+        assert_eq!(
+            covered_bytes(0x1000, 2, 0b1110, 0b0111),
+            ByteRange {
+                address: 0x1001,
+                len: 6
+            }
+        );
+        // 1 DW with non-contiguous enables: from the first to the last enabled byte.
+        assert_eq!(
+            covered_bytes(0x2000, 1, 0b1001, 0),
+            ByteRange {
+                address: 0x2000,
+                len: 4
+            }
+        );
+    }
+
+    #[test]
+    fn read_completion_split_at_rcb_and_mps() {
+        // 256 bytes at 0x1010, RCB 64, MPS 128: the first CplD stops at the RCB boundary
+        // 0x1080, the next carries a full 128 bytes, the last the remaining 16.
+        let c: Vec<_> = SplitCompletion::new(0x1010, 256, 64, 128)
+            .unwrap()
+            .collect();
+        let expect = [
+            (256, 0x10, 28, 0, 112),
+            (144, 0x00, 32, 112, 128),
+            (16, 0x00, 4, 240, 16),
+        ];
+        assert_eq!(c.len(), expect.len());
+        for (got, (bc, la, dw, off, len)) in c.iter().zip(expect) {
+            assert_eq!(
+                (
+                    got.byte_count,
+                    got.lower_address,
+                    got.length_dw,
+                    got.offset,
+                    got.len
+                ),
+                (bc, la, dw, off, len)
+            );
+        }
+        // A 1-byte read at 0x1003: Lower Address 3, Byte Count 1, 1 DW.
+        let c: Vec<_> = SplitCompletion::for_request(0x1000, 1, 0b1000, 0, 64, 256)
+            .unwrap()
+            .collect();
+        assert_eq!(c.len(), 1);
+        assert_eq!(
+            (c[0].byte_count, c[0].lower_address, c[0].length_dw),
+            (1, 3, 1)
+        );
+        // Zero-length read: one DW, Byte Count 1.
+        let c: Vec<_> = SplitCompletion::for_request(0x1000, 1, 0, 0, 64, 256)
+            .unwrap()
+            .collect();
+        assert_eq!((c.len(), c[0].byte_count, c[0].length_dw), (1, 1, 1));
+        assert_eq!(
+            SplitCompletion::new(0, 8, 32, 128).unwrap_err(),
+            SizeError::Rcb(32)
+        );
+        assert_eq!(
+            SplitCompletion::new(0, 8, 64, 100).unwrap_err(),
+            SizeError::MaxSize(100)
+        );
+        assert_eq!(
+            SplitCompletion::new(0, 5000, 64, 128).unwrap_err(),
+            SizeError::TooLong(5000)
+        );
+    }
+
+    #[test]
+    fn request_split_at_max_and_4k() {
+        // 64 bytes straddling a 4 KiB boundary: two requests.
+        let c: Vec<_> = SplitRequest::new(0x0ff0, 0x40, 512).unwrap().collect();
+        assert_eq!(c.len(), 2);
+        assert_eq!(
+            (c[0].dw_address, c[0].length_dw, c[0].offset),
+            (0x0ff0, 4, 0)
+        );
+        assert_eq!(
+            (c[1].dw_address, c[1].length_dw, c[1].offset),
+            (0x1000, 12, 16)
+        );
+        // 1000 bytes from an unaligned address with MRRS 256: pieces end on 256-byte boundaries.
+        let c: Vec<_> = SplitRequest::new(0x2003, 1000, 256).unwrap().collect();
+        assert_eq!(c.len(), 4);
+        assert_eq!(
+            (c[0].first_be, c[0].length_dw, c[0].bytes.len),
+            (0b1000, 64, 253)
+        );
+        assert_eq!(c[1].bytes.address, 0x2100);
+        let total: u32 = c.iter().map(|p| p.bytes.len).sum();
+        assert_eq!(total, 1000);
+        assert_eq!(
+            SplitRequest::new(0, 1, 64).unwrap_err(),
+            SizeError::MaxSize(64)
+        );
+    }
+}
