@@ -6,18 +6,21 @@
 //! * [`classify`] — ordering class and flow-control credits from DW0 alone ([`class`]).
 //! * [`split`] — byte-enable arithmetic, splitting requests at MRRS/MPS and read completions
 //!   at the Read Completion Boundary.
+//! * [`header`] — the type-specific header values; validation rules live in `validate.rs`.
 //! * [`ecrc`] — the TLP digest (§2.7.1); [`message`], [`prefix`] — message codes and prefixes.
 //! * [`json`] — the stable JSON form used by `pcietun tlp` (documented in docs/tlp.md).
 
 pub mod class;
 mod display;
 pub mod ecrc;
+pub mod header;
 pub mod json;
 pub mod message;
 pub mod packet;
 pub mod prefix;
 pub mod repr;
 pub mod split;
+mod validate;
 
 pub use class::{classify, ClassifyError, Credits, OrderingClass};
 pub use message::MsgRouting;
@@ -26,6 +29,7 @@ pub use prefix::{Prefix, Prefixes};
 pub use repr::{
     Attr, CfgRequest, Completion, CplStatus, Header, IoRequest, MemOp, MemRequest, Message, Tlp,
 };
+pub use validate::check_byte_enables;
 
 use core::fmt;
 
