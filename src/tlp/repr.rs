@@ -366,6 +366,7 @@ impl<'a> Tlp<'a> {
         let mut hdr = [0u8; 16];
         let hl = self.header_len();
         self.write_header(&mut hdr[..hl]);
+        hdr[field::TD_EP_ATTR] |= 0x80;
         ecrc::compute(self.prefixes.end_to_end_bytes(), &hdr[..hl], self.data)
     }
 
