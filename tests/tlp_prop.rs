@@ -69,6 +69,19 @@ proptest! {
     }
 
     #[test]
+    fn split_helpers_never_panic(address in any::<u64>(), len in any::<u32>(), length_dw in 0u16..=1024, first in any::<u8>(), last in any::<u8>(), shift in 6u32..=13) {
+        let r = covered_bytes(address, length_dw, first, last);
+        prop_assert!(r.len <= u32::from(length_dw.max(1)) * 4);
+        let _ = byte_enables(address, len % 4097);
+        if let Ok(it) = SplitRequest::new(address, u64::from(len % 70000), 1 << shift) {
+            prop_assert!(it.take(1000).count() <= 1000);
+        }
+        if let Ok(it) = SplitCompletion::new(address, len % 5000, 1 << (shift % 2 + 6), 1 << shift) {
+            prop_assert!(it.take(1000).count() <= 1000);
+        }
+    }
+
+    #[test]
     fn byte_enables_and_covered_bytes_are_inverse(address in any::<u64>(), len in 0u32..=4096) {
         let address = address & 0xffff_ffff_ffff;
         let (dw, length_dw, first, last) = byte_enables(address, len);

@@ -42,11 +42,15 @@ pub fn covered_bytes(address: u64, length_dw: u16, first_be: u8, last_be: u8) ->
     } else {
         8 - last.leading_zeros()
     };
-    let end = base + (u64::from(length_dw) - 1) * 4 + u64::from(hi);
-    let start = base + u64::from(lo);
+    let end = base
+        .saturating_add((u64::from(length_dw) - 1) * 4)
+        .saturating_add(u64::from(hi));
+    let start = base.saturating_add(u64::from(lo));
     ByteRange {
         address: start,
-        len: (end - start) as u32,
+        // Byte enables the spec forbids (e.g. First BE 0 in a multi-DW request) give an empty
+        // or truncated range rather than a panic; `Tlp::parse` rejects such requests anyway.
+        len: end.saturating_sub(start) as u32,
     }
 }
 
@@ -151,8 +155,10 @@ impl Iterator for SplitRequest {
             return None;
         }
         let s = self.next;
-        let limit = ((s & !3) + self.max) & !(self.max - 1);
-        let e = self.end.min(limit);
+        let e = match (s & !3).checked_add(self.max) {
+            Some(limit) => self.end.min(limit & !(self.max - 1)),
+            None => self.end,
+        };
         self.next = e;
         let len = (e - s) as u32;
         let (dw_address, length_dw, first_be, last_be) = byte_enables(s, len);
@@ -212,7 +218,7 @@ impl SplitCompletion {
         Ok(SplitCompletion {
             start: address,
             next: address,
-            end: address + u64::from(len),
+            end: address.saturating_add(u64::from(len)),
             rcb: u64::from(rcb),
             mps: u64::from(mps),
             zero_len_pending: len == 0,
@@ -252,13 +258,12 @@ impl Iterator for SplitCompletion {
         }
         let s = self.next;
         let dw_start = s & !3;
-        let e = if self.end <= dw_start + self.mps {
-            self.end
-        } else {
-            (dw_start + self.mps) & !(self.rcb - 1)
+        let e = match dw_start.checked_add(self.mps) {
+            Some(limit) if self.end > limit => limit & !(self.rcb - 1),
+            _ => self.end,
         };
         self.next = e;
-        let length_dw = ((e + 3) & !3) - dw_start;
+        let length_dw = (e.saturating_add(3) & !3) - dw_start;
         Some(CompletionChunk {
             byte_count: (self.end - s) as u16,
             lower_address: (s & 0x7f) as u8,
