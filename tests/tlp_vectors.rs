@@ -500,6 +500,19 @@ fn display_reads_like_an_analyser() {
     let b = bytes("34000000 01000020 00000000 00000000");
     let s = Tlp::parse(b).unwrap().to_string();
     assert!(s.contains("Assert_INTA") && s.contains("Local"), "{s}");
+    let b = bytes("32000000 0100007e 02001af4 00011234");
+    let s = Tlp::parse(b).unwrap().to_string();
+    assert!(
+        s.contains("Vendor_Defined_Type_0") && s.contains("Vendor 1af4"),
+        "{s}"
+    );
+    assert!(s.contains("Target 02:00.0"), "{s}");
+    let b = bytes("30000000 01000010 00000000 88018802");
+    let s = Tlp::parse(b).unwrap().to_string();
+    assert!(
+        s.contains("LTR") && s.contains("NoSnoop 8801 Snoop 8802"),
+        "{s}"
+    );
 }
 
 #[test]

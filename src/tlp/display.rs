@@ -3,7 +3,7 @@
 //! The format is for people, not parsers (use `pcietun tlp decode --json` for that):
 //! kind, IDs, tag, address or target, byte enables, length, flags, then the payload.
 
-use super::message::code_name;
+use super::message::{code, code_name};
 use super::repr::{Header, Tlp};
 use super::Kind;
 use core::fmt;
@@ -74,6 +74,18 @@ impl fmt::Display for Tlp<'_> {
                     None => write!(f, " Code {:#04x}", m.code)?,
                 }
                 write!(f, " Route {} RID {}", m.routing, m.requester_id)?;
+                let fld = m.fields;
+                match m.code {
+                    code::VENDOR_DEFINED_0 | code::VENDOR_DEFINED_1 => {
+                        write!(f, " Vendor {:02x}{:02x}", fld[2], fld[3])?;
+                    }
+                    code::LTR => write!(
+                        f,
+                        " NoSnoop {:02x}{:02x} Snoop {:02x}{:02x}",
+                        fld[4], fld[5], fld[6], fld[7]
+                    )?,
+                    _ => {}
+                }
                 match m.routing {
                     super::MsgRouting::ByAddress => write!(f, " Addr {:#x}", m.address())?,
                     super::MsgRouting::ById => write!(f, " Target {}", m.target_id())?,
