@@ -90,7 +90,7 @@ impl fmt::Display for Tlp<'_> {
                     super::MsgRouting::ByAddress => write!(f, " Addr {:#x}", m.address())?,
                     super::MsgRouting::ById => write!(f, " Target {}", m.target_id())?,
                     _ => {
-                        if m.fields != [0; 8] {
+                        if m.fields != [0; 8] && m.code != code::LTR {
                             write!(f, " Fields {:016x}", u64::from_be_bytes(m.fields))?;
                         }
                     }
