@@ -204,7 +204,14 @@ impl TlpJson {
             ep: t.ep,
             at: t.at,
             ln: t.ln,
-            length_dw: Some(t.length_dw),
+            // Length is reserved in completions and messages without data; a zero field is
+            // left out rather than shown as 1024.
+            length_dw: match t.header {
+                Header::Cpl(_) | Header::Msg(_) if !t.kind().has_data() && t.length_dw == 1024 => {
+                    None
+                }
+                _ => Some(t.length_dw),
+            },
             ..TlpJson::default()
         };
         match &t.header {
@@ -437,6 +444,8 @@ impl TlpJson {
         let length_dw = match self.length_dw {
             Some(l) => l,
             None if !data.is_empty() => data.len().div_ceil(4).min(1024) as u16,
+            // Reserved Length of a completion or message without data: field 0.
+            None if matches!(header, Header::Cpl(_) | Header::Msg(_)) => 1024,
             None => 1,
         };
         let tlp = Tlp {
