@@ -49,10 +49,18 @@ pub fn check_byte_enables(first: u8, last: u8, length_dw: u16, address: u64) -> 
 }
 
 impl Tlp<'_> {
-    /// Check every rule of the specification this codec knows about. [`Tlp::parse`] and
-    /// [`Tlp::emit`] both call it.
+    /// Check every rule of the specification this codec knows about: that each field fits
+    /// its width and that the TLP follows the spec's rules. [`Tlp::emit`] calls it;
+    /// [`Tlp::parse`] runs the rules part (fields read from the wire always fit).
     #[inline]
     pub fn validate(&self) -> Result<(), Error> {
+        self.check_field_ranges()?;
+        self.check_rules()
+    }
+
+    /// Values that fit their wire fields and a payload that matches Length. Only a value
+    /// built by hand can break these.
+    fn check_field_ranges(&self) -> Result<(), Error> {
         if self.tc > 7 {
             return Err(invalid("TC", self.tc.into(), self.name()));
         }
@@ -65,8 +73,7 @@ impl Tlp<'_> {
         if self.tag() > 0x3ff {
             return Err(invalid("Tag", self.tag().into(), self.name()));
         }
-        let has_data = self.kind().has_data();
-        if has_data {
+        if self.kind().has_data() {
             if self.data.len() != usize::from(self.length_dw) * 4 {
                 return Err(Error::PayloadMismatch {
                     length_dw: self.length_dw,
@@ -79,63 +86,71 @@ impl Tlp<'_> {
                 data_len: self.data.len(),
             });
         }
-        match &self.header {
-            Header::Mem(m) => self.validate_mem(m)?,
+        let (first, last) = match &self.header {
+            Header::Mem(m) => {
+                if m.address & 3 != 0 {
+                    return Err(invalid("address (not DW-aligned)", m.address, self.name()));
+                }
+                if !m.addr64 && m.address > u64::from(u32::MAX) {
+                    let what = "address (above 4 GiB in a 3 DW header)";
+                    return Err(invalid(what, m.address, self.name()));
+                }
+                if m.ph > 3 {
+                    return Err(invalid("PH", m.ph.into(), self.name()));
+                }
+                (m.first_be, m.last_be)
+            }
             Header::Io(r) => {
-                self.validate_io_cfg(r.first_be, r.last_be)?;
                 if r.address & 3 != 0 {
                     return Err(Error::ReservedBits("IO address bits 1:0"));
                 }
+                (r.first_be, r.last_be)
             }
             Header::Cfg(c) => {
-                self.validate_io_cfg(c.first_be, c.last_be)?;
                 if c.register > 0xffc || c.register & 3 != 0 {
                     return Err(invalid("register", c.register.into(), self.name()));
                 }
+                (c.first_be, c.last_be)
             }
             Header::Cpl(c) => {
                 if !(1..=4096).contains(&c.byte_count) {
                     return Err(invalid("Byte Count", c.byte_count.into(), self.name()));
                 }
                 if c.lower_address > 0x7f {
-                    return Err(invalid(
-                        "Lower Address",
-                        c.lower_address.into(),
-                        self.name(),
-                    ));
+                    let la = c.lower_address.into();
+                    return Err(invalid("Lower Address", la, self.name()));
                 }
+                (0, 0)
             }
-            Header::Msg(m) => {
-                if let Some(r) = message::required_routing(m.code) {
-                    if r != m.routing {
-                        return Err(invalid("message routing", m.routing as u64, self.name()));
-                    }
-                }
-            }
+            Header::Msg(_) => (0, 0),
+        };
+        if first > 0xf || last > 0xf {
+            let be = u64::from(last) << 4 | u64::from(first);
+            return Err(invalid("byte enables", be, self.name()));
         }
         Ok(())
     }
 
+    /// The specification's rules for the TLP kind (run on every parse and emit).
     #[inline]
-    fn validate_mem(&self, m: &MemRequest) -> Result<(), Error> {
-        if m.first_be > 0xf || m.last_be > 0xf {
-            return Err(invalid(
-                "byte enables",
-                (m.last_be << 4 | m.first_be).into(),
-                self.name(),
-            ));
+    pub(crate) fn check_rules(&self) -> Result<(), Error> {
+        match &self.header {
+            Header::Mem(m) => self.check_mem(m),
+            Header::Io(r) => self.check_io_cfg(r.last_be),
+            Header::Cfg(c) => self.check_io_cfg(c.last_be),
+            Header::Cpl(_) => Ok(()),
+            Header::Msg(m) => match message::required_routing(m.code) {
+                Some(r) if r != m.routing => {
+                    Err(invalid("message routing", m.routing as u64, self.name()))
+                }
+                _ => Ok(()),
+            },
         }
-        if m.address & 3 != 0 {
-            return Err(invalid("address (not DW-aligned)", m.address, self.name()));
-        }
-        if !m.addr64 && m.address > u64::from(u32::MAX) {
-            return Err(invalid(
-                "address (above 4 GiB in a 3 DW header)",
-                m.address,
-                self.name(),
-            ));
-        }
-        if m.ph > 3 || (!self.th && m.ph != 0) {
+    }
+
+    #[inline]
+    fn check_mem(&self, m: &MemRequest) -> Result<(), Error> {
+        if !self.th && m.ph != 0 {
             return Err(Error::ReservedBits("PH (address bits 1:0) without TH"));
         }
         let len = self.length_dw;
@@ -146,11 +161,8 @@ impl Tlp<'_> {
                 _ => return Err(invalid("AtomicOp operand Length", len.into(), self.name())),
             };
             if m.address % operand != 0 {
-                return Err(invalid(
-                    "AtomicOp address (not naturally aligned)",
-                    m.address,
-                    self.name(),
-                ));
+                let what = "AtomicOp address (not naturally aligned)";
+                return Err(invalid(what, m.address, self.name()));
             }
             return Ok(());
         }
@@ -168,16 +180,17 @@ impl Tlp<'_> {
     }
 
     #[inline]
-    fn validate_io_cfg(&self, first: u8, last: u8) -> Result<(), Error> {
+    fn check_io_cfg(&self, last: u8) -> Result<(), Error> {
         if self.length_dw != 1 {
             return Err(invalid("Length", self.length_dw.into(), self.name()));
         }
-        if first > 0xf {
-            return Err(invalid("First DW BE", first.into(), self.name()));
-        }
         if last != 0 {
             return Err(Error::ByteEnables {
-                first,
+                first: match &self.header {
+                    Header::Io(r) => r.first_be,
+                    Header::Cfg(c) => c.first_be,
+                    _ => 0,
+                },
                 last,
                 length_dw: 1,
                 reason: "Last DW BE must be 0000b for IO and configuration requests",
