@@ -13,8 +13,9 @@
 //!   stay read-only); ARI: control.
 //!
 //! A BAR without a given size gets the largest power of two its dumped address is aligned to,
-//! capped at 1 MiB (memory) or 256 bytes (I/O) — for the 82576 NIC's dump that reproduces the
-//! real sizes (128K, 128K, 32, 16K). Give sizes for anything that matters.
+//! capped at 1 MiB (memory) or 256 bytes (I/O). That is a guess: for the 82576 NIC's dump it
+//! gives 128K, 256K, 32, 16K where the real card has 128K, 128K, 32, 16K. Give sizes for
+//! anything that matters.
 
 use super::caps::{AerCap, AriCap, Capability, MsiCap, MsixCap, PciExpressCap, PmCap, SriovCap};
 use super::config::{ConfigSpace, HeaderType};
