@@ -302,14 +302,14 @@ pub fn default_description(config: &[u8]) -> String {
     s
 }
 
-/// Writes one function in lspci's format (header line, rows, blank line). `config` is
-/// written up to its length rounded down to whole rows, at most 4 KiB.
+/// Writes one function in lspci's format (header line, rows of 16 bytes, blank line), at most
+/// 4 KiB of `config`; a length that is not a multiple of 16 ends in a short row.
 pub fn format_function(address: &PciAddress, description: &str, config: &[u8]) -> String {
     let desc: String = description
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
-    let len = (config.len().min(CONFIG_SPACE_SIZE)) & !0xf;
+    let len = config.len().min(CONFIG_SPACE_SIZE);
     let mut s = String::with_capacity(len * 3 + len / 16 * 6 + 80);
     s.push_str(&address.to_string());
     if !desc.is_empty() {

@@ -253,7 +253,10 @@ fn attach_caps(cfg: &mut ConfigSpace, dump: &[u8]) {
             .min()
             .unwrap_or(area_end)
             .min(area_end)
-            - o;
+            .saturating_sub(o);
+        if room == 0 {
+            continue; // the capability lies outside the dumped bytes
+        }
         let image = &dump[o..o + room];
         let cap: Option<Box<dyn Capability>> = match fc.id {
             super::CapabilityId::Standard(cap_id::POWER_MANAGEMENT) => {
