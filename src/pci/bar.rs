@@ -136,11 +136,16 @@ pub struct BarValue {
     pub prefetchable: bool,
 }
 
-/// Decodes `slots` BARs starting at `offset`: implemented ones in slot order, upper halves of
-/// 64-bit BARs skipped. A BAR counts as implemented when it has writable address bits or a
-/// non-zero value (a read-only replayed BAR).
-pub(crate) fn decode_all(regs: &RegisterBlock, offset: usize, slots: usize) -> Vec<BarValue> {
-    let mut out = Vec::new();
+/// Decodes `slots` (at most 6) BARs starting at `offset`, without allocating: implemented
+/// ones in slot order, upper halves of 64-bit BARs skipped. A BAR counts as implemented when
+/// it has writable address bits or a non-zero value (a read-only replayed BAR).
+pub(crate) fn decode_all(
+    regs: &RegisterBlock,
+    offset: usize,
+    slots: usize,
+) -> impl Iterator<Item = BarValue> {
+    let mut out: [Option<BarValue>; 6] = [None; 6];
+    let slots = slots.min(6);
     let mut i = 0;
     while i < slots {
         let o = offset + i * 4;
@@ -152,7 +157,7 @@ pub(crate) fn decode_all(regs: &RegisterBlock, offset: usize, slots: usize) -> V
         }
         if lo & b::IO_SPACE != 0 {
             let m = mask_lo & b::IO_ADDRESS_MASK;
-            out.push(BarValue {
+            out[i] = Some(BarValue {
                 index: i,
                 address: (lo & b::IO_ADDRESS_MASK) as u64,
                 size: if m == 0 {
@@ -171,7 +176,7 @@ pub(crate) fn decode_all(regs: &RegisterBlock, offset: usize, slots: usize) -> V
         if lo & b::MEM_TYPE_MASK == b::MEM_TYPE_64 && i + 1 < slots {
             let hi = regs.u32(o + 4) as u64;
             let m = ((regs.rw_mask(o + 4, 4)) << 32) | (mask_lo & b::MEM_ADDRESS_MASK) as u64;
-            out.push(BarValue {
+            out[i] = Some(BarValue {
                 index: i,
                 address: (hi << 32) | (lo & b::MEM_ADDRESS_MASK) as u64,
                 size: if m == 0 { 0 } else { (!m).wrapping_add(1) },
@@ -183,7 +188,7 @@ pub(crate) fn decode_all(regs: &RegisterBlock, offset: usize, slots: usize) -> V
             continue;
         }
         let m = mask_lo & b::MEM_ADDRESS_MASK;
-        out.push(BarValue {
+        out[i] = Some(BarValue {
             index: i,
             address: (lo & b::MEM_ADDRESS_MASK) as u64,
             size: if m == 0 {
@@ -197,5 +202,5 @@ pub(crate) fn decode_all(regs: &RegisterBlock, offset: usize, slots: usize) -> V
         });
         i += 1;
     }
-    out
+    out.into_iter().flatten()
 }

@@ -450,11 +450,16 @@ impl ConfigSpace {
 
     /// Every implemented BAR with its programmed address and size.
     pub fn bars(&self) -> Vec<BarValue> {
-        decode_all(&self.regs, h::BAR0, self.header_type.bar_slots())
+        decode_all(&self.regs, h::BAR0, self.header_type.bar_slots()).collect()
+    }
+
+    /// BAR `index` as programmed, if implemented (no allocation).
+    pub fn bar(&self, index: usize) -> Option<BarValue> {
+        decode_all(&self.regs, h::BAR0, self.header_type.bar_slots()).find(|v| v.index == index)
     }
 
     /// The BAR that decodes `address` (memory or I/O) right now, honouring the Command
-    /// register's decode enables, with the offset inside it.
+    /// register's decode enables, with the offset inside it. Does not allocate (MMIO path).
     pub fn decode(&self, address: u64, io: bool) -> Option<(usize, u64)> {
         let enabled = if io {
             self.io_enabled()
@@ -464,8 +469,7 @@ impl ConfigSpace {
         if !enabled {
             return None;
         }
-        self.bars()
-            .into_iter()
+        decode_all(&self.regs, h::BAR0, self.header_type.bar_slots())
             .filter(|v| v.io == io && v.size > 0 && v.address != 0)
             .find(|v| address >= v.address && address - v.address < v.size)
             .map(|v| (v.index, address - v.address))

@@ -110,7 +110,7 @@ impl SriovCap {
     }
     /// The VF BARs as programmed (VF `n`'s BAR is at address + n × size).
     pub fn vf_bars(&self) -> Vec<BarValue> {
-        decode_all(&self.regs, sriov::VF_BAR0, 6)
+        decode_all(&self.regs, sriov::VF_BAR0, 6).collect()
     }
 }
 
