@@ -172,6 +172,17 @@ fn command_status_and_read_only_header_fields() {
     c.write_u16(0x04, 0);
     assert!(!c.bus_master_enabled() && !c.intx_disabled());
 
+    // Beyond 4 KiB: reads zero, writes vanish, nothing wraps.
+    let before = c.snapshot();
+    c.write(4094, &[0xff; 8]);
+    c.write(usize::MAX, &[0xff; 4]);
+    let mut tail = [0xaa; 6];
+    c.read(4094, &mut tail);
+    assert_eq!(tail, [before[4094], before[4095], 0, 0, 0, 0]);
+    assert_eq!(c.snapshot(), before);
+    c.read(usize::MAX - 1, &mut tail);
+    assert_eq!(tail, [0; 6]);
+
     // Read-only identity.
     c.write_u32(0x00, 0);
     c.write_u32(0x08, 0);

@@ -306,8 +306,16 @@ impl ConfigSpace {
             .unwrap_or(usize::MAX)
     }
 
-    /// Reads `buf.len()` bytes at `offset` (beyond 4 KiB reads as zero).
+    /// Reads `buf.len()` bytes at `offset` (beyond 4 KiB reads as zero, like an unimplemented
+    /// register).
     pub fn read(&self, offset: usize, buf: &mut [u8]) {
+        if offset >= spec::CONFIG_SPACE_SIZE {
+            buf.fill(0);
+            return;
+        }
+        let buf_len = buf.len().min(spec::CONFIG_SPACE_SIZE - offset);
+        let (buf, rest) = buf.split_at_mut(buf_len);
+        rest.fill(0);
         let mut i = 0;
         while i < buf.len() {
             let o = offset + i;
@@ -327,9 +335,14 @@ impl ConfigSpace {
 
     /// A configuration write at `offset`. Applies every mask, runs capability side effects,
     /// and performs a Function Level Reset when one was initiated (see
-    /// [`ConfigSpace::take_flr`]). Returns what the write asked the device to do.
+    /// [`ConfigSpace::take_flr`]). Bytes beyond 4 KiB are dropped. Returns what the write
+    /// asked the device to do.
     pub fn write(&mut self, offset: usize, data: &[u8]) -> CapEvent {
         let mut ev = CapEvent::default();
+        if offset >= spec::CONFIG_SPACE_SIZE {
+            return ev;
+        }
+        let data = &data[..data.len().min(spec::CONFIG_SPACE_SIZE - offset)];
         let mut i = 0;
         while i < data.len() {
             let o = offset + i;

@@ -68,7 +68,11 @@ impl RegisterBlock {
     /// Reads `buf.len()` bytes at `offset`; bytes past the end read as zero.
     pub fn read(&self, offset: usize, buf: &mut [u8]) {
         for (i, b) in buf.iter_mut().enumerate() {
-            *b = self.value.get(offset + i).copied().unwrap_or(0);
+            *b = offset
+                .checked_add(i)
+                .and_then(|o| self.value.get(o))
+                .copied()
+                .unwrap_or(0);
         }
     }
 
@@ -76,10 +80,9 @@ impl RegisterBlock {
     /// past the end are ignored.
     pub fn write(&mut self, offset: usize, data: &[u8]) {
         for (i, &d) in data.iter().enumerate() {
-            let o = offset + i;
-            if o >= self.value.len() {
+            let Some(o) = offset.checked_add(i).filter(|&o| o < self.value.len()) else {
                 break;
-            }
+            };
             let (rw, w1c) = (self.rw[o], self.w1c[o]);
             let old = self.value[o];
             self.value[o] = ((old & !rw) | (d & rw)) & !(d & w1c);
