@@ -172,6 +172,17 @@ fn command_status_and_read_only_header_fields() {
     c.write_u16(0x04, 0);
     assert!(!c.bus_master_enabled() && !c.intx_disabled());
 
+    // CfgWr byte enables: only the enabled bytes are written, even non-contiguous ones.
+    c.write_dword(0x3c, 0xffff_ff0e, 0b0001);
+    assert_eq!(c.read_u8(0x3c), 0x0e);
+    c.write_dword(0x0c, 0x0000_0020, 0b1110);
+    assert_eq!(c.read_u8(0x0c), 0x00, "byte 0 not enabled");
+    c.write_dword(0x0c, 0x0000_0020, 0b1001);
+    assert_eq!(c.read_u8(0x0c), 0x20);
+    let ev = c.write_dword(PCIE + exp::DEVCTL, 0x0000_8000, 0b0010);
+    assert!(ev.function_level_reset, "FLR through a one-byte CfgWr");
+    assert!(c.take_flr());
+
     // Beyond 4 KiB: reads zero, writes vanish, nothing wraps.
     let before = c.snapshot();
     c.write(4094, &[0xff; 8]);

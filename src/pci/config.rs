@@ -364,6 +364,28 @@ impl ConfigSpace {
         ev
     }
 
+    /// A CfgWr as it arrives in a TLP: the dword at `dword_offset` (a multiple of 4) with
+    /// `byte_enables` (bit n = byte n of `value`, little-endian). Each run of enabled bytes is
+    /// written as one access; non-contiguous enables are allowed for configuration writes.
+    pub fn write_dword(&mut self, dword_offset: usize, value: u32, byte_enables: u8) -> CapEvent {
+        let bytes = value.to_le_bytes();
+        let base = dword_offset & !3;
+        let mut ev = CapEvent::default();
+        let mut i = 0;
+        while i < 4 {
+            if byte_enables & (1 << i) == 0 {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while i < 4 && byte_enables & (1 << i) != 0 {
+                i += 1;
+            }
+            ev = ev.merge(self.write(base + start, &bytes[start..i]));
+        }
+        ev
+    }
+
     /// 32-bit read (little-endian).
     pub fn read_u32(&self, offset: usize) -> u32 {
         let mut b = [0; 4];
