@@ -14,7 +14,7 @@ pub struct FoundCapability {
 }
 
 /// Walks the standard and extended capability lists of a configuration image (a dump, or a
-/// [`ConfigSpace::snapshot`]) the way an OS does: pointers masked to dword alignment, loops
+/// [`ConfigSpace::snapshot`](super::ConfigSpace::snapshot)) the way an OS does: pointers masked to dword alignment, loops
 /// and out-of-range pointers end the walk. The extended list is only walked when the image
 /// is longer than 256 bytes.
 pub fn walk_capabilities(image: &[u8]) -> Vec<FoundCapability> {
