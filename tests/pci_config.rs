@@ -621,3 +621,44 @@ fn aer_records_errors_and_clears_them_rw1c() {
     c.write_u32(0x108, 0xffff_ffff);
     assert_eq!(c.read_u32(0x108), 0x07ff_f030, "only implemented mask bits");
 }
+
+#[test]
+fn raw_and_power_management_capabilities() {
+    use pcietun::pci::{PmCap, RawCapability};
+    let mut c = ConfigSpace::endpoint(FunctionIds {
+        vendor_id: 0x1234,
+        ..FunctionIds::default()
+    });
+    // Vendor-specific capability: length byte, then one writable scratch byte and a
+    // read-only signature.
+    let image = [0x09, 0x00, 0x08, 0x00, 0xa5, 0x5a, 0xc3, 0x3c];
+    let mask = [0, 0, 0, 0xff, 0, 0, 0, 0];
+    let raw = RawCapability::with_write_mask(CapabilityId::Standard(0x09), &image, &mask);
+    assert_eq!(c.add_capability(Box::new(raw)).unwrap(), 0x40);
+    assert_eq!(c.add_capability(Box::new(PmCap::new())).unwrap(), 0x48);
+    c.write_u32(0x40, 0xffff_ffff);
+    c.write_u32(0x44, 0);
+    assert_eq!(
+        c.read_u32(0x40),
+        0xff08_4809,
+        "header RO, byte 3 RW, linked to PM at 0x48"
+    );
+    assert_eq!(c.read_u32(0x44), 0x3cc3_5aa5);
+    // PMCSR: power state RW, PME status RW1C.
+    c.write_u16(0x4c, 0x0003);
+    assert_eq!(c.capability::<PmCap>().unwrap().power_state(), 3);
+    assert_eq!(c.read_u16(0x4c), 0x000b, "D3hot, No_Soft_Reset");
+    let names: Vec<_> = c.capabilities().map(|(o, _, n)| (o, n)).collect();
+    assert_eq!(names, vec![(0x40, "raw"), (0x48, "Power Management")]);
+    // The standard list is full after 0x100 - 0x40 bytes.
+    for _ in 0..22 {
+        c.add_capability(Box::new(PmCap::new())).unwrap();
+    }
+    assert!(matches!(
+        c.add_capability(Box::new(PmCap::new())),
+        Err(PciError::NoRoom {
+            name: "Power Management",
+            len: 8
+        })
+    ));
+}
