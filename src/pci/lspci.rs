@@ -364,6 +364,32 @@ mod tests {
     }
 
     #[test]
+    fn verbose_decode_lines_and_domains_are_handled() {
+        let row = " 11".repeat(16);
+        let text = format!(
+            "0000:09:00.0 Class 0200: Device 8086:10c9 (rev 01)\n\tControl: I/O+ Mem+\n\
+             \t\tDevCap:\tMaxPayload 512 bytes\n00:{row}\n10:{row}\n20:{row}\n30:{row}\n\
+             \tKernel driver in use: igb\n\n0000:09:00.1 Second\n00:{row}\n"
+        );
+        let f = parse(&text).unwrap();
+        assert_eq!(f.len(), 2);
+        assert_eq!(f[0].address.to_string(), "0000:09:00.0");
+        assert_eq!(f[0].config, vec![0x11; 64]);
+        assert_eq!(
+            (f[1].line, f[1].description.as_str(), f[1].config.len()),
+            (10, "Second", 16)
+        );
+        assert_eq!(
+            write(&f[..1]),
+            format!("0000:09:00.0 Class 0200: Device 8086:10c9 (rev 01)\n00:{row}\n10:{row}\n20:{row}\n30:{row}\n\n")
+        );
+        assert_eq!(
+            default_description(&f[0].config),
+            "Class 1111: Device 1111:1111 (rev 11)"
+        );
+    }
+
+    #[test]
     fn errors_name_the_line() {
         let e = parse("00:00.0 Host bridge\n00: 86 80\n10: 8g\n").unwrap_err();
         assert_eq!(
