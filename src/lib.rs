@@ -14,3 +14,4 @@
 #![warn(missing_debug_implementations)]
 
 pub mod tlp;
+pub mod transport;

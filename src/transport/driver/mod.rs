@@ -1,0 +1,1 @@
+//! Threaded drivers (placeholder while the core compiles).
