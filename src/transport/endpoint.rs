@@ -467,7 +467,12 @@ impl Endpoint {
         if self.role != Role::Client {
             return;
         }
-        let Some(&SidRef::Session(i)) = self.by_sid.get(&h.dst_session) else {
+        // The RESET names the session id the server did not know: our peer's id.
+        let Some(i) = self.slots.iter().position(|s| {
+            s.session
+                .as_ref()
+                .is_some_and(|s| s.p.peer_session == h.dst_session)
+        }) else {
             return;
         };
         if self.slots[i].hs.is_none() {
