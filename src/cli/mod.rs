@@ -5,7 +5,9 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+mod bench;
 mod demo;
+mod transport_peer;
 
 /// PCIe-over-Ethernet tunnelling.
 #[derive(Debug, Parser)]
@@ -19,6 +21,11 @@ struct Cli {
 enum Command {
     /// Run the main job end to end on an embedded default (no configuration needed).
     Demo(demo::DemoArgs),
+    /// Measure against the raw network path in the same run (table + --json).
+    Bench(bench::BenchArgs),
+    /// Test helper: a bare transport endpoint (echo server or checking client).
+    #[command(hide = true, name = "transport-peer")]
+    TransportPeer(transport_peer::PeerArgs),
 }
 
 /// Parse the command line and run the chosen subcommand.
@@ -26,6 +33,8 @@ pub fn run() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(args) => demo::run(args),
+        Command::Bench(args) => bench::run(args),
+        Command::TransportPeer(args) => transport_peer::run(args),
     };
     match result {
         Ok(code) => code,
