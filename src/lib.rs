@@ -15,3 +15,4 @@
 
 pub mod pci;
 pub mod tlp;
+pub mod transport;
