@@ -142,13 +142,15 @@ impl LoopbackHost {
             .map_err(|_| LoopbackError::Timeout(self.timeout))
     }
 
-    fn tag(&mut self) -> u16 {
+    /// A fresh 8-bit tag for a host request.
+    pub fn tag(&mut self) -> u16 {
         self.next_tag = (self.next_tag + 1) & 0xff;
         self.next_tag
     }
 
-    /// Send a non-posted request and collect its completions (data concatenated).
-    fn request(
+    /// Send a non-posted request built by the caller (with tag `tag`) and collect its
+    /// completions as raw TLPs, until the one that ends it (by Byte Count or status).
+    pub fn request(
         &mut self,
         tlp: Vec<u8>,
         tag: u16,
@@ -164,7 +166,10 @@ impl LoopbackHost {
                 .map_err(|_| LoopbackError::Timeout(self.timeout))?;
             let Ok(h) = Header::parse(&c) else { continue };
             let Kind::Completion {
-                status, byte_count, ..
+                status,
+                byte_count,
+                lower_addr,
+                ..
             } = h.kind
             else {
                 continue;
@@ -173,8 +178,13 @@ impl LoopbackHost {
                 continue;
             }
             let data = c[h.payload.clone()].to_vec();
-            let bc = usize::from(byte_count);
-            let last = status != CplStatus::Success || data.is_empty() || bc <= data.len();
+            let bc = if byte_count == 0 {
+                4096
+            } else {
+                usize::from(byte_count)
+            };
+            let avail = data.len().saturating_sub(usize::from(lower_addr & 3));
+            let last = status != CplStatus::Success || data.is_empty() || bc <= avail;
             parts.push(c);
             if last {
                 return Ok((status, parts));

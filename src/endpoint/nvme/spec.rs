@@ -342,7 +342,11 @@ mod tests {
             status: Status::INVALID_FIELD.field(),
         };
         let b = c.to_bytes();
-        assert_eq!(u16::from_le_bytes([b[14], b[15]]), 0x8005, "DNR bit 15, SC 0x02 in 8:1, P");
+        assert_eq!(
+            u16::from_le_bytes([b[14], b[15]]),
+            0x8005,
+            "DNR bit 15, SC 0x02 in 8:1, P"
+        );
         assert_eq!(Completion::parse(&b), c);
     }
 
