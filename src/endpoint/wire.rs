@@ -575,4 +575,39 @@ mod tests {
         ));
         assert!(Header::parse(&[]).is_err());
     }
+
+    proptest::proptest! {
+        #[test]
+        fn completion_roundtrip(
+            c in 0u16.., r in 0u16.., tag in 0u16..1024, st in 0u8..8, bc in 0u16..4096,
+            la in 0u8..128, data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)
+        ) {
+            let mut v = Vec::new();
+            let status = CplStatus::from_bits(st);
+            emit_completion(&mut v, Bdf(c), Bdf(r), tag, status, bc, la, 0, &data);
+            let h = Header::parse(&v).unwrap();
+            proptest::prop_assert_eq!(h.tag, tag);
+            proptest::prop_assert_eq!(h.requester, Bdf(r));
+            proptest::prop_assert_eq!(h.kind, Kind::Completion {
+                completer: Bdf(c), status, byte_count: bc, lower_addr: la
+            });
+            proptest::prop_assert_eq!(&v[h.payload][..data.len()], &data[..]);
+        }
+
+        #[test]
+        fn mem_requests_roundtrip(addr in 0u64..(1 << 52), len in 1u32..=4096, tag in 0u16..1024) {
+            let mut v = Vec::new();
+            emit_mem_read(&mut v, Bdf(5), tag, addr, len);
+            let h = Header::parse(&v).unwrap();
+            proptest::prop_assert_eq!(h.kind, Kind::MemRead { addr: addr & !3 });
+            proptest::prop_assert_eq!(h.tag, tag);
+            proptest::prop_assert_eq!(h.first_byte_offset(), (addr & 3) as u32);
+            proptest::prop_assert_eq!(h.byte_count(), len);
+        }
+
+        #[test]
+        fn parse_never_panics(b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..80)) {
+            let _ = Header::parse(&b);
+        }
+    }
 }
