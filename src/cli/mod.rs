@@ -5,6 +5,7 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+mod appliance;
 mod demo;
 
 /// PCIe-over-Ethernet tunnelling.
@@ -19,6 +20,8 @@ struct Cli {
 enum Command {
     /// Run the main job end to end on an embedded default (no configuration needed).
     Demo(demo::DemoArgs),
+    /// Run the appliance: the cards it fronts (NVMe, DMA engine, replay) behind the tunnel.
+    Appliance(appliance::ApplianceArgs),
 }
 
 /// Parse the command line and run the chosen subcommand.
@@ -26,6 +29,7 @@ pub fn run() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(args) => demo::run(args),
+        Command::Appliance(args) => appliance::run(args),
     };
     match result {
         Ok(code) => code,
