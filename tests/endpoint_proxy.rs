@@ -287,3 +287,80 @@ fn dma_engine_errors_and_intx() {
     start_dma(&mut h, HOST_MEM_BASE, (1 << 20) - 16, 64, 0);
     assert_eq!((wait_status(&mut h) >> 8) & 0xff, 1);
 }
+
+#[test]
+fn sriov_virtual_functions_appear_route_and_dma() {
+    let (mut ep, rx) = Endpoint::new(EndpointConfig::default());
+    ep.add_function(Bdf::new(0, 0, 0), Box::new(DmaEngine::with_vfs(1 << 16, 4)))
+        .unwrap();
+    let mut h = LoopbackHost::start(ep, rx, 1 << 20);
+    let pf = Bdf::new(3, 0, 0);
+    let vf = |i: u8| Bdf::new(3, 0, i);
+    h.cfg_write(pf, 0x10, REGS as u32).unwrap();
+    h.cfg_write(pf, 0x18, BUF as u32).unwrap();
+    h.cfg_write(pf, 0x04, 0x0006).unwrap();
+    assert!(h.cfg_read(vf(1), 0).is_err(), "no VFs before VF Enable");
+    // SR-IOV capability at 0x100: TotalVFs 4, offset 1, stride 1, VF Device ID.
+    assert_eq!(h.cfg_read(pf, 0x100).unwrap() & 0xffff, 0x0010);
+    assert_eq!(h.cfg_read(pf, 0x10c).unwrap() >> 16, 4);
+    assert_eq!(h.cfg_read(pf, 0x114).unwrap(), 0x0001_0001);
+    assert_eq!(
+        h.cfg_read(pf, 0x118).unwrap() >> 16,
+        u32::from(dma_engine::VF_DEVICE)
+    );
+    // VF BAR0 sizing reads back the per-VF size.
+    h.cfg_write(pf, 0x124, 0xffff_ffff).unwrap();
+    assert_eq!(h.cfg_read(pf, 0x124).unwrap(), 0xffff_e004);
+    let vf_regs = 0xd000_0000u64;
+    let vf_bufs = 0xc000_0000u64;
+    h.cfg_write(pf, 0x124, vf_regs as u32).unwrap();
+    h.cfg_write(pf, 0x128, 0).unwrap();
+    h.cfg_write(pf, 0x12c, vf_bufs as u32).unwrap();
+    h.cfg_write(pf, 0x130, 0).unwrap();
+    h.cfg_write(pf, 0x110, 2).unwrap(); // NumVFs
+    h.cfg_write(pf, 0x108, 0x9).unwrap(); // VF Enable + VF MSE
+    assert_eq!(
+        h.cfg_read(vf(1), 0).unwrap(),
+        0xffff_ffff,
+        "VF IDs read all-ones"
+    );
+    assert_eq!(
+        h.cfg_read(vf(2), 8).unwrap() >> 8,
+        0x08_80_00,
+        "VF 2 class code"
+    );
+    assert!(h.cfg_read(vf(3), 0).is_err(), "only NumVFs VFs exist");
+    // VF 2's registers and buffer are its slices of the VF BARs.
+    assert_eq!(h.read32(vf_regs + 0x2000).unwrap(), dma_engine::ID_VALUE);
+    assert_eq!(
+        h.read32(vf_regs + 0x2000 + reg::BUF_SIZE_LO).unwrap(),
+        1 << 16
+    );
+    // VF 2 does DMA as itself once its own Bus Master Enable is set.
+    h.cfg_write(vf(2), 0x04, 0x0004).unwrap();
+    let src: Vec<u8> = (0..4096u32).map(|i| (i * 5) as u8).collect();
+    h.host_write(HOST_MEM_BASE + 0x8000, &src);
+    let r = vf_regs + 0x2000;
+    h.write64(r + reg::HOST_ADDR_LO, HOST_MEM_BASE + 0x8000)
+        .unwrap();
+    h.write32(r + reg::BUF_OFFSET, 0).unwrap();
+    h.write32(r + reg::LENGTH, 4096).unwrap();
+    h.write32(r + reg::DOORBELL, 1).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while h.read32(r + reg::STATUS).unwrap() & dma_engine::STATUS_DONE == 0 {
+        assert!(Instant::now() < deadline, "VF DMA never finished");
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    assert_eq!(h.mem_read(vf_bufs + (1 << 16), 4096).unwrap(), src);
+    assert_eq!(
+        h.mem_read(vf_bufs, 64).unwrap(),
+        vec![0; 64],
+        "VF 1 untouched"
+    );
+    assert_eq!(h.mem_read(BUF, 64).unwrap(), vec![0; 64], "PF untouched");
+    // VF MSE off: VF BARs stop decoding; VF Enable off: the VFs disappear.
+    h.cfg_write(pf, 0x108, 0x1).unwrap();
+    assert!(h.read32(vf_regs).is_err());
+    h.cfg_write(pf, 0x108, 0x0).unwrap();
+    assert!(h.cfg_read(vf(1), 0).is_err());
+}

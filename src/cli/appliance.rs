@@ -85,6 +85,8 @@ pub enum DeviceSpec {
     Dma {
         /// Buffer size.
         buffer: u64,
+        /// SR-IOV virtual functions offered (0 = not an SR-IOV device).
+        vfs: u16,
     },
     /// Replay of a real card's config space.
     Replay {
@@ -138,6 +140,7 @@ struct FileDevice {
     size: Option<Spanned<String>>,
     serial: Option<String>,
     buffer: Option<Spanned<String>>,
+    vfs: Option<Spanned<u16>>,
     dump: Option<Spanned<String>>,
     #[serde(default)]
     bars: std::collections::BTreeMap<String, Spanned<String>>,
@@ -234,13 +237,25 @@ pub fn parse_device_flag(s: &str) -> Result<DeviceSpec, String> {
         }
         "dma" => {
             let mut buffer = 1 << 20;
+            let mut vfs = 0;
             for r in rest.iter().copied().chain((!arg.is_empty()).then_some(arg)) {
                 match r.split_once('=') {
                     Some(("buffer", v)) => buffer = parse_size(v)?,
-                    _ => return Err(format!("unknown dma option {r:?} (known: buffer=SIZE)")),
+                    Some(("vfs", v)) => {
+                        vfs = v
+                            .parse()
+                            .ok()
+                            .filter(|n| *n <= 7)
+                            .ok_or_else(|| format!("vfs={v:?}: want 0..=7"))?
+                    }
+                    _ => {
+                        return Err(format!(
+                            "unknown dma option {r:?} (known: buffer=SIZE, vfs=N)"
+                        ))
+                    }
                 }
             }
-            Ok(DeviceSpec::Dma { buffer })
+            Ok(DeviceSpec::Dma { buffer, vfs })
         }
         "replay" => {
             if arg.is_empty() {
@@ -329,6 +344,13 @@ impl ApplianceConfig {
                         .map(size_of)
                         .transpose()?
                         .unwrap_or(1 << 20),
+                    vfs: match &d.vfs {
+                        Some(v) if *v.get_ref() > 7 => {
+                            return Err(err(Some(v.span()), "vfs must be 0..=7".into()))
+                        }
+                        Some(v) => *v.get_ref(),
+                        None => 0,
+                    },
                 },
                 "replay" => {
                     let mut bars = Vec::new();
@@ -479,13 +501,13 @@ fn build(cfg: &ApplianceConfig, temp: Option<tempfile::TempDir>) -> Result<Built
                     },
                 ))
             }
-            DeviceSpec::Dma { buffer } => {
+            DeviceSpec::Dma { buffer, vfs } => {
                 if *buffer > 1 << 30 {
                     return Err(format!(
                         "DMA engine buffer of {buffer} bytes is over the 1 GiB limit"
                     ));
                 }
-                Box::new(DmaEngine::new(*buffer as usize))
+                Box::new(DmaEngine::with_vfs(*buffer as usize, *vfs))
             }
             DeviceSpec::Replay { dump, .. } => {
                 return Err(format!(
@@ -695,7 +717,17 @@ dma_timeout_ms = 500
         );
         assert_eq!(
             parse_device_flag("dma").unwrap(),
-            DeviceSpec::Dma { buffer: 1 << 20 }
+            DeviceSpec::Dma {
+                buffer: 1 << 20,
+                vfs: 0
+            }
+        );
+        assert_eq!(
+            parse_device_flag("dma,vfs=3").unwrap(),
+            DeviceSpec::Dma {
+                buffer: 1 << 20,
+                vfs: 3
+            }
         );
         assert!(parse_device_flag("nvme").is_err());
         assert!(parse_device_flag("gpu=1").is_err());

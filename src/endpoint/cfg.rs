@@ -8,7 +8,7 @@
 //! their BARs and capabilities with [`ConfigBuilder`]; the endpoint proxy reads the decode state
 //! (command register, BAR addresses, MSI-X and PCIe control bits) back through [`ConfigSpace`].
 
-use super::device::{BarKind, BarSpec, Decode, MsixLayout};
+use super::device::{BarKind, BarSpec, Decode, MsixLayout, SriovDecode, SriovSpec};
 
 /// Size of a PCIe function's configuration space.
 pub const CFG_SIZE: usize = 4096;
@@ -75,6 +75,7 @@ impl ConfigBuilder {
             bars: [None; 6],
             msix: None,
             pcie: None,
+            sriov: None,
         };
         cfg.set16(0x00, id.vendor);
         cfg.set16(0x02, id.device);
@@ -211,6 +212,41 @@ impl ConfigBuilder {
         self
     }
 
+    /// SR-IOV extended capability at 0x100 (PCIe r5.0 §9.3.3), with its VF BARs sized per VF.
+    pub fn sriov(mut self, spec: SriovSpec) -> Self {
+        let at = 0x100usize;
+        self.cfg.set32(at, 0x0010 | (1 << 16)); // ID 0x0010, version 1, end of list
+        self.cfg.set32(at + 0x04, 0); // SR-IOV Capabilities
+        self.cfg.wmask[at + 0x08] = 0x19; // VF Enable, VF MSE, ARI Capable Hierarchy
+        self.cfg.set16(at + 0x0c, spec.total_vfs); // InitialVFs
+        self.cfg.set16(at + 0x0e, spec.total_vfs); // TotalVFs
+        self.cfg.wmask[at + 0x10..at + 0x12].copy_from_slice(&[0xff, 0xff]); // NumVFs
+        self.cfg.set16(at + 0x14, spec.first_offset);
+        self.cfg.set16(at + 0x16, spec.stride);
+        self.cfg.set16(at + 0x1a, spec.vf_device);
+        self.cfg.set32(at + 0x1c, 0x553); // supported page sizes 4K, 8K, 64K, 256K, 1M, 4M
+        self.cfg.set32(at + 0x20, 1); // system page size 4K
+        self.cfg.wmask[at + 0x20..at + 0x24].copy_from_slice(&0x553u32.to_le_bytes());
+        let mut sizes = [None; 6];
+        for (i, b) in spec.vf_bars.iter().enumerate() {
+            let Some(b) = b else { continue };
+            let off = at + 0x24 + i * 4;
+            let size = b.size.next_power_of_two().max(4096);
+            let low =
+                if b.kind == BarKind::Mem64 { 0b100 } else { 0 } | u32::from(b.prefetchable) << 3;
+            self.cfg.set32(off, low);
+            let mask = !(size - 1);
+            self.cfg.wmask[off..off + 4].copy_from_slice(&((mask as u32) & !0xf).to_le_bytes());
+            if b.kind == BarKind::Mem64 && i < 5 {
+                self.cfg.wmask[off + 4..off + 8]
+                    .copy_from_slice(&((mask >> 32) as u32).to_le_bytes());
+            }
+            sizes[i] = Some(BarSpec { size, ..*b });
+        }
+        self.cfg.sriov = Some((at, sizes));
+        self
+    }
+
     /// Finish: the reset state is what was built.
     pub fn build(mut self) -> ConfigSpace {
         self.cfg.init.copy_from_slice(&self.cfg.bytes[..]);
@@ -228,6 +264,7 @@ pub struct ConfigSpace {
     bars: [Option<BarSpec>; 6],
     msix: Option<(usize, MsixLayout)>,
     pcie: Option<usize>,
+    sriov: Option<(usize, [Option<BarSpec>; 6])>,
 }
 
 impl ConfigSpace {
@@ -345,7 +382,37 @@ impl ConfigSpace {
             }
             None => (false, false, None),
         };
+        let sriov = self.sriov.map(|(at, specs)| {
+            let ctl = self.get16(at + 0x08);
+            let total = self.get16(at + 0x0e);
+            let mut vf_bars = [None; 6];
+            let mut i = 0;
+            while i < 6 {
+                if let Some(spec) = specs[i] {
+                    let lo = self.get32(at + 0x24 + i * 4) & !0xf;
+                    let hi = if spec.kind == BarKind::Mem64 && i < 5 {
+                        self.get32(at + 0x28 + i * 4)
+                    } else {
+                        0
+                    };
+                    vf_bars[i] = Some((spec, (u64::from(hi) << 32) | u64::from(lo)));
+                    if spec.kind == BarKind::Mem64 {
+                        i += 1;
+                    }
+                }
+                i += 1;
+            }
+            SriovDecode {
+                vf_enable: ctl & 1 != 0,
+                vf_mse: ctl & 8 != 0,
+                num_vfs: self.get16(at + 0x10).min(total),
+                first_offset: self.get16(at + 0x14),
+                stride: self.get16(at + 0x16),
+                vf_bars,
+            }
+        });
         Decode {
+            sriov,
             io_enable: cmd & command::IO != 0,
             mem_enable: cmd & command::MEM != 0,
             bus_master: cmd & command::BUS_MASTER != 0,

@@ -106,9 +106,58 @@ pub struct Decode {
     pub msix_enabled: bool,
     /// MSI-X Function Mask.
     pub msix_masked: bool,
+    /// SR-IOV state, for a physical function with the SR-IOV capability.
+    pub sriov: Option<SriovDecode>,
+}
+
+/// What a physical function's SR-IOV capability says (SR-IOV 1.1 §3.3, PCIe r5.0 §9.3.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SriovDecode {
+    /// VF Enable.
+    pub vf_enable: bool,
+    /// VF Memory Space Enable.
+    pub vf_mse: bool,
+    /// NumVFs (clamped to TotalVFs).
+    pub num_vfs: u16,
+    /// First VF Offset (Routing ID distance from the PF to VF 1).
+    pub first_offset: u16,
+    /// VF Stride.
+    pub stride: u16,
+    /// VF BARs: spec (size of one VF's slice) and base of VF 1's slice.
+    pub vf_bars: [Option<(BarSpec, u64)>; 6],
+}
+
+/// How a device describes its SR-IOV capability.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SriovSpec {
+    /// TotalVFs (and InitialVFs).
+    pub total_vfs: u16,
+    /// First VF Offset.
+    pub first_offset: u16,
+    /// VF Stride.
+    pub stride: u16,
+    /// VF Device ID.
+    pub vf_device: u16,
+    /// VF BARs by index (per-VF size).
+    pub vf_bars: [Option<BarSpec>; 6],
 }
 
 impl Decode {
+    /// Routing IDs of the enabled virtual functions, given this PF's Routing ID.
+    pub fn vf_ids(&self, pf: super::wire::Bdf) -> Vec<super::wire::Bdf> {
+        match self.sriov {
+            Some(s) if s.vf_enable => (0..s.num_vfs)
+                .map(|i| {
+                    super::wire::Bdf(
+                        pf.0.wrapping_add(s.first_offset)
+                            .wrapping_add(s.stride.wrapping_mul(i)),
+                    )
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// Which BAR (and offset in it) claims a memory access of `len` bytes at `addr`, if decode
     /// is enabled and the whole access falls inside one BAR.
     pub fn claim_mem(&self, addr: u64, len: u64) -> Option<(u8, u64)> {
@@ -231,6 +280,13 @@ pub trait Device: Send {
     fn bar_atomic(&mut self, bar: u8, offset: u64, op: AtomicOp) -> Result<u64, DeviceError> {
         let _ = (bar, offset, op);
         Err(DeviceError::Unsupported("AtomicOp"))
+    }
+
+    /// Build virtual function `index` (0-based) of this physical function, when SR-IOV is
+    /// enabled. Its BARs are the PF's VF BARs (the endpoint routes them); the default has none.
+    fn create_vf(&mut self, index: u16) -> Option<Box<dyn Device>> {
+        let _ = index;
+        None
     }
 
     /// Reset the function: config space to power-on values, device state quiesced, no DMA or

@@ -37,7 +37,7 @@ use std::time::Instant;
 use super::cfg::{ConfigBuilder, ConfigSpace, Identity};
 use super::device::{
     apply_atomic, AtomicOp, BarSpec, Decode, Device, DeviceContext, DeviceError, DmaError,
-    InterruptHandle, MsixLayout, ResetKind,
+    InterruptHandle, MsixLayout, ResetKind, SriovSpec,
 };
 
 /// Register offsets.
@@ -88,6 +88,8 @@ pub const STATUS_DONE: u32 = 2;
 pub const STATUS_ERROR: u32 = 4;
 /// Default PCI device ID.
 pub const DEFAULT_DEVICE: u16 = 0x0e02;
+/// Device ID of its SR-IOV virtual functions.
+pub const VF_DEVICE: u16 = 0x0e03;
 
 #[derive(Debug, Default)]
 struct Regs {
@@ -127,36 +129,69 @@ pub struct DmaEngine {
     shared: Arc<Shared>,
     irq: Option<InterruptHandle>,
     worker: Option<JoinHandle<()>>,
+    buf_size: usize,
 }
 
 impl DmaEngine {
     /// A DMA engine with a `buf_size`-byte buffer (rounded up to a power of two, at least 4 KiB).
     pub fn new(buf_size: usize) -> Self {
+        Self::build(buf_size, false, 0)
+    }
+
+    /// A DMA engine that is an SR-IOV physical function with up to `total_vfs` virtual
+    /// functions (First VF Offset 1, stride 1), each a DMA engine with the same buffer size.
+    pub fn with_vfs(buf_size: usize, total_vfs: u16) -> Self {
+        Self::build(buf_size, false, total_vfs)
+    }
+
+    fn build(buf_size: usize, vf: bool, total_vfs: u16) -> Self {
         let size = buf_size.max(4096).next_power_of_two();
-        let cfg = ConfigBuilder::new(
+        let (vendor, device) = if vf {
+            (0xffff, 0xffff) // VFs read all-ones IDs; the PF's VF Device ID names them
+        } else {
+            (super::nvme::DEFAULT_VENDOR, DEFAULT_DEVICE)
+        };
+        let mut b = ConfigBuilder::new(
             Identity {
-                vendor: super::nvme::DEFAULT_VENDOR,
-                device: DEFAULT_DEVICE,
+                vendor,
+                device,
                 subsys_vendor: super::nvme::DEFAULT_VENDOR,
                 subsys: DEFAULT_DEVICE,
                 revision: 1,
                 class: 0x08_80_00,
             },
-            1,
-        )
-        .bar(0, BarSpec::mem64(0x2000, false))
-        .bar(2, BarSpec::mem64(size as u64, true))
-        .power_management()
-        .msix(MsixLayout {
-            vectors: 1,
-            table_bar: 0,
-            table_offset: 0x1000,
-            pba_bar: 0,
-            pba_offset: 0x1800,
-        })
-        .pci_express(256)
-        .build();
+            u8::from(!vf),
+        );
+        if !vf {
+            b = b
+                .bar(0, BarSpec::mem64(0x2000, false))
+                .bar(2, BarSpec::mem64(size as u64, true))
+                .power_management();
+        }
+        b = b
+            .msix(MsixLayout {
+                vectors: 1,
+                table_bar: 0,
+                table_offset: 0x1000,
+                pba_bar: 0,
+                pba_offset: 0x1800,
+            })
+            .pci_express(256);
+        if total_vfs > 0 {
+            let mut vf_bars = [None; 6];
+            vf_bars[0] = Some(BarSpec::mem64(0x2000, false));
+            vf_bars[2] = Some(BarSpec::mem64(size as u64, true));
+            b = b.sriov(SriovSpec {
+                total_vfs,
+                first_offset: 1,
+                stride: 1,
+                vf_device: VF_DEVICE,
+                vf_bars,
+            });
+        }
+        let cfg = b.build();
         DmaEngine {
+            buf_size: size,
             cfg,
             shared: Arc::new(Shared {
                 regs: Mutex::new(Regs::default()),
@@ -404,6 +439,13 @@ impl Device for DmaEngine {
             .get_mut(offset as usize..)
             .ok_or(DeviceError::Unsupported("beyond buffer"))?;
         apply_atomic(mem, op)
+    }
+
+    fn create_vf(&mut self, _index: u16) -> Option<Box<dyn Device>> {
+        self.cfg
+            .decode()
+            .sriov
+            .map(|_| Box::new(DmaEngine::build(self.buf_size, true, 0)) as Box<dyn Device>)
     }
 
     fn reset(&mut self, _kind: ResetKind) {

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use crossbeam::channel::Sender;
 
-use super::device::{Decode, Device, DeviceContext, DmaHandle, InterruptHandle, ResetKind};
+use super::device::{
+    BarSpec, Decode, Device, DeviceContext, DmaHandle, InterruptHandle, ResetKind,
+};
 use super::interrupt::{IntxState, MsixState};
 use super::requester::Requester;
 use super::wire::Bdf;
@@ -39,11 +41,25 @@ impl FunctionShared {
     }
 }
 
+/// What makes a function a virtual function: its PF and the PF-provided decode.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct VfInfo {
+    /// The PF's function id.
+    pub(crate) pf: u64,
+    /// VF BARs (this VF's slice of the PF's VF BARs).
+    pub(crate) bars: [Option<(BarSpec, u64)>; 6],
+    /// VF Memory Space Enable of the PF.
+    pub(crate) mse: bool,
+}
+
 /// A function as the proxy holds it.
 pub(crate) struct Function {
+    /// Unique among the endpoint's functions, stable while the function exists.
+    pub(crate) id: u64,
     pub(crate) device: Box<dyn Device>,
     pub(crate) decode: Decode,
     pub(crate) shared: Arc<FunctionShared>,
+    pub(crate) vf: Option<VfInfo>,
 }
 
 impl std::fmt::Debug for Function {
@@ -57,6 +73,7 @@ impl std::fmt::Debug for Function {
 
 impl Function {
     pub(crate) fn new(
+        id: u64,
         bdf: Bdf,
         mut device: Box<dyn Device>,
         out: Sender<Vec<u8>>,
@@ -77,9 +94,11 @@ impl Function {
             irq: InterruptHandle { f: shared.clone() },
         });
         Function {
+            id,
             device,
             decode,
             shared,
+            vf: None,
         }
     }
 
@@ -97,7 +116,11 @@ impl Function {
     /// Re-read the decode state after a config write or reset and apply its side effects:
     /// INTx gating, pending MSI-X vectors becoming deliverable.
     pub(crate) fn refresh(&mut self) {
-        let d = self.device.decode();
+        let mut d = self.device.decode();
+        if let Some(vf) = &self.vf {
+            d.bars = vf.bars;
+            d.mem_enable = vf.mse;
+        }
         self.decode = d;
         *self.shared.decode.lock().unwrap_or_else(|e| e.into_inner()) = d;
         {
@@ -105,6 +128,12 @@ impl Function {
             self.shared.sync_intx(&mut s, &d);
         }
         self.shared.flush_msix(&d);
+    }
+
+    /// Stop any DMA waiters before the function is dropped (its worker may be blocked on a
+    /// completion that only the TLP thread could deliver).
+    pub(crate) fn retire(&self) {
+        self.shared.requester.abandon_all();
     }
 
     /// Function Level Reset or conventional reset.

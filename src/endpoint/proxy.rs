@@ -79,6 +79,7 @@ pub struct Endpoint {
     cfg: EndpointConfig,
     stats: EndpointStats,
     scratch: Vec<u8>,
+    next_id: u64,
 }
 
 impl Endpoint {
@@ -92,6 +93,7 @@ impl Endpoint {
                 cfg,
                 stats: EndpointStats::default(),
                 scratch: Vec::with_capacity(4096),
+                next_id: 0,
             },
             rx,
         )
@@ -102,13 +104,87 @@ impl Endpoint {
         if self.find_cfg(bdf).is_some() {
             return Err(EndpointError::DuplicateFunction(bdf));
         }
+        self.next_id += 1;
         self.functions.push(Function::new(
+            self.next_id,
             bdf,
             device,
             self.out.clone(),
             self.cfg.dma_timeout,
         ));
         Ok(())
+    }
+
+    /// Bring a physical function's virtual functions in line with its SR-IOV capability:
+    /// create them when VF Enable/NumVFs say so, remove them when not, and route their BARs.
+    fn sync_vfs(&mut self, pf: usize) {
+        let pf_id = self.functions[pf].id;
+        let pf_bdf = self.functions[pf].bdf();
+        let d = self.functions[pf].decode;
+        let want = d.vf_ids(pf_bdf);
+        let have: Vec<Bdf> = self
+            .functions
+            .iter()
+            .filter(|f| f.vf.is_some_and(|v| v.pf == pf_id))
+            .map(Function::bdf)
+            .collect();
+        if have != want {
+            let mut kept = Vec::with_capacity(self.functions.len());
+            for f in self.functions.drain(..) {
+                if f.vf.is_some_and(|v| v.pf == pf_id) {
+                    f.retire();
+                } else {
+                    kept.push(f);
+                }
+            }
+            self.functions = kept;
+            let pf = self
+                .functions
+                .iter()
+                .position(|f| f.id == pf_id)
+                .unwrap_or_default();
+            for (i, bdf) in want.iter().enumerate() {
+                if bdf.bus() != pf_bdf.bus() || self.find_cfg(*bdf).is_some() {
+                    tracing::warn!(
+                        "VF {} of {pf_bdf} at {bdf} collides or leaves the bus; not created",
+                        i + 1
+                    );
+                    continue;
+                }
+                let Some(dev) = self.functions[pf].device.create_vf(i as u16) else {
+                    break;
+                };
+                self.next_id += 1;
+                let mut f = Function::new(
+                    self.next_id,
+                    *bdf,
+                    dev,
+                    self.out.clone(),
+                    self.cfg.dma_timeout,
+                );
+                f.vf = Some(super::function::VfInfo {
+                    pf: pf_id,
+                    bars: [None; 6],
+                    mse: false,
+                });
+                self.functions.push(f);
+            }
+        }
+        // Route each VF's slice of the VF BARs.
+        let Some(s) = d.sriov else { return };
+        let mut n = 0u64;
+        for f in self.functions.iter_mut() {
+            let Some(vf) = f.vf.as_mut() else { continue };
+            if vf.pf != pf_id {
+                continue;
+            }
+            for (j, b) in s.vf_bars.iter().enumerate() {
+                vf.bars[j] = b.map(|(spec, base)| (spec, base.wrapping_add(n * spec.size)));
+            }
+            vf.mse = s.vf_mse;
+            n += 1;
+            f.refresh();
+        }
     }
 
     /// Routing IDs of the functions, in the order they were added.
@@ -133,6 +209,17 @@ impl Endpoint {
     pub fn reset_all(&mut self) {
         for f in &mut self.functions {
             f.reset(ResetKind::Conventional);
+        }
+        let pfs: Vec<u64> = self
+            .functions
+            .iter()
+            .filter(|f| f.decode.sriov.is_some())
+            .map(|f| f.id)
+            .collect();
+        for id in pfs {
+            if let Some(i) = self.functions.iter().position(|f| f.id == id) {
+                self.sync_vfs(i);
+            }
         }
     }
 
@@ -260,6 +347,9 @@ impl Endpoint {
                 f.refresh();
             }
             let me = f.bdf();
+            if f.decode.sriov.is_some() {
+                self.sync_vfs(i);
+            }
             self.complete(me, h, CplStatus::Success, 4, 0, &[]);
         } else {
             let f = &mut self.functions[i];
@@ -272,7 +362,7 @@ impl Endpoint {
                 let multi = self
                     .functions
                     .iter()
-                    .any(|o| o.bdf().dev() == me.dev() && o.bdf().func() != 0);
+                    .any(|o| o.vf.is_none() && o.bdf().dev() == me.dev() && o.bdf().func() != 0);
                 if multi {
                     v |= 1 << 23; // Header Type: multi-function
                 }
