@@ -20,6 +20,7 @@ pub mod loopback;
 pub mod nvme;
 pub mod proxy;
 pub mod requester;
+mod sriov;
 pub mod wire;
 
 pub use device::{Device, DeviceContext, DeviceError, DmaError, DmaHandle, InterruptHandle};

@@ -12,8 +12,10 @@
 //! BAR0 (64-bit, 16 KiB): registers at 0, doorbells at 0x1000 (stride 0), MSI-X table at
 //! 0x2000 (17 vectors: admin + 16 I/O queues), PBA at 0x3000.
 
+mod admin;
 pub mod backend;
 pub mod identify;
+mod io;
 pub mod prp;
 pub mod spec;
 mod worker;
