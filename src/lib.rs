@@ -13,6 +13,7 @@
 #![forbid(unsafe_op_in_unsafe_fn)]
 #![warn(missing_debug_implementations)]
 
+pub mod endpoint;
 pub mod pci;
 pub mod tlp;
 pub mod transport;

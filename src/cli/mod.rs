@@ -5,6 +5,7 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+mod appliance;
 mod bench;
 mod demo;
 mod tlp;
@@ -29,6 +30,8 @@ enum Command {
     /// Test helper: a bare transport endpoint (echo server or checking client).
     #[command(hide = true, name = "transport-peer")]
     TransportPeer(transport_peer::PeerArgs),
+    /// Run the appliance: the cards it fronts (NVMe, DMA engine, replay) behind the tunnel.
+    Appliance(appliance::ApplianceArgs),
 }
 
 /// Parse the command line and run the chosen subcommand.
@@ -39,6 +42,7 @@ pub fn run() -> ExitCode {
         Command::Tlp(args) => tlp::run(args),
         Command::Bench(args) => bench::run(args),
         Command::TransportPeer(args) => transport_peer::run(args),
+        Command::Appliance(args) => appliance::run(args),
     };
     match result {
         Ok(code) => code,
