@@ -260,8 +260,23 @@ impl DmaMemory for RemoteWindow {
     }
 }
 
-/// Serve one connected client until it disconnects. Replies to server-initiated requests are
-/// routed to their waiters; commands go to `conn`. On return the client's DMA windows and
+/// One framed message from the reader thread to the worker.
+struct Frame {
+    msg: Vec<u8>,
+    fds: Vec<OwnedFd>,
+    /// Descriptors were lost in transit (control buffer too small).
+    truncated: bool,
+    /// The message exceeded the size limit and its body was discarded.
+    oversized: Option<HeaderRepr>,
+}
+
+/// Serve one connected client until it disconnects.
+///
+/// Two threads: a reader frames messages, routes replies to server-initiated DMA_READ/WRITE
+/// requests straight to their waiters and queues commands (bounded) for this thread, which runs
+/// them through `conn` and writes the replies. So a device access that needs client memory
+/// while a command is in progress never waits for itself. Buffers circulate between the two
+/// threads, so steady-state traffic does not allocate. On return the client's DMA windows and
 /// eventfds are gone ([`Connection::disconnected`]).
 pub fn serve_connection<D: Device>(
     stream: UnixStream,
@@ -282,10 +297,23 @@ pub fn serve_connection<D: Device>(
         max_xfer: AtomicUsize::new(4096),
         timeout: Duration::from_secs(5),
     });
-    let r = serve_loop(&stream, conn, &writer, &chan);
+    let (cmd_tx, cmd_rx) = mpsc::sync_channel::<Frame>(4);
+    let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
+    let max_message = conn.max_message();
+    let reader_stream = stream.try_clone().map_err(io_err)?;
+    let reader_chan = chan.clone();
+    let reader = std::thread::Builder::new()
+        .name("vfio-user-rx".into())
+        .spawn(move || read_frames(&reader_stream, max_message, &reader_chan, &cmd_tx, &free_rx))
+        .map_err(io_err)?;
+    let r = work(conn, &writer, &chan, &cmd_rx, &free_tx);
+    // Stop the reader (it may be blocked in recvmsg) and collect its verdict.
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+    drop(cmd_rx);
+    let read_result = reader.join().unwrap_or(Ok(()));
     chan.fail_all();
     conn.disconnected();
-    r.map_err(|e| match e {
+    r.and(read_result).map_err(|e| match e {
         LoopError::Io(e) => io_err(e),
         LoopError::Framing(w) => SocketError::Framing(w),
     })
@@ -296,91 +324,143 @@ enum LoopError {
     Framing(WireError),
 }
 
-fn serve_loop<D: Device>(
+/// The reader thread: frame messages until EOF, an I/O error or lost framing.
+fn read_frames(
     stream: &UnixStream,
-    conn: &mut Connection<D>,
-    writer: &Writer,
-    chan: &Arc<ClientChannel>,
+    max_message: usize,
+    chan: &ClientChannel,
+    cmd_tx: &mpsc::SyncSender<Frame>,
+    free_rx: &mpsc::Receiver<Vec<u8>>,
 ) -> Result<(), LoopError> {
     let fd = stream.as_raw_fd();
-    let mut msg: Vec<u8> = Vec::with_capacity(HEADER_LEN + 64);
-    let mut out: Vec<u8> = Vec::with_capacity(4096);
-    let mut fds = Vec::new();
     loop {
-        fds.clear();
+        let mut msg = free_rx.try_recv().unwrap_or_default();
+        let mut fds = Vec::new();
         let mut truncated = false;
+        msg.clear();
         msg.resize(HEADER_LEN, 0);
         match recv_exact(fd, &mut msg[..HEADER_LEN], &mut fds, &mut truncated) {
             Ok(true) => {}
             Ok(false) => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionReset | io::ErrorKind::UnexpectedEof
+                ) =>
+            {
+                return Ok(())
+            }
             Err(e) => return Err(LoopError::Io(e)),
         }
         let hdr = match HeaderRepr::parse(&Header::new_unchecked(&msg[..HEADER_LEN])) {
             Ok(h) => h,
             Err(e) => {
-                // Framing is lost: answer (the engine echoes id/command) and close.
-                if conn.handle(&msg, Vec::new(), &mut out) {
-                    let _ = writer.send(&out);
-                }
+                // Framing is lost: let the worker answer (it echoes id/command), then close.
+                let _ = cmd_tx.send(Frame {
+                    msg,
+                    fds,
+                    truncated,
+                    oversized: None,
+                });
                 return Err(LoopError::Framing(e));
             }
         };
         let size = hdr.size as usize;
-        if size > conn.max_message() {
+        if size > max_message {
             tracing::warn!(%hdr, "vfio-user message too large, discarded");
             discard(fd, size - HEADER_LEN).map_err(LoopError::Io)?;
-            if hdr.kind == MessageType::Command && !hdr.no_reply {
-                let mut r = hdr.reply(HEADER_LEN as u32);
-                r.error = Some(libc::E2BIG as u32);
-                out.clear();
-                out.resize(HEADER_LEN, 0);
-                r.emit_bytes(&mut out);
-                writer.send(&out).map_err(LoopError::Io)?;
+            msg.truncate(HEADER_LEN);
+            let frame = Frame {
+                msg,
+                fds,
+                truncated,
+                oversized: Some(hdr),
+            };
+            if cmd_tx.send(frame).is_err() {
+                return Ok(());
             }
             continue;
         }
         msg.resize(size, 0);
         match recv_exact(fd, &mut msg[HEADER_LEN..], &mut fds, &mut truncated) {
             Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
             Err(e) => return Err(LoopError::Io(e)),
         }
         if hdr.kind == MessageType::Reply {
             chan.deliver(&hdr, &msg[HEADER_LEN..]);
             continue;
         }
-        let taken = std::mem::take(&mut fds);
-        let reply = if truncated {
-            // Descriptors were lost in transit: refuse rather than act on a partial set.
-            let mut r = hdr.reply(HEADER_LEN as u32);
-            r.error = Some(libc::EINVAL as u32);
-            out.clear();
-            out.resize(HEADER_LEN, 0);
-            r.emit_bytes(&mut out);
-            drop(taken);
-            !hdr.no_reply
-        } else {
-            conn.handle(&msg, taken, &mut out)
+        let frame = Frame {
+            msg,
+            fds,
+            truncated,
+            oversized: None,
         };
-        if hdr.command == Command::Version {
-            if let Some(c) = conn.client_caps() {
-                // Our DMA_READ/WRITE chunks respect the client's transfer limit.
-                let max = (c.max_data_xfer_size as usize).clamp(1, 1 << 20);
-                chan.max_xfer.store(max, Ordering::Relaxed);
-                let shared = chan.clone();
-                conn.set_remote_memory(Some(Box::new(move |iova, len| {
-                    Arc::new(RemoteWindow {
-                        chan: shared.clone(),
-                        iova,
-                        len,
-                    }) as Arc<dyn DmaMemory>
-                })));
-            }
+        if cmd_tx.send(frame).is_err() {
+            return Ok(());
         }
+    }
+}
+
+fn error_reply(hdr: &HeaderRepr, errno: i32, out: &mut Vec<u8>) -> bool {
+    if hdr.no_reply || hdr.kind != MessageType::Command {
+        return false;
+    }
+    let mut r = hdr.reply(HEADER_LEN as u32);
+    r.error = Some(errno as u32);
+    out.clear();
+    out.resize(HEADER_LEN, 0);
+    r.emit_bytes(out);
+    true
+}
+
+/// The worker: run commands through the engine and write the replies.
+fn work<D: Device>(
+    conn: &mut Connection<D>,
+    writer: &Writer,
+    chan: &Arc<ClientChannel>,
+    cmd_rx: &mpsc::Receiver<Frame>,
+    free_tx: &mpsc::Sender<Vec<u8>>,
+) -> Result<(), LoopError> {
+    let mut out: Vec<u8> = Vec::with_capacity(4096);
+    while let Ok(frame) = cmd_rx.recv() {
+        let Frame {
+            msg,
+            fds,
+            truncated,
+            oversized,
+        } = frame;
+        let header = HeaderRepr::parse(&Header::new_unchecked(&msg[..HEADER_LEN]));
+        let reply = match (&header, oversized) {
+            (_, Some(hdr)) => error_reply(&hdr, libc::E2BIG, &mut out),
+            // Descriptors were lost in transit: refuse rather than act on a partial set.
+            (Ok(hdr), None) if truncated => error_reply(hdr, libc::EINVAL, &mut out),
+            _ => conn.handle(&msg, fds, &mut out),
+        };
         if reply {
             writer.send(&out).map_err(LoopError::Io)?;
         }
+        if let Ok(hdr) = &header {
+            if hdr.command == Command::Version {
+                if let Some(c) = conn.client_caps() {
+                    // Our DMA_READ/WRITE chunks respect the client's transfer limit.
+                    let max = (c.max_data_xfer_size as usize).clamp(1, 1 << 20);
+                    chan.max_xfer.store(max, Ordering::Relaxed);
+                    let shared = chan.clone();
+                    conn.set_remote_memory(Some(Box::new(move |iova, len| {
+                        Arc::new(RemoteWindow {
+                            chan: shared.clone(),
+                            iova,
+                            len,
+                        }) as Arc<dyn DmaMemory>
+                    })));
+                }
+            }
+        }
+        let _ = free_tx.send(msg);
     }
+    Ok(())
 }
 
 fn discard(fd: RawFd, mut n: usize) -> io::Result<()> {
