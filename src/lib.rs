@@ -14,4 +14,5 @@
 #![warn(missing_debug_implementations)]
 
 pub mod host;
+pub mod pci;
 pub mod tlp;

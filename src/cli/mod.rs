@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 mod demo;
+mod tlp;
 
 /// PCIe-over-Ethernet tunnelling.
 #[derive(Debug, Parser)]
@@ -19,6 +20,8 @@ struct Cli {
 enum Command {
     /// Run the main job end to end on an embedded default (no configuration needed).
     Demo(demo::DemoArgs),
+    /// Decode and encode PCIe TLPs (protocol-analyser and JSON views).
+    Tlp(tlp::TlpArgs),
 }
 
 /// Parse the command line and run the chosen subcommand.
@@ -26,6 +29,7 @@ pub fn run() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(args) => demo::run(args),
+        Command::Tlp(args) => tlp::run(args),
     };
     match result {
         Ok(code) => code,

@@ -211,6 +211,39 @@ impl<T: Copy> Requester<T> {
         Ok(tag)
     }
 
+    /// [`Requester::start`] with the tag itself as the token.
+    pub fn start_tagged(&mut self, now: Instant, len: u32) -> Result<u16, TagsExhausted>
+    where
+        T: From<u16>,
+    {
+        let tag = self.free.pop_front().ok_or(TagsExhausted(self.capacity()))?;
+        self.slots[tag as usize] = Some(Slot {
+            token: T::from(tag),
+            deadline: now + self.cfg.timeout,
+            len,
+            got: 0,
+        });
+        self.stats.started += 1;
+        Ok(tag)
+    }
+
+    /// Switch between 8-bit and 10-bit tags (after enumeration found whether every
+    /// completer supports 10-bit tags). Only possible with nothing outstanding; returns
+    /// whether the setting now matches `on`.
+    pub fn set_ten_bit_tags(&mut self, on: bool) -> bool {
+        if on == self.cfg.ten_bit_tags {
+            return true;
+        }
+        if self.outstanding() != 0 {
+            return false;
+        }
+        self.cfg.ten_bit_tags = on;
+        self.free.clear();
+        let range = if on { 256..1024 } else { 0..256 };
+        self.free.extend(range);
+        true
+    }
+
     fn capacity(&self) -> usize {
         if self.cfg.ten_bit_tags {
             768
