@@ -14,6 +14,7 @@
 #![warn(missing_debug_implementations)]
 
 pub mod endpoint;
+pub mod host;
 pub mod pci;
 pub mod tlp;
 pub mod transport;
