@@ -44,7 +44,7 @@ EOF
 # modules directory are kept). Prints that directory.
 fetch_kernel() {
     local pkg ver dir
-    pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ { print $2; exit }')
+    pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '!found && /Depends: linux-image-[0-9]/ { print $2; found = 1 }')
     [ -n "$pkg" ] || die "cannot tell which kernel package linux-image-amd64 depends on (apt-get update?)"
     ver=$(apt-cache policy "$pkg" | awk '/Candidate:/ { print $2 }')
     dir="$GUEST_CACHE/kernel-$pkg-$ver"
@@ -158,6 +158,11 @@ build() {
         build_initramfs "$kdir" "$busybox" "$out"
         touch "$out/done"
         log "built $out ($(du -h "$out/initrd.img" | cut -f1) initramfs)"
+        # Older images (other inputs) are never used again; we hold the lock, nobody builds them.
+        local old
+        for old in "$GUEST_CACHE"/image-*; do
+            [ "$old" = "$out" ] || rm -rf "$old"
+        done
     else
         log "using cached $out"
     fi

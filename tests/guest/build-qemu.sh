@@ -28,9 +28,11 @@ MIN_VERSION=10.1
 QEMU_CACHE="$PCIETUN_CACHE/qemu"
 SID_SOURCES=/etc/apt/sources.list.d/pcietun-sid-src.sources
 
-# True when $1 is a runnable qemu-system-x86_64 that offers the vfio-user-pci device.
+# True when $1 is a runnable qemu-system-x86_64 that offers the vfio-user-pci device. (The
+# output is captured first: `| grep -q` under pipefail fails when QEMU gets SIGPIPE.)
 qemu_usable() {
-    [ -x "$1" ] && "$1" -device help 2>/dev/null | grep -q '"vfio-user-pci"'
+    local devices
+    [ -x "$1" ] && devices=$("$1" -device help 2>/dev/null) && [[ "$devices" == *'"vfio-user-pci"'* ]]
 }
 
 firmware_present() {
@@ -61,13 +63,13 @@ debian_uri() {
             /^URIs:/ { u=$2 }
             /^Suites:/ { s=$0 }
             END { if (u != "" && s !~ /-security/) print u }
-        ' "$f" | head -n1)
+        ' "$f")
         [ -n "$uri" ] && { printf '%s\n' "$uri"; return 0; }
     done
     for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
         [ -f "$f" ] || continue
         uri=$(awk '$1 == "deb" && $0 !~ /-security/ {
-                   for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) { print $i; exit } }' "$f" | head -n1)
+                   for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) { print $i; exit } }' "$f")
         [ -n "$uri" ] && { printf '%s\n' "$uri"; return 0; }
     done
     return 1

@@ -21,7 +21,7 @@ need_root() {
 apt_install() {
     local missing=() p
     for p in "$@"; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+        [[ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" == *'install ok installed'* ]] || missing+=("$p")
     done
     ((${#missing[@]})) || return 0
     log "apt-get install ${missing[*]}"
@@ -32,8 +32,11 @@ apt_install() {
 }
 
 # apt-get update once if apt knows no candidate for package $1 (fresh machine, empty lists).
+# (Output captured first: `| grep -q` under pipefail fails when the writer gets SIGPIPE.)
 ensure_apt_lists() {
-    if ! apt-cache policy "$1" 2>/dev/null | grep -q 'Candidate: [^(]'; then
+    local policy
+    policy=$(apt-cache policy "$1" 2>/dev/null || true)
+    if [[ "$policy" != *"Candidate: "[0-9]* ]]; then
         log "apt-get update (no candidate for $1 yet)"
         apt-get update -qq >&2 || return 1
     fi

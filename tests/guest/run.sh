@@ -122,6 +122,19 @@ wait_for_line() {
     return 1
 }
 
+# Sends SIGTERM to agent $1 (pid $2) and requires exit status 0 within 10 s.
+stop_agent() {
+    local name="$1" pid="$2" st=0 i
+    kill -TERM "$pid" 2>/dev/null || fail "the $name agent was no longer running after the guest finished"
+    for ((i = 0; i < 100; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -0 "$pid" 2>/dev/null && fail "the $name agent did not exit within 10 s of SIGTERM"
+    wait "$pid" || st=$?
+    [ "$st" = 0 ] || fail "the $name agent exited with status $st on SIGTERM (expected a clean exit, 0)"
+}
+
 free_udp_port() {
     /usr/bin/python3 -c 'import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
@@ -147,7 +160,8 @@ elif [ "$no_device" = 0 ]; then
     log "starting appliance on udp:127.0.0.1:$port with nvme=$backing ${loss_args[*]}"
     "$BIN" appliance --listen "udp:127.0.0.1:$port" --device "nvme=$backing" "${loss_args[@]}" \
         >"$tmp/appliance.log" 2>&1 &
-    pids+=($!)
+    appliance_pid=$!
+    pids+=("$appliance_pid")
     wait_for_line "$tmp/appliance.log" "appliance ready:" "${pids[-1]}" 30 ||
         fail "the appliance did not print 'appliance ready:' within 30 s (or exited)"
     log "$(grep -m1 '^appliance ready:' "$tmp/appliance.log")"
@@ -156,7 +170,8 @@ elif [ "$no_device" = 0 ]; then
     log "starting host agent --connect udp:127.0.0.1:$port --vfio-user $tmp/vfu ${loss_args[*]}"
     "$BIN" host --connect "udp:127.0.0.1:$port" --vfio-user "$tmp/vfu" "${loss_args[@]}" \
         >"$tmp/host.log" 2>&1 &
-    pids+=($!)
+    host_pid=$!
+    pids+=("$host_pid")
     wait_for_line "$tmp/host.log" "host ready:" "${pids[-1]}" 30 ||
         fail "the host agent did not print 'host ready:' within 30 s (or exited)"
     log "$(grep -m1 '^host ready:' "$tmp/host.log")"
@@ -206,5 +221,14 @@ if [ "$no_device" = 0 ]; then
     cmp -s <(dd if="$backing" bs=1M skip=56 count=1 status=none) <(head -c 1048576 "$expected") ||
         fail "the raw region at 56 MiB of the backing file differs from what the guest wrote"
     echo "host side: backing file passes e2fsck; /pattern.bin ($(stat -c %s "$expected") B), /marker.txt and the raw 1 MiB at 56 MiB match what the guest wrote"
+
+fi
+if [ -n "$BIN" ]; then
+    # The contract: both agents exit cleanly (status 0) on SIGTERM. Host agent first (the client).
+    stop_agent host "$host_pid"
+    stop_agent appliance "$appliance_pid"
+    echo "agents: both exited with status 0 on SIGTERM"
+    grep -hvE 'warning: no --psk|^(appliance|host) ready:' "$tmp/host.log" "$tmp/appliance.log" |
+        sed 's/^/agents: /' || true
 fi
 echo "PASS: $label ($(elapsed)s total, QEMU ${qemu_s}s)"
