@@ -183,7 +183,7 @@ fi
 log "booting the guest under TCG (timeout ${timeout_s}s, kernel $(cat "$GUEST/KERNEL_VERSION"))"
 t_qemu=$(date +%s.%N)
 timeout -k 5 "$timeout_s" "$QEMU" -L /usr/share/qemu -L /usr/share/seabios \
-    -accel tcg -cpu max -smp 1 -m 512M \
+    -accel tcg -cpu max -smp "${PCIETUN_GUEST_SMP:-1}" -m 512M \
     -object memory-backend-memfd,id=mem,size=512M,share=on -machine pc,memory-backend=mem \
     -nodefaults -display none -no-reboot \
     -chardev "file,id=con,path=$tmp/console.log" -serial chardev:con \
