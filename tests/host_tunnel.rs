@@ -160,8 +160,17 @@ fn setup(cfg: HostConfig) -> Card {
                             });
                         }
                         (MemOp::Read, _) => send(&h, |buf| {
-                            tlpio::completion(buf, CARD, ROOT_PORT, mr.tag, CplStatus::Ur, 4, 0, &[])
-                                .unwrap()
+                            tlpio::completion(
+                                buf,
+                                CARD,
+                                ROOT_PORT,
+                                mr.tag,
+                                CplStatus::Ur,
+                                4,
+                                0,
+                                &[],
+                            )
+                            .unwrap()
                         }),
                         _ => {}
                     }
@@ -256,11 +265,17 @@ fn enumeration_mmio_and_user_space_driver_api() {
     let found = host.rescan();
     assert_eq!(found.len(), 1);
     let f = &found[0];
-    assert_eq!((f.bdf, f.vendor, f.device, f.class), (CARD, 0x1b36, 0x0010, 0x010802));
+    assert_eq!(
+        (f.bdf, f.vendor, f.device, f.class),
+        (CARD, 0x1b36, 0x0010, 0x010802)
+    );
     assert_eq!(f.bars[0].size, BAR0 as u64);
     assert_eq!(f.msix.map(|m| m.vectors), Some(4));
     let events = drain(host);
-    assert!(events.contains(&HostEvent::FunctionAdded(CARD)), "{events:?}");
+    assert!(
+        events.contains(&HostEvent::FunctionAdded(CARD)),
+        "{events:?}"
+    );
 
     let dev = host.open(CARD).unwrap();
     assert_eq!(dev.config_read(0).unwrap(), 0x0010_1b36);
@@ -277,7 +292,10 @@ fn enumeration_mmio_and_user_space_driver_api() {
         Err(RequestError::UnsupportedRequest)
     );
     // The host's requester got exactly-once completions for everything.
-    assert_eq!(host.stats().unexpected_completions.load(Ordering::Relaxed), 0);
+    assert_eq!(
+        host.stats().unexpected_completions.load(Ordering::Relaxed),
+        0
+    );
 }
 
 #[test]
@@ -288,7 +306,8 @@ fn dma_windows_confine_the_card() {
     host.rescan();
     let dev = host.open(CARD).unwrap();
     let mem = Arc::new(HeapMemory::new(0xc00));
-    dev.register_dma(0x10_0000, mem.clone(), Access::RW).unwrap();
+    dev.register_dma(0x10_0000, mem.clone(), Access::RW)
+        .unwrap();
 
     // Inside the window: lands in host memory, reads back through completions (split at RCB).
     card.dma_write(0x10_0010, b"written by the card");
@@ -373,11 +392,13 @@ fn completion_timeout_on_a_dead_link_returns_all_ones() {
     dev.region_read(CONFIG_REGION, 0, &mut cfg).unwrap();
     assert_eq!(cfg, [0xff; 4]);
     let events = drain(host);
-    assert!(events
-        .iter()
-        .filter(|e| matches!(e, HostEvent::CompletionTimeout { .. }))
-        .count()
-        >= 3);
+    assert!(
+        events
+            .iter()
+            .filter(|e| matches!(e, HostEvent::CompletionTimeout { .. }))
+            .count()
+            >= 3
+    );
 
     // A host whose link swallows everything: even enumeration ends (finds nothing).
     let dead = Host::new(
@@ -483,7 +504,11 @@ fn rust_vmm_vfio_user_client_drives_the_tunnelled_card() {
     assert_eq!(c.region(CONFIG_REGION).map(|r| r.size), Some(4096));
     let mut id = [0u8; 4];
     c.region_read(CONFIG_REGION, 0, &mut id).unwrap();
-    assert_eq!(u32::from_le_bytes(id), 0x0010_1b36, "IDs through CfgRd0 TLPs");
+    assert_eq!(
+        u32::from_le_bytes(id),
+        0x0010_1b36,
+        "IDs through CfgRd0 TLPs"
+    );
     // BAR sizing is virtualized: the guest sees the size, the card keeps the host's address.
     c.region_write(CONFIG_REGION, 0x10, &[0xff; 4]).unwrap();
     c.region_read(CONFIG_REGION, 0x10, &mut id).unwrap();
@@ -494,7 +519,10 @@ fn rust_vmm_vfio_user_client_drives_the_tunnelled_card() {
     let mut back = [0u8; 23];
     c.region_read(0, 0x40, &mut back).unwrap();
     assert_eq!(&back, b"vfio-user over a tunnel");
-    assert_eq!(&card.bar0.lock().unwrap()[0x40..0x57], b"vfio-user over a tunnel");
+    assert_eq!(
+        &card.bar0.lock().unwrap()[0x40..0x57],
+        b"vfio-user over a tunnel"
+    );
 
     // Interrupts: MSI-X vector 1 armed with an eventfd; the card fires it.
     let efd = pcietun::host::vfio_user::EventFd::new().unwrap();
@@ -522,7 +550,10 @@ fn rust_vmm_vfio_user_client_drives_the_tunnelled_card() {
     let mut all = vec![0u8; 0x10000];
     ram.read_exact_at(&mut all, 0).unwrap();
     assert!(all.iter().filter(|&&b| b == 9).count() == 0);
-    assert_eq!(card.dma_read(0x8000_0100, 23).unwrap(), b"card DMA into guest RAM");
+    assert_eq!(
+        card.dma_read(0x8000_0100, 23).unwrap(),
+        b"card DMA into guest RAM"
+    );
     c.dma_unmap(0x8000_0000, 0x10000).unwrap();
     assert_eq!(card.dma_read(0x8000_0100, 4), None);
     assert!(ctx.dma.is_empty());

@@ -70,10 +70,10 @@ impl FunctionState {
                 masks[i + 1] = ((size_mask >> 32) as u32, 0);
             }
         }
-        let mut shadow = Shadow::default();
-        for i in 0..6 {
-            shadow.bars[i] = masks[i].1;
-        }
+        let shadow = Shadow {
+            bars: masks.map(|m| m.1),
+            ..Shadow::default()
+        };
         Self {
             info,
             ctx,
@@ -337,9 +337,11 @@ impl RemoteFunction {
                 continue;
             }
             let reg = 0x10 + 4 * i as u16;
-            self.host.cfg_write(bdf, reg, 0xf, b.base as u32 | self.f.bar_masks[i].1)?;
+            self.host
+                .cfg_write(bdf, reg, 0xf, b.base as u32 | self.f.bar_masks[i].1)?;
             if b.is64 {
-                self.host.cfg_write(bdf, reg + 4, 0xf, (b.base >> 32) as u32)?;
+                self.host
+                    .cfg_write(bdf, reg + 4, 0xf, (b.base >> 32) as u32)?;
             }
         }
         if let Some(p) = info.pcie {
@@ -372,12 +374,7 @@ impl Device for RemoteFunction {
         }
     }
 
-    fn region_read(
-        &mut self,
-        index: u32,
-        offset: u64,
-        data: &mut [u8],
-    ) -> Result<(), DeviceError> {
+    fn region_read(&mut self, index: u32, offset: u64, data: &mut [u8]) -> Result<(), DeviceError> {
         if index == CONFIG_REGION {
             let mut at = 0usize;
             while at < data.len() {

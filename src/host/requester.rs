@@ -216,7 +216,10 @@ impl<T: Copy> Requester<T> {
     where
         T: From<u16>,
     {
-        let tag = self.free.pop_front().ok_or(TagsExhausted(self.capacity()))?;
+        let tag = self
+            .free
+            .pop_front()
+            .ok_or(TagsExhausted(self.capacity()))?;
         self.slots[tag as usize] = Some(Slot {
             token: T::from(tag),
             deadline: now + self.cfg.timeout,

@@ -354,7 +354,10 @@ impl Host {
         rp.write_u32(h::PREF_LIMIT_UPPER32, (p_hi >> 32) as u32);
         let io_lo = w.io.0;
         let io_hi = w.io.0 + w.io.1 - 1;
-        rp.write(h::IO_BASE, &[((io_lo >> 8) as u8) & 0xf0, ((io_hi >> 8) as u8) & 0xf0]);
+        rp.write(
+            h::IO_BASE,
+            &[((io_lo >> 8) as u8) & 0xf0, ((io_hi >> 8) as u8) & 0xf0],
+        );
         let any = !found.is_empty();
         rp.write_u16(h::COMMAND, if any { 0x7 } else { 0 });
     }
@@ -484,7 +487,13 @@ impl Host {
     }
 
     /// CfgWr0 of the bytes of `value` selected by `first_be` at `reg` of `bdf`.
-    pub fn cfg_write(&self, bdf: Bdf, reg: u16, first_be: u8, value: u32) -> Result<(), RequestError> {
+    pub fn cfg_write(
+        &self,
+        bdf: Bdf,
+        reg: u16,
+        first_be: u8,
+        value: u32,
+    ) -> Result<(), RequestError> {
         self.nonposted(bdf, &mut [], |buf, tag| {
             tlpio::cfg(buf, bdf, reg, tag, first_be, Some(value.to_le_bytes()))
         })

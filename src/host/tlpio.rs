@@ -291,10 +291,24 @@ mod tests {
                 pin: 0
             }
         );
-        let n = completion(&mut b, card, ROOT_PORT, 3, CplStatus::Sc, 4, 0, &[1, 2, 3, 4]).unwrap();
+        let n = completion(
+            &mut b,
+            card,
+            ROOT_PORT,
+            3,
+            CplStatus::Sc,
+            4,
+            0,
+            &[1, 2, 3, 4],
+        )
+        .unwrap();
         assert!(matches!(
             classify_up(&b[..n]).unwrap(),
-            Upstream::Completion { tag: 3, data: [1, 2, 3, 4], .. }
+            Upstream::Completion {
+                tag: 3,
+                data: [1, 2, 3, 4],
+                ..
+            }
         ));
         assert!(classify_up(&[0xff; 3]).is_err());
     }
