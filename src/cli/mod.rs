@@ -5,8 +5,11 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+mod appliance;
+mod bench;
 mod demo;
 mod tlp;
+mod transport_peer;
 
 /// PCIe-over-Ethernet tunnelling.
 #[derive(Debug, Parser)]
@@ -22,6 +25,13 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Decode and encode PCIe TLPs (protocol-analyser and JSON views).
     Tlp(tlp::TlpArgs),
+    /// Measure against the raw network path in the same run (table + --json).
+    Bench(bench::BenchArgs),
+    /// Test helper: a bare transport endpoint (echo server or checking client).
+    #[command(hide = true, name = "transport-peer")]
+    TransportPeer(transport_peer::PeerArgs),
+    /// Run the appliance: the cards it fronts (NVMe, DMA engine, replay) behind the tunnel.
+    Appliance(appliance::ApplianceArgs),
 }
 
 /// Parse the command line and run the chosen subcommand.
@@ -30,6 +40,9 @@ pub fn run() -> ExitCode {
     let result = match cli.command {
         Command::Demo(args) => demo::run(args),
         Command::Tlp(args) => tlp::run(args),
+        Command::Bench(args) => bench::run(args),
+        Command::TransportPeer(args) => transport_peer::run(args),
+        Command::Appliance(args) => appliance::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,508 @@
+//! `pcietun bench transport`: the transport against the raw network path, in one run, on the
+//! same kind of sockets (docs/transport.md "Benchmark"). Raw baseline: ping-pong RTT and a
+//! one-way blast of MTU-sized datagrams straight through the link port (mio UDP socket,
+//! AF_PACKET socket or in-memory channel). Ours: one TLP echoed through two transport
+//! endpoints, and a stream of posted writes (AEAD on and off, and with injected loss).
+
+use super::stats::{ratio, Latency, Throughput};
+use bytes::Bytes;
+use pcietun::transport::driver::{
+    eth::{EthPort, EthSpec},
+    mem,
+    udp::UdpPort,
+    DriverConfig, Peers, Port, TransportHandle, Upcall,
+};
+use pcietun::transport::{ConnId, Event, HostId, Psk};
+use std::process::{Command, ExitCode};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// Which link to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+pub enum LinkKind {
+    /// UDP on 127.0.0.1.
+    Udp,
+    /// Raw Ethernet over a temporary veth pair (root).
+    Eth,
+    /// In-process channels.
+    Mem,
+}
+
+/// on / off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    /// Enabled.
+    On,
+    /// Disabled.
+    Off,
+}
+
+/// Arguments of `pcietun bench transport`.
+#[derive(Debug, clap::Args)]
+pub struct TransportArgs {
+    /// Link to measure.
+    #[arg(long, value_enum, default_value = "udp")]
+    link: LinkKind,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+    /// Injected loss (percent of sent frames) for the goodput-under-loss run; 0 skips it.
+    #[arg(long, default_value_t = 1.0)]
+    loss: f64,
+    /// Frame encryption for the echo and loss runs (the stream runs both ways regardless).
+    #[arg(long, value_enum, default_value = "on")]
+    aead: OnOff,
+    /// Spin on non-blocking sockets instead of sleeping (both raw and ours).
+    #[arg(long)]
+    busy_poll: bool,
+    /// Round trips per latency measurement.
+    #[arg(long, default_value_t = 20_000)]
+    iters: usize,
+    /// Seconds per throughput measurement.
+    #[arg(long, default_value_t = 1.0)]
+    secs: f64,
+    /// Bytes of the echoed TLP (a MWr64: 16-byte header + payload) and of the raw ping.
+    #[arg(long, default_value_t = 64)]
+    tlp_size: usize,
+    /// Payload bytes of each streamed posted write.
+    #[arg(long, default_value_t = 256)]
+    payload: usize,
+}
+
+/// Everything measured, for `--json`.
+#[derive(Debug, Default, serde::Serialize)]
+struct Report {
+    link: Option<LinkKind>,
+    busy_poll: bool,
+    aead: bool,
+    frame_bytes: usize,
+    raw_rtt: Latency,
+    ours_echo: Latency,
+    echo_p50_ratio: f64,
+    echo_p99_ratio: f64,
+    raw_blast: Throughput,
+    ours_stream_aead_on: Throughput,
+    ours_stream_aead_off: Throughput,
+    stream_ratio: f64,
+    aead_cost: f64,
+    loss_pct: f64,
+    ours_stream_lossy: Throughput,
+    goodput_ratio_at_loss: f64,
+    retransmits_lossy: u64,
+}
+
+/// A veth pair in the current namespace, removed on drop.
+struct Veth(String, String);
+
+impl Veth {
+    fn create() -> Res<Veth> {
+        let id = std::process::id() % 100_000;
+        let (a, b) = (format!("ptb{id}a"), format!("ptb{id}b"));
+        let ip = |args: &[&str]| -> Res<()> {
+            let st = Command::new("ip").args(args).status()?;
+            if !st.success() {
+                return Err(format!("ip {} failed (need root)", args.join(" ")).into());
+            }
+            Ok(())
+        };
+        ip(&["link", "add", &a, "type", "veth", "peer", "name", &b])?;
+        let v = Veth(a, b);
+        ip(&["link", "set", &v.0, "up"])?;
+        ip(&["link", "set", &v.1, "up"])?;
+        Ok(v)
+    }
+}
+
+impl Drop for Veth {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.0]).status();
+    }
+}
+
+/// Two connected ports: (client side, server side).
+fn ports(kind: LinkKind, veth: Option<&Veth>) -> Res<(Box<dyn Port>, Box<dyn Port>)> {
+    Ok(match kind {
+        LinkKind::Udp => (
+            Box::new(UdpPort::bind("127.0.0.1:0".parse()?)?),
+            Box::new(UdpPort::bind("127.0.0.1:0".parse()?)?),
+        ),
+        LinkKind::Mem => {
+            let (a, b) = mem::pair();
+            (Box::new(a), Box::new(b))
+        }
+        LinkKind::Eth => {
+            let v = veth.ok_or("no veth pair")?;
+            let open = |n: &str| -> Res<Box<dyn Port>> {
+                Ok(Box::new(EthPort::open(&EthSpec::parse(n)?)?))
+            };
+            (open(&v.0)?, open(&v.1)?)
+        }
+    })
+}
+
+fn wait_or_spin(p: &mut dyn Port, busy: bool, t: Duration) {
+    if busy {
+        std::hint::spin_loop();
+    } else {
+        let _ = p.wait(Some(t));
+    }
+}
+
+/// Raw ping-pong through the ports.
+fn raw_rtt(
+    mut c: Box<dyn Port>,
+    mut s: Box<dyn Port>,
+    size: usize,
+    iters: usize,
+    busy: bool,
+) -> Latency {
+    let stop = Arc::new(AtomicBool::new(false));
+    let st = stop.clone();
+    let server_addr = s.local_addr();
+    let echo = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65536];
+        while !st.load(Ordering::Relaxed) {
+            match s.recv(&mut buf) {
+                Ok(Some((n, from))) => {
+                    let _ = s.send(&buf[..n], from);
+                }
+                _ => wait_or_spin(s.as_mut(), busy, Duration::from_millis(20)),
+            }
+        }
+    });
+    let msg = vec![0x5au8; size];
+    let mut buf = vec![0u8; 65536];
+    let mut samples = Vec::with_capacity(iters);
+    for i in 0..iters + iters / 10 {
+        let t0 = Instant::now();
+        if c.send(&msg, server_addr).is_err() {
+            continue;
+        }
+        let got = loop {
+            if let Ok(Some(_)) = c.recv(&mut buf) {
+                break true;
+            }
+            if t0.elapsed() > Duration::from_millis(200) {
+                break false;
+            }
+            wait_or_spin(c.as_mut(), busy, Duration::from_millis(50));
+        };
+        if got && i >= iters / 10 {
+            samples.push(t0.elapsed());
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = echo.join();
+    Latency::from_samples(&mut samples)
+}
+
+/// Raw one-way blast of `size`-byte datagrams for `secs`.
+fn raw_blast(mut c: Box<dyn Port>, mut s: Box<dyn Port>, size: usize, secs: f64) -> Throughput {
+    let done = Arc::new(AtomicBool::new(false));
+    let bytes = Arc::new(AtomicU64::new(0));
+    let (d2, b2) = (done.clone(), bytes.clone());
+    let dst = s.local_addr();
+    let rx = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65536];
+        let mut n_msgs = 0u64;
+        let mut last = Instant::now();
+        loop {
+            match s.recv(&mut buf) {
+                Ok(Some((n, _))) => {
+                    b2.fetch_add(n as u64, Ordering::Relaxed);
+                    n_msgs += 1;
+                    last = Instant::now();
+                }
+                _ => {
+                    if d2.load(Ordering::Relaxed) && last.elapsed() > Duration::from_millis(50) {
+                        break;
+                    }
+                    let _ = s.wait(Some(Duration::from_millis(10)));
+                }
+            }
+        }
+        (n_msgs, last)
+    });
+    let msg = vec![0xa5u8; size];
+    let t0 = Instant::now();
+    while t0.elapsed().as_secs_f64() < secs {
+        for _ in 0..64 {
+            let _ = c.send(&msg, dst);
+        }
+    }
+    done.store(true, Ordering::Relaxed);
+    let (msgs, last) = rx.join().unwrap_or((0, t0));
+    Throughput::new(bytes.load(Ordering::Relaxed), msgs, last.duration_since(t0))
+}
+
+fn handles(
+    kind: LinkKind,
+    veth: Option<&Veth>,
+    encrypt: bool,
+    loss: f64,
+    busy: bool,
+) -> Res<(TransportHandle, ConnId, TransportHandle, ConnId)> {
+    let (c, s) = ports(kind, veth)?;
+    let host = HostId::new("bench")?;
+    let psk = Psk([0x42; 32]);
+    let server_addr = s.local_addr();
+    let mut sc = DriverConfig::new(Peers::Accept(vec![(host, psk.clone())]));
+    let mut cc = DriverConfig::new(Peers::Connect {
+        server: server_addr,
+        host,
+        psk,
+    });
+    for (cfg, seed) in [(&mut sc, 1), (&mut cc, 2)] {
+        cfg.transport.encrypt = encrypt;
+        cfg.inject_loss = loss;
+        cfg.seed = seed;
+        cfg.busy_poll = busy;
+        if kind == LinkKind::Mem {
+            cfg.transport.mtu = 1472; // same frame size as the UDP runs
+        }
+    }
+    let server = TransportHandle::spawn(s, sc)?;
+    let client = TransportHandle::spawn(c, cc)?;
+    let wait = |h: &TransportHandle| -> Res<ConnId> {
+        let end = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < end {
+            if let Some(Upcall::Event {
+                conn,
+                event: Event::Connected { .. },
+            }) = h.recv_timeout(Duration::from_millis(50))
+            {
+                return Ok(conn);
+            }
+        }
+        Err("transport session not established".into())
+    };
+    let cc = wait(&client)?;
+    let sc = wait(&server)?;
+    Ok((client, cc, server, sc))
+}
+
+fn mwr(total: usize) -> Bytes {
+    let total = total.max(20) / 4 * 4;
+    let dws = (total - 16) / 4;
+    let mut v = vec![0x60, 0, (dws >> 8) as u8 & 3, dws as u8];
+    v.resize(total, 0x3c);
+    Bytes::from(v)
+}
+
+fn recv_tlp(h: &TransportHandle, busy: bool, deadline: Instant) -> Option<Bytes> {
+    loop {
+        let u = if busy {
+            h.try_recv()
+        } else {
+            h.recv_timeout(Duration::from_millis(20))
+        };
+        if let Some(Upcall::Tlp { tlp, .. }) = u {
+            return Some(tlp);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+    }
+}
+
+fn ours_echo(a: &TransportArgs, veth: Option<&Veth>) -> Res<Latency> {
+    let (client, cc, server, _) = handles(a.link, veth, a.aead == OnOff::On, 0.0, a.busy_poll)?;
+    let server = Arc::new(server);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (s2, st) = (server.clone(), stop.clone());
+    let busy = a.busy_poll;
+    let echo = std::thread::spawn(move || {
+        while !st.load(Ordering::Relaxed) {
+            let u = if busy {
+                s2.try_recv()
+            } else {
+                s2.recv_timeout(Duration::from_millis(20))
+            };
+            if let Some(Upcall::Tlp { conn, tlp, .. }) = u {
+                let _ = s2.send(conn, tlp);
+            }
+        }
+    });
+    let tlp = mwr(a.tlp_size);
+    let mut samples = Vec::with_capacity(a.iters);
+    for i in 0..a.iters + a.iters / 10 {
+        let t0 = Instant::now();
+        client.send(cc, tlp.clone())?;
+        if recv_tlp(&client, a.busy_poll, t0 + Duration::from_secs(2)).is_none() {
+            return Err("echo lost".into());
+        }
+        if i >= a.iters / 10 {
+            samples.push(t0.elapsed());
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = echo.join();
+    Ok(Latency::from_samples(&mut samples))
+}
+
+/// Stream posted writes for `secs`; returns TLP-byte throughput and retransmissions.
+fn ours_stream(
+    a: &TransportArgs,
+    veth: Option<&Veth>,
+    encrypt: bool,
+    loss: f64,
+) -> Res<(Throughput, u64)> {
+    let (client, cc, server, _) = handles(a.link, veth, encrypt, loss, a.busy_poll)?;
+    let tlp = mwr(16 + a.payload);
+    let sent = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let (s2, d2) = (sent.clone(), done.clone());
+    let secs = a.secs;
+    let t_send = tlp.clone();
+    let client = Arc::new(client);
+    let c2 = client.clone();
+    let t0 = Instant::now();
+    let tx = std::thread::spawn(move || {
+        while t0.elapsed().as_secs_f64() < secs {
+            if c2.send(cc, t_send.clone()).is_err() {
+                break;
+            }
+            s2.fetch_add(1, Ordering::Relaxed);
+        }
+        d2.store(true, Ordering::Relaxed);
+    });
+    let (mut n, mut bytes) = (0u64, 0u64);
+    let mut last = t0;
+    loop {
+        if done.load(Ordering::Relaxed) && n >= sent.load(Ordering::Relaxed) {
+            break;
+        }
+        match server.recv_timeout(Duration::from_millis(100)) {
+            Some(Upcall::Tlp { tlp, .. }) => {
+                n += 1;
+                bytes += tlp.len() as u64;
+                last = Instant::now();
+            }
+            Some(_) => {}
+            None => {
+                if last.elapsed() > Duration::from_secs(5) {
+                    return Err(format!("stream stalled after {n} TLPs").into());
+                }
+            }
+        }
+    }
+    let _ = tx.join();
+    let retx = client
+        .stats()?
+        .sessions
+        .iter()
+        .map(|s| s.1.retransmits)
+        .sum();
+    Ok((Throughput::new(bytes, n, last.duration_since(t0)), retx))
+}
+
+pub fn run(a: TransportArgs) -> Res<ExitCode> {
+    let veth = if a.link == LinkKind::Eth {
+        Some(Veth::create()?)
+    } else {
+        None
+    };
+    let v = veth.as_ref();
+    let mut r = Report {
+        link: Some(a.link),
+        busy_poll: a.busy_poll,
+        aead: a.aead == OnOff::On,
+        loss_pct: a.loss,
+        ..Report::default()
+    };
+    eprintln!("bench transport: raw ping-pong ({} B)…", a.tlp_size);
+    let (c, s) = ports(a.link, v)?;
+    let frame = 1472.min(c.mtu());
+    r.frame_bytes = frame;
+    r.raw_rtt = raw_rtt(c, s, a.tlp_size, a.iters, a.busy_poll);
+    eprintln!("bench transport: ours, one {} B TLP echoed…", a.tlp_size);
+    r.ours_echo = ours_echo(&a, v)?;
+    eprintln!("bench transport: raw blast ({frame} B datagrams)…");
+    let (c, s) = ports(a.link, v)?;
+    r.raw_blast = raw_blast(c, s, frame, a.secs);
+    eprintln!("bench transport: ours, posted-write stream…");
+    r.ours_stream_aead_on = ours_stream(&a, v, true, 0.0)?.0;
+    r.ours_stream_aead_off = ours_stream(&a, v, false, 0.0)?.0;
+    let lossless = if r.aead {
+        r.ours_stream_aead_on
+    } else {
+        r.ours_stream_aead_off
+    };
+    if a.loss > 0.0 {
+        eprintln!(
+            "bench transport: ours, stream at {} % injected loss…",
+            a.loss
+        );
+        let (t, retx) = ours_stream(&a, v, r.aead, a.loss / 100.0)?;
+        r.ours_stream_lossy = t;
+        r.retransmits_lossy = retx;
+        r.goodput_ratio_at_loss = ratio(t.gbit_s, lossless.gbit_s);
+    }
+    r.echo_p50_ratio = ratio(r.ours_echo.p50_us, r.raw_rtt.p50_us);
+    r.echo_p99_ratio = ratio(r.ours_echo.p99_us, r.raw_rtt.p99_us);
+    r.stream_ratio = ratio(lossless.gbit_s, r.raw_blast.gbit_s);
+    r.aead_cost = 1.0 - ratio(r.ours_stream_aead_on.gbit_s, r.ours_stream_aead_off.gbit_s);
+    print_table(&r, &a);
+    if let Some(p) = &a.json {
+        std::fs::write(p, serde_json::to_string_pretty(&r)?)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_table(r: &Report, a: &TransportArgs) {
+    println!(
+        "pcietun bench transport — link {:?}, {}, aead {}, frames ≤ {} B",
+        a.link,
+        if a.busy_poll { "busy-poll" } else { "blocking" },
+        if r.aead { "on" } else { "off" },
+        r.frame_bytes
+    );
+    println!("{:<40} {:>12} {:>12} {:>8}", "", "raw", "ours", "ratio");
+    println!(
+        "{:<40} {:>12.1} {:>12.1} {:>8.2}  (goal ≤ 1.2)",
+        format!("echo p50, µs ({} B)", a.tlp_size),
+        r.raw_rtt.p50_us,
+        r.ours_echo.p50_us,
+        r.echo_p50_ratio
+    );
+    println!(
+        "{:<40} {:>12.1} {:>12.1} {:>8.2}  (goal ≤ 1.5)",
+        "echo p99, µs", r.raw_rtt.p99_us, r.ours_echo.p99_us, r.echo_p99_ratio
+    );
+    let lossless = if r.aead {
+        r.ours_stream_aead_on
+    } else {
+        r.ours_stream_aead_off
+    };
+    println!(
+        "{:<40} {:>12.3} {:>12.3} {:>8.2}  (goal ≥ 0.9)",
+        "stream payload, Gbit/s", r.raw_blast.gbit_s, lossless.gbit_s, r.stream_ratio
+    );
+    println!(
+        "{:<40} {:>12} {:>12.3} {:>8.2}  (AEAD cost {:.0} %, goal ≤ 15 %)",
+        "stream, AEAD on vs off",
+        format!("{:.3}", r.ours_stream_aead_off.gbit_s),
+        r.ours_stream_aead_on.gbit_s,
+        ratio(r.ours_stream_aead_on.gbit_s, r.ours_stream_aead_off.gbit_s),
+        r.aead_cost * 100.0
+    );
+    if r.loss_pct > 0.0 {
+        println!(
+            "{:<40} {:>12.3} {:>12.3} {:>8.2}  (goal ≥ 0.9; {} retransmits)",
+            format!("stream at {} % loss vs lossless", r.loss_pct),
+            lossless.gbit_s,
+            r.ours_stream_lossy.gbit_s,
+            r.goodput_ratio_at_loss,
+            r.retransmits_lossy
+        );
+    }
+    println!(
+        "TLPs/s streamed: {:.0} ({} B each); raw datagrams/s: {:.0}",
+        lossless.msgs_per_s,
+        16 + a.payload,
+        r.raw_blast.msgs_per_s
+    );
+}

@@ -1,0 +1,134 @@
+//! Reliable, authenticated transport of TLPs over raw Ethernet and UDP (docs/protocol.md).
+//!
+//! The core is sans-I/O, in the quinn-proto shape: an [`Endpoint`] (one per socket, many
+//! sessions) is fed frames with [`Endpoint::handle_frame`] and the time, and produces frames
+//! with [`Endpoint::poll_transmit`], a deadline with [`Endpoint::poll_timeout`], delivered
+//! TLPs with [`Endpoint::poll_delivered`] and [`Event`]s with [`Endpoint::poll_event`].
+//! [`sim`] runs it over a seeded faulty in-memory link; [`driver`] runs it on threads over an
+//! in-memory link, UDP or raw Ethernet behind one [`driver::TransportHandle`].
+
+pub mod congestion;
+pub mod crypto;
+pub mod driver;
+pub mod endpoint;
+pub mod frame;
+pub mod handshake;
+pub mod recv;
+mod send;
+mod session;
+pub mod sim;
+pub mod stats;
+pub mod time;
+
+pub use endpoint::{ConnId, DownReason, Endpoint, Event, Role, Transmit};
+pub use frame::CreditLimits;
+pub use handshake::{HostId, Psk};
+pub use recv::Delivered;
+pub use stats::{EndpointStats, Stats};
+pub use time::{Clock, Instant};
+
+use std::time::Duration;
+
+/// Where a frame comes from or goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PeerAddr {
+    /// A UDP socket address (IPv4 or IPv6).
+    Udp(std::net::SocketAddr),
+    /// An Ethernet MAC address.
+    Eth([u8; 6]),
+    /// A node of an in-memory link.
+    Mem(u32),
+}
+
+impl std::fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PeerAddr::Udp(a) => write!(f, "udp:{a}"),
+            PeerAddr::Eth(m) => write!(
+                f,
+                "eth:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+                m[0], m[1], m[2], m[3], m[4], m[5]
+            ),
+            PeerAddr::Mem(n) => write!(f, "mem:{n}"),
+        }
+    }
+}
+
+/// Why a TLP was not accepted for sending.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// No established session for this peer (yet, or any more).
+    #[error("no established session")]
+    NotConnected,
+    /// The bytes are not a TLP.
+    #[error("not a TLP: {0}")]
+    Classify(#[from] crate::tlp::ClassifyError),
+    /// Larger than a frame can carry at the negotiated MTU.
+    #[error("TLP of {len} bytes exceeds the {max}-byte maximum at this MTU")]
+    TooLarge {
+        /// TLP length
+        len: usize,
+        /// largest accepted
+        max: usize,
+    },
+    /// Needs more credits than the receiver ever allocates.
+    #[error("TLP needs more credits than the peer allocates")]
+    ExceedsCredits,
+    /// The send queue is full; retry after the peer returned credits.
+    #[error("send queue full")]
+    QueueFull,
+}
+
+/// Transport tunables (defaults suit a data-centre LAN).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Largest frame we accept (our header through tag). UDP default 1472.
+    pub mtu: usize,
+    /// Ask for encrypted frames (the peer may also ask; either wins).
+    pub encrypt: bool,
+    /// Receive credits we allocate: P hdr, P data, NP hdr, NP data, Cpl hdr, Cpl data.
+    pub credits: CreditLimits,
+    /// Send a keepalive after this much silence.
+    pub keepalive_interval: Duration,
+    /// Declare the peer down after this much silence.
+    pub idle_timeout: Duration,
+    /// Longest an ACK is delayed.
+    pub ack_delay: Duration,
+    /// Bounds of the retransmission timeout.
+    pub min_rto: Duration,
+    /// Upper bound of the retransmission timeout.
+    pub max_rto: Duration,
+    /// RTO before the first RTT sample.
+    pub initial_rto: Duration,
+    /// First handshake retransmission delay (doubles).
+    pub handshake_retry: Duration,
+    /// Cap of the handshake / reconnect backoff.
+    pub reconnect_max: Duration,
+    /// Bytes of TLPs a session queues before `send_tlp` says `QueueFull`.
+    pub max_pending_bytes: usize,
+    /// Target queuing delay of the congestion controller.
+    pub cc_target: Duration,
+    /// Largest congestion window.
+    pub max_window_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            mtu: 1472,
+            encrypt: true,
+            credits: [1024, 16384, 256, 256, 1024, 16384],
+            keepalive_interval: Duration::from_millis(20),
+            idle_timeout: Duration::from_secs(1),
+            ack_delay: Duration::from_micros(500),
+            min_rto: Duration::from_millis(1),
+            max_rto: Duration::from_millis(200),
+            initial_rto: Duration::from_millis(20),
+            handshake_retry: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(1),
+            max_pending_bytes: 1 << 20,
+            cc_target: Duration::from_millis(1),
+            max_window_bytes: 16 << 20,
+        }
+    }
+}

@@ -1,0 +1,446 @@
+//! One established session: frame protection, the sender and receiver halves, timers
+//! (ACK delay, RTO, keepalive, idle, pacing, credit probe) and DATA frame assembly
+//! (docs/protocol.md §4–§8). Sans-I/O: fed frames and time, produces frames and deadlines.
+
+use super::congestion::{Controller, DelayBased, Pacer, RttEstimator};
+use super::crypto::{PacketKey, ReplayWindow};
+use super::frame::{
+    emit_record, flags, record_len, AckBlock, CreditLimits, FrameType, Header, Records, ACK_LEN,
+    DATA_OVERHEAD, HEADER_LEN, RECORD_HDR_LEN, TAG_LEN,
+};
+use super::recv::{Delivered, Receiver, RxOutcome};
+use super::send::Sender;
+use super::stats::Stats;
+use super::time::Instant;
+use super::{Config, PeerAddr, SendError};
+use crate::tlp::{classify, OrderingClass};
+use bytes::{Bytes, BytesMut};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Parameters fixed by the handshake.
+#[derive(Debug, Clone)]
+pub(crate) struct SessionParams {
+    pub local_session: u32,
+    pub peer_session: u32,
+    pub local_epoch: u32,
+    pub peer_epoch: u32,
+    pub peer: PeerAddr,
+    pub tx_key: [u8; 32],
+    pub rx_key: [u8; 32],
+    pub encrypt: bool,
+    pub mtu: usize,
+    pub local_credits: CreditLimits,
+    pub peer_credits: CreditLimits,
+}
+
+/// Why an authenticated-session frame was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Drop {
+    StaleEpoch,
+    WrongMode,
+    Replay,
+    BadTag,
+    Malformed,
+}
+
+#[derive(Debug)]
+pub(crate) struct Session {
+    pub p: SessionParams,
+    tx: PacketKey,
+    rx: PacketKey,
+    replay: ReplayWindow,
+    next_pn: u64,
+    send: Sender,
+    recv: Receiver,
+    cc: Box<dyn Controller>,
+    pacer: Pacer,
+    rtt: RttEstimator,
+    rto_deadline: Option<Instant>,
+    rto_backoff: u32,
+    pub last_rx: Instant,
+    last_tx: Instant,
+    pace_until: Option<Instant>,
+    probe_at: Option<Instant>,
+    /// Server side: the client has proven it holds the keys.
+    pub confirmed: bool,
+    pub stats: Stats,
+    cfg: Arc<Config>,
+}
+
+impl Session {
+    pub fn new(p: SessionParams, cfg: Arc<Config>, now: Instant) -> Self {
+        let cc = Box::new(DelayBased::new(p.mtu, cfg.cc_target, cfg.max_window_bytes));
+        Session {
+            tx: PacketKey::new(&p.tx_key, p.encrypt),
+            rx: PacketKey::new(&p.rx_key, p.encrypt),
+            replay: ReplayWindow::default(),
+            next_pn: 1,
+            send: Sender::new(p.peer_credits),
+            recv: Receiver::new(p.local_credits),
+            cc,
+            pacer: Pacer::new(16 * p.mtu),
+            rtt: RttEstimator::default(),
+            rto_deadline: None,
+            rto_backoff: 0,
+            last_rx: now,
+            last_tx: now,
+            pace_until: None,
+            probe_at: None,
+            confirmed: false,
+            stats: Stats::default(),
+            cfg,
+            p,
+        }
+    }
+
+    /// Largest TLP this session can carry.
+    pub fn max_tlp(&self) -> usize {
+        self.p.mtu - DATA_OVERHEAD - ACK_LEN - RECORD_HDR_LEN
+    }
+
+    pub fn send_tlp(&mut self, tlp: Bytes) -> Result<(), SendError> {
+        let (class, credits) = classify(&tlp)?;
+        if tlp.len() > self.max_tlp() {
+            return Err(SendError::TooLarge {
+                len: tlp.len(),
+                max: self.max_tlp(),
+            });
+        }
+        if !self.send.fits_allocation(class, credits) {
+            return Err(SendError::ExceedsCredits);
+        }
+        if self.send.pending_bytes + tlp.len() > self.cfg.max_pending_bytes {
+            return Err(SendError::QueueFull);
+        }
+        self.send.push(tlp, class, credits);
+        self.stats.tlps_submitted += 1;
+        Ok(())
+    }
+
+    /// Make the next `poll_transmit` send an ACK (the client's key confirmation).
+    pub fn force_ack(&mut self) {
+        self.recv.ack_pending = true;
+        self.recv.ack_immediate = true;
+    }
+
+    /// Whether `send_tlp` would currently refuse for lack of queue space.
+    pub fn queue_space(&self) -> usize {
+        self.cfg
+            .max_pending_bytes
+            .saturating_sub(self.send.pending_bytes)
+    }
+
+    pub fn poll_delivered(&mut self, now: Instant) -> Option<Delivered> {
+        let d = self.recv.poll(now)?;
+        self.stats.tlps_delivered += 1;
+        Some(d)
+    }
+
+    pub fn poll_delivered_class(
+        &mut self,
+        class: OrderingClass,
+        now: Instant,
+    ) -> Option<Delivered> {
+        let d = self.recv.poll_class(class, now)?;
+        self.stats.tlps_delivered += 1;
+        Some(d)
+    }
+
+    fn rto(&self) -> Duration {
+        let base = self
+            .rtt
+            .rto(self.cfg.min_rto, self.cfg.max_rto, self.cfg.initial_rto);
+        (base * 2u32.saturating_pow(self.rto_backoff.min(16))).min(self.cfg.max_rto)
+    }
+
+    /// Process a DATA frame addressed to this session.
+    pub fn handle_data(
+        &mut self,
+        now: Instant,
+        h: &Header,
+        mut frame: BytesMut,
+    ) -> Result<(), Drop> {
+        if h.src_epoch != self.p.peer_epoch {
+            self.stats.drop_stale_epoch += 1;
+            return Err(Drop::StaleEpoch);
+        }
+        if (h.flags & flags::ENCRYPTED != 0) != self.rx.encrypts() {
+            self.stats.drop_wrong_mode += 1;
+            return Err(Drop::WrongMode);
+        }
+        if !self.replay.check(h.pn) {
+            self.stats.drop_replay += 1;
+            return Err(Drop::Replay);
+        }
+        if self.rx.open(h.pn, &mut frame).is_err() {
+            self.stats.drop_bad_tag += 1;
+            return Err(Drop::BadTag);
+        }
+        let frame = frame.freeze();
+        let body_end = HEADER_LEN + usize::from(h.body_len);
+        let mut rec_start = HEADER_LEN;
+        let ack = if h.flags & flags::ACK != 0 {
+            match AckBlock::parse(&frame[HEADER_LEN..body_end]) {
+                Ok(a) => {
+                    rec_start += ACK_LEN;
+                    Some(a)
+                }
+                Err(_) => {
+                    self.stats.drop_malformed += 1;
+                    return Err(Drop::Malformed);
+                }
+            }
+        } else {
+            None
+        };
+        // Validate every record before acting on any (an authenticated but buggy peer).
+        let recs = &frame[rec_start..body_end];
+        for r in Records::new(recs, h.n_records) {
+            let ok = r.ok().and_then(|r| {
+                let (class, _) = classify(&recs[r.range]).ok()?;
+                (class.index() == usize::from(r.class)).then_some(())
+            });
+            if ok.is_none() {
+                self.stats.drop_malformed += 1;
+                return Err(Drop::Malformed);
+            }
+        }
+        self.replay.record(h.pn);
+        self.confirmed = true;
+        self.last_rx = now;
+        self.stats.frames_received += 1;
+        self.stats.bytes_received += frame.len() as u64;
+        if let Some(a) = ack {
+            self.on_ack(now, &a);
+        }
+        for r in Records::new(recs, h.n_records).flatten() {
+            let tlp = frame.slice(rec_start + r.range.start..rec_start + r.range.end);
+            let Ok((class, credits)) = classify(&tlp) else {
+                continue;
+            };
+            match self.recv.on_tlp(r.seq, tlp, class, credits) {
+                RxOutcome::New => {}
+                RxOutcome::Duplicate => self.stats.dup_tlps += 1,
+                RxOutcome::OutOfWindow => self.stats.out_of_window_tlps += 1,
+            }
+        }
+        if h.n_records > 0 {
+            self.recv.on_eliciting(now);
+        }
+        if h.flags & flags::ACK_REQ != 0 {
+            self.recv.ack_pending = true;
+            self.recv.ack_immediate = true;
+        }
+        Ok(())
+    }
+
+    fn on_ack(&mut self, now: Instant, a: &AckBlock) {
+        let out = self.send.on_ack(a);
+        if let Some(sent) = out.rtt_sample_sent {
+            let raw = now - sent;
+            let delay = Duration::from_micros(a.ack_delay_us.into());
+            let sample = if raw > delay + Duration::from_micros(1) {
+                raw - delay
+            } else {
+                raw
+            };
+            self.rtt.sample(sample);
+        }
+        if out.progress {
+            self.rto_backoff = 0;
+            let min = self.rtt.min_rtt().unwrap_or(self.rtt.latest());
+            self.cc
+                .on_ack(now, out.newly_acked_bytes, self.rtt.latest(), min);
+            self.rto_deadline = self.send.has_outstanding().then(|| now + self.rto());
+        }
+        if out.lost > 0 {
+            self.stats.fast_retransmits += out.lost;
+            let srtt = self.rtt.srtt_or(self.cfg.initial_rto);
+            self.cc.on_loss(now, out.lost_sent.unwrap_or(now), srtt);
+        }
+        self.probe_at = None;
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut t = self.last_rx + self.cfg.idle_timeout;
+        let mut min = |x: Option<Instant>| {
+            if let Some(x) = x {
+                t = t.min(x);
+            }
+        };
+        min(self.recv.ack_deadline(self.cfg.ack_delay));
+        min(self.rto_deadline);
+        min(Some(self.last_tx + self.cfg.keepalive_interval));
+        min(self.pace_until);
+        min(self.probe_at);
+        Some(t)
+    }
+
+    /// Returns true when the session has been silent past the idle timeout (it is down).
+    pub fn handle_timeout(&mut self, now: Instant) -> bool {
+        if now >= self.last_rx + self.cfg.idle_timeout {
+            return true;
+        }
+        if self.rto_deadline.is_some_and(|d| d <= now) {
+            self.rto_deadline = None;
+            let n = self.send.on_rto();
+            if n > 0 {
+                self.stats.rto_expirations += 1;
+                self.rto_backoff += 1;
+                self.cc.on_rto();
+            }
+        }
+        if self.pace_until.is_some_and(|d| d <= now) {
+            self.pace_until = None;
+        }
+        false
+    }
+
+    /// Assemble the next DATA frame into `buf`; returns its length.
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
+        let mtu = self.p.mtu.min(buf.len());
+        let ack_due = self.recv.ack_due(now, self.cfg.ack_delay);
+        let keepalive = now >= self.last_tx + self.cfg.keepalive_interval;
+        let probe = self.probe_at.is_some_and(|p| p <= now);
+        let want_data = !self.send.retx.is_empty() || self.send.next_eligible().is_some();
+        let mut data_ok = want_data && self.send.in_flight < self.cc.window();
+        if data_ok {
+            let srtt = self.rtt.srtt_or(self.cfg.initial_rto);
+            match self.pacer.delay(now, mtu, self.cc.window(), srtt) {
+                None => self.pace_until = None,
+                Some(t) => {
+                    self.pace_until = Some(t);
+                    data_ok = false;
+                }
+            }
+        }
+        // Credit-blocked with nothing in flight: ask the peer for a fresh credit update.
+        if self.send.has_pending() && !want_data && self.send.unacked.is_empty() {
+            self.stats.credit_stalls += u64::from(self.probe_at.is_none());
+            if self.probe_at.is_none() {
+                self.probe_at = Some(now + self.rto());
+            }
+        }
+        if !(ack_due || keepalive || probe || data_ok) {
+            return None;
+        }
+        let pn = self.next_pn;
+        let include_ack = self.recv.ack_pending || ack_due || keepalive || probe || !data_ok;
+        let mut off = HEADER_LEN;
+        let mut fl = 0;
+        if self.tx.encrypts() {
+            fl |= flags::ENCRYPTED;
+        }
+        if include_ack {
+            let a = self.recv.make_ack(now);
+            a.emit(&mut buf[off..off + ACK_LEN]);
+            off += ACK_LEN;
+            fl |= flags::ACK;
+        }
+        let mut n: u8 = 0;
+        if data_ok {
+            while n < u8::MAX {
+                let Some(&seq) = self.send.retx.front() else {
+                    break;
+                };
+                let Some(e) = self.send.entry_mut(seq) else {
+                    self.send.retx.pop_front();
+                    continue;
+                };
+                if e.acked || !e.queued {
+                    self.send.retx.pop_front();
+                    continue;
+                }
+                let need = record_len(e.tlp.len());
+                if off + need + TAG_LEN > mtu {
+                    break;
+                }
+                off += emit_record(&mut buf[off..], seq, e.class, &e.tlp);
+                self.send.retx.pop_front();
+                self.send.on_retransmit(seq, now, pn);
+                self.stats.retransmits += 1;
+                n += 1;
+            }
+            while n < u8::MAX && self.send.retx.is_empty() {
+                let Some(c) = self.send.next_eligible() else {
+                    break;
+                };
+                let need = record_len(self.send.front_len(c));
+                if off + need + TAG_LEN > mtu {
+                    break;
+                }
+                let Some((seq, e)) = self.send.take(c, now, pn) else {
+                    break;
+                };
+                off += emit_record(&mut buf[off..], seq, e.class, &e.tlp);
+                self.stats.tlps_sent += 1;
+                n += 1;
+            }
+        }
+        if n == 0 && !include_ack {
+            return None;
+        }
+        if probe {
+            fl |= flags::ACK_REQ;
+            self.probe_at = None;
+        }
+        let len = off + TAG_LEN;
+        Header {
+            ty: FrameType::Data,
+            flags: fl,
+            n_records: n,
+            body_len: (off - HEADER_LEN) as u16,
+            dst_session: self.p.peer_session,
+            src_epoch: self.p.local_epoch,
+            pn,
+        }
+        .emit(buf);
+        self.tx.seal(pn, &mut buf[..len]);
+        self.next_pn += 1;
+        self.last_tx = now;
+        self.stats.frames_sent += 1;
+        self.stats.bytes_sent += len as u64;
+        if n == 0 {
+            self.stats.ack_only_sent += 1;
+            if keepalive && !ack_due {
+                self.stats.keepalives_sent += 1;
+            }
+        } else {
+            self.pacer.on_sent(len);
+            if self.rto_deadline.is_none() {
+                self.rto_deadline = Some(now + self.rto());
+            }
+        }
+        Some(len)
+    }
+
+    /// The session is going away: every Non-Posted TLP it still held.
+    pub fn fail_nonposted(&mut self) -> Vec<Bytes> {
+        self.send.drain_nonposted()
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> Stats {
+        let mut s = self.stats.clone();
+        s.srtt = self.rtt.srtt_or(Duration::ZERO);
+        s.min_rtt = self.rtt.min_rtt().unwrap_or_default();
+        s.cwnd = self.cc.window();
+        s
+    }
+
+    /// Bytes of TLPs this session holds (queued, unacknowledged, reordering, undelivered).
+    pub fn memory(&self) -> usize {
+        self.send.held_bytes() + self.recv.held
+    }
+
+    /// Reorder slots and TLPs awaiting pickup (for bound checks).
+    pub fn recv_depth(&self) -> (usize, usize) {
+        (self.recv.reorder_len(), self.recv.ready_len())
+    }
+
+    /// Whether the sender still has anything queued or unacknowledged.
+    pub fn busy(&self) -> bool {
+        self.send.has_pending() || !self.send.unacked.is_empty()
+    }
+}

@@ -1,0 +1,215 @@
+//! A seeded, in-memory, faulty link for deterministic simulation of the sans-I/O core
+//! (DESIGN.md "How we test" 2). Loss (random and Gilbert–Elliott bursts), reordering,
+//! duplication, bit corruption, delay with jitter, partitions; each direction has its own
+//! [`Faults`], so asymmetric links are one configuration away. Time is simulated.
+
+use super::time::Instant;
+use bytes::BytesMut;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::time::Duration;
+
+/// Faults of one direction.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// Probability a frame is lost.
+    pub loss: f64,
+    /// Gilbert–Elliott bursts: (P(good→bad), P(bad→good)); every frame is lost while bad.
+    pub burst: Option<(f64, f64)>,
+    /// Probability a frame is delivered twice.
+    pub duplicate: f64,
+    /// Probability a frame is held back by `reorder_delay` (so later frames overtake it).
+    pub reorder: f64,
+    /// Extra delay of a reordered frame.
+    pub reorder_delay: Duration,
+    /// Probability one random bit of a frame is flipped.
+    pub corrupt: f64,
+    /// Base one-way delay.
+    pub delay: Duration,
+    /// Uniform extra delay in `[0, jitter)` (frames stay in order).
+    pub jitter: Duration,
+    /// Time windows during which everything is lost.
+    pub partitions: Vec<(Instant, Instant)>,
+}
+
+/// Per-direction counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    /// Frames offered.
+    pub sent: u64,
+    /// Frames dropped by loss, bursts or partitions.
+    pub dropped: u64,
+    /// Extra copies made.
+    pub duplicated: u64,
+    /// Frames with a flipped bit.
+    pub corrupted: u64,
+    /// Frames delayed to be overtaken.
+    pub reordered: u64,
+}
+
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct InFlight {
+    at: Reverse<Instant>,
+    order: Reverse<u64>,
+    to: usize,
+    bytes: Vec<u8>,
+}
+
+/// A two-node link (node 0 and node 1).
+#[derive(Debug)]
+pub struct Link {
+    faults: [Faults; 2],
+    bad: [bool; 2],
+    last_at: [Instant; 2],
+    rng: StdRng,
+    queue: BinaryHeap<InFlight>,
+    order: u64,
+    /// Counters per direction (index = sending node).
+    pub stats: [LinkStats; 2],
+    /// Largest number of frames ever in flight (memory bound).
+    pub max_queued: usize,
+}
+
+impl Link {
+    /// A link with faults `a_to_b` for frames sent by node 0 and `b_to_a` for node 1.
+    pub fn new(seed: u64, a_to_b: Faults, b_to_a: Faults) -> Self {
+        Link {
+            faults: [a_to_b, b_to_a],
+            bad: [false; 2],
+            last_at: [Instant::ZERO; 2],
+            rng: StdRng::seed_from_u64(seed),
+            queue: BinaryHeap::new(),
+            order: 0,
+            stats: Default::default(),
+            max_queued: 0,
+        }
+    }
+
+    /// Replace the faults of the direction sent by `from`.
+    pub fn set_faults(&mut self, from: usize, f: Faults) {
+        self.faults[from] = f;
+    }
+
+    /// Node `from` sends `frame` at `now`.
+    pub fn send(&mut self, now: Instant, from: usize, frame: &[u8]) {
+        let d = from & 1;
+        let f = &self.faults[d];
+        self.stats[d].sent += 1;
+        let mut lost = f.partitions.iter().any(|&(a, b)| now >= a && now < b);
+        if let Some((g2b, b2g)) = f.burst {
+            let flip = if self.bad[d] { b2g } else { g2b };
+            if self.rng.gen_bool(flip) {
+                self.bad[d] = !self.bad[d];
+            }
+            lost |= self.bad[d];
+        }
+        if f.loss > 0.0 && self.rng.gen_bool(f.loss) {
+            lost = true;
+        }
+        if lost {
+            self.stats[d].dropped += 1;
+            return;
+        }
+        let copies = if f.duplicate > 0.0 && self.rng.gen_bool(f.duplicate) {
+            self.stats[d].duplicated += 1;
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let f = &self.faults[d];
+            let mut at = now + f.delay;
+            if f.jitter > Duration::ZERO {
+                let j = self.rng.gen_range(0..f.jitter.as_nanos() as u64);
+                at = at + Duration::from_nanos(j);
+            }
+            // Jitter alone never reorders a direction (a real path is FIFO).
+            at = at.max(self.last_at[d]);
+            self.last_at[d] = at;
+            if f.reorder > 0.0 && self.rng.gen_bool(f.reorder) {
+                at = at + f.reorder_delay;
+                self.stats[d].reordered += 1;
+            }
+            let mut bytes = frame.to_vec();
+            if f.corrupt > 0.0 && self.rng.gen_bool(f.corrupt) && !bytes.is_empty() {
+                let bit = self.rng.gen_range(0..bytes.len() * 8);
+                bytes[bit / 8] ^= 1 << (bit % 8);
+                self.stats[d].corrupted += 1;
+            }
+            self.order += 1;
+            self.queue.push(InFlight {
+                at: Reverse(at),
+                order: Reverse(self.order),
+                to: 1 - d,
+                bytes,
+            });
+        }
+        self.max_queued = self.max_queued.max(self.queue.len());
+    }
+
+    /// When the next frame arrives.
+    pub fn next_arrival(&self) -> Option<Instant> {
+        self.queue.peek().map(|f| f.at.0)
+    }
+
+    /// A frame due at `now`: (receiving node, bytes).
+    pub fn pop_due(&mut self, now: Instant) -> Option<(usize, BytesMut)> {
+        if self.queue.peek()?.at.0 > now {
+            return None;
+        }
+        let f = self.queue.pop()?;
+        Some((f.to, BytesMut::from(&f.bytes[..])))
+    }
+
+    /// Frames in flight.
+    pub fn in_flight(&self) -> usize {
+        self.queue.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn faults_are_seeded_and_counted() {
+        let f = Faults {
+            loss: 0.3,
+            duplicate: 0.1,
+            corrupt: 0.1,
+            delay: Duration::from_micros(10),
+            ..Default::default()
+        };
+        let run = || {
+            let mut l = Link::new(42, f.clone(), Faults::default());
+            let mut got = 0;
+            for i in 0..1000u64 {
+                l.send(Instant::from_nanos(i), 0, &[1, 2, 3, 4]);
+            }
+            while l.pop_due(Instant::from_nanos(1_000_000)).is_some() {
+                got += 1;
+            }
+            (got, l.stats[0].clone())
+        };
+        let (a, sa) = run();
+        let (b, sb) = run();
+        assert_eq!((a, &sa), (b, &sb), "same seed, same run");
+        assert!(sa.dropped > 200 && sa.dropped < 400, "{sa:?}");
+        assert_eq!(a as u64, 1000 - sa.dropped + sa.duplicated);
+        // a partition drops everything inside it
+        let mut l = Link::new(
+            1,
+            Faults {
+                partitions: vec![(Instant::from_nanos(10), Instant::from_nanos(20))],
+                ..Default::default()
+            },
+            Faults::default(),
+        );
+        for i in 0..30 {
+            l.send(Instant::from_nanos(i), 0, &[0]);
+        }
+        assert_eq!(l.stats[0].dropped, 10);
+    }
+}
