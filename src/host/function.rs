@@ -93,6 +93,11 @@ impl FunctionState {
         &self.ctx
     }
 
+    /// Whether the consumer armed MSI-X (rather than MSI) vectors.
+    pub fn uses_msix(&self) -> bool {
+        self.msix_mode.load(Ordering::Acquire)
+    }
+
     /// An MSI/MSI-X write with this data arrived from the card.
     pub fn deliver_msi(&self, data: u32) {
         if self.msix_mode.load(Ordering::Acquire) {
