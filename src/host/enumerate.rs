@@ -277,7 +277,7 @@ fn configure(
     let status = acc.cfg_read(bdf, h::COMMAND as u16) >> 16;
     if status & 0x10 != 0 {
         let mut ptr = (acc.cfg_read(bdf, 0x34) & 0xfc) as u16;
-        while ptr >= 0x40 && ptr < 0x100 && caps.len() < 48 {
+        while (0x40..0x100).contains(&ptr) && caps.len() < 48 {
             let dw = acc.cfg_read(bdf, ptr);
             caps.push(((dw & 0xff) as u8, ptr));
             ptr = ((dw >> 8) & 0xfc) as u16;

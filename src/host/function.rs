@@ -71,8 +71,8 @@ impl FunctionState {
             }
         }
         let mut shadow = Shadow::default();
-        for i in 0..6 {
-            shadow.bars[i] = masks[i].1;
+        for (bar, mask) in shadow.bars.iter_mut().zip(masks.iter()) {
+            *bar = mask.1;
         }
         Self {
             info,
