@@ -72,7 +72,7 @@ impl Host {
     }
 
     /// Wait for the completion of `tag`, answering device DMA reads from `mem` meanwhile.
-    fn wait_cpl(&mut self, tag: u8, mem: &mut Vec<u8>) -> Vec<u8> {
+    fn wait_cpl(&mut self, tag: u8, mem: &mut [u8]) -> Vec<u8> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -133,12 +133,12 @@ impl Host {
             t.extend_from_slice(&v.to_le_bytes());
         }
         self.t.send(self.conn, Bytes::from(t)).unwrap();
-        let d = self.wait_cpl(self.tag, &mut Vec::new());
+        let d = self.wait_cpl(self.tag, &mut []);
         d.get(..4)
             .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
 
-    fn read32(&mut self, addr: u64, mem: &mut Vec<u8>) -> u32 {
+    fn read32(&mut self, addr: u64, mem: &mut [u8]) -> u32 {
         self.tag = self.tag.wrapping_add(1);
         let mut t = Vec::new();
         wire::emit_mem_read(&mut t, Bdf(0), u16::from(self.tag), addr, 4);
