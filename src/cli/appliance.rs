@@ -22,7 +22,9 @@ use toml::Spanned;
 
 use pcietun::endpoint::dma_engine::DmaEngine;
 use pcietun::endpoint::nvme::{Backend, NvmeController, NvmeOptions};
+use pcietun::endpoint::replay::ReplayDevice;
 use pcietun::endpoint::{Bdf, Device, Endpoint, EndpointConfig};
+use pcietun::pci::replay::ReplaySizes;
 use pcietun::transport::driver::{self, DriverConfig, Peers, TransportHandle, Upcall};
 use pcietun::transport::{ConnId, Event, HostId, Psk};
 
@@ -514,12 +516,23 @@ fn build(cfg: &ApplianceConfig, temp: Option<tempfile::TempDir>) -> Result<Built
                 }
                 Box::new(DmaEngine::with_vfs(*buffer as usize, *vfs))
             }
-            DeviceSpec::Replay { dump, .. } => {
-                return Err(format!(
-                    "replay device {}: replay needs the config-space model from src/pci, which \
-                     this build does not have yet",
-                    dump.display()
-                ))
+            DeviceSpec::Replay { dump, bars } => {
+                let mut sizes = ReplaySizes::default();
+                for (i, size) in bars {
+                    sizes.bars[usize::from(*i)] = Some(*size);
+                }
+                let dev = ReplayDevice::from_file(dump, &sizes).map_err(|e| e.to_string())?;
+                for b in dev.bars().iter().filter(|b| b.inferred) {
+                    eprintln!(
+                        "pcietun appliance: warning: {}: BAR {} size not given, guessed {} bytes \
+                         (give bar{}=SIZE)",
+                        dump.display(),
+                        b.index,
+                        b.size,
+                        b.index
+                    );
+                }
+                Box::new(dev)
             }
         };
         endpoint
