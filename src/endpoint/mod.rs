@@ -12,13 +12,13 @@
 //! Layering: this module imports `tlp` and `pci` (and nothing above); it never imports
 //! `host`.
 
-pub mod cfg;
 pub mod device;
 pub mod dma_engine;
 mod function;
 pub mod interrupt;
 pub mod loopback;
 pub mod nvme;
+pub mod pcicfg;
 pub mod proxy;
 pub mod replay;
 pub mod requester;

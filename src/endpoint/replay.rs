@@ -2,9 +2,6 @@
 //! exactly (header, capability chain, vendor-specific bytes) through `crate::pci::replay`, with
 //! BARs of the given sizes backed by plain memory. For enumeration fidelity: drivers probe it
 //! and see the real card's identity and capabilities; it has no behaviour behind its BARs.
-//!
-//! Also the bridge from `crate::pci::ConfigSpace` to the endpoint's [`Decode`] ([`pci_decode`]),
-//! PCIe r5.0 §7.5.1 (header), §7.5.3 (Device/Link Control), §7.7.2 (MSI-X).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -12,11 +9,11 @@ use std::path::Path;
 use thiserror::Error;
 
 use super::device::{
-    apply_atomic, AtomicOp, BarKind, BarSpec, Decode, Device, DeviceContext, DeviceError,
-    MsixLayout, ResetKind,
+    apply_atomic, AtomicOp, Decode, Device, DeviceContext, DeviceError, ResetKind,
 };
+use super::pcicfg::pci_decode;
 use crate::pci::replay::{replay, ReplayBar, ReplayError, ReplaySizes};
-use crate::pci::{lspci, ConfigSpace, PciExpressCap};
+use crate::pci::{lspci, ConfigSpace};
 
 /// Why a replay device could not be built.
 #[derive(Debug, Error)]
@@ -146,85 +143,6 @@ impl ReplayDevice {
             .iter_mut()
             .find(|b| b.info.index == usize::from(bar))
             .ok_or(DeviceError::Unsupported("no such BAR"))
-    }
-}
-
-/// The endpoint's decode state from a `crate::pci` configuration space. `sizes` overrides the
-/// BAR sizes read from the write masks (a replayed BAR's size is what the operator gave).
-pub fn pci_decode(cfg: &ConfigSpace, sizes: &[ReplayBar]) -> Decode {
-    let mut bars = [None; 6];
-    for b in cfg.bars() {
-        if b.index >= 6 {
-            continue;
-        }
-        let size = sizes
-            .iter()
-            .find(|s| s.index == b.index)
-            .map_or(b.size, |s| s.size);
-        if size == 0 {
-            continue;
-        }
-        let kind = if b.io {
-            BarKind::Io
-        } else if b.is_64 {
-            BarKind::Mem64
-        } else {
-            BarKind::Mem32
-        };
-        bars[b.index] = Some((
-            BarSpec {
-                kind,
-                size,
-                prefetchable: b.prefetchable,
-            },
-            b.address,
-        ));
-    }
-    let (mps, mrrs, ext_tags, ten_bit_tags, rcb) = match cfg.pcie() {
-        Some(x) => {
-            let link_ctl = cfg
-                .capability_offset::<PciExpressCap>()
-                .map_or(0, |o| cfg.read_u16(usize::from(o) + 0x10));
-            (
-                x.max_payload_size().clamp(128, 4096) as u16,
-                x.max_read_request_size().clamp(128, 4096) as u16,
-                x.extended_tag_enabled(),
-                x.ten_bit_tag_requester_enabled(),
-                if link_ctl & (1 << 3) != 0 { 128 } else { 64 },
-            )
-        }
-        None => (128, 128, false, false, 64),
-    };
-    let (msix, msix_enabled, msix_masked) = match cfg.msix() {
-        Some(m) => (
-            Some(MsixLayout {
-                vectors: m.vectors(),
-                table_bar: m.table_bar(),
-                table_offset: m.table_offset(),
-                pba_bar: m.pba_bar(),
-                pba_offset: m.pba_offset(),
-            }),
-            m.enabled(),
-            m.function_masked(),
-        ),
-        None => (None, false, false),
-    };
-    Decode {
-        io_enable: cfg.io_enabled(),
-        mem_enable: cfg.memory_enabled(),
-        bus_master: cfg.bus_master_enabled(),
-        intx_disable: cfg.intx_disabled(),
-        int_pin: cfg.read_u8(0x3d),
-        bars,
-        mps,
-        mrrs,
-        rcb,
-        ext_tags,
-        ten_bit_tags,
-        msix,
-        msix_enabled,
-        msix_masked,
-        sriov: None,
     }
 }
 
