@@ -450,7 +450,7 @@ impl ApplianceConfig {
         for d in &args.device {
             let spec = parse_device_flag(d).map_err(|m| flag_err("--device", d, m))?;
             let slot = (0..32u8)
-                .find(|s| !self.devices.iter().any(|(b, _)| b.dev() == *s))
+                .find(|s| !self.devices.iter().any(|(b, _)| b.device() == *s))
                 .ok_or_else(|| flag_err("--device", d, "all 32 slots are taken".into()))?;
             self.devices.push((Bdf::new(0, slot, 0), spec));
         }
@@ -618,7 +618,7 @@ pub fn run(args: ApplianceArgs) -> Result<ExitCode, Box<dyn std::error::Error>> 
         .functions()
         .iter()
         .zip(&names)
-        .map(|(b, n)| format!("{:02x}.{} {n}", b.dev(), b.func()))
+        .map(|(b, n)| format!("{:02x}.{} {n}", b.device(), b.function()))
         .collect();
     if args.check {
         println!(
