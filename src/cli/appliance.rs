@@ -813,7 +813,7 @@ listen = ["udp:0.0.0.0:7470", "eth:eth1"]
 
 [[host]]
 id = "web1"
-psk = "000102030405060708090a0b0c0d0e0f"
+psk = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
 
 [[device]]
 kind = "nvme"
@@ -837,7 +837,8 @@ dma_timeout_ms = 500
 "#;
         let c = ApplianceConfig::from_toml(text, "c.toml", Path::new("/etc/pt")).unwrap();
         assert_eq!(c.listen[1], Listen::Eth("eth1".into()));
-        assert_eq!(c.hosts[0].1.len(), 16);
+        assert_eq!(c.hosts[0].1.len(), 32);
+        assert_eq!(c.hosts[0].1[31], 0x1f);
         assert_eq!(
             c.devices[0].1,
             DeviceSpec::Nvme {
