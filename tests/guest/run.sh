@@ -230,5 +230,19 @@ if [ -n "$BIN" ]; then
     echo "agents: both exited with status 0 on SIGTERM"
     grep -hvE 'warning: no --psk|^(appliance|host) ready:' "$tmp/host.log" "$tmp/appliance.log" |
         sed 's/^/agents: /' || true
+    # With injected loss, frames must really have been dropped. The transport driver counts them
+    # (DriverStats::injected_drops); this holds the agents to it once they log the counter, as
+    # `injected_drops=N` or in JSON.
+    drops=$(grep -hoE 'injected_drops"?[=: ]+[0-9]+' "$tmp/host.log" "$tmp/appliance.log" |
+        grep -oE '[0-9]+$' | awk '{ s += $1; n++ } END { if (n) print s }' || true)
+    if [ -n "$loss" ] && [ "$loss" != 0 ]; then
+        if [ -z "$drops" ]; then
+            echo "note: the agents log no injected_drops counter, so this run cannot confirm that frames were dropped"
+        elif [ "$drops" = 0 ]; then
+            fail "--inject-loss $loss was given but the agents report 0 injected drops"
+        else
+            echo "agents: $drops frames dropped by --inject-loss $loss, and the guest saw none of it"
+        fi
+    fi
 fi
 echo "PASS: $label ($(elapsed)s total, QEMU ${qemu_s}s)"
