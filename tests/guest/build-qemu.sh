@@ -102,45 +102,22 @@ candidate_versions() {
         done | sort -r -V -t: -k2
 }
 
-# Downloads the source of the first candidate the mirror really serves (an index can name a
-# version whose files already left the pool) into the current directory; prints that version.
+# Downloads the source of version $1 into the current directory unless it is there already
+# (an index can name a version whose files already left the pool: then this fails).
 download_source() {
-    local v upstream
-    for v in "$@"; do
-        upstream="${v#*:}"
-        upstream="${upstream%-*}"
-        if ls qemu_"$upstream".orig.tar.* >/dev/null 2>&1; then
-            printf '%s\n' "$v"
-            return 0
-        fi
-        log "apt-get source --download-only qemu=$v"
-        if apt-get source -qq --download-only "qemu=$v" >&2 && ls qemu_"$upstream".orig.tar.* >/dev/null 2>&1; then
-            printf '%s\n' "$v"
-            return 0
-        fi
-        log "qemu=$v cannot be downloaded; trying an older one"
-    done
-    return 1
+    local v="$1" upstream
+    upstream="${v#*:}"
+    upstream="${upstream%-*}"
+    ls qemu_"$upstream".orig.tar.* >/dev/null 2>&1 && return 0
+    log "apt-get source --download-only qemu=$v"
+    apt-get source -qq --download-only "qemu=$v" >&2 && ls qemu_"$upstream".orig.tar.* >/dev/null 2>&1
 }
 
-# Builds the first downloadable candidate version; prints the cached binary's path.
-build() {
-    local cached
-    cached=$(cached_qemu)
-    if [ -n "$cached" ]; then
-        printf '%s\n' "$cached" # another run built one while we waited for the lock
-        return 0
-    fi
-    local dl="$PCIETUN_CACHE/qemu-build/download" version
-    mkdir -p "$dl"
-    version=$(cd "$dl" && download_source "$@") || die "none of the qemu source versions ($*) could be downloaded"
-    local key="${version#*:}"
-    local out="$QEMU_CACHE/$key" work="$PCIETUN_CACHE/qemu-build/$key"
-    log "building QEMU $version (only qemu-system-x86_64; about 3 minutes on 2 cores)"
+# Build dependencies from Debian, meson >= 1.5 and pycotap from PyPI in a venv.
+prepare_build_tools() {
     apt_install build-essential pkg-config device-tree-compiler ninja-build libglib2.0-dev \
         libpixman-1-dev libfdt-dev flex bison python3-venv ||
         die "could not install QEMU build dependencies"
-
     local venv="$PCIETUN_CACHE/venv"
     if ! "$venv/bin/python3" -c 'import mesonbuild, pycotap' 2>/dev/null; then
         log "python venv with meson >= 1.5 and pycotap (PyPI) in $venv"
@@ -148,13 +125,26 @@ build() {
         /usr/bin/python3 -m venv "$venv" || die "python3 -m venv failed"
         "$venv/bin/pip" install -q 'meson>=1.5' pycotap >&2 || die "pip install meson pycotap failed"
     fi
+}
 
+# Downloads and builds version $1; prints the cached binary's path. Dies on any failure (the
+# caller runs it in a subshell and moves on to an older version).
+build_version() {
+    local version="$1"
+    local dl="$PCIETUN_CACHE/qemu-build/download"
+    mkdir -p "$dl"
+    (cd "$dl" && download_source "$version") || die "qemu=$version cannot be downloaded"
+    local key="${version#*:}"
+    local out="$QEMU_CACHE/$key" work="$PCIETUN_CACHE/qemu-build/$key"
+    local venv="$PCIETUN_CACHE/venv"
+    log "building QEMU $version (only qemu-system-x86_64; about 3-4 minutes on 2 cores)"
     mkdir -p "$work"
     cd "$work"
     local upstream="${version#*:}"
     upstream="${upstream%-*}" # 10.2.2+ds
     local tarball
-    tarball=$(ls "$dl"/qemu_"$upstream".orig.tar.* | head -n1)
+    tarball=$(ls "$dl"/qemu_"$upstream".orig.tar.*)
+    tarball="${tarball%%$'\n'*}"
     rm -rf src
     mkdir src
     log "unpacking $tarball"
@@ -174,14 +164,14 @@ build() {
         --disable-install-blobs --disable-docs --disable-tools --disable-user \
         >"$work/configure.log" 2>&1 || {
         tail -n 40 "$work/configure.log" >&2
-        die "QEMU configure failed (log: $work/configure.log)"
+        die "QEMU $version: configure failed (log: $work/configure.log)"
     }
     log "ninja qemu-system-x86_64"
     PATH="$venv/bin:$PATH" ninja -j"$(nproc)" qemu-system-x86_64 >"$work/ninja.log" 2>&1 || {
         tail -n 40 "$work/ninja.log" >&2
-        die "QEMU build failed (log: $work/ninja.log)"
+        die "QEMU $version: build failed (log: $work/ninja.log)"
     }
-    qemu_usable ./qemu-system-x86_64 || die "the built qemu-system-x86_64 has no vfio-user-pci device"
+    qemu_usable ./qemu-system-x86_64 || die "QEMU $version: the binary has no vfio-user-pci device"
     mkdir -p "$out"
     install -m 0755 qemu-system-x86_64 "$out/qemu-system-x86_64.tmp"
     mv "$out/qemu-system-x86_64.tmp" "$out/qemu-system-x86_64"
@@ -190,6 +180,34 @@ build() {
     rm -rf "$work/src" # ~1 GiB of objects; the downloaded tarball stays for a rebuild
     log "cached $out/qemu-system-x86_64"
     printf '%s\n' "$out/qemu-system-x86_64"
+}
+
+# Builds the newest candidate version that downloads and builds; prints the binary's path.
+build() {
+    local cached v rc path
+    cached=$(cached_qemu)
+    if [ -n "$cached" ]; then
+        printf '%s\n' "$cached" # another run built one while we waited for the lock
+        return 0
+    fi
+    prepare_build_tools
+    for v in "$@"; do
+        # A plain subshell (not in a condition) so `set -e` stays in force inside it.
+        set +e
+        path=$(
+            set -e
+            build_version "$v"
+        )
+        rc=$?
+        set -e
+        if [ "$rc" = 0 ] && [ -n "$path" ]; then
+            printf '%s\n' "$path"
+            return 0
+        fi
+        rm -rf "$PCIETUN_CACHE/qemu-build/${v#*:}/src"
+        log "QEMU $v is not usable here; trying an older version"
+    done
+    die "no qemu source version ($*) could be downloaded and built"
 }
 
 main() {
