@@ -26,6 +26,8 @@ pub use handshake::{HostId, Psk};
 pub use recv::Delivered;
 pub use stats::{EndpointStats, Stats};
 pub use time::{Clock, Instant};
+/// The buffer types of the API (re-exported so callers need not depend on `bytes`).
+pub use bytes::{Bytes, BytesMut};
 
 use std::time::Duration;
 
