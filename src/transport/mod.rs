@@ -20,14 +20,14 @@ pub mod sim;
 pub mod stats;
 pub mod time;
 
+/// The buffer types of the API (re-exported so callers need not depend on `bytes`).
+pub use bytes::{Bytes, BytesMut};
 pub use endpoint::{ConnId, DownReason, Endpoint, Event, Role, Transmit};
 pub use frame::CreditLimits;
 pub use handshake::{HostId, Psk};
 pub use recv::Delivered;
 pub use stats::{EndpointStats, Stats};
 pub use time::{Clock, Instant};
-/// The buffer types of the API (re-exported so callers need not depend on `bytes`).
-pub use bytes::{Bytes, BytesMut};
 
 use std::time::Duration;
 
