@@ -399,6 +399,13 @@ fn ours_echo_direct(a: &TransportArgs, veth: Option<&Veth>) -> Res<Latency> {
     }
     stop.store(true, Ordering::Relaxed);
     let _ = echo.join();
+    let st = d.stats();
+    if let Some((_, s)) = st.sessions.first() {
+        eprintln!(
+            "bench transport: Direct echo: {} frames, {} retransmits ({} on timeout), srtt {:?}",
+            s.frames_sent, s.retransmits, s.rto_expirations, s.srtt
+        );
+    }
     Ok(Latency::from_samples(&mut samples))
 }
 

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Receive buffer chunk: frames are split off it, so delivered TLPs share it without copies.
-const RX_CHUNK: usize = 256 * 1024;
+const RX_CHUNK: usize = 64 * 1024;
 
 pub(crate) struct Core {
     pub port: Box<dyn Port>,
