@@ -399,6 +399,26 @@ fn ours_echo_direct(a: &TransportArgs, veth: Option<&Veth>) -> Res<Latency> {
     }
     stop.store(true, Ordering::Relaxed);
     let _ = echo.join();
+    if std::env::var_os("PCIETUN_BENCH_DEBUG").is_some() {
+        let mut v = samples.clone();
+        v.sort_unstable();
+        let q = |x: f64| v[((v.len() - 1) as f64 * x) as usize];
+        eprintln!(
+            "p90 {:?} p95 {:?} p98 {:?} p99 {:?} p99.9 {:?}",
+            q(0.9),
+            q(0.95),
+            q(0.98),
+            q(0.99),
+            q(0.999)
+        );
+        let slow: Vec<usize> = samples
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.as_micros() > 500)
+            .map(|(i, _)| i)
+            .collect();
+        eprintln!("slow at {:?}", &slow[..slow.len().min(40)]);
+    }
     let st = d.stats();
     if let Some((_, s)) = st.sessions.first() {
         eprintln!(
