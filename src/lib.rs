@@ -13,5 +13,8 @@
 #![forbid(unsafe_op_in_unsafe_fn)]
 #![warn(missing_debug_implementations)]
 
+pub mod endpoint;
+pub mod host;
+pub mod pci;
 pub mod tlp;
 pub mod transport;

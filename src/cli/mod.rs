@@ -5,8 +5,10 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+mod appliance;
 mod bench;
 mod demo;
+mod tlp;
 mod transport_peer;
 
 /// PCIe-over-Ethernet tunnelling.
@@ -21,11 +23,15 @@ struct Cli {
 enum Command {
     /// Run the main job end to end on an embedded default (no configuration needed).
     Demo(demo::DemoArgs),
+    /// Decode and encode PCIe TLPs (protocol-analyser and JSON views).
+    Tlp(tlp::TlpArgs),
     /// Measure against the raw network path in the same run (table + --json).
     Bench(bench::BenchArgs),
     /// Test helper: a bare transport endpoint (echo server or checking client).
     #[command(hide = true, name = "transport-peer")]
     TransportPeer(transport_peer::PeerArgs),
+    /// Run the appliance: the cards it fronts (NVMe, DMA engine, replay) behind the tunnel.
+    Appliance(appliance::ApplianceArgs),
 }
 
 /// Parse the command line and run the chosen subcommand.
@@ -33,8 +39,10 @@ pub fn run() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(args) => demo::run(args),
+        Command::Tlp(args) => tlp::run(args),
         Command::Bench(args) => bench::run(args),
         Command::TransportPeer(args) => transport_peer::run(args),
+        Command::Appliance(args) => appliance::run(args),
     };
     match result {
         Ok(code) => code,

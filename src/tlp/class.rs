@@ -4,6 +4,8 @@
 //! The transport uses this to put each TLP in the Posted, Non-Posted or Completion queue and to
 //! charge it the right header and data credits, without knowing anything else about the TLP.
 
+use super::Kind;
+
 /// The three flow-control / ordering classes of PCIe (§2.6.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum OrderingClass {
@@ -48,7 +50,9 @@ pub enum ClassifyError {
 
 /// Classify a TLP from its first header DW (prefixes, if any, are skipped).
 ///
-/// Only the Fmt/Type byte and the Length field are read; the full codec validates the rest.
+/// Only the Fmt/Type byte and the Length field are read (Fmt/Type decoded by the same table
+/// as the full codec, [`Kind::from_fmt_type`]); [`crate::tlp::Tlp::parse`] validates the rest.
+#[inline]
 pub fn classify(bytes: &[u8]) -> Result<(OrderingClass, Credits), ClassifyError> {
     let mut off = 0;
     loop {
@@ -56,35 +60,20 @@ pub fn classify(bytes: &[u8]) -> Result<(OrderingClass, Credits), ClassifyError>
             return Err(ClassifyError::Truncated(bytes.len()));
         };
         let fmt = dw0[0] >> 5;
-        let ty = dw0[0] & 0x1f;
         if fmt == 0b100 {
             off += 4; // a TLP prefix (local or end-to-end)
             continue;
         }
-        let has_data = fmt & 0b010 != 0;
-        let class = match ty {
-            // MRd, MRdLk
-            0b0_0000 | 0b0_0001 if !has_data => OrderingClass::NonPosted,
-            // MWr
-            0b0_0000 => OrderingClass::Posted,
-            // IO, Cfg, AtomicOps, DMWr
-            0b0_0010 | 0b0_0100 | 0b0_0101 | 0b0_1100 | 0b0_1101 | 0b0_1110 | 0b1_1011 => {
-                OrderingClass::NonPosted
-            }
-            // Cpl, CplD, CplLk, CplDLk
-            0b0_1010 | 0b0_1011 => OrderingClass::Completion,
-            // Msg / MsgD, all routings
-            0b1_0000..=0b1_0111 => OrderingClass::Posted,
-            _ => return Err(ClassifyError::ReservedType(dw0[0])),
-        };
-        let data = if has_data {
+        let kind =
+            Kind::from_fmt_type(fmt, dw0[0] & 0x1f).ok_or(ClassifyError::ReservedType(dw0[0]))?;
+        let data = if kind.has_data() {
             let len = (u16::from(dw0[2] & 0x03) << 8) | u16::from(dw0[3]);
             let dws = if len == 0 { 1024 } else { len };
             dws.div_ceil(4)
         } else {
             0
         };
-        return Ok((class, Credits { header: 1, data }));
+        return Ok((kind.ordering_class(), Credits { header: 1, data }));
     }
 }
 
@@ -124,6 +113,15 @@ mod tests {
         assert_eq!(
             classify(&[0x03, 0, 0, 0]),
             Err(ClassifyError::ReservedType(0x03))
+        );
+        // IO requests have no 4 DW form; messages no 3 DW form.
+        assert_eq!(
+            classify(&[0x22, 0, 0, 1]),
+            Err(ClassifyError::ReservedType(0x22))
+        );
+        assert_eq!(
+            classify(&[0x10, 0, 0, 0]),
+            Err(ClassifyError::ReservedType(0x10))
         );
     }
 }

@@ -1,0 +1,28 @@
+//! The appliance side of the tunnel: the endpoint proxy that terminates TLPs for the cards the
+//! appliance fronts, the device trait those cards implement, and the cards themselves.
+//!
+//! * [`device`] — the [`Device`](device::Device) trait (rust-vmm shape) and the DMA and
+//!   interrupt handles a device gets; a device never sees the network.
+//! * [`proxy`] — the sans-I/O [`Endpoint`]: TLPs in, TLPs out (completer and requester sides).
+//! * [`nvme`] — an NVMe 1.4 controller backed by a file or block device.
+//! * [`dma_engine`] — the DMA engine test device the benchmarks drive.
+//! * [`loopback`] — an in-process TLP pipe with a minimal host, for tests and examples.
+//!
+//! Layering: this module imports only `tlp`-level concepts (its own [`wire`] view of TLP
+//! headers); it never imports `host`.
+
+pub mod cfg;
+pub mod device;
+pub mod dma_engine;
+mod function;
+pub mod interrupt;
+pub mod loopback;
+pub mod nvme;
+pub mod proxy;
+pub mod requester;
+mod sriov;
+pub mod wire;
+
+pub use device::{Device, DeviceContext, DeviceError, DmaError, DmaHandle, InterruptHandle};
+pub use proxy::{Endpoint, EndpointConfig, EndpointError, EndpointStats};
+pub use wire::Bdf;

@@ -1,0 +1,504 @@
+//! An NVMe 1.4 controller with one namespace, backed by a file or block device (NVM Express
+//! Base Specification 1.4c; PCI header and capabilities per §2 "System Bus (PCI Express)
+//! Registers": class code 01 08 02, MSI-X, PCI Express and power management capabilities).
+//!
+//! Split in two halves that share [`Ctrl`] under a mutex:
+//! * the register file (this file), run on the endpoint's TLP thread: CAP/VS/CC/CSTS/AQA/ASQ/
+//!   ACQ/INTMS/INTMC reads and writes and the doorbells — quick, never waits for DMA;
+//! * the [`worker`] thread: enable/reset/shutdown transitions, fetching commands, executing
+//!   admin and NVM I/O commands with DMA through the function's requester, posting completions
+//!   and raising MSI-X or INTx.
+//!
+//! BAR0 (64-bit, 16 KiB): registers at 0, doorbells at 0x1000 (stride 0), MSI-X table at
+//! 0x2000 (17 vectors: admin + 16 I/O queues), PBA at 0x3000.
+
+mod admin;
+pub mod backend;
+pub mod identify;
+mod io;
+pub mod prp;
+pub mod spec;
+mod worker;
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+use super::cfg::{ConfigBuilder, ConfigSpace, Identity as PciIdentity};
+use super::device::{
+    BarSpec, Decode, Device, DeviceContext, DeviceError, InterruptHandle, MsixLayout, ResetKind,
+};
+pub use backend::{Backend, BackendError};
+use identify::{ErrorEntry, Health, Identity, MAX_IO_QUEUES};
+use spec::{cc, csts, reg};
+
+/// PCI vendor ID the models use by default (Red Hat's range for virtual devices; configurable).
+pub const DEFAULT_VENDOR: u16 = 0x1b36;
+/// PCI device ID of the NVMe model by default.
+pub const DEFAULT_DEVICE: u16 = 0x0e01;
+/// MSI-X vectors: one for the admin queue and one per I/O queue.
+pub const MSIX_VECTORS: u16 = MAX_IO_QUEUES + 1;
+/// Maximum queue entries (CAP.MQES + 1).
+pub const MAX_QUEUE_ENTRIES: u32 = 1024;
+/// BAR0 size.
+pub const BAR0_SIZE: u64 = 0x4000;
+
+/// Controller Capabilities: MQES 1023, CQR, TO 15 s, DSTRD 0, CSS NVM, MPSMIN = MPSMAX = 4 KiB.
+pub const CAP: u64 = (MAX_QUEUE_ENTRIES as u64 - 1) | (1 << 16) | (30 << 24) | (1 << 37);
+
+/// Options of an NVMe controller.
+#[derive(Debug, Clone)]
+pub struct NvmeOptions {
+    /// Serial number (defaults to one derived from the backing path).
+    pub serial: Option<String>,
+    /// Model number.
+    pub model: String,
+    /// PCI vendor and device IDs.
+    pub pci_ids: (u16, u16),
+}
+
+impl Default for NvmeOptions {
+    fn default() -> Self {
+        NvmeOptions {
+            serial: None,
+            model: "pcietun NVMe controller".into(),
+            pci_ids: (DEFAULT_VENDOR, DEFAULT_DEVICE),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Sq {
+    pub(crate) base: u64,
+    pub(crate) size: u16,
+    pub(crate) head: u16,
+    pub(crate) tail: u16,
+    pub(crate) cqid: u16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Cq {
+    pub(crate) base: u64,
+    pub(crate) size: u16,
+    pub(crate) head: u16,
+    pub(crate) tail: u16,
+    pub(crate) phase: bool,
+    pub(crate) iv: u16,
+    pub(crate) ien: bool,
+}
+
+impl Cq {
+    pub(crate) fn full(&self) -> bool {
+        (self.tail + 1) % self.size == self.head
+    }
+    pub(crate) fn pending(&self) -> bool {
+        self.head != self.tail
+    }
+}
+
+/// Feature values (§5.21.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Features {
+    pub(crate) arbitration: u32,
+    pub(crate) power: u32,
+    pub(crate) temp_over: u16,
+    pub(crate) temp_under: u16,
+    pub(crate) error_recovery: u32,
+    pub(crate) vwc: bool,
+    pub(crate) coalescing: u32,
+    pub(crate) vector_cd: Vec<bool>,
+    pub(crate) write_atomic: u32,
+    pub(crate) async_events: u32,
+    pub(crate) queues: Option<(u16, u16)>,
+}
+
+impl Default for Features {
+    fn default() -> Self {
+        Features {
+            arbitration: 0,
+            power: 0,
+            temp_over: identify::WCTEMP_K,
+            temp_under: 0,
+            error_recovery: 0,
+            vwc: true,
+            coalescing: 0,
+            vector_cd: vec![false; usize::from(MSIX_VECTORS)],
+            write_atomic: 0,
+            async_events: 0,
+            queues: None,
+        }
+    }
+}
+
+/// Controller state shared by the register file and the worker.
+#[derive(Debug)]
+pub(crate) struct Ctrl {
+    pub(crate) cc: u32,
+    pub(crate) csts: u32,
+    pub(crate) aqa: u32,
+    pub(crate) asq: u64,
+    pub(crate) acq: u64,
+    pub(crate) intms: u32,
+    pub(crate) sqs: Vec<Option<Sq>>,
+    pub(crate) cqs: Vec<Option<Cq>>,
+    pub(crate) epoch: u64,
+    pub(crate) stop: bool,
+    pub(crate) rr: usize,
+    pub(crate) feat: Features,
+    pub(crate) aer_cids: Vec<u16>,
+    pub(crate) aer_events: VecDeque<u32>,
+    pub(crate) aer_masked: u8,
+    pub(crate) errors: VecDeque<ErrorEntry>,
+    pub(crate) health: Health,
+    pub(crate) started: Instant,
+}
+
+impl Ctrl {
+    fn new() -> Self {
+        let n = usize::from(MAX_IO_QUEUES) + 1;
+        Ctrl {
+            cc: 0,
+            csts: 0,
+            aqa: 0,
+            asq: 0,
+            acq: 0,
+            intms: 0,
+            sqs: vec![None; n],
+            cqs: vec![None; n],
+            epoch: 0,
+            stop: false,
+            rr: 0,
+            feat: Features::default(),
+            aer_cids: Vec::new(),
+            aer_events: VecDeque::new(),
+            aer_masked: 0,
+            errors: VecDeque::new(),
+            health: Health::default(),
+            started: Instant::now(),
+        }
+    }
+
+    /// Whether the controller's queues are torn down and it is not ready (reset complete).
+    pub(crate) fn quiesced(&self) -> bool {
+        self.csts & csts::RDY == 0 && self.sqs.iter().all(Option::is_none)
+    }
+
+    /// Queue an asynchronous event (type, info, log page), unless its type is masked.
+    pub(crate) fn async_event(&mut self, ty: u8, info: u8, log: u8) {
+        if self.aer_masked & (1 << ty) != 0 || self.aer_events.len() >= 16 {
+            return;
+        }
+        self.aer_events
+            .push_back(u32::from(ty & 7) | (u32::from(info) << 8) | (u32::from(log) << 16));
+    }
+
+    /// The INTx level the controller asks for (§7.5.1: any enabled CQ with unconsumed entries,
+    /// vector 0 not masked by INTMS).
+    pub(crate) fn intx_level(&self) -> bool {
+        self.intms & 1 == 0 && self.cqs.iter().flatten().any(|c| c.ien && c.pending())
+    }
+}
+
+/// Shared between the register file and the worker.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) ctrl: Mutex<Ctrl>,
+    /// Wakes the worker (doorbells, CC changes, stop).
+    pub(crate) wake: Condvar,
+    /// Wakes whoever waits for the worker to quiesce (FLR).
+    pub(crate) idle: Condvar,
+}
+
+impl Shared {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Ctrl> {
+        self.ctrl.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The NVMe controller device model.
+#[derive(Debug)]
+pub struct NvmeController {
+    cfg: ConfigSpace,
+    shared: Arc<Shared>,
+    backend: Arc<Backend>,
+    identity: Arc<Identity>,
+    irq: Option<InterruptHandle>,
+    worker: Option<JoinHandle<()>>,
+}
+
+fn derive_ids(seed: &str) -> ([u8; 16], [u8; 8], [u8; 16], String) {
+    let h = Sha256::digest(seed.as_bytes());
+    let mut nguid = [0u8; 16];
+    nguid.copy_from_slice(&h[..16]);
+    let mut eui = [0u8; 8];
+    eui.copy_from_slice(&h[16..24]);
+    let mut uuid = [0u8; 16];
+    uuid.copy_from_slice(&h[8..24]);
+    uuid[6] = (uuid[6] & 0x0f) | 0x40; // version 4 layout
+    uuid[8] = (uuid[8] & 0x3f) | 0x80;
+    let serial: String = h[24..32].iter().map(|b| format!("{b:02X}")).collect();
+    (nguid, eui, uuid, format!("PT{serial}"))
+}
+
+impl NvmeController {
+    /// A controller over `backend`.
+    pub fn new(backend: Backend, opts: NvmeOptions) -> Self {
+        let seed = format!("{}", backend.path().display());
+        let (nguid, eui64, uuid, derived_serial) = derive_ids(&seed);
+        let identity = Identity {
+            vid: opts.pci_ids.0,
+            ssvid: opts.pci_ids.0,
+            serial: opts.serial.clone().unwrap_or(derived_serial),
+            model: opts.model.clone(),
+            firmware: env!("CARGO_PKG_VERSION").into(),
+            nguid,
+            eui64,
+            uuid,
+        };
+        let cfg = ConfigBuilder::new(
+            PciIdentity {
+                vendor: opts.pci_ids.0,
+                device: opts.pci_ids.1,
+                subsys_vendor: opts.pci_ids.0,
+                subsys: opts.pci_ids.1,
+                revision: 1,
+                class: 0x01_08_02,
+            },
+            1,
+        )
+        .bar(0, BarSpec::mem64(BAR0_SIZE, false))
+        .power_management()
+        .msix(MsixLayout {
+            vectors: MSIX_VECTORS,
+            table_bar: 0,
+            table_offset: 0x2000,
+            pba_bar: 0,
+            pba_offset: 0x3000,
+        })
+        .pci_express(256)
+        .build();
+        NvmeController {
+            cfg,
+            shared: Arc::new(Shared {
+                ctrl: Mutex::new(Ctrl::new()),
+                wake: Condvar::new(),
+                idle: Condvar::new(),
+            }),
+            backend: Arc::new(backend),
+            identity: Arc::new(identity),
+            irq: None,
+            worker: None,
+        }
+    }
+
+    /// The namespace's size in logical blocks.
+    pub fn blocks(&self) -> u64 {
+        self.backend.blocks()
+    }
+
+    fn regs_image(&self) -> [u8; 0x40] {
+        let c = self.shared.lock();
+        let mut b = [0u8; 0x40];
+        b[0..8].copy_from_slice(&CAP.to_le_bytes());
+        b[8..12].copy_from_slice(&0x0001_0400u32.to_le_bytes());
+        b[0x0c..0x10].copy_from_slice(&c.intms.to_le_bytes());
+        b[0x10..0x14].copy_from_slice(&c.intms.to_le_bytes());
+        b[0x14..0x18].copy_from_slice(&c.cc.to_le_bytes());
+        b[0x1c..0x20].copy_from_slice(&c.csts.to_le_bytes());
+        b[0x24..0x28].copy_from_slice(&c.aqa.to_le_bytes());
+        b[0x28..0x30].copy_from_slice(&c.asq.to_le_bytes());
+        b[0x30..0x38].copy_from_slice(&c.acq.to_le_bytes());
+        b
+    }
+
+    /// Apply a register DW write; `mask` says which bytes were written.
+    fn write_reg(&mut self, off: u64, value: u32, mask: u32) {
+        let mut c = self.shared.lock();
+        let merge = |old: u32| (old & !mask) | (value & mask);
+        match off {
+            reg::INTMS => {
+                c.intms |= value & mask;
+                self.sync_intx(&c);
+            }
+            reg::INTMC => {
+                c.intms &= !(value & mask);
+                self.sync_intx(&c);
+            }
+            reg::CC => {
+                let new = merge(c.cc) & 0x00ff_fff1;
+                let old = c.cc;
+                c.cc = new;
+                if cc::shn(new) != 0 && cc::shn(old) == 0 {
+                    c.csts = (c.csts & !csts::SHST_MASK) | csts::SHST_OCCURRING;
+                }
+                if cc::shn(new) == 0 && new & cc::EN != old & cc::EN {
+                    c.csts &= !csts::SHST_MASK;
+                }
+                self.shared.wake.notify_all();
+            }
+            reg::NSSR => {} // NVM subsystem reset is not supported (CAP.NSSRS = 0)
+            reg::AQA if c.cc & cc::EN == 0 => c.aqa = merge(c.aqa) & 0x0fff_0fff,
+            reg::ASQ if c.cc & cc::EN == 0 => {
+                c.asq = (c.asq & !0xffff_ffff) | u64::from(merge(c.asq as u32) & !0xfff)
+            }
+            0x2c if c.cc & cc::EN == 0 => {
+                c.asq = (c.asq & 0xffff_ffff) | (u64::from(merge((c.asq >> 32) as u32)) << 32)
+            }
+            reg::ACQ if c.cc & cc::EN == 0 => {
+                c.acq = (c.acq & !0xffff_ffff) | u64::from(merge(c.acq as u32) & !0xfff)
+            }
+            0x34 if c.cc & cc::EN == 0 => {
+                c.acq = (c.acq & 0xffff_ffff) | (u64::from(merge((c.acq >> 32) as u32)) << 32)
+            }
+            o if o >= reg::DOORBELLS && o < reg::DOORBELLS + 8 * (u64::from(MAX_IO_QUEUES) + 1) => {
+                let k = ((o - reg::DOORBELLS) / 4) as usize;
+                let qid = k / 2;
+                let v = (value & 0xffff) as u16;
+                if k % 2 == 0 {
+                    match c.sqs[qid].as_mut() {
+                        Some(sq) if v < sq.size => {
+                            sq.tail = v;
+                            self.shared.wake.notify_all();
+                        }
+                        Some(_) => c.async_event(0, 0x01, 0x01),
+                        None => c.async_event(0, 0x00, 0x01),
+                    }
+                } else {
+                    match c.cqs[qid].as_mut() {
+                        Some(cq) if v < cq.size && cq_head_valid(cq, v) => {
+                            cq.head = v;
+                            self.sync_intx(&c);
+                            self.shared.wake.notify_all();
+                        }
+                        Some(_) => c.async_event(0, 0x01, 0x01),
+                        None => c.async_event(0, 0x00, 0x01),
+                    }
+                }
+                self.shared.wake.notify_all();
+            }
+            _ => {}
+        }
+    }
+
+    fn sync_intx(&self, c: &Ctrl) {
+        if let Some(irq) = &self.irq {
+            if !irq.msix_enabled() {
+                irq.set_intx(c.intx_level());
+            }
+        }
+    }
+}
+
+/// A CQ head may only move over entries the controller has posted.
+fn cq_head_valid(cq: &Cq, new_head: u16) -> bool {
+    let posted = (cq.tail + cq.size - cq.head) % cq.size;
+    let advance = (new_head + cq.size - cq.head) % cq.size;
+    advance <= posted
+}
+
+impl Drop for NvmeController {
+    fn drop(&mut self) {
+        self.shared.lock().stop = true;
+        self.shared.wake.notify_all();
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+impl Device for NvmeController {
+    fn name(&self) -> &str {
+        "nvme"
+    }
+
+    fn attach(&mut self, ctx: DeviceContext) {
+        self.irq = Some(ctx.irq.clone());
+        let w = worker::Worker::new(
+            self.shared.clone(),
+            self.backend.clone(),
+            self.identity.clone(),
+            ctx,
+        );
+        self.worker = std::thread::Builder::new()
+            .name("nvme-worker".into())
+            .spawn(move || w.run())
+            .ok();
+    }
+
+    fn config_read(&mut self, reg: u16) -> u32 {
+        self.cfg.read(reg)
+    }
+
+    fn config_write(&mut self, reg: u16, value: u32, be: u8) -> bool {
+        self.cfg.write(reg, value, be)
+    }
+
+    fn decode(&self) -> Decode {
+        self.cfg.decode()
+    }
+
+    fn bar_read(&mut self, bar: u8, offset: u64, data: &mut [u8]) -> Result<(), DeviceError> {
+        if bar != 0 {
+            return Err(DeviceError::Unsupported("NVMe has only BAR0"));
+        }
+        let img = self.regs_image();
+        for (i, b) in data.iter_mut().enumerate() {
+            let o = offset as usize + i;
+            *b = img.get(o).copied().unwrap_or(0);
+        }
+        Ok(())
+    }
+
+    fn bar_write(&mut self, bar: u8, offset: u64, data: &[u8]) -> Result<(), DeviceError> {
+        if bar != 0 {
+            return Err(DeviceError::Unsupported("NVMe has only BAR0"));
+        }
+        // Split into DW-wise register writes with a byte mask.
+        let mut i = 0usize;
+        while i < data.len() {
+            let o = offset + i as u64;
+            let dw = o & !3;
+            let mut v = [0u8; 4];
+            let mut mask = 0u32;
+            let mut k = (o - dw) as usize;
+            while k < 4 && i < data.len() {
+                v[k] = data[i];
+                mask |= 0xff << (k * 8);
+                k += 1;
+                i += 1;
+            }
+            self.write_reg(dw, u32::from_le_bytes(v), mask);
+        }
+        Ok(())
+    }
+
+    fn reset(&mut self, _kind: ResetKind) {
+        self.cfg.reset();
+        let mut c = self.shared.lock();
+        c.cc = 0;
+        c.aqa = 0;
+        c.asq = 0;
+        c.acq = 0;
+        c.intms = 0;
+        self.shared.wake.notify_all();
+        // Wait (bounded) for the worker to tear the queues down, so no DMA follows the reset.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !c.quiesced() && self.worker.is_some() {
+            let now = Instant::now();
+            if now >= deadline {
+                tracing::warn!("nvme: worker did not quiesce within 5 s of a reset");
+                break;
+            }
+            c = self
+                .shared
+                .idle
+                .wait_timeout(c, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        c.csts = 0;
+    }
+}

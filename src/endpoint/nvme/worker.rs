@@ -1,0 +1,395 @@
+//! The NVMe controller's worker thread (NVMe 1.4c §7.6.1 initialization, §7.6.2 shutdown,
+//! §7.3 reset, §4.1 queue processing, §5 admin commands, §6 NVM commands).
+//!
+//! It owns every transition that could race with DMA: enabling (creating the admin queues),
+//! resetting (tearing every queue down before CSTS.RDY reads 0, so no DMA follows what the host
+//! sees as the end of the controller's activity), and shutdown (flushing the backing store
+//! before CSTS.SHST reads "complete"). Commands are fetched one at a time, round-robin across
+//! submission queues, only when their completion queue has room.
+
+use std::sync::Arc;
+
+use super::backend::Backend;
+use super::identify::{self, ErrorEntry, Identity, MDTS};
+use super::prp::{self, HostMemory};
+use super::spec::{admin, cc, csts, Command, Completion, Status};
+use super::{Cq, Ctrl, Shared, Sq};
+use crate::endpoint::device::{DeviceContext, DmaHandle, InterruptHandle};
+
+pub(super) const PAGE: usize = 4096;
+pub(super) const MAX_TRANSFER: usize = PAGE << MDTS;
+
+struct Dma<'a>(&'a DmaHandle);
+
+impl HostMemory for Dma<'_> {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), Status> {
+        self.0.read(addr, buf).map_err(|e| {
+            tracing::debug!("nvme: DMA read failed: {e}");
+            Status::DATA_TRANSFER
+        })
+    }
+}
+
+/// What the worker does next.
+enum Job {
+    Command { qid: u16, addr: u64, epoch: u64 },
+    Aer { cid: u16, dw0: u32 },
+}
+
+/// Result of executing a command.
+pub(super) struct Outcome {
+    pub(super) status: Status,
+    pub(super) dw0: u32,
+    /// False for an Asynchronous Event Request, which completes later.
+    pub(super) post: bool,
+    pub(super) lba: u64,
+}
+
+impl Outcome {
+    pub(super) fn ok(dw0: u32) -> Self {
+        Outcome {
+            status: Status::SUCCESS,
+            dw0,
+            post: true,
+            lba: 0,
+        }
+    }
+    pub(super) fn err(status: Status) -> Self {
+        Outcome {
+            status,
+            dw0: 0,
+            post: true,
+            lba: 0,
+        }
+    }
+}
+
+impl From<Result<u32, Status>> for Outcome {
+    fn from(r: Result<u32, Status>) -> Self {
+        match r {
+            Ok(v) => Outcome::ok(v),
+            Err(s) => Outcome::err(s),
+        }
+    }
+}
+
+pub(super) struct Worker {
+    pub(super) shared: Arc<Shared>,
+    pub(super) backend: Arc<Backend>,
+    pub(super) identity: Arc<Identity>,
+    pub(super) dma: DmaHandle,
+    pub(super) irq: InterruptHandle,
+    pub(super) data: Vec<u8>,
+    pub(super) segs: Vec<(u64, usize)>,
+    pub(super) page: Box<[u8; 4096]>,
+    pub(super) log: Vec<u8>,
+}
+
+impl Worker {
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        backend: Arc<Backend>,
+        identity: Arc<Identity>,
+        ctx: DeviceContext,
+    ) -> Self {
+        Worker {
+            shared,
+            backend,
+            identity,
+            dma: ctx.dma,
+            irq: ctx.irq,
+            data: vec![0; MAX_TRANSFER],
+            segs: Vec::with_capacity(64),
+            page: Box::new([0; 4096]),
+            log: Vec::with_capacity(512),
+        }
+    }
+
+    pub(super) fn run(mut self) {
+        while let Some(job) = self.next_job() {
+            match job {
+                Job::Aer { cid, dw0 } => self.post(0, cid, Outcome::ok(dw0), None),
+                Job::Command { qid, addr, epoch } => {
+                    let mut raw = [0u8; 64];
+                    if let Err(e) = self.dma.read(addr, &mut raw) {
+                        // A controller that cannot fetch its commands is dead: Controller Fatal.
+                        tracing::warn!("nvme: command fetch at {addr:#x} failed: {e}");
+                        let mut c = self.shared.lock();
+                        if c.epoch == epoch {
+                            c.csts |= csts::CFS;
+                        }
+                        continue;
+                    }
+                    let cmd = Command::parse(&raw);
+                    let out = if qid == 0 {
+                        self.admin(&cmd)
+                    } else {
+                        self.io(&cmd)
+                    };
+                    if out.post {
+                        self.post(qid, cmd.cid, out, Some((epoch, &cmd)));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Wait for something to do; perform state transitions on the way. `None` = stop.
+    fn next_job(&mut self) -> Option<Job> {
+        let mut c = self.shared.lock();
+        loop {
+            if c.stop {
+                return None;
+            }
+            if c.cc & cc::EN == 0 {
+                if !c.quiesced() || c.csts & csts::CFS != 0 {
+                    Self::reset(&mut c);
+                    self.irq.set_intx(false);
+                    self.shared.idle.notify_all();
+                    continue;
+                }
+            } else if c.csts & (csts::RDY | csts::CFS) == 0 {
+                Self::enable(&mut c);
+                continue;
+            }
+            if cc::shn(c.cc) != 0 && c.csts & csts::SHST_MASK == csts::SHST_OCCURRING {
+                drop(c);
+                if let Err(e) = self.backend.flush() {
+                    tracing::warn!("nvme: flush at shutdown failed: {e}");
+                }
+                c = self.shared.lock();
+                c.csts = (c.csts & !csts::SHST_MASK) | csts::SHST_COMPLETE;
+                continue;
+            }
+            if c.csts & csts::RDY != 0 && c.csts & csts::CFS == 0 {
+                // Pending asynchronous events with an outstanding request.
+                let admin_cq_room = c.cqs[0].is_some_and(|q| !q.full());
+                if admin_cq_room && !c.aer_events.is_empty() && !c.aer_cids.is_empty() {
+                    let dw0 = c.aer_events.pop_front().unwrap_or(0);
+                    let cid = c.aer_cids.remove(0);
+                    c.aer_masked |= 1 << (dw0 & 7);
+                    return Some(Job::Aer { cid, dw0 });
+                }
+                let n = c.sqs.len();
+                for k in 0..n {
+                    let qid = (c.rr + k) % n;
+                    let Some(sq) = c.sqs[qid] else { continue };
+                    if sq.head == sq.tail {
+                        continue;
+                    }
+                    let room = c.cqs[usize::from(sq.cqid)].is_some_and(|q| !q.full());
+                    if !room {
+                        continue;
+                    }
+                    let addr = sq.base + u64::from(sq.head) * 64;
+                    if let Some(s) = c.sqs[qid].as_mut() {
+                        s.head = (s.head + 1) % s.size;
+                    }
+                    c.rr = (qid + 1) % n;
+                    return Some(Job::Command {
+                        qid: qid as u16,
+                        addr,
+                        epoch: c.epoch,
+                    });
+                }
+            }
+            c = self.shared.wake.wait(c).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn reset(c: &mut Ctrl) {
+        c.sqs.iter_mut().for_each(|q| *q = None);
+        c.cqs.iter_mut().for_each(|q| *q = None);
+        c.csts &= csts::SHST_MASK;
+        c.epoch += 1;
+        c.feat = super::Features::default();
+        c.aer_cids.clear();
+        c.aer_events.clear();
+        c.aer_masked = 0;
+        c.health.critical_warning = 0;
+    }
+
+    fn enable(c: &mut Ctrl) {
+        let asqs = (c.aqa & 0xfff) + 1;
+        let acqs = ((c.aqa >> 16) & 0xfff) + 1;
+        let ok = cc::css(c.cc) == 0
+            && cc::mps(c.cc) == 0
+            && asqs >= 2
+            && acqs >= 2
+            && c.asq != 0
+            && c.acq != 0;
+        if !ok {
+            tracing::warn!(
+                "nvme: enable with invalid configuration (CC {:#x}, AQA {:#x}): controller fatal",
+                c.cc,
+                c.aqa
+            );
+            c.csts |= csts::CFS;
+            return;
+        }
+        c.sqs[0] = Some(Sq {
+            base: c.asq,
+            size: asqs as u16,
+            head: 0,
+            tail: 0,
+            cqid: 0,
+        });
+        c.cqs[0] = Some(Cq {
+            base: c.acq,
+            size: acqs as u16,
+            head: 0,
+            tail: 0,
+            phase: true,
+            iv: 0,
+            ien: true,
+        });
+        c.csts |= csts::RDY;
+    }
+
+    /// Post a completion for a command from `qid` (the AER uses qid 0 and no epoch check).
+    fn post(&mut self, qid: u16, cid: u16, out: Outcome, origin: Option<(u64, &Command)>) {
+        let mut c = self.shared.lock();
+        if let Some((epoch, _)) = origin {
+            if c.epoch != epoch {
+                return; // the controller was reset meanwhile: the command is gone
+            }
+        }
+        if !out.status.is_success() {
+            if let Some((_, cmd)) = origin {
+                let count = c.health.error_entries + 1;
+                c.health.error_entries = count;
+                if c.errors.len() >= identify::ERROR_LOG_ENTRIES {
+                    c.errors.pop_front();
+                }
+                c.errors.push_back(ErrorEntry {
+                    count,
+                    sqid: qid,
+                    cid,
+                    status: out.status.field(),
+                    lba: out.lba,
+                    nsid: cmd.nsid,
+                });
+            }
+        }
+        let Some(sq) = c.sqs[usize::from(qid)] else {
+            return;
+        };
+        let cqid = usize::from(sq.cqid);
+        let Some(mut cq) = c.cqs[cqid] else { return };
+        while cq.full() {
+            // Only an AER can find the queue full; wait for the host to consume entries.
+            c = self.shared.wake.wait(c).unwrap_or_else(|e| e.into_inner());
+            if c.stop || c.cc & cc::EN == 0 {
+                return;
+            }
+            match c.cqs[cqid] {
+                Some(q) => cq = q,
+                None => return,
+            }
+        }
+        let entry = Completion {
+            dw0: out.dw0,
+            sq_head: sq.head,
+            sq_id: qid,
+            cid,
+            phase: cq.phase,
+            status: out.status.field(),
+        };
+        let addr = cq.base + u64::from(cq.tail) * 16;
+        cq.tail = (cq.tail + 1) % cq.size;
+        if cq.tail == 0 {
+            cq.phase = !cq.phase;
+        }
+        c.cqs[cqid] = Some(cq);
+        // Posted while holding the lock: a reset cannot slip between this write and the host
+        // seeing CSTS.RDY = 0.
+        if let Err(e) = self.dma.write(addr, &entry.to_bytes()) {
+            tracing::debug!("nvme: completion write failed: {e}");
+            return;
+        }
+        if cq.ien {
+            if self.irq.msix_enabled() {
+                self.irq.signal_msix(cq.iv);
+            } else {
+                self.irq.set_intx(c.intx_level());
+            }
+        }
+    }
+
+    pub(super) fn dma_in(&mut self, len: usize) -> Result<(), Status> {
+        let mut at = 0;
+        for &(addr, n) in &self.segs {
+            self.dma
+                .read(addr, &mut self.data[at..at + n])
+                .map_err(|_| Status::DATA_TRANSFER)?;
+            at += n;
+        }
+        debug_assert_eq!(at, len);
+        Ok(())
+    }
+
+    pub(super) fn dma_out(&mut self, len: usize) -> Result<(), Status> {
+        let mut at = 0;
+        for &(addr, n) in &self.segs {
+            if at >= len {
+                break;
+            }
+            let n = n.min(len - at);
+            self.dma
+                .write(addr, &self.data[at..at + n])
+                .map_err(|_| Status::DATA_TRANSFER)?;
+            at += n;
+        }
+        Ok(())
+    }
+
+    pub(super) fn map(&mut self, cmd: &Command, len: usize) -> Result<(), Status> {
+        if cmd.psdt != 0 || cmd.fuse != 0 {
+            return Err(Status::INVALID_FIELD);
+        }
+        prp::segments(
+            &Dma(&self.dma),
+            cmd.prp1,
+            cmd.prp2,
+            len,
+            PAGE,
+            &mut self.segs,
+        )
+    }
+
+    /// Send `len` bytes of `self.data` to the command's buffer.
+    pub(super) fn send_to_host(&mut self, cmd: &Command, len: usize) -> Result<(), Status> {
+        self.map(cmd, len)?;
+        self.dma_out(len)
+    }
+
+    fn admin(&mut self, cmd: &Command) -> Outcome {
+        match cmd.opcode {
+            admin::IDENTIFY => self.identify(cmd).into(),
+            admin::CREATE_CQ => self.create_cq(cmd).into(),
+            admin::CREATE_SQ => self.create_sq(cmd).into(),
+            admin::DELETE_SQ => self.delete_sq(cmd).into(),
+            admin::DELETE_CQ => self.delete_cq(cmd).into(),
+            admin::GET_LOG_PAGE => self.get_log(cmd).into(),
+            admin::SET_FEATURES => self.set_features(cmd).into(),
+            admin::GET_FEATURES => self.get_features(cmd).into(),
+            admin::ABORT => Outcome::ok(1), // bit 0 set: command not aborted
+            admin::KEEP_ALIVE => Outcome::ok(0),
+            admin::ASYNC_EVENT => {
+                let mut c = self.shared.lock();
+                if c.aer_cids.len() >= identify::AER_LIMIT {
+                    return Outcome::err(Status::AER_LIMIT);
+                }
+                c.aer_cids.push(cmd.cid);
+                self.shared.wake.notify_all();
+                Outcome {
+                    status: Status::SUCCESS,
+                    dw0: 0,
+                    post: false,
+                    lba: 0,
+                }
+            }
+            _ => Outcome::err(Status::INVALID_OPCODE),
+        }
+    }
+}

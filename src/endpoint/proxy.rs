@@ -1,0 +1,598 @@
+//! The endpoint proxy: terminates TLPs for every function the appliance fronts (PCIe r5.0
+//! §2.2.7-2.2.9 request and completion rules, §2.3.1 request handling and Unsupported Request,
+//! §2.3.1.1 completion splitting at the Read Completion Boundary and Max Payload Size, §2.7.2.2
+//! poisoned TLPs, §6.15 AtomicOps, §7.5.1.1.3 decode enables).
+//!
+//! Sans-I/O: [`Endpoint::handle_tlp`] takes one TLP's bytes and does everything it implies —
+//! device accesses, completions, DMA completions to waiting requesters; every TLP the appliance
+//! sends (completions, DMA requests, MSI-X writes, INTx messages) goes, in order, to the one
+//! outbound queue returned by [`Endpoint::new`]. Whoever owns the link drains that queue.
+//!
+//! Routing: configuration requests by device and function number (the bus number is captured
+//! from Type 0 writes, §2.2.6.2); memory and IO requests by BAR with decode enables respected;
+//! completions by Requester ID to the function's tag table.
+
+use std::time::Duration;
+
+use crossbeam::channel::{self, Receiver, Sender};
+use thiserror::Error;
+
+use super::device::{AtomicOp, Device, DeviceError, ResetKind};
+use super::function::Function;
+use super::wire::{self, AtomicKind, Bdf, CplStatus, Header, Kind, WireError};
+
+/// Errors from the endpoint proxy.
+#[derive(Debug, Error)]
+pub enum EndpointError {
+    /// A TLP could not be parsed (counted in [`EndpointStats::malformed`]).
+    #[error("malformed TLP: {0}")]
+    Malformed(#[from] WireError),
+    /// Two functions were given the same device/function number.
+    #[error("function {0} is already present")]
+    DuplicateFunction(Bdf),
+}
+
+/// Endpoint construction parameters.
+#[derive(Debug, Clone)]
+pub struct EndpointConfig {
+    /// Completion timeout for device DMA reads.
+    pub dma_timeout: Duration,
+    /// Capacity of the outbound TLP queue (device threads block when it is full).
+    pub outbound_capacity: usize,
+}
+
+impl Default for EndpointConfig {
+    fn default() -> Self {
+        EndpointConfig {
+            dma_timeout: Duration::from_secs(2),
+            outbound_capacity: 8192,
+        }
+    }
+}
+
+/// Counters: everything the proxy dropped or refused is counted here.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct EndpointStats {
+    /// TLPs handled.
+    pub tlps_in: u64,
+    /// TLPs that failed to parse.
+    pub malformed: u64,
+    /// Completions sent with Unsupported Request.
+    pub unsupported: u64,
+    /// Completions sent with Completer Abort.
+    pub completer_aborts: u64,
+    /// Posted writes dropped (no BAR claims them, decode disabled, or poisoned).
+    pub dropped_writes: u64,
+    /// Poisoned TLPs received.
+    pub poisoned: u64,
+    /// Completions that matched no outstanding request.
+    pub unexpected_completions: u64,
+    /// Messages received (and ignored).
+    pub messages: u64,
+}
+
+/// The appliance side of the tunnel for a set of functions.
+#[derive(Debug)]
+pub struct Endpoint {
+    pub(crate) functions: Vec<Function>,
+    pub(crate) out: Sender<Vec<u8>>,
+    pub(crate) cfg: EndpointConfig,
+    stats: EndpointStats,
+    scratch: Vec<u8>,
+    pub(crate) next_id: u64,
+}
+
+impl Endpoint {
+    /// A new endpoint and the receiving end of its outbound TLP queue.
+    pub fn new(cfg: EndpointConfig) -> (Endpoint, Receiver<Vec<u8>>) {
+        let (tx, rx) = channel::bounded(cfg.outbound_capacity.max(16));
+        (
+            Endpoint {
+                functions: Vec::new(),
+                out: tx,
+                cfg,
+                stats: EndpointStats::default(),
+                scratch: Vec::with_capacity(4096),
+                next_id: 0,
+            },
+            rx,
+        )
+    }
+
+    /// Add a function at `bdf` (device and function numbers matter; the bus is captured).
+    pub fn add_function(&mut self, bdf: Bdf, device: Box<dyn Device>) -> Result<(), EndpointError> {
+        if self.find_cfg(bdf).is_some() {
+            return Err(EndpointError::DuplicateFunction(bdf));
+        }
+        self.next_id += 1;
+        self.functions.push(Function::new(
+            self.next_id,
+            bdf,
+            device,
+            self.out.clone(),
+            self.cfg.dma_timeout,
+        ));
+        Ok(())
+    }
+
+    /// Routing IDs of the functions, in the order they were added.
+    pub fn functions(&self) -> Vec<Bdf> {
+        self.functions.iter().map(Function::bdf).collect()
+    }
+
+    /// Names of the functions' device models, in the same order.
+    pub fn function_names(&self) -> Vec<String> {
+        self.functions
+            .iter()
+            .map(|f| f.device.name().to_string())
+            .collect()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> EndpointStats {
+        self.stats
+    }
+
+    /// Conventional reset of every function (link down, hot reset, peer restarted).
+    pub fn reset_all(&mut self) {
+        for f in &mut self.functions {
+            f.reset(ResetKind::Conventional);
+        }
+        let pfs: Vec<u64> = self
+            .functions
+            .iter()
+            .filter(|f| f.decode.sriov.is_some())
+            .map(|f| f.id)
+            .collect();
+        for id in pfs {
+            if let Some(i) = self.functions.iter().position(|f| f.id == id) {
+                self.sync_vfs(i);
+            }
+        }
+    }
+
+    pub(crate) fn find_cfg(&self, bdf: Bdf) -> Option<usize> {
+        self.functions
+            .iter()
+            .position(|f| f.bdf().dev() == bdf.dev() && f.bdf().func() == bdf.func())
+    }
+
+    fn send(&self, tlp: Vec<u8>) {
+        // The queue only disconnects when the endpoint itself is gone.
+        let _ = self.out.send(tlp);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn complete(
+        &mut self,
+        completer: Bdf,
+        h: &Header,
+        status: CplStatus,
+        byte_count: u16,
+        lower_addr: u8,
+        data: &[u8],
+    ) {
+        match status {
+            CplStatus::UnsupportedRequest => self.stats.unsupported += 1,
+            CplStatus::CompleterAbort => self.stats.completer_aborts += 1,
+            _ => {}
+        }
+        let mut tlp = Vec::with_capacity(12 + data.len() + 3);
+        wire::emit_completion(
+            &mut tlp,
+            completer,
+            h.requester,
+            h.tag,
+            status,
+            byte_count,
+            lower_addr,
+            h.attr & 3,
+            data,
+        );
+        self.send(tlp);
+    }
+
+    /// Handle one TLP from the host.
+    pub fn handle_tlp(&mut self, tlp: &[u8]) -> Result<(), EndpointError> {
+        self.stats.tlps_in += 1;
+        let h = match Header::parse(tlp) {
+            Ok(h) => h,
+            Err(e) => {
+                self.stats.malformed += 1;
+                return Err(e.into());
+            }
+        };
+        if h.poisoned {
+            self.stats.poisoned += 1;
+        }
+        let payload = &tlp[h.payload.clone()];
+        match h.kind {
+            Kind::Config {
+                type1,
+                write,
+                target,
+                reg,
+            } => self.config(&h, type1, write, target, reg, payload),
+            Kind::MemRead { addr } => self.mem_read(&h, addr),
+            Kind::MemWrite { addr } => self.mem_write(&h, addr, payload),
+            Kind::IoRead { addr } => self.io(&h, u64::from(addr), None),
+            Kind::IoWrite { addr } => self.io(&h, u64::from(addr), Some(payload)),
+            Kind::Atomic { op, addr } => self.atomic(&h, op, addr, payload),
+            Kind::Completion {
+                status,
+                byte_count,
+                lower_addr,
+                ..
+            } => {
+                let found = self
+                    .functions
+                    .iter()
+                    .find(|f| f.bdf() == h.requester)
+                    .map(|f| {
+                        f.shared
+                            .requester
+                            .complete(h.tag, status, byte_count, lower_addr, h.poisoned, payload)
+                    });
+                if found != Some(true) {
+                    self.stats.unexpected_completions += 1;
+                }
+            }
+            Kind::Message { .. } => self.stats.messages += 1,
+        }
+        Ok(())
+    }
+
+    fn config(
+        &mut self,
+        h: &Header,
+        type1: bool,
+        write: bool,
+        target: Bdf,
+        reg: u16,
+        payload: &[u8],
+    ) {
+        let idx = if type1 { None } else { self.find_cfg(target) };
+        let Some(i) = idx else {
+            // No such function (or a Type 1 request, which an endpoint does not forward).
+            self.complete(target, h, CplStatus::UnsupportedRequest, 4, 0, &[]);
+            return;
+        };
+        if write {
+            if h.poisoned {
+                self.complete(target, h, CplStatus::UnsupportedRequest, 4, 0, &[]);
+                return;
+            }
+            let mut v = [0u8; 4];
+            v.copy_from_slice(&payload[..4]);
+            let f = &mut self.functions[i];
+            f.capture_bdf(target);
+            let flr = f
+                .device
+                .config_write(reg, u32::from_le_bytes(v), h.first_be);
+            if flr {
+                f.reset(ResetKind::FunctionLevel);
+            } else {
+                f.refresh();
+            }
+            let me = f.bdf();
+            if f.decode.sriov.is_some() {
+                self.sync_vfs(i);
+            }
+            self.complete(me, h, CplStatus::Success, 4, 0, &[]);
+        } else {
+            let f = &mut self.functions[i];
+            let mut v = f.device.config_read(reg);
+            if reg == 0x04 && f.shared.intx.lock().map(|s| s.level).unwrap_or(false) {
+                v |= 1 << 19; // Status: Interrupt Status
+            }
+            let me = f.bdf();
+            if reg == 0x0c && me.func() == 0 {
+                let multi = self
+                    .functions
+                    .iter()
+                    .any(|o| o.vf.is_none() && o.bdf().dev() == me.dev() && o.bdf().func() != 0);
+                if multi {
+                    v |= 1 << 23; // Header Type: multi-function
+                }
+            }
+            let mut data = v.to_le_bytes();
+            for (i, b) in data.iter_mut().enumerate() {
+                if h.first_be & (1 << i) == 0 {
+                    *b = 0;
+                }
+            }
+            self.complete(me, h, CplStatus::Success, 4, 0, &data);
+        }
+    }
+
+    fn claim_mem(&self, addr: u64, len: u64) -> Option<(usize, u8, u64)> {
+        self.functions.iter().enumerate().find_map(|(i, f)| {
+            f.decode
+                .claim_mem(addr, len.max(1))
+                .map(|(bar, off)| (i, bar, off))
+        })
+    }
+
+    /// Read from a BAR, serving the MSI-X table/PBA itself.
+    fn bar_read(
+        &mut self,
+        i: usize,
+        bar: u8,
+        off: u64,
+        data: &mut [u8],
+    ) -> Result<(), DeviceError> {
+        let f = &mut self.functions[i];
+        if let Some(m) = f.decode.msix {
+            let tlen = u64::from(m.vectors) * 16;
+            let plen = u64::from(m.vectors).div_ceil(64) * 8;
+            let t = u64::from(m.table_offset);
+            let p = u64::from(m.pba_offset);
+            if bar == m.table_bar && off >= t && off < t + tlen {
+                f.shared
+                    .msix
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .read(false, off - t, data);
+                return Ok(());
+            }
+            if bar == m.pba_bar && off >= p && off < p + plen {
+                f.shared
+                    .msix
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .read(true, off - p, data);
+                return Ok(());
+            }
+        }
+        f.device.bar_read(bar, off, data)
+    }
+
+    fn bar_write(&mut self, i: usize, bar: u8, off: u64, data: &[u8]) -> Result<(), DeviceError> {
+        let f = &mut self.functions[i];
+        if let Some(m) = f.decode.msix {
+            let tlen = u64::from(m.vectors) * 16;
+            let plen = u64::from(m.vectors).div_ceil(64) * 8;
+            let t = u64::from(m.table_offset);
+            let p = u64::from(m.pba_offset);
+            if bar == m.table_bar && off >= t && off < t + tlen {
+                let changed = f
+                    .shared
+                    .msix
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .write(off - t, data);
+                if changed {
+                    f.shared.flush_msix(&f.decode);
+                }
+                return Ok(());
+            }
+            if bar == m.pba_bar && off >= p && off < p + plen {
+                return Ok(()); // the PBA is read-only
+            }
+        }
+        f.device.bar_write(bar, off, data)
+    }
+
+    fn mem_read(&mut self, h: &Header, addr: u64) {
+        let (lead, count) = wire::enabled_span(h.length_dw, h.first_be, h.last_be);
+        let first = addr + u64::from(lead);
+        let claim = self.claim_mem(addr, u64::from(h.length_dw) * 4);
+        let Some((i, bar, off)) = claim else {
+            let me = self.functions.first().map_or(Bdf(0), Function::bdf);
+            self.complete(
+                me,
+                h,
+                CplStatus::UnsupportedRequest,
+                count as u16 & 0xfff,
+                0,
+                &[],
+            );
+            return;
+        };
+        let me = self.functions[i].bdf();
+        if count == 0 {
+            // Zero-length read: one DW of undefined data, the device is not touched.
+            self.complete(me, h, CplStatus::Success, 1, (addr & 0x7f) as u8, &[0; 4]);
+            return;
+        }
+        let mut buf = std::mem::take(&mut self.scratch);
+        buf.clear();
+        buf.resize(count as usize, 0);
+        let res = self.bar_read(i, bar, off + u64::from(lead), &mut buf);
+        if res.is_err() {
+            self.complete(
+                me,
+                h,
+                CplStatus::CompleterAbort,
+                count as u16 & 0xfff,
+                0,
+                &[],
+            );
+            self.scratch = buf;
+            return;
+        }
+        let d = self.functions[i].decode;
+        let mps = u64::from(d.mps.max(128));
+        let rcb = u64::from(d.rcb.max(64));
+        let end = first + u64::from(count);
+        let mut s = first;
+        let mut data = Vec::with_capacity(mps as usize + 4);
+        while s < end {
+            let s4 = s & !3;
+            let mut e = ((s4 + mps) & !(rcb - 1)).min(end);
+            if e <= s {
+                e = (s4 + mps).min(end);
+            }
+            data.clear();
+            data.resize(((e + 3) & !3).saturating_sub(s4) as usize, 0);
+            let from = (s - first) as usize;
+            let to = (e - first) as usize;
+            let at = (s - s4) as usize;
+            data[at..at + (to - from)].copy_from_slice(&buf[from..to]);
+            let remaining = (end - s) as u16 & 0xfff;
+            self.complete(
+                me,
+                h,
+                CplStatus::Success,
+                remaining,
+                (s & 0x7f) as u8,
+                &data,
+            );
+            s = e;
+        }
+        self.scratch = buf;
+    }
+
+    fn mem_write(&mut self, h: &Header, addr: u64, payload: &[u8]) {
+        let Some((i, bar, off)) = self.claim_mem(addr, u64::from(h.length_dw) * 4) else {
+            self.stats.dropped_writes += 1;
+            return;
+        };
+        if h.poisoned {
+            self.stats.dropped_writes += 1;
+            return;
+        }
+        // Write each run of enabled bytes (byte enables may have holes in the first/last DW).
+        let n = usize::from(h.length_dw) * 4;
+        let enabled = |k: usize| -> bool {
+            let dw = k / 4;
+            let be = if dw == 0 {
+                h.first_be
+            } else if dw + 1 == usize::from(h.length_dw) {
+                h.last_be
+            } else {
+                0xf
+            };
+            be & (1 << (k % 4)) != 0
+        };
+        let mut k = 0;
+        while k < n {
+            if !enabled(k) {
+                k += 1;
+                continue;
+            }
+            let start = k;
+            while k < n && enabled(k) {
+                k += 1;
+            }
+            if self
+                .bar_write(i, bar, off + start as u64, &payload[start..k])
+                .is_err()
+            {
+                self.stats.dropped_writes += 1;
+            }
+        }
+    }
+
+    fn io(&mut self, h: &Header, addr: u64, payload: Option<&[u8]>) {
+        let claim = self
+            .functions
+            .iter()
+            .enumerate()
+            .find_map(|(i, f)| f.decode.claim_io(addr, 4).map(|(bar, off)| (i, bar, off)));
+        let Some((i, bar, off)) = claim else {
+            let me = self.functions.first().map_or(Bdf(0), Function::bdf);
+            self.complete(me, h, CplStatus::UnsupportedRequest, 4, 0, &[]);
+            return;
+        };
+        let me = self.functions[i].bdf();
+        let (lead, count) = wire::enabled_span(1, h.first_be, 0);
+        let lead = u64::from(lead);
+        match payload {
+            Some(p) => {
+                let status = if h.poisoned {
+                    CplStatus::UnsupportedRequest
+                } else if count == 0
+                    || self
+                        .bar_write(
+                            i,
+                            bar,
+                            off + lead,
+                            &p[lead as usize..(lead as usize + count as usize)],
+                        )
+                        .is_ok()
+                {
+                    CplStatus::Success
+                } else {
+                    CplStatus::CompleterAbort
+                };
+                self.complete(me, h, status, 4, 0, &[]);
+            }
+            None => {
+                let mut v = [0u8; 4];
+                let res = if count == 0 {
+                    Ok(())
+                } else {
+                    self.bar_read(
+                        i,
+                        bar,
+                        off + lead,
+                        &mut v[lead as usize..(lead + u64::from(count)) as usize],
+                    )
+                };
+                match res {
+                    Ok(()) => self.complete(me, h, CplStatus::Success, 4, 0, &v),
+                    Err(_) => self.complete(me, h, CplStatus::CompleterAbort, 4, 0, &[]),
+                }
+            }
+        }
+    }
+
+    fn atomic(&mut self, h: &Header, op: AtomicKind, addr: u64, payload: &[u8]) {
+        let n = payload.len();
+        let size = match op {
+            AtomicKind::Cas => n / 2,
+            _ => n,
+        };
+        let claim = self.claim_mem(addr, size as u64);
+        let me = claim.map_or_else(
+            || self.functions.first().map_or(Bdf(0), Function::bdf),
+            |(i, _, _)| self.functions[i].bdf(),
+        );
+        let le = |b: &[u8]| -> u64 {
+            let mut r = [0u8; 8];
+            r[..b.len().min(8)].copy_from_slice(&b[..b.len().min(8)]);
+            u64::from_le_bytes(r)
+        };
+        let aligned = (size == 4 || size == 8) && addr % size as u64 == 0;
+        let (Some((i, bar, off)), true, false) = (claim, aligned, h.poisoned) else {
+            self.complete(
+                me,
+                h,
+                CplStatus::UnsupportedRequest,
+                size as u16 & 0xfff,
+                0,
+                &[],
+            );
+            return;
+        };
+        let sz = size as u8;
+        let aop = match op {
+            AtomicKind::FetchAdd => AtomicOp::FetchAdd {
+                size: sz,
+                add: le(&payload[..size]),
+            },
+            AtomicKind::Swap => AtomicOp::Swap {
+                size: sz,
+                value: le(&payload[..size]),
+            },
+            AtomicKind::Cas => AtomicOp::Cas {
+                size: sz,
+                compare: le(&payload[..size]),
+                swap: le(&payload[size..2 * size]),
+            },
+        };
+        match self.functions[i].device.bar_atomic(bar, off, aop) {
+            Ok(old) => {
+                let bytes = old.to_le_bytes();
+                self.complete(me, h, CplStatus::Success, size as u16, 0, &bytes[..size]);
+            }
+            Err(DeviceError::Unsupported(_)) => {
+                self.complete(me, h, CplStatus::UnsupportedRequest, size as u16, 0, &[])
+            }
+            Err(DeviceError::Failed(_)) => {
+                self.complete(me, h, CplStatus::CompleterAbort, size as u16, 0, &[])
+            }
+        }
+    }
+}

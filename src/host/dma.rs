@@ -1,0 +1,581 @@
+//! DMA windows: an IOMMU in software for each tunnelled function.
+//!
+//! A card may only touch the memory its consumer registered: the mappings a vfio-user client
+//! sends with `VFIO_USER_DMA_MAP` (guest RAM as shared fds, or client memory reached with
+//! `VFIO_USER_DMA_READ/WRITE`), or buffers a user-space driver registers through the Rust API.
+//! Every upstream memory request of the card (MRd / MWr TLP, PCIe Base Spec §2.2.7) is checked
+//! here: a read outside the windows is answered with Unsupported Request by the caller, a write
+//! is dropped; both are counted and logged.
+//!
+//! Memory behind a window is any [`DmaMemory`]. Shared guest memory is accessed through raw
+//! pointers only (never Rust references): the guest changes it concurrently.
+
+use std::fmt;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+/// Memory a DMA window is backed by. `offset` is relative to the start of the window.
+pub trait DmaMemory: Send + Sync + fmt::Debug {
+    /// Length in bytes.
+    fn len(&self) -> u64;
+    /// Whether the memory is empty.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Copy `buf.len()` bytes at `offset` into `buf`. The window checked the bounds.
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), DmaError>;
+    /// Copy `data` to `offset`. The window checked the bounds.
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), DmaError>;
+}
+
+/// Access rights of a window (the vfio-user DMA_MAP `readable`/`writeable` flags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Access {
+    /// The card may read.
+    pub read: bool,
+    /// The card may write.
+    pub write: bool,
+}
+
+impl Access {
+    /// Read and write.
+    pub const RW: Access = Access {
+        read: true,
+        write: true,
+    };
+}
+
+/// Errors of the DMA windows.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DmaError {
+    /// A new window overlaps an existing one (vfio-user wants `EEXIST`).
+    #[error("DMA window {iova:#x}+{len:#x} overlaps an existing window")]
+    Overlap {
+        /// Start of the rejected window.
+        iova: u64,
+        /// Its length.
+        len: u64,
+    },
+    /// A window of zero length, or one that wraps the address space.
+    #[error("DMA window {iova:#x}+{len:#x} is empty or wraps")]
+    BadRange {
+        /// Start.
+        iova: u64,
+        /// Length.
+        len: u64,
+    },
+    /// Unmap of a range that is not exactly a window.
+    #[error("no DMA window is exactly {iova:#x}+{len:#x}")]
+    NotMapped {
+        /// Start.
+        iova: u64,
+        /// Length.
+        len: u64,
+    },
+    /// Too many windows.
+    #[error("too many DMA windows (limit {0})")]
+    TooMany(usize),
+    /// An access outside every window, or without the right.
+    #[error("DMA {kind} of {len} bytes at {iova:#x} is outside the function's windows")]
+    Fault {
+        /// "read" or "write".
+        kind: &'static str,
+        /// Address.
+        iova: u64,
+        /// Length.
+        len: usize,
+    },
+    /// Mapping the consumer's file failed.
+    #[error("mmap of DMA window fd (offset {offset:#x}, {len:#x} bytes) failed: {errno}")]
+    Mmap {
+        /// File offset.
+        offset: u64,
+        /// Length.
+        len: u64,
+        /// errno.
+        errno: i32,
+    },
+    /// The memory behind the window could not be reached (e.g. the vfio-user client is gone).
+    #[error("DMA memory unreachable: {0}")]
+    Unreachable(String),
+}
+
+/// Counters, readable at any time.
+#[derive(Debug, Default)]
+pub struct DmaStats {
+    /// Bytes read by the card.
+    pub read_bytes: AtomicU64,
+    /// Bytes written by the card.
+    pub write_bytes: AtomicU64,
+    /// Reads refused (answered with UR).
+    pub read_faults: AtomicU64,
+    /// Writes refused (dropped).
+    pub write_faults: AtomicU64,
+}
+
+#[derive(Debug, Clone)]
+struct Window {
+    iova: u64,
+    len: u64,
+    access: Access,
+    mem: Arc<dyn DmaMemory>,
+}
+
+impl Window {
+    fn end(&self) -> u64 {
+        self.iova + self.len
+    }
+}
+
+/// The windows of one function. Cheap to share (`Arc`); lookups take a read lock.
+#[derive(Debug)]
+pub struct DmaWindows {
+    windows: RwLock<Vec<Window>>,
+    max_windows: usize,
+    stats: DmaStats,
+    name: String,
+}
+
+impl DmaWindows {
+    /// Default window limit (the vfio-user default `max_dma_maps`).
+    pub const DEFAULT_MAX: usize = 65535;
+
+    /// Empty windows for the function called `name` (used in log lines).
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            windows: RwLock::new(Vec::new()),
+            max_windows: Self::DEFAULT_MAX,
+            stats: DmaStats::default(),
+            name: name.into(),
+        }
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &DmaStats {
+        &self.stats
+    }
+
+    /// Add a window `iova..iova+mem.len()`.
+    pub fn map(&self, iova: u64, access: Access, mem: Arc<dyn DmaMemory>) -> Result<(), DmaError> {
+        let len = mem.len();
+        if len == 0 || iova.checked_add(len).is_none() {
+            return Err(DmaError::BadRange { iova, len });
+        }
+        let mut w = self.windows.write().unwrap_or_else(|p| p.into_inner());
+        if w.len() >= self.max_windows {
+            return Err(DmaError::TooMany(self.max_windows));
+        }
+        let pos = w.partition_point(|x| x.iova < iova);
+        let overlaps_prev = pos > 0 && w[pos - 1].end() > iova;
+        let overlaps_next = pos < w.len() && w[pos].iova < iova + len;
+        if overlaps_prev || overlaps_next {
+            return Err(DmaError::Overlap { iova, len });
+        }
+        w.insert(
+            pos,
+            Window {
+                iova,
+                len,
+                access,
+                mem,
+            },
+        );
+        tracing::debug!(function = %self.name, iova, len, "DMA window mapped");
+        Ok(())
+    }
+
+    /// Remove the windows inside `iova..iova+len` (normally exactly one window, as the
+    /// vfio-user spec demands; a range covering several whole windows removes them all, as
+    /// Linux VFIO type1 does). A window only partly inside the range is an error and nothing is
+    /// removed. Returns the number of windows removed, once no access uses them any more.
+    pub fn unmap(&self, iova: u64, len: u64) -> Result<usize, DmaError> {
+        let end = iova
+            .checked_add(len)
+            .filter(|_| len > 0)
+            .ok_or(DmaError::NotMapped { iova, len })?;
+        let mut w = self.windows.write().unwrap_or_else(|p| p.into_inner());
+        let partial = w
+            .iter()
+            .any(|x| x.iova < end && x.end() > iova && (x.iova < iova || x.end() > end));
+        let before = w.len();
+        if !partial {
+            w.retain(|x| !(x.iova >= iova && x.end() <= end));
+        }
+        let removed = before - w.len();
+        if partial || removed == 0 {
+            return Err(DmaError::NotMapped { iova, len });
+        }
+        tracing::debug!(function = %self.name, iova, len, removed, "DMA window unmapped");
+        Ok(removed)
+    }
+
+    /// Remove every window.
+    pub fn unmap_all(&self) -> usize {
+        let mut w = self.windows.write().unwrap_or_else(|p| p.into_inner());
+        let n = w.len();
+        w.clear();
+        n
+    }
+
+    /// Number of windows.
+    pub fn len(&self) -> usize {
+        self.windows.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether there is no window.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Walk `iova..iova+len` over the windows; every byte must be inside a window with the
+    /// right access. Calls `f(window, offset_in_window, start_in_buffer, chunk_len)`.
+    fn walk(
+        &self,
+        kind: &'static str,
+        iova: u64,
+        len: usize,
+        need: fn(&Access) -> bool,
+        mut f: impl FnMut(&Window, u64, usize, usize) -> Result<(), DmaError>,
+    ) -> Result<(), DmaError> {
+        let fault = DmaError::Fault { kind, iova, len };
+        if len == 0 {
+            return Ok(());
+        }
+        let end = iova.checked_add(len as u64).ok_or_else(|| fault.clone())?;
+        let w = self.windows.read().unwrap_or_else(|p| p.into_inner());
+        // Check the whole range first so a refused access has no partial effect.
+        let first = w.partition_point(|x| x.end() <= iova);
+        let mut at = iova;
+        let mut i = first;
+        while at < end {
+            match w.get(i) {
+                Some(win) if win.iova <= at && need(&win.access) => {
+                    at = win.end().min(end);
+                    i += 1;
+                }
+                _ => return Err(fault),
+            }
+        }
+        let mut at = iova;
+        let mut i = first;
+        while at < end {
+            let win = &w[i];
+            let chunk_end = win.end().min(end);
+            f(
+                win,
+                at - win.iova,
+                (at - iova) as usize,
+                (chunk_end - at) as usize,
+            )?;
+            at = chunk_end;
+            i += 1;
+        }
+        Ok(())
+    }
+
+    /// A card reads `buf.len()` bytes at `iova`. On `Err` the caller answers with UR.
+    pub fn read(&self, iova: u64, buf: &mut [u8]) -> Result<(), DmaError> {
+        let len = buf.len();
+        let r = self.walk(
+            "read",
+            iova,
+            len,
+            |a| a.read,
+            |win, off, start, n| win.mem.read(off, &mut buf[start..start + n]),
+        );
+        match &r {
+            Ok(()) => {
+                self.stats
+                    .read_bytes
+                    .fetch_add(len as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.stats.read_faults.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(function = %self.name, error = %e, "DMA read refused: Unsupported Request");
+            }
+        }
+        r
+    }
+
+    /// A card writes `data` at `iova`. On `Err` the write was dropped.
+    pub fn write(&self, iova: u64, data: &[u8]) -> Result<(), DmaError> {
+        let len = data.len();
+        let r = self.walk(
+            "write",
+            iova,
+            len,
+            |a| a.write,
+            |win, off, start, n| win.mem.write(off, &data[start..start + n]),
+        );
+        match &r {
+            Ok(()) => {
+                self.stats
+                    .write_bytes
+                    .fetch_add(len as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.stats.write_faults.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(function = %self.name, error = %e, "DMA write dropped");
+            }
+        }
+        r
+    }
+}
+
+/// Heap memory registered by a user-space driver through the Rust API (and used in tests).
+#[derive(Debug)]
+pub struct HeapMemory {
+    bytes: std::sync::Mutex<Vec<u8>>,
+    len: u64,
+}
+
+impl HeapMemory {
+    /// `len` zero bytes.
+    pub fn new(len: usize) -> Self {
+        Self {
+            bytes: std::sync::Mutex::new(vec![0; len]),
+            len: len as u64,
+        }
+    }
+
+    /// A copy of the contents.
+    pub fn snapshot(&self) -> Vec<u8> {
+        self.bytes.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Overwrite part of the contents (the driver filling a buffer).
+    pub fn fill(&self, offset: usize, data: &[u8]) -> Result<(), DmaError> {
+        let mut b = self.bytes.lock().unwrap_or_else(|p| p.into_inner());
+        let end = offset.checked_add(data.len()).filter(|&e| e <= b.len());
+        match end {
+            Some(end) => {
+                b[offset..end].copy_from_slice(data);
+                Ok(())
+            }
+            None => Err(DmaError::Fault {
+                kind: "fill",
+                iova: offset as u64,
+                len: data.len(),
+            }),
+        }
+    }
+}
+
+impl DmaMemory for HeapMemory {
+    fn len(&self) -> u64 {
+        self.len
+    }
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), DmaError> {
+        let b = self.bytes.lock().unwrap_or_else(|p| p.into_inner());
+        let o = offset as usize;
+        buf.copy_from_slice(&b[o..o + buf.len()]);
+        Ok(())
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), DmaError> {
+        let mut b = self.bytes.lock().unwrap_or_else(|p| p.into_inner());
+        let o = offset as usize;
+        b[o..o + data.len()].copy_from_slice(data);
+        Ok(())
+    }
+}
+
+/// A shared mapping of a consumer's file (guest RAM passed with `VFIO_USER_DMA_MAP`).
+#[derive(Debug)]
+pub struct MmapMemory {
+    ptr: *mut u8,
+    len: u64,
+    _fd: OwnedFd,
+}
+
+// SAFETY: the mapping is plain shared memory; all access goes through raw-pointer copies that
+// are valid from any thread while the mapping lives (it is unmapped only in Drop).
+unsafe impl Send for MmapMemory {}
+// SAFETY: as above; concurrent copies are the same as concurrent DMA on real hardware.
+unsafe impl Sync for MmapMemory {}
+
+impl MmapMemory {
+    /// Map `len` bytes of `fd` at file offset `offset`, shared, with the given access.
+    pub fn new(fd: OwnedFd, offset: u64, len: u64, access: Access) -> Result<Self, DmaError> {
+        let err = |errno| DmaError::Mmap { offset, len, errno };
+        let size = usize::try_from(len).map_err(|_| err(libc::EINVAL))?;
+        let off = libc::off_t::try_from(offset).map_err(|_| err(libc::EINVAL))?;
+        if size == 0 {
+            return Err(err(libc::EINVAL));
+        }
+        let mut prot = 0;
+        if access.read {
+            prot |= libc::PROT_READ;
+        }
+        if access.write {
+            prot |= libc::PROT_WRITE;
+        }
+        if prot == 0 {
+            prot = libc::PROT_NONE;
+        }
+        // SAFETY: a fresh mapping chosen by the kernel; no existing memory is affected.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                size,
+                prot,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                off,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(err(std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO)));
+        }
+        Ok(Self {
+            ptr: p.cast(),
+            len,
+            _fd: fd,
+        })
+    }
+}
+
+impl DmaMemory for MmapMemory {
+    fn len(&self) -> u64 {
+        self.len
+    }
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), DmaError> {
+        // SAFETY: the window checked offset+len <= self.len; the mapping is live until Drop.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.ptr.add(offset as usize),
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
+        };
+        Ok(())
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), DmaError> {
+        // SAFETY: as in `read`; the window checked the write right, so the mapping is writable.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.add(offset as usize), data.len())
+        };
+        Ok(())
+    }
+}
+
+impl Drop for MmapMemory {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly the mapping created in `new`; no access can be in flight
+        // because accesses hold an `Arc` to this value.
+        unsafe { libc::munmap(self.ptr.cast(), self.len as usize) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn heap(n: usize) -> Arc<HeapMemory> {
+        Arc::new(HeapMemory::new(n))
+    }
+
+    #[test]
+    fn inside_window_reads_and_writes() {
+        let w = DmaWindows::new("t");
+        let m = heap(4096);
+        w.map(0x10000, Access::RW, m.clone()).unwrap();
+        w.write(0x10010, b"hello").unwrap();
+        let mut b = [0u8; 5];
+        w.read(0x10010, &mut b).unwrap();
+        assert_eq!(&b, b"hello");
+        assert_eq!(&m.snapshot()[0x10..0x15], b"hello");
+        assert_eq!(w.stats().write_bytes.load(Ordering::Relaxed), 5);
+    }
+
+    #[test]
+    fn outside_window_write_changes_nothing() {
+        let w = DmaWindows::new("t");
+        let m = heap(4096);
+        w.map(0x10000, Access::RW, m.clone()).unwrap();
+        // Straddles the end of the window: refused as a whole.
+        assert!(matches!(
+            w.write(0x10ffe, b"abcd"),
+            Err(DmaError::Fault { kind: "write", .. })
+        ));
+        assert!(w.write(0x20000, b"abcd").is_err());
+        assert!(w.write(u64::MAX - 1, b"abcd").is_err());
+        assert!(m.snapshot().iter().all(|&b| b == 0));
+        assert_eq!(w.stats().write_faults.load(Ordering::Relaxed), 3);
+        let mut b = [0u8; 4];
+        assert!(w.read(0xfffe, &mut b).is_err());
+        assert_eq!(w.stats().read_faults.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn access_rights_are_enforced() {
+        let w = DmaWindows::new("t");
+        let m = heap(64);
+        w.map(
+            0,
+            Access {
+                read: true,
+                write: false,
+            },
+            m.clone(),
+        )
+        .unwrap();
+        assert!(w.write(0, b"x").is_err());
+        let mut b = [0u8; 1];
+        assert!(w.read(0, &mut b).is_ok());
+    }
+
+    #[test]
+    fn adjacent_windows_serve_one_access() {
+        let w = DmaWindows::new("t");
+        let (a, b) = (heap(16), heap(16));
+        w.map(0, Access::RW, a.clone()).unwrap();
+        w.map(16, Access::RW, b.clone()).unwrap();
+        w.write(12, b"01234567").unwrap();
+        assert_eq!(&a.snapshot()[12..], b"0123");
+        assert_eq!(&b.snapshot()[..4], b"4567");
+    }
+
+    #[test]
+    fn overlap_and_exact_unmap() {
+        let w = DmaWindows::new("t");
+        w.map(0x1000, Access::RW, heap(0x1000)).unwrap();
+        assert!(matches!(
+            w.map(0x1800, Access::RW, heap(0x1000)),
+            Err(DmaError::Overlap { .. })
+        ));
+        assert!(matches!(
+            w.map(0x0800, Access::RW, heap(0x1000)),
+            Err(DmaError::Overlap { .. })
+        ));
+        w.map(0x2000, Access::RW, heap(0x1000)).unwrap();
+        assert!(matches!(
+            w.unmap(0x1000, 0x800),
+            Err(DmaError::NotMapped { .. })
+        ));
+        assert_eq!(w.unmap(0x1000, 0x1000), Ok(1));
+        assert_eq!(w.len(), 1);
+        w.map(0x1000, Access::RW, heap(0x1000)).unwrap();
+        assert_eq!(w.unmap(0x1000, 0x2000), Ok(2));
+        assert!(w.is_empty());
+        let mut b = [0u8; 1];
+        assert!(w.read(0x1000, &mut b).is_err());
+    }
+
+    #[test]
+    fn mmap_memory_is_shared_with_the_file() {
+        let f = tempfile::tempfile().unwrap();
+        f.set_len(8192).unwrap();
+        let dup = f.try_clone().unwrap();
+        let m = MmapMemory::new(OwnedFd::from(dup), 4096, 4096, Access::RW).unwrap();
+        let w = DmaWindows::new("t");
+        w.map(0x8000, Access::RW, Arc::new(m)).unwrap();
+        w.write(0x8004, b"dma!").unwrap();
+        use std::os::unix::fs::FileExt;
+        let mut b = [0u8; 4];
+        f.read_exact_at(&mut b, 4096 + 4).unwrap();
+        assert_eq!(&b, b"dma!");
+    }
+}

@@ -1,0 +1,466 @@
+//! One tunnelled function as a consumer sees it: the Rust API for user-space drivers and the
+//! [`Device`] behind its vfio-user server.
+//!
+//! Config space goes to the card as CfgRd0/CfgWr0, except the registers the host must own
+//! (the way Linux vfio-pci virtualizes them): the BARs and expansion ROM keep the host's bus
+//! addresses on the card and show the consumer a shadow that sizes correctly (PCI Local Bus
+//! 3.0 §6.2.5.1), and the MSI address/data registers (§6.8.1) point the card at the host's
+//! interrupt window. When the consumer arms MSI-X vectors, the card's MSI-X table (§6.8.2) is
+//! programmed so vector *n* writes *n* to that window; the host turns it into eventfd *n*.
+//! A read that fails (completion timeout, link down) returns all-ones, like real hardware.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::dma::{Access, DmaError, DmaMemory};
+use super::enumerate::FunctionInfo;
+use super::requester::RequestError;
+use super::root::Host;
+use super::vfio_user::irq::set_flags;
+use super::vfio_user::{
+    Device, DeviceError, EventFd, FunctionContext, IrqIndex, RegionDesc, CONFIG_REGION,
+};
+use crate::tlp::Bdf;
+
+#[derive(Debug, Default)]
+struct Shadow {
+    /// Consumer-visible BAR registers 0x10..0x28 and ROM (0x30).
+    bars: [u32; 6],
+    rom: u32,
+    /// Consumer-visible MSI address low/high and data registers.
+    msi: [u32; 3],
+}
+
+/// Host-side state of a function, shared by every handle to it.
+#[derive(Debug)]
+pub struct FunctionState {
+    info: FunctionInfo,
+    ctx: FunctionContext,
+    shadow: Mutex<Shadow>,
+    msix_mode: AtomicBool,
+    /// Per-BAR (size mask, type flags) of the consumer-visible registers.
+    bar_masks: [(u32, u32); 6],
+}
+
+impl FunctionState {
+    /// State for a function enumeration found.
+    pub fn new(info: FunctionInfo) -> Self {
+        let counts = [
+            u32::from(info.interrupt_pin != 0),
+            info.msi.map_or(0, |m| u32::from(m.vectors)),
+            info.msix.map_or(0, |m| u32::from(m.vectors)),
+            0,
+            0,
+        ];
+        let ctx = FunctionContext::new(&info.bdf.to_string(), counts);
+        let mut masks = [(0u32, 0u32); 6];
+        for (i, b) in info.bars.iter().enumerate() {
+            if b.size == 0 {
+                continue;
+            }
+            let flags = if b.io {
+                1
+            } else {
+                (if b.is64 { 0b100 } else { 0 }) | (if b.prefetchable { 0b1000 } else { 0 })
+            };
+            let size_mask = !(b.size - 1);
+            masks[i] = (size_mask as u32 & if b.io { !3 } else { !0xf }, flags);
+            if b.is64 && i < 5 {
+                masks[i + 1] = ((size_mask >> 32) as u32, 0);
+            }
+        }
+        let mut shadow = Shadow::default();
+        for (bar, mask) in shadow.bars.iter_mut().zip(masks.iter()) {
+            *bar = mask.1;
+        }
+        Self {
+            info,
+            ctx,
+            shadow: Mutex::new(shadow),
+            msix_mode: AtomicBool::new(false),
+            bar_masks: masks,
+        }
+    }
+
+    /// What enumeration found.
+    pub fn info(&self) -> &FunctionInfo {
+        &self.info
+    }
+
+    /// Interrupts and DMA windows.
+    pub fn ctx(&self) -> &FunctionContext {
+        &self.ctx
+    }
+
+    /// An MSI/MSI-X write with this data arrived from the card.
+    pub fn deliver_msi(&self, data: u32) {
+        if self.msix_mode.load(Ordering::Acquire) {
+            self.ctx.irqs.trigger(IrqIndex::Msix, data & 0x7ff);
+        } else {
+            self.ctx.irqs.trigger(IrqIndex::Msi, data & 0x1f);
+        }
+    }
+}
+
+/// A handle on one tunnelled function (the user-space driver API; also a vfio-user
+/// [`Device`]).
+#[derive(Debug, Clone)]
+pub struct RemoteFunction {
+    host: Arc<Host>,
+    f: Arc<FunctionState>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl RemoteFunction {
+    pub(crate) fn new(host: Arc<Host>, f: Arc<FunctionState>) -> Self {
+        Self { host, f }
+    }
+
+    /// Its address below the root port.
+    pub fn bdf(&self) -> Bdf {
+        self.f.info.bdf
+    }
+
+    /// What enumeration found.
+    pub fn info(&self) -> &FunctionInfo {
+        &self.f.info
+    }
+
+    /// Interrupts and DMA windows (hand this to a vfio-user server).
+    pub fn context(&self) -> FunctionContext {
+        self.f.ctx.clone()
+    }
+
+    /// Raw configuration read of the DW at `reg` (no virtualization).
+    pub fn config_read(&self, reg: u16) -> Result<u32, RequestError> {
+        self.host.cfg_read(self.bdf(), reg & !3)
+    }
+
+    /// Raw configuration write of a DW.
+    pub fn config_write(&self, reg: u16, value: u32) -> Result<(), RequestError> {
+        self.host.cfg_write(self.bdf(), reg & !3, 0xf, value)
+    }
+
+    fn bar_range(&self, bar: usize, offset: u64, len: usize) -> Result<u64, RequestError> {
+        let b = self
+            .f
+            .info
+            .bars
+            .get(bar)
+            .filter(|b| b.size > 0 && !b.io)
+            .ok_or(RequestError::UnsupportedRequest)?;
+        let end = offset
+            .checked_add(len as u64)
+            .ok_or(RequestError::UnsupportedRequest)?;
+        if end > b.size {
+            return Err(RequestError::UnsupportedRequest);
+        }
+        Ok(b.base + offset)
+    }
+
+    /// Read `buf.len()` bytes at `offset` of memory BAR `bar`.
+    pub fn bar_read(&self, bar: usize, offset: u64, buf: &mut [u8]) -> Result<(), RequestError> {
+        let a = self.bar_range(bar, offset, buf.len())?;
+        self.host.mem_read(a, buf)
+    }
+
+    /// Write `data` at `offset` of memory BAR `bar` (posted).
+    pub fn bar_write(&self, bar: usize, offset: u64, data: &[u8]) -> Result<(), RequestError> {
+        let a = self.bar_range(bar, offset, data.len())?;
+        self.host.mem_write(a, data)
+    }
+
+    /// 32-bit BAR read.
+    pub fn bar_read32(&self, bar: usize, offset: u64) -> Result<u32, RequestError> {
+        let mut b = [0u8; 4];
+        self.bar_read(bar, offset, &mut b)?;
+        Ok(u32::from_le_bytes(b))
+    }
+
+    /// 32-bit BAR write.
+    pub fn bar_write32(&self, bar: usize, offset: u64, v: u32) -> Result<(), RequestError> {
+        self.bar_write(bar, offset, &v.to_le_bytes())
+    }
+
+    /// Let the card DMA to `iova..iova+mem.len()`.
+    pub fn register_dma(
+        &self,
+        iova: u64,
+        mem: Arc<dyn DmaMemory>,
+        access: Access,
+    ) -> Result<(), DmaError> {
+        self.f.ctx.dma.map(iova, access, mem)
+    }
+
+    /// Withdraw a DMA window.
+    pub fn unregister_dma(&self, iova: u64, len: u64) -> Result<usize, DmaError> {
+        self.f.ctx.dma.unmap(iova, len)
+    }
+
+    /// An eventfd signalled by interrupt `vector` of `index` (arming the card).
+    pub fn interrupt_eventfd(&self, index: IrqIndex, vector: u32) -> std::io::Result<EventFd> {
+        let e = EventFd::new()?;
+        self.f
+            .ctx
+            .irqs
+            .set_irqs(
+                set_flags::DATA_EVENTFD | set_flags::ACTION_TRIGGER,
+                index as u32,
+                vector,
+                1,
+                &[],
+                vec![e.try_clone_fd()?],
+            )
+            .map_err(|err| std::io::Error::new(std::io::ErrorKind::InvalidInput, err))?;
+        let mut me = self.clone();
+        me.irqs_changed(index);
+        Ok(e)
+    }
+
+    /// Wait up to `timeout` for an interrupt on `fd`; the number of interrupts since last time.
+    pub fn wait_interrupt(fd: &EventFd, timeout: Duration) -> std::io::Result<u64> {
+        fd.wait_timeout(timeout)
+    }
+
+    fn msi_regs(&self) -> Option<(u16, u16, u16)> {
+        // (address low, address high or 0, data) offsets.
+        self.f.info.msi.map(|m| {
+            if m.is64 {
+                (m.cap + 4, m.cap + 8, m.cap + 12)
+            } else {
+                (m.cap + 4, 0, m.cap + 8)
+            }
+        })
+    }
+
+    /// Consumer view of one config DW.
+    fn virtual_dw(&self, reg: u16) -> Option<u32> {
+        let s = lock(&self.f.shadow);
+        match reg {
+            0x10..=0x27 => return Some(s.bars[(reg as usize - 0x10) / 4]),
+            0x30 => return Some(s.rom),
+            _ => {}
+        }
+        let (lo, hi, data) = self.msi_regs()?;
+        if reg == lo {
+            Some(s.msi[0])
+        } else if hi != 0 && reg == hi {
+            Some(s.msi[1])
+        } else if reg == data {
+            // Message data is 16 bits; the upper half (extended data / reserved) reads back.
+            Some(s.msi[2])
+        } else {
+            None
+        }
+    }
+
+    fn virtual_write(&self, reg: u16, value: u32) -> bool {
+        let mut s = lock(&self.f.shadow);
+        match reg {
+            0x10..=0x27 => {
+                let i = (reg as usize - 0x10) / 4;
+                let (mask, flags) = self.f.bar_masks[i];
+                s.bars[i] = (value & mask) | flags;
+                return true;
+            }
+            0x30 => {
+                s.rom = 0;
+                return true;
+            }
+            _ => {}
+        }
+        let Some((lo, hi, data)) = self.msi_regs() else {
+            return false;
+        };
+        if reg == lo {
+            s.msi[0] = value & !3;
+        } else if hi != 0 && reg == hi {
+            s.msi[1] = value;
+        } else if reg == data {
+            s.msi[2] = value;
+        } else {
+            return false;
+        }
+        true
+    }
+
+    fn fail_read(&self, e: RequestError, data: &mut [u8]) {
+        tracing::warn!(function = %self.bdf(), error = %e, "read failed: all-ones returned");
+        data.fill(0xff);
+    }
+
+    fn program_msix(&self) -> Result<(), RequestError> {
+        let Some(m) = self.f.info.msix else {
+            return Ok(());
+        };
+        let base = self.host.config().msi_window.0;
+        let mut table = Vec::with_capacity(m.vectors as usize * 16);
+        let mut any = false;
+        for v in 0..u32::from(m.vectors) {
+            let armed = self.f.ctx.irqs.is_armed(IrqIndex::Msix, v);
+            any |= armed;
+            table.extend_from_slice(&(base as u32).to_le_bytes());
+            table.extend_from_slice(&((base >> 32) as u32).to_le_bytes());
+            table.extend_from_slice(&v.to_le_bytes());
+            table.extend_from_slice(&u32::from(!armed).to_le_bytes());
+        }
+        self.f.msix_mode.store(any, Ordering::Release);
+        let bar = self.f.info.bars[(m.table_bar as usize).min(5)];
+        self.host
+            .mem_write(bar.base + u64::from(m.table_offset), &table)
+    }
+
+    fn program_msi(&self) -> Result<(), RequestError> {
+        let Some((lo, hi, data)) = self.msi_regs() else {
+            return Ok(());
+        };
+        self.f.msix_mode.store(false, Ordering::Release);
+        let base = self.host.config().msi_window.0;
+        let bdf = self.bdf();
+        self.host.cfg_write(bdf, lo, 0xf, base as u32)?;
+        if hi != 0 {
+            self.host.cfg_write(bdf, hi, 0xf, (base >> 32) as u32)?;
+        }
+        self.host.cfg_write(bdf, data, 0x3, 0)
+    }
+
+    /// Restore what the host programmed at enumeration (after a Function Level Reset).
+    fn restore(&self) -> Result<(), RequestError> {
+        let bdf = self.bdf();
+        let info = &self.f.info;
+        for (i, b) in info.bars.iter().enumerate() {
+            if b.size == 0 {
+                continue;
+            }
+            let reg = 0x10 + 4 * i as u16;
+            self.host
+                .cfg_write(bdf, reg, 0xf, b.base as u32 | self.f.bar_masks[i].1)?;
+            if b.is64 {
+                self.host
+                    .cfg_write(bdf, reg + 4, 0xf, (b.base >> 32) as u32)?;
+            }
+        }
+        if let Some(p) = info.pcie {
+            let code = |n: u32| (n.clamp(128, 4096) / 128).trailing_zeros();
+            let ctl = (code(info.mps) << 5) | (code(info.mrrs) << 12) | (1 << 8);
+            self.host.cfg_write(bdf, p + 8, 0x3, ctl)?;
+        }
+        let cmd = self.host.cfg_read(bdf, 0x04)?;
+        self.host.cfg_write(bdf, 0x04, 0x3, (cmd & 0xffff) | 0x6)
+    }
+}
+
+impl Device for RemoteFunction {
+    fn region(&self, index: u32) -> RegionDesc {
+        match index {
+            0..=5 => {
+                let b = self.f.info.bars[index as usize];
+                if b.size == 0 || b.io {
+                    RegionDesc::NONE
+                } else {
+                    RegionDesc::rw(b.size)
+                }
+            }
+            CONFIG_REGION => RegionDesc::rw(if self.f.info.pcie.is_some() {
+                4096
+            } else {
+                256
+            }),
+            _ => RegionDesc::NONE,
+        }
+    }
+
+    fn region_read(&mut self, index: u32, offset: u64, data: &mut [u8]) -> Result<(), DeviceError> {
+        if index == CONFIG_REGION {
+            let mut at = 0usize;
+            while at < data.len() {
+                let o = offset as usize + at;
+                let reg = (o & !3) as u16;
+                let dw = match self.virtual_dw(reg) {
+                    Some(v) => v,
+                    None => match self.host.cfg_read(self.bdf(), reg) {
+                        Ok(v) => v,
+                        Err(e) => {
+                            tracing::warn!(function = %self.bdf(), reg, error = %e, "config read failed: all-ones");
+                            0xffff_ffff
+                        }
+                    },
+                };
+                let bytes = dw.to_le_bytes();
+                let from = o & 3;
+                let n = (4 - from).min(data.len() - at);
+                data[at..at + n].copy_from_slice(&bytes[from..from + n]);
+                at += n;
+            }
+            return Ok(());
+        }
+        if let Err(e) = self.bar_read(index as usize, offset, data) {
+            self.fail_read(e, data);
+        }
+        Ok(())
+    }
+
+    fn region_write(&mut self, index: u32, offset: u64, data: &[u8]) -> Result<(), DeviceError> {
+        if index == CONFIG_REGION {
+            let mut at = 0usize;
+            while at < data.len() {
+                let o = offset as usize + at;
+                let reg = (o & !3) as u16;
+                let from = o & 3;
+                let n = (4 - from).min(data.len() - at);
+                let mut bytes = [0u8; 4];
+                bytes[from..from + n].copy_from_slice(&data[at..at + n]);
+                let be = ((1u8 << n) - 1) << from;
+                if let Some(cur) = self.virtual_dw(reg) {
+                    let mut merged = cur.to_le_bytes();
+                    merged[from..from + n].copy_from_slice(&data[at..at + n]);
+                    self.virtual_write(reg, u32::from_le_bytes(merged));
+                } else {
+                    self.host
+                        .cfg_write(self.bdf(), reg, be, u32::from_le_bytes(bytes))
+                        .map_err(RequestError::to_device_error)?;
+                }
+                at += n;
+            }
+            return Ok(());
+        }
+        self.bar_write(index as usize, offset, data)
+            .map_err(RequestError::to_device_error)
+    }
+
+    fn reset(&mut self) -> Result<(), DeviceError> {
+        let bdf = self.bdf();
+        if let (true, Some(p)) = (self.f.info.flr, self.f.info.pcie) {
+            let ctl = self
+                .host
+                .cfg_read(bdf, p + 8)
+                .map_err(RequestError::to_device_error)?;
+            self.host
+                .cfg_write(bdf, p + 8, 0x3, (ctl & 0xffff) | (1 << 15))
+                .map_err(RequestError::to_device_error)?;
+            // PCIe §6.6.2: the function must be ready 100 ms after the FLR.
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        *lock(&self.f.shadow) = Shadow {
+            bars: std::array::from_fn(|i| self.f.bar_masks[i].1),
+            ..Shadow::default()
+        };
+        self.restore().map_err(RequestError::to_device_error)?;
+        self.program_msix().map_err(RequestError::to_device_error)
+    }
+
+    fn irqs_changed(&mut self, index: IrqIndex) {
+        let r = match index {
+            IrqIndex::Msix => self.program_msix(),
+            IrqIndex::Msi => self.program_msi(),
+            _ => Ok(()),
+        };
+        if let Err(e) = r {
+            tracing::warn!(function = %self.bdf(), error = %e, "could not program the card's interrupts");
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! Host side of the tunnel: what a server that *uses* remote cards runs (DESIGN.md "Front-ends
+//! on the host").
+//!
+//! * [`root`] — the root complex: virtual root port with a hot-plug slot, requester, the
+//!   completer for the card's DMA, interrupt delivery; [`Host`] is the entry point.
+//! * [`enumerate`] — walking and configuring the functions below the root port.
+//! * [`function`] — one tunnelled function: the user-space driver API ([`RemoteFunction`]) and
+//!   the vfio-user [`vfio_user::Device`] behind its socket.
+//! * [`dma`] — the DMA windows of each function, an IOMMU in software.
+//! * [`requester`] — tags, outstanding requests, completion reassembly and timeout.
+//! * [`tlpio`] — the TLPs the host builds and receives.
+//! * [`vfio_user`] — the vfio-user server that hands a function to a VM or another consumer.
+
+pub mod dma;
+pub mod enumerate;
+pub mod function;
+pub mod requester;
+pub mod root;
+pub mod tlpio;
+pub mod vfio_user;
+
+pub use function::RemoteFunction;
+pub use root::{Downlink, Host, HostConfig, HostEvent, LinkError};

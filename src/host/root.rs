@@ -1,0 +1,744 @@
+//! The host's root complex: a virtual root port (PCIe Base 4.0 §7.5.3 with a hot-plug slot,
+//! §6.7), the requester that turns config/memory accesses into TLPs and waits for their
+//! completions, and the completer side that serves a card's DMA from the DMA windows and
+//! turns its MSI/MSI-X writes and INTx messages into interrupts (§6.1).
+//!
+//! Threads: whoever pumps the transport calls [`Host::on_tlp`], [`Host::on_link_up`] and
+//! [`Host::on_link_down`]; these never block on the network. Callers of the access methods
+//! ([`Host::cfg_read`], [`Host::mem_read`] … and the vfio-user servers) block for at most the
+//! completion timeout and must not be the pump thread. A timed-out or link-down access fails
+//! with a [`RequestError`] and raises a [`HostEvent`]; the function-level API turns failed reads
+//! into all-ones data, as a real root port does after a surprise removal.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use super::enumerate::{self, ConfigAccess, EnumConfig, FunctionInfo};
+use super::function::{FunctionState, RemoteFunction};
+use super::requester::{CplAction, CplInfo, CplStatus, RequestError, Requester, RequesterConfig};
+use super::tlpio::{self, Upstream, MAX_TLP, ROOT_PORT};
+use crate::pci::{ConfigSpace, ExpressConfig, FunctionIds, PciExpressCap, SlotConfig};
+use crate::tlp::{self, Bdf};
+
+/// The transport toward the appliance, as the host uses it.
+pub trait Downlink: Send + Sync + std::fmt::Debug {
+    /// Queue one TLP for reliable, in-order delivery.
+    fn send_tlp(&self, tlp: &[u8]) -> Result<(), LinkError>;
+}
+
+/// The transport refused a TLP (link down, closed).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("link unavailable: {0}")]
+pub struct LinkError(pub String);
+
+/// Host settings.
+#[derive(Debug, Clone, Copy)]
+pub struct HostConfig {
+    /// Completion timeout for every non-posted request.
+    pub completion_timeout: Duration,
+    /// Windows, MPS, MRRS for enumeration.
+    pub enumeration: EnumConfig,
+    /// Read Completion Boundary of the root port (64 bytes).
+    pub rcb: u32,
+    /// Memory writes into `[base, base+len)` are interrupts (MSI/MSI-X), not DMA.
+    pub msi_window: (u64, u64),
+    /// Secondary bus number of the root port (where the tunnelled functions sit).
+    pub bus: u8,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        Self {
+            completion_timeout: Duration::from_millis(1000),
+            enumeration: EnumConfig::default(),
+            rcb: 64,
+            msi_window: (0xfee0_0000, 0x10_0000),
+            bus: 1,
+        }
+    }
+}
+
+/// Something the consumer of the host should know about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostEvent {
+    /// The tunnel is up.
+    LinkUp,
+    /// The tunnel went down; outstanding requests failed.
+    LinkDown,
+    /// A function appeared below the root port (slot presence detect / DLL active).
+    FunctionAdded(Bdf),
+    /// A function disappeared.
+    FunctionRemoved(Bdf),
+    /// The root port's slot has an enabled hot-plug event pending (the interrupt an OS gets).
+    HotPlugInterrupt,
+    /// A request got no completion in time.
+    CompletionTimeout {
+        /// Function addressed (the root port's ID for memory requests).
+        target: Bdf,
+    },
+    /// A card touched memory outside its DMA windows.
+    DmaFault {
+        /// The card.
+        function: Bdf,
+        /// Address.
+        address: u64,
+        /// Bytes.
+        len: u32,
+        /// A write (dropped) rather than a read (answered with UR).
+        write: bool,
+    },
+}
+
+/// Counters of the host.
+#[derive(Debug, Default)]
+pub struct HostStats {
+    /// Upstream TLPs that did not parse.
+    pub malformed: AtomicU64,
+    /// Completions for no outstanding request.
+    pub unexpected_completions: AtomicU64,
+    /// DMA reads refused with UR.
+    pub dma_read_faults: AtomicU64,
+    /// DMA writes dropped.
+    pub dma_write_faults: AtomicU64,
+    /// Interrupts received (MSI, MSI-X, INTx assert).
+    pub interrupts: AtomicU64,
+    /// Requests from unknown requester IDs.
+    pub unknown_requester: AtomicU64,
+    /// Events dropped because nobody read them.
+    pub events_dropped: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct CellState {
+    data: Vec<u8>,
+    result: Option<Result<(), RequestError>>,
+}
+
+#[derive(Debug, Default)]
+struct Cell {
+    m: Mutex<CellState>,
+    cv: Condvar,
+}
+
+#[derive(Debug)]
+struct RxScratch {
+    stage: Vec<u8>,
+    out: Vec<u8>,
+}
+
+const MAX_EVENTS: usize = 1024;
+
+thread_local! {
+    static TX: RefCell<(Vec<u8>, Vec<u8>)> = RefCell::new((vec![0; MAX_TLP], vec![0; 4100]));
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The root complex of one host toward one appliance session.
+#[derive(Debug)]
+pub struct Host {
+    link: Arc<dyn Downlink>,
+    cfg: HostConfig,
+    req: Mutex<Requester<u16>>,
+    cells: Vec<Cell>,
+    link_up: AtomicBool,
+    functions: RwLock<Vec<Arc<FunctionState>>>,
+    root_port: Mutex<ConfigSpace>,
+    events: Mutex<VecDeque<HostEvent>>,
+    events_cv: Condvar,
+    rx: Mutex<RxScratch>,
+    stats: HostStats,
+}
+
+impl Host {
+    /// A host sending its TLPs through `link`. The link starts down.
+    pub fn new(link: Arc<dyn Downlink>, cfg: HostConfig) -> Arc<Self> {
+        let mut rp = ConfigSpace::bridge(FunctionIds {
+            // No vendor ID is registered for pcietun yet; 0x0001 is a placeholder that lspci
+            // shows as "Device 0001:7470".
+            vendor_id: 0x0001,
+            device_id: 0x7470,
+            class_code: 0x06_04_00,
+            ..Default::default()
+        });
+        let slot = SlotConfig {
+            surprise: true,
+            ..SlotConfig::default()
+        };
+        // The capability list is ours to build; failure would be a programming error.
+        let _ = rp.add_capability(Box::new(PciExpressCap::new(ExpressConfig::root_port(
+            1, slot,
+        ))));
+        let h = crate::pci::spec::header::PRIMARY_BUS;
+        rp.write(h, &[0, cfg.bus, cfg.bus]);
+        let cells = (0..1024)
+            .map(|_| Cell {
+                m: Mutex::new(CellState {
+                    data: vec![0; 4096],
+                    result: None,
+                }),
+                cv: Condvar::new(),
+            })
+            .collect();
+        Arc::new(Self {
+            link,
+            cfg,
+            req: Mutex::new(Requester::new(RequesterConfig {
+                timeout: cfg.completion_timeout,
+                ten_bit_tags: false,
+            })),
+            cells,
+            link_up: AtomicBool::new(false),
+            functions: RwLock::new(Vec::new()),
+            root_port: Mutex::new(rp),
+            events: Mutex::new(VecDeque::new()),
+            events_cv: Condvar::new(),
+            rx: Mutex::new(RxScratch {
+                stage: vec![0; 4096 + 8],
+                out: vec![0; MAX_TLP],
+            }),
+            stats: HostStats::default(),
+        })
+    }
+
+    /// Settings.
+    pub fn config(&self) -> &HostConfig {
+        &self.cfg
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &HostStats {
+        &self.stats
+    }
+
+    /// Whether the tunnel is up.
+    pub fn is_link_up(&self) -> bool {
+        self.link_up.load(Ordering::Acquire)
+    }
+
+    fn event(&self, e: HostEvent) {
+        tracing::info!(event = ?e, "host event");
+        let mut q = lock(&self.events);
+        if q.len() >= MAX_EVENTS {
+            q.pop_front();
+            self.stats.events_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        q.push_back(e);
+        self.events_cv.notify_all();
+    }
+
+    /// The next event, waiting up to `timeout`.
+    pub fn next_event(&self, timeout: Duration) -> Option<HostEvent> {
+        let deadline = Instant::now() + timeout;
+        let mut q = lock(&self.events);
+        loop {
+            if let Some(e) = q.pop_front() {
+                return Some(e);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            q = self
+                .events_cv
+                .wait_timeout(q, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// The tunnel came up. Call [`Host::rescan`] afterwards from a non-pump thread.
+    pub fn on_link_up(&self) {
+        self.link_up.store(true, Ordering::Release);
+        self.event(HostEvent::LinkUp);
+    }
+
+    /// The tunnel went down: every outstanding request fails, the slot reports the card gone
+    /// (presence detect and DLL state changed), functions are removed.
+    pub fn on_link_down(&self) {
+        self.link_up.store(false, Ordering::Release);
+        {
+            let mut r = lock(&self.req);
+            r.link_down(|tag| self.finish(tag, Err(RequestError::LinkDown)));
+        }
+        self.event(HostEvent::LinkDown);
+        let gone: Vec<Bdf> = {
+            let mut f = self.functions.write().unwrap_or_else(|p| p.into_inner());
+            f.drain(..).map(|s| s.info().bdf).collect()
+        };
+        for bdf in gone {
+            self.event(HostEvent::FunctionRemoved(bdf));
+        }
+        self.set_slot(false);
+    }
+
+    fn set_slot(&self, present: bool) {
+        let irq = {
+            let mut rp = lock(&self.root_port);
+            rp.pcie_mut().is_some_and(|p| p.set_presence(present))
+        };
+        if irq {
+            self.event(HostEvent::HotPlugInterrupt);
+        }
+    }
+
+    fn finish(&self, tag: u16, r: Result<(), RequestError>) {
+        if let Some(c) = self.cells.get(tag as usize) {
+            lock(&c.m).result = Some(r);
+            c.cv.notify_all();
+        }
+    }
+
+    /// Enumerate the functions below the root port (configuring BARs, MPS/MRRS, tags), and
+    /// report additions and removals as slot events. Blocks on configuration requests: never
+    /// call it from the thread that calls [`Host::on_tlp`].
+    pub fn rescan(&self) -> Vec<FunctionInfo> {
+        if !self.is_link_up() {
+            return Vec::new();
+        }
+        let mut acc = Access(self);
+        let found = enumerate::enumerate(&mut acc, self.cfg.bus, &self.cfg.enumeration);
+        // 10-bit tags toward the cards when every one completes them.
+        let ten = !found.is_empty() && found.iter().all(|f| f.ten_bit_completer);
+        lock(&self.req).set_ten_bit_tags(ten);
+        let (added, removed) = {
+            let mut fs = self.functions.write().unwrap_or_else(|p| p.into_inner());
+            let removed: Vec<Bdf> = fs
+                .iter()
+                .map(|f| f.info().bdf)
+                .filter(|b| !found.iter().any(|f| f.bdf == *b))
+                .collect();
+            let mut added = Vec::new();
+            let old = std::mem::take(&mut *fs);
+            for info in &found {
+                match old.iter().find(|f| f.info().bdf == info.bdf) {
+                    Some(f) if f.info() == info => fs.push(f.clone()),
+                    _ => {
+                        added.push(info.bdf);
+                        fs.push(Arc::new(FunctionState::new(info.clone())));
+                    }
+                }
+            }
+            (added, removed)
+        };
+        self.update_windows(&found);
+        for b in removed {
+            self.event(HostEvent::FunctionRemoved(b));
+        }
+        for b in added {
+            self.event(HostEvent::FunctionAdded(b));
+        }
+        self.set_slot(!found.is_empty());
+        found
+    }
+
+    /// Program the root port's bridge windows to cover what enumeration assigned.
+    fn update_windows(&self, found: &[FunctionInfo]) {
+        use crate::pci::spec::header as h;
+        let w = self.cfg.enumeration.windows;
+        let mut rp = lock(&self.root_port);
+        let mem_lo = w.mem.0;
+        let mem_hi = w.mem.0 + w.mem.1 - 1;
+        rp.write_u16(h::MEMORY_BASE, ((mem_lo >> 16) as u16) & 0xfff0);
+        rp.write_u16(h::MEMORY_LIMIT, ((mem_hi >> 16) as u16) & 0xfff0);
+        let p_lo = w.pref.0;
+        let p_hi = w.pref.0 + w.pref.1 - 1;
+        rp.write_u16(h::PREF_MEMORY_BASE, ((p_lo >> 16) as u16 & 0xfff0) | 1);
+        rp.write_u16(h::PREF_MEMORY_LIMIT, ((p_hi >> 16) as u16 & 0xfff0) | 1);
+        rp.write_u32(h::PREF_BASE_UPPER32, (p_lo >> 32) as u32);
+        rp.write_u32(h::PREF_LIMIT_UPPER32, (p_hi >> 32) as u32);
+        let io_lo = w.io.0;
+        let io_hi = w.io.0 + w.io.1 - 1;
+        rp.write(
+            h::IO_BASE,
+            &[((io_lo >> 8) as u8) & 0xf0, ((io_hi >> 8) as u8) & 0xf0],
+        );
+        let any = !found.is_empty();
+        rp.write_u16(h::COMMAND, if any { 0x7 } else { 0 });
+    }
+
+    /// The functions found by the last [`Host::rescan`].
+    pub fn functions(&self) -> Vec<FunctionInfo> {
+        self.functions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|f| f.info().clone())
+            .collect()
+    }
+
+    /// Open a function for a user-space driver or a vfio-user server.
+    pub fn open(self: &Arc<Self>, bdf: Bdf) -> Option<RemoteFunction> {
+        let f = self
+            .functions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|f| f.info().bdf == bdf)
+            .cloned()?;
+        Some(RemoteFunction::new(self.clone(), f))
+    }
+
+    fn function(&self, bdf: Bdf) -> Option<Arc<FunctionState>> {
+        self.functions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|f| f.info().bdf == bdf)
+            .cloned()
+    }
+
+    /// Read the root port's own configuration space (it is local, no TLP).
+    pub fn root_port_read(&self, offset: usize, buf: &mut [u8]) {
+        lock(&self.root_port).read(offset, buf);
+    }
+
+    /// Write the root port's configuration space (e.g. Slot Control by the consumer's OS).
+    pub fn root_port_write(&self, offset: usize, data: &[u8]) {
+        let irq = {
+            let mut rp = lock(&self.root_port);
+            rp.write(offset, data);
+            rp.pcie().is_some_and(|p| p.hotplug_interrupt_pending())
+        };
+        if irq {
+            self.event(HostEvent::HotPlugInterrupt);
+        }
+    }
+
+    /// The root port's whole configuration space.
+    pub fn root_port_snapshot(&self) -> Vec<u8> {
+        lock(&self.root_port).snapshot()
+    }
+
+    /// Send a non-posted request built by `build(buf, tag)` and wait for its completion data
+    /// (`out.len()` bytes, 0 for writes).
+    fn nonposted(
+        &self,
+        target: Bdf,
+        out: &mut [u8],
+        build: impl FnOnce(&mut [u8], u16) -> Result<usize, tlp::Error>,
+    ) -> Result<(), RequestError> {
+        if !self.is_link_up() {
+            return Err(RequestError::LinkDown);
+        }
+        let start = Instant::now();
+        let deadline = start + self.cfg.completion_timeout;
+        let tag = loop {
+            match lock(&self.req).start_tagged(Instant::now(), out.len() as u32) {
+                Ok(t) => break t,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_micros(50))
+                }
+                Err(_) => return Err(RequestError::Timeout),
+            }
+        };
+        let cell = &self.cells[tag as usize];
+        lock(&cell.m).result = None;
+        let sent = TX.with(|tx| {
+            let tx = &mut *tx.borrow_mut();
+            let n = build(&mut tx.0, tag).map_err(|_| RequestError::Malformed)?;
+            self.link
+                .send_tlp(&tx.0[..n])
+                .map_err(|_| RequestError::LinkDown)
+        });
+        if let Err(e) = sent {
+            lock(&self.req).abandon(tag);
+            return Err(e);
+        }
+        let mut c = lock(&cell.m);
+        loop {
+            if let Some(r) = c.result.take() {
+                if r.is_ok() {
+                    out.copy_from_slice(&c.data[..out.len()]);
+                }
+                return r;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                drop(c);
+                if lock(&self.req).abandon(tag).is_some() {
+                    self.event(HostEvent::CompletionTimeout { target });
+                    return Err(RequestError::Timeout);
+                }
+                // The completion won the race; its result is already in the cell.
+                c = lock(&cell.m);
+                continue;
+            }
+            c = cell
+                .cv
+                .wait_timeout(c, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// CfgRd0 of the DW at `reg` of `bdf`.
+    pub fn cfg_read(&self, bdf: Bdf, reg: u16) -> Result<u32, RequestError> {
+        let mut b = [0u8; 4];
+        self.nonposted(bdf, &mut b, |buf, tag| {
+            tlpio::cfg(buf, bdf, reg, tag, 0xf, None)
+        })?;
+        Ok(u32::from_le_bytes(b))
+    }
+
+    /// CfgWr0 of the bytes of `value` selected by `first_be` at `reg` of `bdf`.
+    pub fn cfg_write(
+        &self,
+        bdf: Bdf,
+        reg: u16,
+        first_be: u8,
+        value: u32,
+    ) -> Result<(), RequestError> {
+        self.nonposted(bdf, &mut [], |buf, tag| {
+            tlpio::cfg(buf, bdf, reg, tag, first_be, Some(value.to_le_bytes()))
+        })
+    }
+
+    /// Memory read of `buf.len()` bytes at bus address `address` (split at 4 KiB).
+    pub fn mem_read(&self, address: u64, buf: &mut [u8]) -> Result<(), RequestError> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let a = address + done as u64;
+            let n = ((4096 - (a & 0xfff)) as usize).min(buf.len() - done);
+            self.nonposted(ROOT_PORT, &mut buf[done..done + n], |b, tag| {
+                tlpio::mem_read(b, ROOT_PORT, a, n as u32, tag)
+            })?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Posted memory write of `data` at `address` (split at Max Payload Size and 4 KiB).
+    pub fn mem_write(&self, address: u64, data: &[u8]) -> Result<(), RequestError> {
+        if !self.is_link_up() {
+            return Err(RequestError::LinkDown);
+        }
+        let mps = self.cfg.enumeration.max_payload.clamp(128, 4096) as u64;
+        let mut done = 0usize;
+        while done < data.len() {
+            let a = address + done as u64;
+            let n = ((mps - (a & (mps - 1))) as usize).min(data.len() - done);
+            TX.with(|tx| {
+                let (buf, scratch) = &mut *tx.borrow_mut();
+                let len = tlpio::mem_write(buf, ROOT_PORT, scratch, a, &data[done..done + n])
+                    .map_err(|_| RequestError::Malformed)?;
+                self.link
+                    .send_tlp(&buf[..len])
+                    .map_err(|_| RequestError::LinkDown)
+            })?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// One TLP from the appliance. Never blocks on the network.
+    pub fn on_tlp(&self, bytes: &[u8]) {
+        let up = match tlpio::classify_up(bytes) {
+            Ok(u) => u,
+            Err(e) => {
+                self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "malformed TLP from the appliance");
+                return;
+            }
+        };
+        match up {
+            Upstream::Completion {
+                tag,
+                status,
+                byte_count,
+                lower_address,
+                data,
+                ..
+            } => {
+                let status = match status {
+                    tlp::CplStatus::Sc => CplStatus::Success,
+                    tlp::CplStatus::Ur => CplStatus::UnsupportedRequest,
+                    tlp::CplStatus::Crs => CplStatus::RetryStatus,
+                    tlp::CplStatus::Ca => CplStatus::CompleterAbort,
+                };
+                let info = CplInfo {
+                    tag,
+                    status,
+                    byte_count,
+                    lower_address,
+                };
+                // The cell is updated under the requester lock (see `nonposted`).
+                let mut r = lock(&self.req);
+                match r.on_completion(info, data) {
+                    CplAction::Unexpected => {
+                        self.stats
+                            .unexpected_completions
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    CplAction::Data {
+                        token,
+                        offset,
+                        bytes,
+                        done,
+                    } => {
+                        let c = &self.cells[token as usize];
+                        let mut s = lock(&c.m);
+                        let o = offset as usize;
+                        if let Some(dst) = s.data.get_mut(o..o + bytes.len()) {
+                            dst.copy_from_slice(bytes);
+                        }
+                        if done {
+                            s.result = Some(Ok(()));
+                            c.cv.notify_all();
+                        }
+                    }
+                    CplAction::Done(token) => self.finish(token, Ok(())),
+                    CplAction::Failed(token, e) => self.finish(token, Err(e)),
+                }
+            }
+            Upstream::MemRead {
+                requester,
+                tag,
+                address,
+                len,
+            } => self.serve_dma_read(requester, tag, address, len),
+            Upstream::MemWrite {
+                requester,
+                address,
+                data,
+            } => self.serve_dma_write(requester, address, data),
+            Upstream::Intx {
+                requester, assert, ..
+            } => match self.function(requester) {
+                Some(f) => {
+                    if assert {
+                        self.stats.interrupts.fetch_add(1, Ordering::Relaxed);
+                    }
+                    f.ctx().irqs.set_intx(assert);
+                }
+                None => {
+                    self.stats.unknown_requester.fetch_add(1, Ordering::Relaxed);
+                }
+            },
+            Upstream::Other(name) => tracing::debug!(tlp = name, "upstream TLP ignored"),
+        }
+    }
+
+    fn serve_dma_write(&self, requester: Bdf, address: u64, data: &[u8]) {
+        let Some(f) = self.function(requester) else {
+            self.stats.unknown_requester.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%requester, address, "memory write from an unknown requester dropped");
+            return;
+        };
+        let (mb, ml) = self.cfg.msi_window;
+        if address >= mb && address < mb + ml {
+            let mut v = [0u8; 4];
+            let n = data.len().min(4);
+            v[..n].copy_from_slice(&data[..n]);
+            let value = u32::from_le_bytes(v);
+            self.stats.interrupts.fetch_add(1, Ordering::Relaxed);
+            f.deliver_msi(value);
+            return;
+        }
+        if f.ctx().dma.write(address, data).is_err() {
+            self.stats.dma_write_faults.fetch_add(1, Ordering::Relaxed);
+            self.event(HostEvent::DmaFault {
+                function: requester,
+                address,
+                len: data.len() as u32,
+                write: true,
+            });
+        }
+    }
+
+    fn serve_dma_read(&self, requester: Bdf, tag: u16, address: u64, len: u32) {
+        let f = self.function(requester);
+        let mut rx = lock(&self.rx);
+        let RxScratch { stage, out } = &mut *rx;
+        let a0 = (address & 3) as usize;
+        let n = len as usize;
+        let ok = match (&f, n <= 4096) {
+            (Some(f), true) => n == 0 || f.ctx().dma.read(address, &mut stage[a0..a0 + n]).is_ok(),
+            _ => false,
+        };
+        if !ok {
+            match f {
+                Some(_) => {
+                    self.stats.dma_read_faults.fetch_add(1, Ordering::Relaxed);
+                    self.event(HostEvent::DmaFault {
+                        function: requester,
+                        address,
+                        len,
+                        write: false,
+                    });
+                }
+                None => {
+                    self.stats.unknown_requester.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            if let Ok(k) = tlpio::completion(
+                out,
+                ROOT_PORT,
+                requester,
+                tag,
+                tlp::CplStatus::Ur,
+                len.clamp(1, 4096) as u16,
+                (address & 0x7f) as u8,
+                &[],
+            ) {
+                let _ = self.link.send_tlp(&out[..k]);
+            }
+            return;
+        }
+        stage[..a0].fill(0);
+        let end = (a0 + n).div_ceil(4) * 4;
+        stage[a0 + n..end.max(4)].fill(0);
+        let mps = f.as_ref().map_or(128, |f| f.info().mps);
+        let Ok(split) =
+            tlp::split::SplitCompletion::new(address, len, self.cfg.rcb, mps.clamp(128, 4096))
+        else {
+            return;
+        };
+        for chunk in split {
+            let start = (a0 + chunk.offset as usize) & !3;
+            let plen = chunk.length_dw as usize * 4;
+            let Some(payload) = stage.get(start..start + plen) else {
+                break;
+            };
+            match tlpio::completion(
+                out,
+                ROOT_PORT,
+                requester,
+                tag,
+                tlp::CplStatus::Sc,
+                chunk.byte_count,
+                chunk.lower_address,
+                payload,
+            ) {
+                Ok(k) => {
+                    if self.link.send_tlp(&out[..k]).is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not build a DMA completion");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// [`ConfigAccess`] over TLPs: failed reads are all-ones, as on real hardware.
+struct Access<'a>(&'a Host);
+
+impl ConfigAccess for Access<'_> {
+    fn cfg_read(&mut self, bdf: Bdf, reg: u16) -> u32 {
+        self.0.cfg_read(bdf, reg).unwrap_or(0xffff_ffff)
+    }
+    fn cfg_write(&mut self, bdf: Bdf, reg: u16, value: u32) {
+        if let Err(e) = self.0.cfg_write(bdf, reg, 0xf, value) {
+            tracing::warn!(%bdf, reg, error = %e, "configuration write failed");
+        }
+    }
+}

@@ -1,0 +1,534 @@
+//! The vfio-user UNIX socket: message framing, file descriptors as `SCM_RIGHTS` ancillary data
+//! (unix(7)), the per-connection serve loop, and the server-to-client `VFIO_USER_DMA_READ` /
+//! `VFIO_USER_DMA_WRITE` requests for client memory shared without a file descriptor
+//! (vfio-user.rst "Read and Write Operations").
+//!
+//! Framing is the 16-byte header's message size. A header that cannot be parsed loses the
+//! framing, so the connection is answered with an error and closed; an oversized message is
+//! answered with `E2BIG` and its body discarded; everything else goes to [`Connection`].
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::server::Connection;
+use super::wire::{Command, DmaAccessRepr, Header, HeaderRepr, MessageType, WireError, HEADER_LEN};
+use super::Device;
+use crate::host::dma::{DmaError, DmaMemory};
+
+/// Most descriptors one `recvmsg` accepts (matches the announced `max_msg_fds` ceiling).
+const MAX_FDS: usize = 64;
+
+/// Errors of the socket layer.
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    /// The socket path exists and is not a stale socket we may replace.
+    #[error("{0} exists and is not a socket")]
+    PathInUse(PathBuf),
+    /// Binding, accepting, reading or writing failed.
+    #[error("vfio-user socket {path}: {source}")]
+    Io {
+        /// Socket path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The client sent a header we cannot frame; the connection was closed.
+    #[error("unframeable message from client: {0}")]
+    Framing(WireError),
+}
+
+/// Receive into `buf`, appending any descriptors to `fds`. Returns bytes read (0 = EOF) and
+/// whether ancillary data was truncated (descriptors lost).
+fn recv_with_fds(fd: RawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<(usize, bool)> {
+    // Control buffer for MAX_FDS descriptors, u64-aligned as cmsghdr requires.
+    let mut cbuf = [0u64; (MAX_FDS * 4 + 64) / 8];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: zeroed msghdr is a valid "empty" value; we fill the pointers below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&cbuf) as _;
+    let n = loop {
+        // SAFETY: msg points at live buffers for the duration of the call.
+        let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if n >= 0 {
+            break n as usize;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    };
+    // SAFETY: walking the control messages the kernel wrote into `cbuf`, with the libc macros.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(c) as *const RawFd;
+                let bytes = (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                for i in 0..bytes / std::mem::size_of::<RawFd>() {
+                    let raw = std::ptr::read_unaligned(data.add(i));
+                    fds.push(OwnedFd::from_raw_fd(raw));
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    Ok((n, msg.msg_flags & libc::MSG_CTRUNC != 0))
+}
+
+/// Read exactly `buf.len()` bytes, collecting descriptors. `Ok(false)` on EOF before any byte.
+fn recv_exact(
+    fd: RawFd,
+    buf: &mut [u8],
+    fds: &mut Vec<OwnedFd>,
+    truncated: &mut bool,
+) -> io::Result<bool> {
+    let mut at = 0;
+    while at < buf.len() {
+        let (n, t) = recv_with_fds(fd, &mut buf[at..], fds)?;
+        *truncated |= t;
+        if n == 0 {
+            if at == 0 {
+                return Ok(false);
+            }
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        at += n;
+    }
+    Ok(true)
+}
+
+/// The write half shared by the serve loop (replies) and DMA requests.
+#[derive(Debug)]
+struct Writer {
+    stream: Mutex<UnixStream>,
+}
+
+impl Writer {
+    fn send(&self, bytes: &[u8]) -> io::Result<()> {
+        use std::io::Write;
+        let mut s = self.stream.lock().unwrap_or_else(|p| p.into_inner());
+        s.write_all(bytes)
+    }
+}
+
+type Waiter = mpsc::Sender<Result<Vec<u8>, u32>>;
+
+/// Server-to-client requests (DMA_READ/DMA_WRITE) waiting for their replies.
+#[derive(Debug)]
+struct ClientChannel {
+    writer: Arc<Writer>,
+    pending: Mutex<HashMap<u16, Waiter>>,
+    next_id: AtomicU16,
+    max_xfer: AtomicUsize,
+    timeout: Duration,
+}
+
+impl ClientChannel {
+    fn request(
+        &self,
+        cmd: Command,
+        access: DmaAccessRepr,
+        data: &[u8],
+    ) -> Result<Vec<u8>, DmaError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel();
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, tx);
+        let size = HEADER_LEN + DmaAccessRepr::LEN + data.len();
+        let mut msg = vec![0u8; size];
+        HeaderRepr {
+            id,
+            command: cmd,
+            size: size as u32,
+            kind: MessageType::Command,
+            no_reply: false,
+            error: None,
+        }
+        .emit_bytes(&mut msg);
+        access.emit(&mut msg[HEADER_LEN..]);
+        msg[HEADER_LEN + DmaAccessRepr::LEN..].copy_from_slice(data);
+        let unreachable = |why: String| DmaError::Unreachable(why);
+        if let Err(e) = self.writer.send(&msg) {
+            self.pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+            return Err(unreachable(e.to_string()));
+        }
+        match rx.recv_timeout(self.timeout) {
+            Ok(Ok(body)) => Ok(body),
+            Ok(Err(errno)) => Err(unreachable(format!("client replied errno {errno}"))),
+            Err(_) => {
+                self.pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&id);
+                Err(unreachable("no reply from the vfio-user client".into()))
+            }
+        }
+    }
+
+    fn deliver(&self, hdr: &HeaderRepr, body: &[u8]) {
+        let waiter = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&hdr.id);
+        match waiter {
+            Some(w) => {
+                let r = match hdr.error {
+                    Some(e) => Err(e),
+                    None => Ok(body.to_vec()),
+                };
+                let _ = w.send(r);
+            }
+            None => tracing::debug!(%hdr, "reply to no pending request"),
+        }
+    }
+
+    fn fail_all(&self) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+}
+
+/// Client memory reached with DMA_READ/DMA_WRITE (a DMA_MAP without a descriptor).
+#[derive(Debug)]
+struct RemoteWindow {
+    chan: Arc<ClientChannel>,
+    iova: u64,
+    len: u64,
+}
+
+impl DmaMemory for RemoteWindow {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), DmaError> {
+        let mut done = 0;
+        for chunk in buf.chunks_mut(self.chan.max_xfer.load(Ordering::Relaxed)) {
+            let address = self.iova + offset + done as u64;
+            let req = DmaAccessRepr {
+                address,
+                count: chunk.len() as u64,
+            };
+            let body = self.chan.request(Command::DmaRead, req, &[])?;
+            let data = body.get(DmaAccessRepr::LEN..).unwrap_or(&[]);
+            if data.len() != chunk.len() {
+                return Err(DmaError::Unreachable(format!(
+                    "DMA_READ reply carried {} bytes, wanted {}",
+                    data.len(),
+                    chunk.len()
+                )));
+            }
+            chunk.copy_from_slice(data);
+            done += chunk.len();
+        }
+        Ok(())
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), DmaError> {
+        let mut done = 0;
+        for chunk in data.chunks(self.chan.max_xfer.load(Ordering::Relaxed)) {
+            let req = DmaAccessRepr {
+                address: self.iova + offset + done as u64,
+                count: chunk.len() as u64,
+            };
+            self.chan.request(Command::DmaWrite, req, chunk)?;
+            done += chunk.len();
+        }
+        Ok(())
+    }
+}
+
+/// One framed message from the reader thread to the worker.
+struct Frame {
+    msg: Vec<u8>,
+    fds: Vec<OwnedFd>,
+    /// Descriptors were lost in transit (control buffer too small).
+    truncated: bool,
+    /// The message exceeded the size limit and its body was discarded.
+    oversized: Option<HeaderRepr>,
+}
+
+/// Serve one connected client until it disconnects.
+///
+/// Two threads: a reader frames messages, routes replies to server-initiated DMA_READ/WRITE
+/// requests straight to their waiters and queues commands (bounded) for this thread, which runs
+/// them through `conn` and writes the replies. So a device access that needs client memory
+/// while a command is in progress never waits for itself. Buffers circulate between the two
+/// threads, so steady-state traffic does not allocate. On return the client's DMA windows and
+/// eventfds are gone ([`Connection::disconnected`]).
+pub fn serve_connection<D: Device>(
+    stream: UnixStream,
+    conn: &mut Connection<D>,
+) -> Result<(), SocketError> {
+    let path = PathBuf::from("<connected>");
+    let io_err = |source| SocketError::Io {
+        path: path.clone(),
+        source,
+    };
+    let writer = Arc::new(Writer {
+        stream: Mutex::new(stream.try_clone().map_err(io_err)?),
+    });
+    let chan = Arc::new(ClientChannel {
+        writer: writer.clone(),
+        pending: Mutex::new(HashMap::new()),
+        next_id: AtomicU16::new(0),
+        max_xfer: AtomicUsize::new(4096),
+        timeout: Duration::from_secs(5),
+    });
+    let (cmd_tx, cmd_rx) = mpsc::sync_channel::<Frame>(4);
+    let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
+    let max_message = conn.max_message();
+    let reader_stream = stream.try_clone().map_err(io_err)?;
+    let reader_chan = chan.clone();
+    let reader = std::thread::Builder::new()
+        .name("vfio-user-rx".into())
+        .spawn(move || read_frames(&reader_stream, max_message, &reader_chan, &cmd_tx, &free_rx))
+        .map_err(io_err)?;
+    let r = work(conn, &writer, &chan, &cmd_rx, &free_tx);
+    // Stop the reader (it may be blocked in recvmsg) and collect its verdict.
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+    drop(cmd_rx);
+    let read_result = reader.join().unwrap_or(Ok(()));
+    chan.fail_all();
+    conn.disconnected();
+    r.and(read_result).map_err(|e| match e {
+        LoopError::Io(e) => io_err(e),
+        LoopError::Framing(w) => SocketError::Framing(w),
+    })
+}
+
+enum LoopError {
+    Io(io::Error),
+    Framing(WireError),
+}
+
+/// The reader thread: frame messages until EOF, an I/O error or lost framing.
+fn read_frames(
+    stream: &UnixStream,
+    max_message: usize,
+    chan: &ClientChannel,
+    cmd_tx: &mpsc::SyncSender<Frame>,
+    free_rx: &mpsc::Receiver<Vec<u8>>,
+) -> Result<(), LoopError> {
+    let fd = stream.as_raw_fd();
+    loop {
+        let mut msg = free_rx.try_recv().unwrap_or_default();
+        let mut fds = Vec::new();
+        let mut truncated = false;
+        msg.clear();
+        msg.resize(HEADER_LEN, 0);
+        match recv_exact(fd, &mut msg[..HEADER_LEN], &mut fds, &mut truncated) {
+            Ok(true) => {}
+            Ok(false) => return Ok(()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionReset | io::ErrorKind::UnexpectedEof
+                ) =>
+            {
+                return Ok(())
+            }
+            Err(e) => return Err(LoopError::Io(e)),
+        }
+        let hdr = match HeaderRepr::parse(&Header::new_unchecked(&msg[..HEADER_LEN])) {
+            Ok(h) => h,
+            Err(e) => {
+                // Framing is lost: let the worker answer (it echoes id/command), then close.
+                let _ = cmd_tx.send(Frame {
+                    msg,
+                    fds,
+                    truncated,
+                    oversized: None,
+                });
+                return Err(LoopError::Framing(e));
+            }
+        };
+        let size = hdr.size as usize;
+        if size > max_message {
+            tracing::warn!(%hdr, "vfio-user message too large, discarded");
+            discard(fd, size - HEADER_LEN).map_err(LoopError::Io)?;
+            msg.truncate(HEADER_LEN);
+            let frame = Frame {
+                msg,
+                fds,
+                truncated,
+                oversized: Some(hdr),
+            };
+            if cmd_tx.send(frame).is_err() {
+                return Ok(());
+            }
+            continue;
+        }
+        msg.resize(size, 0);
+        match recv_exact(fd, &mut msg[HEADER_LEN..], &mut fds, &mut truncated) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(LoopError::Io(e)),
+        }
+        if hdr.kind == MessageType::Reply {
+            chan.deliver(&hdr, &msg[HEADER_LEN..]);
+            continue;
+        }
+        let frame = Frame {
+            msg,
+            fds,
+            truncated,
+            oversized: None,
+        };
+        if cmd_tx.send(frame).is_err() {
+            return Ok(());
+        }
+    }
+}
+
+fn error_reply(hdr: &HeaderRepr, errno: i32, out: &mut Vec<u8>) -> bool {
+    if hdr.no_reply || hdr.kind != MessageType::Command {
+        return false;
+    }
+    let mut r = hdr.reply(HEADER_LEN as u32);
+    r.error = Some(errno as u32);
+    out.clear();
+    out.resize(HEADER_LEN, 0);
+    r.emit_bytes(out);
+    true
+}
+
+/// The worker: run commands through the engine and write the replies.
+fn work<D: Device>(
+    conn: &mut Connection<D>,
+    writer: &Writer,
+    chan: &Arc<ClientChannel>,
+    cmd_rx: &mpsc::Receiver<Frame>,
+    free_tx: &mpsc::Sender<Vec<u8>>,
+) -> Result<(), LoopError> {
+    let mut out: Vec<u8> = Vec::with_capacity(4096);
+    while let Ok(frame) = cmd_rx.recv() {
+        let Frame {
+            msg,
+            fds,
+            truncated,
+            oversized,
+        } = frame;
+        let header = HeaderRepr::parse(&Header::new_unchecked(&msg[..HEADER_LEN]));
+        let reply = match (&header, oversized) {
+            (_, Some(hdr)) => error_reply(&hdr, libc::E2BIG, &mut out),
+            // Descriptors were lost in transit: refuse rather than act on a partial set.
+            (Ok(hdr), None) if truncated => error_reply(hdr, libc::EINVAL, &mut out),
+            _ => conn.handle(&msg, fds, &mut out),
+        };
+        if reply {
+            writer.send(&out).map_err(LoopError::Io)?;
+        }
+        if let Ok(hdr) = &header {
+            if hdr.command == Command::Version {
+                if let Some(c) = conn.client_caps() {
+                    // Our DMA_READ/WRITE chunks respect the client's transfer limit.
+                    let max = (c.max_data_xfer_size as usize).clamp(1, 1 << 20);
+                    chan.max_xfer.store(max, Ordering::Relaxed);
+                    let shared = chan.clone();
+                    conn.set_remote_memory(Some(Box::new(move |iova, len| {
+                        Arc::new(RemoteWindow {
+                            chan: shared.clone(),
+                            iova,
+                            len,
+                        }) as Arc<dyn DmaMemory>
+                    })));
+                }
+            }
+        }
+        let _ = free_tx.send(msg);
+    }
+    Ok(())
+}
+
+fn discard(fd: RawFd, mut n: usize) -> io::Result<()> {
+    let mut buf = [0u8; 4096];
+    let mut fds = Vec::new();
+    while n > 0 {
+        let want = n.min(buf.len());
+        let (got, _) = recv_with_fds(fd, &mut buf[..want], &mut fds)?;
+        fds.clear();
+        if got == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        n -= got;
+    }
+    Ok(())
+}
+
+/// The listening socket of one function (`DIR/<bb>:<dd>.<f>.sock`).
+#[derive(Debug)]
+pub struct FunctionServer {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl FunctionServer {
+    /// Bind `path`. A stale socket file left by an earlier run is replaced; any other file is
+    /// an error.
+    pub fn bind(path: &Path) -> Result<Self, SocketError> {
+        use std::os::unix::fs::FileTypeExt;
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            if !meta.file_type().is_socket() {
+                return Err(SocketError::PathInUse(path.to_path_buf()));
+            }
+            let _ = std::fs::remove_file(path);
+        }
+        let listener = UnixListener::bind(path).map_err(|source| SocketError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(Self {
+            listener,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Serve clients one after another, forever (a function has one consumer at a time).
+    /// Returns only if accepting fails.
+    pub fn serve_forever<D: Device>(&self, conn: &mut Connection<D>) -> Result<(), SocketError> {
+        loop {
+            let (stream, _) = self.listener.accept().map_err(|source| SocketError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
+            tracing::info!(path = %self.path.display(), "vfio-user client connected");
+            if let Err(e) = serve_connection(stream, conn) {
+                tracing::warn!(path = %self.path.display(), error = %e, "vfio-user connection ended");
+            }
+        }
+    }
+}
+
+impl Drop for FunctionServer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}

@@ -1,0 +1,439 @@
+//! The typed TLP value: parse from bytes and emit back to the identical bytes (PCIe Base
+//! Specification §2.2.1.1 common fields, §2.2.5 byte enables, §2.2.7 memory/IO/configuration
+//! requests and AtomicOps §2.2.7.5 / Deferrable Memory Write, §2.2.8 messages, §2.2.9
+//! completions, §2.2.10 prefixes, §2.7.1 ECRC).
+//!
+//! [`Tlp::parse`] borrows the payload and prefix bytes from its input and allocates nothing;
+//! [`Tlp::emit`] writes into a caller's buffer. Both run the same [`Tlp::validate`], so every
+//! value that parses also emits, to the same bytes.
+
+pub use super::header::{
+    Attr, CfgRequest, Completion, CplStatus, Header, IoRequest, MemOp, MemRequest, Message,
+};
+use super::packet::{field, Packet};
+use super::prefix::Prefixes;
+use super::validate::invalid;
+use super::{ecrc, Bdf, Credits, Error, Kind, OrderingClass};
+
+/// One TLP: prefixes, header fields, payload. Borrows from the bytes it was parsed from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tlp<'a> {
+    /// Local and End-End prefixes.
+    pub prefixes: Prefixes<'a>,
+    /// Traffic Class 0..=7.
+    pub tc: u8,
+    /// Attributes.
+    pub attr: Attr,
+    /// TH: TLP Processing Hints present.
+    pub th: bool,
+    /// TD: a TLP digest (ECRC) follows; [`Tlp::emit`] computes it.
+    pub td: bool,
+    /// EP: poisoned.
+    pub ep: bool,
+    /// Address Type 0..=3.
+    pub at: u8,
+    /// LN bit (reserved since 6.0; carried through).
+    pub ln: bool,
+    /// Length in DW, 1..=1024: the payload length for TLPs with data, the requested length
+    /// for reads, the raw field otherwise.
+    pub length_dw: u16,
+    /// The type-specific header.
+    pub header: Header,
+    /// The payload (empty for TLPs without data).
+    pub data: &'a [u8],
+}
+
+const fn tag_hi_bits(tag: u16) -> u8 {
+    (((tag >> 9) & 1) as u8) << 7 | (((tag >> 8) & 1) as u8) << 3
+}
+
+impl<'a> Tlp<'a> {
+    /// The Fmt/Type kind.
+    pub const fn kind(&self) -> Kind {
+        match &self.header {
+            Header::Mem(m) => m.op.kind(),
+            Header::Io(io) => {
+                if io.write {
+                    Kind::IOWr
+                } else {
+                    Kind::IORd
+                }
+            }
+            Header::Cfg(c) => match (c.write, c.type1) {
+                (false, false) => Kind::CfgRd0,
+                (true, false) => Kind::CfgWr0,
+                (false, true) => Kind::CfgRd1,
+                (true, true) => Kind::CfgWr1,
+            },
+            Header::Cpl(c) => match (c.with_data, c.locked) {
+                (false, false) => Kind::Cpl,
+                (true, false) => Kind::CplD,
+                (false, true) => Kind::CplLk,
+                (true, true) => Kind::CplDLk,
+            },
+            Header::Msg(m) => {
+                if m.with_data {
+                    Kind::MsgD(m.routing)
+                } else {
+                    Kind::Msg(m.routing)
+                }
+            }
+        }
+    }
+
+    /// Whether the header is 4 DW.
+    pub const fn four_dw(&self) -> bool {
+        match &self.header {
+            Header::Mem(m) => m.addr64,
+            Header::Msg(_) => true,
+            _ => false,
+        }
+    }
+
+    /// Fmt[2:0].
+    pub const fn fmt(&self) -> u8 {
+        ((self.kind().has_data() as u8) << 1) | self.four_dw() as u8
+    }
+
+    /// Header length in bytes (12 or 16).
+    pub const fn header_len(&self) -> usize {
+        if self.four_dw() {
+            16
+        } else {
+            12
+        }
+    }
+
+    /// Bytes [`Tlp::emit`] writes.
+    pub const fn buffer_len(&self) -> usize {
+        self.prefixes.as_bytes().len()
+            + self.header_len()
+            + self.data.len()
+            + if self.td { 4 } else { 0 }
+    }
+
+    /// The 10-bit tag of the transaction (requests and completions).
+    pub const fn tag(&self) -> u16 {
+        match &self.header {
+            Header::Mem(m) => m.tag,
+            Header::Io(r) => r.tag,
+            Header::Cfg(r) => r.tag,
+            Header::Cpl(c) => c.tag,
+            Header::Msg(m) => m.tag,
+        }
+    }
+
+    /// The Requester ID of the transaction (for completions: of the request completed).
+    pub const fn requester_id(&self) -> Bdf {
+        match &self.header {
+            Header::Mem(m) => m.requester_id,
+            Header::Io(r) => r.requester_id,
+            Header::Cfg(r) => r.requester_id,
+            Header::Cpl(c) => c.requester_id,
+            Header::Msg(m) => m.requester_id,
+        }
+    }
+
+    /// Ordering class (§2.4).
+    pub const fn ordering_class(&self) -> OrderingClass {
+        self.kind().ordering_class()
+    }
+
+    /// Flow-control credits this TLP consumes (§2.6.1): 1 header credit, and one data credit
+    /// per 4 DW of payload.
+    pub const fn credits(&self) -> Credits {
+        Credits {
+            header: 1,
+            data: (self.data.len() / 4).div_ceil(4) as u16,
+        }
+    }
+
+    /// The stable name used in JSON and the analyser: `MRd32`, `MWr64`, `FetchAdd32`,
+    /// `CAS128`, `CfgRd0`, `CplD`, `Msg`, … (see docs/tlp.md).
+    pub fn name(&self) -> &'static str {
+        match &self.header {
+            Header::Mem(m) => {
+                let op = m.op;
+                if op.is_atomic() {
+                    let operand = match (op, self.length_dw) {
+                        (MemOp::Cas, 2) | (MemOp::FetchAdd | MemOp::Swap, 1) => 32,
+                        (MemOp::Cas, 4) | (MemOp::FetchAdd | MemOp::Swap, 2) => 64,
+                        _ => 128,
+                    };
+                    match (op, operand) {
+                        (MemOp::FetchAdd, 32) => "FetchAdd32",
+                        (MemOp::FetchAdd, _) => "FetchAdd64",
+                        (MemOp::Swap, 32) => "Swap32",
+                        (MemOp::Swap, _) => "Swap64",
+                        (_, 32) => "CAS32",
+                        (_, 64) => "CAS64",
+                        _ => "CAS128",
+                    }
+                } else {
+                    match (op, m.addr64) {
+                        (MemOp::Read, false) => "MRd32",
+                        (MemOp::Read, true) => "MRd64",
+                        (MemOp::ReadLocked, false) => "MRdLk32",
+                        (MemOp::ReadLocked, true) => "MRdLk64",
+                        (MemOp::Write, false) => "MWr32",
+                        (MemOp::Write, true) => "MWr64",
+                        (_, false) => "DMWr32",
+                        (_, true) => "DMWr64",
+                    }
+                }
+            }
+            Header::Io(r) => ["IORd", "IOWr"][r.write as usize],
+            Header::Cfg(c) => match (c.write, c.type1) {
+                (false, false) => "CfgRd0",
+                (true, false) => "CfgWr0",
+                (false, true) => "CfgRd1",
+                (true, true) => "CfgWr1",
+            },
+            Header::Cpl(c) => match (c.with_data, c.locked) {
+                (false, false) => "Cpl",
+                (true, false) => "CplD",
+                (false, true) => "CplLk",
+                (true, true) => "CplDLk",
+            },
+            Header::Msg(m) => ["Msg", "MsgD"][m.with_data as usize],
+        }
+    }
+
+    /// Parse and validate one TLP (prefixes + header + payload + digest, nothing else).
+    /// Verifies the ECRC when TD is set.
+    #[inline]
+    pub fn parse(bytes: &'a [u8]) -> Result<Tlp<'a>, Error> {
+        let p = Packet::new_checked(bytes)?;
+        let tlp = Self::from_packet(&p)?;
+        // Fields read from the wire always fit their widths; only the spec's rules remain.
+        tlp.check_rules()?;
+        if let Some(found) = p.ecrc() {
+            let computed = u32::from_be_bytes(ecrc::compute(
+                tlp.prefixes.end_to_end_bytes(),
+                p.header(),
+                p.payload(),
+            ));
+            if found != computed {
+                return Err(Error::Ecrc { found, computed });
+            }
+        }
+        Ok(tlp)
+    }
+
+    /// Read the fields of a checked [`Packet`] (no semantic validation; see [`Tlp::validate`]).
+    #[inline]
+    pub fn from_packet(p: &Packet<&'a [u8]>) -> Result<Tlp<'a>, Error> {
+        let l = *p.layout();
+        let buf: &'a [u8] = p.into_inner();
+        let h = p.header();
+        let header = match l.kind {
+            Kind::MRd
+            | Kind::MRdLk
+            | Kind::MWr
+            | Kind::DMWr
+            | Kind::FetchAdd
+            | Kind::Swap
+            | Kind::Cas => Header::Mem(MemRequest {
+                op: match l.kind {
+                    Kind::MRd => MemOp::Read,
+                    Kind::MRdLk => MemOp::ReadLocked,
+                    Kind::MWr => MemOp::Write,
+                    Kind::DMWr => MemOp::DeferrableWrite,
+                    Kind::FetchAdd => MemOp::FetchAdd,
+                    Kind::Swap => MemOp::Swap,
+                    _ => MemOp::Cas,
+                },
+                addr64: l.header_len == 16,
+                requester_id: Bdf(p.requester_id()),
+                tag: p.tag(),
+                first_be: p.first_be(),
+                last_be: p.last_be(),
+                address: p.address(),
+                ph: p.ph(),
+            }),
+            Kind::IORd | Kind::IOWr => {
+                if p.ph() != 0 {
+                    return Err(Error::ReservedBits("IO address bits 1:0"));
+                }
+                Header::Io(IoRequest {
+                    write: l.kind == Kind::IOWr,
+                    requester_id: Bdf(p.requester_id()),
+                    tag: p.tag(),
+                    first_be: p.first_be(),
+                    last_be: p.last_be(),
+                    address: p.address() as u32,
+                })
+            }
+            Kind::CfgRd0 | Kind::CfgWr0 | Kind::CfgRd1 | Kind::CfgWr1 => {
+                if h[field::CFG_EXT_REG] & 0xf0 != 0 || h[field::CFG_REG] & 3 != 0 {
+                    return Err(Error::ReservedBits("configuration request DW2"));
+                }
+                Header::Cfg(CfgRequest {
+                    write: matches!(l.kind, Kind::CfgWr0 | Kind::CfgWr1),
+                    type1: matches!(l.kind, Kind::CfgRd1 | Kind::CfgWr1),
+                    requester_id: Bdf(p.requester_id()),
+                    tag: p.tag(),
+                    first_be: p.first_be(),
+                    last_be: p.last_be(),
+                    target: Bdf(u16::from_be_bytes([h[8], h[9]])),
+                    register: (u16::from(h[field::CFG_EXT_REG] & 0xf) << 8)
+                        | u16::from(h[field::CFG_REG]),
+                })
+            }
+            Kind::Cpl | Kind::CplD | Kind::CplLk | Kind::CplDLk => {
+                if h[field::CPL_LOWER_ADDR] & 0x80 != 0 {
+                    return Err(Error::ReservedBits("completion byte 11 bit 7"));
+                }
+                let status = CplStatus::from_bits(p.cpl_status()).ok_or(invalid(
+                    "completion status",
+                    p.cpl_status().into(),
+                    "Cpl",
+                ))?;
+                Header::Cpl(Completion {
+                    with_data: l.kind.has_data(),
+                    locked: matches!(l.kind, Kind::CplLk | Kind::CplDLk),
+                    completer_id: Bdf(p.completer_id()),
+                    status,
+                    bcm: p.bcm(),
+                    byte_count: p.byte_count(),
+                    requester_id: Bdf(p.cpl_requester_id()),
+                    tag: p.cpl_tag(),
+                    lower_address: p.lower_address(),
+                })
+            }
+            Kind::Msg(routing) | Kind::MsgD(routing) => {
+                let mut fields = [0u8; 8];
+                fields.copy_from_slice(&h[field::MSG_FIELDS]);
+                Header::Msg(Message {
+                    with_data: l.kind.has_data(),
+                    routing,
+                    requester_id: Bdf(p.requester_id()),
+                    tag: p.tag(),
+                    code: p.msg_code(),
+                    fields,
+                })
+            }
+        };
+        let prefixes = Prefixes::new_unchecked(&buf[..l.prefix_len]);
+        let start = l.prefix_len + l.header_len;
+        Ok(Tlp {
+            prefixes,
+            tc: p.tc(),
+            attr: Attr {
+                ns: p.attr_ns(),
+                ro: p.attr_ro(),
+                ido: p.attr_ido(),
+            },
+            th: p.th(),
+            td: p.td(),
+            ep: p.ep(),
+            at: p.at(),
+            ln: p.ln(),
+            length_dw: p.length_dw(),
+            header,
+            data: &buf[start..start + l.payload_len],
+        })
+    }
+
+    /// Write the TLP into `buf` (which must hold at least [`Tlp::buffer_len`] bytes) and
+    /// return the number of bytes written. Computes the ECRC when TD is set.
+    #[inline]
+    pub fn emit(&self, buf: &mut [u8]) -> Result<usize, Error> {
+        self.validate()?;
+        let total = self.buffer_len();
+        if buf.len() < total {
+            return Err(Error::BufferTooSmall {
+                need: total,
+                have: buf.len(),
+            });
+        }
+        let buf = &mut buf[..total];
+        let pl = self.prefixes.as_bytes().len();
+        buf[..pl].copy_from_slice(self.prefixes.as_bytes());
+        let hl = self.header_len();
+        let (hdr, rest) = buf[pl..].split_at_mut(hl);
+        self.write_header(hdr);
+        let dl = self.data.len();
+        rest[..dl].copy_from_slice(self.data);
+        if self.td {
+            let digest = ecrc::compute(self.prefixes.end_to_end_bytes(), hdr, self.data);
+            rest[dl..dl + 4].copy_from_slice(&digest);
+        }
+        Ok(total)
+    }
+
+    /// The ECRC digest (wire byte order) this TLP carries or would carry with TD set.
+    pub fn ecrc(&self) -> [u8; 4] {
+        let mut hdr = [0u8; 16];
+        let hl = self.header_len();
+        self.write_header(&mut hdr[..hl]);
+        hdr[field::TD_EP_ATTR] |= 0x80;
+        ecrc::compute(self.prefixes.end_to_end_bytes(), &hdr[..hl], self.data)
+    }
+
+    /// Write the header (12 or 16 bytes) of a validated TLP.
+    #[inline]
+    fn write_header(&self, hdr: &mut [u8]) {
+        hdr.fill(0);
+        let len_field = self.length_dw & 0x3ff;
+        hdr[field::FMT_TYPE] = (self.fmt() << 5) | self.kind().type_bits();
+        hdr[field::TC_FLAGS] = tag_hi_bits(self.tag())
+            | (self.tc << 4)
+            | (u8::from(self.attr.ido) << 2)
+            | (u8::from(self.ln) << 1)
+            | u8::from(self.th);
+        hdr[field::TD_EP_ATTR] = (u8::from(self.td) << 7)
+            | (u8::from(self.ep) << 6)
+            | (u8::from(self.attr.ro) << 5)
+            | (u8::from(self.attr.ns) << 4)
+            | (self.at << 2)
+            | (len_field >> 8) as u8;
+        hdr[field::LENGTH_LO] = len_field as u8;
+        match &self.header {
+            Header::Mem(m) => {
+                hdr[field::REQUESTER_ID].copy_from_slice(&m.requester_id.0.to_be_bytes());
+                hdr[field::TAG] = m.tag as u8;
+                hdr[field::BE] = (m.last_be << 4) | m.first_be;
+                if m.addr64 {
+                    hdr[field::ADDR64_HI]
+                        .copy_from_slice(&((m.address >> 32) as u32).to_be_bytes());
+                    hdr[field::ADDR64_LO]
+                        .copy_from_slice(&(m.address as u32 | u32::from(m.ph)).to_be_bytes());
+                } else {
+                    hdr[field::ADDR32]
+                        .copy_from_slice(&(m.address as u32 | u32::from(m.ph)).to_be_bytes());
+                }
+            }
+            Header::Io(r) => {
+                hdr[field::REQUESTER_ID].copy_from_slice(&r.requester_id.0.to_be_bytes());
+                hdr[field::TAG] = r.tag as u8;
+                hdr[field::BE] = (r.last_be << 4) | r.first_be;
+                hdr[field::ADDR32].copy_from_slice(&r.address.to_be_bytes());
+            }
+            Header::Cfg(c) => {
+                hdr[field::REQUESTER_ID].copy_from_slice(&c.requester_id.0.to_be_bytes());
+                hdr[field::TAG] = c.tag as u8;
+                hdr[field::BE] = (c.last_be << 4) | c.first_be;
+                hdr[field::CFG_TARGET].copy_from_slice(&c.target.0.to_be_bytes());
+                hdr[field::CFG_EXT_REG] = (c.register >> 8) as u8;
+                hdr[field::CFG_REG] = c.register as u8;
+            }
+            Header::Cpl(c) => {
+                let bc = c.byte_count & 0xfff;
+                hdr[field::COMPLETER_ID].copy_from_slice(&c.completer_id.0.to_be_bytes());
+                hdr[field::CPL_STATUS] =
+                    (c.status.bits() << 5) | (u8::from(c.bcm) << 4) | (bc >> 8) as u8;
+                hdr[field::CPL_BYTE_COUNT_LO] = bc as u8;
+                hdr[field::CPL_REQUESTER_ID].copy_from_slice(&c.requester_id.0.to_be_bytes());
+                hdr[field::CPL_TAG] = c.tag as u8;
+                hdr[field::CPL_LOWER_ADDR] = c.lower_address;
+            }
+            Header::Msg(m) => {
+                hdr[field::REQUESTER_ID].copy_from_slice(&m.requester_id.0.to_be_bytes());
+                hdr[field::TAG] = m.tag as u8;
+                hdr[field::MSG_CODE] = m.code;
+                hdr[field::MSG_FIELDS].copy_from_slice(&m.fields);
+            }
+        }
+    }
+}

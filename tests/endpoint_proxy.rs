@@ -1,0 +1,366 @@
+//! The endpoint proxy's completer and requester rules, observed as TLP bytes: completion
+//! splitting at RCB/MPS with Byte Count and Lower Address, Unsupported Request, decode enables,
+//! poisoned writes, AtomicOps, multi-function devices, and the DMA engine's DMA and interrupts.
+
+use std::time::{Duration, Instant};
+
+use pcietun::endpoint::dma_engine::{self, reg, DmaEngine};
+use pcietun::endpoint::loopback::{LoopbackHost, HOST_MEM_BASE, MSI_BASE};
+use pcietun::endpoint::wire::{self, CplStatus, Header, Kind};
+use pcietun::endpoint::{Bdf, Endpoint, EndpointConfig};
+
+const F0: Bdf = Bdf::new(2, 0, 0);
+const F1: Bdf = Bdf::new(2, 0, 1);
+const REGS: u64 = 0xfe00_0000;
+const BUF: u64 = 0x8000_0000;
+const BUF1: u64 = 0x9000_0000;
+
+fn setup(timeout: Duration) -> LoopbackHost {
+    let (mut ep, rx) = Endpoint::new(EndpointConfig {
+        dma_timeout: timeout,
+        ..EndpointConfig::default()
+    });
+    ep.add_function(Bdf::new(0, 0, 0), Box::new(DmaEngine::new(1 << 20)))
+        .unwrap();
+    ep.add_function(Bdf::new(0, 0, 1), Box::new(DmaEngine::new(1 << 16)))
+        .unwrap();
+    let mut h = LoopbackHost::start(ep, rx, 4 << 20);
+    for (f, regs, buf) in [(F0, REGS, BUF), (F1, REGS + 0x10_0000, BUF1)] {
+        h.cfg_write(f, 0x10, regs as u32).unwrap();
+        h.cfg_write(f, 0x14, 0).unwrap();
+        h.cfg_write(f, 0x18, buf as u32).unwrap();
+        h.cfg_write(f, 0x1c, 0).unwrap();
+        h.cfg_write(f, 0x04, 0x0006).unwrap();
+    }
+    h
+}
+
+fn mrd(h: &mut LoopbackHost, addr: u64, len: u32) -> (CplStatus, Vec<Vec<u8>>) {
+    let tag = h.tag();
+    let mut t = Vec::new();
+    wire::emit_mem_read(&mut t, Bdf(0), tag, addr, len);
+    h.request(t, tag).unwrap()
+}
+
+#[test]
+fn read_completions_split_at_rcb_and_mps() {
+    let mut h = setup(Duration::from_secs(2));
+    let data: Vec<u8> = (0..4096u32).map(|i| (i * 7 + 3) as u8).collect();
+    h.mem_write(BUF, &data).unwrap();
+    // 4096 bytes from 0x24 into the buffer, MPS 128, RCB 64.
+    let (st, parts) = mrd(&mut h, BUF + 0x24, 4000);
+    assert_eq!(st, CplStatus::Success);
+    let mut got = Vec::new();
+    let mut expect_bc = 4000u32;
+    let mut addr = BUF + 0x24;
+    for (i, c) in parts.iter().enumerate() {
+        let hd = Header::parse(c).unwrap();
+        let Kind::Completion {
+            byte_count,
+            lower_addr,
+            completer,
+            ..
+        } = hd.kind
+        else {
+            panic!("not a completion")
+        };
+        assert_eq!(completer, F0);
+        assert_eq!(u32::from(byte_count), expect_bc & 0xfff, "completion {i}");
+        assert_eq!(u64::from(lower_addr), addr & 0x7f);
+        let p = &c[hd.payload.clone()];
+        assert!(p.len() <= 128, "payload within MPS");
+        let lead = usize::from(lower_addr & 3);
+        let n = (p.len() - lead).min(expect_bc as usize);
+        if i > 0 {
+            assert_eq!(addr % 64, 0, "later completions start on the RCB");
+        }
+        got.extend_from_slice(&p[lead..lead + n]);
+        expect_bc -= n as u32;
+        addr += n as u64;
+    }
+    assert_eq!(expect_bc, 0);
+    assert_eq!(got, data[0x24..0x24 + 4000]);
+    // Raising MPS to 256 halves the number of completions for an aligned 4 KiB read.
+    let (_, small) = mrd(&mut h, BUF, 4096);
+    let pcie = 0x54;
+    let ctl = h.cfg_read(F0, pcie + 8).unwrap();
+    h.cfg_write(F0, pcie + 8, (ctl & !(7 << 5)) | (1 << 5))
+        .unwrap();
+    let (_, big) = mrd(&mut h, BUF, 4096);
+    assert_eq!((small.len(), big.len()), (32, 16));
+}
+
+#[test]
+fn unsupported_request_and_decode_enable() {
+    let mut h = setup(Duration::from_secs(2));
+    // Nothing at this address: UR.
+    let (st, _) = mrd(&mut h, 0xdead_0000, 4);
+    assert_eq!(st, CplStatus::UnsupportedRequest);
+    // A function that does not exist: UR for config.
+    assert!(h.cfg_read(Bdf::new(2, 3, 0), 0).is_err());
+    // Memory decode off: reads UR, writes dropped.
+    h.write32(BUF, 0x1234_5678).unwrap();
+    h.cfg_write(F0, 0x04, 0x0004).unwrap();
+    let (st, _) = mrd(&mut h, BUF, 4);
+    assert_eq!(st, CplStatus::UnsupportedRequest);
+    h.write32(BUF, 0xffff_ffff).unwrap();
+    h.cfg_write(F0, 0x04, 0x0006).unwrap();
+    assert_eq!(
+        h.read32(BUF).unwrap(),
+        0x1234_5678,
+        "write while disabled was dropped"
+    );
+    // A poisoned write is dropped too.
+    let mut t = Vec::new();
+    wire::emit_mem_write(&mut t, Bdf(0), BUF, &[1, 2, 3, 4]);
+    t[2] |= 0x40;
+    h.send_raw(t).unwrap();
+    assert_eq!(
+        h.read32(BUF).unwrap(),
+        0x1234_5678,
+        "poisoned write dropped"
+    );
+    let st = h.endpoint_stats().unwrap();
+    assert_eq!(st.dropped_writes, 2);
+    assert_eq!(st.poisoned, 1);
+    assert!(st.unsupported >= 3);
+}
+
+#[test]
+fn atomic_ops_on_buffer_bar() {
+    let mut h = setup(Duration::from_secs(2));
+    h.mem_write(BUF + 8, &10u64.to_le_bytes()).unwrap();
+    let atomic = |h: &mut LoopbackHost, ty: u8, addr: u64, ops: &[u8]| -> (CplStatus, u64) {
+        let tag = h.tag();
+        let mut t = vec![0u8; 12];
+        t[0] = 0x40 | ty; // 3 DW with data
+        t[3] = (ops.len() / 4) as u8;
+        t[6] = tag as u8;
+        t[7] = 0xff;
+        t[8..12].copy_from_slice(&(addr as u32).to_be_bytes());
+        t.extend_from_slice(ops);
+        let (st, parts) = h.request(t, tag).unwrap();
+        let c = &parts[0];
+        let hd = Header::parse(c).unwrap();
+        let p = &c[hd.payload];
+        let mut v = [0u8; 8];
+        v[..p.len().min(8)].copy_from_slice(&p[..p.len().min(8)]);
+        (st, u64::from_le_bytes(v))
+    };
+    // FetchAdd 64-bit: returns 10, memory becomes 15.
+    assert_eq!(
+        atomic(&mut h, 0x0c, BUF + 8, &5u64.to_le_bytes()),
+        (CplStatus::Success, 10)
+    );
+    // CAS 64-bit: compare 15 swap 99.
+    let mut ops = 15u64.to_le_bytes().to_vec();
+    ops.extend_from_slice(&99u64.to_le_bytes());
+    assert_eq!(
+        atomic(&mut h, 0x0e, BUF + 8, &ops),
+        (CplStatus::Success, 15)
+    );
+    // Swap 32-bit.
+    assert_eq!(
+        atomic(&mut h, 0x0d, BUF + 8, &7u32.to_le_bytes()),
+        (CplStatus::Success, 99)
+    );
+    assert_eq!(h.mem_read(BUF + 8, 8).unwrap(), 7u64.to_le_bytes());
+    // AtomicOps to the register BAR are not supported: UR.
+    assert_eq!(
+        atomic(&mut h, 0x0c, REGS, &1u32.to_le_bytes()).0,
+        CplStatus::UnsupportedRequest
+    );
+}
+
+#[test]
+fn multi_function_device_isolation() {
+    let mut h = setup(Duration::from_secs(2));
+    assert_ne!(
+        h.cfg_read(F0, 0x0c).unwrap() & (1 << 23),
+        0,
+        "function 0 is multi-function"
+    );
+    assert_eq!(h.read32(REGS).unwrap(), dma_engine::ID_VALUE);
+    assert_eq!(h.read32(REGS + 0x10_0000).unwrap(), dma_engine::ID_VALUE);
+    assert_eq!(h.read32(REGS + reg::BUF_SIZE_LO).unwrap(), 1 << 20);
+    assert_eq!(
+        h.read32(REGS + 0x10_0000 + reg::BUF_SIZE_LO).unwrap(),
+        1 << 16
+    );
+    h.write32(BUF, 0xaaaa_aaaa).unwrap();
+    h.write32(BUF1, 0x5555_5555).unwrap();
+    assert_eq!(h.read32(BUF).unwrap(), 0xaaaa_aaaa);
+    assert_eq!(h.read32(BUF1).unwrap(), 0x5555_5555);
+    // FLR of function 1 leaves function 0 alone.
+    h.cfg_write(F1, 0x54 + 8, 0x8000).unwrap();
+    assert_eq!(h.cfg_read(F1, 0x18).unwrap() & !0xf, 0);
+    assert_eq!(h.cfg_read(F0, 0x18).unwrap() & !0xf, BUF as u32);
+    assert_eq!(h.read32(BUF).unwrap(), 0xaaaa_aaaa);
+}
+
+fn start_dma(h: &mut LoopbackHost, host: u64, off: u32, len: u32, control: u32) {
+    h.write64(REGS + reg::HOST_ADDR_LO, host).unwrap();
+    h.write32(REGS + reg::BUF_OFFSET, off).unwrap();
+    h.write32(REGS + reg::LENGTH, len).unwrap();
+    h.write32(REGS + reg::CONTROL, control).unwrap();
+    h.write32(REGS + reg::DOORBELL, 1).unwrap();
+}
+
+fn wait_status(h: &mut LoopbackHost) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = h.read32(REGS + reg::STATUS).unwrap();
+        if s & dma_engine::STATUS_BUSY == 0 {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "DMA engine stuck busy");
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+#[test]
+fn dma_engine_moves_data_both_ways_with_msix() {
+    let mut h = setup(Duration::from_secs(2));
+    // MSI-X vector 0 -> MSI_BASE + 0x40, data 0x77; enable MSI-X.
+    h.write64(REGS + 0x1000, MSI_BASE + 0x40).unwrap();
+    h.write32(REGS + 0x1008, 0x77).unwrap();
+    h.write32(REGS + 0x100c, 0).unwrap();
+    let msix_cap = 0x48;
+    let ctl = h.cfg_read(F0, msix_cap).unwrap();
+    h.cfg_write(F0, msix_cap, ctl | (1 << 31)).unwrap();
+
+    let src: Vec<u8> = (0..65536u32).map(|i| (i ^ (i >> 8)) as u8).collect();
+    h.host_write(HOST_MEM_BASE + 0x1_0003, &src);
+    // Host -> buffer (DMA read, unaligned host address, many MRRS-sized requests).
+    start_dma(
+        &mut h,
+        HOST_MEM_BASE + 0x1_0003,
+        0x100,
+        65536,
+        dma_engine::CONTROL_IRQ,
+    );
+    assert_eq!(wait_status(&mut h), dma_engine::STATUS_DONE);
+    assert!(h.wait_msi_count(1, Duration::from_secs(5)));
+    assert_eq!(h.msi_log()[0], (MSI_BASE + 0x40, 0x77));
+    assert_eq!(h.mem_read(BUF + 0x100, 256).unwrap(), src[..256]);
+    // Buffer -> host (DMA write) to a different place.
+    h.write32(REGS + reg::STATUS, dma_engine::STATUS_DONE)
+        .unwrap();
+    start_dma(
+        &mut h,
+        HOST_MEM_BASE + 0x20_0001,
+        0x100,
+        65536,
+        dma_engine::CONTROL_IRQ | dma_engine::CONTROL_TO_HOST,
+    );
+    assert_eq!(wait_status(&mut h), dma_engine::STATUS_DONE);
+    assert!(h.wait_msi_count(2, Duration::from_secs(5)));
+    assert_eq!(h.host_read(HOST_MEM_BASE + 0x20_0001, 65536), src);
+    assert_eq!(h.read32(REGS + reg::COMPLETIONS).unwrap(), 2);
+    assert_eq!(h.read32(REGS + reg::BYTES_LO).unwrap(), 131072);
+}
+
+#[test]
+fn dma_engine_errors_and_intx() {
+    let mut h = setup(Duration::from_millis(300));
+    // Host address outside host memory: the host answers UR, the engine reports code 4 and,
+    // without MSI-X, raises INTA until software clears the status.
+    start_dma(&mut h, 0x40_0000_0000, 0, 4096, dma_engine::CONTROL_IRQ);
+    let s = wait_status(&mut h);
+    assert_eq!(s & dma_engine::STATUS_ERROR, dma_engine::STATUS_ERROR);
+    assert_eq!((s >> 8) & 0xff, 4);
+    assert!(h.wait_intx(true, Duration::from_secs(5)));
+    assert!(h.bad_dma() > 0);
+    h.write32(REGS + reg::STATUS, dma_engine::STATUS_ERROR)
+        .unwrap();
+    assert!(h.wait_intx(false, Duration::from_secs(5)));
+    // Bus Master Enable clear: code 2, and nothing reaches the host.
+    h.cfg_write(F0, 0x04, 0x0002).unwrap();
+    let before = h.bad_dma();
+    start_dma(&mut h, HOST_MEM_BASE, 0, 64, dma_engine::CONTROL_TO_HOST);
+    let s = wait_status(&mut h);
+    assert_eq!((s >> 8) & 0xff, 2);
+    assert_eq!(h.bad_dma(), before);
+    assert_eq!(h.host_read(HOST_MEM_BASE, 64), vec![0; 64]);
+    // Beyond the buffer: code 1.
+    h.cfg_write(F0, 0x04, 0x0006).unwrap();
+    start_dma(&mut h, HOST_MEM_BASE, (1 << 20) - 16, 64, 0);
+    assert_eq!((wait_status(&mut h) >> 8) & 0xff, 1);
+}
+
+#[test]
+fn sriov_virtual_functions_appear_route_and_dma() {
+    let (mut ep, rx) = Endpoint::new(EndpointConfig::default());
+    ep.add_function(Bdf::new(0, 0, 0), Box::new(DmaEngine::with_vfs(1 << 16, 4)))
+        .unwrap();
+    let mut h = LoopbackHost::start(ep, rx, 1 << 20);
+    let pf = Bdf::new(3, 0, 0);
+    let vf = |i: u8| Bdf::new(3, 0, i);
+    h.cfg_write(pf, 0x10, REGS as u32).unwrap();
+    h.cfg_write(pf, 0x18, BUF as u32).unwrap();
+    h.cfg_write(pf, 0x04, 0x0006).unwrap();
+    assert!(h.cfg_read(vf(1), 0).is_err(), "no VFs before VF Enable");
+    // SR-IOV capability at 0x100: TotalVFs 4, offset 1, stride 1, VF Device ID.
+    assert_eq!(h.cfg_read(pf, 0x100).unwrap() & 0xffff, 0x0010);
+    assert_eq!(h.cfg_read(pf, 0x10c).unwrap() >> 16, 4);
+    assert_eq!(h.cfg_read(pf, 0x114).unwrap(), 0x0001_0001);
+    assert_eq!(
+        h.cfg_read(pf, 0x118).unwrap() >> 16,
+        u32::from(dma_engine::VF_DEVICE)
+    );
+    // VF BAR0 sizing reads back the per-VF size.
+    h.cfg_write(pf, 0x124, 0xffff_ffff).unwrap();
+    assert_eq!(h.cfg_read(pf, 0x124).unwrap(), 0xffff_e004);
+    let vf_regs = 0xd000_0000u64;
+    let vf_bufs = 0xc000_0000u64;
+    h.cfg_write(pf, 0x124, vf_regs as u32).unwrap();
+    h.cfg_write(pf, 0x128, 0).unwrap();
+    h.cfg_write(pf, 0x12c, vf_bufs as u32).unwrap();
+    h.cfg_write(pf, 0x130, 0).unwrap();
+    h.cfg_write(pf, 0x110, 2).unwrap(); // NumVFs
+    h.cfg_write(pf, 0x108, 0x9).unwrap(); // VF Enable + VF MSE
+    assert_eq!(
+        h.cfg_read(vf(1), 0).unwrap(),
+        0xffff_ffff,
+        "VF IDs read all-ones"
+    );
+    assert_eq!(
+        h.cfg_read(vf(2), 8).unwrap() >> 8,
+        0x08_80_00,
+        "VF 2 class code"
+    );
+    assert!(h.cfg_read(vf(3), 0).is_err(), "only NumVFs VFs exist");
+    // VF 2's registers and buffer are its slices of the VF BARs.
+    assert_eq!(h.read32(vf_regs + 0x2000).unwrap(), dma_engine::ID_VALUE);
+    assert_eq!(
+        h.read32(vf_regs + 0x2000 + reg::BUF_SIZE_LO).unwrap(),
+        1 << 16
+    );
+    // VF 2 does DMA as itself once its own Bus Master Enable is set.
+    h.cfg_write(vf(2), 0x04, 0x0004).unwrap();
+    let src: Vec<u8> = (0..4096u32).map(|i| (i * 5) as u8).collect();
+    h.host_write(HOST_MEM_BASE + 0x8000, &src);
+    let r = vf_regs + 0x2000;
+    h.write64(r + reg::HOST_ADDR_LO, HOST_MEM_BASE + 0x8000)
+        .unwrap();
+    h.write32(r + reg::BUF_OFFSET, 0).unwrap();
+    h.write32(r + reg::LENGTH, 4096).unwrap();
+    h.write32(r + reg::DOORBELL, 1).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while h.read32(r + reg::STATUS).unwrap() & dma_engine::STATUS_DONE == 0 {
+        assert!(Instant::now() < deadline, "VF DMA never finished");
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    assert_eq!(h.mem_read(vf_bufs + (1 << 16), 4096).unwrap(), src);
+    assert_eq!(
+        h.mem_read(vf_bufs, 64).unwrap(),
+        vec![0; 64],
+        "VF 1 untouched"
+    );
+    assert_eq!(h.mem_read(BUF, 64).unwrap(), vec![0; 64], "PF untouched");
+    // VF MSE off: VF BARs stop decoding; VF Enable off: the VFs disappear.
+    h.cfg_write(pf, 0x108, 0x1).unwrap();
+    assert!(h.read32(vf_regs).is_err());
+    h.cfg_write(pf, 0x108, 0x0).unwrap();
+    assert!(h.cfg_read(vf(1), 0).is_err());
+}
