@@ -29,6 +29,9 @@ pub struct UdpPort {
 #[derive(Debug)]
 pub(crate) struct HrTimer {
     fd: std::os::fd::OwnedFd,
+    token: Token,
+    /// When the armed timer will fire (None: disarmed or fired).
+    armed: std::cell::Cell<Option<std::time::Instant>>,
 }
 
 impl HrTimer {
@@ -51,7 +54,11 @@ impl HrTimer {
             token,
             Interest::READABLE,
         )?;
-        Ok(HrTimer { fd })
+        Ok(HrTimer {
+            fd,
+            token,
+            armed: std::cell::Cell::new(None),
+        })
     }
 
     fn arm(&self, d: Duration) {
@@ -78,7 +85,9 @@ impl HrTimer {
         unsafe { libc::read(self.fd.as_raw_fd(), b.as_mut_ptr().cast(), 8) };
     }
 
-    /// `poll.poll` with microsecond-precise short timeouts.
+    /// `poll.poll` with microsecond-precise short timeouts. The timer is re-armed only when
+    /// the new deadline is earlier than the armed one (an early wake-up is harmless: the
+    /// caller just waits again), which keeps the syscalls off the common path.
     pub(crate) fn wait(
         &self,
         poll: &mut Poll,
@@ -87,13 +96,20 @@ impl HrTimer {
     ) -> io::Result<()> {
         let t = match timeout {
             Some(t) if t > Duration::ZERO && t < Duration::from_millis(2) => {
-                self.arm(t);
+                let target = std::time::Instant::now() + t;
+                if self.armed.get().is_none_or(|a| a > target) {
+                    self.arm(t);
+                    self.armed.set(Some(target));
+                }
                 None
             }
             t => t,
         };
         let r = poll.poll(events, t);
-        self.clear();
+        if events.iter().any(|e| e.token() == self.token) {
+            self.clear();
+            self.armed.set(None);
+        }
         match r {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(()),
