@@ -11,6 +11,7 @@ pub mod congestion;
 pub mod crypto;
 pub mod driver;
 pub mod endpoint;
+pub mod event;
 pub mod frame;
 pub mod handshake;
 pub mod recv;
