@@ -517,3 +517,133 @@ fn requester_tags_and_read_splitting() {
         }
     }
 }
+
+/// Completion timeout: a DMA read the host never answers fails after the timeout (the engine
+/// reports code 3); the late completion that turns up afterwards is absorbed, not taken for a
+/// newer request's data; the next transfer works.
+#[test]
+fn completion_timeout_and_late_completion() {
+    use pcietun::endpoint::wire::emit_completion;
+    let (mut ep, rx) = Endpoint::new(EndpointConfig {
+        dma_timeout: Duration::from_millis(100),
+        ..EndpointConfig::default()
+    });
+    ep.add_function(Bdf::new(0, 0, 0), Box::new(DmaEngine::new(4096)))
+        .unwrap();
+    let mut cfg = |reg: u16, v: u32| {
+        let mut t = vec![0x44, 0, 0, 1, 0, 0, 1, 0x0f, 0x02, 0x00, 0, reg as u8];
+        t.extend_from_slice(&v.to_le_bytes());
+        ep.handle_tlp(&t).unwrap();
+    };
+    cfg(0x10, REGS as u32);
+    cfg(0x18, BUF as u32);
+    cfg(0x04, 0x0006);
+    let mw = |ep: &mut Endpoint, off: u64, v: u32| {
+        let mut t = Vec::new();
+        wire::emit_mem_write(&mut t, Bdf(0), REGS + off, &v.to_le_bytes());
+        ep.handle_tlp(&t).unwrap();
+    };
+    let status = |ep: &mut Endpoint, rx: &crossbeam::channel::Receiver<Vec<u8>>| -> u32 {
+        let mut t = Vec::new();
+        wire::emit_mem_read(&mut t, Bdf(0), 9, REGS + reg::STATUS, 4);
+        ep.handle_tlp(&t).unwrap();
+        loop {
+            let r = rx.recv_timeout(Duration::from_secs(2)).unwrap();
+            let hd = Header::parse(&r).unwrap();
+            if matches!(hd.kind, Kind::Completion { .. }) && hd.tag == 9 {
+                return u32::from_le_bytes(r[hd.payload][..4].try_into().unwrap());
+            }
+        }
+    };
+    mw(&mut ep, reg::HOST_ADDR_LO, 0x1000);
+    mw(&mut ep, reg::LENGTH, 64);
+    mw(&mut ep, reg::DOORBELL, 1);
+    let req = loop {
+        let t = rx.recv_timeout(Duration::from_secs(2)).unwrap();
+        let hd = Header::parse(&t).unwrap();
+        if let Kind::MemRead { .. } = hd.kind {
+            break hd;
+        }
+    };
+    // Do not answer: the engine must give up with a completion timeout.
+    let t0 = Instant::now();
+    let s = loop {
+        let s = status(&mut ep, &rx);
+        if s & dma_engine::STATUS_BUSY == 0 {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(t0.elapsed() >= Duration::from_millis(50));
+    assert_eq!(s & dma_engine::STATUS_ERROR, dma_engine::STATUS_ERROR);
+    assert_eq!((s >> 8) & 0xff, 3, "error code: completion timeout");
+    // The late completion is absorbed (its tag was quarantined), not counted as unexpected.
+    let mut c = Vec::new();
+    emit_completion(
+        &mut c,
+        Bdf(0),
+        req.requester,
+        req.tag,
+        CplStatus::Success,
+        64,
+        0,
+        0,
+        &[0xee; 64],
+    );
+    ep.handle_tlp(&c).unwrap();
+    assert_eq!(ep.stats().unexpected_completions, 0);
+    // A second transfer, answered, succeeds and carries the new data, not the late bytes.
+    mw(&mut ep, reg::STATUS, dma_engine::STATUS_ERROR);
+    mw(&mut ep, reg::DOORBELL, 1);
+    let req = loop {
+        let t = rx.recv_timeout(Duration::from_secs(2)).unwrap();
+        let hd = Header::parse(&t).unwrap();
+        if let Kind::MemRead { .. } = hd.kind {
+            break hd;
+        }
+    };
+    let mut c = Vec::new();
+    emit_completion(
+        &mut c,
+        Bdf(0),
+        req.requester,
+        req.tag,
+        CplStatus::Success,
+        64,
+        0,
+        0,
+        &[0x11; 64],
+    );
+    ep.handle_tlp(&c).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while status(&mut ep, &rx) & dma_engine::STATUS_DONE == 0 {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut t = Vec::new();
+    wire::emit_mem_read(&mut t, Bdf(0), 10, REGS + reg::BYTES_LO, 4);
+    ep.handle_tlp(&t).unwrap();
+    let bytes = loop {
+        let r = rx.recv_timeout(Duration::from_secs(2)).unwrap();
+        let hd = Header::parse(&r).unwrap();
+        if matches!(hd.kind, Kind::Completion { .. }) && hd.tag == 10 {
+            break u32::from_le_bytes(r[hd.payload][..4].try_into().unwrap());
+        }
+    };
+    assert_eq!(bytes, 64);
+    let mut t = Vec::new();
+    wire::emit_mem_read(&mut t, Bdf(0), 11, BUF, 64);
+    ep.handle_tlp(&t).unwrap();
+    let data = loop {
+        let r = rx.recv_timeout(Duration::from_secs(2)).unwrap();
+        let hd = Header::parse(&r).unwrap();
+        if matches!(hd.kind, Kind::Completion { .. }) && hd.tag == 11 {
+            break r[hd.payload].to_vec();
+        }
+    };
+    assert_eq!(
+        data,
+        vec![0x11; 64],
+        "the buffer holds the answered data, not the late bytes"
+    );
+}
