@@ -49,7 +49,7 @@ fn read_completions_split_at_rcb_and_mps() {
     h.mem_write(BUF, &data).unwrap();
     // 4096 bytes from 0x24 into the buffer, MPS 128, RCB 64.
     let (st, parts) = mrd(&mut h, BUF + 0x24, 4000);
-    assert_eq!(st, CplStatus::Success);
+    assert_eq!(st, CplStatus::Sc);
     let mut got = Vec::new();
     let mut expect_bc = 4000u32;
     let mut addr = BUF + 0x24;
@@ -95,14 +95,14 @@ fn unsupported_request_and_decode_enable() {
     let mut h = setup(Duration::from_secs(2));
     // Nothing at this address: UR.
     let (st, _) = mrd(&mut h, 0xdead_0000, 4);
-    assert_eq!(st, CplStatus::UnsupportedRequest);
+    assert_eq!(st, CplStatus::Ur);
     // A function that does not exist: UR for config.
     assert!(h.cfg_read(Bdf::new(2, 3, 0), 0).is_err());
     // Memory decode off: reads UR, writes dropped.
     h.write32(BUF, 0x1234_5678).unwrap();
     h.cfg_write(F0, 0x04, 0x0004).unwrap();
     let (st, _) = mrd(&mut h, BUF, 4);
-    assert_eq!(st, CplStatus::UnsupportedRequest);
+    assert_eq!(st, CplStatus::Ur);
     h.write32(BUF, 0xffff_ffff).unwrap();
     h.cfg_write(F0, 0x04, 0x0006).unwrap();
     assert_eq!(
@@ -150,25 +150,25 @@ fn atomic_ops_on_buffer_bar() {
     // FetchAdd 64-bit: returns 10, memory becomes 15.
     assert_eq!(
         atomic(&mut h, 0x0c, BUF + 8, &5u64.to_le_bytes()),
-        (CplStatus::Success, 10)
+        (CplStatus::Sc, 10)
     );
     // CAS 64-bit: compare 15 swap 99.
     let mut ops = 15u64.to_le_bytes().to_vec();
     ops.extend_from_slice(&99u64.to_le_bytes());
     assert_eq!(
         atomic(&mut h, 0x0e, BUF + 8, &ops),
-        (CplStatus::Success, 15)
+        (CplStatus::Sc, 15)
     );
     // Swap 32-bit.
     assert_eq!(
         atomic(&mut h, 0x0d, BUF + 8, &7u32.to_le_bytes()),
-        (CplStatus::Success, 99)
+        (CplStatus::Sc, 99)
     );
     assert_eq!(h.mem_read(BUF + 8, 8).unwrap(), 7u64.to_le_bytes());
     // AtomicOps to the register BAR are not supported: UR.
     assert_eq!(
         atomic(&mut h, 0x0c, REGS, &1u32.to_le_bytes()).0,
-        CplStatus::UnsupportedRequest
+        CplStatus::Ur
     );
 }
 
@@ -470,7 +470,7 @@ fn requester_tags_and_read_splitting() {
                     Bdf(0),
                     hd.requester,
                     hd.tag,
-                    CplStatus::Success,
+                    CplStatus::Sc,
                     n as u16,
                     (first & 0x7f) as u8,
                     0,
@@ -487,7 +487,7 @@ fn requester_tags_and_read_splitting() {
             Bdf(0),
             Bdf::new(2, 0, 0),
             7,
-            CplStatus::Success,
+            CplStatus::Sc,
             4,
             0,
             0,
@@ -584,7 +584,7 @@ fn completion_timeout_and_late_completion() {
         Bdf(0),
         req.requester,
         req.tag,
-        CplStatus::Success,
+        CplStatus::Sc,
         64,
         0,
         0,
@@ -608,7 +608,7 @@ fn completion_timeout_and_late_completion() {
         Bdf(0),
         req.requester,
         req.tag,
-        CplStatus::Success,
+        CplStatus::Sc,
         64,
         0,
         0,
