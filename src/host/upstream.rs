@@ -203,4 +203,20 @@ impl Host {
             }
         }
     }
+
+    /// The transport will never send this TLP (no session, queue refused). A non-posted
+    /// request of ours fails at once instead of waiting for its completion timeout.
+    pub fn on_dropped(&self, bytes: &[u8]) {
+        let Ok(t) = tlp::Tlp::parse(bytes) else {
+            return;
+        };
+        if t.ordering_class() != tlp::OrderingClass::NonPosted || t.requester_id() != ROOT_PORT {
+            return;
+        }
+        let tag = t.tag();
+        let mut r = lock(&self.req);
+        if r.abandon(tag).is_some() {
+            self.finish(tag, Err(super::requester::RequestError::LinkDown));
+        }
+    }
 }
