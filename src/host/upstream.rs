@@ -6,7 +6,7 @@
 
 use std::sync::atomic::Ordering;
 
-use super::requester::{CplAction, CplInfo, CplStatus};
+use super::requester::{CplAction, CplInfo};
 use super::root::{lock, Host, HostEvent, RxScratch};
 use super::tlpio::{self, Upstream, ROOT_PORT};
 use crate::tlp::{self, Bdf};
@@ -31,12 +31,6 @@ impl Host {
                 data,
                 ..
             } => {
-                let status = match status {
-                    tlp::CplStatus::Sc => CplStatus::Success,
-                    tlp::CplStatus::Ur => CplStatus::UnsupportedRequest,
-                    tlp::CplStatus::Crs => CplStatus::RetryStatus,
-                    tlp::CplStatus::Ca => CplStatus::CompleterAbort,
-                };
                 let info = CplInfo {
                     tag,
                     status,
