@@ -155,10 +155,7 @@ fn atomic_ops_on_buffer_bar() {
     // CAS 64-bit: compare 15 swap 99.
     let mut ops = 15u64.to_le_bytes().to_vec();
     ops.extend_from_slice(&99u64.to_le_bytes());
-    assert_eq!(
-        atomic(&mut h, 0x0e, BUF + 8, &ops),
-        (CplStatus::Sc, 15)
-    );
+    assert_eq!(atomic(&mut h, 0x0e, BUF + 8, &ops), (CplStatus::Sc, 15));
     // Swap 32-bit.
     assert_eq!(
         atomic(&mut h, 0x0d, BUF + 8, &7u32.to_le_bytes()),

@@ -379,14 +379,7 @@ impl Endpoint {
         let claim = self.claim_mem(addr, u64::from(h.length_dw) * 4);
         let Some((i, bar, off)) = claim else {
             let me = self.functions.first().map_or(Bdf(0), Function::bdf);
-            self.complete(
-                me,
-                h,
-                CplStatus::Ur,
-                count as u16 & 0xfff,
-                0,
-                &[],
-            );
+            self.complete(me, h, CplStatus::Ur, count as u16 & 0xfff, 0, &[]);
             return;
         };
         let me = self.functions[i].bdf();
@@ -400,14 +393,7 @@ impl Endpoint {
         buf.resize(count as usize, 0);
         let res = self.bar_read(i, bar, off + u64::from(lead), &mut buf);
         if res.is_err() {
-            self.complete(
-                me,
-                h,
-                CplStatus::Ca,
-                count as u16 & 0xfff,
-                0,
-                &[],
-            );
+            self.complete(me, h, CplStatus::Ca, count as u16 & 0xfff, 0, &[]);
             self.scratch = buf;
             return;
         }
@@ -431,14 +417,7 @@ impl Endpoint {
             let from = c.offset as usize;
             let n = c.len as usize;
             data[lead..lead + n].copy_from_slice(&buf[from..from + n]);
-            self.complete(
-                me,
-                h,
-                CplStatus::Sc,
-                c.byte_count,
-                c.lower_address,
-                &data,
-            );
+            self.complete(me, h, CplStatus::Sc, c.byte_count, c.lower_address, &data);
         }
         self.scratch = buf;
     }
@@ -556,14 +535,7 @@ impl Endpoint {
         };
         let aligned = (size == 4 || size == 8) && addr % size as u64 == 0;
         let (Some((i, bar, off)), true, false) = (claim, aligned, h.poisoned) else {
-            self.complete(
-                me,
-                h,
-                CplStatus::Ur,
-                size as u16 & 0xfff,
-                0,
-                &[],
-            );
+            self.complete(me, h, CplStatus::Ur, size as u16 & 0xfff, 0, &[]);
             return;
         };
         let sz = size as u8;
@@ -590,9 +562,7 @@ impl Endpoint {
             Err(DeviceError::Unsupported(_)) => {
                 self.complete(me, h, CplStatus::Ur, size as u16, 0, &[])
             }
-            Err(DeviceError::Failed(_)) => {
-                self.complete(me, h, CplStatus::Ca, size as u16, 0, &[])
-            }
+            Err(DeviceError::Failed(_)) => self.complete(me, h, CplStatus::Ca, size as u16, 0, &[]),
         }
     }
 }

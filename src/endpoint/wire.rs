@@ -463,17 +463,7 @@ mod tests {
         assert_eq!(&v[h.payload], &[1, 2, 3, 4, 5, 6, 7, 8]);
         // Byte Count 4096 is the field value 0.
         let mut v = Vec::new();
-        emit_completion(
-            &mut v,
-            Bdf(1),
-            Bdf(2),
-            1,
-            CplStatus::Ur,
-            0,
-            0,
-            0,
-            &[],
-        );
+        emit_completion(&mut v, Bdf(1), Bdf(2), 1, CplStatus::Ur, 0, 0, 0, &[]);
         assert_eq!((v[0], v[6] & 0xef, v[7]), (0x0a, 0x20, 0));
     }
 

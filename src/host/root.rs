@@ -163,10 +163,12 @@ impl Host {
     /// A host sending its TLPs through `link`. The link starts down.
     pub fn new(link: Arc<dyn Downlink>, cfg: HostConfig) -> Arc<Self> {
         let mut rp = ConfigSpace::bridge(FunctionIds {
-            // No vendor ID is registered for pcietun yet; 0x0001 is a placeholder that lspci
-            // shows as "Device 0001:7470".
-            vendor_id: 0x0001,
-            device_id: 0x7470,
+            // No vendor ID is registered for pcietun yet. Like the appliance's device models we
+            // use the 1b36 vendor of emulated devices with an ID outside QEMU's allocated range
+            // (0e00 root port, 0e01 NVMe, 0e02 DMA engine) rather than 0x0001, which lspci
+            // names "SafeNet (wrong ID)"; change all three together once an ID is registered.
+            vendor_id: 0x1b36,
+            device_id: 0x0e00,
             class_code: 0x06_04_00,
             ..Default::default()
         });
