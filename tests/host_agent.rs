@@ -262,7 +262,7 @@ fn operator_tools_lspci_read_write() {
     };
     let list = run(&["lspci"]);
     assert!(
-        list.contains("00:00.0 Class 0604: Device 0001:7470"),
+        list.contains("00:00.0 Class 0604: Device 1b36:0e00"),
         "{list}"
     );
     assert!(

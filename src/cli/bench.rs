@@ -4,6 +4,7 @@
 
 use std::process::ExitCode;
 
+mod link;
 mod stats;
 mod transport;
 
