@@ -778,6 +778,9 @@ fn serve(
     let _ = pump.join();
     if let Ok(l) = Arc::try_unwrap(links) {
         for t in l {
+            if let Ok(st) = t.stats() {
+                eprintln!("pcietun appliance: transport {}", st.summary());
+            }
             t.shutdown();
         }
     }

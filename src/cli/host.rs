@@ -301,6 +301,9 @@ fn run_agent(cfg: AgentConfig, timeout: Duration, dir: Option<PathBuf>) -> Resul
             let _ = std::fs::remove_file(d.join(format!("{}.sock", f.bdf)));
         }
     }
+    if let Ok(t) = agent.transport().stats() {
+        eprintln!("pcietun host: transport {}", t.summary());
+    }
     let st = agent.host().stats();
     let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     eprintln!(

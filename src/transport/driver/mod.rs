@@ -141,6 +141,24 @@ pub struct DriverStats {
     pub frames_out: u64,
 }
 
+impl DriverStats {
+    /// One `key=value` line for logs: what an operator (or a test) checks after a run.
+    pub fn summary(&self) -> String {
+        let sum = |f: fn(&Stats) -> u64| self.sessions.iter().map(|(_, s)| f(s)).sum::<u64>();
+        format!(
+            "frames_in={} frames_out={} injected_drops={} send_errors={} tlps_delivered={} \
+             retransmits={} rto_expirations={}",
+            self.frames_in,
+            self.frames_out,
+            self.injected_drops,
+            self.send_errors,
+            sum(|s| s.tlps_delivered),
+            sum(|s| s.retransmits),
+            sum(|s| s.rto_expirations),
+        )
+    }
+}
+
 pub(crate) enum Cmd {
     Tlp(ConnId, Bytes),
     Stats(Sender<DriverStats>),
