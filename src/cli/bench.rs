@@ -10,6 +10,7 @@ mod mmio;
 mod nvme;
 mod plot;
 mod raw;
+pub(crate) use raw::LinkKind;
 pub(crate) mod rig;
 mod stats;
 mod transport;

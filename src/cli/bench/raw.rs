@@ -119,6 +119,8 @@ impl NetnsPair {
     }
 
     /// Run `f` on a thread that has entered namespace `i` (sockets it creates stay there).
+    /// Like `ip netns exec`, the thread also gets its own mount namespace with a fresh sysfs,
+    /// so `/sys/class/net` shows the namespace's interfaces.
     pub fn in_ns<T: Send + 'static>(
         &self,
         i: usize,
@@ -126,12 +128,35 @@ impl NetnsPair {
     ) -> Res<T> {
         let path = format!("/run/netns/{}", self.ns[i]);
         let h = std::thread::spawn(move || -> std::io::Result<T> {
-            let file = std::fs::File::open(&path)?;
             use std::os::fd::AsRawFd;
-            // SAFETY: setns on a valid namespace fd affects only this (short-lived) thread.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            if rc != 0 {
-                return Err(std::io::Error::last_os_error());
+            let file = std::fs::File::open(&path)?;
+            let check = |rc: libc::c_int| {
+                if rc == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            };
+            // SAFETY: plain syscalls on valid arguments; they change only this short-lived
+            // thread's namespaces (it does not share its fs struct after CLONE_FS).
+            unsafe {
+                check(libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET))?;
+                check(libc::unshare(libc::CLONE_FS | libc::CLONE_NEWNS))?;
+                check(libc::mount(
+                    std::ptr::null(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_SLAVE | libc::MS_REC,
+                    std::ptr::null(),
+                ))?;
+                check(libc::umount2(c"/sys".as_ptr(), libc::MNT_DETACH))?;
+                check(libc::mount(
+                    c"sysfs".as_ptr(),
+                    c"/sys".as_ptr(),
+                    c"sysfs".as_ptr(),
+                    0,
+                    std::ptr::null(),
+                ))?;
             }
             f()
         });
