@@ -172,8 +172,10 @@ fn appliance_pump(
     };
     while !stop.load(Ordering::Relaxed) {
         if busy {
-            if let Some(u) = server.try_recv() {
-                on_upcall(&mut ep, u, &mut conn);
+            match server.try_recv() {
+                Some(u) => on_upcall(&mut ep, u, &mut conn),
+                // Spin politely: on a small machine a hard spin starves the transport threads.
+                None => std::thread::yield_now(),
             }
         } else {
             channel::select! {
@@ -197,7 +199,11 @@ fn appliance_pump(
 fn host_pump(host: Arc<Host>, client: Arc<TransportHandle>, stop: Arc<AtomicBool>, busy: bool) {
     while !stop.load(Ordering::Relaxed) {
         let u = if busy {
-            client.try_recv()
+            let u = client.try_recv();
+            if u.is_none() {
+                std::thread::yield_now();
+            }
+            u
         } else {
             client.recv_timeout(Duration::from_millis(20))
         };
