@@ -24,3 +24,6 @@ pub enum Completion {
     #[default]
     Interrupt,
 }
+
+#[cfg(test)]
+mod tests;

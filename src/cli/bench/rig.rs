@@ -227,20 +227,21 @@ impl Rig {
     pub fn start(net: &Net, cfg: &RigConfig) -> Res<Rig> {
         let (mut ep, outbound) = Endpoint::new(EndpointConfig::default());
         let mut tmp = None;
-        let mut dev = 0u8;
+        // One card, functions 0 and 1 (below a root port only device 0 exists).
+        let mut func = 0u8;
         if cfg.nvme_bytes > 0 {
             let dir = tempfile::tempdir()?;
             let backend = Backend::create(&dir.path().join("nvme0n1.img"), cfg.nvme_bytes)?;
             ep.add_function(
-                EpBdf::new(0, dev, 0),
+                EpBdf::new(0, 0, func),
                 Box::new(NvmeController::new(backend, NvmeOptions::default())),
             )?;
             tmp = Some(dir);
-            dev += 1;
+            func += 1;
         }
         if cfg.dma_buffer > 0 {
             ep.add_function(
-                EpBdf::new(0, dev, 0),
+                EpBdf::new(0, 0, func),
                 Box::new(DmaEngine::new(cfg.dma_buffer)),
             )?;
         }
