@@ -786,6 +786,7 @@ impl NvmeDriver {
         let mut at = vec![0usize; self.cfg.depth];
         let mut next = 0usize;
         let mut failed: Option<NvmeError> = None;
+        let mut done = Vec::with_capacity(self.cfg.depth);
         while next < data.len() || self.in_flight() > 0 {
             while next < data.len() && failed.is_none() {
                 let Some(slot) = self.take_slot() else { break };
@@ -797,9 +798,8 @@ impl NvmeDriver {
                 self.submit(slot, op, lba + (next / bs) as u64, (n / bs) as u32)?;
                 next += n;
             }
-            let mut done = Vec::with_capacity(self.cfg.depth);
             self.wait(&mut |d| done.push(d))?;
-            for d in done {
+            for d in done.drain(..) {
                 let off = at[d.slot as usize];
                 let n = chunk.min(data.len() - off);
                 if d.status != 0 {
