@@ -58,6 +58,12 @@ fn check_builds_every_device() {
         .args(["appliance", "--check", "--device"])
         .arg(format!("nvme={},size=8M", img.display()))
         .args(["--device", "dma,buffer=64K", "--listen", "udp:127.0.0.1:0"])
+        .arg("--device")
+        .arg(concat!(
+            "replay=",
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/lspci/vmware-nvme.txt,bar0=16K"
+        ))
         .output()
         .unwrap();
     assert!(
@@ -66,7 +72,10 @@ fn check_builds_every_device() {
         String::from_utf8_lossy(&out.stderr)
     );
     let s = String::from_utf8_lossy(&out.stdout);
-    assert!(s.contains("2 function(s): 00.0 nvme, 01.0 dma"), "{s}");
+    assert!(
+        s.contains("3 function(s): 00.0 nvme, 01.0 dma, 02.0 replay"),
+        "{s}"
+    );
     assert_eq!(
         std::fs::metadata(&img).unwrap().len(),
         8 << 20,

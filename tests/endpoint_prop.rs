@@ -104,7 +104,7 @@ fn addresses_victim(t: &[u8]) -> bool {
             || a.wrapping_add(4096) >= VICTIM_REGS && a < VICTIM_BUF + VICTIM_BUF_SIZE
     };
     match h.kind {
-        Kind::Config { target, write, .. } => write && target.dev() == VICTIM.dev(),
+        Kind::Config { target, write, .. } => write && target.device() == VICTIM.device(),
         Kind::MemWrite { addr } | Kind::MemRead { addr } | Kind::Atomic { addr, .. } => hits(addr),
         _ => false,
     }

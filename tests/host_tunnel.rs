@@ -404,7 +404,7 @@ fn completion_timeout_on_a_dead_link_returns_all_ones() {
     let dead = Host::new(
         Arc::new(DeadLink),
         HostConfig {
-            completion_timeout: timeout,
+            completion_timeout: Duration::from_millis(5),
             ..HostConfig::default()
         },
     );

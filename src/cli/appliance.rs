@@ -6,10 +6,15 @@
 //! built (backing files opened) before anything listens: a bad configuration is an error naming
 //! the file, the line and what is wrong, and nothing starts half-configured.
 
+use std::io::Write;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use crossbeam::channel::Select;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -17,7 +22,11 @@ use toml::Spanned;
 
 use pcietun::endpoint::dma_engine::DmaEngine;
 use pcietun::endpoint::nvme::{Backend, NvmeController, NvmeOptions};
+use pcietun::endpoint::replay::ReplayDevice;
 use pcietun::endpoint::{Bdf, Device, Endpoint, EndpointConfig};
+use pcietun::pci::replay::ReplaySizes;
+use pcietun::transport::driver::{self, DriverConfig, Peers, TransportHandle, Upcall};
+use pcietun::transport::{ConnId, Event, HostId, Psk};
 
 /// Arguments of `pcietun appliance`.
 #[derive(Debug, clap::Args)]
@@ -199,16 +208,15 @@ pub fn parse_listen(s: &str) -> Result<Listen, String> {
 }
 
 fn parse_hex_key(s: &str) -> Result<Vec<u8>, String> {
-    let s = s.trim();
-    if s.len() < 32 || s.len() % 2 != 0 {
-        return Err("key must be at least 16 bytes of hex (32 hex digits)".into());
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| {
-            u8::from_str_radix(&s[i..i + 2], 16).map_err(|_| format!("invalid hex in key at {i}"))
-        })
-        .collect()
+    Psk::from_hex(s)
+        .map(|k| k.0.to_vec())
+        .map_err(|_| "key must be 32 bytes written as 64 hex digits".to_string())
+}
+
+fn check_host_id(id: &str) -> Result<(), String> {
+    HostId::new(id)
+        .map(|_| ())
+        .map_err(|_| format!("host id {id:?} must be 1 to 16 bytes"))
 }
 
 /// Parse a `--device` flag value.
@@ -307,9 +315,7 @@ impl ApplianceConfig {
         }
         for h in &file.host {
             let key = parse_hex_key(h.psk.get_ref()).map_err(|m| err(Some(h.psk.span()), m))?;
-            if h.id.get_ref().is_empty() {
-                return Err(err(Some(h.id.span()), "host id must not be empty".into()));
-            }
+            check_host_id(h.id.get_ref()).map_err(|m| err(Some(h.id.span()), m))?;
             cfg.hosts.push((h.id.get_ref().clone(), key));
         }
         let resolve = |p: &str| {
@@ -444,7 +450,7 @@ impl ApplianceConfig {
         for d in &args.device {
             let spec = parse_device_flag(d).map_err(|m| flag_err("--device", d, m))?;
             let slot = (0..32u8)
-                .find(|s| !self.devices.iter().any(|(b, _)| b.dev() == *s))
+                .find(|s| !self.devices.iter().any(|(b, _)| b.device() == *s))
                 .ok_or_else(|| flag_err("--device", d, "all 32 slots are taken".into()))?;
             self.devices.push((Bdf::new(0, slot, 0), spec));
         }
@@ -453,6 +459,7 @@ impl ApplianceConfig {
                 .split_once('=')
                 .ok_or_else(|| flag_err("--psk", p, "want HOSTID=HEX".into()))?;
             let key = parse_hex_key(key).map_err(|m| flag_err("--psk", p, m))?;
+            check_host_id(id).map_err(|m| flag_err("--psk", p, m))?;
             self.hosts.push((id.to_string(), key));
         }
         if let Some(l) = args.inject_loss {
@@ -509,12 +516,23 @@ fn build(cfg: &ApplianceConfig, temp: Option<tempfile::TempDir>) -> Result<Built
                 }
                 Box::new(DmaEngine::with_vfs(*buffer as usize, *vfs))
             }
-            DeviceSpec::Replay { dump, .. } => {
-                return Err(format!(
-                    "replay device {}: replay needs the config-space model from src/pci, which \
-                     this build does not have yet",
-                    dump.display()
-                ))
+            DeviceSpec::Replay { dump, bars } => {
+                let mut sizes = ReplaySizes::default();
+                for (i, size) in bars {
+                    sizes.bars[usize::from(*i)] = Some(*size);
+                }
+                let dev = ReplayDevice::from_file(dump, &sizes).map_err(|e| e.to_string())?;
+                for b in dev.bars().iter().filter(|b| b.inferred) {
+                    eprintln!(
+                        "pcietun appliance: warning: {}: BAR {} size not given, guessed {} bytes \
+                         (give bar{}=SIZE)",
+                        dump.display(),
+                        b.index,
+                        b.size,
+                        b.index
+                    );
+                }
+                Box::new(dev)
             }
         };
         endpoint
@@ -600,7 +618,7 @@ pub fn run(args: ApplianceArgs) -> Result<ExitCode, Box<dyn std::error::Error>> 
         .functions()
         .iter()
         .zip(&names)
-        .map(|(b, n)| format!("{:02x}.{} {n}", b.dev(), b.func()))
+        .map(|(b, n)| format!("{:02x}.{} {n}", b.device(), b.function()))
         .collect();
     if args.check {
         println!(
@@ -612,26 +630,159 @@ pub fn run(args: ApplianceArgs) -> Result<ExitCode, Box<dyn std::error::Error>> 
         return Ok(ExitCode::SUCCESS);
     }
     install_signal_handlers();
-    serve(built, &cfg, &listen, &fns)
+    serve(built, &cfg, &fns)
+}
+
+/// Host ids accepted with the development key when no `--psk` is given: `host` (the host
+/// agent's default), `default`, and this machine's hostname (loopback demos).
+fn default_host_ids() -> Vec<String> {
+    let mut ids = vec!["host".to_string(), "default".to_string()];
+    if let Ok(name) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        let name: String = name.trim().chars().take(16).collect();
+        if !name.is_empty() && !ids.contains(&name) {
+            ids.push(name);
+        }
+    }
+    ids
 }
 
 /// Serve the endpoint over the transport until SIGINT/SIGTERM.
 fn serve(
     built: Built,
-    _cfg: &ApplianceConfig,
-    _listen: &[String],
-    _fns: &[String],
+    cfg: &ApplianceConfig,
+    fns: &[String],
 ) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    let _ = (
-        &built.endpoint,
-        &built.outbound,
-        STOP.load(Ordering::SeqCst),
+    let Built {
+        mut endpoint,
+        outbound,
+        _temp,
+    } = built;
+    let mut hosts: Vec<(HostId, Psk)> = Vec::new();
+    for (id, key) in &cfg.hosts {
+        let mut k = [0u8; 32];
+        k.copy_from_slice(key);
+        hosts.push((HostId::new(id)?, Psk(k)));
+    }
+    if hosts.is_empty() {
+        for id in default_host_ids() {
+            hosts.push((HostId::new(&id)?, Psk::DEVELOPMENT));
+        }
+    }
+    // Open every listener before announcing anything: all or nothing.
+    let mut links = Vec::new();
+    for l in &cfg.listen {
+        let port =
+            driver::open(&l.to_string()).map_err(|e| format!("cannot listen on {l}: {e}"))?;
+        let mut dc = DriverConfig::new(Peers::Accept(hosts.clone()));
+        dc.inject_loss = cfg.inject_loss / 100.0;
+        links.push(TransportHandle::spawn(port, dc).map_err(|e| format!("{l}: {e}"))?);
+    }
+    let links = Arc::new(links);
+    // The appliance answers the session that last sent it a TLP.
+    let owner: Arc<Mutex<Option<(usize, ConnId)>>> = Arc::new(Mutex::new(None));
+    let pump = {
+        let links = links.clone();
+        let owner = owner.clone();
+        std::thread::Builder::new()
+            .name("appliance-tx".into())
+            .spawn(move || {
+                for tlp in outbound {
+                    let dst = *owner.lock().unwrap_or_else(|e| e.into_inner());
+                    match dst {
+                        Some((i, conn)) => {
+                            if links[i].send(conn, Bytes::from(tlp)).is_err() {
+                                break;
+                            }
+                        }
+                        None => tracing::debug!("appliance: no host session; TLP dropped"),
+                    }
+                }
+            })?
+    };
+    let bound: Vec<String> = links.iter().map(|l| l.local_addr().to_string()).collect();
+    println!(
+        "appliance ready: listen {}; {} function(s): {}",
+        bound.join(" "),
+        fns.len(),
+        fns.join(", ")
     );
-    Err(
-        "the transport (src/transport) is not part of this build yet, so the appliance cannot \
-         listen; the configuration is valid (use --check to validate without serving)"
-            .into(),
-    )
+    std::io::stdout().flush()?;
+
+    let mut epochs: Vec<((usize, ConnId), u32)> = Vec::new();
+    let mut result = Ok(ExitCode::SUCCESS);
+    'serve: while !STOP.load(Ordering::SeqCst) {
+        let mut sel = Select::new();
+        for l in links.iter() {
+            sel.recv(l.upcalls());
+        }
+        let Ok(op) = sel.select_timeout(Duration::from_millis(100)) else {
+            continue;
+        };
+        let i = op.index();
+        let up = match op.recv(links[i].upcalls()) {
+            Ok(up) => up,
+            Err(_) => {
+                result = Err(format!("transport on {} stopped", cfg.listen[i]).into());
+                break 'serve;
+            }
+        };
+        match up {
+            Upcall::Tlp { conn, tlp, .. } => {
+                *owner.lock().unwrap_or_else(|e| e.into_inner()) = Some((i, conn));
+                if let Err(e) = endpoint.handle_tlp(&tlp) {
+                    tracing::warn!("appliance: {e}");
+                }
+            }
+            Upcall::Event {
+                conn,
+                event:
+                    Event::Connected {
+                        host,
+                        peer,
+                        peer_epoch,
+                    },
+            } => {
+                tracing::info!("appliance: host {host} connected from {peer}");
+                let key = (i, conn);
+                match epochs.iter_mut().find(|(k, _)| *k == key) {
+                    Some((_, e)) if *e != peer_epoch => {
+                        // The host restarted: what it set up is gone, as after a hot reset.
+                        endpoint.reset_all();
+                        *e = peer_epoch;
+                    }
+                    Some(_) => {}
+                    None => epochs.push((key, peer_epoch)),
+                }
+                *owner.lock().unwrap_or_else(|e| e.into_inner()) = Some(key);
+            }
+            Upcall::Event {
+                conn,
+                event: Event::Down { reason, .. },
+            } => {
+                tracing::warn!("appliance: session {} down: {reason:?}", conn.0);
+                let mut o = owner.lock().unwrap_or_else(|e| e.into_inner());
+                if *o == Some((i, conn)) {
+                    // Link down resets the functions, as a surprise-down does on PCIe.
+                    *o = None;
+                    drop(o);
+                    endpoint.reset_all();
+                }
+            }
+            Upcall::Dropped { error, .. } => {
+                tracing::debug!("appliance: TLP not sent: {error}");
+            }
+        }
+    }
+    // Orderly stop: devices first (their workers end), then the sender, then the links.
+    drop(endpoint);
+    let _ = pump.join();
+    if let Ok(l) = Arc::try_unwrap(links) {
+        for t in l {
+            t.shutdown();
+        }
+    }
+    eprintln!("pcietun appliance: stopped");
+    result
 }
 
 #[cfg(test)]
@@ -662,7 +813,7 @@ listen = ["udp:0.0.0.0:7470", "eth:eth1"]
 
 [[host]]
 id = "web1"
-psk = "000102030405060708090a0b0c0d0e0f"
+psk = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
 
 [[device]]
 kind = "nvme"
@@ -686,7 +837,8 @@ dma_timeout_ms = 500
 "#;
         let c = ApplianceConfig::from_toml(text, "c.toml", Path::new("/etc/pt")).unwrap();
         assert_eq!(c.listen[1], Listen::Eth("eth1".into()));
-        assert_eq!(c.hosts[0].1.len(), 16);
+        assert_eq!(c.hosts[0].1.len(), 32);
+        assert_eq!(c.hosts[0].1[31], 0x1f);
         assert_eq!(
             c.devices[0].1,
             DeviceSpec::Nvme {

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 mod appliance;
 mod bench;
 mod demo;
+mod host;
 mod tlp;
 mod transport_peer;
 
@@ -32,6 +33,8 @@ enum Command {
     TransportPeer(transport_peer::PeerArgs),
     /// Run the appliance: the cards it fronts (NVMe, DMA engine, replay) behind the tunnel.
     Appliance(appliance::ApplianceArgs),
+    /// Run the host agent (root port, vfio-user sockets) or its operator tools.
+    Host(host::HostArgs),
 }
 
 /// Parse the command line and run the chosen subcommand.
@@ -43,6 +46,7 @@ pub fn run() -> ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::TransportPeer(args) => transport_peer::run(args),
         Command::Appliance(args) => appliance::run(args),
+        Command::Host(args) => host::run(args),
     };
     match result {
         Ok(code) => code,

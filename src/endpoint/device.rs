@@ -127,21 +127,6 @@ pub struct SriovDecode {
     pub vf_bars: [Option<(BarSpec, u64)>; 6],
 }
 
-/// How a device describes its SR-IOV capability.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SriovSpec {
-    /// TotalVFs (and InitialVFs).
-    pub total_vfs: u16,
-    /// First VF Offset.
-    pub first_offset: u16,
-    /// VF Stride.
-    pub stride: u16,
-    /// VF Device ID.
-    pub vf_device: u16,
-    /// VF BARs by index (per-VF size).
-    pub vf_bars: [Option<BarSpec>; 6],
-}
-
 impl Decode {
     /// Routing IDs of the enabled virtual functions, given this PF's Routing ID.
     pub fn vf_ids(&self, pf: super::wire::Bdf) -> Vec<super::wire::Bdf> {

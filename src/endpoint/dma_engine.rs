@@ -34,11 +34,12 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use super::cfg::{ConfigBuilder, ConfigSpace, Identity};
 use super::device::{
-    apply_atomic, AtomicOp, BarSpec, Decode, Device, DeviceContext, DeviceError, DmaError,
-    InterruptHandle, MsixLayout, ResetKind, SriovSpec,
+    apply_atomic, AtomicOp, Decode, Device, DeviceContext, DeviceError, DmaError, InterruptHandle,
+    MsixLayout, ResetKind,
 };
+use super::pcicfg::{build_config, pci_decode, ModelConfig};
+use crate::pci::{Bar, ConfigSpace, FunctionIds, SriovConfig};
 
 /// Register offsets.
 pub mod reg {
@@ -145,51 +146,53 @@ impl DmaEngine {
     }
 
     fn build(buf_size: usize, vf: bool, total_vfs: u16) -> Self {
-        let size = buf_size.max(4096).next_power_of_two();
-        let (vendor, device) = if vf {
+        let size = buf_size.clamp(4096, 1 << 30).next_power_of_two();
+        let (vendor_id, device_id) = if vf {
             (0xffff, 0xffff) // VFs read all-ones IDs; the PF's VF Device ID names them
         } else {
             (super::nvme::DEFAULT_VENDOR, DEFAULT_DEVICE)
         };
-        let mut b = ConfigBuilder::new(
-            Identity {
-                vendor,
-                device,
-                subsys_vendor: super::nvme::DEFAULT_VENDOR,
-                subsys: DEFAULT_DEVICE,
+        let mut bars = [Bar::Unused; 6];
+        bars[0] = Bar::Memory64 {
+            size: 0x2000,
+            prefetchable: false,
+        };
+        bars[2] = Bar::Memory64 {
+            size: size as u64,
+            prefetchable: true,
+        };
+        let cfg = build_config(&ModelConfig {
+            ids: FunctionIds {
+                vendor_id,
+                device_id,
                 revision: 1,
-                class: 0x08_80_00,
+                class_code: 0x08_80_00,
+                subsystem_vendor_id: super::nvme::DEFAULT_VENDOR,
+                subsystem_id: DEFAULT_DEVICE,
+                interrupt_pin: u8::from(!vf),
+                multifunction: false,
             },
-            u8::from(!vf),
-        );
-        if !vf {
-            b = b
-                .bar(0, BarSpec::mem64(0x2000, false))
-                .bar(2, BarSpec::mem64(size as u64, true))
-                .power_management();
-        }
-        b = b
-            .msix(MsixLayout {
+            bars,
+            msix: Some(MsixLayout {
                 vectors: 1,
                 table_bar: 0,
                 table_offset: 0x1000,
                 pba_bar: 0,
                 pba_offset: 0x1800,
-            })
-            .pci_express(256);
-        if total_vfs > 0 {
-            let mut vf_bars = [None; 6];
-            vf_bars[0] = Some(BarSpec::mem64(0x2000, false));
-            vf_bars[2] = Some(BarSpec::mem64(size as u64, true));
-            b = b.sriov(SriovSpec {
+            }),
+            mps_supported: 256,
+            sriov: (total_vfs > 0).then_some(SriovConfig {
+                initial_vfs: total_vfs,
                 total_vfs,
-                first_offset: 1,
-                stride: 1,
-                vf_device: VF_DEVICE,
-                vf_bars,
-            });
-        }
-        let cfg = b.build();
+                first_vf_offset: 1,
+                vf_stride: 1,
+                vf_device_id: VF_DEVICE,
+                supported_page_sizes: 0x553,
+                vf_bars: bars,
+            }),
+            vf,
+        })
+        .expect("the DMA engine layout is fixed and its buffer size clamped to a valid BAR");
         DmaEngine {
             buf_size: size,
             cfg,
@@ -364,15 +367,17 @@ impl Device for DmaEngine {
     }
 
     fn config_read(&mut self, reg: u16) -> u32 {
-        self.cfg.read(reg)
+        self.cfg.read_u32(usize::from(reg & !3))
     }
 
     fn config_write(&mut self, reg: u16, value: u32, be: u8) -> bool {
-        self.cfg.write(reg, value, be)
+        self.cfg
+            .write_dword(usize::from(reg & !3), value, be)
+            .function_level_reset
     }
 
     fn decode(&self) -> Decode {
-        self.cfg.decode()
+        pci_decode(&self.cfg, &[])
     }
 
     fn bar_read(&mut self, bar: u8, offset: u64, data: &mut [u8]) -> Result<(), DeviceError> {
@@ -442,8 +447,7 @@ impl Device for DmaEngine {
     }
 
     fn create_vf(&mut self, _index: u16) -> Option<Box<dyn Device>> {
-        self.cfg
-            .decode()
+        pci_decode(&self.cfg, &[])
             .sriov
             .map(|_| Box::new(DmaEngine::build(self.buf_size, true, 0)) as Box<dyn Device>)
     }

@@ -109,7 +109,7 @@ impl Function {
     /// Capture bus and device number from a Type 0 configuration write.
     pub(crate) fn capture_bdf(&self, target: Bdf) {
         let cur = self.bdf();
-        let new = Bdf::new(target.bus(), target.dev(), cur.func());
+        let new = Bdf::new(target.bus(), target.device(), cur.function());
         self.shared.bdf.store(new.0, Ordering::Relaxed);
     }
 

@@ -6,19 +6,21 @@
 //! * [`proxy`] — the sans-I/O [`Endpoint`]: TLPs in, TLPs out (completer and requester sides).
 //! * [`nvme`] — an NVMe 1.4 controller backed by a file or block device.
 //! * [`dma_engine`] — the DMA engine test device the benchmarks drive.
+//! * [`replay`] — a real card's configuration space replayed from its `lspci -xxxx` dump.
 //! * [`loopback`] — an in-process TLP pipe with a minimal host, for tests and examples.
 //!
-//! Layering: this module imports only `tlp`-level concepts (its own [`wire`] view of TLP
-//! headers); it never imports `host`.
+//! Layering: this module imports `tlp` and `pci` (and nothing above); it never imports
+//! `host`.
 
-pub mod cfg;
 pub mod device;
 pub mod dma_engine;
 mod function;
 pub mod interrupt;
 pub mod loopback;
 pub mod nvme;
+pub mod pcicfg;
 pub mod proxy;
+pub mod replay;
 pub mod requester;
 mod sriov;
 pub mod wire;

@@ -20,6 +20,7 @@ use thiserror::Error;
 use super::device::{AtomicOp, Device, DeviceError, ResetKind};
 use super::function::Function;
 use super::wire::{self, AtomicKind, Bdf, CplStatus, Header, Kind, WireError};
+use crate::tlp::split;
 
 /// Errors from the endpoint proxy.
 #[derive(Debug, Error)]
@@ -154,7 +155,7 @@ impl Endpoint {
     pub(crate) fn find_cfg(&self, bdf: Bdf) -> Option<usize> {
         self.functions
             .iter()
-            .position(|f| f.bdf().dev() == bdf.dev() && f.bdf().func() == bdf.func())
+            .position(|f| f.bdf().device() == bdf.device() && f.bdf().function() == bdf.function())
     }
 
     fn send(&self, tlp: Vec<u8>) {
@@ -286,11 +287,10 @@ impl Endpoint {
                 v |= 1 << 19; // Status: Interrupt Status
             }
             let me = f.bdf();
-            if reg == 0x0c && me.func() == 0 {
-                let multi = self
-                    .functions
-                    .iter()
-                    .any(|o| o.vf.is_none() && o.bdf().dev() == me.dev() && o.bdf().func() != 0);
+            if reg == 0x0c && me.function() == 0 {
+                let multi = self.functions.iter().any(|o| {
+                    o.vf.is_none() && o.bdf().device() == me.device() && o.bdf().function() != 0
+                });
                 if multi {
                     v |= 1 << 23; // Header Type: multi-function
                 }
@@ -412,33 +412,33 @@ impl Endpoint {
             return;
         }
         let d = self.functions[i].decode;
-        let mps = u64::from(d.mps.max(128));
-        let rcb = u64::from(d.rcb.max(64));
-        let end = first + u64::from(count);
-        let mut s = first;
-        let mut data = Vec::with_capacity(mps as usize + 4);
-        while s < end {
-            let s4 = s & !3;
-            let mut e = ((s4 + mps) & !(rcb - 1)).min(end);
-            if e <= s {
-                e = (s4 + mps).min(end);
+        let mps = u32::from(d.mps).clamp(128, 4096).next_power_of_two();
+        let rcb = if d.rcb >= 128 { 128 } else { 64 };
+        let plan = match split::SplitCompletion::new(first, count, rcb, mps) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("endpoint: cannot split a read completion: {e}");
+                self.complete(me, h, CplStatus::CompleterAbort, count as u16, 0, &[]);
+                self.scratch = buf;
+                return;
             }
+        };
+        let mut data = Vec::with_capacity(mps as usize);
+        for c in plan {
+            let lead = usize::from(c.lower_address & 3);
             data.clear();
-            data.resize(((e + 3) & !3).saturating_sub(s4) as usize, 0);
-            let from = (s - first) as usize;
-            let to = (e - first) as usize;
-            let at = (s - s4) as usize;
-            data[at..at + (to - from)].copy_from_slice(&buf[from..to]);
-            let remaining = (end - s) as u16 & 0xfff;
+            data.resize(usize::from(c.length_dw) * 4, 0);
+            let from = c.offset as usize;
+            let n = c.len as usize;
+            data[lead..lead + n].copy_from_slice(&buf[from..from + n]);
             self.complete(
                 me,
                 h,
                 CplStatus::Success,
-                remaining,
-                (s & 0x7f) as u8,
+                c.byte_count,
+                c.lower_address,
                 &data,
             );
-            s = e;
         }
         self.scratch = buf;
     }

@@ -1,60 +1,27 @@
-//! The TLP header fields the endpoint acts on, parsed from and emitted to wire bytes
-//! (PCIe Base Specification r5.0 §2.2: common header §2.2.1, memory/IO/config request headers
-//! §2.2.7, completions §2.2.9, messages §2.2.8, 10-bit tags §2.2.6.2, byte enables §2.2.5).
+//! The TLP fields the endpoint acts on, parsed from and emitted to wire bytes through
+//! `crate::tlp`'s codec (PCIe Base Specification §2.2: common header §2.2.1, memory/IO/config
+//! requests §2.2.7, completions §2.2.9, messages §2.2.8, 10-bit tags §2.2.6.2, byte enables
+//! §2.2.5).
 //!
-//! This is the endpoint's narrow view of a TLP: exactly what routing a request to a function and
-//! answering it needs. Parsing never panics: every length is checked once and malformed input is
-//! a [`WireError`]. It is deliberately small so it can be re-pointed at `crate::tlp`'s full codec
-//! without touching the proxy.
+//! This is the endpoint's narrow view of a TLP — exactly what routing a request to a function
+//! and answering it needs — over the full codec, which does all validation: anything the codec
+//! rejects (reserved types, wrong lengths, bad byte enables, 4 KiB crossings…) is a
+//! [`WireError`], never a panic.
 
 use thiserror::Error;
 
-/// Why a TLP could not be parsed by the endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub use crate::tlp::Bdf;
+use crate::tlp::{self, split, Attr, Prefixes, Tlp};
+
+/// Why a TLP could not be parsed (or built) by the endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum WireError {
-    /// Fewer bytes than the header needs.
-    #[error("TLP truncated: {got} bytes, header needs {need}")]
-    Truncated {
-        /// Bytes present.
-        got: usize,
-        /// Bytes the header (and payload) require.
-        need: usize,
-    },
-    /// A Fmt/Type the endpoint does not know.
-    #[error("unknown Fmt/Type byte 0x{0:02x}")]
-    UnknownType(u8),
-    /// A field combination the specification forbids (e.g. an IO request longer than 1 DW).
-    #[error("malformed TLP: {0}")]
-    Malformed(&'static str),
-}
-
-/// A PCIe Routing ID: bus, device, function (ARI functions use device 0, function 0..255).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
-pub struct Bdf(pub u16);
-
-impl Bdf {
-    /// Build from bus, device (0..32) and function (0..8).
-    pub const fn new(bus: u8, dev: u8, func: u8) -> Self {
-        Bdf(((bus as u16) << 8) | (((dev & 0x1f) as u16) << 3) | (func & 7) as u16)
-    }
-    /// Bus number.
-    pub const fn bus(self) -> u8 {
-        (self.0 >> 8) as u8
-    }
-    /// Device number.
-    pub const fn dev(self) -> u8 {
-        ((self.0 >> 3) & 0x1f) as u8
-    }
-    /// Function number.
-    pub const fn func(self) -> u8 {
-        (self.0 & 7) as u8
-    }
-}
-
-impl std::fmt::Display for Bdf {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:02x}:{:02x}.{}", self.bus(), self.dev(), self.func())
-    }
+    /// The codec rejected it.
+    #[error(transparent)]
+    Tlp(#[from] tlp::Error),
+    /// A TLP kind the endpoint does not handle (e.g. Deferrable Memory Write).
+    #[error("unsupported TLP kind {0}")]
+    Unsupported(&'static str),
 }
 
 /// Completion status (§2.2.9, Table 2-34).
@@ -68,27 +35,23 @@ pub enum CplStatus {
     RetryStatus,
     /// Completer Abort.
     CompleterAbort,
-    /// A reserved encoding (treated as UR by a requester).
-    Reserved(u8),
 }
 
 impl CplStatus {
-    fn from_bits(b: u8) -> Self {
-        match b {
-            0 => Self::Success,
-            1 => Self::UnsupportedRequest,
-            2 => Self::RetryStatus,
-            4 => Self::CompleterAbort,
-            other => Self::Reserved(other),
+    fn from_tlp(s: tlp::CplStatus) -> Self {
+        match s {
+            tlp::CplStatus::Sc => Self::Success,
+            tlp::CplStatus::Ur => Self::UnsupportedRequest,
+            tlp::CplStatus::Crs => Self::RetryStatus,
+            tlp::CplStatus::Ca => Self::CompleterAbort,
         }
     }
-    fn bits(self) -> u8 {
+    fn to_tlp(self) -> tlp::CplStatus {
         match self {
-            Self::Success => 0,
-            Self::UnsupportedRequest => 1,
-            Self::RetryStatus => 2,
-            Self::CompleterAbort => 4,
-            Self::Reserved(b) => b & 7,
+            Self::Success => tlp::CplStatus::Sc,
+            Self::UnsupportedRequest => tlp::CplStatus::Ur,
+            Self::RetryStatus => tlp::CplStatus::Crs,
+            Self::CompleterAbort => tlp::CplStatus::Ca,
         }
     }
 }
@@ -151,7 +114,7 @@ pub enum Kind {
         completer: Bdf,
         /// Completion status.
         status: CplStatus,
-        /// Remaining byte count including this completion's payload (0 encodes 4096).
+        /// Remaining byte count including this completion's payload (1..=4096).
         byte_count: u16,
         /// Lower seven bits of the address of the first byte of this payload.
         lower_addr: u8,
@@ -180,7 +143,7 @@ pub struct Header {
     pub attr: u8,
     /// Poisoned (EP).
     pub poisoned: bool,
-    /// Length field in DW (1..=1024); 0 for TLPs without payload and without a length meaning.
+    /// Length field in DW (1..=1024) of requests and of TLPs with data.
     pub length_dw: u16,
     /// First DW byte enables.
     pub first_be: u8,
@@ -190,149 +153,103 @@ pub struct Header {
     pub payload: std::ops::Range<usize>,
 }
 
-const FMT_DATA: u8 = 0b010;
-const FMT_4DW: u8 = 0b001;
+fn attr_bits(a: Attr) -> u8 {
+    u8::from(a.ns) | u8::from(a.ro) << 1 | u8::from(a.ido) << 2
+}
+
+fn attr_of(bits: u8) -> Attr {
+    Attr {
+        ns: bits & 1 != 0,
+        ro: bits & 2 != 0,
+        ido: bits & 4 != 0,
+    }
+}
 
 impl Header {
-    /// Parse one TLP (prefixes skipped; a trailing ECRC DW, if TD is set, is ignored).
+    /// Parse one TLP (exactly one: the buffer must hold nothing else).
     pub fn parse(b: &[u8]) -> Result<Header, WireError> {
-        let mut off = 0;
-        while let Some(&byte0) = b.get(off) {
-            if byte0 >> 5 == 0b100 {
-                off += 4;
-            } else {
-                break;
-            }
-        }
-        let h = b.get(off..).unwrap_or(&[]);
-        if h.len() < 12 {
-            return Err(WireError::Truncated {
-                got: b.len(),
-                need: off + 12,
-            });
-        }
-        let fmt = h[0] >> 5;
-        let ty = h[0] & 0x1f;
-        let four_dw = fmt & FMT_4DW != 0;
-        let has_data = fmt & FMT_DATA != 0;
-        let hdr_len = if four_dw { 16 } else { 12 };
-        if h.len() < hdr_len {
-            return Err(WireError::Truncated {
-                got: b.len(),
-                need: off + hdr_len,
-            });
-        }
-        let tc = (h[1] >> 4) & 7;
-        let t9 = (h[1] >> 7) & 1;
-        let t8 = (h[1] >> 3) & 1;
-        let attr = ((h[1] >> 2) & 1) << 2 | ((h[2] >> 4) & 3);
-        let poisoned = h[2] & 0x40 != 0;
-        let len_field = (u16::from(h[2] & 3) << 8) | u16::from(h[3]);
-        let length_dw = if len_field == 0 { 1024 } else { len_field };
-        let requester = Bdf(u16::from_be_bytes([h[4], h[5]]));
-        let tag = (u16::from(t9) << 9) | (u16::from(t8) << 8) | u16::from(h[6]);
-        let last_be = h[7] >> 4;
-        let first_be = h[7] & 0xf;
-        let addr64 = || -> u64 {
-            if four_dw {
-                (u64::from(u32::from_be_bytes([h[8], h[9], h[10], h[11]])) << 32)
-                    | u64::from(u32::from_be_bytes([h[12], h[13], h[14], h[15]]) & !3)
-            } else {
-                u64::from(u32::from_be_bytes([h[8], h[9], h[10], h[11]]) & !3)
-            }
+        let t = Tlp::parse(b)?;
+        let start = (t.data.as_ptr() as usize).saturating_sub(b.as_ptr() as usize);
+        let payload = if t.data.is_empty() {
+            0..0
+        } else {
+            start..start + t.data.len()
         };
-        let mut out = Header {
-            kind: Kind::MemRead { addr: 0 },
+        let (kind, requester, first_be, last_be) = match t.header {
+            tlp::Header::Mem(m) => {
+                let kind = match m.op {
+                    tlp::MemOp::Read | tlp::MemOp::ReadLocked => Kind::MemRead { addr: m.address },
+                    tlp::MemOp::Write => Kind::MemWrite { addr: m.address },
+                    tlp::MemOp::FetchAdd => Kind::Atomic {
+                        op: AtomicKind::FetchAdd,
+                        addr: m.address,
+                    },
+                    tlp::MemOp::Swap => Kind::Atomic {
+                        op: AtomicKind::Swap,
+                        addr: m.address,
+                    },
+                    tlp::MemOp::Cas => Kind::Atomic {
+                        op: AtomicKind::Cas,
+                        addr: m.address,
+                    },
+                    tlp::MemOp::DeferrableWrite => {
+                        return Err(WireError::Unsupported("Deferrable Memory Write"))
+                    }
+                };
+                (kind, m.requester_id, m.first_be, m.last_be)
+            }
+            tlp::Header::Io(r) => {
+                let kind = if r.write {
+                    Kind::IoWrite { addr: r.address }
+                } else {
+                    Kind::IoRead { addr: r.address }
+                };
+                (kind, r.requester_id, r.first_be, r.last_be)
+            }
+            tlp::Header::Cfg(c) => (
+                Kind::Config {
+                    type1: c.type1,
+                    write: c.write,
+                    target: c.target,
+                    reg: c.register,
+                },
+                c.requester_id,
+                c.first_be,
+                c.last_be,
+            ),
+            tlp::Header::Cpl(c) => (
+                Kind::Completion {
+                    completer: c.completer_id,
+                    status: CplStatus::from_tlp(c.status),
+                    byte_count: c.byte_count,
+                    lower_addr: c.lower_address,
+                },
+                c.requester_id,
+                0,
+                0,
+            ),
+            tlp::Header::Msg(m) => (
+                Kind::Message {
+                    routing: m.routing as u8,
+                    code: m.code,
+                },
+                m.requester_id,
+                0,
+                0,
+            ),
+        };
+        Ok(Header {
+            kind,
             requester,
-            tag,
-            tc,
-            attr,
-            poisoned,
-            length_dw: if has_data || ty <= 1 { length_dw } else { 0 },
+            tag: t.tag(),
+            tc: t.tc,
+            attr: attr_bits(t.attr),
+            poisoned: t.ep,
+            length_dw: t.length_dw,
             first_be,
             last_be,
-            payload: 0..0,
-        };
-        out.kind = match (ty, has_data) {
-            (0b0_0000 | 0b0_0001, false) => Kind::MemRead { addr: addr64() },
-            (0b0_0000, true) => Kind::MemWrite { addr: addr64() },
-            (0b0_0010, _) => {
-                if four_dw || length_dw != 1 || last_be != 0 {
-                    return Err(WireError::Malformed("IO request must be 3 DW, length 1"));
-                }
-                let addr = u32::from_be_bytes([h[8], h[9], h[10], h[11]]) & !3;
-                if has_data {
-                    Kind::IoWrite { addr }
-                } else {
-                    Kind::IoRead { addr }
-                }
-            }
-            (0b0_0100 | 0b0_0101, _) => {
-                if four_dw || length_dw != 1 || last_be != 0 {
-                    return Err(WireError::Malformed(
-                        "configuration request must be 3 DW, length 1",
-                    ));
-                }
-                Kind::Config {
-                    type1: ty == 0b0_0101,
-                    write: has_data,
-                    target: Bdf(u16::from_be_bytes([h[8], h[9]])),
-                    reg: (u16::from(h[10] & 0xf) << 8) | u16::from(h[11] & 0xfc),
-                }
-            }
-            (0b0_1100..=0b0_1110, true) => {
-                let op = match ty {
-                    0b0_1100 => AtomicKind::FetchAdd,
-                    0b0_1101 => AtomicKind::Swap,
-                    _ => AtomicKind::Cas,
-                };
-                let addr = if four_dw {
-                    (u64::from(u32::from_be_bytes([h[8], h[9], h[10], h[11]])) << 32)
-                        | u64::from(u32::from_be_bytes([h[12], h[13], h[14], h[15]]))
-                } else {
-                    u64::from(u32::from_be_bytes([h[8], h[9], h[10], h[11]]))
-                };
-                Kind::Atomic { op, addr }
-            }
-            (0b0_1010 | 0b0_1011, _) => {
-                if four_dw {
-                    return Err(WireError::Malformed("completion must be 3 DW"));
-                }
-                let bc = (u16::from(h[6] & 0xf) << 8) | u16::from(h[7]);
-                out.requester = Bdf(u16::from_be_bytes([h[8], h[9]]));
-                out.tag = (u16::from(t9) << 9) | (u16::from(t8) << 8) | u16::from(h[10]);
-                out.first_be = 0;
-                out.last_be = 0;
-                Kind::Completion {
-                    completer: Bdf(u16::from_be_bytes([h[4], h[5]])),
-                    status: CplStatus::from_bits(h[6] >> 5),
-                    byte_count: bc,
-                    lower_addr: h[11] & 0x7f,
-                }
-            }
-            (0b1_0000..=0b1_0111, _) => {
-                if !four_dw {
-                    return Err(WireError::Malformed("message must be 4 DW"));
-                }
-                Kind::Message {
-                    routing: ty & 7,
-                    code: h[7],
-                }
-            }
-            _ => return Err(WireError::UnknownType(h[0])),
-        };
-        if has_data {
-            let start = off + hdr_len;
-            let end = start + usize::from(length_dw) * 4;
-            if b.len() < end {
-                return Err(WireError::Truncated {
-                    got: b.len(),
-                    need: end,
-                });
-            }
-            out.payload = start..end;
-        }
-        Ok(out)
+            payload,
+        })
     }
 
     /// Total bytes enabled by the byte enables and length (§2.2.5), i.e. the byte count of
@@ -350,33 +267,49 @@ impl Header {
 /// `(leading disabled bytes, span from first to last enabled byte)` of a request (§2.2.5).
 /// A 1-DW request with no enabled bytes (a zero-length read) gives `(0, 0)`.
 pub fn enabled_span(length_dw: u16, first_be: u8, last_be: u8) -> (u32, u32) {
-    let len = u32::from(length_dw) * 4;
-    if length_dw <= 1 {
-        if first_be & 0xf == 0 {
-            return (0, 0);
+    let r = split::covered_bytes(0, length_dw, first_be, last_be);
+    (r.address as u32, r.len)
+}
+
+/// Byte enables and DW length for `len` bytes (1..=4096) at `addr`: `(first, last, length)`.
+pub fn byte_enables(addr: u64, len: u32) -> (u8, u8, u16) {
+    let (_, length_dw, first, last) = split::byte_enables(addr, len);
+    (first, last, length_dw)
+}
+
+fn emit(out: &mut Vec<u8>, t: &Tlp<'_>) -> Result<(), WireError> {
+    let start = out.len();
+    out.resize(start + t.buffer_len(), 0);
+    match t.emit(&mut out[start..]) {
+        Ok(n) => {
+            out.truncate(start + n);
+            Ok(())
         }
-        let lead = (first_be & 0xf).trailing_zeros();
-        let top = 4 - ((first_be & 0xf) << 4).leading_zeros().min(4);
-        return (lead, top.saturating_sub(lead).max(1));
+        Err(e) => {
+            out.truncate(start);
+            Err(e.into())
+        }
     }
-    let lead = (first_be & 0xf).trailing_zeros().min(4);
-    let trail = if last_be & 0xf == 0 {
-        4
-    } else {
-        (((last_be & 0xf) as u32) << 28).leading_zeros()
-    };
-    (lead, len.saturating_sub(lead + trail))
 }
 
-/// Header fields common to what the endpoint emits.
-fn dw0(buf: &mut [u8], fmt: u8, ty: u8, tag: u16, attr: u8, ep: bool, length_dw: u16) {
-    buf[0] = (fmt << 5) | (ty & 0x1f);
-    buf[1] = (((tag >> 9) & 1) as u8) << 7 | (((tag >> 8) & 1) as u8) << 3 | ((attr >> 2) & 1) << 2;
-    buf[2] = (u8::from(ep) << 6) | ((attr & 3) << 4) | ((length_dw >> 8) as u8 & 3);
-    buf[3] = length_dw as u8;
+fn base(header: tlp::Header, length_dw: u16, attr: u8, data: &[u8]) -> Tlp<'_> {
+    Tlp {
+        prefixes: Prefixes::NONE,
+        tc: 0,
+        attr: attr_of(attr),
+        th: false,
+        td: false,
+        ep: false,
+        at: 0,
+        ln: false,
+        length_dw,
+        header,
+        data,
+    }
 }
 
-/// Append a completion (Cpl when `data` is empty, CplD otherwise) to `out` (§2.2.9).
+/// Append a completion (Cpl when `data` is empty, CplD otherwise; `data` is a whole number
+/// of DWs) to `out` (§2.2.9). A `byte_count` of 0 means 4096.
 #[allow(clippy::too_many_arguments)]
 pub fn emit_completion(
     out: &mut Vec<u8>,
@@ -389,103 +322,123 @@ pub fn emit_completion(
     attr: u8,
     data: &[u8],
 ) {
-    let start = out.len();
-    out.resize(start + 12, 0);
-    let len_dw = data.len().div_ceil(4) as u16;
-    let fmt = if data.is_empty() { 0 } else { FMT_DATA };
-    let h = &mut out[start..];
-    dw0(h, fmt, 0b0_1010, tag, attr, false, len_dw & 0x3ff);
-    h[4..6].copy_from_slice(&completer.0.to_be_bytes());
-    h[6] = (status.bits() << 5) | ((byte_count >> 8) as u8 & 0xf);
-    h[7] = byte_count as u8;
-    h[8..10].copy_from_slice(&requester.0.to_be_bytes());
-    h[10] = tag as u8;
-    h[11] = lower_addr & 0x7f;
-    out.extend_from_slice(data);
-    let pad = (4 - data.len() % 4) % 4;
-    out.resize(out.len() + pad, 0);
-}
-
-/// Append a memory read request (3 DW header below 4 GiB, 4 DW above).
-pub fn emit_mem_read(out: &mut Vec<u8>, requester: Bdf, tag: u16, addr: u64, len: u32) {
-    let (first_be, last_be, len_dw) = byte_enables(addr, len);
-    emit_mem_header(
-        out, 0, requester, tag, addr, len_dw, first_be, last_be, false,
-    );
-}
-
-/// Append a memory write request carrying `data` at `addr` (any alignment, ≤ 4096 bytes).
-pub fn emit_mem_write(out: &mut Vec<u8>, requester: Bdf, addr: u64, data: &[u8]) {
-    let (first_be, last_be, len_dw) = byte_enables(addr, data.len() as u32);
-    emit_mem_header(
-        out, FMT_DATA, requester, 0, addr, len_dw, first_be, last_be, false,
-    );
-    let lead = (addr & 3) as usize;
-    let start = out.len();
-    out.resize(start + usize::from(len_dw) * 4, 0);
-    out[start + lead..start + lead + data.len()].copy_from_slice(data);
-}
-
-#[allow(clippy::too_many_arguments)]
-fn emit_mem_header(
-    out: &mut Vec<u8>,
-    fmt: u8,
-    requester: Bdf,
-    tag: u16,
-    addr: u64,
-    len_dw: u16,
-    first_be: u8,
-    last_be: u8,
-    ep: bool,
-) {
-    let four = addr > u64::from(u32::MAX);
-    let start = out.len();
-    out.resize(start + if four { 16 } else { 12 }, 0);
-    let h = &mut out[start..];
-    dw0(
-        h,
-        fmt | u8::from(four),
-        0,
-        tag,
-        0,
-        ep,
-        if len_dw == 1024 { 0 } else { len_dw },
-    );
-    h[4..6].copy_from_slice(&requester.0.to_be_bytes());
-    h[6] = tag as u8;
-    h[7] = (last_be << 4) | first_be;
-    if four {
-        h[8..12].copy_from_slice(&((addr >> 32) as u32).to_be_bytes());
-        h[12..16].copy_from_slice(&((addr as u32) & !3).to_be_bytes());
+    let mut padded = [0u8; 4];
+    let payload: &[u8] = if data.len() % 4 == 0 {
+        data
+    } else if data.len() < 4 {
+        padded[..data.len()].copy_from_slice(data);
+        &padded
     } else {
-        h[8..12].copy_from_slice(&((addr as u32) & !3).to_be_bytes());
+        // Callers always pass whole DWs; a ragged tail is cut to keep the TLP well formed.
+        &data[..data.len() / 4 * 4]
+    };
+    let len_dw = if payload.is_empty() {
+        1024
+    } else {
+        (payload.len() / 4) as u16
+    };
+    let bc = match byte_count & 0xfff {
+        0 => 4096,
+        n => n,
+    };
+    let t = base(
+        tlp::Header::Cpl(tlp::Completion {
+            with_data: !payload.is_empty(),
+            locked: false,
+            completer_id: completer,
+            status: status.to_tlp(),
+            bcm: false,
+            byte_count: bc,
+            requester_id: requester,
+            tag: tag & 0x3ff,
+            lower_address: lower_addr & 0x7f,
+        }),
+        len_dw,
+        attr & 3,
+        payload,
+    );
+    if let Err(e) = emit(out, &t) {
+        tracing::error!("endpoint: cannot build a completion: {e}");
     }
 }
 
-/// Byte enables and DW length for `len` bytes at `addr` (§2.2.5). `len` must be 1..=4096.
-pub fn byte_enables(addr: u64, len: u32) -> (u8, u8, u16) {
-    let lead = (addr & 3) as u32;
-    let total = lead + len;
-    let len_dw = total.div_ceil(4) as u16;
-    let end_in_last = total - (u32::from(len_dw) - 1) * 4; // 1..=4
-    let first_mask: u8 = 0xf << lead;
-    if len_dw == 1 {
-        let last_mask = 0xfu8 >> (4 - end_in_last);
-        (first_mask & last_mask & 0xf, 0, 1)
-    } else {
-        (first_mask & 0xf, 0xfu8 >> (4 - end_in_last), len_dw)
+fn mem_header(
+    op: tlp::MemOp,
+    requester: Bdf,
+    tag: u16,
+    addr: u64,
+    first: u8,
+    last: u8,
+) -> tlp::Header {
+    tlp::Header::Mem(tlp::MemRequest {
+        op,
+        addr64: addr > u64::from(u32::MAX),
+        requester_id: requester,
+        tag: tag & 0x3ff,
+        first_be: first,
+        last_be: last,
+        address: addr & !3,
+        ph: 0,
+    })
+}
+
+/// Append a memory read request for `len` bytes (1..=4096, not crossing 4 KiB) at `addr`
+/// (3 DW header below 4 GiB, 4 DW above).
+pub fn emit_mem_read(out: &mut Vec<u8>, requester: Bdf, tag: u16, addr: u64, len: u32) {
+    let (first, last, len_dw) = byte_enables(addr, len);
+    let t = base(
+        mem_header(tlp::MemOp::Read, requester, tag, addr, first, last),
+        len_dw,
+        0,
+        &[],
+    );
+    if let Err(e) = emit(out, &t) {
+        tracing::error!("endpoint: cannot build a memory read: {e}");
+    }
+}
+
+/// Append a memory write request carrying `data` (1..=4096 bytes, not crossing 4 KiB) at
+/// `addr` (any alignment).
+pub fn emit_mem_write(out: &mut Vec<u8>, requester: Bdf, addr: u64, data: &[u8]) {
+    let (first, last, len_dw) = byte_enables(addr, data.len() as u32);
+    let lead = (addr & 3) as usize;
+    let mut buf = [0u8; 4096 + 8];
+    let n = usize::from(len_dw) * 4;
+    let Some(dst) = buf.get_mut(lead..lead + data.len()) else {
+        tracing::error!("endpoint: memory write of {} bytes is too long", data.len());
+        return;
+    };
+    dst.copy_from_slice(data);
+    let t = base(
+        mem_header(tlp::MemOp::Write, requester, 0, addr, first, last),
+        len_dw,
+        0,
+        &buf[..n],
+    );
+    if let Err(e) = emit(out, &t) {
+        tracing::error!("endpoint: cannot build a memory write: {e}");
     }
 }
 
 /// Append an INTx Assert/Deassert message (§2.2.8.1): `pin` 0..4 is INTA..INTD.
 pub fn emit_intx(out: &mut Vec<u8>, requester: Bdf, pin: u8, assert: bool) {
-    let start = out.len();
-    out.resize(start + 16, 0);
-    let h = &mut out[start..];
-    // Fmt 001 (4 DW, no data), Type 10100: local, terminate at receiver.
-    h[0] = 0x34;
-    h[4..6].copy_from_slice(&requester.0.to_be_bytes());
-    h[7] = if assert { 0x20 } else { 0x24 } + (pin & 3);
+    let code = if assert { 0x20 } else { 0x24 } + (pin & 3);
+    let t = base(
+        tlp::Header::Msg(tlp::Message {
+            with_data: false,
+            routing: tlp::MsgRouting::Local,
+            requester_id: requester,
+            tag: 0,
+            code,
+            fields: [0; 8],
+        }),
+        1024,
+        0,
+        &[],
+    );
+    if let Err(e) = emit(out, &t) {
+        tracing::error!("endpoint: cannot build an INTx message: {e}");
+    }
 }
 
 #[cfg(test)]
@@ -537,6 +490,20 @@ mod tests {
             }
         );
         assert_eq!(&v[h.payload], &[1, 2, 3, 4, 5, 6, 7, 8]);
+        // Byte Count 4096 is the field value 0.
+        let mut v = Vec::new();
+        emit_completion(
+            &mut v,
+            Bdf(1),
+            Bdf(2),
+            1,
+            CplStatus::UnsupportedRequest,
+            0,
+            0,
+            0,
+            &[],
+        );
+        assert_eq!((v[0], v[6] & 0xef, v[7]), (0x0a, 0x20, 0));
     }
 
     #[test]
@@ -568,22 +535,42 @@ mod tests {
     }
 
     #[test]
-    fn truncated_is_error() {
+    fn intx_message_layout() {
+        let mut v = Vec::new();
+        emit_intx(&mut v, Bdf::new(1, 0, 0), 0, true);
+        assert_eq!(v.len(), 16);
+        assert_eq!((v[0], v[7]), (0x34, 0x20));
+        let h = Header::parse(&v).unwrap();
+        assert_eq!(
+            h.kind,
+            Kind::Message {
+                routing: 4,
+                code: 0x20
+            }
+        );
+    }
+
+    #[test]
+    fn malformed_is_error() {
         assert!(matches!(
             Header::parse(&[0x40, 0, 0, 4, 0, 0, 0, 0xff, 0, 0, 0, 0]),
-            Err(WireError::Truncated { .. })
+            Err(WireError::Tlp(_))
         ));
         assert!(Header::parse(&[]).is_err());
+        // A reserved Fmt/Type.
+        assert!(Header::parse(&[0x03, 0, 0, 1, 0, 0, 0, 0xf, 0, 0, 0, 0]).is_err());
     }
 
     proptest::proptest! {
         #[test]
         fn completion_roundtrip(
-            c in 0u16.., r in 0u16.., tag in 0u16..1024, st in 0u8..8, bc in 0u16..4096,
-            la in 0u8..128, data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)
+            c in 0u16.., r in 0u16.., tag in 0u16..1024, st in 0usize..4, bc in 1u16..=4096,
+            la in 0u8..128, dws in 0usize..16
         ) {
+            let status = [CplStatus::Success, CplStatus::UnsupportedRequest,
+                CplStatus::RetryStatus, CplStatus::CompleterAbort][st];
+            let data: Vec<u8> = (0..dws * 4).map(|i| i as u8).collect();
             let mut v = Vec::new();
-            let status = CplStatus::from_bits(st);
             emit_completion(&mut v, Bdf(c), Bdf(r), tag, status, bc, la, 0, &data);
             let h = Header::parse(&v).unwrap();
             proptest::prop_assert_eq!(h.tag, tag);
@@ -591,11 +578,12 @@ mod tests {
             proptest::prop_assert_eq!(h.kind, Kind::Completion {
                 completer: Bdf(c), status, byte_count: bc, lower_addr: la
             });
-            proptest::prop_assert_eq!(&v[h.payload][..data.len()], &data[..]);
+            proptest::prop_assert_eq!(&v[h.payload], &data[..]);
         }
 
         #[test]
         fn mem_requests_roundtrip(addr in 0u64..(1 << 52), len in 1u32..=4096, tag in 0u16..1024) {
+            let len = len.min(4096 - (addr & 0xfff) as u32);
             let mut v = Vec::new();
             emit_mem_read(&mut v, Bdf(5), tag, addr, len);
             let h = Header::parse(&v).unwrap();

@@ -2,7 +2,7 @@
 //! requests (PCI Local Bus 3.0 §6.2.5.1 BAR sizing, §6.7 capability list; PCIe Base 4.0
 //! §7.5.3.4 Device Control MPS/MRRS, §7.5.3.16 Device Control 2 10-bit tags).
 //!
-//! Walks device 0 functions 0-7 of the secondary bus (a root port has one device), sizes every
+//! Walks every device and function of the secondary bus, sizes every
 //! BAR, assigns it inside the port's windows, reads the capability list, sets Max Payload Size
 //! and Max Read Request Size, enables extended and (when both ends support them) 10-bit tags,
 //! then enables memory decoding and bus mastering. Generic over [`ConfigAccess`], so it is
@@ -177,21 +177,25 @@ pub fn enumerate(acc: &mut dyn ConfigAccess, bus: u8, cfg: &EnumConfig) -> Vec<F
         end: w.io.0 + w.io.1,
     };
     let mut found = Vec::new();
-    for func in 0..8u8 {
-        let bdf = Bdf::new(bus, 0, func);
-        let id = acc.cfg_read(bdf, 0);
-        if id == 0xffff_ffff || id & 0xffff == 0xffff || id == 0 {
-            if func == 0 {
+    // Every device number, not only 0: the appliance may present several cards, each at its
+    // own device number, and the root port acts as one virtual bus for all of them.
+    for dev in 0..32u8 {
+        for func in 0..8u8 {
+            let bdf = Bdf::new(bus, dev, func);
+            let id = acc.cfg_read(bdf, 0);
+            if id == 0xffff_ffff || id & 0xffff == 0xffff || id == 0 {
+                if func == 0 {
+                    break;
+                }
+                continue;
+            }
+            let hdr = acc.cfg_read(bdf, 0x0c);
+            let header_type = (hdr >> 16) as u8;
+            let f = configure(acc, bdf, id, cfg, &mut mem, &mut pref, &mut io);
+            found.push(f);
+            if func == 0 && header_type & h::HEADER_TYPE_MULTIFUNCTION == 0 {
                 break;
             }
-            continue;
-        }
-        let hdr = acc.cfg_read(bdf, 0x0c);
-        let header_type = (hdr >> 16) as u8;
-        let f = configure(acc, bdf, id, cfg, &mut mem, &mut pref, &mut io);
-        found.push(f);
-        if func == 0 && header_type & h::HEADER_TYPE_MULTIFUNCTION == 0 {
-            break;
         }
     }
     found

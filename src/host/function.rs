@@ -70,10 +70,10 @@ impl FunctionState {
                 masks[i + 1] = ((size_mask >> 32) as u32, 0);
             }
         }
-        let mut shadow = Shadow::default();
-        for (bar, mask) in shadow.bars.iter_mut().zip(masks.iter()) {
-            *bar = mask.1;
-        }
+        let shadow = Shadow {
+            bars: masks.map(|m| m.1),
+            ..Shadow::default()
+        };
         Self {
             info,
             ctx,
@@ -91,6 +91,11 @@ impl FunctionState {
     /// Interrupts and DMA windows.
     pub fn ctx(&self) -> &FunctionContext {
         &self.ctx
+    }
+
+    /// Whether the consumer armed MSI-X (rather than MSI) vectors.
+    pub fn uses_msix(&self) -> bool {
+        self.msix_mode.load(Ordering::Acquire)
     }
 
     /// An MSI/MSI-X write with this data arrived from the card.

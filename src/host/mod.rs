@@ -11,6 +11,7 @@
 //! * [`tlpio`] — the TLPs the host builds and receives.
 //! * [`vfio_user`] — the vfio-user server that hands a function to a VM or another consumer.
 
+pub mod agent;
 pub mod dma;
 pub mod enumerate;
 pub mod function;

@@ -148,6 +148,9 @@ pub struct Host {
     cells: Vec<Cell>,
     link_up: AtomicBool,
     functions: RwLock<Vec<Arc<FunctionState>>>,
+    /// Functions gone with the link; reused when the same function comes back, so consumers
+    /// (vfio-user servers) holding them keep working after a reconnect.
+    retired: Mutex<Vec<Arc<FunctionState>>>,
     root_port: Mutex<ConfigSpace>,
     events: Mutex<VecDeque<HostEvent>>,
     events_cv: Condvar,
@@ -195,6 +198,7 @@ impl Host {
             cells,
             link_up: AtomicBool::new(false),
             functions: RwLock::new(Vec::new()),
+            retired: Mutex::new(Vec::new()),
             root_port: Mutex::new(rp),
             events: Mutex::new(VecDeque::new()),
             events_cv: Condvar::new(),
@@ -269,7 +273,10 @@ impl Host {
         self.event(HostEvent::LinkDown);
         let gone: Vec<Bdf> = {
             let mut f = self.functions.write().unwrap_or_else(|p| p.into_inner());
-            f.drain(..).map(|s| s.info().bdf).collect()
+            let mut retired = lock(&self.retired);
+            let bdfs = f.iter().map(|s| s.info().bdf).collect();
+            retired.extend(f.drain(..));
+            bdfs
         };
         for bdf in gone {
             self.event(HostEvent::FunctionRemoved(bdf));
@@ -297,7 +304,7 @@ impl Host {
     /// Enumerate the functions below the root port (configuring BARs, MPS/MRRS, tags), and
     /// report additions and removals as slot events. Blocks on configuration requests: never
     /// call it from the thread that calls [`Host::on_tlp`].
-    pub fn rescan(&self) -> Vec<FunctionInfo> {
+    pub fn rescan(self: &Arc<Self>) -> Vec<FunctionInfo> {
         if !self.is_link_up() {
             return Vec::new();
         }
@@ -306,7 +313,7 @@ impl Host {
         // 10-bit tags toward the cards when every one completes them.
         let ten = !found.is_empty() && found.iter().all(|f| f.ten_bit_completer);
         lock(&self.req).set_ten_bit_tags(ten);
-        let (added, removed) = {
+        let (added, removed, revived) = {
             let mut fs = self.functions.write().unwrap_or_else(|p| p.into_inner());
             let removed: Vec<Bdf> = fs
                 .iter()
@@ -314,18 +321,45 @@ impl Host {
                 .filter(|b| !found.iter().any(|f| f.bdf == *b))
                 .collect();
             let mut added = Vec::new();
+            let mut revived = Vec::new();
             let old = std::mem::take(&mut *fs);
+            let mut retired = lock(&self.retired);
             for info in &found {
-                match old.iter().find(|f| f.info().bdf == info.bdf) {
-                    Some(f) if f.info() == info => fs.push(f.clone()),
-                    _ => {
-                        added.push(info.bdf);
-                        fs.push(Arc::new(FunctionState::new(info.clone())));
+                let known = old.iter().any(|f| f.info() == info);
+                let reuse = old
+                    .iter()
+                    .chain(retired.iter())
+                    .find(|f| f.info() == info)
+                    .cloned();
+                if !known {
+                    added.push(info.bdf);
+                }
+                match reuse {
+                    Some(f) => {
+                        if !known {
+                            revived.push(f.clone());
+                        }
+                        fs.push(f);
                     }
+                    None => fs.push(Arc::new(FunctionState::new(info.clone()))),
                 }
             }
-            (added, removed)
+            retired.retain(|r| !fs.iter().any(|f| Arc::ptr_eq(f, r)));
+            (added, removed, revived)
         };
+        // A function back after a link loss lost its interrupt programming: redo it for the
+        // consumer that still holds it.
+        for f in revived {
+            use super::vfio_user::{Device, IrqIndex};
+            let msix = f.uses_msix();
+            let msi = f.ctx().irqs.is_armed(IrqIndex::Msi, 0);
+            let mut rf = RemoteFunction::new(self.clone(), f);
+            if msix {
+                rf.irqs_changed(IrqIndex::Msix);
+            } else if msi {
+                rf.irqs_changed(IrqIndex::Msi);
+            }
+        }
         self.update_windows(&found);
         for b in removed {
             self.event(HostEvent::FunctionRemoved(b));

@@ -27,10 +27,11 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use super::cfg::{ConfigBuilder, ConfigSpace, Identity as PciIdentity};
 use super::device::{
-    BarSpec, Decode, Device, DeviceContext, DeviceError, InterruptHandle, MsixLayout, ResetKind,
+    Decode, Device, DeviceContext, DeviceError, InterruptHandle, MsixLayout, ResetKind,
 };
+use super::pcicfg::{build_config, pci_decode, ModelConfig};
+use crate::pci::{Bar, ConfigSpace, FunctionIds};
 pub use backend::{Backend, BackendError};
 use identify::{ErrorEntry, Health, Identity, MAX_IO_QUEUES};
 use spec::{cc, csts, reg};
@@ -258,28 +259,35 @@ impl NvmeController {
             eui64,
             uuid,
         };
-        let cfg = ConfigBuilder::new(
-            PciIdentity {
-                vendor: opts.pci_ids.0,
-                device: opts.pci_ids.1,
-                subsys_vendor: opts.pci_ids.0,
-                subsys: opts.pci_ids.1,
+        let mut bars = [Bar::Unused; 6];
+        bars[0] = Bar::Memory64 {
+            size: BAR0_SIZE,
+            prefetchable: false,
+        };
+        let cfg = build_config(&ModelConfig {
+            ids: FunctionIds {
+                vendor_id: opts.pci_ids.0,
+                device_id: opts.pci_ids.1,
                 revision: 1,
-                class: 0x01_08_02,
+                class_code: 0x01_08_02,
+                subsystem_vendor_id: opts.pci_ids.0,
+                subsystem_id: opts.pci_ids.1,
+                interrupt_pin: 1,
+                multifunction: false,
             },
-            1,
-        )
-        .bar(0, BarSpec::mem64(BAR0_SIZE, false))
-        .power_management()
-        .msix(MsixLayout {
-            vectors: MSIX_VECTORS,
-            table_bar: 0,
-            table_offset: 0x2000,
-            pba_bar: 0,
-            pba_offset: 0x3000,
+            bars,
+            msix: Some(MsixLayout {
+                vectors: MSIX_VECTORS,
+                table_bar: 0,
+                table_offset: 0x2000,
+                pba_bar: 0,
+                pba_offset: 0x3000,
+            }),
+            mps_supported: 256,
+            sriov: None,
+            vf: false,
         })
-        .pci_express(256)
-        .build();
+        .expect("the NVMe configuration layout is fixed and valid");
         NvmeController {
             cfg,
             shared: Arc::new(Shared {
@@ -429,15 +437,17 @@ impl Device for NvmeController {
     }
 
     fn config_read(&mut self, reg: u16) -> u32 {
-        self.cfg.read(reg)
+        self.cfg.read_u32(usize::from(reg & !3))
     }
 
     fn config_write(&mut self, reg: u16, value: u32, be: u8) -> bool {
-        self.cfg.write(reg, value, be)
+        self.cfg
+            .write_dword(usize::from(reg & !3), value, be)
+            .function_level_reset
     }
 
     fn decode(&self) -> Decode {
-        self.cfg.decode()
+        pci_decode(&self.cfg, &[])
     }
 
     fn bar_read(&mut self, bar: u8, offset: u64, data: &mut [u8]) -> Result<(), DeviceError> {

@@ -1,0 +1,279 @@
+//! The host agent: a [`Host`] root complex on a transport session to one appliance, and the
+//! vfio-user sockets of its functions (CONTRACT.md "Host agent").
+//!
+//! Three kinds of threads: the transport driver (owned by [`TransportHandle`]); the *pump*,
+//! which hands delivered TLPs to [`Host::on_tlp`] and session events to
+//! [`Host::on_link_up`] / [`Host::on_link_down`]; and the *scanner*, which re-enumerates after
+//! every (re)connection, off the pump thread because enumeration waits for completions.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::root::{Downlink, Host, HostConfig, LinkError};
+use super::vfio_user::{Connection, FunctionServer, ServerConfig};
+use crate::tlp::Bdf;
+use crate::transport::driver::{eth, udp, DriverConfig, Peers, TransportHandle, Upcall};
+use crate::transport::{ConnId, Event, HostId, PeerAddr, Psk};
+use bytes::Bytes;
+
+/// Where the appliance is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// `udp:IP:PORT`.
+    Udp(SocketAddr),
+    /// `eth:IFACE[,peer=MAC]`.
+    Eth(String),
+}
+
+impl std::str::FromStr for Target {
+    type Err = AgentError;
+    fn from_str(s: &str) -> Result<Self, AgentError> {
+        let bad = || AgentError::BadTarget(s.to_string());
+        if let Some(a) = s.strip_prefix("udp:") {
+            return a.parse().map(Target::Udp).map_err(|_| bad());
+        }
+        if s.starts_with("eth:") {
+            return Ok(Target::Eth(s.to_string()));
+        }
+        Err(bad())
+    }
+}
+
+/// Errors starting or running the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// `--connect` is neither `udp:IP:PORT` nor `eth:IFACE[,peer=MAC]`.
+    #[error("bad --connect {0:?}: expected udp:IP:PORT or eth:IFACE[,peer=MAC]")]
+    BadTarget(String),
+    /// Socket or interface trouble.
+    #[error("{what}: {source}")]
+    Io {
+        /// What we were doing.
+        what: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Host ID or key rejected.
+    #[error("{0}")]
+    Identity(String),
+    /// No session with the appliance in time.
+    #[error("no session with the appliance after {0:?}")]
+    NotConnected(Duration),
+    /// The vfio-user socket directory or a socket could not be set up.
+    #[error(transparent)]
+    Socket(#[from] super::vfio_user::socket::SocketError),
+}
+
+/// Agent settings.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The appliance.
+    pub target: Target,
+    /// Our host ID.
+    pub host_id: String,
+    /// Pre-shared key (None: the built-in development key, not secure).
+    pub psk: Option<Psk>,
+    /// Fraction (0..1) of sent frames to drop on purpose.
+    pub inject_loss: f64,
+    /// Root complex settings.
+    pub host: HostConfig,
+}
+
+/// [`Downlink`] over the transport session.
+#[derive(Debug)]
+struct SessionLink {
+    handle: Arc<TransportHandle>,
+    conn: Mutex<Option<ConnId>>,
+}
+
+impl Downlink for SessionLink {
+    fn send_tlp(&self, tlp: &[u8]) -> Result<(), LinkError> {
+        let conn = self
+            .conn
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .ok_or_else(|| LinkError("no session".into()))?;
+        self.handle
+            .send(conn, Bytes::copy_from_slice(tlp))
+            .map_err(|e| LinkError(e.to_string()))
+    }
+}
+
+/// A running host agent.
+#[derive(Debug)]
+pub struct Agent {
+    host: Arc<Host>,
+    handle: Arc<TransportHandle>,
+    scans: Mutex<mpsc::Receiver<Vec<Bdf>>>,
+    served: Mutex<Vec<Bdf>>,
+    _pump: JoinHandle<()>,
+    _scanner: JoinHandle<()>,
+}
+
+impl Agent {
+    /// Open the transport toward the appliance and start the pump and scanner threads.
+    pub fn start(cfg: AgentConfig) -> Result<Agent, AgentError> {
+        let io = |what: &str| {
+            let what = what.to_string();
+            move |source| AgentError::Io { what, source }
+        };
+        let host_id = HostId::new(&cfg.host_id).map_err(|e| AgentError::Identity(e.to_string()))?;
+        let psk = cfg.psk.unwrap_or(Psk::DEVELOPMENT);
+        let (port, server): (Box<dyn crate::transport::driver::Port>, PeerAddr) = match &cfg.target
+        {
+            Target::Udp(a) => {
+                let local: SocketAddr = if a.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
+                    .parse()
+                    .map_err(|_| AgentError::BadTarget(a.to_string()))?;
+                let p = udp::UdpPort::bind(local).map_err(io("binding a UDP socket"))?;
+                (Box::new(p), PeerAddr::Udp(*a))
+            }
+            Target::Eth(spec) => {
+                let body = spec.strip_prefix("eth:").unwrap_or(spec);
+                let s = eth::EthSpec::parse(body).map_err(io("parsing the Ethernet target"))?;
+                // `peer=MAC` picks the appliance; without it the handshake is broadcast.
+                let peer = match body.split(',').find_map(|p| p.strip_prefix("peer=")) {
+                    Some(m) => eth::parse_mac(m).map_err(io("parsing peer=MAC"))?,
+                    None => [0xff; 6],
+                };
+                let p = eth::EthPort::open(&s).map_err(io("opening the Ethernet interface"))?;
+                (Box::new(p), PeerAddr::Eth(peer))
+            }
+        };
+        let mut dcfg = DriverConfig::new(Peers::Connect {
+            server,
+            host: host_id,
+            psk,
+        });
+        dcfg.inject_loss = cfg.inject_loss;
+        let handle = Arc::new(
+            TransportHandle::spawn(port, dcfg).map_err(io("starting the transport driver"))?,
+        );
+        let link = Arc::new(SessionLink {
+            handle: handle.clone(),
+            conn: Mutex::new(None),
+        });
+        let host = Host::new(link.clone(), cfg.host);
+        let (scan_tx, scan_rx) = mpsc::channel::<()>();
+        let (done_tx, done_rx) = mpsc::channel::<Vec<Bdf>>();
+        let scanner = {
+            let host = host.clone();
+            std::thread::Builder::new()
+                .name("host-scan".into())
+                .spawn(move || {
+                    while scan_rx.recv().is_ok() {
+                        let found = host.rescan();
+                        let _ = done_tx.send(found.iter().map(|f| f.bdf).collect());
+                    }
+                })
+                .map_err(io("starting the scanner"))?
+        };
+        let pump = {
+            let (host, handle) = (host.clone(), handle.clone());
+            std::thread::Builder::new()
+                .name("host-pump".into())
+                .spawn(move || {
+                    while let Some(up) = handle.recv() {
+                        match up {
+                            Upcall::Tlp { tlp, .. } => host.on_tlp(&tlp),
+                            Upcall::Event { conn, event } => match event {
+                                Event::Connected { .. } => {
+                                    *link.conn.lock().unwrap_or_else(|p| p.into_inner()) =
+                                        Some(conn);
+                                    host.on_link_up();
+                                    let _ = scan_tx.send(());
+                                }
+                                Event::Down { reason, .. } => {
+                                    tracing::warn!(?reason, "session with the appliance down");
+                                    *link.conn.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                                    host.on_link_down();
+                                }
+                            },
+                            Upcall::Dropped { error, .. } => {
+                                tracing::debug!(%error, "TLP not transmitted");
+                            }
+                        }
+                    }
+                })
+                .map_err(io("starting the pump"))?
+        };
+        Ok(Agent {
+            host,
+            handle,
+            scans: Mutex::new(done_rx),
+            served: Mutex::new(Vec::new()),
+            _pump: pump,
+            _scanner: scanner,
+        })
+    }
+
+    /// The root complex (Rust API for user-space drivers: [`Host::open`]).
+    pub fn host(&self) -> &Arc<Host> {
+        &self.host
+    }
+
+    /// Wait for the first enumeration after a session came up; the functions found.
+    pub fn wait_scan(&self, timeout: Duration) -> Result<Vec<Bdf>, AgentError> {
+        self.scans
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .recv_timeout(timeout)
+            .map_err(|_| AgentError::NotConnected(timeout))
+    }
+
+    /// Transport counters (for operators).
+    pub fn transport(&self) -> &TransportHandle {
+        &self.handle
+    }
+
+    /// Create `DIR/<bb>:<dd>.<f>.sock` for every function not served yet and serve each on its
+    /// own thread. Returns the new socket paths (they accept connections on return).
+    pub fn serve_vfio_user(&self, dir: &Path) -> Result<Vec<PathBuf>, AgentError> {
+        std::fs::create_dir_all(dir).map_err(|source| AgentError::Io {
+            what: format!("creating {}", dir.display()),
+            source,
+        })?;
+        let mut paths = Vec::new();
+        let mut served = self.served.lock().unwrap_or_else(|p| p.into_inner());
+        for info in self.host.functions() {
+            if served.contains(&info.bdf) {
+                continue;
+            }
+            let Some(dev) = self.host.open(info.bdf) else {
+                continue;
+            };
+            let path = dir.join(format!("{}.sock", info.bdf));
+            let server = FunctionServer::bind(&path)?;
+            let ctx = dev.context();
+            let mut conn = Connection::new(dev, ctx, ServerConfig::default());
+            let name = format!("vfio-user {}", info.bdf);
+            std::thread::Builder::new()
+                .name(name)
+                .spawn(move || {
+                    if let Err(e) = server.serve_forever(&mut conn) {
+                        tracing::error!(error = %e, "vfio-user server stopped");
+                    }
+                })
+                .map_err(|source| AgentError::Io {
+                    what: "starting a vfio-user server".into(),
+                    source,
+                })?;
+            served.push(info.bdf);
+            paths.push(path);
+        }
+        Ok(paths)
+    }
+
+    /// Connect and enumerate within `timeout` (for the operator tools).
+    pub fn connect(cfg: AgentConfig, timeout: Duration) -> Result<Agent, AgentError> {
+        let a = Agent::start(cfg)?;
+        let t0 = Instant::now();
+        a.wait_scan(timeout)?;
+        tracing::debug!(took = ?t0.elapsed(), "connected and enumerated");
+        Ok(a)
+    }
+}
