@@ -50,7 +50,11 @@ fn demo_without_arguments_verifies_64_mib_over_udp() {
     let (ok, stdout, stderr, _) = demo(&[]);
     assert!(ok, "demo failed:\n{stdout}\n{stderr}");
     check_output(&stdout);
-    assert!(stdout.contains("UDP on 127.0.0.1"), "{stdout}");
+    assert!(
+        stdout.contains("UDP on 127.0.0.1, two processes"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("`pcietun appliance` (pid"), "{stdout}");
     assert!(
         stdout.contains("all 67108864 bytes read back"),
         "the default run moves 64 MiB: {stdout}"

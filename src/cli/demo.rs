@@ -1,7 +1,8 @@
 //! `pcietun demo`: the newcomer's first run, with no arguments and no configuration. It starts
-//! an appliance (an NVMe controller on a temporary backing file) and a host agent joined by the
-//! real transport over UDP on 127.0.0.1 (or `--link eth`: raw Ethernet between two network
-//! namespaces over a veth pair), shows the tunnelled function as `lspci -xxx` does, brings the
+//! an appliance (`pcietun appliance` as a child process: an NVMe controller on a temporary
+//! backing file) and a host agent (`pcietun::host::agent`) joined by the real transport over
+//! UDP on 127.0.0.1 (or, in one process on the bench rig, `--link eth`: raw Ethernet between
+//! two network namespaces over a veth pair, or `--link mem`), shows the tunnelled function as `lspci -xxx` does, brings the
 //! controller up through the tunnel with the project's user-space NVMe driver, writes 64 MiB
 //! and reads it back with a progress bar, verifies every byte, prints the latency and
 //! throughput it saw, and cleans up. Any failure exits non-zero.
@@ -11,9 +12,12 @@ use super::bench::LinkKind;
 use indicatif::{ProgressBar, ProgressStyle};
 use pcietun::drivers::nvme::{IoOp, NvmeConfig, NvmeDriver};
 use pcietun::drivers::Completion;
+use pcietun::host::agent::{Agent, AgentConfig, Target};
+use pcietun::host::{HostConfig, RemoteFunction};
 use pcietun::pci::lspci::{default_description, format_function, PciAddress};
 use pcietun::pci::{walk_capabilities, CapabilityId};
-use std::process::ExitCode;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 /// Arguments of `pcietun demo` (all optional).
@@ -29,6 +33,164 @@ pub struct DemoArgs {
     /// NVMe queue depth of the driver.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=255))]
     queue_depth: u64,
+}
+
+/// The two halves of the tunnel the demo runs on.
+enum Tunnel {
+    /// `pcietun appliance` as a child process, the host agent (`pcietun::host::agent`) here.
+    Processes {
+        appliance: ApplianceChild,
+        agent: Agent,
+        _dir: tempfile::TempDir,
+    },
+    /// Both halves in this process on the bench rig (raw Ethernet between namespaces, memory).
+    Rig { rig: Rig, _net: Net },
+}
+
+/// The appliance child process; terminated (SIGTERM, then SIGKILL) on every exit path.
+struct ApplianceChild(Child);
+
+impl ApplianceChild {
+    fn stop(&mut self) -> Result<(), String> {
+        if let Ok(Some(_)) = self.0.try_wait() {
+            return Err("the appliance process exited early".into());
+        }
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM) };
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(5) {
+            match self.0.try_wait() {
+                Ok(Some(st)) if st.success() => return Ok(()),
+                Ok(Some(st)) => return Err(format!("the appliance exited with {st}")),
+                _ => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        Err("the appliance did not stop on SIGTERM within 5 s".into())
+    }
+}
+
+impl Drop for ApplianceChild {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+impl Tunnel {
+    fn processes(ns_bytes: u64) -> Result<Tunnel, Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let img = dir.path().join("nvme0n1.img");
+        let mut child = ApplianceChild(
+            Command::new(std::env::current_exe()?)
+                .args(["appliance", "--listen", "udp:127.0.0.1:0", "--device"])
+                .arg(format!("nvme={},size={}", img.display(), ns_bytes))
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()?,
+        );
+        let out = child
+            .0
+            .stdout
+            .take()
+            .ok_or("no stdout from the appliance")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(out).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(10))
+            .map_err(|_| "the appliance did not report ready within 10 s")?;
+        let addr = line
+            .strip_prefix("appliance ready: listen udp:")
+            .and_then(|r| r.split([';', ' ']).next())
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| format!("unexpected appliance output {:?}", line.trim()))?;
+        println!(
+            "      appliance: `pcietun appliance` (pid {}), NVMe controller on a {} MiB temporary file, listening on udp:{addr}",
+            child.0.id(),
+            ns_bytes >> 20
+        );
+        let agent = Agent::connect(
+            AgentConfig {
+                target: Target::Udp(addr),
+                host_id: "host".into(),
+                psk: None,
+                inject_loss: 0.0,
+                host: HostConfig::default(),
+            },
+            Duration::from_secs(10),
+        )?;
+        println!("      link: UDP on 127.0.0.1, two processes");
+        println!(
+            "      host agent: session up, {} function(s) enumerated below the virtual root port",
+            agent.host().functions().len()
+        );
+        Ok(Tunnel::Processes {
+            appliance: child,
+            agent,
+            _dir: dir,
+        })
+    }
+
+    fn rig(link: LinkKind, ns_bytes: u64) -> Result<Tunnel, Box<dyn std::error::Error>> {
+        let net = Net::create(link)?;
+        let rig = Rig::start(
+            &net,
+            &RigConfig {
+                encrypt: true,
+                loss: 0.0,
+                busy_poll: false,
+                nvme_bytes: ns_bytes,
+                dma_buffer: 0,
+            },
+        )?;
+        println!(
+            "      appliance: NVMe controller on a {} MiB temporary file (in this process)",
+            ns_bytes >> 20
+        );
+        println!("      link: {}", net.describe());
+        println!(
+            "      host agent: session up, {} function(s) enumerated below the virtual root port",
+            rig.functions.len()
+        );
+        Ok(Tunnel::Rig { rig, _net: net })
+    }
+
+    fn nvme(&self) -> Result<RemoteFunction, Box<dyn std::error::Error>> {
+        match self {
+            Tunnel::Rig { rig, .. } => rig.open(0x0108),
+            Tunnel::Processes { agent, .. } => {
+                let host = agent.host();
+                let info = host
+                    .functions()
+                    .into_iter()
+                    .find(|f| f.class >> 8 == 0x0108)
+                    .ok_or("no NVMe function below the root port")?;
+                Ok(host.open(info.bdf).ok_or("the NVMe function vanished")?)
+            }
+        }
+    }
+
+    fn close(self) -> Result<(), Box<dyn std::error::Error>> {
+        match self {
+            Tunnel::Rig { .. } => Ok(()),
+            Tunnel::Processes {
+                mut appliance,
+                agent,
+                _dir,
+            } => {
+                drop(agent);
+                Ok(appliance.stop()?)
+            }
+        }
+    }
 }
 
 fn step(n: u32, text: &str) {
@@ -80,32 +242,17 @@ pub fn run(args: DemoArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let ns_bytes = size + (16 << 20);
 
     step(1, "starting the appliance and the host agent");
-    let net = Net::create(args.link)?;
-    let rig = Rig::start(
-        &net,
-        &RigConfig {
-            encrypt: true,
-            loss: 0.0,
-            busy_poll: false,
-            nvme_bytes: ns_bytes,
-            dma_buffer: 0,
-        },
-    )?;
-    println!(
-        "      appliance: NVMe controller on a {} MiB temporary file",
-        ns_bytes >> 20
-    );
-    println!("      link: {}", net.describe());
+    let tunnel = if args.link == LinkKind::Udp {
+        Tunnel::processes(ns_bytes)?
+    } else {
+        Tunnel::rig(args.link, ns_bytes)?
+    };
     println!(
         "      warning: both ends use the built-in development key; this link is not secure (fine for a demo)"
     );
-    println!(
-        "      host agent: session up, {} function(s) enumerated below the virtual root port",
-        rig.functions.len()
-    );
 
     step(2, "the tunnelled function, as lspci -xxx shows it");
-    let f = rig.open(0x0108)?;
+    let f = tunnel.nvme()?;
     let mut cfg = vec![0u8; 256];
     for (i, dw) in cfg.chunks_mut(4).enumerate() {
         dw.copy_from_slice(&f.config_read((i * 4) as u16)?.to_le_bytes());
@@ -267,8 +414,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
 
     d.shutdown()?;
     drop(f);
-    drop(rig);
-    drop(net);
+    tunnel.close()?;
     println!(
         "\ndone in {:.1} s: controller shut down, tunnel closed, temporary file removed{}",
         t_start.elapsed().as_secs_f64(),
