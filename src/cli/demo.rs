@@ -2,10 +2,10 @@
 //! an appliance (`pcietun appliance` as a child process: an NVMe controller on a temporary
 //! backing file) and a host agent (`pcietun::host::agent`) joined by the real transport over
 //! UDP on 127.0.0.1 (or, in one process on the bench rig, `--link eth`: raw Ethernet between
-//! two network namespaces over a veth pair, or `--link mem`), shows the tunnelled function as `lspci -xxx` does, brings the
-//! controller up through the tunnel with the project's user-space NVMe driver, writes 64 MiB
-//! and reads it back with a progress bar, verifies every byte, prints the latency and
-//! throughput it saw, and cleans up. Any failure exits non-zero.
+//! two network namespaces over a veth pair, or `--link mem`), shows the tunnelled function as
+//! `lspci -xxx` does, brings the controller up through the tunnel with the project's
+//! user-space NVMe driver, writes 64 MiB and reads it back with a progress bar, verifies every
+//! byte, prints the latency and throughput it saw, and cleans up. Any failure exits non-zero.
 
 use super::bench::rig::{Net, Rig, RigConfig};
 use super::bench::LinkKind;

@@ -5,10 +5,12 @@
 //! port pair. Everything between them crosses as transport frames: the two sides share no
 //! state but the link.
 //!
-//! Adapter: the appliance and host agent processes are not wired onto the transport on this
-//! branch yet, so the rig does that wiring itself (appliance: transport upcalls →
-//! `Endpoint::handle_tlp`, outbound queue → transport; host: a `Downlink` over the transport
-//! handle, upcalls → `Host::on_tlp` / link events).
+//! Why not the `pcietun appliance` process and `host::agent::Agent`: the rig builds a fresh
+//! pair per measured run on any link (including a socket inside each of two namespaces) with
+//! the loss, AEAD and busy-poll knobs, and can be torn down between runs. Its host side has
+//! the agent's thread shape (transport thread + pump into `Host::on_tlp`); its appliance side
+//! receives and sends on one pump thread, one hand-off fewer than `pcietun appliance`, which
+//! sends from a separate thread. The demo uses the real appliance process over UDP.
 
 use super::raw::{LinkKind, NetnsPair, Res};
 use bytes::Bytes;
