@@ -61,6 +61,11 @@ fn mmio_read_reports_percentiles_and_ratios_with_a_plot() {
     ]);
     latency_ok(&v["raw_ping_pong"]);
     latency_ok(&v["ours"]);
+    latency_ok(&v["ours_no_transport"]);
+    assert!(close(
+        f(&v, "ratio_p50_no_transport"),
+        f(&v["ours_no_transport"], "p50_us") / f(&v["raw_ping_pong"], "p50_us")
+    ));
     let r = f(&v, "ratio_p50");
     assert!(r > 0.0);
     assert!(close(

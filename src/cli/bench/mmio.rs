@@ -35,6 +35,8 @@ struct ReadReport {
     ratio_p50: f64,
     ratio_p99: f64,
     ratio_p999: f64,
+    ours_no_transport: Latency,
+    ratio_p50_no_transport: f64,
     ours_lossy: Option<Latency>,
     lossy_retransmits: Option<u64>,
 }
@@ -67,7 +69,7 @@ pub fn run_read(a: MmioArgs) -> Res<ExitCode> {
     let iters = if c.quick { 500 } else { a.iters.max(100) };
     let net = Net::create(c.link)?;
     let header = Header::new("mmio-read", c, &net);
-    let (mut raws, mut ours) = (Vec::new(), Vec::new());
+    let (mut raws, mut ours, mut direct) = (Vec::new(), Vec::new(), Vec::new());
     let (mut raw_last, mut ours_last) = (Vec::new(), Vec::new());
     for run in 0..c.runs() {
         eprintln!("mmio-read run {}/{}: raw ping-pong…", run + 1, c.runs());
@@ -81,12 +83,17 @@ pub fn run_read(a: MmioArgs) -> Res<ExitCode> {
         drop(rig);
         ours_last = s.clone();
         ours.push(Latency::from_samples(&mut s));
+        let rig = Rig::start_direct(&c.rig(0, 64 * 1024))?;
+        let mut s = reads(&rig.open(0x0880)?, iters)?;
+        direct.push(Latency::from_samples(&mut s));
     }
     let mut r = ReadReport {
         raw_ping_pong: median_latency(&raws),
         ours: median_latency(&ours),
+        ours_no_transport: median_latency(&direct),
         ..ReadReport::default()
     };
+    r.ratio_p50_no_transport = ratio(r.ours_no_transport.p50_us, r.raw_ping_pong.p50_us);
     r.ratio_p50 = ratio(r.ours.p50_us, r.raw_ping_pong.p50_us);
     r.ratio_p99 = ratio(r.ours.p99_us, r.raw_ping_pong.p99_us);
     r.ratio_p999 = ratio(r.ours.p999_us, r.raw_ping_pong.p999_us);
@@ -125,6 +132,12 @@ pub fn run_read(a: MmioArgs) -> Res<ExitCode> {
         "(goal ≤ 1.5)",
     );
     row("p99.9, µs", r.raw_ping_pong.p999_us, r.ours.p999_us, "");
+    row(
+        "p50 without transport, µs",
+        r.raw_ping_pong.p50_us,
+        r.ours_no_transport.p50_us,
+        "(host ⇄ endpoint on one pump thread)",
+    );
     if let Some(l) = &r.ours_lossy {
         println!(
             "at {} % loss: p50 {:.1} µs, p99 {:.1} µs, p99.9 {:.1} µs ({} retransmits)",

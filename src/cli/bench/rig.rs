@@ -111,6 +111,19 @@ impl Downlink for TunnelLink {
     }
 }
 
+/// The host's downlink straight into the appliance pump (no transport): for the
+/// `ours_no_transport` figure that isolates what the transport's threads cost.
+#[derive(Debug)]
+struct DirectLink(channel::Sender<Vec<u8>>);
+
+impl Downlink for DirectLink {
+    fn send_tlp(&self, tlp: &[u8]) -> Result<(), LinkError> {
+        self.0
+            .send(tlp.to_vec())
+            .map_err(|_| LinkError("appliance gone".into()))
+    }
+}
+
 /// A running appliance + host agent pair.
 #[derive(Debug)]
 pub struct Rig {
@@ -118,8 +131,8 @@ pub struct Rig {
     pub host: Arc<Host>,
     /// Functions enumerated below the root port.
     pub functions: Vec<FunctionInfo>,
-    client: Arc<TransportHandle>,
-    server: Arc<TransportHandle>,
+    /// Host side and appliance side (empty for [`Rig::start_direct`]).
+    transports: Vec<Arc<TransportHandle>>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     _tmp: Option<tempfile::TempDir>,
@@ -224,29 +237,67 @@ fn host_pump(host: Arc<Host>, client: Arc<TransportHandle>, stop: Arc<AtomicBool
     }
 }
 
+fn endpoint(cfg: &RigConfig) -> Res<(Endpoint, Receiver<Vec<u8>>, Option<tempfile::TempDir>)> {
+    let (mut ep, outbound) = Endpoint::new(EndpointConfig::default());
+    let mut tmp = None;
+    // One card, functions 0 and 1 (below a root port only device 0 exists).
+    let mut func = 0u8;
+    if cfg.nvme_bytes > 0 {
+        let dir = tempfile::tempdir()?;
+        let backend = Backend::create(&dir.path().join("nvme0n1.img"), cfg.nvme_bytes)?;
+        ep.add_function(
+            EpBdf::new(0, 0, func),
+            Box::new(NvmeController::new(backend, NvmeOptions::default())),
+        )?;
+        tmp = Some(dir);
+        func += 1;
+    }
+    if cfg.dma_buffer > 0 {
+        ep.add_function(
+            EpBdf::new(0, 0, func),
+            Box::new(DmaEngine::new(cfg.dma_buffer)),
+        )?;
+    }
+    Ok((ep, outbound, tmp))
+}
+
 impl Rig {
+    /// Host and endpoint joined by one pump thread and two channels, without the transport:
+    /// the same TLP processing on both sides, two thread wake-ups per round trip (as a raw
+    /// ping-pong has). Only for comparison — nothing crosses a socket.
+    pub fn start_direct(cfg: &RigConfig) -> Res<Rig> {
+        let (mut ep, outbound, tmp) = endpoint(cfg)?;
+        let (tx, rx) = channel::unbounded::<Vec<u8>>();
+        let host = Host::new(Arc::new(DirectLink(tx)), HostConfig::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let (h, st) = (host.clone(), stop.clone());
+        let pump = std::thread::Builder::new()
+            .name("direct-pump".into())
+            .spawn(move || {
+                while !st.load(Ordering::Relaxed) {
+                    channel::select! {
+                        recv(rx) -> t => if let Ok(t) = t { let _ = ep.handle_tlp(&t); },
+                        recv(outbound) -> t => if let Ok(t) = t { h.on_tlp(&t); },
+                        default(Duration::from_millis(20)) => {}
+                    }
+                }
+            })?;
+        host.on_link_up();
+        let mut rig = Rig {
+            host,
+            functions: Vec::new(),
+            transports: Vec::new(),
+            stop,
+            threads: vec![pump],
+            _tmp: tmp,
+        };
+        rig.functions = rig.host.rescan();
+        Ok(rig)
+    }
+
     /// Start the appliance and the host agent on `net`, connect them, enumerate.
     pub fn start(net: &Net, cfg: &RigConfig) -> Res<Rig> {
-        let (mut ep, outbound) = Endpoint::new(EndpointConfig::default());
-        let mut tmp = None;
-        // One card, functions 0 and 1 (below a root port only device 0 exists).
-        let mut func = 0u8;
-        if cfg.nvme_bytes > 0 {
-            let dir = tempfile::tempdir()?;
-            let backend = Backend::create(&dir.path().join("nvme0n1.img"), cfg.nvme_bytes)?;
-            ep.add_function(
-                EpBdf::new(0, 0, func),
-                Box::new(NvmeController::new(backend, NvmeOptions::default())),
-            )?;
-            tmp = Some(dir);
-            func += 1;
-        }
-        if cfg.dma_buffer > 0 {
-            ep.add_function(
-                EpBdf::new(0, 0, func),
-                Box::new(DmaEngine::new(cfg.dma_buffer)),
-            )?;
-        }
+        let (ep, outbound, tmp) = endpoint(cfg)?;
         let (c_port, s_port) = net.ports()?;
         let host_id = HostId::new("demo-host")?;
         let psk = Psk::DEVELOPMENT;
@@ -296,8 +347,7 @@ impl Rig {
         let mut rig = Rig {
             host,
             functions: Vec::new(),
-            client,
-            server,
+            transports: vec![client, server],
             stop,
             threads,
             _tmp: tmp,
@@ -330,7 +380,7 @@ impl Rig {
 
     /// Retransmissions both transport ends made so far.
     pub fn retransmits(&self) -> u64 {
-        [&self.client, &self.server]
+        self.transports
             .iter()
             .filter_map(|t| t.stats().ok())
             .flat_map(|s| s.sessions.into_iter().map(|x| x.1.retransmits))
