@@ -254,6 +254,54 @@ impl Sqe {
     }
 }
 
+/// A completion queue entry (§4.6) if its phase tag is `phase`: (command id, status field
+/// without the phase bit). Any 16 bytes are accepted; the caller checks the command id.
+pub fn parse_cqe(cqe: &[u8; 16], phase: bool) -> Option<(u16, u16)> {
+    let dw3 = le32(cqe, 12);
+    if ((dw3 >> 16) & 1 == 1) != phase {
+        return None;
+    }
+    Some((dw3 as u16, ((dw3 >> 17) & 0x7fff) as u16))
+}
+
+/// What the Identify Controller (CNS 01h) and Identify Namespace (CNS 00h) pages say that the
+/// driver uses (§5.15.2.1, §5.15.2.2). The pages come from the card: any bytes are handled;
+/// a namespace the driver cannot use is an error.
+pub fn parse_identify(ctrl: &[u8], ns: &[u8]) -> Result<ControllerInfo, NvmeError> {
+    if ctrl.len() < PAGE || ns.len() < PAGE {
+        return Err(NvmeError::Unsupported(format!(
+            "Identify pages of {} / {} bytes, expected {PAGE}",
+            ctrl.len(),
+            ns.len()
+        )));
+    }
+    let mdts = ctrl[77];
+    let max_transfer = if mdts == 0 {
+        MAX_TRANSFER
+    } else {
+        (PAGE << mdts.min(16)).min(MAX_TRANSFER)
+    };
+    let nsze = u64::from_le_bytes([ns[0], ns[1], ns[2], ns[3], ns[4], ns[5], ns[6], ns[7]]);
+    let flbas = (ns[26] & 0xf) as usize;
+    let lbaf = le32(ns, 128 + 4 * flbas);
+    let lbads = (lbaf >> 16) & 0xff;
+    if !(9..=12).contains(&lbads) || nsze == 0 {
+        return Err(NvmeError::Unsupported(format!(
+            "namespace 1: {nsze} blocks of 2^{lbads} bytes"
+        )));
+    }
+    Ok(ControllerInfo {
+        vid: u16::from_le_bytes([ctrl[0], ctrl[1]]),
+        serial: text(&ctrl[4..24]),
+        model: text(&ctrl[24..64]),
+        firmware: text(&ctrl[64..72]),
+        version: (0, 0, 0),
+        max_transfer,
+        blocks: nsze,
+        block_size: 1 << lbads,
+    })
+}
+
 impl NvmeDriver {
     /// Bring the controller behind `f` up and create one I/O queue pair of `cfg.depth` slots.
     pub fn open(f: RemoteFunction, cfg: NvmeConfig) -> Result<Self, NvmeError> {
@@ -430,28 +478,12 @@ impl NvmeDriver {
         self.wait_csts("become ready", |c| c & 1 == 1)?;
 
         // Identify controller (CNS 01h).
-        let ident = self.identify(1, 0)?;
-        self.info.vid = u16::from_le_bytes([ident[0], ident[1]]);
-        self.info.serial = text(&ident[4..24]);
-        self.info.model = text(&ident[24..64]);
-        self.info.firmware = text(&ident[64..72]);
-        let mdts = ident[77];
-        if mdts != 0 {
-            self.info.max_transfer = (PAGE << mdts.min(16)).min(MAX_TRANSFER);
-        }
+        let ctrl = self.identify(1, 0)?;
         // Identify namespace 1 (CNS 00h).
         let ns = self.identify(0, 1)?;
-        let nsze = u64::from_le_bytes(ns[0..8].try_into().unwrap_or([0; 8]));
-        let flbas = (ns[26] & 0xf) as usize;
-        let lbaf = le32(&ns, 128 + 4 * flbas);
-        let lbads = (lbaf >> 16) & 0xff;
-        if !(9..=12).contains(&lbads) || nsze == 0 {
-            return Err(NvmeError::Unsupported(format!(
-                "namespace 1: {nsze} blocks of 2^{lbads} bytes"
-            )));
-        }
-        self.info.blocks = nsze;
-        self.info.block_size = 1 << lbads;
+        let version = self.info.version;
+        self.info = parse_identify(&ctrl, &ns)?;
+        self.info.version = version;
 
         // One I/O queue pair (Number of Queues, 0-based counts).
         self.admin_cmd(
@@ -551,16 +583,15 @@ impl NvmeDriver {
         let mut cqe = [0u8; 16];
         self.mem
             .read_at(q.cq_off + u64::from(q.cq_head) * 16, &mut cqe)?;
-        let dw3 = le32(&cqe, 12);
-        if ((dw3 >> 16) & 1 == 1) != q.phase {
+        let Some(c) = parse_cqe(&cqe, q.phase) else {
             return Ok(None);
-        }
+        };
         q.cq_head += 1;
         if q.cq_head == q.entries {
             q.cq_head = 0;
             q.phase = !q.phase;
         }
-        Ok(Some((dw3 as u16, ((dw3 >> 17) & 0x7ff) as u16)))
+        Ok(Some(c))
     }
 
     fn admin_cmd(&mut self, cmd: &'static str, mut sqe: Sqe) -> Result<(), NvmeError> {
@@ -856,5 +887,79 @@ impl NvmeDriver {
         self.w32(reg::CC, 0)?;
         self.wait_csts("disable", |c| c & 1 == 0)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod parse_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn pages(nsze: u64, lbads: u8, mdts: u8) -> (Vec<u8>, Vec<u8>) {
+        let mut c = vec![0u8; PAGE];
+        c[0..2].copy_from_slice(&0x1b36u16.to_le_bytes());
+        c[4..24].copy_from_slice(b"SERIAL01            ");
+        c[24..64].copy_from_slice(&[b' '; 40]);
+        c[24..29].copy_from_slice(b"MODEL");
+        c[64..72].copy_from_slice(b"1.0     ");
+        c[77] = mdts;
+        let mut n = vec![0u8; PAGE];
+        n[0..8].copy_from_slice(&nsze.to_le_bytes());
+        n[26] = 1; // LBA format 1
+        n[128 + 4 + 2] = lbads;
+        (c, n)
+    }
+
+    #[test]
+    fn identify_fields() {
+        let (c, n) = pages(2048, 12, 3);
+        let i = parse_identify(&c, &n).unwrap();
+        assert_eq!(
+            (i.vid, i.serial.as_str(), i.model.as_str()),
+            (0x1b36, "SERIAL01", "MODEL")
+        );
+        assert_eq!(
+            (i.blocks, i.block_size, i.max_transfer),
+            (2048, 4096, 32 * 1024)
+        );
+        let (c, n) = pages(2048, 8, 0);
+        assert!(matches!(
+            parse_identify(&c, &n),
+            Err(NvmeError::Unsupported(_))
+        ));
+        assert!(parse_identify(&c[..100], &n).is_err());
+    }
+
+    #[test]
+    fn cqe_phase_and_status() {
+        let mut e = [0u8; 16];
+        // CID 7, phase 1, status SCT 0 / SC 0x80 (LBA out of range).
+        e[12..16].copy_from_slice(&(7u32 | (1 << 16) | (0x80 << 17)).to_le_bytes());
+        assert_eq!(parse_cqe(&e, true), Some((7, 0x80)));
+        assert_eq!(parse_cqe(&e, false), None);
+    }
+
+    proptest! {
+        #[test]
+        fn any_identify_pages_parse_or_fail_cleanly(
+            c in proptest::collection::vec(any::<u8>(), 0..4200),
+            n in proptest::collection::vec(any::<u8>(), 0..4200),
+        ) {
+            if let Ok(i) = parse_identify(&c, &n) {
+                prop_assert!(i.blocks > 0);
+                prop_assert!((512..=4096).contains(&i.block_size));
+                prop_assert!(i.max_transfer >= PAGE && i.max_transfer <= MAX_TRANSFER);
+            }
+        }
+
+        #[test]
+        fn any_cqe_parses(e in any::<[u8; 16]>(), phase in any::<bool>()) {
+            let dw3 = u32::from_le_bytes([e[12], e[13], e[14], e[15]]);
+            let got = parse_cqe(&e, phase);
+            prop_assert_eq!(got.is_some(), ((dw3 >> 16) & 1 == 1) == phase);
+            if let Some((cid, _)) = got {
+                prop_assert_eq!(cid, dw3 as u16);
+            }
+        }
     }
 }
