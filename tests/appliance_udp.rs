@@ -85,7 +85,7 @@ impl Host {
             let h = Header::parse(&tlp).unwrap();
             match h.kind {
                 Kind::Completion { status, .. } if h.tag == u16::from(tag) => {
-                    assert_eq!(status, CplStatus::Success);
+                    assert_eq!(status, CplStatus::Sc);
                     return tlp[h.payload].to_vec();
                 }
                 Kind::MemRead { addr } => self.serve_read(&h, addr, mem),
@@ -111,7 +111,7 @@ impl Host {
             Bdf(0),
             h.requester,
             h.tag,
-            CplStatus::Success,
+            CplStatus::Sc,
             n as u16 & 0xfff,
             (first & 0x7f) as u8,
             0,

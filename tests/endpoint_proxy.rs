@@ -49,7 +49,7 @@ fn read_completions_split_at_rcb_and_mps() {
     h.mem_write(BUF, &data).unwrap();
     // 4096 bytes from 0x24 into the buffer, MPS 128, RCB 64.
     let (st, parts) = mrd(&mut h, BUF + 0x24, 4000);
-    assert_eq!(st, CplStatus::Success);
+    assert_eq!(st, CplStatus::Sc);
     let mut got = Vec::new();
     let mut expect_bc = 4000u32;
     let mut addr = BUF + 0x24;
@@ -95,14 +95,14 @@ fn unsupported_request_and_decode_enable() {
     let mut h = setup(Duration::from_secs(2));
     // Nothing at this address: UR.
     let (st, _) = mrd(&mut h, 0xdead_0000, 4);
-    assert_eq!(st, CplStatus::UnsupportedRequest);
+    assert_eq!(st, CplStatus::Ur);
     // A function that does not exist: UR for config.
     assert!(h.cfg_read(Bdf::new(2, 3, 0), 0).is_err());
     // Memory decode off: reads UR, writes dropped.
     h.write32(BUF, 0x1234_5678).unwrap();
     h.cfg_write(F0, 0x04, 0x0004).unwrap();
     let (st, _) = mrd(&mut h, BUF, 4);
-    assert_eq!(st, CplStatus::UnsupportedRequest);
+    assert_eq!(st, CplStatus::Ur);
     h.write32(BUF, 0xffff_ffff).unwrap();
     h.cfg_write(F0, 0x04, 0x0006).unwrap();
     assert_eq!(
@@ -150,25 +150,22 @@ fn atomic_ops_on_buffer_bar() {
     // FetchAdd 64-bit: returns 10, memory becomes 15.
     assert_eq!(
         atomic(&mut h, 0x0c, BUF + 8, &5u64.to_le_bytes()),
-        (CplStatus::Success, 10)
+        (CplStatus::Sc, 10)
     );
     // CAS 64-bit: compare 15 swap 99.
     let mut ops = 15u64.to_le_bytes().to_vec();
     ops.extend_from_slice(&99u64.to_le_bytes());
-    assert_eq!(
-        atomic(&mut h, 0x0e, BUF + 8, &ops),
-        (CplStatus::Success, 15)
-    );
+    assert_eq!(atomic(&mut h, 0x0e, BUF + 8, &ops), (CplStatus::Sc, 15));
     // Swap 32-bit.
     assert_eq!(
         atomic(&mut h, 0x0d, BUF + 8, &7u32.to_le_bytes()),
-        (CplStatus::Success, 99)
+        (CplStatus::Sc, 99)
     );
     assert_eq!(h.mem_read(BUF + 8, 8).unwrap(), 7u64.to_le_bytes());
     // AtomicOps to the register BAR are not supported: UR.
     assert_eq!(
         atomic(&mut h, 0x0c, REGS, &1u32.to_le_bytes()).0,
-        CplStatus::UnsupportedRequest
+        CplStatus::Ur
     );
 }
 
@@ -363,4 +360,287 @@ fn sriov_virtual_functions_appear_route_and_dma() {
     assert!(h.read32(vf_regs).is_err());
     h.cfg_write(pf, 0x108, 0x0).unwrap();
     assert!(h.cfg_read(vf(1), 0).is_err());
+}
+
+/// The requester side seen as raw TLPs at a sans-I/O endpoint: reads split at MRRS and 4 KiB,
+/// tags drawn from the tag space the Device Control registers allow (5-bit, 8-bit, 10-bit),
+/// never reused while outstanding; a late or foreign completion is counted, not delivered.
+#[test]
+fn requester_tags_and_read_splitting() {
+    use pcietun::endpoint::wire::emit_completion;
+    for (devctl_bits, devctl2_bits, tag_space) in [
+        (0u32, 0u32, 32u16),     // no extended tags: 5-bit
+        (1 << 8, 0, 256),        // extended tags: 8-bit
+        (1 << 8, 1 << 12, 1024), // 10-bit tag requester enable
+    ] {
+        let (mut ep, rx) = Endpoint::new(EndpointConfig::default());
+        ep.add_function(Bdf::new(0, 0, 0), Box::new(DmaEngine::new(1 << 20)))
+            .unwrap();
+        let cfg = |ep: &mut Endpoint, reg: u16, v: u32| {
+            let mut t = vec![
+                0x44,
+                0,
+                0,
+                1,
+                0,
+                0,
+                1,
+                0x0f,
+                0x02,
+                0x00,
+                (reg >> 8) as u8,
+                reg as u8,
+            ];
+            t.extend_from_slice(&v.to_le_bytes());
+            ep.handle_tlp(&t).unwrap();
+        };
+        cfg(&mut ep, 0x10, REGS as u32);
+        cfg(&mut ep, 0x04, 0x0006);
+        // MRRS 128 (code 0), MPS 128, plus the tag enables under test.
+        cfg(&mut ep, 0x54 + 8, devctl_bits);
+        cfg(&mut ep, 0x54 + 0x28, devctl2_bits);
+        while rx.try_recv().is_ok() {}
+        // Start a 64 KiB DMA read from host address 0x1_0000_0f00 (crosses 4 KiB pages).
+        let host = 0x1_0000_0f00u64;
+        for (off, v) in [
+            (reg::HOST_ADDR_LO, host as u32),
+            (reg::HOST_ADDR_HI, (host >> 32) as u32),
+            (reg::LENGTH, 65536),
+            (reg::CONTROL, 0),
+            (reg::DOORBELL, 1),
+        ] {
+            let mut t = Vec::new();
+            wire::emit_mem_write(&mut t, Bdf(0), REGS + off, &v.to_le_bytes());
+            ep.handle_tlp(&t).unwrap();
+        }
+        // Collect requests until the requester stops (out of tags or done), check the batch,
+        // then answer it: each batch must fill the whole tag space (or finish the transfer).
+        let mut served = 0u64;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while served < 65536 {
+            assert!(
+                Instant::now() < deadline,
+                "DMA stalled after {served} bytes"
+            );
+            let mut batch = Vec::new();
+            while let Ok(t) = rx.recv_timeout(Duration::from_millis(60)) {
+                let hd = Header::parse(&t).unwrap();
+                if let Kind::MemRead { addr } = hd.kind {
+                    batch.push((hd, addr));
+                }
+            }
+            let left_chunks = ((65536 - served) / 128) as usize;
+            assert_eq!(
+                batch.len(),
+                left_chunks.min(usize::from(tag_space)),
+                "outstanding reads with a {tag_space}-tag space"
+            );
+            let mut tags = std::collections::HashSet::new();
+            for (hd, addr) in &batch {
+                let first = addr + u64::from(hd.first_byte_offset());
+                let n = hd.byte_count();
+                assert!(
+                    hd.tag < tag_space,
+                    "tag {} outside a {tag_space}-tag space",
+                    hd.tag
+                );
+                assert!(
+                    tags.insert(hd.tag),
+                    "tag {} reused while outstanding",
+                    hd.tag
+                );
+                assert!(n <= 128, "request of {n} bytes exceeds MRRS 128");
+                assert_eq!(
+                    first / 4096,
+                    (first + u64::from(n) - 1) / 4096,
+                    "crosses 4 KiB"
+                );
+            }
+            for (hd, addr) in batch {
+                let first = addr + u64::from(hd.first_byte_offset());
+                let n = hd.byte_count();
+                let data =
+                    vec![(addr % 251) as u8; (first as usize % 4 + n as usize).div_ceil(4) * 4];
+                let mut c = Vec::new();
+                emit_completion(
+                    &mut c,
+                    Bdf(0),
+                    hd.requester,
+                    hd.tag,
+                    CplStatus::Sc,
+                    n as u16,
+                    (first & 0x7f) as u8,
+                    0,
+                    &data,
+                );
+                ep.handle_tlp(&c).unwrap();
+                served += u64::from(n);
+            }
+        }
+        // A completion nobody asked for is counted and dropped.
+        let mut c = Vec::new();
+        emit_completion(
+            &mut c,
+            Bdf(0),
+            Bdf::new(2, 0, 0),
+            7,
+            CplStatus::Sc,
+            4,
+            0,
+            0,
+            &[0; 4],
+        );
+        ep.handle_tlp(&c).unwrap();
+        assert_eq!(ep.stats().unexpected_completions, 1);
+        // The engine finished and its buffer holds what the host served.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut t = Vec::new();
+            wire::emit_mem_read(&mut t, Bdf(0), 9, REGS + reg::STATUS, 4);
+            ep.handle_tlp(&t).unwrap();
+            let st = loop {
+                let r = rx.recv_timeout(Duration::from_secs(1)).unwrap();
+                let hd = Header::parse(&r).unwrap();
+                if let Kind::Completion { .. } = hd.kind {
+                    if hd.tag == 9 {
+                        break u32::from_le_bytes(r[hd.payload][..4].try_into().unwrap());
+                    }
+                }
+            };
+            if st & dma_engine::STATUS_DONE != 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "engine never reported done");
+        }
+    }
+}
+
+/// Completion timeout: a DMA read the host never answers fails after the timeout (the engine
+/// reports code 3); the late completion that turns up afterwards is absorbed, not taken for a
+/// newer request's data; the next transfer works.
+#[test]
+fn completion_timeout_and_late_completion() {
+    use pcietun::endpoint::wire::emit_completion;
+    let (mut ep, rx) = Endpoint::new(EndpointConfig {
+        dma_timeout: Duration::from_millis(100),
+        ..EndpointConfig::default()
+    });
+    ep.add_function(Bdf::new(0, 0, 0), Box::new(DmaEngine::new(4096)))
+        .unwrap();
+    let mut cfg = |reg: u16, v: u32| {
+        let mut t = vec![0x44, 0, 0, 1, 0, 0, 1, 0x0f, 0x02, 0x00, 0, reg as u8];
+        t.extend_from_slice(&v.to_le_bytes());
+        ep.handle_tlp(&t).unwrap();
+    };
+    cfg(0x10, REGS as u32);
+    cfg(0x18, BUF as u32);
+    cfg(0x04, 0x0006);
+    let mw = |ep: &mut Endpoint, off: u64, v: u32| {
+        let mut t = Vec::new();
+        wire::emit_mem_write(&mut t, Bdf(0), REGS + off, &v.to_le_bytes());
+        ep.handle_tlp(&t).unwrap();
+    };
+    let status = |ep: &mut Endpoint, rx: &crossbeam::channel::Receiver<Vec<u8>>| -> u32 {
+        let mut t = Vec::new();
+        wire::emit_mem_read(&mut t, Bdf(0), 9, REGS + reg::STATUS, 4);
+        ep.handle_tlp(&t).unwrap();
+        loop {
+            let r = rx.recv_timeout(Duration::from_secs(2)).unwrap();
+            let hd = Header::parse(&r).unwrap();
+            if matches!(hd.kind, Kind::Completion { .. }) && hd.tag == 9 {
+                return u32::from_le_bytes(r[hd.payload][..4].try_into().unwrap());
+            }
+        }
+    };
+    mw(&mut ep, reg::HOST_ADDR_LO, 0x1000);
+    mw(&mut ep, reg::LENGTH, 64);
+    mw(&mut ep, reg::DOORBELL, 1);
+    let req = loop {
+        let t = rx.recv_timeout(Duration::from_secs(2)).unwrap();
+        let hd = Header::parse(&t).unwrap();
+        if let Kind::MemRead { .. } = hd.kind {
+            break hd;
+        }
+    };
+    // Do not answer: the engine must give up with a completion timeout.
+    let t0 = Instant::now();
+    let s = loop {
+        let s = status(&mut ep, &rx);
+        if s & dma_engine::STATUS_BUSY == 0 {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(t0.elapsed() >= Duration::from_millis(50));
+    assert_eq!(s & dma_engine::STATUS_ERROR, dma_engine::STATUS_ERROR);
+    assert_eq!((s >> 8) & 0xff, 3, "error code: completion timeout");
+    // The late completion is absorbed (its tag was quarantined), not counted as unexpected.
+    let mut c = Vec::new();
+    emit_completion(
+        &mut c,
+        Bdf(0),
+        req.requester,
+        req.tag,
+        CplStatus::Sc,
+        64,
+        0,
+        0,
+        &[0xee; 64],
+    );
+    ep.handle_tlp(&c).unwrap();
+    assert_eq!(ep.stats().unexpected_completions, 0);
+    // A second transfer, answered, succeeds and carries the new data, not the late bytes.
+    mw(&mut ep, reg::STATUS, dma_engine::STATUS_ERROR);
+    mw(&mut ep, reg::DOORBELL, 1);
+    let req = loop {
+        let t = rx.recv_timeout(Duration::from_secs(2)).unwrap();
+        let hd = Header::parse(&t).unwrap();
+        if let Kind::MemRead { .. } = hd.kind {
+            break hd;
+        }
+    };
+    let mut c = Vec::new();
+    emit_completion(
+        &mut c,
+        Bdf(0),
+        req.requester,
+        req.tag,
+        CplStatus::Sc,
+        64,
+        0,
+        0,
+        &[0x11; 64],
+    );
+    ep.handle_tlp(&c).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while status(&mut ep, &rx) & dma_engine::STATUS_DONE == 0 {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut t = Vec::new();
+    wire::emit_mem_read(&mut t, Bdf(0), 10, REGS + reg::BYTES_LO, 4);
+    ep.handle_tlp(&t).unwrap();
+    let bytes = loop {
+        let r = rx.recv_timeout(Duration::from_secs(2)).unwrap();
+        let hd = Header::parse(&r).unwrap();
+        if matches!(hd.kind, Kind::Completion { .. }) && hd.tag == 10 {
+            break u32::from_le_bytes(r[hd.payload][..4].try_into().unwrap());
+        }
+    };
+    assert_eq!(bytes, 64);
+    let mut t = Vec::new();
+    wire::emit_mem_read(&mut t, Bdf(0), 11, BUF, 64);
+    ep.handle_tlp(&t).unwrap();
+    let data = loop {
+        let r = rx.recv_timeout(Duration::from_secs(2)).unwrap();
+        let hd = Header::parse(&r).unwrap();
+        if matches!(hd.kind, Kind::Completion { .. }) && hd.tag == 11 {
+            break r[hd.payload].to_vec();
+        }
+    };
+    assert_eq!(
+        data,
+        vec![0x11; 64],
+        "the buffer holds the answered data, not the late bytes"
+    );
 }

@@ -558,3 +558,42 @@ fn rust_vmm_vfio_user_client_drives_the_tunnelled_card() {
     assert_eq!(card.dma_read(0x8000_0100, 4), None);
     assert!(ctx.dma.is_empty());
 }
+
+/// A link that accepts TLPs but keeps them (the transport later reports them dropped).
+#[derive(Debug, Default)]
+struct CaptureLink(Mutex<Vec<Vec<u8>>>);
+
+impl Downlink for CaptureLink {
+    fn send_tlp(&self, tlp: &[u8]) -> Result<(), LinkError> {
+        self.0.lock().unwrap().push(tlp.to_vec());
+        Ok(())
+    }
+}
+
+#[test]
+fn a_request_the_transport_drops_fails_at_once() {
+    let link = Arc::new(CaptureLink::default());
+    let host = Host::new(
+        link.clone(),
+        HostConfig {
+            completion_timeout: Duration::from_secs(30),
+            ..HostConfig::default()
+        },
+    );
+    host.on_link_up();
+    let h = host.clone();
+    let reader = std::thread::spawn(move || h.cfg_read(CARD, 0));
+    let t0 = Instant::now();
+    let sent = loop {
+        if let Some(t) = link.0.lock().unwrap().first().cloned() {
+            break t;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "request never sent");
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    host.on_dropped(&sent);
+    assert_eq!(reader.join().unwrap(), Err(RequestError::LinkDown));
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    // A dropped posted write or a TLP that is not ours changes nothing.
+    host.on_dropped(&[0u8; 3]);
+}

@@ -155,3 +155,70 @@ fn wrong_key_never_connects() {
         other => panic!("expected Dropped, got {other:?}"),
     }
 }
+
+#[test]
+fn several_hosts_share_one_server_socket() {
+    let sp = UdpPort::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let saddr = sp.addr();
+    let hosts: Vec<(HostId, Psk)> = (0..3)
+        .map(|i| {
+            (
+                HostId::new(&format!("host-{i}")).unwrap(),
+                Psk([i as u8 + 1; 32]),
+            )
+        })
+        .collect();
+    let server = TransportHandle::spawn(
+        Box::new(sp),
+        DriverConfig::new(Peers::Accept(hosts.clone())),
+    )
+    .unwrap();
+    let clients: Vec<TransportHandle> = hosts
+        .iter()
+        .map(|(h, k)| {
+            let port = UdpPort::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+            let cfg = DriverConfig::new(Peers::Connect {
+                server: PeerAddr::Udp(saddr),
+                host: *h,
+                psk: k.clone(),
+            });
+            TransportHandle::spawn(Box::new(port), cfg).unwrap()
+        })
+        .collect();
+    let conns: Vec<ConnId> = clients.iter().map(wait_connected).collect();
+    // every client streams its own numbered writes; the server tells them apart by ConnId
+    let n = 5000u32;
+    for (c, conn) in clients.iter().zip(&conns) {
+        for i in 0..n {
+            c.send(*conn, mwr(i)).unwrap();
+        }
+    }
+    let mut next = std::collections::HashMap::new();
+    let mut connected = std::collections::HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while next.values().filter(|v| **v == n).count() < hosts.len() {
+        assert!(Instant::now() < deadline, "streams incomplete: {next:?}");
+        match server.recv_timeout(Duration::from_millis(100)) {
+            Some(Upcall::Tlp { conn, tlp, .. }) => {
+                let e = next.entry(conn).or_insert(0u32);
+                assert_eq!(
+                    u32::from_be_bytes([tlp[4], tlp[5], tlp[6], tlp[7]]),
+                    *e,
+                    "{conn:?}"
+                );
+                *e += 1;
+            }
+            Some(Upcall::Event {
+                conn,
+                event: Event::Connected { host, .. },
+            }) => {
+                assert!(hosts.iter().any(|(h, _)| *h == host));
+                connected.insert(conn);
+            }
+            Some(other) => panic!("unexpected {other:?}"),
+            None => {}
+        }
+    }
+    assert_eq!(connected.len(), 3, "one session per host on one socket");
+    assert_eq!(next.len(), 3);
+}

@@ -6,11 +6,12 @@ use std::process::ExitCode;
 
 mod common;
 mod dma;
+mod link;
 mod mmio;
 mod nvme;
 mod plot;
 mod raw;
-pub(crate) use raw::LinkKind;
+pub(crate) use transport::LinkKind;
 pub(crate) mod rig;
 mod stats;
 mod transport;

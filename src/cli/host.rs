@@ -140,8 +140,20 @@ fn install_signal_handlers() {
     }
 }
 
+/// Log to stderr; `RUST_LOG` overrides the default level (warn: DMA faults, timeouts,
+/// refused vfio-user commands).
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
 /// Run `pcietun host …`.
 pub fn run(args: HostArgs) -> Result<ExitCode, Error> {
+    init_logging();
     let cfg = agent_config(&args)?;
     let timeout = Duration::from_secs(args.connect_timeout);
     match &args.cmd {
@@ -289,6 +301,16 @@ fn run_agent(cfg: AgentConfig, timeout: Duration, dir: Option<PathBuf>) -> Resul
             let _ = std::fs::remove_file(d.join(format!("{}.sock", f.bdf)));
         }
     }
-    eprintln!("pcietun host: stopped");
+    let st = agent.host().stats();
+    let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    eprintln!(
+        "pcietun host: stopped; interrupts {}, DMA faults {} read / {} write, malformed TLPs {}, \
+         unexpected completions {}",
+        n(&st.interrupts),
+        n(&st.dma_read_faults),
+        n(&st.dma_write_faults),
+        n(&st.malformed),
+        n(&st.unexpected_completions)
+    );
     Ok(ExitCode::SUCCESS)
 }

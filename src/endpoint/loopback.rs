@@ -184,7 +184,7 @@ impl LoopbackHost {
                 usize::from(byte_count)
             };
             let avail = data.len().saturating_sub(usize::from(lower_addr & 3));
-            let last = status != CplStatus::Success || data.is_empty() || bc <= avail;
+            let last = status != CplStatus::Sc || data.is_empty() || bc <= avail;
             parts.push(c);
             if last {
                 return Ok((status, parts));
@@ -197,7 +197,7 @@ impl LoopbackHost {
         let tag = self.tag();
         let tlp = cfg_tlp(bdf, reg, tag, None);
         let (st, parts) = self.request(tlp, tag)?;
-        if st != CplStatus::Success {
+        if st != CplStatus::Sc {
             return Err(LoopbackError::Status(st));
         }
         let c = &parts[0];
@@ -211,7 +211,7 @@ impl LoopbackHost {
         let tag = self.tag();
         let tlp = cfg_tlp(bdf, reg, tag, Some(value));
         let (st, _) = self.request(tlp, tag)?;
-        if st != CplStatus::Success {
+        if st != CplStatus::Sc {
             return Err(LoopbackError::Status(st));
         }
         Ok(())
@@ -224,7 +224,7 @@ impl LoopbackHost {
         let mut tlp = Vec::new();
         wire::emit_mem_read(&mut tlp, Bdf(0), tag, addr, len as u32);
         let (st, parts) = self.request(tlp, tag)?;
-        if st != CplStatus::Success {
+        if st != CplStatus::Sc {
             return Err(LoopbackError::Status(st));
         }
         let mut out = Vec::with_capacity(len);
@@ -425,7 +425,7 @@ fn host_handle(s: &Shared, to_ep: &Sender<Vec<u8>>, cpl_tx: &Sender<Vec<u8>>, tl
                     Bdf(0),
                     h.requester,
                     h.tag,
-                    CplStatus::UnsupportedRequest,
+                    CplStatus::Ur,
                     count as u16 & 0xfff,
                     0,
                     0,
@@ -457,7 +457,7 @@ fn host_handle(s: &Shared, to_ep: &Sender<Vec<u8>>, cpl_tx: &Sender<Vec<u8>>, tl
                     Bdf(0),
                     h.requester,
                     h.tag,
-                    CplStatus::Success,
+                    CplStatus::Sc,
                     ((end - cur) as u16) & 0xfff,
                     (cur & 0x7f) as u8,
                     0,

@@ -174,8 +174,8 @@ impl Endpoint {
         data: &[u8],
     ) {
         match status {
-            CplStatus::UnsupportedRequest => self.stats.unsupported += 1,
-            CplStatus::CompleterAbort => self.stats.completer_aborts += 1,
+            CplStatus::Ur => self.stats.unsupported += 1,
+            CplStatus::Ca => self.stats.completer_aborts += 1,
             _ => {}
         }
         let mut tlp = Vec::with_capacity(12 + data.len() + 3);
@@ -255,12 +255,12 @@ impl Endpoint {
         let idx = if type1 { None } else { self.find_cfg(target) };
         let Some(i) = idx else {
             // No such function (or a Type 1 request, which an endpoint does not forward).
-            self.complete(target, h, CplStatus::UnsupportedRequest, 4, 0, &[]);
+            self.complete(target, h, CplStatus::Ur, 4, 0, &[]);
             return;
         };
         if write {
             if h.poisoned {
-                self.complete(target, h, CplStatus::UnsupportedRequest, 4, 0, &[]);
+                self.complete(target, h, CplStatus::Ur, 4, 0, &[]);
                 return;
             }
             let mut v = [0u8; 4];
@@ -279,7 +279,7 @@ impl Endpoint {
             if f.decode.sriov.is_some() {
                 self.sync_vfs(i);
             }
-            self.complete(me, h, CplStatus::Success, 4, 0, &[]);
+            self.complete(me, h, CplStatus::Sc, 4, 0, &[]);
         } else {
             let f = &mut self.functions[i];
             let mut v = f.device.config_read(reg);
@@ -301,7 +301,7 @@ impl Endpoint {
                     *b = 0;
                 }
             }
-            self.complete(me, h, CplStatus::Success, 4, 0, &data);
+            self.complete(me, h, CplStatus::Sc, 4, 0, &data);
         }
     }
 
@@ -379,20 +379,13 @@ impl Endpoint {
         let claim = self.claim_mem(addr, u64::from(h.length_dw) * 4);
         let Some((i, bar, off)) = claim else {
             let me = self.functions.first().map_or(Bdf(0), Function::bdf);
-            self.complete(
-                me,
-                h,
-                CplStatus::UnsupportedRequest,
-                count as u16 & 0xfff,
-                0,
-                &[],
-            );
+            self.complete(me, h, CplStatus::Ur, count as u16 & 0xfff, 0, &[]);
             return;
         };
         let me = self.functions[i].bdf();
         if count == 0 {
             // Zero-length read: one DW of undefined data, the device is not touched.
-            self.complete(me, h, CplStatus::Success, 1, (addr & 0x7f) as u8, &[0; 4]);
+            self.complete(me, h, CplStatus::Sc, 1, (addr & 0x7f) as u8, &[0; 4]);
             return;
         }
         let mut buf = std::mem::take(&mut self.scratch);
@@ -400,14 +393,7 @@ impl Endpoint {
         buf.resize(count as usize, 0);
         let res = self.bar_read(i, bar, off + u64::from(lead), &mut buf);
         if res.is_err() {
-            self.complete(
-                me,
-                h,
-                CplStatus::CompleterAbort,
-                count as u16 & 0xfff,
-                0,
-                &[],
-            );
+            self.complete(me, h, CplStatus::Ca, count as u16 & 0xfff, 0, &[]);
             self.scratch = buf;
             return;
         }
@@ -418,7 +404,7 @@ impl Endpoint {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!("endpoint: cannot split a read completion: {e}");
-                self.complete(me, h, CplStatus::CompleterAbort, count as u16, 0, &[]);
+                self.complete(me, h, CplStatus::Ca, count as u16, 0, &[]);
                 self.scratch = buf;
                 return;
             }
@@ -431,14 +417,7 @@ impl Endpoint {
             let from = c.offset as usize;
             let n = c.len as usize;
             data[lead..lead + n].copy_from_slice(&buf[from..from + n]);
-            self.complete(
-                me,
-                h,
-                CplStatus::Success,
-                c.byte_count,
-                c.lower_address,
-                &data,
-            );
+            self.complete(me, h, CplStatus::Sc, c.byte_count, c.lower_address, &data);
         }
         self.scratch = buf;
     }
@@ -492,7 +471,7 @@ impl Endpoint {
             .find_map(|(i, f)| f.decode.claim_io(addr, 4).map(|(bar, off)| (i, bar, off)));
         let Some((i, bar, off)) = claim else {
             let me = self.functions.first().map_or(Bdf(0), Function::bdf);
-            self.complete(me, h, CplStatus::UnsupportedRequest, 4, 0, &[]);
+            self.complete(me, h, CplStatus::Ur, 4, 0, &[]);
             return;
         };
         let me = self.functions[i].bdf();
@@ -501,7 +480,7 @@ impl Endpoint {
         match payload {
             Some(p) => {
                 let status = if h.poisoned {
-                    CplStatus::UnsupportedRequest
+                    CplStatus::Ur
                 } else if count == 0
                     || self
                         .bar_write(
@@ -512,9 +491,9 @@ impl Endpoint {
                         )
                         .is_ok()
                 {
-                    CplStatus::Success
+                    CplStatus::Sc
                 } else {
-                    CplStatus::CompleterAbort
+                    CplStatus::Ca
                 };
                 self.complete(me, h, status, 4, 0, &[]);
             }
@@ -531,8 +510,8 @@ impl Endpoint {
                     )
                 };
                 match res {
-                    Ok(()) => self.complete(me, h, CplStatus::Success, 4, 0, &v),
-                    Err(_) => self.complete(me, h, CplStatus::CompleterAbort, 4, 0, &[]),
+                    Ok(()) => self.complete(me, h, CplStatus::Sc, 4, 0, &v),
+                    Err(_) => self.complete(me, h, CplStatus::Ca, 4, 0, &[]),
                 }
             }
         }
@@ -556,14 +535,7 @@ impl Endpoint {
         };
         let aligned = (size == 4 || size == 8) && addr % size as u64 == 0;
         let (Some((i, bar, off)), true, false) = (claim, aligned, h.poisoned) else {
-            self.complete(
-                me,
-                h,
-                CplStatus::UnsupportedRequest,
-                size as u16 & 0xfff,
-                0,
-                &[],
-            );
+            self.complete(me, h, CplStatus::Ur, size as u16 & 0xfff, 0, &[]);
             return;
         };
         let sz = size as u8;
@@ -585,14 +557,12 @@ impl Endpoint {
         match self.functions[i].device.bar_atomic(bar, off, aop) {
             Ok(old) => {
                 let bytes = old.to_le_bytes();
-                self.complete(me, h, CplStatus::Success, size as u16, 0, &bytes[..size]);
+                self.complete(me, h, CplStatus::Sc, size as u16, 0, &bytes[..size]);
             }
             Err(DeviceError::Unsupported(_)) => {
-                self.complete(me, h, CplStatus::UnsupportedRequest, size as u16, 0, &[])
+                self.complete(me, h, CplStatus::Ur, size as u16, 0, &[])
             }
-            Err(DeviceError::Failed(_)) => {
-                self.complete(me, h, CplStatus::CompleterAbort, size as u16, 0, &[])
-            }
+            Err(DeviceError::Failed(_)) => self.complete(me, h, CplStatus::Ca, size as u16, 0, &[]),
         }
     }
 }

@@ -186,9 +186,9 @@ impl Requester {
         };
         let mut err = None;
         let done;
-        if status != CplStatus::Success {
+        if status != CplStatus::Sc {
             err = Some(match status {
-                CplStatus::CompleterAbort => DmaError::CompleterAbort { addr: cur },
+                CplStatus::Ca => DmaError::CompleterAbort { addr: cur },
                 _ => DmaError::UnsupportedRequest { addr: cur },
             });
             done = true;

@@ -24,37 +24,8 @@ pub enum WireError {
     Unsupported(&'static str),
 }
 
-/// Completion status (§2.2.9, Table 2-34).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CplStatus {
-    /// Successful Completion.
-    Success,
-    /// Unsupported Request.
-    UnsupportedRequest,
-    /// Configuration Request Retry Status.
-    RetryStatus,
-    /// Completer Abort.
-    CompleterAbort,
-}
-
-impl CplStatus {
-    fn from_tlp(s: tlp::CplStatus) -> Self {
-        match s {
-            tlp::CplStatus::Sc => Self::Success,
-            tlp::CplStatus::Ur => Self::UnsupportedRequest,
-            tlp::CplStatus::Crs => Self::RetryStatus,
-            tlp::CplStatus::Ca => Self::CompleterAbort,
-        }
-    }
-    fn to_tlp(self) -> tlp::CplStatus {
-        match self {
-            Self::Success => tlp::CplStatus::Sc,
-            Self::UnsupportedRequest => tlp::CplStatus::Ur,
-            Self::RetryStatus => tlp::CplStatus::Crs,
-            Self::CompleterAbort => tlp::CplStatus::Ca,
-        }
-    }
-}
+/// Completion status (§2.2.9): the codec's own type.
+pub use crate::tlp::CplStatus;
 
 /// AtomicOp kinds (§6.15).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -220,7 +191,7 @@ impl Header {
             tlp::Header::Cpl(c) => (
                 Kind::Completion {
                     completer: c.completer_id,
-                    status: CplStatus::from_tlp(c.status),
+                    status: c.status,
                     byte_count: c.byte_count,
                     lower_addr: c.lower_address,
                 },
@@ -346,7 +317,7 @@ pub fn emit_completion(
             with_data: !payload.is_empty(),
             locked: false,
             completer_id: completer,
-            status: status.to_tlp(),
+            status,
             bcm: false,
             byte_count: bc,
             requester_id: requester,
@@ -471,7 +442,7 @@ mod tests {
             Bdf::new(1, 0, 0),
             Bdf::new(0, 0, 0),
             0x2ab,
-            CplStatus::Success,
+            CplStatus::Sc,
             6,
             0x42,
             0,
@@ -484,7 +455,7 @@ mod tests {
             h.kind,
             Kind::Completion {
                 completer: Bdf::new(1, 0, 0),
-                status: CplStatus::Success,
+                status: CplStatus::Sc,
                 byte_count: 6,
                 lower_addr: 0x42
             }
@@ -492,17 +463,7 @@ mod tests {
         assert_eq!(&v[h.payload], &[1, 2, 3, 4, 5, 6, 7, 8]);
         // Byte Count 4096 is the field value 0.
         let mut v = Vec::new();
-        emit_completion(
-            &mut v,
-            Bdf(1),
-            Bdf(2),
-            1,
-            CplStatus::UnsupportedRequest,
-            0,
-            0,
-            0,
-            &[],
-        );
+        emit_completion(&mut v, Bdf(1), Bdf(2), 1, CplStatus::Ur, 0, 0, 0, &[]);
         assert_eq!((v[0], v[6] & 0xef, v[7]), (0x0a, 0x20, 0));
     }
 
@@ -567,8 +528,8 @@ mod tests {
             c in 0u16.., r in 0u16.., tag in 0u16..1024, st in 0usize..4, bc in 1u16..=4096,
             la in 0u8..128, dws in 0usize..16
         ) {
-            let status = [CplStatus::Success, CplStatus::UnsupportedRequest,
-                CplStatus::RetryStatus, CplStatus::CompleterAbort][st];
+            let status = [CplStatus::Sc, CplStatus::Ur,
+                CplStatus::Crs, CplStatus::Ca][st];
             let data: Vec<u8> = (0..dws * 4).map(|i| i as u8).collect();
             let mut v = Vec::new();
             emit_completion(&mut v, Bdf(c), Bdf(r), tag, status, bc, la, 0, &data);

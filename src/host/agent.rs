@@ -193,8 +193,9 @@ impl Agent {
                                     host.on_link_down();
                                 }
                             },
-                            Upcall::Dropped { error, .. } => {
+                            Upcall::Dropped { error, tlp, .. } => {
                                 tracing::debug!(%error, "TLP not transmitted");
+                                host.on_dropped(&tlp);
                             }
                         }
                     }

@@ -8,7 +8,8 @@
 //!   the vfio-user [`vfio_user::Device`] behind its socket.
 //! * [`dma`] — the DMA windows of each function, an IOMMU in software.
 //! * [`requester`] — tags, outstanding requests, completion reassembly and timeout.
-//! * [`tlpio`] — the TLPs the host builds and receives.
+//! * [`tlpio`] — the TLPs the host builds and receives; `upstream` — the completer and the
+//!   dispatch of what a card sends (completions, DMA, interrupts).
 //! * [`vfio_user`] — the vfio-user server that hands a function to a VM or another consumer.
 
 pub mod agent;
@@ -18,6 +19,7 @@ pub mod function;
 pub mod requester;
 pub mod root;
 pub mod tlpio;
+mod upstream;
 pub mod vfio_user;
 
 pub use function::RemoteFunction;

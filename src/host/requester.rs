@@ -15,18 +15,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-/// Completion status as the requester sees it (PCIe §2.2.9 Completion Status).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CplStatus {
-    /// Successful Completion.
-    Success,
-    /// Unsupported Request.
-    UnsupportedRequest,
-    /// Configuration Request Retry Status.
-    RetryStatus,
-    /// Completer Abort.
-    CompleterAbort,
-}
+/// Completion status (PCIe §2.2.9): the codec's own type.
+pub use crate::tlp::CplStatus;
 
 /// Why a request failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -277,10 +267,10 @@ impl<T: Copy> Requester<T> {
         };
         let token = slot.token;
         let err = match cpl.status {
-            CplStatus::Success => None,
-            CplStatus::UnsupportedRequest => Some(RequestError::UnsupportedRequest),
-            CplStatus::CompleterAbort => Some(RequestError::CompleterAbort),
-            CplStatus::RetryStatus => Some(RequestError::RetryStatus),
+            CplStatus::Sc => None,
+            CplStatus::Ur => Some(RequestError::UnsupportedRequest),
+            CplStatus::Ca => Some(RequestError::CompleterAbort),
+            CplStatus::Crs => Some(RequestError::RetryStatus),
         };
         if let Some(e) = err {
             self.release(cpl.tag);
@@ -358,7 +348,7 @@ mod tests {
     fn ok(tag: u16, byte_count: u16, lower_address: u8) -> CplInfo {
         CplInfo {
             tag,
-            status: CplStatus::Success,
+            status: CplStatus::Sc,
             byte_count,
             lower_address,
         }
@@ -441,7 +431,7 @@ mod tests {
         let mut r = Requester::new(RequesterConfig::default());
         let a = r.start(t0, 4, 'a').unwrap();
         let ur = CplInfo {
-            status: CplStatus::UnsupportedRequest,
+            status: CplStatus::Ur,
             ..ok(a, 4, 0)
         };
         assert_eq!(

@@ -1,7 +1,8 @@
 //! The host's root complex: a virtual root port (PCIe Base 4.0 §7.5.3 with a hot-plug slot,
 //! §6.7), the requester that turns config/memory accesses into TLPs and waits for their
 //! completions, and the completer side that serves a card's DMA from the DMA windows and
-//! turns its MSI/MSI-X writes and INTx messages into interrupts (§6.1).
+//! turns its MSI/MSI-X writes and INTx messages into interrupts (§6.1) — that upstream half is
+//! in `upstream.rs`.
 //!
 //! Threads: whoever pumps the transport calls [`Host::on_tlp`], [`Host::on_link_up`] and
 //! [`Host::on_link_down`]; these never block on the network. Callers of the access methods
@@ -18,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use super::enumerate::{self, ConfigAccess, EnumConfig, FunctionInfo};
 use super::function::{FunctionState, RemoteFunction};
-use super::requester::{CplAction, CplInfo, CplStatus, RequestError, Requester, RequesterConfig};
-use super::tlpio::{self, Upstream, MAX_TLP, ROOT_PORT};
+use super::requester::{RequestError, Requester, RequesterConfig};
+use super::tlpio::{self, MAX_TLP, ROOT_PORT};
 use crate::pci::{ConfigSpace, ExpressConfig, FunctionIds, PciExpressCap, SlotConfig};
 use crate::tlp::{self, Bdf};
 
@@ -112,21 +113,21 @@ pub struct HostStats {
 }
 
 #[derive(Debug, Default)]
-struct CellState {
-    data: Vec<u8>,
-    result: Option<Result<(), RequestError>>,
+pub(super) struct CellState {
+    pub(super) data: Vec<u8>,
+    pub(super) result: Option<Result<(), RequestError>>,
 }
 
 #[derive(Debug, Default)]
-struct Cell {
-    m: Mutex<CellState>,
-    cv: Condvar,
+pub(super) struct Cell {
+    pub(super) m: Mutex<CellState>,
+    pub(super) cv: Condvar,
 }
 
 #[derive(Debug)]
-struct RxScratch {
-    stage: Vec<u8>,
-    out: Vec<u8>,
+pub(super) struct RxScratch {
+    pub(super) stage: Vec<u8>,
+    pub(super) out: Vec<u8>,
 }
 
 const MAX_EVENTS: usize = 1024;
@@ -135,17 +136,17 @@ thread_local! {
     static TX: RefCell<(Vec<u8>, Vec<u8>)> = RefCell::new((vec![0; MAX_TLP], vec![0; 4100]));
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The root complex of one host toward one appliance session.
 #[derive(Debug)]
 pub struct Host {
-    link: Arc<dyn Downlink>,
-    cfg: HostConfig,
-    req: Mutex<Requester<u16>>,
-    cells: Vec<Cell>,
+    pub(super) link: Arc<dyn Downlink>,
+    pub(super) cfg: HostConfig,
+    pub(super) req: Mutex<Requester<u16>>,
+    pub(super) cells: Vec<Cell>,
     link_up: AtomicBool,
     functions: RwLock<Vec<Arc<FunctionState>>>,
     /// Functions gone with the link; reused when the same function comes back, so consumers
@@ -154,8 +155,8 @@ pub struct Host {
     root_port: Mutex<ConfigSpace>,
     events: Mutex<VecDeque<HostEvent>>,
     events_cv: Condvar,
-    rx: Mutex<RxScratch>,
-    stats: HostStats,
+    pub(super) rx: Mutex<RxScratch>,
+    pub(super) stats: HostStats,
 }
 
 impl Host {
@@ -225,7 +226,7 @@ impl Host {
         self.link_up.load(Ordering::Acquire)
     }
 
-    fn event(&self, e: HostEvent) {
+    pub(super) fn event(&self, e: HostEvent) {
         tracing::info!(event = ?e, "host event");
         let mut q = lock(&self.events);
         if q.len() >= MAX_EVENTS {
@@ -294,7 +295,7 @@ impl Host {
         }
     }
 
-    fn finish(&self, tag: u16, r: Result<(), RequestError>) {
+    pub(super) fn finish(&self, tag: u16, r: Result<(), RequestError>) {
         if let Some(c) = self.cells.get(tag as usize) {
             lock(&c.m).result = Some(r);
             c.cv.notify_all();
@@ -418,7 +419,7 @@ impl Host {
         Some(RemoteFunction::new(self.clone(), f))
     }
 
-    fn function(&self, bdf: Bdf) -> Option<Arc<FunctionState>> {
+    pub(super) fn function(&self, bdf: Bdf) -> Option<Arc<FunctionState>> {
         self.functions
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -568,198 +569,6 @@ impl Host {
             done += n;
         }
         Ok(())
-    }
-
-    /// One TLP from the appliance. Never blocks on the network.
-    pub fn on_tlp(&self, bytes: &[u8]) {
-        let up = match tlpio::classify_up(bytes) {
-            Ok(u) => u,
-            Err(e) => {
-                self.stats.malformed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, "malformed TLP from the appliance");
-                return;
-            }
-        };
-        match up {
-            Upstream::Completion {
-                tag,
-                status,
-                byte_count,
-                lower_address,
-                data,
-                ..
-            } => {
-                let status = match status {
-                    tlp::CplStatus::Sc => CplStatus::Success,
-                    tlp::CplStatus::Ur => CplStatus::UnsupportedRequest,
-                    tlp::CplStatus::Crs => CplStatus::RetryStatus,
-                    tlp::CplStatus::Ca => CplStatus::CompleterAbort,
-                };
-                let info = CplInfo {
-                    tag,
-                    status,
-                    byte_count,
-                    lower_address,
-                };
-                // The cell is updated under the requester lock (see `nonposted`).
-                let mut r = lock(&self.req);
-                match r.on_completion(info, data) {
-                    CplAction::Unexpected => {
-                        self.stats
-                            .unexpected_completions
-                            .fetch_add(1, Ordering::Relaxed);
-                    }
-                    CplAction::Data {
-                        token,
-                        offset,
-                        bytes,
-                        done,
-                    } => {
-                        let c = &self.cells[token as usize];
-                        let mut s = lock(&c.m);
-                        let o = offset as usize;
-                        if let Some(dst) = s.data.get_mut(o..o + bytes.len()) {
-                            dst.copy_from_slice(bytes);
-                        }
-                        if done {
-                            s.result = Some(Ok(()));
-                            c.cv.notify_all();
-                        }
-                    }
-                    CplAction::Done(token) => self.finish(token, Ok(())),
-                    CplAction::Failed(token, e) => self.finish(token, Err(e)),
-                }
-            }
-            Upstream::MemRead {
-                requester,
-                tag,
-                address,
-                len,
-            } => self.serve_dma_read(requester, tag, address, len),
-            Upstream::MemWrite {
-                requester,
-                address,
-                data,
-            } => self.serve_dma_write(requester, address, data),
-            Upstream::Intx {
-                requester, assert, ..
-            } => match self.function(requester) {
-                Some(f) => {
-                    if assert {
-                        self.stats.interrupts.fetch_add(1, Ordering::Relaxed);
-                    }
-                    f.ctx().irqs.set_intx(assert);
-                }
-                None => {
-                    self.stats.unknown_requester.fetch_add(1, Ordering::Relaxed);
-                }
-            },
-            Upstream::Other(name) => tracing::debug!(tlp = name, "upstream TLP ignored"),
-        }
-    }
-
-    fn serve_dma_write(&self, requester: Bdf, address: u64, data: &[u8]) {
-        let Some(f) = self.function(requester) else {
-            self.stats.unknown_requester.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(%requester, address, "memory write from an unknown requester dropped");
-            return;
-        };
-        let (mb, ml) = self.cfg.msi_window;
-        if address >= mb && address < mb + ml {
-            let mut v = [0u8; 4];
-            let n = data.len().min(4);
-            v[..n].copy_from_slice(&data[..n]);
-            let value = u32::from_le_bytes(v);
-            self.stats.interrupts.fetch_add(1, Ordering::Relaxed);
-            f.deliver_msi(value);
-            return;
-        }
-        if f.ctx().dma.write(address, data).is_err() {
-            self.stats.dma_write_faults.fetch_add(1, Ordering::Relaxed);
-            self.event(HostEvent::DmaFault {
-                function: requester,
-                address,
-                len: data.len() as u32,
-                write: true,
-            });
-        }
-    }
-
-    fn serve_dma_read(&self, requester: Bdf, tag: u16, address: u64, len: u32) {
-        let f = self.function(requester);
-        let mut rx = lock(&self.rx);
-        let RxScratch { stage, out } = &mut *rx;
-        let a0 = (address & 3) as usize;
-        let n = len as usize;
-        let ok = match (&f, n <= 4096) {
-            (Some(f), true) => n == 0 || f.ctx().dma.read(address, &mut stage[a0..a0 + n]).is_ok(),
-            _ => false,
-        };
-        if !ok {
-            match f {
-                Some(_) => {
-                    self.stats.dma_read_faults.fetch_add(1, Ordering::Relaxed);
-                    self.event(HostEvent::DmaFault {
-                        function: requester,
-                        address,
-                        len,
-                        write: false,
-                    });
-                }
-                None => {
-                    self.stats.unknown_requester.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            if let Ok(k) = tlpio::completion(
-                out,
-                ROOT_PORT,
-                requester,
-                tag,
-                tlp::CplStatus::Ur,
-                len.clamp(1, 4096) as u16,
-                (address & 0x7f) as u8,
-                &[],
-            ) {
-                let _ = self.link.send_tlp(&out[..k]);
-            }
-            return;
-        }
-        stage[..a0].fill(0);
-        let end = (a0 + n).div_ceil(4) * 4;
-        stage[a0 + n..end.max(4)].fill(0);
-        let mps = f.as_ref().map_or(128, |f| f.info().mps);
-        let Ok(split) =
-            tlp::split::SplitCompletion::new(address, len, self.cfg.rcb, mps.clamp(128, 4096))
-        else {
-            return;
-        };
-        for chunk in split {
-            let start = (a0 + chunk.offset as usize) & !3;
-            let plen = chunk.length_dw as usize * 4;
-            let Some(payload) = stage.get(start..start + plen) else {
-                break;
-            };
-            match tlpio::completion(
-                out,
-                ROOT_PORT,
-                requester,
-                tag,
-                tlp::CplStatus::Sc,
-                chunk.byte_count,
-                chunk.lower_address,
-                payload,
-            ) {
-                Ok(k) => {
-                    if self.link.send_tlp(&out[..k]).is_err() {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not build a DMA completion");
-                    break;
-                }
-            }
-        }
     }
 }
 

@@ -11,6 +11,7 @@ pub mod congestion;
 pub mod crypto;
 pub mod driver;
 pub mod endpoint;
+pub mod event;
 pub mod frame;
 pub mod handshake;
 pub mod recv;
@@ -20,6 +21,8 @@ pub mod sim;
 pub mod stats;
 pub mod time;
 
+/// The buffer types of the API (re-exported so callers need not depend on `bytes`).
+pub use bytes::{Bytes, BytesMut};
 pub use endpoint::{ConnId, DownReason, Endpoint, Event, Role, Transmit};
 pub use frame::CreditLimits;
 pub use handshake::{HostId, Psk};

@@ -305,7 +305,8 @@ impl Session {
         let probe = self.probe_at.is_some_and(|p| p <= now);
         let want_data = !self.send.retx.is_empty() || self.send.next_eligible().is_some();
         let mut data_ok = want_data && self.send.in_flight < self.cc.window();
-        if data_ok {
+        // Pacing spreads a flight; the first frame of a flight (a lone TLP) never waits.
+        if data_ok && self.send.in_flight > 0 {
             let srtt = self.rtt.srtt_or(self.cfg.initial_rto);
             match self.pacer.delay(now, mtu, self.cc.window(), srtt) {
                 None => self.pace_until = None,

@@ -1,7 +1,7 @@
 //! Raw Ethernet port: an AF_PACKET socket bound to one interface and EtherType 0x88B5, with an
 //! optional 802.1Q tag carrying the configured priority (docs/protocol.md §1). Polled by mio.
 
-use super::udp::MioWaker;
+use super::udp::{HrTimer, MioWaker};
 use super::{Port, Wake};
 use crate::transport::PeerAddr;
 use mio::unix::SourceFd;
@@ -18,6 +18,7 @@ const ETH_P_8021Q: u16 = 0x8100;
 const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
 const SOCK: Token = Token(0);
 const WAKE: Token = Token(1);
+const TIMER: Token = Token(2);
 
 /// `eth:IFACE[,vlan=ID][,pcp=N]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,6 +93,7 @@ pub struct EthPort {
     poll: Poll,
     events: Events,
     waker: Arc<MioWaker>,
+    timer: HrTimer,
 }
 
 fn sys(r: libc::c_int) -> io::Result<libc::c_int> {
@@ -165,7 +167,9 @@ impl EthPort {
         poll.registry()
             .register(&mut SourceFd(&fd.as_raw_fd()), SOCK, Interest::READABLE)?;
         let waker = Arc::new(MioWaker(Waker::new(poll.registry(), WAKE)?));
+        let timer = HrTimer::new(&poll, TIMER)?;
         Ok(EthPort {
+            timer,
             fd,
             mac,
             mtu: if_mtu - if tag.is_some() { 4 } else { 0 },
@@ -298,11 +302,7 @@ impl Port for EthPort {
     }
 
     fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
-        match self.poll.poll(&mut self.events, timeout) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(()),
-            Err(e) => Err(e),
-        }
+        self.timer.wait(&mut self.poll, &mut self.events, timeout)
     }
 
     fn waker(&self) -> Arc<dyn Wake> {

@@ -3,27 +3,27 @@
 //! [`TransportHandle`] is the same for every link: send TLP bytes to a peer, receive
 //! delivered TLPs and link events ([`Upcall`]). See docs/transport.md.
 
+mod core;
+mod direct;
 pub mod eth;
 pub mod mem;
 pub mod udp;
 
-use super::endpoint::{ConnId, Endpoint, Event, Role};
+use self::core::Driver;
+pub use direct::Direct;
+
+use super::endpoint::{ConnId, Event};
 use super::stats::{EndpointStats, Stats};
-use super::time::Clock;
 use super::{Config, HostId, PeerAddr, Psk, SendError};
 use crate::tlp::OrderingClass;
-use bytes::{Bytes, BytesMut};
-use crossbeam::channel::{self, Receiver, Sender, TryRecvError, TrySendError};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use bytes::Bytes;
+use crossbeam::channel::{self, Receiver, Sender, TrySendError};
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-/// Receive buffer chunk: frames are split off it, so delivered TLPs share it without copies.
-const RX_CHUNK: usize = 256 * 1024;
 const CMD_QUEUE: usize = 4096;
 const UPCALL_QUEUE: usize = 16384;
 
@@ -141,7 +141,7 @@ pub struct DriverStats {
     pub frames_out: u64,
 }
 
-enum Cmd {
+pub(crate) enum Cmd {
     Tlp(ConnId, Bytes),
     Stats(Sender<DriverStats>),
     Stop,
@@ -292,242 +292,6 @@ impl TransportHandle {
 impl Drop for TransportHandle {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-struct Driver {
-    port: Box<dyn Port>,
-    ep: Endpoint,
-    clock: Clock,
-    cmd: Receiver<Cmd>,
-    up: Sender<Upcall>,
-    sleeping: Arc<AtomicBool>,
-    stalled: Option<(ConnId, Bytes)>,
-    up_stalled: Option<Upcall>,
-    rx: BytesMut,
-    tx: Vec<u8>,
-    mtu: usize,
-    loss: f64,
-    rng: StdRng,
-    busy: bool,
-    stats: DriverStats,
-}
-
-impl Driver {
-    fn new(
-        port: Box<dyn Port>,
-        cfg: DriverConfig,
-        cmd: Receiver<Cmd>,
-        up: Sender<Upcall>,
-        sleeping: Arc<AtomicBool>,
-    ) -> Driver {
-        let seed = if cfg.seed == 0 {
-            rand::random()
-        } else {
-            cfg.seed
-        };
-        let mut tcfg = cfg.transport.clone();
-        tcfg.mtu = tcfg.mtu.min(port.mtu());
-        let mtu = tcfg.mtu;
-        let clock = Clock::new();
-        let (role, connect) = match &cfg.peers {
-            Peers::Accept(_) => (Role::Server, None),
-            Peers::Connect { server, host, psk } => {
-                (Role::Client, Some((*server, *host, psk.clone())))
-            }
-        };
-        let mut ep = Endpoint::new(tcfg, role, seed);
-        if let Peers::Accept(hosts) = &cfg.peers {
-            for (h, k) in hosts {
-                ep.add_host(*h, k.clone());
-            }
-        }
-        if let Some((server, host, psk)) = connect {
-            ep.connect(clock.now(), server, host, psk);
-        }
-        Driver {
-            port,
-            ep,
-            clock,
-            cmd,
-            up,
-            sleeping,
-            stalled: None,
-            up_stalled: None,
-            rx: BytesMut::with_capacity(RX_CHUNK),
-            tx: vec![0; mtu.max(2048)],
-            mtu,
-            loss: cfg.inject_loss,
-            rng: StdRng::seed_from_u64(seed ^ 0x1055),
-            busy: cfg.busy_poll,
-            stats: DriverStats::default(),
-        }
-    }
-
-    fn run(&mut self) -> io::Result<()> {
-        loop {
-            let mut work = false;
-            // 1. frames in
-            for _ in 0..256 {
-                if self.rx.capacity() < self.mtu {
-                    self.rx.reserve(RX_CHUNK);
-                }
-                self.rx.resize(self.mtu, 0);
-                match self.port.recv(&mut self.rx[..])? {
-                    Some((n, from)) => {
-                        let frame = self.rx.split_to(n);
-                        self.rx.clear();
-                        self.stats.frames_in += 1;
-                        self.ep.handle_frame(self.clock.now(), from, frame);
-                        work = true;
-                    }
-                    None => {
-                        self.rx.clear();
-                        break;
-                    }
-                }
-            }
-            // 2. commands from the layer above
-            if self.commands()? {
-                return Ok(());
-            }
-            // 3. timers, frames out
-            let now = self.clock.now();
-            if self.ep.poll_timeout().is_some_and(|t| t <= now) {
-                self.ep.handle_timeout(now);
-            }
-            work |= self.transmit();
-            // 4. deliveries and events up
-            work |= self.deliver();
-            if work {
-                continue;
-            }
-            if self.busy {
-                std::hint::spin_loop();
-                continue;
-            }
-            // 5. sleep until a frame, a command or the next deadline
-            self.sleeping.store(true, Ordering::Release);
-            if !self.cmd.is_empty() && self.stalled.is_none() {
-                self.sleeping.store(false, Ordering::Release);
-                continue;
-            }
-            let mut timeout = self.ep.poll_timeout().map(|t| self.clock.until(t));
-            if self.up_stalled.is_some() || self.stalled.is_some() {
-                let short = Duration::from_micros(200);
-                timeout = Some(timeout.map_or(short, |t| t.min(short)));
-            }
-            self.port.wait(timeout)?;
-            self.sleeping.store(false, Ordering::Release);
-        }
-    }
-
-    /// Returns true when asked to stop.
-    fn commands(&mut self) -> io::Result<bool> {
-        if let Some((c, t)) = self.stalled.take() {
-            if !self.submit(c, t) {
-                return Ok(false);
-            }
-        }
-        loop {
-            match self.cmd.try_recv() {
-                Ok(Cmd::Tlp(c, t)) => {
-                    if !self.submit(c, t) {
-                        return Ok(false);
-                    }
-                }
-                Ok(Cmd::Stats(reply)) => {
-                    let mut s = DriverStats {
-                        endpoint: self.ep.endpoint_stats().clone(),
-                        ..self.stats.clone()
-                    };
-                    s.sessions = self
-                        .ep
-                        .conns()
-                        .filter_map(|c| self.ep.stats(c).map(|st| (c.0, st)))
-                        .collect();
-                    let _ = reply.send(s);
-                }
-                Ok(Cmd::Stop) | Err(TryRecvError::Disconnected) => return Ok(true),
-                Err(TryRecvError::Empty) => return Ok(false),
-            }
-        }
-    }
-
-    /// Returns false when the TLP had to be parked (queue full).
-    fn submit(&mut self, c: ConnId, t: Bytes) -> bool {
-        match self.ep.send_tlp(c, t.clone()) {
-            Ok(()) => true,
-            Err(SendError::QueueFull) => {
-                self.stalled = Some((c, t));
-                false
-            }
-            Err(error) => {
-                self.push_up(Upcall::Dropped {
-                    conn: c,
-                    tlp: t,
-                    error,
-                });
-                true
-            }
-        }
-    }
-
-    fn push_up(&mut self, u: Upcall) -> bool {
-        match self.up.try_send(u) {
-            Ok(()) => true,
-            Err(TrySendError::Full(u)) | Err(TrySendError::Disconnected(u)) => {
-                self.up_stalled = Some(u);
-                false
-            }
-        }
-    }
-
-    fn transmit(&mut self) -> bool {
-        let mut any = false;
-        let now = self.clock.now();
-        while let Some(t) = self.ep.poll_transmit(now, &mut self.tx) {
-            any = true;
-            if self.loss > 0.0 && self.rng.gen_bool(self.loss) {
-                self.stats.injected_drops += 1;
-                continue;
-            }
-            self.stats.frames_out += 1;
-            if self.port.send(&self.tx[..t.len], t.dst).is_err() {
-                self.stats.send_errors += 1;
-            }
-        }
-        any
-    }
-
-    fn deliver(&mut self) -> bool {
-        if let Some(u) = self.up_stalled.take() {
-            if !self.push_up(u) {
-                return false;
-            }
-        }
-        let mut any = false;
-        while let Some((c, e)) = self.ep.poll_event() {
-            any = true;
-            if !self.push_up(Upcall::Event { conn: c, event: e }) {
-                return true;
-            }
-        }
-        let now = self.clock.now();
-        let conns: usize = self.ep.conns().count();
-        for i in 0..conns {
-            while let Some(d) = self.ep.poll_delivered(now, ConnId(i)) {
-                any = true;
-                if !self.push_up(Upcall::Tlp {
-                    conn: ConnId(i),
-                    class: d.class,
-                    tlp: d.tlp,
-                }) {
-                    return true;
-                }
-            }
-        }
-        any
     }
 }
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 const SOCK: Token = Token(0);
 const WAKE: Token = Token(1);
+const TIMER: Token = Token(2);
 
 /// A bound UDP socket.
 #[derive(Debug)]
@@ -19,7 +20,102 @@ pub struct UdpPort {
     poll: Poll,
     events: Events,
     waker: Arc<MioWaker>,
+    timer: HrTimer,
     local: SocketAddr,
+}
+
+/// A timerfd in the poll set: epoll's timeout has millisecond granularity (mio rounds up),
+/// far too coarse for ACK delays and pacing measured in microseconds.
+#[derive(Debug)]
+pub(crate) struct HrTimer {
+    fd: std::os::fd::OwnedFd,
+    token: Token,
+    /// When the armed timer will fire (None: disarmed or fired).
+    armed: std::cell::Cell<Option<std::time::Instant>>,
+}
+
+impl HrTimer {
+    pub(crate) fn new(poll: &Poll, token: Token) -> io::Result<HrTimer> {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        // SAFETY: plain timerfd_create call; the result is checked.
+        let raw = unsafe {
+            libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+            )
+        };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a fresh descriptor we own.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+        poll.registry().register(
+            &mut mio::unix::SourceFd(&fd.as_raw_fd()),
+            token,
+            Interest::READABLE,
+        )?;
+        Ok(HrTimer {
+            fd,
+            token,
+            armed: std::cell::Cell::new(None),
+        })
+    }
+
+    fn arm(&self, d: Duration) {
+        use std::os::fd::AsRawFd;
+        let d = d.max(Duration::from_nanos(1));
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: d.as_secs() as libc::time_t,
+                tv_nsec: d.subsec_nanos() as libc::c_long,
+            },
+        };
+        // SAFETY: valid timerfd and itimerspec.
+        unsafe { libc::timerfd_settime(self.fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
+    }
+
+    fn clear(&self) {
+        use std::os::fd::AsRawFd;
+        let mut b = [0u8; 8];
+        // SAFETY: reading 8 bytes into a live buffer; EAGAIN is fine.
+        unsafe { libc::read(self.fd.as_raw_fd(), b.as_mut_ptr().cast(), 8) };
+    }
+
+    /// `poll.poll` with microsecond-precise short timeouts. The timer is re-armed only when
+    /// the new deadline is earlier than the armed one (an early wake-up is harmless: the
+    /// caller just waits again), which keeps the syscalls off the common path.
+    pub(crate) fn wait(
+        &self,
+        poll: &mut Poll,
+        events: &mut mio::Events,
+        timeout: Option<Duration>,
+    ) -> io::Result<()> {
+        let t = match timeout {
+            Some(t) if t > Duration::ZERO && t < Duration::from_millis(2) => {
+                let target = std::time::Instant::now() + t;
+                if self.armed.get().is_none_or(|a| a > target) {
+                    self.arm(t);
+                    self.armed.set(Some(target));
+                }
+                None
+            }
+            t => t,
+        };
+        let r = poll.poll(events, t);
+        if events.iter().any(|e| e.token() == self.token) {
+            self.clear();
+            self.armed.set(None);
+        }
+        match r {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 /// Wakes a mio poll.
@@ -41,11 +137,13 @@ impl UdpPort {
             .register(&mut sock, SOCK, Interest::READABLE)?;
         let waker = Arc::new(MioWaker(Waker::new(poll.registry(), WAKE)?));
         let local = sock.local_addr()?;
+        let timer = HrTimer::new(&poll, TIMER)?;
         Ok(UdpPort {
             sock,
             poll,
             events: Events::with_capacity(16),
             waker,
+            timer,
             local,
         })
     }
@@ -78,11 +176,7 @@ impl Port for UdpPort {
     }
 
     fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
-        match self.poll.poll(&mut self.events, timeout) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(()),
-            Err(e) => Err(e),
-        }
+        self.timer.wait(&mut self.poll, &mut self.events, timeout)
     }
 
     fn waker(&self) -> Arc<dyn Wake> {

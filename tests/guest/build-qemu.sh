@@ -1,0 +1,227 @@
+#!/usr/bin/env bash
+# Obtains a qemu-system-x86_64 that has the vfio-user-pci client (QEMU >= 10.1) and prints its
+# absolute path as the only line on stdout (progress goes to stderr).
+#
+# Debian bookworm ships QEMU 7.2, which has no vfio-user client, so this builds Debian's own
+# source package of a newer QEMU from the `sid` suite:
+#   * adds a deb-src entry for `sid` that reuses the URI of the machine's configured Debian
+#     sources (nothing host-specific is written into the project),
+#   * picks the newest qemu source version >= 10.1 that `apt-cache showsrc qemu` offers now,
+#   * builds only qemu-system-x86_64 (TCG, no default features, ~3 min on 2 cores) with meson and
+#     pycotap from PyPI in a private venv,
+#   * installs the firmware it needs from Debian (qemu-system-data, seabios): run the binary with
+#     `-L /usr/share/qemu -L /usr/share/seabios`.
+# The binary is cached under $PCIETUN_CACHE/qemu/<version>/ (default /var/cache/pcietun), so a
+# second run only checks the cache. Bookworm's qemu-system-x86 package is never installed: callers
+# use the explicit path printed here.
+#
+# Environment:
+#   PCIETUN_QEMU        use this qemu-system-x86_64 instead (must have vfio-user-pci)
+#   PCIETUN_CACHE       cache directory (default /var/cache/pcietun)
+#   PCIETUN_QEMU_REBUILD=1  ignore cached binaries
+set -euo pipefail
+LOG_PREFIX=build-qemu
+# shellcheck source=tests/guest/lib.sh
+. "$(dirname "$0")/lib.sh"
+
+MIN_VERSION=10.1
+QEMU_CACHE="$PCIETUN_CACHE/qemu"
+SID_SOURCES=/etc/apt/sources.list.d/pcietun-sid-src.sources
+
+# True when $1 is a runnable qemu-system-x86_64 that offers the vfio-user-pci device. (The
+# output is captured first: `| grep -q` under pipefail fails when QEMU gets SIGPIPE.)
+qemu_usable() {
+    local devices
+    [ -x "$1" ] && devices=$("$1" -device help 2>/dev/null) && [[ "$devices" == *'"vfio-user-pci"'* ]]
+}
+
+firmware_present() {
+    [ -e /usr/share/seabios/bios-256k.bin ] && [ -e /usr/share/qemu/linuxboot_dma.bin ]
+}
+
+# The newest cached binary that still works, or nothing.
+cached_qemu() {
+    local dir best=""
+    [ -d "$QEMU_CACHE" ] || return 0
+    for dir in "$QEMU_CACHE"/*/; do
+        [ -f "$dir/qemu-system-x86_64" ] || continue
+        qemu_usable "$dir/qemu-system-x86_64" || continue
+        best="${dir%/}/qemu-system-x86_64" # globs sort ascending: keep the last usable
+    done
+    [ -n "$best" ] && printf '%s\n' "$best"
+    return 0
+}
+
+# The URI of the machine's main Debian archive (not the security one), from its sources files.
+debian_uri() {
+    local f uri
+    for f in /etc/apt/sources.list.d/*.sources; do
+        if [ ! -f "$f" ] || [ "$f" = "$SID_SOURCES" ]; then continue; fi
+        # deb822 stanzas: print the URIs of stanzas whose suites are not *-security.
+        uri=$(awk '
+            /^[[:space:]]*$/ { if (u != "" && s !~ /-security/) { print u; exit } u=""; s=""; next }
+            /^URIs:/ { u=$2 }
+            /^Suites:/ { s=$0 }
+            END { if (u != "" && s !~ /-security/) print u }
+        ' "$f")
+        [ -n "$uri" ] && { printf '%s\n' "$uri"; return 0; }
+    done
+    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+        [ -f "$f" ] || continue
+        uri=$(awk '$1 == "deb" && $0 !~ /-security/ {
+                   for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) { print $i; exit } }' "$f")
+        [ -n "$uri" ] && { printf '%s\n' "$uri"; return 0; }
+    done
+    return 1
+}
+
+add_sid_sources() {
+    local uri
+    uri=$(debian_uri) || die "no Debian archive URI found in /etc/apt/sources.list{,.d/*}"
+    local want
+    want=$(printf 'Types: deb-src\nURIs: %s\nSuites: sid\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' "$uri")
+    if [ ! -f "$SID_SOURCES" ] || [ "$(cat "$SID_SOURCES")" != "$want" ]; then
+        log "adding deb-src for sid (from $uri) in $SID_SOURCES"
+        printf '%s\n' "$want" >"$SID_SOURCES"
+    fi
+    log "apt-get update"
+    apt-get update -qq >&2 || die "apt-get update failed (is the Debian mirror reachable?)"
+}
+
+# The qemu source versions >= MIN_VERSION known to apt (e.g. 1:10.2.2+ds-1), newest first.
+# PCIETUN_QEMU_VERSION pins one.
+candidate_versions() {
+    if [ -n "${PCIETUN_QEMU_VERSION:-}" ]; then
+        printf '%s\n' "$PCIETUN_QEMU_VERSION"
+        return 0
+    fi
+    local v
+    apt-cache showsrc qemu 2>/dev/null | awk '/^Version:/ { print $2 }' | sort -u |
+        while read -r v; do
+            dpkg --compare-versions "$v" ge "1:$MIN_VERSION" && printf '%s\n' "$v"
+        done | sort -r -V -t: -k2
+}
+
+# Downloads the source of the first candidate the mirror really serves (an index can name a
+# version whose files already left the pool) into the current directory; prints that version.
+download_source() {
+    local v upstream
+    for v in "$@"; do
+        upstream="${v#*:}"
+        upstream="${upstream%-*}"
+        if ls qemu_"$upstream".orig.tar.* >/dev/null 2>&1; then
+            printf '%s\n' "$v"
+            return 0
+        fi
+        log "apt-get source --download-only qemu=$v"
+        if apt-get source -qq --download-only "qemu=$v" >&2 && ls qemu_"$upstream".orig.tar.* >/dev/null 2>&1; then
+            printf '%s\n' "$v"
+            return 0
+        fi
+        log "qemu=$v cannot be downloaded; trying an older one"
+    done
+    return 1
+}
+
+# Builds the first downloadable candidate version; prints the cached binary's path.
+build() {
+    local cached
+    cached=$(cached_qemu)
+    if [ -n "$cached" ]; then
+        printf '%s\n' "$cached" # another run built one while we waited for the lock
+        return 0
+    fi
+    local dl="$PCIETUN_CACHE/qemu-build/download" version
+    mkdir -p "$dl"
+    version=$(cd "$dl" && download_source "$@") || die "none of the qemu source versions ($*) could be downloaded"
+    local key="${version#*:}"
+    local out="$QEMU_CACHE/$key" work="$PCIETUN_CACHE/qemu-build/$key"
+    log "building QEMU $version (only qemu-system-x86_64; about 3 minutes on 2 cores)"
+    apt_install build-essential pkg-config device-tree-compiler ninja-build libglib2.0-dev \
+        libpixman-1-dev libfdt-dev flex bison python3-venv ||
+        die "could not install QEMU build dependencies"
+
+    local venv="$PCIETUN_CACHE/venv"
+    if ! "$venv/bin/python3" -c 'import mesonbuild, pycotap' 2>/dev/null; then
+        log "python venv with meson >= 1.5 and pycotap (PyPI) in $venv"
+        rm -rf "$venv"
+        /usr/bin/python3 -m venv "$venv" || die "python3 -m venv failed"
+        "$venv/bin/pip" install -q 'meson>=1.5' pycotap >&2 || die "pip install meson pycotap failed"
+    fi
+
+    mkdir -p "$work"
+    cd "$work"
+    local upstream="${version#*:}"
+    upstream="${upstream%-*}" # 10.2.2+ds
+    local tarball
+    tarball=$(ls "$dl"/qemu_"$upstream".orig.tar.* | head -n1)
+    rm -rf src
+    mkdir src
+    log "unpacking $tarball"
+    tar -xf "$tarball" -C src --strip-components=1 || die "cannot unpack $tarball"
+    cd src
+    # Debian's tarball strips the prebuilt EDK2 firmware; do not try to unpack it.
+    # Every assignment (there is one per candidate target) becomes false.
+    sed -i -E 's/^([[:space:]]*unpack_edk2_blobs[[:space:]]*=).*/\1 false/' meson.build
+    grep -qE '^[[:space:]]*unpack_edk2_blobs[[:space:]]*= false' meson.build ||
+        log "note: no unpack_edk2_blobs assignment found in meson.build (layout changed?)"
+
+    mkdir -p build
+    cd build
+    log "configure"
+    PATH="$venv/bin:$PATH" ../configure --python="$venv/bin/python3" \
+        --target-list=x86_64-softmmu --without-default-features --enable-fdt=system \
+        --disable-install-blobs --disable-docs --disable-tools --disable-user \
+        >"$work/configure.log" 2>&1 || {
+        tail -n 40 "$work/configure.log" >&2
+        die "QEMU configure failed (log: $work/configure.log)"
+    }
+    log "ninja qemu-system-x86_64"
+    PATH="$venv/bin:$PATH" ninja -j"$(nproc)" qemu-system-x86_64 >"$work/ninja.log" 2>&1 || {
+        tail -n 40 "$work/ninja.log" >&2
+        die "QEMU build failed (log: $work/ninja.log)"
+    }
+    qemu_usable ./qemu-system-x86_64 || die "the built qemu-system-x86_64 has no vfio-user-pci device"
+    mkdir -p "$out"
+    install -m 0755 qemu-system-x86_64 "$out/qemu-system-x86_64.tmp"
+    mv "$out/qemu-system-x86_64.tmp" "$out/qemu-system-x86_64"
+    printf '%s\n' "$version" >"$out/VERSION"
+    cd /
+    rm -rf "$work/src" # ~1 GiB of objects; the downloaded tarball stays for a rebuild
+    log "cached $out/qemu-system-x86_64"
+    printf '%s\n' "$out/qemu-system-x86_64"
+}
+
+main() {
+    if [ -n "${PCIETUN_QEMU:-}" ]; then
+        qemu_usable "$PCIETUN_QEMU" || die "PCIETUN_QEMU=$PCIETUN_QEMU has no vfio-user-pci device"
+        firmware_present || { need_root && apt_install qemu-system-data seabios; } ||
+            die "cannot install firmware (qemu-system-data, seabios)"
+        printf '%s\n' "$PCIETUN_QEMU"
+        return 0
+    fi
+    local cached=""
+    [ "${PCIETUN_QEMU_REBUILD:-0}" = 1 ] || cached=$(cached_qemu)
+    if [ -n "$cached" ] && firmware_present; then
+        log "using cached $cached ($("$cached" --version | head -n1))"
+        printf '%s\n' "$cached"
+        return 0
+    fi
+    need_root
+    # Firmware first: it is a plain bookworm install and tells early whether apt works at all.
+    firmware_present || apt_install qemu-system-data seabios ||
+        die "cannot install firmware packages qemu-system-data and seabios"
+    if [ -z "$cached" ]; then
+        add_sid_sources
+        local versions
+        versions=$(candidate_versions)
+        [ -n "$versions" ] || die "apt-cache showsrc qemu offers no version >= $MIN_VERSION"
+        log "qemu source versions offered (newest first): ${versions//$'\n'/ }"
+        # shellcheck disable=SC2086 # one word per version
+        cached=$(with_lock "$PCIETUN_CACHE/qemu.lock" build $versions | tail -n1)
+    fi
+    qemu_usable "$cached" || die "$cached is not usable"
+    printf '%s\n' "$cached"
+}
+
+main "$@"
