@@ -4,7 +4,15 @@
 
 use std::process::ExitCode;
 
+mod common;
+mod dma;
 mod link;
+mod mmio;
+mod nvme;
+mod plot;
+mod raw;
+pub(crate) use transport::LinkKind;
+pub(crate) mod rig;
 mod stats;
 mod transport;
 
@@ -19,10 +27,25 @@ pub struct BenchArgs {
 enum Scenario {
     /// Transport latency and throughput against plain UDP / AF_PACKET on the same path.
     Transport(transport::TransportArgs),
+    /// 4-byte MMIO read round trips (p50/p99/p99.9) against a raw ping-pong.
+    MmioRead(mmio::MmioArgs),
+    /// Posted MMIO write rate against raw datagrams per second.
+    MmioWrite(mmio::MmioArgs),
+    /// DMA engine reading host memory, 4 KiB…1 MiB: GB/s against a raw blast.
+    DmaRead(dma::DmaArgs),
+    /// DMA engine writing host memory, 4 KiB…1 MiB: GB/s against a raw blast.
+    DmaWrite(dma::DmaArgs),
+    /// 4 KiB random read/write at QD1 and QD32 through the user-space NVMe driver.
+    Nvme(nvme::NvmeArgs),
 }
 
 pub fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     match args.scenario {
         Scenario::Transport(a) => transport::run(a),
+        Scenario::MmioRead(a) => mmio::run_read(a),
+        Scenario::MmioWrite(a) => mmio::run_write(a),
+        Scenario::DmaRead(a) => dma::run(a, pcietun::drivers::dma_engine::Direction::DmaRead),
+        Scenario::DmaWrite(a) => dma::run(a, pcietun::drivers::dma_engine::Direction::DmaWrite),
+        Scenario::Nvme(a) => nvme::run(a),
     }
 }

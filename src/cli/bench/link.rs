@@ -77,12 +77,23 @@ fn wait_or_spin(p: &mut dyn Port, busy: bool, t: Duration) {
 
 /// Raw ping-pong through the ports.
 pub fn raw_rtt(
+    c: Box<dyn Port>,
+    s: Box<dyn Port>,
+    size: usize,
+    iters: usize,
+    busy: bool,
+) -> Latency {
+    Latency::from_samples(&mut raw_rtt_samples(c, s, size, iters, busy))
+}
+
+/// Raw ping-pong: the round-trip samples after a 10 % warm-up, in order (for CDFs).
+pub fn raw_rtt_samples(
     mut c: Box<dyn Port>,
     mut s: Box<dyn Port>,
     size: usize,
     iters: usize,
     busy: bool,
-) -> Latency {
+) -> Vec<Duration> {
     let stop = Arc::new(AtomicBool::new(false));
     let st = stop.clone();
     let server_addr = s.local_addr();
@@ -120,7 +131,7 @@ pub fn raw_rtt(
     }
     stop.store(true, Ordering::Relaxed);
     let _ = echo.join();
-    Latency::from_samples(&mut samples)
+    samples
 }
 
 /// Raw one-way blast of `size`-byte datagrams for `secs`.

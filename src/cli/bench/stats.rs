@@ -11,6 +11,10 @@ pub struct Latency {
     pub p50_us: f64,
     /// 99th percentile, µs.
     pub p99_us: f64,
+    /// 99.9th percentile, µs.
+    pub p999_us: f64,
+    /// Mean, µs.
+    pub mean_us: f64,
 }
 
 impl Latency {
@@ -25,6 +29,8 @@ impl Latency {
             n: s.len(),
             p50_us: at(0.50),
             p99_us: at(0.99),
+            p999_us: at(0.999),
+            mean_us: s.iter().map(|d| d.as_secs_f64()).sum::<f64>() / s.len() as f64 * 1e6,
         }
     }
 }
@@ -75,6 +81,8 @@ mod tests {
         assert_eq!(l.n, 100);
         assert!((l.p50_us - 51.0).abs() < 1.01);
         assert!((l.p99_us - 99.0).abs() < 1.01);
+        assert!(l.p50_us <= l.p99_us && l.p99_us <= l.p999_us);
+        assert!((l.mean_us - 50.5).abs() < 0.01);
         let t = Throughput::new(1_000_000_000, 10, Duration::from_secs(8));
         assert!((t.gbit_s - 1.0).abs() < 1e-9);
         assert_eq!(ratio(1.0, 0.0), 0.0);

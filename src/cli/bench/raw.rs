@@ -1,0 +1,132 @@
+//! The links of the device scenarios beyond `link.rs` (which holds the raw baseline shared
+//! with `bench transport`: port pairs, ping-pong, blast): two network namespaces joined by a
+//! veth pair, created for the run and removed on every path, with sockets opened inside each.
+
+pub use super::link::{raw_blast, raw_rtt_samples};
+pub use super::transport::{LinkKind, OnOff};
+use pcietun::transport::driver::{
+    eth::{EthPort, EthSpec},
+    Port,
+};
+use std::process::Command;
+
+pub type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn ip(args: &[&str]) -> Res<()> {
+    let out = Command::new("ip").args(args).output()?;
+    if !out.status.success() {
+        return Err(format!(
+            "ip {} failed (need root): {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// Two network namespaces joined by a veth pair (MTU 9000), removed on drop. Interface `a`
+/// lives in namespace `ns_a`, `b` in `ns_b`; sockets are opened inside them with
+/// [`NetnsPair::open_eth`].
+#[derive(Debug)]
+pub struct NetnsPair {
+    /// Namespace names (under /run/netns).
+    pub ns: [String; 2],
+    /// Interface names, one per namespace.
+    pub ifaces: [String; 2],
+}
+
+impl NetnsPair {
+    /// Create the namespaces and the pair; `tag` keeps names unique between users in one process.
+    pub fn create(tag: &str) -> Res<NetnsPair> {
+        let id = std::process::id() % 100_000;
+        let p = NetnsPair {
+            ns: [format!("pt{tag}{id}a"), format!("pt{tag}{id}b")],
+            ifaces: [format!("pt{tag}{id}x"), format!("pt{tag}{id}y")],
+        };
+        for ns in &p.ns {
+            ip(&["netns", "add", ns])?;
+        }
+        // From here on Drop removes whatever exists.
+        ip(&[
+            "link",
+            "add",
+            &p.ifaces[0],
+            "mtu",
+            "9000",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &p.ifaces[1],
+            "mtu",
+            "9000",
+        ])?;
+        for i in 0..2 {
+            ip(&["link", "set", &p.ifaces[i], "netns", &p.ns[i]])?;
+            ip(&["-n", &p.ns[i], "link", "set", &p.ifaces[i], "up"])?;
+            ip(&["-n", &p.ns[i], "link", "set", "lo", "up"])?;
+        }
+        Ok(p)
+    }
+
+    /// Run `f` on a thread that has entered namespace `i` (sockets it creates stay there).
+    /// Like `ip netns exec`, the thread also gets its own mount namespace with a fresh sysfs,
+    /// so `/sys/class/net` shows the namespace's interfaces.
+    pub fn in_ns<T: Send + 'static>(
+        &self,
+        i: usize,
+        f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+    ) -> Res<T> {
+        let path = format!("/run/netns/{}", self.ns[i]);
+        let h = std::thread::spawn(move || -> std::io::Result<T> {
+            use std::os::fd::AsRawFd;
+            let file = std::fs::File::open(&path)?;
+            let check = |rc: libc::c_int| {
+                if rc == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            };
+            // SAFETY: plain syscalls on valid arguments; they change only this short-lived
+            // thread's namespaces (it does not share its fs struct after CLONE_FS).
+            unsafe {
+                check(libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET))?;
+                check(libc::unshare(libc::CLONE_FS | libc::CLONE_NEWNS))?;
+                check(libc::mount(
+                    std::ptr::null(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_SLAVE | libc::MS_REC,
+                    std::ptr::null(),
+                ))?;
+                check(libc::umount2(c"/sys".as_ptr(), libc::MNT_DETACH))?;
+                check(libc::mount(
+                    c"sysfs".as_ptr(),
+                    c"/sys".as_ptr(),
+                    c"sysfs".as_ptr(),
+                    0,
+                    std::ptr::null(),
+                ))?;
+            }
+            f()
+        });
+        Ok(h.join().map_err(|_| "namespace thread panicked")??)
+    }
+
+    /// An AF_PACKET port on the interface of namespace `i`.
+    pub fn open_eth(&self, i: usize) -> Res<Box<dyn Port>> {
+        let spec = EthSpec::parse(&self.ifaces[i])?;
+        let p = self.in_ns(i, move || EthPort::open(&spec))?;
+        Ok(Box::new(p))
+    }
+}
+
+impl Drop for NetnsPair {
+    fn drop(&mut self) {
+        for ns in &self.ns {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}

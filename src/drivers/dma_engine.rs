@@ -1,0 +1,239 @@
+//! Driver of the DMA engine test device (register map in docs/appliance.md, "The DMA engine
+//! test device"): it registers a host buffer, programs HOST_ADDR / BUF_OFFSET / LENGTH /
+//! CONTROL, rings DOORBELL and waits for DONE — by polling STATUS or on the MSI-X vector 0
+//! eventfd — then reads and clears STATUS (RW1C).
+//!
+//! "DMA read" is the card reading host memory into its buffer (host → card); "DMA write" the
+//! card writing its buffer into host memory (card → host), as PCIe names them from the
+//! card's side.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::mem::DmaBuffer;
+use super::Completion;
+use crate::host::dma::{Access, DmaError};
+use crate::host::requester::RequestError;
+use crate::host::vfio_user::{EventFd, IrqIndex};
+use crate::host::RemoteFunction;
+
+/// Bus address where the driver's host buffer is registered.
+pub const IOVA: u64 = 0x50_0000_0000;
+/// PCI IDs of the device (vendor, device).
+pub const IDS: (u16, u16) = (0x1b36, 0x0e02);
+/// Value of the ID register ("DMA1").
+pub const ID_MAGIC: u32 = 0x3141_4d44;
+
+/// BAR0 register offsets.
+pub mod reg {
+    /// "DMA1".
+    pub const ID: u64 = 0x00;
+    /// Buffer size, low half.
+    pub const BUF_SIZE: u64 = 0x08;
+    /// Host bus address, low half.
+    pub const HOST_ADDR: u64 = 0x10;
+    /// Offset in the card's buffer.
+    pub const BUF_OFFSET: u64 = 0x18;
+    /// Bytes to move.
+    pub const LENGTH: u64 = 0x1c;
+    /// Direction (bit 0) and interrupt enable (bit 1).
+    pub const CONTROL: u64 = 0x20;
+    /// Any write starts the transfer.
+    pub const DOORBELL: u64 = 0x24;
+    /// BUSY / DONE / ERROR (RW1C), error code in 15:8.
+    pub const STATUS: u64 = 0x28;
+    /// Transfers finished.
+    pub const COMPLETIONS: u64 = 0x2c;
+    /// Device-side duration of the last transfer, ns.
+    pub const LAST_NS: u64 = 0x38;
+}
+
+/// Errors of the DMA engine driver.
+#[derive(Debug, thiserror::Error)]
+pub enum DmaEngineError {
+    /// A register access through the tunnel failed.
+    #[error("register access failed: {0}")]
+    Request(#[from] RequestError),
+    /// Registering or touching DMA memory failed.
+    #[error("DMA memory: {0}")]
+    Dma(#[from] DmaError),
+    /// Arming the interrupt failed.
+    #[error("interrupt setup: {0}")]
+    Irq(#[from] std::io::Error),
+    /// Not the DMA engine.
+    #[error("not the DMA engine test device: {0}")]
+    NotDmaEngine(String),
+    /// The transfer does not fit the host buffer or the card's buffer.
+    #[error(
+        "transfer of {len} bytes at host offset {host_off} / buffer offset {buf_off} does not fit"
+    )]
+    Range {
+        /// Bytes.
+        len: u32,
+        /// Offset in the host buffer.
+        host_off: u64,
+        /// Offset in the card's buffer.
+        buf_off: u32,
+    },
+    /// The card reported an error.
+    #[error("the card reported error code {0} (1 range, 2 bus mastering off, 3 completion timeout, 4 host refused)")]
+    Device(u8),
+    /// No DONE in time.
+    #[error("transfer not done within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Which way a transfer moves data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Direction {
+    /// The card reads host memory into its buffer (host → card).
+    DmaRead,
+    /// The card writes its buffer into host memory (card → host).
+    DmaWrite,
+}
+
+/// A DMA engine ready to move data.
+#[derive(Debug)]
+pub struct DmaEngineDriver {
+    f: RemoteFunction,
+    mem: Arc<DmaBuffer>,
+    host_len: u64,
+    buf_size: u64,
+    irq: Option<EventFd>,
+    timeout: Duration,
+}
+
+impl DmaEngineDriver {
+    /// Check the card, register `host_len` bytes of host memory and arm its interrupt.
+    pub fn open(
+        f: RemoteFunction,
+        host_len: usize,
+        completion: Completion,
+    ) -> Result<Self, DmaEngineError> {
+        let info = f.info();
+        if (info.vendor, info.device) != IDS {
+            return Err(DmaEngineError::NotDmaEngine(format!(
+                "IDs {:04x}:{:04x}",
+                info.vendor, info.device
+            )));
+        }
+        let id = f.bar_read32(0, reg::ID)?;
+        if id != ID_MAGIC {
+            return Err(DmaEngineError::NotDmaEngine(format!("ID register {id:#x}")));
+        }
+        let buf_size = u64::from(f.bar_read32(0, reg::BUF_SIZE)?)
+            | (u64::from(f.bar_read32(0, reg::BUF_SIZE + 4)?) << 32);
+        let mem = Arc::new(DmaBuffer::new(host_len));
+        let _ = f.unregister_dma(IOVA, host_len as u64);
+        f.register_dma(IOVA, mem.clone(), Access::RW)?;
+        let irq = if completion == Completion::Interrupt {
+            let m = f
+                .info()
+                .msix
+                .ok_or_else(|| DmaEngineError::NotDmaEngine("no MSI-X capability".into()))?;
+            let dw = f.config_read(m.cap)?;
+            let ctl = ((dw >> 16) | 0x8000) & !0x4000;
+            f.config_write(m.cap, (dw & 0xffff) | (ctl << 16))?;
+            Some(f.interrupt_eventfd(IrqIndex::Msix, 0)?)
+        } else {
+            None
+        };
+        // Clear a DONE/ERROR left over from an earlier user.
+        f.bar_write32(0, reg::STATUS, 0x6)?;
+        Ok(Self {
+            f,
+            mem,
+            host_len: host_len as u64,
+            buf_size,
+            irq,
+            timeout: Duration::from_secs(10),
+        })
+    }
+
+    /// The host buffer the card reads from and writes to.
+    pub fn host_buffer(&self) -> &DmaBuffer {
+        &self.mem
+    }
+
+    /// Size of the card's buffer.
+    pub fn card_buffer_size(&self) -> u64 {
+        self.buf_size
+    }
+
+    /// The function driven.
+    pub fn function(&self) -> &RemoteFunction {
+        &self.f
+    }
+
+    /// Move `len` bytes between host offset `host_off` and card buffer offset `buf_off`, and
+    /// wait until the card reports it done.
+    pub fn transfer(
+        &self,
+        dir: Direction,
+        host_off: u64,
+        buf_off: u32,
+        len: u32,
+    ) -> Result<(), DmaEngineError> {
+        let fits_host = host_off
+            .checked_add(u64::from(len))
+            .is_some_and(|e| e <= self.host_len);
+        let fits_card = u64::from(buf_off) + u64::from(len) <= self.buf_size;
+        if !fits_host || !fits_card || len == 0 {
+            return Err(DmaEngineError::Range {
+                len,
+                host_off,
+                buf_off,
+            });
+        }
+        let addr = IOVA + host_off;
+        let f = &self.f;
+        f.bar_write32(0, reg::HOST_ADDR, addr as u32)?;
+        f.bar_write32(0, reg::HOST_ADDR + 4, (addr >> 32) as u32)?;
+        f.bar_write32(0, reg::BUF_OFFSET, buf_off)?;
+        f.bar_write32(0, reg::LENGTH, len)?;
+        let ctl = u32::from(dir == Direction::DmaWrite) | (u32::from(self.irq.is_some()) << 1);
+        f.bar_write32(0, reg::CONTROL, ctl)?;
+        f.bar_write32(0, reg::DOORBELL, 1)?;
+        let t0 = Instant::now();
+        let status = loop {
+            // A lost interrupt must not hang us: after the wait, look at STATUS anyway.
+            if let Some(fd) = &self.irq {
+                fd.wait_timeout(Duration::from_millis(100))?;
+            }
+            let s = f.bar_read32(0, reg::STATUS)?;
+            if s == u32::MAX {
+                return Err(RequestError::LinkDown.into());
+            }
+            if s & 1 == 0 && s & 6 != 0 {
+                break s;
+            }
+            if t0.elapsed() > self.timeout {
+                return Err(DmaEngineError::Timeout(self.timeout));
+            }
+        };
+        f.bar_write32(0, reg::STATUS, 0x6)?;
+        if status & 4 != 0 {
+            return Err(DmaEngineError::Device((status >> 8) as u8));
+        }
+        Ok(())
+    }
+
+    /// The card's own measure of the last transfer (LAST_NS).
+    pub fn last_duration(&self) -> Result<Duration, DmaEngineError> {
+        Ok(Duration::from_nanos(u64::from(
+            self.f.bar_read32(0, reg::LAST_NS)?,
+        )))
+    }
+
+    /// Transfers the card has finished since it was reset.
+    pub fn completions(&self) -> Result<u32, DmaEngineError> {
+        Ok(self.f.bar_read32(0, reg::COMPLETIONS)?)
+    }
+}
+
+impl Drop for DmaEngineDriver {
+    fn drop(&mut self) {
+        let _ = self.f.unregister_dma(IOVA, self.host_len);
+    }
+}

@@ -1,0 +1,220 @@
+//! Every `pcietun bench` device scenario in its tiny `--quick` mode, as a process: it must
+//! finish, and its `--json` must hold the keys docs/bench.md documents with sane values
+//! (figures positive, percentiles ordered, ratios equal to the figures they divide). A test of
+//! the harness, not a benchmark: no figure is compared with a speed.
+
+use serde_json::Value;
+use std::process::Command;
+
+fn bench(args: &[&str]) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("out.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_pcietun"))
+        .arg("bench")
+        .args(args)
+        .args(["--quick", "--json"])
+        .arg(&json)
+        .output()
+        .expect("run pcietun bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "bench {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("commit"),
+        "table header names the commit: {stdout}"
+    );
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let h = &v["header"];
+    assert!(!h["commit"].as_str().unwrap().is_empty());
+    assert!(h["cpus"].as_u64().unwrap() >= 1);
+    assert_eq!(h["quick"], Value::Bool(true));
+    v
+}
+
+fn f(v: &Value, k: &str) -> f64 {
+    v[k].as_f64()
+        .unwrap_or_else(|| panic!("key {k} missing or not a number in {v}"))
+}
+
+fn latency_ok(l: &Value) {
+    let (p50, p99, p999) = (f(l, "p50_us"), f(l, "p99_us"), f(l, "p999_us"));
+    assert!(p50 > 0.0 && p50 <= p99 && p99 <= p999, "{l}");
+    assert!(l["n"].as_u64().unwrap() >= 100, "{l}");
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
+}
+
+#[test]
+fn mmio_read_reports_percentiles_and_ratios_with_a_plot() {
+    let plots = tempfile::tempdir().unwrap();
+    let v = bench(&[
+        "mmio-read",
+        "--link",
+        "udp",
+        "--plot",
+        plots.path().to_str().unwrap(),
+    ]);
+    latency_ok(&v["raw_ping_pong"]);
+    latency_ok(&v["ours"]);
+    latency_ok(&v["ours_no_transport"]);
+    assert!(close(
+        f(&v, "ratio_p50_no_transport"),
+        f(&v["ours_no_transport"], "p50_us") / f(&v["raw_ping_pong"], "p50_us")
+    ));
+    let r = f(&v, "ratio_p50");
+    assert!(r > 0.0);
+    assert!(close(
+        r,
+        f(&v["ours"], "p50_us") / f(&v["raw_ping_pong"], "p50_us")
+    ));
+    assert!(f(&v, "ratio_p99") > 0.0 && f(&v, "ratio_p999") > 0.0);
+    let svg = std::fs::read_to_string(plots.path().join("mmio-read-cdf.svg")).unwrap();
+    assert!(
+        svg.contains("<svg") && svg.contains("raw ping-pong"),
+        "CDF chart"
+    );
+}
+
+#[test]
+fn mmio_read_with_loss_reports_a_bounded_p99() {
+    let v = bench(&[
+        "mmio-read",
+        "--link",
+        "mem",
+        "--loss",
+        "1%",
+        "--aead",
+        "off",
+    ]);
+    latency_ok(&v["ours_lossy"]);
+    assert_eq!(v["header"]["loss_pct"].as_f64(), Some(1.0));
+    assert_eq!(v["header"]["aead"], Value::Bool(false));
+}
+
+#[test]
+fn mmio_write_reports_rates() {
+    let v = bench(&["mmio-write", "--link", "mem"]);
+    assert!(f(&v, "raw_datagrams_per_s") > 0.0);
+    assert!(f(&v, "ours_writes_per_s") > 0.0);
+    assert!(close(
+        f(&v, "ratio_rate"),
+        f(&v, "ours_writes_per_s") / f(&v, "raw_datagrams_per_s")
+    ));
+}
+
+fn dma(which: &str) {
+    let plots = tempfile::tempdir().unwrap();
+    let v = bench(&[which, "--plot", plots.path().to_str().unwrap()]);
+    let rows = v["rows"].as_array().unwrap();
+    let sizes: Vec<u64> = rows.iter().map(|r| r["size"].as_u64().unwrap()).collect();
+    assert_eq!(sizes, vec![4096, 65536]);
+    for r in rows {
+        assert!(
+            f(r, "ours_gbyte_s") > 0.0 && f(r, "raw_gbyte_s") > 0.0,
+            "{r}"
+        );
+        assert!(close(
+            f(r, "ratio_throughput"),
+            f(r, "ours_gbyte_s") / f(r, "raw_gbyte_s")
+        ));
+    }
+    // The headline ratio is the worst one at 64 KiB and above.
+    assert!(close(
+        f(&v, "ratio_throughput"),
+        f(&rows[1], "ratio_throughput")
+    ));
+    let svg =
+        std::fs::read_to_string(plots.path().join(format!("{which}-throughput.svg"))).unwrap();
+    assert!(svg.contains("<svg"));
+}
+
+#[test]
+fn dma_read_reports_throughput_per_size() {
+    dma("dma-read");
+}
+
+#[test]
+fn dma_write_reports_throughput_per_size() {
+    dma("dma-write");
+}
+
+#[test]
+fn nvme_reports_iops_and_latency_at_qd1_and_qd32() {
+    let v = bench(&["nvme"]);
+    latency_ok(&v["raw_ping_pong"]);
+    assert!(f(&v, "raw_iops_bound") > 0.0);
+    let rows = v["rows"].as_array().unwrap();
+    let kinds: Vec<(String, u64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["op"].as_str().unwrap().to_string(),
+                r["qd"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            ("randread".into(), 1),
+            ("randread".into(), 32),
+            ("randwrite".into(), 1),
+            ("randwrite".into(), 32)
+        ]
+    );
+    for r in rows {
+        assert!(f(r, "iops") > 0.0, "{r}");
+        let l = &r["latency"];
+        assert!(
+            f(l, "p50_us") > 0.0 && f(l, "p50_us") <= f(l, "p99_us"),
+            "{r}"
+        );
+        assert!(f(r, "ratio_iops_vs_raw_bound") > 0.0);
+    }
+    assert!(close(
+        f(&v, "ratio_iops_qd32"),
+        f(&rows[1], "ratio_iops_vs_raw_bound")
+    ));
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn mmio_read_over_raw_ethernet_between_namespaces() {
+    let have_ip = Command::new("ip").arg("-V").output().is_ok();
+    if !is_root() || !have_ip {
+        let why = if have_ip {
+            "not root"
+        } else {
+            "no `ip` command"
+        };
+        if std::env::var("PCIETUN_REQUIRE_ALL").as_deref() == Ok("1") {
+            panic!("bench --link eth needs root and iproute2: {why}");
+        }
+        eprintln!("SKIPPED: bench --link eth needs root and iproute2 ({why})");
+        return;
+    }
+    let v = bench(&["mmio-read", "--link", "eth"]);
+    assert_eq!(v["header"]["link"], "eth");
+    assert!(v["header"]["path"]
+        .as_str()
+        .unwrap()
+        .contains("between namespaces"));
+    latency_ok(&v["raw_ping_pong"]);
+    latency_ok(&v["ours"]);
+    assert!(f(&v, "ratio_p50") > 0.0);
+}
