@@ -169,6 +169,90 @@ impl Link {
     }
 }
 
+/// One direction of a shared bottleneck: a FIFO drop-tail queue of at most `limit` frames
+/// waiting to be serialized at `rate` bytes per second, then `delay` of propagation. Frames from
+/// every sender share it, so it models a congested switch port (docs/transport.md "Fairness").
+#[derive(Debug)]
+pub struct Bottleneck {
+    rate: f64,
+    limit: usize,
+    delay: Duration,
+    /// (serialization finished, arrival, routing tag, bytes), in FIFO order.
+    queue: std::collections::VecDeque<(Instant, Instant, usize, Vec<u8>)>,
+    busy_until: Instant,
+    /// Frames offered.
+    pub offered: u64,
+    /// Frames dropped because the queue was full.
+    pub dropped: u64,
+    /// Bytes that finished serialization (left the queue).
+    pub bytes_forwarded: u64,
+    /// Largest backlog (frames waiting or being serialized) seen by an arriving frame.
+    pub max_depth: usize,
+    depth_sum: u64,
+}
+
+impl Bottleneck {
+    /// A port serializing `rate` bytes per second with room for `limit` frames.
+    pub fn new(rate: u64, limit: usize, delay: Duration) -> Self {
+        Bottleneck {
+            rate: rate as f64,
+            limit,
+            delay,
+            queue: Default::default(),
+            busy_until: Instant::ZERO,
+            offered: 0,
+            dropped: 0,
+            bytes_forwarded: 0,
+            max_depth: 0,
+            depth_sum: 0,
+        }
+    }
+
+    /// Frames not yet fully serialized at `now`.
+    pub fn depth(&self, now: Instant) -> usize {
+        self.queue.len() - self.queue.partition_point(|e| e.0 <= now)
+    }
+
+    /// Mean backlog seen by arriving frames (including dropped ones).
+    pub fn mean_depth(&self) -> f64 {
+        self.depth_sum as f64 / self.offered.max(1) as f64
+    }
+
+    /// Offer `frame` at `now`; returns whether it was queued (drop-tail). `tag` comes back
+    /// from [`pop_due`](Self::pop_due) (the receiving node, or the sender on a many-to-one port).
+    pub fn send(&mut self, now: Instant, tag: usize, frame: &[u8]) -> bool {
+        self.offered += 1;
+        let depth = self.depth(now);
+        self.depth_sum += depth as u64;
+        self.max_depth = self.max_depth.max(depth);
+        if depth >= self.limit {
+            self.dropped += 1;
+            return false;
+        }
+        let start = self.busy_until.max(now);
+        let done = start + Duration::from_secs_f64(frame.len() as f64 / self.rate);
+        self.busy_until = done;
+        self.bytes_forwarded += frame.len() as u64;
+        self.queue
+            .push_back((done, done + self.delay, tag, frame.to_vec()));
+        true
+    }
+
+    /// When the next frame arrives.
+    pub fn next_arrival(&self) -> Option<Instant> {
+        self.queue.front().map(|e| e.1)
+    }
+
+    /// A frame due at `now`: (tag, bytes).
+    pub fn pop_due(&mut self, now: Instant) -> Option<(usize, BytesMut)> {
+        if self.queue.front()?.1 > now {
+            return None;
+        }
+        let (_, _, to, bytes) = self.queue.pop_front()?;
+        Some((to, BytesMut::from(&bytes[..])))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,5 +295,28 @@ mod tests {
             l.send(Instant::from_nanos(i), 0, &[0]);
         }
         assert_eq!(l.stats[0].dropped, 10);
+    }
+
+    #[test]
+    fn bottleneck_serializes_and_drops_tail() {
+        // 1000 bytes/s, room for 2 frames, 1 ms propagation.
+        let mut b = Bottleneck::new(1000, 2, Duration::from_millis(1));
+        let t0 = Instant::ZERO;
+        assert!(b.send(t0, 1, &[0; 100]));
+        assert!(b.send(t0, 2, &[0; 100]));
+        assert!(
+            !b.send(t0, 3, &[0; 100]),
+            "third frame finds the queue full"
+        );
+        assert_eq!((b.offered, b.dropped, b.max_depth), (3, 1, 2));
+        // first frame is serialized in 100 ms and arrives 1 ms later
+        assert_eq!(b.next_arrival(), Some(Instant::from_nanos(101_000_000)));
+        assert!(b.pop_due(Instant::from_nanos(100_000_000)).is_none());
+        assert_eq!(
+            b.pop_due(Instant::from_nanos(101_000_000)).map(|f| f.0),
+            Some(1)
+        );
+        assert_eq!(b.depth(Instant::from_nanos(150_000_000)), 1);
+        assert_eq!(b.next_arrival(), Some(Instant::from_nanos(201_000_000)));
     }
 }
