@@ -14,6 +14,8 @@
 
 mod admin;
 pub mod backend;
+#[cfg(test)]
+mod batch_tests;
 pub mod identify;
 mod io;
 pub mod prp;
@@ -97,6 +99,10 @@ impl Cq {
     }
     pub(crate) fn pending(&self) -> bool {
         self.head != self.tail
+    }
+    /// Entries the controller may still post before the queue is full (one slot stays empty).
+    pub(crate) fn free(&self) -> u16 {
+        self.size - 1 - (self.tail + self.size - self.head) % self.size
     }
 }
 
