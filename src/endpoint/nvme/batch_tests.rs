@@ -283,3 +283,58 @@ fn prp_list_with_partly_contiguous_pages() {
     batch(&mut host, &[rw(false, 106, 8, RBUF, 0)]);
     assert!(host.h.host_read(RBUF, 4096) == data[3072..3072 + 4096]);
 }
+
+#[test]
+fn mixed_batch_with_prefetched_writes_and_a_bad_prp() {
+    // 20 commands in one doorbell: 16 KiB writes through their own PRP lists (their data is
+    // read ahead, several at once), a few 4 KiB reads between them, and one write whose PRP2
+    // is misaligned: it alone fails, with PRP Offset Invalid, and writes nothing.
+    let mut host = Host::start();
+    let len = 16 * 1024usize;
+    let mut cmds = Vec::new();
+    let mut expect = Vec::new(); // (slba, seed) written
+    for i in 0..20u64 {
+        let slba = 32 * i;
+        if i % 5 == 4 {
+            cmds.push(rw(false, 0, 8, RBUF + 0x10_0000 + i * 0x1000, 0));
+            continue;
+        }
+        let buf = WBUF + i * 0x8000 + 0x200;
+        host.h.host_write(buf, &pattern(len, i as u32 + 9));
+        let list = LIST + i * 0x40;
+        // The buffer starts 0x200 into a page: PRP1 covers 0xe00 bytes, the list 4 pages.
+        let pages: Vec<u8> = (1..5u64)
+            .flat_map(|p| ((buf & !0xfff) + p * 0x1000).to_le_bytes())
+            .collect();
+        host.h.host_write(list, &pages);
+        let prp2 = if i == 7 { list + 4 } else { list };
+        cmds.push(rw(true, slba, 32, buf, prp2));
+        if i != 7 {
+            expect.push((slba, i as u32 + 9));
+        }
+    }
+    let cids: Vec<u16> = cmds.iter().map(|c| host.queue(true, *c)).collect();
+    host.ring_sq(true);
+    for (i, cid) in cids.iter().enumerate() {
+        let c = host.reap(true);
+        assert_eq!(c.cid, *cid, "completion {i} out of order");
+        let want = if i == 7 { 0x13 | (1 << 14) } else { 0 };
+        assert_eq!(c.status, want, "status of command {i}");
+        assert_eq!(c.sq_head, 20);
+    }
+    host.ack(true);
+    let rlist: Vec<u8> = (1..4u64)
+        .flat_map(|p| (RBUF + p * 0x1000).to_le_bytes())
+        .collect();
+    host.h.host_write(LIST + 0xc00, &rlist);
+    for (slba, seed) in expect {
+        batch(&mut host, &[rw(false, slba, 32, RBUF, LIST + 0xc00)]);
+        let got = host.h.host_read(RBUF, len);
+        assert!(got == pattern(len, seed), "data written at LBA {slba}");
+    }
+    batch(&mut host, &[rw(false, 7 * 32, 32, RBUF, LIST + 0xc00)]);
+    assert!(
+        host.h.host_read(RBUF, len).iter().all(|&b| b == 0),
+        "the failed write left its LBAs untouched"
+    );
+}

@@ -18,6 +18,7 @@ pub mod backend;
 mod batch_tests;
 pub mod identify;
 mod io;
+mod prefetch;
 pub mod prp;
 pub mod spec;
 mod worker;

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use super::backend::Backend;
 use super::identify::{self, ErrorEntry, Identity, MDTS};
+use super::prefetch::{self, Slot};
 use super::prp::{self, HostMemory};
 use super::spec::{admin, cc, csts, Command, Completion, Status};
 use super::{Cq, Ctrl, Shared, Sq};
@@ -102,6 +103,10 @@ pub(super) struct Worker {
     pub(super) log: Vec<u8>,
     /// Submission-queue entries of the current batch.
     pub(super) sqes: Box<[u8; FETCH_MAX * SQE]>,
+    /// Index in the batch of the I/O command running now (for its prefetched data).
+    pub(super) current: Option<usize>,
+    /// Write data read ahead of its command (see `prefetch`).
+    pub(super) slots: Vec<Slot>,
 }
 
 impl Worker {
@@ -122,6 +127,8 @@ impl Worker {
             page: Box::new([0; 4096]),
             log: Vec::with_capacity(512),
             sqes: Box::new([0; FETCH_MAX * SQE]),
+            current: None,
+            slots: (0..prefetch::SLOTS).map(|_| Slot::new()).collect(),
         }
     }
 
@@ -166,27 +173,31 @@ impl Worker {
             }
             return;
         }
+        self.slots.iter_mut().for_each(|s| s.cmd = None);
         for k in 0..n {
             {
                 // A reset, disable or stop abandons the rest of the batch: no command may run
                 // (and DMA) after the host asked the controller to stop.
                 let c = self.shared.lock();
                 if c.stop || c.epoch != epoch || c.cc & cc::EN == 0 || c.csts & csts::CFS != 0 {
-                    return;
+                    break;
                 }
             }
-            let mut raw = [0u8; SQE];
-            raw.copy_from_slice(&self.sqes[k * SQE..(k + 1) * SQE]);
-            let cmd = Command::parse(&raw);
+            let cmd = self.sqe(k);
             let out = if qid == 0 {
                 self.admin(&cmd)
             } else {
-                self.io(&cmd)
+                self.prefetch_from(k, n);
+                self.current = Some(k);
+                let out = self.io(&cmd);
+                self.current = None;
+                out
             };
             if out.post {
                 self.post(qid, cmd.cid, out, Some((epoch, &cmd)));
             }
         }
+        self.slots.iter_mut().for_each(|s| s.cmd = None);
     }
 
     /// Wait for something to do; perform state transitions on the way. `None` = stop.
