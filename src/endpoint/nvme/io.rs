@@ -29,8 +29,16 @@ impl Worker {
                 if len > MAX_TRANSFER {
                     return fail(Status::INVALID_FIELD);
                 }
-                if let Err(s) = self.map(cmd, len) {
-                    return fail(s);
+                // A Write whose data was read ahead (see `prefetch`) needs no mapping.
+                let pre = if cmd.opcode == nvm::WRITE {
+                    self.take_prefetched(len)
+                } else {
+                    None
+                };
+                if pre.is_none() {
+                    if let Err(s) = self.map(cmd, len) {
+                        return fail(s);
+                    }
                 }
                 let off = slba * bs;
                 if cmd.opcode == nvm::READ {
@@ -46,7 +54,7 @@ impl Worker {
                     c.health.read_cmds += 1;
                     c.health.units_read += nlb;
                 } else {
-                    if let Err(s) = self.dma_in(len) {
+                    if let Err(s) = pre.unwrap_or_else(|| self.dma_in(len)) {
                         return fail(s);
                     }
                     let fua = cmd.cdw(12) & (1 << 30) != 0;

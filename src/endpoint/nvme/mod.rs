@@ -14,8 +14,11 @@
 
 mod admin;
 pub mod backend;
+#[cfg(test)]
+mod batch_tests;
 pub mod identify;
 mod io;
+mod prefetch;
 pub mod prp;
 pub mod spec;
 mod worker;
@@ -97,6 +100,10 @@ impl Cq {
     }
     pub(crate) fn pending(&self) -> bool {
         self.head != self.tail
+    }
+    /// Entries the controller may still post before the queue is full (one slot stays empty).
+    pub(crate) fn free(&self) -> u16 {
+        self.size - 1 - (self.tail + self.size - self.head) % self.size
     }
 }
 

@@ -4,6 +4,9 @@
 //! PRP1 may carry an offset into its page (DW aligned); if the data needs more than the rest of
 //! that page and one more page, PRP2 points to a PRP list whose entries are page aligned, and
 //! whose last entry points to the next list page when more entries remain.
+//!
+//! Physically contiguous pages are merged into one segment, so the controller moves them with
+//! one DMA (the requester splits it at MPS/MRRS itself); each list page is read with one DMA.
 
 use super::spec::Status;
 
@@ -14,7 +17,8 @@ pub trait HostMemory {
 }
 
 /// Segments `(address, length)` of `len` bytes described by `prp1`/`prp2` with the given
-/// memory page size. `out` is cleared first and reused to avoid allocation.
+/// memory page size, physically contiguous pages merged. `out` is cleared first and reused to
+/// avoid allocation.
 pub fn segments(
     mem: &dyn HostMemory,
     prp1: u64,
@@ -41,7 +45,7 @@ pub fn segments(
         if prp2 % page64 != 0 {
             return Err(Status::PRP_OFFSET_INVALID);
         }
-        out.push((prp2, left));
+        push(out, prp2, left);
         return Ok(());
     }
     // PRP2 is a list pointer (it may have a DW-aligned offset into its page).
@@ -73,7 +77,7 @@ pub fn segments(
                         return Err(Status::PRP_OFFSET_INVALID);
                     }
                     let l = left.min(page);
-                    out.push((e, l));
+                    push(out, e, l);
                     left -= l;
                 } else {
                     if e & 7 != 0 {
@@ -90,14 +94,33 @@ pub fn segments(
     }
 }
 
+/// Append a segment, extending the previous one when it ends exactly where this one starts.
+fn push(out: &mut Vec<(u64, usize)>, addr: u64, len: usize) {
+    if let Some(last) = out.last_mut() {
+        if last.0.checked_add(last.1 as u64) == Some(addr) {
+            last.1 += len;
+            return;
+        }
+    }
+    out.push((addr, len));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::Cell;
     use std::collections::HashMap;
 
-    struct Mem(HashMap<u64, u64>);
+    /// Host memory holding PRP entries; counts the DMA reads made of it.
+    struct Mem(HashMap<u64, u64>, Cell<usize>);
+    impl Mem {
+        fn new(map: HashMap<u64, u64>) -> Self {
+            Mem(map, Cell::new(0))
+        }
+    }
     impl HostMemory for Mem {
         fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), Status> {
+            self.1.set(self.1.get() + 1);
             for (i, c) in buf.chunks_mut(8).enumerate() {
                 let v = self.0.get(&(addr + i as u64 * 8)).copied().unwrap_or(0);
                 c.copy_from_slice(&v.to_le_bytes()[..c.len()]);
@@ -108,7 +131,7 @@ mod tests {
 
     #[test]
     fn one_and_two_pages() {
-        let m = Mem(HashMap::new());
+        let m = Mem::new(HashMap::new());
         let mut v = Vec::new();
         segments(&m, 0x10_0200, 0, 512, 4096, &mut v).unwrap();
         assert_eq!(v, vec![(0x10_0200, 512)]);
@@ -128,20 +151,57 @@ mod tests {
         let mut map = HashMap::new();
         let list1 = 0x9000u64;
         let list2 = 0xa000u64;
-        let mut expect = vec![(0x1_0000u64, page)];
         for i in 0..63u64 {
             map.insert(list1 + i * 8, 0x10_0000 + i * 0x200);
-            expect.push((0x10_0000 + i * 0x200, page));
         }
         map.insert(list1 + 63 * 8, list2);
         for i in 0..6u64 {
             map.insert(list2 + i * 8, 0x20_0000 + i * 0x200);
-            expect.push((0x20_0000 + i * 0x200, page));
         }
-        let m = Mem(map);
+        let m = Mem::new(map);
         let mut v = Vec::new();
         segments(&m, 0x1_0000, list1, 70 * page, page, &mut v).unwrap();
+        // Each list page's run of contiguous pages is one segment; each list page one read.
+        let expect = vec![
+            (0x1_0000u64, page),
+            (0x10_0000, 63 * page),
+            (0x20_0000, 6 * page),
+        ];
         assert_eq!(v, expect);
-        assert_eq!(v.iter().map(|s| s.1).sum::<usize>(), 70 * page);
+        assert_eq!(m.1.get(), 2, "one DMA read per list page");
+    }
+
+    #[test]
+    fn partly_contiguous_pages_merge() {
+        // PRP1 mid-page, then list pages: [A+1p, A+2p] continue PRP1's page, [B, B+1p] a second
+        // run, C alone, and the last page D (partial) alone.
+        let page = 4096usize;
+        let a = 0x40_0000u64;
+        let (b, c, d) = (0x80_0000u64, 0x50_0000u64, 0x60_0000u64);
+        let entries = [a + 0x1000, a + 0x2000, b, b + 0x1000, c, d];
+        let list = 0x9000u64;
+        let map = entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (list + i as u64 * 8, *e))
+            .collect();
+        let m = Mem::new(map);
+        let mut v = Vec::new();
+        let len = 0xc00 + 5 * page + 100;
+        segments(&m, a + 0x400, list, len, page, &mut v).unwrap();
+        assert_eq!(
+            v,
+            vec![
+                (a + 0x400, 0xc00 + 2 * page),
+                (b, 2 * page),
+                (c, page),
+                (d, 100)
+            ]
+        );
+        assert_eq!(v.iter().map(|s| s.1).sum::<usize>(), len);
+        assert_eq!(m.1.get(), 1, "the list page is read with one DMA");
+        // Two pages without a list: contiguous PRP2 merges too.
+        segments(&m, a + 0xe00, a + 0x1000, 4096, page, &mut v).unwrap();
+        assert_eq!(v, vec![(a + 0xe00, 4096)]);
     }
 }

@@ -4,13 +4,16 @@
 //! It owns every transition that could race with DMA: enabling (creating the admin queues),
 //! resetting (tearing every queue down before CSTS.RDY reads 0, so no DMA follows what the host
 //! sees as the end of the controller's activity), and shutdown (flushing the backing store
-//! before CSTS.SHST reads "complete"). Commands are fetched one at a time, round-robin across
-//! submission queues, only when their completion queue has room.
+//! before CSTS.SHST reads "complete"). Commands are fetched in batches, round-robin across
+//! submission queues: every entry between the controller's head and the host's tail (bounded by
+//! the free slots of the completion queue and by `FETCH_MAX`) comes in with one DMA read, two
+//! when the ring wraps — over the tunnel each DMA is a network round trip.
 
 use std::sync::Arc;
 
 use super::backend::Backend;
 use super::identify::{self, ErrorEntry, Identity, MDTS};
+use super::prefetch::{self, Slot};
 use super::prp::{self, HostMemory};
 use super::spec::{admin, cc, csts, Command, Completion, Status};
 use super::{Cq, Ctrl, Shared, Sq};
@@ -18,6 +21,9 @@ use crate::endpoint::device::{DeviceContext, DmaHandle, InterruptHandle};
 
 pub(super) const PAGE: usize = 4096;
 pub(super) const MAX_TRANSFER: usize = PAGE << MDTS;
+/// Most submission-queue entries fetched by one batch (64 entries = 4 KiB).
+pub(super) const FETCH_MAX: usize = 64;
+const SQE: usize = 64;
 
 struct Dma<'a>(&'a DmaHandle);
 
@@ -32,8 +38,20 @@ impl HostMemory for Dma<'_> {
 
 /// What the worker does next.
 enum Job {
-    Command { qid: u16, addr: u64, epoch: u64 },
-    Aer { cid: u16, dw0: u32 },
+    /// Fetch and run `n` entries of SQ `qid` starting at slot `first` (the controller's head
+    /// has already moved past them, so completions report it after the whole batch).
+    Batch {
+        qid: u16,
+        base: u64,
+        size: u16,
+        first: u16,
+        n: u16,
+        epoch: u64,
+    },
+    Aer {
+        cid: u16,
+        dw0: u32,
+    },
 }
 
 /// Result of executing a command.
@@ -83,6 +101,12 @@ pub(super) struct Worker {
     pub(super) segs: Vec<(u64, usize)>,
     pub(super) page: Box<[u8; 4096]>,
     pub(super) log: Vec<u8>,
+    /// Submission-queue entries of the current batch.
+    pub(super) sqes: Box<[u8; FETCH_MAX * SQE]>,
+    /// Index in the batch of the I/O command running now (for its prefetched data).
+    pub(super) current: Option<usize>,
+    /// Write data read ahead of its command (see `prefetch`).
+    pub(super) slots: Vec<Slot>,
 }
 
 impl Worker {
@@ -102,6 +126,9 @@ impl Worker {
             segs: Vec::with_capacity(64),
             page: Box::new([0; 4096]),
             log: Vec::with_capacity(512),
+            sqes: Box::new([0; FETCH_MAX * SQE]),
+            current: None,
+            slots: (0..prefetch::SLOTS).map(|_| Slot::new()).collect(),
         }
     }
 
@@ -109,29 +136,68 @@ impl Worker {
         while let Some(job) = self.next_job() {
             match job {
                 Job::Aer { cid, dw0 } => self.post(0, cid, Outcome::ok(dw0), None),
-                Job::Command { qid, addr, epoch } => {
-                    let mut raw = [0u8; 64];
-                    if let Err(e) = self.dma.read(addr, &mut raw) {
-                        // A controller that cannot fetch its commands is dead: Controller Fatal.
-                        tracing::warn!("nvme: command fetch at {addr:#x} failed: {e}");
-                        let mut c = self.shared.lock();
-                        if c.epoch == epoch {
-                            c.csts |= csts::CFS;
-                        }
-                        continue;
-                    }
-                    let cmd = Command::parse(&raw);
-                    let out = if qid == 0 {
-                        self.admin(&cmd)
-                    } else {
-                        self.io(&cmd)
-                    };
-                    if out.post {
-                        self.post(qid, cmd.cid, out, Some((epoch, &cmd)));
-                    }
-                }
+                Job::Batch {
+                    qid,
+                    base,
+                    size,
+                    first,
+                    n,
+                    epoch,
+                } => self.batch(qid, base, size, first, n, epoch),
             }
         }
+    }
+
+    /// Fetch a batch of submission-queue entries (one DMA read, two if the ring wraps) and run
+    /// them in order, posting each completion as it finishes.
+    fn batch(&mut self, qid: u16, base: u64, size: u16, first: u16, n: u16, epoch: u64) {
+        let n = usize::from(n);
+        let first_run = n.min(usize::from(size - first));
+        let (head_part, wrap_part) = self.sqes[..n * SQE].split_at_mut(first_run * SQE);
+        let fetched = self
+            .dma
+            .read(base + u64::from(first) * SQE as u64, head_part)
+            .and_then(|()| {
+                if wrap_part.is_empty() {
+                    Ok(())
+                } else {
+                    self.dma.read(base, wrap_part)
+                }
+            });
+        if let Err(e) = fetched {
+            // A controller that cannot fetch its commands is dead: Controller Fatal.
+            tracing::warn!("nvme: command fetch from SQ {qid} at {base:#x} failed: {e}");
+            let mut c = self.shared.lock();
+            if c.epoch == epoch {
+                c.csts |= csts::CFS;
+            }
+            return;
+        }
+        self.slots.iter_mut().for_each(|s| s.cmd = None);
+        for k in 0..n {
+            {
+                // A reset, disable or stop abandons the rest of the batch: no command may run
+                // (and DMA) after the host asked the controller to stop.
+                let c = self.shared.lock();
+                if c.stop || c.epoch != epoch || c.cc & cc::EN == 0 || c.csts & csts::CFS != 0 {
+                    break;
+                }
+            }
+            let cmd = self.sqe(k);
+            let out = if qid == 0 {
+                self.admin(&cmd)
+            } else {
+                self.prefetch_from(k, n);
+                self.current = Some(k);
+                let out = self.io(&cmd);
+                self.current = None;
+                out
+            };
+            if out.post {
+                self.post(qid, cmd.cid, out, Some((epoch, &cmd)));
+            }
+        }
+        self.slots.iter_mut().for_each(|s| s.cmd = None);
     }
 
     /// Wait for something to do; perform state transitions on the way. `None` = stop.
@@ -170,9 +236,9 @@ impl Worker {
                     c.aer_masked |= 1 << (dw0 & 7);
                     return Some(Job::Aer { cid, dw0 });
                 }
-                let n = c.sqs.len();
-                for k in 0..n {
-                    let qid = (c.rr + k) % n;
+                let n_q = c.sqs.len();
+                for k in 0..n_q {
+                    let qid = (c.rr + k) % n_q;
                     let Some(sq) = c.sqs[qid] else { continue };
                     if sq.head == sq.tail {
                         continue;
@@ -181,14 +247,20 @@ impl Worker {
                     if !room {
                         continue;
                     }
-                    let addr = sq.base + u64::from(sq.head) * 64;
+                    // Take every new entry whose completion is sure to find room.
+                    let pending = (sq.tail + sq.size - sq.head) % sq.size;
+                    let free = c.cqs[usize::from(sq.cqid)].map_or(0, |q| q.free());
+                    let n = pending.min(free).min(FETCH_MAX as u16);
                     if let Some(s) = c.sqs[qid].as_mut() {
-                        s.head = (s.head + 1) % s.size;
+                        s.head = (s.head + n) % s.size;
                     }
-                    c.rr = (qid + 1) % n;
-                    return Some(Job::Command {
+                    c.rr = (qid + 1) % n_q;
+                    return Some(Job::Batch {
                         qid: qid as u16,
-                        addr,
+                        base: sq.base,
+                        size: sq.size,
+                        first: sq.head,
+                        n,
                         epoch: c.epoch,
                     });
                 }
