@@ -38,7 +38,7 @@ use super::device::{
     apply_atomic, AtomicOp, Decode, Device, DeviceContext, DeviceError, DmaError, InterruptHandle,
     MsixLayout, ResetKind,
 };
-use super::pcicfg::{build_config, pci_decode, ModelConfig};
+use super::pcicfg::{self, build_config, pci_decode, ModelConfig};
 use crate::pci::{Bar, ConfigSpace, FunctionIds, SriovConfig};
 
 /// Register offsets.
@@ -367,13 +367,11 @@ impl Device for DmaEngine {
     }
 
     fn config_read(&mut self, reg: u16) -> u32 {
-        self.cfg.read_u32(usize::from(reg & !3))
+        pcicfg::config_read(&self.cfg, reg)
     }
 
     fn config_write(&mut self, reg: u16, value: u32, be: u8) -> bool {
-        self.cfg
-            .write_dword(usize::from(reg & !3), value, be)
-            .function_level_reset
+        pcicfg::config_write(&mut self.cfg, reg, value, be)
     }
 
     fn decode(&self) -> Decode {

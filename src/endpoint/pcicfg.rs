@@ -47,6 +47,19 @@ fn sriov_decode(cfg: &ConfigSpace) -> Option<SriovDecode> {
     })
 }
 
+/// [`Device::config_read`](super::Device::config_read) for a model whose config space is a
+/// `crate::pci` emulator: the DW at `reg` (low two bits ignored).
+pub fn config_read(cfg: &ConfigSpace, reg: u16) -> u32 {
+    cfg.read_u32(usize::from(reg & !3))
+}
+
+/// [`Device::config_write`](super::Device::config_write) for such a model: the DW at `reg`
+/// under byte enables `be`; `true` when the write initiated a Function Level Reset.
+pub fn config_write(cfg: &mut ConfigSpace, reg: u16, value: u32, be: u8) -> bool {
+    cfg.write_dword(usize::from(reg & !3), value, be)
+        .function_level_reset
+}
+
 /// The endpoint's decode state from a `crate::pci` configuration space. `sizes` overrides the
 /// BAR sizes read from the write masks (a replayed BAR's size is what the operator gave).
 pub fn pci_decode(cfg: &ConfigSpace, sizes: &[ReplayBar]) -> Decode {

@@ -11,7 +11,7 @@ use thiserror::Error;
 use super::device::{
     apply_atomic, AtomicOp, Decode, Device, DeviceContext, DeviceError, ResetKind,
 };
-use super::pcicfg::pci_decode;
+use super::pcicfg::{self, pci_decode};
 use crate::pci::replay::{replay, ReplayBar, ReplayError, ReplaySizes};
 use crate::pci::{lspci, ConfigSpace};
 
@@ -156,13 +156,11 @@ impl Device for ReplayDevice {
     }
 
     fn config_read(&mut self, reg: u16) -> u32 {
-        self.cfg.read_u32(usize::from(reg & !3))
+        pcicfg::config_read(&self.cfg, reg)
     }
 
     fn config_write(&mut self, reg: u16, value: u32, be: u8) -> bool {
-        self.cfg
-            .write_dword(usize::from(reg & !3), value, be)
-            .function_level_reset
+        pcicfg::config_write(&mut self.cfg, reg, value, be)
     }
 
     fn decode(&self) -> Decode {

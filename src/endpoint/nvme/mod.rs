@@ -33,7 +33,7 @@ use sha2::{Digest, Sha256};
 use super::device::{
     Decode, Device, DeviceContext, DeviceError, InterruptHandle, MsixLayout, ResetKind,
 };
-use super::pcicfg::{build_config, pci_decode, ModelConfig};
+use super::pcicfg::{self, build_config, pci_decode, ModelConfig};
 use crate::pci::{Bar, ConfigSpace, FunctionIds};
 pub use backend::{Backend, BackendError};
 use identify::{ErrorEntry, Health, Identity, MAX_IO_QUEUES};
@@ -444,13 +444,11 @@ impl Device for NvmeController {
     }
 
     fn config_read(&mut self, reg: u16) -> u32 {
-        self.cfg.read_u32(usize::from(reg & !3))
+        pcicfg::config_read(&self.cfg, reg)
     }
 
     fn config_write(&mut self, reg: u16, value: u32, be: u8) -> bool {
-        self.cfg
-            .write_dword(usize::from(reg & !3), value, be)
-            .function_level_reset
+        pcicfg::config_write(&mut self.cfg, reg, value, be)
     }
 
     fn decode(&self) -> Decode {
