@@ -235,3 +235,89 @@ fn asymmetric_loss() {
     let f = Faults { loss: 0.2, ..lan() };
     run_stream("asymmetric_loss", 9, f, lan(), TLPS / 4);
 }
+
+/// The path's RTT jumps from ~50 µs to 10 ms in mid-stream (a reroute, a stalled guest). The
+/// first flight after the jump times out, and those retransmissions give no RTT sample
+/// (Karn). RFC 6298 §5.7: the backed-off timer must stay backed off until a fresh sample
+/// arrives. Resetting it on any ACK progress (as an earlier version did) retransmitted every
+/// frame, forever, with no way to learn the new RTT. Then the congestion controller must
+/// adopt the new base delay (within its one-second history) and let the stream recover.
+#[test]
+fn rtt_jump_does_not_become_a_retransmission_storm() {
+    let seed = seed(41);
+    let _g = SeedGuard(seed, "rtt_jump_does_not_become_a_retransmission_storm");
+    let mut sim = Sim::new(seed, lan(), lan(), config());
+    let mut at_server = Checker::default();
+    let mut seq = 0u32;
+    let slow = Faults {
+        delay: Duration::from_millis(5),
+        ..Faults::default()
+    };
+    let jump = Instant::from_nanos(50_000_000);
+    let recovered = Instant::from_nanos(1_550_000_000);
+    let end = Instant::from_nanos(2_050_000_000);
+    let mut late = None;
+    let mut jumped = false;
+    let mut before = None;
+    while sim.now < end {
+        if !jumped && sim.now >= jump {
+            sim.link.set_faults(0, slow.clone());
+            sim.link.set_faults(1, slow.clone());
+            jumped = true;
+            before = sim.ep[0].stats(sim.conn[0]);
+        }
+        if late.is_none() && sim.now >= recovered {
+            late = sim.ep[0].stats(sim.conn[0]);
+        }
+        let mut progress = sim.pump();
+        if sim.up[0] {
+            loop {
+                let t = make_tlp(OrderingClass::Posted, seq, seq, 64);
+                if sim.ep[0].send_tlp(sim.conn[0], t).is_err() {
+                    break;
+                }
+                seq += 1;
+                progress = true;
+            }
+        }
+        while let Some(d) = sim.ep[1].poll_delivered(sim.now, sim.conn[1]) {
+            at_server.check(d.class, &d.tlp, "server");
+            progress = true;
+        }
+        sim.advance(progress);
+    }
+    let before = before.expect("stream ran past the jump");
+    let after = sim.ep[0].stats(sim.conn[0]).unwrap();
+    let sent = after.tlps_sent - before.tlps_sent;
+    let rtx = after.retransmits - before.retransmits;
+    eprintln!(
+        "after the jump: {sent} TLPs sent, {rtx} retransmitted, {} RTO expirations, srtt {:?}",
+        after.rto_expirations - before.rto_expirations,
+        after.srtt
+    );
+    let late = late.expect("ran to the end");
+    let late_sent = after.tlps_sent - late.tlps_sent;
+    eprintln!(
+        "last 0.5 s: {late_sent} TLPs sent, base delay {:?}, cwnd {} B",
+        after.min_rtt, after.cwnd
+    );
+    assert!(
+        after.min_rtt >= Duration::from_millis(9),
+        "the new base delay was adopted: {:?}",
+        after.min_rtt
+    );
+    assert!(
+        late_sent > 20_000,
+        "the stream recovered: {late_sent} TLPs in the last 0.5 s"
+    );
+    assert!(
+        (rtx as f64) < 0.05 * sent as f64,
+        "retransmission storm: {rtx} of {sent} TLPs"
+    );
+    assert!(
+        after.srtt >= Duration::from_millis(9),
+        "the new RTT was learnt: {:?}",
+        after.srtt
+    );
+    assert_eq!(sim.count_events(0, |e| matches!(e, Event::Down { .. })), 0);
+}

@@ -25,6 +25,10 @@ struct ClientHs {
     frame: [u8; FRAME_LEN],
     next_retry: Instant,
     retry: Duration,
+    /// When the INIT was first queued, and whether it was sent again since (Karn: then the
+    /// handshake gives no RTT sample).
+    sent: Instant,
+    resent: bool,
     /// Started by a RESET hint beside a running session.
     probe: bool,
 }
@@ -35,6 +39,9 @@ struct Pending {
     resp: [u8; FRAME_LEN],
     session: Session,
     expires: Instant,
+    /// When the RESPONSE was first queued, and whether it was sent again since.
+    sent: Instant,
+    resent: bool,
 }
 
 #[derive(Debug)]
@@ -65,6 +72,8 @@ const RETIRED: usize = 256;
 pub struct Endpoint {
     cfg: Arc<Config>,
     role: Role,
+    /// Server role: when the next coordinated drain starts.
+    next_drain: Option<Instant>,
     epoch: u32,
     next_epoch: u32,
     slots: Vec<Slot>,
@@ -87,6 +96,7 @@ impl Endpoint {
         Endpoint {
             cfg: Arc::new(cfg),
             role,
+            next_drain: None,
             epoch,
             next_epoch: epoch,
             slots: Vec::new(),
@@ -181,6 +191,8 @@ impl Endpoint {
             frame,
             next_retry: now + retry,
             retry,
+            sent: now,
+            resent: false,
             probe,
         });
         self.slots[i].reconnect_at = None;
@@ -233,6 +245,9 @@ impl Endpoint {
         if let Some(p) = &self.slots[i].pending {
             if p.client_nonce == init.nonce {
                 let resp = p.resp;
+                if let Some(p) = self.slots[i].pending.as_mut() {
+                    p.resent = true;
+                }
                 self.queue(from, resp, FRAME_LEN);
                 return;
             }
@@ -275,6 +290,8 @@ impl Endpoint {
             resp: rf,
             session,
             expires: now + self.cfg.idle_timeout,
+            sent: now,
+            resent: false,
         });
         self.queue(from, rf, FRAME_LEN);
     }
@@ -326,6 +343,9 @@ impl Endpoint {
             peer_credits: resp.credits,
         };
         let mut s = Session::new(params, self.cfg.clone(), now);
+        if !hs.resent {
+            s.seed_rtt(now.saturating_duration_since(hs.sent));
+        }
         s.confirmed = true;
         s.force_ack();
         self.by_sid.insert(hs.init.session, SidRef::Session(i));
@@ -368,11 +388,21 @@ impl Endpoint {
                     self.end_session(i, DownReason::PeerRestarted);
                 }
                 let mut s = p.session;
+                if !p.resent {
+                    s.seed_rtt(now.saturating_duration_since(p.sent));
+                }
                 s.p.peer = from;
                 let (sid, epoch) = (s.p.local_session, s.p.peer_epoch);
                 self.by_sid.insert(sid, SidRef::Session(i));
                 self.slots[i].session = Some(s);
                 self.stats.handshakes += 1;
+                // A newcomer measures its base delay behind everyone's queue: drain soon
+                // (LEDBAT++'s initial slowdown, coordinated).
+                let interval = self.cfg.cc_drain_interval;
+                if !interval.is_zero() {
+                    let t = now + interval / 5;
+                    self.next_drain = Some(self.next_drain.map_or(t, |n| n.min(t)));
+                }
                 self.events.push_back((
                     ConnId(i),
                     Event::Connected {
@@ -479,11 +509,35 @@ impl Endpoint {
             min(s.pending.as_ref().map(|p| p.expires));
             min(s.reconnect_at);
         }
+        min(self.next_drain);
         t
+    }
+
+    /// Server role: schedule and run coordinated drains (docs/protocol.md §8).
+    fn drain_timer(&mut self, now: Instant) {
+        let interval = self.cfg.cc_drain_interval;
+        let any = self.slots.iter().any(|s| s.session.is_some());
+        if self.role != Role::Server || interval.is_zero() || !any {
+            self.next_drain = None;
+            return;
+        }
+        match self.next_drain {
+            None => self.next_drain = Some(now + interval),
+            Some(t) if t <= now => {
+                let mut srtt = Duration::ZERO;
+                for s in self.slots.iter_mut().filter_map(|s| s.session.as_mut()) {
+                    srtt = srtt.max(s.begin_drain(now));
+                }
+                self.stats.drains += 1;
+                self.next_drain = Some(now + interval.max(srtt * 40));
+            }
+            Some(_) => {}
+        }
     }
 
     /// Run the timers due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.drain_timer(now);
         for i in 0..self.slots.len() {
             if let Some(s) = self.slots[i].session.as_mut() {
                 if s.handle_timeout(now) {
@@ -512,6 +566,7 @@ impl Endpoint {
             if let Some(hs) = self.slots[i].hs.as_mut() {
                 if hs.next_retry <= now {
                     hs.retry = (hs.retry * 2).min(self.cfg.reconnect_max);
+                    hs.resent = true;
                     hs.next_retry = now + hs.retry;
                     resend = Some(hs.frame);
                     if hs.probe && no_session {

@@ -57,8 +57,11 @@ pub mod flags {
     pub const ACK: u8 = 2;
     /// Please acknowledge now.
     pub const ACK_REQ: u8 = 4;
+    /// The appliance runs a coordinated drain: hold the congestion window at two frames for
+    /// two RTTs (docs/protocol.md §8).
+    pub const DRAIN: u8 = 8;
     /// All defined bits.
-    pub const ALL: u8 = ENCRYPTED | ACK | ACK_REQ;
+    pub const ALL: u8 = ENCRYPTED | ACK | ACK_REQ | DRAIN;
 }
 
 /// Why a frame could not be parsed.

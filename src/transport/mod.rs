@@ -113,6 +113,10 @@ pub struct Config {
     pub cc_target: Duration,
     /// Largest congestion window.
     pub max_window_bytes: usize,
+    /// Server role: how often the appliance runs a coordinated drain (every session holds
+    /// back for about two RTTs so all measure the true base delay; at least 40 × the largest
+    /// SRTT). `Duration::ZERO` disables drains.
+    pub cc_drain_interval: Duration,
 }
 
 impl Default for Config {
@@ -132,6 +136,7 @@ impl Default for Config {
             max_pending_bytes: 1 << 20,
             cc_target: Duration::from_millis(1),
             max_window_bytes: 16 << 20,
+            cc_drain_interval: Duration::from_millis(100),
         }
     }
 }

@@ -48,6 +48,9 @@ pub(crate) struct Receiver {
     pub ack_pending: bool,
     pub ack_immediate: bool,
     ack_since: Option<Instant>,
+    /// Arrival of the newest ACK-eliciting frame: the sender samples RTT on the newest frame
+    /// an ACK covers, so the ACK delay it subtracts is counted from here (QUIC's rule).
+    latest_at: Option<Instant>,
     eliciting: u32,
     pub held: usize,
 }
@@ -67,6 +70,7 @@ impl Receiver {
             ack_pending: false,
             ack_immediate: false,
             ack_since: None,
+            latest_at: None,
             eliciting: 0,
             held: 0,
         }
@@ -120,6 +124,7 @@ impl Receiver {
     pub fn on_eliciting(&mut self, now: Instant) {
         self.ack_pending = true;
         self.eliciting += 1;
+        self.latest_at = Some(now);
         if self.ack_since.is_none() {
             self.ack_since = Some(now);
         }
@@ -146,7 +151,7 @@ impl Receiver {
     pub fn make_ack(&mut self, now: Instant) -> AckBlock {
         let mut a = AckBlock {
             cum_ack: self.next_expected,
-            ack_delay_us: self.ack_since.map_or(0, |t| {
+            ack_delay_us: self.latest_at.map_or(0, |t| {
                 u32::try_from((now - t).as_micros()).unwrap_or(u32::MAX)
             }),
             limits: self.limits,
@@ -175,6 +180,7 @@ impl Receiver {
         self.ack_pending = false;
         self.ack_immediate = false;
         self.ack_since = None;
+        self.latest_at = None;
         self.eliciting = 0;
         a
     }

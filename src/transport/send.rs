@@ -39,6 +39,8 @@ pub(crate) struct Sent {
 pub(crate) struct AckOutcome {
     pub newly_acked_bytes: usize,
     pub rtt_sample_sent: Option<Instant>,
+    /// Packet number of the frame that gave the RTT sample.
+    pub rtt_sample_pn: u64,
     pub lost: u64,
     pub lost_sent: Option<Instant>,
     pub progress: bool,
@@ -212,6 +214,7 @@ impl Sender {
             if e.pn > *best {
                 *best = e.pn;
                 out.rtt_sample_sent = (!e.retransmitted).then_some(e.sent);
+                out.rtt_sample_pn = e.pn;
             }
             e.tlp = Bytes::new();
         };

@@ -44,6 +44,9 @@ pub(crate) enum Drop {
     Malformed,
 }
 
+/// Entries of the frame-length ring (a power of two, more than any window of frames).
+const FRAME_LEN_RING: usize = 4096;
+
 #[derive(Debug)]
 pub(crate) struct Session {
     pub p: SessionParams,
@@ -62,6 +65,18 @@ pub(crate) struct Session {
     last_tx: Instant,
     pace_until: Option<Instant>,
     probe_at: Option<Instant>,
+    /// Last time data waited for the congestion window (the window only grows when it is
+    /// what limits the sender).
+    window_limited_at: Option<Instant>,
+    /// Length of recently sent frames by packet number (mod [`FRAME_LEN_RING`]): the
+    /// controller takes its base delay from full frames only, since on a slow link a small
+    /// frame crosses faster than a full one and would make every full frame look queued.
+    frame_lens: Box<[u16; FRAME_LEN_RING]>,
+    /// Frames carry `DRAIN` until then (server side, during a coordinated drain)…
+    drain_until: Option<Instant>,
+    /// …and at least one frame does, sent at once (the appliance may have no data for this
+    /// session; waiting for a delayed ACK would desynchronise the drain).
+    drain_signal: bool,
     /// Server side: the client has proven it holds the keys.
     pub confirmed: bool,
     pub stats: Stats,
@@ -70,7 +85,12 @@ pub(crate) struct Session {
 
 impl Session {
     pub fn new(p: SessionParams, cfg: Arc<Config>, now: Instant) -> Self {
-        let cc = Box::new(DelayBased::new(p.mtu, cfg.cc_target, cfg.max_window_bytes));
+        let cc = Box::new(DelayBased::new(
+            p.mtu,
+            cfg.cc_target,
+            cfg.max_window_bytes,
+            u64::from(p.local_session) << 32 | u64::from(p.peer_session),
+        ));
         Session {
             tx: PacketKey::new(&p.tx_key, p.encrypt),
             rx: PacketKey::new(&p.rx_key, p.encrypt),
@@ -87,10 +107,44 @@ impl Session {
             last_tx: now,
             pace_until: None,
             probe_at: None,
+            window_limited_at: None,
+            drain_until: None,
+            drain_signal: false,
+            frame_lens: Box::new([0; FRAME_LEN_RING]),
             confirmed: false,
             stats: Stats::default(),
             cfg,
             p,
+        }
+    }
+
+    /// An RTT measured by the handshake (Karn: only when nothing was retransmitted): the
+    /// first SRTT, for the pacer and the retransmission timer. Not a base delay for the
+    /// congestion controller: handshake frames are small, data frames take longer to
+    /// serialize on a slow link.
+    pub fn seed_rtt(&mut self, rtt: Duration) {
+        self.rtt.sample(rtt);
+    }
+
+    /// Start a coordinated drain: mark frames `DRAIN` for one RTT and hold back ourselves.
+    /// Returns the SRTT (the caller spaces drains by it).
+    pub fn begin_drain(&mut self, now: Instant) -> Duration {
+        let srtt = self.rtt.srtt_or(self.cfg.initial_rto);
+        self.drain_until = Some(now + srtt);
+        self.drain_signal = true;
+        self.drain(now);
+        srtt
+    }
+
+    /// Take part in a drain — only when the window is what limits us: a session sending
+    /// now and then (MMIO) holds no queue, and its lone TLPs must never wait.
+    fn drain(&mut self, now: Instant) {
+        let srtt = self.rtt.srtt_or(self.cfg.initial_rto);
+        let bulk = self
+            .window_limited_at
+            .is_some_and(|t| now.saturating_duration_since(t) <= srtt * 4);
+        if bulk {
+            self.cc.on_drain(now, srtt);
         }
     }
 
@@ -148,9 +202,12 @@ impl Session {
     }
 
     fn rto(&self) -> Duration {
+        // RTT samples exclude the peer's ACK delay; a lone frame may wait that long for its
+        // ACK, so the timer allows for it (QUIC's PTO does the same).
         let base = self
             .rtt
-            .rto(self.cfg.min_rto, self.cfg.max_rto, self.cfg.initial_rto);
+            .rto(self.cfg.min_rto, self.cfg.max_rto, self.cfg.initial_rto)
+            + self.cfg.ack_delay;
         (base * 2u32.saturating_pow(self.rto_backoff.min(16))).min(self.cfg.max_rto)
     }
 
@@ -228,6 +285,9 @@ impl Session {
         if h.n_records > 0 {
             self.recv.on_eliciting(now);
         }
+        if h.flags & flags::DRAIN != 0 {
+            self.drain(now);
+        }
         if h.flags & flags::ACK_REQ != 0 {
             self.recv.ack_pending = true;
             self.recv.ack_immediate = true;
@@ -246,12 +306,26 @@ impl Session {
                 raw
             };
             self.rtt.sample(sample);
+            // RFC 6298 §5.7 (Karn): a backed-off timer stays backed off until a frame that
+            // was never retransmitted is acknowledged. Resetting on any progress would let
+            // an RTT that grew past the RTO retransmit everything, forever, with no sample.
+            self.rto_backoff = 0;
         }
         if out.progress {
-            self.rto_backoff = 0;
-            let min = self.rtt.min_rtt().unwrap_or(self.rtt.latest());
-            self.cc
-                .on_ack(now, out.newly_acked_bytes, self.rtt.latest(), min);
+            let srtt = self.rtt.srtt_or(self.cfg.initial_rto);
+            let limited = self
+                .window_limited_at
+                .is_some_and(|t| now.saturating_duration_since(t) <= srtt);
+            let full = usize::from(self.frame_lens[out.rtt_sample_pn as usize % FRAME_LEN_RING])
+                >= self.p.mtu * 3 / 4;
+            self.cc.on_ack(
+                now,
+                out.newly_acked_bytes,
+                self.rtt.latest(),
+                srtt,
+                limited,
+                full && out.rtt_sample_sent.is_some(),
+            );
             self.rto_deadline = self.send.has_outstanding().then(|| now + self.rto());
         }
         if out.lost > 0 {
@@ -274,6 +348,7 @@ impl Session {
         min(Some(self.last_tx + self.cfg.keepalive_interval));
         min(self.pace_until);
         min(self.probe_at);
+        min(self.cc.next_timer());
         Some(t)
     }
 
@@ -282,13 +357,14 @@ impl Session {
         if now >= self.last_rx + self.cfg.idle_timeout {
             return true;
         }
+        self.cc.on_tick(now);
         if self.rto_deadline.is_some_and(|d| d <= now) {
             self.rto_deadline = None;
             let n = self.send.on_rto();
             if n > 0 {
                 self.stats.rto_expirations += 1;
                 self.rto_backoff += 1;
-                self.cc.on_rto();
+                self.cc.on_rto(now);
             }
         }
         if self.pace_until.is_some_and(|d| d <= now) {
@@ -300,21 +376,31 @@ impl Session {
     /// Assemble the next DATA frame into `buf`; returns its length.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
         let mtu = self.p.mtu.min(buf.len());
+        self.cc.on_tick(now);
         let ack_due = self.recv.ack_due(now, self.cfg.ack_delay);
         let keepalive = now >= self.last_tx + self.cfg.keepalive_interval;
         let probe = self.probe_at.is_some_and(|p| p <= now);
         let want_data = !self.send.retx.is_empty() || self.send.next_eligible().is_some();
+        if self.cc.window() == 0 {
+            self.pacer.reset(now);
+        }
         let mut data_ok = want_data && self.send.in_flight < self.cc.window();
-        // Pacing spreads a flight; the first frame of a flight (a lone TLP) never waits.
-        if data_ok && self.send.in_flight > 0 {
+        // Pacing spreads a flight; the first frame of a flight (a lone TLP) never waits unless
+        // congestion shrank the window below one frame (then the window is a rate).
+        if data_ok && (self.send.in_flight > 0 || self.cc.window() < mtu) {
             let srtt = self.rtt.srtt_or(self.cfg.initial_rto);
-            match self.pacer.delay(now, mtu, self.cc.window(), srtt) {
+            let gain = self.cc.pacing_gain();
+            match self.pacer.delay(now, mtu, self.cc.window(), srtt, gain) {
                 None => self.pace_until = None,
                 Some(t) => {
                     self.pace_until = Some(t);
                     data_ok = false;
                 }
             }
+        }
+        if want_data && !data_ok {
+            // The window (or the pacing derived from it) holds data back.
+            self.window_limited_at = Some(now);
         }
         // Credit-blocked with nothing in flight: ask the peer for a fresh credit update.
         if self.send.has_pending() && !want_data && self.send.unacked.is_empty() {
@@ -323,15 +409,21 @@ impl Session {
                 self.probe_at = Some(now + self.rto());
             }
         }
-        if !(ack_due || keepalive || probe || data_ok) {
+        let drain_signal = self.drain_signal;
+        if !(ack_due || keepalive || probe || data_ok || drain_signal) {
             return None;
         }
         let pn = self.next_pn;
-        let include_ack = self.recv.ack_pending || ack_due || keepalive || probe || !data_ok;
+        let include_ack =
+            self.recv.ack_pending || ack_due || keepalive || probe || drain_signal || !data_ok;
         let mut off = HEADER_LEN;
         let mut fl = 0;
         if self.tx.encrypts() {
             fl |= flags::ENCRYPTED;
+        }
+        if drain_signal || self.drain_until.is_some_and(|t| now < t) {
+            fl |= flags::DRAIN;
+            self.drain_signal = false;
         }
         if include_ack {
             let a = self.recv.make_ack(now);
@@ -409,6 +501,7 @@ impl Session {
             }
         } else {
             self.pacer.on_sent(len);
+            self.frame_lens[pn as usize % FRAME_LEN_RING] = len as u16;
             if self.rto_deadline.is_none() {
                 self.rto_deadline = Some(now + self.rto());
             }
@@ -425,7 +518,7 @@ impl Session {
     pub fn stats(&self) -> Stats {
         let mut s = self.stats.clone();
         s.srtt = self.rtt.srtt_or(Duration::ZERO);
-        s.min_rtt = self.rtt.min_rtt().unwrap_or_default();
+        s.min_rtt = self.cc.base_delay().unwrap_or_default();
         s.cwnd = self.cc.window();
         s
     }

@@ -81,4 +81,6 @@ pub struct EndpointStats {
     pub sessions_down: u64,
     /// Peers detected as restarted.
     pub peer_restarts: u64,
+    /// Coordinated congestion drains started (server role).
+    pub drains: u64,
 }

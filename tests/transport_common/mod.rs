@@ -179,6 +179,11 @@ impl Sim {
 
     /// Advance time to the next event.
     pub fn advance(&mut self, progressed: bool) {
+        // Something happened at `now` (a frame arrived, an ACK opened the window): go round
+        // again before time moves, as a real driver calls poll_transmit after every input.
+        if progressed {
+            return;
+        }
         let mut next = self.link.next_arrival();
         for ep in &self.ep {
             if let Some(t) = ep.poll_timeout() {
@@ -186,11 +191,7 @@ impl Sim {
             }
         }
         let next = next.unwrap_or(self.now + MS);
-        if next > self.now {
-            self.now = next;
-        } else if !progressed {
-            self.now = self.now + US;
-        }
+        self.now = if next > self.now { next } else { self.now + US };
     }
 }
 
