@@ -328,12 +328,17 @@ fn ours_stream(
         }
     }
     let _ = tx.join();
-    let retx = client
-        .stats()?
-        .sessions
-        .iter()
-        .map(|s| s.1.retransmits)
-        .sum();
+    let st = client.stats()?;
+    if std::env::var_os("PCIETUN_BENCH_DEBUG").is_some() {
+        for (_, s) in &st.sessions {
+            eprintln!(
+                "bench transport: stream sender: cwnd {} B, srtt {:?}, base delay {:?}, \
+                 frames {}, retransmits {}, credit stalls {}",
+                s.cwnd, s.srtt, s.min_rtt, s.frames_sent, s.retransmits, s.credit_stalls
+            );
+        }
+    }
+    let retx = st.sessions.iter().map(|s| s.1.retransmits).sum();
     Ok((Throughput::new(bytes, n, last.duration_since(t0)), retx))
 }
 

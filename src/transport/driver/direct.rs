@@ -79,7 +79,7 @@ impl Direct {
                 continue;
             }
             if self.core.busy {
-                std::hint::spin_loop();
+                std::thread::yield_now(); // see the threaded driver: never hold a core
             } else {
                 self.core.wait(left)?;
             }
