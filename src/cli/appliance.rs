@@ -20,12 +20,13 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::pump::Pump;
 use pcietun::endpoint::dma_engine::DmaEngine;
 use pcietun::endpoint::nvme::{Backend, NvmeController, NvmeOptions};
 use pcietun::endpoint::replay::ReplayDevice;
 use pcietun::endpoint::{Bdf, Device, Endpoint, EndpointConfig};
 use pcietun::pci::replay::ReplaySizes;
-use pcietun::transport::driver::{self, DriverConfig, Peers, TransportHandle, Upcall};
+use pcietun::transport::driver::{self, Direct, DriverConfig, Peers, TransportHandle, Upcall};
 use pcietun::transport::{ConnId, Event, HostId, Psk};
 
 /// Arguments of `pcietun appliance`.
@@ -647,6 +648,44 @@ fn default_host_ids() -> Vec<String> {
 }
 
 /// Serve the endpoint over the transport until SIGINT/SIGTERM.
+fn announce(bound: &[String], fns: &[String]) -> std::io::Result<()> {
+    println!(
+        "appliance ready: listen {}; {} function(s): {}",
+        bound.join(" "),
+        fns.len(),
+        fns.join(", ")
+    );
+    std::io::stdout().flush()
+}
+
+/// One link (the usual case): the endpoint runs on the thread that drives the link
+/// ([`super::pump::Pump`]), so a request and its completion cross no thread in the appliance.
+fn serve_direct(
+    mut endpoint: pcietun::endpoint::Endpoint,
+    outbound: crossbeam::channel::Receiver<Vec<u8>>,
+    cfg: &ApplianceConfig,
+    l: &Listen,
+    hosts: Vec<(HostId, Psk)>,
+    fns: &[String],
+) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let port = driver::open(&l.to_string()).map_err(|e| format!("cannot listen on {l}: {e}"))?;
+    let mut dc = DriverConfig::new(Peers::Accept(hosts));
+    dc.inject_loss = cfg.inject_loss / 100.0;
+    let d = Direct::new(port, dc);
+    let bound = [d.local_addr().to_string()];
+    let mut pump = Pump::new(d, &endpoint);
+    announce(&bound, fns)?;
+    let result = pump.run(&mut endpoint, &outbound, &STOP);
+    // Orderly stop: devices first (their workers end), then the link.
+    drop(endpoint);
+    eprintln!("pcietun appliance: transport {}", pump.stats().summary());
+    eprintln!("pcietun appliance: stopped");
+    match result {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => Err(format!("transport on {l}: {e}").into()),
+    }
+}
+
 fn serve(
     built: Built,
     cfg: &ApplianceConfig,
@@ -668,6 +707,10 @@ fn serve(
             hosts.push((HostId::new(&id)?, Psk::DEVELOPMENT));
         }
     }
+    if let [l] = cfg.listen.as_slice() {
+        return serve_direct(endpoint, outbound, cfg, l, hosts, fns);
+    }
+    // Several links: a threaded driver per link, the endpoint on this thread, a sender thread.
     // Open every listener before announcing anything: all or nothing.
     let mut links = Vec::new();
     for l in &cfg.listen {
@@ -700,13 +743,7 @@ fn serve(
             })?
     };
     let bound: Vec<String> = links.iter().map(|l| l.local_addr().to_string()).collect();
-    println!(
-        "appliance ready: listen {}; {} function(s): {}",
-        bound.join(" "),
-        fns.len(),
-        fns.join(", ")
-    );
-    std::io::stdout().flush()?;
+    announce(&bound, fns)?;
 
     let mut epochs: Vec<((usize, ConnId), u32)> = Vec::new();
     let mut result = Ok(ExitCode::SUCCESS);

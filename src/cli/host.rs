@@ -260,7 +260,7 @@ pub fn lspci_text(agent: &Agent, x: u8) -> String {
 
 fn run_agent(cfg: AgentConfig, timeout: Duration, dir: Option<PathBuf>) -> Result<ExitCode, Error> {
     install_signal_handlers();
-    let agent = Agent::start(cfg)?;
+    let mut agent = Agent::start(cfg)?;
     let found = agent.wait_scan(timeout)?;
     for f in agent.host().functions() {
         eprintln!(
@@ -301,9 +301,7 @@ fn run_agent(cfg: AgentConfig, timeout: Duration, dir: Option<PathBuf>) -> Resul
             let _ = std::fs::remove_file(d.join(format!("{}.sock", f.bdf)));
         }
     }
-    if let Ok(t) = agent.transport().stats() {
-        eprintln!("pcietun host: transport {}", t.summary());
-    }
+    eprintln!("pcietun host: transport {}", agent.stop().summary());
     let st = agent.host().stats();
     let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     eprintln!(

@@ -9,6 +9,7 @@ mod appliance;
 mod bench;
 mod demo;
 mod host;
+mod pump;
 mod tlp;
 mod transport_peer;
 

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crossbeam::channel::Sender;
+use std::sync::OnceLock;
 
 use super::device::{
     BarSpec, Decode, Device, DeviceContext, DmaHandle, InterruptHandle, ResetKind,
@@ -23,7 +24,49 @@ pub(crate) struct FunctionShared {
     pub(crate) requester: Requester,
     pub(crate) msix: Mutex<MsixState>,
     pub(crate) intx: Mutex<IntxState>,
-    out: Sender<Vec<u8>>,
+    out: Outbound,
+}
+
+/// A wake-up for whoever drains the outbound queue (see [`Outbound`]).
+pub(crate) type Wake = Arc<dyn Fn() + Send + Sync>;
+
+/// Where the wake-up is installed, shared by the endpoint and every function.
+#[derive(Clone, Default)]
+pub(crate) struct WakeSlot(pub(crate) Arc<OnceLock<Wake>>);
+
+impl std::fmt::Debug for WakeSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WakeSlot({})", self.0.get().is_some())
+    }
+}
+
+/// The endpoint's outbound queue as the device threads see it: after a device thread queues a
+/// TLP (a DMA request, an MSI-X write) it calls the wake-up installed by
+/// [`Endpoint::set_outbound_wake`](super::Endpoint::set_outbound_wake), so a pump that sleeps
+/// on the network socket sends it at once.
+#[derive(Clone)]
+pub(crate) struct Outbound {
+    pub(crate) tx: Sender<Vec<u8>>,
+    pub(crate) wake: WakeSlot,
+}
+
+impl std::fmt::Debug for Outbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbound")
+            .field("queued", &self.tx.len())
+            .field("wake", &self.wake)
+            .finish()
+    }
+}
+
+impl Outbound {
+    fn send(&self, tlp: Vec<u8>) -> bool {
+        let ok = self.tx.send(tlp).is_ok();
+        if let Some(w) = self.wake.0.get() {
+            w();
+        }
+        ok
+    }
 }
 
 impl FunctionShared {
@@ -37,7 +80,7 @@ impl FunctionShared {
 
     /// Queue a TLP for the host; false when the endpoint is gone.
     pub(crate) fn send(&self, tlp: Vec<u8>) -> bool {
-        self.out.send(tlp).is_ok()
+        self.out.send(tlp)
     }
 }
 
@@ -76,7 +119,7 @@ impl Function {
         id: u64,
         bdf: Bdf,
         mut device: Box<dyn Device>,
-        out: Sender<Vec<u8>>,
+        out: Outbound,
         dma_timeout: Duration,
     ) -> Self {
         let decode = device.decode();

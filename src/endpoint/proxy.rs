@@ -18,9 +18,10 @@ use crossbeam::channel::{self, Receiver, Sender};
 use thiserror::Error;
 
 use super::device::{AtomicOp, Device, DeviceError, ResetKind};
-use super::function::Function;
+use super::function::{Function, Outbound, WakeSlot};
 use super::wire::{self, AtomicKind, Bdf, CplStatus, Header, Kind, WireError};
 use crate::tlp::split;
+use std::sync::Arc;
 
 /// Errors from the endpoint proxy.
 #[derive(Debug, Error)]
@@ -77,6 +78,8 @@ pub struct EndpointStats {
 pub struct Endpoint {
     pub(crate) functions: Vec<Function>,
     pub(crate) out: Sender<Vec<u8>>,
+    /// The wake-up device threads call after queueing (set once by the pump).
+    pub(crate) wake: WakeSlot,
     pub(crate) cfg: EndpointConfig,
     stats: EndpointStats,
     scratch: Vec<u8>,
@@ -91,6 +94,7 @@ impl Endpoint {
             Endpoint {
                 functions: Vec::new(),
                 out: tx,
+                wake: WakeSlot::default(),
                 cfg,
                 stats: EndpointStats::default(),
                 scratch: Vec::with_capacity(4096),
@@ -110,7 +114,7 @@ impl Endpoint {
             self.next_id,
             bdf,
             device,
-            self.out.clone(),
+            self.outbound(),
             self.cfg.dma_timeout,
         ));
         Ok(())
@@ -159,8 +163,24 @@ impl Endpoint {
     }
 
     fn send(&self, tlp: Vec<u8>) {
-        // The queue only disconnects when the endpoint itself is gone.
+        // The queue only disconnects when the endpoint itself is gone. No wake-up: this runs
+        // on the pump's own thread, which drains the queue after every TLP it hands us.
         let _ = self.out.send(tlp);
+    }
+
+    /// The outbound queue for a function's device threads.
+    pub(crate) fn outbound(&self) -> Outbound {
+        Outbound {
+            tx: self.out.clone(),
+            wake: self.wake.clone(),
+        }
+    }
+
+    /// Install the wake-up that device threads call after queueing an outbound TLP (from a
+    /// worker thread: a DMA request, an MSI-X write), for a pump that sleeps on the network
+    /// rather than on the queue. Only the first call takes effect.
+    pub fn set_outbound_wake(&self, wake: Arc<dyn Fn() + Send + Sync>) {
+        let _ = self.wake.0.set(wake);
     }
 
     #[allow(clippy::too_many_arguments)]

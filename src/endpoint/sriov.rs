@@ -50,7 +50,7 @@ impl Endpoint {
                     self.next_id,
                     *bdf,
                     dev,
-                    self.out.clone(),
+                    self.outbound(),
                     self.cfg.dma_timeout,
                 );
                 f.vf = Some(VfInfo {

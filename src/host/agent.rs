@@ -1,13 +1,15 @@
 //! The host agent: a [`Host`] root complex on a transport session to one appliance, and the
 //! vfio-user sockets of its functions (CONTRACT.md "Host agent").
 //!
-//! Three kinds of threads: the transport driver (owned by [`TransportHandle`]); the *pump*,
-//! which hands delivered TLPs to [`Host::on_tlp`] and session events to
-//! [`Host::on_link_up`] / [`Host::on_link_down`]; and the *scanner*, which re-enumerates after
+//! Two kinds of threads: the *pump*, which owns the transport link ([`Direct`]), sends the
+//! TLPs requesters queued ([`DirectSender`]), hands delivered TLPs to [`Host::on_tlp`] and
+//! session events to [`Host::on_link_up`] / [`Host::on_link_down`] — a completion reaches the
+//! waiting requester with one thread hand-off; and the *scanner*, which re-enumerates after
 //! every (re)connection, off the pump thread because enumeration waits for completions.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -15,7 +17,9 @@ use std::time::{Duration, Instant};
 use super::root::{Downlink, Host, HostConfig, LinkError};
 use super::vfio_user::{Connection, FunctionServer, ServerConfig};
 use crate::tlp::Bdf;
-use crate::transport::driver::{eth, udp, DriverConfig, Peers, TransportHandle, Upcall};
+use crate::transport::driver::{
+    eth, udp, Direct, DirectSender, DriverConfig, DriverStats, Peers, Upcall,
+};
 use crate::transport::{ConnId, Event, HostId, PeerAddr, Psk};
 use bytes::Bytes;
 
@@ -86,7 +90,7 @@ pub struct AgentConfig {
 /// [`Downlink`] over the transport session.
 #[derive(Debug)]
 struct SessionLink {
-    handle: Arc<TransportHandle>,
+    handle: DirectSender,
     conn: Mutex<Option<ConnId>>,
 }
 
@@ -107,10 +111,11 @@ impl Downlink for SessionLink {
 #[derive(Debug)]
 pub struct Agent {
     host: Arc<Host>,
-    handle: Arc<TransportHandle>,
+    stats: Arc<Mutex<DriverStats>>,
+    stop: Arc<AtomicBool>,
     scans: Mutex<mpsc::Receiver<Vec<Bdf>>>,
     served: Mutex<Vec<Bdf>>,
-    _pump: JoinHandle<()>,
+    pump: Option<JoinHandle<()>>,
     _scanner: JoinHandle<()>,
 }
 
@@ -150,13 +155,13 @@ impl Agent {
             psk,
         });
         dcfg.inject_loss = cfg.inject_loss;
-        let handle = Arc::new(
-            TransportHandle::spawn(port, dcfg).map_err(io("starting the transport driver"))?,
-        );
+        let mut direct = Direct::new(port, dcfg);
         let link = Arc::new(SessionLink {
-            handle: handle.clone(),
+            handle: direct.sender(),
             conn: Mutex::new(None),
         });
+        let stats = Arc::new(Mutex::new(DriverStats::default()));
+        let stop = Arc::new(AtomicBool::new(false));
         let host = Host::new(link.clone(), cfg.host);
         let (scan_tx, scan_rx) = mpsc::channel::<()>();
         let (done_tx, done_rx) = mpsc::channel::<Vec<Bdf>>();
@@ -173,11 +178,24 @@ impl Agent {
                 .map_err(io("starting the scanner"))?
         };
         let pump = {
-            let (host, handle) = (host.clone(), handle.clone());
+            let (host, stats, stop) = (host.clone(), stats.clone(), stop.clone());
             std::thread::Builder::new()
                 .name("host-pump".into())
                 .spawn(move || {
-                    while let Some(up) = handle.recv() {
+                    let mut published = Instant::now();
+                    while !stop.load(Ordering::Relaxed) {
+                        let up = match direct.poll_wake(Some(Duration::from_millis(50))) {
+                            Ok(up) => up,
+                            Err(e) => {
+                                tracing::error!(error = %e, "transport link failed");
+                                break;
+                            }
+                        };
+                        if published.elapsed() >= Duration::from_millis(100) {
+                            *stats.lock().unwrap_or_else(|p| p.into_inner()) = direct.stats();
+                            published = Instant::now();
+                        }
+                        let Some(up) = up else { continue };
                         match up {
                             Upcall::Tlp { tlp, .. } => host.on_tlp(&tlp),
                             Upcall::Event { conn, event } => match event {
@@ -199,15 +217,17 @@ impl Agent {
                             }
                         }
                     }
+                    *stats.lock().unwrap_or_else(|p| p.into_inner()) = direct.stats();
                 })
                 .map_err(io("starting the pump"))?
         };
         Ok(Agent {
             host,
-            handle,
+            stats,
+            stop,
             scans: Mutex::new(done_rx),
             served: Mutex::new(Vec::new()),
-            _pump: pump,
+            pump: Some(pump),
             _scanner: scanner,
         })
     }
@@ -226,9 +246,19 @@ impl Agent {
             .map_err(|_| AgentError::NotConnected(timeout))
     }
 
-    /// Transport counters (for operators).
-    pub fn transport(&self) -> &TransportHandle {
-        &self.handle
+    /// Stop the pump (the link goes quiet; the appliance sees the session time out) and
+    /// return the final transport counters.
+    pub fn stop(&mut self) -> DriverStats {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(p) = self.pump.take() {
+            let _ = p.join();
+        }
+        self.transport_stats()
+    }
+
+    /// Transport counters (for operators), at most 100 ms old.
+    pub fn transport_stats(&self) -> DriverStats {
+        self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Create `DIR/<bb>:<dd>.<f>.sock` for every function not served yet and serve each on its

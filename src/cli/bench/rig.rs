@@ -12,6 +12,7 @@
 //! receives and sends on one pump thread, one hand-off fewer than `pcietun appliance`, which
 //! sends from a separate thread. The demo uses the real appliance process over UDP.
 
+use super::super::pump::Pump;
 use super::raw::{LinkKind, NetnsPair, Res};
 use bytes::Bytes;
 use crossbeam::channel::{self, Receiver};
@@ -22,11 +23,11 @@ use pcietun::endpoint::{Bdf as EpBdf, Endpoint, EndpointConfig};
 use pcietun::host::enumerate::FunctionInfo;
 use pcietun::host::{Downlink, Host, HostConfig, LinkError, RemoteFunction};
 use pcietun::transport::driver::{
-    mem, udp::UdpPort, DriverConfig, Peers, Port, TransportHandle, Upcall,
+    mem, udp::UdpPort, Direct, DirectSender, DriverConfig, DriverStats, Peers, Port, Upcall,
 };
 use pcietun::transport::{ConnId, Event, HostId, Psk};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -96,10 +97,11 @@ impl Net {
     }
 }
 
-/// The host agent's downlink: TLPs into the transport toward the appliance.
+/// The host agent's downlink: TLPs into the transport toward the appliance (queued for the
+/// host pump's thread, which owns the link).
 #[derive(Debug)]
 struct TunnelLink {
-    t: Arc<TransportHandle>,
+    t: DirectSender,
     conn: ConnId,
 }
 
@@ -132,19 +134,21 @@ pub struct Rig {
     /// Functions enumerated below the root port.
     pub functions: Vec<FunctionInfo>,
     /// Host side and appliance side (empty for [`Rig::start_direct`]).
-    transports: Vec<Arc<TransportHandle>>,
+    /// Host side and appliance side counters, published by their pumps (empty for
+    /// [`Rig::start_direct`]).
+    link_stats: Vec<Arc<Mutex<DriverStats>>>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     _tmp: Option<tempfile::TempDir>,
 }
 
-fn wait_connected(h: &TransportHandle) -> Res<ConnId> {
+fn wait_connected(d: &mut Direct) -> Res<ConnId> {
     let end = Instant::now() + Duration::from_secs(5);
     while Instant::now() < end {
         if let Some(Upcall::Event {
             conn,
             event: Event::Connected { .. },
-        }) = h.recv_timeout(Duration::from_millis(50))
+        }) = d.poll(Some(Duration::from_millis(50)))?
         {
             return Ok(conn);
         }
@@ -152,75 +156,22 @@ fn wait_connected(h: &TransportHandle) -> Res<ConnId> {
     Err("transport session between host and appliance not established within 5 s".into())
 }
 
-/// The appliance's pump: TLPs from the transport into the endpoint, and everything the
-/// endpoint sends (completions, DMA requests, MSI-X) back out — one thread, so the outbound
-/// queue's order is the wire's order.
-fn appliance_pump(
-    mut ep: Endpoint,
-    outbound: Receiver<Vec<u8>>,
-    server: Arc<TransportHandle>,
+/// The host agent's pump: owns the link, hands TLPs to the root complex and sends what the
+/// requesters queued (completions reach the waiting thread with one hand-off).
+fn host_pump(
+    host: Arc<Host>,
+    mut d: Direct,
+    stats: Arc<Mutex<DriverStats>>,
     stop: Arc<AtomicBool>,
-    busy: bool,
 ) {
-    let mut conn: Option<ConnId> = None;
-    let send = |conn: Option<ConnId>, tlp: Vec<u8>| {
-        if let Some(c) = conn {
-            let _ = server.send(c, Bytes::from(tlp));
-        }
-    };
-    let on_upcall = |ep: &mut Endpoint, u: Upcall, conn: &mut Option<ConnId>| match u {
-        Upcall::Tlp { conn: c, tlp, .. } => {
-            *conn = Some(c);
-            if let Err(e) = ep.handle_tlp(&tlp) {
-                tracing::warn!(error = %e, "appliance: bad TLP from the host");
-            }
-        }
-        Upcall::Event {
-            conn: c,
-            event: Event::Connected { .. },
-        } => *conn = Some(c),
-        Upcall::Event {
-            event: Event::Down { .. },
-            ..
-        } => ep.reset_all(),
-        Upcall::Dropped { .. } => {}
-    };
+    let mut published = Instant::now();
     while !stop.load(Ordering::Relaxed) {
-        if busy {
-            match server.try_recv() {
-                Some(u) => on_upcall(&mut ep, u, &mut conn),
-                // Spin politely: on a small machine a hard spin starves the transport threads.
-                None => std::thread::yield_now(),
+        let u = match d.poll_wake(Some(Duration::from_millis(20))) {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::error!("host pump: {e}");
+                break;
             }
-        } else {
-            channel::select! {
-                recv(server.upcalls()) -> u => match u {
-                    Ok(u) => on_upcall(&mut ep, u, &mut conn),
-                    Err(_) => break,
-                },
-                recv(outbound) -> t => match t {
-                    Ok(t) => send(conn, t),
-                    Err(_) => break,
-                },
-                default(Duration::from_millis(20)) => {}
-            }
-        }
-        while let Ok(t) = outbound.try_recv() {
-            send(conn, t);
-        }
-    }
-}
-
-fn host_pump(host: Arc<Host>, client: Arc<TransportHandle>, stop: Arc<AtomicBool>, busy: bool) {
-    while !stop.load(Ordering::Relaxed) {
-        let u = if busy {
-            let u = client.try_recv();
-            if u.is_none() {
-                std::thread::yield_now();
-            }
-            u
-        } else {
-            client.recv_timeout(Duration::from_millis(20))
         };
         match u {
             Some(Upcall::Tlp { tlp, .. }) => host.on_tlp(&tlp),
@@ -234,7 +185,12 @@ fn host_pump(host: Arc<Host>, client: Arc<TransportHandle>, stop: Arc<AtomicBool
             }) => host.on_link_down(),
             _ => {}
         }
+        if published.elapsed() >= Duration::from_millis(100) {
+            *stats.lock().unwrap_or_else(|e| e.into_inner()) = d.stats();
+            published = Instant::now();
+        }
     }
+    *stats.lock().unwrap_or_else(|e| e.into_inner()) = d.stats();
 }
 
 fn endpoint(cfg: &RigConfig) -> Res<(Endpoint, Receiver<Vec<u8>>, Option<tempfile::TempDir>)> {
@@ -286,7 +242,7 @@ impl Rig {
         let mut rig = Rig {
             host,
             functions: Vec::new(),
-            transports: Vec::new(),
+            link_stats: Vec::new(),
             stop,
             threads: vec![pump],
             _tmp: tmp,
@@ -314,40 +270,45 @@ impl Rig {
             c.busy_poll = cfg.busy_poll;
             c.transport.mtu = 1472;
         }
-        let server = Arc::new(TransportHandle::spawn(s_port, sc)?);
-        let client = Arc::new(TransportHandle::spawn(c_port, cc)?);
-        let conn = wait_connected(&client)?;
+        // The appliance as `pcietun appliance` runs it: the endpoint on the link's own thread.
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
+        let mut pump = Pump::new(Direct::new(s_port, sc), &ep);
+        let server_stats = pump.stats_handle();
         {
-            let (server, stop, busy) = (server.clone(), stop.clone(), cfg.busy_poll);
-            threads.push(
-                std::thread::Builder::new()
-                    .name("appliance".into())
-                    .spawn(move || appliance_pump(ep, outbound, server, stop, busy))?,
-            );
+            let stop = stop.clone();
+            let (mut ep, outbound) = (ep, outbound);
+            threads.push(std::thread::Builder::new().name("appliance".into()).spawn(
+                move || {
+                    if let Err(e) = pump.run(&mut ep, &outbound, &stop) {
+                        tracing::error!("appliance pump: {e}");
+                    }
+                },
+            )?);
         }
+        let mut client = Direct::new(c_port, cc);
+        let conn = wait_connected(&mut client)?;
         let host = Host::new(
             Arc::new(TunnelLink {
-                t: client.clone(),
+                t: client.sender(),
                 conn,
             }),
             HostConfig::default(),
         );
         host.on_link_up();
+        let client_stats = Arc::new(Mutex::new(DriverStats::default()));
         {
-            let (host, client, stop, busy) =
-                (host.clone(), client.clone(), stop.clone(), cfg.busy_poll);
+            let (host, stats, stop) = (host.clone(), client_stats.clone(), stop.clone());
             threads.push(
                 std::thread::Builder::new()
                     .name("host-agent".into())
-                    .spawn(move || host_pump(host, client, stop, busy))?,
+                    .spawn(move || host_pump(host, client, stats, stop))?,
             );
         }
         let mut rig = Rig {
             host,
             functions: Vec::new(),
-            transports: vec![client, server],
+            link_stats: vec![client_stats, server_stats],
             stop,
             threads,
             _tmp: tmp,
@@ -380,9 +341,9 @@ impl Rig {
 
     /// Retransmissions both transport ends made so far.
     pub fn retransmits(&self) -> u64 {
-        self.transports
+        self.link_stats
             .iter()
-            .filter_map(|t| t.stats().ok())
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).clone())
             .flat_map(|s| s.sessions.into_iter().map(|x| x.1.retransmits))
             .sum()
     }

@@ -4,18 +4,62 @@
 //! [`Upcall`]s as [`super::TransportHandle`].
 
 use super::core::Core;
-use super::{DriverConfig, DriverStats, Port, Upcall};
+use super::{DriverConfig, DriverStats, HandleError, Port, Upcall, Wake};
 use crate::transport::endpoint::ConnId;
 use crate::transport::{PeerAddr, SendError};
 use bytes::Bytes;
+use crossbeam::channel::{self, Receiver, Sender};
 use std::collections::VecDeque;
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// Capacity of the queue behind [`DirectSender`]s.
+const INBOX: usize = 4096;
+
+/// The queue behind [`DirectSender`]s.
+type Inbox = Receiver<(ConnId, Bytes)>;
 
 /// A transport endpoint driven by the caller's thread.
 pub struct Direct {
     core: Core,
     queue: VecDeque<Upcall>,
+    /// TLPs other threads queued through a [`DirectSender`], and whether we sleep.
+    inbox: Option<(Inbox, Arc<AtomicBool>)>,
+    inbox_keep: Option<Sender<(ConnId, Bytes)>>,
+    /// An inbox TLP waiting for room in its session's queue.
+    held: Option<(ConnId, Bytes)>,
+}
+
+/// Queues TLPs for a [`Direct`] from other threads and wakes its thread when it sleeps; the
+/// Direct's thread sends them the next time it polls (in queue order).
+#[derive(Clone)]
+pub struct DirectSender {
+    tx: Sender<(ConnId, Bytes)>,
+    sleeping: Arc<AtomicBool>,
+    waker: Arc<dyn Wake>,
+}
+
+impl std::fmt::Debug for DirectSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirectSender")
+            .field("queued", &self.tx.len())
+            .finish()
+    }
+}
+
+impl DirectSender {
+    /// Queue `tlp` for `conn`, blocking while the queue is full (back-pressure).
+    pub fn send(&self, conn: ConnId, tlp: Bytes) -> Result<(), HandleError> {
+        self.tx
+            .send((conn, tlp))
+            .map_err(|_| HandleError::Stopped)?;
+        if self.sleeping.swap(false, Ordering::AcqRel) {
+            self.waker.wake();
+        }
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for Direct {
@@ -30,7 +74,84 @@ impl Direct {
         Direct {
             core: Core::new(port, cfg),
             queue: VecDeque::with_capacity(1024),
+            inbox: None,
+            inbox_keep: None,
+            held: None,
         }
+    }
+
+    /// A sender for other threads (all senders share one queue).
+    pub fn sender(&mut self) -> DirectSender {
+        if self.inbox.is_none() {
+            let (tx, rx) = channel::bounded(INBOX);
+            self.inbox = Some((rx, Arc::new(AtomicBool::new(false))));
+            self.inbox_keep = Some(tx);
+        }
+        let (Some((_, sleeping)), Some(tx)) = (&self.inbox, &self.inbox_keep) else {
+            unreachable!("the inbox was just created");
+        };
+        DirectSender {
+            tx: tx.clone(),
+            sleeping: sleeping.clone(),
+            waker: self.core.port.waker(),
+        }
+    }
+
+    /// Submit what other threads queued. Returns whether anything was taken.
+    fn drain_inbox(&mut self) -> bool {
+        let Some((rx, _)) = &self.inbox else {
+            return false;
+        };
+        let mut work = false;
+        loop {
+            let (c, t) = match self.held.take() {
+                Some(x) => x,
+                None => match rx.try_recv() {
+                    Ok(x) => x,
+                    Err(_) => return work,
+                },
+            };
+            work = true;
+            match self.core.submit(c, t) {
+                Ok(()) => {}
+                Err((t, SendError::QueueFull)) => {
+                    self.held = Some((c, t));
+                    return work;
+                }
+                Err((tlp, error)) => self.queue.push_back(Upcall::Dropped {
+                    conn: c,
+                    tlp,
+                    error,
+                }),
+            }
+        }
+    }
+
+    /// Sleep in the kernel until a frame, a wake-up or `timeout` (announcing it to senders).
+    fn sleep(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        if self.core.busy {
+            std::thread::yield_now(); // see the threaded driver: never hold a core
+            return Ok(());
+        }
+        let cap = if self.held.is_some() {
+            Some(timeout.map_or(Duration::from_micros(200), |t| {
+                t.min(Duration::from_micros(200))
+            }))
+        } else {
+            timeout
+        };
+        if let Some((rx, sleeping)) = &self.inbox {
+            sleeping.store(true, Ordering::Release);
+            if !rx.is_empty() && self.held.is_none() {
+                sleeping.store(false, Ordering::Release);
+                return Ok(());
+            }
+        }
+        let r = self.core.wait(cap);
+        if let Some((_, sleeping)) = &self.inbox {
+            sleeping.store(false, Ordering::Release);
+        }
+        r
     }
 
     /// Our address on the link.
@@ -45,6 +166,21 @@ impl Direct {
         Ok(())
     }
 
+    /// One round: queued TLPs in, one frame in (its TLPs go up before we drain the socket;
+    /// the final would-block read happens off the latency path), timers, frames out, upcalls.
+    fn round(&mut self) -> io::Result<bool> {
+        let mut work = self.drain_inbox();
+        work |= self.core.receive(1)?;
+        work |= self.core.transmit();
+        let q = &mut self.queue;
+        let mut sink = |u: Upcall| {
+            q.push_back(u);
+            Ok(())
+        };
+        work |= self.core.deliver(&mut sink).unwrap_or(true);
+        Ok(work)
+    }
+
     /// Run the link until an upcall is ready or `timeout` passes (`None`: wait for ever).
     pub fn poll(&mut self, timeout: Option<Duration>) -> io::Result<Option<Upcall>> {
         let end = timeout.map(|t| Instant::now() + t);
@@ -52,16 +188,7 @@ impl Direct {
             if let Some(u) = self.queue.pop_front() {
                 return Ok(Some(u));
             }
-            // One frame at a time: its TLPs go up before we drain the socket (the final
-            // would-block read then happens off the latency path, on the next call).
-            let mut work = self.core.receive(1)?;
-            work |= self.core.transmit();
-            let q = &mut self.queue;
-            let mut sink = |u: Upcall| {
-                q.push_back(u);
-                Ok(())
-            };
-            work |= self.core.deliver(&mut sink).unwrap_or(true);
+            let work = self.round()?;
             if !self.queue.is_empty() {
                 continue;
             }
@@ -75,15 +202,30 @@ impl Direct {
                 }
                 None => None,
             };
-            if work {
-                continue;
-            }
-            if self.core.busy {
-                std::thread::yield_now(); // see the threaded driver: never hold a core
-            } else {
-                self.core.wait(left)?;
+            if !work {
+                self.sleep(left)?;
             }
         }
+    }
+
+    /// Wakes a [`poll_wake`](Self::poll_wake) (or [`poll`](Self::poll)) blocked in the
+    /// kernel, from any thread.
+    pub fn waker(&self) -> Arc<dyn Wake> {
+        self.core.port.waker()
+    }
+
+    /// Like [`poll`](Self::poll), but also returns `Ok(None)` as soon as the thread was woken
+    /// (by [`waker`](Self::waker), a frame that carried no upcall, or a timer), so the caller
+    /// can serve other work — a queue that other threads fill — between link events.
+    pub fn poll_wake(&mut self, timeout: Option<Duration>) -> io::Result<Option<Upcall>> {
+        if let Some(u) = self.queue.pop_front() {
+            return Ok(Some(u));
+        }
+        if !self.round()? && self.queue.is_empty() {
+            self.sleep(timeout)?;
+            self.round()?;
+        }
+        Ok(self.queue.pop_front())
     }
 
     /// A snapshot of all counters.

@@ -10,7 +10,7 @@ pub mod mem;
 pub mod udp;
 
 use self::core::Driver;
-pub use direct::Direct;
+pub use direct::{Direct, DirectSender};
 
 use super::endpoint::{ConnId, Event};
 use super::stats::{EndpointStats, Stats};

@@ -1,0 +1,183 @@
+//! The appliance's pump on a [`Direct`] transport driver: the thread that reads the network
+//! runs the endpoint and sends its answers, so an MMIO read crosses no thread boundary inside
+//! the appliance (with a threaded `TransportHandle` it crossed three: driver → pump → sender →
+//! driver). Device threads (NVMe, DMA engine) queue their TLPs on the endpoint's outbound
+//! queue and wake the pump through the link's waker, only when it sleeps.
+//!
+//! The appliance serves the session that last sent it a TLP (or connected); a host that
+//! reconnects with a new epoch, or the serving session going down, resets every function, as
+//! a hot reset or a surprise-down would on PCIe.
+
+use bytes::Bytes;
+use crossbeam::channel::Receiver;
+use pcietun::endpoint::Endpoint;
+use pcietun::transport::driver::{Direct, DriverStats, Upcall};
+use pcietun::transport::{ConnId, Event, SendError};
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How often the pump publishes its counters for other threads.
+const STATS_EVERY: Duration = Duration::from_millis(100);
+
+/// An endpoint served over one [`Direct`] link from the calling thread.
+pub struct Pump {
+    d: Direct,
+    owner: Option<ConnId>,
+    epochs: Vec<(ConnId, u32)>,
+    sleeping: Arc<AtomicBool>,
+    /// An outbound TLP waiting for room in the session's queue.
+    held: Option<Bytes>,
+    stats: Arc<Mutex<DriverStats>>,
+}
+
+impl std::fmt::Debug for Pump {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pump").field("owner", &self.owner).finish()
+    }
+}
+
+impl Pump {
+    /// A pump for `ep` on `d`; installs the endpoint's outbound wake-up.
+    pub fn new(d: Direct, ep: &Endpoint) -> Pump {
+        let sleeping = Arc::new(AtomicBool::new(false));
+        let waker = d.waker();
+        let s = sleeping.clone();
+        ep.set_outbound_wake(Arc::new(move || {
+            if s.swap(false, Ordering::AcqRel) {
+                waker.wake();
+            }
+        }));
+        Pump {
+            d,
+            owner: None,
+            epochs: Vec::new(),
+            sleeping,
+            held: None,
+            stats: Arc::new(Mutex::new(DriverStats::default())),
+        }
+    }
+
+    /// Counters, refreshed every 100 ms while [`run`](Self::run) runs and when it returns.
+    pub fn stats_handle(&self) -> Arc<Mutex<DriverStats>> {
+        self.stats.clone()
+    }
+
+    /// The link's counters now.
+    pub fn stats(&self) -> DriverStats {
+        self.d.stats()
+    }
+
+    fn publish(&self) {
+        *self.stats.lock().unwrap_or_else(|e| e.into_inner()) = self.d.stats();
+    }
+
+    /// Serve until `stop` is set.
+    pub fn run(
+        &mut self,
+        ep: &mut Endpoint,
+        outbound: &Receiver<Vec<u8>>,
+        stop: &AtomicBool,
+    ) -> io::Result<()> {
+        let mut published = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            self.flush(outbound);
+            if published.elapsed() >= STATS_EVERY {
+                self.publish();
+                published = Instant::now();
+            }
+            self.sleeping.store(true, Ordering::Release);
+            if self.held.is_none() && !outbound.is_empty() {
+                self.sleeping.store(false, Ordering::Release);
+                continue;
+            }
+            // Held back by a full session queue: ACKs wake us, but never sleep long.
+            let cap = if self.held.is_some() {
+                Duration::from_micros(200)
+            } else {
+                Duration::from_millis(50)
+            };
+            let up = self.d.poll_wake(Some(cap));
+            self.sleeping.store(false, Ordering::Release);
+            if let Some(u) = up? {
+                self.on_upcall(ep, u);
+            }
+        }
+        self.publish();
+        Ok(())
+    }
+
+    /// Send what the endpoint queued, in queue order (the wire's order), to the serving
+    /// session.
+    fn flush(&mut self, outbound: &Receiver<Vec<u8>>) {
+        loop {
+            let t = match self.held.take() {
+                Some(t) => t,
+                None => match outbound.try_recv() {
+                    Ok(v) => Bytes::from(v),
+                    Err(_) => return,
+                },
+            };
+            let Some(c) = self.owner else {
+                tracing::debug!("appliance: no host session; TLP dropped");
+                continue;
+            };
+            match self.d.send(c, t.clone()) {
+                Ok(()) => {}
+                Err(SendError::QueueFull) => {
+                    self.held = Some(t);
+                    return;
+                }
+                Err(e) => tracing::debug!("appliance: TLP not sent: {e}"),
+            }
+        }
+    }
+
+    fn on_upcall(&mut self, ep: &mut Endpoint, u: Upcall) {
+        match u {
+            Upcall::Tlp { conn, tlp, .. } => {
+                self.owner = Some(conn);
+                if let Err(e) = ep.handle_tlp(&tlp) {
+                    tracing::warn!("appliance: {e}");
+                }
+            }
+            Upcall::Event {
+                conn,
+                event:
+                    Event::Connected {
+                        host,
+                        peer,
+                        peer_epoch,
+                    },
+            } => {
+                tracing::info!("appliance: host {host} connected from {peer}");
+                match self.epochs.iter_mut().find(|(k, _)| *k == conn) {
+                    Some((_, e)) if *e != peer_epoch => {
+                        // The host restarted: what it set up is gone, as after a hot reset.
+                        ep.reset_all();
+                        *e = peer_epoch;
+                    }
+                    Some(_) => {}
+                    None => self.epochs.push((conn, peer_epoch)),
+                }
+                self.owner = Some(conn);
+            }
+            Upcall::Event {
+                conn,
+                event: Event::Down { reason, .. },
+            } => {
+                tracing::warn!("appliance: session {} down: {reason:?}", conn.0);
+                if self.owner == Some(conn) {
+                    // Link down resets the functions, as a surprise-down does on PCIe.
+                    self.owner = None;
+                    self.held = None;
+                    ep.reset_all();
+                }
+            }
+            Upcall::Dropped { error, .. } => {
+                tracing::debug!("appliance: TLP not sent: {error}");
+            }
+        }
+    }
+}
