@@ -123,7 +123,9 @@ impl Pump {
                 tracing::debug!("appliance: no host session; TLP dropped");
                 continue;
             };
-            match self.d.send(c, t.clone()) {
+            // Queued only: the next poll sends everything flushed here in as few frames as
+            // fit (one frame per TLP would cap DMA at the frame rate).
+            match self.d.submit(c, t.clone()) {
                 Ok(()) => {}
                 Err(SendError::QueueFull) => {
                     self.held = Some(t);

@@ -15,8 +15,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Capacity of the queue behind [`DirectSender`]s.
-const INBOX: usize = 4096;
+/// Capacity of the queue behind [`DirectSender`]s. Large, because the Direct's own thread
+/// may queue through a sender too (the host pump answers a DMA read with its completions)
+/// and must never block on a queue only it drains; still bounded (tags bound what is
+/// outstanding).
+const INBOX: usize = 65536;
 
 /// The queue behind [`DirectSender`]s.
 type Inbox = Receiver<(ConnId, Bytes)>;
@@ -157,6 +160,13 @@ impl Direct {
     /// Our address on the link.
     pub fn local_addr(&self) -> PeerAddr {
         self.core.port.local_addr()
+    }
+
+    /// Queue a TLP without transmitting: the next [`poll`](Self::poll) /
+    /// [`poll_wake`](Self::poll_wake) sends it, batched with whatever else was queued (as
+    /// many TLPs per frame as fit). `QueueFull` means: poll, then retry.
+    pub fn submit(&mut self, conn: ConnId, tlp: Bytes) -> Result<(), SendError> {
+        self.core.submit(conn, tlp).map_err(|(_, e)| e)
     }
 
     /// Queue a TLP and transmit at once. `QueueFull` means: poll, then retry.
