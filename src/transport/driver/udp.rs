@@ -132,6 +132,7 @@ impl UdpPort {
     /// Bind `addr` (port 0 picks a free port).
     pub fn bind(addr: SocketAddr) -> io::Result<UdpPort> {
         let mut sock = UdpSocket::bind(addr)?;
+        grow_buffers(&sock);
         let poll = Poll::new()?;
         poll.registry()
             .register(&mut sock, SOCK, Interest::READABLE)?;
@@ -151,6 +152,30 @@ impl UdpPort {
     /// The bound address.
     pub fn addr(&self) -> SocketAddr {
         self.local
+    }
+}
+
+/// Socket buffers to ask for: a burst of full windows must not overflow the kernel's queue
+/// while the driver thread is descheduled (the default 208 KiB lost frames on loopback under
+/// a busy TCG guest: every one of them then costs a retransmission). The kernel caps the
+/// request at `net.core.rmem_max` / `wmem_max`.
+const SOCKET_BUFFER: libc::c_int = 4 << 20;
+
+fn grow_buffers(sock: &UdpSocket) {
+    use std::os::fd::AsRawFd;
+    for opt in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
+        let v = SOCKET_BUFFER;
+        // SAFETY: setsockopt on a live socket with a c_int option value; failure only leaves
+        // the default size, which is not an error.
+        unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&v as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
     }
 }
 
