@@ -3,6 +3,7 @@
 //! (figures positive, percentiles ordered, ratios equal to the figures they divide). A test of
 //! the harness, not a benchmark: no figure is compared with a speed.
 
+mod prereq;
 use serde_json::Value;
 use std::process::Command;
 
@@ -182,30 +183,9 @@ fn nvme_reports_iops_and_latency_at_qd1_and_qd32() {
     ));
 }
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
-        })
-        .unwrap_or(false)
-}
-
 #[test]
 fn mmio_read_over_raw_ethernet_between_namespaces() {
-    let have_ip = Command::new("ip").arg("-V").output().is_ok();
-    if !is_root() || !have_ip {
-        let why = if have_ip {
-            "not root"
-        } else {
-            "no `ip` command"
-        };
-        if std::env::var("PCIETUN_REQUIRE_ALL").as_deref() == Ok("1") {
-            panic!("bench --link eth needs root and iproute2: {why}");
-        }
-        eprintln!("SKIPPED: bench --link eth needs root and iproute2 ({why})");
+    if !prereq::root_and_ip("bench --link eth") {
         return;
     }
     let v = bench(&["mmio-read", "--link", "eth"]);

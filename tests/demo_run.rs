@@ -2,6 +2,7 @@
 //! transport, the NVMe controller brought up by the user-space driver, data written and read
 //! back through the tunnel and verified. Not timed (speed is `pcietun bench`'s job).
 
+mod prereq;
 use std::process::Command;
 
 /// Run the demo: (success, stdout, stderr, child pid).
@@ -63,14 +64,7 @@ fn demo_without_arguments_verifies_64_mib_over_udp() {
 
 #[test]
 fn demo_over_raw_ethernet_between_namespaces() {
-    let root = unsafe_free_is_root();
-    let have_ip = Command::new("ip").arg("-V").output().is_ok();
-    if !root || !have_ip {
-        let why = if root { "no `ip` command" } else { "not root" };
-        if std::env::var("PCIETUN_REQUIRE_ALL").as_deref() == Ok("1") {
-            panic!("demo --link eth needs root and iproute2: {why}");
-        }
-        eprintln!("SKIPPED: demo --link eth needs root and iproute2 ({why})");
+    if !prereq::root_and_ip("demo --link eth") {
         return;
     }
     let (ok, stdout, stderr, pid) = demo(&["--link", "eth", "--size-mib", "8"]);
@@ -89,17 +83,6 @@ fn demo_over_raw_ethernet_between_namespaces() {
         "namespaces left behind: {}",
         String::from_utf8_lossy(&ns.stdout)
     );
-}
-
-fn unsafe_free_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
-        })
-        .unwrap_or(false)
 }
 
 #[test]

@@ -4,6 +4,9 @@
 //! Debian's `lspci -F FILE -vvv` must decode it exactly as it decodes the original — also after
 //! an OS-style pass that sizes and moves every BAR (then only BAR addresses may differ).
 
+mod prereq;
+
+use prereq::{lspci_or_skip, lspci_vvv};
 use std::process::Command;
 
 use pcietun::endpoint::loopback::LoopbackHost;
@@ -13,37 +16,6 @@ use pcietun::pci::lspci::{self, DumpFunction};
 use pcietun::pci::replay::ReplaySizes;
 
 const TARGET: Bdf = Bdf::new(5, 0, 0);
-
-fn lspci_or_skip() -> bool {
-    let ok = Command::new("lspci")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        if std::env::var("PCIETUN_REQUIRE_ALL").as_deref() == Ok("1") {
-            panic!("lspci (pciutils) is required: apt-get install pciutils");
-        }
-        println!("SKIPPED: lspci not installed (apt-get install pciutils)");
-    }
-    ok
-}
-
-fn lspci_vvv(text: &str) -> String {
-    let mut f = tempfile::NamedTempFile::new().unwrap();
-    std::io::Write::write_all(&mut f, text.as_bytes()).unwrap();
-    let out = Command::new("lspci")
-        .arg("-F")
-        .arg(f.path())
-        .arg("-vvv")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 fn normalise_addresses(s: &str) -> String {
     s.lines()
@@ -105,7 +77,7 @@ fn start(f: &DumpFunction) -> (LoopbackHost, Vec<pcietun::pci::replay::ReplayBar
 
 #[test]
 fn replayed_config_space_decodes_like_the_original() {
-    if !lspci_or_skip() {
+    if !lspci_or_skip("lspci decoding of replayed devices") {
         return;
     }
     let all = dumps();
@@ -135,7 +107,7 @@ fn replayed_config_space_decodes_like_the_original() {
 
 #[test]
 fn bars_size_move_and_hold_data_like_a_card() {
-    if !lspci_or_skip() {
+    if !lspci_or_skip("lspci decoding of replayed devices") {
         return;
     }
     for (origin, f) in &dumps() {

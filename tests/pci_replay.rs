@@ -8,44 +8,18 @@
 //! by `<addr>` on both sides — that is the only thing allowed to differ.
 
 mod pci_common;
-
-use std::process::Command;
+mod prereq;
 
 use pci_common::{dump_text, DUMPS};
 use pcietun::pci::lspci::{self, DumpFunction};
 use pcietun::pci::replay::{replay, ReplayError, ReplaySizes};
 use pcietun::pci::spec::exp;
 use pcietun::pci::{walk_capabilities, ConfigSpace, HeaderType, PciError};
+use prereq::lspci_or_skip;
 
-fn lspci_or_skip() -> bool {
-    let ok = Command::new("lspci")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        if std::env::var("PCIETUN_REQUIRE_ALL").as_deref() == Ok("1") {
-            panic!("lspci (pciutils) is required: apt-get install pciutils");
-        }
-        println!("SKIPPED: lspci not installed (apt-get install pciutils)");
-    }
-    ok
-}
-
+/// `lspci -F -vvv` of a dump, which must decode to more than a header line.
 fn lspci_vvv(text: &str) -> String {
-    let mut f = tempfile::NamedTempFile::new().unwrap();
-    std::io::Write::write_all(&mut f, text.as_bytes()).unwrap();
-    let out = Command::new("lspci")
-        .arg("-F")
-        .arg(f.path())
-        .arg("-vvv")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "lspci failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let s = String::from_utf8(out.stdout).unwrap();
+    let s = prereq::lspci_vvv(text);
     assert!(s.lines().count() > 5, "lspci decoded almost nothing:\n{s}");
     s
 }
@@ -112,7 +86,7 @@ fn replay_presents_each_card_byte_for_byte_and_writes_the_same_text() {
 
 #[test]
 fn lspci_decodes_replayed_cards_exactly_like_the_originals() {
-    if !lspci_or_skip() {
+    if !lspci_or_skip("lspci decoding of replayed spaces") {
         return;
     }
     for name in DUMPS {
@@ -171,7 +145,7 @@ fn lspci_decodes_replayed_cards_exactly_like_the_originals() {
 
 #[test]
 fn a_64_byte_dump_and_multi_function_files_replay_too() {
-    if !lspci_or_skip() {
+    if !lspci_or_skip("lspci decoding of replayed spaces") {
         return;
     }
     let nvme = dump_text("vmware-nvme.txt");

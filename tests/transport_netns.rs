@@ -3,16 +3,11 @@
 //! client in the other, finding the server by broadcast, over EtherType 0x88B5, plain and with
 //! an 802.1Q priority tag.
 
+mod prereq;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
-
-fn skip(why: &str) {
-    if std::env::var("PCIETUN_REQUIRE_ALL").as_deref() == Ok("1") {
-        panic!("required test cannot run: {why}");
-    }
-    eprintln!("SKIPPED: transport_netns: {why}");
-}
 
 fn ip(args: &[&str]) -> bool {
     Command::new("ip")
@@ -37,10 +32,10 @@ impl Drop for Netns {
 fn raw_ethernet_between_namespaces() {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        return skip("not root");
+        return prereq::skip("transport_netns", "not root");
     }
     if !ip(&["-V"]) {
-        return skip("no `ip` command");
+        return prereq::skip("transport_netns", "no `ip` command");
     }
     let id = std::process::id();
     let (a, b) = (format!("ptA{id}"), format!("ptB{id}"));
@@ -54,7 +49,10 @@ fn raw_ethernet_between_namespaces() {
         && ip(&["-n", &b, "link", "set", "vB", "up"]);
     if !ok {
         drop(ns);
-        return skip("cannot create namespaces / veth (no netns support?)");
+        return prereq::skip(
+            "transport_netns",
+            "cannot create namespaces / veth (no netns support?)",
+        );
     }
     let bin = env!("CARGO_BIN_EXE_pcietun");
     for opts in ["", ",pcp=5"] {

@@ -1,11 +1,12 @@
 //! The host agent: a [`Host`] root complex on a transport session to one appliance, and the
 //! vfio-user sockets of its functions (CONTRACT.md "Host agent").
 //!
-//! Two kinds of threads: the *pump*, which owns the transport link ([`Direct`]), sends the
-//! TLPs requesters queued ([`DirectSender`]), hands delivered TLPs to [`Host::on_tlp`] and
-//! session events to [`Host::on_link_up`] / [`Host::on_link_down`] — a completion reaches the
-//! waiting requester with one thread hand-off; and the *scanner*, which re-enumerates after
-//! every (re)connection, off the pump thread because enumeration waits for completions.
+//! The transport link is a [`SharedLink`]: a requester that waits for a completion runs the
+//! link itself (its request leaves from its own thread, the completion wakes it from the
+//! socket — no thread hand-off); while nobody waits, the *pump* thread watches the socket and
+//! hands what arrives to [`Host::on_tlp`] (DMA requests, interrupts) and session events to
+//! [`Host::on_link_up`] / [`Host::on_link_down`]. The *scanner* re-enumerates after every
+//! (re)connection, off the pump thread because enumeration waits for completions.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,7 +19,7 @@ use super::root::{Downlink, Host, HostConfig, LinkError};
 use super::vfio_user::{Connection, FunctionServer, ServerConfig};
 use crate::tlp::Bdf;
 use crate::transport::driver::{
-    eth, udp, Direct, DirectSender, DriverConfig, DriverStats, Peers, Upcall,
+    eth, udp, Direct, DriverConfig, DriverStats, Peers, SharedLink, Upcall,
 };
 use crate::transport::{ConnId, Event, HostId, PeerAddr, Psk};
 use bytes::Bytes;
@@ -90,7 +91,7 @@ pub struct AgentConfig {
 /// [`Downlink`] over the transport session.
 #[derive(Debug)]
 struct SessionLink {
-    handle: DirectSender,
+    handle: Arc<SharedLink>,
     conn: Mutex<Option<ConnId>>,
 }
 
@@ -104,6 +105,10 @@ impl Downlink for SessionLink {
         self.handle
             .send(conn, Bytes::copy_from_slice(tlp))
             .map_err(|e| LinkError(e.to_string()))
+    }
+
+    fn drive(&self, done: &dyn Fn() -> bool, deadline: Instant) -> bool {
+        self.handle.drive(done, deadline)
     }
 }
 
@@ -155,9 +160,11 @@ impl Agent {
             psk,
         });
         dcfg.inject_loss = cfg.inject_loss;
-        let mut direct = Direct::new(port, dcfg);
+        let shared = Arc::new(
+            SharedLink::new(Direct::new(port, dcfg)).map_err(io("starting the transport"))?,
+        );
         let link = Arc::new(SessionLink {
-            handle: direct.sender(),
+            handle: shared.clone(),
             conn: Mutex::new(None),
         });
         let stats = Arc::new(Mutex::new(DriverStats::default()));
@@ -177,47 +184,47 @@ impl Agent {
                 })
                 .map_err(io("starting the scanner"))?
         };
+        {
+            // Upcalls run on whichever thread drives the link. Weak references: the link
+            // belongs to the host, not the other way round.
+            let (host, link) = (Arc::downgrade(&host), Arc::downgrade(&link));
+            let scan_tx = Mutex::new(scan_tx);
+            shared.set_dispatch(Box::new(move |up| {
+                let (Some(host), Some(link)) = (host.upgrade(), link.upgrade()) else {
+                    return;
+                };
+                match up {
+                    Upcall::Tlp { tlp, .. } => host.on_tlp(&tlp),
+                    Upcall::Event { conn, event } => match event {
+                        Event::Connected { .. } => {
+                            *link.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn);
+                            host.on_link_up();
+                            let _ = scan_tx.lock().unwrap_or_else(|p| p.into_inner()).send(());
+                        }
+                        Event::Down { reason, .. } => {
+                            tracing::warn!(?reason, "session with the appliance down");
+                            *link.conn.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                            host.on_link_down();
+                        }
+                    },
+                    Upcall::Dropped { error, tlp, .. } => {
+                        tracing::debug!(%error, "TLP not transmitted");
+                        host.on_dropped(&tlp);
+                    }
+                }
+            }));
+        }
         let pump = {
-            let (host, stats, stop) = (host.clone(), stats.clone(), stop.clone());
+            let (shared, stats, stop) = (shared.clone(), stats.clone(), stop.clone());
             std::thread::Builder::new()
                 .name("host-pump".into())
                 .spawn(move || {
-                    let mut published = Instant::now();
-                    while !stop.load(Ordering::Relaxed) {
-                        let up = match direct.poll_wake(Some(Duration::from_millis(50))) {
-                            Ok(up) => up,
-                            Err(e) => {
-                                tracing::error!(error = %e, "transport link failed");
-                                break;
-                            }
-                        };
-                        if published.elapsed() >= Duration::from_millis(100) {
-                            *stats.lock().unwrap_or_else(|p| p.into_inner()) = direct.stats();
-                            published = Instant::now();
-                        }
-                        let Some(up) = up else { continue };
-                        match up {
-                            Upcall::Tlp { tlp, .. } => host.on_tlp(&tlp),
-                            Upcall::Event { conn, event } => match event {
-                                Event::Connected { .. } => {
-                                    *link.conn.lock().unwrap_or_else(|p| p.into_inner()) =
-                                        Some(conn);
-                                    host.on_link_up();
-                                    let _ = scan_tx.send(());
-                                }
-                                Event::Down { reason, .. } => {
-                                    tracing::warn!(?reason, "session with the appliance down");
-                                    *link.conn.lock().unwrap_or_else(|p| p.into_inner()) = None;
-                                    host.on_link_down();
-                                }
-                            },
-                            Upcall::Dropped { error, tlp, .. } => {
-                                tracing::debug!(%error, "TLP not transmitted");
-                                host.on_dropped(&tlp);
-                            }
-                        }
+                    let publish = |d: &Direct| {
+                        *stats.lock().unwrap_or_else(|p| p.into_inner()) = d.stats();
+                    };
+                    if let Err(e) = shared.run_watcher(&stop, publish) {
+                        tracing::error!(error = %e, "transport link failed");
                     }
-                    *stats.lock().unwrap_or_else(|p| p.into_inner()) = direct.stats();
                 })
                 .map_err(io("starting the pump"))?
         };

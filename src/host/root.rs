@@ -28,6 +28,13 @@ use crate::tlp::{self, Bdf};
 pub trait Downlink: Send + Sync + std::fmt::Debug {
     /// Queue one TLP for reliable, in-order delivery.
     fn send_tlp(&self, tlp: &[u8]) -> Result<(), LinkError>;
+
+    /// Run the link on the calling thread until `done()` or `deadline`, handing up what
+    /// arrives (so a requester's completion wakes the requester itself). `false`: not
+    /// possible now (another thread runs the link and will hand the completion up).
+    fn drive(&self, _done: &dyn Fn() -> bool, _deadline: Instant) -> bool {
+        false
+    }
 }
 
 /// The transport refused a TLP (link down, closed).
@@ -487,6 +494,10 @@ impl Host {
             lock(&self.req).abandon(tag);
             return Err(e);
         }
+        // Wait by running the link ourselves when we can (the completion then wakes us
+        // straight from the socket); otherwise whoever runs it wakes us through the cell.
+        self.link
+            .drive(&|| lock(&cell.m).result.is_some(), deadline);
         let mut c = lock(&cell.m);
         loop {
             if let Some(r) = c.result.take() {

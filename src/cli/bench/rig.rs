@@ -23,7 +23,7 @@ use pcietun::endpoint::{Bdf as EpBdf, Endpoint, EndpointConfig};
 use pcietun::host::enumerate::FunctionInfo;
 use pcietun::host::{Downlink, Host, HostConfig, LinkError, RemoteFunction};
 use pcietun::transport::driver::{
-    mem, udp::UdpPort, Direct, DirectSender, DriverConfig, DriverStats, Peers, Port, Upcall,
+    mem, udp::UdpPort, Direct, DriverConfig, DriverStats, Peers, Port, SharedLink, Upcall,
 };
 use pcietun::transport::{ConnId, Event, HostId, Psk};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -97,11 +97,11 @@ impl Net {
     }
 }
 
-/// The host agent's downlink: TLPs into the transport toward the appliance (queued for the
-/// host pump's thread, which owns the link).
+/// The host agent's downlink: the shared transport link toward the appliance, which a
+/// waiting requester runs itself (as `pcietun::host::agent::Agent` does).
 #[derive(Debug)]
 struct TunnelLink {
-    t: DirectSender,
+    t: Arc<SharedLink>,
     conn: ConnId,
 }
 
@@ -110,6 +110,10 @@ impl Downlink for TunnelLink {
         self.t
             .send(self.conn, Bytes::copy_from_slice(tlp))
             .map_err(|e| LinkError(e.to_string()))
+    }
+
+    fn drive(&self, done: &dyn Fn() -> bool, deadline: Instant) -> bool {
+        self.t.drive(done, deadline)
     }
 }
 
@@ -154,43 +158,6 @@ fn wait_connected(d: &mut Direct) -> Res<ConnId> {
         }
     }
     Err("transport session between host and appliance not established within 5 s".into())
-}
-
-/// The host agent's pump: owns the link, hands TLPs to the root complex and sends what the
-/// requesters queued (completions reach the waiting thread with one hand-off).
-fn host_pump(
-    host: Arc<Host>,
-    mut d: Direct,
-    stats: Arc<Mutex<DriverStats>>,
-    stop: Arc<AtomicBool>,
-) {
-    let mut published = Instant::now();
-    while !stop.load(Ordering::Relaxed) {
-        let u = match d.poll_wake(Some(Duration::from_millis(20))) {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::error!("host pump: {e}");
-                break;
-            }
-        };
-        match u {
-            Some(Upcall::Tlp { tlp, .. }) => host.on_tlp(&tlp),
-            Some(Upcall::Event {
-                event: Event::Connected { .. },
-                ..
-            }) => host.on_link_up(),
-            Some(Upcall::Event {
-                event: Event::Down { .. },
-                ..
-            }) => host.on_link_down(),
-            _ => {}
-        }
-        if published.elapsed() >= Duration::from_millis(100) {
-            *stats.lock().unwrap_or_else(|e| e.into_inner()) = d.stats();
-            published = Instant::now();
-        }
-    }
-    *stats.lock().unwrap_or_else(|e| e.into_inner()) = d.stats();
 }
 
 fn endpoint(cfg: &RigConfig) -> Res<(Endpoint, Receiver<Vec<u8>>, Option<tempfile::TempDir>)> {
@@ -288,21 +255,47 @@ impl Rig {
         }
         let mut client = Direct::new(c_port, cc);
         let conn = wait_connected(&mut client)?;
+        let shared = Arc::new(SharedLink::new(client)?);
         let host = Host::new(
             Arc::new(TunnelLink {
-                t: client.sender(),
+                t: shared.clone(),
                 conn,
             }),
             HostConfig::default(),
         );
+        {
+            let h = Arc::downgrade(&host);
+            shared.set_dispatch(Box::new(move |u| {
+                let Some(host) = h.upgrade() else { return };
+                match u {
+                    Upcall::Tlp { tlp, .. } => host.on_tlp(&tlp),
+                    Upcall::Event {
+                        event: Event::Connected { .. },
+                        ..
+                    } => host.on_link_up(),
+                    Upcall::Event {
+                        event: Event::Down { .. },
+                        ..
+                    } => host.on_link_down(),
+                    Upcall::Dropped { tlp, .. } => host.on_dropped(&tlp),
+                }
+            }));
+        }
         host.on_link_up();
         let client_stats = Arc::new(Mutex::new(DriverStats::default()));
         {
-            let (host, stats, stop) = (host.clone(), client_stats.clone(), stop.clone());
+            let (shared, stats, stop) = (shared.clone(), client_stats.clone(), stop.clone());
             threads.push(
                 std::thread::Builder::new()
                     .name("host-agent".into())
-                    .spawn(move || host_pump(host, client, stats, stop))?,
+                    .spawn(move || {
+                        let publish = |d: &Direct| {
+                            *stats.lock().unwrap_or_else(|e| e.into_inner()) = d.stats();
+                        };
+                        if let Err(e) = shared.run_watcher(&stop, publish) {
+                            tracing::error!("host link: {e}");
+                        }
+                    })?,
             );
         }
         let mut rig = Rig {

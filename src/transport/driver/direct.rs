@@ -42,6 +42,7 @@ pub struct DirectSender {
     tx: Sender<(ConnId, Bytes)>,
     sleeping: Arc<AtomicBool>,
     waker: Arc<dyn Wake>,
+    extra: Option<Arc<dyn Wake>>,
 }
 
 impl std::fmt::Debug for DirectSender {
@@ -60,6 +61,9 @@ impl DirectSender {
             .map_err(|_| HandleError::Stopped)?;
         if self.sleeping.swap(false, Ordering::AcqRel) {
             self.waker.wake();
+        }
+        if let Some(w) = &self.extra {
+            w.wake();
         }
         Ok(())
     }
@@ -85,6 +89,12 @@ impl Direct {
 
     /// A sender for other threads (all senders share one queue).
     pub fn sender(&mut self) -> DirectSender {
+        self.sender_also_waking(None)
+    }
+
+    /// A sender that, besides the Direct's own waker, also wakes `extra` (a thread that
+    /// watches the link without owning it).
+    pub(crate) fn sender_also_waking(&mut self, extra: Option<Arc<dyn Wake>>) -> DirectSender {
         if self.inbox.is_none() {
             let (tx, rx) = channel::bounded(INBOX);
             self.inbox = Some((rx, Arc::new(AtomicBool::new(false))));
@@ -97,6 +107,7 @@ impl Direct {
             tx: tx.clone(),
             sleeping: sleeping.clone(),
             waker: self.core.port.waker(),
+            extra,
         }
     }
 
@@ -236,6 +247,22 @@ impl Direct {
             self.round()?;
         }
         Ok(self.queue.pop_front())
+    }
+
+    /// When the link next needs attention (a timer), in real time; `None`: nothing armed.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let t = self.core.ep.poll_timeout()?;
+        Some(Instant::now() + self.core.clock.until(t))
+    }
+
+    /// Whether TLPs from [`DirectSender`]s wait to be submitted.
+    pub(crate) fn has_queued(&self) -> bool {
+        self.held.is_some() || self.inbox.as_ref().is_some_and(|(rx, _)| !rx.is_empty())
+    }
+
+    /// The port's descriptor to watch, if it has one.
+    pub(crate) fn readiness_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.core.port.readiness_fd()
     }
 
     /// A snapshot of all counters.

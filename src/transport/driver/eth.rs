@@ -313,6 +313,10 @@ impl Port for EthPort {
         PeerAddr::Eth(self.mac)
     }
 
+    fn readiness_fd(&self) -> Option<std::os::fd::RawFd> {
+        Some(self.fd.as_raw_fd())
+    }
+
     fn mtu(&self) -> usize {
         self.mtu
     }

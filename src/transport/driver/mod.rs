@@ -7,10 +7,12 @@ mod core;
 mod direct;
 pub mod eth;
 pub mod mem;
+mod shared;
 pub mod udp;
 
 use self::core::Driver;
 pub use direct::{Direct, DirectSender};
+pub use shared::SharedLink;
 
 use super::endpoint::{ConnId, Event};
 use super::stats::{EndpointStats, Stats};
@@ -41,6 +43,11 @@ pub trait Port: Send {
     fn local_addr(&self) -> PeerAddr;
     /// Largest frame this link carries.
     fn mtu(&self) -> usize;
+    /// The descriptor that becomes readable when a frame waits, for a thread that watches the
+    /// link without owning it ([`SharedLink`]); `None` for in-process ports.
+    fn readiness_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
 }
 
 /// Interrupts a blocked [`Port::wait`].

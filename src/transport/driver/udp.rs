@@ -212,6 +212,11 @@ impl Port for UdpPort {
         PeerAddr::Udp(self.local)
     }
 
+    fn readiness_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        Some(self.sock.as_raw_fd())
+    }
+
     fn mtu(&self) -> usize {
         65507
     }

@@ -1,0 +1,230 @@
+//! A link driven by whichever thread needs it (leader/follower): a thread that waits for an
+//! answer — a requester waiting for its completion — runs the link itself, so the request
+//! leaves from its own thread and the answer wakes it directly from the socket, the way a raw
+//! ping-pong does. While nobody waits, a *watcher* thread sleeps on the socket's descriptor
+//! *without* holding the link and processes what arrives (the peer's requests, interrupts,
+//! timers). With the threaded pump instead, every round trip woke the pump twice.
+//!
+//! In-process ports have no descriptor; there the watcher holds the link while it sleeps and
+//! waiting threads fall back to being woken by it.
+
+use super::direct::{Direct, DirectSender};
+use super::{HandleError, Upcall, Wake};
+use crate::transport::endpoint::ConnId;
+use crate::transport::SendError;
+use bytes::Bytes;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, TryLockError};
+use std::time::{Duration, Instant};
+
+/// What the link hands up, called on whichever thread is driving.
+pub type Dispatch = Box<dyn Fn(Upcall) + Send + Sync>;
+
+/// An eventfd that wakes the watcher.
+#[derive(Debug)]
+struct Kick(OwnedFd);
+
+impl Kick {
+    fn new() -> io::Result<Kick> {
+        // SAFETY: plain eventfd call; the result is checked.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh descriptor we own.
+        Ok(Kick(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    fn drain(&self) {
+        let mut v = 0u64;
+        // SAFETY: reading 8 bytes into a live u64; EAGAIN (nothing pending) is fine.
+        unsafe { libc::read(self.0.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+    }
+}
+
+impl Wake for Kick {
+    fn wake(&self) {
+        let v = 1u64;
+        // SAFETY: writing 8 bytes from a live u64 to our eventfd.
+        unsafe { libc::write(self.0.as_raw_fd(), (&v as *const u64).cast(), 8) };
+    }
+}
+
+/// A [`Direct`] shared by the threads that need it (see the module docs).
+pub struct SharedLink {
+    d: Mutex<Direct>,
+    sender: DirectSender,
+    kick: Arc<Kick>,
+    fd: Option<RawFd>,
+    dispatch: OnceLock<Dispatch>,
+}
+
+impl std::fmt::Debug for SharedLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedLink")
+            .field("fd", &self.fd)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SharedLink {
+    /// Share `d`. Nothing runs until [`run_watcher`](Self::run_watcher) or
+    /// [`drive`](Self::drive) is called; set the upcall handler first.
+    pub fn new(mut d: Direct) -> io::Result<SharedLink> {
+        let kick = Arc::new(Kick::new()?);
+        let sender = d.sender_also_waking(Some(kick.clone()));
+        Ok(SharedLink {
+            fd: d.readiness_fd(),
+            d: Mutex::new(d),
+            sender,
+            kick,
+            dispatch: OnceLock::new(),
+        })
+    }
+
+    /// Where upcalls go (only the first call takes effect).
+    pub fn set_dispatch(&self, f: Dispatch) {
+        let _ = self.dispatch.set(f);
+    }
+
+    fn dispatch(&self, u: Upcall) {
+        if let Some(f) = self.dispatch.get() {
+            f(u);
+        }
+    }
+
+    /// Send `tlp` to `conn` from any thread: straight out when the link is free, otherwise
+    /// queued for whoever drives it (in order with everything queued before).
+    pub fn send(&self, conn: ConnId, tlp: Bytes) -> Result<(), HandleError> {
+        if let Ok(mut d) = self.d.try_lock() {
+            if !d.has_queued() {
+                match d.send(conn, tlp.clone()) {
+                    Ok(()) => return Ok(()),
+                    Err(SendError::QueueFull) => {}
+                    Err(error) => {
+                        drop(d);
+                        self.dispatch(Upcall::Dropped { conn, tlp, error });
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        self.sender.send(conn, tlp)
+    }
+
+    /// Run the link on this thread until `done()` or `deadline`. Returns false at once when
+    /// another thread is running it (then wait to be woken: that thread hands up what
+    /// arrives, including what `done` waits for).
+    pub fn drive(&self, done: &dyn Fn() -> bool, deadline: Instant) -> bool {
+        if self.fd.is_none() {
+            return false;
+        }
+        let mut d = match self.d.try_lock() {
+            Ok(d) => d,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return false,
+        };
+        while !done() {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            match d.poll_wake(Some(deadline - now)) {
+                Ok(Some(u)) => self.dispatch(u),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "transport link failed");
+                    break;
+                }
+            }
+        }
+        drop(d);
+        // The watcher sleeps on a deadline it read before we ran the link: let it re-read.
+        self.kick.wake();
+        true
+    }
+
+    /// The watcher: hand up whatever arrives while no thread drives the link, and run its
+    /// timers, until `stop`. `each` runs with the link now and then (counters).
+    pub fn run_watcher(&self, stop: &AtomicBool, mut each: impl FnMut(&Direct)) -> io::Result<()> {
+        let mut last_each = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            let Some(fd) = self.fd else {
+                // In-process port: sleep inside the link.
+                let mut d = self.d.lock().unwrap_or_else(|p| p.into_inner());
+                let u = d.poll_wake(Some(Duration::from_millis(50)))?;
+                if last_each.elapsed() >= Duration::from_millis(100) {
+                    each(&d);
+                    last_each = Instant::now();
+                }
+                drop(d);
+                if let Some(u) = u {
+                    self.dispatch(u);
+                }
+                continue;
+            };
+            // Wait for the link if a requester runs it (it hands up what arrives meanwhile).
+            let timeout = {
+                let mut d = self.d.lock().unwrap_or_else(|p| p.into_inner());
+                // Everything that is ready, without sleeping.
+                while let Some(u) = d.poll_wake(Some(Duration::ZERO))? {
+                    self.dispatch(u);
+                }
+                if last_each.elapsed() >= Duration::from_millis(100) {
+                    each(&d);
+                    last_each = Instant::now();
+                }
+                let now = Instant::now();
+                let mut t = d.next_deadline().map_or(Duration::from_millis(50), |t| {
+                    t.saturating_duration_since(now)
+                });
+                if d.has_queued() {
+                    // Held back by a full session queue: ACKs free it; look again soon.
+                    t = t.min(Duration::from_micros(200));
+                }
+                t
+            };
+            // Sleep on the socket without holding the link, so a requester can take it.
+            self.sleep(fd, timeout);
+        }
+        if let Ok(d) = self.d.lock() {
+            each(&d);
+        }
+        Ok(())
+    }
+
+    /// ppoll(2) on the kick eventfd and the socket.
+    fn sleep(&self, fd: RawFd, timeout: Duration) {
+        let mut fds = [
+            libc::pollfd {
+                fd: self.kick.0.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        let n = fds.len();
+        // ppoll: nanosecond timeouts (ACK delays and pacing are microseconds).
+        let t = timeout.min(Duration::from_secs(1));
+        let ts = libc::timespec {
+            tv_sec: t.as_secs() as libc::time_t,
+            tv_nsec: t.subsec_nanos() as libc::c_long,
+        };
+        // SAFETY: `fds` is a live array of `n` pollfd structures; `ts` outlives the call.
+        unsafe { libc::ppoll(fds.as_mut_ptr(), n as libc::nfds_t, &ts, std::ptr::null()) };
+        if fds[0].revents != 0 {
+            self.kick.drain();
+        }
+    }
+
+    /// A snapshot of the link's counters (waits while another thread drives it).
+    pub fn stats(&self) -> super::DriverStats {
+        self.d.lock().unwrap_or_else(|p| p.into_inner()).stats()
+    }
+}
