@@ -54,6 +54,18 @@ impl std::fmt::Debug for DirectSender {
 }
 
 impl DirectSender {
+    /// Queue, waking the Direct's thread only if it sleeps inside the Direct (not the extra
+    /// waker: the caller wakes whoever else must drain the queue).
+    pub(crate) fn queue(&self, conn: ConnId, tlp: Bytes) -> Result<(), HandleError> {
+        self.tx
+            .send((conn, tlp))
+            .map_err(|_| HandleError::Stopped)?;
+        if self.sleeping.swap(false, Ordering::AcqRel) {
+            self.waker.wake();
+        }
+        Ok(())
+    }
+
     /// Queue `tlp` for `conn`, blocking while the queue is full (back-pressure).
     pub fn send(&self, conn: ConnId, tlp: Bytes) -> Result<(), HandleError> {
         self.tx
