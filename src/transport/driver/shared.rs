@@ -136,7 +136,17 @@ impl SharedLink {
                 }
             }
         }
-        self.sender.send(conn, tlp)
+        self.enqueue(conn, tlp)
+    }
+
+    /// Queue for whoever runs the link: the Direct's thread if it sleeps inside the link, the
+    /// watcher (once, until it wakes) otherwise.
+    fn enqueue(&self, conn: ConnId, tlp: Bytes) -> Result<(), HandleError> {
+        self.sender.queue(conn, tlp)?;
+        if !self.kicked.swap(true, Ordering::AcqRel) {
+            self.kick.wake();
+        }
+        Ok(())
     }
 
     /// Run the link on this thread until `done()` or `deadline`. Returns false at once when
