@@ -6,7 +6,7 @@
 
 mod prereq;
 
-use prereq::{lspci_or_skip, lspci_vvv};
+use prereq::{lspci_or_skip, lspci_vvv, normalise_addresses};
 use std::process::Command;
 
 use pcietun::endpoint::loopback::LoopbackHost;
@@ -16,22 +16,6 @@ use pcietun::pci::lspci::{self, DumpFunction};
 use pcietun::pci::replay::ReplaySizes;
 
 const TARGET: Bdf = Bdf::new(5, 0, 0);
-
-fn normalise_addresses(s: &str) -> String {
-    s.lines()
-        .map(|l| {
-            for key in ["Memory at ", "I/O ports at ", "Expansion ROM at "] {
-                if let Some(i) = l.find(key) {
-                    let start = i + key.len();
-                    let end = l[start..].find(' ').map_or(l.len(), |e| start + e);
-                    return format!("{}<addr>{}", &l[..start], &l[end..]);
-                }
-            }
-            l.to_string()
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
 
 /// Dumps to check: the repository's, and this machine's own functions (when readable in full).
 fn dumps() -> Vec<(String, DumpFunction)> {

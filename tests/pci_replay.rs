@@ -15,29 +15,13 @@ use pcietun::pci::lspci::{self, DumpFunction};
 use pcietun::pci::replay::{replay, ReplayError, ReplaySizes};
 use pcietun::pci::spec::exp;
 use pcietun::pci::{walk_capabilities, ConfigSpace, HeaderType, PciError};
-use prereq::lspci_or_skip;
+use prereq::{lspci_or_skip, normalise_addresses};
 
 /// `lspci -F -vvv` of a dump, which must decode to more than a header line.
 fn lspci_vvv(text: &str) -> String {
     let s = prereq::lspci_vvv(text);
     assert!(s.lines().count() > 5, "lspci decoded almost nothing:\n{s}");
     s
-}
-
-fn normalise_addresses(s: &str) -> String {
-    s.lines()
-        .map(|l| {
-            for key in ["Memory at ", "I/O ports at ", "Expansion ROM at "] {
-                if let Some(i) = l.find(key) {
-                    let start = i + key.len();
-                    let end = l[start..].find(' ').map_or(l.len(), |e| start + e);
-                    return format!("{}<addr>{}", &l[..start], &l[end..]);
-                }
-            }
-            l.to_string()
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 fn one(name: &str) -> DumpFunction {

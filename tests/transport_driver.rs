@@ -17,12 +17,17 @@ fn mwr(i: u32) -> Bytes {
 }
 
 fn wait_connected(h: &TransportHandle) -> ConnId {
+    connected(|t| h.recv_timeout(t))
+}
+
+/// The session of the first `Connected` that `next(timeout)` yields within 10 s.
+fn connected(mut next: impl FnMut(Duration) -> Option<Upcall>) -> ConnId {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         if let Some(Upcall::Event {
             conn,
             event: Event::Connected { .. },
-        }) = h.recv_timeout(Duration::from_millis(100))
+        }) = next(Duration::from_millis(100))
         {
             return conn;
         }
@@ -232,17 +237,7 @@ fn direct_sender_from_other_threads() {
     let (s, c, _, _) = cfgs(0.05);
     let server = TransportHandle::spawn(Box::new(b), s).unwrap();
     let mut client = Direct::new(Box::new(a), c);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let conn = loop {
-        assert!(Instant::now() < deadline, "no session");
-        if let Some(Upcall::Event {
-            conn,
-            event: Event::Connected { .. },
-        }) = client.poll_wake(Some(Duration::from_millis(50))).unwrap()
-        {
-            break conn;
-        }
-    };
+    let conn = connected(|t| client.poll_wake(Some(t)).unwrap());
     let per = 5_000u32;
     let senders: Vec<_> = (0..3u32)
         .map(|k| {
@@ -313,17 +308,7 @@ fn shared_link_requesters_drive_and_the_watcher_covers_idle_time() {
     });
     let server = TransportHandle::spawn(Box::new(sp), s).unwrap();
     let mut client = Direct::new(Box::new(cp), c);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let conn = loop {
-        assert!(Instant::now() < deadline, "no session");
-        if let Some(Upcall::Event {
-            conn,
-            event: Event::Connected { .. },
-        }) = client.poll(Some(Duration::from_millis(50))).unwrap()
-        {
-            break conn;
-        }
-    };
+    let conn = connected(|t| client.poll(Some(t)).unwrap());
     let link = Arc::new(SharedLink::new(client).unwrap());
     // Answers (even sequence numbers) and unsolicited TLPs (odd), by the thread that got them.
     let got: Arc<Mutex<Vec<(u32, String)>>> = Arc::default();

@@ -20,14 +20,14 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::pump::Pump;
+use super::pump::{Pump, Serving};
 use pcietun::endpoint::dma_engine::DmaEngine;
 use pcietun::endpoint::nvme::{Backend, NvmeController, NvmeOptions};
 use pcietun::endpoint::replay::ReplayDevice;
 use pcietun::endpoint::{Bdf, Device, Endpoint, EndpointConfig};
 use pcietun::pci::replay::ReplaySizes;
-use pcietun::transport::driver::{self, Direct, DriverConfig, Peers, TransportHandle, Upcall};
-use pcietun::transport::{ConnId, Event, HostId, Psk};
+use pcietun::transport::driver::{self, Direct, DriverConfig, Peers, TransportHandle};
+use pcietun::transport::{ConnId, HostId, Psk};
 
 /// Arguments of `pcietun appliance`.
 #[derive(Debug, clap::Args)]
@@ -745,7 +745,7 @@ fn serve(
     let bound: Vec<String> = links.iter().map(|l| l.local_addr().to_string()).collect();
     announce(&bound, fns)?;
 
-    let mut epochs: Vec<((usize, ConnId), u32)> = Vec::new();
+    let mut serving = Serving::default();
     let mut result = Ok(ExitCode::SUCCESS);
     'serve: while !STOP.load(Ordering::SeqCst) {
         let mut sel = Select::new();
@@ -763,52 +763,10 @@ fn serve(
                 break 'serve;
             }
         };
-        match up {
-            Upcall::Tlp { conn, tlp, .. } => {
-                *owner.lock().unwrap_or_else(|e| e.into_inner()) = Some((i, conn));
-                if let Err(e) = endpoint.handle_tlp(&tlp) {
-                    tracing::warn!("appliance: {e}");
-                }
-            }
-            Upcall::Event {
-                conn,
-                event:
-                    Event::Connected {
-                        host,
-                        peer,
-                        peer_epoch,
-                    },
-            } => {
-                tracing::info!("appliance: host {host} connected from {peer}");
-                let key = (i, conn);
-                match epochs.iter_mut().find(|(k, _)| *k == key) {
-                    Some((_, e)) if *e != peer_epoch => {
-                        // The host restarted: what it set up is gone, as after a hot reset.
-                        endpoint.reset_all();
-                        *e = peer_epoch;
-                    }
-                    Some(_) => {}
-                    None => epochs.push((key, peer_epoch)),
-                }
-                *owner.lock().unwrap_or_else(|e| e.into_inner()) = Some(key);
-            }
-            Upcall::Event {
-                conn,
-                event: Event::Down { reason, .. },
-            } => {
-                tracing::warn!("appliance: session {} down: {reason:?}", conn.0);
-                let mut o = owner.lock().unwrap_or_else(|e| e.into_inner());
-                if *o == Some((i, conn)) {
-                    // Link down resets the functions, as a surprise-down does on PCIe.
-                    *o = None;
-                    drop(o);
-                    endpoint.reset_all();
-                }
-            }
-            Upcall::Dropped { error, .. } => {
-                tracing::debug!("appliance: TLP not sent: {error}");
-            }
-        }
+        let mut publish = |o: Option<(usize, ConnId)>| {
+            *owner.lock().unwrap_or_else(|e| e.into_inner()) = o;
+        };
+        serving.on_upcall(&mut endpoint, (i, up.conn()), up, &mut publish);
     }
     // Orderly stop: devices first (their workers end), then the sender, then the links.
     drop(endpoint);

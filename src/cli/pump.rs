@@ -24,8 +24,7 @@ const STATS_EVERY: Duration = Duration::from_millis(100);
 /// An endpoint served over one [`Direct`] link from the calling thread.
 pub struct Pump {
     d: Direct,
-    owner: Option<ConnId>,
-    epochs: Vec<(ConnId, u32)>,
+    serving: Serving<ConnId>,
     sleeping: Arc<AtomicBool>,
     /// An outbound TLP waiting for room in the session's queue.
     held: Option<Bytes>,
@@ -34,7 +33,9 @@ pub struct Pump {
 
 impl std::fmt::Debug for Pump {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pump").field("owner", &self.owner).finish()
+        f.debug_struct("Pump")
+            .field("owner", &self.serving.owner())
+            .finish()
     }
 }
 
@@ -51,8 +52,7 @@ impl Pump {
         }));
         Pump {
             d,
-            owner: None,
-            epochs: Vec::new(),
+            serving: Serving::default(),
             sleeping,
             held: None,
             stats: Arc::new(Mutex::new(DriverStats::default())),
@@ -119,7 +119,7 @@ impl Pump {
                     Err(_) => return,
                 },
             };
-            let Some(c) = self.owner else {
+            let Some(c) = self.serving.owner() else {
                 tracing::debug!("appliance: no host session; TLP dropped");
                 continue;
             };
@@ -137,49 +137,100 @@ impl Pump {
     }
 
     fn on_upcall(&mut self, ep: &mut Endpoint, u: Upcall) {
+        let conn = u.conn();
+        let held = &mut self.held;
+        self.serving.on_upcall(ep, conn, u, &mut |owner| {
+            if owner.is_none() {
+                *held = None;
+            }
+        });
+    }
+}
+
+/// Which session the appliance serves — the one that last sent a TLP or connected — and
+/// the resets PCIe would do: a host back with a new epoch resets every function (hot
+/// reset), the served session going down too (surprise-down). `K` names a session: its
+/// `ConnId`, or (link, `ConnId`) when there are several links.
+#[derive(Debug)]
+pub struct Serving<K> {
+    owner: Option<K>,
+    epochs: Vec<(K, u32)>,
+}
+
+impl<K> Default for Serving<K> {
+    fn default() -> Self {
+        Serving {
+            owner: None,
+            epochs: Vec::new(),
+        }
+    }
+}
+
+impl<K: Copy + PartialEq> Serving<K> {
+    /// The session answered now.
+    pub fn owner(&self) -> Option<K> {
+        self.owner
+    }
+
+    /// Act on one upcall from session `key`. `owner_changed` sees a new owner before the
+    /// endpoint acts on the TLP that made it the owner (a sender thread must know where
+    /// the answers go before they exist).
+    pub fn on_upcall(
+        &mut self,
+        ep: &mut Endpoint,
+        key: K,
+        u: Upcall,
+        owner_changed: &mut dyn FnMut(Option<K>),
+    ) {
         match u {
-            Upcall::Tlp { conn, tlp, .. } => {
-                self.owner = Some(conn);
+            Upcall::Tlp { tlp, .. } => {
+                self.set_owner(Some(key), owner_changed);
                 if let Err(e) = ep.handle_tlp(&tlp) {
                     tracing::warn!("appliance: {e}");
                 }
             }
             Upcall::Event {
-                conn,
                 event:
                     Event::Connected {
                         host,
                         peer,
                         peer_epoch,
                     },
+                ..
             } => {
                 tracing::info!("appliance: host {host} connected from {peer}");
-                match self.epochs.iter_mut().find(|(k, _)| *k == conn) {
+                match self.epochs.iter_mut().find(|(k, _)| *k == key) {
                     Some((_, e)) if *e != peer_epoch => {
                         // The host restarted: what it set up is gone, as after a hot reset.
                         ep.reset_all();
                         *e = peer_epoch;
                     }
                     Some(_) => {}
-                    None => self.epochs.push((conn, peer_epoch)),
+                    None => self.epochs.push((key, peer_epoch)),
                 }
-                self.owner = Some(conn);
+                self.set_owner(Some(key), owner_changed);
             }
             Upcall::Event {
                 conn,
                 event: Event::Down { reason, .. },
             } => {
                 tracing::warn!("appliance: session {} down: {reason:?}", conn.0);
-                if self.owner == Some(conn) {
+                if self.owner == Some(key) {
                     // Link down resets the functions, as a surprise-down does on PCIe.
-                    self.owner = None;
-                    self.held = None;
+                    self.set_owner(None, owner_changed);
                     ep.reset_all();
                 }
             }
             Upcall::Dropped { error, .. } => {
                 tracing::debug!("appliance: TLP not sent: {error}");
             }
+        }
+    }
+
+    fn set_owner(&mut self, owner: Option<K>, changed: &mut dyn FnMut(Option<K>)) {
+        if self.owner != owner {
+            self.owner = owner;
+            changed(owner);
         }
     }
 }

@@ -70,3 +70,21 @@ pub fn lspci_vvv(text: &str) -> String {
     );
     String::from_utf8(out.stdout).unwrap()
 }
+
+/// `lspci -vvv` text with every BAR / ROM address replaced by `<addr>` (what an OS that moved
+/// the BARs may change).
+pub fn normalise_addresses(s: &str) -> String {
+    s.lines()
+        .map(|l| {
+            for key in ["Memory at ", "I/O ports at ", "Expansion ROM at "] {
+                if let Some(i) = l.find(key) {
+                    let start = i + key.len();
+                    let end = l[start..].find(' ').map_or(l.len(), |e| start + e);
+                    return format!("{}<addr>{}", &l[..start], &l[end..]);
+                }
+            }
+            l.to_string()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}

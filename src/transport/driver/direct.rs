@@ -21,16 +21,19 @@ use std::time::{Duration, Instant};
 /// outstanding).
 const INBOX: usize = 65536;
 
-/// The queue behind [`DirectSender`]s.
-type Inbox = Receiver<(ConnId, Bytes)>;
+/// The queue behind [`DirectSender`]s, and whether the Direct's thread sleeps in the link.
+struct Inbox {
+    rx: Receiver<(ConnId, Bytes)>,
+    tx: Sender<(ConnId, Bytes)>,
+    sleeping: Arc<AtomicBool>,
+}
 
 /// A transport endpoint driven by the caller's thread.
 pub struct Direct {
     core: Core,
     queue: VecDeque<Upcall>,
-    /// TLPs other threads queued through a [`DirectSender`], and whether we sleep.
-    inbox: Option<(Inbox, Arc<AtomicBool>)>,
-    inbox_keep: Option<Sender<(ConnId, Bytes)>>,
+    /// TLPs other threads queued through a [`DirectSender`] (created with the first).
+    inbox: Option<Inbox>,
     /// An inbox TLP waiting for room in its session's queue.
     held: Option<(ConnId, Bytes)>,
 }
@@ -94,7 +97,6 @@ impl Direct {
             core: Core::new(port, cfg),
             queue: VecDeque::with_capacity(1024),
             inbox: None,
-            inbox_keep: None,
             held: None,
         }
     }
@@ -107,25 +109,26 @@ impl Direct {
     /// A sender that, besides the Direct's own waker, also wakes `extra` (a thread that
     /// watches the link without owning it).
     pub(crate) fn sender_also_waking(&mut self, extra: Option<Arc<dyn Wake>>) -> DirectSender {
-        if self.inbox.is_none() {
+        let waker = self.core.port.waker();
+        let inbox = self.inbox.get_or_insert_with(|| {
             let (tx, rx) = channel::bounded(INBOX);
-            self.inbox = Some((rx, Arc::new(AtomicBool::new(false))));
-            self.inbox_keep = Some(tx);
-        }
-        let (Some((_, sleeping)), Some(tx)) = (&self.inbox, &self.inbox_keep) else {
-            unreachable!("the inbox was just created");
-        };
+            Inbox {
+                rx,
+                tx,
+                sleeping: Arc::new(AtomicBool::new(false)),
+            }
+        });
         DirectSender {
-            tx: tx.clone(),
-            sleeping: sleeping.clone(),
-            waker: self.core.port.waker(),
+            tx: inbox.tx.clone(),
+            sleeping: inbox.sleeping.clone(),
+            waker,
             extra,
         }
     }
 
     /// Submit what other threads queued. Returns whether anything was taken.
     fn drain_inbox(&mut self) -> bool {
-        let Some((rx, _)) = &self.inbox else {
+        let Some(Inbox { rx, .. }) = &self.inbox else {
             return false;
         };
         let mut work = false;
@@ -166,16 +169,16 @@ impl Direct {
         } else {
             timeout
         };
-        if let Some((rx, sleeping)) = &self.inbox {
-            sleeping.store(true, Ordering::Release);
-            if !rx.is_empty() && self.held.is_none() {
-                sleeping.store(false, Ordering::Release);
+        if let Some(i) = &self.inbox {
+            i.sleeping.store(true, Ordering::Release);
+            if !i.rx.is_empty() && self.held.is_none() {
+                i.sleeping.store(false, Ordering::Release);
                 return Ok(());
             }
         }
         let r = self.core.wait(cap);
-        if let Some((_, sleeping)) = &self.inbox {
-            sleeping.store(false, Ordering::Release);
+        if let Some(i) = &self.inbox {
+            i.sleeping.store(false, Ordering::Release);
         }
         r
     }
@@ -269,7 +272,7 @@ impl Direct {
 
     /// Whether TLPs from [`DirectSender`]s wait to be submitted.
     pub(crate) fn has_queued(&self) -> bool {
-        self.held.is_some() || self.inbox.as_ref().is_some_and(|(rx, _)| !rx.is_empty())
+        self.held.is_some() || self.inbox.as_ref().is_some_and(|i| !i.rx.is_empty())
     }
 
     /// The port's descriptor to watch, if it has one.

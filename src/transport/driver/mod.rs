@@ -87,6 +87,17 @@ pub enum Upcall {
     },
 }
 
+impl Upcall {
+    /// The session it concerns.
+    pub fn conn(&self) -> ConnId {
+        match self {
+            Upcall::Tlp { conn, .. }
+            | Upcall::Event { conn, .. }
+            | Upcall::Dropped { conn, .. } => *conn,
+        }
+    }
+}
+
 /// Who the driver talks to.
 #[derive(Debug, Clone)]
 pub enum Peers {
