@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 
 use super::enumerate::{self, ConfigAccess, EnumConfig, FunctionInfo};
 use super::function::{FunctionState, RemoteFunction};
-use super::requester::{RequestError, Requester, RequesterConfig};
+use super::requester::{
+    Expect, RequestError, Requester, RequesterConfig, StartError, TagSpace,
+};
 use super::tlpio::{self, MAX_TLP, ROOT_PORT};
 use crate::pci::{ConfigSpace, ExpressConfig, FunctionIds, PciExpressCap, SlotConfig};
 use crate::tlp::{self, Bdf};
@@ -201,10 +203,9 @@ impl Host {
         Arc::new(Self {
             link,
             cfg,
-            req: Mutex::new(Requester::new(RequesterConfig {
-                timeout: cfg.completion_timeout,
-                ten_bit_tags: false,
-            })),
+            req: Mutex::new(Requester::new(RequesterConfig::with_timeout(
+                cfg.completion_timeout,
+            ))),
             cells,
             link_up: AtomicBool::new(false),
             functions: RwLock::new(Vec::new()),
@@ -322,7 +323,8 @@ impl Host {
         let found = enumerate::enumerate(&mut acc, self.cfg.bus, &self.cfg.enumeration);
         // 10-bit tags toward the cards when every one completes them.
         let ten = !found.is_empty() && found.iter().all(|f| f.ten_bit_completer);
-        lock(&self.req).set_ten_bit_tags(ten);
+        // Requests outstanding keep their tags; new ones draw from the new space.
+        lock(&self.req).set_tag_space(if ten { TagSpace::Ten } else { TagSpace::Eight });
         let (added, removed, revived) = {
             let mut fs = self.functions.write().unwrap_or_else(|p| p.into_inner());
             let removed: Vec<Bdf> = fs
@@ -460,10 +462,12 @@ impl Host {
     }
 
     /// Send a non-posted request built by `build(buf, tag)` and wait for its completion data
-    /// (`out.len()` bytes, 0 for writes).
+    /// (`out.len()` bytes, 0 for writes). `mem_addr`: the address of a memory read, whose
+    /// completions' Lower Address the requester checks.
     fn nonposted(
         &self,
         target: Bdf,
+        mem_addr: Option<u64>,
         out: &mut [u8],
         build: impl FnOnce(&mut [u8], u16) -> Result<usize, tlp::Error>,
     ) -> Result<(), RequestError> {
@@ -472,26 +476,36 @@ impl Host {
         }
         let start = Instant::now();
         let deadline = start + self.cfg.completion_timeout;
+        let len = out.len() as u32;
+        let expect = match mem_addr {
+            Some(addr) => Expect::MemRead { addr, len },
+            None => Expect::Other { len },
+        };
+        // The tag is its own token: it names the cell the caller waits on.
         let tag = loop {
-            match lock(&self.req).start_tagged(Instant::now(), out.len() as u32) {
+            let now = Instant::now();
+            let started = lock(&self.req).start_tagged(now, expect);
+            match started {
                 Ok(t) => break t,
-                Err(_) if Instant::now() < deadline => {
+                Err(StartError::BadRead { .. }) => return Err(RequestError::InvalidRequest),
+                Err(StartError::TagsExhausted(_)) if now < deadline => {
                     std::thread::sleep(Duration::from_micros(50))
                 }
-                Err(_) => return Err(RequestError::Timeout),
+                Err(StartError::TagsExhausted(_)) => return Err(RequestError::Timeout),
             }
         };
         let cell = &self.cells[tag as usize];
         lock(&cell.m).result = None;
         let sent = TX.with(|tx| {
             let tx = &mut *tx.borrow_mut();
-            let n = build(&mut tx.0, tag).map_err(|_| RequestError::Malformed)?;
+            let n = build(&mut tx.0, tag).map_err(|_| RequestError::InvalidRequest)?;
             self.link
                 .send_tlp(&tx.0[..n])
                 .map_err(|_| RequestError::LinkDown)
         });
         if let Err(e) = sent {
-            lock(&self.req).abandon(tag);
+            // Never sent: no completion can come, the tag is free at once.
+            lock(&self.req).cancel(tag);
             return Err(e);
         }
         // Wait by running the link ourselves when we can (the completion then wakes us
@@ -509,7 +523,8 @@ impl Host {
             let now = Instant::now();
             if now >= deadline {
                 drop(c);
-                if lock(&self.req).abandon(tag).is_some() {
+                // A completion may still come: the requester quarantines the tag.
+                if lock(&self.req).abandon(now, tag).is_some() {
                     self.event(HostEvent::CompletionTimeout { target });
                     return Err(RequestError::Timeout);
                 }
@@ -528,7 +543,7 @@ impl Host {
     /// CfgRd0 of the DW at `reg` of `bdf`.
     pub fn cfg_read(&self, bdf: Bdf, reg: u16) -> Result<u32, RequestError> {
         let mut b = [0u8; 4];
-        self.nonposted(bdf, &mut b, |buf, tag| {
+        self.nonposted(bdf, None, &mut b, |buf, tag| {
             tlpio::cfg(buf, bdf, reg, tag, 0xf, None)
         })?;
         Ok(u32::from_le_bytes(b))
@@ -542,7 +557,7 @@ impl Host {
         first_be: u8,
         value: u32,
     ) -> Result<(), RequestError> {
-        self.nonposted(bdf, &mut [], |buf, tag| {
+        self.nonposted(bdf, None, &mut [], |buf, tag| {
             tlpio::cfg(buf, bdf, reg, tag, first_be, Some(value.to_le_bytes()))
         })
     }
@@ -553,7 +568,7 @@ impl Host {
         while done < buf.len() {
             let a = address + done as u64;
             let n = ((4096 - (a & 0xfff)) as usize).min(buf.len() - done);
-            self.nonposted(ROOT_PORT, &mut buf[done..done + n], |b, tag| {
+            self.nonposted(ROOT_PORT, Some(a), &mut buf[done..done + n], |b, tag| {
                 tlpio::mem_read(b, ROOT_PORT, a, n as u32, tag)
             })?;
             done += n;
@@ -574,7 +589,7 @@ impl Host {
             TX.with(|tx| {
                 let (buf, scratch) = &mut *tx.borrow_mut();
                 let len = tlpio::mem_write(buf, ROOT_PORT, scratch, a, &data[done..done + n])
-                    .map_err(|_| RequestError::Malformed)?;
+                    .map_err(|_| RequestError::InvalidRequest)?;
                 self.link
                     .send_tlp(&buf[..len])
                     .map_err(|_| RequestError::LinkDown)

@@ -36,11 +36,15 @@ impl Host {
                     status,
                     byte_count,
                     lower_address,
+                    // EP (§2.7.2.2): poisoned data fails the request.
+                    poisoned: tlp::Packet::new_checked(bytes).is_ok_and(|p| p.ep()),
                 };
                 // The cell is updated under the requester lock (see `nonposted`).
                 let mut r = lock(&self.req);
                 match r.on_completion(info, data) {
-                    CplAction::Unexpected => {
+                    // Late (for a request that timed out; its tag was quarantined) or
+                    // matching nothing: nobody waits for it.
+                    CplAction::Late | CplAction::Unexpected => {
                         self.stats
                             .unexpected_completions
                             .fetch_add(1, Ordering::Relaxed);
@@ -209,7 +213,8 @@ impl Host {
         }
         let tag = t.tag();
         let mut r = lock(&self.req);
-        if r.abandon(tag).is_some() {
+        // Never sent: no completion can come, the tag is free at once.
+        if r.cancel(tag).is_some() {
             self.finish(tag, Err(super::requester::RequestError::LinkDown));
         }
     }
