@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use crossbeam::channel::Select;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use toml::Spanned;
@@ -747,15 +747,28 @@ fn serve(
 
     let mut serving = Serving::default();
     let mut result = Ok(ExitCode::SUCCESS);
+    let kicks = endpoint.kicks();
     'serve: while !STOP.load(Ordering::SeqCst) {
+        // Time for the endpoint's DMA requester: queued reads, timeouts.
+        endpoint.poll(Instant::now());
+        let wait = endpoint.poll_timeout().map_or(Duration::from_millis(100), |t| {
+            t.saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(100))
+        });
         let mut sel = Select::new();
         for l in links.iter() {
             sel.recv(l.upcalls());
         }
-        let Ok(op) = sel.select_timeout(Duration::from_millis(100)) else {
+        // A device thread queued a DMA read.
+        let kick = sel.recv(&kicks);
+        let Ok(op) = sel.select_timeout(wait) else {
             continue;
         };
         let i = op.index();
+        if i == kick {
+            let _ = op.recv(&kicks);
+            continue;
+        }
         let up = match op.recv(links[i].upcalls()) {
             Ok(up) => up,
             Err(_) => {

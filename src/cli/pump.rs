@@ -2,7 +2,8 @@
 //! runs the endpoint and sends its answers, so an MMIO read crosses no thread boundary inside
 //! the appliance (with a threaded `TransportHandle` it crossed three: driver → pump → sender →
 //! driver). Device threads (NVMe, DMA engine) queue their TLPs on the endpoint's outbound
-//! queue and wake the pump through the link's waker, only when it sleeps.
+//! queue (and their DMA reads for [`Endpoint::poll`]) and wake the pump through the link's
+//! waker, only when it sleeps.
 //!
 //! The appliance serves the session that last sent it a TLP (or connected); a host that
 //! reconnects with a new epoch, or the serving session going down, resets every function, as
@@ -81,14 +82,18 @@ impl Pump {
         stop: &AtomicBool,
     ) -> io::Result<()> {
         let mut published = Instant::now();
+        let kicks = ep.kicks();
         while !stop.load(Ordering::Relaxed) {
+            // Time for the endpoint's DMA requester: queued reads, timeouts.
+            ep.poll(Instant::now());
             self.flush(outbound);
             if published.elapsed() >= STATS_EVERY {
                 self.publish();
                 published = Instant::now();
             }
             self.sleeping.store(true, Ordering::Release);
-            if self.held.is_none() && !outbound.is_empty() {
+            // A read queued since `poll` (its wake-up saw us awake): poll again first.
+            if self.held.is_none() && (!outbound.is_empty() || kicks.try_recv().is_ok()) {
                 self.sleeping.store(false, Ordering::Release);
                 continue;
             }
@@ -98,6 +103,9 @@ impl Pump {
             } else {
                 Duration::from_millis(50)
             };
+            let cap = ep.poll_timeout().map_or(cap, |t| {
+                cap.min(t.saturating_duration_since(Instant::now()))
+            });
             let up = self.d.poll_wake(Some(cap));
             self.sleeping.store(false, Ordering::Release);
             if let Some(u) = up? {

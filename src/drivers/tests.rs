@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam::channel;
 
@@ -61,11 +61,19 @@ impl Rig {
         let stop = Arc::new(AtomicBool::new(false));
         let (h, s) = (host.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
+            let kicks = ep.kicks();
             while !s.load(Ordering::Relaxed) {
+                // The endpoint's driver: time for its DMA requester (queued reads, timeouts).
+                ep.poll(Instant::now());
+                let wait = ep.poll_timeout().map_or(Duration::from_millis(10), |t| {
+                    t.saturating_duration_since(Instant::now())
+                        .min(Duration::from_millis(10))
+                });
                 channel::select! {
+                    recv(kicks) -> _ => {},
                     recv(rx) -> t => if let Ok(t) = t { let _ = ep.handle_tlp(&t); },
                     recv(out) -> t => if let Ok(t) = t { h.on_tlp(&t); },
-                    default(Duration::from_millis(10)) => {}
+                    default(wait) => {}
                 }
             }
         });

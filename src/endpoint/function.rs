@@ -1,29 +1,33 @@
-//! One function behind the endpoint: the device model plus the state its handles share with the
-//! proxy (Routing ID, decode state, tag table, MSI-X table, INTx wire), PCIe r5.0 §2.2.6.2
-//! (capturing the bus and device number from Type 0 configuration writes) and §6.6.2 (FLR).
+//! The state one function's handles share with the proxy: Routing ID (bus and device number
+//! captured from Type 0 configuration writes, PCIe r5.0 §2.2.6.2), decode state, MSI-X table
+//! and INTx wire (§6.1), the queue of DMA reads for the TLP thread, and the endpoint's outbound
+//! queue. The handles ([`DmaHandle`](super::DmaHandle), [`InterruptHandle`](super::InterruptHandle))
+//! and the proxy's per-function record (`slot.rs`) build on this module; it depends on
+//! neither.
 
 use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use crossbeam::channel::Sender;
-use std::sync::OnceLock;
 
-use super::device::{
-    BarSpec, Decode, Device, DeviceContext, DmaHandle, InterruptHandle, ResetKind,
-};
-use super::interrupt::{IntxState, MsixState};
-use super::requester::Requester;
-use super::wire::Bdf;
+use super::decode::Decode;
+use super::msix::{IntxState, MsixState};
+use super::requester::{DmaError, DmaQueue, Op};
+use super::wire::{self, Bdf};
 
 /// State a function's handles share with the proxy.
 #[derive(Debug)]
 pub(crate) struct FunctionShared {
     bdf: AtomicU16,
     decode: Mutex<Decode>,
-    pub(crate) requester: Requester,
     pub(crate) msix: Mutex<MsixState>,
     pub(crate) intx: Mutex<IntxState>,
+    /// DMA reads queued by device threads for the TLP thread.
+    pub(crate) dma: DmaQueue,
+    /// How long a device thread waits for a DMA read before it stops trusting the driver to
+    /// run the endpoint at all (the completion timeout proper is the requester's).
+    pub(crate) dma_backstop: Duration,
     out: Outbound,
 }
 
@@ -41,13 +45,15 @@ impl std::fmt::Debug for WakeSlot {
 }
 
 /// The endpoint's outbound queue as the device threads see it: after a device thread queues a
-/// TLP (a DMA request, an MSI-X write) it calls the wake-up installed by
-/// [`Endpoint::set_outbound_wake`](super::Endpoint::set_outbound_wake), so a pump that sleeps
-/// on the network socket sends it at once.
+/// TLP (a DMA write, an MSI-X write) or a DMA read for the TLP thread, it calls the wake-up
+/// installed by [`Endpoint::set_outbound_wake`](super::Endpoint::set_outbound_wake), so a pump
+/// that sleeps on the network acts at once; a queued read also signals
+/// [`Endpoint::kicks`](super::Endpoint::kicks) for drivers that wait on channels.
 #[derive(Clone)]
 pub(crate) struct Outbound {
     pub(crate) tx: Sender<Vec<u8>>,
     pub(crate) wake: WakeSlot,
+    pub(crate) kick: Sender<()>,
 }
 
 impl std::fmt::Debug for Outbound {
@@ -60,145 +66,113 @@ impl std::fmt::Debug for Outbound {
 }
 
 impl Outbound {
-    fn send(&self, tlp: Vec<u8>) -> bool {
-        let ok = self.tx.send(tlp).is_ok();
+    fn wake(&self) {
         if let Some(w) = self.wake.0.get() {
             w();
         }
+    }
+
+    fn send(&self, tlp: Vec<u8>) -> bool {
+        let ok = self.tx.send(tlp).is_ok();
+        self.wake();
         ok
+    }
+
+    /// Work for the TLP thread's `poll` is queued.
+    fn kick(&self) {
+        // Full means a kick is already pending: one is enough.
+        let _ = self.kick.try_send(());
+        self.wake();
     }
 }
 
 impl FunctionShared {
+    pub(crate) fn new(bdf: Bdf, decode: Decode, out: Outbound, dma_timeout: Duration) -> Self {
+        let vectors = decode.msix.map_or(0, |m| m.vectors);
+        FunctionShared {
+            bdf: AtomicU16::new(bdf.0),
+            decode: Mutex::new(decode),
+            msix: Mutex::new(MsixState::new(vectors)),
+            intx: Mutex::new(IntxState::default()),
+            dma: DmaQueue::default(),
+            dma_backstop: dma_timeout
+                .saturating_mul(10)
+                .max(Duration::from_secs(10)),
+            out,
+        }
+    }
+
     pub(crate) fn bdf(&self) -> Bdf {
         Bdf(self.bdf.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn set_bdf(&self, bdf: Bdf) {
+        self.bdf.store(bdf.0, Ordering::Relaxed);
     }
 
     pub(crate) fn decode(&self) -> Decode {
         *self.decode.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Replace the decode state the handles see.
+    pub(crate) fn set_decode(&self, d: Decode) {
+        *self.decode.lock().unwrap_or_else(|e| e.into_inner()) = d;
+    }
+
+    /// Clear Bus Master Enable in the handles' view (first step of a reset).
+    pub(crate) fn block_dma(&self) {
+        self.decode.lock().unwrap_or_else(|e| e.into_inner()).bus_master = false;
+    }
+
     /// Queue a TLP for the host; false when the endpoint is gone.
     pub(crate) fn send(&self, tlp: Vec<u8>) -> bool {
         self.out.send(tlp)
     }
-}
 
-/// What makes a function a virtual function: its PF and the PF-provided decode.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct VfInfo {
-    /// The PF's function id.
-    pub(crate) pf: u64,
-    /// VF BARs (this VF's slice of the PF's VF BARs).
-    pub(crate) bars: [Option<(BarSpec, u64)>; 6],
-    /// VF Memory Space Enable of the PF.
-    pub(crate) mse: bool,
-}
-
-/// A function as the proxy holds it.
-pub(crate) struct Function {
-    /// Unique among the endpoint's functions, stable while the function exists.
-    pub(crate) id: u64,
-    pub(crate) device: Box<dyn Device>,
-    pub(crate) decode: Decode,
-    pub(crate) shared: Arc<FunctionShared>,
-    pub(crate) vf: Option<VfInfo>,
-}
-
-impl std::fmt::Debug for Function {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Function")
-            .field("bdf", &self.shared.bdf())
-            .field("device", &self.device.name())
-            .finish()
+    /// Queue a DMA read for the TLP thread (refused when Bus Master Enable is clear or the
+    /// function is gone) and wake the driver.
+    pub(crate) fn submit_dma(&self, op: Arc<Op>) -> Result<(), DmaError> {
+        self.dma.push(op, || {
+            if self.decode().bus_master {
+                Ok(())
+            } else {
+                Err(DmaError::BusMasterDisabled)
+            }
+        })?;
+        self.out.kick();
+        Ok(())
     }
-}
 
-impl Function {
-    pub(crate) fn new(
-        id: u64,
-        bdf: Bdf,
-        mut device: Box<dyn Device>,
-        out: Outbound,
-        dma_timeout: Duration,
-    ) -> Self {
-        let decode = device.decode();
-        let vectors = decode.msix.map_or(0, |m| m.vectors);
-        let shared = Arc::new(FunctionShared {
-            bdf: AtomicU16::new(bdf.0),
-            decode: Mutex::new(decode),
-            requester: Requester::new(dma_timeout),
-            msix: Mutex::new(MsixState::new(vectors)),
-            intx: Mutex::new(IntxState::default()),
-            out,
-        });
-        device.attach(DeviceContext {
-            dma: DmaHandle { f: shared.clone() },
-            irq: InterruptHandle { f: shared.clone() },
-        });
-        Function {
-            id,
-            device,
-            decode,
-            shared,
-            vf: None,
+    /// Bring the INTx wire in line with the level and the gates; send a message on change.
+    pub(crate) fn sync_intx(&self, s: &mut IntxState, d: &Decode) {
+        let want = s.level && !d.intx_disable && !d.msix_enabled && d.int_pin != 0;
+        if want != s.asserted {
+            s.asserted = want;
+            let mut tlp = Vec::with_capacity(16);
+            wire::emit_intx(&mut tlp, self.bdf(), d.int_pin.saturating_sub(1), want);
+            self.send(tlp);
         }
     }
 
-    pub(crate) fn bdf(&self) -> Bdf {
-        self.shared.bdf()
-    }
-
-    /// Capture bus and device number from a Type 0 configuration write.
-    pub(crate) fn capture_bdf(&self, target: Bdf) {
-        let cur = self.bdf();
-        let new = Bdf::new(target.bus(), target.device(), cur.function());
-        self.shared.bdf.store(new.0, Ordering::Relaxed);
-    }
-
-    /// Re-read the decode state after a config write or reset and apply its side effects:
-    /// INTx gating, pending MSI-X vectors becoming deliverable.
-    pub(crate) fn refresh(&mut self) {
-        let mut d = self.device.decode();
-        if let Some(vf) = &self.vf {
-            d.bars = vf.bars;
-            d.mem_enable = vf.mse;
+    /// Send every pending MSI-X vector that is now deliverable.
+    pub(crate) fn flush_msix(&self, d: &Decode) {
+        if !d.msix_enabled || d.msix_masked || !d.bus_master {
+            return;
         }
-        self.decode = d;
-        *self.shared.decode.lock().unwrap_or_else(|e| e.into_inner()) = d;
-        {
-            let mut s = self.shared.intx.lock().unwrap_or_else(|e| e.into_inner());
-            self.shared.sync_intx(&mut s, &d);
-        }
-        self.shared.flush_msix(&d);
-    }
-
-    /// Stop any DMA waiters before the function is dropped (its worker may be blocked on a
-    /// completion that only the TLP thread could deliver).
-    pub(crate) fn retire(&self) {
-        self.shared.requester.abandon_all();
-    }
-
-    /// Function Level Reset or conventional reset.
-    pub(crate) fn reset(&mut self, kind: ResetKind) {
-        // Block new DMA first, then quiesce the device, then forget what was in flight.
-        {
-            let mut d = self.shared.decode.lock().unwrap_or_else(|e| e.into_inner());
-            d.bus_master = false;
-        }
-        // Waiters on DMA reads fail at once (their completions can only arrive on this thread,
-        // which is busy here), so device workers can quiesce.
-        self.shared.requester.abandon_all();
-        self.device.reset(kind);
-        self.shared
-            .msix
+        let mut msgs = Vec::new();
+        self.msix
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .reset();
-        {
-            let mut s = self.shared.intx.lock().unwrap_or_else(|e| e.into_inner());
-            s.level = false;
+            .drain_pending(&mut msgs);
+        for (addr, data) in msgs {
+            self.send_msi(addr, data);
         }
-        self.refresh();
+    }
+
+    /// Send one MSI-X message (a posted memory write).
+    pub(crate) fn send_msi(&self, addr: u64, data: u32) {
+        let mut tlp = Vec::with_capacity(20);
+        wire::emit_mem_write(&mut tlp, self.bdf(), addr, &data.to_le_bytes());
+        self.send(tlp);
     }
 }

@@ -78,16 +78,28 @@ impl LoopbackHost {
         let (stats_tx, stats_rx) = channel::unbounded();
         let ep_thread = std::thread::Builder::new()
             .name("loopback-endpoint".into())
-            .spawn(move || loop {
-                channel::select! {
-                    recv(ep_in) -> m => match m {
-                        Ok(tlp) => { let _ = ep.handle_tlp(&tlp); }
-                        Err(_) => break,
-                    },
-                    recv(stats_req_rx) -> m => {
-                        if m.is_err() { break; }
-                        let _ = stats_tx.send(ep.stats());
+            .spawn(move || {
+                // The endpoint's driver: TLPs in, DMA kicks and timers, all with real time.
+                let kicks = ep.kicks();
+                loop {
+                    let wait = ep
+                        .poll_timeout()
+                        .map_or(Duration::from_secs(1), |t| {
+                            t.saturating_duration_since(Instant::now())
+                        });
+                    channel::select! {
+                        recv(ep_in) -> m => match m {
+                            Ok(tlp) => { let _ = ep.handle_tlp(&tlp); }
+                            Err(_) => break,
+                        },
+                        recv(kicks) -> _ => {}
+                        recv(stats_req_rx) -> m => {
+                            if m.is_err() { break; }
+                            let _ = stats_tx.send(ep.stats());
+                        }
+                        default(wait) => {}
                     }
+                    ep.poll(Instant::now());
                 }
             })
             .expect("spawn endpoint thread");

@@ -3,25 +3,37 @@
 //!
 //! * [`device`] — the [`Device`](device::Device) trait (rust-vmm shape) and the DMA and
 //!   interrupt handles a device gets; a device never sees the network.
-//! * [`proxy`] — the sans-I/O [`Endpoint`]: TLPs in, TLPs out (completer and requester sides).
+//! * [`proxy`] — the sans-I/O [`Endpoint`]: TLPs in, TLPs out (completer and requester sides),
+//!   time given explicitly by its driver.
+//! * [`requester`] — device DMA reads on the shared requester core ([`crate::tlp::requester`]).
 //! * [`nvme`] — an NVMe 1.4 controller backed by a file or block device.
 //! * [`dma_engine`] — the DMA engine test device the benchmarks drive.
 //! * [`replay`] — a real card's configuration space replayed from its `lspci -xxxx` dump.
 //! * [`loopback`] — an in-process TLP pipe with a minimal host, for tests and examples.
 //!
+//! Module dependencies form a DAG (no two files import each other): `decode` and `msix` are
+//! plain state; `requester` holds the DMA queue and the TLP-thread requester; `function` is the
+//! state a function's handles share with the proxy; `dma` and `interrupt` are those handles;
+//! `device` is the trait and re-exports them; `slot` is the proxy's per-function record;
+//! `sriov` creates virtual functions; `proxy` ties it together.
+//!
 //! Layering: this module imports `tlp` and `pci` (and nothing above); it never imports
 //! `host`.
 
+mod decode;
 pub mod device;
+mod dma;
 pub mod dma_engine;
 mod function;
 pub mod interrupt;
 pub mod loopback;
+mod msix;
 pub mod nvme;
 pub mod pcicfg;
 pub mod proxy;
 pub mod replay;
 pub mod requester;
+mod slot;
 mod sriov;
 pub mod wire;
 

@@ -3,25 +3,35 @@
 //! §2.3.1.1 completion splitting at the Read Completion Boundary and Max Payload Size, §2.7.2.2
 //! poisoned TLPs, §6.15 AtomicOps, §7.5.1.1.3 decode enables).
 //!
-//! Sans-I/O: [`Endpoint::handle_tlp`] takes one TLP's bytes and does everything it implies —
-//! device accesses, completions, DMA completions to waiting requesters; every TLP the appliance
-//! sends (completions, DMA requests, MSI-X writes, INTx messages) goes, in order, to the one
-//! outbound queue returned by [`Endpoint::new`]. Whoever owns the link drains that queue.
+//! Sans-I/O with explicit time: [`Endpoint::handle_tlp`] takes one TLP's bytes and does
+//! everything it implies — device accesses, completions, DMA completions to waiting device
+//! threads; [`Endpoint::poll`] gives the endpoint the time and runs each function's DMA
+//! requester (the shared [`crate::tlp::requester`] core: starts the reads device threads
+//! queued, as tags allow, and expires timed-out requests and quarantined tags). Every TLP the
+//! appliance sends (completions, DMA requests, MSI-X writes, INTx messages) goes, in order, to
+//! the one outbound queue returned by [`Endpoint::new`].
+//!
+//! The driver — whoever owns the link — drains that queue and calls `poll(now)` after
+//! handling TLPs, when a device thread queued a read ([`Endpoint::kicks`], or the wake-up of
+//! [`Endpoint::set_outbound_wake`]) and at [`Endpoint::poll_timeout`]. The endpoint reads no
+//! clock itself, so a simulator can drive it with simulated time.
 //!
 //! Routing: configuration requests by device and function number (the bus number is captured
 //! from Type 0 writes, §2.2.6.2); memory and IO requests by BAR with decode enables respected;
 //! completions by Requester ID to the function's tag table.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crossbeam::channel::{self, Receiver, Sender};
 use thiserror::Error;
 
 use super::device::{AtomicOp, Device, DeviceError, ResetKind};
-use super::function::{Function, Outbound, WakeSlot};
+use super::function::{Outbound, WakeSlot};
+use super::slot::{find_cfg, Function};
+use super::sriov::{sync_vfs, VfFactory};
 use super::wire::{self, AtomicKind, Bdf, CplStatus, Header, Kind, WireError};
 use crate::tlp::split;
-use std::sync::Arc;
 
 /// Errors from the endpoint proxy.
 #[derive(Debug, Error)]
@@ -67,7 +77,8 @@ pub struct EndpointStats {
     pub dropped_writes: u64,
     /// Poisoned TLPs received.
     pub poisoned: u64,
-    /// Completions that matched no outstanding request.
+    /// Completions that matched no outstanding request (late completions of timed-out
+    /// requests, whose tags were quarantined, are absorbed and not counted here).
     pub unexpected_completions: u64,
     /// Messages received (and ignored).
     pub messages: u64,
@@ -80,10 +91,17 @@ pub struct Endpoint {
     pub(crate) out: Sender<Vec<u8>>,
     /// The wake-up device threads call after queueing (set once by the pump).
     pub(crate) wake: WakeSlot,
+    /// Device threads signal here when they queued a DMA read (see [`Endpoint::kicks`]).
+    kick: (Sender<()>, Receiver<()>),
     pub(crate) cfg: EndpointConfig,
     stats: EndpointStats,
+    /// Bytes a BAR read returns.
     scratch: Vec<u8>,
+    /// Payload of one completion being built.
+    cpl_scratch: Vec<u8>,
     pub(crate) next_id: u64,
+    /// The latest time the driver gave [`Endpoint::poll`].
+    now: Option<Instant>,
 }
 
 impl Endpoint {
@@ -95,10 +113,13 @@ impl Endpoint {
                 functions: Vec::new(),
                 out: tx,
                 wake: WakeSlot::default(),
+                kick: channel::bounded(1),
                 cfg,
                 stats: EndpointStats::default(),
                 scratch: Vec::with_capacity(4096),
+                cpl_scratch: Vec::with_capacity(4096),
                 next_id: 0,
+                now: None,
             },
             rx,
         )
@@ -106,7 +127,7 @@ impl Endpoint {
 
     /// Add a function at `bdf` (device and function numbers matter; the bus is captured).
     pub fn add_function(&mut self, bdf: Bdf, device: Box<dyn Device>) -> Result<(), EndpointError> {
-        if self.find_cfg(bdf).is_some() {
+        if find_cfg(&self.functions, bdf).is_some() {
             return Err(EndpointError::DuplicateFunction(bdf));
         }
         self.next_id += 1;
@@ -138,10 +159,13 @@ impl Endpoint {
         self.stats
     }
 
-    /// Conventional reset of every function (link down, hot reset, peer restarted).
+    /// Conventional reset of every function (link down, hot reset, peer restarted): DMA
+    /// reads in flight fail, and their tags are free at once (nothing sent before can be
+    /// answered).
     pub fn reset_all(&mut self) {
+        let now = self.now;
         for f in &mut self.functions {
-            f.reset(ResetKind::Conventional);
+            f.reset(ResetKind::Conventional, now);
         }
         let pfs: Vec<u64> = self
             .functions
@@ -156,10 +180,51 @@ impl Endpoint {
         }
     }
 
-    pub(crate) fn find_cfg(&self, bdf: Bdf) -> Option<usize> {
+    /// Let time pass: run every function's DMA requester with `now` — start the reads device
+    /// threads queued (as tags allow), expire requests whose completion timeout passed and
+    /// free quarantined tags. Call it after [`Endpoint::handle_tlp`], when
+    /// [`Endpoint::kicks`] fires (or the outbound wake-up is called) and at
+    /// [`Endpoint::poll_timeout`]. `now` must not go backwards.
+    pub fn poll(&mut self, now: Instant) {
+        self.now = Some(self.now.map_or(now, |t| t.max(now)));
+        for f in &mut self.functions {
+            f.poll_dma(now);
+        }
+    }
+
+    /// When [`Endpoint::poll`] next has a timer to run (possibly early, never late).
+    pub fn poll_timeout(&self) -> Option<Instant> {
         self.functions
             .iter()
-            .position(|f| f.bdf().device() == bdf.device() && f.bdf().function() == bdf.function())
+            .filter_map(|f| f.dma.poll_timeout())
+            .min()
+    }
+
+    /// Fires (holds a message) when a device thread queued a DMA read that only
+    /// [`Endpoint::poll`] can start; a driver that waits on channels selects on it beside its
+    /// inbound TLPs. Several kicks between two polls collapse into one.
+    pub fn kicks(&self) -> Receiver<()> {
+        self.kick.1.clone()
+    }
+
+    /// Counters of the requester of the function at `bdf` (tags, timeouts, late completions).
+    pub fn requester_stats(&self, bdf: Bdf) -> Option<crate::tlp::requester::RequesterStats> {
+        let i = find_cfg(&self.functions, bdf)?;
+        Some(self.functions[i].dma.stats())
+    }
+
+    fn sync_vfs(&mut self, pf: usize) {
+        let mut mk = VfFactory {
+            next_id: &mut self.next_id,
+            out: Outbound {
+                tx: self.out.clone(),
+                wake: self.wake.clone(),
+                kick: self.kick.0.clone(),
+            },
+            dma_timeout: self.cfg.dma_timeout,
+            now: self.now,
+        };
+        sync_vfs(&mut self.functions, pf, &mut mk);
     }
 
     fn send(&self, tlp: Vec<u8>) {
@@ -173,6 +238,7 @@ impl Endpoint {
         Outbound {
             tx: self.out.clone(),
             wake: self.wake.clone(),
+            kick: self.kick.0.clone(),
         }
     }
 
@@ -247,12 +313,12 @@ impl Endpoint {
             } => {
                 let found = self
                     .functions
-                    .iter()
+                    .iter_mut()
                     .find(|f| f.bdf() == h.requester)
                     .map(|f| {
-                        f.shared
-                            .requester
-                            .complete(h.tag, status, byte_count, lower_addr, h.poisoned, payload)
+                        f.dma.on_completion(
+                            h.tag, status, byte_count, lower_addr, h.poisoned, payload,
+                        )
                     });
                 if found != Some(true) {
                     self.stats.unexpected_completions += 1;
@@ -272,7 +338,11 @@ impl Endpoint {
         reg: u16,
         payload: &[u8],
     ) {
-        let idx = if type1 { None } else { self.find_cfg(target) };
+        let idx = if type1 {
+            None
+        } else {
+            find_cfg(&self.functions, target)
+        };
         let Some(i) = idx else {
             // No such function (or a Type 1 request, which an endpoint does not forward).
             self.complete(target, h, CplStatus::Ur, 4, 0, &[]);
@@ -291,7 +361,7 @@ impl Endpoint {
                 .device
                 .config_write(reg, u32::from_le_bytes(v), h.first_be);
             if flr {
-                f.reset(ResetKind::FunctionLevel);
+                f.reset(ResetKind::FunctionLevel, self.now);
             } else {
                 f.refresh();
             }
@@ -429,7 +499,7 @@ impl Endpoint {
                 return;
             }
         };
-        let mut data = Vec::with_capacity(mps as usize);
+        let mut data = std::mem::take(&mut self.cpl_scratch);
         for c in plan {
             let lead = usize::from(c.lower_address & 3);
             data.clear();
@@ -439,6 +509,7 @@ impl Endpoint {
             data[lead..lead + n].copy_from_slice(&buf[from..from + n]);
             self.complete(me, h, CplStatus::Sc, c.byte_count, c.lower_address, &data);
         }
+        self.cpl_scratch = data;
         self.scratch = buf;
     }
 
@@ -583,6 +654,17 @@ impl Endpoint {
                 self.complete(me, h, CplStatus::Ur, size as u16, 0, &[])
             }
             Err(DeviceError::Failed(_)) => self.complete(me, h, CplStatus::Ca, size as u16, 0, &[]),
+        }
+    }
+}
+
+impl Drop for Endpoint {
+    /// Fail every DMA read before the device models go (dropping one joins its worker, which
+    /// may be waiting for a read only this endpoint could finish).
+    fn drop(&mut self) {
+        let now = self.now;
+        for f in &mut self.functions {
+            f.retire(now);
         }
     }
 }

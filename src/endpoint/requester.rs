@@ -1,24 +1,37 @@
-//! The requester side of a function: DMA to host memory as memory read and write requests
-//! (PCIe r5.0 §2.2.6.2 tags incl. 10-bit tags, §2.3.1.1 completion reassembly and Lower
-//! Address/Byte Count checks, §2.2.7 Max Read Request Size and 4 KiB boundary, §2.8 completion
-//! timeout, §7.5.1.1.3 Bus Master Enable).
+//! The requester side of the appliance's functions: device DMA reads of host memory, run on
+//! the shared sans-I/O requester [`crate::tlp::requester::Reads`] (PCIe r5.0 §2.2.6.2 tags in
+//! the 5-, 8- or 10-bit space Device Control allows, §2.2.7 Max Read Request Size and the
+//! 4 KiB rule, §2.3.1.1 completion reassembly with the Byte Count and Lower Address checks,
+//! §2.8 completion timeout with quarantine of timed-out tags, §7.5.1.1.3 Bus Master Enable).
 //!
-//! [`DmaHandle::read`] splits a read at Max Read Request Size and 4 KiB boundaries, gives each
-//! request its own tag (5-, 8- or 10-bit tag space as the function's Device Control registers
-//! allow), emits the MRd TLPs and blocks until every completion has been reassembled or the
-//! completion timeout expires. Completions are delivered on the endpoint's TLP thread through
-//! [`Requester::complete`], never on the caller's — so the caller must not be that thread.
-//! [`DmaHandle::write`] emits posted MWr TLPs split at Max Payload Size and returns at once.
-//! A tag whose request timed out is quarantined until a late completion for it turns up (or a
-//! long quarantine passes), so a late completion is never mistaken for a newer request's data.
+//! Two halves meet here:
+//! * device threads: [`DmaHandle::read`](super::DmaHandle::read) takes an [`Op`] from the
+//!   function's [`DmaQueue`] pool, queues it and waits on the op's condition variable — a thin
+//!   completion notification, nothing more;
+//! * the TLP thread: [`DmaRequester`] (owned by the proxy, never shared) admits queued ops into
+//!   the core, emits their Memory Read requests, reassembles completions into the op's buffer
+//!   and expires requests — all with the `now` the endpoint's driver passes to
+//!   [`Endpoint::poll`](super::Endpoint::poll). Nothing here reads a clock.
+//!
+//! Buffers are reused: an op (with its data buffer) goes back to the pool after each read, and
+//! the core allocates nothing after construction. What still allocates per TLP is the outbound
+//! queue itself, which carries one `Vec<u8>` per TLP to the driver.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use super::function::FunctionShared;
+use super::decode::Decode;
 use super::wire::{self, Bdf, CplStatus};
+use crate::tlp::requester::{
+    CplFault, CplInfo, ReadEvent, Reads, RequestError, RequesterConfig, TagSpace,
+};
+
+/// How many reads of one function the core tracks at once; more wait in the queue. Each
+/// device thread has at most one read in progress, so this is far above what models use.
+const MAX_READS: usize = 64;
 
 /// Why a DMA transfer failed.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -26,7 +39,7 @@ pub enum DmaError {
     /// Bus Master Enable is clear in the function's Command register.
     #[error("DMA blocked: Bus Master Enable is clear")]
     BusMasterDisabled,
-    /// No completion arrived within the completion timeout.
+    /// No completion arrived within the completion timeout (or no tag became free).
     #[error("completion timeout reading {len} bytes at host address {addr:#x}")]
     Timeout {
         /// Address of the first request that did not complete.
@@ -60,341 +73,359 @@ pub enum DmaError {
         /// What was wrong.
         why: &'static str,
     },
-    /// The endpoint is shutting down (its outbound queue is gone).
+    /// The function was reset (Function Level Reset, hot reset, link down) with the read
+    /// outstanding.
+    #[error("function reset with a DMA read of host address {addr:#x} outstanding")]
+    Reset {
+        /// Address of the read.
+        addr: u64,
+    },
+    /// The endpoint is shutting down (or the function was removed).
     #[error("endpoint is shut down")]
     Shutdown,
 }
 
-/// A DMA read in progress, shared by the caller and the TLP thread.
-#[derive(Debug)]
-struct Op {
-    state: Mutex<OpState>,
+impl DmaError {
+    /// The DMA error for a failed request of the shared requester.
+    fn from_request(e: RequestError, addr: u64, len: usize) -> DmaError {
+        match e {
+            RequestError::Timeout => DmaError::Timeout { addr, len },
+            RequestError::LinkDown | RequestError::Reset => DmaError::Reset { addr },
+            RequestError::UnsupportedRequest | RequestError::RetryStatus => {
+                DmaError::UnsupportedRequest { addr }
+            }
+            RequestError::CompleterAbort => DmaError::CompleterAbort { addr },
+            RequestError::Poisoned => DmaError::Poisoned { addr },
+            RequestError::Malformed(f) => DmaError::MalformedCompletion {
+                addr,
+                why: match f {
+                    CplFault::ByteCount => "byte count does not match the bytes still expected",
+                    CplFault::LowerAddress => {
+                        "lower address does not match the next expected byte"
+                    }
+                    CplFault::NoData => "completion carries no data",
+                },
+            },
+            RequestError::InvalidRequest => DmaError::MalformedCompletion {
+                addr,
+                why: "request could not be built",
+            },
+        }
+    }
+}
+
+/// One DMA read, shared by the device thread that waits for it and the TLP thread that runs
+/// it. Reused from read to read (see [`DmaQueue::take_op`]).
+#[derive(Debug, Default)]
+pub(crate) struct Op {
+    st: Mutex<OpState>,
     cv: Condvar,
 }
 
-#[derive(Debug)]
-struct OpState {
-    buf: Vec<u8>,
-    outstanding: usize,
-    error: Option<DmaError>,
+#[derive(Debug, Default)]
+pub(crate) struct OpState {
+    /// Host address of the first byte.
+    pub(crate) addr: u64,
+    /// The bytes, as they arrive.
+    pub(crate) buf: Vec<u8>,
+    /// Set once, by the TLP thread, when the read is over.
+    pub(crate) result: Option<Result<(), DmaError>>,
 }
 
-#[derive(Debug)]
-enum Slot {
-    Idle,
-    InFlight {
-        op: Arc<Op>,
-        offset: usize,
-        len: usize,
-        received: usize,
-        addr: u64,
-    },
-    Stale(Instant),
-}
+impl Op {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, OpState> {
+        self.st.lock().unwrap_or_else(|e| e.into_inner())
+    }
 
-/// Tag table of one function.
-#[derive(Debug)]
-pub(crate) struct Requester {
-    slots: Mutex<Vec<Slot>>,
-    freed: Condvar,
-    timeout: Duration,
-}
-
-/// Counters of the requester.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct RequesterStats {
-    /// Completions that matched no outstanding request (dropped).
-    pub unexpected_completions: u64,
-}
-
-impl Requester {
-    pub(crate) fn new(timeout: Duration) -> Self {
-        let mut v = Vec::with_capacity(1024);
-        v.resize_with(1024, || Slot::Idle);
-        Requester {
-            slots: Mutex::new(v),
-            freed: Condvar::new(),
-            timeout,
+    /// The read is over: record the result and wake the waiter.
+    fn finish(&self, r: Result<(), DmaError>) {
+        let mut st = self.lock();
+        if st.result.is_none() {
+            st.result = Some(r);
         }
+        self.cv.notify_all();
     }
 
-    fn lock(&self) -> MutexGuard<'_, Vec<Slot>> {
-        self.slots.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Take a free tag below `limit`, waiting (until `deadline`) while all are busy.
-    fn alloc(&self, limit: usize, deadline: Instant) -> Option<(usize, MutexGuard<'_, Vec<Slot>>)> {
-        let mut slots = self.lock();
-        loop {
-            let now = Instant::now();
-            let quarantine = self.timeout * 4;
-            let found = slots[..limit].iter().position(|s| match s {
-                Slot::Idle => true,
-                Slot::Stale(t) => now.duration_since(*t) > quarantine,
-                Slot::InFlight { .. } => false,
-            });
-            if let Some(tag) = found {
-                return Some((tag, slots));
-            }
-            if now >= deadline {
-                return None;
-            }
-            let (g, _) = self
-                .freed
-                .wait_timeout(slots, deadline - now)
-                .unwrap_or_else(|e| e.into_inner());
-            slots = g;
-        }
-    }
-
-    /// Deliver a completion addressed to this function. Returns `false` when it matched no
-    /// outstanding request (an Unexpected Completion, which the caller counts).
-    pub(crate) fn complete(
+    /// Wait until the read is over, or until `backstop` passes (a driver that stopped
+    /// polling the endpoint), then let `f` copy the data out of a successful read. The flag
+    /// says whether the TLP thread finished the read (and is done with the op).
+    pub(crate) fn wait(
         &self,
-        tag: u16,
-        status: CplStatus,
-        byte_count: u16,
-        lower_addr: u8,
-        poisoned: bool,
-        payload: &[u8],
-    ) -> bool {
-        let mut slots = self.lock();
-        let Some(slot) = slots.get_mut(usize::from(tag)) else {
-            return false;
-        };
-        let (op, offset, len, received, addr) = match slot {
-            Slot::InFlight {
-                op,
-                offset,
-                len,
-                received,
-                addr,
-            } => (op.clone(), *offset, *len, received, *addr),
-            Slot::Stale(_) => {
-                *slot = Slot::Idle;
-                self.freed.notify_all();
-                return true;
-            }
-            Slot::Idle => return false,
-        };
-        let remaining = len - *received;
-        let cur = addr + *received as u64;
-        let bc = if byte_count == 0 {
-            4096
-        } else {
-            usize::from(byte_count)
-        };
-        let mut err = None;
-        let done;
-        if status != CplStatus::Sc {
-            err = Some(match status {
-                CplStatus::Ca => DmaError::CompleterAbort { addr: cur },
-                _ => DmaError::UnsupportedRequest { addr: cur },
-            });
-            done = true;
-        } else if poisoned {
-            err = Some(DmaError::Poisoned { addr: cur });
-            done = true;
-        } else if bc != remaining {
-            err = Some(DmaError::MalformedCompletion {
-                addr: cur,
-                why: "byte count does not match the bytes still expected",
-            });
-            done = true;
-        } else if u64::from(lower_addr) != cur & 0x7f {
-            err = Some(DmaError::MalformedCompletion {
-                addr: cur,
-                why: "lower address does not match the next expected byte",
-            });
-            done = true;
-        } else {
-            let lead = usize::from(lower_addr & 3);
-            let avail = payload.len().saturating_sub(lead).min(remaining);
-            if avail == 0 {
-                err = Some(DmaError::MalformedCompletion {
-                    addr: cur,
-                    why: "completion carries no data",
-                });
-                done = true;
-            } else {
-                let mut st = op.state.lock().unwrap_or_else(|e| e.into_inner());
-                let at = offset + *received;
-                st.buf[at..at + avail].copy_from_slice(&payload[lead..lead + avail]);
-                drop(st);
-                *received += avail;
-                done = *received == len;
-            }
-        }
-        if done {
-            *slot = Slot::Idle;
-            self.freed.notify_all();
-            let mut st = op.state.lock().unwrap_or_else(|e| e.into_inner());
-            st.outstanding -= 1;
-            if st.error.is_none() {
-                st.error = err;
-            }
-            op.cv.notify_all();
-        }
-        true
-    }
-
-    /// Forget every outstanding request (link reset, FLR): waiters see a timeout, tags are
-    /// quarantined until a late completion or the quarantine period.
-    pub(crate) fn abandon_all(&self) {
-        let mut slots = self.lock();
-        let now = Instant::now();
-        for s in slots.iter_mut() {
-            if let Slot::InFlight { op, .. } = s {
-                let mut st = op.state.lock().unwrap_or_else(|e| e.into_inner());
-                st.outstanding = st.outstanding.saturating_sub(1);
-                if st.error.is_none() {
-                    st.error = Some(DmaError::Timeout { addr: 0, len: 0 });
+        backstop: Duration,
+        f: impl FnOnce(&OpState),
+    ) -> (Result<(), DmaError>, bool) {
+        let until = Instant::now() + backstop;
+        let mut st = self.lock();
+        loop {
+            if let Some(r) = st.result.take() {
+                if r.is_ok() {
+                    f(&st);
                 }
-                op.cv.notify_all();
-                drop(st);
-                *s = Slot::Stale(now);
+                return (r, true);
             }
-        }
-    }
-}
-
-/// Issues DMA as one function. Cheap to clone; usable from any thread except the one that
-/// delivers TLPs to the endpoint.
-#[derive(Debug, Clone)]
-pub struct DmaHandle {
-    pub(crate) f: Arc<FunctionShared>,
-}
-
-impl DmaHandle {
-    /// Whether Bus Master Enable is set.
-    pub fn bus_master_enabled(&self) -> bool {
-        self.f.decode().bus_master
-    }
-
-    /// Read `buf.len()` bytes of host memory at `addr`.
-    pub fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), DmaError> {
-        if buf.is_empty() {
-            return Ok(());
-        }
-        let d = self.f.decode();
-        if !d.bus_master {
-            return Err(DmaError::BusMasterDisabled);
-        }
-        let req = &self.f.requester;
-        let tag_limit = if d.ten_bit_tags {
-            1024
-        } else if d.ext_tags {
-            256
-        } else {
-            32
-        };
-        let op = Arc::new(Op {
-            state: Mutex::new(OpState {
-                buf: vec![0; buf.len()],
-                outstanding: 0,
-                error: None,
-            }),
-            cv: Condvar::new(),
-        });
-        let deadline = Instant::now() + req.timeout;
-        let mrrs = usize::from(d.mrrs.max(128));
-        let bdf = self.f.bdf();
-        let mut off = 0usize;
-        while off < buf.len() {
-            let a = addr.wrapping_add(off as u64);
-            let to_4k = 4096 - (a & 0xfff) as usize;
-            let n = (buf.len() - off).min(mrrs).min(to_4k);
-            let Some((tag, mut slots)) = req.alloc(tag_limit, deadline) else {
-                self.fail_op(&op);
-                return Err(DmaError::Timeout {
-                    addr: a,
-                    len: buf.len(),
-                });
-            };
-            slots[tag] = Slot::InFlight {
-                op: op.clone(),
-                offset: off,
-                len: n,
-                received: 0,
-                addr: a,
-            };
-            op.state
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .outstanding += 1;
-            drop(slots);
-            let mut tlp = Vec::with_capacity(16);
-            wire::emit_mem_read(&mut tlp, bdf, tag as u16, a, n as u32);
-            if !self.f.send(tlp) {
-                self.fail_op(&op);
-                return Err(DmaError::Shutdown);
-            }
-            off += n;
-        }
-        let mut st = op.state.lock().unwrap_or_else(|e| e.into_inner());
-        while st.outstanding > 0 && st.error.is_none() {
             let now = Instant::now();
-            if now >= deadline {
-                drop(st);
-                self.fail_op(&op);
-                return Err(DmaError::Timeout {
-                    addr,
-                    len: buf.len(),
-                });
+            if now >= until {
+                let e = DmaError::Timeout {
+                    addr: st.addr,
+                    len: st.buf.len(),
+                };
+                return (Err(e), false);
             }
-            st = op
+            st = self
                 .cv
-                .wait_timeout(st, deadline - now)
+                .wait_timeout(st, until - now)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
-        if let Some(e) = st.error.clone() {
-            drop(st);
-            self.fail_op(&op);
-            return Err(e);
+    }
+}
+
+#[derive(Debug, Default)]
+struct QueueState {
+    ops: VecDeque<Arc<Op>>,
+    /// The function is gone: nothing more is accepted.
+    closed: bool,
+}
+
+/// Where a function's device threads queue reads for the TLP thread, and the pool of ops they
+/// reuse. Shared through the function's state.
+#[derive(Debug, Default)]
+pub(crate) struct DmaQueue {
+    q: Mutex<QueueState>,
+    pool: Mutex<Vec<Arc<Op>>>,
+}
+
+impl DmaQueue {
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        self.q.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// An op for a new read: a pooled one when available (its buffer keeps its capacity).
+    pub(crate) fn take_op(&self) -> Arc<Op> {
+        self.pool
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .unwrap_or_default()
+    }
+
+    /// Give back an op the TLP thread is done with.
+    pub(crate) fn recycle(&self, op: Arc<Op>) {
+        self.pool
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(op);
+    }
+
+    /// Queue a read. `allowed` is checked under the queue's lock, so a reset that clears Bus
+    /// Master Enable and then drains the queue never leaves a read behind.
+    pub(crate) fn push(
+        &self,
+        op: Arc<Op>,
+        allowed: impl FnOnce() -> Result<(), DmaError>,
+    ) -> Result<(), DmaError> {
+        let mut q = self.lock();
+        if q.closed {
+            return Err(DmaError::Shutdown);
         }
-        buf.copy_from_slice(&st.buf);
+        allowed()?;
+        q.ops.push_back(op);
         Ok(())
     }
 
-    /// Quarantine the tags still held by `op`.
-    fn fail_op(&self, op: &Arc<Op>) {
-        let mut slots = self.f.requester.lock();
-        let now = Instant::now();
-        for s in slots.iter_mut() {
-            if matches!(s, Slot::InFlight { op: o, .. } if Arc::ptr_eq(o, op)) {
-                *s = Slot::Stale(now);
+    fn pop(&self) -> Option<Arc<Op>> {
+        self.lock().ops.pop_front()
+    }
+
+    /// Fail every queued read with `e`; `close`: accept nothing more.
+    fn drain(&self, e: &DmaError, close: bool) {
+        let mut q = self.lock();
+        q.closed |= close;
+        for op in q.ops.drain(..) {
+            op.finish(Err(e.clone()));
+        }
+    }
+}
+
+/// A function's DMA reads as the TLP thread runs them: the shared requester core plus the ops
+/// its reads belong to.
+#[derive(Debug)]
+pub(crate) struct DmaRequester {
+    reads: Reads<u16>,
+    /// The op of each read the core tracks, by the index the core names it with.
+    ops: Vec<Option<Arc<Op>>>,
+    free: Vec<u16>,
+}
+
+impl DmaRequester {
+    /// A requester with completion timeout `timeout` (quarantine: four timeouts).
+    pub(crate) fn new(timeout: Duration) -> Self {
+        DmaRequester {
+            reads: Reads::new(RequesterConfig::with_timeout(timeout), MAX_READS),
+            ops: vec![None; MAX_READS],
+            free: (0..MAX_READS as u16).rev().collect(),
+        }
+    }
+
+    /// Counters of the core.
+    pub(crate) fn stats(&self) -> crate::tlp::requester::RequesterStats {
+        self.reads.requester().stats()
+    }
+
+    fn release(&mut self, j: u16) -> Option<Arc<Op>> {
+        release(&mut self.ops, &mut self.free, j)
+    }
+
+    /// Take queued reads into the core (as it has room), issue what tags allow, expire what
+    /// timed out. `send` queues one TLP for the host.
+    pub(crate) fn poll(
+        &mut self,
+        now: Instant,
+        queue: &DmaQueue,
+        d: &Decode,
+        bdf: Bdf,
+        mut send: impl FnMut(Vec<u8>),
+    ) {
+        let (ops, free) = (&mut self.ops, &mut self.free);
+        self.reads.handle_timeout(now, |j, addr| {
+            fail(ops, free, j, RequestError::Timeout, addr);
+        });
+        while self.reads.has_room() {
+            let Some(op) = queue.pop() else { break };
+            if !d.bus_master {
+                op.finish(Err(DmaError::BusMasterDisabled));
+                continue;
+            }
+            let (addr, len) = {
+                let st = op.lock();
+                (st.addr, st.buf.len())
+            };
+            let mrrs = u32::from(d.mrrs).clamp(128, 4096).next_power_of_two();
+            let Some(j) = self.free.pop() else {
+                op.finish(Err(DmaError::Shutdown));
+                continue;
+            };
+            match self.reads.submit(now, j, addr, len as u32, mrrs) {
+                Ok(()) => self.ops[usize::from(j)] = Some(op),
+                Err(e) => {
+                    self.free.push(j);
+                    tracing::warn!("endpoint: DMA read of {len} bytes at {addr:#x} refused: {e}");
+                    op.finish(Err(DmaError::MalformedCompletion {
+                        addr,
+                        why: "read could not be split into requests",
+                    }));
+                }
+            }
+        }
+        self.reads
+            .set_tag_space(TagSpace::from_device_control(d.ext_tags, d.ten_bit_tags));
+        self.reads.poll_transmit(now, |tag, addr, len| {
+            // The outbound queue takes ownership: one buffer per TLP.
+            let mut tlp = Vec::with_capacity(24);
+            wire::emit_mem_read(&mut tlp, bdf, tag, addr, len);
+            send(tlp);
+        });
+    }
+
+    /// When [`DmaRequester::poll`] next has a timer to run.
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+        self.reads.poll_timeout()
+    }
+
+
+    /// A completion addressed to this function. `false` when it matched no request (an
+    /// Unexpected Completion, which the caller counts).
+    pub(crate) fn on_completion(
+        &mut self,
+        tag: u16,
+        status: CplStatus,
+        byte_count: u16,
+        lower_address: u8,
+        poisoned: bool,
+        payload: &[u8],
+    ) -> bool {
+        let cpl = CplInfo {
+            tag,
+            status,
+            byte_count,
+            lower_address,
+            poisoned,
+        };
+        match self.reads.on_completion(cpl, payload) {
+            ReadEvent::Unexpected => false,
+            ReadEvent::Absorbed => true,
+            ReadEvent::Data {
+                job,
+                offset,
+                bytes,
+                done,
+            } => {
+                if let Some(op) = self.ops.get(usize::from(job)).and_then(Option::as_ref) {
+                    let o = offset as usize;
+                    if let Some(dst) = op.lock().buf.get_mut(o..o + bytes.len()) {
+                        dst.copy_from_slice(bytes);
+                    }
+                }
+                if done {
+                    if let Some(op) = self.release(job) {
+                        op.finish(Ok(()));
+                    }
+                }
+                true
+            }
+            ReadEvent::Failed { job, error, addr } => {
+                fail(&mut self.ops, &mut self.free, job, error, addr);
+                true
             }
         }
     }
 
-    /// Write `data` to host memory at `addr` (posted: returns once queued).
-    pub fn write(&self, addr: u64, data: &[u8]) -> Result<(), DmaError> {
-        let d = self.f.decode();
-        if !d.bus_master {
-            return Err(DmaError::BusMasterDisabled);
-        }
-        let mps = usize::from(d.mps.max(128));
-        let bdf = self.f.bdf();
-        let mut off = 0usize;
-        while off < data.len() {
-            let a = addr.wrapping_add(off as u64);
-            let to_4k = 4096 - (a & 0xfff) as usize;
-            // Keep each TLP's DW-aligned span within MPS.
-            let lead = (a & 3) as usize;
-            let n = (data.len() - off).min(mps - lead).min(to_4k);
-            let mut tlp = Vec::with_capacity(16 + n + 4);
-            wire::emit_mem_write(&mut tlp, bdf, a, &data[off..off + n]);
-            if !self.f.send(tlp) {
-                return Err(DmaError::Shutdown);
+    /// Fail every read of the function, queued or in flight. `error`: [`RequestError::Reset`]
+    /// (Function Level Reset: tags in flight are quarantined from `now`, the host may still
+    /// answer), [`RequestError::LinkDown`] (hot reset, link down: every tag is free). `close`:
+    /// the function is going away and accepts no more reads.
+    pub(crate) fn fail_all(
+        &mut self,
+        now: Option<Instant>,
+        queue: &DmaQueue,
+        error: RequestError,
+        close: bool,
+    ) {
+        let e = if close {
+            DmaError::Shutdown
+        } else {
+            DmaError::Reset { addr: 0 }
+        };
+        queue.drain(&e, close);
+        let (ops, free) = (&mut self.ops, &mut self.free);
+        let mut f = |j| {
+            if let Some(op) = release(ops, free, j) {
+                let addr = op.lock().addr;
+                op.finish(Err(if close {
+                    DmaError::Shutdown
+                } else {
+                    DmaError::Reset { addr }
+                }));
             }
-            off += n;
+        };
+        match now {
+            Some(now) if error != RequestError::LinkDown => self.reads.reset(now, &mut f),
+            // Without a time nothing was ever issued (reads start in `poll`): no tag to keep.
+            _ => self.reads.link_down(&mut f),
         }
-        Ok(())
     }
+}
 
-    /// The function's current Routing ID (the bus number is captured from config writes).
-    pub fn requester_id(&self) -> Bdf {
-        self.f.bdf()
+fn release(ops: &mut [Option<Arc<Op>>], free: &mut Vec<u16>, j: u16) -> Option<Arc<Op>> {
+    let op = ops.get_mut(usize::from(j))?.take()?;
+    free.push(j);
+    Some(op)
+}
+
+/// Read `j` failed at `addr`.
+fn fail(ops: &mut [Option<Arc<Op>>], free: &mut Vec<u16>, j: u16, e: RequestError, addr: u64) {
+    if let Some(op) = release(ops, free, j) {
+        let len = op.lock().buf.len();
+        op.finish(Err(DmaError::from_request(e, addr, len)));
     }
 }

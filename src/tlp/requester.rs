@@ -997,14 +997,21 @@ impl<J: Copy> Reads<J> {
         }
     }
 
-    /// Fail every read, `f(job)` for each not failed yet. [`RequestError::LinkDown`] frees
-    /// every tag; anything else (a Function Level Reset) quarantines the tags in flight.
-    pub fn fail_all(&mut self, now: Instant, error: RequestError, mut f: impl FnMut(J)) {
-        if error == RequestError::LinkDown {
-            self.req.link_down(|_| {});
-        } else {
-            self.req.reset(now, |_| {});
-        }
+    /// The requester was reset (Function Level Reset): every read fails, `f(job)` for each
+    /// not failed yet; tags in flight are quarantined (the completer may still answer).
+    pub fn reset(&mut self, now: Instant, f: impl FnMut(J)) {
+        self.req.reset(now, |_| {});
+        self.forget_all(f);
+    }
+
+    /// The link went down: every read fails, `f(job)` for each not failed yet; every tag is
+    /// free again.
+    pub fn link_down(&mut self, f: impl FnMut(J)) {
+        self.req.link_down(|_| {});
+        self.forget_all(f);
+    }
+
+    fn forget_all(&mut self, mut f: impl FnMut(J)) {
         while self.pop_waiting().is_some() {}
         for i in 0..self.table.reads.len() {
             if let Some(r) = self.table.reads[i].take() {
@@ -1455,7 +1462,7 @@ mod tests {
     }
 
     #[test]
-    fn fail_all_on_reset_and_link_down() {
+    fn reset_and_link_down_fail_every_read() {
         let t0 = Instant::now();
         let mut reads = Reads::new(RequesterConfig::default(), 4);
         reads.submit(t0, 1u8, 0, 256, 128).unwrap();
@@ -1463,7 +1470,7 @@ mod tests {
         let mut reqs = Vec::new();
         reads.poll_transmit(t0, |tag, a, n| reqs.push((tag, a, n)));
         let mut failed = vec![];
-        reads.fail_all(t0, RequestError::Reset, |j| failed.push(j));
+        reads.reset(t0, |j| failed.push(j));
         assert_eq!(failed, vec![1, 2]);
         assert_eq!(reads.requester().quarantined(), 3);
         let (tag, a, n) = reqs[0];
@@ -1474,7 +1481,7 @@ mod tests {
         reads.submit(t0, 3u8, 0, 128, 128).unwrap();
         reads.poll_transmit(t0, |_, _, _| {});
         failed.clear();
-        reads.fail_all(t0, RequestError::LinkDown, |j| failed.push(j));
+        reads.link_down(|j| failed.push(j));
         assert_eq!(failed, vec![3]);
         assert_eq!(reads.requester().quarantined(), 0);
         assert_eq!(reads.requester().outstanding(), 0);

@@ -197,11 +197,19 @@ impl Rig {
         let pump = std::thread::Builder::new()
             .name("direct-pump".into())
             .spawn(move || {
+                let kicks = ep.kicks();
                 while !st.load(Ordering::Relaxed) {
+                    // The endpoint's driver: time for its DMA requester (queued reads, timeouts).
+                    ep.poll(Instant::now());
+                    let wait = ep.poll_timeout().map_or(Duration::from_millis(20), |t| {
+                        t.saturating_duration_since(Instant::now())
+                            .min(Duration::from_millis(20))
+                    });
                     channel::select! {
+                        recv(kicks) -> _ => {},
                         recv(rx) -> t => if let Ok(t) = t { let _ = ep.handle_tlp(&t); },
                         recv(outbound) -> t => if let Ok(t) = t { h.on_tlp(&t); },
-                        default(Duration::from_millis(20)) => {}
+                        default(wait) => {}
                     }
                 }
             })?;

@@ -1,0 +1,92 @@
+//! The handle a device model issues DMA with (PCIe r5.0 §2.2.7 memory requests, §7.5.1.1.3
+//! Bus Master Enable).
+//!
+//! [`DmaHandle::read`] queues the read for the endpoint's TLP thread and blocks the calling
+//! device thread until it is over: tags, Max Read Request Size splitting, completion
+//! reassembly and the completion timeout are the shared requester's
+//! ([`crate::tlp::requester`], run by `requester.rs` with the driver's explicit time); the wait
+//! here is only the notification. The caller must therefore not be the thread that runs the
+//! endpoint. [`DmaHandle::write`] emits posted MWr TLPs split at Max Payload Size and 4 KiB
+//! and returns at once.
+
+use std::sync::Arc;
+
+use super::function::FunctionShared;
+use super::requester::DmaError;
+use super::wire::{self, Bdf};
+
+/// Issues DMA as one function. Cheap to clone; usable from any thread except the one that
+/// runs the endpoint.
+#[derive(Debug, Clone)]
+pub struct DmaHandle {
+    pub(crate) f: Arc<FunctionShared>,
+}
+
+impl DmaHandle {
+    /// Whether Bus Master Enable is set.
+    pub fn bus_master_enabled(&self) -> bool {
+        self.f.decode().bus_master
+    }
+
+    /// Read `buf.len()` bytes of host memory at `addr`, blocking until every completion has
+    /// arrived or the read failed.
+    pub fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), DmaError> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        if !self.f.decode().bus_master {
+            return Err(DmaError::BusMasterDisabled);
+        }
+        let op = self.f.dma.take_op();
+        {
+            let mut st = op.lock();
+            st.addr = addr;
+            st.buf.clear();
+            st.buf.resize(buf.len(), 0);
+            st.result = None;
+        }
+        if let Err(e) = self.f.submit_dma(op.clone()) {
+            self.f.dma.recycle(op);
+            return Err(e);
+        }
+        let (r, finished) = op.wait(self.f.dma_backstop, |st| {
+            buf.copy_from_slice(&st.buf);
+        });
+        // Only a read the TLP thread has finished goes back to the pool; after a backstop
+        // timeout the op stays with the TLP thread, which drops it when done with it.
+        if finished {
+            self.f.dma.recycle(op);
+        }
+        r
+    }
+
+    /// Write `data` to host memory at `addr` (posted: returns once queued).
+    pub fn write(&self, addr: u64, data: &[u8]) -> Result<(), DmaError> {
+        let d = self.f.decode();
+        if !d.bus_master {
+            return Err(DmaError::BusMasterDisabled);
+        }
+        let mps = usize::from(d.mps.max(128));
+        let bdf = self.f.bdf();
+        let mut off = 0usize;
+        while off < data.len() {
+            let a = addr.wrapping_add(off as u64);
+            let to_4k = 4096 - (a & 0xfff) as usize;
+            // Keep each TLP's DW-aligned span within MPS.
+            let lead = (a & 3) as usize;
+            let n = (data.len() - off).min(mps - lead).min(to_4k);
+            let mut tlp = Vec::with_capacity(16 + n + 4);
+            wire::emit_mem_write(&mut tlp, bdf, a, &data[off..off + n]);
+            if !self.f.send(tlp) {
+                return Err(DmaError::Shutdown);
+            }
+            off += n;
+        }
+        Ok(())
+    }
+
+    /// The function's current Routing ID (the bus number is captured from config writes).
+    pub fn requester_id(&self) -> Bdf {
+        self.f.bdf()
+    }
+}

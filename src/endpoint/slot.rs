@@ -1,0 +1,151 @@
+//! A function as the proxy holds it: the device model, the decode state the proxy routes on,
+//! the state shared with the function's handles, its DMA requester, and what makes it a
+//! virtual function (PCIe r5.0 §6.6.2 Function Level Reset, §9 SR-IOV). Only the TLP thread
+//! touches a [`Function`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::decode::{BarSpec, Decode};
+use super::device::{Device, DeviceContext, ResetKind};
+use super::dma::DmaHandle;
+use super::function::{FunctionShared, Outbound};
+use super::interrupt::InterruptHandle;
+use super::requester::DmaRequester;
+use super::wire::Bdf;
+use crate::tlp::requester::RequestError;
+
+/// What makes a function a virtual function: its PF and the PF-provided decode.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct VfInfo {
+    /// The PF's function id.
+    pub(crate) pf: u64,
+    /// VF BARs (this VF's slice of the PF's VF BARs).
+    pub(crate) bars: [Option<(BarSpec, u64)>; 6],
+    /// VF Memory Space Enable of the PF.
+    pub(crate) mse: bool,
+}
+
+/// A function as the proxy holds it.
+pub(crate) struct Function {
+    /// Unique among the endpoint's functions, stable while the function exists.
+    pub(crate) id: u64,
+    pub(crate) device: Box<dyn Device>,
+    pub(crate) decode: Decode,
+    pub(crate) shared: Arc<FunctionShared>,
+    pub(crate) dma: DmaRequester,
+    pub(crate) vf: Option<VfInfo>,
+}
+
+impl std::fmt::Debug for Function {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Function")
+            .field("bdf", &self.shared.bdf())
+            .field("device", &self.device.name())
+            .finish()
+    }
+}
+
+impl Function {
+    pub(crate) fn new(
+        id: u64,
+        bdf: Bdf,
+        mut device: Box<dyn Device>,
+        out: Outbound,
+        dma_timeout: Duration,
+    ) -> Self {
+        let decode = device.decode();
+        let shared = Arc::new(FunctionShared::new(bdf, decode, out, dma_timeout));
+        device.attach(DeviceContext {
+            dma: DmaHandle { f: shared.clone() },
+            irq: InterruptHandle { f: shared.clone() },
+        });
+        Function {
+            id,
+            device,
+            decode,
+            shared,
+            dma: DmaRequester::new(dma_timeout),
+            vf: None,
+        }
+    }
+
+    pub(crate) fn bdf(&self) -> Bdf {
+        self.shared.bdf()
+    }
+
+    /// Capture bus and device number from a Type 0 configuration write.
+    pub(crate) fn capture_bdf(&self, target: Bdf) {
+        let cur = self.bdf();
+        self.shared
+            .set_bdf(Bdf::new(target.bus(), target.device(), cur.function()));
+    }
+
+    /// Re-read the decode state after a config write or reset and apply its side effects:
+    /// INTx gating, pending MSI-X vectors becoming deliverable.
+    pub(crate) fn refresh(&mut self) {
+        let mut d = self.device.decode();
+        if let Some(vf) = &self.vf {
+            d.bars = vf.bars;
+            d.mem_enable = vf.mse;
+        }
+        self.decode = d;
+        self.shared.set_decode(d);
+        {
+            let mut s = self.shared.intx.lock().unwrap_or_else(|e| e.into_inner());
+            self.shared.sync_intx(&mut s, &d);
+        }
+        self.shared.flush_msix(&d);
+    }
+
+    /// Run the DMA requester: admit queued reads, expire timed-out ones, issue requests.
+    pub(crate) fn poll_dma(&mut self, now: Instant) {
+        let shared = &self.shared;
+        self.dma
+            .poll(now, &shared.dma, &self.decode, shared.bdf(), |tlp| {
+                shared.send(tlp);
+            });
+    }
+
+    /// Fail every DMA read and accept no more: the function is being removed. Its worker
+    /// may be blocked on a completion only the TLP thread could deliver.
+    pub(crate) fn retire(&mut self, now: Option<Instant>) {
+        self.shared.block_dma();
+        self.dma
+            .fail_all(now, &self.shared.dma, RequestError::LinkDown, true);
+    }
+
+    /// Function Level Reset or conventional reset. `now`: the latest time the driver gave
+    /// the endpoint (a Function Level Reset quarantines the tags in flight from then).
+    pub(crate) fn reset(&mut self, kind: ResetKind, now: Option<Instant>) {
+        // Block new DMA first, then fail what is queued or in flight (device workers wait on
+        // it, and only this thread could finish it), then quiesce the device.
+        self.shared.block_dma();
+        let error = match kind {
+            // The host may still answer requests issued before the FLR.
+            ResetKind::FunctionLevel => RequestError::Reset,
+            // Hot reset or link down: nothing sent before can be answered.
+            ResetKind::Conventional => RequestError::LinkDown,
+        };
+        self.dma.fail_all(now, &self.shared.dma, error, false);
+        self.device.reset(kind);
+        self.shared
+            .msix
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .reset();
+        {
+            let mut s = self.shared.intx.lock().unwrap_or_else(|e| e.into_inner());
+            s.level = false;
+        }
+        self.refresh();
+    }
+}
+
+/// The function a configuration request for `bdf` goes to (device and function number; the
+/// bus is captured, not matched).
+pub(crate) fn find_cfg(functions: &[Function], bdf: Bdf) -> Option<usize> {
+    functions
+        .iter()
+        .position(|f| f.bdf().device() == bdf.device() && f.bdf().function() == bdf.function())
+}
