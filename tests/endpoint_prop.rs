@@ -2,7 +2,7 @@
 //! well-formed non-posted request with exactly one well-formed completion sequence, and never
 //! change a function they do not address (its config space and its BAR memory).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam::channel::Receiver;
 use pcietun::endpoint::dma_engine::DmaEngine;
@@ -185,6 +185,8 @@ proptest! {
             let parsed = Header::parse(t);
             let res = ep.handle_tlp(t);
             prop_assert_eq!(parsed.is_ok(), res.is_ok());
+            // As a driver would: let the DMA requester run (the reads the stream started).
+            ep.poll(Instant::now());
             // Everything the endpoint emits is itself a parseable TLP.
             while let Ok(out) = rx.try_recv() {
                 prop_assert!(Header::parse(&out).is_ok(), "endpoint emitted garbage: {:02x?}", out);

@@ -15,6 +15,33 @@ const REGS: u64 = 0xfe00_0000;
 const BUF: u64 = 0x8000_0000;
 const BUF1: u64 = 0x9000_0000;
 
+/// The next TLP the endpoint sends within `timeout`, driving it meanwhile as its driver would:
+/// `poll` with real time after every wake-up (a device thread's DMA kick, a timer).
+fn recv_driven(
+    ep: &mut Endpoint,
+    rx: &crossbeam::channel::Receiver<Vec<u8>>,
+    timeout: Duration,
+) -> Result<Vec<u8>, crossbeam::channel::RecvTimeoutError> {
+    let kicks = ep.kicks();
+    let deadline = Instant::now() + timeout;
+    loop {
+        let now = Instant::now();
+        ep.poll(now);
+        if let Ok(t) = rx.try_recv() {
+            return Ok(t);
+        }
+        if now >= deadline {
+            return Err(crossbeam::channel::RecvTimeoutError::Timeout);
+        }
+        let wake = ep.poll_timeout().map_or(deadline, |t| t.min(deadline));
+        crossbeam::channel::select! {
+            recv(kicks) -> _ => {}
+            recv(rx) -> t => return t.map_err(|_| crossbeam::channel::RecvTimeoutError::Disconnected),
+            default(wake.saturating_duration_since(now)) => {}
+        }
+    }
+}
+
 fn setup(timeout: Duration) -> LoopbackHost {
     let (mut ep, rx) = Endpoint::new(EndpointConfig {
         dma_timeout: timeout,
@@ -423,7 +450,7 @@ fn requester_tags_and_read_splitting() {
                 "DMA stalled after {served} bytes"
             );
             let mut batch = Vec::new();
-            while let Ok(t) = rx.recv_timeout(Duration::from_millis(60)) {
+            while let Ok(t) = recv_driven(&mut ep, &rx, Duration::from_millis(60)) {
                 let hd = Header::parse(&t).unwrap();
                 if let Kind::MemRead { addr } = hd.kind {
                     batch.push((hd, addr));
@@ -442,6 +469,12 @@ fn requester_tags_and_read_splitting() {
                 assert!(
                     hd.tag < tag_space,
                     "tag {} outside a {tag_space}-tag space",
+                    hd.tag
+                );
+                // A 10-bit tag never has Tag[9:8] = 00b (PCIe §2.2.6.2).
+                assert!(
+                    tag_space < 1024 || hd.tag >= 256,
+                    "10-bit tag {} with Tag[9:8] = 00b",
                     hd.tag
                 );
                 assert!(
@@ -499,7 +532,7 @@ fn requester_tags_and_read_splitting() {
             wire::emit_mem_read(&mut t, Bdf(0), 9, REGS + reg::STATUS, 4);
             ep.handle_tlp(&t).unwrap();
             let st = loop {
-                let r = rx.recv_timeout(Duration::from_secs(1)).unwrap();
+                let r = recv_driven(&mut ep, &rx, Duration::from_secs(1)).unwrap();
                 let hd = Header::parse(&r).unwrap();
                 if let Kind::Completion { .. } = hd.kind {
                     if hd.tag == 9 {
@@ -545,7 +578,7 @@ fn completion_timeout_and_late_completion() {
         wire::emit_mem_read(&mut t, Bdf(0), 9, REGS + reg::STATUS, 4);
         ep.handle_tlp(&t).unwrap();
         loop {
-            let r = rx.recv_timeout(Duration::from_secs(2)).unwrap();
+            let r = recv_driven(ep, rx, Duration::from_secs(2)).unwrap();
             let hd = Header::parse(&r).unwrap();
             if matches!(hd.kind, Kind::Completion { .. }) && hd.tag == 9 {
                 return u32::from_le_bytes(r[hd.payload][..4].try_into().unwrap());
@@ -556,7 +589,7 @@ fn completion_timeout_and_late_completion() {
     mw(&mut ep, reg::LENGTH, 64);
     mw(&mut ep, reg::DOORBELL, 1);
     let req = loop {
-        let t = rx.recv_timeout(Duration::from_secs(2)).unwrap();
+        let t = recv_driven(&mut ep, &rx, Duration::from_secs(2)).unwrap();
         let hd = Header::parse(&t).unwrap();
         if let Kind::MemRead { .. } = hd.kind {
             break hd;
@@ -593,7 +626,7 @@ fn completion_timeout_and_late_completion() {
     mw(&mut ep, reg::STATUS, dma_engine::STATUS_ERROR);
     mw(&mut ep, reg::DOORBELL, 1);
     let req = loop {
-        let t = rx.recv_timeout(Duration::from_secs(2)).unwrap();
+        let t = recv_driven(&mut ep, &rx, Duration::from_secs(2)).unwrap();
         let hd = Header::parse(&t).unwrap();
         if let Kind::MemRead { .. } = hd.kind {
             break hd;
@@ -621,7 +654,7 @@ fn completion_timeout_and_late_completion() {
     wire::emit_mem_read(&mut t, Bdf(0), 10, REGS + reg::BYTES_LO, 4);
     ep.handle_tlp(&t).unwrap();
     let bytes = loop {
-        let r = rx.recv_timeout(Duration::from_secs(2)).unwrap();
+        let r = recv_driven(&mut ep, &rx, Duration::from_secs(2)).unwrap();
         let hd = Header::parse(&r).unwrap();
         if matches!(hd.kind, Kind::Completion { .. }) && hd.tag == 10 {
             break u32::from_le_bytes(r[hd.payload][..4].try_into().unwrap());
@@ -632,7 +665,7 @@ fn completion_timeout_and_late_completion() {
     wire::emit_mem_read(&mut t, Bdf(0), 11, BUF, 64);
     ep.handle_tlp(&t).unwrap();
     let data = loop {
-        let r = rx.recv_timeout(Duration::from_secs(2)).unwrap();
+        let r = recv_driven(&mut ep, &rx, Duration::from_secs(2)).unwrap();
         let hd = Header::parse(&r).unwrap();
         if matches!(hd.kind, Kind::Completion { .. }) && hd.tag == 11 {
             break r[hd.payload].to_vec();
@@ -643,4 +676,186 @@ fn completion_timeout_and_late_completion() {
         vec![0x11; 64],
         "the buffer holds the answered data, not the late bytes"
     );
+}
+
+/// A device that only hands out its DMA handle: the test drives the reads.
+struct Probe {
+    ctx: std::sync::Arc<std::sync::Mutex<Option<pcietun::endpoint::DeviceContext>>>,
+}
+
+impl pcietun::endpoint::Device for Probe {
+    fn name(&self) -> &str {
+        "probe"
+    }
+    fn attach(&mut self, ctx: pcietun::endpoint::DeviceContext) {
+        *self.ctx.lock().unwrap() = Some(ctx);
+    }
+    fn config_read(&mut self, _reg: u16) -> u32 {
+        0
+    }
+    fn config_write(&mut self, _reg: u16, _value: u32, _be: u8) -> bool {
+        false
+    }
+    fn decode(&self) -> pcietun::endpoint::device::Decode {
+        pcietun::endpoint::device::Decode {
+            io_enable: false,
+            mem_enable: false,
+            bus_master: true,
+            intx_disable: true,
+            int_pin: 0,
+            bars: [None; 6],
+            mps: 128,
+            mrrs: 128,
+            rcb: 64,
+            ext_tags: false,
+            ten_bit_tags: false,
+            msix: None,
+            msix_enabled: false,
+            msix_masked: false,
+            sriov: None,
+        }
+    }
+    fn bar_read(
+        &mut self,
+        _bar: u8,
+        _offset: u64,
+        _data: &mut [u8],
+    ) -> Result<(), pcietun::endpoint::DeviceError> {
+        Err(pcietun::endpoint::DeviceError::Unsupported("no BARs"))
+    }
+    fn bar_write(
+        &mut self,
+        _bar: u8,
+        _offset: u64,
+        _data: &[u8],
+    ) -> Result<(), pcietun::endpoint::DeviceError> {
+        Err(pcietun::endpoint::DeviceError::Unsupported("no BARs"))
+    }
+    fn reset(&mut self, _kind: pcietun::endpoint::device::ResetKind) {}
+}
+
+/// The endpoint's DMA requester under simulated time: the test is the endpoint's driver and
+/// gives it `t0 + offset`, never the wall clock, so timeouts fire exactly where the simulated
+/// clock says (the only real waiting is for the device thread to queue its read, which the
+/// kick reports). Covers a completion timeout, the late completion after it, a read split at
+/// MRRS and answered out of order, and link down with a read in flight.
+#[test]
+fn dma_requester_under_simulated_time() {
+    use pcietun::endpoint::wire::emit_completion;
+    use pcietun::endpoint::DmaError;
+    const PROBE: Bdf = Bdf::new(0, 0, 0);
+    let timeout = Duration::from_millis(100);
+    let (mut ep, rx) = Endpoint::new(EndpointConfig {
+        dma_timeout: timeout,
+        ..EndpointConfig::default()
+    });
+    let ctx = std::sync::Arc::new(std::sync::Mutex::new(None));
+    ep.add_function(PROBE, Box::new(Probe { ctx: ctx.clone() }))
+        .unwrap();
+    let dma = ctx.lock().unwrap().as_ref().unwrap().dma.clone();
+    let kicks = ep.kicks();
+    let t0 = Instant::now();
+    let at = |ms: u64| t0 + Duration::from_millis(ms);
+    let start_read = |addr: u64, len: usize| {
+        let dma = dma.clone();
+        let h = std::thread::spawn(move || {
+            let mut b = vec![0u8; len];
+            dma.read(addr, &mut b).map(|()| b)
+        });
+        kicks
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the read is queued");
+        h
+    };
+    let mem_reads = |rx: &crossbeam::channel::Receiver<Vec<u8>>| -> Vec<(u16, u64, u32)> {
+        rx.try_iter()
+            .filter_map(|t| {
+                let hd = Header::parse(&t).unwrap();
+                match hd.kind {
+                    Kind::MemRead { addr } => Some((
+                        hd.tag,
+                        addr + u64::from(hd.first_byte_offset()),
+                        hd.byte_count(),
+                    )),
+                    _ => None,
+                }
+            })
+            .collect()
+    };
+    let cpl = |tag: u16, addr: u64, remaining: u32, data: &[u8]| {
+        let lead = (addr & 3) as usize;
+        let mut p = vec![0u8; (lead + data.len()).div_ceil(4) * 4];
+        p[lead..lead + data.len()].copy_from_slice(data);
+        let mut c = Vec::new();
+        emit_completion(
+            &mut c,
+            Bdf(0x100),
+            PROBE,
+            tag,
+            CplStatus::Sc,
+            remaining as u16,
+            (addr & 0x7f) as u8,
+            0,
+            &p,
+        );
+        c
+    };
+    let stats = |ep: &Endpoint| ep.requester_stats(PROBE).unwrap();
+
+    // 1. Completion timeout, at exactly the simulated deadline.
+    let reader = start_read(0x1000, 64);
+    ep.poll(at(0));
+    let reqs = mem_reads(&rx);
+    assert_eq!(reqs.len(), 1);
+    let (late_tag, _, _) = reqs[0];
+    assert_eq!(ep.poll_timeout(), Some(at(100)));
+    ep.poll(at(99));
+    assert_eq!(stats(&ep).timeouts, 0);
+    ep.poll(at(100));
+    assert_eq!(
+        reader.join().unwrap(),
+        Err(DmaError::Timeout {
+            addr: 0x1000,
+            len: 64
+        })
+    );
+    assert_eq!(stats(&ep).timeouts, 1);
+
+    // 2. The late completion is absorbed: not delivered, not unexpected, tag freed.
+    ep.handle_tlp(&cpl(late_tag, 0x1000, 64, &[0xee; 64]))
+        .unwrap();
+    assert_eq!(stats(&ep).late, 1);
+    assert_eq!(ep.stats().unexpected_completions, 0);
+
+    // 3. A 300-byte read splits at MRRS 128 (three requests, 5-bit tags, none the timed-out
+    //    tag's successor in use twice) and reassembles when answered out of order.
+    let src: Vec<u8> = (0..300u32).map(|i| (i * 7) as u8).collect();
+    let reader = start_read(0x2_0040, 300);
+    ep.poll(at(150));
+    let mut reqs = mem_reads(&rx);
+    assert_eq!(reqs.len(), 3);
+    assert!(reqs.iter().all(|&(tag, _, n)| tag < 32 && n <= 128));
+    reqs.reverse();
+    for (tag, addr, n) in reqs {
+        let off = (addr - 0x2_0040) as usize;
+        ep.handle_tlp(&cpl(tag, addr, n, &src[off..off + n as usize]))
+            .unwrap();
+    }
+    assert_eq!(reader.join().unwrap().unwrap(), src);
+    assert_eq!(ep.poll_timeout(), None, "nothing outstanding, no timer");
+
+    // 4. Link down with a read in flight: it fails at once, its tag is free, a completion
+    //    for it afterwards matches nothing.
+    let reader = start_read(0x3000, 16);
+    ep.poll(at(200));
+    let (tag, _, _) = mem_reads(&rx)[0];
+    ep.reset_all();
+    assert_eq!(
+        reader.join().unwrap(),
+        Err(DmaError::Reset { addr: 0x3000 })
+    );
+    ep.handle_tlp(&cpl(tag, 0x3000, 16, &[0; 16])).unwrap();
+    assert_eq!(ep.stats().unexpected_completions, 1);
+    assert_eq!(stats(&ep).link_down, 1);
+    assert_eq!(ep.poll_timeout(), None);
 }

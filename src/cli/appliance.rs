@@ -751,10 +751,12 @@ fn serve(
     'serve: while !STOP.load(Ordering::SeqCst) {
         // Time for the endpoint's DMA requester: queued reads, timeouts.
         endpoint.poll(Instant::now());
-        let wait = endpoint.poll_timeout().map_or(Duration::from_millis(100), |t| {
-            t.saturating_duration_since(Instant::now())
-                .min(Duration::from_millis(100))
-        });
+        let wait = endpoint
+            .poll_timeout()
+            .map_or(Duration::from_millis(100), |t| {
+                t.saturating_duration_since(Instant::now())
+                    .min(Duration::from_millis(100))
+            });
         let mut sel = Select::new();
         for l in links.iter() {
             sel.recv(l.upcalls());

@@ -128,10 +128,10 @@ impl Decode {
         match self.sriov {
             Some(s) if s.vf_enable => (0..s.num_vfs)
                 .map(|i| {
-                    Bdf(
-                        pf.0.wrapping_add(s.first_offset)
-                            .wrapping_add(s.stride.wrapping_mul(i)),
-                    )
+                    Bdf(pf
+                        .0
+                        .wrapping_add(s.first_offset)
+                        .wrapping_add(s.stride.wrapping_mul(i)))
                 })
                 .collect(),
             _ => Vec::new(),

@@ -10,8 +10,8 @@ use thiserror::Error;
 
 pub use super::decode::{BarKind, BarSpec, Decode, MsixLayout, SriovDecode};
 pub use super::dma::DmaHandle;
-pub use super::requester::DmaError;
 pub use super::interrupt::InterruptHandle;
+pub use super::requester::DmaError;
 
 /// An error a device reports for an access; the proxy answers a read with Completer Abort.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]

@@ -95,9 +95,7 @@ impl FunctionShared {
             msix: Mutex::new(MsixState::new(vectors)),
             intx: Mutex::new(IntxState::default()),
             dma: DmaQueue::default(),
-            dma_backstop: dma_timeout
-                .saturating_mul(10)
-                .max(Duration::from_secs(10)),
+            dma_backstop: dma_timeout.saturating_mul(10).max(Duration::from_secs(10)),
             out,
         }
     }
@@ -121,7 +119,10 @@ impl FunctionShared {
 
     /// Clear Bus Master Enable in the handles' view (first step of a reset).
     pub(crate) fn block_dma(&self) {
-        self.decode.lock().unwrap_or_else(|e| e.into_inner()).bus_master = false;
+        self.decode
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .bus_master = false;
     }
 
     /// Queue a TLP for the host; false when the endpoint is gone.

@@ -82,11 +82,9 @@ impl LoopbackHost {
                 // The endpoint's driver: TLPs in, DMA kicks and timers, all with real time.
                 let kicks = ep.kicks();
                 loop {
-                    let wait = ep
-                        .poll_timeout()
-                        .map_or(Duration::from_secs(1), |t| {
-                            t.saturating_duration_since(Instant::now())
-                        });
+                    let wait = ep.poll_timeout().map_or(Duration::from_secs(1), |t| {
+                        t.saturating_duration_since(Instant::now())
+                    });
                     channel::select! {
                         recv(ep_in) -> m => match m {
                             Ok(tlp) => { let _ = ep.handle_tlp(&tlp); }

@@ -100,9 +100,7 @@ impl DmaError {
                 addr,
                 why: match f {
                     CplFault::ByteCount => "byte count does not match the bytes still expected",
-                    CplFault::LowerAddress => {
-                        "lower address does not match the next expected byte"
-                    }
+                    CplFault::LowerAddress => "lower address does not match the next expected byte",
                     CplFault::NoData => "completion carries no data",
                 },
             },
@@ -211,10 +209,7 @@ impl DmaQueue {
 
     /// Give back an op the TLP thread is done with.
     pub(crate) fn recycle(&self, op: Arc<Op>) {
-        self.pool
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(op);
+        self.pool.lock().unwrap_or_else(|e| e.into_inner()).push(op);
     }
 
     /// Queue a read. `allowed` is checked under the queue's lock, so a reset that clears Bus
@@ -331,7 +326,6 @@ impl DmaRequester {
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
         self.reads.poll_timeout()
     }
-
 
     /// A completion addressed to this function. `false` when it matched no request (an
     /// Unexpected Completion, which the caller counts).

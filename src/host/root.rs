@@ -19,9 +19,7 @@ use std::time::{Duration, Instant};
 
 use super::enumerate::{self, ConfigAccess, EnumConfig, FunctionInfo};
 use super::function::{FunctionState, RemoteFunction};
-use super::requester::{
-    Expect, RequestError, Requester, RequesterConfig, StartError, TagSpace,
-};
+use super::requester::{Expect, RequestError, Requester, RequesterConfig, StartError, TagSpace};
 use super::tlpio::{self, MAX_TLP, ROOT_PORT};
 use crate::pci::{ConfigSpace, ExpressConfig, FunctionIds, PciExpressCap, SlotConfig};
 use crate::tlp::{self, Bdf};

@@ -263,7 +263,9 @@ enum Slot<T> {
     Free,
     Busy(Busy<T>),
     /// Timed out or abandoned: out of use until a late final completion or `until`.
-    Quarantined { until: Instant },
+    Quarantined {
+        until: Instant,
+    },
 }
 
 /// What the caller does with one completion.
@@ -459,6 +461,9 @@ impl<T: Copy> Requester<T> {
             return None;
         };
         self.outstanding -= 1;
+        if self.outstanding == 0 {
+            self.deadline_bound = None;
+        }
         self.free(tag);
         Some(b)
     }
@@ -469,6 +474,9 @@ impl<T: Copy> Requester<T> {
             return None;
         };
         self.outstanding -= 1;
+        if self.outstanding == 0 {
+            self.deadline_bound = None;
+        }
         if self.cfg.quarantine.is_zero() {
             self.free(tag);
         } else {
@@ -529,6 +537,9 @@ impl<T: Copy> Requester<T> {
                 // reaching the end of Byte Count.
                 if cpl.status != CplStatus::Sc || carried >= bc {
                     self.quarantined -= 1;
+                    if self.quarantined == 0 {
+                        self.release_bound = None;
+                    }
                     self.free(cpl.tag);
                 }
                 return CplAction::Late;
@@ -600,7 +611,8 @@ impl<T: Copy> Requester<T> {
     }
 
     /// When [`Requester::handle_timeout`] next has something to do (a request's deadline or
-    /// the end of a quarantine; possibly early, never late).
+    /// the end of a quarantine; possibly early, never late). `None` with nothing outstanding
+    /// or quarantined.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match (self.deadline_bound, self.release_bound) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -1137,7 +1149,10 @@ mod tests {
         assert_eq!(down, vec![2]);
         assert_eq!(r.poll_timeout(), None);
         let s = r.stats();
-        assert_eq!((s.timeouts, s.link_down, s.late, s.unexpected), (1, 1, 1, 1));
+        assert_eq!(
+            (s.timeouts, s.link_down, s.late, s.unexpected),
+            (1, 1, 1, 1)
+        );
     }
 
     #[test]
@@ -1152,7 +1167,10 @@ mod tests {
         r.handle_timeout(t0 + ms(10), |_| {});
         assert_eq!(r.on_completion(ok(tag, 128, 0), &[0; 64]), CplAction::Late);
         assert_eq!(r.quarantined(), 1, "more of the late read is still to come");
-        assert_eq!(r.on_completion(ok(tag, 64, 0x40), &[0; 64]), CplAction::Late);
+        assert_eq!(
+            r.on_completion(ok(tag, 64, 0x40), &[0; 64]),
+            CplAction::Late
+        );
         assert_eq!(r.quarantined(), 0);
     }
 
@@ -1164,7 +1182,9 @@ mod tests {
             tag_space: TagSpace::Five,
             quarantine: ms(40),
         });
-        let tags: Vec<u16> = (0..32).map(|i| r.start(t0, read(0, 4), i).unwrap()).collect();
+        let tags: Vec<u16> = (0..32)
+            .map(|i| r.start(t0, read(0, 4), i).unwrap())
+            .collect();
         r.handle_timeout(t0 + ms(10), |_| {});
         assert_eq!(r.quarantined(), 32);
         assert_eq!(
@@ -1190,7 +1210,10 @@ mod tests {
         assert_eq!(r.abandon(t0, a), Some('a'));
         assert_eq!(r.abandon(t0, a), None);
         assert_eq!(r.cancel(b), Some('b'));
-        assert_eq!((r.outstanding(), r.quarantined(), r.available()), (0, 1, 31));
+        assert_eq!(
+            (r.outstanding(), r.quarantined(), r.available()),
+            (0, 1, 31)
+        );
     }
 
     #[test]
@@ -1287,7 +1310,10 @@ mod tests {
             let mut seen = std::collections::HashSet::new();
             for i in 0..space.capacity() {
                 let t = r.start(t0, Expect::Other { len: 0 }, i).unwrap();
-                assert!((lo..hi).contains(&t) && space.contains(t), "{space:?} gave {t}");
+                assert!(
+                    (lo..hi).contains(&t) && space.contains(t),
+                    "{space:?} gave {t}"
+                );
                 assert!(seen.insert(t), "tag {t} handed out twice");
             }
             assert_eq!(
@@ -1386,7 +1412,12 @@ mod tests {
                 p[lead + k] = mem(a + k as u64);
             }
             match reads.on_completion(ok(tag, n as u16, (a & 0x7f) as u8), &p) {
-                ReadEvent::Data { offset, bytes, done, .. } => {
+                ReadEvent::Data {
+                    offset,
+                    bytes,
+                    done,
+                    ..
+                } => {
                     assert!(!done);
                     out[offset as usize..][..bytes.len()].copy_from_slice(bytes);
                 }
@@ -1394,7 +1425,10 @@ mod tests {
             }
         }
         serve_all(&mut reads, t0, &mem, &mut out);
-        assert!(out.iter().enumerate().all(|(i, &b)| b == mem(addr + i as u64)));
+        assert!(out
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b == mem(addr + i as u64)));
         assert_eq!(reads.in_progress(), 0);
         assert_eq!(reads.requester().outstanding(), 0);
     }
@@ -1420,7 +1454,11 @@ mod tests {
                 addr: 0x2080
             }
         );
-        assert_eq!(reads.in_progress(), 1, "pieces still in flight hold the slot");
+        assert_eq!(
+            reads.in_progress(),
+            1,
+            "pieces still in flight hold the slot"
+        );
         for &(tag, a, n) in [reqs[0], reqs[2], reqs[3]].iter() {
             let e = reads.on_completion(ok(tag, n as u16, (a & 0x7f) as u8), &[0; 128]);
             assert_eq!(e, ReadEvent::Absorbed);
@@ -1593,6 +1631,9 @@ mod tests {
                 prop_assert_eq!(r.outstanding(), held.len());
                 let free: usize = r.pools.iter().map(VecDeque::len).sum();
                 prop_assert_eq!(free + r.outstanding() + r.quarantined(), TAGS);
+                if r.outstanding() + r.quarantined() == 0 {
+                    prop_assert_eq!(r.poll_timeout(), None, "an idle requester has no timer");
+                }
             }
         }
 
