@@ -1,5 +1,6 @@
-//! Interrupts of a function: the MSI-X table and Pending Bit Array (PCIe r5.0 §6.1.4, §7.7.2)
-//! and legacy INTx as Assert_INTx/Deassert_INTx messages (§2.2.8.1, §6.1.2).
+//! The handle a device raises interrupts with: MSI-X vectors (PCIe r5.0 §6.1.4, §7.7.2) and
+//! legacy INTx as Assert_INTx/Deassert_INTx messages (§2.2.8.1, §6.1.2). The table and PBA
+//! state is `msix.rs`'s; sending and gating is the function state's (`function.rs`).
 //!
 //! MSI-X messages are posted memory writes on the same outbound queue as the function's DMA
 //! writes, so an interrupt never overtakes the data it announces. A vector that fires while it

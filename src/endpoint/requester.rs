@@ -232,12 +232,17 @@ impl DmaQueue {
         self.lock().ops.pop_front()
     }
 
-    /// Fail every queued read with `e`; `close`: accept nothing more.
-    fn drain(&self, e: &DmaError, close: bool) {
+    /// Fail every queued read (`Reset`, or `Shutdown` when `close`: accept nothing more).
+    fn drain(&self, close: bool) {
         let mut q = self.lock();
         q.closed |= close;
         for op in q.ops.drain(..) {
-            op.finish(Err(e.clone()));
+            let addr = op.lock().addr;
+            op.finish(Err(if close {
+                DmaError::Shutdown
+            } else {
+                DmaError::Reset { addr }
+            }));
         }
     }
 }
@@ -385,12 +390,7 @@ impl DmaRequester {
         error: RequestError,
         close: bool,
     ) {
-        let e = if close {
-            DmaError::Shutdown
-        } else {
-            DmaError::Reset { addr: 0 }
-        };
-        queue.drain(&e, close);
+        queue.drain(close);
         let (ops, free) = (&mut self.ops, &mut self.free);
         let mut f = |j| {
             if let Some(op) = release(ops, free, j) {
