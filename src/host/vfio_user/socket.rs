@@ -20,7 +20,7 @@ use std::time::Duration;
 use super::server::Connection;
 use super::wire::{Command, DmaAccessRepr, Header, HeaderRepr, MessageType, WireError, HEADER_LEN};
 use super::Device;
-use crate::host::dma::{DmaError, DmaMemory};
+use crate::host::dma::{check_range, DmaError, DmaMemory};
 
 /// Most descriptors one `recvmsg` accepts (matches the announced `max_msg_fds` ceiling).
 const MAX_FDS: usize = 64;
@@ -224,6 +224,8 @@ impl DmaMemory for RemoteWindow {
     }
 
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), DmaError> {
+        check_range("read", offset, buf.len(), self.len)?;
+        // In range, so `iova + offset + buf.len()` is inside the mapped window: no overflow.
         let mut done = 0;
         for chunk in buf.chunks_mut(self.chan.max_xfer.load(Ordering::Relaxed)) {
             let address = self.iova + offset + done as u64;
@@ -247,6 +249,7 @@ impl DmaMemory for RemoteWindow {
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), DmaError> {
+        check_range("write", offset, data.len(), self.len)?;
         let mut done = 0;
         for chunk in data.chunks(self.chan.max_xfer.load(Ordering::Relaxed)) {
             let req = DmaAccessRepr {
