@@ -17,5 +17,6 @@ pub mod drivers;
 pub mod endpoint;
 pub mod host;
 pub mod pci;
+pub mod sys;
 pub mod tlp;
 pub mod transport;
