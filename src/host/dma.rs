@@ -7,13 +7,16 @@
 //! here: a read outside the windows is answered with Unsupported Request by the caller, a write
 //! is dropped; both are counted and logged.
 //!
-//! Memory behind a window is any [`DmaMemory`]. Shared guest memory is accessed through raw
-//! pointers only (never Rust references): the guest changes it concurrently.
+//! Memory behind a window is any [`DmaMemory`]. Shared guest memory ([`MmapMemory`]) is a
+//! [`crate::sys::SharedMapping`], copied in and out through raw pointers only (never Rust
+//! references): the guest changes it concurrently.
 
 use std::fmt;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+
+use crate::sys::{Protection, SharedMapping};
 
 /// Memory a DMA window is backed by. `offset` is relative to the start of the window.
 ///
@@ -428,18 +431,12 @@ impl DmaMemory for HeapMemory {
 /// A shared mapping of a consumer's file (guest RAM passed with `VFIO_USER_DMA_MAP`).
 #[derive(Debug)]
 pub struct MmapMemory {
-    ptr: *mut u8,
+    map: SharedMapping,
     len: u64,
-    /// The protection the mapping was made with: an access it does not allow would fault.
+    /// The rights the mapping was made with: an access it does not allow is refused.
     access: Access,
     _fd: OwnedFd,
 }
-
-// SAFETY: the mapping is plain shared memory; all access goes through raw-pointer copies that
-// are valid from any thread while the mapping lives (it is unmapped only in Drop).
-unsafe impl Send for MmapMemory {}
-// SAFETY: as above; concurrent copies are the same as concurrent DMA on real hardware.
-unsafe impl Sync for MmapMemory {}
 
 impl MmapMemory {
     /// Map `len` bytes of `fd` at file offset `offset`, shared, with the given access.
@@ -448,51 +445,27 @@ impl MmapMemory {
     /// refused with `EINVAL`: touching such a mapping would raise SIGBUS at the first DMA.
     pub fn new(fd: OwnedFd, offset: u64, len: u64, access: Access) -> Result<Self, DmaError> {
         let err = |errno| DmaError::Mmap { offset, len, errno };
+        let io_err = |e: std::io::Error| err(e.raw_os_error().unwrap_or(libc::EIO));
         let size = usize::try_from(len).map_err(|_| err(libc::EINVAL))?;
-        let off = libc::off_t::try_from(offset).map_err(|_| err(libc::EINVAL))?;
-        if size == 0 {
+        if size == 0 || i64::try_from(offset).is_err() {
             return Err(err(libc::EINVAL));
         }
         let file = std::fs::File::from(fd);
-        let meta = file
-            .metadata()
-            .map_err(|e| err(e.raw_os_error().unwrap_or(libc::EIO)))?;
+        let meta = file.metadata().map_err(io_err)?;
         let end = offset.checked_add(len).ok_or(err(libc::EINVAL))?;
         if meta.is_file() && end > meta.len() {
             return Err(err(libc::EINVAL));
         }
-        let fd = OwnedFd::from(file);
-        let mut prot = 0;
-        if access.read {
-            prot |= libc::PROT_READ;
-        }
-        if access.write {
-            prot |= libc::PROT_WRITE;
-        }
-        if prot == 0 {
-            prot = libc::PROT_NONE;
-        }
-        // SAFETY: a fresh mapping chosen by the kernel; no existing memory is affected.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                size,
-                prot,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                off,
-            )
+        let prot = Protection {
+            read: access.read,
+            write: access.write,
         };
-        if p == libc::MAP_FAILED {
-            return Err(err(std::io::Error::last_os_error()
-                .raw_os_error()
-                .unwrap_or(libc::EIO)));
-        }
+        let map = SharedMapping::new(&file, offset, size, prot).map_err(io_err)?;
         Ok(Self {
-            ptr: p.cast(),
+            map,
             len,
             access,
-            _fd: fd,
+            _fd: OwnedFd::from(file),
         })
     }
 }
@@ -503,39 +476,29 @@ impl DmaMemory for MmapMemory {
     }
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), DmaError> {
         let r = check_range("read", offset, buf.len(), self.len)?;
+        let len = buf.len();
+        let fault = || DmaError::Fault {
+            kind: "read",
+            iova: offset,
+            len,
+        };
         if !self.access.read {
-            return Err(DmaError::Fault {
-                kind: "read",
-                iova: offset,
-                len: buf.len(),
-            });
+            return Err(fault());
         }
-        // SAFETY: `r` lies inside the `len`-byte mapping (checked just above), which is live
-        // until Drop and readable (PROT_READ, checked above). Raw copies only: the consumer
-        // changes the memory concurrently.
-        unsafe { std::ptr::copy_nonoverlapping(self.ptr.add(r.start), buf.as_mut_ptr(), r.len()) };
-        Ok(())
+        // The mapping checks the range and its protection again; both hold here.
+        self.map.read(r.start, buf).map_err(|_| fault())
     }
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), DmaError> {
         let r = check_range("write", offset, data.len(), self.len)?;
+        let fault = || DmaError::Fault {
+            kind: "write",
+            iova: offset,
+            len: data.len(),
+        };
         if !self.access.write {
-            return Err(DmaError::Fault {
-                kind: "write",
-                iova: offset,
-                len: data.len(),
-            });
+            return Err(fault());
         }
-        // SAFETY: as in `read`: `r` is inside the live mapping, which is writable (PROT_WRITE).
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.add(r.start), r.len()) };
-        Ok(())
-    }
-}
-
-impl Drop for MmapMemory {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly the mapping created in `new`; no access can be in flight
-        // because accesses hold an `Arc` to this value.
-        unsafe { libc::munmap(self.ptr.cast(), self.len as usize) };
+        self.map.write(r.start, data).map_err(|_| fault())
     }
 }
 
