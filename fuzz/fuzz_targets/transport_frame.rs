@@ -39,6 +39,9 @@ fuzz_target!(|data: &[u8]| {
         let tlp = &data[r.range.clone()];
         let mut out = vec![0u8; record_len(tlp.len())];
         emit_record(&mut out, r.seq, r.class, tlp);
-        assert_eq!(&out[..RECORD_HDR_LEN + tlp.len()], &data[start..r.range.end]);
+        assert_eq!(
+            &out[..RECORD_HDR_LEN + tlp.len()],
+            &data[start..r.range.end]
+        );
     }
 });
