@@ -8,14 +8,18 @@
 //! * [`tlp`] — PCIe Transaction Layer Packets: the wire format, no I/O, no allocation on decode.
 //!
 //! Further layers (`pci`, `transport`, `endpoint`, `host`, `mgmt`) are described in
-//! `docs/architecture.md`.
+//! `docs/architecture.md`. [`sys`] stands beside the layers: the system calls, behind safe
+//! wrappers, and the only module allowed `unsafe`.
 
 #![forbid(unsafe_op_in_unsafe_fn)]
+// Raw system calls live in `sys`, the one module allowed `unsafe`.
+#![deny(unsafe_code)]
 #![warn(missing_debug_implementations)]
 
 pub mod drivers;
 pub mod endpoint;
 pub mod host;
 pub mod pci;
+pub mod sys;
 pub mod tlp;
 pub mod transport;

@@ -1,5 +1,8 @@
 //! The `pcietun` command: appliance, host agent, benchmark harness and operator tools.
 
+// Raw system calls go through `pcietun::sys`.
+#![deny(unsafe_code)]
+
 fn main() -> std::process::ExitCode {
     pcietun_cli::run()
 }

@@ -549,15 +549,9 @@ fn build(cfg: &ApplianceConfig, temp: Option<tempfile::TempDir>) -> Result<Built
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
-
 fn install_signal_handlers() {
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    unsafe {
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    if let Err(e) = pcietun::sys::process::on_terminate(&STOP) {
+        tracing::warn!(error = %e, "cannot install the SIGINT/SIGTERM handlers");
     }
 }
 

@@ -55,8 +55,7 @@ impl ApplianceChild {
         if let Ok(Some(_)) = self.0.try_wait() {
             return Err("the appliance process exited early".into());
         }
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM) };
+        let _ = pcietun::sys::process::terminate(&self.0);
         let t0 = Instant::now();
         while t0.elapsed() < Duration::from_secs(5) {
             match self.0.try_wait() {

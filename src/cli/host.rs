@@ -127,16 +127,9 @@ fn agent_config(a: &HostArgs) -> Result<AgentConfig, Error> {
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
-
 fn install_signal_handlers() {
-    let handler: extern "C" fn(libc::c_int) = on_signal;
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    unsafe {
-        libc::signal(libc::SIGINT, handler as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, handler as libc::sighandler_t);
+    if let Err(e) = pcietun::sys::process::on_terminate(&STOP) {
+        tracing::warn!(error = %e, "cannot install the SIGINT/SIGTERM handlers");
     }
 }
 

@@ -7,15 +7,23 @@
 //! here: a read outside the windows is answered with Unsupported Request by the caller, a write
 //! is dropped; both are counted and logged.
 //!
-//! Memory behind a window is any [`DmaMemory`]. Shared guest memory is accessed through raw
-//! pointers only (never Rust references): the guest changes it concurrently.
+//! Memory behind a window is any [`DmaMemory`]. Shared guest memory ([`MmapMemory`]) is a
+//! [`crate::sys::SharedMapping`], copied in and out through raw pointers only (never Rust
+//! references): the guest changes it concurrently.
 
 use std::fmt;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
+use crate::sys::{Protection, SharedMapping};
+
 /// Memory a DMA window is backed by. `offset` is relative to the start of the window.
+///
+/// The methods are safe to call with any arguments: an implementation checks the range itself
+/// ([`check_range`]) and answers an access outside `0..len()` with [`DmaError::OutOfBounds`]
+/// (or an access its memory does not allow with [`DmaError::Fault`]) instead of relying on
+/// the caller. [`DmaWindows`] checks the windows first, so a card never gets that far.
 pub trait DmaMemory: Send + Sync + fmt::Debug {
     /// Length in bytes.
     fn len(&self) -> u64;
@@ -23,10 +31,35 @@ pub trait DmaMemory: Send + Sync + fmt::Debug {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    /// Copy `buf.len()` bytes at `offset` into `buf`. The window checked the bounds.
+    /// Copy `buf.len()` bytes at `offset` into `buf`.
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), DmaError>;
-    /// Copy `data` to `offset`. The window checked the bounds.
+    /// Copy `data` to `offset`.
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), DmaError>;
+}
+
+/// Check that `offset..offset + len` lies inside memory of `size` bytes (without overflow):
+/// the bounds check every [`DmaMemory`] implementation makes before it touches its memory.
+/// Returns the range as `usize` offsets.
+pub fn check_range(
+    kind: &'static str,
+    offset: u64,
+    len: usize,
+    size: u64,
+) -> Result<std::ops::Range<usize>, DmaError> {
+    let oob = DmaError::OutOfBounds {
+        kind,
+        offset,
+        len,
+        size,
+    };
+    let end = offset.checked_add(len as u64).ok_or(oob.clone())?;
+    if end > size {
+        return Err(oob);
+    }
+    // `end <= size`, and `size` is the length of memory in this address space.
+    let start = usize::try_from(offset).map_err(|_| oob.clone())?;
+    let end = usize::try_from(end).map_err(|_| oob)?;
+    Ok(start..end)
 }
 
 /// Access rights of a window (the vfio-user DMA_MAP `readable`/`writeable` flags).
@@ -85,6 +118,21 @@ pub enum DmaError {
         iova: u64,
         /// Length.
         len: usize,
+    },
+    /// An access to the memory behind a window that does not fit inside it (or whose end
+    /// overflows): refused before any byte is touched.
+    #[error(
+        "{kind} of {len} bytes at offset {offset:#x} does not fit in {size:#x} bytes of DMA memory"
+    )]
+    OutOfBounds {
+        /// "read" or "write".
+        kind: &'static str,
+        /// Offset into the memory.
+        offset: u64,
+        /// Length of the access.
+        len: usize,
+        /// Size of the memory.
+        size: u64,
     },
     /// Mapping the consumer's file failed.
     #[error("mmap of DMA window fd (offset {offset:#x}, {len:#x} bytes) failed: {errno}")]
@@ -367,15 +415,15 @@ impl DmaMemory for HeapMemory {
         self.len
     }
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), DmaError> {
+        let r = check_range("read", offset, buf.len(), self.len)?;
         let b = self.bytes.lock().unwrap_or_else(|p| p.into_inner());
-        let o = offset as usize;
-        buf.copy_from_slice(&b[o..o + buf.len()]);
+        buf.copy_from_slice(&b[r]);
         Ok(())
     }
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), DmaError> {
+        let r = check_range("write", offset, data.len(), self.len)?;
         let mut b = self.bytes.lock().unwrap_or_else(|p| p.into_inner());
-        let o = offset as usize;
-        b[o..o + data.len()].copy_from_slice(data);
+        b[r].copy_from_slice(data);
         Ok(())
     }
 }
@@ -383,56 +431,41 @@ impl DmaMemory for HeapMemory {
 /// A shared mapping of a consumer's file (guest RAM passed with `VFIO_USER_DMA_MAP`).
 #[derive(Debug)]
 pub struct MmapMemory {
-    ptr: *mut u8,
+    map: SharedMapping,
     len: u64,
+    /// The rights the mapping was made with: an access it does not allow is refused.
+    access: Access,
     _fd: OwnedFd,
 }
 
-// SAFETY: the mapping is plain shared memory; all access goes through raw-pointer copies that
-// are valid from any thread while the mapping lives (it is unmapped only in Drop).
-unsafe impl Send for MmapMemory {}
-// SAFETY: as above; concurrent copies are the same as concurrent DMA on real hardware.
-unsafe impl Sync for MmapMemory {}
-
 impl MmapMemory {
     /// Map `len` bytes of `fd` at file offset `offset`, shared, with the given access.
+    ///
+    /// A range that ends past the end of a regular file (a memfd, a hugetlbfs or tmpfs file) is
+    /// refused with `EINVAL`: touching such a mapping would raise SIGBUS at the first DMA.
     pub fn new(fd: OwnedFd, offset: u64, len: u64, access: Access) -> Result<Self, DmaError> {
         let err = |errno| DmaError::Mmap { offset, len, errno };
+        let io_err = |e: std::io::Error| err(e.raw_os_error().unwrap_or(libc::EIO));
         let size = usize::try_from(len).map_err(|_| err(libc::EINVAL))?;
-        let off = libc::off_t::try_from(offset).map_err(|_| err(libc::EINVAL))?;
-        if size == 0 {
+        if size == 0 || i64::try_from(offset).is_err() {
             return Err(err(libc::EINVAL));
         }
-        let mut prot = 0;
-        if access.read {
-            prot |= libc::PROT_READ;
+        let file = std::fs::File::from(fd);
+        let meta = file.metadata().map_err(io_err)?;
+        let end = offset.checked_add(len).ok_or(err(libc::EINVAL))?;
+        if meta.is_file() && end > meta.len() {
+            return Err(err(libc::EINVAL));
         }
-        if access.write {
-            prot |= libc::PROT_WRITE;
-        }
-        if prot == 0 {
-            prot = libc::PROT_NONE;
-        }
-        // SAFETY: a fresh mapping chosen by the kernel; no existing memory is affected.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                size,
-                prot,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                off,
-            )
+        let prot = Protection {
+            read: access.read,
+            write: access.write,
         };
-        if p == libc::MAP_FAILED {
-            return Err(err(std::io::Error::last_os_error()
-                .raw_os_error()
-                .unwrap_or(libc::EIO)));
-        }
+        let map = SharedMapping::new(&file, offset, size, prot).map_err(io_err)?;
         Ok(Self {
-            ptr: p.cast(),
+            map,
             len,
-            _fd: fd,
+            access,
+            _fd: OwnedFd::from(file),
         })
     }
 }
@@ -442,30 +475,30 @@ impl DmaMemory for MmapMemory {
         self.len
     }
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), DmaError> {
-        // SAFETY: the window checked offset+len <= self.len; the mapping is live until Drop.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                self.ptr.add(offset as usize),
-                buf.as_mut_ptr(),
-                buf.len(),
-            )
+        let r = check_range("read", offset, buf.len(), self.len)?;
+        let len = buf.len();
+        let fault = || DmaError::Fault {
+            kind: "read",
+            iova: offset,
+            len,
         };
-        Ok(())
+        if !self.access.read {
+            return Err(fault());
+        }
+        // The mapping checks the range and its protection again; both hold here.
+        self.map.read(r.start, buf).map_err(|_| fault())
     }
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), DmaError> {
-        // SAFETY: as in `read`; the window checked the write right, so the mapping is writable.
-        unsafe {
-            std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.add(offset as usize), data.len())
+        let r = check_range("write", offset, data.len(), self.len)?;
+        let fault = || DmaError::Fault {
+            kind: "write",
+            iova: offset,
+            len: data.len(),
         };
-        Ok(())
-    }
-}
-
-impl Drop for MmapMemory {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly the mapping created in `new`; no access can be in flight
-        // because accesses hold an `Arc` to this value.
-        unsafe { libc::munmap(self.ptr.cast(), self.len as usize) };
+        if !self.access.write {
+            return Err(fault());
+        }
+        self.map.write(r.start, data).map_err(|_| fault())
     }
 }
 
@@ -562,6 +595,113 @@ mod tests {
         assert!(w.is_empty());
         let mut b = [0u8; 1];
         assert!(w.read(0x1000, &mut b).is_err());
+    }
+
+    /// Safe code calling the memory directly (not through the windows) cannot reach past it.
+    #[test]
+    fn memory_refuses_out_of_range_access() {
+        let f = tempfile::tempfile().unwrap();
+        f.set_len(8192).unwrap();
+        let mmap = MmapMemory::new(OwnedFd::from(f), 4096, 4096, Access::RW).unwrap();
+        let heap = HeapMemory::new(4096);
+        for m in [&mmap as &dyn DmaMemory, &heap] {
+            let mut b = [0u8; 8];
+            // The last eight bytes are fine, one more is not.
+            m.write(4088, b"lastbyte").unwrap();
+            m.read(4088, &mut b).unwrap();
+            assert_eq!(&b, b"lastbyte");
+            assert!(matches!(
+                m.read(4089, &mut b),
+                Err(DmaError::OutOfBounds {
+                    kind: "read",
+                    offset: 4089,
+                    len: 8,
+                    size: 4096
+                })
+            ));
+            assert!(matches!(
+                m.write(4096, b"x"),
+                Err(DmaError::OutOfBounds { kind: "write", .. })
+            ));
+            assert!(m.read(1 << 40, &mut b).is_err());
+            // Nothing at the end changed.
+            m.read(4088, &mut b).unwrap();
+            assert_eq!(&b, b"lastbyte");
+        }
+    }
+
+    /// `offset + len` overflowing u64 is refused, not wrapped to a small offset.
+    #[test]
+    fn memory_refuses_offset_overflow() {
+        let f = tempfile::tempfile().unwrap();
+        f.set_len(4096).unwrap();
+        let mmap = MmapMemory::new(OwnedFd::from(f), 0, 4096, Access::RW).unwrap();
+        let heap = HeapMemory::new(4096);
+        for m in [&mmap as &dyn DmaMemory, &heap] {
+            let mut b = [0u8; 16];
+            assert!(matches!(
+                m.read(u64::MAX - 7, &mut b),
+                Err(DmaError::OutOfBounds { kind: "read", .. })
+            ));
+            assert!(matches!(
+                m.write(u64::MAX, b"ab"),
+                Err(DmaError::OutOfBounds { kind: "write", .. })
+            ));
+            // Zero-length accesses at the very end are in range; past it they are not.
+            m.read(4096, &mut []).unwrap();
+            assert!(m.read(u64::MAX, &mut []).is_err());
+        }
+        assert_eq!(
+            check_range("read", u64::MAX - 1, 2, u64::MAX),
+            Err(DmaError::OutOfBounds {
+                kind: "read",
+                offset: u64::MAX - 1,
+                len: 2,
+                size: u64::MAX
+            })
+        );
+    }
+
+    /// A window past the end of the consumer's file is refused at DMA_MAP time (SIGBUS later).
+    #[test]
+    fn mmap_past_the_end_of_the_file_is_refused() {
+        let f = tempfile::tempfile().unwrap();
+        f.set_len(8192).unwrap();
+        let fd = || OwnedFd::from(f.try_clone().unwrap());
+        assert!(matches!(
+            MmapMemory::new(fd(), 4096, 8192, Access::RW),
+            Err(DmaError::Mmap {
+                errno: libc::EINVAL,
+                ..
+            })
+        ));
+        assert!(matches!(
+            MmapMemory::new(fd(), u64::MAX - 4095, 4096, Access::RW),
+            Err(DmaError::Mmap {
+                errno: libc::EINVAL,
+                ..
+            })
+        ));
+        assert!(MmapMemory::new(fd(), 4096, 4096, Access::RW).is_ok());
+    }
+
+    /// A read-only mapping refuses a write instead of faulting on it.
+    #[test]
+    fn mmap_memory_enforces_its_protection() {
+        let f = tempfile::tempfile().unwrap();
+        f.set_len(4096).unwrap();
+        let ro = Access {
+            read: true,
+            write: false,
+        };
+        let m = MmapMemory::new(OwnedFd::from(f), 0, 4096, ro).unwrap();
+        assert!(matches!(
+            m.write(0, b"x"),
+            Err(DmaError::Fault { kind: "write", .. })
+        ));
+        let mut b = [1u8; 4];
+        m.read(0, &mut b).unwrap();
+        assert_eq!(b, [0; 4]);
     }
 
     #[test]

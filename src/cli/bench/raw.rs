@@ -80,36 +80,8 @@ impl NetnsPair {
     ) -> Res<T> {
         let path = format!("/run/netns/{}", self.ns[i]);
         let h = std::thread::spawn(move || -> std::io::Result<T> {
-            use std::os::fd::AsRawFd;
             let file = std::fs::File::open(&path)?;
-            let check = |rc: libc::c_int| {
-                if rc == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
-            };
-            // SAFETY: plain syscalls on valid arguments; they change only this short-lived
-            // thread's namespaces (it does not share its fs struct after CLONE_FS).
-            unsafe {
-                check(libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET))?;
-                check(libc::unshare(libc::CLONE_FS | libc::CLONE_NEWNS))?;
-                check(libc::mount(
-                    std::ptr::null(),
-                    c"/".as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_SLAVE | libc::MS_REC,
-                    std::ptr::null(),
-                ))?;
-                check(libc::umount2(c"/sys".as_ptr(), libc::MNT_DETACH))?;
-                check(libc::mount(
-                    c"sysfs".as_ptr(),
-                    c"/sys".as_ptr(),
-                    c"sysfs".as_ptr(),
-                    0,
-                    std::ptr::null(),
-                ))?;
-            }
+            pcietun::sys::process::enter_netns(&file)?;
             f()
         });
         Ok(h.join().map_err(|_| "namespace thread panicked")??)

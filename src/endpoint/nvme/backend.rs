@@ -156,18 +156,7 @@ impl Backend {
         if !self.regular || len == 0 {
             return Ok(());
         }
-        use std::os::fd::AsRawFd;
-        // SAFETY: fallocate on an fd we own, with plain integer arguments; no memory is passed.
-        let r = unsafe {
-            libc::fallocate(
-                self.file.as_raw_fd(),
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                off as libc::off_t,
-                len as libc::off_t,
-            )
-        };
-        if r != 0 {
-            let e = std::io::Error::last_os_error();
+        if let Err(e) = crate::sys::fd::punch_hole(&self.file, off, len) {
             // Filesystems without hole punching: deallocation is advisory, so ignore.
             if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
                 return Ok(());

@@ -6,9 +6,12 @@
 //! level-triggered and automasked as in Linux VFIO: a delivered INTx masks itself until the
 //! client unmasks it, and an unmask while the line is still asserted delivers again.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+
+/// A Linux eventfd, for tests and for API users that wait for interrupts.
+pub use crate::sys::EventFd;
 
 /// `VFIO_PCI_*_IRQ_INDEX`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -139,10 +142,7 @@ pub struct Interrupts {
 }
 
 fn signal(fd: &OwnedFd) -> bool {
-    let one: u64 = 1;
-    // SAFETY: writing 8 bytes from a live u64 to an fd we own.
-    let n = unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
-    n == 8
+    crate::sys::fd::signal_eventfd(fd).is_ok()
 }
 
 impl Interrupts {
@@ -342,59 +342,6 @@ impl Interrupts {
             }
         }
         l.intx_asserted = false;
-    }
-}
-
-/// A Linux eventfd, for tests and for API users that wait for interrupts.
-#[derive(Debug)]
-pub struct EventFd(OwnedFd);
-
-impl EventFd {
-    /// A new non-semaphore eventfd.
-    pub fn new() -> std::io::Result<Self> {
-        // SAFETY: plain syscall; the result is checked.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is a fresh descriptor we own.
-        Ok(Self(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) }))
-    }
-
-    /// Duplicate the descriptor (to hand one copy away).
-    pub fn try_clone_fd(&self) -> std::io::Result<OwnedFd> {
-        self.0.try_clone()
-    }
-
-    /// Wait up to `timeout` for the counter to become non-zero; return and reset it.
-    pub fn wait_timeout(&self, timeout: std::time::Duration) -> std::io::Result<u64> {
-        let mut pfd = libc::pollfd {
-            fd: self.0.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-        // SAFETY: one valid pollfd.
-        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if n < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        if n == 0 {
-            return Ok(0);
-        }
-        let mut v: u64 = 0;
-        // SAFETY: reading 8 bytes into a live u64.
-        let r = unsafe { libc::read(self.0.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
-        if r != 8 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(v)
-    }
-}
-
-impl AsRawFd for EventFd {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        self.0.as_raw_fd()
     }
 }
 

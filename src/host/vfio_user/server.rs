@@ -213,12 +213,7 @@ impl<D: Device> Connection<D> {
                 self.stats.errors += 1;
                 tracing::warn!(error = %e, "malformed vfio-user header");
                 // Echo what can be read of the ID and command so the client can match it.
-                let (id, cmd) = match msg {
-                    [a, b, c, d, ..] => {
-                        (u16::from_ne_bytes([*a, *b]), u16::from_ne_bytes([*c, *d]))
-                    }
-                    _ => (0, 0),
-                };
+                let (id, cmd) = wire::salvage_id_command(msg);
                 let r = HeaderRepr {
                     id,
                     command: Command::from(cmd),

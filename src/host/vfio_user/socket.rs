@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
@@ -20,10 +20,8 @@ use std::time::Duration;
 use super::server::Connection;
 use super::wire::{Command, DmaAccessRepr, Header, HeaderRepr, MessageType, WireError, HEADER_LEN};
 use super::Device;
-use crate::host::dma::{DmaError, DmaMemory};
-
-/// Most descriptors one `recvmsg` accepts (matches the announced `max_msg_fds` ceiling).
-const MAX_FDS: usize = 64;
+use crate::host::dma::{check_range, DmaError, DmaMemory};
+use crate::sys::socket::recv_with_fds;
 
 /// Errors of the socket layer.
 #[derive(Debug, thiserror::Error)]
@@ -45,53 +43,9 @@ pub enum SocketError {
     Framing(WireError),
 }
 
-/// Receive into `buf`, appending any descriptors to `fds`. Returns bytes read (0 = EOF) and
-/// whether ancillary data was truncated (descriptors lost).
-fn recv_with_fds(fd: RawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<(usize, bool)> {
-    // Control buffer for MAX_FDS descriptors, u64-aligned as cmsghdr requires.
-    let mut cbuf = [0u64; (MAX_FDS * 4 + 64) / 8];
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    // SAFETY: zeroed msghdr is a valid "empty" value; we fill the pointers below.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&cbuf) as _;
-    let n = loop {
-        // SAFETY: msg points at live buffers for the duration of the call.
-        let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_CMSG_CLOEXEC) };
-        if n >= 0 {
-            break n as usize;
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    };
-    // SAFETY: walking the control messages the kernel wrote into `cbuf`, with the libc macros.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(&msg);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                let data = libc::CMSG_DATA(c) as *const RawFd;
-                let bytes = (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
-                for i in 0..bytes / std::mem::size_of::<RawFd>() {
-                    let raw = std::ptr::read_unaligned(data.add(i));
-                    fds.push(OwnedFd::from_raw_fd(raw));
-                }
-            }
-            c = libc::CMSG_NXTHDR(&msg, c);
-        }
-    }
-    Ok((n, msg.msg_flags & libc::MSG_CTRUNC != 0))
-}
-
 /// Read exactly `buf.len()` bytes, collecting descriptors. `Ok(false)` on EOF before any byte.
 fn recv_exact(
-    fd: RawFd,
+    fd: BorrowedFd<'_>,
     buf: &mut [u8],
     fds: &mut Vec<OwnedFd>,
     truncated: &mut bool,
@@ -224,6 +178,8 @@ impl DmaMemory for RemoteWindow {
     }
 
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), DmaError> {
+        check_range("read", offset, buf.len(), self.len)?;
+        // In range, so `iova + offset + buf.len()` is inside the mapped window: no overflow.
         let mut done = 0;
         for chunk in buf.chunks_mut(self.chan.max_xfer.load(Ordering::Relaxed)) {
             let address = self.iova + offset + done as u64;
@@ -247,6 +203,7 @@ impl DmaMemory for RemoteWindow {
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), DmaError> {
+        check_range("write", offset, data.len(), self.len)?;
         let mut done = 0;
         for chunk in data.chunks(self.chan.max_xfer.load(Ordering::Relaxed)) {
             let req = DmaAccessRepr {
@@ -332,7 +289,7 @@ fn read_frames(
     cmd_tx: &mpsc::SyncSender<Frame>,
     free_rx: &mpsc::Receiver<Vec<u8>>,
 ) -> Result<(), LoopError> {
-    let fd = stream.as_raw_fd();
+    let fd = stream.as_fd();
     loop {
         let mut msg = free_rx.try_recv().unwrap_or_default();
         let mut fds = Vec::new();
@@ -463,7 +420,7 @@ fn work<D: Device>(
     Ok(())
 }
 
-fn discard(fd: RawFd, mut n: usize) -> io::Result<()> {
+fn discard(fd: BorrowedFd<'_>, mut n: usize) -> io::Result<()> {
     let mut buf = [0u8; 4096];
     let mut fds = Vec::new();
     while n > 0 {

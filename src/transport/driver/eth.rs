@@ -3,19 +3,18 @@
 
 use super::udp::{HrTimer, MioWaker};
 use super::{Port, Wake};
+use crate::sys::packet::{self, PacketSocket};
 use crate::transport::PeerAddr;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
-use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// Our EtherType (until one is registered).
 pub const ETHERTYPE: u16 = 0x88B5;
 const ETH_P_8021Q: u16 = 0x8100;
-const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
 const SOCK: Token = Token(0);
 const WAKE: Token = Token(1);
 const TIMER: Token = Token(2);
@@ -86,7 +85,7 @@ pub fn parse_mac(s: &str) -> io::Result<[u8; 6]> {
 /// An AF_PACKET socket on one interface.
 #[derive(Debug)]
 pub struct EthPort {
-    fd: OwnedFd,
+    sock: PacketSocket,
     mac: [u8; 6],
     mtu: usize,
     tag: Option<u16>,
@@ -96,68 +95,17 @@ pub struct EthPort {
     timer: HrTimer,
 }
 
-fn sys(r: libc::c_int) -> io::Result<libc::c_int> {
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
-}
-
 impl EthPort {
     /// Open and bind (needs CAP_NET_RAW).
     pub fn open(spec: &EthSpec) -> io::Result<EthPort> {
-        let name = CString::new(spec.iface.clone())
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in interface name"))?;
-        // SAFETY: `name` is a valid NUL-terminated string.
-        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        if ifindex == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("no interface {}", spec.iface),
-            ));
-        }
+        let ifindex = packet::interface_index(&spec.iface)?;
         let sysfs = format!("/sys/class/net/{}", spec.iface);
         let mac = parse_mac(&std::fs::read_to_string(format!("{sysfs}/address"))?)?;
         let if_mtu: usize = std::fs::read_to_string(format!("{sysfs}/mtu"))?
             .trim()
             .parse()
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad interface MTU"))?;
-        let proto = ETHERTYPE.to_be();
-        // SAFETY: plain socket(2) call; the result is checked.
-        let raw = sys(unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                proto.into(),
-            )
-        })?;
-        // SAFETY: `raw` is a fresh descriptor we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        // SAFETY: sockaddr_ll is plain old data; zero is a valid value.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = proto;
-        sll.sll_ifindex = ifindex as i32;
-        // SAFETY: `sll` is a valid sockaddr_ll of the size passed.
-        sys(unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                &sll as *const libc::sockaddr_ll as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        })?;
-        let one: libc::c_int = 1;
-        // SAFETY: option value is a c_int of the size passed. Not fatal on old kernels.
-        let _ = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_PACKET,
-                PACKET_IGNORE_OUTGOING,
-                &one as *const libc::c_int as *const libc::c_void,
-                std::mem::size_of::<libc::c_int>() as u32,
-            )
-        };
+        let sock = PacketSocket::open(ifindex, ETHERTYPE)?;
         let tag = if spec.vlan.is_some() || spec.pcp.is_some() {
             Some((u16::from(spec.pcp.unwrap_or(0)) << 13) | spec.vlan.unwrap_or(0))
         } else {
@@ -165,12 +113,12 @@ impl EthPort {
         };
         let poll = Poll::new()?;
         poll.registry()
-            .register(&mut SourceFd(&fd.as_raw_fd()), SOCK, Interest::READABLE)?;
+            .register(&mut SourceFd(&sock.as_raw_fd()), SOCK, Interest::READABLE)?;
         let waker = Arc::new(MioWaker(Waker::new(poll.registry(), WAKE)?));
         let timer = HrTimer::new(&poll, TIMER)?;
         Ok(EthPort {
             timer,
-            fd,
+            sock,
             mac,
             mtu: if_mtu - if tag.is_some() { 4 } else { 0 },
             tag,
@@ -200,33 +148,12 @@ impl Port for EthPort {
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<(usize, PeerAddr)>> {
         loop {
             let mut hdr = [0u8; 14];
-            let mut iov = [
-                libc::iovec {
-                    iov_base: hdr.as_mut_ptr().cast(),
-                    iov_len: hdr.len(),
-                },
-                libc::iovec {
-                    iov_base: buf.as_mut_ptr().cast(),
-                    iov_len: buf.len(),
-                },
-            ];
-            // SAFETY: msghdr is plain old data; the iovecs point at live buffers.
-            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-            msg.msg_iov = iov.as_mut_ptr();
-            msg.msg_iovlen = 2;
-            // SAFETY: valid fd and msghdr.
-            let n = unsafe { libc::recvmsg(self.fd.as_raw_fd(), &mut msg, 0) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::WouldBlock {
-                    return Ok(None);
-                }
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
-            let n = n as usize;
+            let n = match self.sock.recv_split(&mut hdr, buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
             if n < 14 {
                 continue;
             }
@@ -278,26 +205,7 @@ impl Port for EthPort {
                 14
             }
         };
-        let mut iov = [
-            libc::iovec {
-                iov_base: hdr.as_mut_ptr().cast(),
-                iov_len: hlen,
-            },
-            libc::iovec {
-                iov_base: frame.as_ptr() as *mut libc::c_void,
-                iov_len: frame.len(),
-            },
-        ];
-        // SAFETY: msghdr is plain old data; the iovecs point at live buffers that the kernel
-        // only reads.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = iov.as_mut_ptr();
-        msg.msg_iovlen = 2;
-        // SAFETY: valid fd and msghdr.
-        let r = unsafe { libc::sendmsg(self.fd.as_raw_fd(), &msg, 0) };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        self.sock.send_split(&hdr[..hlen], frame)?;
         Ok(())
     }
 
@@ -314,7 +222,7 @@ impl Port for EthPort {
     }
 
     fn readiness_fd(&self) -> Option<std::os::fd::RawFd> {
-        Some(self.fd.as_raw_fd())
+        Some(self.sock.as_raw_fd())
     }
 
     fn mtu(&self) -> usize {

@@ -10,11 +10,12 @@
 
 use super::direct::{Direct, DirectSender};
 use super::{HandleError, Upcall, Wake};
+use crate::sys::{fd, EventFd};
 use crate::transport::endpoint::ConnId;
 use crate::transport::SendError;
 use bytes::Bytes;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, TryLockError};
 use std::time::{Duration, Instant};
@@ -25,33 +26,25 @@ const BURST: Duration = Duration::from_micros(20);
 /// What the link hands up, called on whichever thread is driving.
 pub type Dispatch = Box<dyn Fn(Upcall) + Send + Sync>;
 
-/// An eventfd that wakes the watcher.
+/// A non-blocking eventfd that wakes the watcher.
 #[derive(Debug)]
-struct Kick(OwnedFd);
+struct Kick(EventFd);
 
 impl Kick {
     fn new() -> io::Result<Kick> {
-        // SAFETY: plain eventfd call; the result is checked.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a fresh descriptor we own.
-        Ok(Kick(unsafe { OwnedFd::from_raw_fd(fd) }))
+        Ok(Kick(EventFd::new_nonblocking()?))
     }
 
     fn drain(&self) {
-        let mut v = 0u64;
-        // SAFETY: reading 8 bytes into a live u64; EAGAIN (nothing pending) is fine.
-        unsafe { libc::read(self.0.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+        // Nothing pending reads as 0; there is nothing else to do on failure.
+        let _ = self.0.drain();
     }
 }
 
 impl Wake for Kick {
     fn wake(&self) {
-        let v = 1u64;
-        // SAFETY: writing 8 bytes from a live u64 to our eventfd.
-        unsafe { libc::write(self.0.as_raw_fd(), (&v as *const u64).cast(), 8) };
+        // The counter saturating is the only failure, and then the watcher is awake anyway.
+        let _ = self.0.signal();
     }
 }
 
@@ -230,30 +223,13 @@ impl SharedLink {
         Ok(())
     }
 
-    /// ppoll(2) on the kick eventfd and the socket.
+    /// ppoll(2) on the kick eventfd and the socket (nanosecond timeouts: ACK delays and
+    /// pacing are microseconds).
     fn sleep(&self, fd: RawFd, timeout: Duration) {
-        let mut fds = [
-            libc::pollfd {
-                fd: self.kick.0.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        let n = fds.len();
-        // ppoll: nanosecond timeouts (ACK delays and pacing are microseconds).
         let t = timeout.min(Duration::from_secs(1));
-        let ts = libc::timespec {
-            tv_sec: t.as_secs() as libc::time_t,
-            tv_nsec: t.subsec_nanos() as libc::c_long,
-        };
-        // SAFETY: `fds` is a live array of `n` pollfd structures; `ts` outlives the call.
-        unsafe { libc::ppoll(fds.as_mut_ptr(), n as libc::nfds_t, &ts, std::ptr::null()) };
-        if fds[0].revents != 0 {
+        // An error is treated like a spurious wake-up: the loop looks at the link and sleeps again.
+        let [kicked, _] = fd::wait_readable([self.kick.0.as_raw_fd(), fd], t).unwrap_or([false; 2]);
+        if kicked {
             self.kicked.store(false, Ordering::Release);
             self.kick.drain();
         }

@@ -1,11 +1,13 @@
 //! UDP port on a mio event loop, IPv4 or IPv6 (docs/protocol.md §1, UDP encapsulation).
 
 use super::{Port, Wake};
+use crate::sys::{self, TimerFd};
 use crate::transport::PeerAddr;
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,7 +30,7 @@ pub struct UdpPort {
 /// far too coarse for ACK delays and pacing measured in microseconds.
 #[derive(Debug)]
 pub(crate) struct HrTimer {
-    fd: std::os::fd::OwnedFd,
+    fd: TimerFd,
     token: Token,
     /// When the armed timer will fire (None: disarmed or fired).
     armed: std::cell::Cell<Option<std::time::Instant>>,
@@ -36,19 +38,7 @@ pub(crate) struct HrTimer {
 
 impl HrTimer {
     pub(crate) fn new(poll: &Poll, token: Token) -> io::Result<HrTimer> {
-        use std::os::fd::{AsRawFd, FromRawFd};
-        // SAFETY: plain timerfd_create call; the result is checked.
-        let raw = unsafe {
-            libc::timerfd_create(
-                libc::CLOCK_MONOTONIC,
-                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
-            )
-        };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `raw` is a fresh descriptor we own.
-        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+        let fd = TimerFd::new()?;
         poll.registry().register(
             &mut mio::unix::SourceFd(&fd.as_raw_fd()),
             token,
@@ -62,27 +52,13 @@ impl HrTimer {
     }
 
     fn arm(&self, d: Duration) {
-        use std::os::fd::AsRawFd;
-        let d = d.max(Duration::from_nanos(1));
-        let spec = libc::itimerspec {
-            it_interval: libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            },
-            it_value: libc::timespec {
-                tv_sec: d.as_secs() as libc::time_t,
-                tv_nsec: d.subsec_nanos() as libc::c_long,
-            },
-        };
-        // SAFETY: valid timerfd and itimerspec.
-        unsafe { libc::timerfd_settime(self.fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
+        // A failure leaves the timer disarmed: the wait then ends at the poll's own timeout
+        // or the next event, which is late but not wrong.
+        let _ = self.fd.arm_once(d);
     }
 
     fn clear(&self) {
-        use std::os::fd::AsRawFd;
-        let mut b = [0u8; 8];
-        // SAFETY: reading 8 bytes into a live buffer; EAGAIN is fine.
-        unsafe { libc::read(self.fd.as_raw_fd(), b.as_mut_ptr().cast(), 8) };
+        let _ = self.fd.clear();
     }
 
     /// `poll.poll` with microsecond-precise short timeouts. The timer is re-armed only when
@@ -159,24 +135,11 @@ impl UdpPort {
 /// while the driver thread is descheduled (the default 208 KiB lost frames on loopback under
 /// a busy TCG guest: every one of them then costs a retransmission). The kernel caps the
 /// request at `net.core.rmem_max` / `wmem_max`.
-const SOCKET_BUFFER: libc::c_int = 4 << 20;
+const SOCKET_BUFFER: usize = 4 << 20;
 
 fn grow_buffers(sock: &UdpSocket) {
-    use std::os::fd::AsRawFd;
-    for opt in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
-        let v = SOCKET_BUFFER;
-        // SAFETY: setsockopt on a live socket with a c_int option value; failure only leaves
-        // the default size, which is not an error.
-        unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                (&v as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
-    }
+    // Failure only leaves the default size, which is not an error.
+    let _ = sys::socket::set_buffer_sizes(sock, SOCKET_BUFFER);
 }
 
 impl Port for UdpPort {
@@ -213,7 +176,6 @@ impl Port for UdpPort {
     }
 
     fn readiness_fd(&self) -> Option<std::os::fd::RawFd> {
-        use std::os::fd::AsRawFd;
         Some(self.sock.as_raw_fd())
     }
 
