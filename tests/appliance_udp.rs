@@ -7,9 +7,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use pcietun::endpoint::dma_engine::{self, reg};
 use pcietun::endpoint::wire::{self, CplStatus, Header, Kind};
 use pcietun::endpoint::Bdf;
+use pcietun::pci::class::dma_engine::{self, reg};
 use pcietun::transport::driver::{self, DriverConfig, Peers, TransportHandle, Upcall};
 use pcietun::transport::{ConnId, Event, HostId, PeerAddr, Psk};
 
@@ -171,14 +171,14 @@ fn appliance_serves_config_mmio_and_dma_over_udp() {
         *b = (i * 3) as u8;
     }
     for (dir, host) in [(0u32, 0x1000u32), (1, 0x8000)] {
-        h.write32(regs + reg::STATUS, dma_engine::STATUS_DONE);
+        h.write32(regs + reg::STATUS, dma_engine::status::DONE);
         h.write32(regs + reg::HOST_ADDR_LO, host);
         h.write32(regs + reg::HOST_ADDR_HI, 0);
         h.write32(regs + reg::LENGTH, 4096);
         h.write32(regs + reg::CONTROL, dir);
         h.write32(regs + reg::DOORBELL, 1);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while h.read32(regs + reg::STATUS, &mut mem) & dma_engine::STATUS_DONE == 0 {
+        while h.read32(regs + reg::STATUS, &mut mem) & dma_engine::status::DONE == 0 {
             assert!(Instant::now() < deadline, "DMA over UDP never finished");
         }
     }

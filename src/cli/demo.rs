@@ -379,15 +379,17 @@ pub fn run(args: DemoArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
             (i * 7919 % (size / 4096)) * per_io,
             per_io as u32,
         )?;
-        let mut status = 0;
+        let mut failed = None;
         while d.in_flight() > 0 {
             d.wait(&mut |c| {
-                status |= c.status;
+                if !c.status.is_success() {
+                    failed = Some(c.status);
+                }
                 qd1.push(c.latency);
             })?;
         }
-        if status != 0 {
-            return Err(format!("4 KiB read failed with status {status:#x}").into());
+        if let Some(status) = failed {
+            return Err(format!("4 KiB read failed: {status}").into());
         }
     }
     let mb = size as f64 / 1e6;

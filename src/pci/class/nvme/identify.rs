@@ -228,7 +228,9 @@ pub mod oncs {
 }
 
 /// One LBA Format of Identify Namespace (Figure 246): 4 bytes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct LbaFormat {
     /// Metadata Size, bytes.
@@ -328,7 +330,9 @@ impl IdentifyNamespace {
 
 /// Header of one Namespace Identification Descriptor (Figure 249); NIDL bytes of the
 /// identifier follow it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct NsDescriptorHeader {
     /// Namespace Identifier Type ([`nidt`]).
@@ -352,7 +356,9 @@ pub mod nidt {
 }
 
 /// One Error Information log entry (LID 01h, Figure 194): 64 bytes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct ErrorLogEntry {
     /// Error Count: unique and increasing (0: the entry is invalid).

@@ -23,7 +23,7 @@ pub use identify::{
     ErrorLogEntry, FirmwareSlotLog, IdentifyController, IdentifyNamespace, LbaFormat,
     NsDescriptorHeader, PowerStateDescriptor, SmartLog,
 };
-pub use queue::{Cqe, DsmRange, Sqe, Status};
+pub use queue::{sct, select, Cqe, DsmRange, Sqe, Status};
 
 /// PCI class code of an NVM Express I/O controller: base class 01h (mass storage), sub-class
 /// 08h (non-volatile memory), programming interface 02h (NVM Express), §2.1.5.
@@ -221,7 +221,8 @@ pub mod aqa {
     /// The register value for admin queues of `sq_entries` and `cq_entries` entries (each
     /// 2..=4096).
     pub const fn new(sq_entries: u16, cq_entries: u16) -> u32 {
-        (((cq_entries as u32).wrapping_sub(1) & 0xfff) << 16) | ((sq_entries as u32).wrapping_sub(1) & 0xfff)
+        (((cq_entries as u32).wrapping_sub(1) & 0xfff) << 16)
+            | ((sq_entries as u32).wrapping_sub(1) & 0xfff)
     }
     /// Admin Submission Queue Size in entries (ASQS + 1).
     pub const fn sq_entries(aqa: u32) -> u32 {
@@ -407,11 +408,17 @@ mod tests {
         assert_eq!(cc::mps(3 << cc::MPS_SHIFT), 3);
         assert_eq!(cc::css(7 << cc::CSS_SHIFT), 7);
         assert_eq!(aqa::new(32, 16), 0x000f_001f);
-        assert_eq!((aqa::sq_entries(0x000f_001f), aqa::cq_entries(0x000f_001f)), (32, 16));
+        assert_eq!(
+            (aqa::sq_entries(0x000f_001f), aqa::cq_entries(0x000f_001f)),
+            (32, 16)
+        );
         assert_eq!(csts::SHST_COMPLETE & csts::SHST_MASK, 0b1000);
         assert_eq!(feat::num_queues(3, 3), 0x0003_0003);
         assert_eq!(feat::split_num_queues(0x0001_0002), (2, 1));
-        assert_eq!(aer::dw0(aer::TYPE_SMART, aer::SMART_TEMPERATURE, log::SMART), 0x0002_0101);
+        assert_eq!(
+            aer::dw0(aer::TYPE_SMART, aer::SMART_TEMPERATURE, log::SMART),
+            0x0002_0101
+        );
         assert_eq!(aer::split(0x0002_0101), (1, 1, 2));
         assert_eq!(CLASS_NVM, 0x0108);
     }

@@ -18,7 +18,9 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 use super::{admin, nvm, CQE_SIZE, SQE_SIZE};
 
 /// A submission queue entry (§4.2, Figure 105): 64 bytes, little-endian.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct Sqe {
     /// CDW0 bits 7:0: Opcode.
@@ -131,16 +133,26 @@ impl Sqe {
     /// (physically contiguous), signalling interrupt vector `iv` when `ien`.
     pub fn create_io_cq(qid: u16, entries: u32, base: u64, iv: u16, ien: bool) -> Sqe {
         let cdw11 = (u32::from(iv) << 16) | (u32::from(ien) << 1) | 1;
-        Sqe::new(admin::CREATE_CQ)
-            .with_prps(base, 0)
-            .with_cdws([queue_cdw10(qid, entries), cdw11, 0, 0, 0, 0])
+        Sqe::new(admin::CREATE_CQ).with_prps(base, 0).with_cdws([
+            queue_cdw10(qid, entries),
+            cdw11,
+            0,
+            0,
+            0,
+            0,
+        ])
     }
     /// Create I/O Submission Queue `qid` of `entries` entries (2..=65536) at `base`
     /// (physically contiguous, priority urgent/ignored), completing on CQ `cqid`.
     pub fn create_io_sq(qid: u16, entries: u32, base: u64, cqid: u16) -> Sqe {
-        Sqe::new(admin::CREATE_SQ)
-            .with_prps(base, 0)
-            .with_cdws([queue_cdw10(qid, entries), (u32::from(cqid) << 16) | 1, 0, 0, 0, 0])
+        Sqe::new(admin::CREATE_SQ).with_prps(base, 0).with_cdws([
+            queue_cdw10(qid, entries),
+            (u32::from(cqid) << 16) | 1,
+            0,
+            0,
+            0,
+            0,
+        ])
     }
     /// Delete I/O Submission Queue `qid`.
     pub fn delete_io_sq(qid: u16) -> Sqe {
@@ -200,8 +212,8 @@ impl Sqe {
         self.cdw10.get() & (1 << 15) != 0
     }
     /// Get Log Page: Number of Dwords (NUMDU:NUMDL, 0's based, plus one).
-    pub fn log_dwords(&self) -> u32 {
-        (((self.cdw11.get() & 0xffff) << 16) | (self.cdw10.get() >> 16)) + 1
+    pub fn log_dwords(&self) -> u64 {
+        u64::from(((self.cdw11.get() & 0xffff) << 16) | (self.cdw10.get() >> 16)) + 1
     }
     /// Get Log Page: Log Page Offset in bytes (CDW13:CDW12).
     pub fn log_offset(&self) -> u64 {
@@ -326,7 +338,9 @@ pub mod select {
 }
 
 /// A completion queue entry (§4.6, Figure 124): 16 bytes, little-endian.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct Cqe {
     /// DW0: command specific.
@@ -507,7 +521,12 @@ impl Status {
 
 impl std::fmt::Display for Status {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "status code type {:#x}, status code {:#04x}", self.sct(), self.sc())?;
+        write!(
+            f,
+            "status code type {:#x}, status code {:#04x}",
+            self.sct(),
+            self.sc()
+        )?;
         if let Some(n) = self.name() {
             write!(f, " ({n})")?;
         }
@@ -525,7 +544,9 @@ impl std::fmt::Debug for Status {
 }
 
 /// One Dataset Management range (§6.7, Figure 364): 16 bytes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct DsmRange {
     /// Context Attributes.
@@ -598,7 +619,10 @@ mod tests {
         assert_eq!(s.as_bytes(), &want[..]);
         let back = Sqe::read_from_bytes(&want).unwrap();
         assert_eq!(back, s);
-        assert_eq!((back.slba(), back.blocks(), back.fua()), (0x1_0000_0010, 8, false));
+        assert_eq!(
+            (back.slba(), back.blocks(), back.fua()),
+            (0x1_0000_0010, 8, false)
+        );
         assert!(back.with_fua(true).fua());
         assert_eq!(back.with_fua(true).with_fua(false), back);
     }
@@ -608,7 +632,10 @@ mod tests {
         let cq = Sqe::create_io_cq(1, 33, 0x40_0000_5000, 1, true);
         assert_eq!(cq.opcode, admin::CREATE_CQ);
         assert_eq!((cq.cdw10.get(), cq.cdw11.get()), (0x0020_0001, 0x0001_0003));
-        assert_eq!((cq.queue_id(), cq.queue_entries(), cq.cq_vector()), (1, 33, 1));
+        assert_eq!(
+            (cq.queue_id(), cq.queue_entries(), cq.cq_vector()),
+            (1, 33, 1)
+        );
         assert!(cq.queue_contiguous() && cq.cq_interrupts());
         let sq = Sqe::create_io_sq(1, 33, 0x40_0000_4000, 1);
         assert_eq!((sq.cdw10.get(), sq.cdw11.get()), (0x0020_0001, 0x0001_0001));
@@ -619,6 +646,8 @@ mod tests {
         assert_eq!((log.cdw10.get(), log.cdw11.get()), (0x003f_0001, 0));
         let big = Sqe::get_log_page(0x02, 0xffff_ffff, 0x12_3457, 0x1_0000_0200, true);
         assert_eq!(big.log_dwords(), 0x12_3457);
+        let all = Sqe::get_log_page(0x02, 0, 0, 0, false); // NUMD all-ones
+        assert_eq!(all.log_dwords(), 1 << 32);
         assert_eq!(big.log_offset(), 0x1_0000_0200);
         assert!(big.log_rae());
         assert_eq!(big.log_id(), 2);
@@ -657,7 +686,10 @@ mod tests {
         );
         assert_eq!(Status::from_field(0x7fff).crd(), 3);
         assert!(Status::from_field(1 << 13).more());
-        assert!(Status::from_field(1 << 14).is_success(), "DNR alone is success");
+        assert!(
+            Status::from_field(1 << 14).is_success(),
+            "DNR alone is success"
+        );
     }
 
     proptest! {
