@@ -108,9 +108,7 @@ impl DmaEngineDriver {
                 .info()
                 .msix
                 .ok_or_else(|| DmaEngineError::NotDmaEngine("no MSI-X capability".into()))?;
-            let dw = f.config_read(m.cap)?;
-            let ctl = ((dw >> 16) | 0x8000) & !0x4000;
-            f.config_write(m.cap, (dw & 0xffff) | (ctl << 16))?;
+            super::enable_msix(&f, m.cap)?;
             Some(f.interrupt_eventfd(IrqIndex::Msix, 0)?)
         } else {
             None

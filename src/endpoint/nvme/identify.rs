@@ -4,7 +4,7 @@
 //! SMART / health, firmware slot). The byte layouts are the shared structures of
 //! [`crate::pci::class::nvme::identify`]; this file holds the model's values.
 
-use zerocopy::{FromBytes, FromZeros, IntoBytes};
+use zerocopy::{FromZeros, IntoBytes};
 
 use crate::pci::class::nvme::identify::{nidt, oncs, put_ascii};
 use crate::pci::class::nvme::{
@@ -49,8 +49,7 @@ pub const WCTEMP_K: u16 = 343;
 /// Identify Controller data (CNS 01h) into a 4096-byte buffer.
 pub fn controller(id: &Identity, b: &mut [u8; IDENTIFY_SIZE]) {
     b.fill(0);
-    let c = IdentifyController::mut_from_bytes(&mut b[..])
-        .expect("a 4 KiB page is an Identify Controller structure");
+    let c: &mut IdentifyController = zerocopy::transmute_mut!(b);
     c.vid.set(id.vid);
     c.ssvid.set(id.ssvid);
     put_ascii(&mut c.sn, &id.serial);
@@ -87,8 +86,7 @@ pub fn controller(id: &Identity, b: &mut [u8; IDENTIFY_SIZE]) {
 /// Identify Namespace data (CNS 00h) for a namespace of `blocks` blocks of 2^`lbads` bytes.
 pub fn namespace(id: &Identity, blocks: u64, lbads: u8, b: &mut [u8; IDENTIFY_SIZE]) {
     b.fill(0);
-    let n = IdentifyNamespace::mut_from_bytes(&mut b[..])
-        .expect("a 4 KiB page is an Identify Namespace structure");
+    let n: &mut IdentifyNamespace = zerocopy::transmute_mut!(b);
     n.nsze.set(blocks);
     n.ncap.set(blocks);
     n.nuse.set(blocks);

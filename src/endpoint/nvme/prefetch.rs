@@ -8,14 +8,13 @@
 //! takes it. Only the data read is overlapped: media writes and completions stay in submission
 //! order on the worker.
 //!
-//! The prefetcher knows the batch (its raw entries), the namespace's geometry and the DMA
-//! handle it is given — not the worker, which owns it.
+//! The prefetcher knows the batch (its entries), the namespace's geometry and the DMA handle
+//! it is given — not the worker, which owns it.
 
 use super::prp::{self, HostMemory};
 use super::PAGE;
 use crate::endpoint::device::DmaHandle;
-use crate::pci::class::nvme::{nvm, Sqe, Status, SQE_SIZE};
-use zerocopy::FromBytes;
+use crate::pci::class::nvme::{nvm, Sqe, Status};
 
 /// Writes whose data is read concurrently.
 pub(super) const SLOTS: usize = 8;
@@ -29,12 +28,6 @@ pub(super) struct Geometry {
     pub(super) blocks: u64,
     /// Logical block size in bytes.
     pub(super) block_size: u32,
-}
-
-/// Entry `k` of a batch of submission-queue entries.
-pub(super) fn entry(sqes: &[u8], k: usize) -> Sqe {
-    let raw = &sqes[k * SQE_SIZE..(k + 1) * SQE_SIZE];
-    Sqe::read_from_bytes(raw).expect("a batch holds whole 64-byte entries")
 }
 
 /// One prefetched Write's data.
@@ -98,29 +91,28 @@ impl Prefetcher {
         self.slots.iter_mut().for_each(|s| s.cmd = None);
     }
 
-    /// Before running command `k` of the batch `sqes` (`n` entries): if it is a prefetchable
-    /// Write whose data is not here yet, read the data of it and of the next prefetchable
-    /// Writes of the batch (up to [`SLOTS`]) concurrently.
+    /// Before running command `k` of the batch `sqes`: if it is a prefetchable Write whose
+    /// data is not here yet, read the data of it and of the next prefetchable Writes of the
+    /// batch (up to [`SLOTS`]) concurrently.
     pub(super) fn prefetch_from(
         &mut self,
         dma: &DmaHandle,
         geometry: Geometry,
-        sqes: &[u8],
+        sqes: &[Sqe],
         k: usize,
-        n: usize,
     ) {
         if self.slots.iter().any(|s| s.cmd == Some(k)) {
             return;
         }
-        if prefetchable(&entry(sqes, k), geometry).is_none() {
+        if prefetchable(&sqes[k], geometry).is_none() {
             return;
         }
         let mut used = 0;
-        for j in k..n {
+        for (j, cmd) in sqes.iter().enumerate().skip(k) {
             if used == SLOTS {
                 break;
             }
-            if let Some(len) = prefetchable(&entry(sqes, j), geometry) {
+            if let Some(len) = prefetchable(cmd, geometry) {
                 let slot = &mut self.slots[used];
                 slot.cmd = Some(j);
                 slot.len = len;
@@ -136,7 +128,7 @@ impl Prefetcher {
         std::thread::scope(|s| {
             for slot in self.slots[..used].iter_mut() {
                 let Some(j) = slot.cmd.take() else { continue };
-                let cmd = entry(sqes, j);
+                let cmd = sqes[j];
                 // The slot is claimed only once its data is here; if no thread can be made,
                 // the Write simply reads its data itself when it runs.
                 let spawned = std::thread::Builder::new()

@@ -15,7 +15,7 @@ use zerocopy::IntoBytes;
 
 use super::backend::Backend;
 use super::identify::{self, ErrorEntry, Identity};
-use super::prefetch::{self, Geometry, Prefetcher};
+use super::prefetch::{Geometry, Prefetcher};
 use super::prp::{self, HostMemory};
 use super::{Cq, Ctrl, Shared, Sq, MAX_TRANSFER, PAGE};
 use crate::endpoint::device::{DeviceContext, DmaHandle, InterruptHandle};
@@ -101,7 +101,7 @@ pub(super) struct Worker {
     pub(super) page: Box<[u8; 4096]>,
     pub(super) log: Vec<u8>,
     /// Submission-queue entries of the current batch.
-    pub(super) sqes: Box<[u8; FETCH_MAX * SQE]>,
+    pub(super) sqes: Box<[Sqe; FETCH_MAX]>,
     /// Index in the batch of the I/O command running now (for its prefetched data).
     pub(super) current: Option<usize>,
     /// Write data read ahead of its command (see `prefetch`).
@@ -125,7 +125,7 @@ impl Worker {
             segs: Vec::with_capacity(64),
             page: Box::new([0; 4096]),
             log: Vec::with_capacity(512),
-            sqes: Box::new([0; FETCH_MAX * SQE]),
+            sqes: Box::new([Sqe::default(); FETCH_MAX]),
             current: None,
             prefetch: Prefetcher::new(),
         }
@@ -152,7 +152,8 @@ impl Worker {
     fn batch(&mut self, qid: u16, base: u64, size: u16, first: u16, n: u16, epoch: u64) {
         let n = usize::from(n);
         let first_run = n.min(usize::from(size - first));
-        let (head_part, wrap_part) = self.sqes[..n * SQE].split_at_mut(first_run * SQE);
+        let entries = &mut self.sqes.as_mut_bytes()[..n * SQE];
+        let (head_part, wrap_part) = entries.split_at_mut(first_run * SQE);
         let fetched = self
             .dma
             .read(base + u64::from(first) * SQE as u64, head_part)
@@ -186,12 +187,12 @@ impl Worker {
                     break;
                 }
             }
-            let cmd = prefetch::entry(&self.sqes[..], k);
+            let cmd = self.sqes[k];
             let out = if qid == 0 {
                 self.admin(&cmd)
             } else {
                 self.prefetch
-                    .prefetch_from(&self.dma, geometry, &self.sqes[..], k, n);
+                    .prefetch_from(&self.dma, geometry, &self.sqes[..n], k);
                 self.current = Some(k);
                 let out = self.io(&cmd);
                 self.current = None;

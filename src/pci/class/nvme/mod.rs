@@ -1,6 +1,6 @@
 //! NVM Express register interface (NVM Express Base Specification 1.4c): what the NVMe
 //! controller model (`src/endpoint/nvme`) and the user-space NVMe driver
-//! (`src/drivers/nvme.rs`) share.
+//! (`src/drivers/nvme/`) share.
 //!
 //! * This file: the PCI class code (§2.1.5), the controller registers of BAR0 (§3.1) as
 //!   offsets in [`reg`] and their fields in [`cap`], [`vs`], [`cc`], [`csts`], [`aqa`];
