@@ -14,6 +14,7 @@ use pcietun::drivers::nvme::{IoOp, NvmeConfig, NvmeDriver};
 use pcietun::drivers::Completion;
 use pcietun::host::agent::{Agent, AgentConfig, Target};
 use pcietun::host::{HostConfig, RemoteFunction};
+use pcietun::pci::class::nvme::reg as nvme_reg;
 use pcietun::pci::lspci::{default_description, format_function, PciAddress};
 use pcietun::pci::{walk_capabilities, CapabilityId};
 use std::io::{BufRead, BufReader};
@@ -366,7 +367,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let mut mmio = Vec::with_capacity(1000);
     for _ in 0..1000 {
         let t = Instant::now();
-        f.bar_read32(0, 0x1c)?; // CSTS
+        f.bar_read32(0, nvme_reg::CSTS)?;
         mmio.push(t.elapsed());
     }
     let mut qd1 = Vec::with_capacity(500);

@@ -1,4 +1,4 @@
-//! User-space drivers that sit on the host's [`RemoteFunction`](crate::host::RemoteFunction)
+//! User-space drivers that sit on the host's [`RemoteFunction`]
 //! API: they reach their card's registers with BAR reads and writes through the tunnel, give it
 //! host memory with `register_dma`, and wait for its MSI-X interrupts on eventfds — the way a
 //! VFIO or SPDK driver drives a local card.

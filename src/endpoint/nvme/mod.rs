@@ -1,11 +1,13 @@
 //! An NVMe 1.4 controller with one namespace, backed by a file or block device (NVM Express
 //! Base Specification 1.4c; PCI header and capabilities per §2 "System Bus (PCI Express)
 //! Registers": class code 01 08 02, MSI-X, PCI Express and power management capabilities).
+//! The register interface — offsets and fields, queue entries, Identify and log page layouts,
+//! status codes — is [`crate::pci::class::nvme`], shared with the host's driver.
 //!
-//! Split in two halves that share [`Ctrl`] under a mutex:
+//! Split in two halves that share `Ctrl` under a mutex:
 //! * the register file (this file), run on the endpoint's TLP thread: CAP/VS/CC/CSTS/AQA/ASQ/
 //!   ACQ/INTMS/INTMC reads and writes and the doorbells — quick, never waits for DMA;
-//! * the [`worker`] thread: enable/reset/shutdown transitions, fetching commands, executing
+//! * the `worker` thread: enable/reset/shutdown transitions, fetching commands, executing
 //!   admin and NVM I/O commands with DMA through the function's requester, posting completions
 //!   and raising MSI-X or INTx.
 //!
@@ -321,15 +323,20 @@ impl NvmeController {
     fn regs_image(&self) -> [u8; 0x40] {
         let c = self.shared.lock();
         let mut b = [0u8; 0x40];
-        b[0..8].copy_from_slice(&CAP.to_le_bytes());
-        b[8..12].copy_from_slice(&vs::V1_4_0.to_le_bytes());
-        b[0x0c..0x10].copy_from_slice(&c.intms.to_le_bytes());
-        b[0x10..0x14].copy_from_slice(&c.intms.to_le_bytes());
-        b[0x14..0x18].copy_from_slice(&c.cc.to_le_bytes());
-        b[0x1c..0x20].copy_from_slice(&c.csts.to_le_bytes());
-        b[0x24..0x28].copy_from_slice(&c.aqa.to_le_bytes());
-        b[0x28..0x30].copy_from_slice(&c.asq.to_le_bytes());
-        b[0x30..0x38].copy_from_slice(&c.acq.to_le_bytes());
+        let mut put = |off: u64, v: &[u8]| {
+            let at = off as usize;
+            b[at..at + v.len()].copy_from_slice(v);
+        };
+        put(reg::CAP, &CAP.to_le_bytes());
+        put(reg::VS, &vs::V1_4_0.to_le_bytes());
+        // INTMS and INTMC both read the mask (§3.1.3, §3.1.4).
+        put(reg::INTMS, &c.intms.to_le_bytes());
+        put(reg::INTMC, &c.intms.to_le_bytes());
+        put(reg::CC, &c.cc.to_le_bytes());
+        put(reg::CSTS, &c.csts.to_le_bytes());
+        put(reg::AQA, &c.aqa.to_le_bytes());
+        put(reg::ASQ, &c.asq.to_le_bytes());
+        put(reg::ACQ, &c.acq.to_le_bytes());
         b
     }
 
