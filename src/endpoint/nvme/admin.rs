@@ -2,7 +2,7 @@
 //! Create/Delete I/O queues (§5.3–5.6), Get Log Page (§5.14), Set/Get Features (§5.21, §5.9),
 //! Asynchronous Event Request (§5.2), Abort (§5.1) and Keep Alive (§5.16).
 
-use super::identify::{self, ErrorEntry, MAX_IO_QUEUES};
+use super::identify::{self, MAX_IO_QUEUES};
 use super::worker::{Outcome, Worker};
 use super::{Cq, Ctrl, Sq, MAX_QUEUE_ENTRIES, MAX_TRANSFER, MSIX_VECTORS};
 use crate::pci::class::nvme::{
@@ -181,8 +181,7 @@ impl Worker {
             let mut c = self.shared.lock();
             match lid {
                 log::ERROR => {
-                    let entries: Vec<ErrorEntry> = c.errors.iter().copied().collect();
-                    identify::error_log(&entries, &mut self.log);
+                    identify::error_log(&c.errors, &mut self.log);
                     if !rae {
                         c.aer_masked &= !1;
                     }

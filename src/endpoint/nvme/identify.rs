@@ -4,6 +4,8 @@
 //! SMART / health, firmware slot). The byte layouts are the shared structures of
 //! [`crate::pci::class::nvme::identify`]; this file holds the model's values.
 
+use std::collections::VecDeque;
+
 use zerocopy::{FromZeros, IntoBytes};
 
 use crate::pci::class::nvme::identify::{nidt, oncs, put_ascii};
@@ -131,41 +133,39 @@ pub fn ns_descriptors(id: &Identity, b: &mut [u8; IDENTIFY_SIZE]) {
     }
 }
 
-/// One error information log entry (64 bytes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct ErrorEntry {
-    /// Error count (unique, increasing).
-    pub count: u64,
-    /// Submission queue ID.
-    pub sqid: u16,
-    /// Command ID.
-    pub cid: u16,
-    /// Completion status.
-    pub status: Status,
-    /// LBA of the first failing block, if any.
-    pub lba: u64,
-    /// Namespace.
-    pub nsid: u32,
+/// The Error Information log entry of a failed command: error `count` (unique, increasing),
+/// the command's queue and identifier, its status, the LBA of the first failing block (0 if
+/// none) and its namespace.
+pub fn error_entry(
+    count: u64,
+    sqid: u16,
+    cid: u16,
+    status: Status,
+    lba: u64,
+    nsid: u32,
+) -> ErrorLogEntry {
+    ErrorLogEntry {
+        error_count: count.into(),
+        sqid: sqid.into(),
+        cid: cid.into(),
+        // The status field as in the completion: bits 15:1, the phase tag bit 0.
+        status: (status.field() << 1).into(),
+        param_error_location: 0xffff.into(), // not specific
+        lba: lba.into(),
+        nsid: nsid.into(),
+        ..ErrorLogEntry::default()
+    }
 }
 
-/// Error Information log (LID 01h), newest first.
-pub fn error_log(entries: &[ErrorEntry], out: &mut Vec<u8>) {
+/// Error Information log (LID 01h) of the last [`ERROR_LOG_ENTRIES`] errors (oldest first in
+/// `entries`), newest first.
+pub fn error_log(entries: &VecDeque<ErrorLogEntry>, out: &mut Vec<u8>) {
     let size = size_of::<ErrorLogEntry>();
     out.clear();
     out.resize(ERROR_LOG_ENTRIES * size, 0);
     let slots = out.chunks_exact_mut(size);
     for (e, b) in entries.iter().rev().take(ERROR_LOG_ENTRIES).zip(slots) {
-        let entry = ErrorLogEntry {
-            error_count: e.count.into(),
-            sqid: e.sqid.into(),
-            cid: e.cid.into(),
-            status: (e.status.field() << 1).into(),
-            param_error_location: 0xffff.into(), // not specific
-            lba: e.lba.into(),
-            nsid: e.nsid.into(),
-            ..ErrorLogEntry::default()
-        };
-        b.copy_from_slice(entry.as_bytes());
+        b.copy_from_slice(e.as_bytes());
     }
 }
 
@@ -275,15 +275,8 @@ mod tests {
     #[test]
     fn log_pages_at_spec_offsets() {
         let mut out = Vec::new();
-        let e = |count| ErrorEntry {
-            count,
-            sqid: 1,
-            cid: 9,
-            status: Status::LBA_OUT_OF_RANGE,
-            lba: 77,
-            nsid: 1,
-        };
-        error_log(&[e(1), e(2)], &mut out);
+        let e = |count| error_entry(count, 1, 9, Status::LBA_OUT_OF_RANGE, 77, 1);
+        error_log(&VecDeque::from([e(1), e(2)]), &mut out);
         assert_eq!(out.len(), 4 * 64);
         assert_eq!(
             u64::from_le_bytes(out[0..8].try_into().unwrap()),

@@ -33,11 +33,13 @@ use super::device::{
     Decode, Device, DeviceContext, DeviceError, InterruptHandle, MsixLayout, ResetKind,
 };
 use super::pcicfg::{self, build_config, pci_decode, ModelConfig};
-use crate::pci::class::nvme::{aer, aqa, cap, cc, csts, log, reg, vs, CLASS_CODE, MIN_PAGE_SIZE};
+use crate::pci::class::nvme::{
+    aer, aqa, cap, cc, csts, log, reg, vs, ErrorLogEntry, CLASS_CODE, MIN_PAGE_SIZE,
+};
 use crate::pci::class::DEFAULT_VENDOR_ID;
 use crate::pci::{Bar, ConfigSpace, FunctionIds};
 pub use backend::{Backend, BackendError};
-use identify::{ErrorEntry, Health, Identity, MAX_IO_QUEUES, MDTS};
+use identify::{Health, Identity, MAX_IO_QUEUES, MDTS};
 
 /// PCI vendor ID of the NVMe model by default.
 pub const DEFAULT_VENDOR: u16 = DEFAULT_VENDOR_ID;
@@ -166,7 +168,8 @@ pub(crate) struct Ctrl {
     pub(crate) aer_cids: Vec<u16>,
     pub(crate) aer_events: VecDeque<u32>,
     pub(crate) aer_masked: u8,
-    pub(crate) errors: VecDeque<ErrorEntry>,
+    /// The error log's entries, oldest first.
+    pub(crate) errors: VecDeque<ErrorLogEntry>,
     pub(crate) health: Health,
     pub(crate) started: Instant,
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use zerocopy::IntoBytes;
 
 use super::backend::Backend;
-use super::identify::{self, ErrorEntry, Identity};
+use super::identify::{self, Identity};
 use super::prefetch::{Geometry, Prefetcher};
 use super::prp::{self, HostMemory};
 use super::{Cq, Ctrl, Shared, Sq, MAX_TRANSFER, PAGE};
@@ -338,14 +338,9 @@ impl Worker {
                 if c.errors.len() >= identify::ERROR_LOG_ENTRIES {
                     c.errors.pop_front();
                 }
-                c.errors.push_back(ErrorEntry {
-                    count,
-                    sqid: qid,
-                    cid,
-                    status: out.status,
-                    lba: out.lba,
-                    nsid: cmd.nsid.get(),
-                });
+                let nsid = cmd.nsid.get();
+                let entry = identify::error_entry(count, qid, cid, out.status, out.lba, nsid);
+                c.errors.push_back(entry);
             }
         }
         let Some(sq) = c.sqs[usize::from(qid)] else {
