@@ -7,11 +7,13 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use pcietun::endpoint::dma_engine::{self, reg};
 use pcietun::endpoint::wire::{self, CplStatus, Header, Kind};
 use pcietun::endpoint::Bdf;
+use pcietun::pci::class::dma_engine::{self, reg};
+use pcietun::pci::class::nvme::{self, Cqe, Sqe, Status};
 use pcietun::transport::driver::{self, DriverConfig, Peers, TransportHandle, Upcall};
 use pcietun::transport::{ConnId, Event, HostId, PeerAddr, Psk};
+use zerocopy::{FromBytes, IntoBytes};
 
 struct Appliance(Child);
 
@@ -171,14 +173,14 @@ fn appliance_serves_config_mmio_and_dma_over_udp() {
         *b = (i * 3) as u8;
     }
     for (dir, host) in [(0u32, 0x1000u32), (1, 0x8000)] {
-        h.write32(regs + reg::STATUS, dma_engine::STATUS_DONE);
+        h.write32(regs + reg::STATUS, dma_engine::status::DONE);
         h.write32(regs + reg::HOST_ADDR_LO, host);
         h.write32(regs + reg::HOST_ADDR_HI, 0);
         h.write32(regs + reg::LENGTH, 4096);
         h.write32(regs + reg::CONTROL, dir);
         h.write32(regs + reg::DOORBELL, 1);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while h.read32(regs + reg::STATUS, &mut mem) & dma_engine::STATUS_DONE == 0 {
+        while h.read32(regs + reg::STATUS, &mut mem) & dma_engine::status::DONE == 0 {
             assert!(Instant::now() < deadline, "DMA over UDP never finished");
         }
     }
@@ -207,38 +209,28 @@ fn nvme_cmd(
     mem: &mut [u8],
     q: &mut (u64, u64, u16, u16),
     bar: u64,
-    qid: u64,
-    sqe: &[u8; 64],
-) -> u16 {
+    qid: u16,
+    cid: u16,
+    mut sqe: Sqe,
+) -> Status {
     let (sq, cq, tail, head) = *q;
     let at = (sq + u64::from(tail) * 64) as usize;
-    mem[at..at + 64].copy_from_slice(sqe);
+    sqe.cid.set(cid);
+    mem[at..at + 64].copy_from_slice(sqe.as_bytes());
     let tail = (tail + 1) % 8;
-    h.write32(bar + 0x1000 + qid * 8, u32::from(tail));
+    h.write32(bar + nvme::reg::sq_tail_doorbell(qid, 0), u32::from(tail));
     let c = (cq + u64::from(head) * 16) as usize;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while mem[c + 14] & 1 == 0 {
-        h.read32(bar + 0x1c, mem);
+    while !Cqe::read_from_bytes(&mem[c..c + 16]).unwrap().phase() {
+        h.read32(bar + nvme::reg::CSTS, mem);
         assert!(Instant::now() < deadline, "no NVMe completion over UDP");
     }
-    let status = u16::from_le_bytes([mem[c + 14], mem[c + 15]]) >> 1;
+    let cqe = Cqe::read_from_bytes(&mem[c..c + 16]).unwrap();
+    assert_eq!(cqe.cid.get(), cid);
     let head = head + 1;
-    h.write32(bar + 0x1000 + qid * 8 + 4, u32::from(head));
+    h.write32(bar + nvme::reg::cq_head_doorbell(qid, 0), u32::from(head));
     *q = (sq, cq, tail, head);
-    status
-}
-
-fn sqe(opcode: u8, cid: u16, nsid: u32, prp1: u64, prp2: u64, cdw: [u32; 6]) -> [u8; 64] {
-    let mut b = [0u8; 64];
-    b[0] = opcode;
-    b[2..4].copy_from_slice(&cid.to_le_bytes());
-    b[4..8].copy_from_slice(&nsid.to_le_bytes());
-    b[24..32].copy_from_slice(&prp1.to_le_bytes());
-    b[32..40].copy_from_slice(&prp2.to_le_bytes());
-    for (i, v) in cdw.iter().enumerate() {
-        b[40 + i * 4..44 + i * 4].copy_from_slice(&v.to_le_bytes());
-    }
-    b
+    cqe.status()
 }
 
 #[test]
@@ -255,85 +247,41 @@ fn appliance_serves_nvme_over_udp() {
     h.cfg(f, 0x14, Some(0));
     h.cfg(f, 0x04, Some(0x0006));
     let mut mem = vec![0u8; 1 << 20];
-    h.write32(bar + 0x24, (7 << 16) | 7);
-    h.write32(bar + 0x28, 0x1000);
-    h.write32(bar + 0x2c, 0);
-    h.write32(bar + 0x30, 0x2000);
-    h.write32(bar + 0x34, 0);
-    h.write32(bar + 0x14, 1 | (6 << 16) | (4 << 20));
+    h.write32(bar + nvme::reg::AQA, nvme::aqa::new(8, 8));
+    h.write32(bar + nvme::reg::ASQ, 0x1000);
+    h.write32(bar + nvme::reg::ASQ + 4, 0);
+    h.write32(bar + nvme::reg::ACQ, 0x2000);
+    h.write32(bar + nvme::reg::ACQ + 4, 0);
+    h.write32(bar + nvme::reg::CC, 1 | (6 << 16) | (4 << 20));
     let deadline = Instant::now() + Duration::from_secs(10);
-    while h.read32(bar + 0x1c, &mut mem) & 1 == 0 {
+    while h.read32(bar + nvme::reg::CSTS, &mut mem) & nvme::csts::RDY == 0 {
         assert!(Instant::now() < deadline, "CSTS.RDY never set");
     }
     let mut admin = (0x1000u64, 0x2000u64, 0u16, 0u16);
     // Identify Controller.
-    let st = nvme_cmd(
-        &mut h,
-        &mut mem,
-        &mut admin,
-        bar,
-        0,
-        &sqe(0x06, 1, 0, 0x3000, 0, [1, 0, 0, 0, 0, 0]),
-    );
-    assert_eq!(st, 0);
+    let identify = Sqe::identify(nvme::cns::CONTROLLER, 0).with_prps(0x3000, 0);
+    let st = nvme_cmd(&mut h, &mut mem, &mut admin, bar, 0, 1, identify);
+    assert_eq!(st, Status::SUCCESS);
     assert!(mem[0x3000 + 24..].starts_with(b"pcietun NVMe controller"));
     // I/O queues (interrupts off: polled), then write 8 KiB across two pages and read it back.
-    let st = nvme_cmd(
-        &mut h,
-        &mut mem,
-        &mut admin,
-        bar,
-        0,
-        &sqe(0x05, 2, 0, 0x5000, 0, [1 | (7 << 16), 1, 0, 0, 0, 0]),
-    );
-    assert_eq!(st, 0);
-    let st = nvme_cmd(
-        &mut h,
-        &mut mem,
-        &mut admin,
-        bar,
-        0,
-        &sqe(
-            0x01,
-            3,
-            0,
-            0x4000,
-            0,
-            [1 | (7 << 16), 1 | (1 << 16), 0, 0, 0, 0],
-        ),
-    );
-    assert_eq!(st, 0);
+    let cq = Sqe::create_io_cq(1, 8, 0x5000, 0, false);
+    let st = nvme_cmd(&mut h, &mut mem, &mut admin, bar, 0, 2, cq);
+    assert_eq!(st, Status::SUCCESS);
+    let sq = Sqe::create_io_sq(1, 8, 0x4000, 1);
+    let st = nvme_cmd(&mut h, &mut mem, &mut admin, bar, 0, 3, sq);
+    assert_eq!(st, Status::SUCCESS);
     let mut io = (0x4000u64, 0x5000u64, 0u16, 0u16);
     for (i, b) in mem[0x10000..0x12000].iter_mut().enumerate() {
         *b = (i * 7 + 1) as u8;
     }
-    let st = nvme_cmd(
-        &mut h,
-        &mut mem,
-        &mut io,
-        bar,
-        1,
-        &sqe(0x01, 4, 1, 0x10000, 0x11000, [8, 0, 15, 0, 0, 0]),
-    );
-    assert_eq!(st, 0);
-    let st = nvme_cmd(
-        &mut h,
-        &mut mem,
-        &mut io,
-        bar,
-        1,
-        &sqe(0x00, 5, 1, 0, 0, [0; 6]),
-    );
-    assert_eq!(st, 0, "flush");
-    let st = nvme_cmd(
-        &mut h,
-        &mut mem,
-        &mut io,
-        bar,
-        1,
-        &sqe(0x02, 6, 1, 0x20000, 0x21000, [8, 0, 15, 0, 0, 0]),
-    );
-    assert_eq!(st, 0);
+    let write = Sqe::write(1, 8, 16).with_prps(0x10000, 0x11000);
+    let st = nvme_cmd(&mut h, &mut mem, &mut io, bar, 1, 4, write);
+    assert_eq!(st, Status::SUCCESS);
+    let st = nvme_cmd(&mut h, &mut mem, &mut io, bar, 1, 5, Sqe::flush(1));
+    assert_eq!(st, Status::SUCCESS, "flush");
+    let read = Sqe::read(1, 8, 16).with_prps(0x20000, 0x21000);
+    let st = nvme_cmd(&mut h, &mut mem, &mut io, bar, 1, 6, read);
+    assert_eq!(st, Status::SUCCESS);
     assert_eq!(mem[0x20000..0x22000], mem[0x10000..0x12000]);
     let file = std::fs::read(&img).unwrap();
     assert_eq!(file[8 * 512..8 * 512 + 8192], mem[0x10000..0x12000]);

@@ -4,10 +4,11 @@
 
 use std::time::{Duration, Instant};
 
-use pcietun::endpoint::dma_engine::{self, reg, DmaEngine};
+use pcietun::endpoint::dma_engine::DmaEngine;
 use pcietun::endpoint::loopback::{LoopbackHost, HOST_MEM_BASE, MSI_BASE};
 use pcietun::endpoint::wire::{self, CplStatus, Header, Kind};
 use pcietun::endpoint::{Bdf, Endpoint, EndpointConfig};
+use pcietun::pci::class::dma_engine::{self, reg};
 
 const F0: Bdf = Bdf::new(2, 0, 0);
 const F1: Bdf = Bdf::new(2, 0, 1);
@@ -234,7 +235,7 @@ fn wait_status(h: &mut LoopbackHost) -> u32 {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let s = h.read32(REGS + reg::STATUS).unwrap();
-        if s & dma_engine::STATUS_BUSY == 0 {
+        if s & dma_engine::status::BUSY == 0 {
             return s;
         }
         assert!(Instant::now() < deadline, "DMA engine stuck busy");
@@ -261,23 +262,23 @@ fn dma_engine_moves_data_both_ways_with_msix() {
         HOST_MEM_BASE + 0x1_0003,
         0x100,
         65536,
-        dma_engine::CONTROL_IRQ,
+        dma_engine::control::IRQ_EN,
     );
-    assert_eq!(wait_status(&mut h), dma_engine::STATUS_DONE);
+    assert_eq!(wait_status(&mut h), dma_engine::status::DONE);
     assert!(h.wait_msi_count(1, Duration::from_secs(5)));
     assert_eq!(h.msi_log()[0], (MSI_BASE + 0x40, 0x77));
     assert_eq!(h.mem_read(BUF + 0x100, 256).unwrap(), src[..256]);
     // Buffer -> host (DMA write) to a different place.
-    h.write32(REGS + reg::STATUS, dma_engine::STATUS_DONE)
+    h.write32(REGS + reg::STATUS, dma_engine::status::DONE)
         .unwrap();
     start_dma(
         &mut h,
         HOST_MEM_BASE + 0x20_0001,
         0x100,
         65536,
-        dma_engine::CONTROL_IRQ | dma_engine::CONTROL_TO_HOST,
+        dma_engine::control::IRQ_EN | dma_engine::control::TO_HOST,
     );
-    assert_eq!(wait_status(&mut h), dma_engine::STATUS_DONE);
+    assert_eq!(wait_status(&mut h), dma_engine::status::DONE);
     assert!(h.wait_msi_count(2, Duration::from_secs(5)));
     assert_eq!(h.host_read(HOST_MEM_BASE + 0x20_0001, 65536), src);
     assert_eq!(h.read32(REGS + reg::COMPLETIONS).unwrap(), 2);
@@ -289,19 +290,19 @@ fn dma_engine_errors_and_intx() {
     let mut h = setup(Duration::from_millis(300));
     // Host address outside host memory: the host answers UR, the engine reports code 4 and,
     // without MSI-X, raises INTA until software clears the status.
-    start_dma(&mut h, 0x40_0000_0000, 0, 4096, dma_engine::CONTROL_IRQ);
+    start_dma(&mut h, 0x40_0000_0000, 0, 4096, dma_engine::control::IRQ_EN);
     let s = wait_status(&mut h);
-    assert_eq!(s & dma_engine::STATUS_ERROR, dma_engine::STATUS_ERROR);
+    assert_eq!(s & dma_engine::status::ERROR, dma_engine::status::ERROR);
     assert_eq!((s >> 8) & 0xff, 4);
     assert!(h.wait_intx(true, Duration::from_secs(5)));
     assert!(h.bad_dma() > 0);
-    h.write32(REGS + reg::STATUS, dma_engine::STATUS_ERROR)
+    h.write32(REGS + reg::STATUS, dma_engine::status::ERROR)
         .unwrap();
     assert!(h.wait_intx(false, Duration::from_secs(5)));
     // Bus Master Enable clear: code 2, and nothing reaches the host.
     h.cfg_write(F0, 0x04, 0x0002).unwrap();
     let before = h.bad_dma();
-    start_dma(&mut h, HOST_MEM_BASE, 0, 64, dma_engine::CONTROL_TO_HOST);
+    start_dma(&mut h, HOST_MEM_BASE, 0, 64, dma_engine::control::TO_HOST);
     let s = wait_status(&mut h);
     assert_eq!((s >> 8) & 0xff, 2);
     assert_eq!(h.bad_dma(), before);
@@ -330,7 +331,7 @@ fn sriov_virtual_functions_appear_route_and_dma() {
     assert_eq!(h.cfg_read(pf, 0x114).unwrap(), 0x0001_0001);
     assert_eq!(
         h.cfg_read(pf, 0x118).unwrap() >> 16,
-        u32::from(dma_engine::VF_DEVICE)
+        u32::from(dma_engine::VF_DEVICE_ID)
     );
     // VF BAR0 sizing reads back the per-VF size.
     h.cfg_write(pf, 0x124, 0xffff_ffff).unwrap();
@@ -371,7 +372,7 @@ fn sriov_virtual_functions_appear_route_and_dma() {
     h.write32(r + reg::LENGTH, 4096).unwrap();
     h.write32(r + reg::DOORBELL, 1).unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
-    while h.read32(r + reg::STATUS).unwrap() & dma_engine::STATUS_DONE == 0 {
+    while h.read32(r + reg::STATUS).unwrap() & dma_engine::status::DONE == 0 {
         assert!(Instant::now() < deadline, "VF DMA never finished");
         std::thread::sleep(Duration::from_micros(200));
     }
@@ -540,7 +541,7 @@ fn requester_tags_and_read_splitting() {
                     }
                 }
             };
-            if st & dma_engine::STATUS_DONE != 0 {
+            if st & dma_engine::status::DONE != 0 {
                 break;
             }
             assert!(Instant::now() < deadline, "engine never reported done");
@@ -599,13 +600,13 @@ fn completion_timeout_and_late_completion() {
     let t0 = Instant::now();
     let s = loop {
         let s = status(&mut ep, &rx);
-        if s & dma_engine::STATUS_BUSY == 0 {
+        if s & dma_engine::status::BUSY == 0 {
             break s;
         }
         std::thread::sleep(Duration::from_millis(10));
     };
     assert!(t0.elapsed() >= Duration::from_millis(50));
-    assert_eq!(s & dma_engine::STATUS_ERROR, dma_engine::STATUS_ERROR);
+    assert_eq!(s & dma_engine::status::ERROR, dma_engine::status::ERROR);
     assert_eq!((s >> 8) & 0xff, 3, "error code: completion timeout");
     // The late completion is absorbed (its tag was quarantined), not counted as unexpected.
     let mut c = Vec::new();
@@ -623,7 +624,7 @@ fn completion_timeout_and_late_completion() {
     ep.handle_tlp(&c).unwrap();
     assert_eq!(ep.stats().unexpected_completions, 0);
     // A second transfer, answered, succeeds and carries the new data, not the late bytes.
-    mw(&mut ep, reg::STATUS, dma_engine::STATUS_ERROR);
+    mw(&mut ep, reg::STATUS, dma_engine::status::ERROR);
     mw(&mut ep, reg::DOORBELL, 1);
     let req = loop {
         let t = recv_driven(&mut ep, &rx, Duration::from_secs(2)).unwrap();
@@ -646,7 +647,7 @@ fn completion_timeout_and_late_completion() {
     );
     ep.handle_tlp(&c).unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
-    while status(&mut ep, &rx) & dma_engine::STATUS_DONE == 0 {
+    while status(&mut ep, &rx) & dma_engine::status::DONE == 0 {
         assert!(Instant::now() < deadline);
         std::thread::sleep(Duration::from_millis(5));
     }

@@ -14,6 +14,7 @@ use pcietun::drivers::nvme::{IoOp, NvmeConfig, NvmeDriver};
 use pcietun::drivers::Completion;
 use pcietun::host::agent::{Agent, AgentConfig, Target};
 use pcietun::host::{HostConfig, RemoteFunction};
+use pcietun::pci::class::nvme::reg as nvme_reg;
 use pcietun::pci::lspci::{default_description, format_function, PciAddress};
 use pcietun::pci::{walk_capabilities, CapabilityId};
 use std::io::{BufRead, BufReader};
@@ -365,7 +366,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let mut mmio = Vec::with_capacity(1000);
     for _ in 0..1000 {
         let t = Instant::now();
-        f.bar_read32(0, 0x1c)?; // CSTS
+        f.bar_read32(0, nvme_reg::CSTS)?;
         mmio.push(t.elapsed());
     }
     let mut qd1 = Vec::with_capacity(500);
@@ -378,15 +379,17 @@ pub fn run(args: DemoArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
             (i * 7919 % (size / 4096)) * per_io,
             per_io as u32,
         )?;
-        let mut status = 0;
+        let mut failed = None;
         while d.in_flight() > 0 {
             d.wait(&mut |c| {
-                status |= c.status;
+                if !c.status.is_success() {
+                    failed = Some(c.status);
+                }
                 qd1.push(c.latency);
             })?;
         }
-        if status != 0 {
-            return Err(format!("4 KiB read failed with status {status:#x}").into());
+        if let Some(status) = failed {
+            return Err(format!("4 KiB read failed: {status}").into());
         }
     }
     let mb = size as f64 / 1e6;

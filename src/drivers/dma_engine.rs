@@ -1,5 +1,6 @@
-//! Driver of the DMA engine test device (register map in docs/appliance.md, "The DMA engine
-//! test device"): it registers a host buffer, programs HOST_ADDR / BUF_OFFSET / LENGTH /
+//! Driver of the DMA engine test device (register interface
+//! [`crate::pci::class::dma_engine`], documented in docs/appliance.md, "The DMA engine test
+//! device"): it registers a host buffer, programs HOST_ADDR / BUF_OFFSET / LENGTH /
 //! CONTROL, rings DOORBELL and waits for DONE — by polling STATUS or on the MSI-X vector 0
 //! eventfd — then reads and clears STATUS (RW1C).
 //!
@@ -16,38 +17,12 @@ use crate::host::dma::{Access, DmaError};
 use crate::host::requester::RequestError;
 use crate::host::vfio_user::{EventFd, IrqIndex};
 use crate::host::RemoteFunction;
+use crate::pci::class::dma_engine::{
+    control, reg, status, ErrorCode, DEVICE_ID, ID_VALUE, REGS_BAR, VENDOR_ID,
+};
 
 /// Bus address where the driver's host buffer is registered.
 pub const IOVA: u64 = 0x50_0000_0000;
-/// PCI IDs of the device (vendor, device).
-pub const IDS: (u16, u16) = (0x1b36, 0x0e02);
-/// Value of the ID register ("DMA1").
-pub const ID_MAGIC: u32 = 0x3141_4d44;
-
-/// BAR0 register offsets.
-pub mod reg {
-    /// "DMA1".
-    pub const ID: u64 = 0x00;
-    /// Buffer size, low half.
-    pub const BUF_SIZE: u64 = 0x08;
-    /// Host bus address, low half.
-    pub const HOST_ADDR: u64 = 0x10;
-    /// Offset in the card's buffer.
-    pub const BUF_OFFSET: u64 = 0x18;
-    /// Bytes to move.
-    pub const LENGTH: u64 = 0x1c;
-    /// Direction (bit 0) and interrupt enable (bit 1).
-    pub const CONTROL: u64 = 0x20;
-    /// Any write starts the transfer.
-    pub const DOORBELL: u64 = 0x24;
-    /// BUSY / DONE / ERROR (RW1C), error code in 15:8.
-    pub const STATUS: u64 = 0x28;
-    /// Transfers finished.
-    pub const COMPLETIONS: u64 = 0x2c;
-    /// Device-side duration of the last transfer, ns.
-    pub const LAST_NS: u64 = 0x38;
-}
-
 /// Errors of the DMA engine driver.
 #[derive(Debug, thiserror::Error)]
 pub enum DmaEngineError {
@@ -76,8 +51,8 @@ pub enum DmaEngineError {
         buf_off: u32,
     },
     /// The card reported an error.
-    #[error("the card reported error code {0} (1 range, 2 bus mastering off, 3 completion timeout, 4 host refused)")]
-    Device(u8),
+    #[error("the card reported error code {code}: {0}", code = .0.code())]
+    Device(ErrorCode),
     /// No DONE in time.
     #[error("transfer not done within {0:?}")]
     Timeout(Duration),
@@ -112,18 +87,19 @@ impl DmaEngineDriver {
         completion: Completion,
     ) -> Result<Self, DmaEngineError> {
         let info = f.info();
-        if (info.vendor, info.device) != IDS {
+        if (info.vendor, info.device) != (VENDOR_ID, DEVICE_ID) {
             return Err(DmaEngineError::NotDmaEngine(format!(
                 "IDs {:04x}:{:04x}",
                 info.vendor, info.device
             )));
         }
-        let id = f.bar_read32(0, reg::ID)?;
-        if id != ID_MAGIC {
+        let bar = usize::from(REGS_BAR);
+        let id = f.bar_read32(bar, reg::ID)?;
+        if id != ID_VALUE {
             return Err(DmaEngineError::NotDmaEngine(format!("ID register {id:#x}")));
         }
-        let buf_size = u64::from(f.bar_read32(0, reg::BUF_SIZE)?)
-            | (u64::from(f.bar_read32(0, reg::BUF_SIZE + 4)?) << 32);
+        let buf_size = u64::from(f.bar_read32(bar, reg::BUF_SIZE_LO)?)
+            | (u64::from(f.bar_read32(bar, reg::BUF_SIZE_HI)?) << 32);
         let mem = Arc::new(DmaBuffer::new(host_len));
         let _ = f.unregister_dma(IOVA, host_len as u64);
         f.register_dma(IOVA, mem.clone(), Access::RW)?;
@@ -132,15 +108,13 @@ impl DmaEngineDriver {
                 .info()
                 .msix
                 .ok_or_else(|| DmaEngineError::NotDmaEngine("no MSI-X capability".into()))?;
-            let dw = f.config_read(m.cap)?;
-            let ctl = ((dw >> 16) | 0x8000) & !0x4000;
-            f.config_write(m.cap, (dw & 0xffff) | (ctl << 16))?;
+            super::enable_msix(&f, m.cap)?;
             Some(f.interrupt_eventfd(IrqIndex::Msix, 0)?)
         } else {
             None
         };
         // Clear a DONE/ERROR left over from an earlier user.
-        f.bar_write32(0, reg::STATUS, 0x6)?;
+        f.bar_write32(bar, reg::STATUS, status::DONE | status::ERROR)?;
         Ok(Self {
             f,
             mem,
@@ -188,33 +162,42 @@ impl DmaEngineDriver {
         }
         let addr = IOVA + host_off;
         let f = &self.f;
-        f.bar_write32(0, reg::HOST_ADDR, addr as u32)?;
-        f.bar_write32(0, reg::HOST_ADDR + 4, (addr >> 32) as u32)?;
-        f.bar_write32(0, reg::BUF_OFFSET, buf_off)?;
-        f.bar_write32(0, reg::LENGTH, len)?;
-        let ctl = u32::from(dir == Direction::DmaWrite) | (u32::from(self.irq.is_some()) << 1);
-        f.bar_write32(0, reg::CONTROL, ctl)?;
-        f.bar_write32(0, reg::DOORBELL, 1)?;
+        let bar = usize::from(REGS_BAR);
+        f.bar_write32(bar, reg::HOST_ADDR_LO, addr as u32)?;
+        f.bar_write32(bar, reg::HOST_ADDR_HI, (addr >> 32) as u32)?;
+        f.bar_write32(bar, reg::BUF_OFFSET, buf_off)?;
+        f.bar_write32(bar, reg::LENGTH, len)?;
+        let mut ctl = 0;
+        if dir == Direction::DmaWrite {
+            ctl |= control::TO_HOST;
+        }
+        if self.irq.is_some() {
+            ctl |= control::IRQ_EN;
+        }
+        f.bar_write32(bar, reg::CONTROL, ctl)?;
+        f.bar_write32(bar, reg::DOORBELL, 1)?;
         let t0 = Instant::now();
-        let status = loop {
+        let st = loop {
             // A lost interrupt must not hang us: after the wait, look at STATUS anyway.
             if let Some(fd) = &self.irq {
                 fd.wait_timeout(Duration::from_millis(100))?;
             }
-            let s = f.bar_read32(0, reg::STATUS)?;
+            let s = f.bar_read32(bar, reg::STATUS)?;
             if s == u32::MAX {
                 return Err(RequestError::LinkDown.into());
             }
-            if s & 1 == 0 && s & 6 != 0 {
+            if s & status::BUSY == 0 && s & (status::DONE | status::ERROR) != 0 {
                 break s;
             }
             if t0.elapsed() > self.timeout {
                 return Err(DmaEngineError::Timeout(self.timeout));
             }
         };
-        f.bar_write32(0, reg::STATUS, 0x6)?;
-        if status & 4 != 0 {
-            return Err(DmaEngineError::Device((status >> 8) as u8));
+        f.bar_write32(bar, reg::STATUS, status::DONE | status::ERROR)?;
+        if st & status::ERROR != 0 {
+            return Err(DmaEngineError::Device(ErrorCode::from_code(status::code(
+                st,
+            ))));
         }
         Ok(())
     }
@@ -222,13 +205,13 @@ impl DmaEngineDriver {
     /// The card's own measure of the last transfer (LAST_NS).
     pub fn last_duration(&self) -> Result<Duration, DmaEngineError> {
         Ok(Duration::from_nanos(u64::from(
-            self.f.bar_read32(0, reg::LAST_NS)?,
+            self.f.bar_read32(usize::from(REGS_BAR), reg::LAST_NS)?,
         )))
     }
 
     /// Transfers the card has finished since it was reset.
     pub fn completions(&self) -> Result<u32, DmaEngineError> {
-        Ok(self.f.bar_read32(0, reg::COMPLETIONS)?)
+        Ok(self.f.bar_read32(usize::from(REGS_BAR), reg::COMPLETIONS)?)
     }
 }
 

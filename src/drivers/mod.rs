@@ -1,19 +1,33 @@
-//! User-space drivers that sit on the host's [`RemoteFunction`](crate::host::RemoteFunction)
+//! User-space drivers that sit on the host's [`RemoteFunction`]
 //! API: they reach their card's registers with BAR reads and writes through the tunnel, give it
 //! host memory with `register_dma`, and wait for its MSI-X interrupts on eventfds — the way a
 //! VFIO or SPDK driver drives a local card.
 //!
 //! * [`mem`] — [`DmaBuffer`](mem::DmaBuffer), host memory a driver registers for its card.
 //! * [`nvme`] — an NVMe 1.4 driver: controller bring-up, admin queue, Identify, I/O queue
-//!   pairs, Read/Write with PRP lists, completions by polling or MSI-X, queue depth up to 255.
+//!   pairs, Read/Write with PRP lists, completions by polling or MSI-X, queue depth up to 255,
+//!   passthrough of any admin or I/O command, batched doorbells, asynchronous events.
 //! * [`dma_engine`] — the driver of the DMA engine test device (docs/appliance.md).
 //!
-//! Layering: drivers import `host` (and nothing above it); the CLI's demo and benchmarks use
-//! them.
+//! The register interfaces they speak are [`crate::pci::class`], the definitions the
+//! appliance's device models implement. Layering: drivers import `host` and `pci` (nothing
+//! above them); the CLI's demo and benchmarks use them.
 
 pub mod dma_engine;
 pub mod mem;
 pub mod nvme;
+
+use crate::host::requester::RequestError;
+use crate::host::RemoteFunction;
+use crate::pci::spec::msix;
+
+/// Set MSI-X Enable and clear Function Mask in Message Control of the MSI-X capability at
+/// config offset `cap` (PCI Local Bus 3.0 §6.8.2.3), keeping the rest of the register.
+fn enable_msix(f: &RemoteFunction, cap: u16) -> Result<(), RequestError> {
+    let dw = f.config_read(cap)?;
+    let ctl = ((dw >> 16) as u16 | msix::CTRL_ENABLE) & !msix::CTRL_FUNCTION_MASK;
+    f.config_write(cap, (dw & 0xffff) | (u32::from(ctl) << 16))
+}
 
 /// How a driver learns that its card finished something.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

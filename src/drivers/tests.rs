@@ -16,6 +16,7 @@ use crate::endpoint::dma_engine::DmaEngine;
 use crate::endpoint::nvme::{Backend, NvmeController, NvmeOptions};
 use crate::endpoint::{Bdf as EpBdf, Endpoint, EndpointConfig};
 use crate::host::{Downlink, Host, HostConfig, LinkError, RemoteFunction};
+use crate::pci::class::nvme::Status;
 
 #[derive(Debug)]
 struct Pipe(channel::Sender<Vec<u8>>);
@@ -160,7 +161,7 @@ fn nvme_interrupt_driver_reopens_and_rejects_bad_requests() {
         d.wait(&mut |c| got.push(c)).unwrap();
     }
     assert_eq!(got.len(), 1);
-    assert_eq!((got[0].slot, got[0].status), (slot, 0));
+    assert_eq!((got[0].slot, got[0].status), (slot, Status::SUCCESS));
     let mut odd = vec![0u8; 100];
     assert!(matches!(
         d.transfer(IoOp::Read, 0, &mut odd, &mut |_| {}),

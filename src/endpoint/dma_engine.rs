@@ -3,32 +3,11 @@
 //! DMA throughput and interrupt latency. (A pcietun-defined device; PCI header per PCI Local
 //! Bus 3.0 §6.1, class 0x088000 "other system peripheral", MSI-X per PCIe r5.0 §7.7.2.)
 //!
-//! BAR0 (64-bit, 8 KiB) registers, all 32-bit little-endian:
-//!
-//! | offset | name        | access | meaning |
-//! |--------|-------------|--------|---------|
-//! | 0x00   | ID          | RO     | `0x31414d44` ("DMA1") |
-//! | 0x04   | VERSION     | RO     | 1 |
-//! | 0x08   | BUF_SIZE_LO | RO     | buffer (BAR2) size, low 32 bits |
-//! | 0x0c   | BUF_SIZE_HI | RO     | high 32 bits |
-//! | 0x10   | HOST_ADDR_LO| RW     | host bus address, low 32 bits |
-//! | 0x14   | HOST_ADDR_HI| RW     | high 32 bits |
-//! | 0x18   | BUF_OFFSET  | RW     | offset in the device buffer |
-//! | 0x1c   | LENGTH      | RW     | bytes to move |
-//! | 0x20   | CONTROL     | RW     | bit 0 DIR: 0 host→buffer (DMA read), 1 buffer→host (DMA write); bit 1 IRQ_EN |
-//! | 0x24   | DOORBELL    | WO     | write any value: start (ignored while busy) |
-//! | 0x28   | STATUS      | RW1C   | bit 0 BUSY (RO), bit 1 DONE, bit 2 ERROR; bits 15:8 error code (RO) |
-//! | 0x2c   | COMPLETIONS | RO     | transfers completed (successful or not) |
-//! | 0x30   | BYTES_LO    | RO     | total bytes moved, low 32 bits |
-//! | 0x34   | BYTES_HI    | RO     | high 32 bits |
-//! | 0x38   | LAST_NS     | RO     | device-side duration of the last transfer in ns (saturating) |
-//!
-//! Error codes: 1 range (offset + length beyond the buffer, or zero length), 2 Bus Master
-//! Enable clear, 3 completion timeout, 4 host refused (UR/CA/poisoned/malformed).
-//! MSI-X: 1 vector, table at BAR0 0x1000, PBA at 0x1800. Without MSI-X, INTx (INTA) is asserted
-//! while IRQ_EN and STATUS.DONE or ERROR are set; clearing them (RW1C) deasserts it.
-//! BAR2 (64-bit prefetchable) is the buffer itself, readable and writable by the host, with
-//! 4- and 8-byte AtomicOps (FetchAdd, Swap, CAS).
+//! The register interface (BAR0 registers, CONTROL and STATUS bits, error codes, IDs) is
+//! [`crate::pci::class::dma_engine`], shared with the driver; its reference is
+//! docs/appliance.md, "The DMA engine test device". BAR2 (64-bit prefetchable) is the buffer
+//! itself, readable and writable by the host, with 4- and 8-byte AtomicOps (FetchAdd, Swap,
+//! CAS).
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -39,58 +18,11 @@ use super::device::{
     MsixLayout, ResetKind,
 };
 use super::pcicfg::{self, build_config, pci_decode, ModelConfig};
+use crate::pci::class::dma_engine::{
+    control, reg, status, ErrorCode, CLASS_CODE, DEVICE_ID, ID_VALUE, MSIX_PBA, MSIX_TABLE,
+    MSIX_VECTORS, REGS_BAR_SIZE, VENDOR_ID, VERSION_VALUE, VF_DEVICE_ID,
+};
 use crate::pci::{Bar, ConfigSpace, FunctionIds, SriovConfig};
-
-/// Register offsets.
-pub mod reg {
-    /// Identification.
-    pub const ID: u64 = 0x00;
-    /// Version.
-    pub const VERSION: u64 = 0x04;
-    /// Buffer size, low.
-    pub const BUF_SIZE_LO: u64 = 0x08;
-    /// Buffer size, high.
-    pub const BUF_SIZE_HI: u64 = 0x0c;
-    /// Host address, low.
-    pub const HOST_ADDR_LO: u64 = 0x10;
-    /// Host address, high.
-    pub const HOST_ADDR_HI: u64 = 0x14;
-    /// Offset in the buffer.
-    pub const BUF_OFFSET: u64 = 0x18;
-    /// Length in bytes.
-    pub const LENGTH: u64 = 0x1c;
-    /// Control: direction, interrupt enable.
-    pub const CONTROL: u64 = 0x20;
-    /// Doorbell.
-    pub const DOORBELL: u64 = 0x24;
-    /// Status.
-    pub const STATUS: u64 = 0x28;
-    /// Completed transfers.
-    pub const COMPLETIONS: u64 = 0x2c;
-    /// Bytes moved, low.
-    pub const BYTES_LO: u64 = 0x30;
-    /// Bytes moved, high.
-    pub const BYTES_HI: u64 = 0x34;
-    /// Last transfer's duration in ns.
-    pub const LAST_NS: u64 = 0x38;
-}
-
-/// ID register value.
-pub const ID_VALUE: u32 = 0x3141_4d44;
-/// CONTROL: direction buffer→host.
-pub const CONTROL_TO_HOST: u32 = 1;
-/// CONTROL: interrupt enable.
-pub const CONTROL_IRQ: u32 = 2;
-/// STATUS bits.
-pub const STATUS_BUSY: u32 = 1;
-/// STATUS: done.
-pub const STATUS_DONE: u32 = 2;
-/// STATUS: error.
-pub const STATUS_ERROR: u32 = 4;
-/// Default PCI device ID.
-pub const DEFAULT_DEVICE: u16 = 0x0e02;
-/// Device ID of its SR-IOV virtual functions.
-pub const VF_DEVICE: u16 = 0x0e03;
 
 #[derive(Debug, Default)]
 struct Regs {
@@ -150,11 +82,11 @@ impl DmaEngine {
         let (vendor_id, device_id) = if vf {
             (0xffff, 0xffff) // VFs read all-ones IDs; the PF's VF Device ID names them
         } else {
-            (super::nvme::DEFAULT_VENDOR, DEFAULT_DEVICE)
+            (VENDOR_ID, DEVICE_ID)
         };
         let mut bars = [Bar::Unused; 6];
         bars[0] = Bar::Memory64 {
-            size: 0x2000,
+            size: REGS_BAR_SIZE,
             prefetchable: false,
         };
         bars[2] = Bar::Memory64 {
@@ -166,19 +98,19 @@ impl DmaEngine {
                 vendor_id,
                 device_id,
                 revision: 1,
-                class_code: 0x08_80_00,
-                subsystem_vendor_id: super::nvme::DEFAULT_VENDOR,
-                subsystem_id: DEFAULT_DEVICE,
+                class_code: CLASS_CODE,
+                subsystem_vendor_id: VENDOR_ID,
+                subsystem_id: DEVICE_ID,
                 interrupt_pin: u8::from(!vf),
                 multifunction: false,
             },
             bars,
             msix: Some(MsixLayout {
-                vectors: 1,
+                vectors: MSIX_VECTORS,
                 table_bar: 0,
-                table_offset: 0x1000,
+                table_offset: MSIX_TABLE,
                 pba_bar: 0,
-                pba_offset: 0x1800,
+                pba_offset: MSIX_PBA,
             }),
             mps_supported: 256,
             sriov: (total_vfs > 0).then_some(SriovConfig {
@@ -186,7 +118,7 @@ impl DmaEngine {
                 total_vfs,
                 first_vf_offset: 1,
                 vf_stride: 1,
-                vf_device_id: VF_DEVICE,
+                vf_device_id: VF_DEVICE_ID,
                 supported_page_sizes: 0x553,
                 vf_bars: bars,
             }),
@@ -210,7 +142,8 @@ impl DmaEngine {
         if let Some(irq) = &self.irq {
             if !irq.msix_enabled() {
                 irq.set_intx(
-                    r.control & CONTROL_IRQ != 0 && r.status & (STATUS_DONE | STATUS_ERROR) != 0,
+                    r.control & control::IRQ_EN != 0
+                        && r.status & (status::DONE | status::ERROR) != 0,
                 );
             }
         }
@@ -221,7 +154,7 @@ impl DmaEngine {
         let size = self.shared.buf().len() as u64;
         match off {
             reg::ID => ID_VALUE,
-            reg::VERSION => 1,
+            reg::VERSION => VERSION_VALUE,
             reg::BUF_SIZE_LO => size as u32,
             reg::BUF_SIZE_HI => (size >> 32) as u32,
             reg::HOST_ADDR_LO => r.host_addr as u32,
@@ -252,17 +185,18 @@ impl DmaEngine {
             reg::BUF_OFFSET => r.buf_offset = m(r.buf_offset),
             reg::LENGTH => r.length = m(r.length),
             reg::CONTROL => {
-                r.control = m(r.control) & 3;
+                r.control = m(r.control) & control::WRITABLE;
                 self.sync_intx(&r);
             }
-            reg::DOORBELL if r.status & STATUS_BUSY == 0 => {
-                r.status = (r.status & !(0xff00 | STATUS_DONE | STATUS_ERROR)) | STATUS_BUSY;
+            reg::DOORBELL if r.status & status::BUSY == 0 => {
+                r.status =
+                    (r.status & !(status::CODE_MASK | status::DONE | status::ERROR)) | status::BUSY;
                 r.start = true;
                 self.sync_intx(&r);
                 self.shared.wake.notify_all();
             }
             reg::STATUS => {
-                let clear = v & mask & (STATUS_DONE | STATUS_ERROR);
+                let clear = v & mask & (status::DONE | status::ERROR);
                 r.status &= !clear;
                 self.sync_intx(&r);
             }
@@ -297,15 +231,15 @@ fn worker(shared: Arc<Shared>, ctx: DeviceContext) {
                 r.host_addr,
                 r.buf_offset as usize,
                 r.length as usize,
-                r.control & CONTROL_TO_HOST != 0,
+                r.control & control::TO_HOST != 0,
                 r.epoch,
             )
         };
         let t0 = Instant::now();
         let buf_len = shared.buf().len();
-        let result: Result<(), u32> =
+        let result: Result<(), ErrorCode> =
             if len == 0 || off.checked_add(len).is_none_or(|e| e > buf_len) {
-                Err(1)
+                Err(ErrorCode::Range)
             } else if to_host {
                 tmp.clear();
                 tmp.extend_from_slice(&shared.buf()[off..off + len]);
@@ -326,15 +260,15 @@ fn worker(shared: Arc<Shared>, ctx: DeviceContext) {
         }
         r.completions = r.completions.wrapping_add(1);
         r.last_ns = ns;
-        r.status &= !STATUS_BUSY;
+        r.status &= !status::BUSY;
         match result {
             Ok(()) => {
                 r.bytes += len as u64;
-                r.status |= STATUS_DONE;
+                r.status |= status::DONE;
             }
-            Err(code) => r.status |= STATUS_ERROR | (code << 8),
+            Err(code) => r.status |= status::ERROR | code.status_bits(),
         }
-        if r.control & CONTROL_IRQ != 0 {
+        if r.control & control::IRQ_EN != 0 {
             if ctx.irq.msix_enabled() {
                 ctx.irq.signal_msix(0);
             } else {
@@ -344,11 +278,11 @@ fn worker(shared: Arc<Shared>, ctx: DeviceContext) {
     }
 }
 
-fn dma_code(e: DmaError) -> u32 {
+fn dma_code(e: DmaError) -> ErrorCode {
     match e {
-        DmaError::BusMasterDisabled => 2,
-        DmaError::Timeout { .. } => 3,
-        _ => 4,
+        DmaError::BusMasterDisabled => ErrorCode::BusMasterDisabled,
+        DmaError::Timeout { .. } => ErrorCode::CompletionTimeout,
+        _ => ErrorCode::HostRefused,
     }
 }
 

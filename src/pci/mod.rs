@@ -8,11 +8,14 @@
 //! * [`lspci`] — parse and write `lspci -xxxx` dumps (what `lspci -F` reads).
 //! * [`replay`] — a configuration space that presents a real card's dump exactly.
 //! * [`spec`] — the register offsets and bits, in one place.
+//! * [`class`] — register interfaces of device classes (NVMe, the DMA engine): what a model and
+//!   its driver share.
 //!
 //! See `docs/pci.md` for how a device model and a root port use it.
 
 mod bar;
 pub mod caps;
+pub mod class;
 mod config;
 pub mod lspci;
 mod regs;

@@ -9,8 +9,8 @@ use super::common::{median, median_latency, write_json, Common, Header};
 use super::raw::{raw_blast, raw_rtt_samples, Res};
 use super::rig::{Net, Rig, RigConfig};
 use super::stats::{ratio, Latency};
-use pcietun::drivers::dma_engine::{reg, ID_MAGIC};
 use pcietun::host::RemoteFunction;
+use pcietun::pci::class::dma_engine::{reg, ID_VALUE};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -53,8 +53,8 @@ fn reads(f: &RemoteFunction, iters: usize) -> Res<Vec<Duration>> {
         let t0 = Instant::now();
         let v = f.bar_read32(0, reg::ID)?;
         let dt = t0.elapsed();
-        if v != ID_MAGIC {
-            return Err(format!("MMIO read returned {v:#x}, expected {ID_MAGIC:#x}").into());
+        if v != ID_VALUE {
+            return Err(format!("MMIO read returned {v:#x}, expected {ID_VALUE:#x}").into());
         }
         if i >= iters / 10 {
             s.push(dt);

@@ -109,7 +109,7 @@ fn workload(
             break;
         }
         d.wait(&mut |c| {
-            if c.status != 0 {
+            if !c.status.is_success() {
                 errors += 1;
             }
             done += 1;

@@ -1,7 +1,18 @@
-//! Identify data structures and log pages (NVMe 1.4c §5.15.2 Identify Controller, Figure 247;
-//! Identify Namespace, Figure 245 (NVM command set §6.1); namespace identification descriptors,
-//! Figure 249; Get Log Page §5.14.1: error information Figure 194, SMART / health Figure 196,
-//! firmware slot Figure 197).
+//! What the controller model reports about itself: the contents of its Identify data (NVMe
+//! 1.4c §5.15.2: Identify Controller, Identify Namespace, the active namespace list and the
+//! namespace identification descriptors) and of its log pages (§5.14.1: error information,
+//! SMART / health, firmware slot). The byte layouts are the shared structures of
+//! [`crate::pci::class::nvme::identify`]; this file holds the model's values.
+
+use std::collections::VecDeque;
+
+use zerocopy::{FromZeros, IntoBytes};
+
+use crate::pci::class::nvme::identify::{nidt, oncs, put_ascii};
+use crate::pci::class::nvme::{
+    vs, ErrorLogEntry, FirmwareSlotLog, IdentifyController, IdentifyNamespace, LbaFormat,
+    NsDescriptorHeader, SmartLog, Status, CQES_LOG2, IDENTIFY_SIZE, SQES_LOG2,
+};
 
 /// What the controller says about itself.
 #[derive(Debug, Clone)]
@@ -37,131 +48,124 @@ pub const TEMPERATURE_K: u16 = 308;
 /// Warning composite temperature threshold, in kelvin.
 pub const WCTEMP_K: u16 = 343;
 
-fn put_str(buf: &mut [u8], s: &str) {
-    buf.fill(b' ');
-    for (d, c) in buf
-        .iter_mut()
-        .zip(s.bytes().filter(|c| c.is_ascii_graphic() || *c == b' '))
-    {
-        *d = c;
-    }
-}
-
-fn put16(b: &mut [u8], off: usize, v: u16) {
-    b[off..off + 2].copy_from_slice(&v.to_le_bytes());
-}
-fn put32(b: &mut [u8], off: usize, v: u32) {
-    b[off..off + 4].copy_from_slice(&v.to_le_bytes());
-}
-fn put64(b: &mut [u8], off: usize, v: u64) {
-    b[off..off + 8].copy_from_slice(&v.to_le_bytes());
-}
-
 /// Identify Controller data (CNS 01h) into a 4096-byte buffer.
-pub fn controller(id: &Identity, b: &mut [u8; 4096]) {
+pub fn controller(id: &Identity, b: &mut [u8; IDENTIFY_SIZE]) {
     b.fill(0);
-    put16(b, 0, id.vid);
-    put16(b, 2, id.ssvid);
-    put_str(&mut b[4..24], &id.serial);
-    put_str(&mut b[24..64], &id.model);
-    put_str(&mut b[64..72], &id.firmware);
-    b[72] = 6; // RAB: 64 commands
-    b[77] = MDTS;
-    put16(b, 78, 1); // CNTLID
-    put32(b, 80, 0x0001_0400); // VER 1.4.0
-    b[111] = 1; // CNTRLTYPE: I/O controller
-    put16(b, 256, 0); // OACS: none of the optional admin commands
-    b[258] = 3; // ACL: 4 concurrent Aborts
-    b[259] = (AER_LIMIT - 1) as u8; // AERL
-    b[260] = 0x03; // FRMW: 1 slot, slot 1 read-only
-    b[261] = 0x04; // LPA: extended data for Get Log Page (NUMDU, offsets)
-    b[262] = (ERROR_LOG_ENTRIES - 1) as u8; // ELPE
-    b[263] = 0; // NPSS: one power state
-    b[264] = 1; // AVSCC
-    put16(b, 266, WCTEMP_K);
-    put16(b, 268, 373); // CCTEMP
-    b[512] = 0x66; // SQES: 64 bytes
-    b[513] = 0x44; // CQES: 16 bytes
-    put32(b, 516, 1); // NN
-    put16(b, 520, (1 << 2) | (1 << 3)); // ONCS: Dataset Management, Write Zeroes
-    b[525] = 0x07; // VWC: present, Flush with NSID FFFFFFFFh supported
-    put32(b, 536, 0); // SGLS: not supported
+    let c: &mut IdentifyController = zerocopy::transmute_mut!(b);
+    c.vid.set(id.vid);
+    c.ssvid.set(id.ssvid);
+    put_ascii(&mut c.sn, &id.serial);
+    put_ascii(&mut c.mn, &id.model);
+    put_ascii(&mut c.fr, &id.firmware);
+    c.rab = 6; // 64 commands
+    c.mdts = MDTS;
+    c.cntlid.set(1);
+    c.ver.set(vs::V1_4_0);
+    c.cntrltype = 1; // I/O controller
+    c.oacs.set(0); // none of the optional admin commands
+    c.acl = 3; // 4 concurrent Aborts
+    c.aerl = (AER_LIMIT - 1) as u8;
+    c.frmw = 0x03; // 1 slot, slot 1 read-only
+    c.lpa = 0x04; // extended data for Get Log Page (NUMDU, offsets)
+    c.elpe = (ERROR_LOG_ENTRIES - 1) as u8;
+    c.npss = 0; // one power state
+    c.avscc = 1;
+    c.wctemp.set(WCTEMP_K);
+    c.cctemp.set(373);
+    c.sqes = ((SQES_LOG2 << 4) | SQES_LOG2) as u8; // 64 bytes, required and maximum
+    c.cqes = ((CQES_LOG2 << 4) | CQES_LOG2) as u8; // 16 bytes
+    c.nn.set(1);
+    c.oncs.set(oncs::DSM | oncs::WRITE_ZEROES);
+    c.vwc = 0x07; // present, Flush with NSID FFFFFFFFh supported
+    c.sgls.set(0); // not supported
     let nqn = format!("nqn.2024-01.dev.pcietun:nvme:{}", id.serial.trim());
     let n = nqn.len().min(255);
-    b[768..768 + n].copy_from_slice(&nqn.as_bytes()[..n]);
+    c.subnqn[..n].copy_from_slice(&nqn.as_bytes()[..n]);
     // Power state 0: 25 W, operational.
-    put16(b, 2048, 2500);
+    c.psd[0].mp.set(2500);
 }
 
 /// Identify Namespace data (CNS 00h) for a namespace of `blocks` blocks of 2^`lbads` bytes.
-pub fn namespace(id: &Identity, blocks: u64, lbads: u8, b: &mut [u8; 4096]) {
+pub fn namespace(id: &Identity, blocks: u64, lbads: u8, b: &mut [u8; IDENTIFY_SIZE]) {
     b.fill(0);
-    put64(b, 0, blocks); // NSZE
-    put64(b, 8, blocks); // NCAP
-    put64(b, 16, blocks); // NUSE
-    b[24] = 0; // NSFEAT
-    b[25] = 0; // NLBAF: one format
-    b[26] = 0; // FLBAS: format 0, no metadata
-    b[104..120].copy_from_slice(&id.nguid);
-    b[120..128].copy_from_slice(&id.eui64);
-    put32(b, 128, u32::from(lbads) << 16); // LBAF0: MS 0, LBADS, RP 0
+    let n: &mut IdentifyNamespace = zerocopy::transmute_mut!(b);
+    n.nsze.set(blocks);
+    n.ncap.set(blocks);
+    n.nuse.set(blocks);
+    n.nsfeat = 0;
+    n.nlbaf = 0; // one format
+    n.flbas = 0; // format 0, no metadata
+    n.nguid = id.nguid;
+    n.eui64 = id.eui64;
+    n.lbaf[0] = LbaFormat {
+        lbads,
+        ..LbaFormat::default()
+    };
 }
 
 /// Active Namespace ID list (CNS 02h): namespaces with an ID greater than `after`.
-pub fn active_ns_list(after: u32, b: &mut [u8; 4096]) {
+pub fn active_ns_list(after: u32, b: &mut [u8; IDENTIFY_SIZE]) {
     b.fill(0);
     if after < 1 {
-        put32(b, 0, 1);
+        b[..4].copy_from_slice(&1u32.to_le_bytes());
     }
 }
 
 /// Namespace Identification Descriptor list (CNS 03h): EUI-64, NGUID, UUID, CSI (NVM).
-pub fn ns_descriptors(id: &Identity, b: &mut [u8; 4096]) {
+pub fn ns_descriptors(id: &Identity, b: &mut [u8; IDENTIFY_SIZE]) {
     b.fill(0);
     let mut at = 0;
     for (nidt, data) in [
-        (1u8, &id.eui64[..]),
-        (2, &id.nguid[..]),
-        (3, &id.uuid[..]),
-        (4, &[0u8][..]),
+        (nidt::EUI64, &id.eui64[..]),
+        (nidt::NGUID, &id.nguid[..]),
+        (nidt::UUID, &id.uuid[..]),
+        (nidt::CSI, &[0u8][..]),
     ] {
-        b[at] = nidt;
-        b[at + 1] = data.len() as u8;
-        b[at + 4..at + 4 + data.len()].copy_from_slice(data);
-        at += 4 + data.len();
+        let h = NsDescriptorHeader {
+            nidt,
+            nidl: data.len() as u8,
+            ..NsDescriptorHeader::default()
+        };
+        let hl = size_of::<NsDescriptorHeader>();
+        b[at..at + hl].copy_from_slice(h.as_bytes());
+        b[at + hl..at + hl + data.len()].copy_from_slice(data);
+        at += hl + data.len();
     }
 }
 
-/// One error information log entry (64 bytes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct ErrorEntry {
-    /// Error count (unique, increasing).
-    pub count: u64,
-    /// Submission queue ID.
-    pub sqid: u16,
-    /// Command ID.
-    pub cid: u16,
-    /// Status field (15 bits) with the phase bit position zero.
-    pub status: u16,
-    /// LBA of the first failing block, if any.
-    pub lba: u64,
-    /// Namespace.
-    pub nsid: u32,
+/// The Error Information log entry of a failed command: error `count` (unique, increasing),
+/// the command's queue and identifier, its status, the LBA of the first failing block (0 if
+/// none) and its namespace.
+pub fn error_entry(
+    count: u64,
+    sqid: u16,
+    cid: u16,
+    status: Status,
+    lba: u64,
+    nsid: u32,
+) -> ErrorLogEntry {
+    ErrorLogEntry {
+        error_count: count.into(),
+        sqid: sqid.into(),
+        cid: cid.into(),
+        // The status field as in the completion: bits 15:1, the phase tag bit 0.
+        status: (status.field() << 1).into(),
+        param_error_location: 0xffff.into(), // not specific
+        lba: lba.into(),
+        nsid: nsid.into(),
+        ..ErrorLogEntry::default()
+    }
 }
 
-/// Error Information log (LID 01h), newest first.
-pub fn error_log(entries: &[ErrorEntry], out: &mut Vec<u8>) {
+/// Error Information log (LID 01h) of the last [`ERROR_LOG_ENTRIES`] errors (oldest first in
+/// `entries`), newest first.
+pub fn error_log(entries: &VecDeque<ErrorLogEntry>, out: &mut Vec<u8>) {
+    let size = size_of::<ErrorLogEntry>();
     out.clear();
-    out.resize(ERROR_LOG_ENTRIES * 64, 0);
-    for (i, e) in entries.iter().rev().take(ERROR_LOG_ENTRIES).enumerate() {
-        let b = &mut out[i * 64..i * 64 + 64];
-        put64(b, 0, e.count);
-        put16(b, 8, e.sqid);
-        put16(b, 10, e.cid);
-        put16(b, 12, e.status << 1);
-        put16(b, 14, 0xffff); // parameter error location: not specific
-        put64(b, 16, e.lba);
-        put32(b, 24, e.nsid);
+    out.resize(ERROR_LOG_ENTRIES * size, 0);
+    let slots = out.chunks_exact_mut(size);
+    for (e, b) in entries.iter().rev().take(ERROR_LOG_ENTRIES).zip(slots) {
+        b.copy_from_slice(e.as_bytes());
     }
 }
 
@@ -188,30 +192,33 @@ pub struct Health {
 
 /// SMART / Health Information log (LID 02h, 512 bytes).
 pub fn smart_log(h: &Health, out: &mut Vec<u8>) {
+    let mut log = SmartLog::new_zeroed();
+    log.critical_warning = h.critical_warning;
+    log.temperature.set(TEMPERATURE_K);
+    log.avail_spare = 100; // %
+    log.spare_thresh = 10; // %
+    log.percent_used = 0;
+    // Data units are thousands of 512-byte units, rounded up.
+    log.data_units_read.set(h.units_read.div_ceil(1000).into());
+    log.data_units_written
+        .set(h.units_written.div_ceil(1000).into());
+    log.host_reads.set(h.read_cmds.into());
+    log.host_writes.set(h.write_cmds.into());
+    log.power_cycles.set(1);
+    log.power_on_hours.set(h.power_on_hours.into());
+    log.media_errors.set(h.media_errors.into());
+    log.error_log_entries.set(h.error_entries.into());
     out.clear();
-    out.resize(512, 0);
-    out[0] = h.critical_warning;
-    put16(out, 1, TEMPERATURE_K);
-    out[3] = 100; // available spare %
-    out[4] = 10; // available spare threshold %
-    out[5] = 0; // percentage used
-                // Data units are thousands of 512-byte units, rounded up.
-    put64(out, 32, h.units_read.div_ceil(1000));
-    put64(out, 48, h.units_written.div_ceil(1000));
-    put64(out, 64, h.read_cmds);
-    put64(out, 80, h.write_cmds);
-    put64(out, 112, 1); // power cycles
-    put64(out, 128, h.power_on_hours);
-    put64(out, 160, h.media_errors);
-    put64(out, 176, h.error_entries);
+    out.extend_from_slice(log.as_bytes());
 }
 
 /// Firmware Slot Information log (LID 03h, 512 bytes): slot 1 active.
 pub fn firmware_log(fw: &str, out: &mut Vec<u8>) {
+    let mut log = FirmwareSlotLog::new_zeroed();
+    log.afi = 1; // slot 1 active
+    put_ascii(&mut log.frs[0], fw);
     out.clear();
-    out.resize(512, 0);
-    out[0] = 1; // AFI: slot 1 active
-    put_str(&mut out[8..16], fw);
+    out.extend_from_slice(log.as_bytes());
 }
 
 #[cfg(test)]
@@ -237,10 +244,17 @@ mod tests {
         controller(&id(), &mut b);
         assert_eq!(&b[4..9], b"SN123");
         assert_eq!(b[9], b' ');
+        assert_eq!(b[77], MDTS);
         assert_eq!(&b[80..84], &[0, 4, 1, 0]);
         assert_eq!((b[512], b[513]), (0x66, 0x44));
         assert_eq!(u32::from_le_bytes(b[516..520].try_into().unwrap()), 1);
+        assert_eq!(
+            u16::from_le_bytes([b[520], b[521]]),
+            0b1100,
+            "ONCS: DSM, Write Zeroes"
+        );
         assert!(b[768..].starts_with(b"nqn.2024-01.dev.pcietun:nvme:SN123"));
+        assert_eq!(u16::from_le_bytes([b[2048], b[2049]]), 2500);
     }
 
     #[test]
@@ -248,11 +262,45 @@ mod tests {
         let mut b = [0u8; 4096];
         namespace(&id(), 2048, 9, &mut b);
         assert_eq!(u64::from_le_bytes(b[0..8].try_into().unwrap()), 2048);
+        assert_eq!(&b[104..120], &[7; 16]);
+        assert_eq!(&b[120..128], &[8; 8]);
         assert_eq!(b[130], 9);
         ns_descriptors(&id(), &mut b);
         assert_eq!(&b[0..4], &[1, 8, 0, 0]);
         assert_eq!(&b[12..16], &[2, 16, 0, 0]);
         assert_eq!(&b[32..36], &[3, 16, 0, 0]);
         assert_eq!(&b[52..57], &[4, 1, 0, 0, 0]);
+    }
+
+    #[test]
+    fn log_pages_at_spec_offsets() {
+        let mut out = Vec::new();
+        let e = |count| error_entry(count, 1, 9, Status::LBA_OUT_OF_RANGE, 77, 1);
+        error_log(&VecDeque::from([e(1), e(2)]), &mut out);
+        assert_eq!(out.len(), 4 * 64);
+        assert_eq!(
+            u64::from_le_bytes(out[0..8].try_into().unwrap()),
+            2,
+            "newest first"
+        );
+        assert_eq!(u16::from_le_bytes([out[12], out[13]]) >> 1, 0x4080);
+        assert_eq!(u16::from_le_bytes([out[14], out[15]]), 0xffff);
+        assert_eq!(u64::from_le_bytes(out[16..24].try_into().unwrap()), 77);
+        assert_eq!(u64::from_le_bytes(out[64..72].try_into().unwrap()), 1);
+        assert!(out[128..].iter().all(|&b| b == 0));
+        let h = Health {
+            units_read: 1001,
+            write_cmds: 3,
+            ..Health::default()
+        };
+        smart_log(&h, &mut out);
+        assert_eq!(out.len(), 512);
+        assert_eq!(u16::from_le_bytes([out[1], out[2]]), TEMPERATURE_K);
+        assert_eq!(u64::from_le_bytes(out[32..40].try_into().unwrap()), 2);
+        assert_eq!(u64::from_le_bytes(out[80..88].try_into().unwrap()), 3);
+        assert_eq!(u64::from_le_bytes(out[112..120].try_into().unwrap()), 1);
+        firmware_log("0.1.0", &mut out);
+        assert_eq!((out.len(), out[0]), (512, 1));
+        assert_eq!(&out[8..16], b"0.1.0   ");
     }
 }

@@ -1,18 +1,22 @@
 //! NVM command set I/O commands (NVMe 1.4c §6): Read (§6.9), Write (§6.15), Flush (§6.8),
 //! Write Zeroes (§6.16), Dataset Management (§6.7), against the namespace's backing store.
 
-use super::spec::{nvm, Command, Status};
-use super::worker::{Outcome, Worker, MAX_TRANSFER};
+use zerocopy::FromBytes;
+
+use super::worker::{Outcome, Worker};
+use super::MAX_TRANSFER;
+use crate::pci::class::nvme::{nvm, DsmRange, Sqe, Status, NSID_ALL};
 
 impl Worker {
-    pub(super) fn io(&mut self, cmd: &Command) -> Outcome {
+    pub(super) fn io(&mut self, cmd: &Sqe) -> Outcome {
         let blocks = self.backend.blocks();
         let bs = u64::from(self.backend.block_size());
-        if !(cmd.opcode == nvm::FLUSH && cmd.nsid == 0xffff_ffff) && cmd.nsid != 1 {
+        let nsid = cmd.nsid.get();
+        if !(cmd.opcode == nvm::FLUSH && nsid == NSID_ALL) && nsid != 1 {
             return Outcome::err(Status::INVALID_NAMESPACE);
         }
-        let slba = u64::from(cmd.cdw(10)) | (u64::from(cmd.cdw(11)) << 32);
-        let nlb = u64::from(cmd.cdw(12) & 0xffff) + 1;
+        let slba = cmd.slba();
+        let nlb = u64::from(cmd.blocks());
         let in_range = slba.checked_add(nlb).is_some_and(|e| e <= blocks);
         let fail = |status: Status| Outcome {
             status,
@@ -30,10 +34,11 @@ impl Worker {
                     return fail(Status::INVALID_FIELD);
                 }
                 // A Write whose data was read ahead (see `prefetch`) needs no mapping.
-                let pre = if cmd.opcode == nvm::WRITE {
-                    self.take_prefetched(len)
-                } else {
-                    None
+                let pre = match self.current {
+                    Some(k) if cmd.opcode == nvm::WRITE => {
+                        self.prefetch.take(k, len, &mut self.data)
+                    }
+                    _ => None,
                 };
                 if pre.is_none() {
                     if let Err(s) = self.map(cmd, len) {
@@ -57,7 +62,7 @@ impl Worker {
                     if let Err(s) = pre.unwrap_or_else(|| self.dma_in(len)) {
                         return fail(s);
                     }
-                    let fua = cmd.cdw(12) & (1 << 30) != 0;
+                    let fua = cmd.fua();
                     let write_through = !self.shared.lock().feat.vwc;
                     let res = self
                         .backend
@@ -100,17 +105,18 @@ impl Worker {
                 }
             }
             nvm::DSM => {
-                let nr = (cmd.cdw(10) & 0xff) as usize + 1;
-                let deallocate = cmd.cdw(11) & (1 << 2) != 0;
-                let len = nr * 16;
+                let nr = cmd.dsm_ranges();
+                let deallocate = cmd.dsm_deallocate();
+                let len = nr * size_of::<DsmRange>();
                 if let Err(s) = self.map(cmd, len).and_then(|()| self.dma_in(len)) {
                     return Outcome::err(s);
                 }
                 let mut ranges = Vec::with_capacity(nr);
-                for r in self.data[..len].chunks_exact(16) {
-                    let n = u64::from(u32::from_le_bytes([r[4], r[5], r[6], r[7]]));
-                    let s =
-                        u64::from_le_bytes([r[8], r[9], r[10], r[11], r[12], r[13], r[14], r[15]]);
+                let Ok(list) = <[DsmRange]>::ref_from_bytes(&self.data[..len]) else {
+                    return Outcome::err(Status::INTERNAL);
+                };
+                for r in list {
+                    let (s, n) = (r.slba.get(), u64::from(r.blocks.get()));
                     if s.checked_add(n).is_none_or(|e| e > blocks) {
                         return fail(Status::LBA_OUT_OF_RANGE);
                     }

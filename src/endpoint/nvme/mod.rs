@@ -1,11 +1,13 @@
 //! An NVMe 1.4 controller with one namespace, backed by a file or block device (NVM Express
 //! Base Specification 1.4c; PCI header and capabilities per §2 "System Bus (PCI Express)
 //! Registers": class code 01 08 02, MSI-X, PCI Express and power management capabilities).
+//! The register interface — offsets and fields, queue entries, Identify and log page layouts,
+//! status codes — is [`crate::pci::class::nvme`], shared with the host's driver.
 //!
-//! Split in two halves that share [`Ctrl`] under a mutex:
+//! Split in two halves that share `Ctrl` under a mutex:
 //! * the register file (this file), run on the endpoint's TLP thread: CAP/VS/CC/CSTS/AQA/ASQ/
 //!   ACQ/INTMS/INTMC reads and writes and the doorbells — quick, never waits for DMA;
-//! * the [`worker`] thread: enable/reset/shutdown transitions, fetching commands, executing
+//! * the `worker` thread: enable/reset/shutdown transitions, fetching commands, executing
 //!   admin and NVM I/O commands with DMA through the function's requester, posting completions
 //!   and raising MSI-X or INTx.
 //!
@@ -14,13 +16,10 @@
 
 mod admin;
 pub mod backend;
-#[cfg(test)]
-mod batch_tests;
 pub mod identify;
 mod io;
 mod prefetch;
 pub mod prp;
-pub mod spec;
 mod worker;
 
 use std::collections::VecDeque;
@@ -34,13 +33,16 @@ use super::device::{
     Decode, Device, DeviceContext, DeviceError, InterruptHandle, MsixLayout, ResetKind,
 };
 use super::pcicfg::{self, build_config, pci_decode, ModelConfig};
+use crate::pci::class::nvme::{
+    aer, aqa, cap, cc, csts, log, reg, vs, ErrorLogEntry, CLASS_CODE, MIN_PAGE_SIZE,
+};
+use crate::pci::class::DEFAULT_VENDOR_ID;
 use crate::pci::{Bar, ConfigSpace, FunctionIds};
 pub use backend::{Backend, BackendError};
-use identify::{ErrorEntry, Health, Identity, MAX_IO_QUEUES};
-use spec::{cc, csts, reg};
+use identify::{Health, Identity, MAX_IO_QUEUES, MDTS};
 
-/// PCI vendor ID the models use by default (Red Hat's range for virtual devices; configurable).
-pub const DEFAULT_VENDOR: u16 = 0x1b36;
+/// PCI vendor ID of the NVMe model by default.
+pub const DEFAULT_VENDOR: u16 = DEFAULT_VENDOR_ID;
 /// PCI device ID of the NVMe model by default.
 pub const DEFAULT_DEVICE: u16 = 0x0e01;
 /// MSI-X vectors: one for the admin queue and one per I/O queue.
@@ -51,7 +53,14 @@ pub const MAX_QUEUE_ENTRIES: u32 = 1024;
 pub const BAR0_SIZE: u64 = 0x4000;
 
 /// Controller Capabilities: MQES 1023, CQR, TO 15 s, DSTRD 0, CSS NVM, MPSMIN = MPSMAX = 4 KiB.
-pub const CAP: u64 = (MAX_QUEUE_ENTRIES as u64 - 1) | (1 << 16) | (30 << 24) | (1 << 37);
+pub const CAP: u64 =
+    (MAX_QUEUE_ENTRIES as u64 - 1) | cap::CQR | (30 << cap::TO_SHIFT) | cap::CSS_NVM;
+/// Doorbell stride (CAP.DSTRD): doorbells 4 bytes apart.
+const DSTRD: u32 = cap::dstrd(CAP);
+/// The memory page size (CC.MPS = 0, the only one CAP allows).
+pub(crate) const PAGE: usize = MIN_PAGE_SIZE;
+/// Largest data transfer of one command (MDTS).
+pub(crate) const MAX_TRANSFER: usize = PAGE << MDTS;
 
 /// Options of an NVMe controller.
 #[derive(Debug, Clone)]
@@ -159,7 +168,8 @@ pub(crate) struct Ctrl {
     pub(crate) aer_cids: Vec<u16>,
     pub(crate) aer_events: VecDeque<u32>,
     pub(crate) aer_masked: u8,
-    pub(crate) errors: VecDeque<ErrorEntry>,
+    /// The error log's entries, oldest first.
+    pub(crate) errors: VecDeque<ErrorLogEntry>,
     pub(crate) health: Health,
     pub(crate) started: Instant,
 }
@@ -199,8 +209,7 @@ impl Ctrl {
         if self.aer_masked & (1 << ty) != 0 || self.aer_events.len() >= 16 {
             return;
         }
-        self.aer_events
-            .push_back(u32::from(ty & 7) | (u32::from(info) << 8) | (u32::from(log) << 16));
+        self.aer_events.push_back(aer::dw0(ty, info, log));
     }
 
     /// The INTx level the controller asks for (§7.5.1: any enabled CQ with unconsumed entries,
@@ -276,7 +285,7 @@ impl NvmeController {
                 vendor_id: opts.pci_ids.0,
                 device_id: opts.pci_ids.1,
                 revision: 1,
-                class_code: 0x01_08_02,
+                class_code: CLASS_CODE,
                 subsystem_vendor_id: opts.pci_ids.0,
                 subsystem_id: opts.pci_ids.1,
                 interrupt_pin: 1,
@@ -317,15 +326,20 @@ impl NvmeController {
     fn regs_image(&self) -> [u8; 0x40] {
         let c = self.shared.lock();
         let mut b = [0u8; 0x40];
-        b[0..8].copy_from_slice(&CAP.to_le_bytes());
-        b[8..12].copy_from_slice(&0x0001_0400u32.to_le_bytes());
-        b[0x0c..0x10].copy_from_slice(&c.intms.to_le_bytes());
-        b[0x10..0x14].copy_from_slice(&c.intms.to_le_bytes());
-        b[0x14..0x18].copy_from_slice(&c.cc.to_le_bytes());
-        b[0x1c..0x20].copy_from_slice(&c.csts.to_le_bytes());
-        b[0x24..0x28].copy_from_slice(&c.aqa.to_le_bytes());
-        b[0x28..0x30].copy_from_slice(&c.asq.to_le_bytes());
-        b[0x30..0x38].copy_from_slice(&c.acq.to_le_bytes());
+        let mut put = |off: u64, v: &[u8]| {
+            let at = off as usize;
+            b[at..at + v.len()].copy_from_slice(v);
+        };
+        put(reg::CAP, &CAP.to_le_bytes());
+        put(reg::VS, &vs::V1_4_0.to_le_bytes());
+        // INTMS and INTMC both read the mask (§3.1.3, §3.1.4).
+        put(reg::INTMS, &c.intms.to_le_bytes());
+        put(reg::INTMC, &c.intms.to_le_bytes());
+        put(reg::CC, &c.cc.to_le_bytes());
+        put(reg::CSTS, &c.csts.to_le_bytes());
+        put(reg::AQA, &c.aqa.to_le_bytes());
+        put(reg::ASQ, &c.asq.to_le_bytes());
+        put(reg::ACQ, &c.acq.to_le_bytes());
         b
     }
 
@@ -343,7 +357,7 @@ impl NvmeController {
                 self.sync_intx(&c);
             }
             reg::CC => {
-                let new = merge(c.cc) & 0x00ff_fff1;
+                let new = merge(c.cc) & cc::DEFINED;
                 let old = c.cc;
                 c.cc = new;
                 if cc::shn(new) != 0 && cc::shn(old) == 0 {
@@ -355,47 +369,58 @@ impl NvmeController {
                 self.shared.wake.notify_all();
             }
             reg::NSSR => {} // NVM subsystem reset is not supported (CAP.NSSRS = 0)
-            reg::AQA if c.cc & cc::EN == 0 => c.aqa = merge(c.aqa) & 0x0fff_0fff,
+            reg::AQA if c.cc & cc::EN == 0 => c.aqa = merge(c.aqa) & aqa::DEFINED,
             reg::ASQ if c.cc & cc::EN == 0 => {
                 c.asq = (c.asq & !0xffff_ffff) | u64::from(merge(c.asq as u32) & !0xfff)
             }
-            0x2c if c.cc & cc::EN == 0 => {
+            o if o == reg::ASQ + 4 && c.cc & cc::EN == 0 => {
                 c.asq = (c.asq & 0xffff_ffff) | (u64::from(merge((c.asq >> 32) as u32)) << 32)
             }
             reg::ACQ if c.cc & cc::EN == 0 => {
                 c.acq = (c.acq & !0xffff_ffff) | u64::from(merge(c.acq as u32) & !0xfff)
             }
-            0x34 if c.cc & cc::EN == 0 => {
+            o if o == reg::ACQ + 4 && c.cc & cc::EN == 0 => {
                 c.acq = (c.acq & 0xffff_ffff) | (u64::from(merge((c.acq >> 32) as u32)) << 32)
             }
-            o if o >= reg::DOORBELLS && o < reg::DOORBELLS + 8 * (u64::from(MAX_IO_QUEUES) + 1) => {
-                let k = ((o - reg::DOORBELLS) / 4) as usize;
-                let qid = k / 2;
-                let v = (value & 0xffff) as u16;
-                if k % 2 == 0 {
-                    match c.sqs[qid].as_mut() {
-                        Some(sq) if v < sq.size => {
-                            sq.tail = v;
-                            self.shared.wake.notify_all();
-                        }
-                        Some(_) => c.async_event(0, 0x01, 0x01),
-                        None => c.async_event(0, 0x00, 0x01),
-                    }
-                } else {
-                    match c.cqs[qid].as_mut() {
-                        Some(cq) if v < cq.size && cq_head_valid(cq, v) => {
-                            cq.head = v;
-                            self.sync_intx(&c);
-                            self.shared.wake.notify_all();
-                        }
-                        Some(_) => c.async_event(0, 0x01, 0x01),
-                        None => c.async_event(0, 0x00, 0x01),
+            o => {
+                if let Some((qid, is_cq)) = reg::doorbell(o, DSTRD) {
+                    if qid <= MAX_IO_QUEUES {
+                        self.doorbell(&mut c, usize::from(qid), is_cq, value);
                     }
                 }
-                self.shared.wake.notify_all();
             }
-            _ => {}
         }
+    }
+
+    /// A doorbell write: SQ `qid`'s new tail, or (`is_cq`) CQ `qid`'s new head. A write to a
+    /// queue that does not exist, or with a value the queue cannot take, is an Error event.
+    fn doorbell(&self, c: &mut Ctrl, qid: usize, is_cq: bool, value: u32) {
+        let v = (value & 0xffff) as u16;
+        let (missing, bad_value) = (
+            aer::ERROR_INVALID_DOORBELL,
+            aer::ERROR_INVALID_DOORBELL_VALUE,
+        );
+        if !is_cq {
+            match c.sqs[qid].as_mut() {
+                Some(sq) if v < sq.size => {
+                    sq.tail = v;
+                    self.shared.wake.notify_all();
+                }
+                Some(_) => c.async_event(aer::TYPE_ERROR, bad_value, log::ERROR),
+                None => c.async_event(aer::TYPE_ERROR, missing, log::ERROR),
+            }
+        } else {
+            match c.cqs[qid].as_mut() {
+                Some(cq) if v < cq.size && cq_head_valid(cq, v) => {
+                    cq.head = v;
+                    self.sync_intx(c);
+                    self.shared.wake.notify_all();
+                }
+                Some(_) => c.async_event(aer::TYPE_ERROR, bad_value, log::ERROR),
+                None => c.async_event(aer::TYPE_ERROR, missing, log::ERROR),
+            }
+        }
+        self.shared.wake.notify_all();
     }
 
     fn sync_intx(&self, c: &Ctrl) {

@@ -8,7 +8,7 @@
 //! Physically contiguous pages are merged into one segment, so the controller moves them with
 //! one DMA (the requester splits it at MPS/MRRS itself); each list page is read with one DMA.
 
-use super::spec::Status;
+use crate::pci::class::nvme::Status;
 
 /// Reads host memory (the controller's DMA), so PRP lists can be fetched.
 pub trait HostMemory {

@@ -11,19 +11,18 @@
 
 use std::sync::Arc;
 
-use super::backend::Backend;
-use super::identify::{self, ErrorEntry, Identity, MDTS};
-use super::prefetch::{self, Slot};
-use super::prp::{self, HostMemory};
-use super::spec::{admin, cc, csts, Command, Completion, Status};
-use super::{Cq, Ctrl, Shared, Sq};
-use crate::endpoint::device::{DeviceContext, DmaHandle, InterruptHandle};
+use zerocopy::IntoBytes;
 
-pub(super) const PAGE: usize = 4096;
-pub(super) const MAX_TRANSFER: usize = PAGE << MDTS;
+use super::backend::Backend;
+use super::identify::{self, Identity};
+use super::prefetch::{Geometry, Prefetcher};
+use super::prp::{self, HostMemory};
+use super::{Cq, Ctrl, Shared, Sq, MAX_TRANSFER, PAGE};
+use crate::endpoint::device::{DeviceContext, DmaHandle, InterruptHandle};
+use crate::pci::class::nvme::{aqa, cc, csts, Cqe, Sqe, Status, CQE_SIZE, SQE_SIZE as SQE};
+
 /// Most submission-queue entries fetched by one batch (64 entries = 4 KiB).
 pub(super) const FETCH_MAX: usize = 64;
-const SQE: usize = 64;
 
 struct Dma<'a>(&'a DmaHandle);
 
@@ -102,11 +101,11 @@ pub(super) struct Worker {
     pub(super) page: Box<[u8; 4096]>,
     pub(super) log: Vec<u8>,
     /// Submission-queue entries of the current batch.
-    pub(super) sqes: Box<[u8; FETCH_MAX * SQE]>,
+    pub(super) sqes: Box<[Sqe; FETCH_MAX]>,
     /// Index in the batch of the I/O command running now (for its prefetched data).
     pub(super) current: Option<usize>,
     /// Write data read ahead of its command (see `prefetch`).
-    pub(super) slots: Vec<Slot>,
+    pub(super) prefetch: Prefetcher,
 }
 
 impl Worker {
@@ -126,9 +125,9 @@ impl Worker {
             segs: Vec::with_capacity(64),
             page: Box::new([0; 4096]),
             log: Vec::with_capacity(512),
-            sqes: Box::new([0; FETCH_MAX * SQE]),
+            sqes: Box::new([Sqe::default(); FETCH_MAX]),
             current: None,
-            slots: (0..prefetch::SLOTS).map(|_| Slot::new()).collect(),
+            prefetch: Prefetcher::new(),
         }
     }
 
@@ -153,7 +152,8 @@ impl Worker {
     fn batch(&mut self, qid: u16, base: u64, size: u16, first: u16, n: u16, epoch: u64) {
         let n = usize::from(n);
         let first_run = n.min(usize::from(size - first));
-        let (head_part, wrap_part) = self.sqes[..n * SQE].split_at_mut(first_run * SQE);
+        let entries = &mut self.sqes.as_mut_bytes()[..n * SQE];
+        let (head_part, wrap_part) = entries.split_at_mut(first_run * SQE);
         let fetched = self
             .dma
             .read(base + u64::from(first) * SQE as u64, head_part)
@@ -173,7 +173,11 @@ impl Worker {
             }
             return;
         }
-        self.slots.iter_mut().for_each(|s| s.cmd = None);
+        self.prefetch.clear();
+        let geometry = Geometry {
+            blocks: self.backend.blocks(),
+            block_size: self.backend.block_size(),
+        };
         for k in 0..n {
             {
                 // A reset, disable or stop abandons the rest of the batch: no command may run
@@ -183,21 +187,22 @@ impl Worker {
                     break;
                 }
             }
-            let cmd = self.sqe(k);
+            let cmd = self.sqes[k];
             let out = if qid == 0 {
                 self.admin(&cmd)
             } else {
-                self.prefetch_from(k, n);
+                self.prefetch
+                    .prefetch_from(&self.dma, geometry, &self.sqes[..n], k);
                 self.current = Some(k);
                 let out = self.io(&cmd);
                 self.current = None;
                 out
             };
             if out.post {
-                self.post(qid, cmd.cid, out, Some((epoch, &cmd)));
+                self.post(qid, cmd.cid.get(), out, Some((epoch, &cmd)));
             }
         }
-        self.slots.iter_mut().for_each(|s| s.cmd = None);
+        self.prefetch.clear();
     }
 
     /// Wait for something to do; perform state transitions on the way. `None` = stop.
@@ -282,8 +287,8 @@ impl Worker {
     }
 
     fn enable(c: &mut Ctrl) {
-        let asqs = (c.aqa & 0xfff) + 1;
-        let acqs = ((c.aqa >> 16) & 0xfff) + 1;
+        let asqs = aqa::sq_entries(c.aqa);
+        let acqs = aqa::cq_entries(c.aqa);
         let ok = cc::css(c.cc) == 0
             && cc::mps(c.cc) == 0
             && asqs >= 2
@@ -319,7 +324,7 @@ impl Worker {
     }
 
     /// Post a completion for a command from `qid` (the AER uses qid 0 and no epoch check).
-    fn post(&mut self, qid: u16, cid: u16, out: Outcome, origin: Option<(u64, &Command)>) {
+    fn post(&mut self, qid: u16, cid: u16, out: Outcome, origin: Option<(u64, &Sqe)>) {
         let mut c = self.shared.lock();
         if let Some((epoch, _)) = origin {
             if c.epoch != epoch {
@@ -333,14 +338,9 @@ impl Worker {
                 if c.errors.len() >= identify::ERROR_LOG_ENTRIES {
                     c.errors.pop_front();
                 }
-                c.errors.push_back(ErrorEntry {
-                    count,
-                    sqid: qid,
-                    cid,
-                    status: out.status.field(),
-                    lba: out.lba,
-                    nsid: cmd.nsid,
-                });
+                let nsid = cmd.nsid.get();
+                let entry = identify::error_entry(count, qid, cid, out.status, out.lba, nsid);
+                c.errors.push_back(entry);
             }
         }
         let Some(sq) = c.sqs[usize::from(qid)] else {
@@ -359,15 +359,8 @@ impl Worker {
                 None => return,
             }
         }
-        let entry = Completion {
-            dw0: out.dw0,
-            sq_head: sq.head,
-            sq_id: qid,
-            cid,
-            phase: cq.phase,
-            status: out.status.field(),
-        };
-        let addr = cq.base + u64::from(cq.tail) * 16;
+        let entry = Cqe::new(out.dw0, sq.head, qid, cid, out.status, cq.phase);
+        let addr = cq.base + u64::from(cq.tail) * CQE_SIZE as u64;
         cq.tail = (cq.tail + 1) % cq.size;
         if cq.tail == 0 {
             cq.phase = !cq.phase;
@@ -375,7 +368,7 @@ impl Worker {
         c.cqs[cqid] = Some(cq);
         // Posted while holding the lock: a reset cannot slip between this write and the host
         // seeing CSTS.RDY = 0.
-        if let Err(e) = self.dma.write(addr, &entry.to_bytes()) {
+        if let Err(e) = self.dma.write(addr, entry.as_bytes()) {
             tracing::debug!("nvme: completion write failed: {e}");
             return;
         }
@@ -415,14 +408,14 @@ impl Worker {
         Ok(())
     }
 
-    pub(super) fn map(&mut self, cmd: &Command, len: usize) -> Result<(), Status> {
-        if cmd.psdt != 0 || cmd.fuse != 0 {
+    pub(super) fn map(&mut self, cmd: &Sqe, len: usize) -> Result<(), Status> {
+        if cmd.psdt() != 0 || cmd.fuse() != 0 {
             return Err(Status::INVALID_FIELD);
         }
         prp::segments(
             &Dma(&self.dma),
-            cmd.prp1,
-            cmd.prp2,
+            cmd.prp1.get(),
+            cmd.prp2.get(),
             len,
             PAGE,
             &mut self.segs,
@@ -430,38 +423,8 @@ impl Worker {
     }
 
     /// Send `len` bytes of `self.data` to the command's buffer.
-    pub(super) fn send_to_host(&mut self, cmd: &Command, len: usize) -> Result<(), Status> {
+    pub(super) fn send_to_host(&mut self, cmd: &Sqe, len: usize) -> Result<(), Status> {
         self.map(cmd, len)?;
         self.dma_out(len)
-    }
-
-    fn admin(&mut self, cmd: &Command) -> Outcome {
-        match cmd.opcode {
-            admin::IDENTIFY => self.identify(cmd).into(),
-            admin::CREATE_CQ => self.create_cq(cmd).into(),
-            admin::CREATE_SQ => self.create_sq(cmd).into(),
-            admin::DELETE_SQ => self.delete_sq(cmd).into(),
-            admin::DELETE_CQ => self.delete_cq(cmd).into(),
-            admin::GET_LOG_PAGE => self.get_log(cmd).into(),
-            admin::SET_FEATURES => self.set_features(cmd).into(),
-            admin::GET_FEATURES => self.get_features(cmd).into(),
-            admin::ABORT => Outcome::ok(1), // bit 0 set: command not aborted
-            admin::KEEP_ALIVE => Outcome::ok(0),
-            admin::ASYNC_EVENT => {
-                let mut c = self.shared.lock();
-                if c.aer_cids.len() >= identify::AER_LIMIT {
-                    return Outcome::err(Status::AER_LIMIT);
-                }
-                c.aer_cids.push(cmd.cid);
-                self.shared.wake.notify_all();
-                Outcome {
-                    status: Status::SUCCESS,
-                    dw0: 0,
-                    post: false,
-                    lba: 0,
-                }
-            }
-            _ => Outcome::err(Status::INVALID_OPCODE),
-        }
     }
 }

@@ -1,0 +1,639 @@
+//! A user-space NVMe driver over a tunnelled function (NVM Express Base Specification 1.4c:
+//! §3.1 controller registers, §7.6.1 initialization, §7.6.2 shutdown, §4.2/§4.6 submission
+//! and completion queue entries, §4.3 PRPs, §5.15 Identify, §5.3/§5.5 Create I/O CQ/SQ,
+//! §5.2 Asynchronous Event Request, §5.14 Get Log Page, §5.21 Set Features, §6.9/§6.15
+//! Read/Write). The register interface — offsets and fields, [`Sqe`] and [`Cqe`], the
+//! Identify structures, status codes — is [`crate::pci::class::nvme`], the one definition the
+//! appliance's controller model uses too.
+//!
+//! Bring-up: disable (CC.EN = 0, wait CSTS.RDY = 0), program AQA/ASQ/ACQ, enable with 4 KiB
+//! pages and 64/16-byte entries, wait for RDY (bounded by CAP.TO), Identify controller and
+//! namespace 1, ask for one I/O queue pair (Set Features, Number of Queues) and create it.
+//!
+//! Queues, PRP lists and data buffers all live in one [`DmaBuffer`] registered at [`IOVA`]:
+//! the controller fetches commands and PRP lists and moves data over the tunnel; the driver
+//! only writes doorbells (posted writes) and reads completions from its own memory — so the
+//! I/O hot path issues no MMIO read. Completions are polled or waited for on the MSI-X
+//! eventfd of the I/O queue's vector ([`Completion`]).
+//!
+//! Each of the `depth` command slots owns a data buffer of up to [`MAX_TRANSFER`] bytes and a
+//! PRP list page; slot *n* is command identifier *n*. Besides Read and Write, any command can
+//! be sent as is ([`NvmeDriver::submit_command`], [`NvmeDriver::admin_command`], as Linux's
+//! passthrough ioctls do), entries can be queued and their doorbell rung once for a batch
+//! ([`NvmeDriver::stage_command`], [`NvmeDriver::ring_doorbell`]), and admin commands that
+//! complete later — Asynchronous Event Requests — are submitted with
+//! [`NvmeDriver::admin_submit`] and reaped with [`NvmeDriver::admin_completions`].
+//!
+//! This file: the types, bring-up, the queue mechanics both queues use, and shutdown;
+//! `admin.rs`: the admin queue's API; `io.rs`: the I/O queue's.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use zerocopy::{FromBytes, FromZeros, IntoBytes};
+
+use super::mem::DmaBuffer;
+use super::Completion;
+use crate::host::dma::{Access, DmaError};
+use crate::host::requester::RequestError;
+use crate::host::vfio_user::{EventFd, IrqIndex};
+use crate::host::RemoteFunction;
+use crate::pci::class::nvme::cns;
+use crate::pci::class::nvme::identify::ascii;
+use crate::pci::class::nvme::{
+    aqa, cap, cc, csts, feat, reg, vs, Cqe, IdentifyController, IdentifyNamespace, Sqe, Status,
+    CLASS_NVM, CQES_LOG2, CQE_SIZE, IDENTIFY_SIZE, MIN_PAGE_SIZE, SQES_LOG2, SQE_SIZE,
+};
+
+mod admin;
+mod io;
+
+/// Bus address where the driver's memory is registered.
+pub const IOVA: u64 = 0x40_0000_0000;
+/// Memory page size the driver programs (CC.MPS = 0).
+pub const PAGE: usize = MIN_PAGE_SIZE;
+/// Largest transfer of one command (the controller's MDTS may lower it).
+pub const MAX_TRANSFER: usize = 128 * 1024;
+/// Largest queue depth the driver supports.
+pub const MAX_DEPTH: usize = 255;
+/// Largest data transfer of one [`NvmeDriver::admin_command`].
+pub const ADMIN_MAX_TRANSFER: usize = 4 * PAGE;
+
+/// Entries of each admin queue.
+const ADMIN_ENTRIES: usize = 32;
+/// Admin commands submitted with [`NvmeDriver::admin_submit`] that may be outstanding at once
+/// (a bound on what the driver tracks; the admin SQ itself never holds more than one batch).
+const MAX_ASYNC_ADMIN: usize = 16;
+
+/// Errors of the NVMe driver.
+#[derive(Debug, thiserror::Error)]
+pub enum NvmeError {
+    /// A register access through the tunnel failed.
+    #[error("register access failed: {0}")]
+    Request(#[from] RequestError),
+    /// Registering or touching DMA memory failed.
+    #[error("DMA memory: {0}")]
+    Dma(#[from] DmaError),
+    /// Arming the MSI-X eventfd failed.
+    #[error("interrupt setup: {0}")]
+    Irq(#[from] std::io::Error),
+    /// The function is not an NVMe controller this driver can run.
+    #[error("unsupported controller: {0}")]
+    Unsupported(String),
+    /// The controller did not reach a state in time.
+    #[error("controller did not {what} within {ms} ms")]
+    Timeout {
+        /// What we waited for.
+        what: &'static str,
+        /// How long.
+        ms: u128,
+    },
+    /// CSTS.CFS: the controller reported a fatal error.
+    #[error("controller fatal status (CSTS.CFS) during {0}")]
+    Fatal(&'static str),
+    /// A command completed with an error status.
+    #[error("{cmd} failed: {status}")]
+    Status {
+        /// Which command.
+        cmd: &'static str,
+        /// Its completion status.
+        status: Status,
+    },
+    /// A request the driver cannot express (size, range, depth).
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// A command got no completion in time.
+    #[error("no completion for command {cid} within {ms} ms")]
+    CommandTimeout {
+        /// Command identifier.
+        cid: u16,
+        /// How long we waited.
+        ms: u128,
+    },
+}
+
+/// What Identify told us.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControllerInfo {
+    /// PCI vendor ID (Identify VID).
+    pub vid: u16,
+    /// Serial number.
+    pub serial: String,
+    /// Model number.
+    pub model: String,
+    /// Firmware revision.
+    pub firmware: String,
+    /// Version register (major, minor, tertiary).
+    pub version: (u16, u8, u8),
+    /// Largest transfer per command in bytes (MDTS, capped at [`MAX_TRANSFER`]).
+    pub max_transfer: usize,
+    /// Namespace 1 size in logical blocks.
+    pub blocks: u64,
+    /// Logical block size in bytes.
+    pub block_size: u32,
+}
+
+/// Direction of an I/O command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoOp {
+    /// Device to host.
+    Read,
+    /// Host to device.
+    Write,
+}
+
+/// One finished I/O command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IoDone {
+    /// Its slot / command identifier.
+    pub slot: u16,
+    /// Completion status.
+    pub status: Status,
+    /// Command-specific DW0 of the completion.
+    pub dw0: u32,
+    /// The controller's SQ head when it posted the completion.
+    pub sq_head: u16,
+    /// Time from submission to the driver seeing the completion.
+    pub latency: Duration,
+}
+
+/// Driver settings.
+#[derive(Debug, Clone, Copy)]
+pub struct NvmeConfig {
+    /// I/O queue depth (command slots), 1..=255.
+    pub depth: usize,
+    /// Poll or use MSI-X.
+    pub completion: Completion,
+    /// Timeout of a single command.
+    pub command_timeout: Duration,
+}
+
+impl Default for NvmeConfig {
+    fn default() -> Self {
+        Self {
+            depth: 32,
+            completion: Completion::Interrupt,
+            command_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The data of a command the driver moves for its caller ([`NvmeDriver::admin_command`],
+/// [`NvmeDriver::io_command`]).
+#[derive(Debug)]
+pub enum Data<'a> {
+    /// No data from the driver: the command's PRP entries are sent as they are.
+    None,
+    /// The controller writes into this buffer (e.g. Identify, Get Log Page, Read).
+    FromDevice(&'a mut [u8]),
+    /// The controller reads this buffer (e.g. Write, Dataset Management ranges).
+    ToDevice(&'a [u8]),
+}
+
+/// Where an I/O command submitted with [`NvmeDriver::submit_command`] moves its data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotData {
+    /// The first `len` bytes of the slot's buffer (the driver sets PRP1/PRP2 and a PRP list).
+    Buffer(usize),
+    /// The command's PRP entries are sent as they are (memory the caller registered itself,
+    /// or a malformed pointer on purpose).
+    AsGiven,
+}
+
+#[derive(Debug)]
+struct Queue {
+    qid: u16,
+    sq_off: u64,
+    cq_off: u64,
+    entries: u16,
+    sq_tail: u16,
+    cq_head: u16,
+    phase: bool,
+}
+
+impl Queue {
+    fn new(qid: u16, sq_off: u64, cq_off: u64, entries: u16) -> Self {
+        Self {
+            qid,
+            sq_off,
+            cq_off,
+            entries,
+            sq_tail: 0,
+            cq_head: 0,
+            phase: true,
+        }
+    }
+}
+
+/// Where a command slot is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotState {
+    /// On the free list.
+    Free,
+    /// Handed out by `take_slot`, not submitted.
+    Taken,
+    /// Submitted (maybe only staged), waiting for its completion.
+    Busy(Instant),
+}
+
+/// Where things live in the driver's DMA memory (offsets from [`IOVA`]).
+#[derive(Debug, Clone, Copy)]
+struct Layout {
+    /// Admin command data and its PRP list page.
+    admin_data: u64,
+    admin_prp: u64,
+    /// One PRP list page per slot.
+    prp: u64,
+    /// One [`MAX_TRANSFER`] buffer per slot.
+    data: u64,
+}
+
+/// A running NVMe controller with one I/O queue pair.
+#[derive(Debug)]
+pub struct NvmeDriver {
+    f: RemoteFunction,
+    mem: Arc<DmaBuffer>,
+    cfg: NvmeConfig,
+    info: ControllerInfo,
+    admin: Queue,
+    io: Queue,
+    dstrd: u32,
+    at: Layout,
+    slots: Vec<SlotState>,
+    free: Vec<u16>,
+    /// Entries written to the I/O SQ whose doorbell is not rung yet.
+    staged: usize,
+    irq: Option<EventFd>,
+    admin_cid: u16,
+    /// Command identifiers of outstanding [`NvmeDriver::admin_submit`] commands.
+    async_cids: Vec<u16>,
+    /// Their completions seen while waiting for another admin command.
+    async_done: VecDeque<Cqe>,
+    timeout: Duration,
+}
+
+/// What the Identify Controller (CNS 01h) and Identify Namespace (CNS 00h) pages say that the
+/// driver uses (§5.15.2.2, §5.15.2.1). The pages come from the card: any bytes are handled;
+/// a namespace the driver cannot use is an error.
+pub fn parse_identify(ctrl: &[u8], ns: &[u8]) -> Result<ControllerInfo, NvmeError> {
+    let short = || {
+        NvmeError::Unsupported(format!(
+            "Identify pages of {} / {} bytes, expected {IDENTIFY_SIZE}",
+            ctrl.len(),
+            ns.len()
+        ))
+    };
+    let (c, _) = IdentifyController::ref_from_prefix(ctrl).map_err(|_| short())?;
+    let (n, _) = IdentifyNamespace::ref_from_prefix(ns).map_err(|_| short())?;
+    let max_transfer = if c.mdts == 0 {
+        MAX_TRANSFER
+    } else {
+        (PAGE << c.mdts.min(16)).min(MAX_TRANSFER)
+    };
+    let nsze = n.nsze.get();
+    let lbads = n.lba_format().lbads;
+    if !(9..=12).contains(&lbads) || nsze == 0 {
+        return Err(NvmeError::Unsupported(format!(
+            "namespace 1: {nsze} blocks of 2^{lbads} bytes"
+        )));
+    }
+    Ok(ControllerInfo {
+        vid: c.vid.get(),
+        serial: ascii(&c.sn),
+        model: ascii(&c.mn),
+        firmware: ascii(&c.fr),
+        version: (0, 0, 0),
+        max_transfer,
+        blocks: nsze,
+        block_size: 1 << lbads,
+    })
+}
+
+/// Write PRP1/PRP2 into `sqe` for `len` bytes of driver memory at `off` (page aligned): PRP1
+/// the first page, PRP2 the second one or a PRP list at `list_off` of the rest (§4.3).
+fn set_prps(
+    mem: &DmaBuffer,
+    sqe: &mut Sqe,
+    off: u64,
+    len: usize,
+    list_off: u64,
+) -> Result<(), NvmeError> {
+    let buf = IOVA + off;
+    let pages = len.div_ceil(PAGE);
+    let prp2 = match pages {
+        0 | 1 => 0,
+        2 => buf + PAGE as u64,
+        _ => {
+            let mut list = [0u8; MAX_TRANSFER / PAGE * 8];
+            for i in 1..pages {
+                let e = buf + (i * PAGE) as u64;
+                list[(i - 1) * 8..i * 8].copy_from_slice(&e.to_le_bytes());
+            }
+            mem.write_at(list_off, &list[..(pages - 1) * 8])?;
+            IOVA + list_off
+        }
+    };
+    sqe.prp1.set(buf);
+    sqe.prp2.set(prp2);
+    Ok(())
+}
+
+impl NvmeDriver {
+    /// Bring the controller behind `f` up and create one I/O queue pair of `cfg.depth` slots.
+    pub fn open(f: RemoteFunction, cfg: NvmeConfig) -> Result<Self, NvmeError> {
+        let info = f.info();
+        if info.class >> 8 != CLASS_NVM {
+            return Err(NvmeError::Unsupported(format!(
+                "class {:06x} is not NVM Express (0108xx)",
+                info.class
+            )));
+        }
+        if info.bars[0].size < 0x2000 {
+            return Err(NvmeError::Unsupported("BAR0 smaller than 8 KiB".into()));
+        }
+        if cfg.depth == 0 || cfg.depth > MAX_DEPTH {
+            return Err(NvmeError::Invalid(format!(
+                "queue depth {} not in 1..={MAX_DEPTH}",
+                cfg.depth
+            )));
+        }
+        let entries = (cfg.depth + 1) as u16;
+        // Layout: admin SQ, admin CQ, admin data and its PRP list, I/O SQ, I/O CQ, PRP pages,
+        // data.
+        let pages = |bytes: usize| bytes.div_ceil(PAGE) as u64 * PAGE as u64;
+        let asq = 0u64;
+        let acq = asq + pages(ADMIN_ENTRIES * SQE_SIZE);
+        let admin_data = acq + pages(ADMIN_ENTRIES * CQE_SIZE);
+        let admin_prp = admin_data + ADMIN_MAX_TRANSFER as u64;
+        let iosq = admin_prp + PAGE as u64;
+        let iocq = iosq + pages(entries as usize * SQE_SIZE);
+        let prp = iocq + pages(entries as usize * CQE_SIZE);
+        let data = prp + (cfg.depth * PAGE) as u64;
+        let total = data + (cfg.depth * MAX_TRANSFER) as u64;
+        let mem = Arc::new(DmaBuffer::new(total as usize));
+        // A window left over from a previous driver instance on this function goes first.
+        let _ = f.unregister_dma(IOVA, total);
+        f.register_dma(IOVA, mem.clone(), Access::RW)?;
+        let mut d = NvmeDriver {
+            f,
+            mem,
+            cfg,
+            info: ControllerInfo {
+                vid: 0,
+                serial: String::new(),
+                model: String::new(),
+                firmware: String::new(),
+                version: (0, 0, 0),
+                max_transfer: MAX_TRANSFER,
+                blocks: 0,
+                block_size: 512,
+            },
+            admin: Queue::new(0, asq, acq, ADMIN_ENTRIES as u16),
+            io: Queue::new(1, iosq, iocq, entries),
+            dstrd: 0,
+            at: Layout {
+                admin_data,
+                admin_prp,
+                prp,
+                data,
+            },
+            slots: vec![SlotState::Free; cfg.depth],
+            free: (0..cfg.depth as u16).rev().collect(),
+            staged: 0,
+            irq: None,
+            admin_cid: 0,
+            async_cids: Vec::with_capacity(MAX_ASYNC_ADMIN),
+            async_done: VecDeque::with_capacity(MAX_ASYNC_ADMIN),
+            timeout: Duration::from_secs(15),
+        };
+        d.bring_up()?;
+        Ok(d)
+    }
+
+    /// What Identify reported.
+    pub fn info(&self) -> &ControllerInfo {
+        &self.info
+    }
+
+    /// The function this driver runs.
+    pub fn function(&self) -> &RemoteFunction {
+        &self.f
+    }
+
+    /// Queue depth (command slots).
+    pub fn depth(&self) -> usize {
+        self.cfg.depth
+    }
+
+    /// Commands submitted and not yet completed.
+    pub fn in_flight(&self) -> usize {
+        self.cfg.depth - self.free.len()
+    }
+
+    fn r32(&self, off: u64) -> Result<u32, NvmeError> {
+        Ok(self.f.bar_read32(0, off)?)
+    }
+
+    fn w32(&self, off: u64, v: u32) -> Result<(), NvmeError> {
+        Ok(self.f.bar_write32(0, off, v)?)
+    }
+
+    fn w64(&self, off: u64, v: u64) -> Result<(), NvmeError> {
+        self.w32(off, v as u32)?;
+        self.w32(off + 4, (v >> 32) as u32)
+    }
+
+    fn wait_csts(&self, what: &'static str, done: impl Fn(u32) -> bool) -> Result<u32, NvmeError> {
+        let t0 = Instant::now();
+        loop {
+            let csts = self.r32(reg::CSTS)?;
+            if csts == u32::MAX {
+                return Err(NvmeError::Unsupported(
+                    "CSTS reads all-ones (controller gone or link down)".into(),
+                ));
+            }
+            if done(csts) {
+                return Ok(csts);
+            }
+            if csts & csts::CFS != 0 && what != "disable" {
+                return Err(NvmeError::Fatal(what));
+            }
+            if t0.elapsed() > self.timeout {
+                return Err(NvmeError::Timeout {
+                    what,
+                    ms: self.timeout.as_millis(),
+                });
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    fn bring_up(&mut self) -> Result<(), NvmeError> {
+        let cap = u64::from(self.r32(reg::CAP)?) | (u64::from(self.r32(reg::CAP + 4)?) << 32);
+        if cap == u64::MAX {
+            return Err(NvmeError::Unsupported("CAP reads all-ones".into()));
+        }
+        let mqes = usize::from(cap::mqes(cap)) + 1;
+        if mqes < self.io.entries as usize {
+            return Err(NvmeError::Invalid(format!(
+                "queue depth {} exceeds the controller's {} entries",
+                self.cfg.depth,
+                mqes - 1
+            )));
+        }
+        if cap & cap::CSS_NVM == 0 {
+            return Err(NvmeError::Unsupported(
+                "controller lacks the NVM command set".into(),
+            ));
+        }
+        let mpsmin = cap::mpsmin(cap);
+        if mpsmin > 0 {
+            return Err(NvmeError::Unsupported(format!(
+                "minimum page size {} KiB > 4 KiB",
+                4 << mpsmin
+            )));
+        }
+        self.dstrd = cap::dstrd(cap);
+        self.timeout = Duration::from_millis(u64::from(cap::to(cap)).max(1) * 500);
+        self.info.version = vs::split(self.r32(reg::VS)?);
+
+        // §7.6.1: disable, wait for RDY = 0.
+        let cc = self.r32(reg::CC)?;
+        if cc & cc::EN != 0 {
+            self.w32(reg::CC, cc & !cc::EN)?;
+        }
+        self.wait_csts("disable", |c| c & csts::RDY == 0)?;
+        self.mem.zero(self.admin.sq_off, ADMIN_ENTRIES * SQE_SIZE)?;
+        self.mem.zero(self.admin.cq_off, ADMIN_ENTRIES * CQE_SIZE)?;
+        self.admin = Queue::new(
+            0,
+            self.admin.sq_off,
+            self.admin.cq_off,
+            ADMIN_ENTRIES as u16,
+        );
+        self.w32(
+            reg::AQA,
+            aqa::new(ADMIN_ENTRIES as u16, ADMIN_ENTRIES as u16),
+        )?;
+        self.w64(reg::ASQ, IOVA + self.admin.sq_off)?;
+        self.w64(reg::ACQ, IOVA + self.admin.cq_off)?;
+        // EN, CSS = NVM, MPS = 4 KiB, round robin, IOSQES = 6, IOCQES = 4.
+        self.w32(
+            reg::CC,
+            cc::EN | (SQES_LOG2 << cc::IOSQES_SHIFT) | (CQES_LOG2 << cc::IOCQES_SHIFT),
+        )?;
+        self.wait_csts("become ready", |c| c & csts::RDY != 0)?;
+
+        let ctrl = self.identify(cns::CONTROLLER, 0)?;
+        let ns = self.identify(cns::NAMESPACE, 1)?;
+        let version = self.info.version;
+        self.info = parse_identify(&ctrl, &ns)?;
+        self.info.version = version;
+
+        // One I/O queue pair (Number of Queues, 0-based counts).
+        self.set_features(feat::NUM_QUEUES, feat::num_queues(0, 0))?;
+        let interrupts = self.cfg.completion == Completion::Interrupt;
+        if interrupts {
+            self.enable_msix()?;
+            self.irq = Some(self.f.interrupt_eventfd(IrqIndex::Msix, 1)?);
+        }
+        let entries = self.io.entries;
+        self.mem
+            .zero(self.io.sq_off, usize::from(entries) * SQE_SIZE)?;
+        self.mem
+            .zero(self.io.cq_off, usize::from(entries) * CQE_SIZE)?;
+        // QID 1 on vector 1 (interrupts enabled when MSI-X is used), physically contiguous.
+        let cq = Sqe::create_io_cq(1, u32::from(entries), IOVA + self.io.cq_off, 1, interrupts);
+        self.admin_ok("Create I/O Completion Queue", cq, Data::None)?;
+        let sq = Sqe::create_io_sq(1, u32::from(entries), IOVA + self.io.sq_off, 1);
+        self.admin_ok("Create I/O Submission Queue", sq, Data::None)?;
+        Ok(())
+    }
+
+    fn enable_msix(&self) -> Result<(), NvmeError> {
+        let Some(m) = self.f.info().msix else {
+            return Err(NvmeError::Unsupported("no MSI-X capability".into()));
+        };
+        Ok(super::enable_msix(&self.f, m.cap)?)
+    }
+
+    // --- Queue mechanics (admin and I/O) ---
+
+    fn sq_doorbell(&self, q: &Queue) -> u64 {
+        reg::sq_tail_doorbell(q.qid, self.dstrd)
+    }
+
+    fn cq_doorbell(&self, q: &Queue) -> u64 {
+        reg::cq_head_doorbell(q.qid, self.dstrd)
+    }
+
+    /// Write an entry at the tail (the doorbell is the caller's).
+    fn write_entry(&self, q: &mut Queue, sqe: &Sqe) -> Result<(), NvmeError> {
+        self.mem.write_at(
+            q.sq_off + u64::from(q.sq_tail) * SQE_SIZE as u64,
+            sqe.as_bytes(),
+        )?;
+        q.sq_tail = (q.sq_tail + 1) % q.entries;
+        Ok(())
+    }
+
+    /// Write an entry at the tail and ring the doorbell.
+    fn push(&self, q: &mut Queue, sqe: &Sqe) -> Result<(), NvmeError> {
+        self.write_entry(q, sqe)?;
+        self.w32(self.sq_doorbell(q), u32::from(q.sq_tail))
+    }
+
+    /// The next completion of `q`, if the controller posted one.
+    fn pop(&self, q: &mut Queue) -> Result<Option<Cqe>, NvmeError> {
+        let mut cqe = Cqe::new_zeroed();
+        self.mem.read_at(
+            q.cq_off + u64::from(q.cq_head) * CQE_SIZE as u64,
+            cqe.as_mut_bytes(),
+        )?;
+        if cqe.phase() != q.phase {
+            return Ok(None);
+        }
+        q.cq_head += 1;
+        if q.cq_head == q.entries {
+            q.cq_head = 0;
+            q.phase = !q.phase;
+        }
+        Ok(Some(cqe))
+    }
+
+    /// Delete the I/O queues and shut the controller down (CC.SHN normal, then disable).
+    pub fn shutdown(mut self) -> Result<(), NvmeError> {
+        let r = self.stop();
+        let _ = self.f.unregister_dma(IOVA, self.mem_len());
+        r
+    }
+
+    fn mem_len(&self) -> u64 {
+        crate::host::dma::DmaMemory::len(&*self.mem)
+    }
+
+    fn stop(&mut self) -> Result<(), NvmeError> {
+        self.admin_ok(
+            "Delete I/O Submission Queue",
+            Sqe::delete_io_sq(1),
+            Data::None,
+        )?;
+        self.admin_ok(
+            "Delete I/O Completion Queue",
+            Sqe::delete_io_cq(1),
+            Data::None,
+        )?;
+        let cc = self.r32(reg::CC)?;
+        self.w32(reg::CC, (cc & !cc::SHN_MASK) | cc::SHN_NORMAL)?;
+        self.wait_csts("finish shutdown", |c| {
+            c & csts::SHST_MASK == csts::SHST_COMPLETE
+        })?;
+        self.w32(reg::CC, 0)?;
+        self.wait_csts("disable", |c| c & csts::RDY == 0)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
