@@ -7,12 +7,13 @@
 //!
 //! * [`tlp`] — PCIe Transaction Layer Packets: the wire format, no I/O, no allocation on decode.
 //!
-//! Further layers (`pci`, `transport`, `endpoint`, `host`, `mgmt`) are described in
-//! `docs/architecture.md`.
+//! Further layers (`pci`, `transport`, `endpoint`, `host`, `drivers`, `appliance`, `mgmt`) are
+//! described in `docs/architecture.md`.
 
 #![forbid(unsafe_op_in_unsafe_fn)]
 #![warn(missing_debug_implementations)]
 
+pub mod appliance;
 pub mod drivers;
 pub mod endpoint;
 pub mod host;
