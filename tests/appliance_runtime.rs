@@ -1,17 +1,17 @@
 //! The appliance runtime as a library, in-process (no child process): an `Appliance` built
 //! from a TOML configuration string, started on 127.0.0.1:0, and this crate's host agent
 //! connected to it over real UDP — enumeration, configuration space and MMIO through the
-//! tunnel, host keys enforced, PCIe's reset when the host restarts, several links, counters,
+//! tunnel, the inventory, host keys enforced, PCIe's reset when the host restarts, several links, counters,
 //! and errors that say what went wrong.
 
 use std::path::Path;
 use std::time::Duration;
 
-use pcietun::appliance::{Appliance, ApplianceConfig, ApplianceError, Running};
+use pcietun::appliance::{Appliance, ApplianceConfig, ApplianceError, FunctionState, Running};
 use pcietun::endpoint::dma_engine::{self, reg};
 use pcietun::host::agent::{Agent, AgentConfig, AgentError, Target};
 use pcietun::host::HostConfig;
-use pcietun::transport::Psk;
+use pcietun::transport::{HostId, Psk};
 
 const KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 
@@ -34,6 +34,7 @@ slot = 0
 
 [[device]]
 kind = "dma"
+name = "dma-a"
 buffer = "64K"
 slot = 0
 function = 1
@@ -75,7 +76,21 @@ fn a_host_agent_enumerates_and_drives_an_in_process_appliance() {
     let app = Appliance::build(config(dir.path(), &["udp:127.0.0.1:0"])).unwrap();
     assert!(app.warnings().is_empty());
     let fns: Vec<String> = app.functions().iter().map(ToString::to_string).collect();
-    assert_eq!(fns, ["00.0 nvme", "00.1 dma"]);
+    assert_eq!(fns, ["00.0 nvme", "00.1 dma (dma-a)"]);
+    // The inventory: stable ids (derived, or the configured name), identity from config space.
+    let inv = app.inventory();
+    let ids: Vec<&str> = inv.functions().iter().map(|f| f.id.as_str()).collect();
+    assert_eq!(ids, ["00.0", "dma-a"]);
+    assert_eq!(inv.functions()[0].ids.class, 0x01_08_02);
+    assert_eq!(
+        (inv.functions()[1].ids.vendor, inv.functions()[1].ids.device),
+        (0x1b36, 0x0e02)
+    );
+    assert!(inv
+        .functions()
+        .iter()
+        .all(|f| f.state == FunctionState::Unassigned));
+    assert_eq!(inv.hosts(), [HostId::new("web1").unwrap()]);
     let app = app.start().unwrap();
     let addr = app.ready().udp_addr().expect("a UDP listener");
     assert_ne!(addr.port(), 0, "the bound port is announced");

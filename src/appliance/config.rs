@@ -20,6 +20,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::inventory::FunctionId;
 use super::ApplianceError;
 use crate::endpoint::Bdf;
 use crate::transport::{HostId, Psk};
@@ -122,6 +123,17 @@ pub enum ConfigProblem {
         /// Function number.
         function: u8,
     },
+    /// A `name` that cannot be a function id.
+    #[error(transparent)]
+    BadName(super::inventory::InventoryError),
+    /// Two devices with one `name`.
+    #[error("device #{index} is named {name:?} like an earlier device")]
+    DuplicateName {
+        /// 1-based position in the file.
+        index: usize,
+        /// The name.
+        name: String,
+    },
     /// No free device number left for a `--device`.
     #[error("all 32 slots are taken")]
     SlotsFull,
@@ -205,6 +217,9 @@ pub enum DeviceSpec {
 pub struct DeviceConfig {
     /// Device and function number (bus 0: the bus is what the host's enumeration assigns).
     pub bdf: Bdf,
+    /// Its stable inventory name (`None`: the id derived from `bdf`, see
+    /// [`FunctionId`](super::inventory::FunctionId)).
+    pub name: Option<String>,
     /// What to build.
     pub spec: DeviceSpec,
 }
@@ -309,6 +324,7 @@ struct FileHost {
 #[serde(deny_unknown_fields)]
 struct FileDevice {
     kind: Spanned<String>,
+    name: Option<Spanned<String>>,
     path: Option<Spanned<String>>,
     size: Option<Spanned<String>>,
     serial: Option<String>,
@@ -617,7 +633,28 @@ impl ApplianceConfig {
                     },
                 ));
             }
-            cfg.devices.push(DeviceConfig { bdf, spec });
+            let name = match &d.name {
+                None => None,
+                Some(n) => {
+                    let id = FunctionId::named(n.get_ref())
+                        .map_err(|e| err(Some(n.span()), ConfigProblem::BadName(e)))?;
+                    if cfg
+                        .devices
+                        .iter()
+                        .any(|d| d.name.as_deref() == Some(id.as_str()))
+                    {
+                        return Err(err(
+                            Some(n.span()),
+                            ConfigProblem::DuplicateName {
+                                index: i + 1,
+                                name: id.to_string(),
+                            },
+                        ));
+                    }
+                    Some(id.to_string())
+                }
+            };
+            cfg.devices.push(DeviceConfig { bdf, name, spec });
         }
         if let Some(o) = &file.options {
             if let Some(l) = &o.inject_loss {
@@ -653,7 +690,11 @@ impl ApplianceConfig {
             let bdf = self
                 .free_slot()
                 .ok_or_else(|| flag_err("--device", d, ConfigProblem::SlotsFull))?;
-            self.devices.push(DeviceConfig { bdf, spec });
+            self.devices.push(DeviceConfig {
+                bdf,
+                name: None,
+                spec,
+            });
         }
         for p in &flags.psk {
             let (id, key) = p
@@ -682,6 +723,7 @@ impl ApplianceConfig {
         if self.devices.is_empty() {
             self.devices.push(DeviceConfig {
                 bdf: Bdf::new(0, 0, 0),
+                name: None,
                 spec: DeviceSpec::ScratchNvme {
                     size: DEFAULT_SCRATCH_NVME_BYTES,
                 },
@@ -745,6 +787,14 @@ mod tests {
                 "c.toml:3:7: key must be 32 bytes written as 64 hex digits",
             ),
             (
+                "[[device]]\nkind = \"dma\"\nname = \"9lives\"\n",
+                "c.toml:3:8: function name \"9lives\" must be 1 to 32 letters, digits, '-' or '_', starting with a letter",
+            ),
+            (
+                "[[device]]\nkind = \"dma\"\nname = \"x\"\n[[device]]\nkind = \"dma\"\nname = \"x\"\n",
+                "c.toml:6:8: device #2 is named \"x\" like an earlier device",
+            ),
+            (
                 "[options]\ndma_timeout_ms = 0\n",
                 "c.toml:2:18: dma_timeout_ms must be positive",
             ),
@@ -776,6 +826,7 @@ serial = "S1"
 
 [[device]]
 kind = "dma"
+name = "dma-a"
 buffer = "4M"
 slot = 5
 
@@ -802,6 +853,8 @@ dma_timeout_ms = 500
             }
         );
         assert_eq!(c.devices[1].bdf, Bdf::new(0, 5, 0));
+        assert_eq!(c.devices[1].name.as_deref(), Some("dma-a"));
+        assert_eq!(c.devices[0].name, None);
         assert_eq!(c.devices[2].bdf, Bdf::new(0, 2, 0));
         assert_eq!(
             c.devices[2].spec,
@@ -936,6 +989,7 @@ dma_timeout_ms = 500
             listen: vec![Listen::Eth("eth0".into())],
             devices: vec![DeviceConfig {
                 bdf: Bdf::new(0, 3, 0),
+                name: None,
                 spec: DeviceSpec::Dma {
                     buffer: 4096,
                     vfs: 0,

@@ -10,6 +10,7 @@
 use crossbeam::channel::Receiver;
 
 use super::config::{ApplianceConfig, DeviceSpec, MAX_DMA_BUFFER};
+use super::inventory::{FunctionEntry, Inventory};
 use super::ApplianceError;
 use crate::endpoint::dma_engine::DmaEngine;
 use crate::endpoint::nvme::{Backend, NvmeController, NvmeOptions};
@@ -47,6 +48,8 @@ pub struct Built {
     pub endpoint: Endpoint,
     /// Its outbound TLP queue (completions, DMA requests, interrupts, in wire order).
     pub outbound: Receiver<Vec<u8>>,
+    /// One entry per function built (all unassigned), and the configured hosts.
+    pub inventory: Inventory,
     /// What the operator should know.
     pub warnings: Vec<BuildWarning>,
     scratch: Scratch,
@@ -67,13 +70,18 @@ pub fn build(cfg: &ApplianceConfig) -> Result<Built, ApplianceError> {
     });
     let mut warnings = Vec::new();
     let mut scratch = Scratch::default();
+    let mut inventory = Inventory::new(cfg.hosts.iter().map(|h| h.id));
     for d in &cfg.devices {
-        let dev = build_device(&d.spec, &mut warnings, &mut scratch)?;
+        let mut dev = build_device(&d.spec, &mut warnings, &mut scratch)?;
+        // Read its identity before the endpoint owns it (nothing has touched its registers).
+        let entry = FunctionEntry::describe(d.bdf, d.name.as_deref(), &mut *dev)?;
         endpoint.add_function(d.bdf, dev)?;
+        inventory.add(entry)?;
     }
     Ok(Built {
         endpoint,
         outbound,
+        inventory,
         warnings,
         scratch,
     })
@@ -146,7 +154,11 @@ mod tests {
         ApplianceConfig {
             devices: devices
                 .into_iter()
-                .map(|(bdf, spec)| DeviceConfig { bdf, spec })
+                .map(|(bdf, spec)| DeviceConfig {
+                    bdf,
+                    name: None,
+                    spec,
+                })
                 .collect(),
             ..ApplianceConfig::default()
         }
@@ -171,6 +183,16 @@ mod tests {
         );
         assert_eq!(b.endpoint.function_names(), vec!["nvme", "dma"]);
         assert!(b.warnings.is_empty());
+        let inv = b.inventory.functions();
+        assert_eq!(inv.len(), 2);
+        assert_eq!(inv[0].id.as_str(), "00.0");
+        assert_eq!(
+            inv[0].ids.class, 0x01_08_02,
+            "NVMe class read from config space"
+        );
+        assert_eq!(inv[1].id.as_str(), "00.1");
+        assert_eq!(inv[1].ids.vendor, 0x1b36);
+        assert_eq!(inv[1].total_vfs, 2);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //!
 //! * [`config`] — the configuration (TOML file, flags, defaults) with located errors;
 //! * [`devices`] — building the cards a configuration names into an endpoint;
+//! * [`inventory`] — every function under a stable id, its PCI identity and its owner;
 //! * [`session`] — host sessions and which one the functions answer, with PCIe's resets;
 //! * [`pump`] — the endpoint served on the thread that drives its link;
 //! * [`runtime`] — [`Appliance`]: build, serve or start, counters, orderly stop.
@@ -16,6 +17,7 @@
 
 pub mod config;
 pub mod devices;
+pub mod inventory;
 pub mod pump;
 pub mod runtime;
 pub mod session;
@@ -25,7 +27,8 @@ pub use config::{
     LinkOptions, Listen,
 };
 pub use devices::BuildWarning;
-pub use runtime::{Appliance, ApplianceStats, Counters, FunctionSummary, Ready, Running};
+pub use inventory::{FunctionEntry, FunctionId, FunctionState, Inventory, InventoryError};
+pub use runtime::{Appliance, ApplianceStats, Counters, Ready, Running};
 
 use std::path::PathBuf;
 
@@ -59,6 +62,9 @@ pub enum ApplianceError {
     /// The endpoint refused a function (two at one device/function number).
     #[error(transparent)]
     Endpoint(#[from] crate::endpoint::EndpointError),
+    /// The inventory refused a function (a bad or duplicate id).
+    #[error(transparent)]
+    Inventory(#[from] inventory::InventoryError),
     /// Serving was asked for with no listen address and no port.
     #[error("nothing to listen on: no listen address configured")]
     NoListener,

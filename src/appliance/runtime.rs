@@ -26,10 +26,11 @@ use crossbeam::channel::{Receiver, Select};
 
 use super::config::ApplianceConfig;
 use super::devices::{self, BuildWarning, Scratch};
+use super::inventory::{FunctionEntry, Inventory};
 use super::pump::{Pump, STATS_EVERY};
 use super::session::Sessions;
 use super::ApplianceError;
-use crate::endpoint::{Bdf, Endpoint, EndpointStats};
+use crate::endpoint::{Endpoint, EndpointStats};
 use crate::transport::driver::{
     self, Direct, DriverConfig, DriverStats, Peers, Port, TransportHandle,
 };
@@ -60,35 +61,13 @@ impl Counters {
     }
 }
 
-/// One function the appliance fronts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FunctionSummary {
-    /// Device and function number (bus 0 until a host assigns one).
-    pub bdf: Bdf,
-    /// The device model's name (`nvme`, `dma`, `replay`).
-    pub model: String,
-}
-
-impl std::fmt::Display for FunctionSummary {
-    /// `DD.F MODEL`, e.g. `00.0 nvme`.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{:02x}.{} {}",
-            self.bdf.device(),
-            self.bdf.function(),
-            self.model
-        )
-    }
-}
-
 /// What the appliance announces once every listener is open.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ready {
     /// The bound addresses, in listen order (a `udp:…:0` listener shows its real port).
     pub listen: Vec<PeerAddr>,
-    /// The functions served.
-    pub functions: Vec<FunctionSummary>,
+    /// The functions fronted (the inventory when serving started).
+    pub functions: Vec<FunctionEntry>,
 }
 
 impl Ready {
@@ -107,6 +86,7 @@ pub struct Appliance {
     cfg: ApplianceConfig,
     endpoint: Endpoint,
     outbound: Receiver<Vec<u8>>,
+    inventory: Inventory,
     warnings: Vec<BuildWarning>,
     counters: Counters,
     scratch: Scratch,
@@ -118,16 +98,14 @@ type Link = (String, Box<dyn Port>);
 impl Appliance {
     /// Build every device of `cfg` (backing files opened or created). Nothing listens yet.
     pub fn build(cfg: ApplianceConfig) -> Result<Appliance, ApplianceError> {
-        let (endpoint, outbound, scratch, warnings) = {
-            let b = devices::build(&cfg)?;
-            let warnings = b.warnings.clone();
-            let (e, o, s) = b.into_parts();
-            (e, o, s, warnings)
-        };
+        let b = devices::build(&cfg)?;
+        let (inventory, warnings) = (b.inventory.clone(), b.warnings.clone());
+        let (endpoint, outbound, scratch) = b.into_parts();
         Ok(Appliance {
             cfg,
             endpoint,
             outbound,
+            inventory,
             warnings,
             counters: Counters::default(),
             scratch,
@@ -140,13 +118,13 @@ impl Appliance {
     }
 
     /// The functions it fronts, in configuration order.
-    pub fn functions(&self) -> Vec<FunctionSummary> {
-        self.endpoint
-            .functions()
-            .into_iter()
-            .zip(self.endpoint.function_names())
-            .map(|(bdf, model)| FunctionSummary { bdf, model })
-            .collect()
+    pub fn functions(&self) -> &[FunctionEntry] {
+        self.inventory.functions()
+    }
+
+    /// The inventory: every function under its stable id, and the known hosts.
+    pub fn inventory(&self) -> &Inventory {
+        &self.inventory
     }
 
     /// What the operator should know about the devices built.
@@ -294,7 +272,7 @@ impl Appliance {
         on_ready: impl FnOnce(&Ready) -> io::Result<()>,
     ) -> Result<(), ApplianceError> {
         let dc = self.driver_config(0);
-        let functions = self.functions();
+        let functions = self.functions().to_vec();
         let Appliance {
             mut endpoint,
             outbound,
@@ -327,7 +305,7 @@ impl Appliance {
         stop: &AtomicBool,
         on_ready: impl FnOnce(&Ready) -> io::Result<()>,
     ) -> Result<(), ApplianceError> {
-        let functions = self.functions();
+        let functions = self.functions().to_vec();
         let mut handles = Vec::with_capacity(links.len());
         let mut names = Vec::with_capacity(links.len());
         for (i, (name, port)) in links.into_iter().enumerate() {

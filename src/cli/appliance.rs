@@ -104,7 +104,7 @@ pub fn run(args: ApplianceArgs) -> Result<ExitCode, Box<dyn std::error::Error>> 
         println!(
             "appliance configuration ok: listen {listen}; {} function(s): {}",
             fns.len(),
-            joined(&fns, ", ")
+            joined(fns, ", ")
         );
         return Ok(ExitCode::SUCCESS);
     }

@@ -181,6 +181,7 @@ fn appliance_config(cfg: &RigConfig, host: HostId, psk: Psk) -> ApplianceConfig 
             .zip(0u8..)
             .map(|(spec, f)| DeviceConfig {
                 bdf: EpBdf::new(0, 0, f),
+                name: None,
                 spec,
             })
             .collect(),
