@@ -619,6 +619,26 @@ mod tests {
     }
 
     proptest! {
+        /// Parsing any text never panics, and whatever parses prints back as the same text.
+        #[test]
+        fn function_id_parse_is_total_and_canonical(s in "\\PC{0,40}") {
+            if let Ok(id) = s.parse::<FunctionId>() {
+                prop_assert_eq!(id.as_str(), s.as_str());
+            }
+        }
+
+        /// Every id the inventory makes parses back to itself.
+        #[test]
+        fn every_made_id_parses_back(dev in 0u8..32, func in 0u8..8, vf in proptest::option::of(any::<u16>()),
+                                     name in proptest::option::of("[a-zA-Z][a-zA-Z0-9_-]{0,31}")) {
+            let pf = match &name {
+                Some(n) => FunctionId::named(n).unwrap(),
+                None => FunctionId::derived(Bdf::new(0, dev, func)),
+            };
+            let id = match vf { Some(i) => pf.vf(i), None => pf };
+            prop_assert_eq!(id.as_str().parse::<FunctionId>(), Ok(id.clone()));
+        }
+
         /// Whatever is asked, in any order: ownership changes only through a refusal-checked
         /// path (a refused operation changes nothing), no function is owned by an unknown
         /// host, and a function is never handed from one owner to another without passing

@@ -3,7 +3,7 @@
 //! what `pcietun appliance` does until SIGTERM) or on its own thread ([`Appliance::start`],
 //! what tests, the bench rig and embedders do) — until it is told to stop.
 //!
-//! Serving shapes (docs/appliance.md "Inside the runtime"):
+//! Serving shapes (docs/appliance.md "The runtime as a library" and "Inside the endpoint"):
 //! * **One link** (the usual case): the endpoint runs on the thread that drives the link, a
 //!   [`Pump`] on a [`Direct`] driver — a request and its completion cross no thread inside
 //!   the appliance.
@@ -98,8 +98,9 @@ type Link = (String, Box<dyn Port>);
 impl Appliance {
     /// Build every device of `cfg` (backing files opened or created). Nothing listens yet.
     pub fn build(cfg: ApplianceConfig) -> Result<Appliance, ApplianceError> {
-        let b = devices::build(&cfg)?;
-        let (inventory, warnings) = (b.inventory.clone(), b.warnings.clone());
+        let mut b = devices::build(&cfg)?;
+        let inventory = std::mem::take(&mut b.inventory);
+        let warnings = std::mem::take(&mut b.warnings);
         let (endpoint, outbound, scratch) = b.into_parts();
         Ok(Appliance {
             cfg,
