@@ -3,19 +3,28 @@
 //! Real PCIe cards sit in an *appliance*; servers on an ordinary Ethernet or IP network see
 //! them as native PCIe devices and drive them with their own, unmodified drivers.
 //!
-//! The crate is layered, and imports only ever point down this list:
+//! The crate is layered, and imports only ever point down this list (`tests/layering.rs`
+//! enforces it; `docs/architecture.md` draws the map):
 //!
-//! * [`tlp`] — PCIe Transaction Layer Packets: the wire format, no I/O, no allocation on decode.
+//! * [`tlp`] — PCIe Transaction Layer Packets: wire format, constructors, the requester core.
+//! * [`pci`] — configuration space, capabilities, `lspci` text, replay; [`pci::class`] holds
+//!   the register interfaces a device model and its driver share.
+//! * [`transport`] — reliable, authenticated delivery of TLPs over raw Ethernet and UDP/IP.
+//! * [`endpoint`] — the appliance side: endpoint proxy, device trait, device models.
+//! * [`host`] — the host side: root port, enumeration, DMA windows, vfio-user, host agent.
+//!   `endpoint` and `host` never import each other: they meet only on the wire.
+//! * [`drivers`] — user-space drivers for our models over the host API.
+//! * [`appliance`] — the appliance runtime: configuration, devices, sessions, serving loop.
 //!
-//! Further layers (`pci`, `transport`, `endpoint`, `host`, `mgmt`) are described in
-//! `docs/architecture.md`. [`sys`] stands beside the layers: the system calls, behind safe
-//! wrappers, and the only module allowed `unsafe`.
+//! [`sys`] stands beside the layers: the system calls, behind safe wrappers, and the only
+//! module allowed `unsafe`.
 
 #![forbid(unsafe_op_in_unsafe_fn)]
 // Raw system calls live in `sys`, the one module allowed `unsafe`.
 #![deny(unsafe_code)]
 #![warn(missing_debug_implementations)]
 
+pub mod appliance;
 pub mod drivers;
 pub mod endpoint;
 pub mod host;

@@ -81,11 +81,20 @@ fn rig() -> Rig {
     let stop = Arc::new(AtomicBool::new(false));
     let (h, s) = (host.clone(), stop.clone());
     let thread = std::thread::spawn(move || {
+        let kicks = ep.kicks();
         while !s.load(Ordering::Relaxed) {
+            // The endpoint's DMA requester runs on explicit time: poll it every turn and
+            // sleep no longer than its next deadline (a device thread's new read kicks us).
+            ep.poll(std::time::Instant::now());
+            let wait = ep.poll_timeout().map_or(Duration::from_millis(10), |t| {
+                t.saturating_duration_since(std::time::Instant::now())
+                    .min(Duration::from_millis(10))
+            });
             channel::select! {
                 recv(rx) -> t => if let Ok(t) = t { let _ = ep.handle_tlp(&t); },
                 recv(out) -> t => if let Ok(t) = t { h.on_tlp(&t); },
-                default(Duration::from_millis(10)) => {}
+                recv(kicks) -> _ => {},
+                default(wait) => {}
             }
         }
     });

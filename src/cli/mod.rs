@@ -9,7 +9,6 @@ mod appliance;
 mod bench;
 mod demo;
 mod host;
-mod pump;
 mod tlp;
 mod transport_peer;
 

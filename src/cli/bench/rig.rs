@@ -1,25 +1,25 @@
-//! A whole tunnel in one process, for `pcietun demo` and the benchmarks: an appliance
-//! (endpoint proxy with an NVMe controller on a temporary file and a DMA engine) and a host
-//! agent (`pcietun::host::Host`), each behind its own transport driver thread, joined by a
-//! real link — UDP on loopback, AF_PACKET across two network namespaces, or the in-memory
-//! port pair. Everything between them crosses as transport frames: the two sides share no
-//! state but the link.
+//! A whole tunnel in one process, for `pcietun demo` and the benchmarks: the real appliance
+//! (`pcietun::appliance::Appliance`: an NVMe controller on a temporary file and a DMA engine,
+//! one card with two functions) and a host root complex (`pcietun::host::Host`) on the host
+//! agent's link shape, joined by a real link — UDP on loopback, AF_PACKET across two network
+//! namespaces, or the in-memory port pair. Everything between them crosses as transport
+//! frames: the two sides share no state but the link.
 //!
-//! Why not the `pcietun appliance` process and `host::agent::Agent`: the rig builds a fresh
-//! pair per measured run on any link (including a socket inside each of two namespaces) with
-//! the loss, AEAD and busy-poll knobs, and can be torn down between runs. Its host side has
-//! the agent's thread shape (transport thread + pump into `Host::on_tlp`); its appliance side
-//! receives and sends on one pump thread, one hand-off fewer than `pcietun appliance`, which
-//! sends from a separate thread. The demo uses the real appliance process over UDP.
+//! The appliance is the library's, started on a port the rig opens (a socket inside a
+//! namespace, a memory port), so it runs exactly as `pcietun appliance` does with one listen
+//! address: the endpoint on the thread that drives the link. The host side is assembled here
+//! rather than with `host::agent::Agent` because the rig needs the loss, AEAD and busy-poll
+//! knobs and a link of its own choosing; it has the agent's shape (a `SharedLink` that the
+//! waiting requester drives, a watcher thread into `Host::on_tlp`). The demo runs the
+//! appliance as a child process over UDP.
 
-use super::super::pump::Pump;
 use super::raw::{LinkKind, NetnsPair, Res};
 use bytes::Bytes;
-use crossbeam::channel::{self, Receiver};
-use pcietun::endpoint::dma_engine::DmaEngine;
-use pcietun::endpoint::nvme::backend::Backend;
-use pcietun::endpoint::nvme::{NvmeController, NvmeOptions};
-use pcietun::endpoint::{Bdf as EpBdf, Endpoint, EndpointConfig};
+use crossbeam::channel;
+use pcietun::appliance::config::{DeviceConfig, DeviceSpec, HostSpec, LinkOptions};
+use pcietun::appliance::devices::{self, Scratch};
+use pcietun::appliance::{Appliance, ApplianceConfig, Running};
+use pcietun::endpoint::Bdf as EpBdf;
 use pcietun::host::enumerate::FunctionInfo;
 use pcietun::host::{Downlink, Host, HostConfig, LinkError, RemoteFunction};
 use pcietun::transport::driver::{
@@ -137,13 +137,13 @@ pub struct Rig {
     pub host: Arc<Host>,
     /// Functions enumerated below the root port.
     pub functions: Vec<FunctionInfo>,
-    /// Host side and appliance side (empty for [`Rig::start_direct`]).
-    /// Host side and appliance side counters, published by their pumps (empty for
-    /// [`Rig::start_direct`]).
-    link_stats: Vec<Arc<Mutex<DriverStats>>>,
+    /// Host side counters, published by its watcher (`None` for [`Rig::start_direct`]).
+    host_stats: Option<Arc<Mutex<DriverStats>>>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
-    _tmp: Option<tempfile::TempDir>,
+    /// The appliance (`None` for [`Rig::start_direct`]).
+    appliance: Option<Running>,
+    _scratch: Option<Scratch>,
 }
 
 fn wait_connected(d: &mut Direct) -> Res<ConnId> {
@@ -160,36 +160,51 @@ fn wait_connected(d: &mut Direct) -> Res<ConnId> {
     Err("transport session between host and appliance not established within 5 s".into())
 }
 
-fn endpoint(cfg: &RigConfig) -> Res<(Endpoint, Receiver<Vec<u8>>, Option<tempfile::TempDir>)> {
-    let (mut ep, outbound) = Endpoint::new(EndpointConfig::default());
-    let mut tmp = None;
-    // One card, functions 0 and 1 (below a root port only device 0 exists).
-    let mut func = 0u8;
+/// The appliance's configuration: one card with an NVMe controller and/or a DMA engine as
+/// functions 0 and 1 (below a root port only device 0 exists), one host.
+fn appliance_config(cfg: &RigConfig, host: HostId, psk: Psk) -> ApplianceConfig {
+    let mut specs = Vec::new();
     if cfg.nvme_bytes > 0 {
-        let dir = tempfile::tempdir()?;
-        let backend = Backend::create(&dir.path().join("nvme0n1.img"), cfg.nvme_bytes)?;
-        ep.add_function(
-            EpBdf::new(0, 0, func),
-            Box::new(NvmeController::new(backend, NvmeOptions::default())),
-        )?;
-        tmp = Some(dir);
-        func += 1;
+        specs.push(DeviceSpec::ScratchNvme {
+            size: cfg.nvme_bytes,
+        });
     }
     if cfg.dma_buffer > 0 {
-        ep.add_function(
-            EpBdf::new(0, 0, func),
-            Box::new(DmaEngine::new(cfg.dma_buffer)),
-        )?;
+        specs.push(DeviceSpec::Dma {
+            buffer: cfg.dma_buffer as u64,
+            vfs: 0,
+        });
     }
-    Ok((ep, outbound, tmp))
+    ApplianceConfig {
+        devices: specs
+            .into_iter()
+            .zip(0u8..)
+            .map(|(spec, f)| DeviceConfig {
+                bdf: EpBdf::new(0, 0, f),
+                name: None,
+                spec,
+            })
+            .collect(),
+        hosts: vec![HostSpec { id: host, psk }],
+        inject_loss: cfg.loss * 100.0,
+        link: LinkOptions {
+            encrypt: cfg.encrypt,
+            mtu: Some(1472),
+            seed: 11,
+            busy_poll: cfg.busy_poll,
+        },
+        ..ApplianceConfig::default()
+    }
 }
 
 impl Rig {
     /// Host and endpoint joined by one pump thread and two channels, without the transport:
     /// the same TLP processing on both sides, two thread wake-ups per round trip (as a raw
-    /// ping-pong has). Only for comparison — nothing crosses a socket.
+    /// ping-pong has). Only for comparison — nothing crosses a socket, and no session exists,
+    /// so the appliance's devices are built but not served by its runtime.
     pub fn start_direct(cfg: &RigConfig) -> Res<Rig> {
-        let (mut ep, outbound, tmp) = endpoint(cfg)?;
+        let acfg = appliance_config(cfg, HostId::new("demo-host")?, Psk::DEVELOPMENT);
+        let (mut ep, outbound, scratch) = devices::build(&acfg)?.into_parts();
         let (tx, rx) = channel::unbounded::<Vec<u8>>();
         let host = Host::new(Arc::new(DirectLink(tx)), HostConfig::default());
         let stop = Arc::new(AtomicBool::new(false));
@@ -217,10 +232,11 @@ impl Rig {
         let mut rig = Rig {
             host,
             functions: Vec::new(),
-            link_stats: Vec::new(),
+            host_stats: None,
             stop,
             threads: vec![pump],
-            _tmp: tmp,
+            appliance: None,
+            _scratch: Some(scratch),
         };
         rig.functions = rig.host.rescan();
         Ok(rig)
@@ -228,39 +244,24 @@ impl Rig {
 
     /// Start the appliance and the host agent on `net`, connect them, enumerate.
     pub fn start(net: &Net, cfg: &RigConfig) -> Res<Rig> {
-        let (ep, outbound, tmp) = endpoint(cfg)?;
         let (c_port, s_port) = net.ports()?;
         let host_id = HostId::new("demo-host")?;
         let psk = Psk::DEVELOPMENT;
-        let mut sc = DriverConfig::new(Peers::Accept(vec![(host_id, psk.clone())]));
+        // The appliance as `pcietun appliance` runs it, on the rig's port.
+        let server = s_port.local_addr();
+        let appliance = Appliance::build(appliance_config(cfg, host_id, psk.clone()))?
+            .start_on(vec![s_port])?;
         let mut cc = DriverConfig::new(Peers::Connect {
-            server: s_port.local_addr(),
+            server,
             host: host_id,
             psk,
         });
-        for (c, seed) in [(&mut sc, 11), (&mut cc, 12)] {
-            c.transport.encrypt = cfg.encrypt;
-            c.inject_loss = cfg.loss;
-            c.seed = seed;
-            c.busy_poll = cfg.busy_poll;
-            c.transport.mtu = 1472;
-        }
-        // The appliance as `pcietun appliance` runs it: the endpoint on the link's own thread.
+        cc.transport.encrypt = cfg.encrypt;
+        cc.inject_loss = cfg.loss;
+        cc.seed = 12;
+        cc.busy_poll = cfg.busy_poll;
+        cc.transport.mtu = 1472;
         let stop = Arc::new(AtomicBool::new(false));
-        let mut threads = Vec::new();
-        let mut pump = Pump::new(Direct::new(s_port, sc), &ep);
-        let server_stats = pump.stats_handle();
-        {
-            let stop = stop.clone();
-            let (mut ep, outbound) = (ep, outbound);
-            threads.push(std::thread::Builder::new().name("appliance".into()).spawn(
-                move || {
-                    if let Err(e) = pump.run(&mut ep, &outbound, &stop) {
-                        tracing::error!("appliance pump: {e}");
-                    }
-                },
-            )?);
-        }
         let mut client = Direct::new(c_port, cc);
         let conn = wait_connected(&mut client)?;
         let shared = Arc::new(SharedLink::new(client)?);
@@ -290,29 +291,28 @@ impl Rig {
             }));
         }
         host.on_link_up();
-        let client_stats = Arc::new(Mutex::new(DriverStats::default()));
-        {
-            let (shared, stats, stop) = (shared.clone(), client_stats.clone(), stop.clone());
-            threads.push(
-                std::thread::Builder::new()
-                    .name("host-agent".into())
-                    .spawn(move || {
-                        let publish = |d: &Direct| {
-                            *stats.lock().unwrap_or_else(|e| e.into_inner()) = d.stats();
-                        };
-                        if let Err(e) = shared.run_watcher(&stop, publish) {
-                            tracing::error!("host link: {e}");
-                        }
-                    })?,
-            );
-        }
+        let host_stats = Arc::new(Mutex::new(DriverStats::default()));
+        let watcher = {
+            let (shared, stats, stop) = (shared.clone(), host_stats.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("host-agent".into())
+                .spawn(move || {
+                    let publish = |d: &Direct| {
+                        *stats.lock().unwrap_or_else(|e| e.into_inner()) = d.stats();
+                    };
+                    if let Err(e) = shared.run_watcher(&stop, publish) {
+                        tracing::error!("host link: {e}");
+                    }
+                })?
+        };
         let mut rig = Rig {
             host,
             functions: Vec::new(),
-            link_stats: vec![client_stats, server_stats],
+            host_stats: Some(host_stats),
             stop,
-            threads,
-            _tmp: tmp,
+            threads: vec![watcher],
+            appliance: Some(appliance),
+            _scratch: None,
         };
         rig.functions = rig.host.rescan();
         let want = usize::from(cfg.nvme_bytes > 0) + usize::from(cfg.dma_buffer > 0);
@@ -342,9 +342,12 @@ impl Rig {
 
     /// Retransmissions both transport ends made so far.
     pub fn retransmits(&self) -> u64 {
-        self.link_stats
+        let host = self
+            .host_stats
             .iter()
-            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).clone());
+        let appliance = self.appliance.iter().flat_map(|a| a.stats().links);
+        host.chain(appliance)
             .flat_map(|s| s.sessions.into_iter().map(|x| x.1.retransmits))
             .sum()
     }
@@ -355,6 +358,11 @@ impl Drop for Rig {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.threads.drain(..) {
             let _ = t.join();
+        }
+        if let Some(a) = self.appliance.take() {
+            if let Err(e) = a.shutdown() {
+                tracing::warn!("rig: {e}");
+            }
         }
     }
 }

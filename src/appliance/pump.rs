@@ -5,37 +5,38 @@
 //! queue (and their DMA reads for [`Endpoint::poll`]) and wake the pump through the link's
 //! waker, only when it sleeps.
 //!
-//! The appliance serves the session that last sent it a TLP (or connected); a host that
-//! reconnects with a new epoch, or the serving session going down, resets every function, as
-//! a hot reset or a surprise-down would on PCIe.
+//! Which session gets the answers, and the resets on a lost or restarted host, are
+//! [`Sessions`]' business.
 
 use bytes::Bytes;
 use crossbeam::channel::Receiver;
-use pcietun::endpoint::Endpoint;
-use pcietun::transport::driver::{Direct, DriverStats, Upcall};
-use pcietun::transport::{ConnId, Event, SendError};
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::runtime::Counters;
+use super::session::Sessions;
+use crate::endpoint::Endpoint;
+use crate::transport::driver::{Direct, DriverStats, Upcall};
+use crate::transport::{ConnId, PeerAddr, SendError};
+
 /// How often the pump publishes its counters for other threads.
-const STATS_EVERY: Duration = Duration::from_millis(100);
+pub(crate) const STATS_EVERY: Duration = Duration::from_millis(100);
 
 /// An endpoint served over one [`Direct`] link from the calling thread.
 pub struct Pump {
     d: Direct,
-    serving: Serving<ConnId>,
+    sessions: Sessions<ConnId>,
     sleeping: Arc<AtomicBool>,
     /// An outbound TLP waiting for room in the session's queue.
     held: Option<Bytes>,
-    stats: Arc<Mutex<DriverStats>>,
 }
 
 impl std::fmt::Debug for Pump {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pump")
-            .field("owner", &self.serving.owner())
+            .field("owner", &self.sessions.owner())
             .finish()
     }
 }
@@ -53,16 +54,15 @@ impl Pump {
         }));
         Pump {
             d,
-            serving: Serving::default(),
+            sessions: Sessions::default(),
             sleeping,
             held: None,
-            stats: Arc::new(Mutex::new(DriverStats::default())),
         }
     }
 
-    /// Counters, refreshed every 100 ms while [`run`](Self::run) runs and when it returns.
-    pub fn stats_handle(&self) -> Arc<Mutex<DriverStats>> {
-        self.stats.clone()
+    /// Our address on the link.
+    pub fn local_addr(&self) -> PeerAddr {
+        self.d.local_addr()
     }
 
     /// The link's counters now.
@@ -70,26 +70,40 @@ impl Pump {
         self.d.stats()
     }
 
-    fn publish(&self) {
-        *self.stats.lock().unwrap_or_else(|e| e.into_inner()) = self.d.stats();
+    fn publish(&self, ep: &Endpoint, counters: &Counters) {
+        counters.publish(vec![self.d.stats()], ep.stats());
     }
 
-    /// Serve until `stop` is set.
+    /// Serve until `stop` is set, publishing counters every 100 ms and when it returns.
     pub fn run(
         &mut self,
         ep: &mut Endpoint,
         outbound: &Receiver<Vec<u8>>,
         stop: &AtomicBool,
+        counters: &Counters,
     ) -> io::Result<()> {
         let mut published = Instant::now();
+        let result = self.serve(ep, outbound, stop, counters, &mut published);
+        self.publish(ep, counters);
+        result
+    }
+
+    fn serve(
+        &mut self,
+        ep: &mut Endpoint,
+        outbound: &Receiver<Vec<u8>>,
+        stop: &AtomicBool,
+        counters: &Counters,
+        published: &mut Instant,
+    ) -> io::Result<()> {
         let kicks = ep.kicks();
         while !stop.load(Ordering::Relaxed) {
             // Time for the endpoint's DMA requester: queued reads, timeouts.
             ep.poll(Instant::now());
             self.flush(outbound);
             if published.elapsed() >= STATS_EVERY {
-                self.publish();
-                published = Instant::now();
+                self.publish(ep, counters);
+                *published = Instant::now();
             }
             self.sleeping.store(true, Ordering::Release);
             // A read queued since `poll` (its wake-up saw us awake): poll again first.
@@ -112,7 +126,6 @@ impl Pump {
                 self.on_upcall(ep, u);
             }
         }
-        self.publish();
         Ok(())
     }
 
@@ -127,7 +140,7 @@ impl Pump {
                     Err(_) => return,
                 },
             };
-            let Some(c) = self.serving.owner() else {
+            let Some(c) = self.sessions.owner() else {
                 tracing::debug!("appliance: no host session; TLP dropped");
                 continue;
             };
@@ -147,98 +160,10 @@ impl Pump {
     fn on_upcall(&mut self, ep: &mut Endpoint, u: Upcall) {
         let conn = u.conn();
         let held = &mut self.held;
-        self.serving.on_upcall(ep, conn, u, &mut |owner| {
+        self.sessions.on_upcall(ep, conn, u, &mut |owner| {
             if owner.is_none() {
                 *held = None;
             }
         });
-    }
-}
-
-/// Which session the appliance serves — the one that last sent a TLP or connected — and
-/// the resets PCIe would do: a host back with a new epoch resets every function (hot
-/// reset), the served session going down too (surprise-down). `K` names a session: its
-/// `ConnId`, or (link, `ConnId`) when there are several links.
-#[derive(Debug)]
-pub struct Serving<K> {
-    owner: Option<K>,
-    epochs: Vec<(K, u32)>,
-}
-
-impl<K> Default for Serving<K> {
-    fn default() -> Self {
-        Serving {
-            owner: None,
-            epochs: Vec::new(),
-        }
-    }
-}
-
-impl<K: Copy + PartialEq> Serving<K> {
-    /// The session answered now.
-    pub fn owner(&self) -> Option<K> {
-        self.owner
-    }
-
-    /// Act on one upcall from session `key`. `owner_changed` sees a new owner before the
-    /// endpoint acts on the TLP that made it the owner (a sender thread must know where
-    /// the answers go before they exist).
-    pub fn on_upcall(
-        &mut self,
-        ep: &mut Endpoint,
-        key: K,
-        u: Upcall,
-        owner_changed: &mut dyn FnMut(Option<K>),
-    ) {
-        match u {
-            Upcall::Tlp { tlp, .. } => {
-                self.set_owner(Some(key), owner_changed);
-                if let Err(e) = ep.handle_tlp(&tlp) {
-                    tracing::warn!("appliance: {e}");
-                }
-            }
-            Upcall::Event {
-                event:
-                    Event::Connected {
-                        host,
-                        peer,
-                        peer_epoch,
-                    },
-                ..
-            } => {
-                tracing::info!("appliance: host {host} connected from {peer}");
-                match self.epochs.iter_mut().find(|(k, _)| *k == key) {
-                    Some((_, e)) if *e != peer_epoch => {
-                        // The host restarted: what it set up is gone, as after a hot reset.
-                        ep.reset_all();
-                        *e = peer_epoch;
-                    }
-                    Some(_) => {}
-                    None => self.epochs.push((key, peer_epoch)),
-                }
-                self.set_owner(Some(key), owner_changed);
-            }
-            Upcall::Event {
-                conn,
-                event: Event::Down { reason, .. },
-            } => {
-                tracing::warn!("appliance: session {} down: {reason:?}", conn.0);
-                if self.owner == Some(key) {
-                    // Link down resets the functions, as a surprise-down does on PCIe.
-                    self.set_owner(None, owner_changed);
-                    ep.reset_all();
-                }
-            }
-            Upcall::Dropped { error, .. } => {
-                tracing::debug!("appliance: TLP not sent: {error}");
-            }
-        }
-    }
-
-    fn set_owner(&mut self, owner: Option<K>, changed: &mut dyn FnMut(Option<K>)) {
-        if self.owner != owner {
-            self.owner = owner;
-            changed(owner);
-        }
     }
 }

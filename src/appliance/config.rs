@@ -1,0 +1,1004 @@
+//! The appliance's configuration: what it listens on, which hosts may connect and with which
+//! key, and which cards it fronts at which device/function numbers.
+//!
+//! Three sources, merged in this order: a TOML file ([`ApplianceConfig::from_toml`], schema in
+//! docs/appliance.md), command-line flags on top ([`ApplianceConfig::apply_flags`]), then the
+//! defaults for what is still missing ([`ApplianceConfig::fill_defaults`]). Everything is
+//! validated here, before any device is built or anything listens; every error is a
+//! [`ConfigError`] that names where the bad value came from (file, line and column, or the
+//! flag) and a [`ConfigProblem`] saying what is wrong with it.
+//!
+//! Host identities and keys are handled in one place, the "Hosts and keys" section below
+//! ([`parse_psk`], [`HostSpec`], [`ApplianceConfig::accepted_hosts`]); nothing else in the
+//! appliance looks at a key.
+
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::inventory::FunctionId;
+use super::ApplianceError;
+use crate::endpoint::Bdf;
+use crate::transport::{HostId, Psk};
+
+/// Where the appliance listens when nothing is configured.
+pub const DEFAULT_LISTEN: &str = "udp:127.0.0.1:7470";
+/// Size of the NVMe namespace on a temporary file that the appliance fronts when no device is
+/// configured.
+pub const DEFAULT_SCRATCH_NVME_BYTES: u64 = 64 << 20;
+/// Largest DMA engine buffer.
+pub const MAX_DMA_BUFFER: u64 = 1 << 30;
+/// Most SR-IOV virtual functions a DMA engine offers.
+pub const MAX_DMA_VFS: u16 = 7;
+/// DMA engine buffer when none is given.
+pub const DEFAULT_DMA_BUFFER: u64 = 1 << 20;
+
+/// What is wrong with one configuration value (the message, without its location).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigProblem {
+    /// The TOML itself does not parse, or does not fit the schema (unknown key, wrong type).
+    #[error("{}", .0.message())]
+    Syntax(Box<toml::de::Error>),
+    /// Not a size (`4096`, `0x1000`, `64K`, `16M`, `2G`, `1T`).
+    #[error("invalid size {0:?}")]
+    InvalidSize(String),
+    /// A size beyond 2^64 bytes.
+    #[error("size {0:?} overflows")]
+    SizeOverflow(String),
+    /// `udp:` followed by something that is not IP:PORT.
+    #[error("invalid UDP address {0:?} (want udp:IP:PORT)")]
+    BadUdpAddress(String),
+    /// `eth:` followed by something that is not an interface name.
+    #[error("invalid interface name {0:?}")]
+    BadInterface(String),
+    /// A listen address of neither kind.
+    #[error("listen address {0:?} must start with udp: or eth:")]
+    BadListenScheme(String),
+    /// A host id that is empty or longer than 16 bytes.
+    #[error("host id {0:?} must be 1 to 16 bytes")]
+    BadHostId(String),
+    /// A key that is not 32 bytes of hex.
+    #[error("key must be 32 bytes written as 64 hex digits")]
+    BadKey,
+    /// `--psk` without `=`.
+    #[error("want HOSTID=HEX")]
+    BadPskFlag,
+    /// A device kind we do not know.
+    #[error("unknown device kind {0:?} (known: nvme, dma, replay)")]
+    UnknownKind(String),
+    /// `--device nvme` without a path.
+    #[error("nvme needs a backing path: nvme=PATH")]
+    NvmeNeedsPath,
+    /// `--device replay` without a dump.
+    #[error("replay needs a dump file: replay=DUMP[,bar0=SIZE,...]")]
+    ReplayNeedsDump,
+    /// An option of `--device nvme=…` we do not know.
+    #[error("unknown nvme option {0:?} (known: size=SIZE)")]
+    UnknownNvmeOption(String),
+    /// An option of `--device dma…` we do not know.
+    #[error("unknown dma option {0:?} (known: buffer=SIZE, vfs=N)")]
+    UnknownDmaOption(String),
+    /// A `--device replay=…` option without `=`.
+    #[error("replay option {0:?} is not barN=SIZE")]
+    ReplayOptionShape(String),
+    /// A `--device replay=…` option that names no BAR.
+    #[error("unknown replay option {0:?} (want bar0..bar5)")]
+    UnknownReplayOption(String),
+    /// A `bars` key in the file that names no BAR.
+    #[error("unknown BAR {0:?} (want bar0..bar5)")]
+    UnknownBar(String),
+    /// `--device dma,vfs=N` out of range.
+    #[error("vfs={0:?}: want 0..=7")]
+    VfsFlag(String),
+    /// `vfs = N` out of range.
+    #[error("vfs must be 0..=7")]
+    VfsRange,
+    /// A device entry without a key its kind needs.
+    #[error("device #{index} ({kind}) needs `{key}`")]
+    MissingKey {
+        /// 1-based position in the file.
+        index: usize,
+        /// Its kind.
+        kind: String,
+        /// The key.
+        key: &'static str,
+    },
+    /// `slot` out of range.
+    #[error("slot must be 0..=31")]
+    SlotRange,
+    /// `function` out of range.
+    #[error("function must be 0..=7")]
+    FunctionRange,
+    /// Two devices at the same device/function number.
+    #[error("device #{index} uses slot {slot} function {function}, already taken")]
+    SlotTaken {
+        /// 1-based position in the file.
+        index: usize,
+        /// Device number.
+        slot: u8,
+        /// Function number.
+        function: u8,
+    },
+    /// A `name` that cannot be a function id.
+    #[error(transparent)]
+    BadName(super::inventory::InventoryError),
+    /// Two devices with one `name`.
+    #[error("device #{index} is named {name:?} like an earlier device")]
+    DuplicateName {
+        /// 1-based position in the file.
+        index: usize,
+        /// The name.
+        name: String,
+    },
+    /// No free device number left for a `--device`.
+    #[error("all 32 slots are taken")]
+    SlotsFull,
+    /// `inject_loss` out of range.
+    #[error("inject_loss must be 0..=100 (percent)")]
+    LossRange,
+    /// `--inject-loss` out of range.
+    #[error("must be 0..=100")]
+    LossFlagRange,
+    /// `dma_timeout_ms = 0`.
+    #[error("dma_timeout_ms must be positive")]
+    DmaTimeoutZero,
+}
+
+/// A configuration error: where the value came from, and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+#[error("{origin}{}: {problem}", .at.map(|(l, c)| format!(":{l}:{c}")).unwrap_or_default())]
+pub struct ConfigError {
+    /// The file (as the user named it) or `command line --FLAG VALUE`.
+    pub origin: String,
+    /// Line and column (1-based) in the file.
+    pub at: Option<(usize, usize)>,
+    /// What is wrong.
+    pub problem: ConfigProblem,
+}
+
+/// Where a listener binds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    /// UDP/IP.
+    Udp(SocketAddr),
+    /// Raw Ethernet on an interface.
+    Eth(String),
+}
+
+impl std::fmt::Display for Listen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Listen::Udp(a) => write!(f, "udp:{a}"),
+            Listen::Eth(i) => write!(f, "eth:{i}"),
+        }
+    }
+}
+
+/// One card (or one function of a card) to build.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeviceSpec {
+    /// NVMe controller over a file or block device.
+    Nvme {
+        /// Backing path.
+        path: PathBuf,
+        /// Create the file with this size if it does not exist.
+        create_size: Option<u64>,
+        /// Serial number override.
+        serial: Option<String>,
+    },
+    /// NVMe controller over a temporary sparse file that the appliance creates and deletes
+    /// when it stops (the embedded default, the demo, tests and benchmarks).
+    ScratchNvme {
+        /// Namespace size in bytes.
+        size: u64,
+    },
+    /// DMA engine test device.
+    Dma {
+        /// Buffer size.
+        buffer: u64,
+        /// SR-IOV virtual functions offered (0 = not an SR-IOV device).
+        vfs: u16,
+    },
+    /// Replay of a real card's config space.
+    Replay {
+        /// `lspci -xxxx` dump.
+        dump: PathBuf,
+        /// BAR sizes by index.
+        bars: Vec<(u8, u64)>,
+    },
+}
+
+/// A device and where it sits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceConfig {
+    /// Device and function number (bus 0: the bus is what the host's enumeration assigns).
+    pub bdf: Bdf,
+    /// Its stable inventory name (`None`: the id derived from `bdf`, see
+    /// [`FunctionId`](super::inventory::FunctionId)).
+    pub name: Option<String>,
+    /// What to build.
+    pub spec: DeviceSpec,
+}
+
+/// A host allowed to connect: its identity and the key that proves it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostSpec {
+    /// The host's id (what `pcietun host --host-id` sends).
+    pub id: HostId,
+    /// Its pre-shared key.
+    pub psk: Psk,
+}
+
+/// Transport knobs of the appliance's links (not in the file yet: the rig and tests set them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkOptions {
+    /// Frame encryption (AEAD); off still authenticates every frame.
+    pub encrypt: bool,
+    /// Largest frame; `None` keeps the transport's default.
+    pub mtu: Option<usize>,
+    /// Seed of injected loss and the transport's randomness (0: random).
+    pub seed: u64,
+    /// Spin instead of sleeping in the kernel (lowest latency, burns a core).
+    pub busy_poll: bool,
+}
+
+impl Default for LinkOptions {
+    fn default() -> Self {
+        LinkOptions {
+            encrypt: crate::transport::Config::default().encrypt,
+            mtu: None,
+            seed: 0,
+            busy_poll: false,
+        }
+    }
+}
+
+/// The resolved appliance configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApplianceConfig {
+    /// Listen addresses.
+    pub listen: Vec<Listen>,
+    /// Devices, with their device/function numbers.
+    pub devices: Vec<DeviceConfig>,
+    /// Hosts allowed to connect (none: the development key, see [`Self::accepted_hosts`]).
+    pub hosts: Vec<HostSpec>,
+    /// Loss injection in percent (testing).
+    pub inject_loss: f64,
+    /// Completion timeout for device DMA.
+    pub dma_timeout: Duration,
+    /// Transport knobs.
+    pub link: LinkOptions,
+}
+
+impl Default for ApplianceConfig {
+    fn default() -> Self {
+        ApplianceConfig {
+            listen: Vec::new(),
+            devices: Vec::new(),
+            hosts: Vec::new(),
+            inject_loss: 0.0,
+            dma_timeout: Duration::from_secs(2),
+            link: LinkOptions::default(),
+        }
+    }
+}
+
+/// Command-line additions to a configuration, as the user typed them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ConfigFlags {
+    /// `--listen` values.
+    pub listen: Vec<String>,
+    /// `--device` values.
+    pub device: Vec<String>,
+    /// `--psk HOSTID=HEX` values.
+    pub psk: Vec<String>,
+    /// `--inject-loss PCT`.
+    pub inject_loss: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    #[serde(default)]
+    listen: Vec<Spanned<String>>,
+    #[serde(default)]
+    host: Vec<FileHost>,
+    #[serde(default)]
+    device: Vec<FileDevice>,
+    #[serde(default)]
+    options: Option<FileOptions>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileHost {
+    id: Spanned<String>,
+    psk: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileDevice {
+    kind: Spanned<String>,
+    name: Option<Spanned<String>>,
+    path: Option<Spanned<String>>,
+    size: Option<Spanned<String>>,
+    serial: Option<String>,
+    buffer: Option<Spanned<String>>,
+    vfs: Option<Spanned<u16>>,
+    dump: Option<Spanned<String>>,
+    #[serde(default)]
+    bars: std::collections::BTreeMap<String, Spanned<String>>,
+    slot: Option<Spanned<u8>>,
+    function: Option<Spanned<u8>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileOptions {
+    inject_loss: Option<Spanned<f64>>,
+    dma_timeout_ms: Option<Spanned<u64>>,
+}
+
+fn line_col(text: &str, span: &Range<usize>) -> (usize, usize) {
+    let upto = text.get(..span.start.min(text.len())).unwrap_or(text);
+    let line = upto.matches('\n').count() + 1;
+    let col = upto.len() - upto.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, col)
+}
+
+/// Parse a size like `4096`, `0x1000`, `64K`, `16M`, `2G`, `1T` (binary units).
+pub fn parse_size(s: &str) -> Result<u64, ConfigProblem> {
+    let t = s.trim();
+    let (num, mult) = match t.chars().last().map(|c| c.to_ascii_uppercase()) {
+        Some('K') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('M') => (&t[..t.len() - 1], 1 << 20),
+        Some('G') => (&t[..t.len() - 1], 1 << 30),
+        Some('T') => (&t[..t.len() - 1], 1 << 40),
+        _ => (t, 1),
+    };
+    let invalid = || ConfigProblem::InvalidSize(s.to_string());
+    let n: u64 = if let Some(hex) = num.strip_prefix("0x") {
+        u64::from_str_radix(hex, 16).map_err(|_| invalid())?
+    } else {
+        num.parse().map_err(|_| invalid())?
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| ConfigProblem::SizeOverflow(s.to_string()))
+}
+
+/// Parse `udp:IP:PORT` or `eth:IFACE`.
+pub fn parse_listen(s: &str) -> Result<Listen, ConfigProblem> {
+    if let Some(a) = s.strip_prefix("udp:") {
+        a.parse()
+            .map(Listen::Udp)
+            .map_err(|_| ConfigProblem::BadUdpAddress(a.to_string()))
+    } else if let Some(i) = s.strip_prefix("eth:") {
+        if i.is_empty() || i.len() > 15 || i.contains('/') {
+            Err(ConfigProblem::BadInterface(i.to_string()))
+        } else {
+            Ok(Listen::Eth(i.to_string()))
+        }
+    } else {
+        Err(ConfigProblem::BadListenScheme(s.to_string()))
+    }
+}
+
+// ---- Hosts and keys: the one place that knows what a host's credential looks like. ----
+
+/// Parse a host id (1 to 16 bytes).
+pub fn parse_host_id(id: &str) -> Result<HostId, ConfigProblem> {
+    HostId::new(id).map_err(|_| ConfigProblem::BadHostId(id.to_string()))
+}
+
+/// Parse a pre-shared key written as 64 hex digits.
+pub fn parse_psk(s: &str) -> Result<Psk, ConfigProblem> {
+    Psk::from_hex(s).map_err(|_| ConfigProblem::BadKey)
+}
+
+/// Host ids accepted with the development key when no host is configured: `host` (the host
+/// agent's default), `default`, and this machine's hostname (loopback demos).
+fn development_host_ids() -> Vec<String> {
+    let mut ids = vec!["host".to_string(), "default".to_string()];
+    if let Ok(name) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        let name: String = name.trim().chars().take(16).collect();
+        if !name.is_empty() && !ids.contains(&name) {
+            ids.push(name);
+        }
+    }
+    ids
+}
+
+impl ApplianceConfig {
+    /// True when no host is configured, so the appliance accepts the built-in development
+    /// key (not secure; the CLI warns).
+    pub fn uses_development_key(&self) -> bool {
+        self.hosts.is_empty()
+    }
+
+    /// The identities and keys the transport accepts: the configured hosts, or — when there
+    /// are none — the development key for the host ids `host`, `default` and this machine's
+    /// hostname.
+    pub fn accepted_hosts(&self) -> Vec<(HostId, Psk)> {
+        if !self.hosts.is_empty() {
+            return self.hosts.iter().map(|h| (h.id, h.psk.clone())).collect();
+        }
+        development_host_ids()
+            .iter()
+            .filter_map(|id| HostId::new(id).ok())
+            .map(|id| (id, Psk::DEVELOPMENT))
+            .collect()
+    }
+}
+
+// ---- Devices ----
+
+/// Parse a `--device` flag value: `nvme=PATH[,size=SIZE]`, `dma[,buffer=SIZE][,vfs=N]` or
+/// `replay=DUMP[,barN=SIZE...]`.
+pub fn parse_device_flag(s: &str) -> Result<DeviceSpec, ConfigProblem> {
+    let mut parts = s.split(',');
+    let head = parts.next().unwrap_or("");
+    let (kind, arg) = head.split_once('=').unwrap_or((head, ""));
+    let rest: Vec<&str> = parts.collect();
+    match kind {
+        "nvme" => {
+            if arg.is_empty() {
+                return Err(ConfigProblem::NvmeNeedsPath);
+            }
+            let mut create_size = None;
+            for r in rest {
+                match r.split_once('=') {
+                    Some(("size", v)) => create_size = Some(parse_size(v)?),
+                    _ => return Err(ConfigProblem::UnknownNvmeOption(r.to_string())),
+                }
+            }
+            Ok(DeviceSpec::Nvme {
+                path: arg.into(),
+                create_size,
+                serial: None,
+            })
+        }
+        "dma" => {
+            let mut buffer = DEFAULT_DMA_BUFFER;
+            let mut vfs = 0;
+            for r in rest.iter().copied().chain((!arg.is_empty()).then_some(arg)) {
+                match r.split_once('=') {
+                    Some(("buffer", v)) => buffer = parse_size(v)?,
+                    Some(("vfs", v)) => {
+                        vfs = v
+                            .parse()
+                            .ok()
+                            .filter(|n| *n <= MAX_DMA_VFS)
+                            .ok_or_else(|| ConfigProblem::VfsFlag(v.to_string()))?
+                    }
+                    _ => return Err(ConfigProblem::UnknownDmaOption(r.to_string())),
+                }
+            }
+            Ok(DeviceSpec::Dma { buffer, vfs })
+        }
+        "replay" => {
+            if arg.is_empty() {
+                return Err(ConfigProblem::ReplayNeedsDump);
+            }
+            let mut bars = Vec::new();
+            for r in rest {
+                let (k, v) = r
+                    .split_once('=')
+                    .ok_or_else(|| ConfigProblem::ReplayOptionShape(r.to_string()))?;
+                let n: u8 = k
+                    .strip_prefix("bar")
+                    .and_then(|n| n.parse().ok())
+                    .filter(|n| *n < 6)
+                    .ok_or_else(|| ConfigProblem::UnknownReplayOption(k.to_string()))?;
+                bars.push((n, parse_size(v)?));
+            }
+            Ok(DeviceSpec::Replay {
+                dump: arg.into(),
+                bars,
+            })
+        }
+        other => Err(ConfigProblem::UnknownKind(other.to_string())),
+    }
+}
+
+impl ApplianceConfig {
+    /// Read and parse the TOML file at `path`; relative paths in it are relative to its
+    /// directory.
+    pub fn load(path: &Path) -> Result<Self, ApplianceError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ApplianceError::ReadConfig {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Ok(Self::from_toml(&text, &path.display().to_string(), base)?)
+    }
+
+    /// Parse a TOML configuration; `origin` names the file in errors, `base_dir` anchors
+    /// relative paths.
+    pub fn from_toml(text: &str, origin: &str, base_dir: &Path) -> Result<Self, ConfigError> {
+        let err = |span: Option<Range<usize>>, problem: ConfigProblem| ConfigError {
+            origin: origin.to_string(),
+            at: span.map(|s| line_col(text, &s)),
+            problem,
+        };
+        let file: FileConfig = toml::from_str(text).map_err(|e| {
+            let span = e.span();
+            err(span, ConfigProblem::Syntax(Box::new(e)))
+        })?;
+        let mut cfg = ApplianceConfig::default();
+        for l in &file.listen {
+            cfg.listen
+                .push(parse_listen(l.get_ref()).map_err(|m| err(Some(l.span()), m))?);
+        }
+        for h in &file.host {
+            let psk = parse_psk(h.psk.get_ref()).map_err(|m| err(Some(h.psk.span()), m))?;
+            let id = parse_host_id(h.id.get_ref()).map_err(|m| err(Some(h.id.span()), m))?;
+            cfg.hosts.push(HostSpec { id, psk });
+        }
+        let resolve = |p: &str| {
+            let p = PathBuf::from(p);
+            if p.is_relative() {
+                base_dir.join(p)
+            } else {
+                p
+            }
+        };
+        for (i, d) in file.device.iter().enumerate() {
+            let need = |f: &Option<Spanned<String>>, key: &'static str| {
+                f.as_ref().map(|s| s.get_ref().clone()).ok_or_else(|| {
+                    err(
+                        Some(d.kind.span()),
+                        ConfigProblem::MissingKey {
+                            index: i + 1,
+                            kind: d.kind.get_ref().clone(),
+                            key,
+                        },
+                    )
+                })
+            };
+            let size_of =
+                |f: &Spanned<String>| parse_size(f.get_ref()).map_err(|m| err(Some(f.span()), m));
+            let spec = match d.kind.get_ref().as_str() {
+                "nvme" => DeviceSpec::Nvme {
+                    path: resolve(&need(&d.path, "path")?),
+                    create_size: d.size.as_ref().map(size_of).transpose()?,
+                    serial: d.serial.clone(),
+                },
+                "dma" => DeviceSpec::Dma {
+                    buffer: d
+                        .buffer
+                        .as_ref()
+                        .map(size_of)
+                        .transpose()?
+                        .unwrap_or(DEFAULT_DMA_BUFFER),
+                    vfs: match &d.vfs {
+                        Some(v) if *v.get_ref() > MAX_DMA_VFS => {
+                            return Err(err(Some(v.span()), ConfigProblem::VfsRange))
+                        }
+                        Some(v) => *v.get_ref(),
+                        None => 0,
+                    },
+                },
+                "replay" => {
+                    let mut bars = Vec::new();
+                    for (k, v) in &d.bars {
+                        let n: u8 = k
+                            .strip_prefix("bar")
+                            .unwrap_or(k)
+                            .parse()
+                            .ok()
+                            .filter(|n| *n < 6)
+                            .ok_or_else(|| {
+                                err(Some(v.span()), ConfigProblem::UnknownBar(k.clone()))
+                            })?;
+                        bars.push((n, size_of(v)?));
+                    }
+                    DeviceSpec::Replay {
+                        dump: resolve(&need(&d.dump, "dump")?),
+                        bars,
+                    }
+                }
+                other => {
+                    return Err(err(
+                        Some(d.kind.span()),
+                        ConfigProblem::UnknownKind(other.to_string()),
+                    ))
+                }
+            };
+            let slot = match &d.slot {
+                None => u8::try_from(i)
+                    .ok()
+                    .filter(|s| *s < 32)
+                    .ok_or_else(|| err(Some(d.kind.span()), ConfigProblem::SlotsFull))?,
+                Some(s) if *s.get_ref() < 32 => *s.get_ref(),
+                Some(s) => return Err(err(Some(s.span()), ConfigProblem::SlotRange)),
+            };
+            let function = match &d.function {
+                None => 0,
+                Some(f) if *f.get_ref() < 8 => *f.get_ref(),
+                Some(f) => return Err(err(Some(f.span()), ConfigProblem::FunctionRange)),
+            };
+            let bdf = Bdf::new(0, slot, function);
+            if cfg.devices.iter().any(|d| d.bdf == bdf) {
+                return Err(err(
+                    Some(d.kind.span()),
+                    ConfigProblem::SlotTaken {
+                        index: i + 1,
+                        slot,
+                        function,
+                    },
+                ));
+            }
+            let name = match &d.name {
+                None => None,
+                Some(n) => {
+                    let id = FunctionId::named(n.get_ref())
+                        .map_err(|e| err(Some(n.span()), ConfigProblem::BadName(e)))?;
+                    if cfg
+                        .devices
+                        .iter()
+                        .any(|d| d.name.as_deref() == Some(id.as_str()))
+                    {
+                        return Err(err(
+                            Some(n.span()),
+                            ConfigProblem::DuplicateName {
+                                index: i + 1,
+                                name: id.to_string(),
+                            },
+                        ));
+                    }
+                    Some(id.to_string())
+                }
+            };
+            cfg.devices.push(DeviceConfig { bdf, name, spec });
+        }
+        if let Some(o) = &file.options {
+            if let Some(l) = &o.inject_loss {
+                if !(0.0..=100.0).contains(l.get_ref()) {
+                    return Err(err(Some(l.span()), ConfigProblem::LossRange));
+                }
+                cfg.inject_loss = *l.get_ref();
+            }
+            if let Some(t) = &o.dma_timeout_ms {
+                if *t.get_ref() == 0 {
+                    return Err(err(Some(t.span()), ConfigProblem::DmaTimeoutZero));
+                }
+                cfg.dma_timeout = Duration::from_millis(*t.get_ref());
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// Apply command-line flags on top: listeners, devices and hosts are added (each
+    /// `--device` takes the next free device number, function 0); `--inject-loss` overrides.
+    pub fn apply_flags(&mut self, flags: &ConfigFlags) -> Result<(), ConfigError> {
+        let flag_err = |flag: &str, v: &str, problem: ConfigProblem| ConfigError {
+            origin: format!("command line {flag} {v}"),
+            at: None,
+            problem,
+        };
+        for l in &flags.listen {
+            self.listen
+                .push(parse_listen(l).map_err(|m| flag_err("--listen", l, m))?);
+        }
+        for d in &flags.device {
+            let spec = parse_device_flag(d).map_err(|m| flag_err("--device", d, m))?;
+            let bdf = self
+                .free_slot()
+                .ok_or_else(|| flag_err("--device", d, ConfigProblem::SlotsFull))?;
+            self.devices.push(DeviceConfig {
+                bdf,
+                name: None,
+                spec,
+            });
+        }
+        for p in &flags.psk {
+            let (id, key) = p
+                .split_once('=')
+                .ok_or_else(|| flag_err("--psk", p, ConfigProblem::BadPskFlag))?;
+            let psk = parse_psk(key).map_err(|m| flag_err("--psk", p, m))?;
+            let id = parse_host_id(id).map_err(|m| flag_err("--psk", p, m))?;
+            self.hosts.push(HostSpec { id, psk });
+        }
+        if let Some(l) = flags.inject_loss {
+            if !(0.0..=100.0).contains(&l) {
+                return Err(flag_err(
+                    "--inject-loss",
+                    &l.to_string(),
+                    ConfigProblem::LossFlagRange,
+                ));
+            }
+            self.inject_loss = l;
+        }
+        Ok(())
+    }
+
+    /// Fill in what is still missing: with no device, one NVMe controller on a 64 MiB
+    /// temporary (sparse) file; with no listen address, [`DEFAULT_LISTEN`].
+    pub fn fill_defaults(&mut self) {
+        if self.devices.is_empty() {
+            self.devices.push(DeviceConfig {
+                bdf: Bdf::new(0, 0, 0),
+                name: None,
+                spec: DeviceSpec::ScratchNvme {
+                    size: DEFAULT_SCRATCH_NVME_BYTES,
+                },
+            });
+        }
+        if self.listen.is_empty() {
+            if let Ok(l) = parse_listen(DEFAULT_LISTEN) {
+                self.listen.push(l);
+            }
+        }
+    }
+
+    /// The lowest device number no device uses yet, function 0.
+    pub fn free_slot(&self) -> Option<Bdf> {
+        (0..32u8)
+            .find(|s| !self.devices.iter().any(|d| d.bdf.device() == *s))
+            .map(|s| Bdf::new(0, s, 0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_errors_name_file_line_and_problem() {
+        let text = "listen = [\"udp:127.0.0.1:7470\"]\n\n[[device]]\nkind = \"nvme\"\n";
+        let e = ApplianceConfig::from_toml(text, "a.toml", Path::new(".")).unwrap_err();
+        assert_eq!(e.to_string(), "a.toml:4:8: device #1 (nvme) needs `path`");
+        let text = "listen = [\"tcp:1.2.3.4:5\"]\n";
+        let e = ApplianceConfig::from_toml(text, "a.toml", Path::new(".")).unwrap_err();
+        assert!(
+            e.to_string().starts_with("a.toml:1:11: listen address"),
+            "{e}"
+        );
+        let text = "[[device]]\nkind = \"dma\"\nbufer = \"1M\"\n";
+        let e = ApplianceConfig::from_toml(text, "b.toml", Path::new(".")).unwrap_err();
+        assert!(e.to_string().starts_with("b.toml:3:1:"), "{e}");
+        assert!(e.to_string().contains("bufer"), "{e}");
+        assert!(matches!(e.problem, ConfigProblem::Syntax(_)));
+    }
+
+    #[test]
+    fn toml_range_and_duplicate_errors() {
+        let cases = [
+            ("[[device]]\nkind = \"dma\"\nvfs = 8\n", "c.toml:3:7: vfs must be 0..=7"),
+            (
+                "[[device]]\nkind = \"dma\"\nslot = 32\n",
+                "c.toml:3:8: slot must be 0..=31",
+            ),
+            (
+                "[[device]]\nkind = \"dma\"\n[[device]]\nkind = \"dma\"\nslot = 0\n",
+                "c.toml:4:8: device #2 uses slot 0 function 0, already taken",
+            ),
+            (
+                "[[host]]\nid = \"a-host-id-that-is-too-long\"\npsk = \"000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f\"\n",
+                "c.toml:2:6: host id \"a-host-id-that-is-too-long\" must be 1 to 16 bytes",
+            ),
+            (
+                "[[host]]\nid = \"h\"\npsk = \"00\"\n",
+                "c.toml:3:7: key must be 32 bytes written as 64 hex digits",
+            ),
+            (
+                "[[device]]\nkind = \"dma\"\nname = \"9lives\"\n",
+                "c.toml:3:8: function name \"9lives\" must be 1 to 32 letters, digits, '-' or '_', starting with a letter",
+            ),
+            (
+                "[[device]]\nkind = \"dma\"\nname = \"x\"\n[[device]]\nkind = \"dma\"\nname = \"x\"\n",
+                "c.toml:6:8: device #2 is named \"x\" like an earlier device",
+            ),
+            (
+                "[options]\ndma_timeout_ms = 0\n",
+                "c.toml:2:18: dma_timeout_ms must be positive",
+            ),
+            (
+                "[options]\ninject_loss = 101.0\n",
+                "c.toml:2:15: inject_loss must be 0..=100 (percent)",
+            ),
+        ];
+        for (text, want) in cases {
+            let e = ApplianceConfig::from_toml(text, "c.toml", Path::new(".")).unwrap_err();
+            assert_eq!(e.to_string(), want, "{text}");
+        }
+    }
+
+    #[test]
+    fn toml_full_schema() {
+        let text = r#"
+listen = ["udp:0.0.0.0:7470", "eth:eth1"]
+
+[[host]]
+id = "web1"
+psk = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
+
+[[device]]
+kind = "nvme"
+path = "disk.img"
+size = "1G"
+serial = "S1"
+
+[[device]]
+kind = "dma"
+name = "dma-a"
+buffer = "4M"
+slot = 5
+
+[[device]]
+kind = "replay"
+dump = "/tmp/x.lspci"
+bars = { bar0 = "16K", bar2 = "1M" }
+
+[options]
+inject_loss = 1.0
+dma_timeout_ms = 500
+"#;
+        let c = ApplianceConfig::from_toml(text, "c.toml", Path::new("/etc/pt")).unwrap();
+        assert_eq!(c.listen[1], Listen::Eth("eth1".into()));
+        assert_eq!(c.hosts[0].id, HostId::new("web1").unwrap());
+        assert_eq!(c.hosts[0].psk.0[0], 0x00);
+        assert_eq!(c.hosts[0].psk.0[31], 0x1f);
+        assert_eq!(
+            c.devices[0].spec,
+            DeviceSpec::Nvme {
+                path: "/etc/pt/disk.img".into(),
+                create_size: Some(1 << 30),
+                serial: Some("S1".into())
+            }
+        );
+        assert_eq!(c.devices[1].bdf, Bdf::new(0, 5, 0));
+        assert_eq!(c.devices[1].name.as_deref(), Some("dma-a"));
+        assert_eq!(c.devices[0].name, None);
+        assert_eq!(c.devices[2].bdf, Bdf::new(0, 2, 0));
+        assert_eq!(
+            c.devices[2].spec,
+            DeviceSpec::Replay {
+                dump: "/tmp/x.lspci".into(),
+                bars: vec![(0, 16384), (2, 1 << 20)]
+            }
+        );
+        assert_eq!(c.inject_loss, 1.0);
+        assert_eq!(c.dma_timeout, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn device_flags() {
+        assert_eq!(
+            parse_device_flag("replay=card.txt,bar0=16K,bar2=0x100000").unwrap(),
+            DeviceSpec::Replay {
+                dump: "card.txt".into(),
+                bars: vec![(0, 16384), (2, 1 << 20)]
+            }
+        );
+        assert_eq!(
+            parse_device_flag("dma").unwrap(),
+            DeviceSpec::Dma {
+                buffer: 1 << 20,
+                vfs: 0
+            }
+        );
+        assert_eq!(
+            parse_device_flag("dma,vfs=3").unwrap(),
+            DeviceSpec::Dma {
+                buffer: 1 << 20,
+                vfs: 3
+            }
+        );
+        assert!(matches!(
+            parse_device_flag("nvme"),
+            Err(ConfigProblem::NvmeNeedsPath)
+        ));
+        assert!(matches!(
+            parse_device_flag("gpu=1"),
+            Err(ConfigProblem::UnknownKind(k)) if k == "gpu"
+        ));
+        assert!(matches!(
+            parse_device_flag("replay=x,bar7=1"),
+            Err(ConfigProblem::UnknownReplayOption(_))
+        ));
+        assert!(matches!(
+            parse_device_flag("dma,vfs=8"),
+            Err(ConfigProblem::VfsFlag(_))
+        ));
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("0x1000").unwrap(), 4096);
+        assert_eq!(parse_size("64k").unwrap(), 64 << 10);
+        assert_eq!(parse_size("2G").unwrap(), 2 << 30);
+        assert!(matches!(
+            parse_size("lots"),
+            Err(ConfigProblem::InvalidSize(_))
+        ));
+        assert!(matches!(
+            parse_size("99999999999T"),
+            Err(ConfigProblem::SizeOverflow(_))
+        ));
+        assert!(parse_size("").is_err());
+        assert!(parse_size("K").is_err());
+    }
+
+    #[test]
+    fn flags_add_to_the_file_and_name_themselves_in_errors() {
+        let mut c = ApplianceConfig::from_toml(
+            "[[device]]\nkind = \"dma\"\nslot = 0\n",
+            "f.toml",
+            Path::new("."),
+        )
+        .unwrap();
+        c.apply_flags(&ConfigFlags {
+            listen: vec!["udp:127.0.0.1:0".into()],
+            device: vec!["dma,buffer=64K".into()],
+            psk: vec![format!("web1={}", "ab".repeat(32))],
+            inject_loss: Some(2.5),
+        })
+        .unwrap();
+        assert_eq!(c.devices[1].bdf, Bdf::new(0, 1, 0), "next free slot");
+        assert_eq!(c.hosts.len(), 1);
+        assert_eq!(c.inject_loss, 2.5);
+        assert!(!c.uses_development_key());
+        assert_eq!(c.accepted_hosts().len(), 1);
+        let e = c
+            .apply_flags(&ConfigFlags {
+                psk: vec!["web2".into()],
+                ..ConfigFlags::default()
+            })
+            .unwrap_err();
+        assert_eq!(e.to_string(), "command line --psk web2: want HOSTID=HEX");
+        let e = c
+            .apply_flags(&ConfigFlags {
+                inject_loss: Some(150.0),
+                ..ConfigFlags::default()
+            })
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "command line --inject-loss 150: must be 0..=100"
+        );
+    }
+
+    #[test]
+    fn defaults_fill_only_what_is_missing() {
+        let mut c = ApplianceConfig::default();
+        assert!(c.uses_development_key());
+        let dev = c.accepted_hosts();
+        assert!(dev
+            .iter()
+            .any(|(id, _)| *id == HostId::new("host").unwrap()));
+        assert!(dev.iter().all(|(_, k)| *k == Psk::DEVELOPMENT));
+        c.fill_defaults();
+        assert_eq!(
+            c.listen,
+            vec![Listen::Udp("127.0.0.1:7470".parse().unwrap())]
+        );
+        assert_eq!(
+            c.devices[0].spec,
+            DeviceSpec::ScratchNvme {
+                size: DEFAULT_SCRATCH_NVME_BYTES
+            }
+        );
+        let mut c = ApplianceConfig {
+            listen: vec![Listen::Eth("eth0".into())],
+            devices: vec![DeviceConfig {
+                bdf: Bdf::new(0, 3, 0),
+                name: None,
+                spec: DeviceSpec::Dma {
+                    buffer: 4096,
+                    vfs: 0,
+                },
+            }],
+            ..ApplianceConfig::default()
+        };
+        let before = c.clone();
+        c.fill_defaults();
+        assert_eq!(c, before);
+    }
+}

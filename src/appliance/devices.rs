@@ -1,0 +1,285 @@
+//! Building the cards a configuration names: NVMe controllers on a file or block device (or
+//! a temporary file), DMA engines (optionally SR-IOV physical functions), and replays of a real
+//! card's `lspci -xxxx` dump — each added to one [`Endpoint`] at its device/function number
+//! (same device number, other function: a multi-function card, PCIe r5.0 §7.5.1.1.9).
+//!
+//! Everything is built before anything listens: a backing file that cannot be opened, a dump
+//! that does not parse or two devices at one number are an [`ApplianceError`], and nothing
+//! runs half-configured.
+
+use crossbeam::channel::Receiver;
+
+use super::config::{ApplianceConfig, DeviceSpec, MAX_DMA_BUFFER};
+use super::inventory::{FunctionEntry, Inventory};
+use super::ApplianceError;
+use crate::endpoint::dma_engine::DmaEngine;
+use crate::endpoint::nvme::{Backend, NvmeController, NvmeOptions};
+use crate::endpoint::replay::ReplayDevice;
+use crate::endpoint::{Device, Endpoint, EndpointConfig};
+use crate::pci::replay::ReplaySizes;
+use std::path::PathBuf;
+
+/// Something worth telling the operator about a device that was built anyway.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BuildWarning {
+    /// A replayed BAR whose size was not configured; its size was guessed from the address.
+    #[error(
+        "{}: BAR {index} size not given, guessed {size} bytes (give bar{index}=SIZE)",
+        dump.display()
+    )]
+    GuessedBarSize {
+        /// The dump.
+        dump: PathBuf,
+        /// BAR index.
+        index: usize,
+        /// Guessed size in bytes.
+        size: u64,
+    },
+}
+
+/// Temporary backing files, deleted when this is dropped (after the devices on them).
+#[derive(Debug, Default)]
+pub struct Scratch(Vec<tempfile::TempDir>);
+
+/// The devices of a configuration, built and added to an endpoint.
+#[derive(Debug)]
+pub struct Built {
+    /// The endpoint proxy holding every function.
+    pub endpoint: Endpoint,
+    /// Its outbound TLP queue (completions, DMA requests, interrupts, in wire order).
+    pub outbound: Receiver<Vec<u8>>,
+    /// One entry per function built (all unassigned), and the configured hosts.
+    pub inventory: Inventory,
+    /// What the operator should know.
+    pub warnings: Vec<BuildWarning>,
+    scratch: Scratch,
+}
+
+impl Built {
+    /// The parts; keep the [`Scratch`] alive as long as the endpoint.
+    pub fn into_parts(self) -> (Endpoint, Receiver<Vec<u8>>, Scratch) {
+        (self.endpoint, self.outbound, self.scratch)
+    }
+}
+
+/// Build every device of `cfg` (backing files opened or created) into a new endpoint.
+pub fn build(cfg: &ApplianceConfig) -> Result<Built, ApplianceError> {
+    let (mut endpoint, outbound) = Endpoint::new(EndpointConfig {
+        dma_timeout: cfg.dma_timeout,
+        ..EndpointConfig::default()
+    });
+    let mut warnings = Vec::new();
+    let mut scratch = Scratch::default();
+    let mut inventory = Inventory::new(cfg.accepted_hosts().into_iter().map(|(id, _)| id));
+    for d in &cfg.devices {
+        let mut dev = build_device(&d.spec, &mut warnings, &mut scratch)?;
+        // Read its identity before the endpoint owns it (nothing has touched its registers).
+        let entry = FunctionEntry::describe(d.bdf, d.name.as_deref(), &mut *dev)?;
+        endpoint.add_function(d.bdf, dev)?;
+        inventory.add(entry)?;
+    }
+    Ok(Built {
+        endpoint,
+        outbound,
+        inventory,
+        warnings,
+        scratch,
+    })
+}
+
+fn build_device(
+    spec: &DeviceSpec,
+    warnings: &mut Vec<BuildWarning>,
+    scratch: &mut Scratch,
+) -> Result<Box<dyn Device>, ApplianceError> {
+    Ok(match spec {
+        DeviceSpec::Nvme {
+            path,
+            create_size,
+            serial,
+        } => {
+            let backend = match create_size {
+                Some(size) if !path.exists() => Backend::create(path, *size),
+                _ => Backend::open(path),
+            }?;
+            Box::new(NvmeController::new(
+                backend,
+                NvmeOptions {
+                    serial: serial.clone(),
+                    ..NvmeOptions::default()
+                },
+            ))
+        }
+        DeviceSpec::ScratchNvme { size } => {
+            let dir = tempfile::tempdir().map_err(ApplianceError::Scratch)?;
+            let backend = Backend::create(&dir.path().join("nvme0n1.img"), *size)?;
+            scratch.0.push(dir);
+            Box::new(NvmeController::new(backend, NvmeOptions::default()))
+        }
+        DeviceSpec::Dma { buffer, vfs } => {
+            if *buffer > MAX_DMA_BUFFER {
+                return Err(ApplianceError::DmaBufferTooLarge(*buffer));
+            }
+            let buffer =
+                usize::try_from(*buffer).map_err(|_| ApplianceError::DmaBufferTooLarge(*buffer))?;
+            Box::new(DmaEngine::with_vfs(buffer, *vfs))
+        }
+        DeviceSpec::Replay { dump, bars } => {
+            let mut sizes = ReplaySizes::default();
+            for (i, size) in bars {
+                if let Some(slot) = sizes.bars.get_mut(usize::from(*i)) {
+                    *slot = Some(*size);
+                }
+            }
+            let dev = ReplayDevice::from_file(dump, &sizes)?;
+            for b in dev.bars().iter().filter(|b| b.inferred) {
+                warnings.push(BuildWarning::GuessedBarSize {
+                    dump: dump.clone(),
+                    index: b.index,
+                    size: b.size,
+                });
+            }
+            Box::new(dev)
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::appliance::config::DeviceConfig;
+    use crate::endpoint::Bdf;
+
+    fn cfg(devices: Vec<(Bdf, DeviceSpec)>) -> ApplianceConfig {
+        ApplianceConfig {
+            devices: devices
+                .into_iter()
+                .map(|(bdf, spec)| DeviceConfig {
+                    bdf,
+                    name: None,
+                    spec,
+                })
+                .collect(),
+            ..ApplianceConfig::default()
+        }
+    }
+
+    #[test]
+    fn builds_a_multi_function_card_in_order() {
+        let b = build(&cfg(vec![
+            (Bdf::new(0, 0, 0), DeviceSpec::ScratchNvme { size: 1 << 20 }),
+            (
+                Bdf::new(0, 0, 1),
+                DeviceSpec::Dma {
+                    buffer: 4096,
+                    vfs: 2,
+                },
+            ),
+        ]))
+        .unwrap();
+        assert_eq!(
+            b.endpoint.functions(),
+            vec![Bdf::new(0, 0, 0), Bdf::new(0, 0, 1)]
+        );
+        assert_eq!(b.endpoint.function_names(), vec!["nvme", "dma"]);
+        assert!(b.warnings.is_empty());
+        let inv = b.inventory.functions();
+        assert_eq!(inv.len(), 2);
+        assert_eq!(inv[0].id.as_str(), "00.0");
+        assert_eq!(
+            inv[0].ids.class, 0x01_08_02,
+            "NVMe class read from config space"
+        );
+        assert_eq!(inv[1].id.as_str(), "00.1");
+        assert_eq!(inv[1].ids.vendor, 0x1b36);
+        assert_eq!(inv[1].total_vfs, 2);
+    }
+
+    #[test]
+    fn refuses_what_cannot_be_built() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.img");
+        let e = build(&cfg(vec![(
+            Bdf::new(0, 0, 0),
+            DeviceSpec::Nvme {
+                path: missing.clone(),
+                create_size: None,
+                serial: None,
+            },
+        )]))
+        .unwrap_err();
+        assert!(matches!(e, ApplianceError::Nvme(_)), "{e}");
+        assert!(e.to_string().contains("missing.img"), "{e}");
+        let e = build(&cfg(vec![(
+            Bdf::new(0, 0, 0),
+            DeviceSpec::Dma {
+                buffer: 2 << 30,
+                vfs: 0,
+            },
+        )]))
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "DMA engine buffer of 2147483648 bytes is over the 1 GiB limit"
+        );
+        let dma = DeviceSpec::Dma {
+            buffer: 4096,
+            vfs: 0,
+        };
+        let e = build(&cfg(vec![
+            (Bdf::new(0, 1, 0), dma.clone()),
+            (Bdf::new(0, 1, 0), dma),
+        ]))
+        .unwrap_err();
+        assert!(matches!(e, ApplianceError::Endpoint(_)), "{e}");
+    }
+
+    #[test]
+    fn nvme_backing_file_is_created_with_its_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("disk.img");
+        build(&cfg(vec![(
+            Bdf::new(0, 0, 0),
+            DeviceSpec::Nvme {
+                path: img.clone(),
+                create_size: Some(8 << 20),
+                serial: Some("S1".into()),
+            },
+        )]))
+        .unwrap();
+        assert_eq!(std::fs::metadata(&img).unwrap().len(), 8 << 20);
+    }
+
+    #[test]
+    fn replay_without_bar_sizes_warns() {
+        let dump = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/lspci/vmware-nvme.txt"
+        );
+        let b = build(&cfg(vec![(
+            Bdf::new(0, 0, 0),
+            DeviceSpec::Replay {
+                dump: dump.into(),
+                bars: vec![],
+            },
+        )]))
+        .unwrap();
+        assert!(!b.warnings.is_empty());
+        assert!(
+            b.warnings[0]
+                .to_string()
+                .contains("size not given, guessed"),
+            "{}",
+            b.warnings[0]
+        );
+        let b = build(&cfg(vec![(
+            Bdf::new(0, 0, 0),
+            DeviceSpec::Replay {
+                dump: dump.into(),
+                bars: vec![(0, 16 << 10), (2, 16)],
+            },
+        )]))
+        .unwrap();
+        assert!(b.warnings.is_empty(), "{:?}", b.warnings);
+    }
+}

@@ -1,0 +1,119 @@
+//! The appliance runtime: the cards an appliance fronts, served over the tunnel to the hosts
+//! allowed to connect — the counterpart of the host agent (`host::agent::Agent`) on
+//! the other end of the wire.
+//!
+//! * [`config`] — the configuration (TOML file, flags, defaults) with located errors;
+//! * [`devices`] — building the cards a configuration names into an endpoint;
+//! * [`inventory`] — every function under a stable id, its PCI identity and its owner;
+//! * [`session`] — host sessions and which one the functions answer, with PCIe's resets;
+//! * [`pump`] — the endpoint served on the thread that drives its link;
+//! * [`runtime`] — [`Appliance`]: build, serve or start, counters, orderly stop.
+//!
+//! `pcietun appliance` is a thin front-end over this module; tests, the bench rig and the demo
+//! run the same [`Appliance`] in-process. Layering: this module sits above `endpoint` and
+//! `transport` and never imports `host` (the two halves meet only on the wire).
+//! docs/appliance.md describes the runtime and the plan for the pool (inventory, assignment,
+//! per-host routing) that grows here.
+
+pub mod config;
+pub mod devices;
+pub mod inventory;
+pub mod pump;
+pub mod runtime;
+pub mod session;
+
+pub use config::{
+    ApplianceConfig, ConfigError, ConfigFlags, ConfigProblem, DeviceConfig, DeviceSpec, HostSpec,
+    LinkOptions, Listen,
+};
+pub use devices::BuildWarning;
+pub use inventory::{FunctionEntry, FunctionId, FunctionState, Inventory, InventoryError};
+pub use runtime::{Appliance, ApplianceStats, Counters, Ready, Running};
+
+use std::path::PathBuf;
+
+/// Why the appliance could not be configured, built or served.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplianceError {
+    /// A configuration value is wrong (located: file and line, or the flag).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The configuration file cannot be read.
+    #[error("cannot read {}: {source}", path.display())]
+    ReadConfig {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An NVMe backing store cannot be opened or created (the message names it).
+    #[error(transparent)]
+    Nvme(#[from] crate::endpoint::nvme::BackendError),
+    /// A replay dump cannot be read or does not describe one function (the message names it).
+    #[error(transparent)]
+    Replay(#[from] crate::endpoint::replay::ReplayDeviceError),
+    /// A DMA engine buffer over [`config::MAX_DMA_BUFFER`].
+    #[error("DMA engine buffer of {0} bytes is over the 1 GiB limit")]
+    DmaBufferTooLarge(u64),
+    /// The temporary directory of a scratch NVMe backing file cannot be created.
+    #[error("cannot create a temporary NVMe backing file: {0}")]
+    Scratch(#[source] std::io::Error),
+    /// The endpoint refused a function (two at one device/function number).
+    #[error(transparent)]
+    Endpoint(#[from] crate::endpoint::EndpointError),
+    /// The inventory refused a function (a bad or duplicate id).
+    #[error(transparent)]
+    Inventory(#[from] inventory::InventoryError),
+    /// Serving was asked for with no listen address and no port.
+    #[error("nothing to listen on: no listen address configured")]
+    NoListener,
+    /// A listen address cannot be opened.
+    #[error("cannot listen on {listen}: {source}")]
+    Listen {
+        /// The address.
+        listen: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A link's transport thread cannot be started.
+    #[error("{listen}: {source}")]
+    StartLink {
+        /// The address.
+        listen: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A link failed while serving.
+    #[error("transport on {listen}: {source}")]
+    Transport {
+        /// The address.
+        listen: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A link's transport thread stopped while serving.
+    #[error("transport on {listen} stopped")]
+    LinkStopped {
+        /// The address.
+        listen: String,
+    },
+    /// A thread of the appliance cannot be started.
+    #[error("cannot start the {what} thread: {source}")]
+    Thread {
+        /// Which.
+        what: &'static str,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The readiness announcement failed (e.g. stdout closed).
+    #[error("cannot announce readiness: {0}")]
+    Announce(#[source] std::io::Error),
+    /// The serving thread panicked.
+    #[error("the appliance's serving thread panicked")]
+    Panicked,
+}
