@@ -258,6 +258,19 @@ pub enum Error {
         /// The TLP kind.
         kind: &'static str,
     },
+    /// A message that breaks the rule of its Message Code (§2.2.8, [`message::RULES`]):
+    /// routing, Msg/MsgD and payload length, or Traffic Class.
+    #[error("{name} (Message Code {code:#04x}) is {violation} (PCIe Base Specification {spec})")]
+    Message {
+        /// Message Code.
+        code: u8,
+        /// The message's name.
+        name: &'static str,
+        /// Which part of the rule it breaks.
+        violation: message::Violation,
+        /// The table the rule comes from.
+        spec: &'static str,
+    },
     /// Byte enables the specification forbids (§2.2.5).
     #[error("forbidden byte enables: First BE {first:#x}, Last BE {last:#x}, Length {length_dw} DW: {reason}")]
     ByteEnables {
