@@ -6,10 +6,13 @@
 //! * [`classify`] — ordering class and flow-control credits from DW0 alone ([`class`]).
 //! * [`split`] — byte-enable arithmetic, splitting requests at MRRS/MPS and read completions
 //!   at the Read Completion Boundary.
+//! * [`build`] — constructors for what both halves build: memory reads and writes, MSI,
+//!   configuration requests, completions (split at RCB/MPS), INTx messages.
 //! * [`header`] — the type-specific header values; validation rules live in `validate.rs`.
 //! * [`ecrc`] — the TLP digest (§2.7.1); [`message`], [`prefix`] — message codes and prefixes.
 //! * [`json`] — the stable JSON form used by `pcietun tlp` (documented in docs/tlp.md).
 
+pub mod build;
 pub mod class;
 mod display;
 pub mod ecrc;
