@@ -65,6 +65,11 @@ impl MsixState {
             let mut bytes = e[dw].to_le_bytes();
             bytes[o % 4] = *b;
             let mut v = u32::from_le_bytes(bytes);
+            if dw == 0 {
+                // Message Address bits 1:0 keep the message DW-aligned; the spec lets them
+                // be read-only zero (PCIe Base Spec §7.7.2.2).
+                v &= !3;
+            }
             if dw == 3 {
                 v &= 1; // only the Mask bit is writable
                 ctl_changed = true;
@@ -176,8 +181,12 @@ impl FunctionShared {
         if want != s.asserted {
             s.asserted = want;
             let mut tlp = Vec::with_capacity(16);
-            wire::emit_intx(&mut tlp, self.bdf(), d.int_pin.saturating_sub(1), want);
-            self.send(tlp);
+            match wire::emit_intx(&mut tlp, self.bdf(), d.int_pin.saturating_sub(1), want) {
+                Ok(()) => {
+                    self.send(tlp);
+                }
+                Err(e) => tracing::warn!(bdf = %self.bdf(), error = %e, "cannot signal INTx"),
+            }
         }
     }
 
@@ -198,7 +207,11 @@ impl FunctionShared {
 
     fn send_msi(&self, addr: u64, data: u32) {
         let mut tlp = Vec::with_capacity(20);
-        wire::emit_mem_write(&mut tlp, self.bdf(), addr, &data.to_le_bytes());
-        self.send(tlp);
+        match wire::emit_msi(&mut tlp, self.bdf(), addr, data) {
+            Ok(()) => {
+                self.send(tlp);
+            }
+            Err(e) => tracing::warn!(bdf = %self.bdf(), error = %e, "cannot send an MSI-X message"),
+        }
     }
 }

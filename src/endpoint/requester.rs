@@ -63,6 +63,9 @@ pub enum DmaError {
     /// The endpoint is shutting down (its outbound queue is gone).
     #[error("endpoint is shut down")]
     Shutdown,
+    /// The request TLP could not be built (see [`crate::tlp::build`]).
+    #[error(transparent)]
+    Build(#[from] wire::WireError),
 }
 
 /// A DMA read in progress, shared by the caller and the TLP thread.
@@ -324,7 +327,10 @@ impl DmaHandle {
                 .outstanding += 1;
             drop(slots);
             let mut tlp = Vec::with_capacity(16);
-            wire::emit_mem_read(&mut tlp, bdf, tag as u16, a, n as u32);
+            if let Err(e) = wire::emit_mem_read(&mut tlp, bdf, tag as u16, a, n as u32) {
+                self.fail_op(&op);
+                return Err(e.into());
+            }
             if !self.f.send(tlp) {
                 self.fail_op(&op);
                 return Err(DmaError::Shutdown);
@@ -384,7 +390,7 @@ impl DmaHandle {
             let lead = (a & 3) as usize;
             let n = (data.len() - off).min(mps - lead).min(to_4k);
             let mut tlp = Vec::with_capacity(16 + n + 4);
-            wire::emit_mem_write(&mut tlp, bdf, a, &data[off..off + n]);
+            wire::emit_mem_write(&mut tlp, bdf, a, &data[off..off + n])?;
             if !self.f.send(tlp) {
                 return Err(DmaError::Shutdown);
             }
