@@ -153,7 +153,10 @@ fn aimed_strategy() -> impl Strategy<Value = Vec<u8>> {
             0u64..0x2000,
             prop::collection::vec(any::<u8>(), 1..64)
         )
-            .prop_map(|(base, off, data)| {
+            .prop_map(|(base, off, mut data)| {
+                // One write request never crosses 4 KiB (§2.2.7).
+                let room = 0x1000 - ((base + off) & 0xfff) as usize;
+                data.truncate(room);
                 let mut t = Vec::new();
                 wire::emit_mem_write(&mut t, Bdf(0), base + off, &data).unwrap();
                 t
