@@ -98,7 +98,7 @@ pub enum Kind {
     },
     /// Message (with or without data).
     Message {
-        /// Routing subfield r[2:0].
+        /// Routing subfield r\[2:0\].
         routing: u8,
         /// Message code.
         code: u8,

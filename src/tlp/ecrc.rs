@@ -5,7 +5,7 @@
 //! remainder bit 31 in bit 0 of the first digest byte — which is exactly the reflected
 //! CRC-32 of IEEE 802.3 (`CRC_32_ISO_HDLC`) with its value sent little-endian. It covers every
 //! End-End prefix, the header and the payload; Local prefixes are not covered. The two
-//! *variant* bits, Type[0] and EP, are taken as 1 so that the digest survives a Type 1 → 0
+//! *variant* bits, Type\[0\] and EP, are taken as 1 so that the digest survives a Type 1 → 0
 //! configuration conversion and poisoning on the way.
 
 use super::packet::field;

@@ -5,13 +5,13 @@
 //! §10.3–§10.4 for the ATS messages).
 //!
 //! [`RULES`] is the one copy of that knowledge in the code base: for each code, the routings
-//! r[2:0] it may use, whether it is a Msg or a MsgD (and how long the payload is where the
+//! r\[2:0\] it may use, whether it is a Msg or a MsgD (and how long the payload is where the
 //! spec fixes it), whether it must travel on TC0, and the spec table it comes from. The
 //! validator (`validate.rs`), the analyser output and the test generators all read it.
 
 use core::fmt;
 
-/// Message routing subfield r[2:0] of the Type field (§2.2.8 Table 2-20).
+/// Message routing subfield r\[2:0\] of the Type field (§2.2.8 Table 2-20).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum MsgRouting {
@@ -40,7 +40,7 @@ impl MsgRouting {
         Self::Gathered,
     ];
 
-    /// Decode r[2:0]; 110 and 111 are reserved.
+    /// Decode r\[2:0\]; 110 and 111 are reserved.
     pub const fn from_bits(r: u8) -> Option<MsgRouting> {
         Some(match r {
             0 => Self::ToRc,
@@ -77,7 +77,7 @@ impl fmt::Display for MsgRouting {
     }
 }
 
-/// A set of routings (bit r of the mask allows r[2:0] = r).
+/// A set of routings (bit r of the mask allows r\[2:0\] = r).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RoutingSet(u8);
 
@@ -100,7 +100,7 @@ impl RoutingSet {
         self.0 & (1 << r as u8) != 0
     }
 
-    /// The routings in the set, in r[2:0] order.
+    /// The routings in the set, in r\[2:0\] order.
     pub fn iter(self) -> impl Iterator<Item = MsgRouting> {
         MsgRouting::ALL
             .into_iter()
@@ -175,7 +175,7 @@ pub struct MsgRule {
     pub subtype: Option<u8>,
     /// The name the specification gives it.
     pub name: &'static str,
-    /// The routings r[2:0] it may use.
+    /// The routings r\[2:0\] it may use.
     pub routings: RoutingSet,
     /// Msg or MsgD, and the payload length.
     pub payload: Payload,
@@ -498,7 +498,7 @@ pub const fn code_name(code: u8) -> Option<&'static str> {
 pub enum Violation {
     /// A routing the code does not allow.
     Routing {
-        /// r[2:0] found.
+        /// r\[2:0\] found.
         found: MsgRouting,
         /// What the rule allows.
         allowed: RoutingSet,

@@ -88,7 +88,7 @@ impl core::str::FromStr for Bdf {
     }
 }
 
-/// The TLP type given by Fmt[2:0] and Type[4:0] (§2.2.1.1, Table 2-3). The address width of
+/// The TLP type given by Fmt\[2:0\] and Type\[4:0\] (§2.2.1.1, Table 2-3). The address width of
 /// memory requests and AtomicOps is Fmt bit 0 and not part of the kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
@@ -166,7 +166,7 @@ impl Kind {
         })
     }
 
-    /// Type[4:0] of this kind.
+    /// Type\[4:0\] of this kind.
     pub const fn type_bits(self) -> u8 {
         match self {
             Kind::MRd | Kind::MWr => 0b0_0000,
@@ -234,9 +234,9 @@ pub enum Error {
     /// A Fmt/Type combination the specification reserves (§2.2.1.1 Table 2-3).
     #[error("reserved Fmt/Type combination: Fmt {fmt:03b} Type {ty:05b}")]
     ReservedFmtType {
-        /// Fmt[2:0].
+        /// Fmt\[2:0\].
         fmt: u8,
-        /// Type[4:0].
+        /// Type\[4:0\].
         ty: u8,
     },
     /// More prefixes than the specification (or our bound) allows.

@@ -56,17 +56,17 @@ pub mod field {
     }
 
     // DW0, common to every TLP (§2.2.1.1, Figure 2-5).
-    /// Fmt[2:0]: byte 0 bits 7:5.
+    /// Fmt\[2:0\]: byte 0 bits 7:5.
     pub const FMT: Bits = bits(0, 7, 5);
-    /// Type[4:0]: byte 0 bits 4:0.
+    /// Type\[4:0\]: byte 0 bits 4:0.
     pub const TYPE: Bits = bits(0, 4, 0);
     /// T9 (Tag bit 9): byte 1 bit 7.
     pub const T9: Bits = bits(1, 7, 7);
-    /// TC[2:0]: byte 1 bits 6:4.
+    /// TC\[2:0\]: byte 1 bits 6:4.
     pub const TC: Bits = bits(1, 6, 4);
     /// T8 (Tag bit 8): byte 1 bit 3.
     pub const T8: Bits = bits(1, 3, 3);
-    /// Attr[2], ID-Based Ordering: byte 1 bit 2.
+    /// Attr\[2\], ID-Based Ordering: byte 1 bit 2.
     pub const ATTR_IDO: Bits = bits(1, 2, 2);
     /// LN (reserved since 6.0): byte 1 bit 1.
     pub const LN: Bits = bits(1, 1, 1);
@@ -76,21 +76,21 @@ pub mod field {
     pub const TD: Bits = bits(2, 7, 7);
     /// EP: byte 2 bit 6.
     pub const EP: Bits = bits(2, 6, 6);
-    /// Attr[1], Relaxed Ordering: byte 2 bit 5.
+    /// Attr\[1\], Relaxed Ordering: byte 2 bit 5.
     pub const ATTR_RO: Bits = bits(2, 5, 5);
-    /// Attr[0], No Snoop: byte 2 bit 4.
+    /// Attr\[0\], No Snoop: byte 2 bit 4.
     pub const ATTR_NS: Bits = bits(2, 4, 4);
-    /// AT[1:0]: byte 2 bits 3:2.
+    /// AT\[1:0\]: byte 2 bits 3:2.
     pub const AT: Bits = bits(2, 3, 2);
-    /// Length[9:8]: byte 2 bits 1:0.
+    /// Length\[9:8\]: byte 2 bits 1:0.
     pub const LENGTH_HI: Bits = bits(2, 1, 0);
-    /// Length[7:0]: byte 3.
+    /// Length\[7:0\]: byte 3.
     pub const LENGTH_LO: usize = 3;
 
     // Requests (memory, IO, configuration, messages, AtomicOps), DW1 (§2.2.7).
     /// Requester ID.
     pub const REQUESTER_ID: Field = 4..6;
-    /// Tag[7:0] (T9/T8 live in byte 1).
+    /// Tag\[7:0\] (T9/T8 live in byte 1).
     pub const TAG: usize = 6;
     /// Last DW BE: byte 7 bits 7:4.
     pub const LAST_BE: Bits = bits(7, 7, 4);
@@ -128,21 +128,21 @@ pub mod field {
     // Completions (§2.2.9, Figure 2-79).
     /// Completer ID.
     pub const COMPLETER_ID: Field = 4..6;
-    /// Completion Status[2:0]: byte 6 bits 7:5.
+    /// Completion Status\[2:0\]: byte 6 bits 7:5.
     pub const CPL_STATUS: Bits = bits(6, 7, 5);
     /// BCM: byte 6 bit 4.
     pub const BCM: Bits = bits(6, 4, 4);
-    /// Byte Count[11:8]: byte 6 bits 3:0.
+    /// Byte Count\[11:8\]: byte 6 bits 3:0.
     pub const BYTE_COUNT_HI: Bits = bits(6, 3, 0);
-    /// Byte Count[7:0]: byte 7.
+    /// Byte Count\[7:0\]: byte 7.
     pub const BYTE_COUNT_LO: usize = 7;
     /// Requester ID of the request being completed.
     pub const CPL_REQUESTER_ID: Field = 8..10;
-    /// Tag[7:0] of the request being completed.
+    /// Tag\[7:0\] of the request being completed.
     pub const CPL_TAG: usize = 10;
     /// Reserved: byte 11 bit 7.
     pub const CPL_RSVD: Bits = bits(11, 7, 7);
-    /// Lower Address[6:0]: byte 11 bits 6:0.
+    /// Lower Address\[6:0\]: byte 11 bits 6:0.
     pub const LOWER_ADDR: Bits = bits(11, 6, 0);
 }
 
@@ -152,7 +152,7 @@ pub const MAX_E2E_PREFIXES: usize = 4;
 /// a stream of prefix DWs cannot make us walk an unbounded buffer.
 pub const MAX_LOCAL_PREFIXES: usize = 4;
 
-/// Fmt[2:0] of a TLP prefix (§2.2.1.1 Table 2-2).
+/// Fmt\[2:0\] of a TLP prefix (§2.2.1.1 Table 2-2).
 pub const FMT_PREFIX: u8 = 0b100;
 /// Fmt bit 0: 4 DW header.
 pub const FMT_4DW: u8 = 0b001;
@@ -355,12 +355,12 @@ impl<T: AsRef<[u8]>> Packet<T> {
         self.bits(f) != 0
     }
 
-    /// Fmt[2:0].
+    /// Fmt\[2:0\].
     #[inline]
     pub fn fmt(&self) -> u8 {
         self.bits(field::FMT)
     }
-    /// Type[4:0].
+    /// Type\[4:0\].
     #[inline]
     pub fn ty(&self) -> u8 {
         self.bits(field::TYPE)
@@ -375,7 +375,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
     pub fn tag_hi(&self) -> u16 {
         (u16::from(self.bits(field::T9)) << 9) | (u16::from(self.bits(field::T8)) << 8)
     }
-    /// Attr[2], ID-Based Ordering.
+    /// Attr\[2\], ID-Based Ordering.
     #[inline]
     pub fn attr_ido(&self) -> bool {
         self.flag(field::ATTR_IDO)
@@ -400,17 +400,17 @@ impl<T: AsRef<[u8]>> Packet<T> {
     pub fn ep(&self) -> bool {
         self.flag(field::EP)
     }
-    /// Attr[1], Relaxed Ordering.
+    /// Attr\[1\], Relaxed Ordering.
     #[inline]
     pub fn attr_ro(&self) -> bool {
         self.flag(field::ATTR_RO)
     }
-    /// Attr[0], No Snoop.
+    /// Attr\[0\], No Snoop.
     #[inline]
     pub fn attr_ns(&self) -> bool {
         self.flag(field::ATTR_NS)
     }
-    /// AT[1:0], Address Type.
+    /// AT\[1:0\], Address Type.
     #[inline]
     pub fn at(&self) -> u8 {
         self.bits(field::AT)
@@ -503,7 +503,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
     pub fn completer_id(&self) -> u16 {
         be16(self.header(), field::COMPLETER_ID)
     }
-    /// Completion Status[2:0] (raw).
+    /// Completion Status\[2:0\] (raw).
     #[inline]
     pub fn cpl_status(&self) -> u8 {
         self.bits(field::CPL_STATUS)
@@ -534,7 +534,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
     pub fn cpl_tag(&self) -> u16 {
         self.tag_hi() | u16::from(self.header()[field::CPL_TAG])
     }
-    /// Lower Address[6:0] of a completion.
+    /// Lower Address\[6:0\] of a completion.
     #[inline]
     pub fn lower_address(&self) -> u8 {
         self.bits(field::LOWER_ADDR)
@@ -598,12 +598,12 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
         self.header_mut()[r].copy_from_slice(&v.to_be_bytes());
     }
 
-    /// Fmt[2:0].
+    /// Fmt\[2:0\].
     #[inline]
     pub fn set_fmt(&mut self, v: u8) {
         self.set_bits(field::FMT, v);
     }
-    /// Type[4:0].
+    /// Type\[4:0\].
     #[inline]
     pub fn set_ty(&mut self, v: u8) {
         self.set_bits(field::TYPE, v);
@@ -619,7 +619,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
         self.set_bits(field::T9, (tag >> 9) as u8);
         self.set_bits(field::T8, (tag >> 8) as u8);
     }
-    /// Attr[2], ID-Based Ordering.
+    /// Attr\[2\], ID-Based Ordering.
     #[inline]
     pub fn set_attr_ido(&mut self, v: bool) {
         self.set_bits(field::ATTR_IDO, v.into());
@@ -644,17 +644,17 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     pub fn set_ep(&mut self, v: bool) {
         self.set_bits(field::EP, v.into());
     }
-    /// Attr[1], Relaxed Ordering.
+    /// Attr\[1\], Relaxed Ordering.
     #[inline]
     pub fn set_attr_ro(&mut self, v: bool) {
         self.set_bits(field::ATTR_RO, v.into());
     }
-    /// Attr[0], No Snoop.
+    /// Attr\[0\], No Snoop.
     #[inline]
     pub fn set_attr_ns(&mut self, v: bool) {
         self.set_bits(field::ATTR_NS, v.into());
     }
-    /// AT[1:0].
+    /// AT\[1:0\].
     #[inline]
     pub fn set_at(&mut self, v: u8) {
         self.set_bits(field::AT, v);
@@ -671,7 +671,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     pub fn set_requester_id(&mut self, v: u16) {
         self.set_be16(field::REQUESTER_ID, v);
     }
-    /// 10-bit tag of a request (T9, T8 and Tag[7:0]).
+    /// 10-bit tag of a request (T9, T8 and Tag\[7:0\]).
     #[inline]
     pub fn set_tag(&mut self, v: u16) {
         self.set_tag_hi(v);
@@ -732,7 +732,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     pub fn set_completer_id(&mut self, v: u16) {
         self.set_be16(field::COMPLETER_ID, v);
     }
-    /// Completion Status[2:0] (raw).
+    /// Completion Status\[2:0\] (raw).
     #[inline]
     pub fn set_cpl_status(&mut self, v: u8) {
         self.set_bits(field::CPL_STATUS, v);
@@ -754,13 +754,13 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     pub fn set_cpl_requester_id(&mut self, v: u16) {
         self.set_be16(field::CPL_REQUESTER_ID, v);
     }
-    /// 10-bit tag of a completion (T9, T8 and Tag[7:0]).
+    /// 10-bit tag of a completion (T9, T8 and Tag\[7:0\]).
     #[inline]
     pub fn set_cpl_tag(&mut self, v: u16) {
         self.set_tag_hi(v);
         self.header_mut()[field::CPL_TAG] = v as u8;
     }
-    /// Lower Address[6:0] of a completion.
+    /// Lower Address\[6:0\] of a completion.
     #[inline]
     pub fn set_lower_address(&mut self, v: u8) {
         self.set_bits(field::LOWER_ADDR, v);

@@ -86,7 +86,7 @@ impl<'a> Tlp<'a> {
         }
     }
 
-    /// Fmt[2:0].
+    /// Fmt\[2:0\].
     pub const fn fmt(&self) -> u8 {
         ((self.kind().has_data() as u8) << 1) | self.four_dw() as u8
     }
