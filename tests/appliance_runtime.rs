@@ -8,9 +8,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use pcietun::appliance::{Appliance, ApplianceConfig, ApplianceError, FunctionState, Running};
-use pcietun::pci::class::dma_engine::{reg, ID_VALUE};
 use pcietun::host::agent::{Agent, AgentConfig, AgentError, Target};
 use pcietun::host::HostConfig;
+use pcietun::pci::class::dma_engine::{reg, ID_VALUE};
 use pcietun::transport::{HostId, Psk};
 
 const KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";

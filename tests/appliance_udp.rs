@@ -118,7 +118,8 @@ impl Host {
             (first & 0x7f) as u8,
             0,
             &data,
-        );
+        )
+        .unwrap();
         self.t.send(self.conn, Bytes::from(c)).unwrap();
     }
 
@@ -143,7 +144,7 @@ impl Host {
     fn read32(&mut self, addr: u64, mem: &mut [u8]) -> u32 {
         self.tag = self.tag.wrapping_add(1);
         let mut t = Vec::new();
-        wire::emit_mem_read(&mut t, Bdf(0), u16::from(self.tag), addr, 4);
+        wire::emit_mem_read(&mut t, Bdf(0), u16::from(self.tag), addr, 4).unwrap();
         self.t.send(self.conn, Bytes::from(t)).unwrap();
         let d = self.wait_cpl(self.tag, mem);
         u32::from_le_bytes([d[0], d[1], d[2], d[3]])
@@ -151,7 +152,7 @@ impl Host {
 
     fn write32(&mut self, addr: u64, v: u32) {
         let mut t = Vec::new();
-        wire::emit_mem_write(&mut t, Bdf(0), addr, &v.to_le_bytes());
+        wire::emit_mem_write(&mut t, Bdf(0), addr, &v.to_le_bytes()).unwrap();
         self.t.send(self.conn, Bytes::from(t)).unwrap();
     }
 }

@@ -53,7 +53,7 @@ fn snapshot(ep: &mut Endpoint, rx: &Receiver<Vec<u8>>) -> Vec<u8> {
     }
     for off in (0..VICTIM_BUF_SIZE).step_by(512) {
         let mut t = Vec::new();
-        wire::emit_mem_read(&mut t, Bdf(0x0100), 0xee, VICTIM_BUF + off, 512);
+        wire::emit_mem_read(&mut t, Bdf(0x0100), 0xee, VICTIM_BUF + off, 512).unwrap();
         out.extend(probe(ep, rx, &t));
     }
     out
@@ -86,7 +86,7 @@ fn setup() -> (Endpoint, Receiver<Vec<u8>>) {
     let pattern: Vec<u8> = (0..512u32).map(|i| (i * 13) as u8).collect();
     for off in (0..VICTIM_BUF_SIZE).step_by(512) {
         fill.clear();
-        wire::emit_mem_write(&mut fill, Bdf(0), VICTIM_BUF + off, &pattern);
+        wire::emit_mem_write(&mut fill, Bdf(0), VICTIM_BUF + off, &pattern).unwrap();
         ep.handle_tlp(&fill).unwrap();
     }
     while rx.try_recv().is_ok() {}
@@ -153,9 +153,12 @@ fn aimed_strategy() -> impl Strategy<Value = Vec<u8>> {
             0u64..0x2000,
             prop::collection::vec(any::<u8>(), 1..64)
         )
-            .prop_map(|(base, off, data)| {
+            .prop_map(|(base, off, mut data)| {
+                // One write request never crosses 4 KiB (§2.2.7).
+                let room = 0x1000 - ((base + off) & 0xfff) as usize;
+                data.truncate(room);
                 let mut t = Vec::new();
-                wire::emit_mem_write(&mut t, Bdf(0), base + off, &data);
+                wire::emit_mem_write(&mut t, Bdf(0), base + off, &data).unwrap();
                 t
             }),
     ]

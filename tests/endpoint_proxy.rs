@@ -66,7 +66,7 @@ fn setup(timeout: Duration) -> LoopbackHost {
 fn mrd(h: &mut LoopbackHost, addr: u64, len: u32) -> (CplStatus, Vec<Vec<u8>>) {
     let tag = h.tag();
     let mut t = Vec::new();
-    wire::emit_mem_read(&mut t, Bdf(0), tag, addr, len);
+    wire::emit_mem_read(&mut t, Bdf(0), tag, addr, len).unwrap();
     h.request(t, tag).unwrap()
 }
 
@@ -140,7 +140,7 @@ fn unsupported_request_and_decode_enable() {
     );
     // A poisoned write is dropped too.
     let mut t = Vec::new();
-    wire::emit_mem_write(&mut t, Bdf(0), BUF, &[1, 2, 3, 4]);
+    wire::emit_mem_write(&mut t, Bdf(0), BUF, &[1, 2, 3, 4]).unwrap();
     t[2] |= 0x40;
     h.send_raw(t).unwrap();
     assert_eq!(
@@ -438,7 +438,7 @@ fn requester_tags_and_read_splitting() {
             (reg::DOORBELL, 1),
         ] {
             let mut t = Vec::new();
-            wire::emit_mem_write(&mut t, Bdf(0), REGS + off, &v.to_le_bytes());
+            wire::emit_mem_write(&mut t, Bdf(0), REGS + off, &v.to_le_bytes()).unwrap();
             ep.handle_tlp(&t).unwrap();
         }
         // Collect requests until the requester stops (out of tags or done), check the batch,
@@ -506,7 +506,8 @@ fn requester_tags_and_read_splitting() {
                     (first & 0x7f) as u8,
                     0,
                     &data,
-                );
+                )
+                .unwrap();
                 ep.handle_tlp(&c).unwrap();
                 served += u64::from(n);
             }
@@ -523,14 +524,15 @@ fn requester_tags_and_read_splitting() {
             0,
             0,
             &[0; 4],
-        );
+        )
+        .unwrap();
         ep.handle_tlp(&c).unwrap();
         assert_eq!(ep.stats().unexpected_completions, 1);
         // The engine finished and its buffer holds what the host served.
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let mut t = Vec::new();
-            wire::emit_mem_read(&mut t, Bdf(0), 9, REGS + reg::STATUS, 4);
+            wire::emit_mem_read(&mut t, Bdf(0), 9, REGS + reg::STATUS, 4).unwrap();
             ep.handle_tlp(&t).unwrap();
             let st = loop {
                 let r = recv_driven(&mut ep, &rx, Duration::from_secs(1)).unwrap();
@@ -571,12 +573,12 @@ fn completion_timeout_and_late_completion() {
     cfg(0x04, 0x0006);
     let mw = |ep: &mut Endpoint, off: u64, v: u32| {
         let mut t = Vec::new();
-        wire::emit_mem_write(&mut t, Bdf(0), REGS + off, &v.to_le_bytes());
+        wire::emit_mem_write(&mut t, Bdf(0), REGS + off, &v.to_le_bytes()).unwrap();
         ep.handle_tlp(&t).unwrap();
     };
     let status = |ep: &mut Endpoint, rx: &crossbeam::channel::Receiver<Vec<u8>>| -> u32 {
         let mut t = Vec::new();
-        wire::emit_mem_read(&mut t, Bdf(0), 9, REGS + reg::STATUS, 4);
+        wire::emit_mem_read(&mut t, Bdf(0), 9, REGS + reg::STATUS, 4).unwrap();
         ep.handle_tlp(&t).unwrap();
         loop {
             let r = recv_driven(ep, rx, Duration::from_secs(2)).unwrap();
@@ -620,7 +622,8 @@ fn completion_timeout_and_late_completion() {
         0,
         0,
         &[0xee; 64],
-    );
+    )
+    .unwrap();
     ep.handle_tlp(&c).unwrap();
     assert_eq!(ep.stats().unexpected_completions, 0);
     // A second transfer, answered, succeeds and carries the new data, not the late bytes.
@@ -644,7 +647,8 @@ fn completion_timeout_and_late_completion() {
         0,
         0,
         &[0x11; 64],
-    );
+    )
+    .unwrap();
     ep.handle_tlp(&c).unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     while status(&mut ep, &rx) & dma_engine::status::DONE == 0 {
@@ -652,7 +656,7 @@ fn completion_timeout_and_late_completion() {
         std::thread::sleep(Duration::from_millis(5));
     }
     let mut t = Vec::new();
-    wire::emit_mem_read(&mut t, Bdf(0), 10, REGS + reg::BYTES_LO, 4);
+    wire::emit_mem_read(&mut t, Bdf(0), 10, REGS + reg::BYTES_LO, 4).unwrap();
     ep.handle_tlp(&t).unwrap();
     let bytes = loop {
         let r = recv_driven(&mut ep, &rx, Duration::from_secs(2)).unwrap();
@@ -663,7 +667,7 @@ fn completion_timeout_and_late_completion() {
     };
     assert_eq!(bytes, 64);
     let mut t = Vec::new();
-    wire::emit_mem_read(&mut t, Bdf(0), 11, BUF, 64);
+    wire::emit_mem_read(&mut t, Bdf(0), 11, BUF, 64).unwrap();
     ep.handle_tlp(&t).unwrap();
     let data = loop {
         let r = recv_driven(&mut ep, &rx, Duration::from_secs(2)).unwrap();
@@ -798,7 +802,8 @@ fn dma_requester_under_simulated_time() {
             (addr & 0x7f) as u8,
             0,
             &p,
-        );
+        )
+        .unwrap();
         c
     };
     let stats = |ep: &Endpoint| ep.requester_stats(PROBE).unwrap();

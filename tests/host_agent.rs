@@ -169,15 +169,7 @@ impl Appliance {
             (u64::from(u(e)) | u64::from(u(e + 4)) << 32, u(e + 8))
         };
         let mut out = vec![0u8; tlpio::MAX_TLP];
-        let mut s = vec![0u8; 4100];
-        let n = tlpio::mem_write(
-            &mut out,
-            Bdf::new(1, 0, 0),
-            &mut s,
-            addr,
-            &data.to_le_bytes(),
-        )
-        .unwrap();
+        let n = tlpio::mem_write(&mut out, Bdf::new(1, 0, 0), addr, &data.to_le_bytes()).unwrap();
         let conn = self.conn.lock().unwrap().expect("session");
         self.handle
             .send(conn, Bytes::copy_from_slice(&out[..n]))

@@ -193,9 +193,8 @@ fn setup(cfg: HostConfig) -> Card {
 impl Card {
     /// The card writes host memory (DMA or an MSI message).
     fn dma_write(&self, address: u64, data: &[u8]) {
-        let mut s = vec![0u8; 4100];
         send(&self.host, |buf| {
-            tlpio::mem_write(buf, CARD, &mut s, address, data).unwrap()
+            tlpio::mem_write(buf, CARD, address, data).unwrap()
         });
     }
 

@@ -1,10 +1,11 @@
 //! Proves the hot path does not allocate: a counting global allocator (this test binary only)
 //! watches `Tlp::parse`, `classify`, `Tlp::emit` into a caller's buffer, the Packet view
-//! accessors and the split iterators over a realistic mix of TLPs.
+//! accessors, the split iterators and the `tlp::build` constructors over a realistic mix of
+//! TLPs.
 
 use pcietun::tlp::json::parse_hex;
 use pcietun::tlp::split::{SplitCompletion, SplitRequest};
-use pcietun::tlp::{classify, Packet, Tlp};
+use pcietun::tlp::{build, classify, Bdf, CplStatus, Packet, Tlp};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -59,6 +60,7 @@ fn decode_and_encode_do_not_allocate() {
         assert!(Tlp::parse(b).is_ok(), "the mix must decode: {b:02x?}");
     }
     let mut out = [0u8; 4096 + 64];
+    let payload = [0x3cu8; 1000];
     let before = ALLOCS.load(Ordering::SeqCst);
     let mut checksum = 0u64;
     for _ in 0..100 {
@@ -76,6 +78,28 @@ fn decode_and_encode_do_not_allocate() {
         }
         for c in SplitRequest::new(0x1000_0010, 20000, 512).expect("valid") {
             checksum += u64::from(c.length_dw);
+        }
+        // The constructors both halves use, including a split read completion.
+        let rid = Bdf::new(1, 0, 0);
+        checksum += build::mem_read(&mut out, rid, 7, 0x1_0000_0003, 300).expect("valid") as u64;
+        checksum += build::mem_write(&mut out, rid, 0x2001, &payload).expect("valid") as u64;
+        checksum += build::msi(&mut out, rid, 0xfee0_0000, 0x41).expect("valid") as u64;
+        checksum += build::intx(&mut out, rid, 2, true).expect("valid") as u64;
+        let cfg = build::Cfg {
+            requester: Bdf(0),
+            tag: 3,
+            target: rid,
+            type1: false,
+            register: 0x10,
+            first_be: 0xf,
+        };
+        checksum += cfg.write(&mut out, [1, 2, 3, 4]).expect("valid") as u64;
+        let cpl = build::Cpl::new(rid, Bdf(0), 9, CplStatus::Sc);
+        let mut split = cpl
+            .read_completions(0x1010, &payload, 64, 128)
+            .expect("valid");
+        while let Some(n) = split.emit_next(&mut out) {
+            checksum += n.expect("valid") as u64;
         }
     }
     let after = ALLOCS.load(Ordering::SeqCst);

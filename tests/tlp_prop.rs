@@ -5,9 +5,10 @@
 
 mod tlp_common;
 
+use pcietun::tlp::build::{self, BuildError};
 use pcietun::tlp::json::TlpJson;
 use pcietun::tlp::split::{byte_enables, covered_bytes, SplitCompletion, SplitRequest};
-use pcietun::tlp::{classify, Tlp};
+use pcietun::tlp::{classify, Bdf, CplStatus, Header, MemOp, Tlp};
 use proptest::prelude::*;
 use tlp_common::arb_tlp;
 
@@ -149,6 +150,122 @@ proptest! {
             next = end;
         }
         prop_assert_eq!(remaining, 0);
+    }
+}
+
+/// Parse what a constructor built, check that it re-encodes to the same bytes, and return it.
+fn parsed(b: &[u8]) -> Result<Tlp<'_>, TestCaseError> {
+    let t = Tlp::parse(b).map_err(|e| TestCaseError::fail(format!("{e}: {b:02x?}")))?;
+    prop_assert_eq!(encode(&t), b.to_vec());
+    Ok(t)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn built_memory_requests_parse_back(
+        address in any::<u64>(), len in 0usize..=4096, rid in any::<u16>(), tag in 0u16..1024,
+        seed in any::<u8>(), low in any::<bool>(),
+    ) {
+        let address = if low { address & 0xffff_ffff } else { address };
+        let mut buf = [0u8; build::MAX_LEN];
+        let crosses = len > 0 && (address & 0xfff) + len as u64 > 0x1000;
+        let data: Vec<u8> = (0..len).map(|i| seed.wrapping_add(i as u8)).collect();
+        for write in [false, true] {
+            let r = if write {
+                build::mem_write(&mut buf, Bdf(rid), address, &data)
+            } else {
+                build::mem_read(&mut buf, Bdf(rid), tag, address, len as u32)
+            };
+            if crosses {
+                prop_assert_eq!(r, Err(BuildError::Crosses4K { address, len }));
+                continue;
+            }
+            let n = r.map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let t = parsed(&buf[..n])?;
+            let Header::Mem(m) = t.header else { return Err(TestCaseError::fail("not memory")) };
+            prop_assert_eq!(m.op, if write { MemOp::Write } else { MemOp::Read });
+            prop_assert_eq!(m.requester_id, Bdf(rid));
+            // §2.2.4.1: the 32-bit format exactly when the address is below 4 GiB.
+            prop_assert_eq!(m.addr64, address & !3 > 0xffff_ffff);
+            let cov = covered_bytes(m.address, t.length_dw, m.first_be, m.last_be);
+            prop_assert_eq!(cov.len as usize, len);
+            if len > 0 {
+                prop_assert_eq!(cov.address, address);
+            }
+            if write {
+                let lead = (address & 3) as usize;
+                prop_assert_eq!(&t.data[lead..lead + len], &data[..]);
+                prop_assert!(t.data[..lead].iter().chain(&t.data[lead + len..]).all(|b| *b == 0));
+            } else {
+                prop_assert_eq!(m.tag, tag);
+            }
+        }
+    }
+
+    #[test]
+    fn built_config_requests_and_interrupts_parse_back(
+        target in any::<u16>(), reg in 0u16..1024, be in 0u8..16, tag in 0u16..1024,
+        type1 in any::<bool>(), value in any::<[u8; 4]>(), pin in 0u8..4, assert in any::<bool>(),
+        msi_addr in any::<u64>(), msi_data in any::<u32>(),
+    ) {
+        let mut buf = [0u8; build::MAX_LEN];
+        let cfg = build::Cfg { requester: Bdf(0), tag, target: Bdf(target), type1, register: reg * 4, first_be: be };
+        for write in [false, true] {
+            let n = if write { cfg.write(&mut buf, value) } else { cfg.read(&mut buf) }.unwrap();
+            let t = parsed(&buf[..n])?;
+            let Header::Cfg(c) = t.header else { return Err(TestCaseError::fail("not cfg")) };
+            prop_assert_eq!((c.write, c.type1, c.target, c.register, c.first_be, c.tag), (write, type1, Bdf(target), reg * 4, be, tag));
+            prop_assert_eq!(t.data, if write { &value[..] } else { &[][..] });
+        }
+        let n = build::intx(&mut buf, Bdf(target), pin, assert).unwrap();
+        let t = parsed(&buf[..n])?;
+        let Header::Msg(m) = t.header else { return Err(TestCaseError::fail("not a message")) };
+        prop_assert_eq!(m.code, if assert { 0x20 } else { 0x24 } + pin);
+        let msi_addr = msi_addr & !3;
+        let n = build::msi(&mut buf, Bdf(target), msi_addr, msi_data).unwrap();
+        let t = parsed(&buf[..n])?;
+        prop_assert_eq!(t.data, &msi_data.to_le_bytes()[..]);
+        let Header::Mem(m) = t.header else { return Err(TestCaseError::fail("not memory")) };
+        prop_assert_eq!((m.address, m.first_be, m.last_be), (msi_addr, 0xf, 0));
+    }
+
+    #[test]
+    fn built_read_completions_reassemble_the_data(
+        address in any::<u32>(), len in 0usize..=4096, rcb128 in any::<bool>(), shift in 7u32..=12,
+        tag in 0u16..1024, tc in 0u8..8, seed in any::<u8>(),
+    ) {
+        let address = u64::from(address);
+        let len = len.min((0x1000 - (address & 0xfff)) as usize);
+        let (rcb, mps) = (if rcb128 { 128 } else { 64 }, 1u32 << shift);
+        let data: Vec<u8> = (0..len).map(|i| seed.wrapping_add(i as u8)).collect();
+        let cpl = build::Cpl { tc, ..build::Cpl::new(Bdf(0x100), Bdf(0), tag, CplStatus::Sc) };
+        let mut split = cpl.read_completions(address, &data, rcb, mps).unwrap();
+        let mut buf = [0u8; build::MAX_LEN];
+        let mut got = Vec::new();
+        let mut next = address;
+        while let Some(r) = split.emit_next(&mut buf) {
+            let n = r.map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let t = parsed(&buf[..n])?;
+            let Header::Cpl(c) = t.header else { return Err(TestCaseError::fail("not a completion")) };
+            prop_assert_eq!((c.tag, c.status, t.tc), (tag, CplStatus::Sc, tc));
+            prop_assert!(t.data.len() <= mps as usize);
+            prop_assert_eq!(u64::from(c.lower_address), next & 0x7f);
+            let lead = usize::from(c.lower_address & 3);
+            if len == 0 {
+                prop_assert_eq!((c.byte_count, t.data.len()), (1, 4));
+                break;
+            }
+            prop_assert_eq!(usize::from(c.byte_count), len - got.len());
+            let take = (t.data.len() - lead).min(usize::from(c.byte_count));
+            got.extend_from_slice(&t.data[lead..lead + take]);
+            next = address + got.len() as u64;
+            if got.len() < len {
+                prop_assert_eq!(next % u64::from(rcb), 0, "non-final completion must end on the RCB");
+            }
+        }
+        prop_assert_eq!(got, data);
     }
 }
 

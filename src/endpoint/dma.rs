@@ -76,7 +76,7 @@ impl DmaHandle {
             let lead = (a & 3) as usize;
             let n = (data.len() - off).min(mps - lead).min(to_4k);
             let mut tlp = Vec::with_capacity(16 + n + 4);
-            wire::emit_mem_write(&mut tlp, bdf, a, &data[off..off + n]);
+            wire::emit_mem_write(&mut tlp, bdf, a, &data[off..off + n])?;
             if !self.f.send(tlp) {
                 return Err(DmaError::Shutdown);
             }

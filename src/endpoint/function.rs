@@ -150,8 +150,12 @@ impl FunctionShared {
         if want != s.asserted {
             s.asserted = want;
             let mut tlp = Vec::with_capacity(16);
-            wire::emit_intx(&mut tlp, self.bdf(), d.int_pin.saturating_sub(1), want);
-            self.send(tlp);
+            match wire::emit_intx(&mut tlp, self.bdf(), d.int_pin.saturating_sub(1), want) {
+                Ok(()) => {
+                    self.send(tlp);
+                }
+                Err(e) => tracing::warn!(bdf = %self.bdf(), error = %e, "cannot signal INTx"),
+            }
         }
     }
 
@@ -173,7 +177,11 @@ impl FunctionShared {
     /// Send one MSI-X message (a posted memory write).
     pub(crate) fn send_msi(&self, addr: u64, data: u32) {
         let mut tlp = Vec::with_capacity(20);
-        wire::emit_mem_write(&mut tlp, self.bdf(), addr, &data.to_le_bytes());
-        self.send(tlp);
+        match wire::emit_msi(&mut tlp, self.bdf(), addr, data) {
+            Ok(()) => {
+                self.send(tlp);
+            }
+            Err(e) => tracing::warn!(bdf = %self.bdf(), error = %e, "cannot send an MSI-X message"),
+        }
     }
 }

@@ -18,6 +18,7 @@ use thiserror::Error;
 
 use super::proxy::{Endpoint, EndpointStats};
 use super::wire::{self, Bdf, CplStatus, Header, Kind};
+use crate::tlp::build;
 
 /// Where host memory starts on the host's bus (above 4 GiB, so 64-bit addressing is exercised).
 pub const HOST_MEM_BASE: u64 = 0x1_0000_0000;
@@ -36,6 +37,9 @@ pub enum LoopbackError {
     /// The endpoint thread has gone.
     #[error("endpoint thread stopped")]
     Closed,
+    /// The request could not be built from the arguments (e.g. a read crossing 4 KiB).
+    #[error(transparent)]
+    Build(#[from] wire::WireError),
 }
 
 /// What the host side has observed.
@@ -205,7 +209,7 @@ impl LoopbackHost {
     /// Configuration read (Type 0) of the DW at `reg`.
     pub fn cfg_read(&mut self, bdf: Bdf, reg: u16) -> Result<u32, LoopbackError> {
         let tag = self.tag();
-        let tlp = cfg_tlp(bdf, reg, tag, None);
+        let tlp = cfg_tlp(bdf, reg, tag, None)?;
         let (st, parts) = self.request(tlp, tag)?;
         if st != CplStatus::Sc {
             return Err(LoopbackError::Status(st));
@@ -219,7 +223,7 @@ impl LoopbackHost {
     /// Configuration write (Type 0) of a whole DW.
     pub fn cfg_write(&mut self, bdf: Bdf, reg: u16, value: u32) -> Result<(), LoopbackError> {
         let tag = self.tag();
-        let tlp = cfg_tlp(bdf, reg, tag, Some(value));
+        let tlp = cfg_tlp(bdf, reg, tag, Some(value))?;
         let (st, _) = self.request(tlp, tag)?;
         if st != CplStatus::Sc {
             return Err(LoopbackError::Status(st));
@@ -232,12 +236,13 @@ impl LoopbackHost {
     pub fn mem_read(&mut self, addr: u64, len: usize) -> Result<Vec<u8>, LoopbackError> {
         let tag = self.tag();
         let mut tlp = Vec::new();
-        wire::emit_mem_read(&mut tlp, Bdf(0), tag, addr, len as u32);
+        let len = u32::try_from(len).unwrap_or(u32::MAX);
+        wire::emit_mem_read(&mut tlp, Bdf(0), tag, addr, len)?;
         let (st, parts) = self.request(tlp, tag)?;
         if st != CplStatus::Sc {
             return Err(LoopbackError::Status(st));
         }
-        let mut out = Vec::with_capacity(len);
+        let mut out = Vec::with_capacity(len as usize);
         for c in parts {
             let h = Header::parse(&c).map_err(|_| LoopbackError::Closed)?;
             let Kind::Completion {
@@ -258,7 +263,7 @@ impl LoopbackHost {
             let n = (p.len() - lead).min(bc);
             out.extend_from_slice(&p[lead..lead + n]);
         }
-        out.truncate(len);
+        out.truncate(len as usize);
         Ok(out)
     }
 
@@ -278,7 +283,7 @@ impl LoopbackHost {
     /// Posted memory write.
     pub fn mem_write(&mut self, addr: u64, data: &[u8]) -> Result<(), LoopbackError> {
         let mut tlp = Vec::new();
-        wire::emit_mem_write(&mut tlp, Bdf(0), addr, data);
+        wire::emit_mem_write(&mut tlp, Bdf(0), addr, data)?;
         self.send_raw(tlp)
     }
 
@@ -378,19 +383,23 @@ impl Drop for LoopbackHost {
     }
 }
 
-fn cfg_tlp(bdf: Bdf, reg: u16, tag: u16, value: Option<u32>) -> Vec<u8> {
-    let mut t = vec![0u8; 12];
-    t[0] = if value.is_some() { 0x44 } else { 0x04 };
-    t[3] = 1;
-    t[6] = tag as u8;
-    t[7] = 0x0f;
-    t[8..10].copy_from_slice(&bdf.0.to_be_bytes());
-    t[10] = ((reg >> 8) & 0xf) as u8;
-    t[11] = (reg & 0xfc) as u8;
-    if let Some(v) = value {
-        t.extend_from_slice(&v.to_le_bytes());
+fn cfg_tlp(bdf: Bdf, reg: u16, tag: u16, value: Option<u32>) -> Result<Vec<u8>, LoopbackError> {
+    let cfg = build::Cfg {
+        requester: Bdf(0),
+        tag,
+        target: bdf,
+        type1: false,
+        register: reg,
+        first_be: 0xf,
+    };
+    let mut t = vec![0u8; 16];
+    let n = match value {
+        Some(v) => cfg.write(&mut t, v.to_le_bytes()),
+        None => cfg.read(&mut t),
     }
-    t
+    .map_err(wire::WireError::from)?;
+    t.truncate(n);
+    Ok(t)
 }
 
 /// The host's side of one TLP from the endpoint.
@@ -430,51 +439,44 @@ fn host_handle(s: &Shared, to_ep: &Sender<Vec<u8>>, cpl_tx: &Sender<Vec<u8>>, tl
                 st.bad_dma += 1;
                 drop(st);
                 let mut c = Vec::new();
-                wire::emit_completion(
+                let bc = count as u16 & 0xfff; // 4096 is 0 on the wire
+                match wire::emit_completion(
                     &mut c,
                     Bdf(0),
                     h.requester,
                     h.tag,
                     CplStatus::Ur,
-                    count as u16 & 0xfff,
+                    bc,
                     0,
                     0,
                     &[],
-                );
-                let _ = to_ep.send(c);
+                ) {
+                    Ok(()) => {
+                        let _ = to_ep.send(c);
+                    }
+                    Err(e) => tracing::error!("loopback host: cannot build a completion: {e}"),
+                }
                 return;
             }
             st.dma_reads += 1;
             let base = (first - HOST_MEM_BASE) as usize;
-            let end = first + u64::from(count);
-            let mut cur = first;
+            let data = &st.mem[base..base + count as usize];
+            // Split at 64-byte boundaries (RCB 64), at most 128 bytes per completion (MPS 128).
+            let cpl = build::Cpl::new(Bdf(0), h.requester, h.tag, CplStatus::Sc);
             let mut tlps = Vec::new();
-            while cur < end {
-                let c4 = cur & !3;
-                // Split at 64-byte boundaries, at most 128 bytes per completion.
-                let mut e = ((c4 + 128) & !63).min(end);
-                if e <= cur {
-                    e = end;
-                }
-                let mut data = vec![0u8; (((e + 3) & !3) - c4) as usize];
-                let from = (cur - first) as usize + base;
-                let n = (e - cur) as usize;
-                let at = (cur - c4) as usize;
-                data[at..at + n].copy_from_slice(&st.mem[from..from + n]);
-                let mut c = Vec::new();
-                wire::emit_completion(
-                    &mut c,
-                    Bdf(0),
-                    h.requester,
-                    h.tag,
-                    CplStatus::Sc,
-                    ((end - cur) as u16) & 0xfff,
-                    (cur & 0x7f) as u8,
-                    0,
-                    &data,
-                );
-                tlps.push(c);
-                cur = e;
+            match cpl.read_completions(first, data, 64, 128) {
+                Ok(mut plan) => loop {
+                    let mut c = Vec::new();
+                    match wire::emit_next_completion(&mut c, &mut plan) {
+                        None => break,
+                        Some(Ok(())) => tlps.push(c),
+                        Some(Err(e)) => {
+                            tracing::error!("loopback host: cannot build a completion: {e}");
+                            break;
+                        }
+                    }
+                },
+                Err(e) => tracing::error!("loopback host: cannot split a read: {e}"),
             }
             drop(st);
             for c in tlps {

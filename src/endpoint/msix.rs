@@ -59,6 +59,11 @@ impl MsixState {
             let mut bytes = e[dw].to_le_bytes();
             bytes[o % 4] = *b;
             let mut v = u32::from_le_bytes(bytes);
+            if dw == 0 {
+                // Message Address bits 1:0 keep the message DW-aligned; the spec lets them
+                // be read-only zero (PCIe Base Spec §7.7.2.2).
+                v &= !3;
+            }
             if dw == 3 {
                 v &= 1; // only the Mask bit is writable
                 ctl_changed = true;

@@ -31,7 +31,7 @@ use super::function::{Outbound, WakeSlot};
 use super::slot::{find_cfg, Function};
 use super::sriov::{sync_vfs, VfFactory};
 use super::wire::{self, AtomicKind, Bdf, CplStatus, Header, Kind, WireError};
-use crate::tlp::split;
+use crate::tlp::{self, build};
 
 /// Errors from the endpoint proxy.
 #[derive(Debug, Error)]
@@ -98,7 +98,6 @@ pub struct Endpoint {
     /// Bytes a BAR read returns.
     scratch: Vec<u8>,
     /// Payload of one completion being built.
-    cpl_scratch: Vec<u8>,
     pub(crate) next_id: u64,
     /// The latest time the driver gave [`Endpoint::poll`].
     now: Option<Instant>,
@@ -117,7 +116,6 @@ impl Endpoint {
                 cfg,
                 stats: EndpointStats::default(),
                 scratch: Vec::with_capacity(4096),
-                cpl_scratch: Vec::with_capacity(4096),
                 next_id: 0,
                 now: None,
             },
@@ -265,7 +263,7 @@ impl Endpoint {
             _ => {}
         }
         let mut tlp = Vec::with_capacity(12 + data.len() + 3);
-        wire::emit_completion(
+        match wire::emit_completion(
             &mut tlp,
             completer,
             h.requester,
@@ -275,8 +273,12 @@ impl Endpoint {
             lower_addr,
             h.attr & 3,
             data,
-        );
-        self.send(tlp);
+        ) {
+            Ok(()) => self.send(tlp),
+            Err(e) => {
+                tracing::error!(%completer, error = %e, "endpoint: cannot build a completion")
+            }
+        }
     }
 
     /// Handle one TLP from the host.
@@ -490,7 +492,16 @@ impl Endpoint {
         let d = self.functions[i].decode;
         let mps = u32::from(d.mps).clamp(128, 4096).next_power_of_two();
         let rcb = if d.rcb >= 128 { 128 } else { 64 };
-        let plan = match split::SplitCompletion::new(first, count, rcb, mps) {
+        // The completion carries the request's Relaxed Ordering and No Snoop (§2.2.6.3).
+        let cpl = build::Cpl {
+            attr: tlp::Attr {
+                ns: h.attr & 1 != 0,
+                ro: h.attr & 2 != 0,
+                ido: false,
+            },
+            ..build::Cpl::new(me, h.requester, h.tag, CplStatus::Sc)
+        };
+        let mut plan = match cpl.read_completions(first, &buf, rcb, mps) {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!("endpoint: cannot split a read completion: {e}");
@@ -499,17 +510,17 @@ impl Endpoint {
                 return;
             }
         };
-        let mut data = std::mem::take(&mut self.cpl_scratch);
-        for c in plan {
-            let lead = usize::from(c.lower_address & 3);
-            data.clear();
-            data.resize(usize::from(c.length_dw) * 4, 0);
-            let from = c.offset as usize;
-            let n = c.len as usize;
-            data[lead..lead + n].copy_from_slice(&buf[from..from + n]);
-            self.complete(me, h, CplStatus::Sc, c.byte_count, c.lower_address, &data);
+        loop {
+            let mut tlp = Vec::with_capacity(16 + mps as usize);
+            match wire::emit_next_completion(&mut tlp, &mut plan) {
+                None => break,
+                Some(Ok(())) => self.send(tlp),
+                Some(Err(e)) => {
+                    tracing::error!(completer = %me, error = %e, "endpoint: cannot build a completion");
+                    break;
+                }
+            }
         }
-        self.cpl_scratch = data;
         self.scratch = buf;
     }
 

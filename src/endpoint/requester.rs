@@ -83,6 +83,9 @@ pub enum DmaError {
     /// The endpoint is shutting down (or the function was removed).
     #[error("endpoint is shut down")]
     Shutdown,
+    /// A request TLP could not be built (an address or length the codec refuses).
+    #[error("cannot build the DMA request: {0}")]
+    Build(#[from] wire::WireError),
 }
 
 impl DmaError {
@@ -322,8 +325,14 @@ impl DmaRequester {
         self.reads.poll_transmit(now, |tag, addr, len| {
             // The outbound queue takes ownership: one buffer per TLP.
             let mut tlp = Vec::with_capacity(24);
-            wire::emit_mem_read(&mut tlp, bdf, tag, addr, len);
-            send(tlp);
+            match wire::emit_mem_read(&mut tlp, bdf, tag, addr, len) {
+                Ok(()) => send(tlp),
+                // The split hands out only valid requests; should one ever fail to build, the
+                // read runs into its completion timeout instead of a malformed TLP going out.
+                Err(e) => {
+                    tracing::error!(%bdf, addr, len, error = %e, "cannot build a DMA read request")
+                }
+            }
         });
     }
 

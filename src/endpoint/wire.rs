@@ -6,12 +6,15 @@
 //! This is the endpoint's narrow view of a TLP — exactly what routing a request to a function
 //! and answering it needs — over the full codec, which does all validation: anything the codec
 //! rejects (reserved types, wrong lengths, bad byte enables, 4 KiB crossings…) is a
-//! [`WireError`], never a panic.
+//! [`WireError`], never a panic. The `emit_*` functions are thin `Vec`-appending wrappers over
+//! the constructors in [`crate::tlp::build`] (shared with the host); they return the same
+//! errors, and leave `out` unchanged on one.
 
 use thiserror::Error;
 
+use crate::tlp::build::{self, BuildError};
 pub use crate::tlp::Bdf;
-use crate::tlp::{self, split, Attr, Prefixes, Tlp};
+use crate::tlp::{self, split, Attr, Tlp};
 
 /// Why a TLP could not be parsed (or built) by the endpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -22,6 +25,9 @@ pub enum WireError {
     /// A TLP kind the endpoint does not handle (e.g. Deferrable Memory Write).
     #[error("unsupported TLP kind {0}")]
     Unsupported(&'static str),
+    /// A TLP could not be built from the arguments given (see [`crate::tlp::build`]).
+    #[error(transparent)]
+    Build(#[from] BuildError),
 }
 
 /// Completion status (§2.2.9): the codec's own type.
@@ -92,7 +98,7 @@ pub enum Kind {
     },
     /// Message (with or without data).
     Message {
-        /// Routing subfield r[2:0].
+        /// Routing subfield r\[2:0\].
         routing: u8,
         /// Message code.
         code: u8,
@@ -248,10 +254,16 @@ pub fn byte_enables(addr: u64, len: u32) -> (u8, u8, u16) {
     (first, last, length_dw)
 }
 
-fn emit(out: &mut Vec<u8>, t: &Tlp<'_>) -> Result<(), WireError> {
+/// Append one TLP built by a `tlp::build` constructor to `out`; `room` bounds its length. On
+/// an error `out` is left as it was.
+fn append(
+    out: &mut Vec<u8>,
+    room: usize,
+    f: impl FnOnce(&mut [u8]) -> Result<usize, BuildError>,
+) -> Result<(), WireError> {
     let start = out.len();
-    out.resize(start + t.buffer_len(), 0);
-    match t.emit(&mut out[start..]) {
+    out.resize(start + room, 0);
+    match f(&mut out[start..]) {
         Ok(n) => {
             out.truncate(start + n);
             Ok(())
@@ -263,24 +275,14 @@ fn emit(out: &mut Vec<u8>, t: &Tlp<'_>) -> Result<(), WireError> {
     }
 }
 
-fn base(header: tlp::Header, length_dw: u16, attr: u8, data: &[u8]) -> Tlp<'_> {
-    Tlp {
-        prefixes: Prefixes::NONE,
-        tc: 0,
-        attr: attr_of(attr),
-        th: false,
-        td: false,
-        ep: false,
-        at: 0,
-        ln: false,
-        length_dw,
-        header,
-        data,
-    }
+/// Room for a 4 DW header and `payload` bytes placed anywhere in their first DW.
+const fn room(payload: usize) -> usize {
+    16 + payload + 8
 }
 
-/// Append a completion (Cpl when `data` is empty, CplD otherwise; `data` is a whole number
-/// of DWs) to `out` (§2.2.9). A `byte_count` of 0 means 4096.
+/// Append a completion to `out` (§2.2.9): a Cpl when `data` is empty, a CplD otherwise
+/// (`data` is the payload, whole DWs). A `byte_count` of 0 is the wire encoding of 4096.
+/// `attr` bits 0–2 are No Snoop, Relaxed Ordering and ID-Based Ordering.
 #[allow(clippy::too_many_arguments)]
 pub fn emit_completion(
     out: &mut Vec<u8>,
@@ -292,124 +294,81 @@ pub fn emit_completion(
     lower_addr: u8,
     attr: u8,
     data: &[u8],
-) {
-    let mut padded = [0u8; 4];
-    let payload: &[u8] = if data.len() % 4 == 0 {
-        data
-    } else if data.len() < 4 {
-        padded[..data.len()].copy_from_slice(data);
-        &padded
-    } else {
-        // Callers always pass whole DWs; a ragged tail is cut to keep the TLP well formed.
-        &data[..data.len() / 4 * 4]
+) -> Result<(), WireError> {
+    let bc = if byte_count == 0 { 4096 } else { byte_count };
+    let cpl = build::Cpl {
+        attr: attr_of(attr),
+        ..build::Cpl::new(completer, requester, tag, status)
     };
-    let len_dw = if payload.is_empty() {
-        1024
-    } else {
-        (payload.len() / 4) as u16
-    };
-    let bc = match byte_count & 0xfff {
-        0 => 4096,
-        n => n,
-    };
-    let t = base(
-        tlp::Header::Cpl(tlp::Completion {
-            with_data: !payload.is_empty(),
-            locked: false,
-            completer_id: completer,
-            status,
-            bcm: false,
-            byte_count: bc,
-            requester_id: requester,
-            tag: tag & 0x3ff,
-            lower_address: lower_addr & 0x7f,
-        }),
-        len_dw,
-        attr & 3,
-        payload,
-    );
-    if let Err(e) = emit(out, &t) {
-        tracing::error!("endpoint: cannot build a completion: {e}");
-    }
-}
-
-fn mem_header(
-    op: tlp::MemOp,
-    requester: Bdf,
-    tag: u16,
-    addr: u64,
-    first: u8,
-    last: u8,
-) -> tlp::Header {
-    tlp::Header::Mem(tlp::MemRequest {
-        op,
-        addr64: addr > u64::from(u32::MAX),
-        requester_id: requester,
-        tag: tag & 0x3ff,
-        first_be: first,
-        last_be: last,
-        address: addr & !3,
-        ph: 0,
+    append(out, room(data.len()), |b| {
+        if data.is_empty() {
+            cpl.without_data(b, bc, lower_addr)
+        } else {
+            cpl.with_data(b, bc, lower_addr, data)
+        }
     })
 }
 
-/// Append a memory read request for `len` bytes (1..=4096, not crossing 4 KiB) at `addr`
+/// Append the next CplD of a split read (see [`build::Cpl::read_completions`]) to `out`;
+/// `None` once every completion is built.
+pub fn emit_next_completion(
+    out: &mut Vec<u8>,
+    plan: &mut build::ReadCompletions<'_>,
+) -> Option<Result<(), WireError>> {
+    let start = out.len();
+    out.resize(start + build::MAX_LEN, 0);
+    match plan.emit_next(&mut out[start..]) {
+        Some(Ok(n)) => {
+            out.truncate(start + n);
+            Some(Ok(()))
+        }
+        other => {
+            out.truncate(start);
+            other.map(|r| r.map(|_| ()).map_err(WireError::from))
+        }
+    }
+}
+
+/// Append a memory read request for `len` bytes (0..=4096, not crossing 4 KiB) at `addr`
 /// (3 DW header below 4 GiB, 4 DW above).
-pub fn emit_mem_read(out: &mut Vec<u8>, requester: Bdf, tag: u16, addr: u64, len: u32) {
-    let (first, last, len_dw) = byte_enables(addr, len);
-    let t = base(
-        mem_header(tlp::MemOp::Read, requester, tag, addr, first, last),
-        len_dw,
-        0,
-        &[],
-    );
-    if let Err(e) = emit(out, &t) {
-        tracing::error!("endpoint: cannot build a memory read: {e}");
-    }
+pub fn emit_mem_read(
+    out: &mut Vec<u8>,
+    requester: Bdf,
+    tag: u16,
+    addr: u64,
+    len: u32,
+) -> Result<(), WireError> {
+    append(out, room(0), |b| {
+        build::mem_read(b, requester, tag, addr, len)
+    })
 }
 
-/// Append a memory write request carrying `data` (1..=4096 bytes, not crossing 4 KiB) at
+/// Append a memory write request carrying `data` (0..=4096 bytes, not crossing 4 KiB) at
 /// `addr` (any alignment).
-pub fn emit_mem_write(out: &mut Vec<u8>, requester: Bdf, addr: u64, data: &[u8]) {
-    let (first, last, len_dw) = byte_enables(addr, data.len() as u32);
-    let lead = (addr & 3) as usize;
-    let mut buf = [0u8; 4096 + 8];
-    let n = usize::from(len_dw) * 4;
-    let Some(dst) = buf.get_mut(lead..lead + data.len()) else {
-        tracing::error!("endpoint: memory write of {} bytes is too long", data.len());
-        return;
-    };
-    dst.copy_from_slice(data);
-    let t = base(
-        mem_header(tlp::MemOp::Write, requester, 0, addr, first, last),
-        len_dw,
-        0,
-        &buf[..n],
-    );
-    if let Err(e) = emit(out, &t) {
-        tracing::error!("endpoint: cannot build a memory write: {e}");
-    }
+pub fn emit_mem_write(
+    out: &mut Vec<u8>,
+    requester: Bdf,
+    addr: u64,
+    data: &[u8],
+) -> Result<(), WireError> {
+    append(out, room(data.len()), |b| {
+        build::mem_write(b, requester, addr, data)
+    })
 }
 
-/// Append an INTx Assert/Deassert message (§2.2.8.1): `pin` 0..4 is INTA..INTD.
-pub fn emit_intx(out: &mut Vec<u8>, requester: Bdf, pin: u8, assert: bool) {
-    let code = if assert { 0x20 } else { 0x24 } + (pin & 3);
-    let t = base(
-        tlp::Header::Msg(tlp::Message {
-            with_data: false,
-            routing: tlp::MsgRouting::Local,
-            requester_id: requester,
-            tag: 0,
-            code,
-            fields: [0; 8],
-        }),
-        1024,
-        0,
-        &[],
-    );
-    if let Err(e) = emit(out, &t) {
-        tracing::error!("endpoint: cannot build an INTx message: {e}");
-    }
+/// Append an MSI / MSI-X message: a 1 DW posted write of `data` to the DW-aligned `addr`.
+pub fn emit_msi(out: &mut Vec<u8>, requester: Bdf, addr: u64, data: u32) -> Result<(), WireError> {
+    append(out, room(4), |b| build::msi(b, requester, addr, data))
+}
+
+/// Append an INTx Assert/Deassert message (§2.2.8.1): `pin` 0..=3 is INTA..INTD.
+pub fn emit_intx(
+    out: &mut Vec<u8>,
+    requester: Bdf,
+    pin: u8,
+    assert: bool,
+) -> Result<(), WireError> {
+    append(out, room(0), |b| build::intx(b, requester, pin, assert))
 }
 
 #[cfg(test)]
@@ -447,7 +406,8 @@ mod tests {
             0x42,
             0,
             &[1, 2, 3, 4, 5, 6, 7, 8],
-        );
+        )
+        .unwrap();
         assert_eq!(&v[..4], &[0x4a, 0x80, 0x00, 0x02]);
         let h = Header::parse(&v).unwrap();
         assert_eq!(h.tag, 0x2ab);
@@ -463,7 +423,7 @@ mod tests {
         assert_eq!(&v[h.payload], &[1, 2, 3, 4, 5, 6, 7, 8]);
         // Byte Count 4096 is the field value 0.
         let mut v = Vec::new();
-        emit_completion(&mut v, Bdf(1), Bdf(2), 1, CplStatus::Ur, 0, 0, 0, &[]);
+        emit_completion(&mut v, Bdf(1), Bdf(2), 1, CplStatus::Ur, 0, 0, 0, &[]).unwrap();
         assert_eq!((v[0], v[6] & 0xef, v[7]), (0x0a, 0x20, 0));
     }
 
@@ -482,7 +442,7 @@ mod tests {
     #[test]
     fn mem_write_64bit_roundtrip() {
         let mut v = Vec::new();
-        emit_mem_write(&mut v, Bdf::new(2, 3, 1), 0x1_2345_6782, &[9, 8, 7]);
+        emit_mem_write(&mut v, Bdf::new(2, 3, 1), 0x1_2345_6782, &[9, 8, 7]).unwrap();
         let h = Header::parse(&v).unwrap();
         assert_eq!(
             h.kind,
@@ -498,7 +458,7 @@ mod tests {
     #[test]
     fn intx_message_layout() {
         let mut v = Vec::new();
-        emit_intx(&mut v, Bdf::new(1, 0, 0), 0, true);
+        emit_intx(&mut v, Bdf::new(1, 0, 0), 0, true).unwrap();
         assert_eq!(v.len(), 16);
         assert_eq!((v[0], v[7]), (0x34, 0x20));
         let h = Header::parse(&v).unwrap();
@@ -509,6 +469,44 @@ mod tests {
                 code: 0x20
             }
         );
+    }
+
+    #[test]
+    fn bad_arguments_are_errors_and_leave_out_unchanged() {
+        let mut v = vec![0xaa];
+        // A ragged completion payload is refused, not cut or padded.
+        assert!(matches!(
+            emit_completion(&mut v, Bdf(1), Bdf(2), 1, CplStatus::Sc, 6, 0, 0, &[1; 6]),
+            Err(WireError::Build(BuildError::RaggedPayload(6)))
+        ));
+        assert!(matches!(
+            emit_mem_read(&mut v, Bdf(0), 0, 0xffc, 8),
+            Err(WireError::Build(BuildError::Crosses4K { .. }))
+        ));
+        assert!(matches!(
+            emit_intx(&mut v, Bdf(0), 4, true),
+            Err(WireError::Build(BuildError::IntxPin(4)))
+        ));
+        assert!(matches!(
+            emit_completion(
+                &mut v,
+                Bdf(1),
+                Bdf(2),
+                0x400,
+                CplStatus::Sc,
+                4,
+                0,
+                0,
+                &[0; 4]
+            ),
+            Err(WireError::Build(BuildError::Tlp(_)))
+        ));
+        assert_eq!(v, [0xaa]);
+        // MSI: one DW of Message Data.
+        emit_msi(&mut v, Bdf(0x100), 0xfee0_0000, 0x4041).unwrap();
+        let h = Header::parse(&v[1..]).unwrap();
+        assert_eq!(h.kind, Kind::MemWrite { addr: 0xfee0_0000 });
+        assert_eq!(&v[1..][h.payload], &[0x41, 0x40, 0, 0]);
     }
 
     #[test]
@@ -532,7 +530,7 @@ mod tests {
                 CplStatus::Crs, CplStatus::Ca][st];
             let data: Vec<u8> = (0..dws * 4).map(|i| i as u8).collect();
             let mut v = Vec::new();
-            emit_completion(&mut v, Bdf(c), Bdf(r), tag, status, bc, la, 0, &data);
+            emit_completion(&mut v, Bdf(c), Bdf(r), tag, status, bc, la, 0, &data).unwrap();
             let h = Header::parse(&v).unwrap();
             proptest::prop_assert_eq!(h.tag, tag);
             proptest::prop_assert_eq!(h.requester, Bdf(r));
@@ -546,7 +544,7 @@ mod tests {
         fn mem_requests_roundtrip(addr in 0u64..(1 << 52), len in 1u32..=4096, tag in 0u16..1024) {
             let len = len.min(4096 - (addr & 0xfff) as u32);
             let mut v = Vec::new();
-            emit_mem_read(&mut v, Bdf(5), tag, addr, len);
+            emit_mem_read(&mut v, Bdf(5), tag, addr, len).unwrap();
             let h = Header::parse(&v).unwrap();
             proptest::prop_assert_eq!(h.kind, Kind::MemRead { addr: addr & !3 });
             proptest::prop_assert_eq!(h.tag, tag);

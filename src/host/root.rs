@@ -22,7 +22,7 @@ use super::function::{FunctionState, RemoteFunction};
 use super::requester::{Expect, RequestError, Requester, RequesterConfig, StartError, TagSpace};
 use super::tlpio::{self, MAX_TLP, ROOT_PORT};
 use crate::pci::{ConfigSpace, ExpressConfig, FunctionIds, PciExpressCap, SlotConfig};
-use crate::tlp::{self, Bdf};
+use crate::tlp::Bdf;
 
 /// The transport toward the appliance, as the host uses it.
 pub trait Downlink: Send + Sync + std::fmt::Debug {
@@ -140,7 +140,7 @@ pub(super) struct RxScratch {
 const MAX_EVENTS: usize = 1024;
 
 thread_local! {
-    static TX: RefCell<(Vec<u8>, Vec<u8>)> = RefCell::new((vec![0; MAX_TLP], vec![0; 4100]));
+    static TX: RefCell<Vec<u8>> = RefCell::new(vec![0; MAX_TLP]);
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -467,7 +467,7 @@ impl Host {
         target: Bdf,
         mem_addr: Option<u64>,
         out: &mut [u8],
-        build: impl FnOnce(&mut [u8], u16) -> Result<usize, tlp::Error>,
+        build: impl FnOnce(&mut [u8], u16) -> Result<usize, tlpio::BuildError>,
     ) -> Result<(), RequestError> {
         if !self.is_link_up() {
             return Err(RequestError::LinkDown);
@@ -496,9 +496,9 @@ impl Host {
         lock(&cell.m).result = None;
         let sent = TX.with(|tx| {
             let tx = &mut *tx.borrow_mut();
-            let n = build(&mut tx.0, tag).map_err(|_| RequestError::InvalidRequest)?;
+            let n = build(tx, tag).map_err(|_| RequestError::InvalidRequest)?;
             self.link
-                .send_tlp(&tx.0[..n])
+                .send_tlp(&tx[..n])
                 .map_err(|_| RequestError::LinkDown)
         });
         if let Err(e) = sent {
@@ -585,8 +585,8 @@ impl Host {
             let a = address + done as u64;
             let n = ((mps - (a & (mps - 1))) as usize).min(data.len() - done);
             TX.with(|tx| {
-                let (buf, scratch) = &mut *tx.borrow_mut();
-                let len = tlpio::mem_write(buf, ROOT_PORT, scratch, a, &data[done..done + n])
+                let buf = &mut *tx.borrow_mut();
+                let len = tlpio::mem_write(buf, ROOT_PORT, a, &data[done..done + n])
                     .map_err(|_| RequestError::InvalidRequest)?;
                 self.link
                     .send_tlp(&buf[..len])

@@ -2,14 +2,14 @@
 //! sorting what comes up from a card (PCIe Base Spec §2.2.7 memory requests, §2.2.8 messages,
 //! §2.2.9 completions), on top of the [`crate::tlp`] codec.
 //!
-//! Builders write into a caller buffer and return the length (no allocation). [`classify_up`]
-//! turns upstream bytes into an [`Upstream`] that borrows its payload.
+//! Builders write into a caller buffer and return the length (no allocation); they are thin
+//! wrappers over the constructors in [`crate::tlp::build`], shared with the endpoint, with the
+//! root port as the requester. [`classify_up`] turns upstream bytes into an [`Upstream`] that
+//! borrows its payload.
 
+use crate::tlp::build::{self, Cfg, Cpl};
 use crate::tlp::message::code;
-use crate::tlp::{
-    Attr, Bdf, CfgRequest, Completion, CplStatus, Header, MemOp, MemRequest, MsgRouting, Prefixes,
-    Tlp,
-};
+use crate::tlp::{Bdf, CplStatus, Header, MemOp, Tlp};
 
 /// Largest TLP the host builds: 4 DW header + 4096 bytes of payload + digest.
 pub const MAX_TLP: usize = 16 + 4096 + 4;
@@ -17,26 +17,10 @@ pub const MAX_TLP: usize = 16 + 4096 + 4;
 /// Bus/device/function of the virtual root port, the requester of every host request.
 pub const ROOT_PORT: Bdf = Bdf::new(0, 0, 0);
 
-fn tlp<'a>(length_dw: u16, header: Header, data: &'a [u8]) -> Tlp<'a> {
-    Tlp {
-        prefixes: Prefixes::NONE,
-        tc: 0,
-        attr: Attr::default(),
-        th: false,
-        td: false,
-        ep: false,
-        at: 0,
-        ln: false,
-        length_dw,
-        header,
-        data,
-    }
-}
-
 /// Errors building a TLP (only from inconsistent arguments, never from the network).
-pub type BuildError = crate::tlp::Error;
+pub use crate::tlp::build::BuildError;
 
-/// CfgRd0/CfgWr0 of one DW at `register` (DW-aligned byte offset) of `target`.
+/// CfgRd0/CfgWr0 of one DW at `register` (a DW-aligned byte offset, 0..=0xffc) of `target`.
 pub fn cfg(
     buf: &mut [u8],
     target: Bdf,
@@ -45,22 +29,21 @@ pub fn cfg(
     first_be: u8,
     write: Option<[u8; 4]>,
 ) -> Result<usize, BuildError> {
-    let data = write.unwrap_or([0; 4]);
-    let h = Header::Cfg(CfgRequest {
-        write: write.is_some(),
-        type1: false,
-        requester_id: ROOT_PORT,
+    let c = Cfg {
+        requester: ROOT_PORT,
         tag,
-        first_be,
-        last_be: 0,
         target,
-        register: register & !3,
-    });
-    let payload: &[u8] = if write.is_some() { &data } else { &[] };
-    tlp(1, h, payload).emit(buf)
+        type1: false,
+        register,
+        first_be,
+    };
+    match write {
+        Some(data) => c.write(buf, data),
+        None => c.read(buf),
+    }
 }
 
-/// MRd of `len` bytes (1..=4096, not crossing 4 KiB) at `address`.
+/// MRd of `len` bytes (0..=4096, not crossing 4 KiB) at `address`.
 pub fn mem_read(
     buf: &mut [u8],
     requester: Bdf,
@@ -68,50 +51,22 @@ pub fn mem_read(
     len: u32,
     tag: u16,
 ) -> Result<usize, BuildError> {
-    let (dw_addr, length_dw, first_be, last_be) = crate::tlp::split::byte_enables(address, len);
-    let h = Header::Mem(MemRequest {
-        op: MemOp::Read,
-        addr64: dw_addr > u64::from(u32::MAX),
-        requester_id: requester,
-        tag,
-        first_be,
-        last_be,
-        address: dw_addr,
-        ph: 0,
-    });
-    tlp(length_dw, h, &[]).emit(buf)
+    build::mem_read(buf, requester, tag, address, len)
 }
 
-/// MWr of `data` (1..=4096 bytes, not crossing 4 KiB) at `address`. `scratch` holds the
-/// DW-aligned payload.
+/// MWr of `data` (0..=4096 bytes, not crossing 4 KiB) at `address`; the payload is
+/// assembled straight in `buf`.
 pub fn mem_write(
     buf: &mut [u8],
     requester: Bdf,
-    scratch: &mut [u8],
     address: u64,
     data: &[u8],
 ) -> Result<usize, BuildError> {
-    let (dw_addr, length_dw, first_be, last_be) =
-        crate::tlp::split::byte_enables(address, data.len() as u32);
-    let skip = (address & 3) as usize;
-    let n = length_dw as usize * 4;
-    scratch[..n].fill(0);
-    scratch[skip..skip + data.len()].copy_from_slice(data);
-    let h = Header::Mem(MemRequest {
-        op: MemOp::Write,
-        addr64: dw_addr > u64::from(u32::MAX),
-        requester_id: requester,
-        tag: 0,
-        first_be,
-        last_be,
-        address: dw_addr,
-        ph: 0,
-    });
-    tlp(length_dw, h, &scratch[..n]).emit(buf)
+    build::mem_write(buf, requester, address, data)
 }
 
 /// A completion the host returns for a card's MRd. `data` is the DW-aligned payload (empty
-/// for a completion without data, e.g. Unsupported Request).
+/// for a completion without data, e.g. Unsupported Request); `byte_count` is 1..=4096.
 #[allow(clippy::too_many_arguments)]
 pub fn completion(
     buf: &mut [u8],
@@ -123,24 +78,12 @@ pub fn completion(
     lower_address: u8,
     data: &[u8],
 ) -> Result<usize, BuildError> {
-    let h = Header::Cpl(Completion {
-        with_data: !data.is_empty(),
-        locked: false,
-        completer_id: completer,
-        status,
-        bcm: false,
-        byte_count,
-        requester_id: requester,
-        tag,
-        lower_address: lower_address & 0x7f,
-    });
-    // Length is reserved (zero on the wire, which the codec spells 1024) without data.
-    let length_dw = if data.is_empty() {
-        1024
+    let c = Cpl::new(completer, requester, tag, status);
+    if data.is_empty() {
+        c.without_data(buf, byte_count, lower_address)
     } else {
-        (data.len() / 4) as u16
-    };
-    tlp(length_dw, h, data).emit(buf)
+        c.with_data(buf, byte_count, lower_address, data)
+    }
 }
 
 /// What a card sent upstream, as the host acts on it.
@@ -242,21 +185,10 @@ pub fn classify_up(bytes: &[u8]) -> Result<Upstream<'_>, crate::tlp::Error> {
     })
 }
 
-/// An INTx message as a card sends it (used by tests and fake completers).
+/// An Assert_INTA / Deassert_INTA message as a card sends it (used by tests and fake
+/// completers).
 pub fn intx(buf: &mut [u8], requester: Bdf, assert: bool) -> Result<usize, BuildError> {
-    let h = Header::Msg(crate::tlp::Message {
-        with_data: false,
-        routing: MsgRouting::Local,
-        requester_id: requester,
-        tag: 0,
-        code: if assert {
-            code::ASSERT_INTA
-        } else {
-            code::DEASSERT_INTA
-        },
-        fields: [0; 8],
-    });
-    tlp(1024, h, &[]).emit(buf)
+    build::intx(buf, requester, 0, assert)
 }
 
 #[cfg(test)]
@@ -270,8 +202,7 @@ mod tests {
         let t = Tlp::parse(&b[..n]).unwrap();
         assert_eq!(t.name(), "MRd64");
         assert_eq!(t.length_dw, 2);
-        let mut s = [0u8; 4100];
-        let n = mem_write(&mut b, ROOT_PORT, &mut s, 0x1001, b"abc").unwrap();
+        let n = mem_write(&mut b, ROOT_PORT, 0x1001, b"abc").unwrap();
         let t = Tlp::parse(&b[..n]).unwrap();
         assert_eq!(t.data, &[0, b'a', b'b', b'c']);
         let n = cfg(&mut b, Bdf::new(1, 0, 0), 0x10, 9, 0xf, Some([1, 2, 3, 4])).unwrap();

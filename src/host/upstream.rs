@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use super::requester::{CplAction, CplInfo};
 use super::root::{lock, Host, HostEvent, RxScratch};
 use super::tlpio::{self, Upstream, ROOT_PORT};
-use crate::tlp::{self, Bdf};
+use crate::tlp::{self, build, Bdf};
 
 impl Host {
     /// One TLP from the appliance. Never blocks on the network.
@@ -129,10 +129,9 @@ impl Host {
         let f = self.function(requester);
         let mut rx = lock(&self.rx);
         let RxScratch { stage, out } = &mut *rx;
-        let a0 = (address & 3) as usize;
         let n = len as usize;
         let ok = match (&f, n <= 4096) {
-            (Some(f), true) => n == 0 || f.ctx().dma.read(address, &mut stage[a0..a0 + n]).is_ok(),
+            (Some(f), true) => n == 0 || f.ctx().dma.read(address, &mut stage[..n]).is_ok(),
             _ => false,
         };
         if !ok {
@@ -164,31 +163,30 @@ impl Host {
             }
             return;
         }
-        stage[..a0].fill(0);
-        let end = (a0 + n).div_ceil(4) * 4;
-        stage[a0 + n..end.max(4)].fill(0);
-        let mps = f.as_ref().map_or(128, |f| f.info().mps);
-        let Ok(split) =
-            tlp::split::SplitCompletion::new(address, len, self.cfg.rcb, mps.clamp(128, 4096))
-        else {
-            return;
+        let mps = f.as_ref().map_or(128, |f| f.info().mps).clamp(128, 4096);
+        let cpl = build::Cpl::new(ROOT_PORT, requester, tag, tlp::CplStatus::Sc);
+        let mut plan = match cpl.read_completions(address, &stage[..n], self.cfg.rcb, mps) {
+            Ok(p) => p,
+            Err(e) => {
+                // Answer Completer Abort rather than leave the card to its completion timeout.
+                tracing::warn!(error = %e, "cannot split a DMA read completion");
+                if let Ok(k) = tlpio::completion(
+                    out,
+                    ROOT_PORT,
+                    requester,
+                    tag,
+                    tlp::CplStatus::Ca,
+                    len.clamp(1, 4096) as u16,
+                    (address & 0x7f) as u8,
+                    &[],
+                ) {
+                    let _ = self.link.send_tlp(&out[..k]);
+                }
+                return;
+            }
         };
-        for chunk in split {
-            let start = (a0 + chunk.offset as usize) & !3;
-            let plen = chunk.length_dw as usize * 4;
-            let Some(payload) = stage.get(start..start + plen) else {
-                break;
-            };
-            match tlpio::completion(
-                out,
-                ROOT_PORT,
-                requester,
-                tag,
-                tlp::CplStatus::Sc,
-                chunk.byte_count,
-                chunk.lower_address,
-                payload,
-            ) {
+        while let Some(r) = plan.emit_next(out) {
+            match r {
                 Ok(k) => {
                     if self.link.send_tlp(&out[..k]).is_err() {
                         break;

@@ -4,6 +4,7 @@
 //! The transport uses this to put each TLP in the Posted, Non-Posted or Completion queue and to
 //! charge it the right header and data credits, without knowing anything else about the TLP.
 
+use super::packet::{field, FMT_PREFIX};
 use super::Kind;
 
 /// The three flow-control / ordering classes of PCIe (§2.6.1).
@@ -59,15 +60,16 @@ pub fn classify(bytes: &[u8]) -> Result<(OrderingClass, Credits), ClassifyError>
         let Some(dw0) = bytes.get(off..off + 4) else {
             return Err(ClassifyError::Truncated(bytes.len()));
         };
-        let fmt = dw0[0] >> 5;
-        if fmt == 0b100 {
+        let fmt = field::FMT.get(dw0);
+        if fmt == FMT_PREFIX {
             off += 4; // a TLP prefix (local or end-to-end)
             continue;
         }
-        let kind =
-            Kind::from_fmt_type(fmt, dw0[0] & 0x1f).ok_or(ClassifyError::ReservedType(dw0[0]))?;
+        let kind = Kind::from_fmt_type(fmt, field::TYPE.get(dw0))
+            .ok_or(ClassifyError::ReservedType(dw0[field::FMT.byte]))?;
         let data = if kind.has_data() {
-            let len = (u16::from(dw0[2] & 0x03) << 8) | u16::from(dw0[3]);
+            let len =
+                (u16::from(field::LENGTH_HI.get(dw0)) << 8) | u16::from(dw0[field::LENGTH_LO]);
             let dws = if len == 0 { 1024 } else { len };
             dws.div_ceil(4)
         } else {

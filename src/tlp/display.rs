@@ -3,7 +3,7 @@
 //! The format is for people, not parsers (use `pcietun tlp decode --json` for that):
 //! kind, IDs, tag, address or target, byte enables, length, flags, then the payload.
 
-use super::message::{code, code_name};
+use super::message::{code, rule_for};
 use super::repr::{Header, Tlp};
 use super::Kind;
 use core::fmt;
@@ -69,8 +69,8 @@ impl fmt::Display for Tlp<'_> {
                 }
             }
             Header::Msg(m) => {
-                match code_name(m.code) {
-                    Some(n) => write!(f, " {n}")?,
+                match rule_for(m.code, &m.fields) {
+                    Some(r) => write!(f, " {}", r.name)?,
                     None => write!(f, " Code {:#04x}", m.code)?,
                 }
                 write!(f, " Route {} RID {}", m.routing, m.requester_id)?;

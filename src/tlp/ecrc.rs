@@ -5,9 +5,10 @@
 //! remainder bit 31 in bit 0 of the first digest byte — which is exactly the reflected
 //! CRC-32 of IEEE 802.3 (`CRC_32_ISO_HDLC`) with its value sent little-endian. It covers every
 //! End-End prefix, the header and the payload; Local prefixes are not covered. The two
-//! *variant* bits, Type[0] and EP, are taken as 1 so that the digest survives a Type 1 → 0
+//! *variant* bits, Type\[0\] and EP, are taken as 1 so that the digest survives a Type 1 → 0
 //! configuration conversion and poisoning on the way.
 
+use super::packet::field;
 use crc::{Crc, CRC_32_ISO_HDLC};
 
 const CRC32: Crc<u32> = Crc::<u32>::new(&CRC_32_ISO_HDLC);
@@ -17,9 +18,14 @@ const CRC32: Crc<u32> = Crc::<u32>::new(&CRC_32_ISO_HDLC);
 pub fn compute(e2e_prefixes: &[u8], header: &[u8], payload: &[u8]) -> [u8; 4] {
     let mut d = CRC32.digest();
     d.update(e2e_prefixes);
-    if let [b0, b1, b2, rest @ ..] = header {
-        d.update(&[*b0 | 0x01, *b1, *b2 | 0x40]);
-        d.update(rest);
+    if header.len() >= 3 {
+        // The variant bits Type[0] and EP, taken as 1.
+        let mut dw0 = [header[0], header[1], header[2]];
+        let ty = field::TYPE.get(&dw0);
+        field::TYPE.put(&mut dw0, ty | 1);
+        field::EP.put(&mut dw0, 1);
+        d.update(&dw0);
+        d.update(&header[3..]);
     } else {
         d.update(header);
     }

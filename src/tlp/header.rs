@@ -7,11 +7,11 @@ use super::{Bdf, Kind, MsgRouting};
 /// The three attribute bits (§2.2.6.3–§2.2.6.5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Attr {
-    /// Attr[0], No Snoop.
+    /// Attr\[0\], No Snoop.
     pub ns: bool,
-    /// Attr[1], Relaxed Ordering.
+    /// Attr\[1\], Relaxed Ordering.
     pub ro: bool,
-    /// Attr[2], ID-Based Ordering.
+    /// Attr\[2\], ID-Based Ordering.
     pub ido: bool,
 }
 
@@ -62,9 +62,9 @@ pub struct MemRequest {
     pub addr64: bool,
     /// Requester ID.
     pub requester_id: Bdf,
-    /// 10-bit tag (with TH on a posted write, bits 7:0 are ST[7:0]).
+    /// 10-bit tag (with TH on a posted write, bits 7:0 are ST\[7:0\]).
     pub tag: u16,
-    /// First DW BE (with TH on a read, First/Last BE hold ST[7:0]).
+    /// First DW BE (with TH on a read, First/Last BE hold ST\[7:0\]).
     pub first_be: u8,
     /// Last DW BE.
     pub last_be: u8,
@@ -181,7 +181,7 @@ pub struct Completion {
     pub requester_id: Bdf,
     /// 10-bit tag of the request.
     pub tag: u16,
-    /// Lower Address[6:0].
+    /// Lower Address\[6:0\].
     pub lower_address: u8,
 }
 
@@ -190,7 +190,7 @@ pub struct Completion {
 pub struct Message {
     /// MsgD rather than Msg.
     pub with_data: bool,
-    /// Routing r[2:0].
+    /// Routing r\[2:0\].
     pub routing: MsgRouting,
     /// Requester ID.
     pub requester_id: Bdf,

@@ -15,22 +15,22 @@ use serde::{Deserialize, Serialize};
 pub struct TlpJson {
     /// `MRd32`, `MWr64`, `CplD`, `Msg`, `CAS128`, … (see docs/tlp.md).
     pub kind: String,
-    /// Fmt[2:0].
+    /// Fmt\[2:0\].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fmt: Option<u8>,
-    /// Type[4:0].
+    /// Type\[4:0\].
     #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
     pub ty: Option<u8>,
     /// Traffic Class.
     #[serde(default)]
     pub tc: u8,
-    /// Attr[0] No Snoop.
+    /// Attr\[0\] No Snoop.
     #[serde(default)]
     pub attr_ns: bool,
-    /// Attr[1] Relaxed Ordering.
+    /// Attr\[1\] Relaxed Ordering.
     #[serde(default)]
     pub attr_ro: bool,
-    /// Attr[2] ID-Based Ordering.
+    /// Attr\[2\] ID-Based Ordering.
     #[serde(default)]
     pub attr_ido: bool,
     /// TLP Processing Hints present.

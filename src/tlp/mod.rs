@@ -6,10 +6,13 @@
 //! * [`classify`] — ordering class and flow-control credits from DW0 alone ([`class`]).
 //! * [`split`] — byte-enable arithmetic, splitting requests at MRRS/MPS and read completions
 //!   at the Read Completion Boundary.
+//! * [`build`] — constructors for what both halves build: memory reads and writes, MSI,
+//!   configuration requests, completions (split at RCB/MPS), INTx messages.
 //! * [`header`] — the type-specific header values; validation rules live in `validate.rs`.
 //! * [`ecrc`] — the TLP digest (§2.7.1); [`message`], [`prefix`] — message codes and prefixes.
 //! * [`json`] — the stable JSON form used by `pcietun tlp` (documented in docs/tlp.md).
 
+pub mod build;
 pub mod class;
 mod display;
 pub mod ecrc;
@@ -86,7 +89,7 @@ impl core::str::FromStr for Bdf {
     }
 }
 
-/// The TLP type given by Fmt[2:0] and Type[4:0] (§2.2.1.1, Table 2-3). The address width of
+/// The TLP type given by Fmt\[2:0\] and Type\[4:0\] (§2.2.1.1, Table 2-3). The address width of
 /// memory requests and AtomicOps is Fmt bit 0 and not part of the kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
@@ -164,7 +167,7 @@ impl Kind {
         })
     }
 
-    /// Type[4:0] of this kind.
+    /// Type\[4:0\] of this kind.
     pub const fn type_bits(self) -> u8 {
         match self {
             Kind::MRd | Kind::MWr => 0b0_0000,
@@ -232,9 +235,9 @@ pub enum Error {
     /// A Fmt/Type combination the specification reserves (§2.2.1.1 Table 2-3).
     #[error("reserved Fmt/Type combination: Fmt {fmt:03b} Type {ty:05b}")]
     ReservedFmtType {
-        /// Fmt[2:0].
+        /// Fmt\[2:0\].
         fmt: u8,
-        /// Type[4:0].
+        /// Type\[4:0\].
         ty: u8,
     },
     /// More prefixes than the specification (or our bound) allows.
@@ -258,6 +261,19 @@ pub enum Error {
         value: u64,
         /// The TLP kind.
         kind: &'static str,
+    },
+    /// A message that breaks the rule of its Message Code (§2.2.8, [`message::RULES`]):
+    /// routing, Msg/MsgD and payload length, or Traffic Class.
+    #[error("{name} (Message Code {code:#04x}) is {violation} (PCIe Base Specification {spec})")]
+    Message {
+        /// Message Code.
+        code: u8,
+        /// The message's name.
+        name: &'static str,
+        /// Which part of the rule it breaks.
+        violation: message::Violation,
+        /// The table the rule comes from.
+        spec: &'static str,
     },
     /// Byte enables the specification forbids (§2.2.5).
     #[error("forbidden byte enables: First BE {first:#x}, Last BE {last:#x}, Length {length_dw} DW: {reason}")]

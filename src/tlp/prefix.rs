@@ -9,7 +9,7 @@ use core::fmt;
 /// One prefix DW, interpreted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Prefix {
-    /// Local prefix L[3:0]=0000: MR-IOV (24 bits of content).
+    /// Local prefix L\[3:0\]=0000: MR-IOV (24 bits of content).
     MrIov(u32),
     /// Local vendor-defined prefix VendPrefixL0 (1110) or L1 (1111).
     LocalVendor {
@@ -18,7 +18,7 @@ pub enum Prefix {
         /// Bits 23:0.
         content: u32,
     },
-    /// End-End prefix 0000: Extended TPH, carrying ST[15:8].
+    /// End-End prefix 0000: Extended TPH, carrying ST\[15:8\].
     ExtendedTph {
         /// Steering Tag bits 15:8.
         st_hi: u8,
@@ -213,7 +213,7 @@ impl<'a> Prefixes<'a> {
         self.iter().find(|p| matches!(p, Prefix::Pasid { .. }))
     }
 
-    /// ST[15:8] from an Extended TPH prefix, if present.
+    /// ST\[15:8\] from an Extended TPH prefix, if present.
     pub fn st_hi(&self) -> Option<u8> {
         self.iter().find_map(|p| match p {
             Prefix::ExtendedTph { st_hi } => Some(st_hi),

@@ -10,7 +10,7 @@
 pub use super::header::{
     Attr, CfgRequest, Completion, CplStatus, Header, IoRequest, MemOp, MemRequest, Message,
 };
-use super::packet::{field, Packet};
+use super::packet::{Layout, Packet};
 use super::prefix::Prefixes;
 use super::validate::invalid;
 use super::{ecrc, Bdf, Credits, Error, Kind, OrderingClass};
@@ -41,10 +41,6 @@ pub struct Tlp<'a> {
     pub header: Header,
     /// The payload (empty for TLPs without data).
     pub data: &'a [u8],
-}
-
-const fn tag_hi_bits(tag: u16) -> u8 {
-    (((tag >> 9) & 1) as u8) << 7 | (((tag >> 8) & 1) as u8) << 3
 }
 
 impl<'a> Tlp<'a> {
@@ -90,7 +86,7 @@ impl<'a> Tlp<'a> {
         }
     }
 
-    /// Fmt[2:0].
+    /// Fmt\[2:0\].
     pub const fn fmt(&self) -> u8 {
         ((self.kind().has_data() as u8) << 1) | self.four_dw() as u8
     }
@@ -225,7 +221,6 @@ impl<'a> Tlp<'a> {
     pub fn from_packet(p: &Packet<&'a [u8]>) -> Result<Tlp<'a>, Error> {
         let l = *p.layout();
         let buf: &'a [u8] = p.into_inner();
-        let h = p.header();
         let header = match l.kind {
             Kind::MRd
             | Kind::MRdLk
@@ -265,7 +260,7 @@ impl<'a> Tlp<'a> {
                 })
             }
             Kind::CfgRd0 | Kind::CfgWr0 | Kind::CfgRd1 | Kind::CfgWr1 => {
-                if h[field::CFG_EXT_REG] & 0xf0 != 0 || h[field::CFG_REG] & 3 != 0 {
+                if p.cfg_reserved_bits() {
                     return Err(Error::ReservedBits("configuration request DW2"));
                 }
                 Header::Cfg(CfgRequest {
@@ -275,13 +270,12 @@ impl<'a> Tlp<'a> {
                     tag: p.tag(),
                     first_be: p.first_be(),
                     last_be: p.last_be(),
-                    target: Bdf(u16::from_be_bytes([h[8], h[9]])),
-                    register: (u16::from(h[field::CFG_EXT_REG] & 0xf) << 8)
-                        | u16::from(h[field::CFG_REG]),
+                    target: Bdf(p.cfg_target()),
+                    register: p.cfg_register(),
                 })
             }
             Kind::Cpl | Kind::CplD | Kind::CplLk | Kind::CplDLk => {
-                if h[field::CPL_LOWER_ADDR] & 0x80 != 0 {
+                if p.cpl_reserved_bit() {
                     return Err(Error::ReservedBits("completion byte 11 bit 7"));
                 }
                 let status = CplStatus::from_bits(p.cpl_status()).ok_or(invalid(
@@ -301,18 +295,14 @@ impl<'a> Tlp<'a> {
                     lower_address: p.lower_address(),
                 })
             }
-            Kind::Msg(routing) | Kind::MsgD(routing) => {
-                let mut fields = [0u8; 8];
-                fields.copy_from_slice(&h[field::MSG_FIELDS]);
-                Header::Msg(Message {
-                    with_data: l.kind.has_data(),
-                    routing,
-                    requester_id: Bdf(p.requester_id()),
-                    tag: p.tag(),
-                    code: p.msg_code(),
-                    fields,
-                })
-            }
+            Kind::Msg(routing) | Kind::MsgD(routing) => Header::Msg(Message {
+                with_data: l.kind.has_data(),
+                routing,
+                requester_id: Bdf(p.requester_id()),
+                tag: p.tag(),
+                code: p.msg_code(),
+                fields: p.msg_fields(),
+            }),
         };
         let prefixes = Prefixes::new_unchecked(&buf[..l.prefix_len]);
         let start = l.prefix_len + l.header_len;
@@ -335,8 +325,20 @@ impl<'a> Tlp<'a> {
         })
     }
 
+    /// Where [`Tlp::emit`] puts the prefixes, header, payload and digest.
+    pub const fn layout(&self) -> Layout {
+        Layout {
+            prefix_len: self.prefixes.as_bytes().len(),
+            header_len: self.header_len(),
+            payload_len: self.data.len(),
+            digest: self.td,
+            kind: self.kind(),
+        }
+    }
+
     /// Write the TLP into `buf` (which must hold at least [`Tlp::buffer_len`] bytes) and
-    /// return the number of bytes written. Computes the ECRC when TD is set.
+    /// return the number of bytes written. Computes the ECRC when TD is set. The header is
+    /// written through the [`Packet`] setters.
     #[inline]
     pub fn emit(&self, buf: &mut [u8]) -> Result<usize, Error> {
         self.validate()?;
@@ -347,92 +349,139 @@ impl<'a> Tlp<'a> {
                 have: buf.len(),
             });
         }
-        let buf = &mut buf[..total];
-        let pl = self.prefixes.as_bytes().len();
-        buf[..pl].copy_from_slice(self.prefixes.as_bytes());
-        let hl = self.header_len();
-        let (hdr, rest) = buf[pl..].split_at_mut(hl);
-        self.write_header(hdr);
-        let dl = self.data.len();
-        rest[..dl].copy_from_slice(self.data);
-        if self.td {
-            let digest = ecrc::compute(self.prefixes.end_to_end_bytes(), hdr, self.data);
-            rest[dl..dl + 4].copy_from_slice(&digest);
-        }
+        let mut p = Packet::with_layout(&mut buf[..total], self.layout())?;
+        p.payload_mut().copy_from_slice(self.data);
+        self.finish(&mut p);
         Ok(total)
+    }
+
+    /// Write the TLP into `buf` with a payload assembled in place: `lead` zero bytes, then
+    /// `bytes`, then zeros up to Length DWs (`self.data` is not used). This is how a request
+    /// or completion for bytes that do not start or end on a DW boundary is built with one
+    /// copy and no scratch buffer. Validates like [`Tlp::emit`]; on an error the contents of
+    /// `buf` are unspecified. Returns the number of bytes written.
+    #[inline]
+    pub fn emit_padded(&self, buf: &mut [u8], lead: usize, bytes: &[u8]) -> Result<usize, Error> {
+        let payload_len = if self.kind().has_data() {
+            usize::from(self.length_dw) * 4
+        } else {
+            0
+        };
+        let used = lead.saturating_add(bytes.len());
+        if used > payload_len {
+            return Err(Error::PayloadMismatch {
+                length_dw: self.length_dw,
+                data_len: used,
+            });
+        }
+        let layout = Layout {
+            payload_len,
+            ..self.layout()
+        };
+        let total = layout.total_len();
+        if buf.len() < total {
+            return Err(Error::BufferTooSmall {
+                need: total,
+                have: buf.len(),
+            });
+        }
+        let mut p = Packet::with_layout(&mut buf[..total], layout)?;
+        let payload = p.payload_mut();
+        payload[..lead].fill(0);
+        payload[lead..used].copy_from_slice(bytes);
+        payload[used..].fill(0);
+        Tlp {
+            data: p.payload(),
+            ..*self
+        }
+        .validate()?;
+        self.finish(&mut p);
+        Ok(total)
+    }
+
+    /// Prefixes, header and digest of a TLP whose payload is already in `p`.
+    #[inline]
+    fn finish(&self, p: &mut Packet<&mut [u8]>) {
+        p.prefixes_mut().copy_from_slice(self.prefixes.as_bytes());
+        self.write_header(p);
+        if self.td {
+            let digest = ecrc::compute(self.prefixes.end_to_end_bytes(), p.header(), p.payload());
+            p.set_ecrc(digest);
+        }
     }
 
     /// The ECRC digest (wire byte order) this TLP carries or would carry with TD set.
     pub fn ecrc(&self) -> [u8; 4] {
         let mut hdr = [0u8; 16];
-        let hl = self.header_len();
-        self.write_header(&mut hdr[..hl]);
-        hdr[field::TD_EP_ATTR] |= 0x80;
+        let layout = Layout {
+            prefix_len: 0,
+            header_len: self.header_len(),
+            payload_len: 0,
+            digest: false,
+            kind: self.kind(),
+        };
+        let hl = layout.header_len;
+        if let Ok(mut p) = Packet::with_layout(&mut hdr[..hl], layout) {
+            self.write_header(&mut p);
+            p.set_td(true);
+        }
         ecrc::compute(self.prefixes.end_to_end_bytes(), &hdr[..hl], self.data)
     }
 
-    /// Write the header (12 or 16 bytes) of a validated TLP.
+    /// Write the header of a validated TLP through the [`Packet`] setters.
     #[inline]
-    fn write_header(&self, hdr: &mut [u8]) {
-        hdr.fill(0);
-        let len_field = self.length_dw & 0x3ff;
-        hdr[field::FMT_TYPE] = (self.fmt() << 5) | self.kind().type_bits();
-        hdr[field::TC_FLAGS] = tag_hi_bits(self.tag())
-            | (self.tc << 4)
-            | (u8::from(self.attr.ido) << 2)
-            | (u8::from(self.ln) << 1)
-            | u8::from(self.th);
-        hdr[field::TD_EP_ATTR] = (u8::from(self.td) << 7)
-            | (u8::from(self.ep) << 6)
-            | (u8::from(self.attr.ro) << 5)
-            | (u8::from(self.attr.ns) << 4)
-            | (self.at << 2)
-            | (len_field >> 8) as u8;
-        hdr[field::LENGTH_LO] = len_field as u8;
+    fn write_header<T: AsRef<[u8]> + AsMut<[u8]>>(&self, p: &mut Packet<T>) {
+        p.header_mut().fill(0);
+        p.set_fmt(self.fmt());
+        p.set_ty(self.kind().type_bits());
+        p.set_tc(self.tc);
+        p.set_attr_ido(self.attr.ido);
+        p.set_ln(self.ln);
+        p.set_th(self.th);
+        p.set_td(self.td);
+        p.set_ep(self.ep);
+        p.set_attr_ro(self.attr.ro);
+        p.set_attr_ns(self.attr.ns);
+        p.set_at(self.at);
+        p.set_length_dw(self.length_dw);
         match &self.header {
             Header::Mem(m) => {
-                hdr[field::REQUESTER_ID].copy_from_slice(&m.requester_id.0.to_be_bytes());
-                hdr[field::TAG] = m.tag as u8;
-                hdr[field::BE] = (m.last_be << 4) | m.first_be;
-                if m.addr64 {
-                    hdr[field::ADDR64_HI]
-                        .copy_from_slice(&((m.address >> 32) as u32).to_be_bytes());
-                    hdr[field::ADDR64_LO]
-                        .copy_from_slice(&(m.address as u32 | u32::from(m.ph)).to_be_bytes());
-                } else {
-                    hdr[field::ADDR32]
-                        .copy_from_slice(&(m.address as u32 | u32::from(m.ph)).to_be_bytes());
-                }
+                p.set_requester_id(m.requester_id.0);
+                p.set_tag(m.tag);
+                p.set_last_be(m.last_be);
+                p.set_first_be(m.first_be);
+                p.set_address(m.address);
+                p.set_ph(m.ph);
             }
             Header::Io(r) => {
-                hdr[field::REQUESTER_ID].copy_from_slice(&r.requester_id.0.to_be_bytes());
-                hdr[field::TAG] = r.tag as u8;
-                hdr[field::BE] = (r.last_be << 4) | r.first_be;
-                hdr[field::ADDR32].copy_from_slice(&r.address.to_be_bytes());
+                p.set_requester_id(r.requester_id.0);
+                p.set_tag(r.tag);
+                p.set_last_be(r.last_be);
+                p.set_first_be(r.first_be);
+                p.set_address(r.address.into());
             }
             Header::Cfg(c) => {
-                hdr[field::REQUESTER_ID].copy_from_slice(&c.requester_id.0.to_be_bytes());
-                hdr[field::TAG] = c.tag as u8;
-                hdr[field::BE] = (c.last_be << 4) | c.first_be;
-                hdr[field::CFG_TARGET].copy_from_slice(&c.target.0.to_be_bytes());
-                hdr[field::CFG_EXT_REG] = (c.register >> 8) as u8;
-                hdr[field::CFG_REG] = c.register as u8;
+                p.set_requester_id(c.requester_id.0);
+                p.set_tag(c.tag);
+                p.set_last_be(c.last_be);
+                p.set_first_be(c.first_be);
+                p.set_cfg_target(c.target.0);
+                p.set_cfg_register(c.register);
             }
             Header::Cpl(c) => {
-                let bc = c.byte_count & 0xfff;
-                hdr[field::COMPLETER_ID].copy_from_slice(&c.completer_id.0.to_be_bytes());
-                hdr[field::CPL_STATUS] =
-                    (c.status.bits() << 5) | (u8::from(c.bcm) << 4) | (bc >> 8) as u8;
-                hdr[field::CPL_BYTE_COUNT_LO] = bc as u8;
-                hdr[field::CPL_REQUESTER_ID].copy_from_slice(&c.requester_id.0.to_be_bytes());
-                hdr[field::CPL_TAG] = c.tag as u8;
-                hdr[field::CPL_LOWER_ADDR] = c.lower_address;
+                p.set_completer_id(c.completer_id.0);
+                p.set_cpl_status(c.status.bits());
+                p.set_bcm(c.bcm);
+                p.set_byte_count(c.byte_count);
+                p.set_cpl_requester_id(c.requester_id.0);
+                p.set_cpl_tag(c.tag);
+                p.set_lower_address(c.lower_address);
             }
             Header::Msg(m) => {
-                hdr[field::REQUESTER_ID].copy_from_slice(&m.requester_id.0.to_be_bytes());
-                hdr[field::TAG] = m.tag as u8;
-                hdr[field::MSG_CODE] = m.code;
-                hdr[field::MSG_FIELDS].copy_from_slice(&m.fields);
+                p.set_requester_id(m.requester_id.0);
+                p.set_tag(m.tag);
+                p.set_msg_code(m.code);
+                p.set_msg_fields(&m.fields);
             }
         }
     }

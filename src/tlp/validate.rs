@@ -1,6 +1,7 @@
 //! The rules a TLP must follow beyond its layout (PCIe Base Specification §2.2.5 byte
 //! enables, §2.2.7 the 4 KiB rule and IO/configuration restrictions, §2.2.7.5 AtomicOp
-//! operand sizes and alignment, §2.2.8 message routing, §2.2.9 completion fields).
+//! operand sizes and alignment, §2.2.8 each Message Code's routing, payload and Traffic
+//! Class — read from the table [`super::message::RULES`] —, §2.2.9 completion fields).
 //!
 //! [`Tlp::validate`] runs on every [`Tlp::parse`] and every [`Tlp::emit`].
 
@@ -139,12 +140,18 @@ impl Tlp<'_> {
             Header::Io(r) => self.check_io_cfg(r.last_be),
             Header::Cfg(c) => self.check_io_cfg(c.last_be),
             Header::Cpl(_) => Ok(()),
-            Header::Msg(m) => match message::required_routing(m.code) {
-                Some(r) if r != m.routing => {
-                    Err(invalid("message routing", m.routing as u64, self.name()))
-                }
-                _ => Ok(()),
-            },
+            Header::Msg(m) => {
+                let Some(rule) = message::rule_for(m.code, &m.fields) else {
+                    return Ok(());
+                };
+                rule.check(m.routing, m.with_data, self.length_dw, self.tc)
+                    .map_err(|violation| Error::Message {
+                        code: m.code,
+                        name: rule.name,
+                        violation,
+                        spec: rule.spec,
+                    })
+            }
         }
     }
 

@@ -3,10 +3,10 @@
 
 #![allow(dead_code)]
 
-use pcietun::tlp::message::{code, required_routing};
+use pcietun::tlp::message::{code, rule_for, Payload, RoutingSet, PCI_SIG_VDMS, RULES};
 use pcietun::tlp::{
     Attr, Bdf, CfgRequest, Completion, CplStatus, Header, IoRequest, MemOp, MemRequest, Message,
-    MsgRouting, Prefixes, Tlp,
+    Prefixes, Tlp,
 };
 use proptest::prelude::*;
 
@@ -40,35 +40,6 @@ impl Owned {
 
 const FIRST: [u8; 4] = [0b1111, 0b1110, 0b1100, 0b1000];
 const LAST: [u8; 4] = [0b0001, 0b0011, 0b0111, 0b1111];
-const KNOWN_CODES: [u8; 27] = [
-    code::UNLOCK,
-    code::ATS_INVALIDATE_REQUEST,
-    code::ATS_INVALIDATE_COMPLETION,
-    code::PAGE_REQUEST,
-    code::PRG_RESPONSE,
-    code::LTR,
-    code::OBFF,
-    code::PM_ACTIVE_STATE_NAK,
-    code::PM_PME,
-    code::PME_TURN_OFF,
-    code::PME_TO_ACK,
-    0x20,
-    0x21,
-    0x22,
-    0x23,
-    0x24,
-    0x25,
-    0x26,
-    0x27,
-    code::ERR_COR,
-    code::ERR_NONFATAL,
-    code::ERR_FATAL,
-    code::SET_SLOT_POWER_LIMIT,
-    code::PTM_REQUEST,
-    code::PTM_RESPONSE,
-    code::VENDOR_DEFINED_0,
-    code::VENDOR_DEFINED_1,
-];
 
 fn fill(seed: u64, n: usize) -> Vec<u8> {
     let mut x = seed | 1;
@@ -236,18 +207,41 @@ pub fn build(sel: u8, r: [u64; 6], n_local: u8, e2e: Vec<u32>) -> Owned {
                 lower_address: (r[3] & 0x7f) as u8,
             })
         }
-        // Messages
+        // Messages: known codes (and PCI-SIG-Defined VDMs) follow their rule in
+        // `message::RULES`; other codes take any routing and payload.
         _ => {
-            let code = if bit(7) {
-                KNOWN_CODES[(r[2] % KNOWN_CODES.len() as u64) as usize]
-            } else {
-                r[2] as u8
+            let mut fields = r[3].to_be_bytes();
+            let code = match r[2] % 4 {
+                0 => (r[2] >> 2) as u8,
+                1 if bit(9) => {
+                    // A PCI-SIG-Defined VDM: Vendor ID 0001h, one of the named subtypes.
+                    let rule = &PCI_SIG_VDMS[(r[2] >> 8) as usize % PCI_SIG_VDMS.len()];
+                    fields[2..4].copy_from_slice(&code::PCI_SIG_VENDOR_ID.to_be_bytes());
+                    fields[4] = rule.subtype.unwrap();
+                    rule.code
+                }
+                _ => RULES[(r[2] >> 8) as usize % RULES.len()].code,
             };
-            let routing = required_routing(code).unwrap_or(MsgRouting::ALL[(r[1] % 6) as usize]);
-            let with_data = bit(8);
+            let rule = rule_for(code, &fields);
+            let routings = rule.map_or(RoutingSet::ANY, |m| m.routings);
+            let routing = routings
+                .iter()
+                .nth((r[1] % routings.len() as u64) as usize)
+                .unwrap();
+            let payload = rule.map_or(Payload::Any, |m| m.payload);
+            if rule.is_some_and(|m| m.tc0) {
+                tc = 0;
+            }
+            let any_len = (r[1] >> 8) as u16 % 16 + 1;
+            let (with_data, len) = match payload {
+                Payload::None => (false, None),
+                Payload::Dw(n) => (true, Some(n)),
+                Payload::NoneOrDw(n) => (bit(8), Some(n)),
+                Payload::Any => (bit(8), Some(any_len)),
+            };
             length_dw = (r[1] >> 8) as u16 % 1024 + 1;
             if with_data {
-                length_dw = (r[1] >> 8) as u16 % 16 + 1;
+                length_dw = len.unwrap_or(any_len);
                 data_dw = length_dw.into();
             }
             Header::Msg(Message {
@@ -256,7 +250,7 @@ pub fn build(sel: u8, r: [u64; 6], n_local: u8, e2e: Vec<u32>) -> Owned {
                 requester_id: rid,
                 tag,
                 code,
-                fields: r[3].to_be_bytes(),
+                fields,
             })
         }
     };
