@@ -7,7 +7,7 @@
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use pcietun::tlp::json::parse_hex;
-use pcietun::tlp::{Header, Tlp};
+use pcietun::tlp::{Tlp, TlpHeader};
 use rtlp_lib::{new_cmpl_req, new_mem_req, TlpMode, TlpPacket, TlpType};
 
 fn mix() -> Vec<(&'static str, Vec<u8>)> {
@@ -41,8 +41,8 @@ fn ours(b: &[u8]) -> u64 {
     let t = Tlp::parse(b).expect("valid TLP");
     let mut acc = u64::from(t.length_dw) + t.data.len() as u64;
     match t.header {
-        Header::Mem(m) => acc += m.address + u64::from(m.requester_id.0) + u64::from(m.tag),
-        Header::Cpl(c) => {
+        TlpHeader::Mem(m) => acc += m.address + u64::from(m.requester_id.0) + u64::from(m.tag),
+        TlpHeader::Cpl(c) => {
             acc += u64::from(c.byte_count) + u64::from(c.lower_address) + u64::from(c.tag)
         }
         _ => {}

@@ -29,6 +29,7 @@ pub mod drivers;
 pub mod endpoint;
 pub mod host;
 pub mod pci;
+pub mod sync;
 pub mod sys;
 pub mod tlp;
 pub mod transport;

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use pcietun::endpoint::wire::{self, CplStatus, Header, Kind};
+use pcietun::endpoint::wire::{self, CplStatus, Kind, ParsedHeader};
 use pcietun::endpoint::Bdf;
 use pcietun::pci::class::dma_engine::{self, reg};
 use pcietun::pci::class::nvme::{self, Cqe, Sqe, Status};
@@ -84,7 +84,7 @@ impl Host {
             let Upcall::Tlp { tlp, .. } = up else {
                 continue;
             };
-            let h = Header::parse(&tlp).unwrap();
+            let h = ParsedHeader::parse(&tlp).unwrap();
             match h.kind {
                 Kind::Completion { status, .. } if h.tag == u16::from(tag) => {
                     assert_eq!(status, CplStatus::Sc);
@@ -102,7 +102,7 @@ impl Host {
         }
     }
 
-    fn serve_read(&mut self, h: &Header, addr: u64, mem: &[u8]) {
+    fn serve_read(&mut self, h: &ParsedHeader, addr: u64, mem: &[u8]) {
         let first = addr + u64::from(h.first_byte_offset());
         let n = h.byte_count() as usize;
         let mut data = vec![0u8; (first as usize % 4 + n).div_ceil(4) * 4];

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam::channel::Receiver;
 use pcietun::endpoint::dma_engine::DmaEngine;
-use pcietun::endpoint::wire::{self, Bdf, Header, Kind};
-use pcietun::endpoint::{Endpoint, EndpointConfig};
+use pcietun::endpoint::wire::{self, Bdf, Kind, ParsedHeader};
+use pcietun::endpoint::{Proxy, ProxyConfig};
 use proptest::prelude::*;
 
 const VICTIM: Bdf = Bdf::new(0, 1, 0);
@@ -31,11 +31,11 @@ fn cfg(bdf: Bdf, reg: u16, tag: u8, value: Option<u32>) -> Vec<u8> {
 }
 
 /// Feed one TLP and collect completions for tag 0xEE (our probes).
-fn probe(ep: &mut Endpoint, rx: &Receiver<Vec<u8>>, tlp: &[u8]) -> Vec<u8> {
+fn probe(ep: &mut Proxy, rx: &Receiver<Vec<u8>>, tlp: &[u8]) -> Vec<u8> {
     ep.handle_tlp(tlp).unwrap();
     let mut data = Vec::new();
     while let Ok(c) = rx.try_recv() {
-        let h = Header::parse(&c).unwrap();
+        let h = ParsedHeader::parse(&c).unwrap();
         if matches!(h.kind, Kind::Completion { .. }) && h.tag == 0xee && h.requester == Bdf(0x0100)
         {
             data.extend_from_slice(&c[h.payload]);
@@ -44,7 +44,7 @@ fn probe(ep: &mut Endpoint, rx: &Receiver<Vec<u8>>, tlp: &[u8]) -> Vec<u8> {
     data
 }
 
-fn snapshot(ep: &mut Endpoint, rx: &Receiver<Vec<u8>>) -> Vec<u8> {
+fn snapshot(ep: &mut Proxy, rx: &Receiver<Vec<u8>>) -> Vec<u8> {
     let mut out = Vec::new();
     for reg in (0..4096u16).step_by(4) {
         let mut t = cfg(VICTIM, reg, 0xee, None);
@@ -59,10 +59,10 @@ fn snapshot(ep: &mut Endpoint, rx: &Receiver<Vec<u8>>) -> Vec<u8> {
     out
 }
 
-fn setup() -> (Endpoint, Receiver<Vec<u8>>) {
-    let (mut ep, rx) = Endpoint::new(EndpointConfig {
+fn setup() -> (Proxy, Receiver<Vec<u8>>) {
+    let (mut ep, rx) = Proxy::new(ProxyConfig {
         dma_timeout: Duration::from_millis(5),
-        ..EndpointConfig::default()
+        ..ProxyConfig::default()
     });
     ep.add_function(Bdf::new(0, 0, 0), Box::new(DmaEngine::new(4096)))
         .unwrap();
@@ -95,7 +95,7 @@ fn setup() -> (Endpoint, Receiver<Vec<u8>>) {
 
 /// Would this TLP legitimately change the victim? (Then it is not "another function's" TLP.)
 fn addresses_victim(t: &[u8]) -> bool {
-    let Ok(h) = Header::parse(t) else {
+    let Ok(h) = ParsedHeader::parse(t) else {
         return false;
     };
     let hits = |a: u64| {
@@ -185,14 +185,14 @@ proptest! {
             if addresses_victim(t) {
                 continue;
             }
-            let parsed = Header::parse(t);
+            let parsed = ParsedHeader::parse(t);
             let res = ep.handle_tlp(t);
             prop_assert_eq!(parsed.is_ok(), res.is_ok());
             // As a driver would: let the DMA requester run (the reads the stream started).
             ep.poll(Instant::now());
             // Everything the endpoint emits is itself a parseable TLP.
             while let Ok(out) = rx.try_recv() {
-                prop_assert!(Header::parse(&out).is_ok(), "endpoint emitted garbage: {:02x?}", out);
+                prop_assert!(ParsedHeader::parse(&out).is_ok(), "endpoint emitted garbage: {:02x?}", out);
             }
         }
         let after = snapshot(&mut ep, &rx);

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use pcietun::endpoint::dma_engine::DmaEngine;
 use pcietun::endpoint::loopback::{LoopbackHost, HOST_MEM_BASE, MSI_BASE};
-use pcietun::endpoint::wire::{self, CplStatus, Header, Kind};
-use pcietun::endpoint::{Bdf, Endpoint, EndpointConfig};
+use pcietun::endpoint::wire::{self, CplStatus, Kind, ParsedHeader};
+use pcietun::endpoint::{Bdf, Proxy, ProxyConfig};
 use pcietun::pci::class::dma_engine::{self, reg};
 
 const F0: Bdf = Bdf::new(2, 0, 0);
@@ -19,7 +19,7 @@ const BUF1: u64 = 0x9000_0000;
 /// The next TLP the endpoint sends within `timeout`, driving it meanwhile as its driver would:
 /// `poll` with real time after every wake-up (a device thread's DMA kick, a timer).
 fn recv_driven(
-    ep: &mut Endpoint,
+    ep: &mut Proxy,
     rx: &crossbeam::channel::Receiver<Vec<u8>>,
     timeout: Duration,
 ) -> Result<Vec<u8>, crossbeam::channel::RecvTimeoutError> {
@@ -44,9 +44,9 @@ fn recv_driven(
 }
 
 fn setup(timeout: Duration) -> LoopbackHost {
-    let (mut ep, rx) = Endpoint::new(EndpointConfig {
+    let (mut ep, rx) = Proxy::new(ProxyConfig {
         dma_timeout: timeout,
-        ..EndpointConfig::default()
+        ..ProxyConfig::default()
     });
     ep.add_function(Bdf::new(0, 0, 0), Box::new(DmaEngine::new(1 << 20)))
         .unwrap();
@@ -82,7 +82,7 @@ fn read_completions_split_at_rcb_and_mps() {
     let mut expect_bc = 4000u32;
     let mut addr = BUF + 0x24;
     for (i, c) in parts.iter().enumerate() {
-        let hd = Header::parse(c).unwrap();
+        let hd = ParsedHeader::parse(c).unwrap();
         let Kind::Completion {
             byte_count,
             lower_addr,
@@ -148,7 +148,7 @@ fn unsupported_request_and_decode_enable() {
         0x1234_5678,
         "poisoned write dropped"
     );
-    let st = h.endpoint_stats().unwrap();
+    let st = h.proxy_stats().unwrap();
     assert_eq!(st.dropped_writes, 2);
     assert_eq!(st.poisoned, 1);
     assert!(st.unsupported >= 3);
@@ -169,7 +169,7 @@ fn atomic_ops_on_buffer_bar() {
         t.extend_from_slice(ops);
         let (st, parts) = h.request(t, tag).unwrap();
         let c = &parts[0];
-        let hd = Header::parse(c).unwrap();
+        let hd = ParsedHeader::parse(c).unwrap();
         let p = &c[hd.payload];
         let mut v = [0u8; 8];
         v[..p.len().min(8)].copy_from_slice(&p[..p.len().min(8)]);
@@ -315,7 +315,7 @@ fn dma_engine_errors_and_intx() {
 
 #[test]
 fn sriov_virtual_functions_appear_route_and_dma() {
-    let (mut ep, rx) = Endpoint::new(EndpointConfig::default());
+    let (mut ep, rx) = Proxy::new(ProxyConfig::default());
     ep.add_function(Bdf::new(0, 0, 0), Box::new(DmaEngine::with_vfs(1 << 16, 4)))
         .unwrap();
     let mut h = LoopbackHost::start(ep, rx, 1 << 20);
@@ -401,10 +401,10 @@ fn requester_tags_and_read_splitting() {
         (1 << 8, 0, 256),        // extended tags: 8-bit
         (1 << 8, 1 << 12, 1024), // 10-bit tag requester enable
     ] {
-        let (mut ep, rx) = Endpoint::new(EndpointConfig::default());
+        let (mut ep, rx) = Proxy::new(ProxyConfig::default());
         ep.add_function(Bdf::new(0, 0, 0), Box::new(DmaEngine::new(1 << 20)))
             .unwrap();
-        let cfg = |ep: &mut Endpoint, reg: u16, v: u32| {
+        let cfg = |ep: &mut Proxy, reg: u16, v: u32| {
             let mut t = vec![
                 0x44,
                 0,
@@ -452,7 +452,7 @@ fn requester_tags_and_read_splitting() {
             );
             let mut batch = Vec::new();
             while let Ok(t) = recv_driven(&mut ep, &rx, Duration::from_millis(60)) {
-                let hd = Header::parse(&t).unwrap();
+                let hd = ParsedHeader::parse(&t).unwrap();
                 if let Kind::MemRead { addr } = hd.kind {
                     batch.push((hd, addr));
                 }
@@ -536,7 +536,7 @@ fn requester_tags_and_read_splitting() {
             ep.handle_tlp(&t).unwrap();
             let st = loop {
                 let r = recv_driven(&mut ep, &rx, Duration::from_secs(1)).unwrap();
-                let hd = Header::parse(&r).unwrap();
+                let hd = ParsedHeader::parse(&r).unwrap();
                 if let Kind::Completion { .. } = hd.kind {
                     if hd.tag == 9 {
                         break u32::from_le_bytes(r[hd.payload][..4].try_into().unwrap());
@@ -557,9 +557,9 @@ fn requester_tags_and_read_splitting() {
 #[test]
 fn completion_timeout_and_late_completion() {
     use pcietun::endpoint::wire::emit_completion;
-    let (mut ep, rx) = Endpoint::new(EndpointConfig {
+    let (mut ep, rx) = Proxy::new(ProxyConfig {
         dma_timeout: Duration::from_millis(100),
-        ..EndpointConfig::default()
+        ..ProxyConfig::default()
     });
     ep.add_function(Bdf::new(0, 0, 0), Box::new(DmaEngine::new(4096)))
         .unwrap();
@@ -571,18 +571,18 @@ fn completion_timeout_and_late_completion() {
     cfg(0x10, REGS as u32);
     cfg(0x18, BUF as u32);
     cfg(0x04, 0x0006);
-    let mw = |ep: &mut Endpoint, off: u64, v: u32| {
+    let mw = |ep: &mut Proxy, off: u64, v: u32| {
         let mut t = Vec::new();
         wire::emit_mem_write(&mut t, Bdf(0), REGS + off, &v.to_le_bytes()).unwrap();
         ep.handle_tlp(&t).unwrap();
     };
-    let status = |ep: &mut Endpoint, rx: &crossbeam::channel::Receiver<Vec<u8>>| -> u32 {
+    let status = |ep: &mut Proxy, rx: &crossbeam::channel::Receiver<Vec<u8>>| -> u32 {
         let mut t = Vec::new();
         wire::emit_mem_read(&mut t, Bdf(0), 9, REGS + reg::STATUS, 4).unwrap();
         ep.handle_tlp(&t).unwrap();
         loop {
             let r = recv_driven(ep, rx, Duration::from_secs(2)).unwrap();
-            let hd = Header::parse(&r).unwrap();
+            let hd = ParsedHeader::parse(&r).unwrap();
             if matches!(hd.kind, Kind::Completion { .. }) && hd.tag == 9 {
                 return u32::from_le_bytes(r[hd.payload][..4].try_into().unwrap());
             }
@@ -593,7 +593,7 @@ fn completion_timeout_and_late_completion() {
     mw(&mut ep, reg::DOORBELL, 1);
     let req = loop {
         let t = recv_driven(&mut ep, &rx, Duration::from_secs(2)).unwrap();
-        let hd = Header::parse(&t).unwrap();
+        let hd = ParsedHeader::parse(&t).unwrap();
         if let Kind::MemRead { .. } = hd.kind {
             break hd;
         }
@@ -631,7 +631,7 @@ fn completion_timeout_and_late_completion() {
     mw(&mut ep, reg::DOORBELL, 1);
     let req = loop {
         let t = recv_driven(&mut ep, &rx, Duration::from_secs(2)).unwrap();
-        let hd = Header::parse(&t).unwrap();
+        let hd = ParsedHeader::parse(&t).unwrap();
         if let Kind::MemRead { .. } = hd.kind {
             break hd;
         }
@@ -660,7 +660,7 @@ fn completion_timeout_and_late_completion() {
     ep.handle_tlp(&t).unwrap();
     let bytes = loop {
         let r = recv_driven(&mut ep, &rx, Duration::from_secs(2)).unwrap();
-        let hd = Header::parse(&r).unwrap();
+        let hd = ParsedHeader::parse(&r).unwrap();
         if matches!(hd.kind, Kind::Completion { .. }) && hd.tag == 10 {
             break u32::from_le_bytes(r[hd.payload][..4].try_into().unwrap());
         }
@@ -671,7 +671,7 @@ fn completion_timeout_and_late_completion() {
     ep.handle_tlp(&t).unwrap();
     let data = loop {
         let r = recv_driven(&mut ep, &rx, Duration::from_secs(2)).unwrap();
-        let hd = Header::parse(&r).unwrap();
+        let hd = ParsedHeader::parse(&r).unwrap();
         if matches!(hd.kind, Kind::Completion { .. }) && hd.tag == 11 {
             break r[hd.payload].to_vec();
         }
@@ -750,9 +750,9 @@ fn dma_requester_under_simulated_time() {
     use pcietun::endpoint::DmaError;
     const PROBE: Bdf = Bdf::new(0, 0, 0);
     let timeout = Duration::from_millis(100);
-    let (mut ep, rx) = Endpoint::new(EndpointConfig {
+    let (mut ep, rx) = Proxy::new(ProxyConfig {
         dma_timeout: timeout,
-        ..EndpointConfig::default()
+        ..ProxyConfig::default()
     });
     let ctx = std::sync::Arc::new(std::sync::Mutex::new(None));
     ep.add_function(PROBE, Box::new(Probe { ctx: ctx.clone() }))
@@ -775,7 +775,7 @@ fn dma_requester_under_simulated_time() {
     let mem_reads = |rx: &crossbeam::channel::Receiver<Vec<u8>>| -> Vec<(u16, u64, u32)> {
         rx.try_iter()
             .filter_map(|t| {
-                let hd = Header::parse(&t).unwrap();
+                let hd = ParsedHeader::parse(&t).unwrap();
                 match hd.kind {
                     Kind::MemRead { addr } => Some((
                         hd.tag,
@@ -806,7 +806,7 @@ fn dma_requester_under_simulated_time() {
         .unwrap();
         c
     };
-    let stats = |ep: &Endpoint| ep.requester_stats(PROBE).unwrap();
+    let stats = |ep: &Proxy| ep.requester_stats(PROBE).unwrap();
 
     // 1. Completion timeout, at exactly the simulated deadline.
     let reader = start_read(0x1000, 64);

@@ -11,7 +11,7 @@ use std::process::Command;
 
 use pcietun::endpoint::loopback::LoopbackHost;
 use pcietun::endpoint::replay::ReplayDevice;
-use pcietun::endpoint::{Bdf, Endpoint, EndpointConfig};
+use pcietun::endpoint::{Bdf, Proxy, ProxyConfig};
 use pcietun::pci::lspci::{self, DumpFunction};
 use pcietun::pci::replay::ReplaySizes;
 
@@ -54,7 +54,7 @@ fn read_back(h: &mut LoopbackHost) -> Vec<u8> {
 fn start(f: &DumpFunction) -> (LoopbackHost, Vec<pcietun::pci::replay::ReplayBar>) {
     let dev = ReplayDevice::from_config("replay", &f.config, &ReplaySizes::default()).unwrap();
     let bars = dev.bars();
-    let (mut ep, rx) = Endpoint::new(EndpointConfig::default());
+    let (mut ep, rx) = Proxy::new(ProxyConfig::default());
     ep.add_function(Bdf::new(0, 0, 0), Box::new(dev)).unwrap();
     (LoopbackHost::start(ep, rx, 4096), bars)
 }

@@ -20,7 +20,7 @@ use pcietun::host::vfio_user::irq::set_flags;
 use pcietun::host::vfio_user::{EventFd, CONFIG_REGION};
 use pcietun::host::HostConfig;
 use pcietun::pci::{Bar, ConfigSpace, ExpressConfig, FunctionIds, MsixCap, PciExpressCap};
-use pcietun::tlp::{Bdf, CplStatus, Header, MemOp, Tlp};
+use pcietun::tlp::{Bdf, CplStatus, MemOp, Tlp, TlpHeader};
 use pcietun::transport::driver::{udp::UdpPort, DriverConfig, Peers, TransportHandle, Upcall};
 use pcietun::transport::{Event, HostId, Psk};
 
@@ -90,7 +90,7 @@ fn appliance(loss: f64) -> Appliance {
             };
             let t = Tlp::parse(&tlp).unwrap();
             let n = match t.header {
-                Header::Cfg(q) if q.target.device() == 0 && q.target.function() == 0 => {
+                TlpHeader::Cfg(q) if q.target.device() == 0 && q.target.function() == 0 => {
                     let mut data = [0u8; 4];
                     if q.write {
                         for i in 0..4 {
@@ -104,10 +104,10 @@ fn appliance(loss: f64) -> Appliance {
                     let payload: &[u8] = if q.write { &[] } else { &data };
                     tlpio::completion(&mut out, me, ROOT_PORT, q.tag, CplStatus::Sc, 4, 0, payload)
                 }
-                Header::Cfg(q) => {
+                TlpHeader::Cfg(q) => {
                     tlpio::completion(&mut out, me, ROOT_PORT, q.tag, CplStatus::Ur, 4, 0, &[])
                 }
-                Header::Mem(m) => {
+                TlpHeader::Mem(m) => {
                     let r = pcietun::tlp::split::covered_bytes(
                         m.address,
                         t.length_dw,

@@ -17,11 +17,11 @@ use pcietun::host::requester::RequestError;
 use pcietun::host::tlpio::{self, MAX_TLP, ROOT_PORT};
 use pcietun::host::vfio_user::irq::set_flags;
 use pcietun::host::vfio_user::{
-    Connection, Device, FunctionServer, IrqIndex, ServerConfig, CONFIG_REGION,
+    Connection, FunctionServer, IrqIndex, ServerConfig, VfioDevice, CONFIG_REGION,
 };
 use pcietun::host::{Downlink, Host, HostConfig, HostEvent, LinkError};
 use pcietun::pci::{Bar, ConfigSpace, ExpressConfig, FunctionIds, MsixCap, PciExpressCap};
-use pcietun::tlp::{Bdf, CplStatus, Header, MemOp, Tlp};
+use pcietun::tlp::{Bdf, CplStatus, MemOp, Tlp, TlpHeader};
 
 const CARD: Bdf = Bdf::new(1, 0, 0);
 const BAR0: usize = 0x4000;
@@ -104,7 +104,7 @@ fn setup(cfg: HostConfig) -> Card {
             }
             let t = Tlp::parse(&bytes).expect("host sent a valid TLP");
             match t.header {
-                Header::Cfg(c) => {
+                TlpHeader::Cfg(c) => {
                     let ok = c.target == CARD;
                     let mut data = [0u8; 4];
                     if ok && c.write {
@@ -126,7 +126,7 @@ fn setup(cfg: HostConfig) -> Card {
                             .unwrap()
                     });
                 }
-                Header::Mem(mr) => {
+                TlpHeader::Mem(mr) => {
                     let r = pcietun::tlp::split::covered_bytes(
                         mr.address,
                         t.length_dw,
@@ -175,7 +175,7 @@ fn setup(cfg: HostConfig) -> Card {
                         _ => {}
                     }
                 }
-                Header::Cpl(_) => {
+                TlpHeader::Cpl(_) => {
                     let _ = cpl_tx.send(bytes.clone());
                 }
                 _ => {}
@@ -208,7 +208,9 @@ impl Card {
         loop {
             let bytes = rx.recv_timeout(Duration::from_secs(5)).expect("completion");
             let t = Tlp::parse(&bytes).unwrap();
-            let Header::Cpl(c) = t.header else { panic!() };
+            let TlpHeader::Cpl(c) = t.header else {
+                panic!()
+            };
             assert_eq!((c.tag, c.requester_id), (0x42, CARD));
             if c.status != CplStatus::Sc {
                 return None;

@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 use crossbeam::channel;
 use pcietun::drivers::mem::DmaBuffer;
 use pcietun::drivers::nvme::{Data, IoDone, NvmeConfig, NvmeDriver, SlotData, IOVA};
-use pcietun::drivers::Completion;
+use pcietun::drivers::CompletionMode;
 use pcietun::endpoint::nvme::{Backend, NvmeController, NvmeOptions};
-use pcietun::endpoint::{Bdf, Endpoint, EndpointConfig};
+use pcietun::endpoint::{Bdf, Proxy, ProxyConfig};
 use pcietun::host::dma::Access;
 use pcietun::host::vfio_user::IrqIndex;
 use pcietun::host::{Downlink, Host, HostConfig, LinkError, RemoteFunction};
@@ -70,7 +70,7 @@ fn rig() -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ns.img");
     let backend = Backend::create(&path, BLOCKS * 512).unwrap();
-    let (mut ep, out) = Endpoint::new(EndpointConfig::default());
+    let (mut ep, out) = Proxy::new(ProxyConfig::default());
     ep.add_function(
         Bdf::new(0, 0, 0),
         Box::new(NvmeController::new(backend, NvmeOptions::default())),
@@ -113,7 +113,7 @@ fn rig() -> Rig {
 }
 
 impl Rig {
-    fn driver(&self, depth: usize, completion: Completion) -> NvmeDriver {
+    fn driver(&self, depth: usize, completion: CompletionMode) -> NvmeDriver {
         let cfg = NvmeConfig {
             depth,
             completion,
@@ -185,7 +185,7 @@ fn enumeration_bring_up_and_identify() {
     assert_eq!(cap::to(c), 30, "15 s timeout");
     assert_eq!(r.f.bar_read32(0, reg::VS).unwrap(), vs::V1_4_0);
 
-    let mut d = r.driver(4, Completion::Poll);
+    let mut d = r.driver(4, CompletionMode::Poll);
     assert_eq!(d.info().model, "pcietun NVMe controller");
     assert_eq!(d.info().version, (1, 4, 0));
     assert_eq!((d.info().blocks, d.info().block_size), (BLOCKS, 512));
@@ -238,7 +238,7 @@ fn enumeration_bring_up_and_identify() {
 #[test]
 fn write_read_back_with_prp_lists_and_flush() {
     let r = rig();
-    let mut d = r.driver(4, Completion::Poll);
+    let mut d = r.driver(4, CompletionMode::Poll);
     let mine = r.test_memory(1 << 20);
 
     // One block, PRP1 only.
@@ -325,7 +325,7 @@ fn write_read_back_with_prp_lists_and_flush() {
 #[test]
 fn msix_one_vector_per_queue_with_masking() {
     let r = rig();
-    let mut d = r.driver(4, Completion::Interrupt);
+    let mut d = r.driver(4, CompletionMode::Interrupt);
     let m = r.f.info().msix.expect("MSI-X");
     assert_eq!(m.vectors, 17, "admin + 16 I/O queues");
     // The driver armed vector 1 (its I/O queue); arm vector 0 (the admin queue's) here. Its
@@ -371,7 +371,7 @@ fn msix_one_vector_per_queue_with_masking() {
 fn intx_fallback_and_intms() {
     let r = rig();
     // Polled I/O queue, no MSI-X: the admin CQ (interrupts always enabled) drives INTA.
-    let mut d = r.driver(4, Completion::Poll);
+    let mut d = r.driver(4, CompletionMode::Poll);
     let get = || Sqe::get_features(feat::NUM_QUEUES, 0, 0);
     let mut done = Vec::new();
     let mut reap = |d: &mut NvmeDriver| {
@@ -421,7 +421,7 @@ fn intx_fallback_and_intms() {
 #[test]
 fn reset_shutdown_and_flr() {
     let r = rig();
-    let mut d = r.driver(4, Completion::Poll);
+    let mut d = r.driver(4, CompletionMode::Poll);
     let data = pattern(512, 5);
     ok(d.io_command(Sqe::write(1, 7, 1), Data::ToDevice(&data))
         .unwrap());
@@ -431,7 +431,7 @@ fn reset_shutdown_and_flr() {
     r.f.bar_write32(0, reg::CC, 0).unwrap();
     eventually("CSTS.RDY = 0", || r.csts() & csts::RDY == 0);
     drop(d);
-    let mut d = r.driver(4, Completion::Poll);
+    let mut d = r.driver(4, CompletionMode::Poll);
     let c = d.admin_command(Sqe::delete_io_sq(5), Data::None).unwrap();
     assert_eq!(c.status(), Status::INVALID_QID, "no SQ 5");
     assert_eq!(c.status().field(), 0x4101);
@@ -466,7 +466,7 @@ fn reset_shutdown_and_flr() {
 #[test]
 fn async_event_on_temperature_threshold() {
     let r = rig();
-    let mut d = r.driver(4, Completion::Poll);
+    let mut d = r.driver(4, CompletionMode::Poll);
     let cid = d.admin_submit(Sqe::async_event_request()).unwrap();
     // Enable SMART temperature notices, then drop the over-temperature threshold below 308 K.
     d.set_features(feat::ASYNC_EVENT, feat::AEC_TEMPERATURE)
@@ -506,7 +506,7 @@ fn async_event_on_temperature_threshold() {
 #[test]
 fn dma_blocked_without_bus_master() {
     let r = rig();
-    let mut d = r.driver(4, Completion::Poll);
+    let mut d = r.driver(4, CompletionMode::Poll);
     d.identify_controller().unwrap();
     // Clear Bus Master Enable: the next command cannot even be fetched; the controller goes
     // fatal rather than touching host memory.
@@ -555,7 +555,7 @@ fn given(sqe: Sqe) -> Cmd {
 fn one_doorbell_batches_of_40_with_sq_wrap_and_cq_phase_flip() {
     let r = rig();
     // 47 slots: SQ and CQ of 48 entries each.
-    let mut d = r.driver(47, Completion::Poll);
+    let mut d = r.driver(47, CompletionMode::Poll);
     let n = 40usize;
     // 40 writes of 4 KiB each (PRP1 only) to LBAs 8*i, data distinct per command.
     let writes: Vec<Cmd> = (0..n)
@@ -596,7 +596,7 @@ fn one_doorbell_batches_of_40_with_sq_wrap_and_cq_phase_flip() {
 #[test]
 fn prp_list_with_partly_contiguous_pages() {
     let r = rig();
-    let mut d = r.driver(4, Completion::Poll);
+    let mut d = r.driver(4, CompletionMode::Poll);
     let mine = r.test_memory(4 << 20);
     let (wbuf, rbuf, list) = (0x10_0000u64, 0x20_0000u64, 0x8000u64);
     let at = |off: u64| TEST_IOVA + off;
@@ -647,7 +647,7 @@ fn mixed_batch_with_prefetched_writes_and_a_bad_prp() {
     // read ahead, several at once), a few 4 KiB reads between them, and one write whose PRP2
     // is misaligned: it alone fails, with PRP Offset Invalid, and writes nothing.
     let r = rig();
-    let mut d = r.driver(20, Completion::Poll);
+    let mut d = r.driver(20, CompletionMode::Poll);
     let mine = r.test_memory(4 << 20);
     let (wbuf, rbuf, list) = (0x10_0000u64, 0x30_0000u64, 0x8000u64);
     let at = |off: u64| TEST_IOVA + off;

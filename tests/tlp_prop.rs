@@ -8,7 +8,7 @@ mod tlp_common;
 use pcietun::tlp::build::{self, BuildError};
 use pcietun::tlp::json::TlpJson;
 use pcietun::tlp::split::{byte_enables, covered_bytes, SplitCompletion, SplitRequest};
-use pcietun::tlp::{classify, Bdf, CplStatus, Header, MemOp, Tlp};
+use pcietun::tlp::{classify, Bdf, CplStatus, MemOp, Tlp, TlpHeader};
 use proptest::prelude::*;
 use tlp_common::arb_tlp;
 
@@ -184,7 +184,7 @@ proptest! {
             }
             let n = r.map_err(|e| TestCaseError::fail(e.to_string()))?;
             let t = parsed(&buf[..n])?;
-            let Header::Mem(m) = t.header else { return Err(TestCaseError::fail("not memory")) };
+            let TlpHeader::Mem(m) = t.header else { return Err(TestCaseError::fail("not memory")) };
             prop_assert_eq!(m.op, if write { MemOp::Write } else { MemOp::Read });
             prop_assert_eq!(m.requester_id, Bdf(rid));
             // §2.2.4.1: the 32-bit format exactly when the address is below 4 GiB.
@@ -215,19 +215,19 @@ proptest! {
         for write in [false, true] {
             let n = if write { cfg.write(&mut buf, value) } else { cfg.read(&mut buf) }.unwrap();
             let t = parsed(&buf[..n])?;
-            let Header::Cfg(c) = t.header else { return Err(TestCaseError::fail("not cfg")) };
+            let TlpHeader::Cfg(c) = t.header else { return Err(TestCaseError::fail("not cfg")) };
             prop_assert_eq!((c.write, c.type1, c.target, c.register, c.first_be, c.tag), (write, type1, Bdf(target), reg * 4, be, tag));
             prop_assert_eq!(t.data, if write { &value[..] } else { &[][..] });
         }
         let n = build::intx(&mut buf, Bdf(target), pin, assert).unwrap();
         let t = parsed(&buf[..n])?;
-        let Header::Msg(m) = t.header else { return Err(TestCaseError::fail("not a message")) };
+        let TlpHeader::Msg(m) = t.header else { return Err(TestCaseError::fail("not a message")) };
         prop_assert_eq!(m.code, if assert { 0x20 } else { 0x24 } + pin);
         let msi_addr = msi_addr & !3;
         let n = build::msi(&mut buf, Bdf(target), msi_addr, msi_data).unwrap();
         let t = parsed(&buf[..n])?;
         prop_assert_eq!(t.data, &msi_data.to_le_bytes()[..]);
-        let Header::Mem(m) = t.header else { return Err(TestCaseError::fail("not memory")) };
+        let TlpHeader::Mem(m) = t.header else { return Err(TestCaseError::fail("not memory")) };
         prop_assert_eq!((m.address, m.first_be, m.last_be), (msi_addr, 0xf, 0));
     }
 
@@ -248,7 +248,7 @@ proptest! {
         while let Some(r) = split.emit_next(&mut buf) {
             let n = r.map_err(|e| TestCaseError::fail(e.to_string()))?;
             let t = parsed(&buf[..n])?;
-            let Header::Cpl(c) = t.header else { return Err(TestCaseError::fail("not a completion")) };
+            let TlpHeader::Cpl(c) = t.header else { return Err(TestCaseError::fail("not a completion")) };
             prop_assert_eq!((c.tag, c.status, t.tc), (tag, CplStatus::Sc, tc));
             prop_assert!(t.data.len() <= mps as usize);
             prop_assert_eq!(u64::from(c.lower_address), next & 0x7f);

@@ -9,7 +9,7 @@
 
 mod tlp_common;
 
-use pcietun::tlp::{Header, Kind, MemOp, Tlp};
+use pcietun::tlp::{Kind, MemOp, Tlp, TlpHeader};
 use proptest::prelude::*;
 use rtlp_lib::{
     new_atomic_req, new_cmpl_req, new_conf_req, new_mem_req, new_msg_req, AtomicOp, TlpFmt,
@@ -71,7 +71,7 @@ fn compare(bytes: &[u8], ours: &Tlp<'_>) -> Result<usize, String> {
     check("tc", u64::from(pkt.header().get_tc()), u64::from(ours.tc))?;
     let rest = pkt.data();
     match &ours.header {
-        Header::Mem(m) if m.op.is_atomic() => {
+        TlpHeader::Mem(m) if m.op.is_atomic() => {
             if let Ok(a) = new_atomic_req(&pkt) {
                 let op = match m.op {
                     MemOp::FetchAdd => AtomicOp::FetchAdd,
@@ -88,7 +88,7 @@ fn compare(bytes: &[u8], ours: &Tlp<'_>) -> Result<usize, String> {
                 check("address", a.address(), m.address | u64::from(m.ph))?;
             }
         }
-        Header::Mem(m) => {
+        TlpHeader::Mem(m) => {
             let r = new_mem_req(rest, &rtlp_fmt(ours.fmt())).map_err(|e| format!("{e:?}"))?;
             check("address", r.address(), m.address | u64::from(m.ph))?;
             check(
@@ -100,7 +100,7 @@ fn compare(bytes: &[u8], ours: &Tlp<'_>) -> Result<usize, String> {
             check("first be", u64::from(r.fdwbe()), u64::from(m.first_be))?;
             check("last be", u64::from(r.ldwbe()), u64::from(m.last_be))?;
         }
-        Header::Io(io) => {
+        TlpHeader::Io(io) => {
             let r = new_mem_req(rest, &rtlp_fmt(ours.fmt())).map_err(|e| format!("{e:?}"))?;
             check("address", r.address(), u64::from(io.address))?;
             check(
@@ -111,7 +111,7 @@ fn compare(bytes: &[u8], ours: &Tlp<'_>) -> Result<usize, String> {
             check("tag", u64::from(r.tag()), u64::from(io.tag & 0xff))?;
             check("first be", u64::from(r.fdwbe()), u64::from(io.first_be))?;
         }
-        Header::Cfg(c) => {
+        TlpHeader::Cfg(c) => {
             let r = new_conf_req(rest).map_err(|e| format!("{e:?}"))?;
             check(
                 "requester id",
@@ -133,7 +133,7 @@ fn compare(bytes: &[u8], ours: &Tlp<'_>) -> Result<usize, String> {
             let reg = (u64::from(r.ext_reg_nr()) << 8) | (u64::from(r.reg_nr()) << 2);
             check("register", reg, u64::from(c.register))?;
         }
-        Header::Cpl(c) => {
+        TlpHeader::Cpl(c) => {
             let r = new_cmpl_req(rest).map_err(|e| format!("{e:?}"))?;
             check(
                 "completer id",
@@ -163,7 +163,7 @@ fn compare(bytes: &[u8], ours: &Tlp<'_>) -> Result<usize, String> {
                 u64::from(c.lower_address),
             )?;
         }
-        Header::Msg(m) => {
+        TlpHeader::Msg(m) => {
             let r = new_msg_req(rest).map_err(|e| format!("{e:?}"))?;
             check(
                 "requester id",

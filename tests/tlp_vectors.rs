@@ -6,7 +6,7 @@
 use pcietun::tlp::json::parse_hex;
 use pcietun::tlp::message::code;
 use pcietun::tlp::{
-    Bdf, CplStatus, Error, Header, Kind, MemOp, MsgRouting, OrderingClass, Prefix, Tlp,
+    Bdf, CplStatus, Error, Kind, MemOp, MsgRouting, OrderingClass, Prefix, Tlp, TlpHeader,
 };
 
 /// The bytes of a hex test vector (leaked: test vectors live for the whole test run).
@@ -28,7 +28,7 @@ fn roundtrip(b: &[u8]) -> Tlp<'_> {
 
 fn mem(t: &Tlp<'_>) -> pcietun::tlp::MemRequest {
     match t.header {
-        Header::Mem(m) => m,
+        TlpHeader::Mem(m) => m,
         other => panic!("not a memory request: {other:?}"),
     }
 }
@@ -102,7 +102,9 @@ fn dmwr64() {
 fn io_read_and_write() {
     let t = roundtrip(bytes("02000001 0000030f 00000cf8"));
     assert_eq!(t.name(), "IORd");
-    let Header::Io(io) = t.header else { panic!() };
+    let TlpHeader::Io(io) = t.header else {
+        panic!()
+    };
     assert_eq!((io.address, io.tag, io.first_be), (0xcf8, 3, 0xf));
     let t = roundtrip(bytes("42000001 00000403 00000080 000000aa"));
     assert_eq!(t.name(), "IOWr");
@@ -114,14 +116,18 @@ fn config_requests() {
     // CfgRd0 of register 0x104 (Extended Register Number 1, Register Number 0x01) of 01:01.0.
     let t = roundtrip(bytes("04000001 00000a0f 01080104"));
     assert_eq!(t.name(), "CfgRd0");
-    let Header::Cfg(c) = t.header else { panic!() };
+    let TlpHeader::Cfg(c) = t.header else {
+        panic!()
+    };
     assert_eq!(c.target, Bdf::new(1, 1, 0));
     assert_eq!(c.register, 0x104);
     assert_eq!(c.tag, 0x0a);
     // CfgWr1 to bus 2, register 0x10 (BAR0).
     let t = roundtrip(bytes("45000001 0000020f 02000010 12345678"));
     assert_eq!(t.name(), "CfgWr1");
-    let Header::Cfg(c) = t.header else { panic!() };
+    let TlpHeader::Cfg(c) = t.header else {
+        panic!()
+    };
     assert_eq!(
         (c.target, c.register, c.write, c.type1),
         (Bdf::new(2, 0, 0), 0x10, true, true)
@@ -143,7 +149,9 @@ fn completions_with_every_status() {
     ] {
         let b = bytes(hex);
         let t = roundtrip(b);
-        let Header::Cpl(c) = t.header else { panic!() };
+        let TlpHeader::Cpl(c) = t.header else {
+            panic!()
+        };
         assert_eq!((c.status, t.name()), (status, name), "{hex}");
         assert_eq!(t.ordering_class(), OrderingClass::Completion);
     }
@@ -157,7 +165,9 @@ fn cpld_byte_count_zero_means_4096_and_lower_address() {
     }
     let b = bytes(&hex);
     let t = roundtrip(b);
-    let Header::Cpl(c) = t.header else { panic!() };
+    let TlpHeader::Cpl(c) = t.header else {
+        panic!()
+    };
     assert_eq!(c.byte_count, 4096);
     assert_eq!(c.lower_address, 0x40);
     assert_eq!(c.completer_id, Bdf::new(1, 0, 0));
@@ -206,19 +216,25 @@ fn messages_with_every_routing() {
     for &(hex, routing, c) in cases {
         let b = bytes(hex);
         let t = roundtrip(b);
-        let Header::Msg(m) = t.header else { panic!() };
+        let TlpHeader::Msg(m) = t.header else {
+            panic!()
+        };
         assert_eq!((m.routing, m.code), (routing, c), "{hex}");
         assert_eq!(t.ordering_class(), OrderingClass::Posted);
     }
     let t = roundtrip(bytes("32000000 0100007e 02000000 00011234"));
-    let Header::Msg(m) = t.header else { panic!() };
+    let TlpHeader::Msg(m) = t.header else {
+        panic!()
+    };
     assert_eq!(m.target_id(), Bdf::new(2, 0, 0));
 }
 
 #[test]
 fn base_spec_messages() {
     let t = roundtrip(bytes("34000000 01000020 00000000 00000000"));
-    let Header::Msg(m) = t.header else { panic!() };
+    let TlpHeader::Msg(m) = t.header else {
+        panic!()
+    };
     assert_eq!(
         (m.code, m.with_data, m.routing),
         (0x20, false, MsgRouting::Local)
@@ -243,7 +259,9 @@ fn base_spec_messages() {
         ),
     ] {
         let t = roundtrip(bytes(hex));
-        let Header::Msg(m) = t.header else { panic!() };
+        let TlpHeader::Msg(m) = t.header else {
+            panic!()
+        };
         assert_eq!(m.code, c, "{hex}");
         assert!(!m.with_data);
     }
@@ -267,7 +285,9 @@ fn base_spec_messages() {
         ),
     ] {
         let t = roundtrip(bytes(hex));
-        let Header::Msg(m) = t.header else { panic!() };
+        let TlpHeader::Msg(m) = t.header else {
+            panic!()
+        };
         assert_eq!(
             (m.code, m.with_data, t.data.len()),
             (c, true, dws * 4),
@@ -467,7 +487,7 @@ fn every_message_code_decodes_with_its_routings_and_no_other() {
     for &(name, hex, allowed) in MESSAGE_VECTORS {
         let b = bytes(hex);
         let t = roundtrip(b);
-        let Header::Msg(m) = t.header else {
+        let TlpHeader::Msg(m) = t.header else {
             panic!("{hex}")
         };
         assert!(allowed.contains(&(m.routing as u8)), "{name}: {hex}");
@@ -681,12 +701,16 @@ fn headers_captured_by_linux_aer() {
     let mut hex = String::from("4a004010 00000040 01000000");
     hex.push_str(&" ffffffff".repeat(16));
     let t = roundtrip(bytes(&hex));
-    let Header::Cpl(c) = t.header else { panic!() };
+    let TlpHeader::Cpl(c) = t.header else {
+        panic!()
+    };
     assert!(t.ep);
     assert_eq!((c.byte_count, c.requester_id), (64, Bdf::new(1, 0, 0)));
     // thunderbolt: PTM Request from 0a:00.0.
     let t = roundtrip(bytes("34000000 0a000052 00000000 00000000"));
-    let Header::Msg(m) = t.header else { panic!() };
+    let TlpHeader::Msg(m) = t.header else {
+        panic!()
+    };
     assert_eq!(m.code, code::PTM_REQUEST);
     // mlx5: MWr64 with TD set (digest computed here, the log has none).
     let mut hex = String::from("60008010 010000ff 00001000 9c4c0000");

@@ -7,13 +7,13 @@ use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
 use pcietun::endpoint::dma_engine::DmaEngine;
-use pcietun::endpoint::wire::{Bdf, Header};
-use pcietun::endpoint::{Endpoint, EndpointConfig};
+use pcietun::endpoint::wire::{Bdf, ParsedHeader};
+use pcietun::endpoint::{Proxy, ProxyConfig};
 
 fuzz_target!(|data: &[u8]| {
-    let (mut ep, rx) = Endpoint::new(EndpointConfig {
+    let (mut ep, rx) = Proxy::new(ProxyConfig {
         dma_timeout: Duration::from_millis(1),
-        ..EndpointConfig::default()
+        ..ProxyConfig::default()
     });
     let _ = ep.add_function(Bdf::new(0, 0, 0), Box::new(DmaEngine::new(4096)));
     let _ = ep.add_function(Bdf::new(0, 0, 1), Box::new(DmaEngine::new(4096)));
@@ -29,7 +29,7 @@ fuzz_target!(|data: &[u8]| {
         ep.poll(t0 + Duration::from_millis(step));
         rest = &tail[n..];
         while let Ok(out) = rx.try_recv() {
-            assert!(Header::parse(&out).is_ok(), "endpoint emitted an unparseable TLP");
+            assert!(ParsedHeader::parse(&out).is_ok(), "endpoint emitted an unparseable TLP");
         }
     }
 });

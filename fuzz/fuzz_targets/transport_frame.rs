@@ -4,12 +4,12 @@
 
 use libfuzzer_sys::fuzz_target;
 use pcietun::transport::frame::{
-    emit_record, record_len, AckBlock, AckView, Header, Records, ACK_LEN, HEADER_LEN,
+    emit_record, record_len, AckBlock, AckView, FrameHeader, Records, ACK_LEN, HEADER_LEN,
     RECORD_HDR_LEN,
 };
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(h) = Header::parse(data) {
+    if let Ok(h) = FrameHeader::parse(data) {
         let mut out = [0u8; HEADER_LEN];
         h.emit(&mut out);
         assert_eq!(&out[..], &data[..HEADER_LEN]);

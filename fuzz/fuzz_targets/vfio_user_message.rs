@@ -7,7 +7,7 @@
 use libfuzzer_sys::fuzz_target;
 use pcietun::host::vfio_user::memdev::MemDevice;
 use pcietun::host::vfio_user::wire::{
-    Command, DeviceInfoRepr, DmaAccessRepr, DmaMapRepr, DmaUnmapRepr, Header, HeaderRepr,
+    Command, DeviceInfoRepr, DmaAccessRepr, DmaMapRepr, DmaUnmapRepr, MessageHeader, MessageHeaderRepr,
     IrqInfoRepr, IrqSetRepr, MessageType, RegionAccessRepr, RegionInfoRepr, RegionIoFdsRepr,
     VersionRepr, HEADER_LEN,
 };
@@ -46,7 +46,7 @@ fuzz_target!(|data: &[u8]| {
     if data.first().is_some_and(|b| b & 1 == 1) {
         let json = b"{\"capabilities\":{}}\0";
         let mut v = vec![0u8; HEADER_LEN + VersionRepr::LEN + json.len()];
-        HeaderRepr {
+        MessageHeaderRepr {
             id: 0,
             command: Command::Version,
             size: v.len() as u32,
@@ -61,12 +61,12 @@ fuzz_target!(|data: &[u8]| {
     }
     let mut rest = data.get(1..).unwrap_or(&[]);
     while rest.len() >= HEADER_LEN {
-        let size = Header::new_unchecked(rest).size() as usize;
+        let size = MessageHeader::new_unchecked(rest).size() as usize;
         let take = size.clamp(HEADER_LEN, rest.len());
         let (msg, tail) = rest.split_at(take);
         rest = tail;
         if conn.handle(msg, Vec::new(), &mut out) {
-            let h = HeaderRepr::parse(&Header::new_checked(&out[..]).unwrap()).unwrap();
+            let h = MessageHeaderRepr::parse(&MessageHeader::new_checked(&out[..]).unwrap()).unwrap();
             assert_eq!(h.kind, MessageType::Reply);
             assert_eq!(h.size as usize, out.len());
         }

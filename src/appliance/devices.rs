@@ -1,6 +1,6 @@
 //! Building the cards a configuration names: NVMe controllers on a file or block device (or
 //! a temporary file), DMA engines (optionally SR-IOV physical functions), and replays of a real
-//! card's `lspci -xxxx` dump — each added to one [`Endpoint`] at its device/function number
+//! card's `lspci -xxxx` dump — each added to one [`Proxy`] at its device/function number
 //! (same device number, other function: a multi-function card, PCIe r5.0 §7.5.1.1.9).
 //!
 //! Everything is built before anything listens: a backing file that cannot be opened, a dump
@@ -15,7 +15,7 @@ use super::ApplianceError;
 use crate::endpoint::dma_engine::DmaEngine;
 use crate::endpoint::nvme::{Backend, NvmeController, NvmeOptions};
 use crate::endpoint::replay::ReplayDevice;
-use crate::endpoint::{Device, Endpoint, EndpointConfig};
+use crate::endpoint::{Device, Proxy, ProxyConfig};
 use crate::pci::replay::ReplaySizes;
 use std::path::PathBuf;
 
@@ -45,7 +45,7 @@ pub struct Scratch(Vec<tempfile::TempDir>);
 #[derive(Debug)]
 pub struct Built {
     /// The endpoint proxy holding every function.
-    pub endpoint: Endpoint,
+    pub endpoint: Proxy,
     /// Its outbound TLP queue (completions, DMA requests, interrupts, in wire order).
     pub outbound: Receiver<Vec<u8>>,
     /// One entry per function built (all unassigned), and the configured hosts.
@@ -57,16 +57,16 @@ pub struct Built {
 
 impl Built {
     /// The parts; keep the [`Scratch`] alive as long as the endpoint.
-    pub fn into_parts(self) -> (Endpoint, Receiver<Vec<u8>>, Scratch) {
+    pub fn into_parts(self) -> (Proxy, Receiver<Vec<u8>>, Scratch) {
         (self.endpoint, self.outbound, self.scratch)
     }
 }
 
 /// Build every device of `cfg` (backing files opened or created) into a new endpoint.
 pub fn build(cfg: &ApplianceConfig) -> Result<Built, ApplianceError> {
-    let (mut endpoint, outbound) = Endpoint::new(EndpointConfig {
+    let (mut endpoint, outbound) = Proxy::new(ProxyConfig {
         dma_timeout: cfg.dma_timeout,
-        ..EndpointConfig::default()
+        ..ProxyConfig::default()
     });
     let mut warnings = Vec::new();
     let mut scratch = Scratch::default();

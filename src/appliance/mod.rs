@@ -61,7 +61,7 @@ pub enum ApplianceError {
     Scratch(#[source] std::io::Error),
     /// The endpoint refused a function (two at one device/function number).
     #[error(transparent)]
-    Endpoint(#[from] crate::endpoint::EndpointError),
+    Endpoint(#[from] crate::endpoint::ProxyError),
     /// The inventory refused a function (a bad or duplicate id).
     #[error(transparent)]
     Inventory(#[from] inventory::InventoryError),

@@ -2,7 +2,7 @@
 //! runs the endpoint and sends its answers, so an MMIO read crosses no thread boundary inside
 //! the appliance (with a threaded `TransportHandle` it crossed three: driver → pump → sender →
 //! driver). Device threads (NVMe, DMA engine) queue their TLPs on the endpoint's outbound
-//! queue (and their DMA reads for [`Endpoint::poll`]) and wake the pump through the link's
+//! queue (and their DMA reads for [`Proxy::poll`]) and wake the pump through the link's
 //! waker, only when it sleeps.
 //!
 //! Which session gets the answers, and the resets on a lost or restarted host, are
@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use super::runtime::Counters;
 use super::session::Sessions;
-use crate::endpoint::Endpoint;
+use crate::endpoint::Proxy;
 use crate::transport::driver::{Direct, DriverStats, Upcall};
 use crate::transport::{ConnId, PeerAddr, SendError};
 
@@ -43,7 +43,7 @@ impl std::fmt::Debug for Pump {
 
 impl Pump {
     /// A pump for `ep` on `d`; installs the endpoint's outbound wake-up.
-    pub fn new(d: Direct, ep: &Endpoint) -> Pump {
+    pub fn new(d: Direct, ep: &Proxy) -> Pump {
         let sleeping = Arc::new(AtomicBool::new(false));
         let waker = d.waker();
         let s = sleeping.clone();
@@ -70,14 +70,14 @@ impl Pump {
         self.d.stats()
     }
 
-    fn publish(&self, ep: &Endpoint, counters: &Counters) {
+    fn publish(&self, ep: &Proxy, counters: &Counters) {
         counters.publish(vec![self.d.stats()], ep.stats());
     }
 
     /// Serve until `stop` is set, publishing counters every 100 ms and when it returns.
     pub fn run(
         &mut self,
-        ep: &mut Endpoint,
+        ep: &mut Proxy,
         outbound: &Receiver<Vec<u8>>,
         stop: &AtomicBool,
         counters: &Counters,
@@ -90,7 +90,7 @@ impl Pump {
 
     fn serve(
         &mut self,
-        ep: &mut Endpoint,
+        ep: &mut Proxy,
         outbound: &Receiver<Vec<u8>>,
         stop: &AtomicBool,
         counters: &Counters,
@@ -157,7 +157,7 @@ impl Pump {
         }
     }
 
-    fn on_upcall(&mut self, ep: &mut Endpoint, u: Upcall) {
+    fn on_upcall(&mut self, ep: &mut Proxy, u: Upcall) {
         let conn = u.conn();
         let held = &mut self.held;
         self.sessions.on_upcall(ep, conn, u, &mut |owner| {

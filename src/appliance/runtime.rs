@@ -14,6 +14,7 @@
 //! Either way every listener is opened before readiness is announced (all or nothing), and
 //! the stop is orderly: devices first (their workers end), then the links.
 
+use crate::sync::MutexExt;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,7 +31,7 @@ use super::inventory::{FunctionEntry, Inventory};
 use super::pump::{Pump, STATS_EVERY};
 use super::session::Sessions;
 use super::ApplianceError;
-use crate::endpoint::{Endpoint, EndpointStats};
+use crate::endpoint::{Proxy, ProxyStats};
 use crate::transport::driver::{
     self, Direct, DriverConfig, DriverStats, Peers, Port, TransportHandle,
 };
@@ -42,7 +43,7 @@ pub struct ApplianceStats {
     /// Transport counters of each link, in listen order.
     pub links: Vec<DriverStats>,
     /// The endpoint proxy's counters (TLPs in, UR/CA sent, drops).
-    pub endpoint: EndpointStats,
+    pub endpoint: ProxyStats,
 }
 
 /// A shared view of [`ApplianceStats`], refreshed every 100 ms while the appliance serves and
@@ -53,11 +54,11 @@ pub struct Counters(Arc<Mutex<ApplianceStats>>);
 impl Counters {
     /// The counters as last published.
     pub fn snapshot(&self) -> ApplianceStats {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.0.lock_or_recover().clone()
     }
 
-    pub(crate) fn publish(&self, links: Vec<DriverStats>, endpoint: EndpointStats) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = ApplianceStats { links, endpoint };
+    pub(crate) fn publish(&self, links: Vec<DriverStats>, endpoint: ProxyStats) {
+        *self.0.lock_or_recover() = ApplianceStats { links, endpoint };
     }
 }
 
@@ -84,7 +85,7 @@ impl Ready {
 #[derive(Debug)]
 pub struct Appliance {
     cfg: ApplianceConfig,
-    endpoint: Endpoint,
+    endpoint: Proxy,
     outbound: Receiver<Vec<u8>>,
     inventory: Inventory,
     warnings: Vec<BuildWarning>,
@@ -336,7 +337,7 @@ impl Appliance {
                 .name("appliance-tx".into())
                 .spawn(move || {
                     for tlp in outbound {
-                        let dst = *owner.lock().unwrap_or_else(|e| e.into_inner());
+                        let dst = *owner.lock_or_recover();
                         match dst {
                             Some((i, conn)) => {
                                 if links[i].send(conn, Bytes::from(tlp)).is_err() {
@@ -352,7 +353,7 @@ impl Appliance {
                     source,
                 })?
         };
-        let publish = |links: &[TransportHandle], ep: &Endpoint| {
+        let publish = |links: &[TransportHandle], ep: &Proxy| {
             let stats = links.iter().filter_map(|l| l.stats().ok()).collect();
             counters.publish(stats, ep.stats());
         };
@@ -403,7 +404,7 @@ impl Appliance {
                 }
             };
             let mut set_owner = |o: Option<(usize, ConnId)>| {
-                *owner.lock().unwrap_or_else(|e| e.into_inner()) = o;
+                *owner.lock_or_recover() = o;
             };
             sessions.on_upcall(&mut endpoint, (i, up.conn()), up, &mut set_owner);
         }

@@ -9,7 +9,7 @@
 //! where per-host routing goes (docs/appliance.md "Plan: the pool"): the assignment table
 //! decides per function which session owns it, and a session going down resets only its own.
 
-use crate::endpoint::Endpoint;
+use crate::endpoint::Proxy;
 use crate::transport::driver::Upcall;
 use crate::transport::Event;
 
@@ -42,7 +42,7 @@ impl<K: Copy + PartialEq> Sessions<K> {
     /// answers go before they exist).
     pub fn on_upcall(
         &mut self,
-        ep: &mut Endpoint,
+        ep: &mut Proxy,
         key: K,
         u: Upcall,
         owner_changed: &mut dyn FnMut(Option<K>),
@@ -104,8 +104,8 @@ impl<K: Copy + PartialEq> Sessions<K> {
 mod tests {
     use super::*;
     use crate::endpoint::dma_engine::DmaEngine;
-    use crate::endpoint::wire::Header;
-    use crate::endpoint::{Bdf, EndpointConfig};
+    use crate::endpoint::wire::ParsedHeader;
+    use crate::endpoint::{Bdf, ProxyConfig};
     use crate::tlp::OrderingClass;
     use crate::transport::{ConnId, DownReason, HostId, PeerAddr};
     use bytes::Bytes;
@@ -156,7 +156,7 @@ mod tests {
     }
 
     struct Rig {
-        ep: Endpoint,
+        ep: Proxy,
         out: Receiver<Vec<u8>>,
         s: Sessions<ConnId>,
         changes: Vec<Option<ConnId>>,
@@ -164,7 +164,7 @@ mod tests {
 
     impl Rig {
         fn new() -> Rig {
-            let (mut ep, out) = Endpoint::new(EndpointConfig::default());
+            let (mut ep, out) = Proxy::new(ProxyConfig::default());
             ep.add_function(Bdf::new(0, 0, 0), Box::new(DmaEngine::new(4096)))
                 .unwrap();
             Rig {
@@ -185,7 +185,7 @@ mod tests {
         fn command(&mut self, conn: usize) -> u16 {
             self.up(conn, tlp(conn, cfg_tlp(9, 0x04, None)));
             let c = self.out.try_recv().expect("a completion");
-            let h = Header::parse(&c).unwrap();
+            let h = ParsedHeader::parse(&c).unwrap();
             u16::from_le_bytes([c[h.payload.start], c[h.payload.start + 1]])
         }
 

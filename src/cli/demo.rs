@@ -11,7 +11,7 @@ use super::bench::rig::{Net, Rig, RigConfig};
 use super::bench::LinkKind;
 use indicatif::{ProgressBar, ProgressStyle};
 use pcietun::drivers::nvme::{IoOp, NvmeConfig, NvmeDriver};
-use pcietun::drivers::Completion;
+use pcietun::drivers::CompletionMode;
 use pcietun::host::agent::{Agent, AgentConfig, Target};
 use pcietun::host::{HostConfig, RemoteFunction};
 use pcietun::pci::class::nvme::reg as nvme_reg;
@@ -308,7 +308,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         f.clone(),
         NvmeConfig {
             depth: args.queue_depth as usize,
-            completion: Completion::Interrupt,
+            completion: CompletionMode::Interrupt,
             ..NvmeConfig::default()
         },
     )?;

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::mem::DmaBuffer;
-use super::Completion;
-use crate::host::dma::{Access, DmaError};
+use super::CompletionMode;
+use crate::host::dma::{Access, DmaWindowError};
 use crate::host::requester::RequestError;
 use crate::host::vfio_user::{EventFd, IrqIndex};
 use crate::host::RemoteFunction;
@@ -31,7 +31,7 @@ pub enum DmaEngineError {
     Request(#[from] RequestError),
     /// Registering or touching DMA memory failed.
     #[error("DMA memory: {0}")]
-    Dma(#[from] DmaError),
+    Dma(#[from] DmaWindowError),
     /// Arming the interrupt failed.
     #[error("interrupt setup: {0}")]
     Irq(#[from] std::io::Error),
@@ -84,7 +84,7 @@ impl DmaEngineDriver {
     pub fn open(
         f: RemoteFunction,
         host_len: usize,
-        completion: Completion,
+        completion: CompletionMode,
     ) -> Result<Self, DmaEngineError> {
         let info = f.info();
         if (info.vendor, info.device) != (VENDOR_ID, DEVICE_ID) {
@@ -103,7 +103,7 @@ impl DmaEngineDriver {
         let mem = Arc::new(DmaBuffer::new(host_len));
         let _ = f.unregister_dma(IOVA, host_len as u64);
         f.register_dma(IOVA, mem.clone(), Access::RW)?;
-        let irq = if completion == Completion::Interrupt {
+        let irq = if completion == CompletionMode::Interrupt {
             let m = f
                 .info()
                 .msix

@@ -2,9 +2,10 @@
 //! DMA window ([`DmaMemory`]), which the card reads and writes through the host's software
 //! IOMMU while the driver fills and inspects it.
 
+use crate::sync::MutexExt;
 use std::sync::{Mutex, MutexGuard};
 
-use crate::host::dma::{DmaError, DmaMemory};
+use crate::host::dma::{DmaMemory, DmaWindowError};
 
 /// A zeroed, bounds-checked buffer shared between a driver and its card's DMA.
 #[derive(Debug)]
@@ -23,7 +24,7 @@ impl DmaBuffer {
     }
 
     fn lock(&self) -> MutexGuard<'_, Vec<u8>> {
-        self.bytes.lock().unwrap_or_else(|p| p.into_inner())
+        self.bytes.lock_or_recover()
     }
 
     fn range(
@@ -31,11 +32,11 @@ impl DmaBuffer {
         kind: &'static str,
         offset: u64,
         len: usize,
-    ) -> Result<(usize, usize), DmaError> {
+    ) -> Result<(usize, usize), DmaWindowError> {
         let end = offset.checked_add(len as u64).filter(|&e| e <= self.len);
         match end {
             Some(end) => Ok((offset as usize, end as usize)),
-            None => Err(DmaError::Fault {
+            None => Err(DmaWindowError::Fault {
                 kind,
                 iova: offset,
                 len,
@@ -44,21 +45,21 @@ impl DmaBuffer {
     }
 
     /// Copy `data` into the buffer at `offset` (the driver's side).
-    pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), DmaError> {
+    pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), DmaWindowError> {
         let (a, b) = self.range("driver write", offset, data.len())?;
         self.lock()[a..b].copy_from_slice(data);
         Ok(())
     }
 
     /// Copy `buf.len()` bytes at `offset` out of the buffer.
-    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DmaError> {
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DmaWindowError> {
         let (a, b) = self.range("driver read", offset, buf.len())?;
         buf.copy_from_slice(&self.lock()[a..b]);
         Ok(())
     }
 
     /// Zero `len` bytes at `offset`.
-    pub fn zero(&self, offset: u64, len: usize) -> Result<(), DmaError> {
+    pub fn zero(&self, offset: u64, len: usize) -> Result<(), DmaWindowError> {
         let (a, b) = self.range("driver zero", offset, len)?;
         self.lock()[a..b].fill(0);
         Ok(())
@@ -69,10 +70,10 @@ impl DmaMemory for DmaBuffer {
     fn len(&self) -> u64 {
         self.len
     }
-    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), DmaError> {
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), DmaWindowError> {
         self.read_at(offset, buf)
     }
-    fn write(&self, offset: u64, data: &[u8]) -> Result<(), DmaError> {
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), DmaWindowError> {
         self.write_at(offset, data)
     }
 }

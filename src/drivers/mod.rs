@@ -31,7 +31,7 @@ fn enable_msix(f: &RemoteFunction, cap: u16) -> Result<(), RequestError> {
 
 /// How a driver learns that its card finished something.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Completion {
+pub enum CompletionMode {
     /// Poll (host memory for NVMe completion queues, the STATUS register for the DMA engine).
     Poll,
     /// Sleep on the MSI-X vector's eventfd.

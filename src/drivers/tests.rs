@@ -1,5 +1,5 @@
 //! Driver tests against the appliance's real device models (NVMe controller on a temporary
-//! file, DMA engine) over a direct in-process TLP pipe: host `Host` ⇄ endpoint `Endpoint`,
+//! file, DMA engine) over a direct in-process TLP pipe: host `Host` ⇄ endpoint `Proxy`,
 //! every access as TLP bytes. (The transport between them is exercised by the demo and bench
 //! tests; here the point is the drivers' behaviour, including their error paths.)
 
@@ -11,10 +11,10 @@ use crossbeam::channel;
 
 use super::dma_engine::{Direction, DmaEngineDriver, DmaEngineError};
 use super::nvme::{IoOp, NvmeConfig, NvmeDriver, NvmeError};
-use super::Completion;
+use super::CompletionMode;
 use crate::endpoint::dma_engine::DmaEngine;
 use crate::endpoint::nvme::{Backend, NvmeController, NvmeOptions};
-use crate::endpoint::{Bdf as EpBdf, Endpoint, EndpointConfig};
+use crate::endpoint::{Bdf, Proxy, ProxyConfig};
 use crate::host::{Downlink, Host, HostConfig, LinkError, RemoteFunction};
 use crate::pci::class::nvme::Status;
 
@@ -48,14 +48,14 @@ impl Drop for Rig {
 impl Rig {
     fn start() -> Rig {
         let dir = tempfile::tempdir().unwrap();
-        let (mut ep, out) = Endpoint::new(EndpointConfig::default());
+        let (mut ep, out) = Proxy::new(ProxyConfig::default());
         let backend = Backend::create(&dir.path().join("ns.img"), 8 << 20).unwrap();
         ep.add_function(
-            EpBdf::new(0, 0, 0),
+            Bdf::new(0, 0, 0),
             Box::new(NvmeController::new(backend, NvmeOptions::default())),
         )
         .unwrap();
-        ep.add_function(EpBdf::new(0, 0, 1), Box::new(DmaEngine::new(256 * 1024)))
+        ep.add_function(Bdf::new(0, 0, 1), Box::new(DmaEngine::new(256 * 1024)))
             .unwrap();
         let (tx, rx) = channel::unbounded::<Vec<u8>>();
         let host = Host::new(Arc::new(Pipe(tx)), HostConfig::default());
@@ -106,7 +106,7 @@ fn nvme_polling_driver_writes_and_reads_back_across_prp_lists() {
     let rig = Rig::start();
     let cfg = NvmeConfig {
         depth: 4,
-        completion: Completion::Poll,
+        completion: CompletionMode::Poll,
         ..NvmeConfig::default()
     };
     let mut d = NvmeDriver::open(rig.open(0x0108), cfg).unwrap();
@@ -186,7 +186,7 @@ fn nvme_interrupt_driver_reopens_and_rejects_bad_requests() {
 #[test]
 fn dma_engine_moves_data_both_ways_in_both_completion_modes() {
     let rig = Rig::start();
-    for mode in [Completion::Poll, Completion::Interrupt] {
+    for mode in [CompletionMode::Poll, CompletionMode::Interrupt] {
         let d = DmaEngineDriver::open(rig.open(0x0880), 512 * 1024, mode).unwrap();
         assert_eq!(d.card_buffer_size(), 256 * 1024);
         let before = d.completions().unwrap();
@@ -212,7 +212,7 @@ fn dma_engine_moves_data_both_ways_in_both_completion_modes() {
         ));
     }
     assert!(matches!(
-        DmaEngineDriver::open(rig.open(0x0108), 4096, Completion::Poll),
+        DmaEngineDriver::open(rig.open(0x0108), 4096, CompletionMode::Poll),
         Err(DmaEngineError::NotDmaEngine(_))
     ));
 }

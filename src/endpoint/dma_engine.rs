@@ -9,6 +9,7 @@
 //! itself, readable and writable by the host, with 4- and 8-byte AtomicOps (FetchAdd, Swap,
 //! CAS).
 
+use crate::sync::{CondvarExt, MutexExt};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -48,10 +49,10 @@ struct Shared {
 
 impl Shared {
     fn regs(&self) -> MutexGuard<'_, Regs> {
-        self.regs.lock().unwrap_or_else(|e| e.into_inner())
+        self.regs.lock_or_recover()
     }
     fn buf(&self) -> MutexGuard<'_, Vec<u8>> {
-        self.buf.lock().unwrap_or_else(|e| e.into_inner())
+        self.buf.lock_or_recover()
     }
 }
 
@@ -221,7 +222,7 @@ fn worker(shared: Arc<Shared>, ctx: DeviceContext) {
         let (addr, off, len, to_host, epoch) = {
             let mut r = shared.regs();
             while !r.start && !r.stop {
-                r = shared.wake.wait(r).unwrap_or_else(|e| e.into_inner());
+                r = shared.wake.wait_or_recover(r);
             }
             if r.stop {
                 return;

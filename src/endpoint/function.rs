@@ -5,6 +5,7 @@
 //! and the proxy's per-function record (`slot.rs`) build on this module; it depends on
 //! neither.
 
+use crate::sync::MutexExt;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -46,9 +47,9 @@ impl std::fmt::Debug for WakeSlot {
 
 /// The endpoint's outbound queue as the device threads see it: after a device thread queues a
 /// TLP (a DMA write, an MSI-X write) or a DMA read for the TLP thread, it calls the wake-up
-/// installed by [`Endpoint::set_outbound_wake`](super::Endpoint::set_outbound_wake), so a pump
+/// installed by [`Proxy::set_outbound_wake`](super::Proxy::set_outbound_wake), so a pump
 /// that sleeps on the network acts at once; a queued read also signals
-/// [`Endpoint::kicks`](super::Endpoint::kicks) for drivers that wait on channels.
+/// [`Proxy::kicks`](super::Proxy::kicks) for drivers that wait on channels.
 #[derive(Clone)]
 pub(crate) struct Outbound {
     pub(crate) tx: Sender<Vec<u8>>,
@@ -109,20 +110,17 @@ impl FunctionShared {
     }
 
     pub(crate) fn decode(&self) -> Decode {
-        *self.decode.lock().unwrap_or_else(|e| e.into_inner())
+        *self.decode.lock_or_recover()
     }
 
     /// Replace the decode state the handles see.
     pub(crate) fn set_decode(&self, d: Decode) {
-        *self.decode.lock().unwrap_or_else(|e| e.into_inner()) = d;
+        *self.decode.lock_or_recover() = d;
     }
 
     /// Clear Bus Master Enable in the handles' view (first step of a reset).
     pub(crate) fn block_dma(&self) {
-        self.decode
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .bus_master = false;
+        self.decode.lock_or_recover().bus_master = false;
     }
 
     /// Queue a TLP for the host; false when the endpoint is gone.
@@ -165,10 +163,7 @@ impl FunctionShared {
             return;
         }
         let mut msgs = Vec::new();
-        self.msix
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain_pending(&mut msgs);
+        self.msix.lock_or_recover().drain_pending(&mut msgs);
         for (addr, data) in msgs {
             self.send_msi(addr, data);
         }

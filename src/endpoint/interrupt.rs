@@ -8,6 +8,7 @@
 //! and is sent when unmasked. INTx follows the device's level, gated by Interrupt Disable and by
 //! MSI-X Enable; a message goes out only on a change of the wire's state.
 
+use crate::sync::MutexExt;
 use std::sync::Arc;
 
 use super::function::FunctionShared;
@@ -38,7 +39,7 @@ impl InterruptHandle {
         }
         let deliverable = !d.msix_masked && d.bus_master;
         let msg = {
-            let mut m = self.f.msix.lock().unwrap_or_else(|e| e.into_inner());
+            let mut m = self.f.msix.lock_or_recover();
             if usize::from(vector) >= m.vectors() {
                 return false;
             }
@@ -52,13 +53,13 @@ impl InterruptHandle {
 
     /// Set the function's INTx level (the device's interrupt request).
     pub fn set_intx(&self, level: bool) {
-        let mut s = self.f.intx.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = self.f.intx.lock_or_recover();
         s.level = level;
         self.f.sync_intx(&mut s, &self.f.decode());
     }
 
     /// The device's current INTx request (what Status.Interrupt Status shows).
     pub fn intx_level(&self) -> bool {
-        self.f.intx.lock().unwrap_or_else(|e| e.into_inner()).level
+        self.f.intx.lock_or_recover().level
     }
 }

@@ -9,6 +9,7 @@
 //! Read completions to the device are split at 64-byte boundaries and at 128 bytes, so every
 //! test exercises completion reassembly.
 
+use crate::sync::{CondvarExt, MutexExt};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -16,8 +17,8 @@ use std::time::{Duration, Instant};
 use crossbeam::channel::{self, Receiver, Sender};
 use thiserror::Error;
 
-use super::proxy::{Endpoint, EndpointStats};
-use super::wire::{self, Bdf, CplStatus, Header, Kind};
+use super::proxy::{Proxy, ProxyStats};
+use super::wire::{self, Bdf, CplStatus, Kind, ParsedHeader};
 use crate::tlp::build;
 
 /// Where host memory starts on the host's bus (above 4 GiB, so 64-bit addressing is exercised).
@@ -60,14 +61,14 @@ struct Shared {
     cv: Condvar,
 }
 
-/// The host end of an in-process link to an [`Endpoint`].
+/// The host end of an in-process link to a [`Proxy`].
 #[derive(Debug)]
 pub struct LoopbackHost {
     to_ep: Option<Sender<Vec<u8>>>,
     cpl_rx: Receiver<Vec<u8>>,
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
-    stats_rx: Receiver<EndpointStats>,
+    stats_rx: Receiver<ProxyStats>,
     stats_req: Option<Sender<()>>,
     next_tag: u16,
     /// Timeout for each host request.
@@ -76,7 +77,7 @@ pub struct LoopbackHost {
 
 impl LoopbackHost {
     /// Start the endpoint on its own thread, with `mem_size` bytes of host memory.
-    pub fn start(mut ep: Endpoint, ep_out: Receiver<Vec<u8>>, mem_size: usize) -> LoopbackHost {
+    pub fn start(mut ep: Proxy, ep_out: Receiver<Vec<u8>>, mem_size: usize) -> LoopbackHost {
         let (to_ep, ep_in) = channel::unbounded::<Vec<u8>>();
         let (stats_req, stats_req_rx) = channel::unbounded::<()>();
         let (stats_tx, stats_rx) = channel::unbounded();
@@ -145,7 +146,7 @@ impl LoopbackHost {
     }
 
     /// The endpoint's counters.
-    pub fn endpoint_stats(&self) -> Result<EndpointStats, LoopbackError> {
+    pub fn proxy_stats(&self) -> Result<ProxyStats, LoopbackError> {
         self.stats_req
             .as_ref()
             .ok_or(LoopbackError::Closed)?
@@ -178,7 +179,9 @@ impl LoopbackHost {
                 .cpl_rx
                 .recv_timeout(left)
                 .map_err(|_| LoopbackError::Timeout(self.timeout))?;
-            let Ok(h) = Header::parse(&c) else { continue };
+            let Ok(h) = ParsedHeader::parse(&c) else {
+                continue;
+            };
             let Kind::Completion {
                 status,
                 byte_count,
@@ -215,7 +218,7 @@ impl LoopbackHost {
             return Err(LoopbackError::Status(st));
         }
         let c = &parts[0];
-        let h = Header::parse(c).map_err(|_| LoopbackError::Closed)?;
+        let h = ParsedHeader::parse(c).map_err(|_| LoopbackError::Closed)?;
         let p = &c[h.payload];
         Ok(u32::from_le_bytes([p[0], p[1], p[2], p[3]]))
     }
@@ -244,7 +247,7 @@ impl LoopbackHost {
         }
         let mut out = Vec::with_capacity(len as usize);
         for c in parts {
-            let h = Header::parse(&c).map_err(|_| LoopbackError::Closed)?;
+            let h = ParsedHeader::parse(&c).map_err(|_| LoopbackError::Closed)?;
             let Kind::Completion {
                 lower_addr,
                 byte_count,
@@ -300,26 +303,21 @@ impl LoopbackHost {
 
     /// Read host memory (what the device wrote by DMA).
     pub fn host_read(&self, addr: u64, len: usize) -> Vec<u8> {
-        let st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        let st = self.shared.state.lock_or_recover();
         let off = (addr - HOST_MEM_BASE) as usize;
         st.mem[off..off + len].to_vec()
     }
 
     /// Write host memory (what the device will read by DMA).
     pub fn host_write(&self, addr: u64, data: &[u8]) {
-        let mut st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = self.shared.state.lock_or_recover();
         let off = (addr - HOST_MEM_BASE) as usize;
         st.mem[off..off + data.len()].copy_from_slice(data);
     }
 
     /// MSI writes seen so far: (address, data).
     pub fn msi_log(&self) -> Vec<(u64, u32)> {
-        self.shared
-            .state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .msi
-            .clone()
+        self.shared.state.lock_or_recover().msi.clone()
     }
 
     /// Wait until at least `n` MSI writes have been seen.
@@ -334,37 +332,24 @@ impl LoopbackHost {
 
     /// INTx Assert/Deassert messages seen.
     pub fn intx_messages(&self) -> u64 {
-        self.shared
-            .state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .intx_messages
+        self.shared.state.lock_or_recover().intx_messages
     }
 
     /// DMA reads the host answered with Unsupported Request (outside host memory).
     pub fn bad_dma(&self) -> u64 {
-        self.shared
-            .state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .bad_dma
+        self.shared.state.lock_or_recover().bad_dma
     }
 
     /// Wait for a condition on host-side state.
     fn wait(&self, timeout: Duration, f: impl Fn(&HostState) -> bool) -> bool {
         let deadline = Instant::now() + timeout;
-        let mut st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = self.shared.state.lock_or_recover();
         while !f(&st) {
             let now = Instant::now();
             if now >= deadline {
                 return false;
             }
-            st = self
-                .shared
-                .cv
-                .wait_timeout(st, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            st = self.shared.cv.wait_timeout_or_recover(st, deadline - now).0;
         }
         true
     }
@@ -404,7 +389,9 @@ fn cfg_tlp(bdf: Bdf, reg: u16, tag: u16, value: Option<u32>) -> Result<Vec<u8>, 
 
 /// The host's side of one TLP from the endpoint.
 fn host_handle(s: &Shared, to_ep: &Sender<Vec<u8>>, cpl_tx: &Sender<Vec<u8>>, tlp: &[u8]) {
-    let Ok(h) = Header::parse(tlp) else { return };
+    let Ok(h) = ParsedHeader::parse(tlp) else {
+        return;
+    };
     match h.kind {
         Kind::Completion { .. } => {
             let _ = cpl_tx.send(tlp.to_vec());
@@ -414,7 +401,7 @@ fn host_handle(s: &Shared, to_ep: &Sender<Vec<u8>>, cpl_tx: &Sender<Vec<u8>>, tl
             let a = addr + u64::from(lead);
             let data =
                 &tlp[h.payload.start + lead as usize..h.payload.start + (lead + count) as usize];
-            let mut st = s.state.lock().unwrap_or_else(|e| e.into_inner());
+            let mut st = s.state.lock_or_recover();
             if (MSI_BASE..MSI_BASE + 0x10_0000).contains(&a) && data.len() == 4 {
                 st.msi
                     .push((a, u32::from_le_bytes([data[0], data[1], data[2], data[3]])));
@@ -432,7 +419,7 @@ fn host_handle(s: &Shared, to_ep: &Sender<Vec<u8>>, cpl_tx: &Sender<Vec<u8>>, tl
         Kind::MemRead { addr } => {
             let (lead, count) = wire::enabled_span(h.length_dw, h.first_be, h.last_be);
             let first = addr + u64::from(lead);
-            let mut st = s.state.lock().unwrap_or_else(|e| e.into_inner());
+            let mut st = s.state.lock_or_recover();
             let ok = first >= HOST_MEM_BASE
                 && first - HOST_MEM_BASE + u64::from(count) <= st.mem.len() as u64;
             if !ok {
@@ -484,7 +471,7 @@ fn host_handle(s: &Shared, to_ep: &Sender<Vec<u8>>, cpl_tx: &Sender<Vec<u8>>, tl
             }
         }
         Kind::Message { code, .. } if (0x20..=0x27).contains(&code) => {
-            let mut st = s.state.lock().unwrap_or_else(|e| e.into_inner());
+            let mut st = s.state.lock_or_recover();
             st.intx_asserted = code < 0x24;
             st.intx_messages += 1;
             s.cv.notify_all();

@@ -3,7 +3,7 @@
 //!
 //! * [`device`] — the [`Device`](device::Device) trait (rust-vmm shape) and the DMA and
 //!   interrupt handles a device gets; a device never sees the network.
-//! * [`proxy`] — the sans-I/O [`Endpoint`]: TLPs in, TLPs out (completer and requester sides),
+//! * [`proxy`] — the sans-I/O [`Proxy`]: TLPs in, TLPs out (completer and requester sides),
 //!   time given explicitly by its driver.
 //! * [`requester`] — device DMA reads on the shared requester core ([`crate::tlp::requester`]).
 //! * [`nvme`] — an NVMe 1.4 controller backed by a file or block device.
@@ -38,5 +38,5 @@ mod sriov;
 pub mod wire;
 
 pub use device::{Device, DeviceContext, DeviceError, DmaError, DmaHandle, InterruptHandle};
-pub use proxy::{Endpoint, EndpointConfig, EndpointError, EndpointStats};
+pub use proxy::{Proxy, ProxyConfig, ProxyError, ProxyStats};
 pub use wire::Bdf;

@@ -3,23 +3,24 @@
 //! §2.3.1.1 completion splitting at the Read Completion Boundary and Max Payload Size, §2.7.2.2
 //! poisoned TLPs, §6.15 AtomicOps, §7.5.1.1.3 decode enables).
 //!
-//! Sans-I/O with explicit time: [`Endpoint::handle_tlp`] takes one TLP's bytes and does
+//! Sans-I/O with explicit time: [`Proxy::handle_tlp`] takes one TLP's bytes and does
 //! everything it implies — device accesses, completions, DMA completions to waiting device
-//! threads; [`Endpoint::poll`] gives the endpoint the time and runs each function's DMA
+//! threads; [`Proxy::poll`] gives the endpoint the time and runs each function's DMA
 //! requester (the shared [`crate::tlp::requester`] core: starts the reads device threads
 //! queued, as tags allow, and expires timed-out requests and quarantined tags). Every TLP the
 //! appliance sends (completions, DMA requests, MSI-X writes, INTx messages) goes, in order, to
-//! the one outbound queue returned by [`Endpoint::new`].
+//! the one outbound queue returned by [`Proxy::new`].
 //!
 //! The driver — whoever owns the link — drains that queue and calls `poll(now)` after
-//! handling TLPs, when a device thread queued a read ([`Endpoint::kicks`], or the wake-up of
-//! [`Endpoint::set_outbound_wake`]) and at [`Endpoint::poll_timeout`]. The endpoint reads no
+//! handling TLPs, when a device thread queued a read ([`Proxy::kicks`], or the wake-up of
+//! [`Proxy::set_outbound_wake`]) and at [`Proxy::poll_timeout`]. The endpoint reads no
 //! clock itself, so a simulator can drive it with simulated time.
 //!
 //! Routing: configuration requests by device and function number (the bus number is captured
 //! from Type 0 writes, §2.2.6.2); memory and IO requests by BAR with decode enables respected;
 //! completions by Requester ID to the function's tag table.
 
+use crate::sync::MutexExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,13 +31,13 @@ use super::device::{AtomicOp, Device, DeviceError, ResetKind};
 use super::function::{Outbound, WakeSlot};
 use super::slot::{find_cfg, Function};
 use super::sriov::{sync_vfs, VfFactory};
-use super::wire::{self, AtomicKind, Bdf, CplStatus, Header, Kind, WireError};
+use super::wire::{self, AtomicKind, Bdf, CplStatus, Kind, ParsedHeader, WireError};
 use crate::tlp::{self, build};
 
 /// Errors from the endpoint proxy.
 #[derive(Debug, Error)]
-pub enum EndpointError {
-    /// A TLP could not be parsed (counted in [`EndpointStats::malformed`]).
+pub enum ProxyError {
+    /// A TLP could not be parsed (counted in [`ProxyStats::malformed`]).
     #[error("malformed TLP: {0}")]
     Malformed(#[from] WireError),
     /// Two functions were given the same device/function number.
@@ -44,18 +45,18 @@ pub enum EndpointError {
     DuplicateFunction(Bdf),
 }
 
-/// Endpoint construction parameters.
+/// Proxy construction parameters.
 #[derive(Debug, Clone)]
-pub struct EndpointConfig {
+pub struct ProxyConfig {
     /// Completion timeout for device DMA reads.
     pub dma_timeout: Duration,
     /// Capacity of the outbound TLP queue (device threads block when it is full).
     pub outbound_capacity: usize,
 }
 
-impl Default for EndpointConfig {
+impl Default for ProxyConfig {
     fn default() -> Self {
-        EndpointConfig {
+        ProxyConfig {
             dma_timeout: Duration::from_secs(2),
             outbound_capacity: 8192,
         }
@@ -64,7 +65,7 @@ impl Default for EndpointConfig {
 
 /// Counters: everything the proxy dropped or refused is counted here.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct EndpointStats {
+pub struct ProxyStats {
     /// TLPs handled.
     pub tlps_in: u64,
     /// TLPs that failed to parse.
@@ -86,35 +87,35 @@ pub struct EndpointStats {
 
 /// The appliance side of the tunnel for a set of functions.
 #[derive(Debug)]
-pub struct Endpoint {
+pub struct Proxy {
     pub(crate) functions: Vec<Function>,
     pub(crate) out: Sender<Vec<u8>>,
     /// The wake-up device threads call after queueing (set once by the pump).
     pub(crate) wake: WakeSlot,
-    /// Device threads signal here when they queued a DMA read (see [`Endpoint::kicks`]).
+    /// Device threads signal here when they queued a DMA read (see [`Proxy::kicks`]).
     kick: (Sender<()>, Receiver<()>),
-    pub(crate) cfg: EndpointConfig,
-    stats: EndpointStats,
+    pub(crate) cfg: ProxyConfig,
+    stats: ProxyStats,
     /// Bytes a BAR read returns.
     scratch: Vec<u8>,
     /// Payload of one completion being built.
     pub(crate) next_id: u64,
-    /// The latest time the driver gave [`Endpoint::poll`].
+    /// The latest time the driver gave [`Proxy::poll`].
     now: Option<Instant>,
 }
 
-impl Endpoint {
-    /// A new endpoint and the receiving end of its outbound TLP queue.
-    pub fn new(cfg: EndpointConfig) -> (Endpoint, Receiver<Vec<u8>>) {
+impl Proxy {
+    /// A new proxy and the receiving end of its outbound TLP queue.
+    pub fn new(cfg: ProxyConfig) -> (Proxy, Receiver<Vec<u8>>) {
         let (tx, rx) = channel::bounded(cfg.outbound_capacity.max(16));
         (
-            Endpoint {
+            Proxy {
                 functions: Vec::new(),
                 out: tx,
                 wake: WakeSlot::default(),
                 kick: channel::bounded(1),
                 cfg,
-                stats: EndpointStats::default(),
+                stats: ProxyStats::default(),
                 scratch: Vec::with_capacity(4096),
                 next_id: 0,
                 now: None,
@@ -124,9 +125,9 @@ impl Endpoint {
     }
 
     /// Add a function at `bdf` (device and function numbers matter; the bus is captured).
-    pub fn add_function(&mut self, bdf: Bdf, device: Box<dyn Device>) -> Result<(), EndpointError> {
+    pub fn add_function(&mut self, bdf: Bdf, device: Box<dyn Device>) -> Result<(), ProxyError> {
         if find_cfg(&self.functions, bdf).is_some() {
-            return Err(EndpointError::DuplicateFunction(bdf));
+            return Err(ProxyError::DuplicateFunction(bdf));
         }
         self.next_id += 1;
         self.functions.push(Function::new(
@@ -153,7 +154,7 @@ impl Endpoint {
     }
 
     /// Counters.
-    pub fn stats(&self) -> EndpointStats {
+    pub fn stats(&self) -> ProxyStats {
         self.stats
     }
 
@@ -180,9 +181,9 @@ impl Endpoint {
 
     /// Let time pass: run every function's DMA requester with `now` — start the reads device
     /// threads queued (as tags allow), expire requests whose completion timeout passed and
-    /// free quarantined tags. Call it after [`Endpoint::handle_tlp`], when
-    /// [`Endpoint::kicks`] fires (or the outbound wake-up is called) and at
-    /// [`Endpoint::poll_timeout`]. `now` must not go backwards.
+    /// free quarantined tags. Call it after [`Proxy::handle_tlp`], when
+    /// [`Proxy::kicks`] fires (or the outbound wake-up is called) and at
+    /// [`Proxy::poll_timeout`]. `now` must not go backwards.
     pub fn poll(&mut self, now: Instant) {
         self.now = Some(self.now.map_or(now, |t| t.max(now)));
         for f in &mut self.functions {
@@ -190,7 +191,7 @@ impl Endpoint {
         }
     }
 
-    /// When [`Endpoint::poll`] next has a timer to run (possibly early, never late).
+    /// When [`Proxy::poll`] next has a timer to run (possibly early, never late).
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.functions
             .iter()
@@ -199,7 +200,7 @@ impl Endpoint {
     }
 
     /// Fires (holds a message) when a device thread queued a DMA read that only
-    /// [`Endpoint::poll`] can start; a driver that waits on channels selects on it beside its
+    /// [`Proxy::poll`] can start; a driver that waits on channels selects on it beside its
     /// inbound TLPs. Several kicks between two polls collapse into one.
     pub fn kicks(&self) -> Receiver<()> {
         self.kick.1.clone()
@@ -251,7 +252,7 @@ impl Endpoint {
     fn complete(
         &mut self,
         completer: Bdf,
-        h: &Header,
+        h: &ParsedHeader,
         status: CplStatus,
         byte_count: u16,
         lower_addr: u8,
@@ -282,9 +283,9 @@ impl Endpoint {
     }
 
     /// Handle one TLP from the host.
-    pub fn handle_tlp(&mut self, tlp: &[u8]) -> Result<(), EndpointError> {
+    pub fn handle_tlp(&mut self, tlp: &[u8]) -> Result<(), ProxyError> {
         self.stats.tlps_in += 1;
-        let h = match Header::parse(tlp) {
+        let h = match ParsedHeader::parse(tlp) {
             Ok(h) => h,
             Err(e) => {
                 self.stats.malformed += 1;
@@ -333,7 +334,7 @@ impl Endpoint {
 
     fn config(
         &mut self,
-        h: &Header,
+        h: &ParsedHeader,
         type1: bool,
         write: bool,
         target: Bdf,
@@ -420,19 +421,11 @@ impl Endpoint {
             let t = u64::from(m.table_offset);
             let p = u64::from(m.pba_offset);
             if bar == m.table_bar && off >= t && off < t + tlen {
-                f.shared
-                    .msix
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .read(false, off - t, data);
+                f.shared.msix.lock_or_recover().read(false, off - t, data);
                 return Ok(());
             }
             if bar == m.pba_bar && off >= p && off < p + plen {
-                f.shared
-                    .msix
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .read(true, off - p, data);
+                f.shared.msix.lock_or_recover().read(true, off - p, data);
                 return Ok(());
             }
         }
@@ -447,12 +440,7 @@ impl Endpoint {
             let t = u64::from(m.table_offset);
             let p = u64::from(m.pba_offset);
             if bar == m.table_bar && off >= t && off < t + tlen {
-                let changed = f
-                    .shared
-                    .msix
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .write(off - t, data);
+                let changed = f.shared.msix.lock_or_recover().write(off - t, data);
                 if changed {
                     f.shared.flush_msix(&f.decode);
                 }
@@ -465,7 +453,7 @@ impl Endpoint {
         f.device.bar_write(bar, off, data)
     }
 
-    fn mem_read(&mut self, h: &Header, addr: u64) {
+    fn mem_read(&mut self, h: &ParsedHeader, addr: u64) {
         let (lead, count) = wire::enabled_span(h.length_dw, h.first_be, h.last_be);
         let first = addr + u64::from(lead);
         let claim = self.claim_mem(addr, u64::from(h.length_dw) * 4);
@@ -524,7 +512,7 @@ impl Endpoint {
         self.scratch = buf;
     }
 
-    fn mem_write(&mut self, h: &Header, addr: u64, payload: &[u8]) {
+    fn mem_write(&mut self, h: &ParsedHeader, addr: u64, payload: &[u8]) {
         let Some((i, bar, off)) = self.claim_mem(addr, u64::from(h.length_dw) * 4) else {
             self.stats.dropped_writes += 1;
             return;
@@ -565,7 +553,7 @@ impl Endpoint {
         }
     }
 
-    fn io(&mut self, h: &Header, addr: u64, payload: Option<&[u8]>) {
+    fn io(&mut self, h: &ParsedHeader, addr: u64, payload: Option<&[u8]>) {
         let claim = self
             .functions
             .iter()
@@ -619,7 +607,7 @@ impl Endpoint {
         }
     }
 
-    fn atomic(&mut self, h: &Header, op: AtomicKind, addr: u64, payload: &[u8]) {
+    fn atomic(&mut self, h: &ParsedHeader, op: AtomicKind, addr: u64, payload: &[u8]) {
         let n = payload.len();
         let size = match op {
             AtomicKind::Cas => n / 2,
@@ -669,7 +657,7 @@ impl Endpoint {
     }
 }
 
-impl Drop for Endpoint {
+impl Drop for Proxy {
     /// Fail every DMA read before the device models go (dropping one joins its worker, which
     /// may be waiting for a read only this endpoint could finish).
     fn drop(&mut self) {

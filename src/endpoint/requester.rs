@@ -11,12 +11,13 @@
 //! * the TLP thread: [`DmaRequester`] (owned by the proxy, never shared) admits queued ops into
 //!   the core, emits their Memory Read requests, reassembles completions into the op's buffer
 //!   and expires requests — all with the `now` the endpoint's driver passes to
-//!   [`Endpoint::poll`](super::Endpoint::poll). Nothing here reads a clock.
+//!   [`Proxy::poll`](super::Proxy::poll). Nothing here reads a clock.
 //!
 //! Buffers are reused: an op (with its data buffer) goes back to the pool after each read, and
 //! the core allocates nothing after construction. What still allocates per TLP is the outbound
 //! queue itself, which carries one `Vec<u8>` per TLP to the driver.
 
+use crate::sync::{CondvarExt, MutexExt};
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -135,7 +136,7 @@ pub(crate) struct OpState {
 
 impl Op {
     pub(crate) fn lock(&self) -> MutexGuard<'_, OpState> {
-        self.st.lock().unwrap_or_else(|e| e.into_inner())
+        self.st.lock_or_recover()
     }
 
     /// The read is over: record the result and wake the waiter.
@@ -172,11 +173,7 @@ impl Op {
                 };
                 return (Err(e), false);
             }
-            st = self
-                .cv
-                .wait_timeout(st, until - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            st = self.cv.wait_timeout_or_recover(st, until - now).0;
         }
     }
 }
@@ -198,21 +195,17 @@ pub(crate) struct DmaQueue {
 
 impl DmaQueue {
     fn lock(&self) -> MutexGuard<'_, QueueState> {
-        self.q.lock().unwrap_or_else(|e| e.into_inner())
+        self.q.lock_or_recover()
     }
 
     /// An op for a new read: a pooled one when available (its buffer keeps its capacity).
     pub(crate) fn take_op(&self) -> Arc<Op> {
-        self.pool
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop()
-            .unwrap_or_default()
+        self.pool.lock_or_recover().pop().unwrap_or_default()
     }
 
     /// Give back an op the TLP thread is done with.
     pub(crate) fn recycle(&self, op: Arc<Op>) {
-        self.pool.lock().unwrap_or_else(|e| e.into_inner()).push(op);
+        self.pool.lock_or_recover().push(op);
     }
 
     /// Queue a read. `allowed` is checked under the queue's lock, so a reset that clears Bus

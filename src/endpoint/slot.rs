@@ -3,6 +3,7 @@
 //! virtual function (PCIe r5.0 §6.6.2 Function Level Reset, §9 SR-IOV). Only the TLP thread
 //! touches a [`Function`].
 
+use crate::sync::MutexExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -92,7 +93,7 @@ impl Function {
         self.decode = d;
         self.shared.set_decode(d);
         {
-            let mut s = self.shared.intx.lock().unwrap_or_else(|e| e.into_inner());
+            let mut s = self.shared.intx.lock_or_recover();
             self.shared.sync_intx(&mut s, &d);
         }
         self.shared.flush_msix(&d);
@@ -129,13 +130,9 @@ impl Function {
         };
         self.dma.fail_all(now, &self.shared.dma, error, false);
         self.device.reset(kind);
-        self.shared
-            .msix
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .reset();
+        self.shared.msix.lock_or_recover().reset();
         {
-            let mut s = self.shared.intx.lock().unwrap_or_else(|e| e.into_inner());
+            let mut s = self.shared.intx.lock_or_recover();
             s.level = false;
         }
         self.refresh();

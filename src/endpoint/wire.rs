@@ -107,7 +107,7 @@ pub enum Kind {
 
 /// A parsed TLP header, plus where its payload lies in the input.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Header {
+pub struct ParsedHeader {
     /// The kind and kind-specific fields.
     pub kind: Kind,
     /// Requester ID (for completions: the original requester the completion routes to).
@@ -142,9 +142,9 @@ fn attr_of(bits: u8) -> Attr {
     }
 }
 
-impl Header {
+impl ParsedHeader {
     /// Parse one TLP (exactly one: the buffer must hold nothing else).
-    pub fn parse(b: &[u8]) -> Result<Header, WireError> {
+    pub fn parse(b: &[u8]) -> Result<ParsedHeader, WireError> {
         let t = Tlp::parse(b)?;
         let start = (t.data.as_ptr() as usize).saturating_sub(b.as_ptr() as usize);
         let payload = if t.data.is_empty() {
@@ -153,7 +153,7 @@ impl Header {
             start..start + t.data.len()
         };
         let (kind, requester, first_be, last_be) = match t.header {
-            tlp::Header::Mem(m) => {
+            tlp::TlpHeader::Mem(m) => {
                 let kind = match m.op {
                     tlp::MemOp::Read | tlp::MemOp::ReadLocked => Kind::MemRead { addr: m.address },
                     tlp::MemOp::Write => Kind::MemWrite { addr: m.address },
@@ -175,7 +175,7 @@ impl Header {
                 };
                 (kind, m.requester_id, m.first_be, m.last_be)
             }
-            tlp::Header::Io(r) => {
+            tlp::TlpHeader::Io(r) => {
                 let kind = if r.write {
                     Kind::IoWrite { addr: r.address }
                 } else {
@@ -183,7 +183,7 @@ impl Header {
                 };
                 (kind, r.requester_id, r.first_be, r.last_be)
             }
-            tlp::Header::Cfg(c) => (
+            tlp::TlpHeader::Cfg(c) => (
                 Kind::Config {
                     type1: c.type1,
                     write: c.write,
@@ -194,7 +194,7 @@ impl Header {
                 c.first_be,
                 c.last_be,
             ),
-            tlp::Header::Cpl(c) => (
+            tlp::TlpHeader::Cpl(c) => (
                 Kind::Completion {
                     completer: c.completer_id,
                     status: c.status,
@@ -205,7 +205,7 @@ impl Header {
                 0,
                 0,
             ),
-            tlp::Header::Msg(m) => (
+            tlp::TlpHeader::Msg(m) => (
                 Kind::Message {
                     routing: m.routing as u8,
                     code: m.code,
@@ -215,7 +215,7 @@ impl Header {
                 0,
             ),
         };
-        Ok(Header {
+        Ok(ParsedHeader {
             kind,
             requester,
             tag: t.tag(),
@@ -379,7 +379,7 @@ mod tests {
     fn cfgrd_parse_matches_spec_layout() {
         // CfgRd0, length 1, requester 00:00.0 tag 5, BE 0xf, target 01:00.0 register 0x10
         let b = [0x04, 0, 0, 1, 0, 0, 5, 0x0f, 0x01, 0x00, 0x00, 0x10];
-        let h = Header::parse(&b).unwrap();
+        let h = ParsedHeader::parse(&b).unwrap();
         assert_eq!(
             h.kind,
             Kind::Config {
@@ -409,7 +409,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(&v[..4], &[0x4a, 0x80, 0x00, 0x02]);
-        let h = Header::parse(&v).unwrap();
+        let h = ParsedHeader::parse(&v).unwrap();
         assert_eq!(h.tag, 0x2ab);
         assert_eq!(
             h.kind,
@@ -443,7 +443,7 @@ mod tests {
     fn mem_write_64bit_roundtrip() {
         let mut v = Vec::new();
         emit_mem_write(&mut v, Bdf::new(2, 3, 1), 0x1_2345_6782, &[9, 8, 7]).unwrap();
-        let h = Header::parse(&v).unwrap();
+        let h = ParsedHeader::parse(&v).unwrap();
         assert_eq!(
             h.kind,
             Kind::MemWrite {
@@ -461,7 +461,7 @@ mod tests {
         emit_intx(&mut v, Bdf::new(1, 0, 0), 0, true).unwrap();
         assert_eq!(v.len(), 16);
         assert_eq!((v[0], v[7]), (0x34, 0x20));
-        let h = Header::parse(&v).unwrap();
+        let h = ParsedHeader::parse(&v).unwrap();
         assert_eq!(
             h.kind,
             Kind::Message {
@@ -504,7 +504,7 @@ mod tests {
         assert_eq!(v, [0xaa]);
         // MSI: one DW of Message Data.
         emit_msi(&mut v, Bdf(0x100), 0xfee0_0000, 0x4041).unwrap();
-        let h = Header::parse(&v[1..]).unwrap();
+        let h = ParsedHeader::parse(&v[1..]).unwrap();
         assert_eq!(h.kind, Kind::MemWrite { addr: 0xfee0_0000 });
         assert_eq!(&v[1..][h.payload], &[0x41, 0x40, 0, 0]);
     }
@@ -512,12 +512,12 @@ mod tests {
     #[test]
     fn malformed_is_error() {
         assert!(matches!(
-            Header::parse(&[0x40, 0, 0, 4, 0, 0, 0, 0xff, 0, 0, 0, 0]),
+            ParsedHeader::parse(&[0x40, 0, 0, 4, 0, 0, 0, 0xff, 0, 0, 0, 0]),
             Err(WireError::Tlp(_))
         ));
-        assert!(Header::parse(&[]).is_err());
+        assert!(ParsedHeader::parse(&[]).is_err());
         // A reserved Fmt/Type.
-        assert!(Header::parse(&[0x03, 0, 0, 1, 0, 0, 0, 0xf, 0, 0, 0, 0]).is_err());
+        assert!(ParsedHeader::parse(&[0x03, 0, 0, 1, 0, 0, 0, 0xf, 0, 0, 0, 0]).is_err());
     }
 
     proptest::proptest! {
@@ -531,7 +531,7 @@ mod tests {
             let data: Vec<u8> = (0..dws * 4).map(|i| i as u8).collect();
             let mut v = Vec::new();
             emit_completion(&mut v, Bdf(c), Bdf(r), tag, status, bc, la, 0, &data).unwrap();
-            let h = Header::parse(&v).unwrap();
+            let h = ParsedHeader::parse(&v).unwrap();
             proptest::prop_assert_eq!(h.tag, tag);
             proptest::prop_assert_eq!(h.requester, Bdf(r));
             proptest::prop_assert_eq!(h.kind, Kind::Completion {
@@ -545,7 +545,7 @@ mod tests {
             let len = len.min(4096 - (addr & 0xfff) as u32);
             let mut v = Vec::new();
             emit_mem_read(&mut v, Bdf(5), tag, addr, len).unwrap();
-            let h = Header::parse(&v).unwrap();
+            let h = ParsedHeader::parse(&v).unwrap();
             proptest::prop_assert_eq!(h.kind, Kind::MemRead { addr: addr & !3 });
             proptest::prop_assert_eq!(h.tag, tag);
             proptest::prop_assert_eq!(h.first_byte_offset(), (addr & 3) as u32);
@@ -554,7 +554,7 @@ mod tests {
 
         #[test]
         fn parse_never_panics(b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..80)) {
-            let _ = Header::parse(&b);
+            let _ = ParsedHeader::parse(&b);
         }
     }
 }

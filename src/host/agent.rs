@@ -8,6 +8,7 @@
 //! [`Host::on_link_up`] / [`Host::on_link_down`]. The *scanner* re-enumerates after every
 //! (re)connection, off the pump thread because enumeration waits for completions.
 
+use crate::sync::MutexExt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -99,8 +100,7 @@ impl Downlink for SessionLink {
     fn send_tlp(&self, tlp: &[u8]) -> Result<(), LinkError> {
         let conn = self
             .conn
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .lock_or_recover()
             .ok_or_else(|| LinkError("no session".into()))?;
         self.handle
             .send(conn, Bytes::copy_from_slice(tlp))
@@ -197,13 +197,13 @@ impl Agent {
                     Upcall::Tlp { tlp, .. } => host.on_tlp(&tlp),
                     Upcall::Event { conn, event } => match event {
                         Event::Connected { .. } => {
-                            *link.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn);
+                            *link.conn.lock_or_recover() = Some(conn);
                             host.on_link_up();
-                            let _ = scan_tx.lock().unwrap_or_else(|p| p.into_inner()).send(());
+                            let _ = scan_tx.lock_or_recover().send(());
                         }
                         Event::Down { reason, .. } => {
                             tracing::warn!(?reason, "session with the appliance down");
-                            *link.conn.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                            *link.conn.lock_or_recover() = None;
                             host.on_link_down();
                         }
                     },
@@ -220,7 +220,7 @@ impl Agent {
                 .name("host-pump".into())
                 .spawn(move || {
                     let publish = |d: &Direct| {
-                        *stats.lock().unwrap_or_else(|p| p.into_inner()) = d.stats();
+                        *stats.lock_or_recover() = d.stats();
                     };
                     if let Err(e) = shared.run_watcher(&stop, publish) {
                         tracing::error!(error = %e, "transport link failed");
@@ -247,8 +247,7 @@ impl Agent {
     /// Wait for the first enumeration after a session came up; the functions found.
     pub fn wait_scan(&self, timeout: Duration) -> Result<Vec<Bdf>, AgentError> {
         self.scans
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .lock_or_recover()
             .recv_timeout(timeout)
             .map_err(|_| AgentError::NotConnected(timeout))
     }
@@ -265,7 +264,7 @@ impl Agent {
 
     /// Transport counters (for operators), at most 100 ms old.
     pub fn transport_stats(&self) -> DriverStats {
-        self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.stats.lock_or_recover().clone()
     }
 
     /// Create `DIR/<bb>:<dd>.<f>.sock` for every function not served yet and serve each on its
@@ -276,7 +275,7 @@ impl Agent {
             source,
         })?;
         let mut paths = Vec::new();
-        let mut served = self.served.lock().unwrap_or_else(|p| p.into_inner());
+        let mut served = self.served.lock_or_recover();
         for info in self.host.functions() {
             if served.contains(&info.bdf) {
                 continue;

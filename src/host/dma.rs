@@ -11,6 +11,7 @@
 //! [`crate::sys::SharedMapping`], copied in and out through raw pointers only (never Rust
 //! references): the guest changes it concurrently.
 
+use crate::sync::{MutexExt, RwLockExt};
 use std::fmt;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,8 +22,8 @@ use crate::sys::{Protection, SharedMapping};
 /// Memory a DMA window is backed by. `offset` is relative to the start of the window.
 ///
 /// The methods are safe to call with any arguments: an implementation checks the range itself
-/// ([`check_range`]) and answers an access outside `0..len()` with [`DmaError::OutOfBounds`]
-/// (or an access its memory does not allow with [`DmaError::Fault`]) instead of relying on
+/// ([`check_range`]) and answers an access outside `0..len()` with [`DmaWindowError::OutOfBounds`]
+/// (or an access its memory does not allow with [`DmaWindowError::Fault`]) instead of relying on
 /// the caller. [`DmaWindows`] checks the windows first, so a card never gets that far.
 pub trait DmaMemory: Send + Sync + fmt::Debug {
     /// Length in bytes.
@@ -32,9 +33,9 @@ pub trait DmaMemory: Send + Sync + fmt::Debug {
         self.len() == 0
     }
     /// Copy `buf.len()` bytes at `offset` into `buf`.
-    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), DmaError>;
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), DmaWindowError>;
     /// Copy `data` to `offset`.
-    fn write(&self, offset: u64, data: &[u8]) -> Result<(), DmaError>;
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), DmaWindowError>;
 }
 
 /// Check that `offset..offset + len` lies inside memory of `size` bytes (without overflow):
@@ -45,8 +46,8 @@ pub fn check_range(
     offset: u64,
     len: usize,
     size: u64,
-) -> Result<std::ops::Range<usize>, DmaError> {
-    let oob = DmaError::OutOfBounds {
+) -> Result<std::ops::Range<usize>, DmaWindowError> {
+    let oob = DmaWindowError::OutOfBounds {
         kind,
         offset,
         len,
@@ -81,7 +82,7 @@ impl Access {
 
 /// Errors of the DMA windows.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DmaError {
+pub enum DmaWindowError {
     /// A new window overlaps an existing one (vfio-user wants `EEXIST`).
     #[error("DMA window {iova:#x}+{len:#x} overlaps an existing window")]
     Overlap {
@@ -205,20 +206,25 @@ impl DmaWindows {
     }
 
     /// Add a window `iova..iova+mem.len()`.
-    pub fn map(&self, iova: u64, access: Access, mem: Arc<dyn DmaMemory>) -> Result<(), DmaError> {
+    pub fn map(
+        &self,
+        iova: u64,
+        access: Access,
+        mem: Arc<dyn DmaMemory>,
+    ) -> Result<(), DmaWindowError> {
         let len = mem.len();
         if len == 0 || iova.checked_add(len).is_none() {
-            return Err(DmaError::BadRange { iova, len });
+            return Err(DmaWindowError::BadRange { iova, len });
         }
-        let mut w = self.windows.write().unwrap_or_else(|p| p.into_inner());
+        let mut w = self.windows.write_or_recover();
         if w.len() >= self.max_windows {
-            return Err(DmaError::TooMany(self.max_windows));
+            return Err(DmaWindowError::TooMany(self.max_windows));
         }
         let pos = w.partition_point(|x| x.iova < iova);
         let overlaps_prev = pos > 0 && w[pos - 1].end() > iova;
         let overlaps_next = pos < w.len() && w[pos].iova < iova + len;
         if overlaps_prev || overlaps_next {
-            return Err(DmaError::Overlap { iova, len });
+            return Err(DmaWindowError::Overlap { iova, len });
         }
         w.insert(
             pos,
@@ -237,12 +243,12 @@ impl DmaWindows {
     /// vfio-user spec demands; a range covering several whole windows removes them all, as
     /// Linux VFIO type1 does). A window only partly inside the range is an error and nothing is
     /// removed. Returns the number of windows removed, once no access uses them any more.
-    pub fn unmap(&self, iova: u64, len: u64) -> Result<usize, DmaError> {
+    pub fn unmap(&self, iova: u64, len: u64) -> Result<usize, DmaWindowError> {
         let end = iova
             .checked_add(len)
             .filter(|_| len > 0)
-            .ok_or(DmaError::NotMapped { iova, len })?;
-        let mut w = self.windows.write().unwrap_or_else(|p| p.into_inner());
+            .ok_or(DmaWindowError::NotMapped { iova, len })?;
+        let mut w = self.windows.write_or_recover();
         let partial = w
             .iter()
             .any(|x| x.iova < end && x.end() > iova && (x.iova < iova || x.end() > end));
@@ -252,7 +258,7 @@ impl DmaWindows {
         }
         let removed = before - w.len();
         if partial || removed == 0 {
-            return Err(DmaError::NotMapped { iova, len });
+            return Err(DmaWindowError::NotMapped { iova, len });
         }
         tracing::debug!(function = %self.name, iova, len, removed, "DMA window unmapped");
         Ok(removed)
@@ -260,7 +266,7 @@ impl DmaWindows {
 
     /// Remove every window.
     pub fn unmap_all(&self) -> usize {
-        let mut w = self.windows.write().unwrap_or_else(|p| p.into_inner());
+        let mut w = self.windows.write_or_recover();
         let n = w.len();
         w.clear();
         n
@@ -268,7 +274,7 @@ impl DmaWindows {
 
     /// Number of windows.
     pub fn len(&self) -> usize {
-        self.windows.read().unwrap_or_else(|p| p.into_inner()).len()
+        self.windows.read_or_recover().len()
     }
 
     /// Whether there is no window.
@@ -284,14 +290,14 @@ impl DmaWindows {
         iova: u64,
         len: usize,
         need: fn(&Access) -> bool,
-        mut f: impl FnMut(&Window, u64, usize, usize) -> Result<(), DmaError>,
-    ) -> Result<(), DmaError> {
-        let fault = DmaError::Fault { kind, iova, len };
+        mut f: impl FnMut(&Window, u64, usize, usize) -> Result<(), DmaWindowError>,
+    ) -> Result<(), DmaWindowError> {
+        let fault = DmaWindowError::Fault { kind, iova, len };
         if len == 0 {
             return Ok(());
         }
         let end = iova.checked_add(len as u64).ok_or_else(|| fault.clone())?;
-        let w = self.windows.read().unwrap_or_else(|p| p.into_inner());
+        let w = self.windows.read_or_recover();
         // Check the whole range first so a refused access has no partial effect.
         let first = w.partition_point(|x| x.end() <= iova);
         let mut at = iova;
@@ -323,7 +329,7 @@ impl DmaWindows {
     }
 
     /// A card reads `buf.len()` bytes at `iova`. On `Err` the caller answers with UR.
-    pub fn read(&self, iova: u64, buf: &mut [u8]) -> Result<(), DmaError> {
+    pub fn read(&self, iova: u64, buf: &mut [u8]) -> Result<(), DmaWindowError> {
         let len = buf.len();
         let r = self.walk(
             "read",
@@ -347,7 +353,7 @@ impl DmaWindows {
     }
 
     /// A card writes `data` at `iova`. On `Err` the write was dropped.
-    pub fn write(&self, iova: u64, data: &[u8]) -> Result<(), DmaError> {
+    pub fn write(&self, iova: u64, data: &[u8]) -> Result<(), DmaWindowError> {
         let len = data.len();
         let r = self.walk(
             "write",
@@ -389,19 +395,19 @@ impl HeapMemory {
 
     /// A copy of the contents.
     pub fn snapshot(&self) -> Vec<u8> {
-        self.bytes.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.bytes.lock_or_recover().clone()
     }
 
     /// Overwrite part of the contents (the driver filling a buffer).
-    pub fn fill(&self, offset: usize, data: &[u8]) -> Result<(), DmaError> {
-        let mut b = self.bytes.lock().unwrap_or_else(|p| p.into_inner());
+    pub fn fill(&self, offset: usize, data: &[u8]) -> Result<(), DmaWindowError> {
+        let mut b = self.bytes.lock_or_recover();
         let end = offset.checked_add(data.len()).filter(|&e| e <= b.len());
         match end {
             Some(end) => {
                 b[offset..end].copy_from_slice(data);
                 Ok(())
             }
-            None => Err(DmaError::Fault {
+            None => Err(DmaWindowError::Fault {
                 kind: "fill",
                 iova: offset as u64,
                 len: data.len(),
@@ -414,15 +420,15 @@ impl DmaMemory for HeapMemory {
     fn len(&self) -> u64 {
         self.len
     }
-    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), DmaError> {
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), DmaWindowError> {
         let r = check_range("read", offset, buf.len(), self.len)?;
-        let b = self.bytes.lock().unwrap_or_else(|p| p.into_inner());
+        let b = self.bytes.lock_or_recover();
         buf.copy_from_slice(&b[r]);
         Ok(())
     }
-    fn write(&self, offset: u64, data: &[u8]) -> Result<(), DmaError> {
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), DmaWindowError> {
         let r = check_range("write", offset, data.len(), self.len)?;
-        let mut b = self.bytes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut b = self.bytes.lock_or_recover();
         b[r].copy_from_slice(data);
         Ok(())
     }
@@ -443,8 +449,8 @@ impl MmapMemory {
     ///
     /// A range that ends past the end of a regular file (a memfd, a hugetlbfs or tmpfs file) is
     /// refused with `EINVAL`: touching such a mapping would raise SIGBUS at the first DMA.
-    pub fn new(fd: OwnedFd, offset: u64, len: u64, access: Access) -> Result<Self, DmaError> {
-        let err = |errno| DmaError::Mmap { offset, len, errno };
+    pub fn new(fd: OwnedFd, offset: u64, len: u64, access: Access) -> Result<Self, DmaWindowError> {
+        let err = |errno| DmaWindowError::Mmap { offset, len, errno };
         let io_err = |e: std::io::Error| err(e.raw_os_error().unwrap_or(libc::EIO));
         let size = usize::try_from(len).map_err(|_| err(libc::EINVAL))?;
         if size == 0 || i64::try_from(offset).is_err() {
@@ -474,10 +480,10 @@ impl DmaMemory for MmapMemory {
     fn len(&self) -> u64 {
         self.len
     }
-    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), DmaError> {
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), DmaWindowError> {
         let r = check_range("read", offset, buf.len(), self.len)?;
         let len = buf.len();
-        let fault = || DmaError::Fault {
+        let fault = || DmaWindowError::Fault {
             kind: "read",
             iova: offset,
             len,
@@ -488,9 +494,9 @@ impl DmaMemory for MmapMemory {
         // The mapping checks the range and its protection again; both hold here.
         self.map.read(r.start, buf).map_err(|_| fault())
     }
-    fn write(&self, offset: u64, data: &[u8]) -> Result<(), DmaError> {
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), DmaWindowError> {
         let r = check_range("write", offset, data.len(), self.len)?;
-        let fault = || DmaError::Fault {
+        let fault = || DmaWindowError::Fault {
             kind: "write",
             iova: offset,
             len: data.len(),
@@ -531,7 +537,7 @@ mod tests {
         // Straddles the end of the window: refused as a whole.
         assert!(matches!(
             w.write(0x10ffe, b"abcd"),
-            Err(DmaError::Fault { kind: "write", .. })
+            Err(DmaWindowError::Fault { kind: "write", .. })
         ));
         assert!(w.write(0x20000, b"abcd").is_err());
         assert!(w.write(u64::MAX - 1, b"abcd").is_err());
@@ -577,16 +583,16 @@ mod tests {
         w.map(0x1000, Access::RW, heap(0x1000)).unwrap();
         assert!(matches!(
             w.map(0x1800, Access::RW, heap(0x1000)),
-            Err(DmaError::Overlap { .. })
+            Err(DmaWindowError::Overlap { .. })
         ));
         assert!(matches!(
             w.map(0x0800, Access::RW, heap(0x1000)),
-            Err(DmaError::Overlap { .. })
+            Err(DmaWindowError::Overlap { .. })
         ));
         w.map(0x2000, Access::RW, heap(0x1000)).unwrap();
         assert!(matches!(
             w.unmap(0x1000, 0x800),
-            Err(DmaError::NotMapped { .. })
+            Err(DmaWindowError::NotMapped { .. })
         ));
         assert_eq!(w.unmap(0x1000, 0x1000), Ok(1));
         assert_eq!(w.len(), 1);
@@ -612,7 +618,7 @@ mod tests {
             assert_eq!(&b, b"lastbyte");
             assert!(matches!(
                 m.read(4089, &mut b),
-                Err(DmaError::OutOfBounds {
+                Err(DmaWindowError::OutOfBounds {
                     kind: "read",
                     offset: 4089,
                     len: 8,
@@ -621,7 +627,7 @@ mod tests {
             ));
             assert!(matches!(
                 m.write(4096, b"x"),
-                Err(DmaError::OutOfBounds { kind: "write", .. })
+                Err(DmaWindowError::OutOfBounds { kind: "write", .. })
             ));
             assert!(m.read(1 << 40, &mut b).is_err());
             // Nothing at the end changed.
@@ -641,11 +647,11 @@ mod tests {
             let mut b = [0u8; 16];
             assert!(matches!(
                 m.read(u64::MAX - 7, &mut b),
-                Err(DmaError::OutOfBounds { kind: "read", .. })
+                Err(DmaWindowError::OutOfBounds { kind: "read", .. })
             ));
             assert!(matches!(
                 m.write(u64::MAX, b"ab"),
-                Err(DmaError::OutOfBounds { kind: "write", .. })
+                Err(DmaWindowError::OutOfBounds { kind: "write", .. })
             ));
             // Zero-length accesses at the very end are in range; past it they are not.
             m.read(4096, &mut []).unwrap();
@@ -653,7 +659,7 @@ mod tests {
         }
         assert_eq!(
             check_range("read", u64::MAX - 1, 2, u64::MAX),
-            Err(DmaError::OutOfBounds {
+            Err(DmaWindowError::OutOfBounds {
                 kind: "read",
                 offset: u64::MAX - 1,
                 len: 2,
@@ -670,14 +676,14 @@ mod tests {
         let fd = || OwnedFd::from(f.try_clone().unwrap());
         assert!(matches!(
             MmapMemory::new(fd(), 4096, 8192, Access::RW),
-            Err(DmaError::Mmap {
+            Err(DmaWindowError::Mmap {
                 errno: libc::EINVAL,
                 ..
             })
         ));
         assert!(matches!(
             MmapMemory::new(fd(), u64::MAX - 4095, 4096, Access::RW),
-            Err(DmaError::Mmap {
+            Err(DmaWindowError::Mmap {
                 errno: libc::EINVAL,
                 ..
             })
@@ -697,7 +703,7 @@ mod tests {
         let m = MmapMemory::new(OwnedFd::from(f), 0, 4096, ro).unwrap();
         assert!(matches!(
             m.write(0, b"x"),
-            Err(DmaError::Fault { kind: "write", .. })
+            Err(DmaWindowError::Fault { kind: "write", .. })
         ));
         let mut b = [1u8; 4];
         m.read(0, &mut b).unwrap();

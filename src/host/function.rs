@@ -1,5 +1,5 @@
 //! One tunnelled function as a consumer sees it: the Rust API for user-space drivers and the
-//! [`Device`] behind its vfio-user server.
+//! [`VfioDevice`] behind its vfio-user server.
 //!
 //! Config space goes to the card as CfgRd0/CfgWr0, except the registers the host must own
 //! (the way Linux vfio-pci virtualizes them): the BARs and expansion ROM keep the host's bus
@@ -9,17 +9,18 @@
 //! programmed so vector *n* writes *n* to that window; the host turns it into eventfd *n*.
 //! A read that fails (completion timeout, link down) returns all-ones, like real hardware.
 
+use crate::sync::MutexExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::dma::{Access, DmaError, DmaMemory};
+use super::dma::{Access, DmaMemory, DmaWindowError};
 use super::enumerate::FunctionInfo;
 use super::requester::RequestError;
 use super::root::Host;
 use super::vfio_user::irq::set_flags;
 use super::vfio_user::{
-    Device, DeviceError, EventFd, FunctionContext, IrqIndex, RegionDesc, CONFIG_REGION,
+    EventFd, FunctionContext, IrqIndex, RegionDesc, VfioDevice, VfioDeviceError, CONFIG_REGION,
 };
 use crate::tlp::Bdf;
 
@@ -109,15 +110,11 @@ impl FunctionState {
 }
 
 /// A handle on one tunnelled function (the user-space driver API; also a vfio-user
-/// [`Device`]).
+/// [`VfioDevice`]).
 #[derive(Debug, Clone)]
 pub struct RemoteFunction {
     host: Arc<Host>,
     f: Arc<FunctionState>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl RemoteFunction {
@@ -197,12 +194,12 @@ impl RemoteFunction {
         iova: u64,
         mem: Arc<dyn DmaMemory>,
         access: Access,
-    ) -> Result<(), DmaError> {
+    ) -> Result<(), DmaWindowError> {
         self.f.ctx.dma.map(iova, access, mem)
     }
 
     /// Withdraw a DMA window.
-    pub fn unregister_dma(&self, iova: u64, len: u64) -> Result<usize, DmaError> {
+    pub fn unregister_dma(&self, iova: u64, len: u64) -> Result<usize, DmaWindowError> {
         self.f.ctx.dma.unmap(iova, len)
     }
 
@@ -244,7 +241,7 @@ impl RemoteFunction {
 
     /// Consumer view of one config DW.
     fn virtual_dw(&self, reg: u16) -> Option<u32> {
-        let s = lock(&self.f.shadow);
+        let s = self.f.shadow.lock_or_recover();
         match reg {
             0x10..=0x27 => return Some(s.bars[(reg as usize - 0x10) / 4]),
             0x30 => return Some(s.rom),
@@ -264,7 +261,7 @@ impl RemoteFunction {
     }
 
     fn virtual_write(&self, reg: u16, value: u32) -> bool {
-        let mut s = lock(&self.f.shadow);
+        let mut s = self.f.shadow.lock_or_recover();
         match reg {
             0x10..=0x27 => {
                 let i = (reg as usize - 0x10) / 4;
@@ -359,7 +356,7 @@ impl RemoteFunction {
     }
 }
 
-impl Device for RemoteFunction {
+impl VfioDevice for RemoteFunction {
     fn region(&self, index: u32) -> RegionDesc {
         match index {
             0..=5 => {
@@ -379,7 +376,12 @@ impl Device for RemoteFunction {
         }
     }
 
-    fn region_read(&mut self, index: u32, offset: u64, data: &mut [u8]) -> Result<(), DeviceError> {
+    fn region_read(
+        &mut self,
+        index: u32,
+        offset: u64,
+        data: &mut [u8],
+    ) -> Result<(), VfioDeviceError> {
         if index == CONFIG_REGION {
             let mut at = 0usize;
             while at < data.len() {
@@ -409,7 +411,12 @@ impl Device for RemoteFunction {
         Ok(())
     }
 
-    fn region_write(&mut self, index: u32, offset: u64, data: &[u8]) -> Result<(), DeviceError> {
+    fn region_write(
+        &mut self,
+        index: u32,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), VfioDeviceError> {
         if index == CONFIG_REGION {
             let mut at = 0usize;
             while at < data.len() {
@@ -437,7 +444,7 @@ impl Device for RemoteFunction {
             .map_err(RequestError::to_device_error)
     }
 
-    fn reset(&mut self) -> Result<(), DeviceError> {
+    fn reset(&mut self) -> Result<(), VfioDeviceError> {
         let bdf = self.bdf();
         if let (true, Some(p)) = (self.f.info.flr, self.f.info.pcie) {
             let ctl = self
@@ -450,7 +457,7 @@ impl Device for RemoteFunction {
             // PCIe §6.6.2: the function must be ready 100 ms after the FLR.
             std::thread::sleep(Duration::from_millis(100));
         }
-        *lock(&self.f.shadow) = Shadow {
+        *self.f.shadow.lock_or_recover() = Shadow {
             bars: std::array::from_fn(|i| self.f.bar_masks[i].1),
             ..Shadow::default()
         };

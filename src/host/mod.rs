@@ -5,7 +5,7 @@
 //!   completer for the card's DMA, interrupt delivery; [`Host`] is the entry point.
 //! * [`enumerate`] — walking and configuring the functions below the root port.
 //! * [`function`] — one tunnelled function: the user-space driver API ([`RemoteFunction`]) and
-//!   the vfio-user [`vfio_user::Device`] behind its socket.
+//!   the vfio-user [`vfio_user::VfioDevice`] behind its socket.
 //! * [`dma`] — the DMA windows of each function, an IOMMU in software.
 //! * [`requester`] — tags, outstanding requests, completion reassembly and timeout.
 //! * [`tlpio`] — the TLPs the host builds and receives; `upstream` — the completer and the

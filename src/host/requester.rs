@@ -8,20 +8,20 @@ pub use crate::tlp::requester::{
     RequesterStats, StartError, TagSpace,
 };
 
-use crate::host::vfio_user::DeviceError;
+use crate::host::vfio_user::VfioDeviceError;
 
 impl RequestError {
     /// Map to the vfio-user device error the consumer sees.
-    pub fn to_device_error(self) -> DeviceError {
+    pub fn to_device_error(self) -> VfioDeviceError {
         match self {
-            Self::Timeout => DeviceError::Timeout,
-            Self::LinkDown | Self::Reset => DeviceError::LinkDown,
-            Self::UnsupportedRequest => DeviceError::Completion("Unsupported Request"),
-            Self::CompleterAbort => DeviceError::Completion("Completer Abort"),
-            Self::RetryStatus => DeviceError::Completion("Configuration Retry Status"),
-            Self::Poisoned => DeviceError::Completion("poisoned completion"),
-            Self::Malformed(_) => DeviceError::Completion("malformed completion"),
-            Self::InvalidRequest => DeviceError::Completion("invalid request"),
+            Self::Timeout => VfioDeviceError::Timeout,
+            Self::LinkDown | Self::Reset => VfioDeviceError::LinkDown,
+            Self::UnsupportedRequest => VfioDeviceError::Completion("Unsupported Request"),
+            Self::CompleterAbort => VfioDeviceError::Completion("Completer Abort"),
+            Self::RetryStatus => VfioDeviceError::Completion("Configuration Retry Status"),
+            Self::Poisoned => VfioDeviceError::Completion("poisoned completion"),
+            Self::Malformed(_) => VfioDeviceError::Completion("malformed completion"),
+            Self::InvalidRequest => VfioDeviceError::Completion("invalid request"),
         }
     }
 }
@@ -32,7 +32,7 @@ mod tests {
 
     #[test]
     fn every_request_error_maps_to_a_device_error() {
-        use crate::host::vfio_user::DeviceError as D;
+        use crate::host::vfio_user::VfioDeviceError as D;
         assert_eq!(RequestError::Timeout.to_device_error(), D::Timeout);
         assert_eq!(RequestError::LinkDown.to_device_error(), D::LinkDown);
         assert_eq!(

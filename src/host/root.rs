@@ -11,6 +11,7 @@
 //! with a [`RequestError`] and raises a [`HostEvent`]; the function-level API turns failed reads
 //! into all-ones data, as a real root port does after a surprise removal.
 
+use crate::sync::{CondvarExt, MutexExt, RwLockExt};
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -120,14 +121,14 @@ pub struct HostStats {
 }
 
 #[derive(Debug, Default)]
-pub(super) struct CellState {
+pub(super) struct CompletionSlotState {
     pub(super) data: Vec<u8>,
     pub(super) result: Option<Result<(), RequestError>>,
 }
 
 #[derive(Debug, Default)]
-pub(super) struct Cell {
-    pub(super) m: Mutex<CellState>,
+pub(super) struct CompletionSlot {
+    pub(super) m: Mutex<CompletionSlotState>,
     pub(super) cv: Condvar,
 }
 
@@ -143,17 +144,13 @@ thread_local! {
     static TX: RefCell<Vec<u8>> = RefCell::new(vec![0; MAX_TLP]);
 }
 
-pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 /// The root complex of one host toward one appliance session.
 #[derive(Debug)]
 pub struct Host {
     pub(super) link: Arc<dyn Downlink>,
     pub(super) cfg: HostConfig,
     pub(super) req: Mutex<Requester<u16>>,
-    pub(super) cells: Vec<Cell>,
+    pub(super) slots: Vec<CompletionSlot>,
     link_up: AtomicBool,
     functions: RwLock<Vec<Arc<FunctionState>>>,
     /// Functions gone with the link; reused when the same function comes back, so consumers
@@ -189,9 +186,9 @@ impl Host {
         ))));
         let h = crate::pci::spec::header::PRIMARY_BUS;
         rp.write(h, &[0, cfg.bus, cfg.bus]);
-        let cells = (0..1024)
-            .map(|_| Cell {
-                m: Mutex::new(CellState {
+        let slots = (0..1024)
+            .map(|_| CompletionSlot {
+                m: Mutex::new(CompletionSlotState {
                     data: vec![0; 4096],
                     result: None,
                 }),
@@ -204,7 +201,7 @@ impl Host {
             req: Mutex::new(Requester::new(RequesterConfig::with_timeout(
                 cfg.completion_timeout,
             ))),
-            cells,
+            slots,
             link_up: AtomicBool::new(false),
             functions: RwLock::new(Vec::new()),
             retired: Mutex::new(Vec::new()),
@@ -236,7 +233,7 @@ impl Host {
 
     pub(super) fn event(&self, e: HostEvent) {
         tracing::info!(event = ?e, "host event");
-        let mut q = lock(&self.events);
+        let mut q = self.events.lock_or_recover();
         if q.len() >= MAX_EVENTS {
             q.pop_front();
             self.stats.events_dropped.fetch_add(1, Ordering::Relaxed);
@@ -248,7 +245,7 @@ impl Host {
     /// The next event, waiting up to `timeout`.
     pub fn next_event(&self, timeout: Duration) -> Option<HostEvent> {
         let deadline = Instant::now() + timeout;
-        let mut q = lock(&self.events);
+        let mut q = self.events.lock_or_recover();
         loop {
             if let Some(e) = q.pop_front() {
                 return Some(e);
@@ -257,11 +254,7 @@ impl Host {
             if now >= deadline {
                 return None;
             }
-            q = self
-                .events_cv
-                .wait_timeout(q, deadline - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            q = self.events_cv.wait_timeout_or_recover(q, deadline - now).0;
         }
     }
 
@@ -276,13 +269,13 @@ impl Host {
     pub fn on_link_down(&self) {
         self.link_up.store(false, Ordering::Release);
         {
-            let mut r = lock(&self.req);
+            let mut r = self.req.lock_or_recover();
             r.link_down(|tag| self.finish(tag, Err(RequestError::LinkDown)));
         }
         self.event(HostEvent::LinkDown);
         let gone: Vec<Bdf> = {
-            let mut f = self.functions.write().unwrap_or_else(|p| p.into_inner());
-            let mut retired = lock(&self.retired);
+            let mut f = self.functions.write_or_recover();
+            let mut retired = self.retired.lock_or_recover();
             let bdfs = f.iter().map(|s| s.info().bdf).collect();
             retired.extend(f.drain(..));
             bdfs
@@ -295,7 +288,7 @@ impl Host {
 
     fn set_slot(&self, present: bool) {
         let irq = {
-            let mut rp = lock(&self.root_port);
+            let mut rp = self.root_port.lock_or_recover();
             rp.pcie_mut().is_some_and(|p| p.set_presence(present))
         };
         if irq {
@@ -304,8 +297,8 @@ impl Host {
     }
 
     pub(super) fn finish(&self, tag: u16, r: Result<(), RequestError>) {
-        if let Some(c) = self.cells.get(tag as usize) {
-            lock(&c.m).result = Some(r);
+        if let Some(c) = self.slots.get(tag as usize) {
+            c.m.lock_or_recover().result = Some(r);
             c.cv.notify_all();
         }
     }
@@ -322,9 +315,11 @@ impl Host {
         // 10-bit tags toward the cards when every one completes them.
         let ten = !found.is_empty() && found.iter().all(|f| f.ten_bit_completer);
         // Requests outstanding keep their tags; new ones draw from the new space.
-        lock(&self.req).set_tag_space(if ten { TagSpace::Ten } else { TagSpace::Eight });
+        self.req
+            .lock_or_recover()
+            .set_tag_space(if ten { TagSpace::Ten } else { TagSpace::Eight });
         let (added, removed, revived) = {
-            let mut fs = self.functions.write().unwrap_or_else(|p| p.into_inner());
+            let mut fs = self.functions.write_or_recover();
             let removed: Vec<Bdf> = fs
                 .iter()
                 .map(|f| f.info().bdf)
@@ -333,7 +328,7 @@ impl Host {
             let mut added = Vec::new();
             let mut revived = Vec::new();
             let old = std::mem::take(&mut *fs);
-            let mut retired = lock(&self.retired);
+            let mut retired = self.retired.lock_or_recover();
             for info in &found {
                 let known = old.iter().any(|f| f.info() == info);
                 let reuse = old
@@ -360,7 +355,7 @@ impl Host {
         // A function back after a link loss lost its interrupt programming: redo it for the
         // consumer that still holds it.
         for f in revived {
-            use super::vfio_user::{Device, IrqIndex};
+            use super::vfio_user::{IrqIndex, VfioDevice};
             let msix = f.uses_msix();
             let msi = f.ctx().irqs.is_armed(IrqIndex::Msi, 0);
             let mut rf = RemoteFunction::new(self.clone(), f);
@@ -385,7 +380,7 @@ impl Host {
     fn update_windows(&self, found: &[FunctionInfo]) {
         use crate::pci::spec::header as h;
         let w = self.cfg.enumeration.windows;
-        let mut rp = lock(&self.root_port);
+        let mut rp = self.root_port.lock_or_recover();
         let mem_lo = w.mem.0;
         let mem_hi = w.mem.0 + w.mem.1 - 1;
         rp.write_u16(h::MEMORY_BASE, ((mem_lo >> 16) as u16) & 0xfff0);
@@ -409,8 +404,7 @@ impl Host {
     /// The functions found by the last [`Host::rescan`].
     pub fn functions(&self) -> Vec<FunctionInfo> {
         self.functions
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
+            .read_or_recover()
             .iter()
             .map(|f| f.info().clone())
             .collect()
@@ -420,8 +414,7 @@ impl Host {
     pub fn open(self: &Arc<Self>, bdf: Bdf) -> Option<RemoteFunction> {
         let f = self
             .functions
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
+            .read_or_recover()
             .iter()
             .find(|f| f.info().bdf == bdf)
             .cloned()?;
@@ -430,8 +423,7 @@ impl Host {
 
     pub(super) fn function(&self, bdf: Bdf) -> Option<Arc<FunctionState>> {
         self.functions
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
+            .read_or_recover()
             .iter()
             .find(|f| f.info().bdf == bdf)
             .cloned()
@@ -439,13 +431,13 @@ impl Host {
 
     /// Read the root port's own configuration space (it is local, no TLP).
     pub fn root_port_read(&self, offset: usize, buf: &mut [u8]) {
-        lock(&self.root_port).read(offset, buf);
+        self.root_port.lock_or_recover().read(offset, buf);
     }
 
     /// Write the root port's configuration space (e.g. Slot Control by the consumer's OS).
     pub fn root_port_write(&self, offset: usize, data: &[u8]) {
         let irq = {
-            let mut rp = lock(&self.root_port);
+            let mut rp = self.root_port.lock_or_recover();
             rp.write(offset, data);
             rp.pcie().is_some_and(|p| p.hotplug_interrupt_pending())
         };
@@ -456,7 +448,7 @@ impl Host {
 
     /// The root port's whole configuration space.
     pub fn root_port_snapshot(&self) -> Vec<u8> {
-        lock(&self.root_port).snapshot()
+        self.root_port.lock_or_recover().snapshot()
     }
 
     /// Send a non-posted request built by `build(buf, tag)` and wait for its completion data
@@ -479,10 +471,10 @@ impl Host {
             Some(addr) => Expect::MemRead { addr, len },
             None => Expect::Other { len },
         };
-        // The tag is its own token: it names the cell the caller waits on.
+        // The tag is its own token: it names the slot the caller waits on.
         let tag = loop {
             let now = Instant::now();
-            let started = lock(&self.req).start_tagged(now, expect);
+            let started = self.req.lock_or_recover().start_tagged(now, expect);
             match started {
                 Ok(t) => break t,
                 Err(StartError::BadRead { .. }) => return Err(RequestError::InvalidRequest),
@@ -492,8 +484,8 @@ impl Host {
                 Err(StartError::TagsExhausted(_)) => return Err(RequestError::Timeout),
             }
         };
-        let cell = &self.cells[tag as usize];
-        lock(&cell.m).result = None;
+        let slot = &self.slots[tag as usize];
+        slot.m.lock_or_recover().result = None;
         let sent = TX.with(|tx| {
             let tx = &mut *tx.borrow_mut();
             let n = build(tx, tag).map_err(|_| RequestError::InvalidRequest)?;
@@ -503,14 +495,14 @@ impl Host {
         });
         if let Err(e) = sent {
             // Never sent: no completion can come, the tag is free at once.
-            lock(&self.req).cancel(tag);
+            self.req.lock_or_recover().cancel(tag);
             return Err(e);
         }
         // Wait by running the link ourselves when we can (the completion then wakes us
-        // straight from the socket); otherwise whoever runs it wakes us through the cell.
+        // straight from the socket); otherwise whoever runs it wakes us through the slot.
         self.link
-            .drive(&|| lock(&cell.m).result.is_some(), deadline);
-        let mut c = lock(&cell.m);
+            .drive(&|| slot.m.lock_or_recover().result.is_some(), deadline);
+        let mut c = slot.m.lock_or_recover();
         loop {
             if let Some(r) = c.result.take() {
                 if r.is_ok() {
@@ -522,19 +514,15 @@ impl Host {
             if now >= deadline {
                 drop(c);
                 // A completion may still come: the requester quarantines the tag.
-                if lock(&self.req).abandon(now, tag).is_some() {
+                if self.req.lock_or_recover().abandon(now, tag).is_some() {
                     self.event(HostEvent::CompletionTimeout { target });
                     return Err(RequestError::Timeout);
                 }
-                // The completion won the race; its result is already in the cell.
-                c = lock(&cell.m);
+                // The completion won the race; its result is already in the slot.
+                c = slot.m.lock_or_recover();
                 continue;
             }
-            c = cell
-                .cv
-                .wait_timeout(c, deadline - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            c = slot.cv.wait_timeout_or_recover(c, deadline - now).0;
         }
     }
 

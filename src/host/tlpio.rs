@@ -9,7 +9,7 @@
 
 use crate::tlp::build::{self, Cfg, Cpl};
 use crate::tlp::message::code;
-use crate::tlp::{Bdf, CplStatus, Header, MemOp, Tlp};
+use crate::tlp::{Bdf, CplStatus, MemOp, Tlp, TlpHeader};
 
 /// Largest TLP the host builds: 4 DW header + 4096 bytes of payload + digest.
 pub const MAX_TLP: usize = 16 + 4096 + 4;
@@ -141,7 +141,7 @@ pub enum Upstream<'a> {
 pub fn classify_up(bytes: &[u8]) -> Result<Upstream<'_>, crate::tlp::Error> {
     let t = Tlp::parse(bytes)?;
     Ok(match t.header {
-        Header::Cpl(c) => Upstream::Completion {
+        TlpHeader::Cpl(c) => Upstream::Completion {
             completer: c.completer_id,
             tag: c.tag,
             status: c.status,
@@ -149,7 +149,7 @@ pub fn classify_up(bytes: &[u8]) -> Result<Upstream<'_>, crate::tlp::Error> {
             lower_address: c.lower_address,
             data: t.data,
         },
-        Header::Mem(m) if m.op == MemOp::Read => {
+        TlpHeader::Mem(m) if m.op == MemOp::Read => {
             let r = crate::tlp::split::covered_bytes(m.address, t.length_dw, m.first_be, m.last_be);
             Upstream::MemRead {
                 requester: m.requester_id,
@@ -158,7 +158,7 @@ pub fn classify_up(bytes: &[u8]) -> Result<Upstream<'_>, crate::tlp::Error> {
                 len: r.len,
             }
         }
-        Header::Mem(m) if m.op == MemOp::Write => {
+        TlpHeader::Mem(m) if m.op == MemOp::Write => {
             let r = crate::tlp::split::covered_bytes(m.address, t.length_dw, m.first_be, m.last_be);
             let skip = (r.address - m.address) as usize;
             let data = t.data.get(skip..skip + r.len as usize).unwrap_or(&[]);
@@ -168,7 +168,7 @@ pub fn classify_up(bytes: &[u8]) -> Result<Upstream<'_>, crate::tlp::Error> {
                 data,
             }
         }
-        Header::Msg(msg) => match msg.code {
+        TlpHeader::Msg(msg) => match msg.code {
             c @ code::ASSERT_INTA..=0x23 => Upstream::Intx {
                 requester: msg.requester_id,
                 assert: true,

@@ -4,10 +4,11 @@
 //! to the function's interrupts). Called from the transport pump thread; never blocks on the
 //! network.
 
+use crate::sync::MutexExt;
 use std::sync::atomic::Ordering;
 
 use super::requester::{CplAction, CplInfo};
-use super::root::{lock, Host, HostEvent, RxScratch};
+use super::root::{Host, HostEvent, RxScratch};
 use super::tlpio::{self, Upstream, ROOT_PORT};
 use crate::tlp::{self, build, Bdf};
 
@@ -39,8 +40,8 @@ impl Host {
                     // EP (§2.7.2.2): poisoned data fails the request.
                     poisoned: tlp::Packet::new_checked(bytes).is_ok_and(|p| p.ep()),
                 };
-                // The cell is updated under the requester lock (see `nonposted`).
-                let mut r = lock(&self.req);
+                // The slot is updated under the requester lock (see `nonposted`).
+                let mut r = self.req.lock_or_recover();
                 match r.on_completion(info, data) {
                     // Late (for a request that timed out; its tag was quarantined) or
                     // matching nothing: nobody waits for it.
@@ -55,8 +56,8 @@ impl Host {
                         bytes,
                         done,
                     } => {
-                        let c = &self.cells[token as usize];
-                        let mut s = lock(&c.m);
+                        let c = &self.slots[token as usize];
+                        let mut s = c.m.lock_or_recover();
                         let o = offset as usize;
                         if let Some(dst) = s.data.get_mut(o..o + bytes.len()) {
                             dst.copy_from_slice(bytes);
@@ -127,7 +128,7 @@ impl Host {
 
     fn serve_dma_read(&self, requester: Bdf, tag: u16, address: u64, len: u32) {
         let f = self.function(requester);
-        let mut rx = lock(&self.rx);
+        let mut rx = self.rx.lock_or_recover();
         let RxScratch { stage, out } = &mut *rx;
         let n = len as usize;
         let ok = match (&f, n <= 4096) {
@@ -210,7 +211,7 @@ impl Host {
             return;
         }
         let tag = t.tag();
-        let mut r = lock(&self.req);
+        let mut r = self.req.lock_or_recover();
         // Never sent: no completion can come, the tag is free at once.
         if r.cancel(tag).is_some() {
             self.finish(tag, Err(super::requester::RequestError::LinkDown));

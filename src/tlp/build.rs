@@ -11,8 +11,8 @@
 
 use super::split::{self, SizeError, SplitCompletion};
 use super::{
-    Attr, Bdf, CfgRequest, Completion, CplStatus, Error, Header, MemOp, MemRequest, Message,
-    MsgRouting, Prefixes, Tlp,
+    Attr, Bdf, CfgRequest, Completion, CplStatus, Error, MemOp, MemRequest, Message, MsgRouting,
+    Prefixes, Tlp, TlpHeader,
 };
 
 /// Largest TLP these constructors build: a 4 DW header and 4096 bytes of payload (no
@@ -59,7 +59,7 @@ pub enum BuildError {
     Split(#[from] SizeError),
 }
 
-const fn tlp(length_dw: u16, header: Header, tc: u8, attr: Attr) -> Tlp<'static> {
+const fn tlp(length_dw: u16, header: TlpHeader, tc: u8, attr: Attr) -> Tlp<'static> {
     Tlp {
         prefixes: Prefixes::NONE,
         tc,
@@ -87,8 +87,8 @@ fn mem_span(address: u64, len: usize) -> Result<(u64, u16, u8, u8), BuildError> 
     Ok(split::byte_enables(address, len as u32))
 }
 
-fn mem_header(op: MemOp, requester: Bdf, tag: u16, dw: u64, first: u8, last: u8) -> Header {
-    Header::Mem(MemRequest {
+fn mem_header(op: MemOp, requester: Bdf, tag: u16, dw: u64, first: u8, last: u8) -> TlpHeader {
+    TlpHeader::Mem(MemRequest {
         op,
         // §2.2.4.1: addresses below 4 GiB must use the 32-bit format.
         addr64: dw > u64::from(u32::MAX),
@@ -163,7 +163,7 @@ impl Cfg {
         if self.register > 0xffc || self.register & 3 != 0 {
             return Err(BuildError::CfgRegister(self.register));
         }
-        let header = Header::Cfg(CfgRequest {
+        let header = TlpHeader::Cfg(CfgRequest {
             write: data.is_some(),
             type1: self.type1,
             requester_id: self.requester,
@@ -224,8 +224,8 @@ impl Cpl {
         }
     }
 
-    fn header(&self, with_data: bool, byte_count: u16, lower_address: u8) -> Header {
-        Header::Cpl(Completion {
+    fn header(&self, with_data: bool, byte_count: u16, lower_address: u8) -> TlpHeader {
+        TlpHeader::Cpl(Completion {
             with_data,
             locked: false,
             completer_id: self.completer,
@@ -322,7 +322,7 @@ pub fn intx(buf: &mut [u8], requester: Bdf, pin: u8, assert: bool) -> Result<usi
     } else {
         super::message::code::DEASSERT_INTA
     };
-    let header = Header::Msg(Message {
+    let header = TlpHeader::Msg(Message {
         with_data: false,
         routing: MsgRouting::Local,
         requester_id: requester,
@@ -392,7 +392,9 @@ mod tests {
         let mut got = Vec::new();
         while let Some(r) = split.emit_next(&mut b) {
             let t = Tlp::parse(&b[..r.unwrap()]).unwrap();
-            let Header::Cpl(c) = t.header else { panic!() };
+            let TlpHeader::Cpl(c) = t.header else {
+                panic!()
+            };
             got.push((c.byte_count, c.lower_address, t.data.len()));
             let lead = usize::from(c.lower_address & 3);
             let off = 256 - usize::from(c.byte_count);

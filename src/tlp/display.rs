@@ -4,7 +4,7 @@
 //! kind, IDs, tag, address or target, byte enables, length, flags, then the payload.
 
 use super::message::{code, rule_for};
-use super::repr::{Header, Tlp};
+use super::repr::{Tlp, TlpHeader};
 use super::Kind;
 use core::fmt;
 
@@ -28,7 +28,7 @@ impl fmt::Display for Tlp<'_> {
         }
         write!(f, "{:<10}", self.name())?;
         match &self.header {
-            Header::Mem(m) => {
+            TlpHeader::Mem(m) => {
                 write!(
                     f,
                     " RID {} Tag {:03x} Addr {:#x}",
@@ -40,17 +40,17 @@ impl fmt::Display for Tlp<'_> {
                     write!(f, " TH PH {}", m.ph)?;
                 }
             }
-            Header::Io(r) => write!(
+            TlpHeader::Io(r) => write!(
                 f,
                 " RID {} Tag {:03x} Addr {:#x} BE {:x}",
                 r.requester_id, r.tag, r.address, r.first_be
             )?,
-            Header::Cfg(c) => write!(
+            TlpHeader::Cfg(c) => write!(
                 f,
                 " RID {} Tag {:03x} Dev {} Reg {:#05x} BE {:x}",
                 c.requester_id, c.tag, c.target, c.register, c.first_be
             )?,
-            Header::Cpl(c) => {
+            TlpHeader::Cpl(c) => {
                 write!(
                     f,
                     " CID {} RID {} Tag {:03x} {} BC {} LA {:#04x}",
@@ -68,7 +68,7 @@ impl fmt::Display for Tlp<'_> {
                     f.write_str(" BCM")?;
                 }
             }
-            Header::Msg(m) => {
+            TlpHeader::Msg(m) => {
                 match rule_for(m.code, &m.fields) {
                     Some(r) => write!(f, " {}", r.name)?,
                     None => write!(f, " Code {:#04x}", m.code)?,

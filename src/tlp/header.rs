@@ -216,7 +216,7 @@ impl Message {
 
 /// The type-specific part of a TLP header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Header {
+pub enum TlpHeader {
     /// MRd, MRdLk, MWr, DMWr, FetchAdd, Swap, CAS.
     Mem(MemRequest),
     /// IORd, IOWr.

@@ -4,7 +4,7 @@
 
 use super::prefix::Prefixes;
 use super::repr::{
-    Attr, CfgRequest, Completion, CplStatus, Header, IoRequest, MemOp, MemRequest, Message, Tlp,
+    Attr, CfgRequest, Completion, CplStatus, IoRequest, MemOp, MemRequest, Message, Tlp, TlpHeader,
 };
 use super::{Bdf, Error, MsgRouting};
 use serde::{Deserialize, Serialize};
@@ -207,7 +207,9 @@ impl TlpJson {
             // Length is reserved in completions and messages without data; a zero field is
             // left out rather than shown as 1024.
             length_dw: match t.header {
-                Header::Cpl(_) | Header::Msg(_) if !t.kind().has_data() && t.length_dw == 1024 => {
+                TlpHeader::Cpl(_) | TlpHeader::Msg(_)
+                    if !t.kind().has_data() && t.length_dw == 1024 =>
+                {
                     None
                 }
                 _ => Some(t.length_dw),
@@ -215,7 +217,7 @@ impl TlpJson {
             ..TlpJson::default()
         };
         match &t.header {
-            Header::Mem(m) => {
+            TlpHeader::Mem(m) => {
                 j.requester_id = Some(m.requester_id.to_string());
                 j.tag = Some(m.tag);
                 j.first_be = Some(m.first_be);
@@ -225,14 +227,14 @@ impl TlpJson {
                     j.ph = Some(m.ph);
                 }
             }
-            Header::Io(r) => {
+            TlpHeader::Io(r) => {
                 j.requester_id = Some(r.requester_id.to_string());
                 j.tag = Some(r.tag);
                 j.first_be = Some(r.first_be);
                 j.last_be = Some(r.last_be);
                 j.address = Some(format!("{:#x}", r.address));
             }
-            Header::Cfg(c) => {
+            TlpHeader::Cfg(c) => {
                 j.requester_id = Some(c.requester_id.to_string());
                 j.tag = Some(c.tag);
                 j.first_be = Some(c.first_be);
@@ -240,7 +242,7 @@ impl TlpJson {
                 j.target_id = Some(c.target.to_string());
                 j.register = Some(c.register);
             }
-            Header::Cpl(c) => {
+            TlpHeader::Cpl(c) => {
                 j.completer_id = Some(c.completer_id.to_string());
                 j.requester_id = Some(c.requester_id.to_string());
                 j.tag = Some(c.tag);
@@ -249,7 +251,7 @@ impl TlpJson {
                 j.byte_count = Some(c.byte_count);
                 j.lower_address = Some(c.lower_address);
             }
-            Header::Msg(m) => {
+            TlpHeader::Msg(m) => {
                 j.requester_id = Some(m.requester_id.to_string());
                 j.tag = Some(m.tag);
                 j.msg_code = Some(m.code);
@@ -329,12 +331,12 @@ impl TlpJson {
             field: "prefixes",
             value: format!("{:?}", self.prefixes),
         })?;
-        let mem = |op, addr64: Option<bool>| -> Result<Header, JsonError> {
+        let mem = |op, addr64: Option<bool>| -> Result<TlpHeader, JsonError> {
             let address = address()?;
             let addr64 = addr64
                 .or(self.fmt.map(|f| f & 1 != 0))
                 .unwrap_or(address > u64::from(u32::MAX));
-            Ok(Header::Mem(MemRequest {
+            Ok(TlpHeader::Mem(MemRequest {
                 op,
                 addr64,
                 requester_id: bdf("requester_id", &self.requester_id)?,
@@ -345,8 +347,8 @@ impl TlpJson {
                 ph: self.ph.unwrap_or(0),
             }))
         };
-        let cfg = |write, type1| -> Result<Header, JsonError> {
-            Ok(Header::Cfg(CfgRequest {
+        let cfg = |write, type1| -> Result<TlpHeader, JsonError> {
+            Ok(TlpHeader::Cfg(CfgRequest {
                 write,
                 type1,
                 requester_id: bdf("requester_id", &self.requester_id)?,
@@ -357,8 +359,8 @@ impl TlpJson {
                 register: self.register.ok_or_else(|| missing("register"))?,
             }))
         };
-        let io = |write| -> Result<Header, JsonError> {
-            Ok(Header::Io(IoRequest {
+        let io = |write| -> Result<TlpHeader, JsonError> {
+            Ok(TlpHeader::Io(IoRequest {
                 write,
                 requester_id: bdf("requester_id", &self.requester_id)?,
                 tag,
@@ -370,9 +372,9 @@ impl TlpJson {
                 })?,
             }))
         };
-        let cpl = |with_data, locked| -> Result<Header, JsonError> {
+        let cpl = |with_data, locked| -> Result<TlpHeader, JsonError> {
             let st = self.status.as_deref().unwrap_or("SC");
-            Ok(Header::Cpl(Completion {
+            Ok(TlpHeader::Cpl(Completion {
                 with_data,
                 locked,
                 completer_id: bdf("completer_id", &self.completer_id)?,
@@ -387,7 +389,7 @@ impl TlpJson {
                 lower_address: self.lower_address.unwrap_or(0),
             }))
         };
-        let msg = |with_data| -> Result<Header, JsonError> {
+        let msg = |with_data| -> Result<TlpHeader, JsonError> {
             let r = self
                 .msg_routing
                 .as_deref()
@@ -403,7 +405,7 @@ impl TlpJson {
                 }
                 fields.copy_from_slice(&v);
             }
-            Ok(Header::Msg(Message {
+            Ok(TlpHeader::Msg(Message {
                 with_data,
                 routing: MsgRouting::from_name(r).ok_or(JsonError::BadValue {
                     field: "msg_routing",
@@ -445,7 +447,7 @@ impl TlpJson {
             Some(l) => l,
             None if !data.is_empty() => data.len().div_ceil(4).min(1024) as u16,
             // Reserved Length of a completion or message without data: field 0.
-            None if matches!(header, Header::Cpl(_) | Header::Msg(_)) => 1024,
+            None if matches!(header, TlpHeader::Cpl(_) | TlpHeader::Msg(_)) => 1024,
             None => 1,
         };
         let tlp = Tlp {

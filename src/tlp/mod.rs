@@ -31,7 +31,7 @@ pub use message::MsgRouting;
 pub use packet::Packet;
 pub use prefix::{Prefix, Prefixes};
 pub use repr::{
-    Attr, CfgRequest, Completion, CplStatus, Header, IoRequest, MemOp, MemRequest, Message, Tlp,
+    Attr, CfgRequest, Completion, CplStatus, IoRequest, MemOp, MemRequest, Message, Tlp, TlpHeader,
 };
 pub use validate::check_byte_enables;
 

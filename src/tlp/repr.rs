@@ -8,7 +8,7 @@
 //! value that parses also emits, to the same bytes.
 
 pub use super::header::{
-    Attr, CfgRequest, Completion, CplStatus, Header, IoRequest, MemOp, MemRequest, Message,
+    Attr, CfgRequest, Completion, CplStatus, IoRequest, MemOp, MemRequest, Message, TlpHeader,
 };
 use super::packet::{Layout, Packet};
 use super::prefix::Prefixes;
@@ -38,7 +38,7 @@ pub struct Tlp<'a> {
     /// for reads, the raw field otherwise.
     pub length_dw: u16,
     /// The type-specific header.
-    pub header: Header,
+    pub header: TlpHeader,
     /// The payload (empty for TLPs without data).
     pub data: &'a [u8],
 }
@@ -47,27 +47,27 @@ impl<'a> Tlp<'a> {
     /// The Fmt/Type kind.
     pub const fn kind(&self) -> Kind {
         match &self.header {
-            Header::Mem(m) => m.op.kind(),
-            Header::Io(io) => {
+            TlpHeader::Mem(m) => m.op.kind(),
+            TlpHeader::Io(io) => {
                 if io.write {
                     Kind::IOWr
                 } else {
                     Kind::IORd
                 }
             }
-            Header::Cfg(c) => match (c.write, c.type1) {
+            TlpHeader::Cfg(c) => match (c.write, c.type1) {
                 (false, false) => Kind::CfgRd0,
                 (true, false) => Kind::CfgWr0,
                 (false, true) => Kind::CfgRd1,
                 (true, true) => Kind::CfgWr1,
             },
-            Header::Cpl(c) => match (c.with_data, c.locked) {
+            TlpHeader::Cpl(c) => match (c.with_data, c.locked) {
                 (false, false) => Kind::Cpl,
                 (true, false) => Kind::CplD,
                 (false, true) => Kind::CplLk,
                 (true, true) => Kind::CplDLk,
             },
-            Header::Msg(m) => {
+            TlpHeader::Msg(m) => {
                 if m.with_data {
                     Kind::MsgD(m.routing)
                 } else {
@@ -80,8 +80,8 @@ impl<'a> Tlp<'a> {
     /// Whether the header is 4 DW.
     pub const fn four_dw(&self) -> bool {
         match &self.header {
-            Header::Mem(m) => m.addr64,
-            Header::Msg(_) => true,
+            TlpHeader::Mem(m) => m.addr64,
+            TlpHeader::Msg(_) => true,
             _ => false,
         }
     }
@@ -111,22 +111,22 @@ impl<'a> Tlp<'a> {
     /// The 10-bit tag of the transaction (requests and completions).
     pub const fn tag(&self) -> u16 {
         match &self.header {
-            Header::Mem(m) => m.tag,
-            Header::Io(r) => r.tag,
-            Header::Cfg(r) => r.tag,
-            Header::Cpl(c) => c.tag,
-            Header::Msg(m) => m.tag,
+            TlpHeader::Mem(m) => m.tag,
+            TlpHeader::Io(r) => r.tag,
+            TlpHeader::Cfg(r) => r.tag,
+            TlpHeader::Cpl(c) => c.tag,
+            TlpHeader::Msg(m) => m.tag,
         }
     }
 
     /// The Requester ID of the transaction (for completions: of the request completed).
     pub const fn requester_id(&self) -> Bdf {
         match &self.header {
-            Header::Mem(m) => m.requester_id,
-            Header::Io(r) => r.requester_id,
-            Header::Cfg(r) => r.requester_id,
-            Header::Cpl(c) => c.requester_id,
-            Header::Msg(m) => m.requester_id,
+            TlpHeader::Mem(m) => m.requester_id,
+            TlpHeader::Io(r) => r.requester_id,
+            TlpHeader::Cfg(r) => r.requester_id,
+            TlpHeader::Cpl(c) => c.requester_id,
+            TlpHeader::Msg(m) => m.requester_id,
         }
     }
 
@@ -148,7 +148,7 @@ impl<'a> Tlp<'a> {
     /// `CAS128`, `CfgRd0`, `CplD`, `Msg`, … (see docs/tlp.md).
     pub fn name(&self) -> &'static str {
         match &self.header {
-            Header::Mem(m) => {
+            TlpHeader::Mem(m) => {
                 let op = m.op;
                 if op.is_atomic() {
                     let operand = match (op, self.length_dw) {
@@ -178,20 +178,20 @@ impl<'a> Tlp<'a> {
                     }
                 }
             }
-            Header::Io(r) => ["IORd", "IOWr"][r.write as usize],
-            Header::Cfg(c) => match (c.write, c.type1) {
+            TlpHeader::Io(r) => ["IORd", "IOWr"][r.write as usize],
+            TlpHeader::Cfg(c) => match (c.write, c.type1) {
                 (false, false) => "CfgRd0",
                 (true, false) => "CfgWr0",
                 (false, true) => "CfgRd1",
                 (true, true) => "CfgWr1",
             },
-            Header::Cpl(c) => match (c.with_data, c.locked) {
+            TlpHeader::Cpl(c) => match (c.with_data, c.locked) {
                 (false, false) => "Cpl",
                 (true, false) => "CplD",
                 (false, true) => "CplLk",
                 (true, true) => "CplDLk",
             },
-            Header::Msg(m) => ["Msg", "MsgD"][m.with_data as usize],
+            TlpHeader::Msg(m) => ["Msg", "MsgD"][m.with_data as usize],
         }
     }
 
@@ -228,7 +228,7 @@ impl<'a> Tlp<'a> {
             | Kind::DMWr
             | Kind::FetchAdd
             | Kind::Swap
-            | Kind::Cas => Header::Mem(MemRequest {
+            | Kind::Cas => TlpHeader::Mem(MemRequest {
                 op: match l.kind {
                     Kind::MRd => MemOp::Read,
                     Kind::MRdLk => MemOp::ReadLocked,
@@ -250,7 +250,7 @@ impl<'a> Tlp<'a> {
                 if p.ph() != 0 {
                     return Err(Error::ReservedBits("IO address bits 1:0"));
                 }
-                Header::Io(IoRequest {
+                TlpHeader::Io(IoRequest {
                     write: l.kind == Kind::IOWr,
                     requester_id: Bdf(p.requester_id()),
                     tag: p.tag(),
@@ -263,7 +263,7 @@ impl<'a> Tlp<'a> {
                 if p.cfg_reserved_bits() {
                     return Err(Error::ReservedBits("configuration request DW2"));
                 }
-                Header::Cfg(CfgRequest {
+                TlpHeader::Cfg(CfgRequest {
                     write: matches!(l.kind, Kind::CfgWr0 | Kind::CfgWr1),
                     type1: matches!(l.kind, Kind::CfgRd1 | Kind::CfgWr1),
                     requester_id: Bdf(p.requester_id()),
@@ -283,7 +283,7 @@ impl<'a> Tlp<'a> {
                     p.cpl_status().into(),
                     "Cpl",
                 ))?;
-                Header::Cpl(Completion {
+                TlpHeader::Cpl(Completion {
                     with_data: l.kind.has_data(),
                     locked: matches!(l.kind, Kind::CplLk | Kind::CplDLk),
                     completer_id: Bdf(p.completer_id()),
@@ -295,7 +295,7 @@ impl<'a> Tlp<'a> {
                     lower_address: p.lower_address(),
                 })
             }
-            Kind::Msg(routing) | Kind::MsgD(routing) => Header::Msg(Message {
+            Kind::Msg(routing) | Kind::MsgD(routing) => TlpHeader::Msg(Message {
                 with_data: l.kind.has_data(),
                 routing,
                 requester_id: Bdf(p.requester_id()),
@@ -445,7 +445,7 @@ impl<'a> Tlp<'a> {
         p.set_at(self.at);
         p.set_length_dw(self.length_dw);
         match &self.header {
-            Header::Mem(m) => {
+            TlpHeader::Mem(m) => {
                 p.set_requester_id(m.requester_id.0);
                 p.set_tag(m.tag);
                 p.set_last_be(m.last_be);
@@ -453,14 +453,14 @@ impl<'a> Tlp<'a> {
                 p.set_address(m.address);
                 p.set_ph(m.ph);
             }
-            Header::Io(r) => {
+            TlpHeader::Io(r) => {
                 p.set_requester_id(r.requester_id.0);
                 p.set_tag(r.tag);
                 p.set_last_be(r.last_be);
                 p.set_first_be(r.first_be);
                 p.set_address(r.address.into());
             }
-            Header::Cfg(c) => {
+            TlpHeader::Cfg(c) => {
                 p.set_requester_id(c.requester_id.0);
                 p.set_tag(c.tag);
                 p.set_last_be(c.last_be);
@@ -468,7 +468,7 @@ impl<'a> Tlp<'a> {
                 p.set_cfg_target(c.target.0);
                 p.set_cfg_register(c.register);
             }
-            Header::Cpl(c) => {
+            TlpHeader::Cpl(c) => {
                 p.set_completer_id(c.completer_id.0);
                 p.set_cpl_status(c.status.bits());
                 p.set_bcm(c.bcm);
@@ -477,7 +477,7 @@ impl<'a> Tlp<'a> {
                 p.set_cpl_tag(c.tag);
                 p.set_lower_address(c.lower_address);
             }
-            Header::Msg(m) => {
+            TlpHeader::Msg(m) => {
                 p.set_requester_id(m.requester_id.0);
                 p.set_tag(m.tag);
                 p.set_msg_code(m.code);

@@ -5,7 +5,7 @@
 //!
 //! [`Tlp::validate`] runs on every [`Tlp::parse`] and every [`Tlp::emit`].
 
-use super::header::{Header, MemOp, MemRequest};
+use super::header::{MemOp, MemRequest, TlpHeader};
 use super::{message, Error, Tlp};
 
 pub(crate) fn invalid(field: &'static str, value: u64, kind: &'static str) -> Error {
@@ -88,7 +88,7 @@ impl Tlp<'_> {
             });
         }
         let (first, last) = match &self.header {
-            Header::Mem(m) => {
+            TlpHeader::Mem(m) => {
                 if m.address & 3 != 0 {
                     return Err(invalid("address (not DW-aligned)", m.address, self.name()));
                 }
@@ -101,19 +101,19 @@ impl Tlp<'_> {
                 }
                 (m.first_be, m.last_be)
             }
-            Header::Io(r) => {
+            TlpHeader::Io(r) => {
                 if r.address & 3 != 0 {
                     return Err(Error::ReservedBits("IO address bits 1:0"));
                 }
                 (r.first_be, r.last_be)
             }
-            Header::Cfg(c) => {
+            TlpHeader::Cfg(c) => {
                 if c.register > 0xffc || c.register & 3 != 0 {
                     return Err(invalid("register", c.register.into(), self.name()));
                 }
                 (c.first_be, c.last_be)
             }
-            Header::Cpl(c) => {
+            TlpHeader::Cpl(c) => {
                 if !(1..=4096).contains(&c.byte_count) {
                     return Err(invalid("Byte Count", c.byte_count.into(), self.name()));
                 }
@@ -123,7 +123,7 @@ impl Tlp<'_> {
                 }
                 (0, 0)
             }
-            Header::Msg(_) => (0, 0),
+            TlpHeader::Msg(_) => (0, 0),
         };
         if first > 0xf || last > 0xf {
             let be = u64::from(last) << 4 | u64::from(first);
@@ -136,11 +136,11 @@ impl Tlp<'_> {
     #[inline]
     pub(crate) fn check_rules(&self) -> Result<(), Error> {
         match &self.header {
-            Header::Mem(m) => self.check_mem(m),
-            Header::Io(r) => self.check_io_cfg(r.last_be),
-            Header::Cfg(c) => self.check_io_cfg(c.last_be),
-            Header::Cpl(_) => Ok(()),
-            Header::Msg(m) => {
+            TlpHeader::Mem(m) => self.check_mem(m),
+            TlpHeader::Io(r) => self.check_io_cfg(r.last_be),
+            TlpHeader::Cfg(c) => self.check_io_cfg(c.last_be),
+            TlpHeader::Cpl(_) => Ok(()),
+            TlpHeader::Msg(m) => {
                 let Some(rule) = message::rule_for(m.code, &m.fields) else {
                     return Ok(());
                 };
@@ -194,8 +194,8 @@ impl Tlp<'_> {
         if last != 0 {
             return Err(Error::ByteEnables {
                 first: match &self.header {
-                    Header::Io(r) => r.first_be,
-                    Header::Cfg(c) => c.first_be,
+                    TlpHeader::Io(r) => r.first_be,
+                    TlpHeader::Cfg(c) => c.first_be,
                     _ => 0,
                 },
                 last,

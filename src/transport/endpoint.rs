@@ -2,7 +2,7 @@
 //! sides, detects restarted peers, reconnects, and turns session ends into events
 //! (docs/protocol.md §3 and §7). Sans-I/O like the sessions it owns.
 
-use super::frame::{FrameType, Header, HEADER_LEN};
+use super::frame::{FrameHeader, FrameType, HEADER_LEN};
 use super::handshake::{derive_keys, Init, Psk, Resp, FRAME_LEN};
 use super::recv::Delivered;
 use super::session::{Session, SessionParams};
@@ -206,7 +206,7 @@ impl Endpoint {
 
     /// Feed one received frame.
     pub fn handle_frame(&mut self, now: Instant, from: PeerAddr, frame: BytesMut) {
-        let h = match Header::parse(&frame) {
+        let h = match FrameHeader::parse(&frame) {
             Ok(h) => h,
             Err(_) => {
                 self.stats.drop_bad_header += 1;
@@ -296,7 +296,7 @@ impl Endpoint {
         self.queue(from, rf, FRAME_LEN);
     }
 
-    fn on_resp(&mut self, now: Instant, from: PeerAddr, h: &Header, frame: &[u8]) {
+    fn on_resp(&mut self, now: Instant, from: PeerAddr, h: &FrameHeader, frame: &[u8]) {
         let Some(&SidRef::Handshake(i)) = self.by_sid.get(&h.dst_session) else {
             self.stats.drop_bad_handshake += 1;
             return;
@@ -362,7 +362,7 @@ impl Endpoint {
         ));
     }
 
-    fn on_data(&mut self, now: Instant, from: PeerAddr, h: &Header, frame: BytesMut) {
+    fn on_data(&mut self, now: Instant, from: PeerAddr, h: &FrameHeader, frame: BytesMut) {
         match self.by_sid.get(&h.dst_session).copied() {
             Some(SidRef::Session(i)) => {
                 let Some(s) = self.slots[i].session.as_mut() else {
@@ -420,7 +420,7 @@ impl Endpoint {
                     self.stats.drop_unknown_session += 1;
                     if self.role == Role::Server {
                         let mut f = [0u8; FRAME_LEN];
-                        Header {
+                        FrameHeader {
                             ty: FrameType::Reset,
                             flags: 0,
                             n_records: 0,
@@ -439,7 +439,7 @@ impl Endpoint {
         }
     }
 
-    fn on_reset(&mut self, now: Instant, h: &Header) {
+    fn on_reset(&mut self, now: Instant, h: &FrameHeader) {
         self.stats.resets_received += 1;
         if self.role != Role::Client {
             return;

@@ -6,7 +6,7 @@
 //! header, [`ack_field`] for the ACK block, [`record_field`] for a record header), so the layout
 //! reads like the tables of docs/protocol.md. [`AckView`] and [`RecordView`] are zero-copy
 //! views (checked once by `new_checked`, then one accessor and one setter per field);
-//! [`Header`], [`AckBlock`] and [`RecordHeader`] are the plain values with `parse`/`emit`.
+//! [`FrameHeader`], [`AckBlock`] and [`RecordHeader`] are the plain values with `parse`/`emit`.
 
 use std::ops::Range;
 
@@ -183,7 +183,7 @@ pub enum FrameError {
 
 /// The fixed frame header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Header {
+pub struct FrameHeader {
     /// Frame type.
     pub ty: FrameType,
     /// Flag bits ([`flags`]).
@@ -222,9 +222,9 @@ fn be64(b: &[u8], r: Range<usize>) -> u64 {
     u64::from_be_bytes(a)
 }
 
-impl Header {
+impl FrameHeader {
     /// Parse and check the header of `frame` (the whole frame, so `body_len` can be checked).
-    pub fn parse(frame: &[u8]) -> Result<Header, FrameError> {
+    pub fn parse(frame: &[u8]) -> Result<FrameHeader, FrameError> {
         if frame.len() < HEADER_LEN {
             return Err(FrameError::Truncated {
                 have: frame.len(),
@@ -257,7 +257,7 @@ impl Header {
                 frame_len: frame.len(),
             });
         }
-        Ok(Header {
+        Ok(FrameHeader {
             ty,
             flags: fl,
             n_records: frame[field::N_RECORDS],
@@ -703,10 +703,10 @@ mod tests {
     fn header_deconstruct_and_construct() {
         let mut frame = HDR.to_vec();
         frame.resize(24 + 0x50 + 16, 0);
-        let h = Header::parse(&frame).unwrap();
+        let h = FrameHeader::parse(&frame).unwrap();
         assert_eq!(
             h,
-            Header {
+            FrameHeader {
                 ty: FrameType::Data,
                 flags: flags::ENCRYPTED | flags::ACK,
                 n_records: 2,
@@ -727,19 +727,22 @@ mod tests {
         f.resize(24 + 0x50 + 16, 0);
         let mut g = f.clone();
         g[0] = 0;
-        assert!(matches!(Header::parse(&g), Err(FrameError::BadMagic(_))));
+        assert!(matches!(
+            FrameHeader::parse(&g),
+            Err(FrameError::BadMagic(_))
+        ));
         let mut g = f.clone();
         g[2] = 2;
-        assert_eq!(Header::parse(&g), Err(FrameError::BadVersion(2)));
+        assert_eq!(FrameHeader::parse(&g), Err(FrameError::BadVersion(2)));
         let mut g = f.clone();
         g[4] = 0x80;
-        assert_eq!(Header::parse(&g), Err(FrameError::BadFlags(0x80)));
+        assert_eq!(FrameHeader::parse(&g), Err(FrameError::BadFlags(0x80)));
         assert!(matches!(
-            Header::parse(&f[..f.len() - 1]),
+            FrameHeader::parse(&f[..f.len() - 1]),
             Err(FrameError::BadLength { .. })
         ));
         assert!(matches!(
-            Header::parse(&f[..10]),
+            FrameHeader::parse(&f[..10]),
             Err(FrameError::Truncated { .. })
         ));
     }
@@ -952,11 +955,11 @@ mod tests {
         fn header_roundtrip(ty in 1u8..=4, fl in 0u8..8, n in any::<u8>(), body in 0u16..2000,
                             sid in any::<u32>(), ep in any::<u32>(), pn in any::<u64>()) {
             let ty = match ty { 1 => FrameType::Init, 2 => FrameType::Resp, 3 => FrameType::Data, _ => FrameType::Reset };
-            let h = Header { ty, flags: fl, n_records: n, body_len: body, dst_session: sid, src_epoch: ep, pn };
+            let h = FrameHeader { ty, flags: fl, n_records: n, body_len: body, dst_session: sid, src_epoch: ep, pn };
             let tag = if ty == FrameType::Data { TAG_LEN } else { 0 };
             let mut f = vec![0u8; HEADER_LEN + body as usize + tag];
             h.emit(&mut f);
-            prop_assert_eq!(Header::parse(&f), Ok(h));
+            prop_assert_eq!(FrameHeader::parse(&f), Ok(h));
         }
 
         #[test]
@@ -972,7 +975,7 @@ mod tests {
 
         #[test]
         fn parsers_never_panic(data in proptest::collection::vec(any::<u8>(), 0..300), n in any::<u8>()) {
-            let _ = Header::parse(&data);
+            let _ = FrameHeader::parse(&data);
             let _ = AckBlock::parse(&data);
             if let Ok(v) = RecordView::new_checked(&data[..]) {
                 prop_assert!(v.total_len() <= data.len());

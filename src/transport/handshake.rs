@@ -1,7 +1,7 @@
 //! Handshake messages INIT and RESP, their HMAC-SHA256 authentication and the HKDF key
 //! schedule (docs/protocol.md §3).
 
-use super::frame::{be32, CreditLimits, FrameError, FrameType, Header, HEADER_LEN};
+use super::frame::{be32, CreditLimits, FrameError, FrameHeader, FrameType, HEADER_LEN};
 use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -169,8 +169,8 @@ fn get_credits(b: &[u8]) -> CreditLimits {
     c
 }
 
-fn check_shape(frame: &[u8], ty: FrameType) -> Result<Header, HandshakeError> {
-    let h = Header::parse(frame)?;
+fn check_shape(frame: &[u8], ty: FrameType) -> Result<FrameHeader, HandshakeError> {
+    let h = FrameHeader::parse(frame)?;
     if h.ty != ty || frame.len() != FRAME_LEN {
         return Err(HandshakeError::Shape);
     }
@@ -181,7 +181,7 @@ impl Init {
     /// Encode and MAC into a [`FRAME_LEN`]-byte frame.
     pub fn emit(&self, psk: &Psk, out: &mut [u8; FRAME_LEN]) {
         out.fill(0);
-        Header {
+        FrameHeader {
             ty: FrameType::Init,
             flags: 0,
             n_records: 0,
@@ -243,7 +243,7 @@ impl Resp {
     /// Encode and MAC (binding the whole INIT frame) into a [`FRAME_LEN`]-byte frame.
     pub fn emit(&self, psk: &Psk, init_frame: &[u8], out: &mut [u8; FRAME_LEN]) {
         out.fill(0);
-        Header {
+        FrameHeader {
             ty: FrameType::Resp,
             flags: 0,
             n_records: 0,

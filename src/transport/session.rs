@@ -5,8 +5,8 @@
 use super::congestion::{Controller, DelayBased, Pacer, RttEstimator};
 use super::crypto::{PacketKey, ReplayWindow};
 use super::frame::{
-    emit_record, flags, record_len, AckBlock, CreditLimits, FrameType, Header, Records, ACK_LEN,
-    DATA_OVERHEAD, HEADER_LEN, RECORD_HDR_LEN, TAG_LEN,
+    emit_record, flags, record_len, AckBlock, CreditLimits, FrameHeader, FrameType, Records,
+    ACK_LEN, DATA_OVERHEAD, HEADER_LEN, RECORD_HDR_LEN, TAG_LEN,
 };
 use super::recv::{Delivered, Receiver, RxOutcome};
 use super::send::Sender;
@@ -36,7 +36,7 @@ pub(crate) struct SessionParams {
 
 /// Why an authenticated-session frame was dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Drop {
+pub(crate) enum DropReason {
     StaleEpoch,
     WrongMode,
     Replay,
@@ -215,24 +215,24 @@ impl Session {
     pub fn handle_data(
         &mut self,
         now: Instant,
-        h: &Header,
+        h: &FrameHeader,
         mut frame: BytesMut,
-    ) -> Result<(), Drop> {
+    ) -> Result<(), DropReason> {
         if h.src_epoch != self.p.peer_epoch {
             self.stats.drop_stale_epoch += 1;
-            return Err(Drop::StaleEpoch);
+            return Err(DropReason::StaleEpoch);
         }
         if (h.flags & flags::ENCRYPTED != 0) != self.rx.encrypts() {
             self.stats.drop_wrong_mode += 1;
-            return Err(Drop::WrongMode);
+            return Err(DropReason::WrongMode);
         }
         if !self.replay.check(h.pn) {
             self.stats.drop_replay += 1;
-            return Err(Drop::Replay);
+            return Err(DropReason::Replay);
         }
         if self.rx.open(h.pn, &mut frame).is_err() {
             self.stats.drop_bad_tag += 1;
-            return Err(Drop::BadTag);
+            return Err(DropReason::BadTag);
         }
         let frame = frame.freeze();
         let body_end = HEADER_LEN + usize::from(h.body_len);
@@ -245,7 +245,7 @@ impl Session {
                 }
                 Err(_) => {
                     self.stats.drop_malformed += 1;
-                    return Err(Drop::Malformed);
+                    return Err(DropReason::Malformed);
                 }
             }
         } else {
@@ -260,7 +260,7 @@ impl Session {
             });
             if ok.is_none() {
                 self.stats.drop_malformed += 1;
-                return Err(Drop::Malformed);
+                return Err(DropReason::Malformed);
             }
         }
         self.replay.record(h.pn);
@@ -479,7 +479,7 @@ impl Session {
             self.probe_at = None;
         }
         let len = off + TAG_LEN;
-        Header {
+        FrameHeader {
             ty: FrameType::Data,
             flags: fl,
             n_records: n,

@@ -5,8 +5,8 @@
 
 use pcietun::tlp::message::{code, rule_for, Payload, RoutingSet, PCI_SIG_VDMS, RULES};
 use pcietun::tlp::{
-    Attr, Bdf, CfgRequest, Completion, CplStatus, Header, IoRequest, MemOp, MemRequest, Message,
-    Prefixes, Tlp,
+    Attr, Bdf, CfgRequest, Completion, CplStatus, IoRequest, MemOp, MemRequest, Message, Prefixes,
+    Tlp, TlpHeader,
 };
 use proptest::prelude::*;
 
@@ -15,7 +15,7 @@ use proptest::prelude::*;
 pub struct Owned {
     pub prefixes: Vec<u8>,
     pub data: Vec<u8>,
-    pub tlp_header: Header,
+    pub tlp_header: TlpHeader,
     pub dw0: (u8, Attr, bool, bool, bool, u8, bool, u16),
 }
 
@@ -110,7 +110,7 @@ pub fn build(sel: u8, r: [u64; 6], n_local: u8, e2e: Vec<u32>) -> Owned {
             if matches!(op, MemOp::Write | MemOp::DeferrableWrite) {
                 data_dw = length_dw.into();
             }
-            Header::Mem(MemRequest {
+            TlpHeader::Mem(MemRequest {
                 op,
                 addr64,
                 requester_id: rid,
@@ -141,7 +141,7 @@ pub fn build(sel: u8, r: [u64; 6], n_local: u8, e2e: Vec<u32>) -> Owned {
             let address = if addr64 { r[0] } else { r[0] & 0xffff_ffff } & !(operand - 1);
             length_dw = len;
             data_dw = len.into();
-            Header::Mem(MemRequest {
+            TlpHeader::Mem(MemRequest {
                 op,
                 addr64,
                 requester_id: rid,
@@ -165,7 +165,7 @@ pub fn build(sel: u8, r: [u64; 6], n_local: u8, e2e: Vec<u32>) -> Owned {
                 data_dw = 1;
             }
             if k == 5 {
-                Header::Io(IoRequest {
+                TlpHeader::Io(IoRequest {
                     write,
                     requester_id: rid,
                     tag,
@@ -174,7 +174,7 @@ pub fn build(sel: u8, r: [u64; 6], n_local: u8, e2e: Vec<u32>) -> Owned {
                     address: (r[0] as u32) & !3,
                 })
             } else {
-                Header::Cfg(CfgRequest {
+                TlpHeader::Cfg(CfgRequest {
                     write,
                     type1: bit(8),
                     requester_id: rid,
@@ -194,7 +194,7 @@ pub fn build(sel: u8, r: [u64; 6], n_local: u8, e2e: Vec<u32>) -> Owned {
                 length_dw = (r[1] % 64) as u16 + 1;
                 data_dw = length_dw.into();
             }
-            Header::Cpl(Completion {
+            TlpHeader::Cpl(Completion {
                 with_data,
                 locked: bit(8),
                 completer_id: Bdf(r[0] as u16),
@@ -244,7 +244,7 @@ pub fn build(sel: u8, r: [u64; 6], n_local: u8, e2e: Vec<u32>) -> Owned {
                 length_dw = len.unwrap_or(any_len);
                 data_dw = length_dw.into();
             }
-            Header::Msg(Message {
+            TlpHeader::Msg(Message {
                 with_data,
                 routing,
                 requester_id: rid,

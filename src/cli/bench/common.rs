@@ -73,7 +73,7 @@ impl Common {
 
 /// The header of every report: what ran where.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct Header {
+pub struct ReportHeader {
     /// Scenario name.
     pub scenario: String,
     /// Seconds since the Unix epoch when the run started.
@@ -113,9 +113,9 @@ fn sh(cmd: &str, args: &[&str]) -> Option<String> {
         .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
 }
 
-impl Header {
+impl ReportHeader {
     /// The header for `scenario` on `net`.
-    pub fn new(scenario: &str, c: &Common, net: &Net) -> Header {
+    pub fn new(scenario: &str, c: &Common, net: &Net) -> ReportHeader {
         let dir = env!("CARGO_MANIFEST_DIR");
         let mut commit =
             sh("git", &["-C", dir, "rev-parse", "--short", "HEAD"]).unwrap_or("unknown".into());
@@ -139,7 +139,7 @@ impl Header {
             .ok()
             .and_then(|s| s.split_whitespace().next()?.parse().ok())
             .unwrap_or(0.0);
-        Header {
+        ReportHeader {
             scenario: scenario.into(),
             unix_time: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)

@@ -4,12 +4,12 @@
 //! raw blast of transport-frame-sized datagrams on the same path. Data is checked once per
 //! run: a pattern goes to the card and back and must arrive unchanged.
 
-use super::common::{median, write_json, Common, Header};
+use super::common::{median, write_json, Common, ReportHeader};
 use super::raw::{raw_blast, Res};
 use super::rig::{Net, Rig, RigConfig};
 use super::stats::ratio;
 use pcietun::drivers::dma_engine::{Direction, DmaEngineDriver};
-use pcietun::drivers::Completion;
+use pcietun::drivers::CompletionMode;
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -44,7 +44,7 @@ struct Row {
 
 #[derive(Debug, Default, serde::Serialize)]
 struct Report {
-    header: Option<Header>,
+    header: Option<ReportHeader>,
     direction: Option<Direction>,
     raw_blast_gbyte_s: f64,
     raw_frame_bytes: usize,
@@ -66,9 +66,9 @@ fn open(net: &Net, cfg: &RigConfig, poll: bool) -> Res<(Rig, DmaEngineDriver)> {
     let rig = Rig::start(net, cfg)?;
     let f = rig.open(0x0880)?;
     let mode = if poll {
-        Completion::Poll
+        CompletionMode::Poll
     } else {
-        Completion::Interrupt
+        CompletionMode::Interrupt
     };
     let d = DmaEngineDriver::open(f, 2 * MAX, mode)?;
     Ok((rig, d))
@@ -115,7 +115,7 @@ pub fn run(a: DmaArgs, dir: Direction) -> Res<ExitCode> {
         Direction::DmaWrite => "dma-write",
     };
     let net = Net::create(c.link)?;
-    let header = Header::new(name, c, &net);
+    let header = ReportHeader::new(name, c, &net);
     let sizes = sizes(c.quick);
     let mut raw = Vec::new();
     let mut ours: Vec<Vec<(f64, f64)>> = vec![Vec::new(); sizes.len()];

@@ -5,7 +5,7 @@
 //! (ended by one read, which PCIe ordering keeps behind every write) against raw datagrams of
 //! the same size per second.
 
-use super::common::{median, median_latency, write_json, Common, Header};
+use super::common::{median, median_latency, write_json, Common, ReportHeader};
 use super::raw::{raw_blast, raw_rtt_samples, Res};
 use super::rig::{Net, Rig, RigConfig};
 use super::stats::{ratio, Latency};
@@ -29,7 +29,7 @@ pub struct MmioArgs {
 
 #[derive(Debug, Default, serde::Serialize)]
 struct ReadReport {
-    header: Option<Header>,
+    header: Option<ReportHeader>,
     raw_ping_pong: Latency,
     ours: Latency,
     ratio_p50: f64,
@@ -68,7 +68,7 @@ pub fn run_read(a: MmioArgs) -> Res<ExitCode> {
     let c = &a.common;
     let iters = if c.quick { 500 } else { a.iters.max(100) };
     let net = Net::create(c.link)?;
-    let header = Header::new("mmio-read", c, &net);
+    let header = ReportHeader::new("mmio-read", c, &net);
     let (mut raws, mut ours, mut direct) = (Vec::new(), Vec::new(), Vec::new());
     let (mut raw_last, mut ours_last) = (Vec::new(), Vec::new());
     for run in 0..c.runs() {
@@ -168,7 +168,7 @@ pub fn run_read(a: MmioArgs) -> Res<ExitCode> {
 
 #[derive(Debug, Default, serde::Serialize)]
 struct WriteReport {
-    header: Option<Header>,
+    header: Option<ReportHeader>,
     raw_datagrams_per_s: f64,
     ours_writes_per_s: f64,
     ratio_rate: f64,
@@ -198,7 +198,7 @@ pub fn run_write(a: MmioArgs) -> Res<ExitCode> {
     let iters = if c.quick { 2000 } else { a.iters.max(1000) * 5 };
     let secs = if c.quick { 0.2 } else { 1.0 };
     let net = Net::create(c.link)?;
-    let header = Header::new("mmio-write", c, &net);
+    let header = ReportHeader::new("mmio-write", c, &net);
     let (mut raws, mut ours) = (Vec::new(), Vec::new());
     for run in 0..c.runs() {
         eprintln!("mmio-write run {}/{}…", run + 1, c.runs());

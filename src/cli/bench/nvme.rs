@@ -5,14 +5,14 @@
 //! which the packet rate allows `raw_iops_bound` exchanges of 4 KiB per second (4 KiB of data
 //! in ⌈4096 / 1472⌉ frames plus one frame for the command).
 
-use super::common::{median, median_latency, write_json, Common, Header};
+use super::common::{median, median_latency, write_json, Common, ReportHeader};
 use super::dma::RAW_FRAME;
 use super::mmio::RAW_SMALL;
 use super::raw::{raw_blast, raw_rtt_samples, Res};
 use super::rig::{Net, Rig};
 use super::stats::{ratio, Latency};
 use pcietun::drivers::nvme::{IoOp, NvmeConfig, NvmeDriver};
-use pcietun::drivers::Completion;
+use pcietun::drivers::CompletionMode;
 use rand::{Rng, SeedableRng};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -51,7 +51,7 @@ struct Row {
 
 #[derive(Debug, Default, serde::Serialize)]
 struct Report {
-    header: Option<Header>,
+    header: Option<ReportHeader>,
     io_bytes: usize,
     raw_ping_pong: Latency,
     raw_datagrams_per_s: f64,
@@ -133,9 +133,9 @@ fn open(rig: &Rig, qd: usize, poll: bool) -> Res<NvmeDriver> {
         NvmeConfig {
             depth: qd.max(1),
             completion: if poll {
-                Completion::Poll
+                CompletionMode::Poll
             } else {
-                Completion::Interrupt
+                CompletionMode::Interrupt
             },
             ..NvmeConfig::default()
         },
@@ -161,7 +161,7 @@ pub fn run(a: NvmeArgs) -> Res<ExitCode> {
     let secs = if c.quick { 0.3 } else { a.secs.max(0.1) };
     let iters = if c.quick { 500 } else { 10_000 };
     let net = Net::create(c.link)?;
-    let header = Header::new("nvme", c, &net);
+    let header = ReportHeader::new("nvme", c, &net);
     let workloads = [
         (IoOp::Read, 1),
         (IoOp::Read, a.qd),

@@ -19,9 +19,10 @@ use crossbeam::channel;
 use pcietun::appliance::config::{DeviceConfig, DeviceSpec, HostSpec, LinkOptions};
 use pcietun::appliance::devices::{self, Scratch};
 use pcietun::appliance::{Appliance, ApplianceConfig, Running};
-use pcietun::endpoint::Bdf as EpBdf;
+use pcietun::endpoint::Bdf;
 use pcietun::host::enumerate::FunctionInfo;
 use pcietun::host::{Downlink, Host, HostConfig, LinkError, RemoteFunction};
+use pcietun::sync::MutexExt;
 use pcietun::transport::driver::{
     mem, udp::UdpPort, Direct, DriverConfig, DriverStats, Peers, Port, SharedLink, Upcall,
 };
@@ -180,7 +181,7 @@ fn appliance_config(cfg: &RigConfig, host: HostId, psk: Psk) -> ApplianceConfig 
             .into_iter()
             .zip(0u8..)
             .map(|(spec, f)| DeviceConfig {
-                bdf: EpBdf::new(0, 0, f),
+                bdf: Bdf::new(0, 0, f),
                 name: None,
                 spec,
             })
@@ -298,7 +299,7 @@ impl Rig {
                 .name("host-agent".into())
                 .spawn(move || {
                     let publish = |d: &Direct| {
-                        *stats.lock().unwrap_or_else(|e| e.into_inner()) = d.stats();
+                        *stats.lock_or_recover() = d.stats();
                     };
                     if let Err(e) = shared.run_watcher(&stop, publish) {
                         tracing::error!("host link: {e}");
@@ -342,10 +343,7 @@ impl Rig {
 
     /// Retransmissions both transport ends made so far.
     pub fn retransmits(&self) -> u64 {
-        let host = self
-            .host_stats
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).clone());
+        let host = self.host_stats.iter().map(|s| s.lock_or_recover().clone());
         let appliance = self.appliance.iter().flat_map(|a| a.stats().links);
         host.chain(appliance)
             .flat_map(|s| s.sessions.into_iter().map(|x| x.1.retransmits))

@@ -14,7 +14,7 @@
 //! the controller fetches commands and PRP lists and moves data over the tunnel; the driver
 //! only writes doorbells (posted writes) and reads completions from its own memory — so the
 //! I/O hot path issues no MMIO read. Completions are polled or waited for on the MSI-X
-//! eventfd of the I/O queue's vector ([`Completion`]).
+//! eventfd of the I/O queue's vector ([`CompletionMode`]).
 //!
 //! Each of the `depth` command slots owns a data buffer of up to [`MAX_TRANSFER`] bytes and a
 //! PRP list page; slot *n* is command identifier *n*. Besides Read and Write, any command can
@@ -34,8 +34,8 @@ use std::time::{Duration, Instant};
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
 use super::mem::DmaBuffer;
-use super::Completion;
-use crate::host::dma::{Access, DmaError};
+use super::CompletionMode;
+use crate::host::dma::{Access, DmaWindowError};
 use crate::host::requester::RequestError;
 use crate::host::vfio_user::{EventFd, IrqIndex};
 use crate::host::RemoteFunction;
@@ -74,7 +74,7 @@ pub enum NvmeError {
     Request(#[from] RequestError),
     /// Registering or touching DMA memory failed.
     #[error("DMA memory: {0}")]
-    Dma(#[from] DmaError),
+    Dma(#[from] DmaWindowError),
     /// Arming the MSI-X eventfd failed.
     #[error("interrupt setup: {0}")]
     Irq(#[from] std::io::Error),
@@ -164,7 +164,7 @@ pub struct NvmeConfig {
     /// I/O queue depth (command slots), 1..=255.
     pub depth: usize,
     /// Poll or use MSI-X.
-    pub completion: Completion,
+    pub completion: CompletionMode,
     /// Timeout of a single command.
     pub command_timeout: Duration,
 }
@@ -173,7 +173,7 @@ impl Default for NvmeConfig {
     fn default() -> Self {
         Self {
             depth: 32,
-            completion: Completion::Interrupt,
+            completion: CompletionMode::Interrupt,
             command_timeout: Duration::from_secs(10),
         }
     }
@@ -533,7 +533,7 @@ impl NvmeDriver {
 
         // One I/O queue pair (Number of Queues, 0-based counts).
         self.set_features(feat::NUM_QUEUES, feat::num_queues(0, 0))?;
-        let interrupts = self.cfg.completion == Completion::Interrupt;
+        let interrupts = self.cfg.completion == CompletionMode::Interrupt;
         if interrupts {
             self.enable_msix()?;
             self.irq = Some(self.f.interrupt_eventfd(IrqIndex::Msix, 1)?);

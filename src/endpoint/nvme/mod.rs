@@ -22,6 +22,7 @@ mod prefetch;
 pub mod prp;
 mod worker;
 
+use crate::sync::{CondvarExt, MutexExt};
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -231,7 +232,7 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn lock(&self) -> MutexGuard<'_, Ctrl> {
-        self.ctrl.lock().unwrap_or_else(|e| e.into_inner())
+        self.ctrl.lock_or_recover()
     }
 }
 
@@ -535,8 +536,7 @@ impl Device for NvmeController {
             c = self
                 .shared
                 .idle
-                .wait_timeout(c, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
+                .wait_timeout_or_recover(c, deadline - now)
                 .0;
         }
         c.csts = 0;

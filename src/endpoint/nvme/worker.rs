@@ -9,6 +9,7 @@
 //! the free slots of the completion queue and by `FETCH_MAX`) comes in with one DMA read, two
 //! when the ring wraps — over the tunnel each DMA is a network round trip.
 
+use crate::sync::CondvarExt;
 use std::sync::Arc;
 
 use zerocopy::IntoBytes;
@@ -270,7 +271,7 @@ impl Worker {
                     });
                 }
             }
-            c = self.shared.wake.wait(c).unwrap_or_else(|e| e.into_inner());
+            c = self.shared.wake.wait_or_recover(c);
         }
     }
 
@@ -350,7 +351,7 @@ impl Worker {
         let Some(mut cq) = c.cqs[cqid] else { return };
         while cq.full() {
             // Only an AER can find the queue full; wait for the host to consume entries.
-            c = self.shared.wake.wait(c).unwrap_or_else(|e| e.into_inner());
+            c = self.shared.wake.wait_or_recover(c);
             if c.stop || c.cc & cc::EN == 0 {
                 return;
             }

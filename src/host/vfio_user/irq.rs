@@ -6,6 +6,7 @@
 //! level-triggered and automasked as in Linux VFIO: a delivered INTx masks itself until the
 //! client unmasks it, and an unmask while the line is still asserted delivers again.
 
+use crate::sync::MutexExt;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -177,7 +178,7 @@ impl Interrupts {
 
     /// Whether `vector` of `index` has an eventfd.
     pub fn is_armed(&self, index: IrqIndex, vector: u32) -> bool {
-        let l = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+        let l = self.lines.lock_or_recover();
         l.vectors[index as usize]
             .get(vector as usize)
             .is_some_and(|v| v.fd.is_some())
@@ -203,7 +204,7 @@ impl Interrupts {
     /// Raise `vector` of `index` (an MSI/MSI-X write from the card, or INTx assert).
     /// Returns whether an eventfd was signalled now.
     pub fn trigger(&self, index: IrqIndex, vector: u32) -> bool {
-        let mut l = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+        let mut l = self.lines.lock_or_recover();
         if index == IrqIndex::Intx {
             l.intx_asserted = true;
         }
@@ -218,7 +219,7 @@ impl Interrupts {
         if asserted {
             self.trigger(IrqIndex::Intx, 0)
         } else {
-            let mut l = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+            let mut l = self.lines.lock_or_recover();
             l.intx_asserted = false;
             if let Some(v) = l.vectors[0].get_mut(0) {
                 v.pending = false;
@@ -257,7 +258,7 @@ impl Interrupts {
                 })
             }
         };
-        let mut l = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+        let mut l = self.lines.lock_or_recover();
         let intx_asserted = l.intx_asserted;
         let automask = idx == IrqIndex::Intx;
         let vectors = &mut l.vectors[idx as usize];
@@ -335,7 +336,7 @@ impl Interrupts {
 
     /// Drop every eventfd and mask state (device reset, client gone).
     pub fn reset(&self) {
-        let mut l = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+        let mut l = self.lines.lock_or_recover();
         for vs in l.vectors.iter_mut() {
             for v in vs.iter_mut() {
                 *v = Vector::default();

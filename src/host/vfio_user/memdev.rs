@@ -1,4 +1,4 @@
-//! An in-memory PCI function: the reference [`Device`] the vfio-user server is tested against
+//! An in-memory PCI function: the reference [`VfioDevice`] the vfio-user server is tested against
 //! before any tunnel is involved (PCI Local Bus Spec 3.0 §6.1 type 0 header, §6.8.2 MSI-X
 //! capability; a tiny register file in BAR0 for doorbells and DMA).
 //!
@@ -14,7 +14,7 @@
 //! | 0x210 | DMA status: 0 = ok, 1 = fault (outside the DMA windows) |
 //! | 0x800 | MSI-X table (4 entries), 0x900 PBA |
 
-use super::{Device, DeviceError, FunctionContext, IrqIndex, RegionDesc, CONFIG_REGION};
+use super::{FunctionContext, IrqIndex, RegionDesc, VfioDevice, VfioDeviceError, CONFIG_REGION};
 
 const BAR0_SIZE: u64 = 4096;
 const CONFIG_SIZE: usize = 256;
@@ -112,7 +112,7 @@ impl MemDevice {
     }
 }
 
-impl Device for MemDevice {
+impl VfioDevice for MemDevice {
     fn region(&self, index: u32) -> RegionDesc {
         match index {
             0 => RegionDesc::rw(BAR0_SIZE),
@@ -121,7 +121,12 @@ impl Device for MemDevice {
         }
     }
 
-    fn region_read(&mut self, index: u32, offset: u64, data: &mut [u8]) -> Result<(), DeviceError> {
+    fn region_read(
+        &mut self,
+        index: u32,
+        offset: u64,
+        data: &mut [u8],
+    ) -> Result<(), VfioDeviceError> {
         let o = offset as usize;
         match index {
             0 => data.copy_from_slice(&self.bar0[o..o + data.len()]),
@@ -133,7 +138,7 @@ impl Device for MemDevice {
                 data.copy_from_slice(&c[o..o + data.len()]);
             }
             _ => {
-                return Err(DeviceError::BadAccess {
+                return Err(VfioDeviceError::BadAccess {
                     region: index,
                     offset,
                     len: data.len(),
@@ -143,7 +148,12 @@ impl Device for MemDevice {
         Ok(())
     }
 
-    fn region_write(&mut self, index: u32, offset: u64, data: &[u8]) -> Result<(), DeviceError> {
+    fn region_write(
+        &mut self,
+        index: u32,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), VfioDeviceError> {
         let o = offset as usize;
         match index {
             0 => {
@@ -186,7 +196,7 @@ impl Device for MemDevice {
                 }
             }
             _ => {
-                return Err(DeviceError::BadAccess {
+                return Err(VfioDeviceError::BadAccess {
                     region: index,
                     offset,
                     len: data.len(),
@@ -196,7 +206,7 @@ impl Device for MemDevice {
         Ok(())
     }
 
-    fn reset(&mut self) -> Result<(), DeviceError> {
+    fn reset(&mut self) -> Result<(), VfioDeviceError> {
         self.resets += 1;
         self.bar0.iter_mut().for_each(|b| *b = 0);
         self.config[4] = 0;

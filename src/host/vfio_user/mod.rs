@@ -10,7 +10,7 @@
 //! * [`socket`] — the UNIX socket with SCM_RIGHTS, the serve loop, and DMA_READ/DMA_WRITE.
 //! * [`memdev`] — a small in-memory PCI function, the reference backend for tests.
 //!
-//! The server is generic over [`Device`]: config space and BAR access, reset, and a hook when
+//! The server is generic over [`VfioDevice`]: config space and BAR access, reset, and a hook when
 //! the consumer changes interrupt routing. Interrupts and DMA windows live in a
 //! [`FunctionContext`] shared by the server and the device.
 
@@ -68,7 +68,7 @@ impl RegionDesc {
 
 /// Why a device access failed. The server answers the consumer with an error reply.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DeviceError {
+pub enum VfioDeviceError {
     /// The access is outside the region or has an unsupported width.
     #[error("access to region {region} at {offset:#x} (+{len}) is not allowed")]
     BadAccess {
@@ -90,7 +90,7 @@ pub enum DeviceError {
     Completion(&'static str),
 }
 
-impl DeviceError {
+impl VfioDeviceError {
     /// The errno a vfio-user error reply carries for this error.
     pub fn errno(&self) -> u32 {
         match self {
@@ -127,31 +127,47 @@ impl FunctionContext {
 ///
 /// Region indexes follow Linux VFIO: 0-5 the BARs, 6 the expansion ROM, 7 config space.
 /// The server checks that every access lies inside the region before calling the device.
-pub trait Device: Send {
+pub trait VfioDevice: Send {
     /// The region with this index ([`RegionDesc::NONE`] if absent).
     fn region(&self, index: u32) -> RegionDesc;
     /// Read `data.len()` bytes at `offset` of region `index`.
-    fn region_read(&mut self, index: u32, offset: u64, data: &mut [u8]) -> Result<(), DeviceError>;
+    fn region_read(
+        &mut self,
+        index: u32,
+        offset: u64,
+        data: &mut [u8],
+    ) -> Result<(), VfioDeviceError>;
     /// Write `data` at `offset` of region `index`.
-    fn region_write(&mut self, index: u32, offset: u64, data: &[u8]) -> Result<(), DeviceError>;
+    fn region_write(&mut self, index: u32, offset: u64, data: &[u8])
+        -> Result<(), VfioDeviceError>;
     /// Reset the function (a Function Level Reset for a tunnelled card).
-    fn reset(&mut self) -> Result<(), DeviceError>;
+    fn reset(&mut self) -> Result<(), VfioDeviceError>;
     /// The consumer changed interrupt routing of `index` (e.g. armed MSI-X vectors): a
     /// tunnelled function reprograms the card's MSI/MSI-X so its writes reach the host.
     fn irqs_changed(&mut self, _index: IrqIndex) {}
 }
 
-impl<D: Device + ?Sized> Device for Box<D> {
+impl<D: VfioDevice + ?Sized> VfioDevice for Box<D> {
     fn region(&self, index: u32) -> RegionDesc {
         (**self).region(index)
     }
-    fn region_read(&mut self, index: u32, offset: u64, data: &mut [u8]) -> Result<(), DeviceError> {
+    fn region_read(
+        &mut self,
+        index: u32,
+        offset: u64,
+        data: &mut [u8],
+    ) -> Result<(), VfioDeviceError> {
         (**self).region_read(index, offset, data)
     }
-    fn region_write(&mut self, index: u32, offset: u64, data: &[u8]) -> Result<(), DeviceError> {
+    fn region_write(
+        &mut self,
+        index: u32,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), VfioDeviceError> {
         (**self).region_write(index, offset, data)
     }
-    fn reset(&mut self) -> Result<(), DeviceError> {
+    fn reset(&mut self) -> Result<(), VfioDeviceError> {
         (**self).reset()
     }
     fn irqs_changed(&mut self, index: IrqIndex) {

@@ -12,11 +12,12 @@ use std::sync::Arc;
 
 use super::irq::{info_flags, IrqIndex};
 use super::wire::{
-    self, Command, DeviceInfoRepr, DmaMapRepr, DmaUnmapRepr, Header, HeaderRepr, IrqInfoRepr,
-    IrqSetRepr, MessageType, RegionAccessRepr, RegionInfoRepr, WireError, HEADER_LEN,
+    self, Command, DeviceInfoRepr, DmaMapRepr, DmaUnmapRepr, IrqInfoRepr, IrqSetRepr,
+    MessageHeader, MessageHeaderRepr, MessageType, RegionAccessRepr, RegionInfoRepr, WireError,
+    HEADER_LEN,
 };
-use super::{Device, FunctionContext, CONFIG_REGION, NUM_REGIONS};
-use crate::host::dma::{Access, DmaError, DmaMemory, MmapMemory};
+use super::{FunctionContext, VfioDevice, CONFIG_REGION, NUM_REGIONS};
+use crate::host::dma::{Access, DmaMemory, DmaWindowError, MmapMemory};
 
 /// `VFIO_DEVICE_FLAGS_RESET`.
 const DEVICE_FLAGS_RESET: u32 = 1 << 0;
@@ -97,11 +98,11 @@ enum Refusal {
     #[error("command {0:?} is not supported")]
     Unsupported(Command),
     #[error(transparent)]
-    Dma(#[from] DmaError),
+    Dma(#[from] DmaWindowError),
     #[error(transparent)]
     Irq(#[from] super::irq::IrqError),
     #[error(transparent)]
-    Device(#[from] super::DeviceError),
+    Device(#[from] super::VfioDeviceError),
     #[error("{0} exceeds the {1}-byte transfer limit")]
     TooBig(u32, u32),
 }
@@ -111,8 +112,8 @@ impl Refusal {
         (match self {
             Self::Wire(_) | Self::Invalid(_) | Self::Irq(_) => libc::EINVAL,
             Self::Unsupported(_) => libc::ENOTSUP,
-            Self::Dma(DmaError::Overlap { .. }) => libc::EEXIST,
-            Self::Dma(DmaError::TooMany(_)) => libc::ENOSPC,
+            Self::Dma(DmaWindowError::Overlap { .. }) => libc::EEXIST,
+            Self::Dma(DmaWindowError::TooMany(_)) => libc::ENOSPC,
             Self::Dma(_) => libc::EINVAL,
             Self::Device(e) => return e.errno(),
             Self::TooBig(..) => libc::E2BIG,
@@ -125,7 +126,7 @@ impl Refusal {
 pub type RemoteMemoryFactory = Box<dyn Fn(u64, u64) -> Arc<dyn DmaMemory> + Send>;
 
 /// The protocol engine for one client of one function.
-pub struct Connection<D: Device> {
+pub struct Connection<D: VfioDevice> {
     device: D,
     ctx: FunctionContext,
     cfg: ServerConfig,
@@ -134,7 +135,7 @@ pub struct Connection<D: Device> {
     stats: ConnStats,
 }
 
-impl<D: Device> std::fmt::Debug for Connection<D> {
+impl<D: VfioDevice> std::fmt::Debug for Connection<D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connection")
             .field("client", &self.client)
@@ -145,7 +146,7 @@ impl<D: Device> std::fmt::Debug for Connection<D> {
 
 type Result<T> = std::result::Result<T, Refusal>;
 
-impl<D: Device> Connection<D> {
+impl<D: VfioDevice> Connection<D> {
     /// An engine serving `device`, whose interrupts and DMA windows are `ctx`.
     pub fn new(device: D, ctx: FunctionContext, cfg: ServerConfig) -> Self {
         Self {
@@ -207,14 +208,14 @@ impl<D: Device> Connection<D> {
     /// returns `false` when no reply is due (no_reply commands, stray replies).
     pub fn handle(&mut self, msg: &[u8], fds: Vec<OwnedFd>, out: &mut Vec<u8>) -> bool {
         out.clear();
-        let hdr = match Header::new_checked(msg).and_then(|h| HeaderRepr::parse(&h)) {
+        let hdr = match MessageHeader::new_checked(msg).and_then(|h| MessageHeaderRepr::parse(&h)) {
             Ok(h) => h,
             Err(e) => {
                 self.stats.errors += 1;
                 tracing::warn!(error = %e, "malformed vfio-user header");
                 // Echo what can be read of the ID and command so the client can match it.
                 let (id, cmd) = wire::salvage_id_command(msg);
-                let r = HeaderRepr {
+                let r = MessageHeaderRepr {
                     id,
                     command: Command::from(cmd),
                     size: HEADER_LEN as u32,
@@ -256,7 +257,7 @@ impl<D: Device> Connection<D> {
         }
     }
 
-    fn refuse(&mut self, hdr: &HeaderRepr, e: Refusal, out: &mut Vec<u8>) -> bool {
+    fn refuse(&mut self, hdr: &MessageHeaderRepr, e: Refusal, out: &mut Vec<u8>) -> bool {
         self.stats.errors += 1;
         tracing::warn!(%hdr, error = %e, "vfio-user command refused");
         out.clear();
@@ -272,7 +273,7 @@ impl<D: Device> Connection<D> {
 
     fn dispatch(
         &mut self,
-        hdr: &HeaderRepr,
+        hdr: &MessageHeaderRepr,
         body: &[u8],
         fds: Vec<OwnedFd>,
         out: &mut Vec<u8>,
@@ -444,7 +445,7 @@ impl<D: Device> Connection<D> {
             write: req.flags & DMA_WRITEABLE != 0,
         };
         if req.size == 0 || req.address.checked_add(req.size).is_none() {
-            return Err(DmaError::BadRange {
+            return Err(DmaWindowError::BadRange {
                 iova: req.address,
                 len: req.size,
             }
@@ -518,7 +519,7 @@ impl<D: Device> Connection<D> {
         if a.count > self.cfg.max_data_xfer_size {
             return Err(Refusal::TooBig(a.count, self.cfg.max_data_xfer_size));
         }
-        let bad = || super::DeviceError::BadAccess {
+        let bad = || super::VfioDeviceError::BadAccess {
             region: a.region,
             offset: a.offset,
             len: a.count as usize,
@@ -586,7 +587,7 @@ mod tests {
 
     fn message(cmd: u16, body: &[u8]) -> Vec<u8> {
         let mut m = vec![0u8; HEADER_LEN];
-        HeaderRepr {
+        MessageHeaderRepr {
             id: 9,
             command: Command::from(cmd),
             size: (HEADER_LEN + body.len()) as u32,
@@ -603,10 +604,12 @@ mod tests {
         let mut c = engine();
         let mut out = Vec::new();
         assert!(c.handle(&message(1, b"\0\0\0\0{}\0"), vec![], &mut out));
-        assert!(HeaderRepr::parse(&Header::new_unchecked(&out[..]))
-            .unwrap()
-            .error
-            .is_none());
+        assert!(
+            MessageHeaderRepr::parse(&MessageHeader::new_unchecked(&out[..]))
+                .unwrap()
+                .error
+                .is_none()
+        );
         c
     }
 
@@ -647,7 +650,7 @@ mod tests {
             let mut out = Vec::new();
             for (cmd, body) in cmds {
                 if c.handle(&message(cmd, &body), vec![], &mut out) {
-                    let h = HeaderRepr::parse(&Header::new_checked(&out[..]).unwrap()).unwrap();
+                    let h = MessageHeaderRepr::parse(&MessageHeader::new_checked(&out[..]).unwrap()).unwrap();
                     prop_assert_eq!(h.kind, MessageType::Reply);
                     prop_assert_eq!(h.size as usize, out.len());
                     prop_assert_eq!(h.id, 9);

@@ -7,6 +7,7 @@
 //! framing, so the connection is answered with an error and closed; an oversized message is
 //! answered with `E2BIG` and its body discarded; everything else goes to [`Connection`].
 
+use crate::sync::MutexExt;
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -18,9 +19,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::server::Connection;
-use super::wire::{Command, DmaAccessRepr, Header, HeaderRepr, MessageType, WireError, HEADER_LEN};
-use super::Device;
-use crate::host::dma::{check_range, DmaError, DmaMemory};
+use super::wire::{
+    Command, DmaAccessRepr, MessageHeader, MessageHeaderRepr, MessageType, WireError, HEADER_LEN,
+};
+use super::VfioDevice;
+use crate::host::dma::{check_range, DmaMemory, DmaWindowError};
 use crate::sys::socket::recv_with_fds;
 
 /// Errors of the socket layer.
@@ -74,7 +77,7 @@ struct Writer {
 impl Writer {
     fn send(&self, bytes: &[u8]) -> io::Result<()> {
         use std::io::Write;
-        let mut s = self.stream.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = self.stream.lock_or_recover();
         s.write_all(bytes)
     }
 }
@@ -97,16 +100,13 @@ impl ClientChannel {
         cmd: Command,
         access: DmaAccessRepr,
         data: &[u8],
-    ) -> Result<Vec<u8>, DmaError> {
+    ) -> Result<Vec<u8>, DmaWindowError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel();
-        self.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, tx);
+        self.pending.lock_or_recover().insert(id, tx);
         let size = HEADER_LEN + DmaAccessRepr::LEN + data.len();
         let mut msg = vec![0u8; size];
-        HeaderRepr {
+        MessageHeaderRepr {
             id,
             command: cmd,
             size: size as u32,
@@ -117,33 +117,23 @@ impl ClientChannel {
         .emit_bytes(&mut msg);
         access.emit(&mut msg[HEADER_LEN..]);
         msg[HEADER_LEN + DmaAccessRepr::LEN..].copy_from_slice(data);
-        let unreachable = |why: String| DmaError::Unreachable(why);
+        let unreachable = |why: String| DmaWindowError::Unreachable(why);
         if let Err(e) = self.writer.send(&msg) {
-            self.pending
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&id);
+            self.pending.lock_or_recover().remove(&id);
             return Err(unreachable(e.to_string()));
         }
         match rx.recv_timeout(self.timeout) {
             Ok(Ok(body)) => Ok(body),
             Ok(Err(errno)) => Err(unreachable(format!("client replied errno {errno}"))),
             Err(_) => {
-                self.pending
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&id);
+                self.pending.lock_or_recover().remove(&id);
                 Err(unreachable("no reply from the vfio-user client".into()))
             }
         }
     }
 
-    fn deliver(&self, hdr: &HeaderRepr, body: &[u8]) {
-        let waiter = self
-            .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&hdr.id);
+    fn deliver(&self, hdr: &MessageHeaderRepr, body: &[u8]) {
+        let waiter = self.pending.lock_or_recover().remove(&hdr.id);
         match waiter {
             Some(w) => {
                 let r = match hdr.error {
@@ -157,10 +147,7 @@ impl ClientChannel {
     }
 
     fn fail_all(&self) {
-        self.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        self.pending.lock_or_recover().clear();
     }
 }
 
@@ -177,7 +164,7 @@ impl DmaMemory for RemoteWindow {
         self.len
     }
 
-    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), DmaError> {
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), DmaWindowError> {
         check_range("read", offset, buf.len(), self.len)?;
         // In range, so `iova + offset + buf.len()` is inside the mapped window: no overflow.
         let mut done = 0;
@@ -190,7 +177,7 @@ impl DmaMemory for RemoteWindow {
             let body = self.chan.request(Command::DmaRead, req, &[])?;
             let data = body.get(DmaAccessRepr::LEN..).unwrap_or(&[]);
             if data.len() != chunk.len() {
-                return Err(DmaError::Unreachable(format!(
+                return Err(DmaWindowError::Unreachable(format!(
                     "DMA_READ reply carried {} bytes, wanted {}",
                     data.len(),
                     chunk.len()
@@ -202,7 +189,7 @@ impl DmaMemory for RemoteWindow {
         Ok(())
     }
 
-    fn write(&self, offset: u64, data: &[u8]) -> Result<(), DmaError> {
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), DmaWindowError> {
         check_range("write", offset, data.len(), self.len)?;
         let mut done = 0;
         for chunk in data.chunks(self.chan.max_xfer.load(Ordering::Relaxed)) {
@@ -224,7 +211,7 @@ struct Frame {
     /// Descriptors were lost in transit (control buffer too small).
     truncated: bool,
     /// The message exceeded the size limit and its body was discarded.
-    oversized: Option<HeaderRepr>,
+    oversized: Option<MessageHeaderRepr>,
 }
 
 /// Serve one connected client until it disconnects.
@@ -235,7 +222,7 @@ struct Frame {
 /// while a command is in progress never waits for itself. Buffers circulate between the two
 /// threads, so steady-state traffic does not allocate. On return the client's DMA windows and
 /// eventfds are gone ([`Connection::disconnected`]).
-pub fn serve_connection<D: Device>(
+pub fn serve_connection<D: VfioDevice>(
     stream: UnixStream,
     conn: &mut Connection<D>,
 ) -> Result<(), SocketError> {
@@ -309,7 +296,8 @@ fn read_frames(
             }
             Err(e) => return Err(LoopError::Io(e)),
         }
-        let hdr = match HeaderRepr::parse(&Header::new_unchecked(&msg[..HEADER_LEN])) {
+        let hdr = match MessageHeaderRepr::parse(&MessageHeader::new_unchecked(&msg[..HEADER_LEN]))
+        {
             Ok(h) => h,
             Err(e) => {
                 // Framing is lost: let the worker answer (it echoes id/command), then close.
@@ -360,7 +348,7 @@ fn read_frames(
     }
 }
 
-fn error_reply(hdr: &HeaderRepr, errno: i32, out: &mut Vec<u8>) -> bool {
+fn error_reply(hdr: &MessageHeaderRepr, errno: i32, out: &mut Vec<u8>) -> bool {
     if hdr.no_reply || hdr.kind != MessageType::Command {
         return false;
     }
@@ -373,7 +361,7 @@ fn error_reply(hdr: &HeaderRepr, errno: i32, out: &mut Vec<u8>) -> bool {
 }
 
 /// The worker: run commands through the engine and write the replies.
-fn work<D: Device>(
+fn work<D: VfioDevice>(
     conn: &mut Connection<D>,
     writer: &Writer,
     chan: &Arc<ClientChannel>,
@@ -388,7 +376,7 @@ fn work<D: Device>(
             truncated,
             oversized,
         } = frame;
-        let header = HeaderRepr::parse(&Header::new_unchecked(&msg[..HEADER_LEN]));
+        let header = MessageHeaderRepr::parse(&MessageHeader::new_unchecked(&msg[..HEADER_LEN]));
         let reply = match (&header, oversized) {
             (_, Some(hdr)) => error_reply(&hdr, libc::E2BIG, &mut out),
             // Descriptors were lost in transit: refuse rather than act on a partial set.
@@ -470,7 +458,10 @@ impl FunctionServer {
 
     /// Serve clients one after another, forever (a function has one consumer at a time).
     /// Returns only if accepting fails.
-    pub fn serve_forever<D: Device>(&self, conn: &mut Connection<D>) -> Result<(), SocketError> {
+    pub fn serve_forever<D: VfioDevice>(
+        &self,
+        conn: &mut Connection<D>,
+    ) -> Result<(), SocketError> {
         loop {
             let (stream, _) = self.listener.accept().map_err(|source| SocketError::Io {
                 path: self.path.clone(),

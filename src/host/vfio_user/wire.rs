@@ -1,8 +1,8 @@
 //! vfio-user message wire format (QEMU `docs/interop/vfio-user.rst`, "Header" and the
 //! per-command request/reply tables).
 //!
-//! smoltcp style: [`Header`] is a zero-copy view over the first 16 bytes of a message with one
-//! accessor per field (offsets in [`field`]); [`HeaderRepr`] is the plain value with
+//! smoltcp style: [`MessageHeader`] is a zero-copy view over the first 16 bytes of a message with one
+//! accessor per field (offsets in [`field`]); [`MessageHeaderRepr`] is the plain value with
 //! `parse`/`emit`. Each command body is written down once, as the spec's table: a `#[repr(C)]`
 //! zerocopy struct (`DmaMapWire`, `RegionInfoWire`, …) whose field offsets and size are checked
 //! against the spec's offsets at compile time, and whose `view` is the checked zero-copy view of
@@ -189,11 +189,11 @@ fn check(what: &'static str, b: &[u8], need: usize) -> Result<(), WireError> {
 
 /// Zero-copy view of the 16-byte message header.
 #[derive(Debug, Clone, Copy)]
-pub struct Header<T: AsRef<[u8]>> {
+pub struct MessageHeader<T: AsRef<[u8]>> {
     buffer: T,
 }
 
-impl<T: AsRef<[u8]>> Header<T> {
+impl<T: AsRef<[u8]>> MessageHeader<T> {
     /// Wrap a buffer without checking it (accessors may panic on a short buffer).
     pub const fn new_unchecked(buffer: T) -> Self {
         Self { buffer }
@@ -227,7 +227,7 @@ impl<T: AsRef<[u8]>> Header<T> {
     }
 }
 
-impl<T: AsRef<[u8]> + AsMut<[u8]>> Header<T> {
+impl<T: AsRef<[u8]> + AsMut<[u8]>> MessageHeader<T> {
     fn put(&mut self, r: Range<usize>, bytes: &[u8]) {
         self.buffer.as_mut()[r].copy_from_slice(bytes);
     }
@@ -273,7 +273,7 @@ pub enum MessageType {
 
 /// The header as a plain value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HeaderRepr {
+pub struct MessageHeaderRepr {
     /// Message ID.
     pub id: u16,
     /// Command.
@@ -288,9 +288,9 @@ pub struct HeaderRepr {
     pub error: Option<u32>,
 }
 
-impl HeaderRepr {
+impl MessageHeaderRepr {
     /// Parse a header view.
-    pub fn parse<T: AsRef<[u8]>>(h: &Header<T>) -> Result<Self, WireError> {
+    pub fn parse<T: AsRef<[u8]>>(h: &MessageHeader<T>) -> Result<Self, WireError> {
         let size = h.size();
         if (size as usize) < HEADER_LEN {
             return Err(WireError::SizeTooSmall(size));
@@ -329,7 +329,7 @@ impl HeaderRepr {
     }
 
     /// Write into a header view.
-    pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, h: &mut Header<T>) {
+    pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, h: &mut MessageHeader<T>) {
         h.set_id(self.id);
         h.set_command(self.command.into());
         h.set_size(self.size);
@@ -349,11 +349,11 @@ impl HeaderRepr {
 
     /// Emit into the first 16 bytes of `buf` (which must hold them).
     pub fn emit_bytes(&self, buf: &mut [u8]) {
-        self.emit(&mut Header::new_unchecked(&mut buf[..HEADER_LEN]));
+        self.emit(&mut MessageHeader::new_unchecked(&mut buf[..HEADER_LEN]));
     }
 }
 
-impl fmt::Display for HeaderRepr {
+impl fmt::Display for MessageHeaderRepr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
@@ -610,7 +610,7 @@ mod tests {
     #[test]
     #[cfg(target_endian = "little")]
     fn test_deconstruct() {
-        let h = Header::new_checked(&REGION_READ_BYTES[..]).unwrap();
+        let h = MessageHeader::new_checked(&REGION_READ_BYTES[..]).unwrap();
         assert_eq!(h.id(), 7);
         assert_eq!(h.command(), 9);
         assert_eq!(h.size(), 32);
@@ -630,7 +630,7 @@ mod tests {
     #[cfg(target_endian = "little")]
     fn test_construct() {
         let mut buf = [0u8; 32];
-        HeaderRepr {
+        MessageHeaderRepr {
             id: 7,
             command: Command::RegionRead,
             size: 32,
@@ -658,11 +658,13 @@ mod tests {
     #[test]
     fn error_reply_sets_flags() {
         let mut buf = [0u8; HEADER_LEN];
-        let mut r = HeaderRepr::parse(&Header::new_unchecked(&REGION_READ_BYTES[..16])).unwrap();
+        let mut r =
+            MessageHeaderRepr::parse(&MessageHeader::new_unchecked(&REGION_READ_BYTES[..16]))
+                .unwrap();
         r = r.reply(16);
         r.error = Some(22);
         r.emit_bytes(&mut buf);
-        let h = Header::new_unchecked(&buf[..]);
+        let h = MessageHeader::new_unchecked(&buf[..]);
         assert_eq!(h.flags(), flags::TYPE_REPLY | flags::ERROR);
         assert_eq!(h.error(), 22);
         assert_eq!(h.size(), 16);
@@ -671,7 +673,7 @@ mod tests {
     #[test]
     fn short_and_bad_headers_are_errors() {
         assert!(matches!(
-            Header::new_checked(&[0u8; 15][..]),
+            MessageHeader::new_checked(&[0u8; 15][..]),
             Err(WireError::Truncated {
                 need: 16,
                 got: 15,
@@ -681,13 +683,13 @@ mod tests {
         let mut b = REGION_READ_BYTES;
         b[4..8].copy_from_slice(&8u32.to_ne_bytes());
         assert_eq!(
-            HeaderRepr::parse(&Header::new_unchecked(&b[..])),
+            MessageHeaderRepr::parse(&MessageHeader::new_unchecked(&b[..])),
             Err(WireError::SizeTooSmall(8))
         );
         let mut b = REGION_READ_BYTES;
         b[8..12].copy_from_slice(&3u32.to_ne_bytes());
         assert_eq!(
-            HeaderRepr::parse(&Header::new_unchecked(&b[..])),
+            MessageHeaderRepr::parse(&MessageHeader::new_unchecked(&b[..])),
             Err(WireError::BadType(3))
         );
     }
@@ -920,20 +922,20 @@ mod tests {
     proptest! {
         #[test]
         fn header_roundtrip(id: u16, cmd: u16, size in 16u32.., reply: bool, no_reply: bool, err: Option<u32>) {
-            let r = HeaderRepr {
+            let r = MessageHeaderRepr {
                 id, command: Command::from(cmd), size,
                 kind: if reply { MessageType::Reply } else { MessageType::Command },
                 no_reply, error: err,
             };
             let mut buf = [0u8; HEADER_LEN];
             r.emit_bytes(&mut buf);
-            prop_assert_eq!(HeaderRepr::parse(&Header::new_unchecked(&buf[..])).unwrap(), r);
+            prop_assert_eq!(MessageHeaderRepr::parse(&MessageHeader::new_unchecked(&buf[..])).unwrap(), r);
         }
 
         #[test]
         fn any_bytes_parse_without_panic(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
-            if let Ok(h) = Header::new_checked(&bytes[..]) {
-                let _ = HeaderRepr::parse(&h);
+            if let Ok(h) = MessageHeader::new_checked(&bytes[..]) {
+                let _ = MessageHeaderRepr::parse(&h);
             }
             let _ = parse_version(&bytes);
             // Each body parses exactly when it is long enough.

@@ -3,7 +3,7 @@
 //! the lowest-latency way to use the transport (an MMIO read path, a benchmark). Same
 //! [`Upcall`]s as [`super::TransportHandle`].
 
-use super::core::Core;
+use super::engine::Engine;
 use super::{DriverConfig, DriverStats, HandleError, Port, Upcall, Wake};
 use crate::transport::endpoint::ConnId;
 use crate::transport::{PeerAddr, SendError};
@@ -30,7 +30,7 @@ struct Inbox {
 
 /// A transport endpoint driven by the caller's thread.
 pub struct Direct {
-    core: Core,
+    engine: Engine,
     queue: VecDeque<Upcall>,
     /// TLPs other threads queued through a [`DirectSender`] (created with the first).
     inbox: Option<Inbox>,
@@ -94,7 +94,7 @@ impl Direct {
     /// Over `port` (nothing runs until [`poll`](Self::poll) is called).
     pub fn new(port: Box<dyn Port>, cfg: DriverConfig) -> Direct {
         Direct {
-            core: Core::new(port, cfg),
+            engine: Engine::new(port, cfg),
             queue: VecDeque::with_capacity(1024),
             inbox: None,
             held: None,
@@ -109,7 +109,7 @@ impl Direct {
     /// A sender that, besides the Direct's own waker, also wakes `extra` (a thread that
     /// watches the link without owning it).
     pub(crate) fn sender_also_waking(&mut self, extra: Option<Arc<dyn Wake>>) -> DirectSender {
-        let waker = self.core.port.waker();
+        let waker = self.engine.port.waker();
         let inbox = self.inbox.get_or_insert_with(|| {
             let (tx, rx) = channel::bounded(INBOX);
             Inbox {
@@ -141,7 +141,7 @@ impl Direct {
                 },
             };
             work = true;
-            match self.core.submit(c, t) {
+            match self.engine.submit(c, t) {
                 Ok(()) => {}
                 Err((t, SendError::QueueFull)) => {
                     self.held = Some((c, t));
@@ -158,7 +158,7 @@ impl Direct {
 
     /// Sleep in the kernel until a frame, a wake-up or `timeout` (announcing it to senders).
     fn sleep(&mut self, timeout: Option<Duration>) -> io::Result<()> {
-        if self.core.busy {
+        if self.engine.busy {
             std::thread::yield_now(); // see the threaded driver: never hold a core
             return Ok(());
         }
@@ -176,7 +176,7 @@ impl Direct {
                 return Ok(());
             }
         }
-        let r = self.core.wait(cap);
+        let r = self.engine.wait(cap);
         if let Some(i) = &self.inbox {
             i.sleeping.store(false, Ordering::Release);
         }
@@ -185,20 +185,20 @@ impl Direct {
 
     /// Our address on the link.
     pub fn local_addr(&self) -> PeerAddr {
-        self.core.port.local_addr()
+        self.engine.port.local_addr()
     }
 
     /// Queue a TLP without transmitting: the next [`poll`](Self::poll) /
     /// [`poll_wake`](Self::poll_wake) sends it, batched with whatever else was queued (as
     /// many TLPs per frame as fit). `QueueFull` means: poll, then retry.
     pub fn submit(&mut self, conn: ConnId, tlp: Bytes) -> Result<(), SendError> {
-        self.core.submit(conn, tlp).map_err(|(_, e)| e)
+        self.engine.submit(conn, tlp).map_err(|(_, e)| e)
     }
 
     /// Queue a TLP and transmit at once. `QueueFull` means: poll, then retry.
     pub fn send(&mut self, conn: ConnId, tlp: Bytes) -> Result<(), SendError> {
-        self.core.submit(conn, tlp).map_err(|(_, e)| e)?;
-        self.core.transmit();
+        self.engine.submit(conn, tlp).map_err(|(_, e)| e)?;
+        self.engine.transmit();
         Ok(())
     }
 
@@ -206,14 +206,14 @@ impl Direct {
     /// the final would-block read happens off the latency path), timers, frames out, upcalls.
     fn round(&mut self) -> io::Result<bool> {
         let mut work = self.drain_inbox();
-        work |= self.core.receive(1)?;
-        work |= self.core.transmit();
+        work |= self.engine.receive(1)?;
+        work |= self.engine.transmit();
         let q = &mut self.queue;
         let mut sink = |u: Upcall| {
             q.push_back(u);
             Ok(())
         };
-        work |= self.core.deliver(&mut sink).unwrap_or(true);
+        work |= self.engine.deliver(&mut sink).unwrap_or(true);
         Ok(work)
     }
 
@@ -247,7 +247,7 @@ impl Direct {
     /// Wakes a [`poll_wake`](Self::poll_wake) (or [`poll`](Self::poll)) blocked in the
     /// kernel, from any thread.
     pub fn waker(&self) -> Arc<dyn Wake> {
-        self.core.port.waker()
+        self.engine.port.waker()
     }
 
     /// Like [`poll`](Self::poll), but also returns `Ok(None)` as soon as the thread was woken
@@ -266,8 +266,8 @@ impl Direct {
 
     /// When the link next needs attention (a timer), in real time; `None`: nothing armed.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let t = self.core.ep.poll_timeout()?;
-        Some(Instant::now() + self.core.clock.until(t))
+        let t = self.engine.ep.poll_timeout()?;
+        Some(Instant::now() + self.engine.clock.until(t))
     }
 
     /// Whether TLPs from [`DirectSender`]s wait to be submitted.
@@ -277,11 +277,11 @@ impl Direct {
 
     /// The port's descriptor to watch, if it has one.
     pub(crate) fn readiness_fd(&self) -> Option<std::os::fd::RawFd> {
-        self.core.port.readiness_fd()
+        self.engine.port.readiness_fd()
     }
 
     /// A snapshot of all counters.
     pub fn stats(&self) -> DriverStats {
-        self.core.snapshot()
+        self.engine.snapshot()
     }
 }

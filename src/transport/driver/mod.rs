@@ -3,14 +3,14 @@
 //! [`TransportHandle`] is the same for every link: send TLP bytes to a peer, receive
 //! delivered TLPs and link events ([`Upcall`]). See docs/transport.md.
 
-mod core;
 mod direct;
+mod engine;
 pub mod eth;
 pub mod mem;
 mod shared;
 pub mod udp;
 
-use self::core::Driver;
+use self::engine::Driver;
 pub use direct::{Direct, DirectSender};
 pub use shared::SharedLink;
 

@@ -10,6 +10,7 @@
 
 use super::direct::{Direct, DirectSender};
 use super::{HandleError, Upcall, Wake};
+use crate::sync::MutexExt;
 use crate::sys::{fd, EventFd};
 use crate::transport::endpoint::ConnId;
 use crate::transport::SendError;
@@ -17,7 +18,7 @@ use bytes::Bytes;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, TryLockError};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Sends closer together than this are a burst (see [`SharedLink::send`]).
@@ -149,10 +150,9 @@ impl SharedLink {
         if self.fd.is_none() {
             return false;
         }
-        let mut d = match self.d.try_lock() {
-            Ok(d) => d,
-            Err(TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(TryLockError::WouldBlock) => return false,
+        let mut d = match self.d.try_lock_or_recover() {
+            Some(d) => d,
+            None => return false,
         };
         while !done() {
             let now = Instant::now();
@@ -181,7 +181,7 @@ impl SharedLink {
         while !stop.load(Ordering::Relaxed) {
             let Some(fd) = self.fd else {
                 // In-process port: sleep inside the link.
-                let mut d = self.d.lock().unwrap_or_else(|p| p.into_inner());
+                let mut d = self.d.lock_or_recover();
                 let u = d.poll_wake(Some(Duration::from_millis(50)))?;
                 if last_each.elapsed() >= Duration::from_millis(100) {
                     each(&d);
@@ -195,7 +195,7 @@ impl SharedLink {
             };
             // Wait for the link if a requester runs it (it hands up what arrives meanwhile).
             let timeout = {
-                let mut d = self.d.lock().unwrap_or_else(|p| p.into_inner());
+                let mut d = self.d.lock_or_recover();
                 // Everything that is ready, without sleeping.
                 while let Some(u) = d.poll_wake(Some(Duration::ZERO))? {
                     self.dispatch(u);
@@ -237,6 +237,6 @@ impl SharedLink {
 
     /// A snapshot of the link's counters (waits while another thread drives it).
     pub fn stats(&self) -> super::DriverStats {
-        self.d.lock().unwrap_or_else(|p| p.into_inner()).stats()
+        self.d.lock_or_recover().stats()
     }
 }

@@ -17,7 +17,7 @@ use std::time::Duration;
 /// Receive buffer chunk: frames are split off it, so delivered TLPs share it without copies.
 const RX_CHUNK: usize = 64 * 1024;
 
-pub(crate) struct Core {
+pub(crate) struct Engine {
     pub port: Box<dyn Port>,
     pub ep: Endpoint,
     pub clock: Clock,
@@ -30,8 +30,8 @@ pub(crate) struct Core {
     pub stats: DriverStats,
 }
 
-impl Core {
-    pub fn new(port: Box<dyn Port>, cfg: DriverConfig) -> Core {
+impl Engine {
+    pub fn new(port: Box<dyn Port>, cfg: DriverConfig) -> Engine {
         let seed = if cfg.seed == 0 {
             rand::random()
         } else {
@@ -56,7 +56,7 @@ impl Core {
                 ep.connect(clock.now(), *server, *host, psk.clone());
             }
         }
-        Core {
+        Engine {
             port,
             ep,
             clock,
@@ -170,9 +170,9 @@ impl Core {
     }
 }
 
-/// The threaded driver: a [`Core`] plus the channels of a `TransportHandle`.
+/// The threaded driver: an [`Engine`] plus the channels of a `TransportHandle`.
 pub(crate) struct Driver {
-    core: Core,
+    engine: Engine,
     cmd: Receiver<Cmd>,
     up: Sender<Upcall>,
     sleeping: Arc<AtomicBool>,
@@ -189,7 +189,7 @@ impl Driver {
         sleeping: Arc<AtomicBool>,
     ) -> Driver {
         Driver {
-            core: Core::new(port, cfg),
+            engine: Engine::new(port, cfg),
             cmd,
             up,
             sleeping,
@@ -200,16 +200,16 @@ impl Driver {
 
     pub fn run(&mut self) -> io::Result<()> {
         loop {
-            let mut work = self.core.receive(256)?;
+            let mut work = self.engine.receive(256)?;
             if self.commands() {
                 return Ok(());
             }
-            work |= self.core.transmit();
+            work |= self.engine.transmit();
             work |= self.deliver();
             if work {
                 continue;
             }
-            if self.core.busy {
+            if self.engine.busy {
                 // Yield rather than spin: with more pollers than cores (host and appliance
                 // on one 2-core box) a hard spin holds the CPU for a whole scheduler tick
                 // while the thread that has the answer waits (measured: 8 ms MMIO reads).
@@ -223,7 +223,7 @@ impl Driver {
             }
             let cap = (self.up_stalled.is_some() || self.stalled.is_some())
                 .then_some(Duration::from_micros(200));
-            self.core.wait(cap)?;
+            self.engine.wait(cap)?;
             self.sleeping.store(false, Ordering::Release);
         }
     }
@@ -243,7 +243,7 @@ impl Driver {
                     }
                 }
                 Ok(Cmd::Stats(reply)) => {
-                    let _ = reply.send(self.core.snapshot());
+                    let _ = reply.send(self.engine.snapshot());
                 }
                 Ok(Cmd::Stop) | Err(TryRecvError::Disconnected) => return true,
                 Err(TryRecvError::Empty) => return false,
@@ -253,7 +253,7 @@ impl Driver {
 
     /// Returns false when the TLP had to be parked (queue full).
     fn submit(&mut self, c: ConnId, t: Bytes) -> bool {
-        match self.core.submit(c, t) {
+        match self.engine.submit(c, t) {
             Ok(()) => true,
             Err((t, SendError::QueueFull)) => {
                 self.stalled = Some((c, t));
@@ -289,7 +289,7 @@ impl Driver {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(u)) | Err(TrySendError::Disconnected(u)) => Err(u),
         };
-        match self.core.deliver(&mut sink) {
+        match self.engine.deliver(&mut sink) {
             Ok(any) => any,
             Err(u) => {
                 self.up_stalled = Some(u);
