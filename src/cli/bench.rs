@@ -11,7 +11,7 @@ mod mmio;
 mod nvme;
 mod plot;
 mod raw;
-pub(crate) use transport::LinkKind;
+pub(crate) use link::LinkKind;
 pub(crate) mod rig;
 mod stats;
 mod transport;

@@ -17,7 +17,6 @@ use std::time::Duration;
 use super::dma::{Access, DmaMemory, DmaWindowError};
 use super::enumerate::FunctionInfo;
 use super::requester::RequestError;
-use super::root::Host;
 use super::vfio_user::irq::set_flags;
 use super::vfio_user::{
     EventFd, FunctionContext, IrqIndex, RegionDesc, VfioDevice, VfioDeviceError, CONFIG_REGION,
@@ -109,17 +108,34 @@ impl FunctionState {
     }
 }
 
+/// What a function handle needs from the root complex above it: the requests it sends toward
+/// its card, and the window the card's MSI/MSI-X writes must target. The host's
+/// [`Host`](crate::host::Host) implements it; a handle holds this narrow interface rather than
+/// the whole host (and this module does not depend on the root complex).
+pub trait RootComplex: Send + Sync + std::fmt::Debug {
+    /// CfgRd0 of the DW at `reg` of `bdf`.
+    fn cfg_read(&self, bdf: Bdf, reg: u16) -> Result<u32, RequestError>;
+    /// CfgWr0 of the bytes of `value` selected by `first_be` at `reg` of `bdf`.
+    fn cfg_write(&self, bdf: Bdf, reg: u16, first_be: u8, value: u32) -> Result<(), RequestError>;
+    /// Memory read of `buf.len()` bytes at bus address `address`.
+    fn mem_read(&self, address: u64, buf: &mut [u8]) -> Result<(), RequestError>;
+    /// Posted memory write of `data` at bus address `address`.
+    fn mem_write(&self, address: u64, data: &[u8]) -> Result<(), RequestError>;
+    /// Base address of the window where memory writes are interrupts (MSI/MSI-X).
+    fn msi_base(&self) -> u64;
+}
+
 /// A handle on one tunnelled function (the user-space driver API; also a vfio-user
 /// [`VfioDevice`]).
 #[derive(Debug, Clone)]
 pub struct RemoteFunction {
-    host: Arc<Host>,
+    root: Arc<dyn RootComplex>,
     f: Arc<FunctionState>,
 }
 
 impl RemoteFunction {
-    pub(crate) fn new(host: Arc<Host>, f: Arc<FunctionState>) -> Self {
-        Self { host, f }
+    pub(crate) fn new(root: Arc<dyn RootComplex>, f: Arc<FunctionState>) -> Self {
+        Self { root, f }
     }
 
     /// Its address below the root port.
@@ -139,12 +155,12 @@ impl RemoteFunction {
 
     /// Raw configuration read of the DW at `reg` (no virtualization).
     pub fn config_read(&self, reg: u16) -> Result<u32, RequestError> {
-        self.host.cfg_read(self.bdf(), reg & !3)
+        self.root.cfg_read(self.bdf(), reg & !3)
     }
 
     /// Raw configuration write of a DW.
     pub fn config_write(&self, reg: u16, value: u32) -> Result<(), RequestError> {
-        self.host.cfg_write(self.bdf(), reg & !3, 0xf, value)
+        self.root.cfg_write(self.bdf(), reg & !3, 0xf, value)
     }
 
     fn bar_range(&self, bar: usize, offset: u64, len: usize) -> Result<u64, RequestError> {
@@ -167,13 +183,13 @@ impl RemoteFunction {
     /// Read `buf.len()` bytes at `offset` of memory BAR `bar`.
     pub fn bar_read(&self, bar: usize, offset: u64, buf: &mut [u8]) -> Result<(), RequestError> {
         let a = self.bar_range(bar, offset, buf.len())?;
-        self.host.mem_read(a, buf)
+        self.root.mem_read(a, buf)
     }
 
     /// Write `data` at `offset` of memory BAR `bar` (posted).
     pub fn bar_write(&self, bar: usize, offset: u64, data: &[u8]) -> Result<(), RequestError> {
         let a = self.bar_range(bar, offset, data.len())?;
-        self.host.mem_write(a, data)
+        self.root.mem_write(a, data)
     }
 
     /// 32-bit BAR read.
@@ -299,7 +315,7 @@ impl RemoteFunction {
         let Some(m) = self.f.info.msix else {
             return Ok(());
         };
-        let base = self.host.config().msi_window.0;
+        let base = self.root.msi_base();
         let mut table = Vec::with_capacity(m.vectors as usize * 16);
         let mut any = false;
         for v in 0..u32::from(m.vectors) {
@@ -312,7 +328,7 @@ impl RemoteFunction {
         }
         self.f.msix_mode.store(any, Ordering::Release);
         let bar = self.f.info.bars[(m.table_bar as usize).min(5)];
-        self.host
+        self.root
             .mem_write(bar.base + u64::from(m.table_offset), &table)
     }
 
@@ -321,13 +337,13 @@ impl RemoteFunction {
             return Ok(());
         };
         self.f.msix_mode.store(false, Ordering::Release);
-        let base = self.host.config().msi_window.0;
+        let base = self.root.msi_base();
         let bdf = self.bdf();
-        self.host.cfg_write(bdf, lo, 0xf, base as u32)?;
+        self.root.cfg_write(bdf, lo, 0xf, base as u32)?;
         if hi != 0 {
-            self.host.cfg_write(bdf, hi, 0xf, (base >> 32) as u32)?;
+            self.root.cfg_write(bdf, hi, 0xf, (base >> 32) as u32)?;
         }
-        self.host.cfg_write(bdf, data, 0x3, 0)
+        self.root.cfg_write(bdf, data, 0x3, 0)
     }
 
     /// Restore what the host programmed at enumeration (after a Function Level Reset).
@@ -339,20 +355,20 @@ impl RemoteFunction {
                 continue;
             }
             let reg = 0x10 + 4 * i as u16;
-            self.host
+            self.root
                 .cfg_write(bdf, reg, 0xf, b.base as u32 | self.f.bar_masks[i].1)?;
             if b.is64 {
-                self.host
+                self.root
                     .cfg_write(bdf, reg + 4, 0xf, (b.base >> 32) as u32)?;
             }
         }
         if let Some(p) = info.pcie {
             let code = |n: u32| (n.clamp(128, 4096) / 128).trailing_zeros();
             let ctl = (code(info.mps) << 5) | (code(info.mrrs) << 12) | (1 << 8);
-            self.host.cfg_write(bdf, p + 8, 0x3, ctl)?;
+            self.root.cfg_write(bdf, p + 8, 0x3, ctl)?;
         }
-        let cmd = self.host.cfg_read(bdf, 0x04)?;
-        self.host.cfg_write(bdf, 0x04, 0x3, (cmd & 0xffff) | 0x6)
+        let cmd = self.root.cfg_read(bdf, 0x04)?;
+        self.root.cfg_write(bdf, 0x04, 0x3, (cmd & 0xffff) | 0x6)
     }
 }
 
@@ -389,7 +405,7 @@ impl VfioDevice for RemoteFunction {
                 let reg = (o & !3) as u16;
                 let dw = match self.virtual_dw(reg) {
                     Some(v) => v,
-                    None => match self.host.cfg_read(self.bdf(), reg) {
+                    None => match self.root.cfg_read(self.bdf(), reg) {
                         Ok(v) => v,
                         Err(e) => {
                             tracing::warn!(function = %self.bdf(), reg, error = %e, "config read failed: all-ones");
@@ -432,7 +448,7 @@ impl VfioDevice for RemoteFunction {
                     merged[from..from + n].copy_from_slice(&data[at..at + n]);
                     self.virtual_write(reg, u32::from_le_bytes(merged));
                 } else {
-                    self.host
+                    self.root
                         .cfg_write(self.bdf(), reg, be, u32::from_le_bytes(bytes))
                         .map_err(RequestError::to_device_error)?;
                 }
@@ -448,10 +464,10 @@ impl VfioDevice for RemoteFunction {
         let bdf = self.bdf();
         if let (true, Some(p)) = (self.f.info.flr, self.f.info.pcie) {
             let ctl = self
-                .host
+                .root
                 .cfg_read(bdf, p + 8)
                 .map_err(RequestError::to_device_error)?;
-            self.host
+            self.root
                 .cfg_write(bdf, p + 8, 0x3, (ctl & 0xffff) | (1 << 15))
                 .map_err(RequestError::to_device_error)?;
             // PCIe §6.6.2: the function must be ready 100 ms after the FLR.

@@ -19,7 +19,7 @@ use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use super::enumerate::{self, ConfigAccess, EnumConfig, FunctionInfo};
-use super::function::{FunctionState, RemoteFunction};
+use super::function::{FunctionState, RemoteFunction, RootComplex};
 use super::requester::{Expect, RequestError, Requester, RequesterConfig, StartError, TagSpace};
 use super::tlpio::{self, MAX_TLP, ROOT_PORT};
 use crate::pci::{ConfigSpace, ExpressConfig, FunctionIds, PciExpressCap, SlotConfig};
@@ -597,5 +597,27 @@ impl ConfigAccess for Access<'_> {
         if let Err(e) = self.0.cfg_write(bdf, reg, 0xf, value) {
             tracing::warn!(%bdf, reg, error = %e, "configuration write failed");
         }
+    }
+}
+
+impl RootComplex for Host {
+    fn cfg_read(&self, bdf: Bdf, reg: u16) -> Result<u32, RequestError> {
+        Host::cfg_read(self, bdf, reg)
+    }
+
+    fn cfg_write(&self, bdf: Bdf, reg: u16, first_be: u8, value: u32) -> Result<(), RequestError> {
+        Host::cfg_write(self, bdf, reg, first_be, value)
+    }
+
+    fn mem_read(&self, address: u64, buf: &mut [u8]) -> Result<(), RequestError> {
+        Host::mem_read(self, address, buf)
+    }
+
+    fn mem_write(&self, address: u64, data: &[u8]) -> Result<(), RequestError> {
+        Host::mem_write(self, address, data)
+    }
+
+    fn msi_base(&self) -> u64 {
+        self.cfg.msi_window.0
     }
 }

@@ -3,7 +3,6 @@
 //! (ping-pong RTT, one-way blast), so every scenario compares against the same path.
 
 use super::stats::{Latency, Throughput};
-use super::transport::LinkKind;
 use pcietun::transport::driver::{
     eth::{EthPort, EthSpec},
     mem,
@@ -16,6 +15,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// Which link to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+pub enum LinkKind {
+    /// UDP on 127.0.0.1.
+    Udp,
+    /// Raw Ethernet over a temporary veth pair (root).
+    Eth,
+    /// In-process channels.
+    Mem,
+}
 
 /// A veth pair in the current namespace, removed on drop.
 pub struct Veth(pub String, pub String);

@@ -2,8 +2,8 @@
 //! with `bench transport`: port pairs, ping-pong, blast): two network namespaces joined by a
 //! veth pair, created for the run and removed on every path, with sockets opened inside each.
 
-pub use super::link::{raw_blast, raw_rtt_samples};
-pub use super::transport::{LinkKind, OnOff};
+pub use super::link::{raw_blast, raw_rtt_samples, LinkKind};
+pub use super::transport::OnOff;
 use pcietun::transport::driver::{
     eth::{EthPort, EthSpec},
     Port,

@@ -4,7 +4,7 @@
 //! AF_PACKET socket or in-memory channel). Ours: one TLP echoed through two transport
 //! endpoints, and a stream of posted writes (AEAD on and off, and with injected loss).
 
-use super::link::{ports, raw_blast, raw_rtt, Veth};
+use super::link::{ports, raw_blast, raw_rtt, LinkKind, Veth};
 use super::stats::{ratio, Latency, Throughput};
 use bytes::Bytes;
 use pcietun::transport::driver::{Direct, DriverConfig, Peers, TransportHandle, Upcall};
@@ -15,17 +15,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
-
-/// Which link to measure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-pub enum LinkKind {
-    /// UDP on 127.0.0.1.
-    Udp,
-    /// Raw Ethernet over a temporary veth pair (root).
-    Eth,
-    /// In-process channels.
-    Mem,
-}
 
 /// on / off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
