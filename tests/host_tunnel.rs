@@ -37,7 +37,7 @@ impl Downlink for PipeLink {
             .lock()
             .unwrap()
             .send(tlp.to_vec())
-            .map_err(|_| LinkError("card gone".into()))
+            .map_err(|_| LinkError::Closed)
     }
 }
 

@@ -43,7 +43,7 @@ impl Downlink for Pipe {
     fn send_tlp(&self, tlp: &[u8]) -> Result<(), LinkError> {
         self.0
             .send(tlp.to_vec())
-            .map_err(|_| LinkError("pipe closed".into()))
+            .map_err(|_| LinkError::Closed)
     }
 }
 

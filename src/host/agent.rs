@@ -22,6 +22,7 @@ use crate::tlp::Bdf;
 use crate::transport::driver::{
     eth, udp, Direct, DriverConfig, DriverStats, Peers, SharedLink, Upcall,
 };
+use crate::transport::handshake::HandshakeError;
 use crate::transport::{ConnId, Event, HostId, PeerAddr, Psk};
 use bytes::Bytes;
 
@@ -58,14 +59,23 @@ pub enum AgentError {
     #[error("{what}: {source}")]
     Io {
         /// What we were doing.
-        what: String,
+        what: &'static str,
         /// Cause.
         #[source]
         source: std::io::Error,
     },
-    /// Host ID or key rejected.
-    #[error("{0}")]
-    Identity(String),
+    /// The vfio-user socket directory could not be created.
+    #[error("creating {}: {source}", path.display())]
+    SocketDir {
+        /// The directory.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The host ID is not acceptable to the transport.
+    #[error("host ID rejected: {0}")]
+    Identity(#[source] HandshakeError),
     /// No session with the appliance in time.
     #[error("no session with the appliance after {0:?}")]
     NotConnected(Duration),
@@ -98,13 +108,10 @@ struct SessionLink {
 
 impl Downlink for SessionLink {
     fn send_tlp(&self, tlp: &[u8]) -> Result<(), LinkError> {
-        let conn = self
-            .conn
-            .lock_or_recover()
-            .ok_or_else(|| LinkError("no session".into()))?;
+        let conn = self.conn.lock_or_recover().ok_or(LinkError::NoSession)?;
         self.handle
             .send(conn, Bytes::copy_from_slice(tlp))
-            .map_err(|e| LinkError(e.to_string()))
+            .map_err(LinkError::from)
     }
 
     fn drive(&self, done: &dyn Fn() -> bool, deadline: Instant) -> bool {
@@ -127,11 +134,8 @@ pub struct Agent {
 impl Agent {
     /// Open the transport toward the appliance and start the pump and scanner threads.
     pub fn start(cfg: AgentConfig) -> Result<Agent, AgentError> {
-        let io = |what: &str| {
-            let what = what.to_string();
-            move |source| AgentError::Io { what, source }
-        };
-        let host_id = HostId::new(&cfg.host_id).map_err(|e| AgentError::Identity(e.to_string()))?;
+        let io = |what: &'static str| move |source| AgentError::Io { what, source };
+        let host_id = HostId::new(&cfg.host_id).map_err(AgentError::Identity)?;
         let psk = cfg.psk.unwrap_or(Psk::DEVELOPMENT);
         let (port, server): (Box<dyn crate::transport::driver::Port>, PeerAddr) = match &cfg.target
         {
@@ -270,8 +274,8 @@ impl Agent {
     /// Create `DIR/<bb>:<dd>.<f>.sock` for every function not served yet and serve each on its
     /// own thread. Returns the new socket paths (they accept connections on return).
     pub fn serve_vfio_user(&self, dir: &Path) -> Result<Vec<PathBuf>, AgentError> {
-        std::fs::create_dir_all(dir).map_err(|source| AgentError::Io {
-            what: format!("creating {}", dir.display()),
+        std::fs::create_dir_all(dir).map_err(|source| AgentError::SocketDir {
+            path: dir.to_path_buf(),
             source,
         })?;
         let mut paths = Vec::new();
@@ -296,7 +300,7 @@ impl Agent {
                     }
                 })
                 .map_err(|source| AgentError::Io {
-                    what: "starting a vfio-user server".into(),
+                    what: "starting a vfio-user server thread",
                     source,
                 })?;
             served.push(info.bdf);

@@ -147,7 +147,30 @@ pub enum DmaWindowError {
     },
     /// The memory behind the window could not be reached (e.g. the vfio-user client is gone).
     #[error("DMA memory unreachable: {0}")]
-    Unreachable(String),
+    Unreachable(#[from] Unreachable),
+}
+
+/// Why the memory behind a window (client memory reached with `VFIO_USER_DMA_READ/WRITE`)
+/// could not be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Unreachable {
+    /// The request could not be sent to the client.
+    #[error("sending the request to the client failed: {0}")]
+    Send(std::io::ErrorKind),
+    /// The client answered with an error.
+    #[error("the client replied errno {0}")]
+    Errno(u32),
+    /// No answer within the timeout.
+    #[error("no reply from the client")]
+    NoReply,
+    /// The answer did not carry the bytes asked for.
+    #[error("the reply carried {got} bytes, wanted {wanted}")]
+    ShortReply {
+        /// Bytes in the reply.
+        got: usize,
+        /// Bytes requested.
+        wanted: usize,
+    },
 }
 
 /// Counters, readable at any time.

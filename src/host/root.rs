@@ -24,6 +24,7 @@ use super::requester::{Expect, RequestError, Requester, RequesterConfig, StartEr
 use super::tlpio::{self, MAX_TLP, ROOT_PORT};
 use crate::pci::{ConfigSpace, ExpressConfig, FunctionIds, PciExpressCap, SlotConfig};
 use crate::tlp::Bdf;
+use crate::transport::driver::HandleError;
 
 /// The transport toward the appliance, as the host uses it.
 pub trait Downlink: Send + Sync + std::fmt::Debug {
@@ -38,10 +39,31 @@ pub trait Downlink: Send + Sync + std::fmt::Debug {
     }
 }
 
-/// The transport refused a TLP (link down, closed).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("link unavailable: {0}")]
-pub struct LinkError(pub String);
+/// Why the link toward the appliance did not take a TLP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LinkError {
+    /// No transport session toward the appliance: not established yet, or lost.
+    #[error("no transport session to the appliance")]
+    NoSession,
+    /// The transport's driver has stopped (the link was shut down).
+    #[error("the transport driver has stopped")]
+    Stopped,
+    /// The transport's send queue is full; the TLP was not queued.
+    #[error("the transport send queue is full")]
+    QueueFull,
+    /// The far end of an in-process link is gone.
+    #[error("the far end of the link is gone")]
+    Closed,
+}
+
+impl From<HandleError> for LinkError {
+    fn from(e: HandleError) -> Self {
+        match e {
+            HandleError::Stopped => LinkError::Stopped,
+            HandleError::Full(_) => LinkError::QueueFull,
+        }
+    }
+}
 
 /// Host settings.
 #[derive(Debug, Clone, Copy)]

@@ -110,7 +110,7 @@ impl Downlink for TunnelLink {
     fn send_tlp(&self, tlp: &[u8]) -> Result<(), LinkError> {
         self.t
             .send(self.conn, Bytes::copy_from_slice(tlp))
-            .map_err(|e| LinkError(e.to_string()))
+            .map_err(LinkError::from)
     }
 
     fn drive(&self, done: &dyn Fn() -> bool, deadline: Instant) -> bool {
@@ -125,9 +125,7 @@ struct DirectLink(channel::Sender<Vec<u8>>);
 
 impl Downlink for DirectLink {
     fn send_tlp(&self, tlp: &[u8]) -> Result<(), LinkError> {
-        self.0
-            .send(tlp.to_vec())
-            .map_err(|_| LinkError("appliance gone".into()))
+        self.0.send(tlp.to_vec()).map_err(|_| LinkError::Closed)
     }
 }
 

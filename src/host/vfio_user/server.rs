@@ -93,8 +93,30 @@ pub struct ConnStats {
 enum Refusal {
     #[error(transparent)]
     Wire(#[from] WireError),
-    #[error("{0}")]
-    Invalid(String),
+    #[error("header says the message is {size} bytes, but {got} bytes arrived")]
+    SizeMismatch { size: u32, got: usize },
+    #[error("VERSION must come first")]
+    VersionFirst,
+    #[error("VERSION sent twice")]
+    VersionTwice,
+    #[error("client proposes major version {0}, this server speaks 0")]
+    MajorVersion(u16),
+    #[error("version data is not JSON: {0}")]
+    VersionJson(#[source] serde_json::Error),
+    #[error("version capability {0} is not a u32")]
+    CapabilityNotU32(&'static str),
+    #[error("no IRQ index {0}")]
+    NoIrqIndex(u32),
+    #[error("DMA_MAP with {0} descriptors")]
+    DmaMapFds(usize),
+    #[error("DMA_MAP flags {0:#x}")]
+    DmaMapFlags(u32),
+    #[error("DMA_UNMAP flags {0:#x}")]
+    DmaUnmapFlags(u32),
+    #[error("no region {0}")]
+    NoRegion(u32),
+    #[error("REGION_WRITE count {count} but {data} data bytes")]
+    WriteCount { count: u32, data: usize },
     #[error("command {0:?} is not supported")]
     Unsupported(Command),
     #[error(transparent)]
@@ -110,7 +132,19 @@ enum Refusal {
 impl Refusal {
     fn errno(&self) -> u32 {
         (match self {
-            Self::Wire(_) | Self::Invalid(_) | Self::Irq(_) => libc::EINVAL,
+            Self::Wire(_) | Self::Irq(_) => libc::EINVAL,
+            Self::SizeMismatch { .. }
+            | Self::VersionFirst
+            | Self::VersionTwice
+            | Self::MajorVersion(_)
+            | Self::VersionJson(_)
+            | Self::CapabilityNotU32(_)
+            | Self::NoIrqIndex(_)
+            | Self::DmaMapFds(_)
+            | Self::DmaMapFlags(_)
+            | Self::DmaUnmapFlags(_)
+            | Self::NoRegion(_)
+            | Self::WriteCount { .. } => libc::EINVAL,
             Self::Unsupported(_) => libc::ENOTSUP,
             Self::Dma(DmaWindowError::Overlap { .. }) => libc::EEXIST,
             Self::Dma(DmaWindowError::TooMany(_)) => libc::ENOSPC,
@@ -237,7 +271,10 @@ impl<D: VfioDevice> Connection<D> {
         if body.len() != hdr.body_len() {
             return self.refuse(
                 &hdr,
-                Refusal::Invalid("message size does not match".into()),
+                Refusal::SizeMismatch {
+                    size: hdr.size,
+                    got: msg.len(),
+                },
                 out,
             );
         }
@@ -282,7 +319,7 @@ impl<D: VfioDevice> Connection<D> {
             return self.version(body, out);
         }
         if self.client.is_none() {
-            return Err(Refusal::Invalid("VERSION must come first".into()));
+            return Err(Refusal::VersionFirst);
         }
         match hdr.command {
             Command::DmaMap => self.dma_map(body, fds),
@@ -309,8 +346,7 @@ impl<D: VfioDevice> Connection<D> {
             Command::DeviceGetRegionInfo => self.region_info(body, out),
             Command::DeviceGetIrqInfo => {
                 let req = IrqInfoRepr::parse(body)?;
-                let idx = IrqIndex::from_u32(req.index)
-                    .ok_or_else(|| Refusal::Invalid(format!("no IRQ index {}", req.index)))?;
+                let idx = IrqIndex::from_u32(req.index).ok_or(Refusal::NoIrqIndex(req.index))?;
                 let flags = info_flags::EVENTFD
                     | match idx {
                         IrqIndex::Intx => info_flags::MASKABLE | info_flags::AUTOMASKED,
@@ -355,31 +391,27 @@ impl<D: VfioDevice> Connection<D> {
 
     fn version(&mut self, body: &[u8], out: &mut Vec<u8>) -> Result<()> {
         if self.client.is_some() {
-            return Err(Refusal::Invalid("VERSION sent twice".into()));
+            return Err(Refusal::VersionTwice);
         }
         let (v, text) = wire::parse_version(body)?;
         if v.major != 0 {
-            return Err(Refusal::Invalid(format!(
-                "client proposes major version {}, this server speaks 0",
-                v.major
-            )));
+            return Err(Refusal::MajorVersion(v.major));
         }
         let json: serde_json::Value = if text.trim().is_empty() {
             serde_json::json!({})
         } else {
-            serde_json::from_str(text)
-                .map_err(|e| Refusal::Invalid(format!("version data is not JSON: {e}")))?
+            serde_json::from_str(text).map_err(Refusal::VersionJson)?
         };
         let caps = json.get("capabilities");
         let cap = |name: &str| caps.and_then(|c| c.get(name));
-        let num = |name: &str| -> Result<Option<u32>> {
+        let num = |name: &'static str| -> Result<Option<u32>> {
             match cap(name) {
                 None => Ok(None),
                 Some(v) => v
                     .as_u64()
                     .and_then(|n| u32::try_from(n).ok())
                     .map(Some)
-                    .ok_or_else(|| Refusal::Invalid(format!("capability {name} is not a u32"))),
+                    .ok_or(Refusal::CapabilityNotU32(name)),
             }
         };
         let mut client = ClientCaps::default();
@@ -432,13 +464,10 @@ impl<D: VfioDevice> Connection<D> {
     fn dma_map(&mut self, body: &[u8], mut fds: Vec<OwnedFd>) -> Result<()> {
         let req = DmaMapRepr::parse(body)?;
         if fds.len() > 1 {
-            return Err(Refusal::Invalid(format!(
-                "DMA_MAP with {} descriptors",
-                fds.len()
-            )));
+            return Err(Refusal::DmaMapFds(fds.len()));
         }
         if req.flags & !(DMA_READABLE | DMA_WRITEABLE) != 0 {
-            return Err(Refusal::Invalid(format!("DMA_MAP flags {:#x}", req.flags)));
+            return Err(Refusal::DmaMapFlags(req.flags));
         }
         let access = Access {
             read: req.flags & DMA_READABLE != 0,
@@ -467,10 +496,7 @@ impl<D: VfioDevice> Connection<D> {
         let req = DmaUnmapRepr::parse(body)?;
         if req.flags & UNMAP_DIRTY_BITMAP != 0 || req.flags & !(UNMAP_DIRTY_BITMAP | UNMAP_ALL) != 0
         {
-            return Err(Refusal::Invalid(format!(
-                "DMA_UNMAP flags {:#x}",
-                req.flags
-            )));
+            return Err(Refusal::DmaUnmapFlags(req.flags));
         }
         if req.flags & UNMAP_ALL != 0 {
             self.ctx.dma.unmap_all();
@@ -491,7 +517,7 @@ impl<D: VfioDevice> Connection<D> {
     fn region_info(&mut self, body: &[u8], out: &mut Vec<u8>) -> Result<()> {
         let req = RegionInfoRepr::parse(body)?;
         if req.index >= NUM_REGIONS {
-            return Err(Refusal::Invalid(format!("no region {}", req.index)));
+            return Err(Refusal::NoRegion(req.index));
         }
         let d = self.device.region(req.index);
         let mut flags = 0;
@@ -554,11 +580,10 @@ impl<D: VfioDevice> Connection<D> {
         let req = RegionAccessRepr::parse(body)?;
         let data = &body[RegionAccessRepr::LEN..];
         if data.len() != req.count as usize {
-            return Err(Refusal::Invalid(format!(
-                "REGION_WRITE count {} but {} data bytes",
-                req.count,
-                data.len()
-            )));
+            return Err(Refusal::WriteCount {
+                count: req.count,
+                data: data.len(),
+            });
         }
         self.check_access(&req, true)?;
         self.device.region_write(req.region, req.offset, data)?;

@@ -23,7 +23,7 @@ use super::wire::{
     Command, DmaAccessRepr, MessageHeader, MessageHeaderRepr, MessageType, WireError, HEADER_LEN,
 };
 use super::VfioDevice;
-use crate::host::dma::{check_range, DmaMemory, DmaWindowError};
+use crate::host::dma::{check_range, DmaMemory, DmaWindowError, Unreachable};
 use crate::sys::socket::recv_with_fds;
 
 /// Errors of the socket layer.
@@ -117,17 +117,16 @@ impl ClientChannel {
         .emit_bytes(&mut msg);
         access.emit(&mut msg[HEADER_LEN..]);
         msg[HEADER_LEN + DmaAccessRepr::LEN..].copy_from_slice(data);
-        let unreachable = |why: String| DmaWindowError::Unreachable(why);
         if let Err(e) = self.writer.send(&msg) {
             self.pending.lock_or_recover().remove(&id);
-            return Err(unreachable(e.to_string()));
+            return Err(Unreachable::Send(e.kind()).into());
         }
         match rx.recv_timeout(self.timeout) {
             Ok(Ok(body)) => Ok(body),
-            Ok(Err(errno)) => Err(unreachable(format!("client replied errno {errno}"))),
+            Ok(Err(errno)) => Err(Unreachable::Errno(errno).into()),
             Err(_) => {
                 self.pending.lock_or_recover().remove(&id);
-                Err(unreachable("no reply from the vfio-user client".into()))
+                Err(Unreachable::NoReply.into())
             }
         }
     }
@@ -177,11 +176,11 @@ impl DmaMemory for RemoteWindow {
             let body = self.chan.request(Command::DmaRead, req, &[])?;
             let data = body.get(DmaAccessRepr::LEN..).unwrap_or(&[]);
             if data.len() != chunk.len() {
-                return Err(DmaWindowError::Unreachable(format!(
-                    "DMA_READ reply carried {} bytes, wanted {}",
-                    data.len(),
-                    chunk.len()
-                )));
+                return Err(Unreachable::ShortReply {
+                    got: data.len(),
+                    wanted: chunk.len(),
+                }
+                .into());
             }
             chunk.copy_from_slice(data);
             done += chunk.len();
