@@ -19,9 +19,10 @@ pub enum DeviceError {
     /// The access is not supported by this device (Unsupported Request).
     #[error("unsupported access: {0}")]
     Unsupported(&'static str),
-    /// The device failed the access (Completer Abort).
-    #[error("device error: {0}")]
-    Failed(String),
+    /// The device failed the access (Completer Abort); the reason is a fixed description of
+    /// what failed, as for [`DeviceError::Unsupported`].
+    #[error("device failed the access: {0}")]
+    Failed(&'static str),
 }
 
 /// AtomicOp request to a BAR (PCIe r5.0 §6.15), operands in host byte order already decoded.

@@ -6,8 +6,8 @@
 use super::device::{BarKind, BarSpec, Decode, MsixLayout, SriovDecode};
 use crate::pci::replay::ReplayBar;
 use crate::pci::{
-    Bar, ConfigSpace, ExpressConfig, FunctionIds, MsixCap, PciExpressCap, PmCap, SriovCap,
-    SriovConfig,
+    Bar, ConfigSpace, ExpressConfig, FunctionIds, MsixCap, PciError, PciExpressCap, PmCap,
+    SriovCap, SriovConfig,
 };
 
 /// Offsets inside the SR-IOV capability (PCIe r5.0 §9.3.3).
@@ -144,17 +144,16 @@ pub struct ModelConfig {
 
 /// Build a device model's configuration space: header, BARs, then PM, MSI-X, PCI Express and
 /// SR-IOV capabilities. The layouts are fixed by the code, so a failure is a programming error
-/// reported as a string.
-pub fn build_config(m: &ModelConfig) -> Result<ConfigSpace, String> {
+/// (a BAR size or capability the layout does not allow).
+pub fn build_config(m: &ModelConfig) -> Result<ConfigSpace, PciError> {
     let mut cfg = ConfigSpace::endpoint(m.ids);
-    let e = |x: crate::pci::PciError| x.to_string();
     if !m.vf {
         for (i, b) in m.bars.iter().enumerate() {
             if *b != Bar::Unused {
-                cfg.set_bar(i, *b).map_err(e)?;
+                cfg.set_bar(i, *b)?;
             }
         }
-        cfg.add_capability(Box::new(PmCap::new())).map_err(e)?;
+        cfg.add_capability(Box::new(PmCap::new()))?;
     }
     if let Some(x) = m.msix {
         cfg.add_capability(Box::new(MsixCap::new(
@@ -163,17 +162,14 @@ pub fn build_config(m: &ModelConfig) -> Result<ConfigSpace, String> {
             x.table_offset,
             x.pba_bar,
             x.pba_offset,
-        )))
-        .map_err(e)?;
+        )))?;
     }
     cfg.add_capability(Box::new(PciExpressCap::new(ExpressConfig {
         max_payload_supported: m.mps_supported,
         ..ExpressConfig::default()
-    })))
-    .map_err(e)?;
+    })))?;
     if let Some(s) = m.sriov {
-        cfg.add_capability(Box::new(SriovCap::new(s).map_err(e)?))
-            .map_err(e)?;
+        cfg.add_capability(Box::new(SriovCap::new(s)?))?;
     }
     Ok(cfg)
 }
