@@ -35,9 +35,20 @@ pub enum DmaEngineError {
     /// Arming the interrupt failed.
     #[error("interrupt setup: {0}")]
     Irq(#[from] std::io::Error),
-    /// Not the DMA engine.
-    #[error("not the DMA engine test device: {0}")]
-    NotDmaEngine(String),
+    /// Not the DMA engine: its vendor/device IDs differ.
+    #[error("not the DMA engine test device: IDs {vendor:04x}:{device:04x}")]
+    WrongIds {
+        /// Vendor ID found.
+        vendor: u16,
+        /// Device ID found.
+        device: u16,
+    },
+    /// Not the DMA engine: the ID register holds something else.
+    #[error("not the DMA engine test device: ID register {0:#x}")]
+    WrongIdRegister(u32),
+    /// The function has no MSI-X capability (interrupt completion needs it).
+    #[error("the DMA engine has no MSI-X capability")]
+    NoMsix,
     /// The transfer does not fit the host buffer or the card's buffer.
     #[error(
         "transfer of {len} bytes at host offset {host_off} / buffer offset {buf_off} does not fit"
@@ -88,15 +99,15 @@ impl DmaEngineDriver {
     ) -> Result<Self, DmaEngineError> {
         let info = f.info();
         if (info.vendor, info.device) != (VENDOR_ID, DEVICE_ID) {
-            return Err(DmaEngineError::NotDmaEngine(format!(
-                "IDs {:04x}:{:04x}",
-                info.vendor, info.device
-            )));
+            return Err(DmaEngineError::WrongIds {
+                vendor: info.vendor,
+                device: info.device,
+            });
         }
         let bar = usize::from(REGS_BAR);
         let id = f.bar_read32(bar, reg::ID)?;
         if id != ID_VALUE {
-            return Err(DmaEngineError::NotDmaEngine(format!("ID register {id:#x}")));
+            return Err(DmaEngineError::WrongIdRegister(id));
         }
         let buf_size = u64::from(f.bar_read32(bar, reg::BUF_SIZE_LO)?)
             | (u64::from(f.bar_read32(bar, reg::BUF_SIZE_HI)?) << 32);
@@ -104,10 +115,7 @@ impl DmaEngineDriver {
         let _ = f.unregister_dma(IOVA, host_len as u64);
         f.register_dma(IOVA, mem.clone(), Access::RW)?;
         let irq = if completion == CompletionMode::Interrupt {
-            let m = f
-                .info()
-                .msix
-                .ok_or_else(|| DmaEngineError::NotDmaEngine("no MSI-X capability".into()))?;
+            let m = f.info().msix.ok_or(DmaEngineError::NoMsix)?;
             super::enable_msix(&f, m.cap)?;
             Some(f.interrupt_eventfd(IrqIndex::Msix, 0)?)
         } else {

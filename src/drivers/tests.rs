@@ -211,6 +211,6 @@ fn dma_engine_moves_data_both_ways_in_both_completion_modes() {
     }
     assert!(matches!(
         DmaEngineDriver::open(rig.open(0x0108), 4096, CompletionMode::Poll),
-        Err(DmaEngineError::NotDmaEngine(_))
+        Err(DmaEngineError::WrongIds { .. })
     ));
 }
