@@ -51,23 +51,37 @@ enum Tunnel {
 /// The appliance child process; terminated (SIGTERM, then SIGKILL) on every exit path.
 struct ApplianceChild(Child);
 
+/// Why the appliance child did not stop cleanly.
+#[derive(Debug, thiserror::Error)]
+enum StopError {
+    /// It had exited before we asked it to stop.
+    #[error("the appliance process exited early")]
+    ExitedEarly,
+    /// It stopped, but not successfully.
+    #[error("the appliance exited with {0}")]
+    Failed(std::process::ExitStatus),
+    /// It ignored SIGTERM (it was killed).
+    #[error("the appliance did not stop on SIGTERM within 5 s")]
+    Hung,
+}
+
 impl ApplianceChild {
-    fn stop(&mut self) -> Result<(), String> {
+    fn stop(&mut self) -> Result<(), StopError> {
         if let Ok(Some(_)) = self.0.try_wait() {
-            return Err("the appliance process exited early".into());
+            return Err(StopError::ExitedEarly);
         }
         let _ = pcietun::sys::process::terminate(&self.0);
         let t0 = Instant::now();
         while t0.elapsed() < Duration::from_secs(5) {
             match self.0.try_wait() {
                 Ok(Some(st)) if st.success() => return Ok(()),
-                Ok(Some(st)) => return Err(format!("the appliance exited with {st}")),
+                Ok(Some(st)) => return Err(StopError::Failed(st)),
                 _ => std::thread::sleep(Duration::from_millis(20)),
             }
         }
         let _ = self.0.kill();
         let _ = self.0.wait();
-        Err("the appliance did not stop on SIGTERM within 5 s".into())
+        Err(StopError::Hung)
     }
 }
 

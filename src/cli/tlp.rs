@@ -5,7 +5,7 @@
 //! stdin (one per line; blank lines and lines starting with `#` are skipped). A line that does
 //! not decode gets an error on stderr naming it; the command carries on and exits 1 at the end.
 
-use pcietun::tlp::json::{parse_hex, to_hex, TlpJson};
+use pcietun::tlp::json::{parse_hex, to_hex, HexError, JsonError, TlpJson};
 use pcietun::tlp::Tlp;
 use std::io::{BufRead, Write};
 use std::process::ExitCode;
@@ -85,7 +85,7 @@ pub fn run(args: TlpArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 TlpJson::from_line(text)
                     .and_then(|j| j.encode(&mut buf))
                     .map(|()| to_hex(&buf))
-                    .map_err(|e| e.to_string())
+                    .map_err(LineError::from)
             }
         };
         match result {
@@ -105,9 +105,23 @@ pub fn run(args: TlpArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn decode_one(text: &str, json: bool) -> Result<String, String> {
+/// Why one input line or argument failed.
+#[derive(Debug, thiserror::Error)]
+enum LineError {
+    /// `decode`: the text is not hex bytes.
+    #[error(transparent)]
+    Hex(#[from] HexError),
+    /// `decode`: the bytes are not a TLP.
+    #[error(transparent)]
+    Tlp(#[from] pcietun::tlp::Error),
+    /// `encode`: the JSON does not describe a TLP.
+    #[error(transparent)]
+    Json(#[from] JsonError),
+}
+
+fn decode_one(text: &str, json: bool) -> Result<String, LineError> {
     let bytes = parse_hex(text)?;
-    let tlp = Tlp::parse(&bytes).map_err(|e| e.to_string())?;
+    let tlp = Tlp::parse(&bytes)?;
     Ok(if json {
         TlpJson::from_tlp(&tlp).to_line()
     } else {

@@ -6,7 +6,9 @@
 
 use bytes::Bytes;
 use pcietun::tlp::OrderingClass;
-use pcietun::transport::driver::{self, eth, DriverConfig, Peers, TransportHandle, Upcall};
+use pcietun::transport::driver::{
+    self, eth, DriverConfig, HandleError, Peers, TransportHandle, Upcall,
+};
 use pcietun::transport::{Event, HostId, PeerAddr, Psk};
 use std::io::Write;
 use std::process::ExitCode;
@@ -151,11 +153,10 @@ fn client(t: TransportHandle, count: u32, timeout: Duration) -> Res<ExitCode> {
     };
     let t = std::sync::Arc::new(t);
     let tx = t.clone();
-    let sender = std::thread::spawn(move || -> Result<(), String> {
+    let sender = std::thread::spawn(move || -> Result<(), HandleError> {
         let (mut seqs, mut posted) = ([0u32; 3], 0u32);
         for i in 0..count {
-            tx.send(conn, witness_tlp(i, &mut seqs, &mut posted))
-                .map_err(|e| e.to_string())?;
+            tx.send(conn, witness_tlp(i, &mut seqs, &mut posted))?;
         }
         Ok(())
     });

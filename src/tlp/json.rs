@@ -111,11 +111,11 @@ pub struct TlpJson {
 }
 
 /// Why a JSON object does not describe an encodable TLP.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum JsonError {
-    /// Not JSON, or not the schema.
+    /// Not JSON, or not the schema (the parser's error says where and what).
     #[error("invalid JSON: {0}")]
-    Syntax(String),
+    Syntax(#[source] std::sync::Arc<serde_json::Error>),
     /// `kind` is not a known name.
     #[error("unknown kind {0:?}")]
     UnknownKind(String),
@@ -160,8 +160,19 @@ pub fn to_hex(bytes: &[u8]) -> String {
     s
 }
 
+/// Why text is not hex bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HexError {
+    /// A character that is not a hex digit (nor whitespace, `_` or a `0x` prefix).
+    #[error("{0:?} is not a hex digit")]
+    NotHexDigit(char),
+    /// Hex digits come in pairs, one per byte.
+    #[error("odd number of hex digits ({0})")]
+    OddDigits(usize),
+}
+
 /// Parse hex bytes, ignoring whitespace, `_` and `0x` prefixes of each group.
-pub fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
+pub fn parse_hex(text: &str) -> Result<Vec<u8>, HexError> {
     let mut digits = Vec::with_capacity(text.len());
     for word in text.split_whitespace() {
         let w = word
@@ -172,12 +183,12 @@ pub fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
             match c {
                 '_' => {}
                 c if c.is_ascii_hexdigit() => digits.push(c as u8),
-                c => return Err(format!("{c:?} is not a hex digit")),
+                c => return Err(HexError::NotHexDigit(c)),
             }
         }
     }
     if digits.len() % 2 != 0 {
-        return Err(format!("odd number of hex digits ({})", digits.len()));
+        return Err(HexError::OddDigits(digits.len()));
     }
     Ok(digits
         .chunks_exact(2)
@@ -273,7 +284,7 @@ impl TlpJson {
 
     /// Parse one JSON line.
     pub fn from_line(line: &str) -> Result<TlpJson, JsonError> {
-        serde_json::from_str(line).map_err(|e| JsonError::Syntax(e.to_string()))
+        serde_json::from_str(line).map_err(|e| JsonError::Syntax(e.into()))
     }
 
     /// One JSON line (no trailing newline).

@@ -37,14 +37,23 @@ pub struct Common {
     pub plot: Option<PathBuf>,
 }
 
+/// Why a `--loss` value was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PctError {
+    /// Not a number (with an optional `%`).
+    #[error("{0:?} is not a percentage")]
+    NotANumber(String),
+    /// Outside what the lossy runs support.
+    #[error("loss {0} % is outside 0..=50 %")]
+    OutOfRange(f64),
+}
+
 /// "1", "1%", "0.5 %" → 1.0, 1.0, 0.5.
-pub fn parse_pct(s: &str) -> Result<f64, String> {
+pub fn parse_pct(s: &str) -> Result<f64, PctError> {
     let t = s.trim().trim_end_matches('%').trim();
-    let v: f64 = t
-        .parse()
-        .map_err(|_| format!("{s:?} is not a percentage"))?;
+    let v: f64 = t.parse().map_err(|_| PctError::NotANumber(s.to_string()))?;
     if !(0.0..=50.0).contains(&v) {
-        return Err(format!("loss {v} % is outside 0..=50 %"));
+        return Err(PctError::OutOfRange(v));
     }
     Ok(v)
 }
