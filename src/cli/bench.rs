@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 mod common;
 mod dma;
+mod error;
 mod link;
 mod mmio;
 mod nvme;

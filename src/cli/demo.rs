@@ -17,6 +17,7 @@ use pcietun::host::{HostConfig, RemoteFunction};
 use pcietun::pci::class::nvme::reg as nvme_reg;
 use pcietun::pci::lspci::{default_description, format_function, PciAddress};
 use pcietun::pci::{walk_capabilities, CapabilityId};
+use pcietun::tlp::Bdf;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -50,6 +51,44 @@ enum Tunnel {
 
 /// The appliance child process; terminated (SIGTERM, then SIGKILL) on every exit path.
 struct ApplianceChild(Child);
+
+/// Why the demo failed (beyond the errors of the layers it drives).
+#[derive(Debug, thiserror::Error)]
+enum DemoError {
+    /// The appliance child's stdout was not captured.
+    #[error("no stdout from the appliance")]
+    NoStdout,
+    /// The appliance printed no ready line in time.
+    #[error("the appliance did not report ready within 10 s")]
+    NotReady,
+    /// The appliance's ready line did not carry its address.
+    #[error("unexpected appliance output {0:?}")]
+    Output(String),
+    /// Enumeration found no NVMe controller.
+    #[error("no NVMe function below the root port")]
+    NoNvme,
+    /// The NVMe function disappeared between enumeration and use.
+    #[error("the NVMe function {0} vanished")]
+    Vanished(Bdf),
+    /// Every command slot is busy.
+    #[error("no free command slot")]
+    NoSlot,
+    /// A read completed with an error status.
+    #[error("4 KiB read failed: {0}")]
+    ReadStatus(pcietun::pci::class::nvme::Status),
+    /// What was read back differs from what was written.
+    #[error("data mismatch at byte {pos} (block {block}): read {read:#04x}, wrote {wrote:#04x}")]
+    Mismatch {
+        /// Byte offset.
+        pos: usize,
+        /// Block.
+        block: usize,
+        /// Byte read.
+        read: u8,
+        /// Byte written.
+        wrote: u8,
+    },
+}
 
 /// Why the appliance child did not stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -107,11 +146,7 @@ impl Tunnel {
                 .stderr(Stdio::null())
                 .spawn()?,
         );
-        let out = child
-            .0
-            .stdout
-            .take()
-            .ok_or("no stdout from the appliance")?;
+        let out = child.0.stdout.take().ok_or(DemoError::NoStdout)?;
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut line = String::new();
@@ -120,12 +155,12 @@ impl Tunnel {
         });
         let line = rx
             .recv_timeout(Duration::from_secs(10))
-            .map_err(|_| "the appliance did not report ready within 10 s")?;
+            .map_err(|_| DemoError::NotReady)?;
         let addr = line
             .strip_prefix("appliance ready: listen udp:")
             .and_then(|r| r.split([';', ' ']).next())
             .and_then(|a| a.parse().ok())
-            .ok_or_else(|| format!("unexpected appliance output {:?}", line.trim()))?;
+            .ok_or_else(|| DemoError::Output(line.trim().to_string()))?;
         println!(
             "      appliance: `pcietun appliance` (pid {}), NVMe controller on a {} MiB temporary file, listening on udp:{addr}",
             child.0.id(),
@@ -186,8 +221,8 @@ impl Tunnel {
                     .functions()
                     .into_iter()
                     .find(|f| f.class >> 8 == 0x0108)
-                    .ok_or("no NVMe function below the root port")?;
-                Ok(host.open(info.bdf).ok_or("the NVMe function vanished")?)
+                    .ok_or(DemoError::NoNvme)?;
+                Ok(host.open(info.bdf).ok_or(DemoError::Vanished(info.bdf))?)
             }
         }
     }
@@ -366,12 +401,12 @@ pub fn run(args: DemoArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
 
     step(5, "verifying");
     if let Some(pos) = data.iter().zip(&want).position(|(a, b)| a != b) {
-        return Err(format!(
-            "data mismatch at byte {pos} (block {}): read {:#04x}, wrote {:#04x}",
-            pos / id.block_size as usize,
-            data[pos],
-            want[pos]
-        )
+        return Err(DemoError::Mismatch {
+            pos,
+            block: pos / id.block_size as usize,
+            read: data[pos],
+            wrote: want[pos],
+        }
         .into());
     }
     println!("      all {} bytes read back equal what was written", size);
@@ -386,7 +421,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let mut qd1 = Vec::with_capacity(500);
     let per_io = 4096 / u64::from(id.block_size);
     for i in 0..500u64 {
-        let slot = d.take_slot().ok_or("no free command slot")?;
+        let slot = d.take_slot().ok_or(DemoError::NoSlot)?;
         d.submit(
             slot,
             IoOp::Read,
@@ -403,7 +438,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
             })?;
         }
         if let Some(status) = failed {
-            return Err(format!("4 KiB read failed: {status}").into());
+            return Err(DemoError::ReadStatus(status).into());
         }
     }
     let mb = size as f64 / 1e6;

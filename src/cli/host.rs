@@ -12,9 +12,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use pcietun::host::agent::{Agent, AgentConfig};
+use pcietun::host::requester::RequestError;
 use pcietun::host::{HostConfig, HostEvent};
 use pcietun::pci::lspci;
 use pcietun::tlp::Bdf;
+use pcietun::transport::handshake::HandshakeError;
 use pcietun::transport::Psk;
 
 /// Arguments of `pcietun host`.
@@ -90,17 +92,63 @@ enum HostCmd {
 
 type Error = Box<dyn std::error::Error>;
 
-fn number(s: &str) -> Result<u64, Error> {
+/// What an operator asked for that the host tools cannot do.
+#[derive(Debug, thiserror::Error)]
+enum HostCliError {
+    /// An offset or value that is not a number.
+    #[error("{0:?} is not a number (use 0x for hex)")]
+    NotANumber(String),
+    /// `--psk` is not a key.
+    #[error("--psk: {0}")]
+    Psk(#[source] HandshakeError),
+    /// `--inject-loss` outside 0..=100.
+    #[error("--inject-loss {0} must be 0..=100")]
+    Loss(f64),
+    /// `--width` other than 1, 2, 4 or 8.
+    #[error("--width {0}: use 1, 2, 4 or 8")]
+    Width(usize),
+    /// A value wider than `--width`.
+    #[error("{value} does not fit in {width} bytes")]
+    TooWide {
+        /// The value as given.
+        value: String,
+        /// The access width.
+        width: usize,
+    },
+    /// Not a bus:device.function.
+    #[error("{0:?} is not a bus:device.function like 01:00.0")]
+    NotBdf(String),
+    /// Nothing tunnelled at that address.
+    #[error("no tunnelled function at {0}")]
+    NoFunction(Bdf),
+    /// The BAR access failed.
+    #[error("{op} {bdf} BAR{bar}+{offset}: {source}")]
+    Access {
+        /// `read`, `write`, or `write … not confirmed`.
+        op: &'static str,
+        /// The function.
+        bdf: Bdf,
+        /// The BAR.
+        bar: usize,
+        /// The offset as given.
+        offset: String,
+        /// Why.
+        #[source]
+        source: RequestError,
+    },
+}
+
+fn number(s: &str) -> Result<u64, HostCliError> {
     let r = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
         Some(h) => u64::from_str_radix(h, 16),
         None => s.parse(),
     };
-    r.map_err(|_| format!("{s:?} is not a number (use 0x for hex)").into())
+    r.map_err(|_| HostCliError::NotANumber(s.to_string()))
 }
 
 fn agent_config(a: &HostArgs) -> Result<AgentConfig, Error> {
     let psk = match &a.psk {
-        Some(h) => Some(Psk::from_hex(h).map_err(|e| format!("--psk: {e}"))?),
+        Some(h) => Some(Psk::from_hex(h).map_err(HostCliError::Psk)?),
         None => {
             eprintln!(
                 "pcietun host: warning: no --psk given; using the built-in development key — \
@@ -111,7 +159,7 @@ fn agent_config(a: &HostArgs) -> Result<AgentConfig, Error> {
     };
     let loss = a.inject_loss.unwrap_or(0.0);
     if !(0.0..=100.0).contains(&loss) {
-        return Err("--inject-loss must be 0..=100".into());
+        return Err(HostCliError::Loss(loss).into());
     }
     Ok(AgentConfig {
         target: a.connect.parse()?,
@@ -166,7 +214,13 @@ pub fn run(args: HostArgs) -> Result<ExitCode, Error> {
             let f = open(&agent, bdf)?;
             let mut b = vec![0u8; check_width(*width)?];
             f.bar_read(*bar, number(offset)?, &mut b)
-                .map_err(|e| format!("read {bdf} BAR{bar}+{offset}: {e}"))?;
+                .map_err(|source| HostCliError::Access {
+                    op: "read",
+                    bdf: f.bdf(),
+                    bar: *bar,
+                    offset: offset.clone(),
+                    source,
+                })?;
             let mut v = [0u8; 8];
             v[..b.len()].copy_from_slice(&b);
             println!("{:#0w$x}", u64::from_le_bytes(v), w = 2 + 2 * b.len());
@@ -184,33 +238,44 @@ pub fn run(args: HostArgs) -> Result<ExitCode, Error> {
             let w = check_width(*width)?;
             let v = number(value)?;
             if w < 8 && v >> (8 * w) != 0 {
-                return Err(format!("{value} does not fit in {w} bytes").into());
+                return Err(HostCliError::TooWide {
+                    value: value.clone(),
+                    width: w,
+                }
+                .into());
             }
+            let access = |op, source| HostCliError::Access {
+                op,
+                bdf: f.bdf(),
+                bar: *bar,
+                offset: offset.clone(),
+                source,
+            };
             f.bar_write(*bar, number(offset)?, &v.to_le_bytes()[..w])
-                .map_err(|e| format!("write {bdf} BAR{bar}+{offset}: {e}"))?;
+                .map_err(|e| access("write", e))?;
             // A read behind the posted write on the same link: it has arrived when this returns.
             f.config_read(0)
-                .map_err(|e| format!("write {bdf} BAR{bar}+{offset} not confirmed: {e}"))?;
+                .map_err(|e| access("write (not confirmed)", e))?;
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
-fn check_width(w: usize) -> Result<usize, Error> {
+fn check_width(w: usize) -> Result<usize, HostCliError> {
     match w {
         1 | 2 | 4 | 8 => Ok(w),
-        _ => Err(format!("--width {w}: use 1, 2, 4 or 8").into()),
+        _ => Err(HostCliError::Width(w)),
     }
 }
 
 fn open(agent: &Agent, bdf: &str) -> Result<pcietun::host::RemoteFunction, Error> {
     let b: Bdf = bdf
         .parse()
-        .map_err(|_| format!("{bdf:?} is not a bus:device.function like 01:00.0"))?;
+        .map_err(|_| HostCliError::NotBdf(bdf.to_string()))?;
     agent
         .host()
         .open(b)
-        .ok_or_else(|| format!("no tunnelled function at {b}").into())
+        .ok_or_else(|| HostCliError::NoFunction(b).into())
 }
 
 /// The lspci listing (root port first, then the functions below it).

@@ -9,10 +9,46 @@ use pcietun::tlp::OrderingClass;
 use pcietun::transport::driver::{
     self, eth, DriverConfig, HandleError, Peers, TransportHandle, Upcall,
 };
-use pcietun::transport::{Event, HostId, PeerAddr, Psk};
+use pcietun::transport::{Event, HostId, PeerAddr, Psk, SendError};
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
+
+/// Why a transport-peer run failed.
+#[derive(Debug, thiserror::Error)]
+enum PeerError {
+    /// Neither or both of `--listen` and `--connect`.
+    #[error("give exactly one of --listen or --connect")]
+    Mode,
+    /// No session within the timeout.
+    #[error("no session established")]
+    NoSession,
+    /// Echoes missing at the deadline.
+    #[error("only {got} of {count} TLPs echoed in time")]
+    Lost {
+        /// Echoes received.
+        got: u32,
+        /// TLPs sent.
+        count: u32,
+    },
+    /// A TLP overtook a posted write sent before it (PCIe ordering, §2.4.1).
+    #[error("{class:?} #{seq} passed a posted write")]
+    PassedPosted {
+        /// Its ordering class.
+        class: OrderingClass,
+        /// Its sequence number in that class.
+        seq: u32,
+    },
+    /// The link reported an event mid-run (e.g. the session went down).
+    #[error("link event {0:?}")]
+    Event(Event),
+    /// The transport dropped a TLP.
+    #[error("TLP dropped: {0}")]
+    Dropped(SendError),
+    /// The sending thread panicked.
+    #[error("the sender thread panicked")]
+    SenderPanicked,
+}
 
 /// Arguments of `pcietun transport-peer`.
 #[derive(Debug, clap::Args)]
@@ -88,7 +124,7 @@ pub fn run(a: PeerArgs) -> Res<ExitCode> {
                 (driver::open(c)?, Peers::Connect { server, host, psk })
             }
         }
-        _ => return Err("give exactly one of --listen or --connect".into()),
+        _ => return Err(PeerError::Mode.into()),
     };
     let mut cfg = DriverConfig::new(peers);
     cfg.inject_loss = a.inject_loss / 100.0;
@@ -140,7 +176,7 @@ fn client(t: TransportHandle, count: u32, timeout: Duration) -> Res<ExitCode> {
     let deadline = Instant::now() + timeout;
     let conn = loop {
         if Instant::now() > deadline {
-            return Err("no session established".into());
+            return Err(PeerError::NoSession.into());
         }
         if let Some(Upcall::Event {
             conn,
@@ -166,7 +202,7 @@ fn client(t: TransportHandle, count: u32, timeout: Duration) -> Res<ExitCode> {
     let start = Instant::now();
     while got < count {
         if Instant::now() > deadline {
-            return Err(format!("only {got} of {count} TLPs echoed in time").into());
+            return Err(PeerError::Lost { got, count }.into());
         }
         match t.recv_timeout(Duration::from_millis(100)) {
             Some(Upcall::Tlp { class, tlp, .. }) => {
@@ -180,7 +216,7 @@ fn client(t: TransportHandle, count: u32, timeout: Duration) -> Res<ExitCode> {
                     );
                 }
                 if class != OrderingClass::Posted && f(8) > posted_seen {
-                    return Err(format!("{class:?} #{} passed a posted write", f(4)).into());
+                    return Err(PeerError::PassedPosted { class, seq: f(4) }.into());
                 }
                 if class == OrderingClass::Posted {
                     posted_seen += 1;
@@ -188,14 +224,12 @@ fn client(t: TransportHandle, count: u32, timeout: Duration) -> Res<ExitCode> {
                 next[c] += 1;
                 got += 1;
             }
-            Some(Upcall::Event { event, .. }) => return Err(format!("link event {event:?}").into()),
-            Some(Upcall::Dropped { error, .. }) => {
-                return Err(format!("TLP dropped: {error}").into())
-            }
+            Some(Upcall::Event { event, .. }) => return Err(PeerError::Event(event).into()),
+            Some(Upcall::Dropped { error, .. }) => return Err(PeerError::Dropped(error).into()),
             None => {}
         }
     }
-    sender.join().map_err(|_| "sender panicked")??;
+    sender.join().map_err(|_| PeerError::SenderPanicked)??;
     let el = start.elapsed();
     let st = t.stats()?;
     println!(

@@ -2,6 +2,7 @@
 //! repeats, `--json`, `--plot`, `--quick`), the header naming the machine and the commit, the
 //! median of repeated runs, and writing the report.
 
+use super::error::BenchError;
 use super::raw::{LinkKind, OnOff, Res};
 use super::rig::{Net, RigConfig};
 use super::stats::Latency;
@@ -230,8 +231,12 @@ pub fn median_latency(runs: &[Latency]) -> Latency {
 /// Write `report` as pretty JSON to `--json` if given.
 pub fn write_json(c: &Common, report: &impl serde::Serialize) -> Res<()> {
     if let Some(p) = &c.json {
-        std::fs::write(p, serde_json::to_string_pretty(report)?)
-            .map_err(|e| format!("writing {}: {e}", p.display()))?;
+        std::fs::write(p, serde_json::to_string_pretty(report)?).map_err(|source| {
+            BenchError::Report {
+                path: p.clone(),
+                source,
+            }
+        })?;
     }
     Ok(())
 }

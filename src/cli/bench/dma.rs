@@ -5,6 +5,7 @@
 //! run: a pattern goes to the card and back and must arrive unchanged.
 
 use super::common::{median, write_json, Common, ReportHeader};
+use super::error::BenchError;
 use super::raw::{raw_blast, Res};
 use super::rig::{Net, Rig, RigConfig};
 use super::stats::ratio;
@@ -86,7 +87,7 @@ fn verify(d: &DmaEngineDriver, len: u32) -> Res<()> {
     let mut back = vec![0u8; len as usize];
     d.host_buffer().read_at(MAX as u64, &mut back)?;
     if back != pattern {
-        return Err("DMA data check failed: what came back differs from what went out".into());
+        return Err(BenchError::DataMismatch("DMA").into());
     }
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! Ethernet) or memory, and the raw baselines measured straight through those ports
 //! (ping-pong RTT, one-way blast), so every scenario compares against the same path.
 
+use super::error::BenchError;
 use super::stats::{Latency, Throughput};
 use pcietun::transport::driver::{
     eth::{EthPort, EthSpec},
@@ -38,7 +39,11 @@ impl Veth {
         let ip = |args: &[&str]| -> Res<()> {
             let st = Command::new("ip").args(args).status()?;
             if !st.success() {
-                return Err(format!("ip {} failed (need root)", args.join(" ")).into());
+                return Err(BenchError::Ip {
+                    args: args.join(" "),
+                    stderr: String::new(),
+                }
+                .into());
             }
             Ok(())
         };
@@ -68,7 +73,7 @@ pub fn ports(kind: LinkKind, veth: Option<&Veth>) -> Res<(Box<dyn Port>, Box<dyn
             (Box::new(a), Box::new(b))
         }
         LinkKind::Eth => {
-            let v = veth.ok_or("no veth pair")?;
+            let v = veth.ok_or(BenchError::NoEthLink("a veth pair"))?;
             let open = |n: &str| -> Res<Box<dyn Port>> {
                 Ok(Box::new(EthPort::open(&EthSpec::parse(n)?)?))
             };

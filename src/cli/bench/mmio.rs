@@ -6,6 +6,7 @@
 //! the same size per second.
 
 use super::common::{median, median_latency, write_json, Common, ReportHeader};
+use super::error::BenchError;
 use super::raw::{raw_blast, raw_rtt_samples, Res};
 use super::rig::{Net, Rig, RigConfig};
 use super::stats::{ratio, Latency};
@@ -54,7 +55,11 @@ fn reads(f: &RemoteFunction, iters: usize) -> Res<Vec<Duration>> {
         let v = f.bar_read32(0, reg::ID)?;
         let dt = t0.elapsed();
         if v != ID_VALUE {
-            return Err(format!("MMIO read returned {v:#x}, expected {ID_VALUE:#x}").into());
+            return Err(BenchError::MmioValue {
+                got: v,
+                want: ID_VALUE,
+            }
+            .into());
         }
         if i >= iters / 10 {
             s.push(dt);
@@ -187,7 +192,11 @@ fn writes(f: &RemoteFunction, iters: usize) -> Res<f64> {
     let v = f.bar_read32(2, (last as u64 * 4) % size)?;
     let dt = t0.elapsed();
     if v != last as u32 {
-        return Err(format!("posted writes lost: read back {v:#x}, wrote {last:#x}").into());
+        return Err(BenchError::PostedLost {
+            got: v,
+            wrote: last as u32,
+        }
+        .into());
     }
     Ok(iters as f64 / dt.as_secs_f64())
 }

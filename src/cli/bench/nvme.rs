@@ -7,6 +7,7 @@
 
 use super::common::{median, median_latency, write_json, Common, ReportHeader};
 use super::dma::RAW_FRAME;
+use super::error::BenchError;
 use super::mmio::RAW_SMALL;
 use super::raw::{raw_blast, raw_rtt_samples, Res};
 use super::rig::{Net, Rig};
@@ -121,7 +122,7 @@ fn workload(
         d.wait(&mut |_| {})?;
     }
     if errors > 0 {
-        return Err(format!("{errors} NVMe commands failed").into());
+        return Err(BenchError::NvmeErrors(errors).into());
     }
     Ok((done as f64 / dt, samples))
 }
@@ -150,7 +151,7 @@ fn verify(d: &mut NvmeDriver) -> Res<()> {
     let mut back = vec![0u8; 2 * IO];
     d.transfer(IoOp::Read, 8, &mut back, &mut |_| {})?;
     if back != want {
-        return Err("NVMe data check failed: read-back differs from what was written".into());
+        return Err(BenchError::DataMismatch("NVMe").into());
     }
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! with `bench transport`: port pairs, ping-pong, blast): two network namespaces joined by a
 //! veth pair, created for the run and removed on every path, with sockets opened inside each.
 
+use super::error::BenchError;
 pub use super::link::{raw_blast, raw_rtt_samples, LinkKind};
 pub use super::transport::OnOff;
 use pcietun::transport::driver::{
@@ -15,11 +16,10 @@ pub type Res<T> = Result<T, Box<dyn std::error::Error>>;
 fn ip(args: &[&str]) -> Res<()> {
     let out = Command::new("ip").args(args).output()?;
     if !out.status.success() {
-        return Err(format!(
-            "ip {} failed (need root): {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )
+        return Err(BenchError::Ip {
+            args: args.join(" "),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        }
         .into());
     }
     Ok(())
@@ -84,7 +84,8 @@ impl NetnsPair {
             pcietun::sys::process::enter_netns(&file)?;
             f()
         });
-        Ok(h.join().map_err(|_| "namespace thread panicked")??)
+        Ok(h.join()
+            .map_err(|_| BenchError::ThreadPanicked("namespace"))??)
     }
 
     /// An AF_PACKET port on the interface of namespace `i`.

@@ -13,6 +13,7 @@
 //! waiting requester drives, a watcher thread into `Host::on_tlp`). The demo runs the
 //! appliance as a child process over UDP.
 
+use super::error::BenchError;
 use super::raw::{LinkKind, NetnsPair, Res};
 use bytes::Bytes;
 use crossbeam::channel;
@@ -81,7 +82,7 @@ impl Net {
                 (Box::new(a), Box::new(b))
             }
             (LinkKind::Eth, Some(ns)) => (ns.open_eth(1)?, ns.open_eth(0)?),
-            (LinkKind::Eth, None) => return Err("no namespaces for the eth link".into()),
+            (LinkKind::Eth, None) => return Err(BenchError::NoEthLink("network namespaces").into()),
         })
     }
 
@@ -156,7 +157,7 @@ fn wait_connected(d: &mut Direct) -> Res<ConnId> {
             return Ok(conn);
         }
     }
-    Err("transport session between host and appliance not established within 5 s".into())
+    Err(BenchError::NoSession("transport session between host and appliance").into())
 }
 
 /// The appliance's configuration: one card with an NVMe controller and/or a DMA engine as
@@ -316,10 +317,10 @@ impl Rig {
         rig.functions = rig.host.rescan();
         let want = usize::from(cfg.nvme_bytes > 0) + usize::from(cfg.dma_buffer > 0);
         if rig.functions.len() != want {
-            return Err(format!(
-                "enumeration through the tunnel found {} functions, expected {want}",
-                rig.functions.len()
-            )
+            return Err(BenchError::Enumeration {
+                found: rig.functions.len(),
+                want,
+            }
             .into());
         }
         Ok(rig)
@@ -336,7 +337,7 @@ impl Rig {
             })?;
         self.host
             .open(info.bdf)
-            .ok_or_else(|| format!("function {} vanished", info.bdf).into())
+            .ok_or_else(|| BenchError::Vanished(info.bdf).into())
     }
 
     /// Retransmissions both transport ends made so far.

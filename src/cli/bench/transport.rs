@@ -4,6 +4,7 @@
 //! AF_PACKET socket or in-memory channel). Ours: one TLP echoed through two transport
 //! endpoints, and a stream of posted writes (AEAD on and off, and with injected loss).
 
+use super::error::BenchError;
 use super::link::{ports, raw_blast, raw_rtt, LinkKind, Veth};
 use super::stats::{ratio, Latency, Throughput};
 use bytes::Bytes;
@@ -119,7 +120,7 @@ fn handles(
                 return Ok(conn);
             }
         }
-        Err("transport session not established".into())
+        Err(BenchError::NoSession("transport session").into())
     };
     let cc = wait(&client)?;
     let sc = wait(&server)?;
@@ -168,7 +169,7 @@ fn ours_echo(a: &TransportArgs, veth: Option<&Veth>) -> Res<Latency> {
         let t0 = Instant::now();
         client.send(cc, tlp.clone())?;
         if recv_tlp(&client, t0 + Duration::from_secs(2)).is_none() {
-            return Err("echo lost".into());
+            return Err(BenchError::EchoLost("echo").into());
         }
         if i >= a.iters / 10 {
             samples.push(t0.elapsed());
@@ -210,7 +211,7 @@ fn ours_echo_direct(a: &TransportArgs, veth: Option<&Veth>) -> Res<Latency> {
     let end = Instant::now() + Duration::from_secs(5);
     let conn = loop {
         if Instant::now() > end {
-            return Err("direct session not established".into());
+            return Err(BenchError::NoSession("direct session").into());
         }
         if let Some(Upcall::Event {
             conn,
@@ -231,7 +232,7 @@ fn ours_echo_direct(a: &TransportArgs, veth: Option<&Veth>) -> Res<Latency> {
             match d.poll(Some(Duration::from_secs(2)))? {
                 Some(Upcall::Tlp { .. }) => break,
                 Some(_) => {}
-                None => return Err("direct echo lost".into()),
+                None => return Err(BenchError::EchoLost("direct echo").into()),
             }
         }
         if i >= a.iters / 10 {
@@ -311,7 +312,7 @@ fn ours_stream(
             Some(_) => {}
             None => {
                 if last.elapsed() > Duration::from_secs(5) {
-                    return Err(format!("stream stalled after {n} TLPs").into());
+                    return Err(BenchError::Stalled(n).into());
                 }
             }
         }

@@ -1,0 +1,75 @@
+//! What can go wrong in a bench scenario, beyond the errors of the layers it drives.
+
+use std::path::PathBuf;
+
+use pcietun::tlp::Bdf;
+
+/// Why a bench scenario failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// An `ip` command (veth pair, network namespace) failed.
+    #[error("ip {args} failed (need root){}", if stderr.is_empty() { String::new() } else { format!(": {stderr}") })]
+    Ip {
+        /// Its arguments.
+        args: String,
+        /// What it printed on stderr.
+        stderr: String,
+    },
+    /// The Ethernet link needs a veth pair (or namespaces) that were not created.
+    #[error("the eth link needs {0}, which were not created")]
+    NoEthLink(&'static str),
+    /// A transport session did not come up.
+    #[error("{0} not established in time")]
+    NoSession(&'static str),
+    /// A ping-pong echo did not come back.
+    #[error("{0} lost")]
+    EchoLost(&'static str),
+    /// The stream of posted writes stopped arriving.
+    #[error("stream stalled after {0} TLPs")]
+    Stalled(u64),
+    /// Enumeration found other functions than the rig created.
+    #[error("enumeration through the tunnel found {found} functions, expected {want}")]
+    Enumeration {
+        /// Functions found.
+        found: usize,
+        /// Functions the rig has.
+        want: usize,
+    },
+    /// A function disappeared between enumeration and use.
+    #[error("function {0} vanished")]
+    Vanished(Bdf),
+    /// An MMIO read returned the wrong value.
+    #[error("MMIO read returned {got:#x}, expected {want:#x}")]
+    MmioValue {
+        /// Read.
+        got: u32,
+        /// Expected.
+        want: u32,
+    },
+    /// A read behind posted writes did not see the last one.
+    #[error("posted writes lost: read back {got:#x}, wrote {wrote:#x}")]
+    PostedLost {
+        /// Read back.
+        got: u32,
+        /// Last value written.
+        wrote: u32,
+    },
+    /// NVMe commands completed with an error status.
+    #[error("{0} NVMe commands failed")]
+    NvmeErrors(u64),
+    /// Data read back differs from what was written.
+    #[error("{0} data check failed: what came back differs from what went out")]
+    DataMismatch(&'static str),
+    /// A helper thread panicked.
+    #[error("the {0} thread panicked")]
+    ThreadPanicked(&'static str),
+    /// The `--json` report could not be written.
+    #[error("writing {}: {source}", path.display())]
+    Report {
+        /// Where.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
