@@ -19,6 +19,7 @@ pub mod message;
 pub mod packet;
 pub mod prefix;
 pub mod repr;
+pub mod slot;
 pub mod split;
 mod validate;
 
