@@ -41,9 +41,7 @@ struct Pipe(channel::Sender<Vec<u8>>);
 
 impl Downlink for Pipe {
     fn send_tlp(&self, tlp: &[u8]) -> Result<(), LinkError> {
-        self.0
-            .send(tlp.to_vec())
-            .map_err(|_| LinkError::Closed)
+        self.0.send(tlp.to_vec()).map_err(|_| LinkError::Closed)
     }
 }
 

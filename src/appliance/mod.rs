@@ -16,6 +16,7 @@
 //! per-host routing) that grows here.
 
 pub mod config;
+pub mod counters;
 pub mod devices;
 pub mod inventory;
 pub mod pump;
@@ -26,9 +27,10 @@ pub use config::{
     ApplianceConfig, ConfigError, ConfigFlags, ConfigProblem, DeviceConfig, DeviceSpec, HostSpec,
     LinkOptions, Listen,
 };
+pub use counters::{ApplianceStats, Counters};
 pub use devices::BuildWarning;
 pub use inventory::{FunctionEntry, FunctionId, FunctionState, Inventory, InventoryError};
-pub use runtime::{Appliance, ApplianceStats, Counters, Ready, Running};
+pub use runtime::{Appliance, Ready, Running};
 
 use std::path::PathBuf;
 

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::runtime::Counters;
+use super::counters::Counters;
 use super::session::Sessions;
 use crate::endpoint::Proxy;
 use crate::transport::driver::{Direct, DriverStats, Upcall};

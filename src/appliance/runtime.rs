@@ -26,41 +26,15 @@ use bytes::Bytes;
 use crossbeam::channel::{Receiver, Select};
 
 use super::config::ApplianceConfig;
+use super::counters::{ApplianceStats, Counters};
 use super::devices::{self, BuildWarning, Scratch};
 use super::inventory::{FunctionEntry, Inventory};
 use super::pump::{Pump, STATS_EVERY};
 use super::session::Sessions;
 use super::ApplianceError;
-use crate::endpoint::{Proxy, ProxyStats};
-use crate::transport::driver::{
-    self, Direct, DriverConfig, DriverStats, Peers, Port, TransportHandle,
-};
+use crate::endpoint::Proxy;
+use crate::transport::driver::{self, Direct, DriverConfig, Peers, Port, TransportHandle};
 use crate::transport::{ConnId, PeerAddr};
-
-/// Everything the appliance counts: per link, and the endpoint's own.
-#[derive(Debug, Clone, Default)]
-pub struct ApplianceStats {
-    /// Transport counters of each link, in listen order.
-    pub links: Vec<DriverStats>,
-    /// The endpoint proxy's counters (TLPs in, UR/CA sent, drops).
-    pub endpoint: ProxyStats,
-}
-
-/// A shared view of [`ApplianceStats`], refreshed every 100 ms while the appliance serves and
-/// once more when it stops. Cheap to clone; readable from any thread.
-#[derive(Debug, Clone, Default)]
-pub struct Counters(Arc<Mutex<ApplianceStats>>);
-
-impl Counters {
-    /// The counters as last published.
-    pub fn snapshot(&self) -> ApplianceStats {
-        self.0.lock_or_recover().clone()
-    }
-
-    pub(crate) fn publish(&self, links: Vec<DriverStats>, endpoint: ProxyStats) {
-        *self.0.lock_or_recover() = ApplianceStats { links, endpoint };
-    }
-}
 
 /// What the appliance announces once every listener is open.
 #[derive(Debug, Clone, PartialEq, Eq)]

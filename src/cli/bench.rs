@@ -1,5 +1,5 @@
 //! `pcietun bench SCENARIO`: the benchmark harness. Every scenario measures the raw path in
-//! the same run and reports our figures as ratios to it (DESIGN.md "How we test" 5). One file
+//! the same run and reports our figures as ratios to it (docs/bench.md). One file
 //! per scenario under `bench/`; add mmio-read, dma, nvme as siblings of `transport`.
 
 use std::process::ExitCode;

@@ -1,6 +1,6 @@
 //! `pcietun host`: the host agent (root complex toward one appliance, vfio-user sockets for
 //! the tunnelled functions) and its operator tools `host lspci [-x|-xxx|-xxxx]` and
-//! `host read|write BDF BAR OFFSET [VALUE]` (CONTRACT.md "Host agent", docs/host.md).
+//! `host read|write BDF BAR OFFSET [VALUE]` (docs/host.md).
 //!
 //! The operator tools open their own short session to the appliance, enumerate and act; they
 //! do not talk to a running agent.

@@ -1,5 +1,4 @@
-//! Host side of the tunnel: what a server that *uses* remote cards runs (DESIGN.md "Front-ends
-//! on the host").
+//! Host side of the tunnel: what a server that *uses* remote cards runs (docs/host.md).
 //!
 //! * [`root`] — the root complex: virtual root port with a hot-plug slot, requester, the
 //!   completer for the card's DMA, interrupt delivery; [`Host`] is the entry point.

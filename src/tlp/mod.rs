@@ -23,6 +23,7 @@ pub mod packet;
 pub mod prefix;
 pub mod repr;
 pub mod requester;
+pub mod slot;
 pub mod split;
 mod validate;
 

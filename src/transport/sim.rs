@@ -1,5 +1,5 @@
 //! A seeded, in-memory, faulty link for deterministic simulation of the sans-I/O core
-//! (DESIGN.md "How we test" 2). Loss (random and Gilbert–Elliott bursts), reordering,
+//! (docs/transport.md "Tests"). Loss (random and Gilbert–Elliott bursts), reordering,
 //! duplication, bit corruption, delay with jitter, partitions; each direction has its own
 //! [`Faults`], so asymmetric links are one configuration away. Time is simulated.
 
