@@ -307,7 +307,7 @@ fn parse_tree(s: &str) -> (Vec<Vec<String>>, usize) {
 }
 
 /// The library file a path lands in: the longest module prefix that is a file.
-fn resolve<'a>(modules: &'a BTreeMap<Vec<String>, usize>, path: &[String]) -> Option<usize> {
+fn resolve(modules: &BTreeMap<Vec<String>, usize>, path: &[String]) -> Option<usize> {
     (1..=path.len())
         .rev()
         .find_map(|n| modules.get(&path[..n]).copied())
