@@ -6,7 +6,10 @@
 //! socket — no thread hand-off); while nobody waits, the *pump* thread watches the socket and
 //! hands what arrives to [`Host::on_tlp`] (DMA requests, interrupts) and session events to
 //! [`Host::on_link_up`] / [`Host::on_link_down`]. The *scanner* re-enumerates after every
-//! (re)connection, off the pump thread because enumeration waits for completions.
+//! (re)connection, off the pump thread because enumeration waits for completions; it also
+//! does the blocking half of slot events (docs/host.md "Hot-plug"): enumerating a card the
+//! appliance presented, and for an orderly removal withdrawing the card's vfio-user sockets
+//! before acknowledging with `RemovalAck`.
 
 use crate::sync::MutexExt;
 use std::net::SocketAddr;
@@ -99,6 +102,56 @@ pub struct AgentConfig {
     pub host: HostConfig,
 }
 
+/// What the scanner thread is woken for.
+#[derive(Debug, Clone, Copy)]
+enum ScanJob {
+    /// A session came up: enumerate the whole tunnel bus.
+    Full,
+    /// Slot messages arrived: see [`Host::take_slot_work`].
+    Slots,
+}
+
+/// The blocking half of slot events, on the scanner thread.
+fn slot_work(host: &Arc<Host>, served: &Mutex<Vec<(Bdf, PathBuf)>>) {
+    use crate::tlp::slot::SlotEvent;
+    while let Some(m) = host.take_slot_work() {
+        match m.event {
+            SlotEvent::Present => {
+                let found = host.present_slot(m.slot);
+                tracing::info!(slot = m.slot, functions = found.len(), "card presented");
+            }
+            SlotEvent::RemovalRequest => {
+                let gone = host.withdraw_slot(m.slot);
+                // Withdraw the consumers: the socket path disappears (no new connection),
+                // connected consumers see every access fail (the function is marked removed).
+                served.lock_or_recover().retain(|(b, path)| {
+                    if gone.contains(b) {
+                        let _ = std::fs::remove_file(path);
+                        false
+                    } else {
+                        true
+                    }
+                });
+                if let Err(e) = host.ack_removal(m.slot, m.generation) {
+                    tracing::warn!(slot = m.slot, error = %e, "removal acknowledgement not sent");
+                }
+            }
+            SlotEvent::Removed => {
+                // Surprise removal: the host already failed the card's requests; its sockets go.
+                served.lock_or_recover().retain(|(b, path)| {
+                    if b.device() == m.slot {
+                        let _ = std::fs::remove_file(path);
+                        false
+                    } else {
+                        true
+                    }
+                });
+            }
+            SlotEvent::RemovalAck => {}
+        }
+    }
+}
+
 /// [`Downlink`] over the transport session.
 #[derive(Debug)]
 struct SessionLink {
@@ -126,7 +179,8 @@ pub struct Agent {
     stats: Arc<Mutex<DriverStats>>,
     stop: Arc<AtomicBool>,
     scans: Mutex<mpsc::Receiver<Vec<Bdf>>>,
-    served: Mutex<Vec<Bdf>>,
+    /// Functions with a vfio-user socket, and its path.
+    served: Arc<Mutex<Vec<(Bdf, PathBuf)>>>,
     pump: Option<JoinHandle<()>>,
     _scanner: JoinHandle<()>,
 }
@@ -174,16 +228,23 @@ impl Agent {
         let stats = Arc::new(Mutex::new(DriverStats::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let host = Host::new(link.clone(), cfg.host);
-        let (scan_tx, scan_rx) = mpsc::channel::<()>();
+        let (scan_tx, scan_rx) = mpsc::channel::<ScanJob>();
         let (done_tx, done_rx) = mpsc::channel::<Vec<Bdf>>();
+        let served: Arc<Mutex<Vec<(Bdf, PathBuf)>>> = Arc::default();
         let scanner = {
             let host = host.clone();
+            let served = served.clone();
             std::thread::Builder::new()
                 .name("host-scan".into())
                 .spawn(move || {
-                    while scan_rx.recv().is_ok() {
-                        let found = host.rescan();
-                        let _ = done_tx.send(found.iter().map(|f| f.bdf).collect());
+                    while let Ok(job) = scan_rx.recv() {
+                        match job {
+                            ScanJob::Full => {
+                                let found = host.rescan();
+                                let _ = done_tx.send(found.iter().map(|f| f.bdf).collect());
+                            }
+                            ScanJob::Slots => slot_work(&host, &served),
+                        }
                     }
                 })
                 .map_err(io("starting the scanner"))?
@@ -198,12 +259,17 @@ impl Agent {
                     return;
                 };
                 match up {
-                    Upcall::Tlp { tlp, .. } => host.on_tlp(&tlp),
+                    Upcall::Tlp { tlp, .. } => {
+                        host.on_tlp(&tlp);
+                        if host.has_slot_work() {
+                            let _ = scan_tx.lock_or_recover().send(ScanJob::Slots);
+                        }
+                    }
                     Upcall::Event { conn, event } => match event {
                         Event::Connected { .. } => {
                             *link.conn.lock_or_recover() = Some(conn);
                             host.on_link_up();
-                            let _ = scan_tx.lock_or_recover().send(());
+                            let _ = scan_tx.lock_or_recover().send(ScanJob::Full);
                         }
                         Event::Down { reason, .. } => {
                             tracing::warn!(?reason, "session with the appliance down");
@@ -237,7 +303,7 @@ impl Agent {
             stats,
             stop,
             scans: Mutex::new(done_rx),
-            served: Mutex::new(Vec::new()),
+            served,
             pump: Some(pump),
             _scanner: scanner,
         })
@@ -281,7 +347,7 @@ impl Agent {
         let mut paths = Vec::new();
         let mut served = self.served.lock_or_recover();
         for info in self.host.functions() {
-            if served.contains(&info.bdf) {
+            if served.iter().any(|(b, _)| *b == info.bdf) {
                 continue;
             }
             let Some(dev) = self.host.open(info.bdf) else {
@@ -303,7 +369,7 @@ impl Agent {
                     what: "starting a vfio-user server thread",
                     source,
                 })?;
-            served.push(info.bdf);
+            served.push((info.bdf, path.clone()));
             paths.push(path);
         }
         Ok(paths)

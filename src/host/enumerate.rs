@@ -201,6 +201,58 @@ pub fn enumerate(acc: &mut dyn ConfigAccess, bus: u8, cfg: &EnumConfig) -> Vec<F
     found
 }
 
+/// Enumerate and configure the functions of one device number `dev` on `bus` (a hot-plugged
+/// card, PCIe Base 4.0 §6.7), assigning its BARs above everything `existing` functions hold so
+/// no other function's BARs move.
+pub fn enumerate_device(
+    acc: &mut dyn ConfigAccess,
+    bus: u8,
+    dev: u8,
+    cfg: &EnumConfig,
+    existing: &[FunctionInfo],
+) -> Vec<FunctionInfo> {
+    let w = cfg.windows;
+    let above = |lo: u64, size: u64, pick: &dyn Fn(&BarInfo) -> bool| {
+        existing
+            .iter()
+            .flat_map(|f| f.bars.iter())
+            .filter(|b| b.size > 0 && pick(b) && b.base >= lo && b.base < lo + size)
+            .map(|b| b.base + b.size)
+            .max()
+            .unwrap_or(lo)
+    };
+    let mut mem = Cursor {
+        next: above(w.mem.0, w.mem.1, &|b| !b.io && !b.prefetchable),
+        end: w.mem.0 + w.mem.1,
+    };
+    let mut pref = Cursor {
+        next: above(w.pref.0, w.pref.1, &|b| !b.io && b.prefetchable),
+        end: w.pref.0 + w.pref.1,
+    };
+    let mut io = Cursor {
+        next: above(w.io.0, w.io.1, &|b| b.io),
+        end: w.io.0 + w.io.1,
+    };
+    let mut found = Vec::new();
+    for func in 0..8u8 {
+        let bdf = Bdf::new(bus, dev, func);
+        let id = acc.cfg_read(bdf, 0);
+        if id == 0xffff_ffff || id & 0xffff == 0xffff || id == 0 {
+            if func == 0 {
+                break;
+            }
+            continue;
+        }
+        let hdr = acc.cfg_read(bdf, 0x0c);
+        let header_type = (hdr >> 16) as u8;
+        found.push(configure(acc, bdf, id, cfg, &mut mem, &mut pref, &mut io));
+        if func == 0 && header_type & h::HEADER_TYPE_MULTIFUNCTION == 0 {
+            break;
+        }
+    }
+    found
+}
+
 fn configure(
     acc: &mut dyn ConfigAccess,
     bdf: Bdf,

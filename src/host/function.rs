@@ -39,6 +39,9 @@ pub struct FunctionState {
     ctx: FunctionContext,
     shadow: Mutex<Shadow>,
     msix_mode: AtomicBool,
+    /// The slot reported the function withdrawn or gone (PCIe Base 4.0 §6.7): every access
+    /// through any handle fails with Unsupported Request (all-ones to readers).
+    removed: AtomicBool,
     /// Per-BAR (size mask, type flags) of the consumer-visible registers.
     bar_masks: [(u32, u32); 6],
 }
@@ -79,6 +82,7 @@ impl FunctionState {
             ctx,
             shadow: Mutex::new(shadow),
             msix_mode: AtomicBool::new(false),
+            removed: AtomicBool::new(false),
             bar_masks: masks,
         }
     }
@@ -91,6 +95,16 @@ impl FunctionState {
     /// Interrupts and DMA windows.
     pub fn ctx(&self) -> &FunctionContext {
         &self.ctx
+    }
+
+    /// Whether the function was withdrawn (removal request) or removed from its slot.
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::Acquire)
+    }
+
+    /// Withdraw the function: every later access through any handle fails.
+    pub(super) fn mark_removed(&self) {
+        self.removed.store(true, Ordering::Release);
     }
 
     /// Whether the consumer armed MSI-X (rather than MSI) vectors.
@@ -155,15 +169,33 @@ impl RemoteFunction {
 
     /// Raw configuration read of the DW at `reg` (no virtualization).
     pub fn config_read(&self, reg: u16) -> Result<u32, RequestError> {
+        self.alive()?;
         self.root.cfg_read(self.bdf(), reg & !3)
     }
 
     /// Raw configuration write of a DW.
     pub fn config_write(&self, reg: u16, value: u32) -> Result<(), RequestError> {
+        self.alive()?;
         self.root.cfg_write(self.bdf(), reg & !3, 0xf, value)
     }
 
+    /// Whether the function was withdrawn from its slot.
+    pub fn is_removed(&self) -> bool {
+        self.f.is_removed()
+    }
+
+    /// A withdrawn or removed function answers nothing: Unsupported Request, as a root port
+    /// completes requests to an empty slot.
+    fn alive(&self) -> Result<(), RequestError> {
+        if self.f.is_removed() {
+            Err(RequestError::UnsupportedRequest)
+        } else {
+            Ok(())
+        }
+    }
+
     fn bar_range(&self, bar: usize, offset: u64, len: usize) -> Result<u64, RequestError> {
+        self.alive()?;
         let b = self
             .f
             .info

@@ -14,7 +14,7 @@
 use crate::sync::{CondvarExt, MutexExt, RwLockExt};
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -23,6 +23,7 @@ use super::function::{FunctionState, RemoteFunction, RootComplex};
 use super::requester::{Expect, RequestError, Requester, RequesterConfig, StartError, TagSpace};
 use super::tlpio::{self, MAX_TLP, ROOT_PORT};
 use crate::pci::{ConfigSpace, ExpressConfig, FunctionIds, PciExpressCap, SlotConfig};
+use crate::tlp::slot::{SlotEvent, SlotMessage, SLOTS};
 use crate::tlp::Bdf;
 use crate::transport::driver::HandleError;
 
@@ -103,6 +104,15 @@ pub enum HostEvent {
     FunctionAdded(Bdf),
     /// A function disappeared.
     FunctionRemoved(Bdf),
+    /// The appliance asked for an orderly removal of the card in `slot` (the attention
+    /// button, PCIe Base 4.0 §6.7.1.5): its functions are already withdrawn (accesses fail
+    /// with Unsupported Request); once the consumers let go, [`Host::ack_removal`] answers.
+    RemovalRequested {
+        /// Device number on the tunnel bus.
+        slot: u8,
+        /// Generation of the assignment being removed (echoed in the acknowledgement).
+        generation: u16,
+    },
     /// The root port's slot has an enabled hot-plug event pending (the interrupt an OS gets).
     HotPlugInterrupt,
     /// A request got no completion in time.
@@ -140,6 +150,10 @@ pub struct HostStats {
     pub unknown_requester: AtomicU64,
     /// Events dropped because nobody read them.
     pub events_dropped: AtomicU64,
+    /// Slot messages that did not decode or make no sense toward a host.
+    pub bad_slot_messages: AtomicU64,
+    /// Outstanding requests failed because their function's slot reported it removed.
+    pub failed_by_removal: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -162,6 +176,12 @@ pub(super) struct RxScratch {
 
 const MAX_EVENTS: usize = 1024;
 
+/// Bound of slot work queued for the agent (a hostile appliance cannot grow it further).
+const MAX_SLOT_WORK: usize = 4 * SLOTS as usize;
+
+/// `inflight` marker of a tag whose request addresses no slot (or none yet).
+const NO_SLOT: u8 = 0xff;
+
 thread_local! {
     static TX: RefCell<Vec<u8>> = RefCell::new(vec![0; MAX_TLP]);
 }
@@ -173,6 +193,13 @@ pub struct Host {
     pub(super) cfg: HostConfig,
     pub(super) req: Mutex<Requester<u16>>,
     pub(super) slots: Vec<CompletionSlot>,
+    /// Per tag: the slot (device number) its outstanding request addresses, so a surprise
+    /// removal fails exactly that slot's requests. Written under the requester lock.
+    inflight: Vec<AtomicU8>,
+    /// Slot messages the pump thread received that need blocking work (enumerating a
+    /// presented card, withdrawing a card's consumers): done by [`Host::take_slot_work`]'s
+    /// caller, never by the pump.
+    slot_work: Mutex<VecDeque<SlotMessage>>,
     link_up: AtomicBool,
     functions: RwLock<Vec<Arc<FunctionState>>>,
     /// Functions gone with the link; reused when the same function comes back, so consumers
@@ -224,6 +251,8 @@ impl Host {
                 cfg.completion_timeout,
             ))),
             slots,
+            inflight: (0..1024).map(|_| AtomicU8::new(NO_SLOT)).collect(),
+            slot_work: Mutex::new(VecDeque::new()),
             link_up: AtomicBool::new(false),
             functions: RwLock::new(Vec::new()),
             retired: Mutex::new(Vec::new()),
@@ -398,6 +427,192 @@ impl Host {
         found
     }
 
+    /// The slot (device number) whose function decodes memory address `a`.
+    fn slot_of_address(&self, a: u64) -> Option<u8> {
+        self.functions.read_or_recover().iter().find_map(|f| {
+            let i = f.info();
+            i.bars
+                .iter()
+                .any(|b| b.size > 0 && !b.io && a >= b.base && a - b.base < b.size)
+                .then_some(i.bdf.device())
+        })
+    }
+
+    /// A slot message from the appliance (PCIe Base 4.0 §6.7.3 hot-plug events, carried as
+    /// pcietun Vendor-Defined Messages, `tlp::slot`). Called on the pump thread; never blocks
+    /// on the network: what needs configuration requests is queued for
+    /// [`Host::take_slot_work`].
+    pub fn on_slot_message(&self, m: SlotMessage) {
+        tracing::info!(?m, "slot message");
+        match m.event {
+            SlotEvent::Present => self.queue_slot_work(m),
+            SlotEvent::RemovalRequest => {
+                // Attention: the consumers must stop using the card now. Accesses fail
+                // from here on; the agent closes the consumers and then acknowledges.
+                for f in self.functions.read_or_recover().iter() {
+                    if f.info().bdf.device() == m.slot {
+                        f.mark_removed();
+                    }
+                }
+                self.event(HostEvent::RemovalRequested {
+                    slot: m.slot,
+                    generation: m.generation,
+                });
+                self.queue_slot_work(m);
+            }
+            SlotEvent::Removed => {
+                self.surprise_remove(m.slot);
+                // The agent still has to take down the card's consumers (sockets).
+                self.queue_slot_work(m);
+            }
+            SlotEvent::RemovalAck => {
+                // Host → appliance only.
+                self.stats.bad_slot_messages.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn queue_slot_work(&self, m: SlotMessage) {
+        let mut q = self.slot_work.lock_or_recover();
+        if q.len() >= MAX_SLOT_WORK {
+            self.stats.bad_slot_messages.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        q.push_back(m);
+    }
+
+    /// Whether slot messages wait for [`Host::take_slot_work`].
+    pub fn has_slot_work(&self) -> bool {
+        !self.slot_work.lock_or_recover().is_empty()
+    }
+
+    /// The next slot message that needs blocking work (`Present`: call
+    /// [`Host::present_slot`]; `RemovalRequest`: withdraw the consumers, then
+    /// [`Host::ack_removal`]).
+    pub fn take_slot_work(&self) -> Option<SlotMessage> {
+        self.slot_work.lock_or_recover().pop_front()
+    }
+
+    /// Surprise removal of the card in `slot` (§6.7.1.2 with §6.2.10 Downstream Port
+    /// Containment semantics): every outstanding non-posted request to it completes with
+    /// Unsupported Request at once, its functions fail every later access, and
+    /// `FunctionRemoved` is raised. Other slots' requests are untouched. Never blocks.
+    pub fn surprise_remove(&self, slot: u8) {
+        let gone: Vec<Arc<FunctionState>> = {
+            let mut fs = self.functions.write_or_recover();
+            let (gone, keep) = std::mem::take(&mut *fs)
+                .into_iter()
+                .partition(|f| f.info().bdf.device() == slot);
+            *fs = keep;
+            gone
+        };
+        for f in &gone {
+            f.mark_removed();
+        }
+        {
+            let now = Instant::now();
+            let mut r = self.req.lock_or_recover();
+            for (tag, mark) in self.inflight.iter().enumerate() {
+                if mark.load(Ordering::Acquire) != slot {
+                    continue;
+                }
+                // Quarantined, not freed: a completion still on its way must not match a
+                // new request that reused the tag.
+                if r.abandon(now, tag as u16).is_some() {
+                    self.stats.failed_by_removal.fetch_add(1, Ordering::Relaxed);
+                    self.finish(tag as u16, Err(RequestError::UnsupportedRequest));
+                }
+            }
+        }
+        for f in &gone {
+            self.event(HostEvent::FunctionRemoved(f.info().bdf));
+        }
+        let any = !self.functions.read_or_recover().is_empty();
+        self.set_slot(any);
+    }
+
+    /// Enumerate just the card presented in `slot` (BARs assigned above every other
+    /// function's, which stay where they are) and raise `FunctionAdded` for each of its
+    /// functions. Blocks on configuration requests: never call it on the pump thread.
+    pub fn present_slot(self: &Arc<Self>, slot: u8) -> Vec<FunctionInfo> {
+        if !self.is_link_up() || slot >= SLOTS {
+            return Vec::new();
+        }
+        let existing: Vec<FunctionInfo> = self
+            .functions
+            .read_or_recover()
+            .iter()
+            .filter(|f| f.info().bdf.device() != slot)
+            .map(|f| f.info().clone())
+            .collect();
+        let mut acc = Access(self);
+        let found = enumerate::enumerate_device(
+            &mut acc,
+            self.cfg.bus,
+            slot,
+            &self.cfg.enumeration,
+            &existing,
+        );
+        let mut added = Vec::new();
+        {
+            let mut fs = self.functions.write_or_recover();
+            for info in &found {
+                if let Some(old) = fs.iter_mut().find(|f| f.info().bdf == info.bdf) {
+                    if old.info() == info && !old.is_removed() {
+                        continue;
+                    }
+                    old.mark_removed();
+                    *old = Arc::new(FunctionState::new(info.clone()));
+                } else {
+                    fs.push(Arc::new(FunctionState::new(info.clone())));
+                }
+                added.push(info.bdf);
+            }
+        }
+        let all = self.functions();
+        self.update_windows(&all);
+        for b in added {
+            self.event(HostEvent::FunctionAdded(b));
+        }
+        self.set_slot(!all.is_empty());
+        found
+    }
+
+    /// Withdraw the card in `slot` for an orderly removal: its functions leave the host's
+    /// list (`FunctionRemoved`); returns their addresses so the caller can close their
+    /// consumers before [`Host::ack_removal`].
+    pub fn withdraw_slot(&self, slot: u8) -> Vec<Bdf> {
+        let gone: Vec<Arc<FunctionState>> = {
+            let mut fs = self.functions.write_or_recover();
+            let (gone, keep) = std::mem::take(&mut *fs)
+                .into_iter()
+                .partition(|f| f.info().bdf.device() == slot);
+            *fs = keep;
+            gone
+        };
+        let bdfs: Vec<Bdf> = gone.iter().map(|f| f.info().bdf).collect();
+        for f in &gone {
+            f.mark_removed();
+        }
+        for b in &bdfs {
+            self.event(HostEvent::FunctionRemoved(*b));
+        }
+        bdfs
+    }
+
+    /// Tell the appliance the consumers of `slot`'s card let it go (`RemovalAck` with the
+    /// generation of the request).
+    pub fn ack_removal(&self, slot: u8, generation: u16) -> Result<(), LinkError> {
+        let m = SlotMessage {
+            event: SlotEvent::RemovalAck,
+            slot,
+            generation,
+        };
+        let mut buf = [0u8; 16];
+        let n = m.emit(ROOT_PORT, &mut buf).map_err(|_| LinkError::Closed)?;
+        self.link.send_tlp(&buf[..n])
+    }
+
     /// Program the root port's bridge windows to cover what enumeration assigned.
     fn update_windows(&self, found: &[FunctionInfo]) {
         use crate::pci::spec::header as h;
@@ -494,20 +709,32 @@ impl Host {
             None => Expect::Other { len },
         };
         // The tag is its own token: it names the slot the caller waits on.
+        let target_slot = match mem_addr {
+            Some(a) => self.slot_of_address(a),
+            None => Some(target.device()),
+        }
+        .unwrap_or(NO_SLOT);
         let tag = loop {
             let now = Instant::now();
-            let started = self.req.lock_or_recover().start_tagged(now, expect);
+            let mut r = self.req.lock_or_recover();
+            let started = r.start_tagged(now, expect);
             match started {
-                Ok(t) => break t,
+                Ok(t) => {
+                    // Under the requester lock, so a surprise removal (which fails requests
+                    // under it) sees either no request or one that is marked and reset.
+                    self.slots[t as usize].m.lock_or_recover().result = None;
+                    self.inflight[t as usize].store(target_slot, Ordering::Release);
+                    break t;
+                }
                 Err(StartError::BadRead { .. }) => return Err(RequestError::InvalidRequest),
                 Err(StartError::TagsExhausted(_)) if now < deadline => {
+                    drop(r);
                     std::thread::sleep(Duration::from_micros(50))
                 }
                 Err(StartError::TagsExhausted(_)) => return Err(RequestError::Timeout),
             }
         };
         let slot = &self.slots[tag as usize];
-        slot.m.lock_or_recover().result = None;
         let sent = TX.with(|tx| {
             let tx = &mut *tx.borrow_mut();
             let n = build(tx, tag).map_err(|_| RequestError::InvalidRequest)?;

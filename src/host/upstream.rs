@@ -95,7 +95,17 @@ impl Host {
                     self.stats.unknown_requester.fetch_add(1, Ordering::Relaxed);
                 }
             },
-            Upstream::Other(name) => tracing::debug!(tlp = name, "upstream TLP ignored"),
+            Upstream::Other(name) => match tlp::Tlp::parse(bytes)
+                .ok()
+                .and_then(|t| tlp::slot::SlotMessage::from_tlp(&t))
+            {
+                Some(Ok(m)) => self.on_slot_message(m),
+                Some(Err(e)) => {
+                    self.stats.bad_slot_messages.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "slot message refused");
+                }
+                None => tracing::debug!(tlp = name, "upstream TLP ignored"),
+            },
         }
     }
 
