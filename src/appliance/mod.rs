@@ -26,8 +26,8 @@ pub mod session;
 pub mod view;
 
 pub use config::{
-    ApplianceConfig, ConfigError, ConfigFlags, ConfigProblem, DeviceConfig, DeviceSpec, HostSpec,
-    LinkOptions, Listen,
+    ApplianceConfig, AssignSpec, ConfigError, ConfigFlags, ConfigProblem, DeviceConfig, DeviceSpec,
+    HostSpec, LinkOptions, Listen,
 };
 pub use counters::{ApplianceStats, Counters};
 pub use devices::BuildWarning;
