@@ -146,6 +146,12 @@ pub enum ConfigProblem {
     /// `dma_timeout_ms = 0`.
     #[error("dma_timeout_ms must be positive")]
     DmaTimeoutZero,
+    /// An assignment names a host that is not a `[[host]]`.
+    #[error("assignment to host {0:?}, which is not a [[host]]")]
+    AssignUnknownHost(String),
+    /// A function assigned twice (a function has at most one owner).
+    #[error("function {0} is assigned twice")]
+    AssignedTwice(String),
 }
 
 /// A configuration error: where the value came from, and what is wrong with it.
@@ -224,6 +230,15 @@ pub struct DeviceConfig {
     pub spec: DeviceSpec,
 }
 
+/// A function given to a host by the configuration (`[[assign]]`, or `assign =` on a device).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssignSpec {
+    /// The function's inventory id (checked against the inventory when the appliance builds).
+    pub function: FunctionId,
+    /// Its owner; always one of [`ApplianceConfig::hosts`].
+    pub host: HostId,
+}
+
 /// A host allowed to connect: its identity and the key that proves it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostSpec {
@@ -266,6 +281,8 @@ pub struct ApplianceConfig {
     pub devices: Vec<DeviceConfig>,
     /// Hosts allowed to connect (none: the development key, see [`Self::accepted_hosts`]).
     pub hosts: Vec<HostSpec>,
+    /// Functions given to hosts at start, in file order.
+    pub assignments: Vec<AssignSpec>,
     /// Loss injection in percent (testing).
     pub inject_loss: f64,
     /// Completion timeout for device DMA.
@@ -280,6 +297,7 @@ impl Default for ApplianceConfig {
             listen: Vec::new(),
             devices: Vec::new(),
             hosts: Vec::new(),
+            assignments: Vec::new(),
             inject_loss: 0.0,
             dma_timeout: Duration::from_secs(2),
             link: LinkOptions::default(),
@@ -310,6 +328,8 @@ struct FileConfig {
     #[serde(default)]
     device: Vec<FileDevice>,
     #[serde(default)]
+    assign: Vec<FileAssign>,
+    #[serde(default)]
     options: Option<FileOptions>,
 }
 
@@ -322,7 +342,15 @@ struct FileHost {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct FileAssign {
+    function: Spanned<String>,
+    host: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct FileDevice {
+    assign: Option<Spanned<String>>,
     kind: Spanned<String>,
     name: Option<Spanned<String>>,
     path: Option<Spanned<String>>,
@@ -547,6 +575,7 @@ impl ApplianceConfig {
                 p
             }
         };
+        let mut assigns: Vec<(FunctionId, String, Range<usize>)> = Vec::new();
         for (i, d) in file.device.iter().enumerate() {
             let need = |f: &Option<Spanned<String>>, key: &'static str| {
                 f.as_ref().map(|s| s.get_ref().clone()).ok_or_else(|| {
@@ -654,7 +683,36 @@ impl ApplianceConfig {
                     Some(id.to_string())
                 }
             };
+            if let Some(a) = &d.assign {
+                let function = match &name {
+                    Some(n) => FunctionId::named(n)
+                        .map_err(|e| err(Some(a.span()), ConfigProblem::BadName(e)))?,
+                    None => FunctionId::derived(bdf),
+                };
+                assigns.push((function, a.get_ref().clone(), a.span()));
+            }
             cfg.devices.push(DeviceConfig { bdf, name, spec });
+        }
+        for a in &file.assign {
+            let function = a
+                .function
+                .get_ref()
+                .parse::<FunctionId>()
+                .map_err(|e| err(Some(a.function.span()), ConfigProblem::BadName(e)))?;
+            assigns.push((function, a.host.get_ref().clone(), a.host.span()));
+        }
+        for (function, host, span) in assigns {
+            let id = parse_host_id(&host).map_err(|m| err(Some(span.clone()), m))?;
+            if !cfg.hosts.iter().any(|h| h.id == id) {
+                return Err(err(Some(span), ConfigProblem::AssignUnknownHost(host)));
+            }
+            if cfg.assignments.iter().any(|a| a.function == function) {
+                return Err(err(
+                    Some(span),
+                    ConfigProblem::AssignedTwice(function.to_string()),
+                ));
+            }
+            cfg.assignments.push(AssignSpec { function, host: id });
         }
         if let Some(o) = &file.options {
             if let Some(l) = &o.inject_loss {
@@ -764,6 +822,53 @@ mod tests {
         assert!(e.to_string().starts_with("b.toml:3:1:"), "{e}");
         assert!(e.to_string().contains("bufer"), "{e}");
         assert!(matches!(e.problem, ConfigProblem::Syntax(_)));
+    }
+
+    #[test]
+    fn assignments_from_device_keys_and_assign_tables() {
+        let key = "00".repeat(32);
+        let head = format!(
+            "[[host]]\nid = \"web1\"\npsk = \"{key}\"\n[[host]]\nid = \"web2\"\npsk = \"{key}\"\n"
+        );
+        let text = format!(
+            "{head}[[device]]\nkind = \"dma\"\nname = \"dma-a\"\nassign = \"web1\"\n\
+             [[device]]\nkind = \"dma\"\nvfs = 2\n\
+             [[assign]]\nfunction = \"01.0.vf1\"\nhost = \"web2\"\n"
+        );
+        let c = ApplianceConfig::from_toml(&text, "a.toml", Path::new(".")).unwrap();
+        let web = |n| HostId::new(n).unwrap();
+        assert_eq!(
+            c.assignments,
+            vec![
+                AssignSpec {
+                    function: FunctionId::named("dma-a").unwrap(),
+                    host: web("web1")
+                },
+                AssignSpec {
+                    function: FunctionId::derived(Bdf::new(0, 1, 0)).vf(1),
+                    host: web("web2")
+                },
+            ]
+        );
+        // A host that is not a [[host]], located at the value.
+        let text = format!("{head}[[device]]\nkind = \"dma\"\nassign = \"db9\"\n");
+        let e = ApplianceConfig::from_toml(&text, "a.toml", Path::new(".")).unwrap_err();
+        assert!(matches!(e.problem, ConfigProblem::AssignUnknownHost(ref h) if h == "db9"));
+        assert!(e.to_string().starts_with("a.toml:9:10:"), "{e}");
+        // One function, two owners.
+        let text = format!(
+            "{head}[[device]]\nkind = \"dma\"\nassign = \"web1\"\n\
+             [[assign]]\nfunction = \"00.0\"\nhost = \"web2\"\n"
+        );
+        let e = ApplianceConfig::from_toml(&text, "a.toml", Path::new(".")).unwrap_err();
+        assert!(
+            matches!(e.problem, ConfigProblem::AssignedTwice(ref f) if f == "00.0"),
+            "{e}"
+        );
+        // Not a function id.
+        let text = format!("{head}[[assign]]\nfunction = \"0x\"\nhost = \"web2\"\n");
+        let e = ApplianceConfig::from_toml(&text, "a.toml", Path::new(".")).unwrap_err();
+        assert!(matches!(e.problem, ConfigProblem::BadName(_)), "{e}");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! * [`devices`] — building the cards a configuration names into an endpoint;
 //! * [`inventory`] — every function under a stable id, its PCI identity and its owner;
 //! * [`session`] — host sessions and which one the functions answer, with PCIe's resets;
+//! * [`view`] — each host's view of the pool: slots, slot messages, orderly removal;
 //! * [`pump`] — the endpoint served on the thread that drives its link;
 //! * [`runtime`] — [`Appliance`]: build, serve or start, counters, orderly stop.
 //!
@@ -22,15 +23,17 @@ pub mod inventory;
 pub mod pump;
 pub mod runtime;
 pub mod session;
+pub mod view;
 
 pub use config::{
-    ApplianceConfig, ConfigError, ConfigFlags, ConfigProblem, DeviceConfig, DeviceSpec, HostSpec,
-    LinkOptions, Listen,
+    ApplianceConfig, AssignSpec, ConfigError, ConfigFlags, ConfigProblem, DeviceConfig, DeviceSpec,
+    HostSpec, LinkOptions, Listen,
 };
 pub use counters::{ApplianceStats, Counters};
 pub use devices::BuildWarning;
 pub use inventory::{FunctionEntry, FunctionId, FunctionState, Inventory, InventoryError};
 pub use runtime::{Appliance, Ready, Running};
+pub use view::{Detached, HostView, SlotEntry, SlotState, Target, ViewError, ViewStats, Views};
 
 use std::path::PathBuf;
 
