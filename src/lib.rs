@@ -9,7 +9,8 @@
 //!
 //! Further layers (`pci`, `transport`, `endpoint`, `host`, `mgmt`) are described in
 //! `docs/architecture.md`. [`sys`] stands beside the layers: the system calls, behind safe
-//! wrappers, and the only module allowed `unsafe`.
+//! wrappers, and the only module allowed `unsafe`; so does [`ratelimit`], the token bucket
+//! that keeps warnings a peer can provoke from flooding the log.
 
 #![forbid(unsafe_op_in_unsafe_fn)]
 // Raw system calls live in `sys`, the one module allowed `unsafe`.
@@ -20,6 +21,7 @@ pub mod drivers;
 pub mod endpoint;
 pub mod host;
 pub mod pci;
+pub mod ratelimit;
 pub mod sys;
 pub mod tlp;
 pub mod transport;

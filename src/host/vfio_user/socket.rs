@@ -12,16 +12,18 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::server::Connection;
+use super::server::{Connection, ServerConfig};
 use super::wire::{Command, DmaAccessRepr, Header, HeaderRepr, MessageType, WireError, HEADER_LEN};
 use super::Device;
-use crate::host::dma::{check_range, DmaError, DmaMemory};
+use crate::host::dma::{check_range, DmaError, DmaMemory, Unreachable};
+use crate::ratelimit::LogLimiter;
 use crate::sys::socket::recv_with_fds;
+use crate::{info_limited, warn_limited};
 
 /// Errors of the socket layer.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +68,11 @@ fn recv_exact(
 }
 
 /// The write half shared by the serve loop (replies) and DMA requests.
+///
+/// The socket has a send timeout ([`ServerConfig::client_send_timeout`]): a client that stops
+/// reading blocks a sender for at most that long. Then, or after any other failed send, part
+/// of a message may have gone out and the framing is lost, so the socket is shut down: the
+/// serve loop ends and the client's state is dropped.
 #[derive(Debug)]
 struct Writer {
     stream: Mutex<UnixStream>,
@@ -75,13 +82,22 @@ impl Writer {
     fn send(&self, bytes: &[u8]) -> io::Result<()> {
         use std::io::Write;
         let mut s = self.stream.lock().unwrap_or_else(|p| p.into_inner());
-        s.write_all(bytes)
+        let r = s.write_all(bytes);
+        if r.is_err() {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+        r
     }
 }
 
-type Waiter = mpsc::Sender<Result<Vec<u8>, u32>>;
+type Waiter = mpsc::Sender<Result<Vec<u8>, Unreachable>>;
 
 /// Server-to-client requests (DMA_READ/DMA_WRITE) waiting for their replies.
+///
+/// Every request waits at most [`ServerConfig::client_reply_timeout`]. A client that lets one
+/// go unanswered is *unresponsive* until it sends any reply again: later requests fail at once
+/// ([`Unreachable::Unresponsive`]) instead of each waiting out the limit, so a client that
+/// never answers costs its function one time limit, then nothing.
 #[derive(Debug)]
 struct ClientChannel {
     writer: Arc<Writer>,
@@ -89,6 +105,9 @@ struct ClientChannel {
     next_id: AtomicU16,
     max_xfer: AtomicUsize,
     timeout: Duration,
+    unresponsive: AtomicBool,
+    closed: AtomicBool,
+    limit: LogLimiter,
 }
 
 impl ClientChannel {
@@ -98,12 +117,24 @@ impl ClientChannel {
         access: DmaAccessRepr,
         data: &[u8],
     ) -> Result<Vec<u8>, DmaError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Unreachable::Disconnected.into());
+        }
+        if self.unresponsive.load(Ordering::Acquire) {
+            return Err(Unreachable::Unresponsive.into());
+        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel();
         self.pending
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, tx);
+        let forget = || {
+            self.pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+        };
         let size = HEADER_LEN + DmaAccessRepr::LEN + data.len();
         let mut msg = vec![0u8; size];
         HeaderRepr {
@@ -117,28 +148,30 @@ impl ClientChannel {
         .emit_bytes(&mut msg);
         access.emit(&mut msg[HEADER_LEN..]);
         msg[HEADER_LEN + DmaAccessRepr::LEN..].copy_from_slice(data);
-        let unreachable = |why: String| DmaError::Unreachable(why);
         if let Err(e) = self.writer.send(&msg) {
-            self.pending
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&id);
-            return Err(unreachable(e.to_string()));
+            forget();
+            warn_limited!(self.limit, command = ?cmd, error = %e,
+                "cannot send a DMA request to the vfio-user client; connection closed");
+            return Err(Unreachable::Send(e.kind()).into());
         }
         match rx.recv_timeout(self.timeout) {
             Ok(Ok(body)) => Ok(body),
-            Ok(Err(errno)) => Err(unreachable(format!("client replied errno {errno}"))),
-            Err(_) => {
-                self.pending
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&id);
-                Err(unreachable("no reply from the vfio-user client".into()))
+            Ok(Err(e)) => Err(e.into()),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                forget();
+                self.unresponsive.store(true, Ordering::Release);
+                warn_limited!(self.limit, command = ?cmd, address = access.address,
+                    timeout = ?self.timeout,
+                    "vfio-user client did not answer a DMA request; failing its DMA until it answers");
+                Err(Unreachable::NoReply(self.timeout).into())
             }
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(Unreachable::Disconnected.into()),
         }
     }
 
     fn deliver(&self, hdr: &HeaderRepr, body: &[u8]) {
+        // Any reply shows the client is alive again.
+        self.unresponsive.store(false, Ordering::Release);
         let waiter = self
             .pending
             .lock()
@@ -147,7 +180,7 @@ impl ClientChannel {
         match waiter {
             Some(w) => {
                 let r = match hdr.error {
-                    Some(e) => Err(e),
+                    Some(e) => Err(Unreachable::Errno(e)),
                     None => Ok(body.to_vec()),
                 };
                 let _ = w.send(r);
@@ -156,11 +189,13 @@ impl ClientChannel {
         }
     }
 
+    /// The client is gone: every waiter and every later request fails at once.
     fn fail_all(&self) {
-        self.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        self.closed.store(true, Ordering::Release);
+        let waiters = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        for (_, w) in waiters {
+            let _ = w.send(Err(Unreachable::Disconnected));
+        }
     }
 }
 
@@ -177,6 +212,10 @@ impl DmaMemory for RemoteWindow {
         self.len
     }
 
+    fn may_block(&self) -> bool {
+        true
+    }
+
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), DmaError> {
         check_range("read", offset, buf.len(), self.len)?;
         // In range, so `iova + offset + buf.len()` is inside the mapped window: no overflow.
@@ -190,11 +229,11 @@ impl DmaMemory for RemoteWindow {
             let body = self.chan.request(Command::DmaRead, req, &[])?;
             let data = body.get(DmaAccessRepr::LEN..).unwrap_or(&[]);
             if data.len() != chunk.len() {
-                return Err(DmaError::Unreachable(format!(
-                    "DMA_READ reply carried {} bytes, wanted {}",
-                    data.len(),
-                    chunk.len()
-                )));
+                return Err(Unreachable::ShortReply {
+                    got: data.len(),
+                    wanted: chunk.len(),
+                }
+                .into());
             }
             chunk.copy_from_slice(data);
             done += chunk.len();
@@ -244,6 +283,11 @@ pub fn serve_connection<D: Device>(
         path: path.clone(),
         source,
     };
+    let cfg: ServerConfig = *conn.config();
+    // The send timeout is a socket option, shared by every clone of the stream.
+    stream
+        .set_write_timeout(Some(cfg.client_send_timeout.max(Duration::from_millis(1))))
+        .map_err(io_err)?;
     let writer = Arc::new(Writer {
         stream: Mutex::new(stream.try_clone().map_err(io_err)?),
     });
@@ -252,7 +296,10 @@ pub fn serve_connection<D: Device>(
         pending: Mutex::new(HashMap::new()),
         next_id: AtomicU16::new(0),
         max_xfer: AtomicUsize::new(4096),
-        timeout: Duration::from_secs(5),
+        timeout: cfg.client_reply_timeout,
+        unresponsive: AtomicBool::new(false),
+        closed: AtomicBool::new(false),
+        limit: LogLimiter::warnings(),
     });
     let (cmd_tx, cmd_rx) = mpsc::sync_channel::<Frame>(4);
     let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
@@ -324,7 +371,7 @@ fn read_frames(
         };
         let size = hdr.size as usize;
         if size > max_message {
-            tracing::warn!(%hdr, "vfio-user message too large, discarded");
+            warn_limited!(chan.limit, %hdr, "vfio-user message too large, discarded");
             discard(fd, size - HEADER_LEN).map_err(LoopError::Io)?;
             msg.truncate(HEADER_LEN);
             let frame = Frame {
@@ -440,6 +487,7 @@ fn discard(fd: BorrowedFd<'_>, mut n: usize) -> io::Result<()> {
 pub struct FunctionServer {
     listener: UnixListener,
     path: PathBuf,
+    log: LogLimiter,
 }
 
 impl FunctionServer {
@@ -460,6 +508,7 @@ impl FunctionServer {
         Ok(Self {
             listener,
             path: path.to_path_buf(),
+            log: LogLimiter::warnings(),
         })
     }
 
@@ -476,9 +525,10 @@ impl FunctionServer {
                 path: self.path.clone(),
                 source,
             })?;
-            tracing::info!(path = %self.path.display(), "vfio-user client connected");
+            info_limited!(self.log, path = %self.path.display(), "vfio-user client connected");
             if let Err(e) = serve_connection(stream, conn) {
-                tracing::warn!(path = %self.path.display(), error = %e, "vfio-user connection ended");
+                warn_limited!(self.log, path = %self.path.display(), error = %e,
+                    "vfio-user connection ended");
             }
         }
     }
