@@ -14,7 +14,7 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use super::enumerate::{self, ConfigAccess, EnumConfig, FunctionInfo};
@@ -150,6 +150,8 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// The root complex of one host toward one appliance session.
 #[derive(Debug)]
 pub struct Host {
+    /// Itself, for work handed to a function's worker (`upstream.rs`).
+    pub(super) me: Weak<Host>,
     pub(super) link: Arc<dyn Downlink>,
     pub(super) cfg: HostConfig,
     pub(super) req: Mutex<Requester<u16>>,
@@ -198,7 +200,8 @@ impl Host {
                 cv: Condvar::new(),
             })
             .collect();
-        Arc::new(Self {
+        Arc::new_cyclic(|me| Self {
+            me: me.clone(),
             link,
             cfg,
             req: Mutex::new(Requester::new(RequesterConfig::with_timeout(
@@ -235,7 +238,12 @@ impl Host {
     }
 
     pub(super) fn event(&self, e: HostEvent) {
-        tracing::info!(event = ?e, "host event");
+        // A card (or the consumer steering it) can raise DMA faults at line rate.
+        static FAULTS: crate::ratelimit::LogLimiter = crate::ratelimit::LogLimiter::warnings();
+        match e {
+            HostEvent::DmaFault { .. } => crate::info_limited!(FAULTS, event = ?e, "host event"),
+            _ => tracing::info!(event = ?e, "host event"),
+        }
         let mut q = lock(&self.events);
         if q.len() >= MAX_EVENTS {
             q.pop_front();
