@@ -729,10 +729,12 @@ mod tests {
         assert!(irqs.trigger(IrqIndex::Msix, 1));
         assert_eq!(other.wait_timeout(SOON).unwrap(), 1);
         assert!(irqs.full() >= 1, "the blocked write was cut short");
-        // The client reads its counter; the next interrupt is delivered normally.
+        // The client reads its counter; the next interrupt is delivered normally (and a write
+        // still waiting for room when it read completes then too).
         assert_eq!(full.drain().unwrap(), u64::MAX - 1);
         assert!(irqs.trigger(IrqIndex::Msix, 0));
-        assert_eq!(full.wait_timeout(SOON).unwrap(), 1);
+        let n = full.wait_timeout(SOON).unwrap();
+        assert!((1..=2).contains(&n), "{n}");
         assert_eq!(irqs.failed(), 0);
     }
 }
