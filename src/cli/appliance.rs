@@ -50,6 +50,8 @@ pub struct ApplianceArgs {
     /// Validate the configuration, build the devices, print what would run, and exit.
     #[arg(long)]
     check: bool,
+    #[command(flatten)]
+    log: super::log::LogArgs,
 }
 
 /// A configuration error, located.
@@ -598,6 +600,7 @@ fn resolve(
 
 /// Run `pcietun appliance`.
 pub fn run(args: ApplianceArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    super::log::init(&args.log);
     let (cfg, temp) = resolve(&args)?;
     if cfg.hosts.is_empty() {
         eprintln!(
