@@ -1146,3 +1146,51 @@ fn agent_interrupts_to_a_hostile_eventfd_block_nothing() {
     assert!((1..=2).contains(&n), "{n}");
     r.assert_session_held();
 }
+
+/// A card's write to client memory shared without a descriptor waits for the client's
+/// DMA_WRITE reply on the function's worker — and the MSI the card sends after it waits
+/// behind it (PCIe ordering: nothing passes a posted write), so the guest never sees the
+/// interrupt before the data. Function B is not held up meanwhile.
+#[test]
+fn agent_interrupt_waits_behind_a_write_to_client_memory() {
+    let r = rig();
+    let mut a = Raw::connect(&r.a);
+    a.version();
+    assert_eq!(a.dma_map(0x8000_0000, 0x10000, None).flags, REPLY);
+    let ea = EventFd::new().unwrap();
+    assert_eq!(a.set_irqs(2, 0, &[ea.as_raw_fd()]).flags, REPLY);
+    a.region_read(0, 0, 4); // behind the MSI-X table write
+    let mut b = Raw::connect(&r.b);
+    b.version();
+
+    r.app.dma_write(FN_A, 0x8000_0040, b"payload!");
+    r.app.msix(FN_A, 0);
+    // The client is asked to store the payload; it takes its time.
+    let req = a.recv();
+    assert_eq!(req.command, 12, "DMA_WRITE");
+    assert_eq!(&req.body[16..24], b"payload!");
+    assert_eq!(
+        ea.wait_timeout(Duration::from_millis(200)).unwrap(),
+        0,
+        "the interrupt overtook the data"
+    );
+    let worst = mmio_round_trips(&mut b, 10);
+    assert!(
+        worst < Duration::from_millis(400),
+        "B's slowest MMIO round trip: {worst:?}"
+    );
+    // Stored: now the interrupt comes.
+    let mut rep = Vec::new();
+    rep.extend_from_slice(&req.id.to_ne_bytes());
+    rep.extend_from_slice(&12u16.to_ne_bytes());
+    rep.extend_from_slice(&32u32.to_ne_bytes());
+    rep.extend_from_slice(&REPLY.to_ne_bytes());
+    rep.extend_from_slice(&0u32.to_ne_bytes());
+    rep.extend_from_slice(&req.body[..16]);
+    a.s.write_all(&rep).unwrap();
+    assert_eq!(ea.wait_timeout(Duration::from_secs(5)).unwrap(), 1);
+    let fa = r.agent.host().open(FN_A).unwrap().context();
+    assert_eq!(fa.dma.stats().write_bytes.load(Ordering::Relaxed), 8);
+    assert_eq!(fa.dma.stats().write_faults.load(Ordering::Relaxed), 0);
+    r.assert_session_held();
+}

@@ -23,9 +23,9 @@
 //!   client, so it only calls [`DmaWindows::try_read`] / [`DmaWindows::try_write`], which refuse
 //!   such windows with [`DmaError::WouldBlock`]; the caller then hands the request to the
 //!   function's own worker ([`DmaWindows::defer`]), which waits for the client (for a bounded
-//!   time) while every other function carries on. A function with work queued there is
-//!   [`busy`](DmaWindows::busy): what it sends next must wait behind it too (the ordering rules
-//!   of PCIe Base Spec §2.4.1).
+//!   time) while every other function carries on. While a write (or anything else later
+//!   traffic may not pass) is queued there, the function is [`busy`](DmaWindows::busy): what it
+//!   sends next must wait behind it too (the ordering rules of PCIe Base Spec §2.4.1).
 
 use std::fmt;
 use std::os::fd::OwnedFd;
@@ -293,11 +293,25 @@ impl Window {
 /// Work for the function's worker: one upstream request, run to its end.
 pub type DeferredJob = Box<dyn FnOnce() + Send>;
 
+/// Whether what a function sends later may pass a request deferred to its worker (PCIe Base
+/// Spec §2.4.1, Table 2-40: the row of the later request, the column of the deferred one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overtaking {
+    /// A read request: later writes, reads and completions may pass it (A3, B3, D3), so they
+    /// need not wait for the consumer's answer.
+    Allowed,
+    /// A posted write or message (A2, B2, D2: nothing passes it) or a completion (the
+    /// completions of one request stay in order): everything later waits behind it.
+    Forbidden,
+}
+
 /// Queued and running jobs, shared with the worker thread.
 #[derive(Debug, Default)]
 struct DeferState {
     /// Jobs queued or running.
     pending: AtomicUsize,
+    /// Of those, the ones later traffic may not pass ([`Overtaking::Forbidden`]).
+    barriers: AtomicUsize,
     /// Bytes the queued jobs carry.
     bytes: AtomicUsize,
 }
@@ -305,8 +319,11 @@ struct DeferState {
 /// The function's worker for requests that wait on a client, started on first use.
 struct Deferred {
     state: Arc<DeferState>,
-    tx: Mutex<Option<mpsc::SyncSender<(usize, DeferredJob)>>>,
+    tx: Mutex<Option<mpsc::SyncSender<Queued>>>,
 }
+
+/// A job in the worker's queue, with its byte cost and whether it is a barrier.
+type Queued = (usize, Overtaking, DeferredJob);
 
 impl fmt::Debug for Deferred {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -456,7 +473,7 @@ impl DmaWindows {
     }
 
     /// Walk `iova..iova+len` over the windows; every byte must be inside a window with the
-    /// right access. Calls `f(window, offset_in_window, start_in_buffer, chunk_len)`.
+    /// right access. Calls `f(memory, offset_in_window, start_in_buffer, chunk_len)`.
     fn walk(
         &self,
         kind: &'static str,
@@ -464,7 +481,7 @@ impl DmaWindows {
         len: usize,
         need: fn(&Access) -> bool,
         blocking: Blocking,
-        mut f: impl FnMut(&Window, u64, usize, usize) -> Result<(), DmaError>,
+        mut f: impl FnMut(&dyn DmaMemory, u64, usize, usize) -> Result<(), DmaError>,
     ) -> Result<(), DmaError> {
         let fault = DmaError::Fault { kind, iova, len };
         if len == 0 {
@@ -476,11 +493,15 @@ impl DmaWindows {
         let first = w.partition_point(|x| x.end() <= iova);
         let mut at = iova;
         let mut i = first;
+        let mut waits = false;
         while at < end {
             match w.get(i) {
                 Some(win) if win.iova <= at && need(&win.access) => {
-                    if blocking == Blocking::Refuse && win.mem.may_block() {
-                        return Err(DmaError::WouldBlock { iova });
+                    if win.mem.may_block() {
+                        if blocking == Blocking::Refuse {
+                            return Err(DmaError::WouldBlock { iova });
+                        }
+                        waits = true;
                     }
                     at = win.end().min(end);
                     i += 1;
@@ -488,23 +509,34 @@ impl DmaWindows {
                 _ => return Err(fault),
             }
         }
-        // The read lock is held through the accesses, so an unmap waits until none uses the
-        // window any more. A client's memory may keep it for the client's time limit; only
-        // the function's own worker and vfio-user thread ever wait on that (the network thread
-        // refuses such windows above, and stays off the lock while the function is busy).
-        let mut at = iova;
-        let mut i = first;
-        while at < end {
-            let win = &w[i];
-            let chunk_end = win.end().min(end);
-            f(
-                win,
-                at - win.iova,
-                (at - iova) as usize,
-                (chunk_end - at) as usize,
-            )?;
-            at = chunk_end;
-            i += 1;
+        // Each chunk: window `k`, offset in it, start in the buffer, length.
+        let chunk = |k: usize| {
+            let win = &w[k];
+            let (a, b) = (win.iova.max(iova), win.end().min(end));
+            (k, a - win.iova, (a - iova) as usize, (b - a) as usize)
+        };
+        if waits {
+            // Memory that waits for a client is accessed without the lock: a waiting writer
+            // (a DMA_MAP) would otherwise hold up every later reader, the network thread's
+            // `try_read` included, for as long as the client takes. The `Arc`s keep the
+            // memory alive; an unmap meanwhile only means the client sees a late request.
+            let chunks: Vec<_> = (first..i)
+                .map(|k| {
+                    let (k, off, start, n) = chunk(k);
+                    (w[k].mem.clone(), off, start, n)
+                })
+                .collect();
+            drop(w);
+            for (mem, off, start, n) in chunks {
+                f(&*mem, off, start, n)?;
+            }
+            return Ok(());
+        }
+        // Local memory: the read lock is held through the accesses, so an unmap (which takes
+        // the write lock) returns only once no access uses the window any more.
+        for k in first..i {
+            let (k, off, start, n) = chunk(k);
+            f(&*w[k].mem, off, start, n)?;
         }
         Ok(())
     }
@@ -550,7 +582,7 @@ impl DmaWindows {
             len,
             |a| a.read,
             blocking,
-            |win, off, start, n| win.mem.read(off, &mut buf[start..start + n]),
+            |mem, off, start, n| mem.read(off, &mut buf[start..start + n]),
         );
         self.account("read", iova, len, &r);
         r
@@ -564,7 +596,7 @@ impl DmaWindows {
             len,
             |a| a.write,
             blocking,
-            |win, off, start, n| win.mem.write(off, &data[start..start + n]),
+            |mem, off, start, n| mem.write(off, &data[start..start + n]),
         );
         self.account("write", iova, len, &r);
         r
@@ -596,18 +628,30 @@ impl DmaWindows {
         self.write_with(iova, data, Blocking::Refuse)
     }
 
-    /// Whether requests of this function are queued at (or running on) its worker. While it
+    /// Whether requests of this function that later traffic may not pass (writes, messages,
+    /// completions: [`Overtaking::Forbidden`]) are queued at or running on its worker. While it
     /// is, everything the function sends upstream must be deferred too, or it would pass them
-    /// (PCIe Base Spec §2.4.1: a posted write is not passed by a later read, completion or
-    /// write, and an MSI is a posted write).
+    /// (PCIe Base Spec §2.4.1: nothing passes a posted write, and an MSI is a posted write).
+    /// A deferred *read* holds nothing up.
     pub fn busy(&self) -> bool {
-        self.deferred.state.pending.load(Ordering::Acquire) > 0
+        self.deferred.state.barriers.load(Ordering::Acquire) > 0
+    }
+
+    /// Requests queued at or running on the function's worker.
+    pub fn deferred_pending(&self) -> usize {
+        self.deferred.state.pending.load(Ordering::Acquire)
     }
 
     /// Run `job` on the function's worker, after every job queued before it. `bytes` is the
-    /// data it carries (for the queue's byte limit). Never blocks: a full queue is
-    /// [`DmaError::QueueFull`] (counted, logged) and the job is dropped unrun.
-    pub fn defer(&self, bytes: usize, job: DeferredJob) -> Result<(), DmaError> {
+    /// data it carries (for the queue's byte limit); `overtaking` says whether what the
+    /// function sends later may pass it (see [`busy`](Self::busy)). Never blocks: a full queue
+    /// is [`DmaError::QueueFull`] (counted, logged) and the job is dropped unrun.
+    pub fn defer(
+        &self,
+        bytes: usize,
+        overtaking: Overtaking,
+        job: DeferredJob,
+    ) -> Result<(), DmaError> {
         let st = &self.deferred.state;
         let full = || {
             self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
@@ -632,30 +676,37 @@ impl DmaWindows {
         let Some(sender) = tx.as_ref() else {
             return full();
         };
+        let barrier = overtaking == Overtaking::Forbidden;
         st.pending.fetch_add(1, Ordering::AcqRel);
+        if barrier {
+            st.barriers.fetch_add(1, Ordering::AcqRel);
+        }
         st.bytes.fetch_add(bytes, Ordering::Relaxed);
-        match sender.try_send((bytes, job)) {
+        match sender.try_send((bytes, overtaking, job)) {
             Ok(()) => {
                 self.stats.deferred.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
             Err(_) => {
                 st.pending.fetch_sub(1, Ordering::AcqRel);
+                if barrier {
+                    st.barriers.fetch_sub(1, Ordering::AcqRel);
+                }
                 st.bytes.fetch_sub(bytes, Ordering::Relaxed);
                 full()
             }
         }
     }
 
-    fn start_worker(&self) -> std::io::Result<mpsc::SyncSender<(usize, DeferredJob)>> {
-        let (tx, rx) = mpsc::sync_channel::<(usize, DeferredJob)>(Self::DEFER_QUEUE);
+    fn start_worker(&self) -> std::io::Result<mpsc::SyncSender<Queued>> {
+        let (tx, rx) = mpsc::sync_channel::<Queued>(Self::DEFER_QUEUE);
         let state = self.deferred.state.clone();
         let name = self.name.clone();
         std::thread::Builder::new()
             .name(format!("dma {name}"))
             .spawn(move || {
                 // Ends when the windows (the only sender) are dropped.
-                while let Ok((bytes, job)) = rx.recv() {
+                while let Ok((bytes, overtaking, job)) = rx.recv() {
                     state.bytes.fetch_sub(bytes, Ordering::Relaxed);
                     // A job is our own code; should one panic anyway, the function must not stay
                     // busy for ever.
@@ -663,6 +714,9 @@ impl DmaWindows {
                         tracing::error!(function = %name, "deferred DMA request panicked");
                     }
                     // Release: what the job did is visible to whoever sees the queue idle.
+                    if overtaking == Overtaking::Forbidden {
+                        state.barriers.fetch_sub(1, Ordering::Release);
+                    }
                     state.pending.fetch_sub(1, Ordering::Release);
                 }
             })?;
@@ -1244,36 +1298,50 @@ mod tests {
         let (gate_tx, gate_rx) = mpsc::channel::<()>();
         let order = Arc::new(Mutex::new(Vec::new()));
         let o = order.clone();
+        // A read first: it holds nothing up.
         w.defer(
             0,
+            Overtaking::Allowed,
             Box::new(move || {
                 let _ = gate_rx.recv();
                 o.lock().unwrap().push(0);
             }),
         )
         .unwrap();
+        assert!(!w.busy(), "later traffic may pass a read");
+        assert_eq!(w.deferred_pending(), 1);
         for i in 1..=3 {
             let o = order.clone();
-            w.defer(0, Box::new(move || o.lock().unwrap().push(i)))
-                .unwrap();
+            w.defer(
+                0,
+                Overtaking::Forbidden,
+                Box::new(move || o.lock().unwrap().push(i)),
+            )
+            .unwrap();
         }
-        assert!(w.busy());
+        assert!(w.busy(), "nothing passes a write");
         // Too many bytes for the queue: refused at once.
         assert_eq!(
-            w.defer(DmaWindows::DEFER_BYTES + 1, Box::new(|| {})),
+            w.defer(
+                DmaWindows::DEFER_BYTES + 1,
+                Overtaking::Allowed,
+                Box::new(|| {})
+            ),
             Err(DmaError::QueueFull(DmaWindows::DEFER_QUEUE))
         );
         assert_eq!(w.stats().queue_full.load(Ordering::Relaxed), 1);
         gate_tx.send(()).unwrap();
         let t0 = std::time::Instant::now();
-        while w.busy() {
+        while w.deferred_pending() > 0 {
             assert!(t0.elapsed() < std::time::Duration::from_secs(10));
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
         assert_eq!(*order.lock().unwrap(), vec![0, 1, 2, 3]);
         assert_eq!(w.stats().deferred.load(Ordering::Relaxed), 4);
+        assert!(!w.busy());
         // A job that panics does not leave the function busy.
-        w.defer(0, Box::new(|| panic!("job panics"))).unwrap();
+        w.defer(0, Overtaking::Forbidden, Box::new(|| panic!("job panics")))
+            .unwrap();
         let t0 = std::time::Instant::now();
         while w.busy() {
             assert!(t0.elapsed() < std::time::Duration::from_secs(10));

@@ -5,17 +5,18 @@
 //! drives the link); never blocks — not on the network, and not on a consumer.
 //!
 //! A DMA to client memory shared without a descriptor needs the vfio-user client's answer.
-//! It is handed to the function's own worker ([`DmaWindows::defer`]); so is everything the
-//! function sends after it while that work is pending, because PCIe ordering (§2.4.1) forbids
-//! a later read, write, completion or MSI to pass a posted write. The worker answers a read the
-//! client did not serve in time with a Completer Abort (§2.3.1); only that function waits.
+//! It is handed to the function's own worker ([`DmaWindows::defer`]). While a *write* (or
+//! anything else nothing may pass) waits there, so does everything the function sends after
+//! it, because PCIe ordering (§2.4.1) forbids a later read, write, completion or MSI to pass
+//! a posted write; a deferred *read* holds nothing up. The worker answers a read the client
+//! did not serve in time with a Completer Abort (§2.3.1); only that function waits.
 //!
 //! [`DmaWindows::defer`]: super::dma::DmaWindows::defer
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::dma::DmaError;
+use super::dma::{DmaError, Overtaking};
 use super::function::FunctionState;
 use super::requester::{CplAction, CplInfo};
 use super::root::{lock, Host, HostEvent, RxScratch};
@@ -76,8 +77,15 @@ impl Host {
             Some(me) => {
                 let owned = bytes.to_vec();
                 let func = f.clone();
+                // Later traffic may pass a read (§2.4.1); nothing passes a write, a message or
+                // a completion.
+                let overtaking = match up {
+                    Upstream::MemRead { .. } => Overtaking::Allowed,
+                    _ => Overtaking::Forbidden,
+                };
                 f.ctx().dma.defer(
                     bytes.len(),
+                    overtaking,
                     Box::new(move || me.on_deferred_tlp(&owned, func)),
                 )
             }

@@ -4,7 +4,7 @@
 //!   (timer_create(2) `SIGEV_THREAD_ID`), for writes to descriptors a client controls.
 //! * [`fd`] — eventfd(2) ([`EventFd`]), timerfd_create(2) ([`TimerFd`]), ppoll(2)
 //!   ([`fd::wait_readable`]), fallocate(2) hole punching.
-//! * [`file`] — what a descriptor really is: fstat(2) type and size, memfd seals
+//! * [`file`](mod@file) — what a descriptor really is: fstat(2) type and size, memfd seals
 //!   (`F_GET_SEALS`), fstatfs(2) for hugetlbfs, the proc link that names an eventfd.
 //! * [`mmap`] — shared mmap(2) of a file ([`SharedMapping`]), copied in and out with bounds and
 //!   protection checked; through process_vm_readv(2)/process_vm_writev(2) when the file may
