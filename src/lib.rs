@@ -17,7 +17,8 @@
 //! * [`appliance`] — the appliance runtime: configuration, devices, sessions, serving loop.
 //!
 //! [`sys`] stands beside the layers: the system calls, behind safe wrappers, and the only
-//! module allowed `unsafe`.
+//! module allowed `unsafe`; so does [`ratelimit`], the token bucket that keeps warnings a peer
+//! can provoke from flooding the log.
 
 #![forbid(unsafe_op_in_unsafe_fn)]
 // Raw system calls live in `sys`, the one module allowed `unsafe`.
@@ -29,6 +30,7 @@ pub mod drivers;
 pub mod endpoint;
 pub mod host;
 pub mod pci;
+pub mod ratelimit;
 pub mod sync;
 pub mod sys;
 pub mod tlp;

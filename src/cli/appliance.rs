@@ -34,6 +34,8 @@ pub struct ApplianceArgs {
     /// Validate the configuration, build the devices, print what would run, and exit.
     #[arg(long)]
     check: bool,
+    #[command(flatten)]
+    log: super::log::LogArgs,
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -81,6 +83,7 @@ fn announce(r: &Ready) -> std::io::Result<()> {
 
 /// Run `pcietun appliance`.
 pub fn run(args: ApplianceArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    super::log::init(&args.log);
     let cfg = resolve(&args)?;
     if cfg.uses_development_key() {
         eprintln!(

@@ -51,6 +51,8 @@ pub struct HostArgs {
     /// How long to wait for the session and the first enumeration, in seconds.
     #[arg(long, global = true, value_name = "S", default_value_t = 10)]
     connect_timeout: u64,
+    #[command(flatten)]
+    log: super::log::LogArgs,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -181,20 +183,9 @@ fn install_signal_handlers() {
     }
 }
 
-/// Log to stderr; `RUST_LOG` overrides the default level (warn: DMA faults, timeouts,
-/// refused vfio-user commands).
-fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
 /// Run `pcietun host …`.
 pub fn run(args: HostArgs) -> Result<ExitCode, Error> {
-    init_logging();
+    super::log::init(&args.log);
     let cfg = agent_config(&args)?;
     let timeout = Duration::from_secs(args.connect_timeout);
     match &args.cmd {

@@ -9,6 +9,7 @@ mod appliance;
 mod bench;
 mod demo;
 mod host;
+mod log;
 mod tlp;
 mod transport_peer;
 

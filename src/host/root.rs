@@ -15,7 +15,7 @@ use crate::sync::{CondvarExt, MutexExt, RwLockExt};
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use super::enumerate::{self, ConfigAccess, EnumConfig, FunctionInfo};
@@ -189,6 +189,8 @@ thread_local! {
 /// The root complex of one host toward one appliance session.
 #[derive(Debug)]
 pub struct Host {
+    /// Itself, for work handed to a function's worker (`upstream.rs`).
+    pub(super) me: Weak<Host>,
     pub(super) link: Arc<dyn Downlink>,
     pub(super) cfg: HostConfig,
     pub(super) req: Mutex<Requester<u16>>,
@@ -244,7 +246,8 @@ impl Host {
                 cv: Condvar::new(),
             })
             .collect();
-        Arc::new(Self {
+        Arc::new_cyclic(|me| Self {
+            me: me.clone(),
             link,
             cfg,
             req: Mutex::new(Requester::new(RequesterConfig::with_timeout(
@@ -283,7 +286,12 @@ impl Host {
     }
 
     pub(super) fn event(&self, e: HostEvent) {
-        tracing::info!(event = ?e, "host event");
+        // A card (or the consumer steering it) can raise DMA faults at line rate.
+        static FAULTS: crate::ratelimit::LogLimiter = crate::ratelimit::LogLimiter::warnings();
+        match e {
+            HostEvent::DmaFault { .. } => crate::info_limited!(FAULTS, event = ?e, "host event"),
+            _ => tracing::info!(event = ?e, "host event"),
+        }
         let mut q = self.events.lock_or_recover();
         if q.len() >= MAX_EVENTS {
             q.pop_front();

@@ -9,6 +9,7 @@
 
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::irq::{info_flags, IrqIndex};
 use super::wire::{
@@ -18,6 +19,8 @@ use super::wire::{
 };
 use super::{FunctionContext, VfioDevice, CONFIG_REGION, NUM_REGIONS};
 use crate::host::dma::{Access, DmaMemory, DmaWindowError, MmapMemory};
+use crate::ratelimit::LogLimiter;
+use crate::{info_limited, warn_limited};
 
 /// `VFIO_DEVICE_FLAGS_RESET`.
 const DEVICE_FLAGS_RESET: u32 = 1 << 0;
@@ -44,6 +47,13 @@ pub struct ServerConfig {
     pub max_dma_maps: u32,
     /// Whether DEVICE_RESET is offered.
     pub resettable: bool,
+    /// How long a DMA_READ/DMA_WRITE to the client (memory shared without a descriptor) waits
+    /// for its reply. Then the card's access fails (a read gets a Completer Abort) and the
+    /// client counts as unresponsive until it answers again.
+    pub client_reply_timeout: Duration,
+    /// How long a message to the client may wait for room in the socket. A client that stops
+    /// reading for that long is disconnected (its DMA windows and eventfds are dropped).
+    pub client_send_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -53,6 +63,8 @@ impl Default for ServerConfig {
             max_data_xfer_size: 1 << 20,
             max_dma_maps: 65535,
             resettable: true,
+            client_reply_timeout: Duration::from_millis(500),
+            client_send_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -167,6 +179,10 @@ pub struct Connection<D: VfioDevice> {
     client: Option<ClientCaps>,
     remote_memory: Option<RemoteMemoryFactory>,
     stats: ConnStats,
+    /// Refusals and malformed messages: a hostile client can send them at line rate.
+    refusals: LogLimiter,
+    /// Connects, negotiations and disconnects: a client can repeat them at will.
+    sessions: LogLimiter,
 }
 
 impl<D: VfioDevice> std::fmt::Debug for Connection<D> {
@@ -190,6 +206,8 @@ impl<D: VfioDevice> Connection<D> {
             client: None,
             remote_memory: None,
             stats: ConnStats::default(),
+            refusals: LogLimiter::warnings(),
+            sessions: LogLimiter::warnings(),
         }
     }
 
@@ -234,7 +252,8 @@ impl<D: VfioDevice> Connection<D> {
         self.remote_memory = None;
         let n = self.ctx.dma.unmap_all();
         self.ctx.irqs.reset();
-        tracing::info!(dma_windows = n, "vfio-user client disconnected");
+        info_limited!(self.sessions, function = %self.ctx.dma.name(), dma_windows = n,
+            "vfio-user client disconnected");
     }
 
     /// Handle one whole message (`msg` is exactly `size` bytes as the header says) with the
@@ -246,7 +265,8 @@ impl<D: VfioDevice> Connection<D> {
             Ok(h) => h,
             Err(e) => {
                 self.stats.errors += 1;
-                tracing::warn!(error = %e, "malformed vfio-user header");
+                warn_limited!(self.refusals, function = %self.ctx.dma.name(), error = %e,
+                    "malformed vfio-user header");
                 // Echo what can be read of the ID and command so the client can match it.
                 let (id, cmd) = wire::salvage_id_command(msg);
                 let r = MessageHeaderRepr {
@@ -296,7 +316,8 @@ impl<D: VfioDevice> Connection<D> {
 
     fn refuse(&mut self, hdr: &MessageHeaderRepr, e: Refusal, out: &mut Vec<u8>) -> bool {
         self.stats.errors += 1;
-        tracing::warn!(%hdr, error = %e, "vfio-user command refused");
+        warn_limited!(self.refusals, function = %self.ctx.dma.name(), %hdr, error = %e,
+            "vfio-user command refused");
         out.clear();
         if hdr.no_reply {
             return false;
@@ -452,7 +473,9 @@ impl<D: VfioDevice> Connection<D> {
         wire::VersionRepr { major: 0, minor: 0 }.emit(&mut out[start..]);
         out.extend_from_slice(text.as_bytes());
         out.push(0);
-        tracing::info!(
+        info_limited!(
+            self.sessions,
+            function = %self.ctx.dma.name(),
             client_minor = v.minor,
             ?client,
             "vfio-user version negotiated (0.0)"

@@ -13,18 +13,20 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::server::Connection;
+use super::server::{Connection, ServerConfig};
 use super::wire::{
     Command, DmaAccessRepr, MessageHeader, MessageHeaderRepr, MessageType, WireError, HEADER_LEN,
 };
 use super::VfioDevice;
 use crate::host::dma::{check_range, DmaMemory, DmaWindowError, Unreachable};
+use crate::ratelimit::LogLimiter;
 use crate::sys::socket::recv_with_fds;
+use crate::{info_limited, warn_limited};
 
 /// Errors of the socket layer.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +71,11 @@ fn recv_exact(
 }
 
 /// The write half shared by the serve loop (replies) and DMA requests.
+///
+/// The socket has a send timeout ([`ServerConfig::client_send_timeout`]): a client that stops
+/// reading blocks a sender for at most that long. Then, or after any other failed send, part
+/// of a message may have gone out and the framing is lost, so the socket is shut down: the
+/// serve loop ends and the client's state is dropped.
 #[derive(Debug)]
 struct Writer {
     stream: Mutex<UnixStream>,
@@ -78,13 +85,22 @@ impl Writer {
     fn send(&self, bytes: &[u8]) -> io::Result<()> {
         use std::io::Write;
         let mut s = self.stream.lock_or_recover();
-        s.write_all(bytes)
+        let r = s.write_all(bytes);
+        if r.is_err() {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+        r
     }
 }
 
-type Waiter = mpsc::Sender<Result<Vec<u8>, u32>>;
+type Waiter = mpsc::Sender<Result<Vec<u8>, Unreachable>>;
 
 /// Server-to-client requests (DMA_READ/DMA_WRITE) waiting for their replies.
+///
+/// Every request waits at most [`ServerConfig::client_reply_timeout`]. A client that lets one
+/// go unanswered is *unresponsive* until it sends any reply again: later requests fail at once
+/// ([`Unreachable::Unresponsive`]) instead of each waiting out the limit, so a client that
+/// never answers costs its function one time limit, then nothing.
 #[derive(Debug)]
 struct ClientChannel {
     writer: Arc<Writer>,
@@ -92,6 +108,9 @@ struct ClientChannel {
     next_id: AtomicU16,
     max_xfer: AtomicUsize,
     timeout: Duration,
+    unresponsive: AtomicBool,
+    closed: AtomicBool,
+    limit: LogLimiter,
 }
 
 impl ClientChannel {
@@ -101,9 +120,18 @@ impl ClientChannel {
         access: DmaAccessRepr,
         data: &[u8],
     ) -> Result<Vec<u8>, DmaWindowError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Unreachable::Disconnected.into());
+        }
+        if self.unresponsive.load(Ordering::Acquire) {
+            return Err(Unreachable::Unresponsive.into());
+        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel();
         self.pending.lock_or_recover().insert(id, tx);
+        let forget = || {
+            self.pending.lock_or_recover().remove(&id);
+        };
         let size = HEADER_LEN + DmaAccessRepr::LEN + data.len();
         let mut msg = vec![0u8; size];
         MessageHeaderRepr {
@@ -118,25 +146,34 @@ impl ClientChannel {
         access.emit(&mut msg[HEADER_LEN..]);
         msg[HEADER_LEN + DmaAccessRepr::LEN..].copy_from_slice(data);
         if let Err(e) = self.writer.send(&msg) {
-            self.pending.lock_or_recover().remove(&id);
+            forget();
+            warn_limited!(self.limit, command = ?cmd, error = %e,
+                "cannot send a DMA request to the vfio-user client; connection closed");
             return Err(Unreachable::Send(e.kind()).into());
         }
         match rx.recv_timeout(self.timeout) {
             Ok(Ok(body)) => Ok(body),
-            Ok(Err(errno)) => Err(Unreachable::Errno(errno).into()),
-            Err(_) => {
-                self.pending.lock_or_recover().remove(&id);
-                Err(Unreachable::NoReply.into())
+            Ok(Err(e)) => Err(e.into()),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                forget();
+                self.unresponsive.store(true, Ordering::Release);
+                warn_limited!(self.limit, command = ?cmd, address = access.address,
+                    timeout = ?self.timeout,
+                    "vfio-user client did not answer a DMA request; failing its DMA until it answers");
+                Err(Unreachable::NoReply(self.timeout).into())
             }
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(Unreachable::Disconnected.into()),
         }
     }
 
     fn deliver(&self, hdr: &MessageHeaderRepr, body: &[u8]) {
+        // Any reply shows the client is alive again.
+        self.unresponsive.store(false, Ordering::Release);
         let waiter = self.pending.lock_or_recover().remove(&hdr.id);
         match waiter {
             Some(w) => {
                 let r = match hdr.error {
-                    Some(e) => Err(e),
+                    Some(e) => Err(Unreachable::Errno(e)),
                     None => Ok(body.to_vec()),
                 };
                 let _ = w.send(r);
@@ -145,8 +182,13 @@ impl ClientChannel {
         }
     }
 
+    /// The client is gone: every waiter and every later request fails at once.
     fn fail_all(&self) {
-        self.pending.lock_or_recover().clear();
+        self.closed.store(true, Ordering::Release);
+        let waiters = std::mem::take(&mut *self.pending.lock_or_recover());
+        for (_, w) in waiters {
+            let _ = w.send(Err(Unreachable::Disconnected));
+        }
     }
 }
 
@@ -161,6 +203,10 @@ struct RemoteWindow {
 impl DmaMemory for RemoteWindow {
     fn len(&self) -> u64 {
         self.len
+    }
+
+    fn may_block(&self) -> bool {
+        true
     }
 
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), DmaWindowError> {
@@ -230,6 +276,11 @@ pub fn serve_connection<D: VfioDevice>(
         path: path.clone(),
         source,
     };
+    let cfg: ServerConfig = *conn.config();
+    // The send timeout is a socket option, shared by every clone of the stream.
+    stream
+        .set_write_timeout(Some(cfg.client_send_timeout.max(Duration::from_millis(1))))
+        .map_err(io_err)?;
     let writer = Arc::new(Writer {
         stream: Mutex::new(stream.try_clone().map_err(io_err)?),
     });
@@ -238,7 +289,10 @@ pub fn serve_connection<D: VfioDevice>(
         pending: Mutex::new(HashMap::new()),
         next_id: AtomicU16::new(0),
         max_xfer: AtomicUsize::new(4096),
-        timeout: Duration::from_secs(5),
+        timeout: cfg.client_reply_timeout,
+        unresponsive: AtomicBool::new(false),
+        closed: AtomicBool::new(false),
+        limit: LogLimiter::warnings(),
     });
     let (cmd_tx, cmd_rx) = mpsc::sync_channel::<Frame>(4);
     let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
@@ -311,7 +365,7 @@ fn read_frames(
         };
         let size = hdr.size as usize;
         if size > max_message {
-            tracing::warn!(%hdr, "vfio-user message too large, discarded");
+            warn_limited!(chan.limit, %hdr, "vfio-user message too large, discarded");
             discard(fd, size - HEADER_LEN).map_err(LoopError::Io)?;
             msg.truncate(HEADER_LEN);
             let frame = Frame {
@@ -427,6 +481,7 @@ fn discard(fd: BorrowedFd<'_>, mut n: usize) -> io::Result<()> {
 pub struct FunctionServer {
     listener: UnixListener,
     path: PathBuf,
+    log: LogLimiter,
 }
 
 impl FunctionServer {
@@ -447,6 +502,7 @@ impl FunctionServer {
         Ok(Self {
             listener,
             path: path.to_path_buf(),
+            log: LogLimiter::warnings(),
         })
     }
 
@@ -466,9 +522,10 @@ impl FunctionServer {
                 path: self.path.clone(),
                 source,
             })?;
-            tracing::info!(path = %self.path.display(), "vfio-user client connected");
+            info_limited!(self.log, path = %self.path.display(), "vfio-user client connected");
             if let Err(e) = serve_connection(stream, conn) {
-                tracing::warn!(path = %self.path.display(), error = %e, "vfio-user connection ended");
+                warn_limited!(self.log, path = %self.path.display(), error = %e,
+                    "vfio-user connection ended");
             }
         }
     }

@@ -1,0 +1,172 @@
+//! Rate limits for log lines that someone else can provoke.
+//!
+//! A hostile vfio-user client, or a flood from the network, can make the same warning fire
+//! tens of thousands of times a second; logging each would cost more than the event and drown
+//! everything else. A [`LogLimiter`] is a token bucket (the generic cell rate algorithm): up to
+//! `burst` events pass at once, then `per_second` on average. An event that passes reports how
+//! many were suppressed since the one before it, so the log still says how much happened:
+//! `suppressed=4211` on the next line. Counters, not logs, are the exact record.
+//!
+//! [`warn_limited!`](crate::warn_limited) and [`info_limited!`](crate::info_limited) wrap
+//! `tracing::warn!` / `tracing::info!` with a limiter. Time is a
+//! parameter ([`LogLimiter::check_at`]) so the behaviour is tested without sleeping.
+//!
+//! A leaf utility: it imports nothing from the crate, and every layer may use it.
+
+use crate::sync::MutexExt;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+#[derive(Debug)]
+struct Bucket {
+    /// Credit in nanoseconds (one event costs `interval`), capped at `burst` events.
+    credit: u64,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+/// At most `burst` events at once and `per_second` on average; see the module docs.
+#[derive(Debug)]
+pub struct LogLimiter {
+    bucket: Mutex<Bucket>,
+    /// Nanoseconds of credit one event costs.
+    interval: u64,
+    /// Most credit the bucket holds.
+    capacity: u64,
+}
+
+impl LogLimiter {
+    /// A limiter letting `burst` events through at once (at least 1), then `per_second` (at
+    /// least 1) on average.
+    pub const fn new(per_second: u32, burst: u32) -> Self {
+        let per_second = if per_second == 0 { 1 } else { per_second };
+        let burst = if burst == 0 { 1 } else { burst };
+        let interval = 1_000_000_000 / per_second as u64;
+        Self {
+            bucket: Mutex::new(Bucket {
+                credit: interval * burst as u64,
+                last: None,
+                suppressed: 0,
+            }),
+            interval,
+            capacity: interval * burst as u64,
+        }
+    }
+
+    /// Ten per second, bursts of twenty: the default for warnings a peer can provoke.
+    pub const fn warnings() -> Self {
+        Self::new(10, 20)
+    }
+
+    /// An event happens now: `Some(suppressed)` if it may be logged (with the number of events
+    /// suppressed since the last one logged), `None` if it is suppressed.
+    pub fn check(&self) -> Option<u64> {
+        self.check_at(Instant::now())
+    }
+
+    /// [`check`](Self::check) at time `now` (which should not go backwards; if it does, no
+    /// credit is earned).
+    pub fn check_at(&self, now: Instant) -> Option<u64> {
+        let mut b = self.bucket.lock_or_recover();
+        let earned = b
+            .last
+            .map_or(Duration::ZERO, |l| now.saturating_duration_since(l));
+        let earned = u64::try_from(earned.as_nanos()).unwrap_or(u64::MAX);
+        b.credit = b.credit.saturating_add(earned).min(self.capacity);
+        b.last = Some(now);
+        if b.credit >= self.interval {
+            b.credit -= self.interval;
+            Some(std::mem::take(&mut b.suppressed))
+        } else {
+            b.suppressed = b.suppressed.saturating_add(1);
+            None
+        }
+    }
+
+    /// Events suppressed since the last one that passed.
+    pub fn suppressed(&self) -> u64 {
+        self.bucket.lock_or_recover().suppressed
+    }
+}
+
+impl Default for LogLimiter {
+    /// [`LogLimiter::warnings`].
+    fn default() -> Self {
+        Self::warnings()
+    }
+}
+
+/// `tracing::warn!` through a [`LogLimiter`]: logs only when the limiter lets the event pass,
+/// with a `suppressed` field counting the events dropped since the last line.
+///
+/// ```
+/// use pcietun::ratelimit::LogLimiter;
+/// static FAULTS: LogLimiter = LogLimiter::warnings();
+/// let address = 0x1000u64;
+/// pcietun::warn_limited!(FAULTS, address, "DMA outside the windows");
+/// ```
+#[macro_export]
+macro_rules! warn_limited {
+    ($limiter:expr, $($arg:tt)+) => {
+        if let ::std::option::Option::Some(suppressed) = $limiter.check() {
+            ::tracing::warn!(suppressed, $($arg)+);
+        }
+    };
+}
+
+/// `tracing::info!` through a [`LogLimiter`], like [`warn_limited!`](crate::warn_limited), for
+/// routine events a peer can repeat at will (connects, disconnects).
+#[macro_export]
+macro_rules! info_limited {
+    ($limiter:expr, $($arg:tt)+) => {
+        if let ::std::option::Option::Some(suppressed) = $limiter.check() {
+            ::tracing::info!(suppressed, $($arg)+);
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_passes_then_the_rate_holds_and_suppressions_are_counted() {
+        let l = LogLimiter::new(10, 3);
+        let t0 = Instant::now();
+        // The burst.
+        for _ in 0..3 {
+            assert_eq!(l.check_at(t0), Some(0));
+        }
+        // Then nothing until credit for one event (100 ms) has built up.
+        for _ in 0..1000 {
+            assert_eq!(l.check_at(t0 + Duration::from_millis(50)), None);
+        }
+        assert_eq!(l.suppressed(), 1000);
+        assert_eq!(l.check_at(t0 + Duration::from_millis(100)), Some(1000));
+        assert_eq!(l.check_at(t0 + Duration::from_millis(100)), None);
+        // A flood over ten seconds: about ten a second get through, never more.
+        let mut passed = 0;
+        for ms in 0..10_000u64 {
+            for _ in 0..50 {
+                if l.check_at(t0 + Duration::from_millis(200 + ms)).is_some() {
+                    passed += 1;
+                }
+            }
+        }
+        assert!((95..=104).contains(&passed), "{passed} passed");
+    }
+
+    #[test]
+    fn credit_is_capped_at_the_burst() {
+        let l = LogLimiter::new(1, 2);
+        let t0 = Instant::now();
+        assert!(l.check_at(t0).is_some());
+        // An hour of quiet earns two events, not 3600.
+        let later = t0 + Duration::from_secs(3600);
+        assert!(l.check_at(later).is_some());
+        assert!(l.check_at(later).is_some());
+        assert!(l.check_at(later).is_none());
+        // Time going backwards earns nothing and breaks nothing.
+        assert!(l.check_at(t0).is_none());
+    }
+}
