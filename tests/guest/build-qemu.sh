@@ -15,8 +15,9 @@
 #   * installs the firmware it needs from Debian (qemu-system-data, seabios): run the binary with
 #     `-L /usr/share/qemu -L /usr/share/seabios`.
 # The binary is cached under $PCIETUN_CACHE/qemu/<version>-cfg<KEY>/ (default /var/cache/pcietun),
-# KEY a hash of the configure flags below, so a second run only checks the cache and a binary
-# built with other flags (an older cache) is rebuilt, once, and then removed. Bookworm's qemu-system-x86 package is never installed: callers
+# KEY a hash of the configure flags below and of the patches in qemu-patches/ (fixes carried on
+# top of Debian's source, e.g. vfio-user-pci hot-unplug), so a second run only checks the cache
+# and a binary built with other flags or patches (an older cache) is rebuilt, once, then removed. Bookworm's qemu-system-x86 package is never installed: callers
 # use the explicit path printed here.
 #
 # Environment:
@@ -37,7 +38,12 @@ CONFIGURE_FLAGS=(
     # Issue 16: QEMU's device models served over vfio-user (x-remote machine, x-vfio-user-server).
     --enable-kvm --enable-multiprocess --enable-vfio-user-server
 )
-FLAGS_KEY=$(printf '%s\n' "${CONFIGURE_FLAGS[@]}" | sha256sum | cut -c1-12)
+# Fixes we carry on top of Debian's source (qemu-patches/*.patch, applied in name order).
+PATCH_DIR="$(cd "$(dirname "$0")" && pwd)/qemu-patches"
+FLAGS_KEY=$( {
+    printf '%s\n' "${CONFIGURE_FLAGS[@]}"
+    cat "$PATCH_DIR"/*.patch 2>/dev/null || true
+} | sha256sum | cut -c1-12)
 SID_SOURCES=/etc/apt/sources.list.d/pcietun-sid-src.sources
 
 # True when $1 is a runnable qemu-system-x86_64 that offers the vfio-user-pci device. (The
@@ -134,7 +140,7 @@ download_source() {
 
 # Build dependencies from Debian, meson >= 1.5 and pycotap from PyPI in a venv.
 prepare_build_tools() {
-    apt_install build-essential pkg-config device-tree-compiler ninja-build libglib2.0-dev \
+    apt_install build-essential patch pkg-config device-tree-compiler ninja-build libglib2.0-dev \
         libpixman-1-dev libfdt-dev flex bison python3-venv libjson-c-dev libcmocka-dev ||
         die "could not install QEMU build dependencies"
     local venv="$PCIETUN_CACHE/venv"
@@ -174,6 +180,12 @@ build_version() {
     sed -i -E 's/^([[:space:]]*unpack_edk2_blobs[[:space:]]*=).*/\1 false/' meson.build
     grep -qE '^[[:space:]]*unpack_edk2_blobs[[:space:]]*= false' meson.build ||
         log "note: no unpack_edk2_blobs assignment found in meson.build (layout changed?)"
+    local p
+    for p in "$PATCH_DIR"/*.patch; do
+        [ -f "$p" ] || continue
+        log "applying $(basename "$p")"
+        patch -p1 -s --no-backup-if-mismatch <"$p" || die "QEMU $version: $(basename "$p") does not apply"
+    done
 
     mkdir -p build
     cd build
@@ -195,6 +207,7 @@ build_version() {
     mv "$out/qemu-system-x86_64.tmp" "$out/qemu-system-x86_64"
     printf '%s\n' "$version" >"$out/VERSION"
     printf '%s\n' "${CONFIGURE_FLAGS[@]}" >"$out/CONFIGURE_FLAGS"
+    (cd "$PATCH_DIR" 2>/dev/null && ls ./*.patch 2>/dev/null) >"$out/PATCHES" || true
     cd /
     rm -rf "$work/src" # ~1 GiB of objects; the downloaded tarball stays for a rebuild
     log "cached $out/qemu-system-x86_64"
