@@ -122,8 +122,9 @@ fn attach_and_detach_against_real_qemu() {
     assert_eq!(
         out.unwrap(),
         Some(DetachOutcome::Ejected),
-        "{:?}\nQEMU: {}",
+        "{:?}\nQEMU ({:?}): {}",
         events.lock().unwrap(),
+        vm.child.try_wait(),
         log()
     );
     let again = a.attach(&f, &sock, "t").expect("the port is free again");

@@ -37,6 +37,8 @@ CONFIGURE_FLAGS=(
     --disable-install-blobs --disable-docs --disable-tools --disable-user
     # Issue 16: QEMU's device models served over vfio-user (x-remote machine, x-vfio-user-server).
     --enable-kvm --enable-multiprocess --enable-vfio-user-server
+    # The bundled libvfio-user linked in: the cached binary must run without the build tree.
+    -Dlibvfio-user:default_library=static
 )
 # Fixes we carry on top of Debian's source (qemu-patches/*.patch, applied in name order).
 PATCH_DIR="$(cd "$(dirname "$0")" && pwd)/qemu-patches"
@@ -204,6 +206,8 @@ build_version() {
     qemu_complete ./qemu-system-x86_64 || die "QEMU $version: the binary has no x-vfio-user-server object"
     mkdir -p "$out"
     install -m 0755 qemu-system-x86_64 "$out/qemu-system-x86_64.tmp"
+    qemu_complete "$out/qemu-system-x86_64.tmp" ||
+        die "QEMU $version: the installed copy does not run outside the build tree (shared libraries?)"
     mv "$out/qemu-system-x86_64.tmp" "$out/qemu-system-x86_64"
     printf '%s\n' "$version" >"$out/VERSION"
     printf '%s\n' "${CONFIGURE_FLAGS[@]}" >"$out/CONFIGURE_FLAGS"

@@ -35,7 +35,7 @@ REPO="$(cd "$HERE/../.." && pwd)"
 loss=""
 cycles=5
 noeject=1
-grace_ms=8000
+grace_ms=20000
 timeout_s=900
 logs_dir=""
 while (($#)); do
