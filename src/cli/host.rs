@@ -32,7 +32,7 @@ use pcietun::transport::Psk;
 #[command(args_conflicts_with_subcommands = false)]
 pub struct HostArgs {
     #[command(subcommand)]
-    cmd: Option<HostCmd>,
+    cmd: Option<Box<HostCmd>>,
     /// The appliance: udp:IP:PORT or eth:IFACE[,peer=MAC].
     #[arg(
         long,
@@ -214,7 +214,7 @@ fn init_logging() {
 /// Run `pcietun host …`.
 pub fn run(args: HostArgs) -> Result<ExitCode, Error> {
     init_logging();
-    match &args.cmd {
+    match args.cmd.as_deref() {
         Some(HostCmd::QemuArgs {
             ports,
             memory,
@@ -252,7 +252,7 @@ pub fn run(args: HostArgs) -> Result<ExitCode, Error> {
     }
     let cfg = agent_config(&args)?;
     let timeout = Duration::from_secs(args.connect_timeout);
-    match &args.cmd {
+    match args.cmd.as_deref() {
         Some(HostCmd::QemuArgs { .. } | HostCmd::Vm { .. }) => unreachable!("handled above"),
         None => run_agent(cfg, timeout, &args),
         Some(HostCmd::Lspci { x }) => {

@@ -17,8 +17,9 @@
 # 4. Unless --no-noeject: one more attach, after which the guest blocks the removal (unbinds
 #    pcieport from that root port). The detach must end within the grace period plus a bound with
 #    the function withdrawn (outcome "withdrawn"), the agent answering, QEMU running (checked on a
-#    second QMP socket) and the guest alive; a last attach lands on another port and reads back
-#    that cycle's data, then leaves cleanly.
+#    second QMP socket) and the guest alive; the guest's next I/O fails and its nvme driver drops
+#    the dead controller (the surprise removal); a last attach lands on another port and reads
+#    back that cycle's data, then leaves cleanly.
 # 5. The backing file holds every cycle's file (e2fsck, debugfs), the agents exit 0 on SIGTERM.
 # Prints the measured assign -> "driver bound" and unassign -> "gone" times (request issued on the
 # host until the guest's console line), and PASS or FAIL.
@@ -113,13 +114,13 @@ t_start=$(now)
 wait_for() {
     local file="$1" re="$2" pid="$3" limit="$4" i
     for ((i = 0; i < limit * 20; i++)); do
-        tr -d '\r' <"$file" 2>/dev/null | grep -qE "$re" && return 0
+        { tr -d '\r' <"$file"; } 2>/dev/null | grep -qE "$re" && return 0
         kill -0 "$pid" 2>/dev/null || return 1
         sleep 0.05
     done
     return 1
 }
-console() { tr -d '\r' <"$tmp/console.log"; }
+console() { { tr -d '\r' <"$tmp/console.log"; } 2>/dev/null; }
 
 free_udp_port() {
     /usr/bin/python3 -c 'import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
@@ -249,6 +250,8 @@ if [ "$noeject" = 1 ]; then
     (($(console | grep -c 'alive, waiting' || true) > alive_before)) ||
         fail "no-eject: the guest printed no sign of life after the withdrawal"
     log "no-eject: agent, QEMU ($st) and guest healthy"
+    guest_step "$((cycles + 1))" "surprise removal seen" 120
+    log "no-eject: the guest saw the surprise removal $step_ms ms after the detach request: $(console | grep -oE "cycle $((cycles + 1)): surprise removal seen.*" | tail -n1)"
     # The function is free: it comes back on another port and holds the data.
     c=$((cycles + 2))
     t_req=$(now)
