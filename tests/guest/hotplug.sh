@@ -242,14 +242,8 @@ if [ "$noeject" = 1 ]; then
     vm list >/dev/null || fail "no-eject: the agent does not answer 'vm list' any more"
     st=$(qmp query-status) || fail "no-eject: QEMU's monitor does not answer"
     [[ "$st" == *'"running": true'* ]] || fail "no-eject: QEMU is not running: $st"
-    alive_before=$(console | grep -c 'alive, waiting' || true)
-    for _ in $(seq 100); do
-        (($(console | grep -c 'alive, waiting' || true) > alive_before)) && break
-        sleep 0.1
-    done
-    (($(console | grep -c 'alive, waiting' || true) > alive_before)) ||
-        fail "no-eject: the guest printed no sign of life after the withdrawal"
-    log "no-eject: agent, QEMU ($st) and guest healthy"
+    log "no-eject: agent and QEMU ($st) healthy"
+    # The guest lives on: it notices the withdrawal (its I/O fails) and says so.
     guest_step "$((cycles + 1))" "surprise removal seen" 120
     log "no-eject: the guest saw the surprise removal $step_ms ms after the detach request: $(console | grep -oE "cycle $((cycles + 1)): surprise removal seen.*" | tail -n1)"
     # The function is free: it comes back on another port and holds the data.

@@ -589,6 +589,7 @@ fn release(
 ) -> Result<Release, QmpError> {
     // An old event about this id (an earlier device of the same name) must not count.
     q.discard_events(|e| is_unplug_event(e, dev))?;
+    let asked = Instant::now();
     loop {
         let t = command_timeout.min(
             deadline
@@ -619,8 +620,8 @@ fn release(
             "the guest refused the unplug (DEVICE_UNPLUG_GUEST_ERROR)".into(),
         )),
         None => Ok(Release::Refused(format!(
-            "no DEVICE_DELETED within the grace period ({:?} after device_del)",
-            deadline.saturating_duration_since(Instant::now())
+            "no DEVICE_DELETED within the grace period ({:.1} s after device_del)",
+            asked.elapsed().as_secs_f64()
         ))),
     }
 }
