@@ -293,6 +293,13 @@ for name in host appliance; do
     [ "$st" = 0 ] || fail "the $name agent exited with status $st on SIGTERM"
 done
 
+if [ -n "$loss" ] && [ "$loss" != 0 ]; then
+    drops=$(grep -hoE 'injected_drops"?[=: ]+[0-9]+' "$tmp/host.log" "$tmp/appliance.log" |
+        grep -oE '[0-9]+$' | awk '{ s += $1 } END { print s + 0 }')
+    ((drops > 0)) || fail "--loss $loss was given but the agents report no injected drops"
+    echo "agents: $drops frames dropped by --inject-loss $loss"
+fi
+
 stats() { printf '%s\n' "$@" | sort -n | awk '{ a[NR] = $1; s += $1 } END { printf "min %d ms, median %d ms, max %d ms", a[1], a[int((NR + 1) / 2)], a[NR] }'; }
 echo "times: assign -> driver bound: $(stats "${bound_ms[@]}") (cycle 1, from agent start: ${bound_ms[0]} ms)"
 echo "times: unassign -> gone: $(stats "${gone_ms[@]}")"
