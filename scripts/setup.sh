@@ -8,6 +8,9 @@ need_apt=()
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 command -v lspci >/dev/null 2>&1 || need_apt+=(pciutils)
 command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
+# tests/vms_libvirt.rs: libvirt's domain schema and its validator (xmllint).
+command -v virt-xml-validate >/dev/null 2>&1 || need_apt+=(libvirt-clients)
+command -v xmllint >/dev/null 2>&1 || need_apt+=(libxml2-utils)
 
 if ((${#need_apt[@]})); then
     if [ "$(id -u)" = 0 ]; then

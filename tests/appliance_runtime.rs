@@ -179,7 +179,7 @@ fn a_restarted_host_finds_its_functions_reset() {
             .expect("DMA engine");
         a.host().open(info.bdf).unwrap()
     };
-    let mut first = agent(&app, 0, key(), Duration::from_secs(20)).unwrap();
+    let first = agent(&app, 0, key(), Duration::from_secs(20)).unwrap();
     let f = dma_of(&first);
     f.bar_write32(0, reg::HOST_ADDR_LO, 0xabcd_0000).unwrap();
     assert_eq!(f.bar_read32(0, reg::HOST_ADDR_LO).unwrap(), 0xabcd_0000);

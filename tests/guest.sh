@@ -7,7 +7,9 @@
 # Steps: obtain QEMU with vfio-user-pci (built once from Debian's source package, cached) and the
 # guest (Debian kernel + busybox initramfs, cached); a smoke boot without a device; a reference
 # run against QEMU's own NVMe model (validates the harness); then the tunnelled run, clean and
-# with 1 % injected frame loss on both agents.
+# with 1 % injected frame loss on both agents; then the hot-plug run (tests/guest/hotplug.sh:
+# the agent hot-adds and removes the function in a running guest over QMP, 5 cycles and a guest
+# that never ejects, in one boot), clean and with the same loss.
 #
 # If QEMU or the guest cannot be obtained (no Debian mirror, build failure), or the pcietun
 # binary has no appliance/host subcommand, it prints a loud SKIPPED line and exits 0 -- unless
@@ -47,12 +49,16 @@ passed=0
 failed=0
 failures=()
 run() {
-    local name="$1"
+    local name="$1" script=run.sh
     shift
+    if [ "${1:-}" = --hotplug ]; then
+        script=hotplug.sh
+        shift
+    fi
     echo
     echo "=== guest: $name"
     rm -rf "${logs:?}/$name"
-    if bash "$GUEST_DIR/run.sh" --logs "$logs/$name" "$@"; then
+    if bash "$GUEST_DIR/$script" --logs "$logs/$name" "$@"; then
         passed=$((passed + 1))
     else
         failed=$((failed + 1))
@@ -85,6 +91,8 @@ fi
 run tunnel-clean
 loss="${PCIETUN_GUEST_LOSS:-1}"
 run "tunnel-loss-$loss" --loss "$loss"
+run hotplug-clean --hotplug
+run "hotplug-loss-$loss" --hotplug --loss "$loss"
 
 echo
 if ((failed)); then

@@ -4,15 +4,25 @@
 //!
 //! The operator tools open their own short session to the appliance, enumerate and act; they
 //! do not talk to a running agent.
+//!
+//! VMs (docs/vms.md): `--vm NAME=QMP[,function=SEL]` / `--config FILE` (`[[vm]]`) make the
+//! agent hot-add its functions to running QEMU VMs; `host qemu-args` prints the QEMU options
+//! such a VM needs; `host vm --control PATH attach|detach|list` talks to a running agent's
+//! VM control socket (`--vm-control PATH`).
 
-use std::io::Write;
+use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use pcietun::host::agent::{Agent, AgentConfig};
 use pcietun::host::requester::RequestError;
+use pcietun::host::vm::qemu::{self, HotplugMode, QemuArgs};
+use pcietun::host::vm::{
+    AgentSockets, FunctionSockets, VmAttacher, VmEvent, VmFileConfig, VmService, VmSpec,
+};
 use pcietun::host::{HostConfig, HostEvent};
 use pcietun::pci::lspci;
 use pcietun::tlp::Bdf;
@@ -24,7 +34,7 @@ use pcietun::transport::Psk;
 #[command(args_conflicts_with_subcommands = false)]
 pub struct HostArgs {
     #[command(subcommand)]
-    cmd: Option<HostCmd>,
+    cmd: Option<Box<HostCmd>>,
     /// The appliance: udp:IP:PORT or eth:IFACE[,peer=MAC].
     #[arg(
         long,
@@ -53,10 +63,60 @@ pub struct HostArgs {
     connect_timeout: u64,
     #[command(flatten)]
     log: super::log::LogArgs,
+    /// Hot-add the functions to this running QEMU VM: NAME=QMP_SOCKET[,function=BDF|ID|next]
+    /// (repeatable; without function=, the VM takes every function no other VM names).
+    #[arg(long = "vm", value_name = "NAME=QMP")]
+    vms: Vec<String>,
+    /// Agent configuration file (TOML) with `[[vm]]` entries (docs/vms.md).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// How long a guest may take to release a function after device_del before the agent
+    /// withdraws it (surprise removal), in milliseconds.
+    #[arg(long, value_name = "MS")]
+    vm_grace_ms: Option<u64>,
+    /// Serve the VM control socket here (`pcietun host vm --control PATH ...`).
+    #[arg(long, value_name = "PATH")]
+    vm_control: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Subcommand)]
 enum HostCmd {
+    /// Print the QEMU options a VM needs to take tunnelled functions at run time (QEMU >= 10.1).
+    QemuArgs {
+        /// Free hot-plug root ports.
+        #[arg(long, default_value_t = 4)]
+        ports: u8,
+        /// Guest memory (shared memfd backend), e.g. 1G.
+        #[arg(long, value_name = "SIZE", default_value = "1G")]
+        memory: String,
+        /// The VM's QMP socket (the path to give the agent's --vm).
+        #[arg(long, value_name = "PATH", default_value = "/run/pcietun/vm.qmp")]
+        qmp: PathBuf,
+        /// Hot-plug signalling: native (PCIe, pciehp) or acpi (q35's default).
+        #[arg(long, value_name = "MODE", default_value = "native")]
+        hotplug: String,
+        /// 32-bit memory window reserved per port.
+        #[arg(long, value_name = "SIZE", default_value = "64M")]
+        mem_reserve: String,
+        /// 64-bit prefetchable window reserved per port.
+        #[arg(long, value_name = "SIZE", default_value = "256M")]
+        pref64_reserve: String,
+        /// I/O window reserved per port (for cards with I/O BARs; I/O space is scarce).
+        #[arg(long, value_name = "SIZE", default_value = "0")]
+        io_reserve: String,
+        /// Print JSON: {"min_qemu", "args", "ports", "qmp", ...}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Talk to a running agent's VM control socket: attach BDF [VM] | detach BDF | list.
+    Vm {
+        /// The agent's --vm-control socket.
+        #[arg(long, value_name = "PATH")]
+        control: PathBuf,
+        /// The request, e.g. `attach 01:00.0`.
+        #[arg(required = true, num_args = 1..)]
+        request: Vec<String>,
+    },
     /// List the tunnelled functions like lspci; -x: 64 bytes, -xxx: 256, -xxxx: 4096 of config
     /// space, in the format `lspci -F FILE` reads.
     Lspci {
@@ -186,10 +246,47 @@ fn install_signal_handlers() {
 /// Run `pcietun host …`.
 pub fn run(args: HostArgs) -> Result<ExitCode, Error> {
     super::log::init(&args.log);
+    match args.cmd.as_deref() {
+        Some(HostCmd::QemuArgs {
+            ports,
+            memory,
+            qmp,
+            hotplug,
+            mem_reserve,
+            pref64_reserve,
+            io_reserve,
+            json,
+        }) => {
+            let q = QemuArgs {
+                ports: *ports,
+                memory: qemu::parse_size(memory)?,
+                qmp: qmp.clone(),
+                hotplug: hotplug.parse::<HotplugMode>()?,
+                mem_reserve: qemu::parse_size(mem_reserve)?,
+                pref64_reserve: qemu::parse_size(pref64_reserve)?,
+                io_reserve: qemu::parse_size(io_reserve)?,
+                ..QemuArgs::default()
+            };
+            q.validate()?;
+            if *json {
+                println!("{}", q.to_json());
+            } else {
+                println!(
+                    "# QEMU >= {} (the first with vfio-user-pci); add your own disk, network, kernel:",
+                    qemu::MIN_QEMU
+                );
+                println!("{}", q.shell_line());
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        Some(HostCmd::Vm { control, request }) => return vm_request(control, &request.join(" ")),
+        _ => {}
+    }
     let cfg = agent_config(&args)?;
     let timeout = Duration::from_secs(args.connect_timeout);
-    match &args.cmd {
-        None => run_agent(cfg, timeout, args.vfio_user.clone()),
+    match args.cmd.as_deref() {
+        Some(HostCmd::QemuArgs { .. } | HostCmd::Vm { .. }) => unreachable!("handled above"),
+        None => run_agent(cfg, timeout, &args),
         Some(HostCmd::Lspci { x }) => {
             let agent = Agent::connect(cfg, timeout)?;
             print!("{}", lspci_text(&agent, *x));
@@ -307,9 +404,83 @@ pub fn lspci_text(agent: &Agent, x: u8) -> String {
     out
 }
 
-fn run_agent(cfg: AgentConfig, timeout: Duration, dir: Option<PathBuf>) -> Result<ExitCode, Error> {
+/// One request to a running agent's VM control socket; prints the reply line.
+fn vm_request(control: &std::path::Path, line: &str) -> Result<ExitCode, Error> {
+    let mut s = std::os::unix::net::UnixStream::connect(control)
+        .map_err(|e| format!("cannot connect to {}: {e}", control.display()))?;
+    s.set_read_timeout(Some(Duration::from_secs(600)))?;
+    writeln!(s, "{line}")?;
+    let mut reply = String::new();
+    std::io::BufReader::new(&s).read_line(&mut reply)?;
+    let v: serde_json::Value = serde_json::from_str(reply.trim())
+        .map_err(|e| format!("bad reply from {}: {e}", control.display()))?;
+    println!("{}", reply.trim());
+    if v["ok"] == true {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!(
+            "pcietun host vm: {}",
+            v["error"].as_str().unwrap_or("request failed")
+        );
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+/// The VM worker from `--vm`, `--config` and `--vm-grace-ms` (None without VMs).
+fn vm_service(args: &HostArgs, agent: &Arc<Agent>) -> Result<Option<Arc<VmService>>, Error> {
+    let file = match &args.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+            VmFileConfig::parse(&text).map_err(|e| format!("{}: {e}", p.display()))?
+        }
+        None => VmFileConfig::default(),
+    };
+    let mut specs = file.specs()?;
+    for v in &args.vms {
+        specs.push(v.parse::<VmSpec>()?);
+    }
+    if specs.is_empty() {
+        if args.vm_control.is_some() {
+            return Err("--vm-control needs at least one --vm or [[vm]]".into());
+        }
+        return Ok(None);
+    }
+    let Some(dir) = &args.vfio_user else {
+        return Err(
+            "--vm needs --vfio-user DIR (the VMs connect to the functions' sockets)".into(),
+        );
+    };
+    let mut settings = file.settings();
+    if let Some(ms) = args.vm_grace_ms {
+        settings.grace = Duration::from_millis(ms);
+    }
+    // Every attach/detach (and failure) as one JSON line on stdout, for operators and tests;
+    // the appliance gets them once the management API carries host events.
+    let sink = Arc::new(|e: &VmEvent| {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(
+            out,
+            "vm event: {}",
+            serde_json::to_string(e).unwrap_or_default()
+        );
+        let _ = out.flush();
+    });
+    let attacher = Arc::new(VmAttacher::new(specs, settings, sink)?);
+    let sockets: Arc<dyn FunctionSockets> = Arc::new(AgentSockets::new(agent.clone(), dir.clone()));
+    let svc = Arc::new(VmService::start(attacher, sockets)?);
+    if let Some(p) = &args.vm_control {
+        svc.serve_control(p)
+            .map_err(|e| format!("--vm-control {}: {e}", p.display()))?;
+    }
+    Ok(Some(svc))
+}
+
+fn run_agent(cfg: AgentConfig, timeout: Duration, args: &HostArgs) -> Result<ExitCode, Error> {
     install_signal_handlers();
-    let mut agent = Agent::start(cfg)?;
+    let dir = args.vfio_user.clone();
+    let agent = Arc::new(Agent::start(cfg)?);
+    let vms = vm_service(args, &agent)?;
     let found = agent.wait_scan(timeout)?;
     for f in agent.host().functions() {
         eprintln!(
@@ -343,7 +514,18 @@ fn run_agent(cfg: AgentConfig, timeout: Duration, dir: Option<PathBuf>) -> Resul
                     eprintln!("pcietun host: new vfio-user socket {}", p.display());
                 }
             }
+            if let Some(v) = &vms {
+                v.on_host_event(&ev);
+            }
         }
+    }
+    if let Some(v) = &vms {
+        // Functions still in VMs lose their connection with the agent (surprise removal);
+        // `host vm detach` first for an orderly removal.
+        v.stop();
+    }
+    if let Some(p) = &args.vm_control {
+        let _ = std::fs::remove_file(p);
     }
     if let Some(d) = &dir {
         for f in agent.host().functions() {

@@ -20,7 +20,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::root::{Downlink, Host, HostConfig, LinkError};
-use super::vfio_user::{Connection, FunctionServer, ServerConfig};
+use super::vfio_user::{Connection, FunctionServer, ServerConfig, Withdraw};
 use crate::tlp::Bdf;
 use crate::transport::driver::{
     eth, udp, Direct, DriverConfig, DriverStats, Peers, SharedLink, Upcall,
@@ -82,6 +82,9 @@ pub enum AgentError {
     /// No session with the appliance in time.
     #[error("no session with the appliance after {0:?}")]
     NotConnected(Duration),
+    /// No function at this BDF below the root port.
+    #[error("no tunnelled function at {0}")]
+    NoFunction(Bdf),
     /// The vfio-user socket directory or a socket could not be set up.
     #[error(transparent)]
     Socket(#[from] super::vfio_user::socket::SocketError),
@@ -112,7 +115,7 @@ enum ScanJob {
 }
 
 /// The blocking half of slot events, on the scanner thread.
-fn slot_work(host: &Arc<Host>, served: &Mutex<Vec<(Bdf, PathBuf)>>) {
+fn slot_work(host: &Arc<Host>, served: &Mutex<Vec<Served>>) {
     use crate::tlp::slot::SlotEvent;
     while let Some(m) = host.take_slot_work() {
         match m.event {
@@ -124,9 +127,10 @@ fn slot_work(host: &Arc<Host>, served: &Mutex<Vec<(Bdf, PathBuf)>>) {
                 let gone = host.withdraw_slot(m.slot);
                 // Withdraw the consumers: the socket path disappears (no new connection),
                 // connected consumers see every access fail (the function is marked removed).
-                served.lock_or_recover().retain(|(b, path)| {
-                    if gone.contains(b) {
-                        let _ = std::fs::remove_file(path);
+                served.lock_or_recover().retain(|sv| {
+                    if gone.contains(&sv.bdf) {
+                        sv.withdraw.withdraw();
+                        let _ = std::fs::remove_file(&sv.path);
                         false
                     } else {
                         true
@@ -138,9 +142,10 @@ fn slot_work(host: &Arc<Host>, served: &Mutex<Vec<(Bdf, PathBuf)>>) {
             }
             SlotEvent::Removed => {
                 // Surprise removal: the host already failed the card's requests; its sockets go.
-                served.lock_or_recover().retain(|(b, path)| {
-                    if b.device() == m.slot {
-                        let _ = std::fs::remove_file(path);
+                served.lock_or_recover().retain(|sv| {
+                    if sv.bdf.device() == m.slot {
+                        sv.withdraw.withdraw();
+                        let _ = std::fs::remove_file(&sv.path);
                         false
                     } else {
                         true
@@ -172,6 +177,14 @@ impl Downlink for SessionLink {
     }
 }
 
+/// A function whose vfio-user socket is being served.
+#[derive(Debug)]
+struct Served {
+    bdf: Bdf,
+    path: PathBuf,
+    withdraw: Withdraw,
+}
+
 /// A running host agent.
 #[derive(Debug)]
 pub struct Agent {
@@ -179,9 +192,9 @@ pub struct Agent {
     stats: Arc<Mutex<DriverStats>>,
     stop: Arc<AtomicBool>,
     scans: Mutex<mpsc::Receiver<Vec<Bdf>>>,
-    /// Functions with a vfio-user socket, and its path.
-    served: Arc<Mutex<Vec<(Bdf, PathBuf)>>>,
-    pump: Option<JoinHandle<()>>,
+    /// Functions with a vfio-user socket: its path and the handle that withdraws its consumer.
+    served: Arc<Mutex<Vec<Served>>>,
+    pump: Mutex<Option<JoinHandle<()>>>,
     _scanner: JoinHandle<()>,
 }
 
@@ -230,7 +243,7 @@ impl Agent {
         let host = Host::new(link.clone(), cfg.host);
         let (scan_tx, scan_rx) = mpsc::channel::<ScanJob>();
         let (done_tx, done_rx) = mpsc::channel::<Vec<Bdf>>();
-        let served: Arc<Mutex<Vec<(Bdf, PathBuf)>>> = Arc::default();
+        let served: Arc<Mutex<Vec<Served>>> = Arc::default();
         let scanner = {
             let host = host.clone();
             let served = served.clone();
@@ -304,7 +317,7 @@ impl Agent {
             stop,
             scans: Mutex::new(done_rx),
             served,
-            pump: Some(pump),
+            pump: Mutex::new(Some(pump)),
             _scanner: scanner,
         })
     }
@@ -324,9 +337,10 @@ impl Agent {
 
     /// Stop the pump (the link goes quiet; the appliance sees the session time out) and
     /// return the final transport counters.
-    pub fn stop(&mut self) -> DriverStats {
+    pub fn stop(&self) -> DriverStats {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(p) = self.pump.take() {
+        let pump = self.pump.lock_or_recover().take();
+        if let Some(p) = pump {
             let _ = p.join();
         }
         self.transport_stats()
@@ -340,39 +354,66 @@ impl Agent {
     /// Create `DIR/<bb>:<dd>.<f>.sock` for every function not served yet and serve each on its
     /// own thread. Returns the new socket paths (they accept connections on return).
     pub fn serve_vfio_user(&self, dir: &Path) -> Result<Vec<PathBuf>, AgentError> {
+        let mut paths = Vec::new();
+        for info in self.host.functions() {
+            if self.vfio_user_socket(info.bdf).is_some() {
+                continue;
+            }
+            paths.push(self.serve_function(dir, info.bdf)?);
+        }
+        Ok(paths)
+    }
+
+    /// The socket of function `bdf`, if it is served.
+    pub fn vfio_user_socket(&self, bdf: Bdf) -> Option<PathBuf> {
+        let served = self.served.lock_or_recover();
+        served.iter().find(|s| s.bdf == bdf).map(|s| s.path.clone())
+    }
+
+    /// Serve function `bdf` at `DIR/<bb>:<dd>.<f>.sock` (on its own thread) unless it is served
+    /// already; the socket path.
+    pub fn serve_function(&self, dir: &Path, bdf: Bdf) -> Result<PathBuf, AgentError> {
+        let mut served = self.served.lock_or_recover();
+        if let Some(s) = served.iter().find(|s| s.bdf == bdf) {
+            return Ok(s.path.clone());
+        }
         std::fs::create_dir_all(dir).map_err(|source| AgentError::SocketDir {
             path: dir.to_path_buf(),
             source,
         })?;
-        let mut paths = Vec::new();
-        let mut served = self.served.lock_or_recover();
-        for info in self.host.functions() {
-            if served.iter().any(|(b, _)| *b == info.bdf) {
-                continue;
-            }
-            let Some(dev) = self.host.open(info.bdf) else {
-                continue;
-            };
-            let path = dir.join(format!("{}.sock", info.bdf));
-            let server = FunctionServer::bind(&path)?;
-            let ctx = dev.context();
-            let mut conn = Connection::new(dev, ctx, ServerConfig::default());
-            let name = format!("vfio-user {}", info.bdf);
-            std::thread::Builder::new()
-                .name(name)
-                .spawn(move || {
-                    if let Err(e) = server.serve_forever(&mut conn) {
-                        tracing::error!(error = %e, "vfio-user server stopped");
-                    }
-                })
-                .map_err(|source| AgentError::Io {
-                    what: "starting a vfio-user server thread",
-                    source,
-                })?;
-            served.push((info.bdf, path.clone()));
-            paths.push(path);
-        }
-        Ok(paths)
+        let dev = self.host.open(bdf).ok_or(AgentError::NoFunction(bdf))?;
+        let path = dir.join(format!("{bdf}.sock"));
+        let server = FunctionServer::bind(&path)?;
+        let withdraw = server.withdrawer();
+        let ctx = dev.context();
+        let mut conn = Connection::new(dev, ctx, ServerConfig::default());
+        std::thread::Builder::new()
+            .name(format!("vfio-user {bdf}"))
+            .spawn(move || {
+                if let Err(e) = server.serve_forever(&mut conn) {
+                    tracing::error!(error = %e, "vfio-user server stopped");
+                }
+            })
+            .map_err(|source| AgentError::Io {
+                what: "starting a vfio-user server thread",
+                source,
+            })?;
+        served.push(Served {
+            bdf,
+            path: path.clone(),
+            withdraw,
+        });
+        Ok(path)
+    }
+
+    /// Close the vfio-user connection of function `bdf`'s consumer (it sees a surprise
+    /// removal); the socket stays for the next one. False when nobody was connected.
+    pub fn withdraw_vfio_user(&self, bdf: Bdf) -> bool {
+        let served = self.served.lock_or_recover();
+        served
+            .iter()
+            .find(|s| s.bdf == bdf)
+            .is_some_and(|s| s.withdraw.withdraw())
     }
 
     /// Connect and enumerate within `timeout` (for the operator tools).

@@ -10,16 +10,20 @@
 //! * [`tlpio`] — the TLPs the host builds and receives; `upstream` — the completer and the
 //!   dispatch of what a card sends (completions, DMA, interrupts).
 //! * [`vfio_user`] — the vfio-user server that hands a function to a VM or another consumer.
+//! * [`qmp`] — a client of QEMU's monitor protocol; [`vm`] — hot-adding and removing
+//!   tunnelled functions in running VMs through it (docs/vms.md).
 
 pub mod agent;
 pub mod dma;
 pub mod enumerate;
 pub mod function;
+pub mod qmp;
 pub mod requester;
 pub mod root;
 pub mod tlpio;
 mod upstream;
 pub mod vfio_user;
+pub mod vm;
 
 pub use function::RemoteFunction;
 pub use root::{Downlink, Host, HostConfig, HostEvent, LinkError};

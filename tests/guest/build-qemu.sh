@@ -7,12 +7,17 @@
 #   * adds a deb-src entry for `sid` that reuses the URI of the machine's configured Debian
 #     sources (nothing host-specific is written into the project),
 #   * picks the newest qemu source version >= 10.1 that `apt-cache showsrc qemu` offers now,
-#   * builds only qemu-system-x86_64 (TCG, no default features, ~3 min on 2 cores) with meson and
-#     pycotap from PyPI in a private venv,
+#   * builds only qemu-system-x86_64 (no default features, ~3-4 min on 2 quiet cores, ~11 under
+#     load) with meson and pycotap from PyPI in a private venv. Besides TCG it is configured with
+#     KVM support, multi-process and the vfio-user *server* (`x-vfio-user-server`, libvfio-user
+#     from the source package's subprojects/) so third-party vfio-user device servers can be run
+#     from the same binary (issue 16); KVM is compiled in and never used here (run with -accel tcg),
 #   * installs the firmware it needs from Debian (qemu-system-data, seabios): run the binary with
 #     `-L /usr/share/qemu -L /usr/share/seabios`.
-# The binary is cached under $PCIETUN_CACHE/qemu/<version>/ (default /var/cache/pcietun), so a
-# second run only checks the cache. Bookworm's qemu-system-x86 package is never installed: callers
+# The binary is cached under $PCIETUN_CACHE/qemu/<version>-cfg<KEY>/ (default /var/cache/pcietun),
+# KEY a hash of the configure flags below and of the patches in qemu-patches/ (fixes carried on
+# top of Debian's source, e.g. vfio-user-pci hot-unplug), so a second run only checks the cache
+# and a binary built with other flags or patches (an older cache) is rebuilt, once, then removed. Bookworm's qemu-system-x86 package is never installed: callers
 # use the explicit path printed here.
 #
 # Environment:
@@ -26,6 +31,21 @@ LOG_PREFIX=build-qemu
 
 MIN_VERSION=10.1
 QEMU_CACHE="$PCIETUN_CACHE/qemu"
+# Every configure flag; their hash is part of the cache key (change a flag: one rebuild).
+CONFIGURE_FLAGS=(
+    --target-list=x86_64-softmmu --without-default-features --enable-fdt=system
+    --disable-install-blobs --disable-docs --disable-tools --disable-user
+    # Issue 16: QEMU's device models served over vfio-user (x-remote machine, x-vfio-user-server).
+    --enable-kvm --enable-multiprocess --enable-vfio-user-server
+    # The bundled libvfio-user linked in: the cached binary must run without the build tree.
+    -Dlibvfio-user:default_library=static
+)
+# Fixes we carry on top of Debian's source (qemu-patches/*.patch, applied in name order).
+PATCH_DIR="$(cd "$(dirname "$0")" && pwd)/qemu-patches"
+FLAGS_KEY=$( {
+    printf '%s\n' "${CONFIGURE_FLAGS[@]}"
+    cat "$PATCH_DIR"/*.patch 2>/dev/null || true
+} | sha256sum | cut -c1-12)
 SID_SOURCES=/etc/apt/sources.list.d/pcietun-sid-src.sources
 
 # True when $1 is a runnable qemu-system-x86_64 that offers the vfio-user-pci device. (The
@@ -35,17 +55,24 @@ qemu_usable() {
     [ -x "$1" ] && devices=$("$1" -device help 2>/dev/null) && [[ "$devices" == *'"vfio-user-pci"'* ]]
 }
 
+# True when $1 also has what the configure flags promise: the vfio-user server object.
+qemu_complete() {
+    local objects
+    qemu_usable "$1" && objects=$("$1" -object help 2>/dev/null) &&
+        [[ "$objects" == *'x-vfio-user-server'* ]]
+}
+
 firmware_present() {
     [ -e /usr/share/seabios/bios-256k.bin ] && [ -e /usr/share/qemu/linuxboot_dma.bin ]
 }
 
-# The newest cached binary that still works, or nothing.
+# The newest cached binary built with today's configure flags that still works, or nothing.
 cached_qemu() {
     local dir best=""
     [ -d "$QEMU_CACHE" ] || return 0
-    for dir in "$QEMU_CACHE"/*/; do
+    for dir in "$QEMU_CACHE"/*-cfg"$FLAGS_KEY"/; do
         [ -f "$dir/qemu-system-x86_64" ] || continue
-        qemu_usable "$dir/qemu-system-x86_64" || continue
+        qemu_complete "$dir/qemu-system-x86_64" || continue
         best="${dir%/}/qemu-system-x86_64" # globs sort ascending: keep the last usable
     done
     [ -n "$best" ] && printf '%s\n' "$best"
@@ -115,8 +142,8 @@ download_source() {
 
 # Build dependencies from Debian, meson >= 1.5 and pycotap from PyPI in a venv.
 prepare_build_tools() {
-    apt_install build-essential pkg-config device-tree-compiler ninja-build libglib2.0-dev \
-        libpixman-1-dev libfdt-dev flex bison python3-venv ||
+    apt_install build-essential patch pkg-config device-tree-compiler ninja-build libglib2.0-dev \
+        libpixman-1-dev libfdt-dev flex bison python3-venv libjson-c-dev libcmocka-dev ||
         die "could not install QEMU build dependencies"
     local venv="$PCIETUN_CACHE/venv"
     if ! "$venv/bin/python3" -c 'import mesonbuild, pycotap' 2>/dev/null; then
@@ -134,7 +161,7 @@ build_version() {
     local dl="$PCIETUN_CACHE/qemu-build/download"
     mkdir -p "$dl"
     (cd "$dl" && download_source "$version") || die "qemu=$version cannot be downloaded"
-    local key="${version#*:}"
+    local key="${version#*:}-cfg$FLAGS_KEY"
     local out="$QEMU_CACHE/$key" work="$PCIETUN_CACHE/qemu-build/$key"
     local venv="$PCIETUN_CACHE/venv"
     log "building QEMU $version (only qemu-system-x86_64; about 3-4 minutes on 2 cores)"
@@ -155,13 +182,17 @@ build_version() {
     sed -i -E 's/^([[:space:]]*unpack_edk2_blobs[[:space:]]*=).*/\1 false/' meson.build
     grep -qE '^[[:space:]]*unpack_edk2_blobs[[:space:]]*= false' meson.build ||
         log "note: no unpack_edk2_blobs assignment found in meson.build (layout changed?)"
+    local p
+    for p in "$PATCH_DIR"/*.patch; do
+        [ -f "$p" ] || continue
+        log "applying $(basename "$p")"
+        patch -p1 -s --no-backup-if-mismatch <"$p" || die "QEMU $version: $(basename "$p") does not apply"
+    done
 
     mkdir -p build
     cd build
     log "configure"
-    PATH="$venv/bin:$PATH" ../configure --python="$venv/bin/python3" \
-        --target-list=x86_64-softmmu --without-default-features --enable-fdt=system \
-        --disable-install-blobs --disable-docs --disable-tools --disable-user \
+    PATH="$venv/bin:$PATH" ../configure --python="$venv/bin/python3" "${CONFIGURE_FLAGS[@]}" \
         >"$work/configure.log" 2>&1 || {
         tail -n 40 "$work/configure.log" >&2
         die "QEMU $version: configure failed (log: $work/configure.log)"
@@ -172,13 +203,24 @@ build_version() {
         die "QEMU $version: build failed (log: $work/ninja.log)"
     }
     qemu_usable ./qemu-system-x86_64 || die "QEMU $version: the binary has no vfio-user-pci device"
+    qemu_complete ./qemu-system-x86_64 || die "QEMU $version: the binary has no x-vfio-user-server object"
     mkdir -p "$out"
     install -m 0755 qemu-system-x86_64 "$out/qemu-system-x86_64.tmp"
+    qemu_complete "$out/qemu-system-x86_64.tmp" ||
+        die "QEMU $version: the installed copy does not run outside the build tree (shared libraries?)"
     mv "$out/qemu-system-x86_64.tmp" "$out/qemu-system-x86_64"
     printf '%s\n' "$version" >"$out/VERSION"
+    printf '%s\n' "${CONFIGURE_FLAGS[@]}" >"$out/CONFIGURE_FLAGS"
+    (cd "$PATCH_DIR" 2>/dev/null && ls ./*.patch 2>/dev/null) >"$out/PATCHES" || true
     cd /
     rm -rf "$work/src" # ~1 GiB of objects; the downloaded tarball stays for a rebuild
     log "cached $out/qemu-system-x86_64"
+    # Binaries built with other flags (or by an older version of this script) are never used
+    # again; we hold the lock, so nobody is building them.
+    local old
+    for old in "$QEMU_CACHE"/*/; do
+        [ "${old%/}" = "$out" ] || rm -rf "${old%/}"
+    done
     printf '%s\n' "$out/qemu-system-x86_64"
 }
 
@@ -204,7 +246,7 @@ build() {
             printf '%s\n' "$path"
             return 0
         fi
-        rm -rf "$PCIETUN_CACHE/qemu-build/${v#*:}/src"
+        rm -rf "$PCIETUN_CACHE/qemu-build/${v#*:}-cfg$FLAGS_KEY/src"
         log "QEMU $v is not usable here; trying an older version"
     done
     die "no qemu source version ($*) could be downloaded and built"

@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 pub use irq::{EventFd, Interrupts, IrqIndex};
 pub use server::{Connection, ServerConfig};
-pub use socket::{serve_connection, FunctionServer};
+pub use socket::{serve_connection, FunctionServer, Withdraw};
 
 use crate::host::dma::DmaWindows;
 

@@ -476,12 +476,30 @@ fn discard(fd: BorrowedFd<'_>, mut n: usize) -> io::Result<()> {
     Ok(())
 }
 
+/// Closes the connection a [`FunctionServer`] is serving, from any thread: the consumer sees
+/// the device vanish (a surprise removal) and the server waits for the next consumer.
+#[derive(Debug, Clone, Default)]
+pub struct Withdraw(Arc<Mutex<Option<UnixStream>>>);
+
+impl Withdraw {
+    /// Shut the current connection down. False when no consumer was connected.
+    pub fn withdraw(&self) -> bool {
+        let s = self.0.lock_or_recover().take();
+        s.is_some_and(|s| s.shutdown(std::net::Shutdown::Both).is_ok())
+    }
+
+    fn set(&self, s: Option<UnixStream>) {
+        *self.0.lock_or_recover() = s;
+    }
+}
+
 /// The listening socket of one function (`DIR/<bb>:<dd>.<f>.sock`).
 #[derive(Debug)]
 pub struct FunctionServer {
     listener: UnixListener,
     path: PathBuf,
     log: LogLimiter,
+    current: Withdraw,
 }
 
 impl FunctionServer {
@@ -503,7 +521,13 @@ impl FunctionServer {
             listener,
             path: path.to_path_buf(),
             log: LogLimiter::warnings(),
+            current: Withdraw::default(),
         })
+    }
+
+    /// A handle that closes the connection being served.
+    pub fn withdrawer(&self) -> Withdraw {
+        self.current.clone()
     }
 
     /// The socket path.
@@ -523,10 +547,12 @@ impl FunctionServer {
                 source,
             })?;
             info_limited!(self.log, path = %self.path.display(), "vfio-user client connected");
+            self.current.set(stream.try_clone().ok());
             if let Err(e) = serve_connection(stream, conn) {
                 warn_limited!(self.log, path = %self.path.display(), error = %e,
                     "vfio-user connection ended");
             }
+            self.current.set(None);
         }
     }
 }

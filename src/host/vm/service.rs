@@ -1,0 +1,475 @@
+//! [`VmService`]: the agent's VM worker. One thread runs every attach and detach in order, so
+//! two operations on one function never overlap and a slow guest never blocks the agent's
+//! event loop.
+//!
+//! What drives it:
+//! * the agent's [`HostEvent`]s ([`VmService::on_host_event`]): `FunctionAdded` attaches the
+//!   function to the VM configured for it, `FunctionRemoved` detaches it. A `FunctionRemoved`
+//!   that follows `LinkDown` is a lost session, not an unassignment: the function stays in the
+//!   VM (its reads fail until the session is back, then it revives) — only a removal while the
+//!   link is up takes it out. Today these events come from (re)enumeration; the pool's slot
+//!   events (assign / unassign) will raise the same ones.
+//! * the local control socket ([`VmService::serve_control`]), one request per line:
+//!   `attach FUNCTION [VM]`, `detach FUNCTION`, `list`; one JSON object per reply line
+//!   (`{"ok": true, ...}` or `{"ok": false, "error": "..."}`). It is the operator's and the
+//!   tests' handle on the same path until `pcietun ctl assign` exists.
+//!
+//! An attach for a VM that cannot be reached (not started yet, restarting) is retried every
+//! [`RETRY`] until it succeeds or the function is removed.
+
+use crate::sync::MutexExt;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::attach::{Attachment, DetachOutcome, VmAttacher, VmError};
+use super::FunctionRef;
+use crate::host::agent::Agent;
+use crate::host::HostEvent;
+use crate::tlp::Bdf;
+
+/// How often an attach to an unreachable VM is tried again.
+pub const RETRY: Duration = Duration::from_secs(2);
+/// Longest control request line.
+const MAX_REQUEST: usize = 1024;
+
+/// The vfio-user sockets of the agent's functions, as the VM layer needs them.
+pub trait FunctionSockets: Send + Sync {
+    /// Serve `function`'s vfio-user socket (if it is not served yet); its path.
+    fn serve(&self, function: &FunctionRef) -> Result<PathBuf, String>;
+    /// Close the connection of `function`'s current consumer, if any (the consumer sees the
+    /// device vanish: a surprise removal). The socket stays, for the next consumer.
+    fn withdraw(&self, function: &FunctionRef) -> bool;
+}
+
+/// [`FunctionSockets`] of a running [`Agent`] whose sockets live in one directory.
+#[derive(Debug, Clone)]
+pub struct AgentSockets {
+    agent: Arc<Agent>,
+    dir: PathBuf,
+}
+
+impl AgentSockets {
+    /// Sockets of `agent` in `dir` (`DIR/<bb>:<dd>.<f>.sock`).
+    pub fn new(agent: Arc<Agent>, dir: PathBuf) -> Self {
+        Self { agent, dir }
+    }
+}
+
+impl FunctionSockets for AgentSockets {
+    fn serve(&self, function: &FunctionRef) -> Result<PathBuf, String> {
+        self.agent
+            .serve_function(&self.dir, function.bdf)
+            .map_err(|e| e.to_string())
+    }
+    fn withdraw(&self, function: &FunctionRef) -> bool {
+        self.agent.withdraw_vfio_user(function.bdf)
+    }
+}
+
+/// A request to the worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Attach (to `vm`, or the configured VM).
+    Attach {
+        /// The function.
+        function: FunctionRef,
+        /// The VM (None: by configuration).
+        vm: Option<String>,
+    },
+    /// Detach from whichever VM holds it.
+    Detach {
+        /// The function.
+        function: FunctionRef,
+    },
+    /// List the attachments.
+    List,
+}
+
+/// Why a control line is not a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// Not `attach FUNCTION [VM]`, `detach FUNCTION` or `list`.
+    #[error("expected `attach BDF [VM]`, `detach BDF` or `list`, got {0:?}")]
+    Syntax(String),
+    /// The function is not a BDF.
+    #[error("{0:?} is not a bus:device.function like 01:00.0")]
+    BadFunction(String),
+}
+
+impl std::str::FromStr for Request {
+    type Err = RequestError;
+    fn from_str(line: &str) -> Result<Self, RequestError> {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let function = |s: &str| {
+            s.parse::<Bdf>()
+                .map(FunctionRef::from_bdf)
+                .map_err(|_| RequestError::BadFunction(s.to_string()))
+        };
+        match words.as_slice() {
+            ["attach", f] => Ok(Self::Attach {
+                function: function(f)?,
+                vm: None,
+            }),
+            ["attach", f, vm] => Ok(Self::Attach {
+                function: function(f)?,
+                vm: Some(vm.to_string()),
+            }),
+            ["detach", f] => Ok(Self::Detach {
+                function: function(f)?,
+            }),
+            ["list"] => Ok(Self::List),
+            _ => Err(RequestError::Syntax(line.chars().take(80).collect())),
+        }
+    }
+}
+
+/// The answer to a [`Request`].
+#[derive(Debug)]
+pub enum Response {
+    /// Attached (or already was).
+    Attached(Attachment, Duration),
+    /// Detached, or `None`: it was in no VM.
+    Detached(Option<DetachOutcome>, Duration),
+    /// The attachments.
+    List(Vec<Attachment>),
+}
+
+impl Response {
+    /// The reply line's JSON.
+    pub fn to_json(r: &Result<Response, VmError>) -> serde_json::Value {
+        match r {
+            Ok(Response::Attached(a, took)) => {
+                json!({"ok": true, "attachment": a, "took_us": took.as_micros() as u64})
+            }
+            Ok(Response::Detached(o, took)) => {
+                json!({"ok": true, "outcome": o, "took_us": took.as_micros() as u64})
+            }
+            Ok(Response::List(l)) => json!({"ok": true, "attachments": l}),
+            Err(e) => json!({"ok": false, "error": e.to_string()}),
+        }
+    }
+}
+
+type Reply = mpsc::Sender<Result<Response, VmError>>;
+
+enum Job {
+    Run(Request, Option<Reply>),
+    /// The agent lost the function (detach unless the link is down).
+    Removed(FunctionRef),
+    LinkDown,
+    LinkUp,
+    Stop,
+}
+
+/// The VM worker.
+pub struct VmService {
+    tx: Mutex<mpsc::Sender<Job>>,
+    attacher: Arc<VmAttacher>,
+    worker: Mutex<Option<JoinHandle<()>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for VmService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmService")
+            .field("attacher", &self.attacher)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Worker {
+    attacher: Arc<VmAttacher>,
+    sockets: Arc<dyn FunctionSockets>,
+    link_up: bool,
+    /// Attaches waiting for an unreachable VM: (function, vm, next try).
+    retry: Vec<(FunctionRef, String, Instant)>,
+}
+
+impl Worker {
+    fn run(&mut self, req: Request) -> Result<Response, VmError> {
+        let t0 = Instant::now();
+        match req {
+            Request::Attach { function, vm } => {
+                let vm = match vm {
+                    Some(v) => v,
+                    None => self
+                        .attacher
+                        .vm_for(&function)
+                        .ok_or_else(|| VmError::NoVmFor(function.clone()))?
+                        .to_string(),
+                };
+                self.retry.retain(|(f, _, _)| *f != function);
+                let socket = self
+                    .sockets
+                    .serve(&function)
+                    .map_err(|reason| VmError::Socket {
+                        function: function.clone(),
+                        reason,
+                    })?;
+                let r = self.attacher.attach(&function, &socket, &vm);
+                if let Err(e) = &r {
+                    if e.unreachable() {
+                        self.retry
+                            .push((function.clone(), vm, Instant::now() + RETRY));
+                    }
+                }
+                r.map(|a| Response::Attached(a, t0.elapsed()))
+            }
+            Request::Detach { function } => {
+                self.retry.retain(|(f, _, _)| *f != function);
+                let sockets = self.sockets.clone();
+                let f2 = function.clone();
+                let out = self.attacher.detach(&function, &move || {
+                    sockets.withdraw(&f2);
+                })?;
+                Ok(Response::Detached(out, t0.elapsed()))
+            }
+            Request::List => Ok(Response::List(self.attacher.attachments())),
+        }
+    }
+
+    fn next_retry(&self) -> Option<Instant> {
+        self.retry.iter().map(|r| r.2).min()
+    }
+
+    fn retry_due(&mut self) {
+        let now = Instant::now();
+        let due: Vec<(FunctionRef, String)> = self
+            .retry
+            .iter()
+            .filter(|r| r.2 <= now)
+            .map(|r| (r.0.clone(), r.1.clone()))
+            .collect();
+        self.retry.retain(|r| r.2 > now);
+        for (function, vm) in due {
+            // Failures re-queue themselves (unreachable) or are reported as events.
+            let _ = self.run(Request::Attach {
+                function,
+                vm: Some(vm),
+            });
+        }
+    }
+}
+
+impl VmService {
+    /// Start the worker over `attacher`, serving and withdrawing through `sockets`.
+    pub fn start(
+        attacher: Arc<VmAttacher>,
+        sockets: Arc<dyn FunctionSockets>,
+    ) -> std::io::Result<VmService> {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let mut w = Worker {
+            attacher: attacher.clone(),
+            sockets,
+            link_up: true,
+            retry: Vec::new(),
+        };
+        let worker = std::thread::Builder::new()
+            .name("host-vms".into())
+            .spawn(move || loop {
+                let job = match w.next_retry() {
+                    Some(at) => {
+                        match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
+                            Ok(j) => j,
+                            Err(mpsc::RecvTimeoutError::Timeout) => {
+                                w.retry_due();
+                                continue;
+                            }
+                            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                        }
+                    }
+                    None => match rx.recv() {
+                        Ok(j) => j,
+                        Err(_) => return,
+                    },
+                };
+                match job {
+                    Job::Run(req, reply) => {
+                        let r = w.run(req);
+                        if let Some(tx) = reply {
+                            let _ = tx.send(r);
+                        }
+                    }
+                    Job::Removed(function) if w.link_up => {
+                        let _ = w.run(Request::Detach { function });
+                    }
+                    Job::Removed(function) => {
+                        tracing::debug!(%function, "function lost with the link; it stays in its VM")
+                    }
+                    Job::LinkDown => w.link_up = false,
+                    Job::LinkUp => w.link_up = true,
+                    Job::Stop => return,
+                }
+            })?;
+        Ok(VmService {
+            tx: Mutex::new(tx),
+            attacher,
+            worker: Mutex::new(Some(worker)),
+            stop: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// The attacher (configuration, attachments).
+    pub fn attacher(&self) -> &Arc<VmAttacher> {
+        &self.attacher
+    }
+
+    fn send(&self, job: Job) -> bool {
+        self.tx.lock_or_recover().send(job).is_ok()
+    }
+
+    /// Feed one of the agent's events (see the module doc for what each does).
+    pub fn on_host_event(&self, ev: &HostEvent) {
+        match ev {
+            HostEvent::LinkDown => {
+                self.send(Job::LinkDown);
+            }
+            HostEvent::LinkUp => {
+                self.send(Job::LinkUp);
+            }
+            HostEvent::FunctionAdded(b) => {
+                let function = FunctionRef::from_bdf(*b);
+                if self.attacher.vm_for(&function).is_some() {
+                    self.send(Job::Run(Request::Attach { function, vm: None }, None));
+                }
+            }
+            HostEvent::FunctionRemoved(b) => {
+                // Whether the link is down is the worker's to judge, in event order.
+                self.send(Job::Removed(FunctionRef::from_bdf(*b)));
+            }
+            _ => {}
+        }
+    }
+
+    /// Run `req` and wait at most `timeout` for the answer.
+    pub fn request(&self, req: Request, timeout: Duration) -> Result<Response, VmError> {
+        let (tx, rx) = mpsc::channel();
+        if !self.send(Job::Run(req, Some(tx))) {
+            return Err(VmError::Worker(timeout));
+        }
+        rx.recv_timeout(timeout)
+            .map_err(|_| VmError::Worker(timeout))?
+    }
+
+    /// Longest a control request may take: a detach's grace period plus its commands.
+    pub fn request_timeout(&self) -> Duration {
+        let s = self.attacher.settings();
+        s.grace + s.command_timeout * 3 + s.connect_timeout
+    }
+
+    /// Serve the control socket at `path` (mode 0600) on its own thread.
+    pub fn serve_control(self: &Arc<Self>, path: &Path) -> std::io::Result<PathBuf> {
+        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+        if let Ok(m) = std::fs::symlink_metadata(path) {
+            if m.file_type().is_socket() {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        let listener = UnixListener::bind(path)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        let me = Arc::downgrade(self);
+        let stop = self.stop.clone();
+        std::thread::Builder::new()
+            .name("host-vm-control".into())
+            .spawn(move || {
+                for stream in listener.incoming() {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let (Ok(stream), Some(svc)) = (stream, me.upgrade()) else {
+                        continue;
+                    };
+                    // One client at a time: requests are serialised by the worker anyway.
+                    if let Err(e) = svc.control_client(stream) {
+                        tracing::debug!(error = %e, "VM control client");
+                    }
+                }
+            })?;
+        Ok(path.to_path_buf())
+    }
+
+    fn control_client(&self, stream: UnixStream) -> std::io::Result<()> {
+        stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+        let mut out = stream.try_clone()?;
+        let mut reader = BufReader::new(stream.take(1 << 20));
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = (&mut reader)
+                .take(MAX_REQUEST as u64)
+                .read_line(&mut line)?;
+            if n == 0 {
+                return Ok(());
+            }
+            let reply = match line.trim().parse::<Request>() {
+                Ok(req) => Response::to_json(&self.request(req, self.request_timeout())),
+                Err(e) => json!({"ok": false, "error": e.to_string()}),
+            };
+            writeln!(out, "{reply}")?;
+            if !line.ends_with('\n') {
+                return Ok(()); // over-long line or EOF without newline: one answer, then close
+            }
+        }
+    }
+
+    /// Stop the worker (after the jobs queued before this call).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.send(Job::Stop);
+        if let Some(w) = self.worker.lock_or_recover().take() {
+            let _ = w.join();
+        }
+    }
+}
+
+impl Drop for VmService {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_requests() {
+        let f = FunctionRef::from_bdf("01:00.0".parse().unwrap());
+        assert_eq!(
+            "attach 01:00.0".parse(),
+            Ok(Request::Attach {
+                function: f.clone(),
+                vm: None
+            })
+        );
+        assert_eq!(
+            "  attach 01:00.0 web1 \n".parse(),
+            Ok(Request::Attach {
+                function: f.clone(),
+                vm: Some("web1".into())
+            })
+        );
+        assert_eq!(
+            "detach 01:00.0".parse(),
+            Ok(Request::Detach { function: f })
+        );
+        assert_eq!("list".parse(), Ok(Request::List));
+        assert!(matches!(
+            "detach 1:2".parse::<Request>(),
+            Err(RequestError::BadFunction(_))
+        ));
+        for bad in ["", "attach", "detach 01:00.0 x", "frob 01:00.0", "list all"] {
+            assert!(
+                matches!(bad.parse::<Request>(), Err(RequestError::Syntax(_))),
+                "{bad:?}"
+            );
+        }
+    }
+}
