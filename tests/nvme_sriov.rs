@@ -589,6 +589,13 @@ fn the_pf_controls_its_vfs_as_the_sriov_spec_says() {
         fa.bar_read32(0, reg::VS).is_ok(),
         "decodes again with VF MSE"
     );
+    p.pf_config_write(sriov_ctl, 0x1);
+    assert_eq!(
+        p.ctl(|ep| ep.enable_vfs(PF, 2)).unwrap().len(),
+        2,
+        "enable_vfs with the VFs there only sets VF MSE"
+    );
+    assert!(fa.bar_read32(0, reg::VS).is_ok(), "the same view decodes");
 
     // NumVFs cannot change while VF Enable is set: the write is ignored, the VFs stay.
     p.pf_config_write(0x110, 1);

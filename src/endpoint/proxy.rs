@@ -223,8 +223,8 @@ impl Proxy {
     /// Act as the driver of the SR-IOV physical function at `pf`: enable `n` virtual
     /// functions (VF Enable cleared, NumVFs = `n`, VF Enable and VF MSE set — PCIe r5.0
     /// §9.3.3.3, §9.3.3.7), or disable them with `n` = 0. Returns their Routing IDs by VF
-    /// index. When exactly `n` are enabled already nothing changes; otherwise the old VFs
-    /// (and their views) are removed first.
+    /// index. When exactly `n` are enabled already they stay (only VF MSE is set); otherwise
+    /// the old VFs (and their views) are removed first.
     pub fn enable_vfs(&mut self, pf: Bdf, n: u16) -> Result<Vec<Bdf>, VfError> {
         self.with_vf_factory(|functions, mk| sriov::enable_vfs(functions, pf, n, mk))
     }

@@ -121,8 +121,8 @@ pub(crate) fn virtual_functions(functions: &[Function], pf: Bdf) -> Vec<Bdf> {
 }
 
 /// Enable `n` virtual functions of `pf` (0: disable them) the way a PF driver does: VF
-/// Enable cleared first, then NumVFs, then VF Enable and VF MSE set. Nothing changes when the
-/// PF already has exactly `n` enabled (its VFs and their views stay).
+/// Enable cleared first, then NumVFs, then VF Enable and VF MSE set. When the PF already has
+/// exactly `n` enabled, only VF MSE is set: its VFs and their views stay.
 pub(crate) fn enable_vfs(
     functions: &mut Vec<Function>,
     pf: Bdf,
@@ -144,18 +144,21 @@ pub(crate) fn enable_vfs(
     let ctrl = f.device.config_read(reg(sriov::CONTROL)) as u16;
     let num = f.device.config_read(reg(sriov::NUM_VFS)) as u16;
     let on = sriov::CTRL_VF_ENABLE | sriov::CTRL_VF_MSE;
-    if !(ctrl & on == on && num == n && n > 0) {
-        let write = |f: &mut Function, off: usize, v: u16| {
-            f.device.config_write(reg(off), u32::from(v), 0x3);
-        };
+    let write = |f: &mut Function, off: usize, v: u16| {
+        f.device.config_write(reg(off), u32::from(v), 0x3);
+    };
+    if ctrl & sriov::CTRL_VF_ENABLE != 0 && num == n && n > 0 {
+        // The VFs are there: only make sure their memory decodes.
+        write(f, sriov::CONTROL, ctrl | on);
+    } else {
         write(f, sriov::CONTROL, ctrl & !on);
         if n > 0 {
             write(f, sriov::NUM_VFS, n);
             write(f, sriov::CONTROL, ctrl | on);
         }
-        f.refresh();
-        sync_vfs(functions, i, mk);
     }
+    f.refresh();
+    sync_vfs(functions, i, mk);
     Ok(virtual_functions(functions, pf))
 }
 
