@@ -845,6 +845,45 @@ fn bench() -> Bench {
     b
 }
 
+/// BAR sizing and Command writes through one view: that view reads the size mask and its own
+/// bits, the other view's BAR and Command stay as its host programmed them, and it still
+/// decodes there.
+#[test]
+fn bar_sizing_and_command_of_one_view_are_invisible_to_the_other() {
+    let mut b = bench();
+    let (ep, rx) = (&mut b.ep, &b.rx);
+    let w = |ep: &mut Endpoint, bdf, r, v| {
+        probe(ep, rx, &cfg_tlp(bdf, r, 0xf, 1, Some(v)));
+    };
+    w(ep, VIEW_A, 0x10, u32::MAX);
+    w(ep, VIEW_A, 0x14, u32::MAX);
+    assert_eq!(
+        cfg_read(ep, rx, VIEW_A, 0x10),
+        0xffff_c004,
+        "16 KiB, 64-bit"
+    );
+    assert_eq!(cfg_read(ep, rx, VIEW_A, 0x14), u32::MAX);
+    assert_eq!(cfg_read(ep, rx, VIEW_B, 0x10), B_BAR0 as u32 | 4);
+    assert_eq!(cfg_read(ep, rx, VIEW_B, 0x14), (B_BAR0 >> 32) as u32);
+    w(ep, VIEW_A, 0x04, 0xffff);
+    assert_eq!(
+        cfg_read(ep, rx, VIEW_A, 0x04) & 0xffff,
+        0x0546,
+        "Memory, Bus Master, Parity, SERR, Interrupt Disable; no I/O Space"
+    );
+    assert_eq!(cfg_read(ep, rx, VIEW_B, 0x04) & 0xffff, 0x0006);
+    assert_eq!(cfg_read(ep, rx, VIEW_A, 0x00), 0x0e04_1b36);
+    assert_eq!(cfg_read(ep, rx, VIEW_A, 0x08) >> 8, NVME_CLASS);
+    assert_eq!(cfg_read(ep, rx, VIEW_A, 0x3c) >> 8 & 0xff, 0, "no INTx pin");
+    let mut t = Vec::new();
+    wire::emit_mem_read(&mut t, PROBE_RID, u16::from(PROBE_TAG), B_BAR0 + reg::VS, 4);
+    assert_eq!(
+        probe(ep, rx, &t),
+        0x0001_0400u32.to_le_bytes(),
+        "B's VS at B's BAR0"
+    );
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, .. ProptestConfig::default() })]
 
@@ -853,7 +892,11 @@ proptest! {
     /// configuration spaces byte for byte and their BAR0 registers where they were mapped.
     #[test]
     fn config_writes_to_one_view_touch_no_other_function(
-        writes in proptest::collection::vec((0u16..1024, any::<u32>(), 1u8..16), 1..40),
+        writes in proptest::collection::vec((
+            prop_oneof![0u16..16, 16u16..64, 0u16..1024], // header, capabilities, anywhere
+            prop_oneof![Just(u32::MAX), Just(0u32), any::<u32>()],
+            1u8..16,
+        ), 1..40),
     ) {
         let mut b = bench();
         let before_b = snapshot(&mut b.ep, &b.rx, VIEW_B, B_BAR0);
