@@ -1,6 +1,6 @@
 //! SR-IOV NVMe: "one SSD, several servers". One NVMe physical function over one backing file,
-//! its virtual functions enabled by the appliance (`Endpoint::enable_vfs`) and each presented
-//! standalone (`Endpoint::attach_vf_view`) to a host of its own, where the project's NVMe
+//! its virtual functions enabled by the appliance (`Proxy::enable_vfs`) and each presented
+//! standalone (`Proxy::attach_vf_view`) to a host of its own, where the project's NVMe
 //! driver (`pcietun::drivers::nvme`) brings it up as an ordinary NVMe controller.
 //!
 //! The hosts are full host stacks (`pcietun::host::Host`), every access TLP bytes through an
@@ -30,10 +30,10 @@ use std::time::{Duration, Instant};
 
 use crossbeam::channel::{self, Receiver, Sender};
 use pcietun::drivers::nvme::{IoOp, NvmeConfig, NvmeDriver};
-use pcietun::drivers::Completion;
+use pcietun::drivers::CompletionMode;
 use pcietun::endpoint::nvme::{Backend, NvmeController, NvmeOptions, NvmeSriov, SliceLayout};
-use pcietun::endpoint::wire::{self, CplStatus, Header, Kind};
-use pcietun::endpoint::{Bdf, Endpoint, EndpointConfig, VfError};
+use pcietun::endpoint::wire::{self, CplStatus, Kind, ParsedHeader};
+use pcietun::endpoint::{Bdf, Proxy, ProxyConfig, VfError};
 use pcietun::host::enumerate::Windows;
 use pcietun::host::{Downlink, Host, HostConfig, LinkError, RemoteFunction};
 use pcietun::pci::class::nvme::{csts, reg, Sqe, Status};
@@ -52,7 +52,7 @@ enum Target {
     Vf(u16),
 }
 
-type Ctl = Box<dyn FnOnce(&mut Endpoint) + Send>;
+type Ctl = Box<dyn FnOnce(&mut Proxy) + Send>;
 
 /// Host k → the endpoint thread.
 #[derive(Debug)]
@@ -62,7 +62,7 @@ impl Downlink for Pipe {
     fn send_tlp(&self, tlp: &[u8]) -> Result<(), LinkError> {
         self.1
             .send((self.0, tlp.to_vec()))
-            .map_err(|_| LinkError("pipe closed".into()))
+            .map_err(|_| LinkError::Closed)
     }
 }
 
@@ -102,9 +102,9 @@ fn set_id(t: &mut [u8], at: usize, id: Bdf) {
 /// A TLP from host `k`: its configuration requests reach only its function (01:00.0 ↔ the
 /// appliance's), its completions (to DMA reads) go to its function's requester, the rest
 /// (memory requests by address, messages) as they are.
-fn inbound(ep: &mut Endpoint, hosts: &[Arc<Host>], functions: &[Bdf], k: usize, mut t: Vec<u8>) {
+fn inbound(ep: &mut Proxy, hosts: &[Arc<Host>], functions: &[Bdf], k: usize, mut t: Vec<u8>) {
     // Neither host stack sends TLP prefixes, so the ID fields sit at their fixed offsets.
-    let Ok(h) = Header::parse(&t).map_err(|_| ()).and_then(|h| {
+    let Ok(h) = ParsedHeader::parse(&t).map_err(|_| ()).and_then(|h| {
         if t[0] >> 5 == 0b100 {
             Err(())
         } else {
@@ -128,7 +128,8 @@ fn inbound(ep: &mut Endpoint, hosts: &[Arc<Host>], functions: &[Bdf], k: usize, 
                     0,
                     h.attr & 3,
                     &[],
-                );
+                )
+                .expect("a UR completion for a valid request");
                 hosts[k].on_tlp(&c);
                 return;
             }
@@ -176,7 +177,7 @@ fn pool(sriov: NvmeSriov, blocks: u64, targets: &[Target]) -> Pool {
     let backend = Backend::create(&path, blocks * 512).unwrap();
     let layout = SliceLayout::new(&backend, sriov).unwrap();
     let ctrl = NvmeController::with_vfs(backend, NvmeOptions::default(), sriov).unwrap();
-    let (mut ep, out) = Endpoint::new(EndpointConfig::default());
+    let (mut ep, out) = Proxy::new(ProxyConfig::default());
     ep.add_function(PF, Box::new(ctrl)).unwrap();
     let vfs = ep.enable_vfs(PF, sriov.vfs).unwrap();
     assert_eq!(vfs.len(), usize::from(sriov.vfs), "every VF is created");
@@ -227,7 +228,7 @@ fn pool(sriov: NvmeSriov, blocks: u64, targets: &[Target]) -> Pool {
 /// control closures from the test, `poll` with the time after every event.
 #[allow(clippy::too_many_arguments)]
 fn serve(
-    mut ep: Endpoint,
+    mut ep: Proxy,
     out: Receiver<Vec<u8>>,
     rx: Receiver<(usize, Vec<u8>)>,
     ctl: Receiver<Ctl>,
@@ -255,10 +256,10 @@ fn serve(
 
 impl Pool {
     /// Run `op` on the endpoint's thread, between TLPs.
-    fn ctl<R: Send + 'static>(&self, op: impl FnOnce(&mut Endpoint) -> R + Send + 'static) -> R {
+    fn ctl<R: Send + 'static>(&self, op: impl FnOnce(&mut Proxy) -> R + Send + 'static) -> R {
         let (tx, rx) = channel::bounded(1);
         self.ctl
-            .send(Box::new(move |ep: &mut Endpoint| {
+            .send(Box::new(move |ep: &mut Proxy| {
                 let _ = tx.send(op(ep));
             }))
             .unwrap();
@@ -275,7 +276,7 @@ impl Pool {
     fn driver(&self, k: usize) -> NvmeDriver {
         let cfg = NvmeConfig {
             depth: 8,
-            completion: Completion::Interrupt,
+            completion: CompletionMode::Interrupt,
             ..NvmeConfig::default()
         };
         NvmeDriver::open(self.function(k), cfg).unwrap()
@@ -771,11 +772,11 @@ fn cfg_tlp(bdf: Bdf, reg: u16, be: u8, tag: u8, value: Option<u32>) -> Vec<u8> {
 }
 
 /// Feed one TLP; the payload of the completions to our probe tag.
-fn probe(ep: &mut Endpoint, rx: &Receiver<Vec<u8>>, tlp: &[u8]) -> Vec<u8> {
+fn probe(ep: &mut Proxy, rx: &Receiver<Vec<u8>>, tlp: &[u8]) -> Vec<u8> {
     ep.handle_tlp(tlp).unwrap();
     let mut data = Vec::new();
     while let Ok(c) = rx.try_recv() {
-        let h = Header::parse(&c).unwrap();
+        let h = ParsedHeader::parse(&c).unwrap();
         if matches!(h.kind, Kind::Completion { .. }) && h.tag == u16::from(PROBE_TAG) {
             data.extend_from_slice(&c[h.payload]);
         }
@@ -784,13 +785,13 @@ fn probe(ep: &mut Endpoint, rx: &Receiver<Vec<u8>>, tlp: &[u8]) -> Vec<u8> {
 }
 
 /// Configuration space of `bdf`, and the first 64 bytes of the BAR0 at `bar0` (registers).
-fn snapshot(ep: &mut Endpoint, rx: &Receiver<Vec<u8>>, bdf: Bdf, bar0: u64) -> Vec<u8> {
+fn snapshot(ep: &mut Proxy, rx: &Receiver<Vec<u8>>, bdf: Bdf, bar0: u64) -> Vec<u8> {
     let mut out = Vec::new();
     for r in (0..4096u16).step_by(4) {
         out.extend(probe(ep, rx, &cfg_tlp(bdf, r, 0xf, PROBE_TAG, None)));
     }
     let mut t = Vec::new();
-    wire::emit_mem_read(&mut t, PROBE_RID, u16::from(PROBE_TAG), bar0, 64);
+    wire::emit_mem_read(&mut t, PROBE_RID, u16::from(PROBE_TAG), bar0, 64).unwrap();
     let regs = probe(ep, rx, &t);
     assert_eq!(regs.len(), 64, "BAR0 of {bdf} decodes at {bar0:#x}");
     out.extend(regs);
@@ -798,14 +799,14 @@ fn snapshot(ep: &mut Endpoint, rx: &Receiver<Vec<u8>>, bdf: Bdf, bar0: u64) -> V
 }
 
 struct Bench {
-    ep: Endpoint,
+    ep: Proxy,
     rx: Receiver<Vec<u8>>,
     /// View A's PCI Express capability.
     pcie_a: u16,
     _dir: tempfile::TempDir,
 }
 
-fn cfg_read(ep: &mut Endpoint, rx: &Receiver<Vec<u8>>, bdf: Bdf, reg: u16) -> u32 {
+fn cfg_read(ep: &mut Proxy, rx: &Receiver<Vec<u8>>, bdf: Bdf, reg: u16) -> u32 {
     let d = probe(ep, rx, &cfg_tlp(bdf, reg, 0xf, PROBE_TAG, None));
     u32::from_le_bytes(d[..4].try_into().unwrap())
 }
@@ -814,7 +815,7 @@ fn bench() -> Bench {
     let dir = tempfile::tempdir().unwrap();
     let backend = Backend::create(&dir.path().join("ssd.img"), 3 * 64 * 512).unwrap();
     let ctrl = NvmeController::with_vfs(backend, NvmeOptions::default(), equal_split()).unwrap();
-    let (mut ep, rx) = Endpoint::new(EndpointConfig::default());
+    let (mut ep, rx) = Proxy::new(ProxyConfig::default());
     ep.add_function(PF, Box::new(ctrl)).unwrap();
     ep.enable_vfs(PF, 2).unwrap();
     assert_eq!(ep.attach_vf_view(PF, 0), Ok(VIEW_A));
@@ -852,7 +853,7 @@ fn bench() -> Bench {
 fn bar_sizing_and_command_of_one_view_are_invisible_to_the_other() {
     let mut b = bench();
     let (ep, rx) = (&mut b.ep, &b.rx);
-    let w = |ep: &mut Endpoint, bdf, r, v| {
+    let w = |ep: &mut Proxy, bdf, r, v| {
         probe(ep, rx, &cfg_tlp(bdf, r, 0xf, 1, Some(v)));
     };
     w(ep, VIEW_A, 0x10, u32::MAX);
@@ -876,7 +877,7 @@ fn bar_sizing_and_command_of_one_view_are_invisible_to_the_other() {
     assert_eq!(cfg_read(ep, rx, VIEW_A, 0x08) >> 8, NVME_CLASS);
     assert_eq!(cfg_read(ep, rx, VIEW_A, 0x3c) >> 8 & 0xff, 0, "no INTx pin");
     let mut t = Vec::new();
-    wire::emit_mem_read(&mut t, PROBE_RID, u16::from(PROBE_TAG), B_BAR0 + reg::VS, 4);
+    wire::emit_mem_read(&mut t, PROBE_RID, u16::from(PROBE_TAG), B_BAR0 + reg::VS, 4).unwrap();
     assert_eq!(
         probe(ep, rx, &t),
         0x0001_0400u32.to_le_bytes(),
