@@ -9,13 +9,16 @@
 //! * [`nvme`] — an NVMe 1.4 controller backed by a file or block device.
 //! * [`dma_engine`] — the DMA engine test device the benchmarks drive.
 //! * [`replay`] — a real card's configuration space replayed from its `lspci -xxxx` dump.
+//! * [`vf_view`] — an SR-IOV virtual function presented to a host as a standalone function
+//!   (as Linux `vfio-pci` presents a VF to a VM).
 //! * [`loopback`] — an in-process TLP pipe with a minimal host, for tests and examples.
 //!
 //! Module dependencies form a DAG (no two files import each other): `decode` and `msix` are
 //! plain state; `requester` holds the DMA queue and the TLP-thread requester; `function` is the
 //! state a function's handles share with the proxy; `dma` and `interrupt` are those handles;
-//! `device` is the trait and re-exports them; `slot` is the proxy's per-function record;
-//! `sriov` creates virtual functions; `proxy` ties it together.
+//! `device` is the trait and re-exports them; `vf_view` is the synthesised header of a VF
+//! presented standalone; `slot` is the proxy's per-function record; `sriov` creates virtual
+//! functions and their views; `proxy` ties it together.
 //!
 //! Layering: this module imports `tlp` and `pci` (and nothing above); it never imports
 //! `host`.
@@ -35,8 +38,10 @@ pub mod replay;
 pub mod requester;
 mod slot;
 mod sriov;
+pub mod vf_view;
 pub mod wire;
 
 pub use device::{Device, DeviceContext, DeviceError, DmaError, DmaHandle, InterruptHandle};
 pub use proxy::{Proxy, ProxyConfig, ProxyError, ProxyStats};
+pub use vf_view::VfError;
 pub use wire::Bdf;

@@ -19,6 +19,13 @@
 //! Routing: configuration requests by device and function number (the bus number is captured
 //! from Type 0 writes, §2.2.6.2); memory and IO requests by BAR with decode enables respected;
 //! completions by Requester ID to the function's tag table.
+//!
+//! SR-IOV (§9, `sriov.rs`): virtual functions come and go with their PF's VF Enable, as
+//! functions of their own in the same table. The appliance can act as the PF's driver
+//! ([`Proxy::enable_vfs`]) and present a VF to a host as a standalone function
+//! ([`Proxy::attach_vf_view`], `vf_view.rs`): the view is that VF's entry in the table, so
+//! configuration, memory and completion routing, DMA and interrupts all work as for any
+//! function, under the VF's Routing ID.
 
 use crate::sync::MutexExt;
 use std::sync::Arc;
@@ -30,7 +37,8 @@ use thiserror::Error;
 use super::device::{AtomicOp, Device, DeviceError, ResetKind};
 use super::function::{Outbound, WakeSlot};
 use super::slot::{find_cfg, Function};
-use super::sriov::{sync_vfs, VfFactory};
+use super::sriov::{self, sync_vfs, VfFactory};
+use super::vf_view::VfError;
 use super::wire::{self, AtomicKind, Bdf, CplStatus, Kind, ParsedHeader, WireError};
 use crate::tlp::{self, build};
 
@@ -212,7 +220,44 @@ impl Proxy {
         Some(self.functions[i].dma.stats())
     }
 
-    fn sync_vfs(&mut self, pf: usize) {
+    /// Act as the driver of the SR-IOV physical function at `pf`: enable `n` virtual
+    /// functions (VF Enable cleared, NumVFs = `n`, VF Enable and VF MSE set — PCIe r5.0
+    /// §9.3.3.3, §9.3.3.7), or disable them with `n` = 0. Returns their Routing IDs by VF
+    /// index. When exactly `n` are enabled already they stay (only VF MSE is set); otherwise
+    /// the old VFs (and their views) are removed first.
+    pub fn enable_vfs(&mut self, pf: Bdf, n: u16) -> Result<Vec<Bdf>, VfError> {
+        self.with_vf_factory(|functions, mk| sriov::enable_vfs(functions, pf, n, mk))
+    }
+
+    /// Routing IDs of the virtual functions of the PF at `pf`, by VF index (empty when it
+    /// has none or is not a PF).
+    pub fn virtual_functions(&self, pf: Bdf) -> Vec<Bdf> {
+        sriov::virtual_functions(&self.functions, pf)
+    }
+
+    /// Present VF `index` (0-based) of the PF at `pf` as a standalone function, as Linux
+    /// `vfio-pci` presents a VF to a VM (see `vf_view.rs`): Vendor ID of the PF, Device ID
+    /// from its VF Device ID, the VF's BARs as ordinary BARs with their own Command register,
+    /// its own MSI-X and PCI Express capabilities. The VF is reset (FLR) first, so a new
+    /// owner never sees the last one's state. The returned Routing ID is the function's: the
+    /// configuration requests to route to it, the Requester ID of its DMA and interrupts, the
+    /// Completer ID of its completions. The view lasts until [`Proxy::detach_vf_view`] or
+    /// until the VF itself goes (VF Enable cleared, PF reset).
+    pub fn attach_vf_view(&mut self, pf: Bdf, index: u16) -> Result<Bdf, VfError> {
+        sriov::attach_view(&mut self.functions, pf, index, self.now)
+    }
+
+    /// Withdraw the view of the VF at `vf`: the VF is reset (FLR) and routed by its slice of
+    /// the PF's VF BARs again.
+    pub fn detach_vf_view(&mut self, vf: Bdf) -> Result<(), VfError> {
+        sriov::detach_view(&mut self.functions, vf, self.now)
+    }
+
+    /// Run `op` on the function table with what creating virtual functions takes.
+    fn with_vf_factory<R>(
+        &mut self,
+        op: impl FnOnce(&mut Vec<Function>, &mut VfFactory<'_>) -> R,
+    ) -> R {
         let mut mk = VfFactory {
             next_id: &mut self.next_id,
             out: Outbound {
@@ -223,7 +268,11 @@ impl Proxy {
             dma_timeout: self.cfg.dma_timeout,
             now: self.now,
         };
-        sync_vfs(&mut self.functions, pf, &mut mk);
+        op(&mut self.functions, &mut mk)
+    }
+
+    fn sync_vfs(&mut self, pf: usize) {
+        self.with_vf_factory(|functions, mk| sync_vfs(functions, pf, mk));
     }
 
     fn send(&self, tlp: Vec<u8>) {
@@ -360,9 +409,7 @@ impl Proxy {
             v.copy_from_slice(&payload[..4]);
             let f = &mut self.functions[i];
             f.capture_bdf(target);
-            let flr = f
-                .device
-                .config_write(reg, u32::from_le_bytes(v), h.first_be);
+            let flr = f.config_write(reg, u32::from_le_bytes(v), h.first_be);
             if flr {
                 f.reset(ResetKind::FunctionLevel, self.now);
             } else {
@@ -375,12 +422,12 @@ impl Proxy {
             self.complete(me, h, CplStatus::Sc, 4, 0, &[]);
         } else {
             let f = &mut self.functions[i];
-            let mut v = f.device.config_read(reg);
+            let mut v = f.config_read(reg);
             if reg == 0x04 && f.shared.intx.lock().map(|s| s.level).unwrap_or(false) {
                 v |= 1 << 19; // Status: Interrupt Status
             }
             let me = f.bdf();
-            if reg == 0x0c && me.function() == 0 {
+            if reg == 0x0c && me.function() == 0 && f.vf.is_none() {
                 let multi = self.functions.iter().any(|o| {
                     o.vf.is_none() && o.bdf().device() == me.device() && o.bdf().function() != 0
                 });

@@ -1,7 +1,7 @@
 //! A function as the proxy holds it: the device model, the decode state the proxy routes on,
 //! the state shared with the function's handles, its DMA requester, and what makes it a
-//! virtual function (PCIe r5.0 §6.6.2 Function Level Reset, §9 SR-IOV). Only the TLP thread
-//! touches a [`Function`].
+//! virtual function (PCIe r5.0 §6.6.2 Function Level Reset, §9 SR-IOV), including the view
+//! that presents a VF standalone (`vf_view.rs`). Only the TLP thread touches a [`Function`].
 
 use crate::sync::MutexExt;
 use std::sync::Arc;
@@ -13,18 +13,23 @@ use super::dma::DmaHandle;
 use super::function::{FunctionShared, Outbound};
 use super::interrupt::InterruptHandle;
 use super::requester::DmaRequester;
+use super::vf_view::VfView;
 use super::wire::Bdf;
 use crate::tlp::requester::RequestError;
 
 /// What makes a function a virtual function: its PF and the PF-provided decode.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub(crate) struct VfInfo {
     /// The PF's function id.
     pub(crate) pf: u64,
+    /// 0-based VF index (VF index + 1 of the SR-IOV specification).
+    pub(crate) index: u16,
     /// VF BARs (this VF's slice of the PF's VF BARs).
     pub(crate) bars: [Option<(BarSpec, u64)>; 6],
     /// VF Memory Space Enable of the PF.
     pub(crate) mse: bool,
+    /// Presented standalone: the view's header routes it instead of the PF's VF BARs.
+    pub(crate) view: Option<VfView>,
 }
 
 /// A function as the proxy holds it.
@@ -36,6 +41,8 @@ pub(crate) struct Function {
     pub(crate) shared: Arc<FunctionShared>,
     pub(crate) dma: DmaRequester,
     pub(crate) vf: Option<VfInfo>,
+    /// A PF: the NumVFs its virtual functions were created for (0: none exist).
+    pub(crate) vf_count: u16,
 }
 
 impl std::fmt::Debug for Function {
@@ -68,6 +75,7 @@ impl Function {
             shared,
             dma: DmaRequester::new(dma_timeout),
             vf: None,
+            vf_count: 0,
         }
     }
 
@@ -75,11 +83,38 @@ impl Function {
         self.shared.bdf()
     }
 
-    /// Capture bus and device number from a Type 0 configuration write.
+    /// A virtual function of the PF whose function id is `pf`.
+    pub(crate) fn is_vf_of(&self, pf: u64) -> bool {
+        self.vf.as_ref().is_some_and(|v| v.pf == pf)
+    }
+
+    /// Capture bus and device number from a Type 0 configuration write. A VF's Routing ID
+    /// follows its PF's instead (§9.3.3.9-10), so a VF captures nothing.
     pub(crate) fn capture_bdf(&self, target: Bdf) {
+        if self.vf.is_some() {
+            return;
+        }
         let cur = self.bdf();
         self.shared
             .set_bdf(Bdf::new(target.bus(), target.device(), cur.function()));
+    }
+
+    /// The configuration dword at `reg`: the device's, or through the view of a VF
+    /// presented standalone.
+    pub(crate) fn config_read(&mut self, reg: u16) -> u32 {
+        match self.vf.as_ref().and_then(|v| v.view.as_ref()) {
+            Some(view) => view.config_read(self.device.as_mut(), reg),
+            None => self.device.config_read(reg),
+        }
+    }
+
+    /// A configuration write, to the device or through the view; `true` when it initiated a
+    /// Function Level Reset.
+    pub(crate) fn config_write(&mut self, reg: u16, value: u32, be: u8) -> bool {
+        match self.vf.as_mut().and_then(|v| v.view.as_mut()) {
+            Some(view) => view.config_write(self.device.as_mut(), reg, value, be),
+            None => self.device.config_write(reg, value, be),
+        }
     }
 
     /// Re-read the decode state after a config write or reset and apply its side effects:
@@ -87,8 +122,13 @@ impl Function {
     pub(crate) fn refresh(&mut self) {
         let mut d = self.device.decode();
         if let Some(vf) = &self.vf {
-            d.bars = vf.bars;
-            d.mem_enable = vf.mse;
+            match &vf.view {
+                Some(view) => view.apply(&mut d, vf.mse),
+                None => {
+                    d.bars = vf.bars;
+                    d.mem_enable = vf.mse;
+                }
+            }
         }
         self.decode = d;
         self.shared.set_decode(d);
@@ -130,6 +170,9 @@ impl Function {
         };
         self.dma.fail_all(now, &self.shared.dma, error, false);
         self.device.reset(kind);
+        if let Some(view) = self.vf.as_mut().and_then(|v| v.view.as_mut()) {
+            view.reset();
+        }
         self.shared.msix.lock_or_recover().reset();
         {
             let mut s = self.shared.intx.lock_or_recover();

@@ -48,7 +48,7 @@ impl Worker {
                 if nsid != 1 {
                     return Err(Status::INVALID_NAMESPACE);
                 }
-                identify::namespace(&self.identity, self.backend.blocks(), 9, &mut self.page);
+                identify::namespace(&self.identity, self.ns.blocks(), 9, &mut self.page);
             }
             cns::CONTROLLER => identify::controller(&self.identity, &mut self.page),
             cns::ACTIVE_NAMESPACES => {

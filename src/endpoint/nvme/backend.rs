@@ -29,6 +29,18 @@ pub enum BackendError {
         /// Logical block size.
         block: u32,
     },
+    /// An access beyond the namespace it was made through (refused before the store).
+    #[error("{path}: {len} bytes at LBA {lba} lie outside a namespace of {blocks} blocks")]
+    OutOfRange {
+        /// The path.
+        path: PathBuf,
+        /// First logical block of the access.
+        lba: u64,
+        /// Its length in bytes.
+        len: u64,
+        /// Blocks of the namespace.
+        blocks: u64,
+    },
     /// An I/O error.
     #[error("I/O error on {path}: {source}")]
     Io {

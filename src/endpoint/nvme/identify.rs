@@ -23,6 +23,8 @@ pub struct Identity {
     pub ssvid: u16,
     /// Serial number (ASCII, at most 20 bytes).
     pub serial: String,
+    /// Controller ID (CNTLID): 1 for a physical function, 1 + n for its VF n (SR-IOV).
+    pub cntlid: u16,
     /// Model number (ASCII, at most 40 bytes).
     pub model: String,
     /// Firmware revision (ASCII, at most 8 bytes).
@@ -59,7 +61,7 @@ pub fn controller(id: &Identity, b: &mut [u8; IDENTIFY_SIZE]) {
     put_ascii(&mut c.fr, &id.firmware);
     c.rab = 6; // 64 commands
     c.mdts = MDTS;
-    c.cntlid.set(1);
+    c.cntlid.set(id.cntlid);
     c.ver.set(vs::V1_4_0);
     c.cntrltype = 1; // I/O controller
     c.oacs.set(0); // none of the optional admin commands
@@ -230,6 +232,7 @@ mod tests {
             vid: 0x1b36,
             ssvid: 0x1b36,
             serial: "SN123".into(),
+            cntlid: 3,
             model: "model".into(),
             firmware: "1.0".into(),
             nguid: [7; 16],
@@ -245,6 +248,7 @@ mod tests {
         assert_eq!(&b[4..9], b"SN123");
         assert_eq!(b[9], b' ');
         assert_eq!(b[77], MDTS);
+        assert_eq!(u16::from_le_bytes([b[78], b[79]]), 3, "CNTLID");
         assert_eq!(&b[80..84], &[0, 4, 1, 0]);
         assert_eq!((b[512], b[513]), (0x66, 0x44));
         assert_eq!(u32::from_le_bytes(b[516..520].try_into().unwrap()), 1);

@@ -1,5 +1,6 @@
 //! NVM command set I/O commands (NVMe 1.4c §6): Read (§6.9), Write (§6.15), Flush (§6.8),
-//! Write Zeroes (§6.16), Dataset Management (§6.7), against the namespace's backing store.
+//! Write Zeroes (§6.16), Dataset Management (§6.7), against the namespace (a slice of the
+//! backing store, see `namespace.rs`).
 
 use zerocopy::FromBytes;
 
@@ -9,8 +10,8 @@ use crate::pci::class::nvme::{nvm, DsmRange, Sqe, Status, NSID_ALL};
 
 impl Worker {
     pub(super) fn io(&mut self, cmd: &Sqe) -> Outcome {
-        let blocks = self.backend.blocks();
-        let bs = u64::from(self.backend.block_size());
+        let blocks = self.ns.blocks();
+        let bs = u64::from(self.ns.block_size());
         let nsid = cmd.nsid.get();
         if !(cmd.opcode == nvm::FLUSH && nsid == NSID_ALL) && nsid != 1 {
             return Outcome::err(Status::INVALID_NAMESPACE);
@@ -45,9 +46,8 @@ impl Worker {
                         return fail(s);
                     }
                 }
-                let off = slba * bs;
                 if cmd.opcode == nvm::READ {
-                    if let Err(e) = self.backend.read_at(&mut self.data[..len], off) {
+                    if let Err(e) = self.ns.read(slba, &mut self.data[..len]) {
                         tracing::warn!("nvme: {e}");
                         self.shared.lock().health.media_errors += 1;
                         return fail(Status::READ_ERROR);
@@ -64,16 +64,13 @@ impl Worker {
                     }
                     let fua = cmd.fua();
                     let write_through = !self.shared.lock().feat.vwc;
-                    let res = self
-                        .backend
-                        .write_at(&self.data[..len], off)
-                        .and_then(|()| {
-                            if fua || write_through {
-                                self.backend.flush()
-                            } else {
-                                Ok(())
-                            }
-                        });
+                    let res = self.ns.write(slba, &self.data[..len]).and_then(|()| {
+                        if fua || write_through {
+                            self.ns.flush()
+                        } else {
+                            Ok(())
+                        }
+                    });
                     if let Err(e) = res {
                         tracing::warn!("nvme: {e}");
                         self.shared.lock().health.media_errors += 1;
@@ -85,7 +82,7 @@ impl Worker {
                 }
                 Outcome::ok(0)
             }
-            nvm::FLUSH => match self.backend.flush() {
+            nvm::FLUSH => match self.ns.flush() {
                 Ok(()) => Outcome::ok(0),
                 Err(e) => {
                     tracing::warn!("nvme: {e}");
@@ -96,7 +93,7 @@ impl Worker {
                 if !in_range {
                     return fail(Status::LBA_OUT_OF_RANGE);
                 }
-                match self.backend.write_zeroes(slba * bs, nlb * bs) {
+                match self.ns.write_zeroes(slba, nlb) {
                     Ok(()) => Outcome::ok(0),
                     Err(e) => {
                         tracing::warn!("nvme: {e}");
@@ -124,7 +121,7 @@ impl Worker {
                 }
                 if deallocate {
                     for (s, n) in ranges {
-                        if let Err(e) = self.backend.deallocate(s * bs, n * bs) {
+                        if let Err(e) = self.ns.deallocate(s, n) {
                             tracing::warn!("nvme: {e}");
                             return fail(Status::WRITE_FAULT);
                         }

@@ -13,13 +13,19 @@
 //!
 //! BAR0 (64-bit, 16 KiB): registers at 0, doorbells at 0x1000 (stride 0), MSI-X table at
 //! 0x2000 (17 vectors: admin + 16 I/O queues), PBA at 0x3000.
+//!
+//! The namespace is a [`Namespace`]: the whole backing store, or — for an SR-IOV physical
+//! function built with [`NvmeController::with_vfs`] and its virtual functions — one slice of
+//! it each (`sriov.rs`; PCIe r5.0 §9, each VF a controller of its own).
 
 mod admin;
 pub mod backend;
 pub mod identify;
 mod io;
+pub mod namespace;
 mod prefetch;
 pub mod prp;
+pub mod sriov;
 mod worker;
 
 use crate::sync::{CondvarExt, MutexExt};
@@ -38,14 +44,18 @@ use crate::pci::class::nvme::{
     aer, aqa, cap, cc, csts, log, reg, vs, ErrorLogEntry, CLASS_CODE, MIN_PAGE_SIZE,
 };
 use crate::pci::class::DEFAULT_VENDOR_ID;
-use crate::pci::{Bar, ConfigSpace, FunctionIds};
+use crate::pci::{Bar, ConfigSpace, FunctionIds, SriovConfig};
 pub use backend::{Backend, BackendError};
 use identify::{Health, Identity, MAX_IO_QUEUES, MDTS};
+pub use namespace::Namespace;
+pub use sriov::{NvmeSriov, SliceError, SliceLayout};
 
 /// PCI vendor ID of the NVMe model by default.
 pub const DEFAULT_VENDOR: u16 = DEFAULT_VENDOR_ID;
 /// PCI device ID of the NVMe model by default.
 pub const DEFAULT_DEVICE: u16 = 0x0e01;
+/// The SR-IOV capability's VF Device ID by default (what a VF presented standalone reads).
+pub const DEFAULT_VF_DEVICE: u16 = 0x0e04;
 /// MSI-X vectors: one for the admin queue and one per I/O queue.
 pub const MSIX_VECTORS: u16 = MAX_IO_QUEUES + 1;
 /// Maximum queue entries (CAP.MQES + 1).
@@ -72,6 +82,8 @@ pub struct NvmeOptions {
     pub model: String,
     /// PCI vendor and device IDs.
     pub pci_ids: (u16, u16),
+    /// VF Device ID of the SR-IOV capability (used by [`NvmeController::with_vfs`]).
+    pub vf_device_id: u16,
 }
 
 impl Default for NvmeOptions {
@@ -80,6 +92,7 @@ impl Default for NvmeOptions {
             serial: None,
             model: "pcietun NVMe controller".into(),
             pci_ids: (DEFAULT_VENDOR, DEFAULT_DEVICE),
+            vf_device_id: DEFAULT_VF_DEVICE,
         }
     }
 }
@@ -241,8 +254,10 @@ impl Shared {
 pub struct NvmeController {
     cfg: ConfigSpace,
     shared: Arc<Shared>,
-    backend: Arc<Backend>,
+    ns: Arc<Namespace>,
     identity: Arc<Identity>,
+    /// A physical function with SR-IOV: how its virtual functions are built.
+    vfs: Option<Arc<sriov::VfPlan>>,
     irq: Option<InterruptHandle>,
     worker: Option<JoinHandle<()>>,
 }
@@ -261,50 +276,99 @@ fn derive_ids(seed: &str) -> ([u8; 16], [u8; 8], [u8; 16], String) {
     (nguid, eui, uuid, format!("PT{serial}"))
 }
 
+/// What a controller says about itself: identifiers derived from `seed` (the backing path,
+/// plus the VF number for a VF), the serial given or derived.
+fn identity(opts: &NvmeOptions, seed: &str, serial: Option<String>, cntlid: u16) -> Identity {
+    let (nguid, eui64, uuid, derived_serial) = derive_ids(seed);
+    Identity {
+        vid: opts.pci_ids.0,
+        ssvid: opts.pci_ids.0,
+        serial: serial.unwrap_or(derived_serial),
+        cntlid,
+        model: opts.model.clone(),
+        firmware: env!("CARGO_PKG_VERSION").into(),
+        nguid,
+        eui64,
+        uuid,
+    }
+}
+
+/// The configuration space of a physical function (with its SR-IOV capability, if any) or,
+/// with `vf`, of one of its virtual functions: all-ones IDs, no BAR registers and no INTx
+/// (PCIe r5.0 §9.3.4), MSI-X and PCI Express capabilities of its own.
+fn config_space(opts: &NvmeOptions, sriov: Option<SriovConfig>, vf: bool) -> ConfigSpace {
+    let (vendor_id, device_id) = if vf { (0xffff, 0xffff) } else { opts.pci_ids };
+    build_config(&ModelConfig {
+        ids: FunctionIds {
+            vendor_id,
+            device_id,
+            revision: 1,
+            class_code: CLASS_CODE,
+            subsystem_vendor_id: opts.pci_ids.0,
+            subsystem_id: opts.pci_ids.1,
+            interrupt_pin: u8::from(!vf),
+            multifunction: false,
+        },
+        bars: bars(),
+        msix: Some(MsixLayout {
+            vectors: MSIX_VECTORS,
+            table_bar: 0,
+            table_offset: 0x2000,
+            pba_bar: 0,
+            pba_offset: 0x3000,
+        }),
+        mps_supported: 256,
+        sriov,
+        vf,
+    })
+    .expect("the NVMe configuration layout is fixed and valid")
+}
+
+/// BAR0: the registers, doorbells and MSI-X (a VF's is its slice of the PF's VF BAR0).
+fn bars() -> [Bar; 6] {
+    let mut bars = [Bar::Unused; 6];
+    bars[0] = Bar::Memory64 {
+        size: BAR0_SIZE,
+        prefetchable: false,
+    };
+    bars
+}
+
 impl NvmeController {
-    /// A controller over `backend`.
+    /// A controller over `backend`: one namespace, the whole store.
     pub fn new(backend: Backend, opts: NvmeOptions) -> Self {
         let seed = format!("{}", backend.path().display());
-        let (nguid, eui64, uuid, derived_serial) = derive_ids(&seed);
-        let identity = Identity {
-            vid: opts.pci_ids.0,
-            ssvid: opts.pci_ids.0,
-            serial: opts.serial.clone().unwrap_or(derived_serial),
-            model: opts.model.clone(),
-            firmware: env!("CARGO_PKG_VERSION").into(),
-            nguid,
-            eui64,
-            uuid,
-        };
-        let mut bars = [Bar::Unused; 6];
-        bars[0] = Bar::Memory64 {
-            size: BAR0_SIZE,
-            prefetchable: false,
-        };
-        let cfg = build_config(&ModelConfig {
-            ids: FunctionIds {
-                vendor_id: opts.pci_ids.0,
-                device_id: opts.pci_ids.1,
-                revision: 1,
-                class_code: CLASS_CODE,
-                subsystem_vendor_id: opts.pci_ids.0,
-                subsystem_id: opts.pci_ids.1,
-                interrupt_pin: 1,
-                multifunction: false,
-            },
-            bars,
-            msix: Some(MsixLayout {
-                vectors: MSIX_VECTORS,
-                table_bar: 0,
-                table_offset: 0x2000,
-                pba_bar: 0,
-                pba_offset: 0x3000,
-            }),
-            mps_supported: 256,
-            sriov: None,
-            vf: false,
-        })
-        .expect("the NVMe configuration layout is fixed and valid");
+        let id = identity(&opts, &seed, opts.serial.clone(), 1);
+        let ns = Namespace::whole(Arc::new(backend));
+        Self::build(config_space(&opts, None, false), ns, id, None)
+    }
+
+    /// A controller over `backend` that is an SR-IOV physical function with up to
+    /// `sriov.vfs` virtual functions (First VF Offset 1, VF Stride 1, VF Device ID
+    /// `opts.vf_device_id`, VF BAR0 16 KiB). The store is cut into slices ([`SliceLayout`]):
+    /// the PF keeps the first, VF *n* (1-based) gets slice *n* as its namespace. Each VF that
+    /// VF Enable brings up is a controller of its own — registers, queues, MSI-X, Identify
+    /// with its own serial number and controller ID.
+    pub fn with_vfs(
+        backend: Backend,
+        opts: NvmeOptions,
+        sriov: NvmeSriov,
+    ) -> Result<Self, SliceError> {
+        let seed = format!("{}", backend.path().display());
+        let layout = SliceLayout::new(&backend, sriov)?;
+        let id = identity(&opts, &seed, opts.serial.clone(), 1);
+        let plan = sriov::VfPlan::new(Arc::new(backend), layout, &opts, &id.serial, seed);
+        let ns = plan.pf_namespace();
+        let cfg = config_space(&opts, Some(plan.sriov_config()), false);
+        Ok(Self::build(cfg, ns, id, Some(Arc::new(plan))))
+    }
+
+    fn build(
+        cfg: ConfigSpace,
+        ns: Namespace,
+        identity: Identity,
+        vfs: Option<Arc<sriov::VfPlan>>,
+    ) -> Self {
         NvmeController {
             cfg,
             shared: Arc::new(Shared {
@@ -312,8 +376,9 @@ impl NvmeController {
                 wake: Condvar::new(),
                 idle: Condvar::new(),
             }),
-            backend: Arc::new(backend),
+            ns: Arc::new(ns),
             identity: Arc::new(identity),
+            vfs,
             irq: None,
             worker: None,
         }
@@ -321,7 +386,17 @@ impl NvmeController {
 
     /// The namespace's size in logical blocks.
     pub fn blocks(&self) -> u64 {
-        self.backend.blocks()
+        self.ns.blocks()
+    }
+
+    /// The namespace (which blocks of the backing store it is).
+    pub fn namespace(&self) -> &Namespace {
+        &self.ns
+    }
+
+    /// Serial number (Identify Controller SN).
+    pub fn serial(&self) -> &str {
+        &self.identity.serial
     }
 
     fn regs_image(&self) -> [u8; 0x40] {
@@ -459,7 +534,7 @@ impl Device for NvmeController {
         self.irq = Some(ctx.irq.clone());
         let w = worker::Worker::new(
             self.shared.clone(),
-            self.backend.clone(),
+            self.ns.clone(),
             self.identity.clone(),
             ctx,
         );
@@ -514,6 +589,11 @@ impl Device for NvmeController {
             self.write_reg(dw, u32::from_le_bytes(v), mask);
         }
         Ok(())
+    }
+
+    fn create_vf(&mut self, index: u16) -> Option<Box<dyn Device>> {
+        let vf = self.vfs.as_ref()?.controller(index)?;
+        Some(Box::new(vf))
     }
 
     fn reset(&mut self, _kind: ResetKind) {

@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 use zerocopy::IntoBytes;
 
-use super::backend::Backend;
 use super::identify::{self, Identity};
+use super::namespace::Namespace;
 use super::prefetch::{Geometry, Prefetcher};
 use super::prp::{self, HostMemory};
 use super::{Cq, Ctrl, Shared, Sq, MAX_TRANSFER, PAGE};
@@ -93,7 +93,7 @@ impl From<Result<u32, Status>> for Outcome {
 
 pub(super) struct Worker {
     pub(super) shared: Arc<Shared>,
-    pub(super) backend: Arc<Backend>,
+    pub(super) ns: Arc<Namespace>,
     pub(super) identity: Arc<Identity>,
     pub(super) dma: DmaHandle,
     pub(super) irq: InterruptHandle,
@@ -112,13 +112,13 @@ pub(super) struct Worker {
 impl Worker {
     pub(super) fn new(
         shared: Arc<Shared>,
-        backend: Arc<Backend>,
+        ns: Arc<Namespace>,
         identity: Arc<Identity>,
         ctx: DeviceContext,
     ) -> Self {
         Worker {
             shared,
-            backend,
+            ns,
             identity,
             dma: ctx.dma,
             irq: ctx.irq,
@@ -176,8 +176,8 @@ impl Worker {
         }
         self.prefetch.clear();
         let geometry = Geometry {
-            blocks: self.backend.blocks(),
-            block_size: self.backend.block_size(),
+            blocks: self.ns.blocks(),
+            block_size: self.ns.block_size(),
         };
         for k in 0..n {
             {
@@ -226,7 +226,7 @@ impl Worker {
             }
             if cc::shn(c.cc) != 0 && c.csts & csts::SHST_MASK == csts::SHST_OCCURRING {
                 drop(c);
-                if let Err(e) = self.backend.flush() {
+                if let Err(e) = self.ns.flush() {
                     tracing::warn!("nvme: flush at shutdown failed: {e}");
                 }
                 c = self.shared.lock();
