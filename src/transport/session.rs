@@ -3,7 +3,7 @@
 //! (docs/protocol.md §4–§8). Sans-I/O: fed frames and time, produces frames and deadlines.
 
 use super::congestion::{Controller, DelayBased, Pacer, RttEstimator};
-use super::crypto::{PacketKey, ReplayWindow};
+use super::crypto::{Cipher, PacketKey, ReplayWindow};
 use super::frame::{
     emit_record, flags, record_len, AckBlock, CreditLimits, FrameType, Header, Records, ACK_LEN,
     DATA_OVERHEAD, HEADER_LEN, RECORD_HDR_LEN, TAG_LEN,
@@ -92,8 +92,8 @@ impl Session {
             u64::from(p.local_session) << 32 | u64::from(p.peer_session),
         ));
         Session {
-            tx: PacketKey::new(&p.tx_key, p.encrypt),
-            rx: PacketKey::new(&p.rx_key, p.encrypt),
+            tx: PacketKey::new(Cipher::ChaCha20Poly1305, &p.tx_key, p.encrypt),
+            rx: PacketKey::new(Cipher::ChaCha20Poly1305, &p.rx_key, p.encrypt),
             replay: ReplayWindow::default(),
             next_pn: 1,
             send: Sender::new(p.peer_credits),
