@@ -11,7 +11,7 @@ use pcietun::endpoint::dma_engine::{self, reg};
 use pcietun::endpoint::wire::{self, CplStatus, Header, Kind};
 use pcietun::endpoint::Bdf;
 use pcietun::transport::driver::{self, DriverConfig, Peers, TransportHandle, Upcall};
-use pcietun::transport::{ConnId, Event, HostId, PeerAddr, Psk};
+use pcietun::transport::{ConnId, Event, HostId, PeerAddr, SecretKey};
 
 struct Appliance(Child);
 
@@ -51,11 +51,16 @@ struct Host {
 impl Host {
     fn connect(addr: std::net::SocketAddr) -> Host {
         let port = driver::open("udp:127.0.0.1:0").unwrap();
-        let cfg = DriverConfig::new(Peers::Connect {
-            server: PeerAddr::Udp(addr),
-            host: HostId::new("host").unwrap(),
-            psk: Psk::DEVELOPMENT,
-        });
+        // The appliance runs with the development keys (loopback).
+        let cfg = DriverConfig::new(
+            SecretKey::development_host(),
+            Peers::Connect {
+                server: PeerAddr::Udp(addr),
+                host: HostId::new("host").unwrap(),
+                server_key: SecretKey::development_appliance().public_key(),
+                psk: None,
+            },
+        );
         let t = TransportHandle::spawn(port, cfg).unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {

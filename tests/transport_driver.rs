@@ -4,7 +4,7 @@
 mod prereq;
 use bytes::Bytes;
 use pcietun::transport::driver::{mem, udp::UdpPort, DriverConfig, Peers, TransportHandle, Upcall};
-use pcietun::transport::{ConnId, Event, HostId, PeerAddr, Psk};
+use pcietun::transport::{ConnId, Event, HostId, HostKey, PeerAddr, Psk, SecretKey};
 use std::time::{Duration, Instant};
 
 fn mwr(i: u32) -> Bytes {
@@ -67,24 +67,18 @@ fn exchange(server: TransportHandle, client: TransportHandle, n: u32) {
     assert!(st.sessions[0].1.tlps_sent >= u64::from(n));
 }
 
-fn cfgs(loss: f64) -> (DriverConfig, DriverConfig, HostId, Psk) {
+fn cfgs(loss: f64) -> (DriverConfig, DriverConfig, HostId) {
     let host = HostId::new("h1").unwrap();
-    let psk = Psk([5; 32]);
-    let s = DriverConfig::new(Peers::Accept(vec![(host, psk.clone())]));
-    let mut c = DriverConfig::new(Peers::Connect {
-        server: PeerAddr::Mem(1),
-        host,
-        psk: psk.clone(),
-    });
+    let (s, mut c) = DriverConfig::pair(host, PeerAddr::Mem(1));
     c.inject_loss = loss;
     c.seed = 7;
-    (s, c, host, psk)
+    (s, c, host)
 }
 
 #[test]
 fn mem_link_delivers_exactly_once_in_order() {
     let (a, b) = mem::pair();
-    let (s, c, _, _) = cfgs(0.0);
+    let (s, c, _) = cfgs(0.0);
     let server = TransportHandle::spawn(Box::new(b), s).unwrap();
     let client = TransportHandle::spawn(Box::new(a), c).unwrap();
     exchange(server, client, 50_000);
@@ -93,7 +87,7 @@ fn mem_link_delivers_exactly_once_in_order() {
 #[test]
 fn mem_link_with_injected_loss() {
     let (a, b) = mem::pair();
-    let (s, c, _, _) = cfgs(0.05);
+    let (s, c, _) = cfgs(0.05);
     let server = TransportHandle::spawn(Box::new(b), s).unwrap();
     let client = TransportHandle::spawn(Box::new(a), c).unwrap();
     exchange(server, client, 20_000);
@@ -121,15 +115,10 @@ fn udp_loopback_ipv4_and_ipv6() {
             .unwrap(),
         )
         .unwrap();
-        let (s, mut c, _, _) = cfgs(0.01);
-        c.peers = match c.peers {
-            Peers::Connect { host, psk, .. } => Peers::Connect {
-                server: PeerAddr::Udp(saddr),
-                host,
-                psk,
-            },
-            p => p,
-        };
+        let (s, mut c, _) = cfgs(0.01);
+        if let Peers::Connect { server, .. } = &mut c.peers {
+            *server = PeerAddr::Udp(saddr);
+        }
         let server = TransportHandle::spawn(Box::new(sp), s).unwrap();
         let client = TransportHandle::spawn(Box::new(cp), c).unwrap();
         exchange(server, client, 20_000);
@@ -139,18 +128,15 @@ fn udp_loopback_ipv4_and_ipv6() {
 #[test]
 fn wrong_key_never_connects() {
     let (a, b) = mem::pair();
-    let (s, mut c, host, _) = cfgs(0.0);
-    c.peers = Peers::Connect {
-        server: PeerAddr::Mem(1),
-        host,
-        psk: Psk([6; 32]),
-    };
+    // A host key the appliance does not list.
+    let (s, mut c, _) = cfgs(0.0);
+    c.key = SecretKey::generate();
     let server = TransportHandle::spawn(Box::new(b), s).unwrap();
     let client = TransportHandle::spawn(Box::new(a), c).unwrap();
     assert!(server.recv_timeout(Duration::from_millis(400)).is_none());
     assert!(client.try_recv().is_none());
     let st = server.stats().unwrap();
-    assert!(st.endpoint.drop_bad_handshake_mac > 0, "{:?}", st.endpoint);
+    assert!(st.endpoint.drop_unknown_host > 0, "{:?}", st.endpoint);
     // sending without a session is reported back, never silently lost
     client.send(ConnId(0), mwr(1)).unwrap();
     match client.recv_timeout(Duration::from_secs(2)) {
@@ -163,28 +149,37 @@ fn wrong_key_never_connects() {
 fn several_hosts_share_one_server_socket() {
     let sp = UdpPort::bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let saddr = sp.addr();
-    let hosts: Vec<(HostId, Psk)> = (0..3)
-        .map(|i| {
-            (
-                HostId::new(&format!("host-{i}")).unwrap(),
-                Psk([i as u8 + 1; 32]),
-            )
+    // Three hosts, each its own key; one also with a PSK.
+    let keys: Vec<SecretKey> = (0..3).map(|_| SecretKey::generate()).collect();
+    let psk = Psk::generate();
+    let hosts: Vec<HostKey> = (0..3)
+        .map(|i| HostKey {
+            host: HostId::new(&format!("host-{i}")).unwrap(),
+            public: keys[i].public_key(),
+            psk: (i == 2).then(|| psk.clone()),
         })
         .collect();
+    let skey = SecretKey::generate();
+    let server_key = skey.public_key();
     let server = TransportHandle::spawn(
         Box::new(sp),
-        DriverConfig::new(Peers::Accept(hosts.clone())),
+        DriverConfig::new(skey, Peers::Accept(hosts.clone())),
     )
     .unwrap();
     let clients: Vec<TransportHandle> = hosts
         .iter()
+        .zip(&keys)
         .map(|(h, k)| {
             let port = UdpPort::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-            let cfg = DriverConfig::new(Peers::Connect {
-                server: PeerAddr::Udp(saddr),
-                host: *h,
-                psk: k.clone(),
-            });
+            let cfg = DriverConfig::new(
+                k.clone(),
+                Peers::Connect {
+                    server: PeerAddr::Udp(saddr),
+                    host: h.host,
+                    server_key,
+                    psk: h.psk.clone(),
+                },
+            );
             TransportHandle::spawn(Box::new(port), cfg).unwrap()
         })
         .collect();
@@ -215,7 +210,7 @@ fn several_hosts_share_one_server_socket() {
                 conn,
                 event: Event::Connected { host, .. },
             }) => {
-                assert!(hosts.iter().any(|(h, _)| *h == host));
+                assert!(hosts.iter().any(|h| h.host == host));
                 connected.insert(conn);
             }
             Some(other) => panic!("unexpected {other:?}"),
@@ -234,7 +229,7 @@ fn several_hosts_share_one_server_socket() {
 fn direct_sender_from_other_threads() {
     use pcietun::transport::driver::Direct;
     let (a, b) = mem::pair();
-    let (s, c, _, _) = cfgs(0.05);
+    let (s, c, _) = cfgs(0.05);
     let server = TransportHandle::spawn(Box::new(b), s).unwrap();
     let mut client = Direct::new(Box::new(a), c);
     let conn = connected(|t| client.poll_wake(Some(t)).unwrap());
@@ -300,12 +295,11 @@ fn shared_link_requesters_drive_and_the_watcher_covers_idle_time() {
     let sp = UdpPort::bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let server_addr = PeerAddr::Udp(sp.addr());
     let cp = UdpPort::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let (s, _, host, psk) = cfgs(0.0);
-    let c = DriverConfig::new(Peers::Connect {
-        server: server_addr,
-        host,
-        psk,
-    });
+    let (s, mut c, _) = cfgs(0.0);
+    c.seed = 0;
+    if let Peers::Connect { server, .. } = &mut c.peers {
+        *server = server_addr;
+    }
     let server = TransportHandle::spawn(Box::new(sp), s).unwrap();
     let mut client = Direct::new(Box::new(cp), c);
     let conn = connected(|t| client.poll(Some(t)).unwrap());

@@ -2,7 +2,7 @@
 //! behind one endpoint proxy, reachable over the tunnel's listen addresses.
 //!
 //! Configuration comes from `--config appliance.toml` (schema in docs/appliance.md) and/or
-//! quick flags (`--device`, `--listen`, `--psk`). Everything is validated and every device is
+//! quick flags (`--device`, `--listen`, `--key`, `--host`). Everything is validated and every device is
 //! built (backing files opened) before anything listens: a bad configuration is an error naming
 //! the file, the line and what is wrong, and nothing starts half-configured.
 
@@ -27,7 +27,8 @@ use pcietun::endpoint::replay::ReplayDevice;
 use pcietun::endpoint::{Bdf, Device, Endpoint, EndpointConfig};
 use pcietun::pci::replay::ReplaySizes;
 use pcietun::transport::driver::{self, Direct, DriverConfig, Peers, TransportHandle};
-use pcietun::transport::{ConnId, HostId, Psk};
+use pcietun::transport::keys::{self, HostSpec};
+use pcietun::transport::{ConnId, HostKey, SecretKey};
 
 /// Arguments of `pcietun appliance`.
 #[derive(Debug, clap::Args)]
@@ -41,9 +42,13 @@ pub struct ApplianceArgs {
     /// Device: nvme=PATH, dma, or replay=DUMP[,bar0=SIZE,...] (repeatable).
     #[arg(long, value_name = "SPEC")]
     device: Vec<String>,
-    /// Pre-shared key of a host: HOSTID=HEX (repeatable).
-    #[arg(long, value_name = "HOSTID=HEX")]
-    psk: Vec<String>,
+    /// Our private key file (from `pcietun keygen`; else $PCIETUN_PRIVATE_KEY; else the
+    /// development key, loopback only).
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
+    /// A host we accept: NAME=PUBLIC_KEY[,psk=FILE] (repeatable).
+    #[arg(long, value_name = "NAME=PUBKEY")]
+    host: Vec<String>,
     /// Drop this percentage of sent frames (testing).
     #[arg(long, value_name = "PCT")]
     inject_loss: Option<f64>,
@@ -114,8 +119,10 @@ pub struct ApplianceConfig {
     pub listen: Vec<Listen>,
     /// Devices, with their device/function numbers.
     pub devices: Vec<(Bdf, DeviceSpec)>,
-    /// Host keys: (host id, key bytes).
-    pub hosts: Vec<(String, Vec<u8>)>,
+    /// Our private key file (None: $PCIETUN_PRIVATE_KEY, else the development key).
+    pub key_file: Option<PathBuf>,
+    /// The hosts we accept, by public key.
+    pub hosts: Vec<HostSpec>,
     /// Loss injection in percent.
     pub inject_loss: f64,
     /// Completion timeout for device DMA.
@@ -127,6 +134,7 @@ pub struct ApplianceConfig {
 struct FileConfig {
     #[serde(default)]
     listen: Vec<Spanned<String>>,
+    key_file: Option<String>,
     #[serde(default)]
     host: Vec<FileHost>,
     #[serde(default)]
@@ -139,7 +147,8 @@ struct FileConfig {
 #[serde(deny_unknown_fields)]
 struct FileHost {
     id: Spanned<String>,
-    psk: Spanned<String>,
+    public_key: Spanned<String>,
+    psk_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -206,18 +215,6 @@ pub fn parse_listen(s: &str) -> Result<Listen, String> {
     } else {
         Err(format!("listen address {s:?} must start with udp: or eth:"))
     }
-}
-
-fn parse_hex_key(s: &str) -> Result<Vec<u8>, String> {
-    Psk::from_hex(s)
-        .map(|k| k.0.to_vec())
-        .map_err(|_| "key must be 32 bytes written as 64 hex digits".to_string())
-}
-
-fn check_host_id(id: &str) -> Result<(), String> {
-    HostId::new(id)
-        .map(|_| ())
-        .map_err(|_| format!("host id {id:?} must be 1 to 16 bytes"))
 }
 
 /// Parse a `--device` flag value.
@@ -306,6 +303,7 @@ impl ApplianceConfig {
         let mut cfg = ApplianceConfig {
             listen: Vec::new(),
             devices: Vec::new(),
+            key_file: None,
             hosts: Vec::new(),
             inject_loss: 0.0,
             dma_timeout: Duration::from_secs(2),
@@ -313,11 +311,6 @@ impl ApplianceConfig {
         for l in &file.listen {
             cfg.listen
                 .push(parse_listen(l.get_ref()).map_err(|m| err(Some(l.span()), m))?);
-        }
-        for h in &file.host {
-            let key = parse_hex_key(h.psk.get_ref()).map_err(|m| err(Some(h.psk.span()), m))?;
-            check_host_id(h.id.get_ref()).map_err(|m| err(Some(h.id.span()), m))?;
-            cfg.hosts.push((h.id.get_ref().clone(), key));
         }
         let resolve = |p: &str| {
             let p = PathBuf::from(p);
@@ -327,6 +320,20 @@ impl ApplianceConfig {
                 p
             }
         };
+        cfg.key_file = file.key_file.as_deref().map(resolve);
+        for h in &file.host {
+            let public_key = h
+                .public_key
+                .get_ref()
+                .parse()
+                .map_err(|e: keys::KeyError| err(Some(h.public_key.span()), e.to_string()))?;
+            keys::HostId::new(h.id.get_ref()).map_err(|e| err(Some(h.id.span()), e.to_string()))?;
+            cfg.hosts.push(HostSpec {
+                id: h.id.get_ref().clone(),
+                public_key,
+                psk_file: h.psk_file.as_deref().map(resolve),
+            });
+        }
         for (i, d) in file.device.iter().enumerate() {
             let need = |f: &Option<Spanned<String>>, name: &str| -> Result<String, ConfigError> {
                 f.as_ref().map(|s| s.get_ref().clone()).ok_or_else(|| {
@@ -455,13 +462,12 @@ impl ApplianceConfig {
                 .ok_or_else(|| flag_err("--device", d, "all 32 slots are taken".into()))?;
             self.devices.push((Bdf::new(0, slot, 0), spec));
         }
-        for p in &args.psk {
-            let (id, key) = p
-                .split_once('=')
-                .ok_or_else(|| flag_err("--psk", p, "want HOSTID=HEX".into()))?;
-            let key = parse_hex_key(key).map_err(|m| flag_err("--psk", p, m))?;
-            check_host_id(id).map_err(|m| flag_err("--psk", p, m))?;
-            self.hosts.push((id.to_string(), key));
+        if let Some(k) = &args.key {
+            self.key_file = Some(k.clone());
+        }
+        for h in &args.host {
+            self.hosts
+                .push(HostSpec::parse_flag(h).map_err(|e| flag_err("--host", h, e.to_string()))?);
         }
         if let Some(l) = args.inject_loss {
             if !(0.0..=100.0).contains(&l) {
@@ -575,6 +581,7 @@ fn resolve(
         None => ApplianceConfig {
             listen: Vec::new(),
             devices: Vec::new(),
+            key_file: None,
             hosts: Vec::new(),
             inject_loss: 0.0,
             dma_timeout: Duration::from_secs(2),
@@ -604,11 +611,18 @@ fn resolve(
 
 /// Run `pcietun appliance`.
 pub fn run(args: ApplianceArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    super::init_logging();
     let (cfg, temp) = resolve(&args)?;
-    if cfg.hosts.is_empty() {
+    let listen: Vec<String> = cfg.listen.iter().map(ToString::to_string).collect();
+    let (key, hosts, development) = keys::appliance_identity(
+        cfg.key_file.as_deref(),
+        &cfg.hosts,
+        listen.iter().map(String::as_str),
+    )?;
+    if development {
         eprintln!(
-            "pcietun appliance: warning: no --psk given; using the built-in development key — \
-             the link is NOT secure"
+            "pcietun appliance: warning: no --key/--host given; using the built-in development \
+             keys (loopback only) — the link is NOT secure"
         );
     }
     let built = build(&cfg, temp)?;
@@ -631,20 +645,7 @@ pub fn run(args: ApplianceArgs) -> Result<ExitCode, Box<dyn std::error::Error>> 
         return Ok(ExitCode::SUCCESS);
     }
     install_signal_handlers();
-    serve(built, &cfg, &fns)
-}
-
-/// Host ids accepted with the development key when no `--psk` is given: `host` (the host
-/// agent's default), `default`, and this machine's hostname (loopback demos).
-fn default_host_ids() -> Vec<String> {
-    let mut ids = vec!["host".to_string(), "default".to_string()];
-    if let Ok(name) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
-        let name: String = name.trim().chars().take(16).collect();
-        if !name.is_empty() && !ids.contains(&name) {
-            ids.push(name);
-        }
-    }
-    ids
+    serve(built, &cfg, &fns, key, hosts)
 }
 
 /// Serve the endpoint over the transport until SIGINT/SIGTERM.
@@ -665,11 +666,12 @@ fn serve_direct(
     outbound: crossbeam::channel::Receiver<Vec<u8>>,
     cfg: &ApplianceConfig,
     l: &Listen,
-    hosts: Vec<(HostId, Psk)>,
+    key: SecretKey,
+    hosts: Vec<HostKey>,
     fns: &[String],
 ) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let port = driver::open(&l.to_string()).map_err(|e| format!("cannot listen on {l}: {e}"))?;
-    let mut dc = DriverConfig::new(Peers::Accept(hosts));
+    let mut dc = DriverConfig::new(key, Peers::Accept(hosts));
     dc.inject_loss = cfg.inject_loss / 100.0;
     let d = Direct::new(port, dc);
     let bound = [d.local_addr().to_string()];
@@ -690,25 +692,16 @@ fn serve(
     built: Built,
     cfg: &ApplianceConfig,
     fns: &[String],
+    key: SecretKey,
+    hosts: Vec<HostKey>,
 ) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let Built {
         mut endpoint,
         outbound,
         _temp,
     } = built;
-    let mut hosts: Vec<(HostId, Psk)> = Vec::new();
-    for (id, key) in &cfg.hosts {
-        let mut k = [0u8; 32];
-        k.copy_from_slice(key);
-        hosts.push((HostId::new(id)?, Psk(k)));
-    }
-    if hosts.is_empty() {
-        for id in default_host_ids() {
-            hosts.push((HostId::new(&id)?, Psk::DEVELOPMENT));
-        }
-    }
     if let [l] = cfg.listen.as_slice() {
-        return serve_direct(endpoint, outbound, cfg, l, hosts, fns);
+        return serve_direct(endpoint, outbound, cfg, l, key, hosts, fns);
     }
     // Several links: a threaded driver per link, the endpoint on this thread, a sender thread.
     // Open every listener before announcing anything: all or nothing.
@@ -716,7 +709,7 @@ fn serve(
     for l in &cfg.listen {
         let port =
             driver::open(&l.to_string()).map_err(|e| format!("cannot listen on {l}: {e}"))?;
-        let mut dc = DriverConfig::new(Peers::Accept(hosts.clone()));
+        let mut dc = DriverConfig::new(key.clone(), Peers::Accept(hosts.clone()));
         dc.inject_loss = cfg.inject_loss / 100.0;
         links.push(TransportHandle::spawn(port, dc).map_err(|e| format!("{l}: {e}"))?);
     }
@@ -808,10 +801,12 @@ mod tests {
     fn toml_full_schema() {
         let text = r#"
 listen = ["udp:0.0.0.0:7470", "eth:eth1"]
+key_file = "appliance.key"
 
 [[host]]
 id = "web1"
-psk = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
+public_key = "qbwNFB0vWMgKxHS4j6E5lhLrNI0ZMHsE1SaNjgLCZGs="
+psk_file = "/etc/pt/web1.psk"
 
 [[device]]
 kind = "nvme"
@@ -835,8 +830,24 @@ dma_timeout_ms = 500
 "#;
         let c = ApplianceConfig::from_toml(text, "c.toml", Path::new("/etc/pt")).unwrap();
         assert_eq!(c.listen[1], Listen::Eth("eth1".into()));
-        assert_eq!(c.hosts[0].1.len(), 32);
-        assert_eq!(c.hosts[0].1[31], 0x1f);
+        assert_eq!(
+            c.key_file.as_deref(),
+            Some(Path::new("/etc/pt/appliance.key"))
+        );
+        assert_eq!(c.hosts[0].id, "web1");
+        assert_eq!(
+            c.hosts[0].public_key.to_string(),
+            "qbwNFB0vWMgKxHS4j6E5lhLrNI0ZMHsE1SaNjgLCZGs="
+        );
+        assert_eq!(
+            c.hosts[0].psk_file.as_deref(),
+            Some(Path::new("/etc/pt/web1.psk"))
+        );
+        let bad = "[[host]]\nid = \"a\"\npublic_key = \"nope\"\n";
+        let e = ApplianceConfig::from_toml(bad, "k.toml", Path::new(".")).unwrap_err();
+        assert!(e.to_string().starts_with("k.toml:3:14:"), "{e}");
+        let old = "[[host]]\nid = \"a\"\npsk = \"00\"\n";
+        assert!(ApplianceConfig::from_toml(old, "o.toml", Path::new(".")).is_err());
         assert_eq!(
             c.devices[0].1,
             DeviceSpec::Nvme {

@@ -9,6 +9,7 @@ mod appliance;
 mod bench;
 mod demo;
 mod host;
+mod keys;
 mod pump;
 mod tlp;
 mod transport_peer;
@@ -36,6 +37,22 @@ enum Command {
     Appliance(appliance::ApplianceArgs),
     /// Run the host agent (root port, vfio-user sockets) or its operator tools.
     Host(host::HostArgs),
+    /// Create a static key pair: write the private key file (mode 0600), print the public key.
+    Keygen(keys::KeygenArgs),
+    /// Print the public key of a private key file (or of a key on standard input).
+    Pubkey(keys::PubkeyArgs),
+}
+
+/// Log to stderr; `RUST_LOG` overrides the default level (info for the transport: sessions
+/// established, rekeyed, lost and refused; warn for everything else).
+pub(crate) fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("warn,pcietun::transport=info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// Parse the command line and run the chosen subcommand.
@@ -48,6 +65,8 @@ pub fn run() -> ExitCode {
         Command::TransportPeer(args) => transport_peer::run(args),
         Command::Appliance(args) => appliance::run(args),
         Command::Host(args) => host::run(args),
+        Command::Keygen(args) => keys::keygen(args),
+        Command::Pubkey(args) => keys::pubkey(args),
     };
     match result {
         Ok(code) => code,

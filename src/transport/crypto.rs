@@ -266,7 +266,9 @@ mod tests {
                 };
                 let mut g = sealed.clone();
                 assert!(
-                    PacketKey::new(other, &[3; 32], enc).open(9, &mut g).is_err(),
+                    PacketKey::new(other, &[3; 32], enc)
+                        .open(9, &mut g)
+                        .is_err(),
                     "same key, other cipher"
                 );
                 assert!(k.open(9, &mut [0u8; HEADER_LEN + TAG_LEN - 1]).is_err());
@@ -279,8 +281,12 @@ mod tests {
     #[test]
     fn chacha20_poly1305_matches_rfc8439() {
         let key: [u8; 32] = core::array::from_fn(|i| 0x80 + i as u8);
-        let nonce = [0x07, 0, 0, 0, 0x40, 0x41, 0x42, 0x43, 0x44, 0x45, 0x46, 0x47];
-        let aad = [0x50, 0x51, 0x52, 0x53, 0xc0, 0xc1, 0xc2, 0xc3, 0xc4, 0xc5, 0xc6, 0xc7];
+        let nonce = [
+            0x07, 0, 0, 0, 0x40, 0x41, 0x42, 0x43, 0x44, 0x45, 0x46, 0x47,
+        ];
+        let aad = [
+            0x50, 0x51, 0x52, 0x53, 0xc0, 0xc1, 0xc2, 0xc3, 0xc4, 0xc5, 0xc6, 0xc7,
+        ];
         let mut pt = b"Ladies and Gentlemen of the class of '99: If I could offer you only one tip for the future, sunscreen would be it.".to_vec();
         let k = LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &key).unwrap());
         let tag = k

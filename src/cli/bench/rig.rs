@@ -23,9 +23,9 @@ use pcietun::endpoint::{Bdf as EpBdf, Endpoint, EndpointConfig};
 use pcietun::host::enumerate::FunctionInfo;
 use pcietun::host::{Downlink, Host, HostConfig, LinkError, RemoteFunction};
 use pcietun::transport::driver::{
-    mem, udp::UdpPort, Direct, DriverConfig, DriverStats, Peers, Port, SharedLink, Upcall,
+    mem, udp::UdpPort, Direct, DriverConfig, DriverStats, Port, SharedLink, Upcall,
 };
-use pcietun::transport::{ConnId, Event, HostId, Psk};
+use pcietun::transport::{ConnId, Event, HostId};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -222,14 +222,7 @@ impl Rig {
     pub fn start(net: &Net, cfg: &RigConfig) -> Res<Rig> {
         let (ep, outbound, tmp) = endpoint(cfg)?;
         let (c_port, s_port) = net.ports()?;
-        let host_id = HostId::new("demo-host")?;
-        let psk = Psk::DEVELOPMENT;
-        let mut sc = DriverConfig::new(Peers::Accept(vec![(host_id, psk.clone())]));
-        let mut cc = DriverConfig::new(Peers::Connect {
-            server: s_port.local_addr(),
-            host: host_id,
-            psk,
-        });
+        let (mut sc, mut cc) = DriverConfig::pair(HostId::new("demo-host")?, s_port.local_addr());
         for (c, seed) in [(&mut sc, 11), (&mut cc, 12)] {
             c.transport.encrypt = cfg.encrypt;
             c.inject_loss = cfg.loss;
