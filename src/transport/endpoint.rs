@@ -107,7 +107,9 @@ const RESET_LEN: usize = HEADER_LEN + 4;
 /// Largest handshake-layer frame queued by the endpoint.
 const HS_FRAME: usize = INIT_LEN;
 const _: () = assert!(RESP_LEN <= HS_FRAME && COOKIE_LEN <= HS_FRAME && RESET_LEN <= HS_FRAME);
-const MAX_QUEUED_HS: usize = 64;
+/// Handshake-layer frames queued at most: more than the drivers read in one batch (256), so
+/// the answers to one batch are never dropped for lack of room.
+const MAX_QUEUED_HS: usize = 320;
 const RETIRED: usize = 256;
 /// Sources the appliance tracks for its per-source handshake limit.
 const RATE_SOURCES: usize = 4096;
@@ -126,7 +128,6 @@ pub struct Endpoint {
     cookies: CookieMaker,
     load: Bucket,
     under_load_until: Option<Instant>,
-    cookie_budget: Bucket,
     reset_budget: Bucket,
     sources: SourceLimiter,
     /// Wall-clock time at `Instant::ZERO` (read once): INIT timestamps are this plus `now`.
@@ -159,8 +160,7 @@ impl Endpoint {
         let now = Instant::ZERO;
         Endpoint {
             load: Bucket::new(cfg.handshake_rate, cfg.handshake_burst, now),
-            cookie_budget: Bucket::new(cfg.cookie_rate, cfg.cookie_rate / 10, now),
-            reset_budget: Bucket::new(cfg.cookie_rate, cfg.cookie_rate / 10, now),
+            reset_budget: Bucket::new(cfg.reset_rate, cfg.reset_rate / 10, now),
             sources: SourceLimiter::new(
                 cfg.source_handshake_rate,
                 cfg.source_handshake_burst,
@@ -294,12 +294,15 @@ impl Endpoint {
         }
     }
 
-    fn queue(&mut self, dst: PeerAddr, frame: &[u8]) {
-        if self.out.len() < MAX_QUEUED_HS {
-            let mut f = [0u8; HS_FRAME];
-            f[..frame.len()].copy_from_slice(frame);
-            self.out.push_back((dst, f, frame.len()));
+    /// Queue a handshake-layer frame; false (and nothing queued) when the queue is full.
+    fn queue(&mut self, dst: PeerAddr, frame: &[u8]) -> bool {
+        if self.out.len() >= MAX_QUEUED_HS {
+            return false;
         }
+        let mut f = [0u8; HS_FRAME];
+        f[..frame.len()].copy_from_slice(frame);
+        self.out.push_back((dst, f, frame.len()));
+        true
     }
 
     /// The frame AEADs we offer or accept, as offer bits.
@@ -394,8 +397,9 @@ impl Endpoint {
                         }
                         .emit(&mut f);
                         f[HEADER_LEN..RESET_LEN].copy_from_slice(&self.epoch.to_be_bytes());
-                        self.stats.resets_sent += 1;
-                        self.queue(from, &f);
+                        if self.queue(from, &f) {
+                            self.stats.resets_sent += 1;
+                        }
                     }
                 }
             }

@@ -331,8 +331,9 @@ impl KeyRing {
                 || now >= self.tx.born + late)
     }
 
-    /// Retire receive keys past their overlap or age; `Some` when the send key is spent.
-    pub fn on_timeout(&mut self, now: Instant, next_pn: u64) -> Option<DownReason> {
+    /// Retire receive keys past their overlap or age; `Some` when the send key is too old.
+    /// (A key that sealed its limit of frames just stops sealing until the rekey lands.)
+    pub fn on_timeout(&mut self, now: Instant) -> Option<DownReason> {
         let reject = self.limits.reject_after;
         for i in 0..RX_KEYS {
             let expired = self.rx[i]
@@ -351,7 +352,7 @@ impl KeyRing {
                 self.drop_rx(sid);
             }
         }
-        if now >= self.tx.born + reject || !self.can_seal(next_pn) {
+        if now >= self.tx.born + reject {
             return Some(DownReason::KeyExpired);
         }
         None
@@ -446,9 +447,9 @@ mod tests {
         assert_eq!(app.tx_sid(), 11);
         assert_eq!((app.rekeys, host.rekeys), (1, 1));
         // the old receive key lives for the overlap, then goes
-        assert!(app.on_timeout(t1 + 49 * MS, 7).is_none());
+        assert!(app.on_timeout(t1 + 49 * MS).is_none());
         assert!(app.rx_index(20).is_some());
-        assert!(app.on_timeout(t1 + 50 * MS, 7).is_none());
+        assert!(app.on_timeout(t1 + 50 * MS).is_none());
         assert!(app.rx_index(20).is_none());
         assert_eq!(app.retired, vec![20]);
     }
@@ -479,9 +480,8 @@ mod tests {
         r.rekey_in_progress = true;
         assert!(!r.wants_rekey(t0 + 100 * MS, 1));
         assert!(r.can_seal(2000) && !r.can_seal(2001));
-        assert_eq!(r.on_timeout(t0, 2001), Some(DownReason::KeyExpired));
-        assert_eq!(r.on_timeout(t0 + 300 * MS, 1), Some(DownReason::KeyExpired));
-        assert_eq!(r.on_timeout(t0 + 299 * MS, 1), None);
+        assert_eq!(r.on_timeout(t0 + 300 * MS), Some(DownReason::KeyExpired));
+        assert_eq!(r.on_timeout(t0 + 299 * MS), None);
     }
 
     #[test]

@@ -153,9 +153,9 @@ pub struct Config {
     pub source_handshake_rate: u32,
     /// …with this burst.
     pub source_handshake_burst: u32,
-    /// Appliance under load: COOKIE replies per second at most (a flood of spoofed sources
-    /// gets no more answers than this).
-    pub cookie_rate: u32,
+    /// Appliance: RESET hints per second at most (an answer to DATA for an unknown session; a
+    /// flood of such frames gets no more answers than this).
+    pub reset_rate: u32,
 }
 
 impl Default for Config {
@@ -187,7 +187,7 @@ impl Default for Config {
             handshake_burst: 100,
             source_handshake_rate: 20,
             source_handshake_burst: 5,
-            cookie_rate: 5000,
+            reset_rate: 1000,
         }
     }
 }

@@ -400,7 +400,7 @@ impl Session {
         if now >= self.last_rx + self.cfg.idle_timeout {
             return Some(DownReason::IdleTimeout);
         }
-        if let Some(r) = self.keys.on_timeout(now, self.next_pn) {
+        if let Some(r) = self.keys.on_timeout(now) {
             return Some(r);
         }
         self.cc.on_tick(now);
@@ -417,6 +417,13 @@ impl Session {
             self.pace_until = None;
         }
         None
+    }
+
+    /// Host side: how long to wait for the RESP of a rekey before sending a fresh INIT: a
+    /// few round trips (the session knows them), at least the minimum RTO.
+    pub fn rekey_retry(&self) -> Duration {
+        (self.rtt.srtt_or(self.cfg.initial_rto) * 4)
+            .clamp(self.cfg.min_rto, self.cfg.handshake_retry)
     }
 
     /// Host side: whether this session's keys are due for renewal.
@@ -437,7 +444,7 @@ impl Session {
     /// Assemble the next DATA frame into `buf`; returns its length.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
         if !self.keys.can_seal(self.next_pn) {
-            // The key is spent: nothing more under it (the timer ends the session).
+            // The key sealed its limit: nothing more under it until the rekey lands.
             return None;
         }
         let mtu = self.p.mtu.min(buf.len());

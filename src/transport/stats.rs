@@ -80,7 +80,7 @@ pub struct EndpointStats {
     pub drop_replayed_init: u64,
     /// INIT dropped under load: its source is over its rate.
     pub drop_rate_limited: u64,
-    /// INIT dropped under load without an answer (the COOKIE budget was spent).
+    /// INIT dropped under load without an answer (the output queue was full).
     pub drop_under_load: u64,
     /// COOKIE replies sent (the appliance was under load).
     pub cookies_sent: u64,

@@ -85,7 +85,7 @@ impl Endpoint {
                 return;
             }
         };
-        self.queue(server, &frame);
+        let _ = self.queue(server, &frame);
         self.by_sid.insert(sid, SidRef::Handshake(i));
         self.slots[i].hs = Some(ClientHs {
             init,
@@ -104,7 +104,11 @@ impl Endpoint {
     }
 
     pub(super) fn start_rekey(&mut self, now: Instant, i: usize) {
-        self.start_handshake(now, i, HsKind::Rekey, self.cfg.handshake_retry);
+        let retry = self.slots[i]
+            .session
+            .as_ref()
+            .map_or(self.cfg.handshake_retry, Session::rekey_retry);
+        self.start_handshake(now, i, HsKind::Rekey, retry);
     }
 
     pub(super) fn on_resp(&mut self, now: Instant, from: PeerAddr, h: &Header, frame: &[u8]) {

@@ -66,11 +66,12 @@ impl Endpoint {
                 }
             };
         }
-        if self.cookie_budget.allow(now) {
-            let mut f = [0u8; COOKIE_LEN];
-            self.cookies
-                .reply(now, from, init.sender(), init.mac1(), &mut f);
-            self.queue(*from, &f);
+        // Every INIT that passed mac1 gets its COOKIE (80 bytes for 204: no amplification),
+        // so a flood cannot starve a genuine host of one.
+        let mut f = [0u8; COOKIE_LEN];
+        self.cookies
+            .reply(now, from, init.sender(), init.mac1(), &mut f);
+        if self.queue(*from, &f) {
             self.stats.cookies_sent += 1;
         } else {
             self.stats.drop_under_load += 1;
@@ -181,7 +182,7 @@ impl Endpoint {
             expires: now + self.cfg.idle_timeout,
             sent: now,
         });
-        self.queue(from, &out);
+        let _ = self.queue(from, &out);
     }
 
     /// An authenticated rekey INIT for host `i`: new keys for its running session, which
@@ -241,7 +242,7 @@ impl Endpoint {
         self.by_sid.insert(sid, SidRef::Session(i));
         self.collect_retired(i);
         tracing::debug!(host = %self.slots[i].host, peer = %from, "transport: rekey answered");
-        self.queue(from, &out);
+        let _ = self.queue(from, &out);
     }
 
     /// A DATA frame for a pending session: if it authenticates, the host holds the keys and
