@@ -517,3 +517,42 @@ fn failed_tag_limit() {
             && s.up[1])
     );
 }
+
+/// COOKIEs cannot drive the host: the first for an INIT makes it retry at once with mac2, a
+/// COOKIE for that retry only waits for the retry timer — even a valid one (an on-path
+/// attacker who saw the INIT can make those).
+#[test]
+fn cookies_cannot_drive_the_host() {
+    use pcietun::transport::cookie::{CookieMaker, COOKIE_LEN};
+    let keys = [SecretKey::generate(), SecretKey::generate()];
+    let (_, _, mut client, _) = endpoints(&config(), 8, &keys, sim_host(), 1);
+    let mut maker = CookieMaker::new(&keys[1].public_key());
+    let now = Instant::from_nanos(10);
+    let cookie_for = |maker: &mut CookieMaker, init: &[u8]| {
+        let sid = u32::from_be_bytes([init[24], init[25], init[26], init[27]]);
+        let mut f = [0u8; COOKIE_LEN];
+        maker.reply(
+            now,
+            &PeerAddr::Mem(0),
+            sid,
+            &init[24 + 148..24 + 164],
+            &mut f,
+        );
+        vec![f.to_vec()]
+    };
+    let first = drain(&mut client, now);
+    deliver(&mut client, now, 1, &cookie_for(&mut maker, &first[0]));
+    let second = drain(&mut client, now);
+    assert_eq!(second.len(), 1, "retried at once");
+    assert_ne!(second[0][24 + 164..24 + 180], [0; 16], "with mac2");
+    deliver(&mut client, now, 1, &cookie_for(&mut maker, &second[0]));
+    assert!(
+        drain(&mut client, now).is_empty(),
+        "a second COOKIE waits for the timer"
+    );
+    let later = now + config().handshake_retry;
+    client.handle_timeout(later);
+    let third = drain(&mut client, later);
+    assert_eq!(third.len(), 1);
+    assert_eq!(client.endpoint_stats().cookies_received, 2);
+}

@@ -260,7 +260,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         Tunnel::rig(args.link, ns_bytes)?
     };
     println!(
-        "      warning: both ends use the built-in development key; this link is not secure (fine for a demo)"
+        "      keys: a fresh X25519 key pair per end, made for this run (Noise IK handshake, docs/security.md)"
     );
 
     step(2, "the tunnelled function, as lspci -xxx shows it");

@@ -56,6 +56,9 @@ struct ClientHs {
     /// When this INIT was queued (every retry is a fresh INIT, so the RESP gives an exact
     /// RTT sample).
     sent: Instant,
+    /// This INIT was sent at once on a COOKIE: a further COOKIE waits for the retry timer
+    /// (so COOKIEs, even valid ones from an on-path attacker, cannot make us send at their rate).
+    after_cookie: bool,
 }
 
 /// The appliance's half-open session: keys made, nothing allocated until the host proves

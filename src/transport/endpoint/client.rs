@@ -94,6 +94,7 @@ impl Endpoint {
             next_retry: now + retry,
             retry,
             sent: now,
+            after_cookie: false,
         });
         self.slots[i].reconnect_at = None;
         if kind == HsKind::Rekey {
@@ -266,7 +267,7 @@ impl Endpoint {
             return;
         };
         let mac1 = *hs.init.mac1();
-        let (kind, retry) = (hs.kind, hs.retry);
+        let (kind, retry, again) = (hs.kind, hs.retry, hs.after_cookie);
         if self.slots[i].jar.consume(now, frame, &mac1).is_err() {
             self.stats.drop_bad_handshake_mac += 1;
             return;
@@ -274,6 +275,10 @@ impl Endpoint {
         self.stats.cookies_received += 1;
         if let Some(sup) = self.log.allow(Kind::Load, now) {
             tracing::info!(host = %self.slots[i].host, suppressed = sup, "transport: the appliance is under load; retrying with its cookie");
+        }
+        if again {
+            // The retry timer will send the next INIT, with this cookie.
+            return;
         }
         // At once, with mac2. The attempt it answered is retired, so a second COOKIE for it
         // (a duplicate, or an on-path attacker) cannot make us send again.
@@ -283,6 +288,9 @@ impl Endpoint {
             kind
         };
         self.start_handshake(now, i, kind, retry);
+        if let Some(hs) = self.slots[i].hs.as_mut() {
+            hs.after_cookie = true;
+        }
     }
 
     pub(super) fn on_reset(&mut self, now: Instant, h: &Header) {
