@@ -142,6 +142,28 @@ fn development_key_refused_off_loopback() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The key may come from the environment instead of a file.
+    let secret = std::fs::read_to_string(&key).unwrap();
+    let out = pcietun()
+        .args([
+            "appliance",
+            "--check",
+            "--device",
+            "dma",
+            "--listen",
+            "udp:0.0.0.0:0",
+        ])
+        .arg("--host")
+        .arg(format!("web1={}", hpub.trim()))
+        .env("PCIETUN_PRIVATE_KEY", secret.trim())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(secret.trim()));
     // A key file others can read is refused.
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();

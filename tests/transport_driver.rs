@@ -411,3 +411,137 @@ fn shared_link_requesters_drive_and_the_watcher_covers_idle_time() {
     );
     assert_eq!(answered.load(Ordering::Relaxed), 200);
 }
+
+/// Issue 13 item 1 over real sockets: recorded INITs of the host (old timestamps) replayed at
+/// 50 000 frames/s for 2 s from another socket on loopback, with garbage among them, while the
+/// session streams TLPs. The public-key work stays within the appliance's handshake budget
+/// (the rest is answered with 80-byte COOKIEs), the session never goes down, and every TLP
+/// arrives exactly once and in order.
+#[test]
+fn udp_replay_flood_leaves_the_session_alone() {
+    use pcietun::transport::cookie::CookieJar;
+    use pcietun::transport::handshake::{InitPayload, Initiator, Tai64N, INIT_LEN};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    let sp = UdpPort::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let saddr = sp.addr();
+    let cp = UdpPort::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let (s, c) = DriverConfig::pair(HostId::new("h1").unwrap(), PeerAddr::Udp(saddr));
+    let (budget_burst, budget_rate) = (s.transport.handshake_burst, s.transport.handshake_rate);
+    let ckey = c.key.clone();
+    let Peers::Connect { server_key, .. } = c.peers else {
+        unreachable!()
+    };
+    let server = TransportHandle::spawn(Box::new(sp), s).unwrap();
+    let client = TransportHandle::spawn(Box::new(cp), c).unwrap();
+    let cc = wait_connected(&client);
+    let sc = wait_connected(&server);
+    // What a recording of two of the host's INITs looks like: genuine, and old.
+    let old = Tai64N::now();
+    let recs: Vec<Vec<u8>> = (0..2u32)
+        .map(|k| {
+            let p = InitPayload {
+                timestamp: old,
+                epoch: 9 + k,
+                min_version: 1,
+                max_version: 1,
+                mtu: 1472,
+                encrypt: true,
+                rekey: false,
+                ciphers: 1,
+                credits: [64; 6],
+            };
+            let mut f = [0u8; INIT_LEN];
+            let jar = CookieJar::new(&server_key);
+            Initiator::start(
+                &ckey,
+                &server_key,
+                None,
+                100 + k,
+                &p,
+                &jar,
+                Default::default(),
+                &mut f,
+            )
+            .unwrap();
+            f.to_vec()
+        })
+        .collect();
+    let mut garbage = recs[0].clone();
+    garbage[100] ^= 1;
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let attacker = {
+        let (stop, sent) = (stop.clone(), sent.clone());
+        std::thread::spawn(move || {
+            let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let t0 = Instant::now();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) && t0.elapsed() < Duration::from_secs(2) {
+                // 50 frames per millisecond
+                let due = (t0.elapsed().as_micros() as u64) / 20;
+                while n < due {
+                    let f = if n % 10 == 9 {
+                        &garbage
+                    } else {
+                        &recs[(n as usize / 2) % 2]
+                    };
+                    let _ = sock.send_to(f, saddr);
+                    n += 1;
+                }
+                std::thread::sleep(Duration::from_micros(500));
+            }
+            sent.store(n, Ordering::Relaxed);
+        })
+    };
+    // Meanwhile: TLPs in batches, checked in order.
+    let (mut next_send, mut next_recv) = (0u32, 0u32);
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_millis(2300) {
+        for _ in 0..200 {
+            client.send(cc, mwr(next_send)).unwrap();
+            next_send += 1;
+        }
+        let slot = Instant::now() + Duration::from_millis(20);
+        while let Some(u) = server.recv_timeout(slot.saturating_duration_since(Instant::now())) {
+            match u {
+                Upcall::Tlp { conn, tlp, .. } => {
+                    assert_eq!(conn, sc);
+                    assert_eq!(tlp, mwr(next_recv), "exactly once, in order");
+                    next_recv += 1;
+                }
+                Upcall::Event { event, .. } => panic!("session event during the flood: {event:?}"),
+                Upcall::Dropped { .. } => panic!("a TLP was dropped"),
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    attacker.join().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while next_recv < next_send {
+        assert!(
+            Instant::now() < deadline,
+            "{next_recv} of {next_send} arrived"
+        );
+        if let Some(Upcall::Tlp { tlp, .. }) = server.recv_timeout(Duration::from_millis(100)) {
+            assert_eq!(tlp, mwr(next_recv));
+            next_recv += 1;
+        }
+    }
+    let flood = sent.load(Ordering::Relaxed);
+    let st = server.stats().unwrap();
+    let e = &st.endpoint;
+    eprintln!("flood of {flood}: {e:?}");
+    assert!(flood > 50_000, "the attacker sent {flood}");
+    let budget = u64::from(budget_burst) + 3 * u64::from(budget_rate) + 2;
+    assert!(
+        e.handshakes_processed <= budget,
+        "{} INITs got public-key work, budget {budget}",
+        e.handshakes_processed
+    );
+    assert!(e.drop_replayed_init > 0 && e.cookies_sent > 0 && e.drop_bad_mac1 > 0);
+    assert_eq!(e.sessions_down, 0);
+    assert_eq!(e.handshakes, 1);
+    assert!(client.try_recv().is_none(), "no event on the host either");
+}
