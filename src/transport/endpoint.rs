@@ -1,6 +1,7 @@
 //! The endpoint: one per socket, demultiplexes frames to sessions, runs the handshake on both
-//! sides ([`client`] for the host, [`server`] for the appliance), detects restarted peers,
-//! reconnects, rekeys, and turns session ends into events (docs/protocol.md §3 and §7).
+//! sides (`endpoint/client.rs` for the host, `endpoint/server.rs` for the appliance), detects
+//! restarted peers, reconnects, rekeys, and turns session ends into events (docs/protocol.md
+//! §3 and §7).
 //! Sans-I/O like the sessions it owns.
 //!
 //! Randomness: session ids, epochs, ephemeral keys, nonces and cookie secrets come from the
@@ -363,7 +364,7 @@ impl Endpoint {
                             limit = self.cfg.max_failed_tags,
                             "transport: too many frames failed the tag check under one key; ending the session"
                         );
-                        self.end_session(now, i, DownReason::TooManyBadTags);
+                        self.end_session(i, DownReason::TooManyBadTags);
                     }
                     Err(Drop::BadTag) => {
                         if let Some(sup) = self.log.allow(Kind::BadTag, now) {
@@ -409,8 +410,7 @@ impl Endpoint {
         }
     }
 
-    fn end_session(&mut self, now: Instant, i: usize, reason: DownReason) {
-        let _ = now;
+    fn end_session(&mut self, i: usize, reason: DownReason) {
         if let Some(hs) = self.slots[i].hs.take_if(|h| h.kind == HsKind::Rekey) {
             self.retire(hs.init.sid());
         }
@@ -517,7 +517,7 @@ impl Endpoint {
         for i in 0..self.slots.len() {
             if let Some(s) = self.slots[i].session.as_mut() {
                 if let Some(reason) = s.handle_timeout(now) {
-                    self.end_session(now, i, reason);
+                    self.end_session(i, reason);
                     if self.role == Role::Client {
                         let b = self.slots[i].backoff;
                         self.slots[i].reconnect_at = Some(now + b);

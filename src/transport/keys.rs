@@ -446,7 +446,7 @@ pub fn load_secret(file: Option<&Path>) -> Result<Option<SecretKey>, KeyError> {
 pub fn appliance_identity<'a>(
     key_file: Option<&Path>,
     hosts: &[HostSpec],
-    listen: impl IntoIterator<Item = &'a str> + Clone,
+    listen: impl IntoIterator<Item = &'a str>,
 ) -> Result<(SecretKey, Vec<HostKey>, bool), KeyError> {
     let key = load_secret(key_file)?;
     let development = key.is_none() || hosts.is_empty();

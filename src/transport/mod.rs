@@ -9,7 +9,7 @@
 //!
 //! Sessions are set up by a Noise handshake ([`handshake`], docs/protocol.md §3) between static
 //! X25519 keys ([`keys`]), defended against floods by cookies and rate limits ([`cookie`],
-//! [`ratelimit`]) and rekeyed in place ([`keyring`]); docs/security.md has the threat model.
+//! [`ratelimit`]) and rekeyed in place (`keyring.rs`); docs/security.md has the threat model.
 
 pub mod congestion;
 pub mod cookie;

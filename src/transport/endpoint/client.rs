@@ -194,7 +194,7 @@ impl Endpoint {
         }
         if self.slots[i].session.is_some() {
             self.stats.peer_restarts += 1;
-            self.end_session(now, i, DownReason::PeerRestarted);
+            self.end_session(i, DownReason::PeerRestarted);
         }
         if let Some((old, _, _)) = self.slots[i].confirming.take() {
             for sid in old.keys.rx_sids() {

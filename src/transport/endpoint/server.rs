@@ -272,7 +272,7 @@ impl Endpoint {
         };
         if self.slots[i].session.is_some() {
             self.stats.peer_restarts += 1;
-            self.end_session(now, i, DownReason::PeerRestarted);
+            self.end_session(i, DownReason::PeerRestarted);
         }
         let params = SessionParams {
             local_session: p.sid,
