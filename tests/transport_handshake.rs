@@ -77,7 +77,10 @@ fn gap_replay_does_not_disturb_the_pending_handshake() {
     // The older one fails the timestamp check as surely as the exact copy.
     let replays = after.drop_replayed_init - before.drop_replayed_init;
     let cookies = after.cookies_sent - before.cookies_sent;
-    assert!(replays >= 90, "{after:?}");
+    assert!(
+        replays + 2 >= u64::from(config().handshake_burst),
+        "{after:?}"
+    );
     assert_eq!(replays + cookies, 200, "every replay counted");
     assert_eq!(after.handshakes, 0);
     assert!(events(&mut server).is_empty());

@@ -34,7 +34,11 @@ fn events_are_logged_and_rate_limited_under_attack() {
         .with_max_level(tracing::Level::INFO)
         .finish();
     let downs = tracing::subscriber::with_default(sub, || {
-        let mut sim = Sim::new(9, lan(), lan(), config());
+        let cfg = pcietun::transport::Config {
+            handshake_burst: 100,
+            ..config()
+        };
+        let mut sim = Sim::new(9, lan(), lan(), cfg);
         sim.tap = Some(Vec::new());
         assert!(sim.run_until(Instant::from_nanos(1_000_000_000), |s| s.up[0] && s.up[1]));
         let init = sim

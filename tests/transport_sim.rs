@@ -354,6 +354,9 @@ fn rekey_under_load_is_exactly_once() {
     let cfg = Config {
         rekey_after: Duration::from_micros(500),
         rekey_overlap: Duration::from_micros(400),
+        // 2000 handshakes a second from one host: far past the flood defences' defaults.
+        handshake_rate: 100_000,
+        handshake_burst: 1000,
         ..config()
     };
     let sim = run_stream_with(
@@ -388,6 +391,8 @@ fn rekey_by_frame_count_before_the_limit() {
     let cfg = Config {
         rekey_after_frames: 500,
         reject_after_frames: 1000,
+        handshake_rate: 100_000,
+        handshake_burst: 1000,
         ..config()
     };
     let sim = run_stream_with(

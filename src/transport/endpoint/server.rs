@@ -5,7 +5,7 @@
 //! host has one bounded pending slot, which only a newer INIT from that same host replaces.
 
 use super::{Endpoint, Pending, SidRef, LOAD_HOLD};
-use crate::transport::cookie::COOKIE_LEN;
+use crate::transport::cookie::{verify_mac2_with, COOKIE_LEN};
 use crate::transport::crypto::{Cipher, PacketKey};
 use crate::transport::event::{ConnId, DownReason, Event, Role};
 use crate::transport::frame::{flags, Header};
@@ -51,10 +51,8 @@ impl Endpoint {
             );
         }
         self.under_load_until = Some(now + LOAD_HOLD);
-        if self
-            .cookies
-            .verify_mac2(now, from, init.mac2_input(), init.mac2())
-        {
+        let cookie = self.cookies.cookie(now, from);
+        if verify_mac2_with(&cookie, init.mac2_input(), init.mac2()) {
             return match self.sources.check(now, from) {
                 Verdict::Allow => true,
                 Verdict::Limited | Verdict::TableFull => {
@@ -70,7 +68,7 @@ impl Endpoint {
         // so a flood cannot starve a genuine host of one.
         let mut f = [0u8; COOKIE_LEN];
         self.cookies
-            .reply(now, from, init.sender(), init.mac1(), &mut f);
+            .reply_with(&cookie, init.sender(), init.mac1(), &mut f);
         if self.queue(*from, &f) {
             self.stats.cookies_sent += 1;
         } else {
