@@ -640,6 +640,22 @@ mod tests {
         ));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn key_text_parsers_never_panic(t in ".{0,80}") {
+            let _ = t.parse::<PublicKey>();
+            let _ = SecretKey::from_base64(&t, "t");
+            let _ = Psk::from_base64(&t, "t");
+            let _ = HostSpec::parse_flag(&t);
+        }
+
+        #[test]
+        fn base64_keys_roundtrip(b in proptest::array::uniform32(0u8..)) {
+            let p = PublicKey::from_bytes(b);
+            proptest::prop_assert_eq!(p.to_string().parse::<PublicKey>().unwrap(), p);
+        }
+    }
+
     #[test]
     fn host_ids() {
         assert_eq!(HostId::new("ab").unwrap().to_string(), "ab");
