@@ -14,7 +14,7 @@
 //! Module dependencies form a DAG (no two files import each other): `decode` and `msix` are
 //! plain state; `requester` holds the DMA queue and the TLP-thread requester; `function` is the
 //! state a function's handles share with the proxy; `dma` and `interrupt` are those handles;
-//! `device` is the trait and re-exports them; `slot` is the proxy's per-function record;
+//! `device` is the trait and re-exports them; `proxied` is the proxy's per-function record;
 //! `sriov` creates virtual functions; `proxy` ties it together.
 //!
 //! Layering: this module imports `tlp` and `pci` (and nothing above); it never imports
@@ -30,10 +30,10 @@ pub mod loopback;
 mod msix;
 pub mod nvme;
 pub mod pcicfg;
+mod proxied;
 pub mod proxy;
 pub mod replay;
 pub mod requester;
-mod slot;
 mod sriov;
 pub mod wire;
 

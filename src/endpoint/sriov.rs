@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use super::function::Outbound;
-use super::slot::{find_cfg, Function, VfInfo};
+use super::proxied::{find_cfg, ProxiedFunction, VfInfo};
 use super::wire::Bdf;
 
 /// What creating a virtual function takes from the endpoint.
@@ -21,7 +21,7 @@ pub(crate) struct VfFactory<'a> {
 
 /// Bring physical function `pf`'s virtual functions in line with its SR-IOV capability:
 /// create them when VF Enable/NumVFs say so, remove them when not, and route their BARs.
-pub(crate) fn sync_vfs(functions: &mut Vec<Function>, pf: usize, mk: &mut VfFactory<'_>) {
+pub(crate) fn sync_vfs(functions: &mut Vec<ProxiedFunction>, pf: usize, mk: &mut VfFactory<'_>) {
     let pf_id = functions[pf].id;
     let pf_bdf = functions[pf].bdf();
     let d = functions[pf].decode;
@@ -29,7 +29,7 @@ pub(crate) fn sync_vfs(functions: &mut Vec<Function>, pf: usize, mk: &mut VfFact
     let have: Vec<Bdf> = functions
         .iter()
         .filter(|f| f.vf.is_some_and(|v| v.pf == pf_id))
-        .map(Function::bdf)
+        .map(ProxiedFunction::bdf)
         .collect();
     if have != want {
         let mut kept = Vec::with_capacity(functions.len());
@@ -58,7 +58,8 @@ pub(crate) fn sync_vfs(functions: &mut Vec<Function>, pf: usize, mk: &mut VfFact
                 break;
             };
             *mk.next_id += 1;
-            let mut f = Function::new(*mk.next_id, *bdf, dev, mk.out.clone(), mk.dma_timeout);
+            let mut f =
+                ProxiedFunction::new(*mk.next_id, *bdf, dev, mk.out.clone(), mk.dma_timeout);
             f.vf = Some(VfInfo {
                 pf: pf_id,
                 bars: [None; 6],

@@ -19,7 +19,7 @@ use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use super::enumerate::{self, ConfigAccess, EnumConfig, FunctionInfo};
-use super::function::{FunctionState, RemoteFunction, RootComplex};
+use super::function::{RemoteFunction, RemoteFunctionState, RootComplex};
 use super::requester::{Expect, RequestError, Requester, RequesterConfig, StartError, TagSpace};
 use super::tlpio::{self, MAX_TLP, ROOT_PORT};
 use crate::pci::{ConfigSpace, ExpressConfig, FunctionIds, PciExpressCap, SlotConfig};
@@ -174,10 +174,10 @@ pub struct Host {
     pub(super) req: Mutex<Requester<u16>>,
     pub(super) slots: Vec<CompletionSlot>,
     link_up: AtomicBool,
-    functions: RwLock<Vec<Arc<FunctionState>>>,
+    functions: RwLock<Vec<Arc<RemoteFunctionState>>>,
     /// Functions gone with the link; reused when the same function comes back, so consumers
     /// (vfio-user servers) holding them keep working after a reconnect.
-    retired: Mutex<Vec<Arc<FunctionState>>>,
+    retired: Mutex<Vec<Arc<RemoteFunctionState>>>,
     root_port: Mutex<ConfigSpace>,
     events: Mutex<VecDeque<HostEvent>>,
     events_cv: Condvar,
@@ -332,7 +332,7 @@ impl Host {
         if !self.is_link_up() {
             return Vec::new();
         }
-        let mut acc = Access(self);
+        let mut acc = TlpConfigAccess(self);
         let found = enumerate::enumerate(&mut acc, self.cfg.bus, &self.cfg.enumeration);
         // 10-bit tags toward the cards when every one completes them.
         let ten = !found.is_empty() && found.iter().all(|f| f.ten_bit_completer);
@@ -368,7 +368,7 @@ impl Host {
                         }
                         fs.push(f);
                     }
-                    None => fs.push(Arc::new(FunctionState::new(info.clone()))),
+                    None => fs.push(Arc::new(RemoteFunctionState::new(info.clone()))),
                 }
             }
             retired.retain(|r| !fs.iter().any(|f| Arc::ptr_eq(f, r)));
@@ -443,7 +443,7 @@ impl Host {
         Some(RemoteFunction::new(self.clone(), f))
     }
 
-    pub(super) fn function(&self, bdf: Bdf) -> Option<Arc<FunctionState>> {
+    pub(super) fn function(&self, bdf: Bdf) -> Option<Arc<RemoteFunctionState>> {
         self.functions
             .read_or_recover()
             .iter()
@@ -609,9 +609,9 @@ impl Host {
 }
 
 /// [`ConfigAccess`] over TLPs: failed reads are all-ones, as on real hardware.
-struct Access<'a>(&'a Host);
+struct TlpConfigAccess<'a>(&'a Host);
 
-impl ConfigAccess for Access<'_> {
+impl ConfigAccess for TlpConfigAccess<'_> {
     fn cfg_read(&mut self, bdf: Bdf, reg: u16) -> u32 {
         self.0.cfg_read(bdf, reg).unwrap_or(0xffff_ffff)
     }
