@@ -126,6 +126,23 @@ impl Host {
         }
     }
 
+    /// Answer a card's memory read that cannot be served with a Cpl without data of
+    /// `status`: Byte Count the bytes it asked for, Lower Address its address's low 7 bits.
+    fn fail_dma_read(
+        &self,
+        out: &mut [u8],
+        requester: Bdf,
+        tag: u16,
+        address: u64,
+        len: u32,
+        status: tlp::CplStatus,
+    ) {
+        let cpl = build::Cpl::new(ROOT_PORT, requester, tag, status);
+        if let Ok(k) = cpl.without_data(out, len.clamp(1, 4096) as u16, (address & 0x7f) as u8) {
+            let _ = self.link.send_tlp(&out[..k]);
+        }
+    }
+
     fn serve_dma_read(&self, requester: Bdf, tag: u16, address: u64, len: u32) {
         let f = self.function(requester);
         let mut rx = self.rx.lock_or_recover();
@@ -150,18 +167,7 @@ impl Host {
                     self.stats.unknown_requester.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            if let Ok(k) = tlpio::completion(
-                out,
-                ROOT_PORT,
-                requester,
-                tag,
-                tlp::CplStatus::Ur,
-                len.clamp(1, 4096) as u16,
-                (address & 0x7f) as u8,
-                &[],
-            ) {
-                let _ = self.link.send_tlp(&out[..k]);
-            }
+            self.fail_dma_read(out, requester, tag, address, len, tlp::CplStatus::Ur);
             return;
         }
         let mps = f.as_ref().map_or(128, |f| f.info().mps).clamp(128, 4096);
@@ -171,18 +177,7 @@ impl Host {
             Err(e) => {
                 // Answer Completer Abort rather than leave the card to its completion timeout.
                 tracing::warn!(error = %e, "cannot split a DMA read completion");
-                if let Ok(k) = tlpio::completion(
-                    out,
-                    ROOT_PORT,
-                    requester,
-                    tag,
-                    tlp::CplStatus::Ca,
-                    len.clamp(1, 4096) as u16,
-                    (address & 0x7f) as u8,
-                    &[],
-                ) {
-                    let _ = self.link.send_tlp(&out[..k]);
-                }
+                self.fail_dma_read(out, requester, tag, address, len, tlp::CplStatus::Ca);
                 return;
             }
         };
