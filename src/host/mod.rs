@@ -22,4 +22,4 @@ mod upstream;
 pub mod vfio_user;
 
 pub use function::RemoteFunction;
-pub use root::{Downlink, Host, HostConfig, HostEvent, LinkError};
+pub use root::{ChannelDownlink, Downlink, Host, HostConfig, HostEvent, LinkError};
