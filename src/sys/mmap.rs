@@ -12,6 +12,8 @@ use std::ptr::NonNull;
 
 use rustix::mm::{mmap, munmap, MapFlags, ProtFlags};
 
+use super::SysError;
+
 /// What a mapping may be used for (its `PROT_*` bits).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Protection {
@@ -42,7 +44,7 @@ impl SharedMapping {
     /// Without read or write the mapping is `PROT_NONE` and refuses every access.
     pub fn new(fd: impl AsFd, offset: u64, len: usize, prot: Protection) -> io::Result<Self> {
         if len == 0 {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty mapping"));
+            return Err(SysError::EmptyMapping.io(io::ErrorKind::InvalidInput));
         }
         let mut flags = ProtFlags::empty();
         if prot.read {
@@ -65,7 +67,7 @@ impl SharedMapping {
             )?
         };
         let ptr = NonNull::new(p.cast::<u8>())
-            .ok_or_else(|| io::Error::other("mmap returned a null mapping"))?;
+            .ok_or_else(|| SysError::NullMapping.io(io::ErrorKind::Other))?;
         Ok(Self { ptr, len, prot })
     }
 
@@ -87,20 +89,16 @@ impl SharedMapping {
     /// `offset..offset + len` if it lies inside the mapping.
     fn range(&self, offset: usize, len: usize, allowed: bool) -> io::Result<usize> {
         if !allowed {
-            return Err(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                "mapping protection forbids this access",
-            ));
+            return Err(SysError::Protection.io(io::ErrorKind::PermissionDenied));
         }
         match offset.checked_add(len) {
             Some(end) if end <= self.len => Ok(offset),
-            _ => Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "{len} bytes at offset {offset:#x} do not fit a {:#x}-byte mapping",
-                    self.len
-                ),
-            )),
+            _ => Err(SysError::OutsideMapping {
+                len,
+                offset,
+                size: self.len,
+            }
+            .io(io::ErrorKind::InvalidInput)),
         }
     }
 
