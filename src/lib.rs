@@ -16,6 +16,7 @@
 pub mod drivers;
 pub mod endpoint;
 pub mod host;
+pub mod mgmt;
 pub mod pci;
 pub mod tlp;
 pub mod transport;
