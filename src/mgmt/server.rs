@@ -3,7 +3,8 @@
 //! the appliance's synchronous pumps never share a thread with it.
 //!
 //! The server only carries bytes: it bounds and times the request body (413 beyond
-//! [`Service::max_body`], 408 when it trickles), hands the request to the synchronous
+//! [`Service::max_body`], after reading and discarding up to 1 MiB so the client sees the
+//! answer; 408 when it trickles), hands the request to the synchronous
 //! [`Service`] on the runtime's blocking pool (password hashing is slow by design and must not
 //! stall the I/O workers), and sends back the response.
 
@@ -181,7 +182,48 @@ impl Server {
     }
 }
 
+/// How much of an oversized body is read and discarded before answering 413, so that an
+/// ordinary client gets the answer instead of a connection reset mid-upload.
+const DRAIN_CAP: u64 = 1 << 20;
+
+/// Why a request body was not collected.
+enum BodyError {
+    /// Larger than the limit.
+    TooLarge,
+    /// The connection failed or the body did not arrive in time.
+    Broken,
+}
+
+/// Collect at most `limit` bytes; beyond that, discard up to [`DRAIN_CAP`] and report
+/// [`BodyError::TooLarge`].
+async fn read_body(mut body: Body, limit: usize) -> Result<bytes::Bytes, BodyError> {
+    use http_body_util::BodyExt;
+    let mut buf = bytes::BytesMut::new();
+    let mut seen: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| BodyError::Broken)?;
+        let Some(data) = frame.data_ref() else {
+            continue;
+        };
+        seen += data.len() as u64;
+        if seen > limit as u64 {
+            if seen > DRAIN_CAP {
+                return Err(BodyError::TooLarge);
+            }
+            buf.clear();
+            continue;
+        }
+        buf.extend_from_slice(data);
+    }
+    if seen > limit as u64 {
+        Err(BodyError::TooLarge)
+    } else {
+        Ok(buf.freeze())
+    }
+}
+
 async fn serve(State(service): State<Arc<Service>>, req: Request<Body>) -> Response<Body> {
+    use super::redfish::error::ApiError;
     let (parts, body) = req.into_parts();
     let limit = service.max_body();
     let declared = parts
@@ -189,33 +231,20 @@ async fn serve(State(service): State<Arc<Service>>, req: Request<Body>) -> Respo
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
+    if declared.is_some_and(|n| n > DRAIN_CAP) {
         return service.payload_too_large().map(Body::from);
     }
-    let bytes = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, limit)).await {
+    let bytes = match tokio::time::timeout(BODY_TIMEOUT, read_body(body, limit)).await {
         Ok(Ok(b)) => b,
-        Ok(Err(e)) => {
-            let too_large = e
-                .into_inner()
-                .downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some();
-            if too_large {
-                return service.payload_too_large().map(Body::from);
-            }
-            return super::redfish::error::ApiError::body_timeout()
-                .into_response()
-                .map(Body::from);
-        }
-        Err(_) => {
-            return super::redfish::error::ApiError::body_timeout()
-                .into_response()
-                .map(Body::from)
+        Ok(Err(BodyError::TooLarge)) => return service.payload_too_large().map(Body::from),
+        Ok(Err(BodyError::Broken)) | Err(_) => {
+            return ApiError::body_timeout().into_response().map(Body::from)
         }
     };
     let req = Request::from_parts(parts, bytes);
     match tokio::task::spawn_blocking(move || service.handle(req)).await {
         Ok(resp) => resp.map(Body::from),
-        Err(e) => super::redfish::error::ApiError::internal(format!("request handler failed: {e}"))
+        Err(e) => ApiError::internal(format!("request handler failed: {e}"))
             .into_response()
             .map(Body::from),
     }

@@ -321,12 +321,13 @@ impl Service {
 
     fn visible_account(&self, caller: &Caller, id: &str) -> ApiResult<AccountView> {
         let auth = self.auth.lock().unwrap_or_else(|e| e.into_inner());
-        auth.accounts
-            .get(id)
-            .filter(|a| a.id == caller.account.id || caller.has(Privilege::ConfigureUsers))
-            .ok_or_else(|| {
-                ApiError::not_found("ManagerAccount", id, format!("unknown account {id:?}"))
-            })
+        let a = auth.accounts.get(id).ok_or_else(|| {
+            ApiError::not_found("ManagerAccount", id, format!("unknown account {id:?}"))
+        })?;
+        if a.id != caller.account.id {
+            caller.require(Privilege::ConfigureUsers)?;
+        }
+        Ok(a)
     }
 
     pub(crate) fn account(&self, caller: &Caller, id: &str) -> ApiResult<Value> {
