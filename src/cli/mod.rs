@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 mod appliance;
 mod bench;
+mod ctl;
 mod demo;
 mod host;
 mod pump;
@@ -36,6 +37,8 @@ enum Command {
     Appliance(appliance::ApplianceArgs),
     /// Run the host agent (root port, vfio-user sockets) or its operator tools.
     Host(host::HostArgs),
+    /// Manage the appliance through its API: devices, hosts, assign, unassign.
+    Ctl(ctl::CtlArgs),
 }
 
 /// Parse the command line and run the chosen subcommand.
@@ -48,6 +51,7 @@ pub fn run() -> ExitCode {
         Command::TransportPeer(args) => transport_peer::run(args),
         Command::Appliance(args) => appliance::run(args),
         Command::Host(args) => host::run(args),
+        Command::Ctl(args) => ctl::run(args),
     };
     match result {
         Ok(code) => code,

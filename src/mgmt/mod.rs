@@ -7,11 +7,13 @@
 //! * [`auth`] — accounts, roles, password hashing, session tokens.
 //! * [`server`] — the HTTP(S) server (axum, rustls) on its own thread.
 //! * [`config`] — `[api]` configuration and the administrator's password file.
+//! * [`client`] — the API client behind `pcietun ctl`.
 //!
 //! Layering: `mgmt` may use `tlp`, `pci`, `transport`, `endpoint` and `appliance`, never `host`
 //! or `drivers`; nothing below imports `mgmt`.
 
 pub mod auth;
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod fake;
