@@ -27,6 +27,9 @@ use super::config::{ApiConfig, ConfigError, TlsFiles};
 use super::pool::Pool;
 use super::redfish::{Service, ServiceOptions};
 
+/// How long a client may take to send a request's headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How long a client may take to send a request body.
 const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -156,13 +159,33 @@ impl Server {
             .name("pcietun-api".into())
             .spawn(move || {
                 runtime.block_on(async move {
+                    // HTTP/1.1 only (ALPN says so too); a client gets HEADER_TIMEOUT to send
+                    // each request's headers, so idle or trickling connections do not pile up.
                     let result = match tls_config {
                         Some(cfg) => match axum_server::from_tcp_rustls(listener, cfg) {
-                            Ok(s) => s.handle(h).serve(app.into_make_service()).await,
+                            Ok(mut s) => {
+                                s.http_builder()
+                                    .http1()
+                                    .header_read_timeout(Some(HEADER_TIMEOUT));
+                                s.http1_only()
+                                    .first_request_timeout(HEADER_TIMEOUT)
+                                    .handle(h)
+                                    .serve(app.into_make_service())
+                                    .await
+                            }
                             Err(e) => Err(e),
                         },
                         None => match axum_server::from_tcp(listener) {
-                            Ok(s) => s.handle(h).serve(app.into_make_service()).await,
+                            Ok(mut s) => {
+                                s.http_builder()
+                                    .http1()
+                                    .header_read_timeout(Some(HEADER_TIMEOUT));
+                                s.http1_only()
+                                    .first_request_timeout(HEADER_TIMEOUT)
+                                    .handle(h)
+                                    .serve(app.into_make_service())
+                                    .await
+                            }
                             Err(e) => Err(e),
                         },
                     };
@@ -238,14 +261,15 @@ async fn serve(State(service): State<Arc<Service>>, req: Request<Body>) -> Respo
         Ok(Ok(b)) => b,
         Ok(Err(BodyError::TooLarge)) => return service.payload_too_large().map(Body::from),
         Ok(Err(BodyError::Broken)) | Err(_) => {
-            return ApiError::body_timeout().into_response().map(Body::from)
+            return service.error(ApiError::body_timeout()).map(Body::from)
         }
     };
     let req = Request::from_parts(parts, bytes);
-    match tokio::task::spawn_blocking(move || service.handle(req)).await {
+    let svc = service.clone();
+    match tokio::task::spawn_blocking(move || svc.handle(req)).await {
         Ok(resp) => resp.map(Body::from),
-        Err(e) => ApiError::internal(format!("request handler failed: {e}"))
-            .into_response()
+        Err(e) => service
+            .error(ApiError::internal(format!("request handler failed: {e}")))
             .map(Body::from),
     }
 }

@@ -433,10 +433,13 @@ impl Service {
 
     /// The response for a body over [`Service::max_body`] (the HTTP layer detects it).
     pub fn payload_too_large(&self) -> Response<Bytes> {
-        finish(
-            ApiError::payload_too_large(self.max_body).into_response(),
-            false,
-        )
+        self.error(ApiError::payload_too_large(self.max_body))
+    }
+
+    /// An error response with the headers every response carries (for the HTTP layer's own
+    /// refusals: body timeouts, failed handlers).
+    pub fn error(&self, e: ApiError) -> Response<Bytes> {
+        finish(e.into_response(), false)
     }
 
     /// Handle one request.

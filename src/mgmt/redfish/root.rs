@@ -27,7 +27,7 @@ pub(crate) fn service_root(uuid: &str, appliance: &ApplianceInfo) -> Value {
         "@odata.id": "/redfish/v1/",
         "@odata.type": "#ServiceRoot.v1_21_0.ServiceRoot",
         "Id": "RootService",
-        "Name": format!("pcietun appliance {}", appliance.id),
+        "Name": appliance.name,
         "RedfishVersion": REDFISH_VERSION,
         "UUID": uuid,
         "Product": "pcietun",

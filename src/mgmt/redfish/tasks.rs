@@ -91,7 +91,7 @@ impl TaskTable {
 
     /// Start a task covering `operations` operations.
     pub fn create(&self, name: String, method: &str, uri: &str, operations: usize) -> u64 {
-        let mut inner = self.inner.lock().unwrap();
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let id = inner.next;
         inner.next += 1;
         while inner.tasks.len() >= MAX_TASKS {
@@ -144,7 +144,7 @@ impl TaskTable {
 
     fn finish_one(&self, id: u64, outcome: Result<(), String>) {
         let now = self.clock.wall();
-        let mut inner = self.inner.lock().unwrap();
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let Some(t) = inner.tasks.get_mut(&id) else {
             return;
         };
@@ -167,17 +167,32 @@ impl TaskTable {
 
     /// Forget a task whose operation the pool refused before it started.
     pub fn discard(&self, id: u64) {
-        self.inner.lock().unwrap().tasks.remove(&id);
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .tasks
+            .remove(&id);
     }
 
     /// One task.
     pub fn get(&self, id: u64) -> Option<Task> {
-        self.inner.lock().unwrap().tasks.get(&id).cloned()
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .tasks
+            .get(&id)
+            .cloned()
     }
 
     /// Ids of every kept task, oldest first.
     pub fn ids(&self) -> Vec<u64> {
-        self.inner.lock().unwrap().tasks.keys().copied().collect()
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .tasks
+            .keys()
+            .copied()
+            .collect()
     }
 }
 
