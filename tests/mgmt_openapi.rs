@@ -108,7 +108,14 @@ fn the_service_is_what_api_yaml_says() {
             )
             .collect::<Vec<_>>()
             .join("/");
-        if methods.contains("GET") {
+        if template.ends_with("/EventService/SSE") {
+            // A live stream never ends; that it streams is tests/mgmt_events.rs's job. Here:
+            // it exists with exactly the documented methods.
+            let r = api.post(&uri, Auth::Token(&admin), "{}");
+            assert_eq!(r.status, 405, "POST {uri}: {}", r.text);
+            assert_eq!(r.header("Allow"), Some("GET, HEAD"), "{template}");
+            assert_eq!(methods, &BTreeSet::from(["GET".to_string()]));
+        } else if methods.contains("GET") {
             let r = api.get(&uri, Auth::Token(&admin));
             assert_eq!(
                 r.status, 200,

@@ -25,7 +25,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use super::auth::{hash_password, AuthError};
 use super::config::{ApiConfig, ConfigError, TlsFiles};
 use super::pool::Pool;
-use super::redfish::{Service, ServiceOptions};
+use super::redfish::{events, Service, ServiceOptions, StreamCredential};
 
 /// How long a client may take to send a request's headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -152,7 +152,10 @@ impl Server {
             .build()
             .map_err(ServerError::Runtime)?;
         let handle = axum_server::Handle::new();
-        let app = Router::new().fallback(serve).with_state(service);
+        let app = Router::new()
+            .route(events::SSE_URI, axum::routing::any(stream_events))
+            .fallback(serve)
+            .with_state(service);
         let h = handle.clone();
         let is_tls = tls_config.is_some();
         let thread = std::thread::Builder::new()
@@ -272,6 +275,110 @@ async fn serve(State(service): State<Arc<Service>>, req: Request<Body>) -> Respo
             .error(ApiError::internal(format!("request handler failed: {e}")))
             .map(Body::from),
     }
+}
+
+/// How often an idle event stream sends a keep-alive comment (and re-checks its credential).
+const KEEPALIVE: Duration = Duration::from_secs(15);
+
+/// Counts an open event stream; uncounts it when the stream ends.
+struct StreamSlot(Arc<Service>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0
+            .events()
+            .streams
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+struct StreamState {
+    replay: std::collections::VecDeque<Arc<events::EventRecord>>,
+    rx: tokio::sync::broadcast::Receiver<Arc<events::EventRecord>>,
+    credential: StreamCredential,
+    slot: StreamSlot,
+}
+
+/// `GET /redfish/v1/EventService/SSE`: the live event stream (text/event-stream), starting
+/// after `Last-Event-ID` when the client sends one. It ends when the client goes, the
+/// server shuts down, or the session that opened it ends. Any other method goes to the
+/// service, which answers 405.
+async fn stream_events(State(service): State<Arc<Service>>, req: Request<Body>) -> Response<Body> {
+    use std::sync::atomic::Ordering;
+    use tokio::sync::broadcast::error::RecvError;
+    if req.method() != axum::http::Method::GET || req.uri().query().is_some() {
+        return serve(State(service), req).await;
+    }
+    let headers = req.headers().clone();
+    let svc = service.clone();
+    let credential = match tokio::task::spawn_blocking(move || svc.authorize_stream(&headers)).await
+    {
+        Ok(Ok(c)) => c,
+        Ok(Err(resp)) => return (*resp).map(Body::from),
+        Err(e) => {
+            return service
+                .error(super::redfish::error::ApiError::internal(format!(
+                    "authorisation failed: {e}"
+                )))
+                .map(Body::from)
+        }
+    };
+    if service.events().streams.fetch_add(1, Ordering::SeqCst) >= events::MAX_STREAMS {
+        service.events().streams.fetch_sub(1, Ordering::SeqCst);
+        return service
+            .error(super::redfish::error::ApiError::in_use(format!(
+                "{} event streams are open already; close one first",
+                events::MAX_STREAMS
+            )))
+            .map(Body::from);
+    }
+    let (replay, rx) = service
+        .events()
+        .subscribe(super::redfish::last_event_id(req.headers()));
+    let state = StreamState {
+        replay: replay.into(),
+        rx,
+        credential,
+        slot: StreamSlot(service.clone()),
+    };
+    let stream = futures_util::stream::unfold(state, |mut st| async move {
+        if let Some(r) = st.replay.pop_front() {
+            return Some((
+                Ok::<_, std::convert::Infallible>(bytes::Bytes::from(r.sse_frame())),
+                st,
+            ));
+        }
+        let next = tokio::time::timeout(KEEPALIVE, st.rx.recv()).await;
+        let svc = st.slot.0.clone();
+        let cred = st.credential.clone();
+        let ok = tokio::task::spawn_blocking(move || svc.still_authorized(&cred))
+            .await
+            .unwrap_or(false);
+        if !ok {
+            return None;
+        }
+        let chunk = match next {
+            Ok(Ok(r)) => r.sse_frame(),
+            Ok(Err(RecvError::Lagged(n))) => {
+                format!(": {n} events were dropped for this slow stream\n\n")
+            }
+            Ok(Err(RecvError::Closed)) => return None,
+            Err(_) => ": keep-alive\n\n".to_string(),
+        };
+        Some((Ok(bytes::Bytes::from(chunk)), st))
+    });
+    let mut resp = Response::new(Body::from_stream(stream));
+    let h = resp.headers_mut();
+    h.insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    h.insert("OData-Version", axum::http::HeaderValue::from_static("4.0"));
+    resp
 }
 
 fn tls_error(what: &'static str, path: &Path, reason: impl ToString) -> ServerError {

@@ -25,6 +25,7 @@
 
 pub mod body;
 pub mod error;
+pub mod events;
 mod fabric;
 mod inventory;
 mod root;
@@ -41,7 +42,7 @@ use sha2::{Digest, Sha256};
 
 use crate::mgmt::auth::{AccountView, Accounts, AuthError, Privilege, Sessions};
 use crate::mgmt::clock::{Clock, SystemClock};
-use crate::mgmt::pool::{valid_id, ApplianceInfo, FunctionInfo, HostInfo, Pool};
+use crate::mgmt::pool::{valid_id, ApplianceInfo, EventSink, FunctionInfo, HostInfo, Pool};
 use error::{allow_header, ApiError, ApiResult};
 use tasks::TaskTable;
 
@@ -97,6 +98,7 @@ pub struct Service {
     change: Mutex<()>,
     uuid: String,
     max_body: usize,
+    events: Arc<events::EventLog>,
 }
 
 impl std::fmt::Debug for Service {
@@ -106,6 +108,32 @@ impl std::fmt::Debug for Service {
             .field("max_body", &self.max_body)
             .finish_non_exhaustive()
     }
+}
+
+/// What an open event stream was authorised with.
+#[derive(Clone)]
+pub enum StreamCredential {
+    /// A session token.
+    Token(String),
+    /// HTTP Basic credentials of this account.
+    Account(String),
+}
+
+impl std::fmt::Debug for StreamCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StreamCredential::Token(_) => f.write_str("Token(hidden)"),
+            StreamCredential::Account(a) => write!(f, "Account({a})"),
+        }
+    }
+}
+
+/// The `Last-Event-ID` of a request, if it has a usable one.
+pub fn last_event_id(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get("Last-Event-ID")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// Who is making a request.
@@ -166,8 +194,8 @@ impl Snapshot {
 pub(crate) struct Reply {
     pub status: StatusCode,
     pub body: Option<Value>,
-    /// A non-JSON body (the CSDL documents).
-    pub xml: Option<String>,
+    /// A non-JSON body and its content type (the CSDL documents, the event backlog).
+    pub raw: Option<(&'static str, String)>,
     pub headers: Vec<(header::HeaderName, HeaderValue)>,
 }
 
@@ -177,17 +205,22 @@ impl Reply {
         Reply {
             status: StatusCode::OK,
             body: Some(body),
-            xml: None,
+            raw: None,
             headers: Vec::new(),
         }
     }
 
     /// 200 with an XML document.
     pub fn xml(doc: String) -> Self {
+        Reply::raw("application/xml; charset=utf-8", doc)
+    }
+
+    /// 200 with a non-JSON body.
+    pub fn raw(content_type: &'static str, text: String) -> Self {
         Reply {
             status: StatusCode::OK,
             body: None,
-            xml: Some(doc),
+            raw: Some((content_type, text)),
             headers: Vec::new(),
         }
     }
@@ -197,7 +230,7 @@ impl Reply {
         Reply {
             status,
             body: None,
-            xml: None,
+            raw: None,
             headers: Vec::new(),
         }
     }
@@ -294,6 +327,9 @@ pub(crate) enum Route<'a> {
     Account(&'a str),
     Roles,
     Role(&'a str),
+    EventService,
+    Subscriptions,
+    EventStream,
 }
 
 const GET: &[Method] = &[Method::GET, Method::HEAD];
@@ -344,6 +380,9 @@ impl<'a> Route<'a> {
             ["redfish", "v1", "AccountService", "Accounts", a] => Account(a),
             ["redfish", "v1", "AccountService", "Roles"] => Roles,
             ["redfish", "v1", "AccountService", "Roles", r] => Role(r),
+            ["redfish", "v1", "EventService"] => EventService,
+            ["redfish", "v1", "EventService", "Subscriptions"] => Subscriptions,
+            ["redfish", "v1", "EventService", "SSE"] => EventStream,
             _ => return None,
         })
     }
@@ -412,7 +451,11 @@ impl Service {
             &h[16..20],
             &h[20..32]
         );
+        let events = events::EventLog::new();
+        let (log, clock) = (events.clone(), opts.clock.clone());
+        pool.subscribe(EventSink::new(move |e| log.push(&e, clock.wall())));
         Ok(Service {
+            events,
             pool,
             tasks: TaskTable::new(opts.clock.clone()),
             clock: opts.clock,
@@ -424,6 +467,47 @@ impl Service {
             uuid,
             max_body: opts.max_body,
         })
+    }
+
+    /// The event log (the HTTP layer streams it).
+    pub fn events(&self) -> &Arc<events::EventLog> {
+        &self.events
+    }
+
+    /// Authenticate a request for the event stream (Login privilege); the credential to
+    /// re-check while the stream is open, or the error response.
+    pub fn authorize_stream(
+        &self,
+        headers: &HeaderMap,
+    ) -> Result<StreamCredential, Box<Response<Bytes>>> {
+        let caller = self
+            .authenticate(headers)
+            .and_then(|c| c.require(Privilege::Login).map(|_| c))
+            .map_err(|e| Box::new(self.error(e)))?;
+        Ok(match caller.session {
+            Some(_) => StreamCredential::Token(
+                headers
+                    .get("X-Auth-Token")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string(),
+            ),
+            None => StreamCredential::Account(caller.account.id),
+        })
+    }
+
+    /// Whether a stream's credential is still good (the session alive, the account enabled).
+    pub fn still_authorized(&self, cred: &StreamCredential) -> bool {
+        let now = self.clock.now();
+        let mut auth = self.auth.lock().unwrap_or_else(|e| e.into_inner());
+        let account = match cred {
+            StreamCredential::Token(t) => match auth.sessions.authenticate(t, now) {
+                Some(s) => s.account,
+                None => return false,
+            },
+            StreamCredential::Account(a) => a.clone(),
+        };
+        auth.accounts.get(&account).is_some_and(|a| a.enabled)
     }
 
     /// The largest request body the service accepts.
@@ -569,6 +653,16 @@ impl Service {
             Account(a) => self.delete_account(caller, req, a),
             Roles => Ok(Reply::ok(security::roles())),
             Role(r) => security::role(r).map(Reply::ok),
+            EventService => Ok(Reply::ok(events::event_service())),
+            Subscriptions => Ok(Reply::ok(events::subscriptions())),
+            EventStream => Ok(Reply::raw(
+                "text/event-stream",
+                self.events
+                    .backlog_after(last_event_id(req.headers()).unwrap_or(u64::MAX))
+                    .iter()
+                    .map(|r| r.sse_frame())
+                    .collect(),
+            )),
         }
     }
 }
@@ -594,12 +688,10 @@ fn reply_response(reply: Reply) -> Response<Bytes> {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json; charset=utf-8"),
         );
-    } else if let Some(doc) = reply.xml {
-        *resp.body_mut() = Bytes::from(doc);
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/xml; charset=utf-8"),
-        );
+    } else if let Some((content_type, text)) = reply.raw {
+        *resp.body_mut() = Bytes::from(text);
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     }
     for (n, v) in reply.headers {
         resp.headers_mut().insert(n, v);

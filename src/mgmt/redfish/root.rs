@@ -45,6 +45,7 @@ pub(crate) fn service_root(uuid: &str, appliance: &ApplianceInfo) -> Value {
         "Tasks": link("/redfish/v1/TaskService"),
         "SessionService": link("/redfish/v1/SessionService"),
         "AccountService": link("/redfish/v1/AccountService"),
+        "EventService": link("/redfish/v1/EventService"),
         "Links": { "Sessions": link("/redfish/v1/SessionService/Sessions") },
     })
 }
@@ -62,6 +63,7 @@ pub(crate) fn odata() -> Value {
             singleton("Tasks", "/redfish/v1/TaskService"),
             singleton("SessionService", "/redfish/v1/SessionService"),
             singleton("AccountService", "/redfish/v1/AccountService"),
+            singleton("EventService", "/redfish/v1/EventService"),
             singleton("Sessions", "/redfish/v1/SessionService/Sessions"),
         ],
     })
@@ -121,6 +123,19 @@ const SCHEMAS: &[(&str, &[&str])] = &[
     ),
     ("RoleCollection_v1.xml", &["RoleCollection"]),
     ("Role_v1.xml", &["Role", "Role.v1_3_3"]),
+    (
+        "EventService_v1.xml",
+        &["EventService", "EventService.v1_12_0"],
+    ),
+    (
+        "EventDestinationCollection_v1.xml",
+        &["EventDestinationCollection"],
+    ),
+    (
+        "EventDestination_v1.xml",
+        &["EventDestination", "EventDestination.v1_17_0"],
+    ),
+    ("Event_v1.xml", &["Event", "Event.v1_13_0"]),
     ("Message_v1.xml", &["Message", "Message.v1_3_0"]),
     ("Resource_v1.xml", &["Resource", "Resource.v1_0_0"]),
     ("RedfishExtensions_v1.xml", &["RedfishExtensions.v1_0_0"]),
