@@ -17,7 +17,7 @@ use std::time::SystemTime;
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
-use super::fabric::{initiator_uri, target_uri};
+use super::fabric::target_uri;
 use super::inventory::{collection, system_uri};
 use super::tasks::timestamp;
 use crate::mgmt::pool::{FunctionState, PoolEvent};
@@ -119,7 +119,7 @@ fn describe(
             vec![system_uri(host), "disconnected".into()],
             "OK",
             "StatusChange",
-            initiator_uri(host),
+            system_uri(host),
         ),
     }
 }
