@@ -14,7 +14,11 @@ use mgmt_common::*;
 fn redfish_service_validator_reports_no_error() {
     let api = start();
     let admin = api.admin();
-    assert_eq!(api.post(ADD_ALPHA, Auth::Token(&admin), &add_endpoint_body("nvme0")).status, 202);
+    assert_eq!(
+        api.post(ADD_ALPHA, Auth::Token(&admin), &add_endpoint_body("nvme0"))
+            .status,
+        202
+    );
     api.user(&admin, "viewer", "ReadOnly");
     let dir = tempfile::tempdir().unwrap();
     let pw = dir.path().join("pw");
