@@ -13,10 +13,10 @@ use std::time::Duration;
 use base64::Engine as _;
 use pcietun::transport::{Psk, SecretKey};
 
-/// The secrets of this test: distinctive bytes, so any leak is unmistakable.
-const HOST_KEY: [u8; 32] = *b"host-private-key-c0ffee15dec0de!";
-const APPLIANCE_KEY: [u8; 32] = *b"appliance-private-key-5ba5eba11!";
-const PSK: [u8; 32] = *b"pre-shared-key-feedfacecafebabe!";
+/// The secrets of this test: distinctive non-text bytes, so any leak is unmistakable.
+const HOST_KEY: [u8; 32] = [0xc1; 32];
+const APPLIANCE_KEY: [u8; 32] = [0xd2; 32];
+const PSK: [u8; 32] = [0xe3; 32];
 
 /// Key files for both processes: `host.key`, `appliance.key`, `test-host.psk`, and the two
 /// public keys (base64).
@@ -51,7 +51,7 @@ impl Keys {
 }
 
 /// The ways a secret could be spelt in a log line: base64, hex either case, whole or its first
-/// half; the `Debug` of its bytes (`[104, 111, …`); and the raw bytes.
+/// half; the `Debug` of its bytes (`[193, 193, …`); and the raw bytes.
 fn assert_no_key(what: &str, output: &[u8]) {
     let text = String::from_utf8_lossy(output);
     for k in [HOST_KEY, APPLIANCE_KEY, PSK] {
