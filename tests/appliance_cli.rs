@@ -82,3 +82,97 @@ fn check_builds_every_device() {
         "backing file created"
     );
 }
+
+/// The development key is public: without `--key` the appliance refuses to listen anywhere but
+/// loopback (issue 13 item 4) — and says what to do instead.
+#[test]
+fn development_key_refused_off_loopback() {
+    for listen in ["udp:0.0.0.0:0", "udp:[::]:0", "eth:lo"] {
+        let out = pcietun()
+            .args([
+                "appliance",
+                "--check",
+                "--device",
+                "dma",
+                "--listen",
+                listen,
+            ])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{listen} accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("only allowed on loopback") && err.contains("pcietun keygen"),
+            "{err}"
+        );
+        assert!(out.stdout.is_empty());
+    }
+    // With a key of its own and a host listed, the same listen address is fine.
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("appliance.key");
+    let host = dir.path().join("host.key");
+    for k in [&key, &host] {
+        assert!(pcietun()
+            .arg("keygen")
+            .arg(k)
+            .output()
+            .unwrap()
+            .status
+            .success());
+    }
+    let hpub = pcietun().arg("pubkey").arg(&host).output().unwrap().stdout;
+    let hpub = String::from_utf8(hpub).unwrap();
+    let out = pcietun()
+        .args([
+            "appliance",
+            "--check",
+            "--device",
+            "dma",
+            "--listen",
+            "udp:0.0.0.0:0",
+        ])
+        .arg("--key")
+        .arg(&key)
+        .arg("--host")
+        .arg(format!("web1={}", hpub.trim()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The key may come from the environment instead of a file.
+    let secret = std::fs::read_to_string(&key).unwrap();
+    let out = pcietun()
+        .args([
+            "appliance",
+            "--check",
+            "--device",
+            "dma",
+            "--listen",
+            "udp:0.0.0.0:0",
+        ])
+        .arg("--host")
+        .arg(format!("web1={}", hpub.trim()))
+        .env("PCIETUN_PRIVATE_KEY", secret.trim())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(secret.trim()));
+    // A key file others can read is refused.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let out = pcietun()
+        .args(["appliance", "--check", "--device", "dma"])
+        .arg("--key")
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("readable by group or others"));
+}

@@ -11,20 +11,34 @@ use pcietun::appliance::{Appliance, ApplianceConfig, ApplianceError, FunctionSta
 use pcietun::host::agent::{Agent, AgentConfig, AgentError, Target};
 use pcietun::host::HostConfig;
 use pcietun::pci::class::dma_engine::{reg, ID_VALUE};
-use pcietun::transport::{HostId, Psk};
+use pcietun::transport::{HostId, SecretKey};
 
-const KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+/// The host's static key (what `pcietun keygen` would write on the host).
+fn key() -> SecretKey {
+    SecretKey::from_bytes([0x11; 32])
+}
+
+/// The appliance's static key (written to `appliance.key` beside the configuration).
+fn appliance_key() -> SecretKey {
+    SecretKey::from_bytes([0x22; 32])
+}
 
 /// One card with two functions: an NVMe controller (00.0) and a DMA engine (00.1).
 fn config(dir: &Path, listen: &[&str]) -> ApplianceConfig {
+    let key_file = dir.join("appliance.key");
+    if !key_file.exists() {
+        appliance_key().write_new(&key_file).unwrap();
+    }
     let listen: Vec<String> = listen.iter().map(|l| format!("{l:?}")).collect();
+    let host_public = key().public_key();
     let text = format!(
         r#"
 listen = [{}]
+key_file = "appliance.key"
 
 [[host]]
 id = "web1"
-psk = "{KEY}"
+public_key = "{host_public}"
 
 [[device]]
 kind = "nvme"
@@ -47,7 +61,7 @@ function = 1
 fn agent(
     app: &Running,
     addr_index: usize,
-    psk: Psk,
+    key: SecretKey,
     timeout: Duration,
 ) -> Result<Agent, AgentError> {
     let addr = match app.ready().listen[addr_index] {
@@ -58,16 +72,14 @@ fn agent(
         AgentConfig {
             target: Target::Udp(addr),
             host_id: "web1".into(),
-            psk: Some(psk),
+            key: Some(key),
+            appliance_key: Some(appliance_key().public_key()),
+            psk: None,
             inject_loss: 0.0,
             host: HostConfig::default(),
         },
         timeout,
     )
-}
-
-fn key() -> Psk {
-    Psk::from_hex(KEY).unwrap()
 }
 
 #[test]
@@ -153,7 +165,13 @@ fn a_host_with_the_wrong_key_gets_no_session() {
         .unwrap()
         .start()
         .unwrap();
-    let e = agent(&app, 0, Psk::DEVELOPMENT, Duration::from_millis(1500)).unwrap_err();
+    let e = agent(
+        &app,
+        0,
+        SecretKey::from_bytes([0x33; 32]),
+        Duration::from_millis(1500),
+    )
+    .unwrap_err();
     assert!(matches!(e, AgentError::NotConnected(_)), "{e}");
     let stats = app.shutdown().unwrap();
     assert_eq!(stats.endpoint.tlps_in, 0, "nothing reached a device");

@@ -12,7 +12,7 @@ use pcietun::endpoint::Bdf;
 use pcietun::pci::class::dma_engine::{self, reg};
 use pcietun::pci::class::nvme::{self, Cqe, Sqe, Status};
 use pcietun::transport::driver::{self, DriverConfig, Peers, TransportHandle, Upcall};
-use pcietun::transport::{ConnId, Event, HostId, PeerAddr, Psk};
+use pcietun::transport::{ConnId, Event, HostId, PeerAddr, SecretKey};
 use zerocopy::{FromBytes, IntoBytes};
 
 struct Appliance(Child);
@@ -53,11 +53,16 @@ struct Host {
 impl Host {
     fn connect(addr: std::net::SocketAddr) -> Host {
         let port = driver::open("udp:127.0.0.1:0").unwrap();
-        let cfg = DriverConfig::new(Peers::Connect {
-            server: PeerAddr::Udp(addr),
-            host: HostId::new("host").unwrap(),
-            psk: Psk::DEVELOPMENT,
-        });
+        // The appliance runs with the development keys (loopback).
+        let cfg = DriverConfig::new(
+            SecretKey::development_host(),
+            Peers::Connect {
+                server: PeerAddr::Udp(addr),
+                host: HostId::new("host").unwrap(),
+                server_key: SecretKey::development_appliance().public_key(),
+                psk: None,
+            },
+        );
         let t = TransportHandle::spawn(port, cfg).unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {

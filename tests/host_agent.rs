@@ -22,7 +22,7 @@ use pcietun::host::HostConfig;
 use pcietun::pci::{Bar, ConfigSpace, ExpressConfig, FunctionIds, MsixCap, PciExpressCap};
 use pcietun::tlp::{Bdf, CplStatus, MemOp, Tlp, TlpHeader};
 use pcietun::transport::driver::{udp::UdpPort, DriverConfig, Peers, TransportHandle, Upcall};
-use pcietun::transport::{Event, HostId, Psk};
+use pcietun::transport::{Event, HostId, HostKey, SecretKey};
 
 const BAR0: usize = 0x4000;
 const TABLE: usize = 0x2000;
@@ -62,10 +62,15 @@ fn card() -> ConfigSpace {
 fn appliance(loss: f64) -> Appliance {
     let port = UdpPort::bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = port.addr();
-    let mut cfg = DriverConfig::new(Peers::Accept(vec![(
-        HostId::new("test-host").unwrap(),
-        Psk::DEVELOPMENT,
-    )]));
+    // The development keys: allowed because everything is on loopback.
+    let mut cfg = DriverConfig::new(
+        SecretKey::development_appliance(),
+        Peers::Accept(vec![HostKey {
+            host: HostId::new("test-host").unwrap(),
+            public: SecretKey::development_host().public_key(),
+            psk: None,
+        }]),
+    );
     cfg.inject_loss = loss;
     cfg.seed = 7;
     let handle = Arc::new(TransportHandle::spawn(Box::new(port), cfg).unwrap());
@@ -181,6 +186,8 @@ fn agent_cfg(addr: SocketAddr, loss: f64) -> AgentConfig {
     AgentConfig {
         target: Target::Udp(addr),
         host_id: "test-host".into(),
+        key: None,
+        appliance_key: None,
         psk: None,
         inject_loss: loss,
         host: HostConfig::default(),
@@ -300,4 +307,25 @@ fn operator_tools_lspci_read_write() {
         &app.bar0.lock().unwrap()[0x10..0x14],
         &0xcafe_f00du32.to_le_bytes()
     );
+}
+
+/// The development keys are public: the agent refuses them toward an appliance that is not on
+/// loopback (issue 13 item 4), before it opens anything.
+#[test]
+fn development_key_refused_off_loopback() {
+    for target in ["192.0.2.1:7470", "[2001:db8::1]:7470", "0.0.0.0:7470"] {
+        let e = Agent::start(agent_cfg(target.parse().unwrap(), 0.0)).unwrap_err();
+        assert!(
+            e.to_string().contains("only allowed on loopback"),
+            "{target}: {e}"
+        );
+    }
+    // With real keys the same target is accepted as far as keys go (no appliance answers).
+    let mut cfg = agent_cfg("192.0.2.1:7470".parse().unwrap(), 0.0);
+    cfg.key = Some(SecretKey::generate());
+    cfg.appliance_key = Some(SecretKey::generate().public_key());
+    assert!(matches!(
+        Agent::connect(cfg, Duration::from_millis(200)),
+        Err(pcietun::host::agent::AgentError::NotConnected(_))
+    ));
 }

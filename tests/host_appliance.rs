@@ -50,6 +50,8 @@ fn nvme_controller_of_a_real_appliance_through_vfio_user() {
         AgentConfig {
             target: Target::Udp(format!("127.0.0.1:{port}").parse().unwrap()),
             host_id: "host".into(),
+            key: None,
+            appliance_key: None,
             psk: None,
             inject_loss: 0.0,
             host: HostConfig::default(),

@@ -2,54 +2,90 @@
 //! `pcietun host lspci` talking to it over UDP on loopback, both with `--log-format json` and
 //! `RUST_LOG=trace`. Every line either writes on stderr is one JSON object with a timestamp,
 //! a level, a target and a message; the appliance records the host's session; `RUST_LOG`
-//! decides what is logged; and the pre-shared key appears nowhere in anything either process
-//! prints, in any spelling (hex, decimal bytes, raw).
+//! decides what is logged; and no secret — either private key, the pre-shared key — appears
+//! anywhere in anything either process prints, in any spelling (base64, hex, decimal bytes,
+//! raw).
 
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-/// The hosts's pre-shared key for this test: distinctive, so any leak is unmistakable.
-const KEY_HEX: &str = "c0ffee15dec0de5ba5eba11feedfacecafebabe8badf00d0ddba11deadbeef01";
+use base64::Engine as _;
+use pcietun::transport::{Psk, SecretKey};
 
-fn key_bytes() -> Vec<u8> {
-    (0..KEY_HEX.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&KEY_HEX[i..i + 2], 16).unwrap())
-        .collect()
+/// The secrets of this test: distinctive non-text bytes, so any leak is unmistakable.
+const HOST_KEY: [u8; 32] = [0xc1; 32];
+const APPLIANCE_KEY: [u8; 32] = [0xd2; 32];
+const PSK: [u8; 32] = [0xe3; 32];
+
+/// Key files for both processes: `host.key`, `appliance.key`, `test-host.psk`, and the two
+/// public keys (base64).
+struct Keys {
+    dir: tempfile::TempDir,
+    host_public: String,
+    appliance_public: String,
 }
 
-/// The ways a key could be spelt in a log line: hex either case, whole or its first half; the
-/// `Debug` of its bytes (`[192, 255, 238, …`); and the raw bytes.
+impl Keys {
+    fn new() -> Keys {
+        let dir = tempfile::tempdir().unwrap();
+        let (h, a) = (
+            SecretKey::from_bytes(HOST_KEY),
+            SecretKey::from_bytes(APPLIANCE_KEY),
+        );
+        h.write_new(&dir.path().join("host.key")).unwrap();
+        a.write_new(&dir.path().join("appliance.key")).unwrap();
+        Psk::from_bytes(PSK)
+            .write_new(&dir.path().join("test-host.psk"))
+            .unwrap();
+        Keys {
+            dir,
+            host_public: h.public_key().to_string(),
+            appliance_public: a.public_key().to_string(),
+        }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).to_str().unwrap().to_string()
+    }
+}
+
+/// The ways a secret could be spelt in a log line: base64, hex either case, whole or its first
+/// half; the `Debug` of its bytes (`[193, 193, …`); and the raw bytes.
 fn assert_no_key(what: &str, output: &[u8]) {
     let text = String::from_utf8_lossy(output);
-    let k = key_bytes();
-    let half = &KEY_HEX[..32];
-    for needle in [
-        KEY_HEX.to_string(),
-        KEY_HEX.to_uppercase(),
-        half.to_string(),
-        half.to_uppercase(),
-        k[..8]
-            .iter()
-            .map(|b| b.to_string())
-            .collect::<Vec<_>>()
-            .join(", "),
-        k[..8]
-            .iter()
-            .map(|b| format!("{b:#04x}"))
-            .collect::<Vec<_>>()
-            .join(", "),
-    ] {
+    for k in [HOST_KEY, APPLIANCE_KEY, PSK] {
+        let hex: String = k.iter().map(|b| format!("{b:02x}")).collect();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(k);
+        let half = &hex[..32];
+        for needle in [
+            b64.clone(),
+            b64[..22].to_string(),
+            hex.clone(),
+            hex.to_uppercase(),
+            half.to_string(),
+            half.to_uppercase(),
+            k[..8]
+                .iter()
+                .map(|b| b.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            k[..8]
+                .iter()
+                .map(|b| format!("{b:#04x}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        ] {
+            assert!(
+                !text.contains(&needle),
+                "{what} printed key material ({needle}):\n{text}"
+            );
+        }
         assert!(
-            !text.contains(&needle),
-            "{what} printed key material ({needle}):\n{text}"
+            !output.windows(8).any(|w| w == &k[..8]),
+            "{what} printed the raw key bytes"
         );
     }
-    assert!(
-        !output.windows(8).any(|w| w == &k[..8]),
-        "{what} printed the raw key bytes"
-    );
 }
 
 /// Every non-empty line is a JSON object with the fields a log collector needs, except the
@@ -86,12 +122,20 @@ fn free_udp_port() -> u16 {
 fn json_logs_from_both_processes_and_no_key_bytes() {
     let bin = env!("CARGO_BIN_EXE_pcietun");
     let port = free_udp_port();
-    let dir = tempfile::tempdir().unwrap();
-    let app_err_path = dir.path().join("appliance.stderr");
+    let keys = Keys::new();
+    let app_err_path = keys.dir.path().join("appliance.stderr");
     let mut app = Command::new(bin)
         .args(["appliance", "--device", "dma", "--log-format", "json"])
         .args(["--listen", &format!("udp:127.0.0.1:{port}")])
-        .args(["--psk", &format!("test-host={KEY_HEX}")])
+        .args(["--key", &keys.path("appliance.key")])
+        .args([
+            "--host",
+            &format!(
+                "test-host={},psk={}",
+                keys.host_public,
+                keys.path("test-host.psk")
+            ),
+        ])
         .env("RUST_LOG", "trace")
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&app_err_path).unwrap())
@@ -106,7 +150,9 @@ fn json_logs_from_both_processes_and_no_key_bytes() {
         Command::new(bin)
             .args(["host", "lspci", "--log-format", "json"])
             .args(["--connect", &format!("udp:127.0.0.1:{port}")])
-            .args(["--host-id", "test-host", "--psk", KEY_HEX])
+            .args(["--host-id", "test-host", "--key", &keys.path("host.key")])
+            .args(["--peer-key", &keys.appliance_public])
+            .args(["--psk-file", &keys.path("test-host.psk")])
             .env("RUST_LOG", rust_log)
             .output()
             .unwrap()
@@ -161,10 +207,13 @@ fn json_logs_from_both_processes_and_no_key_bytes() {
 
 #[test]
 fn text_is_the_default_and_a_bad_rust_log_is_reported() {
+    let keys = Keys::new();
     let out = Command::new(env!("CARGO_BIN_EXE_pcietun"))
         .args(["host", "lspci", "--connect", "udp:127.0.0.1:9"])
         .args(["--connect-timeout", "1", "--host-id", "test-host"])
-        .args(["--psk", KEY_HEX])
+        .args(["--key", &keys.path("host.key")])
+        .args(["--peer-key", &keys.appliance_public])
+        .args(["--psk-file", &keys.path("test-host.psk")])
         .env("RUST_LOG", "pcietun=[bad")
         .output()
         .unwrap();

@@ -3,7 +3,7 @@
 //! costs no heap allocation per TLP. Receive buffers come from one chunk that is split per
 //! frame and reclaimed, as the socket drivers do.
 
-use pcietun::transport::{BytesMut, Config, Endpoint, HostId, Instant, PeerAddr, Psk, Role};
+use pcietun::transport::{BytesMut, Config, Endpoint, HostId, Instant, PeerAddr, Role, SecretKey};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -60,11 +60,17 @@ impl Pair {
 #[test]
 fn steady_state_is_allocation_free() {
     let host = HostId::new("alloc").unwrap();
-    let psk = Psk([3; 32]);
-    let mut server = Endpoint::new(Config::default(), Role::Server, 1);
-    let sc = server.add_host(host, psk.clone());
-    let mut client = Endpoint::new(Config::default(), Role::Client, 2);
-    let cc = client.connect(Instant::ZERO, PeerAddr::Mem(1), host, psk);
+    let (skey, ckey) = (SecretKey::generate(), SecretKey::generate());
+    let mut server = Endpoint::new(Config::default(), Role::Server, skey.clone(), 1);
+    let sc = server.add_host(host, ckey.public_key(), None);
+    let mut client = Endpoint::new(Config::default(), Role::Client, ckey, 2);
+    let cc = client.connect(
+        Instant::ZERO,
+        PeerAddr::Mem(1),
+        host,
+        skey.public_key(),
+        None,
+    );
     let mut p = Pair {
         ep: [client, server],
         pool: BytesMut::with_capacity(256 * 1024),

@@ -5,8 +5,9 @@
 mod transport_common;
 use bytes::BytesMut;
 use pcietun::tlp::OrderingClass;
-use pcietun::transport::handshake::{Init, FRAME_LEN};
-use pcietun::transport::{Config, HostId, Instant, PeerAddr, Psk};
+use pcietun::transport::cookie::CookieJar;
+use pcietun::transport::handshake::{InitPayload, Initiator, Tai64N, INIT_LEN};
+use pcietun::transport::{Config, Instant, PeerAddr, SecretKey};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::time::Duration;
@@ -20,8 +21,13 @@ fn drops(sim: &Sim) -> u64 {
         + e.drop_stale_session
         + e.drop_unknown_host
         + e.drop_bad_handshake_mac
+        + e.drop_bad_mac1
+        + e.drop_replayed_init
+        + e.drop_rate_limited
+        + e.drop_under_load
         + e.drop_bad_handshake
         + s.drop_bad_tag
+        + s.drop_stale_key
         + s.drop_replay
         + s.drop_stale_epoch
         + s.drop_malformed
@@ -127,20 +133,50 @@ fn scenario(encrypt: bool) {
     let mut cut: Vec<Vec<u8>> = (0..data[1].len()).map(|n| data[1][..n].to_vec()).collect();
     cut.push(vec![0xff; 64]);
     inject(&mut sim, &cut, "truncated frames");
-    // 4. Handshakes: an old INIT replayed earns a RESP but changes nothing; a forged one
-    // (wrong key) or one for an unknown host is dropped.
+    // 4. Handshakes: the old INIT replayed is refused by its timestamp; an INIT from a key
+    // that is not on the list, a forged one (valid mac1, garbage inside) and garbage without
+    // mac1 are dropped; none makes a session or an event.
     let e0 = sim.ep[1].endpoint_stats().clone();
-    sim.ep[1].handle_frame(sim.now, PeerAddr::Mem(0), BytesMut::from(&init[..]));
-    let mut bad = Init::parse_unverified(&init).unwrap();
-    let mut f = [0u8; FRAME_LEN];
-    bad.emit(&Psk([0xee; 32]), &mut f);
-    sim.ep[1].handle_frame(sim.now, PeerAddr::Mem(0), BytesMut::from(&f[..]));
-    bad.host_id = HostId::new("intruder").unwrap();
-    bad.emit(&Psk([9; 32]), &mut f);
-    sim.ep[1].handle_frame(sim.now, PeerAddr::Mem(0), BytesMut::from(&f[..]));
+    let app = sim.keys[1].public_key();
+    let stranger = {
+        let p = InitPayload {
+            timestamp: Tai64N::now(),
+            epoch: 5,
+            min_version: 1,
+            max_version: 1,
+            mtu: 1472,
+            encrypt: true,
+            rekey: false,
+            ciphers: 1,
+            credits: [64; 6],
+        };
+        let mut f = [0u8; INIT_LEN];
+        Initiator::start(
+            &SecretKey::generate(),
+            &app,
+            None,
+            77,
+            &p,
+            &CookieJar::new(&app),
+            sim.now,
+            &mut f,
+        )
+        .unwrap();
+        f
+    };
+    let mut forged = init.clone();
+    forged[60..120].fill(0xa5);
+    let mac1 = pcietun::transport::cookie::MacKeys::new(&app).mac1(&forged[..24 + 148]);
+    forged[24 + 148..24 + 164].copy_from_slice(&mac1);
+    let mut no_mac1 = init.clone();
+    no_mac1[100] ^= 1;
+    let hs: Vec<Vec<u8>> = vec![init.clone(), stranger.to_vec(), forged, no_mac1];
+    inject(&mut sim, &hs, "handshakes");
     let e1 = sim.ep[1].endpoint_stats().clone();
-    assert_eq!(e1.drop_bad_handshake_mac, e0.drop_bad_handshake_mac + 1);
+    assert_eq!(e1.drop_replayed_init, e0.drop_replayed_init + 1);
     assert_eq!(e1.drop_unknown_host, e0.drop_unknown_host + 1);
+    assert_eq!(e1.drop_bad_handshake_mac, e0.drop_bad_handshake_mac + 1);
+    assert_eq!(e1.drop_bad_mac1, e0.drop_bad_mac1 + 1);
     assert_eq!(
         e1.handshakes, e0.handshakes,
         "no session from a replayed INIT"

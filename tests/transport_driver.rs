@@ -4,7 +4,7 @@
 mod prereq;
 use bytes::Bytes;
 use pcietun::transport::driver::{mem, udp::UdpPort, DriverConfig, Peers, TransportHandle, Upcall};
-use pcietun::transport::{ConnId, Event, HostId, PeerAddr, Psk};
+use pcietun::transport::{ConnId, Event, HostId, HostKey, PeerAddr, Psk, SecretKey};
 use std::time::{Duration, Instant};
 
 fn mwr(i: u32) -> Bytes {
@@ -67,24 +67,18 @@ fn exchange(server: TransportHandle, client: TransportHandle, n: u32) {
     assert!(st.sessions[0].1.tlps_sent >= u64::from(n));
 }
 
-fn cfgs(loss: f64) -> (DriverConfig, DriverConfig, HostId, Psk) {
+fn cfgs(loss: f64) -> (DriverConfig, DriverConfig, HostId) {
     let host = HostId::new("h1").unwrap();
-    let psk = Psk([5; 32]);
-    let s = DriverConfig::new(Peers::Accept(vec![(host, psk.clone())]));
-    let mut c = DriverConfig::new(Peers::Connect {
-        server: PeerAddr::Mem(1),
-        host,
-        psk: psk.clone(),
-    });
+    let (s, mut c) = DriverConfig::pair(host, PeerAddr::Mem(1));
     c.inject_loss = loss;
     c.seed = 7;
-    (s, c, host, psk)
+    (s, c, host)
 }
 
 #[test]
 fn mem_link_delivers_exactly_once_in_order() {
     let (a, b) = mem::pair();
-    let (s, c, _, _) = cfgs(0.0);
+    let (s, c, _) = cfgs(0.0);
     let server = TransportHandle::spawn(Box::new(b), s).unwrap();
     let client = TransportHandle::spawn(Box::new(a), c).unwrap();
     exchange(server, client, 50_000);
@@ -93,7 +87,7 @@ fn mem_link_delivers_exactly_once_in_order() {
 #[test]
 fn mem_link_with_injected_loss() {
     let (a, b) = mem::pair();
-    let (s, c, _, _) = cfgs(0.05);
+    let (s, c, _) = cfgs(0.05);
     let server = TransportHandle::spawn(Box::new(b), s).unwrap();
     let client = TransportHandle::spawn(Box::new(a), c).unwrap();
     exchange(server, client, 20_000);
@@ -121,15 +115,10 @@ fn udp_loopback_ipv4_and_ipv6() {
             .unwrap(),
         )
         .unwrap();
-        let (s, mut c, _, _) = cfgs(0.01);
-        c.peers = match c.peers {
-            Peers::Connect { host, psk, .. } => Peers::Connect {
-                server: PeerAddr::Udp(saddr),
-                host,
-                psk,
-            },
-            p => p,
-        };
+        let (s, mut c, _) = cfgs(0.01);
+        if let Peers::Connect { server, .. } = &mut c.peers {
+            *server = PeerAddr::Udp(saddr);
+        }
         let server = TransportHandle::spawn(Box::new(sp), s).unwrap();
         let client = TransportHandle::spawn(Box::new(cp), c).unwrap();
         exchange(server, client, 20_000);
@@ -139,18 +128,15 @@ fn udp_loopback_ipv4_and_ipv6() {
 #[test]
 fn wrong_key_never_connects() {
     let (a, b) = mem::pair();
-    let (s, mut c, host, _) = cfgs(0.0);
-    c.peers = Peers::Connect {
-        server: PeerAddr::Mem(1),
-        host,
-        psk: Psk([6; 32]),
-    };
+    // A host key the appliance does not list.
+    let (s, mut c, _) = cfgs(0.0);
+    c.key = SecretKey::generate();
     let server = TransportHandle::spawn(Box::new(b), s).unwrap();
     let client = TransportHandle::spawn(Box::new(a), c).unwrap();
     assert!(server.recv_timeout(Duration::from_millis(400)).is_none());
     assert!(client.try_recv().is_none());
     let st = server.stats().unwrap();
-    assert!(st.endpoint.drop_bad_handshake_mac > 0, "{:?}", st.endpoint);
+    assert!(st.endpoint.drop_unknown_host > 0, "{:?}", st.endpoint);
     // sending without a session is reported back, never silently lost
     client.send(ConnId(0), mwr(1)).unwrap();
     match client.recv_timeout(Duration::from_secs(2)) {
@@ -163,28 +149,37 @@ fn wrong_key_never_connects() {
 fn several_hosts_share_one_server_socket() {
     let sp = UdpPort::bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let saddr = sp.addr();
-    let hosts: Vec<(HostId, Psk)> = (0..3)
-        .map(|i| {
-            (
-                HostId::new(&format!("host-{i}")).unwrap(),
-                Psk([i as u8 + 1; 32]),
-            )
+    // Three hosts, each its own key; one also with a PSK.
+    let keys: Vec<SecretKey> = (0..3).map(|_| SecretKey::generate()).collect();
+    let psk = Psk::generate();
+    let hosts: Vec<HostKey> = (0..3)
+        .map(|i| HostKey {
+            host: HostId::new(&format!("host-{i}")).unwrap(),
+            public: keys[i].public_key(),
+            psk: (i == 2).then(|| psk.clone()),
         })
         .collect();
+    let skey = SecretKey::generate();
+    let server_key = skey.public_key();
     let server = TransportHandle::spawn(
         Box::new(sp),
-        DriverConfig::new(Peers::Accept(hosts.clone())),
+        DriverConfig::new(skey, Peers::Accept(hosts.clone())),
     )
     .unwrap();
     let clients: Vec<TransportHandle> = hosts
         .iter()
+        .zip(&keys)
         .map(|(h, k)| {
             let port = UdpPort::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-            let cfg = DriverConfig::new(Peers::Connect {
-                server: PeerAddr::Udp(saddr),
-                host: *h,
-                psk: k.clone(),
-            });
+            let cfg = DriverConfig::new(
+                k.clone(),
+                Peers::Connect {
+                    server: PeerAddr::Udp(saddr),
+                    host: h.host,
+                    server_key,
+                    psk: h.psk.clone(),
+                },
+            );
             TransportHandle::spawn(Box::new(port), cfg).unwrap()
         })
         .collect();
@@ -215,7 +210,7 @@ fn several_hosts_share_one_server_socket() {
                 conn,
                 event: Event::Connected { host, .. },
             }) => {
-                assert!(hosts.iter().any(|(h, _)| *h == host));
+                assert!(hosts.iter().any(|h| h.host == host));
                 connected.insert(conn);
             }
             Some(other) => panic!("unexpected {other:?}"),
@@ -234,7 +229,7 @@ fn several_hosts_share_one_server_socket() {
 fn direct_sender_from_other_threads() {
     use pcietun::transport::driver::Direct;
     let (a, b) = mem::pair();
-    let (s, c, _, _) = cfgs(0.05);
+    let (s, c, _) = cfgs(0.05);
     let server = TransportHandle::spawn(Box::new(b), s).unwrap();
     let mut client = Direct::new(Box::new(a), c);
     let conn = connected(|t| client.poll_wake(Some(t)).unwrap());
@@ -300,12 +295,11 @@ fn shared_link_requesters_drive_and_the_watcher_covers_idle_time() {
     let sp = UdpPort::bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let server_addr = PeerAddr::Udp(sp.addr());
     let cp = UdpPort::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let (s, _, host, psk) = cfgs(0.0);
-    let c = DriverConfig::new(Peers::Connect {
-        server: server_addr,
-        host,
-        psk,
-    });
+    let (s, mut c, _) = cfgs(0.0);
+    c.seed = 0;
+    if let Peers::Connect { server, .. } = &mut c.peers {
+        *server = server_addr;
+    }
     let server = TransportHandle::spawn(Box::new(sp), s).unwrap();
     let mut client = Direct::new(Box::new(cp), c);
     let conn = connected(|t| client.poll(Some(t)).unwrap());
@@ -416,4 +410,138 @@ fn shared_link_requesters_drive_and_the_watcher_covers_idle_time() {
         "answers mostly wake the requester directly: {by_requester}"
     );
     assert_eq!(answered.load(Ordering::Relaxed), 200);
+}
+
+/// Issue 13 item 1 over real sockets: recorded INITs of the host (old timestamps) replayed at
+/// 50 000 frames/s for 2 s from another socket on loopback, with garbage among them, while the
+/// session streams TLPs. The public-key work stays within the appliance's handshake budget
+/// (the rest is answered with 80-byte COOKIEs), the session never goes down, and every TLP
+/// arrives exactly once and in order.
+#[test]
+fn udp_replay_flood_leaves_the_session_alone() {
+    use pcietun::transport::cookie::CookieJar;
+    use pcietun::transport::handshake::{InitPayload, Initiator, Tai64N, INIT_LEN};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    let sp = UdpPort::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let saddr = sp.addr();
+    let cp = UdpPort::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let (s, c) = DriverConfig::pair(HostId::new("h1").unwrap(), PeerAddr::Udp(saddr));
+    let (budget_burst, budget_rate) = (s.transport.handshake_burst, s.transport.handshake_rate);
+    let ckey = c.key.clone();
+    let Peers::Connect { server_key, .. } = c.peers else {
+        unreachable!()
+    };
+    let server = TransportHandle::spawn(Box::new(sp), s).unwrap();
+    let client = TransportHandle::spawn(Box::new(cp), c).unwrap();
+    let cc = wait_connected(&client);
+    let sc = wait_connected(&server);
+    // What a recording of two of the host's INITs looks like: genuine, and old.
+    let old = Tai64N::now();
+    let recs: Vec<Vec<u8>> = (0..2u32)
+        .map(|k| {
+            let p = InitPayload {
+                timestamp: old,
+                epoch: 9 + k,
+                min_version: 1,
+                max_version: 1,
+                mtu: 1472,
+                encrypt: true,
+                rekey: false,
+                ciphers: 1,
+                credits: [64; 6],
+            };
+            let mut f = [0u8; INIT_LEN];
+            let jar = CookieJar::new(&server_key);
+            Initiator::start(
+                &ckey,
+                &server_key,
+                None,
+                100 + k,
+                &p,
+                &jar,
+                Default::default(),
+                &mut f,
+            )
+            .unwrap();
+            f.to_vec()
+        })
+        .collect();
+    let mut garbage = recs[0].clone();
+    garbage[100] ^= 1;
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let attacker = {
+        let (stop, sent) = (stop.clone(), sent.clone());
+        std::thread::spawn(move || {
+            let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let t0 = Instant::now();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) && t0.elapsed() < Duration::from_secs(2) {
+                // 50 frames per millisecond
+                let due = (t0.elapsed().as_micros() as u64) / 20;
+                while n < due {
+                    let f = if n % 10 == 9 {
+                        &garbage
+                    } else {
+                        &recs[(n as usize / 2) % 2]
+                    };
+                    let _ = sock.send_to(f, saddr);
+                    n += 1;
+                }
+                std::thread::sleep(Duration::from_micros(500));
+            }
+            sent.store(n, Ordering::Relaxed);
+        })
+    };
+    // Meanwhile: TLPs in batches, checked in order.
+    let (mut next_send, mut next_recv) = (0u32, 0u32);
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_millis(2300) {
+        for _ in 0..200 {
+            client.send(cc, mwr(next_send)).unwrap();
+            next_send += 1;
+        }
+        let slot = Instant::now() + Duration::from_millis(20);
+        while let Some(u) = server.recv_timeout(slot.saturating_duration_since(Instant::now())) {
+            match u {
+                Upcall::Tlp { conn, tlp, .. } => {
+                    assert_eq!(conn, sc);
+                    assert_eq!(tlp, mwr(next_recv), "exactly once, in order");
+                    next_recv += 1;
+                }
+                Upcall::Event { event, .. } => panic!("session event during the flood: {event:?}"),
+                Upcall::Dropped { .. } => panic!("a TLP was dropped"),
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    attacker.join().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while next_recv < next_send {
+        assert!(
+            Instant::now() < deadline,
+            "{next_recv} of {next_send} arrived"
+        );
+        if let Some(Upcall::Tlp { tlp, .. }) = server.recv_timeout(Duration::from_millis(100)) {
+            assert_eq!(tlp, mwr(next_recv));
+            next_recv += 1;
+        }
+    }
+    let flood = sent.load(Ordering::Relaxed);
+    let st = server.stats().unwrap();
+    let e = &st.endpoint;
+    eprintln!("flood of {flood}: {e:?}");
+    assert!(flood > 50_000, "the attacker sent {flood}");
+    let budget = u64::from(budget_burst) + 3 * u64::from(budget_rate) + 2;
+    assert!(
+        e.handshakes_processed <= budget,
+        "{} INITs got public-key work, budget {budget}",
+        e.handshakes_processed
+    );
+    assert!(e.drop_replayed_init > 0 && e.cookies_sent > 0 && e.drop_bad_mac1 > 0);
+    assert_eq!(e.sessions_down, 0);
+    assert_eq!(e.handshakes, 1);
+    assert!(client.try_recv().is_none(), "no event on the host either");
 }

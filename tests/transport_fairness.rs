@@ -9,7 +9,7 @@ mod transport_common;
 use bytes::Bytes;
 use pcietun::tlp::OrderingClass;
 use pcietun::transport::sim::Bottleneck;
-use pcietun::transport::{ConnId, Endpoint, Event, HostId, Instant, PeerAddr, Psk, Role};
+use pcietun::transport::{ConnId, Endpoint, Event, HostId, Instant, PeerAddr, Role, SecretKey};
 use transport_common::*;
 
 /// Bottleneck rate: 200 Mbit/s.
@@ -52,13 +52,21 @@ fn host_id(i: usize) -> HostId {
 impl Net {
     fn new(seed: u64, starts: &[Instant]) -> Net {
         let cfg = config();
-        let mut server = Endpoint::new(cfg.clone(), Role::Server, seed ^ 0x5e);
+        let skey = SecretKey::generate();
+        let mut server = Endpoint::new(cfg.clone(), Role::Server, skey.clone(), seed ^ 0x5e);
         let mut hosts = Vec::new();
         for (i, &start) in starts.iter().enumerate() {
-            let psk = Psk([i as u8 + 1; 32]);
-            let sconn = server.add_host(host_id(i), psk.clone());
-            let mut ep = Endpoint::new(cfg.clone(), Role::Client, seed ^ (0xc1 + i as u64));
-            let conn = ep.connect(start, PeerAddr::Mem(SERVER as u32), host_id(i), psk);
+            let ckey = SecretKey::generate();
+            let sconn = server.add_host(host_id(i), ckey.public_key(), None);
+            let mut ep = Endpoint::new(cfg.clone(), Role::Client, ckey, seed ^ (0xc1 + i as u64));
+            let server_key = skey.public_key();
+            let conn = ep.connect(
+                start,
+                PeerAddr::Mem(SERVER as u32),
+                host_id(i),
+                server_key,
+                None,
+            );
             hosts.push(Host {
                 ep,
                 conn,

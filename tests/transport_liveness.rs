@@ -6,7 +6,7 @@
 mod transport_common;
 use pcietun::tlp::{classify, OrderingClass};
 use pcietun::transport::sim::Faults;
-use pcietun::transport::{DownReason, Endpoint, Event, HostId, Instant, PeerAddr, Psk, Role};
+use pcietun::transport::{DownReason, Event, Instant};
 use std::collections::HashSet;
 use std::time::Duration;
 use transport_common::*;
@@ -208,21 +208,6 @@ fn restart_time(sim: &Sim, n: usize) -> Instant {
         .unwrap()
 }
 
-fn restart_node(sim: &mut Sim, n: usize, seed: u64) {
-    let host = HostId::new("sim-host").unwrap();
-    let psk = Psk([9; 32]);
-    if n == 1 {
-        let mut ep = Endpoint::new(config(), Role::Server, seed);
-        sim.conn[1] = ep.add_host(host, psk);
-        sim.ep[1] = ep;
-    } else {
-        let mut ep = Endpoint::new(config(), Role::Client, seed);
-        sim.conn[0] = ep.connect(sim.now, PeerAddr::Mem(1), host, psk);
-        sim.ep[0] = ep;
-    }
-    sim.up[n] = false;
-}
-
 #[test]
 fn restarted_server_is_detected_at_once() {
     let seed = seed(13);
@@ -233,7 +218,7 @@ fn restarted_server_is_detected_at_once() {
         feed(s, &mut next, 3000, &pattern);
         false
     });
-    restart_node(&mut sim, 1, seed ^ 0xdead);
+    sim.restart_node(1, seed ^ 0xdead);
     let t0 = sim.now;
     let ok = sim.run_until(after(t0, config().idle_timeout), |s| {
         feed(s, &mut next, 3000, &pattern);
@@ -265,7 +250,7 @@ fn restarted_client_replaces_its_old_session() {
         feed(s, &mut next, 3000, &pattern);
         false
     });
-    restart_node(&mut sim, 0, seed ^ 0xbeef);
+    sim.restart_node(0, seed ^ 0xbeef);
     let t0 = sim.now;
 
     let ok = sim.run_until(after(t0, config().idle_timeout), |s| {

@@ -55,6 +55,17 @@ fn raw_ethernet_between_namespaces() {
         );
     }
     let bin = env!("CARGO_BIN_EXE_pcietun");
+    // Real keys: the development keys are refused off loopback.
+    let keys = tempfile::tempdir().unwrap();
+    let keygen = |name: &str| {
+        let path = keys.path().join(name);
+        let out = Command::new(bin).arg("keygen").arg(&path).output().unwrap();
+        assert!(out.status.success());
+        let public = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        (path.to_str().unwrap().to_string(), public)
+    };
+    let (skey, spub) = keygen("server.key");
+    let (ckey, cpub) = keygen("client.key");
     for opts in ["", ",pcp=5"] {
         let listen = format!("eth:vA{opts}");
         let mut srv = Command::new("ip")
@@ -67,6 +78,10 @@ fn raw_ethernet_between_namespaces() {
                 "--listen",
                 &listen,
                 "--no-encrypt",
+                "--key",
+                &skey,
+                "--peer-key",
+                &cpub,
             ])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -87,6 +102,10 @@ fn raw_ethernet_between_namespaces() {
                 "transport-peer",
                 "--connect",
                 &connect,
+                "--key",
+                &ckey,
+                "--peer-key",
+                &spub,
             ])
             .args([
                 "--no-encrypt",

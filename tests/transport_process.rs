@@ -53,15 +53,36 @@ fn client(args: &[&str]) -> String {
     stdout
 }
 
+/// `pcietun keygen FILE` (prints the public key) and `pcietun pubkey FILE`.
+fn keygen(dir: &std::path::Path, name: &str) -> (String, String) {
+    let path = dir.join(name);
+    let out = Command::new(env!("CARGO_BIN_EXE_pcietun"))
+        .arg("keygen")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let public = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    (path.to_str().unwrap().to_string(), public)
+}
+
 #[test]
 fn two_processes_over_udp_loopback_with_loss() {
-    let psk = "11".repeat(32);
+    let dir = tempfile::tempdir().unwrap();
+    let (skey, spub) = keygen(dir.path(), "server.key");
+    let (ckey, cpub) = keygen(dir.path(), "client.key");
     for extra in [&[][..], &["--no-encrypt"][..]] {
         let mut sargs = vec![
             "--listen",
             "udp:127.0.0.1:0",
-            "--psk",
-            &psk,
+            "--key",
+            &skey,
+            "--peer-key",
+            &cpub,
             "--inject-loss",
             "1",
         ];
@@ -71,8 +92,10 @@ fn two_processes_over_udp_loopback_with_loss() {
         let mut cargs = vec![
             "--connect",
             &addr,
-            "--psk",
-            &psk,
+            "--key",
+            &ckey,
+            "--peer-key",
+            &spub,
             "--count",
             "20000",
             "--inject-loss",
@@ -89,21 +112,74 @@ fn two_processes_over_udp_loopback_with_loss() {
 
 #[test]
 fn wrong_key_process_is_refused() {
-    let (_srv, addr) = server(&["--listen", "udp:127.0.0.1:0", "--psk", &"11".repeat(32)]);
+    let dir = tempfile::tempdir().unwrap();
+    let (skey, spub) = keygen(dir.path(), "server.key");
+    let (_, cpub) = keygen(dir.path(), "client.key");
+    let (other, _) = keygen(dir.path(), "other.key");
+    let (_srv, addr) = server(&[
+        "--listen",
+        "udp:127.0.0.1:0",
+        "--key",
+        &skey,
+        "--peer-key",
+        &cpub,
+    ]);
     let out = Command::new(env!("CARGO_BIN_EXE_pcietun"))
-        .args([
-            "transport-peer",
-            "--connect",
-            &addr,
-            "--psk",
-            &"22".repeat(32),
-        ])
-        .args(["--count", "10", "--timeout-secs", "2"])
+        .args(["transport-peer", "--connect", &addr, "--key", &other])
+        .args(["--peer-key", &spub, "--count", "10", "--timeout-secs", "2"])
         .output()
         .unwrap();
     assert!(
         !out.status.success(),
-        "a client with the wrong key must not get a session"
+        "a client whose key the server does not list must not get a session"
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("no session"));
+}
+
+/// Key files: `keygen` writes 0600 and never overwrites; `pubkey` derives the same public key
+/// from the file or standard input; a key file others can read is refused; the private key
+/// never appears on any output.
+#[test]
+fn keygen_and_pubkey_commands() {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (path, public) = keygen(dir.path(), "a.key");
+    assert_eq!(public.len(), 44, "{public}");
+    let meta = std::fs::metadata(&path).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let secret = std::fs::read_to_string(&path).unwrap().trim().to_string();
+    assert_ne!(secret, public);
+    let again = Command::new(env!("CARGO_BIN_EXE_pcietun"))
+        .args(["keygen", &path])
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("refusing to overwrite"));
+    assert_eq!(std::fs::read_to_string(&path).unwrap().trim(), secret);
+    let pubkey = |args: &[&str], stdin: Option<&str>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_pcietun"))
+            .arg("pubkey")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        if let Some(t) = stdin {
+            c.stdin.take().unwrap().write_all(t.as_bytes()).unwrap();
+        }
+        drop(c.stdin.take());
+        c.wait_with_output().unwrap()
+    };
+    let o = pubkey(&[&path], None);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), public);
+    let o = pubkey(&[], Some(&secret));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), public);
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let o = pubkey(&[&path], None);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("readable by group or others"), "{err}");
+    assert!(!err.contains(&secret) && !String::from_utf8_lossy(&o.stdout).contains(&secret));
 }

@@ -34,7 +34,15 @@ use pcietun::host::{HostConfig, HostEvent};
 use pcietun::pci::{Bar, ConfigSpace, ExpressConfig, FunctionIds, MsixCap, PciExpressCap};
 use pcietun::tlp::{Bdf, CplStatus, MemOp, Tlp, TlpHeader};
 use pcietun::transport::driver::{udp::UdpPort, DriverConfig, Peers, TransportHandle, Upcall};
-use pcietun::transport::{ConnId, Event, HostId, Psk};
+use pcietun::transport::{ConnId, Event, HostId, HostKey, SecretKey};
+
+/// The agent's static key and the fake appliance's (fixed: the test needs no secrecy).
+fn host_key() -> SecretKey {
+    SecretKey::from_bytes([0x44; 32])
+}
+fn appliance_key() -> SecretKey {
+    SecretKey::from_bytes([0x55; 32])
+}
 
 fn start(dir: &tempfile::TempDir) -> (PathBuf, FunctionContext) {
     let path = dir.path().join("02:00.0.sock");
@@ -727,10 +735,14 @@ struct FakeAppliance {
 fn fake_appliance() -> FakeAppliance {
     let port = UdpPort::bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = port.addr();
-    let cfg = DriverConfig::new(Peers::Accept(vec![(
-        HostId::new("test-host").unwrap(),
-        Psk::DEVELOPMENT,
-    )]));
+    let cfg = DriverConfig::new(
+        appliance_key(),
+        Peers::Accept(vec![HostKey {
+            host: HostId::new("test-host").unwrap(),
+            public: host_key().public_key(),
+            psk: None,
+        }]),
+    );
     let handle = Arc::new(TransportHandle::spawn(Box::new(port), cfg).unwrap());
     let bar0: Arc<[Mutex<Vec<u8>>; 2]> =
         Arc::new([Mutex::new(vec![0u8; BAR0]), Mutex::new(vec![0u8; BAR0])]);
@@ -920,6 +932,8 @@ fn rig() -> Rig {
     let agent = Agent::start(AgentConfig {
         target: Target::Udp(app.addr),
         host_id: "test-host".into(),
+        key: Some(host_key()),
+        appliance_key: Some(appliance_key().public_key()),
         psk: None,
         inject_loss: 0.0,
         host: HostConfig::default(),

@@ -4,19 +4,19 @@
 
 use pcietun::transport::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use pcietun::transport::{Config, Endpoint, HostId, Instant, PeerAddr, Psk, Role};
+use pcietun::transport::{Config, Endpoint, HostId, Instant, PeerAddr, Role, SecretKey};
 
 fuzz_target!(|data: &[u8]| {
     let host = HostId::new("fuzz").unwrap();
-    let psk = Psk([1; 32]);
-    let mut server = Endpoint::new(Config::default(), Role::Server, 1);
-    let sconn = server.add_host(host, psk.clone());
-    let mut client = Endpoint::new(Config::default(), Role::Client, 2);
-    client.connect(Instant::ZERO, PeerAddr::Mem(1), host, psk);
+    let (skey, ckey) = (SecretKey::from_bytes([1; 32]), SecretKey::from_bytes([2; 32]));
+    let mut server = Endpoint::new(Config::default(), Role::Server, skey.clone(), 1);
+    let sconn = server.add_host(host, ckey.public_key(), None);
+    let mut client = Endpoint::new(Config::default(), Role::Client, ckey, 2);
+    client.connect(Instant::ZERO, PeerAddr::Mem(1), host, skey.public_key(), None);
     let mut buf = vec![0u8; 2048];
     let now = Instant::from_nanos(1000);
-    // Handshake: INIT -> RESP -> confirming ACK.
-    for _ in 0..3 {
+    // Handshake: INIT -> RESP -> key confirmation -> ACK.
+    for _ in 0..4 {
         while let Some(t) = client.poll_transmit(now, &mut buf) {
             server.handle_frame(now, PeerAddr::Mem(0), BytesMut::from(&buf[..t.len]));
         }

@@ -9,8 +9,10 @@
 //! flag) and a [`ConfigProblem`] saying what is wrong with it.
 //!
 //! Host identities and keys are handled in one place, the "Hosts and keys" section below
-//! ([`parse_psk`], [`HostSpec`], [`ApplianceConfig::accepted_hosts`]); nothing else in the
-//! appliance looks at a key.
+//! ([`parse_public_key`], [`parse_host_flag`], [`HostSpec`], [`ApplianceConfig::identity`],
+//! [`ApplianceConfig::accepted_host_ids`]); nothing else in the appliance looks at a key. The
+//! key types and key files themselves are `crate::transport::keys` (docs/security.md "Key
+//! management").
 
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -23,7 +25,8 @@ use toml::Spanned;
 use super::inventory::FunctionId;
 use super::ApplianceError;
 use crate::endpoint::Bdf;
-use crate::transport::{HostId, Psk};
+use crate::transport::keys::{self, KeyError, DEVELOPMENT_HOST_NAME};
+use crate::transport::{HostId, HostKey, PublicKey, SecretKey};
 
 /// Where the appliance listens when nothing is configured.
 pub const DEFAULT_LISTEN: &str = "udp:127.0.0.1:7470";
@@ -61,12 +64,12 @@ pub enum ConfigProblem {
     /// A host id that is empty or longer than 16 bytes.
     #[error("host id {0:?} must be 1 to 16 bytes")]
     BadHostId(String),
-    /// A key that is not 32 bytes of hex.
-    #[error("key must be 32 bytes written as 64 hex digits")]
-    BadKey,
-    /// `--psk` without `=`.
-    #[error("want HOSTID=HEX")]
-    BadPskFlag,
+    /// A public key that is not 32 bytes of base64.
+    #[error("{0}")]
+    BadKey(KeyError),
+    /// `--host` not of the form `NAME=PUBLIC_KEY[,psk=FILE]`.
+    #[error("want NAME=PUBLIC_KEY[,psk=FILE]")]
+    BadHostFlag,
     /// A device kind we do not know.
     #[error("unknown device kind {0:?} (known: nvme, dma, replay)")]
     UnknownKind(String),
@@ -239,13 +242,33 @@ pub struct AssignSpec {
     pub host: HostId,
 }
 
-/// A host allowed to connect: its identity and the key that proves it.
+/// A host allowed to connect, as the configuration names it: `[[host]] id, public_key,
+/// psk_file` in a file, or `--host NAME=PUBLIC_KEY[,psk=FILE]` on the command line. Public
+/// keys are not secret; the optional PSK, a secret, only ever comes from a file (read when the
+/// appliance starts, [`ApplianceConfig::identity`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostSpec {
-    /// The host's id (what `pcietun host --host-id` sends).
+    /// The host's name in logs, events and assignments.
     pub id: HostId,
-    /// Its pre-shared key.
-    pub psk: Psk,
+    /// Its static public key (`pcietun pubkey` of the host's key file).
+    pub public_key: PublicKey,
+    /// File holding its optional pre-shared key (`pcietun keygen --psk`).
+    pub psk_file: Option<PathBuf>,
+}
+
+impl HostSpec {
+    /// Read the PSK file, if any: the transport's view of the host.
+    pub fn load(&self) -> Result<HostKey, KeyError> {
+        Ok(HostKey {
+            host: self.id,
+            public: self.public_key,
+            psk: self
+                .psk_file
+                .as_deref()
+                .map(crate::transport::Psk::from_file)
+                .transpose()?,
+        })
+    }
 }
 
 /// Transport knobs of the appliance's links (not in the file yet: the rig and tests set them).
@@ -279,7 +302,10 @@ pub struct ApplianceConfig {
     pub listen: Vec<Listen>,
     /// Devices, with their device/function numbers.
     pub devices: Vec<DeviceConfig>,
-    /// Hosts allowed to connect (none: the development key, see [`Self::accepted_hosts`]).
+    /// Our private key file (`None`: `$PCIETUN_PRIVATE_KEY`, else the development key; see
+    /// [`Self::identity`]).
+    pub key_file: Option<PathBuf>,
+    /// Hosts allowed to connect (none: the development host key, see [`Self::identity`]).
     pub hosts: Vec<HostSpec>,
     /// Functions given to hosts at start, in file order.
     pub assignments: Vec<AssignSpec>,
@@ -296,6 +322,7 @@ impl Default for ApplianceConfig {
         ApplianceConfig {
             listen: Vec::new(),
             devices: Vec::new(),
+            key_file: None,
             hosts: Vec::new(),
             assignments: Vec::new(),
             inject_loss: 0.0,
@@ -312,8 +339,10 @@ pub struct ConfigFlags {
     pub listen: Vec<String>,
     /// `--device` values.
     pub device: Vec<String>,
-    /// `--psk HOSTID=HEX` values.
-    pub psk: Vec<String>,
+    /// `--key FILE`: our private key file.
+    pub key: Option<PathBuf>,
+    /// `--host NAME=PUBLIC_KEY[,psk=FILE]` values.
+    pub host: Vec<String>,
     /// `--inject-loss PCT`.
     pub inject_loss: Option<f64>,
 }
@@ -323,6 +352,7 @@ pub struct ConfigFlags {
 struct FileConfig {
     #[serde(default)]
     listen: Vec<Spanned<String>>,
+    key_file: Option<String>,
     #[serde(default)]
     host: Vec<FileHost>,
     #[serde(default)]
@@ -337,7 +367,8 @@ struct FileConfig {
 #[serde(deny_unknown_fields)]
 struct FileHost {
     id: Spanned<String>,
-    psk: Spanned<String>,
+    public_key: Spanned<String>,
+    psk_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -423,43 +454,78 @@ pub fn parse_host_id(id: &str) -> Result<HostId, ConfigProblem> {
     HostId::new(id).map_err(|_| ConfigProblem::BadHostId(id.to_string()))
 }
 
-/// Parse a pre-shared key written as 64 hex digits.
-pub fn parse_psk(s: &str) -> Result<Psk, ConfigProblem> {
-    Psk::from_hex(s).map_err(|_| ConfigProblem::BadKey)
+/// Parse a public key (base64 of 32 bytes, as `pcietun keygen` and `pcietun pubkey` print it).
+pub fn parse_public_key(s: &str) -> Result<PublicKey, ConfigProblem> {
+    s.trim().parse().map_err(ConfigProblem::BadKey)
 }
 
-/// Host ids accepted with the development key when no host is configured: `host` (the host
-/// agent's default), `default`, and this machine's hostname (loopback demos).
-fn development_host_ids() -> Vec<String> {
-    let mut ids = vec!["host".to_string(), "default".to_string()];
-    if let Ok(name) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
-        let name: String = name.trim().chars().take(16).collect();
-        if !name.is_empty() && !ids.contains(&name) {
-            ids.push(name);
+/// Parse a `--host NAME=PUBLIC_KEY[,psk=FILE]` flag value.
+pub fn parse_host_flag(s: &str) -> Result<HostSpec, ConfigProblem> {
+    let (id, rest) = s.split_once('=').ok_or(ConfigProblem::BadHostFlag)?;
+    let mut parts = rest.split(',');
+    let public_key = parse_public_key(parts.next().unwrap_or(""))?;
+    let mut psk_file = None;
+    for p in parts {
+        match p.split_once('=') {
+            Some(("psk", f)) if !f.is_empty() => psk_file = Some(PathBuf::from(f)),
+            _ => return Err(ConfigProblem::BadHostFlag),
         }
     }
-    ids
+    Ok(HostSpec {
+        id: parse_host_id(id)?,
+        public_key,
+        psk_file,
+    })
 }
 
 impl ApplianceConfig {
-    /// True when no host is configured, so the appliance accepts the built-in development
-    /// key (not secure; the CLI warns).
+    /// True when a development key is in use: no host is configured, or no private key is
+    /// (neither [`Self::key_file`] nor `$PCIETUN_PRIVATE_KEY`). Not secure; only allowed on
+    /// loopback listen addresses ([`Self::identity`] refuses anything else).
     pub fn uses_development_key(&self) -> bool {
         self.hosts.is_empty()
+            || (self.key_file.is_none() && std::env::var_os(keys::KEY_ENV).is_none())
     }
 
-    /// The identities and keys the transport accepts: the configured hosts, or — when there
-    /// are none — the development key for the host ids `host`, `default` and this machine's
-    /// hostname.
-    pub fn accepted_hosts(&self) -> Vec<(HostId, Psk)> {
-        if !self.hosts.is_empty() {
-            return self.hosts.iter().map(|h| (h.id, h.psk.clone())).collect();
+    /// The host ids the appliance knows (for the inventory and assignments): the configured
+    /// hosts, or [`DEVELOPMENT_HOST_NAME`] when none is.
+    pub fn accepted_host_ids(&self) -> Vec<HostId> {
+        if self.hosts.is_empty() {
+            return HostId::new(DEVELOPMENT_HOST_NAME).into_iter().collect();
         }
-        development_host_ids()
-            .iter()
-            .filter_map(|id| HostId::new(id).ok())
-            .map(|id| (id, Psk::DEVELOPMENT))
-            .collect()
+        self.hosts.iter().map(|h| h.id).collect()
+    }
+
+    /// The appliance's identity, read now: its private key ([`Self::key_file`], else
+    /// `$PCIETUN_PRIVATE_KEY`, else the development key) and the hosts the transport accepts
+    /// (the configured ones with their PSK files read, else the development host key as
+    /// [`DEVELOPMENT_HOST_NAME`]). Any development key is refused unless every listen address
+    /// is loopback, and two hosts with one public key are refused.
+    pub fn identity(&self) -> Result<(SecretKey, Vec<HostKey>), KeyError> {
+        let key = keys::load_secret(self.key_file.as_deref())?;
+        if key.is_none() || self.hosts.is_empty() {
+            let listen: Vec<String> = self.listen.iter().map(ToString::to_string).collect();
+            keys::require_loopback(listen.iter().map(String::as_str))?;
+        }
+        let key = key.unwrap_or_else(SecretKey::development_appliance);
+        let mut out: Vec<HostKey> = Vec::with_capacity(self.hosts.len().max(1));
+        for h in &self.hosts {
+            if let Some(o) = out.iter().find(|o| o.public == h.public_key) {
+                return Err(KeyError::DuplicateHost(
+                    o.host.to_string(),
+                    h.id.to_string(),
+                ));
+            }
+            out.push(h.load()?);
+        }
+        if out.is_empty() {
+            out.push(HostKey {
+                host: HostId::new(DEVELOPMENT_HOST_NAME)?,
+                public: SecretKey::development_host().public_key(),
+                psk: None,
+            });
+        }
+        Ok((key, out))
     }
 }
 
@@ -562,11 +628,6 @@ impl ApplianceConfig {
             cfg.listen
                 .push(parse_listen(l.get_ref()).map_err(|m| err(Some(l.span()), m))?);
         }
-        for h in &file.host {
-            let psk = parse_psk(h.psk.get_ref()).map_err(|m| err(Some(h.psk.span()), m))?;
-            let id = parse_host_id(h.id.get_ref()).map_err(|m| err(Some(h.id.span()), m))?;
-            cfg.hosts.push(HostSpec { id, psk });
-        }
         let resolve = |p: &str| {
             let p = PathBuf::from(p);
             if p.is_relative() {
@@ -575,6 +636,17 @@ impl ApplianceConfig {
                 p
             }
         };
+        cfg.key_file = file.key_file.as_deref().map(resolve);
+        for h in &file.host {
+            let id = parse_host_id(h.id.get_ref()).map_err(|m| err(Some(h.id.span()), m))?;
+            let public_key = parse_public_key(h.public_key.get_ref())
+                .map_err(|m| err(Some(h.public_key.span()), m))?;
+            cfg.hosts.push(HostSpec {
+                id,
+                public_key,
+                psk_file: h.psk_file.as_deref().map(resolve),
+            });
+        }
         let mut assigns: Vec<(FunctionId, String, Range<usize>)> = Vec::new();
         for (i, d) in file.device.iter().enumerate() {
             let need = |f: &Option<Spanned<String>>, key: &'static str| {
@@ -754,13 +826,12 @@ impl ApplianceConfig {
                 spec,
             });
         }
-        for p in &flags.psk {
-            let (id, key) = p
-                .split_once('=')
-                .ok_or_else(|| flag_err("--psk", p, ConfigProblem::BadPskFlag))?;
-            let psk = parse_psk(key).map_err(|m| flag_err("--psk", p, m))?;
-            let id = parse_host_id(id).map_err(|m| flag_err("--psk", p, m))?;
-            self.hosts.push(HostSpec { id, psk });
+        if let Some(k) = &flags.key {
+            self.key_file = Some(k.clone());
+        }
+        for h in &flags.host {
+            self.hosts
+                .push(parse_host_flag(h).map_err(|m| flag_err("--host", h, m))?);
         }
         if let Some(l) = flags.inject_loss {
             if !(0.0..=100.0).contains(&l) {
@@ -826,9 +897,10 @@ mod tests {
 
     #[test]
     fn assignments_from_device_keys_and_assign_tables() {
-        let key = "00".repeat(32);
+        let key = "qbwNFB0vWMgKxHS4j6E5lhLrNI0ZMHsE1SaNjgLCZGs=";
         let head = format!(
-            "[[host]]\nid = \"web1\"\npsk = \"{key}\"\n[[host]]\nid = \"web2\"\npsk = \"{key}\"\n"
+            "[[host]]\nid = \"web1\"\npublic_key = \"{key}\"\n\
+             [[host]]\nid = \"web2\"\npublic_key = \"{key}\"\n"
         );
         let text = format!(
             "{head}[[device]]\nkind = \"dma\"\nname = \"dma-a\"\nassign = \"web1\"\n\
@@ -884,12 +956,12 @@ mod tests {
                 "c.toml:4:8: device #2 uses slot 0 function 0, already taken",
             ),
             (
-                "[[host]]\nid = \"a-host-id-that-is-too-long\"\npsk = \"000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f\"\n",
+                "[[host]]\nid = \"a-host-id-that-is-too-long\"\npublic_key = \"qbwNFB0vWMgKxHS4j6E5lhLrNI0ZMHsE1SaNjgLCZGs=\"\n",
                 "c.toml:2:6: host id \"a-host-id-that-is-too-long\" must be 1 to 16 bytes",
             ),
             (
-                "[[host]]\nid = \"h\"\npsk = \"00\"\n",
-                "c.toml:3:7: key must be 32 bytes written as 64 hex digits",
+                "[[host]]\nid = \"h\"\npublic_key = \"00\"\n",
+                "c.toml:3:14: public key: not a key (want 32 bytes in base64, 44 characters)",
             ),
             (
                 "[[device]]\nkind = \"dma\"\nname = \"9lives\"\n",
@@ -918,10 +990,12 @@ mod tests {
     fn toml_full_schema() {
         let text = r#"
 listen = ["udp:0.0.0.0:7470", "eth:eth1"]
+key_file = "appliance.key"
 
 [[host]]
 id = "web1"
-psk = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
+public_key = "qbwNFB0vWMgKxHS4j6E5lhLrNI0ZMHsE1SaNjgLCZGs="
+psk_file = "web1.psk"
 
 [[device]]
 kind = "nvme"
@@ -947,8 +1021,21 @@ dma_timeout_ms = 500
         let c = ApplianceConfig::from_toml(text, "c.toml", Path::new("/etc/pt")).unwrap();
         assert_eq!(c.listen[1], Listen::Eth("eth1".into()));
         assert_eq!(c.hosts[0].id, HostId::new("web1").unwrap());
-        assert_eq!(c.hosts[0].psk.0[0], 0x00);
-        assert_eq!(c.hosts[0].psk.0[31], 0x1f);
+        assert_eq!(
+            c.hosts[0].public_key.to_string(),
+            "qbwNFB0vWMgKxHS4j6E5lhLrNI0ZMHsE1SaNjgLCZGs="
+        );
+        assert_eq!(
+            c.key_file.as_deref(),
+            Some(Path::new("/etc/pt/appliance.key"))
+        );
+        assert_eq!(
+            c.hosts[0].psk_file.as_deref(),
+            Some(Path::new("/etc/pt/web1.psk"))
+        );
+        // The PSK itself is never in the file (a secret), nor the old hex `psk`.
+        let old = "[[host]]\nid = \"a\"\npsk = \"00\"\n";
+        assert!(ApplianceConfig::from_toml(old, "o.toml", Path::new(".")).is_err());
         assert_eq!(
             c.devices[0].spec,
             DeviceSpec::Nvme {
@@ -1042,7 +1129,8 @@ dma_timeout_ms = 500
         c.apply_flags(&ConfigFlags {
             listen: vec!["udp:127.0.0.1:0".into()],
             device: vec!["dma,buffer=64K".into()],
-            psk: vec![format!("web1={}", "ab".repeat(32))],
+            key: Some("/etc/pt/appliance.key".into()),
+            host: vec![format!("web1=qbwNFB0vWMgKxHS4j6E5lhLrNI0ZMHsE1SaNjgLCZGs=")],
             inject_loss: Some(2.5),
         })
         .unwrap();
@@ -1050,14 +1138,17 @@ dma_timeout_ms = 500
         assert_eq!(c.hosts.len(), 1);
         assert_eq!(c.inject_loss, 2.5);
         assert!(!c.uses_development_key());
-        assert_eq!(c.accepted_hosts().len(), 1);
+        assert_eq!(c.accepted_host_ids(), [HostId::new("web1").unwrap()]);
         let e = c
             .apply_flags(&ConfigFlags {
-                psk: vec!["web2".into()],
+                host: vec!["web2".into()],
                 ..ConfigFlags::default()
             })
             .unwrap_err();
-        assert_eq!(e.to_string(), "command line --psk web2: want HOSTID=HEX");
+        assert_eq!(
+            e.to_string(),
+            "command line --host web2: want NAME=PUBLIC_KEY[,psk=FILE]"
+        );
         let e = c
             .apply_flags(&ConfigFlags {
                 inject_loss: Some(150.0),
@@ -1074,11 +1165,7 @@ dma_timeout_ms = 500
     fn defaults_fill_only_what_is_missing() {
         let mut c = ApplianceConfig::default();
         assert!(c.uses_development_key());
-        let dev = c.accepted_hosts();
-        assert!(dev
-            .iter()
-            .any(|(id, _)| *id == HostId::new("host").unwrap()));
-        assert!(dev.iter().all(|(_, k)| *k == Psk::DEVELOPMENT));
+        assert_eq!(c.accepted_host_ids(), [HostId::new("host").unwrap()]);
         c.fill_defaults();
         assert_eq!(
             c.listen,
@@ -1105,5 +1192,91 @@ dma_timeout_ms = 500
         let before = c.clone();
         c.fill_defaults();
         assert_eq!(c, before);
+    }
+
+    #[test]
+    fn host_flags_and_identity() {
+        let pk = SecretKey::generate().public_key();
+        let h = parse_host_flag(&format!("web1={pk}")).unwrap();
+        assert_eq!(
+            (h.id, h.public_key, h.psk_file.clone()),
+            (HostId::new("web1").unwrap(), pk, None)
+        );
+        let h2 = parse_host_flag(&format!("web2={pk},psk=/x/y")).unwrap();
+        assert_eq!(h2.psk_file.as_deref(), Some(Path::new("/x/y")));
+        for bad in [
+            "web1",
+            "web1=zz",
+            &format!("{}={pk}", "x".repeat(17)),
+            &format!("a={pk},hex=1"),
+        ] {
+            assert!(parse_host_flag(bad).is_err(), "{bad}");
+        }
+        let with =
+            |key_file: Option<PathBuf>, hosts: Vec<HostSpec>, listen: &str| ApplianceConfig {
+                listen: vec![parse_listen(listen).unwrap()],
+                key_file,
+                hosts,
+                ..ApplianceConfig::default()
+            };
+        // No key, no hosts: the development pair, loopback only.
+        let (k, hosts) = with(None, vec![], "udp:127.0.0.1:7470").identity().unwrap();
+        assert!(k.is_development() || std::env::var_os(keys::KEY_ENV).is_some());
+        assert_eq!(hosts[0].public, SecretKey::development_host().public_key());
+        assert_eq!(
+            with(None, vec![], "udp:127.0.0.1:7470").accepted_host_ids(),
+            [HostId::new(DEVELOPMENT_HOST_NAME).unwrap()]
+        );
+        assert!(matches!(
+            with(None, vec![], "udp:0.0.0.0:7470").identity(),
+            Err(KeyError::DevelopmentKeyOffLoopback { .. })
+        ));
+        // A real key and real hosts: anywhere; the PSK file is read.
+        let dir = tempfile::tempdir().unwrap();
+        let kf = dir.path().join("appliance.key");
+        SecretKey::generate().write_new(&kf).unwrap();
+        let pf = dir.path().join("web1.psk");
+        crate::transport::Psk::generate().write_new(&pf).unwrap();
+        let hp = HostSpec {
+            psk_file: Some(pf),
+            ..h.clone()
+        };
+        let c = with(Some(kf.clone()), vec![hp], "eth:eth0");
+        assert!(!c.uses_development_key());
+        let (_, hosts) = c.identity().unwrap();
+        assert_eq!(hosts.len(), 1);
+        assert!(hosts[0].psk.is_some());
+        // A missing PSK file is an error naming it.
+        let missing = HostSpec {
+            psk_file: Some(dir.path().join("nope.psk")),
+            ..h.clone()
+        };
+        let e = with(Some(kf.clone()), vec![missing], "eth:eth0")
+            .identity()
+            .unwrap_err();
+        assert!(e.to_string().contains("nope.psk"), "{e}");
+        // A real key but no hosts means the development host: loopback only again.
+        assert!(with(Some(kf.clone()), vec![], "eth:eth0")
+            .identity()
+            .is_err());
+        // The same key twice is a configuration error.
+        let twice = vec![
+            h.clone(),
+            HostSpec {
+                id: HostId::new("other").unwrap(),
+                ..h
+            },
+        ];
+        assert!(matches!(
+            with(Some(kf), twice, "udp:127.0.0.1:1").identity(),
+            Err(KeyError::DuplicateHost(..))
+        ));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn host_flag_parser_never_panics(t in ".{0,80}") {
+            let _ = parse_host_flag(&t);
+        }
     }
 }

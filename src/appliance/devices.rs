@@ -70,7 +70,7 @@ pub fn build(cfg: &ApplianceConfig) -> Result<Built, ApplianceError> {
     });
     let mut warnings = Vec::new();
     let mut scratch = Scratch::default();
-    let mut inventory = Inventory::new(cfg.accepted_hosts().into_iter().map(|(id, _)| id));
+    let mut inventory = Inventory::new(cfg.accepted_host_ids());
     for d in &cfg.devices {
         let mut dev = build_device(&d.spec, &mut warnings, &mut scratch)?;
         // Read its identity before the endpoint owns it (nothing has touched its registers).

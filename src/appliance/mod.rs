@@ -43,6 +43,10 @@ pub enum ApplianceError {
     /// A configuration value is wrong (located: file and line, or the flag).
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// A key file cannot be read or is not a key, a host is configured twice, or a
+    /// development key would serve a non-loopback address.
+    #[error(transparent)]
+    Key(#[from] crate::transport::keys::KeyError),
     /// The configuration file cannot be read.
     #[error("cannot read {}: {source}", path.display())]
     ReadConfig {

@@ -34,7 +34,7 @@ use super::session::Sessions;
 use super::ApplianceError;
 use crate::endpoint::Proxy;
 use crate::transport::driver::{self, Direct, DriverConfig, Peers, Port, TransportHandle};
-use crate::transport::{ConnId, PeerAddr};
+use crate::transport::{ConnId, HostKey, PeerAddr, SecretKey};
 
 /// What the appliance announces once every listener is open.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +59,9 @@ impl Ready {
 #[derive(Debug)]
 pub struct Appliance {
     cfg: ApplianceConfig,
+    /// Our private key and the hosts we accept (read from their files at build time).
+    key: SecretKey,
+    hosts: Vec<HostKey>,
     endpoint: Proxy,
     outbound: Receiver<Vec<u8>>,
     inventory: Inventory,
@@ -71,14 +74,18 @@ pub struct Appliance {
 type Link = (String, Box<dyn Port>);
 
 impl Appliance {
-    /// Build every device of `cfg` (backing files opened or created). Nothing listens yet.
+    /// Read the keys and build every device of `cfg` (backing files opened or created).
+    /// Nothing listens yet.
     pub fn build(cfg: ApplianceConfig) -> Result<Appliance, ApplianceError> {
+        let (key, hosts) = cfg.identity()?;
         let mut b = devices::build(&cfg)?;
         let inventory = std::mem::take(&mut b.inventory);
         let warnings = std::mem::take(&mut b.warnings);
         let (endpoint, outbound, scratch) = b.into_parts();
         Ok(Appliance {
             cfg,
+            key,
+            hosts,
             endpoint,
             outbound,
             inventory,
@@ -207,7 +214,7 @@ impl Appliance {
 
     /// The transport settings of every link: the accepted hosts and the link knobs.
     fn driver_config(&self, link: usize) -> DriverConfig {
-        let mut dc = DriverConfig::new(Peers::Accept(self.cfg.accepted_hosts()));
+        let mut dc = DriverConfig::new(self.key.clone(), Peers::Accept(self.hosts.clone()));
         let o = &self.cfg.link;
         dc.inject_loss = self.cfg.inject_loss / 100.0;
         dc.transport.encrypt = o.encrypt;

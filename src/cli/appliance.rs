@@ -25,9 +25,13 @@ pub struct ApplianceArgs {
     /// Device: nvme=PATH, dma, or replay=DUMP[,bar0=SIZE,...] (repeatable).
     #[arg(long, value_name = "SPEC")]
     device: Vec<String>,
-    /// Pre-shared key of a host: HOSTID=HEX (repeatable).
-    #[arg(long, value_name = "HOSTID=HEX")]
-    psk: Vec<String>,
+    /// Our private key file (from `pcietun keygen`; else $PCIETUN_PRIVATE_KEY; else the
+    /// development key, loopback only).
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
+    /// A host we accept: NAME=PUBLIC_KEY[,psk=FILE] (repeatable).
+    #[arg(long, value_name = "NAME=PUBKEY")]
+    host: Vec<String>,
     /// Drop this percentage of sent frames (testing).
     #[arg(long, value_name = "PCT")]
     inject_loss: Option<f64>,
@@ -55,7 +59,8 @@ fn resolve(args: &ApplianceArgs) -> Result<ApplianceConfig, Box<dyn std::error::
     cfg.apply_flags(&ConfigFlags {
         listen: args.listen.clone(),
         device: args.device.clone(),
-        psk: args.psk.clone(),
+        key: args.key.clone(),
+        host: args.host.clone(),
         inject_loss: args.inject_loss,
     })?;
     cfg.fill_defaults();
@@ -87,8 +92,8 @@ pub fn run(args: ApplianceArgs) -> Result<ExitCode, Box<dyn std::error::Error>> 
     let cfg = resolve(&args)?;
     if cfg.uses_development_key() {
         eprintln!(
-            "pcietun appliance: warning: no --psk given; using the built-in development key — \
-             the link is NOT secure"
+            "pcietun appliance: warning: no --key/--host given; using the built-in development \
+             keys (loopback only) — the link is NOT secure"
         );
     }
     let listen = joined(&cfg.listen, " ");

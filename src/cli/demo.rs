@@ -18,6 +18,7 @@ use pcietun::pci::class::nvme::reg as nvme_reg;
 use pcietun::pci::lspci::{default_description, format_function, PciAddress};
 use pcietun::pci::{walk_capabilities, CapabilityId};
 use pcietun::tlp::Bdf;
+use pcietun::transport::SecretKey;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -137,9 +138,18 @@ impl Tunnel {
     fn processes(ns_bytes: u64) -> Result<Tunnel, Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let img = dir.path().join("nvme0n1.img");
+        // Fresh static keys for this run, in key files as `pcietun keygen` writes them.
+        let (app_key, host_key) = (SecretKey::generate(), SecretKey::generate());
+        let key_file = dir.path().join("appliance.key");
+        app_key.write_new(&key_file)?;
         let mut child = ApplianceChild(
             Command::new(std::env::current_exe()?)
-                .args(["appliance", "--listen", "udp:127.0.0.1:0", "--device"])
+                .arg("appliance")
+                .arg("--key")
+                .arg(&key_file)
+                .arg("--host")
+                .arg(format!("host={}", host_key.public_key()))
+                .args(["--listen", "udp:127.0.0.1:0", "--device"])
                 .arg(format!("nvme={},size={}", img.display(), ns_bytes))
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
@@ -170,6 +180,8 @@ impl Tunnel {
             AgentConfig {
                 target: Target::Udp(addr),
                 host_id: "host".into(),
+                key: Some(host_key),
+                appliance_key: Some(app_key.public_key()),
                 psk: None,
                 inject_loss: 0.0,
                 host: HostConfig::default(),
@@ -297,7 +309,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         Tunnel::rig(args.link, ns_bytes)?
     };
     println!(
-        "      warning: both ends use the built-in development key; this link is not secure (fine for a demo)"
+        "      keys: a fresh X25519 key pair per end, made for this run (Noise IK handshake, docs/security.md)"
     );
 
     step(2, "the tunnelled function, as lspci -xxx shows it");

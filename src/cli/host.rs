@@ -26,8 +26,8 @@ use pcietun::host::vm::{
 use pcietun::host::{HostConfig, HostEvent};
 use pcietun::pci::lspci;
 use pcietun::tlp::Bdf;
-use pcietun::transport::handshake::HandshakeError;
-use pcietun::transport::Psk;
+use pcietun::transport::keys::KeyError;
+use pcietun::transport::{keys, Psk, PublicKey};
 
 /// Arguments of `pcietun host`.
 #[derive(Debug, clap::Args)]
@@ -43,12 +43,19 @@ pub struct HostArgs {
         default_value = "udp:127.0.0.1:7470"
     )]
     connect: String,
-    /// Our host ID (what the appliance's --psk HOSTID=HEX names).
+    /// Our name in logs and events (the appliance knows us by our public key).
     #[arg(long, global = true, value_name = "NAME", default_value = "host")]
     host_id: String,
-    /// Pre-shared key (hex, ≥ 16 bytes). Without it: the built-in development key (NOT secure).
-    #[arg(long, global = true, value_name = "HEX")]
-    psk: Option<String>,
+    /// Our private key file (from `pcietun keygen`; else $PCIETUN_PRIVATE_KEY). Without
+    /// either, and without --peer-key: the built-in development keys, loopback only.
+    #[arg(long, global = true, value_name = "FILE")]
+    key: Option<PathBuf>,
+    /// The appliance's public key (base64, from `pcietun pubkey` on the appliance).
+    #[arg(long, global = true, value_name = "PUBKEY")]
+    peer_key: Option<String>,
+    /// Optional pre-shared key file (the appliance lists the same file for us).
+    #[arg(long, global = true, value_name = "FILE")]
+    psk_file: Option<PathBuf>,
     /// Create one vfio-user socket per tunnelled function in DIR (DIR/bb:dd.f.sock).
     #[arg(long, value_name = "DIR")]
     vfio_user: Option<PathBuf>,
@@ -160,9 +167,9 @@ enum HostCliError {
     /// An offset or value that is not a number.
     #[error("{0:?} is not a number (use 0x for hex)")]
     NotANumber(String),
-    /// `--psk` is not a key.
-    #[error("--psk: {0}")]
-    Psk(#[source] HandshakeError),
+    /// `--peer-key` is not a public key.
+    #[error("--peer-key: {0}")]
+    PeerKey(#[source] KeyError),
     /// `--inject-loss` outside 0..=100.
     #[error("--inject-loss {0} must be 0..=100")]
     Loss(f64),
@@ -209,16 +216,19 @@ fn number(s: &str) -> Result<u64, HostCliError> {
 }
 
 fn agent_config(a: &HostArgs) -> Result<AgentConfig, Error> {
-    let psk = match &a.psk {
-        Some(h) => Some(Psk::from_hex(h).map_err(HostCliError::Psk)?),
-        None => {
-            eprintln!(
-                "pcietun host: warning: no --psk given; using the built-in development key — \
-                 the link is NOT secure"
-            );
-            None
-        }
-    };
+    let key = keys::load_secret(a.key.as_deref())?;
+    let appliance_key: Option<PublicKey> = a
+        .peer_key
+        .as_deref()
+        .map(|k| k.parse().map_err(HostCliError::PeerKey))
+        .transpose()?;
+    let psk = a.psk_file.as_deref().map(Psk::from_file).transpose()?;
+    if key.is_none() || appliance_key.is_none() {
+        eprintln!(
+            "pcietun host: warning: no --key/--peer-key given; using the built-in development \
+             keys (loopback only) — the link is NOT secure"
+        );
+    }
     let loss = a.inject_loss.unwrap_or(0.0);
     if !(0.0..=100.0).contains(&loss) {
         return Err(HostCliError::Loss(loss).into());
@@ -226,6 +236,8 @@ fn agent_config(a: &HostArgs) -> Result<AgentConfig, Error> {
     Ok(AgentConfig {
         target: a.connect.parse()?,
         host_id: a.host_id.clone(),
+        key,
+        appliance_key,
         psk,
         inject_loss: loss / 100.0,
         host: HostConfig {

@@ -9,6 +9,7 @@ mod appliance;
 mod bench;
 mod demo;
 mod host;
+mod keys;
 mod log;
 mod tlp;
 mod transport_peer;
@@ -36,6 +37,10 @@ enum Command {
     Appliance(appliance::ApplianceArgs),
     /// Run the host agent (root port, vfio-user sockets) or its operator tools.
     Host(host::HostArgs),
+    /// Create a static key pair: write the private key file (mode 0600), print the public key.
+    Keygen(keys::KeygenArgs),
+    /// Print the public key of a private key file (or of a key on standard input).
+    Pubkey(keys::PubkeyArgs),
 }
 
 /// Parse the command line and run the chosen subcommand.
@@ -48,6 +53,8 @@ pub fn run() -> ExitCode {
         Command::TransportPeer(args) => transport_peer::run(args),
         Command::Appliance(args) => appliance::run(args),
         Command::Host(args) => host::run(args),
+        Command::Keygen(args) => keys::keygen(args),
+        Command::Pubkey(args) => keys::pubkey(args),
     };
     match result {
         Ok(code) => code,

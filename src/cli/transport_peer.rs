@@ -9,7 +9,9 @@ use pcietun::tlp::OrderingClass;
 use pcietun::transport::driver::{
     self, eth, DriverConfig, HandleError, Peers, TransportHandle, Upcall,
 };
-use pcietun::transport::{Event, HostId, PeerAddr, Psk, SendError};
+use pcietun::transport::{
+    keys, Event, HostId, HostKey, PeerAddr, Psk, PublicKey, SecretKey, SendError,
+};
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -59,12 +61,19 @@ pub struct PeerArgs {
     /// Connect to `udp:IP:PORT` or `eth:IFACE[,peer=MAC]` and run the echo check.
     #[arg(long)]
     connect: Option<String>,
-    /// Host id presented / accepted.
+    /// Host name in events (not sent).
     #[arg(long, default_value = "test-host")]
     host_id: String,
-    /// Pre-shared key, 64 hex digits (default: the insecure development key).
-    #[arg(long)]
-    psk: Option<String>,
+    /// Our private key file (default: $PCIETUN_PRIVATE_KEY, else the development key).
+    #[arg(long, value_name = "FILE")]
+    key: Option<std::path::PathBuf>,
+    /// The other side's public key: the appliance's (--connect) or the one host accepted
+    /// (--listen). Default: the development key's.
+    #[arg(long, value_name = "PUBKEY")]
+    peer_key: Option<String>,
+    /// Optional pre-shared key file.
+    #[arg(long, value_name = "FILE")]
+    psk_file: Option<std::path::PathBuf>,
     /// TLPs to send (client).
     #[arg(long, default_value_t = 10_000)]
     count: u32,
@@ -93,15 +102,38 @@ fn eth_peer(spec: &str) -> Res<PeerAddr> {
 
 pub fn run(a: PeerArgs) -> Res<ExitCode> {
     let host = HostId::new(&a.host_id)?;
-    let psk = match &a.psk {
-        Some(h) => Psk::from_hex(h)?,
-        None => {
-            eprintln!("pcietun: warning: no --psk given, using the built-in development key: the link is NOT secure");
-            Psk::DEVELOPMENT
+    let psk = a.psk_file.as_deref().map(Psk::from_file).transpose()?;
+    let key = keys::load_secret(a.key.as_deref())?;
+    let peer_key: Option<PublicKey> = a.peer_key.as_deref().map(str::parse).transpose()?;
+    if key.is_none() || peer_key.is_none() {
+        let addr = a.listen.as_deref().or(a.connect.as_deref()).unwrap_or("");
+        keys::require_loopback([addr])?;
+        eprintln!("pcietun: warning: no --key/--peer-key given, using the built-in development keys: the link is NOT secure");
+    }
+    let listening = a.listen.is_some();
+    let key = key.unwrap_or_else(|| {
+        if listening {
+            SecretKey::development_appliance()
+        } else {
+            SecretKey::development_host()
         }
-    };
+    });
+    let peer_key = peer_key.unwrap_or_else(|| {
+        if listening {
+            SecretKey::development_host().public_key()
+        } else {
+            SecretKey::development_appliance().public_key()
+        }
+    });
     let (port, peers) = match (&a.listen, &a.connect) {
-        (Some(l), None) => (driver::open(l)?, Peers::Accept(vec![(host, psk)])),
+        (Some(l), None) => (
+            driver::open(l)?,
+            Peers::Accept(vec![HostKey {
+                host,
+                public: peer_key,
+                psk,
+            }]),
+        ),
         (None, Some(c)) => {
             if let Some(addr) = c.strip_prefix("udp:") {
                 let server: std::net::SocketAddr = addr.parse()?;
@@ -116,20 +148,28 @@ pub fn run(a: PeerArgs) -> Res<ExitCode> {
                     Peers::Connect {
                         server: PeerAddr::Udp(server),
                         host,
+                        server_key: peer_key,
                         psk,
                     },
                 )
             } else {
                 let server = eth_peer(c.strip_prefix("eth:").unwrap_or(c))?;
-                (driver::open(c)?, Peers::Connect { server, host, psk })
+                (
+                    driver::open(c)?,
+                    Peers::Connect {
+                        server,
+                        host,
+                        server_key: peer_key,
+                        psk,
+                    },
+                )
             }
         }
         _ => return Err(PeerError::Mode.into()),
     };
-    let mut cfg = DriverConfig::new(peers);
+    let mut cfg = DriverConfig::new(key, peers);
     cfg.inject_loss = a.inject_loss / 100.0;
     cfg.transport.encrypt = !a.no_encrypt;
-    let listening = a.listen.is_some();
     let t = TransportHandle::spawn(port, cfg)?;
     if listening {
         println!("transport-peer ready: {}", t.local_addr());

@@ -25,8 +25,8 @@ use crate::tlp::Bdf;
 use crate::transport::driver::{
     eth, udp, Direct, DriverConfig, DriverStats, Peers, SharedLink, Upcall,
 };
-use crate::transport::handshake::HandshakeError;
-use crate::transport::{ConnId, Event, HostId, PeerAddr, Psk};
+use crate::transport::keys::KeyError;
+use crate::transport::{ConnId, Event, HostId, PeerAddr, Psk, PublicKey, SecretKey};
 use bytes::Bytes;
 
 /// Where the appliance is.
@@ -78,7 +78,10 @@ pub enum AgentError {
     },
     /// The host ID is not acceptable to the transport.
     #[error("host ID rejected: {0}")]
-    Identity(#[source] HandshakeError),
+    Identity(#[source] KeyError),
+    /// A key refused (e.g. the development key toward an appliance off loopback).
+    #[error(transparent)]
+    Key(#[from] KeyError),
     /// No session with the appliance in time.
     #[error("no session with the appliance after {0:?}")]
     NotConnected(Duration),
@@ -97,7 +100,12 @@ pub struct AgentConfig {
     pub target: Target,
     /// Our host ID.
     pub host_id: String,
-    /// Pre-shared key (None: the built-in development key, not secure).
+    /// Our static private key (None: the built-in development key, refused unless the
+    /// appliance is on loopback).
+    pub key: Option<SecretKey>,
+    /// The appliance's static public key (None: the development appliance's, loopback only).
+    pub appliance_key: Option<PublicKey>,
+    /// Optional pre-shared key on top of the static keys.
     pub psk: Option<Psk>,
     /// Fraction (0..1) of sent frames to drop on purpose.
     pub inject_loss: f64,
@@ -203,7 +211,18 @@ impl Agent {
     pub fn start(cfg: AgentConfig) -> Result<Agent, AgentError> {
         let io = |what: &'static str| move |source| AgentError::Io { what, source };
         let host_id = HostId::new(&cfg.host_id).map_err(AgentError::Identity)?;
-        let psk = cfg.psk.unwrap_or(Psk::DEVELOPMENT);
+        let development = cfg.key.is_none() || cfg.appliance_key.is_none();
+        if development {
+            let target = match &cfg.target {
+                Target::Udp(a) => format!("udp:{a}"),
+                Target::Eth(spec) => spec.clone(),
+            };
+            crate::transport::keys::require_loopback([target.as_str()])?;
+        }
+        let key = cfg.key.unwrap_or_else(SecretKey::development_host);
+        let server_key = cfg
+            .appliance_key
+            .unwrap_or_else(|| SecretKey::development_appliance().public_key());
         let (port, server): (Box<dyn crate::transport::driver::Port>, PeerAddr) = match &cfg.target
         {
             Target::Udp(a) => {
@@ -225,11 +244,15 @@ impl Agent {
                 (Box::new(p), PeerAddr::Eth(peer))
             }
         };
-        let mut dcfg = DriverConfig::new(Peers::Connect {
-            server,
-            host: host_id,
-            psk,
-        });
+        let mut dcfg = DriverConfig::new(
+            key,
+            Peers::Connect {
+                server,
+                host: host_id,
+                server_key,
+                psk: cfg.psk,
+            },
+        );
         dcfg.inject_loss = cfg.inject_loss;
         let shared = Arc::new(
             SharedLink::new(Direct::new(port, dcfg)).map_err(io("starting the transport"))?,

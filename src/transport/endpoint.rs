@@ -1,55 +1,98 @@
 //! The endpoint: one per socket, demultiplexes frames to sessions, runs the handshake on both
-//! sides, detects restarted peers, reconnects, and turns session ends into events
-//! (docs/protocol.md §3 and §7). Sans-I/O like the sessions it owns.
+//! sides (`endpoint/client.rs` for the host, `endpoint/server.rs` for the appliance), detects
+//! restarted peers, reconnects, rekeys, and turns session ends into events (docs/protocol.md
+//! §3 and §7).
+//! Sans-I/O like the sessions it owns.
+//!
+//! Randomness: session ids, epochs, ephemeral keys, nonces and cookie secrets come from the
+//! operating system's generator. The `seed` given to [`Endpoint::new`] only drives behaviour
+//! that is not secret (the congestion controller's drain jitter), so simulations stay
+//! reproducible while two runs never share key material.
 
+mod client;
+mod server;
+
+use super::cookie::{CookieJar, CookieMaker, MacKeys, COOKIE_LEN};
+use super::crypto::Cipher;
 use super::frame::{FrameHeader, FrameType, HEADER_LEN};
-use super::handshake::{derive_keys, Init, Psk, Resp, FRAME_LEN};
+use super::handshake::{cipher_bit, Tai64N, INIT_LEN, RESP_LEN};
+use super::keyring::FrameKeys;
+use super::keys::{HostId, Psk, PublicKey, SecretKey};
+use super::logging::{Kind, LogLimiter};
+use super::ratelimit::{Bucket, SourceLimiter};
 use super::recv::Delivered;
-use super::session::{Session, SessionParams};
+use super::session::{DropReason, Session};
 use super::stats::{EndpointStats, Stats};
 use super::time::Instant;
-use super::{Config, HostId, PeerAddr, SendError};
+use super::{Config, PeerAddr, SendError};
 use crate::tlp::OrderingClass;
 use bytes::{Bytes, BytesMut};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::rngs::{OsRng, StdRng};
+use rand::{Rng, RngCore, SeedableRng};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use super::event::{ConnId, DownReason, Event, Role, Transmit};
 
-#[derive(Debug)]
-struct ClientHs {
-    init: Init,
-    frame: [u8; FRAME_LEN],
-    next_retry: Instant,
-    retry: Duration,
-    /// When the INIT was first queued, and whether it was sent again since (Karn: then the
-    /// handshake gives no RTT sample).
-    sent: Instant,
-    resent: bool,
-    /// Started by a RESET hint beside a running session.
-    probe: bool,
+/// What kind of handshake the host runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HsKind {
+    /// A new session (first, or after the old one ended).
+    Connect,
+    /// Beside a running session, after an unauthenticated RESET hint.
+    Probe,
+    /// New keys for the running session.
+    Rekey,
 }
 
+/// The host's handshake in flight.
+#[derive(Debug)]
+struct ClientHs {
+    init: super::handshake::Initiator,
+    kind: HsKind,
+    epoch: u32,
+    next_retry: Instant,
+    retry: Duration,
+    /// When this INIT was queued (every retry is a fresh INIT, so the RESP gives an exact
+    /// RTT sample).
+    sent: Instant,
+    /// This INIT was sent at once on a COOKIE: a further COOKIE waits for the retry timer
+    /// (so COOKIEs, even valid ones from an on-path attacker, cannot make us send at their rate).
+    after_cookie: bool,
+}
+
+/// The appliance's half-open session: keys made, nothing allocated until the host proves
+/// it holds them with an authenticated DATA frame.
 #[derive(Debug)]
 struct Pending {
-    client_nonce: [u8; 16],
-    resp: [u8; FRAME_LEN],
-    session: Session,
+    sid: u32,
+    peer_sid: u32,
+    peer_epoch: u32,
+    keys: FrameKeys,
+    rx: super::crypto::PacketKey,
+    mtu: u16,
+    peer_credits: super::frame::CreditLimits,
     expires: Instant,
-    /// When the RESPONSE was first queued, and whether it was sent again since.
     sent: Instant,
-    resent: bool,
 }
 
 #[derive(Debug)]
 struct Slot {
+    /// Name for logs and events.
     host: HostId,
-    psk: Psk,
+    /// The peer's static key: the host's (appliance side) or the appliance's (host side).
+    public: PublicKey,
+    psk: Option<Psk>,
+    /// Appliance side: the newest INIT timestamp accepted from this host.
+    last_ts: Option<Tai64N>,
+    /// Host side: mac keys and cookie for the appliance.
+    jar: CookieJar,
     server: Option<PeerAddr>,
     session: Option<Session>,
+    /// Host side: a new session whose keys the appliance has not yet confirmed, and until
+    /// when we wait before starting over.
+    confirming: Option<(Session, Instant, Duration)>,
     hs: Option<ClientHs>,
     pending: Option<Pending>,
     reconnect_at: Option<Instant>,
@@ -59,54 +102,100 @@ struct Slot {
 #[derive(Debug, Clone, Copy)]
 enum SidRef {
     Session(usize),
+    Confirming(usize),
     Pending(usize),
     Handshake(usize),
 }
 
 const RESET_LEN: usize = HEADER_LEN + 4;
-const MAX_QUEUED_HS: usize = 64;
+/// Largest handshake-layer frame queued by the endpoint.
+const HS_FRAME: usize = INIT_LEN;
+const _: () = assert!(RESP_LEN <= HS_FRAME && COOKIE_LEN <= HS_FRAME && RESET_LEN <= HS_FRAME);
+/// Handshake-layer frames queued at most: more than the drivers read in one batch (256), so
+/// the answers to one batch are never dropped for lack of room.
+const MAX_QUEUED_HS: usize = 320;
 const RETIRED: usize = 256;
+/// Sources the appliance tracks for its per-source handshake limit.
+const RATE_SOURCES: usize = 4096;
+/// How long the appliance stays under load after its handshake budget ran dry.
+const LOAD_HOLD: Duration = Duration::from_secs(1);
 
 /// Demultiplexer and handshake engine for one socket.
 #[derive(Debug)]
 pub struct Endpoint {
     cfg: Arc<Config>,
     role: Role,
+    local: SecretKey,
+    public: PublicKey,
+    /// mac1 keys of messages to us.
+    own_macs: MacKeys,
+    cookies: CookieMaker,
+    load: Bucket,
+    under_load_until: Option<Instant>,
+    reset_budget: Bucket,
+    sources: SourceLimiter,
+    /// Wall-clock time at `Instant::ZERO` (read once): INIT timestamps are this plus `now`.
+    wall_origin: Tai64N,
+    last_ts: Option<Tai64N>,
+    hardware_aes: bool,
+    /// Non-secret behaviour randomness (congestion jitter), seeded.
+    jitter: StdRng,
     /// Server role: when the next coordinated drain starts.
     next_drain: Option<Instant>,
     epoch: u32,
     next_epoch: u32,
     slots: Vec<Slot>,
-    by_host: HashMap<HostId, usize>,
+    by_key: HashMap<PublicKey, usize>,
     by_sid: HashMap<u32, SidRef>,
     retired: VecDeque<u32>,
     events: VecDeque<(ConnId, Event)>,
-    out: VecDeque<(PeerAddr, [u8; FRAME_LEN], usize)>,
-    rng: StdRng,
+    out: VecDeque<(PeerAddr, [u8; HS_FRAME], usize)>,
     stats: EndpointStats,
+    log: LogLimiter,
     rr: usize,
 }
 
 impl Endpoint {
-    /// A new endpoint. `seed` drives nonces, session ids and epochs (use a random seed in
-    /// production, a fixed one in simulations).
-    pub fn new(cfg: Config, role: Role, seed: u64) -> Self {
-        let mut rng = StdRng::seed_from_u64(seed);
-        let epoch = rng.gen_range(1..u32::MAX / 2);
+    /// A new endpoint with static key `key`. `seed` drives only non-secret behaviour (see the
+    /// module documentation); keys, nonces, session ids and epochs come from the OS.
+    pub fn new(cfg: Config, role: Role, key: SecretKey, seed: u64) -> Self {
+        let epoch = OsRng.gen_range(1..u32::MAX / 2);
+        let public = key.public_key();
+        let now = Instant::ZERO;
         Endpoint {
+            load: Bucket::new(cfg.handshake_rate, cfg.handshake_burst, now),
+            reset_budget: Bucket::new(cfg.reset_rate, cfg.reset_rate / 10, now),
+            sources: SourceLimiter::new(
+                cfg.source_handshake_rate,
+                cfg.source_handshake_burst,
+                if role == Role::Server {
+                    RATE_SOURCES
+                } else {
+                    0
+                },
+            ),
             cfg: Arc::new(cfg),
             role,
+            own_macs: MacKeys::new(&public),
+            cookies: CookieMaker::new(&public),
+            under_load_until: None,
+            wall_origin: Tai64N::now(),
+            last_ts: None,
+            hardware_aes: Cipher::hardware_aes(),
+            jitter: StdRng::seed_from_u64(seed),
+            local: key,
+            public,
             next_drain: None,
             epoch,
             next_epoch: epoch,
             slots: Vec::new(),
-            by_host: HashMap::new(),
+            by_key: HashMap::new(),
             by_sid: HashMap::new(),
             retired: VecDeque::with_capacity(RETIRED),
             events: VecDeque::new(),
-            out: VecDeque::new(),
-            rng,
+            out: VecDeque::with_capacity(MAX_QUEUED_HS),
             stats: EndpointStats::default(),
+            log: LogLimiter::default(),
             rr: 0,
         }
     }
@@ -116,37 +205,62 @@ impl Endpoint {
         &self.cfg
     }
 
-    /// Server: accept `host` with key `psk`. Returns its stable handle.
-    pub fn add_host(&mut self, host: HostId, psk: Psk) -> ConnId {
-        if let Some(&i) = self.by_host.get(&host) {
+    /// Our static public key.
+    pub fn public_key(&self) -> PublicKey {
+        self.public
+    }
+
+    fn slot(&mut self, host: HostId, public: PublicKey, psk: Option<Psk>) -> usize {
+        if let Some(&i) = self.by_key.get(&public) {
+            self.slots[i].host = host;
             self.slots[i].psk = psk;
-            return ConnId(i);
+            return i;
         }
         self.slots.push(Slot {
             host,
+            public,
             psk,
+            last_ts: None,
+            jar: CookieJar::new(&public),
             server: None,
             session: None,
+            confirming: None,
             hs: None,
             pending: None,
             reconnect_at: None,
             backoff: Duration::from_millis(10),
         });
-        self.by_host.insert(host, self.slots.len() - 1);
-        ConnId(self.slots.len() - 1)
+        self.by_key.insert(public, self.slots.len() - 1);
+        self.slots.len() - 1
     }
 
-    /// Client: start connecting to `server` as `host`. Reconnects by itself after a failure.
-    pub fn connect(&mut self, now: Instant, server: PeerAddr, host: HostId, psk: Psk) -> ConnId {
-        let id = self.add_host(host, psk);
-        self.slots[id.0].server = Some(server);
-        self.start_handshake(now, id.0, false);
-        id
+    /// Server: accept the host with static key `public` (named `host` in events and logs),
+    /// optionally with a PSK. Returns its stable handle; adding the same key again updates
+    /// its name and PSK.
+    pub fn add_host(&mut self, host: HostId, public: PublicKey, psk: Option<Psk>) -> ConnId {
+        ConnId(self.slot(host, public, psk))
+    }
+
+    /// Client: start connecting to the appliance at `server` whose static key is
+    /// `server_key`. `host` names the session locally (it is not sent). Reconnects by itself
+    /// after a failure.
+    pub fn connect(
+        &mut self,
+        now: Instant,
+        server: PeerAddr,
+        host: HostId,
+        server_key: PublicKey,
+        psk: Option<Psk>,
+    ) -> ConnId {
+        let i = self.slot(host, server_key, psk);
+        self.slots[i].server = Some(server);
+        self.start_handshake(now, i, HsKind::Connect, self.cfg.handshake_retry);
+        ConnId(i)
     }
 
     fn fresh_sid(&mut self) -> u32 {
         loop {
-            let s: u32 = self.rng.gen();
+            let s = OsRng.next_u32();
             if s != 0 && !self.by_sid.contains_key(&s) && !self.retired.contains(&s) {
                 return s;
             }
@@ -161,46 +275,52 @@ impl Endpoint {
         self.retired.push_back(sid);
     }
 
-    fn start_handshake(&mut self, now: Instant, i: usize, probe: bool) {
-        if let Some(old) = self.slots[i].hs.take() {
-            self.retire(old.init.session);
+    /// Forget the receive ids the sessions of slot `i` stopped using.
+    fn collect_retired(&mut self, i: usize) {
+        let mut gone = [0u32; 8];
+        let mut n = 0;
+        let slot = &mut self.slots[i];
+        for s in slot
+            .session
+            .iter_mut()
+            .chain(slot.confirming.iter_mut().map(|c| &mut c.0))
+        {
+            while n < gone.len() {
+                let Some(sid) = s.keys.retired.pop() else {
+                    break;
+                };
+                gone[n] = sid;
+                n += 1;
+            }
         }
-        let Some(server) = self.slots[i].server else {
-            return;
-        };
-        self.next_epoch = self.next_epoch.wrapping_add(1).max(1);
-        let sid = self.fresh_sid();
-        let init = Init {
-            host_id: self.slots[i].host,
-            nonce: self.rng.gen(),
-            session: sid,
-            epoch: self.next_epoch,
-            min_version: 1,
-            max_version: 1,
-            mtu: self.cfg.mtu as u16,
-            encrypt: self.cfg.encrypt,
-            credits: self.cfg.credits,
-        };
-        let mut frame = [0u8; FRAME_LEN];
-        init.emit(&self.slots[i].psk, &mut frame);
-        self.queue(server, frame, FRAME_LEN);
-        self.by_sid.insert(sid, SidRef::Handshake(i));
-        let retry = self.cfg.handshake_retry;
-        self.slots[i].hs = Some(ClientHs {
-            init,
-            frame,
-            next_retry: now + retry,
-            retry,
-            sent: now,
-            resent: false,
-            probe,
-        });
-        self.slots[i].reconnect_at = None;
+        for &sid in &gone[..n] {
+            self.retire(sid);
+        }
     }
 
-    fn queue(&mut self, dst: PeerAddr, frame: [u8; FRAME_LEN], len: usize) {
-        if self.out.len() < MAX_QUEUED_HS {
-            self.out.push_back((dst, frame, len));
+    /// Queue a handshake-layer frame; false (and nothing queued) when the queue is full.
+    fn queue(&mut self, dst: PeerAddr, frame: &[u8]) -> bool {
+        if self.out.len() >= MAX_QUEUED_HS {
+            return false;
+        }
+        let mut f = [0u8; HS_FRAME];
+        f[..frame.len()].copy_from_slice(frame);
+        self.out.push_back((dst, f, frame.len()));
+        true
+    }
+
+    /// The frame AEADs we offer or accept, as offer bits.
+    fn ciphers(&self) -> u8 {
+        match self.cfg.cipher {
+            Some(c) => cipher_bit(c),
+            None => {
+                cipher_bit(Cipher::ChaCha20Poly1305)
+                    | if self.hardware_aes {
+                        cipher_bit(Cipher::Aes256Gcm)
+                    } else {
+                        0
+                    }
+            }
         }
     }
 
@@ -216,210 +336,60 @@ impl Endpoint {
         match h.ty {
             FrameType::Init => self.on_init(now, from, &frame),
             FrameType::Resp => self.on_resp(now, from, &h, &frame),
+            FrameType::Cookie => self.on_cookie(now, &h, &frame),
             FrameType::Data => self.on_data(now, from, &h, frame),
             FrameType::Reset => self.on_reset(now, &h),
         }
     }
 
-    fn on_init(&mut self, now: Instant, from: PeerAddr, frame: &[u8]) {
-        if self.role != Role::Server {
-            self.stats.drop_bad_handshake += 1;
-            return;
-        }
-        let Ok(init) = Init::parse_unverified(frame) else {
-            self.stats.drop_bad_handshake += 1;
-            return;
-        };
-        let Some(&i) = self.by_host.get(&init.host_id) else {
-            self.stats.drop_unknown_host += 1;
-            return;
-        };
-        if Init::verify(frame, &self.slots[i].psk).is_err() {
-            self.stats.drop_bad_handshake_mac += 1;
-            return;
-        }
-        if init.min_version > 1 || init.max_version < 1 {
-            self.stats.drop_bad_handshake += 1;
-            return;
-        }
-        if let Some(p) = &self.slots[i].pending {
-            if p.client_nonce == init.nonce {
-                let resp = p.resp;
-                if let Some(p) = self.slots[i].pending.as_mut() {
-                    p.resent = true;
-                }
-                self.queue(from, resp, FRAME_LEN);
-                return;
-            }
-        }
-        if let Some(old) = self.slots[i].pending.take() {
-            self.retire(old.session.p.local_session);
-        }
-        let sid = self.fresh_sid();
-        let resp = Resp {
-            nonce: self.rng.gen(),
-            client_nonce: init.nonce,
-            session: sid,
-            client_session: init.session,
-            epoch: self.epoch,
-            version: 1,
-            encrypt: init.encrypt || self.cfg.encrypt,
-            mtu: init.mtu.min(self.cfg.mtu as u16),
-            credits: self.cfg.credits,
-        };
-        let mut rf = [0u8; FRAME_LEN];
-        resp.emit(&self.slots[i].psk, frame, &mut rf);
-        let keys = derive_keys(&self.slots[i].psk, &init, &resp);
-        let params = SessionParams {
-            local_session: sid,
-            peer_session: init.session,
-            local_epoch: self.epoch,
-            peer_epoch: init.epoch,
-            peer: from,
-            tx_key: keys.s2c,
-            rx_key: keys.c2s,
-            encrypt: resp.encrypt,
-            mtu: resp.mtu.into(),
-            local_credits: self.cfg.credits,
-            peer_credits: init.credits,
-        };
-        let session = Session::new(params, self.cfg.clone(), now);
-        self.by_sid.insert(sid, SidRef::Pending(i));
-        self.slots[i].pending = Some(Pending {
-            client_nonce: init.nonce,
-            resp: rf,
-            session,
-            expires: now + self.cfg.idle_timeout,
-            sent: now,
-            resent: false,
-        });
-        self.queue(from, rf, FRAME_LEN);
-    }
-
-    fn on_resp(&mut self, now: Instant, from: PeerAddr, h: &FrameHeader, frame: &[u8]) {
-        let Some(&SidRef::Handshake(i)) = self.by_sid.get(&h.dst_session) else {
-            self.stats.drop_bad_handshake += 1;
-            return;
-        };
-        let Some(hs) = &self.slots[i].hs else {
-            self.stats.drop_bad_handshake += 1;
-            return;
-        };
-        let resp = match Resp::parse_verified(frame, &hs.frame, &self.slots[i].psk) {
-            Ok(r) => r,
-            Err(_) => {
-                self.stats.drop_bad_handshake_mac += 1;
-                return;
-            }
-        };
-        let Some(hs) = self.slots[i].hs.take() else {
-            return;
-        };
-        if hs.probe {
-            if let Some(s) = &self.slots[i].session {
-                if s.p.peer_epoch == resp.epoch {
-                    // The RESET was not a server restart: keep the running session.
-                    self.by_sid.remove(&hs.init.session);
-                    return;
-                }
-            }
-        }
-        if self.slots[i].session.is_some() {
-            self.stats.peer_restarts += 1;
-            self.end_session(i, DownReason::PeerRestarted);
-        }
-        let keys = derive_keys(&self.slots[i].psk, &hs.init, &resp);
-        let params = SessionParams {
-            local_session: hs.init.session,
-            peer_session: resp.session,
-            local_epoch: hs.init.epoch,
-            peer_epoch: resp.epoch,
-            peer: from,
-            tx_key: keys.c2s,
-            rx_key: keys.s2c,
-            encrypt: resp.encrypt,
-            mtu: resp.mtu.into(),
-            local_credits: self.cfg.credits,
-            peer_credits: resp.credits,
-        };
-        let mut s = Session::new(params, self.cfg.clone(), now);
-        if !hs.resent {
-            s.seed_rtt(now.saturating_duration_since(hs.sent));
-        }
-        s.confirmed = true;
-        s.force_ack();
-        self.by_sid.insert(hs.init.session, SidRef::Session(i));
-        self.slots[i].session = Some(s);
-        self.slots[i].backoff = Duration::from_millis(10);
-        self.stats.handshakes += 1;
-        self.events.push_back((
-            ConnId(i),
-            Event::Connected {
-                host: self.slots[i].host,
-                peer: from,
-                peer_epoch: resp.epoch,
-            },
-        ));
-    }
-
     fn on_data(&mut self, now: Instant, from: PeerAddr, h: &FrameHeader, frame: BytesMut) {
         match self.by_sid.get(&h.dst_session).copied() {
             Some(SidRef::Session(i)) => {
+                let idle = self.role == Role::Client && self.slots[i].hs.is_none();
                 let Some(s) = self.slots[i].session.as_mut() else {
                     return;
                 };
-                if s.handle_data(now, h, frame).is_ok() {
-                    s.p.peer = from;
+                match s.handle_data(now, h, frame) {
+                    Ok(()) => {
+                        s.p.peer = from;
+                        let rekey = idle && s.wants_rekey(now);
+                        if rekey {
+                            self.start_rekey(now, i);
+                        }
+                    }
+                    Err(DropReason::TagLimit) => {
+                        tracing::warn!(
+                            host = %self.slots[i].host,
+                            peer = %from,
+                            limit = self.cfg.max_failed_tags,
+                            "transport: too many frames failed the tag check under one key; ending the session"
+                        );
+                        self.end_session(i, DownReason::TooManyBadTags);
+                    }
+                    Err(DropReason::BadTag) => {
+                        if let Some(sup) = self.log.allow(Kind::BadTag, now) {
+                            tracing::warn!(
+                                host = %self.slots[i].host,
+                                peer = %from,
+                                suppressed = sup,
+                                "transport: frame failed the tag check (forged or corrupted)"
+                            );
+                        }
+                    }
+                    Err(_) => {}
                 }
+                self.collect_retired(i);
             }
-            Some(SidRef::Pending(i)) => {
-                let Some(p) = self.slots[i].pending.as_mut() else {
-                    return;
-                };
-                if p.session.handle_data(now, h, frame).is_err() {
-                    return;
-                }
-                // The client proved it holds the keys: install the session.
-                let Some(p) = self.slots[i].pending.take() else {
-                    return;
-                };
-                if self.slots[i].session.is_some() {
-                    self.stats.peer_restarts += 1;
-                    self.end_session(i, DownReason::PeerRestarted);
-                }
-                let mut s = p.session;
-                if !p.resent {
-                    s.seed_rtt(now.saturating_duration_since(p.sent));
-                }
-                s.p.peer = from;
-                let (sid, epoch) = (s.p.local_session, s.p.peer_epoch);
-                self.by_sid.insert(sid, SidRef::Session(i));
-                self.slots[i].session = Some(s);
-                self.stats.handshakes += 1;
-                // A newcomer measures its base delay behind everyone's queue: drain soon
-                // (LEDBAT++'s initial slowdown, coordinated).
-                let interval = self.cfg.cc_drain_interval;
-                if !interval.is_zero() {
-                    let t = now + interval / 5;
-                    self.next_drain = Some(self.next_drain.map_or(t, |n| n.min(t)));
-                }
-                self.events.push_back((
-                    ConnId(i),
-                    Event::Connected {
-                        host: self.slots[i].host,
-                        peer: from,
-                        peer_epoch: epoch,
-                    },
-                ));
-            }
+            Some(SidRef::Confirming(i)) => self.on_confirming_data(now, from, i, h, frame),
+            Some(SidRef::Pending(i)) => self.on_pending_data(now, from, i, h, frame),
             Some(SidRef::Handshake(_)) => self.stats.drop_unknown_session += 1,
             None => {
                 if self.retired.contains(&h.dst_session) {
                     self.stats.drop_stale_session += 1;
                 } else {
                     self.stats.drop_unknown_session += 1;
-                    if self.role == Role::Server {
-                        let mut f = [0u8; FRAME_LEN];
+                    if self.role == Role::Server && self.reset_budget.allow(now) {
+                        let mut f = [0u8; RESET_LEN];
                         FrameHeader {
                             ty: FrameType::Reset,
                             flags: 0,
@@ -431,39 +401,36 @@ impl Endpoint {
                         }
                         .emit(&mut f);
                         f[HEADER_LEN..RESET_LEN].copy_from_slice(&self.epoch.to_be_bytes());
-                        self.stats.resets_sent += 1;
-                        self.queue(from, f, RESET_LEN);
+                        if self.queue(from, &f) {
+                            self.stats.resets_sent += 1;
+                        }
                     }
                 }
             }
         }
     }
 
-    fn on_reset(&mut self, now: Instant, h: &FrameHeader) {
-        self.stats.resets_received += 1;
-        if self.role != Role::Client {
-            return;
-        }
-        // The RESET names the session id the server did not know: our peer's id.
-        let Some(i) = self.slots.iter().position(|s| {
-            s.session
-                .as_ref()
-                .is_some_and(|s| s.p.peer_session == h.dst_session)
-        }) else {
-            return;
-        };
-        if self.slots[i].hs.is_none() {
-            self.start_handshake(now, i, true);
-        }
-    }
-
     fn end_session(&mut self, i: usize, reason: DownReason) {
+        if let Some(hs) = self.slots[i].hs.take_if(|h| h.kind == HsKind::Rekey) {
+            self.retire(hs.init.sid());
+        }
         let Some(mut s) = self.slots[i].session.take() else {
             return;
         };
-        self.retire(s.p.local_session);
+        let mut sids: Vec<u32> = s.keys.rx_sids().collect();
+        sids.append(&mut s.keys.retired);
+        for sid in sids {
+            self.retire(sid);
+        }
         self.stats.sessions_down += 1;
         let failed = s.fail_nonposted();
+        tracing::info!(
+            host = %self.slots[i].host,
+            peer = %s.p.peer,
+            %reason,
+            failed_nonposted = failed.len(),
+            "transport: session lost"
+        );
         self.events.push_back((
             ConnId(i),
             Event::Down {
@@ -482,7 +449,12 @@ impl Endpoint {
         let n = self.slots.len();
         for k in 0..n {
             let i = (self.rr + k) % n;
-            if let Some(s) = self.slots[i].session.as_mut() {
+            let slot = &mut self.slots[i];
+            for s in slot
+                .session
+                .iter_mut()
+                .chain(slot.confirming.iter_mut().map(|c| &mut c.0))
+            {
                 if let Some(len) = s.poll_transmit(now, buf) {
                     self.rr = (i + 1) % n;
                     return Some(Transmit { dst: s.p.peer, len });
@@ -505,6 +477,10 @@ impl Endpoint {
         };
         for s in &self.slots {
             min(s.session.as_ref().and_then(Session::poll_timeout));
+            if let Some((c, deadline, _)) = &s.confirming {
+                min(c.poll_timeout());
+                min(Some(*deadline));
+            }
             min(s.hs.as_ref().map(|h| h.next_retry));
             min(s.pending.as_ref().map(|p| p.expires));
             min(s.reconnect_at);
@@ -540,8 +516,8 @@ impl Endpoint {
         self.drain_timer(now);
         for i in 0..self.slots.len() {
             if let Some(s) = self.slots[i].session.as_mut() {
-                if s.handle_timeout(now) {
-                    self.end_session(i, DownReason::IdleTimeout);
+                if let Some(reason) = s.handle_timeout(now) {
+                    self.end_session(i, reason);
                     if self.role == Role::Client {
                         let b = self.slots[i].backoff;
                         self.slots[i].reconnect_at = Some(now + b);
@@ -555,28 +531,13 @@ impl Endpoint {
                 .is_some_and(|p| p.expires <= now)
             {
                 if let Some(p) = self.slots[i].pending.take() {
-                    self.retire(p.session.p.local_session);
+                    self.retire(p.sid);
                 }
             }
-            if self.slots[i].reconnect_at.is_some_and(|t| t <= now) {
-                self.start_handshake(now, i, false);
+            if self.role == Role::Client {
+                self.client_timers(now, i);
             }
-            let mut resend = None;
-            let no_session = self.slots[i].session.is_none();
-            if let Some(hs) = self.slots[i].hs.as_mut() {
-                if hs.next_retry <= now {
-                    hs.retry = (hs.retry * 2).min(self.cfg.reconnect_max);
-                    hs.resent = true;
-                    hs.next_retry = now + hs.retry;
-                    resend = Some(hs.frame);
-                    if hs.probe && no_session {
-                        hs.probe = false;
-                    }
-                }
-            }
-            if let (Some(f), Some(dst)) = (resend, self.slots[i].server) {
-                self.queue(dst, f, FRAME_LEN);
-            }
+            self.collect_retired(i);
         }
     }
 
@@ -651,6 +612,11 @@ impl Endpoint {
     /// (reorder slots, undelivered TLPs) of `conn`'s receiver.
     pub fn recv_depth(&self, conn: ConnId) -> (usize, usize) {
         self.session(conn).map_or((0, 0), Session::recv_depth)
+    }
+
+    /// Whether the appliance currently considers itself under load (cookies required).
+    pub fn under_load(&self, now: Instant) -> bool {
+        self.under_load_until.is_some_and(|t| now < t)
     }
 
     fn session(&self, conn: ConnId) -> Option<&Session> {

@@ -25,6 +25,21 @@ pub enum DownReason {
     IdleTimeout,
     /// The peer came back with a new epoch: the old session is gone.
     PeerRestarted,
+    /// The session key reached its age or usage limit without a rekey.
+    KeyExpired,
+    /// Too many frames failed the tag check under one key (forgeries or a broken path).
+    TooManyBadTags,
+}
+
+impl std::fmt::Display for DownReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DownReason::IdleTimeout => "idle timeout",
+            DownReason::PeerRestarted => "peer restarted",
+            DownReason::KeyExpired => "key expired without a rekey",
+            DownReason::TooManyBadTags => "too many failed tag checks",
+        })
+    }
 }
 
 /// Something the layer above must know.

@@ -114,6 +114,8 @@ pub enum FrameType {
     Data = 3,
     /// Hint from a server that does not know the session.
     Reset = 4,
+    /// The appliance is under load: a cookie for the INIT's mac2 (docs/protocol.md §3.4).
+    Cookie = 5,
 }
 
 /// Header flag bits.
@@ -127,8 +129,10 @@ pub mod flags {
     /// The appliance runs a coordinated drain: hold the congestion window at two frames for
     /// two RTTs (docs/protocol.md §8).
     pub const DRAIN: u8 = 8;
+    /// Server only: please rekey this session soon (its key is near a limit, §3.5).
+    pub const REKEY: u8 = 16;
     /// All defined bits.
-    pub const ALL: u8 = ENCRYPTED | ACK | ACK_REQ | DRAIN;
+    pub const ALL: u8 = ENCRYPTED | ACK | ACK_REQ | DRAIN | REKEY;
 }
 
 /// Why a frame could not be parsed.
@@ -243,6 +247,7 @@ impl FrameHeader {
             2 => FrameType::Resp,
             3 => FrameType::Data,
             4 => FrameType::Reset,
+            5 => FrameType::Cookie,
             t => return Err(FrameError::BadType(t)),
         };
         let fl = frame[field::FLAGS];
@@ -952,9 +957,9 @@ mod tests {
         }
 
         #[test]
-        fn header_roundtrip(ty in 1u8..=4, fl in 0u8..8, n in any::<u8>(), body in 0u16..2000,
+        fn header_roundtrip(ty in 1u8..=5, fl in 0u8..32, n in any::<u8>(), body in 0u16..2000,
                             sid in any::<u32>(), ep in any::<u32>(), pn in any::<u64>()) {
-            let ty = match ty { 1 => FrameType::Init, 2 => FrameType::Resp, 3 => FrameType::Data, _ => FrameType::Reset };
+            let ty = match ty { 1 => FrameType::Init, 2 => FrameType::Resp, 3 => FrameType::Data, 4 => FrameType::Reset, _ => FrameType::Cookie };
             let h = FrameHeader { ty, flags: fl, n_records: n, body_len: body, dst_session: sid, src_epoch: ep, pn };
             let tag = if ty == FrameType::Data { TAG_LEN } else { 0 };
             let mut f = vec![0u8; HEADER_LEN + body as usize + tag];

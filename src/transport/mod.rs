@@ -6,14 +6,23 @@
 //! TLPs with [`Endpoint::poll_delivered`] and [`Event`]s with [`Endpoint::poll_event`].
 //! [`sim`] runs it over a seeded faulty in-memory link; [`driver`] runs it on threads over an
 //! in-memory link, UDP or raw Ethernet behind one [`driver::TransportHandle`].
+//!
+//! Sessions are set up by a Noise handshake ([`handshake`], docs/protocol.md §3) between static
+//! X25519 keys ([`keys`]), defended against floods by cookies and rate limits ([`cookie`],
+//! [`ratelimit`]) and rekeyed in place (`keyring.rs`); docs/security.md has the threat model.
 
 pub mod congestion;
+pub mod cookie;
 pub mod crypto;
 pub mod driver;
 pub mod endpoint;
 pub mod event;
 pub mod frame;
 pub mod handshake;
+mod keyring;
+pub mod keys;
+mod logging;
+pub mod ratelimit;
 pub mod recv;
 mod send;
 mod session;
@@ -23,9 +32,10 @@ pub mod time;
 
 /// The buffer types of the API (re-exported so callers need not depend on `bytes`).
 pub use bytes::{Bytes, BytesMut};
+pub use crypto::Cipher;
 pub use endpoint::{ConnId, DownReason, Endpoint, Event, Role, Transmit};
 pub use frame::CreditLimits;
-pub use handshake::{HostId, Psk};
+pub use keys::{HostId, HostKey, KeyError, Psk, PublicKey, SecretKey};
 pub use recv::Delivered;
 pub use stats::{EndpointStats, Stats};
 pub use time::{Clock, Instant};
@@ -117,6 +127,35 @@ pub struct Config {
     /// back for about two RTTs so all measure the true base delay; at least 40 × the largest
     /// SRTT). `Duration::ZERO` disables drains.
     pub cc_drain_interval: Duration,
+    /// Frame AEAD: `None` negotiates (AES-256-GCM when both ends have AES instructions,
+    /// ChaCha20-Poly1305 otherwise); `Some` offers or accepts only that one.
+    pub cipher: Option<Cipher>,
+    /// The host rekeys a session in place when its send key is this old…
+    pub rekey_after: Duration,
+    /// …and a key this old is never used again (the session ends if no rekey happened).
+    pub reject_after: Duration,
+    /// The host rekeys after this many frames under one key (the appliance asks for it)…
+    pub rekey_after_frames: u64,
+    /// …and no key seals more than this many (AES-GCM's confidentiality limit is 2^23 frames
+    /// of this size; ChaCha20-Poly1305's is far higher).
+    pub reject_after_frames: u64,
+    /// Failed tag checks one receive key tolerates before the session ends (half of it asks
+    /// for a rekey). Far below the AEADs' integrity limits (2^36 for ChaCha20-Poly1305).
+    pub max_failed_tags: u64,
+    /// How long an older receive key stays after a newer one was first used.
+    pub rekey_overlap: Duration,
+    /// Appliance: handshakes per second it works through before it is *under load* and asks
+    /// for cookies…
+    pub handshake_rate: u32,
+    /// …with this burst.
+    pub handshake_burst: u32,
+    /// Appliance under load: handshakes per second and source (with a valid cookie)…
+    pub source_handshake_rate: u32,
+    /// …with this burst.
+    pub source_handshake_burst: u32,
+    /// Appliance: RESET hints per second at most (an answer to DATA for an unknown session; a
+    /// flood of such frames gets no more answers than this).
+    pub reset_rate: u32,
 }
 
 impl Default for Config {
@@ -137,6 +176,18 @@ impl Default for Config {
             cc_target: Duration::from_millis(1),
             max_window_bytes: 16 << 20,
             cc_drain_interval: Duration::from_millis(100),
+            cipher: None,
+            rekey_after: Duration::from_secs(120),
+            reject_after: Duration::from_secs(180),
+            rekey_after_frames: 1 << 22,
+            reject_after_frames: 1 << 23,
+            max_failed_tags: 1 << 20,
+            rekey_overlap: Duration::from_secs(2),
+            handshake_rate: 100,
+            handshake_burst: 20,
+            source_handshake_rate: 20,
+            source_handshake_burst: 5,
+            reset_rate: 1000,
         }
     }
 }

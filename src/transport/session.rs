@@ -1,34 +1,35 @@
 //! One established session: frame protection, the sender and receiver halves, timers
-//! (ACK delay, RTO, keepalive, idle, pacing, credit probe) and DATA frame assembly
-//! (docs/protocol.md §4–§8). Sans-I/O: fed frames and time, produces frames and deadlines.
+//! (ACK delay, RTO, keepalive, idle, pacing, credit probe, key lifetimes) and DATA frame
+//! assembly (docs/protocol.md §3.5, §4–§8). Sans-I/O: fed frames and time, produces frames
+//! and deadlines. Its keys change in place ([`KeyRing`]); nothing else does.
 
 use super::congestion::{Controller, DelayBased, Pacer, RttEstimator};
-use super::crypto::{PacketKey, ReplayWindow};
 use super::frame::{
     emit_record, flags, record_len, AckBlock, CreditLimits, FrameHeader, FrameType, Records,
     ACK_LEN, DATA_OVERHEAD, HEADER_LEN, RECORD_HDR_LEN, TAG_LEN,
 };
+use super::keyring::{FrameKeys, KeyLimits, KeyRing, OpenError};
 use super::recv::{Delivered, Receiver, RxOutcome};
 use super::send::Sender;
 use super::stats::Stats;
 use super::time::Instant;
-use super::{Config, PeerAddr, SendError};
+use super::{Config, DownReason, PeerAddr, Role, SendError};
 use crate::tlp::{classify, OrderingClass};
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Parameters fixed by the handshake.
+/// Parameters fixed by the handshake (the keys go to the [`KeyRing`], not here).
 #[derive(Debug, Clone)]
 pub(crate) struct SessionParams {
+    /// Our session id for the first key.
     pub local_session: u32,
+    /// The peer's session id for the first key.
     pub peer_session: u32,
     pub local_epoch: u32,
     pub peer_epoch: u32,
     pub peer: PeerAddr,
-    pub tx_key: [u8; 32],
-    pub rx_key: [u8; 32],
-    pub encrypt: bool,
+    pub role: Role,
     pub mtu: usize,
     pub local_credits: CreditLimits,
     pub peer_credits: CreditLimits,
@@ -38,9 +39,13 @@ pub(crate) struct SessionParams {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum DropReason {
     StaleEpoch,
+    /// For a session id this session no longer receives on.
+    StaleKey,
     WrongMode,
     Replay,
     BadTag,
+    /// A bad tag, and one too many under its key: the session must end.
+    TagLimit,
     Malformed,
 }
 
@@ -50,9 +55,7 @@ const FRAME_LEN_RING: usize = 4096;
 #[derive(Debug)]
 pub(crate) struct Session {
     pub p: SessionParams,
-    tx: PacketKey,
-    rx: PacketKey,
-    replay: ReplayWindow,
+    pub keys: KeyRing,
     next_pn: u64,
     send: Sender,
     recv: Receiver,
@@ -77,24 +80,36 @@ pub(crate) struct Session {
     /// …and at least one frame does, sent at once (the appliance may have no data for this
     /// session; waiting for a delayed ACK would desynchronise the drain).
     drain_signal: bool,
-    /// Server side: the client has proven it holds the keys.
+    /// The peer has proven it holds the keys (an authenticated frame arrived).
     pub confirmed: bool,
     pub stats: Stats,
     cfg: Arc<Config>,
 }
 
 impl Session {
-    pub fn new(p: SessionParams, cfg: Arc<Config>, now: Instant) -> Self {
+    /// A session from a finished handshake. `jitter` seeds the congestion controller's
+    /// randomised drain resumption (behaviour only, never key material).
+    pub fn new(
+        p: SessionParams,
+        keys: &FrameKeys,
+        cfg: Arc<Config>,
+        now: Instant,
+        jitter: u64,
+    ) -> Self {
         let cc = Box::new(DelayBased::new(
             p.mtu,
             cfg.cc_target,
             cfg.max_window_bytes,
-            u64::from(p.local_session) << 32 | u64::from(p.peer_session),
+            jitter,
         ));
         Session {
-            tx: PacketKey::new(&p.tx_key, p.encrypt),
-            rx: PacketKey::new(&p.rx_key, p.encrypt),
-            replay: ReplayWindow::default(),
+            keys: KeyRing::new(
+                p.local_session,
+                p.peer_session,
+                keys,
+                now,
+                KeyLimits::from_config(&cfg),
+            ),
             next_pn: 1,
             send: Sender::new(p.peer_credits),
             recv: Receiver::new(p.local_credits),
@@ -222,18 +237,41 @@ impl Session {
             self.stats.drop_stale_epoch += 1;
             return Err(DropReason::StaleEpoch);
         }
-        if (h.flags & flags::ENCRYPTED != 0) != self.rx.encrypts() {
+        let Some(ki) = self.keys.rx_index(h.dst_session) else {
+            self.stats.drop_stale_key += 1;
+            return Err(DropReason::StaleKey);
+        };
+        if (h.flags & flags::ENCRYPTED != 0) != self.keys.rx_encrypts(ki) {
             self.stats.drop_wrong_mode += 1;
             return Err(DropReason::WrongMode);
         }
-        if !self.replay.check(h.pn) {
-            self.stats.drop_replay += 1;
-            return Err(DropReason::Replay);
+        match self.keys.open(ki, h.pn, &mut frame) {
+            Ok(()) => {}
+            Err(OpenError::Replay) => {
+                self.stats.drop_replay += 1;
+                return Err(DropReason::Replay);
+            }
+            Err(OpenError::BadTag) => {
+                self.stats.drop_bad_tag += 1;
+                return Err(DropReason::BadTag);
+            }
+            Err(OpenError::TagLimit) => {
+                self.stats.drop_bad_tag += 1;
+                return Err(DropReason::TagLimit);
+            }
         }
-        if self.rx.open(h.pn, &mut frame).is_err() {
-            self.stats.drop_bad_tag += 1;
-            return Err(DropReason::BadTag);
-        }
+        self.accept_opened(now, h, frame, ki)
+    }
+
+    /// Act on a DATA frame that key `ki` already opened (the appliance opens the frame that
+    /// confirms a new session before the session exists).
+    pub fn accept_opened(
+        &mut self,
+        now: Instant,
+        h: &FrameHeader,
+        frame: BytesMut,
+        ki: usize,
+    ) -> Result<(), DropReason> {
         let frame = frame.freeze();
         let body_end = HEADER_LEN + usize::from(h.body_len);
         let mut rec_start = HEADER_LEN;
@@ -263,7 +301,10 @@ impl Session {
                 return Err(DropReason::Malformed);
             }
         }
-        self.replay.record(h.pn);
+        self.keys.accept(ki, h.pn, now, self.next_pn);
+        if h.flags & flags::REKEY != 0 && self.p.role == Role::Client {
+            self.keys.on_rekey_request();
+        }
         self.confirmed = true;
         self.last_rx = now;
         self.stats.frames_received += 1;
@@ -349,13 +390,18 @@ impl Session {
         min(self.pace_until);
         min(self.probe_at);
         min(self.cc.next_timer());
+        min(Some(self.keys.deadline(self.p.role == Role::Client)));
         Some(t)
     }
 
-    /// Returns true when the session has been silent past the idle timeout (it is down).
-    pub fn handle_timeout(&mut self, now: Instant) -> bool {
+    /// Run the timers due at `now`; `Some` when the session is down (silent past the idle
+    /// timeout, or its key spent without a rekey).
+    pub fn handle_timeout(&mut self, now: Instant) -> Option<DownReason> {
         if now >= self.last_rx + self.cfg.idle_timeout {
-            return true;
+            return Some(DownReason::IdleTimeout);
+        }
+        if let Some(r) = self.keys.on_timeout(now) {
+            return Some(r);
         }
         self.cc.on_tick(now);
         if self.rto_deadline.is_some_and(|d| d <= now) {
@@ -370,11 +416,37 @@ impl Session {
         if self.pace_until.is_some_and(|d| d <= now) {
             self.pace_until = None;
         }
-        false
+        None
+    }
+
+    /// Host side: how long to wait for the RESP of a rekey before sending a fresh INIT: a
+    /// few round trips (the session knows them), at least the minimum RTO.
+    pub fn rekey_retry(&self) -> Duration {
+        (self.rtt.srtt_or(self.cfg.initial_rto) * 4)
+            .clamp(self.cfg.min_rto, self.cfg.handshake_retry)
+    }
+
+    /// Host side: whether this session's keys are due for renewal.
+    pub fn wants_rekey(&self, now: Instant) -> bool {
+        self.keys.wants_rekey(now, self.next_pn)
+    }
+
+    /// Host side: install the keys of a finished rekey (receive on `rx_sid`, send to
+    /// `tx_sid`); the next frame goes out under them.
+    pub fn rekeyed(&mut self, rx_sid: u32, tx_sid: u32, keys: &FrameKeys, now: Instant) {
+        self.keys
+            .add_initiator(rx_sid, tx_sid, keys, now, self.next_pn);
+        self.stats.rekeys = self.keys.rekeys;
+        // Show the appliance the new key at once (it switches on the first frame under it).
+        self.force_ack();
     }
 
     /// Assemble the next DATA frame into `buf`; returns its length.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
+        if !self.keys.can_seal(self.next_pn) {
+            // The key sealed its limit: nothing more under it until the rekey lands.
+            return None;
+        }
         let mtu = self.p.mtu.min(buf.len());
         self.cc.on_tick(now);
         let ack_due = self.recv.ack_due(now, self.cfg.ack_delay);
@@ -418,8 +490,11 @@ impl Session {
             self.recv.ack_pending || ack_due || keepalive || probe || drain_signal || !data_ok;
         let mut off = HEADER_LEN;
         let mut fl = 0;
-        if self.tx.encrypts() {
+        if self.keys.tx_encrypts() {
             fl |= flags::ENCRYPTED;
+        }
+        if self.p.role == Role::Server && self.keys.asks_rekey(now, self.next_pn) {
+            fl |= flags::REKEY;
         }
         if drain_signal || self.drain_until.is_some_and(|t| now < t) {
             fl |= flags::DRAIN;
@@ -484,12 +559,12 @@ impl Session {
             flags: fl,
             n_records: n,
             body_len: (off - HEADER_LEN) as u16,
-            dst_session: self.p.peer_session,
+            dst_session: self.keys.tx_sid(),
             src_epoch: self.p.local_epoch,
             pn,
         }
         .emit(buf);
-        self.tx.seal(pn, &mut buf[..len]);
+        self.keys.seal(pn, &mut buf[..len]);
         self.next_pn += 1;
         self.last_tx = now;
         self.stats.frames_sent += 1;
@@ -517,6 +592,8 @@ impl Session {
     /// A snapshot of the counters.
     pub fn stats(&self) -> Stats {
         let mut s = self.stats.clone();
+        s.rekeys = self.keys.rekeys;
+        s.cipher = Some(self.keys.cipher());
         s.srtt = self.rtt.srtt_or(Duration::ZERO);
         s.min_rtt = self.cc.base_delay().unwrap_or_default();
         s.cwnd = self.cc.window();

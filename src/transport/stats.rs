@@ -44,6 +44,12 @@ pub struct Stats {
     pub drop_malformed: u64,
     /// Frames whose encryption flag disagreed with the session.
     pub drop_wrong_mode: u64,
+    /// Frames for a session id this session received on before a rekey and no longer does.
+    pub drop_stale_key: u64,
+    /// Key changes completed (rekeys in place).
+    pub rekeys: u64,
+    /// The frame AEAD of the current send key.
+    pub cipher: Option<crate::transport::Cipher>,
     /// Times the sender had TLPs but no credits.
     pub credit_stalls: u64,
     /// Smoothed RTT.
@@ -63,10 +69,27 @@ pub struct EndpointStats {
     pub drop_unknown_session: u64,
     /// DATA frames for a session that was replaced or closed.
     pub drop_stale_session: u64,
-    /// INIT from a host id without a key.
+    /// INIT from a static key that is not on the list of hosts.
     pub drop_unknown_host: u64,
-    /// INIT/RESP whose MAC did not verify.
+    /// INIT/RESP/COOKIE that did not authenticate (Noise decryption or cookie failed).
     pub drop_bad_handshake_mac: u64,
+    /// INIT/RESP whose mac1 did not verify (garbage, or meant for another key): dropped
+    /// before any public-key work.
+    pub drop_bad_mac1: u64,
+    /// INIT whose timestamp was not newer than the host's last one: a replay.
+    pub drop_replayed_init: u64,
+    /// INIT dropped under load: its source is over its rate.
+    pub drop_rate_limited: u64,
+    /// INIT dropped under load without an answer (the output queue was full).
+    pub drop_under_load: u64,
+    /// COOKIE replies sent (the appliance was under load).
+    pub cookies_sent: u64,
+    /// COOKIE replies accepted (host).
+    pub cookies_received: u64,
+    /// INITs that got as far as the public-key work (the expensive part).
+    pub handshakes_processed: u64,
+    /// Authenticated handshakes refused: no common version or cipher, a rekey for no session.
+    pub handshakes_refused: u64,
     /// Malformed or unexpected handshake frames.
     pub drop_bad_handshake: u64,
     /// Frames that arrived from the wrong address for their session.

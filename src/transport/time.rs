@@ -1,5 +1,7 @@
 //! Explicit time for the sans-I/O core (docs/protocol.md §5, §7: every timer is a deadline
-//! computed from a caller-supplied [`Instant`]). No clock is ever read inside the core.
+//! computed from a caller-supplied [`Instant`]). No clock is ever read inside the core, but
+//! for one wall-clock reading when an endpoint is created: the base of its INIT timestamps,
+//! which then advance with the caller's time (docs/protocol.md §3.3).
 
 use std::ops::{Add, Sub};
 use std::time::Duration;

@@ -228,7 +228,7 @@ if [ -n "$BIN" ]; then
     stop_agent host "$host_pid"
     stop_agent appliance "$appliance_pid"
     echo "agents: both exited with status 0 on SIGTERM"
-    grep -hvE 'warning: no --psk|^(appliance|host) ready:' "$tmp/host.log" "$tmp/appliance.log" |
+    grep -hvE 'warning: no --(psk|key)|^(appliance|host) ready:' "$tmp/host.log" "$tmp/appliance.log" |
         sed 's/^/agents: /' || true
     # With injected loss, frames must really have been dropped. The transport driver counts them
     # (DriverStats::injected_drops); this holds the agents to it once they log the counter, as

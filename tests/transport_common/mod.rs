@@ -5,7 +5,9 @@
 use bytes::Bytes;
 use pcietun::tlp::OrderingClass;
 use pcietun::transport::sim::{Faults, Link};
-use pcietun::transport::{Config, ConnId, Endpoint, Event, HostId, Instant, PeerAddr, Psk, Role};
+use pcietun::transport::{
+    Config, ConnId, Endpoint, Event, HostId, Instant, PeerAddr, PublicKey, Role, SecretKey,
+};
 use std::time::Duration;
 
 pub const US: Duration = Duration::from_micros(1);
@@ -111,6 +113,54 @@ pub struct Sim {
     pub max_reorder: usize,
     /// When set, every transmitted frame is recorded here as (sending node, bytes).
     pub tap: Option<Vec<(usize, Vec<u8>)>>,
+    /// The static keys: node 0 (host), node 1 (appliance).
+    pub keys: [SecretKey; 2],
+}
+
+/// The host name the simulations use.
+pub fn sim_host() -> HostId {
+    HostId::new("sim-host").unwrap()
+}
+
+/// A server endpoint accepting `client`, and a client endpoint connecting to it at
+/// `Mem(server_node)`.
+pub fn endpoints(
+    cfg: &Config,
+    seed: u64,
+    keys: &[SecretKey; 2],
+    host: HostId,
+    server_node: u32,
+) -> (Endpoint, ConnId, Endpoint, ConnId) {
+    let mut server = Endpoint::new(cfg.clone(), Role::Server, keys[1].clone(), seed ^ 0x5e);
+    let sconn = server.add_host(host, keys[0].public_key(), None);
+    let mut client = Endpoint::new(cfg.clone(), Role::Client, keys[0].clone(), seed ^ 0xc1);
+    let cconn = client.connect(
+        Instant::ZERO,
+        PeerAddr::Mem(server_node),
+        host,
+        keys[1].public_key(),
+        None,
+    );
+    (server, sconn, client, cconn)
+}
+
+impl Sim {
+    /// A fresh endpoint for node `n` (same static keys, new everything else), as a restarted
+    /// process would be.
+    pub fn restart_node(&mut self, n: usize, seed: u64) {
+        let host = sim_host();
+        if n == 1 {
+            let mut ep = Endpoint::new(config(), Role::Server, self.keys[1].clone(), seed);
+            self.conn[1] = ep.add_host(host, self.keys[0].public_key(), None);
+            self.ep[1] = ep;
+        } else {
+            let mut ep = Endpoint::new(config(), Role::Client, self.keys[0].clone(), seed);
+            let server: PublicKey = self.keys[1].public_key();
+            self.conn[0] = ep.connect(self.now, PeerAddr::Mem(1), host, server, None);
+            self.ep[0] = ep;
+        }
+        self.up[n] = false;
+    }
 }
 
 pub fn config() -> Config {
@@ -122,13 +172,10 @@ pub fn config() -> Config {
 
 impl Sim {
     pub fn new(seed: u64, ab: Faults, ba: Faults, cfg: Config) -> Sim {
-        let host = HostId::new("sim-host").unwrap();
-        let psk = Psk([9; 32]);
-        let mut server = Endpoint::new(cfg.clone(), Role::Server, seed ^ 0x5e);
-        let sconn = server.add_host(host, psk.clone());
-        let mut client = Endpoint::new(cfg, Role::Client, seed ^ 0xc1);
-        let cconn = client.connect(Instant::ZERO, PeerAddr::Mem(1), host, psk);
+        let keys = [SecretKey::generate(), SecretKey::generate()];
+        let (server, sconn, client, cconn) = endpoints(&cfg, seed, &keys, sim_host(), 1);
         Sim {
+            keys,
             now: Instant::ZERO,
             link: Link::new(seed, ab, ba),
             ep: [client, server],

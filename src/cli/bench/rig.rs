@@ -24,10 +24,12 @@ use pcietun::endpoint::Bdf;
 use pcietun::host::enumerate::FunctionInfo;
 use pcietun::host::{Downlink, Host, HostConfig, LinkError, RemoteFunction};
 use pcietun::sync::MutexExt;
+use pcietun::transport::driver::Peers;
 use pcietun::transport::driver::{
-    mem, udp::UdpPort, Direct, DriverConfig, DriverStats, Peers, Port, SharedLink, Upcall,
+    mem, udp::UdpPort, Direct, DriverConfig, DriverStats, Port, SharedLink, Upcall,
 };
-use pcietun::transport::{ConnId, Event, HostId, Psk};
+use pcietun::transport::{ConnId, Event, HostId, SecretKey};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -162,7 +164,7 @@ fn wait_connected(d: &mut Direct) -> Res<ConnId> {
 
 /// The appliance's configuration: one card with an NVMe controller and/or a DMA engine as
 /// functions 0 and 1 (below a root port only device 0 exists), one host.
-fn appliance_config(cfg: &RigConfig, host: HostId, psk: Psk) -> ApplianceConfig {
+fn appliance_config(cfg: &RigConfig, key_file: Option<PathBuf>, host: HostSpec) -> ApplianceConfig {
     let mut specs = Vec::new();
     if cfg.nvme_bytes > 0 {
         specs.push(DeviceSpec::ScratchNvme {
@@ -185,7 +187,8 @@ fn appliance_config(cfg: &RigConfig, host: HostId, psk: Psk) -> ApplianceConfig 
                 spec,
             })
             .collect(),
-        hosts: vec![HostSpec { id: host, psk }],
+        key_file,
+        hosts: vec![host],
         inject_loss: cfg.loss * 100.0,
         link: LinkOptions {
             encrypt: cfg.encrypt,
@@ -203,7 +206,13 @@ impl Rig {
     /// ping-pong has). Only for comparison — nothing crosses a socket, and no session exists,
     /// so the appliance's devices are built but not served by its runtime.
     pub fn start_direct(cfg: &RigConfig) -> Res<Rig> {
-        let acfg = appliance_config(cfg, HostId::new("demo-host")?, Psk::DEVELOPMENT);
+        // No session, so no keys are read: any public key names the host.
+        let host = HostSpec {
+            id: HostId::new("demo-host")?,
+            public_key: SecretKey::generate().public_key(),
+            psk_file: None,
+        };
+        let acfg = appliance_config(cfg, None, host);
         let (mut ep, outbound, scratch) = devices::build(&acfg)?.into_parts();
         let (tx, rx) = channel::unbounded::<Vec<u8>>();
         let host = Host::new(Arc::new(DirectLink(tx)), HostConfig::default());
@@ -246,16 +255,32 @@ impl Rig {
     pub fn start(net: &Net, cfg: &RigConfig) -> Res<Rig> {
         let (c_port, s_port) = net.ports()?;
         let host_id = HostId::new("demo-host")?;
-        let psk = Psk::DEVELOPMENT;
+        // Fresh static keys for both ends: the appliance reads its own from a file, as
+        // `pcietun appliance --key` does, and accepts the host's public key.
+        let keys = tempfile::tempdir()?;
+        let key_file = keys.path().join("appliance.key");
+        let appliance_key = SecretKey::generate();
+        appliance_key.write_new(&key_file)?;
+        let host_key = SecretKey::generate();
+        let host_spec = HostSpec {
+            id: host_id,
+            public_key: host_key.public_key(),
+            psk_file: None,
+        };
         // The appliance as `pcietun appliance` runs it, on the rig's port.
         let server = s_port.local_addr();
-        let appliance = Appliance::build(appliance_config(cfg, host_id, psk.clone()))?
+        let appliance = Appliance::build(appliance_config(cfg, Some(key_file), host_spec))?
             .start_on(vec![s_port])?;
-        let mut cc = DriverConfig::new(Peers::Connect {
-            server,
-            host: host_id,
-            psk,
-        });
+        drop(keys);
+        let mut cc = DriverConfig::new(
+            host_key,
+            Peers::Connect {
+                server,
+                host: host_id,
+                server_key: appliance_key.public_key(),
+                psk: None,
+            },
+        );
         cc.transport.encrypt = cfg.encrypt;
         cc.inject_loss = cfg.loss;
         cc.seed = 12;

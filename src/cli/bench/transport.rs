@@ -8,8 +8,8 @@ use super::error::BenchError;
 use super::link::{ports, raw_blast, raw_rtt, LinkKind, Veth};
 use super::stats::{ratio, Latency, Throughput};
 use bytes::Bytes;
-use pcietun::transport::driver::{Direct, DriverConfig, Peers, TransportHandle, Upcall};
-use pcietun::transport::{ConnId, Event, HostId, Psk};
+use pcietun::transport::driver::{Direct, DriverConfig, TransportHandle, Upcall};
+use pcietun::transport::{ConnId, Event, HostId};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -90,15 +90,8 @@ fn handles(
     loss: f64,
 ) -> Res<(TransportHandle, ConnId, TransportHandle, ConnId)> {
     let (c, s) = ports(kind, veth)?;
-    let host = HostId::new("bench")?;
-    let psk = Psk([0x42; 32]);
-    let server_addr = s.local_addr();
-    let mut sc = DriverConfig::new(Peers::Accept(vec![(host, psk.clone())]));
-    let mut cc = DriverConfig::new(Peers::Connect {
-        server: server_addr,
-        host,
-        psk,
-    });
+    // Fresh keys every run (both ends live in this process).
+    let (mut sc, mut cc) = DriverConfig::pair(HostId::new("bench")?, s.local_addr());
     for (cfg, seed) in [(&mut sc, 1), (&mut cc, 2)] {
         cfg.transport.encrypt = encrypt;
         cfg.inject_loss = loss;
@@ -183,14 +176,7 @@ fn ours_echo(a: &TransportArgs, veth: Option<&Veth>) -> Res<Latency> {
 /// One TLP echoed with both ends driven in their own thread by [`Direct`] (no handoffs).
 fn ours_echo_direct(a: &TransportArgs, veth: Option<&Veth>) -> Res<Latency> {
     let (c, s) = ports(a.link, veth)?;
-    let host = HostId::new("bench")?;
-    let psk = Psk([0x42; 32]);
-    let mut sc = DriverConfig::new(Peers::Accept(vec![(host, psk.clone())]));
-    let mut cc = DriverConfig::new(Peers::Connect {
-        server: s.local_addr(),
-        host,
-        psk,
-    });
+    let (mut sc, mut cc) = DriverConfig::pair(HostId::new("bench")?, s.local_addr());
     for cfg in [&mut sc, &mut cc] {
         cfg.transport.encrypt = a.aead == OnOff::On;
         cfg.busy_poll = a.busy_poll;

@@ -45,15 +45,20 @@ impl Engine {
             Peers::Accept(_) => Role::Server,
             Peers::Connect { .. } => Role::Client,
         };
-        let mut ep = Endpoint::new(tcfg, role, seed);
+        let mut ep = Endpoint::new(tcfg, role, cfg.key.clone(), seed);
         match &cfg.peers {
             Peers::Accept(hosts) => {
-                for (h, k) in hosts {
-                    ep.add_host(*h, k.clone());
+                for h in hosts {
+                    ep.add_host(h.host, h.public, h.psk.clone());
                 }
             }
-            Peers::Connect { server, host, psk } => {
-                ep.connect(clock.now(), *server, *host, psk.clone());
+            Peers::Connect {
+                server,
+                host,
+                server_key,
+                psk,
+            } => {
+                ep.connect(clock.now(), *server, *host, *server_key, psk.clone());
             }
         }
         Engine {

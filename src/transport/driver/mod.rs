@@ -16,7 +16,7 @@ pub use shared::SharedLink;
 
 use super::endpoint::{ConnId, Event};
 use super::stats::{EndpointStats, Stats};
-use super::{Config, HostId, PeerAddr, Psk, SendError};
+use super::{Config, HostId, HostKey, PeerAddr, Psk, PublicKey, SecretKey, SendError};
 use crate::tlp::OrderingClass;
 use bytes::Bytes;
 use crossbeam::channel::{self, Receiver, Sender, TrySendError};
@@ -101,16 +101,18 @@ impl Upcall {
 /// Who the driver talks to.
 #[derive(Debug, Clone)]
 pub enum Peers {
-    /// Appliance: accept these hosts.
-    Accept(Vec<(HostId, Psk)>),
+    /// Appliance: accept these hosts (by static public key).
+    Accept(Vec<HostKey>),
     /// Host agent: connect to this server.
     Connect {
         /// Server address (for Ethernet, `Eth([0xff; 6])` finds it by broadcast).
         server: PeerAddr,
-        /// Our identity.
+        /// Our name in events and logs (never sent).
         host: HostId,
-        /// Our key.
-        psk: Psk,
+        /// The appliance's static public key (pinned).
+        server_key: PublicKey,
+        /// Optional pre-shared key.
+        psk: Option<Psk>,
     },
 }
 
@@ -119,26 +121,55 @@ pub enum Peers {
 pub struct DriverConfig {
     /// Protocol tunables.
     pub transport: Config,
+    /// Our static private key.
+    pub key: SecretKey,
     /// Accept or connect.
     pub peers: Peers,
     /// Fraction of sent frames to drop on purpose (`--inject-loss PCT` / 100).
     pub inject_loss: f64,
-    /// Seed for the injected loss and the endpoint's randomness (0: random).
+    /// Seed for the injected loss and the congestion jitter (0: random). Never key material:
+    /// keys, nonces and session ids always come from the operating system.
     pub seed: u64,
     /// Spin instead of sleeping in the kernel (lowest latency, burns a core).
     pub busy_poll: bool,
 }
 
 impl DriverConfig {
-    /// Defaults for `peers`.
-    pub fn new(peers: Peers) -> Self {
+    /// Defaults for static key `key` and `peers`.
+    pub fn new(key: SecretKey, peers: Peers) -> Self {
         DriverConfig {
             transport: Config::default(),
+            key,
             peers,
             inject_loss: 0.0,
             seed: 0,
             busy_poll: false,
         }
+    }
+
+    /// An appliance configuration and a host configuration that accept each other, with
+    /// fresh keys from the OS: both ends in one process (benchmarks, tests, loopback demos).
+    /// The host connects to `server` as `host`.
+    pub fn pair(host: HostId, server: PeerAddr) -> (DriverConfig, DriverConfig) {
+        let (skey, ckey) = (SecretKey::generate(), SecretKey::generate());
+        let accept = vec![HostKey {
+            host,
+            public: ckey.public_key(),
+            psk: None,
+        }];
+        let server_key = skey.public_key();
+        (
+            DriverConfig::new(skey, Peers::Accept(accept)),
+            DriverConfig::new(
+                ckey,
+                Peers::Connect {
+                    server,
+                    host,
+                    server_key,
+                    psk: None,
+                },
+            ),
+        )
     }
 }
 
