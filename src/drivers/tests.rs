@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crossbeam::channel;
 
 use super::dma_engine::{Direction, DmaEngineDriver, DmaEngineError};
-use super::nvme::{IoOp, NvmeConfig, NvmeDriver, NvmeError};
+use super::nvme::{InvalidRequest, IoOp, NvmeConfig, NvmeDriver, NvmeError, Unsupported};
 use super::CompletionMode;
 use crate::endpoint::dma_engine::DmaEngine;
 use crate::endpoint::nvme::{Backend, NvmeController, NvmeOptions};
@@ -143,16 +143,20 @@ fn nvme_interrupt_driver_reopens_and_rejects_bad_requests() {
     let slot = d.take_slot().unwrap();
     assert!(matches!(
         d.submit(slot, IoOp::Read, blocks - 1, 2),
-        Err(NvmeError::Invalid(_))
+        Err(NvmeError::Invalid(InvalidRequest::BeyondNamespace { lba, blocks: 2, size }))
+            if lba == blocks - 1 && size == blocks
     ));
     assert!(matches!(
         d.submit(slot, IoOp::Read, 0, 1024),
-        Err(NvmeError::Invalid(_))
+        Err(NvmeError::Invalid(InvalidRequest::TransferSize {
+            blocks: 1024,
+            ..
+        }))
     ));
     d.submit(slot, IoOp::Read, blocks - 8, 8).unwrap();
     assert!(matches!(
         d.submit(slot, IoOp::Read, 0, 8),
-        Err(NvmeError::Invalid(_))
+        Err(NvmeError::Invalid(InvalidRequest::SlotBusy(s))) if s == slot
     ));
     let mut got = Vec::new();
     while d.in_flight() > 0 {
@@ -163,7 +167,10 @@ fn nvme_interrupt_driver_reopens_and_rejects_bad_requests() {
     let mut odd = vec![0u8; 100];
     assert!(matches!(
         d.transfer(IoOp::Read, 0, &mut odd, &mut |_| {}),
-        Err(NvmeError::Invalid(_))
+        Err(NvmeError::Invalid(InvalidRequest::NotBlocks {
+            len: 100,
+            ..
+        }))
     ));
     drop(d);
     let bad = NvmeConfig {
@@ -172,12 +179,12 @@ fn nvme_interrupt_driver_reopens_and_rejects_bad_requests() {
     };
     assert!(matches!(
         NvmeDriver::open(f, bad),
-        Err(NvmeError::Invalid(_))
+        Err(NvmeError::Invalid(InvalidRequest::Depth(0)))
     ));
     // The DMA engine is not an NVMe controller.
     assert!(matches!(
         NvmeDriver::open(rig.open(0x0880), NvmeConfig::default()),
-        Err(NvmeError::Unsupported(_))
+        Err(NvmeError::Unsupported(Unsupported::NotNvme(class))) if class >> 8 == 0x0880
     ));
 }
 

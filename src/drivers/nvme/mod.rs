@@ -80,7 +80,7 @@ pub enum NvmeError {
     Irq(#[from] std::io::Error),
     /// The function is not an NVMe controller this driver can run.
     #[error("unsupported controller: {0}")]
-    Unsupported(String),
+    Unsupported(#[from] Unsupported),
     /// The controller did not reach a state in time.
     #[error("controller did not {what} within {ms} ms")]
     Timeout {
@@ -102,7 +102,7 @@ pub enum NvmeError {
     },
     /// A request the driver cannot express (size, range, depth).
     #[error("invalid request: {0}")]
-    Invalid(String),
+    Invalid(#[from] InvalidRequest),
     /// A command got no completion in time.
     #[error("no completion for command {cid} within {ms} ms")]
     CommandTimeout {
@@ -110,6 +110,124 @@ pub enum NvmeError {
         cid: u16,
         /// How long we waited.
         ms: u128,
+    },
+}
+
+/// Why a function is not an NVMe controller this driver can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Unsupported {
+    /// The class code is not NVM Express (01 08 xx).
+    #[error("class {0:06x} is not NVM Express (0108xx)")]
+    NotNvme(u32),
+    /// BAR0 cannot hold the registers and the doorbells.
+    #[error("BAR0 of {0} bytes is smaller than 8 KiB")]
+    SmallBar0(u64),
+    /// CAP reads all-ones.
+    #[error("CAP reads all-ones")]
+    CapAllOnes,
+    /// CSTS reads all-ones.
+    #[error("CSTS reads all-ones (controller gone or link down)")]
+    CstsAllOnes,
+    /// CAP.CSS lacks the NVM command set.
+    #[error("controller lacks the NVM command set")]
+    NoNvmCommandSet,
+    /// CAP.MPSMIN is above the 4 KiB pages this driver uses.
+    #[error("minimum page size {0} KiB > 4 KiB")]
+    MinPageSize(u64),
+    /// No MSI-X capability (the driver's interrupt mode needs it).
+    #[error("no MSI-X capability")]
+    NoMsix,
+    /// An Identify data structure shorter than [`IDENTIFY_SIZE`].
+    #[error("Identify CNS {cns:02x}h data of {len} bytes, expected {IDENTIFY_SIZE}")]
+    IdentifySize {
+        /// Which structure (Controller or Namespace Structure value).
+        cns: u8,
+        /// Bytes given.
+        len: usize,
+    },
+    /// Namespace 1 is empty or has a block size outside 512 B..=4 KiB.
+    #[error("namespace 1: {blocks} blocks of 2^{lbads} bytes")]
+    Namespace {
+        /// NSZE.
+        blocks: u64,
+        /// LBA data size exponent of the formatted LBA format.
+        lbads: u8,
+    },
+}
+
+/// A request the driver cannot express.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidRequest {
+    /// The configured queue depth is outside what the driver supports.
+    #[error("queue depth {0} not in 1..={MAX_DEPTH}")]
+    Depth(usize),
+    /// The configured queue depth exceeds CAP.MQES.
+    #[error("queue depth {depth} exceeds the controller's {max} entries")]
+    DepthOverController {
+        /// Configured depth.
+        depth: usize,
+        /// The controller's largest depth.
+        max: usize,
+    },
+    /// No such slot, or a buffer larger than a slot's.
+    #[error("slot {slot} / {len} bytes")]
+    SlotBuffer {
+        /// The slot.
+        slot: u16,
+        /// Bytes given.
+        len: usize,
+    },
+    /// No such slot.
+    #[error("no slot {0}")]
+    NoSlot(u16),
+    /// The slot is in flight.
+    #[error("slot {0} is in flight")]
+    SlotBusy(u16),
+    /// Every slot is in use.
+    #[error("no free slot")]
+    NoFreeSlot,
+    /// An operation that needs an idle I/O queue while commands are in flight.
+    #[error("needs an idle queue ({0} commands in flight)")]
+    QueueBusy(usize),
+    /// Zero blocks, or more than one command may move.
+    #[error("{blocks} blocks ({bytes} bytes): not in 1..={max} bytes")]
+    TransferSize {
+        /// Blocks asked for.
+        blocks: u32,
+        /// Their bytes.
+        bytes: usize,
+        /// Largest transfer.
+        max: usize,
+    },
+    /// More data than a slot's buffer holds.
+    #[error("{0} bytes: a slot holds at most {MAX_TRANSFER}")]
+    SlotTransfer(usize),
+    /// More admin command data than the admin buffer holds.
+    #[error("admin data of {0} bytes (at most {ADMIN_MAX_TRANSFER})")]
+    AdminTransfer(usize),
+    /// Too many [`NvmeDriver::admin_submit`] commands outstanding.
+    #[error("{MAX_ASYNC_ADMIN} admin commands already outstanding")]
+    AdminOutstanding,
+    /// A log page read that is empty or not a whole number of dwords.
+    #[error("log page read of {0} bytes: not a whole number of dwords")]
+    LogPageSize(usize),
+    /// The range runs past the namespace.
+    #[error("LBA {lba}+{blocks} beyond the namespace's {size} blocks")]
+    BeyondNamespace {
+        /// First block.
+        lba: u64,
+        /// Blocks.
+        blocks: u32,
+        /// Namespace size in blocks.
+        size: u64,
+    },
+    /// A buffer that is not whole blocks.
+    #[error("{len} bytes is not a multiple of the {block}-byte block")]
+    NotBlocks {
+        /// Bytes given.
+        len: usize,
+        /// Block size.
+        block: usize,
     },
 }
 
@@ -277,15 +395,11 @@ pub struct NvmeDriver {
 /// driver uses (§5.15.2.2, §5.15.2.1). The pages come from the card: any bytes are handled;
 /// a namespace the driver cannot use is an error.
 pub fn parse_identify(ctrl: &[u8], ns: &[u8]) -> Result<ControllerInfo, NvmeError> {
-    let short = || {
-        NvmeError::Unsupported(format!(
-            "Identify pages of {} / {} bytes, expected {IDENTIFY_SIZE}",
-            ctrl.len(),
-            ns.len()
-        ))
-    };
-    let (c, _) = IdentifyController::ref_from_prefix(ctrl).map_err(|_| short())?;
-    let (n, _) = IdentifyNamespace::ref_from_prefix(ns).map_err(|_| short())?;
+    let short = |cns, len| Unsupported::IdentifySize { cns, len };
+    let (c, _) = IdentifyController::ref_from_prefix(ctrl)
+        .map_err(|_| short(cns::CONTROLLER, ctrl.len()))?;
+    let (n, _) =
+        IdentifyNamespace::ref_from_prefix(ns).map_err(|_| short(cns::NAMESPACE, ns.len()))?;
     let max_transfer = if c.mdts == 0 {
         MAX_TRANSFER
     } else {
@@ -294,9 +408,11 @@ pub fn parse_identify(ctrl: &[u8], ns: &[u8]) -> Result<ControllerInfo, NvmeErro
     let nsze = n.nsze.get();
     let lbads = n.lba_format().lbads;
     if !(9..=12).contains(&lbads) || nsze == 0 {
-        return Err(NvmeError::Unsupported(format!(
-            "namespace 1: {nsze} blocks of 2^{lbads} bytes"
-        )));
+        return Err(Unsupported::Namespace {
+            blocks: nsze,
+            lbads,
+        }
+        .into());
     }
     Ok(ControllerInfo {
         vid: c.vid.get(),
@@ -344,19 +460,13 @@ impl NvmeDriver {
     pub fn open(f: RemoteFunction, cfg: NvmeConfig) -> Result<Self, NvmeError> {
         let info = f.info();
         if info.class >> 8 != CLASS_NVM {
-            return Err(NvmeError::Unsupported(format!(
-                "class {:06x} is not NVM Express (0108xx)",
-                info.class
-            )));
+            return Err(Unsupported::NotNvme(info.class).into());
         }
         if info.bars[0].size < 0x2000 {
-            return Err(NvmeError::Unsupported("BAR0 smaller than 8 KiB".into()));
+            return Err(Unsupported::SmallBar0(info.bars[0].size).into());
         }
         if cfg.depth == 0 || cfg.depth > MAX_DEPTH {
-            return Err(NvmeError::Invalid(format!(
-                "queue depth {} not in 1..={MAX_DEPTH}",
-                cfg.depth
-            )));
+            return Err(InvalidRequest::Depth(cfg.depth).into());
         }
         let entries = (cfg.depth + 1) as u16;
         // Layout: admin SQ, admin CQ, admin data and its PRP list, I/O SQ, I/O CQ, PRP pages,
@@ -449,9 +559,7 @@ impl NvmeDriver {
         loop {
             let csts = self.r32(reg::CSTS)?;
             if csts == u32::MAX {
-                return Err(NvmeError::Unsupported(
-                    "CSTS reads all-ones (controller gone or link down)".into(),
-                ));
+                return Err(Unsupported::CstsAllOnes.into());
             }
             if done(csts) {
                 return Ok(csts);
@@ -472,27 +580,22 @@ impl NvmeDriver {
     fn bring_up(&mut self) -> Result<(), NvmeError> {
         let cap = u64::from(self.r32(reg::CAP)?) | (u64::from(self.r32(reg::CAP + 4)?) << 32);
         if cap == u64::MAX {
-            return Err(NvmeError::Unsupported("CAP reads all-ones".into()));
+            return Err(Unsupported::CapAllOnes.into());
         }
         let mqes = usize::from(cap::mqes(cap)) + 1;
         if mqes < self.io.entries as usize {
-            return Err(NvmeError::Invalid(format!(
-                "queue depth {} exceeds the controller's {} entries",
-                self.cfg.depth,
-                mqes - 1
-            )));
+            return Err(InvalidRequest::DepthOverController {
+                depth: self.cfg.depth,
+                max: mqes - 1,
+            }
+            .into());
         }
         if cap & cap::CSS_NVM == 0 {
-            return Err(NvmeError::Unsupported(
-                "controller lacks the NVM command set".into(),
-            ));
+            return Err(Unsupported::NoNvmCommandSet.into());
         }
         let mpsmin = cap::mpsmin(cap);
         if mpsmin > 0 {
-            return Err(NvmeError::Unsupported(format!(
-                "minimum page size {} KiB > 4 KiB",
-                4 << mpsmin
-            )));
+            return Err(Unsupported::MinPageSize(4u64 << mpsmin).into());
         }
         self.dstrd = cap::dstrd(cap);
         self.timeout = Duration::from_millis(u64::from(cap::to(cap)).max(1) * 500);
@@ -553,7 +656,7 @@ impl NvmeDriver {
 
     fn enable_msix(&self) -> Result<(), NvmeError> {
         let Some(m) = self.f.info().msix else {
-            return Err(NvmeError::Unsupported("no MSI-X capability".into()));
+            return Err(Unsupported::NoMsix.into());
         };
         Ok(super::enable_msix(&self.f, m.cap)?)
     }
