@@ -226,10 +226,19 @@ fn enumeration_bring_up_and_identify() {
     // Unknown admin opcode: Invalid Command Opcode.
     let c2 = d.admin_command(Sqe::new(0x7e), Data::None).unwrap();
     assert_eq!(c2.status(), Status::INVALID_OPCODE);
-    // SQ head reporting: each completion reports the head just past its command.
-    assert_ne!(c1.sqhd.get(), 0);
-    assert_eq!(c2.sqhd.get(), (c1.sqhd.get() + 1) % 32);
-    assert_eq!(c2.sqid.get(), 0);
+    // SQ head reporting: after 12 admin commands the head is 12 — the driver's bring-up sent
+    // 5 (Identify Controller and Namespace, Set Features, Create I/O CQ and SQ), this test 5
+    // Identify and the 2 above — and it is where the driver's tail stands.
+    assert_eq!((c1.sqhd.get(), c2.sqhd.get()), (11, 12));
+    assert_eq!((c1.sqid.get(), c2.sqid.get()), (0, 0));
+    let admin = d.admin_queue_state();
+    assert_eq!((admin.qid, admin.entries), (0, 32));
+    assert_eq!(
+        admin.sq_tail,
+        c2.sqhd.get(),
+        "the controller consumed every entry"
+    );
+    assert_eq!((admin.cq_head, admin.phase), (12, true));
     d.shutdown().unwrap();
 }
 
@@ -336,14 +345,20 @@ fn msix_one_vector_per_queue_with_masking() {
         v0.wait_timeout(Duration::from_secs(5)).unwrap() >= 1,
         "admin CQ on vector 0"
     );
+    // The I/O CQ's completion is one message on vector 1 (the I/O queue's), none on vector 0.
+    assert_eq!(d.io_interrupts().unwrap(), 0, "no I/O yet");
     let before = r.interrupts();
     d.flush().unwrap();
-    eventually("the I/O completion interrupts", || r.interrupts() > before);
+    eventually("the I/O completion's interrupt on vector 1", || {
+        d.io_interrupts().unwrap() == 1
+    });
+    assert_eq!(r.interrupts(), before + 1, "one message for one completion");
     assert_eq!(
         v0.wait_timeout(Duration::from_millis(100)).unwrap(),
         0,
         "the I/O CQ has its own vector"
     );
+    assert_eq!(d.io_interrupts().unwrap(), 1);
 
     // Mask vector 1: its completion sets the pending bit instead of sending.
     let bar = usize::from(m.table_bar);
@@ -358,10 +373,19 @@ fn msix_one_vector_per_queue_with_masking() {
     });
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(r.interrupts(), n, "no message while masked");
-    // Unmask: the pending message goes out and the bit clears.
+    // Unmask: the pending message goes out, on vector 1, and the bit clears.
+    let taken = d.io_interrupts().unwrap();
     r.f.bar_write32(bar, ctl1, 0).unwrap();
     eventually("the pending message", || r.interrupts() == n + 1);
     assert_eq!(r.f.bar_read32(pba_bar, pba_off).unwrap() & 2, 0);
+    eventually("the pending message on vector 1", || {
+        d.io_interrupts().unwrap() == taken + 1
+    });
+    assert_eq!(
+        v0.wait_timeout(Duration::ZERO).unwrap(),
+        0,
+        "not on vector 0"
+    );
     d.shutdown().unwrap();
 }
 
@@ -540,7 +564,13 @@ fn batch(d: &mut NvmeDriver, cmds: &[Cmd], head: u16) -> Vec<IoDone> {
     assert_eq!(order, slots, "completions out of order");
     for (i, c) in done.iter().enumerate() {
         assert_eq!(c.sq_head, head, "SQ head in completion {i}");
+        assert_eq!(c.sq_id, 1, "SQ of completion {i}");
     }
+    assert_eq!(
+        d.io_queue_state().sq_tail,
+        head,
+        "every staged entry was fetched"
+    );
     done
 }
 
@@ -563,6 +593,13 @@ fn one_doorbell_batches_of_40_with_sq_wrap_and_cq_phase_flip() {
         })
         .collect();
     batch(&mut d, &writes, 40).into_iter().for_each(ok);
+    let io = d.io_queue_state();
+    assert_eq!((io.qid, io.entries), (1, 48));
+    assert_eq!(
+        (io.cq_head, io.phase),
+        (40, true),
+        "CQ slots 0..40, phase 1"
+    );
     // 40 reads starting at SQ slot 40 wrap around the 48-entry ring (tail 40 → 32); their
     // completions take CQ slots 40..48 and 0..32, so the phase tag flips mid-batch.
     let reads: Vec<Cmd> = (0..n)
@@ -580,6 +617,13 @@ fn one_doorbell_batches_of_40_with_sq_wrap_and_cq_phase_flip() {
         d.slot_data(c.slot, &mut got).unwrap();
         assert!(got == pattern(4096, i as u32 + 1), "data of command {i}");
     }
+    let io = d.io_queue_state();
+    assert_eq!(io.sq_tail, 32, "the read batch wrapped the SQ");
+    assert_eq!(
+        (io.cq_head, io.phase),
+        (32, false),
+        "the CQ wrapped mid-batch: phase 0 from slot 0 on"
+    );
     // A later single command still completes with a correct head after the wrapped batch.
     let one = batch(
         &mut d,
@@ -589,6 +633,8 @@ fn one_doorbell_batches_of_40_with_sq_wrap_and_cq_phase_flip() {
     let mut got = vec![0u8; 4096];
     d.slot_data(one[0].slot, &mut got).unwrap();
     assert!(got == pattern(4096, 1));
+    let io = d.io_queue_state();
+    assert_eq!((io.sq_tail, io.cq_head, io.phase), (33, 33, false));
 }
 
 #[test]

@@ -181,6 +181,7 @@ impl NvmeDriver {
                 status: c.status(),
                 dw0: c.dw0.get(),
                 sq_head: c.sqhd.get(),
+                sq_id: c.sqid.get(),
                 latency,
             });
         }
@@ -212,7 +213,7 @@ impl NvmeDriver {
                 // The eventfd counts interrupts, so one raised between the poll and this wait
                 // is not lost. The timeout only bounds a lost interrupt.
                 Some(fd) => {
-                    fd.wait_timeout(Duration::from_millis(5))?;
+                    self.io_interrupts += fd.wait_timeout(Duration::from_millis(5))?;
                 }
                 None => std::hint::spin_loop(),
             }

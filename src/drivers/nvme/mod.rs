@@ -57,6 +57,8 @@ pub const PAGE: usize = MIN_PAGE_SIZE;
 pub const MAX_TRANSFER: usize = 128 * 1024;
 /// Largest queue depth the driver supports.
 pub const MAX_DEPTH: usize = 255;
+/// The MSI-X vector of the I/O completion queue (vector 0 is the admin queue's, §3.1.4).
+pub const IO_VECTOR: u16 = 1;
 /// Largest data transfer of one [`NvmeDriver::admin_command`].
 pub const ADMIN_MAX_TRANSFER: usize = 4 * PAGE;
 
@@ -272,6 +274,8 @@ pub struct IoDone {
     pub dw0: u32,
     /// The controller's SQ head when it posted the completion.
     pub sq_head: u16,
+    /// The submission queue the completion names (the driver's I/O SQ is 1).
+    pub sq_id: u16,
     /// Time from submission to the driver seeing the completion.
     pub latency: Duration,
 }
@@ -319,6 +323,23 @@ pub enum SlotData {
     AsGiven,
 }
 
+/// Where the driver's pointers into one queue pair stand (diagnostics: what a test or a
+/// debugger checks the controller against, e.g. that a completion batch wrapped the CQ).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueState {
+    /// Queue identifier (0 admin, 1 I/O).
+    pub qid: u16,
+    /// Entries of the ring.
+    pub entries: u16,
+    /// The next SQ slot the driver writes (the tail it rings, or will ring, the doorbell with).
+    pub sq_tail: u16,
+    /// The next CQ slot the driver reads (the head it reports in the CQ head doorbell).
+    pub cq_head: u16,
+    /// The phase tag the driver expects of a new entry at `cq_head` (§4.6: it starts at 1
+    /// and inverts each time the controller wraps the CQ).
+    pub phase: bool,
+}
+
 #[derive(Debug)]
 struct Queue {
     qid: u16,
@@ -331,6 +352,16 @@ struct Queue {
 }
 
 impl Queue {
+    fn state(&self) -> QueueState {
+        QueueState {
+            qid: self.qid,
+            entries: self.entries,
+            sq_tail: self.sq_tail,
+            cq_head: self.cq_head,
+            phase: self.phase,
+        }
+    }
+
     fn new(qid: u16, sq_off: u64, cq_off: u64, entries: u16) -> Self {
         Self {
             qid,
@@ -383,6 +414,8 @@ pub struct NvmeDriver {
     /// Entries written to the I/O SQ whose doorbell is not rung yet.
     staged: usize,
     irq: Option<EventFd>,
+    /// Interrupts counted on `irq` so far.
+    io_interrupts: u64,
     admin_cid: u16,
     /// Command identifiers of outstanding [`NvmeDriver::admin_submit`] commands.
     async_cids: Vec<u16>,
@@ -512,6 +545,7 @@ impl NvmeDriver {
             free: (0..cfg.depth as u16).rev().collect(),
             staged: 0,
             irq: None,
+            io_interrupts: 0,
             admin_cid: 0,
             async_cids: Vec::with_capacity(MAX_ASYNC_ADMIN),
             async_done: VecDeque::with_capacity(MAX_ASYNC_ADMIN),
@@ -539,6 +573,26 @@ impl NvmeDriver {
     /// Commands submitted and not yet completed.
     pub fn in_flight(&self) -> usize {
         self.cfg.depth - self.free.len()
+    }
+
+    /// The driver's pointers into the admin queue pair (diagnostics).
+    pub fn admin_queue_state(&self) -> QueueState {
+        self.admin.state()
+    }
+
+    /// The driver's pointers into the I/O queue pair (diagnostics).
+    pub fn io_queue_state(&self) -> QueueState {
+        self.io.state()
+    }
+
+    /// Interrupts the I/O queue's MSI-X vector ([`IO_VECTOR`]) has signalled so far, those not
+    /// yet consumed by a [`wait`](Self::wait) included (diagnostics: it proves where the
+    /// controller routes I/O completions). Always 0 with [`CompletionMode::Poll`].
+    pub fn io_interrupts(&mut self) -> Result<u64, NvmeError> {
+        if let Some(fd) = &self.irq {
+            self.io_interrupts += fd.wait_timeout(Duration::ZERO)?;
+        }
+        Ok(self.io_interrupts)
     }
 
     fn r32(&self, off: u64) -> Result<u32, NvmeError> {
@@ -639,15 +693,24 @@ impl NvmeDriver {
         let interrupts = self.cfg.completion == CompletionMode::Interrupt;
         if interrupts {
             self.enable_msix()?;
-            self.irq = Some(self.f.interrupt_eventfd(IrqIndex::Msix, 1)?);
+            self.irq = Some(
+                self.f
+                    .interrupt_eventfd(IrqIndex::Msix, u32::from(IO_VECTOR))?,
+            );
         }
         let entries = self.io.entries;
         self.mem
             .zero(self.io.sq_off, usize::from(entries) * SQE_SIZE)?;
         self.mem
             .zero(self.io.cq_off, usize::from(entries) * CQE_SIZE)?;
-        // QID 1 on vector 1 (interrupts enabled when MSI-X is used), physically contiguous.
-        let cq = Sqe::create_io_cq(1, u32::from(entries), IOVA + self.io.cq_off, 1, interrupts);
+        // QID 1 on IO_VECTOR (interrupts enabled when MSI-X is used), physically contiguous.
+        let cq = Sqe::create_io_cq(
+            1,
+            u32::from(entries),
+            IOVA + self.io.cq_off,
+            IO_VECTOR,
+            interrupts,
+        );
         self.admin_ok("Create I/O Completion Queue", cq, Data::None)?;
         let sq = Sqe::create_io_sq(1, u32::from(entries), IOVA + self.io.sq_off, 1);
         self.admin_ok("Create I/O Submission Queue", sq, Data::None)?;
