@@ -231,7 +231,7 @@ fn enumeration_bring_up_and_identify() {
     // Identify and the 2 above — and it is where the driver's tail stands.
     assert_eq!((c1.sqhd.get(), c2.sqhd.get()), (11, 12));
     assert_eq!((c1.sqid.get(), c2.sqid.get()), (0, 0));
-    let admin = d.admin_queue_state();
+    let admin = d.admin_queue_pointers();
     assert_eq!((admin.qid, admin.entries), (0, 32));
     assert_eq!(
         admin.sq_tail,
@@ -567,7 +567,7 @@ fn batch(d: &mut NvmeDriver, cmds: &[Cmd], head: u16) -> Vec<IoDone> {
         assert_eq!(c.sq_id, 1, "SQ of completion {i}");
     }
     assert_eq!(
-        d.io_queue_state().sq_tail,
+        d.io_queue_pointers().sq_tail,
         head,
         "every staged entry was fetched"
     );
@@ -593,7 +593,7 @@ fn one_doorbell_batches_of_40_with_sq_wrap_and_cq_phase_flip() {
         })
         .collect();
     batch(&mut d, &writes, 40).into_iter().for_each(ok);
-    let io = d.io_queue_state();
+    let io = d.io_queue_pointers();
     assert_eq!((io.qid, io.entries), (1, 48));
     assert_eq!(
         (io.cq_head, io.phase),
@@ -617,7 +617,7 @@ fn one_doorbell_batches_of_40_with_sq_wrap_and_cq_phase_flip() {
         d.slot_data(c.slot, &mut got).unwrap();
         assert!(got == pattern(4096, i as u32 + 1), "data of command {i}");
     }
-    let io = d.io_queue_state();
+    let io = d.io_queue_pointers();
     assert_eq!(io.sq_tail, 32, "the read batch wrapped the SQ");
     assert_eq!(
         (io.cq_head, io.phase),
@@ -633,7 +633,7 @@ fn one_doorbell_batches_of_40_with_sq_wrap_and_cq_phase_flip() {
     let mut got = vec![0u8; 4096];
     d.slot_data(one[0].slot, &mut got).unwrap();
     assert!(got == pattern(4096, 1));
-    let io = d.io_queue_state();
+    let io = d.io_queue_pointers();
     assert_eq!((io.sq_tail, io.cq_head, io.phase), (33, 33, false));
 }
 

@@ -71,7 +71,7 @@ pub struct Appliance {
 }
 
 /// A link to serve on, and the name its errors carry.
-type Link = (String, Box<dyn Port>);
+type NamedPort = (String, Box<dyn Port>);
 
 impl Appliance {
     /// Read the keys and build every device of `cfg` (backing files opened or created).
@@ -162,7 +162,7 @@ impl Appliance {
         self.start_links(links)
     }
 
-    fn open_listeners(&self) -> Result<Vec<Link>, ApplianceError> {
+    fn open_listeners(&self) -> Result<Vec<NamedPort>, ApplianceError> {
         self.cfg
             .listen
             .iter()
@@ -178,7 +178,7 @@ impl Appliance {
             .collect()
     }
 
-    fn start_links(self, links: Vec<Link>) -> Result<Running, ApplianceError> {
+    fn start_links(self, links: Vec<NamedPort>) -> Result<Running, ApplianceError> {
         let stop = Arc::new(AtomicBool::new(false));
         let counters = self.counters.clone();
         let (ready_tx, ready_rx) = crossbeam::channel::bounded::<Ready>(1);
@@ -232,7 +232,7 @@ impl Appliance {
 
     fn serve_links(
         self,
-        mut links: Vec<Link>,
+        mut links: Vec<NamedPort>,
         stop: &AtomicBool,
         on_ready: impl FnOnce(&Ready) -> io::Result<()>,
     ) -> Result<(), ApplianceError> {
@@ -284,7 +284,7 @@ impl Appliance {
     /// thread draining the outbound queue to the session being served.
     fn serve_threaded(
         self,
-        links: Vec<Link>,
+        links: Vec<NamedPort>,
         stop: &AtomicBool,
         on_ready: impl FnOnce(&Ready) -> io::Result<()>,
     ) -> Result<(), ApplianceError> {

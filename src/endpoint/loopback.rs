@@ -18,7 +18,7 @@ use crossbeam::channel::{self, Receiver, Sender};
 use thiserror::Error;
 
 use super::proxy::{Proxy, ProxyStats};
-use super::wire::{self, Bdf, CplStatus, Kind, ParsedHeader};
+use super::wire::{self, Bdf, CplStatus, ParsedHeader, ParsedKind};
 use crate::tlp::build;
 
 /// Where host memory starts on the host's bus (above 4 GiB, so 64-bit addressing is exercised).
@@ -40,7 +40,7 @@ pub enum LoopbackError {
     Closed,
     /// The request could not be built from the arguments (e.g. a read crossing 4 KiB).
     #[error(transparent)]
-    Build(#[from] wire::WireError),
+    Build(#[from] wire::TlpViewError),
 }
 
 /// What the host side has observed.
@@ -182,7 +182,7 @@ impl LoopbackHost {
             let Ok(h) = ParsedHeader::parse(&c) else {
                 continue;
             };
-            let Kind::Completion {
+            let ParsedKind::Completion {
                 status,
                 byte_count,
                 lower_addr,
@@ -248,7 +248,7 @@ impl LoopbackHost {
         let mut out = Vec::with_capacity(len as usize);
         for c in parts {
             let h = ParsedHeader::parse(&c).map_err(|_| LoopbackError::Closed)?;
-            let Kind::Completion {
+            let ParsedKind::Completion {
                 lower_addr,
                 byte_count,
                 ..
@@ -382,7 +382,7 @@ fn cfg_tlp(bdf: Bdf, reg: u16, tag: u16, value: Option<u32>) -> Result<Vec<u8>, 
         Some(v) => cfg.write(&mut t, v.to_le_bytes()),
         None => cfg.read(&mut t),
     }
-    .map_err(wire::WireError::from)?;
+    .map_err(wire::TlpViewError::from)?;
     t.truncate(n);
     Ok(t)
 }
@@ -393,10 +393,10 @@ fn host_handle(s: &Shared, to_ep: &Sender<Vec<u8>>, cpl_tx: &Sender<Vec<u8>>, tl
         return;
     };
     match h.kind {
-        Kind::Completion { .. } => {
+        ParsedKind::Completion { .. } => {
             let _ = cpl_tx.send(tlp.to_vec());
         }
-        Kind::MemWrite { addr } => {
+        ParsedKind::MemWrite { addr } => {
             let (lead, count) = wire::enabled_span(h.length_dw, h.first_be, h.last_be);
             let a = addr + u64::from(lead);
             let data =
@@ -416,7 +416,7 @@ fn host_handle(s: &Shared, to_ep: &Sender<Vec<u8>>, cpl_tx: &Sender<Vec<u8>>, tl
             }
             s.cv.notify_all();
         }
-        Kind::MemRead { addr } => {
+        ParsedKind::MemRead { addr } => {
             let (lead, count) = wire::enabled_span(h.length_dw, h.first_be, h.last_be);
             let first = addr + u64::from(lead);
             let mut st = s.state.lock_or_recover();
@@ -470,7 +470,7 @@ fn host_handle(s: &Shared, to_ep: &Sender<Vec<u8>>, cpl_tx: &Sender<Vec<u8>>, tl
                 let _ = to_ep.send(c);
             }
         }
-        Kind::Message { code, .. } if (0x20..=0x27).contains(&code) => {
+        ParsedKind::Message { code, .. } if (0x20..=0x27).contains(&code) => {
             let mut st = s.state.lock_or_recover();
             st.intx_asserted = code < 0x24;
             st.intx_messages += 1;

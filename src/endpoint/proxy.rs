@@ -36,10 +36,10 @@ use thiserror::Error;
 
 use super::device::{AtomicOp, Device, DeviceError, ResetKind};
 use super::function::{Outbound, WakeSlot};
-use super::slot::{find_cfg, Function};
+use super::proxied::{find_cfg, ProxiedFunction};
 use super::sriov::{self, sync_vfs, VfFactory};
 use super::vf_view::VfError;
-use super::wire::{self, AtomicKind, Bdf, CplStatus, Kind, ParsedHeader, WireError};
+use super::wire::{self, AtomicKind, Bdf, CplStatus, ParsedHeader, ParsedKind, TlpViewError};
 use crate::tlp::{self, build};
 
 /// Errors from the endpoint proxy.
@@ -47,7 +47,7 @@ use crate::tlp::{self, build};
 pub enum ProxyError {
     /// A TLP could not be parsed (counted in [`ProxyStats::malformed`]).
     #[error("malformed TLP: {0}")]
-    Malformed(#[from] WireError),
+    Malformed(#[from] TlpViewError),
     /// Two functions were given the same device/function number.
     #[error("function {0} is already present")]
     DuplicateFunction(Bdf),
@@ -96,7 +96,7 @@ pub struct ProxyStats {
 /// The appliance side of the tunnel for a set of functions.
 #[derive(Debug)]
 pub struct Proxy {
-    pub(crate) functions: Vec<Function>,
+    pub(crate) functions: Vec<ProxiedFunction>,
     pub(crate) out: Sender<Vec<u8>>,
     /// The wake-up device threads call after queueing (set once by the pump).
     pub(crate) wake: WakeSlot,
@@ -138,7 +138,7 @@ impl Proxy {
             return Err(ProxyError::DuplicateFunction(bdf));
         }
         self.next_id += 1;
-        self.functions.push(Function::new(
+        self.functions.push(ProxiedFunction::new(
             self.next_id,
             bdf,
             device,
@@ -150,7 +150,7 @@ impl Proxy {
 
     /// Routing IDs of the functions, in the order they were added.
     pub fn functions(&self) -> Vec<Bdf> {
-        self.functions.iter().map(Function::bdf).collect()
+        self.functions.iter().map(ProxiedFunction::bdf).collect()
     }
 
     /// Names of the functions' device models, in the same order.
@@ -256,7 +256,7 @@ impl Proxy {
     /// Run `op` on the function table with what creating virtual functions takes.
     fn with_vf_factory<R>(
         &mut self,
-        op: impl FnOnce(&mut Vec<Function>, &mut VfFactory<'_>) -> R,
+        op: impl FnOnce(&mut Vec<ProxiedFunction>, &mut VfFactory<'_>) -> R,
     ) -> R {
         let mut mk = VfFactory {
             next_id: &mut self.next_id,
@@ -346,18 +346,18 @@ impl Proxy {
         }
         let payload = &tlp[h.payload.clone()];
         match h.kind {
-            Kind::Config {
+            ParsedKind::Config {
                 type1,
                 write,
                 target,
                 reg,
             } => self.config(&h, type1, write, target, reg, payload),
-            Kind::MemRead { addr } => self.mem_read(&h, addr),
-            Kind::MemWrite { addr } => self.mem_write(&h, addr, payload),
-            Kind::IoRead { addr } => self.io(&h, u64::from(addr), None),
-            Kind::IoWrite { addr } => self.io(&h, u64::from(addr), Some(payload)),
-            Kind::Atomic { op, addr } => self.atomic(&h, op, addr, payload),
-            Kind::Completion {
+            ParsedKind::MemRead { addr } => self.mem_read(&h, addr),
+            ParsedKind::MemWrite { addr } => self.mem_write(&h, addr, payload),
+            ParsedKind::IoRead { addr } => self.io(&h, u64::from(addr), None),
+            ParsedKind::IoWrite { addr } => self.io(&h, u64::from(addr), Some(payload)),
+            ParsedKind::Atomic { op, addr } => self.atomic(&h, op, addr, payload),
+            ParsedKind::Completion {
                 status,
                 byte_count,
                 lower_addr,
@@ -376,7 +376,7 @@ impl Proxy {
                     self.stats.unexpected_completions += 1;
                 }
             }
-            Kind::Message { .. } => self.stats.messages += 1,
+            ParsedKind::Message { .. } => self.stats.messages += 1,
         }
         Ok(())
     }
@@ -505,7 +505,7 @@ impl Proxy {
         let first = addr + u64::from(lead);
         let claim = self.claim_mem(addr, u64::from(h.length_dw) * 4);
         let Some((i, bar, off)) = claim else {
-            let me = self.functions.first().map_or(Bdf(0), Function::bdf);
+            let me = self.functions.first().map_or(Bdf(0), ProxiedFunction::bdf);
             self.complete(me, h, CplStatus::Ur, count as u16 & 0xfff, 0, &[]);
             return;
         };
@@ -607,7 +607,7 @@ impl Proxy {
             .enumerate()
             .find_map(|(i, f)| f.decode.claim_io(addr, 4).map(|(bar, off)| (i, bar, off)));
         let Some((i, bar, off)) = claim else {
-            let me = self.functions.first().map_or(Bdf(0), Function::bdf);
+            let me = self.functions.first().map_or(Bdf(0), ProxiedFunction::bdf);
             self.complete(me, h, CplStatus::Ur, 4, 0, &[]);
             return;
         };
@@ -662,7 +662,7 @@ impl Proxy {
         };
         let claim = self.claim_mem(addr, size as u64);
         let me = claim.map_or_else(
-            || self.functions.first().map_or(Bdf(0), Function::bdf),
+            || self.functions.first().map_or(Bdf(0), ProxiedFunction::bdf),
             |(i, _, _)| self.functions[i].bdf(),
         );
         let le = |b: &[u8]| -> u64 {

@@ -34,7 +34,7 @@ struct Shadow {
 
 /// Host-side state of a function, shared by every handle to it.
 #[derive(Debug)]
-pub struct FunctionState {
+pub struct RemoteFunctionState {
     info: FunctionInfo,
     ctx: FunctionContext,
     shadow: Mutex<Shadow>,
@@ -46,7 +46,7 @@ pub struct FunctionState {
     bar_masks: [(u32, u32); 6],
 }
 
-impl FunctionState {
+impl RemoteFunctionState {
     /// State for a function enumeration found.
     pub fn new(info: FunctionInfo) -> Self {
         let counts = [
@@ -144,11 +144,11 @@ pub trait RootComplex: Send + Sync + std::fmt::Debug {
 #[derive(Debug, Clone)]
 pub struct RemoteFunction {
     root: Arc<dyn RootComplex>,
-    f: Arc<FunctionState>,
+    f: Arc<RemoteFunctionState>,
 }
 
 impl RemoteFunction {
-    pub(crate) fn new(root: Arc<dyn RootComplex>, f: Arc<FunctionState>) -> Self {
+    pub(crate) fn new(root: Arc<dyn RootComplex>, f: Arc<RemoteFunctionState>) -> Self {
         Self { root, f }
     }
 
@@ -481,27 +481,21 @@ impl VfioDevice for RemoteFunction {
                     self.virtual_write(reg, u32::from_le_bytes(merged));
                 } else {
                     self.root
-                        .cfg_write(self.bdf(), reg, be, u32::from_le_bytes(bytes))
-                        .map_err(RequestError::to_device_error)?;
+                        .cfg_write(self.bdf(), reg, be, u32::from_le_bytes(bytes))?;
                 }
                 at += n;
             }
             return Ok(());
         }
-        self.bar_write(index as usize, offset, data)
-            .map_err(RequestError::to_device_error)
+        Ok(self.bar_write(index as usize, offset, data)?)
     }
 
     fn reset(&mut self) -> Result<(), VfioDeviceError> {
         let bdf = self.bdf();
         if let (true, Some(p)) = (self.f.info.flr, self.f.info.pcie) {
-            let ctl = self
-                .root
-                .cfg_read(bdf, p + 8)
-                .map_err(RequestError::to_device_error)?;
+            let ctl = self.root.cfg_read(bdf, p + 8)?;
             self.root
-                .cfg_write(bdf, p + 8, 0x3, (ctl & 0xffff) | (1 << 15))
-                .map_err(RequestError::to_device_error)?;
+                .cfg_write(bdf, p + 8, 0x3, (ctl & 0xffff) | (1 << 15))?;
             // PCIe §6.6.2: the function must be ready 100 ms after the FLR.
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -509,8 +503,8 @@ impl VfioDevice for RemoteFunction {
             bars: std::array::from_fn(|i| self.f.bar_masks[i].1),
             ..Shadow::default()
         };
-        self.restore().map_err(RequestError::to_device_error)?;
-        self.program_msix().map_err(RequestError::to_device_error)
+        self.restore()?;
+        Ok(self.program_msix()?)
     }
 
     fn irqs_changed(&mut self, index: IrqIndex) {

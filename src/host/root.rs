@@ -19,7 +19,7 @@ use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use super::enumerate::{self, ConfigAccess, EnumConfig, FunctionInfo};
-use super::function::{FunctionState, RemoteFunction, RootComplex};
+use super::function::{RemoteFunction, RemoteFunctionState, RootComplex};
 use super::requester::{Expect, RequestError, Requester, RequesterConfig, StartError, TagSpace};
 use super::tlpio::{self, MAX_TLP, ROOT_PORT};
 use crate::pci::{ConfigSpace, ExpressConfig, FunctionIds, PciExpressCap, SlotConfig};
@@ -203,10 +203,10 @@ pub struct Host {
     /// caller, never by the pump.
     slot_work: Mutex<VecDeque<SlotMessage>>,
     link_up: AtomicBool,
-    functions: RwLock<Vec<Arc<FunctionState>>>,
+    functions: RwLock<Vec<Arc<RemoteFunctionState>>>,
     /// Functions gone with the link; reused when the same function comes back, so consumers
     /// (vfio-user servers) holding them keep working after a reconnect.
-    retired: Mutex<Vec<Arc<FunctionState>>>,
+    retired: Mutex<Vec<Arc<RemoteFunctionState>>>,
     root_port: Mutex<ConfigSpace>,
     events: Mutex<VecDeque<HostEvent>>,
     events_cv: Condvar,
@@ -369,7 +369,7 @@ impl Host {
         if !self.is_link_up() {
             return Vec::new();
         }
-        let mut acc = Access(self);
+        let mut acc = TlpConfigAccess(self);
         let found = enumerate::enumerate(&mut acc, self.cfg.bus, &self.cfg.enumeration);
         // 10-bit tags toward the cards when every one completes them.
         let ten = !found.is_empty() && found.iter().all(|f| f.ten_bit_completer);
@@ -405,7 +405,7 @@ impl Host {
                         }
                         fs.push(f);
                     }
-                    None => fs.push(Arc::new(FunctionState::new(info.clone()))),
+                    None => fs.push(Arc::new(RemoteFunctionState::new(info.clone()))),
                 }
             }
             retired.retain(|r| !fs.iter().any(|f| Arc::ptr_eq(f, r)));
@@ -506,7 +506,7 @@ impl Host {
     /// Unsupported Request at once, its functions fail every later access, and
     /// `FunctionRemoved` is raised. Other slots' requests are untouched. Never blocks.
     pub fn surprise_remove(&self, slot: u8) {
-        let gone: Vec<Arc<FunctionState>> = {
+        let gone: Vec<Arc<RemoteFunctionState>> = {
             let mut fs = self.functions.write_or_recover();
             let (gone, keep) = std::mem::take(&mut *fs)
                 .into_iter()
@@ -553,7 +553,7 @@ impl Host {
             .filter(|f| f.info().bdf.device() != slot)
             .map(|f| f.info().clone())
             .collect();
-        let mut acc = Access(self);
+        let mut acc = TlpConfigAccess(self);
         let found = enumerate::enumerate_device(
             &mut acc,
             self.cfg.bus,
@@ -570,9 +570,9 @@ impl Host {
                         continue;
                     }
                     old.mark_removed();
-                    *old = Arc::new(FunctionState::new(info.clone()));
+                    *old = Arc::new(RemoteFunctionState::new(info.clone()));
                 } else {
-                    fs.push(Arc::new(FunctionState::new(info.clone())));
+                    fs.push(Arc::new(RemoteFunctionState::new(info.clone())));
                 }
                 added.push(info.bdf);
             }
@@ -590,7 +590,7 @@ impl Host {
     /// list (`FunctionRemoved`); returns their addresses so the caller can close their
     /// consumers before [`Host::ack_removal`].
     pub fn withdraw_slot(&self, slot: u8) -> Vec<Bdf> {
-        let gone: Vec<Arc<FunctionState>> = {
+        let gone: Vec<Arc<RemoteFunctionState>> = {
             let mut fs = self.functions.write_or_recover();
             let (gone, keep) = std::mem::take(&mut *fs)
                 .into_iter()
@@ -666,7 +666,7 @@ impl Host {
         Some(RemoteFunction::new(self.clone(), f))
     }
 
-    pub(super) fn function(&self, bdf: Bdf) -> Option<Arc<FunctionState>> {
+    pub(super) fn function(&self, bdf: Bdf) -> Option<Arc<RemoteFunctionState>> {
         self.functions
             .read_or_recover()
             .iter()
@@ -844,9 +844,9 @@ impl Host {
 }
 
 /// [`ConfigAccess`] over TLPs: failed reads are all-ones, as on real hardware.
-struct Access<'a>(&'a Host);
+struct TlpConfigAccess<'a>(&'a Host);
 
-impl ConfigAccess for Access<'_> {
+impl ConfigAccess for TlpConfigAccess<'_> {
     fn cfg_read(&mut self, bdf: Bdf, reg: u16) -> u32 {
         self.0.cfg_read(bdf, reg).unwrap_or(0xffff_ffff)
     }

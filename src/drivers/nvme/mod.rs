@@ -326,7 +326,7 @@ pub enum SlotData {
 /// Where the driver's pointers into one queue pair stand (diagnostics: what a test or a
 /// debugger checks the controller against, e.g. that a completion batch wrapped the CQ).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct QueueState {
+pub struct QueuePointers {
     /// Queue identifier (0 admin, 1 I/O).
     pub qid: u16,
     /// Entries of the ring.
@@ -352,8 +352,8 @@ struct Queue {
 }
 
 impl Queue {
-    fn state(&self) -> QueueState {
-        QueueState {
+    fn pointers(&self) -> QueuePointers {
+        QueuePointers {
             qid: self.qid,
             entries: self.entries,
             sq_tail: self.sq_tail,
@@ -388,7 +388,7 @@ enum SlotState {
 
 /// Where things live in the driver's DMA memory (offsets from [`IOVA`]).
 #[derive(Debug, Clone, Copy)]
-struct Layout {
+struct MemLayout {
     /// Admin command data and its PRP list page.
     admin_data: u64,
     admin_prp: u64,
@@ -408,7 +408,7 @@ pub struct NvmeDriver {
     admin: Queue,
     io: Queue,
     dstrd: u32,
-    at: Layout,
+    at: MemLayout,
     slots: Vec<SlotState>,
     free: Vec<u16>,
     /// Entries written to the I/O SQ whose doorbell is not rung yet.
@@ -535,7 +535,7 @@ impl NvmeDriver {
             admin: Queue::new(0, asq, acq, ADMIN_ENTRIES as u16),
             io: Queue::new(1, iosq, iocq, entries),
             dstrd: 0,
-            at: Layout {
+            at: MemLayout {
                 admin_data,
                 admin_prp,
                 prp,
@@ -576,13 +576,13 @@ impl NvmeDriver {
     }
 
     /// The driver's pointers into the admin queue pair (diagnostics).
-    pub fn admin_queue_state(&self) -> QueueState {
-        self.admin.state()
+    pub fn admin_queue_pointers(&self) -> QueuePointers {
+        self.admin.pointers()
     }
 
     /// The driver's pointers into the I/O queue pair (diagnostics).
-    pub fn io_queue_state(&self) -> QueueState {
-        self.io.state()
+    pub fn io_queue_pointers(&self) -> QueuePointers {
+        self.io.pointers()
     }
 
     /// Interrupts the I/O queue's MSI-X vector ([`IO_VECTOR`]) has signalled so far, those not
