@@ -19,7 +19,7 @@ use thiserror::Error;
 
 use super::proxy::{Proxy, ProxyStats};
 use super::wire::{self, Bdf, CplStatus, ParsedHeader, ParsedKind};
-use crate::tlp::build;
+use crate::tlp::{build, message};
 
 /// Where host memory starts on the host's bus (above 4 GiB, so 64-bit addressing is exercised).
 pub const HOST_MEM_BASE: u64 = 0x1_0000_0000;
@@ -470,11 +470,13 @@ fn host_handle(s: &Shared, to_ep: &Sender<Vec<u8>>, cpl_tx: &Sender<Vec<u8>>, tl
                 let _ = to_ep.send(c);
             }
         }
-        ParsedKind::Message { code, .. } if (0x20..=0x27).contains(&code) => {
-            let mut st = s.state.lock_or_recover();
-            st.intx_asserted = code < 0x24;
-            st.intx_messages += 1;
-            s.cv.notify_all();
+        ParsedKind::Message { code, .. } => {
+            if let Some((assert, _pin)) = message::intx(code) {
+                let mut st = s.state.lock_or_recover();
+                st.intx_asserted = assert;
+                st.intx_messages += 1;
+                s.cv.notify_all();
+            }
         }
         _ => {}
     }

@@ -303,13 +303,7 @@ pub fn emit_completion(
         attr: attr_of(attr),
         ..build::Cpl::new(completer, requester, tag, status)
     };
-    append(out, room(data.len()), |b| {
-        if data.is_empty() {
-            cpl.without_data(b, bc, lower_addr)
-        } else {
-            cpl.with_data(b, bc, lower_addr, data)
-        }
-    })
+    append(out, room(data.len()), |b| cpl.emit(b, bc, lower_addr, data))
 }
 
 /// Append the next CplD of a split read (see [`build::Cpl::read_completions`]) to `out`;

@@ -24,7 +24,7 @@ use super::requester::{Expect, RequestError, Requester, RequesterConfig, StartEr
 use super::tlpio::{self, MAX_TLP, ROOT_PORT};
 use crate::pci::{ConfigSpace, ExpressConfig, FunctionIds, PciExpressCap, SlotConfig};
 use crate::tlp::slot::{SlotEvent, SlotMessage, SLOTS};
-use crate::tlp::Bdf;
+use crate::tlp::{build, Bdf};
 use crate::transport::driver::HandleError;
 
 /// The transport toward the appliance, as the host uses it.
@@ -812,7 +812,7 @@ impl Host {
             let a = address + done as u64;
             let n = ((4096 - (a & 0xfff)) as usize).min(buf.len() - done);
             self.nonposted(ROOT_PORT, Some(a), &mut buf[done..done + n], |b, tag| {
-                tlpio::mem_read(b, ROOT_PORT, a, n as u32, tag)
+                build::mem_read(b, ROOT_PORT, tag, a, n as u32)
             })?;
             done += n;
         }
@@ -831,7 +831,7 @@ impl Host {
             let n = ((mps - (a & (mps - 1))) as usize).min(data.len() - done);
             TX.with(|tx| {
                 let buf = &mut *tx.borrow_mut();
-                let len = tlpio::mem_write(buf, ROOT_PORT, a, &data[done..done + n])
+                let len = build::mem_write(buf, ROOT_PORT, a, &data[done..done + n])
                     .map_err(|_| RequestError::InvalidRequest)?;
                 self.link
                     .send_tlp(&buf[..len])

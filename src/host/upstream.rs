@@ -117,7 +117,13 @@ impl Host {
         }
     }
 
-    fn dispatch(&self, up: Upstream<'_>, f: Option<Arc<RemoteFunctionState>>, bytes: &[u8], ctx: Ctx) {
+    fn dispatch(
+        &self,
+        up: Upstream<'_>,
+        f: Option<Arc<RemoteFunctionState>>,
+        bytes: &[u8],
+        ctx: Ctx,
+    ) {
         match up {
             Upstream::Completion {
                 tag,
@@ -304,16 +310,8 @@ impl Host {
         len: u32,
         status: tlp::CplStatus,
     ) {
-        if let Ok(k) = tlpio::completion(
-            out,
-            ROOT_PORT,
-            requester,
-            tag,
-            status,
-            len.clamp(1, 4096) as u16,
-            (address & 0x7f) as u8,
-            &[],
-        ) {
+        let cpl = build::Cpl::new(ROOT_PORT, requester, tag, status);
+        if let Ok(k) = cpl.without_data(out, len.clamp(1, 4096) as u16, (address & 0x7f) as u8) {
             let _ = self.link.send_tlp(&out[..k]);
         }
     }
