@@ -34,9 +34,8 @@ use std::time::{Duration, Instant};
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
 use super::mem::DmaBuffer;
-use super::CompletionMode;
-use crate::host::dma::{Access, DmaWindowError};
-use crate::host::requester::RequestError;
+use super::{AccessError, CompletionMode};
+use crate::host::dma::Access;
 use crate::host::vfio_user::{EventFd, IrqIndex};
 use crate::host::RemoteFunction;
 use crate::pci::class::nvme::cns;
@@ -71,15 +70,9 @@ const MAX_ASYNC_ADMIN: usize = 16;
 /// Errors of the NVMe driver.
 #[derive(Debug, thiserror::Error)]
 pub enum NvmeError {
-    /// A register access through the tunnel failed.
-    #[error("register access failed: {0}")]
-    Request(#[from] RequestError),
-    /// Registering or touching DMA memory failed.
-    #[error("DMA memory: {0}")]
-    Dma(#[from] DmaWindowError),
-    /// Arming the MSI-X eventfd failed.
-    #[error("interrupt setup: {0}")]
-    Irq(#[from] std::io::Error),
+    /// Reaching the function failed: a register access, DMA memory or an interrupt eventfd.
+    #[error(transparent)]
+    Access(#[from] AccessError),
     /// The function is not an NVMe controller this driver can run.
     #[error("unsupported controller: {0}")]
     Unsupported(#[from] Unsupported),
@@ -114,6 +107,8 @@ pub enum NvmeError {
         ms: u128,
     },
 }
+
+super::access_error_sources!(NvmeError);
 
 /// Why a function is not an NVMe controller this driver can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
