@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 use crossbeam::channel::{self, Receiver, Sender};
 use thiserror::Error;
 
+use super::decode::MsixRegion;
 use super::device::{AtomicOp, Device, DeviceError, ResetKind};
 use super::function::{Outbound, WakeSlot};
 use super::proxied::{find_cfg, ProxiedFunction};
@@ -462,42 +463,26 @@ impl Proxy {
         data: &mut [u8],
     ) -> Result<(), DeviceError> {
         let f = &mut self.functions[i];
-        if let Some(m) = f.decode.msix {
-            let tlen = u64::from(m.vectors) * 16;
-            let plen = u64::from(m.vectors).div_ceil(64) * 8;
-            let t = u64::from(m.table_offset);
-            let p = u64::from(m.pba_offset);
-            if bar == m.table_bar && off >= t && off < t + tlen {
-                f.shared.msix.lock_or_recover().read(false, off - t, data);
-                return Ok(());
-            }
-            if bar == m.pba_bar && off >= p && off < p + plen {
-                f.shared.msix.lock_or_recover().read(true, off - p, data);
-                return Ok(());
-            }
+        match f.decode.msix.and_then(|m| m.locate(bar, off)) {
+            Some(MsixRegion::Table(o)) => f.shared.msix.lock_or_recover().read(false, o, data),
+            Some(MsixRegion::Pba(o)) => f.shared.msix.lock_or_recover().read(true, o, data),
+            None => return f.device.bar_read(bar, off, data),
         }
-        f.device.bar_read(bar, off, data)
+        Ok(())
     }
 
     fn bar_write(&mut self, i: usize, bar: u8, off: u64, data: &[u8]) -> Result<(), DeviceError> {
         let f = &mut self.functions[i];
-        if let Some(m) = f.decode.msix {
-            let tlen = u64::from(m.vectors) * 16;
-            let plen = u64::from(m.vectors).div_ceil(64) * 8;
-            let t = u64::from(m.table_offset);
-            let p = u64::from(m.pba_offset);
-            if bar == m.table_bar && off >= t && off < t + tlen {
-                let changed = f.shared.msix.lock_or_recover().write(off - t, data);
-                if changed {
+        match f.decode.msix.and_then(|m| m.locate(bar, off)) {
+            Some(MsixRegion::Table(o)) => {
+                if f.shared.msix.lock_or_recover().write(o, data) {
                     f.shared.flush_msix(&f.decode);
                 }
-                return Ok(());
             }
-            if bar == m.pba_bar && off >= p && off < p + plen {
-                return Ok(()); // the PBA is read-only
-            }
+            Some(MsixRegion::Pba(_)) => {} // the PBA is read-only
+            None => return f.device.bar_write(bar, off, data),
         }
-        f.device.bar_write(bar, off, data)
+        Ok(())
     }
 
     fn mem_read(&mut self, h: &ParsedHeader, addr: u64) {
