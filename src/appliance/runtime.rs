@@ -246,6 +246,12 @@ impl Appliance {
         }
     }
 
+    /// What serving keeps of the appliance: the endpoint, its outbound queue, the counters
+    /// and the scratch files (dropped after the endpoint, so the devices' workers end first).
+    fn into_serving(self) -> (Proxy, Receiver<Vec<u8>>, Counters, Scratch) {
+        (self.endpoint, self.outbound, self.counters, self.scratch)
+    }
+
     /// One link: the endpoint runs on the thread that drives the link.
     fn serve_direct(
         self,
@@ -256,13 +262,7 @@ impl Appliance {
     ) -> Result<(), ApplianceError> {
         let dc = self.driver_config(0);
         let functions = self.functions().to_vec();
-        let Appliance {
-            mut endpoint,
-            outbound,
-            counters,
-            scratch,
-            ..
-        } = self;
+        let (mut endpoint, outbound, counters, scratch) = self.into_serving();
         let mut pump = Pump::new(Direct::new(port, dc), &endpoint);
         on_ready(&Ready {
             listen: vec![pump.local_addr()],
@@ -301,13 +301,7 @@ impl Appliance {
             handles.push(h);
             names.push(name);
         }
-        let Appliance {
-            mut endpoint,
-            outbound,
-            counters,
-            scratch,
-            ..
-        } = self;
+        let (mut endpoint, outbound, counters, scratch) = self.into_serving();
         let links = Arc::new(handles);
         // Where the sender thread sends: the session being served.
         let owner: Arc<Mutex<Option<(usize, ConnId)>>> = Arc::new(Mutex::new(None));
