@@ -19,11 +19,12 @@ use crossbeam::channel;
 use pcietun::drivers::mem::DmaBuffer;
 use pcietun::drivers::nvme::{Data, IoDone, NvmeConfig, NvmeDriver, SlotData, IOVA};
 use pcietun::drivers::CompletionMode;
+use pcietun::endpoint::loopback::serve_channels;
 use pcietun::endpoint::nvme::{Backend, NvmeController, NvmeOptions};
 use pcietun::endpoint::{Bdf, Proxy, ProxyConfig};
 use pcietun::host::dma::Access;
 use pcietun::host::vfio_user::IrqIndex;
-use pcietun::host::{Downlink, Host, HostConfig, LinkError, RemoteFunction};
+use pcietun::host::{ChannelDownlink, Host, HostConfig, RemoteFunction};
 use pcietun::pci::class::nvme::identify::nidt;
 use pcietun::pci::class::nvme::{
     aer, cap, cns, csts, feat, log, reg, vs, ErrorLogEntry, SmartLog, Sqe, Status, NSID_ALL,
@@ -34,16 +35,6 @@ use zerocopy::FromBytes;
 const BLOCKS: u64 = 8192; // 4 MiB namespace
 /// Where tests that build their own PRPs register their memory.
 const TEST_IOVA: u64 = 0x60_0000_0000;
-
-/// Host → endpoint: TLPs into the channel the endpoint thread reads.
-#[derive(Debug)]
-struct Pipe(channel::Sender<Vec<u8>>);
-
-impl Downlink for Pipe {
-    fn send_tlp(&self, tlp: &[u8]) -> Result<(), LinkError> {
-        self.0.send(tlp.to_vec()).map_err(|_| LinkError::Closed)
-    }
-}
 
 /// An NVMe controller on a temporary file behind an endpoint, and a host that enumerated it.
 struct Rig {
@@ -74,27 +65,14 @@ fn rig() -> Rig {
         Box::new(NvmeController::new(backend, NvmeOptions::default())),
     )
     .unwrap();
+    // Host → endpoint through one channel; the endpoint thread answers into the host.
     let (tx, rx) = channel::unbounded::<Vec<u8>>();
-    let host = Host::new(Arc::new(Pipe(tx)), HostConfig::default());
+    let host = Host::new(Arc::new(ChannelDownlink(tx)), HostConfig::default());
     let stop = Arc::new(AtomicBool::new(false));
     let (h, s) = (host.clone(), stop.clone());
     let thread = std::thread::spawn(move || {
-        let kicks = ep.kicks();
-        while !s.load(Ordering::Relaxed) {
-            // The endpoint's DMA requester runs on explicit time: poll it every turn and
-            // sleep no longer than its next deadline (a device thread's new read kicks us).
-            ep.poll(std::time::Instant::now());
-            let wait = ep.poll_timeout().map_or(Duration::from_millis(10), |t| {
-                t.saturating_duration_since(std::time::Instant::now())
-                    .min(Duration::from_millis(10))
-            });
-            channel::select! {
-                recv(rx) -> t => if let Ok(t) = t { let _ = ep.handle_tlp(&t); },
-                recv(out) -> t => if let Ok(t) = t { h.on_tlp(&t); },
-                recv(kicks) -> _ => {},
-                default(wait) => {}
-            }
-        }
+        let tick = Duration::from_millis(10);
+        serve_channels(&mut ep, &rx, &out, |t| h.on_tlp(t), &s, tick);
     });
     host.on_link_up();
     let fns = host.rescan();

@@ -239,10 +239,7 @@ fn serve(
 ) {
     let kicks = ep.kicks();
     while !stop.load(Ordering::Relaxed) {
-        let wait = ep.poll_timeout().map_or(Duration::from_millis(10), |t| {
-            t.saturating_duration_since(Instant::now())
-                .min(Duration::from_millis(10))
-        });
+        let wait = ep.poll_wait(Instant::now(), Duration::from_millis(10));
         channel::select! {
             recv(rx) -> m => if let Ok((k, t)) = m { inbound(&mut ep, hosts, functions, k, t) },
             recv(out) -> t => if let Ok(t) = t { outbound(hosts, functions, unrouted, t) },

@@ -349,12 +349,7 @@ impl Appliance {
                 publish(&links, &endpoint);
                 published = Instant::now();
             }
-            let wait = endpoint
-                .poll_timeout()
-                .map_or(Duration::from_millis(100), |t| {
-                    t.saturating_duration_since(Instant::now())
-                        .min(Duration::from_millis(100))
-                });
+            let wait = endpoint.poll_wait(Instant::now(), Duration::from_millis(100));
             let mut sel = Select::new();
             for l in links.iter() {
                 sel.recv(l.upcalls());

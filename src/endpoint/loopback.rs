@@ -8,8 +8,13 @@
 //! Unsupported Request. Memory writes to `[MSI_BASE, MSI_BASE + 1 MiB)` are interrupts.
 //! Read completions to the device are split at 64-byte boundaries and at 128 bytes, so every
 //! test exercises completion reassembly.
+//!
+//! [`serve_channels`] is the endpoint half alone: the loop that drives a [`Proxy`] from
+//! in-process channels, for rigs whose host is the real one (`crate::host::Host` with a
+//! `ChannelDownlink`).
 
 use crate::sync::{CondvarExt, MutexExt};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -61,6 +66,33 @@ struct Shared {
     cv: Condvar,
 }
 
+/// Drive `ep` from in-process channels until `stop` is set, as an appliance's pump drives it
+/// from a transport link: each TLP from `inbound` goes to [`Proxy::handle_tlp`], each TLP the
+/// proxy sends (`outbound`, as [`Proxy::new`] returned it) to `deliver`, a device thread's
+/// queued DMA read ([`Proxy::kicks`]) wakes the loop at once, and [`Proxy::poll`] runs the
+/// requester's timers on real time. It sleeps at most `tick` between turns, so `stop` is seen
+/// within one. For tests and benchmarks that join a host to an endpoint in one process.
+pub fn serve_channels(
+    ep: &mut Proxy,
+    inbound: &Receiver<Vec<u8>>,
+    outbound: &Receiver<Vec<u8>>,
+    mut deliver: impl FnMut(&[u8]),
+    stop: &AtomicBool,
+    tick: Duration,
+) {
+    let kicks = ep.kicks();
+    while !stop.load(Ordering::Relaxed) {
+        ep.poll(Instant::now());
+        let wait = ep.poll_wait(Instant::now(), tick);
+        channel::select! {
+            recv(kicks) -> _ => {},
+            recv(inbound) -> t => if let Ok(t) = t { let _ = ep.handle_tlp(&t); },
+            recv(outbound) -> t => if let Ok(t) = t { deliver(&t); },
+            default(wait) => {}
+        }
+    }
+}
+
 /// The host end of an in-process link to a [`Proxy`].
 #[derive(Debug)]
 pub struct LoopbackHost {
@@ -87,9 +119,7 @@ impl LoopbackHost {
                 // The endpoint's driver: TLPs in, DMA kicks and timers, all with real time.
                 let kicks = ep.kicks();
                 loop {
-                    let wait = ep.poll_timeout().map_or(Duration::from_secs(1), |t| {
-                        t.saturating_duration_since(Instant::now())
-                    });
+                    let wait = ep.poll_wait(Instant::now(), Duration::from_secs(1));
                     channel::select! {
                         recv(ep_in) -> m => match m {
                             Ok(tlp) => { let _ = ep.handle_tlp(&tlp); }

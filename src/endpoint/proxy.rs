@@ -208,6 +208,14 @@ impl Proxy {
             .min()
     }
 
+    /// How long a driver thread may sleep at `now` before [`Proxy::poll`] has a timer to run:
+    /// until [`Proxy::poll_timeout`], and never longer than `cap` (so the thread still sees
+    /// its stop flag or its other work).
+    pub fn poll_wait(&self, now: Instant, cap: Duration) -> Duration {
+        self.poll_timeout()
+            .map_or(cap, |t| t.saturating_duration_since(now).min(cap))
+    }
+
     /// Fires (holds a message) when a device thread queued a DMA read that only
     /// [`Proxy::poll`] can start; a driver that waits on channels selects on it beside its
     /// inbound TLPs. Several kicks between two polls collapse into one.

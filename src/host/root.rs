@@ -40,6 +40,18 @@ pub trait Downlink: Send + Sync + std::fmt::Debug {
     }
 }
 
+/// A [`Downlink`] into an in-process channel, for tests and benchmarks that join a host to an
+/// endpoint in one process (the far end reads the TLPs and answers through
+/// [`Host::on_tlp`]). Each TLP is sent as an owned copy.
+#[derive(Debug, Clone)]
+pub struct ChannelDownlink(pub crossbeam::channel::Sender<Vec<u8>>);
+
+impl Downlink for ChannelDownlink {
+    fn send_tlp(&self, tlp: &[u8]) -> Result<(), LinkError> {
+        self.0.send(tlp.to_vec()).map_err(|_| LinkError::Closed)
+    }
+}
+
 /// Why the link toward the appliance did not take a TLP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum LinkError {
