@@ -513,19 +513,23 @@ impl Host {
         self.slot_work.lock_or_recover().pop_front()
     }
 
+    /// Take the functions of the card in `slot` (its device number on the root port's bus)
+    /// out of the host's list.
+    fn take_slot(&self, slot: u8) -> Vec<Arc<RemoteFunctionState>> {
+        let mut fs = self.functions.write_or_recover();
+        let (gone, keep) = std::mem::take(&mut *fs)
+            .into_iter()
+            .partition(|f| f.info().bdf.device() == slot);
+        *fs = keep;
+        gone
+    }
+
     /// Surprise removal of the card in `slot` (§6.7.1.2 with §6.2.10 Downstream Port
     /// Containment semantics): every outstanding non-posted request to it completes with
     /// Unsupported Request at once, its functions fail every later access, and
     /// `FunctionRemoved` is raised. Other slots' requests are untouched. Never blocks.
     pub fn surprise_remove(&self, slot: u8) {
-        let gone: Vec<Arc<RemoteFunctionState>> = {
-            let mut fs = self.functions.write_or_recover();
-            let (gone, keep) = std::mem::take(&mut *fs)
-                .into_iter()
-                .partition(|f| f.info().bdf.device() == slot);
-            *fs = keep;
-            gone
-        };
+        let gone = self.take_slot(slot);
         for f in &gone {
             f.mark_removed();
         }
@@ -602,14 +606,7 @@ impl Host {
     /// list (`FunctionRemoved`); returns their addresses so the caller can close their
     /// consumers before [`Host::ack_removal`].
     pub fn withdraw_slot(&self, slot: u8) -> Vec<Bdf> {
-        let gone: Vec<Arc<RemoteFunctionState>> = {
-            let mut fs = self.functions.write_or_recover();
-            let (gone, keep) = std::mem::take(&mut *fs)
-                .into_iter()
-                .partition(|f| f.info().bdf.device() == slot);
-            *fs = keep;
-            gone
-        };
+        let gone = self.take_slot(slot);
         let bdfs: Vec<Bdf> = gone.iter().map(|f| f.info().bdf).collect();
         for f in &gone {
             f.mark_removed();
