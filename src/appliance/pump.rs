@@ -117,10 +117,7 @@ impl Pump {
             } else {
                 Duration::from_millis(50)
             };
-            let cap = ep.poll_timeout().map_or(cap, |t| {
-                cap.min(t.saturating_duration_since(Instant::now()))
-            });
-            let up = self.d.poll_wake(Some(cap));
+            let up = self.d.poll_wake(Some(ep.poll_wait(Instant::now(), cap)));
             self.sleeping.store(false, Ordering::Release);
             if let Some(u) = up? {
                 self.on_upcall(ep, u);

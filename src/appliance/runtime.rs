@@ -71,7 +71,7 @@ pub struct Appliance {
 }
 
 /// A link to serve on, and the name its errors carry.
-type Link = (String, Box<dyn Port>);
+type NamedPort = (String, Box<dyn Port>);
 
 impl Appliance {
     /// Read the keys and build every device of `cfg` (backing files opened or created).
@@ -162,7 +162,7 @@ impl Appliance {
         self.start_links(links)
     }
 
-    fn open_listeners(&self) -> Result<Vec<Link>, ApplianceError> {
+    fn open_listeners(&self) -> Result<Vec<NamedPort>, ApplianceError> {
         self.cfg
             .listen
             .iter()
@@ -178,7 +178,7 @@ impl Appliance {
             .collect()
     }
 
-    fn start_links(self, links: Vec<Link>) -> Result<Running, ApplianceError> {
+    fn start_links(self, links: Vec<NamedPort>) -> Result<Running, ApplianceError> {
         let stop = Arc::new(AtomicBool::new(false));
         let counters = self.counters.clone();
         let (ready_tx, ready_rx) = crossbeam::channel::bounded::<Ready>(1);
@@ -232,7 +232,7 @@ impl Appliance {
 
     fn serve_links(
         self,
-        mut links: Vec<Link>,
+        mut links: Vec<NamedPort>,
         stop: &AtomicBool,
         on_ready: impl FnOnce(&Ready) -> io::Result<()>,
     ) -> Result<(), ApplianceError> {
@@ -246,6 +246,12 @@ impl Appliance {
         }
     }
 
+    /// What serving keeps of the appliance: the endpoint, its outbound queue, the counters
+    /// and the scratch files (dropped after the endpoint, so the devices' workers end first).
+    fn into_serving(self) -> (Proxy, Receiver<Vec<u8>>, Counters, Scratch) {
+        (self.endpoint, self.outbound, self.counters, self.scratch)
+    }
+
     /// One link: the endpoint runs on the thread that drives the link.
     fn serve_direct(
         self,
@@ -256,13 +262,7 @@ impl Appliance {
     ) -> Result<(), ApplianceError> {
         let dc = self.driver_config(0);
         let functions = self.functions().to_vec();
-        let Appliance {
-            mut endpoint,
-            outbound,
-            counters,
-            scratch,
-            ..
-        } = self;
+        let (mut endpoint, outbound, counters, scratch) = self.into_serving();
         let mut pump = Pump::new(Direct::new(port, dc), &endpoint);
         on_ready(&Ready {
             listen: vec![pump.local_addr()],
@@ -284,7 +284,7 @@ impl Appliance {
     /// thread draining the outbound queue to the session being served.
     fn serve_threaded(
         self,
-        links: Vec<Link>,
+        links: Vec<NamedPort>,
         stop: &AtomicBool,
         on_ready: impl FnOnce(&Ready) -> io::Result<()>,
     ) -> Result<(), ApplianceError> {
@@ -301,13 +301,7 @@ impl Appliance {
             handles.push(h);
             names.push(name);
         }
-        let Appliance {
-            mut endpoint,
-            outbound,
-            counters,
-            scratch,
-            ..
-        } = self;
+        let (mut endpoint, outbound, counters, scratch) = self.into_serving();
         let links = Arc::new(handles);
         // Where the sender thread sends: the session being served.
         let owner: Arc<Mutex<Option<(usize, ConnId)>>> = Arc::new(Mutex::new(None));
@@ -355,12 +349,7 @@ impl Appliance {
                 publish(&links, &endpoint);
                 published = Instant::now();
             }
-            let wait = endpoint
-                .poll_timeout()
-                .map_or(Duration::from_millis(100), |t| {
-                    t.saturating_duration_since(Instant::now())
-                        .min(Duration::from_millis(100))
-                });
+            let wait = endpoint.poll_wait(Instant::now(), Duration::from_millis(100));
             let mut sel = Select::new();
             for l in links.iter() {
                 sel.recv(l.upcalls());

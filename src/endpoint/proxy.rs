@@ -34,12 +34,13 @@ use std::time::{Duration, Instant};
 use crossbeam::channel::{self, Receiver, Sender};
 use thiserror::Error;
 
+use super::decode::MsixRegion;
 use super::device::{AtomicOp, Device, DeviceError, ResetKind};
 use super::function::{Outbound, WakeSlot};
-use super::slot::{find_cfg, Function};
+use super::proxied::{find_cfg, ProxiedFunction};
 use super::sriov::{self, sync_vfs, VfFactory};
 use super::vf_view::VfError;
-use super::wire::{self, AtomicKind, Bdf, CplStatus, Kind, ParsedHeader, WireError};
+use super::wire::{self, AtomicKind, Bdf, CplStatus, ParsedHeader, ParsedKind, TlpViewError};
 use crate::tlp::{self, build};
 
 /// Errors from the endpoint proxy.
@@ -47,7 +48,7 @@ use crate::tlp::{self, build};
 pub enum ProxyError {
     /// A TLP could not be parsed (counted in [`ProxyStats::malformed`]).
     #[error("malformed TLP: {0}")]
-    Malformed(#[from] WireError),
+    Malformed(#[from] TlpViewError),
     /// Two functions were given the same device/function number.
     #[error("function {0} is already present")]
     DuplicateFunction(Bdf),
@@ -96,7 +97,7 @@ pub struct ProxyStats {
 /// The appliance side of the tunnel for a set of functions.
 #[derive(Debug)]
 pub struct Proxy {
-    pub(crate) functions: Vec<Function>,
+    pub(crate) functions: Vec<ProxiedFunction>,
     pub(crate) out: Sender<Vec<u8>>,
     /// The wake-up device threads call after queueing (set once by the pump).
     pub(crate) wake: WakeSlot,
@@ -138,7 +139,7 @@ impl Proxy {
             return Err(ProxyError::DuplicateFunction(bdf));
         }
         self.next_id += 1;
-        self.functions.push(Function::new(
+        self.functions.push(ProxiedFunction::new(
             self.next_id,
             bdf,
             device,
@@ -150,7 +151,7 @@ impl Proxy {
 
     /// Routing IDs of the functions, in the order they were added.
     pub fn functions(&self) -> Vec<Bdf> {
-        self.functions.iter().map(Function::bdf).collect()
+        self.functions.iter().map(ProxiedFunction::bdf).collect()
     }
 
     /// Names of the functions' device models, in the same order.
@@ -207,6 +208,14 @@ impl Proxy {
             .min()
     }
 
+    /// How long a driver thread may sleep at `now` before [`Proxy::poll`] has a timer to run:
+    /// until [`Proxy::poll_timeout`], and never longer than `cap` (so the thread still sees
+    /// its stop flag or its other work).
+    pub fn poll_wait(&self, now: Instant, cap: Duration) -> Duration {
+        self.poll_timeout()
+            .map_or(cap, |t| t.saturating_duration_since(now).min(cap))
+    }
+
     /// Fires (holds a message) when a device thread queued a DMA read that only
     /// [`Proxy::poll`] can start; a driver that waits on channels selects on it beside its
     /// inbound TLPs. Several kicks between two polls collapse into one.
@@ -256,7 +265,7 @@ impl Proxy {
     /// Run `op` on the function table with what creating virtual functions takes.
     fn with_vf_factory<R>(
         &mut self,
-        op: impl FnOnce(&mut Vec<Function>, &mut VfFactory<'_>) -> R,
+        op: impl FnOnce(&mut Vec<ProxiedFunction>, &mut VfFactory<'_>) -> R,
     ) -> R {
         let mut mk = VfFactory {
             next_id: &mut self.next_id,
@@ -346,18 +355,18 @@ impl Proxy {
         }
         let payload = &tlp[h.payload.clone()];
         match h.kind {
-            Kind::Config {
+            ParsedKind::Config {
                 type1,
                 write,
                 target,
                 reg,
             } => self.config(&h, type1, write, target, reg, payload),
-            Kind::MemRead { addr } => self.mem_read(&h, addr),
-            Kind::MemWrite { addr } => self.mem_write(&h, addr, payload),
-            Kind::IoRead { addr } => self.io(&h, u64::from(addr), None),
-            Kind::IoWrite { addr } => self.io(&h, u64::from(addr), Some(payload)),
-            Kind::Atomic { op, addr } => self.atomic(&h, op, addr, payload),
-            Kind::Completion {
+            ParsedKind::MemRead { addr } => self.mem_read(&h, addr),
+            ParsedKind::MemWrite { addr } => self.mem_write(&h, addr, payload),
+            ParsedKind::IoRead { addr } => self.io(&h, u64::from(addr), None),
+            ParsedKind::IoWrite { addr } => self.io(&h, u64::from(addr), Some(payload)),
+            ParsedKind::Atomic { op, addr } => self.atomic(&h, op, addr, payload),
+            ParsedKind::Completion {
                 status,
                 byte_count,
                 lower_addr,
@@ -376,7 +385,7 @@ impl Proxy {
                     self.stats.unexpected_completions += 1;
                 }
             }
-            Kind::Message { .. } => self.stats.messages += 1,
+            ParsedKind::Message { .. } => self.stats.messages += 1,
         }
         Ok(())
     }
@@ -462,42 +471,26 @@ impl Proxy {
         data: &mut [u8],
     ) -> Result<(), DeviceError> {
         let f = &mut self.functions[i];
-        if let Some(m) = f.decode.msix {
-            let tlen = u64::from(m.vectors) * 16;
-            let plen = u64::from(m.vectors).div_ceil(64) * 8;
-            let t = u64::from(m.table_offset);
-            let p = u64::from(m.pba_offset);
-            if bar == m.table_bar && off >= t && off < t + tlen {
-                f.shared.msix.lock_or_recover().read(false, off - t, data);
-                return Ok(());
-            }
-            if bar == m.pba_bar && off >= p && off < p + plen {
-                f.shared.msix.lock_or_recover().read(true, off - p, data);
-                return Ok(());
-            }
+        match f.decode.msix.and_then(|m| m.locate(bar, off)) {
+            Some(MsixRegion::Table(o)) => f.shared.msix.lock_or_recover().read(false, o, data),
+            Some(MsixRegion::Pba(o)) => f.shared.msix.lock_or_recover().read(true, o, data),
+            None => return f.device.bar_read(bar, off, data),
         }
-        f.device.bar_read(bar, off, data)
+        Ok(())
     }
 
     fn bar_write(&mut self, i: usize, bar: u8, off: u64, data: &[u8]) -> Result<(), DeviceError> {
         let f = &mut self.functions[i];
-        if let Some(m) = f.decode.msix {
-            let tlen = u64::from(m.vectors) * 16;
-            let plen = u64::from(m.vectors).div_ceil(64) * 8;
-            let t = u64::from(m.table_offset);
-            let p = u64::from(m.pba_offset);
-            if bar == m.table_bar && off >= t && off < t + tlen {
-                let changed = f.shared.msix.lock_or_recover().write(off - t, data);
-                if changed {
+        match f.decode.msix.and_then(|m| m.locate(bar, off)) {
+            Some(MsixRegion::Table(o)) => {
+                if f.shared.msix.lock_or_recover().write(o, data) {
                     f.shared.flush_msix(&f.decode);
                 }
-                return Ok(());
             }
-            if bar == m.pba_bar && off >= p && off < p + plen {
-                return Ok(()); // the PBA is read-only
-            }
+            Some(MsixRegion::Pba(_)) => {} // the PBA is read-only
+            None => return f.device.bar_write(bar, off, data),
         }
-        f.device.bar_write(bar, off, data)
+        Ok(())
     }
 
     fn mem_read(&mut self, h: &ParsedHeader, addr: u64) {
@@ -505,7 +498,7 @@ impl Proxy {
         let first = addr + u64::from(lead);
         let claim = self.claim_mem(addr, u64::from(h.length_dw) * 4);
         let Some((i, bar, off)) = claim else {
-            let me = self.functions.first().map_or(Bdf(0), Function::bdf);
+            let me = self.functions.first().map_or(Bdf(0), ProxiedFunction::bdf);
             self.complete(me, h, CplStatus::Ur, count as u16 & 0xfff, 0, &[]);
             return;
         };
@@ -607,7 +600,7 @@ impl Proxy {
             .enumerate()
             .find_map(|(i, f)| f.decode.claim_io(addr, 4).map(|(bar, off)| (i, bar, off)));
         let Some((i, bar, off)) = claim else {
-            let me = self.functions.first().map_or(Bdf(0), Function::bdf);
+            let me = self.functions.first().map_or(Bdf(0), ProxiedFunction::bdf);
             self.complete(me, h, CplStatus::Ur, 4, 0, &[]);
             return;
         };
@@ -662,7 +655,7 @@ impl Proxy {
         };
         let claim = self.claim_mem(addr, size as u64);
         let me = claim.map_or_else(
-            || self.functions.first().map_or(Bdf(0), Function::bdf),
+            || self.functions.first().map_or(Bdf(0), ProxiedFunction::bdf),
             |(i, _, _)| self.functions[i].bdf(),
         );
         let le = |b: &[u8]| -> u64 {
