@@ -183,6 +183,11 @@ impl Direct {
         r
     }
 
+    /// Whether this link spins instead of sleeping ([`DriverConfig::busy_poll`]).
+    pub fn busy_poll(&self) -> bool {
+        self.engine.busy
+    }
+
     /// Our address on the link.
     pub fn local_addr(&self) -> PeerAddr {
         self.engine.port.local_addr()
