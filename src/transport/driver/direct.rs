@@ -21,12 +21,12 @@ use std::time::{Duration, Instant};
 /// outstanding).
 const INBOX: usize = 65536;
 
-/// In busy-poll mode, how long after its last work a Direct spins hard before it starts
-/// yielding the CPU: longer than a round trip, so a requester waiting for its answer and a
-/// pump waiting for the next request hold their CPUs the way a raw busy-poll ping-pong does,
-/// yet short enough that threads they wait for (device workers) are not starved for a
-/// scheduler tick when the link goes quiet.
-const BUSY_SPIN: Duration = Duration::from_micros(50);
+/// In busy-poll mode, how long after its last work a Direct spins hard before it yields the
+/// CPU on every idle round: about one raw round trip here, so a requester waiting for its
+/// answer and a pump waiting for the next request hold their CPUs the way a raw busy-poll
+/// ping-pong does, while two ends that share one CPU (or threads they wait for, like device
+/// workers) get it back within that time instead of after a whole spin.
+const BUSY_SPIN: Duration = Duration::from_micros(15);
 
 /// The queue behind [`DirectSender`]s, and whether the Direct's thread sleeps in the link.
 struct Inbox {
