@@ -11,6 +11,9 @@ command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
 # tests/vms_libvirt.rs: libvirt's domain schema and its validator (xmllint).
 command -v virt-xml-validate >/dev/null 2>&1 || need_apt+=(libvirt-clients)
 command -v xmllint >/dev/null 2>&1 || need_apt+=(libxml2-utils)
+# `pcietun bench nvme --peer nbd`: the remote disk people use today, measured beside ours.
+command -v nbdkit >/dev/null 2>&1 || need_apt+=(nbdkit)
+command -v fio >/dev/null 2>&1 || need_apt+=(fio)
 
 if ((${#need_apt[@]})); then
     if [ "$(id -u)" = 0 ]; then

@@ -184,6 +184,62 @@ fn nvme_reports_iops_and_latency_at_qd1_and_qd32() {
 }
 
 #[test]
+fn nvme_with_the_nbd_peer_reports_ratios_to_it() {
+    let have = |t: &str| {
+        Command::new(t)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !have("nbdkit") || !have("fio") {
+        prereq::skip(
+            "bench nvme --peer nbd",
+            "nbdkit or fio missing (apt-get install nbdkit fio)",
+        );
+        return;
+    }
+    let v = bench(&["nvme", "--peer", "nbd"]);
+    assert_eq!(v["peer"], "nbd");
+    assert!(v["peer_missing"].is_null(), "{}", v["peer_missing"]);
+    let seq = v["seq_rows"].as_array().unwrap();
+    let kinds: Vec<(&str, u64, u64)> = seq
+        .iter()
+        .map(|r| {
+            (
+                r["op"].as_str().unwrap(),
+                r["bs"].as_u64().unwrap(),
+                r["qd"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![("seqread", 131072, 16), ("seqwrite", 131072, 16)]
+    );
+    let rows = v["rows"].as_array().unwrap();
+    for r in rows.iter().chain(seq) {
+        let p = &r["peer"];
+        assert!(f(p, "iops") > 0.0, "{r}");
+        assert!(f(p, "cpu_s_per_gb") > 0.0, "{r}");
+        assert!(f(r, "cpu_s_per_gb") > 0.0, "{r}");
+        let l = &p["latency"];
+        assert!(
+            f(l, "p50_us") > 0.0 && f(l, "p50_us") <= f(l, "p99_us"),
+            "{r}"
+        );
+        assert!(close(
+            f(r, "ratio_iops_vs_peer"),
+            f(r, "iops") / f(p, "iops")
+        ));
+        assert!(close(
+            f(r, "ratio_p50_vs_peer"),
+            f(&r["latency"], "p50_us") / f(l, "p50_us")
+        ));
+        assert!(close(f(r, "bytes_per_s"), f(r, "iops") * f(r, "bs")));
+    }
+}
+
+#[test]
 fn mmio_read_over_raw_ethernet_between_namespaces() {
     if !prereq::root_and_ip("bench --link eth") {
         return;

@@ -10,6 +10,7 @@ mod error;
 mod link;
 mod mmio;
 mod nvme;
+mod peer;
 mod plot;
 mod raw;
 pub(crate) use link::LinkKind;

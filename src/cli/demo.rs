@@ -210,6 +210,7 @@ impl Tunnel {
                 busy_poll: false,
                 nvme_bytes: ns_bytes,
                 dma_buffer: 0,
+                mtu: 8972,
             },
         )?;
         println!(

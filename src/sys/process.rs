@@ -1,5 +1,5 @@
 //! Process-level calls: SIGINT/SIGTERM as a stop flag (sigaction(2)), SIGTERM to a child
-//! (kill(2)), and moving a thread into a network namespace the way `ip netns exec` does
+//! (kill(2)), CPU time used (getrusage(2)), and moving a thread into a network namespace the way `ip netns exec` does
 //! (setns(2), unshare(2), mount(2)).
 
 use super::SysError;
@@ -55,6 +55,33 @@ pub fn terminate(child: &std::process::Child) -> io::Result<()> {
     // SAFETY: kill(2) only takes numbers and touches no memory of ours. The pid is our own
     // child's, which stays reserved for us until we reap it.
     check(unsafe { libc::kill(pid, libc::SIGTERM) })
+}
+
+/// Whose CPU time [`cpu_time`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Usage {
+    /// This process, all threads (`RUSAGE_SELF`).
+    This,
+    /// Children that have terminated and been waited for (`RUSAGE_CHILDREN`).
+    Children,
+}
+
+/// User + system CPU time used so far (getrusage(2)).
+pub fn cpu_time(who: Usage) -> io::Result<std::time::Duration> {
+    let who = match who {
+        Usage::This => libc::RUSAGE_SELF,
+        Usage::Children => libc::RUSAGE_CHILDREN,
+    };
+    // SAFETY: `rusage` is plain integers, valid when zeroed; getrusage(2) writes only into
+    // the struct we pass, which lives for the call.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: see above; the pointer is to our own, correctly typed struct.
+    check(unsafe { libc::getrusage(who, &mut ru) })?;
+    let tv = |t: libc::timeval| {
+        std::time::Duration::from_secs(t.tv_sec.max(0) as u64)
+            + std::time::Duration::from_micros(t.tv_usec.max(0) as u64)
+    };
+    Ok(tv(ru.ru_utime) + tv(ru.ru_stime))
 }
 
 /// Move the calling thread into network namespace `netns` (a file under `/run/netns`) with a

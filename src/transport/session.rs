@@ -597,6 +597,7 @@ impl Session {
         s.srtt = self.rtt.srtt_or(Duration::ZERO);
         s.min_rtt = self.cc.base_delay().unwrap_or_default();
         s.cwnd = self.cc.window();
+        s.mtu = self.p.mtu;
         s
     }
 

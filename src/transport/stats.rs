@@ -58,6 +58,9 @@ pub struct Stats {
     pub min_rtt: Duration,
     /// Congestion window, bytes.
     pub cwnd: usize,
+    /// Largest frame this session sends, bytes: the smaller of both ends' sizes, agreed in
+    /// the handshake (protocol.md §3.2).
+    pub mtu: usize,
 }
 
 /// Endpoint-wide counters: frames that never reached a session.

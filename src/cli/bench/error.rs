@@ -63,6 +63,34 @@ pub enum BenchError {
     /// A helper thread panicked.
     #[error("the {0} thread panicked")]
     ThreadPanicked(&'static str),
+    /// A tool of the peer (`nbdkit`, `fio`) could not be started.
+    #[error("starting {tool}: {source}")]
+    PeerSpawn {
+        /// Which tool.
+        tool: &'static str,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A tool of the peer failed.
+    #[error("{tool} failed ({status}): {stderr}")]
+    PeerFailed {
+        /// Which tool.
+        tool: &'static str,
+        /// Its exit status.
+        status: std::process::ExitStatus,
+        /// What it printed on stderr.
+        stderr: String,
+    },
+    /// `--peer` was asked for, its tools are missing, and PCIETUN_REQUIRE_ALL=1.
+    #[error("the peer cannot run: {0}")]
+    PeerMissing(String),
+    /// nbdkit did not accept connections in time.
+    #[error("nbdkit is not listening on {0} after 5 s")]
+    PeerNotListening(std::net::SocketAddr),
+    /// fio's report lacks what was asked for.
+    #[error("fio's JSON report has {0}")]
+    FioReport(&'static str),
     /// The `--json` report could not be written.
     #[error("writing {}: {source}", path.display())]
     Report {

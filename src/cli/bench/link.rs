@@ -1,6 +1,11 @@
 //! Links for the bench scenarios: port pairs over UDP loopback, a temporary veth pair (raw
 //! Ethernet) or memory, and the raw baselines measured straight through those ports
 //! (ping-pong RTT, one-way blast), so every scenario compares against the same path.
+//!
+//! The baseline is the best raw variant in the same mode as ours: the ping-pong on plain
+//! sockets (one sendto/recvfrom per message), spinning when ours busy-polls; the blast both
+//! plain and, over UDP, with segmentation offload (GSO send, GRO + recvmmsg receive, as our
+//! UDP port uses), and the faster of the two is the baseline ([`raw_blast_best`]).
 
 use super::error::BenchError;
 use super::stats::{Latency, Throughput};
@@ -8,7 +13,7 @@ use pcietun::transport::driver::{
     eth::{EthPort, EthSpec},
     mem,
     udp::UdpPort,
-    Port,
+    Port, Received, MAX_RECV_SLOTS,
 };
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -61,13 +66,23 @@ impl Drop for Veth {
     }
 }
 
-/// Two connected ports: (client side, server side).
-pub fn ports(kind: LinkKind, veth: Option<&Veth>) -> Res<(Box<dyn Port>, Box<dyn Port>)> {
+/// Two connected ports: (client side, server side). `offload`: UDP with GSO/GRO where the
+/// kernel has them (as the transport uses it), else plain sockets.
+pub fn ports_with(
+    kind: LinkKind,
+    veth: Option<&Veth>,
+    offload: bool,
+) -> Res<(Box<dyn Port>, Box<dyn Port>)> {
+    let udp = |offload: bool| -> Res<Box<dyn Port>> {
+        let a = "127.0.0.1:0".parse()?;
+        Ok(Box::new(if offload {
+            UdpPort::bind(a)?
+        } else {
+            UdpPort::bind_plain(a)?
+        }))
+    };
     Ok(match kind {
-        LinkKind::Udp => (
-            Box::new(UdpPort::bind("127.0.0.1:0".parse()?)?),
-            Box::new(UdpPort::bind("127.0.0.1:0".parse()?)?),
-        ),
+        LinkKind::Udp => (udp(offload)?, udp(offload)?),
         LinkKind::Mem => {
             let (a, b) = mem::pair();
             (Box::new(a), Box::new(b))
@@ -80,6 +95,11 @@ pub fn ports(kind: LinkKind, veth: Option<&Veth>) -> Res<(Box<dyn Port>, Box<dyn
             (open(&v.0)?, open(&v.1)?)
         }
     })
+}
+
+/// Two connected ports as the transport uses them: (client side, server side).
+pub fn ports(kind: LinkKind, veth: Option<&Veth>) -> Res<(Box<dyn Port>, Box<dyn Port>)> {
+    ports_with(kind, veth, true)
 }
 
 fn wait_or_spin(p: &mut dyn Port, busy: bool, t: Duration) {
@@ -149,41 +169,109 @@ pub fn raw_rtt_samples(
     samples
 }
 
-/// Raw one-way blast of `size`-byte datagrams for `secs`.
-pub fn raw_blast(mut c: Box<dyn Port>, mut s: Box<dyn Port>, size: usize, secs: f64) -> Throughput {
+/// Raw one-way blast of `size`-byte datagrams for `secs`: one call per datagram on plain
+/// ports; runs of datagrams per call (GSO) and coalesced receives (GRO, recvmmsg) on ports
+/// that offer them. The receiver spins when `busy`.
+pub fn raw_blast(
+    mut c: Box<dyn Port>,
+    mut s: Box<dyn Port>,
+    size: usize,
+    secs: f64,
+    busy: bool,
+) -> Throughput {
     let done = Arc::new(AtomicBool::new(false));
     let bytes = Arc::new(AtomicU64::new(0));
     let (d2, b2) = (done.clone(), bytes.clone());
     let dst = s.local_addr();
     let rx = std::thread::spawn(move || {
-        let mut buf = vec![0u8; 65536];
+        let slot = s.recv_slot(size).max(size);
+        let k = s.recv_slots().clamp(1, MAX_RECV_SLOTS);
+        let mut buf = vec![0u8; slot * k];
+        let mut got = [Received::default(); MAX_RECV_SLOTS];
         let mut n_msgs = 0u64;
         let mut last = Instant::now();
         loop {
-            match s.recv(&mut buf) {
-                Ok(Some((n, _))) => {
-                    b2.fetch_add(n as u64, Ordering::Relaxed);
-                    n_msgs += 1;
+            match s.recv_batch(&mut buf, slot, &mut got[..k]) {
+                Ok(n) if n > 0 => {
+                    for g in &got[..n] {
+                        b2.fetch_add(g.len as u64, Ordering::Relaxed);
+                        n_msgs += g.len.div_ceil(g.stride.max(1)) as u64;
+                    }
                     last = Instant::now();
                 }
                 _ => {
                     if d2.load(Ordering::Relaxed) && last.elapsed() > Duration::from_millis(50) {
                         break;
                     }
-                    let _ = s.wait(Some(Duration::from_millis(10)));
+                    wait_or_spin(s.as_mut(), busy, Duration::from_millis(10));
                 }
             }
         }
         (n_msgs, last)
     });
-    let msg = vec![0xa5u8; size];
+    let run = c.max_segments().clamp(1, (65507 / size.max(1)).max(1));
+    let msg = vec![0xa5u8; size * run];
     let t0 = Instant::now();
     while t0.elapsed().as_secs_f64() < secs {
-        for _ in 0..64 {
-            let _ = c.send(&msg, dst);
+        for _ in 0..(64 / run).max(1) {
+            if run > 1 {
+                let _ = c.send_segments(&msg, size, dst);
+            } else {
+                let _ = c.send(&msg, dst);
+            }
         }
     }
     done.store(true, Ordering::Relaxed);
     let (msgs, last) = rx.join().unwrap_or((0, t0));
     Throughput::new(bytes.load(Ordering::Relaxed), msgs, last.duration_since(t0))
+}
+
+/// The raw blast baseline: plain, and with offloads where the link has them; the best wins.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Blast {
+    /// The faster variant's figures.
+    pub best: Throughput,
+    /// Which variant that was: `plain sendto` or `GSO/GRO`.
+    pub variant: &'static str,
+    /// One datagram per call.
+    pub plain: Throughput,
+    /// GSO send, GRO + recvmmsg receive (UDP only, where the kernel has it).
+    pub gso: Option<Throughput>,
+}
+
+impl Blast {
+    /// One line naming the variants.
+    pub fn describe(&self) -> String {
+        match self.gso {
+            Some(g) => format!(
+                "best of plain sendto {:.3} Gbit/s and GSO/GRO {:.3} Gbit/s: {}",
+                self.plain.gbit_s, g.gbit_s, self.variant
+            ),
+            None => format!("plain sendto {:.3} Gbit/s", self.plain.gbit_s),
+        }
+    }
+}
+
+/// [`raw_blast`] on fresh plain ports from `mk(false)`, and on offloaded ones from
+/// `mk(true)` when those offer GSO; the faster is the baseline.
+pub fn raw_blast_best(
+    mut mk: impl FnMut(bool) -> Res<(Box<dyn Port>, Box<dyn Port>)>,
+    size: usize,
+    secs: f64,
+    busy: bool,
+) -> Res<Blast> {
+    let (c, s) = mk(false)?;
+    let plain = raw_blast(c, s, size, secs, busy);
+    let (c, s) = mk(true)?;
+    let gso = (c.max_segments() > 1).then(|| raw_blast(c, s, size, secs, busy));
+    let (best, variant) = match gso {
+        Some(g) if g.gbit_s > plain.gbit_s => (g, "GSO/GRO"),
+        _ => (plain, "plain sendto"),
+    };
+    Ok(Blast {
+        best,
+        variant,
+        plain,
+        gso,
+    })
 }

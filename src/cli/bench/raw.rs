@@ -3,7 +3,7 @@
 //! veth pair, created for the run and removed on every path, with sockets opened inside each.
 
 use super::error::BenchError;
-pub use super::link::{raw_blast, raw_rtt_samples, LinkKind};
+pub use super::link::{raw_blast_best, raw_rtt_samples, Blast, LinkKind};
 pub use super::transport::OnOff;
 use pcietun::transport::driver::{
     eth::{EthPort, EthSpec},

@@ -43,6 +43,9 @@ pub struct RigConfig {
     pub nvme_bytes: u64,
     /// DMA engine buffer size (0: no DMA engine).
     pub dma_buffer: usize,
+    /// Frame size both ends offer; the host lowers it to what the path carries and the
+    /// handshake agrees on the smaller end's.
+    pub mtu: usize,
 }
 
 /// The link the rig (and the raw baseline) runs on; owns the namespaces for `eth`.
@@ -67,13 +70,32 @@ impl Net {
         self.kind
     }
 
-    /// Two fresh ports: (host side, appliance side).
+    /// Two fresh ports as the transport uses them: (host side, appliance side).
     pub fn ports(&self) -> Res<(Box<dyn Port>, Box<dyn Port>)> {
+        self.ports_with(true)
+    }
+
+    /// The frame size ours uses here when both ends offer `mtu`: what the port and the
+    /// path carry.
+    pub fn frame(&self, mtu: usize) -> Res<usize> {
+        let (c, s) = self.ports()?;
+        let path = c.path_mtu(s.local_addr()).unwrap_or(usize::MAX);
+        Ok(mtu.min(c.mtu()).min(s.mtu()).min(path))
+    }
+
+    /// Two fresh ports; `offload`: UDP with GSO/GRO where the kernel has them, else plain
+    /// sockets (one datagram per call).
+    pub fn ports_with(&self, offload: bool) -> Res<(Box<dyn Port>, Box<dyn Port>)> {
+        let udp = || -> Res<Box<dyn Port>> {
+            let a = "127.0.0.1:0".parse()?;
+            Ok(Box::new(if offload {
+                UdpPort::bind(a)?
+            } else {
+                UdpPort::bind_plain(a)?
+            }))
+        };
         Ok(match (self.kind, &self.ns) {
-            (LinkKind::Udp, _) => (
-                Box::new(UdpPort::bind("127.0.0.1:0".parse()?)?),
-                Box::new(UdpPort::bind("127.0.0.1:0".parse()?)?),
-            ),
+            (LinkKind::Udp, _) => (udp()?, udp()?),
             (LinkKind::Mem, _) => {
                 let (a, b) = mem::pair();
                 (Box::new(a), Box::new(b))
@@ -142,7 +164,7 @@ fn appliance_config(cfg: &RigConfig, key_file: Option<PathBuf>, host: HostSpec) 
         inject_loss: cfg.loss * 100.0,
         link: LinkOptions {
             encrypt: cfg.encrypt,
-            mtu: Some(1472),
+            mtu: Some(cfg.mtu),
             seed: 11,
             busy_poll: cfg.busy_poll,
         },
@@ -222,7 +244,7 @@ impl Rig {
         cc.inject_loss = cfg.loss;
         cc.seed = 12;
         cc.busy_poll = cfg.busy_poll;
-        cc.transport.mtu = 1472;
+        cc.transport.mtu = cfg.mtu;
         // The host agent on the rig's port: it connects, then enumerates.
         let agent = Agent::start_on(c_port, cc, HostConfig::default())?;
         agent

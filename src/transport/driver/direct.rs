@@ -21,6 +21,13 @@ use std::time::{Duration, Instant};
 /// outstanding).
 const INBOX: usize = 65536;
 
+/// In busy-poll mode, how long after its last work a Direct spins hard before it yields the
+/// CPU on every idle round: about one raw round trip here, so a requester waiting for its
+/// answer and a pump waiting for the next request hold their CPUs the way a raw busy-poll
+/// ping-pong does, while two ends that share one CPU (or threads they wait for, like device
+/// workers) get it back within that time instead of after a whole spin.
+const BUSY_SPIN: Duration = Duration::from_micros(15);
+
 /// The queue behind [`DirectSender`]s, and whether the Direct's thread sleeps in the link.
 struct Inbox {
     rx: Receiver<(ConnId, Bytes)>,
@@ -36,6 +43,8 @@ pub struct Direct {
     inbox: Option<Inbox>,
     /// An inbox TLP waiting for room in its session's queue.
     held: Option<(ConnId, Bytes)>,
+    /// Busy-poll mode: since when the link has had no work (None: it just had some).
+    idle_since: Option<Instant>,
 }
 
 /// Queues TLPs for a [`Direct`] from other threads and wakes its thread when it sleeps; the
@@ -98,6 +107,7 @@ impl Direct {
             queue: VecDeque::with_capacity(1024),
             inbox: None,
             held: None,
+            idle_since: None,
         }
     }
 
@@ -159,7 +169,17 @@ impl Direct {
     /// Sleep in the kernel until a frame, a wake-up or `timeout` (announcing it to senders).
     fn sleep(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         if self.engine.busy {
-            std::thread::yield_now(); // see the threaded driver: never hold a core
+            // Spin hard for BUSY_SPIN after the last work, then yield (see the threaded
+            // driver: holding a core for good starves the threads an answer needs).
+            let now = Instant::now();
+            let since = *self.idle_since.get_or_insert(now);
+            if now.duration_since(since) < BUSY_SPIN {
+                for _ in 0..32 {
+                    std::hint::spin_loop();
+                }
+            } else {
+                std::thread::yield_now();
+            }
             return Ok(());
         }
         let cap = if self.held.is_some() {
@@ -181,6 +201,11 @@ impl Direct {
             i.sleeping.store(false, Ordering::Release);
         }
         r
+    }
+
+    /// Whether this link spins instead of sleeping ([`DriverConfig::busy_poll`]).
+    pub fn busy_poll(&self) -> bool {
+        self.engine.busy
     }
 
     /// Our address on the link.
@@ -214,6 +239,9 @@ impl Direct {
             Ok(())
         };
         work |= self.engine.deliver(&mut sink).unwrap_or(true);
+        if work {
+            self.idle_since = None;
+        }
         Ok(work)
     }
 

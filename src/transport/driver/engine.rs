@@ -1,11 +1,17 @@
 //! The engine shared by both drivers: an [`Endpoint`] plus a [`Port`], the real clock, the
 //! receive-buffer pool, injected loss and counters; and the loop of the threaded driver.
+//!
+//! Frames move in batches where the port allows: one receive call returns runs of frames
+//! (GRO) in several slots (recvmmsg), all handled with one clock reading, so the ACK they
+//! cause goes out once at the next transmit; a transmit gathers the frames the endpoint has
+//! for one peer into one contiguous run of equal-size frames and sends it with one call
+//! (GSO). Frames are split off one receive chunk, so delivered TLPs share it without copies.
 
-use super::{Cmd, DriverConfig, DriverStats, Peers, Port, Upcall};
+use super::{Cmd, DriverConfig, DriverStats, Peers, Port, Received, Upcall, MAX_RECV_SLOTS};
 use crate::transport::endpoint::{ConnId, Endpoint, Role};
 use crate::transport::time::Clock;
 use crate::transport::SendError;
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use crossbeam::channel::{Receiver, Sender, TryRecvError, TrySendError};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -15,14 +21,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Receive buffer chunk: frames are split off it, so delivered TLPs share it without copies.
-const RX_CHUNK: usize = 64 * 1024;
+/// Large enough for several GRO slots of 64 KiB; a new chunk is allocated only when the
+/// frames of the last one are still held and it runs out.
+const RX_CHUNK: usize = 1 << 20;
+/// Largest run one GSO send may carry (a UDP length field).
+const TX_BATCH_BYTES: usize = 65507;
 
 pub(crate) struct Engine {
     pub port: Box<dyn Port>,
     pub ep: Endpoint,
     pub clock: Clock,
     rx: BytesMut,
+    /// What each receive slot holds (filled by the port).
+    slots: [Received; MAX_RECV_SLOTS],
     tx: Vec<u8>,
+    /// Frames one send may carry (the port's GSO limit; 1 without offload).
+    max_segments: usize,
     mtu: usize,
     loss: f64,
     rng: StdRng,
@@ -39,7 +53,24 @@ impl Engine {
         };
         let mut tcfg = cfg.transport.clone();
         tcfg.mtu = tcfg.mtu.min(port.mtu());
+        if let Peers::Connect { server, .. } = &cfg.peers {
+            // Frames must fit the path: the handshake then agrees on the smaller of both
+            // ends' sizes (protocol.md §3.2), so the server follows what we found.
+            if let Some(path) = port.path_mtu(*server) {
+                if path < tcfg.mtu {
+                    tracing::info!(
+                        configured = tcfg.mtu,
+                        path_mtu = path,
+                        "frame size lowered to what the path to {server} carries"
+                    );
+                    tcfg.mtu = path.max(MIN_MTU);
+                }
+            }
+        }
         let mtu = tcfg.mtu;
+        let max_segments = port
+            .max_segments()
+            .clamp(1, (TX_BATCH_BYTES / mtu.max(1)).max(1));
         let clock = Clock::new();
         let role = match &cfg.peers {
             Peers::Accept(_) => Role::Server,
@@ -66,7 +97,9 @@ impl Engine {
             ep,
             clock,
             rx: BytesMut::with_capacity(RX_CHUNK),
-            tx: vec![0; mtu.max(2048)],
+            slots: [Received::default(); MAX_RECV_SLOTS],
+            tx: vec![0; (mtu * max_segments).max(2048)],
+            max_segments,
             mtu,
             loss: cfg.inject_loss,
             rng: StdRng::seed_from_u64(seed ^ 0x1055),
@@ -75,50 +108,128 @@ impl Engine {
         }
     }
 
-    /// Read up to `max` waiting frames into the endpoint.
+    /// Read waiting frames into the endpoint: at least one receive call, more until about
+    /// `max` frames were taken or nothing waits.
     pub fn receive(&mut self, max: usize) -> io::Result<bool> {
         let mut work = false;
-        for _ in 0..max {
-            if self.rx.capacity() < self.mtu {
-                self.rx.reserve(RX_CHUNK);
+        let slot = self.port.recv_slot(self.mtu).max(self.mtu);
+        let mut frames = 0;
+        while frames < max.max(1) {
+            let k = self
+                .port
+                .recv_slots()
+                .clamp(1, MAX_RECV_SLOTS)
+                .min((max - frames).max(1));
+            let need = slot * k;
+            if self.rx.len() < need {
+                if self.rx.capacity() < need {
+                    // Reuses the chunk when no delivered frame holds it any more.
+                    self.rx.clear();
+                    self.rx.reserve(RX_CHUNK.max(need));
+                }
+                self.rx.resize(need, 0);
             }
-            self.rx.resize(self.mtu, 0);
-            match self.port.recv(&mut self.rx[..])? {
-                Some((n, from)) => {
-                    let frame = self.rx.split_to(n);
-                    self.rx.clear();
+            let n = self
+                .port
+                .recv_batch(&mut self.rx[..need], slot, &mut self.slots[..k])?;
+            if n == 0 {
+                break;
+            }
+            work = true;
+            // One clock reading for the whole batch.
+            let now = self.clock.now();
+            let mut pos = 0;
+            for i in 0..n.min(k) {
+                let Received { len, stride, from } = self.slots[i];
+                let start = i * slot;
+                if start > pos {
+                    self.rx.advance(start - pos);
+                    pos = start;
+                }
+                let (mut left, stride) = (len.min(slot), stride.max(1));
+                while left > 0 {
+                    let l = left.min(stride);
+                    let frame = self.rx.split_to(l);
+                    pos += l;
+                    left -= l;
+                    frames += 1;
                     self.stats.frames_in += 1;
-                    self.ep.handle_frame(self.clock.now(), from, frame);
-                    work = true;
+                    self.ep.handle_frame(now, from, frame);
                 }
-                None => {
-                    self.rx.clear();
-                    break;
-                }
+            }
+            if n < k {
+                break;
             }
         }
         Ok(work)
     }
 
-    /// Run due timers and send every frame the endpoint has.
+    /// Run due timers and send every frame the endpoint has: consecutive frames for one peer
+    /// of one size (the last may be shorter) go out as one run ([`Port::send_segments`]).
     pub fn transmit(&mut self) -> bool {
         let now = self.clock.now();
         if self.ep.poll_timeout().is_some_and(|t| t <= now) {
             self.ep.handle_timeout(now);
         }
+        let mtu = self.mtu;
+        // The run being gathered at the front of `tx`: bytes, frame size, frames, peer.
+        let (mut len, mut seg, mut count) = (0usize, 0usize, 0usize);
+        let mut dst = None;
         let mut any = false;
-        while let Some(t) = self.ep.poll_transmit(now, &mut self.tx) {
+        loop {
+            if self.tx.len() < len + mtu {
+                self.tx.resize(len + mtu, 0);
+            }
+            let Some(t) = self.ep.poll_transmit(now, &mut self.tx[len..len + mtu]) else {
+                break;
+            };
             any = true;
             if self.loss > 0.0 && self.rng.gen_bool(self.loss) {
                 self.stats.injected_drops += 1;
                 continue;
             }
             self.stats.frames_out += 1;
-            if self.port.send(&self.tx[..t.len], t.dst).is_err() {
-                self.stats.send_errors += 1;
+            if count > 0 && (dst != Some(t.dst) || t.len > seg) {
+                // Does not join the run: send the run, move this frame to the front.
+                self.flush(len, seg, count, dst);
+                self.tx.copy_within(len..len + t.len, 0);
+                (len, count) = (0, 0);
+            }
+            if count == 0 {
+                (seg, dst) = (t.len, Some(t.dst));
+            }
+            len += t.len;
+            count += 1;
+            // A shorter frame ends a run, and so does the port's limit.
+            if t.len < seg || count >= self.max_segments {
+                self.flush(len, seg, count, dst);
+                (len, count) = (0, 0);
             }
         }
+        if count > 0 {
+            self.flush(len, seg, count, dst);
+        }
         any
+    }
+
+    /// Send the run of `count` frames in `tx[..len]`.
+    fn flush(
+        &mut self,
+        len: usize,
+        seg: usize,
+        count: usize,
+        dst: Option<crate::transport::PeerAddr>,
+    ) {
+        let Some(dst) = dst else { return };
+        let frames = &self.tx[..len];
+        let r = if count == 1 {
+            self.port.send(frames, dst)
+        } else {
+            self.port.send_segments(frames, seg, dst)
+        };
+        if r.is_err() {
+            self.stats.send_errors += count as u64;
+        }
     }
 
     /// Hand events and delivered TLPs to `sink` until it refuses one (returned as `Err`).
@@ -129,6 +240,16 @@ impl Engine {
         let mut any = false;
         while let Some((c, e)) = self.ep.poll_event() {
             any = true;
+            if let crate::transport::Event::Connected { peer, .. } = &e {
+                let frame = self.ep.stats(c).map_or(0, |s| s.mtu);
+                tracing::info!(
+                    %peer,
+                    frame_bytes = frame,
+                    offered = self.mtu,
+                    gso_segments = self.max_segments,
+                    "session up: frames of up to {frame} B (the smaller of both ends' sizes)"
+                );
+            }
             sink(Upcall::Event { conn: c, event: e })?;
         }
         let now = self.clock.now();
@@ -174,6 +295,9 @@ impl Engine {
         self.port.wait(timeout)
     }
 }
+
+/// Smallest frame size the handshake accepts (protocol.md §3.2).
+const MIN_MTU: usize = 256;
 
 /// The threaded driver: an [`Engine`] plus the channels of a `TransportHandle`.
 pub(crate) struct Driver {

@@ -2,6 +2,11 @@
 //! or raw Ethernet through AF_PACKET on mio) and talks to the layer above through channels.
 //! [`TransportHandle`] is the same for every link: send TLP bytes to a peer, receive
 //! delivered TLPs and link events ([`Upcall`]). See docs/transport.md.
+//!
+//! A port may move many frames per system call ([`Port::send_segments`],
+//! [`Port::recv_batch`]): the UDP port uses segmentation offload (`UDP_SEGMENT`, udp(7)) on
+//! send and `UDP_GRO` + recvmmsg(2) on receive where the kernel has them. Every frame stays
+//! its own datagram on the wire and its own AEAD unit.
 
 mod direct;
 mod engine;
@@ -13,6 +18,7 @@ pub mod udp;
 use self::engine::Driver;
 pub use direct::{Direct, DirectSender};
 pub use shared::SharedLink;
+pub use udp::UdpOffload;
 
 use super::endpoint::{ConnId, Event};
 use super::stats::{EndpointStats, Stats};
@@ -28,6 +34,31 @@ use std::time::Duration;
 
 const CMD_QUEUE: usize = 4096;
 const UPCALL_QUEUE: usize = 16384;
+
+/// What one slot of [`Port::recv_batch`] received: `len` bytes holding frames of `stride`
+/// bytes each (the last may be shorter), all from `from`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Received {
+    /// Bytes in the slot.
+    pub len: usize,
+    /// Bytes per frame (equal to `len` for a single frame).
+    pub stride: usize,
+    /// Sender.
+    pub from: PeerAddr,
+}
+
+impl Default for Received {
+    fn default() -> Self {
+        Received {
+            len: 0,
+            stride: 0,
+            from: PeerAddr::Udp(std::net::SocketAddr::from(([0, 0, 0, 0], 0))),
+        }
+    }
+}
+
+/// Most slots one [`Port::recv_batch`] call fills (the engine's batch).
+pub const MAX_RECV_SLOTS: usize = 16;
 
 /// A link port the driver thread polls. Implemented by the UDP, Ethernet and memory ports.
 pub trait Port: Send {
@@ -46,6 +77,60 @@ pub trait Port: Send {
     /// The descriptor that becomes readable when a frame waits, for a thread that watches the
     /// link without owning it ([`SharedLink`]); `None` for in-process ports.
     fn readiness_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
+    /// Bytes one slot of [`recv_batch`](Self::recv_batch) needs, for frames of up to `mtu`
+    /// bytes: one frame, or a coalesced run of them (UDP GRO: 64 KiB).
+    fn recv_slot(&self, mtu: usize) -> usize {
+        mtu
+    }
+    /// Slots worth filling per [`recv_batch`](Self::recv_batch) call (recvmmsg).
+    fn recv_slots(&self) -> usize {
+        1
+    }
+    /// Receive without blocking into up to `out.len()` slots of `slot` bytes laid end to end
+    /// in `buf`, in one system call where the link allows; `out[i]` says what slot `i` holds.
+    /// Returns how many slots were filled (0: nothing waiting).
+    fn recv_batch(
+        &mut self,
+        buf: &mut [u8],
+        slot: usize,
+        out: &mut [Received],
+    ) -> io::Result<usize> {
+        let (Some(first), Some(slot_buf)) = (out.first_mut(), buf.get_mut(..slot)) else {
+            return Ok(0);
+        };
+        Ok(match self.recv(slot_buf)? {
+            Some((len, from)) => {
+                *first = Received {
+                    len,
+                    stride: len,
+                    from,
+                };
+                1
+            }
+            None => 0,
+        })
+    }
+    /// Most frames one [`send_segments`](Self::send_segments) call carries (1: no offload).
+    fn max_segments(&self) -> usize {
+        1
+    }
+    /// Send `frames` to `dst`: consecutive frames of `seg` bytes each, the last possibly
+    /// shorter, each its own datagram on the wire, in one system call where the link
+    /// segments for us (UDP GSO). Best effort, like [`send`](Self::send).
+    fn send_segments(&mut self, frames: &[u8], seg: usize, dst: PeerAddr) -> io::Result<()> {
+        let mut r = Ok(());
+        for f in frames.chunks(seg.max(1)) {
+            if let Err(e) = self.send(f, dst) {
+                r = Err(e);
+            }
+        }
+        r
+    }
+    /// The largest frame the path to `dst` carries, where the link can tell (UDP: the
+    /// route's MTU less the IP and UDP headers). `None`: unknown.
+    fn path_mtu(&self, _dst: PeerAddr) -> Option<usize> {
         None
     }
 }

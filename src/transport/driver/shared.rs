@@ -7,6 +7,13 @@
 //!
 //! In-process ports have no descriptor; there the watcher holds the link while it sleeps and
 //! waiting threads fall back to being woken by it.
+//!
+//! While requesters drive the link (and for [`GRACE`] after the last one stopped) the watcher
+//! sleeps on its kick alone, not on the socket: otherwise every answer would wake it as well
+//! as the requester that waits for it (two threads woken per round trip, on two vCPUs the
+//! one the peer runs on). A requester kicks it at the end of a drive only when a timer is due
+//! before the watcher would wake anyway. What arrives unasked in that window (an interrupt
+//! right after a register read) waits at most `GRACE` if no requester takes it first.
 
 use super::direct::{Direct, DirectSender};
 use super::{HandleError, Upcall, Wake};
@@ -21,8 +28,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-/// Sends closer together than this are a burst (see [`SharedLink::send`]).
+/// Sends closer together than this, with no wait for an answer between them, are a burst
+/// (see [`SharedLink::send`]).
 const BURST: Duration = Duration::from_micros(20);
+
+/// How long after the last drive the watcher still leaves the socket to requesters (a
+/// driver's next register read usually follows within a round trip).
+const GRACE: Duration = Duration::from_micros(100);
 
 /// What the link hands up, called on whichever thread is driving.
 pub type Dispatch = Box<dyn Fn(Upcall) + Send + Sync>;
@@ -61,6 +73,14 @@ pub struct SharedLink {
     kick: Arc<Kick>,
     fd: Option<RawFd>,
     dispatch: OnceLock<Dispatch>,
+    /// Busy-poll mode: a waiting thread spins for the link instead of sleeping.
+    busy: bool,
+    /// A requester is driving the link.
+    driving: AtomicBool,
+    /// When the last drive ended (nanoseconds since `base`).
+    last_drive: AtomicU64,
+    /// When the watcher wakes on its own (nanoseconds since `base`; set under the link).
+    watcher_wake: AtomicU64,
 }
 
 impl std::fmt::Debug for SharedLink {
@@ -78,6 +98,10 @@ impl SharedLink {
         let kick = Arc::new(Kick::new()?);
         let sender = d.sender_also_waking(Some(kick.clone()));
         Ok(SharedLink {
+            busy: d.busy_poll(),
+            driving: AtomicBool::new(false),
+            last_drive: AtomicU64::new(0),
+            watcher_wake: AtomicU64::new(0),
             fd: d.readiness_fd(),
             d: Mutex::new(d),
             last_tx: AtomicU64::new(0),
@@ -104,8 +128,10 @@ impl SharedLink {
     /// queued for whoever drives it (in order with everything queued before).
     pub fn send(&self, conn: ConnId, tlp: Bytes) -> Result<(), HandleError> {
         // A lone TLP leaves at once, from this thread. In a burst (another send within
-        // BURST) it is only queued and the watcher sends the lot, in as few frames as fit,
-        // on the other CPU while this thread produces the next one.
+        // BURST, with no wait for an answer in between) it is only queued and the watcher
+        // sends the lot, in as few frames as fit, on the other CPU while this thread
+        // produces the next one. A request sent right after the answer to the previous one
+        // is not a burst: queueing it would cost a watcher wake-up per round trip.
         let now = self.base.elapsed().as_nanos() as u64;
         let last = self.last_tx.swap(now, Ordering::Relaxed);
         if now.saturating_sub(last) < BURST.as_nanos() as u64 {
@@ -145,15 +171,27 @@ impl SharedLink {
 
     /// Run the link on this thread until `done()` or `deadline`. Returns false at once when
     /// another thread is running it (then wait to be woken: that thread hands up what
-    /// arrives, including what `done` waits for).
+    /// arrives, including what `done` waits for). In busy-poll mode it never sleeps: it
+    /// spins until it has the link or `done()`, then polls the link without blocking.
     pub fn drive(&self, done: &dyn Fn() -> bool, deadline: Instant) -> bool {
         if self.fd.is_none() {
             return false;
         }
-        let mut d = match self.d.try_lock_or_recover() {
-            Some(d) => d,
-            None => return false,
+        let ns = |t: Instant| t.saturating_duration_since(self.base).as_nanos() as u64;
+        let mut d = loop {
+            match self.d.try_lock_or_recover() {
+                Some(d) => break d,
+                None if self.busy => {
+                    if done() || Instant::now() >= deadline {
+                        self.last_tx.store(0, Ordering::Relaxed);
+                        return true;
+                    }
+                    std::hint::spin_loop();
+                }
+                None => return false,
+            }
         };
+        self.driving.store(true, Ordering::SeqCst);
         while !done() {
             let now = Instant::now();
             if now >= deadline {
@@ -168,9 +206,18 @@ impl SharedLink {
                 }
             }
         }
+        let next = d.next_deadline();
+        self.last_drive.store(ns(Instant::now()), Ordering::SeqCst);
+        self.driving.store(false, Ordering::SeqCst);
         drop(d);
-        // The watcher sleeps on a deadline it read before we ran the link: let it re-read.
-        self.kick.wake();
+        // The next send follows an answer, not a burst.
+        self.last_tx.store(0, Ordering::Relaxed);
+        // The watcher sleeps on a deadline it read before we ran the link: kick it when a
+        // timer is now due before it wakes (otherwise it wakes in time, at most GRACE late
+        // for anything unasked that arrives meanwhile).
+        if next.is_some_and(|t| ns(t) < self.watcher_wake.load(Ordering::SeqCst)) {
+            self.kick.wake();
+        }
         true
     }
 
@@ -212,10 +259,29 @@ impl SharedLink {
                     // Held back by a full session queue: ACKs free it; look again soon.
                     t = t.min(Duration::from_micros(200));
                 }
+                let wake =
+                    (now + t.min(Duration::from_secs(1))).saturating_duration_since(self.base);
+                self.watcher_wake
+                    .store(wake.as_nanos() as u64, Ordering::SeqCst);
                 t
             };
-            // Sleep on the socket without holding the link, so a requester can take it.
-            self.sleep(fd, timeout);
+            // Sleep without holding the link, so a requester can take it: on the socket, or
+            // on the kick alone while requesters drive (they take what arrives).
+            let now = self.base.elapsed().as_nanos() as u64;
+            let since = now.saturating_sub(self.last_drive.load(Ordering::SeqCst));
+            let grace = GRACE.as_nanos() as u64;
+            let driving = self.driving.load(Ordering::SeqCst);
+            if driving || since < grace {
+                // Back within GRACE at the latest to watch the socket again.
+                let left = if driving {
+                    GRACE
+                } else {
+                    Duration::from_nanos(grace - since).max(Duration::from_micros(10))
+                };
+                self.sleep_kicked(timeout.min(left));
+            } else {
+                self.sleep(fd, timeout);
+            }
         }
         if let Ok(d) = self.d.lock() {
             each(&d);
@@ -229,6 +295,15 @@ impl SharedLink {
         let t = timeout.min(Duration::from_secs(1));
         // An error is treated like a spurious wake-up: the loop looks at the link and sleeps again.
         let [kicked, _] = fd::wait_readable([self.kick.0.as_raw_fd(), fd], t).unwrap_or([false; 2]);
+        if kicked {
+            self.kicked.store(false, Ordering::Release);
+            self.kick.drain();
+        }
+    }
+
+    /// Sleep until kicked or `timeout`, not on the socket.
+    fn sleep_kicked(&self, timeout: Duration) {
+        let [kicked] = fd::wait_readable([self.kick.0.as_raw_fd()], timeout).unwrap_or([false]);
         if kicked {
             self.kicked.store(false, Ordering::Release);
             self.kick.drain();
