@@ -159,12 +159,7 @@ impl Endpoint {
             }
             return;
         }
-        let fk = FrameKeys {
-            tx: keys.initiator_to_responder,
-            rx: keys.responder_to_initiator,
-            cipher: resp.cipher,
-            encrypt: resp.encrypt,
-        };
+        let fk = FrameKeys::of(Role::Client, keys, resp.cipher, resp.encrypt);
         let host = self.slots[i].host;
         match hs.kind {
             HsKind::Rekey => {

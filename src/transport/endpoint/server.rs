@@ -162,12 +162,7 @@ impl Endpoint {
                 return;
             }
         };
-        let keys = FrameKeys {
-            tx: keys.responder_to_initiator,
-            rx: keys.initiator_to_responder,
-            cipher,
-            encrypt,
-        };
+        let keys = FrameKeys::of(Role::Server, keys, cipher, encrypt);
         self.by_sid.insert(sid, SidRef::Pending(i));
         self.slots[i].pending = Some(Pending {
             sid,
@@ -227,12 +222,7 @@ impl Endpoint {
                 return;
             }
         };
-        let keys = FrameKeys {
-            tx: keys.responder_to_initiator,
-            rx: keys.initiator_to_responder,
-            cipher,
-            encrypt,
-        };
+        let keys = FrameKeys::of(Role::Server, keys, cipher, encrypt);
         let Some(s) = self.slots[i].session.as_mut() else {
             return;
         };
