@@ -11,14 +11,16 @@
 //!   the register interfaces a device model and its driver share.
 //! * [`transport`] — reliable, authenticated delivery of TLPs over raw Ethernet and UDP/IP.
 //! * [`endpoint`] — the appliance side: endpoint proxy, device trait, device models.
-//! * [`host`] — the host side: root port, enumeration, DMA windows, vfio-user, host agent.
+//! * [`host`] — the host side: root port, enumeration, hot-plug slots, DMA windows, vfio-user,
+//!   host agent, VM hot-plug.
 //!   `endpoint` and `host` never import each other: they meet only on the wire.
 //! * [`drivers`] — user-space drivers for our models over the host API.
 //! * [`appliance`] — the appliance runtime: configuration, devices, sessions, serving loop.
 //!
 //! [`sys`] stands beside the layers: the system calls, behind safe wrappers, and the only
-//! module allowed `unsafe`; so does [`ratelimit`], the token bucket that keeps warnings a peer
-//! can provoke from flooding the log.
+//! module allowed `unsafe`; so do [`sync`], the lock helpers (a poisoned lock is recovered),
+//! and [`ratelimit`], the token bucket that keeps warnings a peer can provoke from flooding
+//! the log.
 
 #![forbid(unsafe_op_in_unsafe_fn)]
 // Raw system calls live in `sys`, the one module allowed `unsafe`.

@@ -27,7 +27,7 @@ use crate::pci::spec::msix;
 
 /// How a driver's use of its function fails, whatever the card: a register access through the
 /// tunnel, its DMA memory, or arming an interrupt eventfd. Each driver's error holds it as its
-/// `Access` variant (see [`access_error_sources`]).
+/// `Access` variant, with `From` impls for each source so `?` reaches it.
 #[derive(Debug, thiserror::Error)]
 pub enum AccessError {
     /// A register access through the tunnel failed.

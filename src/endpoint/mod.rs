@@ -1,7 +1,7 @@
 //! The appliance side of the tunnel: the endpoint proxy that terminates TLPs for the cards the
 //! appliance fronts, the device trait those cards implement, and the cards themselves.
 //!
-//! * [`device`] — the [`Device`](device::Device) trait (rust-vmm shape) and the DMA and
+//! * [`device`] — the [`Device`] trait (rust-vmm shape) and the DMA and
 //!   interrupt handles a device gets; a device never sees the network.
 //! * [`proxy`] — the sans-I/O [`Proxy`]: TLPs in, TLPs out (completer and requester sides),
 //!   time given explicitly by its driver.

@@ -5,13 +5,14 @@
 //! §2.8 completion timeout with quarantine of timed-out tags, §7.5.1.1.3 Bus Master Enable).
 //!
 //! Two halves meet here:
-//! * device threads: [`DmaHandle::read`](super::DmaHandle::read) takes an [`Op`] from the
-//!   function's [`DmaQueue`] pool, queues it and waits on the op's condition variable — a thin
-//!   completion notification, nothing more;
-//! * the TLP thread: [`DmaRequester`] (owned by the proxy, never shared) admits queued ops into
+//! * device threads: [`DmaHandle::read`](super::DmaHandle::read) takes an `Op` from the
+//!   function's `DmaQueue` pool, queues it and waits on the op's condition variable — a thin
+//!   completion notification, nothing more (its only clock is a backstop for a driver that
+//!   stopped polling the endpoint);
+//! * the TLP thread: `DmaRequester` (owned by the proxy, never shared) admits queued ops into
 //!   the core, emits their Memory Read requests, reassembles completions into the op's buffer
 //!   and expires requests — all with the `now` the endpoint's driver passes to
-//!   [`Proxy::poll`](super::Proxy::poll). Nothing here reads a clock.
+//!   [`Proxy::poll`](super::Proxy::poll); this half reads no clock.
 //!
 //! Buffers are reused: an op (with its data buffer) goes back to the pool after each read, and
 //! the core allocates nothing after construction. What still allocates per TLP is the outbound

@@ -3,7 +3,7 @@
 //! §2.2.9 completions), on top of the [`crate::tlp`] codec.
 //!
 //! Every TLP is built by the constructors in [`crate::tlp::build`], shared with the endpoint
-//! (memory requests, completions, INTx); [`cfg`] only fixes the root port as the requester of
+//! (memory requests, completions, INTx); [`cfg()`] only fixes the root port as the requester of
 //! a configuration request. [`classify_up`] turns upstream bytes into an [`Upstream`] that
 //! borrows its payload.
 

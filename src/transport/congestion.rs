@@ -123,7 +123,7 @@ const BASE_BUCKETS: usize = 10;
 /// coordinated drains do, every 100 ms by default, so a second of history holds true minima.
 const BASE_BUCKET: Duration = Duration::from_millis(100);
 
-/// Minimum RTT over the last [`BASE_BUCKETS`] × [`BASE_BUCKET`] (RFC 6817 §4.4, shorter): a lower
+/// Minimum RTT over the last `BASE_BUCKETS` × `BASE_BUCKET` (RFC 6817 §4.4, shorter): a lower
 /// sample counts at once, a higher true base after a route change is adopted when the old
 /// buckets age out.
 #[derive(Debug, Clone)]

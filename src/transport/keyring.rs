@@ -11,6 +11,8 @@
 //! its TLPs are retransmitted under the new key.
 
 use super::crypto::{Cipher, PacketKey, ReplayWindow};
+use super::event::Role;
+use super::handshake::SessionKeys;
 use super::time::Instant;
 use super::{Config, DownReason};
 use std::time::Duration;
@@ -22,6 +24,28 @@ pub(crate) struct FrameKeys {
     pub rx: Zeroizing<[u8; 32]>,
     pub cipher: Cipher,
     pub encrypt: bool,
+}
+
+impl FrameKeys {
+    /// One side's frame keys from a finished handshake: the host (the Noise initiator,
+    /// [`Role::Client`]) sends with `initiator_to_responder` and receives with
+    /// `responder_to_initiator`; the appliance the other way round.
+    pub fn of(role: Role, keys: SessionKeys, cipher: Cipher, encrypt: bool) -> Self {
+        let SessionKeys {
+            initiator_to_responder: i2r,
+            responder_to_initiator: r2i,
+        } = keys;
+        let (tx, rx) = match role {
+            Role::Client => (i2r, r2i),
+            Role::Server => (r2i, i2r),
+        };
+        Self {
+            tx,
+            rx,
+            cipher,
+            encrypt,
+        }
+    }
 }
 
 impl std::fmt::Debug for FrameKeys {

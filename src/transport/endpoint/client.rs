@@ -5,7 +5,7 @@
 
 use super::{ClientHs, Endpoint, HsKind, Role, SidRef};
 use crate::transport::event::{ConnId, DownReason, Event};
-use crate::transport::frame::FrameHeader;
+use crate::transport::frame::{FrameHeader, VERSION};
 use crate::transport::handshake::{
     cipher_bit, HandshakeError, InitPayload, Initiator, Tai64N, INIT_LEN,
 };
@@ -59,8 +59,8 @@ impl Endpoint {
         let payload = InitPayload {
             timestamp: self.timestamp(now),
             epoch,
-            min_version: 1,
-            max_version: 1,
+            min_version: VERSION,
+            max_version: VERSION,
             mtu: self.cfg.mtu.min(usize::from(u16::MAX)) as u16,
             encrypt: self.cfg.encrypt,
             rekey: kind == HsKind::Rekey,
@@ -143,7 +143,7 @@ impl Endpoint {
             return;
         };
         let sid = hs.init.sid();
-        if resp.version != 1 || offered & cipher_bit(resp.cipher) == 0 {
+        if resp.version != VERSION || offered & cipher_bit(resp.cipher) == 0 {
             // Authenticated, so the appliance really said so: a configuration mismatch.
             self.stats.handshakes_refused += 1;
             tracing::error!(
@@ -159,12 +159,7 @@ impl Endpoint {
             }
             return;
         }
-        let fk = FrameKeys {
-            tx: keys.initiator_to_responder,
-            rx: keys.responder_to_initiator,
-            cipher: resp.cipher,
-            encrypt: resp.encrypt,
-        };
+        let fk = FrameKeys::of(Role::Client, keys, resp.cipher, resp.encrypt);
         let host = self.slots[i].host;
         match hs.kind {
             HsKind::Rekey => {

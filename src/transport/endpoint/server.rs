@@ -8,7 +8,7 @@ use super::{Endpoint, Pending, SidRef, LOAD_HOLD};
 use crate::transport::cookie::{verify_mac2_with, COOKIE_LEN};
 use crate::transport::crypto::{Cipher, PacketKey};
 use crate::transport::event::{ConnId, DownReason, Event, Role};
-use crate::transport::frame::{flags, FrameHeader};
+use crate::transport::frame::{flags, FrameHeader, VERSION};
 use crate::transport::handshake::{
     cipher_bit, InitFrame, InitPayload, RespPayload, Responder, RESP_LEN,
 };
@@ -123,7 +123,7 @@ impl Endpoint {
             return;
         }
         self.slots[i].last_ts = Some(p.timestamp);
-        if p.min_version > 1 || p.max_version < 1 {
+        if p.min_version > VERSION || p.max_version < VERSION {
             self.stats.handshakes_refused += 1;
             self.refused(now, &from, "no common protocol version");
             return;
@@ -146,7 +146,7 @@ impl Endpoint {
         let resp = RespPayload {
             session: sid,
             epoch: self.epoch,
-            version: 1,
+            version: VERSION,
             encrypt,
             cipher,
             mtu,
@@ -162,12 +162,7 @@ impl Endpoint {
                 return;
             }
         };
-        let keys = FrameKeys {
-            tx: keys.responder_to_initiator,
-            rx: keys.initiator_to_responder,
-            cipher,
-            encrypt,
-        };
+        let keys = FrameKeys::of(Role::Server, keys, cipher, encrypt);
         self.by_sid.insert(sid, SidRef::Pending(i));
         self.slots[i].pending = Some(Pending {
             sid,
@@ -212,7 +207,7 @@ impl Endpoint {
         let resp = RespPayload {
             session: sid,
             epoch: self.epoch,
-            version: 1,
+            version: VERSION,
             encrypt,
             cipher,
             mtu: s.p.mtu.min(usize::from(u16::MAX)) as u16,
@@ -227,12 +222,7 @@ impl Endpoint {
                 return;
             }
         };
-        let keys = FrameKeys {
-            tx: keys.responder_to_initiator,
-            rx: keys.initiator_to_responder,
-            cipher,
-            encrypt,
-        };
+        let keys = FrameKeys::of(Role::Server, keys, cipher, encrypt);
         let Some(s) = self.slots[i].session.as_mut() else {
             return;
         };
