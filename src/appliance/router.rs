@@ -362,7 +362,10 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
         }
         if replaced || restarted {
             // What the host set up is gone (or belongs to a session that is no more): reset
-            // its functions, as a hot reset would; nobody else's.
+            // its functions, as a hot reset would; nobody else's. Nothing more goes to the
+            // old session; the new one enumerates what the host has now.
+            self.drain_outbound(usize::MAX);
+            self.hosts[hi].session = None;
             self.reset_host(ep, hi, now);
         }
         let h = &mut self.hosts[hi];
