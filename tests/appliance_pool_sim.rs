@@ -497,3 +497,156 @@ fn nothing_crosses_between_hosts_over_random_pool_histories() {
         assert!(s.ep.stats().unexpected_completions > 0);
     }
 }
+
+/// Take the next TLP queued for `key` (waiting for device threads up to 5 s), dropping
+/// nothing else: TLPs for other sessions are kept for later checks.
+fn next_for(s: &mut Sim, key: usize, others: &mut Vec<(usize, Vec<u8>)>) -> Vec<u8> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        s.ep.poll(Instant::now());
+        s.router.drain_outbound(usize::MAX);
+        while let Some((k, t)) = s.router.transmit_queue().pop_front() {
+            if k == key {
+                return t.to_vec();
+            }
+            others.push((k, t.to_vec()));
+        }
+        assert!(Instant::now() < deadline, "nothing for session {key}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// The third scenario, at the routing core: host B answers the DMA read that host
+/// A's card issued — same tag, and the Requester ID that A's card has in *A's* view (B's own
+/// card sits at the same slot of B's view). B's completion reaches B's card (which expects
+/// nothing: an unexpected completion), A's read stays outstanding until A answers it, and A's
+/// card holds A's bytes. Then A's card is detached while a read is in flight: the read fails at
+/// once, nothing stays outstanding.
+#[test]
+fn a_host_cannot_complete_another_hosts_dma_read() {
+    use pcietun::pci::class::dma_engine::reg;
+    let mut s = Sim::new(7);
+    let (a, b) = (0usize, 1usize);
+    s.router.assign(&s.ids[0].clone(), s.hosts[a].id).unwrap();
+    s.router.assign(&s.ids[1].clone(), s.hosts[b].id).unwrap();
+    s.owner[0] = Some(a);
+    s.owner[1] = Some(b);
+    for (h, key) in [(a, 100usize), (b, 200)] {
+        s.hosts[h].session = Some(key);
+        let id = s.hosts[h].id;
+        s.router.on_connected(&mut s.ep, key, id, 1, s.now);
+        s.enumerate(h);
+    }
+    let mut others = Vec::new();
+    // A: DMA read of 64 bytes from its memory at 0x1000 into its card's buffer.
+    let start = |s: &mut Sim, h: usize| {
+        for (r, v) in [
+            (reg::HOST_ADDR_LO, 0x1000u32),
+            (reg::HOST_ADDR_HI, 0),
+            (reg::BUF_OFFSET, 0),
+            (reg::LENGTH, 64),
+            (reg::CONTROL, 0),
+            (reg::DOORBELL, 1),
+        ] {
+            let mut t = Vec::new();
+            wire::emit_mem_write(&mut t, ROOT, regs(0) + r, &v.to_le_bytes()).unwrap();
+            s.send(h, &t);
+        }
+    };
+    start(&mut s, a);
+    let mrd = next_for(&mut s, 100, &mut others);
+    let h = ParsedHeader::parse(&mrd).unwrap();
+    assert!(
+        matches!(h.kind, Kind::MemRead { addr: 0x1000 }),
+        "{:?}",
+        h.kind
+    );
+    // The card's ID in A's view: slot 0, the bus A programmed.
+    assert_eq!(h.requester, Bdf::new(BUS, 0, 0));
+
+    // B forges the answer: A's tag, A's card's ID in A's view (= B's own card's in B's).
+    let mut forged = Vec::new();
+    wire::emit_completion(
+        &mut forged,
+        ROOT,
+        h.requester,
+        h.tag,
+        CplStatus::Sc,
+        64,
+        0,
+        0,
+        &[0xbb; 64],
+    )
+    .unwrap();
+    let unexpected = s.ep.stats().unexpected_completions;
+    s.router.on_tlp(&mut s.ep, 200, &forged);
+    assert_eq!(s.ep.stats().unexpected_completions, unexpected + 1);
+    let ra = s.ep.requester_stats(Bdf::new(BUS, 0, 0)).unwrap();
+    assert_eq!(ra.completed, 0, "A's read is still outstanding");
+
+    // A answers its own read; its card gets A's bytes.
+    let mut real = Vec::new();
+    wire::emit_completion(
+        &mut real,
+        ROOT,
+        h.requester,
+        h.tag,
+        CplStatus::Sc,
+        64,
+        0,
+        0,
+        &[0xaa; 64],
+    )
+    .unwrap();
+    s.router.on_tlp(&mut s.ep, 100, &real);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        s.ep.poll(Instant::now());
+        let mut t = Vec::new();
+        let tag = 0x42;
+        wire::emit_mem_read(&mut t, ROOT, tag, buf(0), 64).unwrap();
+        s.hosts[a].reads.insert(tag, 64);
+        s.router.on_tlp(&mut s.ep, 100, &t);
+        let c = next_for(&mut s, 100, &mut others);
+        let ch = ParsedHeader::parse(&c).unwrap();
+        if c[ch.payload.clone()] == [0xaa; 64] {
+            break;
+        }
+        assert!(
+            c[ch.payload].iter().all(|&x| x == 0),
+            "only A's bytes or none yet"
+        );
+        assert!(Instant::now() < deadline, "A's DMA read never finished");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+
+    // Another read in flight, then A loses the card (no session to ask: detached at once).
+    start(&mut s, a);
+    let _ = next_for(&mut s, 100, &mut others);
+    let before = s.ep.requester_stats(Bdf::new(BUS, 0, 0)).unwrap();
+    assert_eq!(before.started, before.completed + 1, "one read in flight");
+    let key = s.hosts[a].session.take().unwrap();
+    s.router.on_down(&mut s.ep, key, s.now);
+    let done: Outcomes = s.outcomes.clone();
+    s.router.unassign(
+        &mut s.ep,
+        &s.ids[0].clone(),
+        s.now,
+        Box::new(move |r| done.lock().unwrap().push((0, r))),
+    );
+    s.unassigning[0] = true;
+    // collect_outcomes checks that nothing is outstanding for the detached card.
+    s.collect_outcomes();
+    assert_eq!(s.owner[0], None);
+    let after = s.ep.requester_stats(Bdf::new(BUS, 0, 0)).unwrap();
+    assert_eq!(
+        after.started,
+        after.completed + after.link_down + after.reset
+    );
+    // Nothing of A's went to B meanwhile.
+    assert!(
+        others.iter().all(|(k, _)| *k != 200),
+        "B got {:?}",
+        others.len()
+    );
+}
