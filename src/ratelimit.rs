@@ -1,4 +1,4 @@
-//! Rate limits for log lines that someone else can provoke.
+//! Rate limits: the token bucket, and the log lines that someone else can provoke.
 //!
 //! A hostile vfio-user client, or a flood from the network, can make the same warning fire
 //! tens of thousands of times a second; logging each would cost more than the event and drown
@@ -11,16 +11,72 @@
 //! `tracing::warn!` / `tracing::info!` with a limiter. Time is a
 //! parameter ([`LogLimiter::check_at`]) so the behaviour is tested without sleeping.
 //!
-//! A leaf utility: it imports nothing from the crate, and every layer may use it.
+//! [`TokenBucket`] is the crate's one token bucket; the transport's handshake budget, per-source
+//! limits and log limits drive it on their own sans-I/O clock.
+//!
+//! A leaf utility: it imports nothing from the crate but the lock helper, and every layer may use
+//! it.
 
 use crate::sync::MutexExt;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// A token bucket (the generic cell rate algorithm) on the caller's clock: `per_second` events on
+/// average, at most `burst` at once. The caller says how much time passed since its last call,
+/// so std's clock (the log limiters here) and the transport's sans-I/O clock (its handshake
+/// budget and per-source limits) share this one implementation. Integer arithmetic: credit is
+/// counted in nanoseconds, one event costs `1 s / per_second`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenBucket {
+    /// Credit in nanoseconds, at most `capacity`.
+    credit: u64,
+    /// Nanoseconds of credit one event costs.
+    interval: u64,
+    /// Most credit the bucket holds (`burst` events).
+    capacity: u64,
+}
+
+impl TokenBucket {
+    /// A full bucket: `burst` events (at least 1) at once, then `per_second` (at least 1).
+    pub const fn new(per_second: u32, burst: u32) -> Self {
+        let per_second = if per_second == 0 { 1 } else { per_second };
+        let burst = if burst == 0 { 1 } else { burst };
+        let interval = 1_000_000_000 / per_second as u64;
+        let capacity = interval * burst as u64;
+        TokenBucket {
+            credit: capacity,
+            interval,
+            capacity,
+        }
+    }
+
+    /// `elapsed` passed since the last call: earn its credit (up to the burst).
+    pub fn earn(&mut self, elapsed: Duration) {
+        let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.credit = self.credit.saturating_add(ns).min(self.capacity);
+    }
+
+    /// Take one event's credit if there is enough.
+    pub fn take(&mut self) -> bool {
+        if self.credit >= self.interval {
+            self.credit -= self.interval;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Whether the bucket would be full again after `elapsed` more (an idle source, which
+    /// can be forgotten: a new full bucket is the same thing).
+    pub fn full_after(&self, elapsed: Duration) -> bool {
+        let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.credit.saturating_add(ns) >= self.capacity
+    }
+}
+
 #[derive(Debug)]
 struct Bucket {
-    /// Credit in nanoseconds (one event costs `interval`), capped at `burst` events.
-    credit: u64,
+    tokens: TokenBucket,
     last: Option<Instant>,
     suppressed: u64,
 }
@@ -29,27 +85,18 @@ struct Bucket {
 #[derive(Debug)]
 pub struct LogLimiter {
     bucket: Mutex<Bucket>,
-    /// Nanoseconds of credit one event costs.
-    interval: u64,
-    /// Most credit the bucket holds.
-    capacity: u64,
 }
 
 impl LogLimiter {
     /// A limiter letting `burst` events through at once (at least 1), then `per_second` (at
     /// least 1) on average.
     pub const fn new(per_second: u32, burst: u32) -> Self {
-        let per_second = if per_second == 0 { 1 } else { per_second };
-        let burst = if burst == 0 { 1 } else { burst };
-        let interval = 1_000_000_000 / per_second as u64;
         Self {
             bucket: Mutex::new(Bucket {
-                credit: interval * burst as u64,
+                tokens: TokenBucket::new(per_second, burst),
                 last: None,
                 suppressed: 0,
             }),
-            interval,
-            capacity: interval * burst as u64,
         }
     }
 
@@ -71,11 +118,9 @@ impl LogLimiter {
         let earned = b
             .last
             .map_or(Duration::ZERO, |l| now.saturating_duration_since(l));
-        let earned = u64::try_from(earned.as_nanos()).unwrap_or(u64::MAX);
-        b.credit = b.credit.saturating_add(earned).min(self.capacity);
+        b.tokens.earn(earned);
         b.last = Some(now);
-        if b.credit >= self.interval {
-            b.credit -= self.interval;
+        if b.tokens.take() {
             Some(std::mem::take(&mut b.suppressed))
         } else {
             b.suppressed = b.suppressed.saturating_add(1);

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use pcietun::appliance::inventory::{FunctionEntry, FunctionId, Inventory};
 use pcietun::appliance::{ControlError, Router};
 use pcietun::endpoint::dma_engine::DmaEngine;
-use pcietun::endpoint::wire::{self, Bdf, CplStatus, Kind, ParsedHeader};
+use pcietun::endpoint::wire::{self, Bdf, CplStatus, ParsedHeader, ParsedKind as Kind};
 use pcietun::endpoint::{Proxy, ProxyConfig};
 use pcietun::tlp::slot::{SlotEvent, SlotMessage};
 use pcietun::tlp::Tlp;
@@ -71,7 +71,7 @@ struct SimHost {
     /// Slots it believes it has (from enumeration and Present/Removed).
     slots: [bool; 32],
     /// Outstanding reads: tag → expected length.
-    reads: HashMap<u16, usize>,
+    reads: HashMap<u16, (usize, u8, u64)>,
     next_tag: u16,
 }
 
@@ -181,14 +181,16 @@ impl Sim {
                             from.device()
                         );
                     }
-                    if let Some(len) = self.hosts[h].reads.remove(&ph.tag) {
+                    if let Some((len, slot, addr)) = self.hosts[h].reads.remove(&ph.tag) {
                         let data = &t[ph.payload.clone()];
                         if status == CplStatus::Sc {
                             assert_eq!(data.len(), len);
                             let mark = self.hosts[h].mark;
                             assert!(
                                 data.iter().all(|&b| b == 0 || b == mark),
-                                "host {h} read bytes another host wrote: {data:x?}"
+                                "host {h} read bytes another host wrote at slot {slot} \
+                                 {addr:#x} (card {:?}, from {from}): {data:x?}",
+                                self.card_at(h, slot)
                             );
                         }
                     }
@@ -311,7 +313,7 @@ impl Sim {
             25..=49 => {
                 let off = self.rng.gen_range(0..BUF / 64) * 64;
                 let tag = self.tag(h);
-                self.hosts[h].reads.insert(tag, 64);
+                self.hosts[h].reads.insert(tag, (64, slot, buf(slot) + off));
                 let mut t = Vec::new();
                 wire::emit_mem_read(&mut t, ROOT, tag, buf(slot) + off, 64).unwrap();
                 self.send(h, &t);
@@ -605,7 +607,7 @@ fn a_host_cannot_complete_another_hosts_dma_read() {
         let mut t = Vec::new();
         let tag = 0x42;
         wire::emit_mem_read(&mut t, ROOT, tag, buf(0), 64).unwrap();
-        s.hosts[a].reads.insert(tag, 64);
+        s.hosts[a].reads.insert(tag, (64, 0, buf(0)));
         s.router.on_tlp(&mut s.ep, 100, &t);
         let c = next_for(&mut s, 100, &mut others);
         let ch = ParsedHeader::parse(&c).unwrap();

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use pcietun::endpoint::wire::{self, CplStatus, Kind, ParsedHeader};
+use pcietun::endpoint::wire::{self, CplStatus, ParsedHeader, ParsedKind};
 use pcietun::endpoint::Bdf;
 use pcietun::pci::class::dma_engine::{self, reg};
 use pcietun::pci::class::nvme::{self, Cqe, Sqe, Status};
@@ -91,12 +91,12 @@ impl Host {
             };
             let h = ParsedHeader::parse(&tlp).unwrap();
             match h.kind {
-                Kind::Completion { status, .. } if h.tag == u16::from(tag) => {
+                ParsedKind::Completion { status, .. } if h.tag == u16::from(tag) => {
                     assert_eq!(status, CplStatus::Sc);
                     return tlp[h.payload].to_vec();
                 }
-                Kind::MemRead { addr } => self.serve_read(&h, addr, mem),
-                Kind::MemWrite { addr } => {
+                ParsedKind::MemRead { addr } => self.serve_read(&h, addr, mem),
+                ParsedKind::MemWrite { addr } => {
                     let a = (addr + u64::from(h.first_byte_offset())) as usize;
                     let n = h.byte_count() as usize;
                     let lead = h.first_byte_offset() as usize;

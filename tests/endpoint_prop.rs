@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam::channel::Receiver;
 use pcietun::endpoint::dma_engine::DmaEngine;
-use pcietun::endpoint::wire::{self, Bdf, Kind, ParsedHeader};
+use pcietun::endpoint::wire::{self, Bdf, ParsedHeader, ParsedKind};
 use pcietun::endpoint::{Proxy, ProxyConfig};
 use proptest::prelude::*;
 
@@ -36,7 +36,9 @@ fn probe(ep: &mut Proxy, rx: &Receiver<Vec<u8>>, tlp: &[u8]) -> Vec<u8> {
     let mut data = Vec::new();
     while let Ok(c) = rx.try_recv() {
         let h = ParsedHeader::parse(&c).unwrap();
-        if matches!(h.kind, Kind::Completion { .. }) && h.tag == 0xee && h.requester == Bdf(0x0100)
+        if matches!(h.kind, ParsedKind::Completion { .. })
+            && h.tag == 0xee
+            && h.requester == Bdf(0x0100)
         {
             data.extend_from_slice(&c[h.payload]);
         }
@@ -104,8 +106,10 @@ fn addresses_victim(t: &[u8]) -> bool {
             || a.wrapping_add(4096) >= VICTIM_REGS && a < VICTIM_BUF + VICTIM_BUF_SIZE
     };
     match h.kind {
-        Kind::Config { target, write, .. } => write && target.device() == VICTIM.device(),
-        Kind::MemWrite { addr } | Kind::MemRead { addr } | Kind::Atomic { addr, .. } => hits(addr),
+        ParsedKind::Config { target, write, .. } => write && target.device() == VICTIM.device(),
+        ParsedKind::MemWrite { addr }
+        | ParsedKind::MemRead { addr }
+        | ParsedKind::Atomic { addr, .. } => hits(addr),
         _ => false,
     }
 }

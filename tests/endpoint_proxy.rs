@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use pcietun::endpoint::dma_engine::DmaEngine;
 use pcietun::endpoint::loopback::{LoopbackHost, HOST_MEM_BASE, MSI_BASE};
-use pcietun::endpoint::wire::{self, CplStatus, Kind, ParsedHeader};
+use pcietun::endpoint::wire::{self, CplStatus, ParsedHeader, ParsedKind};
 use pcietun::endpoint::{Bdf, Proxy, ProxyConfig};
 use pcietun::pci::class::dma_engine::{self, reg};
 
@@ -83,7 +83,7 @@ fn read_completions_split_at_rcb_and_mps() {
     let mut addr = BUF + 0x24;
     for (i, c) in parts.iter().enumerate() {
         let hd = ParsedHeader::parse(c).unwrap();
-        let Kind::Completion {
+        let ParsedKind::Completion {
             byte_count,
             lower_addr,
             completer,
@@ -453,7 +453,7 @@ fn requester_tags_and_read_splitting() {
             let mut batch = Vec::new();
             while let Ok(t) = recv_driven(&mut ep, &rx, Duration::from_millis(60)) {
                 let hd = ParsedHeader::parse(&t).unwrap();
-                if let Kind::MemRead { addr } = hd.kind {
+                if let ParsedKind::MemRead { addr } = hd.kind {
                     batch.push((hd, addr));
                 }
             }
@@ -537,7 +537,7 @@ fn requester_tags_and_read_splitting() {
             let st = loop {
                 let r = recv_driven(&mut ep, &rx, Duration::from_secs(1)).unwrap();
                 let hd = ParsedHeader::parse(&r).unwrap();
-                if let Kind::Completion { .. } = hd.kind {
+                if let ParsedKind::Completion { .. } = hd.kind {
                     if hd.tag == 9 {
                         break u32::from_le_bytes(r[hd.payload][..4].try_into().unwrap());
                     }
@@ -583,7 +583,7 @@ fn completion_timeout_and_late_completion() {
         loop {
             let r = recv_driven(ep, rx, Duration::from_secs(2)).unwrap();
             let hd = ParsedHeader::parse(&r).unwrap();
-            if matches!(hd.kind, Kind::Completion { .. }) && hd.tag == 9 {
+            if matches!(hd.kind, ParsedKind::Completion { .. }) && hd.tag == 9 {
                 return u32::from_le_bytes(r[hd.payload][..4].try_into().unwrap());
             }
         }
@@ -594,7 +594,7 @@ fn completion_timeout_and_late_completion() {
     let req = loop {
         let t = recv_driven(&mut ep, &rx, Duration::from_secs(2)).unwrap();
         let hd = ParsedHeader::parse(&t).unwrap();
-        if let Kind::MemRead { .. } = hd.kind {
+        if let ParsedKind::MemRead { .. } = hd.kind {
             break hd;
         }
     };
@@ -632,7 +632,7 @@ fn completion_timeout_and_late_completion() {
     let req = loop {
         let t = recv_driven(&mut ep, &rx, Duration::from_secs(2)).unwrap();
         let hd = ParsedHeader::parse(&t).unwrap();
-        if let Kind::MemRead { .. } = hd.kind {
+        if let ParsedKind::MemRead { .. } = hd.kind {
             break hd;
         }
     };
@@ -661,7 +661,7 @@ fn completion_timeout_and_late_completion() {
     let bytes = loop {
         let r = recv_driven(&mut ep, &rx, Duration::from_secs(2)).unwrap();
         let hd = ParsedHeader::parse(&r).unwrap();
-        if matches!(hd.kind, Kind::Completion { .. }) && hd.tag == 10 {
+        if matches!(hd.kind, ParsedKind::Completion { .. }) && hd.tag == 10 {
             break u32::from_le_bytes(r[hd.payload][..4].try_into().unwrap());
         }
     };
@@ -672,7 +672,7 @@ fn completion_timeout_and_late_completion() {
     let data = loop {
         let r = recv_driven(&mut ep, &rx, Duration::from_secs(2)).unwrap();
         let hd = ParsedHeader::parse(&r).unwrap();
-        if matches!(hd.kind, Kind::Completion { .. }) && hd.tag == 11 {
+        if matches!(hd.kind, ParsedKind::Completion { .. }) && hd.tag == 11 {
             break r[hd.payload].to_vec();
         }
     };
@@ -777,7 +777,7 @@ fn dma_requester_under_simulated_time() {
             .filter_map(|t| {
                 let hd = ParsedHeader::parse(&t).unwrap();
                 match hd.kind {
-                    Kind::MemRead { addr } => Some((
+                    ParsedKind::MemRead { addr } => Some((
                         hd.tag,
                         addr + u64::from(hd.first_byte_offset()),
                         hd.byte_count(),

@@ -20,6 +20,7 @@ use pcietun::host::vfio_user::irq::set_flags;
 use pcietun::host::vfio_user::{EventFd, CONFIG_REGION};
 use pcietun::host::HostConfig;
 use pcietun::pci::{Bar, ConfigSpace, ExpressConfig, FunctionIds, MsixCap, PciExpressCap};
+use pcietun::tlp::build::{self, Cpl};
 use pcietun::tlp::{Bdf, CplStatus, MemOp, Tlp, TlpHeader};
 use pcietun::transport::driver::{udp::UdpPort, DriverConfig, Peers, TransportHandle, Upcall};
 use pcietun::transport::{Event, HostId, HostKey, SecretKey};
@@ -107,10 +108,10 @@ fn appliance(loss: f64) -> Appliance {
                         cs.read(q.register as usize, &mut data);
                     }
                     let payload: &[u8] = if q.write { &[] } else { &data };
-                    tlpio::completion(&mut out, me, ROOT_PORT, q.tag, CplStatus::Sc, 4, 0, payload)
+                    Cpl::new(me, ROOT_PORT, q.tag, CplStatus::Sc).emit(&mut out, 4, 0, payload)
                 }
                 TlpHeader::Cfg(q) => {
-                    tlpio::completion(&mut out, me, ROOT_PORT, q.tag, CplStatus::Ur, 4, 0, &[])
+                    Cpl::new(me, ROOT_PORT, q.tag, CplStatus::Ur).emit(&mut out, 4, 0, &[])
                 }
                 TlpHeader::Mem(m) => {
                     let r = pcietun::tlp::split::covered_bytes(
@@ -131,12 +132,8 @@ fn appliance(loss: f64) -> Appliance {
                             let dw = off as usize & !3;
                             let payload =
                                 b.lock().unwrap()[dw..dw + t.length_dw as usize * 4].to_vec();
-                            tlpio::completion(
+                            Cpl::new(me, ROOT_PORT, m.tag, CplStatus::Sc).emit(
                                 &mut out,
-                                me,
-                                ROOT_PORT,
-                                m.tag,
-                                CplStatus::Sc,
                                 r.len as u16,
                                 (r.address & 0x7f) as u8,
                                 &payload,
@@ -174,7 +171,7 @@ impl Appliance {
             (u64::from(u(e)) | u64::from(u(e + 4)) << 32, u(e + 8))
         };
         let mut out = vec![0u8; tlpio::MAX_TLP];
-        let n = tlpio::mem_write(&mut out, Bdf::new(1, 0, 0), addr, &data.to_le_bytes()).unwrap();
+        let n = build::mem_write(&mut out, Bdf::new(1, 0, 0), addr, &data.to_le_bytes()).unwrap();
         let conn = self.conn.lock().unwrap().expect("session");
         self.handle
             .send(conn, Bytes::copy_from_slice(&out[..n]))

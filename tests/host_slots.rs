@@ -12,9 +12,10 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pcietun::host::requester::RequestError;
-use pcietun::host::tlpio::{self, MAX_TLP, ROOT_PORT};
+use pcietun::host::tlpio::{MAX_TLP, ROOT_PORT};
 use pcietun::host::{Downlink, Host, HostConfig, HostEvent, LinkError};
 use pcietun::pci::{Bar, ConfigSpace, FunctionIds};
+use pcietun::tlp::build::Cpl;
 use pcietun::tlp::slot::{SlotEvent, SlotMessage};
 use pcietun::tlp::{Bdf, CplStatus, MemOp, Tlp, TlpHeader};
 
@@ -122,7 +123,9 @@ fn setup(present: &[u8]) -> Appliance {
                         &data
                     };
                     to_host(&h, |b| {
-                        tlpio::completion(b, me, ROOT_PORT, q.tag, status, 4, 0, payload).unwrap()
+                        Cpl::new(me, ROOT_PORT, q.tag, status)
+                            .emit(b, 4, 0, payload)
+                            .unwrap()
                     });
                 }
                 TlpHeader::Mem(mr) if mr.op == MemOp::Read => {
@@ -133,17 +136,9 @@ fn setup(present: &[u8]) -> Appliance {
                     });
                     let Some(slot) = hit else {
                         to_host(&h, |b| {
-                            tlpio::completion(
-                                b,
-                                ROOT_PORT,
-                                ROOT_PORT,
-                                mr.tag,
-                                CplStatus::Ur,
-                                4,
-                                0,
-                                &[],
-                            )
-                            .unwrap()
+                            Cpl::new(ROOT_PORT, ROOT_PORT, mr.tag, CplStatus::Ur)
+                                .emit(b, 4, 0, &[])
+                                .unwrap()
                         });
                         continue;
                     };
@@ -157,17 +152,9 @@ fn setup(present: &[u8]) -> Appliance {
                         .collect();
                     let me = Bdf::new(1, slot, 0);
                     to_host(&h, |b| {
-                        tlpio::completion(
-                            b,
-                            me,
-                            ROOT_PORT,
-                            mr.tag,
-                            CplStatus::Sc,
-                            n as u16,
-                            (mr.address & 0x7f) as u8,
-                            &payload,
-                        )
-                        .unwrap()
+                        Cpl::new(me, ROOT_PORT, mr.tag, CplStatus::Sc)
+                            .emit(b, n as u16, (mr.address & 0x7f) as u8, &payload)
+                            .unwrap()
                     });
                 }
                 _ => {}

@@ -14,13 +14,14 @@ use std::time::{Duration, Instant};
 
 use pcietun::host::dma::{Access, HeapMemory};
 use pcietun::host::requester::RequestError;
-use pcietun::host::tlpio::{self, MAX_TLP, ROOT_PORT};
+use pcietun::host::tlpio::{MAX_TLP, ROOT_PORT};
 use pcietun::host::vfio_user::irq::set_flags;
 use pcietun::host::vfio_user::{
     Connection, FunctionServer, IrqIndex, ServerConfig, VfioDevice, CONFIG_REGION,
 };
 use pcietun::host::{Downlink, Host, HostConfig, HostEvent, LinkError};
 use pcietun::pci::{Bar, ConfigSpace, ExpressConfig, FunctionIds, MsixCap, PciExpressCap};
+use pcietun::tlp::build::{self, Cpl};
 use pcietun::tlp::{Bdf, CplStatus, MemOp, Tlp, TlpHeader};
 
 const CARD: Bdf = Bdf::new(1, 0, 0);
@@ -122,7 +123,8 @@ fn setup(cfg: HostConfig) -> Card {
                         (true, false) => (CplStatus::Sc, &data),
                     };
                     send(&h, |buf| {
-                        tlpio::completion(buf, CARD, ROOT_PORT, c.tag, status, 4, 0, payload)
+                        Cpl::new(CARD, ROOT_PORT, c.tag, status)
+                            .emit(buf, 4, 0, payload)
                             .unwrap()
                     });
                 }
@@ -146,31 +148,15 @@ fn setup(cfg: HostConfig) -> Card {
                             let n = t.length_dw as usize * 4;
                             let payload = b.lock().unwrap()[dw..dw + n].to_vec();
                             send(&h, |buf| {
-                                tlpio::completion(
-                                    buf,
-                                    CARD,
-                                    ROOT_PORT,
-                                    mr.tag,
-                                    CplStatus::Sc,
-                                    r.len as u16,
-                                    (r.address & 0x7f) as u8,
-                                    &payload,
-                                )
-                                .unwrap()
+                                Cpl::new(CARD, ROOT_PORT, mr.tag, CplStatus::Sc)
+                                    .emit(buf, r.len as u16, (r.address & 0x7f) as u8, &payload)
+                                    .unwrap()
                             });
                         }
                         (MemOp::Read, _) => send(&h, |buf| {
-                            tlpio::completion(
-                                buf,
-                                CARD,
-                                ROOT_PORT,
-                                mr.tag,
-                                CplStatus::Ur,
-                                4,
-                                0,
-                                &[],
-                            )
-                            .unwrap()
+                            Cpl::new(CARD, ROOT_PORT, mr.tag, CplStatus::Ur)
+                                .emit(buf, 4, 0, &[])
+                                .unwrap()
                         }),
                         _ => {}
                     }
@@ -194,14 +180,14 @@ impl Card {
     /// The card writes host memory (DMA or an MSI message).
     fn dma_write(&self, address: u64, data: &[u8]) {
         send(&self.host, |buf| {
-            tlpio::mem_write(buf, CARD, address, data).unwrap()
+            build::mem_write(buf, CARD, address, data).unwrap()
         });
     }
 
     /// The card reads host memory; `None` when the host answers UR.
     fn dma_read(&self, address: u64, len: usize) -> Option<Vec<u8>> {
         send(&self.host, |buf| {
-            tlpio::mem_read(buf, CARD, address, len as u32, 0x42).unwrap()
+            build::mem_read(buf, CARD, 0x42, address, len as u32).unwrap()
         });
         let rx = self.cpl_rx.lock().unwrap();
         let mut out = Vec::new();
@@ -241,7 +227,7 @@ impl Card {
     }
 
     fn intx(&self, assert: bool) {
-        send(&self.host, |buf| tlpio::intx(buf, CARD, assert).unwrap());
+        send(&self.host, |buf| build::intx(buf, CARD, 0, assert).unwrap());
     }
 }
 

@@ -19,11 +19,12 @@ use crossbeam::channel;
 use pcietun::drivers::mem::DmaBuffer;
 use pcietun::drivers::nvme::{Data, IoDone, NvmeConfig, NvmeDriver, SlotData, IOVA};
 use pcietun::drivers::CompletionMode;
+use pcietun::endpoint::loopback::serve_channels;
 use pcietun::endpoint::nvme::{Backend, NvmeController, NvmeOptions};
 use pcietun::endpoint::{Bdf, Proxy, ProxyConfig};
 use pcietun::host::dma::Access;
 use pcietun::host::vfio_user::IrqIndex;
-use pcietun::host::{Downlink, Host, HostConfig, LinkError, RemoteFunction};
+use pcietun::host::{ChannelDownlink, Host, HostConfig, RemoteFunction};
 use pcietun::pci::class::nvme::identify::nidt;
 use pcietun::pci::class::nvme::{
     aer, cap, cns, csts, feat, log, reg, vs, ErrorLogEntry, SmartLog, Sqe, Status, NSID_ALL,
@@ -34,16 +35,6 @@ use zerocopy::FromBytes;
 const BLOCKS: u64 = 8192; // 4 MiB namespace
 /// Where tests that build their own PRPs register their memory.
 const TEST_IOVA: u64 = 0x60_0000_0000;
-
-/// Host → endpoint: TLPs into the channel the endpoint thread reads.
-#[derive(Debug)]
-struct Pipe(channel::Sender<Vec<u8>>);
-
-impl Downlink for Pipe {
-    fn send_tlp(&self, tlp: &[u8]) -> Result<(), LinkError> {
-        self.0.send(tlp.to_vec()).map_err(|_| LinkError::Closed)
-    }
-}
 
 /// An NVMe controller on a temporary file behind an endpoint, and a host that enumerated it.
 struct Rig {
@@ -74,27 +65,14 @@ fn rig() -> Rig {
         Box::new(NvmeController::new(backend, NvmeOptions::default())),
     )
     .unwrap();
+    // Host → endpoint through one channel; the endpoint thread answers into the host.
     let (tx, rx) = channel::unbounded::<Vec<u8>>();
-    let host = Host::new(Arc::new(Pipe(tx)), HostConfig::default());
+    let host = Host::new(Arc::new(ChannelDownlink(tx)), HostConfig::default());
     let stop = Arc::new(AtomicBool::new(false));
     let (h, s) = (host.clone(), stop.clone());
     let thread = std::thread::spawn(move || {
-        let kicks = ep.kicks();
-        while !s.load(Ordering::Relaxed) {
-            // The endpoint's DMA requester runs on explicit time: poll it every turn and
-            // sleep no longer than its next deadline (a device thread's new read kicks us).
-            ep.poll(std::time::Instant::now());
-            let wait = ep.poll_timeout().map_or(Duration::from_millis(10), |t| {
-                t.saturating_duration_since(std::time::Instant::now())
-                    .min(Duration::from_millis(10))
-            });
-            channel::select! {
-                recv(rx) -> t => if let Ok(t) = t { let _ = ep.handle_tlp(&t); },
-                recv(out) -> t => if let Ok(t) = t { h.on_tlp(&t); },
-                recv(kicks) -> _ => {},
-                default(wait) => {}
-            }
-        }
+        let tick = Duration::from_millis(10);
+        serve_channels(&mut ep, &rx, &out, |t| h.on_tlp(t), &s, tick);
     });
     host.on_link_up();
     let fns = host.rescan();
@@ -226,10 +204,19 @@ fn enumeration_bring_up_and_identify() {
     // Unknown admin opcode: Invalid Command Opcode.
     let c2 = d.admin_command(Sqe::new(0x7e), Data::None).unwrap();
     assert_eq!(c2.status(), Status::INVALID_OPCODE);
-    // SQ head reporting: each completion reports the head just past its command.
-    assert_ne!(c1.sqhd.get(), 0);
-    assert_eq!(c2.sqhd.get(), (c1.sqhd.get() + 1) % 32);
-    assert_eq!(c2.sqid.get(), 0);
+    // SQ head reporting: after 12 admin commands the head is 12 — the driver's bring-up sent
+    // 5 (Identify Controller and Namespace, Set Features, Create I/O CQ and SQ), this test 5
+    // Identify and the 2 above — and it is where the driver's tail stands.
+    assert_eq!((c1.sqhd.get(), c2.sqhd.get()), (11, 12));
+    assert_eq!((c1.sqid.get(), c2.sqid.get()), (0, 0));
+    let admin = d.admin_queue_pointers();
+    assert_eq!((admin.qid, admin.entries), (0, 32));
+    assert_eq!(
+        admin.sq_tail,
+        c2.sqhd.get(),
+        "the controller consumed every entry"
+    );
+    assert_eq!((admin.cq_head, admin.phase), (12, true));
     d.shutdown().unwrap();
 }
 
@@ -336,14 +323,20 @@ fn msix_one_vector_per_queue_with_masking() {
         v0.wait_timeout(Duration::from_secs(5)).unwrap() >= 1,
         "admin CQ on vector 0"
     );
+    // The I/O CQ's completion is one message on vector 1 (the I/O queue's), none on vector 0.
+    assert_eq!(d.io_interrupts().unwrap(), 0, "no I/O yet");
     let before = r.interrupts();
     d.flush().unwrap();
-    eventually("the I/O completion interrupts", || r.interrupts() > before);
+    eventually("the I/O completion's interrupt on vector 1", || {
+        d.io_interrupts().unwrap() == 1
+    });
+    assert_eq!(r.interrupts(), before + 1, "one message for one completion");
     assert_eq!(
         v0.wait_timeout(Duration::from_millis(100)).unwrap(),
         0,
         "the I/O CQ has its own vector"
     );
+    assert_eq!(d.io_interrupts().unwrap(), 1);
 
     // Mask vector 1: its completion sets the pending bit instead of sending.
     let bar = usize::from(m.table_bar);
@@ -358,10 +351,19 @@ fn msix_one_vector_per_queue_with_masking() {
     });
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(r.interrupts(), n, "no message while masked");
-    // Unmask: the pending message goes out and the bit clears.
+    // Unmask: the pending message goes out, on vector 1, and the bit clears.
+    let taken = d.io_interrupts().unwrap();
     r.f.bar_write32(bar, ctl1, 0).unwrap();
     eventually("the pending message", || r.interrupts() == n + 1);
     assert_eq!(r.f.bar_read32(pba_bar, pba_off).unwrap() & 2, 0);
+    eventually("the pending message on vector 1", || {
+        d.io_interrupts().unwrap() == taken + 1
+    });
+    assert_eq!(
+        v0.wait_timeout(Duration::ZERO).unwrap(),
+        0,
+        "not on vector 0"
+    );
     d.shutdown().unwrap();
 }
 
@@ -540,7 +542,13 @@ fn batch(d: &mut NvmeDriver, cmds: &[Cmd], head: u16) -> Vec<IoDone> {
     assert_eq!(order, slots, "completions out of order");
     for (i, c) in done.iter().enumerate() {
         assert_eq!(c.sq_head, head, "SQ head in completion {i}");
+        assert_eq!(c.sq_id, 1, "SQ of completion {i}");
     }
+    assert_eq!(
+        d.io_queue_pointers().sq_tail,
+        head,
+        "every staged entry was fetched"
+    );
     done
 }
 
@@ -563,6 +571,13 @@ fn one_doorbell_batches_of_40_with_sq_wrap_and_cq_phase_flip() {
         })
         .collect();
     batch(&mut d, &writes, 40).into_iter().for_each(ok);
+    let io = d.io_queue_pointers();
+    assert_eq!((io.qid, io.entries), (1, 48));
+    assert_eq!(
+        (io.cq_head, io.phase),
+        (40, true),
+        "CQ slots 0..40, phase 1"
+    );
     // 40 reads starting at SQ slot 40 wrap around the 48-entry ring (tail 40 → 32); their
     // completions take CQ slots 40..48 and 0..32, so the phase tag flips mid-batch.
     let reads: Vec<Cmd> = (0..n)
@@ -580,6 +595,13 @@ fn one_doorbell_batches_of_40_with_sq_wrap_and_cq_phase_flip() {
         d.slot_data(c.slot, &mut got).unwrap();
         assert!(got == pattern(4096, i as u32 + 1), "data of command {i}");
     }
+    let io = d.io_queue_pointers();
+    assert_eq!(io.sq_tail, 32, "the read batch wrapped the SQ");
+    assert_eq!(
+        (io.cq_head, io.phase),
+        (32, false),
+        "the CQ wrapped mid-batch: phase 0 from slot 0 on"
+    );
     // A later single command still completes with a correct head after the wrapped batch.
     let one = batch(
         &mut d,
@@ -589,6 +611,8 @@ fn one_doorbell_batches_of_40_with_sq_wrap_and_cq_phase_flip() {
     let mut got = vec![0u8; 4096];
     d.slot_data(one[0].slot, &mut got).unwrap();
     assert!(got == pattern(4096, 1));
+    let io = d.io_queue_pointers();
+    assert_eq!((io.sq_tail, io.cq_head, io.phase), (33, 33, false));
 }
 
 #[test]

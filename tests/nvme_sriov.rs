@@ -32,7 +32,7 @@ use crossbeam::channel::{self, Receiver, Sender};
 use pcietun::drivers::nvme::{IoOp, NvmeConfig, NvmeDriver};
 use pcietun::drivers::CompletionMode;
 use pcietun::endpoint::nvme::{Backend, NvmeController, NvmeOptions, NvmeSriov, SliceLayout};
-use pcietun::endpoint::wire::{self, CplStatus, Kind, ParsedHeader};
+use pcietun::endpoint::wire::{self, CplStatus, ParsedHeader, ParsedKind};
 use pcietun::endpoint::{Bdf, Proxy, ProxyConfig, VfError};
 use pcietun::host::enumerate::Windows;
 use pcietun::host::{Downlink, Host, HostConfig, LinkError, RemoteFunction};
@@ -115,7 +115,7 @@ fn inbound(ep: &mut Proxy, hosts: &[Arc<Host>], functions: &[Bdf], k: usize, mut
         return;
     };
     match h.kind {
-        Kind::Config { target, .. } => {
+        ParsedKind::Config { target, .. } => {
             if target.device() != 0 || target.function() != 0 {
                 let mut c = Vec::new();
                 wire::emit_completion(
@@ -135,7 +135,7 @@ fn inbound(ep: &mut Proxy, hosts: &[Arc<Host>], functions: &[Bdf], k: usize, mut
             }
             set_id(&mut t, 8, functions[k]);
         }
-        Kind::Completion { .. } => {
+        ParsedKind::Completion { .. } => {
             if Bdf(u16::from_be_bytes([t[8], t[9]])) != visible(&hosts[k]) {
                 return;
             }
@@ -239,10 +239,7 @@ fn serve(
 ) {
     let kicks = ep.kicks();
     while !stop.load(Ordering::Relaxed) {
-        let wait = ep.poll_timeout().map_or(Duration::from_millis(10), |t| {
-            t.saturating_duration_since(Instant::now())
-                .min(Duration::from_millis(10))
-        });
+        let wait = ep.poll_wait(Instant::now(), Duration::from_millis(10));
         channel::select! {
             recv(rx) -> m => if let Ok((k, t)) = m { inbound(&mut ep, hosts, functions, k, t) },
             recv(out) -> t => if let Ok(t) = t { outbound(hosts, functions, unrouted, t) },
@@ -777,7 +774,7 @@ fn probe(ep: &mut Proxy, rx: &Receiver<Vec<u8>>, tlp: &[u8]) -> Vec<u8> {
     let mut data = Vec::new();
     while let Ok(c) = rx.try_recv() {
         let h = ParsedHeader::parse(&c).unwrap();
-        if matches!(h.kind, Kind::Completion { .. }) && h.tag == u16::from(PROBE_TAG) {
+        if matches!(h.kind, ParsedKind::Completion { .. }) && h.tag == u16::from(PROBE_TAG) {
             data.extend_from_slice(&c[h.payload]);
         }
     }

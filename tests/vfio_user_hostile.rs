@@ -32,6 +32,7 @@ use pcietun::host::vfio_user::{
 };
 use pcietun::host::{HostConfig, HostEvent};
 use pcietun::pci::{Bar, ConfigSpace, ExpressConfig, FunctionIds, MsixCap, PciExpressCap};
+use pcietun::tlp::build::{self, Cpl};
 use pcietun::tlp::{Bdf, CplStatus, MemOp, Tlp, TlpHeader};
 use pcietun::transport::driver::{udp::UdpPort, DriverConfig, Peers, TransportHandle, Upcall};
 use pcietun::transport::{ConnId, Event, HostId, HostKey, SecretKey};
@@ -788,18 +789,11 @@ fn fake_appliance() -> FakeAppliance {
                         cs[f].read(q.register as usize, &mut data);
                     }
                     let payload: &[u8] = if q.write { &[] } else { &data };
-                    tlpio::completion(&mut out, me, ROOT_PORT, q.tag, CplStatus::Sc, 4, 0, payload)
+                    Cpl::new(me, ROOT_PORT, q.tag, CplStatus::Sc).emit(&mut out, 4, 0, payload)
                 }
-                TlpHeader::Cfg(q) => tlpio::completion(
-                    &mut out,
-                    q.target,
-                    ROOT_PORT,
-                    q.tag,
-                    CplStatus::Ur,
-                    4,
-                    0,
-                    &[],
-                ),
+                TlpHeader::Cfg(q) => {
+                    Cpl::new(q.target, ROOT_PORT, q.tag, CplStatus::Ur).emit(&mut out, 4, 0, &[])
+                }
                 TlpHeader::Mem(m) => {
                     let r = pcietun::tlp::split::covered_bytes(
                         m.address,
@@ -823,12 +817,8 @@ fn fake_appliance() -> FakeAppliance {
                             let payload =
                                 b[f].lock().unwrap()[dw..dw + t.length_dw as usize * 4].to_vec();
                             let me = Bdf::new(1, 0, f as u8);
-                            tlpio::completion(
+                            Cpl::new(me, ROOT_PORT, m.tag, CplStatus::Sc).emit(
                                 &mut out,
-                                me,
-                                ROOT_PORT,
-                                m.tag,
-                                CplStatus::Sc,
                                 r.len as u16,
                                 (r.address & 0x7f) as u8,
                                 &payload,
@@ -881,7 +871,7 @@ impl FakeAppliance {
         wait: Duration,
     ) -> Option<CardCompletion> {
         let mut out = vec![0u8; tlpio::MAX_TLP];
-        let n = tlpio::mem_read(&mut out, f, address, len, tag).unwrap();
+        let n = build::mem_read(&mut out, f, tag, address, len).unwrap();
         self.send(&out[..n]);
         let rx = self.completions.lock().unwrap();
         let deadline = Instant::now() + wait;
@@ -897,7 +887,7 @@ impl FakeAppliance {
     /// Function `f` of the card writes host memory.
     fn dma_write(&self, f: Bdf, address: u64, data: &[u8]) {
         let mut out = vec![0u8; tlpio::MAX_TLP];
-        let n = tlpio::mem_write(&mut out, f, address, data).unwrap();
+        let n = build::mem_write(&mut out, f, address, data).unwrap();
         self.send(&out[..n]);
     }
 

@@ -135,14 +135,11 @@ impl Pump {
             } else {
                 Duration::from_millis(50)
             };
-            let next = [ep.poll_timeout(), router.poll_timeout()]
-                .into_iter()
-                .flatten()
-                .min();
-            let cap = next.map_or(cap, |t| {
-                cap.min(t.saturating_duration_since(Instant::now()))
+            let wait = ep.poll_wait(Instant::now(), cap);
+            let wait = router.poll_timeout().map_or(wait, |t| {
+                wait.min(t.saturating_duration_since(Instant::now()))
             });
-            let up = self.d.poll_wake(Some(cap));
+            let up = self.d.poll_wake(Some(wait));
             self.sleeping.store(false, Ordering::Release);
             if let Some(u) = up? {
                 let conn = u.conn();

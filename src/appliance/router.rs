@@ -45,7 +45,7 @@ use super::control::{
 };
 use super::inventory::{FunctionEntry, FunctionId, FunctionState, Inventory};
 use super::view::{Detached, SlotState, Target, ViewError, Views};
-use crate::endpoint::wire::{self, CplStatus, Kind, ParsedHeader};
+use crate::endpoint::wire::{self, CplStatus, ParsedHeader, ParsedKind as Kind};
 use crate::endpoint::{Bdf, FunctionSet, Proxy};
 use crate::tlp::slot::{SlotEvent, SlotMessage};
 use crate::tlp::Tlp;
@@ -742,19 +742,23 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
         let Some(hi) = self.hosts.iter().position(|h| h.id == d.host) else {
             return;
         };
-        let slot = d.removed.slot;
-        let mut set = FunctionSet::EMPTY;
-        for (devfn, r) in self.routes.iter().enumerate() {
-            if let Some(r) = r {
-                if r.host == hi && r.host_devfn >> 3 == slot {
-                    set.insert(devfn as u8);
-                }
-            }
-        }
         if let Some(key) = self.hosts[hi].session {
             self.send_slot(key, d.removed);
         }
         self.rebuild_routes();
+        // What the slot showed, less what another slot still shows (a VF of the card that is
+        // assigned on its own). From the target, not the old routes: several slots may have
+        // left the views at once (grace periods ending together).
+        let mut set = FunctionSet::EMPTY;
+        match d.target {
+            Target::Device(dev) => (0..8u8).for_each(|f| set.insert(dev << 3 | f)),
+            Target::Function(b) => set.insert(b.0 as u8),
+        }
+        for devfn in set.iter().collect::<Vec<_>>() {
+            if self.routes[usize::from(devfn)].is_some() {
+                set.remove(devfn);
+            }
+        }
         ep.reset_functions(&set);
         // Whatever it queued as it was being reset has no owner now.
         self.drain_outbound(usize::MAX);

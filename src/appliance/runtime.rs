@@ -77,8 +77,18 @@ pub struct Appliance {
     scratch: Scratch,
 }
 
+/// What serving keeps of an [`Appliance`] (see [`Appliance::into_serving`]).
+struct Serving {
+    endpoint: Proxy,
+    router: Router<(usize, ConnId)>,
+    control: Control,
+    port: ControlPort,
+    counters: Counters,
+    scratch: Scratch,
+}
+
 /// A link to serve on, and the name its errors carry.
-type Link = (String, Box<dyn Port>);
+type NamedPort = (String, Box<dyn Port>);
 
 impl Appliance {
     /// Read the keys and build every device of `cfg` (backing files opened or created), and
@@ -185,7 +195,7 @@ impl Appliance {
         self.start_links(links)
     }
 
-    fn open_listeners(&self) -> Result<Vec<Link>, ApplianceError> {
+    fn open_listeners(&self) -> Result<Vec<NamedPort>, ApplianceError> {
         self.cfg
             .listen
             .iter()
@@ -201,7 +211,7 @@ impl Appliance {
             .collect()
     }
 
-    fn start_links(self, links: Vec<Link>) -> Result<Running, ApplianceError> {
+    fn start_links(self, links: Vec<NamedPort>) -> Result<Running, ApplianceError> {
         let stop = Arc::new(AtomicBool::new(false));
         let counters = self.counters.clone();
         let control = self.control.clone();
@@ -257,7 +267,7 @@ impl Appliance {
 
     fn serve_links(
         self,
-        mut links: Vec<Link>,
+        mut links: Vec<NamedPort>,
         stop: &AtomicBool,
         on_ready: impl FnOnce(&Ready) -> io::Result<()>,
     ) -> Result<(), ApplianceError> {
@@ -271,6 +281,20 @@ impl Appliance {
         }
     }
 
+    /// What serving keeps of the appliance: the endpoint, the pool's router (which holds the
+    /// endpoint's outbound queue), the control channel, the counters and the scratch files
+    /// (dropped after the endpoint, so the devices' workers end first).
+    fn into_serving(self) -> Serving {
+        Serving {
+            endpoint: self.endpoint,
+            router: self.router,
+            control: self.control,
+            port: self.port,
+            counters: self.counters,
+            scratch: self.scratch,
+        }
+    }
+
     /// One link: the endpoint runs on the thread that drives the link.
     fn serve_direct(
         self,
@@ -281,15 +305,14 @@ impl Appliance {
     ) -> Result<(), ApplianceError> {
         let dc = self.driver_config(0);
         let functions = self.functions().to_vec();
-        let Appliance {
+        let Serving {
             mut endpoint,
             router,
             control,
             port: cport,
             counters,
             scratch,
-            ..
-        } = self;
+        } = self.into_serving();
         let mut router = router.rekey(|k| k.1);
         let mut pump = Pump::new(Direct::new(port, dc), &endpoint);
         control.set_wake(pump.wake());
@@ -313,7 +336,7 @@ impl Appliance {
     /// thread draining the outbound queue to the session being served.
     fn serve_threaded(
         self,
-        links: Vec<Link>,
+        links: Vec<NamedPort>,
         stop: &AtomicBool,
         on_ready: impl FnOnce(&Ready) -> io::Result<()>,
     ) -> Result<(), ApplianceError> {
@@ -330,15 +353,14 @@ impl Appliance {
             handles.push(h);
             names.push(name);
         }
-        let Appliance {
+        let Serving {
             mut endpoint,
             mut router,
             control,
             port: cport,
             counters,
             scratch,
-            ..
-        } = self;
+        } = self.into_serving();
         let links = handles;
         // Commands and device-thread TLPs wake the select below through this channel.
         let (wake_tx, wake_rx) = crossbeam::channel::bounded::<()>(1);
@@ -391,12 +413,9 @@ impl Appliance {
             } else {
                 Duration::from_millis(100)
             };
-            let next = [endpoint.poll_timeout(), router.poll_timeout()]
-                .into_iter()
-                .flatten()
-                .min();
-            let wait = next.map_or(cap, |t| {
-                cap.min(t.saturating_duration_since(Instant::now()))
+            let wait = endpoint.poll_wait(Instant::now(), cap);
+            let wait = router.poll_timeout().map_or(wait, |t| {
+                wait.min(t.saturating_duration_since(Instant::now()))
             });
             let mut sel = Select::new();
             for l in links.iter() {

@@ -47,7 +47,7 @@ enum Tunnel {
         _dir: tempfile::TempDir,
     },
     /// Both halves in this process on the bench rig (raw Ethernet between namespaces, memory).
-    Rig { rig: Rig, _net: Net },
+    Rig { rig: Box<Rig>, _net: Net },
 }
 
 /// The appliance child process; terminated (SIGTERM, then SIGKILL) on every exit path.
@@ -221,7 +221,10 @@ impl Tunnel {
             "      host agent: session up, {} function(s) enumerated below the virtual root port",
             rig.functions.len()
         );
-        Ok(Tunnel::Rig { rig, _net: net })
+        Ok(Tunnel::Rig {
+            rig: Box::new(rig),
+            _net: net,
+        })
     }
 
     fn nvme(&self) -> Result<RemoteFunction, Box<dyn std::error::Error>> {

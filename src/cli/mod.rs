@@ -19,11 +19,11 @@ mod transport_peer;
 #[command(name = "pcietun", version, about, long_about = None)]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: CliCommand,
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {
+enum CliCommand {
     /// Run the main job end to end on an embedded default (no configuration needed).
     Demo(demo::DemoArgs),
     /// Decode and encode PCIe TLPs (protocol-analyser and JSON views).
@@ -47,14 +47,14 @@ enum Command {
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Demo(args) => demo::run(args),
-        Command::Tlp(args) => tlp::run(args),
-        Command::Bench(args) => bench::run(args),
-        Command::TransportPeer(args) => transport_peer::run(args),
-        Command::Appliance(args) => appliance::run(args),
-        Command::Host(args) => host::run(args),
-        Command::Keygen(args) => keys::keygen(args),
-        Command::Pubkey(args) => keys::pubkey(args),
+        CliCommand::Demo(args) => demo::run(args),
+        CliCommand::Tlp(args) => tlp::run(args),
+        CliCommand::Bench(args) => bench::run(args),
+        CliCommand::TransportPeer(args) => transport_peer::run(args),
+        CliCommand::Appliance(args) => appliance::run(args),
+        CliCommand::Host(args) => host::run(args),
+        CliCommand::Keygen(args) => keys::keygen(args),
+        CliCommand::Pubkey(args) => keys::pubkey(args),
     };
     match result {
         Ok(code) => code,

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::mem::DmaBuffer;
-use super::CompletionMode;
-use crate::host::dma::{Access, DmaWindowError};
+use super::{AccessError, CompletionMode};
+use crate::host::dma::Access;
 use crate::host::requester::RequestError;
 use crate::host::vfio_user::{EventFd, IrqIndex};
 use crate::host::RemoteFunction;
@@ -26,15 +26,9 @@ pub const IOVA: u64 = 0x50_0000_0000;
 /// Errors of the DMA engine driver.
 #[derive(Debug, thiserror::Error)]
 pub enum DmaEngineError {
-    /// A register access through the tunnel failed.
-    #[error("register access failed: {0}")]
-    Request(#[from] RequestError),
-    /// Registering or touching DMA memory failed.
-    #[error("DMA memory: {0}")]
-    Dma(#[from] DmaWindowError),
-    /// Arming the interrupt failed.
-    #[error("interrupt setup: {0}")]
-    Irq(#[from] std::io::Error),
+    /// Reaching the function failed: a register access, DMA memory or an interrupt eventfd.
+    #[error(transparent)]
+    Access(#[from] AccessError),
     /// Not the DMA engine: its vendor/device IDs differ.
     #[error("not the DMA engine test device: IDs {vendor:04x}:{device:04x}")]
     WrongIds {
@@ -68,6 +62,8 @@ pub enum DmaEngineError {
     #[error("transfer not done within {0:?}")]
     Timeout(Duration),
 }
+
+super::access_error_sources!(DmaEngineError);
 
 /// Which way a transfer moves data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

@@ -9,6 +9,9 @@
 //!   passthrough of any admin or I/O command, batched doorbells, asynchronous events.
 //! * [`dma_engine`] — the driver of the DMA engine test device (docs/appliance.md).
 //!
+//! What they share: [`AccessError`] (how reaching the function fails, the `Access` variant of
+//! each driver's error), the MSI-X enable, and [`CompletionMode`].
+//!
 //! The register interfaces they speak are [`crate::pci::class`], the definitions the
 //! appliance's device models implement. Layering: drivers import `host` and `pci` (nothing
 //! above them); the CLI's demo and benchmarks use them.
@@ -17,9 +20,49 @@ pub mod dma_engine;
 pub mod mem;
 pub mod nvme;
 
+use crate::host::dma::DmaWindowError;
 use crate::host::requester::RequestError;
 use crate::host::RemoteFunction;
 use crate::pci::spec::msix;
+
+/// How a driver's use of its function fails, whatever the card: a register access through the
+/// tunnel, its DMA memory, or arming an interrupt eventfd. Each driver's error holds it as its
+/// `Access` variant (see [`access_error_sources`]).
+#[derive(Debug, thiserror::Error)]
+pub enum AccessError {
+    /// A register access through the tunnel failed.
+    #[error("register access failed: {0}")]
+    Request(#[from] RequestError),
+    /// Registering or touching DMA memory failed.
+    #[error("DMA memory: {0}")]
+    Dma(#[from] DmaWindowError),
+    /// Arming the MSI-X eventfd failed.
+    #[error("interrupt setup: {0}")]
+    Irq(#[from] std::io::Error),
+}
+
+/// `impl From<source> for $error` for each source of [`AccessError`], through the error's
+/// `Access` variant, so that `?` works on a register access, a DMA window call or an eventfd.
+macro_rules! access_error_sources {
+    ($error:ident) => {
+        impl From<$crate::host::requester::RequestError> for $error {
+            fn from(e: $crate::host::requester::RequestError) -> Self {
+                Self::Access(e.into())
+            }
+        }
+        impl From<$crate::host::dma::DmaWindowError> for $error {
+            fn from(e: $crate::host::dma::DmaWindowError) -> Self {
+                Self::Access(e.into())
+            }
+        }
+        impl From<std::io::Error> for $error {
+            fn from(e: std::io::Error) -> Self {
+                Self::Access(e.into())
+            }
+        }
+    };
+}
+use access_error_sources;
 
 /// Set MSI-X Enable and clear Function Mask in Message Control of the MSI-X capability at
 /// config offset `cap` (PCI Local Bus 3.0 §6.8.2.3), keeping the rest of the register.

@@ -5,27 +5,19 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crossbeam::channel;
 
 use super::dma_engine::{Direction, DmaEngineDriver, DmaEngineError};
-use super::nvme::{IoOp, NvmeConfig, NvmeDriver, NvmeError};
+use super::nvme::{InvalidRequest, IoOp, NvmeConfig, NvmeDriver, NvmeError, Unsupported};
 use super::CompletionMode;
 use crate::endpoint::dma_engine::DmaEngine;
+use crate::endpoint::loopback::serve_channels;
 use crate::endpoint::nvme::{Backend, NvmeController, NvmeOptions};
 use crate::endpoint::{Bdf, Proxy, ProxyConfig};
-use crate::host::{Downlink, Host, HostConfig, LinkError, RemoteFunction};
+use crate::host::{ChannelDownlink, Host, HostConfig, RemoteFunction};
 use crate::pci::class::nvme::Status;
-
-#[derive(Debug)]
-struct Pipe(channel::Sender<Vec<u8>>);
-
-impl Downlink for Pipe {
-    fn send_tlp(&self, tlp: &[u8]) -> Result<(), LinkError> {
-        self.0.send(tlp.to_vec()).map_err(|_| LinkError::Closed)
-    }
-}
 
 struct Rig {
     host: Arc<Host>,
@@ -56,25 +48,12 @@ impl Rig {
         ep.add_function(Bdf::new(0, 0, 1), Box::new(DmaEngine::new(256 * 1024)))
             .unwrap();
         let (tx, rx) = channel::unbounded::<Vec<u8>>();
-        let host = Host::new(Arc::new(Pipe(tx)), HostConfig::default());
+        let host = Host::new(Arc::new(ChannelDownlink(tx)), HostConfig::default());
         let stop = Arc::new(AtomicBool::new(false));
         let (h, s) = (host.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
-            let kicks = ep.kicks();
-            while !s.load(Ordering::Relaxed) {
-                // The endpoint's driver: time for its DMA requester (queued reads, timeouts).
-                ep.poll(Instant::now());
-                let wait = ep.poll_timeout().map_or(Duration::from_millis(10), |t| {
-                    t.saturating_duration_since(Instant::now())
-                        .min(Duration::from_millis(10))
-                });
-                channel::select! {
-                    recv(kicks) -> _ => {},
-                    recv(rx) -> t => if let Ok(t) = t { let _ = ep.handle_tlp(&t); },
-                    recv(out) -> t => if let Ok(t) = t { h.on_tlp(&t); },
-                    default(wait) => {}
-                }
-            }
+            let tick = Duration::from_millis(10);
+            serve_channels(&mut ep, &rx, &out, |t| h.on_tlp(t), &s, tick);
         });
         host.on_link_up();
         assert_eq!(host.rescan().len(), 2, "both functions enumerate");
@@ -143,16 +122,20 @@ fn nvme_interrupt_driver_reopens_and_rejects_bad_requests() {
     let slot = d.take_slot().unwrap();
     assert!(matches!(
         d.submit(slot, IoOp::Read, blocks - 1, 2),
-        Err(NvmeError::Invalid(_))
+        Err(NvmeError::Invalid(InvalidRequest::BeyondNamespace { lba, blocks: 2, size }))
+            if lba == blocks - 1 && size == blocks
     ));
     assert!(matches!(
         d.submit(slot, IoOp::Read, 0, 1024),
-        Err(NvmeError::Invalid(_))
+        Err(NvmeError::Invalid(InvalidRequest::TransferSize {
+            blocks: 1024,
+            ..
+        }))
     ));
     d.submit(slot, IoOp::Read, blocks - 8, 8).unwrap();
     assert!(matches!(
         d.submit(slot, IoOp::Read, 0, 8),
-        Err(NvmeError::Invalid(_))
+        Err(NvmeError::Invalid(InvalidRequest::SlotBusy(s))) if s == slot
     ));
     let mut got = Vec::new();
     while d.in_flight() > 0 {
@@ -163,7 +146,10 @@ fn nvme_interrupt_driver_reopens_and_rejects_bad_requests() {
     let mut odd = vec![0u8; 100];
     assert!(matches!(
         d.transfer(IoOp::Read, 0, &mut odd, &mut |_| {}),
-        Err(NvmeError::Invalid(_))
+        Err(NvmeError::Invalid(InvalidRequest::NotBlocks {
+            len: 100,
+            ..
+        }))
     ));
     drop(d);
     let bad = NvmeConfig {
@@ -172,12 +158,12 @@ fn nvme_interrupt_driver_reopens_and_rejects_bad_requests() {
     };
     assert!(matches!(
         NvmeDriver::open(f, bad),
-        Err(NvmeError::Invalid(_))
+        Err(NvmeError::Invalid(InvalidRequest::Depth(0)))
     ));
     // The DMA engine is not an NVMe controller.
     assert!(matches!(
         NvmeDriver::open(rig.open(0x0880), NvmeConfig::default()),
-        Err(NvmeError::Unsupported(_))
+        Err(NvmeError::Unsupported(Unsupported::NotNvme(class))) if class >> 8 == 0x0880
     ));
 }
 

@@ -70,6 +70,39 @@ pub struct MsixLayout {
     pub pba_offset: u32,
 }
 
+impl MsixLayout {
+    /// Bytes of the table: one 16-byte entry per vector (§7.7.2).
+    pub fn table_len(&self) -> u64 {
+        u64::from(self.vectors) * crate::pci::spec::msix::ENTRY_SIZE as u64
+    }
+
+    /// Bytes of the Pending Bit Array: one bit per vector, in whole QWORDs (§7.7.2).
+    pub fn pba_len(&self) -> u64 {
+        u64::from(self.vectors).div_ceil(64) * 8
+    }
+
+    /// Whether the access at `off` of BAR `bar` falls in the table or the PBA, and where in it.
+    pub fn locate(&self, bar: u8, off: u64) -> Option<MsixRegion> {
+        let (t, p) = (u64::from(self.table_offset), u64::from(self.pba_offset));
+        if bar == self.table_bar && off >= t && off - t < self.table_len() {
+            return Some(MsixRegion::Table(off - t));
+        }
+        if bar == self.pba_bar && off >= p && off - p < self.pba_len() {
+            return Some(MsixRegion::Pba(off - p));
+        }
+        None
+    }
+}
+
+/// Where a BAR access lands in a function's MSI-X structures (see [`MsixLayout::locate`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MsixRegion {
+    /// At this offset of the vector table.
+    Table(u64),
+    /// At this offset of the Pending Bit Array.
+    Pba(u64),
+}
+
 /// The state the endpoint routes on, read from the function's configuration space.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decode {
@@ -167,5 +200,31 @@ impl Decode {
             }
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn msix_accesses_are_located_in_the_table_or_the_pba() {
+        // 65 vectors: a 1040-byte table at 0x2000 of BAR 0, a 16-byte PBA (two QWORDs) at
+        // 0x3000 of BAR 0.
+        let m = MsixLayout {
+            vectors: 65,
+            table_bar: 0,
+            table_offset: 0x2000,
+            pba_bar: 0,
+            pba_offset: 0x3000,
+        };
+        assert_eq!((m.table_len(), m.pba_len()), (1040, 16));
+        assert_eq!(m.locate(0, 0x2000), Some(MsixRegion::Table(0)));
+        assert_eq!(m.locate(0, 0x240c), Some(MsixRegion::Table(0x40c)));
+        assert_eq!(m.locate(0, 0x2410), None, "one past the table");
+        assert_eq!(m.locate(0, 0x300c), Some(MsixRegion::Pba(0xc)));
+        assert_eq!(m.locate(0, 0x3010), None, "one past the PBA");
+        assert_eq!(m.locate(2, 0x2000), None, "another BAR");
+        assert_eq!(m.locate(0, 0x1fff), None);
     }
 }

@@ -2,7 +2,7 @@
 //! captured from Type 0 configuration writes, PCIe r5.0 §2.2.6.2), decode state, MSI-X table
 //! and INTx wire (§6.1), the queue of DMA reads for the TLP thread, and the endpoint's outbound
 //! queue. The handles ([`DmaHandle`](super::DmaHandle), [`InterruptHandle`](super::InterruptHandle))
-//! and the proxy's per-function record (`slot.rs`) build on this module; it depends on
+//! and the proxy's per-function record (`proxied.rs`) build on this module; it depends on
 //! neither.
 
 use crate::sync::MutexExt;
@@ -33,11 +33,11 @@ pub(crate) struct FunctionShared {
 }
 
 /// A wake-up for whoever drains the outbound queue (see [`Outbound`]).
-pub(crate) type Wake = Arc<dyn Fn() + Send + Sync>;
+pub(crate) type OutboundWake = Arc<dyn Fn() + Send + Sync>;
 
 /// Where the wake-up is installed, shared by the endpoint and every function.
 #[derive(Clone, Default)]
-pub(crate) struct WakeSlot(pub(crate) Arc<OnceLock<Wake>>);
+pub(crate) struct WakeSlot(pub(crate) Arc<OnceLock<OutboundWake>>);
 
 impl std::fmt::Debug for WakeSlot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

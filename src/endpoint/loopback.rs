@@ -8,8 +8,13 @@
 //! Unsupported Request. Memory writes to `[MSI_BASE, MSI_BASE + 1 MiB)` are interrupts.
 //! Read completions to the device are split at 64-byte boundaries and at 128 bytes, so every
 //! test exercises completion reassembly.
+//!
+//! [`serve_channels`] is the endpoint half alone: the loop that drives a [`Proxy`] from
+//! in-process channels, for rigs whose host is the real one (`crate::host::Host` with a
+//! `ChannelDownlink`).
 
 use crate::sync::{CondvarExt, MutexExt};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -18,8 +23,8 @@ use crossbeam::channel::{self, Receiver, Sender};
 use thiserror::Error;
 
 use super::proxy::{Proxy, ProxyStats};
-use super::wire::{self, Bdf, CplStatus, Kind, ParsedHeader};
-use crate::tlp::build;
+use super::wire::{self, Bdf, CplStatus, ParsedHeader, ParsedKind};
+use crate::tlp::{build, message};
 
 /// Where host memory starts on the host's bus (above 4 GiB, so 64-bit addressing is exercised).
 pub const HOST_MEM_BASE: u64 = 0x1_0000_0000;
@@ -40,7 +45,7 @@ pub enum LoopbackError {
     Closed,
     /// The request could not be built from the arguments (e.g. a read crossing 4 KiB).
     #[error(transparent)]
-    Build(#[from] wire::WireError),
+    Build(#[from] wire::TlpViewError),
 }
 
 /// What the host side has observed.
@@ -59,6 +64,33 @@ struct HostState {
 struct Shared {
     state: Mutex<HostState>,
     cv: Condvar,
+}
+
+/// Drive `ep` from in-process channels until `stop` is set, as an appliance's pump drives it
+/// from a transport link: each TLP from `inbound` goes to [`Proxy::handle_tlp`], each TLP the
+/// proxy sends (`outbound`, as [`Proxy::new`] returned it) to `deliver`, a device thread's
+/// queued DMA read ([`Proxy::kicks`]) wakes the loop at once, and [`Proxy::poll`] runs the
+/// requester's timers on real time. It sleeps at most `tick` between turns, so `stop` is seen
+/// within one. For tests and benchmarks that join a host to an endpoint in one process.
+pub fn serve_channels(
+    ep: &mut Proxy,
+    inbound: &Receiver<Vec<u8>>,
+    outbound: &Receiver<Vec<u8>>,
+    mut deliver: impl FnMut(&[u8]),
+    stop: &AtomicBool,
+    tick: Duration,
+) {
+    let kicks = ep.kicks();
+    while !stop.load(Ordering::Relaxed) {
+        ep.poll(Instant::now());
+        let wait = ep.poll_wait(Instant::now(), tick);
+        channel::select! {
+            recv(kicks) -> _ => {},
+            recv(inbound) -> t => if let Ok(t) = t { let _ = ep.handle_tlp(&t); },
+            recv(outbound) -> t => if let Ok(t) = t { deliver(&t); },
+            default(wait) => {}
+        }
+    }
 }
 
 /// The host end of an in-process link to a [`Proxy`].
@@ -87,9 +119,7 @@ impl LoopbackHost {
                 // The endpoint's driver: TLPs in, DMA kicks and timers, all with real time.
                 let kicks = ep.kicks();
                 loop {
-                    let wait = ep.poll_timeout().map_or(Duration::from_secs(1), |t| {
-                        t.saturating_duration_since(Instant::now())
-                    });
+                    let wait = ep.poll_wait(Instant::now(), Duration::from_secs(1));
                     channel::select! {
                         recv(ep_in) -> m => match m {
                             Ok(tlp) => { let _ = ep.handle_tlp(&tlp); }
@@ -182,7 +212,7 @@ impl LoopbackHost {
             let Ok(h) = ParsedHeader::parse(&c) else {
                 continue;
             };
-            let Kind::Completion {
+            let ParsedKind::Completion {
                 status,
                 byte_count,
                 lower_addr,
@@ -248,7 +278,7 @@ impl LoopbackHost {
         let mut out = Vec::with_capacity(len as usize);
         for c in parts {
             let h = ParsedHeader::parse(&c).map_err(|_| LoopbackError::Closed)?;
-            let Kind::Completion {
+            let ParsedKind::Completion {
                 lower_addr,
                 byte_count,
                 ..
@@ -382,7 +412,7 @@ fn cfg_tlp(bdf: Bdf, reg: u16, tag: u16, value: Option<u32>) -> Result<Vec<u8>, 
         Some(v) => cfg.write(&mut t, v.to_le_bytes()),
         None => cfg.read(&mut t),
     }
-    .map_err(wire::WireError::from)?;
+    .map_err(wire::TlpViewError::from)?;
     t.truncate(n);
     Ok(t)
 }
@@ -393,10 +423,10 @@ fn host_handle(s: &Shared, to_ep: &Sender<Vec<u8>>, cpl_tx: &Sender<Vec<u8>>, tl
         return;
     };
     match h.kind {
-        Kind::Completion { .. } => {
+        ParsedKind::Completion { .. } => {
             let _ = cpl_tx.send(tlp.to_vec());
         }
-        Kind::MemWrite { addr } => {
+        ParsedKind::MemWrite { addr } => {
             let (lead, count) = wire::enabled_span(h.length_dw, h.first_be, h.last_be);
             let a = addr + u64::from(lead);
             let data =
@@ -416,7 +446,7 @@ fn host_handle(s: &Shared, to_ep: &Sender<Vec<u8>>, cpl_tx: &Sender<Vec<u8>>, tl
             }
             s.cv.notify_all();
         }
-        Kind::MemRead { addr } => {
+        ParsedKind::MemRead { addr } => {
             let (lead, count) = wire::enabled_span(h.length_dw, h.first_be, h.last_be);
             let first = addr + u64::from(lead);
             let mut st = s.state.lock_or_recover();
@@ -470,11 +500,13 @@ fn host_handle(s: &Shared, to_ep: &Sender<Vec<u8>>, cpl_tx: &Sender<Vec<u8>>, tl
                 let _ = to_ep.send(c);
             }
         }
-        Kind::Message { code, .. } if (0x20..=0x27).contains(&code) => {
-            let mut st = s.state.lock_or_recover();
-            st.intx_asserted = code < 0x24;
-            st.intx_messages += 1;
-            s.cv.notify_all();
+        ParsedKind::Message { code, .. } => {
+            if let Some((assert, _pin)) = message::intx(code) {
+                let mut st = s.state.lock_or_recover();
+                st.intx_asserted = assert;
+                st.intx_messages += 1;
+                s.cv.notify_all();
+            }
         }
         _ => {}
     }

@@ -17,7 +17,7 @@
 //! plain state; `requester` holds the DMA queue and the TLP-thread requester; `function` is the
 //! state a function's handles share with the proxy; `dma` and `interrupt` are those handles;
 //! `device` is the trait and re-exports them; `vf_view` is the synthesised header of a VF
-//! presented standalone; `slot` is the proxy's per-function record; `sriov` creates virtual
+//! presented standalone; `proxied` is the proxy's per-function record; `sriov` creates virtual
 //! functions and their views; `proxy` ties it together.
 //!
 //! Layering: this module imports `tlp` and `pci` (and nothing above); it never imports
@@ -33,10 +33,10 @@ pub mod loopback;
 mod msix;
 pub mod nvme;
 pub mod pcicfg;
+mod proxied;
 pub mod proxy;
 pub mod replay;
 pub mod requester;
-mod slot;
 mod sriov;
 pub mod vf_view;
 pub mod wire;

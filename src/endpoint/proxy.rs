@@ -41,12 +41,13 @@ use std::time::{Duration, Instant};
 use crossbeam::channel::{self, Receiver, Sender};
 use thiserror::Error;
 
+use super::decode::MsixRegion;
 use super::device::{AtomicOp, Device, DeviceError, ResetKind};
 use super::function::{Outbound, WakeSlot};
-use super::slot::{find_cfg, Function};
+use super::proxied::{find_cfg, ProxiedFunction};
 use super::sriov::{self, sync_vfs, VfFactory};
 use super::vf_view::VfError;
-use super::wire::{self, AtomicKind, Bdf, CplStatus, Kind, ParsedHeader, WireError};
+use super::wire::{self, AtomicKind, Bdf, CplStatus, ParsedHeader, ParsedKind, TlpViewError};
 use crate::tlp::{self, build};
 
 /// Errors from the endpoint proxy.
@@ -54,7 +55,7 @@ use crate::tlp::{self, build};
 pub enum ProxyError {
     /// A TLP could not be parsed (counted in [`ProxyStats::malformed`]).
     #[error("malformed TLP: {0}")]
-    Malformed(#[from] WireError),
+    Malformed(#[from] TlpViewError),
     /// Two functions were given the same device/function number.
     #[error("function {0} is already present")]
     DuplicateFunction(Bdf),
@@ -154,7 +155,7 @@ struct Scope {
 /// The appliance side of the tunnel for a set of functions.
 #[derive(Debug)]
 pub struct Proxy {
-    pub(crate) functions: Vec<Function>,
+    pub(crate) functions: Vec<ProxiedFunction>,
     pub(crate) out: Sender<Vec<u8>>,
     /// The wake-up device threads call after queueing (set once by the pump).
     pub(crate) wake: WakeSlot,
@@ -202,7 +203,7 @@ impl Proxy {
             return Err(ProxyError::DuplicateFunction(bdf));
         }
         self.next_id += 1;
-        self.functions.push(Function::new(
+        self.functions.push(ProxiedFunction::new(
             self.next_id,
             bdf,
             device,
@@ -214,7 +215,7 @@ impl Proxy {
 
     /// Routing IDs of the functions, in the order they were added.
     pub fn functions(&self) -> Vec<Bdf> {
-        self.functions.iter().map(Function::bdf).collect()
+        self.functions.iter().map(ProxiedFunction::bdf).collect()
     }
 
     /// Names of the functions' device models, in the same order.
@@ -306,6 +307,14 @@ impl Proxy {
             .min()
     }
 
+    /// How long a driver thread may sleep at `now` before [`Proxy::poll`] has a timer to run:
+    /// until [`Proxy::poll_timeout`], and never longer than `cap` (so the thread still sees
+    /// its stop flag or its other work).
+    pub fn poll_wait(&self, now: Instant, cap: Duration) -> Duration {
+        self.poll_timeout()
+            .map_or(cap, |t| t.saturating_duration_since(now).min(cap))
+    }
+
     /// Fires (holds a message) when a device thread queued a DMA read that only
     /// [`Proxy::poll`] can start; a driver that waits on channels selects on it beside its
     /// inbound TLPs. Several kicks between two polls collapse into one.
@@ -355,7 +364,7 @@ impl Proxy {
     /// Run `op` on the function table with what creating virtual functions takes.
     fn with_vf_factory<R>(
         &mut self,
-        op: impl FnOnce(&mut Vec<Function>, &mut VfFactory<'_>) -> R,
+        op: impl FnOnce(&mut Vec<ProxiedFunction>, &mut VfFactory<'_>) -> R,
     ) -> R {
         let mut mk = VfFactory {
             next_id: &mut self.next_id,
@@ -386,7 +395,7 @@ impl Proxy {
     }
 
     /// Whether a lookup may see function `f` (always, unless a scoped TLP is being handled).
-    fn visible(&self, f: &Function) -> bool {
+    fn visible(&self, f: &ProxiedFunction) -> bool {
         self.scope.is_none_or(|s| s.functions.has(f.bdf()))
     }
 
@@ -395,7 +404,7 @@ impl Proxy {
         self.functions
             .iter()
             .find(|f| self.visible(f))
-            .map_or(Bdf(0), Function::bdf)
+            .map_or(Bdf(0), ProxiedFunction::bdf)
     }
 
     /// Handle one TLP of one host, restricted to `functions` (the functions it owns; bus
@@ -495,18 +504,18 @@ impl Proxy {
         }
         let payload = &tlp[h.payload.clone()];
         match h.kind {
-            Kind::Config {
+            ParsedKind::Config {
                 type1,
                 write,
                 target,
                 reg,
             } => self.config(&h, type1, write, target, reg, payload),
-            Kind::MemRead { addr } => self.mem_read(&h, addr),
-            Kind::MemWrite { addr } => self.mem_write(&h, addr, payload),
-            Kind::IoRead { addr } => self.io(&h, u64::from(addr), None),
-            Kind::IoWrite { addr } => self.io(&h, u64::from(addr), Some(payload)),
-            Kind::Atomic { op, addr } => self.atomic(&h, op, addr, payload),
-            Kind::Completion {
+            ParsedKind::MemRead { addr } => self.mem_read(&h, addr),
+            ParsedKind::MemWrite { addr } => self.mem_write(&h, addr, payload),
+            ParsedKind::IoRead { addr } => self.io(&h, u64::from(addr), None),
+            ParsedKind::IoWrite { addr } => self.io(&h, u64::from(addr), Some(payload)),
+            ParsedKind::Atomic { op, addr } => self.atomic(&h, op, addr, payload),
+            ParsedKind::Completion {
                 status,
                 byte_count,
                 lower_addr,
@@ -533,7 +542,7 @@ impl Proxy {
                     self.stats.unexpected_completions += 1;
                 }
             }
-            Kind::Message { .. } => self.stats.messages += 1,
+            ParsedKind::Message { .. } => self.stats.messages += 1,
         }
         Ok(())
     }
@@ -637,42 +646,26 @@ impl Proxy {
         data: &mut [u8],
     ) -> Result<(), DeviceError> {
         let f = &mut self.functions[i];
-        if let Some(m) = f.decode.msix {
-            let tlen = u64::from(m.vectors) * 16;
-            let plen = u64::from(m.vectors).div_ceil(64) * 8;
-            let t = u64::from(m.table_offset);
-            let p = u64::from(m.pba_offset);
-            if bar == m.table_bar && off >= t && off < t + tlen {
-                f.shared.msix.lock_or_recover().read(false, off - t, data);
-                return Ok(());
-            }
-            if bar == m.pba_bar && off >= p && off < p + plen {
-                f.shared.msix.lock_or_recover().read(true, off - p, data);
-                return Ok(());
-            }
+        match f.decode.msix.and_then(|m| m.locate(bar, off)) {
+            Some(MsixRegion::Table(o)) => f.shared.msix.lock_or_recover().read(false, o, data),
+            Some(MsixRegion::Pba(o)) => f.shared.msix.lock_or_recover().read(true, o, data),
+            None => return f.device.bar_read(bar, off, data),
         }
-        f.device.bar_read(bar, off, data)
+        Ok(())
     }
 
     fn bar_write(&mut self, i: usize, bar: u8, off: u64, data: &[u8]) -> Result<(), DeviceError> {
         let f = &mut self.functions[i];
-        if let Some(m) = f.decode.msix {
-            let tlen = u64::from(m.vectors) * 16;
-            let plen = u64::from(m.vectors).div_ceil(64) * 8;
-            let t = u64::from(m.table_offset);
-            let p = u64::from(m.pba_offset);
-            if bar == m.table_bar && off >= t && off < t + tlen {
-                let changed = f.shared.msix.lock_or_recover().write(off - t, data);
-                if changed {
+        match f.decode.msix.and_then(|m| m.locate(bar, off)) {
+            Some(MsixRegion::Table(o)) => {
+                if f.shared.msix.lock_or_recover().write(o, data) {
                     f.shared.flush_msix(&f.decode);
                 }
-                return Ok(());
             }
-            if bar == m.pba_bar && off >= p && off < p + plen {
-                return Ok(()); // the PBA is read-only
-            }
+            Some(MsixRegion::Pba(_)) => {} // the PBA is read-only
+            None => return f.device.bar_write(bar, off, data),
         }
-        f.device.bar_write(bar, off, data)
+        Ok(())
     }
 
     fn mem_read(&mut self, h: &ParsedHeader, addr: u64) {

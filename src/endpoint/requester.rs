@@ -86,7 +86,7 @@ pub enum DmaError {
     Shutdown,
     /// A request TLP could not be built (an address or length the codec refuses).
     #[error("cannot build the DMA request: {0}")]
-    Build(#[from] wire::WireError),
+    Build(#[from] wire::TlpViewError),
 }
 
 impl DmaError {

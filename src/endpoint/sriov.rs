@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use super::device::ResetKind;
 use super::function::Outbound;
-use super::slot::{find_cfg, Function, VfInfo};
+use super::proxied::{find_cfg, ProxiedFunction, VfInfo};
 use super::vf_view::{find_sriov, pf_ids, VfError, VfView};
 use super::wire::Bdf;
 use crate::pci::spec::sriov;
@@ -33,7 +33,7 @@ pub(crate) struct VfFactory<'a> {
 /// Bring physical function `pf`'s virtual functions in line with its SR-IOV capability:
 /// create them when VF Enable/NumVFs say so, remove them when not, and route them (Routing
 /// IDs on the PF's bus, each VF's slice of the VF BARs, VF MSE).
-pub(crate) fn sync_vfs(functions: &mut Vec<Function>, pf: usize, mk: &mut VfFactory<'_>) {
+pub(crate) fn sync_vfs(functions: &mut Vec<ProxiedFunction>, pf: usize, mk: &mut VfFactory<'_>) {
     let pf_id = functions[pf].id;
     let pf_bdf = functions[pf].bdf();
     let d = functions[pf].decode;
@@ -66,7 +66,8 @@ pub(crate) fn sync_vfs(functions: &mut Vec<Function>, pf: usize, mk: &mut VfFact
                 break;
             };
             *mk.next_id += 1;
-            let mut f = Function::new(*mk.next_id, *bdf, dev, mk.out.clone(), mk.dma_timeout);
+            let mut f =
+                ProxiedFunction::new(*mk.next_id, *bdf, dev, mk.out.clone(), mk.dma_timeout);
             f.vf = Some(VfInfo {
                 pf: pf_id,
                 index: i as u16,
@@ -96,14 +97,14 @@ pub(crate) fn sync_vfs(functions: &mut Vec<Function>, pf: usize, mk: &mut VfFact
 }
 
 /// The physical function at `pf` (device and function number).
-fn find_pf(functions: &[Function], pf: Bdf) -> Result<usize, VfError> {
+fn find_pf(functions: &[ProxiedFunction], pf: Bdf) -> Result<usize, VfError> {
     find_cfg(functions, pf)
         .filter(|&i| functions[i].vf.is_none())
         .ok_or(VfError::NoSuchFunction(pf))
 }
 
 /// Routing IDs of `pf`'s virtual functions, by VF index.
-pub(crate) fn virtual_functions(functions: &[Function], pf: Bdf) -> Vec<Bdf> {
+pub(crate) fn virtual_functions(functions: &[ProxiedFunction], pf: Bdf) -> Vec<Bdf> {
     let Ok(i) = find_pf(functions, pf) else {
         return Vec::new();
     };
@@ -124,7 +125,7 @@ pub(crate) fn virtual_functions(functions: &[Function], pf: Bdf) -> Vec<Bdf> {
 /// Enable cleared first, then NumVFs, then VF Enable and VF MSE set. When the PF already has
 /// exactly `n` enabled, only VF MSE is set: its VFs and their views stay.
 pub(crate) fn enable_vfs(
-    functions: &mut Vec<Function>,
+    functions: &mut Vec<ProxiedFunction>,
     pf: Bdf,
     n: u16,
     mk: &mut VfFactory<'_>,
@@ -144,7 +145,7 @@ pub(crate) fn enable_vfs(
     let ctrl = f.device.config_read(reg(sriov::CONTROL)) as u16;
     let num = f.device.config_read(reg(sriov::NUM_VFS)) as u16;
     let on = sriov::CTRL_VF_ENABLE | sriov::CTRL_VF_MSE;
-    let write = |f: &mut Function, off: usize, v: u16| {
+    let write = |f: &mut ProxiedFunction, off: usize, v: u16| {
         f.device.config_write(reg(off), u32::from(v), 0x3);
     };
     if ctrl & sriov::CTRL_VF_ENABLE != 0 && num == n && n > 0 {
@@ -166,7 +167,7 @@ pub(crate) fn enable_vfs(
 /// so that it starts in its power-on state. A VF already presented gets a fresh view.
 /// Returns its Routing ID, which its completions, DMA and interrupts carry.
 pub(crate) fn attach_view(
-    functions: &mut [Function],
+    functions: &mut [ProxiedFunction],
     pf: Bdf,
     index: u16,
     now: Option<Instant>,
@@ -199,7 +200,7 @@ pub(crate) fn attach_view(
 /// Withdraw the view of the VF at `vf`: Function Level Reset, then the VF is routed by its
 /// slice of the PF's VF BARs again.
 pub(crate) fn detach_view(
-    functions: &mut [Function],
+    functions: &mut [ProxiedFunction],
     vf: Bdf,
     now: Option<Instant>,
 ) -> Result<(), VfError> {

@@ -6,7 +6,7 @@
 //! This is the endpoint's narrow view of a TLP — exactly what routing a request to a function
 //! and answering it needs — over the full codec, which does all validation: anything the codec
 //! rejects (reserved types, wrong lengths, bad byte enables, 4 KiB crossings…) is a
-//! [`WireError`], never a panic. The `emit_*` functions are thin `Vec`-appending wrappers over
+//! [`TlpViewError`], never a panic. The `emit_*` functions are thin `Vec`-appending wrappers over
 //! the constructors in [`crate::tlp::build`] (shared with the host); they return the same
 //! errors, and leave `out` unchanged on one.
 
@@ -18,13 +18,13 @@ use crate::tlp::{self, split, Attr, Tlp};
 
 /// Why a TLP could not be parsed (or built) by the endpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub enum WireError {
+pub enum TlpViewError {
     /// The codec rejected it.
     #[error(transparent)]
     Tlp(#[from] tlp::Error),
-    /// A TLP kind the endpoint does not handle (e.g. Deferrable Memory Write).
+    /// A TLP kind the endpoint does not handle (Deferrable Memory Write).
     #[error("unsupported TLP kind {0}")]
-    Unsupported(&'static str),
+    Unsupported(tlp::Kind),
     /// A TLP could not be built from the arguments given (see [`crate::tlp::build`]).
     #[error(transparent)]
     Build(#[from] BuildError),
@@ -44,9 +44,10 @@ pub enum AtomicKind {
     Cas,
 }
 
-/// What kind of TLP, with the kind-specific fields.
+/// What kind of TLP a [`ParsedHeader`] is, with the kind-specific fields the endpoint routes
+/// on (the codec's bare Fmt/Type is [`crate::tlp::Kind`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub enum ParsedKind {
     /// Memory read request (MRd / MRdLk).
     MemRead {
         /// Byte address of the first DW (bits 1:0 zero).
@@ -109,7 +110,7 @@ pub enum Kind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParsedHeader {
     /// The kind and kind-specific fields.
-    pub kind: Kind,
+    pub kind: ParsedKind,
     /// Requester ID (for completions: the original requester the completion routes to).
     pub requester: Bdf,
     /// Tag, 10 bits wide (T9/T8 included).
@@ -144,7 +145,7 @@ fn attr_of(bits: u8) -> Attr {
 
 impl ParsedHeader {
     /// Parse one TLP (exactly one: the buffer must hold nothing else).
-    pub fn parse(b: &[u8]) -> Result<ParsedHeader, WireError> {
+    pub fn parse(b: &[u8]) -> Result<ParsedHeader, TlpViewError> {
         let t = Tlp::parse(b)?;
         let start = (t.data.as_ptr() as usize).saturating_sub(b.as_ptr() as usize);
         let payload = if t.data.is_empty() {
@@ -155,36 +156,38 @@ impl ParsedHeader {
         let (kind, requester, first_be, last_be) = match t.header {
             tlp::TlpHeader::Mem(m) => {
                 let kind = match m.op {
-                    tlp::MemOp::Read | tlp::MemOp::ReadLocked => Kind::MemRead { addr: m.address },
-                    tlp::MemOp::Write => Kind::MemWrite { addr: m.address },
-                    tlp::MemOp::FetchAdd => Kind::Atomic {
+                    tlp::MemOp::Read | tlp::MemOp::ReadLocked => {
+                        ParsedKind::MemRead { addr: m.address }
+                    }
+                    tlp::MemOp::Write => ParsedKind::MemWrite { addr: m.address },
+                    tlp::MemOp::FetchAdd => ParsedKind::Atomic {
                         op: AtomicKind::FetchAdd,
                         addr: m.address,
                     },
-                    tlp::MemOp::Swap => Kind::Atomic {
+                    tlp::MemOp::Swap => ParsedKind::Atomic {
                         op: AtomicKind::Swap,
                         addr: m.address,
                     },
-                    tlp::MemOp::Cas => Kind::Atomic {
+                    tlp::MemOp::Cas => ParsedKind::Atomic {
                         op: AtomicKind::Cas,
                         addr: m.address,
                     },
                     tlp::MemOp::DeferrableWrite => {
-                        return Err(WireError::Unsupported("Deferrable Memory Write"))
+                        return Err(TlpViewError::Unsupported(tlp::Kind::DMWr))
                     }
                 };
                 (kind, m.requester_id, m.first_be, m.last_be)
             }
             tlp::TlpHeader::Io(r) => {
                 let kind = if r.write {
-                    Kind::IoWrite { addr: r.address }
+                    ParsedKind::IoWrite { addr: r.address }
                 } else {
-                    Kind::IoRead { addr: r.address }
+                    ParsedKind::IoRead { addr: r.address }
                 };
                 (kind, r.requester_id, r.first_be, r.last_be)
             }
             tlp::TlpHeader::Cfg(c) => (
-                Kind::Config {
+                ParsedKind::Config {
                     type1: c.type1,
                     write: c.write,
                     target: c.target,
@@ -195,7 +198,7 @@ impl ParsedHeader {
                 c.last_be,
             ),
             tlp::TlpHeader::Cpl(c) => (
-                Kind::Completion {
+                ParsedKind::Completion {
                     completer: c.completer_id,
                     status: c.status,
                     byte_count: c.byte_count,
@@ -206,7 +209,7 @@ impl ParsedHeader {
                 0,
             ),
             tlp::TlpHeader::Msg(m) => (
-                Kind::Message {
+                ParsedKind::Message {
                     routing: m.routing as u8,
                     code: m.code,
                 },
@@ -260,7 +263,7 @@ fn append(
     out: &mut Vec<u8>,
     room: usize,
     f: impl FnOnce(&mut [u8]) -> Result<usize, BuildError>,
-) -> Result<(), WireError> {
+) -> Result<(), TlpViewError> {
     let start = out.len();
     out.resize(start + room, 0);
     match f(&mut out[start..]) {
@@ -294,19 +297,13 @@ pub fn emit_completion(
     lower_addr: u8,
     attr: u8,
     data: &[u8],
-) -> Result<(), WireError> {
+) -> Result<(), TlpViewError> {
     let bc = if byte_count == 0 { 4096 } else { byte_count };
     let cpl = build::Cpl {
         attr: attr_of(attr),
         ..build::Cpl::new(completer, requester, tag, status)
     };
-    append(out, room(data.len()), |b| {
-        if data.is_empty() {
-            cpl.without_data(b, bc, lower_addr)
-        } else {
-            cpl.with_data(b, bc, lower_addr, data)
-        }
-    })
+    append(out, room(data.len()), |b| cpl.emit(b, bc, lower_addr, data))
 }
 
 /// Append the next CplD of a split read (see [`build::Cpl::read_completions`]) to `out`;
@@ -314,7 +311,7 @@ pub fn emit_completion(
 pub fn emit_next_completion(
     out: &mut Vec<u8>,
     plan: &mut build::ReadCompletions<'_>,
-) -> Option<Result<(), WireError>> {
+) -> Option<Result<(), TlpViewError>> {
     let start = out.len();
     out.resize(start + build::MAX_LEN, 0);
     match plan.emit_next(&mut out[start..]) {
@@ -324,7 +321,7 @@ pub fn emit_next_completion(
         }
         other => {
             out.truncate(start);
-            other.map(|r| r.map(|_| ()).map_err(WireError::from))
+            other.map(|r| r.map(|_| ()).map_err(TlpViewError::from))
         }
     }
 }
@@ -337,7 +334,7 @@ pub fn emit_mem_read(
     tag: u16,
     addr: u64,
     len: u32,
-) -> Result<(), WireError> {
+) -> Result<(), TlpViewError> {
     append(out, room(0), |b| {
         build::mem_read(b, requester, tag, addr, len)
     })
@@ -350,14 +347,19 @@ pub fn emit_mem_write(
     requester: Bdf,
     addr: u64,
     data: &[u8],
-) -> Result<(), WireError> {
+) -> Result<(), TlpViewError> {
     append(out, room(data.len()), |b| {
         build::mem_write(b, requester, addr, data)
     })
 }
 
 /// Append an MSI / MSI-X message: a 1 DW posted write of `data` to the DW-aligned `addr`.
-pub fn emit_msi(out: &mut Vec<u8>, requester: Bdf, addr: u64, data: u32) -> Result<(), WireError> {
+pub fn emit_msi(
+    out: &mut Vec<u8>,
+    requester: Bdf,
+    addr: u64,
+    data: u32,
+) -> Result<(), TlpViewError> {
     append(out, room(4), |b| build::msi(b, requester, addr, data))
 }
 
@@ -367,7 +369,7 @@ pub fn emit_intx(
     requester: Bdf,
     pin: u8,
     assert: bool,
-) -> Result<(), WireError> {
+) -> Result<(), TlpViewError> {
     append(out, room(0), |b| build::intx(b, requester, pin, assert))
 }
 
@@ -382,7 +384,7 @@ mod tests {
         let h = ParsedHeader::parse(&b).unwrap();
         assert_eq!(
             h.kind,
-            Kind::Config {
+            ParsedKind::Config {
                 type1: false,
                 write: false,
                 target: Bdf::new(1, 0, 0),
@@ -413,7 +415,7 @@ mod tests {
         assert_eq!(h.tag, 0x2ab);
         assert_eq!(
             h.kind,
-            Kind::Completion {
+            ParsedKind::Completion {
                 completer: Bdf::new(1, 0, 0),
                 status: CplStatus::Sc,
                 byte_count: 6,
@@ -446,7 +448,7 @@ mod tests {
         let h = ParsedHeader::parse(&v).unwrap();
         assert_eq!(
             h.kind,
-            Kind::MemWrite {
+            ParsedKind::MemWrite {
                 addr: 0x1_2345_6780
             }
         );
@@ -464,7 +466,7 @@ mod tests {
         let h = ParsedHeader::parse(&v).unwrap();
         assert_eq!(
             h.kind,
-            Kind::Message {
+            ParsedKind::Message {
                 routing: 4,
                 code: 0x20
             }
@@ -477,15 +479,15 @@ mod tests {
         // A ragged completion payload is refused, not cut or padded.
         assert!(matches!(
             emit_completion(&mut v, Bdf(1), Bdf(2), 1, CplStatus::Sc, 6, 0, 0, &[1; 6]),
-            Err(WireError::Build(BuildError::RaggedPayload(6)))
+            Err(TlpViewError::Build(BuildError::RaggedPayload(6)))
         ));
         assert!(matches!(
             emit_mem_read(&mut v, Bdf(0), 0, 0xffc, 8),
-            Err(WireError::Build(BuildError::Crosses4K { .. }))
+            Err(TlpViewError::Build(BuildError::Crosses4K { .. }))
         ));
         assert!(matches!(
             emit_intx(&mut v, Bdf(0), 4, true),
-            Err(WireError::Build(BuildError::IntxPin(4)))
+            Err(TlpViewError::Build(BuildError::IntxPin(4)))
         ));
         assert!(matches!(
             emit_completion(
@@ -499,13 +501,13 @@ mod tests {
                 0,
                 &[0; 4]
             ),
-            Err(WireError::Build(BuildError::Tlp(_)))
+            Err(TlpViewError::Build(BuildError::Tlp(_)))
         ));
         assert_eq!(v, [0xaa]);
         // MSI: one DW of Message Data.
         emit_msi(&mut v, Bdf(0x100), 0xfee0_0000, 0x4041).unwrap();
         let h = ParsedHeader::parse(&v[1..]).unwrap();
-        assert_eq!(h.kind, Kind::MemWrite { addr: 0xfee0_0000 });
+        assert_eq!(h.kind, ParsedKind::MemWrite { addr: 0xfee0_0000 });
         assert_eq!(&v[1..][h.payload], &[0x41, 0x40, 0, 0]);
     }
 
@@ -513,7 +515,7 @@ mod tests {
     fn malformed_is_error() {
         assert!(matches!(
             ParsedHeader::parse(&[0x40, 0, 0, 4, 0, 0, 0, 0xff, 0, 0, 0, 0]),
-            Err(WireError::Tlp(_))
+            Err(TlpViewError::Tlp(_))
         ));
         assert!(ParsedHeader::parse(&[]).is_err());
         // A reserved Fmt/Type.
@@ -534,7 +536,7 @@ mod tests {
             let h = ParsedHeader::parse(&v).unwrap();
             proptest::prop_assert_eq!(h.tag, tag);
             proptest::prop_assert_eq!(h.requester, Bdf(r));
-            proptest::prop_assert_eq!(h.kind, Kind::Completion {
+            proptest::prop_assert_eq!(h.kind, ParsedKind::Completion {
                 completer: Bdf(c), status, byte_count: bc, lower_addr: la
             });
             proptest::prop_assert_eq!(&v[h.payload], &data[..]);
@@ -546,7 +548,7 @@ mod tests {
             let mut v = Vec::new();
             emit_mem_read(&mut v, Bdf(5), tag, addr, len).unwrap();
             let h = ParsedHeader::parse(&v).unwrap();
-            proptest::prop_assert_eq!(h.kind, Kind::MemRead { addr: addr & !3 });
+            proptest::prop_assert_eq!(h.kind, ParsedKind::MemRead { addr: addr & !3 });
             proptest::prop_assert_eq!(h.tag, tag);
             proptest::prop_assert_eq!(h.first_byte_offset(), (addr & 3) as u32);
             proptest::prop_assert_eq!(h.byte_count(), len);

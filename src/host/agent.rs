@@ -254,6 +254,19 @@ impl Agent {
             },
         );
         dcfg.inject_loss = cfg.inject_loss;
+        Agent::start_on(port, dcfg, cfg.host)
+    }
+
+    /// Start on a port the caller opened, with transport settings of its own (`dcfg`, whose
+    /// peers name the appliance: [`Peers::Connect`]) — the pump and scanner threads as
+    /// [`Agent::start`] runs them. For rigs that pick the link and the knobs themselves (the
+    /// benchmarks' loss, AEAD, MTU and busy-poll).
+    pub fn start_on(
+        port: Box<dyn crate::transport::driver::Port>,
+        dcfg: DriverConfig,
+        host_cfg: HostConfig,
+    ) -> Result<Agent, AgentError> {
+        let io = |what: &'static str| move |source| AgentError::Io { what, source };
         let shared = Arc::new(
             SharedLink::new(Direct::new(port, dcfg)).map_err(io("starting the transport"))?,
         );
@@ -263,7 +276,7 @@ impl Agent {
         });
         let stats = Arc::new(Mutex::new(DriverStats::default()));
         let stop = Arc::new(AtomicBool::new(false));
-        let host = Host::new(link.clone(), cfg.host);
+        let host = Host::new(link.clone(), host_cfg);
         let (scan_tx, scan_rx) = mpsc::channel::<ScanJob>();
         let (done_tx, done_rx) = mpsc::channel::<Vec<Bdf>>();
         let served: Arc<Mutex<Vec<Served>>> = Arc::default();

@@ -180,23 +180,8 @@ pub fn enumerate(acc: &mut dyn ConfigAccess, bus: u8, cfg: &EnumConfig) -> Vec<F
     // Every device number, not only 0: the appliance may present several cards, each at its
     // own device number, and the root port acts as one virtual bus for all of them.
     for dev in 0..32u8 {
-        for func in 0..8u8 {
-            let bdf = Bdf::new(bus, dev, func);
-            let id = acc.cfg_read(bdf, 0);
-            if id == 0xffff_ffff || id & 0xffff == 0xffff || id == 0 {
-                if func == 0 {
-                    break;
-                }
-                continue;
-            }
-            let hdr = acc.cfg_read(bdf, 0x0c);
-            let header_type = (hdr >> 16) as u8;
-            let f = configure(acc, bdf, id, cfg, &mut mem, &mut pref, &mut io);
-            found.push(f);
-            if func == 0 && header_type & h::HEADER_TYPE_MULTIFUNCTION == 0 {
-                break;
-            }
-        }
+        let mut cursors = [&mut mem, &mut pref, &mut io];
+        scan_device(acc, bus, dev, cfg, &mut cursors, &mut found);
     }
     found
 }
@@ -234,6 +219,30 @@ pub fn enumerate_device(
         end: w.io.0 + w.io.1,
     };
     let mut found = Vec::new();
+    scan_device(
+        acc,
+        bus,
+        dev,
+        cfg,
+        &mut [&mut mem, &mut pref, &mut io],
+        &mut found,
+    );
+    found
+}
+
+/// Configure the functions of device `dev` on `bus` into `found`, their BARs from `cursors`
+/// (memory, prefetchable, I/O). A function whose Vendor ID reads all-ones (or zero) is absent;
+/// function 0 absent means no device, and only a multi-function device (Header Type bit 7,
+/// PCIe r5.0 §7.5.1.1.9) has functions 1..=7.
+fn scan_device(
+    acc: &mut dyn ConfigAccess,
+    bus: u8,
+    dev: u8,
+    cfg: &EnumConfig,
+    cursors: &mut [&mut Cursor; 3],
+    found: &mut Vec<FunctionInfo>,
+) {
+    let [mem, pref, io] = cursors;
     for func in 0..8u8 {
         let bdf = Bdf::new(bus, dev, func);
         let id = acc.cfg_read(bdf, 0);
@@ -245,12 +254,11 @@ pub fn enumerate_device(
         }
         let hdr = acc.cfg_read(bdf, 0x0c);
         let header_type = (hdr >> 16) as u8;
-        found.push(configure(acc, bdf, id, cfg, &mut mem, &mut pref, &mut io));
+        found.push(configure(acc, bdf, id, cfg, mem, pref, io));
         if func == 0 && header_type & h::HEADER_TYPE_MULTIFUNCTION == 0 {
             break;
         }
     }
-    found
 }
 
 fn configure(

@@ -10,6 +10,7 @@
 //! A read that fails (completion timeout, link down) returns all-ones, like real hardware.
 
 use crate::sync::MutexExt;
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -34,7 +35,7 @@ struct Shadow {
 
 /// Host-side state of a function, shared by every handle to it.
 #[derive(Debug)]
-pub struct FunctionState {
+pub struct RemoteFunctionState {
     info: FunctionInfo,
     ctx: FunctionContext,
     shadow: Mutex<Shadow>,
@@ -46,7 +47,7 @@ pub struct FunctionState {
     bar_masks: [(u32, u32); 6],
 }
 
-impl FunctionState {
+impl RemoteFunctionState {
     /// State for a function enumeration found.
     pub fn new(info: FunctionInfo) -> Self {
         let counts = [
@@ -144,11 +145,11 @@ pub trait RootComplex: Send + Sync + std::fmt::Debug {
 #[derive(Debug, Clone)]
 pub struct RemoteFunction {
     root: Arc<dyn RootComplex>,
-    f: Arc<FunctionState>,
+    f: Arc<RemoteFunctionState>,
 }
 
 impl RemoteFunction {
-    pub(crate) fn new(root: Arc<dyn RootComplex>, f: Arc<FunctionState>) -> Self {
+    pub(crate) fn new(root: Arc<dyn RootComplex>, f: Arc<RemoteFunctionState>) -> Self {
         Self { root, f }
     }
 
@@ -404,6 +405,49 @@ impl RemoteFunction {
     }
 }
 
+/// The part of a configuration-region access that falls in one DW.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct DwSpan {
+    /// The DW-aligned register.
+    reg: u16,
+    /// Where the part starts in the DW (0..4).
+    lane: usize,
+    /// The part's bytes in the caller's buffer.
+    bytes: Range<usize>,
+}
+
+impl DwSpan {
+    /// The part's bytes within the DW.
+    fn lanes(&self) -> Range<usize> {
+        self.lane..self.lane + self.bytes.len()
+    }
+
+    /// The First DW Byte Enables of a configuration write of just this part.
+    fn byte_enables(&self) -> u8 {
+        ((1u8 << self.bytes.len()) - 1) << self.lane
+    }
+}
+
+/// The DWs an access of `len` bytes at byte `offset` of configuration space touches, in order.
+fn dw_spans(offset: u64, len: usize) -> impl Iterator<Item = DwSpan> {
+    let mut at = 0usize;
+    std::iter::from_fn(move || {
+        if at >= len {
+            return None;
+        }
+        let o = offset as usize + at;
+        let lane = o & 3;
+        let n = (4 - lane).min(len - at);
+        let span = DwSpan {
+            reg: (o & !3) as u16,
+            lane,
+            bytes: at..at + n,
+        };
+        at += n;
+        Some(span)
+    })
+}
+
 impl VfioDevice for RemoteFunction {
     fn region(&self, index: u32) -> RegionDesc {
         match index {
@@ -431,25 +475,18 @@ impl VfioDevice for RemoteFunction {
         data: &mut [u8],
     ) -> Result<(), VfioDeviceError> {
         if index == CONFIG_REGION {
-            let mut at = 0usize;
-            while at < data.len() {
-                let o = offset as usize + at;
-                let reg = (o & !3) as u16;
-                let dw = match self.virtual_dw(reg) {
+            for s in dw_spans(offset, data.len()) {
+                let dw = match self.virtual_dw(s.reg) {
                     Some(v) => v,
-                    None => match self.root.cfg_read(self.bdf(), reg) {
+                    None => match self.root.cfg_read(self.bdf(), s.reg) {
                         Ok(v) => v,
                         Err(e) => {
-                            tracing::warn!(function = %self.bdf(), reg, error = %e, "config read failed: all-ones");
+                            tracing::warn!(function = %self.bdf(), reg = s.reg, error = %e, "config read failed: all-ones");
                             0xffff_ffff
                         }
                     },
                 };
-                let bytes = dw.to_le_bytes();
-                let from = o & 3;
-                let n = (4 - from).min(data.len() - at);
-                data[at..at + n].copy_from_slice(&bytes[from..from + n]);
-                at += n;
+                data[s.bytes.clone()].copy_from_slice(&dw.to_le_bytes()[s.lanes()]);
             }
             return Ok(());
         }
@@ -466,42 +503,34 @@ impl VfioDevice for RemoteFunction {
         data: &[u8],
     ) -> Result<(), VfioDeviceError> {
         if index == CONFIG_REGION {
-            let mut at = 0usize;
-            while at < data.len() {
-                let o = offset as usize + at;
-                let reg = (o & !3) as u16;
-                let from = o & 3;
-                let n = (4 - from).min(data.len() - at);
-                let mut bytes = [0u8; 4];
-                bytes[from..from + n].copy_from_slice(&data[at..at + n]);
-                let be = ((1u8 << n) - 1) << from;
-                if let Some(cur) = self.virtual_dw(reg) {
+            for s in dw_spans(offset, data.len()) {
+                let part = &data[s.bytes.clone()];
+                if let Some(cur) = self.virtual_dw(s.reg) {
                     let mut merged = cur.to_le_bytes();
-                    merged[from..from + n].copy_from_slice(&data[at..at + n]);
-                    self.virtual_write(reg, u32::from_le_bytes(merged));
+                    merged[s.lanes()].copy_from_slice(part);
+                    self.virtual_write(s.reg, u32::from_le_bytes(merged));
                 } else {
-                    self.root
-                        .cfg_write(self.bdf(), reg, be, u32::from_le_bytes(bytes))
-                        .map_err(RequestError::to_device_error)?;
+                    let mut bytes = [0u8; 4];
+                    bytes[s.lanes()].copy_from_slice(part);
+                    self.root.cfg_write(
+                        self.bdf(),
+                        s.reg,
+                        s.byte_enables(),
+                        u32::from_le_bytes(bytes),
+                    )?;
                 }
-                at += n;
             }
             return Ok(());
         }
-        self.bar_write(index as usize, offset, data)
-            .map_err(RequestError::to_device_error)
+        Ok(self.bar_write(index as usize, offset, data)?)
     }
 
     fn reset(&mut self) -> Result<(), VfioDeviceError> {
         let bdf = self.bdf();
         if let (true, Some(p)) = (self.f.info.flr, self.f.info.pcie) {
-            let ctl = self
-                .root
-                .cfg_read(bdf, p + 8)
-                .map_err(RequestError::to_device_error)?;
+            let ctl = self.root.cfg_read(bdf, p + 8)?;
             self.root
-                .cfg_write(bdf, p + 8, 0x3, (ctl & 0xffff) | (1 << 15))
-                .map_err(RequestError::to_device_error)?;
+                .cfg_write(bdf, p + 8, 0x3, (ctl & 0xffff) | (1 << 15))?;
             // PCIe §6.6.2: the function must be ready 100 ms after the FLR.
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -509,8 +538,8 @@ impl VfioDevice for RemoteFunction {
             bars: std::array::from_fn(|i| self.f.bar_masks[i].1),
             ..Shadow::default()
         };
-        self.restore().map_err(RequestError::to_device_error)?;
-        self.program_msix().map_err(RequestError::to_device_error)
+        self.restore()?;
+        Ok(self.program_msix()?)
     }
 
     fn irqs_changed(&mut self, index: IrqIndex) {
@@ -522,5 +551,28 @@ impl VfioDevice for RemoteFunction {
         if let Err(e) = r {
             tracing::warn!(function = %self.bdf(), error = %e, "could not program the card's interrupts");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_accesses_split_into_dw_spans() {
+        let spans: Vec<_> = dw_spans(0x0e, 7)
+            .map(|s| (s.reg, s.lanes(), s.bytes.clone(), s.byte_enables()))
+            .collect();
+        assert_eq!(
+            spans,
+            [
+                (0x0c, 2..4, 0..2, 0b1100),
+                (0x10, 0..4, 2..6, 0b1111),
+                (0x14, 0..1, 6..7, 0b0001),
+            ]
+        );
+        assert_eq!(dw_spans(0x40, 0).count(), 0);
+        let one: Vec<_> = dw_spans(0x41, 2).map(|s| s.byte_enables()).collect();
+        assert_eq!(one, [0b0110]);
     }
 }

@@ -26,4 +26,4 @@ pub mod vfio_user;
 pub mod vm;
 
 pub use function::RemoteFunction;
-pub use root::{Downlink, Host, HostConfig, HostEvent, LinkError};
+pub use root::{ChannelDownlink, Downlink, Host, HostConfig, HostEvent, LinkError};

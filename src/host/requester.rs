@@ -10,18 +10,18 @@ pub use crate::tlp::requester::{
 
 use crate::host::vfio_user::VfioDeviceError;
 
-impl RequestError {
-    /// Map to the vfio-user device error the consumer sees.
-    pub fn to_device_error(self) -> VfioDeviceError {
-        match self {
-            Self::Timeout => VfioDeviceError::Timeout,
-            Self::LinkDown | Self::Reset => VfioDeviceError::LinkDown,
-            Self::UnsupportedRequest => VfioDeviceError::Completion("Unsupported Request"),
-            Self::CompleterAbort => VfioDeviceError::Completion("Completer Abort"),
-            Self::RetryStatus => VfioDeviceError::Completion("Configuration Retry Status"),
-            Self::Poisoned => VfioDeviceError::Completion("poisoned completion"),
-            Self::Malformed(_) => VfioDeviceError::Completion("malformed completion"),
-            Self::InvalidRequest => VfioDeviceError::Completion("invalid request"),
+/// How a failed request looks to the vfio-user consumer.
+impl From<RequestError> for VfioDeviceError {
+    fn from(e: RequestError) -> Self {
+        match e {
+            RequestError::Timeout => Self::Timeout,
+            RequestError::LinkDown | RequestError::Reset => Self::LinkDown,
+            RequestError::UnsupportedRequest => Self::Completion("Unsupported Request"),
+            RequestError::CompleterAbort => Self::Completion("Completer Abort"),
+            RequestError::RetryStatus => Self::Completion("Configuration Retry Status"),
+            RequestError::Poisoned => Self::Completion("poisoned completion"),
+            RequestError::Malformed(_) => Self::Completion("malformed completion"),
+            RequestError::InvalidRequest => Self::Completion("invalid request"),
         }
     }
 }
@@ -33,14 +33,14 @@ mod tests {
     #[test]
     fn every_request_error_maps_to_a_device_error() {
         use crate::host::vfio_user::VfioDeviceError as D;
-        assert_eq!(RequestError::Timeout.to_device_error(), D::Timeout);
-        assert_eq!(RequestError::LinkDown.to_device_error(), D::LinkDown);
+        assert_eq!(D::from(RequestError::Timeout), D::Timeout);
+        assert_eq!(D::from(RequestError::LinkDown), D::LinkDown);
         assert_eq!(
-            RequestError::Malformed(CplFault::ByteCount).to_device_error(),
+            D::from(RequestError::Malformed(CplFault::ByteCount)),
             D::Completion("malformed completion")
         );
         assert_eq!(
-            RequestError::UnsupportedRequest.to_device_error().errno(),
+            D::from(RequestError::UnsupportedRequest).errno(),
             libc::EIO as u32
         );
     }

@@ -19,12 +19,12 @@ use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use super::enumerate::{self, ConfigAccess, EnumConfig, FunctionInfo};
-use super::function::{FunctionState, RemoteFunction, RootComplex};
+use super::function::{RemoteFunction, RemoteFunctionState, RootComplex};
 use super::requester::{Expect, RequestError, Requester, RequesterConfig, StartError, TagSpace};
 use super::tlpio::{self, MAX_TLP, ROOT_PORT};
 use crate::pci::{ConfigSpace, ExpressConfig, FunctionIds, PciExpressCap, SlotConfig};
 use crate::tlp::slot::{SlotEvent, SlotMessage, SLOTS};
-use crate::tlp::Bdf;
+use crate::tlp::{build, Bdf};
 use crate::transport::driver::HandleError;
 
 /// The transport toward the appliance, as the host uses it.
@@ -37,6 +37,18 @@ pub trait Downlink: Send + Sync + std::fmt::Debug {
     /// possible now (another thread runs the link and will hand the completion up).
     fn drive(&self, _done: &dyn Fn() -> bool, _deadline: Instant) -> bool {
         false
+    }
+}
+
+/// A [`Downlink`] into an in-process channel, for tests and benchmarks that join a host to an
+/// endpoint in one process (the far end reads the TLPs and answers through
+/// [`Host::on_tlp`]). Each TLP is sent as an owned copy.
+#[derive(Debug, Clone)]
+pub struct ChannelDownlink(pub crossbeam::channel::Sender<Vec<u8>>);
+
+impl Downlink for ChannelDownlink {
+    fn send_tlp(&self, tlp: &[u8]) -> Result<(), LinkError> {
+        self.0.send(tlp.to_vec()).map_err(|_| LinkError::Closed)
     }
 }
 
@@ -203,10 +215,10 @@ pub struct Host {
     /// caller, never by the pump.
     slot_work: Mutex<VecDeque<SlotMessage>>,
     link_up: AtomicBool,
-    functions: RwLock<Vec<Arc<FunctionState>>>,
+    functions: RwLock<Vec<Arc<RemoteFunctionState>>>,
     /// Functions gone with the link; reused when the same function comes back, so consumers
     /// (vfio-user servers) holding them keep working after a reconnect.
-    retired: Mutex<Vec<Arc<FunctionState>>>,
+    retired: Mutex<Vec<Arc<RemoteFunctionState>>>,
     root_port: Mutex<ConfigSpace>,
     events: Mutex<VecDeque<HostEvent>>,
     events_cv: Condvar,
@@ -369,7 +381,7 @@ impl Host {
         if !self.is_link_up() {
             return Vec::new();
         }
-        let mut acc = Access(self);
+        let mut acc = TlpConfigAccess(self);
         let found = enumerate::enumerate(&mut acc, self.cfg.bus, &self.cfg.enumeration);
         // 10-bit tags toward the cards when every one completes them.
         let ten = !found.is_empty() && found.iter().all(|f| f.ten_bit_completer);
@@ -405,7 +417,7 @@ impl Host {
                         }
                         fs.push(f);
                     }
-                    None => fs.push(Arc::new(FunctionState::new(info.clone()))),
+                    None => fs.push(Arc::new(RemoteFunctionState::new(info.clone()))),
                 }
             }
             retired.retain(|r| !fs.iter().any(|f| Arc::ptr_eq(f, r)));
@@ -501,19 +513,23 @@ impl Host {
         self.slot_work.lock_or_recover().pop_front()
     }
 
+    /// Take the functions of the card in `slot` (its device number on the root port's bus)
+    /// out of the host's list.
+    fn take_slot(&self, slot: u8) -> Vec<Arc<RemoteFunctionState>> {
+        let mut fs = self.functions.write_or_recover();
+        let (gone, keep) = std::mem::take(&mut *fs)
+            .into_iter()
+            .partition(|f| f.info().bdf.device() == slot);
+        *fs = keep;
+        gone
+    }
+
     /// Surprise removal of the card in `slot` (§6.7.1.2 with §6.2.10 Downstream Port
     /// Containment semantics): every outstanding non-posted request to it completes with
     /// Unsupported Request at once, its functions fail every later access, and
     /// `FunctionRemoved` is raised. Other slots' requests are untouched. Never blocks.
     pub fn surprise_remove(&self, slot: u8) {
-        let gone: Vec<Arc<FunctionState>> = {
-            let mut fs = self.functions.write_or_recover();
-            let (gone, keep) = std::mem::take(&mut *fs)
-                .into_iter()
-                .partition(|f| f.info().bdf.device() == slot);
-            *fs = keep;
-            gone
-        };
+        let gone = self.take_slot(slot);
         for f in &gone {
             f.mark_removed();
         }
@@ -553,7 +569,7 @@ impl Host {
             .filter(|f| f.info().bdf.device() != slot)
             .map(|f| f.info().clone())
             .collect();
-        let mut acc = Access(self);
+        let mut acc = TlpConfigAccess(self);
         let found = enumerate::enumerate_device(
             &mut acc,
             self.cfg.bus,
@@ -570,9 +586,9 @@ impl Host {
                         continue;
                     }
                     old.mark_removed();
-                    *old = Arc::new(FunctionState::new(info.clone()));
+                    *old = Arc::new(RemoteFunctionState::new(info.clone()));
                 } else {
-                    fs.push(Arc::new(FunctionState::new(info.clone())));
+                    fs.push(Arc::new(RemoteFunctionState::new(info.clone())));
                 }
                 added.push(info.bdf);
             }
@@ -590,14 +606,7 @@ impl Host {
     /// list (`FunctionRemoved`); returns their addresses so the caller can close their
     /// consumers before [`Host::ack_removal`].
     pub fn withdraw_slot(&self, slot: u8) -> Vec<Bdf> {
-        let gone: Vec<Arc<FunctionState>> = {
-            let mut fs = self.functions.write_or_recover();
-            let (gone, keep) = std::mem::take(&mut *fs)
-                .into_iter()
-                .partition(|f| f.info().bdf.device() == slot);
-            *fs = keep;
-            gone
-        };
+        let gone = self.take_slot(slot);
         let bdfs: Vec<Bdf> = gone.iter().map(|f| f.info().bdf).collect();
         for f in &gone {
             f.mark_removed();
@@ -666,7 +675,7 @@ impl Host {
         Some(RemoteFunction::new(self.clone(), f))
     }
 
-    pub(super) fn function(&self, bdf: Bdf) -> Option<Arc<FunctionState>> {
+    pub(super) fn function(&self, bdf: Bdf) -> Option<Arc<RemoteFunctionState>> {
         self.functions
             .read_or_recover()
             .iter()
@@ -812,7 +821,7 @@ impl Host {
             let a = address + done as u64;
             let n = ((4096 - (a & 0xfff)) as usize).min(buf.len() - done);
             self.nonposted(ROOT_PORT, Some(a), &mut buf[done..done + n], |b, tag| {
-                tlpio::mem_read(b, ROOT_PORT, a, n as u32, tag)
+                build::mem_read(b, ROOT_PORT, tag, a, n as u32)
             })?;
             done += n;
         }
@@ -831,7 +840,7 @@ impl Host {
             let n = ((mps - (a & (mps - 1))) as usize).min(data.len() - done);
             TX.with(|tx| {
                 let buf = &mut *tx.borrow_mut();
-                let len = tlpio::mem_write(buf, ROOT_PORT, a, &data[done..done + n])
+                let len = build::mem_write(buf, ROOT_PORT, a, &data[done..done + n])
                     .map_err(|_| RequestError::InvalidRequest)?;
                 self.link
                     .send_tlp(&buf[..len])
@@ -844,9 +853,9 @@ impl Host {
 }
 
 /// [`ConfigAccess`] over TLPs: failed reads are all-ones, as on real hardware.
-struct Access<'a>(&'a Host);
+struct TlpConfigAccess<'a>(&'a Host);
 
-impl ConfigAccess for Access<'_> {
+impl ConfigAccess for TlpConfigAccess<'_> {
     fn cfg_read(&mut self, bdf: Bdf, reg: u16) -> u32 {
         self.0.cfg_read(bdf, reg).unwrap_or(0xffff_ffff)
     }

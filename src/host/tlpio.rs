@@ -2,13 +2,13 @@
 //! sorting what comes up from a card (PCIe Base Spec §2.2.7 memory requests, §2.2.8 messages,
 //! §2.2.9 completions), on top of the [`crate::tlp`] codec.
 //!
-//! Builders write into a caller buffer and return the length (no allocation); they are thin
-//! wrappers over the constructors in [`crate::tlp::build`], shared with the endpoint, with the
-//! root port as the requester. [`classify_up`] turns upstream bytes into an [`Upstream`] that
+//! Every TLP is built by the constructors in [`crate::tlp::build`], shared with the endpoint
+//! (memory requests, completions, INTx); [`cfg`] only fixes the root port as the requester of
+//! a configuration request. [`classify_up`] turns upstream bytes into an [`Upstream`] that
 //! borrows its payload.
 
-use crate::tlp::build::{self, Cfg, Cpl};
-use crate::tlp::message::code;
+use crate::tlp::build::Cfg;
+use crate::tlp::message;
 use crate::tlp::{Bdf, CplStatus, MemOp, Tlp, TlpHeader};
 
 /// Largest TLP the host builds: 4 DW header + 4096 bytes of payload + digest.
@@ -20,7 +20,8 @@ pub const ROOT_PORT: Bdf = Bdf::new(0, 0, 0);
 /// Errors building a TLP (only from inconsistent arguments, never from the network).
 pub use crate::tlp::build::BuildError;
 
-/// CfgRd0/CfgWr0 of one DW at `register` (a DW-aligned byte offset, 0..=0xffc) of `target`.
+/// CfgRd0/CfgWr0 of one DW at `register` (a DW-aligned byte offset, 0..=0xffc) of `target`,
+/// from the root port.
 pub fn cfg(
     buf: &mut [u8],
     target: Bdf,
@@ -40,49 +41,6 @@ pub fn cfg(
     match write {
         Some(data) => c.write(buf, data),
         None => c.read(buf),
-    }
-}
-
-/// MRd of `len` bytes (0..=4096, not crossing 4 KiB) at `address`.
-pub fn mem_read(
-    buf: &mut [u8],
-    requester: Bdf,
-    address: u64,
-    len: u32,
-    tag: u16,
-) -> Result<usize, BuildError> {
-    build::mem_read(buf, requester, tag, address, len)
-}
-
-/// MWr of `data` (0..=4096 bytes, not crossing 4 KiB) at `address`; the payload is
-/// assembled straight in `buf`.
-pub fn mem_write(
-    buf: &mut [u8],
-    requester: Bdf,
-    address: u64,
-    data: &[u8],
-) -> Result<usize, BuildError> {
-    build::mem_write(buf, requester, address, data)
-}
-
-/// A completion the host returns for a card's MRd. `data` is the DW-aligned payload (empty
-/// for a completion without data, e.g. Unsupported Request); `byte_count` is 1..=4096.
-#[allow(clippy::too_many_arguments)]
-pub fn completion(
-    buf: &mut [u8],
-    completer: Bdf,
-    requester: Bdf,
-    tag: u16,
-    status: CplStatus,
-    byte_count: u16,
-    lower_address: u8,
-    data: &[u8],
-) -> Result<usize, BuildError> {
-    let c = Cpl::new(completer, requester, tag, status);
-    if data.is_empty() {
-        c.without_data(buf, byte_count, lower_address)
-    } else {
-        c.with_data(buf, byte_count, lower_address, data)
     }
 }
 
@@ -149,90 +107,97 @@ pub fn classify_up(bytes: &[u8]) -> Result<Upstream<'_>, crate::tlp::Error> {
             lower_address: c.lower_address,
             data: t.data,
         },
-        TlpHeader::Mem(m) if m.op == MemOp::Read => {
+        TlpHeader::Mem(m) if matches!(m.op, MemOp::Read | MemOp::Write) => {
             let r = crate::tlp::split::covered_bytes(m.address, t.length_dw, m.first_be, m.last_be);
-            Upstream::MemRead {
-                requester: m.requester_id,
-                tag: m.tag,
-                address: r.address,
-                len: r.len,
+            if m.op == MemOp::Read {
+                Upstream::MemRead {
+                    requester: m.requester_id,
+                    tag: m.tag,
+                    address: r.address,
+                    len: r.len,
+                }
+            } else {
+                let skip = (r.address - m.address) as usize;
+                Upstream::MemWrite {
+                    requester: m.requester_id,
+                    address: r.address,
+                    data: t.data.get(skip..skip + r.len as usize).unwrap_or(&[]),
+                }
             }
         }
-        TlpHeader::Mem(m) if m.op == MemOp::Write => {
-            let r = crate::tlp::split::covered_bytes(m.address, t.length_dw, m.first_be, m.last_be);
-            let skip = (r.address - m.address) as usize;
-            let data = t.data.get(skip..skip + r.len as usize).unwrap_or(&[]);
-            Upstream::MemWrite {
-                requester: m.requester_id,
-                address: r.address,
-                data,
-            }
-        }
-        TlpHeader::Msg(msg) => match msg.code {
-            c @ code::ASSERT_INTA..=0x23 => Upstream::Intx {
+        TlpHeader::Msg(msg) => match message::intx(msg.code) {
+            Some((assert, pin)) => Upstream::Intx {
                 requester: msg.requester_id,
-                assert: true,
-                pin: c - code::ASSERT_INTA,
+                assert,
+                pin,
             },
-            c @ code::DEASSERT_INTA..=0x27 => Upstream::Intx {
-                requester: msg.requester_id,
-                assert: false,
-                pin: c - code::DEASSERT_INTA,
-            },
-            _ => Upstream::Other(t.name()),
+            None => Upstream::Other(t.name()),
         },
         _ => Upstream::Other(t.name()),
     })
 }
 
-/// An Assert_INTA / Deassert_INTA message as a card sends it (used by tests and fake
-/// completers).
-pub fn intx(buf: &mut [u8], requester: Bdf, assert: bool) -> Result<usize, BuildError> {
-    build::intx(buf, requester, 0, assert)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tlp::build::{self, Cpl};
 
     #[test]
     fn host_requests_parse_back() {
         let mut b = [0u8; MAX_TLP];
-        let n = mem_read(&mut b, ROOT_PORT, 0x1_0000_0002, 6, 5).unwrap();
-        let t = Tlp::parse(&b[..n]).unwrap();
-        assert_eq!(t.name(), "MRd64");
-        assert_eq!(t.length_dw, 2);
-        let n = mem_write(&mut b, ROOT_PORT, 0x1001, b"abc").unwrap();
-        let t = Tlp::parse(&b[..n]).unwrap();
-        assert_eq!(t.data, &[0, b'a', b'b', b'c']);
         let n = cfg(&mut b, Bdf::new(1, 0, 0), 0x10, 9, 0xf, Some([1, 2, 3, 4])).unwrap();
-        assert_eq!(Tlp::parse(&b[..n]).unwrap().name(), "CfgWr0");
+        let t = Tlp::parse(&b[..n]).unwrap();
+        assert_eq!(t.name(), "CfgWr0");
+        let TlpHeader::Cfg(c) = t.header else {
+            panic!("not a configuration request")
+        };
+        assert_eq!((c.requester_id, c.tag, c.register), (ROOT_PORT, 9, 0x10));
+        assert_eq!(t.data, &[1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn card_memory_requests_classify_with_their_byte_enables() {
+        let card = Bdf::new(1, 0, 0);
+        let mut b = [0u8; MAX_TLP];
+        let n = build::mem_read(&mut b, card, 5, 0x1_0000_0002, 6).unwrap();
+        assert_eq!(
+            classify_up(&b[..n]).unwrap(),
+            Upstream::MemRead {
+                requester: card,
+                tag: 5,
+                address: 0x1_0000_0002,
+                len: 6
+            }
+        );
+        let n = build::mem_write(&mut b, card, 0x1001, b"abc").unwrap();
+        assert_eq!(
+            classify_up(&b[..n]).unwrap(),
+            Upstream::MemWrite {
+                requester: card,
+                address: 0x1001,
+                data: b"abc"
+            }
+        );
     }
 
     #[test]
     fn upstream_kinds() {
         let card = Bdf::new(1, 0, 0);
         let mut b = [0u8; MAX_TLP];
-        let n = intx(&mut b, card, true).unwrap();
-        assert_eq!(
-            classify_up(&b[..n]).unwrap(),
-            Upstream::Intx {
-                requester: card,
-                assert: true,
-                pin: 0
-            }
-        );
-        let n = completion(
-            &mut b,
-            card,
-            ROOT_PORT,
-            3,
-            CplStatus::Sc,
-            4,
-            0,
-            &[1, 2, 3, 4],
-        )
-        .unwrap();
+        for (pin, assert) in [(0, true), (3, true), (2, false)] {
+            let n = build::intx(&mut b, card, pin, assert).unwrap();
+            assert_eq!(
+                classify_up(&b[..n]).unwrap(),
+                Upstream::Intx {
+                    requester: card,
+                    assert,
+                    pin
+                }
+            );
+        }
+        let n = Cpl::new(card, ROOT_PORT, 3, CplStatus::Sc)
+            .emit(&mut b, 4, 0, &[1, 2, 3, 4])
+            .unwrap();
         assert!(matches!(
             classify_up(&b[..n]).unwrap(),
             Upstream::Completion {

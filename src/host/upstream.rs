@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::dma::{DmaWindowError, Overtaking};
-use super::function::FunctionState;
+use super::function::RemoteFunctionState;
 use super::requester::{CplAction, CplInfo};
 use super::root::{Host, HostEvent, RxScratch};
 use super::tlpio::{self, Upstream, MAX_TLP, ROOT_PORT};
@@ -65,7 +65,7 @@ impl Host {
     }
 
     /// A TLP the function's worker took over from [`Host::on_tlp`].
-    fn on_deferred_tlp(&self, bytes: &[u8], f: Arc<FunctionState>) {
+    fn on_deferred_tlp(&self, bytes: &[u8], f: Arc<RemoteFunctionState>) {
         // It parsed once already; the bytes are ours.
         if let Ok(up) = tlpio::classify_up(bytes) {
             self.dispatch(up, Some(f), bytes, Ctx::Worker);
@@ -73,7 +73,7 @@ impl Host {
     }
 
     /// Hand the TLP to the function's worker, in order behind what it has queued.
-    fn defer(&self, f: &Arc<FunctionState>, bytes: &[u8], up: &Upstream<'_>) {
+    fn defer(&self, f: &Arc<RemoteFunctionState>, bytes: &[u8], up: &Upstream<'_>) {
         let queued = match self.me.upgrade() {
             Some(me) => {
                 let owned = bytes.to_vec();
@@ -117,7 +117,13 @@ impl Host {
         }
     }
 
-    fn dispatch(&self, up: Upstream<'_>, f: Option<Arc<FunctionState>>, bytes: &[u8], ctx: Ctx) {
+    fn dispatch(
+        &self,
+        up: Upstream<'_>,
+        f: Option<Arc<RemoteFunctionState>>,
+        bytes: &[u8],
+        ctx: Ctx,
+    ) {
         match up {
             Upstream::Completion {
                 tag,
@@ -250,7 +256,7 @@ impl Host {
     /// not touched; the caller hands it to the function's worker.
     fn serve_dma_write(
         &self,
-        f: Option<&Arc<FunctionState>>,
+        f: Option<&Arc<RemoteFunctionState>>,
         requester: Bdf,
         address: u64,
         data: &[u8],
@@ -304,16 +310,8 @@ impl Host {
         len: u32,
         status: tlp::CplStatus,
     ) {
-        if let Ok(k) = tlpio::completion(
-            out,
-            ROOT_PORT,
-            requester,
-            tag,
-            status,
-            len.clamp(1, 4096) as u16,
-            (address & 0x7f) as u8,
-            &[],
-        ) {
+        let cpl = build::Cpl::new(ROOT_PORT, requester, tag, status);
+        if let Ok(k) = cpl.without_data(out, len.clamp(1, 4096) as u16, (address & 0x7f) as u8) {
             let _ = self.link.send_tlp(&out[..k]);
         }
     }
@@ -323,7 +321,7 @@ impl Host {
     #[allow(clippy::too_many_arguments)]
     fn serve_dma_read(
         &self,
-        f: Option<&Arc<FunctionState>>,
+        f: Option<&Arc<RemoteFunctionState>>,
         stage: &mut [u8],
         out: &mut [u8],
         requester: Bdf,

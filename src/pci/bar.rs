@@ -65,23 +65,22 @@ impl Bar {
         }
     }
 
-    fn validate(self, index: usize, slots: usize) -> Result<(), PciError> {
-        let (min, max) = match self {
-            Bar::Unused => return Ok(()),
-            Bar::Memory32 { .. } => (16, 1 << 31),
-            Bar::Memory64 { .. } => (16, 1 << 63),
-            Bar::Io { .. } => (4, 1 << 16),
-        };
-        let size = self.size();
-        if !size.is_power_of_two() || size < min || size > max {
-            return Err(PciError::BadBarSize {
-                index,
-                size,
-                min,
-                max,
-            });
+    /// The space it decodes (`None` when unused).
+    fn space(self) -> Option<BarSpace> {
+        match self {
+            Bar::Unused => None,
+            Bar::Memory32 { .. } => Some(BarSpace::Mem32),
+            Bar::Memory64 { .. } => Some(BarSpace::Mem64),
+            Bar::Io { .. } => Some(BarSpace::Io),
         }
-        if matches!(self, Bar::Memory64 { .. }) && index + 1 >= slots {
+    }
+
+    fn validate(self, index: usize, slots: usize) -> Result<(), PciError> {
+        let Some(space) = self.space() else {
+            return Ok(());
+        };
+        space.check_size(index, self.size())?;
+        if space == BarSpace::Mem64 && index + 1 >= slots {
             return Err(PciError::Bar64NoRoom { index });
         }
         Ok(())
@@ -99,23 +98,69 @@ impl Bar {
     ) -> Result<(), PciError> {
         self.validate(index, slots)?;
         regs.init(offset, 4, self.flags() as u64);
-        let size = self.size();
-        match self {
-            Bar::Unused => regs.set_rw(offset, 4, 0),
-            Bar::Memory32 { .. } => {
-                regs.set_rw(offset, 4, (!(size as u32 - 1) & b::MEM_ADDRESS_MASK) as u64)
-            }
-            Bar::Io { .. } => {
-                regs.set_rw(offset, 4, (!(size as u32 - 1) & b::IO_ADDRESS_MASK) as u64)
-            }
-            Bar::Memory64 { .. } => {
-                let m = !(size - 1);
-                regs.set_rw(offset, 4, (m as u32 & b::MEM_ADDRESS_MASK) as u64);
-                regs.init(offset + 4, 4, 0);
-                regs.set_rw(offset + 4, 4, m >> 32);
+        match self.space() {
+            None => regs.set_rw(offset, 4, 0),
+            Some(space) => {
+                if space == BarSpace::Mem64 {
+                    regs.init(offset + 4, 4, 0);
+                }
+                space.open_address_bits(regs, offset, self.size());
             }
         }
         Ok(())
+    }
+}
+
+/// The address space a BAR decodes, which fixes the sizes it may ask for and which of its
+/// bits hold the address (PCI Local Bus 3.0 §6.2.5.1). The one copy of that knowledge, used
+/// by the BARs a device model declares ([`Bar`]) and the BARs a replayed dump has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BarSpace {
+    /// I/O space.
+    Io,
+    /// 32-bit memory.
+    Mem32,
+    /// 64-bit memory: this slot and the next.
+    Mem64,
+}
+
+impl BarSpace {
+    /// Smallest and largest size a BAR of this space may have.
+    pub(crate) const fn size_limits(self) -> (u64, u64) {
+        match self {
+            BarSpace::Io => (4, 1 << 16),
+            BarSpace::Mem32 => (16, 1 << 31),
+            BarSpace::Mem64 => (16, 1 << 63),
+        }
+    }
+
+    /// `size` is a power of two within [`size_limits`](Self::size_limits) (`index`: the slot,
+    /// for the error).
+    pub(crate) fn check_size(self, index: usize, size: u64) -> Result<(), PciError> {
+        let (min, max) = self.size_limits();
+        if !size.is_power_of_two() || size < min || size > max {
+            return Err(PciError::BadBarSize {
+                index,
+                size,
+                min,
+                max,
+            });
+        }
+        Ok(())
+    }
+
+    /// Make the address bits above `size` (a checked size) of the BAR at `offset` read-write,
+    /// both DWs of a 64-bit BAR: what makes sizing by writing all-ones work.
+    pub(crate) fn open_address_bits(self, regs: &mut RegisterBlock, offset: usize, size: u64) {
+        let m = !(size - 1);
+        match self {
+            BarSpace::Io => regs.set_rw(offset, 4, (m as u32 & b::IO_ADDRESS_MASK) as u64),
+            BarSpace::Mem32 => regs.set_rw(offset, 4, (m as u32 & b::MEM_ADDRESS_MASK) as u64),
+            BarSpace::Mem64 => {
+                regs.set_rw(offset, 4, (m as u32 & b::MEM_ADDRESS_MASK) as u64);
+                regs.set_rw(offset + 4, 4, m >> 32);
+            }
+        }
     }
 }
 

@@ -17,6 +17,7 @@
 //! gives 128K, 256K, 32, 16K where the real card has 128K, 128K, 32, 16K. Give sizes for
 //! anything that matters.
 
+use super::bar::BarSpace;
 use super::caps::{AerCap, AriCap, Capability, MsiCap, MsixCap, PciExpressCap, PmCap, SriovCap};
 use super::config::{ConfigSpace, HeaderType};
 use super::spec::{self, bar as b, cap_id, ext_cap_id, header as h};
@@ -122,18 +123,6 @@ pub struct Replay {
     pub bars: Vec<ReplayBar>,
 }
 
-fn check(index: usize, size: u64, min: u64, max: u64) -> Result<(), PciError> {
-    if !size.is_power_of_two() || size < min || size > max {
-        return Err(PciError::BadBarSize {
-            index,
-            size,
-            min,
-            max,
-        });
-    }
-    Ok(())
-}
-
 /// Builds the replay configuration space of the function whose raw configuration bytes
 /// (64, 256 or 4096 of them) are `dump`.
 pub fn replay(dump: &[u8], sizes: &ReplaySizes) -> Result<Replay, ReplayError> {
@@ -198,30 +187,23 @@ fn open_bars(
         } else {
             (lo & b::MEM_ADDRESS_MASK) as u64
         };
-        let (min, cap, max) = if io {
-            (4, 256, 1 << 16)
+        let space = if io {
+            BarSpace::Io
         } else if is_64 {
-            (16, 1 << 20, 1 << 63)
+            BarSpace::Mem64
         } else {
-            (16, 1 << 20, 1 << 31)
+            BarSpace::Mem32
         };
+        // The guess for a size not given: capped at 256 bytes (I/O) or 1 MiB (memory).
+        let (min, _) = space.size_limits();
+        let cap = if io { 256 } else { 1 << 20 };
         let size = match given {
             Some(s) => s,
             None if addr == 0 => cap,
             None => (1u64 << addr.trailing_zeros()).clamp(min, cap),
         };
-        check(i, size, min, max)?;
-        let o = h::BAR0 + 4 * i;
-        let m = !(size - 1);
-        let r = cfg.regs_mut();
-        if io {
-            r.set_rw(o, 4, (m as u32 & b::IO_ADDRESS_MASK) as u64);
-        } else {
-            r.set_rw(o, 4, (m as u32 & b::MEM_ADDRESS_MASK) as u64);
-            if is_64 {
-                r.set_rw(o + 4, 4, m >> 32);
-            }
-        }
+        space.check_size(i, size)?;
+        space.open_address_bits(cfg.regs_mut(), h::BAR0 + 4 * i, size);
         out.push(ReplayBar {
             index: i,
             size,

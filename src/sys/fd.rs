@@ -5,6 +5,8 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::Duration;
 
+use super::SysError;
+
 use rustix::event::{eventfd, EventfdFlags};
 use rustix::fs::{fallocate, FallocateFlags};
 use rustix::time::{
@@ -18,10 +20,7 @@ fn read_counter(fd: BorrowedFd<'_>) -> io::Result<u64> {
     let mut b = [0u8; 8];
     match rustix::io::read(fd, &mut b) {
         Ok(8) => Ok(u64::from_ne_bytes(b)),
-        Ok(n) => Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("counter read returned {n} bytes, not 8"),
-        )),
+        Ok(n) => Err(SysError::ShortCounterRead(n).io(io::ErrorKind::InvalidData)),
         Err(rustix::io::Errno::AGAIN) => Ok(0),
         Err(e) => Err(e.into()),
     }
@@ -32,10 +31,7 @@ fn read_counter(fd: BorrowedFd<'_>) -> io::Result<u64> {
 pub fn signal_eventfd(fd: impl AsFd) -> io::Result<()> {
     match rustix::io::write(fd, &1u64.to_ne_bytes())? {
         8 => Ok(()),
-        n => Err(io::Error::new(
-            io::ErrorKind::WriteZero,
-            format!("eventfd write took {n} bytes, not 8"),
-        )),
+        n => Err(SysError::ShortCounterWrite(n).io(io::ErrorKind::WriteZero)),
     }
 }
 
@@ -114,7 +110,7 @@ impl TimerFd {
     pub fn arm_once(&self, after: Duration) -> io::Result<()> {
         let after = after.max(Duration::from_nanos(1));
         let value = Timespec::try_from(after)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "timer too far away"))?;
+            .map_err(|_| SysError::TimerRange.io(io::ErrorKind::InvalidInput))?;
         let spec = Itimerspec {
             it_interval: Timespec {
                 tv_sec: 0,

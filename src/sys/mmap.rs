@@ -21,6 +21,8 @@ use std::ptr::NonNull;
 
 use rustix::mm::{mmap, munmap, MapFlags, ProtFlags};
 
+use super::SysError;
+
 /// What a mapping may be used for (its `PROT_*` bits).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Protection {
@@ -71,14 +73,10 @@ impl SharedMapping {
         backing: Backing,
     ) -> io::Result<Self> {
         if backing == Backing::Volatile && !guarded_copy_available() {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "process_vm_readv/writev are not available (seccomp?): cannot copy safely \
-                 from a file that may shrink",
-            ));
+            return Err(SysError::NoGuardedCopy.io(io::ErrorKind::Unsupported));
         }
         if len == 0 {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty mapping"));
+            return Err(SysError::EmptyMapping.io(io::ErrorKind::InvalidInput));
         }
         let mut flags = ProtFlags::empty();
         if prot.read {
@@ -101,7 +99,7 @@ impl SharedMapping {
             )?
         };
         let ptr = NonNull::new(p.cast::<u8>())
-            .ok_or_else(|| io::Error::other("mmap returned a null mapping"))?;
+            .ok_or_else(|| SysError::NullMapping.io(io::ErrorKind::Other))?;
         Ok(Self {
             ptr,
             len,
@@ -133,20 +131,16 @@ impl SharedMapping {
     /// `offset..offset + len` if it lies inside the mapping.
     fn range(&self, offset: usize, len: usize, allowed: bool) -> io::Result<usize> {
         if !allowed {
-            return Err(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                "mapping protection forbids this access",
-            ));
+            return Err(SysError::Protection.io(io::ErrorKind::PermissionDenied));
         }
         match offset.checked_add(len) {
             Some(end) if end <= self.len => Ok(offset),
-            _ => Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "{len} bytes at offset {offset:#x} do not fit a {:#x}-byte mapping",
-                    self.len
-                ),
-            )),
+            _ => Err(SysError::OutsideMapping {
+                len,
+                offset,
+                size: self.len,
+            }
+            .io(io::ErrorKind::InvalidInput)),
         }
     }
 

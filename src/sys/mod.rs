@@ -18,7 +18,8 @@
 //! none (sockaddr_ll, PACKET_IGNORE_OUTGOING, ppoll on descriptor numbers, signals, namespaces)
 //! `libc` is called directly. This module is the only place in the crate allowed `unsafe`
 //! (the crate root denies it elsewhere); every `unsafe` block has its `// SAFETY:` argument.
-//! Errors are [`std::io::Error`].
+//! Errors are [`std::io::Error`]: the errno when the kernel refused, otherwise a [`SysError`]
+//! inside it (`get_ref()` downcasts to it), with the kind that fits.
 //!
 //! A leaf utility: it imports nothing from the crate, and every layer may use it.
 
@@ -33,5 +34,69 @@ pub mod process;
 pub mod socket;
 
 pub use fd::{EventFd, TimerFd};
+
+use std::io;
+
+/// What went wrong in a call when it is not an errno: an argument the call cannot take, or
+/// an answer from the kernel that breaks the call's contract.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SysError {
+    /// An eventfd or timerfd read gave a counter of another size.
+    #[error("counter read returned {0} bytes, not 8")]
+    ShortCounterRead(usize),
+    /// An eventfd write took another number of bytes.
+    #[error("eventfd write took {0} bytes, not 8")]
+    ShortCounterWrite(usize),
+    /// A timer deadline beyond what a timespec holds.
+    #[error("timer too far away")]
+    TimerRange,
+    /// A zero-length mapping.
+    #[error("empty mapping")]
+    EmptyMapping,
+    /// mmap(2) succeeded with a null address.
+    #[error("mmap returned a null mapping")]
+    NullMapping,
+    /// A volatile mapping where the guarded copy (process_vm_readv/writev) is refused.
+    #[error(
+        "process_vm_readv/writev are not available (seccomp?): cannot copy safely from a file \
+         that may shrink"
+    )]
+    NoGuardedCopy,
+    /// An access the mapping's protection forbids.
+    #[error("mapping protection forbids this access")]
+    Protection,
+    /// An access outside the mapping.
+    #[error("{len} bytes at offset {offset:#x} do not fit a {size:#x}-byte mapping")]
+    OutsideMapping {
+        /// Bytes asked for.
+        len: usize,
+        /// Where.
+        offset: usize,
+        /// The mapping's length.
+        size: usize,
+    },
+    /// An interface name with a NUL byte.
+    #[error("NUL in interface name")]
+    NulInName,
+    /// No network interface of this name.
+    #[error("no interface {0}")]
+    NoInterface(String),
+    /// EtherType 0 (it names no protocol).
+    #[error("EtherType 0")]
+    EtherTypeZero,
+    /// An interface index beyond a C int.
+    #[error("interface index {0} out of range")]
+    InterfaceIndex(u32),
+    /// A process id beyond a pid_t.
+    #[error("pid {0} out of range")]
+    PidRange(u32),
+}
+
+impl SysError {
+    /// As the [`io::Error`] of kind `kind` the calls return.
+    pub(crate) fn io(self, kind: io::ErrorKind) -> io::Error {
+        io::Error::new(kind, self)
+    }
+}
 pub use mmap::{Backing, Protection, SharedMapping};
 pub use packet::PacketSocket;

@@ -2,6 +2,7 @@
 //! non-blocking, receiving whole Ethernet frames and sending frames we build ourselves.
 //! Opening one needs `CAP_NET_RAW`.
 
+use super::SysError;
 use std::ffi::CString;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::num::NonZeroU32;
@@ -17,15 +18,11 @@ const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
 
 /// The index of network interface `name` (if_nametoindex(3)).
 pub fn interface_index(name: &str) -> io::Result<u32> {
-    let c = CString::new(name)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in interface name"))?;
+    let c = CString::new(name).map_err(|_| SysError::NulInName.io(io::ErrorKind::InvalidInput))?;
     // SAFETY: `c` is a valid NUL-terminated string that outlives the call, which only reads it.
     let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
     if index == 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::NotFound,
-            format!("no interface {name}"),
-        ));
+        return Err(SysError::NoInterface(name.to_string()).io(io::ErrorKind::NotFound));
     }
     Ok(index)
 }
@@ -43,7 +40,7 @@ impl PacketSocket {
     pub fn open(ifindex: u32, ethertype: u16) -> io::Result<PacketSocket> {
         let proto = ethertype.to_be();
         let raw_proto = NonZeroU32::new(proto.into())
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "EtherType 0"))?;
+            .ok_or_else(|| SysError::EtherTypeZero.io(io::ErrorKind::InvalidInput))?;
         let fd = socket_with(
             AddressFamily::PACKET,
             SocketType::RAW,
@@ -51,7 +48,7 @@ impl PacketSocket {
             Some(Protocol::from_raw(raw_proto)),
         )?;
         let ifindex = libc::c_int::try_from(ifindex)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "interface index"))?;
+            .map_err(|_| SysError::InterfaceIndex(ifindex).io(io::ErrorKind::InvalidInput))?;
         // SAFETY: sockaddr_ll is plain old data, for which all zero bytes are a valid value.
         let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         sll.sll_family = libc::AF_PACKET as u16;

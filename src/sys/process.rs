@@ -2,6 +2,7 @@
 //! (kill(2)), and moving a thread into a network namespace the way `ip netns exec` does
 //! (setns(2), unshare(2), mount(2)).
 
+use super::SysError;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::ptr;
@@ -50,7 +51,7 @@ pub fn on_terminate(flag: &'static AtomicBool) -> io::Result<()> {
 /// Ask a child process to terminate (SIGTERM).
 pub fn terminate(child: &std::process::Child) -> io::Result<()> {
     let pid = libc::pid_t::try_from(child.id())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "pid out of range"))?;
+        .map_err(|_| SysError::PidRange(child.id()).io(io::ErrorKind::InvalidInput))?;
     // SAFETY: kill(2) only takes numbers and touches no memory of ours. The pid is our own
     // child's, which stays reserved for us until we reap it.
     check(unsafe { libc::kill(pid, libc::SIGTERM) })

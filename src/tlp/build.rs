@@ -252,15 +252,19 @@ impl Cpl {
     }
 
     /// A CplD carrying `payload` (whole DWs, 1..=1024 of them), with the Byte Count (bytes
-    /// remaining, this completion's included) and Lower Address the split gave it.
-    pub fn with_data(
+    /// remaining, this completion's included) and Lower Address the split gave it; with an
+    /// empty `payload`, the Cpl of [`without_data`](Self::without_data).
+    pub fn emit(
         &self,
         buf: &mut [u8],
         byte_count: u16,
         lower_address: u8,
         payload: &[u8],
     ) -> Result<usize, BuildError> {
-        if payload.is_empty() || payload.len() % 4 != 0 || payload.len() > 4096 {
+        if payload.is_empty() {
+            return self.without_data(buf, byte_count, lower_address);
+        }
+        if payload.len() % 4 != 0 || payload.len() > 4096 {
             return Err(BuildError::RaggedPayload(payload.len()));
         }
         let h = self.header(true, byte_count, lower_address);
@@ -380,12 +384,19 @@ mod tests {
         let mut b = [0u8; MAX_LEN];
         let cpl = Cpl::new(Bdf::new(1, 0, 0), Bdf(0), 0x2ab, CplStatus::Sc);
         let n = cpl
-            .with_data(&mut b, 6, 0x42, &[1, 2, 3, 4, 5, 6, 7, 8])
+            .emit(&mut b, 6, 0x42, &[1, 2, 3, 4, 5, 6, 7, 8])
             .unwrap();
         assert_eq!(b[..n], hex("4a800002 01000006 0000ab42 01020304 05060708"));
         let ur = Cpl::new(Bdf(1), Bdf(2), 1, CplStatus::Ur);
         let n = ur.without_data(&mut b, 4096, 0).unwrap();
         assert_eq!(b[..n], hex("0a000000 00012000 00020100"));
+        // emit: the same Cpl for no payload, the same CplD for one.
+        let n = ur.emit(&mut b, 4096, 0, &[]).unwrap();
+        assert_eq!(b[..n], hex("0a000000 00012000 00020100"));
+        let n = cpl
+            .emit(&mut b, 6, 0x42, &[1, 2, 3, 4, 5, 6, 7, 8])
+            .unwrap();
+        assert_eq!(b[..n], hex("4a800002 01000006 0000ab42 01020304 05060708"));
         // 256 bytes at 0x1010, RCB 64, MPS 128: three CplDs, the first up to the RCB.
         let data: Vec<u8> = (0..=255).collect();
         let mut split = cpl.read_completions(0x1010, &data, 64, 128).unwrap();
@@ -454,7 +465,7 @@ mod tests {
         assert_eq!(cfg.read(&mut b), Err(BuildError::CfgRegister(0x1000)));
         let cpl = Cpl::new(r, r, 0, CplStatus::Sc);
         assert_eq!(
-            cpl.with_data(&mut b, 3, 0, &[1, 2, 3]),
+            cpl.emit(&mut b, 3, 0, &[1, 2, 3]),
             Err(BuildError::RaggedPayload(3))
         );
         assert!(matches!(

@@ -493,6 +493,17 @@ pub const fn code_name(code: u8) -> Option<&'static str> {
     }
 }
 
+/// An Assert_INTx / Deassert_INTx Message Code (§2.2.8.1 Table 2-21) read back: `Some((assert,
+/// pin))` with `pin` 0..=3 for INTA..INTD, `None` for any other code. The inverse of
+/// [`crate::tlp::build::intx`].
+pub const fn intx(code: u8) -> Option<(bool, u8)> {
+    match code {
+        code::ASSERT_INTA..=0x23 => Some((true, code - code::ASSERT_INTA)),
+        code::DEASSERT_INTA..=0x27 => Some((false, code - code::DEASSERT_INTA)),
+        _ => None,
+    }
+}
+
 /// Why a message breaks its code's rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Violation {
@@ -590,6 +601,30 @@ mod tests {
         assert_eq!(defined, RULES.len());
         assert_eq!(rule_for_code(0x03), None);
         assert_eq!(code_name(0x12), Some("OBFF"));
+    }
+
+    #[test]
+    fn intx_codes_read_back() {
+        let got: Vec<_> = (0..=255u8)
+            .filter_map(|c| intx(c).map(|i| (c, i)))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (0x20, (true, 0)),
+                (0x21, (true, 1)),
+                (0x22, (true, 2)),
+                (0x23, (true, 3)),
+                (0x24, (false, 0)),
+                (0x25, (false, 1)),
+                (0x26, (false, 2)),
+                (0x27, (false, 3)),
+            ]
+        );
+        for (c, _) in got {
+            let name = code_name(c).unwrap();
+            assert!(name.starts_with("Assert_INT") || name.starts_with("Deassert_INT"));
+        }
     }
 
     #[test]

@@ -446,25 +446,16 @@ impl<'a> Tlp<'a> {
         p.set_length_dw(self.length_dw);
         match &self.header {
             TlpHeader::Mem(m) => {
-                p.set_requester_id(m.requester_id.0);
-                p.set_tag(m.tag);
-                p.set_last_be(m.last_be);
-                p.set_first_be(m.first_be);
+                set_request_dw1(p, m.requester_id, m.tag, m.first_be, m.last_be);
                 p.set_address(m.address);
                 p.set_ph(m.ph);
             }
             TlpHeader::Io(r) => {
-                p.set_requester_id(r.requester_id.0);
-                p.set_tag(r.tag);
-                p.set_last_be(r.last_be);
-                p.set_first_be(r.first_be);
+                set_request_dw1(p, r.requester_id, r.tag, r.first_be, r.last_be);
                 p.set_address(r.address.into());
             }
             TlpHeader::Cfg(c) => {
-                p.set_requester_id(c.requester_id.0);
-                p.set_tag(c.tag);
-                p.set_last_be(c.last_be);
-                p.set_first_be(c.first_be);
+                set_request_dw1(p, c.requester_id, c.tag, c.first_be, c.last_be);
                 p.set_cfg_target(c.target.0);
                 p.set_cfg_register(c.register);
             }
@@ -485,4 +476,20 @@ impl<'a> Tlp<'a> {
             }
         }
     }
+}
+
+/// DW 1 of a memory, I/O or configuration request (§2.2.7, §2.2.6.2): Requester ID, Tag,
+/// Last and First DW Byte Enables — the same for all three.
+#[inline]
+fn set_request_dw1<T: AsRef<[u8]> + AsMut<[u8]>>(
+    p: &mut Packet<T>,
+    requester: Bdf,
+    tag: u16,
+    first_be: u8,
+    last_be: u8,
+) {
+    p.set_requester_id(requester.0);
+    p.set_tag(tag);
+    p.set_last_be(last_be);
+    p.set_first_be(first_be);
 }

@@ -1,10 +1,11 @@
 //! Rate limiting of the transport's `tracing` events (docs/security.md "Logging"). Sessions
 //! established, rekeyed and lost are rare and always logged; refusals and load events can
-//! come at line rate from an attacker, so each kind gets a few lines per second and the next
+//! come at line rate from an attacker, so each kind gets a few lines per second (a
+//! [`TokenBucket`], the crate's one rate limiter) and the next
 //! line that gets through says how many were suppressed. Time is the caller's (sans-I/O).
 
 use super::time::Instant;
-use std::time::Duration;
+use crate::ratelimit::TokenBucket;
 
 /// Classes of events that an attacker can trigger at will.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,30 +19,46 @@ pub(crate) enum Kind {
 }
 
 const KINDS: usize = 3;
-const WINDOW: Duration = Duration::from_secs(1);
-const PER_WINDOW: u32 = 5;
+/// Lines per second (and at once) of each kind.
+const PER_SECOND: u32 = 5;
 
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Copy)]
+struct Limited {
+    tokens: TokenBucket,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+#[derive(Debug)]
 pub(crate) struct LogLimiter {
-    start: [Option<Instant>; KINDS],
-    count: [u32; KINDS],
-    suppressed: [u64; KINDS],
+    kinds: [Limited; KINDS],
+}
+
+impl Default for LogLimiter {
+    fn default() -> Self {
+        LogLimiter {
+            kinds: [Limited {
+                tokens: TokenBucket::new(PER_SECOND, PER_SECOND),
+                last: None,
+                suppressed: 0,
+            }; KINDS],
+        }
+    }
 }
 
 impl LogLimiter {
     /// Whether to log one event of `kind` at `now`: `Some(n)` with the number of events
     /// suppressed since the last one logged, or `None` (counted as suppressed).
     pub fn allow(&mut self, kind: Kind, now: Instant) -> Option<u64> {
-        let k = kind as usize;
-        if self.start[k].is_none_or(|s| now.saturating_duration_since(s) >= WINDOW) {
-            self.start[k] = Some(now);
-            self.count[k] = 0;
+        let k = &mut self.kinds[kind as usize];
+        if let Some(last) = k.last {
+            k.tokens.earn(now.saturating_duration_since(last));
         }
-        if self.count[k] < PER_WINDOW {
-            self.count[k] += 1;
-            Some(std::mem::take(&mut self.suppressed[k]))
+        k.last = Some(k.last.map_or(now, |l| l.max(now)));
+        if k.tokens.take() {
+            Some(std::mem::take(&mut k.suppressed))
         } else {
-            self.suppressed[k] += 1;
+            k.suppressed += 1;
             None
         }
     }
@@ -50,6 +67,7 @@ impl LogLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn a_few_per_second_then_a_count() {
@@ -58,7 +76,10 @@ mod tests {
         let got: Vec<_> = (0..100).map(|_| l.allow(Kind::Refused, t0)).collect();
         assert_eq!(got.iter().filter(|g| g.is_some()).count(), 5);
         assert_eq!(l.allow(Kind::Load, t0), Some(0), "kinds are separate");
-        assert_eq!(l.allow(Kind::Refused, t0 + WINDOW), Some(95));
-        assert_eq!(l.allow(Kind::Refused, t0 + WINDOW), Some(0));
+        assert_eq!(
+            l.allow(Kind::Refused, t0 + Duration::from_secs(1)),
+            Some(95)
+        );
+        assert_eq!(l.allow(Kind::Refused, t0 + Duration::from_secs(1)), Some(0));
     }
 }

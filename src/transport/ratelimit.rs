@@ -6,48 +6,37 @@
 
 use super::time::Instant;
 use super::PeerAddr;
+use crate::ratelimit::TokenBucket;
 use std::collections::HashMap;
 use std::time::Duration;
 
-/// One token bucket: `rate` events per second, at most `burst` at once.
+/// One token bucket on the transport's clock: `rate` events per second, at most `burst` at
+/// once ([`TokenBucket`], the crate's one implementation, plus the time of the last call).
 #[derive(Debug, Clone)]
 pub struct Bucket {
-    /// Credit in nanoseconds.
-    tokens: u64,
+    tokens: TokenBucket,
     last: Instant,
-    cost: u64,
-    max: u64,
 }
 
 impl Bucket {
     /// A full bucket.
     pub fn new(rate: u32, burst: u32, now: Instant) -> Bucket {
-        let cost = 1_000_000_000 / u64::from(rate.max(1));
-        let max = cost * u64::from(burst.max(1));
         Bucket {
-            tokens: max,
+            tokens: TokenBucket::new(rate, burst),
             last: now,
-            cost,
-            max,
         }
     }
 
-    /// Take one token if there is one.
+    /// Take one token if there is one (time going backwards earns nothing).
     pub fn allow(&mut self, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.last).as_nanos();
+        self.tokens.earn(now.saturating_duration_since(self.last));
         self.last = self.last.max(now);
-        self.tokens = (self.tokens as u128 + elapsed).min(u128::from(self.max)) as u64;
-        if self.tokens >= self.cost {
-            self.tokens -= self.cost;
-            true
-        } else {
-            false
-        }
+        self.tokens.take()
     }
 
     fn full_at(&self, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.last).as_nanos();
-        self.tokens as u128 + elapsed >= u128::from(self.max)
+        self.tokens
+            .full_after(now.saturating_duration_since(self.last))
     }
 }
 

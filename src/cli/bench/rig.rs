@@ -7,33 +7,28 @@
 //!
 //! The appliance is the library's, started on a port the rig opens (a socket inside a
 //! namespace, a memory port), so it runs exactly as `pcietun appliance` does with one listen
-//! address: the endpoint on the thread that drives the link. The host side is assembled here
-//! rather than with `host::agent::Agent` because the rig needs the loss, AEAD and busy-poll
-//! knobs and a link of its own choosing; it has the agent's shape (a `SharedLink` that the
-//! waiting requester drives, a watcher thread into `Host::on_tlp`). The demo runs the
-//! appliance as a child process over UDP.
+//! address: the endpoint on the thread that drives the link. The host side is the host agent
+//! (`host::agent::Agent::start_on`) on the rig's other port, with the rig's loss, AEAD, MTU
+//! and busy-poll settings. The demo runs the appliance as a child process over UDP.
 
 use super::error::BenchError;
 use super::raw::{LinkKind, NetnsPair, Res};
-use bytes::Bytes;
 use crossbeam::channel;
 use pcietun::appliance::config::{DeviceConfig, DeviceSpec, HostSpec, LinkOptions};
 use pcietun::appliance::devices::{self, Scratch};
 use pcietun::appliance::{Appliance, ApplianceConfig, Running};
+use pcietun::endpoint::loopback::serve_channels;
 use pcietun::endpoint::Bdf;
+use pcietun::host::agent::Agent;
 use pcietun::host::enumerate::FunctionInfo;
-use pcietun::host::{Downlink, Host, HostConfig, LinkError, RemoteFunction};
-use pcietun::sync::MutexExt;
-use pcietun::transport::driver::Peers;
-use pcietun::transport::driver::{
-    mem, udp::UdpPort, Direct, DriverConfig, DriverStats, Port, SharedLink, Upcall,
-};
-use pcietun::transport::{ConnId, Event, HostId, SecretKey};
+use pcietun::host::{ChannelDownlink, Host, HostConfig, RemoteFunction};
+use pcietun::transport::driver::{mem, udp::UdpPort, DriverConfig, Peers, Port};
+use pcietun::transport::{HostId, SecretKey};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// What to build.
 #[derive(Debug, Clone)]
@@ -101,37 +96,6 @@ impl Net {
     }
 }
 
-/// The host agent's downlink: the shared transport link toward the appliance, which a
-/// waiting requester runs itself (as `pcietun::host::agent::Agent` does).
-#[derive(Debug)]
-struct TunnelLink {
-    t: Arc<SharedLink>,
-    conn: ConnId,
-}
-
-impl Downlink for TunnelLink {
-    fn send_tlp(&self, tlp: &[u8]) -> Result<(), LinkError> {
-        self.t
-            .send(self.conn, Bytes::copy_from_slice(tlp))
-            .map_err(LinkError::from)
-    }
-
-    fn drive(&self, done: &dyn Fn() -> bool, deadline: Instant) -> bool {
-        self.t.drive(done, deadline)
-    }
-}
-
-/// The host's downlink straight into the appliance pump (no transport): for the
-/// `ours_no_transport` figure that isolates what the transport's threads cost.
-#[derive(Debug)]
-struct DirectLink(channel::Sender<Vec<u8>>);
-
-impl Downlink for DirectLink {
-    fn send_tlp(&self, tlp: &[u8]) -> Result<(), LinkError> {
-        self.0.send(tlp.to_vec()).map_err(|_| LinkError::Closed)
-    }
-}
-
 /// A running appliance + host agent pair.
 #[derive(Debug)]
 pub struct Rig {
@@ -139,27 +103,13 @@ pub struct Rig {
     pub host: Arc<Host>,
     /// Functions enumerated below the root port.
     pub functions: Vec<FunctionInfo>,
-    /// Host side counters, published by its watcher (`None` for [`Rig::start_direct`]).
-    host_stats: Option<Arc<Mutex<DriverStats>>>,
+    /// The host agent on the rig's link (`None` for [`Rig::start_direct`]).
+    agent: Option<Agent>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     /// The appliance (`None` for [`Rig::start_direct`]).
     appliance: Option<Running>,
     _scratch: Option<Scratch>,
-}
-
-fn wait_connected(d: &mut Direct) -> Res<ConnId> {
-    let end = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < end {
-        if let Some(Upcall::Event {
-            conn,
-            event: Event::Connected { .. },
-        }) = d.poll(Some(Duration::from_millis(50)))?
-        {
-            return Ok(conn);
-        }
-    }
-    Err(BenchError::NoSession("transport session between host and appliance").into())
 }
 
 /// The appliance's configuration: one card with an NVMe controller and/or a DMA engine as
@@ -215,33 +165,20 @@ impl Rig {
         let acfg = appliance_config(cfg, None, host);
         let (mut ep, outbound, scratch) = devices::build(&acfg)?.into_parts();
         let (tx, rx) = channel::unbounded::<Vec<u8>>();
-        let host = Host::new(Arc::new(DirectLink(tx)), HostConfig::default());
+        let host = Host::new(Arc::new(ChannelDownlink(tx)), HostConfig::default());
         let stop = Arc::new(AtomicBool::new(false));
         let (h, st) = (host.clone(), stop.clone());
         let pump = std::thread::Builder::new()
             .name("direct-pump".into())
             .spawn(move || {
-                let kicks = ep.kicks();
-                while !st.load(Ordering::Relaxed) {
-                    // The endpoint's driver: time for its DMA requester (queued reads, timeouts).
-                    ep.poll(Instant::now());
-                    let wait = ep.poll_timeout().map_or(Duration::from_millis(20), |t| {
-                        t.saturating_duration_since(Instant::now())
-                            .min(Duration::from_millis(20))
-                    });
-                    channel::select! {
-                        recv(kicks) -> _ => {},
-                        recv(rx) -> t => if let Ok(t) = t { let _ = ep.handle_tlp(&t); },
-                        recv(outbound) -> t => if let Ok(t) = t { h.on_tlp(&t); },
-                        default(wait) => {}
-                    }
-                }
+                let tick = Duration::from_millis(20);
+                serve_channels(&mut ep, &rx, &outbound, |t| h.on_tlp(t), &st, tick);
             })?;
         host.on_link_up();
         let mut rig = Rig {
             host,
             functions: Vec::new(),
-            host_stats: None,
+            agent: None,
             stop,
             threads: vec![pump],
             appliance: None,
@@ -286,60 +223,21 @@ impl Rig {
         cc.seed = 12;
         cc.busy_poll = cfg.busy_poll;
         cc.transport.mtu = 1472;
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut client = Direct::new(c_port, cc);
-        let conn = wait_connected(&mut client)?;
-        let shared = Arc::new(SharedLink::new(client)?);
-        let host = Host::new(
-            Arc::new(TunnelLink {
-                t: shared.clone(),
-                conn,
-            }),
-            HostConfig::default(),
-        );
-        {
-            let h = Arc::downgrade(&host);
-            shared.set_dispatch(Box::new(move |u| {
-                let Some(host) = h.upgrade() else { return };
-                match u {
-                    Upcall::Tlp { tlp, .. } => host.on_tlp(&tlp),
-                    Upcall::Event {
-                        event: Event::Connected { .. },
-                        ..
-                    } => host.on_link_up(),
-                    Upcall::Event {
-                        event: Event::Down { .. },
-                        ..
-                    } => host.on_link_down(),
-                    Upcall::Dropped { tlp, .. } => host.on_dropped(&tlp),
-                }
-            }));
-        }
-        host.on_link_up();
-        let host_stats = Arc::new(Mutex::new(DriverStats::default()));
-        let watcher = {
-            let (shared, stats, stop) = (shared.clone(), host_stats.clone(), stop.clone());
-            std::thread::Builder::new()
-                .name("host-agent".into())
-                .spawn(move || {
-                    let publish = |d: &Direct| {
-                        *stats.lock_or_recover() = d.stats();
-                    };
-                    if let Err(e) = shared.run_watcher(&stop, publish) {
-                        tracing::error!("host link: {e}");
-                    }
-                })?
-        };
+        // The host agent on the rig's port: it connects, then enumerates.
+        let agent = Agent::start_on(c_port, cc, HostConfig::default())?;
+        agent
+            .wait_scan(Duration::from_secs(5))
+            .map_err(|_| BenchError::NoSession("transport session between host and appliance"))?;
         let mut rig = Rig {
-            host,
+            host: agent.host().clone(),
             functions: Vec::new(),
-            host_stats: Some(host_stats),
-            stop,
-            threads: vec![watcher],
+            agent: Some(agent),
+            stop: Arc::new(AtomicBool::new(false)),
+            threads: Vec::new(),
             appliance: Some(appliance),
             _scratch: None,
         };
-        rig.functions = rig.host.rescan();
+        rig.functions = rig.host.functions();
         let want = usize::from(cfg.nvme_bytes > 0) + usize::from(cfg.dma_buffer > 0);
         if rig.functions.len() != want {
             return Err(BenchError::Enumeration {
@@ -367,7 +265,7 @@ impl Rig {
 
     /// Retransmissions both transport ends made so far.
     pub fn retransmits(&self) -> u64 {
-        let host = self.host_stats.iter().map(|s| s.lock_or_recover().clone());
+        let host = self.agent.iter().map(Agent::transport_stats);
         let appliance = self.appliance.iter().flat_map(|a| a.stats().links);
         host.chain(appliance)
             .flat_map(|s| s.sessions.into_iter().map(|x| x.1.retransmits))
@@ -380,6 +278,9 @@ impl Drop for Rig {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.threads.drain(..) {
             let _ = t.join();
+        }
+        if let Some(a) = self.agent.take() {
+            a.stop();
         }
         if let Some(a) = self.appliance.take() {
             if let Err(e) = a.shutdown() {

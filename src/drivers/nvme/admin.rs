@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 
 use zerocopy::FromBytes;
 
-use super::{set_prps, Data, NvmeDriver, NvmeError, Queue, ADMIN_MAX_TRANSFER, MAX_ASYNC_ADMIN};
+use super::{
+    set_prps, Data, InvalidRequest, NvmeDriver, NvmeError, Queue, Unsupported, ADMIN_MAX_TRANSFER,
+    MAX_ASYNC_ADMIN,
+};
 use crate::pci::class::nvme::{
     cns, select, Cqe, IdentifyController, IdentifyNamespace, Sqe, IDENTIFY_SIZE,
 };
@@ -34,9 +37,7 @@ impl NvmeDriver {
             Data::ToDevice(b) => b.len(),
         };
         if len > ADMIN_MAX_TRANSFER {
-            return Err(NvmeError::Invalid(format!(
-                "admin data of {len} bytes (at most {ADMIN_MAX_TRANSFER})"
-            )));
+            return Err(InvalidRequest::AdminTransfer(len).into());
         }
         match &data {
             Data::None => {}
@@ -112,9 +113,7 @@ impl NvmeDriver {
     /// Asynchronous Event Request is used. Returns its command identifier.
     pub fn admin_submit(&mut self, mut cmd: Sqe) -> Result<u16, NvmeError> {
         if self.async_cids.len() >= MAX_ASYNC_ADMIN {
-            return Err(NvmeError::Invalid(format!(
-                "{MAX_ASYNC_ADMIN} admin commands already outstanding"
-            )));
+            return Err(InvalidRequest::AdminOutstanding.into());
         }
         let cid = self.next_admin_cid();
         cmd.cid.set(cid);
@@ -181,18 +180,24 @@ impl NvmeDriver {
     /// Identify Controller (CNS 01h).
     pub fn identify_controller(&mut self) -> Result<Box<IdentifyController>, NvmeError> {
         let page = self.identify(cns::CONTROLLER, 0)?;
+        let short = Unsupported::IdentifySize {
+            cns: cns::CONTROLLER,
+            len: page.len(),
+        };
         Ok(Box::new(
-            IdentifyController::read_from_bytes(&page)
-                .map_err(|_| NvmeError::Unsupported("short Identify page".into()))?,
+            IdentifyController::read_from_bytes(&page).map_err(|_| short)?,
         ))
     }
 
     /// Identify Namespace `nsid` (CNS 00h).
     pub fn identify_namespace(&mut self, nsid: u32) -> Result<Box<IdentifyNamespace>, NvmeError> {
         let page = self.identify(cns::NAMESPACE, nsid)?;
+        let short = Unsupported::IdentifySize {
+            cns: cns::NAMESPACE,
+            len: page.len(),
+        };
         Ok(Box::new(
-            IdentifyNamespace::read_from_bytes(&page)
-                .map_err(|_| NvmeError::Unsupported("short Identify page".into()))?,
+            IdentifyNamespace::read_from_bytes(&page).map_err(|_| short)?,
         ))
     }
 
@@ -200,10 +205,7 @@ impl NvmeDriver {
     /// [`ADMIN_MAX_TRANSFER`] bytes), from offset 0, Retain Asynchronous Event clear.
     pub fn get_log_page(&mut self, lid: u8, nsid: u32, buf: &mut [u8]) -> Result<(), NvmeError> {
         if buf.is_empty() || buf.len() % 4 != 0 {
-            return Err(NvmeError::Invalid(format!(
-                "log page read of {} bytes: not a whole number of dwords",
-                buf.len()
-            )));
+            return Err(InvalidRequest::LogPageSize(buf.len()).into());
         }
         let cmd = Sqe::get_log_page(lid, nsid, (buf.len() / 4) as u32, 0, false);
         self.admin_ok("Get Log Page", cmd, Data::FromDevice(buf))?;

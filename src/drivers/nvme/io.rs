@@ -11,8 +11,8 @@
 use std::time::{Duration, Instant};
 
 use super::{
-    set_prps, Data, IoDone, IoOp, NvmeDriver, NvmeError, Queue, SlotData, SlotState, MAX_TRANSFER,
-    PAGE,
+    set_prps, Data, InvalidRequest, IoDone, IoOp, NvmeDriver, NvmeError, Queue, SlotData,
+    SlotState, MAX_TRANSFER, PAGE,
 };
 use crate::pci::class::nvme::Sqe;
 
@@ -24,10 +24,11 @@ impl NvmeDriver {
     /// Copy `data` into the buffer of `slot` (before submitting a write from it).
     pub fn fill_slot(&self, slot: u16, data: &[u8]) -> Result<(), NvmeError> {
         if slot as usize >= self.cfg.depth || data.len() > MAX_TRANSFER {
-            return Err(NvmeError::Invalid(format!(
-                "slot {slot} / {} bytes",
-                data.len()
-            )));
+            return Err(InvalidRequest::SlotBuffer {
+                slot,
+                len: data.len(),
+            }
+            .into());
         }
         self.mem.write_at(self.slot_off(slot), data)?;
         Ok(())
@@ -36,10 +37,11 @@ impl NvmeDriver {
     /// Copy the start of `slot`'s buffer into `buf` (after a read into it completed).
     pub fn slot_data(&self, slot: u16, buf: &mut [u8]) -> Result<(), NvmeError> {
         if slot as usize >= self.cfg.depth || buf.len() > MAX_TRANSFER {
-            return Err(NvmeError::Invalid(format!(
-                "slot {slot} / {} bytes",
-                buf.len()
-            )));
+            return Err(InvalidRequest::SlotBuffer {
+                slot,
+                len: buf.len(),
+            }
+            .into());
         }
         self.mem.read_at(self.slot_off(slot), buf)?;
         Ok(())
@@ -57,19 +59,23 @@ impl NvmeDriver {
         self.check_slot(slot)?;
         let bytes = blocks as usize * self.info.block_size as usize;
         if blocks == 0 || bytes > self.info.max_transfer {
-            return Err(NvmeError::Invalid(format!(
-                "{blocks} blocks ({bytes} bytes): not in 1..={} bytes",
-                self.info.max_transfer
-            )));
+            return Err(InvalidRequest::TransferSize {
+                blocks,
+                bytes,
+                max: self.info.max_transfer,
+            }
+            .into());
         }
         if lba
             .checked_add(u64::from(blocks))
             .is_none_or(|e| e > self.info.blocks)
         {
-            return Err(NvmeError::Invalid(format!(
-                "LBA {lba}+{blocks} beyond the namespace's {} blocks",
-                self.info.blocks
-            )));
+            return Err(InvalidRequest::BeyondNamespace {
+                lba,
+                blocks,
+                size: self.info.blocks,
+            }
+            .into());
         }
         let cmd = match op {
             IoOp::Read => Sqe::read(1, lba, blocks),
@@ -80,10 +86,8 @@ impl NvmeDriver {
 
     fn check_slot(&self, slot: u16) -> Result<(), NvmeError> {
         match self.slots.get(slot as usize) {
-            None => Err(NvmeError::Invalid(format!("no slot {slot}"))),
-            Some(SlotState::Busy(_)) => {
-                Err(NvmeError::Invalid(format!("slot {slot} is in flight")))
-            }
+            None => Err(InvalidRequest::NoSlot(slot).into()),
+            Some(SlotState::Busy(_)) => Err(InvalidRequest::SlotBusy(slot).into()),
             Some(_) => Ok(()),
         }
     }
@@ -109,9 +113,7 @@ impl NvmeDriver {
         self.check_slot(slot)?;
         if let SlotData::Buffer(len) = data {
             if len > MAX_TRANSFER {
-                return Err(NvmeError::Invalid(format!(
-                    "{len} bytes: a slot holds at most {MAX_TRANSFER}"
-                )));
+                return Err(InvalidRequest::SlotTransfer(len).into());
             }
             let list = self.at.prp + u64::from(slot) * PAGE as u64;
             set_prps(&self.mem, &mut cmd, self.slot_off(slot), len, list)?;
@@ -179,6 +181,7 @@ impl NvmeDriver {
                 status: c.status(),
                 dw0: c.dw0.get(),
                 sq_head: c.sqhd.get(),
+                sq_id: c.sqid.get(),
                 latency,
             });
         }
@@ -210,7 +213,7 @@ impl NvmeDriver {
                 // The eventfd counts interrupts, so one raised between the poll and this wait
                 // is not lost. The timeout only bounds a lost interrupt.
                 Some(fd) => {
-                    fd.wait_timeout(Duration::from_millis(5))?;
+                    self.io_interrupts += fd.wait_timeout(Duration::from_millis(5))?;
                 }
                 None => std::hint::spin_loop(),
             }
@@ -222,14 +225,9 @@ impl NvmeDriver {
     /// entries of `cmd` are sent as they are. The queue must be idle (no command in flight).
     pub fn io_command(&mut self, cmd: Sqe, data: Data<'_>) -> Result<IoDone, NvmeError> {
         if self.in_flight() > 0 {
-            return Err(NvmeError::Invalid(format!(
-                "io_command needs an idle queue ({} commands in flight)",
-                self.in_flight()
-            )));
+            return Err(InvalidRequest::QueueBusy(self.in_flight()).into());
         }
-        let slot = self
-            .take_slot()
-            .ok_or_else(|| NvmeError::Invalid("no free slot".into()))?;
+        let slot = self.take_slot().ok_or(InvalidRequest::NoFreeSlot)?;
         let ptr = match &data {
             Data::None => SlotData::AsGiven,
             Data::FromDevice(b) => SlotData::Buffer(b.len()),
@@ -245,11 +243,13 @@ impl NvmeDriver {
             self.release(slot);
             return Err(e);
         }
-        let mut done = None;
-        while done.is_none() {
-            self.wait(&mut |d| done = Some(d))?;
-        }
-        let done = done.ok_or_else(|| NvmeError::Invalid("no completion".into()))?;
+        let mut got = None;
+        let done = loop {
+            self.wait(&mut |d| got = Some(d))?;
+            if let Some(d) = got {
+                break d;
+            }
+        };
         if let Data::FromDevice(b) = data {
             self.slot_data(slot, b)?;
         }
@@ -280,10 +280,11 @@ impl NvmeDriver {
     ) -> Result<(), NvmeError> {
         let bs = self.info.block_size as usize;
         if data.len() % bs != 0 {
-            return Err(NvmeError::Invalid(format!(
-                "{} bytes is not a multiple of the {bs}-byte block",
-                data.len()
-            )));
+            return Err(InvalidRequest::NotBlocks {
+                len: data.len(),
+                block: bs,
+            }
+            .into());
         }
         let chunk = self.info.max_transfer;
         // Chunk offset each in-flight slot serves.

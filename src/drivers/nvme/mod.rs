@@ -34,9 +34,8 @@ use std::time::{Duration, Instant};
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
 use super::mem::DmaBuffer;
-use super::CompletionMode;
-use crate::host::dma::{Access, DmaWindowError};
-use crate::host::requester::RequestError;
+use super::{AccessError, CompletionMode};
+use crate::host::dma::Access;
 use crate::host::vfio_user::{EventFd, IrqIndex};
 use crate::host::RemoteFunction;
 use crate::pci::class::nvme::cns;
@@ -57,6 +56,8 @@ pub const PAGE: usize = MIN_PAGE_SIZE;
 pub const MAX_TRANSFER: usize = 128 * 1024;
 /// Largest queue depth the driver supports.
 pub const MAX_DEPTH: usize = 255;
+/// The MSI-X vector of the I/O completion queue (vector 0 is the admin queue's, §3.1.4).
+pub const IO_VECTOR: u16 = 1;
 /// Largest data transfer of one [`NvmeDriver::admin_command`].
 pub const ADMIN_MAX_TRANSFER: usize = 4 * PAGE;
 
@@ -69,18 +70,12 @@ const MAX_ASYNC_ADMIN: usize = 16;
 /// Errors of the NVMe driver.
 #[derive(Debug, thiserror::Error)]
 pub enum NvmeError {
-    /// A register access through the tunnel failed.
-    #[error("register access failed: {0}")]
-    Request(#[from] RequestError),
-    /// Registering or touching DMA memory failed.
-    #[error("DMA memory: {0}")]
-    Dma(#[from] DmaWindowError),
-    /// Arming the MSI-X eventfd failed.
-    #[error("interrupt setup: {0}")]
-    Irq(#[from] std::io::Error),
+    /// Reaching the function failed: a register access, DMA memory or an interrupt eventfd.
+    #[error(transparent)]
+    Access(#[from] AccessError),
     /// The function is not an NVMe controller this driver can run.
     #[error("unsupported controller: {0}")]
-    Unsupported(String),
+    Unsupported(#[from] Unsupported),
     /// The controller did not reach a state in time.
     #[error("controller did not {what} within {ms} ms")]
     Timeout {
@@ -102,7 +97,7 @@ pub enum NvmeError {
     },
     /// A request the driver cannot express (size, range, depth).
     #[error("invalid request: {0}")]
-    Invalid(String),
+    Invalid(#[from] InvalidRequest),
     /// A command got no completion in time.
     #[error("no completion for command {cid} within {ms} ms")]
     CommandTimeout {
@@ -110,6 +105,126 @@ pub enum NvmeError {
         cid: u16,
         /// How long we waited.
         ms: u128,
+    },
+}
+
+super::access_error_sources!(NvmeError);
+
+/// Why a function is not an NVMe controller this driver can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Unsupported {
+    /// The class code is not NVM Express (01 08 xx).
+    #[error("class {0:06x} is not NVM Express (0108xx)")]
+    NotNvme(u32),
+    /// BAR0 cannot hold the registers and the doorbells.
+    #[error("BAR0 of {0} bytes is smaller than 8 KiB")]
+    SmallBar0(u64),
+    /// CAP reads all-ones.
+    #[error("CAP reads all-ones")]
+    CapAllOnes,
+    /// CSTS reads all-ones.
+    #[error("CSTS reads all-ones (controller gone or link down)")]
+    CstsAllOnes,
+    /// CAP.CSS lacks the NVM command set.
+    #[error("controller lacks the NVM command set")]
+    NoNvmCommandSet,
+    /// CAP.MPSMIN is above the 4 KiB pages this driver uses.
+    #[error("minimum page size {0} KiB > 4 KiB")]
+    MinPageSize(u64),
+    /// No MSI-X capability (the driver's interrupt mode needs it).
+    #[error("no MSI-X capability")]
+    NoMsix,
+    /// An Identify data structure shorter than [`IDENTIFY_SIZE`].
+    #[error("Identify CNS {cns:02x}h data of {len} bytes, expected {IDENTIFY_SIZE}")]
+    IdentifySize {
+        /// Which structure (Controller or Namespace Structure value).
+        cns: u8,
+        /// Bytes given.
+        len: usize,
+    },
+    /// Namespace 1 is empty or has a block size outside 512 B..=4 KiB.
+    #[error("namespace 1: {blocks} blocks of 2^{lbads} bytes")]
+    Namespace {
+        /// NSZE.
+        blocks: u64,
+        /// LBA data size exponent of the formatted LBA format.
+        lbads: u8,
+    },
+}
+
+/// A request the driver cannot express.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidRequest {
+    /// The configured queue depth is outside what the driver supports.
+    #[error("queue depth {0} not in 1..={MAX_DEPTH}")]
+    Depth(usize),
+    /// The configured queue depth exceeds CAP.MQES.
+    #[error("queue depth {depth} exceeds the controller's {max} entries")]
+    DepthOverController {
+        /// Configured depth.
+        depth: usize,
+        /// The controller's largest depth.
+        max: usize,
+    },
+    /// No such slot, or a buffer larger than a slot's.
+    #[error("slot {slot} / {len} bytes")]
+    SlotBuffer {
+        /// The slot.
+        slot: u16,
+        /// Bytes given.
+        len: usize,
+    },
+    /// No such slot.
+    #[error("no slot {0}")]
+    NoSlot(u16),
+    /// The slot is in flight.
+    #[error("slot {0} is in flight")]
+    SlotBusy(u16),
+    /// Every slot is in use.
+    #[error("no free slot")]
+    NoFreeSlot,
+    /// An operation that needs an idle I/O queue while commands are in flight.
+    #[error("needs an idle queue ({0} commands in flight)")]
+    QueueBusy(usize),
+    /// Zero blocks, or more than one command may move.
+    #[error("{blocks} blocks ({bytes} bytes): not in 1..={max} bytes")]
+    TransferSize {
+        /// Blocks asked for.
+        blocks: u32,
+        /// Their bytes.
+        bytes: usize,
+        /// Largest transfer.
+        max: usize,
+    },
+    /// More data than a slot's buffer holds.
+    #[error("{0} bytes: a slot holds at most {MAX_TRANSFER}")]
+    SlotTransfer(usize),
+    /// More admin command data than the admin buffer holds.
+    #[error("admin data of {0} bytes (at most {ADMIN_MAX_TRANSFER})")]
+    AdminTransfer(usize),
+    /// Too many [`NvmeDriver::admin_submit`] commands outstanding.
+    #[error("{MAX_ASYNC_ADMIN} admin commands already outstanding")]
+    AdminOutstanding,
+    /// A log page read that is empty or not a whole number of dwords.
+    #[error("log page read of {0} bytes: not a whole number of dwords")]
+    LogPageSize(usize),
+    /// The range runs past the namespace.
+    #[error("LBA {lba}+{blocks} beyond the namespace's {size} blocks")]
+    BeyondNamespace {
+        /// First block.
+        lba: u64,
+        /// Blocks.
+        blocks: u32,
+        /// Namespace size in blocks.
+        size: u64,
+    },
+    /// A buffer that is not whole blocks.
+    #[error("{len} bytes is not a multiple of the {block}-byte block")]
+    NotBlocks {
+        /// Bytes given.
+        len: usize,
+        /// Block size.
+        block: usize,
     },
 }
 
@@ -154,6 +269,8 @@ pub struct IoDone {
     pub dw0: u32,
     /// The controller's SQ head when it posted the completion.
     pub sq_head: u16,
+    /// The submission queue the completion names (the driver's I/O SQ is 1).
+    pub sq_id: u16,
     /// Time from submission to the driver seeing the completion.
     pub latency: Duration,
 }
@@ -201,6 +318,23 @@ pub enum SlotData {
     AsGiven,
 }
 
+/// Where the driver's pointers into one queue pair stand (diagnostics: what a test or a
+/// debugger checks the controller against, e.g. that a completion batch wrapped the CQ).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueuePointers {
+    /// Queue identifier (0 admin, 1 I/O).
+    pub qid: u16,
+    /// Entries of the ring.
+    pub entries: u16,
+    /// The next SQ slot the driver writes (the tail it rings, or will ring, the doorbell with).
+    pub sq_tail: u16,
+    /// The next CQ slot the driver reads (the head it reports in the CQ head doorbell).
+    pub cq_head: u16,
+    /// The phase tag the driver expects of a new entry at `cq_head` (§4.6: it starts at 1
+    /// and inverts each time the controller wraps the CQ).
+    pub phase: bool,
+}
+
 #[derive(Debug)]
 struct Queue {
     qid: u16,
@@ -213,6 +347,16 @@ struct Queue {
 }
 
 impl Queue {
+    fn pointers(&self) -> QueuePointers {
+        QueuePointers {
+            qid: self.qid,
+            entries: self.entries,
+            sq_tail: self.sq_tail,
+            cq_head: self.cq_head,
+            phase: self.phase,
+        }
+    }
+
     fn new(qid: u16, sq_off: u64, cq_off: u64, entries: u16) -> Self {
         Self {
             qid,
@@ -239,7 +383,7 @@ enum SlotState {
 
 /// Where things live in the driver's DMA memory (offsets from [`IOVA`]).
 #[derive(Debug, Clone, Copy)]
-struct Layout {
+struct MemLayout {
     /// Admin command data and its PRP list page.
     admin_data: u64,
     admin_prp: u64,
@@ -259,12 +403,14 @@ pub struct NvmeDriver {
     admin: Queue,
     io: Queue,
     dstrd: u32,
-    at: Layout,
+    at: MemLayout,
     slots: Vec<SlotState>,
     free: Vec<u16>,
     /// Entries written to the I/O SQ whose doorbell is not rung yet.
     staged: usize,
     irq: Option<EventFd>,
+    /// Interrupts counted on `irq` so far.
+    io_interrupts: u64,
     admin_cid: u16,
     /// Command identifiers of outstanding [`NvmeDriver::admin_submit`] commands.
     async_cids: Vec<u16>,
@@ -277,15 +423,11 @@ pub struct NvmeDriver {
 /// driver uses (§5.15.2.2, §5.15.2.1). The pages come from the card: any bytes are handled;
 /// a namespace the driver cannot use is an error.
 pub fn parse_identify(ctrl: &[u8], ns: &[u8]) -> Result<ControllerInfo, NvmeError> {
-    let short = || {
-        NvmeError::Unsupported(format!(
-            "Identify pages of {} / {} bytes, expected {IDENTIFY_SIZE}",
-            ctrl.len(),
-            ns.len()
-        ))
-    };
-    let (c, _) = IdentifyController::ref_from_prefix(ctrl).map_err(|_| short())?;
-    let (n, _) = IdentifyNamespace::ref_from_prefix(ns).map_err(|_| short())?;
+    let short = |cns, len| Unsupported::IdentifySize { cns, len };
+    let (c, _) = IdentifyController::ref_from_prefix(ctrl)
+        .map_err(|_| short(cns::CONTROLLER, ctrl.len()))?;
+    let (n, _) =
+        IdentifyNamespace::ref_from_prefix(ns).map_err(|_| short(cns::NAMESPACE, ns.len()))?;
     let max_transfer = if c.mdts == 0 {
         MAX_TRANSFER
     } else {
@@ -294,9 +436,11 @@ pub fn parse_identify(ctrl: &[u8], ns: &[u8]) -> Result<ControllerInfo, NvmeErro
     let nsze = n.nsze.get();
     let lbads = n.lba_format().lbads;
     if !(9..=12).contains(&lbads) || nsze == 0 {
-        return Err(NvmeError::Unsupported(format!(
-            "namespace 1: {nsze} blocks of 2^{lbads} bytes"
-        )));
+        return Err(Unsupported::Namespace {
+            blocks: nsze,
+            lbads,
+        }
+        .into());
     }
     Ok(ControllerInfo {
         vid: c.vid.get(),
@@ -344,19 +488,13 @@ impl NvmeDriver {
     pub fn open(f: RemoteFunction, cfg: NvmeConfig) -> Result<Self, NvmeError> {
         let info = f.info();
         if info.class >> 8 != CLASS_NVM {
-            return Err(NvmeError::Unsupported(format!(
-                "class {:06x} is not NVM Express (0108xx)",
-                info.class
-            )));
+            return Err(Unsupported::NotNvme(info.class).into());
         }
         if info.bars[0].size < 0x2000 {
-            return Err(NvmeError::Unsupported("BAR0 smaller than 8 KiB".into()));
+            return Err(Unsupported::SmallBar0(info.bars[0].size).into());
         }
         if cfg.depth == 0 || cfg.depth > MAX_DEPTH {
-            return Err(NvmeError::Invalid(format!(
-                "queue depth {} not in 1..={MAX_DEPTH}",
-                cfg.depth
-            )));
+            return Err(InvalidRequest::Depth(cfg.depth).into());
         }
         let entries = (cfg.depth + 1) as u16;
         // Layout: admin SQ, admin CQ, admin data and its PRP list, I/O SQ, I/O CQ, PRP pages,
@@ -392,7 +530,7 @@ impl NvmeDriver {
             admin: Queue::new(0, asq, acq, ADMIN_ENTRIES as u16),
             io: Queue::new(1, iosq, iocq, entries),
             dstrd: 0,
-            at: Layout {
+            at: MemLayout {
                 admin_data,
                 admin_prp,
                 prp,
@@ -402,6 +540,7 @@ impl NvmeDriver {
             free: (0..cfg.depth as u16).rev().collect(),
             staged: 0,
             irq: None,
+            io_interrupts: 0,
             admin_cid: 0,
             async_cids: Vec::with_capacity(MAX_ASYNC_ADMIN),
             async_done: VecDeque::with_capacity(MAX_ASYNC_ADMIN),
@@ -431,6 +570,26 @@ impl NvmeDriver {
         self.cfg.depth - self.free.len()
     }
 
+    /// The driver's pointers into the admin queue pair (diagnostics).
+    pub fn admin_queue_pointers(&self) -> QueuePointers {
+        self.admin.pointers()
+    }
+
+    /// The driver's pointers into the I/O queue pair (diagnostics).
+    pub fn io_queue_pointers(&self) -> QueuePointers {
+        self.io.pointers()
+    }
+
+    /// Interrupts the I/O queue's MSI-X vector ([`IO_VECTOR`]) has signalled so far, those not
+    /// yet consumed by a [`wait`](Self::wait) included (diagnostics: it proves where the
+    /// controller routes I/O completions). Always 0 with [`CompletionMode::Poll`].
+    pub fn io_interrupts(&mut self) -> Result<u64, NvmeError> {
+        if let Some(fd) = &self.irq {
+            self.io_interrupts += fd.wait_timeout(Duration::ZERO)?;
+        }
+        Ok(self.io_interrupts)
+    }
+
     fn r32(&self, off: u64) -> Result<u32, NvmeError> {
         Ok(self.f.bar_read32(0, off)?)
     }
@@ -449,9 +608,7 @@ impl NvmeDriver {
         loop {
             let csts = self.r32(reg::CSTS)?;
             if csts == u32::MAX {
-                return Err(NvmeError::Unsupported(
-                    "CSTS reads all-ones (controller gone or link down)".into(),
-                ));
+                return Err(Unsupported::CstsAllOnes.into());
             }
             if done(csts) {
                 return Ok(csts);
@@ -472,27 +629,22 @@ impl NvmeDriver {
     fn bring_up(&mut self) -> Result<(), NvmeError> {
         let cap = u64::from(self.r32(reg::CAP)?) | (u64::from(self.r32(reg::CAP + 4)?) << 32);
         if cap == u64::MAX {
-            return Err(NvmeError::Unsupported("CAP reads all-ones".into()));
+            return Err(Unsupported::CapAllOnes.into());
         }
         let mqes = usize::from(cap::mqes(cap)) + 1;
         if mqes < self.io.entries as usize {
-            return Err(NvmeError::Invalid(format!(
-                "queue depth {} exceeds the controller's {} entries",
-                self.cfg.depth,
-                mqes - 1
-            )));
+            return Err(InvalidRequest::DepthOverController {
+                depth: self.cfg.depth,
+                max: mqes - 1,
+            }
+            .into());
         }
         if cap & cap::CSS_NVM == 0 {
-            return Err(NvmeError::Unsupported(
-                "controller lacks the NVM command set".into(),
-            ));
+            return Err(Unsupported::NoNvmCommandSet.into());
         }
         let mpsmin = cap::mpsmin(cap);
         if mpsmin > 0 {
-            return Err(NvmeError::Unsupported(format!(
-                "minimum page size {} KiB > 4 KiB",
-                4 << mpsmin
-            )));
+            return Err(Unsupported::MinPageSize(4u64 << mpsmin).into());
         }
         self.dstrd = cap::dstrd(cap);
         self.timeout = Duration::from_millis(u64::from(cap::to(cap)).max(1) * 500);
@@ -536,15 +688,24 @@ impl NvmeDriver {
         let interrupts = self.cfg.completion == CompletionMode::Interrupt;
         if interrupts {
             self.enable_msix()?;
-            self.irq = Some(self.f.interrupt_eventfd(IrqIndex::Msix, 1)?);
+            self.irq = Some(
+                self.f
+                    .interrupt_eventfd(IrqIndex::Msix, u32::from(IO_VECTOR))?,
+            );
         }
         let entries = self.io.entries;
         self.mem
             .zero(self.io.sq_off, usize::from(entries) * SQE_SIZE)?;
         self.mem
             .zero(self.io.cq_off, usize::from(entries) * CQE_SIZE)?;
-        // QID 1 on vector 1 (interrupts enabled when MSI-X is used), physically contiguous.
-        let cq = Sqe::create_io_cq(1, u32::from(entries), IOVA + self.io.cq_off, 1, interrupts);
+        // QID 1 on IO_VECTOR (interrupts enabled when MSI-X is used), physically contiguous.
+        let cq = Sqe::create_io_cq(
+            1,
+            u32::from(entries),
+            IOVA + self.io.cq_off,
+            IO_VECTOR,
+            interrupts,
+        );
         self.admin_ok("Create I/O Completion Queue", cq, Data::None)?;
         let sq = Sqe::create_io_sq(1, u32::from(entries), IOVA + self.io.sq_off, 1);
         self.admin_ok("Create I/O Submission Queue", sq, Data::None)?;
@@ -553,7 +714,7 @@ impl NvmeDriver {
 
     fn enable_msix(&self) -> Result<(), NvmeError> {
         let Some(m) = self.f.info().msix else {
-            return Err(NvmeError::Unsupported("no MSI-X capability".into()));
+            return Err(Unsupported::NoMsix.into());
         };
         Ok(super::enable_msix(&self.f, m.cap)?)
     }

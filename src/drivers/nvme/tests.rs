@@ -34,9 +34,25 @@ fn identify_fields() {
     let (c, n) = pages(2048, 8, 0);
     assert!(matches!(
         parse_identify(&c, &n),
-        Err(NvmeError::Unsupported(_))
+        Err(NvmeError::Unsupported(Unsupported::Namespace {
+            blocks: 2048,
+            lbads: 8
+        }))
     ));
-    assert!(parse_identify(&c[..100], &n).is_err());
+    assert!(matches!(
+        parse_identify(&c[..100], &n),
+        Err(NvmeError::Unsupported(Unsupported::IdentifySize {
+            cns: cns::CONTROLLER,
+            len: 100
+        }))
+    ));
+    assert!(matches!(
+        parse_identify(&c, &n[..IDENTIFY_SIZE - 1]),
+        Err(NvmeError::Unsupported(Unsupported::IdentifySize {
+            cns: cns::NAMESPACE,
+            len: 4095
+        }))
+    ));
 }
 
 #[test]

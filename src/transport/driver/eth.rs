@@ -2,7 +2,7 @@
 //! optional 802.1Q tag carrying the configured priority (docs/protocol.md §1). Polled by mio.
 
 use super::udp::{HrTimer, MioWaker};
-use super::{Port, Wake};
+use super::{LinkSpecError, Port, Wake};
 use crate::sys::packet::{self, PacketSocket};
 use crate::transport::PeerAddr;
 use mio::unix::SourceFd;
@@ -34,11 +34,10 @@ impl EthSpec {
     /// Parse `IFACE[,vlan=ID][,pcp=N]` (without the `eth:` prefix). Unknown keys such as
     /// `peer=` are ignored here (the host agent reads them).
     pub fn parse(s: &str) -> io::Result<EthSpec> {
-        let bad = |m: String| io::Error::new(io::ErrorKind::InvalidInput, m);
         let mut parts = s.split(',');
         let iface = parts.next().unwrap_or_default().to_string();
         if iface.is_empty() || iface.len() >= libc::IFNAMSIZ {
-            return Err(bad(format!("bad interface name {iface:?}")));
+            return Err(LinkSpecError::Interface(iface).into());
         }
         let mut spec = EthSpec {
             iface,
@@ -47,15 +46,15 @@ impl EthSpec {
         };
         for p in parts {
             if let Some(v) = p.strip_prefix("vlan=") {
-                let id: u16 = v.parse().map_err(|_| bad(format!("bad vlan {v:?}")))?;
+                let id: u16 = v.parse().map_err(|_| LinkSpecError::Vlan(v.to_string()))?;
                 if id >= 4095 {
-                    return Err(bad(format!("vlan {id} out of range")));
+                    return Err(LinkSpecError::VlanRange(id).into());
                 }
                 spec.vlan = Some(id);
             } else if let Some(v) = p.strip_prefix("pcp=") {
-                let n: u8 = v.parse().map_err(|_| bad(format!("bad pcp {v:?}")))?;
+                let n: u8 = v.parse().map_err(|_| LinkSpecError::Pcp(v.to_string()))?;
                 if n > 7 {
-                    return Err(bad(format!("pcp {n} out of range 0..=7")));
+                    return Err(LinkSpecError::PcpRange(n).into());
                 }
                 spec.pcp = Some(n);
             }
@@ -66,18 +65,15 @@ impl EthSpec {
 
 /// Parse `aa:bb:cc:dd:ee:ff`.
 pub fn parse_mac(s: &str) -> io::Result<[u8; 6]> {
+    let bad = || LinkSpecError::Mac(s.to_string());
     let mut m = [0u8; 6];
     let mut it = s.trim().split(':');
     for b in &mut m {
         let p = it.next().unwrap_or("");
-        *b = u8::from_str_radix(p, 16)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("bad MAC {s:?}")))?;
+        *b = u8::from_str_radix(p, 16).map_err(|_| bad())?;
     }
     if it.next().is_some() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("bad MAC {s:?}"),
-        ));
+        return Err(bad().into());
     }
     Ok(m)
 }
@@ -244,14 +240,27 @@ mod tests {
                 pcp: Some(6)
             }
         );
-        assert!(EthSpec::parse("veth0,pcp=8").is_err());
-        assert!(EthSpec::parse("").is_err());
+        let why = |e: io::Error| {
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+            e.get_ref()
+                .and_then(|e| e.downcast_ref::<LinkSpecError>())
+                .cloned()
+        };
+        let err = |s: &str| why(EthSpec::parse(s).unwrap_err());
+        assert_eq!(err("veth0,pcp=8"), Some(LinkSpecError::PcpRange(8)));
+        assert_eq!(err("veth0,vlan=4095"), Some(LinkSpecError::VlanRange(4095)));
+        assert_eq!(err("veth0,vlan=x"), Some(LinkSpecError::Vlan("x".into())));
+        assert_eq!(err(""), Some(LinkSpecError::Interface(String::new())));
         assert_eq!(
             parse_mac("02:00:00:00:00:0a\n").unwrap(),
             [2, 0, 0, 0, 0, 10]
         );
-        assert!(parse_mac("02:00:00:00:00").is_err());
-        assert!(parse_mac("02:00:00:00:00:00:01").is_err());
+        let mac = |s: &str| why(parse_mac(s).unwrap_err());
+        assert_eq!(
+            mac("02:00:00:00:00"),
+            Some(LinkSpecError::Mac("02:00:00:00:00".into()))
+        );
+        assert!(mac("02:00:00:00:00:00:01").is_some());
         assert_eq!(claimed_len(&[0x50, 0x54, 1, 3, 0, 0, 0, 8]), Some(48));
     }
 }

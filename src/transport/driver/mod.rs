@@ -362,20 +362,60 @@ impl Drop for TransportHandle {
     }
 }
 
+/// Why a link specification (`udp:IP:PORT`, `eth:IFACE[,vlan=ID][,pcp=N]`, a MAC address)
+/// does not parse. The link functions return it inside an [`io::Error`] of kind
+/// `InvalidInput`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LinkSpecError {
+    /// Neither `udp:` nor `eth:`.
+    #[error("link {0:?}: expected udp:IP:PORT or eth:IFACE")]
+    Scheme(String),
+    /// `udp:` followed by something that is not IP:PORT.
+    #[error("{addr}: {source}")]
+    UdpAddress {
+        /// What followed `udp:`.
+        addr: String,
+        /// Why it is not an address.
+        source: std::net::AddrParseError,
+    },
+    /// An empty interface name, or one too long for the kernel.
+    #[error("bad interface name {0:?}")]
+    Interface(String),
+    /// `vlan=` without a number.
+    #[error("bad vlan {0:?}")]
+    Vlan(String),
+    /// A VLAN id outside 0..4095.
+    #[error("vlan {0} out of range")]
+    VlanRange(u16),
+    /// `pcp=` without a number.
+    #[error("bad pcp {0:?}")]
+    Pcp(String),
+    /// A priority outside 0..=7.
+    #[error("pcp {0} out of range 0..=7")]
+    PcpRange(u8),
+    /// Not six colon-separated hex bytes.
+    #[error("bad MAC {0:?}")]
+    Mac(String),
+}
+
+impl From<LinkSpecError> for io::Error {
+    fn from(e: LinkSpecError) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidInput, e)
+    }
+}
+
 /// Open a port from a link specification: `udp:IP:PORT` (bind), `eth:IFACE[,vlan=ID][,pcp=N]`,
 /// or an in-memory port built with [`mem::pair`].
 pub fn open(spec: &str) -> io::Result<Box<dyn Port>> {
     if let Some(rest) = spec.strip_prefix("udp:") {
-        let addr = rest
-            .parse()
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{rest}: {e}")))?;
+        let addr = rest.parse().map_err(|source| LinkSpecError::UdpAddress {
+            addr: rest.to_string(),
+            source,
+        })?;
         return Ok(Box::new(udp::UdpPort::bind(addr)?));
     }
     if let Some(rest) = spec.strip_prefix("eth:") {
         return Ok(Box::new(eth::EthPort::open(&eth::EthSpec::parse(rest)?)?));
     }
-    Err(io::Error::new(
-        io::ErrorKind::InvalidInput,
-        format!("link {spec:?}: expected udp:IP:PORT or eth:IFACE"),
-    ))
+    Err(LinkSpecError::Scheme(spec.to_string()).into())
 }

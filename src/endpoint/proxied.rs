@@ -1,7 +1,7 @@
 //! A function as the proxy holds it: the device model, the decode state the proxy routes on,
 //! the state shared with the function's handles, its DMA requester, and what makes it a
 //! virtual function (PCIe r5.0 §6.6.2 Function Level Reset, §9 SR-IOV), including the view
-//! that presents a VF standalone (`vf_view.rs`). Only the TLP thread touches a [`Function`].
+//! that presents a VF standalone (`vf_view.rs`). Only the TLP thread touches a [`ProxiedFunction`].
 
 use crate::sync::MutexExt;
 use std::sync::Arc;
@@ -33,7 +33,7 @@ pub(crate) struct VfInfo {
 }
 
 /// A function as the proxy holds it.
-pub(crate) struct Function {
+pub(crate) struct ProxiedFunction {
     /// Unique among the endpoint's functions, stable while the function exists.
     pub(crate) id: u64,
     pub(crate) device: Box<dyn Device>,
@@ -45,16 +45,16 @@ pub(crate) struct Function {
     pub(crate) vf_count: u16,
 }
 
-impl std::fmt::Debug for Function {
+impl std::fmt::Debug for ProxiedFunction {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Function")
+        f.debug_struct("ProxiedFunction")
             .field("bdf", &self.shared.bdf())
             .field("device", &self.device.name())
             .finish()
     }
 }
 
-impl Function {
+impl ProxiedFunction {
     pub(crate) fn new(
         id: u64,
         bdf: Bdf,
@@ -68,7 +68,7 @@ impl Function {
             dma: DmaHandle { f: shared.clone() },
             irq: InterruptHandle { f: shared.clone() },
         });
-        Function {
+        ProxiedFunction {
             id,
             device,
             decode,
@@ -184,7 +184,7 @@ impl Function {
 
 /// The function a configuration request for `bdf` goes to (device and function number; the
 /// bus is captured, not matched).
-pub(crate) fn find_cfg(functions: &[Function], bdf: Bdf) -> Option<usize> {
+pub(crate) fn find_cfg(functions: &[ProxiedFunction], bdf: Bdf) -> Option<usize> {
     functions
         .iter()
         .position(|f| f.bdf().device() == bdf.device() && f.bdf().function() == bdf.function())
