@@ -98,10 +98,12 @@ fn a_host_agent_enumerates_and_drives_an_in_process_appliance() {
         (inv.functions()[1].ids.vendor, inv.functions()[1].ids.device),
         (0x1b36, 0x0e02)
     );
+    // One host and no [[assign]]: the single-host appliance gives it every function.
+    let web1 = HostId::new("web1").unwrap();
     assert!(inv
         .functions()
         .iter()
-        .all(|f| f.state == FunctionState::Unassigned));
+        .all(|f| f.state == FunctionState::Assigned(web1)));
     assert_eq!(inv.hosts(), [HostId::new("web1").unwrap()]);
     let app = app.start().unwrap();
     let addr = app.ready().udp_addr().expect("a UDP listener");

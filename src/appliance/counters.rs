@@ -1,6 +1,8 @@
-//! The appliance's counters: each link's transport statistics and the endpoint proxy's, as
+//! The appliance's counters: each link's transport statistics, the endpoint proxy's and the
+//! pool's routing counters, as
 //! one snapshot that the serving loop publishes every `STATS_EVERY` and any thread may read.
 
+use super::router::RouterStats;
 use crate::endpoint::ProxyStats;
 use crate::sync::MutexExt;
 use crate::transport::driver::DriverStats;
@@ -13,6 +15,8 @@ pub struct ApplianceStats {
     pub links: Vec<DriverStats>,
     /// The endpoint proxy's counters (TLPs in, UR/CA sent, drops).
     pub endpoint: ProxyStats,
+    /// The pool's routing counters (isolation drops, resets, detaches).
+    pub routing: RouterStats,
 }
 
 /// A shared view of [`ApplianceStats`], refreshed every 100 ms while the appliance serves and
@@ -26,7 +30,16 @@ impl Counters {
         self.0.lock_or_recover().clone()
     }
 
-    pub(crate) fn publish(&self, links: Vec<DriverStats>, endpoint: ProxyStats) {
-        *self.0.lock_or_recover() = ApplianceStats { links, endpoint };
+    pub(crate) fn publish(
+        &self,
+        links: Vec<DriverStats>,
+        endpoint: ProxyStats,
+        routing: RouterStats,
+    ) {
+        *self.0.lock_or_recover() = ApplianceStats {
+            links,
+            endpoint,
+            routing,
+        };
     }
 }

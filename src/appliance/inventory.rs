@@ -1,7 +1,7 @@
 //! The inventory: every function the appliance fronts, under a stable id, with its PCI
 //! identity and its place in the pool (unassigned, assigned to one host, resetting between
 //! owners, failed) — the table that assignment, per-host routing and the management API read
-//! and change (docs/appliance.md "Plan: one pool, many hosts").
+//! and change (docs/appliance.md "The pool: inventory, assignment, isolation").
 //!
 //! Sans-I/O: plain data and the state machine of one function's ownership. Nothing here
 //! sends a TLP or resets a device; the runtime does that, and tells the inventory when a reset

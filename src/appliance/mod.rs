@@ -5,33 +5,39 @@
 //! * [`config`] — the configuration (TOML file, flags, defaults) with located errors;
 //! * [`devices`] — building the cards a configuration names into an endpoint;
 //! * [`inventory`] — every function under a stable id, its PCI identity and its owner;
-//! * [`session`] — host sessions and which one the functions answer, with PCIe's resets;
 //! * [`view`] — each host's view of the pool: slots, slot messages, orderly removal;
+//! * [`router`] — the sans-I/O routing core: per-host isolation in both directions, sessions,
+//!   epochs and per-host resets, assignment and orderly unassignment;
+//! * [`control`] — [`Control`], the run-time handle on the pool (list, assign, unassign,
+//!   events);
 //! * [`pump`] — the endpoint served on the thread that drives its link;
 //! * [`runtime`] — [`Appliance`]: build, serve or start, counters, orderly stop.
 //!
 //! `pcietun appliance` is a thin front-end over this module; tests, the bench rig and the demo
 //! run the same [`Appliance`] in-process. Layering: this module sits above `endpoint` and
 //! `transport` and never imports `host` (the two halves meet only on the wire).
-//! docs/appliance.md describes the runtime and the plan for the pool (inventory, assignment,
-//! per-host routing) that grows here.
+//! docs/appliance.md describes the runtime and the pool (inventory, assignment, per-host
+//! views and isolation, the control API).
 
 pub mod config;
+pub mod control;
 pub mod counters;
 pub mod devices;
 pub mod inventory;
 pub mod pump;
+pub mod router;
 pub mod runtime;
-pub mod session;
 pub mod view;
 
 pub use config::{
     ApplianceConfig, AssignSpec, ConfigError, ConfigFlags, ConfigProblem, DeviceConfig, DeviceSpec,
     HostSpec, LinkOptions, Listen,
 };
+pub use control::{Control, ControlError, FunctionStatus, HostStatus, PoolEvent};
 pub use counters::{ApplianceStats, Counters};
 pub use devices::BuildWarning;
 pub use inventory::{FunctionEntry, FunctionId, FunctionState, Inventory, InventoryError};
+pub use router::{Router, RouterStats};
 pub use runtime::{Appliance, Ready, Running};
 pub use view::{Detached, HostView, SlotEntry, SlotState, Target, ViewError, ViewStats, Views};
 
@@ -74,6 +80,9 @@ pub enum ApplianceError {
     /// The inventory refused a function (a bad or duplicate id).
     #[error(transparent)]
     Inventory(#[from] inventory::InventoryError),
+    /// A configured assignment cannot be made (a function of one card assigned to two hosts).
+    #[error("configured assignment: {0}")]
+    Assign(#[from] control::ControlError),
     /// Serving was asked for with no listen address and no port.
     #[error("nothing to listen on: no listen address configured")]
     NoListener,

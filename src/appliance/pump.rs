@@ -3,22 +3,21 @@
 //! the appliance (with a threaded `TransportHandle` it crossed three: driver → pump → sender →
 //! driver). Device threads (NVMe, DMA engine) queue their TLPs on the endpoint's outbound
 //! queue (and their DMA reads for [`Proxy::poll`]) and wake the pump through the link's
-//! waker, only when it sleeps.
+//! waker, only when it sleeps; so does a [`Control`](super::Control) handle with a command.
 //!
-//! Which session gets the answers, and the resets on a lost or restarted host, are
-//! [`Sessions`]' business.
+//! Which session each TLP goes to, the per-host isolation and the resets on a lost or
+//! restarted host are the routing core's business ([`Router`]).
 
-use bytes::Bytes;
-use crossbeam::channel::Receiver;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::control::{ControlPort, PoolEvent, Wake};
 use super::counters::Counters;
-use super::session::Sessions;
+use super::router::Router;
 use crate::endpoint::Proxy;
-use crate::transport::driver::{Direct, DriverStats, Upcall};
+use crate::transport::driver::{Direct, DriverStats};
 use crate::transport::{ConnId, PeerAddr, SendError};
 
 /// How often the pump publishes its counters for other threads.
@@ -27,16 +26,13 @@ pub(crate) const STATS_EVERY: Duration = Duration::from_millis(100);
 /// An endpoint served over one [`Direct`] link from the calling thread.
 pub struct Pump {
     d: Direct,
-    sessions: Sessions<ConnId>,
     sleeping: Arc<AtomicBool>,
-    /// An outbound TLP waiting for room in the session's queue.
-    held: Option<Bytes>,
 }
 
 impl std::fmt::Debug for Pump {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pump")
-            .field("owner", &self.sessions.owner())
+            .field("local", &self.d.local_addr())
             .finish()
     }
 }
@@ -44,20 +40,23 @@ impl std::fmt::Debug for Pump {
 impl Pump {
     /// A pump for `ep` on `d`; installs the endpoint's outbound wake-up.
     pub fn new(d: Direct, ep: &Proxy) -> Pump {
-        let sleeping = Arc::new(AtomicBool::new(false));
-        let waker = d.waker();
-        let s = sleeping.clone();
-        ep.set_outbound_wake(Arc::new(move || {
+        let p = Pump {
+            d,
+            sleeping: Arc::new(AtomicBool::new(false)),
+        };
+        ep.set_outbound_wake(p.wake());
+        p
+    }
+
+    /// A wake-up for the pump: wakes it if it sleeps on the network.
+    pub(crate) fn wake(&self) -> Wake {
+        let waker = self.d.waker();
+        let s = self.sleeping.clone();
+        Arc::new(move || {
             if s.swap(false, Ordering::AcqRel) {
                 waker.wake();
             }
-        }));
-        Pump {
-            d,
-            sessions: Sessions::default(),
-            sleeping,
-            held: None,
-        }
+        })
     }
 
     /// Our address on the link.
@@ -70,97 +69,107 @@ impl Pump {
         self.d.stats()
     }
 
-    fn publish(&self, ep: &Proxy, counters: &Counters) {
-        counters.publish(vec![self.d.stats()], ep.stats());
+    fn publish(
+        &self,
+        ep: &Proxy,
+        router: &mut Router<ConnId>,
+        counters: &Counters,
+        control: &ControlPort,
+    ) {
+        counters.publish(vec![self.d.stats()], ep.stats(), router.stats());
+        control.publish(router.snapshot());
     }
 
     /// Serve until `stop` is set, publishing counters every 100 ms and when it returns.
-    pub fn run(
+    pub(crate) fn run(
         &mut self,
         ep: &mut Proxy,
-        outbound: &Receiver<Vec<u8>>,
+        router: &mut Router<ConnId>,
+        control: &ControlPort,
         stop: &AtomicBool,
         counters: &Counters,
     ) -> io::Result<()> {
-        let mut published = Instant::now();
-        let result = self.serve(ep, outbound, stop, counters, &mut published);
-        self.publish(ep, counters);
+        let result = self.serve(ep, router, control, stop, counters);
+        self.publish(ep, router, counters, control);
         result
     }
 
     fn serve(
         &mut self,
         ep: &mut Proxy,
-        outbound: &Receiver<Vec<u8>>,
+        router: &mut Router<ConnId>,
+        control: &ControlPort,
         stop: &AtomicBool,
         counters: &Counters,
-        published: &mut Instant,
     ) -> io::Result<()> {
         let kicks = ep.kicks();
+        let mut published = Instant::now();
+        let mut events: Vec<PoolEvent> = Vec::new();
+        self.publish(ep, router, counters, control);
         while !stop.load(Ordering::Relaxed) {
-            // Time for the endpoint's DMA requester: queued reads, timeouts.
-            ep.poll(Instant::now());
-            self.flush(outbound);
-            if published.elapsed() >= STATS_EVERY {
-                self.publish(ep, counters);
-                *published = Instant::now();
+            let now = Instant::now();
+            // Time for the endpoint's DMA requester (queued reads, timeouts) and the pool's
+            // grace periods.
+            ep.poll(now);
+            router.poll(ep, now);
+            while let Ok(c) = control.commands.try_recv() {
+                router.command(ep, c, now);
+            }
+            router.drain_outbound(usize::MAX);
+            let held = self.flush(router);
+            router.take_events(&mut events);
+            control.notify(&mut events);
+            if router.changed() || published.elapsed() >= STATS_EVERY {
+                self.publish(ep, router, counters, control);
+                published = Instant::now();
             }
             self.sleeping.store(true, Ordering::Release);
-            // A read queued since `poll` (its wake-up saw us awake): poll again first.
-            if self.held.is_none() && (!outbound.is_empty() || kicks.try_recv().is_ok()) {
+            // A read or command queued since `poll` (its wake-up saw us awake): go again.
+            if !held && (!router_idle(ep, &kicks) || !control.commands.is_empty()) {
                 self.sleeping.store(false, Ordering::Release);
                 continue;
             }
             // Held back by a full session queue: ACKs wake us, but never sleep long.
-            let cap = if self.held.is_some() {
+            let cap = if held {
                 Duration::from_micros(200)
             } else {
                 Duration::from_millis(50)
             };
-            let up = self.d.poll_wake(Some(ep.poll_wait(Instant::now(), cap)));
+            let wait = ep.poll_wait(Instant::now(), cap);
+            let wait = router.poll_timeout().map_or(wait, |t| {
+                wait.min(t.saturating_duration_since(Instant::now()))
+            });
+            let up = self.d.poll_wake(Some(wait));
             self.sleeping.store(false, Ordering::Release);
             if let Some(u) = up? {
-                self.on_upcall(ep, u);
+                let conn = u.conn();
+                router.on_upcall(ep, conn, u, Instant::now());
             }
         }
         Ok(())
     }
 
-    /// Send what the endpoint queued, in queue order (the wire's order), to the serving
-    /// session.
-    fn flush(&mut self, outbound: &Receiver<Vec<u8>>) {
-        loop {
-            let t = match self.held.take() {
-                Some(t) => t,
-                None => match outbound.try_recv() {
-                    Ok(v) => Bytes::from(v),
-                    Err(_) => return,
-                },
-            };
-            let Some(c) = self.sessions.owner() else {
-                tracing::debug!("appliance: no host session; TLP dropped");
-                continue;
-            };
+    /// Send what the router queued, in order. `true` when a session's queue is full and
+    /// TLPs wait.
+    fn flush(&mut self, router: &mut Router<ConnId>) -> bool {
+        let q = router.transmit_queue();
+        while let Some((c, t)) = q.pop_front() {
             // Queued only: the next poll sends everything flushed here in as few frames as
             // fit (one frame per TLP would cap DMA at the frame rate).
             match self.d.submit(c, t.clone()) {
                 Ok(()) => {}
                 Err(SendError::QueueFull) => {
-                    self.held = Some(t);
-                    return;
+                    q.push_front((c, t));
+                    return true;
                 }
                 Err(e) => tracing::debug!("appliance: TLP not sent: {e}"),
             }
         }
+        false
     }
+}
 
-    fn on_upcall(&mut self, ep: &mut Proxy, u: Upcall) {
-        let conn = u.conn();
-        let held = &mut self.held;
-        self.sessions.on_upcall(ep, conn, u, &mut |owner| {
-            if owner.is_none() {
-                *held = None;
-            }
-        });
-    }
+/// Nothing queued by a device thread since the last look.
+fn router_idle(ep: &Proxy, kicks: &crossbeam::channel::Receiver<()>) -> bool {
+    ep.outbound_is_empty() && kicks.try_recv().is_err()
 }

@@ -8,32 +8,37 @@
 //!   [`Pump`] on a [`Direct`] driver — a request and its completion cross no thread inside
 //!   the appliance.
 //! * **Several links**: a threaded driver ([`TransportHandle`]) per link, the endpoint on the
-//!   serving thread fed by all of them, and a sender thread that drains the endpoint's
-//!   outbound queue to the session being served.
+//!   serving thread fed by all of them, which also routes the endpoint's outbound queue to
+//!   the owners' sessions.
+//!
+//! Either way the pool's routing core ([`Router`]) decides which session every TLP may reach,
+//! and a [`Control`] handle changes assignments while it serves.
 //!
 //! Either way every listener is opened before readiness is announced (all or nothing), and
 //! the stop is orderly: devices first (their workers end), then the links.
 
-use crate::sync::MutexExt;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use crossbeam::channel::{Receiver, Select};
+use crossbeam::channel::Select;
 
-use super::config::ApplianceConfig;
+use super::config::{ApplianceConfig, AssignSpec};
+use super::control::{Control, ControlPort, PoolEvent};
 use super::counters::{ApplianceStats, Counters};
 use super::devices::{self, BuildWarning, Scratch};
 use super::inventory::{FunctionEntry, Inventory};
 use super::pump::{Pump, STATS_EVERY};
-use super::session::Sessions;
+use super::router::Router;
+use super::view::DEFAULT_GRACE;
 use super::ApplianceError;
 use crate::endpoint::Proxy;
-use crate::transport::driver::{self, Direct, DriverConfig, Peers, Port, TransportHandle};
+use crate::transport::driver::{
+    self, Direct, DriverConfig, HandleError, Peers, Port, TransportHandle,
+};
 use crate::transport::{ConnId, HostKey, PeerAddr, SecretKey};
 
 /// What the appliance announces once every listener is open.
@@ -63,9 +68,21 @@ pub struct Appliance {
     key: SecretKey,
     hosts: Vec<HostKey>,
     endpoint: Proxy,
-    outbound: Receiver<Vec<u8>>,
-    inventory: Inventory,
+    /// The pool: inventory, views, assignments, and the routing of every TLP.
+    router: Router<(usize, ConnId)>,
+    control: Control,
+    port: ControlPort,
     warnings: Vec<BuildWarning>,
+    counters: Counters,
+    scratch: Scratch,
+}
+
+/// What serving keeps of an [`Appliance`] (see [`Appliance::into_serving`]).
+struct Serving {
+    endpoint: Proxy,
+    router: Router<(usize, ConnId)>,
+    control: Control,
+    port: ControlPort,
     counters: Counters,
     scratch: Scratch,
 }
@@ -74,25 +91,41 @@ pub struct Appliance {
 type NamedPort = (String, Box<dyn Port>);
 
 impl Appliance {
-    /// Read the keys and build every device of `cfg` (backing files opened or created).
-    /// Nothing listens yet.
+    /// Read the keys and build every device of `cfg` (backing files opened or created), and
+    /// apply its assignments. Nothing listens yet.
+    ///
+    /// Assignments: the configured ones (`[[assign]]`, `assign =`); a configuration with none
+    /// and exactly one accepted host (the single-host appliance, the development key
+    /// included) gives every function to that host. Otherwise unassigned functions are
+    /// visible to no host until [`Control::assign`].
     pub fn build(cfg: ApplianceConfig) -> Result<Appliance, ApplianceError> {
         let (key, hosts) = cfg.identity()?;
         let mut b = devices::build(&cfg)?;
         let inventory = std::mem::take(&mut b.inventory);
         let warnings = std::mem::take(&mut b.warnings);
         let (endpoint, outbound, scratch) = b.into_parts();
+        let assignments = default_assignments(&cfg, &inventory);
+        let mut router = Router::new(inventory, outbound, DEFAULT_GRACE);
+        router.apply(&assignments)?;
+        let (control, port) = Control::new();
+        port.publish(router.snapshot());
         Ok(Appliance {
             cfg,
             key,
             hosts,
             endpoint,
-            outbound,
-            inventory,
+            router,
+            control,
+            port,
             warnings,
             counters: Counters::default(),
             scratch,
         })
+    }
+
+    /// The run-time control of its pool (commands wait until it serves).
+    pub fn control(&self) -> Control {
+        self.control.clone()
     }
 
     /// The configuration it was built from.
@@ -102,12 +135,12 @@ impl Appliance {
 
     /// The functions it fronts, in configuration order.
     pub fn functions(&self) -> &[FunctionEntry] {
-        self.inventory.functions()
+        self.router.inventory().functions()
     }
 
-    /// The inventory: every function under its stable id, and the known hosts.
+    /// The inventory: every function under its stable id and owner, and the known hosts.
     pub fn inventory(&self) -> &Inventory {
-        &self.inventory
+        self.router.inventory()
     }
 
     /// What the operator should know about the devices built.
@@ -181,6 +214,7 @@ impl Appliance {
     fn start_links(self, links: Vec<NamedPort>) -> Result<Running, ApplianceError> {
         let stop = Arc::new(AtomicBool::new(false));
         let counters = self.counters.clone();
+        let control = self.control.clone();
         let (ready_tx, ready_rx) = crossbeam::channel::bounded::<Ready>(1);
         let thread = {
             let stop = stop.clone();
@@ -202,6 +236,7 @@ impl Appliance {
                 ready,
                 stop,
                 counters,
+                control,
                 thread: Some(thread),
             }),
             // It stopped before announcing: its error says why.
@@ -246,10 +281,18 @@ impl Appliance {
         }
     }
 
-    /// What serving keeps of the appliance: the endpoint, its outbound queue, the counters
-    /// and the scratch files (dropped after the endpoint, so the devices' workers end first).
-    fn into_serving(self) -> (Proxy, Receiver<Vec<u8>>, Counters, Scratch) {
-        (self.endpoint, self.outbound, self.counters, self.scratch)
+    /// What serving keeps of the appliance: the endpoint, the pool's router (which holds the
+    /// endpoint's outbound queue), the control channel, the counters and the scratch files
+    /// (dropped after the endpoint, so the devices' workers end first).
+    fn into_serving(self) -> Serving {
+        Serving {
+            endpoint: self.endpoint,
+            router: self.router,
+            control: self.control,
+            port: self.port,
+            counters: self.counters,
+            scratch: self.scratch,
+        }
     }
 
     /// One link: the endpoint runs on the thread that drives the link.
@@ -262,14 +305,23 @@ impl Appliance {
     ) -> Result<(), ApplianceError> {
         let dc = self.driver_config(0);
         let functions = self.functions().to_vec();
-        let (mut endpoint, outbound, counters, scratch) = self.into_serving();
+        let Serving {
+            mut endpoint,
+            router,
+            control,
+            port: cport,
+            counters,
+            scratch,
+        } = self.into_serving();
+        let mut router = router.rekey(|k| k.1);
         let mut pump = Pump::new(Direct::new(port, dc), &endpoint);
+        control.set_wake(pump.wake());
         on_ready(&Ready {
             listen: vec![pump.local_addr()],
             functions,
         })
         .map_err(ApplianceError::Announce)?;
-        let result = pump.run(&mut endpoint, &outbound, stop, &counters);
+        let result = pump.run(&mut endpoint, &mut router, &cport, stop, &counters);
         // Orderly stop: devices first (their workers end), then the link.
         drop(endpoint);
         drop(scratch);
@@ -301,36 +353,30 @@ impl Appliance {
             handles.push(h);
             names.push(name);
         }
-        let (mut endpoint, outbound, counters, scratch) = self.into_serving();
-        let links = Arc::new(handles);
-        // Where the sender thread sends: the session being served.
-        let owner: Arc<Mutex<Option<(usize, ConnId)>>> = Arc::new(Mutex::new(None));
-        let sender = {
-            let links = links.clone();
-            let owner = owner.clone();
-            std::thread::Builder::new()
-                .name("appliance-tx".into())
-                .spawn(move || {
-                    for tlp in outbound {
-                        let dst = *owner.lock_or_recover();
-                        match dst {
-                            Some((i, conn)) => {
-                                if links[i].send(conn, Bytes::from(tlp)).is_err() {
-                                    break;
-                                }
-                            }
-                            None => tracing::debug!("appliance: no host session; TLP dropped"),
-                        }
-                    }
-                })
-                .map_err(|source| ApplianceError::Thread {
-                    what: "appliance sender",
-                    source,
-                })?
-        };
-        let publish = |links: &[TransportHandle], ep: &Proxy| {
+        let Serving {
+            mut endpoint,
+            mut router,
+            control,
+            port: cport,
+            counters,
+            scratch,
+        } = self.into_serving();
+        let links = handles;
+        // Commands and device-thread TLPs wake the select below through this channel.
+        let (wake_tx, wake_rx) = crossbeam::channel::bounded::<()>(1);
+        {
+            let w = wake_tx.clone();
+            endpoint.set_outbound_wake(Arc::new(move || {
+                let _ = w.try_send(());
+            }));
+        }
+        control.set_wake(Arc::new(move || {
+            let _ = wake_tx.try_send(());
+        }));
+        let publish = |links: &[TransportHandle], ep: &Proxy, router: &mut Router<_>| {
             let stats = links.iter().filter_map(|l| l.stats().ok()).collect();
-            counters.publish(stats, ep.stats());
+            counters.publish(stats, ep.stats(), router.stats());
+            cport.publish(router.snapshot());
         };
         let announced = on_ready(&Ready {
             listen: links.iter().map(TransportHandle::local_addr).collect(),
@@ -338,30 +384,56 @@ impl Appliance {
         })
         .map_err(ApplianceError::Announce);
 
-        let mut sessions = Sessions::default();
         let mut result = announced;
         let mut published = Instant::now();
+        let mut events: Vec<PoolEvent> = Vec::new();
         let kicks = endpoint.kicks();
         while result.is_ok() && !stop.load(Ordering::SeqCst) {
-            // Time for the endpoint's DMA requester: queued reads, timeouts.
-            endpoint.poll(Instant::now());
-            if published.elapsed() >= STATS_EVERY {
-                publish(&links, &endpoint);
+            let now = Instant::now();
+            // Time for the endpoint's DMA requester (queued reads, timeouts) and the pool's
+            // grace periods; then commands, then what the functions queued.
+            endpoint.poll(now);
+            router.poll(&mut endpoint, now);
+            while let Ok(c) = cport.commands.try_recv() {
+                router.command(&mut endpoint, c, now);
+            }
+            router.drain_outbound(usize::MAX);
+            let held = flush_threaded(&links, &mut router);
+            router.take_events(&mut events);
+            cport.notify(&mut events);
+            if router.changed() || published.elapsed() >= STATS_EVERY {
+                publish(&links, &endpoint, &mut router);
                 published = Instant::now();
             }
-            let wait = endpoint.poll_wait(Instant::now(), Duration::from_millis(100));
+            if !endpoint.outbound_is_empty() || !cport.commands.is_empty() {
+                continue;
+            }
+            let cap = if held {
+                Duration::from_micros(200)
+            } else {
+                Duration::from_millis(100)
+            };
+            let wait = endpoint.poll_wait(Instant::now(), cap);
+            let wait = router.poll_timeout().map_or(wait, |t| {
+                wait.min(t.saturating_duration_since(Instant::now()))
+            });
             let mut sel = Select::new();
             for l in links.iter() {
                 sel.recv(l.upcalls());
             }
-            // A device thread queued a DMA read.
+            // A device thread queued a DMA read, a TLP, or a command arrived.
             let kick = sel.recv(&kicks);
+            let woken = sel.recv(&wake_rx);
             let Ok(op) = sel.select_timeout(wait) else {
                 continue;
             };
             let i = op.index();
             if i == kick {
                 let _ = op.recv(&kicks);
+                continue;
+            }
+            if i == woken {
+                let _ = op.recv(&wake_rx);
                 continue;
             }
             let up = match op.recv(links[i].upcalls()) {
@@ -373,24 +445,63 @@ impl Appliance {
                     break;
                 }
             };
-            let mut set_owner = |o: Option<(usize, ConnId)>| {
-                *owner.lock_or_recover() = o;
-            };
-            sessions.on_upcall(&mut endpoint, (i, up.conn()), up, &mut set_owner);
+            router.on_upcall(&mut endpoint, (i, up.conn()), up, Instant::now());
         }
-        // Orderly stop: devices first (their workers end), then the sender, then the links.
+        // Orderly stop: devices first (their workers end), then the links.
         let ep_stats = endpoint.stats();
+        publish(&links, &endpoint, &mut router);
         drop(endpoint);
         drop(scratch);
-        let _ = sender.join();
-        if let Ok(links) = Arc::try_unwrap(links) {
-            let stats = links.iter().filter_map(|l| l.stats().ok()).collect();
-            counters.publish(stats, ep_stats);
-            for t in links {
-                t.shutdown();
-            }
+        let stats = links.iter().filter_map(|l| l.stats().ok()).collect();
+        counters.publish(stats, ep_stats, router.stats());
+        for t in links {
+            t.shutdown();
         }
         result
+    }
+}
+
+/// Send what the router queued on the links, in order, without blocking; `true` when a
+/// link's queue is full and TLPs wait.
+fn flush_threaded(links: &[TransportHandle], router: &mut Router<(usize, ConnId)>) -> bool {
+    let q = router.transmit_queue();
+    while let Some(((i, conn), t)) = q.pop_front() {
+        match links[i].try_send(conn, t) {
+            Ok(()) => {}
+            Err(HandleError::Full(t)) => {
+                q.push_front(((i, conn), t));
+                return true;
+            }
+            Err(e) => tracing::debug!("appliance: TLP not sent: {e}"),
+        }
+    }
+    false
+}
+
+/// The assignments to apply at start: the configured ones, or — with none configured and one
+/// accepted host — every function to that host (the single-host appliance).
+fn default_assignments(cfg: &ApplianceConfig, inv: &Inventory) -> Vec<AssignSpec> {
+    if !cfg.assignments.is_empty() {
+        return cfg.assignments.clone();
+    }
+    match inv.hosts() {
+        [only] => inv
+            .functions()
+            .iter()
+            .filter(|f| f.vf_of.is_none())
+            // One entry per card: its other functions move with it.
+            .filter(|f| {
+                inv.functions()
+                    .iter()
+                    .find(|o| o.vf_of.is_none() && o.bdf.device() == f.bdf.device())
+                    .is_some_and(|first| first.id == f.id)
+            })
+            .map(|f| AssignSpec {
+                function: f.id.clone(),
+                host: *only,
+            })
+            .collect(),
+        _ => Vec::new(),
     }
 }
 
@@ -400,10 +511,16 @@ pub struct Running {
     ready: Ready,
     stop: Arc<AtomicBool>,
     counters: Counters,
+    control: Control,
     thread: Option<JoinHandle<Result<(), ApplianceError>>>,
 }
 
 impl Running {
+    /// The run-time control of its pool: list, assign, unassign, events.
+    pub fn control(&self) -> Control {
+        self.control.clone()
+    }
+
     /// What it announced: bound addresses and functions.
     pub fn ready(&self) -> &Ready {
         &self.ready

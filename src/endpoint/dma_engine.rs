@@ -385,7 +385,7 @@ impl Device for DmaEngine {
             .map(|_| Box::new(DmaEngine::build(self.buf_size, true, 0)) as Box<dyn Device>)
     }
 
-    fn reset(&mut self, _kind: ResetKind) {
+    fn reset(&mut self, kind: ResetKind) {
         self.cfg.reset();
         let mut r = self.shared.regs();
         let stop = r.stop;
@@ -395,5 +395,11 @@ impl Device for DmaEngine {
             epoch,
             ..Regs::default()
         };
+        drop(r);
+        if kind == ResetKind::Conventional {
+            // The buffer is volatile device memory: a conventional reset (link down, or the
+            // pool moving the function to another host) leaves nothing of the last owner's.
+            self.shared.buf().fill(0);
+        }
     }
 }

@@ -42,6 +42,6 @@ pub mod vf_view;
 pub mod wire;
 
 pub use device::{Device, DeviceContext, DeviceError, DmaError, DmaHandle, InterruptHandle};
-pub use proxy::{Proxy, ProxyConfig, ProxyError, ProxyStats};
+pub use proxy::{FunctionSet, Proxy, ProxyConfig, ProxyError, ProxyStats};
 pub use vf_view::VfError;
 pub use wire::Bdf;

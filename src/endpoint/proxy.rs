@@ -20,6 +20,13 @@
 //! from Type 0 writes, §2.2.6.2); memory and IO requests by BAR with decode enables respected;
 //! completions by Requester ID to the function's tag table.
 //!
+//! Scoped routing (the pool, docs/appliance.md "Isolation"): [`Proxy::handle_tlp_scoped`]
+//! handles a TLP of one host session with every lookup restricted to a [`FunctionSet`] — the
+//! functions that host owns — so two hosts may program the same BAR addresses, a configuration
+//! request or completion can name only the caller-translated function, and the completions it
+//! causes come back to the caller (not the shared outbound queue) for the caller to send to
+//! that session.
+//!
 //! SR-IOV (§9, `sriov.rs`): virtual functions come and go with their PF's VF Enable, as
 //! functions of their own in the same table. The appliance can act as the PF's driver
 //! ([`Proxy::enable_vfs`]) and present a VF to a host as a standalone function
@@ -94,6 +101,57 @@ pub struct ProxyStats {
     pub messages: u64,
 }
 
+/// A set of functions by device/function number (the low 8 bits of a Routing ID; the bus is
+/// captured, never part of a function's identity): 256 bits, copied, no allocation.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FunctionSet([u64; 4]);
+
+impl FunctionSet {
+    /// The empty set.
+    pub const EMPTY: FunctionSet = FunctionSet([0; 4]);
+    /// Every function.
+    pub const ALL: FunctionSet = FunctionSet([u64::MAX; 4]);
+
+    /// Add the function with device/function number `devfn`.
+    pub fn insert(&mut self, devfn: u8) {
+        self.0[usize::from(devfn >> 6)] |= 1 << (devfn & 63);
+    }
+
+    /// Remove it.
+    pub fn remove(&mut self, devfn: u8) {
+        self.0[usize::from(devfn >> 6)] &= !(1 << (devfn & 63));
+    }
+
+    /// Whether it holds `devfn`.
+    pub fn contains(&self, devfn: u8) -> bool {
+        self.0[usize::from(devfn >> 6)] & (1 << (devfn & 63)) != 0
+    }
+
+    /// Whether it holds the function at `bdf` (bus ignored).
+    pub fn has(&self, bdf: Bdf) -> bool {
+        self.contains(bdf.0 as u8)
+    }
+
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0 == [0; 4]
+    }
+
+    /// The device/function numbers it holds, lowest first.
+    pub fn iter(&self) -> impl Iterator<Item = u8> + '_ {
+        (0..=255u8).filter(|d| self.contains(*d))
+    }
+}
+
+/// How one host's TLP is routed by [`Proxy::handle_tlp_scoped`] (internal state while it runs).
+#[derive(Debug, Clone, Copy)]
+struct Scope {
+    functions: FunctionSet,
+    /// For a configuration request: the target; for a completion: the requester — the
+    /// appliance Routing ID that the host's ID stands for.
+    id: Option<Bdf>,
+}
+
 /// The appliance side of the tunnel for a set of functions.
 #[derive(Debug)]
 pub struct Proxy {
@@ -111,6 +169,10 @@ pub struct Proxy {
     pub(crate) next_id: u64,
     /// The latest time the driver gave [`Proxy::poll`].
     now: Option<Instant>,
+    /// While [`Proxy::handle_tlp_scoped`] runs: the host's functions and translated ID.
+    scope: Option<Scope>,
+    /// While [`Proxy::handle_tlp_scoped`] runs: the completions it produced.
+    replies: Vec<Vec<u8>>,
 }
 
 impl Proxy {
@@ -128,6 +190,8 @@ impl Proxy {
                 scratch: Vec::with_capacity(4096),
                 next_id: 0,
                 now: None,
+                scope: None,
+                replies: Vec::new(),
             },
             rx,
         )
@@ -186,6 +250,41 @@ impl Proxy {
                 self.sync_vfs(i);
             }
         }
+    }
+
+    /// Conventional reset of the functions in `set` (their host's link went down, or the
+    /// function changes owner): DMA reads in flight fail and their tags are free, the device
+    /// model's volatile state is wiped (registers, queues, buffers, pending interrupts;
+    /// persistent media stays). A reset PF loses its VFs, as [`Proxy::reset_all`] does.
+    /// Returns how many functions were reset.
+    pub fn reset_functions(&mut self, set: &FunctionSet) -> usize {
+        let now = self.now;
+        let mut n = 0;
+        let mut pfs: Vec<u64> = Vec::new();
+        for f in &mut self.functions {
+            if set.has(f.bdf()) {
+                f.reset(ResetKind::Conventional, now);
+                n += 1;
+                if f.decode.sriov.is_some() {
+                    pfs.push(f.id);
+                }
+            }
+        }
+        for id in pfs {
+            if let Some(i) = self.functions.iter().position(|f| f.id == id) {
+                self.sync_vfs(i);
+            }
+        }
+        n
+    }
+
+    /// The device/function numbers of every function now (virtual functions included).
+    pub fn function_set(&self) -> FunctionSet {
+        let mut s = FunctionSet::EMPTY;
+        for f in &self.functions {
+            s.insert(f.bdf().0 as u8);
+        }
+        s
     }
 
     /// Let time pass: run every function's DMA requester with `now` — start the reads device
@@ -284,10 +383,55 @@ impl Proxy {
         self.with_vf_factory(|functions, mk| sync_vfs(functions, pf, mk));
     }
 
-    fn send(&self, tlp: Vec<u8>) {
+    fn send(&mut self, tlp: Vec<u8>) {
+        if self.scope.is_some() {
+            // A scoped TLP's completions go back to its caller (its host's session only).
+            self.replies.push(tlp);
+            return;
+        }
         // The queue only disconnects when the endpoint itself is gone. No wake-up: this runs
         // on the pump's own thread, which drains the queue after every TLP it hands us.
         let _ = self.out.send(tlp);
+    }
+
+    /// Whether a lookup may see function `f` (always, unless a scoped TLP is being handled).
+    fn visible(&self, f: &ProxiedFunction) -> bool {
+        self.scope.is_none_or(|s| s.functions.has(f.bdf()))
+    }
+
+    /// The completer ID of a refusal that no function claimed: the first visible function's.
+    fn any_completer(&self) -> Bdf {
+        self.functions
+            .iter()
+            .find(|f| self.visible(f))
+            .map_or(Bdf(0), ProxiedFunction::bdf)
+    }
+
+    /// Handle one TLP of one host, restricted to `functions` (the functions it owns; bus
+    /// numbers ignored): configuration requests reach only `id` (the appliance function the
+    /// caller translated the host's target to; `None` or a function outside the set answers
+    /// Unsupported Request), memory, IO and AtomicOp requests only the BARs of the set's
+    /// functions, and a completion only the outstanding requests of the function `id` (the
+    /// translated Requester ID) if it is in the set — anything else is counted as unexpected.
+    /// The completions it causes are appended to `replies`, in order, for the caller to send
+    /// to that host; nothing is queued on the shared outbound queue. No allocation beyond
+    /// the completions themselves.
+    pub fn handle_tlp_scoped(
+        &mut self,
+        tlp: &[u8],
+        functions: &FunctionSet,
+        id: Option<Bdf>,
+        replies: &mut Vec<Vec<u8>>,
+    ) -> Result<(), ProxyError> {
+        self.scope = Some(Scope {
+            functions: *functions,
+            id,
+        });
+        std::mem::swap(&mut self.replies, replies);
+        let r = self.handle_tlp(tlp);
+        std::mem::swap(&mut self.replies, replies);
+        self.scope = None;
+        r
     }
 
     /// The outbound queue for a function's device threads.
@@ -297,6 +441,11 @@ impl Proxy {
             wake: self.wake.clone(),
             kick: self.kick.0.clone(),
         }
+    }
+
+    /// Whether the outbound queue is empty now (nothing a device thread queued waits).
+    pub fn outbound_is_empty(&self) -> bool {
+        self.out.is_empty()
     }
 
     /// Install the wake-up that device threads call after queueing an outbound TLP (from a
@@ -372,10 +521,18 @@ impl Proxy {
                 lower_addr,
                 ..
             } => {
+                let scope = self.scope;
                 let found = self
                     .functions
                     .iter_mut()
-                    .find(|f| f.bdf() == h.requester)
+                    .find(|f| match scope {
+                        None => f.bdf() == h.requester,
+                        // Scoped: the translated requester, by device/function, if it is the
+                        // host's.
+                        Some(s) => s
+                            .id
+                            .is_some_and(|id| s.functions.has(id) && f.bdf().0 as u8 == id.0 as u8),
+                    })
                     .map(|f| {
                         f.dma.on_completion(
                             h.tag, status, byte_count, lower_addr, h.poisoned, payload,
@@ -399,7 +556,18 @@ impl Proxy {
         reg: u16,
         payload: &[u8],
     ) {
-        let idx = if type1 {
+        // Scoped: the caller translated the host's target (its bus kept, for capture).
+        let target = match self.scope {
+            Some(s) => match s.id {
+                Some(id) if s.functions.has(id) => id,
+                _ => target,
+            },
+            None => target,
+        };
+        let in_scope = self
+            .scope
+            .is_none_or(|s| s.id.is_some_and(|id| s.functions.has(id)));
+        let idx = if type1 || !in_scope {
             None
         } else {
             find_cfg(&self.functions, target)
@@ -438,7 +606,10 @@ impl Proxy {
             let me = f.bdf();
             if reg == 0x0c && me.function() == 0 && f.vf.is_none() {
                 let multi = self.functions.iter().any(|o| {
-                    o.vf.is_none() && o.bdf().device() == me.device() && o.bdf().function() != 0
+                    self.visible(o)
+                        && o.vf.is_none()
+                        && o.bdf().device() == me.device()
+                        && o.bdf().function() != 0
                 });
                 if multi {
                     v |= 1 << 23; // Header Type: multi-function
@@ -455,11 +626,15 @@ impl Proxy {
     }
 
     fn claim_mem(&self, addr: u64, len: u64) -> Option<(usize, u8, u64)> {
-        self.functions.iter().enumerate().find_map(|(i, f)| {
-            f.decode
-                .claim_mem(addr, len.max(1))
-                .map(|(bar, off)| (i, bar, off))
-        })
+        self.functions
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| self.visible(f))
+            .find_map(|(i, f)| {
+                f.decode
+                    .claim_mem(addr, len.max(1))
+                    .map(|(bar, off)| (i, bar, off))
+            })
     }
 
     /// Read from a BAR, serving the MSI-X table/PBA itself.
@@ -498,7 +673,7 @@ impl Proxy {
         let first = addr + u64::from(lead);
         let claim = self.claim_mem(addr, u64::from(h.length_dw) * 4);
         let Some((i, bar, off)) = claim else {
-            let me = self.functions.first().map_or(Bdf(0), ProxiedFunction::bdf);
+            let me = self.any_completer();
             self.complete(me, h, CplStatus::Ur, count as u16 & 0xfff, 0, &[]);
             return;
         };
@@ -598,9 +773,10 @@ impl Proxy {
             .functions
             .iter()
             .enumerate()
+            .filter(|(_, f)| self.visible(f))
             .find_map(|(i, f)| f.decode.claim_io(addr, 4).map(|(bar, off)| (i, bar, off)));
         let Some((i, bar, off)) = claim else {
-            let me = self.functions.first().map_or(Bdf(0), ProxiedFunction::bdf);
+            let me = self.any_completer();
             self.complete(me, h, CplStatus::Ur, 4, 0, &[]);
             return;
         };
@@ -654,10 +830,7 @@ impl Proxy {
             _ => n,
         };
         let claim = self.claim_mem(addr, size as u64);
-        let me = claim.map_or_else(
-            || self.functions.first().map_or(Bdf(0), ProxiedFunction::bdf),
-            |(i, _, _)| self.functions[i].bdf(),
-        );
+        let me = claim.map_or_else(|| self.any_completer(), |(i, _, _)| self.functions[i].bdf());
         let le = |b: &[u8]| -> u64 {
             let mut r = [0u8; 8];
             r[..b.len().min(8)].copy_from_slice(&b[..b.len().min(8)]);

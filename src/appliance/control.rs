@@ -1,0 +1,340 @@
+//! Run-time control of a serving appliance (docs/appliance.md "Control API"): a cloneable
+//! [`Control`] handle that lists the pool (functions, hosts), assigns and unassigns functions
+//! with the orderly slot protocol (docs/protocol.md §10), and streams [`PoolEvent`]s.
+//!
+//! The serving loop owns the pool's state (the routing core, `router.rs`); a `Control` only
+//! sends it [`Command`]s over a channel and wakes it (the same wake-up the endpoint's device
+//! threads use), so the TLP path takes no lock. Outcomes are reported asynchronously: every
+//! operation takes a [`Done`] callback, called exactly once — with `Ok` once the new owner's
+//! slot shows the function (assign) or once the function is detached, reset and back in the pool
+//! (unassign), or with a typed [`ControlError`]. Snapshots ([`Control::functions`],
+//! [`Control::hosts`]) are what the loop last published (on every change, and every 100 ms for
+//! the sessions' round-trip times).
+//!
+//! The shape follows the management plane's `Pool` trait one to one (functions, hosts,
+//! assign(fn, host, done), unassign(fn, done), subscribe); the appliance never imports the
+//! management layer — an adapter there maps one onto the other.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam::channel::{self, Receiver, Sender};
+
+use super::inventory::{FunctionEntry, FunctionId, InventoryError};
+use crate::sync::MutexExt;
+use crate::transport::HostId;
+
+/// Why a control operation was refused or failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ControlError {
+    /// No function with this id in the pool.
+    #[error("unknown function {0}")]
+    UnknownFunction(FunctionId),
+    /// No host with this id is configured.
+    #[error("unknown host {0}")]
+    UnknownHost(HostId),
+    /// The function (or another function of its card, which moves with it) belongs to a host.
+    #[error("function {function} is already assigned to {owner}")]
+    AlreadyAssigned {
+        /// The function.
+        function: FunctionId,
+        /// Its owner.
+        owner: HostId,
+    },
+    /// The function belongs to no host.
+    #[error("function {0} is not assigned")]
+    NotAssigned(FunctionId),
+    /// The function is being removed from its host or reset; try again when it settles.
+    #[error("function {0} is changing owner (being removed or reset)")]
+    Busy(FunctionId),
+    /// The function failed and is out of service.
+    #[error("function {0} failed")]
+    Failed(FunctionId),
+    /// The host already shows 32 slots.
+    #[error("host {0} has no free slot")]
+    NoFreeSlot(HostId),
+    /// Another refusal of the inventory.
+    #[error(transparent)]
+    Inventory(InventoryError),
+    /// The appliance stopped before the operation finished.
+    #[error("the appliance is not serving")]
+    Stopped,
+}
+
+impl From<InventoryError> for ControlError {
+    fn from(e: InventoryError) -> ControlError {
+        match e {
+            InventoryError::UnknownFunction(f) => ControlError::UnknownFunction(f),
+            InventoryError::UnknownHost(h) => ControlError::UnknownHost(h),
+            InventoryError::AlreadyAssigned { function, owner } => {
+                ControlError::AlreadyAssigned { function, owner }
+            }
+            InventoryError::NotAssigned(f) => ControlError::NotAssigned(f),
+            InventoryError::Resetting(f) => ControlError::Busy(f),
+            InventoryError::Failed(f) => ControlError::Failed(f),
+            other => ControlError::Inventory(other),
+        }
+    }
+}
+
+/// The outcome callback of an operation, called exactly once (on the serving thread: keep it
+/// short — send on a channel).
+pub type Done = Box<dyn FnOnce(Result<(), ControlError>) + Send>;
+
+/// What the serving loop is asked to do.
+pub(crate) enum Command {
+    Assign {
+        function: FunctionId,
+        host: HostId,
+        done: Done,
+    },
+    Unassign {
+        function: FunctionId,
+        done: Done,
+    },
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Command::Assign { function, host, .. } => write!(f, "Assign({function}, {host})"),
+            Command::Unassign { function, .. } => write!(f, "Unassign({function})"),
+        }
+    }
+}
+
+/// Something that changed in the pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PoolEvent {
+    /// A function joined the pool.
+    FunctionAdded(FunctionId),
+    /// A function left the pool.
+    FunctionRemoved(FunctionId),
+    /// A function failed (its reset did not complete, its backing store broke).
+    FunctionFailed(FunctionId),
+    /// A host's session came up (`epoch`: its incarnation).
+    HostConnected {
+        /// The host.
+        host: HostId,
+        /// Its epoch.
+        epoch: u32,
+    },
+    /// A host's session went down (its functions were reset, as after a surprise-down).
+    HostLost(HostId),
+    /// A function's owner changed (`None`: back in the pool).
+    AssignmentChanged {
+        /// The function.
+        function: FunctionId,
+        /// Its new owner.
+        host: Option<HostId>,
+    },
+}
+
+/// Where a function is, as the control API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FunctionStatus {
+    /// The inventory entry (id, PCI identity, state with the owner).
+    #[serde(flatten)]
+    pub entry: FunctionEntry,
+    /// The device number the owner sees it at.
+    pub slot: Option<u8>,
+    /// An orderly removal from its owner is under way (grace period running).
+    pub detaching: bool,
+}
+
+/// A known host, as the control API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct HostStatus {
+    /// Its id.
+    #[serde(serialize_with = "host_str")]
+    pub id: HostId,
+    /// Whether its session is up.
+    pub connected: bool,
+    /// The epoch (incarnation) it last connected with.
+    pub epoch: Option<u32>,
+    /// Smoothed round-trip time of its session, when connected and measured.
+    pub rtt: Option<Duration>,
+    /// The functions it owns.
+    pub functions: Vec<FunctionId>,
+}
+
+fn host_str<S: serde::Serializer>(h: &HostId, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(h)
+}
+
+/// The pool as last published by the serving loop.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Snapshot {
+    pub(crate) functions: Vec<FunctionStatus>,
+    pub(crate) hosts: Vec<HostStatus>,
+}
+
+/// The shared half of a control channel: the loop's end.
+#[derive(Debug)]
+pub(crate) struct ControlPort {
+    pub(crate) commands: Receiver<Command>,
+    pub(crate) snapshot: Arc<Mutex<Snapshot>>,
+    pub(crate) subscribers: Arc<Mutex<Vec<Sender<PoolEvent>>>>,
+}
+
+impl ControlPort {
+    /// Publish the pool's state for [`Control`]'s snapshots.
+    pub(crate) fn publish(&self, s: Snapshot) {
+        *self.snapshot.lock_or_recover() = s;
+    }
+
+    /// Hand events to every subscriber (dropping those that went away).
+    pub(crate) fn notify(&self, events: &mut Vec<PoolEvent>) {
+        if events.is_empty() {
+            return;
+        }
+        let mut subs = self.subscribers.lock_or_recover();
+        for e in events.drain(..) {
+            subs.retain(|s| s.send(e.clone()).is_ok());
+        }
+    }
+}
+
+/// The wake-up of the serving loop.
+pub(crate) type Wake = Arc<dyn Fn() + Send + Sync>;
+
+/// A handle on a serving appliance's pool. Cheap to clone; usable from any thread.
+#[derive(Clone)]
+pub struct Control {
+    commands: Sender<Command>,
+    wake: Arc<Mutex<Option<Wake>>>,
+    snapshot: Arc<Mutex<Snapshot>>,
+    subscribers: Arc<Mutex<Vec<Sender<PoolEvent>>>>,
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Control")
+            .field("queued", &self.commands.len())
+            .finish()
+    }
+}
+
+impl Control {
+    /// A control handle and the loop's end of it.
+    pub(crate) fn new() -> (Control, ControlPort) {
+        let (tx, rx) = channel::unbounded();
+        let snapshot = Arc::new(Mutex::new(Snapshot::default()));
+        let subscribers = Arc::new(Mutex::new(Vec::new()));
+        (
+            Control {
+                commands: tx,
+                wake: Arc::new(Mutex::new(None)),
+                snapshot: snapshot.clone(),
+                subscribers: subscribers.clone(),
+            },
+            ControlPort {
+                commands: rx,
+                snapshot,
+                subscribers,
+            },
+        )
+    }
+
+    /// Install the serving loop's wake-up.
+    pub(crate) fn set_wake(&self, wake: Wake) {
+        *self.wake.lock_or_recover() = Some(wake);
+    }
+
+    fn submit(&self, c: Command) {
+        match self.commands.send(c) {
+            Ok(()) => {
+                if let Some(w) = self.wake.lock_or_recover().as_ref() {
+                    w();
+                }
+            }
+            Err(channel::SendError(c)) => match c {
+                Command::Assign { done, .. } | Command::Unassign { done, .. } => {
+                    done(Err(ControlError::Stopped))
+                }
+            },
+        }
+    }
+
+    /// Every function of the pool, in inventory order.
+    pub fn functions(&self) -> Vec<FunctionStatus> {
+        self.snapshot.lock_or_recover().functions.clone()
+    }
+
+    /// Every known host and its session.
+    pub fn hosts(&self) -> Vec<HostStatus> {
+        self.snapshot.lock_or_recover().hosts.clone()
+    }
+
+    /// Give `function` (and the other functions of its card, which share its slot; a VF
+    /// alone) to `host`: its slot shows it at once if the host's session is up (a `Present`
+    /// slot message), else at the host's next enumeration. `done` gets the outcome.
+    pub fn assign(
+        &self,
+        function: FunctionId,
+        host: HostId,
+        done: impl FnOnce(Result<(), ControlError>) + Send + 'static,
+    ) {
+        self.submit(Command::Assign {
+            function,
+            host,
+            done: Box::new(done),
+        });
+    }
+
+    /// Take `function` (with its card) from its owner in order: `RemovalRequest` to the
+    /// owner, then after its `RemovalAck` or the grace period the function is detached
+    /// (`Removed`; its outstanding requests fail), reset and wiped, and back in the pool.
+    /// `done` gets the outcome once it is unassigned.
+    pub fn unassign(
+        &self,
+        function: FunctionId,
+        done: impl FnOnce(Result<(), ControlError>) + Send + 'static,
+    ) {
+        self.submit(Command::Unassign {
+            function,
+            done: Box::new(done),
+        });
+    }
+
+    /// [`assign`](Self::assign), waiting up to `timeout` for the outcome.
+    pub fn assign_wait(
+        &self,
+        function: FunctionId,
+        host: HostId,
+        timeout: Duration,
+    ) -> Result<(), ControlError> {
+        let (tx, rx) = channel::bounded(1);
+        self.assign(function, host, move |r| {
+            let _ = tx.send(r);
+        });
+        wait(&rx, timeout)
+    }
+
+    /// [`unassign`](Self::unassign), waiting up to `timeout` for the outcome.
+    pub fn unassign_wait(
+        &self,
+        function: FunctionId,
+        timeout: Duration,
+    ) -> Result<(), ControlError> {
+        let (tx, rx) = channel::bounded(1);
+        self.unassign(function, move |r| {
+            let _ = tx.send(r);
+        });
+        wait(&rx, timeout)
+    }
+
+    /// Every pool event from now on (functions added, removed or failed, hosts connected or
+    /// lost, assignments changed), in the order they happened.
+    pub fn subscribe(&self) -> Receiver<PoolEvent> {
+        let (tx, rx) = channel::unbounded();
+        self.subscribers.lock_or_recover().push(tx);
+        rx
+    }
+}
+
+fn wait(rx: &Receiver<Result<(), ControlError>>, timeout: Duration) -> Result<(), ControlError> {
+    let deadline = Instant::now() + timeout;
+    rx.recv_deadline(deadline)
+        .unwrap_or(Err(ControlError::Stopped))
+}

@@ -1,0 +1,836 @@
+//! The pool's routing core: which host session each TLP of the appliance may reach, in both
+//! directions, and the ownership changes that move functions between hosts (docs/appliance.md
+//! "Isolation" and "Assignment"; docs/protocol.md §10 slot messages; PCIe r5.0 §6.7 hot-plug,
+//! §2.3.1 Unsupported Request, §2.3.2 unexpected completions).
+//!
+//! Sans-I/O with explicit time, like the endpoint proxy it drives: the serving loop hands it
+//! each upcall of the transport ([`Router::on_upcall`]), the time ([`Router::poll`]) and the
+//! control commands ([`Router::command`]); it drives the [`Proxy`] and queues what goes on the
+//! wire, per session, in [`Router::transmit_queue`] (the loop drains it in order). A seeded
+//! simulator drives the same struct (tests/appliance_pool_sim.rs).
+//!
+//! Rules (enforced here, never trusted to a host):
+//! * inbound, a TLP of host H's session reaches only H's functions: configuration requests by
+//!   the device number in H's view ([`Views::to_appliance`]) — anything else completes UR with
+//!   no data (all-ones to the reader), as a Type 0 request to an absent device does; memory, IO
+//!   and AtomicOp requests are decoded against the BARs of H's functions only
+//!   ([`Proxy::handle_tlp_scoped`]), so two hosts may program the same addresses; completions
+//!   reach only the outstanding requests of the H-owned function they name;
+//! * outbound, every TLP the functions send (DMA requests, MSI/MSI-X writes, INTx messages)
+//!   names its function in bytes 4–5 and goes to that function's owner's session only, with
+//!   the ID translated to the owner's view; the completions of a host's requests go back to
+//!   that session; a TLP of an unowned function, or of one whose owner is offline, is dropped
+//!   and counted ([`RouterStats`]);
+//! * a host's session going down, being replaced by another session of the same host, or the
+//!   host coming back with a new epoch resets **that host's** functions only;
+//! * functions move in units: a card (every physical function of one device number, which
+//!   keeps its function numbers in one slot) or one SR-IOV VF (function 0 of its own slot).
+//!   Unassign is orderly — `RemovalRequest`, then the host's `RemovalAck` or the grace period,
+//!   then `Removed`; the function is reset (volatile state wiped, media kept) before anyone
+//!   else can own it.
+//!
+//! The data path allocates nothing but the TLPs themselves: a 256-entry table maps an
+//! appliance device/function number to its owner and host-visible number, and each host's
+//! [`FunctionSet`] scopes the endpoint's lookups.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use crossbeam::channel::Receiver;
+
+use super::config::AssignSpec;
+use super::control::{
+    Command, ControlError, Done, FunctionStatus, HostStatus, PoolEvent, Snapshot,
+};
+use super::inventory::{FunctionEntry, FunctionId, FunctionState, Inventory};
+use super::view::{Detached, SlotState, Target, ViewError, Views};
+use crate::endpoint::wire::{self, CplStatus, ParsedHeader, ParsedKind as Kind};
+use crate::endpoint::{Bdf, FunctionSet, Proxy};
+use crate::tlp::slot::{SlotEvent, SlotMessage};
+use crate::tlp::Tlp;
+use crate::transport::driver::Upcall;
+use crate::transport::{Event, HostId};
+
+/// Most TLPs waiting for room in the sessions' queues before the router stops taking the
+/// endpoint's outbound queue (its bound then pushes back on the device threads).
+pub const TRANSMIT_CAP: usize = 4096;
+
+/// Everything the routing core dropped, refused or did to a host, counted.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct RouterStats {
+    /// TLPs from a session the router has no `Connected` for (never acted on).
+    pub unknown_session: u64,
+    /// Configuration requests to a device number outside the host's view (answered UR).
+    pub no_device: u64,
+    /// Completions naming no function of the sending host (dropped; they change nothing).
+    pub foreign_completions: u64,
+    /// TLPs of functions that have no owner (unassigned, detached, resetting): dropped.
+    pub unowned_outbound: u64,
+    /// TLPs of functions whose owner has no session up: dropped.
+    pub owner_offline: u64,
+    /// Outbound TLPs too short or shaped unlike anything the endpoint sends: dropped.
+    pub malformed_outbound: u64,
+    /// Slot messages from a host that do not decode, or that a host may not send.
+    pub bad_slot_messages: u64,
+    /// Times a host's functions were reset because its session went down, was replaced, or
+    /// its host restarted.
+    pub host_resets: u64,
+    /// Sessions of a host replaced by a newer session of the same host.
+    pub sessions_replaced: u64,
+    /// Functions detached from their owner (after an acknowledgement, the grace period, or
+    /// at once when the owner had no session).
+    pub detached: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Route {
+    /// Index into `hosts`.
+    host: usize,
+    /// Device/function number in the host's view.
+    host_devfn: u8,
+}
+
+#[derive(Debug)]
+struct HostState<K> {
+    id: HostId,
+    session: Option<K>,
+    epoch: Option<u32>,
+    /// The device/function numbers of the functions it owns (appliance numbering).
+    scope: FunctionSet,
+    rtt: Option<Duration>,
+}
+
+/// An unassign waiting for its function to be detached.
+struct Pending {
+    /// The id the slot is kept under (the card's first function, or the VF).
+    key: FunctionId,
+    done: Done,
+}
+
+/// The routing core for sessions named by `K` (a `ConnId`, or (link, `ConnId`)).
+pub struct Router<K> {
+    inventory: Inventory,
+    views: Views,
+    hosts: Vec<HostState<K>>,
+    routes: [Option<Route>; 256],
+    outbound: Receiver<Vec<u8>>,
+    out: VecDeque<(K, Bytes)>,
+    replies: Vec<Vec<u8>>,
+    pending: Vec<Pending>,
+    events: Vec<PoolEvent>,
+    stats: RouterStats,
+    changed: bool,
+}
+
+impl<K> std::fmt::Debug for Router<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router")
+            .field("functions", &self.inventory.functions().len())
+            .field("hosts", &self.hosts.len())
+            .field("queued", &self.out.len())
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
+    /// A router over `inventory` (its hosts are the ones that may own functions) that takes
+    /// the endpoint's TLPs from `outbound`; removals wait `grace` for an acknowledgement.
+    pub fn new(inventory: Inventory, outbound: Receiver<Vec<u8>>, grace: Duration) -> Router<K> {
+        let hosts = inventory
+            .hosts()
+            .iter()
+            .map(|h| HostState {
+                id: *h,
+                session: None,
+                epoch: None,
+                scope: FunctionSet::EMPTY,
+                rtt: None,
+            })
+            .collect();
+        Router {
+            inventory,
+            views: Views::new(grace),
+            hosts,
+            routes: [None; 256],
+            outbound,
+            out: VecDeque::new(),
+            replies: Vec::new(),
+            pending: Vec::new(),
+            events: Vec::new(),
+            stats: RouterStats::default(),
+            changed: true,
+        }
+    }
+
+    /// The same router with sessions named another way (the runtime builds one before it
+    /// knows whether it serves one link or several).
+    pub fn rekey<J: Copy + PartialEq + std::fmt::Debug>(self, f: impl Fn(K) -> J) -> Router<J> {
+        Router {
+            inventory: self.inventory,
+            views: self.views,
+            hosts: self
+                .hosts
+                .into_iter()
+                .map(|h| HostState {
+                    id: h.id,
+                    session: h.session.map(&f),
+                    epoch: h.epoch,
+                    scope: h.scope,
+                    rtt: h.rtt,
+                })
+                .collect(),
+            routes: self.routes,
+            outbound: self.outbound,
+            out: self.out.into_iter().map(|(k, t)| (f(k), t)).collect(),
+            replies: self.replies,
+            pending: self.pending,
+            events: self.events,
+            stats: self.stats,
+            changed: self.changed,
+        }
+    }
+
+    /// Apply the configured assignments (before serving: no session is up).
+    pub fn apply(&mut self, assignments: &[AssignSpec]) -> Result<(), ControlError> {
+        for a in assignments {
+            self.assign(&a.function, a.host)?;
+        }
+        Ok(())
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> RouterStats {
+        self.stats
+    }
+
+    /// The inventory as it stands.
+    pub fn inventory(&self) -> &Inventory {
+        &self.inventory
+    }
+
+    /// The per-host views.
+    pub fn views(&self) -> &Views {
+        &self.views
+    }
+
+    /// The functions `host` owns now (appliance device/function numbers).
+    pub fn scope(&self, host: &HostId) -> FunctionSet {
+        self.hosts
+            .iter()
+            .find(|h| h.id == *host)
+            .map_or(FunctionSet::EMPTY, |h| h.scope)
+    }
+
+    /// The session that owns appliance function `devfn` now, and the function's number in
+    /// that host's view.
+    pub fn owner_of(&self, devfn: u8) -> Option<(HostId, Option<K>, u8)> {
+        self.routes[usize::from(devfn)].map(|r| {
+            let h = &self.hosts[r.host];
+            (h.id, h.session, r.host_devfn)
+        })
+    }
+
+    /// What is waiting to go on the wire, in order: (session, TLP). The driver pops from
+    /// the front and pushes a TLP back to the front when its session's queue is full.
+    pub fn transmit_queue(&mut self) -> &mut VecDeque<(K, Bytes)> {
+        &mut self.out
+    }
+
+    /// Events since the last call.
+    pub fn take_events(&mut self, into: &mut Vec<PoolEvent>) {
+        into.append(&mut self.events);
+    }
+
+    /// Whether the pool changed since the last [`snapshot`](Self::snapshot).
+    pub fn changed(&self) -> bool {
+        self.changed
+    }
+
+    /// Record the round-trip time the transport measured for session `key`.
+    pub fn set_rtt(&mut self, key: K, rtt: Option<Duration>) {
+        if let Some(h) = self.hosts.iter_mut().find(|h| h.session == Some(key)) {
+            h.rtt = rtt;
+        }
+    }
+
+    /// The sessions up, with their hosts.
+    pub fn sessions(&self) -> impl Iterator<Item = (K, HostId)> + '_ {
+        self.hosts
+            .iter()
+            .filter_map(|h| h.session.map(|k| (k, h.id)))
+    }
+
+    /// The pool for the control API's snapshots.
+    pub(crate) fn snapshot(&mut self) -> Snapshot {
+        self.changed = false;
+        let functions = self
+            .inventory
+            .functions()
+            .iter()
+            .map(|e| {
+                let key = self.slot_key(e);
+                let found = key.as_ref().and_then(|k| {
+                    self.views.find(k).and_then(|(h, s)| {
+                        self.views.view(&h)?.slot(s).map(|entry| (s, entry.state))
+                    })
+                });
+                FunctionStatus {
+                    entry: e.clone(),
+                    slot: found.map(|(s, _)| s),
+                    detaching: matches!(found, Some((_, SlotState::Removing { .. }))),
+                }
+            })
+            .collect();
+        let hosts = self
+            .hosts
+            .iter()
+            .map(|h| HostStatus {
+                id: h.id,
+                connected: h.session.is_some(),
+                epoch: h.epoch,
+                rtt: h.rtt.filter(|_| h.session.is_some()),
+                functions: self
+                    .inventory
+                    .owned_by(h.id)
+                    .map(|e| e.id.clone())
+                    .collect(),
+            })
+            .collect();
+        Snapshot { functions, hosts }
+    }
+
+    /// Act on one upcall of session `key`.
+    pub fn on_upcall(&mut self, ep: &mut Proxy, key: K, u: Upcall, now: Instant) {
+        match u {
+            Upcall::Tlp { tlp, .. } => self.on_tlp(ep, key, &tlp),
+            Upcall::Event {
+                event:
+                    Event::Connected {
+                        host,
+                        peer,
+                        peer_epoch,
+                    },
+                ..
+            } => {
+                tracing::info!("appliance: host {host} connected from {peer}");
+                self.on_connected(ep, key, host, peer_epoch, now);
+            }
+            Upcall::Event {
+                event: Event::Down { reason, .. },
+                ..
+            } => {
+                tracing::warn!("appliance: session {key:?} down: {reason:?}");
+                self.on_down(ep, key, now);
+            }
+            Upcall::Dropped { error, .. } => {
+                tracing::debug!("appliance: TLP not sent: {error}");
+            }
+        }
+    }
+
+    /// A session of `host` is up.
+    pub fn on_connected(&mut self, ep: &mut Proxy, key: K, host: HostId, epoch: u32, now: Instant) {
+        // Another host's stale record of this session key (a reused id) goes first.
+        for i in 0..self.hosts.len() {
+            if self.hosts[i].session == Some(key) && self.hosts[i].id != host {
+                self.lose(ep, i, now);
+            }
+        }
+        let hi = match self.hosts.iter().position(|h| h.id == host) {
+            Some(i) => i,
+            None => {
+                // Authenticated by the transport but not in the inventory (cannot happen with
+                // the appliance's own configuration): known from now on, owning nothing.
+                self.inventory.add_host(host);
+                self.hosts.push(HostState {
+                    id: host,
+                    session: None,
+                    epoch: None,
+                    scope: FunctionSet::EMPTY,
+                    rtt: None,
+                });
+                self.hosts.len() - 1
+            }
+        };
+        let h = &self.hosts[hi];
+        let replaced = h.session.is_some_and(|k| k != key);
+        let restarted = h.epoch.is_some_and(|e| e != epoch);
+        if replaced {
+            self.stats.sessions_replaced += 1;
+        }
+        if replaced || restarted {
+            // What the host set up is gone (or belongs to a session that is no more): reset
+            // its functions, as a hot reset would; nobody else's. Nothing more goes to the
+            // old session; the new one enumerates what the host has now.
+            self.drain_outbound(usize::MAX);
+            self.hosts[hi].session = None;
+            self.reset_host(ep, hi, now);
+        }
+        let h = &mut self.hosts[hi];
+        h.session = Some(key);
+        h.epoch = Some(epoch);
+        h.rtt = None;
+        self.events.push(PoolEvent::HostConnected { host, epoch });
+        self.changed = true;
+    }
+
+    /// Session `key` is down.
+    pub fn on_down(&mut self, ep: &mut Proxy, key: K, now: Instant) {
+        if let Some(hi) = self.hosts.iter().position(|h| h.session == Some(key)) {
+            self.lose(ep, hi, now);
+        }
+    }
+
+    fn lose(&mut self, ep: &mut Proxy, hi: usize, now: Instant) {
+        self.drain_outbound(usize::MAX);
+        self.hosts[hi].session = None;
+        self.hosts[hi].rtt = None;
+        // A surprise-down: the host's functions are reset, nobody else's.
+        self.reset_host(ep, hi, now);
+        self.events.push(PoolEvent::HostLost(self.hosts[hi].id));
+        self.changed = true;
+    }
+
+    /// Reset every function of host `hi` (they stay its own); removals under way finish now,
+    /// since the host that would acknowledge them is gone.
+    fn reset_host(&mut self, ep: &mut Proxy, hi: usize, now: Instant) {
+        // Whatever its functions queued belongs to the old session: route it first.
+        self.drain_outbound(usize::MAX);
+        let scope = self.hosts[hi].scope;
+        if !scope.is_empty() {
+            ep.reset_functions(&scope);
+        }
+        self.stats.host_resets += 1;
+        let host = self.hosts[hi].id;
+        let removing: Vec<FunctionId> = self
+            .views
+            .view(&host)
+            .map(|v| {
+                v.slots()
+                    .filter(|(_, e)| matches!(e.state, SlotState::Removing { .. }))
+                    .map(|(_, e)| e.function.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for f in removing {
+            if let Ok(d) = self.views.detach(&f) {
+                self.finish_detach(ep, d, now);
+            }
+        }
+    }
+
+    /// Route what the endpoint's functions queued, up to `max` TLPs (and never past
+    /// [`TRANSMIT_CAP`] waiting, unless `max` is unbounded).
+    pub fn drain_outbound(&mut self, max: usize) {
+        let mut n = 0;
+        while n < max && (max == usize::MAX || self.out.len() < TRANSMIT_CAP) {
+            let Ok(t) = self.outbound.try_recv() else {
+                return;
+            };
+            self.route_outbound(t);
+            n += 1;
+        }
+    }
+
+    /// One TLP a function sent (DMA request, MSI/MSI-X write, INTx message): to its owner's
+    /// session, with the function's ID in the owner's numbering, or dropped and counted.
+    pub fn route_outbound(&mut self, mut tlp: Vec<u8>) {
+        // Every TLP the endpoint emits has no prefix and its function's ID in bytes 4..6
+        // (Requester ID of requests and messages, Completer ID of completions).
+        if tlp.len() < 12 || tlp[0] >> 5 == 0b100 {
+            self.stats.malformed_outbound += 1;
+            return;
+        }
+        let Some(r) = self.routes[usize::from(tlp[5])] else {
+            self.stats.unowned_outbound += 1;
+            return;
+        };
+        let Some(key) = self.hosts[r.host].session else {
+            self.stats.owner_offline += 1;
+            return;
+        };
+        tlp[5] = r.host_devfn;
+        self.out.push_back((key, Bytes::from(tlp)));
+    }
+
+    fn host_of(&self, key: K) -> Option<usize> {
+        self.hosts.iter().position(|h| h.session == Some(key))
+    }
+
+    /// The appliance function that `host_bdf` in host `hi`'s view stands for, if it is that
+    /// host's (bus taken from the host's ID: the function captures it).
+    fn inbound_id(&self, hi: usize, host_bdf: Bdf) -> Option<Bdf> {
+        let app = self.views.to_appliance(&self.hosts[hi].id, host_bdf)?;
+        let devfn = app.0 as u8;
+        match self.routes[usize::from(devfn)] {
+            Some(r) if r.host == hi => Some(Bdf::new(host_bdf.bus(), app.device(), app.function())),
+            _ => None,
+        }
+    }
+
+    /// One TLP from session `key`.
+    pub fn on_tlp(&mut self, ep: &mut Proxy, key: K, tlp: &[u8]) {
+        let Some(hi) = self.host_of(key) else {
+            self.stats.unknown_session += 1;
+            return;
+        };
+        // Whatever the functions queued before this request goes first: a read completion
+        // never passes an earlier DMA write or interrupt of the same function.
+        self.drain_outbound(usize::MAX);
+        let scope = self.hosts[hi].scope;
+        let mut replies = std::mem::take(&mut self.replies);
+        let h = ParsedHeader::parse(tlp);
+        let id = match &h {
+            Ok(h) => match h.kind {
+                Kind::Config {
+                    type1: false,
+                    target,
+                    ..
+                } => match self.inbound_id(hi, target) {
+                    Some(id) => Some(id),
+                    None => {
+                        self.stats.no_device += 1;
+                        self.no_device(key, h, target);
+                        self.replies = replies;
+                        return;
+                    }
+                },
+                Kind::Completion { .. } => match self.inbound_id(hi, h.requester) {
+                    Some(id) => Some(id),
+                    None => {
+                        self.stats.foreign_completions += 1;
+                        self.replies = replies;
+                        return;
+                    }
+                },
+                Kind::Message { .. } => {
+                    if let Some(m) = Tlp::parse(tlp)
+                        .ok()
+                        .as_ref()
+                        .and_then(SlotMessage::from_tlp)
+                    {
+                        self.on_slot_message(ep, hi, m.ok(), Instant::now());
+                        self.replies = replies;
+                        return;
+                    }
+                    None
+                }
+                _ => None,
+            },
+            Err(_) => None,
+        };
+        if let Err(e) = ep.handle_tlp_scoped(tlp, &scope, id, &mut replies) {
+            tracing::debug!("appliance: {e}");
+        }
+        for mut r in replies.drain(..) {
+            // The completer is one of the host's functions (or none, for a refusal): its ID
+            // in the host's numbering.
+            if r.len() >= 12 {
+                if let Some(rt) = self.routes[usize::from(r[5])].filter(|rt| rt.host == hi) {
+                    r[5] = rt.host_devfn;
+                }
+            }
+            self.out.push_back((key, Bytes::from(r)));
+        }
+        self.replies = replies;
+    }
+
+    /// Answer a configuration request to a device number outside the host's view: UR, no
+    /// data (the host's reader sees all-ones), completer = the target it asked for.
+    fn no_device(&mut self, key: K, h: &ParsedHeader, target: Bdf) {
+        let mut t = Vec::with_capacity(12);
+        match wire::emit_completion(
+            &mut t,
+            target,
+            h.requester,
+            h.tag,
+            CplStatus::Ur,
+            4,
+            0,
+            h.attr & 3,
+            &[],
+        ) {
+            Ok(()) => self.out.push_back((key, Bytes::from(t))),
+            Err(e) => tracing::error!("appliance: cannot build a completion: {e}"),
+        }
+    }
+
+    fn on_slot_message(&mut self, ep: &mut Proxy, hi: usize, m: Option<SlotMessage>, now: Instant) {
+        match m {
+            Some(m) if m.event == SlotEvent::RemovalAck => {
+                if let Some(d) = self.views.on_removal_ack(self.hosts[hi].id, &m) {
+                    self.finish_detach(ep, d, now);
+                }
+            }
+            // Undecodable, or an event only the appliance sends.
+            _ => self.stats.bad_slot_messages += 1,
+        }
+    }
+
+    /// Let time pass: removals whose grace period ended are detached.
+    pub fn poll(&mut self, ep: &mut Proxy, now: Instant) {
+        if self.views.poll_timeout().is_none_or(|t| t > now) {
+            return;
+        }
+        let mut due = Vec::new();
+        self.views.poll(now, &mut |d| due.push(d));
+        for d in due {
+            self.finish_detach(ep, d, now);
+        }
+    }
+
+    /// When [`poll`](Self::poll) next has a grace period to end.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.views.poll_timeout()
+    }
+
+    /// Apply one control command.
+    pub(crate) fn command(&mut self, ep: &mut Proxy, c: Command, now: Instant) {
+        match c {
+            Command::Assign {
+                function,
+                host,
+                done,
+            } => done(self.assign(&function, host)),
+            Command::Unassign { function, done } => self.unassign(ep, &function, now, done),
+        }
+    }
+
+    /// The functions that move with `e`: its whole card (every physical function at its
+    /// device number), or the VF alone.
+    fn unit(&self, e: &FunctionEntry) -> Vec<FunctionId> {
+        if e.vf_of.is_some() {
+            return vec![e.id.clone()];
+        }
+        self.inventory
+            .functions()
+            .iter()
+            .filter(|o| o.vf_of.is_none() && o.bdf.device() == e.bdf.device())
+            .map(|o| o.id.clone())
+            .collect()
+    }
+
+    /// The id the slot showing `e`'s unit is kept under (its first function), if any.
+    fn slot_key(&self, e: &FunctionEntry) -> Option<FunctionId> {
+        self.unit(e).into_iter().next()
+    }
+
+    /// Give `function`'s unit to `host` now; its slot is announced if the host's session is
+    /// up.
+    pub fn assign(&mut self, function: &FunctionId, host: HostId) -> Result<(), ControlError> {
+        let e = self
+            .inventory
+            .get(function)
+            .ok_or_else(|| ControlError::UnknownFunction(function.clone()))?
+            .clone();
+        let Some(hi) = self.hosts.iter().position(|h| h.id == host) else {
+            return Err(ControlError::UnknownHost(host));
+        };
+        let unit = self.unit(&e);
+        for id in &unit {
+            match self.inventory.get(id).map(|f| f.state) {
+                Some(FunctionState::Unassigned) | None => {}
+                Some(FunctionState::Assigned(owner)) => {
+                    return Err(ControlError::AlreadyAssigned {
+                        function: function.clone(),
+                        owner,
+                    })
+                }
+                Some(FunctionState::Resetting) => return Err(ControlError::Busy(function.clone())),
+                Some(FunctionState::Failed) => return Err(ControlError::Failed(id.clone())),
+            }
+        }
+        let target = match e.vf_of {
+            Some(_) => Target::Function(e.bdf),
+            None => Target::Device(e.bdf.device()),
+        };
+        let (slot, present) = self
+            .views
+            .assign(host, unit[0].clone(), target, None)
+            .map_err(|err| match err {
+                ViewError::NoFreeSlot { host } | ViewError::SlotTaken { host, .. } => {
+                    ControlError::NoFreeSlot(host)
+                }
+                _ => ControlError::Busy(function.clone()),
+            })?;
+        for id in &unit {
+            self.inventory.assign(id, host)?;
+            self.events.push(PoolEvent::AssignmentChanged {
+                function: id.clone(),
+                host: Some(host),
+            });
+        }
+        self.rebuild_routes();
+        if let Some(key) = self.hosts[hi].session {
+            self.send_slot(key, present);
+        }
+        tracing::info!(%function, %host, slot, "appliance: assigned");
+        self.changed = true;
+        Ok(())
+    }
+
+    /// Take `function`'s unit from its owner in order; `done` is called once it is back in
+    /// the pool (or with the refusal).
+    pub fn unassign(&mut self, ep: &mut Proxy, function: &FunctionId, now: Instant, done: Done) {
+        match self.begin_unassign(ep, function, now) {
+            Ok(Some(key)) => self.pending.push(Pending { key, done }),
+            Ok(None) => done(Ok(())),
+            Err(e) => done(Err(e)),
+        }
+    }
+
+    /// `Some(key)`: a removal request went out, the outcome comes with the detach; `None`:
+    /// detached at once (the owner had no session).
+    fn begin_unassign(
+        &mut self,
+        ep: &mut Proxy,
+        function: &FunctionId,
+        now: Instant,
+    ) -> Result<Option<FunctionId>, ControlError> {
+        let e = self
+            .inventory
+            .get(function)
+            .ok_or_else(|| ControlError::UnknownFunction(function.clone()))?
+            .clone();
+        match e.state {
+            FunctionState::Assigned(_) => {}
+            FunctionState::Unassigned => return Err(ControlError::NotAssigned(function.clone())),
+            FunctionState::Resetting => return Err(ControlError::Busy(function.clone())),
+            FunctionState::Failed => return Err(ControlError::Failed(function.clone())),
+        }
+        let key = self
+            .slot_key(&e)
+            .ok_or_else(|| ControlError::NotAssigned(function.clone()))?;
+        let (host, _) = self
+            .views
+            .find(&key)
+            .ok_or_else(|| ControlError::NotAssigned(function.clone()))?;
+        let session = self
+            .hosts
+            .iter()
+            .find(|h| h.id == host)
+            .and_then(|h| h.session);
+        match session {
+            Some(s) => {
+                let (_, req) = self
+                    .views
+                    .begin_removal(&key, now)
+                    .map_err(|_| ControlError::Busy(function.clone()))?;
+                self.send_slot(s, req);
+                self.changed = true;
+                Ok(Some(key))
+            }
+            None => {
+                let d = self
+                    .views
+                    .detach(&key)
+                    .map_err(|_| ControlError::NotAssigned(function.clone()))?;
+                self.finish_detach(ep, d, now);
+                Ok(None)
+            }
+        }
+    }
+
+    /// A function left its host's view: tell the host (`Removed`), stop routing it, reset it
+    /// (its outstanding DMA reads fail, volatile state wiped), and put it back in the pool.
+    fn finish_detach(&mut self, ep: &mut Proxy, d: Detached, _now: Instant) {
+        self.stats.detached += 1;
+        // What the function queued while it was the host's still goes to the host.
+        self.drain_outbound(usize::MAX);
+        let Some(hi) = self.hosts.iter().position(|h| h.id == d.host) else {
+            return;
+        };
+        if let Some(key) = self.hosts[hi].session {
+            self.send_slot(key, d.removed);
+        }
+        self.rebuild_routes();
+        // What the slot showed, less what another slot still shows (a VF of the card that is
+        // assigned on its own). From the target, not the old routes: several slots may have
+        // left the views at once (grace periods ending together).
+        let mut set = FunctionSet::EMPTY;
+        match d.target {
+            Target::Device(dev) => (0..8u8).for_each(|f| set.insert(dev << 3 | f)),
+            Target::Function(b) => set.insert(b.0 as u8),
+        }
+        for devfn in set.iter().collect::<Vec<_>>() {
+            if self.routes[usize::from(devfn)].is_some() {
+                set.remove(devfn);
+            }
+        }
+        ep.reset_functions(&set);
+        // Whatever it queued as it was being reset has no owner now.
+        self.drain_outbound(usize::MAX);
+        let unit = self
+            .inventory
+            .get(&d.function)
+            .cloned()
+            .map(|e| self.unit(&e))
+            .unwrap_or_default();
+        for id in &unit {
+            if self.inventory.unassign(id).is_ok() {
+                let _ = self.inventory.reset_done(id);
+                self.events.push(PoolEvent::AssignmentChanged {
+                    function: id.clone(),
+                    host: None,
+                });
+            }
+        }
+        tracing::info!(function = %d.function, host = %d.host, "appliance: detached and reset");
+        self.changed = true;
+        if let Some(i) = self.pending.iter().position(|p| p.key == d.function) {
+            let p = self.pending.swap_remove(i);
+            (p.done)(Ok(()));
+        }
+    }
+
+    fn send_slot(&mut self, key: K, m: SlotMessage) {
+        let mut b = [0u8; 16];
+        match m.emit(Bdf(0), &mut b) {
+            Ok(n) => self.out.push_back((key, Bytes::copy_from_slice(&b[..n]))),
+            Err(e) => tracing::error!("appliance: cannot build a slot message: {e}"),
+        }
+    }
+
+    /// Recompute the owner table and the hosts' scopes from the views: a card's slot covers
+    /// every function at its device number (its VFs included, unless a VF is assigned on its
+    /// own, which then takes precedence).
+    fn rebuild_routes(&mut self) {
+        self.routes = [None; 256];
+        for h in &mut self.hosts {
+            h.scope = FunctionSet::EMPTY;
+        }
+        for pass in 0..2 {
+            for hi in 0..self.hosts.len() {
+                let Some(v) = self.views.view(&self.hosts[hi].id) else {
+                    continue;
+                };
+                for (slot, e) in v.slots() {
+                    match (pass, e.target) {
+                        (0, Target::Device(d)) => {
+                            for f in 0..8u8 {
+                                self.routes[usize::from(d << 3 | f)] = Some(Route {
+                                    host: hi,
+                                    host_devfn: slot << 3 | f,
+                                });
+                            }
+                        }
+                        (1, Target::Function(b)) => {
+                            self.routes[usize::from(b.0 as u8)] = Some(Route {
+                                host: hi,
+                                host_devfn: slot << 3,
+                            });
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        for (devfn, r) in self.routes.iter().enumerate() {
+            if let Some(r) = r {
+                self.hosts[r.host].scope.insert(devfn as u8);
+            }
+        }
+    }
+}
