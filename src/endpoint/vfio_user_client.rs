@@ -14,9 +14,9 @@
 //! * **Config space**: the server's config region is read once and presented through
 //!   `crate::pci::replay`, as a replayed card is: the appliance virtualizes the BARs (sized from
 //!   REGION_INFO, rounded up to a power of two), the ROM is hidden, capabilities are emulated
-//!   locally (MSI-X is the endpoint's, from [`Decode::msix`]). Writes other than to the BARs
-//!   and ROM are also posted to the server's config region, so it sees Command, MSI/MSI-X
-//!   enables and its own registers.
+//!   locally (MSI-X is the endpoint's, from [`Decode::msix`]). Every write except to the ROM is
+//!   also posted to the server's config region, so it sees the BAR addresses (QEMU's server
+//!   serves a BAR only once it is mapped), Command, MSI/MSI-X enables and its own registers.
 //! * **BARs**: reads are REGION_READ matched to their reply by message id; writes are
 //!   REGION_WRITE, *posted*: sent without waiting, their replies collected by the reader thread,
 //!   at most [`ClientConfig::max_posted`] in flight (a writer past that waits for one). Every
@@ -1418,11 +1418,12 @@ fn irq_loop(
     }
 }
 
-/// Config registers the appliance owns: the BARs and the expansion ROM (addresses are the
-/// owning host's; the server never needs them).
+/// Config registers never forwarded: the expansion ROM (the appliance hides it). BAR writes
+/// are forwarded: the server's own BAR emulation sees the owning host's addresses and sizing,
+/// as with any vfio-user client (QEMU's server serves a BAR only once it is mapped in its
+/// machine, i.e. programmed and enabled).
 fn appliance_owned(reg: u16) -> bool {
-    let r = usize::from(reg);
-    (h::BAR0..h::BAR0 + 24).contains(&r) || (h::ROM_ADDRESS..h::ROM_ADDRESS + 4).contains(&r)
+    (h::ROM_ADDRESS..h::ROM_ADDRESS + 4).contains(&usize::from(reg))
 }
 
 impl Device for VfioUserClient {
