@@ -1792,6 +1792,171 @@ mod tests {
         );
     }
 
+    /// A scripted server: answers the handshake for a device with one 4 KiB memory BAR0 and
+    /// no interrupts, records every REGION_WRITE (region, offset, bytes), and stops answering
+    /// writes once `answer_writes` is false.
+    struct FakeServer {
+        writes: Arc<Mutex<Vec<(u32, u64, Vec<u8>)>>>,
+        answer_writes: Arc<AtomicBool>,
+        _dir: tempfile::TempDir,
+        sock: PathBuf,
+    }
+
+    fn fake_server() -> FakeServer {
+        use std::io::{Read, Write};
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("fake.sock");
+        let l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let writes = Arc::new(Mutex::new(Vec::new()));
+        let answer_writes = Arc::new(AtomicBool::new(true));
+        let (w2, a2) = (writes.clone(), answer_writes.clone());
+        std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut cfg = vec![0u8; 256];
+            cfg[0..4].copy_from_slice(&0x1234_abcdu32.to_le_bytes());
+            cfg[0x10] = 0x0; // 32-bit memory BAR0
+            loop {
+                let mut hdr = [0u8; HEADER_LEN];
+                if s.read_exact(&mut hdr).is_err() {
+                    return;
+                }
+                let h = MessageHeaderRepr::parse(&MessageHeader::new_unchecked(&hdr[..])).unwrap();
+                let mut body = vec![0u8; h.body_len()];
+                if s.read_exact(&mut body).is_err() {
+                    return;
+                }
+                let reply: Vec<u8> = match h.command {
+                    Command::Version => {
+                        let mut b = vec![0, 0, 1, 0];
+                        b.extend_from_slice(b"{}\0");
+                        b
+                    }
+                    Command::DeviceGetInfo => {
+                        let mut b = [0u8; DeviceInfoRepr::LEN];
+                        DeviceInfoRepr {
+                            argsz: 16,
+                            flags: 3,
+                            num_regions: 9,
+                            num_irqs: 0,
+                        }
+                        .emit(&mut b);
+                        b.to_vec()
+                    }
+                    Command::DeviceGetRegionInfo => {
+                        let mut r = RegionInfoRepr::parse(&body).unwrap();
+                        r.size = match r.index {
+                            0 => 4096,
+                            7 => 256,
+                            _ => 0,
+                        };
+                        let mut b = [0u8; RegionInfoRepr::LEN];
+                        r.emit(&mut b);
+                        b.to_vec()
+                    }
+                    Command::RegionRead => {
+                        let a = RegionAccessRepr::parse(&body).unwrap();
+                        let mut b = body[..RegionAccessRepr::LEN].to_vec();
+                        let o = a.offset as usize;
+                        if a.region == 7 {
+                            b.extend_from_slice(&cfg[o..o + a.count as usize]);
+                        } else {
+                            b.extend(std::iter::repeat_n(0x5a, a.count as usize));
+                        }
+                        b
+                    }
+                    Command::RegionWrite => {
+                        let a = RegionAccessRepr::parse(&body).unwrap();
+                        w2.lock_or_recover().push((
+                            a.region,
+                            a.offset,
+                            body[RegionAccessRepr::LEN..].to_vec(),
+                        ));
+                        if !a2.load(Ordering::Acquire) {
+                            continue;
+                        }
+                        body[..RegionAccessRepr::LEN].to_vec()
+                    }
+                    _ => Vec::new(),
+                };
+                let mut out = vec![0u8; HEADER_LEN];
+                h.reply((HEADER_LEN + reply.len()) as u32)
+                    .emit_bytes(&mut out);
+                out.extend_from_slice(&reply);
+                if s.write_all(&out).is_err() {
+                    return;
+                }
+            }
+        });
+        FakeServer {
+            writes,
+            answer_writes,
+            _dir: dir,
+            sock,
+        }
+    }
+
+    #[test]
+    fn config_writes_reach_the_server_except_the_rom() {
+        let f = fake_server();
+        let mut c = VfioUserClient::connect(&ClientConfig::new(&f.sock)).unwrap();
+        assert_eq!(c.config_read(0), 0x1234_abcd);
+        // Command (two bytes of the DW), a BAR address, the ROM, a split byte-enable write.
+        assert!(!c.config_write(0x04, 0x0000_0006, 0b0011));
+        assert!(!c.config_write(0x10, 0xfebf_0000, 0xf));
+        assert!(!c.config_write(0x30, 0xffff_f800, 0xf));
+        assert!(!c.config_write(0x3c, 0xaabb_ccdd, 0b0101));
+        // A read is ordered after the posted writes: when it returns they have arrived.
+        let mut b = [0u8; 4];
+        c.bar_read(0, 0, &mut b).unwrap();
+        assert_eq!(b, [0x5a; 4]);
+        let w = f.writes.lock_or_recover().clone();
+        assert_eq!(
+            w,
+            [
+                (7, 0x04, vec![0x06, 0x00]),
+                (7, 0x10, vec![0x00, 0x00, 0xbf, 0xfe]),
+                (7, 0x3c, vec![0xdd]),
+                (7, 0x3e, vec![0xbb]),
+            ]
+        );
+        // The BAR is the appliance's: sized from the region, address as written.
+        assert_eq!(
+            c.decode().bars[0].map(|(s, a)| (s.size, a)),
+            Some((4096, 0xfebf_0000))
+        );
+        // Past the region: not decoded, nothing sent.
+        assert!(c.bar_read(0, 4096, &mut b).is_err());
+    }
+
+    #[test]
+    fn posted_writes_pipeline_up_to_the_limit_then_time_out() {
+        let f = fake_server();
+        let mut cfg = ClientConfig::new(&f.sock);
+        cfg.max_posted = 4;
+        cfg.request_timeout = Duration::from_millis(300);
+        let mut c = VfioUserClient::connect(&cfg).unwrap();
+        f.answer_writes.store(false, Ordering::Release);
+        let t0 = Instant::now();
+        for i in 0..4u64 {
+            c.bar_write(0, i * 4, &[1, 2, 3, 4]).unwrap();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_millis(200),
+            "posted: no waiting"
+        );
+        // The fifth waits for a reply that never comes, for one time limit.
+        let e = c.bar_write(0, 16, &[5; 4]);
+        assert!(e.is_err());
+        assert!(t0.elapsed() >= Duration::from_millis(300));
+        assert_eq!(c.health(), Health::Unresponsive);
+        // Unresponsive: the next access fails at once.
+        let t1 = Instant::now();
+        let mut b = [0u8; 4];
+        assert!(c.bar_read(0, 0, &mut b).is_err());
+        assert!(t1.elapsed() < Duration::from_millis(100));
+        assert_eq!(f.writes.lock_or_recover().len(), 4);
+    }
+
     proptest! {
         #[test]
         fn any_server_bytes_parse_without_panic(bytes in proptest::collection::vec(any::<u8>(), 0..128)) {
