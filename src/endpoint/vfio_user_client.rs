@@ -1795,8 +1795,11 @@ mod tests {
     /// A scripted server: answers the handshake for a device with one 4 KiB memory BAR0 and
     /// no interrupts, records every REGION_WRITE (region, offset, bytes), and stops answering
     /// writes once `answer_writes` is false.
+    /// REGION_WRITEs a scripted server saw: (region, offset, bytes).
+    type Writes = Arc<Mutex<Vec<(u32, u64, Vec<u8>)>>>;
+
     struct FakeServer {
-        writes: Arc<Mutex<Vec<(u32, u64, Vec<u8>)>>>,
+        writes: Writes,
         answer_writes: Arc<AtomicBool>,
         _dir: tempfile::TempDir,
         sock: PathBuf,
@@ -1807,7 +1810,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("fake.sock");
         let l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
-        let writes = Arc::new(Mutex::new(Vec::new()));
+        let writes: Writes = Arc::new(Mutex::new(Vec::new()));
         let answer_writes = Arc::new(AtomicBool::new(true));
         let (w2, a2) = (writes.clone(), answer_writes.clone());
         std::thread::spawn(move || {
