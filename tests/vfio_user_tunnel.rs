@@ -127,9 +127,11 @@ fn direct_config(peer: &Peer, dir: &Path) -> Vec<u8> {
 }
 
 struct Tunnel {
-    _server: Proc,
-    _appliance: Proc,
     agent: Agent,
+    _appliance: Proc,
+    _server: Proc,
+    /// The sockets' directory, removed after the processes are gone.
+    _dir: Option<tempfile::TempDir>,
 }
 
 fn tunnel(peer: &Peer, dir: &Path) -> Tunnel {
@@ -163,9 +165,10 @@ fn tunnel(peer: &Peer, dir: &Path) -> Tunnel {
     )
     .unwrap();
     Tunnel {
-        _server: server,
-        _appliance: appliance,
         agent,
+        _appliance: appliance,
+        _server: server,
+        _dir: None,
     }
 }
 
@@ -180,7 +183,7 @@ fn programmed(reg: usize) -> bool {
 fn compare_config(peer: &Peer, what: &str) -> (Tunnel, pcietun::host::enumerate::FunctionInfo) {
     let dir = tempfile::tempdir().unwrap();
     let direct = direct_config(peer, dir.path());
-    let t = tunnel(peer, dir.path());
+    let mut t = tunnel(peer, dir.path());
     let fns = t.agent.host().functions();
     assert_eq!(fns.len(), 1, "{what}: one function enumerated");
     let f = fns[0].clone();
@@ -213,7 +216,7 @@ fn compare_config(peer: &Peer, what: &str) -> (Tunnel, pcietun::host::enumerate:
             assert_eq!(d & 1, th & 1, "{what}: BAR{bar} space type");
         }
     }
-    std::mem::forget(dir); // the sockets live as long as the tunnel
+    t._dir = Some(dir); // the sockets live as long as the tunnel
     (t, f)
 }
 
