@@ -32,3 +32,13 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "setup: cargo install cargo-fuzz"
     cargo install --locked cargo-fuzz
 fi
+
+# Issue 16: the vfio-user peers of tests/vfio_user_client.rs and tests/vfio_user_tunnel.rs —
+# QEMU with x-vfio-user-server (tests/guest/build-qemu.sh, which also fetches the qemu source)
+# and libvfio-user's samples built from that source. Both are cached: a second run only checks.
+if [ "$(id -u)" = 0 ]; then
+    bash tests/guest/build-qemu.sh >/dev/null
+    bash tests/vfio_user_peers/build-libvfio-user.sh >/dev/null
+else
+    echo "setup: not root; vfio-user peers not built (tests/vfio_user_peers/build-libvfio-user.sh)" >&2
+fi

@@ -71,11 +71,25 @@ pub enum ConfigProblem {
     #[error("want NAME=PUBLIC_KEY[,psk=FILE]")]
     BadHostFlag,
     /// A device kind we do not know.
-    #[error("unknown device kind {0:?} (known: nvme, dma, replay)")]
+    #[error("unknown device kind {0:?} (known: nvme, dma, replay, vfio-user)")]
     UnknownKind(String),
     /// `--device nvme` without a path.
     #[error("nvme needs a backing path: nvme=PATH")]
     NvmeNeedsPath,
+    /// `--device vfio-user` without a socket path.
+    #[error(
+        "vfio-user needs the server's socket: vfio-user=SOCKET_PATH[,connect_timeout=SECONDS]"
+    )]
+    VfioUserNeedsSocket,
+    /// A `--device vfio-user=…` option we do not know.
+    #[error("unknown vfio-user option {0:?} (want connect_timeout=SECONDS)")]
+    UnknownVfioUserOption(String),
+    /// A connect timeout that is not a number of seconds in 0.001..=3600.
+    #[error("connect_timeout {0:?} must be seconds between 0.001 and 3600")]
+    ConnectTimeout(String),
+    /// `start = []`.
+    #[error("start must name the server program: start = [\"PROGRAM\", \"ARG\", ...]")]
+    EmptyStart,
     /// `--device replay` without a dump.
     #[error("replay needs a dump file: replay=DUMP[,bar0=SIZE,...]")]
     ReplayNeedsDump,
@@ -218,6 +232,17 @@ pub enum DeviceSpec {
         dump: PathBuf,
         /// BAR sizes by index.
         bars: Vec<(u8, u64)>,
+    },
+    /// A card implemented by a vfio-user device server, the appliance its client
+    /// ([`crate::endpoint::vfio_user_client`]).
+    VfioUser {
+        /// The server's UNIX socket.
+        socket: PathBuf,
+        /// How long to keep trying to connect (`None`: the client's default, 5 s).
+        connect_timeout: Option<std::time::Duration>,
+        /// Start and supervise this server process (argv) instead of connecting to a running
+        /// one; empty: connect only.
+        start: Vec<String>,
     },
 }
 
@@ -392,6 +417,9 @@ struct FileDevice {
     dump: Option<Spanned<String>>,
     #[serde(default)]
     bars: std::collections::BTreeMap<String, Spanned<String>>,
+    socket: Option<Spanned<String>>,
+    connect_timeout: Option<Spanned<f64>>,
+    start: Option<Spanned<Vec<String>>>,
     slot: Option<Spanned<u8>>,
     function: Option<Spanned<u8>>,
 }
@@ -531,8 +559,15 @@ impl ApplianceConfig {
 
 // ---- Devices ----
 
-/// Parse a `--device` flag value: `nvme=PATH[,size=SIZE]`, `dma[,buffer=SIZE][,vfs=N]` or
-/// `replay=DUMP[,barN=SIZE...]`.
+/// A connect timeout in seconds (0.001..=3600).
+fn connect_timeout(secs: f64) -> Option<std::time::Duration> {
+    (0.001..=3600.0)
+        .contains(&secs)
+        .then(|| std::time::Duration::from_secs_f64(secs))
+}
+
+/// Parse a `--device` flag value: `nvme=PATH[,size=SIZE]`, `dma[,buffer=SIZE][,vfs=N]`,
+/// `replay=DUMP[,barN=SIZE...]` or `vfio-user=SOCKET_PATH[,connect_timeout=SECONDS]`.
 pub fn parse_device_flag(s: &str) -> Result<DeviceSpec, ConfigProblem> {
     let mut parts = s.split(',');
     let head = parts.next().unwrap_or("");
@@ -593,6 +628,30 @@ pub fn parse_device_flag(s: &str) -> Result<DeviceSpec, ConfigProblem> {
             Ok(DeviceSpec::Replay {
                 dump: arg.into(),
                 bars,
+            })
+        }
+        "vfio-user" => {
+            if arg.is_empty() {
+                return Err(ConfigProblem::VfioUserNeedsSocket);
+            }
+            let mut timeout = None;
+            for r in rest {
+                match r.split_once('=') {
+                    Some(("connect_timeout", v)) => {
+                        timeout = Some(
+                            v.parse()
+                                .ok()
+                                .and_then(connect_timeout)
+                                .ok_or_else(|| ConfigProblem::ConnectTimeout(v.to_string()))?,
+                        )
+                    }
+                    _ => return Err(ConfigProblem::UnknownVfioUserOption(r.to_string())),
+                }
+            }
+            Ok(DeviceSpec::VfioUser {
+                socket: arg.into(),
+                connect_timeout: timeout,
+                start: Vec::new(),
             })
         }
         other => Err(ConfigProblem::UnknownKind(other.to_string())),
@@ -703,6 +762,25 @@ impl ApplianceConfig {
                         bars,
                     }
                 }
+                "vfio-user" => DeviceSpec::VfioUser {
+                    socket: resolve(&need(&d.socket, "socket")?),
+                    connect_timeout: match &d.connect_timeout {
+                        None => None,
+                        Some(t) => Some(connect_timeout(*t.get_ref()).ok_or_else(|| {
+                            err(
+                                Some(t.span()),
+                                ConfigProblem::ConnectTimeout(t.get_ref().to_string()),
+                            )
+                        })?),
+                    },
+                    start: match &d.start {
+                        None => Vec::new(),
+                        Some(s) if s.get_ref().is_empty() => {
+                            return Err(err(Some(s.span()), ConfigProblem::EmptyStart))
+                        }
+                        Some(s) => s.get_ref().clone(),
+                    },
+                },
                 other => {
                     return Err(err(
                         Some(d.kind.span()),
@@ -984,6 +1062,75 @@ mod tests {
             let e = ApplianceConfig::from_toml(text, "c.toml", Path::new(".")).unwrap_err();
             assert_eq!(e.to_string(), want, "{text}");
         }
+    }
+
+    #[test]
+    fn vfio_user_devices() {
+        let text = r#"
+[[device]]
+kind = "vfio-user"
+socket = "gpio.sock"
+
+[[device]]
+kind = "vfio-user"
+socket = "/run/serial.sock"
+connect_timeout = 2.5
+start = ["qemu-system-x86_64", "-accel", "tcg"]
+"#;
+        let c = ApplianceConfig::from_toml(text, "c.toml", Path::new("/etc/pt")).unwrap();
+        assert_eq!(
+            c.devices[0].spec,
+            DeviceSpec::VfioUser {
+                socket: "/etc/pt/gpio.sock".into(),
+                connect_timeout: None,
+                start: vec![],
+            }
+        );
+        assert_eq!(
+            c.devices[1].spec,
+            DeviceSpec::VfioUser {
+                socket: "/run/serial.sock".into(),
+                connect_timeout: Some(std::time::Duration::from_millis(2500)),
+                start: vec!["qemu-system-x86_64".into(), "-accel".into(), "tcg".into()],
+            }
+        );
+        for (text, want) in [
+            (
+                "[[device]]\nkind = \"vfio-user\"\n",
+                "c.toml:2:8: device #1 (vfio-user) needs `socket`",
+            ),
+            (
+                "[[device]]\nkind = \"vfio-user\"\nsocket = \"s\"\nconnect_timeout = 0.0\n",
+                "c.toml:4:19: connect_timeout \"0\" must be seconds between 0.001 and 3600",
+            ),
+            (
+                "[[device]]\nkind = \"vfio-user\"\nsocket = \"s\"\nstart = []\n",
+                "c.toml:4:9: start must name the server program: start = [\"PROGRAM\", \"ARG\", ...]",
+            ),
+        ] {
+            let e = ApplianceConfig::from_toml(text, "c.toml", Path::new(".")).unwrap_err();
+            assert_eq!(e.to_string(), want, "{text}");
+        }
+        assert_eq!(
+            parse_device_flag("vfio-user=/tmp/s.sock,connect_timeout=0.5").unwrap(),
+            DeviceSpec::VfioUser {
+                socket: "/tmp/s.sock".into(),
+                connect_timeout: Some(std::time::Duration::from_millis(500)),
+                start: vec![],
+            }
+        );
+        assert!(matches!(
+            parse_device_flag("vfio-user"),
+            Err(ConfigProblem::VfioUserNeedsSocket)
+        ));
+        assert!(matches!(
+            parse_device_flag("vfio-user=s,timeout=1"),
+            Err(ConfigProblem::UnknownVfioUserOption(o)) if o == "timeout=1"
+        ));
+        assert!(matches!(
+            parse_device_flag("vfio-user=s,connect_timeout=-1"),
+            Err(ConfigProblem::ConnectTimeout(t)) if t == "-1"
+        ));
     }
 
     #[test]

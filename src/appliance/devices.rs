@@ -1,6 +1,7 @@
 //! Building the cards a configuration names: NVMe controllers on a file or block device (or
-//! a temporary file), DMA engines (optionally SR-IOV physical functions), and replays of a real
-//! card's `lspci -xxxx` dump — each added to one [`Proxy`] at its device/function number
+//! a temporary file), DMA engines (optionally SR-IOV physical functions), replays of a real
+//! card's `lspci -xxxx` dump, and devices of vfio-user servers (connected to, or started and
+//! supervised) — each added to one [`Proxy`] at its device/function number
 //! (same device number, other function: a multi-function card, PCIe r5.0 §7.5.1.1.9).
 //!
 //! Everything is built before anything listens: a backing file that cannot be opened, a dump
@@ -15,6 +16,7 @@ use super::ApplianceError;
 use crate::endpoint::dma_engine::DmaEngine;
 use crate::endpoint::nvme::{Backend, NvmeController, NvmeOptions};
 use crate::endpoint::replay::ReplayDevice;
+use crate::endpoint::vfio_user_client::{ClientConfig, VfioUserClient};
 use crate::endpoint::{Device, Proxy, ProxyConfig};
 use crate::pci::replay::ReplaySizes;
 use std::path::PathBuf;
@@ -140,6 +142,21 @@ fn build_device(
                 });
             }
             Box::new(dev)
+        }
+        DeviceSpec::VfioUser {
+            socket,
+            connect_timeout,
+            start,
+        } => {
+            let mut c = ClientConfig::new(socket);
+            if let Some(t) = connect_timeout {
+                c.connect_timeout = *t;
+            }
+            Box::new(if start.is_empty() {
+                VfioUserClient::connect(&c)?
+            } else {
+                VfioUserClient::start(start, &c)?
+            })
         }
     })
 }

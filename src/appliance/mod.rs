@@ -68,6 +68,9 @@ pub enum ApplianceError {
     /// A replay dump cannot be read or does not describe one function (the message names it).
     #[error(transparent)]
     Replay(#[from] crate::endpoint::replay::ReplayDeviceError),
+    /// A vfio-user device server could not be started or reached, or its device presented.
+    #[error("vfio-user device: {0}")]
+    VfioUser(#[from] crate::endpoint::vfio_user_client::ClientError),
     /// A DMA engine buffer over [`config::MAX_DMA_BUFFER`].
     #[error("DMA engine buffer of {0} bytes is over the 1 GiB limit")]
     DmaBufferTooLarge(u64),

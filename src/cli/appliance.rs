@@ -22,7 +22,8 @@ pub struct ApplianceArgs {
     /// Listen address: udp:IP:PORT or eth:IFACE (repeatable).
     #[arg(long, value_name = "ADDR")]
     listen: Vec<String>,
-    /// Device: nvme=PATH, dma, or replay=DUMP[,bar0=SIZE,...] (repeatable).
+    /// Device: nvme=PATH, dma, replay=DUMP[,bar0=SIZE,...] or
+    /// vfio-user=SOCKET_PATH[,connect_timeout=SECONDS] (repeatable).
     #[arg(long, value_name = "SPEC")]
     device: Vec<String>,
     /// Our private key file (from `pcietun keygen`; else $PCIETUN_PRIVATE_KEY; else the

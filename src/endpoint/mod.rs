@@ -11,6 +11,8 @@
 //! * [`replay`] — a real card's configuration space replayed from its `lspci -xxxx` dump.
 //! * [`vf_view`] — an SR-IOV virtual function presented to a host as a standalone function
 //!   (as Linux `vfio-pci` presents a VF to a VM).
+//! * [`vfio_user_client`] — any vfio-user device server as a card: the appliance as a
+//!   vfio-user client (codec shared with the host's server, [`crate::pci::vfio_user`]).
 //! * [`loopback`] — an in-process TLP pipe with a minimal host, for tests and examples.
 //!
 //! Module dependencies form a DAG (no two files import each other): `decode` and `msix` are
@@ -39,6 +41,7 @@ pub mod replay;
 pub mod requester;
 mod sriov;
 pub mod vf_view;
+pub mod vfio_user_client;
 pub mod wire;
 
 pub use device::{Device, DeviceContext, DeviceError, DmaError, DmaHandle, InterruptHandle};

@@ -8,6 +8,8 @@
 //! * [`lspci`] — parse and write `lspci -xxxx` dumps (what `lspci -F` reads).
 //! * [`replay`] — a configuration space that presents a real card's dump exactly.
 //! * [`spec`] — the register offsets and bits, in one place.
+//! * [`vfio_user`] — the vfio-user message codec (header and command bodies), shared by the
+//!   host's vfio-user server and the appliance's vfio-user client.
 //! * [`class`] — register interfaces of device classes (NVMe, the DMA engine): what a model and
 //!   its driver share.
 //!
@@ -21,6 +23,7 @@ pub mod lspci;
 mod regs;
 pub mod replay;
 pub mod spec;
+pub mod vfio_user;
 mod walk;
 
 pub use bar::{Bar, BarValue};

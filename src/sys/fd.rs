@@ -1,4 +1,5 @@
-//! Descriptors that count and wait: eventfd(2), timerfd_create(2), ppoll(2), and hole
+//! Descriptors that count and wait: eventfd(2), timerfd_create(2), ppoll(2) (on a fixed array
+//! or a reusable [`PollSet`]), and hole
 //! punching with fallocate(2).
 
 use std::io;
@@ -171,6 +172,76 @@ pub fn wait_readable<const N: usize>(fds: [RawFd; N], timeout: Duration) -> io::
     Ok(pfds.map(|p| p.revents != 0))
 }
 
+/// A reusable ppoll(2) set over any number of descriptors: [`PollSet::wait`] reports which are
+/// readable without allocating (for a thread that waits on many eventfds, e.g. one per MSI-X
+/// vector). The set holds descriptor numbers; the caller keeps the descriptors open while it
+/// uses the set (a closed one is reported ready, POLLNVAL, never touched).
+#[derive(Debug)]
+pub struct PollSet {
+    pfds: Vec<libc::pollfd>,
+}
+
+impl PollSet {
+    /// A set over `fds`, in that order.
+    pub fn new(fds: &[RawFd]) -> Self {
+        Self {
+            pfds: fds
+                .iter()
+                .map(|&fd| libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                })
+                .collect(),
+        }
+    }
+
+    /// Wait up to `timeout` until one of the descriptors is readable (or in error or hang-up).
+    /// Afterwards [`ready`](Self::ready) tells which. A signal ends the wait with none ready.
+    pub fn wait(&mut self, timeout: Duration) -> io::Result<()> {
+        for p in &mut self.pfds {
+            p.revents = 0;
+        }
+        let ts = libc::timespec {
+            tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+            tv_nsec: timeout.subsec_nanos() as libc::c_long,
+        };
+        // SAFETY: `pfds` is a live, exclusively borrowed vector of exactly `len()` pollfd
+        // structures, which the kernel reads and whose `revents` it writes; `ts` is a valid
+        // timespec that outlives the call; a null signal mask leaves the thread's mask alone.
+        let r = unsafe {
+            libc::ppoll(
+                self.pfds.as_mut_ptr(),
+                self.pfds.len() as libc::nfds_t,
+                &ts,
+                std::ptr::null(),
+            )
+        };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether descriptor `i` (its position in [`new`](Self::new)) was ready at the last wait.
+    pub fn ready(&self, i: usize) -> bool {
+        self.pfds.get(i).is_some_and(|p| p.revents != 0)
+    }
+
+    /// Number of descriptors in the set.
+    pub fn len(&self) -> usize {
+        self.pfds.len()
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.pfds.is_empty()
+    }
+}
+
 /// Deallocate `len` bytes at `offset` of a file (fallocate(2) `FALLOC_FL_PUNCH_HOLE`, keeping
 /// the size): the range reads back as zeroes. Filesystems without hole punching answer
 /// `EOPNOTSUPP`.
@@ -204,6 +275,24 @@ mod tests {
         // A copy handed away signals the same counter.
         signal_eventfd(e.try_clone_fd().unwrap()).unwrap();
         assert_eq!(e.wait_timeout(Duration::from_secs(1)).unwrap(), 1);
+    }
+
+    #[test]
+    fn poll_set_reports_exactly_the_ready_descriptors() {
+        let fds: Vec<EventFd> = (0..5)
+            .map(|_| EventFd::new_nonblocking().unwrap())
+            .collect();
+        let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+        let mut set = PollSet::new(&raw);
+        assert_eq!(set.len(), 5);
+        set.wait(Duration::from_millis(1)).unwrap();
+        assert!((0..5).all(|i| !set.ready(i)));
+        fds[1].signal().unwrap();
+        fds[4].signal().unwrap();
+        set.wait(Duration::from_secs(1)).unwrap();
+        let ready: Vec<usize> = (0..5).filter(|&i| set.ready(i)).collect();
+        assert_eq!(ready, [1, 4]);
+        assert!(!set.ready(99));
     }
 
     #[test]

@@ -88,3 +88,34 @@ pub fn normalise_addresses(s: &str) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// A libvfio-user sample server (`server`, `gpio-pci-idio-16`, …) built by
+/// tests/vfio_user_peers/build-libvfio-user.sh: `$PCIETUN_LIBVFIO_USER/<name>` or the newest
+/// under `/var/cache/pcietun/libvfio-user/*/samples/`. Skips (loudly) and returns None when
+/// it is not built.
+pub fn libvfio_user_sample(what: &str, name: &str) -> Option<std::path::PathBuf> {
+    let found = if let Ok(dir) = std::env::var("PCIETUN_LIBVFIO_USER") {
+        Some(std::path::PathBuf::from(dir).join(name))
+    } else {
+        let cache = std::env::var("PCIETUN_CACHE").unwrap_or_else(|_| "/var/cache/pcietun".into());
+        let mut dirs: Vec<_> = std::fs::read_dir(std::path::Path::new(&cache).join("libvfio-user"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path().join("samples").join(name))
+            .filter(|p| p.is_file())
+            .collect();
+        dirs.sort();
+        dirs.pop()
+    };
+    match found.filter(|p| p.is_file()) {
+        Some(p) => Some(p),
+        None => {
+            skip(
+                what,
+                &format!("libvfio-user sample `{name}` not built (run tests/vfio_user_peers/build-libvfio-user.sh)"),
+            );
+            None
+        }
+    }
+}

@@ -4,7 +4,8 @@
 //! Specification: QEMU `docs/interop/vfio-user.rst` (protocol 0.x), with the Linux VFIO PCI
 //! region and IRQ index conventions of `<linux/vfio.h>`.
 //!
-//! * [`wire`] — message header and bodies (parse/emit, no panics).
+//! * [`wire`] — message header and bodies (parse/emit, no panics): [`crate::pci::vfio_user`],
+//!   shared with the appliance's vfio-user client, re-exported here under its old name.
 //! * [`server`] — [`Connection`], the sans-I/O protocol engine: one message in, one reply out.
 //! * [`irq`] — eventfds and masks of SET_IRQS; [`Interrupts::trigger`] delivers an interrupt.
 //! * [`socket`] — the UNIX socket with SCM_RIGHTS, the serve loop, and DMA_READ/DMA_WRITE.
@@ -18,7 +19,7 @@ pub mod irq;
 pub mod memdev;
 pub mod server;
 pub mod socket;
-pub mod wire;
+pub use crate::pci::vfio_user as wire;
 
 use std::sync::Arc;
 

@@ -12,13 +12,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::irq::{info_flags, IrqIndex};
-use super::wire::{
+use super::{FunctionContext, VfioDevice, CONFIG_REGION, NUM_REGIONS};
+use crate::host::dma::{Access, DmaMemory, DmaWindowError, MmapMemory};
+use crate::pci::vfio_user::{
     self, Command, DeviceInfoRepr, DmaMapRepr, DmaUnmapRepr, IrqInfoRepr, IrqSetRepr,
     MessageHeader, MessageHeaderRepr, MessageType, RegionAccessRepr, RegionInfoRepr, WireError,
     HEADER_LEN,
 };
-use super::{FunctionContext, VfioDevice, CONFIG_REGION, NUM_REGIONS};
-use crate::host::dma::{Access, DmaMemory, DmaWindowError, MmapMemory};
 use crate::ratelimit::LogLimiter;
 use crate::{info_limited, warn_limited};
 
@@ -268,7 +268,7 @@ impl<D: VfioDevice> Connection<D> {
                 warn_limited!(self.refusals, function = %self.ctx.dma.name(), error = %e,
                     "malformed vfio-user header");
                 // Echo what can be read of the ID and command so the client can match it.
-                let (id, cmd) = wire::salvage_id_command(msg);
+                let (id, cmd) = vfio_user::salvage_id_command(msg);
                 let r = MessageHeaderRepr {
                     id,
                     command: Command::from(cmd),
@@ -414,7 +414,7 @@ impl<D: VfioDevice> Connection<D> {
         if self.client.is_some() {
             return Err(Refusal::VersionTwice);
         }
-        let (v, text) = wire::parse_version(body)?;
+        let (v, text) = vfio_user::parse_version(body)?;
         if v.major != 0 {
             return Err(Refusal::MajorVersion(v.major));
         }
@@ -469,8 +469,8 @@ impl<D: VfioDevice> Connection<D> {
         }
         let text = serde_json::json!({ "capabilities": ours }).to_string();
         let start = out.len();
-        out.resize(start + wire::VersionRepr::LEN, 0);
-        wire::VersionRepr { major: 0, minor: 0 }.emit(&mut out[start..]);
+        out.resize(start + vfio_user::VersionRepr::LEN, 0);
+        vfio_user::VersionRepr { major: 0, minor: 0 }.emit(&mut out[start..]);
         out.extend_from_slice(text.as_bytes());
         out.push(0);
         info_limited!(

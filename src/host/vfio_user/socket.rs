@@ -19,13 +19,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::server::{Connection, ServerConfig};
-use super::wire::{
-    Command, DmaAccessRepr, MessageHeader, MessageHeaderRepr, MessageType, WireError, HEADER_LEN,
-};
 use super::VfioDevice;
 use crate::host::dma::{check_range, DmaMemory, DmaWindowError, Unreachable};
+use crate::pci::vfio_user::{
+    Command, DmaAccessRepr, MessageHeader, MessageHeaderRepr, MessageType, WireError, HEADER_LEN,
+};
 use crate::ratelimit::LogLimiter;
-use crate::sys::socket::recv_with_fds;
+use crate::sys::socket::{recv_exact_with_fds as recv_exact, recv_with_fds};
 use crate::{info_limited, warn_limited};
 
 /// Errors of the socket layer.
@@ -46,28 +46,6 @@ pub enum SocketError {
     /// The client sent a header we cannot frame; the connection was closed.
     #[error("unframeable message from client: {0}")]
     Framing(WireError),
-}
-
-/// Read exactly `buf.len()` bytes, collecting descriptors. `Ok(false)` on EOF before any byte.
-fn recv_exact(
-    fd: BorrowedFd<'_>,
-    buf: &mut [u8],
-    fds: &mut Vec<OwnedFd>,
-    truncated: &mut bool,
-) -> io::Result<bool> {
-    let mut at = 0;
-    while at < buf.len() {
-        let (n, t) = recv_with_fds(fd, &mut buf[at..], fds)?;
-        *truncated |= t;
-        if n == 0 {
-            if at == 0 {
-                return Ok(false);
-            }
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        at += n;
-    }
-    Ok(true)
 }
 
 /// The write half shared by the serve loop (replies) and DMA requests.

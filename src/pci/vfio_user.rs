@@ -1,5 +1,11 @@
 //! vfio-user message wire format (QEMU `docs/interop/vfio-user.rst`, "Header" and the
-//! per-command request/reply tables).
+//! per-command request/reply tables), with the Linux VFIO PCI region and IRQ indices and flags
+//! of `<linux/vfio.h>` that its bodies carry.
+//!
+//! Shared by both ends this crate implements: the host's vfio-user *server*
+//! (`crate::host::vfio_user`, which re-exports this module as `wire`) and the appliance's
+//! vfio-user *client* (`crate::endpoint::vfio_user_client`). It is self-contained (no I/O), so
+//! it lives in the `pci` layer that both sides may import.
 //!
 //! smoltcp style: [`MessageHeader`] is a zero-copy view over the first 16 bytes of a message with one
 //! accessor per field (offsets in [`field`]); [`MessageHeaderRepr`] is the plain value with
@@ -438,6 +444,55 @@ macro_rules! body {
 }
 
 pub use bodies::*;
+
+/// Region indices of a VFIO PCI device (`VFIO_PCI_*_REGION_INDEX`, `<linux/vfio.h>`).
+pub mod region {
+    /// `VFIO_PCI_BAR0_REGION_INDEX` .. `VFIO_PCI_BAR5_REGION_INDEX`.
+    pub const BARS: core::ops::Range<u32> = 0..6;
+    /// `VFIO_PCI_ROM_REGION_INDEX`.
+    pub const ROM: u32 = 6;
+    /// `VFIO_PCI_CONFIG_REGION_INDEX`.
+    pub const CONFIG: u32 = 7;
+    /// `VFIO_PCI_VGA_REGION_INDEX`.
+    pub const VGA: u32 = 8;
+    /// `VFIO_REGION_INFO_FLAG_READ`.
+    pub const FLAG_READ: u32 = 1 << 0;
+    /// `VFIO_REGION_INFO_FLAG_WRITE`.
+    pub const FLAG_WRITE: u32 = 1 << 1;
+    /// `VFIO_REGION_INFO_FLAG_MMAP`.
+    pub const FLAG_MMAP: u32 = 1 << 2;
+    /// `VFIO_REGION_INFO_FLAG_CAPS`.
+    pub const FLAG_CAPS: u32 = 1 << 3;
+}
+
+/// IRQ indices of a VFIO PCI device (`VFIO_PCI_*_IRQ_INDEX`) and the flags of
+/// `VFIO_USER_DEVICE_SET_IRQS` (`VFIO_IRQ_SET_*`, `<linux/vfio.h>`).
+pub mod irq {
+    /// `VFIO_PCI_INTX_IRQ_INDEX`.
+    pub const INTX: u32 = 0;
+    /// `VFIO_PCI_MSI_IRQ_INDEX`.
+    pub const MSI: u32 = 1;
+    /// `VFIO_PCI_MSIX_IRQ_INDEX`.
+    pub const MSIX: u32 = 2;
+    /// `VFIO_PCI_ERR_IRQ_INDEX`.
+    pub const ERR: u32 = 3;
+    /// `VFIO_PCI_REQ_IRQ_INDEX`.
+    pub const REQ: u32 = 4;
+    /// `VFIO_IRQ_INFO_EVENTFD`.
+    pub const INFO_EVENTFD: u32 = 1 << 0;
+    /// `VFIO_IRQ_SET_DATA_NONE`.
+    pub const SET_DATA_NONE: u32 = 1 << 0;
+    /// `VFIO_IRQ_SET_DATA_BOOL`.
+    pub const SET_DATA_BOOL: u32 = 1 << 1;
+    /// `VFIO_IRQ_SET_DATA_EVENTFD`.
+    pub const SET_DATA_EVENTFD: u32 = 1 << 2;
+    /// `VFIO_IRQ_SET_ACTION_MASK`.
+    pub const SET_ACTION_MASK: u32 = 1 << 3;
+    /// `VFIO_IRQ_SET_ACTION_UNMASK`.
+    pub const SET_ACTION_UNMASK: u32 = 1 << 4;
+    /// `VFIO_IRQ_SET_ACTION_TRIGGER`.
+    pub const SET_ACTION_TRIGGER: u32 = 1 << 5;
+}
 
 /// The bodies, in a module of their own: zerocopy's `KnownLayout` derive adds helper types
 /// without `Debug`.
