@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 mod appliance;
 mod bench;
+mod ctl;
 mod demo;
 mod host;
 mod keys;
@@ -41,6 +42,8 @@ enum Command {
     Keygen(keys::KeygenArgs),
     /// Print the public key of a private key file (or of a key on standard input).
     Pubkey(keys::PubkeyArgs),
+    /// Manage the appliance through its API: devices, hosts, assign, unassign.
+    Ctl(ctl::CtlArgs),
 }
 
 /// Parse the command line and run the chosen subcommand.
@@ -55,6 +58,7 @@ pub fn run() -> ExitCode {
         Command::Host(args) => host::run(args),
         Command::Keygen(args) => keys::keygen(args),
         Command::Pubkey(args) => keys::pubkey(args),
+        Command::Ctl(args) => ctl::run(args),
     };
     match result {
         Ok(code) => code,
