@@ -11,6 +11,10 @@ command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
 # tests/vms_libvirt.rs: libvirt's domain schema and its validator (xmllint).
 command -v virt-xml-validate >/dev/null 2>&1 || need_apt+=(libvirt-clients)
 command -v xmllint >/dev/null 2>&1 || need_apt+=(libxml2-utils)
+# tests/mgmt_metrics.rs: promtool lints the live /metrics output.
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+# tests/mgmt_validator.rs: scripts/redfish-validate.sh installs DMTF's validator into a venv.
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3-venv)
 
 if ((${#need_apt[@]})); then
     if [ "$(id -u)" = 0 ]; then

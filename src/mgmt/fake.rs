@@ -13,8 +13,9 @@ use std::time::Duration;
 use crate::sync::MutexExt;
 
 use super::pool::{
-    ApplianceInfo, Completer, EventSink, FunctionInfo, FunctionKind, FunctionState, Health,
-    HostInfo, HostSession, Pool, PoolError, PoolEvent,
+    ApplianceInfo, Completer, EventSink, FunctionInfo, FunctionKind, FunctionMetrics,
+    FunctionState, Health, HostInfo, HostMetrics, HostSession, MetricsSnapshot, Pool, PoolError,
+    PoolEvent,
 };
 
 /// When the fake pool finishes accepted operations.
@@ -37,6 +38,9 @@ struct Inner {
     appliance: ApplianceInfo,
     functions: Vec<FunctionInfo>,
     hosts: Vec<HostInfo>,
+    /// Counters the test set, by function / host id (absent: all zero).
+    function_metrics: Vec<FunctionMetrics>,
+    host_metrics: Vec<HostMetrics>,
     pending: Vec<Pending>,
     completion: Completion,
     sinks: Vec<EventSink>,
@@ -77,6 +81,8 @@ impl FakePool {
                 appliance,
                 functions: Vec::new(),
                 hosts: Vec::new(),
+                function_metrics: Vec::new(),
+                host_metrics: Vec::new(),
                 pending: Vec::new(),
                 completion: Completion::Immediate,
                 sinks: Vec::new(),
@@ -178,6 +184,22 @@ impl FakePool {
         let mut inner = self.inner.lock_or_recover();
         inner.hosts.retain(|h| h.id != host.id);
         inner.hosts.push(host);
+    }
+
+    /// Set a function's counters (what [`Pool::metrics`] reports for it).
+    pub fn set_function_metrics(&self, metrics: FunctionMetrics) {
+        let mut inner = self.inner.lock_or_recover();
+        inner
+            .function_metrics
+            .retain(|m| m.function != metrics.function);
+        inner.function_metrics.push(metrics);
+    }
+
+    /// Set a host's counters (what [`Pool::metrics`] reports for it).
+    pub fn set_host_metrics(&self, metrics: HostMetrics) {
+        let mut inner = self.inner.lock_or_recover();
+        inner.host_metrics.retain(|m| m.host != metrics.host);
+        inner.host_metrics.push(metrics);
     }
 
     /// Mark a function failed (e.g. an AER fatal error); emits `FunctionStateChanged`.
@@ -375,6 +397,43 @@ impl Pool for FakePool {
 
     fn subscribe(&self, sink: EventSink) {
         self.inner.lock_or_recover().sinks.push(sink);
+    }
+
+    /// One entry per function and host, in inventory order: the counters set by
+    /// [`FakePool::set_function_metrics`] / [`FakePool::set_host_metrics`], else zeros.
+    fn metrics(&self) -> MetricsSnapshot {
+        let inner = self.inner.lock_or_recover();
+        let functions = inner
+            .functions
+            .iter()
+            .map(|f| {
+                inner
+                    .function_metrics
+                    .iter()
+                    .find(|m| m.function == f.id)
+                    .cloned()
+                    .unwrap_or_else(|| FunctionMetrics {
+                        function: f.id.clone(),
+                        ..FunctionMetrics::default()
+                    })
+            })
+            .collect();
+        let hosts = inner
+            .hosts
+            .iter()
+            .map(|h| {
+                inner
+                    .host_metrics
+                    .iter()
+                    .find(|m| m.host == h.id)
+                    .cloned()
+                    .unwrap_or_else(|| HostMetrics {
+                        host: h.id.clone(),
+                        ..HostMetrics::default()
+                    })
+            })
+            .collect();
+        MetricsSnapshot { functions, hosts }
     }
 }
 

@@ -6,6 +6,7 @@
 //! * [`redfish`] — the Redfish service as a synchronous request → response core.
 //! * [`auth`] — accounts, roles, password hashing, session tokens.
 //! * [`server`] — the HTTP(S) server (axum, rustls) on its own thread.
+//! * [`metrics`] — `/metrics`, the Prometheus exposition of the pool's counters.
 //! * [`config`] — `[api]` configuration and the administrator's password file.
 //! * [`client`] — the API client behind `pcietun ctl`.
 //!
@@ -17,6 +18,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod fake;
+pub mod metrics;
 pub mod pool;
 pub mod redfish;
 pub mod server;

@@ -11,6 +11,9 @@
 //! assigned, detaching (orderly removal with a grace period), resetting (FLR between owners) and
 //! failed. The management API maps them onto Redfish resources (PCIeFunction, Zone membership,
 //! Connection state) in [`crate::mgmt::redfish`].
+//!
+//! [`Pool::metrics`] is the counters behind `/metrics` ([`crate::mgmt::metrics`]): per function
+//! and per host session, read from the appliance's counters at scrape time.
 
 use std::fmt;
 use std::sync::Arc;
@@ -332,6 +335,66 @@ impl fmt::Debug for EventSink {
     }
 }
 
+/// A count in each direction of the tunnel, named as PCIe names them: *downstream* is from the
+/// host towards the function (a driver's MMIO reads and writes, completions of the function's
+/// DMA reads), *upstream* from the function towards the host (completions of MMIO reads, DMA
+/// reads and writes, interrupt messages).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Directions {
+    /// Host → function.
+    pub downstream: u64,
+    /// Function → host.
+    pub upstream: u64,
+}
+
+/// The traffic and error counters of one function since the appliance started (monotonic).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FunctionMetrics {
+    /// The function's id ([`FunctionInfo::id`]).
+    pub function: String,
+    /// TLPs to and from the function.
+    pub tlps: Directions,
+    /// Bytes of those TLPs (header and data).
+    pub bytes: Directions,
+    /// Data bytes the function read from host memory (DMA reads, completed).
+    pub dma_read_bytes: u64,
+    /// Data bytes the function wrote to host memory (DMA writes).
+    pub dma_write_bytes: u64,
+    /// Interrupt messages (MSI / MSI-X) the function sent.
+    pub interrupts: u64,
+    /// Requests to the function answered with Unsupported Request.
+    pub unsupported_requests: u64,
+    /// Requests to the function answered with Completer Abort.
+    pub completer_aborts: u64,
+    /// The function's non-posted requests (DMA reads) that got no completion in time.
+    pub completion_timeouts: u64,
+}
+
+/// The transport counters of one host's session since the appliance started (monotonic; a
+/// reconnect continues them). Session state and RTT are in [`HostInfo`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostMetrics {
+    /// The host's id ([`HostInfo::id`]).
+    pub host: String,
+    /// TLPs received from the host (downstream) and sent to it (upstream), each counted once.
+    pub tlps: Directions,
+    /// Frame bytes on the wire, each way.
+    pub bytes: Directions,
+    /// TLP retransmissions to the host.
+    pub retransmits: u64,
+    /// Times the appliance had TLPs for the host but no credits to send them.
+    pub credit_stalls: u64,
+}
+
+/// Everything [`Pool::metrics`] reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetricsSnapshot {
+    /// One entry per function of the inventory.
+    pub functions: Vec<FunctionMetrics>,
+    /// One entry per known host.
+    pub hosts: Vec<HostMetrics>,
+}
+
 /// What the management API needs from the appliance's pool.
 ///
 /// Calls are short and synchronous (they take the pool's locks, never wait for a host); the
@@ -351,6 +414,8 @@ pub trait Pool: Send + Sync + 'static {
     fn unassign(&self, function: &str, done: Completer) -> Result<(), PoolError>;
     /// Send every later event to `sink` (in addition to earlier subscribers).
     fn subscribe(&self, sink: EventSink);
+    /// The counters, as of now (called on every scrape of `/metrics`).
+    fn metrics(&self) -> MetricsSnapshot;
 }
 
 /// Whether `id` is acceptable as a function, device, host or appliance id in URIs.

@@ -332,6 +332,8 @@ pub(crate) enum Route<'a> {
     EventService,
     Subscriptions,
     EventStream,
+    /// `/metrics`, the Prometheus exposition (beside the Redfish tree, authenticated like it).
+    Metrics,
 }
 
 const GET: &[Method] = &[Method::GET, Method::HEAD];
@@ -385,6 +387,7 @@ impl<'a> Route<'a> {
             ["redfish", "v1", "EventService"] => EventService,
             ["redfish", "v1", "EventService", "Subscriptions"] => Subscriptions,
             ["redfish", "v1", "EventService", "SSE"] => EventStream,
+            ["metrics"] => Metrics,
             _ => return None,
         })
     }
@@ -665,6 +668,17 @@ impl Service {
                     .map(|r| r.sse_frame())
                     .collect(),
             )),
+            Metrics => {
+                let accept = req
+                    .headers()
+                    .get(header::ACCEPT)
+                    .and_then(|v| v.to_str().ok());
+                let format = crate::mgmt::metrics::Format::negotiate(accept);
+                Ok(Reply::raw(
+                    format.content_type(),
+                    crate::mgmt::metrics::render(&*self.pool, format),
+                ))
+            }
         }
     }
 }
