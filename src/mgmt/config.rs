@@ -1,13 +1,15 @@
-//! Configuration of the management API: the `[api]` table of the appliance configuration, the
-//! `--api ADDR` / `--api-admin NAME:PASSWORD_FILE` flags, and the first administrator's
-//! password file (which must not be readable by group or others; there is no built-in default
-//! password).
+//! Configuration of the management API server: where it listens, TLS, the first administrator
+//! and its password file (which must be a regular file readable by its owner only, the rule of
+//! key files in `crate::transport::keys`; there is no built-in default password).
+//!
+//! The appliance's `[api]` table and its `--api` / `--api-admin` flags are parsed by
+//! `crate::appliance::config` into its own plain `ApiSettings` (mgmt and appliance do not
+//! import each other); `pcietun appliance` converts that into an [`ApiConfig`].
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
 use zeroize::Zeroizing;
 
 use super::redfish::{DEFAULT_MAX_BODY, DEFAULT_SESSION_TIMEOUT};
@@ -89,83 +91,23 @@ pub enum ConfigError {
         /// Maximum.
         max: usize,
     },
-    /// `--api-admin` without `NAME:FILE`.
-    #[error("--api-admin wants NAME:PASSWORD_FILE, got {0:?}")]
-    AdminArg(String),
+    /// Not a regular file, or too large to hold a password.
+    #[error("admin password file {path}: {why}")]
+    PasswordFileKind {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        why: &'static str,
+    },
     /// A listen address that does not parse.
     #[error("API listen address {0:?} is not IP:PORT")]
     Listen(String),
-    /// Only one of the TLS files.
-    #[error("[api] TLS needs both tls_cert and tls_key")]
-    TlsPair,
-    /// A session timeout outside 30..=86400 s.
-    #[error("[api] session_timeout_s must be 30 to 86400, got {0}")]
-    SessionTimeout(u64),
 }
 
-/// The `[api]` table as written in the appliance configuration file.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct ApiFileConfig {
-    /// `listen = "127.0.0.1:8443"`.
-    pub listen: Option<String>,
-    /// `tls_cert = "PATH"`.
-    pub tls_cert: Option<PathBuf>,
-    /// `tls_key = "PATH"`.
-    pub tls_key: Option<PathBuf>,
-    /// `admin = "NAME"`.
-    pub admin: Option<String>,
-    /// `admin_password_file = "PATH"`.
-    pub admin_password_file: Option<PathBuf>,
-    /// `session_timeout_s = 1800`.
-    pub session_timeout_s: Option<u64>,
-}
+/// Largest password file read (one line of at most 128 characters, and some slack).
+const MAX_PASSWORD_FILE: u64 = 4096;
 
 impl ApiConfig {
-    /// Resolve the `[api]` table (relative paths are relative to `base`, the configuration
-    /// file's directory).
-    pub fn from_file(file: &ApiFileConfig, base: &Path) -> Result<Self, ConfigError> {
-        let mut cfg = ApiConfig::default();
-        if let Some(l) = &file.listen {
-            cfg.listen = parse_listen(l)?;
-        }
-        let rel = |p: &PathBuf| {
-            if p.is_absolute() {
-                p.clone()
-            } else {
-                base.join(p)
-            }
-        };
-        cfg.tls = match (&file.tls_cert, &file.tls_key) {
-            (Some(c), Some(k)) => Some(TlsFiles {
-                cert: rel(c),
-                key: rel(k),
-            }),
-            (None, None) => None,
-            _ => return Err(ConfigError::TlsPair),
-        };
-        cfg.admin = file.admin.clone();
-        cfg.admin_password_file = file.admin_password_file.as_ref().map(rel);
-        if let Some(t) = file.session_timeout_s {
-            if !super::redfish::body::SESSION_TIMEOUT_RANGE.contains(&t) {
-                return Err(ConfigError::SessionTimeout(t));
-            }
-            cfg.session_timeout = Duration::from_secs(t);
-        }
-        Ok(cfg)
-    }
-
-    /// Apply `--api-admin NAME:PASSWORD_FILE`.
-    pub fn set_admin_arg(&mut self, arg: &str) -> Result<(), ConfigError> {
-        let (name, file) = arg
-            .split_once(':')
-            .filter(|(n, f)| !n.is_empty() && !f.is_empty())
-            .ok_or_else(|| ConfigError::AdminArg(arg.into()))?;
-        self.admin = Some(name.into());
-        self.admin_password_file = Some(file.into());
-        Ok(())
-    }
-
     /// The first administrator and its password, read from the password file.
     pub fn admin_credentials(&self) -> Result<(String, Zeroizing<String>), ConfigError> {
         match (&self.admin, &self.admin_password_file) {
@@ -180,22 +122,38 @@ pub fn parse_listen(s: &str) -> Result<SocketAddr, ConfigError> {
     s.parse().map_err(|_| ConfigError::Listen(s.into()))
 }
 
-/// Read a secret file: refused if group- or other-accessible; its first line is the secret.
+/// Read a password file: refused unless it is a regular file that only its owner can read
+/// (mode 0600 or stricter) and small; its first line is the password.
 pub fn read_password_file(path: &Path) -> Result<Zeroizing<String>, ConfigError> {
+    use std::io::Read;
     use std::os::unix::fs::PermissionsExt;
     let io = |source| ConfigError::PasswordFile {
         path: path.into(),
         source,
     };
-    let meta = std::fs::metadata(path).map_err(io)?;
-    let mode = meta.permissions().mode() & 0o777;
+    let f = std::fs::File::open(path).map_err(io)?;
+    let meta = f.metadata().map_err(io)?;
+    let kind = |why| ConfigError::PasswordFileKind {
+        path: path.into(),
+        why,
+    };
+    if !meta.is_file() {
+        return Err(kind("not a regular file"));
+    }
+    let mode = meta.permissions().mode() & 0o7777;
     if mode & 0o077 != 0 {
         return Err(ConfigError::PasswordFileMode {
             path: path.into(),
             mode,
         });
     }
-    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(io)?);
+    if meta.len() > MAX_PASSWORD_FILE {
+        return Err(kind("too large for a password file"));
+    }
+    let mut text = Zeroizing::new(String::new());
+    f.take(MAX_PASSWORD_FILE)
+        .read_to_string(&mut text)
+        .map_err(io)?;
     let first = text.lines().next().unwrap_or("");
     let range = crate::mgmt::auth::PASSWORD_LEN;
     if !range.contains(&first.chars().count()) {
@@ -246,38 +204,21 @@ mod tests {
     }
 
     #[test]
-    fn file_table() {
-        let t: ApiFileConfig = toml::from_str(
-            "listen = \"127.0.0.1:9000\"\nadmin = \"root\"\nadmin_password_file = \"pw\"\ntls_cert = \"c.pem\"\ntls_key = \"/k.pem\"\n",
-        )
-        .unwrap();
-        let c = ApiConfig::from_file(&t, Path::new("/etc/pcietun")).unwrap();
-        assert_eq!(c.listen.port(), 9000);
-        assert_eq!(
-            c.admin_password_file.as_deref(),
-            Some(Path::new("/etc/pcietun/pw"))
-        );
-        assert_eq!(
-            c.tls,
-            Some(TlsFiles {
-                cert: "/etc/pcietun/c.pem".into(),
-                key: "/k.pem".into()
-            })
-        );
-        assert!(toml::from_str::<ApiFileConfig>("bogus = 1").is_err());
-        let t: ApiFileConfig = toml::from_str("tls_cert = \"c\"").unwrap();
+    fn not_a_file_and_no_administrator() {
+        let d = tempfile::tempdir().unwrap();
         assert!(matches!(
-            ApiConfig::from_file(&t, Path::new("/")),
-            Err(ConfigError::TlsPair)
+            read_password_file(d.path()),
+            Err(ConfigError::PasswordFileKind { .. })
+        ));
+        let big = write(d.path(), "big", &"x".repeat(5000), 0o600);
+        assert!(matches!(
+            read_password_file(&big),
+            Err(ConfigError::PasswordFileKind { .. })
         ));
         assert!(matches!(
             ApiConfig::default().admin_credentials(),
             Err(ConfigError::NoAdministrator)
         ));
-        let mut c = ApiConfig::default();
-        assert!(c.set_admin_arg("root").is_err());
-        c.set_admin_arg("root:/x").unwrap();
-        assert_eq!(c.admin.as_deref(), Some("root"));
         assert_eq!(ApiConfig::default().listen.to_string(), DEFAULT_LISTEN);
     }
 }

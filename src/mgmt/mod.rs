@@ -7,11 +7,13 @@
 //! * [`auth`] — accounts, roles, password hashing, session tokens.
 //! * [`server`] — the HTTP(S) server (axum, rustls) on its own thread.
 //! * [`metrics`] — `/metrics`, the Prometheus exposition of the pool's counters.
-//! * [`config`] — `[api]` configuration and the administrator's password file.
+//! * [`config`] — the server's configuration and the administrator's password file.
 //! * [`client`] — the API client behind `pcietun ctl`.
 //!
-//! Layering: `mgmt` may use `tlp`, `pci`, `transport`, `endpoint` and `appliance`, never `host`
-//! or `drivers`; nothing below imports `mgmt`.
+//! Layering: `mgmt` sits beside `crate::appliance`, not on it: it may use `tlp`, `pci`,
+//! `transport` and `endpoint`, never `appliance`, `host` or `drivers`, and nothing below imports
+//! `mgmt` (tests/layering.rs). It reaches the appliance only through [`Pool`]; `pcietun
+//! appliance` (src/cli) is the one place that adapts the appliance to it.
 
 pub mod auth;
 pub mod client;
@@ -23,6 +25,6 @@ pub mod pool;
 pub mod redfish;
 pub mod server;
 
-pub use config::{ApiConfig, ApiFileConfig, TlsFiles};
+pub use config::{ApiConfig, TlsFiles};
 pub use pool::{Completer, EventSink, Pool, PoolError, PoolEvent};
 pub use server::{Server, ServerError, ServerHandle};

@@ -4,8 +4,9 @@
 //! [`Pool`] is all the API needs from the appliance: an inventory snapshot (functions with stable
 //! ids, PCI ids and class, state and owner, health), the hosts (session state, RTT), assign and
 //! unassign as *operations* whose outcome the pool reports later through a [`Completer`], and a
-//! stream of [`PoolEvent`]s. The appliance runtime is bound to it by an adapter in `mgmt` (the
-//! appliance never imports `mgmt`); tests and demos use [`crate::mgmt::fake::FakePool`].
+//! stream of [`PoolEvent`]s. The appliance runtime is bound to it by an adapter in the CLI
+//! (mgmt and the appliance never import each other); tests and demos use
+//! [`crate::mgmt::fake::FakePool`].
 //!
 //! The function states follow the pool's life cycle (issue 11): unassigned, attaching to a host,
 //! assigned, detaching (orderly removal with a grace period), resetting (FLR between owners) and

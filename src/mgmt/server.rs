@@ -117,8 +117,22 @@ impl Drop for ServerHandle {
 pub struct Server;
 
 impl Server {
+    /// Check a configuration without serving anything: the administrator's password file and
+    /// the TLS files are read and checked as [`Server::start`] reads them, so a caller can
+    /// refuse a bad configuration before it starts anything else.
+    pub fn check(config: &ApiConfig) -> Result<(), ServerError> {
+        let (_, password) = config.admin_credentials()?;
+        drop(password);
+        if let Some(tls) = &config.tls {
+            load_tls(tls)?;
+        }
+        Ok(())
+    }
+
     /// Start serving `pool` as configured: reads the administrator's password file, loads the
-    /// TLS files, binds, and returns once the socket listens.
+    /// TLS files, binds, and returns once the socket listens. Any [`Pool`] will do (the
+    /// appliance's, through the CLI's adapter; [`super::fake::FakePool`] in tests and demos);
+    /// the server runs until the handle is dropped or shut down.
     pub fn start(config: &ApiConfig, pool: Arc<dyn Pool>) -> Result<ServerHandle, ServerError> {
         let (admin, password) = config.admin_credentials()?;
         let hash = hash_password(&password)?;
