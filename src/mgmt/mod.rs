@@ -8,6 +8,7 @@
 //! * [`server`] — the HTTP(S) server (axum, rustls) on its own thread.
 //! * [`metrics`] — `/metrics`, the Prometheus exposition of the pool's counters.
 //! * [`config`] — the server's configuration and the administrator's password file.
+//! * [`store`] — persistent state (accounts, policies, subscriptions) in redb.
 //! * [`client`] — the API client behind `pcietun ctl`.
 //!
 //! Layering: `mgmt` sits beside `crate::appliance`, not on it: it may use `tlp`, `pci`,
@@ -24,6 +25,7 @@ pub mod metrics;
 pub mod pool;
 pub mod redfish;
 pub mod server;
+pub mod store;
 
 pub use config::{ApiConfig, TlsFiles};
 pub use pool::{Completer, EventSink, Pool, PoolError, PoolEvent};
