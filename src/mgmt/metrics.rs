@@ -222,7 +222,7 @@ impl Collector for Scrape {
         )?;
 
         // --- per function traffic and errors ---
-        let directional: [(&str, &str, Option<Unit>, fn(&FunctionMetrics) -> (u64, u64)); 2] = [
+        let directional: [Family<FunctionMetrics, (u64, u64)>; 2] = [
             (
                 "function_tlps",
                 "TLPs to (downstream) and from (upstream) a function.",
@@ -271,7 +271,7 @@ impl Collector for Scrape {
                     })
             }),
         )?;
-        let per_function: [(&str, &str, fn(&FunctionMetrics) -> u64); 4] = [
+        let per_function: [Simple<FunctionMetrics>; 4] = [
             (
                 "function_interrupts",
                 "Interrupt messages (MSI, MSI-X) a function sent.",
@@ -336,7 +336,7 @@ impl Collector for Scrape {
                 ConstGauge::new(*v).encode(m.encode_family(labels)?)?;
             }
         }
-        let host_directional: [(&str, &str, Option<Unit>, fn(&HostMetrics) -> (u64, u64)); 2] = [
+        let host_directional: [Family<HostMetrics, (u64, u64)>; 2] = [
             (
                 "host_tlps",
                 "TLPs received from (downstream) and sent to (upstream) a host.",
@@ -366,7 +366,7 @@ impl Collector for Scrape {
                 }),
             )?;
         }
-        let per_host: [(&str, &str, fn(&HostMetrics) -> u64); 2] = [
+        let per_host: [Simple<HostMetrics>; 2] = [
             ("host_retransmits", "TLP retransmissions to a host.", |m| {
                 m.retransmits
             }),
@@ -388,6 +388,12 @@ impl Collector for Scrape {
         Ok(())
     }
 }
+
+/// A family's name, help, unit and how to read its value(s) from an entry.
+type Family<M, V> = (&'static str, &'static str, Option<Unit>, fn(&M) -> V);
+
+/// A family without a unit and with one value per entry.
+type Simple<M> = (&'static str, &'static str, fn(&M) -> u64);
 
 /// Labels of one sample.
 type Labels = Vec<(&'static str, String)>;
