@@ -14,6 +14,10 @@ command -v xmllint >/dev/null 2>&1 || need_apt+=(libxml2-utils)
 # `pcietun bench nvme --peer nbd`: the remote disk people use today, measured beside ours.
 command -v nbdkit >/dev/null 2>&1 || need_apt+=(nbdkit)
 command -v fio >/dev/null 2>&1 || need_apt+=(fio)
+# tests/mgmt_metrics.rs: promtool lints the live /metrics output.
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+# tests/mgmt_validator.rs: scripts/redfish-validate.sh installs DMTF's validator into a venv.
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3-venv)
 
 if ((${#need_apt[@]})); then
     if [ "$(id -u)" = 0 ]; then

@@ -31,6 +31,7 @@ pub mod appliance;
 pub mod drivers;
 pub mod endpoint;
 pub mod host;
+pub mod mgmt;
 pub mod pci;
 pub mod ratelimit;
 pub mod sync;

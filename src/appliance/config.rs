@@ -13,6 +13,10 @@
 //! [`ApplianceConfig::accepted_host_ids`]); nothing else in the appliance looks at a key. The
 //! key types and key files themselves are `crate::transport::keys` (docs/security.md "Key
 //! management").
+//!
+//! The management API's settings (`[api]`, `--api`, `--api-admin`) are parsed and checked here
+//! too, into the plain [`ApiSettings`]; the appliance does not serve the API itself (`mgmt`
+//! does, and `mgmt` and the appliance do not import each other: `pcietun appliance` converts).
 
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -39,6 +43,12 @@ pub const MAX_DMA_BUFFER: u64 = 1 << 30;
 pub const MAX_DMA_VFS: u16 = 7;
 /// DMA engine buffer when none is given.
 pub const DEFAULT_DMA_BUFFER: u64 = 1 << 20;
+/// Where the management API listens when `[api]` or `--api-admin` enables it without an
+/// address: loopback only.
+pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:8443";
+/// Session idle timeouts the management API accepts, in seconds (the same range its
+/// `SessionService.SessionTimeout` takes).
+pub const API_SESSION_TIMEOUT_S: std::ops::RangeInclusive<u64> = 30..=86400;
 
 /// What is wrong with one configuration value (the message, without its location).
 #[derive(Debug, thiserror::Error)]
@@ -169,6 +179,27 @@ pub enum ConfigProblem {
     /// A function assigned twice (a function has at most one owner).
     #[error("function {0} is assigned twice")]
     AssignedTwice(String),
+    /// A management API listen address that is not IP:PORT.
+    #[error("API listen address {0:?} is not IP:PORT (e.g. 127.0.0.1:8443)")]
+    ApiListen(String),
+    /// Only one of `tls_cert` / `tls_key`.
+    #[error("[api] TLS needs both tls_cert and tls_key")]
+    ApiTlsPair,
+    /// An administrator name the API would refuse.
+    #[error("API administrator name {0:?} must be 1 to 32 of A-Z a-z 0-9 . _ -")]
+    ApiAdminName(String),
+    /// `admin` without `admin_password_file`, or the other way round.
+    #[error("[api] needs both admin and admin_password_file")]
+    ApiAdminPair,
+    /// The API is enabled without a first administrator.
+    #[error("the management API needs a first administrator: [api] admin = \"NAME\" and admin_password_file = \"PATH\", or --api-admin NAME:PASSWORD_FILE (there is no default password)")]
+    ApiNoAdmin,
+    /// `--api-admin` not of the form `NAME:PASSWORD_FILE`.
+    #[error("want NAME:PASSWORD_FILE")]
+    ApiAdminFlag,
+    /// `session_timeout_s` out of range.
+    #[error("session_timeout_s must be 30..=86400")]
+    ApiSessionTimeout,
 }
 
 /// A configuration error: where the value came from, and what is wrong with it.
@@ -320,6 +351,47 @@ impl Default for LinkOptions {
     }
 }
 
+/// The management API's TLS files (PEM).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiTls {
+    /// Certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Private key (must be readable by its owner only; checked when the API starts).
+    pub key: PathBuf,
+}
+
+/// The management API's settings: `[api]` with `--api` / `--api-admin` on top. Plain data;
+/// `pcietun appliance` hands it to the API server. The password file is read (and refused
+/// when group or others can read it) when the server starts, before anything listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiSettings {
+    /// Listen address ([`DEFAULT_API_LISTEN`] unless given).
+    pub listen: SocketAddr,
+    /// HTTPS, or plain HTTP when `None`.
+    pub tls: Option<ApiTls>,
+    /// The first administrator (without one, [`ApplianceConfig::check_api`] refuses the
+    /// configuration).
+    pub admin: Option<String>,
+    /// The file whose first line is its password.
+    pub admin_password_file: Option<PathBuf>,
+    /// Session idle timeout (`None`: the API's default).
+    pub session_timeout: Option<Duration>,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        ApiSettings {
+            listen: DEFAULT_API_LISTEN
+                .parse()
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8443))),
+            tls: None,
+            admin: None,
+            admin_password_file: None,
+            session_timeout: None,
+        }
+    }
+}
+
 /// The resolved appliance configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApplianceConfig {
@@ -340,6 +412,8 @@ pub struct ApplianceConfig {
     pub dma_timeout: Duration,
     /// Transport knobs.
     pub link: LinkOptions,
+    /// The management API, when `[api]`, `--api` or `--api-admin` enables it.
+    pub api: Option<ApiSettings>,
 }
 
 impl Default for ApplianceConfig {
@@ -353,6 +427,7 @@ impl Default for ApplianceConfig {
             inject_loss: 0.0,
             dma_timeout: Duration::from_secs(2),
             link: LinkOptions::default(),
+            api: None,
         }
     }
 }
@@ -370,6 +445,10 @@ pub struct ConfigFlags {
     pub host: Vec<String>,
     /// `--inject-loss PCT`.
     pub inject_loss: Option<f64>,
+    /// `--api ADDR`: serve the management API there.
+    pub api: Option<String>,
+    /// `--api-admin NAME:PASSWORD_FILE`: its first administrator.
+    pub api_admin: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -386,6 +465,18 @@ struct FileConfig {
     assign: Vec<FileAssign>,
     #[serde(default)]
     options: Option<FileOptions>,
+    api: Option<Spanned<FileApi>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileApi {
+    listen: Option<Spanned<String>>,
+    tls_cert: Option<String>,
+    tls_key: Option<String>,
+    admin: Option<Spanned<String>>,
+    admin_password_file: Option<String>,
+    session_timeout_s: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -456,6 +547,34 @@ pub fn parse_size(s: &str) -> Result<u64, ConfigProblem> {
     };
     n.checked_mul(mult)
         .ok_or_else(|| ConfigProblem::SizeOverflow(s.to_string()))
+}
+
+/// Parse the management API's listen address (`IP:PORT`).
+pub fn parse_api_listen(s: &str) -> Result<SocketAddr, ConfigProblem> {
+    s.trim()
+        .parse()
+        .map_err(|_| ConfigProblem::ApiListen(s.to_string()))
+}
+
+/// Check an API administrator name (the rule of the API's account names).
+pub fn parse_api_admin_name(s: &str) -> Result<String, ConfigProblem> {
+    let ok = (1..=32).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(ConfigProblem::ApiAdminName(s.to_string()))
+    }
+}
+
+/// Parse `--api-admin NAME:PASSWORD_FILE`.
+pub fn parse_api_admin_flag(s: &str) -> Result<(String, PathBuf), ConfigProblem> {
+    let (name, file) = s
+        .split_once(':')
+        .filter(|(_, f)| !f.is_empty())
+        .ok_or(ConfigProblem::ApiAdminFlag)?;
+    Ok((parse_api_admin_name(name)?, PathBuf::from(file)))
 }
 
 /// Parse `udp:IP:PORT` or `eth:IFACE`.
@@ -878,6 +997,38 @@ impl ApplianceConfig {
                 cfg.dma_timeout = Duration::from_millis(*t.get_ref());
             }
         }
+        if let Some(a) = &file.api {
+            let table = a.get_ref();
+            let mut api = ApiSettings::default();
+            if let Some(l) = &table.listen {
+                api.listen = parse_api_listen(l.get_ref()).map_err(|m| err(Some(l.span()), m))?;
+            }
+            api.tls = match (&table.tls_cert, &table.tls_key) {
+                (Some(c), Some(k)) => Some(ApiTls {
+                    cert: resolve(c),
+                    key: resolve(k),
+                }),
+                (None, None) => None,
+                _ => return Err(err(Some(a.span()), ConfigProblem::ApiTlsPair)),
+            };
+            match (&table.admin, &table.admin_password_file) {
+                (Some(n), Some(f)) => {
+                    api.admin = Some(
+                        parse_api_admin_name(n.get_ref()).map_err(|m| err(Some(n.span()), m))?,
+                    );
+                    api.admin_password_file = Some(resolve(f));
+                }
+                (None, None) => {}
+                _ => return Err(err(Some(a.span()), ConfigProblem::ApiAdminPair)),
+            }
+            if let Some(t) = &table.session_timeout_s {
+                if !API_SESSION_TIMEOUT_S.contains(t.get_ref()) {
+                    return Err(err(Some(t.span()), ConfigProblem::ApiSessionTimeout));
+                }
+                api.session_timeout = Some(Duration::from_secs(*t.get_ref()));
+            }
+            cfg.api = Some(api);
+        }
         Ok(cfg)
     }
 
@@ -921,7 +1072,32 @@ impl ApplianceConfig {
             }
             self.inject_loss = l;
         }
+        if let Some(a) = &flags.api {
+            let listen = parse_api_listen(a).map_err(|m| flag_err("--api", a, m))?;
+            self.api.get_or_insert_with(ApiSettings::default).listen = listen;
+        }
+        if let Some(a) = &flags.api_admin {
+            let (name, file) =
+                parse_api_admin_flag(a).map_err(|m| flag_err("--api-admin", a, m))?;
+            let api = self.api.get_or_insert_with(ApiSettings::default);
+            api.admin = Some(name);
+            api.admin_password_file = Some(file);
+        }
         Ok(())
+    }
+
+    /// Check what only the merged configuration can tell: an enabled management API has a
+    /// first administrator (there is no default password). [`Self::fill_defaults`] does not
+    /// call it, so a caller that serves no API is not refused; `pcietun appliance` does.
+    pub fn check_api(&self) -> Result<(), ConfigError> {
+        match &self.api {
+            Some(a) if a.admin.is_none() || a.admin_password_file.is_none() => Err(ConfigError {
+                origin: "configuration".into(),
+                at: None,
+                problem: ConfigProblem::ApiNoAdmin,
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Fill in what is still missing: with no device, one NVMe controller on a 64 MiB
@@ -1279,6 +1455,7 @@ dma_timeout_ms = 500
             key: Some("/etc/pt/appliance.key".into()),
             host: vec![format!("web1=qbwNFB0vWMgKxHS4j6E5lhLrNI0ZMHsE1SaNjgLCZGs=")],
             inject_loss: Some(2.5),
+            ..ConfigFlags::default()
         })
         .unwrap();
         assert_eq!(c.devices[1].bdf, Bdf::new(0, 1, 0), "next free slot");
@@ -1306,6 +1483,132 @@ dma_timeout_ms = 500
             e.to_string(),
             "command line --inject-loss 150: must be 0..=100"
         );
+    }
+
+    #[test]
+    fn api_table_and_flags() {
+        let c = ApplianceConfig::from_toml("", "f.toml", Path::new("/etc/pt")).unwrap();
+        assert_eq!(c.api, None, "no [api], no API");
+        c.check_api().unwrap();
+
+        let c = ApplianceConfig::from_toml(
+            "[api]\nlisten = \"0.0.0.0:9443\"\nadmin = \"root\"\nadmin_password_file = \"admin.pw\"\n\
+             tls_cert = \"/tls/c.pem\"\ntls_key = \"k.pem\"\nsession_timeout_s = 600\n",
+            "f.toml",
+            Path::new("/etc/pt"),
+        )
+        .unwrap();
+        let api = c.api.clone().unwrap();
+        assert_eq!(api.listen, "0.0.0.0:9443".parse().unwrap());
+        assert_eq!(api.admin.as_deref(), Some("root"));
+        assert_eq!(
+            api.admin_password_file.as_deref(),
+            Some(Path::new("/etc/pt/admin.pw"))
+        );
+        assert_eq!(
+            api.tls,
+            Some(ApiTls {
+                cert: "/tls/c.pem".into(),
+                key: "/etc/pt/k.pem".into()
+            })
+        );
+        assert_eq!(api.session_timeout, Some(Duration::from_secs(600)));
+        c.check_api().unwrap();
+
+        // An empty table enables the API on loopback, but it needs an administrator.
+        let mut c = ApplianceConfig::from_toml("[api]\n", "f.toml", Path::new(".")).unwrap();
+        assert_eq!(
+            c.api.as_ref().unwrap().listen.to_string(),
+            DEFAULT_API_LISTEN
+        );
+        let e = c.check_api().unwrap_err();
+        assert!(matches!(e.problem, ConfigProblem::ApiNoAdmin), "{e}");
+        assert!(e.to_string().contains("no default password"), "{e}");
+        c.apply_flags(&ConfigFlags {
+            api: Some("127.0.0.1:0".into()),
+            api_admin: Some("ops:/run/pw".into()),
+            ..ConfigFlags::default()
+        })
+        .unwrap();
+        let api = c.api.clone().unwrap();
+        assert_eq!(api.listen.port(), 0);
+        assert_eq!(api.admin.as_deref(), Some("ops"));
+        assert_eq!(
+            api.admin_password_file.as_deref(),
+            Some(Path::new("/run/pw"))
+        );
+        c.check_api().unwrap();
+
+        // --api alone enables it.
+        let mut c = ApplianceConfig::default();
+        c.apply_flags(&ConfigFlags {
+            api: Some("[::1]:8443".into()),
+            ..ConfigFlags::default()
+        })
+        .unwrap();
+        assert!(c.api.is_some());
+        assert!(c.check_api().is_err());
+
+        for (text, want) in [
+            (
+                "[api]\nlisten = \"udp:1.2.3.4:5\"\n",
+                "f.toml:2:10: API listen address",
+            ),
+            (
+                "[api]\ntls_cert = \"c\"\n",
+                "f.toml:1:1: [api] TLS needs both",
+            ),
+            (
+                "[api]\nadmin = \"root\"\n",
+                "f.toml:1:1: [api] needs both admin",
+            ),
+            (
+                "[api]\nadmin = \"ro ot\"\nadmin_password_file = \"p\"\n",
+                "f.toml:2:9: API administrator name",
+            ),
+            (
+                "[api]\nsession_timeout_s = 5\n",
+                "f.toml:2:21: session_timeout_s",
+            ),
+            (
+                "[api]\npassword = \"x\"\n",
+                "f.toml:2:1: unknown field `password`",
+            ),
+        ] {
+            let e = ApplianceConfig::from_toml(text, "f.toml", Path::new(".")).unwrap_err();
+            assert!(e.to_string().starts_with(want), "{text:?}: {e}");
+        }
+        for (flag, value, want) in [
+            (
+                "--api",
+                "localhost",
+                "command line --api localhost: API listen address",
+            ),
+            (
+                "--api-admin",
+                "root",
+                "command line --api-admin root: want NAME:PASSWORD_FILE",
+            ),
+            (
+                "--api-admin",
+                "root:",
+                "command line --api-admin root:: want NAME:PASSWORD_FILE",
+            ),
+            (
+                "--api-admin",
+                ":/pw",
+                "command line --api-admin :/pw: API administrator name",
+            ),
+        ] {
+            let mut flags = ConfigFlags::default();
+            if flag == "--api" {
+                flags.api = Some(value.into());
+            } else {
+                flags.api_admin = Some(value.into());
+            }
+            let e = ApplianceConfig::default().apply_flags(&flags).unwrap_err();
+            assert!(e.to_string().starts_with(want), "{flag} {value}: {e}");
+        }
     }
 
     #[test]

@@ -11,7 +11,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 
+use pcietun::appliance::config::ApiSettings;
 use pcietun::appliance::{Appliance, ApplianceConfig, ConfigFlags, Ready};
+use pcietun::mgmt;
 
 /// Arguments of `pcietun appliance`.
 #[derive(Debug, clap::Args)]
@@ -36,6 +38,14 @@ pub struct ApplianceArgs {
     /// Drop this percentage of sent frames (testing).
     #[arg(long, value_name = "PCT")]
     inject_loss: Option<f64>,
+    /// Serve the management API (Redfish, /metrics) on IP:PORT (default with [api] or
+    /// --api-admin: 127.0.0.1:8443, loopback only).
+    #[arg(long, value_name = "ADDR")]
+    api: Option<String>,
+    /// The API's first administrator: NAME:PASSWORD_FILE (the file's first line is the
+    /// password; mode 0600). There is no default password.
+    #[arg(long, value_name = "NAME:PASSWORD_FILE")]
+    api_admin: Option<String>,
     /// Validate the configuration, build the devices, print what would run, and exit.
     #[arg(long)]
     check: bool,
@@ -63,9 +73,31 @@ fn resolve(args: &ApplianceArgs) -> Result<ApplianceConfig, Box<dyn std::error::
         key: args.key.clone(),
         host: args.host.clone(),
         inject_loss: args.inject_loss,
+        api: args.api.clone(),
+        api_admin: args.api_admin.clone(),
     })?;
+    cfg.check_api()?;
     cfg.fill_defaults();
     Ok(cfg)
+}
+
+/// The management API server's configuration from the appliance's `[api]` settings (the
+/// appliance and `mgmt` do not know each other; this is where they meet).
+fn api_config(s: &ApiSettings) -> mgmt::ApiConfig {
+    let mut c = mgmt::ApiConfig {
+        listen: s.listen,
+        tls: s.tls.as_ref().map(|t| mgmt::TlsFiles {
+            cert: t.cert.clone(),
+            key: t.key.clone(),
+        }),
+        admin: s.admin.clone(),
+        admin_password_file: s.admin_password_file.clone(),
+        ..mgmt::ApiConfig::default()
+    };
+    if let Some(t) = s.session_timeout {
+        c.session_timeout = t;
+    }
+    c
 }
 
 fn joined<T: ToString>(items: &[T], sep: &str) -> String {
@@ -98,6 +130,11 @@ pub fn run(args: ApplianceArgs) -> Result<ExitCode, Box<dyn std::error::Error>> 
         );
     }
     let listen = joined(&cfg.listen, " ");
+    // The API's password and TLS files are checked before any device is built.
+    let api = cfg.api.as_ref().map(api_config);
+    if let Some(api) = &api {
+        mgmt::Server::check(api)?;
+    }
     let app = Appliance::build(cfg)?;
     for w in app.warnings() {
         eprintln!("pcietun appliance: warning: {w}");
@@ -109,7 +146,24 @@ pub fn run(args: ApplianceArgs) -> Result<ExitCode, Box<dyn std::error::Error>> 
             fns.len(),
             joined(fns, ", ")
         );
+        if let Some(api) = &api {
+            println!(
+                "management API: {}://{} (administrator {})",
+                if api.tls.is_some() { "https" } else { "http" },
+                api.listen,
+                api.admin.as_deref().unwrap_or("-")
+            );
+        }
         return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(api) = &api {
+        // Serving it needs the appliance's pool behind `mgmt::Pool` (`mgmt::Server::start`
+        // takes any `Arc<dyn Pool>`); that adapter is not in this build yet.
+        eprintln!(
+            "pcietun appliance: warning: the management API ({}) is configured but not served: \
+             this build does not bind it to the appliance's pool yet",
+            api.listen
+        );
     }
     install_signal_handlers();
     let counters = app.counters();

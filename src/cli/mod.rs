@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 mod appliance;
 mod bench;
+mod ctl;
 mod demo;
 mod host;
 mod keys;
@@ -41,6 +42,8 @@ enum CliCommand {
     Keygen(keys::KeygenArgs),
     /// Print the public key of a private key file (or of a key on standard input).
     Pubkey(keys::PubkeyArgs),
+    /// Manage the appliance through its API: devices, hosts, assign, unassign.
+    Ctl(ctl::CtlArgs),
 }
 
 /// Parse the command line and run the chosen subcommand.
@@ -55,6 +58,7 @@ pub fn run() -> ExitCode {
         CliCommand::Host(args) => host::run(args),
         CliCommand::Keygen(args) => keys::keygen(args),
         CliCommand::Pubkey(args) => keys::pubkey(args),
+        CliCommand::Ctl(args) => ctl::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,32 @@
+//! The management plane: the DMTF Redfish API of the appliance and the client that
+//! `pcietun ctl` uses (issue 14; the pool it drives is issue 11's).
+//!
+//! * [`pool`] — the narrow seam to the appliance: inventory, hosts, assign/unassign as
+//!   operations with a [`pool::Completer`], events. [`fake`] is an in-memory pool.
+//! * [`redfish`] — the Redfish service as a synchronous request → response core.
+//! * [`auth`] — accounts, roles, password hashing, session tokens.
+//! * [`server`] — the HTTP(S) server (axum, rustls) on its own thread.
+//! * [`metrics`] — `/metrics`, the Prometheus exposition of the pool's counters.
+//! * [`config`] — the server's configuration and the administrator's password file.
+//! * [`store`] — persistent state (accounts, policies, subscriptions) in redb.
+//! * [`client`] — the API client behind `pcietun ctl`.
+//!
+//! Layering: `mgmt` sits beside `crate::appliance`, not on it: it may use `tlp`, `pci`,
+//! `transport` and `endpoint`, never `appliance`, `host` or `drivers`, and nothing below imports
+//! `mgmt` (tests/layering.rs). It reaches the appliance only through [`Pool`]; `pcietun
+//! appliance` (src/cli) is the one place that adapts the appliance to it.
+
+pub mod auth;
+pub mod client;
+pub mod clock;
+pub mod config;
+pub mod fake;
+pub mod metrics;
+pub mod pool;
+pub mod redfish;
+pub mod server;
+pub mod store;
+
+pub use config::{ApiConfig, TlsFiles};
+pub use pool::{Completer, EventSink, Pool, PoolError, PoolEvent};
+pub use server::{Server, ServerError, ServerHandle};

@@ -1,0 +1,640 @@
+//! Strict parsing of request bodies (PATCH, POST, actions) into typed requests.
+//!
+//! Every body is bounded before it gets here (the server refuses larger ones with 413). A body
+//! is parsed as JSON (`MalformedJSON`), must be an object, may carry OData annotations
+//! (`@odata.*`, which are ignored), and may contain only the properties the request defines:
+//! an unknown property is `PropertyUnknown` (`ActionParameterUnknown` for actions), a read-only
+//! one `PropertyNotWritable`, a wrong JSON type `PropertyValueTypeError`, a missing required one
+//! `PropertyMissing` — each naming the property by its JSON pointer. Parsing either yields a
+//! complete typed request or an error; nothing is half-applied. Passwords are never echoed in
+//! error messages.
+
+use serde_json::{Map, Value};
+use zeroize::Zeroizing;
+
+use super::error::{ApiError, ApiResult};
+use crate::mgmt::auth::Role;
+
+/// Nesting deeper than this is refused before it can cost anything.
+const MAX_DEPTH: usize = 16;
+
+/// What a body belongs to, which decides the messages used.
+#[derive(Debug, Clone, Copy)]
+enum Ctx {
+    /// PATCH or POST of a resource.
+    Resource,
+    /// A POST to an action.
+    Action(&'static str),
+}
+
+/// A JSON object being read, with the pointer of where it sits in the body.
+struct Obj<'a> {
+    map: &'a Map<String, Value>,
+    pointer: String,
+    ctx: Ctx,
+}
+
+/// Show a value in an error message (secrets are hidden, long values cut).
+fn show(value: &Value, secret: bool) -> String {
+    if secret {
+        return "(hidden)".into();
+    }
+    let s = match value {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    if s.chars().count() > 64 {
+        let cut: String = s.chars().take(64).collect();
+        format!("{cut}…")
+    } else {
+        s
+    }
+}
+
+fn depth(v: &Value) -> usize {
+    match v {
+        Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
+        Value::Object(o) => 1 + o.values().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// Parse a body that must be a JSON object.
+fn parse(bytes: &[u8]) -> ApiResult<Map<String, Value>> {
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::malformed_json(&format!("line {}, column {}: {e}", e.line(), e.column()))
+    })?;
+    if depth(&value) > MAX_DEPTH {
+        return Err(ApiError::malformed_json("nested too deeply"));
+    }
+    match value {
+        Value::Object(map) => Ok(map),
+        _ => Err(ApiError::not_an_object()),
+    }
+}
+
+impl<'a> Obj<'a> {
+    fn root(map: &'a Map<String, Value>, ctx: Ctx) -> Self {
+        Obj {
+            map,
+            pointer: String::new(),
+            ctx,
+        }
+    }
+
+    fn ptr(&self, name: &str) -> String {
+        format!("{}/{name}", self.pointer)
+    }
+
+    /// Refuse any member that is neither in `writable` nor an annotation; members in
+    /// `read_only` get `PropertyNotWritable`.
+    fn only(&self, writable: &[&str], read_only: &[&str]) -> ApiResult<()> {
+        for key in self.map.keys() {
+            if key.starts_with('@') || writable.contains(&key.as_str()) {
+                continue;
+            }
+            return Err(match self.ctx {
+                Ctx::Action(action) => ApiError::action_parameter_unknown(action, key),
+                Ctx::Resource if read_only.contains(&key.as_str()) => {
+                    ApiError::property_not_writable(&self.ptr(key))
+                }
+                Ctx::Resource => ApiError::property_unknown(&self.ptr(key)),
+            });
+        }
+        Ok(())
+    }
+
+    fn type_error(&self, name: &str, value: &Value, want: &str, secret: bool) -> ApiError {
+        match self.ctx {
+            Ctx::Action(action) => {
+                ApiError::action_parameter_type(action, name, &show(value, secret), want)
+            }
+            Ctx::Resource => ApiError::property_type(&self.ptr(name), &show(value, secret), want),
+        }
+    }
+
+    fn missing(&self, name: &str) -> ApiError {
+        match self.ctx {
+            Ctx::Action(action) => ApiError::action_parameter_missing(action, name),
+            Ctx::Resource => ApiError::property_missing(&self.ptr(name)),
+        }
+    }
+
+    fn get(&self, name: &str) -> Option<&'a Value> {
+        self.map.get(name)
+    }
+
+    fn string(&self, name: &str) -> ApiResult<Option<&'a str>> {
+        self.string_inner(name, false)
+    }
+
+    fn secret(&self, name: &str) -> ApiResult<Option<&'a str>> {
+        self.string_inner(name, true)
+    }
+
+    fn string_inner(&self, name: &str, secret: bool) -> ApiResult<Option<&'a str>> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(v) => Err(self.type_error(name, v, "a string", secret)),
+        }
+    }
+
+    fn boolean(&self, name: &str) -> ApiResult<Option<bool>> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(v) => Err(self.type_error(name, v, "true or false", false)),
+        }
+    }
+
+    fn integer(&self, name: &str) -> ApiResult<Option<i64>> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(v @ Value::Number(n)) => n
+                .as_i64()
+                .map(Some)
+                .ok_or_else(|| self.type_error(name, v, "an integer", false)),
+            Some(v) => Err(self.type_error(name, v, "an integer", false)),
+        }
+    }
+
+    fn object(&self, name: &str) -> ApiResult<Option<Obj<'a>>> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(Value::Object(map)) => Ok(Some(Obj {
+                map,
+                pointer: self.ptr(name),
+                ctx: self.ctx,
+            })),
+            Some(v) => Err(self.type_error(name, v, "an object", false)),
+        }
+    }
+
+    /// A navigation link: `{"@odata.id": "/redfish/v1/…"}` and nothing else.
+    fn link(&self, name: &str) -> ApiResult<Option<&'a str>> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(v) => link_value(v)
+                .map(Some)
+                .ok_or_else(|| self.type_error(name, v, "a link {\"@odata.id\": URI}", false)),
+        }
+    }
+
+    /// An array of navigation links.
+    fn links(&self, name: &str) -> ApiResult<Option<Vec<&'a str>>> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(v @ Value::Array(items)) => items
+                .iter()
+                .map(link_value)
+                .collect::<Option<Vec<_>>>()
+                .map(Some)
+                .ok_or_else(|| self.type_error(name, v, "an array of links", false)),
+            Some(v) => Err(self.type_error(name, v, "an array of links", false)),
+        }
+    }
+}
+
+fn link_value(v: &Value) -> Option<&str> {
+    let obj = v.as_object()?;
+    if obj.len() != 1 {
+        return None;
+    }
+    obj.get("@odata.id")?.as_str()
+}
+
+fn required<T>(obj: &Obj<'_>, name: &str, v: Option<T>) -> ApiResult<T> {
+    v.ok_or_else(|| obj.missing(name))
+}
+
+/// PATCH of a Zone: its new endpoint membership.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ZonePatch {
+    /// `@odata.id`s of every endpoint that should be in the zone.
+    pub endpoints: Vec<String>,
+}
+
+/// Properties of a Zone that exist but cannot be written.
+const ZONE_READ_ONLY: &[&str] = &[
+    "Id",
+    "Name",
+    "Description",
+    "Status",
+    "ZoneType",
+    "Actions",
+    "Oem",
+    "DefaultRoutingEnabled",
+    "Identifiers",
+    "ExternalAccessibility",
+    "RoutingEnabled",
+];
+
+/// Parse a Zone PATCH (`{"Links": {"Endpoints": [{"@odata.id": …}, …]}}`).
+pub fn zone_patch(bytes: &[u8]) -> ApiResult<ZonePatch> {
+    let map = parse(bytes)?;
+    let root = Obj::root(&map, Ctx::Resource);
+    if map.keys().all(|k| k.starts_with('@')) {
+        return Err(ApiError::empty_json());
+    }
+    root.only(&["Links"], ZONE_READ_ONLY)?;
+    let links = required(&root, "Links", root.object("Links")?)?;
+    links.only(
+        &["Endpoints"],
+        &[
+            "AddressPools",
+            "ContainedByZones",
+            "ContainsZones",
+            "InvolvedSwitches",
+            "Oem",
+        ],
+    )?;
+    let endpoints = required(&links, "Endpoints", links.links("Endpoints")?)?;
+    Ok(ZonePatch {
+        endpoints: endpoints.into_iter().map(str::to_string).collect(),
+    })
+}
+
+/// Parameters of `#Zone.AddEndpoint` / `#Zone.RemoveEndpoint`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointAction {
+    /// `@odata.id` of the endpoint.
+    pub endpoint: String,
+    /// The client's view of the endpoint's ETag, if given.
+    pub endpoint_etag: Option<String>,
+    /// The client's view of the zone's ETag, if given.
+    pub zone_etag: Option<String>,
+}
+
+/// Parse the body of a Zone endpoint action (`action` is e.g. `Zone.AddEndpoint`).
+pub fn endpoint_action(bytes: &[u8], action: &'static str) -> ApiResult<EndpointAction> {
+    let map = parse(bytes)?;
+    let root = Obj::root(&map, Ctx::Action(action));
+    root.only(&["Endpoint", "EndpointETag", "ZoneETag"], &[])?;
+    let endpoint = required(&root, "Endpoint", root.link("Endpoint")?)?;
+    Ok(EndpointAction {
+        endpoint: endpoint.to_string(),
+        endpoint_etag: root.string("EndpointETag")?.map(str::to_string),
+        zone_etag: root.string("ZoneETag")?.map(str::to_string),
+    })
+}
+
+/// `UserName` and `Password` of a login (POST to Sessions).
+pub struct Credentials {
+    /// Account name.
+    pub user: String,
+    /// Password (wiped from memory when dropped).
+    pub password: Zeroizing<String>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .field("password", &"(hidden)")
+            .finish()
+    }
+}
+
+/// Parse a POST to the Sessions collection.
+pub fn session_create(bytes: &[u8]) -> ApiResult<Credentials> {
+    let map = parse(bytes)?;
+    let root = Obj::root(&map, Ctx::Resource);
+    root.only(
+        &["UserName", "Password"],
+        &[
+            "Id",
+            "Name",
+            "Description",
+            "CreatedTime",
+            "SessionType",
+            "Oem",
+        ],
+    )?;
+    let user = required(&root, "UserName", root.string("UserName")?)?;
+    let password = required(&root, "Password", root.secret("Password")?)?;
+    Ok(Credentials {
+        user: user.to_string(),
+        password: Zeroizing::new(password.to_string()),
+    })
+}
+
+/// A POST to the Accounts collection.
+pub struct AccountCreate {
+    /// Account name.
+    pub user: String,
+    /// Initial password.
+    pub password: Zeroizing<String>,
+    /// Role.
+    pub role: Role,
+    /// Whether it may log in (default true).
+    pub enabled: bool,
+}
+
+impl std::fmt::Debug for AccountCreate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccountCreate")
+            .field("user", &self.user)
+            .field("role", &self.role)
+            .field("enabled", &self.enabled)
+            .finish_non_exhaustive()
+    }
+}
+
+const ACCOUNT_READ_ONLY: &[&str] = &[
+    "Id",
+    "Name",
+    "Description",
+    "Links",
+    "Locked",
+    "AccountTypes",
+    "Oem",
+    "Status",
+];
+
+fn role(obj: &Obj<'_>, name: &str) -> ApiResult<Option<Role>> {
+    match obj.string(name)? {
+        None => Ok(None),
+        Some(s) => Role::parse(s).map(Some).ok_or_else(|| {
+            ApiError::property_not_in_list(&obj.ptr(name), s, &Role::ALL.map(Role::id))
+        }),
+    }
+}
+
+/// Parse a POST to the Accounts collection.
+pub fn account_create(bytes: &[u8]) -> ApiResult<AccountCreate> {
+    let map = parse(bytes)?;
+    let root = Obj::root(&map, Ctx::Resource);
+    root.only(
+        &["UserName", "Password", "RoleId", "Enabled"],
+        ACCOUNT_READ_ONLY,
+    )?;
+    let user = required(&root, "UserName", root.string("UserName")?)?;
+    let password = required(&root, "Password", root.secret("Password")?)?;
+    let role = required(&root, "RoleId", role(&root, "RoleId")?)?;
+    Ok(AccountCreate {
+        user: user.to_string(),
+        password: Zeroizing::new(password.to_string()),
+        role,
+        enabled: root.boolean("Enabled")?.unwrap_or(true),
+    })
+}
+
+/// A PATCH of an account.
+#[derive(Default)]
+pub struct AccountPatch {
+    /// New password.
+    pub password: Option<Zeroizing<String>>,
+    /// New role.
+    pub role: Option<Role>,
+    /// Enable or disable logins.
+    pub enabled: Option<bool>,
+}
+
+impl std::fmt::Debug for AccountPatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccountPatch")
+            .field("password", &self.password.as_ref().map(|_| "(hidden)"))
+            .field("role", &self.role)
+            .field("enabled", &self.enabled)
+            .finish()
+    }
+}
+
+/// Parse a PATCH of an account (`UserName` cannot be changed: ids and names stay stable).
+pub fn account_patch(bytes: &[u8]) -> ApiResult<AccountPatch> {
+    let map = parse(bytes)?;
+    let root = Obj::root(&map, Ctx::Resource);
+    if map.keys().all(|k| k.starts_with('@')) {
+        return Err(ApiError::empty_json());
+    }
+    let mut read_only = ACCOUNT_READ_ONLY.to_vec();
+    read_only.push("UserName");
+    root.only(&["Password", "RoleId", "Enabled"], &read_only)?;
+    Ok(AccountPatch {
+        password: root
+            .secret("Password")?
+            .map(|p| Zeroizing::new(p.to_string())),
+        role: role(&root, "RoleId")?,
+        enabled: root.boolean("Enabled")?,
+    })
+}
+
+/// A PATCH of the SessionService: the idle timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionServicePatch {
+    /// New idle timeout in seconds.
+    pub timeout_s: u64,
+}
+
+/// Idle timeouts the SessionService accepts (Redfish: 30 s to 86400 s).
+pub const SESSION_TIMEOUT_RANGE: std::ops::RangeInclusive<u64> = 30..=86400;
+
+/// Parse a PATCH of the SessionService.
+pub fn session_service_patch(bytes: &[u8]) -> ApiResult<SessionServicePatch> {
+    let map = parse(bytes)?;
+    let root = Obj::root(&map, Ctx::Resource);
+    if map.keys().all(|k| k.starts_with('@')) {
+        return Err(ApiError::empty_json());
+    }
+    root.only(
+        &["SessionTimeout"],
+        &[
+            "Id",
+            "Name",
+            "Description",
+            "Sessions",
+            "Status",
+            "ServiceEnabled",
+            "Oem",
+        ],
+    )?;
+    let t = required(&root, "SessionTimeout", root.integer("SessionTimeout")?)?;
+    match u64::try_from(t) {
+        Ok(t) if SESSION_TIMEOUT_RANGE.contains(&t) => Ok(SessionServicePatch { timeout_s: t }),
+        _ => Err(ApiError::property_out_of_range(
+            "/SessionTimeout",
+            &t.to_string(),
+            "30..=86400 seconds",
+        )),
+    }
+}
+
+/// A body that must be empty or `{}` (DELETE, actions without parameters).
+pub fn no_parameters(bytes: &[u8], action: &'static str) -> ApiResult<()> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(());
+    }
+    let map = parse(bytes)?;
+    Obj::root(&map, Ctx::Action(action)).only(&[], &[])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::StatusCode;
+    use proptest::prelude::*;
+
+    fn id(e: &ApiError) -> String {
+        e.info[0].message_id()
+    }
+
+    #[test]
+    fn zone_patch_ok() {
+        let p = zone_patch(br#"{"Links":{"Endpoints":[{"@odata.id":"/a"},{"@odata.id":"/b"}]},"@odata.etag":"W/\"x\""}"#).unwrap();
+        assert_eq!(p.endpoints, ["/a", "/b"]);
+    }
+
+    #[test]
+    fn zone_patch_errors() {
+        let cases: &[(&[u8], &str, &str)] = &[
+            (b"{", "MalformedJSON", ""),
+            (b"[]", "UnrecognizedRequestBody", ""),
+            (b"{}", "EmptyJSON", ""),
+            (
+                br#"{"Links":{"Endpoints":[]},"Foo":1}"#,
+                "PropertyUnknown",
+                "/Foo",
+            ),
+            (br#"{"Name":"x"}"#, "PropertyNotWritable", "/Name"),
+            (
+                br#"{"Links":{"Endpoints":[],"Bar":1}}"#,
+                "PropertyUnknown",
+                "/Links/Bar",
+            ),
+            (br#"{"Links":[]}"#, "PropertyValueTypeError", "/Links"),
+            (
+                br#"{"Links":{"Endpoints":"x"}}"#,
+                "PropertyValueTypeError",
+                "/Links/Endpoints",
+            ),
+            (
+                br#"{"Links":{"Endpoints":[{"@odata.id":1}]}}"#,
+                "PropertyValueTypeError",
+                "/Links/Endpoints",
+            ),
+            (
+                br#"{"Links":{"Endpoints":[{"@odata.id":"/a","x":1}]}}"#,
+                "PropertyValueTypeError",
+                "/Links/Endpoints",
+            ),
+            (br#"{"Links":{}}"#, "PropertyMissing", "/Links/Endpoints"),
+        ];
+        for (body, want, pointer) in cases {
+            let e = zone_patch(body).unwrap_err();
+            assert_eq!(
+                id(&e),
+                format!("Base.1.22.{want}"),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+            assert_eq!(e.status, StatusCode::BAD_REQUEST);
+            if !pointer.is_empty() {
+                assert_eq!(e.info[0].related, [pointer.to_string()]);
+                assert!(e.message.contains(pointer), "{}", e.message);
+            }
+        }
+    }
+
+    #[test]
+    fn action_errors() {
+        let a = "Zone.AddEndpoint";
+        assert_eq!(
+            endpoint_action(
+                br#"{"Endpoint":{"@odata.id":"/e"},"ZoneETag":"W/\"1\""}"#,
+                a
+            )
+            .unwrap(),
+            EndpointAction {
+                endpoint: "/e".into(),
+                endpoint_etag: None,
+                zone_etag: Some("W/\"1\"".into())
+            }
+        );
+        let e = endpoint_action(b"{}", a).unwrap_err();
+        assert_eq!(id(&e), "Base.1.22.ActionParameterMissing");
+        assert_eq!(e.info[0].args, [a, "Endpoint"]);
+        let e = endpoint_action(br#"{"Endpoint":{"@odata.id":"/e"},"Force":true}"#, a).unwrap_err();
+        assert_eq!(id(&e), "Base.1.22.ActionParameterUnknown");
+        let e = endpoint_action(br#"{"Endpoint":"/e"}"#, a).unwrap_err();
+        assert_eq!(id(&e), "Base.1.22.ActionParameterValueTypeError");
+        assert_eq!(e.info[0].args, ["/e", "Endpoint", a]);
+    }
+
+    #[test]
+    fn passwords_are_not_echoed() {
+        let e = session_create(br#"{"UserName":"a","Password":12345678}"#).unwrap_err();
+        assert_eq!(id(&e), "Base.1.22.PropertyValueTypeError");
+        assert!(!e.body().to_string().contains("12345678"));
+        let e = account_patch(br#"{"Password":["hunter22"]}"#).unwrap_err();
+        assert!(!e.body().to_string().contains("hunter22"));
+        assert!(!format!(
+            "{:?}",
+            session_create(br#"{"UserName":"a","Password":"hunter22"}"#).unwrap()
+        )
+        .contains("hunter22"));
+    }
+
+    #[test]
+    fn accounts() {
+        let c = account_create(br#"{"UserName":"op","Password":"pw123456","RoleId":"Operator"}"#)
+            .unwrap();
+        assert_eq!(
+            (c.user.as_str(), c.role, c.enabled),
+            ("op", Role::Operator, true)
+        );
+        let e = account_create(br#"{"UserName":"op","Password":"pw123456","RoleId":"Root"}"#)
+            .unwrap_err();
+        assert_eq!(id(&e), "Base.1.22.PropertyValueNotInList");
+        let e = account_patch(br#"{"UserName":"x"}"#).unwrap_err();
+        assert_eq!(id(&e), "Base.1.22.PropertyNotWritable");
+        let p = account_patch(br#"{"Enabled":false}"#).unwrap();
+        assert_eq!(p.enabled, Some(false));
+    }
+
+    #[test]
+    fn session_timeout_range() {
+        assert_eq!(
+            session_service_patch(br#"{"SessionTimeout":600}"#)
+                .unwrap()
+                .timeout_s,
+            600
+        );
+        for bad in [
+            &br#"{"SessionTimeout":5}"#[..],
+            br#"{"SessionTimeout":-1}"#,
+            br#"{"SessionTimeout":1e99}"#,
+        ] {
+            assert!(session_service_patch(bad).is_err());
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_refused() {
+        let body = format!("{{\"Links\":{}{}}}", "[".repeat(100), "]".repeat(100));
+        assert_eq!(
+            id(&zone_patch(body.as_bytes()).unwrap_err()),
+            "Base.1.22.MalformedJSON"
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = zone_patch(&bytes);
+            let _ = endpoint_action(&bytes, "Zone.AddEndpoint");
+            let _ = session_create(&bytes);
+            let _ = account_create(&bytes);
+            let _ = account_patch(&bytes);
+            let _ = session_service_patch(&bytes);
+            let _ = no_parameters(&bytes, "X");
+        }
+
+        #[test]
+        fn zone_patch_roundtrip(ids in proptest::collection::vec("[a-z0-9/._-]{1,20}", 0..8)) {
+            let body = serde_json::json!({"Links": {"Endpoints": ids.iter().map(|i| serde_json::json!({"@odata.id": i})).collect::<Vec<_>>()}});
+            let p = zone_patch(body.to_string().as_bytes()).unwrap();
+            prop_assert_eq!(p.endpoints, ids);
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! `pcietun ctl` against an in-process API server: through the library client (every command,
+//! every refusal and its exit code), and through the real `pcietun` binary for exit codes,
+//! `--json` and the settings file.
+
+mod mgmt_common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+use std::time::Duration;
+
+use mgmt_common::*;
+use pcietun::mgmt::client::{Client, ClientError, Settings};
+use pcietun::mgmt::fake::Completion;
+
+fn client(api: &Api, token: Option<String>) -> Client {
+    Client::new(&Settings {
+        api: api.url.clone(),
+        token,
+        ca: None,
+        timeout: Duration::from_secs(10),
+    })
+    .unwrap()
+}
+
+fn refused(e: ClientError, want: &str) {
+    assert_eq!(e.exit_code(), 1, "{e}");
+    let msg = e.to_string();
+    assert!(msg.contains(want), "{msg:?} should say {want:?}");
+    assert!(!msg.contains('\n'), "one line: {msg:?}");
+}
+
+#[test]
+fn library_client_drives_the_pool() {
+    let api = start();
+    let anon = client(&api, None);
+    refused(
+        anon.login(ADMIN, "bad-password").unwrap_err(),
+        "wrong user name or password",
+    );
+    refused(anon.devices().unwrap_err(), "authentication required");
+    let login = anon.login(ADMIN, ADMIN_PW).unwrap();
+    let c = client(&api, Some(login.token.clone()));
+
+    let rows = c.devices().unwrap();
+    let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, ["nvme0", "dma0", "dma0.vf1", "dma0.vf2"]);
+    let nvme = &rows[0];
+    assert_eq!(
+        (nvme.vendor_id.as_str(), nvme.class_code.as_str()),
+        ("0x1b36", "0x010802")
+    );
+    assert_eq!(
+        (
+            nvme.kind.as_str(),
+            nvme.state.as_str(),
+            nvme.host.as_deref()
+        ),
+        ("physical", "unassigned", None)
+    );
+    assert_eq!(nvme.model, "NVMe controller");
+    assert_eq!(rows[3].physical_function.as_deref(), Some("dma0"));
+    let hosts = c.hosts().unwrap();
+    assert_eq!(hosts[0].id, "alpha");
+    assert_eq!(
+        (hosts[0].session.as_str(), hosts[0].rtt_us),
+        ("connected", Some(42))
+    );
+
+    let t = c.assign("nvme0", "alpha").unwrap();
+    let t = c.wait(t, Duration::from_secs(5)).unwrap();
+    assert_eq!(
+        (t.state.as_str(), t.host.as_deref()),
+        ("Completed", Some("alpha"))
+    );
+    assert_eq!(api.state("nvme0"), "assigned");
+    assert_eq!(c.hosts().unwrap()[0].functions, ["nvme0"]);
+    assert_eq!(c.devices().unwrap()[0].host.as_deref(), Some("alpha"));
+
+    refused(
+        c.assign("nvme0", "beta").unwrap_err(),
+        "already assigned to host \"alpha\"",
+    );
+    refused(
+        c.assign("nvme9", "alpha").unwrap_err(),
+        "unknown function \"nvme9\"",
+    );
+    refused(
+        c.assign("dma0", "gamma").unwrap_err(),
+        "unknown host \"gamma\"",
+    );
+    refused(c.assign("../etc", "alpha").unwrap_err(), "unknown function");
+    refused(c.unassign("dma0").unwrap_err(), "not assigned");
+    refused(c.unassign("nvme9").unwrap_err(), "unknown function");
+    api.pool
+        .set_failed("dma0.vf2", "completion timeout on reset");
+    refused(
+        c.assign("dma0.vf2", "alpha").unwrap_err(),
+        "failed: completion timeout on reset",
+    );
+
+    let t = c.unassign("nvme0").unwrap();
+    let t = c.wait(t, Duration::from_secs(5)).unwrap();
+    assert_eq!(
+        (t.state.as_str(), t.host.as_deref()),
+        ("Completed", Some("alpha"))
+    );
+    assert_eq!(api.state("nvme0"), "unassigned");
+
+    // A task that fails while ctl waits, and one that does not finish in time.
+    api.pool.set_completion(Completion::Manual);
+    let t = c.assign("dma0", "alpha").unwrap();
+    assert_eq!(t.state, "Running");
+    let pool = api.pool.clone();
+    let failer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(pool.fail("dma0", "slot power fault"));
+    });
+    refused(
+        c.wait(t, Duration::from_secs(5)).unwrap_err(),
+        "slot power fault",
+    );
+    failer.join().unwrap();
+    let t = c.assign("dma0", "alpha").unwrap();
+    let e = c.wait(t, Duration::from_millis(300)).unwrap_err();
+    assert!(matches!(e, ClientError::TaskTimeout { .. }), "{e}");
+    assert_eq!(e.exit_code(), 1);
+
+    // A ReadOnly session is refused with the API's reason.
+    let ro = api.user(&login.token, "viewer", "ReadOnly");
+    refused(
+        client(&api, Some(ro))
+            .assign("dma0.vf1", "alpha")
+            .unwrap_err(),
+        "lacks the ConfigureComponents privilege",
+    );
+    c.logout(&login.session).unwrap();
+    refused(c.devices().unwrap_err(), "unknown or expired");
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn ctl(config: &std::path::Path, args: &[&str], stdin: Option<&str>) -> Run {
+    use std::io::Write;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pcietun"));
+    cmd.arg("ctl")
+        .args(args)
+        .env("PCIETUN_CTL_CONFIG", config)
+        .env_remove("PCIETUN_TOKEN")
+        .env_remove("PCIETUN_API")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    if let Some(s) = stdin {
+        child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into(),
+        stderr: String::from_utf8_lossy(&out.stderr).into(),
+    }
+}
+
+#[test]
+fn the_binary_keeps_its_exit_codes_and_json_keys() {
+    let api = start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ctl.toml");
+    let url = api.url.as_str();
+
+    // login reads the password from stdin and keeps the token in a 0600 file.
+    let r = ctl(
+        &config,
+        &["--api", url, "login", "--user", ADMIN],
+        Some(&format!("{ADMIN_PW}\n")),
+    );
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert_eq!(
+        std::fs::metadata(&config).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let saved = std::fs::read_to_string(&config).unwrap();
+    assert!(saved.contains("token") && saved.contains(url));
+
+    // devices --json: the documented keys, from the saved settings (no --api, no --token).
+    let r = ctl(&config, &["devices", "--json"], None);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let rows: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let first = rows[0].as_object().unwrap();
+    let mut keys: Vec<&str> = first.keys().map(String::as_str).collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "class",
+            "class_code",
+            "device",
+            "device_id",
+            "function",
+            "health",
+            "host",
+            "id",
+            "kind",
+            "model",
+            "physical_function",
+            "state",
+            "subsystem_id",
+            "subsystem_vendor_id",
+            "vendor_id"
+        ]
+    );
+    assert_eq!(rows.as_array().unwrap().len(), 4);
+    let r = ctl(&config, &["devices"], None);
+    assert_eq!(r.code, 0);
+    assert!(
+        r.stdout.lines().next().unwrap().starts_with("FUNCTION"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("nvme0") && r.stdout.contains("MassStorageController"));
+
+    let r = ctl(&config, &["hosts", "--json"], None);
+    assert_eq!(r.code, 0);
+    let hosts: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(
+        hosts[0],
+        serde_json::json!({"id": "alpha", "session": "connected", "rtt_us": 42, "functions": []})
+    );
+
+    // assign waits for its task; --json reports it.
+    let r = ctl(&config, &["--json", "assign", "nvme0", "alpha"], None);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let out: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(out["state"], "Completed");
+    assert_eq!(out["function"], "nvme0");
+    assert!(out["task"]
+        .as_str()
+        .unwrap()
+        .starts_with("/redfish/v1/TaskService/Tasks/"));
+    assert_eq!(api.state("nvme0"), "assigned");
+
+    // Refused: exit 1 and the API's reason on one line.
+    let r = ctl(&config, &["assign", "nvme0", "beta"], None);
+    assert_eq!(r.code, 1);
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("already assigned to host \"alpha\""),
+        "{}",
+        r.stderr
+    );
+    let r = ctl(&config, &["--json", "unassign", "dma0"], None);
+    assert_eq!(r.code, 1);
+    let err: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(err["exit_code"], 1);
+    assert!(err["error"].as_str().unwrap().contains("not assigned"));
+
+    // --no-wait returns at once with the running task.
+    api.pool.set_completion(Completion::Manual);
+    let r = ctl(&config, &["unassign", "nvme0", "--no-wait", "--json"], None);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let out: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(out["state"], "Running");
+    assert_eq!(api.state("nvme0"), "detaching");
+    assert!(api.pool.complete("nvme0"));
+
+    // Usage: exit 2.
+    assert_eq!(ctl(&config, &["assign", "nvme0"], None).code, 2);
+    assert_eq!(
+        ctl(&config, &["--api", "127.0.0.1:1", "devices"], None).code,
+        2
+    );
+    // Cannot reach: exit 3.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let r = ctl(
+        &config,
+        &["--api", &format!("http://127.0.0.1:{port}"), "devices"],
+        None,
+    );
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert!(r.stderr.contains("cannot reach the appliance"));
+
+    // A settings file others can read is refused rather than trusted with a token.
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert_eq!(ctl(&config, &["devices"], None).code, 2);
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    // logout ends the session and forgets the token.
+    let r = ctl(&config, &["logout"], None);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(!std::fs::read_to_string(&config).unwrap().contains("token"));
+    let r = ctl(&config, &["devices"], None);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("authentication required"), "{}", r.stderr);
+}

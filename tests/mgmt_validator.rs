@@ -1,0 +1,50 @@
+//! DMTF's Redfish Service Validator against the live management API (in-process server on
+//! 127.0.0.1 over the in-memory pool, one assignment made so every kind of resource exists),
+//! through scripts/redfish-validate.sh: 0 errors. Skips loudly when the validator cannot be
+//! installed (no python3 venv or no PyPI), and fails instead under `PCIETUN_REQUIRE_ALL=1`.
+
+mod mgmt_common;
+mod prereq;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+
+use mgmt_common::*;
+
+#[test]
+fn redfish_service_validator_reports_no_error() {
+    let api = start();
+    let admin = api.admin();
+    assert_eq!(
+        api.post(ADD_ALPHA, Auth::Token(&admin), &add_endpoint_body("nvme0"))
+            .status,
+        202
+    );
+    api.user(&admin, "viewer", "ReadOnly");
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, format!("{ADMIN_PW}\n")).unwrap();
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/redfish-validate.sh");
+    let logdir = dir.path().join("logs");
+    let out = Command::new("bash")
+        .arg(script)
+        .args(["--url", &api.url, "--user", ADMIN])
+        .arg("--password-file")
+        .arg(&pw)
+        .arg("--logdir")
+        .arg(&logdir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.code() == Some(77) {
+        prereq::skip("redfish_service_validator_reports_no_error", stderr.trim());
+        return;
+    }
+    assert!(
+        out.status.success(),
+        "the validator reported errors:\n{stdout}\n{stderr}\n{}",
+        std::fs::read_to_string(logdir.join("stdout.txt")).unwrap_or_default()
+    );
+}
