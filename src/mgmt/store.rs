@@ -113,6 +113,9 @@ impl RedbStore {
             path: path.to_path_buf(),
             source: Box::new(e),
         };
+        if !path.exists() {
+            Self::create_atomically(path).map_err(err)?;
+        }
         let db = redb::Database::create(path).map_err(|e| err(e.into()))?;
         let store = RedbStore {
             db,
@@ -124,6 +127,40 @@ impl RedbStore {
         }
         txn.commit().map_err(|e| err(e.into()))?;
         Ok(store)
+    }
+
+    /// A new database is made beside `path` and renamed into place once its first commit is
+    /// durable: redb's commits are crash-safe, but the creation of the file is not (a kill
+    /// while redb writes the first header leaves a file it refuses to open). A left-over
+    /// half-made file from an earlier crash is discarded.
+    fn create_atomically(path: &Path) -> Result<(), redb::Error> {
+        let io = redb::Error::Io;
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".new");
+        let tmp = PathBuf::from(tmp);
+        match std::fs::remove_file(&tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(e)),
+        }
+        {
+            let db = redb::Database::create(&tmp)?;
+            let txn = db.begin_write()?;
+            for t in Table::ALL {
+                txn.open_table(t.definition())?;
+            }
+            txn.commit()?;
+        }
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(io)?;
+        std::fs::rename(&tmp, path).map_err(io)?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(dir)
+                .and_then(|f| f.sync_all())
+                .map_err(io)?;
+        }
+        Ok(())
     }
 
     fn err(&self, e: impl Into<redb::Error>) -> StoreError {
