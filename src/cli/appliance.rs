@@ -156,15 +156,15 @@ pub fn run(args: ApplianceArgs) -> Result<ExitCode, Box<dyn std::error::Error>> 
         }
         return Ok(ExitCode::SUCCESS);
     }
-    if let Some(api) = &api {
-        // Serving it needs the appliance's pool behind `mgmt::Pool` (`mgmt::Server::start`
-        // takes any `Arc<dyn Pool>`); that adapter is not in this build yet.
-        eprintln!(
-            "pcietun appliance: warning: the management API ({}) is configured but not served: \
-             this build does not bind it to the appliance's pool yet",
-            api.listen
-        );
-    }
+    // The management API serves this appliance's pool; it stops when the appliance does.
+    let _api = match &api {
+        Some(api) => {
+            let server = mgmt::Server::start(api, super::pool::shared(app.control(), "appliance"))?;
+            eprintln!("pcietun appliance: management API on {}", server.url());
+            Some(server)
+        }
+        None => None,
+    };
     install_signal_handlers();
     let counters = app.counters();
     let mut served = false;

@@ -12,6 +12,7 @@ mod demo;
 mod host;
 mod keys;
 mod log;
+mod pool;
 mod tlp;
 mod transport_peer;
 
