@@ -3,35 +3,11 @@
 //! accessors, the split iterators and the `tlp::build` constructors over a realistic mix of
 //! TLPs.
 
+mod alloc_common;
+
 use pcietun::tlp::json::parse_hex;
 use pcietun::tlp::split::{SplitCompletion, SplitRequest};
 use pcietun::tlp::{build, classify, Bdf, CplStatus, Packet, Tlp};
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
-
-struct Counting;
-
-static ALLOCS: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::SeqCst);
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::SeqCst);
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
 
 fn mix() -> Vec<Vec<u8>> {
     let mut v: Vec<Vec<u8>> = [
@@ -61,7 +37,7 @@ fn decode_and_encode_do_not_allocate() {
     }
     let mut out = [0u8; 4096 + 64];
     let payload = [0x3cu8; 1000];
-    let before = ALLOCS.load(Ordering::SeqCst);
+    let before = alloc_common::allocations();
     let mut checksum = 0u64;
     for _ in 0..100 {
         for b in &mix {
@@ -102,7 +78,7 @@ fn decode_and_encode_do_not_allocate() {
             checksum += n.expect("valid") as u64;
         }
     }
-    let after = ALLOCS.load(Ordering::SeqCst);
+    let after = alloc_common::allocations();
     assert!(checksum > 0);
     assert_eq!(
         after - before,
@@ -112,5 +88,5 @@ fn decode_and_encode_do_not_allocate() {
     );
     // The counter itself works: an allocation is seen.
     let v = std::hint::black_box(vec![1u8; 10]);
-    assert!(ALLOCS.load(Ordering::SeqCst) > after && v.len() == 10);
+    assert!(alloc_common::allocations() > after && v.len() == 10);
 }

@@ -3,34 +3,9 @@
 //! costs no heap allocation per TLP. Receive buffers come from one chunk that is split per
 //! frame and reclaimed, as the socket drivers do.
 
+mod alloc_common;
+
 use pcietun::transport::{BytesMut, Config, Endpoint, HostId, Instant, PeerAddr, Role, SecretKey};
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, Ordering};
-
-struct Counting;
-
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: forwards to the system allocator, only counting calls.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(p, l, n) }
-    }
-}
-
-#[global_allocator]
-static A: Counting = Counting;
 
 struct Pair {
     ep: [Endpoint; 2],
@@ -111,10 +86,10 @@ fn steady_state_is_allocation_free() {
         }
     };
     run(&mut p, 100_000); // warm-up: queues and buffers reach their working size
-    let before = ALLOCS.load(Ordering::Relaxed);
+    let before = alloc_common::allocations();
     let n = 200_000;
     run(&mut p, n);
-    let allocs = ALLOCS.load(Ordering::Relaxed) - before;
+    let allocs = alloc_common::allocations() - before;
     eprintln!("{allocs} allocations for {n} TLPs");
     // Only the receive chunk is refilled now and then (256 KiB at a time).
     assert!(

@@ -3,39 +3,14 @@
 //! receive) where the kernel has it — once warmed up, echo requests and stream posted writes
 //! with no heap allocation per TLP: frames are built in the engine's transmit buffer, sent as
 //! runs, received into one chunk that is split per frame and reclaimed once its TLPs are
-//! dropped. The same counting-allocator shape as tests/transport_alloc.rs (which checks the
+//! dropped. The counting allocator of tests/alloc_common, as tests/transport_alloc.rs (which checks the
 //! sans-I/O endpoint alone).
+
+mod alloc_common;
 
 use pcietun::transport::driver::{udp::UdpPort, Direct, DriverConfig, Upcall};
 use pcietun::transport::{Bytes, ConnId, Event, HostId, PeerAddr};
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-
-struct Counting;
-
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: forwards to the system allocator, only counting calls.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(p, l, n) }
-    }
-}
-
-#[global_allocator]
-static A: Counting = Counting;
 
 /// Run `d` once without sleeping; count the TLPs it hands up.
 fn pump(d: &mut Direct, got: &mut u64, last: &mut Option<(ConnId, Bytes)>) {
@@ -114,10 +89,10 @@ fn udp_direct_steady_state_allocates_nothing_per_tlp() {
         assert_eq!(got, 20 * n, "every posted write arrived");
     };
     rounds(&mut client, &mut server, 2_000); // warm-up: queues and buffers reach their size
-    let before = ALLOCS.load(Ordering::Relaxed);
+    let before = alloc_common::allocations();
     let n = 5_000;
     rounds(&mut client, &mut server, n);
-    let allocs = ALLOCS.load(Ordering::Relaxed) - before;
+    let allocs = alloc_common::allocations() - before;
     let tlps = n * 2 + 20 * n;
     eprintln!("{allocs} allocations for {tlps} TLPs through two UDP drivers");
     // Only a receive chunk that is still held when it runs out is replaced (1 MiB at a time).

@@ -70,20 +70,17 @@ fn api_state(f: &FunctionStatus) -> ApiState {
 
 fn function_info(f: &FunctionStatus) -> FunctionInfo {
     let e = &f.entry;
-    let (kind, number, device) = match &e.vf_of {
+    let (kind, number) = match &e.vf_of {
         Some((pf, index)) => (
             FunctionKind::Virtual {
                 physical: pf.to_string(),
             },
             *index,
-            format!("card-{:02x}", e.bdf.device()),
         ),
-        None => (
-            FunctionKind::Physical,
-            u16::from(e.bdf.function()),
-            format!("card-{:02x}", e.bdf.device()),
-        ),
+        None => (FunctionKind::Physical, u16::from(e.bdf.function())),
     };
+    // A card is its device number on the appliance.
+    let device = format!("card-{:02x}", e.bdf.device());
     FunctionInfo {
         id: e.id.to_string(),
         device,
