@@ -403,3 +403,93 @@ fn an_nvme_function_moves_from_a_to_b_while_both_run_io() {
     b.stop();
     app.shutdown().unwrap();
 }
+
+#[test]
+fn a_card_is_added_used_and_removed_while_another_host_runs_io() {
+    use pcietun::appliance::config::DeviceSpec;
+    let dir = tempfile::tempdir().unwrap();
+    let app = start(dir.path());
+    let ctl = app.control();
+    let events = ctl.subscribe();
+    let a = agent(&app, "web1", key_a());
+    let b = agent(&app, "web2", key_b());
+    let stop = Arc::new(AtomicBool::new(false));
+    let io_a = {
+        let f = open(&a, DMA_CLASS, 0);
+        let stop = stop.clone();
+        std::thread::spawn(move || io_loop(f, 0x5a, stop))
+    };
+    let t = Duration::from_secs(10);
+    let dma = DeviceSpec::Dma {
+        buffer: 64 << 10,
+        vfs: 0,
+    };
+    let id = ctl.add_function_wait(&dma, Some("hot"), t).unwrap();
+    assert_eq!(id, fid("hot"));
+    wait_for("FunctionAdded", t, || {
+        events
+            .try_iter()
+            .any(|e| e == PoolEvent::FunctionAdded(fid("hot")))
+    });
+    let st = ctl
+        .functions()
+        .into_iter()
+        .find(|f| f.entry.id == id)
+        .unwrap();
+    assert_eq!(st.entry.state, FunctionState::Unassigned);
+    // A name in use, a spec that cannot be built: refused, nothing added.
+    assert_eq!(
+        ctl.add_function_wait(&dma, Some("dma-a"), t),
+        Err(ControlError::Inventory(
+            pcietun::appliance::inventory::InventoryError::DuplicateId(fid("dma-a"))
+        ))
+    );
+    let missing = DeviceSpec::Nvme {
+        path: dir.path().join("missing.img"),
+        create_size: None,
+        serial: None,
+    };
+    let e = ctl.add_function_wait(&missing, None, t).unwrap_err();
+    assert!(matches!(e, ControlError::BadDevice(_)), "{e}");
+    assert!(e.to_string().contains("missing.img"), "{e}");
+    assert_eq!(ctl.functions().len(), 5);
+
+    // web2 gets it at its next free slot and uses it.
+    ctl.assign_wait(id.clone(), web2(), t).unwrap();
+    wait_for("web2 sees the new card", t, || {
+        classes(&b).contains(&(2, DMA_CLASS))
+    });
+    let f = open(&b, DMA_CLASS, 2);
+    let v: Vec<u8> = (0..256).map(|i| i as u8).collect();
+    f.bar_write(2, 0, &v).unwrap();
+    let mut got = vec![0u8; 256];
+    f.bar_read(2, 0, &mut got).unwrap();
+    assert_eq!(got, v);
+    drop(f);
+    // Assigned: removal refused.
+    assert_eq!(
+        ctl.remove_function_wait(id.clone(), t),
+        Err(ControlError::AlreadyAssigned {
+            function: id.clone(),
+            owner: web2()
+        })
+    );
+    ctl.unassign_wait(id.clone(), t).unwrap();
+    ctl.remove_function_wait(id.clone(), t).unwrap();
+    assert!(ctl.functions().iter().all(|f| f.entry.id != id));
+    assert_eq!(
+        ctl.remove_function_wait(id.clone(), t),
+        Err(ControlError::UnknownFunction(id.clone()))
+    );
+    // The device number is free again: the next card lands there, under its derived id.
+    let again = ctl.add_function_wait(&dma, None, t).unwrap();
+    assert_eq!(again, fid("04.0"));
+    ctl.remove_function_wait(again, t).unwrap();
+
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::Relaxed);
+    let n = io_a.join().unwrap().expect("web1's I/O saw no error");
+    assert!(n > 0);
+    // web2's own cards are where they were.
+    assert_eq!(classes(&b), [(0, DMA_CLASS), (1, DMA_CLASS)]);
+}

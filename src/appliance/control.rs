@@ -20,7 +20,10 @@ use std::time::{Duration, Instant};
 
 use crossbeam::channel::{self, Receiver, Sender};
 
+use super::config::DeviceSpec;
+use super::devices::{self, Scratch};
 use super::inventory::{FunctionEntry, FunctionId, InventoryError};
+use crate::endpoint::Device;
 use crate::sync::MutexExt;
 use crate::transport::HostId;
 
@@ -53,6 +56,16 @@ pub enum ControlError {
     /// The host already shows 32 slots.
     #[error("host {0} has no free slot")]
     NoFreeSlot(HostId),
+    /// The card of a [`Control::add_function`] could not be built (its backing file, dump
+    /// or server is not usable, or its spec is out of range).
+    #[error("cannot add the device: {0}")]
+    BadDevice(String),
+    /// Every device number (0 to 31) already holds a card.
+    #[error("no free device number for another card")]
+    NoFreeDevice,
+    /// A virtual function cannot be removed on its own; it goes with its physical function.
+    #[error("function {0} is a virtual function: remove its physical function")]
+    VirtualFunction(FunctionId),
     /// Another refusal of the inventory.
     #[error(transparent)]
     Inventory(InventoryError),
@@ -81,6 +94,17 @@ impl From<InventoryError> for ControlError {
 /// short — send on a channel).
 pub type Done = Box<dyn FnOnce(Result<(), ControlError>) + Send>;
 
+/// The outcome callback of [`Control::add_function`]: the new card's id.
+pub type AddDone = Box<dyn FnOnce(Result<FunctionId, ControlError>) + Send>;
+
+/// A card built by [`Control::add_function`], on its way to the serving loop.
+pub(crate) struct NewCard {
+    pub(crate) name: Option<String>,
+    pub(crate) device: Box<dyn Device>,
+    /// Its temporary backing file (a scratch NVMe), kept as long as the appliance serves.
+    pub(crate) scratch: Scratch,
+}
+
 /// What the serving loop is asked to do.
 pub(crate) enum Command {
     Assign {
@@ -92,6 +116,14 @@ pub(crate) enum Command {
         function: FunctionId,
         done: Done,
     },
+    Add {
+        card: NewCard,
+        done: AddDone,
+    },
+    Remove {
+        function: FunctionId,
+        done: Done,
+    },
 }
 
 impl std::fmt::Debug for Command {
@@ -99,6 +131,8 @@ impl std::fmt::Debug for Command {
         match self {
             Command::Assign { function, host, .. } => write!(f, "Assign({function}, {host})"),
             Command::Unassign { function, .. } => write!(f, "Unassign({function})"),
+            Command::Add { card, .. } => write!(f, "Add({})", card.device.name()),
+            Command::Remove { function, .. } => write!(f, "Remove({function})"),
         }
     }
 }
@@ -249,9 +283,10 @@ impl Control {
                 }
             }
             Err(channel::SendError(c)) => match c {
-                Command::Assign { done, .. } | Command::Unassign { done, .. } => {
-                    done(Err(ControlError::Stopped))
-                }
+                Command::Assign { done, .. }
+                | Command::Unassign { done, .. }
+                | Command::Remove { done, .. } => done(Err(ControlError::Stopped)),
+                Command::Add { done, .. } => done(Err(ControlError::Stopped)),
             },
         }
     }
@@ -295,6 +330,87 @@ impl Control {
             function,
             done: Box::new(done),
         });
+    }
+
+    /// Plug a new card into the running pool: `spec` is what a `[[device]]` table (or a
+    /// `--device` flag, [`parse_device_flag`](super::config::parse_device_flag)) describes,
+    /// `name` its stable inventory name (`None`: the id derived from where it lands). The card
+    /// is built on the calling thread (backing file opened or created, dump parsed, server
+    /// connected to), then the serving loop puts it at the lowest free device number,
+    /// unassigned; no other function's I/O waits for it. `done` gets its id, or why not
+    /// (the build failed, the name is taken, every device number is used).
+    pub fn add_function(
+        &self,
+        spec: &DeviceSpec,
+        name: Option<&str>,
+        done: impl FnOnce(Result<FunctionId, ControlError>) + Send + 'static,
+    ) {
+        if let Some(n) = name {
+            if let Err(e) = FunctionId::named(n) {
+                return done(Err(e.into()));
+            }
+        }
+        let mut scratch = Scratch::default();
+        let mut warnings = Vec::new();
+        let device = match devices::build_device(spec, &mut warnings, &mut scratch) {
+            Ok(d) => d,
+            Err(e) => return done(Err(ControlError::BadDevice(e.to_string()))),
+        };
+        for w in warnings {
+            tracing::warn!("appliance: added device: {w}");
+        }
+        let card = NewCard {
+            name: name.map(str::to_string),
+            device,
+            scratch,
+        };
+        self.submit(Command::Add {
+            card,
+            done: Box::new(done),
+        });
+    }
+
+    /// Take an unassigned card out of the running pool (every function at its device
+    /// number): its device model is dropped and its device number is free again. Refused
+    /// while any function of the card belongs to a host ([`ControlError::AlreadyAssigned`]:
+    /// unassign it first) or is being reset, and for a virtual function.
+    pub fn remove_function(
+        &self,
+        function: FunctionId,
+        done: impl FnOnce(Result<(), ControlError>) + Send + 'static,
+    ) {
+        self.submit(Command::Remove {
+            function,
+            done: Box::new(done),
+        });
+    }
+
+    /// [`add_function`](Self::add_function), waiting up to `timeout` for the outcome.
+    pub fn add_function_wait(
+        &self,
+        spec: &DeviceSpec,
+        name: Option<&str>,
+        timeout: Duration,
+    ) -> Result<FunctionId, ControlError> {
+        let (tx, rx) = channel::bounded(1);
+        self.add_function(spec, name, move |r| {
+            let _ = tx.send(r);
+        });
+        rx.recv_deadline(Instant::now() + timeout)
+            .unwrap_or(Err(ControlError::Stopped))
+    }
+
+    /// [`remove_function`](Self::remove_function), waiting up to `timeout` for the outcome.
+    pub fn remove_function_wait(
+        &self,
+        function: FunctionId,
+        timeout: Duration,
+    ) -> Result<(), ControlError> {
+        let (tx, rx) = channel::bounded(1);
+        self.remove_function(function, move |r| {
+            let _ = tx.send(r);
+        });
+        wait(&rx, timeout)
     }
 
     /// [`assign`](Self::assign), waiting up to `timeout` for the outcome.

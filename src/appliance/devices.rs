@@ -43,6 +43,13 @@ pub enum BuildWarning {
 #[derive(Debug, Default)]
 pub struct Scratch(Vec<tempfile::TempDir>);
 
+impl Scratch {
+    /// Keep `other`'s files as long as these.
+    pub(crate) fn append(&mut self, mut other: Scratch) {
+        self.0.append(&mut other.0);
+    }
+}
+
 /// The devices of a configuration, built and added to an endpoint.
 #[derive(Debug)]
 pub struct Built {
@@ -89,7 +96,7 @@ pub fn build(cfg: &ApplianceConfig) -> Result<Built, ApplianceError> {
     })
 }
 
-fn build_device(
+pub(crate) fn build_device(
     spec: &DeviceSpec,
     warnings: &mut Vec<BuildWarning>,
     scratch: &mut Scratch,

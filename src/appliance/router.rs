@@ -41,9 +41,10 @@ use crossbeam::channel::Receiver;
 
 use super::config::AssignSpec;
 use super::control::{
-    Command, ControlError, Done, FunctionStatus, HostStatus, PoolEvent, Snapshot,
+    Command, ControlError, Done, FunctionStatus, HostStatus, NewCard, PoolEvent, Snapshot,
 };
-use super::inventory::{FunctionEntry, FunctionId, FunctionState, Inventory};
+use super::devices::Scratch;
+use super::inventory::{FunctionEntry, FunctionId, FunctionState, Inventory, InventoryError};
 use super::view::{Detached, SlotState, Target, ViewError, Views};
 use crate::endpoint::wire::{self, CplStatus, ParsedHeader, ParsedKind as Kind};
 use crate::endpoint::{Bdf, FunctionSet, Proxy};
@@ -121,6 +122,8 @@ pub struct Router<K> {
     events: Vec<PoolEvent>,
     stats: RouterStats,
     changed: bool,
+    /// Temporary backing files of cards added while serving (dropped after the endpoint).
+    scratch: Scratch,
 }
 
 impl<K> std::fmt::Debug for Router<K> {
@@ -161,6 +164,7 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
             events: Vec::new(),
             stats: RouterStats::default(),
             changed: true,
+            scratch: Scratch::default(),
         }
     }
 
@@ -189,6 +193,7 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
             events: self.events,
             stats: self.stats,
             changed: self.changed,
+            scratch: self.scratch,
         }
     }
 
@@ -595,7 +600,87 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
                 done,
             } => done(self.assign(&function, host)),
             Command::Unassign { function, done } => self.unassign(ep, &function, now, done),
+            Command::Add { card, done } => done(self.add_card(ep, card)),
+            Command::Remove { function, done } => done(self.remove_card(ep, &function)),
         }
+    }
+
+    /// Put a card built while serving at the lowest device number no function uses, under
+    /// its name or the id derived from there, unassigned.
+    fn add_card(&mut self, ep: &mut Proxy, card: NewCard) -> Result<FunctionId, ControlError> {
+        let NewCard {
+            name,
+            mut device,
+            scratch,
+        } = card;
+        let used = ep.function_set();
+        let dev = (0..32u8)
+            .find(|d| (0..8u8).all(|f| !used.contains(d << 3 | f)))
+            .ok_or(ControlError::NoFreeDevice)?;
+        let bdf = Bdf::new(0, dev, 0);
+        let entry = FunctionEntry::describe(bdf, name.as_deref(), &mut *device)?;
+        if self.inventory.get(&entry.id).is_some() {
+            return Err(ControlError::Inventory(InventoryError::DuplicateId(
+                entry.id,
+            )));
+        }
+        ep.add_function(bdf, device)
+            .map_err(|e| ControlError::BadDevice(e.to_string()))?;
+        let id = entry.id.clone();
+        self.inventory.add(entry)?;
+        self.scratch.append(scratch);
+        self.events.push(PoolEvent::FunctionAdded(id.clone()));
+        tracing::info!(function = %id, %bdf, "appliance: card added");
+        self.changed = true;
+        Ok(id)
+    }
+
+    /// Take an unassigned card (every function at `function`'s device number) out of the
+    /// pool and the endpoint.
+    fn remove_card(&mut self, ep: &mut Proxy, function: &FunctionId) -> Result<(), ControlError> {
+        let e = self
+            .inventory
+            .get(function)
+            .ok_or_else(|| ControlError::UnknownFunction(function.clone()))?
+            .clone();
+        if e.vf_of.is_some() {
+            return Err(ControlError::VirtualFunction(function.clone()));
+        }
+        let dev = e.bdf.device();
+        let card: Vec<FunctionEntry> = self
+            .inventory
+            .functions()
+            .iter()
+            .filter(|o| o.bdf.device() == dev)
+            .cloned()
+            .collect();
+        for o in &card {
+            match o.state {
+                FunctionState::Unassigned | FunctionState::Failed => {}
+                FunctionState::Assigned(owner) => {
+                    return Err(ControlError::AlreadyAssigned {
+                        function: o.id.clone(),
+                        owner,
+                    })
+                }
+                FunctionState::Resetting => return Err(ControlError::Busy(o.id.clone())),
+            }
+        }
+        // Nothing routes to it (unassigned); what it queued has no owner.
+        self.drain_outbound(usize::MAX);
+        for o in card.iter().filter(|o| o.vf_of.is_none()) {
+            if let Err(err) = ep.remove_function(o.bdf) {
+                tracing::debug!("appliance: removing {}: {err}", o.id);
+            }
+        }
+        self.drain_outbound(usize::MAX);
+        for o in &card {
+            self.inventory.remove(&o.id)?;
+            self.events.push(PoolEvent::FunctionRemoved(o.id.clone()));
+        }
+        tracing::info!(%function, "appliance: card removed");
+        self.changed = true;
+        Ok(())
     }
 
     /// The functions that move with `e`: its whole card (every physical function at its

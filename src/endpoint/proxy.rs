@@ -59,6 +59,9 @@ pub enum ProxyError {
     /// Two functions were given the same device/function number.
     #[error("function {0} is already present")]
     DuplicateFunction(Bdf),
+    /// No physical function at this device/function number.
+    #[error("no function at {0}")]
+    NoFunction(Bdf),
 }
 
 /// Proxy construction parameters.
@@ -211,6 +214,40 @@ impl Proxy {
             self.cfg.dma_timeout,
         ));
         Ok(())
+    }
+
+    /// Take the physical function at `bdf` (and its virtual functions) out of the endpoint
+    /// while it serves: its DMA reads in flight fail, its device model is dropped (its worker
+    /// joined) and TLPs to it get Unsupported Request from now on. The other functions are
+    /// untouched. Returns how many functions (the PF and its VFs) went.
+    pub fn remove_function(&mut self, bdf: Bdf) -> Result<usize, ProxyError> {
+        let Some(pf) = self
+            .functions
+            .iter()
+            // Device and function number (the bus is whatever the host's enumeration gave).
+            .find(|f| f.vf.is_none() && f.bdf().0 as u8 == bdf.0 as u8)
+            .map(|f| f.id)
+        else {
+            return Err(ProxyError::NoFunction(bdf));
+        };
+        let now = self.now;
+        let mut gone = Vec::new();
+        let mut i = 0;
+        while i < self.functions.len() {
+            let f = &self.functions[i];
+            if f.id == pf || f.vf.as_ref().is_some_and(|v| v.pf == pf) {
+                let mut f = self.functions.remove(i);
+                f.retire(now);
+                gone.push(f);
+            } else {
+                i += 1;
+            }
+        }
+        let n = gone.len();
+        // VFs before their PF (they share its device model's state).
+        gone.reverse();
+        drop(gone);
+        Ok(n)
     }
 
     /// Routing IDs of the functions, in the order they were added.
