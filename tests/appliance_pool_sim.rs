@@ -652,3 +652,85 @@ fn a_host_cannot_complete_another_hosts_dma_read() {
         others.len()
     );
 }
+
+/// A card whose backing goes away (a vfio-user server that died; here a probe the test
+/// flips): at the next poll its host gets a surprise `Removed` for its slot, the function is
+/// `Failed` in the inventory with a `FunctionFailed` event, it cannot be assigned again, and
+/// the host's other card stays where it was.
+#[test]
+fn a_card_whose_backing_fails_is_surprise_removed_and_failed() {
+    use pcietun::appliance::devices::HealthProbe;
+    use pcietun::appliance::{FunctionState, PoolEvent};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut s = Sim::new(3);
+    let a = 0usize;
+    let host = s.hosts[a].id;
+    s.router.assign(&s.ids[0].clone(), host).unwrap();
+    s.router.assign(&s.ids[1].clone(), host).unwrap();
+    s.owner[0] = Some(a);
+    s.owner[1] = Some(a);
+    s.hosts[a].session = Some(100);
+    s.router.on_connected(&mut s.ep, 100, host, 1, s.now);
+    s.enumerate(a);
+    let gone = Arc::new(AtomicBool::new(false));
+    let g = gone.clone();
+    s.router.watch(
+        s.ids[0].clone(),
+        HealthProbe(Arc::new(move || {
+            g.load(Ordering::SeqCst)
+                .then(|| "the server disconnected".to_string())
+        })),
+    );
+    s.router.transmit_queue().clear();
+    let mut events = Vec::new();
+    s.router.take_events(&mut events);
+    events.clear();
+
+    // Healthy: polling changes nothing.
+    s.router.poll(&mut s.ep, s.now);
+    assert!(s.router.transmit_queue().is_empty());
+    let slot0 = s
+        .router
+        .views()
+        .view(&host)
+        .unwrap()
+        .slots()
+        .find(|(_, e)| e.function == s.ids[0])
+        .map(|(n, _)| n)
+        .unwrap();
+
+    gone.store(true, Ordering::SeqCst);
+    s.router.poll(&mut s.ep, s.now);
+    let mut removed = Vec::new();
+    while let Some((key, t)) = s.router.transmit_queue().pop_front() {
+        let p = Tlp::parse(&t).unwrap();
+        if let Some(Ok(m)) = SlotMessage::from_tlp(&p) {
+            removed.push((key, m.event, m.slot));
+        }
+    }
+    assert_eq!(
+        removed,
+        vec![(100, SlotEvent::Removed, slot0)],
+        "one surprise removal"
+    );
+    let inv = s.router.inventory();
+    assert_eq!(inv.get(&s.ids[0]).unwrap().state, FunctionState::Failed);
+    assert_eq!(
+        inv.get(&s.ids[1]).unwrap().state,
+        FunctionState::Assigned(host)
+    );
+    s.router.take_events(&mut events);
+    assert!(
+        events.contains(&PoolEvent::FunctionFailed(s.ids[0].clone())),
+        "{events:?}"
+    );
+    assert_eq!(
+        s.router.assign(&s.ids[0].clone(), host),
+        Err(ControlError::Failed(s.ids[0].clone()))
+    );
+    // Reported once.
+    s.router.poll(&mut s.ep, s.now);
+    events.clear();
+    s.router.take_events(&mut events);
+    assert!(events.is_empty(), "{events:?}");
+}

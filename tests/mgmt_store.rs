@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 use pcietun::mgmt::store::{Change, RedbStore, Store, Table};
 
 const CHILD_ENV: &str = "PCIETUN_STORE_WRITER";
-const KEYS: [(Table, &str); 5] = [
+const KEYS: [(Table, &str); 6] = [
     (Table::Accounts, "ops"),
     (Table::Accounts, "viewer"),
+    (Table::Assignments, "dma-a"),
     (Table::Policies, "nvme0"),
     (Table::Subscriptions, "1"),
     (Table::Meta, "generation"),

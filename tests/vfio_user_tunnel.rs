@@ -257,3 +257,161 @@ fn qemu_i6300esb_config_and_mmio_through_the_tunnel() {
     func.bar_write(0, 0x0c, &[0x86, 0, 0, 0]).unwrap();
     func.bar_read(0, 0x0c, &mut b).unwrap();
 }
+
+/// A server killed mid-I/O (issue 16, docs/vfio-user.md "Failure"): the in-process appliance
+/// fronts QEMU's i6300esb over vfio-user and a DMA engine, one host reads the watchdog's BAR
+/// in a loop; `kill -9` of the server: the reads end (error or all-ones, in bounded time),
+/// the inventory shows the function failed, a `FunctionFailed` event is published, the host
+/// sees the card removed, and the DMA engine keeps answering.
+#[test]
+fn qemu_server_killed_mid_io_fails_its_function_only() {
+    use pcietun::appliance::{Appliance, ApplianceConfig, FunctionState, PoolEvent};
+    use pcietun::transport::SecretKey;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let Some(q) = qemu("vfio-user server killed mid-I/O") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("esb.sock");
+    let mut server = Peer::Qemu(q, "i6300esb").spawn(&sock);
+    let host_key = SecretKey::from_bytes([0x11; 32]);
+    let app_key = SecretKey::from_bytes([0x22; 32]);
+    app_key
+        .write_new(&dir.path().join("appliance.key"))
+        .unwrap();
+    let text = format!(
+        r#"
+listen = ["udp:127.0.0.1:0"]
+key_file = "appliance.key"
+
+[[host]]
+id = "web1"
+public_key = "{pk}"
+
+[[device]]
+kind = "vfio-user"
+name = "esb"
+socket = "{sock}"
+
+[[device]]
+kind = "dma"
+name = "dma"
+buffer = "64K"
+"#,
+        pk = host_key.public_key(),
+        sock = sock.display()
+    );
+    let cfg = ApplianceConfig::from_toml(&text, "fail.toml", dir.path()).unwrap();
+    let app = Appliance::build(cfg).unwrap().start().unwrap();
+    let control = app.control();
+    let events = control.subscribe();
+    let agent = Agent::connect(
+        AgentConfig {
+            target: Target::Udp(app.ready().udp_addr().unwrap()),
+            host_id: "web1".into(),
+            key: Some(host_key),
+            appliance_key: Some(app_key.public_key()),
+            psk: None,
+            inject_loss: 0.0,
+            host: HostConfig::default(),
+        },
+        Duration::from_secs(20),
+    )
+    .unwrap();
+    let fns = agent.host().functions();
+    let esb = fns
+        .iter()
+        .find(|f| f.class == 0x088000 && f.vendor == 0x8086);
+    let esb = esb
+        .unwrap_or_else(|| panic!("no i6300esb: {fns:?}"))
+        .clone();
+    let dma = fns.iter().find(|f| f.bdf.device() != esb.bdf.device());
+    let dma = dma
+        .unwrap_or_else(|| panic!("no DMA engine: {fns:?}"))
+        .clone();
+    let efn = agent.host().open(esb.bdf).unwrap();
+    efn.config_write(0x04, 0x0002).unwrap();
+    let dfn = agent.host().open(dma.bdf).unwrap();
+    dfn.config_write(0x04, 0x0002).unwrap();
+    let dma_id = dfn.bar_read32(0, 0).unwrap();
+
+    // The host's I/O loop: BAR reads until one fails or reads all-ones.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (done_tx, done_rx) = crossbeam::channel::bounded::<(u64, String)>(1);
+    let reader = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            let end = loop {
+                if stop.load(Ordering::SeqCst) {
+                    break "stopped".to_string();
+                }
+                match efn.bar_read32(0, 0x0c) {
+                    Ok(0xffff_ffff) => break "all-ones".to_string(),
+                    Ok(_) => n += 1,
+                    Err(e) => break format!("error: {e}"),
+                }
+            };
+            let _ = done_tx.send((n, end));
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    // SIGKILL: no orderly goodbye on the socket.
+    server.0.kill().unwrap();
+    let _ = server.0.wait();
+    let (n, end) = done_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the host's reads ended within 10 s of the kill");
+    stop.store(true, Ordering::SeqCst);
+    reader.join().unwrap();
+    assert!(n > 0, "reads completed before the kill");
+    assert_ne!(end, "stopped");
+
+    // The pool: the function failed, with its event; the DMA engine unaffected.
+    let end = Instant::now() + Duration::from_secs(10);
+    let esb_id: pcietun::appliance::inventory::FunctionId = "esb".parse().unwrap();
+    loop {
+        let failed = control
+            .functions()
+            .iter()
+            .any(|f| f.entry.id == esb_id && f.entry.state == FunctionState::Failed);
+        if failed {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "not failed: {:?}",
+            control.functions()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let seen: Vec<PoolEvent> = events.try_iter().collect();
+    assert!(
+        seen.contains(&PoolEvent::FunctionFailed(esb_id.clone())),
+        "{seen:?}"
+    );
+    // The host saw the card go (surprise removal), and kept the DMA engine.
+    let end = Instant::now() + Duration::from_secs(10);
+    while agent
+        .host()
+        .functions()
+        .iter()
+        .any(|f| f.bdf.device() == esb.bdf.device())
+    {
+        assert!(Instant::now() < end, "the host still shows the failed card");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        dfn.bar_read32(0, 0).unwrap(),
+        dma_id,
+        "the DMA engine still answers"
+    );
+    // A failed function is handed to no host.
+    let host = pcietun::transport::HostId::new("web1").unwrap();
+    assert!(control
+        .assign_wait(esb_id, host, Duration::from_secs(5))
+        .is_err());
+    app.shutdown().unwrap();
+}

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use crossbeam::channel::{self, Receiver, Sender};
 
 use super::config::DeviceSpec;
-use super::devices::{self, Scratch};
+use super::devices::{self, HealthProbe, Scratch};
 use super::inventory::{FunctionEntry, FunctionId, InventoryError};
 use crate::endpoint::Device;
 use crate::sync::MutexExt;
@@ -101,6 +101,8 @@ pub type AddDone = Box<dyn FnOnce(Result<FunctionId, ControlError>) + Send>;
 pub(crate) struct NewCard {
     pub(crate) name: Option<String>,
     pub(crate) device: Box<dyn Device>,
+    /// How the serving loop learns that its backing went away (a vfio-user server).
+    pub(crate) probe: Option<HealthProbe>,
     /// Its temporary backing file (a scratch NVMe), kept as long as the appliance serves.
     pub(crate) scratch: Scratch,
 }
@@ -352,7 +354,7 @@ impl Control {
         }
         let mut scratch = Scratch::default();
         let mut warnings = Vec::new();
-        let device = match devices::build_device(spec, &mut warnings, &mut scratch) {
+        let (device, probe) = match devices::build_device(spec, &mut warnings, &mut scratch) {
             Ok(d) => d,
             Err(e) => return done(Err(ControlError::BadDevice(e.to_string()))),
         };
@@ -362,6 +364,7 @@ impl Control {
         let card = NewCard {
             name: name.map(str::to_string),
             device,
+            probe,
             scratch,
         };
         self.submit(Command::Add {

@@ -11,12 +11,12 @@
 use crossbeam::channel::Receiver;
 
 use super::config::{ApplianceConfig, DeviceSpec, MAX_DMA_BUFFER};
-use super::inventory::{FunctionEntry, Inventory};
+use super::inventory::{FunctionEntry, FunctionId, Inventory};
 use super::ApplianceError;
 use crate::endpoint::dma_engine::DmaEngine;
 use crate::endpoint::nvme::{Backend, NvmeController, NvmeOptions};
 use crate::endpoint::replay::ReplayDevice;
-use crate::endpoint::vfio_user_client::{ClientConfig, VfioUserClient};
+use crate::endpoint::vfio_user_client::{ClientConfig, Health, VfioUserClient};
 use crate::endpoint::{Device, Proxy, ProxyConfig};
 use crate::pci::replay::ReplaySizes;
 use std::path::PathBuf;
@@ -61,7 +61,28 @@ pub struct Built {
     pub inventory: Inventory,
     /// What the operator should know.
     pub warnings: Vec<BuildWarning>,
+    /// How to tell whether each function backed by another process (a vfio-user server) is
+    /// still served: the router watches these and fails a function whose server is gone.
+    pub probes: Vec<(FunctionId, HealthProbe)>,
     scratch: Scratch,
+}
+
+/// Whether a function's backing is still there: `None` while it serves, else why it failed
+/// (cheap; polled by the serving loop).
+#[derive(Clone)]
+pub struct HealthProbe(pub std::sync::Arc<dyn Fn() -> Option<String> + Send + Sync>);
+
+impl HealthProbe {
+    /// `None` while the backing serves, else why it failed.
+    pub fn check(&self) -> Option<String> {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for HealthProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("HealthProbe").field(&self.check()).finish()
+    }
 }
 
 impl Built {
@@ -80,10 +101,14 @@ pub fn build(cfg: &ApplianceConfig) -> Result<Built, ApplianceError> {
     let mut warnings = Vec::new();
     let mut scratch = Scratch::default();
     let mut inventory = Inventory::new(cfg.accepted_host_ids());
+    let mut probes = Vec::new();
     for d in &cfg.devices {
-        let mut dev = build_device(&d.spec, &mut warnings, &mut scratch)?;
+        let (mut dev, probe) = build_device(&d.spec, &mut warnings, &mut scratch)?;
         // Read its identity before the endpoint owns it (nothing has touched its registers).
         let entry = FunctionEntry::describe(d.bdf, d.name.as_deref(), &mut *dev)?;
+        if let Some(p) = probe {
+            probes.push((entry.id.clone(), p));
+        }
         endpoint.add_function(d.bdf, dev)?;
         inventory.add(entry)?;
     }
@@ -92,6 +117,7 @@ pub fn build(cfg: &ApplianceConfig) -> Result<Built, ApplianceError> {
         outbound,
         inventory,
         warnings,
+        probes,
         scratch,
     })
 }
@@ -100,8 +126,8 @@ pub(crate) fn build_device(
     spec: &DeviceSpec,
     warnings: &mut Vec<BuildWarning>,
     scratch: &mut Scratch,
-) -> Result<Box<dyn Device>, ApplianceError> {
-    Ok(match spec {
+) -> Result<(Box<dyn Device>, Option<HealthProbe>), ApplianceError> {
+    let dev: Box<dyn Device> = match spec {
         DeviceSpec::Nvme {
             path,
             create_size,
@@ -159,13 +185,20 @@ pub(crate) fn build_device(
             if let Some(t) = connect_timeout {
                 c.connect_timeout = *t;
             }
-            Box::new(if start.is_empty() {
+            let client = if start.is_empty() {
                 VfioUserClient::connect(&c)?
             } else {
                 VfioUserClient::start(start, &c)?
-            })
+            };
+            let h = client.health_handle();
+            let probe = HealthProbe(std::sync::Arc::new(move || match h.health() {
+                Health::Failed(why) => Some(why.to_string()),
+                Health::Serving | Health::Unresponsive => None,
+            }));
+            return Ok((Box::new(client), Some(probe)));
         }
-    })
+    };
+    Ok((dev, None))
 }
 
 #[cfg(test)]

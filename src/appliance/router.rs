@@ -43,7 +43,7 @@ use super::config::AssignSpec;
 use super::control::{
     Command, ControlError, Done, FunctionStatus, HostStatus, NewCard, PoolEvent, Snapshot,
 };
-use super::devices::Scratch;
+use super::devices::{HealthProbe, Scratch};
 use super::inventory::{FunctionEntry, FunctionId, FunctionState, Inventory, InventoryError};
 use super::view::{Detached, SlotState, Target, ViewError, Views};
 use crate::endpoint::wire::{self, CplStatus, ParsedHeader, ParsedKind as Kind};
@@ -124,6 +124,15 @@ pub struct Router<K> {
     changed: bool,
     /// Temporary backing files of cards added while serving (dropped after the endpoint).
     scratch: Scratch,
+    /// Functions whose backing may go away (vfio-user servers), checked on every poll.
+    probes: Vec<Probe>,
+}
+
+/// A watched function: its probe, and whether its failure was handled.
+struct Probe {
+    function: FunctionId,
+    probe: HealthProbe,
+    failed: bool,
 }
 
 impl<K> std::fmt::Debug for Router<K> {
@@ -165,6 +174,7 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
             stats: RouterStats::default(),
             changed: true,
             scratch: Scratch::default(),
+            probes: Vec::new(),
         }
     }
 
@@ -194,6 +204,7 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
             stats: self.stats,
             changed: self.changed,
             scratch: self.scratch,
+            probes: self.probes,
         }
     }
 
@@ -574,8 +585,60 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
         }
     }
 
-    /// Let time pass: removals whose grace period ended are detached.
+    /// Watch `function`'s backing: once `probe` reports it gone, the function fails
+    /// ([`fail`](Self::fail)) at the next [`poll`](Self::poll).
+    pub fn watch(&mut self, function: FunctionId, probe: HealthProbe) {
+        self.probes.push(Probe {
+            function,
+            probe,
+            failed: false,
+        });
+    }
+
+    /// Fail the watched functions whose backing went away.
+    fn check_health(&mut self, ep: &mut Proxy, now: Instant) {
+        let mut gone = Vec::new();
+        for p in self.probes.iter_mut().filter(|p| !p.failed) {
+            if let Some(why) = p.probe.check() {
+                p.failed = true;
+                gone.push((p.function.clone(), why));
+            }
+        }
+        for (f, why) in gone {
+            tracing::warn!(function = %f, reason = %why, "appliance: function failed");
+            self.fail(ep, &f, now);
+        }
+    }
+
+    /// Take `function` out of service: if a host owns it, its slot is detached at once (a
+    /// surprise removal: `Removed`, no request first; outstanding requests fail), the rest
+    /// of its card goes back to the pool, and the function is [`FunctionState::Failed`] —
+    /// handed to no host — with a [`PoolEvent::FunctionFailed`].
+    pub fn fail(&mut self, ep: &mut Proxy, function: &FunctionId, now: Instant) {
+        let Some(e) = self.inventory.get(function).cloned() else {
+            return;
+        };
+        if e.state == FunctionState::Failed {
+            return;
+        }
+        if let Some(key) = self.slot_key(&e) {
+            // Not in a view: unassigned, or its removal already detached it.
+            if let Ok(d) = self.views.detach(&key) {
+                self.finish_detach(ep, d, now);
+            }
+        }
+        let _ = self.inventory.fail(function);
+        self.events
+            .push(PoolEvent::FunctionFailed(function.clone()));
+        self.changed = true;
+    }
+
+    /// Let time pass: removals whose grace period ended are detached, functions whose
+    /// backing went away fail.
     pub fn poll(&mut self, ep: &mut Proxy, now: Instant) {
+        if !self.probes.is_empty() {
+            self.check_health(ep, now);
+        }
         if self.views.poll_timeout().is_none_or(|t| t > now) {
             return;
         }
@@ -611,6 +674,7 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
         let NewCard {
             name,
             mut device,
+            probe,
             scratch,
         } = card;
         let used = ep.function_set();
@@ -629,6 +693,9 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
         let id = entry.id.clone();
         self.inventory.add(entry)?;
         self.scratch.append(scratch);
+        if let Some(probe) = probe {
+            self.watch(id.clone(), probe);
+        }
         self.events.push(PoolEvent::FunctionAdded(id.clone()));
         tracing::info!(function = %id, %bdf, "appliance: card added");
         self.changed = true;
@@ -674,6 +741,8 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
             }
         }
         self.drain_outbound(usize::MAX);
+        self.probes
+            .retain(|p| card.iter().all(|o| o.id != p.function));
         for o in &card {
             self.inventory.remove(&o.id)?;
             self.events.push(PoolEvent::FunctionRemoved(o.id.clone()));

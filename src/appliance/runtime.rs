@@ -103,10 +103,14 @@ impl Appliance {
         let mut b = devices::build(&cfg)?;
         let inventory = std::mem::take(&mut b.inventory);
         let warnings = std::mem::take(&mut b.warnings);
+        let probes = std::mem::take(&mut b.probes);
         let (endpoint, outbound, scratch) = b.into_parts();
         let assignments = default_assignments(&cfg, &inventory);
         let mut router = Router::new(inventory, outbound, DEFAULT_GRACE);
         router.apply(&assignments)?;
+        for (id, probe) in probes {
+            router.watch(id, probe);
+        }
         let (control, port) = Control::new();
         port.publish(router.snapshot());
         Ok(Appliance {

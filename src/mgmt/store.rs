@@ -1,5 +1,5 @@
-//! What the management plane persists — accounts, per-assignment policies, event
-//! subscriptions — behind a small [`Store`] trait, with an embedded transactional backend
+//! What the management plane persists — accounts, assignments, per-assignment policies,
+//! event subscriptions — behind a small [`Store`] trait, with an embedded transactional backend
 //! ([`RedbStore`], on the `redb` crate).
 //!
 //! The trait is a key-value store of opaque values in a few named [`Table`]s, changed only in
@@ -10,8 +10,9 @@
 //! provide these four operations. `tests/mgmt_store.rs` SIGKILLs a writer at random moments
 //! and checks that every restart finds an acknowledged state or the one before it.
 //!
-//! Not wired into the Redfish service yet: accounts, policies and subscriptions still live in
-//! memory there (docs/api.md, "Not yet").
+//! Not wired into the Redfish service yet: accounts, assignments, policies and subscriptions
+//! still live in memory there (docs/api.md, "Not yet"). A database made before the
+//! `assignments` table existed gets it when it is opened (every table is created on open).
 
 use std::path::{Path, PathBuf};
 
@@ -22,6 +23,9 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 pub enum Table {
     /// API accounts, by user name.
     Accounts,
+    /// Assignments made through the API, by function id: the owner the operator last
+    /// acknowledged, or none (explicitly unassigned). Restored when the appliance starts.
+    Assignments,
     /// Per-assignment policies, by function id.
     Policies,
     /// Event subscriptions, by subscription id.
@@ -32,8 +36,9 @@ pub enum Table {
 
 impl Table {
     /// Every table.
-    pub const ALL: [Table; 4] = [
+    pub const ALL: [Table; 5] = [
         Table::Accounts,
+        Table::Assignments,
         Table::Policies,
         Table::Subscriptions,
         Table::Meta,
@@ -42,6 +47,7 @@ impl Table {
     fn definition(self) -> TableDefinition<'static, &'static str, &'static [u8]> {
         TableDefinition::new(match self {
             Table::Accounts => "accounts",
+            Table::Assignments => "assignments",
             Table::Policies => "policies",
             Table::Subscriptions => "subscriptions",
             Table::Meta => "meta",
