@@ -123,6 +123,9 @@ impl Pump {
                 self.publish(ep, router, counters, control);
                 published = Instant::now();
             }
+            for answer in router.take_answers() {
+                answer();
+            }
             self.sleeping.store(true, Ordering::Release);
             // A read or command queued since `poll` (its wake-up saw us awake): go again.
             if !held && (!router_idle(ep, &kicks) || !control.commands.is_empty()) {

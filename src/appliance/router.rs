@@ -126,6 +126,8 @@ pub struct Router<K> {
     scratch: Scratch,
     /// Functions whose backing may go away (vfio-user servers), checked on every poll.
     probes: Vec<Probe>,
+    /// Answers to add/remove commands, given after the pool they changed is published.
+    answers: Vec<Box<dyn FnOnce() + Send>>,
 }
 
 /// A watched function: its probe, and whether its failure was handled.
@@ -175,6 +177,7 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
             changed: true,
             scratch: Scratch::default(),
             probes: Vec::new(),
+            answers: Vec::new(),
         }
     }
 
@@ -205,6 +208,7 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
             changed: self.changed,
             scratch: self.scratch,
             probes: self.probes,
+            answers: self.answers,
         }
     }
 
@@ -276,6 +280,11 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
         self.hosts
             .iter()
             .filter_map(|h| h.session.map(|k| (k, h.id)))
+    }
+
+    /// Answers held back until the pool they changed is published ([`snapshot`](Self::snapshot)).
+    pub(crate) fn take_answers(&mut self) -> Vec<Box<dyn FnOnce() + Send>> {
+        std::mem::take(&mut self.answers)
     }
 
     /// The pool for the control API's snapshots.
@@ -663,8 +672,16 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
                 done,
             } => done(self.assign(&function, host)),
             Command::Unassign { function, done } => self.unassign(ep, &function, now, done),
-            Command::Add { card, done } => done(self.add_card(ep, card)),
-            Command::Remove { function, done } => done(self.remove_card(ep, &function)),
+            // Answered once the new pool is published, so that a caller who waited sees
+            // the card (or its absence) in the next `Control::functions`.
+            Command::Add { card, done } => {
+                let r = self.add_card(ep, card);
+                self.answers.push(Box::new(move || done(r)));
+            }
+            Command::Remove { function, done } => {
+                let r = self.remove_card(ep, &function);
+                self.answers.push(Box::new(move || done(r)));
+            }
         }
     }
 

@@ -409,6 +409,9 @@ impl Appliance {
                 publish(&links, &endpoint, &mut router);
                 published = Instant::now();
             }
+            for answer in router.take_answers() {
+                answer();
+            }
             if !endpoint.outbound_is_empty() || !cport.commands.is_empty() {
                 continue;
             }
