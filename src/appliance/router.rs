@@ -665,15 +665,18 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
 
     /// Apply one control command.
     pub(crate) fn command(&mut self, ep: &mut Proxy, c: Command, now: Instant) {
+        // Answered once the changed pool is published, so that a caller who waited sees the
+        // change in the next `Control::functions`.
         match c {
             Command::Assign {
                 function,
                 host,
                 done,
-            } => done(self.assign(&function, host)),
+            } => {
+                let r = self.assign(&function, host);
+                self.answers.push(Box::new(move || done(r)));
+            }
             Command::Unassign { function, done } => self.unassign(ep, &function, now, done),
-            // Answered once the new pool is published, so that a caller who waited sees
-            // the card (or its absence) in the next `Control::functions`.
             Command::Add { card, done } => {
                 let r = self.add_card(ep, card);
                 self.answers.push(Box::new(move || done(r)));
