@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use crossbeam::channel::{self, Receiver, Sender};
 
 use super::config::DeviceSpec;
+use super::counters::{FunctionTraffic, HostTraffic};
 use super::devices::{self, HealthProbe, Scratch};
 use super::inventory::{FunctionEntry, FunctionId, InventoryError};
 use crate::endpoint::Device;
@@ -176,6 +177,8 @@ pub struct FunctionStatus {
     pub slot: Option<u8>,
     /// An orderly removal from its owner is under way (grace period running).
     pub detaching: bool,
+    /// Its traffic since it joined the pool.
+    pub traffic: FunctionTraffic,
 }
 
 /// A known host, as the control API shows it.
@@ -190,6 +193,8 @@ pub struct HostStatus {
     pub epoch: Option<u32>,
     /// Smoothed round-trip time of its session, when connected and measured.
     pub rtt: Option<Duration>,
+    /// Its transport traffic over all its sessions.
+    pub traffic: HostTraffic,
     /// The functions it owns.
     pub functions: Vec<FunctionId>,
 }

@@ -76,8 +76,14 @@ impl Pump {
         counters: &Counters,
         control: &ControlPort,
     ) {
-        counters.publish(vec![self.d.stats()], ep.stats(), router.stats());
-        control.publish(router.snapshot());
+        super::counters::publish_all(
+            counters,
+            control,
+            vec![self.d.stats()],
+            |_, c| ConnId(c),
+            ep,
+            router,
+        );
     }
 
     /// Serve until `stop` is set, publishing counters every 100 ms and when it returns.

@@ -43,11 +43,14 @@ use super::config::AssignSpec;
 use super::control::{
     Command, ControlError, Done, FunctionStatus, HostStatus, NewCard, PoolEvent, Snapshot,
 };
+use super::counters::{FunctionTraffic, HostTraffic};
 use super::devices::{HealthProbe, Scratch};
 use super::inventory::{FunctionEntry, FunctionId, FunctionState, Inventory, InventoryError};
 use super::view::{Detached, SlotState, Target, ViewError, Views};
 use crate::endpoint::wire::{self, CplStatus, ParsedHeader, ParsedKind as Kind};
 use crate::endpoint::{Bdf, FunctionSet, Proxy};
+use crate::pci::caps::X86_MSI_WINDOW;
+use crate::tlp::message::code;
 use crate::tlp::slot::{SlotEvent, SlotMessage};
 use crate::tlp::Tlp;
 use crate::transport::driver::Upcall;
@@ -100,6 +103,25 @@ struct HostState<K> {
     /// The device/function numbers of the functions it owns (appliance numbering).
     scope: FunctionSet,
     rtt: Option<Duration>,
+    /// Traffic of its sessions that ended.
+    traffic: HostTraffic,
+    /// Traffic of its current session, as last sampled.
+    live: HostTraffic,
+}
+
+impl<K> HostState<K> {
+    /// A known host with no session, owning nothing.
+    fn new(id: HostId) -> HostState<K> {
+        HostState {
+            id,
+            session: None,
+            epoch: None,
+            scope: FunctionSet::EMPTY,
+            rtt: None,
+            traffic: HostTraffic::default(),
+            live: HostTraffic::default(),
+        }
+    }
 }
 
 /// An unassign waiting for its function to be detached.
@@ -128,6 +150,10 @@ pub struct Router<K> {
     probes: Vec<Probe>,
     /// Answers to add/remove commands, given after the pool they changed is published.
     answers: Vec<Box<dyn FnOnce() + Send>>,
+    /// Per-function traffic by device/function number (appliance numbering).
+    traffic: Box<[FunctionTraffic; 256]>,
+    /// The requester timeouts last read of each function ([`Router::sample_requesters`]).
+    timeouts_seen: Box<[u64; 256]>,
 }
 
 /// A watched function: its probe, and whether its failure was handled.
@@ -155,13 +181,7 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
         let hosts = inventory
             .hosts()
             .iter()
-            .map(|h| HostState {
-                id: *h,
-                session: None,
-                epoch: None,
-                scope: FunctionSet::EMPTY,
-                rtt: None,
-            })
+            .map(|h| HostState::new(*h))
             .collect();
         Router {
             inventory,
@@ -178,6 +198,8 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
             scratch: Scratch::default(),
             probes: Vec::new(),
             answers: Vec::new(),
+            traffic: Box::new([FunctionTraffic::default(); 256]),
+            timeouts_seen: Box::new([0; 256]),
         }
     }
 
@@ -196,6 +218,8 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
                     epoch: h.epoch,
                     scope: h.scope,
                     rtt: h.rtt,
+                    traffic: h.traffic,
+                    live: h.live,
                 })
                 .collect(),
             routes: self.routes,
@@ -209,6 +233,8 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
             scratch: self.scratch,
             probes: self.probes,
             answers: self.answers,
+            traffic: self.traffic,
+            timeouts_seen: self.timeouts_seen,
         }
     }
 
@@ -275,6 +301,41 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
         }
     }
 
+    /// Take in the transport's counters of session `key` (its RTT and traffic), as the
+    /// serving loop samples them before each publish. Unknown keys are ignored.
+    pub fn sample_session(&mut self, key: K, stats: &crate::transport::Stats) {
+        if let Some(h) = self.hosts.iter_mut().find(|h| h.session == Some(key)) {
+            h.rtt = (stats.srtt > Duration::ZERO).then_some(stats.srtt);
+            h.live = HostTraffic::of_session(stats);
+        }
+    }
+
+    /// Take in the completion timeouts of every function's DMA requester.
+    pub fn sample_requesters(&mut self, ep: &Proxy) {
+        for e in self.inventory.functions() {
+            let d = usize::from(e.bdf.0 as u8);
+            let Some(now) = ep.requester_stats(e.bdf).map(|s| s.timeouts) else {
+                continue;
+            };
+            // A reset requester starts again from zero: count from there.
+            let seen = self.timeouts_seen[d].min(now);
+            self.traffic[d].completion_timeouts += now - seen;
+            self.timeouts_seen[d] = now;
+        }
+    }
+
+    /// The traffic of the function at appliance device/function number `devfn`.
+    pub fn traffic(&self, devfn: u8) -> FunctionTraffic {
+        self.traffic[usize::from(devfn)]
+    }
+
+    /// Host `hi`'s session ended (or was replaced): its traffic so far is kept.
+    fn end_session(&mut self, hi: usize) {
+        let h = &mut self.hosts[hi];
+        h.traffic = h.traffic.plus(std::mem::take(&mut h.live));
+        h.rtt = None;
+    }
+
     /// The sessions up, with their hosts.
     pub fn sessions(&self) -> impl Iterator<Item = (K, HostId)> + '_ {
         self.hosts
@@ -305,6 +366,7 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
                     entry: e.clone(),
                     slot: found.map(|(s, _)| s),
                     detaching: matches!(found, Some((_, SlotState::Removing { .. }))),
+                    traffic: self.traffic[usize::from(e.bdf.0 as u8)],
                 }
             })
             .collect();
@@ -316,6 +378,7 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
                 connected: h.session.is_some(),
                 epoch: h.epoch,
                 rtt: h.rtt.filter(|_| h.session.is_some()),
+                traffic: h.traffic.plus(h.live),
                 functions: self
                     .inventory
                     .owned_by(h.id)
@@ -369,13 +432,7 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
                 // Authenticated by the transport but not in the inventory (cannot happen with
                 // the appliance's own configuration): known from now on, owning nothing.
                 self.inventory.add_host(host);
-                self.hosts.push(HostState {
-                    id: host,
-                    session: None,
-                    epoch: None,
-                    scope: FunctionSet::EMPTY,
-                    rtt: None,
-                });
+                self.hosts.push(HostState::new(host));
                 self.hosts.len() - 1
             }
         };
@@ -393,10 +450,10 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
             self.hosts[hi].session = None;
             self.reset_host(ep, hi, now);
         }
+        self.end_session(hi);
         let h = &mut self.hosts[hi];
         h.session = Some(key);
         h.epoch = Some(epoch);
-        h.rtt = None;
         self.events.push(PoolEvent::HostConnected { host, epoch });
         self.changed = true;
     }
@@ -411,7 +468,7 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
     fn lose(&mut self, ep: &mut Proxy, hi: usize, now: Instant) {
         self.drain_outbound(usize::MAX);
         self.hosts[hi].session = None;
-        self.hosts[hi].rtt = None;
+        self.end_session(hi);
         // A surprise-down: the host's functions are reset, nobody else's.
         self.reset_host(ep, hi, now);
         self.events.push(PoolEvent::HostLost(self.hosts[hi].id));
@@ -476,6 +533,7 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
             self.stats.owner_offline += 1;
             return;
         };
+        count_upstream(&mut self.traffic[usize::from(tlp[5])], &tlp);
         tlp[5] = r.host_devfn;
         self.out.push_back((key, Bytes::from(tlp)));
     }
@@ -549,7 +607,30 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
         if let Err(e) = ep.handle_tlp_scoped(tlp, &scope, id, &mut replies) {
             tracing::debug!("appliance: {e}");
         }
+        let claimed = ep.claimed();
+        if let Some(d) = claimed {
+            let t = &mut self.traffic[usize::from(d)];
+            t.tlps_down += 1;
+            t.bytes_down += tlp.len() as u64;
+            if let Ok(ParsedHeader {
+                kind:
+                    Kind::Completion {
+                        status: CplStatus::Sc,
+                        ..
+                    },
+                payload,
+                ..
+            }) = &h
+            {
+                t.dma_read_bytes += payload.len() as u64;
+            }
+        }
         for mut r in replies.drain(..) {
+            // Its own completions count for the function it reached; a refusal of a request
+            // that reached no function counts for none.
+            if let Some(d) = claimed.filter(|&d| r.len() >= 12 && r[5] == d) {
+                count_upstream(&mut self.traffic[usize::from(d)], &r);
+            }
             // The completer is one of the host's functions (or none, for a refusal): its ID
             // in the host's numbering.
             if r.len() >= 12 {
@@ -710,6 +791,12 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
         }
         ep.add_function(bdf, device)
             .map_err(|e| ControlError::BadDevice(e.to_string()))?;
+        // A new card at a device number another card had: its counters start from zero.
+        for f in 0..8u8 {
+            let d = usize::from(dev << 3 | f);
+            self.traffic[d] = FunctionTraffic::default();
+            self.timeouts_seen[d] = 0;
+        }
         let id = entry.id.clone();
         self.inventory.add(entry)?;
         self.scratch.append(scratch);
@@ -1006,5 +1093,30 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
                 self.hosts[r.host].scope.insert(devfn as u8);
             }
         }
+    }
+}
+
+/// Count one TLP a function sends its host (a completion, a DMA request, an interrupt).
+fn count_upstream(t: &mut FunctionTraffic, tlp: &[u8]) {
+    t.tlps_up += 1;
+    t.bytes_up += tlp.len() as u64;
+    let Ok(h) = ParsedHeader::parse(tlp) else {
+        return;
+    };
+    match h.kind {
+        Kind::MemWrite { addr } if X86_MSI_WINDOW.contains(&addr) => t.interrupts += 1,
+        Kind::MemWrite { .. } => t.dma_write_bytes += h.payload.len() as u64,
+        Kind::Message { code, .. } if (code::ASSERT_INTA..code::DEASSERT_INTA).contains(&code) => {
+            t.interrupts += 1
+        }
+        Kind::Completion {
+            status: CplStatus::Ur,
+            ..
+        } => t.unsupported_requests += 1,
+        Kind::Completion {
+            status: CplStatus::Ca,
+            ..
+        } => t.completer_aborts += 1,
+        _ => {}
     }
 }

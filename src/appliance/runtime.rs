@@ -378,9 +378,19 @@ impl Appliance {
             let _ = wake_tx.try_send(());
         }));
         let publish = |links: &[TransportHandle], ep: &Proxy, router: &mut Router<_>| {
-            let stats = links.iter().filter_map(|l| l.stats().ok()).collect();
-            counters.publish(stats, ep.stats(), router.stats());
-            cport.publish(router.snapshot());
+            // By link index (a link that stopped shows nothing; the loop ends then anyway).
+            let stats = links
+                .iter()
+                .map(|l| l.stats().unwrap_or_default())
+                .collect();
+            super::counters::publish_all(
+                &counters,
+                &cport,
+                stats,
+                |i, c| (i, ConnId(c)),
+                ep,
+                router,
+            );
         };
         let announced = on_ready(&Ready {
             listen: links.iter().map(TransportHandle::local_addr).collect(),

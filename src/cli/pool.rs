@@ -7,17 +7,17 @@
 //! removal in progress as `detaching`) to `FunctionInfo`; the hosts' sessions and RTT to
 //! `HostInfo`; assign/unassign to the serving loop's orderly protocol, each reported through its
 //! `Completer` when the loop finishes it (the Task of the API completes then, never before);
-//! the loop's pool events to the API's event stream. Not yet mapped: per-function and per-host
-//! traffic counters (`metrics()` returns none, so `/metrics` shows assignment and session state
-//! only; the counters exist in `ApplianceStats` keyed by session, not yet by host).
+//! the loop's pool events to the API's event stream; the router's per-function traffic and the
+//! transport's per-host counters (summed over each host's sessions) to `metrics()`.
 
 use std::sync::Arc;
 
 use pcietun::appliance::control::{ControlError, FunctionStatus, HostStatus, PoolEvent};
 use pcietun::appliance::{Control, FunctionId, FunctionState};
 use pcietun::mgmt::pool::{
-    ApplianceInfo, Completer, EventSink, FunctionInfo, FunctionKind, FunctionState as ApiState,
-    Health, HostInfo, HostSession, MetricsSnapshot, Pool, PoolError, PoolEvent as ApiEvent,
+    ApplianceInfo, Completer, Directions, EventSink, FunctionInfo, FunctionKind, FunctionMetrics,
+    FunctionState as ApiState, Health, HostInfo, HostMetrics, HostSession, MetricsSnapshot, Pool,
+    PoolError, PoolEvent as ApiEvent,
 };
 use pcietun::transport::HostId;
 
@@ -111,6 +111,44 @@ fn host_info(h: &HostStatus) -> HostInfo {
             HostSession::Disconnected
         },
         rtt: h.rtt,
+    }
+}
+
+fn function_metrics(f: &FunctionStatus) -> FunctionMetrics {
+    let t = &f.traffic;
+    FunctionMetrics {
+        function: f.entry.id.to_string(),
+        tlps: Directions {
+            downstream: t.tlps_down,
+            upstream: t.tlps_up,
+        },
+        bytes: Directions {
+            downstream: t.bytes_down,
+            upstream: t.bytes_up,
+        },
+        dma_read_bytes: t.dma_read_bytes,
+        dma_write_bytes: t.dma_write_bytes,
+        interrupts: t.interrupts,
+        unsupported_requests: t.unsupported_requests,
+        completer_aborts: t.completer_aborts,
+        completion_timeouts: t.completion_timeouts,
+    }
+}
+
+fn host_metrics(h: &HostStatus) -> HostMetrics {
+    let t = &h.traffic;
+    HostMetrics {
+        host: h.id.to_string(),
+        tlps: Directions {
+            downstream: t.tlps_down,
+            upstream: t.tlps_up,
+        },
+        bytes: Directions {
+            downstream: t.bytes_down,
+            upstream: t.bytes_up,
+        },
+        retransmits: t.retransmits,
+        credit_stalls: t.credit_stalls,
     }
 }
 
@@ -275,7 +313,15 @@ impl Pool for AppliancePool {
     }
 
     fn metrics(&self) -> MetricsSnapshot {
-        MetricsSnapshot::default()
+        MetricsSnapshot {
+            functions: self
+                .control
+                .functions()
+                .iter()
+                .map(function_metrics)
+                .collect(),
+            hosts: self.control.hosts().iter().map(host_metrics).collect(),
+        }
     }
 }
 

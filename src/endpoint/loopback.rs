@@ -29,7 +29,7 @@ use crate::tlp::{build, message};
 /// Where host memory starts on the host's bus (above 4 GiB, so 64-bit addressing is exercised).
 pub const HOST_MEM_BASE: u64 = 0x1_0000_0000;
 /// Where MSI writes land (the x86 interrupt window).
-pub const MSI_BASE: u64 = 0xfee0_0000;
+pub const MSI_BASE: u64 = crate::pci::caps::X86_MSI_WINDOW.start;
 
 /// Errors of the loopback host.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -432,7 +432,7 @@ fn host_handle(s: &Shared, to_ep: &Sender<Vec<u8>>, cpl_tx: &Sender<Vec<u8>>, tl
             let data =
                 &tlp[h.payload.start + lead as usize..h.payload.start + (lead + count) as usize];
             let mut st = s.state.lock_or_recover();
-            if (MSI_BASE..MSI_BASE + 0x10_0000).contains(&a) && data.len() == 4 {
+            if crate::pci::caps::X86_MSI_WINDOW.contains(&a) && data.len() == 4 {
                 st.msi
                     .push((a, u32::from_le_bytes([data[0], data[1], data[2], data[3]])));
             } else if a >= HOST_MEM_BASE

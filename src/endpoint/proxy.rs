@@ -176,6 +176,8 @@ pub struct Proxy {
     scope: Option<Scope>,
     /// While [`Proxy::handle_tlp_scoped`] runs: the completions it produced.
     replies: Vec<Vec<u8>>,
+    /// The device/function number of the function the last handled TLP reached.
+    claimed: Option<u8>,
 }
 
 impl Proxy {
@@ -195,6 +197,7 @@ impl Proxy {
                 now: None,
                 scope: None,
                 replies: Vec::new(),
+                claimed: None,
             },
             rx,
         )
@@ -529,6 +532,7 @@ impl Proxy {
     /// Handle one TLP from the host.
     pub fn handle_tlp(&mut self, tlp: &[u8]) -> Result<(), ProxyError> {
         self.stats.tlps_in += 1;
+        self.claimed = None;
         let h = match ParsedHeader::parse(tlp) {
             Ok(h) => h,
             Err(e) => {
@@ -571,12 +575,14 @@ impl Proxy {
                             .is_some_and(|id| s.functions.has(id) && f.bdf().0 as u8 == id.0 as u8),
                     })
                     .map(|f| {
-                        f.dma.on_completion(
+                        let ok = f.dma.on_completion(
                             h.tag, status, byte_count, lower_addr, h.poisoned, payload,
-                        )
+                        );
+                        (f.bdf().0 as u8, ok)
                     });
-                if found != Some(true) {
-                    self.stats.unexpected_completions += 1;
+                match found {
+                    Some((devfn, true)) => self.claimed = Some(devfn),
+                    _ => self.stats.unexpected_completions += 1,
                 }
             }
             ParsedKind::Message { .. } => self.stats.messages += 1,
@@ -614,6 +620,7 @@ impl Proxy {
             self.complete(target, h, CplStatus::Ur, 4, 0, &[]);
             return;
         };
+        self.claimed = Some(self.functions[i].bdf().0 as u8);
         if write {
             if h.poisoned {
                 self.complete(target, h, CplStatus::Ur, 4, 0, &[]);
@@ -662,8 +669,11 @@ impl Proxy {
         }
     }
 
-    fn claim_mem(&self, addr: u64, len: u64) -> Option<(usize, u8, u64)> {
-        self.functions
+    /// The function (index), BAR and offset a memory request of `len` bytes at `addr` hits;
+    /// records the function as [`claimed`](Self::claimed).
+    fn claim_mem(&mut self, addr: u64, len: u64) -> Option<(usize, u8, u64)> {
+        let claim = self
+            .functions
             .iter()
             .enumerate()
             .filter(|(_, f)| self.visible(f))
@@ -671,7 +681,18 @@ impl Proxy {
                 f.decode
                     .claim_mem(addr, len.max(1))
                     .map(|(bar, off)| (i, bar, off))
-            })
+            });
+        self.claimed = claim.map(|(i, _, _)| self.functions[i].bdf().0 as u8);
+        claim
+    }
+
+    /// The device/function number (appliance numbering) of the function that the TLP last
+    /// given to [`handle_tlp`](Self::handle_tlp) or [`handle_tlp_scoped`](Self::handle_tlp_scoped)
+    /// reached: the function a configuration or memory/IO request was decoded to, or whose
+    /// outstanding request a completion answered. `None` when it reached none (answered UR,
+    /// dropped, a message). What per-function traffic counters attribute a TLP by.
+    pub fn claimed(&self) -> Option<u8> {
+        self.claimed
     }
 
     /// Read from a BAR, serving the MSI-X table/PBA itself.
@@ -817,6 +838,7 @@ impl Proxy {
             self.complete(me, h, CplStatus::Ur, 4, 0, &[]);
             return;
         };
+        self.claimed = Some(self.functions[i].bdf().0 as u8);
         let me = self.functions[i].bdf();
         let (lead, count) = wire::enabled_span(1, h.first_be, 0);
         let lead = u64::from(lead);

@@ -99,7 +99,10 @@ impl Default for HostConfig {
             completion_timeout: Duration::from_millis(1000),
             enumeration: EnumConfig::default(),
             rcb: 64,
-            msi_window: (0xfee0_0000, 0x10_0000),
+            msi_window: (
+                crate::pci::caps::X86_MSI_WINDOW.start,
+                crate::pci::caps::X86_MSI_WINDOW.end - crate::pci::caps::X86_MSI_WINDOW.start,
+            ),
             bus: 1,
         }
     }

@@ -20,7 +20,7 @@ use std::any::Any;
 pub use aer::AerCap;
 pub use ari::AriCap;
 pub use express::{ExpressConfig, PciExpressCap, PortType, SlotConfig};
-pub use msi::{InterruptOutcome, MsiCap, MsiMessage};
+pub use msi::{InterruptOutcome, MsiCap, MsiMessage, X86_MSI_WINDOW};
 pub use msix::{MsixCap, MsixEntry};
 pub use pm::PmCap;
 pub use sriov::{SriovCap, SriovConfig};

@@ -5,6 +5,12 @@ use super::{cap_boilerplate, CapEvent, Capability, CapabilityId};
 use crate::pci::regs::RegisterBlock;
 use crate::pci::spec::{cap_id, msi};
 
+/// Where interrupt messages land on x86: the local APIC's address window
+/// `0xFEE0_0000..0xFEF0_0000` (Intel SDM vol. 3A §11.11.1). A memory write into it from a
+/// function is an MSI/MSI-X, not DMA — for the host's root port and for the appliance's
+/// per-function counters alike.
+pub const X86_MSI_WINDOW: std::ops::Range<u64> = 0xfee0_0000..0xfef0_0000;
+
 /// An interrupt message: a posted memory write of `data` (32 bits, little-endian on the wire
 /// for MSI-X; MSI sends the 16-bit data zero-extended) to `address`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
