@@ -22,7 +22,7 @@
 //! for the function's completions, DMA requests and interrupts) — are lookups in a 32-entry
 //! array and do not allocate.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
@@ -163,7 +163,7 @@ pub struct ViewStats {
 /// Every host's view.
 #[derive(Debug, Default)]
 pub struct Views {
-    hosts: HashMap<HostId, HostView>,
+    hosts: BTreeMap<HostId, HostView>,
     grace: Duration,
     stats: ViewStats,
 }
@@ -172,7 +172,7 @@ impl Views {
     /// No host sees anything yet; removals wait `grace` for an acknowledgement.
     pub fn new(grace: Duration) -> Views {
         Views {
-            hosts: HashMap::new(),
+            hosts: BTreeMap::new(),
             grace,
             stats: ViewStats::default(),
         }
@@ -522,7 +522,7 @@ mod tests {
             let t0 = Instant::now();
             let hosts = [h("a"), h("b"), h("c")];
             let mut v = Views::new(Duration::from_secs(1));
-            let mut shown: HashMap<(HostId, u8), Target> = HashMap::new();
+            let mut shown: BTreeMap<(HostId, u8), Target> = BTreeMap::new();
             for (i, (op, host, func)) in ops.into_iter().enumerate() {
                 let now = t0 + Duration::from_millis(100 * i as u64);
                 let id = f(&format!("f{func}"));
