@@ -254,3 +254,32 @@ fn mmio_read_over_raw_ethernet_between_namespaces() {
     latency_ok(&v["ours"]);
     assert!(f(&v, "ratio_p50") > 0.0);
 }
+
+#[test]
+fn sessions_reports_memory_cpu_and_latency_per_step() {
+    let v = bench(&["sessions", "--sessions", "40"]);
+    assert!(f(&v, "rss_idle_kib") > 0.0);
+    let steps = v["steps"].as_array().expect("steps");
+    let counts: Vec<u64> = steps
+        .iter()
+        .map(|s| s["sessions"].as_u64().unwrap())
+        .collect();
+    assert_eq!(counts, [1, 16, 40]);
+    let active: Vec<u64> = steps
+        .iter()
+        .map(|s| s["active"].as_u64().unwrap())
+        .collect();
+    assert_eq!(active, [1, 16, 32], "one reader per card, 32 cards");
+    let base = &steps[0]["mmio_read"];
+    for s in steps {
+        latency_ok(&s["mmio_read"]);
+        assert!(f(s, "rss_kib") >= f(&v, "rss_idle_kib"), "{s}");
+        assert!(f(s, "rss_per_session_kib") >= 0.0 && f(s, "cpu_per_tlp_us") >= 0.0);
+        assert!(f(s, "reads_per_s") > 0.0, "{s}");
+        let r50 = f(&s["mmio_read"], "p50_us") / f(base, "p50_us");
+        assert!((f(s, "ratio_p50") - r50).abs() < 1e-9, "{s}");
+        let r99 = f(&s["mmio_read"], "p99_us") / f(base, "p99_us");
+        assert!((f(s, "ratio_p99") - r99).abs() < 1e-9, "{s}");
+    }
+    assert_eq!(f(&steps[0], "ratio_p50"), 1.0);
+}

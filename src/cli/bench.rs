@@ -13,6 +13,7 @@ mod nvme;
 mod peer;
 mod plot;
 mod raw;
+mod sessions;
 pub(crate) use link::LinkKind;
 pub(crate) mod rig;
 mod stats;
@@ -39,6 +40,9 @@ enum Scenario {
     DmaWrite(dma::DmaArgs),
     /// 4 KiB random read/write at QD1 and QD32 through the user-space NVMe driver.
     Nvme(nvme::NvmeArgs),
+    /// Many host sessions on one appliance: memory per session, CPU per TLP, MMIO read
+    /// latency at 1, 16 and 256 sessions against the single-session figures.
+    Sessions(sessions::SessionsArgs),
 }
 
 pub fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
@@ -49,5 +53,6 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         Scenario::DmaRead(a) => dma::run(a, pcietun::drivers::dma_engine::Direction::DmaRead),
         Scenario::DmaWrite(a) => dma::run(a, pcietun::drivers::dma_engine::Direction::DmaWrite),
         Scenario::Nvme(a) => nvme::run(a),
+        Scenario::Sessions(a) => sessions::run(a),
     }
 }

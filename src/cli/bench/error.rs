@@ -18,7 +18,13 @@ pub enum BenchError {
     /// The Ethernet link needs a veth pair (or namespaces) that were not created.
     #[error("the eth link needs {0}, which were not created")]
     NoEthLink(&'static str),
-    /// A transport session did not come up.
+    /// A worker thread of a scenario failed (its error, as text: it crossed threads).
+    #[error("a worker failed: {0}")]
+    Worker(String),
+    /// A scenario asked for what it cannot do (the message says what).
+    #[error("{0}")]
+    Unsupported(String),
+    /// A transport session (or a process, a handshake) did not come up.
     #[error("{0} not established in time")]
     NoSession(&'static str),
     /// A ping-pong echo did not come back.
