@@ -15,7 +15,8 @@
 //! Resource tree (the DMTF schemas' shape; `Oem.Pcietun` only where the standard has no
 //! property, described by the OEM CSDL at `/redfish/v1/Schemas/Pcietun_v1.xml`):
 //!
-//! * `Chassis/{appliance}/PCIeDevices/{card}/PCIeFunctions/{function}` — the inventory.
+//! * `Chassis/{appliance}/PCIeDevices/{card}/PCIeFunctions/{function}` — the inventory (POST
+//!   to `PCIeDevices` adds a card, DELETE of a card removes it; Administrator only).
 //! * `Fabrics/PCIe/Endpoints/{host-H | fn-F}` — one Initiator per host, one Target per function.
 //! * `Fabrics/PCIe/Zones/{H}` — one ZoneOfEndpoints per host; membership *is* the assignment
 //!   (`#Zone.AddEndpoint`, `#Zone.RemoveEndpoint`, PATCH of `Links/Endpoints`).
@@ -405,8 +406,8 @@ impl<'a> Route<'a> {
             }
             SessionService => GET_PATCH,
             ZoneAction(..) => POST,
-            Sessions | Accounts => GET_POST,
-            Session(..) | Connection(..) => GET_DELETE,
+            Sessions | Accounts | PcieDevices(..) => GET_POST,
+            Session(..) | Connection(..) | PcieDevice(..) => GET_DELETE,
             _ => GET,
         }
     }
@@ -624,8 +625,10 @@ impl Service {
             OemSchema => Ok(Reply::xml(root::OEM_SCHEMA.to_string())),
             ChassisCollection => Ok(Reply::ok(inventory::chassis_collection(&self.snapshot()))),
             Chassis(c) => inventory::chassis(&self.snapshot(), c).map(Reply::ok),
-            PcieDevices(c) => inventory::devices(&self.snapshot(), c).map(Reply::ok),
-            PcieDevice(c, d) => inventory::device(&self.snapshot(), c, d).map(Reply::ok),
+            PcieDevices(c) if get => inventory::devices(&self.snapshot(), c).map(Reply::ok),
+            PcieDevices(c) => self.add_device(caller, req, c),
+            PcieDevice(c, d) if get => inventory::device(&self.snapshot(), c, d).map(Reply::ok),
+            PcieDevice(c, d) => self.remove_device(caller, req, c, d),
             PcieFunctions(c, d) => inventory::functions(&self.snapshot(), c, d).map(Reply::ok),
             PcieFunction(c, d, f) => inventory::function(&self.snapshot(), c, d, f).map(Reply::ok),
             Systems => Ok(Reply::ok(inventory::systems(&self.snapshot()))),
