@@ -304,9 +304,14 @@ fn the_binary_keeps_its_exit_codes_and_json_keys() {
 }
 
 const DEVICES: &str = "/redfish/v1/Chassis/appliance/PCIeDevices";
+const ADD_DEVICE: &str = "/redfish/v1/Chassis/appliance/Actions/Oem/Pcietun.AddDevice";
+
+fn remove_device(dev: &str) -> String {
+    format!("{DEVICES}/{dev}/Actions/Oem/Pcietun.RemoveDevice")
+}
 
 fn device_body(name: Option<&str>, spec: &str) -> String {
-    let mut v = serde_json::json!({"Oem": {"Pcietun": {"Spec": spec}}});
+    let mut v = serde_json::json!({ "Spec": spec });
     if let Some(n) = name {
         v["Name"] = n.into();
     }
@@ -329,33 +334,29 @@ fn cards_are_added_and_removed_over_the_api_by_administrators_only() {
     // Operator and ReadOnly: 403, nothing added or removed.
     for (who, token) in [("operator", &op), ("watcher", &ro)] {
         let r = api.post(
-            DEVICES,
+            ADD_DEVICE,
             Auth::Token(token),
             &device_body(Some("dma9"), "dma"),
         );
         assert_eq!(r.status, 403, "{who}: {}", r.text);
         assert_eq!(r.code(), "Base.1.22.InsufficientPrivilege", "{}", r.text);
-        let r = api.delete(&format!("{DEVICES}/dma0"), Auth::Token(token));
+        let r = api.post(&remove_device("dma0"), Auth::Token(token), "{}");
         assert_eq!(r.status, 403, "{who}: {}", r.text);
     }
     assert_eq!(ids(&api), before);
 
     // Bad bodies and specs: 400 naming the problem, nothing added.
     for (body, status, want) in [
-        (r#"{"Name":"x"}"#.to_string(), 400, "Oem"),
-        (
-            r#"{"Oem":{"Pcietun":{"Spec":"dma","Colour":1}}}"#.to_string(),
-            400,
-            "Colour",
-        ),
-        (r#"{"Oem":{"Pcietun":{"Spec":7}}}"#.to_string(), 400, "Spec"),
+        (r#"{"Name":"x"}"#.to_string(), 400, "Spec"),
+        (r#"{"Spec":"dma","Colour":1}"#.to_string(), 400, "Colour"),
+        (r#"{"Spec":7}"#.to_string(), 400, "Spec"),
         (device_body(None, ""), 400, "Spec"),
         (device_body(None, "floppy=/dev/fd0"), 400, "floppy"),
         (device_body(None, "nvme=/etc/passwd"), 400, "device_dirs"),
         (device_body(Some("a/b"), "dma"), 400, "Name"),
         (device_body(Some("nvme0"), "dma"), 409, "nvme0"),
     ] {
-        let r = api.post(DEVICES, Auth::Token(&admin), &body);
+        let r = api.post(ADD_DEVICE, Auth::Token(&admin), &body);
         assert_eq!(r.status, status, "{body}: {}", r.text);
         assert!(
             r.message().contains(want) || r.text.contains(want),
@@ -365,15 +366,49 @@ fn cards_are_added_and_removed_over_the_api_by_administrators_only() {
     }
     assert_eq!(ids(&api), before);
     let r = api.post(
-        "/redfish/v1/Chassis/elsewhere/PCIeDevices",
+        "/redfish/v1/Chassis/elsewhere/Actions/Oem/Pcietun.AddDevice",
         Auth::Token(&admin),
         &device_body(None, "dma"),
     );
     assert_eq!(r.status, 404, "{}", r.text);
+    let r = api.post(
+        "/redfish/v1/Chassis/appliance/Actions/Oem/Pcietun.Explode",
+        Auth::Token(&admin),
+        "{}",
+    );
+    assert_eq!(
+        (r.status, r.code()),
+        (404, "Base.1.22.ActionNotSupported"),
+        "{}",
+        r.text
+    );
+    // The standard collection and resource stay read-only (the DMTF schemas say so).
+    assert_eq!(
+        api.post(DEVICES, Auth::Token(&admin), &device_body(None, "dma"))
+            .status,
+        405
+    );
+    assert_eq!(
+        api.delete(&format!("{DEVICES}/nvme0"), Auth::Token(&admin))
+            .status,
+        405
+    );
+    // The actions are advertised where Redfish clients look for them.
+    let chassis = api.get("/redfish/v1/Chassis/appliance", Auth::Token(&ro));
+    assert_eq!(
+        chassis.json["Actions"]["Oem"]["#Pcietun.AddDevice"]["target"], ADD_DEVICE,
+        "{}",
+        chassis.text
+    );
+    let card = api.get(&format!("{DEVICES}/nvme0"), Auth::Token(&ro));
+    assert_eq!(
+        card.json["Actions"]["Oem"]["#Pcietun.RemoveDevice"]["target"],
+        remove_device("nvme0")
+    );
 
     // An Administrator adds one: 202, a Task that names the new card.
     let r = api.post(
-        DEVICES,
+        ADD_DEVICE,
         Auth::Token(&admin),
         &device_body(Some("dma9"), "dma,buffer=64K"),
     );
@@ -397,7 +432,7 @@ fn cards_are_added_and_removed_over_the_api_by_administrators_only() {
     );
     assert_eq!(api.state("dma9"), "unassigned");
     let r = api.post(
-        DEVICES,
+        ADD_DEVICE,
         Auth::Token(&admin),
         &device_body(Some("dma9"), "dma"),
     );
@@ -411,7 +446,7 @@ fn cards_are_added_and_removed_over_the_api_by_administrators_only() {
     // Assigned: removal refused with the owner named; unassigned: removed.
     let r = api.post(ADD_ALPHA, Auth::Token(&op), &add_endpoint_body("dma9"));
     assert_eq!(r.status, 202, "{}", r.text);
-    let r = api.delete(&format!("{DEVICES}/dma9"), Auth::Token(&admin));
+    let r = api.post(&remove_device("dma9"), Auth::Token(&admin), "");
     assert_eq!(
         (r.status, r.code()),
         (409, "Base.1.22.ResourceInUse"),
@@ -425,14 +460,20 @@ fn cards_are_added_and_removed_over_the_api_by_administrators_only() {
     );
     assert_eq!(r.status, 202, "{}", r.text);
     let r = api.req(
-        "DELETE",
-        &format!("{DEVICES}/dma9"),
+        "POST",
+        &remove_device("dma9"),
         Auth::Token(&admin),
         &[("If-Match", "W/\"stale\"")],
-        None,
+        Some(b"{}"),
     );
     assert_eq!(r.status, 412, "{}", r.text);
-    let r = api.delete(&format!("{DEVICES}/dma9"), Auth::Token(&admin));
+    let r = api.post(
+        &remove_device("dma9"),
+        Auth::Token(&admin),
+        "{\"Force\":true}",
+    );
+    assert_eq!(r.status, 400, "no parameters: {}", r.text);
+    let r = api.post(&remove_device("dma9"), Auth::Token(&admin), "{}");
     assert_eq!(r.status, 202, "{}", r.text);
     let t = api.get(r.header("Location").unwrap(), Auth::Token(&admin));
     assert_eq!(t.json["TaskState"], "Completed", "{}", t.text);

@@ -623,7 +623,7 @@ impl Client {
     }
 
     /// Start adding a card (`spec`: the appliance's `--device` grammar) with `name` as its
-    /// function 0's id; returns the task (POST to the Chassis' PCIeDevices).
+    /// function 0's id; returns the task (the Chassis' `#Pcietun.AddDevice` action).
     pub fn add_device(&self, spec: &str, name: Option<&str>) -> Result<DeviceTask, ClientError> {
         if let Some(n) = name {
             if !valid_id(n) {
@@ -633,8 +633,9 @@ impl Client {
                 });
             }
         }
-        let uri = format!("{}/PCIeDevices", self.chassis()?);
-        let mut body = json!({ "Oem": { "Pcietun": { "Spec": spec } } });
+        let chassis = self.chassis()?;
+        let uri = action_target(&self.get(&chassis)?, "#Pcietun.AddDevice", &chassis)?;
+        let mut body = json!({ "Spec": spec });
         if let Some(n) = name {
             body["Name"] = json!(n);
         }
@@ -654,8 +655,8 @@ impl Client {
     }
 
     /// Start removing the card of `function` (a function id, or a card id as `ctl devices`
-    /// shows them); returns the task (DELETE of the PCIeDevice). A virtual function is refused
-    /// here: it goes with its physical function.
+    /// shows them); returns the task. A virtual function is refused
+    /// here: it goes with its physical function. (The card's `#Pcietun.RemoveDevice` action.)
     pub fn remove_device(&self, function: &str) -> Result<DeviceTask, ClientError> {
         Self::check_id("function", function)?;
         let rows = self.devices()?;
@@ -682,8 +683,9 @@ impl Client {
             .filter(|r| r.device == device)
             .map(|r| r.id.clone())
             .collect();
-        let uri = format!("{}/PCIeDevices/{device}", self.chassis()?);
-        let (_, location, task) = self.request("DELETE", &uri, None)?;
+        let dev_uri = format!("{}/PCIeDevices/{device}", self.chassis()?);
+        let uri = action_target(&self.get(&dev_uri)?, "#Pcietun.RemoveDevice", &dev_uri)?;
+        let (_, location, task) = self.request("POST", &uri, Some(&json!({})))?;
         let mut t = DeviceTask {
             action: "remove".into(),
             device: Some(device),
@@ -867,6 +869,20 @@ impl Client {
 
 /// Longest SSE line `ctl events` accepts.
 const MAX_EVENT_LINE: usize = 1 << 20;
+
+/// The `target` of OEM action `name` of `resource` (at `uri`).
+fn action_target(resource: &Value, name: &str, uri: &str) -> Result<String, ClientError> {
+    resource
+        .pointer("/Actions/Oem")
+        .and_then(|a| a.get(name))
+        .and_then(|a| a.get("target"))
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .ok_or_else(|| ClientError::Protocol {
+            uri: uri.into(),
+            what: format!("no {name} action (an appliance without adding and removing cards?)"),
+        })
+}
 
 fn task_location(location: Option<String>, task: &Value, uri: &str) -> Result<String, ClientError> {
     location

@@ -279,47 +279,28 @@ pub fn endpoint_action(bytes: &[u8], action: &'static str) -> ApiResult<Endpoint
     })
 }
 
-/// A POST to a Chassis' PCIeDevices collection: a card to add.
+/// The parameters of `#Pcietun.AddDevice`: a card to add.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceCreate {
     /// The stable id of its function 0 (`Name`; `None`: derived from where it lands).
     pub name: Option<String>,
-    /// The card in the appliance's `--device` grammar (`Oem.Pcietun.Spec`).
+    /// The card in the appliance's `--device` grammar (`Spec`).
     pub spec: String,
 }
 
-/// Properties of a PCIeDevice that exist but cannot be written.
-const DEVICE_READ_ONLY: &[&str] = &[
-    "Id",
-    "Description",
-    "Model",
-    "Manufacturer",
-    "DeviceType",
-    "Status",
-    "PCIeFunctions",
-    "PCIeInterface",
-    "Links",
-    "SerialNumber",
-    "PartNumber",
-    "FirmwareVersion",
-];
-
-/// Longest `Oem.Pcietun.Spec` accepted (paths and a few options).
+/// Longest `Spec` accepted (paths and a few options).
 pub const MAX_SPEC_LEN: usize = 4096;
 
-/// Parse a POST to PCIeDevices (`{"Name": …, "Oem": {"Pcietun": {"Spec": "dma,buffer=64K"}}}`).
-pub fn device_create(bytes: &[u8]) -> ApiResult<DeviceCreate> {
+/// Parse the body of `#Pcietun.AddDevice` (`{"Spec": "dma,buffer=64K", "Name": "dma1"}`).
+pub fn device_create(bytes: &[u8], action: &'static str) -> ApiResult<DeviceCreate> {
     let map = parse(bytes)?;
-    let root = Obj::root(&map, Ctx::Resource);
-    root.only(&["Name", "Oem"], DEVICE_READ_ONLY)?;
-    let oem = required(&root, "Oem", root.object("Oem")?)?;
-    oem.only(&["Pcietun"], &[])?;
-    let ours = required(&oem, "Pcietun", oem.object("Pcietun")?)?;
-    ours.only(&["Spec"], &["VirtualFunctions"])?;
-    let spec = required(&ours, "Spec", ours.string("Spec")?)?;
+    let root = Obj::root(&map, Ctx::Action(action));
+    root.only(&["Spec", "Name"], &[])?;
+    let spec = required(&root, "Spec", root.string("Spec")?)?;
     if spec.trim().is_empty() || spec.len() > MAX_SPEC_LEN || spec.chars().any(char::is_control) {
-        return Err(ApiError::property_format(
-            &ours.ptr("Spec"),
+        return Err(ApiError::action_parameter_format(
+            action,
+            "Spec",
             &show(&Value::String(spec.into()), false),
             &format!(
                 "a device spec of 1 to {MAX_SPEC_LEN} printable characters, e.g. \"dma,buffer=64K\""

@@ -5,12 +5,14 @@
 //! Where the standard has no property — the pool state and owner of a function, a host's
 //! tunnel session and RTT — it is under `Oem.Pcietun` (described by the OEM CSDL).
 //!
-//! Cards come and go while the appliance serves: a POST to `PCIeDevices` with
-//! `Oem.Pcietun.Spec` (the appliance's `--device` grammar) adds one, a DELETE of a
-//! `PCIeDevices/{card}` removes an unassigned one. Both need the Administrator role
-//! (ConfigureManager: a spec names files and sockets on the appliance) and answer
-//! `202 Accepted` with a Task that completes once the inventory shows the change; the Task of
-//! an add carries the new card under `Oem.Pcietun` (`Device`, `Functions`).
+//! Cards come and go while the appliance serves, through two OEM actions (the DMTF schemas make
+//! the PCIeDevice collection neither insertable nor deletable, so a POST or DELETE there would
+//! not be Redfish): `#Pcietun.AddDevice` on the Chassis, with `Spec` (the appliance's
+//! `--device` grammar) and an optional `Name`, and `#Pcietun.RemoveDevice` on an unassigned
+//! card. Both need the Administrator role (ConfigureManager: a spec names files and sockets on
+//! the appliance) and answer `202 Accepted` with a Task that completes once the inventory shows
+//! the change; the Task of an add carries the new card under `Oem.Pcietun` (`Device`,
+//! `Functions`).
 
 use axum::http::{header, Request, StatusCode};
 use bytes::Bytes;
@@ -24,6 +26,11 @@ use super::uri::{
     system_uri, target_uri,
 };
 use super::{check_if_match, etag_of, Caller, Reply, Service, Snapshot};
+
+/// The Chassis' OEM action that adds a card.
+pub const ADD_DEVICE: &str = "Pcietun.AddDevice";
+/// A card's OEM action that removes it.
+pub const REMOVE_DEVICE: &str = "Pcietun.RemoveDevice";
 use crate::mgmt::auth::Privilege;
 use crate::mgmt::pool::{
     valid_id, AddCompleter, FunctionInfo, FunctionKind, FunctionState, HostInfo, HostSession,
@@ -108,6 +115,9 @@ pub(crate) fn chassis(s: &Snapshot, c: &str) -> ApiResult<Value> {
         "Model": "pcietun appliance",
         "Status": { "State": "Enabled", "Health": "OK" },
         "PCIeDevices": link(&format!("{uri}/PCIeDevices")),
+        "Actions": { "Oem": { format!("#{ADD_DEVICE}"): {
+            "target": format!("{uri}/Actions/Oem/{ADD_DEVICE}"),
+        }}},
     });
     if let Some(serial) = &s.appliance.serial {
         v["SerialNumber"] = json!(serial);
@@ -161,6 +171,9 @@ pub(crate) fn device(s: &Snapshot, c: &str, d: &str) -> ApiResult<Value> {
         },
         "PCIeFunctions": link(&format!("{uri}/PCIeFunctions")),
         "Links": { "Chassis": [link(&chassis_uri(s))] },
+        "Actions": { "Oem": { format!("#{REMOVE_DEVICE}"): {
+            "target": format!("{uri}/Actions/Oem/{REMOVE_DEVICE}"),
+        }}},
         "Oem": { "Pcietun": {
             "@odata.type": "#Pcietun.v1_0_0.PCIeDevice",
             "VirtualFunctions": vfs,
@@ -275,14 +288,9 @@ pub(crate) fn system(s: &Snapshot, h: &str) -> ApiResult<Value> {
 pub(crate) fn card_error(e: PoolError) -> ApiError {
     let msg = e.to_string();
     match e {
-        PoolError::BadDevice { .. } => {
-            ApiError::property_incorrect("/Oem/Pcietun/Spec", "(see message)", msg)
+        PoolError::BadDevice { .. } | PoolError::NotAllowed { .. } => {
+            ApiError::action_parameter_conflict("Spec", "(see message)", msg)
         }
-        PoolError::NotAllowed { reason } => ApiError::property_incorrect(
-            "/Oem/Pcietun/Spec",
-            "(see message)",
-            format!("not allowed over the management API: {reason}"),
-        ),
         PoolError::NameTaken { name } => ApiError::already_exists("PCIeFunction", "Name", &name),
         PoolError::UnknownFunction { function } => {
             ApiError::not_found("PCIeFunction", &function, msg)
@@ -322,24 +330,29 @@ fn removal_refusal(d: &str, fns: &[&FunctionInfo]) -> Option<ApiError> {
 }
 
 impl Service {
-    /// POST to `Chassis/{c}/PCIeDevices`: add a card (202 + Task).
+    /// `#Pcietun.AddDevice` on `Chassis/{c}`: add a card (202 + Task).
     pub(crate) fn add_device(
         &self,
         caller: &Caller,
         req: &Request<Bytes>,
         c: &str,
+        action: &str,
     ) -> ApiResult<Reply> {
+        if action != ADD_DEVICE {
+            return Err(ApiError::action_not_supported(action));
+        }
         caller.require(Privilege::ConfigureManager)?;
-        let create = body::device_create(req.body())?;
+        let create = body::device_create(req.body(), ADD_DEVICE)?;
         let _change = self.change.lock_or_recover();
         let s = self.snapshot();
         check_chassis(&s, c)?;
         if let Some(n) = &create.name {
             if !valid_id(n) {
-                return Err(ApiError::property_format(
-                    "/Name",
+                return Err(ApiError::action_parameter_format(
+                    ADD_DEVICE,
+                    "Name",
                     n,
-                    "1 to 64 characters of A-Z a-z 0-9 . _ -",
+                    "a letter, then up to 31 letters, digits, - or _",
                 ));
             }
             if s.function(n).is_some() || s.devices().contains(&n.as_str()) {
@@ -383,16 +396,21 @@ impl Service {
             .header(header::LOCATION, &task_uri(id)))
     }
 
-    /// DELETE of `Chassis/{c}/PCIeDevices/{d}`: remove an unassigned card (202 + Task).
+    /// `#Pcietun.RemoveDevice` on `Chassis/{c}/PCIeDevices/{d}`: remove an unassigned card
+    /// (202 + Task).
     pub(crate) fn remove_device(
         &self,
         caller: &Caller,
         req: &Request<Bytes>,
         c: &str,
         d: &str,
+        action: &str,
     ) -> ApiResult<Reply> {
+        if action != REMOVE_DEVICE {
+            return Err(ApiError::action_not_supported(action));
+        }
         caller.require(Privilege::ConfigureManager)?;
-        body::no_parameters(req.body(), "DELETE")?;
+        body::no_parameters(req.body(), REMOVE_DEVICE)?;
         let _change = self.change.lock_or_recover();
         let s = self.snapshot();
         let current = device(&s, c, d)?;
@@ -412,7 +430,7 @@ impl Service {
             })?;
         let id = self
             .tasks
-            .create(format!("Remove card {d}"), "DELETE", req.uri().path(), 1);
+            .create(format!("Remove card {d}"), "POST", req.uri().path(), 1);
         if let Err(e) = self.pool.remove_function(&pf.id, self.tasks.completer(id)) {
             self.tasks.discard(id);
             return Err(card_error(e));
