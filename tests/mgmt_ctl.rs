@@ -504,3 +504,18 @@ fn cards_are_added_and_removed_over_the_api_by_administrators_only() {
     );
     refused(c.remove_device("nope").unwrap_err(), "unknown function");
 }
+
+#[test]
+fn the_pool_has_room_for_32_cards() {
+    let api = start();
+    let c = client(&api, Some(api.admin()));
+    // The sample has two cards (nvme0, dma0 with its VFs).
+    for _ in 0..30 {
+        let t = c.add_device("dma", None).unwrap();
+        c.wait_device(t, Duration::from_secs(5)).unwrap();
+    }
+    refused(
+        c.add_device("dma", None).unwrap_err(),
+        "no free device number",
+    );
+}

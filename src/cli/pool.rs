@@ -525,3 +525,58 @@ impl Pool for AppliancePool {
 pub fn shared(control: Control, id: &str, device_dirs: &[PathBuf]) -> Arc<dyn Pool> {
     Arc::new(AppliancePool::new(control, id).with_device_dirs(device_dirs))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(r: Result<DeviceSpec, PoolError>) -> String {
+        match r {
+            Err(e @ (PoolError::NotAllowed { .. } | PoolError::BadDevice { .. })) => e.to_string(),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn specs_over_the_api_are_confined() {
+        let d = tempfile::tempdir().unwrap();
+        let allowed = d.path().join("disks");
+        std::fs::create_dir(&allowed).unwrap();
+        std::fs::write(allowed.join("a.img"), b"").unwrap();
+        std::fs::write(d.path().join("secret"), b"").unwrap();
+        std::os::unix::fs::symlink(d.path().join("secret"), allowed.join("link")).unwrap();
+        let dirs = vec![allowed.clone()];
+        let real = std::fs::canonicalize(&allowed).unwrap();
+
+        // No paths: always fine; with no device_dirs, path-bearing kinds are refused.
+        assert!(matches!(
+            api_spec("dma,buffer=64K", &[]),
+            Ok(DeviceSpec::Dma { .. })
+        ));
+        let a = format!("nvme={}", allowed.join("a.img").display());
+        assert!(refused(api_spec(&a, &[])).contains("device_dirs"));
+        // Inside: resolved; a new file with size= is allowed when its directory is inside.
+        match api_spec(&a, &dirs).unwrap() {
+            DeviceSpec::Nvme { path, .. } => assert_eq!(path, real.join("a.img")),
+            other => panic!("{other:?}"),
+        }
+        let new = format!("nvme={},size=1M", allowed.join("new.img").display());
+        assert!(
+            matches!(api_spec(&new, &dirs), Ok(DeviceSpec::Nvme { path, .. }) if path == real.join("new.img"))
+        );
+        // Missing without size=, relative, .., symlink out, elsewhere: refused.
+        let missing = format!("nvme={}", allowed.join("nope.img").display());
+        assert!(refused(api_spec(&missing, &dirs)).contains("nope.img"));
+        assert!(refused(api_spec("nvme=disks/a.img", &dirs)).contains("absolute"));
+        let up = format!("nvme={}/../secret", allowed.display());
+        assert!(refused(api_spec(&up, &dirs)).contains("outside"));
+        let link = format!("nvme={}", allowed.join("link").display());
+        assert!(refused(api_spec(&link, &dirs)).contains("outside"));
+        assert!(refused(api_spec("replay=/etc/passwd", &dirs)).contains("outside"));
+        let sock = format!("vfio-user={}/../x.sock", allowed.display());
+        assert!(refused(api_spec(&sock, &dirs)).contains("vfio-user"));
+        // Not the grammar.
+        assert!(refused(api_spec("floppy", &dirs)).contains("floppy"));
+        assert!(refused(api_spec("dma,start=/bin/sh", &dirs)).contains("start"));
+    }
+}

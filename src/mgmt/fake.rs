@@ -399,8 +399,8 @@ impl Pool for FakePool {
     /// The fake understands `dma[,OPTIONS]` (a DMA engine) and refuses every path-bearing kind
     /// of the real grammar (`nvme=`, `replay=`, `vfio-user=`) as an appliance without
     /// `[api] device_dirs` does; anything else is a bad spec. A card without a name is
-    /// `cardN`. It is in the inventory before `done` reports it (at once, whatever
-    /// [`Completion`] says).
+    /// `cardN`; at most 32 cards, as on the appliance. It is in the inventory before `done`
+    /// reports it (at once, whatever [`Completion`] says).
     fn add_function(
         &self,
         spec: &str,
@@ -427,6 +427,13 @@ impl Pool for FakePool {
         let mut after = After::default();
         let card = {
             let mut inner = self.inner.lock_or_recover();
+            // Like the appliance: at most 32 cards (device numbers 0 to 31).
+            let mut cards: Vec<&str> = inner.functions.iter().map(|f| f.device.as_str()).collect();
+            cards.sort_unstable();
+            cards.dedup();
+            if cards.len() >= 32 {
+                return Err(PoolError::NoFreeDevice);
+            }
             let id = match name {
                 Some(n) if !valid_id(n) => {
                     return Err(PoolError::BadDevice {
