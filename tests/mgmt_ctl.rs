@@ -302,3 +302,220 @@ fn the_binary_keeps_its_exit_codes_and_json_keys() {
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains("authentication required"), "{}", r.stderr);
 }
+
+const DEVICES: &str = "/redfish/v1/Chassis/appliance/PCIeDevices";
+const ADD_DEVICE: &str = "/redfish/v1/Chassis/appliance/Actions/Oem/Pcietun.AddDevice";
+
+fn remove_device(dev: &str) -> String {
+    format!("{DEVICES}/{dev}/Actions/Oem/Pcietun.RemoveDevice")
+}
+
+fn device_body(name: Option<&str>, spec: &str) -> String {
+    let mut v = serde_json::json!({ "Spec": spec });
+    if let Some(n) = name {
+        v["Name"] = n.into();
+    }
+    v.to_string()
+}
+
+fn ids(api: &Api) -> Vec<String> {
+    use pcietun::mgmt::Pool;
+    api.pool.functions().into_iter().map(|f| f.id).collect()
+}
+
+#[test]
+fn cards_are_added_and_removed_over_the_api_by_administrators_only() {
+    let api = start();
+    let admin = api.admin();
+    let op = api.user(&admin, "operator", "Operator");
+    let ro = api.user(&admin, "watcher", "ReadOnly");
+    let before = ids(&api);
+
+    // Operator and ReadOnly: 403, nothing added or removed.
+    for (who, token) in [("operator", &op), ("watcher", &ro)] {
+        let r = api.post(
+            ADD_DEVICE,
+            Auth::Token(token),
+            &device_body(Some("dma9"), "dma"),
+        );
+        assert_eq!(r.status, 403, "{who}: {}", r.text);
+        assert_eq!(r.code(), "Base.1.22.InsufficientPrivilege", "{}", r.text);
+        let r = api.post(&remove_device("dma0"), Auth::Token(token), "{}");
+        assert_eq!(r.status, 403, "{who}: {}", r.text);
+    }
+    assert_eq!(ids(&api), before);
+
+    // Bad bodies and specs: 400 naming the problem, nothing added.
+    for (body, status, want) in [
+        (r#"{"Name":"x"}"#.to_string(), 400, "Spec"),
+        (r#"{"Spec":"dma","Colour":1}"#.to_string(), 400, "Colour"),
+        (r#"{"Spec":7}"#.to_string(), 400, "Spec"),
+        (device_body(None, ""), 400, "Spec"),
+        (device_body(None, "floppy=/dev/fd0"), 400, "floppy"),
+        (device_body(None, "nvme=/etc/passwd"), 400, "device_dirs"),
+        (device_body(Some("a/b"), "dma"), 400, "Name"),
+        (device_body(Some("nvme0"), "dma"), 409, "nvme0"),
+    ] {
+        let r = api.post(ADD_DEVICE, Auth::Token(&admin), &body);
+        assert_eq!(r.status, status, "{body}: {}", r.text);
+        assert!(
+            r.message().contains(want) || r.text.contains(want),
+            "{body}: {want:?} in {}",
+            r.text
+        );
+    }
+    assert_eq!(ids(&api), before);
+    let r = api.post(
+        "/redfish/v1/Chassis/elsewhere/Actions/Oem/Pcietun.AddDevice",
+        Auth::Token(&admin),
+        &device_body(None, "dma"),
+    );
+    assert_eq!(r.status, 404, "{}", r.text);
+    let r = api.post(
+        "/redfish/v1/Chassis/appliance/Actions/Oem/Pcietun.Explode",
+        Auth::Token(&admin),
+        "{}",
+    );
+    assert_eq!(
+        (r.status, r.code()),
+        (404, "Base.1.22.ActionNotSupported"),
+        "{}",
+        r.text
+    );
+    // The standard collection and resource stay read-only (the DMTF schemas say so).
+    assert_eq!(
+        api.post(DEVICES, Auth::Token(&admin), &device_body(None, "dma"))
+            .status,
+        405
+    );
+    assert_eq!(
+        api.delete(&format!("{DEVICES}/nvme0"), Auth::Token(&admin))
+            .status,
+        405
+    );
+    // The actions are advertised where Redfish clients look for them.
+    let chassis = api.get("/redfish/v1/Chassis/appliance", Auth::Token(&ro));
+    assert_eq!(
+        chassis.json["Actions"]["Oem"]["#Pcietun.AddDevice"]["target"], ADD_DEVICE,
+        "{}",
+        chassis.text
+    );
+    let card = api.get(&format!("{DEVICES}/nvme0"), Auth::Token(&ro));
+    assert_eq!(
+        card.json["Actions"]["Oem"]["#Pcietun.RemoveDevice"]["target"],
+        remove_device("nvme0")
+    );
+
+    // An Administrator adds one: 202, a Task that names the new card.
+    let r = api.post(
+        ADD_DEVICE,
+        Auth::Token(&admin),
+        &device_body(Some("dma9"), "dma,buffer=64K"),
+    );
+    assert_eq!(r.status, 202, "{}", r.text);
+    let task = r.header("Location").expect("task location").to_string();
+    let t = api.get(&task, Auth::Token(&ro));
+    assert_eq!(t.json["TaskState"], "Completed", "{}", t.text);
+    assert_eq!(
+        t.json["Oem"]["Pcietun"]["Device"]["@odata.id"],
+        format!("{DEVICES}/dma9"),
+        "{}",
+        t.text
+    );
+    assert_eq!(
+        t.json["Oem"]["Pcietun"]["Functions"],
+        serde_json::json!(["dma9"])
+    );
+    assert_eq!(
+        api.get(&format!("{DEVICES}/dma9"), Auth::Token(&ro)).status,
+        200
+    );
+    assert_eq!(api.state("dma9"), "unassigned");
+    let r = api.post(
+        ADD_DEVICE,
+        Auth::Token(&admin),
+        &device_body(Some("dma9"), "dma"),
+    );
+    assert_eq!(
+        (r.status, r.code()),
+        (409, "Base.1.22.ResourceAlreadyExists"),
+        "{}",
+        r.text
+    );
+
+    // Assigned: removal refused with the owner named; unassigned: removed.
+    let r = api.post(ADD_ALPHA, Auth::Token(&op), &add_endpoint_body("dma9"));
+    assert_eq!(r.status, 202, "{}", r.text);
+    let r = api.post(&remove_device("dma9"), Auth::Token(&admin), "");
+    assert_eq!(
+        (r.status, r.code()),
+        (409, "Base.1.22.ResourceInUse"),
+        "{}",
+        r.text
+    );
+    assert!(r.message().contains("alpha"), "{}", r.text);
+    let r = api.delete(
+        "/redfish/v1/Fabrics/PCIe/Connections/dma9",
+        Auth::Token(&op),
+    );
+    assert_eq!(r.status, 202, "{}", r.text);
+    let r = api.req(
+        "POST",
+        &remove_device("dma9"),
+        Auth::Token(&admin),
+        &[("If-Match", "W/\"stale\"")],
+        Some(b"{}"),
+    );
+    assert_eq!(r.status, 412, "{}", r.text);
+    let r = api.post(
+        &remove_device("dma9"),
+        Auth::Token(&admin),
+        "{\"Force\":true}",
+    );
+    assert_eq!(r.status, 400, "no parameters: {}", r.text);
+    let r = api.post(&remove_device("dma9"), Auth::Token(&admin), "{}");
+    assert_eq!(r.status, 202, "{}", r.text);
+    let t = api.get(r.header("Location").unwrap(), Auth::Token(&admin));
+    assert_eq!(t.json["TaskState"], "Completed", "{}", t.text);
+    assert_eq!(
+        api.get(&format!("{DEVICES}/dma9"), Auth::Token(&admin))
+            .status,
+        404
+    );
+    assert_eq!(ids(&api), before);
+
+    // A card with VFs goes whole; the library client refuses a VF on its own.
+    let c = client(&api, Some(admin.clone()));
+    refused(c.remove_device("dma0.vf1").unwrap_err(), "virtual function");
+    let t = c.remove_device("dma0").unwrap();
+    let t = c.wait_device(t, Duration::from_secs(5)).unwrap();
+    assert_eq!(t.device.as_deref(), Some("dma0"));
+    assert_eq!(t.functions, ["dma0", "dma0.vf1", "dma0.vf2"]);
+    assert_eq!(ids(&api), ["nvme0"]);
+    let t = c.add_device("dma", None).unwrap();
+    let t = c.wait_device(t, Duration::from_secs(5)).unwrap();
+    assert_eq!(
+        (
+            t.state.as_str(),
+            t.device.as_deref(),
+            t.functions.as_slice()
+        ),
+        ("Completed", Some("card0"), &["card0".to_string()][..])
+    );
+    refused(c.remove_device("nope").unwrap_err(), "unknown function");
+}
+
+#[test]
+fn the_pool_has_room_for_32_cards() {
+    let api = start();
+    let c = client(&api, Some(api.admin()));
+    // The sample has two cards (nvme0, dma0 with its VFs).
+    for _ in 0..30 {
+        let t = c.add_device("dma", None).unwrap();
+        c.wait_device(t, Duration::from_secs(5)).unwrap();
+    }
+    refused(
+        c.add_device("dma", None).unwrap_err(),
+        "no free device number",
+    );
+}

@@ -4,7 +4,8 @@
 //! until `ctl assign` gives it to one; that host's agent sees it appear (slot event, no rescan)
 //! and drives it; the other host never sees it; a second assign is refused with exit code 1 and
 //! a one-line reason; `ctl unassign` takes it away in order; `ctl assign` to the other host
-//! moves it there, where it works.
+//! moves it there, where it works. Cards are added to and removed from the running appliance
+//! with `ctl add-device` / `ctl remove-device` while a host runs I/O, and `ctl events` shows it.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -46,6 +47,7 @@ fn appliance(
     key: &SecretKey,
     web1: &SecretKey,
     web2: &SecretKey,
+    api_extra: &str,
 ) -> (Appliance, String, String) {
     key.write_new(&dir.join("appliance.key")).unwrap();
     write_private(&dir.join("admin.pw"), &format!("{PASSWORD}\n"));
@@ -71,9 +73,11 @@ buffer = "64K"
 listen = "127.0.0.1:0"
 admin = "admin"
 admin_password_file = "admin.pw"
+{}
 "#,
         web1.public_key(),
-        web2.public_key()
+        web2.public_key(),
+        api_extra,
     );
     std::fs::write(dir.join("appliance.toml"), config).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_pcietun"))
@@ -198,7 +202,7 @@ fn ctl_assigns_and_moves_a_card_between_two_running_hosts() {
     let dir = tempfile::tempdir().unwrap();
     let (k1, k2) = (SecretKey::generate(), SecretKey::generate());
     let key = SecretKey::generate();
-    let (app, udp, api) = appliance(dir.path(), &key, &k1, &k2);
+    let (app, udp, api) = appliance(dir.path(), &key, &k1, &k2, "");
     let web1 = agent(&udp, "web1", k1, &key);
     let web2 = agent(&udp, "web2", k2, &key);
     // Nothing is assigned: neither host sees the card.
@@ -286,4 +290,354 @@ fn ctl_assigns_and_moves_a_card_between_two_running_hosts() {
     drop(web1);
     drop(web2);
     drop(app);
+}
+
+/// Host `a`'s DMA engine buffer, written and read back in a loop until `stop`: (rounds,
+/// mismatches or errors).
+fn buffer_io(a: &Agent, stop: &std::sync::atomic::AtomicBool) -> (u64, u64) {
+    use pcietun::pci::class::dma_engine::BUFFER_BAR;
+    use std::sync::atomic::Ordering;
+    let info = a
+        .host()
+        .functions()
+        .into_iter()
+        .find(|f| f.class >> 8 == 0x0880)
+        .expect("the DMA engine");
+    let dev = a.host().open(info.bdf).unwrap();
+    let (mut rounds, mut bad) = (0u64, 0u64);
+    while !stop.load(Ordering::SeqCst) {
+        let v = 0x5a5a_0000 ^ (rounds as u32);
+        let at = (rounds % 1024) * 4;
+        let ok = dev.bar_write32(usize::from(BUFFER_BAR), at, v).is_ok()
+            && dev.bar_read32(usize::from(BUFFER_BAR), at).ok() == Some(v);
+        if !ok {
+            bad += 1;
+        }
+        rounds += 1;
+    }
+    (rounds, bad)
+}
+
+fn rows(r: &Run) -> Vec<serde_json::Value> {
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    serde_json::from_str::<serde_json::Value>(&r.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", r.stdout))
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn one_line_refusal(r: &Run, want: &str) {
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert_eq!(r.stderr.trim().lines().count(), 1, "one line: {}", r.stderr);
+    assert!(r.stderr.contains(want), "{want:?} in {}", r.stderr);
+}
+
+#[test]
+fn ctl_adds_and_removes_a_card_while_a_host_runs_io() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let disks = dir.path().join("disks");
+    std::fs::create_dir(&disks).unwrap();
+    let (k1, k2) = (SecretKey::generate(), SecretKey::generate());
+    let key = SecretKey::generate();
+    let (app, udp, api) = appliance(dir.path(), &key, &k1, &k2, "device_dirs = [\"disks\"]");
+    let web1 = agent(&udp, "web1", k1, &key);
+    let web2 = agent(&udp, "web2", k2, &key);
+    let config = dir.path().join("ctl.toml");
+    let r = ctl(
+        &config,
+        &["--api", &api, "login", "--user", "admin"],
+        Some(&format!("{PASSWORD}\n")),
+    );
+    assert_eq!(r.code, 0, "login: {}{}", r.stdout, r.stderr);
+
+    // The event stream, followed from before the card comes until after it went.
+    let events = Command::new(env!("CARGO_BIN_EXE_pcietun"))
+        .args(["ctl", "events", "--json"])
+        .env("PCIETUN_CTL_CONFIG", &config)
+        .env_remove("PCIETUN_TOKEN")
+        .env_remove("PCIETUN_API")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    // web1 runs I/O on its card the whole time.
+    let r = ctl(&config, &["assign", "dma-a", "web1"], None);
+    assert_eq!(r.code, 0, "assign: {}{}", r.stdout, r.stderr);
+    assert!(wait_dma(&web1, true, Duration::from_secs(10)));
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let io = scope.spawn(|| buffer_io(&web1, &stop));
+
+        // Add a second DMA engine while serving.
+        let r = ctl(
+            &config,
+            &["add-device", "dma,buffer=64K", "--name", "dma-b", "--json"],
+            None,
+        );
+        assert_eq!(r.code, 0, "add-device: {}{}", r.stdout, r.stderr);
+        let added: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+        assert_eq!(added["action"], "add", "{added}");
+        assert_eq!(added["state"], "Completed", "{added}");
+        assert_eq!(added["functions"], serde_json::json!(["dma-b"]), "{added}");
+        let card = added["device"].as_str().expect("the card's id").to_string();
+        let all = rows(&ctl(&config, &["devices", "--json"], None));
+        let b = all
+            .iter()
+            .find(|r| r["id"] == "dma-b")
+            .unwrap_or_else(|| panic!("dma-b in {all:?}"));
+        assert_eq!(
+            (&b["state"], &b["device"]),
+            (&"unassigned".into(), &card.clone().into())
+        );
+        // Same name again: refused, one line.
+        let r = ctl(&config, &["add-device", "dma", "--name", "dma-b"], None);
+        one_line_refusal(&r, "dma-b");
+
+        // Give it to web2, which sees it appear and drives it.
+        let r = ctl(&config, &["assign", "dma-b", "web2"], None);
+        assert_eq!(r.code, 0, "assign: {}{}", r.stdout, r.stderr);
+        assert!(
+            wait_dma(&web2, true, Duration::from_secs(10)),
+            "web2 got dma-b"
+        );
+        assert_eq!(read_id(&web2), ID_VALUE);
+
+        // Removing an assigned card is refused with the owner named.
+        let r = ctl(&config, &["remove-device", "dma-b"], None);
+        one_line_refusal(&r, "web2");
+
+        let r = ctl(&config, &["unassign", "dma-b"], None);
+        assert_eq!(r.code, 0, "unassign: {}{}", r.stdout, r.stderr);
+        assert!(
+            wait_dma(&web2, false, Duration::from_secs(10)),
+            "web2 let go"
+        );
+        let r = ctl(&config, &["remove-device", "dma-b", "--json"], None);
+        assert_eq!(r.code, 0, "remove-device: {}{}", r.stdout, r.stderr);
+        let removed: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+        assert_eq!(
+            (&removed["action"], &removed["state"], &removed["device"]),
+            (&"remove".into(), &"Completed".into(), &card.clone().into()),
+            "{removed}"
+        );
+        let all = rows(&ctl(&config, &["devices", "--json"], None));
+        assert!(!all.iter().any(|r| r["id"] == "dma-b"), "gone: {all:?}");
+        assert!(all
+            .iter()
+            .any(|r| r["id"] == "dma-a" && r["host"] == "web1"));
+
+        // Path-bearing cards: only under device_dirs, resolved.
+        let img = disks.join("a.img");
+        let r = ctl(
+            &config,
+            &[
+                "add-device",
+                &format!("nvme={},size=1M", img.display()),
+                "--name",
+                "disk-a",
+            ],
+            None,
+        );
+        assert_eq!(
+            r.code, 0,
+            "nvme under device_dirs: {}{}",
+            r.stdout, r.stderr
+        );
+        assert!(img.exists(), "the backing file was created");
+        let r = ctl(
+            &config,
+            &["add-device", "nvme=/etc/passwd", "--name", "pw"],
+            None,
+        );
+        one_line_refusal(&r, "outside the directories");
+        let sneaky = format!("nvme={}/../appliance.key", disks.display());
+        let r = ctl(&config, &["add-device", &sneaky], None);
+        one_line_refusal(&r, "outside the directories");
+        std::os::unix::fs::symlink(dir.path().join("admin.pw"), disks.join("link.img")).unwrap();
+        let r = ctl(
+            &config,
+            &[
+                "add-device",
+                &format!("nvme={}", disks.join("link.img").display()),
+            ],
+            None,
+        );
+        one_line_refusal(&r, "outside the directories");
+        let r = ctl(&config, &["add-device", "floppy=/dev/fd0"], None);
+        one_line_refusal(&r, "floppy");
+        let r = ctl(&config, &["remove-device", "disk-a"], None);
+        assert_eq!(r.code, 0, "remove disk-a: {}{}", r.stdout, r.stderr);
+
+        stop.store(true, Ordering::SeqCst);
+        let (rounds, bad) = io.join().unwrap();
+        eprintln!("web1: {rounds} verified write/read rounds, {bad} bad");
+        assert!(rounds > 0, "web1 ran I/O");
+        assert_eq!(bad, 0, "web1's I/O was undisturbed over {rounds} rounds");
+    });
+    assert_eq!(read_id(&web1), ID_VALUE);
+
+    // The stream saw dma-b come and go; SIGINT ends `ctl events` cleanly.
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = events.id() as libc::pid_t;
+    // SAFETY: signalling our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    let out = events.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("ctl events --json:\n{text}");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "ctl events ends cleanly on SIGINT: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let saw = |msg: &str, origin: &str| {
+        lines.iter().any(|e| {
+            e["Events"][0]["MessageId"]
+                .as_str()
+                .is_some_and(|m| m.ends_with(msg))
+                && e["Events"][0]["OriginOfCondition"]["@odata.id"]
+                    .as_str()
+                    .is_some_and(|o| o.ends_with(origin))
+        })
+    };
+    assert!(saw("ResourceCreated", "/fn-dma-b"), "added: {text}");
+    assert!(saw("ResourceRemoved", "/fn-dma-b"), "removed: {text}");
+    drop(web1);
+    drop(web2);
+    drop(app);
+}
+
+#[test]
+fn ctl_exit_codes_against_a_real_appliance() {
+    let dir = tempfile::tempdir().unwrap();
+    let (k1, k2) = (SecretKey::generate(), SecretKey::generate());
+    let key = SecretKey::generate();
+    let (app, _udp, api) = appliance(dir.path(), &key, &k1, &k2, "");
+    let config = dir.path().join("ctl.toml");
+    let r = ctl(
+        &config,
+        &["--api", &api, "login", "--user", "admin"],
+        Some(&format!("{PASSWORD}\n")),
+    );
+    assert_eq!(r.code, 0, "login: {}{}", r.stdout, r.stderr);
+
+    // 0: success.
+    let r = ctl(&config, &["devices"], None);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("dma-a"), "{}", r.stdout);
+
+    // 1: refused, the API's message on one line.
+    one_line_refusal(
+        &ctl(&config, &["assign", "dma-a", "nobody"], None),
+        "nobody",
+    );
+    one_line_refusal(
+        &ctl(&config, &["remove-device", "no-such"], None),
+        "no-such",
+    );
+    // No device_dirs: path-bearing kinds are refused over the API.
+    let r = ctl(
+        &config,
+        &[
+            "add-device",
+            &format!("nvme={}/x.img,size=1M", dir.path().display()),
+        ],
+        None,
+    );
+    one_line_refusal(&r, "device_dirs");
+    assert!(!dir.path().join("x.img").exists(), "nothing was created");
+    let r = ctl(&config, &["add-device", "dma,buffer=lots", "--json"], None);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    let v: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    assert_eq!(v["exit_code"], 1, "{v}");
+
+    // Operators and read-only accounts cannot add or remove cards.
+    for (user, role) in [("op", "Operator"), ("ro", "ReadOnly")] {
+        let admin_token = toml_token(&config);
+        let status = ureq_post(
+            &api,
+            "/redfish/v1/AccountService/Accounts",
+            &admin_token,
+            &serde_json::json!({"UserName": user, "Password": "another long password", "RoleId": role}),
+        );
+        assert_eq!(status, 201, "create {user}");
+        let cfg = dir.path().join(format!("{user}.toml"));
+        let r = ctl(
+            &cfg,
+            &["--api", &api, "login", "--user", user],
+            Some("another long password\n"),
+        );
+        assert_eq!(r.code, 0, "login {user}: {}", r.stderr);
+        one_line_refusal(&ctl(&cfg, &["add-device", "dma"], None), "privilege");
+        one_line_refusal(&ctl(&cfg, &["remove-device", "dma-a"], None), "privilege");
+    }
+
+    // 2: usage.
+    let r = ctl(&config, &["add-device"], None);
+    assert_eq!(r.code, 2, "{}{}", r.stdout, r.stderr);
+    let r = ctl(&config, &["--api", "ftp://x", "devices"], None);
+    assert_eq!(r.code, 2, "{}{}", r.stdout, r.stderr);
+
+    // 3: cannot reach the appliance (a closed port), for a command and for the stream.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let url = format!("http://{closed}");
+    for args in [
+        vec!["--api", &url, "devices"],
+        vec!["--api", &url, "events"],
+        vec!["--api", &url, "add-device", "dma"],
+    ] {
+        let r = ctl(&config, &args, None);
+        assert_eq!(r.code, 3, "{args:?}: {}{}", r.stdout, r.stderr);
+        assert_eq!(r.stderr.trim().lines().count(), 1, "{}", r.stderr);
+    }
+    // The appliance going away while `ctl events` follows it: exit 3, one line.
+    let events = Command::new(env!("CARGO_BIN_EXE_pcietun"))
+        .args(["ctl", "events"])
+        .env("PCIETUN_CTL_CONFIG", &config)
+        .env_remove("PCIETUN_TOKEN")
+        .env_remove("PCIETUN_API")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    drop(app);
+    let out = events.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("event stream broke"), "{stderr}");
+}
+
+/// The token `ctl login` saved.
+fn toml_token(config: &Path) -> String {
+    let text = std::fs::read_to_string(config).unwrap();
+    let v: toml::Value = toml::from_str(&text).unwrap();
+    v["token"].as_str().unwrap().to_string()
+}
+
+/// POST JSON with a token; the status.
+fn ureq_post(api: &str, uri: &str, token: &str, body: &serde_json::Value) -> u16 {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    agent
+        .post(&format!("{api}{uri}"))
+        .header("X-Auth-Token", token)
+        .header("Content-Type", "application/json")
+        .send(body.to_string())
+        .unwrap()
+        .status()
+        .as_u16()
 }

@@ -376,6 +376,9 @@ pub struct ApiSettings {
     pub admin_password_file: Option<PathBuf>,
     /// Session idle timeout (`None`: the API's default).
     pub session_timeout: Option<Duration>,
+    /// Directories under which a card added over the API may have its backing file, dump or
+    /// socket (`device_dirs`; empty: no path-bearing card over the API).
+    pub device_dirs: Vec<PathBuf>,
 }
 
 impl Default for ApiSettings {
@@ -388,6 +391,7 @@ impl Default for ApiSettings {
             admin: None,
             admin_password_file: None,
             session_timeout: None,
+            device_dirs: Vec::new(),
         }
     }
 }
@@ -477,6 +481,8 @@ struct FileApi {
     admin: Option<Spanned<String>>,
     admin_password_file: Option<String>,
     session_timeout_s: Option<Spanned<u64>>,
+    #[serde(default)]
+    device_dirs: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1027,6 +1033,7 @@ impl ApplianceConfig {
                 }
                 api.session_timeout = Some(Duration::from_secs(*t.get_ref()));
             }
+            api.device_dirs = table.device_dirs.iter().map(|d| resolve(d)).collect();
             cfg.api = Some(api);
         }
         Ok(cfg)
@@ -1513,7 +1520,18 @@ dma_timeout_ms = 500
             })
         );
         assert_eq!(api.session_timeout, Some(Duration::from_secs(600)));
+        assert!(api.device_dirs.is_empty(), "no device_dirs: none");
         c.check_api().unwrap();
+        let c = ApplianceConfig::from_toml(
+            "[api]\ndevice_dirs = [\"/srv/disks\", \"dumps\"]\n",
+            "f.toml",
+            Path::new("/etc/pt"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.api.unwrap().device_dirs,
+            vec![PathBuf::from("/srv/disks"), PathBuf::from("/etc/pt/dumps")]
+        );
 
         // An empty table enables the API on loopback, but it needs an administrator.
         let mut c = ApplianceConfig::from_toml("[api]\n", "f.toml", Path::new(".")).unwrap();

@@ -132,6 +132,11 @@ pub fn run(args: ApplianceArgs) -> Result<ExitCode, Box<dyn std::error::Error>> 
     let listen = joined(&cfg.listen, " ");
     // The API's password and TLS files are checked before any device is built.
     let api = cfg.api.as_ref().map(api_config);
+    let device_dirs = cfg
+        .api
+        .as_ref()
+        .map(|a| a.device_dirs.clone())
+        .unwrap_or_default();
     if let Some(api) = &api {
         mgmt::Server::check(api)?;
     }
@@ -159,7 +164,10 @@ pub fn run(args: ApplianceArgs) -> Result<ExitCode, Box<dyn std::error::Error>> 
     // The management API serves this appliance's pool; it stops when the appliance does.
     let _api = match &api {
         Some(api) => {
-            let server = mgmt::Server::start(api, super::pool::shared(app.control(), "appliance"))?;
+            let server = mgmt::Server::start(
+                api,
+                super::pool::shared(app.control(), "appliance", &device_dirs),
+            )?;
             eprintln!("pcietun appliance: management API on {}", server.url());
             Some(server)
         }

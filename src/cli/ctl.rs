@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use pcietun::mgmt::client::{
-    Client, ClientError, CtlFile, FunctionRow, HostRow, Settings, TaskOutcome,
+    Client, ClientError, CtlFile, DeviceTask, FunctionRow, HostRow, Settings, TaskOutcome,
 };
 
 /// Arguments of `pcietun ctl`.
@@ -67,6 +67,38 @@ enum CtlCommand {
         #[arg(long, default_value_t = 60, value_name = "SECS")]
         timeout: u64,
     },
+    /// Add a card to the running appliance (Administrator): SPEC as in `pcietun appliance
+    /// --device` (dma[,buffer=SIZE][,vfs=N] | nvme=PATH[,size=SIZE] | replay=DUMP[,barN=SIZE]
+    /// | vfio-user=SOCKET[,connect_timeout=S]; paths only under the appliance's [api]
+    /// device_dirs); waits until it is in the inventory unless --no-wait.
+    AddDevice {
+        /// The card.
+        spec: String,
+        /// Stable id of its function 0 [default: derived from where it lands].
+        #[arg(long)]
+        name: Option<String>,
+        /// Return once the task is started.
+        #[arg(long)]
+        no_wait: bool,
+        /// How long to wait for the task, in seconds.
+        #[arg(long, default_value_t = 60, value_name = "SECS")]
+        timeout: u64,
+    },
+    /// Remove the card of FUNCTION (unassigned; Administrator); waits until it is gone unless
+    /// --no-wait.
+    RemoveDevice {
+        /// Function id (or card id) as `ctl devices` shows it.
+        function: String,
+        /// Return once the task is started.
+        #[arg(long)]
+        no_wait: bool,
+        /// How long to wait for the task, in seconds.
+        #[arg(long, default_value_t = 60, value_name = "SECS")]
+        timeout: u64,
+    },
+    /// Follow the event stream: one line per event (--json: the Redfish Event, one per line)
+    /// until interrupted or the appliance ends the stream.
+    Events,
     /// Take FUNCTION away from its host; waits until it is free unless --no-wait.
     Unassign {
         /// Function id.
@@ -216,8 +248,127 @@ fn execute(args: CtlArgs) -> Result<(), ClientError> {
             let done = finish(&client, started, no_wait, timeout)?;
             report(&done, args.json, "unassigned from", "unassigning from");
         }
+        CtlCommand::AddDevice {
+            spec,
+            name,
+            no_wait,
+            timeout,
+        } => {
+            let started = client.add_device(&spec, name.as_deref())?;
+            let done = finish_device(&client, started, no_wait, timeout)?;
+            report_device(&done, args.json);
+        }
+        CtlCommand::RemoveDevice {
+            function,
+            no_wait,
+            timeout,
+        } => {
+            let started = client.remove_device(&function)?;
+            let done = finish_device(&client, started, no_wait, timeout)?;
+            report_device(&done, args.json);
+        }
+        CtlCommand::Events => follow_events(&client, args.json)?,
     }
     Ok(())
+}
+
+/// Set by SIGINT / SIGTERM: `ctl events` ends cleanly.
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `ctl events`: the stream is read on its own thread so an interrupt ends the command at
+/// once (exit 0, every line printed whole) even while the connection is idle.
+fn follow_events(client: &Client, json: bool) -> Result<(), ClientError> {
+    use std::io::Write;
+    use std::sync::atomic::Ordering;
+    if let Err(e) = pcietun::sys::process::on_terminate(&STOP) {
+        tracing::warn!(error = %e, "cannot install the SIGINT/SIGTERM handlers");
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::scope(|scope| {
+        let reader = scope
+            .spawn(move || client.events(|e| tx.send(e).is_ok() && !STOP.load(Ordering::SeqCst)));
+        let mut out = std::io::stdout().lock();
+        loop {
+            if STOP.load(Ordering::SeqCst) {
+                let _ = out.flush();
+                // The reader may be blocked on an idle stream; do not wait for it.
+                std::process::exit(0);
+            }
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(e) => {
+                    let line = if json { e.to_string() } else { event_line(&e) };
+                    if writeln!(out, "{line}").and_then(|_| out.flush()).is_err() {
+                        // Standard output closed (`ctl events | head`): done.
+                        std::process::exit(0);
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        reader.join().unwrap_or(Ok(()))
+    })
+}
+
+/// One event for people: `ID TIME SEVERITY MESSAGE-ID ORIGIN: MESSAGE`.
+fn event_line(e: &serde_json::Value) -> String {
+    let ev = e.pointer("/Events/0").unwrap_or(e);
+    let s = |p: &str| ev.pointer(p).and_then(|v| v.as_str()).unwrap_or("-");
+    let id = e.get("Id").and_then(|v| v.as_str()).unwrap_or("-");
+    let message_id = s("/MessageId");
+    let short = message_id.rsplit('.').next().unwrap_or(message_id);
+    format!(
+        "{id} {} {} {short} {}: {}",
+        s("/EventTimestamp"),
+        s("/MessageSeverity"),
+        s("/OriginOfCondition/@odata.id"),
+        s("/Message")
+    )
+}
+
+fn finish_device(
+    client: &Client,
+    t: DeviceTask,
+    no_wait: bool,
+    timeout: u64,
+) -> Result<DeviceTask, ClientError> {
+    if no_wait {
+        Ok(t)
+    } else {
+        client.wait_device(t, Duration::from_secs(timeout))
+    }
+}
+
+fn report_device(t: &DeviceTask, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string(t).unwrap_or_default());
+        return;
+    }
+    let done = t.state == "Completed";
+    match (t.action.as_str(), done) {
+        ("add", true) => println!(
+            "added card {} (functions {})",
+            t.device.as_deref().unwrap_or("?"),
+            t.functions.join(",")
+        ),
+        ("add", false) => println!(
+            "adding card {}: task {} is {}",
+            t.spec.as_deref().unwrap_or("?"),
+            t.task,
+            t.state
+        ),
+        (_, true) => println!(
+            "removed card {} (functions {})",
+            t.device.as_deref().unwrap_or("?"),
+            t.functions.join(",")
+        ),
+        (_, false) => println!(
+            "removing card {}: task {} is {}",
+            t.device.as_deref().unwrap_or("?"),
+            t.task,
+            t.state
+        ),
+    }
 }
 
 fn finish(

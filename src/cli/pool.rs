@@ -7,17 +7,21 @@
 //! removal in progress as `detaching`) to `FunctionInfo`; the hosts' sessions and RTT to
 //! `HostInfo`; assign/unassign to the serving loop's orderly protocol, each reported through its
 //! `Completer` when the loop finishes it (the Task of the API completes then, never before);
-//! the loop's pool events to the API's event stream; the router's per-function traffic and the
-//! transport's per-host counters (summed over each host's sessions) to `metrics()`.
+//! the loop's pool events to the API's event stream; adding and removing cards
+//! (`Control::add_function` / `remove_function`) with the API's confinement of what a spec may
+//! name (see [`api_spec`]); the router's per-function traffic and the transport's per-host
+//! counters (summed over each host's sessions) to `metrics()`.
 
+use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
+use pcietun::appliance::config::{parse_device_flag, DeviceSpec};
 use pcietun::appliance::control::{ControlError, FunctionStatus, HostStatus, PoolEvent};
-use pcietun::appliance::{Control, FunctionId, FunctionState};
+use pcietun::appliance::{Control, FunctionId, FunctionState, InventoryError};
 use pcietun::mgmt::pool::{
-    ApplianceInfo, Completer, Directions, EventSink, FunctionInfo, FunctionKind, FunctionMetrics,
-    FunctionState as ApiState, Health, HostInfo, HostMetrics, HostSession, MetricsSnapshot, Pool,
-    PoolError, PoolEvent as ApiEvent,
+    AddCompleter, AddedCard, ApplianceInfo, Completer, Directions, EventSink, FunctionInfo,
+    FunctionKind, FunctionMetrics, FunctionState as ApiState, Health, HostInfo, HostMetrics,
+    HostSession, MetricsSnapshot, Pool, PoolError, PoolEvent as ApiEvent,
 };
 use pcietun::transport::HostId;
 
@@ -25,6 +29,8 @@ use pcietun::transport::HostId;
 pub struct AppliancePool {
     control: Control,
     info: ApplianceInfo,
+    /// Where a card added over the API may have its files and sockets (`[api] device_dirs`).
+    device_dirs: Vec<PathBuf>,
 }
 
 impl AppliancePool {
@@ -37,7 +43,15 @@ impl AppliancePool {
                 name: format!("pcietun appliance {id}"),
                 serial: None,
             },
+            device_dirs: Vec::new(),
         }
+    }
+
+    /// Let cards added over the API use files and sockets under `dirs` (`[api] device_dirs`;
+    /// none: no path-bearing kind over the API).
+    pub fn with_device_dirs(mut self, dirs: &[PathBuf]) -> AppliancePool {
+        self.device_dirs = dirs.to_vec();
+        self
     }
 
     fn find(&self, function: &str) -> Result<FunctionStatus, PoolError> {
@@ -176,12 +190,161 @@ fn pool_error(e: ControlError) -> PoolError {
             function: f.to_string(),
             reason: "out of service".into(),
         },
+        ControlError::BadDevice(reason) => PoolError::BadDevice { reason },
+        ControlError::NoFreeDevice => PoolError::NoFreeDevice,
+        ControlError::Inventory(InventoryError::DuplicateId(id)) => PoolError::NameTaken {
+            name: id.to_string(),
+        },
+        ControlError::Inventory(e @ InventoryError::BadName(_)) => PoolError::BadDevice {
+            reason: e.to_string(),
+        },
         other => PoolError::Appliance(Box::new(other)),
     }
 }
 
 fn function_id(f: &FunctionStatus) -> FunctionId {
     f.entry.id.clone()
+}
+
+/// The card `spec` describes, if the management API may add it: `spec` in the `--device`
+/// grammar; every path it names (an NVMe backing file, a replay dump, a vfio-user socket)
+/// absolute and, once symlinks are resolved, under one of `dirs` (with none, path-bearing
+/// kinds are refused); no server process started (the grammar has no `start`, and a spec that
+/// carried one would be refused). The paths in the returned spec are the resolved ones, so
+/// the card opens what was checked.
+///
+/// Why: the API runs with the appliance's privileges, and a spec names server-side files. An
+/// Administrator of the API is not thereby an administrator of the machine: it may use what
+/// the configuration put in `device_dirs` and nothing else (docs/api.md "Adding and removing
+/// cards"). What stays open: a file under a listed directory replaced by a symlink between
+/// this check and the card's open (the directories are the operator's to keep private).
+pub fn api_spec(spec: &str, dirs: &[PathBuf]) -> Result<DeviceSpec, PoolError> {
+    let bad = |reason: String| PoolError::BadDevice { reason };
+    let parsed = parse_device_flag(spec).map_err(|p| bad(format!("{spec:?}: {p}")))?;
+    Ok(match parsed {
+        d @ DeviceSpec::Dma { .. } => d,
+        DeviceSpec::Nvme {
+            path,
+            create_size,
+            serial,
+        } => DeviceSpec::Nvme {
+            path: confine("nvme", &path, create_size.is_some(), dirs)?,
+            create_size,
+            serial,
+        },
+        DeviceSpec::Replay { dump, bars } => DeviceSpec::Replay {
+            dump: confine("replay", &dump, false, dirs)?,
+            bars,
+        },
+        DeviceSpec::VfioUser {
+            socket,
+            connect_timeout,
+            start,
+        } => {
+            if !start.is_empty() {
+                return Err(PoolError::NotAllowed {
+                    reason: "a vfio-user card added over the API cannot start a server process; start it yourself and give its socket".into(),
+                });
+            }
+            DeviceSpec::VfioUser {
+                socket: confine("vfio-user", &socket, false, dirs)?,
+                connect_timeout,
+                start,
+            }
+        }
+        DeviceSpec::ScratchNvme { .. } => {
+            return Err(bad("scratch NVMe cards are not offered over the API".into()))
+        }
+    })
+}
+
+/// `path` resolved, if it is under one of `dirs` (see [`api_spec`]). `may_create`: the file
+/// need not exist yet (an NVMe backing file with `size=`), its directory must.
+fn confine(
+    kind: &str,
+    path: &Path,
+    may_create: bool,
+    dirs: &[PathBuf],
+) -> Result<PathBuf, PoolError> {
+    let shown = path.display();
+    if dirs.is_empty() {
+        return Err(PoolError::NotAllowed {
+            reason: format!(
+                "{kind} names a path on the appliance ({shown}) and no [api] device_dirs are configured; list the directories the API may use there"
+            ),
+        });
+    }
+    let bad = |reason: String| PoolError::BadDevice { reason };
+    if !path.is_absolute() {
+        return Err(bad(format!("{kind} path {shown} must be absolute")));
+    }
+    let resolved = match std::fs::canonicalize(path) {
+        Ok(p) => p,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && may_create => {
+            let (Some(parent), Some(Component::Normal(file))) =
+                (path.parent(), path.components().next_back())
+            else {
+                return Err(bad(format!("{kind} path {shown} names no file")));
+            };
+            std::fs::canonicalize(parent)
+                .map_err(|e| bad(format!("{kind} path {shown}: {}: {e}", parent.display())))?
+                .join(file)
+        }
+        Err(e) => return Err(bad(format!("{kind} path {shown}: {e}"))),
+    };
+    let inside = dirs.iter().any(|d| {
+        std::fs::canonicalize(d)
+            .map(|d| resolved.starts_with(d))
+            .unwrap_or(false)
+    });
+    if inside {
+        Ok(resolved)
+    } else {
+        Err(PoolError::NotAllowed {
+            reason: format!(
+                "{kind} path {shown} is outside the directories the API may use ([api] device_dirs: {})",
+                dirs.iter()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        })
+    }
+}
+
+/// The card of the function `id` as the inventory shows it now: its API device id and its
+/// functions (the physical ones at its device number, then their VFs).
+fn added_card(control: &Control, id: &FunctionId) -> AddedCard {
+    let all = control.functions();
+    let dev = all
+        .iter()
+        .find(|f| f.entry.id == *id)
+        .map(|f| f.entry.bdf.device());
+    let device = all
+        .iter()
+        .find(|f| f.entry.id == *id)
+        .map(function_info)
+        .map_or_else(|| id.to_string(), |f| f.device);
+    let mut functions: Vec<String> = all
+        .iter()
+        .filter(|f| f.entry.vf_of.is_none() && Some(f.entry.bdf.device()) == dev)
+        .map(|f| f.entry.id.to_string())
+        .collect();
+    let pfs = functions.clone();
+    functions.extend(
+        all.iter()
+            .filter(|f| {
+                f.entry
+                    .vf_of
+                    .as_ref()
+                    .is_some_and(|(pf, _)| pfs.contains(&pf.to_string()))
+            })
+            .map(|f| f.entry.id.to_string()),
+    );
+    if functions.is_empty() {
+        functions.push(id.to_string());
+    }
+    AddedCard { device, functions }
 }
 
 impl Pool for AppliancePool {
@@ -266,6 +429,83 @@ impl Pool for AppliancePool {
         Ok(())
     }
 
+    fn add_function(
+        &self,
+        spec: &str,
+        name: Option<&str>,
+        done: AddCompleter,
+    ) -> Result<(), PoolError> {
+        let spec = api_spec(spec, &self.device_dirs)?;
+        if let Some(n) = name {
+            FunctionId::named(n).map_err(|e| PoolError::BadDevice {
+                reason: e.to_string(),
+            })?;
+            if self
+                .control
+                .functions()
+                .iter()
+                .any(|f| f.entry.id.as_str() == n)
+            {
+                return Err(PoolError::NameTaken { name: n.into() });
+            }
+        }
+        // The card is built on the calling thread of Control::add_function (a backing file
+        // opened, a server connected to, up to its connect timeout): not the API's.
+        let control = self.control.clone();
+        let name = name.map(str::to_string);
+        std::thread::Builder::new()
+            .name("api-add-card".into())
+            .spawn(move || {
+                let c = control.clone();
+                control.add_function(&spec, name.as_deref(), move |r| match r {
+                    Ok(id) => done.finish(Ok(added_card(&c, &id))),
+                    Err(e) => done.finish(Err(pool_error(e))),
+                });
+            })
+            .map_err(|e| PoolError::Appliance(Box::new(e)))?;
+        Ok(())
+    }
+
+    fn remove_function(&self, function: &str, done: Completer) -> Result<(), PoolError> {
+        let f = self.find(function)?;
+        if let Some((pf, _)) = &f.entry.vf_of {
+            return Err(PoolError::VirtualFunction {
+                function: function.to_string(),
+                physical: pf.to_string(),
+            });
+        }
+        // Refuse at once what the loop would refuse (any function of the card busy).
+        let dev = f.entry.bdf.device();
+        for g in self.control.functions() {
+            let same_card = g.entry.bdf.device() == dev && g.entry.vf_of.is_none()
+                || g.entry
+                    .vf_of
+                    .as_ref()
+                    .is_some_and(|(pf, _)| *pf == f.entry.id);
+            if !same_card {
+                continue;
+            }
+            match api_state(&g) {
+                ApiState::Unassigned | ApiState::Failed { .. } => {}
+                ApiState::Assigned { host } => {
+                    return Err(PoolError::AlreadyAssigned {
+                        function: g.entry.id.to_string(),
+                        host,
+                    })
+                }
+                s => {
+                    return Err(PoolError::InTransition {
+                        function: g.entry.id.to_string(),
+                        state: s.name(),
+                    })
+                }
+            }
+        }
+        self.control
+            .remove_function(function_id(&f), move |r| done.finish(r.map_err(pool_error)));
+        Ok(())
+    }
+
     fn subscribe(&self, sink: EventSink) {
         let events = self.control.subscribe();
         let spawned = std::thread::Builder::new()
@@ -325,7 +565,63 @@ impl Pool for AppliancePool {
     }
 }
 
-/// The pool as an `Arc<dyn Pool>` for `mgmt::Server::start`.
-pub fn shared(control: Control, id: &str) -> Arc<dyn Pool> {
-    Arc::new(AppliancePool::new(control, id))
+/// The pool as an `Arc<dyn Pool>` for `mgmt::Server::start`; cards added over the API may use
+/// paths under `device_dirs` only.
+pub fn shared(control: Control, id: &str, device_dirs: &[PathBuf]) -> Arc<dyn Pool> {
+    Arc::new(AppliancePool::new(control, id).with_device_dirs(device_dirs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(r: Result<DeviceSpec, PoolError>) -> String {
+        match r {
+            Err(e @ (PoolError::NotAllowed { .. } | PoolError::BadDevice { .. })) => e.to_string(),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn specs_over_the_api_are_confined() {
+        let d = tempfile::tempdir().unwrap();
+        let allowed = d.path().join("disks");
+        std::fs::create_dir(&allowed).unwrap();
+        std::fs::write(allowed.join("a.img"), b"").unwrap();
+        std::fs::write(d.path().join("secret"), b"").unwrap();
+        std::os::unix::fs::symlink(d.path().join("secret"), allowed.join("link")).unwrap();
+        let dirs = vec![allowed.clone()];
+        let real = std::fs::canonicalize(&allowed).unwrap();
+
+        // No paths: always fine; with no device_dirs, path-bearing kinds are refused.
+        assert!(matches!(
+            api_spec("dma,buffer=64K", &[]),
+            Ok(DeviceSpec::Dma { .. })
+        ));
+        let a = format!("nvme={}", allowed.join("a.img").display());
+        assert!(refused(api_spec(&a, &[])).contains("device_dirs"));
+        // Inside: resolved; a new file with size= is allowed when its directory is inside.
+        match api_spec(&a, &dirs).unwrap() {
+            DeviceSpec::Nvme { path, .. } => assert_eq!(path, real.join("a.img")),
+            other => panic!("{other:?}"),
+        }
+        let new = format!("nvme={},size=1M", allowed.join("new.img").display());
+        assert!(
+            matches!(api_spec(&new, &dirs), Ok(DeviceSpec::Nvme { path, .. }) if path == real.join("new.img"))
+        );
+        // Missing without size=, relative, .., symlink out, elsewhere: refused.
+        let missing = format!("nvme={}", allowed.join("nope.img").display());
+        assert!(refused(api_spec(&missing, &dirs)).contains("nope.img"));
+        assert!(refused(api_spec("nvme=disks/a.img", &dirs)).contains("absolute"));
+        let up = format!("nvme={}/../secret", allowed.display());
+        assert!(refused(api_spec(&up, &dirs)).contains("outside"));
+        let link = format!("nvme={}", allowed.join("link").display());
+        assert!(refused(api_spec(&link, &dirs)).contains("outside"));
+        assert!(refused(api_spec("replay=/etc/passwd", &dirs)).contains("outside"));
+        let sock = format!("vfio-user={}/../x.sock", allowed.display());
+        assert!(refused(api_spec(&sock, &dirs)).contains("vfio-user"));
+        // Not the grammar.
+        assert!(refused(api_spec("floppy", &dirs)).contains("floppy"));
+        assert!(refused(api_spec("dma,start=/bin/sh", &dirs)).contains("start"));
+    }
 }

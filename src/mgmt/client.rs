@@ -17,6 +17,12 @@
 //! * [`TaskOutcome`] (`ctl assign` / `ctl unassign`): `function`, `host`, `task`, `state`
 //!   (`Running` | `Completed` | `Exception`), `messages`.
 //!
+//! * [`DeviceTask`] (`ctl add-device` / `ctl remove-device`): `action` (`add` | `remove`),
+//!   `device` (the card id; for an add, known once the task completed), `functions` (its
+//!   functions), `spec`, `name`, `task`, `state`, `messages`.
+//! * [`EventLine`] (`ctl events`): the Redfish Event the stream carried, as sent (one JSON
+//!   object per line).
+//!
 //! [`ClientError::exit_code`] gives `ctl`'s exit status: 1 refused (the API's one-line
 //! message), 2 usage or local configuration, 3 cannot reach the appliance.
 
@@ -304,6 +310,30 @@ pub struct TaskOutcome {
     pub messages: Vec<String>,
 }
 
+/// The result of `ctl add-device` / `ctl remove-device`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceTask {
+    /// `add` or `remove`.
+    pub action: String,
+    /// The card (PCIeDevice) id; for an add, `None` until the task completed.
+    pub device: Option<String>,
+    /// Its functions' ids (for an add, once the task completed).
+    pub functions: Vec<String>,
+    /// The spec of an add.
+    pub spec: Option<String>,
+    /// The name asked for in an add.
+    pub name: Option<String>,
+    /// The task URI.
+    pub task: String,
+    /// `Running`, `Completed` or `Exception`.
+    pub state: String,
+    /// The task's messages (failure reasons).
+    pub messages: Vec<String>,
+}
+
+/// One event of the stream (`ctl events`): the `data:` JSON of one SSE frame.
+pub type EventLine = Value;
+
 /// A logged-in session (`ctl login`).
 #[derive(Debug, Clone)]
 pub struct Login {
@@ -318,6 +348,8 @@ pub struct Client {
     agent: ureq::Agent,
     api: String,
     token: Option<String>,
+    /// The TLS settings, for the event stream's own connection.
+    tls: ureq::tls::TlsConfig,
 }
 
 impl std::fmt::Debug for Client {
@@ -368,11 +400,12 @@ impl Client {
             }
             tls = tls.root_certs(ureq::tls::RootCerts::Specific(Arc::new(certs)));
         }
+        let tls = tls.build();
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .max_redirects(0)
             .timeout_global(Some(settings.timeout))
-            .tls_config(tls.build())
+            .tls_config(tls.clone())
             .user_agent(concat!("pcietun-ctl/", env!("CARGO_PKG_VERSION")))
             .build()
             .into();
@@ -380,6 +413,7 @@ impl Client {
             agent,
             api,
             token: settings.token.clone(),
+            tls,
         })
     }
 
@@ -577,6 +611,201 @@ impl Client {
         self.outcome(function, host.as_deref(), location, &task, &uri)
     }
 
+    /// The URI of the appliance's Chassis (the first, and only, member of the collection).
+    fn chassis(&self) -> Result<String, ClientError> {
+        members(&self.get("/redfish/v1/Chassis")?)
+            .into_iter()
+            .next()
+            .ok_or_else(|| ClientError::Protocol {
+                uri: "/redfish/v1/Chassis".into(),
+                what: "no Chassis".into(),
+            })
+    }
+
+    /// Start adding a card (`spec`: the appliance's `--device` grammar) with `name` as its
+    /// function 0's id; returns the task (the Chassis' `#Pcietun.AddDevice` action).
+    pub fn add_device(&self, spec: &str, name: Option<&str>) -> Result<DeviceTask, ClientError> {
+        if let Some(n) = name {
+            if !valid_id(n) {
+                return Err(ClientError::Refused {
+                    status: 0,
+                    message: format!("bad name {n:?} (ids are A-Z a-z 0-9 . _ -)"),
+                });
+            }
+        }
+        let chassis = self.chassis()?;
+        let uri = action_target(&self.get(&chassis)?, "#Pcietun.AddDevice", &chassis)?;
+        let mut body = json!({ "Spec": spec });
+        if let Some(n) = name {
+            body["Name"] = json!(n);
+        }
+        let (_, location, task) = self.request("POST", &uri, Some(&body))?;
+        let mut t = DeviceTask {
+            action: "add".into(),
+            device: None,
+            functions: Vec::new(),
+            spec: Some(spec.into()),
+            name: name.map(str::to_string),
+            task: task_location(location, &task, &uri)?,
+            state: String::new(),
+            messages: Vec::new(),
+        };
+        t.update(&task);
+        Ok(t)
+    }
+
+    /// Start removing the card of `function` (a function id, or a card id as `ctl devices`
+    /// shows them); returns the task. A virtual function is refused
+    /// here: it goes with its physical function. (The card's `#Pcietun.RemoveDevice` action.)
+    pub fn remove_device(&self, function: &str) -> Result<DeviceTask, ClientError> {
+        Self::check_id("function", function)?;
+        let rows = self.devices()?;
+        let row = rows
+            .iter()
+            .find(|r| r.id == function)
+            .or_else(|| rows.iter().find(|r| r.device == function))
+            .ok_or_else(|| ClientError::Refused {
+                status: 404,
+                message: format!("unknown function {function:?}"),
+            })?;
+        if row.kind == "virtual" {
+            return Err(ClientError::Refused {
+                status: 0,
+                message: format!(
+                    "function {function:?} is a virtual function: remove its physical function {:?}",
+                    row.physical_function.as_deref().unwrap_or("?")
+                ),
+            });
+        }
+        let device = row.device.clone();
+        let functions = rows
+            .iter()
+            .filter(|r| r.device == device)
+            .map(|r| r.id.clone())
+            .collect();
+        let dev_uri = format!("{}/PCIeDevices/{device}", self.chassis()?);
+        let uri = action_target(&self.get(&dev_uri)?, "#Pcietun.RemoveDevice", &dev_uri)?;
+        let (_, location, task) = self.request("POST", &uri, Some(&json!({})))?;
+        let mut t = DeviceTask {
+            action: "remove".into(),
+            device: Some(device),
+            functions,
+            spec: None,
+            name: None,
+            task: task_location(location, &task, &uri)?,
+            state: String::new(),
+            messages: Vec::new(),
+        };
+        t.update(&task);
+        Ok(t)
+    }
+
+    /// Poll the task of an add or remove until it finishes or `timeout` passes; a failed task
+    /// is an error. A completed add learns its card from the task.
+    pub fn wait_device(
+        &self,
+        mut t: DeviceTask,
+        timeout: Duration,
+    ) -> Result<DeviceTask, ClientError> {
+        let deadline = Instant::now() + timeout;
+        let mut pause = Duration::from_millis(20);
+        loop {
+            match t.state.as_str() {
+                "Completed" => return Ok(t),
+                "Exception" | "Killed" | "Cancelled" => {
+                    return Err(ClientError::TaskFailed {
+                        message: if t.messages.is_empty() {
+                            format!("task {} ended in {}", t.task, t.state)
+                        } else {
+                            t.messages.join("; ")
+                        },
+                        task: t.task,
+                    })
+                }
+                _ => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(ClientError::TaskTimeout {
+                    task: t.task,
+                    secs: timeout.as_secs(),
+                });
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(250));
+            let v = self.get(&t.task)?;
+            t.update(&v);
+        }
+    }
+
+    /// Follow the event stream: call `each` with every event (the JSON of one SSE `data:`
+    /// line) until the server ends the stream (`Ok`), or `each` returns false. Keep-alive
+    /// comments are skipped; the connection has no overall timeout.
+    pub fn events(&self, mut each: impl FnMut(EventLine) -> bool) -> Result<(), ClientError> {
+        use std::io::BufRead;
+        let uri = "/redfish/v1/EventService/SSE";
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .timeout_connect(Some(Duration::from_secs(10)))
+            .tls_config(self.tls.clone())
+            .user_agent(concat!("pcietun-ctl/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .into();
+        let mut builder = ureq::http::Request::builder()
+            .method("GET")
+            .uri(format!("{}{uri}", self.api))
+            .header("Accept", "text/event-stream");
+        if let Some(t) = &self.token {
+            builder = builder.header("X-Auth-Token", t);
+        }
+        let req = builder
+            .body(())
+            .map_err(|_| ClientError::BadUrl(self.api.clone()))?;
+        let resp = agent.run(req).map_err(|e| self.unreachable(e))?;
+        let status = resp.status().as_u16();
+        if !(200..300).contains(&status) {
+            let text = resp
+                .into_body()
+                .with_config()
+                .limit(MAX_RESPONSE)
+                .read_to_string()
+                .unwrap_or_default();
+            let message = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| str_at(&v, "/error/message").map(str::to_string))
+                .map(|m| m.lines().next().unwrap_or("").to_string())
+                .unwrap_or_else(|| format!("HTTP {status} from {uri}"));
+            return Err(ClientError::Refused { status, message });
+        }
+        let reader = std::io::BufReader::new(resp.into_body().into_reader());
+        // One event is one `data:` line here (the service never splits its JSON); a line is
+        // bounded so a hostile server cannot make it grow without end.
+        for line in reader.split(b'\n') {
+            let line = line.map_err(|e| ClientError::Unreachable {
+                api: self.api.clone(),
+                reason: format!("the event stream broke: {e}"),
+            })?;
+            if line.len() > MAX_EVENT_LINE {
+                return Err(ClientError::Protocol {
+                    uri: uri.into(),
+                    what: format!("an event line over {MAX_EVENT_LINE} bytes"),
+                });
+            }
+            let Some(data) = line.strip_prefix(b"data:") else {
+                continue;
+            };
+            let event: Value =
+                serde_json::from_slice(data.trim_ascii()).map_err(|e| ClientError::Protocol {
+                    uri: uri.into(),
+                    what: format!("an event that is not JSON ({e})"),
+                })?;
+            if !each(event) {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
     fn outcome(
         &self,
         function: &str,
@@ -634,6 +863,54 @@ impl Client {
             let t = self.get(&outcome.task)?;
             outcome.state = str_at(&t, "/TaskState").unwrap_or("Running").to_string();
             outcome.messages = task_messages(&t);
+        }
+    }
+}
+
+/// Longest SSE line `ctl events` accepts.
+const MAX_EVENT_LINE: usize = 1 << 20;
+
+/// The `target` of OEM action `name` of `resource` (at `uri`).
+fn action_target(resource: &Value, name: &str, uri: &str) -> Result<String, ClientError> {
+    resource
+        .pointer("/Actions/Oem")
+        .and_then(|a| a.get(name))
+        .and_then(|a| a.get("target"))
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .ok_or_else(|| ClientError::Protocol {
+            uri: uri.into(),
+            what: format!("no {name} action (an appliance without adding and removing cards?)"),
+        })
+}
+
+fn task_location(location: Option<String>, task: &Value, uri: &str) -> Result<String, ClientError> {
+    location
+        .or_else(|| str_at(task, "/@odata.id").map(str::to_string))
+        .ok_or_else(|| ClientError::Protocol {
+            uri: uri.into(),
+            what: "202 without a task Location".into(),
+        })
+}
+
+impl DeviceTask {
+    /// Take the state, messages and (for an add) the created card from a Task resource.
+    fn update(&mut self, task: &Value) {
+        self.state = str_at(task, "/TaskState").unwrap_or("Running").to_string();
+        self.messages = task_messages(task);
+        if self.action == "add" {
+            if let Some(dev) = str_at(task, "/Oem/Pcietun/Device/@odata.id") {
+                self.device = dev.rsplit('/').next().map(str::to_string);
+            }
+            if let Some(fns) = task
+                .pointer("/Oem/Pcietun/Functions")
+                .and_then(Value::as_array)
+            {
+                self.functions = fns
+                    .iter()
+                    .filter_map(|f| f.as_str().map(str::to_string))
+                    .collect();
+            }
         }
     }
 }

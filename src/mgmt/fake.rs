@@ -13,9 +13,9 @@ use std::time::Duration;
 use crate::sync::MutexExt;
 
 use super::pool::{
-    ApplianceInfo, Completer, EventSink, FunctionInfo, FunctionKind, FunctionMetrics,
-    FunctionState, Health, HostInfo, HostMetrics, HostSession, MetricsSnapshot, Pool, PoolError,
-    PoolEvent,
+    valid_id, AddCompleter, AddedCard, ApplianceInfo, Completer, EventSink, FunctionInfo,
+    FunctionKind, FunctionMetrics, FunctionState, Health, HostInfo, HostMetrics, HostSession,
+    MetricsSnapshot, Pool, PoolError, PoolEvent,
 };
 
 /// When the fake pool finishes accepted operations.
@@ -115,7 +115,7 @@ impl FakePool {
                 state: FunctionState::Unassigned,
                 health: Health::Ok,
             };
-        pool.add_function(base(
+        pool.insert_function(base(
             "nvme0",
             "nvme0",
             0,
@@ -124,7 +124,7 @@ impl FakePool {
             0x01_08_02,
             "NVMe controller",
         ));
-        pool.add_function(base(
+        pool.insert_function(base(
             "dma0",
             "dma0",
             0,
@@ -134,7 +134,7 @@ impl FakePool {
             "DMA engine",
         ));
         for vf in 1..=2u16 {
-            pool.add_function(base(
+            pool.insert_function(base(
                 &format!("dma0.vf{vf}"),
                 "dma0",
                 vf,
@@ -164,8 +164,9 @@ impl FakePool {
         self.inner.lock_or_recover().completion = completion;
     }
 
-    /// Add a function (hot-add); emits `FunctionAdded`.
-    pub fn add_function(&self, function: FunctionInfo) {
+    /// Put a function into the inventory (hot-add, as the test describes it); emits
+    /// `FunctionAdded`.
+    pub fn insert_function(&self, function: FunctionInfo) {
         let mut after = After::default();
         {
             let mut inner = self.inner.lock_or_recover();
@@ -393,6 +394,141 @@ impl Pool for FakePool {
 
     fn unassign(&self, function: &str, done: Completer) -> Result<(), PoolError> {
         self.start(function, None, done)
+    }
+
+    /// The fake understands `dma[,OPTIONS]` (a DMA engine) and refuses every path-bearing kind
+    /// of the real grammar (`nvme=`, `replay=`, `vfio-user=`) as an appliance without
+    /// `[api] device_dirs` does; anything else is a bad spec. A card without a name is
+    /// `cardN`; at most 32 cards, as on the appliance. It is in the inventory before `done`
+    /// reports it (at once, whatever [`Completion`] says).
+    fn add_function(
+        &self,
+        spec: &str,
+        name: Option<&str>,
+        done: AddCompleter,
+    ) -> Result<(), PoolError> {
+        let head = spec.split(',').next().unwrap_or("");
+        let kind = head.split_once('=').map_or(head, |(k, _)| k);
+        match kind {
+            "dma" => {}
+            "nvme" | "replay" | "vfio-user" => {
+                return Err(PoolError::NotAllowed {
+                    reason: format!(
+                    "{kind} names a path on the appliance and no [api] device_dirs are configured"
+                ),
+                })
+            }
+            other => {
+                return Err(PoolError::BadDevice {
+                    reason: format!("unknown device kind {other:?} (dma, nvme, replay, vfio-user)"),
+                })
+            }
+        }
+        let mut after = After::default();
+        let card = {
+            let mut inner = self.inner.lock_or_recover();
+            // Like the appliance: at most 32 cards (device numbers 0 to 31).
+            let mut cards: Vec<&str> = inner.functions.iter().map(|f| f.device.as_str()).collect();
+            cards.sort_unstable();
+            cards.dedup();
+            if cards.len() >= 32 {
+                return Err(PoolError::NoFreeDevice);
+            }
+            let id = match name {
+                Some(n) if !valid_id(n) => {
+                    return Err(PoolError::BadDevice {
+                        reason: format!("bad name {n:?}"),
+                    })
+                }
+                Some(n) if inner.functions.iter().any(|f| f.id == n || f.device == n) => {
+                    return Err(PoolError::NameTaken { name: n.into() })
+                }
+                Some(n) => n.to_string(),
+                None => (0..)
+                    .map(|i| format!("card{i}"))
+                    .find(|c| !inner.functions.iter().any(|f| f.id == *c || f.device == *c))
+                    .unwrap_or_default(),
+            };
+            inner.functions.push(FunctionInfo {
+                id: id.clone(),
+                device: id.clone(),
+                function_number: 0,
+                kind: FunctionKind::Physical,
+                vendor_id: 0x1b36,
+                device_id: 0x0011,
+                subsystem_vendor_id: 0x1af4,
+                subsystem_id: 0x1100,
+                class_code: 0xff_00_00,
+                revision_id: 2,
+                model: "DMA engine".into(),
+                state: FunctionState::Unassigned,
+                health: Health::Ok,
+            });
+            after.events.push(PoolEvent::FunctionAdded {
+                function: id.clone(),
+            });
+            after.sinks = inner.sinks.clone();
+            AddedCard {
+                device: id.clone(),
+                functions: vec![id],
+            }
+        };
+        done.finish(Ok(card));
+        after.run();
+        Ok(())
+    }
+
+    /// Removes every function of the card at once (whatever [`Completion`] says).
+    fn remove_function(&self, function: &str, done: Completer) -> Result<(), PoolError> {
+        let mut after = After::default();
+        {
+            let mut inner = self.inner.lock_or_recover();
+            let f = inner
+                .functions
+                .iter()
+                .find(|f| f.id == function)
+                .ok_or_else(|| PoolError::UnknownFunction {
+                    function: function.into(),
+                })?;
+            if let FunctionKind::Virtual { physical } = &f.kind {
+                return Err(PoolError::VirtualFunction {
+                    function: function.into(),
+                    physical: physical.clone(),
+                });
+            }
+            let device = f.device.clone();
+            for f in inner.functions.iter().filter(|f| f.device == device) {
+                match &f.state {
+                    FunctionState::Unassigned | FunctionState::Failed { .. } => {}
+                    FunctionState::Assigned { host } => {
+                        return Err(PoolError::AlreadyAssigned {
+                            function: f.id.clone(),
+                            host: host.clone(),
+                        })
+                    }
+                    other => {
+                        return Err(PoolError::InTransition {
+                            function: f.id.clone(),
+                            state: other.name(),
+                        })
+                    }
+                }
+            }
+            inner.functions.retain(|f| {
+                if f.device == device {
+                    after.events.push(PoolEvent::FunctionRemoved {
+                        function: f.id.clone(),
+                    });
+                    false
+                } else {
+                    true
+                }
+            });
+            after.sinks = inner.sinks.clone();
+        }
+        after.outcomes.push((done, Ok(())));
+        after.run();
+        Ok(())
     }
 
     fn subscribe(&self, sink: EventSink) {

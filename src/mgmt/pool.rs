@@ -228,6 +228,40 @@ pub enum PoolError {
     /// appliance shutting down).
     #[error("the appliance abandoned the operation without reporting its outcome")]
     Abandoned,
+    /// A card to add is not described well (`Pool::add_function`): the spec does not parse,
+    /// its name is not usable, or the card it names cannot be built.
+    #[error("bad device: {reason}")]
+    BadDevice {
+        /// What is wrong, for the operator.
+        reason: String,
+    },
+    /// The spec is well formed but the management API may not do it: a path outside
+    /// `[api] device_dirs`, a path-bearing kind with no `device_dirs` configured, a server
+    /// process to start.
+    #[error("not allowed over the management API: {reason}")]
+    NotAllowed {
+        /// What is refused and how to allow it.
+        reason: String,
+    },
+    /// A card or function with this name is already in the inventory.
+    #[error("a function named {name:?} already exists")]
+    NameTaken {
+        /// The name.
+        name: String,
+    },
+    /// Every device number of the appliance holds a card.
+    #[error("no free device number for another card")]
+    NoFreeDevice,
+    /// A virtual function cannot be removed on its own: it goes with its physical function.
+    #[error(
+        "function {function:?} is a virtual function: remove its physical function {physical:?}"
+    )]
+    VirtualFunction {
+        /// The VF.
+        function: String,
+        /// Its PF.
+        physical: String,
+    },
     /// An error of the appliance that has no variant here.
     #[error("appliance error: {0}")]
     Appliance(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -277,6 +311,57 @@ impl Drop for Completer {
 impl fmt::Debug for Completer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Completer")
+            .field("finished", &self.report.is_none())
+            .finish()
+    }
+}
+
+/// The card a [`Pool::add_function`] put into the inventory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddedCard {
+    /// Its card (PCIeDevice) id ([`FunctionInfo::device`]).
+    pub device: String,
+    /// Its functions' ids, function 0 first (VFs appear when they are enabled).
+    pub functions: Vec<String>,
+}
+
+/// What an [`AddCompleter`] calls with the outcome.
+type AddReport = Box<dyn FnOnce(Result<AddedCard, PoolError>) + Send>;
+
+/// Reports the outcome of one accepted [`Pool::add_function`] exactly once: the new card, once
+/// it is in the inventory ([`Pool::functions`] shows it), or why it could not be added.
+/// Dropping it unfinished reports [`PoolError::Abandoned`], like [`Completer`].
+pub struct AddCompleter {
+    report: Option<AddReport>,
+}
+
+impl AddCompleter {
+    /// A completer that calls `report` with the outcome.
+    pub fn new(report: impl FnOnce(Result<AddedCard, PoolError>) + Send + 'static) -> Self {
+        AddCompleter {
+            report: Some(Box::new(report)),
+        }
+    }
+
+    /// Report the outcome.
+    pub fn finish(mut self, outcome: Result<AddedCard, PoolError>) {
+        if let Some(report) = self.report.take() {
+            report(outcome);
+        }
+    }
+}
+
+impl Drop for AddCompleter {
+    fn drop(&mut self) {
+        if let Some(report) = self.report.take() {
+            report(Err(PoolError::Abandoned));
+        }
+    }
+}
+
+impl fmt::Debug for AddCompleter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AddCompleter")
             .field("finished", &self.report.is_none())
             .finish()
     }
@@ -413,6 +498,23 @@ pub trait Pool: Send + Sync + 'static {
     fn assign(&self, function: &str, host: &str, done: Completer) -> Result<(), PoolError>;
     /// Start taking `function` away from its owner; `done` reports when it is free again.
     fn unassign(&self, function: &str, done: Completer) -> Result<(), PoolError>;
+    /// Start adding a card to the running pool. `spec` is the `--device` grammar of the
+    /// appliance (`dma[,buffer=SIZE][,vfs=N]`, `nvme=PATH[,size=SIZE]`, `replay=DUMP[,barN=SIZE]`,
+    /// `vfio-user=SOCKET[,connect_timeout=S]`; docs/api.md "Adding and removing cards"),
+    /// `name` the stable id of its function 0 (`None`: derived from where it lands). An `Err`
+    /// means nothing was started: the spec does not parse ([`PoolError::BadDevice`]), the API
+    /// may not open what it names ([`PoolError::NotAllowed`]), the name is taken. `done`
+    /// reports the card once it is in the inventory, or why it could not be built.
+    fn add_function(
+        &self,
+        spec: &str,
+        name: Option<&str>,
+        done: AddCompleter,
+    ) -> Result<(), PoolError>;
+    /// Start taking the card of `function` (every function at its device number) out of the
+    /// pool; refused while any of them belongs to a host or is changing owner, and for a
+    /// virtual function. `done` reports when it is gone from the inventory.
+    fn remove_function(&self, function: &str, done: Completer) -> Result<(), PoolError>;
     /// Send every later event to `sink` (in addition to earlier subscribers).
     fn subscribe(&self, sink: EventSink);
     /// The counters, as of now (called on every scrape of `/metrics`).

@@ -279,6 +279,40 @@ pub fn endpoint_action(bytes: &[u8], action: &'static str) -> ApiResult<Endpoint
     })
 }
 
+/// The parameters of `#Pcietun.AddDevice`: a card to add.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceCreate {
+    /// The stable id of its function 0 (`Name`; `None`: derived from where it lands).
+    pub name: Option<String>,
+    /// The card in the appliance's `--device` grammar (`Spec`).
+    pub spec: String,
+}
+
+/// Longest `Spec` accepted (paths and a few options).
+pub const MAX_SPEC_LEN: usize = 4096;
+
+/// Parse the body of `#Pcietun.AddDevice` (`{"Spec": "dma,buffer=64K", "Name": "dma1"}`).
+pub fn device_create(bytes: &[u8], action: &'static str) -> ApiResult<DeviceCreate> {
+    let map = parse(bytes)?;
+    let root = Obj::root(&map, Ctx::Action(action));
+    root.only(&["Spec", "Name"], &[])?;
+    let spec = required(&root, "Spec", root.string("Spec")?)?;
+    if spec.trim().is_empty() || spec.len() > MAX_SPEC_LEN || spec.chars().any(char::is_control) {
+        return Err(ApiError::action_parameter_format(
+            action,
+            "Spec",
+            &show(&Value::String(spec.into()), false),
+            &format!(
+                "a device spec of 1 to {MAX_SPEC_LEN} printable characters, e.g. \"dma,buffer=64K\""
+            ),
+        ));
+    }
+    Ok(DeviceCreate {
+        name: root.string("Name")?.map(str::to_string),
+        spec: spec.to_string(),
+    })
+}
+
 /// `UserName` and `Password` of a login (POST to Sessions).
 pub struct Credentials {
     /// Account name.

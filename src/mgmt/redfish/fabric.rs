@@ -296,6 +296,8 @@ fn pool_error(e: PoolError) -> ApiError {
         | PoolError::InTransition { .. }
         | PoolError::FunctionFailed { .. } => ApiError::in_use(msg),
         PoolError::Abandoned | PoolError::Appliance(_) => ApiError::internal(msg),
+        // Refusals of adding and removing cards (inventory.rs).
+        other => super::inventory::card_error(other),
     }
 }
 

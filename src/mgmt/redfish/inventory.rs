@@ -4,16 +4,39 @@
 //!
 //! Where the standard has no property — the pool state and owner of a function, a host's
 //! tunnel session and RTT — it is under `Oem.Pcietun` (described by the OEM CSDL).
+//!
+//! Cards come and go while the appliance serves, through two OEM actions (the DMTF schemas make
+//! the PCIeDevice collection neither insertable nor deletable, so a POST or DELETE there would
+//! not be Redfish): `#Pcietun.AddDevice` on the Chassis, with `Spec` (the appliance's
+//! `--device` grammar) and an optional `Name`, and `#Pcietun.RemoveDevice` on an unassigned
+//! card. Both need the Administrator role (ConfigureManager: a spec names files and sockets on
+//! the appliance) and answer `202 Accepted` with a Task that completes once the inventory shows
+//! the change; the Task of an add carries the new card under `Oem.Pcietun` (`Device`,
+//! `Functions`).
 
+use axum::http::{header, Request, StatusCode};
+use bytes::Bytes;
 use serde_json::{json, Value};
 
+use super::body;
 use super::error::{ApiError, ApiResult};
+use super::tasks::{task_json, task_uri};
 use super::uri::{
     chassis_uri, collection, device_uri, function_status_state, function_uri, initiator_uri, link,
     system_uri, target_uri,
 };
-use super::Snapshot;
-use crate::mgmt::pool::{FunctionInfo, FunctionKind, FunctionState, HostInfo, HostSession};
+use super::{check_if_match, etag_of, Caller, Reply, Service, Snapshot};
+
+/// The Chassis' OEM action that adds a card.
+pub const ADD_DEVICE: &str = "Pcietun.AddDevice";
+/// A card's OEM action that removes it.
+pub const REMOVE_DEVICE: &str = "Pcietun.RemoveDevice";
+use crate::mgmt::auth::Privilege;
+use crate::mgmt::pool::{
+    valid_id, AddCompleter, FunctionInfo, FunctionKind, FunctionState, HostInfo, HostSession,
+    PoolError,
+};
+use crate::sync::MutexExt;
 
 /// `PCIeFunction.DeviceClass` from the base class code (PCI Code and ID Assignment §1).
 pub fn device_class(class_code: u32) -> &'static str {
@@ -92,6 +115,9 @@ pub(crate) fn chassis(s: &Snapshot, c: &str) -> ApiResult<Value> {
         "Model": "pcietun appliance",
         "Status": { "State": "Enabled", "Health": "OK" },
         "PCIeDevices": link(&format!("{uri}/PCIeDevices")),
+        "Actions": { "Oem": { format!("#{ADD_DEVICE}"): {
+            "target": format!("{uri}/Actions/Oem/{ADD_DEVICE}"),
+        }}},
     });
     if let Some(serial) = &s.appliance.serial {
         v["SerialNumber"] = json!(serial);
@@ -145,6 +171,9 @@ pub(crate) fn device(s: &Snapshot, c: &str, d: &str) -> ApiResult<Value> {
         },
         "PCIeFunctions": link(&format!("{uri}/PCIeFunctions")),
         "Links": { "Chassis": [link(&chassis_uri(s))] },
+        "Actions": { "Oem": { format!("#{REMOVE_DEVICE}"): {
+            "target": format!("{uri}/Actions/Oem/{REMOVE_DEVICE}"),
+        }}},
         "Oem": { "Pcietun": {
             "@odata.type": "#Pcietun.v1_0_0.PCIeDevice",
             "VirtualFunctions": vfs,
@@ -252,6 +281,168 @@ pub(crate) fn system(s: &Snapshot, h: &str) -> ApiResult<Value> {
             "Functions": fns.iter().map(|f| f.id.as_str()).collect::<Vec<_>>(),
         }},
     }))
+}
+
+/// The API error for a refusal of adding or removing a card (and, for the other variants, the
+/// refusals every change shares).
+pub(crate) fn card_error(e: PoolError) -> ApiError {
+    let msg = e.to_string();
+    match e {
+        PoolError::BadDevice { .. } | PoolError::NotAllowed { .. } => {
+            ApiError::action_parameter_conflict("Spec", "(see message)", msg)
+        }
+        PoolError::NameTaken { name } => ApiError::already_exists("PCIeFunction", "Name", &name),
+        PoolError::UnknownFunction { function } => {
+            ApiError::not_found("PCIeFunction", &function, msg)
+        }
+        PoolError::UnknownHost { host } => ApiError::not_found("ComputerSystem", &host, msg),
+        PoolError::NoFreeDevice
+        | PoolError::VirtualFunction { .. }
+        | PoolError::AlreadyAssigned { .. }
+        | PoolError::NotAssigned { .. }
+        | PoolError::InTransition { .. }
+        | PoolError::FunctionFailed { .. } => ApiError::in_use(msg),
+        PoolError::Abandoned | PoolError::Appliance(_) => ApiError::internal(msg),
+    }
+}
+
+/// Why a card cannot be removed now, if it cannot: one of its functions belongs to a host or
+/// is changing owner.
+fn removal_refusal(d: &str, fns: &[&FunctionInfo]) -> Option<ApiError> {
+    for f in fns {
+        let why = match &f.state {
+            FunctionState::Unassigned | FunctionState::Failed { .. } => continue,
+            FunctionState::Assigned { host } => {
+                format!("is assigned to host {host:?}: unassign it first")
+            }
+            FunctionState::Attaching { host } => format!("is being assigned to host {host:?}"),
+            FunctionState::Detaching { host } => {
+                format!("is being unassigned from host {host:?}; try again when it is free")
+            }
+            FunctionState::Resetting => "is being reset; try again when it is free".into(),
+        };
+        return Some(ApiError::in_use(format!(
+            "card {d:?} cannot be removed: function {:?} {why}",
+            f.id
+        )));
+    }
+    None
+}
+
+impl Service {
+    /// `#Pcietun.AddDevice` on `Chassis/{c}`: add a card (202 + Task).
+    pub(crate) fn add_device(
+        &self,
+        caller: &Caller,
+        req: &Request<Bytes>,
+        c: &str,
+        action: &str,
+    ) -> ApiResult<Reply> {
+        if action != ADD_DEVICE {
+            return Err(ApiError::action_not_supported(action));
+        }
+        caller.require(Privilege::ConfigureManager)?;
+        let create = body::device_create(req.body(), ADD_DEVICE)?;
+        let _change = self.change.lock_or_recover();
+        let s = self.snapshot();
+        check_chassis(&s, c)?;
+        if let Some(n) = &create.name {
+            if !valid_id(n) {
+                return Err(ApiError::action_parameter_format(
+                    ADD_DEVICE,
+                    "Name",
+                    n,
+                    "a letter, then up to 31 letters, digits, - or _",
+                ));
+            }
+            if s.function(n).is_some() || s.devices().contains(&n.as_str()) {
+                return Err(ApiError::already_exists("PCIeFunction", "Name", n));
+            }
+        }
+        let title = match &create.name {
+            Some(n) => format!("Add card {n} ({})", create.spec),
+            None => format!("Add card ({})", create.spec),
+        };
+        let id = self.tasks.create(title, "POST", req.uri().path(), 1);
+        let done = self.tasks.completer(id);
+        let tasks = self.tasks.clone();
+        let devices = format!("{}/PCIeDevices", chassis_uri(&s));
+        let added = AddCompleter::new(move |r| {
+            let r = r.map(|card| {
+                tasks.set_result(
+                    id,
+                    json!({
+                        "@odata.type": "#Pcietun.v1_0_0.Task",
+                        "Device": link(&format!("{devices}/{}", card.device)),
+                        "Functions": card.functions,
+                    }),
+                );
+            });
+            done.finish(r);
+        });
+        if let Err(e) = self
+            .pool
+            .add_function(&create.spec, create.name.as_deref(), added)
+        {
+            self.tasks.discard(id);
+            return Err(card_error(e));
+        }
+        let task = self
+            .tasks
+            .get(id)
+            .ok_or_else(|| ApiError::internal("the task vanished"))?;
+        Ok(Reply::ok(task_json(&task))
+            .status(StatusCode::ACCEPTED)
+            .header(header::LOCATION, &task_uri(id)))
+    }
+
+    /// `#Pcietun.RemoveDevice` on `Chassis/{c}/PCIeDevices/{d}`: remove an unassigned card
+    /// (202 + Task).
+    pub(crate) fn remove_device(
+        &self,
+        caller: &Caller,
+        req: &Request<Bytes>,
+        c: &str,
+        d: &str,
+        action: &str,
+    ) -> ApiResult<Reply> {
+        if action != REMOVE_DEVICE {
+            return Err(ApiError::action_not_supported(action));
+        }
+        caller.require(Privilege::ConfigureManager)?;
+        body::no_parameters(req.body(), REMOVE_DEVICE)?;
+        let _change = self.change.lock_or_recover();
+        let s = self.snapshot();
+        let current = device(&s, c, d)?;
+        check_if_match(req.headers(), &device_uri(&s, d), &etag_of(&current))?;
+        let fns = check_device(&s, c, d)?;
+        if let Some(e) = removal_refusal(d, &fns) {
+            return Err(e);
+        }
+        let pf = fns
+            .iter()
+            .filter(|f| f.kind == FunctionKind::Physical)
+            .min_by_key(|f| f.function_number)
+            .ok_or_else(|| {
+                ApiError::in_use(format!(
+                    "card {d:?} has only virtual functions; remove its physical function's card"
+                ))
+            })?;
+        let id = self
+            .tasks
+            .create(format!("Remove card {d}"), "POST", req.uri().path(), 1);
+        if let Err(e) = self.pool.remove_function(&pf.id, self.tasks.completer(id)) {
+            self.tasks.discard(id);
+            return Err(card_error(e));
+        }
+        let task = self
+            .tasks
+            .get(id)
+            .ok_or_else(|| ApiError::internal("the task vanished"))?;
+        Ok(Reply::ok(task_json(&task))
+            .status(StatusCode::ACCEPTED)
+            .header(header::LOCATION, &task_uri(id)))
+    }
 }
 
 #[cfg(test)]

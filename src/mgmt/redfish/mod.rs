@@ -15,7 +15,10 @@
 //! Resource tree (the DMTF schemas' shape; `Oem.Pcietun` only where the standard has no
 //! property, described by the OEM CSDL at `/redfish/v1/Schemas/Pcietun_v1.xml`):
 //!
-//! * `Chassis/{appliance}/PCIeDevices/{card}/PCIeFunctions/{function}` — the inventory.
+//! * `Chassis/{appliance}/PCIeDevices/{card}/PCIeFunctions/{function}` — the inventory (the
+//!   OEM actions `Chassis/{appliance}/Actions/Oem/Pcietun.AddDevice` and
+//!   `PCIeDevices/{card}/Actions/Oem/Pcietun.RemoveDevice` add and remove cards; the DMTF
+//!   schemas make the PCIeDevice collection neither insertable nor deletable).
 //! * `Fabrics/PCIe/Endpoints/{host-H | fn-F}` — one Initiator per host, one Target per function.
 //! * `Fabrics/PCIe/Zones/{H}` — one ZoneOfEndpoints per host; membership *is* the assignment
 //!   (`#Zone.AddEndpoint`, `#Zone.RemoveEndpoint`, PATCH of `Links/Endpoints`).
@@ -316,6 +319,10 @@ pub(crate) enum Route<'a> {
     Zones(&'a str),
     Zone(&'a str, &'a str),
     ZoneAction(&'a str, &'a str, &'a str),
+    /// `Chassis/{c}/Actions/Oem/{action}` (`Pcietun.AddDevice`).
+    ChassisAction(&'a str, &'a str),
+    /// `Chassis/{c}/PCIeDevices/{d}/Actions/Oem/{action}` (`Pcietun.RemoveDevice`).
+    DeviceAction(&'a str, &'a str, &'a str),
     Connections(&'a str),
     Connection(&'a str, &'a str),
     TaskService,
@@ -354,7 +361,11 @@ impl<'a> Route<'a> {
             ["redfish", "v1", "Schemas", "Pcietun_v1.xml"] => OemSchema,
             ["redfish", "v1", "Chassis"] => ChassisCollection,
             ["redfish", "v1", "Chassis", c] => Chassis(c),
+            ["redfish", "v1", "Chassis", c, "Actions", "Oem", a] => ChassisAction(c, a),
             ["redfish", "v1", "Chassis", c, "PCIeDevices"] => PcieDevices(c),
+            ["redfish", "v1", "Chassis", c, "PCIeDevices", d, "Actions", "Oem", a] => {
+                DeviceAction(c, d, a)
+            }
             ["redfish", "v1", "Chassis", c, "PCIeDevices", d] => PcieDevice(c, d),
             ["redfish", "v1", "Chassis", c, "PCIeDevices", d, "PCIeFunctions"] => {
                 PcieFunctions(c, d)
@@ -404,7 +415,7 @@ impl<'a> Route<'a> {
                 }
             }
             SessionService => GET_PATCH,
-            ZoneAction(..) => POST,
+            ZoneAction(..) | ChassisAction(..) | DeviceAction(..) => POST,
             Sessions | Accounts => GET_POST,
             Session(..) | Connection(..) => GET_DELETE,
             _ => GET,
@@ -624,8 +635,10 @@ impl Service {
             OemSchema => Ok(Reply::xml(root::OEM_SCHEMA.to_string())),
             ChassisCollection => Ok(Reply::ok(inventory::chassis_collection(&self.snapshot()))),
             Chassis(c) => inventory::chassis(&self.snapshot(), c).map(Reply::ok),
+            ChassisAction(c, a) => self.add_device(caller, req, c, a),
             PcieDevices(c) => inventory::devices(&self.snapshot(), c).map(Reply::ok),
             PcieDevice(c, d) => inventory::device(&self.snapshot(), c, d).map(Reply::ok),
+            DeviceAction(c, d, a) => self.remove_device(caller, req, c, d, a),
             PcieFunctions(c, d) => inventory::functions(&self.snapshot(), c, d).map(Reply::ok),
             PcieFunction(c, d, f) => inventory::function(&self.snapshot(), c, d, f).map(Reply::ok),
             Systems => Ok(Reply::ok(inventory::systems(&self.snapshot()))),

@@ -63,6 +63,9 @@ pub struct Task {
     pub failures: Vec<String>,
     /// The request that started it: (method, URI).
     pub payload: (String, String),
+    /// What the operation produced, shown as the task's `Oem.Pcietun` (the card an add put
+    /// into the inventory); set before the operation's outcome.
+    pub result: Option<Value>,
 }
 
 /// The task table.
@@ -123,6 +126,7 @@ impl TaskTable {
                 total: operations,
                 failures: Vec::new(),
                 payload: (method.into(), uri.into()),
+                result: None,
             },
         );
         id
@@ -163,6 +167,13 @@ impl TaskTable {
                 TaskState::Exception
             };
             t.end = Some(now);
+        }
+    }
+
+    /// Record what task `id` produced (its `Oem.Pcietun`).
+    pub fn set_result(&self, id: u64, result: Value) {
+        if let Some(t) = self.inner.lock_or_recover().tasks.get_mut(&id) {
+            t.result = Some(result);
         }
     }
 
@@ -228,6 +239,9 @@ pub fn task_json(t: &Task) -> Value {
     });
     if let Some(end) = t.end {
         v["EndTime"] = json!(timestamp(end));
+    }
+    if let Some(r) = &t.result {
+        v["Oem"] = json!({ "Pcietun": r });
     }
     v
 }
