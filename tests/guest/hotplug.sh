@@ -110,18 +110,22 @@ now() { date +%s.%N; }
 ms_since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%d", (b - a) * 1000 }'; }
 t_start=$(now)
 
+# (No `grep -q` or `grep -m1` at the end of a pipeline here: it exits at the first match, the
+# writer gets SIGPIPE and under pipefail the pipeline fails although the line is there.)
 # Waits until file $1 has a line matching the extended regex $2 while process $3 lives; at most
 # $4 seconds.
 wait_for() {
     local file="$1" re="$2" pid="$3" limit="$4" i
     for ((i = 0; i < limit * 20; i++)); do
-        { tr -d '\r' <"$file"; } 2>/dev/null | grep -qE "$re" && return 0
+        grep -aE "$re" "$file" >/dev/null 2>&1 && return 0
         kill -0 "$pid" 2>/dev/null || return 1
         sleep 0.05
     done
     return 1
 }
 console() { { tr -d '\r' <"$tmp/console-$1.log"; } 2>/dev/null; }
+# Whether guest $1's console has a line matching the extended regex $2.
+has() { console "$1" | grep -E "$2" >/dev/null; }
 
 free_udp_port() {
     /usr/bin/python3 -c 'import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
@@ -220,7 +224,7 @@ wait_for "$tmp/appliance.log" '^appliance ready:' "$appliance_pid" 30 ||
     fail "the appliance did not print 'appliance ready:' within 30 s"
 wait_for "$tmp/appliance.log" 'management API on ' "$appliance_pid" 30 ||
     fail "the appliance did not announce its management API within 30 s"
-api=$(tr -d '\r' <"$tmp/appliance.log" | grep -m1 -oE 'management API on [^ ]+' | awk '{ print $NF }')
+api=$(grep -aoE 'management API on [^ ]+' "$tmp/appliance.log" | awk 'NR == 1 { print $NF }')
 
 start_agent() {
     local g="$1"
@@ -254,7 +258,7 @@ for g in a b; do
     pid_var="qpid_$g"
     wait_for "$tmp/console-$g.log" '^GUEST: .*hotplug ready' "${!pid_var}" 180 ||
         fail "guest $g did not reach 'hotplug ready' within 180 s"
-    log "guest $g: $(console "$g" | grep -m1 'hotplug ready')"
+    log "guest $g: $(console "$g" | grep 'hotplug ready' | sed -n 1p)"
 done
 
 bound_ms=()
@@ -298,7 +302,7 @@ cycle() {
     log "cycle $c: guest $g: driver bound $step_ms ms after ctl assign ($out)"
     guest_step "$g" "$c" "synced" 180
     for ((k = 1; k < c; k++)); do
-        console "$g" | grep -qE "cycle $c: verified cycle $k: " || fail "cycle $c: guest $g did not verify the data of cycle $k"
+        has "$g" "cycle $c: verified cycle $k: " || fail "cycle $c: guest $g did not verify the data of cycle $k"
     done
     unassign
     guest_step "$g" "$c" gone 90
@@ -321,7 +325,7 @@ move_bound_ms=$step_ms
 log "cycle $c: guest b: driver bound $step_ms ms after ctl assign nvme-a host-b"
 guest_step b "$c" "synced .*noeject armed" 180
 for ((k = 1; k < c; k++)); do
-    console b | grep -qE "cycle $c: verified cycle $k: " || fail "cycle $c: guest b did not verify the data of cycle $k"
+    has b "cycle $c: verified cycle $k: " || fail "cycle $c: guest b did not verify the data of cycle $k"
 done
 log "cycle $c: guest b read back every file guest A wrote (cycles 1..$((c - 1))); $(console b | grep -oE "cycle $c: synced .*" | tail -n1)"
 unassign
@@ -346,7 +350,7 @@ bound_ms+=("$step_ms")
 log "cycle $c: guest a: driver bound $step_ms ms after ctl assign nvme-a host-a"
 guest_step a "$c" "synced" 180
 for ((k = 1; k < c; k++)); do
-    console a | grep -qE "cycle $c: verified cycle $k: " || fail "cycle $c: guest a did not verify the data of cycle $k"
+    has a "cycle $c: verified cycle $k: " || fail "cycle $c: guest a did not verify the data of cycle $k"
 done
 unassign
 guest_step a "$c" gone 90
@@ -372,7 +376,7 @@ for g in a b; do
     [ "$qrc" = 0 ] || fail "QEMU $g exited with status $qrc"
 done
 for g in a b; do
-    result=$(console "$g" | grep -m1 '^GUEST RESULT:' || true)
+    result=$(console "$g" | grep '^GUEST RESULT:' | sed -n 1p || true)
     echo "=== $label: what guest $g saw"
     console "$g" | grep -E '^GUEST' | grep -vE 'alive, (waiting|lingering)|dmesg:' || true
     [ "$result" = "GUEST RESULT: PASS" ] || fail "guest $g reported: ${result:-nothing}"
