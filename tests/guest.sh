@@ -7,9 +7,10 @@
 # Steps: obtain QEMU with vfio-user-pci (built once from Debian's source package, cached) and the
 # guest (Debian kernel + busybox initramfs, cached); a smoke boot without a device; a reference
 # run against QEMU's own NVMe model (validates the harness); then the tunnelled run, clean and
-# with 1 % injected frame loss on both agents; then, with PCIETUN_GUEST_HOTPLUG=1, the hot-plug
-# run (tests/guest/hotplug.sh: the agent hot-adds and removes the function in a running guest
-# over QMP, 5 cycles and a guest that never ejects, in one boot), clean and with the same loss.
+# with 1 % injected frame loss on both agents; then the hot-plug run (tests/guest/hotplug.sh:
+# `pcietun ctl` assigns the pool's NVMe function to a running host agent, which hot-adds it into
+# its VM over QMP; 5 assign/unassign cycles in one guest, the move to a second guest behind a
+# second agent that never ejects, and back), clean and with the same loss.
 #
 # If QEMU or the guest cannot be obtained (no Debian mirror, build failure), or the pcietun
 # binary has no appliance/host subcommand, it prints a loud SKIPPED line and exits 0 -- unless
@@ -91,16 +92,8 @@ fi
 run tunnel-clean
 loss="${PCIETUN_GUEST_LOSS:-1}"
 run "tunnel-loss-$loss" --loss "$loss"
-# The hot-plug runs are opt-in for now: in the CI run of 2026-12-01 23:39 the clean run's last
-# detach (after the never-ejecting guest, on another port) came back "withdrawn" where the guest
-# had ejected; until that is understood they run only with PCIETUN_GUEST_HOTPLUG=1.
-if [ "${PCIETUN_GUEST_HOTPLUG:-0}" = 1 ]; then
-    run hotplug-clean --hotplug
-    run "hotplug-loss-$loss" --hotplug --loss "$loss"
-else
-    echo
-    echo "NOTE: guest hot-plug runs are opt-in (PCIETUN_GUEST_HOTPLUG=1; tests/guest/hotplug.sh)"
-fi
+run hotplug-clean --hotplug
+run "hotplug-loss-$loss" --hotplug --loss "$loss"
 
 echo
 if ((failed)); then

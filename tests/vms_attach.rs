@@ -35,6 +35,12 @@ enum Guest {
     Refuses,
     /// The monitor hangs up on device_del (QEMU died).
     Dies,
+    /// device_del answered, then the monitor hangs up with no DEVICE_DELETED: the guest's
+    /// pciehp unconfigured the card and the guest powered off before it switched the slot's
+    /// power indicator off, which is when QEMU would have unplugged the device.
+    PowersOff,
+    /// The device goes away, but the DEVICE_DELETED event is lost.
+    Silent,
 }
 
 #[derive(Debug)]
@@ -170,6 +176,14 @@ fn fake_qemu(model: Arc<Mutex<Model>>) -> FakeMonitor {
                         p.event("DEVICE_UNPLUG_GUEST_ERROR", deleted);
                     }
                     Guest::Dies => p.hang_up = true,
+                    Guest::PowersOff => {
+                        p.ret(&id, json!({}));
+                        p.hang_up = true;
+                    }
+                    Guest::Silent => {
+                        p.ret(&id, json!({}));
+                        remove(&mut m);
+                    }
                 }
             }
             _ => p.err(&id, "CommandNotFound", "not modelled"),
@@ -371,7 +385,7 @@ fn a_busy_guest_is_asked_again_and_a_refusing_one_is_withdrawn_at_once() {
 #[test]
 fn qemu_dying_during_detach_still_frees_the_function() {
     let mon = fake_qemu(model(&[("rp1", true, None)], Guest::Dies));
-    let (a, _) = attacher(&mon, Duration::from_secs(30));
+    let (a, events) = attacher(&mon, Duration::from_secs(30));
     a.attach(&f0(), SOCK.as_ref(), "vm1").unwrap();
     let withdrawn = AtomicUsize::new(0);
     let t0 = Instant::now();
@@ -380,13 +394,87 @@ fn qemu_dying_during_detach_still_frees_the_function() {
             withdrawn.fetch_add(1, Ordering::SeqCst);
         })
         .unwrap();
-    assert_eq!(out, Some(DetachOutcome::Withdrawn));
+    // QEMU is gone (nobody listens on its monitor): so is the device; the guest refused nothing.
+    assert_eq!(out, Some(DetachOutcome::Gone));
     assert_eq!(withdrawn.load(Ordering::SeqCst), 1);
     assert!(t0.elapsed() < Duration::from_secs(2));
     assert!(a.attachments().is_empty());
+    assert!(!events
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|e| matches!(e, VmEvent::GuestDidNotRelease { .. })));
     // The monitor is gone: the next attach reports it, as a retryable error.
     let e = a.attach(&f0(), SOCK.as_ref(), "vm1").unwrap_err();
     assert!(e.unreachable(), "{e}");
+}
+
+/// The CI flake of 2026-12-01: the last detach of the guest hot-plug run came back "withdrawn"
+/// although the guest had ejected. The guest's pciehp unconfigures the card (the function
+/// leaves sysfs), powers the slot off and only a second later switches its power indicator
+/// off — QEMU unplugs the device, and sends DEVICE_DELETED, on that last write. A guest that
+/// powers off as soon as the function is gone (the test guest did, after its last cycle) stops
+/// QEMU in between: the monitor hangs up after device_del's reply, with no event. The device
+/// went with QEMU: the outcome is `gone`, not a guest that refused to let go.
+#[test]
+fn a_vm_that_exits_after_the_reply_is_gone_not_a_refusal() {
+    let mon = fake_qemu(model(&[("rp1", true, None)], Guest::PowersOff));
+    let (a, events) = attacher(&mon, Duration::from_secs(30));
+    a.attach(&f0(), SOCK.as_ref(), "vm1").unwrap();
+    let withdrawn = AtomicUsize::new(0);
+    let t0 = Instant::now();
+    let out = a
+        .detach(&f0(), &|| {
+            withdrawn.fetch_add(1, Ordering::SeqCst);
+        })
+        .unwrap();
+    assert_eq!(out, Some(DetachOutcome::Gone));
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "no need to sit out the grace period: {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(
+        withdrawn.load(Ordering::SeqCst),
+        1,
+        "the connection is closed all the same"
+    );
+    assert!(a.attachments().is_empty());
+    let ev = events.lock().unwrap();
+    assert!(
+        !ev.iter()
+            .any(|e| matches!(e, VmEvent::GuestDidNotRelease { .. })),
+        "{ev:?}"
+    );
+    assert!(ev.iter().any(|e| matches!(
+        e,
+        VmEvent::Detached {
+            outcome: DetachOutcome::Gone,
+            ..
+        }
+    )));
+    drop(ev);
+    let cmds = mon.commands();
+    assert_eq!(cmds.last().unwrap()["execute"], "device_del");
+}
+
+/// An event can be lost (with a monitor connection, or a QEMU that never sent it); the
+/// device's absence cannot: at the end of the grace period QEMU is asked before the guest is
+/// called unwilling.
+#[test]
+fn a_lost_event_is_not_a_refusal_when_the_device_is_gone() {
+    let mon = fake_qemu(model(&[("rp1", true, None)], Guest::Silent));
+    let (a, events) = attacher(&mon, Duration::from_millis(600));
+    a.attach(&f0(), SOCK.as_ref(), "vm1").unwrap();
+    let t0 = Instant::now();
+    let out = a.detach(&f0(), &|| {}).unwrap();
+    assert_eq!(out, Some(DetachOutcome::Ejected));
+    assert!(t0.elapsed() < Duration::from_millis(600) + Duration::from_secs(2));
+    assert!(!events
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|e| matches!(e, VmEvent::GuestDidNotRelease { .. })));
 }
 
 #[test]

@@ -1,31 +1,33 @@
 #!/usr/bin/env bash
-# Real-guest hot-plug test (issue 15): a running Linux guest gains and loses the appliance's NVMe
-# function through the host agent's QMP hot-plug, with no rescan and no reboot, in ONE boot.
+# Real-guest hot-plug test (issue 15), driven the way an operator drives the pool: `pcietun ctl`
+# assigns the appliance's NVMe function to a running host agent, which hot-adds it into its VM
+# over QMP; `ctl unassign` takes it away and the agent hot-removes it. Two guests behind two
+# agents (two processes, two host ids, two keys), each booted ONCE, with no rescan and no reboot.
 #
-#   appliance --device nvme=BACKING   <- UDP ->   host --vfio-user DIR --vm guest=QMP --vm-control CTL
-#                                                     | device_add / device_del (QMP)
-#   qemu-system-x86_64 (TCG, q35, options from `pcietun host qemu-args`, no device at boot)
-#        guest /init in pcietun.mode=hotplug (tests/guest/init): only waits and reads sysfs
+#   appliance (pool, [api], nvme-a = BACKING)  <- UDP ->  host-a --vm guest-a=QMP  -> QEMU A (guest A)
+#        ^ pcietun ctl assign/unassign                    host-b --vm guest-b=QMP  -> QEMU B (guest B)
 #
-# 1. QEMU boots the guest with spare pcie-root-ports and no tunnelled device.
-# 2. The host agent starts with the VM configured: its FunctionAdded for 01:00.0 hot-adds the
-#    function (cycle 1). The guest sees the controller appear, nvme binds, it makes a filesystem,
-#    writes and syncs a file.
-# 3. `pcietun host vm detach 01:00.0` (device_del; the guest's pciehp ejects; DEVICE_DELETED): the
-#    controller disappears from the guest cleanly. `vm attach 01:00.0` brings it back (cycle 2),
-#    and the guest verifies what cycle 1 wrote and writes its own. CYCLES cycles in all.
-# 4. Unless --no-noeject: one more attach, after which the guest blocks the removal (unbinds
-#    pcieport from that root port). The detach must end within the grace period plus a bound with
-#    the function withdrawn (outcome "withdrawn"), the agent answering, QEMU running (checked on a
-#    second QMP socket) and the guest alive; the guest's next I/O fails and its nvme driver drops
-#    the dead controller (the surprise removal); a last attach lands on another port and reads
-#    back that cycle's data, then leaves cleanly.
-# 5. The backing file holds every cycle's file (e2fsck, debugfs), the agents exit 0 on SIGTERM.
-# Prints the measured assign -> "driver bound" and unassign -> "gone" times (request issued on the
-# host until the guest's console line), and PASS or FAIL.
+# 1. Both QEMUs boot a guest with spare pcie-root-ports and no tunnelled device (options from
+#    `pcietun host qemu-args`); the guest's /init (tests/guest/init, pcietun.mode=hotplug) only
+#    waits and reads sysfs.
+# 2. Cycles 1..N (default 5) on host-a: `ctl assign nvme-a host-a` -> the controller appears in
+#    guest A, nvme binds, the guest verifies every earlier cycle's file, writes and syncs its
+#    own; `ctl unassign nvme-a` -> the agent device_dels it, the guest's pciehp ejects it
+#    (agent event `detached`, outcome `ejected`), the guest says "gone" and keeps running.
+# 3. Cycle N+1 on host-b (the disk moves to another server): guest B reads back exactly what
+#    guest A wrote (every file), writes its own, then blocks the removal (never ejects).
+#    `ctl unassign`: agent B's detach must end within its grace period plus a bound, outcome
+#    `withdrawn` with a `guest_did_not_release` event; agent B answers, QEMU B runs, guest B
+#    sees the surprise removal and lives on.
+# 4. Cycle N+2 on host-a: the function is free; `ctl assign nvme-a host-a` works and guest A
+#    reads back what guest B wrote; `ctl unassign` ejects it cleanly.
+# 5. The backing file holds every cycle's file as the guests wrote it (e2fsck, debugfs); the
+#    appliance and both agents exit 0 on SIGTERM; with --loss, the agents dropped frames.
+# Prints the measured assign -> "driver bound" and unassign -> "gone" times (ctl command started
+# on the host until the guest's console line), and PASS or FAIL.
 #
-# Usage: hotplug.sh [--loss PCT] [--cycles N] [--no-noeject] [--grace-ms MS] [--timeout S] [--logs DIR]
-# Environment: PCIETUN_BIN, PCIETUN_QEMU, PCIETUN_GUEST_DIR (as run.sh).
+# Usage: hotplug.sh [--loss PCT] [--cycles N] [--grace-ms MS] [--timeout S] [--logs DIR]
+# Environment: PCIETUN_BIN, PCIETUN_QEMU, PCIETUN_GUEST_DIR (as run.sh), PCIETUN_GUEST_SMP.
 set -euo pipefail
 LOG_PREFIX=hotplug
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -35,7 +37,6 @@ REPO="$(cd "$HERE/../.." && pwd)"
 
 loss=""
 cycles=5
-noeject=1
 grace_ms=20000
 timeout_s=900
 logs_dir=""
@@ -43,7 +44,6 @@ while (($#)); do
     case "$1" in
     --loss) loss="${2:?--loss needs a percentage}"; shift ;;
     --cycles) cycles="${2:?--cycles needs a number}"; shift ;;
-    --no-noeject) noeject=0 ;;
     --grace-ms) grace_ms="${2:?--grace-ms needs milliseconds}"; shift ;;
     --timeout) timeout_s="${2:?--timeout needs seconds}"; shift ;;
     --logs) logs_dir="${2:?--logs needs a directory}"; shift ;;
@@ -53,11 +53,11 @@ while (($#)); do
     shift
 done
 ((cycles >= 1)) || die "--cycles must be at least 1"
-label="guest hot-plug, $cycles cycles"
-[ "$noeject" = 1 ] && label="$label + a guest that never ejects"
+label="guest hot-plug by pcietun ctl, $cycles cycles on host-a, a move to host-b (never ejects), back to host-a"
 [ -n "$loss" ] && label="$label, ${loss} % injected loss"
 
-QEMU=$("$HERE/build-qemu.sh") || die "cannot obtain QEMU (tests/guest/build-qemu.sh)"
+QEMU="${PCIETUN_QEMU:-}"
+[ -n "$QEMU" ] || QEMU=$("$HERE/build-qemu.sh") || die "cannot obtain QEMU (tests/guest/build-qemu.sh)"
 GUEST="${PCIETUN_GUEST_DIR:-}"
 [ -n "$GUEST" ] || GUEST=$("$HERE/build-guest.sh") || die "cannot build the guest (tests/guest/build-guest.sh)"
 BIN="${PCIETUN_BIN:-$REPO/target/release/pcietun}"
@@ -93,7 +93,8 @@ trap 'exit 143' TERM
 
 show_logs() {
     local f
-    for f in "$tmp"/appliance.log "$tmp"/host.log "$tmp"/qemu.log "$tmp"/console.log; do
+    for f in appliance host-a host-b qemu-a qemu-b console-a console-b; do
+        f="$tmp/$f.log"
         [ -s "$f" ] || continue
         echo "----- last lines of $(basename "$f") -----"
         tail -n "${1:-40}" "$f" | tr -d '\r'
@@ -109,26 +110,31 @@ now() { date +%s.%N; }
 ms_since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%d", (b - a) * 1000 }'; }
 t_start=$(now)
 
+# (No `grep -q` or `grep -m1` at the end of a pipeline here: it exits at the first match, the
+# writer gets SIGPIPE and under pipefail the pipeline fails although the line is there.)
 # Waits until file $1 has a line matching the extended regex $2 while process $3 lives; at most
 # $4 seconds.
 wait_for() {
     local file="$1" re="$2" pid="$3" limit="$4" i
     for ((i = 0; i < limit * 20; i++)); do
-        { tr -d '\r' <"$file"; } 2>/dev/null | grep -qE "$re" && return 0
+        grep -aE "$re" "$file" >/dev/null 2>&1 && return 0
         kill -0 "$pid" 2>/dev/null || return 1
         sleep 0.05
     done
     return 1
 }
-console() { { tr -d '\r' <"$tmp/console.log"; } 2>/dev/null; }
+console() { { tr -d '\r' <"$tmp/console-$1.log"; } 2>/dev/null; }
+# Whether guest $1's console has a line matching the extended regex $2.
+has() { console "$1" | grep -E "$2" >/dev/null; }
 
 free_udp_port() {
     /usr/bin/python3 -c 'import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-# One QMP command on the test's own monitor (the agent holds the other one); prints the reply.
+# One QMP command ($2) on guest $1's test monitor (the agent holds the other one); prints the
+# reply.
 qmp() {
-    /usr/bin/python3 - "$tmp/test.qmp" "$1" <<'EOF'
+    /usr/bin/python3 - "$tmp/test-$1.qmp" "$2" <<'EOF'
 import json, socket, sys
 s = socket.socket(socket.AF_UNIX)
 s.settimeout(20)
@@ -146,7 +152,8 @@ print(json.dumps(r))
 EOF
 }
 
-vm() { "$BIN" host vm --control "$tmp/vm.ctl" "$@"; }
+vm() { local g="$1"; shift; "$BIN" host vm --control "$tmp/vm-$g.ctl" "$@"; }
+ctl() { PCIETUN_CTL_CONFIG="$tmp/ctl.toml" "$BIN" ctl "$@"; }
 
 loss_args=()
 [ -n "$loss" ] && loss_args=(--inject-loss "$loss")
@@ -154,154 +161,261 @@ backing="$tmp/nvme.img"
 truncate -s 64M "$backing"
 port=$(free_udp_port)
 
-# --- the VM: options from `pcietun host qemu-args`, plus the test's kernel and console.
-mapfile -t vm_args < <("$BIN" host qemu-args --json --ports 4 --memory 512M --qmp "$tmp/agent.qmp" |
-    /usr/bin/python3 -c 'import json, sys; print("\n".join(json.load(sys.stdin)["args"]))') ||
-    fail "pcietun host qemu-args failed"
-((${#vm_args[@]} > 4)) || fail "pcietun host qemu-args printed no options"
-log "VM options: ${vm_args[*]}"
-log "booting the guest (no device) under TCG, kernel $(cat "$GUEST/KERNEL_VERSION")"
-timeout -k 5 "$timeout_s" "$QEMU" -L /usr/share/qemu -L /usr/share/seabios \
-    -accel tcg -cpu max -smp "${PCIETUN_GUEST_SMP:-1}" "${vm_args[@]}" \
-    -qmp "unix:$tmp/test.qmp,server=on,wait=off" \
-    -nodefaults -display none -no-reboot \
-    -chardev "file,id=con,path=$tmp/console.log" -serial chardev:con \
-    -kernel "$GUEST/vmlinuz" -initrd "$GUEST/initrd.img" \
-    -append "console=ttyS0 loglevel=6 panic=-1 pcietun.mode=hotplug pcietun.wait=120 pcietun.cycles=$cycles pcietun.noeject=$noeject" \
-    >"$tmp/qemu.log" 2>&1 &
-qpid=$!
-pids+=("$qpid")
-wait_for "$tmp/console.log" '^GUEST: .*hotplug ready' "$qpid" 120 ||
-    fail "the guest did not reach 'hotplug ready' within 120 s"
-log "$(console | grep -m1 'hotplug ready')"
+# --- keys, the appliance's configuration (two hosts, one NVMe card, the API).
+app_pub=$("$BIN" keygen "$tmp/appliance.key") || fail "pcietun keygen failed"
+a_pub=$("$BIN" keygen "$tmp/host-a.key") || fail "pcietun keygen failed"
+b_pub=$("$BIN" keygen "$tmp/host-b.key") || fail "pcietun keygen failed"
+(umask 077 && head -c 24 /dev/urandom | base64 >"$tmp/admin.pw")
+cat >"$tmp/appliance.toml" <<EOF
+listen = ["udp:127.0.0.1:$port"]
+key_file = "appliance.key"
 
-log "starting appliance on udp:127.0.0.1:$port with nvme=$backing ${loss_args[*]}"
-"$BIN" appliance --listen "udp:127.0.0.1:$port" --device "nvme=$backing" "${loss_args[@]}" \
-    >"$tmp/appliance.log" 2>&1 &
+[[host]]
+id = "host-a"
+public_key = "$a_pub"
+
+[[host]]
+id = "host-b"
+public_key = "$b_pub"
+
+[[device]]
+kind = "nvme"
+name = "nvme-a"
+path = "nvme.img"
+
+[api]
+listen = "127.0.0.1:0"
+admin = "admin"
+admin_password_file = "admin.pw"
+EOF
+
+# --- the two VMs: options from `pcietun host qemu-args`, plus the test's kernel and console.
+boot() {
+    local g="$1" plan="$2" linger="$3" args
+    mapfile -t args < <("$BIN" host qemu-args --json --ports 4 --memory 512M --qmp "$tmp/agent-$g.qmp" |
+        /usr/bin/python3 -c 'import json, sys; print("\n".join(json.load(sys.stdin)["args"]))') ||
+        fail "pcietun host qemu-args failed"
+    ((${#args[@]} > 4)) || fail "pcietun host qemu-args printed no options"
+    [ "$g" = a ] && log "VM options: ${args[*]}"
+    timeout -k 5 "$timeout_s" "$QEMU" -L /usr/share/qemu -L /usr/share/seabios \
+        -accel tcg -cpu max -smp "${PCIETUN_GUEST_SMP:-1}" "${args[@]}" \
+        -qmp "unix:$tmp/test-$g.qmp,server=on,wait=off" \
+        -nodefaults -display none -no-reboot \
+        -chardev "file,id=con,path=$tmp/console-$g.log" -serial chardev:con \
+        -kernel "$GUEST/vmlinuz" -initrd "$GUEST/initrd.img" \
+        -append "console=ttyS0 loglevel=6 panic=-1 pcietun.mode=hotplug pcietun.wait=600 pcietun.plan=$plan pcietun.linger=$linger" \
+        >"$tmp/qemu-$g.log" 2>&1 &
+}
+plan_a=$(seq -s, 1 "$cycles"),$((cycles + 2))l
+plan_b=$((cycles + 1))n
+log "booting guests A (plan $plan_a) and B (plan $plan_b), no device, under TCG, kernel $(cat "$GUEST/KERNEL_VERSION")"
+boot a "$plan_a" 1
+qpid_a=$!
+pids+=("$qpid_a")
+boot b "$plan_b" 1
+qpid_b=$!
+pids+=("$qpid_b")
+
+log "starting the appliance (pool with the management API) on udp:127.0.0.1:$port ${loss_args[*]}"
+"$BIN" appliance --config "$tmp/appliance.toml" "${loss_args[@]}" >"$tmp/appliance.log" 2>&1 &
 appliance_pid=$!
 pids+=("$appliance_pid")
 wait_for "$tmp/appliance.log" '^appliance ready:' "$appliance_pid" 30 ||
     fail "the appliance did not print 'appliance ready:' within 30 s"
+wait_for "$tmp/appliance.log" 'management API on ' "$appliance_pid" 30 ||
+    fail "the appliance did not announce its management API within 30 s"
+api=$(grep -aoE 'management API on [^ ]+' "$tmp/appliance.log" | awk 'NR == 1 { print $NF }')
 
-# --- cycle 1: the agent's own FunctionAdded hot-adds the function.
-mkdir "$tmp/vfu"
-log "starting host agent with --vm guest=$tmp/agent.qmp ${loss_args[*]}"
-t_req=$(now)
-"$BIN" host --connect "udp:127.0.0.1:$port" --vfio-user "$tmp/vfu" "${loss_args[@]}" \
-    --vm "guest=$tmp/agent.qmp" --vm-control "$tmp/vm.ctl" --vm-grace-ms "$grace_ms" \
-    >"$tmp/host.log" 2>&1 &
-host_pid=$!
-pids+=("$host_pid")
+start_agent() {
+    local g="$1"
+    "$BIN" host --connect "udp:127.0.0.1:$port" --host-id "host-$g" --key "$tmp/host-$g.key" \
+        --peer-key "$app_pub" --vfio-user "$tmp/vfu-$g" "${loss_args[@]}" \
+        --vm "guest-$g=$tmp/agent-$g.qmp" --vm-control "$tmp/vm-$g.ctl" --vm-grace-ms "$grace_ms" \
+        >"$tmp/host-$g.log" 2>&1 &
+}
+mkdir "$tmp/vfu-a" "$tmp/vfu-b"
+start_agent a
+host_a_pid=$!
+pids+=("$host_a_pid")
+start_agent b
+host_b_pid=$!
+pids+=("$host_b_pid")
+for g in a b; do
+    pid_var="host_${g}_pid"
+    wait_for "$tmp/host-$g.log" '^host ready:' "${!pid_var}" 30 ||
+        fail "host agent $g did not print 'host ready:' within 30 s"
+done
+log "host agents host-a and host-b connected with their own keys; management API at $api"
+
+ctl --api "$api" login --user admin --password-file "$tmp/admin.pw" >"$tmp/ctl.log" 2>&1 ||
+    fail "ctl login failed: $(cat "$tmp/ctl.log")"
+devs=$(ctl devices --json) || fail "ctl devices failed"
+state=$(printf '%s' "$devs" | /usr/bin/python3 -c 'import json, sys; print(next(r["state"] for r in json.load(sys.stdin) if r["id"] == "nvme-a"))') ||
+    fail "nvme-a is not in ctl devices: $devs"
+[ "$state" = unassigned ] || fail "nvme-a should start unassigned, is $state"
+
+for g in a b; do
+    pid_var="qpid_$g"
+    wait_for "$tmp/console-$g.log" '^GUEST: .*hotplug ready' "${!pid_var}" 180 ||
+        fail "guest $g did not reach 'hotplug ready' within 180 s"
+    log "guest $g: $(console "$g" | grep 'hotplug ready' | sed -n 1p)"
+done
 
 bound_ms=()
 gone_ms=()
-# Waits for the guest's "cycle $1: $2" line (at most $3 s); step_ms = the ms since $t_req.
+# Waits for guest $1's "cycle $2: $3" line (at most $4 s); step_ms = the ms since $t_req.
 guest_step() {
-    wait_for "$tmp/console.log" "^GUEST: \[[0-9. ]*\] cycle $1: $2" "$qpid" "$3" ||
-        fail "the guest did not report 'cycle $1: $2' within $3 s"
+    local pid_var="qpid_$1"
+    wait_for "$tmp/console-$1.log" "^GUEST: \[[0-9. ]*\] cycle $2: $3" "${!pid_var}" "$4" ||
+        fail "guest $1 did not report 'cycle $2: $3' within $4 s"
     step_ms=$(ms_since "$t_req")
 }
-for ((c = 1; c <= cycles; c++)); do
-    if ((c > 1)); then
-        t_req=$(now)
-        out=$(vm attach 01:00.0) || fail "vm attach (cycle $c) failed: $out"
-        [[ "$out" == *'"ok":true'* ]] || fail "vm attach (cycle $c): $out"
-    fi
-    guest_step "$c" bound 120
+# Waits (at most $3 s) until agent $1 has reported $2 `detached` events; prints the last.
+agent_detached() {
+    local g="$1" n="$2" limit="$3" i pid_var="host_${1}_pid"
+    for ((i = 0; i < limit * 10; i++)); do
+        if (($(grep -c '"event":"detached"' "$tmp/host-$g.log") >= n)); then
+            grep '"event":"detached"' "$tmp/host-$g.log" | sed -n "${n}p"
+            return 0
+        fi
+        kill -0 "${!pid_var}" 2>/dev/null || return 1
+        sleep 0.1
+    done
+    return 1
+}
+assign() {
+    t_req=$(now)
+    out=$(ctl assign nvme-a "host-$1" 2>&1) || fail "ctl assign nvme-a host-$1 (cycle $c) failed: $out"
+}
+unassign() {
+    t_req=$(now)
+    out=$(ctl unassign nvme-a 2>&1) || fail "ctl unassign nvme-a (cycle $c) failed: $out"
+    unassign_ms=$(ms_since "$t_req")
+}
+# One orderly cycle $c on guest $1 (its $2-th detach): assign, bound, verify, synced, unassign,
+# ejected, gone.
+cycle() {
+    local g="$1" n="$2" ev
+    assign "$g"
+    guest_step "$g" "$c" bound 180
     bound_ms+=("$step_ms")
-    log "cycle $c: driver bound $((bound_ms[-1])) ms after the request; $(grep -c '"event":"attached"' "$tmp/host.log") attach event(s)"
-    guest_step "$c" synced 120
-    ((c == 1)) || console | grep -qE "cycle $c: verified cycle $((c - 1))" ||
-        fail "cycle $c: the guest did not verify the data of cycle $((c - 1))"
-    t_req=$(now)
-    out=$(vm detach 01:00.0) || fail "vm detach (cycle $c) failed: $out"
-    [[ "$out" == *'"outcome":"ejected"'* ]] || fail "cycle $c: detach did not end with the guest's eject: $out"
-    guest_step "$c" gone 60
+    log "cycle $c: guest $g: driver bound $step_ms ms after ctl assign ($out)"
+    guest_step "$g" "$c" "synced" 180
+    for ((k = 1; k < c; k++)); do
+        has "$g" "cycle $c: verified cycle $k: " || fail "cycle $c: guest $g did not verify the data of cycle $k"
+    done
+    unassign
+    guest_step "$g" "$c" gone 90
     gone_ms+=("$step_ms")
-    log "cycle $c: gone $((gone_ms[-1])) ms after the request ($out)"
+    ev=$(agent_detached "$g" "$n" 60) || fail "cycle $c: agent $g reported no detach"
+    [[ "$ev" == *'"outcome":"ejected"'* ]] || fail "cycle $c: the detach did not end with the guest's eject: $ev"
+    log "cycle $c: guest $g: gone $step_ms ms after ctl unassign (which returned after $unassign_ms ms); agent: ejected"
+}
+
+# --- cycles 1..N on host-a.
+for ((c = 1; c <= cycles; c++)); do
+    cycle a "$c"
 done
 
-noeject_ms=""
-if [ "$noeject" = 1 ]; then
-    c=$((cycles + 1))
-    t_req=$(now)
-    out=$(vm attach 01:00.0) || fail "vm attach (no-eject cycle) failed: $out"
-    guest_step "$c" bound 120
-    guest_step "$c" "synced .*noeject armed" 120
-    log "cycle $c: $(console | grep -oE "cycle $c: synced .*" | tail -n1)"
-    t_req=$(now)
-    out=$(vm detach 01:00.0) || fail "vm detach (no-eject) failed: $out"
-    noeject_ms=$(ms_since "$t_req")
-    [[ "$out" == *'"outcome":"withdrawn"'* ]] || fail "no-eject: expected outcome withdrawn, got: $out"
-    bound=$((grace_ms + 15000))
-    ((noeject_ms <= bound)) || fail "no-eject: detach took ${noeject_ms} ms, more than grace ${grace_ms} ms + 15 s"
-    grep -q '"event":"guest_did_not_release"' "$tmp/host.log" ||
-        fail "no-eject: the agent reported no guest_did_not_release event"
-    log "no-eject: withdrawn after ${noeject_ms} ms (grace ${grace_ms} ms)"
-    # Everything still healthy: the agent answers, QEMU runs, the guest is alive.
-    vm list >/dev/null || fail "no-eject: the agent does not answer 'vm list' any more"
-    st=$(qmp query-status) || fail "no-eject: QEMU's monitor does not answer"
-    [[ "$st" == *'"running": true'* ]] || fail "no-eject: QEMU is not running: $st"
-    log "no-eject: agent and QEMU ($st) healthy"
-    # The guest lives on: it notices the withdrawal (its I/O fails) and says so.
-    guest_step "$((cycles + 1))" "surprise removal seen" 120
-    log "no-eject: the guest saw the surprise removal $step_ms ms after the detach request: $(console | grep -oE "cycle $((cycles + 1)): surprise removal seen.*" | tail -n1)"
-    # The function is free: it comes back on another port and holds the data.
-    c=$((cycles + 2))
-    t_req=$(now)
-    out=$(vm attach 01:00.0) || fail "vm attach (after no-eject) failed: $out"
-    [[ "$out" == *'"device":"pcietun-01_00.0-2"'* ]] || fail "after no-eject: expected a second device id, got $out"
-    guest_step "$c" bound 120
-    guest_step "$c" synced 120
-    console | grep -qE "cycle $c: verified cycle $((c - 1))" || fail "after no-eject: cycle $((c - 1)) data not verified"
-    t_req=$(now)
-    out=$(vm detach 01:00.0) || fail "vm detach (last) failed: $out"
-    [[ "$out" == *'"outcome":"ejected"'* ]] || fail "last detach: $out"
-    guest_step "$c" gone 60
-fi
+# --- the move: host-b's guest reads what guest A wrote, then never lets go.
+c=$((cycles + 1))
+assign b
+guest_step b "$c" bound 180
+move_bound_ms=$step_ms
+log "cycle $c: guest b: driver bound $step_ms ms after ctl assign nvme-a host-b"
+guest_step b "$c" "synced .*noeject armed" 180
+for ((k = 1; k < c; k++)); do
+    has b "cycle $c: verified cycle $k: " || fail "cycle $c: guest b did not verify the data of cycle $k"
+done
+log "cycle $c: guest b read back every file guest A wrote (cycles 1..$((c - 1))); $(console b | grep -oE "cycle $c: synced .*" | tail -n1)"
+unassign
+ev=$(agent_detached b 1 $((grace_ms / 1000 + 60))) || fail "no-eject: agent b reported no detach"
+noeject_ms=$(ms_since "$t_req")
+[[ "$ev" == *'"outcome":"withdrawn"'* ]] || fail "no-eject: expected outcome withdrawn, got: $ev"
+bound=$((grace_ms + 15000))
+((noeject_ms <= bound)) || fail "no-eject: the detach took ${noeject_ms} ms, more than grace ${grace_ms} ms + 15 s"
+grep -q '"event":"guest_did_not_release"' "$tmp/host-b.log" ||
+    fail "no-eject: agent b reported no guest_did_not_release event"
+log "no-eject: ctl unassign returned after $unassign_ms ms; agent b withdrew the function after ${noeject_ms} ms (grace ${grace_ms} ms)"
+vm b list >/dev/null || fail "no-eject: agent b does not answer 'vm list' any more"
+st=$(qmp b query-status) || fail "no-eject: QEMU B's monitor does not answer"
+[[ "$st" == *'"running": true'* ]] || fail "no-eject: QEMU B is not running: $st"
+log "no-eject: agent b and QEMU B ($st) healthy"
 
-wait "$qpid" || qrc=$?
-qrc=${qrc:-0}
-result=$(console | grep -m1 '^GUEST RESULT:' || true)
-echo "=== $label: what the guest saw"
-console | grep -E '^GUEST' | grep -vE 'alive, waiting|dmesg:' || true
-[ "$result" = "GUEST RESULT: PASS" ] || fail "the guest reported: ${result:-nothing}"
-[ "$qrc" = 0 ] || fail "QEMU exited with status $qrc"
+# --- the function is free: back to host-a, whose guest reads what guest B wrote.
+c=$((cycles + 2))
+assign a
+guest_step a "$c" bound 180
+bound_ms+=("$step_ms")
+log "cycle $c: guest a: driver bound $step_ms ms after ctl assign nvme-a host-a"
+guest_step a "$c" "synced" 180
+for ((k = 1; k < c; k++)); do
+    has a "cycle $c: verified cycle $k: " || fail "cycle $c: guest a did not verify the data of cycle $k"
+done
+unassign
+guest_step a "$c" gone 90
+gone_ms+=("$step_ms")
+ev=$(agent_detached a $((cycles + 1)) 60) || fail "cycle $c: agent a reported no detach"
+[[ "$ev" == *'"outcome":"ejected"'* ]] || fail "cycle $c: the detach did not end with the guest's eject: $ev"
+log "cycle $c: guest a: gone $step_ms ms after ctl unassign"
 
-# --- host side: the backing file holds every cycle's file, byte for byte as the guest wrote it.
+# Guest B lives on after the withdrawal: it notices (its I/O fails) and says so.
+t_req=$(now)
+guest_step b "$((cycles + 1))" "surprise removal seen" 180
+log "no-eject: $(console b | grep -oE "cycle $((cycles + 1)): surprise removal seen.*" | tail -n1)"
+wait_for "$tmp/console-b.log" '^GUEST RESULT:' "$qpid_b" 60 || fail "guest b reported no result"
+
+wait_for "$tmp/console-a.log" '^GUEST RESULT:' "$qpid_a" 60 || fail "guest a reported no result"
+# Both guests keep running after their result (so that a guest powering off cannot race the
+# last eject, and the checks above see a live VM); the test stops them.
+for g in a b; do
+    pid_var="qpid_$g"
+    qmp "$g" quit >/dev/null || fail "QEMU $g did not take 'quit'"
+    qrc=0
+    wait "${!pid_var}" || qrc=$?
+    [ "$qrc" = 0 ] || fail "QEMU $g exited with status $qrc"
+done
+for g in a b; do
+    result=$(console "$g" | grep '^GUEST RESULT:' | sed -n 1p || true)
+    echo "=== $label: what guest $g saw"
+    console "$g" | grep -E '^GUEST' | grep -vE 'alive, (waiting|lingering)|dmesg:' || true
+    [ "$result" = "GUEST RESULT: PASS" ] || fail "guest $g reported: ${result:-nothing}"
+done
+
+# --- host side: the backing file holds every cycle's file, byte for byte as the guests wrote it.
 e2fsck -fn "$backing" >"$tmp/e2fsck.log" 2>&1 || fail "e2fsck: $(tail -n 5 "$tmp/e2fsck.log" | tr '\n' ' ')"
-# Every cycle but the last writes a file, which the next cycle verified.
-last=$((cycles - 1))
-[ "$noeject" = 1 ] && last=$((cycles + 1))
-for ((c = 1; c <= last; c++)); do
-    want=$(console | grep -oE "cycle $((c + 1)): verified cycle $c: sha256 [0-9a-f]+" | awk '{ print $NF }')
-    [ -n "$want" ] || fail "cycle $c has no verified checksum on the console"
-    debugfs -R "dump /cycle-$c.bin $tmp/c.bin" "$backing" >/dev/null 2>&1 || fail "no /cycle-$c.bin in the backing file"
+last=$((cycles + 1))
+for ((k = 1; k <= last; k++)); do
+    want=$(console a | grep -oE "cycle $((cycles + 2)): verified cycle $k: sha256 [0-9a-f]+" | awk '{ print $NF }')
+    [ -n "$want" ] || fail "cycle $k has no verified checksum on guest A's console"
+    debugfs -R "dump /cycle-$k.bin $tmp/c.bin" "$backing" >/dev/null 2>&1 || fail "no /cycle-$k.bin in the backing file"
     got=$(sha256sum "$tmp/c.bin" | cut -d' ' -f1)
-    [ "$got" = "$want" ] || fail "/cycle-$c.bin in the backing file differs from what the guest wrote"
+    [ "$got" = "$want" ] || fail "/cycle-$k.bin in the backing file differs from what the guests wrote"
 done
-echo "host side: backing file passes e2fsck and holds the files of cycles 1..$last as the guest wrote them"
+echo "host side: backing file passes e2fsck and holds the files of cycles 1..$last as the guests wrote them"
 
-for name in host appliance; do
+for name in host_a host_b appliance; do
     pid_var="${name}_pid"
     pid=${!pid_var}
     kill -TERM "$pid"
     st=0
     for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$pid" 2>/dev/null && fail "the $name agent did not exit within 10 s of SIGTERM"
+    kill -0 "$pid" 2>/dev/null && fail "$name did not exit within 10 s of SIGTERM"
     wait "$pid" || st=$?
-    [ "$st" = 0 ] || fail "the $name agent exited with status $st on SIGTERM"
+    [ "$st" = 0 ] || fail "$name exited with status $st on SIGTERM"
 done
 
 if [ -n "$loss" ] && [ "$loss" != 0 ]; then
-    drops=$(grep -hoE 'injected_drops"?[=: ]+[0-9]+' "$tmp/host.log" "$tmp/appliance.log" |
-        grep -oE '[0-9]+$' | awk '{ s += $1 } END { print s + 0 }')
-    ((drops > 0)) || fail "--loss $loss was given but the agents report no injected drops"
-    echo "agents: $drops frames dropped by --inject-loss $loss"
+    for g in a b; do
+        d=$(grep -hoE 'injected_drops"?[=: ]+[0-9]+' "$tmp/host-$g.log" | grep -oE '[0-9]+$' | awk '{ s += $1 } END { print s + 0 }')
+        ((d > 0)) || fail "--loss $loss was given but agent $g reports no injected drops"
+        echo "agent $g: $d frames dropped by --inject-loss $loss"
+    done
 fi
 
-stats() { printf '%s\n' "$@" | sort -n | awk '{ a[NR] = $1; s += $1 } END { printf "min %d ms, median %d ms, max %d ms", a[1], a[int((NR + 1) / 2)], a[NR] }'; }
-echo "times: assign -> driver bound: $(stats "${bound_ms[@]}") (cycle 1, from agent start: ${bound_ms[0]} ms)"
-echo "times: unassign -> gone: $(stats "${gone_ms[@]}")"
-[ -n "$noeject_ms" ] && echo "times: unassign of a guest that never ejects -> withdrawn: ${noeject_ms} ms (grace ${grace_ms} ms)"
+stats() { printf '%s\n' "$@" | sort -n | awk '{ a[NR] = $1 } END { printf "min %d ms, median %d ms, max %d ms", a[1], a[int((NR + 1) / 2)], a[NR] }'; }
+echo "times: ctl assign -> driver bound (guest A): $(stats "${bound_ms[@]}"); each: ${bound_ms[*]} ms"
+echo "times: ctl unassign -> gone (guest A): $(stats "${gone_ms[@]}"); each: ${gone_ms[*]} ms"
+echo "times: ctl assign -> driver bound after the move to host-b: ${move_bound_ms} ms"
+echo "times: ctl unassign of the guest that never ejects -> agent b withdrew it: ${noeject_ms} ms (grace ${grace_ms} ms)"
 echo "PASS: $label ($(awk -v a="$t_start" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }')s)"

@@ -510,9 +510,29 @@ impl VmAttacher {
         let mut st = v.state.lock_or_recover();
         let deadline = t0 + self.settings.grace;
         let dev = a.device.clone();
-        let released = self.with_qmp(v, &mut st, |q, s| {
+        let mut released = self.with_qmp(v, &mut st, |q, s| {
             release(q, &dev, deadline, s.command_timeout)
         });
+        if matches!(
+            &released,
+            Err(VmError::Qmp {
+                source: QmpError::Disconnected { .. },
+                ..
+            })
+        ) {
+            // The monitor went away mid-detach. QEMU may have exited — a guest that powers off
+            // right after its pciehp unconfigured the card does that before QEMU unplugs the
+            // device (QEMU waits for the slot's power indicator to go off, which pciehp writes
+            // a second after the power controller) — or just this connection broke. A new
+            // connection tells which; its events start afresh, so it asks about the device.
+            released = self.with_qmp(v, &mut st, |q, s| {
+                if device_present(q, &dev, s.command_timeout)? {
+                    wait_deleted(q, &dev, deadline, Instant::now(), s.command_timeout)
+                } else {
+                    Ok(Release::Absent)
+                }
+            });
+        }
         let outcome = match released {
             Ok(Release::Deleted) => DetachOutcome::Ejected,
             Ok(Release::Absent) => DetachOutcome::Gone,
@@ -520,9 +540,22 @@ impl VmAttacher {
                 self.did_not_release(&a, reason);
                 DetachOutcome::Withdrawn
             }
+            Err(VmError::Qmp {
+                source: QmpError::Connect { source, .. },
+                ..
+            }) if matches!(
+                source.kind(),
+                std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
+            ) =>
+            {
+                // Nobody listens on the monitor any more: QEMU exited, and its devices with it.
+                tracing::warn!(vm = %a.vm, function = %function, error = %source,
+                    "VM monitor gone while detaching (QEMU exited?); the device went with it");
+                DetachOutcome::Gone
+            }
             Err(e) if e.unreachable() => {
-                // No monitor: QEMU exited (its devices with it) or stopped answering. Either
-                // way the function must come back.
+                // The monitor does not answer (or another client holds it): whether the guest
+                // let go is unknown, and the function must come back.
                 tracing::warn!(vm = %a.vm, function = %function, error = %e,
                     "VM monitor unreachable while detaching; withdrawing the function");
                 self.did_not_release(&a, format!("monitor unreachable: {e}"));
@@ -611,15 +644,49 @@ fn release(
             Err(e) => return Err(e),
         }
     }
+    wait_deleted(q, dev, deadline, asked, command_timeout)
+}
+
+/// Whether QEMU still has a device `dev` (`qom-list /machine/peripheral`).
+fn device_present(q: &mut Qmp, dev: &str, command_timeout: Duration) -> Result<bool, QmpError> {
+    let l = q.execute(
+        "qom-list",
+        Some(json!({"path": "/machine/peripheral"})),
+        command_timeout,
+    )?;
+    Ok(qom_names(&l, |ty| ty.starts_with("child<"))
+        .iter()
+        .any(|n| n == dev))
+}
+
+/// Wait for `DEVICE_DELETED` (or the guest's refusal) of `dev` until `deadline`. When none
+/// came, QEMU is asked whether the device is still there before the guest is called
+/// unwilling: an event can be lost with a monitor connection, the device's absence cannot.
+fn wait_deleted(
+    q: &mut Qmp,
+    dev: &str,
+    deadline: Instant,
+    asked: Instant,
+    command_timeout: Duration,
+) -> Result<Release, QmpError> {
     match q.wait_event(deadline, |e| is_unplug_event(e, dev))? {
         Some(e) if e.name == "DEVICE_DELETED" => Ok(Release::Deleted),
         Some(_) => Ok(Release::Refused(
             "the guest refused the unplug (DEVICE_UNPLUG_GUEST_ERROR)".into(),
         )),
-        None => Ok(Release::Refused(format!(
-            "no DEVICE_DELETED within the grace period ({:.1} s after device_del)",
-            asked.elapsed().as_secs_f64()
-        ))),
+        None => {
+            if !device_present(q, dev, command_timeout.min(Duration::from_secs(5)))? {
+                tracing::info!(
+                    device = dev,
+                    "no DEVICE_DELETED seen, but the device is gone"
+                );
+                return Ok(Release::Deleted);
+            }
+            Ok(Release::Refused(format!(
+                "no DEVICE_DELETED within the grace period ({:.1} s after device_del)",
+                asked.elapsed().as_secs_f64()
+            )))
+        }
     }
 }
 
