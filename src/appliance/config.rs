@@ -376,6 +376,9 @@ pub struct ApiSettings {
     pub admin_password_file: Option<PathBuf>,
     /// Session idle timeout (`None`: the API's default).
     pub session_timeout: Option<Duration>,
+    /// `[api] state`: the file where the API's accounts and acknowledged assignments persist
+    /// (`None`: `pcietun appliance` picks the default, docs/api.md "Persistence").
+    pub state: Option<PathBuf>,
 }
 
 impl Default for ApiSettings {
@@ -388,6 +391,7 @@ impl Default for ApiSettings {
             admin: None,
             admin_password_file: None,
             session_timeout: None,
+            state: None,
         }
     }
 }
@@ -477,6 +481,7 @@ struct FileApi {
     admin: Option<Spanned<String>>,
     admin_password_file: Option<String>,
     session_timeout_s: Option<Spanned<u64>>,
+    state: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1027,6 +1032,7 @@ impl ApplianceConfig {
                 }
                 api.session_timeout = Some(Duration::from_secs(*t.get_ref()));
             }
+            api.state = table.state.as_deref().map(resolve);
             cfg.api = Some(api);
         }
         Ok(cfg)
@@ -1493,7 +1499,8 @@ dma_timeout_ms = 500
 
         let c = ApplianceConfig::from_toml(
             "[api]\nlisten = \"0.0.0.0:9443\"\nadmin = \"root\"\nadmin_password_file = \"admin.pw\"\n\
-             tls_cert = \"/tls/c.pem\"\ntls_key = \"k.pem\"\nsession_timeout_s = 600\n",
+             tls_cert = \"/tls/c.pem\"\ntls_key = \"k.pem\"\nsession_timeout_s = 600\n\
+             state = \"state/pt.redb\"\n",
             "f.toml",
             Path::new("/etc/pt"),
         )
@@ -1513,7 +1520,20 @@ dma_timeout_ms = 500
             })
         );
         assert_eq!(api.session_timeout, Some(Duration::from_secs(600)));
+        assert_eq!(
+            api.state.as_deref(),
+            Some(Path::new("/etc/pt/state/pt.redb"))
+        );
         c.check_api().unwrap();
+        // Unknown [api] keys stay errors.
+        let e = ApplianceConfig::from_toml(
+            "[api]
+state_file = \"x\"\n",
+            "f.toml",
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("state_file"), "{e}");
 
         // An empty table enables the API on loopback, but it needs an administrator.
         let mut c = ApplianceConfig::from_toml("[api]\n", "f.toml", Path::new(".")).unwrap();
