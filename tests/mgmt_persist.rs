@@ -292,6 +292,8 @@ struct Model {
     acked: State,
     in_flight: Option<State>,
     acks: u64,
+    /// Acknowledged assigns, unassigns, account creations, account removals.
+    kinds: [u64; 4],
 }
 
 /// Drive random API changes until the appliance is gone; records every acknowledgement.
@@ -301,10 +303,12 @@ fn drive(api: &Api, rng: &mut rand::rngs::StdRng, model: &Mutex<Model>, next_use
         let mut next = now.clone();
         let pick = rng.gen_range(0..10);
         let f = FUNCTIONS[rng.gen_range(0..FUNCTIONS.len())];
+        let kind;
         let result = if pick < 6 {
             // Assign a free function, or unassign an assigned one.
             match now.owners.get(f) {
                 None => {
+                    kind = 0;
                     let h = HOSTS[rng.gen_range(0..HOSTS.len())];
                     next.owners.insert(f.into(), h.into());
                     model.lock().unwrap().in_flight = Some(next.clone());
@@ -321,6 +325,7 @@ fn drive(api: &Api, rng: &mut rand::rngs::StdRng, model: &Mutex<Model>, next_use
                     })
                 }
                 Some(_) => {
+                    kind = 1;
                     next.owners.remove(f);
                     model.lock().unwrap().in_flight = Some(next.clone());
                     api.call(
@@ -338,6 +343,7 @@ fn drive(api: &Api, rng: &mut rand::rngs::StdRng, model: &Mutex<Model>, next_use
             if now.accounts.len() >= 12 {
                 continue;
             }
+            kind = 2;
             *next_user += 1;
             let body = json!({ "UserName": format!("user{next_user}"),
                 "Password": "operator-password", "RoleId": "Operator" });
@@ -366,6 +372,7 @@ fn drive(api: &Api, rng: &mut rand::rngs::StdRng, model: &Mutex<Model>, next_use
                 }
             }
         } else {
+            kind = 3;
             let victims: Vec<&String> = now.accounts.iter().filter(|a| *a != "1").collect();
             let id = victims[rng.gen_range(0..victims.len())].clone();
             next.accounts.remove(&id);
@@ -383,6 +390,7 @@ fn drive(api: &Api, rng: &mut rand::rngs::StdRng, model: &Mutex<Model>, next_use
                 m.acked = next;
                 m.in_flight = None;
                 m.acks += 1;
+                m.kinds[kind] += 1;
             }
             Err(None) => return,
             Err(Some(r)) => panic!("the API refused a valid change: {r:?}"),
@@ -474,13 +482,22 @@ fn sigkill_during_api_updates_keeps_the_acknowledged_state() {
     }
     let m = model.lock().unwrap();
     eprintln!(
-        "mgmt_persist: {kills} kills in {:.1} s, {} acknowledged changes, {landed} in-flight \
-         changes landed; final state {:?}",
+        "mgmt_persist: {kills} kills in {:.1} s, {} acknowledged changes (assign, unassign, \
+         account created, account removed: {:?}), {landed} in-flight changes landed; final \
+         state {:?}",
         started.elapsed().as_secs_f64(),
         m.acks,
+        m.kinds,
         m.acked
     );
     assert!(m.acks >= u64::from(kills), "the stream made progress");
+    if kills >= 200 {
+        assert!(
+            m.kinds.iter().all(|k| *k > 0),
+            "every kind of change was acknowledged: {:?}",
+            m.kinds
+        );
+    }
 }
 
 /// A `pcietun host` agent process; its log lines go to a channel.
@@ -620,6 +637,16 @@ fn hosts_reconnect_to_a_restarted_appliance_and_get_their_functions_back() {
     // Each agent's session comes back and its own function is presented again.
     let lines1 = wait_line(&rx1, &["FunctionAdded("], Duration::from_secs(60));
     let lines2 = wait_line(&rx2, &["FunctionAdded("], Duration::from_secs(60));
+    for (h, lines) in [("web1", &lines1), ("web2", &lines2)] {
+        // A new session of the restarted appliance, and the function enumerated in it.
+        let down = lines.iter().position(|l| l.contains("event=LinkDown"));
+        let up = lines.iter().rposition(|l| l.contains("event=LinkUp"));
+        assert!(
+            matches!((down, up), (Some(d), Some(u)) if d < u),
+            "{h} lost its session and made a new one before the function came back:\n{}",
+            lines.join("\n")
+        );
+    }
     assert_eq!(bdf_of(&lines1), before1, "web1 sees the same function");
     assert_eq!(bdf_of(&lines2), before2, "web2 sees the same function");
     // Both sessions are up as the API sees them.

@@ -519,6 +519,71 @@ impl Service {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mgmt::store::{MemoryStore, Store};
+    use std::sync::Arc;
+
+    #[test]
+    fn the_configured_admin_only_seeds_an_empty_store() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let d = Durable::new(store.clone(), "memory").unwrap();
+        let first = load_accounts(&d, "admin", hash_password("first-password").unwrap()).unwrap();
+        assert_eq!(first.list().len(), 1);
+        assert_eq!(d.generation(), 1, "the seed is committed");
+        // Stored: an operator besides the admin.
+        let mut next = first.clone();
+        let op = next
+            .create(
+                "ops",
+                hash_password("operator-pw").unwrap(),
+                Role::Operator,
+                true,
+            )
+            .unwrap();
+        d.commit(vec![account_change(&next.record(&op.id).unwrap()).unwrap()])
+            .unwrap();
+        // A restart with a changed password file (and another name) does not override it.
+        let d = Durable::new(store.clone(), "memory").unwrap();
+        let again = load_accounts(&d, "root", hash_password("second-password").unwrap()).unwrap();
+        let users: Vec<String> = again.list().into_iter().map(|a| a.user).collect();
+        assert_eq!(users, vec!["admin".to_string(), "ops".to_string()]);
+        assert!(again.verify("admin", "first-password").is_some());
+        assert!(again.verify("admin", "second-password").is_none());
+        assert!(again.verify("root", "second-password").is_none());
+        assert_eq!(again.next_id(), 3, "ids are not reused");
+        // Nothing secret is stored but the hash.
+        for (_, v) in store.list(Table::Accounts).unwrap() {
+            let text = String::from_utf8(v).unwrap();
+            assert!(
+                !text.contains("first-password") && text.contains("$argon2id$"),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn corrupt_stored_accounts_are_skipped_and_a_store_without_admin_is_seeded() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        store
+            .commit(&[
+                Change::Put {
+                    table: Table::Accounts,
+                    key: "5".into(),
+                    value: b"{not json".to_vec(),
+                },
+                Change::Put {
+                    table: Table::Accounts,
+                    key: "6".into(),
+                    value: br#"{"id":"6","user":"x","role":"God","enabled":true,"hash":"h"}"#
+                        .to_vec(),
+                },
+            ])
+            .unwrap();
+        let d = Durable::new(store.clone(), "memory").unwrap();
+        let a = load_accounts(&d, "admin", hash_password("first-password").unwrap()).unwrap();
+        let users: Vec<String> = a.list().into_iter().map(|a| a.user).collect();
+        assert_eq!(users, vec!["admin".to_string()]);
+        assert!(a.verify("admin", "first-password").is_some());
+    }
 
     #[test]
     fn basic() {
