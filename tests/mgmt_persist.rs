@@ -662,3 +662,183 @@ fn hosts_reconnect_to_a_restarted_appliance_and_get_their_functions_back() {
         }
     }
 }
+
+/// Run `pcietun appliance ARGS` to its end (for the refusals, which exit at once).
+fn appliance_exits(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_pcietun"))
+        .arg("appliance")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn the_store_wins_over_the_configuration_and_bad_state_files_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = [SecretKey::generate(), SecretKey::generate()];
+    let config = write_config(dir.path(), "127.0.0.1:0", &SecretKey::generate(), &hosts);
+    // The configuration gives dma-c to web1 and dma-b to web2.
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text = text.replace(
+        "\n[api]",
+        "\n[[assign]]\nfunction = \"dma-c\"\nhost = \"web1\"\n\n[[assign]]\nfunction = \"dma-b\"\nhost = \"web2\"\n\n[api]",
+    );
+    std::fs::write(&config, &text).unwrap();
+    let (app, url) = start_appliance(&config, None);
+    let api = Api::login(&url).unwrap();
+    assert_eq!(
+        api.state().unwrap().owners,
+        [
+            ("dma-b".into(), "web2".into()),
+            ("dma-c".into(), "web1".into())
+        ]
+        .into()
+    );
+    // Through the API: dma-c back to the pool, dma-a to web2.
+    let (_, loc, _) = api
+        .call("DELETE", "/redfish/v1/Fabrics/PCIe/Connections/dma-c", None)
+        .unwrap();
+    api.wait_task(&loc.unwrap()).unwrap();
+    let body =
+        json!({ "Endpoint": { "@odata.id": "/redfish/v1/Fabrics/PCIe/Endpoints/fn-dma-a" } });
+    let (_, loc, _) = api
+        .call(
+            "POST",
+            "/redfish/v1/Fabrics/PCIe/Zones/web2/Actions/Zone.AddEndpoint",
+            Some(&body),
+        )
+        .unwrap();
+    api.wait_task(&loc.unwrap()).unwrap();
+    drop(api);
+    drop(app);
+
+    // A changed password file does not override the stored administrator.
+    std::fs::remove_file(dir.path().join("admin.pw")).unwrap();
+    write_private(&dir.path().join("admin.pw"), "another-password-entirely\n");
+    let (log_tx, log_rx) = mpsc::channel();
+    let (app, url) = start_appliance(&config, Some(log_tx));
+    let api = Api::login(&url).expect("the stored password still logs in");
+    // dma-c stays unassigned although configured; dma-a stays with web2; dma-b as configured.
+    assert_eq!(
+        api.state().unwrap().owners,
+        [
+            ("dma-a".into(), "web2".into()),
+            ("dma-b".into(), "web2".into())
+        ]
+        .into(),
+        "the acknowledged state wins over [[assign]]"
+    );
+    let log: Vec<String> = log_rx.try_iter().collect();
+    assert!(
+        log.iter()
+            .any(|l| l.contains("stored account(s)") && l.contains("only seed an empty store")),
+        "the log says which administrator is used:\n{}",
+        log.join("\n")
+    );
+    assert!(
+        !log.iter()
+            .any(|l| l.contains(PASSWORD) || l.contains("another-password")),
+        "no password in the log"
+    );
+    drop(api);
+    drop(app);
+    assert!(
+        dir.path().join("pcietun-state.redb").is_file(),
+        "beside the config"
+    );
+
+    // A state file that is not a store is refused, naming it; nothing starts.
+    let junk = dir.path().join("junk.redb");
+    std::fs::write(&junk, vec![0x5a; 8192]).unwrap();
+    let cfg = config.to_str().unwrap();
+    let (code, out) = appliance_exits(&["--config", cfg, "--state", junk.to_str().unwrap()]);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("junk.redb"), "names the file: {out}");
+    assert!(!out.contains("appliance ready"), "{out}");
+    // A state file in a directory that does not exist.
+    let (code, out) = appliance_exits(&["--config", cfg, "--state", "/nonexistent/dir/s.redb"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("/nonexistent/dir/s.redb"), "{out}");
+    // --state without the API.
+    let (code, out) = appliance_exits(&["--device", "dma", "--state", "x.redb", "--check"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("--state needs the management API"), "{out}");
+}
+
+#[test]
+fn without_a_configuration_file_the_state_is_in_memory_and_the_log_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    write_private(&dir.path().join("admin.pw"), &format!("{PASSWORD}\n"));
+    let pw = dir.path().join("admin.pw");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pcietun"))
+        .args([
+            "appliance",
+            "--listen",
+            "udp:127.0.0.1:0",
+            "--device",
+            "dma",
+        ])
+        .args(["--api", "127.0.0.1:0", "--api-admin"])
+        .arg(format!("admin:{}", pw.display()))
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let err = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let _child = Proc(child);
+    let lines = wait_line(
+        &rx,
+        &["will NOT survive a restart"],
+        Duration::from_secs(30),
+    );
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.contains("will NOT survive a restart"))
+            .count(),
+        1
+    );
+    let _ = wait_line(&rx, &["management API on"], Duration::from_secs(30));
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        leftovers,
+        vec!["admin.pw".to_string()],
+        "no state file written"
+    );
+}
+
+#[test]
+fn check_prints_where_the_state_lives() {
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = [SecretKey::generate(), SecretKey::generate()];
+    let config = write_config(dir.path(), "127.0.0.1:0", &SecretKey::generate(), &hosts);
+    let cfg = config.to_str().unwrap();
+    let (code, out) = appliance_exits(&["--config", cfg, "--check"]);
+    assert_eq!(code, 0, "{out}");
+    let beside = dir.path().join("pcietun-state.redb");
+    assert!(
+        out.contains(&format!("management API state: {}", beside.display())),
+        "{out}"
+    );
+    assert!(!beside.exists(), "--check does not create the state file");
+    let (code, out) = appliance_exits(&["--config", cfg, "--state", "/srv/s.redb", "--check"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("management API state: /srv/s.redb"), "{out}");
+}

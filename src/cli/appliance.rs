@@ -259,13 +259,17 @@ pub fn run(args: ApplianceArgs) -> Result<ExitCode, Box<dyn std::error::Error>> 
         );
         if let Some(api) = &api {
             println!(
-                "management API: {}://{} (administrator {}; state {})",
+                "management API: {}://{} (administrator {})",
                 if api.tls.is_some() { "https" } else { "http" },
                 api.listen,
                 api.admin.as_deref().unwrap_or("-"),
-                api.state
-                    .as_deref()
-                    .map_or("in memory only".to_string(), |p| p.display().to_string())
+            );
+            println!(
+                "management API state: {}",
+                api.state.as_deref().map_or(
+                    "in memory only (nothing survives a restart)".to_string(),
+                    |p| p.display().to_string()
+                )
             );
         }
         return Ok(ExitCode::SUCCESS);

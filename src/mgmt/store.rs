@@ -483,6 +483,20 @@ impl Durable {
         Ok(next)
     }
 
+    /// Wait (at most `timeout`) until every job given to [`Durable::later`] before this call
+    /// has run: a request that has just seen the pool finish an operation, or reads a Task,
+    /// sees the Task as the commit left it. Cheap when the saver is idle.
+    pub fn flush(&self, timeout: std::time::Duration) {
+        if self.saver.lock_or_recover().is_none() {
+            return;
+        }
+        let (tx, rx) = mpsc::channel::<()>();
+        self.later(move || {
+            let _ = tx.send(());
+        });
+        let _ = rx.recv_timeout(timeout);
+    }
+
     /// Run `job` on the saver thread, after every job given before it (started on first use;
     /// if it cannot be started, `job` runs on the calling thread).
     pub fn later(&self, job: impl FnOnce() + Send + 'static) {

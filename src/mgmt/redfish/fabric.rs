@@ -35,6 +35,9 @@ use crate::mgmt::store::{AssignmentRecord, Change, Table};
 use crate::sync::MutexExt;
 
 const ADD: &str = "Zone.AddEndpoint";
+
+/// How long a request waits for commits already queued before it answers.
+pub(crate) const FLUSH_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 const REMOVE: &str = "Zone.RemoveEndpoint";
 
 /// An endpoint named by id or URI.
@@ -392,6 +395,9 @@ impl Service {
                 self.tasks.refuse_one(id, &e);
             }
         }
+        // A pool that finished at once has queued the commits: answer with the Task as they
+        // leave it (Completed only once stored).
+        self.durable.flush(FLUSH_WAIT);
         let task = self
             .tasks
             .get(id)

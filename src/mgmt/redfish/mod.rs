@@ -657,7 +657,11 @@ impl Service {
             Connection(f, c) => self.delete_connection(caller, req, f, c),
             TaskService => Ok(Reply::ok(root::task_service(self.clock.wall()))),
             Tasks => Ok(Reply::ok(root::tasks(&self.tasks))),
-            Task(t) => root::task(&self.tasks, t).map(Reply::ok),
+            Task(t) => {
+                // Commits already queued land first: a Task reads as its commit left it.
+                self.durable.flush(fabric::FLUSH_WAIT);
+                root::task(&self.tasks, t).map(Reply::ok)
+            }
             SessionService if get => Ok(Reply::ok(self.session_service())),
             SessionService => self.patch_session_service(caller, req),
             Sessions if get => Ok(Reply::ok(self.sessions(caller))),
