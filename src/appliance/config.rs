@@ -379,6 +379,9 @@ pub struct ApiSettings {
     /// Directories under which a card added over the API may have its backing file, dump or
     /// socket (`device_dirs`; empty: no path-bearing card over the API).
     pub device_dirs: Vec<PathBuf>,
+    /// `[api] state`: the file where the API's accounts and acknowledged assignments persist
+    /// (`None`: `pcietun appliance` picks the default, docs/api.md "Persistence").
+    pub state: Option<PathBuf>,
 }
 
 impl Default for ApiSettings {
@@ -392,6 +395,7 @@ impl Default for ApiSettings {
             admin_password_file: None,
             session_timeout: None,
             device_dirs: Vec::new(),
+            state: None,
         }
     }
 }
@@ -483,6 +487,7 @@ struct FileApi {
     session_timeout_s: Option<Spanned<u64>>,
     #[serde(default)]
     device_dirs: Vec<String>,
+    state: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1034,6 +1039,7 @@ impl ApplianceConfig {
                 api.session_timeout = Some(Duration::from_secs(*t.get_ref()));
             }
             api.device_dirs = table.device_dirs.iter().map(|d| resolve(d)).collect();
+            api.state = table.state.as_deref().map(resolve);
             cfg.api = Some(api);
         }
         Ok(cfg)
@@ -1500,7 +1506,8 @@ dma_timeout_ms = 500
 
         let c = ApplianceConfig::from_toml(
             "[api]\nlisten = \"0.0.0.0:9443\"\nadmin = \"root\"\nadmin_password_file = \"admin.pw\"\n\
-             tls_cert = \"/tls/c.pem\"\ntls_key = \"k.pem\"\nsession_timeout_s = 600\n",
+             tls_cert = \"/tls/c.pem\"\ntls_key = \"k.pem\"\nsession_timeout_s = 600\n\
+             state = \"state/pt.redb\"\n",
             "f.toml",
             Path::new("/etc/pt"),
         )
@@ -1520,6 +1527,20 @@ dma_timeout_ms = 500
             })
         );
         assert_eq!(api.session_timeout, Some(Duration::from_secs(600)));
+        assert_eq!(
+            api.state.as_deref(),
+            Some(Path::new("/etc/pt/state/pt.redb"))
+        );
+        c.check_api().unwrap();
+        // Unknown [api] keys stay errors.
+        let e = ApplianceConfig::from_toml(
+            "[api]
+state_file = \"x\"\n",
+            "f.toml",
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("state_file"), "{e}");
         assert!(api.device_dirs.is_empty(), "no device_dirs: none");
         c.check_api().unwrap();
         let c = ApplianceConfig::from_toml(

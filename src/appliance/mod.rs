@@ -38,7 +38,7 @@ pub use counters::{ApplianceStats, Counters};
 pub use devices::BuildWarning;
 pub use inventory::{FunctionEntry, FunctionId, FunctionState, Inventory, InventoryError};
 pub use router::{Router, RouterStats};
-pub use runtime::{Appliance, Ready, Running};
+pub use runtime::{Appliance, Ready, Running, StartAssignments};
 pub use view::{Detached, HostView, SlotEntry, SlotState, Target, ViewError, ViewStats, Views};
 
 use std::path::PathBuf;

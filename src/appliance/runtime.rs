@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use crossbeam::channel::Select;
 
 use super::config::{ApplianceConfig, AssignSpec};
-use super::control::{Control, ControlPort, PoolEvent};
+use super::control::{Control, ControlError, ControlPort, PoolEvent};
 use super::counters::{ApplianceStats, Counters};
 use super::devices::{self, BuildWarning, Scratch};
 use super::inventory::{FunctionEntry, Inventory};
@@ -99,15 +99,56 @@ impl Appliance {
     /// included) gives every function to that host. Otherwise unassigned functions are
     /// visible to no host until [`Control::assign`].
     pub fn build(cfg: ApplianceConfig) -> Result<Appliance, ApplianceError> {
+        Self::build_with(cfg, |_, configured| StartAssignments {
+            restored: Vec::new(),
+            configured,
+        })
+    }
+
+    /// [`Appliance::build`], with the caller choosing the assignments made at start: `choose`
+    /// sees the inventory and the assignments [`Appliance::build`] would make (the configured
+    /// ones, or the single-host default) and returns what to apply. The management API uses
+    /// it to restore the assignments it acknowledged before a restart (its store wins over
+    /// the configuration, docs/api.md "Persistence").
+    pub fn build_with(
+        cfg: ApplianceConfig,
+        choose: impl FnOnce(&Inventory, Vec<AssignSpec>) -> StartAssignments,
+    ) -> Result<Appliance, ApplianceError> {
         let (key, hosts) = cfg.identity()?;
         let mut b = devices::build(&cfg)?;
         let inventory = std::mem::take(&mut b.inventory);
         let warnings = std::mem::take(&mut b.warnings);
         let probes = std::mem::take(&mut b.probes);
         let (endpoint, outbound, scratch) = b.into_parts();
-        let assignments = default_assignments(&cfg, &inventory);
+        let plan = choose(&inventory, default_assignments(&cfg, &inventory));
         let mut router = Router::new(inventory, outbound, DEFAULT_GRACE);
-        router.apply(&assignments)?;
+        for a in &plan.restored {
+            match router.assign(&a.function, a.host) {
+                Ok(()) => {}
+                // Moved already with the other functions of its card.
+                Err(ControlError::AlreadyAssigned { owner, .. }) if owner == a.host => {}
+                Err(e) => tracing::warn!(
+                    function = %a.function,
+                    host = %a.host,
+                    error = %e,
+                    "appliance: a restored assignment cannot be applied; skipped"
+                ),
+            }
+        }
+        for a in &plan.configured {
+            match router.assign(&a.function, a.host) {
+                Ok(()) => {}
+                Err(ControlError::AlreadyAssigned { owner, .. }) if !plan.restored.is_empty() => {
+                    tracing::warn!(
+                        function = %a.function,
+                        host = %a.host,
+                        %owner,
+                        "appliance: configured assignment not applied: a restored one gave the card away"
+                    )
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
         for (id, probe) in probes {
             router.watch(id, probe);
         }
@@ -520,6 +561,16 @@ fn default_assignments(cfg: &ApplianceConfig, inv: &Inventory) -> Vec<AssignSpec
             .collect(),
         _ => Vec::new(),
     }
+}
+
+/// The assignments [`Appliance::build_with`] makes before serving.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StartAssignments {
+    /// Applied first (restored state); one that cannot be applied is logged and skipped.
+    pub restored: Vec<AssignSpec>,
+    /// Applied next, as configured: one that fails fails the build (unless a restored one
+    /// took its card already, which is logged).
+    pub configured: Vec<AssignSpec>,
 }
 
 /// An appliance serving on its own thread. Dropping it stops it.

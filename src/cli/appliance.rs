@@ -7,13 +7,16 @@
 //! the line and what is wrong, and nothing starts half-configured.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 
-use pcietun::appliance::config::ApiSettings;
-use pcietun::appliance::{Appliance, ApplianceConfig, ConfigFlags, Ready};
+use pcietun::appliance::config::{ApiSettings, AssignSpec};
+use pcietun::appliance::{
+    Appliance, ApplianceConfig, ConfigFlags, Inventory, Ready, StartAssignments,
+};
 use pcietun::mgmt;
+use pcietun::mgmt::store::{self, AssignmentRecord, Table};
 
 /// Arguments of `pcietun appliance`.
 #[derive(Debug, clap::Args)]
@@ -46,6 +49,11 @@ pub struct ApplianceArgs {
     /// password; mode 0600). There is no default password.
     #[arg(long, value_name = "NAME:PASSWORD_FILE")]
     api_admin: Option<String>,
+    /// The management API's state file (accounts, acknowledged assignments): overrides
+    /// `[api] state`; default `pcietun-state.redb` beside the configuration file, or memory
+    /// only (nothing survives a restart) without one.
+    #[arg(long, value_name = "PATH")]
+    state: Option<PathBuf>,
     /// Validate the configuration, build the devices, print what would run, and exit.
     #[arg(long)]
     check: bool,
@@ -77,13 +85,91 @@ fn resolve(args: &ApplianceArgs) -> Result<ApplianceConfig, Box<dyn std::error::
         api_admin: args.api_admin.clone(),
     })?;
     cfg.check_api()?;
+    if let Some(state) = &args.state {
+        match cfg.api.as_mut() {
+            Some(api) => api.state = Some(state.clone()),
+            None => {
+                return Err(
+                    "--state needs the management API ([api] in the configuration, --api or \
+                     --api-admin)"
+                        .into(),
+                )
+            }
+        }
+    }
     cfg.fill_defaults();
     Ok(cfg)
 }
 
+/// Where the API's state lives: `--state` / `[api] state`, else beside the configuration
+/// file, else nowhere (memory).
+fn state_path(s: &ApiSettings, config: Option<&Path>) -> Option<PathBuf> {
+    s.state.clone().or_else(|| {
+        config.map(|c| {
+            c.parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."))
+                .join(DEFAULT_STATE_FILE)
+        })
+    })
+}
+
+/// The state file's name beside the configuration file.
+const DEFAULT_STATE_FILE: &str = "pcietun-state.redb";
+
+/// The start assignments: the store's acknowledged ones first, then the configuration's for
+/// the functions the store does not mention ([`mgmt::store::plan_restore`]).
+fn restore_plan(
+    stored: &[(String, AssignmentRecord)],
+    inv: &Inventory,
+    configured: Vec<AssignSpec>,
+) -> StartAssignments {
+    let functions: Vec<String> = inv.functions().iter().map(|f| f.id.to_string()).collect();
+    let hosts: Vec<String> = inv.hosts().iter().map(ToString::to_string).collect();
+    let conf: Vec<(String, String)> = configured
+        .iter()
+        .map(|a| (a.function.to_string(), a.host.to_string()))
+        .collect();
+    let plan = store::plan_restore(stored, &conf, &functions, &hosts);
+    for why in &plan.ignored {
+        tracing::warn!("management API: {why}; ignored (kept in the store)");
+    }
+    let spec = |(f, h): &(String, String)| -> Option<AssignSpec> {
+        let function = inv
+            .functions()
+            .iter()
+            .find(|e| e.id.as_str() == f)?
+            .id
+            .clone();
+        let host = *inv.hosts().iter().find(|x| x.to_string() == *h)?;
+        Some(AssignSpec { function, host })
+    };
+    let restored: Vec<AssignSpec> = plan.stored.iter().filter_map(spec).collect();
+    // The configured entries kept, in their order (as AssignSpec, unchanged).
+    let configured: Vec<AssignSpec> = configured
+        .into_iter()
+        .filter(|a| {
+            plan.configured
+                .iter()
+                .any(|(f, _)| a.function.as_str() == f)
+        })
+        .collect();
+    if !stored.is_empty() {
+        tracing::info!(
+            restored = restored.len(),
+            configured = configured.len(),
+            "management API: assignments restored from the state store"
+        );
+    }
+    StartAssignments {
+        restored,
+        configured,
+    }
+}
+
 /// The management API server's configuration from the appliance's `[api]` settings (the
 /// appliance and `mgmt` do not know each other; this is where they meet).
-fn api_config(s: &ApiSettings) -> mgmt::ApiConfig {
+fn api_config(s: &ApiSettings, config: Option<&Path>) -> mgmt::ApiConfig {
     let mut c = mgmt::ApiConfig {
         listen: s.listen,
         tls: s.tls.as_ref().map(|t| mgmt::TlsFiles {
@@ -97,6 +183,7 @@ fn api_config(s: &ApiSettings) -> mgmt::ApiConfig {
     if let Some(t) = s.session_timeout {
         c.session_timeout = t;
     }
+    c.state = state_path(s, config);
     c
 }
 
@@ -131,7 +218,10 @@ pub fn run(args: ApplianceArgs) -> Result<ExitCode, Box<dyn std::error::Error>> 
     }
     let listen = joined(&cfg.listen, " ");
     // The API's password and TLS files are checked before any device is built.
-    let api = cfg.api.as_ref().map(api_config);
+    let api = cfg
+        .api
+        .as_ref()
+        .map(|s| api_config(s, args.config.as_deref()));
     let device_dirs = cfg
         .api
         .as_ref()
@@ -140,7 +230,28 @@ pub fn run(args: ApplianceArgs) -> Result<ExitCode, Box<dyn std::error::Error>> 
     if let Some(api) = &api {
         mgmt::Server::check(api)?;
     }
-    let app = Appliance::build(cfg)?;
+    // The state store is opened (and its assignments read) before any device is built: a
+    // store that cannot be opened is an error naming its file, and nothing starts.
+    let state = match &api {
+        Some(api) if !args.check => {
+            let (store, name) = api.open_state()?;
+            let stored = store::load_records::<AssignmentRecord>(&*store, Table::Assignments)?;
+            tracing::info!(
+                store = %name,
+                generation = store::generation(&*store)?,
+                assignments = stored.len(),
+                "management API state loaded"
+            );
+            Some((store, name, stored))
+        }
+        _ => None,
+    };
+    let app = match &state {
+        Some((_, _, stored)) => {
+            Appliance::build_with(cfg, |inv, configured| restore_plan(stored, inv, configured))?
+        }
+        None => Appliance::build(cfg)?,
+    };
     for w in app.warnings() {
         eprintln!("pcietun appliance: warning: {w}");
     }
@@ -156,22 +267,27 @@ pub fn run(args: ApplianceArgs) -> Result<ExitCode, Box<dyn std::error::Error>> 
                 "management API: {}://{} (administrator {})",
                 if api.tls.is_some() { "https" } else { "http" },
                 api.listen,
-                api.admin.as_deref().unwrap_or("-")
+                api.admin.as_deref().unwrap_or("-"),
+            );
+            println!(
+                "management API state: {}",
+                api.state.as_deref().map_or(
+                    "in memory only (nothing survives a restart)".to_string(),
+                    |p| p.display().to_string()
+                )
             );
         }
         return Ok(ExitCode::SUCCESS);
     }
     // The management API serves this appliance's pool; it stops when the appliance does.
-    let _api = match &api {
-        Some(api) => {
-            let server = mgmt::Server::start(
-                api,
-                super::pool::shared(app.control(), "appliance", &device_dirs),
-            )?;
+    let _api = match (&api, state) {
+        (Some(api), Some((store, name, _))) => {
+            let pool = super::pool::shared(app.control(), "appliance", &device_dirs);
+            let server = mgmt::Server::start_with_store(api, pool, store, name)?;
             eprintln!("pcietun appliance: management API on {}", server.url());
             Some(server)
         }
-        None => None,
+        _ => None,
     };
     install_signal_handlers();
     let counters = app.counters();

@@ -25,6 +25,8 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::mgmt::store::AccountRecord;
+
 /// Password length policy (AccountService MinPasswordLength / MaxPasswordLength).
 pub const PASSWORD_LEN: std::ops::RangeInclusive<usize> = 8..=128;
 
@@ -152,6 +154,7 @@ pub struct AccountView {
     pub enabled: bool,
 }
 
+#[derive(Clone)]
 struct Account {
     view: AccountView,
     hash: String,
@@ -197,7 +200,8 @@ fn valid_user(user: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-/// The account table.
+/// The account table (cloned to prepare a change that is applied only once it is stored).
+#[derive(Clone)]
 pub struct Accounts {
     list: Vec<Account>,
     next_id: u64,
@@ -230,6 +234,96 @@ impl Accounts {
             }],
             next_id: 2,
         })
+    }
+
+    /// A table of stored accounts (see [`crate::mgmt::store::AccountRecord`]), whose next new
+    /// id is `next_id` (raised above every stored id). A record with a bad name, role, id or
+    /// hash, or a second record of a name, is logged and skipped.
+    pub fn from_records(records: Vec<AccountRecord>, next_id: u64) -> Self {
+        let mut list: Vec<Account> = Vec::new();
+        let mut next = next_id.max(1);
+        for r in records {
+            let id_num = r.id.parse::<u64>().ok();
+            let role = Role::parse(&r.role);
+            let why = if !valid_user(&r.user) {
+                Some("bad user name")
+            } else if id_num.is_none() {
+                Some("bad id")
+            } else if role.is_none() {
+                Some("unknown role")
+            } else if PasswordHash::new(&r.hash).is_err() {
+                Some("not a password hash")
+            } else if list
+                .iter()
+                .any(|a| a.view.user == r.user || a.view.id == r.id)
+            {
+                Some("a second account with that name or id")
+            } else if list.len() >= MAX_ACCOUNTS {
+                Some("too many accounts")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                tracing::warn!(
+                    id = %r.id.escape_debug(),
+                    user = %r.user.escape_debug(),
+                    why,
+                    "management store: stored account skipped"
+                );
+                continue;
+            }
+            let (Some(n), Some(role)) = (id_num, role) else {
+                continue;
+            };
+            next = next.max(n.saturating_add(1));
+            list.push(Account {
+                view: AccountView {
+                    id: r.id,
+                    user: r.user,
+                    role,
+                    enabled: r.enabled,
+                },
+                hash: r.hash,
+            });
+        }
+        Accounts {
+            list,
+            next_id: next,
+        }
+    }
+
+    /// The stored form of account `id`.
+    pub fn record(&self, id: &str) -> Option<AccountRecord> {
+        self.list
+            .iter()
+            .find(|a| a.view.id == id)
+            .map(|a| AccountRecord {
+                id: a.view.id.clone(),
+                user: a.view.user.clone(),
+                role: a.view.role.id().to_string(),
+                enabled: a.view.enabled,
+                hash: a.hash.clone(),
+            })
+    }
+
+    /// The stored form of every account.
+    pub fn records(&self) -> Vec<AccountRecord> {
+        self.list
+            .iter()
+            .filter_map(|a| self.record(&a.view.id))
+            .collect()
+    }
+
+    /// The id the next created account gets.
+    pub fn next_id(&self) -> u64 {
+        self.next_id
+    }
+
+    /// Whether some account is an enabled Administrator.
+    pub fn has_administrator(&self) -> bool {
+        self.list
+            .iter()
+            .any(|a| a.view.enabled && a.view.role == Role::Administrator)
     }
 
     /// Every account.

@@ -10,7 +10,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use zeroize::Zeroizing;
+
+use super::store::{MemoryStore, RedbStore, Store, StoreError};
 
 use super::redfish::{DEFAULT_MAX_BODY, DEFAULT_SESSION_TIMEOUT};
 
@@ -41,6 +45,9 @@ pub struct ApiConfig {
     pub session_timeout: Duration,
     /// Largest request body accepted.
     pub max_body: usize,
+    /// The state file (accounts, acknowledged assignments; docs/api.md "Persistence"), or
+    /// `None` for state in memory only, which does not survive a restart.
+    pub state: Option<PathBuf>,
 }
 
 impl Default for ApiConfig {
@@ -52,6 +59,7 @@ impl Default for ApiConfig {
             admin_password_file: None,
             session_timeout: DEFAULT_SESSION_TIMEOUT,
             max_body: DEFAULT_MAX_BODY,
+            state: None,
         }
     }
 }
@@ -108,6 +116,28 @@ pub enum ConfigError {
 const MAX_PASSWORD_FILE: u64 = 4096;
 
 impl ApiConfig {
+    /// Open the state store: the file of [`ApiConfig::state`] (created if absent; an error
+    /// that names it when it cannot be opened, is locked by another process or is not a
+    /// store), or a [`MemoryStore`] with a warning in the log that nothing will survive a
+    /// restart. Returns the store and its name for logs.
+    pub fn open_state(&self) -> Result<(Arc<dyn Store>, String), StoreError> {
+        match &self.state {
+            Some(path) => {
+                let store = RedbStore::open(path)?;
+                tracing::info!(path = %path.display(), "management API state file opened");
+                Ok((Arc::new(store), path.display().to_string()))
+            }
+            None => {
+                tracing::warn!(
+                    "management API: no state file (no configuration file and no --state): \
+                     accounts and assignments made through the API are kept in memory only and \
+                     will NOT survive a restart"
+                );
+                Ok((Arc::new(MemoryStore::new()), "memory".to_string()))
+            }
+        }
+    }
+
     /// The first administrator and its password, read from the password file.
     pub fn admin_credentials(&self) -> Result<(String, Zeroizing<String>), ConfigError> {
         match (&self.admin, &self.admin_password_file) {

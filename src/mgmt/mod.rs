@@ -8,7 +8,7 @@
 //! * [`server`] — the HTTP(S) server (axum, rustls) on its own thread.
 //! * [`metrics`] — `/metrics`, the Prometheus exposition of the pool's counters.
 //! * [`config`] — the server's configuration and the administrator's password file.
-//! * [`store`] — persistent state (accounts, policies, subscriptions) in redb.
+//! * [`store`] — persistent state (accounts, acknowledged assignments) in redb.
 //! * [`client`] — the API client behind `pcietun ctl`.
 //!
 //! Layering: `mgmt` sits beside `crate::appliance`, not on it: it may use `tlp`, `pci`,

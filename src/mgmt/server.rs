@@ -25,7 +25,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use super::auth::{hash_password, AuthError};
 use super::config::{ApiConfig, ConfigError, TlsFiles};
 use super::pool::Pool;
-use super::redfish::{events, Service, ServiceOptions, StreamCredential};
+use super::redfish::{events, Service, ServiceOptions, StartError, StreamCredential};
+use super::store::{Store, StoreError};
 
 /// How long a client may take to send a request's headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -45,6 +46,12 @@ pub enum ServerError {
     /// The first administrator cannot be created.
     #[error("first administrator: {0}")]
     Admin(#[from] AuthError),
+    /// The service could not load or seed its state.
+    #[error(transparent)]
+    Start(#[from] StartError),
+    /// The state store cannot be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
     /// The listen address cannot be bound.
     #[error("API listen address {addr}: {source}")]
     Bind {
@@ -134,11 +141,26 @@ impl Server {
     /// appliance's, through the CLI's adapter; [`super::fake::FakePool`] in tests and demos);
     /// the server runs until the handle is dropped or shut down.
     pub fn start(config: &ApiConfig, pool: Arc<dyn Pool>) -> Result<ServerHandle, ServerError> {
+        let (store, name) = config.open_state()?;
+        Self::start_with_store(config, pool, store, name)
+    }
+
+    /// [`Server::start`] with an already opened state store (`pcietun appliance` opens it
+    /// first, to restore the acknowledged assignments before the appliance serves); `name`
+    /// names it in logs.
+    pub fn start_with_store(
+        config: &ApiConfig,
+        pool: Arc<dyn Pool>,
+        store: Arc<dyn Store>,
+        name: String,
+    ) -> Result<ServerHandle, ServerError> {
         let (admin, password) = config.admin_credentials()?;
         let hash = hash_password(&password)?;
         let mut opts = ServiceOptions::new(admin, hash);
         opts.session_timeout = config.session_timeout;
         opts.max_body = config.max_body;
+        opts.store = store;
+        opts.store_name = name;
         let service = Arc::new(Service::new(pool, opts)?);
         Self::start_service(service, config.listen, config.tls.as_ref())
     }

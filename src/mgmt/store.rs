@@ -10,11 +10,21 @@
 //! provide these four operations. `tests/mgmt_store.rs` SIGKILLs a writer at random moments
 //! and checks that every restart finds an acknowledged state or the one before it.
 //!
-//! Not wired into the Redfish service yet: accounts, assignments, policies and subscriptions
-//! still live in memory there (docs/api.md, "Not yet"). A database made before the
-//! `assignments` table existed gets it when it is opened (every table is created on open).
+//! The Redfish service keeps its durable state here (docs/api.md, "Persistence"): accounts
+//! ([`AccountRecord`], the Argon2 hash, never a password), the assignments the API
+//! acknowledged ([`AssignmentRecord`]) and, in [`Table::Meta`], a generation counter that
+//! every commit of the service increments ([`GENERATION`]). Policies and subscriptions have
+//! tables but no writer yet (the service has neither resource). [`MemoryStore`] is the backend
+//! of an appliance started without a configuration file: nothing survives its restart.
+//!
+//! A stored value that does not decode (a hand-edited or foreign file) is logged and skipped
+//! by the loaders here, never a panic. A database made before the `assignments` table existed
+//! gets it when it is opened (every table is created on open).
 
 use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex};
+
+use crate::sync::MutexExt;
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -88,10 +98,13 @@ pub enum StoreError {
         #[source]
         source: Box<redb::Error>,
     },
+    /// A value could not be encoded for storing.
+    #[error("management store: cannot encode a value: {0}")]
+    Encode(String),
 }
 
 /// Persistent state of the management plane.
-pub trait Store: Send + Sync + 'static {
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// The value of `key` in `table`.
     fn get(&self, table: Table, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
     /// Every entry of `table`, by key order.
@@ -224,6 +237,301 @@ impl Store for RedbStore {
     }
 }
 
+/// The in-memory backend: the same atomic batches, nothing durable. For an appliance whose
+/// API has no state file (it warns that nothing will survive a restart) and for tests.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    tables: std::sync::Mutex<std::collections::BTreeMap<(u8, String), Vec<u8>>>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        MemoryStore::default()
+    }
+}
+
+fn table_index(t: Table) -> u8 {
+    Table::ALL.iter().position(|x| *x == t).unwrap_or(0) as u8
+}
+
+impl Store for MemoryStore {
+    fn get(&self, table: Table, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .tables
+            .lock_or_recover()
+            .get(&(table_index(table), key.to_string()))
+            .cloned())
+    }
+
+    fn list(&self, table: Table) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let t = table_index(table);
+        Ok(self
+            .tables
+            .lock_or_recover()
+            .iter()
+            .filter(|((i, _), _)| *i == t)
+            .map(|((_, k), v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    fn commit(&self, changes: &[Change]) -> Result<(), StoreError> {
+        let mut tables = self.tables.lock_or_recover();
+        for c in changes {
+            match c {
+                Change::Put { table, key, value } => {
+                    tables.insert((table_index(*table), key.clone()), value.clone());
+                }
+                Change::Delete { table, key } => {
+                    tables.remove(&(table_index(*table), key.clone()));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The [`Table::Meta`] key of the generation: a decimal counter that every commit of the
+/// management service increments in the same batch, so the state after a restart tells how
+/// many changes had been made durable (the log says which generation was loaded).
+pub const GENERATION: &str = "generation";
+
+/// The [`Table::Meta`] key of the next account id (ids are never reused).
+pub const NEXT_ACCOUNT_ID: &str = "next_account_id";
+
+/// An API account as stored (key: its id). Only the Argon2id PHC hash of the password is kept.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountRecord {
+    /// Stable id.
+    pub id: String,
+    /// Login name.
+    pub user: String,
+    /// RoleId (`Administrator`, `Operator`, `ReadOnly`).
+    pub role: String,
+    /// Whether it may log in.
+    pub enabled: bool,
+    /// Argon2id PHC string.
+    pub hash: String,
+}
+
+/// An assignment the API acknowledged (key: the function id): the owner, or `None` for a
+/// function explicitly returned to the pool (which then stays unassigned across restarts even
+/// if the configuration assigns it).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssignmentRecord {
+    /// The owner.
+    pub host: Option<String>,
+}
+
+/// Decode every value of `table` as `T`; an entry that does not decode is logged (warn, with
+/// the store's name for it) and skipped.
+pub fn load_records<T: serde::de::DeserializeOwned>(
+    store: &dyn Store,
+    table: Table,
+) -> Result<Vec<(String, T)>, StoreError> {
+    let mut out = Vec::new();
+    for (key, value) in store.list(table)? {
+        match serde_json::from_slice::<T>(&value) {
+            Ok(v) => out.push((key, v)),
+            Err(e) => tracing::warn!(
+                table = ?table,
+                key = %key.escape_debug(),
+                error = %e,
+                "management store: a stored value does not decode; skipped"
+            ),
+        }
+    }
+    Ok(out)
+}
+
+/// The stored generation (0 for a new store; a value that does not decode is logged and
+/// counted as 0).
+pub fn generation(store: &dyn Store) -> Result<u64, StoreError> {
+    meta_u64(store, GENERATION)
+}
+
+/// A decimal counter of [`Table::Meta`] (0 when absent or unreadable, which is logged).
+pub fn meta_u64(store: &dyn Store, key: &str) -> Result<u64, StoreError> {
+    Ok(match store.get(Table::Meta, key)? {
+        None => 0,
+        Some(v) => match std::str::from_utf8(&v).ok().and_then(|s| s.parse().ok()) {
+            Some(n) => n,
+            None => {
+                tracing::warn!(key, "management store: meta value does not decode; using 0");
+                0
+            }
+        },
+    })
+}
+
+/// The assignments to make when the appliance starts (see [`plan_restore`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RestorePlan {
+    /// From the store, applied first: (function, host).
+    pub stored: Vec<(String, String)>,
+    /// From the configuration, for functions the store does not mention: (function, host).
+    pub configured: Vec<(String, String)>,
+    /// Stored entries that name a function or host the appliance does not have (logged,
+    /// ignored, kept in the store).
+    pub ignored: Vec<String>,
+}
+
+/// Merge the acknowledged assignments of the store with the configuration's: every stored
+/// entry wins for its function (an owner is applied, `None` keeps the function unassigned);
+/// configured entries apply only to functions the store does not mention. A stored entry
+/// whose function is not in the inventory (`functions`) or whose host is not known (`hosts`)
+/// is reported in [`RestorePlan::ignored`] and does not block the configuration's entry for
+/// that function either, since the store keeps it for when the function comes back.
+pub fn plan_restore(
+    stored: &[(String, AssignmentRecord)],
+    configured: &[(String, String)],
+    functions: &[String],
+    hosts: &[String],
+) -> RestorePlan {
+    let mut plan = RestorePlan::default();
+    let mut mentioned = std::collections::BTreeSet::new();
+    for (function, rec) in stored {
+        if !functions.contains(function) {
+            plan.ignored.push(format!(
+                "stored assignment of function {function:?}, which the appliance does not have"
+            ));
+            continue;
+        }
+        match &rec.host {
+            Some(h) if !hosts.contains(h) => {
+                plan.ignored.push(format!(
+                    "stored assignment of function {function:?} to host {h:?}, which is not a known host"
+                ));
+                continue;
+            }
+            Some(h) => plan.stored.push((function.clone(), h.clone())),
+            None => {}
+        }
+        mentioned.insert(function.as_str());
+    }
+    plan.configured = configured
+        .iter()
+        .filter(|(f, _)| !mentioned.contains(f.as_str()))
+        .cloned()
+        .collect();
+    plan
+}
+
+/// A job of the [`Durable`] saver thread.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The management service's handle on its store: every commit carries the next
+/// [`GENERATION`] in the same batch, commits are serialised, and [`Durable::later`] runs work
+/// (a commit, then completing the Task it acknowledges) on a dedicated saver thread, so the
+/// fsync of a commit never blocks the appliance's serving loop nor the API's I/O workers.
+pub struct Durable {
+    store: Arc<dyn Store>,
+    name: String,
+    generation: Mutex<u64>,
+    saver: Mutex<Option<mpsc::Sender<Job>>>,
+}
+
+impl std::fmt::Debug for Durable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Durable")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Durable {
+    /// Wrap `store` (named `name` in logs: its path, or "memory").
+    pub fn new(store: Arc<dyn Store>, name: impl Into<String>) -> Result<Arc<Self>, StoreError> {
+        let generation = generation(&*store)?;
+        Ok(Arc::new(Durable {
+            store,
+            name: name.into(),
+            generation: Mutex::new(generation),
+            saver: Mutex::new(None),
+        }))
+    }
+
+    /// The store.
+    pub fn store(&self) -> &dyn Store {
+        &*self.store
+    }
+
+    /// Its name (path or "memory").
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The generation of the last commit.
+    pub fn generation(&self) -> u64 {
+        *self.generation.lock_or_recover()
+    }
+
+    /// Commit `changes` with the next generation; the generation on success. On failure
+    /// nothing of the batch is stored and the generation is unchanged.
+    pub fn commit(&self, mut changes: Vec<Change>) -> Result<u64, StoreError> {
+        let mut g = self.generation.lock_or_recover();
+        let next = *g + 1;
+        changes.push(Change::Put {
+            table: Table::Meta,
+            key: GENERATION.into(),
+            value: next.to_string().into_bytes(),
+        });
+        self.store.commit(&changes)?;
+        *g = next;
+        Ok(next)
+    }
+
+    /// Wait (at most `timeout`) until every job given to [`Durable::later`] before this call
+    /// has run: a request that has just seen the pool finish an operation, or reads a Task,
+    /// sees the Task as the commit left it. Cheap when the saver is idle.
+    pub fn flush(&self, timeout: std::time::Duration) {
+        if self.saver.lock_or_recover().is_none() {
+            return;
+        }
+        let (tx, rx) = mpsc::channel::<()>();
+        self.later(move || {
+            let _ = tx.send(());
+        });
+        let _ = rx.recv_timeout(timeout);
+    }
+
+    /// Run `job` on the saver thread, after every job given before it (started on first use;
+    /// if it cannot be started, `job` runs on the calling thread).
+    pub fn later(&self, job: impl FnOnce() + Send + 'static) {
+        let mut saver = self.saver.lock_or_recover();
+        if saver.is_none() {
+            let (tx, rx) = mpsc::channel::<Job>();
+            let spawned = std::thread::Builder::new()
+                .name("api-store".into())
+                .spawn(move || {
+                    // Ends when the service (and with it the sender) is gone.
+                    for job in rx {
+                        job();
+                    }
+                });
+            match spawned {
+                Ok(_) => *saver = Some(tx),
+                Err(e) => {
+                    tracing::error!("management store: cannot start the saver thread: {e}");
+                    drop(saver);
+                    job();
+                    return;
+                }
+            }
+        }
+        let job: Job = Box::new(job);
+        if let Some(tx) = saver.as_ref() {
+            if let Err(mpsc::SendError(job)) = tx.send(job) {
+                *saver = None;
+                drop(saver);
+                job();
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -275,5 +583,115 @@ mod tests {
         assert!(e.to_string().contains("mgmt.redb"), "{e}");
         let e = RedbStore::open(d.path()).unwrap_err();
         assert!(e.to_string().contains("management store"), "{e}");
+    }
+
+    fn rec(host: Option<&str>) -> AssignmentRecord {
+        AssignmentRecord {
+            host: host.map(str::to_string),
+        }
+    }
+
+    fn strs(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn pair(f: &str, h: &str) -> (String, String) {
+        (f.to_string(), h.to_string())
+    }
+
+    #[test]
+    fn restore_store_wins_over_the_configuration() {
+        let stored = vec![
+            ("dma-a".to_string(), rec(Some("web2"))),
+            ("dma-b".to_string(), rec(None)),
+            ("gone".to_string(), rec(Some("web1"))),
+            ("dma-c".to_string(), rec(Some("nobody"))),
+        ];
+        let configured = vec![
+            pair("dma-a", "web1"),
+            pair("dma-b", "web1"),
+            pair("dma-c", "web1"),
+            pair("dma-d", "web2"),
+        ];
+        let plan = plan_restore(
+            &stored,
+            &configured,
+            &strs(&["dma-a", "dma-b", "dma-c", "dma-d"]),
+            &strs(&["web1", "web2"]),
+        );
+        // The store's owner for dma-a; dma-b stays unassigned although configured.
+        assert_eq!(plan.stored, vec![pair("dma-a", "web2")]);
+        // dma-c's stored host is unknown: ignored, so the configuration applies; dma-d is
+        // not in the store.
+        assert_eq!(
+            plan.configured,
+            vec![pair("dma-c", "web1"), pair("dma-d", "web2")]
+        );
+        assert_eq!(plan.ignored.len(), 2, "{:?}", plan.ignored);
+        assert!(plan.ignored[0].contains("\"gone\""), "{:?}", plan.ignored);
+        assert!(plan.ignored[1].contains("\"nobody\""), "{:?}", plan.ignored);
+    }
+
+    #[test]
+    fn restore_with_an_empty_store_is_the_configuration() {
+        let configured = vec![pair("a", "h"), pair("b", "h")];
+        let plan = plan_restore(&[], &configured, &strs(&["a", "b"]), &strs(&["h"]));
+        assert_eq!(plan.stored, Vec::<(String, String)>::new());
+        assert_eq!(plan.configured, configured);
+        assert!(plan.ignored.is_empty());
+    }
+
+    #[test]
+    fn bad_stored_values_are_skipped_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        for store in [
+            Box::new(MemoryStore::new()) as Box<dyn Store>,
+            Box::new(RedbStore::open(&dir.path().join("s.redb")).unwrap()),
+        ] {
+            store
+                .commit(&[
+                    put(Table::Assignments, "good", "{\"host\":\"web1\"}"),
+                    put(Table::Assignments, "free", "{\"host\":null}"),
+                    put(Table::Assignments, "broken", "{\"host\":"),
+                    put(Table::Assignments, "wrong-type", "{\"host\":7}"),
+                    put(Table::Assignments, "extra", "{\"host\":null,\"x\":1}"),
+                    Change::Put {
+                        table: Table::Assignments,
+                        key: "binary".into(),
+                        value: vec![0xff, 0x00, 0xfe],
+                    },
+                    put(Table::Meta, GENERATION, "not a number"),
+                ])
+                .unwrap();
+            let got = load_records::<AssignmentRecord>(&*store, Table::Assignments).unwrap();
+            assert_eq!(
+                got,
+                vec![
+                    ("free".to_string(), rec(None)),
+                    ("good".to_string(), rec(Some("web1"))),
+                ]
+            );
+            assert_eq!(generation(&*store).unwrap(), 0);
+            let accounts = load_records::<AccountRecord>(&*store, Table::Assignments).unwrap();
+            assert!(accounts.is_empty());
+        }
+    }
+
+    #[test]
+    fn memory_store_batches() {
+        let s = MemoryStore::new();
+        s.commit(&[put(Table::Accounts, "1", "a"), put(Table::Meta, "1", "m")])
+            .unwrap();
+        s.commit(&[Change::Delete {
+            table: Table::Meta,
+            key: "1".into(),
+        }])
+        .unwrap();
+        assert_eq!(s.list(Table::Accounts).unwrap().len(), 1);
+        assert_eq!(s.get(Table::Meta, "1").unwrap(), None);
+        assert_eq!(
+            s.get(Table::Accounts, "1").unwrap().as_deref(),
+            Some(&b"a"[..])
+        );
     }
 }

@@ -30,10 +30,14 @@ use super::uri::{
 };
 use super::{check_if_match, etag_of, Caller, Reply, Service, Snapshot, FABRIC};
 use crate::mgmt::auth::Privilege;
-use crate::mgmt::pool::{FunctionInfo, FunctionState, PoolError};
+use crate::mgmt::pool::{Completer, FunctionInfo, FunctionKind, FunctionState, PoolError};
+use crate::mgmt::store::{AssignmentRecord, Change, Table};
 use crate::sync::MutexExt;
 
 const ADD: &str = "Zone.AddEndpoint";
+
+/// How long a request waits for commits already queued before it answers.
+pub(crate) const FLUSH_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 const REMOVE: &str = "Zone.RemoveEndpoint";
 
 /// An endpoint named by id or URI.
@@ -308,13 +312,77 @@ enum Op {
     Unassign { function: String },
 }
 
+/// The store changes that record `op` once the pool has done it: the new owner (or none) of
+/// the function and of the functions that move with it (the other physical functions of its
+/// card; a virtual function moves alone), as the appliance's pool moves them.
+fn assignment_changes(s: &Snapshot, op: &Op) -> Vec<Change> {
+    let (function, host) = match op {
+        Op::Assign { function, host } => (function, Some(host.clone())),
+        Op::Unassign { function } => (function, None),
+    };
+    let mut unit: Vec<&str> = vec![function.as_str()];
+    if let Some(f) = s.function(function) {
+        if f.kind == FunctionKind::Physical {
+            unit.extend(
+                s.functions
+                    .iter()
+                    .filter(|o| {
+                        o.id != f.id && o.device == f.device && o.kind == FunctionKind::Physical
+                    })
+                    .map(|o| o.id.as_str()),
+            );
+        }
+    }
+    let value = serde_json::to_vec(&AssignmentRecord { host }).unwrap_or_default();
+    unit.into_iter()
+        .map(|f| Change::Put {
+            table: Table::Assignments,
+            key: f.to_string(),
+            value: value.clone(),
+        })
+        .collect()
+}
+
 impl Service {
+    /// The completer of one operation of task `id`: when the pool reports success, `changes`
+    /// are committed to the store on the saver thread and only then is the operation
+    /// reported done, so a Completed task is an acknowledged change that survives a crash.
+    /// A failed commit fails the operation with a reason (the pool has made the change; it is
+    /// not durable).
+    fn saving_completer(&self, id: u64, changes: Vec<Change>) -> Completer {
+        let tasks = self.tasks.clone();
+        let durable = self.durable.clone();
+        Completer::new(move |outcome| match outcome {
+            Err(e) => tasks.finish_one(id, Err(e.to_string())),
+            Ok(()) => {
+                let d = durable.clone();
+                durable.later(move || {
+                    let r = d.commit(changes).map(|_| ()).map_err(|e| {
+                        tracing::error!("management store: an assignment was not saved: {e}");
+                        format!(
+                            "the appliance made the change but could not store it, so it will \
+                             not survive a restart: {e}"
+                        )
+                    });
+                    tasks.finish_one(id, r);
+                });
+            }
+        })
+    }
+
     /// Start `ops` under one task; 202 with the task, or the first refusal if the very first
     /// operation is refused (then nothing started).
-    fn start(&self, name: String, method: &Method, uri: &str, ops: Vec<Op>) -> ApiResult<Reply> {
+    fn start(
+        &self,
+        s: &Snapshot,
+        name: String,
+        method: &Method,
+        uri: &str,
+        ops: Vec<Op>,
+    ) -> ApiResult<Reply> {
         let id = self.tasks.create(name, method.as_str(), uri, ops.len());
         for (i, op) in ops.iter().enumerate() {
-            let done = self.tasks.completer(id);
+            let done = self.saving_completer(id, assignment_changes(s, op));
             let r = match op {
                 Op::Assign { function, host } => self.pool.assign(function, host, done),
                 Op::Unassign { function, .. } => self.pool.unassign(function, done),
@@ -329,6 +397,9 @@ impl Service {
                 self.tasks.refuse_one(id, &e);
             }
         }
+        // A pool that finished at once has queued the commits: answer with the Task as they
+        // leave it (Completed only once stored).
+        self.durable.flush(FLUSH_WAIT);
         let task = self
             .tasks
             .get(id)
@@ -410,6 +481,7 @@ impl Service {
         let uri = req.uri().path();
         if action == ADD {
             self.start(
+                &s,
                 format!("Assign {function} to {h}"),
                 req.method(),
                 uri,
@@ -429,6 +501,7 @@ impl Service {
                 }));
             }
             self.start(
+                &s,
                 format!("Unassign {function} from {h}"),
                 req.method(),
                 uri,
@@ -534,6 +607,7 @@ impl Service {
             .collect::<Vec<_>>()
             .join(" ");
         self.start(
+            &s,
             format!("Zone {h}: {name}"),
             req.method(),
             req.uri().path(),
@@ -560,6 +634,7 @@ impl Service {
             .unwrap_or_default()
             .to_string();
         self.start(
+            &s,
             format!("Unassign {id} from {host}"),
             req.method(),
             req.uri().path(),

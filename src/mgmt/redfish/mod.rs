@@ -36,6 +36,8 @@ mod security;
 pub mod tasks;
 mod uri;
 
+pub use security::StartError;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -44,9 +46,10 @@ use bytes::Bytes;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::mgmt::auth::{AccountView, Accounts, AuthError, Privilege, Sessions};
+use crate::mgmt::auth::{AccountView, Privilege, Sessions};
 use crate::mgmt::clock::{Clock, SystemClock};
 use crate::mgmt::pool::{valid_id, ApplianceInfo, EventSink, FunctionInfo, HostInfo, Pool};
+use crate::mgmt::store::{Durable, MemoryStore, Store};
 use crate::sync::MutexExt;
 use error::{allow_header, ApiError, ApiResult};
 use tasks::TaskTable;
@@ -73,6 +76,10 @@ pub struct ServiceOptions {
     pub max_body: usize,
     /// Time source.
     pub clock: Arc<dyn Clock>,
+    /// Where accounts and acknowledged assignments persist ([`crate::mgmt::store`]).
+    pub store: Arc<dyn Store>,
+    /// The store's name in logs (its path, or "memory").
+    pub store_name: String,
 }
 
 impl ServiceOptions {
@@ -84,12 +91,14 @@ impl ServiceOptions {
             session_timeout: DEFAULT_SESSION_TIMEOUT,
             max_body: DEFAULT_MAX_BODY,
             clock: Arc::new(SystemClock),
+            store: Arc::new(MemoryStore::new()),
+            store_name: "memory".into(),
         }
     }
 }
 
 struct AuthState {
-    accounts: Accounts,
+    accounts: crate::mgmt::auth::Accounts,
     sessions: Sessions,
 }
 
@@ -104,6 +113,8 @@ pub struct Service {
     uuid: String,
     max_body: usize,
     events: Arc<events::EventLog>,
+    /// The store every acknowledged change is committed to first.
+    durable: Arc<Durable>,
 }
 
 impl std::fmt::Debug for Service {
@@ -448,9 +459,11 @@ fn segments(path: &str) -> Option<Vec<String>> {
 }
 
 impl Service {
-    /// A service over `pool`.
-    pub fn new(pool: Arc<dyn Pool>, opts: ServiceOptions) -> Result<Self, AuthError> {
-        let accounts = Accounts::with_admin(&opts.admin, opts.admin_hash)?;
+    /// A service over `pool`, its accounts loaded from `opts.store` (seeded with the first
+    /// administrator of `opts` when the store has none).
+    pub fn new(pool: Arc<dyn Pool>, opts: ServiceOptions) -> Result<Self, StartError> {
+        let durable = Durable::new(opts.store.clone(), opts.store_name.clone())?;
+        let accounts = security::load_accounts(&durable, &opts.admin, opts.admin_hash)?;
         let appliance = pool.appliance();
         // A stable UUID derived from the appliance id (RFC 9562 version 8 layout).
         let d = Sha256::digest(format!("pcietun-redfish:{}", appliance.id));
@@ -482,6 +495,7 @@ impl Service {
             change: Mutex::new(()),
             uuid,
             max_body: opts.max_body,
+            durable,
         })
     }
 
@@ -656,7 +670,11 @@ impl Service {
             Connection(f, c) => self.delete_connection(caller, req, f, c),
             TaskService => Ok(Reply::ok(root::task_service(self.clock.wall()))),
             Tasks => Ok(Reply::ok(root::tasks(&self.tasks))),
-            Task(t) => root::task(&self.tasks, t).map(Reply::ok),
+            Task(t) => {
+                // Commits already queued land first: a Task reads as its commit left it.
+                self.durable.flush(fabric::FLUSH_WAIT);
+                root::task(&self.tasks, t).map(Reply::ok)
+            }
             SessionService if get => Ok(Reply::ok(self.session_service())),
             SessionService => self.patch_session_service(caller, req),
             Sessions if get => Ok(Reply::ok(self.sessions(caller))),

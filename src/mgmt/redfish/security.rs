@@ -18,8 +18,11 @@ use super::tasks::timestamp;
 use super::uri::collection;
 use super::{check_if_match, etag_of, Caller, Reply, Service};
 use crate::mgmt::auth::{
-    hash_password, verify_password, AccountView, AuthError, Privilege, Role, SessionView,
+    hash_password, verify_password, AccountView, Accounts, AuthError, Privilege, Role, SessionView,
     MAX_SESSIONS, PASSWORD_LEN,
+};
+use crate::mgmt::store::{
+    load_records, meta_u64, AccountRecord, Change, Durable, StoreError, Table, NEXT_ACCOUNT_ID,
 };
 use crate::sync::MutexExt;
 
@@ -57,6 +60,13 @@ fn auth_error(e: AuthError) -> ApiError {
         e @ AuthError::TooManyAccounts => ApiError::in_use(e.to_string()),
         e @ AuthError::Hash(_) => ApiError::internal(e.to_string()),
     }
+}
+
+fn store_error(e: StoreError) -> ApiError {
+    tracing::error!("management store: {e}");
+    ApiError::internal(format!(
+        "the change was not made: it could not be stored ({e})"
+    ))
 }
 
 fn session_json(s: &SessionView) -> Value {
@@ -150,7 +160,97 @@ fn basic_credentials(value: &str) -> Option<(String, zeroize::Zeroizing<String>)
     ))
 }
 
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The first administrator is unusable.
+    #[error("first administrator: {0}")]
+    Admin(#[from] AuthError),
+    /// The store cannot be read or seeded.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The accounts of a starting service: the stored ones, or — when the store has no usable
+/// enabled Administrator (a new store) — the configured first administrator, stored at once.
+/// The configured administrator never overrides a stored account: the log says which is used.
+pub(crate) fn load_accounts(
+    durable: &Durable,
+    admin: &str,
+    admin_hash: String,
+) -> Result<Accounts, StartError> {
+    let records = load_records::<AccountRecord>(durable.store(), Table::Accounts)?;
+    let stored = records.len();
+    let next_id = meta_u64(durable.store(), NEXT_ACCOUNT_ID)?;
+    let accounts = Accounts::from_records(records.into_iter().map(|(_, r)| r).collect(), next_id);
+    if accounts.has_administrator() {
+        let users: Vec<String> = accounts.list().into_iter().map(|a| a.user).collect();
+        tracing::info!(
+            store = %durable.name(),
+            generation = durable.generation(),
+            accounts = %users.join(","),
+            configured_admin = %admin,
+            "management API: using the {} stored account(s); the configured administrator and \
+             its password file only seed an empty store and are not used",
+            users.len()
+        );
+        return Ok(accounts);
+    }
+    if stored > 0 {
+        tracing::warn!(
+            store = %durable.name(),
+            stored,
+            "management API: the store has no usable enabled Administrator; seeding the \
+             configured one"
+        );
+    }
+    let mut seeded = accounts;
+    let view = seeded.create(admin, admin_hash, Role::Administrator, true)?;
+    let mut changes = vec![Change::Put {
+        table: Table::Meta,
+        key: NEXT_ACCOUNT_ID.into(),
+        value: seeded.next_id().to_string().into_bytes(),
+    }];
+    if let Some(r) = seeded.record(&view.id) {
+        changes.push(account_change(&r)?);
+    }
+    durable.commit(changes)?;
+    tracing::info!(
+        store = %durable.name(),
+        admin = %view.user,
+        "management API: the store had no accounts; seeded the configured administrator"
+    );
+    Ok(seeded)
+}
+
+fn account_change(r: &AccountRecord) -> Result<Change, StoreError> {
+    Ok(Change::Put {
+        table: Table::Accounts,
+        key: r.id.clone(),
+        value: serde_json::to_vec(r).map_err(|e| StoreError::Encode(e.to_string()))?,
+    })
+}
+
 impl Service {
+    /// Commit the state of account `id` in `next` (gone from it: deleted) before `next`
+    /// replaces the live table; a failure changes nothing.
+    fn save_accounts(&self, next: &Accounts, id: &str) -> ApiResult<()> {
+        let mut changes = vec![Change::Put {
+            table: Table::Meta,
+            key: NEXT_ACCOUNT_ID.into(),
+            value: next.next_id().to_string().into_bytes(),
+        }];
+        match next.record(id) {
+            Some(r) => changes.push(account_change(&r).map_err(store_error)?),
+            None => changes.push(Change::Delete {
+                table: Table::Accounts,
+                key: id.into(),
+            }),
+        }
+        self.durable.commit(changes).map_err(store_error)?;
+        Ok(())
+    }
+
     /// Who sent this request (401 when nobody valid).
     pub(crate) fn authenticate(&self, headers: &HeaderMap) -> ApiResult<Caller> {
         let now = self.clock.now();
@@ -327,10 +427,12 @@ impl Service {
         let req = body::account_create(bytes)?;
         let hash = hash_password(&req.password).map_err(auth_error)?;
         let mut auth = self.auth.lock_or_recover();
-        let a = auth
-            .accounts
+        let mut next = auth.accounts.clone();
+        let a = next
             .create(&req.user, hash, req.role, req.enabled)
             .map_err(auth_error)?;
+        self.save_accounts(&next, &a.id)?;
+        auth.accounts = next;
         tracing::info!(user = %a.user, role = a.role.id(), by = %caller.account.user, "API account created");
         Ok(Reply::ok(account_json(&a))
             .status(StatusCode::CREATED)
@@ -365,10 +467,12 @@ impl Service {
             .map(|a| account_json(&a))
             .ok_or_else(|| auth_error(AuthError::UnknownAccount(id.into())))?;
         check_if_match(req.headers(), &account_uri(id), &etag_of(&now_json))?;
-        let a = auth
-            .accounts
+        let mut next = auth.accounts.clone();
+        let a = next
             .update(id, hash, patch.role, patch.enabled)
             .map_err(auth_error)?;
+        self.save_accounts(&next, &a.id)?;
+        auth.accounts = next;
         if !a.enabled || patch.password.is_some() {
             // A disabled account keeps no session; a new password ends the other sessions.
             let keep = caller.session.clone().filter(|_| own && a.enabled);
@@ -402,7 +506,10 @@ impl Service {
             .map(|a| account_json(&a))
             .ok_or_else(|| auth_error(AuthError::UnknownAccount(id.into())))?;
         check_if_match(req.headers(), &account_uri(id), &etag_of(&now_json))?;
-        let a = auth.accounts.delete(id).map_err(auth_error)?;
+        let mut next = auth.accounts.clone();
+        let a = next.delete(id).map_err(auth_error)?;
+        self.save_accounts(&next, &a.id)?;
+        auth.accounts = next;
         auth.sessions.delete_account(&a.id);
         tracing::info!(account = %a.user, by = %caller.account.user, "API account removed");
         Ok(Reply::empty(StatusCode::NO_CONTENT))
@@ -412,6 +519,71 @@ impl Service {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mgmt::store::{MemoryStore, Store};
+    use std::sync::Arc;
+
+    #[test]
+    fn the_configured_admin_only_seeds_an_empty_store() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let d = Durable::new(store.clone(), "memory").unwrap();
+        let first = load_accounts(&d, "admin", hash_password("first-password").unwrap()).unwrap();
+        assert_eq!(first.list().len(), 1);
+        assert_eq!(d.generation(), 1, "the seed is committed");
+        // Stored: an operator besides the admin.
+        let mut next = first.clone();
+        let op = next
+            .create(
+                "ops",
+                hash_password("operator-pw").unwrap(),
+                Role::Operator,
+                true,
+            )
+            .unwrap();
+        d.commit(vec![account_change(&next.record(&op.id).unwrap()).unwrap()])
+            .unwrap();
+        // A restart with a changed password file (and another name) does not override it.
+        let d = Durable::new(store.clone(), "memory").unwrap();
+        let again = load_accounts(&d, "root", hash_password("second-password").unwrap()).unwrap();
+        let users: Vec<String> = again.list().into_iter().map(|a| a.user).collect();
+        assert_eq!(users, vec!["admin".to_string(), "ops".to_string()]);
+        assert!(again.verify("admin", "first-password").is_some());
+        assert!(again.verify("admin", "second-password").is_none());
+        assert!(again.verify("root", "second-password").is_none());
+        assert_eq!(again.next_id(), 3, "ids are not reused");
+        // Nothing secret is stored but the hash.
+        for (_, v) in store.list(Table::Accounts).unwrap() {
+            let text = String::from_utf8(v).unwrap();
+            assert!(
+                !text.contains("first-password") && text.contains("$argon2id$"),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn corrupt_stored_accounts_are_skipped_and_a_store_without_admin_is_seeded() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        store
+            .commit(&[
+                Change::Put {
+                    table: Table::Accounts,
+                    key: "5".into(),
+                    value: b"{not json".to_vec(),
+                },
+                Change::Put {
+                    table: Table::Accounts,
+                    key: "6".into(),
+                    value: br#"{"id":"6","user":"x","role":"God","enabled":true,"hash":"h"}"#
+                        .to_vec(),
+                },
+            ])
+            .unwrap();
+        let d = Durable::new(store.clone(), "memory").unwrap();
+        let a = load_accounts(&d, "admin", hash_password("first-password").unwrap()).unwrap();
+        let users: Vec<String> = a.list().into_iter().map(|a| a.user).collect();
+        assert_eq!(users, vec!["admin".to_string()]);
+        assert!(a.verify("admin", "first-password").is_some());
+    }
 
     #[test]
     fn basic() {

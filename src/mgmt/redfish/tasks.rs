@@ -147,7 +147,8 @@ impl TaskTable {
         self.finish_one(id, Err(error.to_string()));
     }
 
-    fn finish_one(&self, id: u64, outcome: Result<(), String>) {
+    /// Record the outcome of one operation of task `id` (the last one finishes the task).
+    pub fn finish_one(&self, id: u64, outcome: Result<(), String>) {
         let now = self.clock.wall();
         let mut inner = self.inner.lock_or_recover();
         let Some(t) = inner.tasks.get_mut(&id) else {
