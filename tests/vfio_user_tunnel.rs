@@ -258,13 +258,43 @@ fn qemu_i6300esb_config_and_mmio_through_the_tunnel() {
     func.bar_read(0, 0x0c, &mut b).unwrap();
 }
 
-/// A server killed mid-I/O (issue 16, docs/vfio-user.md "Failure"): the in-process appliance
-/// fronts QEMU's i6300esb over vfio-user and a DMA engine, one host reads the watchdog's BAR
-/// in a loop; `kill -9` of the server: the reads end (error or all-ones, in bounded time),
-/// the inventory shows the function failed, a `FunctionFailed` event is published, the host
-/// sees the card removed, and the DMA engine keeps answering.
+/// A server killed mid-I/O (issue 16, docs/vfio-user.md "Failure"), and brought back: the
+/// in-process appliance fronts QEMU's i6300esb over vfio-user and a DMA engine, one host
+/// reads the watchdog's BAR in a loop; `kill -9` of the server: the reads end (error or
+/// all-ones, in bounded time), the inventory shows the function failed, a `FunctionFailed`
+/// event is published, the host sees the card removed, and the DMA engine keeps answering.
+/// Then the operator starts the server again on the same socket: the appliance reconnects,
+/// the function is back (`FunctionRecovered`), given back to its host, which sees it present
+/// again and whose watchdog accesses work.
 #[test]
 fn qemu_server_killed_mid_io_fails_its_function_only() {
+    killed_mid_io(false);
+}
+
+/// The same with `start = [...]`: the appliance started the server and restarts it itself
+/// after the kill; the function comes back with no operator.
+#[test]
+fn qemu_server_started_by_the_appliance_is_restarted_after_a_kill() {
+    killed_mid_io(true);
+}
+
+/// The pids of the processes whose command line names `needle`.
+fn pids_naming(needle: &str) -> Vec<u32> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(c) = std::fs::read(e.path().join("cmdline")) {
+            if String::from_utf8_lossy(&c).contains(needle) {
+                v.push(pid);
+            }
+        }
+    }
+    v
+}
+
+fn killed_mid_io(appliance_starts_it: bool) {
     use pcietun::appliance::{Appliance, ApplianceConfig, FunctionState, PoolEvent};
     use pcietun::transport::SecretKey;
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -275,7 +305,35 @@ fn qemu_server_killed_mid_io_fails_its_function_only() {
     };
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("esb.sock");
-    let mut server = Peer::Qemu(q, "i6300esb").spawn(&sock);
+    let peer = Peer::Qemu(q.clone(), "i6300esb");
+    let mut server = (!appliance_starts_it).then(|| peer.spawn(&sock));
+    let start = if appliance_starts_it {
+        let argv = [
+            q.display().to_string(),
+            "-L".into(),
+            "/usr/share/qemu".into(),
+            "-L".into(),
+            "/usr/share/seabios".into(),
+            "-accel".into(),
+            "tcg".into(),
+            "-nodefaults".into(),
+            "-display".into(),
+            "none".into(),
+            "-machine".into(),
+            "x-remote,vfio-user=on,auto-shutdown=on".into(),
+            "-device".into(),
+            "i6300esb,id=d0".into(),
+            "-object".into(),
+            format!(
+                "x-vfio-user-server,id=v0,type=unix,path={},device=d0",
+                sock.display()
+            ),
+        ];
+        let quoted: Vec<String> = argv.iter().map(|a| format!("{a:?}")).collect();
+        format!("start = [{}]\nconnect_timeout = 20.0", quoted.join(", "))
+    } else {
+        String::new()
+    };
     let host_key = SecretKey::from_bytes([0x11; 32]);
     let app_key = SecretKey::from_bytes([0x22; 32]);
     app_key
@@ -294,6 +352,7 @@ public_key = "{pk}"
 kind = "vfio-user"
 name = "esb"
 socket = "{sock}"
+{start}
 
 [[device]]
 kind = "dma"
@@ -359,8 +418,24 @@ buffer = "64K"
     };
     std::thread::sleep(Duration::from_millis(300));
     // SIGKILL: no orderly goodbye on the socket.
-    server.0.kill().unwrap();
-    let _ = server.0.wait();
+    let first_pid = match &mut server {
+        Some(s) => {
+            let pid = s.0.id();
+            s.0.kill().unwrap();
+            let _ = s.0.wait();
+            pid
+        }
+        None => {
+            let pids = pids_naming(&format!("path={}", sock.display()));
+            assert_eq!(pids.len(), 1, "one server process started by the appliance");
+            let st = Command::new("kill")
+                .args(["-9", &pids[0].to_string()])
+                .status()
+                .unwrap();
+            assert!(st.success());
+            pids[0]
+        }
+    };
     let (n, end) = done_rx
         .recv_timeout(Duration::from_secs(10))
         .expect("the host's reads ended within 10 s of the kill");
@@ -408,10 +483,85 @@ buffer = "64K"
         dma_id,
         "the DMA engine still answers"
     );
-    // A failed function is handed to no host.
     let host = pcietun::transport::HostId::new("web1").unwrap();
-    assert!(control
-        .assign_wait(esb_id, host, Duration::from_secs(5))
-        .is_err());
+    if !appliance_starts_it {
+        // A failed function is handed to no host (its server is not back: the appliance's
+        // reconnects are refused meanwhile, the inventory says so).
+        assert!(control
+            .assign_wait(esb_id.clone(), host, Duration::from_secs(5))
+            .is_err());
+        let why = control
+            .functions()
+            .into_iter()
+            .find(|f| f.entry.id == esb_id)
+            .and_then(|f| f.entry.failure)
+            .unwrap_or_default();
+        assert!(
+            why.contains("bringing it back") || why.contains("next attempt in"),
+            "the reason and what is being done: {why}"
+        );
+        // The operator starts the server again on the same socket.
+        server = Some(peer.spawn(&sock));
+    }
+    // Back: unassigned, then given back to web1 (still connected, nobody else took it).
+    let end = Instant::now() + Duration::from_secs(40);
+    loop {
+        let st = control
+            .functions()
+            .into_iter()
+            .find(|f| f.entry.id == esb_id)
+            .map(|f| f.entry.state);
+        if st == Some(FunctionState::Assigned(host)) {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "not back with web1: {:?}",
+            control.functions()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let seen: Vec<PoolEvent> = events.try_iter().collect();
+    assert!(
+        seen.contains(&PoolEvent::FunctionRecovered(esb_id.clone())),
+        "{seen:?}"
+    );
+    if appliance_starts_it {
+        let pids = pids_naming(&format!("path={}", sock.display()));
+        assert_eq!(pids.len(), 1, "one server process again");
+        assert_ne!(pids[0], first_pid, "a new process");
+    }
+    // The host sees the card present again, at power-on state, and the watchdog's
+    // accesses work: BAR0 reads, the unlock sequence, the reload register read back.
+    let end = Instant::now() + Duration::from_secs(20);
+    let back = loop {
+        let f = agent
+            .host()
+            .functions()
+            .into_iter()
+            .find(|f| f.class == 0x088000 && f.vendor == 0x8086);
+        if let Some(f) = f {
+            break f;
+        }
+        assert!(Instant::now() < end, "the host never saw the card again");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let efn = agent.host().open(back.bdf).unwrap();
+    efn.config_write(0x04, 0x0002).unwrap();
+    let cmd = efn.config_read(0x04).unwrap();
+    assert_eq!(cmd & 0x2, 0x2, "memory space enabled by the host");
+    let before = efn.bar_read32(0, 0x0c).unwrap();
+    assert_ne!(before, 0xffff_ffff, "the revived server answers");
+    efn.bar_write(0, 0x0c, &[0x80, 0, 0, 0]).unwrap();
+    efn.bar_write(0, 0x0c, &[0x86, 0, 0, 0]).unwrap();
+    for _ in 0..20 {
+        assert_ne!(efn.bar_read32(0, 0x0c).unwrap(), 0xffff_ffff);
+    }
+    assert_eq!(
+        dfn.bar_read32(0, 0).unwrap(),
+        dma_id,
+        "the DMA engine still answers"
+    );
     app.shutdown().unwrap();
+    drop(server);
 }
