@@ -676,10 +676,10 @@ fn a_card_whose_backing_fails_is_surprise_removed_and_failed() {
     let g = gone.clone();
     s.router.watch(
         s.ids[0].clone(),
-        HealthProbe(Arc::new(move || {
+        HealthProbe::new(move || {
             g.load(Ordering::SeqCst)
                 .then(|| "the server disconnected".to_string())
-        })),
+        }),
     );
     s.router.transmit_queue().clear();
     let mut events = Vec::new();
@@ -733,4 +733,207 @@ fn a_card_whose_backing_fails_is_surprise_removed_and_failed() {
     events.clear();
     s.router.take_events(&mut events);
     assert!(events.is_empty(), "{events:?}");
+}
+
+/// A probe whose backing fails after `gone` is set, and whose reviver fails `misses` times
+/// (recording when it was called) and then returns `card()`, watched by the same kind of
+/// probe.
+#[allow(clippy::type_complexity)]
+fn revivable_probe(
+    gone: Arc<std::sync::atomic::AtomicBool>,
+    misses: usize,
+    attempts: Arc<Mutex<Vec<Instant>>>,
+    card: Arc<dyn Fn() -> Box<dyn pcietun::endpoint::Device> + Send + Sync>,
+) -> pcietun::appliance::devices::HealthProbe {
+    use pcietun::appliance::devices::HealthProbe;
+    use std::sync::atomic::Ordering;
+    let g = gone.clone();
+    HealthProbe::new(move || {
+        g.load(Ordering::SeqCst)
+            .then(|| "the server disconnected".to_string())
+    })
+    .with_reviver(move || {
+        let mut a = attempts.lock().unwrap();
+        a.push(Instant::now());
+        if a.len() <= misses {
+            return Err("cannot connect to vfio-user server: connection refused".into());
+        }
+        // The new backing serves until told otherwise.
+        gone.store(false, Ordering::SeqCst);
+        Ok((
+            card(),
+            revivable_probe(gone.clone(), misses, attempts.clone(), card.clone()),
+        ))
+    })
+}
+
+/// Poll the router (real time: the revival thread sleeps its backoff) until `until` holds.
+fn poll_until(s: &mut Sim, what: &str, until: impl Fn(&Sim) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !until(s) {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+        s.router.poll(&mut s.ep, s.now);
+    }
+}
+
+/// A failed card whose backing comes back (a vfio-user server restarted; here a fake probe
+/// and reviver): attempts are spaced by a doubling backoff, the inventory says why it is
+/// still failed and when the next attempt is, and once it is back the card is replaced in
+/// the endpoint at power-on state, `FunctionRecovered` is published and — its previous owner
+/// still connected — it is given back to that host, which sees it present again.
+#[test]
+fn a_failed_card_whose_backing_comes_back_is_recovered_and_given_back() {
+    use pcietun::appliance::{FunctionState, PoolEvent};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut s = Sim::new(5);
+    let a = 0usize;
+    let host = s.hosts[a].id;
+    s.router.assign(&s.ids[0].clone(), host).unwrap();
+    s.owner[0] = Some(a);
+    s.hosts[a].session = Some(100);
+    s.router.on_connected(&mut s.ep, 100, host, 1, s.now);
+    s.deliver();
+    s.enumerate(a);
+    let gone = Arc::new(AtomicBool::new(false));
+    let attempts = Arc::new(Mutex::new(Vec::new()));
+    s.router.watch(
+        s.ids[0].clone(),
+        revivable_probe(
+            gone.clone(),
+            2,
+            attempts.clone(),
+            Arc::new(|| Box::new(DmaEngine::new(BUF as usize))),
+        ),
+    );
+    let mut events = Vec::new();
+    s.router.take_events(&mut events);
+    events.clear();
+    // The old model did DMA-capable work: its requester counts are what we compare against.
+    gone.store(true, Ordering::SeqCst);
+    s.router.poll(&mut s.ep, s.now);
+    s.owner[0] = None;
+    s.deliver();
+    let id = s.ids[0].clone();
+    assert_eq!(
+        s.router.inventory().get(&id).unwrap().state,
+        FunctionState::Failed
+    );
+    let why = s
+        .router
+        .inventory()
+        .get(&id)
+        .unwrap()
+        .failure
+        .clone()
+        .unwrap();
+    assert!(
+        why.contains("the server disconnected") && why.contains("bringing it back"),
+        "{why}"
+    );
+    // A failed attempt shows in the inventory with the next delay.
+    poll_until(&mut s, "a failed attempt", |s| {
+        s.router
+            .inventory()
+            .get(&s.ids[0])
+            .and_then(|e| e.failure.clone())
+            .is_some_and(|f| f.contains("connection refused") && f.contains("next attempt in"))
+    });
+    poll_until(&mut s, "the recovery", |s| {
+        s.router.inventory().get(&s.ids[0]).unwrap().state != FunctionState::Failed
+    });
+    let at = attempts.lock().unwrap().clone();
+    assert_eq!(at.len(), 3, "two misses, then back");
+    let (g1, g2) = (at[1] - at[0], at[2] - at[1]);
+    assert!(
+        g1 >= Duration::from_millis(190) && g2 >= Duration::from_millis(390),
+        "backoff doubles from 100 ms: {g1:?} then {g2:?}"
+    );
+    s.router.take_events(&mut events);
+    let recovered = events
+        .iter()
+        .position(|e| *e == PoolEvent::FunctionRecovered(id.clone()))
+        .unwrap_or_else(|| panic!("{events:?}"));
+    let given = events
+        .iter()
+        .position(|e| {
+            *e == PoolEvent::AssignmentChanged {
+                function: id.clone(),
+                host: Some(host),
+            }
+        })
+        .unwrap_or_else(|| panic!("{events:?}"));
+    assert!(recovered < given, "{events:?}");
+    let e = s.router.inventory().get(&id).unwrap();
+    assert_eq!(e.state, FunctionState::Assigned(host), "given back");
+    assert_eq!(e.failure, None);
+    // A new function record: its requester has done nothing yet.
+    let st = s.ep.requester_stats(Bdf::new(0, 0, 0)).unwrap();
+    assert_eq!(st.started, 0, "{st:?}");
+    // The host is told it is present and programs it (the sim checks what it sees).
+    let mut present = Vec::new();
+    for (key, t) in s.router.transmit_queue().iter() {
+        if let Some(Ok(m)) = SlotMessage::from_tlp(&Tlp::parse(t).unwrap()) {
+            present.push((*key, m.event));
+        }
+    }
+    assert_eq!(present, vec![(100, SlotEvent::Present)]);
+    s.owner[0] = Some(a);
+    s.deliver();
+    // And it is watched again: a second failure is seen.
+    gone.store(true, Ordering::SeqCst);
+    s.router.poll(&mut s.ep, s.now);
+    assert_eq!(
+        s.router.inventory().get(&id).unwrap().state,
+        FunctionState::Failed
+    );
+}
+
+/// A backing that comes back as a different device (another server on the same socket) is
+/// refused: the function stays failed, the inventory says why, and attempts continue.
+#[test]
+fn a_backing_that_comes_back_as_another_device_is_refused() {
+    use pcietun::appliance::FunctionState;
+    use pcietun::endpoint::replay::ReplayDevice;
+    use pcietun::pci::replay::ReplaySizes;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut s = Sim::new(6);
+    let gone = Arc::new(AtomicBool::new(false));
+    let attempts = Arc::new(Mutex::new(Vec::new()));
+    s.router.watch(
+        s.ids[1].clone(),
+        revivable_probe(
+            gone.clone(),
+            0,
+            attempts.clone(),
+            Arc::new(|| {
+                let dump = concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/tests/data/lspci/vmware-nvme.txt"
+                );
+                Box::new(
+                    ReplayDevice::from_file(std::path::Path::new(dump), &ReplaySizes::default())
+                        .unwrap(),
+                )
+            }),
+        ),
+    );
+    gone.store(true, Ordering::SeqCst);
+    s.router.poll(&mut s.ep, s.now);
+    let id = s.ids[1].clone();
+    poll_until(&mut s, "the refusal", |s| {
+        s.router
+            .inventory()
+            .get(&s.ids[1])
+            .and_then(|e| e.failure.clone())
+            .is_some_and(|f| f.contains("different device"))
+    });
+    let e = s.router.inventory().get(&id).unwrap();
+    assert_eq!(e.state, FunctionState::Failed);
+    let f = e.failure.clone().unwrap();
+    assert!(f.contains("15ad:07f0") && f.contains("1b36"), "{f}");
+    assert_eq!(s.ep.function_names()[1], "dma", "the old model stays");
+    poll_until(&mut s, "another attempt", |_| {
+        attempts.lock().unwrap().len() >= 2
+    });
 }

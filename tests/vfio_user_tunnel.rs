@@ -258,13 +258,43 @@ fn qemu_i6300esb_config_and_mmio_through_the_tunnel() {
     func.bar_read(0, 0x0c, &mut b).unwrap();
 }
 
-/// A server killed mid-I/O (issue 16, docs/vfio-user.md "Failure"): the in-process appliance
-/// fronts QEMU's i6300esb over vfio-user and a DMA engine, one host reads the watchdog's BAR
-/// in a loop; `kill -9` of the server: the reads end (error or all-ones, in bounded time),
-/// the inventory shows the function failed, a `FunctionFailed` event is published, the host
-/// sees the card removed, and the DMA engine keeps answering.
+/// A server killed mid-I/O (issue 16, docs/vfio-user.md "Failure"), and brought back: the
+/// in-process appliance fronts QEMU's i6300esb over vfio-user and a DMA engine, one host
+/// reads the watchdog's BAR in a loop; `kill -9` of the server: the reads end (error or
+/// all-ones, in bounded time), the inventory shows the function failed, a `FunctionFailed`
+/// event is published, the host sees the card removed, and the DMA engine keeps answering.
+/// Then the operator starts the server again on the same socket: the appliance reconnects,
+/// the function is back (`FunctionRecovered`), given back to its host, which sees it present
+/// again and whose watchdog accesses work.
 #[test]
 fn qemu_server_killed_mid_io_fails_its_function_only() {
+    killed_mid_io(false);
+}
+
+/// The same with `start = [...]`: the appliance started the server and restarts it itself
+/// after the kill; the function comes back with no operator.
+#[test]
+fn qemu_server_started_by_the_appliance_is_restarted_after_a_kill() {
+    killed_mid_io(true);
+}
+
+/// The pids of the processes whose command line names `needle`.
+fn pids_naming(needle: &str) -> Vec<u32> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(c) = std::fs::read(e.path().join("cmdline")) {
+            if String::from_utf8_lossy(&c).contains(needle) {
+                v.push(pid);
+            }
+        }
+    }
+    v
+}
+
+fn killed_mid_io(appliance_starts_it: bool) {
     use pcietun::appliance::{Appliance, ApplianceConfig, FunctionState, PoolEvent};
     use pcietun::transport::SecretKey;
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -275,7 +305,35 @@ fn qemu_server_killed_mid_io_fails_its_function_only() {
     };
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("esb.sock");
-    let mut server = Peer::Qemu(q, "i6300esb").spawn(&sock);
+    let peer = Peer::Qemu(q.clone(), "i6300esb");
+    let mut server = (!appliance_starts_it).then(|| peer.spawn(&sock));
+    let start = if appliance_starts_it {
+        let argv = [
+            q.display().to_string(),
+            "-L".into(),
+            "/usr/share/qemu".into(),
+            "-L".into(),
+            "/usr/share/seabios".into(),
+            "-accel".into(),
+            "tcg".into(),
+            "-nodefaults".into(),
+            "-display".into(),
+            "none".into(),
+            "-machine".into(),
+            "x-remote,vfio-user=on,auto-shutdown=on".into(),
+            "-device".into(),
+            "i6300esb,id=d0".into(),
+            "-object".into(),
+            format!(
+                "x-vfio-user-server,id=v0,type=unix,path={},device=d0",
+                sock.display()
+            ),
+        ];
+        let quoted: Vec<String> = argv.iter().map(|a| format!("{a:?}")).collect();
+        format!("start = [{}]\nconnect_timeout = 20.0", quoted.join(", "))
+    } else {
+        String::new()
+    };
     let host_key = SecretKey::from_bytes([0x11; 32]);
     let app_key = SecretKey::from_bytes([0x22; 32]);
     app_key
@@ -294,6 +352,7 @@ public_key = "{pk}"
 kind = "vfio-user"
 name = "esb"
 socket = "{sock}"
+{start}
 
 [[device]]
 kind = "dma"
@@ -359,8 +418,24 @@ buffer = "64K"
     };
     std::thread::sleep(Duration::from_millis(300));
     // SIGKILL: no orderly goodbye on the socket.
-    server.0.kill().unwrap();
-    let _ = server.0.wait();
+    let first_pid = match &mut server {
+        Some(s) => {
+            let pid = s.0.id();
+            s.0.kill().unwrap();
+            let _ = s.0.wait();
+            pid
+        }
+        None => {
+            let pids = pids_naming(&format!("path={}", sock.display()));
+            assert_eq!(pids.len(), 1, "one server process started by the appliance");
+            let st = Command::new("kill")
+                .args(["-9", &pids[0].to_string()])
+                .status()
+                .unwrap();
+            assert!(st.success());
+            pids[0]
+        }
+    };
     let (n, end) = done_rx
         .recv_timeout(Duration::from_secs(10))
         .expect("the host's reads ended within 10 s of the kill");
@@ -408,10 +483,208 @@ buffer = "64K"
         dma_id,
         "the DMA engine still answers"
     );
-    // A failed function is handed to no host.
     let host = pcietun::transport::HostId::new("web1").unwrap();
-    assert!(control
-        .assign_wait(esb_id, host, Duration::from_secs(5))
-        .is_err());
+    if !appliance_starts_it {
+        // A failed function is handed to no host (its server is not back: the appliance's
+        // reconnects are refused meanwhile, the inventory says so).
+        assert!(control
+            .assign_wait(esb_id.clone(), host, Duration::from_secs(5))
+            .is_err());
+        let why = control
+            .functions()
+            .into_iter()
+            .find(|f| f.entry.id == esb_id)
+            .and_then(|f| f.entry.failure)
+            .unwrap_or_default();
+        assert!(
+            why.contains("bringing it back") || why.contains("next attempt in"),
+            "the reason and what is being done: {why}"
+        );
+        // The operator starts the server again on the same socket.
+        server = Some(peer.spawn(&sock));
+    }
+    // Back: unassigned, then given back to web1 (still connected, nobody else took it).
+    let end = Instant::now() + Duration::from_secs(40);
+    loop {
+        let st = control
+            .functions()
+            .into_iter()
+            .find(|f| f.entry.id == esb_id)
+            .map(|f| f.entry.state);
+        if st == Some(FunctionState::Assigned(host)) {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "not back with web1: {:?}",
+            control.functions()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let seen: Vec<PoolEvent> = events.try_iter().collect();
+    assert!(
+        seen.contains(&PoolEvent::FunctionRecovered(esb_id.clone())),
+        "{seen:?}"
+    );
+    if appliance_starts_it {
+        let pids = pids_naming(&format!("path={}", sock.display()));
+        assert_eq!(pids.len(), 1, "one server process again");
+        assert_ne!(pids[0], first_pid, "a new process");
+    }
+    // The host sees the card present again, at power-on state, and the watchdog's
+    // accesses work: BAR0 reads, the unlock sequence, the reload register read back.
+    let end = Instant::now() + Duration::from_secs(20);
+    let back = loop {
+        let f = agent
+            .host()
+            .functions()
+            .into_iter()
+            .find(|f| f.class == 0x088000 && f.vendor == 0x8086);
+        if let Some(f) = f {
+            break f;
+        }
+        assert!(Instant::now() < end, "the host never saw the card again");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let efn = agent.host().open(back.bdf).unwrap();
+    efn.config_write(0x04, 0x0002).unwrap();
+    let cmd = efn.config_read(0x04).unwrap();
+    assert_eq!(cmd & 0x2, 0x2, "memory space enabled by the host");
+    let before = efn.bar_read32(0, 0x0c).unwrap();
+    assert_ne!(before, 0xffff_ffff, "the revived server answers");
+    efn.bar_write(0, 0x0c, &[0x80, 0, 0, 0]).unwrap();
+    efn.bar_write(0, 0x0c, &[0x86, 0, 0, 0]).unwrap();
+    for _ in 0..20 {
+        assert_ne!(efn.bar_read32(0, 0x0c).unwrap(), 0xffff_ffff);
+    }
+    assert_eq!(
+        dfn.bar_read32(0, 0).unwrap(),
+        dma_id,
+        "the DMA engine still answers"
+    );
     app.shutdown().unwrap();
+    drop(server);
+}
+
+/// IO BARs end to end (issue 16): libvfio-user's `gpio-pci-idio-16` sample (an IO BAR only:
+/// BAR2, 256 bytes; a read of its byte 0 returns `pin++ / 3`) fronted by a real `pcietun
+/// appliance --device vfio-user=SOCK` process, a real `pcietun host --vfio-user DIR` process
+/// serving the tunnelled function, and the rust-vmm vfio-user client as the consumer: the
+/// host offers BAR2 as a readable, writable region; the consumer's reads of it go out as
+/// IORd through the tunnel and come back with the sample's counter, in order; its writes are
+/// IOWr the sample takes; the sample's `-v` trace shows the accesses.
+#[test]
+fn gpio_sample_io_bar_through_the_tunnel_to_a_vfio_user_consumer() {
+    let Some(bin) =
+        prereq::libvfio_user_sample("gpio-pci-idio-16 IO BAR end to end", "gpio-pci-idio-16")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("gpio.sock");
+    let trace = dir.path().join("gpio.trace");
+    let _server = Proc(
+        Command::new(&bin)
+            .arg("-v")
+            .arg(&sock)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&trace).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    wait_socket(&sock);
+    let port = free_udp_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pcietun"))
+        .args(["appliance", "--listen", &format!("udp:127.0.0.1:{port}")])
+        .arg("--device")
+        .arg(format!("vfio-user={}", sock.display()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let _appliance = Proc(child);
+    let mut line = String::new();
+    BufReader::new(out).read_line(&mut line).unwrap();
+    assert!(line.starts_with("appliance ready:"), "{line:?}");
+    let socks = dir.path().join("host");
+    std::fs::create_dir(&socks).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pcietun"))
+        .args(["host", "--connect", &format!("udp:127.0.0.1:{port}")])
+        .arg("--vfio-user")
+        .arg(&socks)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let _host = Proc(child);
+    let mut line = String::new();
+    BufReader::new(out).read_line(&mut line).unwrap();
+    let path = line
+        .strip_prefix("host ready: ")
+        .unwrap_or_else(|| panic!("{line:?}"))
+        .trim()
+        .to_string();
+    assert!(
+        !path.is_empty() && !path.contains(' '),
+        "one socket: {path:?}"
+    );
+
+    let mut c = vfio_user::Client::new(Path::new(&path)).unwrap();
+    let cfg = |c: &mut vfio_user::Client, off: u64| {
+        let mut b = [0u8; 4];
+        c.region_read(7, off, &mut b).unwrap();
+        u32::from_le_bytes(b)
+    };
+    assert_eq!(cfg(&mut c, 0), 0x0dc8_494f, "the sample's IDs");
+    // BAR2 is an IO BAR, offered as a region (read/write, no mmap).
+    let r = c.region(2).expect("BAR2 region");
+    assert_eq!(r.size, 0x100, "BAR2 offered with its size");
+    assert_eq!(r.flags & 0x3, 0x3, "readable and writable");
+    assert_eq!(cfg(&mut c, 0x18) & 1, 1, "BAR2 is IO space in config space");
+    for i in [0, 1, 3, 4, 5] {
+        assert_eq!(c.region(i).map_or(0, |r| r.size), 0, "BAR{i} absent");
+    }
+    // IO Space Enable, as the consumer's OS would.
+    c.region_write(7, 0x04, &1u16.to_le_bytes()).unwrap();
+    let mut got = Vec::new();
+    for _ in 0..9 {
+        let mut b = [0u8; 1];
+        c.region_read(2, 0, &mut b).unwrap();
+        got.push(b[0]);
+    }
+    assert_eq!(got, vec![0, 0, 0, 1, 1, 1, 2, 2, 2], "the sample's counter");
+    // A DW read (one IORd with all four byte enables) and a write (IOWr) elsewhere in the
+    // BAR: completed, and they do not touch the counter.
+    let mut dw = [0u8; 4];
+    c.region_read(2, 4, &mut dw).unwrap();
+    c.region_write(2, 8, &[0x5a]).unwrap();
+    let mut b = [0u8; 1];
+    c.region_read(2, 0, &mut b).unwrap();
+    assert_eq!(b[0], 3, "the 10th counter read");
+    drop(c);
+    // The sample's own trace: exactly these accesses reached BAR2, with these sizes.
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let bar2: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("gpio: region2: "))
+        .collect();
+    let mut want: Vec<String> = [0, 0, 0, 1, 1, 1, 2, 2, 2]
+        .iter()
+        .map(|v| {
+            format!(
+                "read {} from (0:1)",
+                if *v == 0 {
+                    "0".into()
+                } else {
+                    format!("{v:#x}")
+                }
+            )
+        })
+        .collect();
+    want.push("read 0 from (0x4:4)".into());
+    want.push("wrote 0x5a to (0x8:1)".into());
+    want.push("read 0x3 from (0:1)".into());
+    assert_eq!(bar2, want, "the sample's trace:\n{text}");
 }

@@ -149,6 +149,10 @@ pub enum PoolEvent {
     FunctionRemoved(FunctionId),
     /// A function failed (its reset did not complete, its backing store broke).
     FunctionFailed(FunctionId),
+    /// A failed function is back in service (its vfio-user server restarted and serves the
+    /// same device): unassigned, or given back to its previous owner (then an
+    /// `AssignmentChanged` follows).
+    FunctionRecovered(FunctionId),
     /// A host's session came up (`epoch`: its incarnation).
     HostConnected {
         /// The host.

@@ -13,13 +13,16 @@ use crossbeam::channel::Receiver;
 use super::config::{ApplianceConfig, DeviceSpec, MAX_DMA_BUFFER};
 use super::inventory::{FunctionEntry, FunctionId, Inventory};
 use super::ApplianceError;
+use crate::endpoint::device::ResetKind;
 use crate::endpoint::dma_engine::DmaEngine;
 use crate::endpoint::nvme::{Backend, NvmeController, NvmeOptions};
 use crate::endpoint::replay::ReplayDevice;
-use crate::endpoint::vfio_user_client::{ClientConfig, Health, VfioUserClient};
+use crate::endpoint::vfio_user_client::{ClientConfig, ClientError, Health, VfioUserClient};
 use crate::endpoint::{Device, Proxy, ProxyConfig};
 use crate::pci::replay::ReplaySizes;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 /// Something worth telling the operator about a device that was built anyway.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -68,20 +71,64 @@ pub struct Built {
 }
 
 /// Whether a function's backing is still there: `None` while it serves, else why it failed
-/// (cheap; polled by the serving loop).
+/// (cheap; polled by the serving loop) — and, for a backing that can come back (a vfio-user
+/// server the appliance starts, or whose socket may reappear), how to bring it back.
 #[derive(Clone)]
-pub struct HealthProbe(pub std::sync::Arc<dyn Fn() -> Option<String> + Send + Sync>);
+pub struct HealthProbe {
+    check: Arc<dyn Fn() -> Option<String> + Send + Sync>,
+    revive: Option<Reviver>,
+}
+
+/// One attempt to bring a failed function's backing back: a new device model at power-on
+/// state and its probe, or why not. It blocks (it starts a process, connects, reads config
+/// space), so the router runs it on a thread of its own, never on the serving thread.
+pub type ReviveFn = dyn Fn() -> Result<(Box<dyn Device>, HealthProbe), String> + Send + Sync;
+
+/// How to bring a failed function back (see [`ReviveFn`]).
+#[derive(Clone)]
+pub struct Reviver(pub Arc<ReviveFn>);
+
+impl std::fmt::Debug for Reviver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reviver")
+    }
+}
 
 impl HealthProbe {
+    /// A probe: `check` returns `None` while the backing serves, else why it failed.
+    pub fn new(check: impl Fn() -> Option<String> + Send + Sync + 'static) -> Self {
+        HealthProbe {
+            check: Arc::new(check),
+            revive: None,
+        }
+    }
+
+    /// The same probe, with a way to bring the backing back once it failed.
+    pub fn with_reviver(
+        mut self,
+        revive: impl Fn() -> Result<(Box<dyn Device>, HealthProbe), String> + Send + Sync + 'static,
+    ) -> Self {
+        self.revive = Some(Reviver(Arc::new(revive)));
+        self
+    }
+
     /// `None` while the backing serves, else why it failed.
     pub fn check(&self) -> Option<String> {
-        (self.0)()
+        (self.check)()
+    }
+
+    /// How to bring the backing back, if it can come back.
+    pub fn reviver(&self) -> Option<&Reviver> {
+        self.revive.as_ref()
     }
 }
 
 impl std::fmt::Debug for HealthProbe {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("HealthProbe").field(&self.check()).finish()
+        f.debug_struct("HealthProbe")
+            .field("failed", &self.check())
+            .field("revivable", &self.revive.is_some())
+            .finish()
     }
 }
 
@@ -185,20 +232,49 @@ pub(crate) fn build_device(
             if let Some(t) = connect_timeout {
                 c.connect_timeout = *t;
             }
-            let client = if start.is_empty() {
-                VfioUserClient::connect(&c)?
-            } else {
-                VfioUserClient::start(start, &c)?
-            };
-            let h = client.health_handle();
-            let probe = HealthProbe(std::sync::Arc::new(move || match h.health() {
-                Health::Failed(why) => Some(why.to_string()),
-                Health::Serving | Health::Unresponsive => None,
-            }));
+            let (client, probe) = vfio_user_function(&c, start)?;
             return Ok((Box::new(client), Some(probe)));
         }
     };
     Ok((dev, None))
+}
+
+/// Longest a reconnect attempt to a plain socket (no `start`) waits for it: the attempts
+/// themselves are the retries, spaced by the router's backoff.
+const RECONNECT_WAIT: Duration = Duration::from_millis(200);
+
+/// Start (`start` non-empty) or connect to a vfio-user server, and the probe that watches it
+/// and, once it has failed, starts it again (or reconnects when its socket is back).
+fn vfio_user_function(
+    c: &ClientConfig,
+    start: &[String],
+) -> Result<(VfioUserClient, HealthProbe), ClientError> {
+    let client = if start.is_empty() {
+        VfioUserClient::connect(c)?
+    } else {
+        VfioUserClient::start(start, c)?
+    };
+    let probe = vfio_user_probe(&client, c.clone(), start.to_vec());
+    Ok((client, probe))
+}
+
+fn vfio_user_probe(client: &VfioUserClient, c: ClientConfig, start: Vec<String>) -> HealthProbe {
+    let h = client.health_handle();
+    HealthProbe::new(move || match h.health() {
+        Health::Failed(why) => Some(why.to_string()),
+        Health::Serving | Health::Unresponsive => None,
+    })
+    .with_reviver(move || {
+        let mut c = c.clone();
+        if start.is_empty() {
+            c.connect_timeout = c.connect_timeout.min(RECONNECT_WAIT);
+        }
+        let (mut client, probe) = vfio_user_function(&c, &start).map_err(|e| e.to_string())?;
+        // Power-on state, whatever the server kept from before (a server that survived its
+        // client, reached again through a reappeared socket).
+        client.reset(ResetKind::Conventional);
+        Ok((Box::new(client) as Box<dyn Device>, probe))
+    })
 }
 
 #[cfg(test)]

@@ -61,6 +61,9 @@ pub enum InventoryError {
     /// The function failed.
     #[error("function {0} failed")]
     Failed(FunctionId),
+    /// The function has not failed (nothing to recover).
+    #[error("function {0} has not failed")]
+    NotFailed(FunctionId),
 }
 
 /// A function's stable id: a configured name (`ssd-a`), or derived from where it sits —
@@ -243,6 +246,10 @@ pub struct FunctionEntry {
     pub total_vfs: u16,
     /// Ownership.
     pub state: FunctionState,
+    /// While [`FunctionState::Failed`]: why, and what is being done about it (a vfio-user
+    /// server being restarted or reconnected to, with the next attempt's delay).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
 }
 
 fn bdf_str<S: serde::Serializer>(b: &Bdf, s: S) -> Result<S::Ok, S::Error> {
@@ -287,6 +294,7 @@ impl FunctionEntry {
             ids: PciIdentity::read(dev),
             total_vfs: total_vfs(dev),
             state: FunctionState::Unassigned,
+            failure: None,
         })
     }
 
@@ -431,6 +439,28 @@ impl Inventory {
     pub fn fail(&mut self, id: &FunctionId) -> Result<(), InventoryError> {
         let i = self.index(id)?;
         self.functions[i].state = FunctionState::Failed;
+        Ok(())
+    }
+
+    /// Say why a failed function failed and what is being done about it (shown with it).
+    pub fn set_failure(&mut self, id: &FunctionId, why: String) -> Result<(), InventoryError> {
+        let i = self.index(id)?;
+        if self.functions[i].state != FunctionState::Failed {
+            return Err(InventoryError::NotFailed(id.clone()));
+        }
+        self.functions[i].failure = Some(why);
+        Ok(())
+    }
+
+    /// A failed function whose backing is back (a restarted vfio-user server, the same card):
+    /// unassigned again, its failure cleared. Refused unless it is failed.
+    pub fn recover(&mut self, id: &FunctionId) -> Result<(), InventoryError> {
+        let i = self.index(id)?;
+        if self.functions[i].state != FunctionState::Failed {
+            return Err(InventoryError::NotFailed(id.clone()));
+        }
+        self.functions[i].state = FunctionState::Unassigned;
+        self.functions[i].failure = None;
         Ok(())
     }
 

@@ -161,6 +161,107 @@ struct Probe {
     function: FunctionId,
     probe: HealthProbe,
     failed: bool,
+    /// Who owned it when it failed (it gets it back on recovery, if still connected).
+    owner: Option<HostId>,
+    /// While failed and revivable: the thread bringing its backing back.
+    revival: Option<Revival>,
+}
+
+/// First wait before bringing a failed backing back; it doubles after each failed attempt.
+pub const REVIVE_BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// Longest wait between attempts.
+pub const REVIVE_BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// What a revival thread reports.
+enum Revived {
+    /// An attempt failed; the next one is `next` from now.
+    Attempt { why: String, next: Duration },
+    /// The backing is back, serving the same device: its new model and probe.
+    Back(Box<dyn crate::endpoint::Device>, HealthProbe),
+}
+
+/// A thread making attempts with capped exponential backoff until the backing is back
+/// or it is told to stop (the function was removed, the router dropped).
+struct Revival {
+    rx: crossbeam::channel::Receiver<Revived>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for Revival {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+    }
+}
+
+/// The identity a revived backing must show to stand in for the failed one: vendor, device
+/// and class (a different card on the same socket is refused).
+fn same_card(
+    want: &super::inventory::PciIdentity,
+    dev: &mut dyn crate::endpoint::Device,
+) -> Result<(), String> {
+    let got = super::inventory::PciIdentity::read(dev);
+    if (got.vendor, got.device, got.class) == (want.vendor, want.device, want.class) {
+        Ok(())
+    } else {
+        Err(format!(
+            "the server now serves a different device ({:04x}:{:04x} class {:06x}, was \
+             {:04x}:{:04x} class {:06x}): refused",
+            got.vendor, got.device, got.class, want.vendor, want.device, want.class
+        ))
+    }
+}
+
+impl Revival {
+    /// Start bringing `function` (identity `want`) back with `revive`.
+    fn start(
+        function: &FunctionId,
+        want: super::inventory::PciIdentity,
+        revive: super::devices::Reviver,
+    ) -> Option<Revival> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let (tx, rx) = crossbeam::channel::unbounded();
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let s2 = stop.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("revive-{function}"))
+            .spawn(move || {
+                let mut delay = REVIVE_BACKOFF_MIN;
+                loop {
+                    let until = Instant::now() + delay;
+                    while Instant::now() < until {
+                        if s2.load(Ordering::Acquire) {
+                            return;
+                        }
+                        std::thread::sleep(Duration::from_millis(20).min(delay));
+                    }
+                    if s2.load(Ordering::Acquire) {
+                        return;
+                    }
+                    let r = (revive.0)().and_then(|(mut dev, probe)| {
+                        same_card(&want, &mut *dev).map(|()| (dev, probe))
+                    });
+                    let next = (delay * 2).min(REVIVE_BACKOFF_MAX);
+                    let msg = match r {
+                        Ok((dev, probe)) => {
+                            let _ = tx.send(Revived::Back(dev, probe));
+                            return;
+                        }
+                        Err(why) => Revived::Attempt { why, next },
+                    };
+                    if tx.send(msg).is_err() {
+                        return;
+                    }
+                    delay = next;
+                }
+            });
+        match spawned {
+            Ok(_) => Some(Revival { rx, stop }),
+            Err(e) => {
+                tracing::error!(%function, "appliance: cannot start reviving the function: {e}");
+                None
+            }
+        }
+    }
 }
 
 impl<K> std::fmt::Debug for Router<K> {
@@ -682,21 +783,123 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
             function,
             probe,
             failed: false,
+            owner: None,
+            revival: None,
         });
     }
 
-    /// Fail the watched functions whose backing went away.
+    /// Fail the watched functions whose backing went away, start bringing back the ones that
+    /// can come back, and put back in service those that are back.
     fn check_health(&mut self, ep: &mut Proxy, now: Instant) {
         let mut gone = Vec::new();
-        for p in self.probes.iter_mut().filter(|p| !p.failed) {
-            if let Some(why) = p.probe.check() {
-                p.failed = true;
-                gone.push((p.function.clone(), why));
+        let mut back = Vec::new();
+        for (i, p) in self.probes.iter_mut().enumerate() {
+            if !p.failed {
+                if let Some(why) = p.probe.check() {
+                    p.failed = true;
+                    gone.push((i, why));
+                }
+                continue;
+            }
+            let Some(r) = &p.revival else { continue };
+            // Never blocks: the attempts run on the revival thread.
+            while let Ok(m) = r.rx.try_recv() {
+                match m {
+                    Revived::Attempt { why, next } => {
+                        tracing::warn!(function = %p.function, reason = %why, retry_in = ?next,
+                            "appliance: failed function not back yet");
+                        let _ = self
+                            .inventory
+                            .set_failure(&p.function, format!("{why}; next attempt in {next:?}"));
+                        self.changed = true;
+                    }
+                    Revived::Back(dev, probe) => {
+                        back.push((i, dev, probe));
+                        break;
+                    }
+                }
             }
         }
-        for (f, why) in gone {
+        for (i, why) in gone {
+            let f = self.probes[i].function.clone();
             tracing::warn!(function = %f, reason = %why, "appliance: function failed");
+            self.probes[i].owner = self.inventory.get(&f).and_then(FunctionEntry::owner);
             self.fail(ep, &f, now);
+            let entry = self.inventory.get(&f).cloned();
+            let revival = match (entry, self.probes[i].probe.reviver()) {
+                (Some(e), Some(rv)) if e.state == FunctionState::Failed => {
+                    Revival::start(&f, e.ids, rv.clone())
+                }
+                _ => None,
+            };
+            let note = if revival.is_some() {
+                format!("{why}; bringing it back (first attempt in {REVIVE_BACKOFF_MIN:?})")
+            } else {
+                why
+            };
+            let _ = self.inventory.set_failure(&f, note);
+            self.probes[i].revival = revival;
+        }
+        for (i, dev, probe) in back {
+            self.recover(ep, i, dev, probe);
+        }
+    }
+
+    /// Put watched function `i`, whose backing is back as `dev`, in service again: its model
+    /// replaced in the endpoint (power-on state), unassigned with a
+    /// [`PoolEvent::FunctionRecovered`], and given back to its previous owner if that host is
+    /// connected and the rest of its card is still unassigned.
+    fn recover(
+        &mut self,
+        ep: &mut Proxy,
+        i: usize,
+        dev: Box<dyn crate::endpoint::Device>,
+        probe: HealthProbe,
+    ) {
+        let f = self.probes[i].function.clone();
+        self.probes[i].revival = None;
+        let Some(e) = self.inventory.get(&f).cloned() else {
+            return;
+        };
+        // Whatever the old model queued has no owner (it was detached when it failed).
+        self.drain_outbound(usize::MAX);
+        match ep.replace_function(e.bdf, dev) {
+            Ok(old) => {
+                // Its threads are joined on drop (quick for a dead server, but not the serving
+                // thread's business).
+                let _ = std::thread::Builder::new()
+                    .name("vfio-user-retire".into())
+                    .spawn(move || drop(old));
+            }
+            Err(err) => {
+                tracing::error!(function = %f, "appliance: cannot put the revived function back: {err}");
+                return;
+            }
+        }
+        self.drain_outbound(usize::MAX);
+        if self.inventory.recover(&f).is_err() {
+            return;
+        }
+        let p = &mut self.probes[i];
+        p.probe = probe;
+        p.failed = false;
+        let owner = p.owner.take();
+        tracing::info!(function = %f, "appliance: function recovered");
+        self.events.push(PoolEvent::FunctionRecovered(f.clone()));
+        self.changed = true;
+        let Some(owner) = owner else { return };
+        let connected = self
+            .hosts
+            .iter()
+            .any(|h| h.id == owner && h.session.is_some());
+        if !connected {
+            tracing::info!(function = %f, host = %owner,
+                "appliance: previous owner not connected: the function stays unassigned");
+            return;
+        }
+        if let Err(err) = self.assign(&f, owner) {
+            tracing::info!(function = %f, host = %owner,
+                "appliance: not given back to its previous owner: {err}");
         }
     }
 
@@ -848,6 +1051,7 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
             }
         }
         self.drain_outbound(usize::MAX);
+        // Dropping a probe stops its revival thread.
         self.probes
             .retain(|p| card.iter().all(|o| o.id != p.function));
         for o in &card {

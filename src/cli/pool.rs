@@ -77,7 +77,11 @@ fn api_state(f: &FunctionStatus) -> ApiState {
         },
         FunctionState::Resetting => ApiState::Resetting,
         FunctionState::Failed => ApiState::Failed {
-            reason: "the function failed (reset or backing store)".into(),
+            reason: f
+                .entry
+                .failure
+                .clone()
+                .unwrap_or_else(|| "the function failed (reset or backing store)".into()),
         },
     }
 }
@@ -531,6 +535,9 @@ impl Pool for AppliancePool {
                             state: ApiState::Failed {
                                 reason: "the function failed (reset or backing store)".into(),
                             },
+                        },
+                        PoolEvent::FunctionRecovered(f) => ApiEvent::FunctionRecovered {
+                            function: f.to_string(),
                         },
                         PoolEvent::AssignmentChanged { function, host } => {
                             ApiEvent::FunctionStateChanged {

@@ -253,6 +253,56 @@ impl Proxy {
         Ok(n)
     }
 
+    /// Put `device` in place of the physical function at `bdf`'s device model while the
+    /// endpoint serves (its backing was replaced: a restarted vfio-user server). The function
+    /// keeps its place and number but starts at power-on state: the old model's DMA reads in
+    /// flight fail, its virtual functions go, and decode state, MSI-X, INTx and the DMA
+    /// requester are new (so is its captured bus: the next Type 0 write sets it). The other
+    /// functions are untouched, and the TLP path is as it was (no lookup changes shape).
+    /// Returns the old model, for the caller to drop where dropping may block.
+    pub fn replace_function(
+        &mut self,
+        bdf: Bdf,
+        device: Box<dyn Device>,
+    ) -> Result<Box<dyn Device>, ProxyError> {
+        let Some(i) = self
+            .functions
+            .iter()
+            .position(|f| f.vf.is_none() && f.bdf().0 as u8 == bdf.0 as u8)
+        else {
+            return Err(ProxyError::NoFunction(bdf));
+        };
+        let now = self.now;
+        let pf = self.functions[i].id;
+        let at = Bdf::new(0, self.functions[i].bdf().device(), bdf.function());
+        // Its VFs first (they share the old model's state).
+        let mut j = 0;
+        while j < self.functions.len() {
+            if self.functions[j].is_vf_of(pf) {
+                let mut vf = self.functions.remove(j);
+                vf.retire(now);
+            } else {
+                j += 1;
+            }
+        }
+        let i = self
+            .functions
+            .iter()
+            .position(|f| f.id == pf)
+            .ok_or(ProxyError::NoFunction(bdf))?;
+        self.next_id += 1;
+        let fresh = ProxiedFunction::new(
+            self.next_id,
+            at,
+            device,
+            self.outbound(),
+            self.cfg.dma_timeout,
+        );
+        let mut old = std::mem::replace(&mut self.functions[i], fresh);
+        old.retire(now);
+        Ok(old.device)
+    }
+
     /// Routing IDs of the functions, in the order they were added.
     pub fn functions(&self) -> Vec<Bdf> {
         self.functions.iter().map(ProxiedFunction::bdf).collect()
@@ -937,5 +987,52 @@ impl Drop for Proxy {
         for f in &mut self.functions {
             f.retire(now);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::endpoint::dma_engine::DmaEngine;
+
+    #[test]
+    fn a_replaced_function_starts_at_power_on_and_the_others_keep_their_state() {
+        let (mut ep, _rx) = Proxy::new(ProxyConfig::default());
+        ep.add_function(Bdf::new(0, 0, 0), Box::new(DmaEngine::new(4096)))
+            .unwrap();
+        ep.add_function(Bdf::new(0, 0, 1), Box::new(DmaEngine::new(4096)))
+            .unwrap();
+        ep.add_function(Bdf::new(0, 1, 0), Box::new(DmaEngine::new(4096)))
+            .unwrap();
+        for f in &mut ep.functions {
+            // Memory Space and Bus Master Enable, as enumeration leaves them.
+            f.config_write(0x04, 0x0006, 0x3);
+            f.refresh();
+        }
+        let ids: Vec<u64> = ep.functions.iter().map(|f| f.id).collect();
+        let old = ep
+            .replace_function(Bdf::new(0, 0, 1), Box::new(DmaEngine::new(8192)))
+            .unwrap();
+        assert_eq!(old.name(), "dma");
+        assert_eq!(
+            ep.functions(),
+            vec![Bdf::new(0, 0, 0), Bdf::new(0, 0, 1), Bdf::new(0, 1, 0)],
+            "same place, same numbers"
+        );
+        assert_ne!(ep.functions[1].id, ids[1], "a new function record");
+        assert_eq!(ep.functions[0].id, ids[0]);
+        assert_eq!(ep.functions[2].id, ids[2]);
+        assert_eq!(
+            ep.functions[1].config_read(0x04) & 0xffff,
+            0,
+            "the new model is at power-on"
+        );
+        assert!(!ep.functions[1].decode.mem_enable);
+        assert_eq!(ep.functions[0].config_read(0x04) & 0x6, 0x6);
+        assert_eq!(ep.functions[2].config_read(0x04) & 0x6, 0x6);
+        assert!(matches!(
+            ep.replace_function(Bdf::new(0, 5, 0), Box::new(DmaEngine::new(4096))),
+            Err(ProxyError::NoFunction(_))
+        ));
     }
 }

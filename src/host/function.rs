@@ -136,6 +136,16 @@ pub trait RootComplex: Send + Sync + std::fmt::Debug {
     fn mem_read(&self, address: u64, buf: &mut [u8]) -> Result<(), RequestError>;
     /// Posted memory write of `data` at bus address `address`.
     fn mem_write(&self, address: u64, data: &[u8]) -> Result<(), RequestError>;
+    /// IORd of the bytes `first_be` selects of the DW at IO address `address` (of `target`).
+    fn io_read(&self, target: Bdf, address: u32, first_be: u8) -> Result<u32, RequestError>;
+    /// IOWr of the bytes `first_be` selects of `value` at the DW at IO address `address`.
+    fn io_write(
+        &self,
+        target: Bdf,
+        address: u32,
+        first_be: u8,
+        value: u32,
+    ) -> Result<(), RequestError>;
     /// Base address of the window where memory writes are interrupts (MSI/MSI-X).
     fn msi_base(&self) -> u64;
 }
@@ -195,14 +205,15 @@ impl RemoteFunction {
         }
     }
 
-    fn bar_range(&self, bar: usize, offset: u64, len: usize) -> Result<u64, RequestError> {
+    /// The BAR `bar` covering `offset..offset+len`: its base and whether it is an IO BAR.
+    fn bar_range(&self, bar: usize, offset: u64, len: usize) -> Result<(u64, bool), RequestError> {
         self.alive()?;
         let b = self
             .f
             .info
             .bars
             .get(bar)
-            .filter(|b| b.size > 0 && !b.io)
+            .filter(|b| b.size > 0)
             .ok_or(RequestError::UnsupportedRequest)?;
         let end = offset
             .checked_add(len as u64)
@@ -210,19 +221,37 @@ impl RemoteFunction {
         if end > b.size {
             return Err(RequestError::UnsupportedRequest);
         }
-        Ok(b.base + offset)
+        Ok((b.base + offset, b.io))
     }
 
-    /// Read `buf.len()` bytes at `offset` of memory BAR `bar`.
+    /// Read `buf.len()` bytes at `offset` of BAR `bar`: memory reads, or for an IO BAR one
+    /// IORd per DW the bytes touch (byte enables select them; PCIe IO requests carry one DW).
     pub fn bar_read(&self, bar: usize, offset: u64, buf: &mut [u8]) -> Result<(), RequestError> {
-        let a = self.bar_range(bar, offset, buf.len())?;
-        self.root.mem_read(a, buf)
+        let (a, io) = self.bar_range(bar, offset, buf.len())?;
+        if !io {
+            return self.root.mem_read(a, buf);
+        }
+        for (dw, lanes, bytes) in io_spans(a, buf.len())? {
+            let v = self.root.io_read(self.bdf(), dw, lane_enables(&lanes))?;
+            buf[bytes].copy_from_slice(&v.to_le_bytes()[lanes]);
+        }
+        Ok(())
     }
 
-    /// Write `data` at `offset` of memory BAR `bar` (posted).
+    /// Write `data` at `offset` of BAR `bar`: posted memory writes, or for an IO BAR one
+    /// IOWr per DW (non-posted: each completes before the next).
     pub fn bar_write(&self, bar: usize, offset: u64, data: &[u8]) -> Result<(), RequestError> {
-        let a = self.bar_range(bar, offset, data.len())?;
-        self.root.mem_write(a, data)
+        let (a, io) = self.bar_range(bar, offset, data.len())?;
+        if !io {
+            return self.root.mem_write(a, data);
+        }
+        for (dw, lanes, bytes) in io_spans(a, data.len())? {
+            let mut v = [0u8; 4];
+            v[lanes.clone()].copy_from_slice(&data[bytes]);
+            self.root
+                .io_write(self.bdf(), dw, lane_enables(&lanes), u32::from_le_bytes(v))?;
+        }
+        Ok(())
     }
 
     /// 32-bit BAR read.
@@ -448,12 +477,44 @@ fn dw_spans(offset: u64, len: usize) -> impl Iterator<Item = DwSpan> {
     })
 }
 
+/// The DWs an IO access of `len` bytes at IO address `a` touches: (DW address, byte lanes
+/// within the DW, the bytes of the caller's buffer). IO space is 32-bit. No allocation.
+fn io_spans(
+    a: u64,
+    len: usize,
+) -> Result<impl Iterator<Item = (u32, std::ops::Range<usize>, std::ops::Range<usize>)>, RequestError>
+{
+    let end = a
+        .checked_add(len as u64)
+        .filter(|e| *e <= 1 << 32)
+        .ok_or(RequestError::UnsupportedRequest)?;
+    let mut at = a;
+    Ok(std::iter::from_fn(move || {
+        if at >= end {
+            return None;
+        }
+        let dw = at & !3;
+        let lane = (at - dw) as usize;
+        let n = (4 - lane).min((end - at) as usize);
+        let from = (at - a) as usize;
+        at += n as u64;
+        Some((dw as u32, lane..lane + n, from..from + n))
+    }))
+}
+
+/// First DW byte enables for the lanes `r`.
+fn lane_enables(r: &std::ops::Range<usize>) -> u8 {
+    r.clone().fold(0u8, |be, l| be | 1 << l)
+}
+
 impl VfioDevice for RemoteFunction {
     fn region(&self, index: u32) -> RegionDesc {
         match index {
             0..=5 => {
+                // Memory and IO BARs alike (a consumer such as QEMU's vfio-user-pci maps an IO
+                // BAR as port I/O, from the BAR's space bit in config space).
                 let b = self.f.info.bars[index as usize];
-                if b.size == 0 || b.io {
+                if b.size == 0 {
                     RegionDesc::NONE
                 } else {
                     RegionDesc::rw(b.size)
@@ -557,6 +618,24 @@ impl VfioDevice for RemoteFunction {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn io_accesses_split_into_one_dw_requests() {
+        let spans: Vec<_> = io_spans(0x1006, 7)
+            .unwrap()
+            .map(|(dw, lanes, bytes)| (dw, lane_enables(&lanes), bytes))
+            .collect();
+        assert_eq!(
+            spans,
+            [
+                (0x1004, 0b1100, 0..2),
+                (0x1008, 0b1111, 2..6),
+                (0x100c, 0b0001, 6..7)
+            ]
+        );
+        assert_eq!(io_spans(0x1000, 0).unwrap().count(), 0);
+        assert!(io_spans(0xffff_fffe, 4).is_err(), "IO space is 32-bit");
+    }
 
     #[test]
     fn config_accesses_split_into_dw_spans() {

@@ -831,6 +831,38 @@ impl Host {
         Ok(())
     }
 
+    /// IORd of the bytes `first_be` selects in the DW at IO address `address` of `target`'s
+    /// IO BAR (`target` names the card for a surprise removal to fail the wait). The DW is
+    /// returned as read (bytes not enabled are whatever the card sent).
+    pub fn io_read(&self, target: Bdf, address: u32, first_be: u8) -> Result<u32, RequestError> {
+        let mut b = [0u8; 4];
+        self.nonposted(target, None, &mut b, |buf, tag| {
+            crate::tlp::build::io(buf, ROOT_PORT, tag, address, first_be, None)
+        })?;
+        Ok(u32::from_le_bytes(b))
+    }
+
+    /// IOWr of the bytes `first_be` selects of `value` at the DW at IO address `address`
+    /// (non-posted: returns once the card completed it).
+    pub fn io_write(
+        &self,
+        target: Bdf,
+        address: u32,
+        first_be: u8,
+        value: u32,
+    ) -> Result<(), RequestError> {
+        self.nonposted(target, None, &mut [], |buf, tag| {
+            crate::tlp::build::io(
+                buf,
+                ROOT_PORT,
+                tag,
+                address,
+                first_be,
+                Some(value.to_le_bytes()),
+            )
+        })
+    }
+
     /// Posted memory write of `data` at `address` (split at Max Payload Size and 4 KiB).
     pub fn mem_write(&self, address: u64, data: &[u8]) -> Result<(), RequestError> {
         if !self.is_link_up() {
@@ -884,6 +916,20 @@ impl RootComplex for Host {
 
     fn mem_write(&self, address: u64, data: &[u8]) -> Result<(), RequestError> {
         Host::mem_write(self, address, data)
+    }
+
+    fn io_read(&self, target: Bdf, address: u32, first_be: u8) -> Result<u32, RequestError> {
+        Host::io_read(self, target, address, first_be)
+    }
+
+    fn io_write(
+        &self,
+        target: Bdf,
+        address: u32,
+        first_be: u8,
+        value: u32,
+    ) -> Result<(), RequestError> {
+        Host::io_write(self, target, address, first_be, value)
     }
 
     fn msi_base(&self) -> u64 {

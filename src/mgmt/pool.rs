@@ -387,6 +387,12 @@ pub enum PoolEvent {
         /// The new state.
         state: FunctionState,
     },
+    /// A failed function is back in service (its backing, a vfio-user server, restarted and
+    /// serves the same device); its state follows in a `FunctionStateChanged`.
+    FunctionRecovered {
+        /// Its id.
+        function: String,
+    },
     /// A host's session came up.
     HostConnected {
         /// Host id.

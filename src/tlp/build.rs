@@ -11,8 +11,8 @@
 
 use super::split::{self, SizeError, SplitCompletion};
 use super::{
-    Attr, Bdf, CfgRequest, Completion, CplStatus, Error, MemOp, MemRequest, Message, MsgRouting,
-    Prefixes, Tlp, TlpHeader,
+    Attr, Bdf, CfgRequest, Completion, CplStatus, Error, IoRequest, MemOp, MemRequest, Message,
+    MsgRouting, Prefixes, Tlp, TlpHeader,
 };
 
 /// Largest TLP these constructors build: a 4 DW header and 4096 bytes of payload (no
@@ -138,6 +138,29 @@ pub fn msi(buf: &mut [u8], requester: Bdf, address: u64, data: u32) -> Result<us
         return Err(BuildError::MsiAddress(address));
     }
     mem_write(buf, requester, address, &data.to_le_bytes())
+}
+
+/// An IO request (§2.2.7, IORd/IOWr): one DW at the DW-aligned `address`, the bytes
+/// `first_be` selects read or written (Last BE 0, TC 0, no attributes: §2.2.6.3). `write`:
+/// the DW written (IOWr), else a read.
+pub fn io(
+    buf: &mut [u8],
+    requester: Bdf,
+    tag: u16,
+    address: u32,
+    first_be: u8,
+    write: Option<[u8; 4]>,
+) -> Result<usize, BuildError> {
+    let header = TlpHeader::Io(IoRequest {
+        write: write.is_some(),
+        requester_id: requester,
+        tag,
+        first_be,
+        last_be: 0,
+        address: address & !3,
+    });
+    let payload: &[u8] = write.as_ref().map_or(&[], |d| &d[..]);
+    Ok(tlp(1, header, 0, Attr::default()).emit_padded(buf, 0, payload)?)
 }
 
 /// A configuration request (§2.2.7): Type 0 to a function on the link, Type 1 to be
@@ -341,6 +364,39 @@ pub fn intx(buf: &mut [u8], requester: Bdf, pin: u8, assert: bool) -> Result<usi
 mod tests {
     use super::*;
     use crate::tlp::json::parse_hex;
+
+    #[test]
+    fn io_requests_parse_back() {
+        let mut b = [0u8; 32];
+        let n = io(&mut b, Bdf::new(0, 0, 0), 7, 0x1006, 0b1100, None).unwrap();
+        let t = Tlp::parse(&b[..n]).unwrap();
+        assert_eq!(
+            t.header,
+            TlpHeader::Io(IoRequest {
+                write: false,
+                requester_id: Bdf::new(0, 0, 0),
+                tag: 7,
+                first_be: 0b1100,
+                last_be: 0,
+                address: 0x1004,
+            })
+        );
+        let n = io(
+            &mut b,
+            Bdf::new(0, 0, 0),
+            8,
+            0x1008,
+            0xf,
+            Some([1, 2, 3, 4]),
+        )
+        .unwrap();
+        let t = Tlp::parse(&b[..n]).unwrap();
+        assert!(matches!(
+            t.header,
+            TlpHeader::Io(IoRequest { write: true, .. })
+        ));
+        assert_eq!(t.data, &[1, 2, 3, 4]);
+    }
 
     fn hex(s: &str) -> Vec<u8> {
         parse_hex(s).unwrap()

@@ -107,6 +107,13 @@ fn describe(
                 target_uri(function),
             )
         }
+        PoolEvent::FunctionRecovered { function } => (
+            "ResourceStatusChangedOK",
+            vec![target_uri(function), "OK (recovered)".into()],
+            "OK",
+            "StatusChange",
+            target_uri(function),
+        ),
         PoolEvent::HostConnected { host } => (
             "ResourceStateChanged",
             vec![system_uri(host), "connected".into()],
@@ -128,7 +135,9 @@ fn message_text(id: &str, args: &[String]) -> String {
     let template = match id {
         "ResourceCreated" => "The resource was created successfully.",
         "ResourceRemoved" => "The resource was removed successfully.",
-        "ResourceStatusChangedCritical" => "The health of resource '%1' has changed to %2.",
+        "ResourceStatusChangedCritical" | "ResourceStatusChangedOK" => {
+            "The health of resource '%1' has changed to %2."
+        }
         _ => "The state of resource '%1' has changed to %2.",
     };
     let mut out = template.to_string();
