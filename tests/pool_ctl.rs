@@ -7,41 +7,19 @@
 //! moves it there, where it works. Cards are added to and removed from the running appliance
 //! with `ctl add-device` / `ctl remove-device` while a host runs I/O, and `ctl events` shows it.
 
-use std::io::{BufRead, BufReader};
+mod pool_common;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use pcietun::host::agent::{Agent, AgentConfig, Target};
-use pcietun::host::HostConfig;
+use pcietun::host::agent::Agent;
 use pcietun::pci::class::dma_engine::{reg, ID_VALUE};
 use pcietun::transport::SecretKey;
+use pool_common::{agent, Appliance, PASSWORD};
 
-const PASSWORD: &str = "correct horse battery staple";
-
-struct Appliance(Child);
-
-impl Drop for Appliance {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn write_private(path: &Path, text: &str) {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .unwrap();
-    f.write_all(text.as_bytes()).unwrap();
-}
-
-/// Starts the appliance; returns it with its UDP address and its API's URL.
+/// Starts the appliance with hosts web1 and web2 and the DMA engine dma-a (unassigned), and
+/// `api_extra` in its `[api]`; returns it with its UDP address and its API's URL.
 fn appliance(
     dir: &Path,
     key: &SecretKey,
@@ -49,89 +27,15 @@ fn appliance(
     web2: &SecretKey,
     api_extra: &str,
 ) -> (Appliance, String, String) {
-    key.write_new(&dir.join("appliance.key")).unwrap();
-    write_private(&dir.join("admin.pw"), &format!("{PASSWORD}\n"));
-    let config = format!(
-        r#"
-listen = ["udp:127.0.0.1:0"]
-key_file = "appliance.key"
-
-[[host]]
-id = "web1"
-public_key = "{}"
-
-[[host]]
-id = "web2"
-public_key = "{}"
-
-[[device]]
-kind = "dma"
-name = "dma-a"
-buffer = "64K"
-
-[api]
-listen = "127.0.0.1:0"
-admin = "admin"
-admin_password_file = "admin.pw"
-{}
-"#,
-        web1.public_key(),
-        web2.public_key(),
+    let a = pool_common::appliance(
+        dir,
+        key,
+        &[("web1", web1), ("web2", web2)],
+        "\n[[device]]\nkind = \"dma\"\nname = \"dma-a\"\nbuffer = \"64K\"\n",
         api_extra,
     );
-    std::fs::write(dir.join("appliance.toml"), config).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pcietun"))
-        .args(["appliance", "--config"])
-        .arg(dir.join("appliance.toml"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = mpsc::channel::<String>();
-    for out in [
-        Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-        Box::new(child.stderr.take().unwrap()),
-    ] {
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                eprintln!("appliance: {line}");
-                let _ = tx.send(line);
-            }
-        });
-    }
-    let child = Appliance(child);
-    let (mut udp, mut api) = (None, None);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while udp.is_none() || api.is_none() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx
-            .recv_timeout(left)
-            .expect("the appliance announced its UDP listener and its API");
-        if let Some(rest) = line.strip_prefix("appliance ready: listen udp:") {
-            udp = rest.split([';', ' ']).next().map(str::to_string);
-        }
-        if let Some(url) = line.strip_prefix("pcietun appliance: management API on ") {
-            api = Some(url.trim().to_string());
-        }
-    }
-    (child, udp.unwrap(), api.unwrap())
-}
-
-fn agent(addr: &str, id: &str, key: SecretKey, appliance: &SecretKey) -> Agent {
-    Agent::connect(
-        AgentConfig {
-            target: Target::Udp(addr.parse().unwrap()),
-            host_id: id.into(),
-            key: Some(key),
-            appliance_key: Some(appliance.public_key()),
-            psk: None,
-            inject_loss: 0.0,
-            host: HostConfig::default(),
-        },
-        Duration::from_secs(20),
-    )
-    .unwrap()
+    let (udp, api) = (a.udp.clone(), a.api.clone());
+    (a, udp, api)
 }
 
 struct Run {

@@ -34,6 +34,7 @@ fn metrics_count_what_a_host_did_to_its_card() {
         &key,
         &[("web1", &k1), ("web2", &k2)],
         "\n[[device]]\nkind = \"dma\"\nname = \"dma-a\"\nbuffer = \"64K\"\nassign = \"web1\"\n",
+        "",
     );
     let web1 = agent(&app.udp, "web1", k1, &key);
     let _web2 = agent(&app.udp, "web2", k2, &key);

@@ -46,12 +46,14 @@ pub fn write_private(path: &Path, text: &str) {
 
 /// Start `pcietun appliance` in `dir` with key `key`, one `[[host]]` per `(id, key)` of
 /// `hosts`, then `rest` (devices, assignments) and an `[api]` on 127.0.0.1:0 with the
-/// administrator `admin` / [`PASSWORD`]. Waits for its UDP listener and API to be announced.
+/// administrator `admin` / [`PASSWORD`] and the keys `api_extra`. Waits for its UDP listener
+/// and API to be announced.
 pub fn appliance(
     dir: &Path,
     key: &SecretKey,
     hosts: &[(&str, &SecretKey)],
     rest: &str,
+    api_extra: &str,
 ) -> Appliance {
     key.write_new(&dir.join("appliance.key")).unwrap();
     write_private(&dir.join("admin.pw"), &format!("{PASSWORD}\n"));
@@ -64,6 +66,8 @@ pub fn appliance(
     }
     config += rest;
     config += "\n[api]\nlisten = \"127.0.0.1:0\"\nadmin = \"admin\"\nadmin_password_file = \"admin.pw\"\n";
+    config += api_extra;
+    config += "\n";
     std::fs::write(dir.join("appliance.toml"), config).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_pcietun"))
         .args(["appliance", "--config"])

@@ -16,14 +16,13 @@
 
 use std::collections::BTreeSet;
 
-use axum::http::{header, Method, Request, StatusCode};
+use axum::http::{Method, Request};
 use bytes::Bytes;
 use serde_json::{json, Value};
 
 use super::body;
 use super::error::{ApiError, ApiResult};
 use super::inventory::functions_of_host;
-use super::tasks::{task_json, task_uri};
 use super::uri::{
     collection, connection_uri, function_status_state, function_uri, initiator_uri, link,
     system_uri, target_uri, zone_uri, FABRIC_URI,
@@ -400,13 +399,7 @@ impl Service {
         // A pool that finished at once has queued the commits: answer with the Task as they
         // leave it (Completed only once stored).
         self.durable.flush(FLUSH_WAIT);
-        let task = self
-            .tasks
-            .get(id)
-            .ok_or_else(|| ApiError::internal("the task vanished"))?;
-        Ok(Reply::ok(task_json(&task))
-            .status(StatusCode::ACCEPTED)
-            .header(header::LOCATION, &task_uri(id)))
+        Reply::accepted_task(&self.tasks, id)
     }
 
     pub(crate) fn zone_action(

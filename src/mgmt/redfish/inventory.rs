@@ -14,13 +14,12 @@
 //! the change; the Task of an add carries the new card under `Oem.Pcietun` (`Device`,
 //! `Functions`).
 
-use axum::http::{header, Request, StatusCode};
+use axum::http::Request;
 use bytes::Bytes;
 use serde_json::{json, Value};
 
 use super::body;
 use super::error::{ApiError, ApiResult};
-use super::tasks::{task_json, task_uri};
 use super::uri::{
     chassis_uri, collection, device_uri, function_status_state, function_uri, initiator_uri, link,
     system_uri, target_uri,
@@ -387,13 +386,7 @@ impl Service {
             self.tasks.discard(id);
             return Err(card_error(e));
         }
-        let task = self
-            .tasks
-            .get(id)
-            .ok_or_else(|| ApiError::internal("the task vanished"))?;
-        Ok(Reply::ok(task_json(&task))
-            .status(StatusCode::ACCEPTED)
-            .header(header::LOCATION, &task_uri(id)))
+        Reply::accepted_task(&self.tasks, id)
     }
 
     /// `#Pcietun.RemoveDevice` on `Chassis/{c}/PCIeDevices/{d}`: remove an unassigned card
@@ -435,13 +428,7 @@ impl Service {
             self.tasks.discard(id);
             return Err(card_error(e));
         }
-        let task = self
-            .tasks
-            .get(id)
-            .ok_or_else(|| ApiError::internal("the task vanished"))?;
-        Ok(Reply::ok(task_json(&task))
-            .status(StatusCode::ACCEPTED)
-            .header(header::LOCATION, &task_uri(id)))
+        Reply::accepted_task(&self.tasks, id)
     }
 }
 

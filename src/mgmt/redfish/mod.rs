@@ -251,6 +251,17 @@ impl Reply {
         }
     }
 
+    /// 202 with task `id` of `tasks` and its `Location` (how every long operation answers:
+    /// assign, unassign, adding and removing a card).
+    pub fn accepted_task(tasks: &tasks::TaskTable, id: u64) -> ApiResult<Self> {
+        let task = tasks
+            .get(id)
+            .ok_or_else(|| ApiError::internal("the task vanished"))?;
+        Ok(Reply::ok(tasks::task_json(&task))
+            .status(StatusCode::ACCEPTED)
+            .header(header::LOCATION, &tasks::task_uri(id)))
+    }
+
     pub fn status(mut self, s: StatusCode) -> Self {
         self.status = s;
         self
