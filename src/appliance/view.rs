@@ -32,8 +32,11 @@ use crate::tlp::slot::{SlotEvent, SlotMessage, SLOTS};
 use crate::tlp::Bdf;
 use crate::transport::HostId;
 
-/// Grace period between a removal request and the detach when the host does not acknowledge.
-pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
+/// Grace period between a removal request and the detach when the host does not acknowledge
+/// (`[options] removal_grace_ms`). Long enough for a VM consumer's eject: the guest's pciehp
+/// alone waits 5 s after the attention button, and the host agent waits up to its VM grace
+/// (default 15 s, docs/vms.md) for `DEVICE_DELETED` before it acknowledges.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 
 /// Why a view refused a change.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
