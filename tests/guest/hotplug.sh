@@ -311,7 +311,7 @@ cycle() {
     if [ "$c" = 1 ]; then
         has "$g" "cycle 1: gone; ejected while mounted with no I/O error" ||
             fail "cycle 1: guest $g did not report a clean eject of its mounted disk"
-        log "cycle 1: $(console "$g" | grep -oE 'cycle 1: gone; ejected while mounted.*' | tail -n1)"
+        log "guest $g: $(console "$g" | grep -oE 'cycle 1: gone; ejected while mounted.*' | tail -n1)"
     fi
     ev=$(agent_detached "$g" "$n" 60) || fail "cycle $c: agent $g reported no detach"
     [[ "$ev" == *'"outcome":"ejected"'* ]] || fail "cycle $c: the detach did not end with the guest's eject: $ev"
