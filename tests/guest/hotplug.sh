@@ -308,6 +308,12 @@ cycle() {
     unassign
     guest_step "$g" "$c" gone 90
     gone_ms+=("$step_ms")
+    # The orderly path: the agent acknowledges only after the guest's eject, and pciehp alone
+    # waits 5 s after the attention button, so `ctl unassign` cannot return sooner. (With the
+    # card fenced at the RemovalRequest it returned after ~40 ms, and the guest-side check
+    # below passed all the same: the kernel logs nothing for a synced disk ejected dead.)
+    ((unassign_ms >= 5000)) ||
+        fail "cycle $c: ctl unassign returned after $unassign_ms ms, before the guest's eject could have happened (pciehp waits 5 s): the agent acknowledged without waiting for DEVICE_DELETED"
     if [ "$c" = 1 ]; then
         has "$g" "cycle 1: gone; ejected while mounted with no I/O error" ||
             fail "cycle 1: guest $g did not report a clean eject of its mounted disk"
