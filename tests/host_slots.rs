@@ -3,8 +3,8 @@
 //! messages of `pcietun::tlp::slot` (docs/protocol.md "Slot messages").
 //!
 //! Covers: `Present` enumerates just that slot (no other function's BARs move) and the card
-//! is usable; `RemovalRequest` withdraws the function (handles fail cleanly) and the host
-//! answers `RemovalAck` with the request's generation; `Removed` with a read in flight fails
+//! is usable; after `RemovalRequest` the function answers until `withdraw_slot` fences it
+//! (handles then fail cleanly) and the host answers `RemovalAck` with the request's generation; `Removed` with a read in flight fails
 //! that read with Unsupported Request at once while another slot's card keeps working.
 
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -233,13 +233,19 @@ fn removal_request_withdraws_then_acks_with_its_generation() {
         slot: 2,
         generation: 7
     }));
-    // Withdrawn at once: the handle fails cleanly, without a TLP.
-    assert!(f2.is_removed());
-    assert_eq!(f2.bar_read32(0, 0), Err(RequestError::UnsupportedRequest));
+    // The card keeps answering until its consumers let go (a VM's guest flushes and ejects
+    // it): only the agent's `withdraw_slot` fences it.
+    assert!(!f2.is_removed());
+    assert_eq!(f2.bar_read32(0, 0).unwrap(), 2);
+    assert_eq!(h.slot_functions(2), vec![Bdf::new(1, 2, 0)]);
 
     let m = h.take_slot_work().unwrap();
     assert_eq!(m.event, SlotEvent::RemovalRequest);
+    assert_eq!(f2.bar_read32(0, 0).unwrap(), 2);
     assert_eq!(h.withdraw_slot(m.slot), vec![Bdf::new(1, 2, 0)]);
+    // Withdrawn now: the handle fails cleanly, without a TLP.
+    assert!(f2.is_removed());
+    assert_eq!(f2.bar_read32(0, 0), Err(RequestError::UnsupportedRequest));
     assert!(events(h).contains(&HostEvent::FunctionRemoved(Bdf::new(1, 2, 0))));
     assert!(h.open(Bdf::new(1, 2, 0)).is_none());
     h.ack_removal(m.slot, m.generation).unwrap();

@@ -173,6 +173,9 @@ pub enum ConfigProblem {
     /// `dma_timeout_ms = 0`.
     #[error("dma_timeout_ms must be positive")]
     DmaTimeoutZero,
+    /// `removal_grace_ms` outside 1 s..=1 h.
+    #[error("removal_grace_ms must be 1000..=3600000 (1 s to 1 h)")]
+    RemovalGraceRange,
     /// An assignment names a host that is not a `[[host]]`.
     #[error("assignment to host {0:?}, which is not a [[host]]")]
     AssignUnknownHost(String),
@@ -418,6 +421,10 @@ pub struct ApplianceConfig {
     pub inject_loss: f64,
     /// Completion timeout for device DMA.
     pub dma_timeout: Duration,
+    /// How long an unassign waits for the owner's `RemovalAck` before the function is
+    /// detached with surprise-removal semantics (`[options] removal_grace_ms`). Must exceed
+    /// the longest VM eject an owner's agent waits for (its `detach_grace_ms`, docs/vms.md).
+    pub removal_grace: Duration,
     /// Transport knobs.
     pub link: LinkOptions,
     /// The management API, when `[api]`, `--api` or `--api-admin` enables it.
@@ -434,6 +441,7 @@ impl Default for ApplianceConfig {
             assignments: Vec::new(),
             inject_loss: 0.0,
             dma_timeout: Duration::from_secs(2),
+            removal_grace: super::view::DEFAULT_GRACE,
             link: LinkOptions::default(),
             api: None,
         }
@@ -531,6 +539,7 @@ struct FileDevice {
 struct FileOptions {
     inject_loss: Option<Spanned<f64>>,
     dma_timeout_ms: Option<Spanned<u64>>,
+    removal_grace_ms: Option<Spanned<u64>>,
 }
 
 fn line_col(text: &str, span: &Range<usize>) -> (usize, usize) {
@@ -1007,6 +1016,12 @@ impl ApplianceConfig {
                 }
                 cfg.dma_timeout = Duration::from_millis(*t.get_ref());
             }
+            if let Some(g) = &o.removal_grace_ms {
+                if !(1000..=3_600_000).contains(g.get_ref()) {
+                    return Err(err(Some(g.span()), ConfigProblem::RemovalGraceRange));
+                }
+                cfg.removal_grace = Duration::from_millis(*g.get_ref());
+            }
         }
         if let Some(a) = &file.api {
             let table = a.get_ref();
@@ -1246,6 +1261,14 @@ mod tests {
                 "[options]\ninject_loss = 101.0\n",
                 "c.toml:2:15: inject_loss must be 0..=100 (percent)",
             ),
+            (
+                "[options]\nremoval_grace_ms = 999\n",
+                "c.toml:2:20: removal_grace_ms must be 1000..=3600000 (1 s to 1 h)",
+            ),
+            (
+                "[options]\nremoval_grace_ms = 3600001\n",
+                "c.toml:2:20: removal_grace_ms must be 1000..=3600000 (1 s to 1 h)",
+            ),
         ];
         for (text, want) in cases {
             let e = ApplianceConfig::from_toml(text, "c.toml", Path::new(".")).unwrap_err();
@@ -1353,6 +1376,7 @@ bars = { bar0 = "16K", bar2 = "1M" }
 [options]
 inject_loss = 1.0
 dma_timeout_ms = 500
+removal_grace_ms = 45000
 "#;
         let c = ApplianceConfig::from_toml(text, "c.toml", Path::new("/etc/pt")).unwrap();
         assert_eq!(c.listen[1], Listen::Eth("eth1".into()));
@@ -1393,6 +1417,7 @@ dma_timeout_ms = 500
         );
         assert_eq!(c.inject_loss, 1.0);
         assert_eq!(c.dma_timeout, Duration::from_millis(500));
+        assert_eq!(c.removal_grace, Duration::from_secs(45));
     }
 
     #[test]

@@ -33,7 +33,6 @@ use super::devices::{self, BuildWarning, Scratch};
 use super::inventory::{FunctionEntry, Inventory};
 use super::pump::{Pump, STATS_EVERY};
 use super::router::Router;
-use super::view::DEFAULT_GRACE;
 use super::ApplianceError;
 use crate::endpoint::Proxy;
 use crate::transport::driver::{
@@ -121,7 +120,7 @@ impl Appliance {
         let probes = std::mem::take(&mut b.probes);
         let (endpoint, outbound, scratch) = b.into_parts();
         let plan = choose(&inventory, default_assignments(&cfg, &inventory));
-        let mut router = Router::new(inventory, outbound, DEFAULT_GRACE);
+        let mut router = Router::new(inventory, outbound, cfg.removal_grace);
         for a in &plan.restored {
             match router.assign(&a.function, a.host) {
                 Ok(()) => {}

@@ -32,8 +32,9 @@ use crate::tlp::slot::{SlotEvent, SlotMessage, SLOTS};
 use crate::tlp::Bdf;
 use crate::transport::HostId;
 
-/// Grace period between a removal request and the detach when the host does not acknowledge.
-pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
+/// Grace period between a removal request and the detach when the host does not acknowledge
+/// (`[options] removal_grace_ms`): [`crate::tlp::slot::DEFAULT_REMOVAL_GRACE`].
+pub const DEFAULT_GRACE: Duration = crate::tlp::slot::DEFAULT_REMOVAL_GRACE;
 
 /// Why a view refused a change.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]

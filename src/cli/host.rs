@@ -481,6 +481,8 @@ fn vm_service(args: &HostArgs, agent: &Arc<Agent>) -> Result<Option<Arc<VmServic
     let attacher = Arc::new(VmAttacher::new(specs, settings, sink)?);
     let sockets: Arc<dyn FunctionSockets> = Arc::new(AgentSockets::new(agent.clone(), dir.clone()));
     let svc = Arc::new(VmService::start(attacher, sockets)?);
+    // An unassign waits for the guest's eject before the agent fences and acknowledges.
+    svc.gate(agent);
     if let Some(p) = &args.vm_control {
         svc.serve_control(p)
             .map_err(|e| format!("--vm-control {}: {e}", p.display()))?;

@@ -20,7 +20,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::root::{Downlink, Host, HostConfig, LinkError};
-use super::vfio_user::{Connection, FunctionServer, ServerConfig, Withdraw};
+use super::vfio_user::{Closer, Connection, FunctionServer, ServerConfig, Withdraw};
 use crate::tlp::Bdf;
 use crate::transport::driver::{
     eth, udp, Direct, DriverConfig, DriverStats, Peers, SharedLink, Upcall,
@@ -122,45 +122,186 @@ enum ScanJob {
     Slots,
 }
 
-/// The blocking half of slot events, on the scanner thread.
-fn slot_work(host: &Arc<Host>, served: &Mutex<Vec<Served>>) {
-    use crate::tlp::slot::SlotEvent;
-    while let Some(m) = host.take_slot_work() {
-        match m.event {
-            SlotEvent::Present => {
-                let found = host.present_slot(m.slot);
-                tracing::info!(slot = m.slot, functions = found.len(), "card presented");
-            }
-            SlotEvent::RemovalRequest => {
-                let gone = host.withdraw_slot(m.slot);
-                // Withdraw the consumers: the socket path disappears (no new connection),
-                // connected consumers see every access fail (the function is marked removed).
-                served.lock_or_recover().retain(|sv| {
-                    if gone.contains(&sv.bdf) {
-                        sv.withdraw.withdraw();
-                        let _ = std::fs::remove_file(&sv.path);
-                        false
-                    } else {
-                        true
-                    }
-                });
-                if let Err(e) = host.ack_removal(m.slot, m.generation) {
-                    tracing::warn!(slot = m.slot, error = %e, "removal acknowledgement not sent");
+/// A consumer of functions beyond their vfio-user socket that must let go before an orderly
+/// removal is acknowledged: the VM service (the guest ejects the device). Set with
+/// [`Agent::set_removal_gate`].
+pub trait RemovalGate: Send + Sync {
+    /// Begin releasing function `bdf` for an orderly removal. The function keeps working
+    /// until `done` is dropped (or [`Released::done`] is called) — do that once the consumer
+    /// let go, gave up, or is gone. Must not block.
+    fn release(&self, bdf: Bdf, done: Released);
+}
+
+/// Dropping it tells the agent a [`RemovalGate`] released its function.
+pub struct Released(Option<Box<dyn FnOnce() + Send>>);
+
+impl Released {
+    /// The consumer let go (same as dropping it).
+    pub fn done(self) {}
+
+    /// A handle that runs `f` when dropped (for tests of a [`RemovalGate`]).
+    pub fn new(f: impl FnOnce() + Send + 'static) -> Released {
+        Released(Some(Box::new(f)))
+    }
+}
+
+impl std::fmt::Debug for Released {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Released")
+    }
+}
+
+impl Drop for Released {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
+}
+
+/// An orderly removal waiting for its consumers.
+#[derive(Debug)]
+struct PendingRemoval {
+    slot: u8,
+    generation: u16,
+    /// Functions whose consumer has not let go yet.
+    waiting: Vec<Bdf>,
+}
+
+/// How long a withdrawn function's server thread may take to end before it is left behind.
+const SERVER_EXIT: Duration = Duration::from_secs(2);
+
+/// Slot handling shared by the scanner thread and the [`RemovalGate`]'s callbacks.
+struct Slots {
+    host: Arc<Host>,
+    served: Arc<Mutex<Vec<Served>>>,
+    pending: Mutex<Vec<PendingRemoval>>,
+    gate: Mutex<Option<std::sync::Weak<dyn RemovalGate>>>,
+}
+
+impl std::fmt::Debug for Slots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slots")
+            .field("pending", &self.pending)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Slots {
+    /// The blocking half of slot events, on the scanner thread.
+    fn work(self: &Arc<Self>) {
+        use crate::tlp::slot::SlotEvent;
+        while let Some(m) = self.host.take_slot_work() {
+            match m.event {
+                SlotEvent::Present => {
+                    let found = self.host.present_slot(m.slot);
+                    tracing::info!(slot = m.slot, functions = found.len(), "card presented");
                 }
+                SlotEvent::RemovalRequest => self.removal_request(m.slot, m.generation),
+                SlotEvent::Removed => {
+                    // Surprise removal (or the appliance's grace ran out): the host already
+                    // failed the card's requests; an orderly removal still waiting is moot.
+                    self.pending.lock_or_recover().retain(|p| p.slot != m.slot);
+                    let gone: Vec<Bdf> = self
+                        .served
+                        .lock_or_recover()
+                        .iter()
+                        .map(|s| s.bdf)
+                        .filter(|b| b.device() == m.slot)
+                        .collect();
+                    self.close_sockets(&gone);
+                }
+                SlotEvent::RemovalAck => {}
             }
-            SlotEvent::Removed => {
-                // Surprise removal: the host already failed the card's requests; its sockets go.
-                served.lock_or_recover().retain(|sv| {
-                    if sv.bdf.device() == m.slot {
-                        sv.withdraw.withdraw();
-                        let _ = std::fs::remove_file(&sv.path);
-                        false
-                    } else {
-                        true
-                    }
-                });
+        }
+    }
+
+    /// An orderly removal: ask the gate (the VMs) to let go of each function and finish once
+    /// all did; without a gate at once.
+    fn removal_request(self: &Arc<Self>, slot: u8, generation: u16) {
+        let bdfs = self.host.slot_functions(slot);
+        {
+            let mut p = self.pending.lock_or_recover();
+            if p.iter()
+                .any(|p| p.slot == slot && p.generation == generation)
+            {
+                return; // a repeated request: the first one is under way
             }
-            SlotEvent::RemovalAck => {}
+            p.retain(|p| p.slot != slot);
+            p.push(PendingRemoval {
+                slot,
+                generation,
+                waiting: bdfs.clone(),
+            });
+        }
+        let gate = self
+            .gate
+            .lock_or_recover()
+            .as_ref()
+            .and_then(|g| g.upgrade());
+        if bdfs.is_empty() {
+            self.finish(slot, generation);
+            return;
+        }
+        for b in bdfs {
+            let me = self.clone();
+            let done = Released::new(move || me.released(slot, generation, b));
+            match &gate {
+                Some(g) => {
+                    tracing::info!(slot, function = %b, "orderly removal: waiting for the consumer to let go");
+                    g.release(b, done);
+                }
+                None => drop(done),
+            }
+        }
+    }
+
+    /// The consumer of `bdf` let go; the last one finishes the removal.
+    fn released(&self, slot: u8, generation: u16, bdf: Bdf) {
+        let complete = {
+            let mut p = self.pending.lock_or_recover();
+            let Some(i) = p
+                .iter()
+                .position(|p| p.slot == slot && p.generation == generation)
+            else {
+                return; // superseded (a surprise removal, a newer request)
+            };
+            p[i].waiting.retain(|w| *w != bdf);
+            if p[i].waiting.is_empty() {
+                p.remove(i);
+                true
+            } else {
+                false
+            }
+        };
+        if complete {
+            self.finish(slot, generation);
+        }
+    }
+
+    /// Fence the card, close its sockets, acknowledge.
+    fn finish(&self, slot: u8, generation: u16) {
+        let gone = self.host.withdraw_slot(slot);
+        self.close_sockets(&gone);
+        if let Err(e) = self.host.ack_removal(slot, generation) {
+            tracing::warn!(slot, error = %e, "removal acknowledgement not sent");
+        }
+        tracing::info!(slot, generation, "orderly removal acknowledged");
+    }
+
+    /// End the vfio-user servers of `bdfs`: their consumers see the device vanish, the
+    /// threads end and the socket files go.
+    fn close_sockets(&self, bdfs: &[Bdf]) {
+        let closing: Vec<Served> = {
+            let mut served = self.served.lock_or_recover();
+            let (gone, keep) = std::mem::take(&mut *served)
+                .into_iter()
+                .partition(|sv| bdfs.contains(&sv.bdf));
+            *served = keep;
+            gone
+        };
+        for sv in closing {
+            sv.shut_down();
         }
     }
 }
@@ -191,6 +332,27 @@ struct Served {
     bdf: Bdf,
     path: PathBuf,
     withdraw: Withdraw,
+    closer: Closer,
+    /// Signalled (by disconnecting) when the server thread ends.
+    exited: mpsc::Receiver<()>,
+    thread: JoinHandle<()>,
+}
+
+impl Served {
+    /// End the server: its consumer sees a surprise removal, the thread ends (joined, at most
+    /// [`SERVER_EXIT`]) and the socket file is removed.
+    fn shut_down(self) {
+        self.closer.close();
+        match self.exited.recv_timeout(SERVER_EXIT) {
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let _ = self.thread.join();
+            }
+            _ => {
+                tracing::warn!(function = %self.bdf, "vfio-user server thread did not end; left behind")
+            }
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 /// A running host agent.
@@ -202,6 +364,7 @@ pub struct Agent {
     scans: Mutex<mpsc::Receiver<Vec<Bdf>>>,
     /// Functions with a vfio-user socket: its path and the handle that withdraws its consumer.
     served: Arc<Mutex<Vec<Served>>>,
+    slots: Arc<Slots>,
     pump: Mutex<Option<JoinHandle<()>>>,
     _scanner: JoinHandle<()>,
 }
@@ -280,9 +443,15 @@ impl Agent {
         let (scan_tx, scan_rx) = mpsc::channel::<ScanJob>();
         let (done_tx, done_rx) = mpsc::channel::<Vec<Bdf>>();
         let served: Arc<Mutex<Vec<Served>>> = Arc::default();
+        let slots = Arc::new(Slots {
+            host: host.clone(),
+            served: served.clone(),
+            pending: Mutex::new(Vec::new()),
+            gate: Mutex::new(None),
+        });
         let scanner = {
             let host = host.clone();
-            let served = served.clone();
+            let slots = slots.clone();
             std::thread::Builder::new()
                 .name("host-scan".into())
                 .spawn(move || {
@@ -292,7 +461,7 @@ impl Agent {
                                 let found = host.rescan();
                                 let _ = done_tx.send(found.iter().map(|f| f.bdf).collect());
                             }
-                            ScanJob::Slots => slot_work(&host, &served),
+                            ScanJob::Slots => slots.work(),
                         }
                     }
                 })
@@ -353,6 +522,7 @@ impl Agent {
             stop,
             scans: Mutex::new(done_rx),
             served,
+            slots,
             pump: Mutex::new(Some(pump)),
             _scanner: scanner,
         })
@@ -421,11 +591,17 @@ impl Agent {
         let path = dir.join(format!("{bdf}.sock"));
         let server = FunctionServer::bind(&path)?;
         let withdraw = server.withdrawer();
+        let closer = server.closer().map_err(|source| AgentError::Io {
+            what: "duplicating a vfio-user listening socket",
+            source,
+        })?;
         let ctx = dev.context();
         let mut conn = Connection::new(dev, ctx, ServerConfig::default());
-        std::thread::Builder::new()
+        let (exit_tx, exited) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
             .name(format!("vfio-user {bdf}"))
             .spawn(move || {
+                let _exit = exit_tx; // dropped when the thread ends
                 if let Err(e) = server.serve_forever(&mut conn) {
                     tracing::error!(error = %e, "vfio-user server stopped");
                 }
@@ -438,6 +614,9 @@ impl Agent {
             bdf,
             path: path.clone(),
             withdraw,
+            closer,
+            exited,
+            thread,
         });
         Ok(path)
     }
@@ -450,6 +629,29 @@ impl Agent {
             .iter()
             .find(|s| s.bdf == bdf)
             .is_some_and(|s| s.withdraw.withdraw())
+    }
+
+    /// Let `gate` (the VM service) release a function before an orderly removal fences it
+    /// and acknowledges (docs/host.md "Hot-plug"). Held weakly: the gate holds the agent.
+    pub fn set_removal_gate(&self, gate: std::sync::Weak<dyn RemovalGate>) {
+        *self.slots.gate.lock_or_recover() = Some(gate);
+    }
+
+    /// Orderly removals waiting for a consumer to let go: (slot, generation).
+    pub fn pending_removals(&self) -> Vec<(u8, u16)> {
+        let p = self.slots.pending.lock_or_recover();
+        p.iter().map(|p| (p.slot, p.generation)).collect()
+    }
+
+    /// End every vfio-user server (threads joined, socket files removed): for a clean stop.
+    pub fn close_vfio_user(&self) {
+        let all: Vec<Bdf> = self
+            .served
+            .lock_or_recover()
+            .iter()
+            .map(|s| s.bdf)
+            .collect();
+        self.slots.close_sockets(&all);
     }
 
     /// Connect and enumerate within `timeout` (for the operator tools).

@@ -120,8 +120,9 @@ pub enum HostEvent {
     /// A function disappeared.
     FunctionRemoved(Bdf),
     /// The appliance asked for an orderly removal of the card in `slot` (the attention
-    /// button, PCIe Base 4.0 §6.7.1.5): its functions are already withdrawn (accesses fail
-    /// with Unsupported Request); once the consumers let go, [`Host::ack_removal`] answers.
+    /// button, PCIe Base 4.0 §6.7.1.5): its functions keep working while their consumers
+    /// let go (a VM's guest ejects them); then [`Host::withdraw_slot`] fences them (accesses
+    /// fail with Unsupported Request) and [`Host::ack_removal`] answers.
     RemovalRequested {
         /// Device number on the tunnel bus.
         slot: u8,
@@ -470,13 +471,9 @@ impl Host {
         match m.event {
             SlotEvent::Present => self.queue_slot_work(m),
             SlotEvent::RemovalRequest => {
-                // Attention: the consumers must stop using the card now. Accesses fail
-                // from here on; the agent closes the consumers and then acknowledges.
-                for f in self.functions.read_or_recover().iter() {
-                    if f.info().bdf.device() == m.slot {
-                        f.mark_removed();
-                    }
-                }
+                // Attention: the consumers must let go. The card keeps answering while they
+                // do (a VM's guest flushes and ejects it); the agent fences it with
+                // `withdraw_slot` once they did, then acknowledges.
                 self.event(HostEvent::RemovalRequested {
                     slot: m.slot,
                     generation: m.generation,
@@ -603,6 +600,16 @@ impl Host {
         }
         self.set_slot(!all.is_empty());
         found
+    }
+
+    /// The functions of the card in `slot` (still in the host's list).
+    pub fn slot_functions(&self, slot: u8) -> Vec<Bdf> {
+        self.functions
+            .read_or_recover()
+            .iter()
+            .map(|f| f.info().bdf)
+            .filter(|b| b.device() == slot)
+            .collect()
     }
 
     /// Withdraw the card in `slot` for an orderly removal: its functions leave the host's

@@ -40,6 +40,14 @@ mod field {
 /// Number of slots a host's tunnel bus has (device numbers 0..32).
 pub const SLOTS: u8 = 32;
 
+/// How long, by default, the appliance waits for a host's `RemovalAck` after its
+/// `RemovalRequest` before it detaches the function anyway (the appliance's
+/// `[options] removal_grace_ms`). Both ends know it: the host agent fits its VM consumers'
+/// eject wait inside it. Long enough for a VM's eject: the guest's pciehp alone waits 5 s after
+/// the attention button, and the agent waits up to its VM grace (default 15 s, docs/vms.md)
+/// for `DEVICE_DELETED` before it acknowledges.
+pub const DEFAULT_REMOVAL_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// What happened to a slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]

@@ -206,7 +206,8 @@ boot() {
         -append "console=ttyS0 loglevel=6 panic=-1 pcietun.mode=hotplug pcietun.wait=600 pcietun.plan=$plan pcietun.linger=$linger" \
         >"$tmp/qemu-$g.log" 2>&1 &
 }
-plan_a=$(seq -s, 1 "$cycles"),$((cycles + 2))l
+# Cycle 1 keeps the filesystem mounted through the eject (plan step `1m`, tests/guest/init).
+plan_a=1m,$(seq -s, 2 "$cycles" | sed 's/$/,/')$((cycles + 2))l
 plan_b=$((cycles + 1))n
 log "booting guests A (plan $plan_a) and B (plan $plan_b), no device, under TCG, kernel $(cat "$GUEST/KERNEL_VERSION")"
 boot a "$plan_a" 1
@@ -307,6 +308,17 @@ cycle() {
     unassign
     guest_step "$g" "$c" gone 90
     gone_ms+=("$step_ms")
+    # The orderly path: the agent acknowledges only after the guest's eject, and pciehp alone
+    # waits 5 s after the attention button, so `ctl unassign` cannot return sooner. (With the
+    # card fenced at the RemovalRequest it returned after ~40 ms, and the guest-side check
+    # below passed all the same: the kernel logs nothing for a synced disk ejected dead.)
+    ((unassign_ms >= 5000)) ||
+        fail "cycle $c: ctl unassign returned after $unassign_ms ms, before the guest's eject could have happened (pciehp waits 5 s): the agent acknowledged without waiting for DEVICE_DELETED"
+    if [ "$c" = 1 ]; then
+        has "$g" "cycle 1: gone; ejected while mounted with no I/O error" ||
+            fail "cycle 1: guest $g did not report a clean eject of its mounted disk"
+        log "guest $g: $(console "$g" | grep -oE 'cycle 1: gone; ejected while mounted.*' | tail -n1)"
+    fi
     ev=$(agent_detached "$g" "$n" 60) || fail "cycle $c: agent $g reported no detach"
     [[ "$ev" == *'"outcome":"ejected"'* ]] || fail "cycle $c: the detach did not end with the guest's eject: $ev"
     log "cycle $c: guest $g: gone $step_ms ms after ctl unassign (which returned after $unassign_ms ms); agent: ejected"

@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 pub use irq::{EventFd, Interrupts, IrqIndex};
 pub use server::{Connection, ServerConfig};
-pub use socket::{serve_connection, FunctionServer, Withdraw};
+pub use socket::{serve_connection, Closer, FunctionServer, Withdraw};
 
 use crate::host::dma::DmaWindows;
 

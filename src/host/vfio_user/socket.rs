@@ -471,6 +471,27 @@ impl Withdraw {
     }
 }
 
+/// Ends a [`FunctionServer`]'s [`serve_forever`](FunctionServer::serve_forever) from any
+/// thread: the current consumer's connection is shut down, the blocked `accept` is woken
+/// (`shutdown(2)` on the listening socket), and the loop returns `Ok` — the server is then
+/// dropped, which removes its socket file.
+#[derive(Debug)]
+pub struct Closer {
+    listener: UnixListener,
+    closing: Arc<AtomicBool>,
+    current: Withdraw,
+}
+
+impl Closer {
+    /// Stop serving (idempotent).
+    pub fn close(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+        self.current.withdraw();
+        // Wakes accept(2) on the same socket (Linux: it fails with EINVAL).
+        let _ = rustix::net::shutdown(&self.listener, rustix::net::Shutdown::Both);
+    }
+}
+
 /// The listening socket of one function (`DIR/<bb>:<dd>.<f>.sock`).
 #[derive(Debug)]
 pub struct FunctionServer {
@@ -478,6 +499,7 @@ pub struct FunctionServer {
     path: PathBuf,
     log: LogLimiter,
     current: Withdraw,
+    closing: Arc<AtomicBool>,
 }
 
 impl FunctionServer {
@@ -500,6 +522,17 @@ impl FunctionServer {
             path: path.to_path_buf(),
             log: LogLimiter::warnings(),
             current: Withdraw::default(),
+            closing: Arc::default(),
+        })
+    }
+
+    /// A handle that ends [`serve_forever`](Self::serve_forever) (holds a duplicate of the
+    /// listening descriptor until it is dropped).
+    pub fn closer(&self) -> io::Result<Closer> {
+        Ok(Closer {
+            listener: self.listener.try_clone()?,
+            closing: self.closing.clone(),
+            current: self.current.clone(),
         })
     }
 
@@ -514,23 +547,35 @@ impl FunctionServer {
     }
 
     /// Serve clients one after another, forever (a function has one consumer at a time).
-    /// Returns only if accepting fails.
+    /// Returns `Ok` once a [`Closer`] closed it, an error if accepting fails otherwise.
     pub fn serve_forever<D: VfioDevice>(
         &self,
         conn: &mut Connection<D>,
     ) -> Result<(), SocketError> {
         loop {
-            let (stream, _) = self.listener.accept().map_err(|source| SocketError::Io {
+            let accepted = self.listener.accept();
+            if self.closing.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            let (stream, _) = accepted.map_err(|source| SocketError::Io {
                 path: self.path.clone(),
                 source,
             })?;
             info_limited!(self.log, path = %self.path.display(), "vfio-user client connected");
             self.current.set(stream.try_clone().ok());
+            if self.closing.load(Ordering::SeqCst) {
+                // Closed between the accept and here: the closer may have missed this one.
+                self.current.set(None);
+                return Ok(());
+            }
             if let Err(e) = serve_connection(stream, conn) {
                 warn_limited!(self.log, path = %self.path.display(), error = %e,
                     "vfio-user connection ended");
             }
             self.current.set(None);
+            if self.closing.load(Ordering::SeqCst) {
+                return Ok(());
+            }
         }
     }
 }

@@ -27,7 +27,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use attach::{Attachment, DetachOutcome, VmAttacher, VmError};
-pub use service::{AgentSockets, FunctionSockets, VmService};
+pub use service::{AgentSockets, FunctionSockets, VmService, APPLIANCE_REMOVAL_GRACE};
 
 use crate::tlp::Bdf;
 

@@ -30,12 +30,17 @@ use serde_json::json;
 
 use super::attach::{Attachment, DetachOutcome, VmAttacher, VmError};
 use super::FunctionRef;
-use crate::host::agent::Agent;
+use crate::host::agent::{Agent, Released, RemovalGate};
 use crate::host::HostEvent;
 use crate::tlp::Bdf;
 
 /// How often an attach to an unreachable VM is tried again.
 pub const RETRY: Duration = Duration::from_secs(2);
+/// The appliance's default removal grace (`[options] removal_grace_ms`): an orderly unassign
+/// waits that long for the agent's acknowledgement, which follows the VM's eject (docs/vms.md).
+pub const APPLIANCE_REMOVAL_GRACE: Duration = crate::tlp::slot::DEFAULT_REMOVAL_GRACE;
+/// What the agent needs on top of the VM grace before it acknowledges (QMP commands, fencing).
+const GRACE_MARGIN: Duration = Duration::from_secs(5);
 /// Longest control request line.
 const MAX_REQUEST: usize = 1024;
 
@@ -161,6 +166,9 @@ type Reply = mpsc::Sender<Result<Response, VmError>>;
 
 enum Job {
     Run(Request, Option<Reply>),
+    /// An orderly removal: detach (the guest ejects it), then let the agent fence and
+    /// acknowledge (dropping the handle).
+    Release(FunctionRef, Released),
     /// The agent lost the function (detach unless the link is down).
     Removed(FunctionRef),
     LinkDown,
@@ -264,6 +272,17 @@ impl VmService {
         attacher: Arc<VmAttacher>,
         sockets: Arc<dyn FunctionSockets>,
     ) -> std::io::Result<VmService> {
+        let grace = attacher.settings().grace;
+        if grace + GRACE_MARGIN > APPLIANCE_REMOVAL_GRACE {
+            tracing::warn!(
+                vm_grace = ?grace,
+                appliance_default = ?APPLIANCE_REMOVAL_GRACE,
+                "the VM detach grace does not fit in the appliance's default removal grace: \
+                 unless its [options] removal_grace_ms is above the VM grace plus a few \
+                 seconds, a guest that ejects slowly loses the function with surprise-removal \
+                 semantics"
+            );
+        }
         let (tx, rx) = mpsc::channel::<Job>();
         let mut w = Worker {
             attacher: attacher.clone(),
@@ -296,6 +315,20 @@ impl VmService {
                         if let Some(tx) = reply {
                             let _ = tx.send(r);
                         }
+                    }
+                    Job::Release(function, done) => {
+                        match w.run(Request::Detach {
+                            function: function.clone(),
+                        }) {
+                            Ok(Response::Detached(outcome, took)) => tracing::info!(
+                                %function, ?outcome, ?took,
+                                "released for an orderly removal"
+                            ),
+                            Ok(_) => {}
+                            Err(e) => tracing::warn!(%function, error = %e,
+                                "detach for an orderly removal failed; fencing it anyway"),
+                        }
+                        done.done();
                     }
                     Job::Removed(function) if w.link_up => {
                         let _ = w.run(Request::Detach { function });
@@ -346,6 +379,13 @@ impl VmService {
             }
             _ => {}
         }
+    }
+
+    /// Hold removals of this service's functions until their guests ejected them:
+    /// [`Agent::set_removal_gate`] with this service.
+    pub fn gate(self: &Arc<Self>, agent: &Agent) {
+        let me: Arc<dyn RemovalGate> = self.clone();
+        agent.set_removal_gate(Arc::downgrade(&me));
     }
 
     /// Run `req` and wait at most `timeout` for the answer.
@@ -425,6 +465,20 @@ impl VmService {
         self.send(Job::Stop);
         if let Some(w) = self.worker.lock_or_recover().take() {
             let _ = w.join();
+        }
+    }
+}
+
+impl RemovalGate for VmService {
+    fn release(&self, bdf: Bdf, done: Released) {
+        let function = FunctionRef::from_bdf(bdf);
+        // In a VM, or on its way there (an attach queued or waiting to be retried): the worker
+        // detaches it after what is queued, then lets the agent go on. Otherwise (or if the
+        // worker is gone: the job comes back and is dropped) `done` drops here.
+        if self.attacher.attachment(&function).is_some()
+            || self.attacher.vm_for(&function).is_some()
+        {
+            self.send(Job::Release(function, done));
         }
     }
 }
