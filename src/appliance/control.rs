@@ -21,9 +21,9 @@ use std::time::{Duration, Instant};
 use crossbeam::channel::{self, Receiver, Sender};
 
 use super::config::DeviceSpec;
-use super::counters::{FunctionTraffic, HostTraffic};
 use super::devices::{self, HealthProbe, Scratch};
 use super::inventory::{FunctionEntry, FunctionId, InventoryError};
+use super::traffic::{FunctionTraffic, HostTraffic};
 use crate::endpoint::Device;
 use crate::sync::MutexExt;
 use crate::transport::HostId;

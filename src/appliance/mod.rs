@@ -11,7 +11,8 @@
 //! * [`control`] — [`Control`], the run-time handle on the pool (list, assign, unassign,
 //!   events);
 //! * [`pump`] — the endpoint served on the thread that drives its link;
-//! * [`runtime`] — [`Appliance`]: build, serve or start, counters, orderly stop.
+//! * [`runtime`] — [`Appliance`]: build, serve or start, counters, orderly stop;
+//! * [`traffic`] — per-function and per-host traffic, as the snapshots and `/metrics` show it.
 //!
 //! `pcietun appliance` is a thin front-end over this module; tests, the bench rig and the demo
 //! run the same [`Appliance`] in-process. Layering: this module sits above `endpoint` and
@@ -27,6 +28,7 @@ pub mod inventory;
 pub mod pump;
 pub mod router;
 pub mod runtime;
+pub mod traffic;
 pub mod view;
 
 pub use config::{
@@ -39,6 +41,7 @@ pub use devices::BuildWarning;
 pub use inventory::{FunctionEntry, FunctionId, FunctionState, Inventory, InventoryError};
 pub use router::{Router, RouterStats};
 pub use runtime::{Appliance, Ready, Running, StartAssignments};
+pub use traffic::{FunctionTraffic, HostTraffic};
 pub use view::{Detached, HostView, SlotEntry, SlotState, Target, ViewError, ViewStats, Views};
 
 use std::path::PathBuf;

@@ -76,7 +76,7 @@ impl Pump {
         counters: &Counters,
         control: &ControlPort,
     ) {
-        super::counters::publish_all(
+        publish_all(
             counters,
             control,
             vec![self.d.stats()],
@@ -181,4 +181,26 @@ impl Pump {
 /// Nothing queued by a device thread since the last look.
 fn router_idle(ep: &Proxy, kicks: &crossbeam::channel::Receiver<()>) -> bool {
     ep.outbound_is_empty() && kicks.try_recv().is_err()
+}
+
+/// Publish everything the serving loop counts, for both serving loops (one link or several):
+/// each session's transport counters and RTT into its host's, each function's requester
+/// timeouts, then the counters and the pool snapshot. `key(link, conn)` names a session the way
+/// the router does.
+pub(crate) fn publish_all<K: Copy + PartialEq + std::fmt::Debug>(
+    counters: &Counters,
+    control: &ControlPort,
+    links: Vec<DriverStats>,
+    key: impl Fn(usize, usize) -> K,
+    ep: &crate::endpoint::Proxy,
+    router: &mut Router<K>,
+) {
+    for (i, l) in links.iter().enumerate() {
+        for (c, st) in &l.sessions {
+            router.sample_session(key(i, *c), st);
+        }
+    }
+    router.sample_requesters(ep);
+    counters.publish(links, ep.stats(), router.stats());
+    control.publish(router.snapshot());
 }

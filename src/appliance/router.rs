@@ -43,9 +43,9 @@ use super::config::AssignSpec;
 use super::control::{
     Command, ControlError, Done, FunctionStatus, HostStatus, NewCard, PoolEvent, Snapshot,
 };
-use super::counters::{FunctionTraffic, HostTraffic};
 use super::devices::{HealthProbe, Scratch};
 use super::inventory::{FunctionEntry, FunctionId, FunctionState, Inventory, InventoryError};
+use super::traffic::{FunctionTraffic, HostTraffic};
 use super::view::{Detached, SlotState, Target, ViewError, Views};
 use crate::endpoint::wire::{self, CplStatus, ParsedHeader, ParsedKind as Kind};
 use crate::endpoint::{Bdf, FunctionSet, Proxy};

@@ -423,14 +423,7 @@ impl Appliance {
                 .iter()
                 .map(|l| l.stats().unwrap_or_default())
                 .collect();
-            super::counters::publish_all(
-                &counters,
-                &cport,
-                stats,
-                |i, c| (i, ConnId(c)),
-                ep,
-                router,
-            );
+            super::pump::publish_all(&counters, &cport, stats, |i, c| (i, ConnId(c)), ep, router);
         };
         let announced = on_ready(&Ready {
             listen: links.iter().map(TransportHandle::local_addr).collect(),
