@@ -22,6 +22,8 @@ const PATHS: &[&str] = &[
     "/redfish/v1/AccountService/Accounts",
     "/redfish/v1/AccountService/Accounts/2",
     "/redfish/v1/Chassis/appliance/PCIeDevices/dma0/PCIeFunctions/dma0.vf1",
+    "/redfish/v1/Chassis/appliance/Actions/Oem/Pcietun.AddDevice",
+    "/redfish/v1/Chassis/appliance/PCIeDevices/dma0/Actions/Oem/Pcietun.RemoveDevice",
     "/redfish/v1/",
 ];
 const METHODS: &[&str] = &["GET", "POST", "PATCH", "DELETE", "HEAD", "PUT"];
@@ -51,6 +53,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = body::account_create(data);
     let _ = body::account_patch(data);
     let _ = body::session_service_patch(data);
+    let _ = body::device_create(data, "Pcietun.AddDevice");
 
     let [m, p, flags, rest @ ..] = data else {
         return;

@@ -189,7 +189,9 @@ struct PoolRun {
     _dir: tempfile::TempDir,
 }
 
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+/// Write `text` to a new file only its owner may read (keys, passwords, configurations that
+/// name them); an existing file is an error, never overwritten.
+pub(crate) fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()

@@ -99,10 +99,10 @@ impl Default for HostConfig {
             completion_timeout: Duration::from_millis(1000),
             enumeration: EnumConfig::default(),
             rcb: 64,
-            msi_window: (
-                crate::pci::caps::X86_MSI_WINDOW.start,
-                crate::pci::caps::X86_MSI_WINDOW.end - crate::pci::caps::X86_MSI_WINDOW.start,
-            ),
+            msi_window: {
+                let w = crate::pci::caps::X86_MSI_WINDOW;
+                (w.start, w.end - w.start)
+            },
             bus: 1,
         }
     }

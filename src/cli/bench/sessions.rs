@@ -112,18 +112,6 @@ fn cpu_time(pid: u32) -> Res<Duration> {
     ))
 }
 
-fn write_private(path: &Path, text: &str) -> Res<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(text.as_bytes())?;
-    Ok(())
-}
-
 /// Start the appliance for `hosts` (their public keys) with [`CARDS`] cards, card *i* assigned
 /// to host *i*; returns it and its UDP address.
 fn start_appliance(
@@ -144,7 +132,7 @@ fn start_appliance(
             "\n[[device]]\nkind = \"dma\"\nname = \"dma-{i:02}\"\nbuffer = \"4K\"\nassign = \"h{i:03}\"\n"
         );
     }
-    write_private(&dir.join("appliance.toml"), &config)?;
+    crate::pcietun_cli::demo::write_private(&dir.join("appliance.toml"), &config)?;
     let mut child = Command::new(std::env::current_exe()?)
         .args(["appliance", "--config"])
         .arg(dir.join("appliance.toml"))
