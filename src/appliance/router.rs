@@ -34,6 +34,7 @@
 //! [`FunctionSet`] scopes the endpoint's lookups.
 
 use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -50,6 +51,7 @@ use super::view::{Detached, SlotState, Target, ViewError, Views};
 use crate::endpoint::wire::{self, CplStatus, ParsedHeader, ParsedKind as Kind};
 use crate::endpoint::{Bdf, FunctionSet, Proxy};
 use crate::pci::caps::X86_MSI_WINDOW;
+use crate::sync::MutexExt;
 use crate::tlp::message::code;
 use crate::tlp::slot::{SlotEvent, SlotMessage};
 use crate::tlp::Tlp;
@@ -131,6 +133,9 @@ struct Pending {
     done: Done,
 }
 
+/// An answer to a control command, given after the pool it changed is published.
+type Answer = Box<dyn FnOnce() + Send>;
+
 /// The routing core for sessions named by `K` (a `ConnId`, or (link, `ConnId`)).
 pub struct Router<K> {
     inventory: Inventory,
@@ -149,7 +154,10 @@ pub struct Router<K> {
     /// Functions whose backing may go away (vfio-user servers), checked on every poll.
     probes: Vec<Probe>,
     /// Answers to add/remove commands, given after the pool they changed is published.
-    answers: Vec<Box<dyn FnOnce() + Send>>,
+    answers: Vec<Answer>,
+    /// Outcomes of unassign commands, which arrive with the detach (any time later): given,
+    /// like `answers`, only after the next publish.
+    late: Arc<Mutex<Vec<Answer>>>,
     /// Per-function traffic by device/function number (appliance numbering).
     traffic: Box<[FunctionTraffic; 256]>,
     /// The requester timeouts last read of each function ([`Router::sample_requesters`]).
@@ -299,6 +307,7 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
             scratch: Scratch::default(),
             probes: Vec::new(),
             answers: Vec::new(),
+            late: Arc::default(),
             traffic: Box::new([FunctionTraffic::default(); 256]),
             timeouts_seen: Box::new([0; 256]),
         }
@@ -334,6 +343,7 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
             scratch: self.scratch,
             probes: self.probes,
             answers: self.answers,
+            late: self.late,
             traffic: self.traffic,
             timeouts_seen: self.timeouts_seen,
         }
@@ -445,8 +455,10 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
     }
 
     /// Answers held back until the pool they changed is published ([`snapshot`](Self::snapshot)).
-    pub(crate) fn take_answers(&mut self) -> Vec<Box<dyn FnOnce() + Send>> {
-        std::mem::take(&mut self.answers)
+    pub(crate) fn take_answers(&mut self) -> Vec<Answer> {
+        let mut a = std::mem::take(&mut self.answers);
+        a.append(&mut self.late.lock_or_recover());
+        a
     }
 
     /// The pool for the control API's snapshots.
@@ -960,7 +972,14 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
                 let r = self.assign(&function, host);
                 self.answers.push(Box::new(move || done(r)));
             }
-            Command::Unassign { function, done } => self.unassign(ep, &function, now, done),
+            Command::Unassign { function, done } => {
+                // Its outcome comes later (with the detach): held until the next publish too.
+                let late = self.late.clone();
+                let held: Done = Box::new(move |r| {
+                    late.lock_or_recover().push(Box::new(move || done(r)));
+                });
+                self.unassign(ep, &function, now, held)
+            }
             Command::Add { card, done } => {
                 let r = self.add_card(ep, card);
                 self.answers.push(Box::new(move || done(r)));
