@@ -621,3 +621,98 @@ fn the_service_follows_host_events_and_the_control_socket() {
         .collect();
     assert_eq!(kinds, ["attached", "detached", "attached", "detached"]);
 }
+
+/// The orderly-removal path (docs/vms.md "Driven by the pool"): the agent hands a function to
+/// the service's `RemovalGate` and acknowledges the removal only when `Released` drops. It
+/// must drop after the guest ejected (the device already gone from QEMU, the socket withdrawn),
+/// at the end of the grace period for a guest that never lets go, and at once for a function
+/// no VM holds.
+#[test]
+fn the_release_path_holds_the_removal_until_the_guest_lets_go() {
+    use pcietun::host::agent::{Released, RemovalGate};
+    use std::sync::mpsc;
+
+    let t = Duration::from_secs(10);
+    let bdf: pcietun::tlp::Bdf = "01:00.0".parse().unwrap();
+    // What the fake QEMU holds and what was withdrawn when the agent is told to go on.
+    type Seen = (Instant, Vec<String>, usize);
+    let released = |m: &Arc<Mutex<Model>>, s: &Arc<Sockets>| {
+        let (tx, rx) = mpsc::channel::<Seen>();
+        let (m, s) = (m.clone(), s.clone());
+        let done = Released::new(move || {
+            let devices = m.lock().unwrap().devices();
+            let _ = tx.send((Instant::now(), devices, s.withdrawn.lock().unwrap().len()));
+        });
+        (done, rx)
+    };
+
+    for guest in [Guest::Ejects, Guest::Never] {
+        let m = model(&[("rp1", true, None)], guest);
+        let mon = fake_qemu(m.clone());
+        let grace = Duration::from_millis(400);
+        let (a, events) = attacher(&mon, grace);
+        let sockets = Arc::new(Sockets::default());
+        let svc = Arc::new(VmService::start(Arc::new(a), sockets.clone()).unwrap());
+        svc.on_host_event(&HostEvent::FunctionAdded(bdf));
+        let Ok(Response::List(l)) = svc.request(Request::List, t) else {
+            panic!("list failed")
+        };
+        assert_eq!(l.len(), 1, "{guest:?}: attached before the removal");
+
+        let (done, rx) = released(&m, &sockets);
+        let t0 = Instant::now();
+        svc.release(bdf, done);
+        let (at, devices, withdrawn) = rx
+            .recv_timeout(t)
+            .unwrap_or_else(|_| panic!("{guest:?}: the removal was never released"));
+        let took = at - t0;
+        assert_eq!(
+            withdrawn, 1,
+            "{guest:?}: socket withdrawn before the release"
+        );
+        match guest {
+            Guest::Ejects => {
+                assert!(
+                    devices.is_empty(),
+                    "ejected before the release: {devices:?}"
+                );
+                assert!(
+                    took < grace,
+                    "an eject does not wait out the grace: {took:?}"
+                );
+            }
+            _ => {
+                assert_eq!(devices.len(), 1, "the guest still holds its stale device");
+                assert!(
+                    took >= grace && took < grace + Duration::from_secs(2),
+                    "released at the end of the grace period: {took:?}"
+                );
+            }
+        }
+        let Ok(Response::List(l)) = svc.request(Request::List, t) else {
+            panic!()
+        };
+        assert!(l.is_empty(), "{guest:?}: the attachment is forgotten");
+        let outcome = events.lock().unwrap().iter().rev().find_map(|e| match e {
+            VmEvent::Detached { outcome, .. } => Some(*outcome),
+            _ => None,
+        });
+        let want = if guest == Guest::Ejects {
+            DetachOutcome::Ejected
+        } else {
+            DetachOutcome::Withdrawn
+        };
+        assert_eq!(outcome, Some(want), "{guest:?}");
+
+        // A function no VM holds any more is released at once, nothing sent to QEMU.
+        let before = m.lock().unwrap().added.len();
+        let (done, rx) = released(&m, &sockets);
+        let t0 = Instant::now();
+        svc.release(bdf, done);
+        let (at, _, withdrawn) = rx.recv_timeout(t).expect("released");
+        assert!(at - t0 < Duration::from_secs(1), "{:?}", at - t0);
+        assert_eq!(withdrawn, 1, "nothing more withdrawn");
+        assert_eq!(m.lock().unwrap().added.len(), before);
+        svc.stop();
+    }
+}
