@@ -15,8 +15,12 @@ pub const GREETING: &str = r#"{"QMP": {"version": {"qemu": {"micro": 2, "minor":
 /// What the script does with one command.
 pub struct Peer {
     out: UnixStream,
-    /// Set by the script to hang up after this command.
+    /// Set by the script to hang up after this command. The listening socket closes first, as
+    /// when QEMU exits: a client that reconnects finds nobody.
     pub hang_up: bool,
+    /// With `hang_up`: a QEMU on its way out — the listening socket still accepts one more
+    /// connection, which is closed without a greeting, and only then closes.
+    pub exit_slowly: bool,
 }
 
 impl Peer {
@@ -73,6 +77,7 @@ impl FakeMonitor {
             let mut peer = Peer {
                 out: stream.try_clone().unwrap(),
                 hang_up: false,
+                exit_slowly: false,
             };
             match greeting {
                 Some(g) => peer.line(&g),
@@ -104,6 +109,14 @@ impl FakeMonitor {
                 seen.push(cmd.clone());
                 script(&cmd, &mut peer);
                 if peer.hang_up {
+                    if peer.exit_slowly {
+                        drop(peer);
+                        drop(r);
+                        if let Ok((late, _)) = listener.accept() {
+                            drop(late);
+                        }
+                    }
+                    drop(listener);
                     return seen;
                 }
             }

@@ -525,13 +525,31 @@ impl VmAttacher {
             // device (QEMU waits for the slot's power indicator to go off, which pciehp writes
             // a second after the power controller) — or just this connection broke. A new
             // connection tells which; its events start afresh, so it asks about the device.
-            released = self.with_qmp(v, &mut st, |q, s| {
-                if device_present(q, &dev, s.command_timeout)? {
-                    wait_deleted(q, &dev, deadline, Instant::now(), s.command_timeout)
-                } else {
-                    Ok(Release::Absent)
+            // A QEMU on its way out may still accept that connection and then drop it (its
+            // listening socket closes after the old connection did): a hang-up is asked again,
+            // a few times and within the grace period, until the monitor answers or is gone.
+            for attempt in 0..RECONNECTS {
+                if attempt > 0 {
+                    std::thread::sleep(RECONNECT_PAUSE);
                 }
-            });
+                released = self.with_qmp(v, &mut st, |q, s| {
+                    if device_present(q, &dev, s.command_timeout)? {
+                        wait_deleted(q, &dev, deadline, Instant::now(), s.command_timeout)
+                    } else {
+                        Ok(Release::Absent)
+                    }
+                });
+                let hung_up = matches!(
+                    &released,
+                    Err(VmError::Qmp {
+                        source: QmpError::Disconnected { .. },
+                        ..
+                    })
+                );
+                if !hung_up || Instant::now() + RECONNECT_PAUSE >= deadline {
+                    break;
+                }
+            }
         }
         let outcome = match released {
             Ok(Release::Deleted) => DetachOutcome::Ejected,
@@ -592,6 +610,10 @@ impl VmAttacher {
         });
     }
 }
+
+/// How often a detach asks a monitor that hung up on it again, and how long it waits between.
+const RECONNECTS: usize = 5;
+const RECONNECT_PAUSE: Duration = Duration::from_millis(50);
 
 enum Release {
     /// `DEVICE_DELETED` arrived.
