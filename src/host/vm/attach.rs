@@ -513,13 +513,7 @@ impl VmAttacher {
         let mut released = self.with_qmp(v, &mut st, |q, s| {
             release(q, &dev, deadline, s.command_timeout)
         });
-        if matches!(
-            &released,
-            Err(VmError::Qmp {
-                source: QmpError::Disconnected { .. },
-                ..
-            })
-        ) {
+        if hung_up(&released) {
             // The monitor went away mid-detach. QEMU may have exited — a guest that powers off
             // right after its pciehp unconfigured the card does that before QEMU unplugs the
             // device (QEMU waits for the slot's power indicator to go off, which pciehp writes
@@ -539,14 +533,7 @@ impl VmAttacher {
                         Ok(Release::Absent)
                     }
                 });
-                let hung_up = matches!(
-                    &released,
-                    Err(VmError::Qmp {
-                        source: QmpError::Disconnected { .. },
-                        ..
-                    })
-                );
-                if !hung_up || Instant::now() + RECONNECT_PAUSE >= deadline {
+                if !hung_up(&released) || Instant::now() + RECONNECT_PAUSE >= deadline {
                     break;
                 }
             }
@@ -609,6 +596,17 @@ impl VmAttacher {
             reason,
         });
     }
+}
+
+/// Whether the monitor hung up on a detach step.
+fn hung_up<T>(r: &Result<T, VmError>) -> bool {
+    matches!(
+        r,
+        Err(VmError::Qmp {
+            source: QmpError::Disconnected { .. },
+            ..
+        })
+    )
 }
 
 /// How often a detach asks a monitor that hung up on it again, and how long it waits between.
