@@ -28,6 +28,7 @@ use toml::Spanned;
 
 use super::inventory::FunctionId;
 use super::ApplianceError;
+use crate::endpoint::nvme::NvmeSriov;
 use crate::endpoint::Bdf;
 use crate::transport::keys::{self, KeyError, DEVELOPMENT_HOST_NAME};
 use crate::transport::{HostId, HostKey, PublicKey, SecretKey};
@@ -41,6 +42,10 @@ pub const DEFAULT_SCRATCH_NVME_BYTES: u64 = 64 << 20;
 pub const MAX_DMA_BUFFER: u64 = 1 << 30;
 /// Most SR-IOV virtual functions a DMA engine offers.
 pub const MAX_DMA_VFS: u16 = 7;
+/// Most virtual functions the appliance enables and pools for one physical function: its VFs
+/// sit at the functions after it on its device number (First VF Offset 1, VF Stride 1), and a
+/// device number has eight.
+pub const MAX_POOLED_VFS: u16 = 7;
 /// DMA engine buffer when none is given.
 pub const DEFAULT_DMA_BUFFER: u64 = 1 << 20;
 /// Where the management API listens when `[api]` or `--api-admin` enables it without an
@@ -104,7 +109,7 @@ pub enum ConfigProblem {
     #[error("replay needs a dump file: replay=DUMP[,bar0=SIZE,...]")]
     ReplayNeedsDump,
     /// An option of `--device nvme=…` we do not know.
-    #[error("unknown nvme option {0:?} (known: size=SIZE)")]
+    #[error("unknown nvme option {0:?} (known: size=SIZE, vfs=N, vf_size=SIZE)")]
     UnknownNvmeOption(String),
     /// An option of `--device dma…` we do not know.
     #[error("unknown dma option {0:?} (known: buffer=SIZE, vfs=N)")]
@@ -124,6 +129,39 @@ pub enum ConfigProblem {
     /// `vfs = N` out of range.
     #[error("vfs must be 0..=7")]
     VfsRange,
+    /// `vf_size` without `vfs`.
+    #[error("vf_size needs vfs = N (the number of SR-IOV virtual functions to cut the store for)")]
+    VfSizeWithoutVfs,
+    /// A physical function's pooled VFs would run past function 7 of its slot.
+    #[error("device #{index} at slot {slot} function {function} has vfs = {vfs}: its VFs would need functions up to {last}, and a slot has 0..=7 (use fewer VFs or function 0)")]
+    VfsPastSlot {
+        /// 1-based position in the file.
+        index: usize,
+        /// Its slot.
+        slot: u8,
+        /// Its function.
+        function: u8,
+        /// Its VFs.
+        vfs: u16,
+        /// The function number the last VF would need.
+        last: u16,
+    },
+    /// A physical function's pooled VFs would sit where another device is.
+    #[error("device #{index} at slot {slot} function {function} has vfs = {vfs}: VF {vf} would be function {taken} of slot {slot}, which another device has")]
+    VfsCollide {
+        /// 1-based position in the file.
+        index: usize,
+        /// Its slot.
+        slot: u8,
+        /// Its function.
+        function: u8,
+        /// Its VFs.
+        vfs: u16,
+        /// The 0-based VF index that collides.
+        vf: u16,
+        /// The function number both want.
+        taken: u8,
+    },
     /// A device entry without a key its kind needs.
     #[error("device #{index} ({kind}) needs `{key}`")]
     MissingKey {
@@ -246,6 +284,10 @@ pub enum DeviceSpec {
         create_size: Option<u64>,
         /// Serial number override.
         serial: Option<String>,
+        /// SR-IOV: the appliance enables this many virtual functions, each a controller with
+        /// its own slice of the store, and pools them (the physical function itself is then
+        /// withheld from hosts: it holds every VF's life). `None`: not an SR-IOV device.
+        sriov: Option<NvmeSriov>,
     },
     /// NVMe controller over a temporary sparse file that the appliance creates and deletes
     /// when it stops (the embedded default, the demo, tests and benchmarks).
@@ -257,7 +299,8 @@ pub enum DeviceSpec {
     Dma {
         /// Buffer size.
         buffer: u64,
-        /// SR-IOV virtual functions offered (0 = not an SR-IOV device).
+        /// SR-IOV virtual functions the appliance enables and pools (0 = not an SR-IOV
+        /// device); the physical function is then withheld from hosts.
         vfs: u16,
     },
     /// Replay of a real card's config space.
@@ -278,6 +321,19 @@ pub enum DeviceSpec {
         /// one; empty: connect only.
         start: Vec<String>,
     },
+}
+
+impl DeviceSpec {
+    /// How many virtual functions the appliance enables for this device and puts in the pool.
+    pub fn pooled_vfs(&self) -> u16 {
+        match self {
+            DeviceSpec::Nvme {
+                sriov: Some(s), ..
+            } => s.vfs,
+            DeviceSpec::Dma { vfs, .. } => *vfs,
+            _ => 0,
+        }
+    }
 }
 
 /// A device and where it sits.
@@ -524,6 +580,7 @@ struct FileDevice {
     serial: Option<String>,
     buffer: Option<Spanned<String>>,
     vfs: Option<Spanned<u16>>,
+    vf_size: Option<Spanned<String>>,
     dump: Option<Spanned<String>>,
     #[serde(default)]
     bars: std::collections::BTreeMap<String, Spanned<String>>,
@@ -705,7 +762,73 @@ fn connect_timeout(secs: f64) -> Option<std::time::Duration> {
         .then(|| std::time::Duration::from_secs_f64(secs))
 }
 
-/// Parse a `--device` flag value: `nvme=PATH[,size=SIZE]`, `dma[,buffer=SIZE][,vfs=N]`,
+/// The functions a device's pooled VFs take: VF *i* (0-based) at function `function + 1 + i`
+/// of its slot (First VF Offset 1, VF Stride 1, as the NVMe and DMA models set them).
+fn vf_functions(bdf: Bdf, vfs: u16) -> impl Iterator<Item = (u16, u16)> {
+    (0..vfs).map(move |i| (i, u16::from(bdf.function()) + 1 + i))
+}
+
+/// Whether a device at `bdf` with `spec` fits beside `devices` once pooled VFs are counted:
+/// its VFs must stay within its slot and off every other device, and it must not sit on the
+/// VFs of one placed before it.
+fn vf_collision(
+    devices: &[DeviceConfig],
+    index: usize,
+    bdf: Bdf,
+    spec: &DeviceSpec,
+) -> Result<(), ConfigProblem> {
+    let (slot, function, vfs) = (bdf.device(), bdf.function(), spec.pooled_vfs());
+    let taken = |f: u16| devices.iter().any(|d| d.bdf == Bdf::new(0, slot, f as u8));
+    for (vf, f) in vf_functions(bdf, vfs) {
+        if f > 7 {
+            return Err(ConfigProblem::VfsPastSlot {
+                index,
+                slot,
+                function,
+                vfs,
+                last: u16::from(function) + vfs,
+            });
+        }
+        if taken(f) {
+            return Err(ConfigProblem::VfsCollide {
+                index,
+                slot,
+                function,
+                vfs,
+                vf,
+                taken: f as u8,
+            });
+        }
+    }
+    for (j, other) in devices.iter().enumerate() {
+        let n = other.spec.pooled_vfs();
+        if other.bdf.device() != slot {
+            continue;
+        }
+        if let Some((vf, _)) = vf_functions(other.bdf, n).find(|(_, f)| *f == u16::from(function)) {
+            return Err(ConfigProblem::VfsCollide {
+                index: j + 1,
+                slot,
+                function: other.bdf.function(),
+                vfs: n,
+                vf,
+                taken: function,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The SR-IOV layout of an NVMe device from `vfs` and `vf_size` (`None` without VFs).
+fn nvme_sriov(vfs: u16, vf_size: Option<u64>) -> Result<Option<NvmeSriov>, ConfigProblem> {
+    match (vfs, vf_size) {
+        (0, Some(_)) => Err(ConfigProblem::VfSizeWithoutVfs),
+        (0, None) => Ok(None),
+        (vfs, vf_size) => Ok(Some(NvmeSriov { vfs, vf_size })),
+    }
+}
+
+/// Parse a `--device` flag value: `nvme=PATH[,size=SIZE][,vfs=N[,vf_size=SIZE]]`, `dma[,buffer=SIZE][,vfs=N]`,
 /// `replay=DUMP[,barN=SIZE...]` or `vfio-user=SOCKET_PATH[,connect_timeout=SECONDS]`.
 pub fn parse_device_flag(s: &str) -> Result<DeviceSpec, ConfigProblem> {
     let mut parts = s.split(',');
@@ -718,9 +841,18 @@ pub fn parse_device_flag(s: &str) -> Result<DeviceSpec, ConfigProblem> {
                 return Err(ConfigProblem::NvmeNeedsPath);
             }
             let mut create_size = None;
+            let (mut vfs, mut vf_size) = (0, None);
             for r in rest {
                 match r.split_once('=') {
                     Some(("size", v)) => create_size = Some(parse_size(v)?),
+                    Some(("vfs", v)) => {
+                        vfs = v
+                            .parse()
+                            .ok()
+                            .filter(|n| *n <= MAX_POOLED_VFS)
+                            .ok_or_else(|| ConfigProblem::VfsFlag(v.to_string()))?
+                    }
+                    Some(("vf_size", v)) => vf_size = Some(parse_size(v)?),
                     _ => return Err(ConfigProblem::UnknownNvmeOption(r.to_string())),
                 }
             }
@@ -728,6 +860,7 @@ pub fn parse_device_flag(s: &str) -> Result<DeviceSpec, ConfigProblem> {
                 path: arg.into(),
                 create_size,
                 serial: None,
+                sriov: nvme_sriov(vfs, vf_size)?,
             })
         }
         "dma" => {
@@ -866,6 +999,19 @@ impl ApplianceConfig {
                     path: resolve(&need(&d.path, "path")?),
                     create_size: d.size.as_ref().map(size_of).transpose()?,
                     serial: d.serial.clone(),
+                    sriov: {
+                        let vfs = match &d.vfs {
+                            Some(v) if *v.get_ref() > MAX_POOLED_VFS => {
+                                return Err(err(Some(v.span()), ConfigProblem::VfsRange))
+                            }
+                            Some(v) => *v.get_ref(),
+                            None => 0,
+                        };
+                        let vf_size = d.vf_size.as_ref().map(size_of).transpose()?;
+                        nvme_sriov(vfs, vf_size).map_err(|p| {
+                            err(d.vf_size.as_ref().map(|v| v.span()), p)
+                        })?
+                    },
                 },
                 "dma" => DeviceSpec::Dma {
                     buffer: d
@@ -951,6 +1097,8 @@ impl ApplianceConfig {
                     },
                 ));
             }
+            let vf_span = d.vfs.as_ref().map(|v| v.span()).or(Some(d.kind.span()));
+            vf_collision(&cfg.devices, i + 1, bdf, &spec).map_err(|p| err(vf_span, p))?;
             let name = match &d.name {
                 None => None,
                 Some(n) => {
@@ -1269,6 +1417,29 @@ mod tests {
                 "[options]\nremoval_grace_ms = 3600001\n",
                 "c.toml:2:20: removal_grace_ms must be 1000..=3600000 (1 s to 1 h)",
             ),
+            (
+                "[[device]]\nkind = \"nvme\"\npath = \"a\"\nvf_size = \"1M\"\n",
+                "c.toml:4:11: vf_size needs vfs = N (the number of SR-IOV virtual functions to cut the store for)",
+            ),
+            (
+                "[[device]]\nkind = \"nvme\"\npath = \"a\"\nvfs = 8\n",
+                "c.toml:4:7: vfs must be 0..=7",
+            ),
+            // VFs sit at the functions after their PF: past function 7 ...
+            (
+                "[[device]]\nkind = \"dma\"\nfunction = 2\nvfs = 6\n",
+                "c.toml:4:7: device #1 at slot 0 function 2 has vfs = 6: its VFs would need functions up to 8, and a slot has 0..=7 (use fewer VFs or function 0)",
+            ),
+            // ... on a device placed before ...
+            (
+                "[[device]]\nkind = \"dma\"\nfunction = 3\n[[device]]\nkind = \"dma\"\nslot = 0\nvfs = 4\n",
+                "c.toml:7:7: device #2 at slot 0 function 0 has vfs = 4: VF 2 would be function 3 of slot 0, which another device has",
+            ),
+            // ... or under a device placed after.
+            (
+                "[[device]]\nkind = \"nvme\"\npath = \"a\"\nvfs = 2\n[[device]]\nkind = \"dma\"\nslot = 0\nfunction = 2\n",
+                "c.toml:6:8: device #1 at slot 0 function 0 has vfs = 2: VF 1 would be function 2 of slot 0, which another device has",
+            ),
         ];
         for (text, want) in cases {
             let e = ApplianceConfig::from_toml(text, "c.toml", Path::new(".")).unwrap_err();
@@ -1401,7 +1572,8 @@ removal_grace_ms = 45000
             DeviceSpec::Nvme {
                 path: "/etc/pt/disk.img".into(),
                 create_size: Some(1 << 30),
-                serial: Some("S1".into())
+                serial: Some("S1".into()),
+                sriov: None,
             }
         );
         assert_eq!(c.devices[1].bdf, Bdf::new(0, 5, 0));
@@ -1436,6 +1608,30 @@ removal_grace_ms = 45000
                 vfs: 0
             }
         );
+        assert_eq!(
+            parse_device_flag("nvme=d.img,size=1G,vfs=2,vf_size=64M").unwrap(),
+            DeviceSpec::Nvme {
+                path: "d.img".into(),
+                create_size: Some(1 << 30),
+                serial: None,
+                sriov: Some(NvmeSriov {
+                    vfs: 2,
+                    vf_size: Some(64 << 20)
+                }),
+            }
+        );
+        assert_eq!(
+            parse_device_flag("nvme=d.img,vfs=3").unwrap().pooled_vfs(),
+            3
+        );
+        assert!(matches!(
+            parse_device_flag("nvme=d.img,vf_size=1M"),
+            Err(ConfigProblem::VfSizeWithoutVfs)
+        ));
+        assert!(matches!(
+            parse_device_flag("nvme=d.img,vfs=8"),
+            Err(ConfigProblem::VfsFlag(v)) if v == "8"
+        ));
         assert_eq!(
             parse_device_flag("dma,vfs=3").unwrap(),
             DeviceSpec::Dma {

@@ -67,6 +67,11 @@ pub enum ControlError {
     /// A virtual function cannot be removed on its own; it goes with its physical function.
     #[error("function {0} is a virtual function: remove its physical function")]
     VirtualFunction(FunctionId),
+    /// A physical function whose virtual functions the appliance pools: it holds their life
+    /// (a reset or a VF Enable write by a host would pull them from their owners), so it is
+    /// never given to a host; its VFs are.
+    #[error("function {0} is the physical function of pooled virtual functions: assign its VFs ({0}.vf0, ...)")]
+    PooledVfs(FunctionId),
     /// Another refusal of the inventory.
     #[error(transparent)]
     Inventory(InventoryError),
@@ -106,6 +111,8 @@ pub(crate) struct NewCard {
     pub(crate) probe: Option<HealthProbe>,
     /// Its temporary backing file (a scratch NVMe), kept as long as the appliance serves.
     pub(crate) scratch: Scratch,
+    /// SR-IOV virtual functions to enable and pool (0: none).
+    pub(crate) vfs: u16,
 }
 
 /// What the serving loop is asked to do.
@@ -375,6 +382,7 @@ impl Control {
             device,
             probe,
             scratch,
+            vfs: spec.pooled_vfs(),
         };
         self.submit(Command::Add {
             card,

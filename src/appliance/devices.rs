@@ -11,7 +11,7 @@
 use crossbeam::channel::Receiver;
 
 use super::config::{ApplianceConfig, DeviceSpec, MAX_DMA_BUFFER};
-use super::inventory::{FunctionEntry, FunctionId, Inventory};
+use super::inventory::{FunctionEntry, FunctionId, FunctionState, Inventory, PciIdentity};
 use super::ApplianceError;
 use crate::endpoint::device::ResetKind;
 use crate::endpoint::dma_engine::DmaEngine;
@@ -157,7 +157,11 @@ pub fn build(cfg: &ApplianceConfig) -> Result<Built, ApplianceError> {
             probes.push((entry.id.clone(), p));
         }
         endpoint.add_function(d.bdf, dev)?;
+        let vfs = pool_vfs(&mut endpoint, &entry, d.spec.pooled_vfs())?;
         inventory.add(entry)?;
+        for vf in vfs {
+            inventory.add(vf)?;
+        }
     }
     Ok(Built {
         endpoint,
@@ -167,6 +171,42 @@ pub fn build(cfg: &ApplianceConfig) -> Result<Built, ApplianceError> {
         probes,
         scratch,
     })
+}
+
+/// Be the driver of the physical function `pf` (already in `endpoint`): enable `n` of its
+/// virtual functions and present each standalone (`Proxy::attach_vf_view`), so that each is a
+/// function of the pool a host can be given on its own. Returns their inventory entries
+/// (`PF-ID.vfI`, unassigned); none when `n` is 0.
+pub(crate) fn pool_vfs(
+    endpoint: &mut Proxy,
+    pf: &FunctionEntry,
+    n: u16,
+) -> Result<Vec<FunctionEntry>, ApplianceError> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let vf_err = |source| ApplianceError::Vfs {
+        function: pf.id.clone(),
+        source,
+    };
+    let enabled = endpoint.enable_vfs(pf.bdf, n).map_err(vf_err)?;
+    let mut out = Vec::with_capacity(enabled.len());
+    for index in 0..n {
+        let bdf = endpoint.attach_vf_view(pf.bdf, index).map_err(vf_err)?;
+        let mut dword = |reg| endpoint.config_read(bdf, reg).unwrap_or(u32::MAX);
+        let ids = PciIdentity::from_dwords(dword(0x00), dword(0x08), dword(0x2c));
+        out.push(FunctionEntry {
+            id: pf.id.vf(index),
+            bdf,
+            vf_of: Some((pf.id.clone(), index)),
+            model: pf.model.clone(),
+            ids,
+            total_vfs: 0,
+            state: FunctionState::Unassigned,
+            failure: None,
+        });
+    }
+    Ok(out)
 }
 
 pub(crate) fn build_device(
@@ -179,18 +219,25 @@ pub(crate) fn build_device(
             path,
             create_size,
             serial,
+            sriov,
         } => {
             let backend = match create_size {
                 Some(size) if !path.exists() => Backend::create(path, *size),
                 _ => Backend::open(path),
             }?;
-            Box::new(NvmeController::new(
-                backend,
-                NvmeOptions {
-                    serial: serial.clone(),
-                    ..NvmeOptions::default()
-                },
-            ))
+            let opts = NvmeOptions {
+                serial: serial.clone(),
+                ..NvmeOptions::default()
+            };
+            match sriov {
+                None => Box::new(NvmeController::new(backend, opts)),
+                Some(s) => Box::new(NvmeController::with_vfs(backend, opts, *s).map_err(
+                    |source| ApplianceError::NvmeSlices {
+                        path: path.clone(),
+                        source,
+                    },
+                )?),
+            }
         }
         DeviceSpec::ScratchNvme { size } => {
             let dir = tempfile::tempdir().map_err(ApplianceError::Scratch)?;
@@ -281,6 +328,7 @@ fn vfio_user_probe(client: &VfioUserClient, c: ClientConfig, start: Vec<String>)
 mod tests {
     use super::*;
     use crate::appliance::config::DeviceConfig;
+    use crate::endpoint::nvme::NvmeSriov;
     use crate::endpoint::Bdf;
 
     fn cfg(devices: Vec<(Bdf, DeviceSpec)>) -> ApplianceConfig {
@@ -310,14 +358,19 @@ mod tests {
             ),
         ]))
         .unwrap();
+        // The DMA engine's two VFs are enabled by the appliance, at the functions after it.
         assert_eq!(
             b.endpoint.functions(),
-            vec![Bdf::new(0, 0, 0), Bdf::new(0, 0, 1)]
+            vec![
+                Bdf::new(0, 0, 0),
+                Bdf::new(0, 0, 1),
+                Bdf::new(0, 0, 2),
+                Bdf::new(0, 0, 3)
+            ]
         );
-        assert_eq!(b.endpoint.function_names(), vec!["nvme", "dma"]);
         assert!(b.warnings.is_empty());
         let inv = b.inventory.functions();
-        assert_eq!(inv.len(), 2);
+        assert_eq!(inv.len(), 4);
         assert_eq!(inv[0].id.as_str(), "00.0");
         assert_eq!(
             inv[0].ids.class, 0x01_08_02,
@@ -326,6 +379,61 @@ mod tests {
         assert_eq!(inv[1].id.as_str(), "00.1");
         assert_eq!(inv[1].ids.vendor, 0x1b36);
         assert_eq!(inv[1].total_vfs, 2);
+        // Each VF an entry of its own, read through its standalone view: the PF's vendor,
+        // the VF Device ID, the PF's class.
+        for (i, vf) in inv[2..].iter().enumerate() {
+            assert_eq!(vf.id.as_str(), format!("00.1.vf{i}"));
+            assert_eq!(vf.bdf, Bdf::new(0, 0, 2 + i as u8));
+            assert_eq!(vf.vf_of, Some((inv[1].id.clone(), i as u16)));
+            assert_eq!(vf.ids.vendor, 0x1b36);
+            assert_ne!(vf.ids.device, 0xffff, "a view shows the VF Device ID");
+            assert_eq!(vf.ids.class, inv[1].ids.class);
+            assert_eq!(vf.state, FunctionState::Unassigned);
+            assert_eq!(vf.total_vfs, 0);
+        }
+    }
+
+    #[test]
+    fn pools_the_virtual_functions_of_an_nvme_drive() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("ssd.img");
+        let b = build(&cfg(vec![(
+            Bdf::new(0, 3, 0),
+            DeviceSpec::Nvme {
+                path: img,
+                create_size: Some(12 << 20),
+                serial: Some("PT9".into()),
+                sriov: Some(NvmeSriov {
+                    vfs: 2,
+                    vf_size: Some(4 << 20),
+                }),
+            },
+        )]))
+        .unwrap();
+        let inv = b.inventory.functions();
+        let ids: Vec<&str> = inv.iter().map(|f| f.id.as_str()).collect();
+        assert_eq!(ids, ["03.0", "03.0.vf0", "03.0.vf1"]);
+        for vf in &inv[1..] {
+            assert_eq!(vf.ids.class, 0x01_08_02, "each VF is an NVMe controller");
+            assert_eq!(vf.model, "nvme");
+        }
+        // A store too small for the slices asked for is refused, naming the file.
+        let small = dir.path().join("small.img");
+        let e = build(&cfg(vec![(
+            Bdf::new(0, 0, 0),
+            DeviceSpec::Nvme {
+                path: small,
+                create_size: Some(4 << 20),
+                serial: None,
+                sriov: Some(NvmeSriov {
+                    vfs: 2,
+                    vf_size: Some(4 << 20),
+                }),
+            },
+        )]))
+        .unwrap_err();
+        assert!(matches!(e, ApplianceError::NvmeSlices { .. }), "{e}");
+        assert!(e.to_string().contains("small.img"), "{e}");
     }
 
     #[test]
@@ -338,6 +446,7 @@ mod tests {
                 path: missing.clone(),
                 create_size: None,
                 serial: None,
+                sriov: None,
             },
         )]))
         .unwrap_err();
@@ -377,6 +486,7 @@ mod tests {
                 path: img.clone(),
                 create_size: Some(8 << 20),
                 serial: Some("S1".into()),
+                sriov: None,
             },
         )]))
         .unwrap();

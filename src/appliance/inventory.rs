@@ -173,9 +173,15 @@ pub struct PciIdentity {
 impl PciIdentity {
     /// Read from a device's configuration space (a type 0 header).
     pub fn read(dev: &mut dyn Device) -> PciIdentity {
-        let id = dev.config_read(0x00);
-        let rev_class = dev.config_read(0x08);
-        let subsys = dev.config_read(0x2c);
+        PciIdentity::from_dwords(
+            dev.config_read(0x00),
+            dev.config_read(0x08),
+            dev.config_read(0x2c),
+        )
+    }
+
+    /// From the header's dwords at 0x00 (IDs), 0x08 (revision, class) and 0x2c (subsystem).
+    pub fn from_dwords(id: u32, rev_class: u32, subsys: u32) -> PciIdentity {
         PciIdentity {
             vendor: id as u16,
             device: (id >> 16) as u16,

@@ -74,6 +74,24 @@ pub enum ApplianceError {
     /// A vfio-user device server could not be started or reached, or its device presented.
     #[error("vfio-user device: {0}")]
     VfioUser(#[from] crate::endpoint::vfio_user_client::ClientError),
+    /// An NVMe store cannot be cut into the slices its SR-IOV virtual functions ask for.
+    #[error("{}: {source}", path.display())]
+    NvmeSlices {
+        /// The backing store.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: crate::endpoint::nvme::SliceError,
+    },
+    /// The virtual functions of a physical function could not be enabled or presented.
+    #[error("{function}: cannot pool its virtual functions: {source}")]
+    Vfs {
+        /// The physical function.
+        function: inventory::FunctionId,
+        /// Why.
+        #[source]
+        source: crate::endpoint::VfError,
+    },
     /// A DMA engine buffer over [`config::MAX_DMA_BUFFER`].
     #[error("DMA engine buffer of {0} bytes is over the 1 GiB limit")]
     DmaBufferTooLarge(u64),

@@ -999,6 +999,7 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
             mut device,
             probe,
             scratch,
+            vfs,
         } = card;
         let used = ep.function_set();
         let dev = (0..32u8)
@@ -1013,6 +1014,15 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
         }
         ep.add_function(bdf, device)
             .map_err(|e| ControlError::BadDevice(e.to_string()))?;
+        let vf_entries = match super::devices::pool_vfs(ep, &entry, vfs) {
+            Ok(v) => v,
+            Err(e) => {
+                // Nothing of it stays: the pool is as it was.
+                let _ = ep.remove_function(bdf);
+                self.drain_outbound(usize::MAX);
+                return Err(ControlError::BadDevice(e.to_string()));
+            }
+        };
         // A new card at a device number another card had: its counters start from zero.
         for f in 0..8u8 {
             let d = usize::from(dev << 3 | f);
@@ -1021,6 +1031,11 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
         }
         let id = entry.id.clone();
         self.inventory.add(entry)?;
+        for vf in vf_entries {
+            let vf_id = vf.id.clone();
+            self.inventory.add(vf)?;
+            self.events.push(PoolEvent::FunctionAdded(vf_id));
+        }
         self.scratch.append(scratch);
         if let Some(probe) = probe {
             self.watch(id.clone(), probe);
@@ -1096,6 +1111,14 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
             .collect()
     }
 
+    /// Whether the appliance pools virtual functions of the physical function `pf`.
+    fn has_pooled_vfs(&self, pf: &FunctionId) -> bool {
+        self.inventory
+            .functions()
+            .iter()
+            .any(|o| o.vf_of.as_ref().is_some_and(|(p, _)| p == pf))
+    }
+
     /// The id the slot showing `e`'s unit is kept under (its first function), if any.
     fn slot_key(&self, e: &FunctionEntry) -> Option<FunctionId> {
         self.unit(e).into_iter().next()
@@ -1113,6 +1136,9 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
             return Err(ControlError::UnknownHost(host));
         };
         let unit = self.unit(&e);
+        if let Some(pf) = unit.iter().find(|id| self.has_pooled_vfs(id)) {
+            return Err(ControlError::PooledVfs(pf.clone()));
+        }
         for id in &unit {
             match self.inventory.get(id).map(|f| f.state) {
                 Some(FunctionState::Unassigned) | None => {}

@@ -529,22 +529,30 @@ fn flush_threaded(links: &[TransportHandle], router: &mut Router<(usize, ConnId)
 }
 
 /// The assignments to apply at start: the configured ones, or — with none configured and one
-/// accepted host — every function to that host (the single-host appliance).
+/// accepted host — every function to that host (the single-host appliance): each card, or for
+/// a card whose virtual functions the appliance pools, each of those VFs (the PF is withheld).
 fn default_assignments(cfg: &ApplianceConfig, inv: &Inventory) -> Vec<AssignSpec> {
     if !cfg.assignments.is_empty() {
         return cfg.assignments.clone();
     }
+    let fns = inv.functions();
+    let pooled = |dev: u8| {
+        fns.iter()
+            .any(|o| o.vf_of.is_some() && o.bdf.device() == dev)
+    };
     match inv.hosts() {
-        [only] => inv
-            .functions()
+        [only] => fns
             .iter()
-            .filter(|f| f.vf_of.is_none())
-            // One entry per card: its other functions move with it.
-            .filter(|f| {
-                inv.functions()
-                    .iter()
-                    .find(|o| o.vf_of.is_none() && o.bdf.device() == f.bdf.device())
-                    .is_some_and(|first| first.id == f.id)
+            .filter(|f| match f.vf_of {
+                Some(_) => true,
+                // One entry per card: its other functions move with it.
+                None => {
+                    !pooled(f.bdf.device())
+                        && fns
+                            .iter()
+                            .find(|o| o.vf_of.is_none() && o.bdf.device() == f.bdf.device())
+                            .is_some_and(|first| first.id == f.id)
+                }
             })
             .map(|f| AssignSpec {
                 function: f.id.clone(),

@@ -196,6 +196,9 @@ fn pool_error(e: ControlError) -> PoolError {
         },
         ControlError::BadDevice(reason) => PoolError::BadDevice { reason },
         ControlError::NoFreeDevice => PoolError::NoFreeDevice,
+        ControlError::PooledVfs(f) => PoolError::PooledVfs {
+            function: f.to_string(),
+        },
         ControlError::Inventory(InventoryError::DuplicateId(id)) => PoolError::NameTaken {
             name: id.to_string(),
         },
@@ -379,6 +382,26 @@ impl Pool for AppliancePool {
                     host: host.to_string(),
                 })?;
         // Refuse at once what the loop would refuse, so the API answers 4xx, not a failed Task.
+        // A card (its physical functions move together) with a PF whose VFs are pooled.
+        if f.entry.vf_of.is_none() {
+            let all = self.control.functions();
+            let dev = f.entry.bdf.device();
+            let pf_of_pool = all.iter().find(|pf| {
+                pf.entry.vf_of.is_none()
+                    && pf.entry.bdf.device() == dev
+                    && all.iter().any(|g| {
+                        g.entry
+                            .vf_of
+                            .as_ref()
+                            .is_some_and(|(p, _)| *p == pf.entry.id)
+                    })
+            });
+            if let Some(pf) = pf_of_pool {
+                return Err(PoolError::PooledVfs {
+                    function: pf.entry.id.to_string(),
+                });
+            }
+        }
         match api_state(&f) {
             ApiState::Unassigned => {}
             ApiState::Assigned { host } | ApiState::Detaching { host } => {

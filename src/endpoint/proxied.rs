@@ -89,14 +89,22 @@ impl ProxiedFunction {
     }
 
     /// Capture bus and device number from a Type 0 configuration write. A VF's Routing ID
-    /// follows its PF's instead (§9.3.3.9-10), so a VF captures nothing.
+    /// follows its PF's instead (§9.3.3.9-10), so a VF captures nothing — except a VF
+    /// presented standalone (a view), which is an ordinary function to the host that owns it:
+    /// it captures that host's bus number (its device and function stay its own on the
+    /// appliance; the pool maps those), or its DMA and interrupts would carry a bus the host
+    /// does not have and be dropped there.
     pub(crate) fn capture_bdf(&self, target: Bdf) {
-        if self.vf.is_some() {
-            return;
-        }
         let cur = self.bdf();
-        self.shared
-            .set_bdf(Bdf::new(target.bus(), target.device(), cur.function()));
+        match &self.vf {
+            None => self
+                .shared
+                .set_bdf(Bdf::new(target.bus(), target.device(), cur.function())),
+            Some(vf) if vf.view.is_some() => self
+                .shared
+                .set_bdf(Bdf::new(target.bus(), cur.device(), cur.function())),
+            Some(_) => {}
+        }
     }
 
     /// The configuration dword at `reg`: the device's, or through the view of a VF

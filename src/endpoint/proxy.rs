@@ -427,6 +427,14 @@ impl Proxy {
         self.with_vf_factory(|functions, mk| sriov::enable_vfs(functions, pf, n, mk))
     }
 
+    /// The configuration dword at `reg` of the function at `bdf` (a VF presented standalone:
+    /// through its view), as the function's owner would read it; `None` when no function is
+    /// there. For the appliance's own look at a function (its inventory entry), not a host's.
+    pub fn config_read(&mut self, bdf: Bdf, reg: u16) -> Option<u32> {
+        let i = find_cfg(&self.functions, bdf)?;
+        Some(self.functions[i].config_read(reg & !3))
+    }
+
     /// Routing IDs of the virtual functions of the PF at `pf`, by VF index (empty when it
     /// has none or is not a PF).
     pub fn virtual_functions(&self, pf: Bdf) -> Vec<Bdf> {

@@ -262,6 +262,13 @@ pub enum PoolError {
         /// Its PF.
         physical: String,
     },
+    /// A physical function whose virtual functions the appliance pools is never given to a
+    /// host (it holds every VF's life); its VFs are.
+    #[error("function {function:?} is the physical function of pooled virtual functions: assign its VFs")]
+    PooledVfs {
+        /// The PF.
+        function: String,
+    },
     /// An error of the appliance that has no variant here.
     #[error("appliance error: {0}")]
     Appliance(#[source] Box<dyn std::error::Error + Send + Sync>),

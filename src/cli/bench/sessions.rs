@@ -2,10 +2,11 @@
 //! `pcietun appliance` process (so its memory and CPU time are its own, read from `/proc`)
 //! serves up to `--sessions` host sessions over UDP on loopback; the hosts are host agents in
 //! this process, each with its own key. The appliance holds one DMA-engine card per device
-//! number (32, the most a bus has) and gives card *i* to host *i*, so the first 32 sessions own
-//! a card each and drive 4-byte MMIO reads on it, all at once; sessions beyond 32 are connected
-//! and idle (keepalives only) — with SR-IOV VFs as pool entries (still to come) every session
-//! could own a function. Measured at 1, 16 and the full count of sessions in one run: the
+//! number (32, the most a bus has), each an SR-IOV physical function whose 7 VFs the appliance
+//! pools, and gives VF *i* to host *i*: the first 224 sessions (the most functions one bus
+//! holds once every PF is withheld for its VFs) own a function each and drive 4-byte MMIO
+//! reads on it, all at once; sessions beyond 224 are connected and idle (keepalives only).
+//! Measured at 1, 16 and the full count of sessions in one run: the
 //! appliance's resident memory per session (over its resident memory with none), its CPU time
 //! per TLP while the reads run, and the p50/p99 of the reads, as ratios to the single-session
 //! figures of the same run.
@@ -28,6 +29,10 @@ use std::time::{Duration, Instant};
 
 /// Cards on the appliance: one per device number of its bus.
 const CARDS: usize = 32;
+/// Pooled VFs of each card: functions 1..=7 of its device number.
+const VFS_PER_CARD: usize = 7;
+/// Functions the hosts can own: every VF of every card.
+const FUNCTIONS: usize = CARDS * VFS_PER_CARD;
 
 /// Arguments of `pcietun bench sessions`.
 #[derive(Debug, clap::Args)]
@@ -112,8 +117,9 @@ fn cpu_time(pid: u32) -> Res<Duration> {
     ))
 }
 
-/// Start the appliance for `hosts` (their public keys) with [`CARDS`] cards, card *i* assigned
-/// to host *i*; returns it and its UDP address.
+/// Start the appliance for `hosts` (their public keys) with [`CARDS`] cards of
+/// [`VFS_PER_CARD`] pooled VFs each, VF *i* assigned to host *i*; returns it and its UDP
+/// address.
 fn start_appliance(
     dir: &Path,
     key: &SecretKey,
@@ -127,10 +133,15 @@ fn start_appliance(
             k.public_key()
         );
     }
-    for i in 0..CARDS.min(hosts.len()) {
+    let owned = FUNCTIONS.min(hosts.len());
+    for c in 0..owned.div_ceil(VFS_PER_CARD) {
         config += &format!(
-            "\n[[device]]\nkind = \"dma\"\nname = \"dma-{i:02}\"\nbuffer = \"4K\"\nassign = \"h{i:03}\"\n"
+            "\n[[device]]\nkind = \"dma\"\nname = \"dma-{c:02}\"\nbuffer = \"4K\"\nvfs = {VFS_PER_CARD}\n"
         );
+    }
+    for i in 0..owned {
+        let (c, v) = (i / VFS_PER_CARD, i % VFS_PER_CARD);
+        config += &format!("\n[[assign]]\nfunction = \"dma-{c:02}.vf{v}\"\nhost = \"h{i:03}\"\n");
     }
     crate::pcietun_cli::demo::write_private(&dir.join("appliance.toml"), &config)?;
     let mut child = Command::new(std::env::current_exe()?)
@@ -202,7 +213,7 @@ fn connect(addr: &str, i: usize, key: SecretKey, appliance: &SecretKey) -> Res<S
         },
         Duration::from_secs(30),
     )?;
-    let card = if i < CARDS {
+    let card = if i < FUNCTIONS {
         let deadline = Instant::now() + Duration::from_secs(20);
         let info = loop {
             if let Some(f) = agent
@@ -357,7 +368,8 @@ pub fn run(a: SessionsArgs) -> Res<ExitCode> {
     header.print();
     println!(
         "one appliance process, {max} host agents in this process over UDP on 127.0.0.1; \
-         {CARDS} DMA-engine cards, card i owned by host i; sessions beyond {CARDS} are idle"
+         {CARDS} DMA-engine cards with {VFS_PER_CARD} pooled VFs each, VF i owned by host i; \
+         sessions beyond {FUNCTIONS} are idle"
     );
     println!(
         "appliance resident memory with no session: {:.1} MiB; baseline: the 1-session step",

@@ -295,6 +295,7 @@ fn pool_error(e: PoolError) -> ApiError {
         }
         PoolError::UnknownHost { host } => ApiError::not_found("ComputerSystem", &host, msg),
         PoolError::AlreadyAssigned { .. }
+        | PoolError::PooledVfs { .. }
         | PoolError::NotAssigned { .. }
         | PoolError::InTransition { .. }
         | PoolError::FunctionFailed { .. } => ApiError::in_use(msg),

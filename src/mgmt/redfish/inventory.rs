@@ -298,6 +298,7 @@ pub(crate) fn card_error(e: PoolError) -> ApiError {
         PoolError::NoFreeDevice
         | PoolError::VirtualFunction { .. }
         | PoolError::AlreadyAssigned { .. }
+        | PoolError::PooledVfs { .. }
         | PoolError::NotAssigned { .. }
         | PoolError::InTransition { .. }
         | PoolError::FunctionFailed { .. } => ApiError::in_use(msg),
