@@ -448,6 +448,7 @@ fn a_card_is_added_used_and_removed_while_another_host_runs_io() {
         path: dir.path().join("missing.img"),
         create_size: None,
         serial: None,
+        sriov: None,
     };
     let e = ctl.add_function_wait(&missing, None, t).unwrap_err();
     assert!(matches!(e, ControlError::BadDevice(_)), "{e}");

@@ -224,7 +224,7 @@ fn two_hosts_share_one_ssd_and_one_dma_engine_through_their_vfs() {
         assert!(c.iter().all(|(_, func, _)| *func == 0), "{c:?}");
         let mut kinds: Vec<u32> = c.iter().map(|(_, _, class)| *class).collect();
         kinds.sort();
-        assert_eq!(kinds, [DMA_CLASS, NVME_CLASS], "{c:?}");
+        assert_eq!(kinds, [NVME_CLASS, DMA_CLASS], "{c:?}");
     }
 
     // Concurrent NVMe I/O, each host through its own VF.
@@ -238,7 +238,7 @@ fn two_hosts_share_one_ssd_and_one_dma_engine_through_their_vfs() {
 
     // Each host's data sits in its VF's slice of the one backing file.
     let file = std::fs::File::open(dir.path().join("ssd.img")).unwrap();
-    for (i, last) in [la, lb].iter().enumerate() {
+    for (i, last) in [&la, &lb].iter().enumerate() {
         let lba = u64::from_le_bytes(last[..8].try_into().unwrap());
         let at = STORE_BYTES - 2 * VF_BYTES + i as u64 * VF_BYTES + lba * BLOCK;
         let mut on_disk = vec![0u8; last.len() - 8];
@@ -255,7 +255,7 @@ fn two_hosts_share_one_ssd_and_one_dma_engine_through_their_vfs() {
     for (i, chunk) in card.chunks(4096).enumerate() {
         da.bar_write(2, (i * 4096) as u64, chunk).unwrap();
     }
-    dra.transfer(Direction::DmaWrite, 0, 0, card.len()).unwrap();
+    dra.transfer(Direction::DmaWrite, 0, 0, card.len() as u32).unwrap();
     let mut mem = vec![0u8; card.len()];
     dra.host_buffer().read_at(0, &mut mem).unwrap();
     assert!(mem == card, "A's VF DMA landed in A's memory");

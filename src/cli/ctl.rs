@@ -68,7 +68,7 @@ enum CtlCommand {
         timeout: u64,
     },
     /// Add a card to the running appliance (Administrator): SPEC as in `pcietun appliance
-    /// --device` (dma[,buffer=SIZE][,vfs=N] | nvme=PATH[,size=SIZE] | replay=DUMP[,barN=SIZE]
+    /// --device` (dma[,buffer=SIZE][,vfs=N] | nvme=PATH[,size=SIZE][,vfs=N[,vf_size=SIZE]] | replay=DUMP[,barN=SIZE]
     /// | vfio-user=SOCKET[,connect_timeout=S]; paths only under the appliance's [api]
     /// device_dirs); waits until it is in the inventory unless --no-wait.
     AddDevice {

@@ -234,10 +234,12 @@ pub fn api_spec(spec: &str, dirs: &[PathBuf]) -> Result<DeviceSpec, PoolError> {
             path,
             create_size,
             serial,
+            sriov,
         } => DeviceSpec::Nvme {
             path: confine("nvme", &path, create_size.is_some(), dirs)?,
             create_size,
             serial,
+            sriov,
         },
         DeviceSpec::Replay { dump, bars } => DeviceSpec::Replay {
             dump: confine("replay", &dump, false, dirs)?,

@@ -18,7 +18,7 @@ use crate::host::requester::RequestError;
 use crate::host::vfio_user::{EventFd, IrqIndex};
 use crate::host::RemoteFunction;
 use crate::pci::class::dma_engine::{
-    control, reg, status, ErrorCode, DEVICE_ID, ID_VALUE, REGS_BAR, VENDOR_ID,
+    control, reg, status, ErrorCode, DEVICE_ID, ID_VALUE, REGS_BAR, VENDOR_ID, VF_DEVICE_ID,
 };
 
 /// Bus address where the driver's host buffer is registered.
@@ -94,7 +94,8 @@ impl DmaEngineDriver {
         completion: CompletionMode,
     ) -> Result<Self, DmaEngineError> {
         let info = f.info();
-        if (info.vendor, info.device) != (VENDOR_ID, DEVICE_ID) {
+        // The engine, or one of its SR-IOV VFs presented standalone (same registers).
+        if info.vendor != VENDOR_ID || ![DEVICE_ID, VF_DEVICE_ID].contains(&info.device) {
             return Err(DmaEngineError::WrongIds {
                 vendor: info.vendor,
                 device: info.device,

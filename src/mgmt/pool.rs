@@ -512,7 +512,7 @@ pub trait Pool: Send + Sync + 'static {
     /// Start taking `function` away from its owner; `done` reports when it is free again.
     fn unassign(&self, function: &str, done: Completer) -> Result<(), PoolError>;
     /// Start adding a card to the running pool. `spec` is the `--device` grammar of the
-    /// appliance (`dma[,buffer=SIZE][,vfs=N]`, `nvme=PATH[,size=SIZE]`, `replay=DUMP[,barN=SIZE]`,
+    /// appliance (`dma[,buffer=SIZE][,vfs=N]`, `nvme=PATH[,size=SIZE][,vfs=N[,vf_size=SIZE]]`, `replay=DUMP[,barN=SIZE]`,
     /// `vfio-user=SOCKET[,connect_timeout=S]`; docs/api.md "Adding and removing cards"),
     /// `name` the stable id of its function 0 (`None`: derived from where it lands). An `Err`
     /// means nothing was started: the spec does not parse ([`PoolError::BadDevice`]), the API
