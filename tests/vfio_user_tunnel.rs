@@ -276,7 +276,8 @@ fn qemu_pci_serial_intx_reaches_the_host_through_the_tunnel() {
     let status_int = |func: &pcietun::host::RemoteFunction| {
         func.config_read(0x04).unwrap() >> 16 & 0x0008 != 0
     };
-    let wait = |what: &str, mut ok: Box<dyn FnMut() -> bool + '_>| {
+    // Wait (bounded) for `ok`, saying what the host counted if it never holds.
+    let wait = |what: &str, ok: &dyn Fn() -> bool| {
         let end = Instant::now() + Duration::from_secs(10);
         while !ok() {
             assert!(
@@ -293,7 +294,7 @@ fn qemu_pci_serial_intx_reaches_the_host_through_the_tunnel() {
 
     // IER: THR-empty interrupt. THR is empty: the UART interrupts at once.
     func.bar_write(0, 1, &[0x02]).unwrap();
-    wait("an Assert_INTA at the host", Box::new(|| interrupts() > before));
+    wait("an Assert_INTA at the host", &|| interrupts() > before);
     assert_eq!(
         pcietun::host::RemoteFunction::wait_interrupt(&intx, Duration::from_secs(5))
             .unwrap(),
@@ -307,13 +308,13 @@ fn qemu_pci_serial_intx_reaches_the_host_through_the_tunnel() {
     let mut iir = [0u8; 1];
     func.bar_read(0, 2, &mut iir).unwrap();
     assert_eq!(iir[0] & 0x0f, 0x02, "IIR: THR empty pending");
-    wait("the line deasserted", Box::new(|| !status_int(&func)));
+    wait("the line deasserted", &|| !status_int(&func));
 
     // Loopback mode (MCR bit 4), a byte to THR: THR empties again, a second interrupt.
     let n = interrupts();
     func.bar_write(0, 4, &[0x10]).unwrap();
     func.bar_write(0, 0, &[0x5a]).unwrap();
-    wait("a second Assert_INTA", Box::new(|| interrupts() > n));
+    wait("a second Assert_INTA", &|| interrupts() > n);
     let mut b = [0u8; 1];
     func.bar_read(0, 0, &mut b).unwrap();
     assert_eq!(b[0], 0x5a, "the byte came back through loopback");

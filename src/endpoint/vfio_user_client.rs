@@ -2204,6 +2204,12 @@ mod tests {
         h.cfg_write(Bdf(0), 0x10, 0x1000).unwrap();
         h.cfg_write(Bdf(0), 0x04, 0x0001).unwrap();
         assert_eq!(h.cfg_read(Bdf(0), 0x3c).unwrap() >> 8 & 0xff, 1, "INTA");
+        assert!(f.raise(), "the server has an eventfd in slot 0");
+        assert!(
+            h.wait_intx(true, Duration::from_secs(5)),
+            "the server's INTx reached the host as Assert_INTA"
+        );
+        assert_eq!(h.intx_messages(), 1);
         // Only INTx's eventfd was handed over: the MSI index (not enabled) has none.
         let sets = f.set_irqs.lock_or_recover().clone();
         assert_eq!(
@@ -2216,12 +2222,6 @@ mod tests {
                 1
             )]
         );
-        assert!(f.raise(), "the server has an eventfd in slot 0");
-        assert!(
-            h.wait_intx(true, Duration::from_secs(5)),
-            "the server's INTx reached the host as Assert_INTA"
-        );
-        assert_eq!(h.intx_messages(), 1);
     }
 
     #[test]
