@@ -264,7 +264,10 @@ fn qemu_pci_serial_intx_reaches_the_host_through_the_tunnel() {
     let f = fns[0].clone();
     assert_eq!(f.class, 0x070002, "a 16550 serial controller");
     assert_eq!(f.interrupt_pin, 1, "INTA");
-    assert!(f.bars[0].io && f.bars[0].size >= 8, "BAR0: the UART's IO ports");
+    assert!(
+        f.bars[0].io && f.bars[0].size >= 8,
+        "BAR0: the UART's IO ports"
+    );
     let func = host.open(f.bdf).expect("open the function");
     let intx = func.interrupt_eventfd(IrqIndex::Intx, 0).unwrap();
     // IO space on, INTx Disable clear.
@@ -273,9 +276,8 @@ fn qemu_pci_serial_intx_reaches_the_host_through_the_tunnel() {
     let stats = host.stats();
     let interrupts = || stats.interrupts.load(Ordering::Relaxed);
     let unknown = || stats.unknown_requester.load(Ordering::Relaxed);
-    let status_int = |func: &pcietun::host::RemoteFunction| {
-        func.config_read(0x04).unwrap() >> 16 & 0x0008 != 0
-    };
+    let status_int =
+        |func: &pcietun::host::RemoteFunction| func.config_read(0x04).unwrap() >> 16 & 0x0008 != 0;
     // Wait (bounded) for `ok`, saying what the host counted if it never holds.
     let wait = |what: &str, ok: &dyn Fn() -> bool| {
         let end = Instant::now() + Duration::from_secs(10);
@@ -296,13 +298,19 @@ fn qemu_pci_serial_intx_reaches_the_host_through_the_tunnel() {
     func.bar_write(0, 1, &[0x02]).unwrap();
     wait("an Assert_INTA at the host", &|| interrupts() > before);
     assert_eq!(
-        pcietun::host::RemoteFunction::wait_interrupt(&intx, Duration::from_secs(5))
-            .unwrap(),
+        pcietun::host::RemoteFunction::wait_interrupt(&intx, Duration::from_secs(5)).unwrap(),
         1,
         "the function's INTx eventfd signalled once"
     );
-    assert!(status_int(&func), "Status.Interrupt Status set while asserted");
-    assert_eq!(unknown(), unknown_before, "the message came from the function");
+    assert!(
+        status_int(&func),
+        "Status.Interrupt Status set while asserted"
+    );
+    assert_eq!(
+        unknown(),
+        unknown_before,
+        "the message came from the function"
+    );
     // IIR: THR empty is the pending interrupt; reading it clears it (and the access is the
     // end of interrupt: the line drops).
     let mut iir = [0u8; 1];

@@ -2048,6 +2048,9 @@ mod tests {
         assert!(c.bar_read(0, 4096, &mut b).is_err());
     }
 
+    /// SET_IRQS requests a fake server saw: (index, flags, start, count, descriptors).
+    type SetIrqsLog = Arc<Mutex<Vec<(u32, u32, u32, u32, usize)>>>;
+
     /// A server with libvfio-user's interrupt bookkeeping (`lib/irq.c`): one eventfd table
     /// for INTx, MSI and MSI-X alike, indexed by vector only (SET_IRQS with eventfds puts
     /// them at `start..`; count 0 closes `0..count of the index`), and a trigger of vector n
@@ -2056,8 +2059,8 @@ mod tests {
     struct SharedTableServer {
         /// The table; `raise` signals slot 0, as QEMU's INTx does (`vfu_irq_trigger(ctx, 0)`).
         efds: Arc<Mutex<Vec<Option<OwnedFd>>>>,
-        /// Every SET_IRQS: (index, flags, start, count, descriptors).
-        set_irqs: Arc<Mutex<Vec<(u32, u32, u32, u32, usize)>>>,
+        /// Every SET_IRQS.
+        set_irqs: SetIrqsLog,
         _dir: tempfile::TempDir,
         sock: PathBuf,
     }
@@ -2078,7 +2081,7 @@ mod tests {
         let l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
         let efds: Arc<Mutex<Vec<Option<OwnedFd>>>> =
             Arc::new(Mutex::new((0..4).map(|_| None).collect()));
-        let set_log = Arc::new(Mutex::new(Vec::new()));
+        let set_log: SetIrqsLog = Arc::new(Mutex::new(Vec::new()));
         let (e2, l2) = (efds.clone(), set_log.clone());
         std::thread::spawn(move || {
             let (mut s, _) = l.accept().unwrap();
@@ -2091,7 +2094,10 @@ mod tests {
                 let mut hdr = [0u8; HEADER_LEN];
                 let mut fds = Vec::new();
                 let mut trunc = false;
-                if !matches!(recv_exact_with_fds(&s, &mut hdr, &mut fds, &mut trunc), Ok(true)) {
+                if !matches!(
+                    recv_exact_with_fds(&s, &mut hdr, &mut fds, &mut trunc),
+                    Ok(true)
+                ) {
                     return;
                 }
                 let h = MessageHeaderRepr::parse(&MessageHeader::new_unchecked(&hdr[..])).unwrap();
