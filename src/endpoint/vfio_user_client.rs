@@ -2074,7 +2074,7 @@ mod tests {
         }
     }
 
-    fn shared_table_server() -> SharedTableServer {
+    fn shared_table_server(msi_cap: bool) -> SharedTableServer {
         use std::io::Write;
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("vfu.sock");
@@ -2089,6 +2089,12 @@ mod tests {
             cfg[0..4].copy_from_slice(&0x0002_1b36u32.to_le_bytes());
             cfg[0x10] = 0x1; // IO BAR0
             cfg[0x3d] = 1; // INTA
+            if msi_cap {
+                // An MSI capability (32-bit, one vector) at 0x50.
+                cfg[0x06] = 0x10;
+                cfg[0x34] = 0x50;
+                cfg[0x50] = 0x05;
+            }
             let irq_count = [1u32, 1, 0];
             loop {
                 let mut hdr = [0u8; HEADER_LEN];
@@ -2201,7 +2207,7 @@ mod tests {
     fn intx_of_a_server_with_one_eventfd_table_reaches_the_host() {
         use crate::endpoint::loopback::LoopbackHost;
         use crate::endpoint::{Bdf, Proxy, ProxyConfig};
-        let f = shared_table_server();
+        let f = shared_table_server(false);
         let c = VfioUserClient::connect(&ClientConfig::new(&f.sock)).unwrap();
         assert_eq!(c.info().irqs, [1, 1, 0], "INTx and one MSI vector offered");
         let (mut ep, rx) = Proxy::new(ProxyConfig::default());
@@ -2228,6 +2234,50 @@ mod tests {
                 1
             )]
         );
+    }
+
+    /// Enabling MSI moves the server from INTx's eventfd to MSI's (INTx disabled first, with
+    /// SET_IRQS count 0), so the server's vector 0 is then an MSI message; disabling MSI goes
+    /// back to INTx.
+    #[test]
+    fn enabling_msi_hands_the_server_msi_eventfds_instead_of_intx() {
+        use crate::endpoint::loopback::LoopbackHost;
+        use crate::endpoint::{Bdf, Proxy, ProxyConfig};
+        let f = shared_table_server(true);
+        let c = VfioUserClient::connect(&ClientConfig::new(&f.sock)).unwrap();
+        let (mut ep, rx) = Proxy::new(ProxyConfig::default());
+        ep.add_function(Bdf(0), Box::new(c)).unwrap();
+        let mut h = LoopbackHost::start(ep, rx, 1 << 16);
+        h.cfg_write(Bdf(0), 0x10, 0x1000).unwrap();
+        h.cfg_write(Bdf(0), 0x04, 0x0005).unwrap(); // IO, Bus Master
+        h.cfg_write(Bdf(0), 0x54, 0xfee0_0000).unwrap();
+        h.cfg_write(Bdf(0), 0x58, 0x0000_0041).unwrap();
+        h.cfg_write(Bdf(0), 0x50, 0x0001_0005).unwrap(); // MSI Enable
+        let trig = irq::SET_DATA_EVENTFD | irq::SET_ACTION_TRIGGER;
+        let off = irq::SET_DATA_NONE | irq::SET_ACTION_TRIGGER;
+        assert_eq!(
+            f.set_irqs.lock_or_recover().clone(),
+            [
+                (irq::INTX, trig, 0, 1, 1),
+                (irq::INTX, off, 0, 0, 0),
+                (irq::MSI, trig, 0, 1, 1)
+            ]
+        );
+        assert!(f.raise());
+        assert!(
+            h.wait_msi_count(1, Duration::from_secs(5)),
+            "vector 0 is an MSI"
+        );
+        assert_eq!(h.msi_log(), [(0xfee0_0000, 0x41)]);
+        assert_eq!(h.intx_messages(), 0);
+        // MSI off: INTx again.
+        h.cfg_write(Bdf(0), 0x50, 0x0000_0005).unwrap();
+        assert_eq!(
+            f.set_irqs.lock_or_recover()[3..],
+            [(irq::MSI, off, 0, 0, 0), (irq::INTX, trig, 0, 1, 1)]
+        );
+        assert!(f.raise());
+        assert!(h.wait_intx(true, Duration::from_secs(5)));
     }
 
     #[test]
