@@ -345,8 +345,8 @@ fn control_path(args: &HostArgs, sub: Option<&Path>) -> Option<PathBuf> {
     )
 }
 
-/// Ask the running agent at `path`. `Ok(None)`: no agent for this appliance answers there
-/// (why, for the one line on stderr); `Ok(Some(reply))`: its answer.
+/// Ask the running agent at `path`. `Ok(Err(why))`: no agent for this appliance and host id
+/// answers there (why: for the one line on stderr); `Ok(Ok(reply))`: its answer.
 fn ask_agent(
     path: &Path,
     me: &ControlInfo,

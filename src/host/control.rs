@@ -673,7 +673,7 @@ pub fn bind_private(path: &Path) -> Result<(UnixListener, (u64, u64)), BindError
             .map_err(io("creating a private temporary directory"))?;
     }
     let tmp = tmp_dir.join("s");
-    let result = (|| {
+    let result = (|| -> Result<(UnixListener, (u64, u64)), BindError> {
         let l = UnixListener::bind(&tmp).map_err(io("binding"))?;
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
             .map_err(io("setting mode 0600"))?;

@@ -1,7 +1,7 @@
 //! The request parser, the line and client limits, and the stale/live socket rules.
 
 use super::*;
-use crate::host::{ChannelDownlink, HostConfig};
+use crate::host::root::{ChannelDownlink, HostConfig};
 use proptest::prelude::*;
 use std::time::Instant;
 
