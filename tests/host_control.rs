@@ -52,7 +52,9 @@ fn ready(child: &mut Child, prefix: &str) {
             sink.clear();
         }
     });
-    let line = rx.recv_timeout(Duration::from_secs(60)).expect("no ready line");
+    let line = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("no ready line");
     assert!(line.starts_with(prefix), "{line:?}");
 }
 
@@ -71,7 +73,12 @@ fn wait_sessions(log: &Path, n: usize) {
     while sessions(log) < n && t0.elapsed() < Duration::from_secs(20) {
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(sessions(log), n, "{}", std::fs::read_to_string(log).unwrap());
+    assert_eq!(
+        sessions(log),
+        n,
+        "{}",
+        std::fs::read_to_string(log).unwrap()
+    );
 }
 
 struct Rig {
@@ -174,7 +181,17 @@ fn tools_use_the_running_agent_and_leave_its_session_alone() {
         .count();
     assert_eq!(hex_lines, 16, "256 bytes, 16 per line: {dump}");
 
-    // CC (BAR0 + 0x14) is writable and reads back (EN stays 0).
+    // The appliance saw no second session (a tool with a session of its own makes it log one
+    // before it answers anything).
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        sessions(&rig.app_log),
+        1,
+        "lspci opened a session of its own"
+    );
+
+    // CC (BAR0 + 0x14) is writable and reads back (EN stays 0): a second session would have
+    // reset the controller in between.
     let o = rig.tool(&["write", "01:00.0", "0", "0x14", "0x460000"]);
     assert!(o.status.success());
     assert!(o.stdout.is_empty());
@@ -206,17 +223,30 @@ fn no_agent_falls_back_to_a_session_of_its_own() {
     let rig = rig();
     // Stop the agent (SIGTERM: it removes its socket).
     let pid = rig.agent.0.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
     let t0 = Instant::now();
     while rig.control().exists() && t0.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(!rig.control().exists(), "the agent left its control socket behind");
+    assert!(
+        !rig.control().exists(),
+        "the agent left its control socket behind"
+    );
     let o = rig.tool(&["read", "01:00.0", "0", "0x8"]);
     assert!(o.status.success());
-    assert!(String::from_utf8_lossy(&o.stdout).trim().starts_with("0x0001"));
+    assert!(String::from_utf8_lossy(&o.stdout)
+        .trim()
+        .starts_with("0x0001"));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(err.lines().filter(|l| l.contains(FALLBACK)).count(), 1, "{err}");
+    assert_eq!(
+        err.lines().filter(|l| l.contains(FALLBACK)).count(),
+        1,
+        "{err}"
+    );
 }
 
 #[test]
@@ -231,7 +261,10 @@ fn a_second_agent_on_the_same_control_path_is_refused() {
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "{err}");
-    assert!(err.contains("--control") && err.contains("another agent"), "{err}");
+    assert!(
+        err.contains("--control") && err.contains("another agent"),
+        "{err}"
+    );
     // Refused before it opened a session: the first agent's is the only one.
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(sessions(&rig.app_log), 1);

@@ -407,8 +407,7 @@ fn operator(
 
 /// One request to a running agent's VM control socket; prints the reply line.
 fn vm_request(control: &Path, line: &str) -> Result<ExitCode, Error> {
-    let (reply, v) =
-        control::Client::connect(control, Duration::from_secs(600))?.ask_line(line)?;
+    let (reply, v) = control::Client::connect(control, Duration::from_secs(600))?.ask_line(line)?;
     println!("{reply}");
     if v["ok"] == true {
         Ok(ExitCode::SUCCESS)

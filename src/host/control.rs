@@ -724,9 +724,7 @@ pub fn read_line<R: BufRead>(
         }
     }
     if buf.len() > max {
-        return Err(error_json(&format_args!(
-            "request longer than {max} bytes"
-        )));
+        return Err(error_json(&format_args!("request longer than {max} bytes")));
     }
     match String::from_utf8(buf) {
         Ok(s) => Ok(Some((s, newline))),

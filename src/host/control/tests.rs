@@ -74,10 +74,19 @@ fn clear_errors() {
     assert_eq!(e("read 1:2 0 0 4"), ParseError::BadBdf("1:2".into()));
     assert_eq!(e("read 01:00.0 0 0 3"), ParseError::BadWidth("3".into()));
     assert_eq!(e("config 01:00.0 0 8"), ParseError::BadWidth("8".into()));
-    assert_eq!(e("config 01:00.0 0x2 4"), ParseError::BadOffset("0x2".into()));
-    assert_eq!(e("config 01:00.0 4096 1"), ParseError::BadOffset("4096".into()));
+    assert_eq!(
+        e("config 01:00.0 0x2 4"),
+        ParseError::BadOffset("0x2".into())
+    );
+    assert_eq!(
+        e("config 01:00.0 4096 1"),
+        ParseError::BadOffset("4096".into())
+    );
     assert_eq!(e("read 01:00.0 6 0 4"), ParseError::BadBar("6".into()));
-    assert_eq!(e("read 01:00.0 0 zz 4"), ParseError::NotANumber("zz".into()));
+    assert_eq!(
+        e("read 01:00.0 0 zz 4"),
+        ParseError::NotANumber("zz".into())
+    );
     assert_eq!(
         e("write 01:00.0 0 0 1 0x100"),
         ParseError::TooWide {
@@ -120,14 +129,18 @@ fn arb_request() -> impl Strategy<Value = Request> {
     ];
     prop_oneof![
         Just(Request::Status),
-        (dump, proptest::option::of(bdf.clone())).prop_map(|(dump, bdf)| Request::Lspci { dump, bdf }),
-        (bdf.clone(), prop_oneof![Just(1usize), Just(2), Just(4)], 0u16..1024).prop_map(
-            |(bdf, n, o)| Request::Config {
+        (dump, proptest::option::of(bdf.clone()))
+            .prop_map(|(dump, bdf)| Request::Lspci { dump, bdf }),
+        (
+            bdf.clone(),
+            prop_oneof![Just(1usize), Just(2), Just(4)],
+            0u16..1024
+        )
+            .prop_map(|(bdf, n, o)| Request::Config {
                 bdf,
                 offset: (o * n as u16) % 4096,
                 width: w(n)
-            }
-        ),
+            }),
         (bdf.clone(), 0u8..6, any::<u64>(), width.clone()).prop_map(|(bdf, bar, offset, width)| {
             Request::Read {
                 bdf,
@@ -190,7 +203,10 @@ fn line_limits() {
     );
     let long = format!("{}\n", "a".repeat(MAX_REQUEST + 1));
     let e = read_line(&mut long.as_bytes(), MAX_REQUEST).unwrap_err();
-    assert!(e["error"].as_str().unwrap().contains("longer than 256"), "{e}");
+    assert!(
+        e["error"].as_str().unwrap().contains("longer than 256"),
+        "{e}"
+    );
     assert!(read_line(&mut &b"\xff\xfe\n"[..], MAX_REQUEST).is_err());
     assert_eq!(read_line(&mut &b""[..], MAX_REQUEST).unwrap(), None);
     assert_eq!(
@@ -235,15 +251,15 @@ fn serves_requests_and_errors_over_the_socket() {
     assert_eq!(st["target"], "udp:127.0.0.1:7470");
     assert_eq!(st["session"], "down");
     let l = c.ask("lspci").unwrap();
-    assert!(
-        l["output"].as_str().unwrap().starts_with("00:00.0 "),
-        "{l}"
-    );
+    assert!(l["output"].as_str().unwrap().starts_with("00:00.0 "), "{l}");
     let r = c.ask("read 01:00.0 0 0 4").unwrap();
     assert_eq!(r["ok"], false);
     assert_eq!(r["error"], "no tunnelled function at 01:00.0");
     let r = c.ask("frob").unwrap();
-    assert!(r["error"].as_str().unwrap().contains("unknown request"), "{r}");
+    assert!(
+        r["error"].as_str().unwrap().contains("unknown request"),
+        "{r}"
+    );
     let path = s.path().to_path_buf();
     drop(s);
     assert!(!path.exists(), "socket left behind");
@@ -269,7 +285,10 @@ fn silent_client_is_dropped_after_the_read_timeout() {
     let mut reply = String::new();
     c.read_to_string(&mut reply).unwrap();
     let took = t0.elapsed();
-    assert!(took >= READ_TIMEOUT - Duration::from_millis(100), "{took:?}");
+    assert!(
+        took >= READ_TIMEOUT - Duration::from_millis(100),
+        "{took:?}"
+    );
     assert!(took < READ_TIMEOUT * 2, "{took:?}");
     assert!(reply.contains("in time"), "{reply}");
 }
@@ -311,20 +330,23 @@ fn stale_socket_is_replaced_live_one_refused() {
     drop(UnixListener::bind(&path).unwrap());
     assert!(path.exists());
     let s = start(&path).unwrap();
-    assert_eq!(request(&path, "status", Duration::from_secs(5)).unwrap()["ok"], true);
+    assert_eq!(
+        request(&path, "status", Duration::from_secs(5)).unwrap()["ok"],
+        true
+    );
     // Live: the first server answers.
     let e = start(&path).unwrap_err();
     assert!(matches!(e, BindError::Live(_)), "{e}");
     assert!(e.to_string().contains("another agent"), "{e}");
     // The refused one did not take the path away.
-    assert_eq!(request(&path, "status", Duration::from_secs(5)).unwrap()["ok"], true);
+    assert_eq!(
+        request(&path, "status", Duration::from_secs(5)).unwrap()["ok"],
+        true
+    );
     drop(s);
     // Not a socket: refused, left alone.
     std::fs::write(&path, b"x").unwrap();
-    assert!(matches!(
-        start(&path),
-        Err(BindError::NotASocket(_))
-    ));
+    assert!(matches!(start(&path), Err(BindError::NotASocket(_))));
     assert_eq!(std::fs::read(&path).unwrap(), b"x");
 }
 
