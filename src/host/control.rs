@@ -100,7 +100,7 @@ impl Dump {
         }
     }
     /// Bytes dumped per function.
-    pub fn len(self) -> usize {
+    pub fn bytes(self) -> usize {
         match self {
             Dump::None => 0,
             Dump::Header => 64,
@@ -576,7 +576,7 @@ pub fn execute(host: &Arc<Host>, info: &ControlInfo, req: &Request) -> Result<An
 /// The lspci listing (root port 00:00.0 first, then the functions below it; only `only`
 /// when given), with `dump`'s bytes of config space in the format `lspci -F FILE` reads.
 pub fn lspci_text(host: &Host, dump: Dump, only: Option<Bdf>) -> String {
-    let len = dump.len();
+    let len = dump.bytes();
     let mut out = String::new();
     let mut emit = |bdf: Bdf, config: &[u8]| {
         let address = lspci::PciAddress {
