@@ -354,7 +354,13 @@ fn ask_agent(
 ) -> Result<Result<serde_json::Value, String>, Error> {
     let mut c = match control::Client::connect(path, AGENT_REPLY) {
         Ok(c) => c,
-        Err(e) => return Ok(Err(format!("no agent answers on {}: {e}", path.display()))),
+        Err(control::ClientError::Connect { source, .. }) => {
+            return Ok(Err(format!(
+                "no agent answers on {}: {source}",
+                path.display()
+            )))
+        }
+        Err(e) => return Err(e.into()),
     };
     let st = c.ask("status")?;
     if st["ok"] != true {
