@@ -830,6 +830,10 @@ impl ControlServer {
                                 "busy: {MAX_CLIENTS} clients are being served; try again"
                             ))
                         );
+                        // What it sent already: read without waiting (the accept loop must
+                        // not block), so closing does not reset the reply away.
+                        let _ = stream.set_nonblocking(true);
+                        close_after_error(&stream, &mut s);
                         continue;
                     }
                     let slot = Slot(clients.clone());
@@ -881,6 +885,17 @@ impl Drop for ControlServer {
     }
 }
 
+/// How long a client that is being closed after an error may still send (discarded).
+const DRAIN: Duration = Duration::from_millis(100);
+
+/// Close a connection after an error reply: no more writes, then discard (a bounded amount
+/// of) what the client still sends — a socket closed with unread input resets the
+/// connection, and the client would lose the reply.
+fn close_after_error(stream: &UnixStream, input: &mut impl Read) {
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let _ = std::io::copy(&mut input.take(64 << 10), &mut std::io::sink());
+}
+
 fn serve_client(stream: UnixStream, host: &Arc<Host>, info: &ControlInfo) {
     if stream.set_read_timeout(Some(READ_TIMEOUT)).is_err() {
         return;
@@ -895,6 +910,8 @@ fn serve_client(stream: UnixStream, host: &Arc<Host>, info: &ControlInfo) {
             Ok(None) => return,
             Err(reply) => {
                 let _ = writeln!(out, "{reply}");
+                let _ = reader.get_ref().set_read_timeout(Some(DRAIN));
+                close_after_error(&out, &mut reader);
                 return;
             }
         };
@@ -982,15 +999,22 @@ impl Client {
             path: self.path.clone(),
             source,
         };
-        writeln!(self.out, "{line}").map_err(io)?;
+        // A server that refused us (busy) may have closed already: its reply is still there
+        // to read, so a failed send is reported only when no reply comes.
+        let sent = writeln!(self.out, "{line}");
         let mut reply = String::new();
-        (&mut self.reader)
-            .take(64 << 20)
-            .read_line(&mut reply)
-            .map_err(|source| ClientError::Io {
-                path: self.path.clone(),
-                source,
-            })?;
+        let got = (&mut self.reader).take(64 << 20).read_line(&mut reply);
+        match (sent, got) {
+            (_, Ok(n)) if n > 0 => {}
+            (Err(e), _) => return Err(io(e)),
+            (Ok(()), Err(source)) => {
+                return Err(ClientError::Io {
+                    path: self.path.clone(),
+                    source,
+                })
+            }
+            (Ok(()), Ok(_)) => {}
+        }
         let reply = reply.trim().to_string();
         match serde_json::from_str(&reply) {
             Ok(v) => Ok((reply, v)),
