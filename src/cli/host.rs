@@ -2,30 +2,31 @@
 //! the tunnelled functions) and its operator tools `host lspci [-x|-xxx|-xxxx]` and
 //! `host read|write BDF BAR OFFSET [VALUE]` (docs/host.md).
 //!
-//! The operator tools open their own short session to the appliance, enumerate and act; they
-//! do not talk to a running agent.
+//! The operator tools first ask the running agent through its control socket (docs/host.md
+//! "Control socket"; default `/run/pcietun/host-<id>.sock`, `--control PATH`); only when no
+//! agent for the same appliance answers do they open their own short session (saying so in
+//! one line on stderr) — a second session with the agent's key would replace the agent's
+//! session on the appliance and reset every function.
 //!
 //! VMs (docs/vms.md): `--vm NAME=QMP[,function=SEL]` / `--config FILE` (`[[vm]]`) make the
 //! agent hot-add its functions to running QEMU VMs; `host qemu-args` prints the QEMU options
 //! such a VM needs; `host vm --control PATH attach|detach|list` talks to a running agent's
 //! VM control socket (`--vm-control PATH`).
 
-use std::io::{BufRead, Write};
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use pcietun::host::agent::{Agent, AgentConfig};
-use pcietun::host::requester::RequestError;
+use pcietun::host::control::{self, ControlInfo, Dump, Request};
 use pcietun::host::vm::qemu::{self, HotplugMode, QemuArgs};
 use pcietun::host::vm::{
     AgentSockets, FunctionSockets, VmAttacher, VmEvent, VmFileConfig, VmService, VmSpec,
 };
 use pcietun::host::{HostConfig, HostEvent};
-use pcietun::pci::lspci;
-use pcietun::tlp::Bdf;
 use pcietun::transport::keys::KeyError;
 use pcietun::transport::{keys, Psk, PublicKey};
 
@@ -84,6 +85,13 @@ pub struct HostArgs {
     /// Serve the VM control socket here (`pcietun host vm --control PATH ...`).
     #[arg(long, value_name = "PATH")]
     vm_control: Option<PathBuf>,
+    /// The agent's control socket (default /run/pcietun/host-<HOST_ID>.sock): the agent
+    /// serves it, `lspci`/`read`/`write` ask it first.
+    #[arg(long, value_name = "PATH")]
+    control: Option<PathBuf>,
+    /// The agent serves no control socket; `lspci`/`read`/`write` open their own session.
+    #[arg(long, global = true)]
+    no_control: bool,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -130,6 +138,11 @@ enum HostCmd {
         /// Hex dump of config space (repeat: -x, -xxx, -xxxx).
         #[arg(short = 'x', action = clap::ArgAction::Count)]
         x: u8,
+        /// Only this function (e.g. 01:00.0; 00:00.0 is the root port).
+        bdf: Option<String>,
+        /// The running agent's control socket (default /run/pcietun/host-<HOST_ID>.sock).
+        #[arg(long, value_name = "PATH")]
+        control: Option<PathBuf>,
     },
     /// Read a BAR register: BDF BAR OFFSET (offset hex with 0x, or decimal).
     Read {
@@ -142,6 +155,9 @@ enum HostCmd {
         /// Access width in bytes: 1, 2, 4 or 8.
         #[arg(long, default_value_t = 4)]
         width: usize,
+        /// The running agent's control socket (default /run/pcietun/host-<HOST_ID>.sock).
+        #[arg(long, value_name = "PATH")]
+        control: Option<PathBuf>,
     },
     /// Write a BAR register: BDF BAR OFFSET VALUE.
     Write {
@@ -156,6 +172,9 @@ enum HostCmd {
         /// Access width in bytes: 1, 2, 4 or 8.
         #[arg(long, default_value_t = 4)]
         width: usize,
+        /// The running agent's control socket (default /run/pcietun/host-<HOST_ID>.sock).
+        #[arg(long, value_name = "PATH")]
+        control: Option<PathBuf>,
     },
 }
 
@@ -164,55 +183,15 @@ type Error = Box<dyn std::error::Error>;
 /// What an operator asked for that the host tools cannot do.
 #[derive(Debug, thiserror::Error)]
 enum HostCliError {
-    /// An offset or value that is not a number.
-    #[error("{0:?} is not a number (use 0x for hex)")]
-    NotANumber(String),
     /// `--peer-key` is not a public key.
     #[error("--peer-key: {0}")]
     PeerKey(#[source] KeyError),
     /// `--inject-loss` outside 0..=100.
     #[error("--inject-loss {0} must be 0..=100")]
     Loss(f64),
-    /// `--width` other than 1, 2, 4 or 8.
-    #[error("--width {0}: use 1, 2, 4 or 8")]
-    Width(usize),
-    /// A value wider than `--width`.
-    #[error("{value} does not fit in {width} bytes")]
-    TooWide {
-        /// The value as given.
-        value: String,
-        /// The access width.
-        width: usize,
-    },
-    /// Not a bus:device.function.
-    #[error("{0:?} is not a bus:device.function like 01:00.0")]
-    NotBdf(String),
-    /// Nothing tunnelled at that address.
-    #[error("no tunnelled function at {0}")]
-    NoFunction(Bdf),
-    /// The BAR access failed.
-    #[error("{op} {bdf} BAR{bar}+{offset}: {source}")]
-    Access {
-        /// `read`, `write`, or `write … not confirmed`.
-        op: &'static str,
-        /// The function.
-        bdf: Bdf,
-        /// The BAR.
-        bar: usize,
-        /// The offset as given.
-        offset: String,
-        /// Why.
-        #[source]
-        source: RequestError,
-    },
-}
-
-fn number(s: &str) -> Result<u64, HostCliError> {
-    let r = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-        Some(h) => u64::from_str_radix(h, 16),
-        None => s.parse(),
-    };
-    r.map_err(|_| HostCliError::NotANumber(s.to_string()))
+    /// The agent answered with an error.
+    #[error("{0}")]
+    Agent(String),
 }
 
 fn agent_config(a: &HostArgs) -> Result<AgentConfig, Error> {
@@ -299,32 +278,27 @@ pub fn run(args: HostArgs) -> Result<ExitCode, Error> {
     match args.cmd.as_deref() {
         Some(HostCmd::QemuArgs { .. } | HostCmd::Vm { .. }) => unreachable!("handled above"),
         None => run_agent(cfg, timeout, &args),
-        Some(HostCmd::Lspci { x }) => {
-            let agent = Agent::connect(cfg, timeout)?;
-            print!("{}", lspci_text(&agent, *x));
-            Ok(ExitCode::SUCCESS)
+        Some(HostCmd::Lspci { x, bdf, control }) => {
+            let req = Request::Lspci {
+                dump: Dump::from_count(*x),
+                bdf: bdf.as_deref().map(control::bdf).transpose()?,
+            };
+            operator(&args, cfg, timeout, control.as_deref(), &req)
         }
         Some(HostCmd::Read {
             bdf,
             bar,
             offset,
             width,
+            control,
         }) => {
-            let agent = Agent::connect(cfg, timeout)?;
-            let f = open(&agent, bdf)?;
-            let mut b = vec![0u8; check_width(*width)?];
-            f.bar_read(*bar, number(offset)?, &mut b)
-                .map_err(|source| HostCliError::Access {
-                    op: "read",
-                    bdf: f.bdf(),
-                    bar: *bar,
-                    offset: offset.clone(),
-                    source,
-                })?;
-            let mut v = [0u8; 8];
-            v[..b.len()].copy_from_slice(&b);
-            println!("{:#0w$x}", u64::from_le_bytes(v), w = 2 + 2 * b.len());
-            Ok(ExitCode::SUCCESS)
+            let req = Request::Read {
+                bdf: control::bdf(bdf)?,
+                bar: control::bar(&bar.to_string())?,
+                offset: control::number(offset)?,
+                width: control::width(&width.to_string())?,
+            };
+            operator(&args, cfg, timeout, control.as_deref(), &req)
         }
         Some(HostCmd::Write {
             bdf,
@@ -332,101 +306,115 @@ pub fn run(args: HostArgs) -> Result<ExitCode, Error> {
             offset,
             value,
             width,
+            control,
         }) => {
-            let agent = Agent::connect(cfg, timeout)?;
-            let f = open(&agent, bdf)?;
-            let w = check_width(*width)?;
-            let v = number(value)?;
-            if w < 8 && v >> (8 * w) != 0 {
-                return Err(HostCliError::TooWide {
-                    value: value.clone(),
-                    width: w,
-                }
-                .into());
-            }
-            let access = |op, source| HostCliError::Access {
-                op,
-                bdf: f.bdf(),
-                bar: *bar,
-                offset: offset.clone(),
-                source,
+            let w = control::width(&width.to_string())?;
+            let req = Request::Write {
+                bdf: control::bdf(bdf)?,
+                bar: control::bar(&bar.to_string())?,
+                offset: control::number(offset)?,
+                width: w,
+                value: control::value(value, w)?,
             };
-            f.bar_write(*bar, number(offset)?, &v.to_le_bytes()[..w])
-                .map_err(|e| access("write", e))?;
-            // A read behind the posted write on the same link: it has arrived when this returns.
-            f.config_read(0)
-                .map_err(|e| access("write (not confirmed)", e))?;
-            Ok(ExitCode::SUCCESS)
+            operator(&args, cfg, timeout, control.as_deref(), &req)
         }
     }
 }
 
-fn check_width(w: usize) -> Result<usize, HostCliError> {
-    match w {
-        1 | 2 | 4 | 8 => Ok(w),
-        _ => Err(HostCliError::Width(w)),
+/// Longest wait for the agent's reply (an lspci -xxxx of many functions is thousands of
+/// round trips).
+const AGENT_REPLY: Duration = Duration::from_secs(300);
+
+/// Who we are toward the control socket: our host id and the appliance.
+fn control_info(args: &HostArgs, cfg: &AgentConfig) -> ControlInfo {
+    ControlInfo {
+        host_id: args.host_id.clone(),
+        target: cfg.target.to_string(),
     }
 }
 
-fn open(agent: &Agent, bdf: &str) -> Result<pcietun::host::RemoteFunction, Error> {
-    let b: Bdf = bdf
-        .parse()
-        .map_err(|_| HostCliError::NotBdf(bdf.to_string()))?;
-    agent
-        .host()
-        .open(b)
-        .ok_or_else(|| HostCliError::NoFunction(b).into())
+/// The control socket the agent serves and the tools ask (None: --no-control).
+fn control_path(args: &HostArgs, sub: Option<&Path>) -> Option<PathBuf> {
+    if args.no_control {
+        return None;
+    }
+    Some(
+        sub.or(args.control.as_deref())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| control::default_path(&args.host_id)),
+    )
 }
 
-/// The lspci listing (root port first, then the functions below it).
-pub fn lspci_text(agent: &Agent, x: u8) -> String {
-    let len = match x {
-        0 => 0,
-        1 | 2 => 64,
-        3 => 256,
-        _ => 4096,
-    };
-    let host = agent.host();
-    let mut out = String::new();
-    let mut emit = |bus: u8, dev: u8, func: u8, config: &[u8]| {
-        let address = lspci::PciAddress {
-            domain: None,
-            bus,
-            device: dev,
-            function: func,
-        };
-        let desc = lspci::default_description(config);
-        if len == 0 {
-            out.push_str(&format!("{address} {desc}\n"));
-        } else {
-            out.push_str(&lspci::format_function(&address, &desc, &config[..len]));
+/// Ask the running agent at `path`. `Ok(Err(why))`: no agent for this appliance and host id
+/// answers there (why: for the one line on stderr); `Ok(Ok(reply))`: its answer.
+fn ask_agent(
+    path: &Path,
+    me: &ControlInfo,
+    req: &Request,
+) -> Result<Result<serde_json::Value, String>, Error> {
+    let mut c = match control::Client::connect(path, AGENT_REPLY) {
+        Ok(c) => c,
+        Err(control::ClientError::Connect { source, .. }) => {
+            return Ok(Err(format!(
+                "no agent answers on {}: {source}",
+                path.display()
+            )))
         }
+        Err(e) => return Err(e.into()),
     };
-    emit(0, 0, 0, &host.root_port_snapshot());
-    for f in host.functions() {
-        let mut config = vec![0xffu8; 4096];
-        let dwords = if len > 64 { len / 4 } else { 16 };
-        for i in 0..dwords {
-            if let Ok(v) = host.cfg_read(f.bdf, (i * 4) as u16) {
-                config[i * 4..i * 4 + 4].copy_from_slice(&v.to_le_bytes());
+    let st = c.ask("status")?;
+    if st["ok"] != true {
+        let why = st["error"].as_str().unwrap_or("status failed");
+        return Err(format!("the agent on {}: {why}", path.display()).into());
+    }
+    if st["target"] != me.target.as_str() || st["host_id"] != me.host_id.as_str() {
+        return Ok(Err(format!(
+            "the agent on {} is {} toward {}, not {} toward {}",
+            path.display(),
+            st["host_id"].as_str().unwrap_or("?"),
+            st["target"].as_str().unwrap_or("?"),
+            me.host_id,
+            me.target
+        )));
+    }
+    // Past this point the request may have been carried out: no fallback (a write would
+    // happen twice), errors are errors.
+    Ok(Ok(c.ask(&req.to_string())?))
+}
+
+/// `lspci` / `read` / `write`: through the running agent, else through a session of our own.
+fn operator(
+    args: &HostArgs,
+    cfg: AgentConfig,
+    timeout: Duration,
+    sub_control: Option<&Path>,
+    req: &Request,
+) -> Result<ExitCode, Error> {
+    let me = control_info(args, &cfg);
+    if let Some(path) = control_path(args, sub_control) {
+        match ask_agent(&path, &me, req)? {
+            Ok(reply) => {
+                if reply["ok"] != true {
+                    let why = reply["error"].as_str().unwrap_or("request failed");
+                    return Err(HostCliError::Agent(why.to_string()).into());
+                }
+                print!("{}", reply["output"].as_str().unwrap_or_default());
+                std::io::stdout().flush()?;
+                return Ok(ExitCode::SUCCESS);
             }
+            Err(why) => tracing::info!("{why}; opening a session of our own"),
         }
-        emit(f.bdf.bus(), f.bdf.device(), f.bdf.function(), &config);
     }
-    out
+    let agent = Agent::connect(cfg, timeout)?;
+    let answer = control::execute(agent.host(), &me, req)?;
+    print!("{}", answer.output);
+    Ok(ExitCode::SUCCESS)
 }
 
 /// One request to a running agent's VM control socket; prints the reply line.
-fn vm_request(control: &std::path::Path, line: &str) -> Result<ExitCode, Error> {
-    let mut s = std::os::unix::net::UnixStream::connect(control)
-        .map_err(|e| format!("cannot connect to {}: {e}", control.display()))?;
-    s.set_read_timeout(Some(Duration::from_secs(600)))?;
-    writeln!(s, "{line}")?;
-    let mut reply = String::new();
-    std::io::BufReader::new(&s).read_line(&mut reply)?;
-    let v: serde_json::Value = serde_json::from_str(reply.trim())
-        .map_err(|e| format!("bad reply from {}: {e}", control.display()))?;
-    println!("{}", reply.trim());
+fn vm_request(control: &Path, line: &str) -> Result<ExitCode, Error> {
+    let (reply, v) = control::Client::connect(control, Duration::from_secs(600))?.ask_line(line)?;
+    println!("{reply}");
     if v["ok"] == true {
         Ok(ExitCode::SUCCESS)
     } else {
@@ -493,9 +481,30 @@ fn vm_service(args: &HostArgs, agent: &Arc<Agent>) -> Result<Option<Arc<VmServic
 fn run_agent(cfg: AgentConfig, timeout: Duration, args: &HostArgs) -> Result<ExitCode, Error> {
     install_signal_handlers();
     let dir = args.vfio_user.clone();
+    let me = control_info(args, &cfg);
+    // Bound before the session opens: an agent refused the path (another agent holds it)
+    // stops before it could replace that agent's session.
+    let bound = match control_path(args, None) {
+        None => None,
+        Some(path) => match control::BoundSocket::bind(&path) {
+            Ok(b) => Some(b),
+            // The default path: another agent (or no /run/pcietun) must not stop this one.
+            Err(e) if args.control.is_none() => {
+                eprintln!(
+                    "pcietun host: warning: no control socket: {e} (--control PATH picks another)"
+                );
+                None
+            }
+            Err(e) => return Err(format!("--control: {e}").into()),
+        },
+    };
     let agent = Arc::new(Agent::start(cfg)?);
     let vms = vm_service(args, &agent)?;
     let found = agent.wait_scan(timeout)?;
+    if let Some(b) = bound {
+        let p = agent.serve_control(b, me)?;
+        eprintln!("pcietun host: control socket {}", p.display());
+    }
     for f in agent.host().functions() {
         eprintln!(
             "pcietun host: {} {:04x}:{:04x} class {:06x}",

@@ -19,6 +19,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::control::{BindError, BoundSocket, ControlInfo, ControlServer};
 use super::root::{Downlink, Host, HostConfig, LinkError};
 use super::vfio_user::{Closer, Connection, FunctionServer, ServerConfig, Withdraw};
 use crate::tlp::Bdf;
@@ -49,6 +50,16 @@ impl std::str::FromStr for Target {
             return Ok(Target::Eth(s.to_string()));
         }
         Err(bad())
+    }
+}
+
+impl std::fmt::Display for Target {
+    /// As `--connect` takes it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Udp(a) => write!(f, "udp:{a}"),
+            Target::Eth(spec) => f.write_str(spec),
+        }
     }
 }
 
@@ -366,6 +377,8 @@ pub struct Agent {
     served: Arc<Mutex<Vec<Served>>>,
     slots: Arc<Slots>,
     pump: Mutex<Option<JoinHandle<()>>>,
+    /// The control socket (`pcietun host lspci|read|write` of a running agent).
+    control: Mutex<Option<ControlServer>>,
     _scanner: JoinHandle<()>,
 }
 
@@ -376,10 +389,7 @@ impl Agent {
         let host_id = HostId::new(&cfg.host_id).map_err(AgentError::Identity)?;
         let development = cfg.key.is_none() || cfg.appliance_key.is_none();
         if development {
-            let target = match &cfg.target {
-                Target::Udp(a) => format!("udp:{a}"),
-                Target::Eth(spec) => spec.clone(),
-            };
+            let target = cfg.target.to_string();
             crate::transport::keys::require_loopback([target.as_str()])?;
         }
         let key = cfg.key.unwrap_or_else(SecretKey::development_host);
@@ -524,6 +534,7 @@ impl Agent {
             served,
             slots,
             pump: Mutex::new(Some(pump)),
+            control: Mutex::new(None),
             _scanner: scanner,
         })
     }
@@ -544,12 +555,34 @@ impl Agent {
     /// Stop the pump (the link goes quiet; the appliance sees the session time out) and
     /// return the final transport counters.
     pub fn stop(&self) -> DriverStats {
+        self.close_control();
         self.stop.store(true, Ordering::Relaxed);
         let pump = self.pump.lock_or_recover().take();
         if let Some(p) = pump {
             let _ = p.join();
         }
         self.transport_stats()
+    }
+
+    /// Serve the control socket `bound` (docs/host.md "Control socket"): `status`, `lspci`,
+    /// `config`, `read`, `write` against this agent's session. Replaces (closes) a control
+    /// socket this agent served before.
+    pub fn serve_control(
+        &self,
+        bound: BoundSocket,
+        info: ControlInfo,
+    ) -> Result<PathBuf, BindError> {
+        let server = ControlServer::start(bound, self.host.clone(), info)?;
+        let p = server.path().to_path_buf();
+        let old = self.control.lock_or_recover().replace(server);
+        drop(old);
+        Ok(p)
+    }
+
+    /// Stop serving the control socket and remove it (also done by [`Agent::stop`]).
+    pub fn close_control(&self) {
+        let old = self.control.lock_or_recover().take();
+        drop(old);
     }
 
     /// Transport counters (for operators), at most 100 ms old.

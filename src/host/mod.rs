@@ -10,10 +10,12 @@
 //! * [`tlpio`] — the TLPs the host builds and receives; `upstream` — the completer and the
 //!   dispatch of what a card sends (completions, DMA, interrupts).
 //! * [`vfio_user`] — the vfio-user server that hands a function to a VM or another consumer.
+//! * [`control`] — the running agent's control socket (`pcietun host lspci|read|write`).
 //! * [`qmp`] — a client of QEMU's monitor protocol; [`vm`] — hot-adding and removing
 //!   tunnelled functions in running VMs through it (docs/vms.md).
 
 pub mod agent;
+pub mod control;
 pub mod dma;
 pub mod enumerate;
 pub mod function;
