@@ -228,9 +228,13 @@ fn two_hosts_share_one_ssd_and_one_dma_engine_through_their_vfs() {
     }
 
     // Concurrent NVMe I/O, each host through its own VF.
-    let [na] = <[RemoteFunction; 1]>::try_from(open(&a, NVME_CLASS)).ok().unwrap();
+    let [na] = <[RemoteFunction; 1]>::try_from(open(&a, NVME_CLASS))
+        .ok()
+        .unwrap();
     let a_own = na.bdf();
-    let [nb] = <[RemoteFunction; 1]>::try_from(open(&b, NVME_CLASS)).ok().unwrap();
+    let [nb] = <[RemoteFunction; 1]>::try_from(open(&b, NVME_CLASS))
+        .ok()
+        .unwrap();
     let ta = std::thread::spawn(move || nvme_io(na, 0xa1, 24));
     let tb = std::thread::spawn(move || nvme_io(nb, 0xb2, 24));
     let la = ta.join().unwrap().expect("A's I/O through ssd.vf0");
@@ -247,15 +251,20 @@ fn two_hosts_share_one_ssd_and_one_dma_engine_through_their_vfs() {
     }
 
     // Device-to-host DMA of each host's DMA-engine VF lands in that host's memory only.
-    let [da] = <[RemoteFunction; 1]>::try_from(open(&a, DMA_CLASS)).ok().unwrap();
-    let [db] = <[RemoteFunction; 1]>::try_from(open(&b, DMA_CLASS)).ok().unwrap();
+    let [da] = <[RemoteFunction; 1]>::try_from(open(&a, DMA_CLASS))
+        .ok()
+        .unwrap();
+    let [db] = <[RemoteFunction; 1]>::try_from(open(&b, DMA_CLASS))
+        .ok()
+        .unwrap();
     let dra = DmaEngineDriver::open(da.clone(), 64 << 10, CompletionMode::Poll).unwrap();
     let drb = DmaEngineDriver::open(db.clone(), 64 << 10, CompletionMode::Poll).unwrap();
     let card = pattern(0x77, 16 << 10);
     for (i, chunk) in card.chunks(4096).enumerate() {
         da.bar_write(2, (i * 4096) as u64, chunk).unwrap();
     }
-    dra.transfer(Direction::DmaWrite, 0, 0, card.len() as u32).unwrap();
+    dra.transfer(Direction::DmaWrite, 0, 0, card.len() as u32)
+        .unwrap();
     let mut mem = vec![0u8; card.len()];
     dra.host_buffer().read_at(0, &mut mem).unwrap();
     assert!(mem == card, "A's VF DMA landed in A's memory");
@@ -291,9 +300,11 @@ fn two_hosts_share_one_ssd_and_one_dma_engine_through_their_vfs() {
     });
     ctl.assign_wait(fid("ssd.vf1"), web1(), Duration::from_secs(5))
         .unwrap();
-    wait_for("A to enumerate its second NVMe VF", Duration::from_secs(20), || {
-        open(&a, NVME_CLASS).len() == 2
-    });
+    wait_for(
+        "A to enumerate its second NVMe VF",
+        Duration::from_secs(20),
+        || open(&a, NVME_CLASS).len() == 2,
+    );
     stop.store(true, Ordering::Relaxed);
     let n = io.join().unwrap().expect("A's I/O went on during the move");
     assert!(n > 0);
@@ -307,7 +318,10 @@ fn two_hosts_share_one_ssd_and_one_dma_engine_through_their_vfs() {
     let lba = u64::from_le_bytes(lb[..8].try_into().unwrap());
     let mut r = vec![0u8; lb.len() - 8];
     d.transfer(IoOp::Read, lba, &mut r, &mut |_| {}).unwrap();
-    assert!(r == lb[8..], "A reads what B wrote through the VF that moved");
+    assert!(
+        r == lb[8..],
+        "A reads what B wrote through the VF that moved"
+    );
     d.shutdown().unwrap();
 
     // Nothing crossed, nothing had to be dropped on the way.

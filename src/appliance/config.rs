@@ -327,9 +327,7 @@ impl DeviceSpec {
     /// How many virtual functions the appliance enables for this device and puts in the pool.
     pub fn pooled_vfs(&self) -> u16 {
         match self {
-            DeviceSpec::Nvme {
-                sriov: Some(s), ..
-            } => s.vfs,
+            DeviceSpec::Nvme { sriov: Some(s), .. } => s.vfs,
             DeviceSpec::Dma { vfs, .. } => *vfs,
             _ => 0,
         }
@@ -1008,9 +1006,8 @@ impl ApplianceConfig {
                             None => 0,
                         };
                         let vf_size = d.vf_size.as_ref().map(size_of).transpose()?;
-                        nvme_sriov(vfs, vf_size).map_err(|p| {
-                            err(d.vf_size.as_ref().map(|v| v.span()), p)
-                        })?
+                        nvme_sriov(vfs, vf_size)
+                            .map_err(|p| err(d.vf_size.as_ref().map(|v| v.span()), p))?
                     },
                 },
                 "dma" => DeviceSpec::Dma {

@@ -100,9 +100,10 @@ impl ProxiedFunction {
             None => self
                 .shared
                 .set_bdf(Bdf::new(target.bus(), target.device(), cur.function())),
-            Some(vf) if vf.view.is_some() => self
-                .shared
-                .set_bdf(Bdf::new(target.bus(), cur.device(), cur.function())),
+            Some(vf) if vf.view.is_some() => {
+                self.shared
+                    .set_bdf(Bdf::new(target.bus(), cur.device(), cur.function()))
+            }
             Some(_) => {}
         }
     }
