@@ -331,7 +331,12 @@ pub fn run(a: SessionsArgs) -> Res<ExitCode> {
         while sessions.len() < n {
             let i = sessions.len();
             let k = keys.next().ok_or(BenchError::NoSession("host key"))?;
-            sessions.push(connect(&addr, i, k, &app_key)?);
+            sessions.push(connect(&addr, i, k, &app_key).map_err(|e| {
+                BenchError::Worker(format!("session {} of {n}: {e}", i + 1))
+            })?);
+            if (i + 1) % 32 == 0 {
+                eprintln!("sessions: {} connected", i + 1);
+            }
         }
         // Sessions settle (handshakes, enumeration, first keepalives) before measuring.
         std::thread::sleep(Duration::from_millis(500));
