@@ -269,7 +269,11 @@ fn sessions_reports_memory_cpu_and_latency_per_step() {
         .iter()
         .map(|s| s["active"].as_u64().unwrap())
         .collect();
-    assert_eq!(active, [1, 16, 40], "one reader per pooled VF (224 on one bus)");
+    assert_eq!(
+        active,
+        [1, 16, 40],
+        "one reader per pooled VF (224 on one bus)"
+    );
     let base = &steps[0]["mmio_read"];
     for s in steps {
         latency_ok(&s["mmio_read"]);

@@ -331,9 +331,10 @@ pub fn run(a: SessionsArgs) -> Res<ExitCode> {
         while sessions.len() < n {
             let i = sessions.len();
             let k = keys.next().ok_or(BenchError::NoSession("host key"))?;
-            sessions.push(connect(&addr, i, k, &app_key).map_err(|e| {
-                BenchError::Worker(format!("session {} of {n}: {e}", i + 1))
-            })?);
+            sessions.push(
+                connect(&addr, i, k, &app_key)
+                    .map_err(|e| BenchError::Worker(format!("session {} of {n}: {e}", i + 1)))?,
+            );
             if (i + 1) % 32 == 0 {
                 eprintln!("sessions: {} connected", i + 1);
             }
