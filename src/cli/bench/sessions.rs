@@ -67,6 +67,11 @@ struct Step {
     ratio_p50: f64,
     /// `mmio_read.p99_us` over the single-session step's.
     ratio_p99: f64,
+    /// TLP retransmissions of all host sessions while the reads ran (a read whose request or
+    /// completion waited past a retransmission timer: on loopback, a starved sender).
+    host_retransmits: u64,
+    /// Of those, retransmission timeouts (not fast retransmits).
+    host_rto_expirations: u64,
 }
 
 #[derive(Debug, Default, serde::Serialize)]
@@ -196,8 +201,20 @@ fn start_appliance(
 
 /// A connected host, and its card when it owns one.
 struct Session {
-    _agent: Agent,
+    agent: Agent,
     card: Option<DmaEngineDriver>,
+}
+
+/// (retransmissions, retransmission timeouts) of every host session so far.
+fn retransmits(sessions: &[Session]) -> (u64, u64) {
+    let mut t = (0, 0);
+    for s in sessions {
+        for (_, st) in s.agent.transport_stats().sessions {
+            t.0 += st.retransmits;
+            t.1 += st.rto_expirations;
+        }
+    }
+    t
 }
 
 fn connect(addr: &str, i: usize, key: SecretKey, appliance: &SecretKey) -> Res<Session> {
@@ -241,10 +258,7 @@ fn connect(addr: &str, i: usize, key: SecretKey, appliance: &SecretKey) -> Res<S
     } else {
         None
     };
-    Ok(Session {
-        _agent: agent,
-        card,
-    })
+    Ok(Session { agent, card })
 }
 
 /// `reads` timed ID-register reads on `f`.
@@ -345,8 +359,17 @@ pub fn run(a: SessionsArgs) -> Res<ExitCode> {
         let active = sessions.iter().filter(|s| s.card.is_some()).count();
         eprintln!("sessions: {n} up, {active} reading ({reads} reads each)…");
         let cpu0 = cpu_time(app.pid())?;
-        let (mut samples, wall) = read_all(&sessions, reads)?;
+        let rtx0 = retransmits(&sessions);
+        let (mut samples, wall) = read_all(&sessions, reads).inspect_err(|_| {
+            let rtx = retransmits(&sessions);
+            eprintln!(
+                "sessions: the step failed; host retransmissions meanwhile: {} ({} timeouts)",
+                rtx.0.saturating_sub(rtx0.0),
+                rtx.1.saturating_sub(rtx0.1)
+            );
+        })?;
         let cpu = cpu_time(app.pid())?.saturating_sub(cpu0);
+        let rtx = retransmits(&sessions);
         let tlps = 2 * samples.len() as u64;
         report.steps.push(Step {
             sessions: n,
@@ -356,6 +379,8 @@ pub fn run(a: SessionsArgs) -> Res<ExitCode> {
             cpu_per_tlp_us: cpu.as_secs_f64() * 1e6 / tlps.max(1) as f64,
             reads_per_s: samples.len() as f64 / wall.as_secs_f64().max(1e-9),
             mmio_read: Latency::from_samples(&mut samples),
+            host_retransmits: rtx.0.saturating_sub(rtx0.0),
+            host_rto_expirations: rtx.1.saturating_sub(rtx0.1),
             ..Step::default()
         });
     }
@@ -382,7 +407,7 @@ pub fn run(a: SessionsArgs) -> Res<ExitCode> {
         rss_idle as f64 / 1024.0
     );
     println!(
-        "{:>8} {:>6} {:>9} {:>12} {:>10} {:>11} {:>9} {:>9} {:>7} {:>7}",
+        "{:>8} {:>6} {:>9} {:>12} {:>10} {:>11} {:>9} {:>9} {:>7} {:>7} {:>8} {:>6}",
         "sessions",
         "active",
         "RSS MiB",
@@ -392,11 +417,13 @@ pub fn run(a: SessionsArgs) -> Res<ExitCode> {
         "p50 µs",
         "p99 µs",
         "p50 ×",
-        "p99 ×"
+        "p99 ×",
+        "retrans",
+        "RTOs"
     );
     for s in &report.steps {
         println!(
-            "{:>8} {:>6} {:>9.1} {:>12.1} {:>10.2} {:>11.0} {:>9.1} {:>9.1} {:>7.2} {:>7.2}",
+            "{:>8} {:>6} {:>9.1} {:>12.1} {:>10.2} {:>11.0} {:>9.1} {:>9.1} {:>7.2} {:>7.2} {:>8} {:>6}",
             s.sessions,
             s.active,
             s.rss_kib as f64 / 1024.0,
@@ -406,7 +433,9 @@ pub fn run(a: SessionsArgs) -> Res<ExitCode> {
             s.mmio_read.p50_us,
             s.mmio_read.p99_us,
             s.ratio_p50,
-            s.ratio_p99
+            s.ratio_p99,
+            s.host_retransmits,
+            s.host_rto_expirations
         );
     }
     report.header = Some(header);
