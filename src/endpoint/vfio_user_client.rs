@@ -1315,11 +1315,11 @@ pub fn present_config(info: &ServerInfo) -> Result<(ConfigSpace, Vec<ReplayBar>)
         }
     }
     img[h::ROM_ADDRESS..h::ROM_ADDRESS + 4].fill(0);
-    // A server that offers an INTx vector but leaves Interrupt Pin 0 (libvfio-user never sets
-    // it) still signals INTx: present INTA, or no host could route it.
-    if info.irqs[0] > 0 && img[h::INTERRUPT_PIN] == 0 {
-        img[h::INTERRUPT_PIN] = 1;
-    }
+    // Interrupt Pin is the server's: QEMU's `x-vfio-user-server` offers an INTx vector for
+    // every device model, also for those without a pin (i6300esb), and QEMU's own
+    // `vfio-user-pci` then shows no pin and routes no INTx — so does the tunnel (a guest sees
+    // the same config space either way; tests/guest/cards.sh). libvfio-user sets the pin of a
+    // device it gives an INTx vector.
     let r = replay(&img, &sizes)?;
     Ok((r.config, r.bars))
 }
@@ -1843,7 +1843,15 @@ mod tests {
             "unused BAR4 reads 0 despite the IO bit"
         );
         assert_eq!(c.read_u32(0x30), 0, "no ROM");
-        assert_eq!(c.read_u8(0x3d), 1, "INTA for a server with an INTx vector");
+        assert_eq!(
+            c.read_u8(0x3d),
+            0,
+            "Interrupt Pin stays the server's 0 despite its INTx vector (as QEMU's client shows it)"
+        );
+        let mut cfg = info.config.clone();
+        cfg[0x3d] = 1;
+        let (c, _) = present_config(&info_with(cfg, [8, 0x3000, 0x10000, 0, 0, 0], 1)).unwrap();
+        assert_eq!(c.read_u8(0x3d), 1, "and the server's INTA is kept");
     }
 
     /// A fake server on a socket pair-like listener: answers VERSION with `reply`.
