@@ -10,7 +10,10 @@
 # with 1 % injected frame loss on both agents; then the hot-plug run (tests/guest/hotplug.sh:
 # `pcietun ctl` assigns the pool's NVMe function to a running host agent, which hot-adds it into
 # its VM over QMP; 5 assign/unassign cycles in one guest, the move to a second guest behind a
-# second agent that never ejects, and back), clean and with the same loss.
+# second agent that never ejects, and back), clean and with the same loss; then the third-party
+# cards run (tests/guest/cards.sh, issue 16): libvfio-user's gpio-pci-idio-16 sample and QEMU's
+# pci-serial and i6300esb, served over vfio-user and driven by the guest's in-tree drivers,
+# directly and through the tunnel, with the config spaces compared.
 #
 # If QEMU or the guest cannot be obtained (no Debian mirror, build failure), or the pcietun
 # binary has no appliance/host subcommand, it prints a loud SKIPPED line and exits 0 -- unless
@@ -55,6 +58,9 @@ run() {
     if [ "${1:-}" = --hotplug ]; then
         script=hotplug.sh
         shift
+    elif [ "${1:-}" = --cards ]; then
+        script=cards.sh
+        shift
     fi
     echo
     echo "=== guest: $name"
@@ -94,6 +100,7 @@ loss="${PCIETUN_GUEST_LOSS:-1}"
 run "tunnel-loss-$loss" --loss "$loss"
 run hotplug-clean --hotplug
 run "hotplug-loss-$loss" --hotplug --loss "$loss"
+run cards --cards
 
 echo
 if ((failed)); then

@@ -18,7 +18,9 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 
 GUEST_CACHE="$PCIETUN_CACHE/guest"
 # Modules the guest needs; their dependencies are added and ordered by modprobe --show-depends.
-WANTED_MODULES=(nvme ext2 ext4)
+WANTED_MODULES=(nvme ext2 ext4
+    # Issue 16's third-party cards (tests/guest/cards.sh; the 8250 PCI driver is built in).
+    gpio-pci-idio-16 i6300esb)
 PATTERN_MIB=4
 
 # Deterministic test data: each 512-byte sector starts with a readable header naming its index
