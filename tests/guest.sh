@@ -7,7 +7,8 @@
 # Steps: obtain QEMU with vfio-user-pci (built once from Debian's source package, cached) and the
 # guest (Debian kernel + busybox initramfs, cached); a smoke boot without a device; a reference
 # run against QEMU's own NVMe model (validates the harness); then the tunnelled run, clean and
-# with 1 % injected frame loss on both agents; then the hot-plug run (tests/guest/hotplug.sh:
+# with 1 % injected frame loss on both agents, and once on an SR-IOV VF of the appliance's drive
+# (issue 11); then the hot-plug run (tests/guest/hotplug.sh:
 # `pcietun ctl` assigns the pool's NVMe function to a running host agent, which hot-adds it into
 # its VM over QMP; 5 assign/unassign cycles in one guest, the move to a second guest behind a
 # second agent that never ejects, and back), clean and with the same loss; then the third-party
@@ -98,6 +99,7 @@ fi
 run tunnel-clean
 loss="${PCIETUN_GUEST_LOSS:-1}"
 run "tunnel-loss-$loss" --loss "$loss"
+run tunnel-sriov-vf --vf
 run hotplug-clean --hotplug
 run "hotplug-loss-$loss" --hotplug --loss "$loss"
 run cards --cards

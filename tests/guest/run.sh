@@ -14,12 +14,17 @@
 # appliance's backing file holds the same bytes (e2fsck, debugfs dump, raw region) and prints
 # PASS or FAIL with what the guest saw. Exit status 0 only on PASS.
 #
-# Usage: run.sh [--no-device | --qemu-nvme] [--loss PCT] [--timeout SECS] [--logs DIR]
+# Usage: run.sh [--no-device | --qemu-nvme | --vf] [--loss PCT] [--timeout SECS] [--logs DIR]
 #   --no-device   smoke test without pcietun: QEMU boots the guest with no tunnelled device; the
 #                 guest must load its modules and find no NVMe controller
 #   --qemu-nvme   reference run without pcietun: the same guest test and host-side checks against
 #                 QEMU's own emulated NVMe controller on the backing file (validates this harness,
 #                 and gives a baseline to compare the tunnelled run's timings with)
+#   --vf          SR-IOV (issue 11): the appliance's NVMe drive has 2 VFs of 64 MiB
+#                 (`--device nvme=FILE,vfs=2,vf_size=64M`, a 192 MiB file), the lone host gets
+#                 the VFs, and the guest's nvme driver drives VF 1 as a standalone controller;
+#                 the host-side checks run on VF 1's slice of the file (64..128 MiB), and the PF's
+#                 and VF 2's slices must still be all zeros
 #   --loss PCT    pass --inject-loss PCT to both agents (e.g. 1 for 1 % frame loss)
 #   --timeout S   hard limit for the QEMU run (default 300; 120 with --no-device)
 #   --logs DIR    copy every log (agents, QEMU, serial console) into DIR before cleaning up
@@ -34,6 +39,7 @@ REPO="$(cd "$HERE/../.." && pwd)"
 
 no_device=0
 qemu_nvme=0
+vf=0
 loss=""
 timeout_s=""
 logs_dir=""
@@ -41,6 +47,7 @@ while (($#)); do
     case "$1" in
     --no-device) no_device=1 ;;
     --qemu-nvme) qemu_nvme=1 ;;
+    --vf) vf=1 ;;
     --loss) loss="${2:?--loss needs a percentage}"; shift ;;
     --timeout) timeout_s="${2:?--timeout needs seconds}"; shift ;;
     --logs) logs_dir="${2:?--logs needs a directory}"; shift ;;
@@ -49,11 +56,12 @@ while (($#)); do
     esac
     shift
 done
-((no_device + qemu_nvme <= 1)) || die "--no-device and --qemu-nvme exclude each other"
+((no_device + qemu_nvme + vf <= 1)) || die "--no-device, --qemu-nvme and --vf exclude each other"
 [ -n "$timeout_s" ] || { [ "$no_device" = 1 ] && timeout_s=120 || timeout_s=300; }
 label="guest e2e through pcietun"
 [ "$no_device" = 1 ] && label="guest smoke (no device)"
 [ "$qemu_nvme" = 1 ] && label="guest reference run (QEMU's own NVMe, no tunnel)"
+[ "$vf" = 1 ] && label="guest e2e through pcietun on an SR-IOV VF"
 [ -n "$loss" ] && label="$label, ${loss} % injected loss"
 
 # Cached after the first build; honours PCIETUN_QEMU.
@@ -155,10 +163,16 @@ if [ "$qemu_nvme" = 1 ]; then
         -device nvme,serial=pcietun-reference,drive=disk)
 elif [ "$no_device" = 0 ]; then
     mode=nvme
-    truncate -s 64M "$backing"
+    device="nvme=$backing"
+    if [ "$vf" = 1 ]; then
+        truncate -s 192M "$backing"
+        device="nvme=$backing,vfs=2,vf_size=64M"
+    else
+        truncate -s 64M "$backing"
+    fi
     port=$(free_udp_port)
-    log "starting appliance on udp:127.0.0.1:$port with nvme=$backing ${loss_args[*]}"
-    "$BIN" appliance --listen "udp:127.0.0.1:$port" --device "nvme=$backing" "${loss_args[@]}" \
+    log "starting appliance on udp:127.0.0.1:$port with $device ${loss_args[*]}"
+    "$BIN" appliance --listen "udp:127.0.0.1:$port" --device "$device" "${loss_args[@]}" \
         >"$tmp/appliance.log" 2>&1 &
     appliance_pid=$!
     pids+=("$appliance_pid")
@@ -176,6 +190,18 @@ elif [ "$no_device" = 0 ]; then
         fail "the host agent did not print 'host ready:' within 30 s (or exited)"
     log "$(grep -m1 '^host ready:' "$tmp/host.log")"
     sock="$tmp/vfu/01:00.0.sock"
+    if [ "$vf" = 1 ]; then
+        # The lone host gets both VFs, never the PF: VF 1 in its slot 0, VF 2 in slot 1.
+        grep -q 'assigned function=00.0.vf0 host=host slot=0$' "$tmp/appliance.log" ||
+            fail "the appliance did not assign VF 1 (00.0.vf0) to the host's slot 0"
+        grep -q 'assigned function=00.0.vf1 host=host slot=1$' "$tmp/appliance.log" ||
+            fail "the appliance did not assign VF 2 (00.0.vf1) to the host's slot 1"
+        ! grep -q 'assigned function=00.0 ' "$tmp/appliance.log" || fail "the appliance assigned the PF of pooled VFs"
+        mapfile -t vf_socks < <(ls "$tmp"/vfu/*.sock 2>/dev/null | sort)
+        ((${#vf_socks[@]} == 2)) || fail "the host serves ${#vf_socks[@]} functions, not the 2 VFs: ${vf_socks[*]}"
+        grep -E '^pcietun host: ' "$tmp/host.log" | sed 's/^/host: /' >&2 || true
+        log "the guest takes VF 1 at $sock"
+    fi
     [ -S "$sock" ] || fail "no vfio-user socket at $sock (have: $(ls "$tmp/vfu" | tr '\n' ' '))"
     device_args=(-device "{\"driver\":\"vfio-user-pci\",\"socket\":{\"path\":\"$sock\",\"type\":\"unix\"}}")
 fi
@@ -209,6 +235,17 @@ fi
 if [ "$no_device" = 0 ]; then
     # The appliance's backing file must hold what the guest wrote (it flushed before powering off).
     expected="$GUEST/pattern.bin"
+    if [ "$vf" = 1 ]; then
+        # VF i's namespace is the (i+1)-th 64 MiB slice: check VF 1's as the disk, and that
+        # nothing reached the PF's or VF 2's.
+        for z in 0 128; do
+            cmp -s <(dd if="$backing" bs=1M skip=$z count=64 status=none) <(head -c 67108864 /dev/zero) ||
+                fail "the slice at $z MiB of the backing file (not VF 1's) was written"
+        done
+        dd if="$backing" of="$tmp/vf1.img" bs=1M skip=64 count=64 status=none
+        echo "host side: the PF's slice (0..64 MiB) and VF 2's (128..192 MiB) of the backing file are still all zeros"
+        backing="$tmp/vf1.img"
+    fi
     e2fsck -fn "$backing" >"$tmp/e2fsck.log" 2>&1 ||
         fail "e2fsck finds the filesystem in the backing file inconsistent: $(tail -n 5 "$tmp/e2fsck.log" | tr '\n' ' ')"
     debugfs -R "dump /pattern.bin $tmp/fs-pattern.bin" "$backing" >/dev/null 2>"$tmp/debugfs.log" ||
