@@ -114,6 +114,7 @@ impl FakePool {
                 model: model.into(),
                 state: FunctionState::Unassigned,
                 health: Health::Ok,
+                vm: None,
             };
         pool.insert_function(base(
             "nvme0",
@@ -463,6 +464,7 @@ impl Pool for FakePool {
                 model: "DMA engine".into(),
                 state: FunctionState::Unassigned,
                 health: Health::Ok,
+                vm: None,
             });
             after.events.push(PoolEvent::FunctionAdded {
                 function: id.clone(),
