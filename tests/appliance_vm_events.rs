@@ -134,7 +134,13 @@ fn an_assignment_without_a_vm_sends_a_plain_present() {
     p.router.assign(&f, p.a).unwrap();
     let sent = p.sent_to(A);
     assert!(
-        matches!(sent.as_slice(), [Slot::Message(SlotMessage { event: SlotEvent::Present, .. })]),
+        matches!(
+            sent.as_slice(),
+            [Slot::Message(SlotMessage {
+                event: SlotEvent::Present,
+                ..
+            })]
+        ),
         "{sent:?}"
     );
 }
@@ -150,7 +156,12 @@ fn the_owners_report_is_an_event_and_others_are_dropped_and_counted() {
     let ev = p.vm_events();
     assert_eq!(
         ev,
-        vec![(p.ids[0].clone(), p.a, "web1".into(), ConsumerEvent::Attached)]
+        vec![(
+            p.ids[0].clone(),
+            p.a,
+            "web1".into(),
+            ConsumerEvent::Attached
+        )]
     );
     assert_eq!(p.router.stats().consumer_reports, 1);
 
@@ -158,8 +169,20 @@ fn the_owners_report_is_an_event_and_others_are_dropped_and_counted() {
     // function there): dropped, counted, no event.
     p.report(B, slot, generation, ConsumerEvent::Detached, "web1");
     // The owner, about an older or newer assignment of that slot.
-    p.report(A, slot, generation.wrapping_sub(1), ConsumerEvent::Detached, "web1");
-    p.report(A, slot, generation.wrapping_add(1), ConsumerEvent::Detached, "web1");
+    p.report(
+        A,
+        slot,
+        generation.wrapping_sub(1),
+        ConsumerEvent::Detached,
+        "web1",
+    );
+    p.report(
+        A,
+        slot,
+        generation.wrapping_add(1),
+        ConsumerEvent::Detached,
+        "web1",
+    );
     // The owner, about a slot it does not have.
     p.report(A, slot + 5, generation, ConsumerEvent::Detached, "web1");
     assert!(p.vm_events().is_empty());
@@ -180,7 +203,12 @@ fn the_owners_report_is_an_event_and_others_are_dropped_and_counted() {
     p.report(B, m.slot, m.generation, ConsumerEvent::AttachFailed, "db");
     assert_eq!(
         p.vm_events(),
-        vec![(p.ids[1].clone(), p.b, "db".into(), ConsumerEvent::AttachFailed)]
+        vec![(
+            p.ids[1].clone(),
+            p.b,
+            "db".into(),
+            ConsumerEvent::AttachFailed
+        )]
     );
 }
 

@@ -263,7 +263,11 @@ fn a_connection_names_its_vm_and_shows_its_events() {
     };
 
     // Assign naming `target`: the agent plugs it there, not into `other`.
-    let r = ctl(&config, &["assign", "dma-a", "web1", "--vm", "target"], None);
+    let r = ctl(
+        &config,
+        &["assign", "dma-a", "web1", "--vm", "target"],
+        None,
+    );
     assert_eq!(r.code, 0);
     let vm = wait_vm_state(&app.api, "dma-a", "Attached");
     assert_eq!(vm["Name"], "target", "{vm}");
@@ -300,7 +304,11 @@ fn a_connection_names_its_vm_and_shows_its_events() {
     assert_eq!(row["state"], "unassigned", "{row}");
 
     // A VM the agent does not have: the Connection says so, no hang, nothing plugged.
-    let r = ctl(&config, &["assign", "dma-a", "web1", "--vm", "nosuch"], None);
+    let r = ctl(
+        &config,
+        &["assign", "dma-a", "web1", "--vm", "nosuch"],
+        None,
+    );
     assert_eq!(r.code, 0);
     let vm = wait_vm_state(&app.api, "dma-a", "Failed");
     assert_eq!(vm["Name"], "nosuch", "{vm}");

@@ -523,7 +523,11 @@ impl Host {
     /// `t.slot` (it precedes that assignment's `Present`). Never blocks.
     pub fn on_vm_target(&self, t: VmTarget) {
         tracing::info!(slot = t.slot, generation = t.generation, vm = %t.vm, "assignment names a VM");
-        if let Some(e) = self.slot_meta.lock_or_recover().get_mut(usize::from(t.slot)) {
+        if let Some(e) = self
+            .slot_meta
+            .lock_or_recover()
+            .get_mut(usize::from(t.slot))
+        {
             e.vm = Some((t.generation, t.vm));
         }
     }

@@ -13,9 +13,9 @@ use std::time::Duration;
 use crate::sync::MutexExt;
 
 use super::pool::{
-    valid_id, valid_vm_name, AddCompleter, AddedCard, ApplianceInfo, Completer, EventSink, FunctionInfo,
-    FunctionKind, FunctionMetrics, FunctionState, Health, HostInfo, HostMetrics, HostSession,
-    MetricsSnapshot, Pool, PoolError, PoolEvent, VmConsumer, VmState,
+    valid_id, valid_vm_name, AddCompleter, AddedCard, ApplianceInfo, Completer, EventSink,
+    FunctionInfo, FunctionKind, FunctionMetrics, FunctionState, Health, HostInfo, HostMetrics,
+    HostSession, MetricsSnapshot, Pool, PoolError, PoolEvent, VmConsumer, VmState,
 };
 
 /// When the fake pool finishes accepted operations.

@@ -157,10 +157,16 @@ impl VmState {
         match self {
             VmState::Pending => "the host has not reported the VM yet",
             VmState::Attached => "the function's device is in the VM",
-            VmState::Failed => "the host could not attach the function to the VM (see the host agent's log)",
-            VmState::EjectRefused => "the guest did not release the function in time; the host withdraws it",
+            VmState::Failed => {
+                "the host could not attach the function to the VM (see the host agent's log)"
+            }
+            VmState::EjectRefused => {
+                "the guest did not release the function in time; the host withdraws it"
+            }
             VmState::Detached => "the guest ejected the function",
-            VmState::SurpriseRemoved => "the function was withdrawn under the guest (surprise removal)",
+            VmState::SurpriseRemoved => {
+                "the function was withdrawn under the guest (surprise removal)"
+            }
             VmState::Gone => "the VM is gone",
         }
     }

@@ -271,18 +271,16 @@ impl Slot {
             Err(e) => return Some(Err(e)),
         };
         Some(match m.event {
-            SlotEvent::Consumer => {
-                decode_data(tlp.data).and_then(|(code, vm)| {
-                    let event =
-                        ConsumerEvent::from_u8(code).ok_or(SlotError::UnknownConsumerEvent(code))?;
-                    Ok(Slot::Consumer(ConsumerReport {
-                        slot: m.slot,
-                        generation: m.generation,
-                        event,
-                        vm,
-                    }))
-                })
-            }
+            SlotEvent::Consumer => decode_data(tlp.data).and_then(|(code, vm)| {
+                let event =
+                    ConsumerEvent::from_u8(code).ok_or(SlotError::UnknownConsumerEvent(code))?;
+                Ok(Slot::Consumer(ConsumerReport {
+                    slot: m.slot,
+                    generation: m.generation,
+                    event,
+                    vm,
+                }))
+            }),
             SlotEvent::VmTarget => decode_data(tlp.data).and_then(|(code, vm)| {
                 if code != 0 {
                     return Err(SlotError::BadData);
@@ -595,7 +593,10 @@ mod tests {
         assert_eq!(n, MAX_SLOT_TLP);
         let tlp = Tlp::parse(&buf[..n]).unwrap();
         assert_eq!(Slot::from_tlp(&tlp), Some(Ok(Slot::Consumer(r))));
-        assert_eq!(VmName::new(&"a".repeat(MAX_VM_NAME + 1)), Err(SlotError::BadVmName));
+        assert_eq!(
+            VmName::new(&"a".repeat(MAX_VM_NAME + 1)),
+            Err(SlotError::BadVmName)
+        );
         for bad in ["", "a b", "web/1", "wéb", "a\n"] {
             assert_eq!(VmName::new(bad), Err(SlotError::BadVmName), "{bad:?}");
         }
@@ -606,8 +607,8 @@ mod tests {
         // Each corruption of the data (after the 16 header bytes) is refused.
         let cases: [(usize, u8, SlotError); 5] = [
             (16, 0x09, SlotError::UnknownConsumerEvent(0x09)),
-            (17, 0, SlotError::BadData),  // empty name
-            (17, 9, SlotError::BadData),  // longer than the data
+            (17, 0, SlotError::BadData), // empty name
+            (17, 9, SlotError::BadData), // longer than the data
             (18, b' ', SlotError::BadVmName),
             (22, 1, SlotError::BadData), // padding not zero
         ];
@@ -621,11 +622,17 @@ mod tests {
         let mut b = PRESENT;
         b[12] = 0x82;
         let tlp = Tlp::parse(&b).unwrap();
-        assert!(matches!(Slot::from_tlp(&tlp), Some(Err(SlotError::BadShape(_)))));
+        assert!(matches!(
+            Slot::from_tlp(&tlp),
+            Some(Err(SlotError::BadShape(_)))
+        ));
         let mut b = ATTACHED_WEB1;
         b[12] = 0x01;
         let tlp = Tlp::parse(&b).unwrap();
-        assert!(matches!(Slot::from_tlp(&tlp), Some(Err(SlotError::BadShape(_)))));
+        assert!(matches!(
+            Slot::from_tlp(&tlp),
+            Some(Err(SlotError::BadShape(_)))
+        ));
     }
 
     #[test]

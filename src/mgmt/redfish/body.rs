@@ -615,7 +615,8 @@ mod tests {
                 vm: None,
             }
         );
-        let with_vm = br#"{"Endpoint": {"@odata.id": "/e"}, "Oem": {"Pcietun": {"Vm": {"Name": "web1"}}}}"#;
+        let with_vm =
+            br#"{"Endpoint": {"@odata.id": "/e"}, "Oem": {"Pcietun": {"Vm": {"Name": "web1"}}}}"#;
         assert_eq!(
             endpoint_action(with_vm, a).unwrap().vm.as_deref(),
             Some("web1")

@@ -407,8 +407,7 @@ impl Service {
             let done = self.saving_completer(id, assignment_changes(s, op));
             let r = match op {
                 Op::Assign { function, host, vm } => {
-                    self.pool
-                        .assign_to_vm(function, host, vm.as_deref(), done)
+                    self.pool.assign_to_vm(function, host, vm.as_deref(), done)
                 }
                 Op::Unassign { function, .. } => self.pool.unassign(function, done),
             };
