@@ -251,7 +251,11 @@ impl Sim {
                 }
             }
             SlotEvent::Removed => self.hosts[h].slots[usize::from(m.slot)] = false,
-            SlotEvent::RemovalAck => panic!("the appliance sent an acknowledgement"),
+            // No assignment of the simulation names a VM.
+            SlotEvent::VmTarget => panic!("the appliance named a VM nobody asked for"),
+            SlotEvent::RemovalAck | SlotEvent::Consumer => {
+                panic!("the appliance sent a host's message")
+            }
         }
     }
 

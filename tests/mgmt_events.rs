@@ -153,3 +153,62 @@ fn pool_events_stream_to_clients() {
         "the stream outlived its session"
     );
 }
+
+/// An assignment that names a VM shows it on its Connection (`Pending`), a host's report of the
+/// VM's attach is an event on that Connection and its new state, and the VM goes with the
+/// assignment.
+#[test]
+fn vm_events_show_on_the_connection_and_the_stream() {
+    let api = start();
+    let admin = api.admin();
+    let (_, _, mut stream) = open(&api, &admin, None);
+    let body = serde_json::json!({
+        "Endpoint": {"@odata.id": "/redfish/v1/Fabrics/PCIe/Endpoints/fn-nvme0"},
+        "Oem": {"Pcietun": {"Vm": {"Name": "web1"}}},
+    })
+    .to_string();
+    let r = api.post(ADD_ALPHA, Auth::Token(&admin), &body);
+    assert_eq!(r.status, 202, "{}", r.text);
+    const CONN: &str = "/redfish/v1/Fabrics/PCIe/Connections/nvme0";
+    let c = api.get(CONN, Auth::Token(&admin));
+    assert_eq!(c.json["Oem"]["Pcietun"]["Vm"]["Name"], "web1", "{}", c.json);
+    assert_eq!(c.json["Oem"]["Pcietun"]["Vm"]["State"], "Pending");
+    // A name no host can carry is refused before anything starts.
+    let bad = body.replace("web1", "web 1");
+    let r = api.post(ADD_ALPHA, Auth::Token(&admin), &bad);
+    assert_eq!(
+        (r.status, r.code()),
+        (400, "Base.1.22.ActionParameterValueFormatError")
+    );
+
+    assert!(api
+        .pool
+        .report_vm("nvme0", "web1", pcietun::mgmt::pool::VmState::Attached));
+    let c = api.get(CONN, Auth::Token(&admin));
+    assert_eq!(c.json["Oem"]["Pcietun"]["Vm"]["State"], "Attached");
+    assert_eq!(
+        c.json["Oem"]["Pcietun"]["Vm"]["Message"],
+        "the function's device is in the VM"
+    );
+    let vm_event = loop {
+        let (_, ev) = next_event(&mut *stream).unwrap();
+        if ev["Events"][0]["OriginOfCondition"]["@odata.id"] == CONN {
+            break ev;
+        }
+    };
+    assert_eq!(
+        message(&vm_event),
+        (
+            "ResourceEvent.1.4.ResourceStateChanged",
+            "The state of resource '/redfish/v1/Fabrics/PCIe/Connections/nvme0' has changed to VM web1 on alpha Attached."
+        )
+    );
+
+    // Unassigned: no Connection, no VM.
+    use pcietun::mgmt::pool::Pool as _;
+    let r = api.delete(CONN, Auth::Token(&admin));
+    assert_eq!(r.status, 202, "{}", r.text);
+    let f = api.pool.functions();
+    let f = f.iter().find(|f| f.id == "nvme0").unwrap();
+    assert_eq!(f.vm, None);
+}

@@ -15,8 +15,13 @@ use mgmt_common::*;
 fn redfish_service_validator_reports_no_error() {
     let api = start();
     let admin = api.admin();
+    // The assignment names a VM, so its Connection carries Oem.Pcietun.Vm for the validator.
+    let body = serde_json::json!({
+        "Endpoint": {"@odata.id": "/redfish/v1/Fabrics/PCIe/Endpoints/fn-nvme0"},
+        "Oem": {"Pcietun": {"Vm": {"Name": "web1"}}},
+    });
     assert_eq!(
-        api.post(ADD_ALPHA, Auth::Token(&admin), &add_endpoint_body("nvme0"))
+        api.post(ADD_ALPHA, Auth::Token(&admin), &body.to_string())
             .status,
         202
     );

@@ -510,6 +510,12 @@ fn no_free_port_is_an_error_and_an_event() {
         a.attach(&f0(), SOCK.as_ref(), "vm9"),
         Err(VmError::UnknownVm(_))
     ));
+    // A VM the agent does not have (as an assignment may name one) is a failure event too,
+    // so the appliance hears of it.
+    assert!(matches!(
+        &events.lock().unwrap()[1],
+        VmEvent::AttachFailed { vm, error, .. } if vm == "vm9" && error.contains("no VM named")
+    ));
 }
 
 #[test]

@@ -26,6 +26,7 @@ use super::inventory::{FunctionEntry, FunctionId, InventoryError};
 use super::traffic::{FunctionTraffic, HostTraffic};
 use crate::endpoint::Device;
 use crate::sync::MutexExt;
+use crate::tlp::slot::{ConsumerEvent, VmName};
 use crate::transport::HostId;
 
 /// Why a control operation was refused or failed.
@@ -120,6 +121,8 @@ pub(crate) enum Command {
     Assign {
         function: FunctionId,
         host: HostId,
+        /// The VM on the host that is to take it (sent to the host before `Present`).
+        vm: Option<VmName>,
         done: Done,
     },
     Unassign {
@@ -176,6 +179,45 @@ pub enum PoolEvent {
         /// Its new owner.
         host: Option<HostId>,
     },
+    /// The owner's agent reported what one of its VMs did with the function (a slot consumer
+    /// report, docs/protocol.md §10; accepted only from the owner, for the current
+    /// assignment, within the host's report rate).
+    VmConsumer {
+        /// The function (the first of its slot's unit).
+        function: FunctionId,
+        /// The owner that reported it.
+        host: HostId,
+        /// The VM.
+        vm: VmName,
+        /// What happened.
+        event: ConsumerEvent,
+    },
+}
+
+/// The VM that consumes a function on its owner, as the last consumer report (or the
+/// assignment's own VM name, before any report) says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct VmConsumer {
+    /// The VM.
+    #[serde(serialize_with = "display_str")]
+    pub vm: VmName,
+    /// The last reported event (`None`: the assignment named the VM, the host reported nothing
+    /// yet).
+    #[serde(serialize_with = "event_str")]
+    pub event: Option<ConsumerEvent>,
+    /// When the appliance learnt it.
+    pub since: std::time::SystemTime,
+}
+
+fn display_str<S: serde::Serializer>(v: &VmName, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+fn event_str<S: serde::Serializer>(e: &Option<ConsumerEvent>, s: S) -> Result<S::Ok, S::Error> {
+    match e {
+        Some(e) => s.serialize_str(e.name()),
+        None => s.serialize_none(),
+    }
 }
 
 /// Where a function is, as the control API shows it.
@@ -190,6 +232,8 @@ pub struct FunctionStatus {
     pub detaching: bool,
     /// Its traffic since it joined the pool.
     pub traffic: FunctionTraffic,
+    /// The VM on its owner that consumes it (cleared when it leaves that owner).
+    pub vm: Option<VmConsumer>,
 }
 
 /// A known host, as the control API shows it.
@@ -328,9 +372,23 @@ impl Control {
         host: HostId,
         done: impl FnOnce(Result<(), ControlError>) + Send + 'static,
     ) {
+        self.assign_to_vm(function, host, None, done)
+    }
+
+    /// [`assign`](Self::assign), naming the VM on `host` that is to take the function: the
+    /// host's agent is told (a `VmTarget` slot message before the `Present`) and attaches the
+    /// function to that VM instead of the one its configuration picks.
+    pub fn assign_to_vm(
+        &self,
+        function: FunctionId,
+        host: HostId,
+        vm: Option<VmName>,
+        done: impl FnOnce(Result<(), ControlError>) + Send + 'static,
+    ) {
         self.submit(Command::Assign {
             function,
             host,
+            vm,
             done: Box::new(done),
         });
     }

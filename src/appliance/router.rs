@@ -43,6 +43,7 @@ use crossbeam::channel::Receiver;
 use super::config::AssignSpec;
 use super::control::{
     Command, ControlError, Done, FunctionStatus, HostStatus, NewCard, PoolEvent, Snapshot,
+    VmConsumer,
 };
 use super::devices::{HealthProbe, Scratch};
 use super::inventory::{FunctionEntry, FunctionId, FunctionState, Inventory, InventoryError};
@@ -51,9 +52,10 @@ use super::view::{Detached, SlotState, Target, ViewError, Views};
 use crate::endpoint::wire::{self, CplStatus, ParsedHeader, ParsedKind as Kind};
 use crate::endpoint::{Bdf, FunctionSet, Proxy};
 use crate::pci::caps::X86_MSI_WINDOW;
+use crate::ratelimit::TokenBucket;
 use crate::sync::MutexExt;
 use crate::tlp::message::code;
-use crate::tlp::slot::{SlotEvent, SlotMessage};
+use crate::tlp::slot::{ConsumerReport, Slot, SlotEvent, SlotMessage, VmName, VmTarget};
 use crate::tlp::Tlp;
 use crate::transport::driver::Upcall;
 use crate::transport::{Event, HostId};
@@ -61,6 +63,14 @@ use crate::transport::{Event, HostId};
 /// Most TLPs waiting for room in the sessions' queues before the router stops taking the
 /// endpoint's outbound queue (its bound then pushes back on the device threads).
 pub const TRANSMIT_CAP: usize = 4096;
+
+/// Consumer reports (VM events) one host session may send per second on average
+/// ([`REPORT_BURST`] at once); more are dropped and counted, so a hostile host cannot flood the
+/// management plane's event stream. A VM event is one per attach or detach: an honest agent
+/// sends a handful per assignment.
+pub const REPORTS_PER_SECOND: u32 = 10;
+/// Consumer reports one host session may send at once.
+pub const REPORT_BURST: u32 = 20;
 
 /// Everything the routing core dropped, refused or did to a host, counted.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -87,6 +97,13 @@ pub struct RouterStats {
     /// Functions detached from their owner (after an acknowledgement, the grace period, or
     /// at once when the owner had no session).
     pub detached: u64,
+    /// Consumer reports (VM events) accepted and raised as `PoolEvent::VmConsumer`.
+    pub consumer_reports: u64,
+    /// Consumer reports for a slot the sending host does not have, or for another generation
+    /// of its assignment (a stale or forged report): dropped.
+    pub stale_consumer_reports: u64,
+    /// Consumer reports over the session's rate ([`REPORTS_PER_SECOND`]): dropped.
+    pub limited_consumer_reports: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +126,9 @@ struct HostState<K> {
     traffic: HostTraffic,
     /// Traffic of its current session, as last sampled.
     live: HostTraffic,
+    /// The current session's budget of consumer reports, and when it last earned credit.
+    reports: TokenBucket,
+    reports_at: Option<Instant>,
 }
 
 impl<K> HostState<K> {
@@ -122,6 +142,8 @@ impl<K> HostState<K> {
             rtt: None,
             traffic: HostTraffic::default(),
             live: HostTraffic::default(),
+            reports: TokenBucket::new(REPORTS_PER_SECOND, REPORT_BURST),
+            reports_at: None,
         }
     }
 }
@@ -162,6 +184,9 @@ pub struct Router<K> {
     traffic: Box<[FunctionTraffic; 256]>,
     /// The requester timeouts last read of each function ([`Router::sample_requesters`]).
     timeouts_seen: Box<[u64; 256]>,
+    /// The VM consuming each assigned slot, by the slot's key (its unit's first function):
+    /// named by the assignment, then as its owner last reported. Gone with the assignment.
+    consumers: std::collections::BTreeMap<FunctionId, VmConsumer>,
 }
 
 /// A watched function: its probe, and whether its failure was handled.
@@ -310,6 +335,7 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
             late: Arc::default(),
             traffic: Box::new([FunctionTraffic::default(); 256]),
             timeouts_seen: Box::new([0; 256]),
+            consumers: std::collections::BTreeMap::new(),
         }
     }
 
@@ -330,6 +356,8 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
                     rtt: h.rtt,
                     traffic: h.traffic,
                     live: h.live,
+                    reports: h.reports,
+                    reports_at: h.reports_at,
                 })
                 .collect(),
             routes: self.routes,
@@ -346,6 +374,7 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
             late: self.late,
             traffic: self.traffic,
             timeouts_seen: self.timeouts_seen,
+            consumers: self.consumers,
         }
     }
 
@@ -480,6 +509,11 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
                     slot: found.map(|(s, _)| s),
                     detaching: matches!(found, Some((_, SlotState::Removing { .. }))),
                     traffic: self.traffic[usize::from(e.bdf.0 as u8)],
+                    vm: key
+                        .as_ref()
+                        .filter(|_| found.is_some())
+                        .and_then(|k| self.consumers.get(k))
+                        .copied(),
                 }
             })
             .collect();
@@ -567,6 +601,8 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
         let h = &mut self.hosts[hi];
         h.session = Some(key);
         h.epoch = Some(epoch);
+        h.reports = TokenBucket::new(REPORTS_PER_SECOND, REPORT_BURST);
+        h.reports_at = None;
         self.events.push(PoolEvent::HostConnected { host, epoch });
         self.changed = true;
     }
@@ -702,11 +738,7 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
                     }
                 },
                 Kind::Message { .. } => {
-                    if let Some(m) = Tlp::parse(tlp)
-                        .ok()
-                        .as_ref()
-                        .and_then(SlotMessage::from_tlp)
-                    {
+                    if let Some(m) = Tlp::parse(tlp).ok().as_ref().and_then(Slot::from_tlp) {
                         self.on_slot_message(ep, hi, m.ok(), Instant::now());
                         self.replies = replies;
                         return;
@@ -776,16 +808,61 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
         }
     }
 
-    fn on_slot_message(&mut self, ep: &mut Proxy, hi: usize, m: Option<SlotMessage>, now: Instant) {
+    fn on_slot_message(&mut self, ep: &mut Proxy, hi: usize, m: Option<Slot>, now: Instant) {
         match m {
-            Some(m) if m.event == SlotEvent::RemovalAck => {
+            Some(Slot::Message(m)) if m.event == SlotEvent::RemovalAck => {
                 if let Some(d) = self.views.on_removal_ack(self.hosts[hi].id, &m) {
                     self.finish_detach(ep, d, now);
                 }
             }
+            Some(Slot::Consumer(r)) => self.on_consumer_report(hi, r, now),
             // Undecodable, or an event only the appliance sends.
             _ => self.stats.bad_slot_messages += 1,
         }
+    }
+
+    /// A host's report of what its VM did with the function in one of its slots: within the
+    /// session's rate, and only for a slot the host has at that generation (the host is known
+    /// by its session, never by what the message says), it becomes the slot's consumer and a
+    /// [`PoolEvent::VmConsumer`]; anything else is dropped and counted.
+    fn on_consumer_report(&mut self, hi: usize, r: ConsumerReport, now: Instant) {
+        let h = &mut self.hosts[hi];
+        if let Some(at) = h.reports_at {
+            h.reports.earn(now.saturating_duration_since(at));
+        }
+        h.reports_at = Some(now);
+        if !h.reports.take() {
+            self.stats.limited_consumer_reports += 1;
+            return;
+        }
+        let host = h.id;
+        let Some(function) = self
+            .views
+            .view(&host)
+            .and_then(|v| v.slot(r.slot))
+            .filter(|e| e.generation == r.generation)
+            .map(|e| e.function.clone())
+        else {
+            self.stats.stale_consumer_reports += 1;
+            return;
+        };
+        self.stats.consumer_reports += 1;
+        tracing::info!(%function, %host, vm = %r.vm, event = r.event.name(), "appliance: VM event");
+        self.consumers.insert(
+            function.clone(),
+            VmConsumer {
+                vm: r.vm,
+                event: Some(r.event),
+                since: std::time::SystemTime::now(),
+            },
+        );
+        self.events.push(PoolEvent::VmConsumer {
+            function,
+            host,
+            vm: r.vm,
+            event: r.event,
+        });
+        self.changed = true;
     }
 
     /// Watch `function`'s backing: once `probe` reports it gone, the function fails
@@ -967,9 +1044,10 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
             Command::Assign {
                 function,
                 host,
+                vm,
                 done,
             } => {
-                let r = self.assign(&function, host);
+                let r = self.assign_vm(&function, host, vm);
                 self.answers.push(Box::new(move || done(r)));
             }
             Command::Unassign { function, done } => {
@@ -1127,6 +1205,18 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
     /// Give `function`'s unit to `host` now; its slot is announced if the host's session is
     /// up.
     pub fn assign(&mut self, function: &FunctionId, host: HostId) -> Result<(), ControlError> {
+        self.assign_vm(function, host, None)
+    }
+
+    /// [`assign`](Self::assign), naming the VM of `host` that is to take the function: a
+    /// [`VmTarget`] goes to the host just before the `Present` (a host that predates it drops
+    /// the unknown message and attaches by its own configuration).
+    pub fn assign_vm(
+        &mut self,
+        function: &FunctionId,
+        host: HostId,
+        vm: Option<VmName>,
+    ) -> Result<(), ControlError> {
         let e = self
             .inventory
             .get(function)
@@ -1173,7 +1263,29 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
             });
         }
         self.rebuild_routes();
+        if let Some(vm) = vm {
+            self.consumers.insert(
+                unit[0].clone(),
+                VmConsumer {
+                    vm,
+                    event: None,
+                    since: std::time::SystemTime::now(),
+                },
+            );
+        }
         if let Some(key) = self.hosts[hi].session {
+            if let Some(vm) = vm {
+                let t = VmTarget {
+                    slot: present.slot,
+                    generation: present.generation,
+                    vm,
+                };
+                let mut b = [0u8; crate::tlp::slot::MAX_SLOT_TLP];
+                match t.emit(Bdf(0), &mut b) {
+                    Ok(n) => self.out.push_back((key, Bytes::copy_from_slice(&b[..n]))),
+                    Err(e) => tracing::error!("appliance: cannot build a VM target: {e}"),
+                }
+            }
             self.send_slot(key, present);
         }
         tracing::info!(%function, %host, slot, "appliance: assigned");
@@ -1247,6 +1359,8 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
     /// (its outstanding DMA reads fail, volatile state wiped), and put it back in the pool.
     fn finish_detach(&mut self, ep: &mut Proxy, d: Detached, _now: Instant) {
         self.stats.detached += 1;
+        // Its consumer was a VM of the host it left.
+        self.consumers.remove(&d.function);
         // What the function queued while it was the host's still goes to the host.
         self.drain_outbound(usize::MAX);
         let Some(hi) = self.hosts.iter().position(|h| h.id == d.host) else {

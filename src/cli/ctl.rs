@@ -60,6 +60,10 @@ enum CtlCommand {
         function: String,
         /// Host id (see `ctl hosts`).
         host: String,
+        /// The VM on the host that is to take the function (a VM its agent has configured;
+        /// otherwise the agent's own selectors pick one).
+        #[arg(long, value_name = "NAME")]
+        vm: Option<String>,
         /// Return once the task is started.
         #[arg(long)]
         no_wait: bool,
@@ -232,10 +236,11 @@ fn execute(args: CtlArgs) -> Result<(), ClientError> {
         CtlCommand::Assign {
             function,
             host,
+            vm,
             no_wait,
             timeout,
         } => {
-            let started = client.assign(&function, &host)?;
+            let started = client.assign_to_vm(&function, &host, vm.as_deref())?;
             let done = finish(&client, started, no_wait, timeout)?;
             report(&done, args.json, "assigned to", "assigning to");
         }

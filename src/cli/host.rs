@@ -455,9 +455,13 @@ fn vm_service(args: &HostArgs, agent: &Arc<Agent>) -> Result<Option<Arc<VmServic
     if let Some(ms) = args.vm_grace_ms {
         settings.grace = Duration::from_millis(ms);
     }
-    // Every attach/detach (and failure) as one JSON line on stdout, for operators and tests;
-    // the appliance gets them once the management API carries host events.
-    let sink = Arc::new(|e: &VmEvent| {
+    // Every attach/detach (and failure) as one JSON line on stdout, for operators and tests,
+    // and as a consumer report on the function's slot to the appliance (its Connection and
+    // event stream show it). A report that cannot be sent (no session, or a card the agent
+    // found at session start, whose assignment generation it was never told) is dropped;
+    // the stdout line stays.
+    let host = Arc::downgrade(agent.host());
+    let sink = Arc::new(move |e: &VmEvent| {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(
             out,
@@ -465,10 +469,20 @@ fn vm_service(args: &HostArgs, agent: &Arc<Agent>) -> Result<Option<Arc<VmServic
             serde_json::to_string(e).unwrap_or_default()
         );
         let _ = out.flush();
+        if let Some(h) = host.upgrade() {
+            let slot = e.function().bdf.device();
+            match h.report_consumer(slot, e.consumer_event(), e.vm()) {
+                Ok(true) => {}
+                Ok(false) => tracing::debug!(slot, "VM event not reported: no assignment known"),
+                Err(err) => tracing::info!(slot, error = %err, "VM event not reported"),
+            }
+        }
     });
     let attacher = Arc::new(VmAttacher::new(specs, settings, sink)?);
     let sockets: Arc<dyn FunctionSockets> = Arc::new(AgentSockets::new(agent.clone(), dir.clone()));
     let svc = Arc::new(VmService::start(attacher, sockets)?);
+    // An assignment that names a VM goes to that VM.
+    svc.names_from(agent.host());
     // An unassign waits for the guest's eject before the agent fences and acknowledges.
     svc.gate(agent);
     if let Some(p) = &args.vm_control {

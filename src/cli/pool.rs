@@ -21,8 +21,9 @@ use pcietun::appliance::{Control, FunctionId, FunctionState, InventoryError};
 use pcietun::mgmt::pool::{
     AddCompleter, AddedCard, ApplianceInfo, Completer, Directions, EventSink, FunctionInfo,
     FunctionKind, FunctionMetrics, FunctionState as ApiState, Health, HostInfo, HostMetrics,
-    HostSession, MetricsSnapshot, Pool, PoolError, PoolEvent as ApiEvent,
+    HostSession, MetricsSnapshot, Pool, PoolError, PoolEvent as ApiEvent, VmConsumer, VmState,
 };
+use pcietun::tlp::slot::{ConsumerEvent, VmName};
 use pcietun::transport::HostId;
 
 /// The appliance's pool behind the management API.
@@ -117,6 +118,25 @@ fn function_info(f: &FunctionStatus) -> FunctionInfo {
         } else {
             Health::Ok
         },
+        vm: f.vm.map(|c| VmConsumer {
+            name: c.vm.to_string(),
+            state: vm_state(c.event),
+            since: c.since,
+        }),
+    }
+}
+
+/// The API's state of a VM consumer from the last event its host reported (`None`: named by
+/// the assignment, nothing reported yet).
+fn vm_state(e: Option<ConsumerEvent>) -> VmState {
+    match e {
+        None => VmState::Pending,
+        Some(ConsumerEvent::Attached) => VmState::Attached,
+        Some(ConsumerEvent::AttachFailed) => VmState::Failed,
+        Some(ConsumerEvent::EjectRefused) => VmState::EjectRefused,
+        Some(ConsumerEvent::Detached) => VmState::Detached,
+        Some(ConsumerEvent::SurpriseRemoved) => VmState::SurpriseRemoved,
+        Some(ConsumerEvent::VmGone) => VmState::Gone,
     }
 }
 
@@ -370,6 +390,23 @@ impl Pool for AppliancePool {
     }
 
     fn assign(&self, function: &str, host: &str, done: Completer) -> Result<(), PoolError> {
+        self.assign_to_vm(function, host, None, done)
+    }
+
+    fn assign_to_vm(
+        &self,
+        function: &str,
+        host: &str,
+        vm: Option<&str>,
+        done: Completer,
+    ) -> Result<(), PoolError> {
+        let vm = vm
+            .map(|v| {
+                VmName::new(v).map_err(|e| PoolError::BadDevice {
+                    reason: format!("VM name {v:?}: {e}"),
+                })
+            })
+            .transpose()?;
         let f = self.find(function)?;
         let known = self
             .control
@@ -425,9 +462,10 @@ impl Pool for AppliancePool {
                 })
             }
         }
-        self.control.assign(function_id(&f), host_id, move |r| {
-            done.finish(r.map_err(pool_error))
-        });
+        self.control
+            .assign_to_vm(function_id(&f), host_id, vm, move |r| {
+                done.finish(r.map_err(pool_error))
+            });
         Ok(())
     }
 
@@ -575,6 +613,17 @@ impl Pool for AppliancePool {
                                 },
                             }
                         }
+                        PoolEvent::VmConsumer {
+                            function,
+                            host,
+                            vm,
+                            event,
+                        } => ApiEvent::VmConsumer {
+                            function: function.to_string(),
+                            host: host.to_string(),
+                            vm: vm.to_string(),
+                            state: vm_state(Some(event)),
+                        },
                     };
                     sink.emit(api);
                 }

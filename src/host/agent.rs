@@ -222,7 +222,7 @@ impl Slots {
                         .collect();
                     self.close_sockets(&gone);
                 }
-                SlotEvent::RemovalAck => {}
+                SlotEvent::RemovalAck | SlotEvent::Consumer | SlotEvent::VmTarget => {}
             }
         }
     }

@@ -23,7 +23,9 @@ use super::function::{RemoteFunction, RemoteFunctionState, RootComplex};
 use super::requester::{Expect, RequestError, Requester, RequesterConfig, StartError, TagSpace};
 use super::tlpio::{self, MAX_TLP, ROOT_PORT};
 use crate::pci::{ConfigSpace, ExpressConfig, FunctionIds, PciExpressCap, SlotConfig};
-use crate::tlp::slot::{SlotEvent, SlotMessage, SLOTS};
+use crate::tlp::slot::{
+    ConsumerEvent, ConsumerReport, SlotEvent, SlotMessage, VmName, VmTarget, MAX_SLOT_TLP, SLOTS,
+};
 use crate::tlp::{build, Bdf};
 use crate::transport::driver::HandleError;
 
@@ -192,6 +194,16 @@ pub(super) struct RxScratch {
 
 const MAX_EVENTS: usize = 1024;
 
+/// What the host knows of one slot's assignment.
+#[derive(Debug, Default, Clone, Copy)]
+struct SlotMeta {
+    /// The assignment's generation, once a `Present` or `RemovalRequest` told it (a card found
+    /// by enumeration at session start has none: its reports are not sent).
+    generation: Option<u16>,
+    /// The VM a [`VmTarget`] named, for that generation.
+    vm: Option<(u16, VmName)>,
+}
+
 /// Bound of slot work queued for the agent (a hostile appliance cannot grow it further).
 const MAX_SLOT_WORK: usize = 4 * SLOTS as usize;
 
@@ -218,6 +230,9 @@ pub struct Host {
     /// presented card, withdrawing a card's consumers): done by [`Host::take_slot_work`]'s
     /// caller, never by the pump.
     slot_work: Mutex<VecDeque<SlotMessage>>,
+    /// Per slot: the generation of its assignment (from `Present` / `RemovalRequest`), kept
+    /// after the card left so a late report names it, and the VM the assignment names.
+    slot_meta: Mutex<[SlotMeta; SLOTS as usize]>,
     link_up: AtomicBool,
     functions: RwLock<Vec<Arc<RemoteFunctionState>>>,
     /// Functions gone with the link; reused when the same function comes back, so consumers
@@ -272,6 +287,7 @@ impl Host {
             slots,
             inflight: (0..1024).map(|_| AtomicU8::new(NO_SLOT)).collect(),
             slot_work: Mutex::new(VecDeque::new()),
+            slot_meta: Mutex::new([SlotMeta::default(); SLOTS as usize]),
             link_up: AtomicBool::new(false),
             functions: RwLock::new(Vec::new()),
             retired: Mutex::new(Vec::new()),
@@ -469,6 +485,17 @@ impl Host {
     pub fn on_slot_message(&self, m: SlotMessage) {
         tracing::info!(?m, "slot message");
         match m.event {
+            SlotEvent::Present | SlotEvent::RemovalRequest => {
+                let mut meta = self.slot_meta.lock_or_recover();
+                let e = &mut meta[usize::from(m.slot)];
+                e.generation = Some(m.generation);
+                if e.vm.is_some_and(|(g, _)| g != m.generation) {
+                    e.vm = None;
+                }
+            }
+            _ => {}
+        }
+        match m.event {
             SlotEvent::Present => self.queue_slot_work(m),
             SlotEvent::RemovalRequest => {
                 // Attention: the consumers must let go. The card keeps answering while they
@@ -485,11 +512,67 @@ impl Host {
                 // The agent still has to take down the card's consumers (sockets).
                 self.queue_slot_work(m);
             }
-            SlotEvent::RemovalAck => {
-                // Host → appliance only.
+            SlotEvent::RemovalAck | SlotEvent::Consumer | SlotEvent::VmTarget => {
+                // Host → appliance only (a VM target comes decoded, to `on_vm_target`).
                 self.stats.bad_slot_messages.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// The appliance names the VM that is to take the assignment `t.generation` of
+    /// `t.slot` (it precedes that assignment's `Present`). Never blocks.
+    pub fn on_vm_target(&self, t: VmTarget) {
+        tracing::info!(slot = t.slot, generation = t.generation, vm = %t.vm, "assignment names a VM");
+        if let Some(e) = self
+            .slot_meta
+            .lock_or_recover()
+            .get_mut(usize::from(t.slot))
+        {
+            e.vm = Some((t.generation, t.vm));
+        }
+    }
+
+    /// The VM the current assignment of `slot` names, if the appliance named one.
+    pub fn slot_vm(&self, slot: u8) -> Option<VmName> {
+        let meta = self.slot_meta.lock_or_recover();
+        let e = meta.get(usize::from(slot))?;
+        match (e.generation, e.vm) {
+            (Some(g), Some((vg, vm))) if g == vg => Some(vm),
+            _ => None,
+        }
+    }
+
+    /// The generation of `slot`'s current (or last) assignment, if a slot message told it.
+    pub fn slot_generation(&self, slot: u8) -> Option<u16> {
+        self.slot_meta
+            .lock_or_recover()
+            .get(usize::from(slot))?
+            .generation
+    }
+
+    /// Tell the appliance what VM `vm` did with the card in `slot` ([`ConsumerReport`] with
+    /// the assignment's generation). `Ok(false)`: not sent, the host knows no generation for
+    /// the slot (a card found at session start, before any slot message), or `vm` is not a
+    /// name a slot message carries.
+    pub fn report_consumer(
+        &self,
+        slot: u8,
+        event: ConsumerEvent,
+        vm: &str,
+    ) -> Result<bool, LinkError> {
+        let (Some(generation), Ok(vm)) = (self.slot_generation(slot), VmName::new(vm)) else {
+            return Ok(false);
+        };
+        let r = ConsumerReport {
+            slot,
+            generation,
+            event,
+            vm,
+        };
+        let mut buf = [0u8; MAX_SLOT_TLP];
+        let n = r.emit(ROOT_PORT, &mut buf).map_err(|_| LinkError::Closed)?;
+        self.link.send_tlp(&buf[..n])?;
+        Ok(true)
     }
 
     fn queue_slot_work(&self, m: SlotMessage) {

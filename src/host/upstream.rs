@@ -240,9 +240,14 @@ impl Host {
             },
             Upstream::Other(name) => match tlp::Tlp::parse(bytes)
                 .ok()
-                .and_then(|t| tlp::slot::SlotMessage::from_tlp(&t))
+                .and_then(|t| tlp::slot::Slot::from_tlp(&t))
             {
-                Some(Ok(m)) => self.on_slot_message(m),
+                Some(Ok(tlp::slot::Slot::Message(m))) => self.on_slot_message(m),
+                Some(Ok(tlp::slot::Slot::VmTarget(t))) => self.on_vm_target(t),
+                Some(Ok(tlp::slot::Slot::Consumer(_))) => {
+                    // Host → appliance only.
+                    self.stats.bad_slot_messages.fetch_add(1, Ordering::Relaxed);
+                }
                 Some(Err(e)) => {
                     self.stats.bad_slot_messages.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(error = %e, "slot message refused");

@@ -593,10 +593,27 @@ impl Client {
 
     /// Start assigning `function` to `host` (`#Zone.AddEndpoint`); returns the task.
     pub fn assign(&self, function: &str, host: &str) -> Result<TaskOutcome, ClientError> {
+        self.assign_to_vm(function, host, None)
+    }
+
+    /// [`assign`](Self::assign), naming the VM on the host that is to take the function
+    /// (`Oem.Pcietun.Vm.Name` of `#Zone.AddEndpoint`).
+    pub fn assign_to_vm(
+        &self,
+        function: &str,
+        host: &str,
+        vm: Option<&str>,
+    ) -> Result<TaskOutcome, ClientError> {
         Self::check_id("function", function)?;
         Self::check_id("host", host)?;
+        if let Some(v) = vm {
+            Self::check_id("VM", v)?;
+        }
         let uri = format!("/redfish/v1/Fabrics/PCIe/Zones/{host}/Actions/Zone.AddEndpoint");
-        let body = json!({ "Endpoint": { "@odata.id": format!("/redfish/v1/Fabrics/PCIe/Endpoints/fn-{function}") } });
+        let mut body = json!({ "Endpoint": { "@odata.id": format!("/redfish/v1/Fabrics/PCIe/Endpoints/fn-{function}") } });
+        if let Some(v) = vm {
+            body["Oem"] = json!({ "Pcietun": { "Vm": { "Name": v } } });
+        }
         let (_, location, task) = self.request("POST", &uri, Some(&body))?;
         self.outcome(function, Some(host), location, &task, &uri)
     }

@@ -13,9 +13,9 @@ use std::time::Duration;
 use crate::sync::MutexExt;
 
 use super::pool::{
-    valid_id, AddCompleter, AddedCard, ApplianceInfo, Completer, EventSink, FunctionInfo,
-    FunctionKind, FunctionMetrics, FunctionState, Health, HostInfo, HostMetrics, HostSession,
-    MetricsSnapshot, Pool, PoolError, PoolEvent,
+    valid_id, valid_vm_name, AddCompleter, AddedCard, ApplianceInfo, Completer, EventSink,
+    FunctionInfo, FunctionKind, FunctionMetrics, FunctionState, Health, HostInfo, HostMetrics,
+    HostSession, MetricsSnapshot, Pool, PoolError, PoolEvent, VmConsumer, VmState,
 };
 
 /// When the fake pool finishes accepted operations.
@@ -114,6 +114,7 @@ impl FakePool {
                 model: model.into(),
                 state: FunctionState::Unassigned,
                 health: Health::Ok,
+                vm: None,
             };
         pool.insert_function(base(
             "nvme0",
@@ -224,6 +225,36 @@ impl FakePool {
         after.run();
     }
 
+    /// What a host's agent would report: the VM `vm` of the function's owner is now in
+    /// `state`; emits `VmConsumer`. `false` if the function has no owner.
+    pub fn report_vm(&self, function: &str, vm: &str, state: VmState) -> bool {
+        let mut after = After::default();
+        {
+            let mut inner = self.inner.lock_or_recover();
+            let inner = &mut *inner;
+            let Some(f) = inner.functions.iter_mut().find(|f| f.id == function) else {
+                return false;
+            };
+            let Some(host) = f.state.host().map(str::to_string) else {
+                return false;
+            };
+            f.vm = Some(VmConsumer {
+                name: vm.into(),
+                state,
+                since: std::time::SystemTime::now(),
+            });
+            after.events.push(PoolEvent::VmConsumer {
+                function: function.into(),
+                host,
+                vm: vm.into(),
+                state,
+            });
+            after.sinks = inner.sinks.clone();
+        }
+        after.run();
+        true
+    }
+
     /// Ids of the functions with an operation in flight.
     pub fn pending(&self) -> Vec<String> {
         let inner = self.inner.lock_or_recover();
@@ -300,6 +331,10 @@ impl FakePool {
                 }),
             ),
         };
+        if state == FunctionState::Unassigned {
+            // The VM was its owner's.
+            f.vm = None;
+        }
         f.state = state.clone();
         after.events.push(PoolEvent::FunctionStateChanged {
             function: function.into(),
@@ -392,6 +427,33 @@ impl Pool for FakePool {
         self.start(function, Some(host), done)
     }
 
+    /// Like the appliance: the function shows the named VM as `Pending` until a report.
+    fn assign_to_vm(
+        &self,
+        function: &str,
+        host: &str,
+        vm: Option<&str>,
+        done: Completer,
+    ) -> Result<(), PoolError> {
+        if let Some(v) = vm.filter(|v| !valid_vm_name(v)) {
+            return Err(PoolError::BadDevice {
+                reason: format!("bad VM name {v:?}"),
+            });
+        }
+        self.start(function, Some(host), done)?;
+        if let Some(v) = vm {
+            let mut inner = self.inner.lock_or_recover();
+            if let Some(f) = inner.functions.iter_mut().find(|f| f.id == function) {
+                f.vm = Some(VmConsumer {
+                    name: v.into(),
+                    state: VmState::Pending,
+                    since: std::time::SystemTime::now(),
+                });
+            }
+        }
+        Ok(())
+    }
+
     fn unassign(&self, function: &str, done: Completer) -> Result<(), PoolError> {
         self.start(function, None, done)
     }
@@ -463,6 +525,7 @@ impl Pool for FakePool {
                 model: "DMA engine".into(),
                 state: FunctionState::Unassigned,
                 health: Health::Ok,
+                vm: None,
             });
             after.events.push(PoolEvent::FunctionAdded {
                 function: id.clone(),

@@ -118,6 +118,77 @@ impl Health {
     }
 }
 
+/// What the VM that consumes a function on its owner last did (its owner's agent reports each
+/// attach and detach, docs/vms.md "Events").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmState {
+    /// The assignment names the VM; its host has reported nothing yet.
+    Pending,
+    /// The function's device is in the VM.
+    Attached,
+    /// Attaching failed (the host has no such VM, it is unreachable, or QEMU refused).
+    Failed,
+    /// The guest did not let go within the host's grace period (or refused the eject).
+    EjectRefused,
+    /// The guest ejected it.
+    Detached,
+    /// It was withdrawn under the guest (a surprise removal).
+    SurpriseRemoved,
+    /// The VM is gone (its QEMU exited).
+    Gone,
+}
+
+impl VmState {
+    /// The value of `Oem.Pcietun.Vm.State`.
+    pub fn as_redfish(self) -> &'static str {
+        match self {
+            VmState::Pending => "Pending",
+            VmState::Attached => "Attached",
+            VmState::Failed => "Failed",
+            VmState::EjectRefused => "EjectRefused",
+            VmState::Detached => "Detached",
+            VmState::SurpriseRemoved => "SurpriseRemoved",
+            VmState::Gone => "Gone",
+        }
+    }
+
+    /// What it means, for people (`Oem.Pcietun.Vm.Message`, `ctl events`).
+    pub fn message(self) -> &'static str {
+        match self {
+            VmState::Pending => "the host has not reported the VM yet",
+            VmState::Attached => "the function's device is in the VM",
+            VmState::Failed => {
+                "the host could not attach the function to the VM (see the host agent's log)"
+            }
+            VmState::EjectRefused => {
+                "the guest did not release the function in time; the host withdraws it"
+            }
+            VmState::Detached => "the guest ejected the function",
+            VmState::SurpriseRemoved => {
+                "the function was withdrawn under the guest (surprise removal)"
+            }
+            VmState::Gone => "the VM is gone",
+        }
+    }
+}
+
+/// The VM that consumes a function on its owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmConsumer {
+    /// The VM's name on the host (`[A-Za-z0-9._-]`, at most 64 characters).
+    pub name: String,
+    /// What it last did.
+    pub state: VmState,
+    /// When the appliance learnt it.
+    pub since: std::time::SystemTime,
+}
+
+/// Whether `name` is a VM name an assignment can carry to a host (1 to 64 characters of
+/// `[A-Za-z0-9._-]`, what `pcietun host --vm NAME=...` accepts).
+pub fn valid_vm_name(name: &str) -> bool {
+    valid_id(name)
+}
+
 /// One inventory entry: a function the appliance fronts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FunctionInfo {
@@ -147,6 +218,9 @@ pub struct FunctionInfo {
     pub state: FunctionState,
     /// Health.
     pub health: Health,
+    /// The VM consuming it on its owner, named by the assignment or reported by the owner's
+    /// agent (`None`: no VM known; cleared when it leaves that owner).
+    pub vm: Option<VmConsumer>,
 }
 
 /// Whether a host's session with the appliance is up.
@@ -410,6 +484,17 @@ pub enum PoolEvent {
         /// Host id.
         host: String,
     },
+    /// The owner's agent reported what one of its VMs did with the function.
+    VmConsumer {
+        /// The function.
+        function: String,
+        /// The owner.
+        host: String,
+        /// The VM.
+        vm: String,
+        /// What it did.
+        state: VmState,
+    },
 }
 
 /// Where the pool sends its events; cheap to clone, callable from any thread, never blocks.
@@ -509,6 +594,22 @@ pub trait Pool: Send + Sync + 'static {
     fn hosts(&self) -> Vec<HostInfo>;
     /// Start giving `function` to `host`; `done` reports when the host has it.
     fn assign(&self, function: &str, host: &str, done: Completer) -> Result<(), PoolError>;
+    /// [`assign`](Self::assign), naming the VM on `host` that is to take the function (its
+    /// agent attaches it there). A pool that cannot carry the name refuses it.
+    fn assign_to_vm(
+        &self,
+        function: &str,
+        host: &str,
+        vm: Option<&str>,
+        done: Completer,
+    ) -> Result<(), PoolError> {
+        match vm {
+            None => self.assign(function, host, done),
+            Some(_) => Err(PoolError::NotAllowed {
+                reason: "this pool cannot name a VM for an assignment".into(),
+            }),
+        }
+    }
     /// Start taking `function` away from its owner; `done` reports when it is free again.
     fn unassign(&self, function: &str, done: Completer) -> Result<(), PoolError>;
     /// Start adding a card to the running pool. `spec` is the `--device` grammar of the

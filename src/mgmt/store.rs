@@ -323,6 +323,10 @@ pub struct AccountRecord {
 pub struct AssignmentRecord {
     /// The owner.
     pub host: Option<String>,
+    /// The VM on the owner the assignment named (`Oem.Pcietun.Vm.Name`, `ctl assign --vm`);
+    /// absent in records written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm: Option<String>,
 }
 
 /// Decode every value of `table` as `T`; an entry that does not decode is logged (warn, with
@@ -588,6 +592,7 @@ mod tests {
     fn rec(host: Option<&str>) -> AssignmentRecord {
         AssignmentRecord {
             host: host.map(str::to_string),
+            vm: None,
         }
     }
 

@@ -323,7 +323,20 @@ impl VmAttacher {
                 vm: a.vm,
             });
         }
-        let v = self.vm(vm)?;
+        let v = match self.vm(vm) {
+            Ok(v) => v,
+            Err(e) => {
+                // A VM the appliance (or an operator) named that this agent does not have:
+                // reported like any failed attach, so the assignment shows it.
+                tracing::warn!(vm, function = %function, error = %e, "attaching to VM failed");
+                self.emit(VmEvent::AttachFailed {
+                    vm: vm.to_string(),
+                    function: function.clone(),
+                    error: e.to_string(),
+                });
+                return Err(e);
+            }
+        };
         let mut st = v.state.lock_or_recover();
         let r = self.attach_locked(v, &mut st, function, socket);
         match r {

@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 pub use attach::{Attachment, DetachOutcome, VmAttacher, VmError};
 pub use service::{AgentSockets, FunctionSockets, VmService, APPLIANCE_REMOVAL_GRACE};
 
+use crate::tlp::slot::ConsumerEvent;
 use crate::tlp::Bdf;
 
 /// A function as the VM layer names it: a stable id (today the BDF text; the pool's inventory
@@ -273,8 +274,9 @@ pub enum VmConfigError {
     Toml(String),
 }
 
-/// What happened to a function in a VM; every attach and detach reports one (for logs now,
-/// for the appliance's Connection and event stream once the management API carries them).
+/// What happened to a function in a VM; every attach and detach reports one (`pcietun host`
+/// prints it and sends it to the appliance as a slot consumer report, [`VmEvent::consumer_event`],
+/// which shows it on the assignment's Connection and in its event stream).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum VmEvent {
@@ -335,6 +337,30 @@ impl VmEvent {
             | Self::AttachFailed { vm, .. }
             | Self::GuestDidNotRelease { vm, .. }
             | Self::Detached { vm, .. } => vm,
+        }
+    }
+
+    /// The function it concerns.
+    pub fn function(&self) -> &FunctionRef {
+        match self {
+            Self::Attached { function, .. }
+            | Self::AttachFailed { function, .. }
+            | Self::GuestDidNotRelease { function, .. }
+            | Self::Detached { function, .. } => function,
+        }
+    }
+
+    /// What the appliance is told ([`ConsumerEvent`] of a slot's consumer report).
+    pub fn consumer_event(&self) -> ConsumerEvent {
+        match self {
+            Self::Attached { .. } => ConsumerEvent::Attached,
+            Self::AttachFailed { .. } => ConsumerEvent::AttachFailed,
+            Self::GuestDidNotRelease { .. } => ConsumerEvent::EjectRefused,
+            Self::Detached { outcome, .. } => match outcome {
+                DetachOutcome::Ejected => ConsumerEvent::Detached,
+                DetachOutcome::Withdrawn => ConsumerEvent::SurpriseRemoved,
+                DetachOutcome::Gone => ConsumerEvent::VmGone,
+            },
         }
     }
 }

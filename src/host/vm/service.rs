@@ -31,7 +31,7 @@ use serde_json::json;
 use super::attach::{Attachment, DetachOutcome, VmAttacher, VmError};
 use super::FunctionRef;
 use crate::host::agent::{Agent, Released, RemovalGate};
-use crate::host::HostEvent;
+use crate::host::{Host, HostEvent};
 use crate::tlp::Bdf;
 
 /// How often an attach to an unreachable VM is tried again.
@@ -179,6 +179,8 @@ enum Job {
 /// The VM worker.
 pub struct VmService {
     tx: Mutex<mpsc::Sender<Job>>,
+    /// Where the VM an assignment names is looked up ([`VmService::names_from`]).
+    names: Mutex<Option<std::sync::Weak<Host>>>,
     attacher: Arc<VmAttacher>,
     worker: Mutex<Option<JoinHandle<()>>>,
     stop: Arc<AtomicBool>,
@@ -343,6 +345,7 @@ impl VmService {
             })?;
         Ok(VmService {
             tx: Mutex::new(tx),
+            names: Mutex::new(None),
             attacher,
             worker: Mutex::new(Some(worker)),
             stop: Arc::new(AtomicBool::new(false)),
@@ -369,7 +372,19 @@ impl VmService {
             }
             HostEvent::FunctionAdded(b) => {
                 let function = FunctionRef::from_bdf(*b);
-                if self.attacher.vm_for(&function).is_some() {
+                // The VM the assignment names (the appliance's `VmTarget`) wins over the
+                // configured selectors; a name this agent does not have fails the attach,
+                // which is reported back (never a silent fallback to another VM).
+                let named = self
+                    .names
+                    .lock_or_recover()
+                    .as_ref()
+                    .and_then(|h| h.upgrade())
+                    .and_then(|h| h.slot_vm(b.device()));
+                if let Some(vm) = named {
+                    let vm = Some(vm.to_string());
+                    self.send(Job::Run(Request::Attach { function, vm }, None));
+                } else if self.attacher.vm_for(&function).is_some() {
                     self.send(Job::Run(Request::Attach { function, vm: None }, None));
                 }
             }
@@ -379,6 +394,12 @@ impl VmService {
             }
             _ => {}
         }
+    }
+
+    /// Take the VM an assignment names from `host`'s slot messages (`Host::slot_vm`): a
+    /// function whose assignment names a VM is attached to that VM, not by the selectors.
+    pub fn names_from(&self, host: &Arc<Host>) {
+        *self.names.lock_or_recover() = Some(Arc::downgrade(host));
     }
 
     /// Hold removals of this service's functions until their guests ejected them:

@@ -264,18 +264,47 @@ pub struct EndpointAction {
     pub endpoint_etag: Option<String>,
     /// The client's view of the zone's ETag, if given.
     pub zone_etag: Option<String>,
+    /// `Oem.Pcietun.Vm.Name` of `#Zone.AddEndpoint`: the VM on the host that is to take the
+    /// function (checked: 1 to 64 characters of `[A-Za-z0-9._-]`).
+    pub vm: Option<String>,
 }
 
 /// Parse the body of a Zone endpoint action (`action` is e.g. `Zone.AddEndpoint`).
 pub fn endpoint_action(bytes: &[u8], action: &'static str) -> ApiResult<EndpointAction> {
     let map = parse(bytes)?;
     let root = Obj::root(&map, Ctx::Action(action));
-    root.only(&["Endpoint", "EndpointETag", "ZoneETag"], &[])?;
+    let add = action == "Zone.AddEndpoint";
+    if add {
+        root.only(&["Endpoint", "EndpointETag", "ZoneETag", "Oem"], &[])?;
+    } else {
+        root.only(&["Endpoint", "EndpointETag", "ZoneETag"], &[])?;
+    }
     let endpoint = required(&root, "Endpoint", root.link("Endpoint")?)?;
+    let mut vm = None;
+    if let Some(oem) = root.object("Oem")? {
+        oem.only(&["Pcietun"], &[])?;
+        if let Some(p) = oem.object("Pcietun")? {
+            p.only(&["Vm"], &[])?;
+            if let Some(v) = p.object("Vm")? {
+                v.only(&["Name"], &[])?;
+                let name = required(&v, "Name", v.string("Name")?)?;
+                if !crate::mgmt::pool::valid_vm_name(name) {
+                    return Err(ApiError::action_parameter_format(
+                        action,
+                        "Oem/Pcietun/Vm/Name",
+                        &show(&Value::String(name.into()), false),
+                        "a VM name of 1 to 64 characters of [A-Za-z0-9._-]",
+                    ));
+                }
+                vm = Some(name.to_string());
+            }
+        }
+    }
     Ok(EndpointAction {
         endpoint: endpoint.to_string(),
         endpoint_etag: root.string("EndpointETag")?.map(str::to_string),
         zone_etag: root.string("ZoneETag")?.map(str::to_string),
+        vm,
     })
 }
 
@@ -582,9 +611,32 @@ mod tests {
             EndpointAction {
                 endpoint: "/e".into(),
                 endpoint_etag: None,
-                zone_etag: Some("W/\"1\"".into())
+                zone_etag: Some("W/\"1\"".into()),
+                vm: None,
             }
         );
+        let with_vm =
+            br#"{"Endpoint": {"@odata.id": "/e"}, "Oem": {"Pcietun": {"Vm": {"Name": "web1"}}}}"#;
+        assert_eq!(
+            endpoint_action(with_vm, a).unwrap().vm.as_deref(),
+            Some("web1")
+        );
+        // Only an assignment names a VM; a name must be one a host can carry.
+        let e = endpoint_action(with_vm, "Zone.RemoveEndpoint").unwrap_err();
+        assert_eq!(id(&e), "Base.1.22.ActionParameterUnknown");
+        for bad in [
+            &br#"{"Endpoint": {"@odata.id": "/e"}, "Oem": {"Pcietun": {"Vm": {"Name": "a b"}}}}"#[..],
+            br#"{"Endpoint": {"@odata.id": "/e"}, "Oem": {"Pcietun": {"Vm": {"Name": ""}}}}"#,
+        ] {
+            let e = endpoint_action(bad, a).unwrap_err();
+            assert_eq!(id(&e), "Base.1.22.ActionParameterValueFormatError");
+        }
+        let e = endpoint_action(
+            br#"{"Endpoint": {"@odata.id": "/e"}, "Oem": {"Pcietun": {"Vm": {"Nam": "x"}}}}"#,
+            a,
+        )
+        .unwrap_err();
+        assert_eq!(id(&e), "Base.1.22.ActionParameterUnknown");
         let e = endpoint_action(b"{}", a).unwrap_err();
         assert_eq!(id(&e), "Base.1.22.ActionParameterMissing");
         assert_eq!(e.info[0].args, [a, "Endpoint"]);

@@ -18,8 +18,8 @@ use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
 use super::tasks::timestamp;
-use super::uri::{collection, system_uri, target_uri};
-use crate::mgmt::pool::{FunctionState, PoolEvent};
+use super::uri::{collection, connection_uri, system_uri, target_uri};
+use crate::mgmt::pool::{FunctionState, PoolEvent, VmState};
 use crate::sync::MutexExt;
 
 /// How many events are kept for `Last-Event-ID` replay.
@@ -127,6 +127,25 @@ fn describe(
             "OK",
             "StatusChange",
             system_uri(host),
+        ),
+        // A VM event on the assignment: its Connection's Oem.Pcietun.Vm changed.
+        PoolEvent::VmConsumer {
+            function,
+            host,
+            vm,
+            state,
+        } => (
+            "ResourceStateChanged",
+            vec![
+                connection_uri(function),
+                format!("VM {vm} on {host} {}", state.as_redfish()),
+            ],
+            match state {
+                VmState::Failed | VmState::EjectRefused | VmState::SurpriseRemoved => "Warning",
+                _ => "OK",
+            },
+            "StatusChange",
+            connection_uri(function),
         ),
     }
 }

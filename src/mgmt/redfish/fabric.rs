@@ -277,13 +277,28 @@ pub(crate) fn connection(s: &Snapshot, f: &str, id: &str) -> ApiResult<Value> {
             "InitiatorEndpoints": [link(&initiator_uri(host))],
             "TargetEndpoints": [link(&target_uri(id))],
         },
-        "Oem": { "Pcietun": {
-            "@odata.type": "#Pcietun.v1_0_0.Connection",
-            "State": state,
-            "Function": id,
-            "Host": host,
-        }},
+        "Oem": { "Pcietun": oem_connection(id, host, state, func) },
     }))
+}
+
+/// `Oem.Pcietun` of a Connection; `Vm` once the assignment names a VM or its host reported
+/// one (docs/vms.md "Events").
+fn oem_connection(id: &str, host: &str, state: &str, func: &FunctionInfo) -> Value {
+    let mut oem = json!({
+        "@odata.type": "#Pcietun.v1_0_0.Connection",
+        "State": state,
+        "Function": id,
+        "Host": host,
+    });
+    if let Some(vm) = &func.vm {
+        oem["Vm"] = json!({
+            "Name": vm.name,
+            "State": vm.state.as_redfish(),
+            "Message": vm.state.message(),
+            "Since": super::tasks::timestamp(vm.since),
+        });
+    }
+    oem
 }
 
 /// The API error for a pool refusal.
@@ -308,17 +323,24 @@ fn pool_error(e: PoolError) -> ApiError {
 /// One change of an assignment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Op {
-    Assign { function: String, host: String },
-    Unassign { function: String },
+    Assign {
+        function: String,
+        host: String,
+        /// The VM on the host that is to take it.
+        vm: Option<String>,
+    },
+    Unassign {
+        function: String,
+    },
 }
 
 /// The store changes that record `op` once the pool has done it: the new owner (or none) of
 /// the function and of the functions that move with it (the other physical functions of its
 /// card; a virtual function moves alone), as the appliance's pool moves them.
 fn assignment_changes(s: &Snapshot, op: &Op) -> Vec<Change> {
-    let (function, host) = match op {
-        Op::Assign { function, host } => (function, Some(host.clone())),
-        Op::Unassign { function } => (function, None),
+    let (function, host, vm) = match op {
+        Op::Assign { function, host, vm } => (function, Some(host.clone()), vm.clone()),
+        Op::Unassign { function } => (function, None, None),
     };
     let mut unit: Vec<&str> = vec![function.as_str()];
     if let Some(f) = s.function(function) {
@@ -333,7 +355,7 @@ fn assignment_changes(s: &Snapshot, op: &Op) -> Vec<Change> {
             );
         }
     }
-    let value = serde_json::to_vec(&AssignmentRecord { host }).unwrap_or_default();
+    let value = serde_json::to_vec(&AssignmentRecord { host, vm }).unwrap_or_default();
     unit.into_iter()
         .map(|f| Change::Put {
             table: Table::Assignments,
@@ -384,7 +406,9 @@ impl Service {
         for (i, op) in ops.iter().enumerate() {
             let done = self.saving_completer(id, assignment_changes(s, op));
             let r = match op {
-                Op::Assign { function, host } => self.pool.assign(function, host, done),
+                Op::Assign { function, host, vm } => {
+                    self.pool.assign_to_vm(function, host, vm.as_deref(), done)
+                }
                 Op::Unassign { function, .. } => self.pool.unassign(function, done),
             };
             if let Err(e) = r {
@@ -482,6 +506,7 @@ impl Service {
                 vec![Op::Assign {
                     function,
                     host: h.into(),
+                    vm: params.vm,
                 }],
             )
         } else {
@@ -587,6 +612,7 @@ impl Service {
             ops.push(Op::Assign {
                 function: fid.clone(),
                 host: h.into(),
+                vm: None,
             });
         }
         if ops.is_empty() {
