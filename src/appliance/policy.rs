@@ -353,9 +353,17 @@ mod tests {
         assert_eq!(sent.len(), 40);
         assert_eq!(tr.throttled_nanos_up, 240_000);
         assert_eq!(s.deadline(), Some(t0 + Duration::from_micros(240 + 256)));
-        // A later TLP offered while some are held waits behind them, even with budget.
+        // A long quiet earns one burst, not more: 39 more go.
         s.release(t0 + Duration::from_secs(1), &mut tr, |t| sent.push(t));
-        assert_eq!(sent.len(), 100);
+        assert_eq!(sent.len(), 79);
+        // A later TLP offered while some are held waits behind them, even with budget.
+        assert!(s.offer(t0 + Duration::from_secs(2), mwr(256, 100)).is_none());
+        for ms in 1..=100u64 {
+            s.release(t0 + Duration::from_secs(2) + Duration::from_millis(ms), &mut tr, |t| {
+                sent.push(t)
+            });
+        }
+        assert_eq!(sent.len(), 101);
         assert!(s.is_empty());
         assert_eq!(s.deadline(), None);
         // Nothing dropped, nothing reordered.
