@@ -107,9 +107,8 @@ fn a_capped_function_holds_its_cap_keeps_its_data_and_recovers_when_lifted() {
     let d = DmaEngineDriver::open(f, 1 << 20, CompletionMode::Interrupt).unwrap();
     let fid = ctl.functions()[0].entry.id.clone();
 
-    // A pattern to the card (DMA read) and back (DMA write), under caps both ways.
+    // A pattern to the card (DMA read) and back (DMA write), under the cap.
     let pattern: Vec<u8> = (0..CHUNK).map(|i| (i * 7 + i / 251) as u8).collect();
-    d.host_buffer().write_at(0, &pattern).unwrap();
 
     let free_w = rate(&d, Direction::DmaWrite, 0.5);
     let cap_w = (free_w / 4.0) as u64;
@@ -142,7 +141,9 @@ fn a_capped_function_holds_its_cap_keeps_its_data_and_recovers_when_lifted() {
     assert!(t.throttled_nanos_up > 100_000_000, "{t:?}");
     assert_eq!(t.throttled_nanos_down, 0, "{t:?}");
 
-    // Data under the cap: card → host unchanged.
+    // Data under the cap: host → card → host unchanged, complete when the card says done
+    // (its interrupt and STATUS completion wait behind its held writes).
+    d.host_buffer().write_at(0, &pattern).unwrap();
     d.transfer(Direction::DmaRead, 0, 0, CHUNK).unwrap();
     d.host_buffer().zero(u64::from(CHUNK), CHUNK as usize).unwrap();
     d.transfer(Direction::DmaWrite, u64::from(CHUNK), 0, CHUNK)
