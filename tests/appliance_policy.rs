@@ -107,8 +107,6 @@ fn a_capped_function_holds_its_cap_keeps_its_data_and_recovers_when_lifted() {
     let d = DmaEngineDriver::open(f, 1 << 20, CompletionMode::Interrupt).unwrap();
     let fid = ctl.functions()[0].entry.id.clone();
 
-    // A pattern to the card (DMA read) and back (DMA write), under the cap.
-    let pattern: Vec<u8> = (0..CHUNK).map(|i| (i * 7 + i / 251) as u8).collect();
 
     let free_w = rate(&d, Direction::DmaWrite, 0.5);
     let cap_w = (free_w / 4.0) as u64;
@@ -141,16 +139,36 @@ fn a_capped_function_holds_its_cap_keeps_its_data_and_recovers_when_lifted() {
     assert!(t.throttled_nanos_up > 100_000_000, "{t:?}");
     assert_eq!(t.throttled_nanos_down, 0, "{t:?}");
 
-    // Data under the cap: host → card → host unchanged, complete when the card says done
-    // (its interrupt and STATUS completion wait behind its held writes).
+    // Data under the cap: host → card → host unchanged, complete when the card says done.
+    // Polling STATUS (no interrupt to wait for): the completion of the STATUS read must wait
+    // behind the function's held writes, or DONE would be seen before the data is there.
+    drop(d);
+    let f = a.host().open(info.bdf).unwrap();
+    let d = DmaEngineDriver::open(f, 1 << 20, CompletionMode::Poll).unwrap();
+    // 8 MB/s: a burst of 80 kB, so that most of a 512 KiB transfer is held.
+    ctl.set_policy_wait(
+        fid.clone(),
+        Policy {
+            max_bytes_per_sec_up: Some(8_000_000),
+            ..Policy::UNLIMITED
+        },
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let len = 512u32 << 10;
+    let pattern: Vec<u8> = (0..len).map(|i| (i * 7 + i / 251) as u8).collect();
     d.host_buffer().write_at(0, &pattern).unwrap();
-    d.transfer(Direction::DmaRead, 0, 0, CHUNK).unwrap();
-    d.host_buffer().zero(u64::from(CHUNK), CHUNK as usize).unwrap();
-    d.transfer(Direction::DmaWrite, u64::from(CHUNK), 0, CHUNK)
+    d.transfer(Direction::DmaRead, 0, 0, len).unwrap();
+    d.host_buffer().zero(u64::from(len), len as usize).unwrap();
+    d.transfer(Direction::DmaWrite, u64::from(len), 0, len)
         .unwrap();
-    let mut back = vec![0u8; CHUNK as usize];
-    d.host_buffer().read_at(u64::from(CHUNK), &mut back).unwrap();
-    assert!(back == pattern, "data changed under a cap");
+    let mut back = vec![0u8; len as usize];
+    d.host_buffer().read_at(u64::from(len), &mut back).unwrap();
+    let first_bad = back.iter().zip(&pattern).position(|(a, b)| a != b);
+    assert!(
+        first_bad.is_none(),
+        "data not all there when the card said done under a cap (first difference at {first_bad:?})"
+    );
 
     // Downstream: DMA reads paced by their requests.
     let free_r = rate(&d, Direction::DmaRead, 0.5);
