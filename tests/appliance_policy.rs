@@ -9,8 +9,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use pcietun::appliance::{Appliance, ApplianceConfig, Control, ControlError, Policy, Running};
 use pcietun::appliance::policy::PolicyError;
+use pcietun::appliance::{Appliance, ApplianceConfig, Control, ControlError, Policy, Running};
 use pcietun::drivers::dma_engine::{Direction, DmaEngineDriver};
 use pcietun::drivers::CompletionMode;
 use pcietun::host::agent::{Agent, AgentConfig, Target};
@@ -106,7 +106,6 @@ fn a_capped_function_holds_its_cap_keeps_its_data_and_recovers_when_lifted() {
     let f = a.host().open(info.bdf).unwrap();
     let d = DmaEngineDriver::open(f, 1 << 20, CompletionMode::Interrupt).unwrap();
     let fid = ctl.functions()[0].entry.id.clone();
-
 
     let free_w = rate(&d, Direction::DmaWrite, 0.5);
     let cap_w = (free_w / 4.0) as u64;

@@ -206,7 +206,11 @@ impl Shaper {
     }
 
     fn pay(&mut self, c: (u64, u64, u64)) {
-        for (b, n) in [(&mut self.up, c.0), (&mut self.down, c.1), (&mut self.iops, c.2)] {
+        for (b, n) in [
+            (&mut self.up, c.0),
+            (&mut self.down, c.1),
+            (&mut self.iops, c.2),
+        ] {
             if let (Some(b), true) = (b.as_mut(), n > 0) {
                 b.take_n(n);
             }
@@ -216,8 +220,8 @@ impl Shaper {
     /// Count the head's wait, which ended at `now`.
     fn unblock(&mut self, now: Instant, t: &mut FunctionTraffic) {
         if let Some((since, limit)) = self.blocked.take() {
-            let ns = u64::try_from(now.saturating_duration_since(since).as_nanos())
-                .unwrap_or(u64::MAX);
+            let ns =
+                u64::try_from(now.saturating_duration_since(since).as_nanos()).unwrap_or(u64::MAX);
             let c = match limit {
                 Limit::Up => &mut t.throttled_nanos_up,
                 Limit::Down => &mut t.throttled_nanos_down,
@@ -357,11 +361,15 @@ mod tests {
         s.release(t0 + Duration::from_secs(1), &mut tr, |t| sent.push(t));
         assert_eq!(sent.len(), 79);
         // A later TLP offered while some are held waits behind them, even with budget.
-        assert!(s.offer(t0 + Duration::from_secs(2), mwr(256, 100)).is_none());
+        assert!(s
+            .offer(t0 + Duration::from_secs(2), mwr(256, 100))
+            .is_none());
         for ms in 1..=100u64 {
-            s.release(t0 + Duration::from_secs(2) + Duration::from_millis(ms), &mut tr, |t| {
-                sent.push(t)
-            });
+            s.release(
+                t0 + Duration::from_secs(2) + Duration::from_millis(ms),
+                &mut tr,
+                |t| sent.push(t),
+            );
         }
         assert_eq!(sent.len(), 101);
         assert!(s.is_empty());

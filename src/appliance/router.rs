@@ -789,11 +789,8 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
         (0..8u8).for_each(|f| set.insert(dev << 3 | f));
         self.flush_held(ep, &set, now);
         let inventory = &self.inventory;
-        self.policies.retain(|(f, _)| {
-            inventory
-                .get(f)
-                .is_some_and(|e| e.bdf.device() != dev)
-        });
+        self.policies
+            .retain(|(f, _)| inventory.get(f).is_some_and(|e| e.bdf.device() != dev));
         for d in set.iter() {
             self.shapers[usize::from(d)] = None;
             self.shaped.remove(d);
@@ -891,9 +888,9 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
             // A capped function's completions go through its shaper (behind what it holds:
             // a completion never passes the function's held writes), and are routed from
             // there, to this same host (the function is its).
-            if let Some(d) = claimed.filter(|&d| {
-                r.len() >= 12 && r[5] == d && self.shapers[usize::from(d)].is_some()
-            }) {
+            if let Some(d) = claimed
+                .filter(|&d| r.len() >= 12 && r[5] == d && self.shapers[usize::from(d)].is_some())
+            {
                 if self.routes[usize::from(d)].is_some_and(|rt| rt.host == hi) {
                     self.route_outbound(r);
                     continue;

@@ -94,8 +94,7 @@ fn recovery(
         wbytes += u64::from(size);
         let now = Instant::now();
         if now - w0 >= window {
-            if recovered.is_none() && wbytes as f64 / (now - w0).as_secs_f64() >= 0.8 * uncapped
-            {
+            if recovered.is_none() && wbytes as f64 / (now - w0).as_secs_f64() >= 0.8 * uncapped {
                 recovered = Some(now - t0);
             }
             (w0, wbytes) = (now, 0);
