@@ -451,7 +451,7 @@ mod tests {
                 sent.push(t);
             }
         }
-        assert!(s.len() > 0);
+        assert!(!s.is_empty());
         s.set_policy(up(u64::MAX / 4), t0);
         s.release(t0, &mut tr, |t| sent.push(t));
         assert_eq!(sent.len(), 40);
