@@ -26,14 +26,21 @@ use std::time::{Duration, Instant};
 /// so std's clock (the log limiters here) and the transport's sans-I/O clock (its handshake
 /// budget and per-source limits) share this one implementation. Integer arithmetic: credit is
 /// counted in nanoseconds, one event costs `1 s / per_second`.
+///
+/// [`TokenBucket::per_unit`] builds a bucket for weighted costs (bytes per second, where one TLP
+/// costs its data bytes): credit is then counted in unit-nanoseconds (`rate` per nanosecond
+/// elapsed, `10⁹` per unit), which is exact for any rate up to `u64::MAX / 10⁹` units of burst.
+/// The appliance's per-function policy (`appliance::policy`) shapes TLPs with it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TokenBucket {
-    /// Credit in nanoseconds, at most `capacity`.
+    /// Credit, at most `capacity`.
     credit: u64,
-    /// Nanoseconds of credit one event costs.
+    /// Credit one unit (event) costs.
     interval: u64,
-    /// Most credit the bucket holds (`burst` events).
+    /// Most credit the bucket holds (`burst` units).
     capacity: u64,
+    /// Credit earned per nanosecond.
+    rate: u64,
 }
 
 impl TokenBucket {
@@ -47,30 +54,67 @@ impl TokenBucket {
             credit: capacity,
             interval,
             capacity,
+            rate: 1,
+        }
+    }
+
+    /// A full bucket of weighted units: `per_second` units (at least 1) on average, at most
+    /// `burst` units (at least 1) at once; a cost is taken with [`take_n`](Self::take_n).
+    pub const fn per_unit(per_second: u64, burst: u64) -> Self {
+        let rate = if per_second == 0 { 1 } else { per_second };
+        let burst = if burst == 0 { 1 } else { burst };
+        let interval: u64 = 1_000_000_000;
+        TokenBucket {
+            credit: interval.saturating_mul(burst),
+            interval,
+            capacity: interval.saturating_mul(burst),
+            rate,
         }
     }
 
     /// `elapsed` passed since the last call: earn its credit (up to the burst).
     pub fn earn(&mut self, elapsed: Duration) {
         let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
-        self.credit = self.credit.saturating_add(ns).min(self.capacity);
+        self.credit = self
+            .credit
+            .saturating_add(ns.saturating_mul(self.rate))
+            .min(self.capacity);
     }
 
     /// Take one event's credit if there is enough.
     pub fn take(&mut self) -> bool {
-        if self.credit >= self.interval {
-            self.credit -= self.interval;
+        self.take_n(1)
+    }
+
+    /// The credit `n` units cost; a cost above the burst costs the whole burst (so a single
+    /// item larger than the burst still passes, once the bucket is full).
+    fn cost(&self, n: u64) -> u64 {
+        self.interval.saturating_mul(n).min(self.capacity)
+    }
+
+    /// Take `n` units' credit if there is enough (all or nothing).
+    pub fn take_n(&mut self, n: u64) -> bool {
+        let cost = self.cost(n);
+        if self.credit >= cost {
+            self.credit -= cost;
             true
         } else {
             false
         }
     }
 
+    /// How long until [`take_n`](Self::take_n)`(n)` succeeds (zero: now), with no other take
+    /// in between. Rounded up to the next nanosecond.
+    pub fn wait_for(&self, n: u64) -> Duration {
+        let missing = self.cost(n).saturating_sub(self.credit);
+        Duration::from_nanos(missing.div_ceil(self.rate))
+    }
+
     /// Whether the bucket would be full again after `elapsed` more (an idle source, which
     /// can be forgotten: a new full bucket is the same thing).
     pub fn full_after(&self, elapsed: Duration) -> bool {
         let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
-        self.credit.saturating_add(ns) >= self.capacity
+        self.credit.saturating_add(ns.saturating_mul(self.rate)) >= self.capacity
     }
 }
 
@@ -199,6 +243,43 @@ mod tests {
             }
         }
         assert!((95..=104).contains(&passed), "{passed} passed");
+    }
+
+    #[test]
+    fn a_weighted_bucket_holds_its_byte_rate_and_says_when_the_next_cost_fits() {
+        // 1 MB/s, 8 KiB burst.
+        let mut b = TokenBucket::per_unit(1_000_000, 8192);
+        assert!(b.take_n(8192));
+        assert!(!b.take_n(1));
+        // 4096 bytes at 1 MB/s: 4.096 ms.
+        assert_eq!(b.wait_for(4096), Duration::from_micros(4096));
+        b.earn(Duration::from_micros(4095));
+        assert!(!b.take_n(4096));
+        assert_eq!(b.wait_for(4096), Duration::from_micros(1));
+        b.earn(Duration::from_micros(1));
+        assert_eq!(b.wait_for(4096), Duration::ZERO);
+        assert!(b.take_n(4096));
+        // Over one simulated second of 256-byte items, ~1 MB passes (plus the burst).
+        let mut b = TokenBucket::per_unit(1_000_000, 8192);
+        let mut passed = 0u64;
+        for _ in 0..1_000_000 {
+            b.earn(Duration::from_micros(1));
+            while b.take_n(256) {
+                passed += 256;
+            }
+        }
+        assert!((1_000_000..=1_000_000 + 8192).contains(&passed), "{passed}");
+        // An item above the burst passes once the bucket is full, and empties it.
+        let mut b = TokenBucket::per_unit(1000, 100);
+        assert!(b.take_n(5000));
+        assert!(!b.take_n(1));
+        assert_eq!(b.wait_for(5000), Duration::from_millis(100));
+        // A huge rate neither overflows nor stalls.
+        let mut b = TokenBucket::per_unit(u64::MAX / 2, 1 << 20);
+        assert!(b.take_n(1 << 20));
+        b.earn(Duration::from_secs(3600));
+        assert!(b.take_n(1 << 20));
+        assert!(b.wait_for(1).as_nanos() <= 1);
     }
 
     #[test]

@@ -287,3 +287,23 @@ fn sessions_reports_memory_cpu_and_latency_per_step() {
     }
     assert_eq!(f(&steps[0], "ratio_p50"), 1.0);
 }
+
+#[test]
+fn policy_holds_a_cap_within_ten_percent_both_ways_and_recovers() {
+    let v = bench(&["policy"]);
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{v}");
+    for r in rows {
+        // The bucket's correctness, not a performance claim: a function capped at X moves X.
+        let q = f(r, "ratio_capped_to_cap");
+        assert!((0.9..=1.1).contains(&q), "capped/cap {q}: {r}");
+        assert!(f(r, "uncapped_gbyte_s") > f(r, "cap_gbyte_s"), "{r}");
+        // Lifted: faster than the cap again, within the second.
+        assert!(f(r, "ratio_lifted_to_uncapped") > 0.4, "{r}");
+        assert!(f(r, "recovery_ms") <= 1000.0, "{r}");
+        assert!(
+            f(r, "throttled_s_per_s") > 0.1,
+            "the appliance counted the wait: {r}"
+        );
+    }
+}

@@ -868,3 +868,111 @@ fn accounts_are_managed_by_administrators() {
         serde_json::json!(["Login", "ConfigureSelf", "ConfigureComponents"])
     );
 }
+
+#[test]
+fn a_connection_policy_is_patched_with_its_etag_by_an_operator_and_bad_values_change_nothing() {
+    use pcietun::mgmt::Pool;
+    const CONN: &str = "/redfish/v1/Fabrics/PCIe/Connections/nvme0";
+    let api = start();
+    let admin = api.admin();
+    let op = api.user(&admin, "op1", "Operator");
+    let ro = api.user(&admin, "viewer", "ReadOnly");
+    assert_eq!(
+        api.post(ADD_ALPHA, Auth::Token(&op), &add_endpoint_body("nvme0"))
+            .status,
+        202
+    );
+    let r = api.get(CONN, Auth::Token(&ro));
+    assert_eq!(r.status, 200);
+    let p = &r.json["Oem"]["Pcietun"]["Policy"];
+    assert!(
+        p["MaxBytesPerSecondUp"].is_null()
+            && p["MaxBytesPerSecondDown"].is_null()
+            && p["MaxIOPS"].is_null(),
+        "{p}"
+    );
+    let etag = r.header("ETag").unwrap().to_string();
+    let body =
+        r#"{"Oem":{"Pcietun":{"Policy":{"MaxIOPS":100000,"MaxBytesPerSecondUp":2000000000}}}}"#;
+    // ReadOnly may not.
+    let r = api.patch(CONN, Auth::Token(&ro), &[("If-Match", &etag)], body);
+    assert_eq!(
+        (r.status, r.code()),
+        (403, "Base.1.22.InsufficientPrivilege")
+    );
+    assert!(api.pool.policy("nvme0").unwrap().is_unlimited());
+    // Bad values: each a 400 naming the property, nothing changes.
+    for (bad, code) in [
+        (
+            r#"{"Oem":{"Pcietun":{"Policy":{"MaxIOPS":0}}}}"#,
+            "Base.1.22.PropertyValueOutOfRange",
+        ),
+        (
+            r#"{"Oem":{"Pcietun":{"Policy":{"MaxIOPS":-5}}}}"#,
+            "Base.1.22.PropertyValueOutOfRange",
+        ),
+        (
+            r#"{"Oem":{"Pcietun":{"Policy":{"MaxIOPS":"fast"}}}}"#,
+            "Base.1.22.PropertyValueTypeError",
+        ),
+        (
+            r#"{"Oem":{"Pcietun":{"Policy":{"MaxIOPS":1.5}}}}"#,
+            "Base.1.22.PropertyValueTypeError",
+        ),
+        (
+            r#"{"Oem":{"Pcietun":{"Policy":{"Priority":3}}}}"#,
+            "Base.1.22.PropertyUnknown",
+        ),
+        (
+            r#"{"Oem":{"Pcietun":{"State":"attached"}}}"#,
+            "Base.1.22.PropertyNotWritable",
+        ),
+        (r#"{"Name":"x"}"#, "Base.1.22.PropertyNotWritable"),
+        (
+            r#"{"Oem":{"Pcietun":{"Policy":{}}}}"#,
+            "Base.1.22.EmptyJSON",
+        ),
+        (r#"{"Oem":"#, "Base.1.22.MalformedJSON"),
+    ] {
+        let r = api.patch(CONN, Auth::Token(&op), &[("If-Match", &etag)], bad);
+        assert_eq!((r.status, r.code()), (400, code), "{bad}: {}", r.text);
+        assert!(api.pool.policy("nvme0").unwrap().is_unlimited(), "{bad}");
+    }
+    // A stale ETag: 412.
+    let r = api.patch(CONN, Auth::Token(&op), &[("If-Match", "W/\"0000\"")], body);
+    assert_eq!((r.status, r.code()), (412, "Base.1.22.PreconditionFailed"));
+    // The operator with the current ETag: applied, shown, and the ETag changes.
+    let r = api.patch(CONN, Auth::Token(&op), &[("If-Match", &etag)], body);
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["Oem"]["Pcietun"]["Policy"]["MaxIOPS"], 100000);
+    let p = api.pool.policy("nvme0").unwrap();
+    assert_eq!(
+        (p.max_iops, p.max_bytes_per_sec_up, p.max_bytes_per_sec_down),
+        (Some(100000), Some(2_000_000_000), None)
+    );
+    let r = api.get(CONN, Auth::Token(&ro));
+    assert_eq!(
+        r.json["Oem"]["Pcietun"]["Policy"]["MaxBytesPerSecondUp"],
+        2_000_000_000u64
+    );
+    assert_ne!(
+        r.header("ETag").unwrap(),
+        etag,
+        "a policy change changes the ETag"
+    );
+    let r = api.patch(CONN, Auth::Token(&op), &[("If-Match", &etag)], body);
+    assert_eq!(r.status, 412, "the old ETag is stale now");
+    // null lifts one cap, the others stay.
+    let r = api.patch(
+        CONN,
+        Auth::Token(&op),
+        &[],
+        r#"{"Oem":{"Pcietun":{"Policy":{"MaxIOPS":null}}}}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    let p = api.pool.policy("nvme0").unwrap();
+    assert_eq!(
+        (p.max_iops, p.max_bytes_per_sec_up),
+        (None, Some(2_000_000_000))
+    );
+}

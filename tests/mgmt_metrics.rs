@@ -30,6 +30,10 @@ fn busy_pool() -> Api {
         unsupported_requests: 1,
         completer_aborts: 0,
         completion_timeouts: 2,
+        throttled: pcietun::mgmt::pool::Throttled {
+            bandwidth_down_nanos: 250_000_000,
+            ..Default::default()
+        },
     });
     api.pool.set_host_metrics(HostMetrics {
         host: "alpha".into(),
@@ -83,6 +87,10 @@ fn metrics_need_credentials_and_show_the_pool() {
     has_line(
         &text,
         "pcietun_function_completion_timeouts_total{function=\"nvme0\"} 2",
+    );
+    has_line(
+        &text,
+        "pcietun_function_throttled_seconds_total{function=\"nvme0\",limit=\"bandwidth_down\"} 0.25",
     );
     has_line(
         &text,

@@ -23,6 +23,7 @@ use crossbeam::channel::{self, Receiver, Sender};
 use super::config::DeviceSpec;
 use super::devices::{self, HealthProbe, Scratch};
 use super::inventory::{FunctionEntry, FunctionId, InventoryError};
+use super::policy::{Policy, PolicyError};
 use super::traffic::{FunctionTraffic, HostTraffic};
 use crate::endpoint::Device;
 use crate::sync::MutexExt;
@@ -73,6 +74,9 @@ pub enum ControlError {
     /// never given to a host; its VFs are.
     #[error("function {0} is the physical function of pooled virtual functions: assign its VFs ({0}.vf0, ...)")]
     PooledVfs(FunctionId),
+    /// A policy value that is not one (a zero cap).
+    #[error(transparent)]
+    BadPolicy(PolicyError),
     /// Another refusal of the inventory.
     #[error(transparent)]
     Inventory(InventoryError),
@@ -137,6 +141,11 @@ pub(crate) enum Command {
         function: FunctionId,
         done: Done,
     },
+    SetPolicy {
+        function: FunctionId,
+        policy: Policy,
+        done: Done,
+    },
 }
 
 impl std::fmt::Debug for Command {
@@ -146,6 +155,9 @@ impl std::fmt::Debug for Command {
             Command::Unassign { function, .. } => write!(f, "Unassign({function})"),
             Command::Add { card, .. } => write!(f, "Add({})", card.device.name()),
             Command::Remove { function, .. } => write!(f, "Remove({function})"),
+            Command::SetPolicy {
+                function, policy, ..
+            } => write!(f, "SetPolicy({function}, {policy:?})"),
         }
     }
 }
@@ -234,6 +246,8 @@ pub struct FunctionStatus {
     pub traffic: FunctionTraffic,
     /// The VM on its owner that consumes it (cleared when it leaves that owner).
     pub vm: Option<VmConsumer>,
+    /// Its caps ([`Control::set_policy`]; unlimited by default).
+    pub policy: Policy,
 }
 
 /// A known host, as the control API shows it.
@@ -347,7 +361,8 @@ impl Control {
             Err(channel::SendError(c)) => match c {
                 Command::Assign { done, .. }
                 | Command::Unassign { done, .. }
-                | Command::Remove { done, .. } => done(Err(ControlError::Stopped)),
+                | Command::Remove { done, .. }
+                | Command::SetPolicy { done, .. } => done(Err(ControlError::Stopped)),
                 Command::Add { done, .. } => done(Err(ControlError::Stopped)),
             },
         }
@@ -461,6 +476,41 @@ impl Control {
             function,
             done: Box::new(done),
         });
+    }
+
+    /// Cap `function`'s traffic (bytes per second each way, non-posted requests per second;
+    /// `Policy::UNLIMITED` lifts every cap). Applied by the serving loop between two TLPs,
+    /// at run time, without disturbing I/O: what the old caps held goes, in order, as the new
+    /// ones allow. The policy belongs to the function (whoever owns it) until changed; a zero
+    /// cap is refused ([`ControlError::BadPolicy`]). `done` gets the outcome.
+    pub fn set_policy(
+        &self,
+        function: FunctionId,
+        policy: Policy,
+        done: impl FnOnce(Result<(), ControlError>) + Send + 'static,
+    ) {
+        if let Err(e) = policy.check() {
+            return done(Err(ControlError::BadPolicy(e)));
+        }
+        self.submit(Command::SetPolicy {
+            function,
+            policy,
+            done: Box::new(done),
+        });
+    }
+
+    /// [`set_policy`](Self::set_policy), waiting up to `timeout` for the outcome.
+    pub fn set_policy_wait(
+        &self,
+        function: FunctionId,
+        policy: Policy,
+        timeout: Duration,
+    ) -> Result<(), ControlError> {
+        let (tx, rx) = channel::bounded(1);
+        self.set_policy(function, policy, move |r| {
+            let _ = tx.send(r);
+        });
+        wait(&rx, timeout)
     }
 
     /// [`add_function`](Self::add_function), waiting up to `timeout` for the outcome.

@@ -10,6 +10,7 @@
 //!   epochs and per-host resets, assignment and orderly unassignment;
 //! * [`control`] — [`Control`], the run-time handle on the pool (list, assign, unassign,
 //!   events);
+//! * [`policy`] — per-function bandwidth and IOPS caps, enforced in the function's TLP path;
 //! * [`pump`] — the endpoint served on the thread that drives its link;
 //! * [`runtime`] — [`Appliance`]: build, serve or start, counters, orderly stop;
 //! * [`traffic`] — per-function and per-host traffic, as the snapshots and `/metrics` show it.
@@ -25,6 +26,7 @@ pub mod control;
 pub mod counters;
 pub mod devices;
 pub mod inventory;
+pub mod policy;
 pub mod pump;
 pub mod router;
 pub mod runtime;
@@ -39,6 +41,7 @@ pub use control::{Control, ControlError, FunctionStatus, HostStatus, PoolEvent};
 pub use counters::{ApplianceStats, Counters};
 pub use devices::BuildWarning;
 pub use inventory::{FunctionEntry, FunctionId, FunctionState, Inventory, InventoryError};
+pub use policy::Policy;
 pub use router::{Router, RouterStats};
 pub use runtime::{Appliance, Ready, Running, StartAssignments};
 pub use traffic::{FunctionTraffic, HostTraffic};

@@ -47,6 +47,7 @@ use super::control::{
 };
 use super::devices::{HealthProbe, Scratch};
 use super::inventory::{FunctionEntry, FunctionId, FunctionState, Inventory, InventoryError};
+use super::policy::{Policy, Shaper, HOLD_HIGH, HOLD_LOW};
 use super::traffic::{FunctionTraffic, HostTraffic};
 use super::view::{Detached, SlotState, Target, ViewError, Views};
 use crate::endpoint::wire::{self, CplStatus, ParsedHeader, ParsedKind as Kind};
@@ -187,6 +188,15 @@ pub struct Router<K> {
     /// The VM consuming each assigned slot, by the slot's key (its unit's first function):
     /// named by the assignment, then as its owner last reported. Gone with the assignment.
     consumers: std::collections::BTreeMap<FunctionId, VmConsumer>,
+    /// Per-function caps (docs/api.md "Policy"), by function id: they belong to the function
+    /// whoever owns it.
+    policies: Vec<(FunctionId, Policy)>,
+    /// The shapers enforcing them, by appliance device/function number.
+    shapers: Vec<Option<Box<Shaper>>>,
+    /// The device/function numbers that have a shaper.
+    shaped: FunctionSet,
+    /// The functions whose DMA writes are held (their shaper is at [`HOLD_HIGH`]).
+    gated: FunctionSet,
 }
 
 /// A watched function: its probe, and whether its failure was handled.
@@ -336,6 +346,10 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
             traffic: Box::new([FunctionTraffic::default(); 256]),
             timeouts_seen: Box::new([0; 256]),
             consumers: std::collections::BTreeMap::new(),
+            policies: Vec::new(),
+            shapers: (0..256).map(|_| None).collect(),
+            shaped: FunctionSet::EMPTY,
+            gated: FunctionSet::EMPTY,
         }
     }
 
@@ -375,6 +389,10 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
             traffic: self.traffic,
             timeouts_seen: self.timeouts_seen,
             consumers: self.consumers,
+            policies: self.policies,
+            shapers: self.shapers,
+            shaped: self.shaped,
+            gated: self.gated,
         }
     }
 
@@ -514,6 +532,7 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
                         .filter(|_| found.is_some())
                         .and_then(|k| self.consumers.get(k))
                         .copied(),
+                    policy: self.policy_of(&e.id),
                 }
             })
             .collect();
@@ -630,6 +649,7 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
         // Whatever its functions queued belongs to the old session: route it first.
         self.drain_outbound(usize::MAX);
         let scope = self.hosts[hi].scope;
+        self.flush_held(ep, &scope, now);
         if !scope.is_empty() {
             ep.reset_functions(&scope);
         }
@@ -655,6 +675,9 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
     /// Route what the endpoint's functions queued, up to `max` TLPs (and never past
     /// [`TRANSMIT_CAP`] waiting, unless `max` is unbounded).
     pub fn drain_outbound(&mut self, max: usize) {
+        if !self.shaped.is_empty() {
+            self.release_held(Instant::now());
+        }
         let mut n = 0;
         while n < max && (max == usize::MAX || self.out.len() < TRANSMIT_CAP) {
             let Ok(t) = self.outbound.try_recv() else {
@@ -665,15 +688,33 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
         }
     }
 
-    /// One TLP a function sent (DMA request, MSI/MSI-X write, INTx message): to its owner's
+    /// One TLP a function sent (DMA request, MSI/MSI-X write, INTx message): through its
+    /// policy's shaper if it has one (held there while over budget), then to its owner's
     /// session, with the function's ID in the owner's numbering, or dropped and counted.
-    pub fn route_outbound(&mut self, mut tlp: Vec<u8>) {
+    pub fn route_outbound(&mut self, tlp: Vec<u8>) {
         // Every TLP the endpoint emits has no prefix and its function's ID in bytes 4..6
         // (Requester ID of requests and messages, Completer ID of completions).
         if tlp.len() < 12 || tlp[0] >> 5 == 0b100 {
             self.stats.malformed_outbound += 1;
             return;
         }
+        let d = tlp[5];
+        if let Some(s) = self.shapers[usize::from(d)].as_mut() {
+            match s.offer(Instant::now(), tlp) {
+                Some(t) => self.route_now(t),
+                None => {
+                    if s.len() >= HOLD_HIGH {
+                        self.gated.insert(d);
+                    }
+                }
+            }
+            return;
+        }
+        self.route_now(tlp);
+    }
+
+    /// Route a TLP the shaper let go (or that has none).
+    fn route_now(&mut self, mut tlp: Vec<u8>) {
         let Some(r) = self.routes[usize::from(tlp[5])] else {
             self.stats.unowned_outbound += 1;
             return;
@@ -685,6 +726,111 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
         count_upstream(&mut self.traffic[usize::from(tlp[5])], &tlp);
         tlp[5] = r.host_devfn;
         self.out.push_back((key, Bytes::from(tlp)));
+    }
+
+    /// Route what the shapers' budgets let go at `now`, in each function's order.
+    fn release_held(&mut self, now: Instant) {
+        let shaped = self.shaped;
+        for d in shaped.iter() {
+            let i = usize::from(d);
+            let Some(mut s) = self.shapers[i].take() else {
+                continue;
+            };
+            if !s.is_empty() {
+                let mut t = self.traffic[i];
+                s.release(now, &mut t, |tlp| self.route_now(tlp));
+                self.traffic[i] = t;
+                if s.len() < HOLD_LOW {
+                    self.gated.remove(d);
+                }
+            }
+            self.shapers[i] = Some(s);
+        }
+    }
+
+    /// Route everything the shapers of `set` hold, budget or not (the functions are reset
+    /// or detached: what they sent before goes first, as without a policy), and let their
+    /// device threads go.
+    fn flush_held(&mut self, ep: &Proxy, set: &FunctionSet, now: Instant) {
+        let shaped = self.shaped;
+        for d in set.iter().filter(|&d| shaped.contains(d)) {
+            let i = usize::from(d);
+            if let Some(mut s) = self.shapers[i].take() {
+                let mut t = self.traffic[i];
+                s.flush(now, &mut t, |tlp| self.route_now(tlp));
+                self.traffic[i] = t;
+                self.shapers[i] = Some(s);
+            }
+            self.gated.remove(d);
+            ep.hold_dma_writes(d, false);
+        }
+    }
+
+    /// Hold or release the shaped functions' device threads as their queues stand.
+    fn sync_gates(&self, ep: &Proxy) {
+        for d in self.shaped.iter() {
+            ep.hold_dma_writes(d, self.gated.contains(d));
+        }
+    }
+
+    /// The caps of `function` (unlimited unless set).
+    pub fn policy_of(&self, function: &FunctionId) -> Policy {
+        self.policies
+            .iter()
+            .find(|(f, _)| f == function)
+            .map_or(Policy::UNLIMITED, |(_, p)| *p)
+    }
+
+    /// Cap `function`'s traffic from `now` on ([`Policy::UNLIMITED`] lifts the caps: what is
+    /// held goes at once, in order).
+    pub fn set_policy(
+        &mut self,
+        ep: &Proxy,
+        function: &FunctionId,
+        policy: Policy,
+        now: Instant,
+    ) -> Result<(), ControlError> {
+        policy.check().map_err(ControlError::BadPolicy)?;
+        let e = self
+            .inventory
+            .get(function)
+            .ok_or_else(|| ControlError::UnknownFunction(function.clone()))?;
+        let d = e.bdf.0 as u8;
+        let i = usize::from(d);
+        self.policies.retain(|(f, _)| f != function);
+        if policy.is_unlimited() {
+            let mut one = FunctionSet::EMPTY;
+            one.insert(d);
+            self.flush_held(ep, &one, now);
+            self.shapers[i] = None;
+            self.shaped.remove(d);
+        } else {
+            self.policies.push((function.clone(), policy));
+            match self.shapers[i].as_mut() {
+                Some(s) => s.set_policy(policy, now),
+                None => self.shapers[i] = Some(Box::new(Shaper::new(policy, now))),
+            }
+            self.shaped.insert(d);
+            // The new budget may let held TLPs go now.
+            self.release_held(now);
+        }
+        tracing::info!(%function, ?policy, "appliance: policy set");
+        self.changed = true;
+        Ok(())
+    }
+
+    /// Forget the caps of the functions at device number `dev` (their card left the pool).
+    fn drop_policies(&mut self, ep: &Proxy, dev: u8, now: Instant) {
+        let mut set = FunctionSet::EMPTY;
+        (0..8u8).for_each(|f| set.insert(dev << 3 | f));
+        self.flush_held(ep, &set, now);
+        let inventory = &self.inventory;
+        self.policies
+            .retain(|(f, _)| inventory.get(f).is_some_and(|e| e.bdf.device() != dev));
+        for d in set.iter() {
+            self.shapers[usize::from(d)] = None;
+            self.shaped.remove(d);
+        }
     }
 
     fn host_of(&self, key: K) -> Option<usize> {
@@ -771,6 +917,17 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
             }
         }
         for mut r in replies.drain(..) {
+            // A capped function's completions go through its shaper (behind what it holds:
+            // a completion never passes the function's held writes), and are routed from
+            // there, to this same host (the function is its).
+            if let Some(d) = claimed
+                .filter(|&d| r.len() >= 12 && r[5] == d && self.shapers[usize::from(d)].is_some())
+            {
+                if self.routes[usize::from(d)].is_some_and(|rt| rt.host == hi) {
+                    self.route_outbound(r);
+                    continue;
+                }
+            }
             // Its own completions count for the function it reached; a refusal of a request
             // that reached no function counts for none.
             if let Some(d) = claimed.filter(|&d| r.len() >= 12 && r[5] == d) {
@@ -1018,6 +1175,10 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
     /// Let time pass: removals whose grace period ended are detached, functions whose
     /// backing went away fail.
     pub fn poll(&mut self, ep: &mut Proxy, now: Instant) {
+        if !self.shaped.is_empty() {
+            self.release_held(now);
+            self.sync_gates(ep);
+        }
         if !self.probes.is_empty() {
             self.check_health(ep, now);
         }
@@ -1031,9 +1192,26 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
         }
     }
 
-    /// When [`poll`](Self::poll) next has a grace period to end.
+    /// When [`poll`](Self::poll) next has a grace period to end or held TLPs to release.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.views.poll_timeout()
+        let held = self
+            .shaped
+            .iter()
+            .filter_map(|d| self.shapers[usize::from(d)].as_ref()?.deadline())
+            .min();
+        match (self.views.poll_timeout(), held) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// TLPs the functions' policies hold now (all functions).
+    pub fn held(&self) -> usize {
+        self.shaped
+            .iter()
+            .filter_map(|d| self.shapers[usize::from(d)].as_ref())
+            .map(|s| s.len())
+            .sum()
     }
 
     /// Apply one control command.
@@ -1064,6 +1242,14 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
             }
             Command::Remove { function, done } => {
                 let r = self.remove_card(ep, &function);
+                self.answers.push(Box::new(move || done(r)));
+            }
+            Command::SetPolicy {
+                function,
+                policy,
+                done,
+            } => {
+                let r = self.set_policy(ep, &function, policy, now);
                 self.answers.push(Box::new(move || done(r)));
             }
         }
@@ -1166,6 +1352,7 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
         // Dropping a probe stops its revival thread.
         self.probes
             .retain(|p| card.iter().all(|o| o.id != p.function));
+        self.drop_policies(ep, dev, Instant::now());
         for o in &card {
             self.inventory.remove(&o.id)?;
             self.events.push(PoolEvent::FunctionRemoved(o.id.clone()));
@@ -1357,12 +1544,20 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
 
     /// A function left its host's view: tell the host (`Removed`), stop routing it, reset it
     /// (its outstanding DMA reads fail, volatile state wiped), and put it back in the pool.
-    fn finish_detach(&mut self, ep: &mut Proxy, d: Detached, _now: Instant) {
+    fn finish_detach(&mut self, ep: &mut Proxy, d: Detached, now: Instant) {
         self.stats.detached += 1;
         // Its consumer was a VM of the host it left.
         self.consumers.remove(&d.function);
         // What the function queued while it was the host's still goes to the host.
         self.drain_outbound(usize::MAX);
+        {
+            let mut set = FunctionSet::EMPTY;
+            match d.target {
+                Target::Device(dev) => (0..8u8).for_each(|f| set.insert(dev << 3 | f)),
+                Target::Function(b) => set.insert(b.0 as u8),
+            }
+            self.flush_held(ep, &set, now);
+        }
         let Some(hi) = self.hosts.iter().position(|h| h.id == d.host) else {
             return;
         };

@@ -30,6 +30,12 @@ pub struct FunctionTraffic {
     pub completer_aborts: u64,
     /// The function's DMA reads that got no completion in time.
     pub completion_timeouts: u64,
+    /// Nanoseconds its TLPs waited for the upstream bandwidth cap (`appliance::policy`).
+    pub throttled_nanos_up: u64,
+    /// Nanoseconds its DMA read requests waited for the downstream bandwidth cap.
+    pub throttled_nanos_down: u64,
+    /// Nanoseconds its non-posted requests waited for the IOPS cap.
+    pub throttled_nanos_iops: u64,
 }
 
 /// The transport traffic of one host over all its sessions since the appliance started

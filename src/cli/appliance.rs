@@ -119,6 +119,40 @@ const DEFAULT_STATE_FILE: &str = "pcietun-state.redb";
 
 /// The start assignments: the store's acknowledged ones first, then the configuration's for
 /// the functions the store does not mention ([`mgmt::store::plan_restore`]).
+/// Queue the stored policies (`Policies` table, docs/api.md "Policy") for the serving loop.
+/// A stored policy of a function the appliance no longer has is logged and kept.
+fn restore_policies(
+    store: &dyn store::Store,
+    app: &pcietun::appliance::Appliance,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let stored = store::load_records::<mgmt::pool::PolicySettings>(store, Table::Policies)?;
+    let control = app.control();
+    for (function, p) in stored {
+        let Some(id) = app
+            .inventory()
+            .functions()
+            .iter()
+            .find(|e| e.id.as_str() == function)
+            .map(|e| e.id.clone())
+        else {
+            tracing::warn!(%function, "management API: stored policy of an unknown function; ignored (kept in the store)");
+            continue;
+        };
+        let policy = pcietun::appliance::Policy {
+            max_bytes_per_sec_up: p.max_bytes_per_sec_up,
+            max_bytes_per_sec_down: p.max_bytes_per_sec_down,
+            max_iops: p.max_iops,
+        };
+        tracing::info!(%function, ?policy, "management API: stored policy restored");
+        control.set_policy(id, policy, move |r| {
+            if let Err(e) = r {
+                tracing::warn!(%function, "management API: stored policy not applied: {e}");
+            }
+        });
+    }
+    Ok(())
+}
+
 fn restore_plan(
     stored: &[(String, AssignmentRecord)],
     inv: &Inventory,
@@ -278,6 +312,11 @@ pub fn run(args: ApplianceArgs) -> Result<ExitCode, Box<dyn std::error::Error>> 
             );
         }
         return Ok(ExitCode::SUCCESS);
+    }
+    // The stored policies go to the serving loop first: it applies them before it handles
+    // any host's TLP.
+    if let Some((store, _, _)) = &state {
+        restore_policies(&**store, &app)?;
     }
     // The management API serves this appliance's pool; it stops when the appliance does.
     let _api = match (&api, state) {

@@ -12,6 +12,7 @@ mod mmio;
 mod nvme;
 mod peer;
 mod plot;
+mod policy;
 mod raw;
 mod sessions;
 pub(crate) use link::LinkKind;
@@ -43,6 +44,9 @@ enum Scenario {
     /// Many host sessions on one appliance: memory per session, CPU per TLP, MMIO read
     /// latency at 1, 16 and 256 sessions against the single-session figures.
     Sessions(sessions::SessionsArgs),
+    /// A DMA engine function uncapped, capped at a quarter of that (DMA writes: upstream
+    /// cap; DMA reads: downstream cap), then lifted: measured / cap and the recovery time.
+    Policy(policy::PolicyArgs),
 }
 
 pub fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
@@ -54,5 +58,6 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         Scenario::DmaWrite(a) => dma::run(a, pcietun::drivers::dma_engine::Direction::DmaWrite),
         Scenario::Nvme(a) => nvme::run(a),
         Scenario::Sessions(a) => sessions::run(a),
+        Scenario::Policy(a) => policy::run(a),
     }
 }

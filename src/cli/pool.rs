@@ -21,7 +21,8 @@ use pcietun::appliance::{Control, FunctionId, FunctionState, InventoryError};
 use pcietun::mgmt::pool::{
     AddCompleter, AddedCard, ApplianceInfo, Completer, Directions, EventSink, FunctionInfo,
     FunctionKind, FunctionMetrics, FunctionState as ApiState, Health, HostInfo, HostMetrics,
-    HostSession, MetricsSnapshot, Pool, PoolError, PoolEvent as ApiEvent, VmConsumer, VmState,
+    HostSession, MetricsSnapshot, PolicySettings, Pool, PoolError, PoolEvent as ApiEvent,
+    VmConsumer, VmState,
 };
 use pcietun::tlp::slot::{ConsumerEvent, VmName};
 use pcietun::transport::HostId;
@@ -170,6 +171,11 @@ fn function_metrics(f: &FunctionStatus) -> FunctionMetrics {
         unsupported_requests: t.unsupported_requests,
         completer_aborts: t.completer_aborts,
         completion_timeouts: t.completion_timeouts,
+        throttled: pcietun::mgmt::pool::Throttled {
+            bandwidth_up_nanos: t.throttled_nanos_up,
+            bandwidth_down_nanos: t.throttled_nanos_down,
+            iops_nanos: t.throttled_nanos_iops,
+        },
     }
 }
 
@@ -631,6 +637,27 @@ impl Pool for AppliancePool {
         if let Err(e) = spawned {
             tracing::error!("management API: cannot start the event thread: {e}");
         }
+    }
+
+    fn policy(&self, function: &str) -> Result<PolicySettings, PoolError> {
+        let p = self.find(function)?.policy;
+        Ok(PolicySettings {
+            max_bytes_per_sec_up: p.max_bytes_per_sec_up,
+            max_bytes_per_sec_down: p.max_bytes_per_sec_down,
+            max_iops: p.max_iops,
+        })
+    }
+
+    fn set_policy(&self, function: &str, policy: PolicySettings) -> Result<(), PoolError> {
+        let f = self.find(function)?;
+        let p = pcietun::appliance::Policy {
+            max_bytes_per_sec_up: policy.max_bytes_per_sec_up,
+            max_bytes_per_sec_down: policy.max_bytes_per_sec_down,
+            max_iops: policy.max_iops,
+        };
+        self.control
+            .set_policy_wait(f.entry.id, p, std::time::Duration::from_secs(10))
+            .map_err(pool_error)
     }
 
     fn metrics(&self) -> MetricsSnapshot {

@@ -77,6 +77,9 @@ impl DmaHandle {
             let n = (data.len() - off).min(mps - lead).min(to_4k);
             let mut tlp = Vec::with_capacity(16 + n + 4);
             wire::emit_mem_write(&mut tlp, bdf, a, &data[off..off + n])?;
+            if !self.f.wait_until_released() {
+                return Err(DmaError::BusMasterDisabled);
+            }
             if !self.f.send(tlp) {
                 return Err(DmaError::Shutdown);
             }

@@ -6,7 +6,7 @@
 //! neither.
 
 use crate::sync::MutexExt;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -29,6 +29,9 @@ pub(crate) struct FunctionShared {
     /// How long a device thread waits for a DMA read before it stops trusting the driver to
     /// run the endpoint at all (the completion timeout proper is the requester's).
     pub(crate) dma_backstop: Duration,
+    /// Set by the pool's policy while the function's held TLPs are at their bound: device
+    /// threads wait before queueing more DMA writes ([`FunctionShared::wait_until_released`]).
+    hold_writes: AtomicBool,
     out: Outbound,
 }
 
@@ -97,8 +100,40 @@ impl FunctionShared {
             intx: Mutex::new(IntxState::default()),
             dma: DmaQueue::default(),
             dma_backstop: dma_timeout.saturating_mul(10).max(Duration::from_secs(10)),
+            hold_writes: AtomicBool::new(false),
             out,
         }
+    }
+
+    /// Hold (or release) the function's device threads before their next DMA write.
+    pub(crate) fn set_hold_writes(&self, hold: bool) {
+        self.hold_writes.store(hold, Ordering::Release);
+    }
+
+    /// Whether device threads are held before their DMA writes.
+    pub(crate) fn writes_held(&self) -> bool {
+        self.hold_writes.load(Ordering::Acquire)
+    }
+
+    /// On a device thread, before a DMA write TLP is queued: wait while the pool holds the
+    /// function's writes (back-pressure of a bandwidth cap, docs/api.md "Policy"). Returns
+    /// `false` when Bus Master Enable was cleared meanwhile (a reset: the write is refused),
+    /// or after the DMA backstop (never a hang: the write then goes and the pool holds it).
+    pub(crate) fn wait_until_released(&self) -> bool {
+        if !self.writes_held() {
+            return true;
+        }
+        let until = std::time::Instant::now() + self.dma_backstop;
+        while self.writes_held() {
+            if !self.decode().bus_master {
+                return false;
+            }
+            if std::time::Instant::now() >= until {
+                return true;
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        true
     }
 
     pub(crate) fn bdf(&self) -> Bdf {

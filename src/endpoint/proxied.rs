@@ -161,6 +161,7 @@ impl ProxiedFunction {
     /// may be blocked on a completion only the TLP thread could deliver.
     pub(crate) fn retire(&mut self, now: Option<Instant>) {
         self.shared.block_dma();
+        self.shared.set_hold_writes(false);
         self.dma
             .fail_all(now, &self.shared.dma, RequestError::LinkDown, true);
     }

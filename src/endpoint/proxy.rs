@@ -541,6 +541,18 @@ impl Proxy {
         }
     }
 
+    /// Hold (`true`) or release the DMA writes of the function at device/function number
+    /// `devfn`: while held, its device threads wait before queueing another write TLP (the
+    /// back-pressure of the pool's per-function policy). `false` if there is no such function.
+    pub fn hold_dma_writes(&self, devfn: u8, hold: bool) -> bool {
+        let mut found = false;
+        for f in self.functions.iter().filter(|f| f.bdf().0 as u8 == devfn) {
+            f.shared.set_hold_writes(hold);
+            found = true;
+        }
+        found
+    }
+
     /// Whether the outbound queue is empty now (nothing a device thread queued waits).
     pub fn outbound_is_empty(&self) -> bool {
         self.out.is_empty()

@@ -44,6 +44,8 @@ struct Inner {
     pending: Vec<Pending>,
     completion: Completion,
     sinks: Vec<EventSink>,
+    /// Caps set through the API, by function id.
+    policies: Vec<(String, super::pool::PolicySettings)>,
 }
 
 /// The in-memory pool.
@@ -84,6 +86,7 @@ impl FakePool {
                 function_metrics: Vec::new(),
                 host_metrics: Vec::new(),
                 pending: Vec::new(),
+                policies: Vec::new(),
                 completion: Completion::Immediate,
                 sinks: Vec::new(),
             }),
@@ -411,6 +414,39 @@ impl FakePool {
 }
 
 impl Pool for FakePool {
+    fn policy(&self, function: &str) -> Result<super::pool::PolicySettings, PoolError> {
+        let inner = self.inner.lock_or_recover();
+        if !inner.functions.iter().any(|f| f.id == function) {
+            return Err(PoolError::UnknownFunction {
+                function: function.into(),
+            });
+        }
+        Ok(inner
+            .policies
+            .iter()
+            .find(|(f, _)| f == function)
+            .map(|(_, p)| *p)
+            .unwrap_or_default())
+    }
+
+    fn set_policy(
+        &self,
+        function: &str,
+        policy: super::pool::PolicySettings,
+    ) -> Result<(), PoolError> {
+        let mut inner = self.inner.lock_or_recover();
+        if !inner.functions.iter().any(|f| f.id == function) {
+            return Err(PoolError::UnknownFunction {
+                function: function.into(),
+            });
+        }
+        inner.policies.retain(|(f, _)| f != function);
+        if !policy.is_unlimited() {
+            inner.policies.push((function.into(), policy));
+        }
+        Ok(())
+    }
+
     fn appliance(&self) -> ApplianceInfo {
         self.inner.lock_or_recover().appliance.clone()
     }

@@ -303,6 +303,27 @@ impl Collector for Scrape {
                     .map(|m| (vec![("function", m.function.clone())], pick(m))),
             )?;
         }
+        {
+            let mut m = enc.encode_descriptor(
+                "function_throttled",
+                "Time a function's TLPs waited for its policy's caps, by cap (bandwidth_up, \
+                 bandwidth_down, iops).",
+                Some(&Unit::Seconds),
+                MetricType::Counter,
+            )?;
+            for f in &fm {
+                let t = f.throttled;
+                for (limit, ns) in [
+                    ("bandwidth_up", t.bandwidth_up_nanos),
+                    ("bandwidth_down", t.bandwidth_down_nanos),
+                    ("iops", t.iops_nanos),
+                ] {
+                    let labels: Labels =
+                        vec![("function", f.function.clone()), ("limit", limit.into())];
+                    ConstCounter::new(ns as f64 / 1e9).encode(m.encode_family(&labels)?)?;
+                }
+            }
+        }
 
         // --- per host session ---
         gauge(
@@ -470,6 +491,10 @@ mod tests {
             unsupported_requests: 1,
             completer_aborts: 2,
             completion_timeouts: 5,
+            throttled: crate::mgmt::pool::Throttled {
+                bandwidth_up_nanos: 1_500_000_000,
+                ..Default::default()
+            },
         });
         pool.set_host_metrics(HostMetrics {
             host: "alpha".into(),
@@ -500,6 +525,8 @@ mod tests {
             "pcietun_function_unsupported_requests_total{function=\"nvme0\"} 1",
             "pcietun_function_completer_aborts_total{function=\"nvme0\"} 2",
             "pcietun_function_completion_timeouts_total{function=\"nvme0\"} 5",
+            "pcietun_function_throttled_seconds_total{function=\"nvme0\",limit=\"bandwidth_up\"} 1.5",
+            "pcietun_function_throttled_seconds_total{function=\"nvme0\",limit=\"iops\"} 0.0",
             "pcietun_function_state{function=\"nvme0\",state=\"unassigned\"} 1",
             "pcietun_function_state{function=\"nvme0\",state=\"assigned\"} 0",
             "pcietun_function_interrupts_total{function=\"dma0.vf2\"} 0",

@@ -552,6 +552,19 @@ pub struct FunctionMetrics {
     pub completer_aborts: u64,
     /// The function's non-posted requests (DMA reads) that got no completion in time.
     pub completion_timeouts: u64,
+    /// Time its TLPs waited for its policy's caps (docs/api.md "Policy").
+    pub throttled: Throttled,
+}
+
+/// Nanoseconds a function's TLPs waited for each cap of its policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Throttled {
+    /// For the upstream (function → host) bandwidth cap.
+    pub bandwidth_up_nanos: u64,
+    /// For the downstream (host → function) bandwidth cap.
+    pub bandwidth_down_nanos: u64,
+    /// For the IOPS cap.
+    pub iops_nanos: u64,
 }
 
 /// The transport counters of one host's session since the appliance started (monotonic; a
@@ -577,6 +590,28 @@ pub struct MetricsSnapshot {
     pub functions: Vec<FunctionMetrics>,
     /// One entry per known host.
     pub hosts: Vec<HostMetrics>,
+}
+
+/// The caps of one function (docs/api.md "Policy"); `None` is no cap, and a cap is at
+/// least 1. Up is function → host (DMA writes, completions of the host's reads), down host →
+/// function (the data of the function's DMA reads), both in data bytes per second; IOPS are
+/// the non-posted requests the function issues per second.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySettings {
+    /// Data bytes per second function → host.
+    pub max_bytes_per_sec_up: Option<u64>,
+    /// Data bytes per second host → function.
+    pub max_bytes_per_sec_down: Option<u64>,
+    /// Non-posted requests per second the function issues.
+    pub max_iops: Option<u64>,
+}
+
+impl PolicySettings {
+    /// Whether nothing is capped.
+    pub fn is_unlimited(&self) -> bool {
+        *self == PolicySettings::default()
+    }
 }
 
 /// What the management API needs from the appliance's pool.
@@ -633,6 +668,18 @@ pub trait Pool: Send + Sync + 'static {
     fn subscribe(&self, sink: EventSink);
     /// The counters, as of now (called on every scrape of `/metrics`).
     fn metrics(&self) -> MetricsSnapshot;
+    /// The caps of `function` (a pool without policies has none).
+    fn policy(&self, function: &str) -> Result<PolicySettings, PoolError> {
+        let _ = function;
+        Ok(PolicySettings::default())
+    }
+    /// Replace the caps of `function`, at run time (applied when this returns `Ok`).
+    fn set_policy(&self, function: &str, policy: PolicySettings) -> Result<(), PoolError> {
+        let _ = (function, policy);
+        Err(PoolError::Appliance(
+            "this pool does not enforce policies".into(),
+        ))
+    }
 }
 
 /// Whether `id` is acceptable as a function, device, host or appliance id in URIs.

@@ -272,6 +272,11 @@ impl Rig {
     }
 
     /// Open the function whose class code starts with `class_prefix` (e.g. 0x0108 for NVMe).
+    /// The appliance's control handle (`None` for [`Rig::start_direct`]).
+    pub fn control(&self) -> Option<pcietun::appliance::Control> {
+        self.appliance.as_ref().map(Running::control)
+    }
+
     pub fn open(&self, class_prefix: u32) -> Res<RemoteFunction> {
         let info = self
             .functions

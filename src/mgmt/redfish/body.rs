@@ -523,6 +523,80 @@ pub fn session_service_patch(bytes: &[u8]) -> ApiResult<SessionServicePatch> {
     }
 }
 
+/// A PATCH of a Connection's policy (`Oem.Pcietun.Policy`): for each cap, `None` leaves it
+/// as it is, `Some(None)` lifts it (JSON `null`), `Some(Some(n))` sets it (n ≥ 1).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PolicyPatch {
+    /// `MaxBytesPerSecondUp`.
+    pub up: Option<Option<u64>>,
+    /// `MaxBytesPerSecondDown`.
+    pub down: Option<Option<u64>>,
+    /// `MaxIOPS`.
+    pub iops: Option<Option<u64>>,
+}
+
+/// The writable caps of `Oem.Pcietun.Policy`.
+pub const POLICY_CAPS: [&str; 3] = ["MaxBytesPerSecondUp", "MaxBytesPerSecondDown", "MaxIOPS"];
+
+/// Properties of a Connection that exist but cannot be written.
+const CONNECTION_READ_ONLY: &[&str] = &[
+    "Id",
+    "Name",
+    "Description",
+    "Status",
+    "Links",
+    "ConnectionType",
+    "VolumeInfo",
+    "MemoryChunkInfo",
+    "Actions",
+];
+
+/// Parse a PATCH of a Connection (`{"Oem": {"Pcietun": {"Policy": {"MaxIOPS": 1000}}}}`).
+pub fn connection_patch(bytes: &[u8]) -> ApiResult<PolicyPatch> {
+    let map = parse(bytes)?;
+    let root = Obj::root(&map, Ctx::Resource);
+    if map.keys().all(|k| k.starts_with('@')) {
+        return Err(ApiError::empty_json());
+    }
+    root.only(&["Oem"], CONNECTION_READ_ONLY)?;
+    let oem = required(&root, "Oem", root.object("Oem")?)?;
+    oem.only(&["Pcietun"], &[])?;
+    let ours = required(&oem, "Pcietun", oem.object("Pcietun")?)?;
+    ours.only(&["Policy"], &["State", "Function", "Host"])?;
+    let policy = required(&ours, "Policy", ours.object("Policy")?)?;
+    policy.only(&POLICY_CAPS, &[])?;
+    let cap = |name: &str| -> ApiResult<Option<Option<u64>>> {
+        match policy.get(name) {
+            None => Ok(None),
+            Some(Value::Null) => Ok(Some(None)),
+            Some(v @ Value::Number(n)) => match n.as_u64() {
+                Some(0) => Err(ApiError::property_out_of_range(
+                    &policy.ptr(name),
+                    "0",
+                    "at least 1 (null for no limit)",
+                )),
+                Some(x) => Ok(Some(Some(x))),
+                None if n.as_i64().is_some() => Err(ApiError::property_out_of_range(
+                    &policy.ptr(name),
+                    &n.to_string(),
+                    "at least 1 (null for no limit)",
+                )),
+                None => Err(policy.type_error(name, v, "an integer or null", false)),
+            },
+            Some(v) => Err(policy.type_error(name, v, "an integer or null", false)),
+        }
+    };
+    let p = PolicyPatch {
+        up: cap(POLICY_CAPS[0])?,
+        down: cap(POLICY_CAPS[1])?,
+        iops: cap(POLICY_CAPS[2])?,
+    };
+    if p == PolicyPatch::default() {
+        return Err(ApiError::empty_json());
+    }
+    Ok(p)
+}
+
 /// A body that must be empty or `{}` (DELETE, actions without parameters).
 pub fn no_parameters(bytes: &[u8], action: &'static str) -> ApiResult<()> {
     if bytes.iter().all(u8::is_ascii_whitespace) {

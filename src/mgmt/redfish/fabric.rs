@@ -29,7 +29,9 @@ use super::uri::{
 };
 use super::{check_if_match, etag_of, Caller, Reply, Service, Snapshot, FABRIC};
 use crate::mgmt::auth::Privilege;
-use crate::mgmt::pool::{Completer, FunctionInfo, FunctionKind, FunctionState, PoolError};
+use crate::mgmt::pool::{
+    Completer, FunctionInfo, FunctionKind, FunctionState, PolicySettings, PoolError,
+};
 use crate::mgmt::store::{AssignmentRecord, Change, Table};
 use crate::sync::MutexExt;
 
@@ -250,7 +252,21 @@ pub(crate) fn connections(s: &Snapshot, f: &str) -> ApiResult<Value> {
     ))
 }
 
-pub(crate) fn connection(s: &Snapshot, f: &str, id: &str) -> ApiResult<Value> {
+/// `Oem.Pcietun.Policy` of a Connection: each cap, `null` when there is none.
+fn policy_json(p: &PolicySettings) -> Value {
+    json!({
+        "MaxBytesPerSecondUp": p.max_bytes_per_sec_up,
+        "MaxBytesPerSecondDown": p.max_bytes_per_sec_down,
+        "MaxIOPS": p.max_iops,
+    })
+}
+
+pub(crate) fn connection(
+    s: &Snapshot,
+    f: &str,
+    id: &str,
+    policy: &PolicySettings,
+) -> ApiResult<Value> {
     check_fabric(f)?;
     let func = s
         .function(id)
@@ -277,18 +293,25 @@ pub(crate) fn connection(s: &Snapshot, f: &str, id: &str) -> ApiResult<Value> {
             "InitiatorEndpoints": [link(&initiator_uri(host))],
             "TargetEndpoints": [link(&target_uri(id))],
         },
-        "Oem": { "Pcietun": oem_connection(id, host, state, func) },
+        "Oem": { "Pcietun": oem_connection(id, host, state, func, policy) },
     }))
 }
 
 /// `Oem.Pcietun` of a Connection; `Vm` once the assignment names a VM or its host reported
 /// one (docs/vms.md "Events").
-fn oem_connection(id: &str, host: &str, state: &str, func: &FunctionInfo) -> Value {
+fn oem_connection(
+    id: &str,
+    host: &str,
+    state: &str,
+    func: &FunctionInfo,
+    policy: &PolicySettings,
+) -> Value {
     let mut oem = json!({
         "@odata.type": "#Pcietun.v1_0_0.Connection",
         "State": state,
         "Function": id,
         "Host": host,
+        "Policy": policy_json(policy),
     });
     if let Some(vm) = &func.vm {
         oem["Vm"] = json!({
@@ -635,6 +658,67 @@ impl Service {
         )
     }
 
+    /// The Connection of `id` as GET shows it.
+    pub(crate) fn get_connection(&self, f: &str, id: &str) -> ApiResult<Value> {
+        let policy = self.pool.policy(id).unwrap_or_default();
+        connection(&self.snapshot(), f, id, &policy)
+    }
+
+    /// PATCH of a Connection: its policy (`Oem.Pcietun.Policy`). Stored first (so what is
+    /// acknowledged survives a restart), then applied by the pool at once; answers 200 with
+    /// the Connection as it is now. Operator (ConfigureComponents) and `If-Match` as for
+    /// assignments.
+    pub(crate) fn patch_connection(
+        &self,
+        caller: &Caller,
+        req: &Request<Bytes>,
+        f: &str,
+        id: &str,
+    ) -> ApiResult<Reply> {
+        caller.require(Privilege::ConfigureComponents)?;
+        check_fabric(f)?;
+        let patch = body::connection_patch(req.body())?;
+        let _change = self.change.lock_or_recover();
+        let s = self.snapshot();
+        let old = self.pool.policy(id).map_err(pool_error)?;
+        let conn = connection(&s, f, id, &old)?;
+        check_if_match(req.headers(), &connection_uri(id), &etag_of(&conn))?;
+        let pick = |p: Option<Option<u64>>, was: Option<u64>| p.unwrap_or(was);
+        let new = PolicySettings {
+            max_bytes_per_sec_up: pick(patch.up, old.max_bytes_per_sec_up),
+            max_bytes_per_sec_down: pick(patch.down, old.max_bytes_per_sec_down),
+            max_iops: pick(patch.iops, old.max_iops),
+        };
+        let record = |p: &PolicySettings| -> Change {
+            if p.is_unlimited() {
+                Change::Delete {
+                    table: Table::Policies,
+                    key: id.to_string(),
+                }
+            } else {
+                Change::Put {
+                    table: Table::Policies,
+                    key: id.to_string(),
+                    value: serde_json::to_vec(p).unwrap_or_default(),
+                }
+            }
+        };
+        self.durable.commit(vec![record(&new)]).map_err(|e| {
+            tracing::error!("management store: a policy was not saved: {e}");
+            ApiError::internal(format!("the policy could not be stored: {e}"))
+        })?;
+        if let Err(e) = self.pool.set_policy(id, new) {
+            // Nothing changed in the pool: the store goes back to what it had.
+            if let Err(e2) = self.durable.commit(vec![record(&old)]) {
+                tracing::error!("management store: a refused policy stays stored: {e2}");
+            }
+            return Err(pool_error(e));
+        }
+        tracing::info!(function = id, policy = ?new, "management API: policy set");
+        let now = connection(&self.snapshot(), f, id, &new)?;
+        Ok(Reply::ok(now))
+    }
+
     pub(crate) fn delete_connection(
         &self,
         caller: &Caller,
@@ -646,7 +730,7 @@ impl Service {
         body::no_parameters(req.body(), "DELETE")?;
         let _change = self.change.lock_or_recover();
         let s = self.snapshot();
-        let conn = connection(&s, f, id)?;
+        let conn = connection(&s, f, id, &self.pool.policy(id).unwrap_or_default())?;
         check_if_match(req.headers(), &connection_uri(id), &etag_of(&conn))?;
         let host = s
             .function(id)

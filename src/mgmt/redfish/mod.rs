@@ -439,7 +439,8 @@ impl<'a> Route<'a> {
             SessionService => GET_PATCH,
             ZoneAction(..) | ChassisAction(..) | DeviceAction(..) => POST,
             Sessions | Accounts => GET_POST,
-            Session(..) | Connection(..) => GET_DELETE,
+            Connection(..) => GET_PATCH_DELETE,
+            Session(..) => GET_DELETE,
             _ => GET,
         }
     }
@@ -677,7 +678,8 @@ impl Service {
             Zone(f, z) => self.patch_zone(caller, req, f, z),
             ZoneAction(f, z, a) => self.zone_action(caller, req, f, z, a),
             Connections(f) => fabric::connections(&self.snapshot(), f).map(Reply::ok),
-            Connection(f, c) if get => fabric::connection(&self.snapshot(), f, c).map(Reply::ok),
+            Connection(f, c) if get => self.get_connection(f, c).map(Reply::ok),
+            Connection(f, c) if method == Method::PATCH => self.patch_connection(caller, req, f, c),
             Connection(f, c) => self.delete_connection(caller, req, f, c),
             TaskService => Ok(Reply::ok(root::task_service(self.clock.wall()))),
             Tasks => Ok(Reply::ok(root::tasks(&self.tasks))),
