@@ -68,16 +68,9 @@ BIN="${PCIETUN_BIN:-$REPO/target/release/pcietun}"
 tmp=$(mktemp -d /tmp/pcietun-cards.XXXXXX)
 pids=()
 cleanup() {
-    local rc=$? p
+    local rc=$?
     trap - EXIT INT TERM
-    for p in "${pids[@]}"; do
-        kill -TERM "$p" 2>/dev/null || true
-    done
-    for p in "${pids[@]}"; do
-        for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$p" 2>/dev/null || true
-        wait "$p" 2>/dev/null || true
-    done
+    stop_pids "${pids[@]}"
     if [ -n "$logs_dir" ]; then
         mkdir -p "$logs_dir"
         cp -r "$tmp"/direct "$tmp"/tunnel "$logs_dir"/ 2>/dev/null || true
@@ -100,10 +93,6 @@ fail() {
     exit 1
 }
 
-free_udp_port() {
-    /usr/bin/python3 -c 'import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
 wait_socket() {
     local i
     for ((i = 0; i < 200; i++)); do
@@ -113,16 +102,6 @@ wait_socket() {
     fail "no socket at $1 within 20 s"
 }
 
-# Waits until file $1 has a line starting with $2 while process $3 lives; at most $4 seconds.
-wait_for_line() {
-    local file="$1" prefix="$2" pid="$3" limit="$4" i
-    for ((i = 0; i < limit * 10; i++)); do
-        grep -q "^$prefix" "$file" 2>/dev/null && return 0
-        kill -0 "$pid" 2>/dev/null || return 1
-        sleep 0.1
-    done
-    return 1
-}
 
 # QEMU's device model $1 served over vfio-user at socket $2, extra QEMU args after.
 qemu_server() {

@@ -70,16 +70,9 @@ fi
 tmp=$(mktemp -d /tmp/pcietun-hotplug.XXXXXX)
 pids=()
 cleanup() {
-    local rc=$? p
+    local rc=$?
     trap - EXIT INT TERM
-    for p in "${pids[@]}"; do
-        kill -TERM "$p" 2>/dev/null || true
-    done
-    for p in "${pids[@]}"; do
-        for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$p" 2>/dev/null || true
-        wait "$p" 2>/dev/null || true
-    done
+    stop_pids "${pids[@]}"
     if [ -n "$logs_dir" ]; then
         mkdir -p "$logs_dir"
         cp "$tmp"/*.log "$logs_dir"/ 2>/dev/null || true
@@ -126,10 +119,6 @@ wait_for() {
 console() { { tr -d '\r' <"$tmp/console-$1.log"; } 2>/dev/null; }
 # Whether guest $1's console has a line matching the extended regex $2.
 has() { console "$1" | grep -E "$2" >/dev/null; }
-
-free_udp_port() {
-    /usr/bin/python3 -c 'import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 
 # One QMP command ($2) on guest $1's test monitor (the agent holds the other one); prints the
 # reply.

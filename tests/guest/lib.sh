@@ -52,3 +52,32 @@ with_lock() {
         "$@"
     ) 9>"$lockfile"
 }
+
+# A free UDP port on 127.0.0.1 (for an appliance's --listen).
+free_udp_port() {
+    /usr/bin/python3 -c 'import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Waits until file $1 has a line starting with $2 while process $3 lives; at most $4 seconds.
+wait_for_line() {
+    local file="$1" prefix="$2" pid="$3" limit="$4" i
+    for ((i = 0; i < limit * 10; i++)); do
+        grep -q "^$prefix" "$file" 2>/dev/null && return 0
+        kill -0 "$pid" 2>/dev/null || return 1
+        sleep 0.1
+    done
+    return 1
+}
+
+# Stops the processes given: SIGTERM to all, up to 5 s each to exit, then SIGKILL; reaps them.
+stop_pids() {
+    local p
+    for p in "$@"; do
+        kill -TERM "$p" 2>/dev/null || true
+    done
+    for p in "$@"; do
+        for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$p" 2>/dev/null || true
+        wait "$p" 2>/dev/null || true
+    done
+}

@@ -82,16 +82,9 @@ fi
 tmp=$(mktemp -d /tmp/pcietun-guest.XXXXXX)
 pids=()
 cleanup() {
-    local rc=$? p
+    local rc=$?
     trap - EXIT INT TERM
-    for p in "${pids[@]}"; do
-        kill -TERM "$p" 2>/dev/null || true
-    done
-    for p in "${pids[@]}"; do
-        for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$p" 2>/dev/null || true
-        wait "$p" 2>/dev/null || true
-    done
+    stop_pids "${pids[@]}"
     if [ -n "$logs_dir" ]; then
         mkdir -p "$logs_dir"
         cp "$tmp"/*.log "$logs_dir"/ 2>/dev/null || true
@@ -119,16 +112,6 @@ fail() {
     exit 1
 }
 
-# Waits until file $1 has a line starting with $2 while process $3 lives; at most $4 seconds.
-wait_for_line() {
-    local file="$1" prefix="$2" pid="$3" limit="$4" i
-    for ((i = 0; i < limit * 10; i++)); do
-        grep -q "^$prefix" "$file" 2>/dev/null && return 0
-        kill -0 "$pid" 2>/dev/null || return 1
-        sleep 0.1
-    done
-    return 1
-}
 
 # Sends SIGTERM to agent $1 (pid $2) and requires exit status 0 within 10 s.
 stop_agent() {
@@ -141,10 +124,6 @@ stop_agent() {
     kill -0 "$pid" 2>/dev/null && fail "the $name agent did not exit within 10 s of SIGTERM"
     wait "$pid" || st=$?
     [ "$st" = 0 ] || fail "the $name agent exited with status $st on SIGTERM (expected a clean exit, 0)"
-}
-
-free_udp_port() {
-    /usr/bin/python3 -c 'import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
 t_start=$(date +%s.%N)
