@@ -545,3 +545,91 @@ fn ureq_post(api: &str, uri: &str, token: &str, body: &serde_json::Value) -> u16
         .status()
         .as_u16()
 }
+
+/// `ctl policy` (issue 14) against a real appliance: caps set with units, shown, lifted one by
+/// one and all at once; bad rates are usage errors (2); a function with no Connection is refused
+/// on one line (1); the caps are what the API's Connection shows.
+#[test]
+fn ctl_policy_sets_shows_and_lifts_caps() {
+    let dir = tempfile::tempdir().unwrap();
+    let (k1, k2) = (SecretKey::generate(), SecretKey::generate());
+    let key = SecretKey::generate();
+    let (app, udp, api) = appliance(dir.path(), &key, &k1, &k2, "");
+    let web1 = agent(&udp, "web1", k1, &key);
+    let config = dir.path().join("ctl.toml");
+    let r = ctl(
+        &config,
+        &["--api", &api, "login", "--user", "admin"],
+        Some(&format!("{PASSWORD}\n")),
+    );
+    assert_eq!(r.code, 0, "login: {}{}", r.stdout, r.stderr);
+    // Not assigned: no Connection to carry caps.
+    one_line_refusal(&ctl(&config, &["policy", "dma-a"], None), "dma-a");
+
+    let r = ctl(&config, &["assign", "dma-a", "web1"], None);
+    assert_eq!(r.code, 0, "assign: {}{}", r.stdout, r.stderr);
+    assert!(wait_dma(&web1, true, Duration::from_secs(10)));
+    let policy = |args: &[&str]| -> serde_json::Value {
+        let mut a = vec!["policy", "dma-a", "--json"];
+        a.extend_from_slice(args);
+        let r = ctl(&config, &a, None);
+        assert_eq!(r.code, 0, "{a:?}: {}{}", r.stdout, r.stderr);
+        serde_json::from_str(r.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {}", r.stdout))
+    };
+    let none = serde_json::json!({"function": "dma-a", "max_bytes_per_sec_up": null,
+        "max_bytes_per_sec_down": null, "max_iops": null});
+    assert_eq!(policy(&[]), none, "no caps by default");
+    let set = policy(&[
+        "--max-bw",
+        "8MB/s",
+        "--max-down-bw",
+        "1MiB/s",
+        "--max-iops",
+        "100k",
+    ]);
+    assert_eq!(set["max_bytes_per_sec_up"], 8_000_000, "{set}");
+    assert_eq!(set["max_bytes_per_sec_down"], 1_048_576, "{set}");
+    assert_eq!(set["max_iops"], 100_000, "{set}");
+    assert_eq!(policy(&[]), set, "shown as set");
+    // What the API's Connection shows, read without ctl.
+    let token = toml_token(&config);
+    let text = ureq::get(format!("{api}/redfish/v1/Fabrics/PCIe/Connections/dma-a"))
+        .header("X-Auth-Token", &token)
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let conn: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        conn["Oem"]["Pcietun"]["Policy"]["MaxBytesPerSecondDown"], 1_048_576,
+        "{conn}"
+    );
+    let up_lifted = policy(&["--max-up-bw", "none"]);
+    assert_eq!(up_lifted["max_bytes_per_sec_up"], serde_json::Value::Null);
+    assert_eq!(
+        up_lifted["max_bytes_per_sec_down"], 1_048_576,
+        "the others stay"
+    );
+    let r = ctl(&config, &["policy", "dma-a"], None);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout.contains("1048576 B/s") && r.stdout.contains("none"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(policy(&["--clear"]), none, "--clear lifts every cap");
+
+    for bad in [
+        vec!["policy", "dma-a", "--max-bw", "0"],
+        vec!["policy", "dma-a", "--max-bw", "fast"],
+        vec!["policy", "dma-a", "--max-iops", "2GB"],
+        vec!["policy", "dma-a", "--clear", "--max-iops", "5"],
+    ] {
+        let r = ctl(&config, &bad, None);
+        assert_eq!(r.code, 2, "{bad:?}: {}{}", r.stdout, r.stderr);
+    }
+    assert_eq!(policy(&[]), none, "nothing changed by the refused ones");
+    drop(web1);
+    drop(app);
+}

@@ -11,7 +11,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use pcietun::mgmt::client::{
-    Client, ClientError, CtlFile, DeviceTask, FunctionRow, HostRow, Settings, TaskOutcome,
+    Client, ClientError, CtlFile, DeviceTask, FunctionRow, HostRow, PolicyChange, PolicyRow,
+    Settings, TaskOutcome,
 };
 
 /// Arguments of `pcietun ctl`.
@@ -103,6 +104,28 @@ enum CtlCommand {
     /// Follow the event stream: one line per event (--json: the Redfish Event, one per line)
     /// until interrupted or the appliance ends the stream.
     Events,
+    /// Show or change the caps of assigned FUNCTION (docs/api.md "Policy"), enforced on the
+    /// appliance. With no option it prints them. Rates take SI or binary units: 2GB/s, 500M,
+    /// 1.5GiB/s, 100000 (bytes per second); IOPS 100k, 2M, 5000. "none" lifts one cap.
+    Policy {
+        /// Function id (it must be assigned: the caps live on its Connection).
+        function: String,
+        /// Cap both directions at RATE.
+        #[arg(long, value_name = "RATE", value_parser = parse_cap_rate)]
+        max_bw: Option<Cap>,
+        /// Cap data function → host at RATE (what a disk read or a DMA write delivers).
+        #[arg(long, value_name = "RATE", value_parser = parse_cap_rate)]
+        max_up_bw: Option<Cap>,
+        /// Cap data host → function at RATE (what the function's DMA reads fetch: a disk write).
+        #[arg(long, value_name = "RATE", value_parser = parse_cap_rate)]
+        max_down_bw: Option<Cap>,
+        /// Cap the non-posted requests the function issues per second.
+        #[arg(long, value_name = "N", value_parser = parse_cap_count)]
+        max_iops: Option<Cap>,
+        /// Lift every cap.
+        #[arg(long, conflicts_with_all = ["max_bw", "max_up_bw", "max_down_bw", "max_iops"])]
+        clear: bool,
+    },
     /// Take FUNCTION away from its host; waits until it is free unless --no-wait.
     Unassign {
         /// Function id.
@@ -273,8 +296,119 @@ fn execute(args: CtlArgs) -> Result<(), ClientError> {
             report_device(&done, args.json);
         }
         CtlCommand::Events => follow_events(&client, args.json)?,
+        CtlCommand::Policy {
+            function,
+            max_bw,
+            max_up_bw,
+            max_down_bw,
+            max_iops,
+            clear,
+        } => {
+            let change = if clear {
+                PolicyChange {
+                    max_bytes_per_sec_up: Some(None),
+                    max_bytes_per_sec_down: Some(None),
+                    max_iops: Some(None),
+                }
+            } else {
+                PolicyChange {
+                    max_bytes_per_sec_up: max_up_bw.or(max_bw).map(|c| c.0),
+                    max_bytes_per_sec_down: max_down_bw.or(max_bw).map(|c| c.0),
+                    max_iops: max_iops.map(|c| c.0),
+                }
+            };
+            let row = if change.is_empty() {
+                client.policy(&function)?
+            } else {
+                client.set_policy(&function, &change)?
+            };
+            print_policy(&row, args.json);
+        }
     }
     Ok(())
+}
+
+/// A cap from the command line: `Some(n)`, or `None` for "none" (lift it).
+#[derive(Debug, Clone, Copy)]
+struct Cap(Option<u64>);
+
+/// A rate in bytes per second: a number with an optional SI (k, M, G, T: powers of 1000) or
+/// binary (Ki, Mi, Gi, Ti) prefix, an optional `B` and an optional `/s`; or "none".
+fn parse_cap_rate(s: &str) -> Result<Cap, String> {
+    parse_cap(s, true)
+}
+
+/// A count per second: a number with an optional k, M or G (powers of 1000); or "none".
+fn parse_cap_count(s: &str) -> Result<Cap, String> {
+    parse_cap(s, false)
+}
+
+fn parse_cap(s: &str, bytes: bool) -> Result<Cap, String> {
+    let t = s.trim();
+    if t.eq_ignore_ascii_case("none") {
+        return Ok(Cap(None));
+    }
+    let t = t.strip_suffix("/s").unwrap_or(t);
+    let t = if bytes {
+        t.strip_suffix(['B', 'b']).unwrap_or(t)
+    } else {
+        t
+    };
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let mult: f64 = match unit {
+        "" => 1.0,
+        "k" | "K" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" if bytes => 1e12,
+        "Ki" if bytes => 1024.0,
+        "Mi" if bytes => 1024.0 * 1024.0,
+        "Gi" if bytes => 1024.0 * 1024.0 * 1024.0,
+        "Ti" if bytes => 1024.0f64.powi(4),
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown unit {unit:?} ({})",
+                if bytes {
+                    "use k, M, G, T, Ki, Mi, Gi or Ti, e.g. 2GB/s"
+                } else {
+                    "use k, M or G, e.g. 100k"
+                }
+            ))
+        }
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number with an optional unit"))?;
+    let v = (n * mult).round();
+    if !(1.0..1.8e19).contains(&v) {
+        return Err(format!(
+            "{s:?}: a cap is at least 1 per second (\"none\" lifts it)"
+        ));
+    }
+    Ok(Cap(Some(v as u64)))
+}
+
+fn print_policy(row: &PolicyRow, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string(row).unwrap_or_default());
+        return;
+    }
+    let show = |v: Option<u64>, unit: &str| {
+        v.map_or_else(|| "none".to_string(), |v| format!("{v} {unit}"))
+    };
+    println!("{}:", row.function);
+    println!(
+        "  max up (function → host)   {}",
+        show(row.max_bytes_per_sec_up, "B/s")
+    );
+    println!(
+        "  max down (host → function) {}",
+        show(row.max_bytes_per_sec_down, "B/s")
+    );
+    println!("  max IOPS                   {}", show(row.max_iops, "/s"));
 }
 
 /// Set by SIGINT / SIGTERM: `ctl events` ends cleanly.
@@ -492,4 +626,30 @@ fn print_hosts(rows: &[HostRow]) {
         })
         .collect();
     print_table(&["HOST", "SESSION", "RTT", "FUNCTIONS"], &body);
+}
+
+#[cfg(test)]
+mod policy_tests {
+    use super::{parse_cap_count, parse_cap_rate};
+
+    #[test]
+    fn rates_and_counts_parse_with_their_units() {
+        let r = |s: &str| parse_cap_rate(s).map(|c| c.0);
+        assert_eq!(r("2GB/s"), Ok(Some(2_000_000_000)));
+        assert_eq!(r("500M"), Ok(Some(500_000_000)));
+        assert_eq!(r("1.5GiB/s"), Ok(Some(1_610_612_736)));
+        assert_eq!(r("64KiB"), Ok(Some(65_536)));
+        assert_eq!(r("100000"), Ok(Some(100_000)));
+        assert_eq!(r("none"), Ok(None));
+        let c = |s: &str| parse_cap_count(s).map(|c| c.0);
+        assert_eq!(c("100k"), Ok(Some(100_000)));
+        assert_eq!(c("2M"), Ok(Some(2_000_000)));
+        assert_eq!(c("5000"), Ok(Some(5000)));
+        for bad in ["0", "-5", "abc", "2XB/s", "", "1e3", "0.4"] {
+            assert!(r(bad).is_err(), "{bad:?} accepted as a rate");
+        }
+        for bad in ["10Ki", "2GB", "0"] {
+            assert!(c(bad).is_err(), "{bad:?} accepted as a count");
+        }
+    }
 }

@@ -295,6 +295,54 @@ pub struct HostRow {
     pub functions: Vec<String>,
 }
 
+/// The caps of a function (`ctl policy`); `None` is no cap.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyRow {
+    /// Function id.
+    pub function: String,
+    /// Data bytes per second function → host.
+    pub max_bytes_per_sec_up: Option<u64>,
+    /// Data bytes per second host → function.
+    pub max_bytes_per_sec_down: Option<u64>,
+    /// Non-posted requests per second the function issues.
+    pub max_iops: Option<u64>,
+}
+
+/// A change of caps: `None` leaves a cap, `Some(None)` lifts it, `Some(Some(v))` sets it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PolicyChange {
+    /// Data bytes per second function → host.
+    pub max_bytes_per_sec_up: Option<Option<u64>>,
+    /// Data bytes per second host → function.
+    pub max_bytes_per_sec_down: Option<Option<u64>>,
+    /// Non-posted requests per second.
+    pub max_iops: Option<Option<u64>>,
+}
+
+impl PolicyChange {
+    /// Whether it changes nothing.
+    pub fn is_empty(&self) -> bool {
+        *self == PolicyChange::default()
+    }
+}
+
+/// The caps a Connection shows.
+fn policy_row(function: &str, conn: &Value, uri: &str) -> Result<PolicyRow, ClientError> {
+    let p = conn
+        .pointer("/Oem/Pcietun/Policy")
+        .ok_or_else(|| ClientError::Protocol {
+            uri: uri.into(),
+            what: "no Oem.Pcietun.Policy".into(),
+        })?;
+    let cap = |k: &str| p.get(k).and_then(Value::as_u64);
+    Ok(PolicyRow {
+        function: function.to_string(),
+        max_bytes_per_sec_up: cap("MaxBytesPerSecondUp"),
+        max_bytes_per_sec_down: cap("MaxBytesPerSecondDown"),
+        max_iops: cap("MaxIOPS"),
+    })
+}
+
 /// The result of `ctl assign` / `ctl unassign`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskOutcome {
@@ -626,6 +674,38 @@ impl Client {
         let host = str_at(&conn, "/Oem/Pcietun/Host").map(str::to_string);
         let (_, location, task) = self.request("DELETE", &uri, None)?;
         self.outcome(function, host.as_deref(), location, &task, &uri)
+    }
+
+    /// The caps of assigned `function` (`Oem.Pcietun.Policy` of its Connection).
+    pub fn policy(&self, function: &str) -> Result<PolicyRow, ClientError> {
+        Self::check_id("function", function)?;
+        let uri = format!("/redfish/v1/Fabrics/PCIe/Connections/{function}");
+        let conn = self.get(&uri)?;
+        policy_row(function, &conn, &uri)
+    }
+
+    /// Change the caps of assigned `function`: each `Some(Some(v))` sets a cap, `Some(None)`
+    /// lifts it, `None` leaves it (a PATCH of `Oem.Pcietun.Policy`); returns the caps now.
+    pub fn set_policy(
+        &self,
+        function: &str,
+        change: &PolicyChange,
+    ) -> Result<PolicyRow, ClientError> {
+        Self::check_id("function", function)?;
+        let uri = format!("/redfish/v1/Fabrics/PCIe/Connections/{function}");
+        let mut policy = serde_json::Map::new();
+        for (key, v) in [
+            ("MaxBytesPerSecondUp", change.max_bytes_per_sec_up),
+            ("MaxBytesPerSecondDown", change.max_bytes_per_sec_down),
+            ("MaxIOPS", change.max_iops),
+        ] {
+            if let Some(v) = v {
+                policy.insert(key.into(), v.map_or(Value::Null, Value::from));
+            }
+        }
+        let body = json!({ "Oem": { "Pcietun": { "Policy": policy } } });
+        let (_, _, conn) = self.request("PATCH", &uri, Some(&body))?;
+        policy_row(function, &conn, &uri)
     }
 
     /// The URI of the appliance's Chassis (the first, and only, member of the collection).
