@@ -103,6 +103,29 @@ fn metrics_need_credentials_and_show_the_pool() {
     has_line(&text, "pcietun_host_retransmits_total{host=\"alpha\"} 9");
     has_line(&text, "pcietun_host_rtt_seconds{host=\"alpha\"} 0.000042");
 
+    // What `ctl watch` reads of it: every family it knows is served, and the parser of the
+    // client reads the live body back to the same figures.
+    let samples = pcietun::mgmt::exposition::parse(&text).unwrap();
+    use pcietun::mgmt::watch::family;
+    for family in family::FUNCTION.iter().chain(&family::HOST) {
+        assert!(
+            samples.iter().any(|s| s.name == *family),
+            "ctl watch reads {family}, /metrics does not serve it:\n{text}"
+        );
+    }
+    let c = pcietun::mgmt::watch::Counters::from_samples(&samples);
+    let f = &c.functions["nvme0"];
+    assert_eq!((f.tlps.down, f.tlps.up), (1_000.0, 2_000.0));
+    assert_eq!((f.bytes.down, f.bytes.up), (64_000.0, 4_096_000.0));
+    assert_eq!((f.errors, f.throttled), (3.0, 0.25));
+    assert_eq!(f.host.as_deref(), Some("alpha"));
+    let h = &c.hosts["alpha"];
+    assert_eq!(
+        (h.retransmits, h.credit_stalls, h.rtt),
+        (9.0, 3.0, Some(0.000042))
+    );
+    assert_eq!((h.tlps.down, h.frame_bytes.up), (1_001.0, 4_200_000.0));
+
     let r = api.get("/metrics", Auth::Basic(ADMIN, ADMIN_PW));
     assert_eq!(r.status, 200);
 

@@ -633,3 +633,140 @@ fn ctl_policy_sets_shows_and_lifts_caps() {
     drop(web1);
     drop(app);
 }
+
+/// `ctl watch` against a real appliance while host web1 runs I/O on its DMA engine: one JSON
+/// frame per refresh with the function's and the hosts' rates from `/metrics`. Each round of
+/// the I/O is one MWr and one MRd to the function and one CplD back, so the function's
+/// downstream TLP rate is twice its upstream one; once the I/O stops the rates fall to zero.
+#[test]
+fn ctl_watch_shows_the_rates_of_a_running_host() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let (k1, k2) = (SecretKey::generate(), SecretKey::generate());
+    let key = SecretKey::generate();
+    let (app, udp, api) = appliance(dir.path(), &key, &k1, &k2, "");
+    let web1 = agent(&udp, "web1", k1, &key);
+    let config = dir.path().join("ctl.toml");
+    let r = ctl(
+        &config,
+        &["--api", &api, "login", "--user", "admin"],
+        Some(&format!("{PASSWORD}\n")),
+    );
+    assert_eq!(r.code, 0, "login: {}{}", r.stdout, r.stderr);
+    let r = ctl(&config, &["assign", "dma-a", "web1"], None);
+    assert_eq!(r.code, 0, "assign: {}{}", r.stdout, r.stderr);
+    assert!(wait_dma(&web1, true, Duration::from_secs(10)));
+
+    let frames = |args: &[&str]| -> Vec<serde_json::Value> {
+        let mut a = vec!["watch", "--json"];
+        a.extend_from_slice(args);
+        let r = ctl(&config, &a, None);
+        assert_eq!(r.code, 0, "{a:?}: {}{}", r.stdout, r.stderr);
+        r.stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    };
+    let row = |f: &serde_json::Value, key: &str, id: &str| -> serde_json::Value {
+        f[key]
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r[&key[..key.len() - 1]] == id))
+            .unwrap_or_else(|| panic!("no {id} in {f}"))
+            .clone()
+    };
+    let stop = AtomicBool::new(false);
+    let (busy, (rounds, bad)) = std::thread::scope(|s| {
+        let io = s.spawn(|| buffer_io(&web1, &stop));
+        std::thread::sleep(Duration::from_millis(200));
+        let busy = frames(&["--interval", "0.5", "--count", "3"]);
+        stop.store(true, Ordering::SeqCst);
+        (busy, io.join().unwrap())
+    });
+    assert_eq!(bad, 0);
+    assert_eq!(busy.len(), 3, "one frame per refresh: {busy:?}");
+    let mut up_tlps = 0.0;
+    for f in &busy {
+        let secs = f["interval_s"].as_f64().unwrap();
+        assert!((0.45..5.0).contains(&secs), "interval {secs}");
+        let d = row(f, "functions", "dma-a");
+        assert_eq!(
+            (d["state"].as_str(), d["host"].as_str()),
+            (Some("assigned"), Some("web1"))
+        );
+        let (down, up) = (
+            d["down_tlps_per_s"].as_f64().unwrap(),
+            d["up_tlps_per_s"].as_f64().unwrap(),
+        );
+        assert!(up > 10.0, "I/O runs: {d}");
+        assert!(
+            (1.8..=2.2).contains(&(down / up)),
+            "a MWr and a MRd per CplD: {d}"
+        );
+        assert!(
+            d["down_bytes_per_s"].as_f64().unwrap() > 0.0 && d["errors_per_s"] == 0.0,
+            "{d}"
+        );
+        up_tlps += up * secs;
+        let h = row(f, "hosts", "web1");
+        assert_eq!(h["connected"], true, "{h}");
+        assert!(h["rtt_us"].as_f64().unwrap() > 0.0, "{h}");
+        assert!(
+            h["down_tlps_per_s"].as_f64().unwrap() >= down * 0.9,
+            "the host carries the function's TLPs: {h} {d}"
+        );
+        let other = row(f, "hosts", "web2");
+        assert_eq!(
+            (other["connected"].as_bool(), other["rtt_us"].is_null()),
+            (Some(false), true),
+            "{other}"
+        );
+    }
+    assert!(
+        up_tlps <= rounds as f64 + 10.0,
+        "watch saw {up_tlps} reads, the host made {rounds}"
+    );
+    // The appliance publishes its counters every 100 ms: let the last of the I/O reach them.
+    std::thread::sleep(Duration::from_millis(400));
+    let idle = frames(&["--interval", "0.3", "--count", "1"]);
+    let d = row(&idle[0], "functions", "dma-a");
+    assert_eq!(
+        (d["down_tlps_per_s"].as_f64(), d["up_tlps_per_s"].as_f64()),
+        (Some(0.0), Some(0.0)),
+        "idle: {d}"
+    );
+
+    let r = ctl(
+        &config,
+        &["watch", "--count", "1", "--interval", "0.2"],
+        None,
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    for want in [
+        "FUNCTION",
+        "dma-a",
+        "assigned",
+        "HOST",
+        "web1",
+        "connected",
+        "disconnected",
+    ] {
+        assert!(
+            r.stdout.contains(want),
+            "{want:?} in the table:\n{}",
+            r.stdout
+        );
+    }
+    for bad in [["--interval", "0"], ["--interval", "x"], ["--count", "0"]] {
+        let mut a = vec!["watch"];
+        a.extend_from_slice(&bad);
+        assert_eq!(ctl(&config, &a, None).code, 2, "{bad:?}");
+    }
+    let r = ctl(
+        &config,
+        &["--api", "http://127.0.0.1:1", "watch", "--count", "1"],
+        None,
+    );
+    assert_eq!(r.code, 3, "unreachable: {}{}", r.stdout, r.stderr);
+    drop(web1);
+    drop(app);
+}

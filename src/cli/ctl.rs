@@ -14,6 +14,7 @@ use pcietun::mgmt::client::{
     Client, ClientError, CtlFile, DeviceTask, FunctionRow, HostRow, PolicyChange, PolicyRow,
     Settings, TaskOutcome,
 };
+use pcietun::mgmt::watch::Frame;
 
 /// Arguments of `pcietun ctl`.
 #[derive(Debug, clap::Args)]
@@ -125,6 +126,17 @@ enum CtlCommand {
         /// Lift every cap.
         #[arg(long, conflicts_with_all = ["max_bw", "max_up_bw", "max_down_bw", "max_iops"])]
         clear: bool,
+    },
+    /// A live table, from the appliance's /metrics, of throughput, TLPs per second, errors and
+    /// RTT per function and per host, refreshed every --interval seconds until interrupted
+    /// (--json: one frame per line; docs/api.md "ctl watch").
+    Watch {
+        /// Seconds between refreshes (0.1 to 3600).
+        #[arg(long, default_value_t = 1.0, value_name = "SECS", value_parser = parse_interval)]
+        interval: f64,
+        /// Stop after N refreshes.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        count: Option<u64>,
     },
     /// Take FUNCTION away from its host; waits until it is free unless --no-wait.
     Unassign {
@@ -296,6 +308,7 @@ fn execute(args: CtlArgs) -> Result<(), ClientError> {
             report_device(&done, args.json);
         }
         CtlCommand::Events => follow_events(&client, args.json)?,
+        CtlCommand::Watch { interval, count } => watch(&client, interval, count, args.json)?,
         CtlCommand::Policy {
             function,
             max_bw,
@@ -326,6 +339,140 @@ fn execute(args: CtlArgs) -> Result<(), ClientError> {
         }
     }
     Ok(())
+}
+
+fn parse_interval(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.1..=3600.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a number of seconds from 0.1 to 3600")),
+    }
+}
+
+/// `ctl watch`: scrape, wait, scrape, print the rates between the two; repeat. A failed scrape
+/// ends it with that error's exit code (an appliance that went away is exit 3).
+fn watch(
+    client: &Client,
+    interval: f64,
+    count: Option<u64>,
+    json: bool,
+) -> Result<(), ClientError> {
+    use std::io::IsTerminal;
+    let live = !json && std::io::stdout().is_terminal();
+    let mut before = client.scrape()?;
+    let mut at = std::time::Instant::now();
+    let mut shown = 0u64;
+    while count.is_none_or(|n| shown < n) {
+        std::thread::sleep(Duration::from_secs_f64(interval));
+        let after = client.scrape()?;
+        let now = std::time::Instant::now();
+        let frame = Frame::between(&before, &after, now.duration_since(at).as_secs_f64());
+        (before, at) = (after, now);
+        shown += 1;
+        if json {
+            println!("{}", serde_json::to_string(&frame).unwrap_or_default());
+            continue;
+        }
+        if live {
+            // Home and clear: the table replaces the last one.
+            print!("\x1b[H\x1b[2J");
+        } else if shown > 1 {
+            println!();
+        }
+        println!(
+            "{} — every {interval} s — rates over the last {:.2} s",
+            client.api(),
+            frame.interval_s
+        );
+        print_watch(&frame);
+    }
+    Ok(())
+}
+
+/// A rate with an SI prefix: `12.3 M`.
+fn si(v: f64) -> String {
+    let (v, p) = match v {
+        v if v >= 1e9 => (v / 1e9, "G"),
+        v if v >= 1e6 => (v / 1e6, "M"),
+        v if v >= 1e3 => (v / 1e3, "k"),
+        v => (v, ""),
+    };
+    if p.is_empty() {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}{p}")
+    }
+}
+
+fn print_watch(frame: &Frame) {
+    let functions: Vec<Vec<String>> = frame
+        .functions
+        .iter()
+        .map(|r| {
+            vec![
+                r.function.clone(),
+                r.state.clone(),
+                r.host.clone().unwrap_or_else(|| "-".into()),
+                format!("{}B/s", si(r.down_bytes_per_s)),
+                format!("{}B/s", si(r.up_bytes_per_s)),
+                si(r.down_tlps_per_s),
+                si(r.up_tlps_per_s),
+                si(r.errors_per_s),
+                format!("{:.0}%", r.throttled * 100.0),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "FUNCTION",
+            "STATE",
+            "HOST",
+            "DOWN",
+            "UP",
+            "TLP/S DOWN",
+            "TLP/S UP",
+            "ERR/S",
+            "HELD",
+        ],
+        &functions,
+    );
+    println!();
+    let hosts: Vec<Vec<String>> = frame
+        .hosts
+        .iter()
+        .map(|r| {
+            vec![
+                r.host.clone(),
+                if r.connected {
+                    "connected"
+                } else {
+                    "disconnected"
+                }
+                .into(),
+                r.rtt_us
+                    .map_or_else(|| "-".into(), |us| format!("{us:.0} us")),
+                format!("{}B/s", si(r.down_bytes_per_s)),
+                format!("{}B/s", si(r.up_bytes_per_s)),
+                si(r.down_tlps_per_s),
+                si(r.up_tlps_per_s),
+                si(r.retransmits_per_s),
+                si(r.credit_stalls_per_s),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "HOST",
+            "SESSION",
+            "RTT",
+            "DOWN",
+            "UP",
+            "TLP/S DOWN",
+            "TLP/S UP",
+            "RETX/S",
+            "STALLS/S",
+        ],
+        &hosts,
+    );
 }
 
 /// A cap from the command line: `Some(n)`, or `None` for "none" (lift it).

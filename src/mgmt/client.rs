@@ -22,6 +22,8 @@
 //!   functions), `spec`, `name`, `task`, `state`, `messages`.
 //! * [`EventLine`] (`ctl events`): the Redfish Event the stream carried, as sent (one JSON
 //!   object per line).
+//! * [`crate::mgmt::watch::Frame`] (`ctl watch`, one per line): `interval_s`, `functions`,
+//!   `hosts` (the keys of [`crate::mgmt::watch`]).
 //!
 //! [`ClientError::exit_code`] gives `ctl`'s exit status: 1 refused (the API's one-line
 //! message), 2 usage or local configuration, 3 cannot reach the appliance.
@@ -33,13 +35,18 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use super::exposition;
+use super::metrics;
 use super::pool::valid_id;
+use super::watch::Counters;
 
 /// Where `ctl` talks to by default.
 pub const DEFAULT_API: &str = "http://127.0.0.1:8443";
 
 /// Largest response body the client reads.
 const MAX_RESPONSE: u64 = 4 << 20;
+/// Largest `/metrics` body the client reads (thousands of functions and hosts fit).
+const MAX_METRICS: u64 = 16 << 20;
 
 /// Why a `ctl` command did not succeed.
 #[derive(Debug, thiserror::Error)]
@@ -480,18 +487,21 @@ impl Client {
         }
     }
 
-    /// Send one request; returns (status, Location, JSON body).
-    fn request(
+    /// Send one request and read its body (at most `limit` bytes); returns (status, Location,
+    /// X-Auth-Token, body).
+    fn send(
         &self,
         method: &str,
         uri: &str,
+        accept: &str,
         body: Option<&Value>,
-    ) -> Result<(u16, Option<String>, Value), ClientError> {
+        limit: u64,
+    ) -> Result<(u16, Option<String>, Option<String>, String), ClientError> {
         let url = format!("{}{uri}", self.api);
         let mut builder = ureq::http::Request::builder()
             .method(method)
             .uri(&url)
-            .header("Accept", "application/json")
+            .header("Accept", accept)
             .header("OData-Version", "4.0");
         if let Some(t) = &self.token {
             builder = builder.header("X-Auth-Token", t);
@@ -508,22 +518,39 @@ impl Client {
             .map_err(|_| ClientError::BadUrl(self.api.clone()))?;
         let mut resp = self.agent.run(req).map_err(|e| self.unreachable(e))?;
         let status = resp.status().as_u16();
-        let location = resp
-            .headers()
-            .get("Location")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let token = resp
-            .headers()
-            .get("X-Auth-Token")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let (location, token) = (header("Location"), header("X-Auth-Token"));
         let text = resp
             .body_mut()
             .with_config()
-            .limit(MAX_RESPONSE)
+            .limit(limit)
             .read_to_string()
             .map_err(|e| self.unreachable(e))?;
+        Ok((status, location, token, text))
+    }
+
+    /// The error of a response that is not a success: the API's one-line `error.message`.
+    fn refusal(status: u16, uri: &str, body: &Value) -> ClientError {
+        let message = str_at(body, "/error/message")
+            .map(|m| m.lines().next().unwrap_or("").to_string())
+            .unwrap_or_else(|| format!("HTTP {status} from {uri}"));
+        ClientError::Refused { status, message }
+    }
+
+    /// Send one request; returns (status, Location, JSON body).
+    fn request(
+        &self,
+        method: &str,
+        uri: &str,
+        body: Option<&Value>,
+    ) -> Result<(u16, Option<String>, Value), ClientError> {
+        let (status, location, token, text) =
+            self.send(method, uri, "application/json", body, MAX_RESPONSE)?;
         let mut value: Value = if text.trim().is_empty() {
             Value::Null
         } else {
@@ -533,15 +560,30 @@ impl Client {
             })?
         };
         if !(200..300).contains(&status) {
-            let message = str_at(&value, "/error/message")
-                .map(|m| m.lines().next().unwrap_or("").to_string())
-                .unwrap_or_else(|| format!("HTTP {status} from {uri}"));
-            return Err(ClientError::Refused { status, message });
+            return Err(Self::refusal(status, uri, &value));
         }
         if let (Some(t), Value::Object(o)) = (token, &mut value) {
             o.insert("X-Auth-Token".into(), Value::String(t));
         }
         Ok((status, location, value))
+    }
+
+    /// One scrape of the appliance's `/metrics` (the Prometheus text format), reduced to what
+    /// `ctl watch` shows ([`crate::mgmt::watch`]). A body that is not the format is a
+    /// [`ClientError::Protocol`] naming the line.
+    pub fn scrape(&self) -> Result<Counters, ClientError> {
+        let uri = "/metrics";
+        let (status, _, _, text) =
+            self.send("GET", uri, metrics::PROMETHEUS_TEXT, None, MAX_METRICS)?;
+        if !(200..300).contains(&status) {
+            let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+            return Err(Self::refusal(status, uri, &body));
+        }
+        let samples = exposition::parse(&text).map_err(|e| ClientError::Protocol {
+            uri: uri.into(),
+            what: format!("not the Prometheus text format ({e})"),
+        })?;
+        Ok(Counters::from_samples(&samples))
     }
 
     /// GET a resource.

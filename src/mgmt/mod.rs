@@ -10,6 +10,8 @@
 //! * [`config`] — the server's configuration and the administrator's password file.
 //! * [`store`] — persistent state (accounts, acknowledged assignments) in redb.
 //! * [`client`] — the API client behind `pcietun ctl`.
+//! * [`exposition`] and [`watch`] — `ctl watch`: a parser of the Prometheus text format and the
+//!   per-function and per-host rates it shows.
 //!
 //! Layering: `mgmt` sits beside `crate::appliance`, not on it: it may use `tlp`, `pci`,
 //! `transport` and `endpoint`, never `appliance`, `host` or `drivers`, and nothing below imports
@@ -20,12 +22,14 @@ pub mod auth;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod exposition;
 pub mod fake;
 pub mod metrics;
 pub mod pool;
 pub mod redfish;
 pub mod server;
 pub mod store;
+pub mod watch;
 
 pub use config::{ApiConfig, TlsFiles};
 pub use pool::{Completer, EventSink, Pool, PoolError, PoolEvent};
