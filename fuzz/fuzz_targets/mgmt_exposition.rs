@@ -26,12 +26,24 @@ fuzz_target!(|data: &[u8]| {
     let frame = Frame::between(&Counters::default(), &c, 1.0);
     let back = Frame::between(&c, &Counters::default(), 1.0);
     for f in frame.functions.iter().chain(&back.functions) {
-        for v in [f.down_bytes_per_s, f.up_bytes_per_s, f.down_tlps_per_s, f.up_tlps_per_s, f.errors_per_s, f.throttled] {
+        for v in [
+            f.down_bytes_per_s,
+            f.up_bytes_per_s,
+            f.down_tlps_per_s,
+            f.up_tlps_per_s,
+            f.errors_per_s,
+            f.throttled,
+        ] {
             assert!(v.is_finite() && v >= 0.0, "function rate {v}");
         }
     }
     for h in frame.hosts.iter().chain(&back.hosts) {
-        for v in [h.down_bytes_per_s, h.up_bytes_per_s, h.retransmits_per_s, h.credit_stalls_per_s] {
+        for v in [
+            h.down_bytes_per_s,
+            h.up_bytes_per_s,
+            h.retransmits_per_s,
+            h.credit_stalls_per_s,
+        ] {
             assert!(v.is_finite() && v >= 0.0, "host rate {v}");
         }
     }
