@@ -244,17 +244,25 @@ fn wait_vm_state_within(api: &str, function: &str, want: &str, within: Duration)
     }
 }
 
-#[test]
-fn a_connection_names_its_vm_and_shows_its_events() {
-    let dir = tempfile::tempdir().unwrap();
+/// The appliance, its key, web1's key and a fake QEMU (its state, its monitor).
+struct Rig {
+    app: pool_common::Appliance,
+    key: SecretKey,
+    k1: SecretKey,
+    qemu: Arc<Mutex<Qemu>>,
+    mon: FakeMonitor,
+}
+
+/// An appliance in `dir` with one DMA engine `dma-a` and two hosts (so it assigns nothing by
+/// itself), and a fake QEMU with one empty hot-plug port.
+fn rig(dir: &Path) -> Rig {
     let (key, k1, k2) = (
         SecretKey::generate(),
         SecretKey::generate(),
         SecretKey::generate(),
     );
-    // Two hosts, so the appliance assigns nothing by itself.
     let app = pool_common::appliance(
-        dir.path(),
+        dir,
         &key,
         &[("web1", &k1), ("web2", &k2)],
         "\n[[device]]\nkind = \"dma\"\nname = \"dma-a\"\nbuffer = \"64K\"\n",
@@ -262,6 +270,25 @@ fn a_connection_names_its_vm_and_shows_its_events() {
     );
     let qemu = Arc::new(Mutex::new(Qemu::default()));
     let mon = fake_qemu(qemu.clone());
+    Rig {
+        app,
+        key,
+        k1,
+        qemu,
+        mon,
+    }
+}
+
+#[test]
+fn a_connection_names_its_vm_and_shows_its_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let Rig {
+        app,
+        key,
+        k1,
+        qemu,
+        mon,
+    } = rig(dir.path());
     let vfu = dir.path().join("vfu");
     let (_host, host_out) = start_host(
         dir.path(),
@@ -409,20 +436,13 @@ fn restart_appliance(dir: &Path, udp: &str) -> (Proc, String) {
 #[test]
 fn after_an_appliance_restart_the_connection_shows_its_vm_again() {
     let dir = tempfile::tempdir().unwrap();
-    let (key, k1, k2) = (
-        SecretKey::generate(),
-        SecretKey::generate(),
-        SecretKey::generate(),
-    );
-    let app = pool_common::appliance(
-        dir.path(),
-        &key,
-        &[("web1", &k1), ("web2", &k2)],
-        "\n[[device]]\nkind = \"dma\"\nname = \"dma-a\"\nbuffer = \"64K\"\n",
-        "",
-    );
-    let qemu = Arc::new(Mutex::new(Qemu::default()));
-    let mon = fake_qemu(qemu.clone());
+    let Rig {
+        app,
+        key,
+        k1,
+        qemu,
+        mon,
+    } = rig(dir.path());
     // `target` takes nothing by its selector: only the assignment's name puts the function
     // there.
     let (_host, _host_out) = start_host(
