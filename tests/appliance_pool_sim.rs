@@ -70,6 +70,8 @@ struct SimHost {
     epoch: u32,
     /// Slots it believes it has (from enumeration and Present/Removed).
     slots: [bool; 32],
+    /// Slots the appliance said at session start it has (`Occupied`).
+    occupied: [bool; 32],
     /// Outstanding reads: tag → expected length.
     reads: HashMap<u16, (usize, u8, u64)>,
     next_tag: u16,
@@ -103,6 +105,7 @@ impl Sim {
                 session: None,
                 epoch: 0,
                 slots: [false; 32],
+                occupied: [false; 32],
                 reads: HashMap::new(),
                 next_tag: 0,
             })
@@ -251,6 +254,7 @@ impl Sim {
                 }
             }
             SlotEvent::Removed => self.hosts[h].slots[usize::from(m.slot)] = false,
+            SlotEvent::Occupied => self.hosts[h].occupied[usize::from(m.slot)] = true,
             // No assignment of the simulation names a VM.
             SlotEvent::VmTarget => panic!("the appliance named a VM nobody asked for"),
             SlotEvent::RemovalAck | SlotEvent::Consumer => {
@@ -434,11 +438,18 @@ impl Sim {
                         self.next_key += 1;
                         // The old session, if any, is replaced (a second process, same key).
                         self.hosts[h].session = Some(key);
+                        self.hosts[h].occupied = [false; 32];
                         let (id, epoch) = (self.hosts[h].id, self.hosts[h].epoch);
                         self.router
                             .on_connected(&mut self.ep, key, id, epoch, self.now);
                         self.deliver();
                         self.enumerate(h);
+                        // The session's `Occupied` messages name exactly the slots its
+                        // enumeration finds.
+                        assert_eq!(
+                            self.hosts[h].occupied, self.hosts[h].slots,
+                            "host {h}: Occupied at session start differs from what it enumerates"
+                        );
                     }
                 }
             }

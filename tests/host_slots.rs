@@ -5,7 +5,9 @@
 //! Covers: `Present` enumerates just that slot (no other function's BARs move) and the card
 //! is usable; after `RemovalRequest` the function answers until `withdraw_slot` fences it
 //! (handles then fail cleanly) and the host answers `RemovalAck` with the request's generation; `Removed` with a read in flight fails
-//! that read with Unsupported Request at once while another slot's card keeps working.
+//! that read with Unsupported Request at once while another slot's card keeps working;
+//! `Occupied` at session start gives a card found by enumeration the generation its consumer
+//! reports carry, and the next session forgets it.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -16,7 +18,7 @@ use pcietun::host::tlpio::{MAX_TLP, ROOT_PORT};
 use pcietun::host::{Downlink, Host, HostConfig, HostEvent, LinkError};
 use pcietun::pci::{Bar, ConfigSpace, FunctionIds};
 use pcietun::tlp::build::Cpl;
-use pcietun::tlp::slot::{SlotEvent, SlotMessage};
+use pcietun::tlp::slot::{ConsumerEvent, SlotEvent, SlotMessage};
 use pcietun::tlp::{Bdf, CplStatus, MemOp, Tlp, TlpHeader};
 
 const NONE: u8 = 0xff;
@@ -327,4 +329,53 @@ fn malformed_or_misdirected_slot_messages_are_counted_not_obeyed() {
         n += 1;
     }
     assert!(n <= 128, "{n} queued");
+}
+
+#[test]
+fn occupied_gives_an_enumerated_card_its_generation_until_the_session_ends() {
+    let a = setup(&[4]);
+    let h = &a.host;
+    assert_eq!(h.rescan().len(), 1);
+    let _ = events(h);
+    // Found by enumeration, no slot message yet: nothing to report under.
+    assert!(!h
+        .report_consumer(4, ConsumerEvent::Attached, "web1")
+        .unwrap());
+
+    slot_msg(h, SlotEvent::Occupied, 4, 9);
+    assert!(
+        events(h).contains(&HostEvent::SlotOccupied {
+            slot: 4,
+            generation: 9
+        }),
+        "the VM layer is told, so it can report again"
+    );
+    assert!(
+        !h.has_slot_work(),
+        "no hot-plug work: the card is enumerated already"
+    );
+    assert_eq!(h.functions().len(), 1);
+    assert!(h
+        .report_consumer(4, ConsumerEvent::Attached, "web1")
+        .unwrap());
+    assert_eq!(
+        a.slot_rx.recv_timeout(Duration::from_secs(5)).unwrap(),
+        SlotMessage {
+            event: SlotEvent::Consumer,
+            slot: 4,
+            generation: 9
+        }
+    );
+    // Another slot is still unknown.
+    assert!(!h
+        .report_consumer(5, ConsumerEvent::Attached, "web1")
+        .unwrap());
+
+    // The session ends: the generation belonged to it (the next appliance may count anew).
+    h.on_link_down();
+    h.on_link_up();
+    assert!(!h
+        .report_consumer(4, ConsumerEvent::Detached, "web1")
+        .unwrap());
+    assert!(a.slot_rx.try_recv().is_err(), "nothing was sent");
 }

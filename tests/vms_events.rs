@@ -6,6 +6,9 @@
 //! (not `other`): the Connection then shows `Oem.Pcietun.Vm.State = Attached` and an event on
 //! the Connection arrives on `ctl events`; `ctl unassign` ejects it (`Detached` event). An
 //! assignment naming a VM the agent does not have shows `Failed` on its Connection, at once.
+//! After the appliance is SIGKILLed and restarted on the same address, the agent's new session
+//! reports the VM that still holds the function, so its Connection shows it again (and nothing
+//! is plugged anew).
 
 mod pool_common;
 mod vms_common;
@@ -102,6 +105,56 @@ fn fake_qemu(m: Arc<Mutex<Qemu>>) -> FakeMonitor {
     })
 }
 
+/// A `pcietun host` agent `web1` (key `k1`) toward the appliance at `udp` (key `app_key`),
+/// with the VMs `vms` (`NAME=QMP[,function=SEL]`), its vfio-user sockets in `dir/vfu`; its
+/// stdout lines, once it said it is ready.
+fn start_host(
+    dir: &Path,
+    udp: &str,
+    app_key: &SecretKey,
+    k1: &SecretKey,
+    vms: &[String],
+) -> (Proc, mpsc::Receiver<String>) {
+    let vfu = dir.join("vfu");
+    std::fs::create_dir(&vfu).unwrap();
+    let key_file = dir.join("web1.key");
+    k1.write_new(&key_file).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pcietun"));
+    cmd.args(["host", "--connect", &format!("udp:{udp}")])
+        .args(["--host-id", "web1"])
+        .arg("--key")
+        .arg(&key_file)
+        .args(["--peer-key", &app_key.public_key().to_string()])
+        .arg("--vfio-user")
+        .arg(&vfu);
+    for v in vms {
+        cmd.arg("--vm").arg(v);
+    }
+    let mut host = cmd
+        .args(["--no-control", "--vm-grace-ms", "5000"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = lines(&mut host, "host");
+    let host = Proc(host);
+    wait_for(&out, Duration::from_secs(60), |l| {
+        l.starts_with("host ready")
+    });
+    (host, out)
+}
+
+/// `ctl login` as the administrator to the API at `api`, saved in `config`.
+fn login(config: &Path, api: &str) {
+    let r = ctl(
+        config,
+        &["--api", api, "login", "--user", "admin"],
+        Some(&format!("{PASSWORD}\n")),
+    );
+    assert_eq!(r.code, 0);
+}
+
 struct Run {
     code: i32,
     stdout: String,
@@ -170,8 +223,13 @@ fn wait_for(rx: &mpsc::Receiver<String>, within: Duration, f: impl Fn(&str) -> b
 
 /// `Oem.Pcietun.Vm` of the Connection of `function`, once `State` is `want` (within 20 s).
 fn wait_vm_state(api: &str, function: &str, want: &str) -> Value {
+    wait_vm_state_within(api, function, want, Duration::from_secs(20))
+}
+
+/// [`wait_vm_state`] within `within`.
+fn wait_vm_state_within(api: &str, function: &str, want: &str, within: Duration) -> Value {
     let uri = format!("{api}/redfish/v1/Fabrics/PCIe/Connections/{function}");
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + within;
     loop {
         let c: Value = serde_json::from_str(&get_as_admin(&uri)).unwrap();
         let vm = c["Oem"]["Pcietun"]["Vm"].clone();
@@ -186,17 +244,25 @@ fn wait_vm_state(api: &str, function: &str, want: &str) -> Value {
     }
 }
 
-#[test]
-fn a_connection_names_its_vm_and_shows_its_events() {
-    let dir = tempfile::tempdir().unwrap();
+/// The appliance, its key, web1's key and a fake QEMU (its state, its monitor).
+struct Rig {
+    app: pool_common::Appliance,
+    key: SecretKey,
+    k1: SecretKey,
+    qemu: Arc<Mutex<Qemu>>,
+    mon: FakeMonitor,
+}
+
+/// An appliance in `dir` with one DMA engine `dma-a` and two hosts (so it assigns nothing by
+/// itself), and a fake QEMU with one empty hot-plug port.
+fn rig(dir: &Path) -> Rig {
     let (key, k1, k2) = (
         SecretKey::generate(),
         SecretKey::generate(),
         SecretKey::generate(),
     );
-    // Two hosts, so the appliance assigns nothing by itself.
     let app = pool_common::appliance(
-        dir.path(),
+        dir,
         &key,
         &[("web1", &k1), ("web2", &k2)],
         "\n[[device]]\nkind = \"dma\"\nname = \"dma-a\"\nbuffer = \"64K\"\n",
@@ -204,43 +270,41 @@ fn a_connection_names_its_vm_and_shows_its_events() {
     );
     let qemu = Arc::new(Mutex::new(Qemu::default()));
     let mon = fake_qemu(qemu.clone());
+    Rig {
+        app,
+        key,
+        k1,
+        qemu,
+        mon,
+    }
+}
+
+#[test]
+fn a_connection_names_its_vm_and_shows_its_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let Rig {
+        app,
+        key,
+        k1,
+        qemu,
+        mon,
+    } = rig(dir.path());
     let vfu = dir.path().join("vfu");
-    std::fs::create_dir(&vfu).unwrap();
-    let key_file = dir.path().join("web1.key");
-    k1.write_new(&key_file).unwrap();
-    let mut host = Command::new(env!("CARGO_BIN_EXE_pcietun"))
-        .args(["host", "--connect", &format!("udp:{}", app.udp)])
-        .args(["--host-id", "web1"])
-        .arg("--key")
-        .arg(&key_file)
-        .args(["--peer-key", &key.public_key().to_string()])
-        .arg("--vfio-user")
-        .arg(&vfu)
-        // `other` takes every function by its selector; its monitor does not exist.
-        .arg("--vm")
-        .arg(format!("other={}", dir.path().join("none.qmp").display()))
-        // `target` takes none by its selector.
-        .arg("--vm")
-        .arg(format!("target={},function=1f:00.7", mon.path.display()))
-        .args(["--no-control", "--vm-grace-ms", "5000"])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let host_out = lines(&mut host, "host");
-    let _host = Proc(host);
-    wait_for(&host_out, Duration::from_secs(60), |l| {
-        l.starts_with("host ready")
-    });
+    let (_host, host_out) = start_host(
+        dir.path(),
+        &app.udp,
+        &key,
+        &k1,
+        &[
+            // `other` takes every function by its selector; its monitor does not exist.
+            format!("other={}", dir.path().join("none.qmp").display()),
+            // `target` takes none by its selector.
+            format!("target={},function=1f:00.7", mon.path.display()),
+        ],
+    );
 
     let config = dir.path().join("ctl.toml");
-    let r = ctl(
-        &config,
-        &["--api", &app.api, "login", "--user", "admin"],
-        Some(&format!("{PASSWORD}\n")),
-    );
-    assert_eq!(r.code, 0);
+    login(&config, &app.api);
     let mut events = Command::new(env!("CARGO_BIN_EXE_pcietun"))
         .args(["ctl", "events", "--json"])
         .env("PCIETUN_CTL_CONFIG", &config)
@@ -321,4 +385,102 @@ fn a_connection_names_its_vm_and_shows_its_events() {
     assert_eq!(r.code, 1);
     assert_eq!(r.stderr.trim().lines().count(), 1, "{}", r.stderr);
     drop(app);
+}
+
+/// The appliance of `dir` (written by `pool_common::appliance`) again, on its UDP address
+/// `udp` (the first one had picked it: written into the configuration now), with the state it
+/// kept; killed (SIGKILL) when dropped. Its API's URL.
+fn restart_appliance(dir: &Path, udp: &str) -> (Proc, String) {
+    let path = dir.join("appliance.toml");
+    let config = std::fs::read_to_string(&path).unwrap();
+    let fixed = config.replacen("udp:127.0.0.1:0", &format!("udp:{udp}"), 1);
+    assert_ne!(fixed, config, "the listener is in the configuration");
+    std::fs::write(&path, fixed).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pcietun"))
+        .args(["appliance", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    for out in [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+        Box::new(child.stderr.take().unwrap()),
+    ] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                eprintln!("appliance (restarted): {l}");
+                let _ = tx.send(l);
+            }
+        });
+    }
+    let child = Proc(child);
+    // Both lines, in whichever order they come.
+    const API: &str = "pcietun appliance: management API on ";
+    let (mut api, mut ready) = (None, false);
+    while api.is_none() || !ready {
+        let line = wait_for(&rx, Duration::from_secs(30), |l| {
+            l.starts_with(API) || l.starts_with("appliance ready:")
+        });
+        match line.strip_prefix(API) {
+            Some(url) => api = Some(url.trim().to_string()),
+            None => ready = true,
+        }
+    }
+    (child, api.unwrap())
+}
+
+#[test]
+fn after_an_appliance_restart_the_connection_shows_its_vm_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let Rig {
+        app,
+        key,
+        k1,
+        qemu,
+        mon,
+    } = rig(dir.path());
+    // `target` takes nothing by its selector: only the assignment's name puts the function
+    // there.
+    let (_host, _host_out) = start_host(
+        dir.path(),
+        &app.udp,
+        &key,
+        &k1,
+        &[format!("target={},function=1f:00.7", mon.path.display())],
+    );
+    let config = dir.path().join("ctl.toml");
+    login(&config, &app.api);
+    let r = ctl(
+        &config,
+        &["assign", "dma-a", "web1", "--vm", "target"],
+        None,
+    );
+    assert_eq!(r.code, 0);
+    let vm = wait_vm_state(&app.api, "dma-a", "Attached");
+    assert_eq!(vm["Name"], "target", "{vm}");
+
+    // SIGKILL the appliance; it comes back on the same address with the assignment it kept.
+    let udp = app.udp.clone();
+    drop(app);
+    let (_app, api) = restart_appliance(dir.path(), &udp);
+    // The agent's new session: the VM still holds the function (nothing was unplugged), and
+    // the agent says so again — the Connection names the VM and shows it attached.
+    // (Within a minute: the agent first has to notice its session died.)
+    let vm = wait_vm_state_within(&api, "dma-a", "Attached", Duration::from_secs(60));
+    assert_eq!(vm["Name"], "target", "{vm}");
+    {
+        let q = qemu.lock().unwrap();
+        assert_eq!(q.added.len(), 1, "plugged once, not again: {:?}", q.added);
+        assert!(q.plugged.is_some(), "still in the VM");
+    }
+
+    // And the flow goes on against the restarted appliance: unassign ejects it.
+    login(&config, &api);
+    let r = ctl(&config, &["unassign", "dma-a"], None);
+    assert_eq!(r.code, 0);
+    assert_eq!(qemu.lock().unwrap().plugged, None);
 }

@@ -188,6 +188,9 @@ pub struct Router<K> {
     /// The VM consuming each assigned slot, by the slot's key (its unit's first function):
     /// named by the assignment, then as its owner last reported. Gone with the assignment.
     consumers: std::collections::BTreeMap<FunctionId, VmConsumer>,
+    /// The VM each assignment named (by the slot's key), sent again as a [`VmTarget`] at the
+    /// start of every session of its owner. Gone with the assignment.
+    named: std::collections::BTreeMap<FunctionId, VmName>,
     /// Per-function caps (docs/api.md "Policy"), by function id: they belong to the function
     /// whoever owns it.
     policies: Vec<(FunctionId, Policy)>,
@@ -346,6 +349,7 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
             traffic: Box::new([FunctionTraffic::default(); 256]),
             timeouts_seen: Box::new([0; 256]),
             consumers: std::collections::BTreeMap::new(),
+            named: std::collections::BTreeMap::new(),
             policies: Vec::new(),
             shapers: (0..256).map(|_| None).collect(),
             shaped: FunctionSet::EMPTY,
@@ -389,6 +393,7 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
             traffic: self.traffic,
             timeouts_seen: self.timeouts_seen,
             consumers: self.consumers,
+            named: self.named,
             policies: self.policies,
             shapers: self.shapers,
             shaped: self.shaped,
@@ -622,8 +627,46 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
         h.epoch = Some(epoch);
         h.reports = TokenBucket::new(REPORTS_PER_SECOND, REPORT_BURST);
         h.reports_at = None;
+        self.announce_slots(hi, key);
         self.events.push(PoolEvent::HostConnected { host, epoch });
         self.changed = true;
+    }
+
+    /// At the start of host `hi`'s session `key`: one `Occupied` per slot of its view, with the
+    /// assignment's generation (after its [`VmTarget`] if the assignment named a VM). The host
+    /// finds these cards by enumeration, not by a `Present`; this is how it learns the
+    /// generation its consumer reports about them must carry — the only one
+    /// [`on_consumer_report`](Self::on_consumer_report) accepts. Queued before anything else of
+    /// the session, so the host knows them before its enumeration completes.
+    fn announce_slots(&mut self, hi: usize, key: K) {
+        let host = self.hosts[hi].id;
+        let Some(v) = self.views.view(&host) else {
+            return;
+        };
+        let slots: Vec<(u8, u16, Option<VmName>)> = v
+            .slots()
+            .map(|(slot, e)| (slot, e.generation, self.named.get(&e.function).copied()))
+            .collect();
+        for (slot, generation, vm) in slots {
+            if let Some(vm) = vm {
+                self.send_vm_target(
+                    key,
+                    VmTarget {
+                        slot,
+                        generation,
+                        vm,
+                    },
+                );
+            }
+            self.send_slot(
+                key,
+                SlotMessage {
+                    event: SlotEvent::Occupied,
+                    slot,
+                    generation,
+                },
+            );
+        }
     }
 
     /// Session `key` is down.
@@ -1459,19 +1502,18 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
                     since: std::time::SystemTime::now(),
                 },
             );
+            self.named.insert(unit[0].clone(), vm);
         }
         if let Some(key) = self.hosts[hi].session {
             if let Some(vm) = vm {
-                let t = VmTarget {
-                    slot: present.slot,
-                    generation: present.generation,
-                    vm,
-                };
-                let mut b = [0u8; crate::tlp::slot::MAX_SLOT_TLP];
-                match t.emit(Bdf(0), &mut b) {
-                    Ok(n) => self.out.push_back((key, Bytes::copy_from_slice(&b[..n]))),
-                    Err(e) => tracing::error!("appliance: cannot build a VM target: {e}"),
-                }
+                self.send_vm_target(
+                    key,
+                    VmTarget {
+                        slot: present.slot,
+                        generation: present.generation,
+                        vm,
+                    },
+                );
             }
             self.send_slot(key, present);
         }
@@ -1548,6 +1590,7 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
         self.stats.detached += 1;
         // Its consumer was a VM of the host it left.
         self.consumers.remove(&d.function);
+        self.named.remove(&d.function);
         // What the function queued while it was the host's still goes to the host.
         self.drain_outbound(usize::MAX);
         {
@@ -1601,6 +1644,14 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
         if let Some(i) = self.pending.iter().position(|p| p.key == d.function) {
             let p = self.pending.swap_remove(i);
             (p.done)(Ok(()));
+        }
+    }
+
+    fn send_vm_target(&mut self, key: K, t: VmTarget) {
+        let mut b = [0u8; crate::tlp::slot::MAX_SLOT_TLP];
+        match t.emit(Bdf(0), &mut b) {
+            Ok(n) => self.out.push_back((key, Bytes::copy_from_slice(&b[..n]))),
+            Err(e) => tracing::error!("appliance: cannot build a VM target: {e}"),
         }
     }
 

@@ -222,7 +222,11 @@ impl Slots {
                         .collect();
                     self.close_sockets(&gone);
                 }
-                SlotEvent::RemovalAck | SlotEvent::Consumer | SlotEvent::VmTarget => {}
+                // Handled on the pump thread (`Host::on_slot_message`), or host → appliance.
+                SlotEvent::Occupied
+                | SlotEvent::RemovalAck
+                | SlotEvent::Consumer
+                | SlotEvent::VmTarget => {}
             }
         }
     }

@@ -131,6 +131,16 @@ pub enum HostEvent {
         /// Generation of the assignment being removed (echoed in the acknowledgement).
         generation: u16,
     },
+    /// At session start the appliance said `slot` holds the assignment `generation` (a card
+    /// the host finds by enumeration, with no hot-plug event): reports about it carry that
+    /// generation from now on, and a consumer that kept the card across a lost session (a VM)
+    /// says so again ([`Host::report_consumer`]).
+    SlotOccupied {
+        /// Device number on the tunnel bus.
+        slot: u8,
+        /// Generation of the assignment.
+        generation: u16,
+    },
     /// The root port's slot has an enabled hot-plug event pending (the interrupt an OS gets).
     HotPlugInterrupt,
     /// A request got no completion in time.
@@ -197,8 +207,9 @@ const MAX_EVENTS: usize = 1024;
 /// What the host knows of one slot's assignment.
 #[derive(Debug, Default, Clone, Copy)]
 struct SlotMeta {
-    /// The assignment's generation, once a `Present` or `RemovalRequest` told it (a card found
-    /// by enumeration at session start has none: its reports are not sent).
+    /// The assignment's generation, once a `Present`, `Occupied` (at session start) or
+    /// `RemovalRequest` of this session told it (an appliance that predates `Occupied` tells
+    /// none for the cards found at session start: reports about them are not sent).
     generation: Option<u16>,
     /// The VM a [`VmTarget`] named, for that generation.
     vm: Option<(u16, VmName)>,
@@ -230,8 +241,10 @@ pub struct Host {
     /// presented card, withdrawing a card's consumers): done by [`Host::take_slot_work`]'s
     /// caller, never by the pump.
     slot_work: Mutex<VecDeque<SlotMessage>>,
-    /// Per slot: the generation of its assignment (from `Present` / `RemovalRequest`), kept
-    /// after the card left so a late report names it, and the VM the assignment names.
+    /// Per slot: the generation of its assignment (from `Present` / `Occupied` /
+    /// `RemovalRequest`), kept after the card left so a late report names it, and the VM the
+    /// assignment names. Forgotten with the session: the next one (perhaps of a restarted
+    /// appliance, whose generations start again) tells them anew.
     slot_meta: Mutex<[SlotMeta; SLOTS as usize]>,
     link_up: AtomicBool,
     functions: RwLock<Vec<Arc<RemoteFunctionState>>>,
@@ -351,6 +364,9 @@ impl Host {
 
     /// The tunnel came up. Call [`Host::rescan`] afterwards from a non-pump thread.
     pub fn on_link_up(&self) {
+        // A new session (perhaps with a restarted appliance, without a `Down` seen first):
+        // its `Occupied` and `Present` messages, which follow, tell the generations.
+        self.forget_slots();
         self.link_up.store(true, Ordering::Release);
         self.event(HostEvent::LinkUp);
     }
@@ -359,6 +375,7 @@ impl Host {
     /// (presence detect and DLL state changed), functions are removed.
     pub fn on_link_down(&self) {
         self.link_up.store(false, Ordering::Release);
+        self.forget_slots();
         {
             let mut r = self.req.lock_or_recover();
             r.link_down(|tag| self.finish(tag, Err(RequestError::LinkDown)));
@@ -375,6 +392,12 @@ impl Host {
             self.event(HostEvent::FunctionRemoved(bdf));
         }
         self.set_slot(false);
+    }
+
+    /// Generations belong to the session's appliance: a report sent before the next session
+    /// told them again could name another assignment.
+    fn forget_slots(&self) {
+        *self.slot_meta.lock_or_recover() = [SlotMeta::default(); SLOTS as usize];
     }
 
     fn set_slot(&self, present: bool) {
@@ -485,7 +508,7 @@ impl Host {
     pub fn on_slot_message(&self, m: SlotMessage) {
         tracing::info!(?m, "slot message");
         match m.event {
-            SlotEvent::Present | SlotEvent::RemovalRequest => {
+            SlotEvent::Present | SlotEvent::RemovalRequest | SlotEvent::Occupied => {
                 let mut meta = self.slot_meta.lock_or_recover();
                 let e = &mut meta[usize::from(m.slot)];
                 e.generation = Some(m.generation);
@@ -512,6 +535,12 @@ impl Host {
                 // The agent still has to take down the card's consumers (sockets).
                 self.queue_slot_work(m);
             }
+            // Session start: the card is found by enumeration; its consumers may report again
+            // (a VM that kept it across the lost session: `HostEvent::SlotOccupied`).
+            SlotEvent::Occupied => self.event(HostEvent::SlotOccupied {
+                slot: m.slot,
+                generation: m.generation,
+            }),
             SlotEvent::RemovalAck | SlotEvent::Consumer | SlotEvent::VmTarget => {
                 // Host → appliance only (a VM target comes decoded, to `on_vm_target`).
                 self.stats.bad_slot_messages.fetch_add(1, Ordering::Relaxed);
@@ -552,8 +581,8 @@ impl Host {
 
     /// Tell the appliance what VM `vm` did with the card in `slot` ([`ConsumerReport`] with
     /// the assignment's generation). `Ok(false)`: not sent, the host knows no generation for
-    /// the slot (a card found at session start, before any slot message), or `vm` is not a
-    /// name a slot message carries.
+    /// the slot in this session (no `Present`, `Occupied` or `RemovalRequest` yet — an
+    /// appliance that predates `Occupied`), or `vm` is not a name a slot message carries.
     pub fn report_consumer(
         &self,
         slot: u8,

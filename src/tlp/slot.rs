@@ -33,8 +33,14 @@
 //! A host that predates them drops both as unknown events (counted); its `Present` still comes
 //! as a plain Msg, so an old host works with a new appliance.
 //!
+//! At the start of every session the appliance sends one `Occupied` (0x05, no data) per slot
+//! the host has, with that assignment's generation (preceded by its [`VmTarget`] when the
+//! assignment names a VM): the host finds those cards by enumerating, not by a hot-plug event,
+//! and learns from it the generation its reports about them must carry. A host that predates
+//! it drops it as unknown; it then reports nothing about the cards it found at session start.
+//!
 //! This module is the one place that knows the layout; the appliance builds `Present`,
-//! `RemovalRequest`, `Removed` and [`VmTarget`], the host builds `RemovalAck` and
+//! `RemovalRequest`, `Removed`, `Occupied` and [`VmTarget`], the host builds `RemovalAck` and
 //! [`ConsumerReport`], and both parse with [`Slot::from_tlp`] (or [`SlotMessage::from_tlp`] for
 //! the header alone).
 
@@ -80,6 +86,10 @@ pub enum SlotEvent {
     /// Appliance → host, with data ([`VmTarget`]): the assignment about to be presented at
     /// this slot and generation names the VM that is to take it.
     VmTarget = 0x04,
+    /// Appliance → host, at session start: the slot holds the assignment of this generation
+    /// (no hot-plug event: the host finds the card by enumeration). The generation the host's
+    /// [`ConsumerReport`]s about it carry.
+    Occupied = 0x05,
     /// Host → appliance: the function's consumers let it go; detach it now.
     RemovalAck = 0x81,
     /// Host → appliance, with data ([`ConsumerReport`]): what a VM did with the function.
@@ -94,6 +104,7 @@ impl SlotEvent {
             0x02 => Self::RemovalRequest,
             0x03 => Self::Removed,
             0x04 => Self::VmTarget,
+            0x05 => Self::Occupied,
             0x81 => Self::RemovalAck,
             0x82 => Self::Consumer,
             _ => return None,
@@ -254,7 +265,7 @@ pub struct VmTarget {
 /// Any pcietun slot message, decoded with its data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Slot {
-    /// One without data (`Present`, `RemovalRequest`, `Removed`, `RemovalAck`).
+    /// One without data (`Present`, `RemovalRequest`, `Removed`, `Occupied`, `RemovalAck`).
     Message(SlotMessage),
     /// A host's [`ConsumerReport`].
     Consumer(ConsumerReport),
@@ -510,6 +521,7 @@ mod tests {
             SlotEvent::Present,
             SlotEvent::RemovalRequest,
             SlotEvent::Removed,
+            SlotEvent::Occupied,
             SlotEvent::RemovalAck,
         ] {
             for slot in [0, 7, SLOTS - 1] {

@@ -23,6 +23,11 @@
 #    reads back what guest B wrote; `ctl unassign` ejects it cleanly.
 # 5. The backing file holds every cycle's file as the guests wrote it (e2fsck, debugfs); the
 #    appliance and both agents exit 0 on SIGTERM; with --loss, the agents dropped frames.
+# Through the management API all along (issue 15 "Events"): while a guest has the function, its
+# Connection names that guest's VM and shows it Attached (cycle 1 names the VM in `ctl assign
+# --vm`, the others leave it to the agent's selector); after `ctl unassign` there is no
+# Connection; the event stream (`ctl events --json`) carried each cycle's VM attach and detach
+# on the Connection, and for the guest that never ejects its EjectRefused.
 # Prints the measured assign -> "driver bound" and unassign -> "gone" times (ctl command started
 # on the host until the guest's console line), and PASS or FAIL.
 #
@@ -144,6 +149,51 @@ EOF
 vm() { local g="$1"; shift; "$BIN" host vm --control "$tmp/vm-$g.ctl" "$@"; }
 ctl() { PCIETUN_CTL_CONFIG="$tmp/ctl.toml" "$BIN" ctl "$@"; }
 
+# Oem.Pcietun.Vm of nvme-a's Connection, read through the API as the administrator (the
+# password from its file, never on a command line): prints "STATE NAME", or "none" when there
+# is no Connection (the function is unassigned).
+conn_vm() {
+    /usr/bin/python3 - "$api" "$tmp/admin.pw" <<'EOF'
+import base64, json, sys, urllib.error, urllib.request
+api, pw_file = sys.argv[1], sys.argv[2]
+pw = open(pw_file).readline().rstrip("\n")
+req = urllib.request.Request(api + "/redfish/v1/Fabrics/PCIe/Connections/nvme-a")
+req.add_header("Authorization", "Basic " + base64.b64encode(("admin:" + pw).encode()).decode())
+try:
+    c = json.load(urllib.request.urlopen(req, timeout=10))
+except urllib.error.HTTPError as e:
+    if e.code == 404:
+        print("none")
+        sys.exit(0)
+    raise
+vm = ((c.get("Oem") or {}).get("Pcietun") or {}).get("Vm") or {}
+print(vm.get("State") or "null", vm.get("Name") or "null")
+EOF
+}
+# Waits (at most $2 s) until conn_vm prints $1; fails with what it printed last.
+expect_conn() {
+    local want="$1" limit="$2" got="" i
+    for ((i = 0; i < limit * 10; i++)); do
+        got=$(conn_vm) || got="(API request failed)"
+        [ "$got" = "$want" ] && return 0
+        sleep 0.1
+    done
+    fail "cycle $c: nvme-a's Connection shows Vm '$got', expected '$want'"
+}
+# How many events on nvme-a's Connection the event stream carried with "$1" in them.
+events_with() { grep -F 'Connections/nvme-a"' "$tmp/events.log" | grep -cF "$1" || true; }
+# Waits (at most $3 s) until the event stream carried at least $2 events "$1" on nvme-a's
+# Connection.
+expect_event() {
+    local msg="$1" n="$2" limit="$3" i
+    for ((i = 0; i < limit * 10; i++)); do
+        (($(events_with "$msg") >= n)) && return 0
+        kill -0 "$events_pid" 2>/dev/null || fail "ctl events ended: $(tail -n 5 "$tmp/events.log")"
+        sleep 0.1
+    done
+    fail "cycle $c: the event stream carried $(events_with "$msg") '$msg' on nvme-a's Connection, expected $n"
+}
+
 loss_args=()
 [ -n "$loss" ] && loss_args=(--inject-loss "$loss")
 backing="$tmp/nvme.img"
@@ -243,6 +293,13 @@ devs=$(ctl devices --json) || fail "ctl devices failed"
 state=$(printf '%s' "$devs" | /usr/bin/python3 -c 'import json, sys; print(next(r["state"] for r in json.load(sys.stdin) if r["id"] == "nvme-a"))') ||
     fail "nvme-a is not in ctl devices: $devs"
 [ "$state" = unassigned ] || fail "nvme-a should start unassigned, is $state"
+c=0
+[ "$(conn_vm)" = none ] || fail "nvme-a has a Connection before any assignment: $(conn_vm)"
+ctl events --json >"$tmp/events.log" 2>&1 &
+events_pid=$!
+pids+=("$events_pid")
+sleep 1
+kill -0 "$events_pid" 2>/dev/null || fail "ctl events did not start: $(cat "$tmp/events.log")"
 
 for g in a b; do
     pid_var="qpid_$g"
@@ -273,23 +330,29 @@ agent_detached() {
     done
     return 1
 }
+# Assign nvme-a to host-$1 (naming its VM guest-$1 in the assignment when $2 is "named").
 assign() {
+    local named=()
+    [ "${2:-}" = named ] && named=(--vm "guest-$1")
     t_req=$(now)
-    out=$(ctl assign nvme-a "host-$1" 2>&1) || fail "ctl assign nvme-a host-$1 (cycle $c) failed: $out"
+    out=$(ctl assign nvme-a "host-$1" "${named[@]}" 2>&1) || fail "ctl assign nvme-a host-$1 ${named[*]} (cycle $c) failed: $out"
 }
 unassign() {
     t_req=$(now)
     out=$(ctl unassign nvme-a 2>&1) || fail "ctl unassign nvme-a (cycle $c) failed: $out"
     unassign_ms=$(ms_since "$t_req")
 }
-# One orderly cycle $c on guest $1 (its $2-th detach): assign, bound, verify, synced, unassign,
-# ejected, gone.
+# One orderly cycle $c on guest $1 (its $2-th attach and detach; $3 "named": the assignment
+# names the VM): assign, bound, the Connection shows the VM attached and the event stream its
+# attach, verify, synced, unassign, ejected, gone, the detach event, no Connection.
 cycle() {
     local g="$1" n="$2" ev
-    assign "$g"
+    assign "$g" "${3:-}"
     guest_step "$g" "$c" bound 180
     bound_ms+=("$step_ms")
     log "cycle $c: guest $g: driver bound $step_ms ms after ctl assign ($out)"
+    expect_conn "Attached guest-$g" 20
+    expect_event "VM guest-$g on host-$g Attached" "$n" 20
     guest_step "$g" "$c" "synced" 180
     for ((k = 1; k < c; k++)); do
         has "$g" "cycle $c: verified cycle $k: " || fail "cycle $c: guest $g did not verify the data of cycle $k"
@@ -310,12 +373,14 @@ cycle() {
     fi
     ev=$(agent_detached "$g" "$n" 60) || fail "cycle $c: agent $g reported no detach"
     [[ "$ev" == *'"outcome":"ejected"'* ]] || fail "cycle $c: the detach did not end with the guest's eject: $ev"
-    log "cycle $c: guest $g: gone $step_ms ms after ctl unassign (which returned after $unassign_ms ms); agent: ejected"
+    expect_event "VM guest-$g on host-$g Detached" "$n" 20
+    expect_conn none 10
+    log "cycle $c: guest $g: gone $step_ms ms after ctl unassign (which returned after $unassign_ms ms); agent: ejected; API: Connection showed 'Attached guest-$g', events carried the attach and the detach, no Connection now"
 }
 
 # --- cycles 1..N on host-a.
 for ((c = 1; c <= cycles; c++)); do
-    cycle a "$c"
+    if ((c == 1)); then cycle a "$c" named; else cycle a "$c"; fi
 done
 
 # --- the move: host-b's guest reads what guest A wrote, then never lets go.
@@ -324,6 +389,8 @@ assign b
 guest_step b "$c" bound 180
 move_bound_ms=$step_ms
 log "cycle $c: guest b: driver bound $step_ms ms after ctl assign nvme-a host-b"
+expect_conn "Attached guest-b" 20
+expect_event "VM guest-b on host-b Attached" 1 20
 guest_step b "$c" "synced .*noeject armed" 180
 for ((k = 1; k < c; k++)); do
     has b "cycle $c: verified cycle $k: " || fail "cycle $c: guest b did not verify the data of cycle $k"
@@ -337,6 +404,9 @@ bound=$((grace_ms + 15000))
 ((noeject_ms <= bound)) || fail "no-eject: the detach took ${noeject_ms} ms, more than grace ${grace_ms} ms + 15 s"
 grep -q '"event":"guest_did_not_release"' "$tmp/host-b.log" ||
     fail "no-eject: agent b reported no guest_did_not_release event"
+expect_event "VM guest-b on host-b EjectRefused" 1 20
+expect_conn none 10
+log "no-eject: the event stream carried guest-b's EjectRefused on the Connection; no Connection after the unassign"
 log "no-eject: ctl unassign returned after $unassign_ms ms; agent b withdrew the function after ${noeject_ms} ms (grace ${grace_ms} ms)"
 vm b list >/dev/null || fail "no-eject: agent b does not answer 'vm list' any more"
 st=$(qmp b query-status) || fail "no-eject: QEMU B's monitor does not answer"
@@ -349,6 +419,8 @@ assign a
 guest_step a "$c" bound 180
 bound_ms+=("$step_ms")
 log "cycle $c: guest a: driver bound $step_ms ms after ctl assign nvme-a host-a"
+expect_conn "Attached guest-a" 20
+expect_event "VM guest-a on host-a Attached" $((cycles + 1)) 20
 guest_step a "$c" "synced" 180
 for ((k = 1; k < c; k++)); do
     has a "cycle $c: verified cycle $k: " || fail "cycle $c: guest a did not verify the data of cycle $k"
@@ -358,6 +430,8 @@ guest_step a "$c" gone 90
 gone_ms+=("$step_ms")
 ev=$(agent_detached a $((cycles + 1)) 60) || fail "cycle $c: agent a reported no detach"
 [[ "$ev" == *'"outcome":"ejected"'* ]] || fail "cycle $c: the detach did not end with the guest's eject: $ev"
+expect_event "VM guest-a on host-a Detached" $((cycles + 1)) 20
+expect_conn none 10
 log "cycle $c: guest a: gone $step_ms ms after ctl unassign"
 
 # Guest B lives on after the withdrawal: it notices (its I/O fails) and says so.

@@ -7,8 +7,11 @@
 //!   function to the VM configured for it, `FunctionRemoved` detaches it. A `FunctionRemoved`
 //!   that follows `LinkDown` is a lost session, not an unassignment: the function stays in the
 //!   VM (its reads fail until the session is back, then it revives) — only a removal while the
-//!   link is up takes it out. Today these events come from (re)enumeration; the pool's slot
-//!   events (assign / unassign) will raise the same ones.
+//!   link is up takes it out. These events come from (re)enumeration and from the pool's slot
+//!   events (assign / unassign). `SlotOccupied` (a new session names a slot the host has, and
+//!   its generation) makes the worker report the VM that holds the slot's functions again
+//!   (`Attached`): after the appliance restarted, the assignment's Connection shows its VM
+//!   again although nothing was plugged anew.
 //! * the local control socket ([`VmService::serve_control`]), one request per line:
 //!   `attach FUNCTION [VM]`, `detach FUNCTION`, `list`; one JSON object per reply line
 //!   (`{"ok": true, ...}` or `{"ok": false, "error": "..."}`). It is the operator's and the
@@ -21,7 +24,7 @@ use crate::sync::MutexExt;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -171,6 +174,9 @@ enum Job {
     Release(FunctionRef, Released),
     /// The agent lost the function (detach unless the link is down).
     Removed(FunctionRef),
+    /// New sessions named slots (the bits of [`VmService`]'s `announce` mask): report the VMs
+    /// holding their functions again.
+    Announce,
     LinkDown,
     LinkUp,
     Stop,
@@ -179,8 +185,12 @@ enum Job {
 /// The VM worker.
 pub struct VmService {
     tx: Mutex<mpsc::Sender<Job>>,
-    /// Where the VM an assignment names is looked up ([`VmService::names_from`]).
-    names: Mutex<Option<std::sync::Weak<Host>>>,
+    /// Where the VM an assignment names is looked up, and where reports go
+    /// ([`VmService::names_from`]).
+    names: Names,
+    /// Slots whose VMs are to be reported again (bit N: slot N), taken by the worker on
+    /// `Job::Announce`.
+    announce: Arc<AtomicU32>,
     attacher: Arc<VmAttacher>,
     worker: Mutex<Option<JoinHandle<()>>>,
     stop: Arc<AtomicBool>,
@@ -194,8 +204,11 @@ impl std::fmt::Debug for VmService {
     }
 }
 
+type Names = Arc<Mutex<Option<std::sync::Weak<Host>>>>;
+
 struct Worker {
     attacher: Arc<VmAttacher>,
+    names: Names,
     sockets: Arc<dyn FunctionSockets>,
     link_up: bool,
     /// Attaches waiting for an unreachable VM: (function, vm, next try).
@@ -245,6 +258,30 @@ impl Worker {
         }
     }
 
+    /// Report every VM holding a function of `slot` to the appliance again (the session is
+    /// new; the attachment is not).
+    fn announce(&self, slot: u8) {
+        let Some(host) = self
+            .names
+            .lock_or_recover()
+            .as_ref()
+            .and_then(|h| h.upgrade())
+        else {
+            return;
+        };
+        for a in self.attacher.attachments() {
+            if a.function.bdf.device() != slot {
+                continue;
+            }
+            match host.report_consumer(slot, crate::tlp::slot::ConsumerEvent::Attached, &a.vm) {
+                Ok(true) => tracing::info!(function = %a.function, vm = %a.vm,
+                    "VM consumer reported again to the new session"),
+                Ok(false) => tracing::debug!(slot, "VM consumer not reported: no assignment known"),
+                Err(e) => tracing::info!(slot, error = %e, "VM consumer not reported"),
+            }
+        }
+    }
+
     fn next_retry(&self) -> Option<Instant> {
         self.retry.iter().map(|r| r.2).min()
     }
@@ -286,8 +323,12 @@ impl VmService {
             );
         }
         let (tx, rx) = mpsc::channel::<Job>();
+        let names: Names = Arc::default();
+        let announce = Arc::new(AtomicU32::new(0));
+        let announce2 = announce.clone();
         let mut w = Worker {
             attacher: attacher.clone(),
+            names: names.clone(),
             sockets,
             link_up: true,
             retry: Vec::new(),
@@ -338,6 +379,12 @@ impl VmService {
                     Job::Removed(function) => {
                         tracing::debug!(%function, "function lost with the link; it stays in its VM")
                     }
+                    Job::Announce => {
+                        let slots = announce2.swap(0, Ordering::AcqRel);
+                        for slot in (0..32u8).filter(|s| slots & (1 << s) != 0) {
+                            w.announce(slot);
+                        }
+                    }
                     Job::LinkDown => w.link_up = false,
                     Job::LinkUp => w.link_up = true,
                     Job::Stop => return,
@@ -345,7 +392,8 @@ impl VmService {
             })?;
         Ok(VmService {
             tx: Mutex::new(tx),
-            names: Mutex::new(None),
+            names,
+            announce,
             attacher,
             worker: Mutex::new(Some(worker)),
             stop: Arc::new(AtomicBool::new(false)),
@@ -392,12 +440,21 @@ impl VmService {
                 // Whether the link is down is the worker's to judge, in event order.
                 self.send(Job::Removed(FunctionRef::from_bdf(*b)));
             }
+            HostEvent::SlotOccupied { slot, .. } => {
+                // One job for however many arrive before the worker gets to it: an appliance
+                // that floods `Occupied` cannot grow the queue.
+                let bit = 1u32.checked_shl(u32::from(*slot)).unwrap_or(0);
+                if bit != 0 && self.announce.fetch_or(bit, Ordering::AcqRel) == 0 {
+                    self.send(Job::Announce);
+                }
+            }
             _ => {}
         }
     }
 
     /// Take the VM an assignment names from `host`'s slot messages (`Host::slot_vm`): a
-    /// function whose assignment names a VM is attached to that VM, not by the selectors.
+    /// function whose assignment names a VM is attached to that VM, not by the selectors. Also
+    /// where [`HostEvent::SlotOccupied`] reports the VMs again (`Host::report_consumer`).
     pub fn names_from(&self, host: &Arc<Host>) {
         *self.names.lock_or_recover() = Some(Arc::downgrade(host));
     }
