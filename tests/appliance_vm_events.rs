@@ -10,6 +10,7 @@
 
 use std::time::{Duration, Instant};
 
+use pcietun::appliance::config::AssignSpec;
 use pcietun::appliance::control::PoolEvent;
 use pcietun::appliance::inventory::{FunctionEntry, FunctionId, Inventory};
 use pcietun::appliance::router::{RouterStats, REPORTS_PER_SECOND, REPORT_BURST};
@@ -466,4 +467,41 @@ fn a_flood_at_the_session_start_generation_is_rate_limited() {
     };
     p.events();
     flood(&mut p, 3, o.slot, o.generation, 500);
+}
+
+/// Start assignments (the configuration's, or those an appliance restores from its state
+/// store after a restart) keep the VM they named: the host's first session after the start
+/// gets that VM's target before the slot's Occupied, as after a run-time `assign --vm`.
+#[test]
+fn a_restored_assignment_names_its_vm_again_at_the_next_session() {
+    let mut p = pool();
+    let a = p.a;
+    p.router.on_down(&mut p.ep, A, Instant::now());
+    let (f, g) = (p.ids[0].clone(), p.ids[1].clone());
+    p.router
+        .apply(&[
+            AssignSpec {
+                function: f.clone(),
+                host: a,
+                vm: Some(VmName::new("web1").unwrap()),
+            },
+            AssignSpec {
+                function: g.clone(),
+                host: a,
+                vm: None,
+            },
+        ])
+        .unwrap();
+    let sent = connect(&mut p, 3, a);
+    let [Slot::VmTarget(t), Slot::Message(o0), Slot::Message(o1)] = sent.as_slice() else {
+        panic!("expected VmTarget, Occupied, Occupied; got {sent:?}");
+    };
+    assert_eq!(
+        (o0.event, o1.event),
+        (SlotEvent::Occupied, SlotEvent::Occupied)
+    );
+    assert_eq!(
+        (t.slot, t.generation, t.vm.as_str()),
+        (o0.slot, o0.generation, "web1")
+    );
 }

@@ -30,6 +30,7 @@ use super::inventory::FunctionId;
 use super::ApplianceError;
 use crate::endpoint::nvme::NvmeSriov;
 use crate::endpoint::Bdf;
+use crate::tlp::slot::VmName;
 use crate::transport::keys::{self, KeyError, DEVELOPMENT_HOST_NAME};
 use crate::transport::{HostId, HostKey, PublicKey, SecretKey};
 
@@ -353,6 +354,11 @@ pub struct AssignSpec {
     pub function: FunctionId,
     /// Its owner; always one of [`ApplianceConfig::hosts`].
     pub host: HostId,
+    /// The VM of the owner that is to take it, as an assignment restored from the state store
+    /// named it (`Oem.Pcietun.Vm.Name`, `ctl assign --vm`): sent to the host again at its next
+    /// session, as when it was assigned. The configuration file does not name VMs (a host
+    /// agent's `[[vm]]` selectors do).
+    pub vm: Option<VmName>,
 }
 
 /// A host allowed to connect, as the configuration names it: `[[host]] id, public_key,
@@ -1146,7 +1152,11 @@ impl ApplianceConfig {
                     ConfigProblem::AssignedTwice(function.to_string()),
                 ));
             }
-            cfg.assignments.push(AssignSpec { function, host: id });
+            cfg.assignments.push(AssignSpec {
+                function,
+                host: id,
+                vm: None,
+            });
         }
         if let Some(o) = &file.options {
             if let Some(l) = &o.inject_loss {
@@ -1341,11 +1351,13 @@ mod tests {
             vec![
                 AssignSpec {
                     function: FunctionId::named("dma-a").unwrap(),
-                    host: web("web1")
+                    host: web("web1"),
+                    vm: None,
                 },
                 AssignSpec {
                     function: FunctionId::derived(Bdf::new(0, 1, 0)).vf(1),
-                    host: web("web2")
+                    host: web("web2"),
+                    vm: None,
                 },
             ]
         );

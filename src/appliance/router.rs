@@ -401,10 +401,11 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
         }
     }
 
-    /// Apply the configured assignments (before serving: no session is up).
+    /// Apply the start assignments (configured or restored; before serving: no session is
+    /// up), each with the VM it names.
     pub fn apply(&mut self, assignments: &[AssignSpec]) -> Result<(), ControlError> {
         for a in assignments {
-            self.assign(&a.function, a.host)?;
+            self.assign_vm(&a.function, a.host, a.vm)?;
         }
         Ok(())
     }

@@ -557,6 +557,7 @@ fn default_assignments(cfg: &ApplianceConfig, inv: &Inventory) -> Vec<AssignSpec
             .map(|f| AssignSpec {
                 function: f.id.clone(),
                 host: *only,
+                vm: None,
             })
             .collect(),
         _ => Vec::new(),

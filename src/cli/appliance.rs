@@ -17,6 +17,7 @@ use pcietun::appliance::{
 };
 use pcietun::mgmt;
 use pcietun::mgmt::store::{self, AssignmentRecord, Table};
+use pcietun::tlp::slot::VmName;
 
 /// Arguments of `pcietun appliance`.
 #[derive(Debug, clap::Args)]
@@ -176,7 +177,20 @@ fn restore_plan(
             .id
             .clone();
         let host = *inv.hosts().iter().find(|x| x.to_string() == *h)?;
-        Some(AssignSpec { function, host })
+        // The VM the assignment named, if the record has one the slot message can carry (the
+        // API checked it when it was stored; a record edited since is restored without it).
+        let vm = stored
+            .iter()
+            .find(|(sf, r)| sf == f && r.host.as_deref() == Some(h.as_str()))
+            .and_then(|(_, r)| r.vm.as_deref())
+            .and_then(|v| match VmName::new(v) {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    tracing::warn!(function = %f, vm = %v, "management API: stored VM name not restored: {e}");
+                    None
+                }
+            });
+        Some(AssignSpec { function, host, vm })
     };
     let restored: Vec<AssignSpec> = plan.stored.iter().filter_map(spec).collect();
     // The configured entries kept, in their order (as AssignSpec, unchanged).
@@ -343,4 +357,56 @@ pub fn run(args: ApplianceArgs) -> Result<ExitCode, Box<dyn std::error::Error>> 
     }
     result?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pcietun::appliance::inventory::{FunctionEntry, FunctionId};
+    use pcietun::endpoint::dma_engine::DmaEngine;
+    use pcietun::endpoint::wire::Bdf;
+    use pcietun::transport::HostId;
+
+    #[test]
+    fn restored_assignments_keep_the_vm_their_record_names() {
+        let (a, b) = (HostId::new("web1").unwrap(), HostId::new("web2").unwrap());
+        let mut inv = Inventory::new([a, b]);
+        let mut ids: Vec<FunctionId> = Vec::new();
+        for d in 0..3u8 {
+            let mut dev = DmaEngine::new(4096);
+            let e = FunctionEntry::describe(Bdf::new(0, d, 0), None, &mut dev).unwrap();
+            ids.push(e.id.clone());
+            inv.add(e).unwrap();
+        }
+        let record = |host: &str, vm: Option<&str>| AssignmentRecord {
+            host: Some(host.into()),
+            vm: vm.map(str::to_string),
+        };
+        let stored = vec![
+            (ids[0].to_string(), record("web1", Some("db-vm"))),
+            (ids[1].to_string(), record("web2", None)),
+            // Not a name a slot message can carry (edited by hand): restored without it.
+            (ids[2].to_string(), record("web1", Some("no spaces"))),
+        ];
+        let plan = restore_plan(&stored, &inv, Vec::new());
+        let got: Vec<(String, String, Option<String>)> = plan
+            .restored
+            .iter()
+            .map(|s| {
+                (
+                    s.function.to_string(),
+                    s.host.to_string(),
+                    s.vm.map(|v| v.to_string()),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (ids[0].to_string(), "web1".into(), Some("db-vm".into())),
+                (ids[1].to_string(), "web2".into(), None),
+                (ids[2].to_string(), "web1".into(), None),
+            ]
+        );
+    }
 }
