@@ -157,14 +157,7 @@ impl Service {
                         &format!("reclaimed by a rule ({why})"),
                         wall,
                     );
-                    if let Some(id) = reply
-                        .body
-                        .as_ref()
-                        .and_then(|b| b["Id"].as_str())
-                        .and_then(|i| i.parse().ok())
-                    {
-                        started.push(id);
-                    }
+                    started.extend(task_id(&reply));
                 }
                 Err(e) => tracing::warn!(
                     function = %d.function,
@@ -265,6 +258,11 @@ impl Service {
         );
         Ok(Reply::ok(self.get_fabric(f)?))
     }
+}
+
+/// The id of the Task a 202 reply carries.
+pub(crate) fn task_id(reply: &Reply) -> Option<u64> {
+    reply.body.as_ref()?["Id"].as_str()?.parse().ok()
 }
 
 /// Seconds since the Unix epoch of `t` (0 before it).

@@ -19,6 +19,7 @@ use serde_json::{json, Value};
 
 use super::error::{ApiError, ApiResult};
 use super::fabric::{check_fabric, Op};
+use super::rules::task_id;
 use super::uri::{connection_uri, zone_uri, FABRIC_URI};
 use super::{body, Caller, Reply, Service, Snapshot};
 use crate::mgmt::auth::Privilege;
@@ -329,14 +330,7 @@ impl Service {
                     tracing::info!("management API: {name}");
                     self.events
                         .push_rule(&function, &format!("moved by a schedule ({name})"), now);
-                    if let Some(id) = reply
-                        .body
-                        .as_ref()
-                        .and_then(|b| b["Id"].as_str())
-                        .and_then(|i| i.parse().ok())
-                    {
-                        started.push(id);
-                    }
+                    started.extend(task_id(&reply));
                 }
                 Err(e) => tracing::warn!(
                     function = %function,
