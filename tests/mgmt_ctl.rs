@@ -519,3 +519,132 @@ fn the_pool_has_room_for_32_cards() {
         "no free device number",
     );
 }
+
+/// `ctl rules`, `ctl assign --lease` and `ctl schedule` (docs/api.md "Rules", "Schedules"):
+/// the documented `--json` keys, refusals exit 1 with the API's reason, bad durations and
+/// windows are usage errors (exit 2) that never reach the API.
+#[test]
+fn ctl_rules_leases_and_schedules() {
+    let api = start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ctl.toml");
+    let url = api.url.as_str();
+    let r = ctl(
+        &config,
+        &["--api", url, "login", "--user", ADMIN],
+        Some(&format!("{ADMIN_PW}\n")),
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let json = |r: &Run| -> serde_json::Value {
+        serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{e}: {}", r.stdout))
+    };
+
+    let r = ctl(
+        &config,
+        &["rules", "--reclaim-after", "10m", "--json"],
+        None,
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        json(&r),
+        serde_json::json!({"reclaim_after_s": 600, "pending": [], "leases": []})
+    );
+    let r = ctl(&config, &["rules"], None);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.starts_with("reclaim after: 10m"), "{}", r.stdout);
+    for bad in ["0s", "10", "1.5s", "31d", "soon"] {
+        let r = ctl(&config, &["rules", "--reclaim-after", bad], None);
+        assert_eq!(r.code, 2, "{bad}: {}", r.stderr);
+    }
+    let r = ctl(
+        &config,
+        &["rules", "--reclaim-after", "never", "--json"],
+        None,
+    );
+    assert_eq!(json(&r)["reclaim_after_s"], serde_json::Value::Null);
+
+    let r = ctl(
+        &config,
+        &["assign", "nvme0", "alpha", "--lease", "2h", "--json"],
+        None,
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = ctl(&config, &["rules", "--json"], None);
+    let leases = &json(&r)["leases"];
+    assert_eq!(leases[0]["function"], "nvme0");
+    assert_eq!(leases[0]["host"], "alpha");
+    assert_eq!(leases[0]["seconds"], 7200);
+    assert!(leases[0]["expires_at"]
+        .as_str()
+        .unwrap()
+        .ends_with("+00:00"));
+    assert_eq!(
+        ctl(
+            &config,
+            &["assign", "dma0.vf1", "alpha", "--lease", "0s"],
+            None
+        )
+        .code,
+        2
+    );
+
+    let r = ctl(
+        &config,
+        &[
+            "schedule",
+            "add",
+            "dma0.vf1",
+            "alpha",
+            "01:00-03:00",
+            "--then",
+            "beta",
+            "--json",
+        ],
+        None,
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let rows = json(&r);
+    let first = rows[0].as_object().unwrap();
+    let mut keys: Vec<&str> = first.keys().map(String::as_str).collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        ["active", "end", "function", "host", "id", "start", "then"]
+    );
+    assert_eq!(
+        (&rows[0]["id"], &rows[0]["start"], &rows[0]["then"]),
+        (
+            &serde_json::json!("1"),
+            &serde_json::json!("01:00"),
+            &serde_json::json!("beta")
+        )
+    );
+    // Overlap: refused by the API, exit 1 with its reason on one line.
+    let r = ctl(
+        &config,
+        &["schedule", "add", "dma0.vf1", "beta", "02:00-04:00"],
+        None,
+    );
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("overlaps schedule 1"), "{}", r.stderr);
+    assert_eq!(r.stderr.trim().lines().count(), 1, "{}", r.stderr);
+    // The function is the schedule's now.
+    let r = ctl(&config, &["assign", "dma0.vf1", "alpha"], None);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("managed by schedule 1"), "{}", r.stderr);
+    for bad in ["1-3", "01:00", "25:00-26:00", "01:00/03:00"] {
+        let r = ctl(
+            &config,
+            &["schedule", "add", "dma0.vf2", "alpha", bad],
+            None,
+        );
+        assert_eq!(r.code, 2, "{bad}: {}", r.stderr);
+    }
+    let r = ctl(&config, &["schedule"], None);
+    assert_eq!(r.code, 0);
+    assert!(r.stdout.contains("01:00-03:00 UTC"), "{}", r.stdout);
+    let r = ctl(&config, &["schedule", "remove", "1", "--json"], None);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(json(&r), serde_json::json!([]));
+    assert_eq!(ctl(&config, &["schedule", "remove", "1"], None).code, 1);
+}

@@ -15,15 +15,52 @@ use mgmt_common::*;
 fn redfish_service_validator_reports_no_error() {
     let api = start();
     let admin = api.admin();
-    // The assignment names a VM, so its Connection carries Oem.Pcietun.Vm for the validator.
+    // The assignment names a VM and carries a lease, so its Connection carries
+    // Oem.Pcietun.Vm and Oem.Pcietun.Lease for the validator.
     let body = serde_json::json!({
         "Endpoint": {"@odata.id": "/redfish/v1/Fabrics/PCIe/Endpoints/fn-nvme0"},
-        "Oem": {"Pcietun": {"Vm": {"Name": "web1"}}},
+        "Oem": {"Pcietun": {"Vm": {"Name": "web1"}, "LeaseSeconds": 86400}},
     });
     assert_eq!(
         api.post(ADD_ALPHA, Auth::Token(&admin), &body.to_string())
             .status,
         202
+    );
+    // The Fabric's rules with something in every list: the rule set, a function of the
+    // disconnected host beta (a pending reclaim), a lease (above), a schedule.
+    let rules = serde_json::json!({"Oem": {"Pcietun": {"Rules": {"ReclaimAfterSeconds": 86400}}}});
+    assert_eq!(
+        api.patch(
+            "/redfish/v1/Fabrics/PCIe",
+            Auth::Token(&admin),
+            &[],
+            &rules.to_string()
+        )
+        .status,
+        200
+    );
+    assert_eq!(
+        api.post(
+            "/redfish/v1/Fabrics/PCIe/Zones/beta/Actions/Zone.AddEndpoint",
+            Auth::Token(&admin),
+            &add_endpoint_body("dma0.vf1")
+        )
+        .status,
+        202
+    );
+    let schedule = serde_json::json!({
+        "Function": "dma0.vf2", "Host": "beta", "Start": "01:00", "End": "03:00", "Then": null,
+    });
+    let r = api.post(
+        "/redfish/v1/Fabrics/PCIe/Actions/Oem/Pcietun.AddSchedule",
+        Auth::Token(&admin),
+        &schedule.to_string(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        r.json["Oem"]["Pcietun"]["PendingReclaims"][0]["Function"], "dma0.vf1",
+        "{}",
+        r.text
     );
     api.user(&admin, "viewer", "ReadOnly");
     let dir = tempfile::tempdir().unwrap();

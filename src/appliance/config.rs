@@ -242,6 +242,9 @@ pub enum ConfigProblem {
     /// `session_timeout_s` out of range.
     #[error("session_timeout_s must be 30..=86400")]
     ApiSessionTimeout,
+    /// `reclaim_after_s` out of range.
+    #[error("reclaim_after_s must be 1..=2592000 (30 days)")]
+    ApiReclaimAfter,
 }
 
 /// A configuration error: where the value came from, and what is wrong with it.
@@ -445,6 +448,9 @@ pub struct ApiSettings {
     /// `[api] state`: the file where the API's accounts and acknowledged assignments persist
     /// (`None`: `pcietun appliance` picks the default, docs/api.md "Persistence").
     pub state: Option<PathBuf>,
+    /// `[api] reclaim_after_s`: how long a host's session may be lost before the API returns
+    /// its functions to the pool (docs/api.md "Rules"; `None`: never, unless set over the API).
+    pub reclaim_after: Option<Duration>,
 }
 
 impl Default for ApiSettings {
@@ -459,6 +465,7 @@ impl Default for ApiSettings {
             session_timeout: None,
             device_dirs: Vec::new(),
             state: None,
+            reclaim_after: None,
         }
     }
 }
@@ -556,6 +563,7 @@ struct FileApi {
     #[serde(default)]
     device_dirs: Vec<String>,
     state: Option<String>,
+    reclaim_after_s: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1208,6 +1216,12 @@ impl ApplianceConfig {
                 }
                 api.session_timeout = Some(Duration::from_secs(*t.get_ref()));
             }
+            if let Some(t) = &table.reclaim_after_s {
+                if !(1..=30 * 24 * 3600).contains(t.get_ref()) {
+                    return Err(err(Some(t.span()), ConfigProblem::ApiReclaimAfter));
+                }
+                api.reclaim_after = Some(Duration::from_secs(*t.get_ref()));
+            }
             api.device_dirs = table.device_dirs.iter().map(|d| resolve(d)).collect();
             api.state = table.state.as_deref().map(resolve);
             cfg.api = Some(api);
@@ -1737,7 +1751,7 @@ removal_grace_ms = 45000
         let c = ApplianceConfig::from_toml(
             "[api]\nlisten = \"0.0.0.0:9443\"\nadmin = \"root\"\nadmin_password_file = \"admin.pw\"\n\
              tls_cert = \"/tls/c.pem\"\ntls_key = \"k.pem\"\nsession_timeout_s = 600\n\
-             state = \"state/pt.redb\"\n",
+             state = \"state/pt.redb\"\nreclaim_after_s = 600\n",
             "f.toml",
             Path::new("/etc/pt"),
         )
@@ -1757,6 +1771,7 @@ removal_grace_ms = 45000
             })
         );
         assert_eq!(api.session_timeout, Some(Duration::from_secs(600)));
+        assert_eq!(api.reclaim_after, Some(Duration::from_secs(600)));
         assert_eq!(
             api.state.as_deref(),
             Some(Path::new("/etc/pt/state/pt.redb"))
@@ -1838,6 +1853,10 @@ state_file = \"x\"\n",
             (
                 "[api]\nsession_timeout_s = 5\n",
                 "f.toml:2:21: session_timeout_s",
+            ),
+            (
+                "[api]\nreclaim_after_s = 0\n",
+                "f.toml:2:19: reclaim_after_s must be",
             ),
             (
                 "[api]\npassword = \"x\"\n",

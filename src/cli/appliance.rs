@@ -231,6 +231,7 @@ fn api_config(s: &ApiSettings, config: Option<&Path>) -> mgmt::ApiConfig {
     if let Some(t) = s.session_timeout {
         c.session_timeout = t;
     }
+    c.reclaim_after = s.reclaim_after;
     c.state = state_path(s, config);
     c
 }

@@ -350,6 +350,131 @@ fn policy_row(function: &str, conn: &Value, uri: &str) -> Result<PolicyRow, Clie
     })
 }
 
+/// The rules of the appliance and what they are doing (`ctl rules`; docs/api.md "Rules").
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RulesRow {
+    /// Seconds a host's session may be lost before its functions return to the pool; `None`
+    /// for never.
+    pub reclaim_after_s: Option<u64>,
+    /// Functions of lost hosts not returned yet.
+    pub pending: Vec<PendingRow>,
+    /// Assignments that have a lease.
+    pub leases: Vec<LeaseRow>,
+}
+
+/// A function of a lost host that the lost-session rule has not taken yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingRow {
+    /// The function.
+    pub function: String,
+    /// Its owner, whose session is lost.
+    pub host: String,
+    /// When the session was lost (RFC 3339, UTC).
+    pub lost_since: String,
+    /// When the rule takes the function unless the host comes back (`None`: no rule).
+    pub reclaim_at: Option<String>,
+}
+
+/// An assignment's lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRow {
+    /// The function.
+    pub function: String,
+    /// The host holding it.
+    pub host: String,
+    /// The hold time granted, in seconds.
+    pub seconds: u64,
+    /// When it ends (RFC 3339, UTC).
+    pub expires_at: String,
+}
+
+/// A schedule (`ctl schedule`; docs/api.md "Schedules").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleRow {
+    /// Its id.
+    pub id: String,
+    /// The function.
+    pub function: String,
+    /// Its host during the window.
+    pub host: String,
+    /// Window start, `HH:MM` UTC.
+    pub start: String,
+    /// Window end, `HH:MM` UTC.
+    pub end: String,
+    /// Its host outside the window (`None`: the pool).
+    pub then: Option<String>,
+    /// Whether the window is open now.
+    pub active: bool,
+}
+
+/// The schedules the Fabric shows (`Oem.Pcietun.Schedules`).
+fn schedule_rows(fabric: &Value) -> Vec<ScheduleRow> {
+    let s = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    fabric
+        .pointer("/Oem/Pcietun/Schedules")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|x| ScheduleRow {
+                    id: s(x, "Id"),
+                    function: s(x, "Function"),
+                    host: s(x, "Host"),
+                    start: s(x, "Start"),
+                    end: s(x, "End"),
+                    then: x.get("Then").and_then(Value::as_str).map(str::to_string),
+                    active: x.get("Active").and_then(Value::as_bool).unwrap_or(false),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The rules the Fabric shows (`Oem.Pcietun`).
+fn rules_row(fabric: &Value, uri: &str) -> Result<RulesRow, ClientError> {
+    let oem = fabric
+        .pointer("/Oem/Pcietun")
+        .ok_or_else(|| ClientError::Protocol {
+            uri: uri.into(),
+            what: "no Oem.Pcietun rules on the Fabric".into(),
+        })?;
+    let s = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    let list = |k: &str| {
+        oem.get(k)
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    Ok(RulesRow {
+        reclaim_after_s: oem
+            .pointer("/Rules/ReclaimAfterSeconds")
+            .and_then(Value::as_u64),
+        pending: list("PendingReclaims")
+            .iter()
+            .map(|p| PendingRow {
+                function: s(p, "Function"),
+                host: s(p, "Host"),
+                lost_since: s(p, "LostSince"),
+                reclaim_at: p
+                    .get("ReclaimAt")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+            })
+            .collect(),
+        leases: list("Leases")
+            .iter()
+            .map(|l| LeaseRow {
+                function: s(l, "Function"),
+                host: s(l, "Host"),
+                seconds: l.get("Seconds").and_then(Value::as_u64).unwrap_or(0),
+                expires_at: s(l, "ExpiresAt"),
+            })
+            .collect(),
+    })
+}
+
+/// The URI of the fabric whose `Oem.Pcietun` holds the rules.
+const FABRIC: &str = "/redfish/v1/Fabrics/PCIe";
+
 /// The result of `ctl assign` / `ctl unassign`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskOutcome {
@@ -694,6 +819,18 @@ impl Client {
         host: &str,
         vm: Option<&str>,
     ) -> Result<TaskOutcome, ClientError> {
+        self.assign_leased(function, host, vm, None)
+    }
+
+    /// [`assign_to_vm`](Self::assign_to_vm) with a maximum hold time: at its end the appliance
+    /// returns the function to the pool (`Oem.Pcietun.LeaseSeconds`, whole seconds).
+    pub fn assign_leased(
+        &self,
+        function: &str,
+        host: &str,
+        vm: Option<&str>,
+        lease: Option<Duration>,
+    ) -> Result<TaskOutcome, ClientError> {
         Self::check_id("function", function)?;
         Self::check_id("host", host)?;
         if let Some(v) = vm {
@@ -701,8 +838,15 @@ impl Client {
         }
         let uri = format!("/redfish/v1/Fabrics/PCIe/Zones/{host}/Actions/Zone.AddEndpoint");
         let mut body = json!({ "Endpoint": { "@odata.id": format!("/redfish/v1/Fabrics/PCIe/Endpoints/fn-{function}") } });
+        let mut oem = serde_json::Map::new();
         if let Some(v) = vm {
-            body["Oem"] = json!({ "Pcietun": { "Vm": { "Name": v } } });
+            oem.insert("Vm".into(), json!({ "Name": v }));
+        }
+        if let Some(l) = lease {
+            oem.insert("LeaseSeconds".into(), json!(l.as_secs()));
+        }
+        if !oem.is_empty() {
+            body["Oem"] = json!({ "Pcietun": oem });
         }
         let (_, location, task) = self.request("POST", &uri, Some(&body))?;
         self.outcome(function, Some(host), location, &task, &uri)
@@ -748,6 +892,61 @@ impl Client {
         let body = json!({ "Oem": { "Pcietun": { "Policy": policy } } });
         let (_, _, conn) = self.request("PATCH", &uri, Some(&body))?;
         policy_row(function, &conn, &uri)
+    }
+
+    /// The rules and what they are doing (`Oem.Pcietun` of the Fabric).
+    pub fn rules(&self) -> Result<RulesRow, ClientError> {
+        let fabric = self.get(FABRIC)?;
+        rules_row(&fabric, FABRIC)
+    }
+
+    /// Change the lost-session rule (`Some(None)`: never reclaim; a PATCH of the Fabric's
+    /// `Oem.Pcietun.Rules`, Administrator); returns the rules now.
+    pub fn set_rules(&self, reclaim_after_s: Option<Option<u64>>) -> Result<RulesRow, ClientError> {
+        let mut rules = serde_json::Map::new();
+        if let Some(v) = reclaim_after_s {
+            rules.insert(
+                "ReclaimAfterSeconds".into(),
+                v.map_or(Value::Null, Value::from),
+            );
+        }
+        let body = json!({ "Oem": { "Pcietun": { "Rules": rules } } });
+        let (_, _, fabric) = self.request("PATCH", FABRIC, Some(&body))?;
+        rules_row(&fabric, FABRIC)
+    }
+
+    /// Every schedule (`Oem.Pcietun.Schedules` of the Fabric).
+    pub fn schedules(&self) -> Result<Vec<ScheduleRow>, ClientError> {
+        Ok(schedule_rows(&self.get(FABRIC)?))
+    }
+
+    /// Add a schedule (`#Pcietun.AddSchedule`, Operator): `function` to `host` from `start`
+    /// to `end` (`HH:MM` UTC, daily), to `then` (or the pool) outside; the schedules now.
+    pub fn add_schedule(
+        &self,
+        function: &str,
+        host: &str,
+        (start, end): (&str, &str),
+        then: Option<&str>,
+    ) -> Result<Vec<ScheduleRow>, ClientError> {
+        Self::check_id("function", function)?;
+        Self::check_id("host", host)?;
+        if let Some(t) = then {
+            Self::check_id("host", t)?;
+        }
+        let body = json!({
+            "Function": function, "Host": host, "Start": start, "End": end, "Then": then,
+        });
+        let uri = format!("{FABRIC}/Actions/Oem/Pcietun.AddSchedule");
+        let (_, _, fabric) = self.request("POST", &uri, Some(&body))?;
+        Ok(schedule_rows(&fabric))
+    }
+
+    /// Remove schedule `id` (`#Pcietun.RemoveSchedule`); the schedules now.
+    pub fn remove_schedule(&self, id: &str) -> Result<Vec<ScheduleRow>, ClientError> {
+        let uri = format!("{FABRIC}/Actions/Oem/Pcietun.RemoveSchedule");
+        let (_, _, fabric) = self.request("POST", &uri, Some(&json!({ "Id": id })))?;
+        Ok(schedule_rows(&fabric))
     }
 
     /// The URI of the appliance's Chassis (the first, and only, member of the collection).

@@ -48,6 +48,10 @@ pub struct ApiConfig {
     /// The state file (accounts, acknowledged assignments; docs/api.md "Persistence"), or
     /// `None` for state in memory only, which does not survive a restart.
     pub state: Option<PathBuf>,
+    /// The lost-session rule (`[api] reclaim_after_s`; docs/api.md "Rules"): how long a
+    /// host's session may be lost before its functions return to the pool; `None` for never.
+    /// Rules changed through the API are stored and win over it.
+    pub reclaim_after: Option<Duration>,
 }
 
 impl Default for ApiConfig {
@@ -60,6 +64,7 @@ impl Default for ApiConfig {
             session_timeout: DEFAULT_SESSION_TIMEOUT,
             max_body: DEFAULT_MAX_BODY,
             state: None,
+            reclaim_after: None,
         }
     }
 }

@@ -191,6 +191,29 @@ impl FakePool {
         inner.hosts.push(host);
     }
 
+    /// Bring a host's session up or down (as its agent connecting or dying would): emits
+    /// `HostConnected` / `HostLost` when the state changes; `false` for an unknown host.
+    pub fn set_session(&self, host: &str, session: HostSession) -> bool {
+        let mut after = After::default();
+        {
+            let mut inner = self.inner.lock_or_recover();
+            let Some(h) = inner.hosts.iter_mut().find(|h| h.id == host) else {
+                return false;
+            };
+            if h.session != session {
+                h.session = session;
+                h.rtt = None;
+                after.events.push(match session {
+                    HostSession::Connected => PoolEvent::HostConnected { host: host.into() },
+                    HostSession::Disconnected => PoolEvent::HostLost { host: host.into() },
+                });
+            }
+            after.sinks = inner.sinks.clone();
+        }
+        after.run();
+        true
+    }
+
     /// Set a function's counters (what [`Pool::metrics`] reports for it).
     pub fn set_function_metrics(&self, metrics: FunctionMetrics) {
         let mut inner = self.inner.lock_or_recover();

@@ -8,6 +8,9 @@
 //! * [`server`] — the HTTP(S) server (axum, rustls) on its own thread.
 //! * [`metrics`] — `/metrics`, the Prometheus exposition of the pool's counters.
 //! * [`config`] — the server's configuration and the administrator's password file.
+//! * [`rules`] — the lost-session rule and leases: a sans-I/O engine the service applies.
+//! * [`schedule`] — schedules (a function to host A in a daily UTC window, then to host B):
+//!   a sans-I/O engine the service applies.
 //! * [`store`] — persistent state (accounts, acknowledged assignments) in redb.
 //! * [`client`] — the API client behind `pcietun ctl`.
 //! * [`exposition`] and [`watch`] — `ctl watch`: a parser of the Prometheus text format and the
@@ -27,6 +30,8 @@ pub mod fake;
 pub mod metrics;
 pub mod pool;
 pub mod redfish;
+pub mod rules;
+pub mod schedule;
 pub mod server;
 pub mod store;
 pub mod watch;

@@ -34,6 +34,9 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client may take to send a request body.
 const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How often the rules are applied ([`Service::tick`]).
+const RULES_TICK: Duration = Duration::from_secs(1);
+
 /// How long shutdown waits for requests in flight.
 const GRACE: Duration = Duration::from_secs(2);
 
@@ -161,6 +164,7 @@ impl Server {
         opts.max_body = config.max_body;
         opts.store = store;
         opts.store_name = name;
+        opts.reclaim_after = config.reclaim_after;
         let service = Arc::new(Service::new(pool, opts)?);
         Self::start_service(service, config.listen, config.tls.as_ref())
     }
@@ -188,6 +192,7 @@ impl Server {
             .build()
             .map_err(ServerError::Runtime)?;
         let handle = axum_server::Handle::new();
+        let ticking = service.clone();
         let app = Router::new()
             .route(events::SSE_URI, axum::routing::any(stream_events))
             .fallback(serve)
@@ -198,6 +203,17 @@ impl Server {
             .name("pcietun-api".into())
             .spawn(move || {
                 runtime.block_on(async move {
+                    // The rules (docs/api.md "Rules") are applied once a second, on the
+                    // blocking pool like requests; the task ends with the runtime.
+                    tokio::spawn(async move {
+                        let mut every = tokio::time::interval(RULES_TICK);
+                        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                        loop {
+                            every.tick().await;
+                            let s = ticking.clone();
+                            let _ = tokio::task::spawn_blocking(move || s.tick()).await;
+                        }
+                    });
                     // HTTP/1.1 only (ALPN says so too); a client gets HEADER_TIMEOUT to send
                     // each request's headers, so idle or trickling connections do not pile up.
                     let result = match tls_config {

@@ -13,8 +13,9 @@
 //! The Redfish service keeps its durable state here (docs/api.md, "Persistence"): accounts
 //! ([`AccountRecord`], the Argon2 hash, never a password), the assignments the API
 //! acknowledged ([`AssignmentRecord`]) and, in [`Table::Meta`], a generation counter that
-//! every commit of the service increments ([`GENERATION`]). Policies and subscriptions have
-//! tables but no writer yet (the service has neither resource). [`MemoryStore`] is the backend
+//! every commit of the service increments ([`GENERATION`]), with a lease when the assignment
+//! has one ([`LeaseRecord`]); the policies of Connections; the appliance-wide rules
+//! ([`RulesRecord`] in [`Table::Rules`]). Subscriptions have a table but no writer yet. [`MemoryStore`] is the backend
 //! of an appliance started without a configuration file: nothing survives its restart.
 //!
 //! A stored value that does not decode (a hand-edited or foreign file) is logged and skipped
@@ -40,17 +41,21 @@ pub enum Table {
     Policies,
     /// Event subscriptions, by subscription id.
     Subscriptions,
+    /// The appliance-wide rules ([`RulesRecord`] under [`RULES_KEY`]) and the schedules
+    /// ([`ScheduleRecord`] under [`schedule_key`]); docs/api.md "Rules", "Schedules".
+    Rules,
     /// The store's own bookkeeping (schema version, generation counters).
     Meta,
 }
 
 impl Table {
     /// Every table.
-    pub const ALL: [Table; 5] = [
+    pub const ALL: [Table; 6] = [
         Table::Accounts,
         Table::Assignments,
         Table::Policies,
         Table::Subscriptions,
+        Table::Rules,
         Table::Meta,
     ];
 
@@ -60,6 +65,7 @@ impl Table {
             Table::Assignments => "assignments",
             Table::Policies => "policies",
             Table::Subscriptions => "subscriptions",
+            Table::Rules => "rules",
             Table::Meta => "meta",
         })
     }
@@ -327,6 +333,63 @@ pub struct AssignmentRecord {
     /// absent in records written before it existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vm: Option<String>,
+    /// The lease the assignment carries (`Oem.Pcietun.LeaseSeconds`, `ctl assign --lease`);
+    /// absent when it has none and in records written before leases existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<LeaseRecord>,
+}
+
+/// A lease as stored with its assignment: the hold time and when it ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseRecord {
+    /// The hold time asked for, in seconds.
+    pub seconds: u64,
+    /// When it ends, in seconds since the Unix epoch (UTC).
+    pub until_unix: u64,
+}
+
+/// The [`Table::Rules`] key of the appliance-wide rules.
+pub const RULES_KEY: &str = "rules";
+
+/// The [`Table::Rules`] key prefix of a schedule: `schedule/` and its id in 20 digits, so the
+/// table lists schedules in id order.
+pub const SCHEDULE_PREFIX: &str = "schedule/";
+
+/// The [`Table::Rules`] key of schedule `id`.
+pub fn schedule_key(id: u64) -> String {
+    format!("{SCHEDULE_PREFIX}{id:020}")
+}
+
+/// The [`Table::Meta`] key of the next schedule id (ids are never reused).
+pub const NEXT_SCHEDULE_ID: &str = "next_schedule_id";
+
+/// A schedule as stored (docs/api.md "Schedules"): the function goes to `host` from `start`
+/// to `end` (UTC, `HH:MM`, daily), and to `then` (or the pool) outside.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleRecord {
+    /// The function.
+    pub function: String,
+    /// Its owner during the window.
+    pub host: String,
+    /// Window start, `HH:MM` UTC.
+    pub start: String,
+    /// Window end, `HH:MM` UTC (before `start`: the window wraps midnight).
+    pub end: String,
+    /// Its owner outside (`None`: the pool).
+    pub then: Option<String>,
+}
+
+/// The appliance-wide rules as stored (docs/api.md "Rules"). Once stored (by a PATCH of
+/// `Oem.Pcietun.Rules` on the Fabric), they win over the configuration's `[api]
+/// reclaim_after_s`, as acknowledged assignments win over configured ones.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RulesRecord {
+    /// Seconds a host's session may be lost before its functions return to the pool; `None`
+    /// for never.
+    pub reclaim_after_s: Option<u64>,
 }
 
 /// Decode every value of `table` as `T`; an entry that does not decode is logged (warn, with
@@ -593,6 +656,7 @@ mod tests {
         AssignmentRecord {
             host: host.map(str::to_string),
             vm: None,
+            lease: None,
         }
     }
 

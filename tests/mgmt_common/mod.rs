@@ -16,6 +16,7 @@ pub const ADMIN_PW: &str = "admin-password-1";
 
 pub struct Api {
     pub server: ServerHandle,
+    pub service: Arc<Service>,
     pub pool: Arc<FakePool>,
     pub clock: Arc<ManualClock>,
     pub url: String,
@@ -67,12 +68,19 @@ pub fn start() -> Api {
 }
 
 pub fn start_with(pool: FakePool) -> Api {
-    let pool = Arc::new(pool);
+    start_custom(Arc::new(pool), |_| {})
+}
+
+/// A server over `pool` whose options `tune` adjusts (its store, the configured rules); the
+/// clock is the harness's manual one.
+pub fn start_custom(pool: Arc<FakePool>, tune: impl FnOnce(&mut ServiceOptions)) -> Api {
     let clock = Arc::new(ManualClock::new());
     let mut opts = ServiceOptions::new(ADMIN, hash_password(ADMIN_PW).unwrap());
     opts.clock = clock.clone();
+    tune(&mut opts);
     let service = Arc::new(Service::new(pool.clone(), opts).unwrap());
-    let server = Server::start_service(service, "127.0.0.1:0".parse().unwrap(), None).unwrap();
+    let server =
+        Server::start_service(service.clone(), "127.0.0.1:0".parse().unwrap(), None).unwrap();
     let url = server.url();
     let agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -81,6 +89,7 @@ pub fn start_with(pool: FakePool) -> Api {
         .into();
     Api {
         server,
+        service,
         pool,
         clock,
         url,

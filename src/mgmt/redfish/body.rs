@@ -267,6 +267,9 @@ pub struct EndpointAction {
     /// `Oem.Pcietun.Vm.Name` of `#Zone.AddEndpoint`: the VM on the host that is to take the
     /// function (checked: 1 to 64 characters of `[A-Za-z0-9._-]`).
     pub vm: Option<String>,
+    /// `Oem.Pcietun.LeaseSeconds` of `#Zone.AddEndpoint`: the assignment's maximum hold time
+    /// (1 s to [`crate::mgmt::rules::MAX_LEASE`]).
+    pub lease: Option<std::time::Duration>,
 }
 
 /// Parse the body of a Zone endpoint action (`action` is e.g. `Zone.AddEndpoint`).
@@ -281,10 +284,23 @@ pub fn endpoint_action(bytes: &[u8], action: &'static str) -> ApiResult<Endpoint
     }
     let endpoint = required(&root, "Endpoint", root.link("Endpoint")?)?;
     let mut vm = None;
+    let mut lease = None;
     if let Some(oem) = root.object("Oem")? {
         oem.only(&["Pcietun"], &[])?;
         if let Some(p) = oem.object("Pcietun")? {
-            p.only(&["Vm"], &[])?;
+            p.only(&["Vm", "LeaseSeconds"], &[])?;
+            if let Some(secs) = p.integer("LeaseSeconds")? {
+                let max = crate::mgmt::rules::MAX_LEASE.as_secs();
+                if secs < 1 || secs as u64 > max {
+                    return Err(ApiError::action_parameter_format(
+                        action,
+                        "Oem/Pcietun/LeaseSeconds",
+                        &secs.to_string(),
+                        &format!("a lease of 1 to {max} seconds"),
+                    ));
+                }
+                lease = Some(std::time::Duration::from_secs(secs as u64));
+            }
             if let Some(v) = p.object("Vm")? {
                 v.only(&["Name"], &[])?;
                 let name = required(&v, "Name", v.string("Name")?)?;
@@ -305,6 +321,7 @@ pub fn endpoint_action(bytes: &[u8], action: &'static str) -> ApiResult<Endpoint
         endpoint_etag: root.string("EndpointETag")?.map(str::to_string),
         zone_etag: root.string("ZoneETag")?.map(str::to_string),
         vm,
+        lease,
     })
 }
 
@@ -597,6 +614,144 @@ pub fn connection_patch(bytes: &[u8]) -> ApiResult<PolicyPatch> {
     Ok(p)
 }
 
+/// A PATCH of the Fabric's rules (`Oem.Pcietun.Rules`): `Some(None)` turns the lost-session
+/// rule off (JSON `null`), `Some(Some(d))` sets it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RulesPatch {
+    /// `ReclaimAfterSeconds`.
+    pub reclaim_after: Option<Option<std::time::Duration>>,
+}
+
+/// Properties of a Fabric that exist but cannot be written.
+const FABRIC_READ_ONLY: &[&str] = &[
+    "Id",
+    "Name",
+    "Description",
+    "Status",
+    "FabricType",
+    "Endpoints",
+    "Zones",
+    "Connections",
+    "Links",
+    "Actions",
+    "MaxZones",
+    "Switches",
+    "AddressPools",
+    "FabricAdapters",
+];
+
+/// Parse a PATCH of the Fabric (`{"Oem": {"Pcietun": {"Rules": {"ReclaimAfterSeconds": 600}}}}`).
+pub fn fabric_patch(bytes: &[u8]) -> ApiResult<RulesPatch> {
+    let map = parse(bytes)?;
+    let root = Obj::root(&map, Ctx::Resource);
+    if map.keys().all(|k| k.starts_with('@')) {
+        return Err(ApiError::empty_json());
+    }
+    root.only(&["Oem"], FABRIC_READ_ONLY)?;
+    let oem = required(&root, "Oem", root.object("Oem")?)?;
+    oem.only(&["Pcietun"], &[])?;
+    let ours = required(&oem, "Pcietun", oem.object("Pcietun")?)?;
+    ours.only(&["Rules"], &["PendingReclaims", "Leases", "Schedules"])?;
+    let rules = required(&ours, "Rules", ours.object("Rules")?)?;
+    rules.only(&["ReclaimAfterSeconds"], &[])?;
+    let name = "ReclaimAfterSeconds";
+    let max = crate::mgmt::rules::MAX_RECLAIM_AFTER.as_secs();
+    let range = format!("1 to {max} seconds (null for never)");
+    let reclaim_after = match rules.get(name) {
+        None => None,
+        Some(Value::Null) => Some(None),
+        Some(v @ Value::Number(n)) => match (n.as_u64(), n.as_i64()) {
+            (Some(x), _) if (1..=max).contains(&x) => Some(Some(std::time::Duration::from_secs(x))),
+            (Some(_), _) | (None, Some(_)) => {
+                return Err(ApiError::property_out_of_range(
+                    &rules.ptr(name),
+                    &n.to_string(),
+                    &range,
+                ))
+            }
+            (None, None) => return Err(rules.type_error(name, v, "an integer or null", false)),
+        },
+        Some(v) => return Err(rules.type_error(name, v, "an integer or null", false)),
+    };
+    let p = RulesPatch { reclaim_after };
+    if p == RulesPatch::default() {
+        return Err(ApiError::empty_json());
+    }
+    Ok(p)
+}
+
+/// The parameters of `#Pcietun.AddSchedule` (docs/api.md "Schedules").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduleCreate {
+    /// `Function`: the function it moves (checked against the inventory by the caller).
+    pub function: String,
+    /// `Host`: its owner during the window.
+    pub host: String,
+    /// `Start` and `End` (`HH:MM` UTC).
+    pub window: crate::mgmt::schedule::Window,
+    /// `Then`: its owner outside the window (`null` or absent: the pool).
+    pub then: Option<String>,
+}
+
+/// Parse the body of `#Pcietun.AddSchedule`
+/// (`{"Function": "nvme0", "Host": "alpha", "Start": "01:00", "End": "03:00", "Then": "beta"}`).
+pub fn schedule_create(bytes: &[u8], action: &'static str) -> ApiResult<ScheduleCreate> {
+    use crate::mgmt::schedule::{parse_minute, Window};
+    let map = parse(bytes)?;
+    let root = Obj::root(&map, Ctx::Action(action));
+    root.only(&["Function", "Host", "Start", "End", "Then"], &[])?;
+    let function = required(&root, "Function", root.string("Function")?)?;
+    let host = required(&root, "Host", root.string("Host")?)?;
+    let minute = |name: &str| -> ApiResult<u16> {
+        let v = required(&root, name, root.string(name)?)?;
+        parse_minute(v).ok_or_else(|| {
+            ApiError::action_parameter_format(
+                action,
+                name,
+                &show(&Value::String(v.into()), false),
+                "a time of day HH:MM, 00:00 to 23:59 (UTC)",
+            )
+        })
+    };
+    let (start, end) = (minute("Start")?, minute("End")?);
+    let window = Window::new(start, end).ok_or_else(|| {
+        ApiError::action_parameter_conflict(
+            "End",
+            &crate::mgmt::schedule::format_minute(end),
+            "Start and End must differ (a window of the whole day is an assignment)",
+        )
+    })?;
+    let then = match root.get("Then") {
+        None | Some(Value::Null) => None,
+        Some(_) => root.string("Then")?.map(str::to_string),
+    };
+    Ok(ScheduleCreate {
+        function: function.to_string(),
+        host: host.to_string(),
+        window,
+        then,
+    })
+}
+
+/// The parameter of `#Pcietun.RemoveSchedule`: the schedule's `Id`.
+pub fn schedule_remove(bytes: &[u8], action: &'static str) -> ApiResult<u64> {
+    let map = parse(bytes)?;
+    let root = Obj::root(&map, Ctx::Action(action));
+    root.only(&["Id"], &[])?;
+    let id = required(&root, "Id", root.string("Id")?)?;
+    id.parse::<u64>()
+        .ok()
+        .filter(|_| !id.starts_with('+'))
+        .ok_or_else(|| {
+            ApiError::action_parameter_format(
+                action,
+                "Id",
+                &show(&Value::String(id.into()), false),
+                "a schedule id (decimal), as Oem.Pcietun.Schedules lists it",
+            )
+        })
+}
+
 /// A body that must be empty or `{}` (DELETE, actions without parameters).
 pub fn no_parameters(bytes: &[u8], action: &'static str) -> ApiResult<()> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -687,7 +842,18 @@ mod tests {
                 endpoint_etag: None,
                 zone_etag: Some("W/\"1\"".into()),
                 vm: None,
+                lease: None,
             }
+        );
+        let leased =
+            br#"{"Endpoint": {"@odata.id": "/e"}, "Oem": {"Pcietun": {"LeaseSeconds": 90}}}"#;
+        assert_eq!(
+            endpoint_action(leased, a).unwrap().lease,
+            Some(std::time::Duration::from_secs(90))
+        );
+        assert_eq!(
+            id(&endpoint_action(leased, "Zone.RemoveEndpoint").unwrap_err()),
+            "Base.1.22.ActionParameterUnknown"
         );
         let with_vm =
             br#"{"Endpoint": {"@odata.id": "/e"}, "Oem": {"Pcietun": {"Vm": {"Name": "web1"}}}}"#;

@@ -180,6 +180,33 @@ impl EventLog {
     /// Record a pool event (called from the pool's threads; never blocks on a client).
     pub fn push(&self, event: &PoolEvent, now: SystemTime) {
         let (msg, args, severity, event_type, origin) = describe(event);
+        self.record(msg, args, severity, event_type, origin, now);
+    }
+
+    /// Record that a rule or a schedule (docs/api.md "Rules", "Schedules") is moving a
+    /// function: a Warning `ResourceStateChanged` of its Connection whose second argument says
+    /// what and why (with the Task's name). The function's own state changes follow as pool
+    /// events.
+    pub fn push_rule(&self, function: &str, what: &str, now: SystemTime) {
+        self.record(
+            "ResourceStateChanged",
+            vec![connection_uri(function), what.to_string()],
+            "Warning",
+            "StatusChange",
+            connection_uri(function),
+            now,
+        );
+    }
+
+    fn record(
+        &self,
+        msg: &str,
+        args: Vec<String>,
+        severity: &str,
+        event_type: &str,
+        origin: String,
+        now: SystemTime,
+    ) {
         let mut b = self.backlog.lock_or_recover();
         let id = b.0;
         b.0 += 1;

@@ -32,6 +32,7 @@ use crate::mgmt::auth::Privilege;
 use crate::mgmt::pool::{
     Completer, FunctionInfo, FunctionKind, FunctionState, PolicySettings, PoolError,
 };
+use crate::mgmt::rules::Lease;
 use crate::mgmt::store::{AssignmentRecord, Change, Table};
 use crate::sync::MutexExt;
 
@@ -66,7 +67,7 @@ fn endpoint_ref_uri(uri: &str) -> Option<EndpointRef> {
     endpoint_ref(id)
 }
 
-fn check_fabric(f: &str) -> ApiResult<()> {
+pub(crate) fn check_fabric(f: &str) -> ApiResult<()> {
     if f == FABRIC {
         Ok(())
     } else {
@@ -87,7 +88,9 @@ pub(crate) fn fabrics() -> Value {
     )
 }
 
-pub(crate) fn fabric(f: &str) -> ApiResult<Value> {
+/// The Fabric resource; `oem` is its `Oem.Pcietun` (the rules, [`super::rules`]).
+pub(crate) fn fabric(f: &str, oem: Value) -> ApiResult<Value> {
+    use super::schedules::{ADD_SCHEDULE, REMOVE_SCHEDULE};
     check_fabric(f)?;
     Ok(json!({
         "@odata.id": FABRIC_URI,
@@ -99,6 +102,15 @@ pub(crate) fn fabric(f: &str) -> ApiResult<Value> {
         "Endpoints": link(&format!("{FABRIC_URI}/Endpoints")),
         "Zones": link(&format!("{FABRIC_URI}/Zones")),
         "Connections": link(&format!("{FABRIC_URI}/Connections")),
+        "Actions": { "Oem": {
+            format!("#{ADD_SCHEDULE}"): {
+                "target": format!("{FABRIC_URI}/Actions/Oem/{ADD_SCHEDULE}"),
+            },
+            format!("#{REMOVE_SCHEDULE}"): {
+                "target": format!("{FABRIC_URI}/Actions/Oem/{REMOVE_SCHEDULE}"),
+            },
+        }},
+        "Oem": { "Pcietun": oem },
     }))
 }
 
@@ -266,6 +278,7 @@ pub(crate) fn connection(
     f: &str,
     id: &str,
     policy: &PolicySettings,
+    lease: Option<&Lease>,
 ) -> ApiResult<Value> {
     check_fabric(f)?;
     let func = s
@@ -293,7 +306,7 @@ pub(crate) fn connection(
             "InitiatorEndpoints": [link(&initiator_uri(host))],
             "TargetEndpoints": [link(&target_uri(id))],
         },
-        "Oem": { "Pcietun": oem_connection(id, host, state, func, policy) },
+        "Oem": { "Pcietun": oem_connection(id, host, state, func, policy, lease) },
     }))
 }
 
@@ -305,6 +318,7 @@ fn oem_connection(
     state: &str,
     func: &FunctionInfo,
     policy: &PolicySettings,
+    lease: Option<&Lease>,
 ) -> Value {
     let mut oem = json!({
         "@odata.type": "#Pcietun.v1_0_0.Connection",
@@ -313,6 +327,9 @@ fn oem_connection(
         "Host": host,
         "Policy": policy_json(policy),
     });
+    if let Some(l) = lease.filter(|l| l.host == host) {
+        oem["Lease"] = super::rules::lease_json(l);
+    }
     if let Some(vm) = &func.vm {
         oem["Vm"] = json!({
             "Name": vm.name,
@@ -325,7 +342,7 @@ fn oem_connection(
 }
 
 /// The API error for a pool refusal.
-fn pool_error(e: PoolError) -> ApiError {
+pub(crate) fn pool_error(e: PoolError) -> ApiError {
     let msg = e.to_string();
     match e {
         PoolError::UnknownFunction { function } => {
@@ -345,12 +362,14 @@ fn pool_error(e: PoolError) -> ApiError {
 
 /// One change of an assignment.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Op {
+pub(crate) enum Op {
     Assign {
         function: String,
         host: String,
         /// The VM on the host that is to take it.
         vm: Option<String>,
+        /// The assignment's lease, if it has one.
+        lease: Option<Lease>,
     },
     Unassign {
         function: String,
@@ -360,10 +379,20 @@ enum Op {
 /// The store changes that record `op` once the pool has done it: the new owner (or none) of
 /// the function and of the functions that move with it (the other physical functions of its
 /// card; a virtual function moves alone), as the appliance's pool moves them.
-fn assignment_changes(s: &Snapshot, op: &Op) -> Vec<Change> {
-    let (function, host, vm) = match op {
-        Op::Assign { function, host, vm } => (function, Some(host.clone()), vm.clone()),
-        Op::Unassign { function } => (function, None, None),
+pub(crate) fn assignment_changes(s: &Snapshot, op: &Op) -> Vec<Change> {
+    let (function, host, vm, lease) = match op {
+        Op::Assign {
+            function,
+            host,
+            vm,
+            lease,
+        } => (
+            function,
+            Some(host.clone()),
+            vm.clone(),
+            lease.as_ref().map(super::rules::lease_record),
+        ),
+        Op::Unassign { function } => (function, None, None, None),
     };
     let mut unit: Vec<&str> = vec![function.as_str()];
     if let Some(f) = s.function(function) {
@@ -378,7 +407,7 @@ fn assignment_changes(s: &Snapshot, op: &Op) -> Vec<Change> {
             );
         }
     }
-    let value = serde_json::to_vec(&AssignmentRecord { host, vm }).unwrap_or_default();
+    let value = serde_json::to_vec(&AssignmentRecord { host, vm, lease }).unwrap_or_default();
     unit.into_iter()
         .map(|f| Change::Put {
             table: Table::Assignments,
@@ -394,7 +423,7 @@ impl Service {
     /// reported done, so a Completed task is an acknowledged change that survives a crash.
     /// A failed commit fails the operation with a reason (the pool has made the change; it is
     /// not durable).
-    fn saving_completer(&self, id: u64, changes: Vec<Change>) -> Completer {
+    pub(crate) fn saving_completer(&self, id: u64, changes: Vec<Change>) -> Completer {
         let tasks = self.tasks.clone();
         let durable = self.durable.clone();
         Completer::new(move |outcome| match outcome {
@@ -425,15 +454,58 @@ impl Service {
         uri: &str,
         ops: Vec<Op>,
     ) -> ApiResult<Reply> {
+        // A function its schedules manage is not changed by hand (docs/api.md "Schedules").
+        for op in &ops {
+            let (Op::Assign { function, .. } | Op::Unassign { function }) = op;
+            self.check_unscheduled(function)?;
+        }
+        self.start_ops(s, name, method, uri, ops, false)
+    }
+
+    /// [`Service::start`]; `by_rule`: the operations are a rule's (docs/api.md "Rules"), so
+    /// the rules engine is told when each starts and ends and does not offer it twice.
+    pub(crate) fn start_ops(
+        &self,
+        s: &Snapshot,
+        name: String,
+        method: &Method,
+        uri: &str,
+        ops: Vec<Op>,
+        by_rule: bool,
+    ) -> ApiResult<Reply> {
         let id = self.tasks.create(name, method.as_str(), uri, ops.len());
         for (i, op) in ops.iter().enumerate() {
-            let done = self.saving_completer(id, assignment_changes(s, op));
+            let mut done = self.saving_completer(id, assignment_changes(s, op));
+            if by_rule {
+                let function = match op {
+                    Op::Assign { function, .. } | Op::Unassign { function } => function.clone(),
+                };
+                let rules = self.rules.clone();
+                rules.lock_or_recover().started(&function);
+                let inner = done;
+                // Also runs when the pool refuses (the completer is dropped unfinished).
+                done = Completer::new(move |outcome| {
+                    rules.lock_or_recover().finished(&function);
+                    inner.finish(outcome);
+                });
+            }
             let r = match op {
-                Op::Assign { function, host, vm } => {
-                    self.pool.assign_to_vm(function, host, vm.as_deref(), done)
-                }
+                Op::Assign {
+                    function, host, vm, ..
+                } => self.pool.assign_to_vm(function, host, vm.as_deref(), done),
                 Op::Unassign { function, .. } => self.pool.unassign(function, done),
             };
+            if r.is_ok() {
+                // An accepted change replaces the function's lease (an assignment without
+                // one, or an unassignment, ends it).
+                let (function, lease) = match op {
+                    Op::Assign {
+                        function, lease, ..
+                    } => (function, lease.clone()),
+                    Op::Unassign { function } => (function, None),
+                };
+                self.rules.lock_or_recover().set_lease(function, lease);
+            }
             if let Err(e) = r {
                 if i == 0 {
                     self.tasks.discard(id);
@@ -527,6 +599,11 @@ impl Service {
                 req.method(),
                 uri,
                 vec![Op::Assign {
+                    lease: params.lease.map(|d| Lease {
+                        host: h.to_string(),
+                        duration: d,
+                        until: self.clock.wall() + d,
+                    }),
                     function,
                     host: h.into(),
                     vm: params.vm,
@@ -636,6 +713,7 @@ impl Service {
                 function: fid.clone(),
                 host: h.into(),
                 vm: None,
+                lease: None,
             });
         }
         if ops.is_empty() {
@@ -661,7 +739,8 @@ impl Service {
     /// The Connection of `id` as GET shows it.
     pub(crate) fn get_connection(&self, f: &str, id: &str) -> ApiResult<Value> {
         let policy = self.pool.policy(id).unwrap_or_default();
-        connection(&self.snapshot(), f, id, &policy)
+        let lease = self.rules.lock_or_recover().lease(id).cloned();
+        connection(&self.snapshot(), f, id, &policy, lease.as_ref())
     }
 
     /// PATCH of a Connection: its policy (`Oem.Pcietun.Policy`). Stored first (so what is
@@ -681,7 +760,8 @@ impl Service {
         let _change = self.change.lock_or_recover();
         let s = self.snapshot();
         let old = self.pool.policy(id).map_err(pool_error)?;
-        let conn = connection(&s, f, id, &old)?;
+        let lease = self.rules.lock_or_recover().lease(id).cloned();
+        let conn = connection(&s, f, id, &old, lease.as_ref())?;
         check_if_match(req.headers(), &connection_uri(id), &etag_of(&conn))?;
         let pick = |p: Option<Option<u64>>, was: Option<u64>| p.unwrap_or(was);
         let new = PolicySettings {
@@ -715,7 +795,7 @@ impl Service {
             return Err(pool_error(e));
         }
         tracing::info!(function = id, policy = ?new, "management API: policy set");
-        let now = connection(&self.snapshot(), f, id, &new)?;
+        let now = connection(&self.snapshot(), f, id, &new, lease.as_ref())?;
         Ok(Reply::ok(now))
     }
 
@@ -730,7 +810,14 @@ impl Service {
         body::no_parameters(req.body(), "DELETE")?;
         let _change = self.change.lock_or_recover();
         let s = self.snapshot();
-        let conn = connection(&s, f, id, &self.pool.policy(id).unwrap_or_default())?;
+        let lease = self.rules.lock_or_recover().lease(id).cloned();
+        let conn = connection(
+            &s,
+            f,
+            id,
+            &self.pool.policy(id).unwrap_or_default(),
+            lease.as_ref(),
+        )?;
         check_if_match(req.headers(), &connection_uri(id), &etag_of(&conn))?;
         let host = s
             .function(id)

@@ -32,6 +32,8 @@ pub mod events;
 mod fabric;
 mod inventory;
 mod root;
+mod rules;
+mod schedules;
 mod security;
 pub mod tasks;
 mod uri;
@@ -80,6 +82,9 @@ pub struct ServiceOptions {
     pub store: Arc<dyn Store>,
     /// The store's name in logs (its path, or "memory").
     pub store_name: String,
+    /// The lost-session rule of the configuration (`[api] reclaim_after_s`; docs/api.md
+    /// "Rules"); rules stored by the API win over it.
+    pub reclaim_after: Option<Duration>,
 }
 
 impl ServiceOptions {
@@ -93,6 +98,7 @@ impl ServiceOptions {
             clock: Arc::new(SystemClock),
             store: Arc::new(MemoryStore::new()),
             store_name: "memory".into(),
+            reclaim_after: None,
         }
     }
 }
@@ -115,6 +121,10 @@ pub struct Service {
     events: Arc<events::EventLog>,
     /// The store every acknowledged change is committed to first.
     durable: Arc<Durable>,
+    /// The lost-session rule and the leases ([`crate::mgmt::rules`]).
+    rules: Arc<Mutex<crate::mgmt::rules::Rules>>,
+    /// The schedules ([`crate::mgmt::schedule`]).
+    schedules: Mutex<crate::mgmt::schedule::Schedules>,
 }
 
 impl std::fmt::Debug for Service {
@@ -341,6 +351,8 @@ pub(crate) enum Route<'a> {
     Zones(&'a str),
     Zone(&'a str, &'a str),
     ZoneAction(&'a str, &'a str, &'a str),
+    /// `Fabrics/{f}/Actions/Oem/{action}` (`Pcietun.AddSchedule`, `Pcietun.RemoveSchedule`).
+    FabricAction(&'a str, &'a str),
     /// `Chassis/{c}/Actions/Oem/{action}` (`Pcietun.AddDevice`).
     ChassisAction(&'a str, &'a str),
     /// `Chassis/{c}/PCIeDevices/{d}/Actions/Oem/{action}` (`Pcietun.RemoveDevice`).
@@ -399,6 +411,7 @@ impl<'a> Route<'a> {
             ["redfish", "v1", "Systems", h] => System(h),
             ["redfish", "v1", "Fabrics"] => Fabrics,
             ["redfish", "v1", "Fabrics", f] => Fabric(f),
+            ["redfish", "v1", "Fabrics", f, "Actions", "Oem", a] => FabricAction(f, a),
             ["redfish", "v1", "Fabrics", f, "Endpoints"] => Endpoints(f),
             ["redfish", "v1", "Fabrics", f, "Endpoints", e] => Endpoint(f, e),
             ["redfish", "v1", "Fabrics", f, "Zones"] => Zones(f),
@@ -436,8 +449,8 @@ impl<'a> Route<'a> {
                     GET_PATCH
                 }
             }
-            SessionService => GET_PATCH,
-            ZoneAction(..) | ChassisAction(..) | DeviceAction(..) => POST,
+            SessionService | Fabric(..) => GET_PATCH,
+            ZoneAction(..) | ChassisAction(..) | DeviceAction(..) | FabricAction(..) => POST,
             Sessions | Accounts => GET_POST,
             Connection(..) => GET_PATCH_DELETE,
             Session(..) => GET_DELETE,
@@ -476,6 +489,8 @@ impl Service {
     pub fn new(pool: Arc<dyn Pool>, opts: ServiceOptions) -> Result<Self, StartError> {
         let durable = Durable::new(opts.store.clone(), opts.store_name.clone())?;
         let accounts = security::load_accounts(&durable, &opts.admin, opts.admin_hash)?;
+        let rules = rules::load_rules(&durable, opts.reclaim_after)?;
+        let schedules = schedules::load_schedules(&durable)?;
         let appliance = pool.appliance();
         // A stable UUID derived from the appliance id (RFC 9562 version 8 layout).
         let d = Sha256::digest(format!("pcietun-redfish:{}", appliance.id));
@@ -495,7 +510,7 @@ impl Service {
         let events = events::EventLog::new();
         let (log, clock) = (events.clone(), opts.clock.clone());
         pool.subscribe(EventSink::new(move |e| log.push(&e, clock.wall())));
-        Ok(Service {
+        let service = Service {
             events,
             pool,
             tasks: TaskTable::new(opts.clock.clone()),
@@ -508,7 +523,11 @@ impl Service {
             uuid,
             max_body: opts.max_body,
             durable,
-        })
+            rules: Arc::new(Mutex::new(rules)),
+            schedules: Mutex::new(schedules),
+        };
+        service.watch_sessions();
+        Ok(service)
     }
 
     /// The event log (the HTTP layer streams it).
@@ -670,7 +689,9 @@ impl Service {
             Systems => Ok(Reply::ok(inventory::systems(&self.snapshot()))),
             System(h) => inventory::system(&self.snapshot(), h).map(Reply::ok),
             Fabrics => Ok(Reply::ok(fabric::fabrics())),
-            Fabric(f) => fabric::fabric(f).map(Reply::ok),
+            Fabric(f) if get => self.get_fabric(f).map(Reply::ok),
+            Fabric(f) => self.patch_fabric(caller, req, f),
+            FabricAction(f, a) => self.fabric_action(caller, req, f, a),
             Endpoints(f) => fabric::endpoints(&self.snapshot(), f).map(Reply::ok),
             Endpoint(f, e) => fabric::endpoint(&self.snapshot(), f, e).map(Reply::ok),
             Zones(f) => fabric::zones(&self.snapshot(), f).map(Reply::ok),
