@@ -53,6 +53,12 @@ pub struct PolicyArgs {
     /// Bytes per DMA transfer in the priority phase (large: the engines stay backlogged).
     #[arg(long, default_value_t = 1 << 20)]
     priority_size: u32,
+    /// Fraction of frames the priority phase's link drops on purpose, both ways: with loss
+    /// the transport's congestion window, not the engines' own threads, limits the rate, so
+    /// the link is saturated even where a debug build's device threads are slow. 0 for a
+    /// clean link (then a priority shows only if the link is the bottleneck by itself).
+    #[arg(long, default_value_t = 0.02)]
+    priority_loss: f64,
 }
 
 /// The priority phase's figures (medians over the runs).
@@ -68,6 +74,8 @@ struct PriorityRow {
     equal_ratio: f64,
     /// Both engines' bytes per second together, at the configured priorities.
     total_gbyte_s: f64,
+    /// The link's loss in that phase (what made it the bottleneck).
+    loss: f64,
 }
 
 /// One direction's figures (medians over the runs).
@@ -261,6 +269,7 @@ fn set_priority(ctl: &Control, f: &FunctionId, p: u32) -> Res<()> {
 fn priority_run(a: &PolicyArgs, net: &Net, secs: f64) -> Res<PriorityRow> {
     let mut cfg = a.common.rig(0, BUFFER);
     cfg.dma_engines = 2;
+    cfg.loss = a.priority_loss.clamp(0.0, 0.5);
     let rig = Rig::start(net, &cfg)?;
     let ctl = rig
         .control()
@@ -295,6 +304,7 @@ fn priority_run(a: &PolicyArgs, net: &Net, secs: f64) -> Res<PriorityRow> {
         achieved_ratio: ratio(pa, pb),
         equal_ratio: ratio(ea, eb),
         total_gbyte_s: (pa + pb) as f64 / dt / 1e9,
+        loss: cfg.loss,
     };
     eprintln!(
         "priority {}:{}: A {pa} B {pb} bytes = {:.2} (equal priorities: {:.2}), {:.3} GB/s together",
@@ -338,6 +348,7 @@ pub fn run(a: PolicyArgs) -> Res<ExitCode> {
         achieved_ratio: pm(|r| r.achieved_ratio),
         equal_ratio: pm(|r| r.equal_ratio),
         total_gbyte_s: pm(|r| r.total_gbyte_s),
+        loss: a.priority_loss.clamp(0.0, 0.5),
     };
     let mut rows = Vec::new();
     for i in 0..runs[0].len() {
@@ -395,8 +406,9 @@ pub fn run(a: PolicyArgs) -> Res<ExitCode> {
         priority.total_gbyte_s
     );
     println!(
-        "two DMA engines writing {} B transfers at once on one link; the share follows the priorities while both are backlogged",
-        a.priority_size
+        "two DMA engines writing {} B transfers at once on one link ({} % loss); the share follows the priorities while both are backlogged",
+        a.priority_size,
+        priority.loss * 100.0
     );
     let report = Report {
         header: Some(header),
