@@ -888,7 +888,8 @@ fn a_connection_policy_is_patched_with_its_etag_by_an_operator_and_bad_values_ch
     assert!(
         p["MaxBytesPerSecondUp"].is_null()
             && p["MaxBytesPerSecondDown"].is_null()
-            && p["MaxIOPS"].is_null(),
+            && p["MaxIOPS"].is_null()
+            && p["Priority"] == 10,
         "{p}"
     );
     let etag = r.header("ETag").unwrap().to_string();
@@ -920,8 +921,20 @@ fn a_connection_policy_is_patched_with_its_etag_by_an_operator_and_bad_values_ch
             "Base.1.22.PropertyValueTypeError",
         ),
         (
-            r#"{"Oem":{"Pcietun":{"Policy":{"Priority":3}}}}"#,
+            r#"{"Oem":{"Pcietun":{"Policy":{"Weight":3}}}}"#,
             "Base.1.22.PropertyUnknown",
+        ),
+        (
+            r#"{"Oem":{"Pcietun":{"Policy":{"Priority":0}}}}"#,
+            "Base.1.22.PropertyValueOutOfRange",
+        ),
+        (
+            r#"{"Oem":{"Pcietun":{"Policy":{"Priority":101}}}}"#,
+            "Base.1.22.PropertyValueOutOfRange",
+        ),
+        (
+            r#"{"Oem":{"Pcietun":{"Policy":{"Priority":"high"}}}}"#,
+            "Base.1.22.PropertyValueTypeError",
         ),
         (
             r#"{"Oem":{"Pcietun":{"State":"attached"}}}"#,
@@ -975,4 +988,27 @@ fn a_connection_policy_is_patched_with_its_etag_by_an_operator_and_bad_values_ch
         (p.max_iops, p.max_bytes_per_sec_up),
         (None, Some(2_000_000_000))
     );
+    // A priority: set alone (the caps stay), shown, back to the default with null.
+    let r = api.patch(
+        CONN,
+        Auth::Token(&op),
+        &[],
+        r#"{"Oem":{"Pcietun":{"Policy":{"Priority":30}}}}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["Oem"]["Pcietun"]["Policy"]["Priority"], 30);
+    let p = api.pool.policy("nvme0").unwrap();
+    assert_eq!(
+        (p.priority, p.max_bytes_per_sec_up),
+        (Some(30), Some(2_000_000_000))
+    );
+    let r = api.patch(
+        CONN,
+        Auth::Token(&op),
+        &[],
+        r#"{"Oem":{"Pcietun":{"Policy":{"Priority":null,"MaxBytesPerSecondUp":null}}}}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["Oem"]["Pcietun"]["Policy"]["Priority"], 10);
+    assert!(api.pool.policy("nvme0").unwrap().is_unlimited());
 }

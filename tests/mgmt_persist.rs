@@ -14,6 +14,9 @@
 //!   connect, so the pool completes an assign or unassign at once (an absent host's slot is
 //!   shown at its next enumeration; an absent owner has nothing to let go) and the Task
 //!   completes right after the store commit — which is what the test holds the service to.
+//! * `a_stored_policy_survives_a_sigkill_and_holds_after_the_restart`: caps and a priority
+//!   set over the API come back after a SIGKILL, and the cap holds a host's DMA writes
+//!   (rate, `/metrics` throttle time, the EventService's throttling events).
 //! * `hosts_reconnect_to_a_restarted_appliance_and_get_their_functions_back`: two real
 //!   `pcietun host` agent processes; functions assigned through the API; the appliance is
 //!   SIGKILLed and restarted on the same address; each agent reconnects and its log shows its
@@ -841,4 +844,190 @@ fn check_prints_where_the_state_lives() {
     let (code, out) = appliance_exits(&["--config", cfg, "--state", "/srv/s.redb", "--check"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("management API state: /srv/s.redb"), "{out}");
+}
+
+/// A stored policy survives a SIGKILL and is enforced again (issue 14 "Policy" and "State that
+/// survives"): caps and a priority set over the API on a real `pcietun appliance`, which is
+/// SIGKILLed and restarted; the Connection shows them again, and a host that connects
+/// afterwards (this crate's agent and DMA engine driver, in this process) is held to the cap:
+/// its DMA writes run at the cap, the appliance counts throttle time in `/metrics`, and the
+/// EventService stream reports the throttling (`ResourceWarningThresholdExceeded` on the
+/// Connection).
+#[test]
+fn a_stored_policy_survives_a_sigkill_and_holds_after_the_restart() {
+    use pcietun::drivers::dma_engine::{Direction, DmaEngineDriver};
+    use pcietun::drivers::CompletionMode;
+    use pcietun::host::agent::{Agent, AgentConfig, Target};
+    use pcietun::host::HostConfig;
+
+    const CONN: &str = "/redfish/v1/Fabrics/PCIe/Connections/dma-a";
+    const CAP: u64 = 2_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = [SecretKey::from_bytes([0x41; 32]), SecretKey::generate()];
+    let key = SecretKey::generate();
+    let udp = free_udp_port();
+    let config = write_config(dir.path(), &udp, &key, &hosts);
+    let (app, url) = start_appliance(&config, None);
+    let api = Api::login(&url).unwrap();
+    // Assigned to a host that is not connected yet (completes at once), then capped.
+    let body =
+        json!({ "Endpoint": { "@odata.id": "/redfish/v1/Fabrics/PCIe/Endpoints/fn-dma-a" } });
+    let (_, loc, _) = api
+        .call(
+            "POST",
+            "/redfish/v1/Fabrics/PCIe/Zones/web1/Actions/Zone.AddEndpoint",
+            Some(&body),
+        )
+        .unwrap();
+    api.wait_task(&loc.unwrap()).unwrap();
+    let patch = json!({ "Oem": { "Pcietun": { "Policy": {
+        "MaxBytesPerSecondUp": CAP, "Priority": 40 } } } });
+    let (_, _, v) = api.call("PATCH", CONN, Some(&patch)).unwrap();
+    assert_eq!(v["Oem"]["Pcietun"]["Policy"]["Priority"], 40, "{v}");
+
+    drop(api);
+    drop(app);
+    let (_app, url) = start_appliance(&config, None);
+    let api = Api::login(&url).unwrap();
+    let p = api.get(CONN).unwrap()["Oem"]["Pcietun"]["Policy"].clone();
+    assert_eq!(
+        (p["MaxBytesPerSecondUp"].as_u64(), p["Priority"].as_u64()),
+        (Some(CAP), Some(40)),
+        "the restarted appliance shows the stored policy: {p}"
+    );
+    assert!(
+        p["MaxIOPS"].is_null() && p["MaxBytesPerSecondDown"].is_null(),
+        "{p}"
+    );
+
+    // The event stream, from now on.
+    let (tx, events) = mpsc::channel::<Value>();
+    {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .into();
+        let req = ureq::http::Request::builder()
+            .uri(format!("{url}/redfish/v1/EventService/SSE"))
+            .header("X-Auth-Token", &api.token)
+            .body(())
+            .unwrap();
+        let resp = agent.run(req).unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        let reader = BufReader::new(resp.into_body().into_reader());
+        std::thread::spawn(move || {
+            for line in reader.lines().map_while(Result::ok) {
+                if let Some(d) = line.strip_prefix("data: ") {
+                    if tx.send(serde_json::from_str(d).unwrap()).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
+    // web1 connects and gets dma-a back; its DMA writes are held to the cap.
+    let agent = Agent::connect(
+        AgentConfig {
+            target: Target::Udp(udp.parse().unwrap()),
+            host_id: "web1".into(),
+            key: Some(hosts[0].clone()),
+            appliance_key: Some(key.public_key()),
+            psk: None,
+            inject_loss: 0.0,
+            host: HostConfig::default(),
+        },
+        Duration::from_secs(20),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let info = loop {
+        if let Some(f) = agent
+            .host()
+            .functions()
+            .into_iter()
+            .find(|f| f.class >> 8 == 0x0880)
+        {
+            break f;
+        }
+        assert!(Instant::now() < deadline, "dma-a was not presented to web1");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let f = agent.host().open(info.bdf).unwrap();
+    let d = DmaEngineDriver::open(f, 64 << 10, CompletionMode::Interrupt).unwrap();
+    // Past the bucket's 20 kB burst first, then 1.5 s measured.
+    d.transfer(Direction::DmaWrite, 0, 0, 64 << 10).unwrap();
+    let t0 = Instant::now();
+    let mut bytes = 0u64;
+    while t0.elapsed() < Duration::from_millis(1500) {
+        d.transfer(Direction::DmaWrite, 0, 0, 16 << 10).unwrap();
+        bytes += 16 << 10;
+    }
+    let rate = bytes as f64 / t0.elapsed().as_secs_f64();
+    assert!(
+        rate <= CAP as f64 * 1.15 && rate >= CAP as f64 * 0.5,
+        "DMA writes at {rate:.0} B/s under a restored cap of {CAP} B/s"
+    );
+    // The throttle time the appliance counts, through the API.
+    std::thread::sleep(Duration::from_millis(300));
+    let metrics = api
+        .agent
+        .get(format!("{url}/metrics"))
+        .header("X-Auth-Token", &api.token)
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let throttled: f64 = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("pcietun_function_throttled_seconds_total{")
+                && l.contains("function=\"dma-a\"")
+                && l.contains("limit=\"bandwidth_up\"")
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no throttle time of dma-a in:\n{metrics}"));
+    assert!(
+        throttled > 0.5,
+        "dma-a waited {throttled} s for its cap in 1.5 s"
+    );
+    // And the stream said so, once (rate-limited), naming the cap.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let ev = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ev = events.recv_timeout(left).expect("a throttling event");
+        let id = ev["Events"][0]["MessageId"].as_str().unwrap_or_default();
+        if id.ends_with(".ResourceWarningThresholdExceeded") {
+            break ev;
+        }
+    };
+    let e = &ev["Events"][0];
+    assert_eq!(e["OriginOfCondition"]["@odata.id"], CONN, "{ev}");
+    assert_eq!(
+        e["MessageArgs"],
+        json!(["Oem/Pcietun/Policy/MaxBytesPerSecondUp", CAP.to_string()]),
+        "{ev}"
+    );
+    // The writes stopped: a second later, the end of the throttling (and no second start).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ev = events
+            .recv_timeout(left)
+            .expect("the end of the throttling");
+        let e = &ev["Events"][0];
+        let id = e["MessageId"].as_str().unwrap_or_default();
+        assert!(
+            !id.ends_with(".ResourceWarningThresholdExceeded"),
+            "throttling reported twice: {ev}"
+        );
+        if id.ends_with(".ResourceWarningThresholdCleared") {
+            assert_eq!(e["OriginOfCondition"]["@odata.id"], CONN, "{ev}");
+            break;
+        }
+    }
+    drop(d);
+    drop(agent);
 }

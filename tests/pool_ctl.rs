@@ -577,7 +577,7 @@ fn ctl_policy_sets_shows_and_lifts_caps() {
         serde_json::from_str(r.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {}", r.stdout))
     };
     let none = serde_json::json!({"function": "dma-a", "max_bytes_per_sec_up": null,
-        "max_bytes_per_sec_down": null, "max_iops": null});
+        "max_bytes_per_sec_down": null, "max_iops": null, "priority": 10});
     assert_eq!(policy(&[]), none, "no caps by default");
     let set = policy(&[
         "--max-bw",
@@ -618,13 +618,31 @@ fn ctl_policy_sets_shows_and_lifts_caps() {
         "{}",
         r.stdout
     );
-    assert_eq!(policy(&["--clear"]), none, "--clear lifts every cap");
+    let prio = policy(&["--priority", "30"]);
+    assert_eq!(prio["priority"], 30, "{prio}");
+    assert_eq!(prio["max_bytes_per_sec_down"], 1_048_576, "the caps stay");
+    let r = ctl(&config, &["policy", "dma-a"], None);
+    assert!(
+        r.stdout.contains("priority                   30"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(policy(&["--priority", "default"])["priority"], 10);
+    assert_eq!(policy(&["--priority", "7"])["priority"], 7);
+    assert_eq!(
+        policy(&["--clear"]),
+        none,
+        "--clear lifts every cap and the priority"
+    );
 
     for bad in [
         vec!["policy", "dma-a", "--max-bw", "0"],
         vec!["policy", "dma-a", "--max-bw", "fast"],
         vec!["policy", "dma-a", "--max-iops", "2GB"],
         vec!["policy", "dma-a", "--clear", "--max-iops", "5"],
+        vec!["policy", "dma-a", "--priority", "0"],
+        vec!["policy", "dma-a", "--priority", "101"],
+        vec!["policy", "dma-a", "--clear", "--priority", "5"],
     ] {
         let r = ctl(&config, &bad, None);
         assert_eq!(r.code, 2, "{bad:?}: {}{}", r.stdout, r.stderr);

@@ -191,6 +191,18 @@ pub enum PoolEvent {
         /// Its new owner.
         host: Option<HostId>,
     },
+    /// A function started being held by its policy's caps (`throttled`), or has not been for
+    /// a second (docs/api.md "Policy"); at most one change per function per second.
+    Throttling {
+        /// The function.
+        function: FunctionId,
+        /// The cap it was (first) held by.
+        limit: super::policy::Limit,
+        /// That cap's value (bytes or requests per second).
+        cap: u64,
+        /// Held now, or no longer.
+        throttled: bool,
+    },
     /// The owner's agent reported what one of its VMs did with the function (a slot consumer
     /// report, docs/protocol.md §10; accepted only from the owner, for the current
     /// assignment, within the host's report rate).

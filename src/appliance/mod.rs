@@ -11,6 +11,7 @@
 //! * [`control`] — [`Control`], the run-time handle on the pool (list, assign, unassign,
 //!   events);
 //! * [`policy`] — per-function bandwidth and IOPS caps, enforced in the function's TLP path;
+//! * [`arbiter`] — per-function priority: weighted sharing of a saturated link;
 //! * [`pump`] — the endpoint served on the thread that drives its link;
 //! * [`runtime`] — [`Appliance`]: build, serve or start, counters, orderly stop;
 //! * [`traffic`] — per-function and per-host traffic, as the snapshots and `/metrics` show it.
@@ -21,6 +22,7 @@
 //! docs/appliance.md describes the runtime and the pool (inventory, assignment, per-host
 //! views and isolation, the control API).
 
+pub mod arbiter;
 pub mod config;
 pub mod control;
 pub mod counters;

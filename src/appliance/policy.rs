@@ -27,6 +27,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+pub use super::arbiter::{PRIORITY_DEFAULT, PRIORITY_MAX, PRIORITY_MIN};
 use super::traffic::FunctionTraffic;
 use crate::endpoint::wire::{ParsedHeader, ParsedKind as Kind};
 use crate::ratelimit::TokenBucket;
@@ -46,8 +47,9 @@ fn iops_burst(rate: u64) -> u64 {
     (rate / 100).max(4)
 }
 
-/// The caps of one function; `None` is no cap. Zero is not a cap (refused by
-/// [`Policy::check`]).
+/// The caps of one function and its priority; `None` is no cap (or the default priority).
+/// Zero is not a cap, and a priority is within [`PRIORITY_MIN`]..=[`PRIORITY_MAX`] (both
+/// refused otherwise by [`Policy::check`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Policy {
     /// Data bytes per second function → host (DMA writes, completions to host reads).
@@ -56,27 +58,63 @@ pub struct Policy {
     pub max_bytes_per_sec_down: Option<u64>,
     /// Non-posted requests per second the function issues (DMA read requests, AtomicOps).
     pub max_iops: Option<u64>,
+    /// Its weight when functions share a saturated link ([`super::arbiter`]); `None` is
+    /// [`PRIORITY_DEFAULT`].
+    #[serde(default)]
+    pub priority: Option<u32>,
 }
 
 /// A policy value that is not one.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field} must be at least 1 (omit it for no limit)")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyError {
     /// The field.
     pub field: &'static str,
 }
 
+impl std::fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.field == "priority" {
+            write!(
+                f,
+                "priority must be within {PRIORITY_MIN}..={PRIORITY_MAX} (omit it for the \
+                 default, {PRIORITY_DEFAULT})"
+            )
+        } else {
+            write!(
+                f,
+                "{} must be at least 1 (omit it for no limit)",
+                self.field
+            )
+        }
+    }
+}
+
+impl std::error::Error for PolicyError {}
+
 impl Policy {
-    /// No cap at all.
+    /// No cap at all, the default priority.
     pub const UNLIMITED: Policy = Policy {
         max_bytes_per_sec_up: None,
         max_bytes_per_sec_down: None,
         max_iops: None,
+        priority: None,
     };
 
-    /// Whether nothing is capped.
+    /// Whether nothing is capped and the priority is the default: no policy at all.
     pub fn is_unlimited(&self) -> bool {
-        *self == Policy::UNLIMITED
+        !self.has_caps() && self.weight() == PRIORITY_DEFAULT
+    }
+
+    /// Whether any cap is set (the function then has a [`Shaper`]).
+    pub fn has_caps(&self) -> bool {
+        self.max_bytes_per_sec_up.is_some()
+            || self.max_bytes_per_sec_down.is_some()
+            || self.max_iops.is_some()
+    }
+
+    /// The function's weight in the [`Arbiter`](super::arbiter::Arbiter).
+    pub fn weight(&self) -> u32 {
+        self.priority.unwrap_or(PRIORITY_DEFAULT)
     }
 
     /// Refuse a zero cap (it would stop the function for good; PCIe must not lose TLPs).
@@ -90,16 +128,48 @@ impl Policy {
                 return Err(PolicyError { field });
             }
         }
-        Ok(())
+        match self.priority {
+            Some(p) if !(PRIORITY_MIN..=PRIORITY_MAX).contains(&p) => {
+                Err(PolicyError { field: "priority" })
+            }
+            _ => Ok(()),
+        }
     }
 }
 
 /// Which limit a held TLP waits for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Limit {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Limit {
+    /// [`Policy::max_bytes_per_sec_up`].
     Up,
+    /// [`Policy::max_bytes_per_sec_down`].
     Down,
+    /// [`Policy::max_iops`].
     Iops,
+}
+
+impl Limit {
+    /// The cap of `policy` this limit is.
+    pub fn of(self, policy: &Policy) -> Option<u64> {
+        match self {
+            Limit::Up => policy.max_bytes_per_sec_up,
+            Limit::Down => policy.max_bytes_per_sec_down,
+            Limit::Iops => policy.max_iops,
+        }
+    }
+}
+
+/// Shortest time between two throttling reports of one function, and how long it must go
+/// unheld before it is reported as no longer throttled ([`Shaper::throttle_change`]).
+pub const THROTTLE_QUIET: Duration = Duration::from_secs(1);
+
+/// A change in whether a function is held by its caps, as the event stream reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ThrottleChange {
+    /// `true`: it started being held; `false`: it has not been for [`THROTTLE_QUIET`].
+    pub throttled: bool,
+    /// The limit it was (first) held by.
+    pub limit: Limit,
 }
 
 /// What one TLP costs: (up bytes, down bytes, non-posted requests).
@@ -127,6 +197,13 @@ pub struct Shaper {
     held: VecDeque<Vec<u8>>,
     /// Since when the head has waited, and for which limit.
     blocked: Option<(Instant, Limit)>,
+    /// A TLP was held over budget since the last [`Shaper::throttle_change`] (by this limit).
+    newly_held: Option<Limit>,
+    /// When a TLP was last held (or the queue last emptied).
+    last_held: Instant,
+    /// The throttling reported (and by which limit), and when it last changed.
+    reported: Option<Limit>,
+    reported_at: Option<Instant>,
 }
 
 impl Shaper {
@@ -142,6 +219,10 @@ impl Shaper {
             // without reallocating in the common case.
             held: VecDeque::with_capacity(2 * HOLD_HIGH),
             blocked: None,
+            newly_held: None,
+            last_held: now,
+            reported: None,
+            reported_at: None,
         };
         s.set_policy(policy, now);
         s
@@ -247,10 +328,61 @@ impl Shaper {
             }
             Some(limit) => {
                 self.blocked = Some((now, limit));
+                self.newly_held = Some(limit);
+                self.last_held = now;
                 self.held.push_back(tlp);
                 None
             }
         }
+    }
+
+    /// Whether the function started or stopped being held by its caps, for the event stream:
+    /// a start as soon as a TLP was held over budget, a stop once nothing was held for
+    /// [`THROTTLE_QUIET`]; never two changes within [`THROTTLE_QUIET`] (a function that
+    /// flickers at its cap is reported once, not at every TLP).
+    pub fn throttle_change(&mut self, now: Instant) -> Option<ThrottleChange> {
+        let spaced = self
+            .reported_at
+            .is_none_or(|t| now.saturating_duration_since(t) >= THROTTLE_QUIET);
+        if !self.held.is_empty() {
+            self.last_held = now;
+        }
+        match self.reported {
+            None => {
+                let limit = self.newly_held?;
+                if !spaced {
+                    // Still held: reported once the spacing allows; else forgotten.
+                    if self.held.is_empty() {
+                        self.newly_held = None;
+                    }
+                    return None;
+                }
+                self.newly_held = None;
+                self.reported = Some(limit);
+                self.reported_at = Some(now);
+                Some(ThrottleChange {
+                    throttled: true,
+                    limit,
+                })
+            }
+            Some(limit) => {
+                self.newly_held = None;
+                if !spaced || now.saturating_duration_since(self.last_held) < THROTTLE_QUIET {
+                    return None;
+                }
+                self.reported = None;
+                self.reported_at = Some(now);
+                Some(ThrottleChange {
+                    throttled: false,
+                    limit,
+                })
+            }
+        }
+    }
+
+    /// The throttling last reported and not yet reported as over (by which limit).
+    pub fn throttling(&self) -> Option<Limit> {
+        self.reported
     }
 
     /// Hand `out` every held TLP the budget allows at `now`, in order.
@@ -258,6 +390,7 @@ impl Shaper {
         if self.held.is_empty() {
             return;
         }
+        self.last_held = now;
         self.earn(now);
         while let Some(head) = self.held.front() {
             let c = cost(head);
@@ -468,6 +601,52 @@ mod tests {
     }
 
     #[test]
+    fn throttling_is_reported_when_it_starts_and_after_a_quiet_second_and_never_faster() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut tr = FunctionTraffic::default();
+        let mut s = Shaper::new(up(1_000_000), t0);
+        // Within the burst: nothing held, nothing to report.
+        assert!(s.offer(t0, mwr(256, 0)).is_some());
+        assert_eq!(s.throttle_change(t0), None);
+        for i in 0..100u8 {
+            let _ = s.offer(t0, mwr(256, i));
+        }
+        let started = Some(ThrottleChange {
+            throttled: true,
+            limit: Limit::Up,
+        });
+        let stopped = Some(ThrottleChange {
+            throttled: false,
+            limit: Limit::Up,
+        });
+        assert_eq!(s.throttle_change(t0), started);
+        assert_eq!(s.throttling(), Some(Limit::Up));
+        // Held at the cap for a while: one report, not one per TLP or per poll.
+        for n in 1..=30 {
+            s.release(ms(n), &mut tr, |_| {});
+            assert_eq!(s.throttle_change(ms(n)), None, "at {n} ms");
+        }
+        assert!(s.is_empty(), "15.6 kB at 1 MB/s drain in 16 ms");
+        // Not quiet for a second yet.
+        assert_eq!(s.throttle_change(ms(500)), None);
+        assert_eq!(s.throttle_change(ms(1020)), stopped);
+        assert_eq!(s.throttling(), None);
+        assert_eq!(s.throttle_change(ms(1030)), None);
+        // Held again 80 ms after the stop was reported: reported once the second is up.
+        for i in 0..100u8 {
+            let _ = s.offer(ms(1100), mwr(256, i));
+        }
+        assert!(!s.is_empty());
+        assert_eq!(
+            s.throttle_change(ms(1100)),
+            None,
+            "a second between reports"
+        );
+        assert_eq!(s.throttle_change(ms(2030)), started);
+    }
+
+    #[test]
     fn zero_is_refused_none_is_no_cap() {
         assert!(Policy::UNLIMITED.check().is_ok());
         assert!(Policy::UNLIMITED.is_unlimited());
@@ -478,5 +657,25 @@ mod tests {
         .check()
         .unwrap_err();
         assert_eq!(e.field, "max_iops");
+        for (p, ok) in [(0, false), (1, true), (100, true), (101, false)] {
+            let r = Policy {
+                priority: Some(p),
+                ..Policy::UNLIMITED
+            }
+            .check();
+            assert_eq!(r.is_ok(), ok, "priority {p}");
+        }
+        let only_priority = Policy {
+            priority: Some(3),
+            ..Policy::UNLIMITED
+        };
+        assert!(!only_priority.has_caps() && !only_priority.is_unlimited());
+        assert_eq!(only_priority.weight(), 3);
+        assert_eq!(Policy::UNLIMITED.weight(), PRIORITY_DEFAULT);
+        assert!(Policy {
+            priority: Some(PRIORITY_DEFAULT),
+            ..Policy::UNLIMITED
+        }
+        .is_unlimited());
     }
 }

@@ -158,17 +158,17 @@ impl Pump {
         Ok(())
     }
 
-    /// Send what the router queued, in order. `true` when a session's queue is full and
-    /// TLPs wait.
+    /// Send what the router queued, in order (asking for the queue again for every TLP: it
+    /// is topped up from the functions' queues in their priorities' order). `true` when a
+    /// session's queue is full and TLPs wait.
     fn flush(&mut self, router: &mut Router<ConnId>) -> bool {
-        let q = router.transmit_queue();
-        while let Some((c, t)) = q.pop_front() {
+        while let Some((c, t)) = router.transmit_queue().pop_front() {
             // Queued only: the next poll sends everything flushed here in as few frames as
             // fit (one frame per TLP would cap DMA at the frame rate).
             match self.d.submit(c, t.clone()) {
                 Ok(()) => {}
                 Err(SendError::QueueFull) => {
-                    q.push_front((c, t));
+                    router.transmit_queue().push_front((c, t));
                     return true;
                 }
                 Err(e) => tracing::debug!("appliance: TLP not sent: {e}"),

@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use crossbeam::channel::Receiver;
 
+use super::arbiter::{Arbiter, OWN, PRIORITY_DEFAULT};
 use super::config::AssignSpec;
 use super::control::{
     Command, ControlError, Done, FunctionStatus, HostStatus, NewCard, PoolEvent, Snapshot,
@@ -64,6 +65,11 @@ use crate::transport::{Event, HostId};
 /// Most TLPs waiting for room in the sessions' queues before the router stops taking the
 /// endpoint's outbound queue (its bound then pushes back on the device threads).
 pub const TRANSMIT_CAP: usize = 4096;
+
+/// TLPs taken from the functions' queues ([`Arbiter`]) into the transmit queue at a time:
+/// few, so that the order of the link stays the arbiter's (a function's priority acts within
+/// this many TLPs), and enough that the serving loop always has a batch to send.
+pub const STAGE: usize = 64;
 
 /// Consumer reports (VM events) one host session may send per second on average
 /// ([`REPORT_BURST`] at once); more are dropped and counted, so a hostile host cannot flood the
@@ -200,6 +206,12 @@ pub struct Router<K> {
     shaped: FunctionSet,
     /// The functions whose DMA writes are held (their shaper is at [`HOLD_HIGH`]).
     gated: FunctionSet,
+    /// The functions' queues for the link, shared by priority (docs/api.md "Policy").
+    arbiter: Arbiter<K>,
+    /// The functions whose arbiter queue is at [`HOLD_HIGH`] (their DMA writes are held too).
+    backed: FunctionSet,
+    /// The holds last given to the endpoint (`gated` ∪ `backed` as of then).
+    holds: FunctionSet,
 }
 
 /// A watched function: its probe, and whether its failure was handled.
@@ -354,6 +366,9 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
             shapers: (0..256).map(|_| None).collect(),
             shaped: FunctionSet::EMPTY,
             gated: FunctionSet::EMPTY,
+            arbiter: Arbiter::new(),
+            backed: FunctionSet::EMPTY,
+            holds: FunctionSet::EMPTY,
         }
     }
 
@@ -398,6 +413,9 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
             shapers: self.shapers,
             shaped: self.shaped,
             gated: self.gated,
+            arbiter: self.arbiter.map_keys(&f),
+            backed: self.backed,
+            holds: self.holds,
         }
     }
 
@@ -443,9 +461,70 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
     }
 
     /// What is waiting to go on the wire, in order: (session, TLP). The driver pops from
-    /// the front and pushes a TLP back to the front when its session's queue is full.
+    /// the front and pushes a TLP back to the front when its session's queue is full; it
+    /// calls this again for every TLP (each call tops the queue up to [`STAGE`] TLPs from the
+    /// functions' queues, in the order of their priorities).
     pub fn transmit_queue(&mut self) -> &mut VecDeque<(K, Bytes)> {
+        self.stage();
         &mut self.out
+    }
+
+    /// Top the transmit queue up to [`STAGE`] from the arbiter.
+    fn stage(&mut self) {
+        while self.out.len() < STAGE {
+            let Some((i, key, tlp)) = self.arbiter.pop() else {
+                return;
+            };
+            if i < OWN && self.arbiter.queue_len(i) < HOLD_LOW {
+                self.backed.remove(i as u8);
+            }
+            self.out.push_back((key, tlp));
+        }
+    }
+
+    /// Queue `tlp` for session `key` in arbiter queue `queue` (a function's device/function
+    /// number, or [`OWN`]); straight to the transmit queue while nothing waits in the arbiter.
+    fn enqueue(&mut self, queue: usize, key: K, tlp: Bytes) {
+        if self.arbiter.is_empty() && self.out.len() < STAGE {
+            self.out.push_back((key, tlp));
+            return;
+        }
+        self.arbiter.push(queue, key, tlp);
+        if queue < OWN && self.arbiter.queue_len(queue) >= HOLD_HIGH {
+            self.backed.insert(queue as u8);
+        }
+    }
+
+    /// Everything in the arbiter to the transmit queue now, in its order (before a slot
+    /// message: what was routed before it goes before it, as it did without priorities).
+    fn stage_all(&mut self) {
+        let out = &mut self.out;
+        self.arbiter.drain(|_, k, t| out.push_back((k, t)));
+        self.backed = FunctionSet::EMPTY;
+    }
+
+    /// Drop what waits for session `key`, which ended (a later session may reuse the key:
+    /// nothing of this one may reach it).
+    fn purge(&mut self, key: K) {
+        let gone = self.arbiter.discard(&key);
+        let before = self.out.len();
+        self.out.retain(|(k, _)| *k != key);
+        let gone = gone + before - self.out.len();
+        if gone > 0 {
+            tracing::debug!(?key, gone, "appliance: TLPs for an ended session dropped");
+        }
+        let backed = self.backed;
+        for d in backed.iter() {
+            if self.arbiter.queue_len(usize::from(d)) < HOLD_LOW {
+                self.backed.remove(d);
+            }
+        }
+    }
+
+    /// TLPs of the function at appliance device/function number `devfn` in its queue for
+    /// the link (not yet in the transmit queue).
+    pub fn queued(&self, devfn: u8) -> usize {
+        self.arbiter.queue_len(usize::from(devfn))
     }
 
     /// Events since the last call.
@@ -619,6 +698,9 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
             // its functions, as a hot reset would; nobody else's. Nothing more goes to the
             // old session; the new one enumerates what the host has now.
             self.drain_outbound(usize::MAX);
+            if let Some(k) = self.hosts[hi].session {
+                self.purge(k);
+            }
             self.hosts[hi].session = None;
             self.reset_host(ep, hi, now);
         }
@@ -679,6 +761,9 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
 
     fn lose(&mut self, ep: &mut Proxy, hi: usize, now: Instant) {
         self.drain_outbound(usize::MAX);
+        if let Some(k) = self.hosts[hi].session {
+            self.purge(k);
+        }
         self.hosts[hi].session = None;
         self.end_session(hi);
         // A surprise-down: the host's functions are reset, nobody else's.
@@ -723,7 +808,7 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
             self.release_held(Instant::now());
         }
         let mut n = 0;
-        while n < max && (max == usize::MAX || self.out.len() < TRANSMIT_CAP) {
+        while n < max && (max == usize::MAX || self.out.len() + self.arbiter.len() < TRANSMIT_CAP) {
             let Ok(t) = self.outbound.try_recv() else {
                 return;
             };
@@ -767,9 +852,10 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
             self.stats.owner_offline += 1;
             return;
         };
-        count_upstream(&mut self.traffic[usize::from(tlp[5])], &tlp);
+        let d = tlp[5];
+        count_upstream(&mut self.traffic[usize::from(d)], &tlp);
         tlp[5] = r.host_devfn;
-        self.out.push_back((key, Bytes::from(tlp)));
+        self.enqueue(usize::from(d), key, Bytes::from(tlp));
     }
 
     /// Route what the shapers' budgets let go at `now`, in each function's order.
@@ -806,15 +892,70 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
                 self.shapers[i] = Some(s);
             }
             self.gated.remove(d);
+            self.holds.remove(d);
             ep.hold_dma_writes(d, false);
         }
     }
 
-    /// Hold or release the shaped functions' device threads as their queues stand.
-    fn sync_gates(&self, ep: &Proxy) {
-        for d in self.shaped.iter() {
-            ep.hold_dma_writes(d, self.gated.contains(d));
+    /// Hold or release the functions' device threads as their queues stand: a shaper at its
+    /// bound ([`HOLD_HIGH`]) or an arbiter queue at its bound holds them, until below
+    /// [`HOLD_LOW`]. Only changes reach the endpoint.
+    fn sync_gates(&mut self, ep: &Proxy) {
+        let mut want = self.gated;
+        for d in self.backed.iter() {
+            want.insert(d);
         }
+        if want == self.holds {
+            return;
+        }
+        for d in 0..=255u8 {
+            let w = want.contains(d);
+            if w != self.holds.contains(d) {
+                ep.hold_dma_writes(d, w);
+            }
+        }
+        self.holds = want;
+    }
+
+    /// Report the shaped functions that started or stopped being held by their caps
+    /// ([`PoolEvent::Throttling`], at most one change per function per
+    /// [`THROTTLE_QUIET`](super::policy::THROTTLE_QUIET)).
+    fn throttle_events(&mut self, now: Instant) {
+        let shaped = self.shaped;
+        for d in shaped.iter() {
+            let Some(s) = self.shapers[usize::from(d)].as_mut() else {
+                continue;
+            };
+            if let Some(c) = s.throttle_change(now) {
+                let policy = s.policy();
+                self.throttle_event(d, c.limit, &policy, c.throttled);
+            }
+        }
+    }
+
+    /// Raise a [`PoolEvent::Throttling`] for the function at device/function number `d`.
+    fn throttle_event(
+        &mut self,
+        d: u8,
+        limit: super::policy::Limit,
+        policy: &Policy,
+        throttled: bool,
+    ) {
+        let Some(e) = self
+            .inventory
+            .functions()
+            .iter()
+            .find(|e| e.bdf.0 as u8 == d)
+        else {
+            return;
+        };
+        tracing::info!(function = %e.id, ?limit, throttled, "appliance: policy throttling");
+        self.events.push(PoolEvent::Throttling {
+            function: e.id.clone(),
+            limit,
+            cap: limit.of(policy).unwrap_or(0),
+            throttled,
+        });
     }
 
     /// The caps of `function` (unlimited unless set).
@@ -825,8 +966,9 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
             .map_or(Policy::UNLIMITED, |(_, p)| *p)
     }
 
-    /// Cap `function`'s traffic from `now` on ([`Policy::UNLIMITED`] lifts the caps: what is
-    /// held goes at once, in order).
+    /// Cap `function`'s traffic and set its priority from `now` on ([`Policy::UNLIMITED`]
+    /// lifts the caps — what is held goes at once, in order — and gives it the default
+    /// priority).
     pub fn set_policy(
         &mut self,
         ep: &Proxy,
@@ -842,14 +984,17 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
         let d = e.bdf.0 as u8;
         let i = usize::from(d);
         self.policies.retain(|(f, _)| f != function);
-        if policy.is_unlimited() {
+        if !policy.is_unlimited() {
+            self.policies.push((function.clone(), policy));
+        }
+        // Its share of the link from its next quantum on; nothing queued moves.
+        self.arbiter.set_weight(i, policy.weight());
+        if !policy.has_caps() {
             let mut one = FunctionSet::EMPTY;
             one.insert(d);
             self.flush_held(ep, &one, now);
-            self.shapers[i] = None;
-            self.shaped.remove(d);
+            self.drop_shaper(d);
         } else {
-            self.policies.push((function.clone(), policy));
             match self.shapers[i].as_mut() {
                 Some(s) => s.set_policy(policy, now),
                 None => self.shapers[i] = Some(Box::new(Shaper::new(policy, now))),
@@ -872,9 +1017,20 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
         self.policies
             .retain(|(f, _)| inventory.get(f).is_some_and(|e| e.bdf.device() != dev));
         for d in set.iter() {
-            self.shapers[usize::from(d)] = None;
-            self.shaped.remove(d);
+            self.drop_shaper(d);
+            self.arbiter.set_weight(usize::from(d), PRIORITY_DEFAULT);
         }
+    }
+
+    /// Remove the shaper of the function at `d` (its caps are gone; what it held was
+    /// flushed), reporting the end of a throttling that was reported.
+    fn drop_shaper(&mut self, d: u8) {
+        if let Some(s) = self.shapers[usize::from(d)].take() {
+            if let Some(limit) = s.throttling() {
+                self.throttle_event(d, limit, &s.policy(), false);
+            }
+        }
+        self.shaped.remove(d);
     }
 
     fn host_of(&self, key: K) -> Option<usize> {
@@ -972,10 +1128,12 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
                     continue;
                 }
             }
-            // Its own completions count for the function it reached; a refusal of a request
-            // that reached no function counts for none.
+            // Its own completions count for the function it reached (and queue with its
+            // TLPs); a refusal of a request that reached no function counts for none.
+            let mut queue = OWN;
             if let Some(d) = claimed.filter(|&d| r.len() >= 12 && r[5] == d) {
                 count_upstream(&mut self.traffic[usize::from(d)], &r);
+                queue = usize::from(d);
             }
             // The completer is one of the host's functions (or none, for a refusal): its ID
             // in the host's numbering.
@@ -984,7 +1142,7 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
                     r[5] = rt.host_devfn;
                 }
             }
-            self.out.push_back((key, Bytes::from(r)));
+            self.enqueue(queue, key, Bytes::from(r));
         }
         self.replies = replies;
     }
@@ -1004,7 +1162,7 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
             h.attr & 3,
             &[],
         ) {
-            Ok(()) => self.out.push_back((key, Bytes::from(t))),
+            Ok(()) => self.enqueue(OWN, key, Bytes::from(t)),
             Err(e) => tracing::error!("appliance: cannot build a completion: {e}"),
         }
     }
@@ -1221,8 +1379,9 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
     pub fn poll(&mut self, ep: &mut Proxy, now: Instant) {
         if !self.shaped.is_empty() {
             self.release_held(now);
-            self.sync_gates(ep);
+            self.throttle_events(now);
         }
+        self.sync_gates(ep);
         if !self.probes.is_empty() {
             self.check_health(ep, now);
         }
@@ -1657,6 +1816,7 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
     }
 
     fn send_slot(&mut self, key: K, m: SlotMessage) {
+        self.stage_all();
         let mut b = [0u8; 16];
         match m.emit(Bdf(0), &mut b) {
             Ok(n) => self.out.push_back((key, Bytes::copy_from_slice(&b[..n]))),

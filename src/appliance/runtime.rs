@@ -511,15 +511,15 @@ impl Appliance {
     }
 }
 
-/// Send what the router queued on the links, in order, without blocking; `true` when a
-/// link's queue is full and TLPs wait.
+/// Send what the router queued on the links, in order (asking for the queue again for every
+/// TLP: it is topped up from the functions' queues in their priorities' order), without
+/// blocking; `true` when a link's queue is full and TLPs wait.
 fn flush_threaded(links: &[TransportHandle], router: &mut Router<(usize, ConnId)>) -> bool {
-    let q = router.transmit_queue();
-    while let Some(((i, conn), t)) = q.pop_front() {
+    while let Some(((i, conn), t)) = router.transmit_queue().pop_front() {
         match links[i].try_send(conn, t) {
             Ok(()) => {}
             Err(HandleError::Full(t)) => {
-                q.push_front(((i, conn), t));
+                router.transmit_queue().push_front(((i, conn), t));
                 return true;
             }
             Err(e) => tracing::debug!("appliance: TLP not sent: {e}"),

@@ -143,6 +143,7 @@ fn restore_policies(
             max_bytes_per_sec_up: p.max_bytes_per_sec_up,
             max_bytes_per_sec_down: p.max_bytes_per_sec_down,
             max_iops: p.max_iops,
+            priority: p.priority,
         };
         tracing::info!(%function, ?policy, "management API: stored policy restored");
         control.set_policy(id, policy, move |r| {

@@ -109,9 +109,10 @@ enum CtlCommand {
     /// Follow the event stream: one line per event (--json: the Redfish Event, one per line)
     /// until interrupted or the appliance ends the stream.
     Events,
-    /// Show or change the caps of assigned FUNCTION (docs/api.md "Policy"), enforced on the
-    /// appliance. With no option it prints them. Rates take SI or binary units: 2GB/s, 500M,
-    /// 1.5GiB/s, 100000 (bytes per second); IOPS 100k, 2M, 5000. "none" lifts one cap.
+    /// Show or change the caps and priority of assigned FUNCTION (docs/api.md "Policy"),
+    /// enforced on the appliance. With no option it prints them. Rates take SI or binary
+    /// units: 2GB/s, 500M, 1.5GiB/s, 100000 (bytes per second); IOPS 100k, 2M, 5000. "none"
+    /// lifts one cap.
     Policy {
         /// Function id (it must be assigned: the caps live on its Connection).
         function: String,
@@ -127,8 +128,12 @@ enum CtlCommand {
         /// Cap the non-posted requests the function issues per second.
         #[arg(long, value_name = "N", value_parser = parse_cap_count)]
         max_iops: Option<Cap>,
-        /// Lift every cap.
-        #[arg(long, conflicts_with_all = ["max_bw", "max_up_bw", "max_down_bw", "max_iops"])]
+        /// Its share of a saturated link relative to the other functions': 1..=100 (10 by
+        /// default; "default" sets that back).
+        #[arg(long, value_name = "N", value_parser = parse_priority)]
+        priority: Option<Cap>,
+        /// Lift every cap and give the default priority.
+        #[arg(long, conflicts_with_all = ["max_bw", "max_up_bw", "max_down_bw", "max_iops", "priority"])]
         clear: bool,
     },
     /// A live table, from the appliance's /metrics, of throughput, TLPs per second, errors and
@@ -361,6 +366,7 @@ fn execute(args: CtlArgs) -> Result<(), ClientError> {
             max_up_bw,
             max_down_bw,
             max_iops,
+            priority,
             clear,
         } => {
             let change = if clear {
@@ -368,12 +374,14 @@ fn execute(args: CtlArgs) -> Result<(), ClientError> {
                     max_bytes_per_sec_up: Some(None),
                     max_bytes_per_sec_down: Some(None),
                     max_iops: Some(None),
+                    priority: Some(None),
                 }
             } else {
                 PolicyChange {
                     max_bytes_per_sec_up: max_up_bw.or(max_bw).map(|c| c.0),
                     max_bytes_per_sec_down: max_down_bw.or(max_bw).map(|c| c.0),
                     max_iops: max_iops.map(|c| c.0),
+                    priority: priority.map(|c| c.0),
                 }
             };
             let row = if change.is_empty() {
@@ -735,6 +743,26 @@ fn print_policy(row: &PolicyRow, json: bool) {
         show(row.max_bytes_per_sec_down, "B/s")
     );
     println!("  max IOPS                   {}", show(row.max_iops, "/s"));
+    if let Some(p) = row.priority {
+        println!("  priority                   {p}");
+    }
+}
+
+/// `--priority`: 1..=100, or `default`.
+fn parse_priority(s: &str) -> Result<Cap, String> {
+    if s == "default" {
+        return Ok(Cap(None));
+    }
+    use pcietun::mgmt::pool::{PRIORITY_DEFAULT, PRIORITY_MAX, PRIORITY_MIN};
+    match s.parse::<u64>() {
+        Ok(n) if (u64::from(PRIORITY_MIN)..=u64::from(PRIORITY_MAX)).contains(&n) => {
+            Ok(Cap(Some(n)))
+        }
+        _ => Err(format!(
+            "{s:?} is not a priority: an integer from {PRIORITY_MIN} to {PRIORITY_MAX} \
+             ({PRIORITY_DEFAULT} is the default), or \"default\""
+        )),
+    }
 }
 
 /// Set by SIGINT / SIGTERM: `ctl events` ends cleanly.
@@ -956,7 +984,18 @@ fn print_hosts(rows: &[HostRow]) {
 
 #[cfg(test)]
 mod policy_tests {
-    use super::{parse_cap_count, parse_cap_rate};
+    use super::{parse_cap_count, parse_cap_rate, parse_priority};
+
+    #[test]
+    fn priorities_are_1_to_100_or_default() {
+        let p = |s: &str| parse_priority(s).map(|c| c.0);
+        assert_eq!(p("1"), Ok(Some(1)));
+        assert_eq!(p("100"), Ok(Some(100)));
+        assert_eq!(p("default"), Ok(None));
+        for bad in ["0", "101", "-1", "high", "", "2.5"] {
+            assert!(p(bad).is_err(), "{bad:?} accepted as a priority");
+        }
+    }
 
     #[test]
     fn rates_and_counts_parse_with_their_units() {

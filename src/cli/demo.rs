@@ -434,6 +434,7 @@ fn start_rig(link: LinkKind, ns_bytes: u64) -> Result<(Box<Rig>, Net), Box<dyn s
             busy_poll: false,
             nvme_bytes: ns_bytes,
             dma_buffer: 0,
+            dma_engines: 1,
             mtu: 8972,
         },
     )?;

@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use pcietun::appliance::config::{parse_device_flag, DeviceSpec};
 use pcietun::appliance::control::{ControlError, FunctionStatus, HostStatus, PoolEvent};
+use pcietun::appliance::policy::Limit;
 use pcietun::appliance::{Control, FunctionId, FunctionState, InventoryError};
 use pcietun::mgmt::pool::{
     AddCompleter, AddedCard, ApplianceInfo, Completer, Directions, EventSink, FunctionInfo,
@@ -26,6 +27,16 @@ use pcietun::mgmt::pool::{
 };
 use pcietun::tlp::slot::{ConsumerEvent, VmName};
 use pcietun::transport::HostId;
+
+// The API validates priorities against its own copy of the range (mgmt and appliance never
+// import each other); this adapter is where the two meet, so it holds them equal.
+const _: () = {
+    use pcietun::appliance::arbiter as a;
+    use pcietun::mgmt::pool as m;
+    assert!(a::PRIORITY_MIN == m::PRIORITY_MIN);
+    assert!(a::PRIORITY_MAX == m::PRIORITY_MAX);
+    assert!(a::PRIORITY_DEFAULT == m::PRIORITY_DEFAULT);
+};
 
 /// The appliance's pool behind the management API.
 pub struct AppliancePool {
@@ -619,6 +630,21 @@ impl Pool for AppliancePool {
                                 },
                             }
                         }
+                        PoolEvent::Throttling {
+                            function,
+                            limit,
+                            cap,
+                            throttled,
+                        } => ApiEvent::PolicyThrottling {
+                            function: function.to_string(),
+                            property: match limit {
+                                Limit::Up => "MaxBytesPerSecondUp",
+                                Limit::Down => "MaxBytesPerSecondDown",
+                                Limit::Iops => "MaxIOPS",
+                            },
+                            cap,
+                            throttled,
+                        },
                         PoolEvent::VmConsumer {
                             function,
                             host,
@@ -645,6 +671,7 @@ impl Pool for AppliancePool {
             max_bytes_per_sec_up: p.max_bytes_per_sec_up,
             max_bytes_per_sec_down: p.max_bytes_per_sec_down,
             max_iops: p.max_iops,
+            priority: p.priority,
         })
     }
 
@@ -654,6 +681,7 @@ impl Pool for AppliancePool {
             max_bytes_per_sec_up: policy.max_bytes_per_sec_up,
             max_bytes_per_sec_down: policy.max_bytes_per_sec_down,
             max_iops: policy.max_iops,
+            priority: policy.priority,
         };
         self.control
             .set_policy_wait(f.entry.id, p, std::time::Duration::from_secs(10))

@@ -302,7 +302,7 @@ pub struct HostRow {
     pub functions: Vec<String>,
 }
 
-/// The caps of a function (`ctl policy`); `None` is no cap.
+/// The caps and priority of a function (`ctl policy`); `None` is no cap.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PolicyRow {
     /// Function id.
@@ -313,6 +313,8 @@ pub struct PolicyRow {
     pub max_bytes_per_sec_down: Option<u64>,
     /// Non-posted requests per second the function issues.
     pub max_iops: Option<u64>,
+    /// Its weight on a saturated link (1..=100; `None` only from a service that has none).
+    pub priority: Option<u64>,
 }
 
 /// A change of caps: `None` leaves a cap, `Some(None)` lifts it, `Some(Some(v))` sets it.
@@ -324,6 +326,8 @@ pub struct PolicyChange {
     pub max_bytes_per_sec_down: Option<Option<u64>>,
     /// Non-posted requests per second.
     pub max_iops: Option<Option<u64>>,
+    /// The priority: `Some(None)` is back to the default.
+    pub priority: Option<Option<u64>>,
 }
 
 impl PolicyChange {
@@ -347,6 +351,7 @@ fn policy_row(function: &str, conn: &Value, uri: &str) -> Result<PolicyRow, Clie
         max_bytes_per_sec_up: cap("MaxBytesPerSecondUp"),
         max_bytes_per_sec_down: cap("MaxBytesPerSecondDown"),
         max_iops: cap("MaxIOPS"),
+        priority: cap("Priority"),
     })
 }
 
@@ -870,8 +875,9 @@ impl Client {
         policy_row(function, &conn, &uri)
     }
 
-    /// Change the caps of assigned `function`: each `Some(Some(v))` sets a cap, `Some(None)`
-    /// lifts it, `None` leaves it (a PATCH of `Oem.Pcietun.Policy`); returns the caps now.
+    /// Change the caps of assigned `function`: each `Some(Some(v))` sets a cap (or the
+    /// priority), `Some(None)` lifts it (the default priority), `None` leaves it (a PATCH of
+    /// `Oem.Pcietun.Policy`); returns the policy now.
     pub fn set_policy(
         &self,
         function: &str,
@@ -884,6 +890,7 @@ impl Client {
             ("MaxBytesPerSecondUp", change.max_bytes_per_sec_up),
             ("MaxBytesPerSecondDown", change.max_bytes_per_sec_down),
             ("MaxIOPS", change.max_iops),
+            ("Priority", change.priority),
         ] {
             if let Some(v) = v {
                 policy.insert(key.into(), v.map_or(Value::Null, Value::from));

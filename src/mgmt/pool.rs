@@ -484,6 +484,18 @@ pub enum PoolEvent {
         /// Host id.
         host: String,
     },
+    /// A function started being held by its policy's caps (`throttled`), or has not been for
+    /// a second; the pool reports at most one change per function per second.
+    PolicyThrottling {
+        /// The function.
+        function: String,
+        /// The cap's property in `Oem.Pcietun.Policy` (`MaxBytesPerSecondUp`, …).
+        property: &'static str,
+        /// The cap's value.
+        cap: u64,
+        /// Held now, or no longer.
+        throttled: bool,
+    },
     /// The owner's agent reported what one of its VMs did with the function.
     VmConsumer {
         /// The function.
@@ -592,10 +604,12 @@ pub struct MetricsSnapshot {
     pub hosts: Vec<HostMetrics>,
 }
 
-/// The caps of one function (docs/api.md "Policy"); `None` is no cap, and a cap is at
-/// least 1. Up is function → host (DMA writes, completions of the host's reads), down host →
-/// function (the data of the function's DMA reads), both in data bytes per second; IOPS are
-/// the non-posted requests the function issues per second.
+/// The caps and priority of one function (docs/api.md "Policy"); `None` is no cap (or the
+/// default priority), and a cap is at least 1. Up is function → host (DMA writes,
+/// completions of the host's reads), down host → function (the data of the function's DMA
+/// reads), both in data bytes per second; IOPS are the non-posted requests the function
+/// issues per second. The priority ([`PRIORITY_MIN`]..=[`PRIORITY_MAX`], default
+/// [`PRIORITY_DEFAULT`]) is its weight when functions share a saturated link.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicySettings {
@@ -605,12 +619,31 @@ pub struct PolicySettings {
     pub max_bytes_per_sec_down: Option<u64>,
     /// Non-posted requests per second the function issues.
     pub max_iops: Option<u64>,
+    /// Its share of a saturated link, relative to the others' (a stored record from before
+    /// priorities has none: the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u32>,
 }
 
+/// The lowest priority.
+pub const PRIORITY_MIN: u32 = 1;
+/// The highest priority.
+pub const PRIORITY_MAX: u32 = 100;
+/// The priority of a function whose policy sets none.
+pub const PRIORITY_DEFAULT: u32 = 10;
+
 impl PolicySettings {
-    /// Whether nothing is capped.
+    /// Whether nothing is capped and the priority is the default (nothing to store).
     pub fn is_unlimited(&self) -> bool {
-        *self == PolicySettings::default()
+        self.max_bytes_per_sec_up.is_none()
+            && self.max_bytes_per_sec_down.is_none()
+            && self.max_iops.is_none()
+            && self.priority() == PRIORITY_DEFAULT
+    }
+
+    /// The priority in force.
+    pub fn priority(&self) -> u32 {
+        self.priority.unwrap_or(PRIORITY_DEFAULT)
     }
 }
 

@@ -82,6 +82,7 @@ impl Common {
             busy_poll: self.busy_poll,
             nvme_bytes,
             dma_buffer,
+            dma_engines: 1,
             mtu: self.mtu.max(512),
         }
     }

@@ -8,6 +8,14 @@
 //! cap to the end of the first 100 ms window moving at least 80 % of the uncapped rate.
 //! The reference here is the cap itself, not the raw path: the figure that matters is how
 //! close to X a function capped at X runs.
+//!
+//! Then priority: two DMA engines (functions of one card, one host) write `--size`
+//! transfers back to back from two threads, saturating the link, first at equal priorities
+//! (the control: about 1:1), then at `--priority-a` : `--priority-b` (default 30:10). It
+//! reports the bytes each moved as a ratio, against the configured one (docs/api.md
+//! "Policy": the arbiter shares the link in proportion to the priorities while both are
+//! backlogged; a transfer's tail and the gap before the next, when one engine alone is
+//! busy, go to whoever has work, so a closed-loop workload lands near, not on, the ratio).
 
 use super::common::{median, write_json, Common, ReportHeader};
 use super::error::BenchError;
@@ -36,6 +44,38 @@ pub struct PolicyArgs {
     /// Bytes per DMA transfer.
     #[arg(long, default_value_t = 65536)]
     size: u32,
+    /// Priority of the first DMA engine in the priority phase (1..=100).
+    #[arg(long, default_value_t = 30)]
+    priority_a: u32,
+    /// Priority of the second DMA engine in the priority phase (1..=100).
+    #[arg(long, default_value_t = 10)]
+    priority_b: u32,
+    /// Bytes per DMA transfer in the priority phase (large: the engines stay backlogged).
+    #[arg(long, default_value_t = 1 << 20)]
+    priority_size: u32,
+    /// Fraction of frames the priority phase's link drops on purpose, both ways: with loss
+    /// the transport's congestion window, not the engines' own threads, limits the rate, so
+    /// the link is saturated even where a debug build's device threads are slow. 0 for a
+    /// clean link (then a priority shows only if the link is the bottleneck by itself).
+    #[arg(long, default_value_t = 0.02)]
+    priority_loss: f64,
+}
+
+/// The priority phase's figures (medians over the runs).
+#[derive(Debug, Default, Clone, serde::Serialize)]
+struct PriorityRow {
+    priority_a: u32,
+    priority_b: u32,
+    /// priority_a / priority_b.
+    configured_ratio: f64,
+    /// Bytes engine A moved / bytes engine B moved, both writing at once.
+    achieved_ratio: f64,
+    /// The same at equal priorities (the control: near 1).
+    equal_ratio: f64,
+    /// Both engines' bytes per second together, at the configured priorities.
+    total_gbyte_s: f64,
+    /// The link's loss in that phase (what made it the bottleneck).
+    loss: f64,
 }
 
 /// One direction's figures (medians over the runs).
@@ -61,6 +101,7 @@ struct Report {
     transfer_bytes: u32,
     fraction: f64,
     rows: Vec<Row>,
+    priority: Option<PriorityRow>,
 }
 
 /// Bytes per second over `secs` of back-to-back transfers.
@@ -189,6 +230,89 @@ fn one_run(a: &PolicyArgs, net: &Net, secs: f64) -> Res<Vec<Row>> {
     Ok(rows)
 }
 
+/// Both engines writing `size` transfers back to back for `secs`: (bytes of A, bytes of B).
+fn race(d: [&DmaEngineDriver; 2], size: u32, secs: f64) -> Res<(u64, u64)> {
+    let go = std::sync::Barrier::new(2);
+    let one = |d: &DmaEngineDriver| -> Result<u64, String> {
+        go.wait();
+        let t0 = Instant::now();
+        let mut n = 0u64;
+        while t0.elapsed().as_secs_f64() < secs {
+            d.transfer(Direction::DmaWrite, 0, 0, size)
+                .map_err(|e| e.to_string())?;
+            n += u64::from(size);
+        }
+        Ok(n)
+    };
+    let (ra, rb) = std::thread::scope(|s| {
+        let a = s.spawn(|| one(d[0]));
+        let b = one(d[1]);
+        (a.join(), b)
+    });
+    let ra = ra.map_err(|_| BenchError::Unsupported("a DMA thread panicked".into()))?;
+    Ok((ra?, rb?))
+}
+
+fn set_priority(ctl: &Control, f: &FunctionId, p: u32) -> Res<()> {
+    ctl.set_policy_wait(
+        f.clone(),
+        Policy {
+            priority: Some(p),
+            ..Policy::UNLIMITED
+        },
+        Duration::from_secs(5),
+    )?;
+    Ok(())
+}
+
+/// Two DMA engines sharing the link at equal, then at the configured, priorities.
+fn priority_run(a: &PolicyArgs, net: &Net, secs: f64) -> Res<PriorityRow> {
+    let mut cfg = a.common.rig(0, BUFFER);
+    cfg.dma_engines = 2;
+    cfg.loss = a.priority_loss.clamp(0.0, 0.5);
+    let rig = Rig::start(net, &cfg)?;
+    let ctl = rig
+        .control()
+        .ok_or_else(|| BenchError::Unsupported("the rig has no appliance".into()))?;
+    let ids: Vec<FunctionId> = ctl
+        .functions()
+        .into_iter()
+        .filter(|f| f.entry.ids.class >> 8 == 0x0880)
+        .map(|f| f.entry.id)
+        .collect();
+    if ids.len() != 2 {
+        return Err(BenchError::Unsupported(format!("{} DMA engines, not 2", ids.len())).into());
+    }
+    // The host enumerates in the appliance's function order: A is ids[0].
+    let da = DmaEngineDriver::open(rig.open_nth(0x0880, 0)?, BUFFER, CompletionMode::Interrupt)?;
+    let db = DmaEngineDriver::open(rig.open_nth(0x0880, 1)?, BUFFER, CompletionMode::Interrupt)?;
+    let size = a.priority_size.clamp(4, BUFFER as u32);
+    for d in [&da, &db] {
+        d.transfer(Direction::DmaWrite, 0, 0, size)?;
+    }
+    let (ea, eb) = race([&da, &db], size, secs)?;
+    set_priority(&ctl, &ids[0], a.priority_a)?;
+    set_priority(&ctl, &ids[1], a.priority_b)?;
+    let t0 = Instant::now();
+    let (pa, pb) = race([&da, &db], size, secs)?;
+    let dt = t0.elapsed().as_secs_f64();
+    let ratio = |x: u64, y: u64| x as f64 / (y.max(1)) as f64;
+    let row = PriorityRow {
+        priority_a: a.priority_a,
+        priority_b: a.priority_b,
+        configured_ratio: f64::from(a.priority_a) / f64::from(a.priority_b),
+        achieved_ratio: ratio(pa, pb),
+        equal_ratio: ratio(ea, eb),
+        total_gbyte_s: (pa + pb) as f64 / dt / 1e9,
+        loss: cfg.loss,
+    };
+    eprintln!(
+        "priority {}:{}: A {pa} B {pb} bytes = {:.2} (equal priorities: {:.2}), {:.3} GB/s together",
+        a.priority_a, a.priority_b, row.achieved_ratio, row.equal_ratio, row.total_gbyte_s
+    );
+    Ok(row)
+}
+
 /// `pcietun bench policy`.
 pub fn run(a: PolicyArgs) -> Res<ExitCode> {
     let c = &a.common;
@@ -199,14 +323,33 @@ pub fn run(a: PolicyArgs) -> Res<ExitCode> {
         ))
         .into());
     }
+    for p in [a.priority_a, a.priority_b] {
+        if !(1..=100).contains(&p) {
+            return Err(
+                BenchError::Unsupported(format!("priority {p} is not within 1..=100")).into(),
+            );
+        }
+    }
     let secs = if c.quick { 0.5 } else { a.secs.max(0.2) };
     let net = Net::create(c.link)?;
     let header = ReportHeader::new("policy", c, &net);
     let mut runs: Vec<Vec<Row>> = Vec::new();
+    let mut prio: Vec<PriorityRow> = Vec::new();
     for run in 0..c.runs() {
         eprintln!("policy run {}/{}…", run + 1, c.runs());
         runs.push(one_run(&a, &net, secs)?);
+        prio.push(priority_run(&a, &net, secs.max(1.0))?);
     }
+    let pm = |f: fn(&PriorityRow) -> f64| median(prio.iter().map(f).collect());
+    let priority = PriorityRow {
+        priority_a: a.priority_a,
+        priority_b: a.priority_b,
+        configured_ratio: f64::from(a.priority_a) / f64::from(a.priority_b),
+        achieved_ratio: pm(|r| r.achieved_ratio),
+        equal_ratio: pm(|r| r.equal_ratio),
+        total_gbyte_s: pm(|r| r.total_gbyte_s),
+        loss: a.priority_loss.clamp(0.0, 0.5),
+    };
     let mut rows = Vec::new();
     for i in 0..runs[0].len() {
         let m = |f: fn(&Row) -> f64| median(runs.iter().map(|r| f(&r[i])).collect());
@@ -250,11 +393,29 @@ pub fn run(a: PolicyArgs) -> Res<ExitCode> {
         "goal: capped/cap within 0.90..1.10, recovery within 1000 ms; {} B transfers, cap = {} × uncapped",
         a.size, a.fraction
     );
+    println!(
+        "{:<10} {:>11} {:>14} {:>14} {:>11}",
+        "priority", "configured", "achieved A:B", "equal A:B", "total GB/s"
+    );
+    println!(
+        "{:<10} {:>11.2} {:>14.2} {:>14.2} {:>11.3}",
+        format!("{}:{}", a.priority_a, a.priority_b),
+        priority.configured_ratio,
+        priority.achieved_ratio,
+        priority.equal_ratio,
+        priority.total_gbyte_s
+    );
+    println!(
+        "two DMA engines writing {} B transfers at once on one link ({} % loss); the share follows the priorities while both are backlogged",
+        a.priority_size,
+        priority.loss * 100.0
+    );
     let report = Report {
         header: Some(header),
         transfer_bytes: a.size,
         fraction: a.fraction,
         rows,
+        priority: Some(priority),
     };
     write_json(c, &report)?;
     Ok(ExitCode::SUCCESS)

@@ -43,6 +43,9 @@ pub struct RigConfig {
     pub nvme_bytes: u64,
     /// DMA engine buffer size (0: no DMA engine).
     pub dma_buffer: usize,
+    /// DMA engines (each with `dma_buffer`), as further functions of the card: 1 unless a
+    /// scenario needs several (`bench policy`'s priority phase).
+    pub dma_engines: u8,
     /// Frame size both ends offer; the host lowers it to what the path carries and the
     /// handshake agrees on the smaller end's.
     pub mtu: usize,
@@ -144,10 +147,12 @@ fn appliance_config(cfg: &RigConfig, key_file: Option<PathBuf>, host: HostSpec) 
         });
     }
     if cfg.dma_buffer > 0 {
-        specs.push(DeviceSpec::Dma {
-            buffer: cfg.dma_buffer as u64,
-            vfs: 0,
-        });
+        for _ in 0..cfg.dma_engines.max(1) {
+            specs.push(DeviceSpec::Dma {
+                buffer: cfg.dma_buffer as u64,
+                vfs: 0,
+            });
+        }
     }
     ApplianceConfig {
         devices: specs
@@ -260,7 +265,8 @@ impl Rig {
             _scratch: None,
         };
         rig.functions = rig.host.functions();
-        let want = usize::from(cfg.nvme_bytes > 0) + usize::from(cfg.dma_buffer > 0);
+        let want = usize::from(cfg.nvme_bytes > 0)
+            + usize::from(cfg.dma_buffer > 0) * usize::from(cfg.dma_engines.max(1));
         if rig.functions.len() != want {
             return Err(BenchError::Enumeration {
                 found: rig.functions.len(),
@@ -271,17 +277,24 @@ impl Rig {
         Ok(rig)
     }
 
-    /// Open the function whose class code starts with `class_prefix` (e.g. 0x0108 for NVMe).
     /// The appliance's control handle (`None` for [`Rig::start_direct`]).
     pub fn control(&self) -> Option<pcietun::appliance::Control> {
         self.appliance.as_ref().map(Running::control)
     }
 
+    /// Open the function whose class code starts with `class_prefix` (e.g. 0x0108 for NVMe).
     pub fn open(&self, class_prefix: u32) -> Res<RemoteFunction> {
+        self.open_nth(class_prefix, 0)
+    }
+
+    /// Open the `n`th function (from 0, in enumeration order) whose class code starts with
+    /// `class_prefix`.
+    pub fn open_nth(&self, class_prefix: u32, n: usize) -> Res<RemoteFunction> {
         let info = self
             .functions
             .iter()
-            .find(|f| f.class >> 8 == class_prefix)
+            .filter(|f| f.class >> 8 == class_prefix)
+            .nth(n)
             .ok_or_else(|| {
                 format!("no function of class {class_prefix:04x} below the root port")
             })?;

@@ -14,6 +14,7 @@ use zeroize::Zeroizing;
 
 use super::error::{ApiError, ApiResult};
 use crate::mgmt::auth::Role;
+use crate::mgmt::pool::{PRIORITY_DEFAULT, PRIORITY_MAX, PRIORITY_MIN};
 
 /// Nesting deeper than this is refused before it can cost anything.
 const MAX_DEPTH: usize = 16;
@@ -550,10 +551,20 @@ pub struct PolicyPatch {
     pub down: Option<Option<u64>>,
     /// `MaxIOPS`.
     pub iops: Option<Option<u64>>,
+    /// `Priority`: `Some(None)` (JSON `null`) is back to the default.
+    pub priority: Option<Option<u32>>,
 }
 
 /// The writable caps of `Oem.Pcietun.Policy`.
 pub const POLICY_CAPS: [&str; 3] = ["MaxBytesPerSecondUp", "MaxBytesPerSecondDown", "MaxIOPS"];
+
+/// The writable properties of `Oem.Pcietun.Policy`: the caps and `Priority`.
+const POLICY_PROPERTIES: [&str; 4] = [
+    "MaxBytesPerSecondUp",
+    "MaxBytesPerSecondDown",
+    "MaxIOPS",
+    "Priority",
+];
 
 /// Properties of a Connection that exist but cannot be written.
 const CONNECTION_READ_ONLY: &[&str] = &[
@@ -581,7 +592,7 @@ pub fn connection_patch(bytes: &[u8]) -> ApiResult<PolicyPatch> {
     let ours = required(&oem, "Pcietun", oem.object("Pcietun")?)?;
     ours.only(&["Policy"], &["State", "Function", "Host"])?;
     let policy = required(&ours, "Policy", ours.object("Policy")?)?;
-    policy.only(&POLICY_CAPS, &[])?;
+    policy.only(&POLICY_PROPERTIES, &[])?;
     let cap = |name: &str| -> ApiResult<Option<Option<u64>>> {
         match policy.get(name) {
             None => Ok(None),
@@ -603,10 +614,42 @@ pub fn connection_patch(bytes: &[u8]) -> ApiResult<PolicyPatch> {
             Some(v) => Err(policy.type_error(name, v, "an integer or null", false)),
         }
     };
+    let range = || {
+        format!(
+            "an integer within {PRIORITY_MIN}..={PRIORITY_MAX} (null for the default, \
+             {PRIORITY_DEFAULT})"
+        )
+    };
+    let priority = match policy.get("Priority") {
+        None => None,
+        Some(Value::Null) => Some(None),
+        Some(v @ Value::Number(n)) => match n.as_u64() {
+            Some(x) if (u64::from(PRIORITY_MIN)..=u64::from(PRIORITY_MAX)).contains(&x) => {
+                Some(Some(x as u32))
+            }
+            Some(_) => {
+                return Err(ApiError::property_out_of_range(
+                    &policy.ptr("Priority"),
+                    &n.to_string(),
+                    &range(),
+                ))
+            }
+            None if n.as_i64().is_some() => {
+                return Err(ApiError::property_out_of_range(
+                    &policy.ptr("Priority"),
+                    &n.to_string(),
+                    &range(),
+                ))
+            }
+            None => return Err(policy.type_error("Priority", v, "an integer or null", false)),
+        },
+        Some(v) => return Err(policy.type_error("Priority", v, "an integer or null", false)),
+    };
     let p = PolicyPatch {
         up: cap(POLICY_CAPS[0])?,
         down: cap(POLICY_CAPS[1])?,
         iops: cap(POLICY_CAPS[2])?,
+        priority,
     };
     if p == PolicyPatch::default() {
         return Err(ApiError::empty_json());

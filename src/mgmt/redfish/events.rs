@@ -128,6 +128,24 @@ fn describe(
             "StatusChange",
             system_uri(host),
         ),
+        // Policy throttling (docs/api.md "Policy"): the standard threshold messages, on the
+        // Connection, naming the cap's property and its value.
+        PoolEvent::PolicyThrottling {
+            function,
+            property,
+            cap,
+            throttled,
+        } => (
+            if *throttled {
+                "ResourceWarningThresholdExceeded"
+            } else {
+                "ResourceWarningThresholdCleared"
+            },
+            vec![format!("Oem/Pcietun/Policy/{property}"), cap.to_string()],
+            if *throttled { "Warning" } else { "OK" },
+            "Alert",
+            connection_uri(function),
+        ),
         // A VM event on the assignment: its Connection's Oem.Pcietun.Vm changed.
         PoolEvent::VmConsumer {
             function,
@@ -156,6 +174,12 @@ fn message_text(id: &str, args: &[String]) -> String {
         "ResourceRemoved" => "The resource was removed successfully.",
         "ResourceStatusChangedCritical" | "ResourceStatusChangedOK" => {
             "The health of resource '%1' has changed to %2."
+        }
+        "ResourceWarningThresholdExceeded" => {
+            "The resource property %1 has exceeded its warning threshold of value %2."
+        }
+        "ResourceWarningThresholdCleared" => {
+            "The resource property %1 has cleared the warning threshold of value %2."
         }
         _ => "The state of resource '%1' has changed to %2.",
     };
@@ -293,6 +317,47 @@ pub(crate) fn subscriptions() -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn policy_throttling_is_a_threshold_message_on_the_connection() {
+        let log = EventLog::new();
+        let (_, mut rx) = log.subscribe(None);
+        for throttled in [true, false] {
+            log.push(
+                &PoolEvent::PolicyThrottling {
+                    function: "dma-a".into(),
+                    property: "MaxBytesPerSecondUp",
+                    cap: 5_000_000,
+                    throttled,
+                },
+                SystemTime::UNIX_EPOCH,
+            );
+        }
+        let on = rx.try_recv().unwrap();
+        let ev = &on.json["Events"][0];
+        assert_eq!(
+            ev["MessageId"],
+            "ResourceEvent.1.4.ResourceWarningThresholdExceeded"
+        );
+        assert_eq!(ev["MessageSeverity"], "Warning");
+        assert_eq!(
+            ev["Message"],
+            "The resource property Oem/Pcietun/Policy/MaxBytesPerSecondUp has exceeded its \
+             warning threshold of value 5000000."
+        );
+        assert_eq!(
+            ev["OriginOfCondition"]["@odata.id"],
+            "/redfish/v1/Fabrics/PCIe/Connections/dma-a"
+        );
+        let off = rx.try_recv().unwrap();
+        let ev = &off.json["Events"][0];
+        assert_eq!(
+            ev["MessageId"],
+            "ResourceEvent.1.4.ResourceWarningThresholdCleared"
+        );
+        assert_eq!(ev["MessageSeverity"], "OK");
+        assert_eq!(ev["MessageArgs"][1], "5000000");
+    }
 
     #[test]
     fn events_are_logged_replayed_and_broadcast() {

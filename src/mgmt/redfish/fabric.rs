@@ -264,12 +264,14 @@ pub(crate) fn connections(s: &Snapshot, f: &str) -> ApiResult<Value> {
     ))
 }
 
-/// `Oem.Pcietun.Policy` of a Connection: each cap, `null` when there is none.
+/// `Oem.Pcietun.Policy` of a Connection: each cap, `null` when there is none, and the
+/// priority in force.
 fn policy_json(p: &PolicySettings) -> Value {
     json!({
         "MaxBytesPerSecondUp": p.max_bytes_per_sec_up,
         "MaxBytesPerSecondDown": p.max_bytes_per_sec_down,
         "MaxIOPS": p.max_iops,
+        "Priority": p.priority(),
     })
 }
 
@@ -768,6 +770,7 @@ impl Service {
             max_bytes_per_sec_up: pick(patch.up, old.max_bytes_per_sec_up),
             max_bytes_per_sec_down: pick(patch.down, old.max_bytes_per_sec_down),
             max_iops: pick(patch.iops, old.max_iops),
+            priority: patch.priority.unwrap_or(old.priority),
         };
         let record = |p: &PolicySettings| -> Change {
             if p.is_unlimited() {
