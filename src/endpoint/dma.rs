@@ -80,6 +80,7 @@ impl DmaHandle {
             if !self.f.wait_until_released() {
                 return Err(DmaError::BusMasterDisabled);
             }
+            crate::probe::hit(crate::probe::Ev::DmaMwr);
             if !self.f.send(tlp) {
                 return Err(DmaError::Shutdown);
             }

@@ -71,12 +71,14 @@ impl std::fmt::Debug for Outbound {
 
 impl Outbound {
     fn wake(&self) {
+        crate::probe::hit(crate::probe::Ev::OutboundWake);
         if let Some(w) = self.wake.0.get() {
             w();
         }
     }
 
     fn send(&self, tlp: Vec<u8>) -> bool {
+        crate::probe::hit(crate::probe::Ev::EpTlpOut);
         let ok = self.tx.send(tlp).is_ok();
         self.wake();
         ok
@@ -166,6 +168,7 @@ impl FunctionShared {
     /// Queue a DMA read for the TLP thread (refused when Bus Master Enable is clear or the
     /// function is gone) and wake the driver.
     pub(crate) fn submit_dma(&self, op: Arc<Op>) -> Result<(), DmaError> {
+        crate::probe::hit(crate::probe::Ev::DmaReadQueued);
         self.dma.push(op, || {
             if self.decode().bus_master {
                 Ok(())
@@ -209,6 +212,7 @@ impl FunctionShared {
         let mut tlp = Vec::with_capacity(20);
         match wire::emit_msi(&mut tlp, self.bdf(), addr, data) {
             Ok(()) => {
+                crate::probe::hit(crate::probe::Ev::Msi);
                 self.send(tlp);
             }
             Err(e) => tracing::warn!(bdf = %self.bdf(), error = %e, "cannot send an MSI-X message"),

@@ -327,6 +327,7 @@ struct SessionLink {
 impl Downlink for SessionLink {
     fn send_tlp(&self, tlp: &[u8]) -> Result<(), LinkError> {
         let conn = self.conn.lock_or_recover().ok_or(LinkError::NoSession)?;
+        crate::probe::hit(crate::probe::Ev::HostTlpOut);
         self.handle
             .send(conn, Bytes::copy_from_slice(tlp))
             .map_err(LinkError::from)

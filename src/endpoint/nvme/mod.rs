@@ -479,6 +479,7 @@ impl NvmeController {
         if !is_cq {
             match c.sqs[qid].as_mut() {
                 Some(sq) if v < sq.size => {
+                    crate::probe::hit(crate::probe::Ev::NvmeSqDoorbell);
                     sq.tail = v;
                     self.shared.wake.notify_all();
                 }
@@ -488,6 +489,7 @@ impl NvmeController {
         } else {
             match c.cqs[qid].as_mut() {
                 Some(cq) if v < cq.size && cq_head_valid(cq, v) => {
+                    crate::probe::hit(crate::probe::Ev::NvmeCqDoorbell);
                     cq.head = v;
                     self.sync_intx(c);
                     self.shared.wake.notify_all();

@@ -153,6 +153,7 @@ impl Worker {
     fn batch(&mut self, qid: u16, base: u64, size: u16, first: u16, n: u16, epoch: u64) {
         let n = usize::from(n);
         let first_run = n.min(usize::from(size - first));
+        crate::probe::hit(crate::probe::Ev::NvmeFetch);
         let entries = &mut self.sqes.as_mut_bytes()[..n * SQE];
         let (head_part, wrap_part) = entries.split_at_mut(first_run * SQE);
         let fetched = self
@@ -271,7 +272,9 @@ impl Worker {
                     });
                 }
             }
+            crate::probe::hit(crate::probe::Ev::WorkerWait);
             c = self.shared.wake.wait_or_recover(c);
+            crate::probe::hit(crate::probe::Ev::WorkerWake);
         }
     }
 
