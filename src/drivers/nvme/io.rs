@@ -187,8 +187,10 @@ impl NvmeDriver {
                 latency,
             });
         }
-        if reaped > 0 {
+        q.unreported = q.unreported.saturating_add(reaped);
+        if reaped > 0 && q.unreported > q.lazy {
             crate::probe::hit(crate::probe::Ev::DrvCqDoorbell);
+            q.unreported = 0;
             self.w32(self.cq_doorbell(q), u32::from(q.cq_head))?;
         }
         Ok(n)
