@@ -40,6 +40,9 @@ fn a_stream_of_host_tlps_allocates_per_chunk_not_per_tlp() {
     let small = stream(&arena, 20_000, 20, 256);
     // A chunk holds 63 such TLPs and costs two allocations (the buffer and its shared
     // header); one per TLP (`Bytes::copy_from_slice`) would be 20 000.
-    assert!(big <= 20_000 / 16, "{big} allocations for 20 000 TLPs of 4 KiB");
+    assert!(
+        big <= 20_000 / 16,
+        "{big} allocations for 20 000 TLPs of 4 KiB"
+    );
     assert!(small <= 4, "{small} allocations for 20 000 small TLPs");
 }

@@ -39,7 +39,12 @@ fn qd1(d: &mut NvmeDriver, op: IoOp, n: usize) {
 
 /// The thread number of the events `ev`, all of them (they must agree).
 fn threads_of(t: &Trace, ev: Ev) -> Vec<u8> {
-    let mut v: Vec<u8> = t.events.iter().filter(|e| e.ev == ev).map(|e| e.thread).collect();
+    let mut v: Vec<u8> = t
+        .events
+        .iter()
+        .filter(|e| e.ev == ev)
+        .map(|e| e.thread)
+        .collect();
     v.sort_unstable();
     v.dedup();
     v

@@ -617,7 +617,11 @@ fn one_doorbell_batches_of_40_with_sq_wrap_and_cq_phase_flip() {
         }
         let io = d.io_queue_pointers();
         assert_eq!(io.sq_tail, head, "the read batch wrapped the SQ");
-        assert_eq!((io.cq_head, io.phase), cq, "CQ head and phase after the batch");
+        assert_eq!(
+            (io.cq_head, io.phase),
+            cq,
+            "CQ head and phase after the batch"
+        );
     }
     // A later single command still completes with a correct head after the wrapped batch.
     let one = batch(

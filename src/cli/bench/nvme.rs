@@ -304,7 +304,10 @@ fn run_trace(a: &NvmeArgs, n: usize) -> Res<ExitCode> {
     let mut d = open(&rig, a.qd.max(SEQ_QD), a.poll)?;
     verify(&mut d)?;
     header.print();
-    for (op, name) in [(IoOp::Read, "4 KiB randread"), (IoOp::Write, "4 KiB randwrite")] {
+    for (op, name) in [
+        (IoOp::Read, "4 KiB randread"),
+        (IoOp::Write, "4 KiB randwrite"),
+    ] {
         qd1(&mut d, op, 200, 1)?;
         let t = super::trace::record(n, || qd1(&mut d, op, n, 2))?;
         super::trace::report(name, &t);

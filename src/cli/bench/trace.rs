@@ -10,14 +10,26 @@ use pcietun::probe::{self, Ev, Event, Trace, EVENTS};
 /// The steps of one command, in protocol order: (event, what the time up to it is).
 const READ_STEPS: &[(Ev, &str)] = &[
     (Ev::DrvSqDoorbell, "driver rings the SQ doorbell"),
-    (Ev::NvmeSqDoorbell, "doorbell MWr crosses to the appliance's register file"),
+    (
+        Ev::NvmeSqDoorbell,
+        "doorbell MWr crosses to the appliance's register file",
+    ),
     (Ev::NvmeFetch, "NVMe worker wakes and starts the SQE fetch"),
-    (Ev::DmaMrd, "fetch MRd emitted by the appliance's TLP thread"),
-    (Ev::DmaCpl, "MRd to the host and its CplD back (one round trip)"),
+    (
+        Ev::DmaMrd,
+        "fetch MRd emitted by the appliance's TLP thread",
+    ),
+    (
+        Ev::DmaCpl,
+        "MRd to the host and its CplD back (one round trip)",
+    ),
     (Ev::DmaReadWoken, "worker wakes with the SQE"),
     (Ev::DmaMwr, "media read, first data MWr queued"),
     (Ev::Msi, "rest of the data, CQE, MSI-X queued"),
-    (Ev::DrvIrqWake, "posted TLPs to the host, MSI-X wakes the driver"),
+    (
+        Ev::DrvIrqWake,
+        "posted TLPs to the host, MSI-X wakes the driver",
+    ),
     (Ev::DrvReaped, "completion reaped"),
 ];
 

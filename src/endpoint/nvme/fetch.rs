@@ -75,9 +75,7 @@ pub(super) fn on_doorbell(c: &mut Ctrl, dma: &DmaHandle, qid: usize) {
     {
         chain.clear();
     }
-    let mut at = chain
-        .back()
-        .map_or(sq.head, |a| (a.first + a.n) % sq.size);
+    let mut at = chain.back().map_or(sq.head, |a| (a.first + a.n) % sq.size);
     while at != sq.tail && chain.len() < MAX_READS {
         // Up to the tail or the end of the ring, whichever comes first.
         let run = if sq.tail > at {

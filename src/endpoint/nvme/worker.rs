@@ -23,7 +23,6 @@ use super::{Cq, Ctrl, Shared, Sq, FETCH_MAX, MAX_TRANSFER, PAGE};
 use crate::endpoint::device::{DeviceContext, DmaHandle, InterruptHandle, PendingRead};
 use crate::pci::class::nvme::{aqa, cc, csts, Cqe, Sqe, Status, CQE_SIZE, SQE_SIZE as SQE};
 
-
 struct Dma<'a>(&'a DmaHandle);
 
 impl HostMemory for Dma<'_> {
@@ -302,7 +301,9 @@ impl Worker {
         c.aer_events.clear();
         c.aer_masked = 0;
         c.health.critical_warning = 0;
-        c.ahead.iter_mut().for_each(std::collections::VecDeque::clear);
+        c.ahead
+            .iter_mut()
+            .for_each(std::collections::VecDeque::clear);
     }
 
     fn enable(c: &mut Ctrl) {
