@@ -20,7 +20,7 @@
 //! [`sys`] stands beside the layers: the system calls, behind safe wrappers, and the only
 //! module allowed `unsafe`; so do [`sync`], the lock helpers (a poisoned lock is recovered),
 //! and [`ratelimit`], the token bucket that keeps warnings a peer can provoke from flooding
-//! the log.
+//! the log, and [`probe`], the event probes that latency breakdowns are measured with.
 
 #![forbid(unsafe_op_in_unsafe_fn)]
 // Raw system calls live in `sys`, the one module allowed `unsafe`.
@@ -33,6 +33,7 @@ pub mod endpoint;
 pub mod host;
 pub mod mgmt;
 pub mod pci;
+pub mod probe;
 pub mod ratelimit;
 pub mod sync;
 pub mod sys;

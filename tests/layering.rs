@@ -25,7 +25,7 @@ const LAYERS: &[(&str, u8)] = &[
 
 /// Leaf utilities: importable from every layer, and importing no layer themselves (only each
 /// other).
-const UTILITIES: &[&str] = &["sys", "sync", "ratelimit"];
+const UTILITIES: &[&str] = &["sys", "sync", "ratelimit", "probe"];
 
 /// Pairs (importer, imported) that the rank order alone would allow but the design forbids:
 /// the appliance side meets the host side only on the wire.

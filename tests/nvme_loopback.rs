@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam::channel;
 use pcietun::drivers::mem::DmaBuffer;
-use pcietun::drivers::nvme::{Data, IoDone, NvmeConfig, NvmeDriver, SlotData, IOVA};
+use pcietun::drivers::nvme::{Data, IoDone, IoOp, NvmeConfig, NvmeDriver, SlotData, IOVA};
 use pcietun::drivers::CompletionMode;
 use pcietun::endpoint::loopback::serve_channels;
 use pcietun::endpoint::nvme::{Backend, NvmeController, NvmeOptions};
@@ -558,9 +558,27 @@ fn given(sqe: Sqe) -> Cmd {
 }
 
 #[test]
+fn the_driver_raises_max_read_request_size_to_4_kib() {
+    let r = rig();
+    let p = r.f.info().pcie.expect("a PCI Express capability");
+    let mrrs = |f: &RemoteFunction| 128u32 << ((f.config_read(p + 8).unwrap() >> 12) & 7);
+    assert_eq!(mrrs(&r.f), 512, "enumeration programs 512 B");
+    let mut d = r.driver(4, CompletionMode::Poll);
+    assert_eq!(mrrs(d.function()), 4096);
+    // A 64 KiB write (its data read by the controller 4 KiB per request) and its read back.
+    let data = pattern(64 * 1024, 5);
+    d.transfer(IoOp::Write, 64, &mut data.clone(), &mut |_| {})
+        .unwrap();
+    let mut back = vec![0u8; data.len()];
+    d.transfer(IoOp::Read, 64, &mut back, &mut |_| {}).unwrap();
+    assert!(back == data, "data changed on the way");
+}
+
+#[test]
 fn one_doorbell_batches_of_40_with_sq_wrap_and_cq_phase_flip() {
     let r = rig();
-    // 47 slots: SQ and CQ of 48 entries each.
+    // 47 slots: an SQ of 48 entries and a CQ of 95 (twice the depth, so the CQ head
+    // doorbell may lag by up to 47 completions).
     let mut d = r.driver(47, CompletionMode::Poll);
     let n = 40usize;
     // 40 writes of 4 KiB each (PRP1 only) to LBAs 8*i, data distinct per command.
@@ -572,14 +590,15 @@ fn one_doorbell_batches_of_40_with_sq_wrap_and_cq_phase_flip() {
         .collect();
     batch(&mut d, &writes, 40).into_iter().for_each(ok);
     let io = d.io_queue_pointers();
-    assert_eq!((io.qid, io.entries), (1, 48));
+    assert_eq!((io.qid, io.entries, io.cq_entries), (1, 48, 95));
     assert_eq!(
         (io.cq_head, io.phase),
         (40, true),
         "CQ slots 0..40, phase 1"
     );
     // 40 reads starting at SQ slot 40 wrap around the 48-entry ring (tail 40 → 32); their
-    // completions take CQ slots 40..48 and 0..32, so the phase tag flips mid-batch.
+    // completions take CQ slots 40..80. Then 40 more: SQ 32 → 24, CQ slots 80..95 and
+    // 0..25, so the phase tag flips mid-batch.
     let reads: Vec<Cmd> = (0..n)
         .map(|i| {
             (
@@ -589,30 +608,32 @@ fn one_doorbell_batches_of_40_with_sq_wrap_and_cq_phase_flip() {
             )
         })
         .collect();
-    for (i, c) in batch(&mut d, &reads, 32).into_iter().enumerate() {
-        ok(c);
-        let mut got = vec![0u8; 4096];
-        d.slot_data(c.slot, &mut got).unwrap();
-        assert!(got == pattern(4096, i as u32 + 1), "data of command {i}");
+    for (head, cq) in [(32, (80, true)), (24, (25, false))] {
+        for (i, c) in batch(&mut d, &reads, head).into_iter().enumerate() {
+            ok(c);
+            let mut got = vec![0u8; 4096];
+            d.slot_data(c.slot, &mut got).unwrap();
+            assert!(got == pattern(4096, i as u32 + 1), "data of command {i}");
+        }
+        let io = d.io_queue_pointers();
+        assert_eq!(io.sq_tail, head, "the read batch wrapped the SQ");
+        assert_eq!(
+            (io.cq_head, io.phase),
+            cq,
+            "CQ head and phase after the batch"
+        );
     }
-    let io = d.io_queue_pointers();
-    assert_eq!(io.sq_tail, 32, "the read batch wrapped the SQ");
-    assert_eq!(
-        (io.cq_head, io.phase),
-        (32, false),
-        "the CQ wrapped mid-batch: phase 0 from slot 0 on"
-    );
     // A later single command still completes with a correct head after the wrapped batch.
     let one = batch(
         &mut d,
         &[(Sqe::read(1, 0, 8), SlotData::Buffer(4096), Vec::new())],
-        33,
+        25,
     );
     let mut got = vec![0u8; 4096];
     d.slot_data(one[0].slot, &mut got).unwrap();
     assert!(got == pattern(4096, 1));
     let io = d.io_queue_pointers();
-    assert_eq!((io.sq_tail, io.cq_head, io.phase), (33, 33, false));
+    assert_eq!((io.sq_tail, io.cq_head, io.phase), (25, 26, false));
 }
 
 #[test]

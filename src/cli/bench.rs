@@ -18,6 +18,7 @@ mod sessions;
 pub(crate) use link::LinkKind;
 pub(crate) mod rig;
 mod stats;
+mod trace;
 mod transport;
 
 /// Arguments of `pcietun bench`.

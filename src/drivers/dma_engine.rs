@@ -118,6 +118,7 @@ impl DmaEngineDriver {
         } else {
             None
         };
+        super::set_max_read_request(&f, super::MAX_READ_REQUEST)?;
         // Clear a DONE/ERROR left over from an earlier user.
         f.bar_write32(bar, reg::STATUS, status::DONE | status::ERROR)?;
         Ok(Self {

@@ -72,6 +72,25 @@ fn enable_msix(f: &RemoteFunction, cap: u16) -> Result<(), RequestError> {
     f.config_write(cap, (dw & 0xffff) | (u32::from(ctl) << 16))
 }
 
+/// The Max Read Request Size the drivers ask for: the largest PCIe allows, so a card's DMA
+/// read of host memory takes one request (and one round of tags) per 4 KiB, not per 512 B.
+pub const MAX_READ_REQUEST: u32 = 4096;
+
+/// Set the function's Max Read Request Size to `bytes` (a power of two, 128..=4096) in its
+/// PCI Express Device Control (PCIe r5.0 §7.5.3.4), as Linux drivers do with
+/// `pcie_set_readrq`: MRRS is the function's own setting (unlike Max Payload Size, which the
+/// whole path must agree on), so its driver may raise it. Device Status, the upper half of
+/// the DW, is RW1C and written as zeros (nothing cleared). No PCI Express capability: no-op.
+fn set_max_read_request(f: &RemoteFunction, bytes: u32) -> Result<(), RequestError> {
+    let Some(p) = f.info().pcie else {
+        return Ok(());
+    };
+    let dw = f.config_read(p + 8)?;
+    let code = (bytes.clamp(128, 4096) / 128).trailing_zeros();
+    let ctl = (dw & 0xffff & !(7 << 12)) | (code << 12);
+    f.config_write(p + 8, ctl)
+}
+
 /// How a driver learns that its card finished something.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum CompletionMode {

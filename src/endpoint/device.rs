@@ -9,7 +9,7 @@
 use thiserror::Error;
 
 pub use super::decode::{BarKind, BarSpec, Decode, MsixLayout, MsixRegion, SriovDecode};
-pub use super::dma::DmaHandle;
+pub use super::dma::{DmaHandle, PendingRead, WakeupHold};
 pub use super::interrupt::InterruptHandle;
 pub use super::requester::DmaError;
 

@@ -6,7 +6,7 @@
 //! neither.
 
 use crate::sync::MutexExt;
-use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -32,8 +32,17 @@ pub(crate) struct FunctionShared {
     /// Set by the pool's policy while the function's held TLPs are at their bound: device
     /// threads wait before queueing more DMA writes ([`FunctionShared::wait_until_released`]).
     hold_writes: AtomicBool,
+    /// While above zero, posted TLPs are queued without waking the drainer
+    /// ([`FunctionShared::hold_wakeups`]).
+    wake_holds: AtomicU32,
+    /// Posted TLPs queued under a hold since the drainer was last woken.
+    held_tlps: AtomicU32,
     out: Outbound,
 }
+
+/// Under a wake-up hold, the drainer is still woken after this many TLPs, so a long transfer
+/// streams instead of leaving all at once at the end (at MPS 256: 16 KiB, two frames).
+const HOLD_MAX_TLPS: u32 = 64;
 
 /// A wake-up for whoever drains the outbound queue (see [`Outbound`]).
 pub(crate) type OutboundWake = Arc<dyn Fn() + Send + Sync>;
@@ -71,12 +80,14 @@ impl std::fmt::Debug for Outbound {
 
 impl Outbound {
     fn wake(&self) {
+        crate::probe::hit(crate::probe::Ev::OutboundWake);
         if let Some(w) = self.wake.0.get() {
             w();
         }
     }
 
     fn send(&self, tlp: Vec<u8>) -> bool {
+        crate::probe::hit(crate::probe::Ev::EpTlpOut);
         let ok = self.tx.send(tlp).is_ok();
         self.wake();
         ok
@@ -101,6 +112,8 @@ impl FunctionShared {
             dma: DmaQueue::default(),
             dma_backstop: dma_timeout.saturating_mul(10).max(Duration::from_secs(10)),
             hold_writes: AtomicBool::new(false),
+            wake_holds: AtomicU32::new(0),
+            held_tlps: AtomicU32::new(0),
             out,
         }
     }
@@ -158,14 +171,45 @@ impl FunctionShared {
         self.decode.lock_or_recover().bus_master = false;
     }
 
-    /// Queue a TLP for the host; false when the endpoint is gone.
+    /// Queue a TLP for the host; false when the endpoint is gone. Under a wake-up hold the
+    /// drainer is woken only every [`HOLD_MAX_TLPS`] TLPs and when the hold ends.
     pub(crate) fn send(&self, tlp: Vec<u8>) -> bool {
-        self.out.send(tlp)
+        if self.wake_holds.load(Ordering::Acquire) == 0 {
+            return self.out.send(tlp);
+        }
+        crate::probe::hit(crate::probe::Ev::EpTlpOut);
+        let ok = self.out.tx.send(tlp).is_ok();
+        if self.held_tlps.fetch_add(1, Ordering::AcqRel) + 1 >= HOLD_MAX_TLPS {
+            self.held_tlps.store(0, Ordering::Release);
+            self.out.wake();
+        }
+        ok
+    }
+
+    /// Start holding wake-ups: what a device thread posts until [`release_wakeups`]
+    /// (a command's data, its completion entry and its interrupt) reaches the drainer with
+    /// one wake-up and so leaves in as few frames as fit, instead of the first TLP waking it
+    /// and the rest following in frames of their own. Reads are never held (their kick
+    /// always wakes: the thread is about to wait for them).
+    ///
+    /// [`release_wakeups`]: FunctionShared::release_wakeups
+    pub(crate) fn hold_wakeups(&self) {
+        self.wake_holds.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// End a hold; the last one wakes the drainer if anything was queued under it.
+    pub(crate) fn release_wakeups(&self) {
+        if self.wake_holds.fetch_sub(1, Ordering::AcqRel) == 1
+            && self.held_tlps.swap(0, Ordering::AcqRel) > 0
+        {
+            self.out.wake();
+        }
     }
 
     /// Queue a DMA read for the TLP thread (refused when Bus Master Enable is clear or the
     /// function is gone) and wake the driver.
     pub(crate) fn submit_dma(&self, op: Arc<Op>) -> Result<(), DmaError> {
+        crate::probe::hit(crate::probe::Ev::DmaReadQueued);
         self.dma.push(op, || {
             if self.decode().bus_master {
                 Ok(())
@@ -209,6 +253,7 @@ impl FunctionShared {
         let mut tlp = Vec::with_capacity(20);
         match wire::emit_msi(&mut tlp, self.bdf(), addr, data) {
             Ok(()) => {
+                crate::probe::hit(crate::probe::Ev::Msi);
                 self.send(tlp);
             }
             Err(e) => tracing::warn!(bdf = %self.bdf(), error = %e, "cannot send an MSI-X message"),

@@ -482,6 +482,7 @@ impl Proxy {
     }
 
     fn send(&mut self, tlp: Vec<u8>) {
+        crate::probe::hit(crate::probe::Ev::EpTlpOut);
         if self.scope.is_some() {
             // A scoped TLP's completions go back to its caller (its host's session only).
             self.replies.push(tlp);
@@ -602,6 +603,7 @@ impl Proxy {
     /// Handle one TLP from the host.
     pub fn handle_tlp(&mut self, tlp: &[u8]) -> Result<(), ProxyError> {
         self.stats.tlps_in += 1;
+        crate::probe::hit(crate::probe::Ev::EpTlpIn);
         self.claimed = None;
         let h = match ParsedHeader::parse(tlp) {
             Ok(h) => h,

@@ -142,6 +142,7 @@ impl Op {
 
     /// The read is over: record the result and wake the waiter.
     fn finish(&self, r: Result<(), DmaError>) {
+        crate::probe::hit(crate::probe::Ev::DmaReadDone);
         let mut st = self.lock();
         if st.result.is_none() {
             st.result = Some(r);
@@ -161,6 +162,7 @@ impl Op {
         let mut st = self.lock();
         loop {
             if let Some(r) = st.result.take() {
+                crate::probe::hit(crate::probe::Ev::DmaReadWoken);
                 if r.is_ok() {
                     f(&st);
                 }
@@ -320,7 +322,10 @@ impl DmaRequester {
             // The outbound queue takes ownership: one buffer per TLP.
             let mut tlp = Vec::with_capacity(24);
             match wire::emit_mem_read(&mut tlp, bdf, tag, addr, len) {
-                Ok(()) => send(tlp),
+                Ok(()) => {
+                    crate::probe::hit(crate::probe::Ev::DmaMrd);
+                    send(tlp)
+                }
                 // The split hands out only valid requests; should one ever fail to build, the
                 // read runs into its completion timeout instead of a malformed TLP going out.
                 Err(e) => {
@@ -353,6 +358,7 @@ impl DmaRequester {
             lower_address,
             poisoned,
         };
+        crate::probe::hit(crate::probe::Ev::DmaCpl);
         match self.reads.on_completion(cpl, payload) {
             ReadEvent::Unexpected => false,
             ReadEvent::Absorbed => true,

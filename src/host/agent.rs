@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use super::control::{BindError, BoundSocket, ControlInfo, ControlServer};
 use super::root::{Downlink, Host, HostConfig, LinkError};
+use super::tlpio::TlpArena;
 use super::vfio_user::{Closer, Connection, FunctionServer, ServerConfig, Withdraw};
 use crate::tlp::Bdf;
 use crate::transport::driver::{
@@ -28,7 +29,6 @@ use crate::transport::driver::{
 };
 use crate::transport::keys::KeyError;
 use crate::transport::{ConnId, Event, HostId, PeerAddr, Psk, PublicKey, SecretKey};
-use bytes::Bytes;
 
 /// Where the appliance is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -326,13 +326,16 @@ impl Slots {
 struct SessionLink {
     handle: Arc<SharedLink>,
     conn: Mutex<Option<ConnId>>,
+    /// Where each TLP is copied into the `Bytes` the transport keeps until it is acknowledged.
+    arena: TlpArena,
 }
 
 impl Downlink for SessionLink {
     fn send_tlp(&self, tlp: &[u8]) -> Result<(), LinkError> {
         let conn = self.conn.lock_or_recover().ok_or(LinkError::NoSession)?;
+        crate::probe::hit(crate::probe::Ev::HostTlpOut);
         self.handle
-            .send(conn, Bytes::copy_from_slice(tlp))
+            .send(conn, self.arena.copy(tlp))
             .map_err(LinkError::from)
     }
 
@@ -450,6 +453,7 @@ impl Agent {
         let link = Arc::new(SessionLink {
             handle: shared.clone(),
             conn: Mutex::new(None),
+            arena: TlpArena::default(),
         });
         let stats = Arc::new(Mutex::new(DriverStats::default()));
         let stop = Arc::new(AtomicBool::new(false));

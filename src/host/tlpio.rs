@@ -7,12 +7,39 @@
 //! a configuration request. [`classify_up`] turns upstream bytes into an [`Upstream`] that
 //! borrows its payload.
 
+use crate::sync::MutexExt;
 use crate::tlp::build::Cfg;
 use crate::tlp::message;
 use crate::tlp::{Bdf, CplStatus, MemOp, Tlp, TlpHeader};
+use bytes::{Bytes, BytesMut};
+use std::sync::Mutex;
 
 /// Largest TLP the host builds: 4 DW header + 4096 bytes of payload + digest.
 pub const MAX_TLP: usize = 16 + 4096 + 4;
+
+/// Bytes of one [`TlpArena`] chunk.
+const ARENA_CHUNK: usize = 256 * 1024;
+
+/// Where a downlink copies the TLPs it is handed (`&[u8]`, built in a caller's buffer) into
+/// the [`Bytes`] the transport keeps until the peer acknowledges them: consecutive TLPs are
+/// split off one chunk, and a chunk is reused once every TLP cut from it is gone, so a steady
+/// stream of TLPs allocates about once per 256 KiB instead of once per TLP. Shared by the
+/// threads that send (a driver, the link's watcher); the lock is held for one copy.
+#[derive(Debug, Default)]
+pub struct TlpArena(Mutex<BytesMut>);
+
+impl TlpArena {
+    /// `tlp` as `Bytes` of its own.
+    pub fn copy(&self, tlp: &[u8]) -> Bytes {
+        let mut a = self.0.lock_or_recover();
+        if a.capacity() < tlp.len() {
+            // Reclaims the chunk when nothing cut from it is alive any more.
+            a.reserve(ARENA_CHUNK.max(tlp.len()));
+        }
+        a.extend_from_slice(tlp);
+        a.split().freeze()
+    }
+}
 
 /// Bus/device/function of the virtual root port, the requester of every host request.
 pub const ROOT_PORT: Bdf = Bdf::new(0, 0, 0);

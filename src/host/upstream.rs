@@ -38,6 +38,7 @@ enum Ctx {
 impl Host {
     /// One TLP from the appliance. Never blocks on the network or on a consumer.
     pub fn on_tlp(&self, bytes: &[u8]) {
+        crate::probe::hit(crate::probe::Ev::HostTlpIn);
         let up = match tlpio::classify_up(bytes) {
             Ok(u) => u,
             Err(e) => {

@@ -47,6 +47,10 @@ pub struct NvmeArgs {
     /// plugin over TCP on 127.0.0.1, driven by fio's nbd engine).
     #[arg(long, value_enum, default_value = "none")]
     peer: PeerKind,
+    /// Instead of the figures: trace N commands of 4 KiB random read and write at QD1 with
+    /// the event probes and print where each command's time goes (`trace.rs`).
+    #[arg(long, value_name = "N")]
+    trace: Option<usize>,
 }
 
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -266,8 +270,57 @@ fn row(w: Work, runs: &[(f64, Latency, f64)], peers: &[PeerResult]) -> Row {
     }
 }
 
+/// Exactly `n` commands of `op` at QD1, 4 KiB at random LBAs.
+fn qd1(d: &mut NvmeDriver, op: IoOp, n: usize, seed: u64) -> Res<()> {
+    let bs = d.info().block_size as u64;
+    let per_io = IO as u64 / bs;
+    let ios = NS_BYTES.min(d.info().blocks * bs) / IO as u64;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let pattern = vec![0x5au8; IO];
+    let mut errors = 0u64;
+    for _ in 0..n {
+        let slot = d.take_slot().ok_or("no free slot at QD1")?;
+        if op == IoOp::Write {
+            d.fill_slot(slot, &pattern)?;
+        }
+        d.submit(slot, op, rng.gen_range(0..ios) * per_io, per_io as u32)?;
+        while d.in_flight() > 0 {
+            d.wait(&mut |c| errors += u64::from(!c.status.is_success()))?;
+        }
+    }
+    if errors > 0 {
+        return Err(BenchError::NvmeErrors(errors).into());
+    }
+    Ok(())
+}
+
+/// `pcietun bench nvme --trace N`.
+fn run_trace(a: &NvmeArgs, n: usize) -> Res<ExitCode> {
+    let c = &a.common;
+    let net = Net::create(c.link)?;
+    let header = ReportHeader::new("nvme", c, &net);
+    let rig = Rig::start(&net, &c.rig(NS_BYTES, 0))?;
+    // The depth the figures use (QD1 is one command in flight on it).
+    let mut d = open(&rig, a.qd.max(SEQ_QD), a.poll)?;
+    verify(&mut d)?;
+    header.print();
+    for (op, name) in [
+        (IoOp::Read, "4 KiB randread"),
+        (IoOp::Write, "4 KiB randwrite"),
+    ] {
+        qd1(&mut d, op, 200, 1)?;
+        let t = super::trace::record(n, || qd1(&mut d, op, n, 2))?;
+        super::trace::report(name, &t);
+    }
+    d.shutdown()?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `pcietun bench nvme`.
 pub fn run(a: NvmeArgs) -> Res<ExitCode> {
+    if let Some(n) = a.trace {
+        return run_trace(&a, n.max(1));
+    }
     let c = &a.common;
     let secs = if c.quick { 0.3 } else { a.secs.max(0.1) };
     let iters = if c.quick { 500 } else { 10_000 };

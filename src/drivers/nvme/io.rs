@@ -138,6 +138,7 @@ impl NvmeDriver {
             return Ok(());
         }
         self.staged = 0;
+        crate::probe::hit(crate::probe::Ev::DrvSqDoorbell);
         self.w32(self.sq_doorbell(&self.io), u32::from(self.io.sq_tail))
     }
 
@@ -168,6 +169,7 @@ impl NvmeDriver {
         let mut reaped = 0;
         while let Some(c) = self.pop(q)? {
             reaped += 1;
+            crate::probe::hit(crate::probe::Ev::DrvReaped);
             let cid = c.cid.get();
             let Some(&SlotState::Busy(started)) = self.slots.get(cid as usize) else {
                 tracing::warn!(cid, "completion for a command not in flight");
@@ -185,7 +187,10 @@ impl NvmeDriver {
                 latency,
             });
         }
-        if reaped > 0 {
+        q.unreported = q.unreported.saturating_add(reaped);
+        if reaped > 0 && q.unreported > q.lazy {
+            crate::probe::hit(crate::probe::Ev::DrvCqDoorbell);
+            q.unreported = 0;
             self.w32(self.cq_doorbell(q), u32::from(q.cq_head))?;
         }
         Ok(n)
@@ -213,7 +218,9 @@ impl NvmeDriver {
                 // The eventfd counts interrupts, so one raised between the poll and this wait
                 // is not lost. The timeout only bounds a lost interrupt.
                 Some(fd) => {
+                    crate::probe::hit(crate::probe::Ev::DrvIrqWait);
                     self.io_interrupts += fd.wait_timeout(Duration::from_millis(5))?;
+                    crate::probe::hit(crate::probe::Ev::DrvIrqWake);
                 }
                 None => std::hint::spin_loop(),
             }

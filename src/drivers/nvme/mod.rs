@@ -13,7 +13,10 @@
 //! Queues, PRP lists and data buffers all live in one [`DmaBuffer`] registered at [`IOVA`]:
 //! the controller fetches commands and PRP lists and moves data over the tunnel; the driver
 //! only writes doorbells (posted writes) and reads completions from its own memory — so the
-//! I/O hot path issues no MMIO read. Completions are polled or waited for on the MSI-X
+//! I/O hot path issues no MMIO read. The I/O CQ holds twice the queue depth, so the CQ head
+//! doorbell goes out once per `depth` completions rather than after each (the controller
+//! still always has room for every command in flight). The driver raises the function's Max
+//! Read Request Size to 4 KiB ([`super::MAX_READ_REQUEST`]). Completions are polled or waited for on the MSI-X
 //! eventfd of the I/O queue's vector ([`CompletionMode`]).
 //!
 //! Each of the `depth` command slots owns a data buffer of up to [`MAX_TRANSFER`] bytes and a
@@ -324,8 +327,10 @@ pub enum SlotData {
 pub struct QueuePointers {
     /// Queue identifier (0 admin, 1 I/O).
     pub qid: u16,
-    /// Entries of the ring.
+    /// Entries of the submission ring.
     pub entries: u16,
+    /// Entries of the completion ring (the I/O CQ holds twice the depth).
+    pub cq_entries: u16,
     /// The next SQ slot the driver writes (the tail it rings, or will ring, the doorbell with).
     pub sq_tail: u16,
     /// The next CQ slot the driver reads (the head it reports in the CQ head doorbell).
@@ -340,10 +345,18 @@ struct Queue {
     qid: u16,
     sq_off: u64,
     cq_off: u64,
+    /// Entries of the SQ.
     entries: u16,
+    /// Entries of the CQ (the I/O CQ is larger than its SQ, see [`Queue::lazy`]).
+    cq_entries: u16,
     sq_tail: u16,
     cq_head: u16,
     phase: bool,
+    /// Completions reaped since the CQ head doorbell was last written.
+    unreported: u16,
+    /// How many reaped completions may go unreported: 0 rings the CQ head doorbell after
+    /// every reap.
+    lazy: u16,
 }
 
 impl Queue {
@@ -351,6 +364,7 @@ impl Queue {
         QueuePointers {
             qid: self.qid,
             entries: self.entries,
+            cq_entries: self.cq_entries,
             sq_tail: self.sq_tail,
             cq_head: self.cq_head,
             phase: self.phase,
@@ -358,14 +372,30 @@ impl Queue {
     }
 
     fn new(qid: u16, sq_off: u64, cq_off: u64, entries: u16) -> Self {
+        Self::with_cq(qid, sq_off, cq_off, entries, entries, 0)
+    }
+
+    /// A queue pair whose CQ has `cq_entries` and whose CQ head doorbell is written once
+    /// `lazy` + 1 completions were reaped.
+    fn with_cq(
+        qid: u16,
+        sq_off: u64,
+        cq_off: u64,
+        entries: u16,
+        cq_entries: u16,
+        lazy: u16,
+    ) -> Self {
         Self {
             qid,
             sq_off,
             cq_off,
             entries,
+            cq_entries,
             sq_tail: 0,
             cq_head: 0,
             phase: true,
+            unreported: 0,
+            lazy,
         }
     }
 }
@@ -497,6 +527,12 @@ impl NvmeDriver {
             return Err(InvalidRequest::Depth(cfg.depth).into());
         }
         let entries = (cfg.depth + 1) as u16;
+        // The I/O CQ holds twice the depth: the controller always has room for every command
+        // in flight as long as at most `depth` reaped entries go unreported, so the CQ head
+        // doorbell is written once per `depth` completions instead of after each one (a
+        // posted write less per command, and no burst behind the next SQ doorbell). §4.1:
+        // the head a controller sees may lag; it only limits what the controller posts.
+        let cq_entries = 2 * cfg.depth as u16 + 1;
         // Layout: admin SQ, admin CQ, admin data and its PRP list, I/O SQ, I/O CQ, PRP pages,
         // data.
         let pages = |bytes: usize| bytes.div_ceil(PAGE) as u64 * PAGE as u64;
@@ -506,10 +542,11 @@ impl NvmeDriver {
         let admin_prp = admin_data + ADMIN_MAX_TRANSFER as u64;
         let iosq = admin_prp + PAGE as u64;
         let iocq = iosq + pages(entries as usize * SQE_SIZE);
-        let prp = iocq + pages(entries as usize * CQE_SIZE);
+        let prp = iocq + pages(cq_entries as usize * CQE_SIZE);
         let data = prp + (cfg.depth * PAGE) as u64;
         let total = data + (cfg.depth * MAX_TRANSFER) as u64;
         let mem = Arc::new(DmaBuffer::new(total as usize));
+        super::set_max_read_request(&f, super::MAX_READ_REQUEST)?;
         // A window left over from a previous driver instance on this function goes first.
         let _ = f.unregister_dma(IOVA, total);
         f.register_dma(IOVA, mem.clone(), Access::RW)?;
@@ -528,7 +565,7 @@ impl NvmeDriver {
                 block_size: 512,
             },
             admin: Queue::new(0, asq, acq, ADMIN_ENTRIES as u16),
-            io: Queue::new(1, iosq, iocq, entries),
+            io: Queue::with_cq(1, iosq, iocq, entries, cq_entries, 0),
             dstrd: 0,
             at: MemLayout {
                 admin_data,
@@ -639,6 +676,10 @@ impl NvmeDriver {
             }
             .into());
         }
+        // A CQ as large as the controller allows, up to twice the depth; what it holds beyond
+        // `depth` entries is how many completions may go unreported (see `open`).
+        self.io.cq_entries = self.io.cq_entries.min(mqes as u16);
+        self.io.lazy = self.io.cq_entries - 1 - self.cfg.depth as u16;
         if cap & cap::CSS_NVM == 0 {
             return Err(Unsupported::NoNvmCommandSet.into());
         }
@@ -693,15 +734,15 @@ impl NvmeDriver {
                     .interrupt_eventfd(IrqIndex::Msix, u32::from(IO_VECTOR))?,
             );
         }
-        let entries = self.io.entries;
+        let (entries, cq_entries) = (self.io.entries, self.io.cq_entries);
         self.mem
             .zero(self.io.sq_off, usize::from(entries) * SQE_SIZE)?;
         self.mem
-            .zero(self.io.cq_off, usize::from(entries) * CQE_SIZE)?;
+            .zero(self.io.cq_off, usize::from(cq_entries) * CQE_SIZE)?;
         // QID 1 on IO_VECTOR (interrupts enabled when MSI-X is used), physically contiguous.
         let cq = Sqe::create_io_cq(
             1,
-            u32::from(entries),
+            u32::from(cq_entries),
             IOVA + self.io.cq_off,
             IO_VECTOR,
             interrupts,
@@ -756,7 +797,7 @@ impl NvmeDriver {
             return Ok(None);
         }
         q.cq_head += 1;
-        if q.cq_head == q.entries {
+        if q.cq_head == q.cq_entries {
             q.cq_head = 0;
             q.phase = !q.phase;
         }

@@ -137,6 +137,7 @@ impl Worker {
             tail: 0,
             cqid,
         });
+        c.ahead[usize::from(qid)].clear();
         Ok(0)
     }
 
@@ -147,6 +148,7 @@ impl Worker {
             return Err(Status::INVALID_QID);
         }
         c.sqs[qid] = None;
+        c.ahead[qid].clear();
         Ok(0)
     }
 

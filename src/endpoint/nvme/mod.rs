@@ -20,6 +20,7 @@
 
 mod admin;
 pub mod backend;
+mod fetch;
 pub mod identify;
 mod io;
 pub mod namespace;
@@ -37,7 +38,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use super::device::{
-    Decode, Device, DeviceContext, DeviceError, InterruptHandle, MsixLayout, ResetKind,
+    Decode, Device, DeviceContext, DeviceError, DmaHandle, InterruptHandle, MsixLayout, ResetKind,
 };
 use super::pcicfg::{self, build_config, pci_decode, ModelConfig};
 use crate::pci::class::nvme::{
@@ -70,6 +71,8 @@ pub const CAP: u64 =
 const DSTRD: u32 = cap::dstrd(CAP);
 /// The memory page size (CC.MPS = 0, the only one CAP allows).
 pub(crate) const PAGE: usize = MIN_PAGE_SIZE;
+/// Most submission-queue entries fetched by one batch (64 entries = 4 KiB).
+pub(crate) const FETCH_MAX: usize = 64;
 /// Largest data transfer of one command (MDTS).
 pub(crate) const MAX_TRANSFER: usize = PAGE << MDTS;
 
@@ -186,6 +189,8 @@ pub(crate) struct Ctrl {
     pub(crate) errors: VecDeque<ErrorLogEntry>,
     pub(crate) health: Health,
     pub(crate) started: Instant,
+    /// Fetches of SQ entries started by their doorbells (`fetch.rs`), by qid.
+    pub(crate) ahead: fetch::Chains,
 }
 
 impl Ctrl {
@@ -210,6 +215,7 @@ impl Ctrl {
             errors: VecDeque::new(),
             health: Health::default(),
             started: Instant::now(),
+            ahead: fetch::chains(n),
         }
     }
 
@@ -259,6 +265,8 @@ pub struct NvmeController {
     /// A physical function with SR-IOV: how its virtual functions are built.
     vfs: Option<Arc<sriov::VfPlan>>,
     irq: Option<InterruptHandle>,
+    /// The function's DMA, for the fetches a doorbell starts.
+    dma: Option<DmaHandle>,
     worker: Option<JoinHandle<()>>,
 }
 
@@ -380,6 +388,7 @@ impl NvmeController {
             identity: Arc::new(identity),
             vfs,
             irq: None,
+            dma: None,
             worker: None,
         }
     }
@@ -479,7 +488,13 @@ impl NvmeController {
         if !is_cq {
             match c.sqs[qid].as_mut() {
                 Some(sq) if v < sq.size => {
+                    crate::probe::hit(crate::probe::Ev::NvmeSqDoorbell);
                     sq.tail = v;
+                    // The fetch leaves in this pass of the TLP thread, before the worker is
+                    // even awake.
+                    if let Some(dma) = &self.dma {
+                        fetch::on_doorbell(c, dma, qid);
+                    }
                     self.shared.wake.notify_all();
                 }
                 Some(_) => c.async_event(aer::TYPE_ERROR, bad_value, log::ERROR),
@@ -488,6 +503,7 @@ impl NvmeController {
         } else {
             match c.cqs[qid].as_mut() {
                 Some(cq) if v < cq.size && cq_head_valid(cq, v) => {
+                    crate::probe::hit(crate::probe::Ev::NvmeCqDoorbell);
                     cq.head = v;
                     self.sync_intx(c);
                     self.shared.wake.notify_all();
@@ -532,6 +548,7 @@ impl Device for NvmeController {
 
     fn attach(&mut self, ctx: DeviceContext) {
         self.irq = Some(ctx.irq.clone());
+        self.dma = Some(ctx.dma.clone());
         let w = worker::Worker::new(
             self.shared.clone(),
             self.ns.clone(),

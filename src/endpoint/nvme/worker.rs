@@ -14,16 +14,14 @@ use std::sync::Arc;
 
 use zerocopy::IntoBytes;
 
+use super::fetch;
 use super::identify::{self, Identity};
 use super::namespace::Namespace;
 use super::prefetch::{Geometry, Prefetcher};
 use super::prp::{self, HostMemory};
-use super::{Cq, Ctrl, Shared, Sq, MAX_TRANSFER, PAGE};
-use crate::endpoint::device::{DeviceContext, DmaHandle, InterruptHandle};
+use super::{Cq, Ctrl, Shared, Sq, FETCH_MAX, MAX_TRANSFER, PAGE};
+use crate::endpoint::device::{DeviceContext, DmaHandle, InterruptHandle, PendingRead};
 use crate::pci::class::nvme::{aqa, cc, csts, Cqe, Sqe, Status, CQE_SIZE, SQE_SIZE as SQE};
-
-/// Most submission-queue entries fetched by one batch (64 entries = 4 KiB).
-pub(super) const FETCH_MAX: usize = 64;
 
 struct Dma<'a>(&'a DmaHandle);
 
@@ -107,6 +105,8 @@ pub(super) struct Worker {
     pub(super) current: Option<usize>,
     /// Write data read ahead of its command (see `prefetch`).
     pub(super) prefetch: Prefetcher,
+    /// The doorbell-started reads of the current batch's first entries (see `fetch`).
+    pub(super) ahead: Vec<PendingRead>,
 }
 
 impl Worker {
@@ -129,6 +129,7 @@ impl Worker {
             sqes: Box::new([Sqe::default(); FETCH_MAX]),
             current: None,
             prefetch: Prefetcher::new(),
+            ahead: Vec::with_capacity(fetch::MAX_READS),
         }
     }
 
@@ -152,19 +153,28 @@ impl Worker {
     /// them in order, posting each completion as it finishes.
     fn batch(&mut self, qid: u16, base: u64, size: u16, first: u16, n: u16, epoch: u64) {
         let n = usize::from(n);
-        let first_run = n.min(usize::from(size - first));
+        crate::probe::hit(crate::probe::Ev::NvmeFetch);
         let entries = &mut self.sqes.as_mut_bytes()[..n * SQE];
-        let (head_part, wrap_part) = entries.split_at_mut(first_run * SQE);
-        let fetched = self
-            .dma
-            .read(base + u64::from(first) * SQE as u64, head_part)
-            .and_then(|()| {
-                if wrap_part.is_empty() {
-                    Ok(())
-                } else {
-                    self.dma.read(base, wrap_part)
-                }
-            });
+        // The entries the doorbell's reads cover first, then the rest (split where the ring
+        // wraps).
+        let mut done = 0usize;
+        let mut fetched = Ok(());
+        for read in self.ahead.drain(..) {
+            let k = (read.len() / SQE).min(n - done);
+            if fetched.is_ok() {
+                fetched = read.wait(&mut entries[done * SQE..(done + k) * SQE]);
+            }
+            done += k;
+        }
+        while fetched.is_ok() && done < n {
+            let slot = (usize::from(first) + done) % usize::from(size);
+            let run = (n - done).min(usize::from(size) - slot);
+            fetched = self.dma.read(
+                base + (slot * SQE) as u64,
+                &mut entries[done * SQE..(done + run) * SQE],
+            );
+            done += run;
+        }
         if let Err(e) = fetched {
             // A controller that cannot fetch its commands is dead: Controller Fatal.
             tracing::warn!("nvme: command fetch from SQ {qid} at {base:#x} failed: {e}");
@@ -189,6 +199,8 @@ impl Worker {
                 }
             }
             let cmd = self.sqes[k];
+            // The command's data, completion and interrupt leave together.
+            let _hold = self.dma.hold_wakeups();
             let out = if qid == 0 {
                 self.admin(&cmd)
             } else {
@@ -257,6 +269,8 @@ impl Worker {
                     let pending = (sq.tail + sq.size - sq.head) % sq.size;
                     let free = c.cqs[usize::from(sq.cqid)].map_or(0, |q| q.free());
                     let n = pending.min(free).min(FETCH_MAX as u16);
+                    self.ahead.clear();
+                    fetch::take(&mut c, qid, &sq, n, &mut self.ahead);
                     if let Some(s) = c.sqs[qid].as_mut() {
                         s.head = (s.head + n) % s.size;
                     }
@@ -271,7 +285,9 @@ impl Worker {
                     });
                 }
             }
+            crate::probe::hit(crate::probe::Ev::WorkerWait);
             c = self.shared.wake.wait_or_recover(c);
+            crate::probe::hit(crate::probe::Ev::WorkerWake);
         }
     }
 
@@ -285,6 +301,9 @@ impl Worker {
         c.aer_events.clear();
         c.aer_masked = 0;
         c.health.critical_warning = 0;
+        c.ahead
+            .iter_mut()
+            .for_each(std::collections::VecDeque::clear);
     }
 
     fn enable(c: &mut Ctrl) {

@@ -154,6 +154,7 @@ impl Engine {
                     left -= l;
                     frames += 1;
                     self.stats.frames_in += 1;
+                    crate::probe::hit(crate::probe::Ev::FrameIn);
                     self.ep.handle_frame(now, from, frame);
                 }
             }
@@ -222,6 +223,7 @@ impl Engine {
     ) {
         let Some(dst) = dst else { return };
         let frames = &self.tx[..len];
+        crate::probe::hit(crate::probe::Ev::FrameOut);
         let r = if count == 1 {
             self.port.send(frames, dst)
         } else {
@@ -292,7 +294,10 @@ impl Engine {
         if let Some(c) = cap {
             timeout = Some(timeout.map_or(c, |t| t.min(c)));
         }
-        self.port.wait(timeout)
+        crate::probe::hit(crate::probe::Ev::LinkSleep);
+        let r = self.port.wait(timeout);
+        crate::probe::hit(crate::probe::Ev::LinkWake);
+        r
     }
 }
 

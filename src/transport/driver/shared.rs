@@ -293,8 +293,10 @@ impl SharedLink {
     /// pacing are microseconds).
     fn sleep(&self, fd: RawFd, timeout: Duration) {
         let t = timeout.min(Duration::from_secs(1));
+        crate::probe::hit(crate::probe::Ev::LinkSleep);
         // An error is treated like a spurious wake-up: the loop looks at the link and sleeps again.
         let [kicked, _] = fd::wait_readable([self.kick.0.as_raw_fd(), fd], t).unwrap_or([false; 2]);
+        crate::probe::hit(crate::probe::Ev::LinkWake);
         if kicked {
             self.kicked.store(false, Ordering::Release);
             self.kick.drain();
@@ -303,7 +305,9 @@ impl SharedLink {
 
     /// Sleep until kicked or `timeout`, not on the socket.
     fn sleep_kicked(&self, timeout: Duration) {
+        crate::probe::hit(crate::probe::Ev::LinkSleep);
         let [kicked] = fd::wait_readable([self.kick.0.as_raw_fd()], timeout).unwrap_or([false]);
+        crate::probe::hit(crate::probe::Ev::LinkWake);
         if kicked {
             self.kicked.store(false, Ordering::Release);
             self.kick.drain();
