@@ -383,6 +383,7 @@ mod tests {
         let record = |host: &str, vm: Option<&str>| AssignmentRecord {
             host: Some(host.into()),
             vm: vm.map(str::to_string),
+            lease: None,
         };
         let stored = vec![
             (ids[0].to_string(), record("web1", Some("db-vm"))),

@@ -136,17 +136,6 @@ enum CtlCommand {
         #[arg(long, conflicts_with_all = ["max_bw", "max_up_bw", "max_down_bw", "max_iops", "priority"])]
         clear: bool,
     },
-    /// A live table, from the appliance's /metrics, of throughput, TLPs per second, errors and
-    /// RTT per function and per host, refreshed every --interval seconds until interrupted
-    /// (--json: one frame per line; docs/api.md "ctl watch").
-    Watch {
-        /// Seconds between refreshes (0.1 to 3600).
-        #[arg(long, default_value_t = 1.0, value_name = "SECS", value_parser = parse_interval)]
-        interval: f64,
-        /// Stop after N refreshes.
-        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
-        count: Option<u64>,
-    },
     /// Show the rules (docs/api.md "Rules"): the lost-session rule, the functions of lost
     /// hosts it will take and when, and every lease; with --reclaim-after, change the rule
     /// (Administrator).
@@ -162,6 +151,17 @@ enum CtlCommand {
     Schedule {
         #[command(subcommand)]
         action: Option<ScheduleCommand>,
+    },
+    /// A live table, from the appliance's /metrics, of throughput, TLPs per second, errors and
+    /// RTT per function and per host, refreshed every --interval seconds until interrupted
+    /// (--json: one frame per line; docs/api.md "ctl watch").
+    Watch {
+        /// Seconds between refreshes (0.1 to 3600).
+        #[arg(long, default_value_t = 1.0, value_name = "SECS", value_parser = parse_interval)]
+        interval: f64,
+        /// Stop after N refreshes.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        count: Option<u64>,
     },
     /// Take FUNCTION away from its host; waits until it is free unless --no-wait.
     Unassign {
@@ -395,6 +395,143 @@ fn execute(args: CtlArgs) -> Result<(), ClientError> {
     Ok(())
 }
 
+/// A duration of whole seconds between 1 s and `max`.
+fn parse_seconds(s: &str, max: Duration) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{s:?} is not a duration like 90s, 10m, 2h or 1d: {e}"))?;
+    if d.subsec_nanos() != 0 || d < Duration::from_secs(1) || d > max {
+        return Err(format!(
+            "{s:?}: want whole seconds from 1s to {}",
+            humantime::format_duration(max)
+        ));
+    }
+    Ok(d)
+}
+
+fn parse_lease(s: &str) -> Result<Duration, String> {
+    parse_seconds(s, pcietun::mgmt::rules::MAX_LEASE)
+}
+
+/// `ctl schedule add|remove`.
+#[derive(Debug, clap::Subcommand)]
+enum ScheduleCommand {
+    /// Give FUNCTION to HOST every day in WINDOW (UTC), to --then outside it (Operator).
+    Add {
+        /// Function id (not assigned by hand).
+        function: String,
+        /// Host id that has it during the window.
+        host: String,
+        /// The daily window, START-END in UTC (`01:00-03:00`; `23:00-01:00` wraps midnight).
+        #[arg(value_parser = parse_window)]
+        window: Span,
+        /// The host that has it outside the window [default: the pool].
+        #[arg(long, value_name = "HOST")]
+        then: Option<String>,
+    },
+    /// Remove schedule ID (as `ctl schedule` lists it); the function stays where it is.
+    Remove {
+        /// Schedule id.
+        id: String,
+    },
+}
+
+/// A window `START-END` from the command line (checked as `HH:MM` by the API).
+#[derive(Debug, Clone)]
+struct Span(String, String);
+
+fn parse_window(s: &str) -> Result<Span, String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("{s:?}: want START-END, e.g. 01:00-03:00 (UTC)"))?;
+    for t in [a, b] {
+        if pcietun::mgmt::schedule::parse_minute(t).is_none() {
+            return Err(format!("{t:?} is not a time of day HH:MM (00:00 to 23:59)"));
+        }
+    }
+    Ok(Span(a.to_string(), b.to_string()))
+}
+
+fn print_schedules(rows: &[ScheduleRow], json: bool) {
+    if json {
+        println!("{}", serde_json::to_string(rows).unwrap_or_default());
+        return;
+    }
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.id.clone(),
+                r.function.clone(),
+                r.host.clone(),
+                format!("{}-{} UTC", r.start, r.end),
+                r.then.clone().unwrap_or_else(|| "(pool)".into()),
+                if r.active { "yes" } else { "no" }.into(),
+            ]
+        })
+        .collect();
+    print_table(
+        &["ID", "FUNCTION", "HOST", "WINDOW", "THEN", "ACTIVE"],
+        &rows,
+    );
+}
+
+/// `--reclaim-after`: a duration, or `None` for "never".
+#[derive(Debug, Clone, Copy)]
+struct Reclaim(Option<u64>);
+
+fn parse_reclaim_after(s: &str) -> Result<Reclaim, String> {
+    if s.trim().eq_ignore_ascii_case("never") {
+        return Ok(Reclaim(None));
+    }
+    parse_seconds(s, pcietun::mgmt::rules::MAX_RECLAIM_AFTER).map(|d| Reclaim(Some(d.as_secs())))
+}
+
+fn print_rules(row: &RulesRow, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string(row).unwrap_or_default());
+        return;
+    }
+    match row.reclaim_after_s {
+        Some(s) => println!(
+            "reclaim after: {} (functions of a host whose session is lost that long return to the pool)",
+            humantime::format_duration(Duration::from_secs(s))
+        ),
+        None => println!("reclaim after: never (functions of lost hosts stay with them)"),
+    }
+    if !row.pending.is_empty() {
+        println!("\npending reclaims:");
+        let rows: Vec<Vec<String>> = row
+            .pending
+            .iter()
+            .map(|p| {
+                vec![
+                    p.function.clone(),
+                    p.host.clone(),
+                    p.lost_since.clone(),
+                    p.reclaim_at.clone().unwrap_or_else(|| "never".into()),
+                ]
+            })
+            .collect();
+        print_table(&["FUNCTION", "HOST", "LOST SINCE", "RECLAIM AT"], &rows);
+    }
+    if !row.leases.is_empty() {
+        println!("\nleases:");
+        let rows: Vec<Vec<String>> = row
+            .leases
+            .iter()
+            .map(|l| {
+                vec![
+                    l.function.clone(),
+                    l.host.clone(),
+                    humantime::format_duration(Duration::from_secs(l.seconds)).to_string(),
+                    l.expires_at.clone(),
+                ]
+            })
+            .collect();
+        print_table(&["FUNCTION", "HOST", "LEASE", "EXPIRES AT"], &rows);
+    }
+}
+
 fn parse_interval(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if (0.1..=3600.0).contains(&v) => Ok(v),
@@ -510,77 +647,6 @@ fn print_watch(frame: &Frame) {
                 si(r.up_tlps_per_s),
                 si(r.retransmits_per_s),
                 si(r.credit_stalls_per_s),
-/// A duration of whole seconds between 1 s and `max`.
-fn parse_seconds(s: &str, max: Duration) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s.trim())
-        .map_err(|e| format!("{s:?} is not a duration like 90s, 10m, 2h or 1d: {e}"))?;
-    if d.subsec_nanos() != 0 || d < Duration::from_secs(1) || d > max {
-        return Err(format!(
-            "{s:?}: want whole seconds from 1s to {}",
-            humantime::format_duration(max)
-        ));
-    }
-    Ok(d)
-}
-
-fn parse_lease(s: &str) -> Result<Duration, String> {
-    parse_seconds(s, pcietun::mgmt::rules::MAX_LEASE)
-}
-
-/// `ctl schedule add|remove`.
-#[derive(Debug, clap::Subcommand)]
-enum ScheduleCommand {
-    /// Give FUNCTION to HOST every day in WINDOW (UTC), to --then outside it (Operator).
-    Add {
-        /// Function id (not assigned by hand).
-        function: String,
-        /// Host id that has it during the window.
-        host: String,
-        /// The daily window, START-END in UTC (`01:00-03:00`; `23:00-01:00` wraps midnight).
-        #[arg(value_parser = parse_window)]
-        window: Span,
-        /// The host that has it outside the window [default: the pool].
-        #[arg(long, value_name = "HOST")]
-        then: Option<String>,
-    },
-    /// Remove schedule ID (as `ctl schedule` lists it); the function stays where it is.
-    Remove {
-        /// Schedule id.
-        id: String,
-    },
-}
-
-/// A window `START-END` from the command line (checked as `HH:MM` by the API).
-#[derive(Debug, Clone)]
-struct Span(String, String);
-
-fn parse_window(s: &str) -> Result<Span, String> {
-    let (a, b) = s
-        .split_once('-')
-        .ok_or_else(|| format!("{s:?}: want START-END, e.g. 01:00-03:00 (UTC)"))?;
-    for t in [a, b] {
-        if pcietun::mgmt::schedule::parse_minute(t).is_none() {
-            return Err(format!("{t:?} is not a time of day HH:MM (00:00 to 23:59)"));
-        }
-    }
-    Ok(Span(a.to_string(), b.to_string()))
-}
-
-fn print_schedules(rows: &[ScheduleRow], json: bool) {
-    if json {
-        println!("{}", serde_json::to_string(rows).unwrap_or_default());
-        return;
-    }
-    let rows: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| {
-            vec![
-                r.id.clone(),
-                r.function.clone(),
-                r.host.clone(),
-                format!("{}-{} UTC", r.start, r.end),
-                r.then.clone().unwrap_or_else(|| "(pool)".into()),
-                if r.active { "yes" } else { "no" }.into(),
             ]
         })
         .collect();
@@ -598,68 +664,6 @@ fn print_schedules(rows: &[ScheduleRow], json: bool) {
         ],
         &hosts,
     );
-}
-
-        &["ID", "FUNCTION", "HOST", "WINDOW", "THEN", "ACTIVE"],
-        &rows,
-    );
-}
-
-/// `--reclaim-after`: a duration, or `None` for "never".
-#[derive(Debug, Clone, Copy)]
-struct Reclaim(Option<u64>);
-
-fn parse_reclaim_after(s: &str) -> Result<Reclaim, String> {
-    if s.trim().eq_ignore_ascii_case("never") {
-        return Ok(Reclaim(None));
-    }
-    parse_seconds(s, pcietun::mgmt::rules::MAX_RECLAIM_AFTER).map(|d| Reclaim(Some(d.as_secs())))
-}
-
-fn print_rules(row: &RulesRow, json: bool) {
-    if json {
-        println!("{}", serde_json::to_string(row).unwrap_or_default());
-        return;
-    }
-    match row.reclaim_after_s {
-        Some(s) => println!(
-            "reclaim after: {} (functions of a host whose session is lost that long return to the pool)",
-            humantime::format_duration(Duration::from_secs(s))
-        ),
-        None => println!("reclaim after: never (functions of lost hosts stay with them)"),
-    }
-    if !row.pending.is_empty() {
-        println!("\npending reclaims:");
-        let rows: Vec<Vec<String>> = row
-            .pending
-            .iter()
-            .map(|p| {
-                vec![
-                    p.function.clone(),
-                    p.host.clone(),
-                    p.lost_since.clone(),
-                    p.reclaim_at.clone().unwrap_or_else(|| "never".into()),
-                ]
-            })
-            .collect();
-        print_table(&["FUNCTION", "HOST", "LOST SINCE", "RECLAIM AT"], &rows);
-    }
-    if !row.leases.is_empty() {
-        println!("\nleases:");
-        let rows: Vec<Vec<String>> = row
-            .leases
-            .iter()
-            .map(|l| {
-                vec![
-                    l.function.clone(),
-                    l.host.clone(),
-                    humantime::format_duration(Duration::from_secs(l.seconds)).to_string(),
-                    l.expires_at.clone(),
-                ]
-            })
-            .collect();
-        print_table(&["FUNCTION", "HOST", "LEASE", "EXPIRES AT"], &rows);
-    }
 }
 
 /// A cap from the command line: `Some(n)`, or `None` for "none" (lift it).
