@@ -15,6 +15,7 @@
 //! the service's change lock, so two operators cannot overwrite each other unknowingly.
 
 use std::collections::BTreeSet;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::http::{Method, Request};
 use bytes::Bytes;
@@ -23,9 +24,10 @@ use serde_json::{json, Value};
 use super::body;
 use super::error::{ApiError, ApiResult};
 use super::inventory::functions_of_host;
+use super::tasks::timestamp;
 use super::uri::{
     collection, connection_uri, function_status_state, function_uri, initiator_uri, link,
-    system_uri, target_uri, zone_uri, FABRIC_URI,
+    system_uri, target_uri, zone_uri, ADD_SCHEDULE, FABRIC_URI, REMOVE_SCHEDULE,
 };
 use super::{check_if_match, etag_of, Caller, Reply, Service, Snapshot, FABRIC};
 use crate::mgmt::auth::Privilege;
@@ -33,7 +35,7 @@ use crate::mgmt::pool::{
     Completer, FunctionInfo, FunctionKind, FunctionState, PolicySettings, PoolError,
 };
 use crate::mgmt::rules::Lease;
-use crate::mgmt::store::{AssignmentRecord, Change, Table};
+use crate::mgmt::store::{AssignmentRecord, Change, LeaseRecord, Table};
 use crate::sync::MutexExt;
 
 const ADD: &str = "Zone.AddEndpoint";
@@ -88,9 +90,8 @@ pub(crate) fn fabrics() -> Value {
     )
 }
 
-/// The Fabric resource; `oem` is its `Oem.Pcietun` (the rules, [`super::rules`]).
+/// The Fabric resource; `oem` is its `Oem.Pcietun` (the rules, `super::rules`).
 pub(crate) fn fabric(f: &str, oem: Value) -> ApiResult<Value> {
-    use super::schedules::{ADD_SCHEDULE, REMOVE_SCHEDULE};
     check_fabric(f)?;
     Ok(json!({
         "@odata.id": FABRIC_URI,
@@ -330,7 +331,7 @@ fn oem_connection(
         "Policy": policy_json(policy),
     });
     if let Some(l) = lease.filter(|l| l.host == host) {
-        oem["Lease"] = super::rules::lease_json(l);
+        oem["Lease"] = lease_json(l);
     }
     if let Some(vm) = &func.vm {
         oem["Vm"] = json!({
@@ -392,7 +393,7 @@ pub(crate) fn assignment_changes(s: &Snapshot, op: &Op) -> Vec<Change> {
             function,
             Some(host.clone()),
             vm.clone(),
-            lease.as_ref().map(super::rules::lease_record),
+            lease.as_ref().map(lease_record),
         ),
         Op::Unassign { function } => (function, None, None, None),
     };
@@ -837,6 +838,30 @@ impl Service {
             }],
         )
     }
+}
+
+/// `Oem.Pcietun.Lease` of a Connection (and an entry of the Fabric's `Leases`, with the
+/// function and host added).
+pub(crate) fn lease_json(l: &Lease) -> Value {
+    json!({
+        "Seconds": l.duration.as_secs(),
+        "ExpiresAt": timestamp(l.until),
+    })
+}
+
+/// A lease as the store keeps it with its assignment.
+pub(crate) fn lease_record(l: &Lease) -> LeaseRecord {
+    LeaseRecord {
+        seconds: l.duration.as_secs(),
+        until_unix: unix_secs(l.until),
+    }
+}
+
+/// Seconds since the Unix epoch of `t` (0 before it).
+pub(crate) fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

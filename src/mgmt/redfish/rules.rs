@@ -17,14 +17,14 @@
 //! concerns every host); a lease goes with an assignment and needs what assigning needs,
 //! ConfigureComponents (Operator).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use axum::http::{Method, Request};
 use bytes::Bytes;
 use serde_json::{json, Value};
 
 use super::error::{ApiError, ApiResult};
-use super::fabric::{check_fabric, fabric, Op};
+use super::fabric::{check_fabric, fabric, lease_json, Op};
 use super::tasks::timestamp;
 use super::uri::{connection_uri, FABRIC_URI};
 use super::{body, check_if_match, etag_of, Caller, Reply, Service};
@@ -32,27 +32,9 @@ use crate::mgmt::auth::Privilege;
 use crate::mgmt::pool::{EventSink, PoolEvent};
 use crate::mgmt::rules::{Lease, Rules};
 use crate::mgmt::store::{
-    load_records, AssignmentRecord, Change, Durable, LeaseRecord, RulesRecord, StoreError, Table,
-    RULES_KEY,
+    load_records, AssignmentRecord, Change, Durable, RulesRecord, StoreError, Table, RULES_KEY,
 };
 use crate::sync::MutexExt;
-
-/// `Oem.Pcietun.Lease` of a Connection (and an entry of the Fabric's `Leases`, with the
-/// function and host added).
-pub(crate) fn lease_json(l: &Lease) -> Value {
-    json!({
-        "Seconds": l.duration.as_secs(),
-        "ExpiresAt": timestamp(l.until),
-    })
-}
-
-/// A lease as the store keeps it with its assignment.
-pub(crate) fn lease_record(l: &Lease) -> LeaseRecord {
-    LeaseRecord {
-        seconds: l.duration.as_secs(),
-        until_unix: unix_secs(l.until),
-    }
-}
 
 /// The rules the service starts with: the stored rules when a PATCH stored some (they win),
 /// else `configured` (`[api] reclaim_after_s`); and the lease of every stored assignment that
@@ -263,11 +245,4 @@ impl Service {
 /// The id of the Task a 202 reply carries.
 pub(crate) fn task_id(reply: &Reply) -> Option<u64> {
     reply.body.as_ref()?["Id"].as_str()?.parse().ok()
-}
-
-/// Seconds since the Unix epoch of `t` (0 before it).
-pub(crate) fn unix_secs(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }

@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use super::error::{ApiError, ApiResult};
 use super::fabric::{check_fabric, Op};
 use super::rules::task_id;
-use super::uri::{connection_uri, zone_uri, FABRIC_URI};
+use super::uri::{connection_uri, zone_uri, ADD_SCHEDULE, FABRIC_URI, REMOVE_SCHEDULE};
 use super::{body, Caller, Reply, Service, Snapshot};
 use crate::mgmt::auth::Privilege;
 use crate::mgmt::pool::{FunctionState, HostSession};
@@ -30,11 +30,6 @@ use crate::mgmt::store::{
     SCHEDULE_PREFIX,
 };
 use crate::sync::MutexExt;
-
-/// `#Pcietun.AddSchedule`.
-pub const ADD_SCHEDULE: &str = "Pcietun.AddSchedule";
-/// `#Pcietun.RemoveSchedule`.
-pub const REMOVE_SCHEDULE: &str = "Pcietun.RemoveSchedule";
 
 fn record(s: &Schedule) -> ScheduleRecord {
     ScheduleRecord {

@@ -77,3 +77,8 @@ pub(crate) fn zone_uri(host: &str) -> String {
 pub(crate) fn connection_uri(function: &str) -> String {
     format!("{FABRIC_URI}/Connections/{function}")
 }
+
+/// `#Pcietun.AddSchedule`.
+pub const ADD_SCHEDULE: &str = "Pcietun.AddSchedule";
+/// `#Pcietun.RemoveSchedule`.
+pub const REMOVE_SCHEDULE: &str = "Pcietun.RemoveSchedule";
