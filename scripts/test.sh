@@ -13,6 +13,8 @@ step() { printf '\n=== %s\n' "$*"; }
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
+# The fuzz crate is a workspace of its own: `cargo fmt --all` above does not reach it.
+(cd fuzz && cargo fmt --all -- --check)
 
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --locked -- -D warnings

@@ -16,7 +16,11 @@ fuzz_target!(|data: &[u8]| {
     };
     if let Ok(cfg) = ApplianceConfig::from_toml(text, "fuzz.toml", Path::new("/nonexistent")) {
         for (i, a) in cfg.devices.iter().enumerate() {
-            assert!(cfg.devices[..i].iter().all(|b| b.bdf != a.bdf), "two devices at {}", a.bdf);
+            assert!(
+                cfg.devices[..i].iter().all(|b| b.bdf != a.bdf),
+                "two devices at {}",
+                a.bdf
+            );
         }
     }
     let _ = parse_device_flag(text);

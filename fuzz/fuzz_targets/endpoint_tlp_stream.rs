@@ -29,7 +29,10 @@ fuzz_target!(|data: &[u8]| {
         ep.poll(t0 + Duration::from_millis(step));
         rest = &tail[n..];
         while let Ok(out) = rx.try_recv() {
-            assert!(ParsedHeader::parse(&out).is_ok(), "endpoint emitted an unparseable TLP");
+            assert!(
+                ParsedHeader::parse(&out).is_ok(),
+                "endpoint emitted an unparseable TLP"
+            );
         }
     }
 });

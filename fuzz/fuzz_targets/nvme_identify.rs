@@ -21,6 +21,12 @@ fuzz_target!(|data: &[u8]| {
     if let Some(e) = data.get(..16) {
         // DW3 bits 31:16 of a completion queue entry: phase tag and status field.
         let st = Status::from_field(u16::from_le_bytes([e[14], e[15]]) >> 1);
-        let _ = (st.to_string(), st.is_success(), st.dnr(), st.crd(), st.more());
+        let _ = (
+            st.to_string(),
+            st.is_success(),
+            st.dnr(),
+            st.crd(),
+            st.more(),
+        );
     }
 });

@@ -18,7 +18,13 @@ fn t_requester(t: &Tlp<'_>) -> Bdf {
 fuzz_target!(|data: &[u8]| {
     let _ = classify(data);
     if let Ok(p) = Packet::new_checked(data) {
-        let _ = (p.ecrc(), p.length_dw(), p.address(), p.byte_count(), p.payload().len());
+        let _ = (
+            p.ecrc(),
+            p.length_dw(),
+            p.address(),
+            p.byte_count(),
+            p.payload().len(),
+        );
     }
     if let Ok(t) = Tlp::parse(data) {
         let _ = t.to_string();

@@ -2,17 +2,26 @@
 //! including ones under the genuine session id, must never panic nor deliver a TLP.
 #![no_main]
 
-use pcietun::transport::BytesMut;
 use libfuzzer_sys::fuzz_target;
+use pcietun::transport::BytesMut;
 use pcietun::transport::{Config, Endpoint, HostId, Instant, PeerAddr, Role, SecretKey};
 
 fuzz_target!(|data: &[u8]| {
     let host = HostId::new("fuzz").unwrap();
-    let (skey, ckey) = (SecretKey::from_bytes([1; 32]), SecretKey::from_bytes([2; 32]));
+    let (skey, ckey) = (
+        SecretKey::from_bytes([1; 32]),
+        SecretKey::from_bytes([2; 32]),
+    );
     let mut server = Endpoint::new(Config::default(), Role::Server, skey.clone(), 1);
     let sconn = server.add_host(host, ckey.public_key(), None);
     let mut client = Endpoint::new(Config::default(), Role::Client, ckey, 2);
-    client.connect(Instant::ZERO, PeerAddr::Mem(1), host, skey.public_key(), None);
+    client.connect(
+        Instant::ZERO,
+        PeerAddr::Mem(1),
+        host,
+        skey.public_key(),
+        None,
+    );
     let mut buf = vec![0u8; 2048];
     let now = Instant::from_nanos(1000);
     // Handshake: INIT -> RESP -> key confirmation -> ACK.

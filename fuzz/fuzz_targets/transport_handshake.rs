@@ -16,8 +16,17 @@ fuzz_target!(|data: &[u8]| {
     let _ = InitPayload::parse(data);
     let _ = RespPayload::parse(data);
     if let Ok(v) = InitFrame::new_checked(data) {
-        let _ = (v.sender(), v.mac1(), v.mac2(), v.mac1_input(), v.mac2_input());
-        assert!(Responder::read(&app, v).is_err(), "random INIT authenticated");
+        let _ = (
+            v.sender(),
+            v.mac1(),
+            v.mac2(),
+            v.mac1_input(),
+            v.mac2_input(),
+        );
+        assert!(
+            Responder::read(&app, v).is_err(),
+            "random INIT authenticated"
+        );
     }
     let payload = InitPayload {
         timestamp: Tai64N::from_unix(1, 0),

@@ -14,7 +14,9 @@ use pcietun::pci::vfio_user::{RegionInfoRepr, HEADER_LEN};
 fuzz_target!(|data: &[u8]| {
     match parse_server_message(data) {
         Ok(ServerMessage::Reply { body, .. }) => assert_eq!(body, &data[HEADER_LEN..]),
-        Ok(ServerMessage::DmaWrite { access, data: d, .. }) => {
+        Ok(ServerMessage::DmaWrite {
+            access, data: d, ..
+        }) => {
             assert_eq!(d.len() as u64, access.count);
             assert!(access.count <= MAX_DATA_XFER as u64);
             assert!(access.address.checked_add(access.count).is_some());

@@ -7,9 +7,9 @@
 use libfuzzer_sys::fuzz_target;
 use pcietun::host::vfio_user::memdev::MemDevice;
 use pcietun::host::vfio_user::wire::{
-    Command, DeviceInfoRepr, DmaAccessRepr, DmaMapRepr, DmaUnmapRepr, MessageHeader, MessageHeaderRepr,
-    IrqInfoRepr, IrqSetRepr, MessageType, RegionAccessRepr, RegionInfoRepr, RegionIoFdsRepr,
-    VersionRepr, HEADER_LEN,
+    Command, DeviceInfoRepr, DmaAccessRepr, DmaMapRepr, DmaUnmapRepr, IrqInfoRepr, IrqSetRepr,
+    MessageHeader, MessageHeaderRepr, MessageType, RegionAccessRepr, RegionInfoRepr,
+    RegionIoFdsRepr, VersionRepr, HEADER_LEN,
 };
 use pcietun::host::vfio_user::{Connection, FunctionContext, ServerConfig};
 
@@ -66,7 +66,8 @@ fuzz_target!(|data: &[u8]| {
         let (msg, tail) = rest.split_at(take);
         rest = tail;
         if conn.handle(msg, Vec::new(), &mut out) {
-            let h = MessageHeaderRepr::parse(&MessageHeader::new_checked(&out[..]).unwrap()).unwrap();
+            let h =
+                MessageHeaderRepr::parse(&MessageHeader::new_checked(&out[..]).unwrap()).unwrap();
             assert_eq!(h.kind, MessageType::Reply);
             assert_eq!(h.size as usize, out.len());
         }
