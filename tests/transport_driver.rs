@@ -546,13 +546,13 @@ fn udp_replay_flood_leaves_the_session_alone() {
     assert!(client.try_recv().is_none(), "no event on the host either");
 }
 
-/// One round of a [`Direct`] takes every frame waiting (up to `RECV_PER_ROUND`), not one:
+/// One round of a [`Direct`] takes every frame waiting (up to `RECV_PER_ROUND`, 64), not one:
 /// a caller with per-round work that grows with its sessions (the appliance's serving loop)
 /// then pays it once per batch, not once per frame (issue 11, docs/transport.md "Many
 /// sessions on one serving loop").
 #[test]
 fn a_direct_round_takes_every_waiting_frame() {
-    use pcietun::transport::driver::{Direct, RECV_PER_ROUND};
+    use pcietun::transport::driver::Direct;
     let (a, b) = mem::pair();
     let (s, c, _) = cfgs(0.0);
     let mut server = Direct::new(Box::new(b), s);
@@ -595,7 +595,7 @@ fn a_direct_round_takes_every_waiting_frame() {
     }
     let frames = client.stats().frames_out - frames0;
     assert!(
-        frames >= 2 && frames <= RECV_PER_ROUND as u64,
+        frames >= 2 && frames <= u64::from(K),
         "the TLPs went out in several frames: {frames}"
     );
     // One round of the server: every frame's TLP is ready, with no further round.
