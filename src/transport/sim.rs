@@ -452,7 +452,7 @@ mod tests {
         assert_eq!(out.iter().map(|f| f.0).collect::<Vec<_>>(), [0, 1]);
         assert_eq!(end, t0 + us + 12 * us, "fixed + 2 frames");
         assert!(
-            l.pass(end - us, &mut out).is_none(),
+            l.pass(t0 + 12 * us, &mut out).is_none(),
             "busy until the pass ends"
         );
         assert!(l.send(end, 9, &[0; 10]), "room again");
