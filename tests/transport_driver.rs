@@ -545,3 +545,77 @@ fn udp_replay_flood_leaves_the_session_alone() {
     assert_eq!(e.handshakes, 1);
     assert!(client.try_recv().is_none(), "no event on the host either");
 }
+
+/// One round of a [`Direct`] takes every frame waiting (up to `RECV_PER_ROUND`, 64), not one:
+/// a caller with per-round work that grows with its sessions (the appliance's serving loop)
+/// then pays it once per batch, not once per frame (issue 11, docs/transport.md "Many
+/// sessions on one serving loop").
+#[test]
+fn a_direct_round_takes_every_waiting_frame() {
+    use pcietun::transport::driver::Direct;
+    let (a, b) = mem::pair();
+    let (s, c, _) = cfgs(0.0);
+    let mut server = Direct::new(Box::new(b), s);
+    let mut client = Direct::new(Box::new(a), c);
+    // Both ends on this thread, in turn, until both see the session and nothing moves.
+    let (mut cc, mut sc) = (None, None);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut quiet = 0;
+    while cc.is_none() || sc.is_none() || quiet < 20 {
+        assert!(Instant::now() < deadline, "no session within 10 s");
+        quiet += 1;
+        for (d, slot) in [(&mut client, &mut cc), (&mut server, &mut sc)] {
+            match d.poll_wake(Some(Duration::from_millis(1))).unwrap() {
+                Some(Upcall::Event {
+                    conn,
+                    event: Event::Connected { .. },
+                }) => {
+                    *slot = Some(conn);
+                    quiet = 0;
+                }
+                Some(u) => panic!("unexpected {u:?}"),
+                None => {}
+            }
+        }
+    }
+    let (cc, sc) = (cc.unwrap(), sc.unwrap());
+    let frames0 = client.stats().frames_out;
+    const K: u32 = 12;
+    for i in 0..K {
+        client.send(cc, mwr(i)).unwrap();
+    }
+    // Every TLP leaves (pacing may hold some back for a moment); the server has not run.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client.stats().sessions[0].1.tlps_sent < u64::from(K) {
+        assert!(Instant::now() < deadline, "the client did not send");
+        assert!(client
+            .poll_wake(Some(Duration::from_micros(100)))
+            .unwrap()
+            .is_none());
+    }
+    let frames = client.stats().frames_out - frames0;
+    assert!(
+        frames >= 2 && frames <= u64::from(K),
+        "the TLPs went out in several frames: {frames}"
+    );
+    // One round of the server: every frame's TLP is ready, with no further round.
+    let mut got = Vec::new();
+    let first = server.poll_wake(Some(Duration::ZERO)).unwrap();
+    for u in first
+        .into_iter()
+        .chain(std::iter::from_fn(|| server.take_queued()))
+    {
+        match u {
+            Upcall::Tlp { conn, tlp, .. } => {
+                assert_eq!(conn, sc);
+                got.push(u32::from_be_bytes([tlp[4], tlp[5], tlp[6], tlp[7]]));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        got,
+        (0..K).collect::<Vec<_>>(),
+        "one round took all {frames} frames, in order"
+    );
+}

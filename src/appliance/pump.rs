@@ -151,8 +151,16 @@ impl Pump {
             let up = self.d.poll_wake(Some(wait));
             self.sleeping.store(false, Ordering::Release);
             if let Some(u) = up? {
+                let now = Instant::now();
                 let conn = u.conn();
-                router.on_upcall(ep, conn, u, Instant::now());
+                router.on_upcall(ep, conn, u, now);
+                // Every TLP of the frames this round took, before the per-pass work above
+                // (which scans every function and session): one pass per frame made the
+                // loop's cost per TLP grow with the sessions (issue 11, docs/bench.md).
+                while let Some(u) = self.d.take_queued() {
+                    let conn = u.conn();
+                    router.on_upcall(ep, conn, u, now);
+                }
             }
         }
         Ok(())

@@ -495,7 +495,17 @@ impl Appliance {
                     break;
                 }
             };
-            router.on_upcall(&mut endpoint, (i, up.conn()), up, Instant::now());
+            let now = Instant::now();
+            router.on_upcall(&mut endpoint, (i, up.conn()), up, now);
+            // What else that link delivered, before the per-pass work above (which scans
+            // every function): one pass per TLP made the loop's cost per TLP grow with the
+            // sessions (issue 11; the single-link pump does the same).
+            for _ in 0..driver::RECV_PER_ROUND * 4 {
+                let Ok(up) = links[i].upcalls().try_recv() else {
+                    break;
+                };
+                router.on_upcall(&mut endpoint, (i, up.conn()), up, now);
+            }
         }
         // Orderly stop: devices first (their workers end), then the links.
         let ep_stats = endpoint.stats();

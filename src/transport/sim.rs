@@ -253,6 +253,123 @@ impl Bottleneck {
     }
 }
 
+/// One serving loop for many sessions — the appliance's: one thread, one socket — run as
+/// passes (issue 11, docs/transport.md "Many sessions on one serving loop"). A pass takes up
+/// to `per_pass` frames that wait in the socket and costs `fixed` (the scans of every session
+/// and function a pass makes, whatever it received) plus `per_frame` for each frame it took;
+/// with probability `stall_prob` a pass starts `stall` late (the thread descheduled on a busy
+/// machine). Frames arrive `delay` after they were sent into a receive buffer of `buffer`
+/// bytes, each charged its length plus `overhead` (the kernel's per-datagram truesize); a
+/// frame that does not fit is dropped, as `RcvbufErrors` counts.
+#[derive(Debug)]
+pub struct ServingLoop {
+    fixed: Duration,
+    per_frame: Duration,
+    per_pass: usize,
+    buffer: usize,
+    overhead: usize,
+    delay: Duration,
+    stall: (f64, Duration),
+    rng: StdRng,
+    /// (arrival, routing tag, bytes), in arrival order.
+    queue: std::collections::VecDeque<(Instant, usize, Vec<u8>)>,
+    queued_bytes: usize,
+    busy_until: Instant,
+    /// Frames offered.
+    pub offered: u64,
+    /// Frames dropped because the receive buffer was full.
+    pub dropped: u64,
+    /// Passes run.
+    pub passes: u64,
+    /// Most bytes the receive buffer held.
+    pub max_queued_bytes: usize,
+}
+
+impl ServingLoop {
+    /// A loop taking up to `per_pass` frames per pass, each pass costing `fixed` +
+    /// `per_frame` × frames taken, behind a receive buffer of `buffer` bytes.
+    pub fn new(
+        seed: u64,
+        (fixed, per_frame, per_pass): (Duration, Duration, usize),
+        (buffer, overhead): (usize, usize),
+        stall: (f64, Duration),
+        delay: Duration,
+    ) -> Self {
+        ServingLoop {
+            fixed,
+            per_frame,
+            per_pass: per_pass.max(1),
+            buffer,
+            overhead,
+            delay,
+            stall,
+            rng: StdRng::seed_from_u64(seed),
+            queue: Default::default(),
+            queued_bytes: 0,
+            busy_until: Instant::ZERO,
+            offered: 0,
+            dropped: 0,
+            passes: 0,
+            max_queued_bytes: 0,
+        }
+    }
+
+    /// Offer `frame` at `now` (times must not decrease); returns whether the buffer took it.
+    /// `tag` comes back from [`pass`](Self::pass).
+    pub fn send(&mut self, now: Instant, tag: usize, frame: &[u8]) -> bool {
+        self.offered += 1;
+        let charge = frame.len() + self.overhead;
+        if self.queued_bytes + charge > self.buffer {
+            self.dropped += 1;
+            return false;
+        }
+        self.queued_bytes += charge;
+        self.max_queued_bytes = self.max_queued_bytes.max(self.queued_bytes);
+        self.queue
+            .push_back((now + self.delay, tag, frame.to_vec()));
+        true
+    }
+
+    /// When the loop is free for its next pass.
+    pub fn free_at(&self) -> Instant {
+        self.busy_until
+    }
+
+    /// When the next pass with a frame to take can start (`None`: nothing waits).
+    pub fn next_pass(&self) -> Option<Instant> {
+        let first = self.queue.front()?.0;
+        Some(first.max(self.busy_until))
+    }
+
+    /// Start a pass at `now` if the loop is free: the frames it takes go to `out` as (tag,
+    /// bytes); returns when the pass ends (what it sends leaves then). `None`: still busy.
+    pub fn pass(&mut self, now: Instant, out: &mut Vec<(usize, BytesMut)>) -> Option<Instant> {
+        if now < self.busy_until {
+            return None;
+        }
+        let mut start = now;
+        if self.stall.0 > 0.0 && self.rng.gen_bool(self.stall.0) {
+            start = start + self.stall.1;
+        }
+        let mut n = 0u32;
+        while (n as usize) < self.per_pass {
+            match self.queue.front() {
+                Some(f) if f.0 <= start => {}
+                _ => break,
+            }
+            let Some((_, tag, bytes)) = self.queue.pop_front() else {
+                break;
+            };
+            self.queued_bytes -= bytes.len() + self.overhead;
+            out.push((tag, BytesMut::from(&bytes[..])));
+            n += 1;
+        }
+        self.passes += 1;
+        self.busy_until = start + self.fixed + self.per_frame * n;
+        Some(self.busy_until)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,5 +435,30 @@ mod tests {
         );
         assert_eq!(b.depth(Instant::from_nanos(150_000_000)), 1);
         assert_eq!(b.next_arrival(), Some(Instant::from_nanos(201_000_000)));
+    }
+    #[test]
+    fn serving_loop_takes_a_batch_per_pass_and_drops_when_full() {
+        let us = Duration::from_micros(1);
+        // 10 µs per pass + 1 µs per frame, up to 2 frames a pass; room for 3 frames of 10 B.
+        let mut l = ServingLoop::new(1, (10 * us, us, 2), (3 * 12, 2), (0.0, us), us);
+        let t0 = Instant::ZERO;
+        for tag in 0..4 {
+            assert_eq!(l.send(t0, tag, &[0; 10]), tag < 3, "frame {tag}");
+        }
+        assert_eq!((l.offered, l.dropped), (4, 1));
+        assert_eq!(l.next_pass(), Some(t0 + us), "after the propagation delay");
+        let mut out = Vec::new();
+        let end = l.pass(t0 + us, &mut out).unwrap();
+        assert_eq!(out.iter().map(|f| f.0).collect::<Vec<_>>(), [0, 1]);
+        assert_eq!(end, t0 + us + 12 * us, "fixed + 2 frames");
+        assert!(
+            l.pass(t0 + 12 * us, &mut out).is_none(),
+            "busy until the pass ends"
+        );
+        assert!(l.send(end, 9, &[0; 10]), "room again");
+        out.clear();
+        assert_eq!(l.pass(end, &mut out), Some(end + 11 * us));
+        assert_eq!(out.iter().map(|f| f.0).collect::<Vec<_>>(), [2]);
+        assert_eq!(l.next_pass(), Some(end + 11 * us));
     }
 }

@@ -28,6 +28,15 @@ const INBOX: usize = 65536;
 /// workers) get it back within that time instead of after a whole spin.
 const BUSY_SPIN: Duration = Duration::from_micros(15);
 
+/// Most frames one round takes from the port before it runs the timers, transmits and
+/// delivers. A round's fixed work — every session's timers and transmit check, and the
+/// caller's pass over its own state between rounds (the appliance's serving loop) — grows
+/// with the sessions, so taking one frame per round made an appliance with 224 busy sessions
+/// spend its time on those scans and fall behind until the hosts' timers fired (issue 11).
+/// Taking what is waiting, up to this many, spreads one pass over all of them; with a single
+/// frame waiting it costs nothing extra (one receive call returns what there is).
+pub const RECV_PER_ROUND: usize = 64;
+
 /// The queue behind [`DirectSender`]s, and whether the Direct's thread sleeps in the link.
 struct Inbox {
     rx: Receiver<(ConnId, Bytes)>,
@@ -227,11 +236,11 @@ impl Direct {
         Ok(())
     }
 
-    /// One round: queued TLPs in, one frame in (its TLPs go up before we drain the socket;
-    /// the final would-block read happens off the latency path), timers, frames out, upcalls.
+    /// One round: queued TLPs in, the frames waiting in (up to [`RECV_PER_ROUND`]), timers,
+    /// frames out, upcalls.
     fn round(&mut self) -> io::Result<bool> {
         let mut work = self.drain_inbox();
-        work |= self.engine.receive(1)?;
+        work |= self.engine.receive(RECV_PER_ROUND)?;
         work |= self.engine.transmit();
         let q = &mut self.queue;
         let mut sink = |u: Upcall| {
@@ -290,6 +299,12 @@ impl Direct {
             self.round()?;
         }
         Ok(self.queue.pop_front())
+    }
+
+    /// An upcall the last round already produced, without running the link (a caller that
+    /// handles a batch of frames' TLPs before its own per-pass work).
+    pub fn take_queued(&mut self) -> Option<Upcall> {
+        self.queue.pop_front()
     }
 
     /// When the link next needs attention (a timer), in real time; `None`: nothing armed.

@@ -24,6 +24,9 @@ use std::time::Duration;
 /// Large enough for several GRO slots of 64 KiB; a new chunk is allocated only when the
 /// frames of the last one are still held and it runs out.
 const RX_CHUNK: usize = 1 << 20;
+/// Received datagrams up to this size are moved together in the receive chunk; longer ones
+/// (GRO runs) are split where they landed.
+const COMPACT_MAX: usize = 16 * 1024;
 /// Largest run one GSO send may carry (a UDP length field).
 const TX_BATCH_BYTES: usize = 65507;
 
@@ -142,11 +145,21 @@ impl Engine {
             for i in 0..n.min(k) {
                 let Received { len, stride, from } = self.slots[i];
                 let start = i * slot;
+                let len = len.min(slot);
                 if start > pos {
-                    self.rx.advance(start - pos);
-                    pos = start;
+                    if len <= COMPACT_MAX {
+                        // A short datagram: moved down to where the last one ended, so the
+                        // chunk is used by what arrived, not by whole slots (with many
+                        // sessions' small frames per call, skipping the slots' unused rest
+                        // took a fresh chunk every few calls, each kept alive by any frame
+                        // still held).
+                        self.rx.copy_within(start - pos..start - pos + len, 0);
+                    } else {
+                        self.rx.advance(start - pos);
+                        pos = start;
+                    }
                 }
-                let (mut left, stride) = (len.min(slot), stride.max(1));
+                let (mut left, stride) = (len, stride.max(1));
                 while left > 0 {
                     let l = left.min(stride);
                     let frame = self.rx.split_to(l);

@@ -16,7 +16,7 @@ mod shared;
 pub mod udp;
 
 use self::engine::Driver;
-pub use direct::{Direct, DirectSender};
+pub use direct::{Direct, DirectSender, RECV_PER_ROUND};
 pub use shared::SharedLink;
 pub use udp::UdpOffload;
 
