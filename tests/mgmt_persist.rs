@@ -253,6 +253,20 @@ impl Api {
         }
     }
 
+    /// Assign `function` to `host` (Zone.AddEndpoint) and wait for its Task to complete.
+    fn assign(&self, function: &str, host: &str) {
+        let body = json!({ "Endpoint": {
+            "@odata.id": format!("/redfish/v1/Fabrics/PCIe/Endpoints/fn-{function}") } });
+        let (_, loc, _) = self
+            .call(
+                "POST",
+                &format!("/redfish/v1/Fabrics/PCIe/Zones/{host}/Actions/Zone.AddEndpoint"),
+                Some(&body),
+            )
+            .unwrap();
+        self.wait_task(&loc.unwrap()).unwrap();
+    }
+
     fn members(&self, uri: &str) -> Result<Vec<String>, Option<Refused>> {
         let v = self.get(uri)?;
         Ok(v["Members"]
@@ -965,16 +979,7 @@ fn a_stored_policy_survives_a_sigkill_and_holds_after_the_restart() {
     let (app, url) = start_appliance(&config, None);
     let api = Api::login(&url).unwrap();
     // Assigned to a host that is not connected yet (completes at once), then capped.
-    let body =
-        json!({ "Endpoint": { "@odata.id": "/redfish/v1/Fabrics/PCIe/Endpoints/fn-dma-a" } });
-    let (_, loc, _) = api
-        .call(
-            "POST",
-            "/redfish/v1/Fabrics/PCIe/Zones/web1/Actions/Zone.AddEndpoint",
-            Some(&body),
-        )
-        .unwrap();
-    api.wait_task(&loc.unwrap()).unwrap();
+    api.assign("dma-a", "web1");
     let patch = json!({ "Oem": { "Pcietun": { "Policy": {
         "MaxBytesPerSecondUp": CAP, "Priority": 40 } } } });
     let (_, _, v) = api.call("PATCH", CONN, Some(&patch)).unwrap();
@@ -1167,15 +1172,7 @@ fn cards_added_over_the_api_come_back_and_a_broken_one_does_not_stop_the_start()
         json!({ "Spec": format!("nvme={},size=1M", disk.display()), "Name": "disk" }),
     );
     assert_eq!(t["Oem"]["Pcietun"]["Functions"], json!(["disk"]), "{t}");
-    let body = json!({ "Endpoint": { "@odata.id": "/redfish/v1/Fabrics/PCIe/Endpoints/fn-disk" } });
-    let (_, loc, _) = api
-        .call(
-            "POST",
-            "/redfish/v1/Fabrics/PCIe/Zones/web1/Actions/Zone.AddEndpoint",
-            Some(&body),
-        )
-        .unwrap();
-    api.wait_task(&loc.unwrap()).unwrap();
+    api.assign("disk", "web1");
     let before = api.state().unwrap();
     assert_eq!(
         before.cards.get("03.0").map(String::as_str),

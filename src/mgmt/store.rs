@@ -15,7 +15,8 @@
 //! acknowledged ([`AssignmentRecord`]) and, in [`Table::Meta`], a generation counter that
 //! every commit of the service increments ([`GENERATION`]), with a lease when the assignment
 //! has one ([`LeaseRecord`]); the policies of Connections; the appliance-wide rules
-//! ([`RulesRecord`] in [`Table::Rules`]). Subscriptions have a table but no writer yet. [`MemoryStore`] is the backend
+//! ([`RulesRecord`] in [`Table::Rules`]); the cards added over the API ([`DeviceRecord`] in
+//! [`Table::Devices`], built again when the appliance starts). Subscriptions have a table but no writer yet. [`MemoryStore`] is the backend
 //! of an appliance started without a configuration file: nothing survives its restart.
 //!
 //! A stored value that does not decode (a hand-edited or foreign file) is logged and skipped
