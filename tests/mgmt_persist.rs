@@ -235,17 +235,36 @@ impl Api {
 
     /// Wait for a task to finish: `Ok(())` when Completed.
     fn wait_task(&self, task: &str) -> Result<(), Option<Refused>> {
+        self.task_result(task).map(|_| ())
+    }
+
+    /// Wait for a task to finish: the Task when Completed.
+    fn task_result(&self, task: &str) -> Result<Value, Option<Refused>> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let t = self.get(task)?;
             match t["TaskState"].as_str() {
-                Some("Completed") => return Ok(()),
+                Some("Completed") => return Ok(t),
                 Some("Running") | Some("New") | Some("Starting") => {}
                 _ => return Err(Some(Refused(500, t.to_string()))),
             }
             assert!(Instant::now() < deadline, "task {task} did not finish: {t}");
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// Assign `function` to `host` (Zone.AddEndpoint) and wait for its Task to complete.
+    fn assign(&self, function: &str, host: &str) {
+        let body = json!({ "Endpoint": {
+            "@odata.id": format!("/redfish/v1/Fabrics/PCIe/Endpoints/fn-{function}") } });
+        let (_, loc, _) = self
+            .call(
+                "POST",
+                &format!("/redfish/v1/Fabrics/PCIe/Zones/{host}/Actions/Zone.AddEndpoint"),
+                Some(&body),
+            )
+            .unwrap();
+        self.wait_task(&loc.unwrap()).unwrap();
     }
 
     fn members(&self, uri: &str) -> Result<Vec<String>, Option<Refused>> {
@@ -277,15 +296,43 @@ impl Api {
             .iter()
             .map(|u| u.rsplit('/').next().unwrap().to_string())
             .collect();
-        Ok(State { owners, accounts })
+        let mut cards = BTreeMap::new();
+        for card in self.members(CARDS)? {
+            for f in self.members(&format!("{card}/PCIeFunctions"))? {
+                cards.insert(
+                    f.rsplit('/').next().unwrap().to_string(),
+                    card.rsplit('/').next().unwrap().to_string(),
+                );
+            }
+        }
+        Ok(State {
+            owners,
+            accounts,
+            cards,
+        })
     }
 }
 
-/// What the test compares: function → owner, and the set of account ids.
+/// The appliance's cards (PCIeDevices).
+const CARDS: &str = "/redfish/v1/Chassis/appliance/PCIeDevices";
+
+/// What the test compares: function → owner, the set of account ids, and every function of
+/// the inventory → its card (`card-DD`; the configured ones and those added over the API,
+/// named `api…`). A card added in flight has the card id `?` (any) in the model.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 struct State {
     owners: BTreeMap<String, String>,
     accounts: BTreeSet<String>,
+    cards: BTreeMap<String, String>,
+}
+
+/// Whether `seen`'s cards are `want`'s, a card id `?` in `want` standing for any.
+fn cards_match(seen: &BTreeMap<String, String>, want: &BTreeMap<String, String>) -> bool {
+    seen.len() == want.len()
+        && seen
+            .iter()
+            .zip(want)
+            .all(|((sf, sc), (wf, wc))| sf == wf && (wc == "?" || sc == wc))
 }
 
 /// The model the driver keeps: the last acknowledged state, and the state it would be in if
@@ -295,8 +342,11 @@ struct Model {
     acked: State,
     in_flight: Option<State>,
     acks: u64,
-    /// Acknowledged assigns, unassigns, account creations, account removals.
-    kinds: [u64; 4],
+    /// Acknowledged assigns, unassigns, account creations, account removals, cards added,
+    /// cards removed.
+    kinds: [u64; 6],
+    /// The number of the next card added over the API (its name `apiN`).
+    next_card: u64,
 }
 
 /// Drive random API changes until the appliance is gone; records every acknowledgement.
@@ -304,10 +354,60 @@ fn drive(api: &Api, rng: &mut rand::rngs::StdRng, model: &Mutex<Model>, next_use
     loop {
         let now = model.lock().unwrap().acked.clone();
         let mut next = now.clone();
-        let pick = rng.gen_range(0..10);
-        let f = FUNCTIONS[rng.gen_range(0..FUNCTIONS.len())];
+        let pick = rng.gen_range(0..11);
+        let functions: Vec<&str> = now.cards.keys().map(String::as_str).collect();
+        let f = functions[rng.gen_range(0..functions.len())];
+        let api_cards: Vec<(&String, &String)> = now
+            .cards
+            .iter()
+            .filter(|(f, _)| f.starts_with("api") && !now.owners.contains_key(*f))
+            .collect();
         let kind;
-        let result = if pick < 6 {
+        let result = if pick >= 9 && (pick == 9 || api_cards.is_empty()) {
+            // Add a card over the API; it must come back after a restart, at its place.
+            if now.cards.len() >= 8 {
+                continue;
+            }
+            kind = 4;
+            let name = {
+                let mut m = model.lock().unwrap();
+                m.next_card += 1;
+                format!("api{}", m.next_card)
+            };
+            next.cards.insert(name.clone(), "?".into());
+            model.lock().unwrap().in_flight = Some(next.clone());
+            let body = json!({ "Spec": "dma,buffer=4K", "Name": name });
+            api.call(
+                "POST",
+                "/redfish/v1/Chassis/appliance/Actions/Oem/Pcietun.AddDevice",
+                Some(&body),
+            )
+            .and_then(|(s, loc, _)| {
+                assert_eq!(s, 202);
+                let t = api.task_result(&loc.expect("a task Location"))?;
+                let card = t["Oem"]["Pcietun"]["Device"]["@odata.id"]
+                    .as_str()
+                    .and_then(|u| u.rsplit('/').next())
+                    .unwrap_or_else(|| panic!("the add's task names its card: {t}"));
+                next.cards.insert(name.clone(), card.to_string());
+                Ok(())
+            })
+        } else if pick >= 9 {
+            // Remove an unassigned card added over the API; it must not come back.
+            kind = 5;
+            let (f, card) = api_cards[rng.gen_range(0..api_cards.len())];
+            next.cards.remove(f);
+            model.lock().unwrap().in_flight = Some(next.clone());
+            api.call(
+                "POST",
+                &format!("{CARDS}/{card}/Actions/Oem/Pcietun.RemoveDevice"),
+                Some(&json!({})),
+            )
+            .and_then(|(s, loc, _)| {
+                assert_eq!(s, 202);
+                api.wait_task(&loc.expect("a task Location"))
+            })
+        } else if pick < 6 {
             // Assign a free function, or unassign an assigned one.
             match now.owners.get(f) {
                 None => {
@@ -405,10 +505,13 @@ fn drive(api: &Api, rng: &mut rand::rngs::StdRng, model: &Mutex<Model>, next_use
 /// account that is not in `acked`").
 fn matches_in_flight(seen: &State, acked: &State, in_flight: &State) -> bool {
     if !in_flight.accounts.contains("?") {
-        return seen == in_flight;
+        return seen.owners == in_flight.owners
+            && seen.accounts == in_flight.accounts
+            && cards_match(&seen.cards, &in_flight.cards);
     }
     let new: Vec<&String> = seen.accounts.difference(&acked.accounts).collect();
     seen.owners == acked.owners
+        && seen.cards == acked.cards
         && new.len() == 1
         && acked.accounts.is_subset(&seen.accounts)
         && seen.accounts.len() == acked.accounts.len() + 1
@@ -434,6 +537,7 @@ fn sigkill_during_api_updates_keeps_the_acknowledged_state() {
         acked: State {
             owners: BTreeMap::new(),
             accounts: ["1".to_string()].into(),
+            cards: BTreeMap::new(),
         },
         ..Model::default()
     }));
@@ -449,6 +553,11 @@ fn sigkill_during_api_updates_keeps_the_acknowledged_state() {
         let seen = api.state().expect("the state reads back");
         {
             let mut m = model.lock().unwrap();
+            if round == 0 {
+                // The configured cards, each at its own device number.
+                assert_eq!(seen.cards.len(), FUNCTIONS.len(), "{seen:?}");
+                m.acked.cards = seen.cards.clone();
+            }
             if seen == m.acked {
             } else if m
                 .in_flight
@@ -486,8 +595,8 @@ fn sigkill_during_api_updates_keeps_the_acknowledged_state() {
     let m = model.lock().unwrap();
     eprintln!(
         "mgmt_persist: {kills} kills in {:.1} s, {} acknowledged changes (assign, unassign, \
-         account created, account removed: {:?}), {landed} in-flight changes landed; final \
-         state {:?}",
+         account created, account removed, card added, card removed: {:?}), {landed} in-flight \
+         changes landed; final state {:?}",
         started.elapsed().as_secs_f64(),
         m.acks,
         m.kinds,
@@ -870,16 +979,7 @@ fn a_stored_policy_survives_a_sigkill_and_holds_after_the_restart() {
     let (app, url) = start_appliance(&config, None);
     let api = Api::login(&url).unwrap();
     // Assigned to a host that is not connected yet (completes at once), then capped.
-    let body =
-        json!({ "Endpoint": { "@odata.id": "/redfish/v1/Fabrics/PCIe/Endpoints/fn-dma-a" } });
-    let (_, loc, _) = api
-        .call(
-            "POST",
-            "/redfish/v1/Fabrics/PCIe/Zones/web1/Actions/Zone.AddEndpoint",
-            Some(&body),
-        )
-        .unwrap();
-    api.wait_task(&loc.unwrap()).unwrap();
+    api.assign("dma-a", "web1");
     let patch = json!({ "Oem": { "Pcietun": { "Policy": {
         "MaxBytesPerSecondUp": CAP, "Priority": 40 } } } });
     let (_, _, v) = api.call("PATCH", CONN, Some(&patch)).unwrap();
@@ -1030,4 +1130,90 @@ fn a_stored_policy_survives_a_sigkill_and_holds_after_the_restart() {
     }
     drop(d);
     drop(agent);
+}
+
+/// Cards added over the API come back after a SIGKILL (issue 14 "State that survives"): an
+/// unnamed one with the id derived from its device number, a named NVMe drive (its backing file
+/// under `[api] device_dirs`) with its owner. A stored card that cannot be built at the next
+/// start (its backing file replaced by a directory) does not keep the configured cards from
+/// serving: the appliance starts without the stored cards and says so, and once the file is
+/// back they return.
+#[test]
+fn cards_added_over_the_api_come_back_and_a_broken_one_does_not_stop_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let disks = dir.path().join("disks");
+    std::fs::create_dir(&disks).unwrap();
+    let hosts = [SecretKey::generate(), SecretKey::generate()];
+    let config = write_config(dir.path(), "127.0.0.1:0", &SecretKey::generate(), &hosts);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "device_dirs = [{:?}]\n",
+        disks.display().to_string()
+    ));
+    std::fs::write(&config, &text).unwrap();
+    let disk = disks.join("disk.img");
+    let add = |api: &Api, body: Value| -> Value {
+        let (s, loc, _) = api
+            .call(
+                "POST",
+                "/redfish/v1/Chassis/appliance/Actions/Oem/Pcietun.AddDevice",
+                Some(&body),
+            )
+            .unwrap();
+        assert_eq!(s, 202);
+        api.task_result(&loc.unwrap()).unwrap()
+    };
+    let (app, url) = start_appliance(&config, None);
+    let api = Api::login(&url).unwrap();
+    let t = add(&api, json!({ "Spec": "dma,buffer=4K" }));
+    assert_eq!(t["Oem"]["Pcietun"]["Functions"], json!(["03.0"]), "{t}");
+    let t = add(
+        &api,
+        json!({ "Spec": format!("nvme={},size=1M", disk.display()), "Name": "disk" }),
+    );
+    assert_eq!(t["Oem"]["Pcietun"]["Functions"], json!(["disk"]), "{t}");
+    api.assign("disk", "web1");
+    let before = api.state().unwrap();
+    assert_eq!(
+        before.cards.get("03.0").map(String::as_str),
+        Some("card-03")
+    );
+    assert_eq!(
+        before.cards.get("disk").map(String::as_str),
+        Some("card-04")
+    );
+    assert_eq!(before.owners.get("disk").map(String::as_str), Some("web1"));
+    drop(app);
+
+    // Back after the SIGKILL: the same cards, ids and owner.
+    let (app, url) = start_appliance(&config, None);
+    assert_eq!(Api::login(&url).unwrap().state().unwrap(), before);
+    drop(app);
+
+    // The backing file is a directory now: the configured cards serve, the stored ones wait.
+    std::fs::rename(&disk, disks.join("saved.img")).unwrap();
+    std::fs::create_dir(&disk).unwrap();
+    let (tx, rx) = mpsc::channel();
+    let (app, url) = start_appliance(&config, Some(tx));
+    let lines: Vec<String> = rx.try_iter().collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("warning: the cards added over the API were not restored")),
+        "{lines:#?}"
+    );
+    let degraded = Api::login(&url).unwrap().state().unwrap();
+    assert_eq!(
+        degraded.cards.keys().collect::<Vec<_>>(),
+        ["dma-a", "dma-b", "dma-c"]
+    );
+    assert!(degraded.owners.is_empty(), "{degraded:?}");
+    drop(app);
+
+    // The file is back: so are the cards, with the owner.
+    std::fs::remove_dir(&disk).unwrap();
+    std::fs::rename(disks.join("saved.img"), &disk).unwrap();
+    let (app, url) = start_appliance(&config, None);
+    assert_eq!(Api::login(&url).unwrap().state().unwrap(), before);
+    drop(app);
 }

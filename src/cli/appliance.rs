@@ -11,13 +11,15 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 
-use pcietun::appliance::config::{ApiSettings, AssignSpec};
+use pcietun::appliance::config::{ApiSettings, AssignSpec, DeviceConfig};
+use pcietun::appliance::inventory::FunctionId;
 use pcietun::appliance::{
     Appliance, ApplianceConfig, ConfigFlags, Inventory, Ready, StartAssignments,
 };
 use pcietun::mgmt;
-use pcietun::mgmt::store::{self, AssignmentRecord, Table};
+use pcietun::mgmt::store::{self, AssignmentRecord, DeviceRecord, Table};
 use pcietun::tlp::slot::VmName;
+use pcietun::tlp::Bdf;
 
 /// Arguments of `pcietun appliance`.
 #[derive(Debug, clap::Args)]
@@ -155,6 +157,66 @@ fn restore_policies(
     Ok(())
 }
 
+/// The cards added over the API in an earlier run ([`Table::Devices`], docs/api.md
+/// "Persistence"), as devices to build after the configured ones: each at the device number it
+/// had (so ids derived from it and its `card-DD` stay the same) unless a configured card now
+/// takes it (then the lowest free one, with a warning), with its name. A record whose spec the
+/// API may no longer use (`[api] device_dirs` changed), whose name a configured card has, or
+/// that does not fit is logged and skipped (kept in the store).
+fn stored_cards(
+    store: &dyn store::Store,
+    cfg: &ApplianceConfig,
+    device_dirs: &[PathBuf],
+) -> Result<Vec<DeviceConfig>, Box<dyn std::error::Error>> {
+    let mut all = cfg.clone();
+    let mut out = Vec::new();
+    for (key, rec) in store::load_records::<DeviceRecord>(store, Table::Devices)? {
+        let skip = |why: String| {
+            tracing::warn!(card = %rec.card, function = %key, spec = %rec.spec, "management API: stored card not restored: {why}; ignored (kept in the store)");
+        };
+        let spec = match super::pool::api_spec(&rec.spec, device_dirs) {
+            Ok(s) => s,
+            Err(e) => {
+                skip(e.to_string());
+                continue;
+            }
+        };
+        let wanted = super::pool::card_device(&rec.card);
+        let taken = |n: u8| all.devices.iter().any(|d| d.bdf.device() == n);
+        let bdf = match wanted.filter(|n| !taken(*n)) {
+            Some(n) => Bdf::new(0, n, 0),
+            None => match all.free_slot() {
+                Some(b) => {
+                    tracing::warn!(card = %rec.card, "management API: a stored card's device number is taken; it moves to card-{:02x}", b.device());
+                    b
+                }
+                None => {
+                    skip("no free device number".into());
+                    continue;
+                }
+            },
+        };
+        let id = |d: &DeviceConfig| {
+            d.name
+                .clone()
+                .unwrap_or_else(|| FunctionId::derived(d.bdf).to_string())
+        };
+        let dev = DeviceConfig {
+            bdf,
+            name: rec.name.clone(),
+            spec,
+        };
+        if all.devices.iter().any(|d| id(d) == id(&dev)) {
+            skip(format!("a configured card has the id {:?}", id(&dev)));
+            continue;
+        }
+        tracing::info!(card = %rec.card, function = %id(&dev), "management API: stored card restored");
+        all.devices.push(dev.clone());
+        out.push(dev);
+    }
+    Ok(out)
+}
+
 fn restore_plan(
     stored: &[(String, AssignmentRecord)],
     inv: &Inventory,
@@ -282,9 +344,16 @@ pub fn run(args: ApplianceArgs) -> Result<ExitCode, Box<dyn std::error::Error>> 
     }
     // The state store is opened (and its assignments read) before any device is built: a
     // store that cannot be opened is an error naming its file, and nothing starts.
+    let mut cfg = cfg;
+    let mut without_stored_cards = None;
     let state = match &api {
         Some(api) if !args.check => {
             let (store, name) = api.open_state()?;
+            let cards = stored_cards(&*store, &cfg, &device_dirs)?;
+            if !cards.is_empty() {
+                without_stored_cards = Some(cfg.clone());
+                cfg.devices.extend(cards);
+            }
             let stored = store::load_records::<AssignmentRecord>(&*store, Table::Assignments)?;
             tracing::info!(
                 store = %name,
@@ -298,7 +367,24 @@ pub fn run(args: ApplianceArgs) -> Result<ExitCode, Box<dyn std::error::Error>> 
     };
     let app = match &state {
         Some((_, _, stored)) => {
-            Appliance::build_with(cfg, |inv, configured| restore_plan(stored, inv, configured))?
+            match Appliance::build_with(cfg, |inv, configured| {
+                restore_plan(stored, inv, configured)
+            }) {
+                Ok(app) => app,
+                // A card the API added that cannot be built now (its backing file gone, its
+                // vfio-user server not running) does not keep the configured ones from
+                // serving: they start without the stored cards, which stay in the store.
+                Err(e) => match without_stored_cards {
+                    Some(cfg) => {
+                        tracing::error!(error = %e, "management API: the cards added over the API cannot be built; starting without them (kept in the store)");
+                        eprintln!("pcietun appliance: warning: the cards added over the API were not restored: {e}");
+                        Appliance::build_with(cfg, |inv, configured| {
+                            restore_plan(stored, inv, configured)
+                        })?
+                    }
+                    None => return Err(e.into()),
+                },
+            }
         }
         None => Appliance::build(cfg)?,
     };
@@ -364,10 +450,67 @@ pub fn run(args: ApplianceArgs) -> Result<ExitCode, Box<dyn std::error::Error>> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pcietun::appliance::inventory::{FunctionEntry, FunctionId};
+    use pcietun::appliance::config::parse_device_flag;
+    use pcietun::appliance::inventory::FunctionEntry;
     use pcietun::endpoint::dma_engine::DmaEngine;
-    use pcietun::endpoint::wire::Bdf;
+    use pcietun::mgmt::store::{Change, MemoryStore, Store};
     use pcietun::transport::HostId;
+
+    #[test]
+    fn stored_cards_come_back_at_their_place_or_are_skipped_with_a_reason() {
+        let store = MemoryStore::new();
+        let put = |key: &str, spec: &str, name: Option<&str>, card: &str| Change::Put {
+            table: Table::Devices,
+            key: key.into(),
+            value: serde_json::to_vec(&DeviceRecord {
+                spec: spec.into(),
+                name: name.map(str::to_string),
+                card: card.into(),
+                functions: vec![key.into()],
+            })
+            .unwrap(),
+        };
+        store
+            .commit(&[
+                // At its own device number, with its name.
+                put("dma-b", "dma,buffer=4K", Some("dma-b"), "card-05"),
+                // Unnamed: its id derives from the device number it keeps.
+                put("07.0", "dma", None, "card-07"),
+                // Its device number is a configured card's now: the lowest free one.
+                put("dma-c", "dma", Some("dma-c"), "card-00"),
+                // A configured card has its name.
+                put("dma-a", "dma", Some("dma-a"), "card-09"),
+                // A path the API may not use without device_dirs.
+                put("disk", "nvme=/srv/x.img", Some("disk"), "card-0a"),
+                Change::Put {
+                    table: Table::Devices,
+                    key: "junk".into(),
+                    value: b"not json".to_vec(),
+                },
+            ])
+            .unwrap();
+        let mut cfg = ApplianceConfig::default();
+        cfg.devices.push(DeviceConfig {
+            bdf: Bdf::new(0, 0, 0),
+            name: Some("dma-a".into()),
+            spec: parse_device_flag("dma,buffer=4K").unwrap(),
+        });
+        let got: Vec<(u8, Option<String>)> = stored_cards(&store, &cfg, &[])
+            .unwrap()
+            .iter()
+            .map(|d| (d.bdf.device(), d.name.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            // In key order: "07.0", then "dma-b", then "dma-c" (moved to the lowest free one).
+            vec![
+                (7, None),
+                (5, Some("dma-b".into())),
+                (1, Some("dma-c".into())),
+            ]
+        );
+        assert_eq!(FunctionId::derived(Bdf::new(0, 7, 0)).to_string(), "07.0");
+    }
 
     #[test]
     fn restored_assignments_keep_the_vm_their_record_names() {

@@ -99,6 +99,20 @@ fn api_state(f: &FunctionStatus) -> ApiState {
     }
 }
 
+/// The API's id of the card at device number `device`: a card is its device number on the
+/// appliance.
+fn card_id(device: u8) -> String {
+    format!("card-{device:02x}")
+}
+
+/// The device number a card id of [`card_id`] names (a card stored by the API, restored at
+/// the next start).
+pub fn card_device(card: &str) -> Option<u8> {
+    let hex = card.strip_prefix("card-")?;
+    let n = u8::from_str_radix(hex, 16).ok()?;
+    (hex.len() == 2 && n < 32 && card_id(n) == card).then_some(n)
+}
+
 fn function_info(f: &FunctionStatus) -> FunctionInfo {
     let e = &f.entry;
     let (kind, number) = match &e.vf_of {
@@ -110,8 +124,7 @@ fn function_info(f: &FunctionStatus) -> FunctionInfo {
         ),
         None => (FunctionKind::Physical, u16::from(e.bdf.function())),
     };
-    // A card is its device number on the appliance.
-    let device = format!("card-{:02x}", e.bdf.device());
+    let device = card_id(e.bdf.device());
     FunctionInfo {
         id: e.id.to_string(),
         device,
@@ -715,6 +728,17 @@ mod tests {
         match r {
             Err(e @ (PoolError::NotAllowed { .. } | PoolError::BadDevice { .. })) => e.to_string(),
             other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn card_ids_name_their_device_number() {
+        assert_eq!(card_device(&card_id(0x1f)), Some(0x1f));
+        assert_eq!(card_device("card-03"), Some(3));
+        for bad in [
+            "card-20", "card-3", "card-003", "card-0g", "card-+3", "card-0A", "03", "",
+        ] {
+            assert_eq!(card_device(bad), None, "{bad}");
         }
     }
 

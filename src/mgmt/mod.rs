@@ -11,7 +11,8 @@
 //! * [`rules`] — the lost-session rule and leases: a sans-I/O engine the service applies.
 //! * [`schedule`] — schedules (a function to host A in a daily UTC window, then to host B):
 //!   a sans-I/O engine the service applies.
-//! * [`store`] — persistent state (accounts, acknowledged assignments) in redb.
+//! * [`store`] — persistent state (accounts, acknowledged assignments, policies, rules, cards
+//!   added over the API) in redb.
 //! * [`client`] — the API client behind `pcietun ctl`.
 //! * [`exposition`] and [`watch`] — `ctl watch`: a parser of the Prometheus text format and the
 //!   per-function and per-host rates it shows.

@@ -15,7 +15,8 @@
 //! acknowledged ([`AssignmentRecord`]) and, in [`Table::Meta`], a generation counter that
 //! every commit of the service increments ([`GENERATION`]), with a lease when the assignment
 //! has one ([`LeaseRecord`]); the policies of Connections; the appliance-wide rules
-//! ([`RulesRecord`] in [`Table::Rules`]). Subscriptions have a table but no writer yet. [`MemoryStore`] is the backend
+//! ([`RulesRecord`] in [`Table::Rules`]); the cards added over the API ([`DeviceRecord`] in
+//! [`Table::Devices`], built again when the appliance starts). Subscriptions have a table but no writer yet. [`MemoryStore`] is the backend
 //! of an appliance started without a configuration file: nothing survives its restart.
 //!
 //! A stored value that does not decode (a hand-edited or foreign file) is logged and skipped
@@ -44,18 +45,23 @@ pub enum Table {
     /// The appliance-wide rules ([`RulesRecord`] under [`RULES_KEY`]) and the schedules
     /// ([`ScheduleRecord`] under [`schedule_key`]); docs/api.md "Rules", "Schedules".
     Rules,
+    /// Cards added over the API (`#Pcietun.AddDevice`), by the id of their function 0
+    /// ([`DeviceRecord`]): built again when the appliance starts; a card removed over the API
+    /// leaves this table with its assignment and policy records.
+    Devices,
     /// The store's own bookkeeping (schema version, generation counters).
     Meta,
 }
 
 impl Table {
     /// Every table.
-    pub const ALL: [Table; 6] = [
+    pub const ALL: [Table; 7] = [
         Table::Accounts,
         Table::Assignments,
         Table::Policies,
         Table::Subscriptions,
         Table::Rules,
+        Table::Devices,
         Table::Meta,
     ];
 
@@ -66,6 +72,7 @@ impl Table {
             Table::Policies => "policies",
             Table::Subscriptions => "subscriptions",
             Table::Rules => "rules",
+            Table::Devices => "devices",
             Table::Meta => "meta",
         })
     }
@@ -347,6 +354,23 @@ pub struct LeaseRecord {
     pub seconds: u64,
     /// When it ends, in seconds since the Unix epoch (UTC).
     pub until_unix: u64,
+}
+
+/// A card added over the API (`#Pcietun.AddDevice`, [`Table::Devices`], keyed by the id of its
+/// function 0): what the appliance needs to build it again at the same place with the same
+/// function ids when it starts (docs/api.md "Persistence").
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceRecord {
+    /// The spec as the client sent it (the `--device` grammar); checked again against
+    /// `[api] device_dirs` when it is restored.
+    pub spec: String,
+    /// The `Name` the client gave (`None`: the ids derive from the device number).
+    pub name: Option<String>,
+    /// The card's PCIeDevice id (`card-DD`, its device number) when it was added.
+    pub card: String,
+    /// Its function ids then, function 0 first.
+    pub functions: Vec<String>,
 }
 
 /// The [`Table::Rules`] key of the appliance-wide rules.

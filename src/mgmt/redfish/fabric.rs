@@ -435,7 +435,7 @@ impl Service {
                 let d = durable.clone();
                 durable.later(move || {
                     let r = d.commit(changes).map(|_| ()).map_err(|e| {
-                        tracing::error!("management store: an assignment was not saved: {e}");
+                        tracing::error!("management store: a change was not saved: {e}");
                         format!(
                             "the appliance made the change but could not store it, so it will \
                              not survive a restart: {e}"

@@ -32,9 +32,10 @@ pub const ADD_DEVICE: &str = "Pcietun.AddDevice";
 pub const REMOVE_DEVICE: &str = "Pcietun.RemoveDevice";
 use crate::mgmt::auth::Privilege;
 use crate::mgmt::pool::{
-    valid_id, AddCompleter, FunctionInfo, FunctionKind, FunctionState, HostInfo, HostSession,
-    PoolError,
+    valid_id, AddCompleter, AddedCard, FunctionInfo, FunctionKind, FunctionState, HostInfo,
+    HostSession, PoolError,
 };
+use crate::mgmt::store::{Change, DeviceRecord, Table};
 use crate::sync::MutexExt;
 
 /// `PCIeFunction.DeviceClass` from the base class code (PCI Code and ID Assignment §1).
@@ -367,18 +368,41 @@ impl Service {
         let done = self.tasks.completer(id);
         let tasks = self.tasks.clone();
         let devices = format!("{}/PCIeDevices", chassis_uri(&s));
+        let durable = self.durable.clone();
+        let (spec, name) = (create.spec.clone(), create.name.clone());
+        // The card is recorded (docs/api.md "Persistence") before the Task completes, so a
+        // Completed add is a card that comes back after a restart.
         let added = AddCompleter::new(move |r| {
-            let r = r.map(|card| {
-                tasks.set_result(
-                    id,
-                    json!({
-                        "@odata.type": "#Pcietun.v1_0_0.Task",
-                        "Device": link(&format!("{devices}/{}", card.device)),
-                        "Functions": card.functions,
-                    }),
-                );
+            let card = match r {
+                Ok(card) => card,
+                Err(e) => return done.finish(Err(e)),
+            };
+            let d = durable.clone();
+            durable.later(move || {
+                let r = d
+                    .commit(vec![device_record(spec, name, &card)])
+                    .map(|_| {
+                        tasks.set_result(
+                            id,
+                            json!({
+                                "@odata.type": "#Pcietun.v1_0_0.Task",
+                                "Device": link(&format!("{devices}/{}", card.device)),
+                                "Functions": card.functions,
+                            }),
+                        );
+                    })
+                    .map_err(|e| {
+                        tracing::error!("management store: an added card was not saved: {e}");
+                        PoolError::Appliance(
+                            format!(
+                                "the card was added but could not be stored, so it will not \
+                                 come back after a restart: {e}"
+                            )
+                            .into(),
+                        )
+                    });
+                done.finish(r);
             });
-            done.finish(r);
         });
         if let Err(e) = self
             .pool
@@ -425,11 +449,44 @@ impl Service {
         let id = self
             .tasks
             .create(format!("Remove card {d}"), "POST", req.uri().path(), 1);
-        if let Err(e) = self.pool.remove_function(&pf.id, self.tasks.completer(id)) {
+        // Its record (if it was added over the API) and the assignment and policy records of
+        // its functions go with it, once the pool has removed it.
+        let changes = fns
+            .iter()
+            .flat_map(|f| {
+                [Table::Devices, Table::Assignments, Table::Policies].map(|table| Change::Delete {
+                    table,
+                    key: f.id.clone(),
+                })
+            })
+            .collect();
+        if let Err(e) = self
+            .pool
+            .remove_function(&pf.id, self.saving_completer(id, changes))
+        {
             self.tasks.discard(id);
             return Err(card_error(e));
         }
         Reply::accepted_task(&self.tasks, id)
+    }
+}
+
+/// The store change that records a card added over the API under the id of its function 0.
+fn device_record(spec: String, name: Option<String>, card: &AddedCard) -> Change {
+    let record = DeviceRecord {
+        spec,
+        name,
+        card: card.device.clone(),
+        functions: card.functions.clone(),
+    };
+    Change::Put {
+        table: Table::Devices,
+        key: card
+            .functions
+            .first()
+            .cloned()
+            .unwrap_or_else(|| card.device.clone()),
+        value: serde_json::to_vec(&record).unwrap_or_default(),
     }
 }
 
