@@ -203,7 +203,10 @@ fn a_subscription_on_a_real_appliance_delivers_in_order_and_survives_a_sigkill()
             }
         }
     }
-    assert!(seen.windows(2).all(|w| w[1].0 > w[0].0), "in order: {seen:?}");
+    assert!(
+        seen.windows(2).all(|w| w[1].0 > w[0].0),
+        "in order: {seen:?}"
+    );
     let finals: Vec<&str> = seen
         .iter()
         .map(|(_, m)| m.rsplit("changed to ").next().unwrap())
