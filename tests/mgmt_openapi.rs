@@ -74,6 +74,12 @@ fn the_service_is_what_api_yaml_says() {
             .status,
         202
     );
+    let sub = api.post(
+        "/redfish/v1/EventService/Subscriptions",
+        Auth::Token(&admin),
+        r#"{"Destination": "http://127.0.0.1:9/events", "Protocol": "Redfish"}"#,
+    );
+    assert_eq!(sub.status, 201, "{}", sub.text);
     let docs = documented();
     let sessions = api.get("/redfish/v1/SessionService/Sessions", Auth::Token(&admin));
     let session = sessions.json["Members"][0]["@odata.id"]
@@ -90,7 +96,7 @@ fn the_service_is_what_api_yaml_says() {
             "host" => "alpha".into(),
             "fabric" => "PCIe".into(),
             "endpoint" => "fn-nvme0".into(),
-            "task" | "account" => "1".into(),
+            "task" | "account" | "subscription" => "1".into(),
             "session" => session.clone(),
             "role" => "Operator".into(),
             other => panic!("no example for {{{other}}}"),

@@ -1,5 +1,6 @@
 //! DMTF's Redfish Service Validator against the live management API (in-process server on
-//! 127.0.0.1 over the in-memory pool, one assignment made so every kind of resource exists),
+//! 127.0.0.1 over the in-memory pool, one assignment and one event subscription made so every
+//! kind of resource exists),
 //! through scripts/redfish-validate.sh: 0 errors. Skips loudly when the validator cannot be
 //! installed (no python3 venv or no PyPI), and fails instead under `PCIETUN_REQUIRE_ALL=1`.
 
@@ -63,6 +64,20 @@ fn redfish_service_validator_reports_no_error() {
         r.text
     );
     api.user(&admin, "viewer", "ReadOnly");
+    // A push subscription with every filter it can carry (its destination refuses nothing
+    // and listens nowhere: the validator reads the resource, delivery does not matter).
+    let sub = serde_json::json!({
+        "Destination": "http://127.0.0.1:9/events", "Protocol": "Redfish", "Context": "validator",
+        "EventTypes": ["StatusChange"], "RegistryPrefixes": ["ResourceEvent"],
+        "MessageIds": ["ResourceEvent.ResourceStateChanged"],
+        "OriginResources": [{"@odata.id": "/redfish/v1/Systems"}], "SubordinateResources": true,
+    });
+    let r = api.post(
+        "/redfish/v1/EventService/Subscriptions",
+        Auth::Token(&admin),
+        &sub.to_string(),
+    );
+    assert_eq!(r.status, 201, "{}", r.text);
     let dir = tempfile::tempdir().unwrap();
     let pw = dir.path().join("pw");
     std::fs::write(&pw, format!("{ADMIN_PW}\n")).unwrap();

@@ -11,6 +11,8 @@
 //! * [`rules`] — the lost-session rule and leases: a sans-I/O engine the service applies.
 //! * [`schedule`] — schedules (a function to host A in a daily UTC window, then to host B):
 //!   a sans-I/O engine the service applies.
+//! * [`push`] — delivery of events to push subscriptions: a bounded outbox with the
+//!   EventService's retry rules (sans-I/O) and a thread that POSTs.
 //! * [`store`] — persistent state (accounts, acknowledged assignments, policies, rules, cards
 //!   added over the API) in redb.
 //! * [`client`] — the API client behind `pcietun ctl`.
@@ -30,6 +32,7 @@ pub mod exposition;
 pub mod fake;
 pub mod metrics;
 pub mod pool;
+pub mod push;
 pub mod redfish;
 pub mod rules;
 pub mod schedule;

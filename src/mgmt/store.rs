@@ -15,8 +15,10 @@
 //! acknowledged ([`AssignmentRecord`]) and, in [`Table::Meta`], a generation counter that
 //! every commit of the service increments ([`GENERATION`]), with a lease when the assignment
 //! has one ([`LeaseRecord`]); the policies of Connections; the appliance-wide rules
-//! ([`RulesRecord`] in [`Table::Rules`]); the cards added over the API ([`DeviceRecord`] in
-//! [`Table::Devices`], built again when the appliance starts). Subscriptions have a table but no writer yet. [`MemoryStore`] is the backend
+//! ([`RulesRecord`] in [`Table::Rules`]); the EventService's push subscriptions
+//! ([`SubscriptionRecord`] in [`Table::Subscriptions`]); the cards added over the API
+//! ([`DeviceRecord`] in [`Table::Devices`], built again when the appliance starts).
+//! [`MemoryStore`] is the backend
 //! of an appliance started without a configuration file: nothing survives its restart.
 //!
 //! A stored value that does not decode (a hand-edited or foreign file) is logged and skipped
@@ -403,6 +405,46 @@ pub struct ScheduleRecord {
     pub end: String,
     /// Its owner outside (`None`: the pool).
     pub then: Option<String>,
+}
+
+/// The [`Table::Subscriptions`] key of subscription `id` (20 digits, so the table lists
+/// subscriptions in id order).
+pub fn subscription_key(id: u64) -> String {
+    format!("{id:020}")
+}
+
+/// The [`Table::Meta`] key of the next subscription id (ids are never reused).
+pub const NEXT_SUBSCRIPTION_ID: &str = "next_subscription_id";
+
+/// A push event subscription as stored (docs/api.md "Events"): where events go and which
+/// ones. The empty lists mean "every event".
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionRecord {
+    /// The `http` or `https` URL events are POSTed to.
+    pub destination: String,
+    /// The client's `Context`, sent back in every event.
+    pub context: String,
+    /// `EventTypes` filter.
+    #[serde(default)]
+    pub event_types: Vec<String>,
+    /// `RegistryPrefixes` filter.
+    #[serde(default)]
+    pub registry_prefixes: Vec<String>,
+    /// `MessageIds` filter.
+    #[serde(default)]
+    pub message_ids: Vec<String>,
+    /// `OriginResources` filter (resource URIs).
+    #[serde(default)]
+    pub origin_resources: Vec<String>,
+    /// `SubordinateResources`: origins below an `OriginResources` entry match too.
+    #[serde(default)]
+    pub subordinate_resources: bool,
+    /// `DeliveryRetryPolicy` (`SuspendRetries` or `TerminateAfterRetries`).
+    pub retry_policy: String,
+    /// Suspended after its retries ran out (`Status.State` `Disabled`); no events are sent.
+    #[serde(default)]
+    pub suspended: bool,
 }
 
 /// The appliance-wide rules as stored (docs/api.md "Rules"). Once stored (by a PATCH of

@@ -795,6 +795,209 @@ pub fn schedule_remove(bytes: &[u8], action: &'static str) -> ApiResult<u64> {
         })
 }
 
+/// The longest `Context` of a subscription, and of each filter entry.
+pub const MAX_SUBSCRIPTION_STRING: usize = 256;
+
+/// The most entries of one subscription filter list.
+pub const MAX_FILTER_ENTRIES: usize = 32;
+
+const SUBSCRIPTION_READ_ONLY: &[&str] = &[
+    "Id",
+    "Name",
+    "Description",
+    "Status",
+    "Actions",
+    "Oem",
+    "EventFormatType",
+];
+
+/// Properties of EventDestination this service does not offer: refused with a reason rather
+/// than ignored, so a client never believes a filter or a header is applied when it is not.
+const SUBSCRIPTION_UNSUPPORTED: &[(&str, &str)] = &[
+    ("ResourceTypes", "filtering by ResourceTypes is not supported; use OriginResources with SubordinateResources"),
+    ("HttpHeaders", "custom HTTP headers on deliveries are not supported"),
+    ("ExcludeRegistryPrefixes", "ExcludeRegistryPrefixes is not supported; list the RegistryPrefixes wanted"),
+    ("ExcludeMessageIds", "ExcludeMessageIds is not supported; list the MessageIds wanted"),
+    ("Severities", "filtering by Severities is not supported"),
+    ("MetricReportDefinitions", "this service has no metric reports"),
+    ("IncludeOriginOfCondition", "OriginOfCondition is always a link; IncludeOriginOfCondition is not supported"),
+    ("SendHeartbeat", "heartbeat events are not supported"),
+    ("HeartbeatIntervalMinutes", "heartbeat events are not supported"),
+    ("VerifyCertificate", "https destinations are always verified against the WebPKI roots"),
+    ("BackupDestinations", "backup destinations are not supported"),
+    ("SNMP", "only the Redfish protocol is supported"),
+    ("SyslogFilters", "only the Redfish protocol is supported"),
+    ("OEMProtocol", "only the Redfish protocol is supported"),
+    ("OEMSubscriptionType", "only RedfishEvent subscriptions are supported"),
+];
+
+/// A POST to `EventService/Subscriptions` (EventDestination), checked: the destination is an
+/// `http(s)` URL ([`crate::mgmt::push::check_destination`]) and every filter names what this
+/// service can send.
+pub fn subscription_create(bytes: &[u8]) -> ApiResult<crate::mgmt::store::SubscriptionRecord> {
+    use super::events::EVENT_TYPES;
+    let map = parse(bytes)?;
+    let root = Obj::root(&map, Ctx::Resource);
+    for (name, why) in SUBSCRIPTION_UNSUPPORTED {
+        if let Some(v) = root.get(name) {
+            return Err(ApiError::property_incorrect(
+                &root.ptr(name),
+                &show(v, name == &"HttpHeaders"),
+                *why,
+            ));
+        }
+    }
+    root.only(
+        &[
+            "Destination",
+            "Protocol",
+            "Context",
+            "SubscriptionType",
+            "EventTypes",
+            "RegistryPrefixes",
+            "MessageIds",
+            "OriginResources",
+            "SubordinateResources",
+            "DeliveryRetryPolicy",
+            "EventFormatType",
+        ],
+        SUBSCRIPTION_READ_ONLY,
+    )?;
+    let destination = required(&root, "Destination", root.string("Destination")?)?;
+    crate::mgmt::push::check_destination(destination).map_err(|e| {
+        ApiError::property_incorrect(
+            "/Destination",
+            &show(&Value::String(destination.into()), false),
+            e.to_string(),
+        )
+    })?;
+    let one_of = |name: &str, allowed: &[&str]| -> ApiResult<Option<&str>> {
+        match root.string(name)? {
+            Some(v) if !allowed.contains(&v) => Err(ApiError::property_not_in_list(
+                &root.ptr(name),
+                &show(&Value::String(v.into()), false),
+                allowed,
+            )),
+            other => Ok(other),
+        }
+    };
+    required(&root, "Protocol", one_of("Protocol", &["Redfish"])?)?;
+    one_of("SubscriptionType", &["RedfishEvent"])?;
+    one_of("EventFormatType", &["Event"])?;
+    let policy = one_of(
+        "DeliveryRetryPolicy",
+        &["SuspendRetries", "TerminateAfterRetries"],
+    )?
+    .unwrap_or("SuspendRetries");
+    let context = match root.get("Context") {
+        None | Some(Value::Null) => "",
+        Some(_) => root.string("Context")?.unwrap_or(""),
+    };
+    if context.chars().count() > MAX_SUBSCRIPTION_STRING {
+        return Err(ApiError::property_incorrect(
+            "/Context",
+            &show(&Value::String(context.into()), false),
+            format!("Context is longer than {MAX_SUBSCRIPTION_STRING} characters"),
+        ));
+    }
+    let strings = |name: &str| -> ApiResult<Vec<String>> {
+        let Some(v) = root.get(name) else {
+            return Ok(Vec::new());
+        };
+        let items = match v {
+            Value::Array(items) if items.len() <= MAX_FILTER_ENTRIES => items,
+            Value::Array(_) => {
+                return Err(ApiError::property_incorrect(
+                    &root.ptr(name),
+                    &show(v, false),
+                    format!("{name} has more than {MAX_FILTER_ENTRIES} entries"),
+                ))
+            }
+            _ => return Err(root.type_error(name, v, "an array of strings", false)),
+        };
+        items
+            .iter()
+            .map(|i| match i {
+                Value::String(s) if s.chars().count() <= MAX_SUBSCRIPTION_STRING => Ok(s.clone()),
+                _ => Err(root.type_error(
+                    name,
+                    v,
+                    "an array of strings (each at most 256 characters)",
+                    false,
+                )),
+            })
+            .collect()
+    };
+    let event_types = strings("EventTypes")?;
+    for t in &event_types {
+        if !EVENT_TYPES.contains(&t.as_str()) {
+            return Err(ApiError::property_not_in_list(
+                "/EventTypes",
+                &show(&Value::String(t.clone()), false),
+                &EVENT_TYPES,
+            ));
+        }
+    }
+    let registry_prefixes = strings("RegistryPrefixes")?;
+    for p in &registry_prefixes {
+        if p != "ResourceEvent" {
+            return Err(ApiError::property_not_in_list(
+                "/RegistryPrefixes",
+                &show(&Value::String(p.clone()), false),
+                &["ResourceEvent"],
+            ));
+        }
+    }
+    let message_ids = strings("MessageIds")?;
+    for m in &message_ids {
+        if !m.starts_with("ResourceEvent.") {
+            return Err(ApiError::property_incorrect(
+                "/MessageIds",
+                &show(&Value::String(m.clone()), false),
+                "events carry ResourceEvent messages only (ResourceEvent.MessageKey or \
+                 ResourceEvent.1.4.MessageKey)",
+            ));
+        }
+    }
+    let origin_resources = match root.links("OriginResources")? {
+        None => Vec::new(),
+        Some(links) if links.len() > MAX_FILTER_ENTRIES => {
+            return Err(ApiError::property_incorrect(
+                "/OriginResources",
+                &links.len().to_string(),
+                format!("OriginResources has more than {MAX_FILTER_ENTRIES} entries"),
+            ))
+        }
+        Some(links) => {
+            for l in &links {
+                if !l.starts_with("/redfish/v1/") || l.len() > MAX_SUBSCRIPTION_STRING {
+                    return Err(ApiError::property_incorrect(
+                        "/OriginResources",
+                        &show(&Value::String((*l).into()), false),
+                        "each OriginResources entry must be a resource of this service \
+                         (/redfish/v1/…)",
+                    ));
+                }
+            }
+            links
+                .into_iter()
+                .map(|l| l.trim_end_matches('/').to_string())
+                .collect()
+        }
+    };
+    Ok(crate::mgmt::store::SubscriptionRecord {
+        destination: destination.to_string(),
+        context: context.to_string(),
+        event_types,
+        registry_prefixes,
+        message_ids,
+        origin_resources,
+        subordinate_resources: root.boolean("SubordinateResources")?.unwrap_or(false),
+        retry_policy: policy.to_string(),
+        suspended: false,
+    })
+}
+
 /// A body that must be empty or `{}` (DELETE, actions without parameters).
 pub fn no_parameters(bytes: &[u8], action: &'static str) -> ApiResult<()> {
     if bytes.iter().all(u8::is_ascii_whitespace) {

@@ -35,6 +35,7 @@ mod root;
 mod rules;
 mod schedules;
 mod security;
+mod subscriptions;
 pub mod tasks;
 mod uri;
 
@@ -85,6 +86,9 @@ pub struct ServiceOptions {
     /// The lost-session rule of the configuration (`[api] reclaim_after_s`; docs/api.md
     /// "Rules"); rules stored by the API win over it.
     pub reclaim_after: Option<Duration>,
+    /// How event subscriptions retry a failed delivery (`DeliveryRetryAttempts`,
+    /// `DeliveryRetryIntervalSeconds` of the EventService).
+    pub delivery_retry: crate::mgmt::push::RetryPolicy,
 }
 
 impl ServiceOptions {
@@ -99,6 +103,7 @@ impl ServiceOptions {
             store: Arc::new(MemoryStore::new()),
             store_name: "memory".into(),
             reclaim_after: None,
+            delivery_retry: crate::mgmt::push::RetryPolicy::default(),
         }
     }
 }
@@ -372,6 +377,7 @@ pub(crate) enum Route<'a> {
     Role(&'a str),
     EventService,
     Subscriptions,
+    Subscription(&'a str),
     EventStream,
     /// `/metrics`, the Prometheus exposition (beside the Redfish tree, authenticated like it).
     Metrics,
@@ -432,6 +438,7 @@ impl<'a> Route<'a> {
             ["redfish", "v1", "AccountService", "Roles", r] => Role(r),
             ["redfish", "v1", "EventService"] => EventService,
             ["redfish", "v1", "EventService", "Subscriptions"] => Subscriptions,
+            ["redfish", "v1", "EventService", "Subscriptions", s] => Subscription(s),
             ["redfish", "v1", "EventService", "SSE"] => EventStream,
             ["metrics"] => Metrics,
             _ => return None,
@@ -451,9 +458,9 @@ impl<'a> Route<'a> {
             }
             SessionService | Fabric(..) => GET_PATCH,
             ZoneAction(..) | ChassisAction(..) | DeviceAction(..) | FabricAction(..) => POST,
-            Sessions | Accounts => GET_POST,
+            Sessions | Accounts | Subscriptions => GET_POST,
             Connection(..) => GET_PATCH_DELETE,
-            Session(..) => GET_DELETE,
+            Session(..) | Subscription(..) => GET_DELETE,
             _ => GET,
         }
     }
@@ -507,7 +514,8 @@ impl Service {
             &h[16..20],
             &h[20..32]
         );
-        let events = events::EventLog::new();
+        let events = events::EventLog::with_retry(opts.delivery_retry);
+        subscriptions::load_subscriptions(&events, &durable)?;
         let (log, clock) = (events.clone(), opts.clock.clone());
         pool.subscribe(EventSink::new(move |e| log.push(&e, clock.wall())));
         let service = Service {
@@ -723,8 +731,11 @@ impl Service {
             Account(a) => self.delete_account(caller, req, a),
             Roles => Ok(Reply::ok(security::roles())),
             Role(r) => security::role(r).map(Reply::ok),
-            EventService => Ok(Reply::ok(events::event_service())),
-            Subscriptions => Ok(Reply::ok(events::subscriptions())),
+            EventService => Ok(Reply::ok(events::event_service(&self.events.retry))),
+            Subscriptions if get => Ok(Reply::ok(events::subscriptions(&self.events))),
+            Subscriptions => self.create_subscription(caller, req.body()),
+            Subscription(s) if get => self.subscription(s),
+            Subscription(s) => self.delete_subscription(caller, req, s),
             EventStream => Ok(Reply::raw(
                 "text/event-stream",
                 self.events

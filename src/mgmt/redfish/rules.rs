@@ -91,12 +91,14 @@ impl Service {
         }));
     }
 
-    /// Apply the rules as of now: every function due goes back to the pool under a Task of
+    /// Apply the rules as of now (after reporting the PCIe errors counted since the last tick,
+    /// [`super::events::EventLog::report_errors`]): every function due goes back to the pool under a Task of
     /// its own (named after the reason) with a Warning event of its Connection; then every
     /// scheduled function takes one step towards where its schedules want it
     /// ([`super::schedules`]). Returns the ids of the Tasks started. The HTTP server calls it
     /// once a second.
     pub fn tick(&self) -> Vec<u64> {
+        self.report_errors();
         let _change = self.change.lock_or_recover();
         let s = self.snapshot();
         let (now, wall) = (self.clock.now(), self.clock.wall());
