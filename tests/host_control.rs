@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use pcietun::host::control;
 
 mod host_common;
-use host_common::{free_udp_port, pcietun, ready, Proc};
+use host_common::{free_udp_port, pcietun, ready, run_logged, Proc};
 
 /// How many host sessions the appliance has logged so far.
 fn sessions(log: &Path) -> usize {
@@ -53,20 +53,14 @@ impl Rig {
     }
 
     fn tool(&self, args: &[&str]) -> Output {
-        let o = pcietun()
-            .arg("host")
-            .args(args)
-            .args(["--connect", &self.connect])
-            .args(["--control", self.control().to_str().unwrap()])
-            .output()
-            .unwrap();
-        eprintln!(
-            "host {args:?}: {}\nstdout: {}\nstderr: {}",
-            o.status,
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        o
+        run_logged(
+            pcietun()
+                .arg("host")
+                .args(args)
+                .args(["--connect", &self.connect])
+                .args(["--control", self.control().to_str().unwrap()]),
+            args,
+        )
     }
 }
 

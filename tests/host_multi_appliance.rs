@@ -16,7 +16,7 @@ use pcietun::transport::SecretKey;
 
 mod host_common;
 mod pool_common;
-use host_common::{pcietun, ready, Proc};
+use host_common::{pcietun, ready, run_logged, Proc};
 use pool_common::{appliance, appliance_on};
 
 const FALLBACK: &str = "opening a session of our own";
@@ -37,19 +37,11 @@ impl Rig {
         for a in &self.appliances {
             c.args(["--appliance", a]);
         }
-        let o = c
-            .args(["--host-id", "h", "--key"])
+        c.args(["--host-id", "h", "--key"])
             .arg(&self.key_file)
             .arg("--control")
-            .arg(&self.ctl)
-            .output()
-            .unwrap();
-        eprintln!(
-            "host {args:?}: {}\nstdout: {}\nstderr: {}",
-            o.status,
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
+            .arg(&self.ctl);
+        let o = run_logged(&mut c, args);
         assert!(
             !String::from_utf8_lossy(&o.stderr).contains(FALLBACK),
             "the tool opened sessions of its own"

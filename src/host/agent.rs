@@ -1,5 +1,6 @@
 //! The host agent: a [`Host`] root complex on a transport session to one appliance, and the
-//! vfio-user sockets of its functions (docs/host.md).
+//! vfio-user sockets of its functions (docs/host.md); several appliances: one `Agent` each,
+//! [`super::fleet`].
 //!
 //! The transport link is a [`SharedLink`]: a requester that waits for a completion runs the
 //! link itself (its request leaves from its own thread, the completion wakes it from the

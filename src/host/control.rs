@@ -478,7 +478,7 @@ impl Fabric {
         self.segments
             .iter()
             .find(|s| s.segment == segment)
-            .ok_or_else(|| ExecError::NoSegment {
+            .ok_or(ExecError::NoSegment {
                 segment,
                 known: self.segments.len(),
             })

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command};
+use std::process::{Child, Command, Output};
 use std::time::Duration;
 
 /// A child process killed (and reaped) on drop.
@@ -53,4 +53,17 @@ pub fn ready(child: &mut Child, prefix: &str) -> String {
         .expect("no ready line");
     assert!(line.starts_with(prefix), "{line:?}");
     line
+}
+
+/// Run `cmd` (a `pcietun host` tool, `args` its request words) to completion and log its
+/// status and output for the test's report.
+pub fn run_logged(cmd: &mut Command, args: &[&str]) -> Output {
+    let o = cmd.output().unwrap();
+    eprintln!(
+        "host {args:?}: {}\nstdout: {}\nstderr: {}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
 }
