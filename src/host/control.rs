@@ -460,13 +460,14 @@ pub struct Fabric {
 }
 
 impl Fabric {
-    /// An agent with one appliance: segment 0.
+    /// An agent with one appliance: segment 0, named `appliance` (as `pcietun host
+    /// --connect` names it).
     pub fn single(host: Arc<Host>, info: &ControlInfo) -> Fabric {
         Fabric {
             host_id: info.host_id.clone(),
             segments: vec![Segment {
                 segment: 0,
-                name: String::new(),
+                name: "appliance".into(),
                 target: info.target.clone(),
                 host,
             }],
