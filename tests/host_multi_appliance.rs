@@ -264,22 +264,4 @@ fn two_appliances_under_their_own_segments_and_one_lost_leaves_the_other_alone()
     assert!(rig.ok(&["write", &dma, "2", "0x40", "0xcafe"]).is_empty());
     assert_eq!(rig.ok(&["read", &dma, "2", "0x40"]).trim(), "0x0000cafe");
     assert_eq!(rig.ok(&["read", &nvme, "0", "0x14"]).trim(), "0x00460000");
-
-    // Without the agent's socket the tool opens sessions of its own to both appliances,
-    // numbered as the agent numbers them: segment 0001 is b's DMA engine again.
-    let mut c = pcietun();
-    c.args(["host", "--no-control", "read", &dma, "0", "0"]);
-    for a in &rig.appliances {
-        c.args(["--appliance", a]);
-    }
-    let o = run_logged(c.arg("--key").arg(&rig.key_file), &[]);
-    assert!(o.status.success());
-    let id = String::from_utf8_lossy(&o.stdout).trim().to_string();
-    assert_eq!(id, "0x31414d44", "the DMA engine's ID register (\"DMA1\")");
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(
-        err.matches(FALLBACK).count(),
-        0,
-        "--no-control asks no agent: {err}"
-    );
 }
