@@ -6,57 +6,14 @@
 //! shows the observable catches a fallback). A second agent on the same control path is
 //! refused before it opens a session.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use pcietun::host::control;
 
-/// A child process killed (and reaped) on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn pcietun() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_pcietun"));
-    c.env("RUST_LOG", "info");
-    c
-}
-
-/// Wait for the first stdout line of `child` (bounded), which must start with `prefix`.
-fn ready(child: &mut Child, prefix: &str) {
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut r = BufReader::new(out);
-        let mut line = String::new();
-        let _ = r.read_line(&mut line);
-        let _ = tx.send(line);
-        // Keep draining so the child never blocks on a full pipe.
-        let mut sink = String::new();
-        while r.read_line(&mut sink).is_ok_and(|n| n > 0) {
-            sink.clear();
-        }
-    });
-    let line = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("no ready line");
-    assert!(line.starts_with(prefix), "{line:?}");
-}
+mod host_common;
+use host_common::{free_udp_port, pcietun, ready, run_logged, Proc};
 
 /// How many host sessions the appliance has logged so far.
 fn sessions(log: &Path) -> usize {
@@ -96,20 +53,14 @@ impl Rig {
     }
 
     fn tool(&self, args: &[&str]) -> Output {
-        let o = pcietun()
-            .arg("host")
-            .args(args)
-            .args(["--connect", &self.connect])
-            .args(["--control", self.control().to_str().unwrap()])
-            .output()
-            .unwrap();
-        eprintln!(
-            "host {args:?}: {}\nstdout: {}\nstderr: {}",
-            o.status,
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        o
+        run_logged(
+            pcietun()
+                .arg("host")
+                .args(args)
+                .args(["--connect", &self.connect])
+                .args(["--control", self.control().to_str().unwrap()]),
+            args,
+        )
     }
 }
 

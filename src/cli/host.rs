@@ -1,6 +1,11 @@
-//! `pcietun host`: the host agent (root complex toward one appliance, vfio-user sockets for
-//! the tunnelled functions) and its operator tools `host lspci [-x|-xxx|-xxxx]` and
-//! `host read|write BDF BAR OFFSET [VALUE]` (docs/host.md).
+//! `pcietun host`: the host agent (a root complex toward each appliance, vfio-user sockets
+//! for the tunnelled functions) and its operator tools `host lspci [-x|-xxx|-xxxx]` and
+//! `host read|write FUNC BAR OFFSET [VALUE]` (docs/host.md).
+//!
+//! One appliance (`--connect`, `--peer-key`) or several (`--appliance NAME=ADDR[@PUBKEY]`,
+//! repeatable, or `[[appliance]]` in `--config`): the `i`-th appliance's functions are PCI
+//! segment `i` (`0001:01:00.0`), the first keeps segment 0000 and plain BDFs
+//! ([`pcietun::host::fleet`], docs/host.md "Several appliances").
 //!
 //! The operator tools first ask the running agent through its control socket (docs/host.md
 //! "Control socket"; default `/run/pcietun/host-<id>.sock`, `--control PATH`); only when no
@@ -20,8 +25,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pcietun::host::agent::{Agent, AgentConfig};
+use pcietun::host::agent::AgentConfig;
 use pcietun::host::control::{self, ControlInfo, Dump, Request};
+use pcietun::host::fleet::{self, ApplianceEntry, ApplianceSpec, Fleet, FleetError};
 use pcietun::host::vm::qemu::{self, HotplugMode, QemuArgs};
 use pcietun::host::vm::{
     AgentSockets, FunctionSockets, VmAttacher, VmEvent, VmFileConfig, VmService, VmSpec,
@@ -36,14 +42,14 @@ use pcietun::transport::{keys, Psk, PublicKey};
 pub struct HostArgs {
     #[command(subcommand)]
     cmd: Option<Box<HostCmd>>,
-    /// The appliance: udp:IP:PORT or eth:IFACE[,peer=MAC].
-    #[arg(
-        long,
-        global = true,
-        value_name = "ADDR",
-        default_value = "udp:127.0.0.1:7470"
-    )]
-    connect: String,
+    /// The appliance: udp:IP:PORT or eth:IFACE[,peer=MAC] [default: udp:127.0.0.1:7470].
+    #[arg(long, global = true, value_name = "ADDR")]
+    connect: Option<String>,
+    /// One of several appliances: NAME=ADDR[@PUBKEY] (repeatable; instead of --connect and
+    /// --peer-key). The first is PCI segment 0000, the next 0001, ...; address a function of
+    /// the second as 0001:01:00.0.
+    #[arg(long = "appliance", global = true, value_name = "NAME=ADDR[@KEY]")]
+    appliances: Vec<String>,
     /// Our name in logs and events (the appliance knows us by our public key).
     #[arg(long, global = true, value_name = "NAME", default_value = "host")]
     host_id: String,
@@ -75,8 +81,9 @@ pub struct HostArgs {
     /// (repeatable; without function=, the VM takes every function no other VM names).
     #[arg(long = "vm", value_name = "NAME=QMP")]
     vms: Vec<String>,
-    /// Agent configuration file (TOML) with `[[vm]]` entries (docs/vms.md).
-    #[arg(long, value_name = "FILE")]
+    /// Agent configuration file (TOML) with `[[appliance]]` (docs/host.md) and `[[vm]]`
+    /// entries (docs/vms.md).
+    #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
     /// How long a guest may take to release a function after device_del before the agent
     /// withdraws it (surprise removal), in milliseconds.
@@ -138,15 +145,16 @@ enum HostCmd {
         /// Hex dump of config space (repeat: -x, -xxx, -xxxx).
         #[arg(short = 'x', action = clap::ArgAction::Count)]
         x: u8,
-        /// Only this function (e.g. 01:00.0; 00:00.0 is the root port).
+        /// Only this function (e.g. 01:00.0, or 0001:01:00.0 on the second appliance; 00:00.0
+        /// is the root port).
         bdf: Option<String>,
         /// The running agent's control socket (default /run/pcietun/host-<HOST_ID>.sock).
         #[arg(long, value_name = "PATH")]
         control: Option<PathBuf>,
     },
-    /// Read a BAR register: BDF BAR OFFSET (offset hex with 0x, or decimal).
+    /// Read a BAR register: FUNC BAR OFFSET (offset hex with 0x, or decimal).
     Read {
-        /// Function, e.g. 01:00.0.
+        /// Function, e.g. 01:00.0 (segment 0) or 0001:01:00.0 (the second appliance).
         bdf: String,
         /// BAR index 0-5.
         bar: usize,
@@ -159,9 +167,9 @@ enum HostCmd {
         #[arg(long, value_name = "PATH")]
         control: Option<PathBuf>,
     },
-    /// Write a BAR register: BDF BAR OFFSET VALUE.
+    /// Write a BAR register: FUNC BAR OFFSET VALUE.
     Write {
-        /// Function, e.g. 01:00.0.
+        /// Function, e.g. 01:00.0 (segment 0) or 0001:01:00.0 (the second appliance).
         bdf: String,
         /// BAR index 0-5.
         bar: usize,
@@ -192,17 +200,112 @@ enum HostCliError {
     /// The agent answered with an error.
     #[error("{0}")]
     Agent(String),
+    /// The one-appliance options next to the several-appliance ones.
+    #[error("{0} and --appliance / [[appliance]] exclude each other (give each appliance's address and key in its entry)")]
+    Mixed(&'static str),
+    /// Appliances both on the command line and in the file.
+    #[error(
+        "appliances both in --appliance and in [[appliance]] of --config: give them in one place"
+    )]
+    TwoLists,
+    /// VMs with several appliances.
+    #[error(
+        "--vm / [[vm]] with several appliances is not supported yet (docs/host.md \"Limits\")"
+    )]
+    VmsWithSeveral,
 }
 
-fn agent_config(a: &HostArgs) -> Result<AgentConfig, Error> {
+/// The default `--connect`.
+const DEFAULT_CONNECT: &str = "udp:127.0.0.1:7470";
+
+/// What `--config FILE` holds: `[[appliance]]` entries and the VM settings.
+#[derive(Debug, Default)]
+struct FileConfig {
+    appliances: Vec<ApplianceSpec>,
+    vm: VmFileConfig,
+}
+
+fn load_file(args: &HostArgs) -> Result<FileConfig, Error> {
+    let Some(p) = &args.config else {
+        return Ok(FileConfig::default());
+    };
+    let text =
+        std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+    let at = |e: &dyn std::fmt::Display| format!("{}: {e}", p.display());
+    let mut table: toml::Table = text.parse().map_err(|e| at(&e))?;
+    let appliances = match table.remove("appliance") {
+        None => Vec::new(),
+        Some(v) => {
+            let entries: Vec<ApplianceEntry> = v
+                .try_into()
+                .map_err(|e| at(&format_args!("[[appliance]]: {e}")))?;
+            entries
+                .iter()
+                .map(ApplianceEntry::spec)
+                .collect::<Result<_, _>>()
+                .map_err(|e| at(&e))?
+        }
+    };
+    let vm: VmFileConfig = toml::Value::Table(table).try_into().map_err(|e| at(&e))?;
+    Ok(FileConfig { appliances, vm })
+}
+
+/// The appliances: `--appliance` entries, else `[[appliance]]` of the file, else the one of
+/// `--connect` / `--peer-key` (named `appliance`). Checked ([`fleet::check`]).
+fn appliance_specs(a: &HostArgs, file: &FileConfig) -> Result<Vec<ApplianceSpec>, Error> {
+    let listed: Vec<ApplianceSpec> = a
+        .appliances
+        .iter()
+        .map(|s| s.parse::<ApplianceSpec>())
+        .collect::<Result<_, _>>()?;
+    if !listed.is_empty() && !file.appliances.is_empty() {
+        return Err(HostCliError::TwoLists.into());
+    }
+    let several = if listed.is_empty() {
+        file.appliances.clone()
+    } else {
+        listed
+    };
+    let specs = if several.is_empty() {
+        let key: Option<PublicKey> = a
+            .peer_key
+            .as_deref()
+            .map(|k| k.parse().map_err(HostCliError::PeerKey))
+            .transpose()?;
+        let connect = a.connect.as_deref().unwrap_or(DEFAULT_CONNECT);
+        vec![ApplianceSpec {
+            name: "appliance".into(),
+            target: connect.parse()?,
+            key,
+        }]
+    } else {
+        if a.connect.is_some() {
+            return Err(HostCliError::Mixed("--connect").into());
+        }
+        if a.peer_key.is_some() {
+            return Err(HostCliError::Mixed("--peer-key").into());
+        }
+        several
+    };
+    fleet::check(&specs)?;
+    Ok(specs)
+}
+
+/// With one appliance, its agent's error as it always read; with several, which appliance.
+fn fleet_error(e: FleetError, specs: &[ApplianceSpec]) -> Error {
+    match e {
+        FleetError::Agent { source, .. } if specs.len() == 1 => source.into(),
+        e => e.into(),
+    }
+}
+
+/// The agent settings of the first appliance (`specs[0]`); the others differ only in their
+/// target and key ([`Fleet::start`]).
+fn agent_config(a: &HostArgs, specs: &[ApplianceSpec]) -> Result<AgentConfig, Error> {
     let key = keys::load_secret(a.key.as_deref())?;
-    let appliance_key: Option<PublicKey> = a
-        .peer_key
-        .as_deref()
-        .map(|k| k.parse().map_err(HostCliError::PeerKey))
-        .transpose()?;
+    let first = specs.first().ok_or(FleetError::Empty)?;
     let psk = a.psk_file.as_deref().map(Psk::from_file).transpose()?;
-    if key.is_none() || appliance_key.is_none() {
+    if key.is_none() || specs.iter().any(|s| s.key.is_none()) {
         eprintln!(
             "pcietun host: warning: no --key/--peer-key given; using the built-in development \
              keys (loopback only) — the link is NOT secure"
@@ -213,10 +316,10 @@ fn agent_config(a: &HostArgs) -> Result<AgentConfig, Error> {
         return Err(HostCliError::Loss(loss).into());
     }
     Ok(AgentConfig {
-        target: a.connect.parse()?,
+        target: first.target.clone(),
         host_id: a.host_id.clone(),
         key,
-        appliance_key,
+        appliance_key: first.key,
         psk,
         inject_loss: loss / 100.0,
         host: HostConfig {
@@ -273,17 +376,22 @@ pub fn run(args: HostArgs) -> Result<ExitCode, Error> {
         Some(HostCmd::Vm { control, request }) => return vm_request(control, &request.join(" ")),
         _ => {}
     }
-    let cfg = agent_config(&args)?;
+    let file = load_file(&args)?;
+    let specs = appliance_specs(&args, &file)?;
+    let cfg = agent_config(&args, &specs)?;
     let timeout = Duration::from_secs(args.connect_timeout);
+    let op = |req: &Request, control: &Option<PathBuf>| {
+        operator(&args, &cfg, &specs, timeout, control.as_deref(), req)
+    };
     match args.cmd.as_deref() {
         Some(HostCmd::QemuArgs { .. } | HostCmd::Vm { .. }) => unreachable!("handled above"),
-        None => run_agent(cfg, timeout, &args),
+        None => run_agent(&cfg, &specs, file.vm, timeout, &args),
         Some(HostCmd::Lspci { x, bdf, control }) => {
             let req = Request::Lspci {
                 dump: Dump::from_count(*x),
-                bdf: bdf.as_deref().map(control::bdf).transpose()?,
+                bdf: bdf.as_deref().map(control::address).transpose()?,
             };
-            operator(&args, cfg, timeout, control.as_deref(), &req)
+            op(&req, control)
         }
         Some(HostCmd::Read {
             bdf,
@@ -293,12 +401,12 @@ pub fn run(args: HostArgs) -> Result<ExitCode, Error> {
             control,
         }) => {
             let req = Request::Read {
-                bdf: control::bdf(bdf)?,
+                bdf: control::address(bdf)?,
                 bar: control::bar(&bar.to_string())?,
                 offset: control::number(offset)?,
                 width: control::width(&width.to_string())?,
             };
-            operator(&args, cfg, timeout, control.as_deref(), &req)
+            op(&req, control)
         }
         Some(HostCmd::Write {
             bdf,
@@ -310,13 +418,13 @@ pub fn run(args: HostArgs) -> Result<ExitCode, Error> {
         }) => {
             let w = control::width(&width.to_string())?;
             let req = Request::Write {
-                bdf: control::bdf(bdf)?,
+                bdf: control::address(bdf)?,
                 bar: control::bar(&bar.to_string())?,
                 offset: control::number(offset)?,
                 width: w,
                 value: control::value(value, w)?,
             };
-            operator(&args, cfg, timeout, control.as_deref(), &req)
+            op(&req, control)
         }
     }
 }
@@ -325,7 +433,7 @@ pub fn run(args: HostArgs) -> Result<ExitCode, Error> {
 /// round trips).
 const AGENT_REPLY: Duration = Duration::from_secs(300);
 
-/// Who we are toward the control socket: our host id and the appliance.
+/// Who we are toward the control socket: our host id and the (first) appliance.
 fn control_info(args: &HostArgs, cfg: &AgentConfig) -> ControlInfo {
     ControlInfo {
         host_id: args.host_id.clone(),
@@ -382,15 +490,17 @@ fn ask_agent(
     Ok(Ok(c.ask(&req.to_string())?))
 }
 
-/// `lspci` / `read` / `write`: through the running agent, else through a session of our own.
+/// `lspci` / `read` / `write`: through the running agent, else through sessions of our own
+/// (one per appliance, segments as the agent numbers them).
 fn operator(
     args: &HostArgs,
-    cfg: AgentConfig,
+    cfg: &AgentConfig,
+    specs: &[ApplianceSpec],
     timeout: Duration,
     sub_control: Option<&Path>,
     req: &Request,
 ) -> Result<ExitCode, Error> {
-    let me = control_info(args, &cfg);
+    let me = control_info(args, cfg);
     if let Some(path) = control_path(args, sub_control) {
         match ask_agent(&path, &me, req)? {
             Ok(reply) => {
@@ -405,8 +515,11 @@ fn operator(
             Err(why) => tracing::info!("{why}; opening a session of our own"),
         }
     }
-    let agent = Agent::connect(cfg, timeout)?;
-    let answer = control::execute(agent.host(), &me, req)?;
+    let fleet = Fleet::start(cfg, specs).map_err(|e| fleet_error(e, specs))?;
+    fleet
+        .wait_scan(timeout)
+        .map_err(|e| fleet_error(e, specs))?;
+    let answer = control::execute(&fleet.fabric(), req)?;
     print!("{}", answer.output);
     Ok(ExitCode::SUCCESS)
 }
@@ -426,16 +539,13 @@ fn vm_request(control: &Path, line: &str) -> Result<ExitCode, Error> {
     }
 }
 
-/// The VM worker from `--vm`, `--config` and `--vm-grace-ms` (None without VMs).
-fn vm_service(args: &HostArgs, agent: &Arc<Agent>) -> Result<Option<Arc<VmService>>, Error> {
-    let file = match &args.config {
-        Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .map_err(|e| format!("cannot read {}: {e}", p.display()))?;
-            VmFileConfig::parse(&text).map_err(|e| format!("{}: {e}", p.display()))?
-        }
-        None => VmFileConfig::default(),
-    };
+/// The VM worker from `--vm`, `--config` and `--vm-grace-ms` (None without VMs); `fleet`'s
+/// appliances (VMs only with one).
+fn vm_service(
+    args: &HostArgs,
+    file: &VmFileConfig,
+    fleet: &Fleet,
+) -> Result<Option<Arc<VmService>>, Error> {
     let mut specs = file.specs()?;
     for v in &args.vms {
         specs.push(v.parse::<VmSpec>()?);
@@ -446,6 +556,10 @@ fn vm_service(args: &HostArgs, agent: &Arc<Agent>) -> Result<Option<Arc<VmServic
         }
         return Ok(None);
     }
+    let [member] = fleet.members() else {
+        return Err(HostCliError::VmsWithSeveral.into());
+    };
+    let agent = &member.agent;
     let Some(dir) = &args.vfio_user else {
         return Err(
             "--vm needs --vfio-user DIR (the VMs connect to the functions' sockets)".into(),
@@ -492,12 +606,21 @@ fn vm_service(args: &HostArgs, agent: &Arc<Agent>) -> Result<Option<Arc<VmServic
     Ok(Some(svc))
 }
 
-fn run_agent(cfg: AgentConfig, timeout: Duration, args: &HostArgs) -> Result<ExitCode, Error> {
+fn run_agent(
+    cfg: &AgentConfig,
+    specs: &[ApplianceSpec],
+    vm_file: VmFileConfig,
+    timeout: Duration,
+    args: &HostArgs,
+) -> Result<ExitCode, Error> {
+    if specs.len() > 1 && !(args.vms.is_empty() && vm_file.vm.is_empty()) {
+        return Err(HostCliError::VmsWithSeveral.into());
+    }
     install_signal_handlers();
     let dir = args.vfio_user.clone();
-    let me = control_info(args, &cfg);
-    // Bound before the session opens: an agent refused the path (another agent holds it)
-    // stops before it could replace that agent's session.
+    let me = control_info(args, cfg);
+    // Bound before the sessions open: an agent refused the path (another agent holds it)
+    // stops before it could replace that agent's sessions.
     let bound = match control_path(args, None) {
         None => None,
         Some(path) => match control::BoundSocket::bind(&path) {
@@ -512,23 +635,49 @@ fn run_agent(cfg: AgentConfig, timeout: Duration, args: &HostArgs) -> Result<Exi
             Err(e) => return Err(format!("--control: {e}").into()),
         },
     };
-    let agent = Arc::new(Agent::start(cfg)?);
-    let vms = vm_service(args, &agent)?;
-    let found = agent.wait_scan(timeout)?;
+    let fleet = Fleet::start(cfg, specs).map_err(|e| fleet_error(e, specs))?;
+    let vms = vm_service(args, &vm_file, &fleet)?;
+    let found = fleet
+        .wait_scan(timeout)
+        .map_err(|e| fleet_error(e, specs))?;
+    // With several appliances the control socket serves them all (closed before the stop).
+    let mut fabric_control = None;
     if let Some(b) = bound {
-        let p = agent.serve_control(b, me)?;
-        eprintln!("pcietun host: control socket {}", p.display());
+        let path = if let [m] = fleet.members() {
+            // One appliance: the agent's own control socket, as always.
+            m.agent.serve_control(b, me)?
+        } else {
+            let s = control::ControlServer::start_fabric(b, fleet.fabric())?;
+            let p = s.path().to_path_buf();
+            fabric_control = Some(s);
+            p
+        };
+        eprintln!("pcietun host: control socket {}", path.display());
     }
-    for f in agent.host().functions() {
-        eprintln!(
-            "pcietun host: {} {:04x}:{:04x} class {:06x}",
-            f.bdf, f.vendor, f.device, f.class
-        );
+    let several = fleet.members().len() > 1;
+    for m in fleet.members() {
+        if several {
+            eprintln!(
+                "pcietun host: appliance {} {} (segment {:04x})",
+                m.name,
+                m.target,
+                m.agent.segment()
+            );
+        }
+        for f in m.agent.host().functions() {
+            eprintln!(
+                "pcietun host: {} {:04x}:{:04x} class {:06x}",
+                control::Addr::new(m.agent.segment(), f.bdf),
+                f.vendor,
+                f.device,
+                f.class
+            );
+        }
     }
     let mut stdout = std::io::stdout();
     match &dir {
         Some(d) => {
-            let paths = agent.serve_vfio_user(d)?;
+            let paths = fleet.serve_vfio_user(d)?;
             let list: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
             writeln!(stdout, "host ready: {}", list.join(" "))?;
         }
@@ -543,11 +692,16 @@ fn run_agent(cfg: AgentConfig, timeout: Duration, args: &HostArgs) -> Result<Exi
         }
     }
     stdout.flush()?;
+    // Each appliance's events in turn; together about one 200 ms poll per round.
+    let poll = Duration::from_millis((200 / fleet.members().len() as u64).max(10));
     while !STOP.load(Ordering::SeqCst) {
-        if let Some(ev) = agent.host().next_event(Duration::from_millis(200)) {
+        for m in fleet.members() {
+            let Some(ev) = m.agent.host().next_event(poll) else {
+                continue;
+            };
             if let (HostEvent::FunctionAdded(_), Some(d)) = (&ev, &dir) {
                 // A function that appeared after a reconnect gets its socket now.
-                for p in agent.serve_vfio_user(d)? {
+                for p in m.agent.serve_vfio_user(d)? {
                     eprintln!("pcietun host: new vfio-user socket {}", p.display());
                 }
             }
@@ -564,22 +718,41 @@ fn run_agent(cfg: AgentConfig, timeout: Duration, args: &HostArgs) -> Result<Exi
     if let Some(p) = &args.vm_control {
         let _ = std::fs::remove_file(p);
     }
+    drop(fabric_control);
     if let Some(d) = &dir {
-        for f in agent.host().functions() {
-            let _ = std::fs::remove_file(d.join(format!("{}.sock", f.bdf)));
+        for m in fleet.members() {
+            for f in m.agent.host().functions() {
+                let _ = std::fs::remove_file(d.join(m.agent.socket_name(f.bdf)));
+            }
         }
     }
-    eprintln!("pcietun host: transport {}", agent.stop().summary());
-    let st = agent.host().stats();
-    let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    eprintln!(
-        "pcietun host: stopped; interrupts {}, DMA faults {} read / {} write, malformed TLPs {}, \
-         unexpected completions {}",
-        n(&st.interrupts),
-        n(&st.dma_read_faults),
-        n(&st.dma_write_faults),
-        n(&st.malformed),
-        n(&st.unexpected_completions)
-    );
+    for (name, stats) in fleet.stop() {
+        if several {
+            eprintln!(
+                "pcietun host: appliance {name}: transport {}",
+                stats.summary()
+            );
+        } else {
+            eprintln!("pcietun host: transport {}", stats.summary());
+        }
+    }
+    for m in fleet.members() {
+        let st = m.agent.host().stats();
+        let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        let who = if several {
+            format!(" appliance {}:", m.name)
+        } else {
+            String::new()
+        };
+        eprintln!(
+            "pcietun host:{who} stopped; interrupts {}, DMA faults {} read / {} write, malformed \
+             TLPs {}, unexpected completions {}",
+            n(&st.interrupts),
+            n(&st.dma_read_faults),
+            n(&st.dma_write_faults),
+            n(&st.malformed),
+            n(&st.unexpected_completions)
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -37,7 +37,7 @@ enum CliCommand {
     TransportPeer(transport_peer::PeerArgs),
     /// Run the appliance: the cards it fronts (NVMe, DMA engine, replay) behind the tunnel.
     Appliance(appliance::ApplianceArgs),
-    /// Run the host agent (root port, vfio-user sockets) or its operator tools.
+    /// Run the host agent (a root port per appliance, vfio-user sockets) or its operator tools.
     Host(host::HostArgs),
     /// Create a static key pair: write the private key file (mode 0600), print the public key.
     Keygen(keys::KeygenArgs),

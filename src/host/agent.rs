@@ -1,5 +1,6 @@
 //! The host agent: a [`Host`] root complex on a transport session to one appliance, and the
-//! vfio-user sockets of its functions (docs/host.md).
+//! vfio-user sockets of its functions (docs/host.md); several appliances: one `Agent` each,
+//! [`super::fleet`].
 //!
 //! The transport link is a [`SharedLink`]: a requester that waits for a completion runs the
 //! link itself (its request leaves from its own thread, the completion wakes it from the
@@ -386,6 +387,9 @@ pub struct Agent {
     pump: Mutex<Option<JoinHandle<()>>>,
     /// The control socket (`pcietun host lspci|read|write` of a running agent).
     control: Mutex<Option<ControlServer>>,
+    /// The PCI segment this appliance's functions appear under (docs/host.md "Several
+    /// appliances"): it prefixes their vfio-user socket names unless it is 0.
+    segment: u16,
     _scanner: JoinHandle<()>,
 }
 
@@ -543,8 +547,29 @@ impl Agent {
             slots,
             pump: Mutex::new(Some(pump)),
             control: Mutex::new(None),
+            segment: 0,
             _scanner: scanner,
         })
+    }
+
+    /// Put this appliance's functions under PCI segment `segment` (one agent per appliance of
+    /// a host agent with several, [`super::fleet`]): their vfio-user sockets become
+    /// `DIR/<ssss>:<bb>:<dd>.<f>.sock` so they never collide with another appliance's.
+    /// Segment 0 (the default) keeps the plain names. Call before serving sockets.
+    pub fn with_segment(mut self, segment: u16) -> Agent {
+        self.segment = segment;
+        self
+    }
+
+    /// The PCI segment of this appliance's functions.
+    pub fn segment(&self) -> u16 {
+        self.segment
+    }
+
+    /// The socket file name of function `bdf`: `<bb>:<dd>.<f>.sock`, with `<ssss>:` in front
+    /// in a segment other than 0.
+    pub fn socket_name(&self, bdf: Bdf) -> String {
+        format!("{}.sock", super::control::Addr::new(self.segment, bdf))
     }
 
     /// The root complex (Rust API for user-space drivers: [`Host::open`]).
@@ -598,8 +623,8 @@ impl Agent {
         self.stats.lock_or_recover().clone()
     }
 
-    /// Create `DIR/<bb>:<dd>.<f>.sock` for every function not served yet and serve each on its
-    /// own thread. Returns the new socket paths (they accept connections on return).
+    /// Create `DIR/<bb>:<dd>.<f>.sock` ([`Agent::socket_name`]) for every function not served
+    /// yet and serve each on its own thread. Returns the new socket paths (they accept connections on return).
     pub fn serve_vfio_user(&self, dir: &Path) -> Result<Vec<PathBuf>, AgentError> {
         let mut paths = Vec::new();
         for info in self.host.functions() {
@@ -617,8 +642,8 @@ impl Agent {
         served.iter().find(|s| s.bdf == bdf).map(|s| s.path.clone())
     }
 
-    /// Serve function `bdf` at `DIR/<bb>:<dd>.<f>.sock` (on its own thread) unless it is served
-    /// already; the socket path.
+    /// Serve function `bdf` at `DIR/<bb>:<dd>.<f>.sock` ([`Agent::socket_name`], on its own
+    /// thread) unless it is served already; the socket path.
     pub fn serve_function(&self, dir: &Path, bdf: Bdf) -> Result<PathBuf, AgentError> {
         let mut served = self.served.lock_or_recover();
         if let Some(s) = served.iter().find(|s| s.bdf == bdf) {
@@ -629,7 +654,7 @@ impl Agent {
             source,
         })?;
         let dev = self.host.open(bdf).ok_or(AgentError::NoFunction(bdf))?;
-        let path = dir.join(format!("{bdf}.sock"));
+        let path = dir.join(self.socket_name(bdf));
         let server = FunctionServer::bind(&path)?;
         let withdraw = server.withdrawer();
         let closer = server.closer().map_err(|source| AgentError::Io {

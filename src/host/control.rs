@@ -4,10 +4,13 @@
 //! every function.
 //!
 //! * [`Request`] — the typed request, parsed from one line (`status`, `lspci [-x|-xxx|-xxxx]
-//!   [BDF]`, `config BDF OFFSET WIDTH`, `read BDF BAR OFFSET WIDTH`, `write BDF BAR OFFSET
-//!   WIDTH VALUE`) and printed back to the same line ([`std::fmt::Display`]);
-//! * [`execute`] — runs a request against a [`Host`]; the CLI's own-session fallback runs the
-//!   same function, so both print the same text ([`lspci_text`] is its one copy);
+//!   [FUNC]`, `config FUNC OFFSET WIDTH`, `read FUNC BAR OFFSET WIDTH`, `write FUNC BAR OFFSET
+//!   WIDTH VALUE`) and printed back to the same line ([`std::fmt::Display`]); a function is
+//!   an [`Addr`], `[SSSS:]BB:DD.F` — the PCI segment names the appliance (docs/host.md
+//!   "Several appliances"), none means segment 0;
+//! * [`execute`] — runs a request against a [`Fabric`] (the agent's appliances, one
+//!   [`Segment`] each); the CLI's own-session fallback runs the same function, so both print
+//!   the same text ([`lspci_text`] is its one copy);
 //! * [`ControlServer`] — the Unix-socket server: mode 0600, bound under a private temporary
 //!   name and renamed into place ([`bind_private`]), one request line (at most
 //!   [`MAX_REQUEST`] bytes, [`READ_TIMEOUT`]) in, one JSON line out, at most [`MAX_CLIENTS`]
@@ -76,6 +79,48 @@ impl Width {
     }
 }
 
+/// A function as the control socket names it: `[SSSS:]BB:DD.F` (hex). The segment (PCI
+/// domain) picks the appliance; without one it is segment 0, the first appliance, so a
+/// one-appliance agent's addresses are plain BDFs as before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Addr {
+    /// The PCI segment: which appliance.
+    pub segment: u16,
+    /// The function below that appliance's root port.
+    pub bdf: Bdf,
+}
+
+impl Addr {
+    /// Function `bdf` of segment `segment`.
+    pub fn new(segment: u16, bdf: Bdf) -> Addr {
+        Addr { segment, bdf }
+    }
+}
+
+impl From<Bdf> for Addr {
+    /// Segment 0.
+    fn from(bdf: Bdf) -> Addr {
+        Addr { segment: 0, bdf }
+    }
+}
+
+impl std::fmt::Display for Addr {
+    /// `BB:DD.F` in segment 0, else `SSSS:BB:DD.F` — what [`address`] reads back.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.segment != 0 {
+            write!(f, "{:04x}:", self.segment)?;
+        }
+        write!(f, "{}", self.bdf)
+    }
+}
+
+impl std::str::FromStr for Addr {
+    type Err = ParseError;
+    fn from_str(s: &str) -> Result<Addr, ParseError> {
+        address(s)
+    }
+}
+
 /// How much config space `lspci` dumps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dump {
@@ -128,12 +173,12 @@ pub enum Request {
         /// Config space dump length.
         dump: Dump,
         /// One function only.
-        bdf: Option<Bdf>,
+        bdf: Option<Addr>,
     },
     /// A config space read (`offset` a multiple of `width`, below 4096; width 1, 2 or 4).
     Config {
         /// The function.
-        bdf: Bdf,
+        bdf: Addr,
         /// Byte offset.
         offset: u16,
         /// 1, 2 or 4.
@@ -142,7 +187,7 @@ pub enum Request {
     /// A BAR read.
     Read {
         /// The function.
-        bdf: Bdf,
+        bdf: Addr,
         /// BAR 0-5.
         bar: u8,
         /// Byte offset in the BAR.
@@ -153,7 +198,7 @@ pub enum Request {
     /// A BAR write, confirmed by a read behind it.
     Write {
         /// The function.
-        bdf: Bdf,
+        bdf: Addr,
         /// BAR 0-5.
         bar: u8,
         /// Byte offset in the BAR.
@@ -177,8 +222,8 @@ pub enum ParseError {
     /// Wrong number of words for the verb.
     #[error("usage: {0}")]
     Usage(&'static str),
-    /// Not a bus:device.function.
-    #[error("{0:?} is not a bus:device.function like 01:00.0")]
+    /// Not a `[segment:]bus:device.function`.
+    #[error("{0:?} is not a [segment:]bus:device.function like 01:00.0 or 0001:01:00.0")]
     BadBdf(String),
     /// Not a number.
     #[error("{0:?} is not a number (use 0x for hex)")]
@@ -206,10 +251,10 @@ pub enum ParseError {
 }
 
 const USAGE_STATUS: &str = "status";
-const USAGE_LSPCI: &str = "lspci [-x|-xxx|-xxxx] [BDF]";
-const USAGE_CONFIG: &str = "config BDF OFFSET WIDTH";
-const USAGE_READ: &str = "read BDF BAR OFFSET WIDTH";
-const USAGE_WRITE: &str = "write BDF BAR OFFSET WIDTH VALUE";
+const USAGE_LSPCI: &str = "lspci [-x|-xxx|-xxxx] [FUNC]";
+const USAGE_CONFIG: &str = "config FUNC OFFSET WIDTH";
+const USAGE_READ: &str = "read FUNC BAR OFFSET WIDTH";
+const USAGE_WRITE: &str = "write FUNC BAR OFFSET WIDTH VALUE";
 
 /// `0x` hex or decimal.
 pub fn number(s: &str) -> Result<u64, ParseError> {
@@ -220,9 +265,15 @@ pub fn number(s: &str) -> Result<u64, ParseError> {
     r.map_err(|_| ParseError::NotANumber(s.to_string()))
 }
 
-/// A BDF as the operator tools take it.
-pub fn bdf(s: &str) -> Result<Bdf, ParseError> {
-    s.parse().map_err(|_| ParseError::BadBdf(s.to_string()))
+/// A function as the operator tools take it: `[SSSS:]BB:DD.F` (segment at most `ffff`).
+pub fn address(s: &str) -> Result<Addr, ParseError> {
+    let bad = || ParseError::BadBdf(s.chars().take(32).collect());
+    let a: lspci::PciAddress = s.parse().map_err(|_| bad())?;
+    let segment = match a.domain {
+        None => 0,
+        Some(d) => u16::try_from(d).map_err(|_| bad())?,
+    };
+    Ok(Addr::new(segment, Bdf::new(a.bus, a.device, a.function)))
 }
 
 /// A BAR index 0-5.
@@ -282,7 +333,7 @@ impl std::str::FromStr for Request {
                         };
                         flag_seen = true;
                     } else if only.is_none() && i + 1 == args.len() {
-                        only = Some(bdf(a)?);
+                        only = Some(address(a)?);
                     } else {
                         return Err(ParseError::Usage(USAGE_LSPCI));
                     }
@@ -293,7 +344,7 @@ impl std::str::FromStr for Request {
                 let [b, o, w] = args else {
                     return Err(ParseError::Usage(USAGE_CONFIG));
                 };
-                let b = bdf(b)?;
+                let b = address(b)?;
                 let wd = width(w)?;
                 if wd.bytes() == 8 {
                     return Err(ParseError::BadWidth(w.to_string()));
@@ -313,7 +364,7 @@ impl std::str::FromStr for Request {
                     return Err(ParseError::Usage(USAGE_READ));
                 };
                 Ok(Request::Read {
-                    bdf: bdf(b)?,
+                    bdf: address(b)?,
                     bar: bar(r)?,
                     offset: number(o)?,
                     width: width(w)?,
@@ -323,7 +374,7 @@ impl std::str::FromStr for Request {
                 let [b, r, o, w, v] = args else {
                     return Err(ParseError::Usage(USAGE_WRITE));
                 };
-                let (b, r, o, w) = (bdf(b)?, bar(r)?, number(o)?, width(w)?);
+                let (b, r, o, w) = (address(b)?, bar(r)?, number(o)?, width(w)?);
                 Ok(Request::Write {
                     bdf: b,
                     bar: r,
@@ -384,19 +435,85 @@ pub struct ControlInfo {
     pub target: String,
 }
 
+/// One appliance behind a control socket: its PCI segment, how it is named, and the root
+/// complex of its session.
+#[derive(Debug, Clone)]
+pub struct Segment {
+    /// The PCI segment (domain) its functions appear under.
+    pub segment: u16,
+    /// Its name (`--appliance NAME=…`, `[[appliance]] name`).
+    pub name: String,
+    /// Where it is, as `--connect` names it.
+    pub target: String,
+    /// The root complex of the session with it.
+    pub host: Arc<Host>,
+}
+
+/// What a control socket serves: the agent's host id and its appliances, one [`Segment`]
+/// each, segment 0 first.
+#[derive(Debug, Clone)]
+pub struct Fabric {
+    /// `--host-id`.
+    pub host_id: String,
+    /// The appliances (segments 0, 1, … in order).
+    pub segments: Vec<Segment>,
+}
+
+impl Fabric {
+    /// An agent with one appliance: segment 0, named `appliance` (as `pcietun host
+    /// --connect` names it).
+    pub fn single(host: Arc<Host>, info: &ControlInfo) -> Fabric {
+        Fabric {
+            host_id: info.host_id.clone(),
+            segments: vec![Segment {
+                segment: 0,
+                name: "appliance".into(),
+                target: info.target.clone(),
+                host,
+            }],
+        }
+    }
+
+    /// The appliance of segment `segment`.
+    pub fn segment(&self, segment: u16) -> Result<&Segment, ExecError> {
+        self.segments
+            .iter()
+            .find(|s| s.segment == segment)
+            .ok_or(ExecError::NoSegment {
+                segment,
+                known: self.segments.len(),
+            })
+    }
+
+    /// Whether addresses print with their segment (more than one appliance).
+    fn several(&self) -> bool {
+        self.segments.len() > 1
+    }
+}
+
 /// Why a request could not be carried out.
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
     /// Nothing tunnelled at that address.
     #[error("no tunnelled function at {0}")]
-    NoFunction(Bdf),
+    NoFunction(Addr),
+    /// No appliance has that segment.
+    #[error(
+        "no appliance at segment {segment:04x}: this agent has {known} (segments 0000 and up)"
+    )]
+    NoSegment {
+        /// The segment asked for.
+        segment: u16,
+        /// How many appliances the agent has.
+        known: usize,
+    },
     /// A BAR access failed.
     #[error("{op} {bdf} BAR{bar}+{offset:#x}: {source}")]
     Access {
         /// `read`, `write` or `write (not confirmed)`.
         op: &'static str,
         /// The function.
-        bdf: Bdf,
+        bdf: Addr,
         /// The BAR.
         bar: u8,
         /// The offset.
@@ -409,7 +526,7 @@ pub enum ExecError {
     #[error("config {bdf}+{offset:#x}: {source}")]
     Config {
         /// The function.
-        bdf: Bdf,
+        bdf: Addr,
         /// The offset.
         offset: u16,
         /// Why.
@@ -450,59 +567,30 @@ fn hex(v: u64, w: Width) -> String {
     format!("{v:#0n$x}", n = 2 + 2 * w.bytes())
 }
 
-/// Run `req` against `host` (the agent's, or a session of the CLI's own).
-pub fn execute(host: &Arc<Host>, info: &ControlInfo, req: &Request) -> Result<Answer, ExecError> {
+/// Run `req` against `fabric` (the agent's appliances, or a session of the CLI's own).
+pub fn execute(fabric: &Fabric, req: &Request) -> Result<Answer, ExecError> {
     match *req {
-        Request::Status => {
-            let link_up = host.is_link_up();
-            let fs = host.functions();
-            let mut out = format!(
-                "host id: {}\nappliance: {}\nsession: {}\n",
-                info.host_id,
-                info.target,
-                if link_up { "up" } else { "down" }
-            );
-            let mut list = Vec::new();
-            for f in &fs {
-                out.push_str(&format!(
-                    "function: {} {:04x}:{:04x} class {:06x}\n",
-                    f.bdf, f.vendor, f.device, f.class
-                ));
-                list.push(json!({
-                    "bdf": f.bdf.to_string(),
-                    "vendor": format!("{:04x}", f.vendor),
-                    "device": format!("{:04x}", f.device),
-                    "class": format!("{:06x}", f.class),
-                }));
-            }
-            Ok(Answer {
-                output: out,
-                data: json!({
-                    "host_id": info.host_id,
-                    "target": info.target,
-                    "session": if link_up { "up" } else { "down" },
-                    "functions": list,
-                }),
-            })
-        }
+        Request::Status => Ok(status(fabric)),
         Request::Lspci { dump, bdf } => {
-            if let Some(b) = bdf {
+            if let Some(a) = bdf {
+                let host = &fabric.segment(a.segment)?.host;
                 let root = Bdf::new(0, 0, 0);
-                if b != root && !host.functions().iter().any(|f| f.bdf == b) {
-                    return Err(ExecError::NoFunction(b));
+                if a.bdf != root && !host.functions().iter().any(|f| f.bdf == a.bdf) {
+                    return Err(ExecError::NoFunction(a));
                 }
             }
             Ok(Answer {
-                output: lspci_text(host, dump, bdf),
+                output: lspci_text(fabric, dump, bdf),
                 data: json!({}),
             })
         }
         Request::Config { bdf, offset, width } => {
-            if !host.functions().iter().any(|f| f.bdf == bdf) {
+            let host = &fabric.segment(bdf.segment)?.host;
+            if !host.functions().iter().any(|f| f.bdf == bdf.bdf) {
                 return Err(ExecError::NoFunction(bdf));
             }
             let dw = host
-                .cfg_read(bdf, offset & !3)
+                .cfg_read(bdf.bdf, offset & !3)
                 .map_err(|source| ExecError::Config {
                     bdf,
                     offset,
@@ -525,7 +613,8 @@ pub fn execute(host: &Arc<Host>, info: &ControlInfo, req: &Request) -> Result<An
             offset,
             width,
         } => {
-            let f = host.open(bdf).ok_or(ExecError::NoFunction(bdf))?;
+            let host = &fabric.segment(bdf.segment)?.host;
+            let f = host.open(bdf.bdf).ok_or(ExecError::NoFunction(bdf))?;
             let mut b = [0u8; 8];
             f.bar_read(usize::from(bar), offset, &mut b[..width.bytes()])
                 .map_err(|source| ExecError::Access {
@@ -548,7 +637,8 @@ pub fn execute(host: &Arc<Host>, info: &ControlInfo, req: &Request) -> Result<An
             width,
             value,
         } => {
-            let f = host.open(bdf).ok_or(ExecError::NoFunction(bdf))?;
+            let host = &fabric.segment(bdf.segment)?.host;
+            let f = host.open(bdf.bdf).ok_or(ExecError::NoFunction(bdf))?;
             let access = |op, source| ExecError::Access {
                 op,
                 bdf,
@@ -573,17 +663,76 @@ pub fn execute(host: &Arc<Host>, info: &ControlInfo, req: &Request) -> Result<An
     }
 }
 
-/// The lspci listing (root port 00:00.0 first, then the functions below it; only `only`
-/// when given), with `dump`'s bytes of config space in the format `lspci -F FILE` reads.
-pub fn lspci_text(host: &Host, dump: Dump, only: Option<Bdf>) -> String {
+/// `status`: with one appliance the lines it always printed (host id, appliance, session,
+/// functions); with several, one `appliance SSSS NAME: TARGET session up|down` line per
+/// segment and the functions with their segment. The JSON keeps `target`/`session` of
+/// segment 0 and adds `appliances`.
+fn status(fabric: &Fabric) -> Answer {
+    let up = |s: &Segment| if s.host.is_link_up() { "up" } else { "down" };
+    let several = fabric.several();
+    let mut out = format!("host id: {}\n", fabric.host_id);
+    let mut list = Vec::new();
+    let mut appliances = Vec::new();
+    for s in &fabric.segments {
+        if several {
+            out.push_str(&format!(
+                "appliance {:04x} {}: {} session {}\n",
+                s.segment,
+                s.name,
+                s.target,
+                up(s)
+            ));
+        } else {
+            out.push_str(&format!("appliance: {}\nsession: {}\n", s.target, up(s)));
+        }
+        appliances.push(json!({
+            "segment": format!("{:04x}", s.segment),
+            "name": s.name,
+            "target": s.target,
+            "session": up(s),
+        }));
+        for f in s.host.functions() {
+            let a = Addr::new(s.segment, f.bdf);
+            out.push_str(&format!(
+                "function: {a} {:04x}:{:04x} class {:06x}\n",
+                f.vendor, f.device, f.class
+            ));
+            list.push(json!({
+                "bdf": a.to_string(),
+                "segment": format!("{:04x}", s.segment),
+                "vendor": format!("{:04x}", f.vendor),
+                "device": format!("{:04x}", f.device),
+                "class": format!("{:06x}", f.class),
+            }));
+        }
+    }
+    let first = fabric.segments.first();
+    Answer {
+        output: out,
+        data: json!({
+            "host_id": fabric.host_id,
+            "target": first.map(|s| s.target.as_str()),
+            "session": first.map(up),
+            "functions": list,
+            "appliances": appliances,
+        }),
+    }
+}
+
+/// The lspci listing: per appliance its root port (`00:00.0`) first, then the functions
+/// below it (only `only` when given), with `dump`'s bytes of config space in the format
+/// `lspci -F FILE` reads. With several appliances every address carries its segment, as
+/// `lspci -D` prints them.
+pub fn lspci_text(fabric: &Fabric, dump: Dump, only: Option<Addr>) -> String {
     let len = dump.bytes();
+    let several = fabric.several();
     let mut out = String::new();
-    let mut emit = |bdf: Bdf, config: &[u8]| {
+    let mut emit = |a: Addr, config: &[u8]| {
         let address = lspci::PciAddress {
-            domain: None,
-            bus: bdf.bus(),
-            device: bdf.device(),
-            function: bdf.function(),
+            domain: several.then_some(u32::from(a.segment)),
+            bus: a.bdf.bus(),
+            device: a.bdf.device(),
+            function: a.bdf.function(),
         };
         let desc = lspci::default_description(config);
         if len == 0 {
@@ -592,23 +741,27 @@ pub fn lspci_text(host: &Host, dump: Dump, only: Option<Bdf>) -> String {
             out.push_str(&lspci::format_function(&address, &desc, &config[..len]));
         }
     };
-    let wanted = |b: Bdf| only.is_none_or(|o| o == b);
-    let root = Bdf::new(0, 0, 0);
-    if wanted(root) {
-        emit(root, &host.root_port_snapshot());
-    }
-    for f in host.functions() {
-        if !wanted(f.bdf) {
-            continue;
+    let wanted = |a: Addr| only.is_none_or(|o| o == a);
+    for s in &fabric.segments {
+        let host = &s.host;
+        let root = Addr::new(s.segment, Bdf::new(0, 0, 0));
+        if wanted(root) {
+            emit(root, &host.root_port_snapshot());
         }
-        let mut config = vec![0xffu8; 4096];
-        let dwords = if len > 64 { len / 4 } else { 16 };
-        for i in 0..dwords {
-            if let Ok(v) = host.cfg_read(f.bdf, (i * 4) as u16) {
-                config[i * 4..i * 4 + 4].copy_from_slice(&v.to_le_bytes());
+        for f in host.functions() {
+            let a = Addr::new(s.segment, f.bdf);
+            if !wanted(a) {
+                continue;
             }
+            let mut config = vec![0xffu8; 4096];
+            let dwords = if len > 64 { len / 4 } else { 16 };
+            for i in 0..dwords {
+                if let Ok(v) = host.cfg_read(f.bdf, (i * 4) as u16) {
+                    config[i * 4..i * 4 + 4].copy_from_slice(&v.to_le_bytes());
+                }
+            }
+            emit(a, &config);
         }
-        emit(f.bdf, &config);
     }
     out
 }
@@ -785,12 +938,17 @@ impl BoundSocket {
 }
 
 impl ControlServer {
-    /// Serve `host`'s control socket on `bound`.
+    /// Serve `host`'s control socket on `bound` (one appliance).
     pub fn start(
         bound: BoundSocket,
         host: Arc<Host>,
         info: ControlInfo,
     ) -> Result<ControlServer, BindError> {
+        ControlServer::start_fabric(bound, Fabric::single(host, &info))
+    }
+
+    /// Serve the control socket of an agent with the appliances of `fabric` on `bound`.
+    pub fn start_fabric(bound: BoundSocket, fabric: Fabric) -> Result<ControlServer, BindError> {
         let BoundSocket { listener, path, id } = bound;
         let path = path.as_path();
         let wake = listener.try_clone().map_err(|source| BindError::Io {
@@ -801,7 +959,7 @@ impl ControlServer {
         let stop = Arc::new(AtomicBool::new(false));
         let clients = Arc::new(AtomicUsize::new(0));
         let st = stop.clone();
-        let info = Arc::new(info);
+        let fabric = Arc::new(fabric);
         let thread = std::thread::Builder::new()
             .name("host-control".into())
             .spawn(move || {
@@ -837,12 +995,12 @@ impl ControlServer {
                         continue;
                     }
                     let slot = Slot(clients.clone());
-                    let (host, info) = (host.clone(), info.clone());
+                    let fabric = fabric.clone();
                     let spawned = std::thread::Builder::new()
                         .name("host-control-client".into())
                         .spawn(move || {
                             let _slot = slot;
-                            serve_client(stream, &host, &info);
+                            serve_client(stream, &fabric);
                         });
                     if let Err(e) = spawned {
                         tracing::warn!(error = %e, "control socket: cannot start a client thread");
@@ -896,7 +1054,7 @@ fn close_after_error(stream: &UnixStream, input: &mut impl Read) {
     let _ = std::io::copy(&mut input.take(64 << 10), &mut std::io::sink());
 }
 
-fn serve_client(stream: UnixStream, host: &Arc<Host>, info: &ControlInfo) {
+fn serve_client(stream: UnixStream, fabric: &Fabric) {
     if stream.set_read_timeout(Some(READ_TIMEOUT)).is_err() {
         return;
     }
@@ -916,7 +1074,7 @@ fn serve_client(stream: UnixStream, host: &Arc<Host>, info: &ControlInfo) {
             }
         };
         let reply = match line.parse::<Request>() {
-            Ok(req) => match execute(host, info, &req) {
+            Ok(req) => match execute(fabric, &req) {
                 Ok(a) => a.to_json(),
                 Err(e) => error_json(&e),
             },

@@ -11,6 +11,7 @@
 //!   dispatch of what a card sends (completions, DMA, interrupts).
 //! * [`vfio_user`] — the vfio-user server that hands a function to a VM or another consumer.
 //! * [`control`] — the running agent's control socket (`pcietun host lspci|read|write`).
+//! * [`fleet`] — an agent with several appliances at once, one PCI segment each.
 //! * [`qmp`] — a client of QEMU's monitor protocol; [`vm`] — hot-adding and removing
 //!   tunnelled functions in running VMs through it (docs/vms.md).
 
@@ -18,6 +19,7 @@ pub mod agent;
 pub mod control;
 pub mod dma;
 pub mod enumerate;
+pub mod fleet;
 pub mod function;
 pub mod qmp;
 pub mod requester;

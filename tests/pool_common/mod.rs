@@ -55,9 +55,21 @@ pub fn appliance(
     rest: &str,
     api_extra: &str,
 ) -> Appliance {
+    appliance_on(dir, "udp:127.0.0.1:0", key, hosts, rest, api_extra)
+}
+
+/// [`appliance`] listening on `listen` (e.g. a restart on the UDP port it had before).
+pub fn appliance_on(
+    dir: &Path,
+    listen: &str,
+    key: &SecretKey,
+    hosts: &[(&str, &SecretKey)],
+    rest: &str,
+    api_extra: &str,
+) -> Appliance {
     key.write_new(&dir.join("appliance.key")).unwrap();
     write_private(&dir.join("admin.pw"), &format!("{PASSWORD}\n"));
-    let mut config = String::from("listen = [\"udp:127.0.0.1:0\"]\nkey_file = \"appliance.key\"\n");
+    let mut config = format!("listen = [\"{listen}\"]\nkey_file = \"appliance.key\"\n");
     for (id, k) in hosts {
         config += &format!(
             "\n[[host]]\nid = \"{id}\"\npublic_key = \"{}\"\n",

@@ -5,7 +5,7 @@ use crate::host::root::{ChannelDownlink, HostConfig};
 use proptest::prelude::*;
 use std::time::Instant;
 
-fn b(s: &str) -> Bdf {
+fn b(s: &str) -> Addr {
     s.parse().unwrap()
 }
 
@@ -119,7 +119,10 @@ fn default_path_is_one_file_under_run() {
 }
 
 fn arb_request() -> impl Strategy<Value = Request> {
-    let bdf = (any::<u8>(), 0u8..32, 0u8..8).prop_map(|(b, d, f)| Bdf::new(b, d, f));
+    // Segment 0 (no prefix) often, any segment otherwise.
+    let segment = prop_oneof![Just(0u16), any::<u16>()];
+    let bdf = (segment, any::<u8>(), 0u8..32, 0u8..8)
+        .prop_map(|(s, b, d, f)| Addr::new(s, Bdf::new(b, d, f)));
     let width = prop_oneof![Just(1usize), Just(2), Just(4), Just(8)].prop_map(w);
     let dump = prop_oneof![
         Just(Dump::None),
@@ -188,10 +191,140 @@ proptest! {
         prop_oneof![
             Just("read".to_string()), Just("write".to_string()), Just("config".to_string()),
             Just("lspci".to_string()), Just("-x".to_string()), Just("01:00.0".to_string()),
-            "[0-9a-fx:.-]{0,12}"
+            Just("0001:01:00.0".to_string()), "[0-9a-fx:.-]{0,12}"
         ], 0..7)) {
         let _ = words.join(" ").parse::<Request>();
     }
+
+    /// An address with a segment parses iff the segment is 1-8 hex digits of value at most
+    /// ffff, and then to exactly that segment; the printed form reads back.
+    #[test]
+    fn segments_parse_exactly(seg in "[0-9a-fA-Fg]{0,9}", bus in any::<u8>(), dev in 0u8..32, f in 0u8..8) {
+        let text = format!("{seg}:{bus:02x}:{dev:02x}.{f}");
+        let want = (!seg.is_empty() && seg.len() <= 8 && !seg.contains('g'))
+            .then(|| u32::from_str_radix(&seg, 16).unwrap())
+            .and_then(|v| u16::try_from(v).ok());
+        let got = address(&text);
+        match want {
+            Some(s) => {
+                let a = got.unwrap();
+                prop_assert_eq!(a, Addr::new(s, Bdf::new(bus, dev, f)));
+                prop_assert_eq!(address(&a.to_string()), Ok(a));
+            }
+            None => prop_assert_eq!(got, Err(ParseError::BadBdf(text.chars().take(32).collect()))),
+        }
+    }
+}
+
+#[test]
+fn addresses_with_and_without_segment() {
+    assert_eq!(b("01:00.0"), Addr::new(0, Bdf::new(1, 0, 0)));
+    assert_eq!(b("0000:01:00.0"), b("01:00.0"));
+    assert_eq!(b("0001:02:03.4"), Addr::new(1, Bdf::new(2, 3, 4)));
+    assert_eq!(b("ffff:00:00.0").segment, 0xffff);
+    assert_eq!(b("0001:02:03.4").to_string(), "0001:02:03.4");
+    assert_eq!(b("0000:02:03.4").to_string(), "02:03.4");
+    let e = |s: &str| s.parse::<Request>().unwrap_err();
+    assert_eq!(
+        e("read 10000:01:00.0 0 0 4"),
+        ParseError::BadBdf("10000:01:00.0".into())
+    );
+    assert_eq!(
+        e("read 0001:01:00 0 0 4"),
+        ParseError::BadBdf("0001:01:00".into())
+    );
+    assert_eq!(
+        "lspci -x 0001:01:00.0".parse(),
+        Ok(Request::Lspci {
+            dump: Dump::Header,
+            bdf: Some(b("0001:01:00.0"))
+        })
+    );
+    // The longest request (segment, widest numbers) fits in a request line.
+    let longest = Request::Write {
+        bdf: b("ffff:ff:1f.7"),
+        bar: 5,
+        offset: u64::MAX,
+        width: w(8),
+        value: u64::MAX,
+    };
+    assert!(longest.to_string().len() <= MAX_REQUEST);
+}
+
+/// Two appliances whose links go nowhere, segments 0 and 1.
+fn two_segments() -> Fabric {
+    let seg = |segment: u16, name: &str, port: u16| Segment {
+        segment,
+        name: name.into(),
+        target: format!("udp:127.0.0.1:{port}"),
+        host: lonely_host(),
+    };
+    Fabric {
+        host_id: "h1".into(),
+        segments: vec![seg(0, "a", 7470), seg(1, "b", 7471)],
+    }
+}
+
+#[test]
+fn several_appliances_show_their_segments_and_unknown_ones_are_errors() {
+    let f = two_segments();
+    let run = |line: &str| execute(&f, &line.parse().unwrap());
+    let l = run("lspci").unwrap().output;
+    let roots: Vec<&str> = l.lines().map(|l| &l[..12]).collect();
+    assert_eq!(roots, ["0000:00:00.0", "0001:00:00.0"], "{l}");
+    let only = run("lspci 0001:00:00.0").unwrap().output;
+    assert!(
+        only.starts_with("0001:00:00.0 ") && only.lines().count() == 1,
+        "{only}"
+    );
+    assert_eq!(
+        run("read 0001:01:00.0 0 0 4").unwrap_err().to_string(),
+        "no tunnelled function at 0001:01:00.0"
+    );
+    let e = run("write 0002:01:00.0 0 0 4 1").unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "no appliance at segment 0002: this agent has 2 (segments 0000 and up)"
+    );
+    for line in [
+        "lspci 0005:00:00.0",
+        "config 0002:01:00.0 0 4",
+        "read ffff:01:00.0 0 0 4",
+    ] {
+        assert!(
+            matches!(run(line), Err(ExecError::NoSegment { .. })),
+            "{line}"
+        );
+    }
+    let st = run("status").unwrap();
+    assert!(
+        st.output
+            .contains("appliance 0001 b: udp:127.0.0.1:7471 session down"),
+        "{}",
+        st.output
+    );
+    let j = st.to_json();
+    assert_eq!(j["target"], "udp:127.0.0.1:7470");
+    assert_eq!(j["appliances"][1]["segment"], "0001");
+    assert_eq!(j["appliances"][1]["name"], "b");
+    // One appliance: no segments printed, the listing as it always was.
+    let one = Fabric::single(lonely_host(), &info());
+    let l = execute(
+        &one,
+        &Request::Lspci {
+            dump: Dump::None,
+            bdf: None,
+        },
+    )
+    .unwrap();
+    assert!(l.output.starts_with("00:00.0 "), "{}", l.output);
+    assert!(matches!(
+        execute(&one, &"read 0001:01:00.0 0 0 4".parse().unwrap()),
+        Err(ExecError::NoSegment {
+            segment: 1,
+            known: 1
+        })
+    ));
 }
 
 #[test]
