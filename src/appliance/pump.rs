@@ -18,7 +18,7 @@ use super::counters::Counters;
 use super::router::Router;
 use crate::endpoint::Proxy;
 use crate::transport::driver::{Direct, DriverStats};
-use crate::transport::{ConnId, PeerAddr, SendError};
+use crate::transport::{Bytes, ConnId, Endpoint, PeerAddr, SendError};
 
 /// How often the pump publishes its counters for other threads.
 pub(crate) const STATS_EVERY: Duration = Duration::from_millis(100);
@@ -166,24 +166,74 @@ impl Pump {
         Ok(())
     }
 
-    /// Send what the router queued, in order (asking for the queue again for every TLP: it
-    /// is topped up from the functions' queues in their priorities' order). `true` when a
-    /// session's queue is full and TLPs wait.
+    /// Send what the router queued, in order, while the sessions want more (see [`flush`]).
+    /// `true` when TLPs wait for a session.
     fn flush(&mut self, router: &mut Router<ConnId>) -> bool {
-        while let Some((c, t)) = router.transmit_queue().pop_front() {
-            // Queued only: the next poll sends everything flushed here in as few frames as
-            // fit (one frame per TLP would cap DMA at the frame rate).
-            match self.d.submit(c, t.clone()) {
-                Ok(()) => {}
-                Err(SendError::QueueFull) => {
-                    router.transmit_queue().push_front((c, t));
-                    return true;
-                }
-                Err(e) => tracing::debug!("appliance: TLP not sent: {e}"),
-            }
-        }
-        false
+        flush(router, &mut self.d)
     }
+}
+
+/// The sessions of one link, as the serving loop submits into them.
+pub trait Sessions<K> {
+    /// Whether session `key` can usefully take another TLP now: its own queue of unsent
+    /// TLPs is short ([`Endpoint::wants_more`]).
+    ///
+    /// [`Endpoint::wants_more`]: crate::transport::Endpoint::wants_more
+    fn wants_more(&self, key: K) -> bool;
+    /// Queue `tlp` on session `key` (transmitted by the link's next round).
+    fn submit(&mut self, key: K, tlp: Bytes) -> Result<(), SendError>;
+}
+
+impl Sessions<ConnId> for Direct {
+    fn wants_more(&self, key: ConnId) -> bool {
+        Direct::wants_more(self, key)
+    }
+    fn submit(&mut self, key: ConnId, tlp: Bytes) -> Result<(), SendError> {
+        Direct::submit(self, key, tlp)
+    }
+}
+
+impl Sessions<ConnId> for Endpoint {
+    fn wants_more(&self, key: ConnId) -> bool {
+        Endpoint::wants_more(self, key)
+    }
+    fn submit(&mut self, key: ConnId, tlp: Bytes) -> Result<(), SendError> {
+        self.send_tlp(key, tlp)
+    }
+}
+
+/// Move what the router queued into the sessions, in order (asking for the queue again for
+/// every TLP: it is topped up from the functions' queues in their priorities' order), but
+/// only while the TLP's session wants more: a session holds at most about a congestion
+/// window of unsent bytes, so a saturated link's backlog stays in the router's per-function
+/// queues, where the priorities decide the order (issue 14; docs/api.md "Priority"). A
+/// session's own queue is one FIFO: a backlog there would leave in arrival order, whatever
+/// the priorities. `true` when TLPs wait for a session (its queue short of room or full).
+///
+/// The transmit queue is one FIFO too: a TLP for a session that wants no more holds up the
+/// ones behind it for other sessions (in the order the arbiter chose; the link's next round
+/// makes room).
+pub fn flush<K: Copy + PartialEq + std::fmt::Debug>(
+    router: &mut Router<K>,
+    link: &mut impl Sessions<K>,
+) -> bool {
+    while let Some((c, t)) = router.transmit_queue().pop_front() {
+        if !link.wants_more(c) {
+            router.transmit_queue().push_front((c, t));
+            return true;
+        }
+        // Queued only: the next poll sends everything flushed here in as few frames as fit
+        // (one frame per TLP would cap DMA at the frame rate).
+        match link.submit(c, t.clone()) {
+            Ok(()) => {}
+            Err(SendError::QueueFull) => {
+                router.transmit_queue().push_front((c, t));
+                return true;
+            }
+            Err(e) => tracing::debug!("appliance: TLP not sent: {e}"),
+        }
+    }
+    false
 }
 
 /// Nothing queued by a device thread since the last look.

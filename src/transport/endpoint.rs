@@ -553,6 +553,21 @@ impl Endpoint {
         self.session(conn).map_or(0, Session::queue_space)
     }
 
+    /// Bytes of `conn`'s TLPs queued and not yet framed (0 when not connected).
+    pub fn unsent_bytes(&self, conn: ConnId) -> usize {
+        self.session(conn).map_or(0, Session::unsent_bytes)
+    }
+
+    /// Whether `conn` can usefully take another TLP now: its unsent bytes are below about a
+    /// congestion window, at least [`UNSENT_FRAMES`](super::UNSENT_FRAMES) full frames. A
+    /// submitter that keeps its own order (the appliance's priorities) submits only while
+    /// this holds, so its backlog stays with it rather than in the session's FIFO (which
+    /// `send_tlp` fills up to `max_pending_bytes` regardless). `true` when not connected
+    /// (`send_tlp` then says why).
+    pub fn wants_more(&self, conn: ConnId) -> bool {
+        self.session(conn).is_none_or(Session::wants_more)
+    }
+
     /// Next delivered TLP of `conn`, in order. Taking it returns its credits to the peer.
     pub fn poll_delivered(&mut self, now: Instant, conn: ConnId) -> Option<Delivered> {
         self.session_mut(conn)?.poll_delivered(now)

@@ -42,6 +42,11 @@ pub use time::{Clock, Instant};
 
 use std::time::Duration;
 
+/// Full frames of unsent TLPs a session is worth holding at least, whatever its congestion
+/// window ([`Endpoint::wants_more`]): enough for the next transmit to fill frames while the
+/// rest of a backlog waits with the submitter, where its order is decided.
+pub const UNSENT_FRAMES: usize = 4;
+
 /// Where a frame comes from or goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PeerAddr {

@@ -13,7 +13,7 @@ use super::recv::{Delivered, Receiver, RxOutcome};
 use super::send::Sender;
 use super::stats::Stats;
 use super::time::Instant;
-use super::{Config, DownReason, PeerAddr, Role, SendError};
+use super::{Config, DownReason, PeerAddr, Role, SendError, UNSENT_FRAMES};
 use crate::tlp::{classify, OrderingClass};
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
@@ -198,6 +198,28 @@ impl Session {
         self.cfg
             .max_pending_bytes
             .saturating_sub(self.send.pending_bytes)
+    }
+
+    /// Bytes of TLPs queued and not yet framed (not sent once): what waits below whoever
+    /// submits, in submission order.
+    pub fn unsent_bytes(&self) -> usize {
+        self.send.pending_bytes
+    }
+
+    /// The most unsent bytes worth holding: one congestion window, and at least
+    /// [`UNSENT_FRAMES`] full frames (the window is 0 while paused), so the next transmit
+    /// always has a window's worth to send while the rest waits with the submitter.
+    pub fn unsent_bound(&self) -> usize {
+        self.cc.window().max(UNSENT_FRAMES * self.p.mtu)
+    }
+
+    /// Whether the session can usefully take another TLP now: its unsent bytes are below
+    /// [`unsent_bound`](Self::unsent_bound). A submitter that keeps its own order (the
+    /// appliance's priorities) submits only while this holds, so its backlog stays with it
+    /// instead of in this FIFO ([`send_tlp`](Self::send_tlp) takes up to
+    /// `max_pending_bytes` regardless).
+    pub fn wants_more(&self) -> bool {
+        self.unsent_bytes() < self.unsent_bound()
     }
 
     pub fn poll_delivered(&mut self, now: Instant) -> Option<Delivered> {

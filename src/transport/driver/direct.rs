@@ -229,6 +229,19 @@ impl Direct {
         self.engine.submit(conn, tlp).map_err(|(_, e)| e)
     }
 
+    /// Whether session `conn` can usefully take another TLP now ([`Endpoint::wants_more`]:
+    /// its unsent bytes are below about a congestion window). `true` when not connected.
+    ///
+    /// [`Endpoint::wants_more`]: crate::transport::Endpoint::wants_more
+    pub fn wants_more(&self, conn: ConnId) -> bool {
+        self.engine.ep.wants_more(conn)
+    }
+
+    /// Bytes of session `conn`'s TLPs queued and not yet framed.
+    pub fn unsent_bytes(&self, conn: ConnId) -> usize {
+        self.engine.ep.unsent_bytes(conn)
+    }
+
     /// Queue a TLP and transmit at once. `QueueFull` means: poll, then retry.
     pub fn send(&mut self, conn: ConnId, tlp: Bytes) -> Result<(), SendError> {
         self.engine.submit(conn, tlp).map_err(|(_, e)| e)?;
