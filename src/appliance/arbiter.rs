@@ -43,6 +43,14 @@ pub const PRIORITY_MAX: u32 = 100;
 pub const PRIORITY_DEFAULT: u32 = 10;
 /// Bytes a queue earns per round per unit of weight.
 pub const QUANTUM: u64 = 256;
+/// TLPs in a function's queue at which the router holds the function's device threads before
+/// their next DMA write (and [`BACKLOG_LOW`], below which it releases them). Larger than the
+/// shapers' hold ([`HOLD_HIGH`](super::policy::HOLD_HIGH)): the queue must not run dry while
+/// a released device thread gets back onto a busy CPU, or the function's share goes to the
+/// others (at a 256-byte payload, 512 TLPs are about 1 ms of a 1 Gbit/s link).
+pub const BACKLOG_HIGH: usize = 1024;
+/// TLPs in a function's queue below which its held device threads are released.
+pub const BACKLOG_LOW: usize = BACKLOG_HIGH / 2;
 /// The queue of the router's own TLPs (refusals of requests that reached no function).
 pub const OWN: usize = 256;
 /// Queues: one per appliance device/function number, and [`OWN`].

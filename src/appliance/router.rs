@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use crossbeam::channel::Receiver;
 
-use super::arbiter::{Arbiter, OWN, PRIORITY_DEFAULT};
+use super::arbiter::{Arbiter, BACKLOG_HIGH, BACKLOG_LOW, OWN, PRIORITY_DEFAULT};
 use super::config::AssignSpec;
 use super::control::{
     Command, ControlError, Done, FunctionStatus, HostStatus, NewCard, PoolEvent, Snapshot,
@@ -208,7 +208,7 @@ pub struct Router<K> {
     gated: FunctionSet,
     /// The functions' queues for the link, shared by priority (docs/api.md "Policy").
     arbiter: Arbiter<K>,
-    /// The functions whose arbiter queue is at [`HOLD_HIGH`] (their DMA writes are held too).
+    /// The functions whose arbiter queue is at [`BACKLOG_HIGH`] (their DMA writes are held too).
     backed: FunctionSet,
     /// The holds last given to the endpoint (`gated` ∪ `backed` as of then).
     holds: FunctionSet,
@@ -475,7 +475,7 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
             let Some((i, key, tlp)) = self.arbiter.pop() else {
                 return;
             };
-            if i < OWN && self.arbiter.queue_len(i) < HOLD_LOW {
+            if i < OWN && self.arbiter.queue_len(i) < BACKLOG_LOW {
                 self.backed.remove(i as u8);
             }
             self.out.push_back((key, tlp));
@@ -490,7 +490,7 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
             return;
         }
         self.arbiter.push(queue, key, tlp);
-        if queue < OWN && self.arbiter.queue_len(queue) >= HOLD_HIGH {
+        if queue < OWN && self.arbiter.queue_len(queue) >= BACKLOG_HIGH {
             self.backed.insert(queue as u8);
         }
     }
@@ -515,7 +515,7 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
         }
         let backed = self.backed;
         for d in backed.iter() {
-            if self.arbiter.queue_len(usize::from(d)) < HOLD_LOW {
+            if self.arbiter.queue_len(usize::from(d)) < BACKLOG_LOW {
                 self.backed.remove(d);
             }
         }
@@ -898,8 +898,9 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
     }
 
     /// Hold or release the functions' device threads as their queues stand: a shaper at its
-    /// bound ([`HOLD_HIGH`]) or an arbiter queue at its bound holds them, until below
-    /// [`HOLD_LOW`]. Only changes reach the endpoint.
+    /// bound ([`HOLD_HIGH`]; released below [`HOLD_LOW`]) or an arbiter queue at its bound
+    /// ([`BACKLOG_HIGH`]; released below [`BACKLOG_LOW`]) holds them. Only changes reach the
+    /// endpoint.
     fn sync_gates(&mut self, ep: &Proxy) {
         let mut want = self.gated;
         for d in self.backed.iter() {
