@@ -528,7 +528,7 @@ mod e2e {
             let hkey = SecretKey::from_bytes([0x42; 32]);
             let id = HostId::new("prio-a").unwrap();
             let mut ep = Endpoint::new(cfg.clone(), Role::Server, skey.clone(), 7);
-            let conn = ep.add_host(id.clone(), hkey.public_key(), None);
+            let conn = ep.add_host(id, hkey.public_key(), None);
             let mut host = Endpoint::new(cfg, Role::Client, hkey, 8);
             let hconn = host.connect(Instant::ZERO, PeerAddr::Mem(0), id, skey.public_key(), None);
             Net {

@@ -7,9 +7,11 @@
 //! function, have one more), and leaves in **deficit round robin** order by bytes
 //! (M. Shreedhar, G. Varghese, "Efficient fair queuing using deficit round robin", SIGCOMM
 //! 1995) into the short transmit queue that the serving loop drains into the sessions' send
-//! queues. When the link is saturated the sessions' queues are full, the functions' queues
-//! back up here, and the order in which they leave is the share of the link each one gets:
-//! in proportion to its weight, the function's priority. One host or many: the transmit
+//! queues. The serving loop submits into a session only while it holds less than about a
+//! congestion window of unsent TLPs ([`pump::flush`], `Endpoint::wants_more`), so when the
+//! link is saturated the functions' queues back up here, not in the session's own FIFO, and
+//! the order in which they leave is the share of the link each one gets at the host: in
+//! proportion to its weight, the function's priority. One host or many: the transmit
 //! queue is one FIFO that a full session holds up, so the order set here is the order of the
 //! link (for two hosts as for one; the transport's own round robin between sessions then
 //! only ever sees what this order gave it).
@@ -30,6 +32,7 @@
 //! quantum; nothing queued moves, is lost or reordered.
 //!
 //! [`Router`]: super::Router
+//! [`pump::flush`]: super::pump::flush
 
 use std::collections::VecDeque;
 
