@@ -686,3 +686,61 @@ fn with_the_old_unbounded_submission_the_host_sees_no_priority() {
     assert!(r < 1.5, "30:10 with the session taking all: {g:?} = {r:.2}");
     assert!(n.max_unsent > 256 << 10, "the backlog sat in the session");
 }
+
+/// One host's session that takes no more (a slow or lossy link: its congestion window is
+/// full) holds up only that host's functions: the serving loop's submission passes its TLPs
+/// over and another host's go on, each host's in order, nothing lost; once the slow session
+/// takes again its TLPs follow in their order.
+#[test]
+fn a_session_that_wants_no_more_holds_up_only_its_own_host() {
+    use pcietun::appliance::pump::{self, Sessions};
+    use pcietun::transport::{Bytes, SendError};
+
+    /// Sessions 1 (host a) and 2 (host b); session 1 takes nothing while `stalled`.
+    struct TwoHosts {
+        stalled: bool,
+        got: Vec<(usize, Bytes)>,
+    }
+    impl Sessions<usize> for TwoHosts {
+        fn wants_more(&self, key: usize) -> bool {
+            !(self.stalled && key == 1)
+        }
+        fn submit(&mut self, key: usize, tlp: Bytes) -> Result<(), SendError> {
+            assert!(!(self.stalled && key == 1), "a TLP for the stalled session");
+            self.got.push((key, tlp));
+            Ok(())
+        }
+    }
+
+    // Function 0 to host a (session 1), function 1 to host b (session 2).
+    let mut c = core::core([0, 1]);
+    let mut link = TwoHosts {
+        stalled: true,
+        got: Vec::new(),
+    };
+    // Host a's function queues first, well past what the transmit queue stages.
+    for s in 0..300 {
+        c.router.route_outbound(core::mwr(0, s));
+    }
+    for s in 0..300 {
+        c.router.route_outbound(core::mwr(1, s));
+    }
+    assert!(pump::flush(&mut c.router, &mut link), "host a's TLPs wait");
+    let seqs = |got: &[(usize, Bytes)], key: usize| -> Vec<u64> {
+        got.iter()
+            .filter(|(k, _)| *k == key)
+            .map(|(_, t)| core::seq(t))
+            .collect()
+    };
+    assert_eq!(
+        seqs(&link.got, 2),
+        (0..300).collect::<Vec<_>>(),
+        "host b's TLPs went past host a's stalled ones, in order"
+    );
+    assert!(seqs(&link.got, 1).is_empty());
+    link.stalled = false;
+    link.got.clear();
+    assert!(!pump::flush(&mut c.router, &mut link), "nothing waits");
+    assert_eq!(seqs(&link.got, 1), (0..300).collect::<Vec<_>>());
+    assert!(seqs(&link.got, 2).is_empty());
+}

@@ -11,10 +11,11 @@
 //! congestion window of unsent TLPs ([`pump::flush`], `Endpoint::wants_more`), so when the
 //! link is saturated the functions' queues back up here, not in the session's own FIFO, and
 //! the order in which they leave is the share of the link each one gets at the host: in
-//! proportion to its weight, the function's priority. One host or many: the transmit
-//! queue is one FIFO that a full session holds up, so the order set here is the order of the
-//! link (for two hosts as for one; the transport's own round robin between sessions then
-//! only ever sees what this order gave it).
+//! proportion to its weight, the function's priority. One host or many: the serving loop
+//! takes TLPs in this order among the queues whose session wants more
+//! ([`Arbiter::pop_where`]), so a slow host's session holds up only its own functions, and
+//! the order set here is the order of the link for the others (the transport's own round
+//! robin between sessions then only ever sees what this order gave it).
 //!
 //! DRR, as here: each backlogged queue has a deficit; the queue at the front of the round
 //! sends its head while the deficit covers the head's bytes (header and data, what it takes
@@ -164,16 +165,42 @@ impl<K> Arbiter<K> {
 
     /// The next TLP in round order: (its queue, its session, the TLP).
     pub fn pop(&mut self) -> Option<(usize, K, Bytes)> {
+        self.pop_where(|_| true)
+    }
+
+    /// The next TLP in round order among the queues whose head goes to a session for which
+    /// `eligible` holds (one that can take more now): a queue whose session cannot is passed
+    /// over without earning its quantum and keeps its deficit, so a slow session holds up
+    /// only its own functions, never another host's, and the others share in their weights'
+    /// proportion meanwhile. `None` when nothing queued is eligible.
+    pub fn pop_where(&mut self, mut eligible: impl FnMut(&K) -> bool) -> Option<(usize, K, Bytes)> {
+        // Queues passed over in a row: once every queue in the round has been, none is
+        // eligible (an eligible one resets the count and earns until it can send).
+        let mut passed = 0;
         loop {
             let i = usize::from(*self.active.front()?);
             let q = &mut self.queues[i];
-            let Some(need) = q.q.front().map(|(_, t)| t.len() as u64) else {
+            let Some((key, head)) = q.q.front() else {
                 // Cannot happen (an empty queue leaves the round), but never loop on it.
                 q.active = false;
                 q.deficit = 0;
                 self.active.pop_front();
                 continue;
             };
+            if !eligible(key) {
+                passed += 1;
+                if passed >= self.active.len() {
+                    // None is eligible (an eligible queue would have reset the count): undo
+                    // the rotations, so that a call that sends nothing leaves the round as it
+                    // was (else every such call would hand the next queue an extra quantum).
+                    self.active.rotate_right(passed - 1);
+                    return None;
+                }
+                self.active.rotate_left(1);
+                continue;
+            }
+            passed = 0;
+            let need = head.len() as u64;
             if q.deficit >= need {
                 q.deficit -= need;
                 let (k, t) = q.q.pop_front()?;
@@ -447,5 +474,51 @@ mod tests {
         let fives: Vec<u64> = got.iter().filter(|g| g.0 == 5).map(|g| g.2).collect();
         assert_eq!(fives, (0..10).collect::<Vec<_>>());
         assert!(got.iter().all(|g| (g.0 == 5) == (g.1 == 10)));
+    }
+
+    #[test]
+    fn a_session_that_takes_nothing_holds_up_only_its_own_queues() {
+        let mut arb = Arbiter::<u8>::new();
+        arb.set_weight(1, 30);
+        arb.set_weight(2, 10);
+        for s in 0..4000 {
+            arb.push(1, b'a', tlp(256, s));
+            arb.push(2, b'b', tlp(256, s));
+            arb.push(3, b'c', tlp(256, s));
+        }
+        // Session c takes nothing: a and b share in their weights' proportion meanwhile.
+        let mut got = [0u64; 2];
+        let mut next = [0u64; 2];
+        for _ in 0..2000 {
+            let (i, k, t) = arb.pop_where(|k| *k != b'c').expect("a and b are eligible");
+            assert_ne!(k, b'c');
+            let f = usize::from(i - 1);
+            assert_eq!(seq(&t), next[f], "queue {i} out of order");
+            next[f] += 1;
+            got[f] += 1;
+        }
+        let r = got[0] as f64 / got[1] as f64;
+        assert!(
+            (2.9..=3.1).contains(&r),
+            "30:10 beside a stalled session: {got:?}"
+        );
+        assert_eq!(arb.queue_len(3), 4000, "nothing of c's queue went");
+        // Nothing eligible: None, nothing lost.
+        let before = arb.len();
+        let round: Vec<u16> = arb.active.iter().copied().collect();
+        assert!(arb.pop_where(|_| false).is_none());
+        assert_eq!(arb.len(), before);
+        let after: Vec<u16> = arb.active.iter().copied().collect();
+        assert_eq!(
+            round, after,
+            "a pop that sends nothing leaves the round as it was"
+        );
+        // Once c takes again, its queue goes in order and gets its share.
+        let mut c = 0;
+        while let Some((i, _, t)) = arb.pop_where(|k| *k == b'c') {
+            assert_eq!((i, seq(&t)), (3, c));
+            c += 1;
+        }
+        assert_eq!(c, 4000);
     }
 }

@@ -202,38 +202,31 @@ impl Sessions<ConnId> for Endpoint {
     }
 }
 
-/// Move what the router queued into the sessions, in order (asking for the queue again for
-/// every TLP: it is topped up from the functions' queues in their priorities' order), but
-/// only while the TLP's session wants more: a session holds at most about a congestion
-/// window of unsent bytes, so a saturated link's backlog stays in the router's per-function
-/// queues, where the priorities decide the order (issue 14; docs/api.md "Priority"). A
-/// session's own queue is one FIFO: a backlog there would leave in arrival order, whatever
-/// the priorities. `true` when TLPs wait for a session (its queue short of room or full).
-///
-/// The transmit queue is one FIFO too: a TLP for a session that wants no more holds up the
-/// ones behind it for other sessions (in the order the arbiter chose; the link's next round
-/// makes room).
+/// Move what the router queued into the sessions, in order (the router tops up from the
+/// functions' queues in their priorities' order at every TLP), but only into a session that
+/// wants more: a session holds at most about a congestion window of unsent bytes, so a
+/// saturated link's backlog stays in the router's per-function queues, where the priorities
+/// decide the order (issue 14; docs/api.md "Priority"). A session's own queue is one FIFO: a
+/// backlog there would leave in arrival order, whatever the priorities. A session that wants
+/// no more holds up only its own TLPs ([`Router::pop_transmit`]): other hosts' go on.
+/// `true` when TLPs wait for a session (its queue short of room or full).
 pub fn flush<K: Copy + PartialEq + std::fmt::Debug>(
     router: &mut Router<K>,
     link: &mut impl Sessions<K>,
 ) -> bool {
-    while let Some((c, t)) = router.transmit_queue().pop_front() {
-        if !link.wants_more(c) {
-            router.transmit_queue().push_front((c, t));
-            return true;
-        }
+    while let Some((c, t)) = router.pop_transmit(|k| link.wants_more(k)) {
         // Queued only: the next poll sends everything flushed here in as few frames as fit
         // (one frame per TLP would cap DMA at the frame rate).
         match link.submit(c, t.clone()) {
             Ok(()) => {}
             Err(SendError::QueueFull) => {
-                router.transmit_queue().push_front((c, t));
+                router.unpop_transmit(c, t);
                 return true;
             }
             Err(e) => tracing::debug!("appliance: TLP not sent: {e}"),
         }
     }
-    false
+    router.transmit_pending()
 }
 
 /// Nothing queued by a device thread since the last look.

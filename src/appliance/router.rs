@@ -469,16 +469,50 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
         &mut self.out
     }
 
+    /// The next TLP to put on the wire for a session that `wants` more now, in order: the
+    /// earliest such in the transmit queue, else the next one in the priorities' order from
+    /// the functions' queues whose session does ([`Arbiter::pop_where`]). A session that
+    /// wants no more (its own queue holds about a congestion window) holds up only its own
+    /// TLPs: each session's TLPs still leave in their order, and another host's go past
+    /// them. `None` when nothing waits for a session that wants more.
+    pub fn pop_transmit(&mut self, mut wants: impl FnMut(K) -> bool) -> Option<(K, Bytes)> {
+        // The earliest TLP of a session comes first: a session's later TLPs are never taken
+        // from the arbiter while an earlier one waits here (it would be found first).
+        if let Some(at) = self.out.iter().position(|(k, _)| wants(*k)) {
+            return self.out.remove(at);
+        }
+        let (i, key, tlp) = self.arbiter.pop_where(|k| wants(*k))?;
+        self.took(i);
+        Some((key, tlp))
+    }
+
+    /// Put back a TLP that [`Router::pop_transmit`] gave and its session would not take
+    /// after all (its queue was full): it is sent first when the session wants more.
+    pub fn unpop_transmit(&mut self, key: K, tlp: Bytes) {
+        self.out.push_front((key, tlp));
+    }
+
+    /// Anything waits to go on the wire (in the transmit queue or the functions' queues).
+    pub fn transmit_pending(&self) -> bool {
+        !self.out.is_empty() || !self.arbiter.is_empty()
+    }
+
     /// Top the transmit queue up to [`STAGE`] from the arbiter.
     fn stage(&mut self) {
         while self.out.len() < STAGE {
             let Some((i, key, tlp)) = self.arbiter.pop() else {
                 return;
             };
-            if i < OWN && self.arbiter.queue_len(i) < BACKLOG_LOW {
-                self.backed.remove(i as u8);
-            }
+            self.took(i);
             self.out.push_back((key, tlp));
+        }
+    }
+
+    /// A TLP left arbiter queue `i`: a function held at its backlog bound is released
+    /// below [`BACKLOG_LOW`].
+    fn took(&mut self, i: usize) {
+        if i < OWN && self.arbiter.queue_len(i) < BACKLOG_LOW {
+            self.backed.remove(i as u8);
         }
     }
 
