@@ -492,7 +492,7 @@ mod tests {
         for _ in 0..2000 {
             let (i, k, t) = arb.pop_where(|k| *k != b'c').expect("a and b are eligible");
             assert_ne!(k, b'c');
-            let f = usize::from(i - 1);
+            let f = i - 1;
             assert_eq!(seq(&t), next[f], "queue {i} out of order");
             next[f] += 1;
             got[f] += 1;
