@@ -3,6 +3,7 @@
 use super::*;
 use crate::host::root::{ChannelDownlink, HostConfig};
 use proptest::prelude::*;
+use std::os::unix::fs::PermissionsExt;
 use std::time::Instant;
 
 fn b(s: &str) -> Addr {
