@@ -70,10 +70,19 @@ fn vfio_user_socket_refuses_a_live_socket_and_leaves_it_serving() {
 fn vfio_user_socket_refuses_a_live_socket_with_a_full_backlog_without_hanging() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("01:00.0.sock");
-    let _busy = UnixListener::bind(&path).unwrap(); // never accepts
-                                                    // Fill its backlog: a blocking connect would now wait until somebody accepts.
+    // A listener with the smallest backlog that never accepts (std's is the system maximum).
+    let busy = rustix::net::socket(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::STREAM,
+        None,
+    )
+    .unwrap();
+    rustix::net::bind(&busy, &rustix::net::SocketAddrUnix::new(&path).unwrap()).unwrap();
+    rustix::net::listen(&busy, 0).unwrap();
+    // Fill its backlog: a blocking connect would now wait until somebody accepts.
     let mut held = Vec::new();
-    for _ in 0..4096 {
+    let mut full = false;
+    for _ in 0..64 {
         let fd = rustix::net::socket_with(
             rustix::net::AddressFamily::UNIX,
             rustix::net::SocketType::STREAM,
@@ -84,10 +93,14 @@ fn vfio_user_socket_refuses_a_live_socket_with_a_full_backlog_without_hanging() 
         let addr = rustix::net::SocketAddrUnix::new(&path).unwrap();
         match rustix::net::connect(&fd, &addr) {
             Ok(()) => held.push(fd),
-            Err(rustix::io::Errno::AGAIN) => break,
+            Err(rustix::io::Errno::AGAIN) => {
+                full = true;
+                break;
+            }
             Err(e) => panic!("filling the backlog: {e}"),
         }
     }
+    assert!(full, "the backlog never filled: the test proves nothing");
     let (tx, rx) = std::sync::mpsc::channel();
     let p = path.clone();
     std::thread::spawn(move || {
