@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use super::control::{BindError, BoundSocket, ControlInfo, ControlServer};
 use super::root::{Downlink, Host, HostConfig, LinkError};
+use super::sockfile::{remove_if_ours, SocketId};
 use super::tlpio::TlpArena;
 use super::vfio_user::{Closer, Connection, FunctionServer, ServerConfig, Withdraw};
 use crate::tlp::Bdf;
@@ -350,6 +351,8 @@ impl Downlink for SessionLink {
 struct Served {
     bdf: Bdf,
     path: PathBuf,
+    /// The socket file its server bound (removed only if still that file).
+    id: SocketId,
     withdraw: Withdraw,
     closer: Closer,
     /// Signalled (by disconnecting) when the server thread ends.
@@ -370,7 +373,7 @@ impl Served {
                 tracing::warn!(function = %self.bdf, "vfio-user server thread did not end; left behind")
             }
         }
-        let _ = std::fs::remove_file(&self.path);
+        remove_if_ours(&self.path, self.id);
     }
 }
 
@@ -657,6 +660,7 @@ impl Agent {
         let path = dir.join(self.socket_name(bdf));
         let server = FunctionServer::bind(&path)?;
         let withdraw = server.withdrawer();
+        let id = server.socket_id();
         let closer = server.closer().map_err(|source| AgentError::Io {
             what: "duplicating a vfio-user listening socket",
             source,
@@ -679,6 +683,7 @@ impl Agent {
         served.push(Served {
             bdf,
             path: path.clone(),
+            id,
             withdraw,
             closer,
             exited,

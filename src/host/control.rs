@@ -12,13 +12,13 @@
 //!   [`Segment`] each); the CLI's own-session fallback runs the same function, so both print
 //!   the same text ([`lspci_text`] is its one copy);
 //! * [`ControlServer`] — the Unix-socket server: mode 0600, bound under a private temporary
-//!   name and renamed into place ([`bind_private`]), one request line (at most
+//!   name and renamed into place ([`bind_socket`](super::sockfile::bind_socket)), one request line (at most
 //!   [`MAX_REQUEST`] bytes, [`READ_TIMEOUT`]) in, one JSON line out, at most [`MAX_CLIENTS`]
 //!   clients at once;
 //! * [`request`] — the client side (also used for the VM control socket).
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -44,19 +44,9 @@ pub const MAX_CLIENTS: usize = 8;
 pub const DEFAULT_DIR: &str = "/run/pcietun";
 
 /// The default control socket of the agent with host id `host_id`:
-/// `/run/pcietun/host-<id>.sock` (characters other than letters, digits, `-`, `_` and `.`
-/// become `_`).
+/// `/run/pcietun/host-<id>.sock`, the id made safe by [`safe_name`](super::names::safe_name).
 pub fn default_path(host_id: &str) -> PathBuf {
-    let id: String = host_id
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let id = super::names::safe_name(host_id);
     Path::new(DEFAULT_DIR).join(format!("host-{id}.sock"))
 }
 
@@ -766,87 +756,8 @@ pub fn lspci_text(fabric: &Fabric, dump: Dump, only: Option<Addr>) -> String {
     out
 }
 
-/// Why a control socket could not be served.
-#[derive(Debug, thiserror::Error)]
-pub enum BindError {
-    /// Another process answers on the path.
-    #[error("{} is in use: another agent answers on it", .0.display())]
-    Live(PathBuf),
-    /// Something other than a socket is in the way.
-    #[error("{} exists and is not a socket", .0.display())]
-    NotASocket(PathBuf),
-    /// Creating the directory, binding, or renaming failed.
-    #[error("{}: {what}: {source}", path.display())]
-    Io {
-        /// The socket path.
-        path: PathBuf,
-        /// What we were doing.
-        what: &'static str,
-        /// Cause.
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-/// Bind a Unix listening socket at `path`, mode 0600, with no moment at which another user
-/// could connect: bound inside a fresh private (0700) directory next to `path`, chmodded, then
-/// renamed into place. A stale socket at `path` (nobody accepts) is replaced; a live one is
-/// refused ([`BindError::Live`]), and so is anything that is not a socket. Returns the
-/// listener and the socket file's (device, inode), for [`remove_if_ours`].
-pub fn bind_private(path: &Path) -> Result<(UnixListener, (u64, u64)), BindError> {
-    let io = |what: &'static str| {
-        let path = path.to_path_buf();
-        move |source| BindError::Io { path, what, source }
-    };
-    if let Ok(m) = std::fs::symlink_metadata(path) {
-        if !m.file_type().is_socket() {
-            return Err(BindError::NotASocket(path.to_path_buf()));
-        }
-        if UnixStream::connect(path).is_ok() {
-            return Err(BindError::Live(path.to_path_buf()));
-        }
-        // Stale: the rename below replaces it.
-    }
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&dir).map_err(io("creating its directory"))?;
-    static SEQ: AtomicUsize = AtomicUsize::new(0);
-    let tmp_dir = dir.join(format!(
-        ".pcietun-{}-{}",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    ));
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&tmp_dir)
-            .map_err(io("creating a private temporary directory"))?;
-    }
-    let tmp = tmp_dir.join("s");
-    let result = (|| -> Result<(UnixListener, (u64, u64)), BindError> {
-        let l = UnixListener::bind(&tmp).map_err(io("binding"))?;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
-            .map_err(io("setting mode 0600"))?;
-        std::fs::rename(&tmp, path).map_err(io("renaming into place"))?;
-        let m = std::fs::symlink_metadata(path).map_err(io("reading it back"))?;
-        Ok((l, (m.dev(), m.ino())))
-    })();
-    let _ = std::fs::remove_file(&tmp);
-    let _ = std::fs::remove_dir(&tmp_dir);
-    result
-}
-
-/// Remove `path` if it is still the socket file `id` (not one another agent bound since).
-pub fn remove_if_ours(path: &Path, id: (u64, u64)) {
-    if let Ok(m) = std::fs::symlink_metadata(path) {
-        if (m.dev(), m.ino()) == id {
-            let _ = std::fs::remove_file(path);
-        }
-    }
-}
+use super::sockfile::bind_socket;
+pub use super::sockfile::{remove_if_ours, BindError, SocketId};
 
 /// Read one request line of at most `max` bytes (newline excluded). `Ok(None)`: the client
 /// closed. `Err(reply)`: an error reply to send before closing (too long, not UTF-8, timed
@@ -905,7 +816,7 @@ impl Drop for Slot {
     }
 }
 
-/// A control socket bound ([`bind_private`]) but not served yet: the agent binds before it
+/// A control socket bound ([`bind_socket`], mode 0600) but not served yet: the agent binds before it
 /// opens its session, so an agent refused the path never disturbs the one that holds it.
 /// Connections made before [`ControlServer::start`] wait in the backlog.
 #[derive(Debug)]
@@ -916,9 +827,9 @@ pub struct BoundSocket {
 }
 
 impl BoundSocket {
-    /// Bind `path` ([`bind_private`]).
+    /// Bind `path` ([`bind_socket`], mode 0600).
     pub fn bind(path: &Path) -> Result<BoundSocket, BindError> {
-        let (listener, id) = bind_private(path)?;
+        let (listener, id) = bind_socket(path, 0o600)?;
         Ok(BoundSocket {
             listener,
             path: path.to_path_buf(),

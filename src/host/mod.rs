@@ -11,6 +11,8 @@
 //!   dispatch of what a card sends (completions, DMA, interrupts).
 //! * [`vfio_user`] — the vfio-user server that hands a function to a VM or another consumer.
 //! * [`control`] — the running agent's control socket (`pcietun host lspci|read|write`).
+//! * [`sockfile`] — binding the agent's Unix sockets (one rule: stale replaced, live or
+//!   not-a-socket refused); [`names`] — the sanitizer of names from outside.
 //! * [`fleet`] — an agent with several appliances at once, one PCI segment each.
 //! * [`qmp`] — a client of QEMU's monitor protocol; [`vm`] — hot-adding and removing
 //!   tunnelled functions in running VMs through it (docs/vms.md).
@@ -21,9 +23,11 @@ pub mod dma;
 pub mod enumerate;
 pub mod fleet;
 pub mod function;
+pub mod names;
 pub mod qmp;
 pub mod requester;
 pub mod root;
+pub mod sockfile;
 pub mod tlpio;
 mod upstream;
 pub mod vfio_user;

@@ -3,6 +3,7 @@
 use super::*;
 use crate::host::root::{ChannelDownlink, HostConfig};
 use proptest::prelude::*;
+use std::os::unix::fs::PermissionsExt;
 use std::time::Instant;
 
 fn b(s: &str) -> Addr {
@@ -114,7 +115,7 @@ fn default_path_is_one_file_under_run() {
     );
     assert_eq!(
         default_path("../x y"),
-        PathBuf::from("/run/pcietun/host-.._x_y.sock")
+        PathBuf::from("/run/pcietun/host-_._x_y.sock")
     );
 }
 

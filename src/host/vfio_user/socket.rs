@@ -21,6 +21,7 @@ use std::time::Duration;
 use super::server::{Connection, ServerConfig};
 use super::VfioDevice;
 use crate::host::dma::{check_range, DmaMemory, DmaWindowError, Unreachable};
+use crate::host::sockfile::{bind_socket, remove_if_ours, BindError, SocketId};
 use crate::pci::vfio_user::{
     Command, DmaAccessRepr, MessageHeader, MessageHeaderRepr, MessageType, WireError, HEADER_LEN,
 };
@@ -31,9 +32,10 @@ use crate::{info_limited, warn_limited};
 /// Errors of the socket layer.
 #[derive(Debug, thiserror::Error)]
 pub enum SocketError {
-    /// The socket path exists and is not a stale socket we may replace.
-    #[error("{0} exists and is not a socket")]
-    PathInUse(PathBuf),
+    /// The socket could not be bound: a live socket or another file is in the way, or the
+    /// bind failed ([`bind_socket`]).
+    #[error("vfio-user socket: {0}")]
+    Bind(#[from] BindError),
     /// Binding, accepting, reading or writing failed.
     #[error("vfio-user socket {path}: {source}")]
     Io {
@@ -492,38 +494,40 @@ impl Closer {
     }
 }
 
+/// Permission bits of a vfio-user socket: the agent's user and group (a QEMU running as
+/// another user, libvirt's, reaches it through the group; docs/vms.md).
+pub const SOCKET_MODE: u32 = 0o660;
+
 /// The listening socket of one function (`DIR/<bb>:<dd>.<f>.sock`).
 #[derive(Debug)]
 pub struct FunctionServer {
     listener: UnixListener,
     path: PathBuf,
+    id: SocketId,
     log: LogLimiter,
     current: Withdraw,
     closing: Arc<AtomicBool>,
 }
 
 impl FunctionServer {
-    /// Bind `path`. A stale socket file left by an earlier run is replaced; any other file is
-    /// an error.
+    /// Bind `path` ([`bind_socket`], mode [`SOCKET_MODE`]): a stale socket file left by an
+    /// earlier run is replaced; a live one (another agent serves it) or any other file is
+    /// refused.
     pub fn bind(path: &Path) -> Result<Self, SocketError> {
-        use std::os::unix::fs::FileTypeExt;
-        if let Ok(meta) = std::fs::symlink_metadata(path) {
-            if !meta.file_type().is_socket() {
-                return Err(SocketError::PathInUse(path.to_path_buf()));
-            }
-            let _ = std::fs::remove_file(path);
-        }
-        let listener = UnixListener::bind(path).map_err(|source| SocketError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let (listener, id) = bind_socket(path, SOCKET_MODE)?;
         Ok(Self {
             listener,
             path: path.to_path_buf(),
+            id,
             log: LogLimiter::warnings(),
             current: Withdraw::default(),
             closing: Arc::default(),
         })
+    }
+
+    /// The socket file this server bound (for [`remove_if_ours`] by whoever outlives it).
+    pub fn socket_id(&self) -> SocketId {
+        self.id
     }
 
     /// A handle that ends [`serve_forever`](Self::serve_forever) (holds a duplicate of the
@@ -581,7 +585,8 @@ impl FunctionServer {
 }
 
 impl Drop for FunctionServer {
+    /// Removes the socket file — unless another agent's socket replaced it since.
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        remove_if_ours(&self.path, self.id);
     }
 }

@@ -162,20 +162,10 @@ impl std::fmt::Debug for VmAttacher {
     }
 }
 
-/// Device ids QEMU accepts (`[A-Za-z][A-Za-z0-9_.-]*`) derived from a function id.
+/// Device ids QEMU accepts (`[A-Za-z][A-Za-z0-9_.-]*`) derived from a function id
+/// ([`safe_name`](crate::host::names::safe_name) behind `pcietun-`).
 pub fn device_id(function: &FunctionRef) -> String {
-    let body: String = function
-        .id
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!("pcietun-{body}")
+    format!("pcietun-{}", crate::host::names::safe_name(&function.id))
 }
 
 fn us(d: Duration) -> u64 {

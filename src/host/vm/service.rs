@@ -34,6 +34,7 @@ use serde_json::json;
 use super::attach::{Attachment, DetachOutcome, VmAttacher, VmError};
 use super::FunctionRef;
 use crate::host::agent::{Agent, Released, RemovalGate};
+use crate::host::sockfile::{bind_socket, remove_if_ours, BindError, SocketId};
 use crate::host::{Host, HostEvent};
 use crate::tlp::Bdf;
 
@@ -194,6 +195,44 @@ pub struct VmService {
     attacher: Arc<VmAttacher>,
     worker: Mutex<Option<JoinHandle<()>>>,
     stop: Arc<AtomicBool>,
+    /// The control socket being served ([`VmService::serve_control`]).
+    control: Mutex<Option<ControlSocket>>,
+}
+
+/// How long closing the control socket waits for its thread (which may be answering a client).
+const CONTROL_EXIT: Duration = Duration::from_secs(2);
+
+/// A served control socket; dropping it stops accepting and removes the file.
+#[derive(Debug)]
+struct ControlSocket {
+    path: PathBuf,
+    id: SocketId,
+    stop: Arc<AtomicBool>,
+    /// A duplicate of the listening socket, to wake `accept`.
+    wake: UnixListener,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for ControlSocket {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        // Wakes accept(2) on the same socket (Linux: it fails with EINVAL).
+        let _ = rustix::net::shutdown(&self.wake, rustix::net::Shutdown::Both);
+        remove_if_ours(&self.path, self.id);
+        if let Some(t) = self.thread.take() {
+            // Not from the thread itself (it may drop the last handle on the service), and not
+            // forever: a client being answered finishes on its own.
+            if t.thread().id() != std::thread::current().id() {
+                let deadline = Instant::now() + CONTROL_EXIT;
+                while !t.is_finished() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                if t.is_finished() {
+                    let _ = t.join();
+                }
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for VmService {
@@ -397,6 +436,7 @@ impl VmService {
             attacher,
             worker: Mutex::new(Some(worker)),
             stop: Arc::new(AtomicBool::new(false)),
+            control: Mutex::new(None),
         })
     }
 
@@ -482,23 +522,32 @@ impl VmService {
         s.grace + s.command_timeout * 3 + s.connect_timeout
     }
 
-    /// Serve the control socket at `path` (mode 0600) on its own thread.
-    pub fn serve_control(self: &Arc<Self>, path: &Path) -> std::io::Result<PathBuf> {
-        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-        if let Ok(m) = std::fs::symlink_metadata(path) {
-            if m.file_type().is_socket() {
-                let _ = std::fs::remove_file(path);
+    /// Serve the control socket at `path` on its own thread: bound by
+    /// [`bind_socket`] (mode 0600; a stale socket is replaced, a live one — another agent's —
+    /// or a file that is not a socket is refused). Replaces the control socket this service
+    /// served before; [`VmService::stop`] closes it and removes the file (if still ours).
+    pub fn serve_control(self: &Arc<Self>, path: &Path) -> Result<PathBuf, BindError> {
+        let (listener, id) = bind_socket(path, 0o600)?;
+        let io = |what: &'static str| {
+            let path = path.to_path_buf();
+            move |source| BindError::Io { path, what, source }
+        };
+        let wake = listener.try_clone();
+        let wake = match wake {
+            Ok(w) => w,
+            Err(e) => {
+                remove_if_ours(path, id);
+                return Err(io("duplicating the listening socket")(e));
             }
-        }
-        let listener = UnixListener::bind(path)?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        };
         let me = Arc::downgrade(self);
-        let stop = self.stop.clone();
-        std::thread::Builder::new()
+        let stop = Arc::new(AtomicBool::new(false));
+        let halt = stop.clone();
+        let thread = std::thread::Builder::new()
             .name("host-vm-control".into())
             .spawn(move || {
                 for stream in listener.incoming() {
-                    if stop.load(Ordering::Relaxed) {
+                    if halt.load(Ordering::Acquire) {
                         return;
                     }
                     let (Ok(stream), Some(svc)) = (stream, me.upgrade()) else {
@@ -509,7 +558,22 @@ impl VmService {
                         tracing::debug!(error = %e, "VM control client");
                     }
                 }
-            })?;
+            });
+        let thread = match thread {
+            Ok(t) => t,
+            Err(e) => {
+                remove_if_ours(path, id);
+                return Err(io("starting its thread")(e));
+            }
+        };
+        let old = self.control.lock_or_recover().replace(ControlSocket {
+            path: path.to_path_buf(),
+            id,
+            stop,
+            wake,
+            thread: Some(thread),
+        });
+        drop(old);
         Ok(path.to_path_buf())
     }
 
@@ -540,6 +604,8 @@ impl VmService {
     /// Stop the worker (after the jobs queued before this call).
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
+        let control = self.control.lock_or_recover().take();
+        drop(control);
         self.send(Job::Stop);
         if let Some(w) = self.worker.lock_or_recover().take() {
             let _ = w.join();
