@@ -74,6 +74,33 @@ pub enum ControlError {
     /// never given to a host; its VFs are.
     #[error("function {0} is the physical function of pooled virtual functions: assign its VFs ({0}.vf0, ...)")]
     PooledVfs(FunctionId),
+    /// [`Control::set_vf_count`] on a function without the SR-IOV capability (or a VF).
+    #[error("function {0} is not an SR-IOV physical function")]
+    NotSriov(FunctionId),
+    /// [`Control::set_vf_count`] asked for more VFs than the physical function has.
+    #[error(
+        "function {function} has at most {total} virtual functions (TotalVFs); {requested} asked"
+    )]
+    TooManyVfs {
+        /// The physical function.
+        function: FunctionId,
+        /// The count asked for.
+        requested: u16,
+        /// Its TotalVFs.
+        total: u16,
+    },
+    /// [`Control::set_vf_count`] while one of the PF's VFs belongs to a host or is being
+    /// reset: changing NumVFs tears every VF down (VF Enable cleared first, PCIe r5.0
+    /// §9.3.3.3), so each must be free.
+    #[error("function {function}'s virtual function {vf} {why}: unassign it before changing the VF count")]
+    VfInUse {
+        /// The physical function.
+        function: FunctionId,
+        /// The VF in use.
+        vf: FunctionId,
+        /// "is assigned to HOST" or "is being reset".
+        why: String,
+    },
     /// A policy value that is not one (a zero cap).
     #[error(transparent)]
     BadPolicy(PolicyError),
@@ -146,6 +173,11 @@ pub(crate) enum Command {
         policy: Policy,
         done: Done,
     },
+    SetVfs {
+        function: FunctionId,
+        n: u16,
+        done: Done,
+    },
 }
 
 impl std::fmt::Debug for Command {
@@ -158,6 +190,7 @@ impl std::fmt::Debug for Command {
             Command::SetPolicy {
                 function, policy, ..
             } => write!(f, "SetPolicy({function}, {policy:?})"),
+            Command::SetVfs { function, n, .. } => write!(f, "SetVfs({function}, {n})"),
         }
     }
 }
@@ -374,7 +407,8 @@ impl Control {
                 Command::Assign { done, .. }
                 | Command::Unassign { done, .. }
                 | Command::Remove { done, .. }
-                | Command::SetPolicy { done, .. } => done(Err(ControlError::Stopped)),
+                | Command::SetPolicy { done, .. }
+                | Command::SetVfs { done, .. } => done(Err(ControlError::Stopped)),
                 Command::Add { done, .. } => done(Err(ControlError::Stopped)),
             },
         }
@@ -520,6 +554,45 @@ impl Control {
     ) -> Result<(), ControlError> {
         let (tx, rx) = channel::bounded(1);
         self.set_policy(function, policy, move |r| {
+            let _ = tx.send(r);
+        });
+        wait(&rx, timeout)
+    }
+
+    /// Change how many SR-IOV virtual functions of the physical function `function` the
+    /// appliance enables and pools, at run time: 0 to its TotalVFs. The appliance, as the
+    /// PF's driver, clears VF Enable, writes NumVFs and sets VF Enable and VF MSE again
+    /// (PCIe r5.0 §9.3.3.3, §9.3.3.7: NumVFs only changes while VF Enable is clear), so every
+    /// VF of the PF is torn down and the new set created: VF *i* keeps its id (`PF.vfI`, the
+    /// one `vfs = N` gives) and, for NVMe, its slice of the backing store; new VFs join the
+    /// pool unassigned (`FunctionAdded`), removed ones leave it (`FunctionRemoved`, their
+    /// caps forgotten). Refused while any VF of the PF belongs to a host or is being reset
+    /// ([`ControlError::VfInUse`]: unassign it first), while the PF itself is assigned (its
+    /// owner is its driver), and for a function that is not an SR-IOV PF
+    /// ([`ControlError::NotSriov`]) or a count above TotalVFs ([`ControlError::TooManyVfs`]).
+    /// No other function's I/O waits. `done` gets the outcome once the inventory shows it.
+    pub fn set_vf_count(
+        &self,
+        function: FunctionId,
+        n: u16,
+        done: impl FnOnce(Result<(), ControlError>) + Send + 'static,
+    ) {
+        self.submit(Command::SetVfs {
+            function,
+            n,
+            done: Box::new(done),
+        });
+    }
+
+    /// [`set_vf_count`](Self::set_vf_count), waiting up to `timeout` for the outcome.
+    pub fn set_vf_count_wait(
+        &self,
+        function: FunctionId,
+        n: u16,
+        timeout: Duration,
+    ) -> Result<(), ControlError> {
+        let (tx, rx) = channel::bounded(1);
+        self.set_vf_count(function, n, move |r| {
             let _ = tx.send(r);
         });
         wait(&rx, timeout)

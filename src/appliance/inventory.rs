@@ -470,6 +470,52 @@ impl Inventory {
         Ok(())
     }
 
+    /// The virtual functions of the physical function `pf` the pool holds, by VF index.
+    pub fn vfs_of(&self, pf: &FunctionId) -> impl Iterator<Item = &FunctionEntry> + '_ {
+        let pf = pf.clone();
+        self.functions
+            .iter()
+            .filter(move |f| f.vf_of.as_ref().is_some_and(|(p, _)| *p == pf))
+    }
+
+    /// Replace the pooled virtual functions of `pf` by `vfs` (the VF count changed: every VF
+    /// was torn down and the new ones created, PCIe r5.0 §9.3.3.3), placed right after `pf`.
+    /// Refused — nothing changes — while one of the old VFs belongs to a host or is being
+    /// reset. Returns the ids that left and those that joined (a VF index kept keeps its id).
+    pub fn replace_vfs(
+        &mut self,
+        pf: &FunctionId,
+        vfs: Vec<FunctionEntry>,
+    ) -> Result<(Vec<FunctionId>, Vec<FunctionId>), InventoryError> {
+        self.index(pf)?;
+        for v in self.vfs_of(pf) {
+            match v.state {
+                FunctionState::Unassigned | FunctionState::Failed => {}
+                FunctionState::Assigned(owner) => {
+                    return Err(InventoryError::AlreadyAssigned {
+                        function: v.id.clone(),
+                        owner,
+                    })
+                }
+                FunctionState::Resetting => return Err(InventoryError::Resetting(v.id.clone())),
+            }
+        }
+        if let Some(v) = vfs.iter().find(|v| {
+            v.vf_of.as_ref().is_none_or(|(p, _)| p != pf)
+                || self.get(&v.id).is_some_and(|o| o.vf_of.is_none())
+        }) {
+            return Err(InventoryError::DuplicateId(v.id.clone()));
+        }
+        let old: Vec<FunctionId> = self.vfs_of(pf).map(|v| v.id.clone()).collect();
+        let new: Vec<FunctionId> = vfs.iter().map(|v| v.id.clone()).collect();
+        self.functions.retain(|f| !old.contains(&f.id));
+        let at = self.index(pf)? + 1;
+        self.functions.splice(at..at, vfs);
+        let gone = old.iter().filter(|o| !new.contains(o)).cloned().collect();
+        let joined = new.into_iter().filter(|n| !old.contains(n)).collect();
+        Ok((gone, joined))
+    }
+
     fn index(&self, id: &FunctionId) -> Result<usize, InventoryError> {
         self.functions
             .iter()

@@ -1490,7 +1490,106 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
                 let r = self.set_policy(ep, &function, policy, now);
                 self.answers.push(Box::new(move || done(r)));
             }
+            Command::SetVfs { function, n, done } => {
+                let r = self.set_vf_count(ep, &function, n, now);
+                self.answers.push(Box::new(move || done(r)));
+            }
         }
+    }
+
+    /// Enable `n` virtual functions of the physical function `function` (see
+    /// [`Control::set_vf_count`](super::Control::set_vf_count)).
+    fn set_vf_count(
+        &mut self,
+        ep: &mut Proxy,
+        function: &FunctionId,
+        n: u16,
+        now: Instant,
+    ) -> Result<(), ControlError> {
+        let pf = self
+            .inventory
+            .get(function)
+            .ok_or_else(|| ControlError::UnknownFunction(function.clone()))?
+            .clone();
+        if pf.vf_of.is_some() || pf.total_vfs == 0 {
+            return Err(ControlError::NotSriov(function.clone()));
+        }
+        if n > pf.total_vfs {
+            return Err(ControlError::TooManyVfs {
+                function: function.clone(),
+                requested: n,
+                total: pf.total_vfs,
+            });
+        }
+        match pf.state {
+            FunctionState::Unassigned => {}
+            FunctionState::Assigned(owner) => {
+                return Err(ControlError::AlreadyAssigned {
+                    function: function.clone(),
+                    owner,
+                })
+            }
+            FunctionState::Resetting => return Err(ControlError::Busy(function.clone())),
+            FunctionState::Failed => return Err(ControlError::Failed(function.clone())),
+        }
+        let old: Vec<FunctionEntry> = self.inventory.vfs_of(function).cloned().collect();
+        for v in &old {
+            let why = match v.state {
+                FunctionState::Unassigned | FunctionState::Failed => continue,
+                FunctionState::Assigned(owner) => format!("is assigned to {owner}"),
+                FunctionState::Resetting => "is being reset".to_string(),
+            };
+            return Err(ControlError::VfInUse {
+                function: function.clone(),
+                vf: v.id.clone(),
+                why,
+            });
+        }
+        if old.len() == usize::from(n) {
+            return Ok(());
+        }
+        // Nothing routes to the old VFs (unassigned); what they queued has no owner.
+        let mut gone_set = FunctionSet::EMPTY;
+        for v in &old {
+            gone_set.insert(v.bdf.device() << 3 | v.bdf.function());
+        }
+        self.flush_held(ep, &gone_set, now);
+        self.drain_outbound(usize::MAX);
+        let vfs = match super::devices::pool_vfs(ep, &pf, n) {
+            Ok(v) => v,
+            Err(e) => {
+                // The PF's VFs are in an unknown state: put back what was there if we can.
+                let back = super::devices::pool_vfs(ep, &pf, old.len() as u16).unwrap_or_default();
+                let _ = self.inventory.replace_vfs(function, back);
+                self.changed = true;
+                return Err(ControlError::BadDevice(e.to_string()));
+            }
+        };
+        if n == 0 {
+            // `pool_vfs` enables nothing for 0: clear VF Enable here.
+            if let Err(e) = ep.enable_vfs(pf.bdf, 0) {
+                return Err(ControlError::BadDevice(e.to_string()));
+            }
+        }
+        self.drain_outbound(usize::MAX);
+        let (gone, joined) = self.inventory.replace_vfs(function, vfs)?;
+        for id in &gone {
+            if let Some(v) = old.iter().find(|v| v.id == *id) {
+                let d = v.bdf.device() << 3 | v.bdf.function();
+                self.policies.retain(|(f, _)| f != id);
+                self.drop_shaper(d);
+                self.arbiter.set_weight(usize::from(d), PRIORITY_DEFAULT);
+                self.traffic[usize::from(d)] = FunctionTraffic::default();
+                self.timeouts_seen[usize::from(d)] = 0;
+            }
+            self.events.push(PoolEvent::FunctionRemoved(id.clone()));
+        }
+        for id in joined {
+            self.events.push(PoolEvent::FunctionAdded(id));
+        }
+        tracing::info!(%function, vfs = n, "appliance: VF count set");
+        self.changed = true;
+        Ok(())
     }
 
     /// Put a card built while serving at the lowest device number no function uses, under
@@ -1923,5 +2022,159 @@ fn count_upstream(t: &mut FunctionTraffic, tlp: &[u8]) {
             ..
         } => t.completer_aborts += 1,
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod vf_count_tests {
+    //! [`Router::set_vf_count`]: refusals, stable ids, the inventory and the pool events.
+    use super::*;
+    use crate::appliance::config::{ApplianceConfig, DeviceConfig, DeviceSpec};
+    use crate::appliance::devices;
+
+    fn setup(vfs: u16) -> (Router<u32>, Proxy, HostId) {
+        let cfg = ApplianceConfig {
+            devices: vec![
+                DeviceConfig {
+                    bdf: Bdf::new(0, 0, 0),
+                    name: Some("dma".into()),
+                    spec: DeviceSpec::Dma { buffer: 4096, vfs },
+                },
+                DeviceConfig {
+                    bdf: Bdf::new(0, 1, 0),
+                    name: Some("plain".into()),
+                    spec: DeviceSpec::Dma {
+                        buffer: 4096,
+                        vfs: 0,
+                    },
+                },
+            ],
+            ..ApplianceConfig::default()
+        };
+        let host = cfg.accepted_host_ids()[0];
+        let b = devices::build(&cfg).unwrap();
+        let inventory = b.inventory.clone();
+        let (ep, outbound, _scratch) = b.into_parts();
+        (
+            Router::new(inventory, outbound, Duration::from_millis(10)),
+            ep,
+            host,
+        )
+    }
+
+    fn id(s: &str) -> FunctionId {
+        s.parse().unwrap()
+    }
+
+    fn ids(r: &Router<u32>) -> Vec<String> {
+        r.inventory()
+            .functions()
+            .iter()
+            .map(|f| f.id.as_str().to_string())
+            .collect()
+    }
+
+    fn events(r: &mut Router<u32>) -> Vec<PoolEvent> {
+        let mut v = Vec::new();
+        r.take_events(&mut v);
+        v
+    }
+
+    #[test]
+    fn lowering_and_raising_keeps_ids_and_reports_each_vf() {
+        let (mut r, mut ep, _) = setup(3);
+        let now = Instant::now();
+        assert_eq!(ids(&r), ["dma", "dma.vf0", "dma.vf1", "dma.vf2", "plain"]);
+        r.set_vf_count(&mut ep, &id("dma"), 1, now).unwrap();
+        assert_eq!(ids(&r), ["dma", "dma.vf0", "plain"]);
+        assert_eq!(ep.virtual_functions(Bdf::new(0, 0, 0)).len(), 1);
+        assert_eq!(
+            events(&mut r),
+            [
+                PoolEvent::FunctionRemoved(id("dma.vf1")),
+                PoolEvent::FunctionRemoved(id("dma.vf2"))
+            ]
+        );
+        r.set_vf_count(&mut ep, &id("dma"), 0, now).unwrap();
+        assert_eq!(ids(&r), ["dma", "plain"]);
+        assert!(ep.virtual_functions(Bdf::new(0, 0, 0)).is_empty());
+        r.set_vf_count(&mut ep, &id("dma"), 2, now).unwrap();
+        // The same ids, Routing IDs and places as `vfs = 2` gives, unassigned.
+        assert_eq!(ids(&r), ["dma", "dma.vf0", "dma.vf1", "plain"]);
+        let vf1 = r.inventory().get(&id("dma.vf1")).unwrap();
+        assert_eq!(vf1.bdf, Bdf::new(0, 0, 2));
+        assert_eq!(vf1.vf_of, Some((id("dma"), 1)));
+        assert_eq!(vf1.state, FunctionState::Unassigned);
+        assert_eq!(
+            events(&mut r),
+            [
+                PoolEvent::FunctionRemoved(id("dma.vf0")),
+                PoolEvent::FunctionAdded(id("dma.vf0")),
+                PoolEvent::FunctionAdded(id("dma.vf1"))
+            ]
+        );
+        // The same count again changes nothing.
+        r.set_vf_count(&mut ep, &id("dma"), 2, now).unwrap();
+        assert!(events(&mut r).is_empty());
+    }
+
+    #[test]
+    fn refusals() {
+        let (mut r, mut ep, host) = setup(3);
+        let now = Instant::now();
+        assert_eq!(
+            r.set_vf_count(&mut ep, &id("dma"), 4, now),
+            Err(ControlError::TooManyVfs {
+                function: id("dma"),
+                requested: 4,
+                total: 3
+            })
+        );
+        assert_eq!(
+            r.set_vf_count(&mut ep, &id("plain"), 1, now),
+            Err(ControlError::NotSriov(id("plain")))
+        );
+        assert_eq!(
+            r.set_vf_count(&mut ep, &id("dma.vf0"), 1, now),
+            Err(ControlError::NotSriov(id("dma.vf0")))
+        );
+        assert_eq!(
+            r.set_vf_count(&mut ep, &id("nope"), 1, now),
+            Err(ControlError::UnknownFunction(id("nope")))
+        );
+        // A VF that belongs to a host blocks any change (every VF is torn down), and nothing
+        // changes.
+        r.assign(&id("dma.vf2"), host).unwrap();
+        let err = r.set_vf_count(&mut ep, &id("dma"), 1, now).unwrap_err();
+        assert!(
+            matches!(&err, ControlError::VfInUse { function, vf, .. } if *function == id("dma") && *vf == id("dma.vf2")),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("unassign it"), "{err}");
+        assert_eq!(ids(&r), ["dma", "dma.vf0", "dma.vf1", "dma.vf2", "plain"]);
+        assert_eq!(ep.virtual_functions(Bdf::new(0, 0, 0)).len(), 3);
+        // Any other count too: every VF is torn down and recreated.
+        assert!(matches!(
+            r.set_vf_count(&mut ep, &id("dma"), 2, now),
+            Err(ControlError::VfInUse { .. })
+        ));
+    }
+
+    #[test]
+    fn a_pf_with_no_vfs_is_assignable_and_then_keeps_its_vf_count() {
+        let (mut r, mut ep, host) = setup(2);
+        let now = Instant::now();
+        r.set_vf_count(&mut ep, &id("dma"), 0, now).unwrap();
+        // Without pooled VFs the PF is an ordinary card a host may own ...
+        r.assign(&id("dma"), host).unwrap();
+        // ... and its owner is its driver: the appliance does not enable VFs under it.
+        assert_eq!(
+            r.set_vf_count(&mut ep, &id("dma"), 1, now),
+            Err(ControlError::AlreadyAssigned {
+                function: id("dma"),
+                owner: host
+            })
+        );
+        assert!(ep.virtual_functions(Bdf::new(0, 0, 0)).is_empty());
     }
 }

@@ -157,6 +157,36 @@ fn restore_policies(
     Ok(())
 }
 
+/// Queue the VF counts set over the API in an earlier run (`VfCounts` table, docs/api.md
+/// "Persistence") for the serving loop, which applies them before any host's TLP — after the
+/// start assignments, so a count whose PF has a VF assigned at start is refused and logged
+/// (kept in the store), as is one of a function the appliance no longer has.
+fn restore_vf_counts(
+    store: &dyn store::Store,
+    app: &pcietun::appliance::Appliance,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let control = app.control();
+    for (function, n) in store::load_records::<u16>(store, Table::VfCounts)? {
+        let Some(id) = app
+            .inventory()
+            .functions()
+            .iter()
+            .find(|e| e.id.as_str() == function)
+            .map(|e| e.id.clone())
+        else {
+            tracing::warn!(%function, "management API: stored VF count of an unknown function; ignored (kept in the store)");
+            continue;
+        };
+        tracing::info!(%function, vfs = n, "management API: stored VF count restored");
+        control.set_vf_count(id, n, move |r| {
+            if let Err(e) = r {
+                tracing::warn!(%function, "management API: stored VF count not applied: {e}");
+            }
+        });
+    }
+    Ok(())
+}
+
 /// The cards added over the API in an earlier run ([`Table::Devices`], docs/api.md
 /// "Persistence"), as devices to build after the configured ones: each at the device number it
 /// had (so ids derived from it and its `card-DD` stay the same) unless a configured card now
@@ -419,6 +449,7 @@ pub fn run(args: ApplianceArgs) -> Result<ExitCode, Box<dyn std::error::Error>> 
     // any host's TLP.
     if let Some((store, _, _)) = &state {
         restore_policies(&**store, &app)?;
+        restore_vf_counts(&**store, &app)?;
     }
     // The management API serves this appliance's pool; it stops when the appliance does.
     let _api = match (&api, state) {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use pcietun::mgmt::client::{
     Client, ClientError, CtlFile, DeviceTask, FunctionRow, HostRow, PolicyChange, PolicyRow,
-    RulesRow, ScheduleRow, Settings, TaskOutcome,
+    RulesRow, ScheduleRow, Settings, TaskOutcome, VfCount,
 };
 use pcietun::mgmt::watch::Frame;
 
@@ -99,6 +99,21 @@ enum CtlCommand {
     RemoveDevice {
         /// Function id (or card id) as `ctl devices` shows it.
         function: String,
+        /// Return once the task is started.
+        #[arg(long)]
+        no_wait: bool,
+        /// How long to wait for the task, in seconds.
+        #[arg(long, default_value_t = 60, value_name = "SECS")]
+        timeout: u64,
+    },
+    /// Show the SR-IOV VF count of physical function FUNCTION, or set it to N (0 to its
+    /// TotalVFs; Administrator): every VF of it must be unassigned; VF i keeps its id. Waits
+    /// until the inventory shows the change unless --no-wait.
+    Vfs {
+        /// Physical function id as `ctl devices` shows it.
+        function: String,
+        /// The new number of VFs [default: show the current one].
+        n: Option<u16>,
         /// Return once the task is started.
         #[arg(long)]
         no_wait: bool,
@@ -332,6 +347,22 @@ fn execute(args: CtlArgs) -> Result<(), ClientError> {
             let started = client.remove_device(&function)?;
             let done = finish_device(&client, started, no_wait, timeout)?;
             report_device(&done, args.json);
+        }
+        CtlCommand::Vfs {
+            function,
+            n,
+            no_wait,
+            timeout,
+        } => {
+            let v = match n {
+                None => client.vf_count(&function)?,
+                Some(n) => client.set_vf_count(
+                    &function,
+                    n,
+                    (!no_wait).then(|| Duration::from_secs(timeout)),
+                )?,
+            };
+            report_vfs(&v, args.json);
         }
         CtlCommand::Events => follow_events(&client, args.json)?,
         CtlCommand::Watch { interval, count } => watch(&client, interval, count, args.json)?,
@@ -833,6 +864,27 @@ fn finish_device(
         Ok(t)
     } else {
         client.wait_device(t, Duration::from_secs(timeout))
+    }
+}
+
+fn report_vfs(v: &VfCount, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string(v).unwrap_or_default());
+        return;
+    }
+    match (&v.task, v.state.as_deref()) {
+        (Some(task), Some(state)) if state != "Completed" => println!(
+            "setting the VF count of {}: task {task} is {state}",
+            v.function
+        ),
+        _ => println!(
+            "{}: {} of {} virtual functions{}{}",
+            v.function,
+            v.num_vfs,
+            v.total_vfs,
+            if v.vfs.is_empty() { "" } else { ": " },
+            v.vfs.join(",")
+        ),
     }
 }
 

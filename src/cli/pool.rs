@@ -148,6 +148,7 @@ fn function_info(f: &FunctionStatus) -> FunctionInfo {
             state: vm_state(c.event),
             since: c.since,
         }),
+        total_vfs: e.total_vfs,
     }
 }
 
@@ -248,6 +249,23 @@ fn pool_error(e: ControlError) -> PoolError {
         ControlError::NoFreeDevice => PoolError::NoFreeDevice,
         ControlError::PooledVfs(f) => PoolError::PooledVfs {
             function: f.to_string(),
+        },
+        ControlError::NotSriov(f) => PoolError::NotSriov {
+            function: f.to_string(),
+        },
+        ControlError::TooManyVfs {
+            function,
+            requested,
+            total,
+        } => PoolError::TooManyVfs {
+            function: function.to_string(),
+            requested,
+            total,
+        },
+        ControlError::VfInUse { function, vf, why } => PoolError::VfInUse {
+            function: function.to_string(),
+            vf: vf.to_string(),
+            why,
         },
         ControlError::Inventory(InventoryError::DuplicateId(id)) => PoolError::NameTaken {
             name: id.to_string(),
@@ -600,6 +618,27 @@ impl Pool for AppliancePool {
         }
         self.control
             .remove_function(function_id(&f), move |r| done.finish(r.map_err(pool_error)));
+        Ok(())
+    }
+
+    fn set_vf_count(&self, function: &str, n: u16, done: Completer) -> Result<(), PoolError> {
+        let f = self.find(function)?;
+        // Refuse at once what the loop would refuse (so no Task is started for it).
+        if f.entry.vf_of.is_some() || f.entry.total_vfs == 0 {
+            return Err(PoolError::NotSriov {
+                function: function.to_string(),
+            });
+        }
+        if n > f.entry.total_vfs {
+            return Err(PoolError::TooManyVfs {
+                function: function.to_string(),
+                requested: n,
+                total: f.entry.total_vfs,
+            });
+        }
+        self.control.set_vf_count(function_id(&f), n, move |r| {
+            done.finish(r.map_err(pool_error))
+        });
         Ok(())
     }
 

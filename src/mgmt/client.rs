@@ -516,6 +516,23 @@ pub struct DeviceTask {
     pub messages: Vec<String>,
 }
 
+/// An SR-IOV physical function's VF count (`ctl vfs`), with the task that changed it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VfCount {
+    /// The physical function.
+    pub function: String,
+    /// VFs enabled and pooled.
+    pub num_vfs: u64,
+    /// The most it can have.
+    pub total_vfs: u64,
+    /// The ids of its VFs.
+    pub vfs: Vec<String>,
+    /// The task of a change (`None`: only shown).
+    pub task: Option<String>,
+    /// That task's state (`Running`, `Completed`, ...).
+    pub state: Option<String>,
+}
+
 /// One event of the stream (`ctl events`): the `data:` JSON of one SSE frame.
 pub type EventLine = Value;
 
@@ -1043,6 +1060,110 @@ impl Client {
         };
         t.update(&task);
         Ok(t)
+    }
+
+    /// The SR-IOV VF count of the physical function `function` (`Oem.Pcietun.NumVFs`,
+    /// `TotalVFs`) and the ids of its VFs.
+    pub fn vf_count(&self, function: &str) -> Result<VfCount, ClientError> {
+        Self::check_id("function", function)?;
+        let (_, f) = self.function_resource(function)?;
+        let num = f.pointer("/Oem/Pcietun/NumVFs").and_then(Value::as_u64);
+        let total = f.pointer("/Oem/Pcietun/TotalVFs").and_then(Value::as_u64);
+        let (Some(num_vfs), Some(total_vfs)) = (num, total) else {
+            return Err(ClientError::Refused {
+                status: 0,
+                message: format!("function {function:?} is not an SR-IOV physical function"),
+            });
+        };
+        let vfs = self
+            .devices()?
+            .into_iter()
+            .filter(|r| r.physical_function.as_deref() == Some(function))
+            .map(|r| r.id)
+            .collect();
+        Ok(VfCount {
+            function: function.into(),
+            num_vfs,
+            total_vfs,
+            vfs,
+            task: None,
+            state: None,
+        })
+    }
+
+    /// Start changing the VF count of the physical function `function` to `n`
+    /// (`#Pcietun.SetVfCount`, Administrator); with `wait`, poll its task until it finishes
+    /// (a failed task is an error) and return the new count.
+    pub fn set_vf_count(
+        &self,
+        function: &str,
+        n: u16,
+        wait: Option<Duration>,
+    ) -> Result<VfCount, ClientError> {
+        Self::check_id("function", function)?;
+        let (uri, f) = self.function_resource(function)?;
+        let target =
+            action_target(&f, "#Pcietun.SetVfCount", &uri).map_err(|_| ClientError::Refused {
+                status: 0,
+                message: format!("function {function:?} is not an SR-IOV physical function"),
+            })?;
+        let (_, location, task) = self.request("POST", &target, Some(&json!({ "NumVFs": n })))?;
+        let mut t = DeviceTask {
+            action: "vfs".into(),
+            device: None,
+            functions: Vec::new(),
+            spec: None,
+            name: None,
+            task: task_location(location, &task, &target)?,
+            state: String::new(),
+            messages: Vec::new(),
+        };
+        t.update(&task);
+        let t = match wait {
+            Some(timeout) => self.wait_device(t, timeout)?,
+            None => t,
+        };
+        let mut out = if t.state == "Completed" {
+            self.vf_count(function)?
+        } else {
+            VfCount {
+                function: function.into(),
+                num_vfs: f
+                    .pointer("/Oem/Pcietun/NumVFs")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0),
+                total_vfs: f
+                    .pointer("/Oem/Pcietun/TotalVFs")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0),
+                vfs: Vec::new(),
+                task: None,
+                state: None,
+            }
+        };
+        out.task = Some(t.task);
+        out.state = Some(t.state);
+        Ok(out)
+    }
+
+    /// The URI and body of the PCIeFunction `function`.
+    fn function_resource(&self, function: &str) -> Result<(String, Value), ClientError> {
+        let rows = self.devices()?;
+        let row = rows
+            .iter()
+            .find(|r| r.id == function)
+            .ok_or_else(|| ClientError::Refused {
+                status: 404,
+                message: format!("unknown function {function:?}"),
+            })?;
+        let uri = format!(
+            "{}/PCIeDevices/{}/PCIeFunctions/{}",
+            self.chassis()?,
+            row.device,
+            row.id
+        );
+        let f = self.get(&uri)?;
+        Ok((uri, f))
     }
 
     /// Poll the task of an add or remove until it finishes or `timeout` passes; a failed task

@@ -94,7 +94,7 @@ impl FakePool {
     }
 
     /// A small pool: an NVMe controller (`nvme0`), a DMA engine with two SR-IOV VFs
-    /// (`dma0`, `dma0.vf1`, `dma0.vf2`), and hosts `alpha` (connected) and `beta`
+    /// (`dma0`, `dma0.vf1`, `dma0.vf2`; TotalVFs 4), and hosts `alpha` (connected) and `beta`
     /// (disconnected); nothing assigned.
     pub fn sample() -> Self {
         let pool = FakePool::new(ApplianceInfo {
@@ -118,6 +118,7 @@ impl FakePool {
                 state: FunctionState::Unassigned,
                 health: Health::Ok,
                 vm: None,
+                total_vfs: 0,
             };
         pool.insert_function(base(
             "nvme0",
@@ -128,15 +129,18 @@ impl FakePool {
             0x01_08_02,
             "NVMe controller",
         ));
-        pool.insert_function(base(
-            "dma0",
-            "dma0",
-            0,
-            FunctionKind::Physical,
-            0x0011,
-            0xff_00_00,
-            "DMA engine",
-        ));
+        pool.insert_function(FunctionInfo {
+            total_vfs: 4,
+            ..base(
+                "dma0",
+                "dma0",
+                0,
+                FunctionKind::Physical,
+                0x0011,
+                0xff_00_00,
+                "DMA engine",
+            )
+        });
         for vf in 1..=2u16 {
             pool.insert_function(base(
                 &format!("dma0.vf{vf}"),
@@ -585,6 +589,7 @@ impl Pool for FakePool {
                 state: FunctionState::Unassigned,
                 health: Health::Ok,
                 vm: None,
+                total_vfs: 0,
             });
             after.events.push(PoolEvent::FunctionAdded {
                 function: id.clone(),
@@ -596,6 +601,93 @@ impl Pool for FakePool {
             }
         };
         done.finish(Ok(card));
+        after.run();
+        Ok(())
+    }
+
+    /// Changes the VF entries of the PF at once (whatever [`Completion`] says); its VFs are
+    /// numbered from 1 (`PF.vf1`, ...), as [`FakePool::sample`]'s are.
+    fn set_vf_count(&self, function: &str, n: u16, done: Completer) -> Result<(), PoolError> {
+        let mut after = After::default();
+        {
+            let mut inner = self.inner.lock_or_recover();
+            let pf = inner
+                .functions
+                .iter()
+                .find(|f| f.id == function)
+                .cloned()
+                .ok_or_else(|| PoolError::UnknownFunction {
+                    function: function.into(),
+                })?;
+            if pf.kind != FunctionKind::Physical || pf.total_vfs == 0 {
+                return Err(PoolError::NotSriov {
+                    function: function.into(),
+                });
+            }
+            if n > pf.total_vfs {
+                return Err(PoolError::TooManyVfs {
+                    function: function.into(),
+                    requested: n,
+                    total: pf.total_vfs,
+                });
+            }
+            if let Some(host) = pf.state.host() {
+                return Err(PoolError::AlreadyAssigned {
+                    function: function.into(),
+                    host: host.into(),
+                });
+            }
+            let is_vf = |f: &FunctionInfo| matches!(&f.kind, FunctionKind::Virtual { physical } if physical == function);
+            if let Some(vf) = inner
+                .functions
+                .iter()
+                .find(|f| is_vf(f) && !matches!(f.state, FunctionState::Unassigned))
+            {
+                return Err(PoolError::VfInUse {
+                    function: function.into(),
+                    vf: vf.id.clone(),
+                    why: format!("is {}", vf.state.name()),
+                });
+            }
+            let had = inner.functions.iter().filter(|f| is_vf(f)).count() as u16;
+            inner.functions.retain(|f| {
+                let gone = is_vf(f) && f.function_number > n;
+                if gone {
+                    after.events.push(PoolEvent::FunctionRemoved {
+                        function: f.id.clone(),
+                    });
+                }
+                !gone
+            });
+            let at = inner
+                .functions
+                .iter()
+                .rposition(|f| f.id == function || is_vf(f))
+                .map_or(inner.functions.len(), |i| i + 1);
+            for (k, i) in (had + 1..=n).enumerate() {
+                let id = format!("{function}.vf{i}");
+                inner.functions.insert(
+                    at + k,
+                    FunctionInfo {
+                        id: id.clone(),
+                        function_number: i,
+                        kind: FunctionKind::Virtual {
+                            physical: function.into(),
+                        },
+                        device_id: pf.device_id.wrapping_add(1),
+                        model: format!("{} virtual function", pf.model),
+                        state: FunctionState::Unassigned,
+                        health: Health::Ok,
+                        vm: None,
+                        total_vfs: 0,
+                        ..pf.clone()
+                    },
+                );
+                after.events.push(PoolEvent::FunctionAdded { function: id });
+            }
+            after.sinks = inner.sinks.clone();
+        }
+        done.finish(Ok(()));
         after.run();
         Ok(())
     }

@@ -221,6 +221,10 @@ pub struct FunctionInfo {
     /// The VM consuming it on its owner, named by the assignment or reported by the owner's
     /// agent (`None`: no VM known; cleared when it leaves that owner).
     pub vm: Option<VmConsumer>,
+    /// For an SR-IOV physical function, how many virtual functions it can have (its
+    /// TotalVFs; 0: not an SR-IOV PF). How many are enabled is how many VFs of it the
+    /// inventory holds.
+    pub total_vfs: u16,
 }
 
 /// Whether a host's session with the appliance is up.
@@ -342,6 +346,35 @@ pub enum PoolError {
     PooledVfs {
         /// The PF.
         function: String,
+    },
+    /// [`Pool::set_vf_count`] on a function that is not an SR-IOV physical function.
+    #[error("function {function:?} is not an SR-IOV physical function")]
+    NotSriov {
+        /// The function.
+        function: String,
+    },
+    /// [`Pool::set_vf_count`] above the PF's TotalVFs.
+    #[error(
+        "function {function:?} has at most {total} virtual functions (TotalVFs); {requested} asked"
+    )]
+    TooManyVfs {
+        /// The PF.
+        function: String,
+        /// The count asked for.
+        requested: u16,
+        /// Its TotalVFs.
+        total: u16,
+    },
+    /// [`Pool::set_vf_count`] while a VF of the PF is in use: changing the count tears every
+    /// VF down (NumVFs only changes while VF Enable is clear), so each must be unassigned.
+    #[error("function {function:?}'s virtual function {vf:?} {why}: unassign it before changing the VF count")]
+    VfInUse {
+        /// The PF.
+        function: String,
+        /// The VF in use.
+        vf: String,
+        /// "is assigned to HOST", "is being reset", ...
+        why: String,
     },
     /// An error of the appliance that has no variant here.
     #[error("appliance error: {0}")]
@@ -697,6 +730,17 @@ pub trait Pool: Send + Sync + 'static {
     /// pool; refused while any of them belongs to a host or is changing owner, and for a
     /// virtual function. `done` reports when it is gone from the inventory.
     fn remove_function(&self, function: &str, done: Completer) -> Result<(), PoolError>;
+    /// Start changing how many SR-IOV virtual functions of the physical function `function`
+    /// are enabled and pooled (0 to its TotalVFs; VF *i* keeps its id). Refused — nothing
+    /// started — for a function that is not an SR-IOV PF, above TotalVFs, while the PF is
+    /// assigned or any of its VFs is in use. `done` reports once the inventory shows the new
+    /// count.
+    fn set_vf_count(&self, function: &str, n: u16, done: Completer) -> Result<(), PoolError> {
+        let _ = (n, done);
+        Err(PoolError::NotSriov {
+            function: function.into(),
+        })
+    }
     /// Send every later event to `sink` (in addition to earlier subscribers).
     fn subscribe(&self, sink: EventSink);
     /// The counters, as of now (called on every scrape of `/metrics`).

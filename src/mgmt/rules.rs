@@ -303,6 +303,7 @@ mod tests {
             state,
             health: Health::Ok,
             vm: None,
+            total_vfs: 0,
         }
     }
 

@@ -51,19 +51,23 @@ pub enum Table {
     /// ([`DeviceRecord`]): built again when the appliance starts; a card removed over the API
     /// leaves this table with its assignment and policy records.
     Devices,
+    /// SR-IOV VF counts set over the API (`#Pcietun.SetVfCount`), by the id of the physical
+    /// function: the count (a JSON number), set again when the appliance starts.
+    VfCounts,
     /// The store's own bookkeeping (schema version, generation counters).
     Meta,
 }
 
 impl Table {
     /// Every table.
-    pub const ALL: [Table; 7] = [
+    pub const ALL: [Table; 8] = [
         Table::Accounts,
         Table::Assignments,
         Table::Policies,
         Table::Subscriptions,
         Table::Rules,
         Table::Devices,
+        Table::VfCounts,
         Table::Meta,
     ];
 
@@ -75,6 +79,7 @@ impl Table {
             Table::Subscriptions => "subscriptions",
             Table::Rules => "rules",
             Table::Devices => "devices",
+            Table::VfCounts => "vf_counts",
             Table::Meta => "meta",
         })
     }

@@ -360,6 +360,25 @@ pub fn device_create(bytes: &[u8], action: &'static str) -> ApiResult<DeviceCrea
     })
 }
 
+/// Most virtual functions a `#Pcietun.SetVfCount` may ask for (PCIe's NumVFs is 16 bits).
+pub const MAX_NUM_VFS: i64 = u16::MAX as i64;
+
+/// Parse the body of `#Pcietun.SetVfCount` (`{"NumVFs": 2}`).
+pub fn vf_count(bytes: &[u8], action: &'static str) -> ApiResult<u16> {
+    let map = parse(bytes)?;
+    let root = Obj::root(&map, Ctx::Action(action));
+    root.only(&["NumVFs"], &[])?;
+    let n = required(&root, "NumVFs", root.integer("NumVFs")?)?;
+    u16::try_from(n).map_err(|_| {
+        ApiError::action_parameter_format(
+            action,
+            "NumVFs",
+            &n.to_string(),
+            &format!("an integer from 0 to {MAX_NUM_VFS} (at most the function's TotalVFs)"),
+        )
+    })
+}
+
 /// `UserName` and `Password` of a login (POST to Sessions).
 pub struct Credentials {
     /// Account name.

@@ -30,6 +30,8 @@ use super::{check_if_match, etag_of, Caller, Reply, Service, Snapshot};
 pub const ADD_DEVICE: &str = "Pcietun.AddDevice";
 /// A card's OEM action that removes it.
 pub const REMOVE_DEVICE: &str = "Pcietun.RemoveDevice";
+/// An SR-IOV physical function's OEM action that changes its VF count.
+pub const SET_VF_COUNT: &str = "Pcietun.SetVfCount";
 use crate::mgmt::auth::Privilege;
 use crate::mgmt::pool::{
     valid_id, AddCompleter, AddedCard, FunctionInfo, FunctionKind, FunctionState, HostInfo,
@@ -208,12 +210,21 @@ fn function_oem(f: &FunctionInfo) -> Value {
     oem
 }
 
+/// How many VFs of the physical function `f` the inventory holds (its NumVFs).
+fn num_vfs(s: &Snapshot, f: &FunctionInfo) -> usize {
+    s.functions
+        .iter()
+        .filter(|v| matches!(&v.kind, FunctionKind::Virtual { physical } if *physical == f.id))
+        .count()
+}
+
 pub(crate) fn function(s: &Snapshot, c: &str, d: &str, id: &str) -> ApiResult<Value> {
     check_device(s, c, d)?;
     let f = s.function(id).filter(|f| f.device == d).ok_or_else(|| {
         ApiError::not_found("PCIeFunction", id, format!("unknown function {id:?}"))
     })?;
-    Ok(json!({
+    let mut oem = function_oem(f);
+    let mut v = json!({
         "@odata.id": function_uri(s, f),
         "@odata.type": "#PCIeFunction.v1_7_0.PCIeFunction",
         "Id": f.id,
@@ -230,8 +241,19 @@ pub(crate) fn function(s: &Snapshot, c: &str, d: &str, id: &str) -> ApiResult<Va
         "RevisionId": format!("0x{:02x}", f.revision_id),
         "Status": { "State": function_status_state(&f.state), "Health": f.health.as_redfish() },
         "Links": { "PCIeDevice": link(&device_uri(s, &f.device)) },
-        "Oem": { "Pcietun": function_oem(f) },
-    }))
+    });
+    if f.kind == FunctionKind::Physical && f.total_vfs > 0 {
+        // SR-IOV (the standard PCIeFunction has no VF count): current and most, and the
+        // action that changes it.
+        oem["NumVFs"] = json!(num_vfs(s, f));
+        oem["TotalVFs"] = json!(f.total_vfs);
+        v["Actions"] = json!({ "Oem": { format!("#{SET_VF_COUNT}"): {
+            "target": format!("{}/Actions/Oem/{SET_VF_COUNT}", function_uri(s, f)),
+            "NumVFs@Redfish.AllowableNumbers": [format!("0:{}", f.total_vfs)],
+        }}});
+    }
+    v["Oem"] = json!({ "Pcietun": oem });
+    Ok(v)
 }
 
 pub(crate) fn systems(s: &Snapshot) -> Value {
@@ -302,7 +324,17 @@ pub(crate) fn card_error(e: PoolError) -> ApiError {
         | PoolError::PooledVfs { .. }
         | PoolError::NotAssigned { .. }
         | PoolError::InTransition { .. }
-        | PoolError::FunctionFailed { .. } => ApiError::in_use(msg),
+        | PoolError::FunctionFailed { .. }
+        | PoolError::VfInUse { .. } => ApiError::in_use(msg),
+        PoolError::NotSriov { .. } => ApiError::action_not_supported(SET_VF_COUNT),
+        PoolError::TooManyVfs {
+            requested, total, ..
+        } => ApiError::action_parameter_format(
+            SET_VF_COUNT,
+            "NumVFs",
+            &requested.to_string(),
+            &format!("0 to {total}, the function's TotalVFs"),
+        ),
         PoolError::Abandoned | PoolError::Appliance(_) => ApiError::internal(msg),
     }
 }
@@ -454,7 +486,13 @@ impl Service {
         let changes = fns
             .iter()
             .flat_map(|f| {
-                [Table::Devices, Table::Assignments, Table::Policies].map(|table| Change::Delete {
+                [
+                    Table::Devices,
+                    Table::Assignments,
+                    Table::Policies,
+                    Table::VfCounts,
+                ]
+                .map(|table| Change::Delete {
                     table,
                     key: f.id.clone(),
                 })
@@ -463,6 +501,64 @@ impl Service {
         if let Err(e) = self
             .pool
             .remove_function(&pf.id, self.saving_completer(id, changes))
+        {
+            self.tasks.discard(id);
+            return Err(card_error(e));
+        }
+        Reply::accepted_task(&self.tasks, id)
+    }
+}
+
+impl Service {
+    /// `#Pcietun.SetVfCount` on `Chassis/{c}/PCIeDevices/{d}/PCIeFunctions/{f}`: change how
+    /// many SR-IOV VFs the physical function has (202 + Task). The count is recorded
+    /// (`VfCounts`, docs/api.md "Persistence") once the pool shows it, before the Task
+    /// completes.
+    pub(crate) fn set_vf_count(
+        &self,
+        caller: &Caller,
+        req: &Request<Bytes>,
+        c: &str,
+        d: &str,
+        f: &str,
+        action: &str,
+    ) -> ApiResult<Reply> {
+        if action != SET_VF_COUNT {
+            return Err(ApiError::action_not_supported(action));
+        }
+        caller.require(Privilege::ConfigureManager)?;
+        let n = body::vf_count(req.body(), SET_VF_COUNT)?;
+        let _change = self.change.lock_or_recover();
+        let s = self.snapshot();
+        let current = function(&s, c, d, f)?;
+        let pf = s.function(f).filter(|x| x.device == d).ok_or_else(|| {
+            ApiError::not_found("PCIeFunction", f, format!("unknown function {f:?}"))
+        })?;
+        check_if_match(req.headers(), &function_uri(&s, pf), &etag_of(&current))?;
+        if pf.kind != FunctionKind::Physical || pf.total_vfs == 0 {
+            return Err(ApiError::action_not_supported(SET_VF_COUNT));
+        }
+        if n > pf.total_vfs {
+            return Err(card_error(PoolError::TooManyVfs {
+                function: f.into(),
+                requested: n,
+                total: pf.total_vfs,
+            }));
+        }
+        let id = self.tasks.create(
+            format!("Set {f} to {n} virtual functions"),
+            "POST",
+            req.uri().path(),
+            1,
+        );
+        let change = Change::Put {
+            table: Table::VfCounts,
+            key: f.to_string(),
+            value: n.to_string().into_bytes(),
+        };
+        if let Err(e) = self
+            .pool
+            .set_vf_count(f, n, self.saving_completer(id, vec![change]))
         {
             self.tasks.discard(id);
             return Err(card_error(e));

@@ -362,6 +362,9 @@ pub(crate) enum Route<'a> {
     ChassisAction(&'a str, &'a str),
     /// `Chassis/{c}/PCIeDevices/{d}/Actions/Oem/{action}` (`Pcietun.RemoveDevice`).
     DeviceAction(&'a str, &'a str, &'a str),
+    /// `Chassis/{c}/PCIeDevices/{d}/PCIeFunctions/{f}/Actions/Oem/{action}`
+    /// (`Pcietun.SetVfCount`).
+    FunctionAction(&'a str, &'a str, &'a str, &'a str),
     Connections(&'a str),
     Connection(&'a str, &'a str),
     TaskService,
@@ -413,6 +416,9 @@ impl<'a> Route<'a> {
             ["redfish", "v1", "Chassis", c, "PCIeDevices", d, "PCIeFunctions", f] => {
                 PcieFunction(c, d, f)
             }
+            ["redfish", "v1", "Chassis", c, "PCIeDevices", d, "PCIeFunctions", f, "Actions", "Oem", a] => {
+                FunctionAction(c, d, f, a)
+            }
             ["redfish", "v1", "Systems"] => Systems,
             ["redfish", "v1", "Systems", h] => System(h),
             ["redfish", "v1", "Fabrics"] => Fabrics,
@@ -458,6 +464,7 @@ impl<'a> Route<'a> {
             }
             SessionService | Fabric(..) => GET_PATCH,
             ZoneAction(..) | ChassisAction(..) | DeviceAction(..) | FabricAction(..) => POST,
+            FunctionAction(..) => POST,
             Sessions | Accounts | Subscriptions => GET_POST,
             Connection(..) => GET_PATCH_DELETE,
             Session(..) | Subscription(..) => GET_DELETE,
@@ -692,6 +699,7 @@ impl Service {
             PcieDevices(c) => inventory::devices(&self.snapshot(), c).map(Reply::ok),
             PcieDevice(c, d) => inventory::device(&self.snapshot(), c, d).map(Reply::ok),
             DeviceAction(c, d, a) => self.remove_device(caller, req, c, d, a),
+            FunctionAction(c, d, f, a) => self.set_vf_count(caller, req, c, d, f, a),
             PcieFunctions(c, d) => inventory::functions(&self.snapshot(), c, d).map(Reply::ok),
             PcieFunction(c, d, f) => inventory::function(&self.snapshot(), c, d, f).map(Reply::ok),
             Systems => Ok(Reply::ok(inventory::systems(&self.snapshot()))),
