@@ -33,6 +33,9 @@ fn events(ep: &mut Endpoint) -> Vec<(ConnId, Event)> {
     std::iter::from_fn(|| ep.poll_event()).collect()
 }
 
+/// Events an endpoint raised.
+type Events = Vec<(ConnId, Event)>;
+
 /// Run the server (node 1) and the client (node 0) for `d` of simulated time in 1 ms steps;
 /// every event each side raised.
 fn run(
@@ -40,7 +43,7 @@ fn run(
     client: &mut Endpoint,
     now: &mut Instant,
     d: Duration,
-) -> (Vec<(ConnId, Event)>, Vec<(ConnId, Event)>) {
+) -> (Events, Events) {
     let (mut se, mut ce) = (Vec::new(), Vec::new());
     let end = after(*now, d);
     while *now < end {
