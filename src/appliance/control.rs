@@ -28,7 +28,7 @@ use super::traffic::{FunctionTraffic, HostTraffic};
 use crate::endpoint::Device;
 use crate::sync::MutexExt;
 use crate::tlp::slot::{ConsumerEvent, VmName};
-use crate::transport::HostId;
+use crate::transport::{HostId, HostKey, PublicKey};
 
 /// Why a control operation was refused or failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -104,6 +104,15 @@ pub enum ControlError {
     /// A policy value that is not one (a zero cap).
     #[error(transparent)]
     BadPolicy(PolicyError),
+    /// A host with this id is already accepted.
+    #[error("host {0} already exists")]
+    HostExists(HostId),
+    /// The key is already the key of a host (named): one key, one host.
+    #[error("this public key is already the key of host {0}")]
+    KeyInUse(HostId),
+    /// A host is removed only once it owns nothing.
+    #[error("host {0} owns functions: unassign them first")]
+    HostOwnsFunctions(HostId),
     /// Another refusal of the inventory.
     #[error(transparent)]
     Inventory(InventoryError),
@@ -178,6 +187,19 @@ pub(crate) enum Command {
         n: u16,
         done: Done,
     },
+    AddHost {
+        key: HostKey,
+        done: Done,
+    },
+    RemoveHost {
+        host: HostId,
+        done: Done,
+    },
+    SetHostKey {
+        host: HostId,
+        public: PublicKey,
+        done: Done,
+    },
 }
 
 impl std::fmt::Debug for Command {
@@ -191,6 +213,10 @@ impl std::fmt::Debug for Command {
                 function, policy, ..
             } => write!(f, "SetPolicy({function}, {policy:?})"),
             Command::SetVfs { function, n, .. } => write!(f, "SetVfs({function}, {n})"),
+            // Never the PSK.
+            Command::AddHost { key, .. } => write!(f, "AddHost({})", key.host),
+            Command::RemoveHost { host, .. } => write!(f, "RemoveHost({host})"),
+            Command::SetHostKey { host, .. } => write!(f, "SetHostKey({host})"),
         }
     }
 }
@@ -408,7 +434,10 @@ impl Control {
                 | Command::Unassign { done, .. }
                 | Command::Remove { done, .. }
                 | Command::SetPolicy { done, .. }
-                | Command::SetVfs { done, .. } => done(Err(ControlError::Stopped)),
+                | Command::SetVfs { done, .. }
+                | Command::AddHost { done, .. }
+                | Command::RemoveHost { done, .. }
+                | Command::SetHostKey { done, .. } => done(Err(ControlError::Stopped)),
                 Command::Add { done, .. } => done(Err(ControlError::Stopped)),
             },
         }
@@ -648,6 +677,83 @@ impl Control {
     ) -> Result<(), ControlError> {
         let (tx, rx) = channel::bounded(1);
         self.unassign(function, move |r| {
+            let _ = tx.send(r);
+        });
+        wait(&rx, timeout)
+    }
+
+    /// Accept a new host at run time: its id, static public key and optional PSK. It owns
+    /// nothing until assigned functions; it connects whenever its agent comes. Refused when
+    /// the id exists ([`ControlError::HostExists`]) or the key is another host's
+    /// ([`ControlError::KeyInUse`]).
+    pub fn add_host(
+        &self,
+        key: HostKey,
+        done: impl FnOnce(Result<(), ControlError>) + Send + 'static,
+    ) {
+        self.submit(Command::AddHost {
+            key,
+            done: Box::new(done),
+        });
+    }
+
+    /// [`add_host`](Self::add_host), waiting up to `timeout` for the outcome.
+    pub fn add_host_wait(&self, key: HostKey, timeout: Duration) -> Result<(), ControlError> {
+        let (tx, rx) = channel::bounded(1);
+        self.add_host(key, move |r| {
+            let _ = tx.send(r);
+        });
+        wait(&rx, timeout)
+    }
+
+    /// Stop accepting `host`: its session is closed at once (a [`PoolEvent::HostLost`] if it
+    /// was up), its key refused from then on. Refused while it owns functions
+    /// ([`ControlError::HostOwnsFunctions`]: unassign them first, so each leaves in order).
+    pub fn remove_host(
+        &self,
+        host: HostId,
+        done: impl FnOnce(Result<(), ControlError>) + Send + 'static,
+    ) {
+        self.submit(Command::RemoveHost {
+            host,
+            done: Box::new(done),
+        });
+    }
+
+    /// [`remove_host`](Self::remove_host), waiting up to `timeout` for the outcome.
+    pub fn remove_host_wait(&self, host: HostId, timeout: Duration) -> Result<(), ControlError> {
+        let (tx, rx) = channel::bounded(1);
+        self.remove_host(host, move |r| {
+            let _ = tx.send(r);
+        });
+        wait(&rx, timeout)
+    }
+
+    /// Give `host` a new static key (its PSK stays): the session under the old key is closed
+    /// and the old key refused from then on; its functions stay its own (reset, as after a
+    /// lost session) and its agent gets them back when it connects with the new key.
+    pub fn set_host_key(
+        &self,
+        host: HostId,
+        public: PublicKey,
+        done: impl FnOnce(Result<(), ControlError>) + Send + 'static,
+    ) {
+        self.submit(Command::SetHostKey {
+            host,
+            public,
+            done: Box::new(done),
+        });
+    }
+
+    /// [`set_host_key`](Self::set_host_key), waiting up to `timeout` for the outcome.
+    pub fn set_host_key_wait(
+        &self,
+        host: HostId,
+        public: PublicKey,
+        timeout: Duration,
+    ) -> Result<(), ControlError> {
+        let (tx, rx) = channel::bounded(1);
+        self.set_host_key(host, public, move |r| {
             let _ = tx.send(r);
         });
         wait(&rx, timeout)

@@ -366,6 +366,11 @@ impl Inventory {
         }
     }
 
+    /// Forget `host` (it must own nothing: the caller checks).
+    pub fn remove_host(&mut self, host: HostId) {
+        self.hosts.retain(|h| *h != host);
+    }
+
     /// Add a function (a card plugged into the running pool). Its id must be new.
     pub fn add(&mut self, entry: FunctionEntry) -> Result<(), InventoryError> {
         if self.get(&entry.id).is_some() {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use super::control::{ControlPort, PoolEvent, Wake};
 use super::counters::Counters;
-use super::router::Router;
+use super::router::{LinkOp, Router};
 use crate::endpoint::Proxy;
 use crate::transport::driver::{Direct, DriverStats};
 use crate::transport::{Bytes, ConnId, Endpoint, PeerAddr, SendError};
@@ -120,6 +120,16 @@ impl Pump {
             router.poll(ep, now);
             while let Ok(c) = control.commands.try_recv() {
                 router.command(ep, c, now);
+            }
+            for op in router.take_link_ops() {
+                match op {
+                    LinkOp::Add(k) => {
+                        self.d.add_host(&k);
+                    }
+                    LinkOp::Remove(h) => {
+                        self.d.remove_host(h);
+                    }
+                }
             }
             router.drain_outbound(usize::MAX);
             let held = self.flush(router);

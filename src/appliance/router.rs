@@ -60,7 +60,7 @@ use crate::tlp::message::code;
 use crate::tlp::slot::{ConsumerReport, Slot, SlotEvent, SlotMessage, VmName, VmTarget};
 use crate::tlp::Tlp;
 use crate::transport::driver::Upcall;
-use crate::transport::{Event, HostId};
+use crate::transport::{Event, HostId, HostKey, PublicKey};
 
 /// Most TLPs waiting for room in the sessions' queues before the router stops taking the
 /// endpoint's outbound queue (its bound then pushes back on the device threads).
@@ -78,6 +78,16 @@ pub const STAGE: usize = 64;
 pub const REPORTS_PER_SECOND: u32 = 10;
 /// Consumer reports one host session may send at once.
 pub const REPORT_BURST: u32 = 20;
+
+/// A change to the hosts the links accept, for the serving loop to apply to every link
+/// (the router owns no link).
+#[derive(Debug, Clone)]
+pub(crate) enum LinkOp {
+    /// Accept this host.
+    Add(HostKey),
+    /// Stop accepting this host and close its session.
+    Remove(HostId),
+}
 
 /// Everything the routing core dropped, refused or did to a host, counted.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -168,6 +178,10 @@ type Answer = Box<dyn FnOnce() + Send>;
 /// The routing core for sessions named by `K` (a `ConnId`, or (link, `ConnId`)).
 pub struct Router<K> {
     inventory: Inventory,
+    /// The keys of the hosts accepted (configured, or added at run time).
+    keys: Vec<HostKey>,
+    /// Changes to the accepted hosts the serving loop is to apply to its links.
+    link_ops: Vec<LinkOp>,
     views: Views,
     hosts: Vec<HostState<K>>,
     routes: [Option<Route>; 256],
@@ -344,6 +358,8 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
             .collect();
         Router {
             inventory,
+            keys: Vec::new(),
+            link_ops: Vec::new(),
             views: Views::new(grace),
             hosts,
             routes: [None; 256],
@@ -377,6 +393,8 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
     pub fn rekey<J: Copy + PartialEq + std::fmt::Debug>(self, f: impl Fn(K) -> J) -> Router<J> {
         Router {
             inventory: self.inventory,
+            keys: self.keys,
+            link_ops: self.link_ops,
             views: self.views,
             hosts: self
                 .hosts
@@ -417,6 +435,98 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
             backed: self.backed,
             holds: self.holds,
         }
+    }
+
+    /// The keys of the hosts accepted at start (the configured ones): what
+    /// [`Control::set_host_key`](super::Control::set_host_key) keeps the PSK of, and what
+    /// [`Control::add_host`](super::Control::add_host) checks a new key against.
+    pub(crate) fn set_keys(&mut self, keys: Vec<HostKey>) {
+        for k in &keys {
+            if !self.hosts.iter().any(|h| h.id == k.host) {
+                self.inventory.add_host(k.host);
+                self.hosts.push(HostState::new(k.host));
+            }
+        }
+        self.keys = keys;
+    }
+
+    /// The changes to the accepted hosts since the last call, for the serving loop to apply
+    /// to every link, in order.
+    pub(crate) fn take_link_ops(&mut self) -> Vec<LinkOp> {
+        std::mem::take(&mut self.link_ops)
+    }
+
+    /// Accept a new host at run time (it owns nothing yet; it gets functions by assignment).
+    fn add_host(&mut self, key: HostKey) -> Result<(), ControlError> {
+        if self.keys.iter().any(|k| k.host == key.host)
+            || self.hosts.iter().any(|h| h.id == key.host)
+        {
+            return Err(ControlError::HostExists(key.host));
+        }
+        if let Some(k) = self.keys.iter().find(|k| k.public == key.public) {
+            return Err(ControlError::KeyInUse(k.host));
+        }
+        tracing::info!(host = %key.host, "appliance: host added");
+        self.inventory.add_host(key.host);
+        self.hosts.push(HostState::new(key.host));
+        self.keys.push(key.clone());
+        self.link_ops.push(LinkOp::Add(key));
+        self.changed = true;
+        Ok(())
+    }
+
+    /// Stop accepting `host`: refused while it owns functions (or one is being removed from
+    /// it); otherwise its session is closed (a `HostLost` if it was up) and it is forgotten.
+    fn remove_host(
+        &mut self,
+        ep: &mut Proxy,
+        host: HostId,
+        now: Instant,
+    ) -> Result<(), ControlError> {
+        let Some(hi) = self.hosts.iter().position(|h| h.id == host) else {
+            return Err(ControlError::UnknownHost(host));
+        };
+        let owned = self.inventory.owned_by(host).count()
+            + self.views.view(&host).map_or(0, |v| v.slots().count());
+        if owned > 0 || !self.hosts[hi].scope.is_empty() {
+            return Err(ControlError::HostOwnsFunctions(host));
+        }
+        if self.hosts[hi].session.is_some() {
+            self.lose(ep, hi, now);
+        }
+        self.hosts.remove(hi);
+        for r in self.routes.iter_mut().flatten() {
+            if r.host > hi {
+                r.host -= 1;
+            }
+        }
+        self.inventory.remove_host(host);
+        self.keys.retain(|k| k.host != host);
+        self.link_ops.push(LinkOp::Remove(host));
+        tracing::info!(%host, "appliance: host removed; its key is no longer accepted");
+        self.changed = true;
+        Ok(())
+    }
+
+    /// Give `host` a new key: its session under the old key is closed (a surprise-down: its
+    /// functions are reset and stay its own), the old key is refused from now on, the new key
+    /// connects and gets the same functions. The PSK, if any, stays.
+    fn set_host_key(&mut self, host: HostId, public: PublicKey) -> Result<(), ControlError> {
+        let Some(i) = self.keys.iter().position(|k| k.host == host) else {
+            return Err(ControlError::UnknownHost(host));
+        };
+        if self.keys[i].public == public {
+            return Ok(());
+        }
+        if let Some(k) = self.keys.iter().find(|k| k.public == public) {
+            return Err(ControlError::KeyInUse(k.host));
+        }
+        self.keys[i].public = public;
+        self.link_ops.push(LinkOp::Remove(host));
+        self.link_ops.push(LinkOp::Add(self.keys[i].clone()));
+        tracing::info!(%host, "appliance: host re-keyed; its old key is no longer accepted");
+        self.changed = true;
+        Ok(())
     }
 
     /// Apply the start assignments (configured or restored; before serving: no session is
@@ -1492,6 +1602,18 @@ impl<K: Copy + PartialEq + std::fmt::Debug> Router<K> {
             }
             Command::SetVfs { function, n, done } => {
                 let r = self.set_vf_count(ep, &function, n, now);
+                self.answers.push(Box::new(move || done(r)));
+            }
+            Command::AddHost { key, done } => {
+                let r = self.add_host(key);
+                self.answers.push(Box::new(move || done(r)));
+            }
+            Command::RemoveHost { host, done } => {
+                let r = self.remove_host(ep, host, now);
+                self.answers.push(Box::new(move || done(r)));
+            }
+            Command::SetHostKey { host, public, done } => {
+                let r = self.set_host_key(host, public);
                 self.answers.push(Box::new(move || done(r)));
             }
         }

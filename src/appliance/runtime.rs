@@ -32,7 +32,7 @@ use super::counters::{ApplianceStats, Counters};
 use super::devices::{self, BuildWarning, Scratch};
 use super::inventory::{FunctionEntry, Inventory};
 use super::pump::{Pump, STATS_EVERY};
-use super::router::Router;
+use super::router::{LinkOp, Router};
 use super::ApplianceError;
 use crate::endpoint::Proxy;
 use crate::transport::driver::{
@@ -151,6 +151,7 @@ impl Appliance {
         for (id, probe) in probes {
             router.watch(id, probe);
         }
+        router.set_keys(hosts.clone());
         let (control, port) = Control::new();
         port.publish(router.snapshot());
         Ok(Appliance {
@@ -443,6 +444,17 @@ impl Appliance {
             router.poll(&mut endpoint, now);
             while let Ok(c) = cport.commands.try_recv() {
                 router.command(&mut endpoint, c, now);
+            }
+            for op in router.take_link_ops() {
+                for l in &links {
+                    let r = match &op {
+                        LinkOp::Add(k) => l.add_host(k.clone()),
+                        LinkOp::Remove(h) => l.remove_host(*h),
+                    };
+                    if let Err(e) = r {
+                        tracing::warn!("appliance: host change not applied to a link: {e}");
+                    }
+                }
             }
             router.drain_outbound(usize::MAX);
             let held = flush_threaded(&links, &mut router);

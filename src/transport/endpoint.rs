@@ -97,6 +97,29 @@ struct Slot {
     pending: Option<Pending>,
     reconnect_at: Option<Instant>,
     backoff: Duration,
+    /// Removed by [`Endpoint::remove_host`]: nothing of the host is left, the slot waits on
+    /// the free list for the next host added.
+    vacant: bool,
+}
+
+impl Slot {
+    fn new(host: HostId, public: PublicKey, psk: Option<Psk>) -> Slot {
+        Slot {
+            host,
+            public,
+            psk,
+            last_ts: None,
+            jar: CookieJar::new(&public),
+            server: None,
+            session: None,
+            confirming: None,
+            hs: None,
+            pending: None,
+            reconnect_at: None,
+            backoff: Duration::from_millis(10),
+            vacant: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -145,6 +168,9 @@ pub struct Endpoint {
     epoch: u32,
     next_epoch: u32,
     slots: Vec<Slot>,
+    /// Slots of removed hosts, reused by the next [`Endpoint::add_host`] (so adding and
+    /// removing hosts for ever keeps as many slots as hosts were ever there at once).
+    free: Vec<usize>,
     by_key: HashMap<PublicKey, usize>,
     by_sid: HashMap<u32, SidRef>,
     retired: VecDeque<u32>,
@@ -189,6 +215,7 @@ impl Endpoint {
             epoch,
             next_epoch: epoch,
             slots: Vec::new(),
+            free: Vec::new(),
             by_key: HashMap::new(),
             by_sid: HashMap::new(),
             retired: VecDeque::with_capacity(RETIRED),
@@ -216,22 +243,19 @@ impl Endpoint {
             self.slots[i].psk = psk;
             return i;
         }
-        self.slots.push(Slot {
-            host,
-            public,
-            psk,
-            last_ts: None,
-            jar: CookieJar::new(&public),
-            server: None,
-            session: None,
-            confirming: None,
-            hs: None,
-            pending: None,
-            reconnect_at: None,
-            backoff: Duration::from_millis(10),
-        });
-        self.by_key.insert(public, self.slots.len() - 1);
-        self.slots.len() - 1
+        let fresh = Slot::new(host, public, psk);
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.slots[i] = fresh;
+                i
+            }
+            None => {
+                self.slots.push(fresh);
+                self.slots.len() - 1
+            }
+        };
+        self.by_key.insert(public, i);
+        i
     }
 
     /// Server: accept the host with static key `public` (named `host` in events and logs),
@@ -239,6 +263,61 @@ impl Endpoint {
     /// its name and PSK.
     pub fn add_host(&mut self, host: HostId, public: PublicKey, psk: Option<Psk>) -> ConnId {
         ConnId(self.slot(host, public, psk))
+    }
+
+    /// Server: stop accepting `host` and close its session, at run time. Its session ends
+    /// (a [`Event::Down`] with [`DownReason::Removed`] and its failed Non-Posted TLPs), its
+    /// half-open handshake and replay state go, its session ids are retired (a frame for them
+    /// is dropped and counted as `drop_stale_session`), its key is forgotten (an INIT with it
+    /// is refused and counted as `drop_unknown_host`) and its slot is freed for the next
+    /// [`add_host`](Self::add_host). The peer sees its session end when nothing authenticated
+    /// comes back within its idle timeout. Returns whether `host` was known.
+    ///
+    /// Re-keying a host is `remove_host` then `add_host` with the new key: the old key's
+    /// session is closed and cannot come back.
+    pub fn remove_host(&mut self, host: HostId) -> bool {
+        let found: Vec<usize> = (0..self.slots.len())
+            .filter(|&i| !self.slots[i].vacant && self.slots[i].host == host)
+            .collect();
+        for &i in &found {
+            self.end_session(i, DownReason::Removed);
+            let slot = &mut self.slots[i];
+            let mut sids: Vec<u32> = Vec::new();
+            if let Some(p) = slot.pending.take() {
+                sids.push(p.sid);
+            }
+            if let Some(hs) = slot.hs.take() {
+                sids.push(hs.init.sid());
+            }
+            if let Some((mut c, _, _)) = slot.confirming.take() {
+                sids.extend(c.keys.rx_sids());
+                sids.append(&mut c.keys.retired);
+            }
+            let public = slot.public;
+            // Nothing of the host stays: keys, replay state, cookie, timers.
+            *slot = Slot::new(host, public, None);
+            slot.vacant = true;
+            for sid in sids {
+                self.retire(sid);
+            }
+            self.by_key.remove(&public);
+            self.free.push(i);
+            tracing::info!(%host, "transport: host removed; its key is no longer accepted");
+        }
+        !found.is_empty()
+    }
+
+    /// The handle of `host`, if it is accepted (server) or connected to (client).
+    pub fn conn_of(&self, host: HostId) -> Option<ConnId> {
+        self.slots
+            .iter()
+            .position(|s| !s.vacant && s.host == host)
+            .map(ConnId)
+    }
+
+    /// Slots held, including freed ones waiting for reuse (for memory-bound checks).
+    pub fn slot_count(&self) -> usize {
+        self.slots.len()
     }
 
     /// Client: start connecting to the appliance at `server` whose static key is
@@ -595,13 +674,15 @@ impl Endpoint {
     }
 
     /// Handles of every peer.
-    pub fn conns(&self) -> impl Iterator<Item = ConnId> {
-        (0..self.slots.len()).map(ConnId)
+    pub fn conns(&self) -> impl Iterator<Item = ConnId> + '_ {
+        (0..self.slots.len())
+            .filter(|&i| !self.slots[i].vacant)
+            .map(ConnId)
     }
 
     /// The host of `conn`.
     pub fn host(&self, conn: ConnId) -> Option<HostId> {
-        self.slots.get(conn.0).map(|s| s.host)
+        self.slots.get(conn.0).filter(|s| !s.vacant).map(|s| s.host)
     }
 
     /// Counters of `conn`'s current session.

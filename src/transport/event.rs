@@ -29,6 +29,8 @@ pub enum DownReason {
     KeyExpired,
     /// Too many frames failed the tag check under one key (forgeries or a broken path).
     TooManyBadTags,
+    /// The appliance stopped accepting the host (removed or re-keyed at run time).
+    Removed,
 }
 
 impl std::fmt::Display for DownReason {
@@ -38,6 +40,7 @@ impl std::fmt::Display for DownReason {
             DownReason::PeerRestarted => "peer restarted",
             DownReason::KeyExpired => "key expired without a rekey",
             DownReason::TooManyBadTags => "too many failed tag checks",
+            DownReason::Removed => "host removed",
         })
     }
 }

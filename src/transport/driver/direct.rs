@@ -222,6 +222,26 @@ impl Direct {
         self.engine.port.local_addr()
     }
 
+    /// Accept the host `h` from now on, while the link runs (see
+    /// [`Endpoint::add_host`](crate::transport::Endpoint::add_host)).
+    pub fn add_host(&mut self, h: &crate::transport::HostKey) -> ConnId {
+        self.engine.add_host(h)
+    }
+
+    /// Stop accepting `host` and close its session, while the link runs (see
+    /// [`Endpoint::remove_host`](crate::transport::Endpoint::remove_host)); its `Down` upcall
+    /// comes with the next poll. TLPs other threads queued for it are dropped as upcalls.
+    pub fn remove_host(&mut self, host: crate::transport::HostId) -> bool {
+        if self
+            .held
+            .as_ref()
+            .is_some_and(|(c, _)| self.engine.ep.host(*c) == Some(host))
+        {
+            self.held = None;
+        }
+        self.engine.remove_host(host)
+    }
+
     /// Queue a TLP without transmitting: the next [`poll`](Self::poll) /
     /// [`poll_wake`](Self::poll_wake) sends it, batched with whatever else was queued (as
     /// many TLPs per frame as fit). `QueueFull` means: poll, then retry.

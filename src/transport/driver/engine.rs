@@ -268,7 +268,8 @@ impl Engine {
             sink(Upcall::Event { conn: c, event: e })?;
         }
         let now = self.clock.now();
-        let conns = self.ep.conns().count();
+        // By slot (a removed host's freed slot delivers nothing).
+        let conns = self.ep.slot_count();
         for i in 0..conns {
             while let Some(d) = self.ep.poll_delivered(now, ConnId(i)) {
                 any = true;
@@ -286,6 +287,20 @@ impl Engine {
     /// `Upcall::Dropped` via `Err(None)` is the caller's business otherwise.
     pub fn submit(&mut self, c: ConnId, t: Bytes) -> Result<(), (Bytes, SendError)> {
         self.ep.send_tlp(c, t.clone()).map_err(|e| (t, e))
+    }
+
+    /// Accept `h` from now on (see [`Endpoint::add_host`]).
+    pub fn add_host(&mut self, h: &crate::transport::HostKey) -> ConnId {
+        self.ep.add_host(h.host, h.public, h.psk.clone())
+    }
+
+    /// Stop accepting `host` and close its session (see [`Endpoint::remove_host`]); the
+    /// session's `Down` event comes with the next delivery.
+    pub fn remove_host(&mut self, host: crate::transport::HostId) -> bool {
+        let known = self.ep.remove_host(host);
+        // Frames the endpoint still held for it are gone with its session.
+        self.transmit();
+        known
     }
 
     pub fn snapshot(&self) -> DriverStats {
@@ -391,6 +406,19 @@ impl Driver {
                 }
                 Ok(Cmd::Stats(reply)) => {
                     let _ = reply.send(self.engine.snapshot());
+                }
+                Ok(Cmd::AddHost(h)) => {
+                    self.engine.add_host(&h);
+                }
+                Ok(Cmd::RemoveHost(host)) => {
+                    if self
+                        .stalled
+                        .as_ref()
+                        .is_some_and(|(c, _)| self.engine.ep.host(*c) == Some(host))
+                    {
+                        self.stalled = None;
+                    }
+                    self.engine.remove_host(host);
                 }
                 Ok(Cmd::Stop) | Err(TryRecvError::Disconnected) => return true,
                 Err(TryRecvError::Empty) => return false,

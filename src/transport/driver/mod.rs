@@ -296,6 +296,8 @@ impl DriverStats {
 pub(crate) enum Cmd {
     Tlp(ConnId, Bytes),
     Stats(Sender<DriverStats>),
+    AddHost(HostKey),
+    RemoveHost(HostId),
     Stop,
 }
 
@@ -376,6 +378,26 @@ impl TransportHandle {
     pub fn send(&self, conn: ConnId, tlp: Bytes) -> Result<(), HandleError> {
         self.cmd
             .send(Cmd::Tlp(conn, tlp))
+            .map_err(|_| HandleError::Stopped)?;
+        self.waker.wake();
+        Ok(())
+    }
+
+    /// Accept the host `h` from now on (its key, name and PSK), while the driver runs;
+    /// adding a known key again updates its name and PSK. Server role.
+    pub fn add_host(&self, h: HostKey) -> Result<(), HandleError> {
+        self.cmd
+            .send(Cmd::AddHost(h))
+            .map_err(|_| HandleError::Stopped)?;
+        self.waker.wake();
+        Ok(())
+    }
+
+    /// Stop accepting `host` and close its session while the driver runs (its `Down` event,
+    /// reason `Removed`, comes as an upcall). Server role.
+    pub fn remove_host(&self, host: HostId) -> Result<(), HandleError> {
+        self.cmd
+            .send(Cmd::RemoveHost(host))
             .map_err(|_| HandleError::Stopped)?;
         self.waker.wake();
         Ok(())
