@@ -131,13 +131,7 @@ fn restore_policies(
     let stored = store::load_records::<mgmt::pool::PolicySettings>(store, Table::Policies)?;
     let control = app.control();
     for (function, p) in stored {
-        let Some(id) = app
-            .inventory()
-            .functions()
-            .iter()
-            .find(|e| e.id.as_str() == function)
-            .map(|e| e.id.clone())
-        else {
+        let Some(id) = inventory_id(app, &function) else {
             tracing::warn!(%function, "management API: stored policy of an unknown function; ignored (kept in the store)");
             continue;
         };
@@ -157,6 +151,18 @@ fn restore_policies(
     Ok(())
 }
 
+/// The inventory id of the function a stored record names, if the appliance still has it.
+fn inventory_id(
+    app: &pcietun::appliance::Appliance,
+    function: &str,
+) -> Option<pcietun::appliance::inventory::FunctionId> {
+    app.inventory()
+        .functions()
+        .iter()
+        .find(|e| e.id.as_str() == function)
+        .map(|e| e.id.clone())
+}
+
 /// Queue the VF counts set over the API in an earlier run (`VfCounts` table, docs/api.md
 /// "Persistence") for the serving loop, which applies them before any host's TLP — after the
 /// start assignments, so a count whose PF has a VF assigned at start is refused and logged
@@ -167,13 +173,7 @@ fn restore_vf_counts(
 ) -> Result<(), Box<dyn std::error::Error>> {
     let control = app.control();
     for (function, n) in store::load_records::<u16>(store, Table::VfCounts)? {
-        let Some(id) = app
-            .inventory()
-            .functions()
-            .iter()
-            .find(|e| e.id.as_str() == function)
-            .map(|e| e.id.clone())
-        else {
+        let Some(id) = inventory_id(app, &function) else {
             tracing::warn!(%function, "management API: stored VF count of an unknown function; ignored (kept in the store)");
             continue;
         };
